@@ -1,0 +1,55 @@
+"""Variational families :math:`q(z \\mid x)`, each a Pyro program ``guide(x)``, chosen by short name."""
+
+from collections.abc import Sequence
+
+from elbogap.errors import UsageError
+from elbogap.guides.base import AmortizedGuide, Guide
+from elbogap.guides.exact import ExactPosterior
+from elbogap.guides.flows import IAF, FlowGuide, Planar, Spline, Sylvester
+from elbogap.guides.gaussian import DiagonalNormal, FullNormal, LowRankNormal
+from elbogap.guides.local import LocalNormal
+from elbogap.guides.mixture import Mixture
+
+GUIDES = {
+    "diag": DiagonalNormal,
+    "full": FullNormal,
+    "lowrank": LowRankNormal,
+    "iaf": IAF,
+    "planar": Planar,
+    "sylvester": Sylvester,
+    "spline": Spline,
+    "mixture": Mixture,
+    "local": LocalNormal,
+    "exact": ExactPosterior,
+}
+
+__all__ = ["GUIDES", "AmortizedGuide", "FlowGuide", "Guide", "build_guide", *(
+    cls.__name__ for cls in GUIDES.values())]
+
+
+def build_guide(name: str, model, num_data: int, hidden_dims: Sequence[int] = (128,),
+                activation: str = "softplus", flow_depth: int = 2, mixture_size: int = 3,
+                rank: int = 1) -> Guide:
+    """Build the guide called ``name`` for ``model`` on a data set of ``num_data`` points.
+
+    ``flow_depth`` applies to the flows, ``mixture_size`` to ``mixture``, ``rank`` to
+    ``lowrank``; ``local`` holds parameters for ``num_data`` points; ``exact`` uses the
+    model's closed-form posterior.
+    """
+    if name not in GUIDES:
+        raise UsageError(f"unknown guide {name!r}; choose from {', '.join(GUIDES)}")
+    cls = GUIDES[name]
+    if name == "exact":
+        return ExactPosterior(model)
+    if name == "local":
+        return LocalNormal(num_data, model.latent_dim)
+    shape = (model.data_dim, model.latent_dim, tuple(hidden_dims), activation)
+    if issubclass(cls, FlowGuide):
+        if model.latent_dim < 2 and name in ("iaf", "spline"):
+            raise UsageError(f"the {name} flow is autoregressive and needs latent dim >= 2")
+        return cls(*shape, flow_depth=flow_depth)
+    if cls is Mixture:
+        return cls(*shape, mixture_size=mixture_size)
+    if cls is LowRankNormal:
+        return cls(*shape, rank=rank)
+    return cls(*shape)

@@ -1,0 +1,63 @@
+"""The shape every elbogap variational family shares."""
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from elbogap.nn import mlp, output_width
+from elbogap.plates import data_plate
+
+
+class Guide(nn.Module):
+    r"""A variational family :math:`q(z \mid x)` written as a Pyro program.
+
+    Subclasses implement :meth:`distribution`, which returns :math:`q(z \mid x)` for a batch of
+    rows of ``x`` as a distribution with batch shape ``(batch,)`` and event shape
+    ``(latent_dim,)``; :meth:`guide` samples the site ``"z"`` from it in the same data plate as
+    the model. A guide knows nothing about training or evaluation.
+    """
+
+    #: whether one network serves every x (False: free parameters per data point).
+    amortized = True
+
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        self.latent_dim = latent_dim
+
+    def distribution(self, x: torch.Tensor, index=None) -> dist.TorchDistribution:
+        raise NotImplementedError
+
+    def guide(self, x: torch.Tensor, index=None, num_data=None) -> torch.Tensor:
+        """The Pyro program :math:`z \\sim q(z \\mid x)`."""
+        pyro.module("guide", self)
+        with data_plate(x, index, num_data):
+            return pyro.sample("z", self.distribution(x, index))
+
+
+class AmortizedGuide(Guide):
+    """A guide whose parameters are outputs of an encoder MLP applied to ``x``.
+
+    :param int data_dim: dimension of one observation.
+    :param int latent_dim: dimension of :math:`z`.
+    :param hidden_dims: widths of the encoder's hidden layers; empty for a linear encoder.
+    :param str activation: hidden activation.
+    """
+
+    def __init__(self, data_dim: int, latent_dim: int, hidden_dims: Sequence[int] = (128,),
+                 activation: str = "softplus"):
+        super().__init__(latent_dim)
+        self.data_dim = data_dim
+        self.encoder = mlp(data_dim, hidden_dims, activation)
+        self.feature_dim = output_width(data_dim, hidden_dims)
+
+    def head(self, width: int) -> nn.Linear:
+        """A linear map from the encoder's features to ``width`` outputs."""
+        return nn.Linear(self.feature_dim, width)
+
+
+def positive(raw: torch.Tensor, floor: float = 1e-4) -> torch.Tensor:
+    """Map unconstrained outputs to positive scales; softplus keeps gradients tame."""
+    return nn.functional.softplus(raw) + floor

@@ -1,0 +1,73 @@
+"""Gaussian families: mean-field, full covariance, and low rank plus diagonal."""
+
+from collections.abc import Sequence
+
+import pyro.distributions as dist
+import torch
+
+from elbogap.guides.base import AmortizedGuide, positive
+
+
+class DiagonalNormal(AmortizedGuide):
+    r"""Mean-field Gaussian :math:`q(z \mid x) = \mathcal{N}(\mu(x), \mathrm{diag}\,\sigma^2(x))`.
+
+    The family the standard VAE uses [1]. Its best member for a Gaussian posterior
+    :math:`\mathcal{N}(m, \Lambda^{-1})` matches the mean and the diagonal of the precision,
+    leaving the gap :math:`\tfrac12 (\sum_i \log \Lambda_{ii} - \log\det\Lambda)`.
+
+    References:
+
+    [1] Auto-Encoding Variational Bayes, Diederik P. Kingma, Max Welling, arXiv:1312.6114
+    """
+
+    def __init__(self, data_dim, latent_dim, hidden_dims=(128,), activation="softplus"):
+        super().__init__(data_dim, latent_dim, hidden_dims, activation)
+        self.loc = self.head(latent_dim)
+        self.scale = self.head(latent_dim)
+
+    def distribution(self, x, index=None):
+        h = self.encoder(x)
+        return dist.Normal(self.loc(h), positive(self.scale(h))).to_event(1)
+
+
+class FullNormal(AmortizedGuide):
+    r"""Full-covariance Gaussian :math:`q(z \mid x) = \mathcal{N}(\mu(x), L(x) L(x)^\top)`.
+
+    :math:`L(x)` is lower triangular with a positive diagonal (a Cholesky factor), so every
+    covariance is reachable.
+    """
+
+    def __init__(self, data_dim, latent_dim, hidden_dims=(128,), activation="softplus"):
+        super().__init__(data_dim, latent_dim, hidden_dims, activation)
+        self.loc = self.head(latent_dim)
+        self.diag = self.head(latent_dim)
+        rows, cols = torch.tril_indices(latent_dim, latent_dim, offset=-1)
+        self.register_buffer("rows", rows)
+        self.register_buffer("cols", cols)
+        self.off_diag = self.head(len(rows))
+
+    def distribution(self, x, index=None):
+        h = self.encoder(x)
+        scale_tril = torch.diag_embed(positive(self.diag(h)))
+        scale_tril[..., self.rows, self.cols] = self.off_diag(h)
+        return dist.MultivariateNormal(self.loc(h), scale_tril=scale_tril)
+
+
+class LowRankNormal(AmortizedGuide):
+    r"""Low-rank-plus-diagonal Gaussian, :math:`\mathcal{N}(\mu(x), U(x) U(x)^\top + \mathrm{diag}\,d(x))`.
+
+    :param int rank: number of columns of :math:`U(x)` (default 1).
+    """
+
+    def __init__(self, data_dim, latent_dim, hidden_dims: Sequence[int] = (128,),
+                 activation="softplus", rank: int = 1):
+        super().__init__(data_dim, latent_dim, hidden_dims, activation)
+        self.rank = rank
+        self.loc = self.head(latent_dim)
+        self.factor = self.head(latent_dim * rank)
+        self.diag = self.head(latent_dim)
+
+    def distribution(self, x, index=None):
+        h = self.encoder(x)
+        factor = self.factor(h).reshape(h.shape[:-1] + (self.latent_dim, self.rank))
+        return dist.LowRankMultivariateNormal(self.loc(h), factor, positive(self.diag(h)))

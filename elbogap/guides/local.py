@@ -1,0 +1,34 @@
+"""Per-datapoint (non-amortized) mean-field Gaussians."""
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from elbogap.guides.base import Guide, positive
+
+
+class LocalNormal(Guide):
+    r"""Free parameters per data point: :math:`q(z \mid x_n) = \mathcal{N}(m_n, \mathrm{diag}\,s_n^2)`.
+
+    No encoder is shared across points, so this family has no amortization gap; its gap is the
+    diagonal Gaussian's approximation gap (once its parameters are fitted). Rows of ``x`` are
+    matched to parameters through ``index``, their positions in the data set.
+
+    :param int num_data: number of data points the guide holds parameters for.
+    :param int latent_dim: dimension of :math:`z`.
+    """
+
+    amortized = False
+
+    def __init__(self, num_data: int, latent_dim: int):
+        super().__init__(latent_dim)
+        self.num_data = num_data
+        self.loc = nn.Parameter(torch.zeros(num_data, latent_dim))
+        self.raw_scale = nn.Parameter(torch.full((num_data, latent_dim), 0.5413))  # scale 1
+
+    def distribution(self, x, index=None):
+        if index is None:
+            if x.shape[0] != self.num_data:
+                raise ValueError("a per-datapoint guide needs the data points' index")
+            index = torch.arange(self.num_data, device=x.device)
+        return dist.Normal(self.loc[index], positive(self.raw_scale[index])).to_event(1)

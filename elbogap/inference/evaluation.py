@@ -1,0 +1,176 @@
+r"""Per-datapoint evaluation of a guide against a model: ELBO, its two terms, log p(x) and the gap."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from pyro import poutine
+
+from elbogap.errors import UsageError
+from elbogap.inference.gap import kl_gap
+from elbogap.inference.kl import analytic_kl
+from elbogap.inference.log_joint import log_joint
+from elbogap.inference.log_px import (
+    ELEMENT_BUDGET,
+    METHODS,
+    ImportanceAccumulator,
+    choose_method,
+    exact_log_px,
+    quadrature_log_px,
+)
+
+
+@dataclass
+class Evaluation:
+    """Split averages in ``metrics`` (floats and method names) and per-point tensors in ``per_point``."""
+
+    metrics: dict
+    per_point: dict[str, torch.Tensor]
+
+
+class _Moments:
+    """Running mean and standard error of the mean over sample chunks, per data point."""
+
+    def __init__(self):
+        self.total, self.total_sq, self.count = 0.0, 0.0, 0
+
+    def add(self, values: torch.Tensor) -> None:
+        self.total = self.total + values.sum(0)
+        self.total_sq = self.total_sq + values.pow(2).sum(0)
+        self.count += values.shape[0]
+
+    def mean(self) -> torch.Tensor:
+        return self.total / self.count
+
+    def stderr(self) -> torch.Tensor:
+        var = (self.total_sq / self.count - self.mean().pow(2)).clamp_min(0)
+        return (var / max(self.count - 1, 1)).sqrt()
+
+
+def draw(q, count: int) -> torch.Tensor:
+    """``count`` reparameterized draws of shape ``(count, *q.batch_shape, *q.event_shape)``.
+
+    Drawn from ``q.expand`` rather than ``q.rsample((count,))``: Pyro's MixtureOfDiagNormals
+    gathers wrongly for a sample shape on top of batched parameters.
+    """
+    expanded = q.expand(torch.Size([count]) + q.batch_shape)
+    return expanded.rsample() if expanded.has_rsample else expanded.sample()
+
+
+def _prior(model, x):
+    return poutine.trace(model.model).get_trace(x).nodes["z"]["fn"]
+
+
+def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk, log_px_method):
+    q = guide.distribution(x, index)
+    posterior = model.posterior(x) if getattr(model, "has_exact_posterior", False) else None
+    weights = ImportanceAccumulator()
+    log_w, recon, kl_prior_mc, kl_post_mc = _Moments(), _Moments(), _Moments(), _Moments()
+    for start in range(0, num_samples, sample_chunk):
+        count = min(sample_chunk, num_samples - start)
+        z = draw(q, count)
+        log_q = q.log_prob(z)
+        log_prior, log_lik = log_joint(model, x, z)
+        weights.add(log_prior + log_lik - log_q)
+        log_w.add(log_prior + log_lik - log_q)
+        recon.add(log_lik)
+        kl_prior_mc.add(log_q - log_prior)
+        if posterior is not None:
+            kl_post_mc.add(log_q - posterior.log_prob(z))
+
+    out = {"recon": recon.mean()}
+    kl_prior = analytic_kl(q, _prior(model, x))
+    if kl_prior is not None:  # analytic KL: the ELBO's only noise is the reconstruction term's
+        out.update(kl_prior=kl_prior, elbo=recon.mean() - kl_prior, elbo_stderr=recon.stderr())
+    else:
+        out.update(kl_prior=kl_prior_mc.mean(), elbo=log_w.mean(), elbo_stderr=log_w.stderr())
+    out["kl_prior_analytic"] = kl_prior is not None
+    if posterior is not None:
+        kl_post = analytic_kl(q, posterior)
+        out["kl_exact_analytic"] = kl_post is not None
+        out["kl_exact"] = kl_post if kl_post is not None else kl_post_mc.mean()
+        out["kl_exact_stderr"] = torch.zeros_like(out["kl_exact"]) if kl_post is not None else kl_post_mc.stderr()
+    if log_px_method == "iwae":
+        out.update(log_px=weights.log_mean(), log_px_stderr=weights.stderr())
+    out["ess"] = weights.effective_sample_size()
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
+             elbo_samples: int = 256, iw_samples: int = 1000, log_px_method: str | None = None,
+             quadrature_points: int = 48) -> Evaluation:
+    r"""Evaluate ``guide`` against ``model`` on every row of ``x``, in nats per data point.
+
+    Metrics (split averages; standard errors combine the per-point ones as
+    :math:`\sqrt{\sum_n s_n^2} / N`):
+
+    - ``elbo`` :math:`= \mathbb{E}_q[\log p(x \mid z)] - \mathrm{KL}(q \,\|\, p(z))`, from
+      ``elbo_samples`` draws of :math:`q` (more when ``iw_samples`` draws are taken anyway);
+    - ``recon`` :math:`= \mathbb{E}_q \log p(x \mid z)` and ``kl_prior`` (analytic where the
+      pair of distributions allows, ``kl_prior_method``);
+    - ``log_px`` by ``log_px_method``: ``"exact"`` (closed form), ``"quadrature"`` (2-D
+      latents, see :func:`~elbogap.inference.log_px.quadrature_log_px`) or ``"iwae"``
+      (:math:`\log \frac1K \sum_k p(x, z_k)/q(z_k \mid x)` with :math:`K` = ``iw_samples``, a
+      stochastic lower bound); default: the most exact the model allows;
+    - ``kl_gap`` :math:`= \log p(x) - \mathrm{ELBO}`, see :func:`~elbogap.inference.gap.kl_gap`;
+    - ``kl_exact`` :math:`= \mathrm{KL}(q \,\|\, p(z \mid x))` computed directly, for models
+      with a closed-form posterior, so the identity can be checked rather than assumed;
+    - ``ess``: Kish's effective sample size of the importance weights, averaged.
+    """
+    method = log_px_method or choose_method(model)
+    if method not in METHODS:
+        raise UsageError(f"unknown log p(x) method {method!r}; choose one of {', '.join(METHODS)}")
+    if elbo_samples < 1 or iw_samples < 1:
+        raise UsageError("--eval-samples and --iw-samples must be at least 1")
+    if index is None:
+        index = torch.arange(len(x), device=x.device)
+    num_samples = max(elbo_samples, iw_samples if method == "iwae" else 0)
+    sample_chunk = min(num_samples, 256)
+    point_chunk = max(1, ELEMENT_BUDGET // (sample_chunk * x.shape[1]))
+    chunks = [
+        _evaluate_chunk(model, guide, x[i:i + point_chunk], index[i:i + point_chunk],
+                        num_samples, sample_chunk, method)
+        for i in range(0, len(x), point_chunk)
+    ]
+    per_point = {key: torch.cat([torch.as_tensor(c[key]).expand(len(c["elbo"])) for c in chunks])
+                 for key in chunks[0]}
+    if method == "exact":
+        per_point["log_px"], per_point["log_px_stderr"] = exact_log_px(model, x)
+    elif method == "quadrature":
+        per_point["log_px"], per_point["log_px_stderr"] = quadrature_log_px(model, x, quadrature_points)
+    per_point["kl_gap"] = kl_gap(per_point["log_px"], per_point["elbo"])
+    return Evaluation(_summarize(per_point, method, num_samples, quadrature_points), per_point)
+
+
+def _combined_stderr(stderr: torch.Tensor) -> float:
+    return float(stderr.pow(2).sum().sqrt() / len(stderr))
+
+
+def _summarize(per_point, method, num_samples, quadrature_points) -> dict:
+    def mean(key):
+        return float(per_point[key].double().mean())
+
+    metrics = {
+        "num_points": len(per_point["elbo"]),
+        "elbo": mean("elbo"),
+        "elbo_stderr": _combined_stderr(per_point["elbo_stderr"]),
+        "elbo_samples": num_samples,
+        "recon": mean("recon"),
+        "kl_prior": mean("kl_prior"),
+        "kl_prior_method": "analytic" if bool(per_point["kl_prior_analytic"].all()) else "mc",
+        "log_px": mean("log_px"),
+        "log_px_stderr": _combined_stderr(per_point["log_px_stderr"]),
+        "log_px_method": method,
+        "log_px_samples": num_samples if method == "iwae" else (
+            2 * quadrature_points**2 if method == "quadrature" else 0),
+        "kl_gap": mean("kl_gap"),
+        "kl_gap_stderr": math.hypot(_combined_stderr(per_point["elbo_stderr"]),
+                                    _combined_stderr(per_point["log_px_stderr"])),
+        "ess_mean": mean("ess"),
+    }
+    if "kl_exact" in per_point:
+        metrics["kl_exact"] = mean("kl_exact")
+        metrics["kl_exact_stderr"] = _combined_stderr(per_point["kl_exact_stderr"])
+        metrics["kl_exact_method"] = "analytic" if bool(per_point["kl_exact_analytic"].all()) else "mc"
+    return metrics

@@ -1,0 +1,75 @@
+"""results.json and results.md: the numbers of a comparison and a table a person can read."""
+
+import json
+import statistics
+from pathlib import Path
+
+COLUMNS = [("log_px", "log p(x)"), ("elbo", "ELBO"), ("recon", "recon"),
+           ("kl_prior", "KL to prior"), ("kl_gap", "KL gap")]
+
+METHOD_TEXT = {
+    "exact": "exact (closed form)",
+    "quadrature": "2-D quadrature (midpoint rule, two {points}x{points} grids)",
+    "iwae": "importance-weighted estimate with K={samples} samples from q (a lower bound in expectation)",
+}
+
+
+def mean_spread(values: list[float]) -> str:
+    """``mean ± standard deviation over seeds`` (the mean alone for one seed)."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def table(runs: list[dict], split: str) -> list[str]:
+    guides = list(dict.fromkeys(run["guide"] for run in runs))
+    lines = ["| guide | " + " | ".join(title for _, title in COLUMNS) + " | seeds |",
+             "|---" * (len(COLUMNS) + 2) + "|"]
+    for guide in guides:
+        mine = [run[split] for run in runs if run["guide"] == guide]
+        cells = [mean_spread([m[key] for m in mine]) for key, _ in COLUMNS]
+        lines.append(f"| {guide} | " + " | ".join(cells) + f" | {len(mine)} |")
+    return lines
+
+
+def describe_methods(runs: list[dict], config: dict) -> list[str]:
+    first = runs[0]["test"]
+    method = METHOD_TEXT[first["log_px_method"]].format(
+        points=config["quadrature_points"], samples=first["log_px_samples"])
+    worst_log_px = max(run[split]["log_px_stderr"] for run in runs for split in ("train", "test"))
+    worst_elbo = max(run[split]["elbo_stderr"] for run in runs for split in ("train", "test"))
+    return [
+        f"- log p(x): {method}; largest standard error of a split mean: {worst_log_px:.2g} nats.",
+        f"- ELBO = recon - KL to prior, with {first['elbo_samples']} samples of q per data point; "
+        f"the KL to the prior is analytic where the family allows, Monte Carlo otherwise; "
+        f"largest standard error of a split mean: {worst_elbo:.2g} nats.",
+        "- KL gap = log p(x) - ELBO = KL(q(z|x) || p(z|x)), the price of the approximate posterior.",
+        "- Each cell: mean ± standard deviation over seeds, in nats per data point; higher log p(x) "
+        "and ELBO are better, smaller gaps are better.",
+    ]
+
+
+def markdown(results: dict) -> str:
+    config, runs = results["config"], results["runs"]
+    lines = [f"# elbogap compare: {config['model']} on {config['data']}", ""]
+    if not runs:
+        return "\n".join(lines + ["No run has finished yet.", ""])
+    for split in ("test", "train"):
+        lines += [f"## {split} split ({runs[0][split]['num_points']} points)", "", *table(runs, split), ""]
+    lines += ["## How the numbers were computed", "", *describe_methods(runs, config), ""]
+    lines += [f"Latent dim {config['latent_dim']}, {config['steps']} SVI steps of batch "
+              f"{config['batch_size']} with lr {config['lr']} ({config['objective']} objective); "
+              f"seeds {', '.join(map(str, config['seeds']))}. Versions: "
+              + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if k != "platform") + ".", ""]
+    return "\n".join(lines)
+
+
+def write_results(results: dict, out: str | Path) -> Path:
+    """Write ``results.json`` and ``results.md`` into ``out`` (atomically: no half-written files)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("results.json", json.dumps(results, indent=2)), ("results.md", markdown(results))):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / name)
+    return out

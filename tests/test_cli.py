@@ -1,0 +1,85 @@
+"""The command line end to end, as a user runs it: real subprocesses, real files."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from elbogap.cli import main
+
+QUICK = ["--steps", "40", "--batch-size", "64", "--eval-samples", "16", "--quadrature-points", "16",
+         "--hidden-dims", "16", "--quiet"]
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "elbogap.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_compare_writes_results_with_every_metric(tmp_path):
+    out = tmp_path / "results"
+    assert main(["compare", "--guides", "diag,local", "--seeds", "0,1", "--out", str(out), *QUICK]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"config", "versions", "runs"}
+    assert results["config"]["guides"] == ["diag", "local"] and results["versions"]["pyro"]
+    assert [(run["guide"], run["seed"]) for run in results["runs"]] == [
+        ("diag", 0), ("diag", 1), ("local", 0), ("local", 1)]
+    for run in results["runs"]:
+        assert run["train_seconds"] > 0
+        for split in ("train", "test"):
+            metrics = run[split]
+            for key in ("log_px", "log_px_stderr", "elbo", "elbo_stderr", "recon", "kl_prior", "kl_gap"):
+                assert np.isfinite(metrics[key]), key
+            assert metrics["log_px_method"] == "quadrature"
+            assert metrics["kl_gap"] == pytest.approx(metrics["log_px"] - metrics["elbo"])
+    table = (out / "results.md").read_text()
+    assert "| diag |" in table and "| local |" in table and "±" in table and "quadrature" in table
+
+
+def test_compare_on_linear_gaussian_reports_exact_numbers(tmp_path):
+    out = tmp_path / "linear"
+    code = main(["compare", "--data", "linear-gaussian", "--model", "linear", "--guides", "diag,exact",
+                 "--seeds", "3", "--out", str(out), *QUICK])
+    assert code == 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    exact = runs[1]["test"]
+    assert exact["log_px_method"] == "exact" and exact["kl_exact"] == pytest.approx(0.0, abs=1e-5)
+    assert runs[0]["test"]["kl_gap"] == pytest.approx(runs[0]["test"]["kl_exact"],
+                                                      abs=4 * runs[0]["test"]["kl_gap_stderr"])
+
+
+def test_compare_reads_a_users_npz_with_its_own_split(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", train=rng.normal(size=(60, 3)), test=rng.normal(size=(20, 3)))
+    out = tmp_path / "out"
+    assert main(["compare", "--data", str(tmp_path / "data.npz"), "--guides", "full", "--seeds", "0",
+                 "--latent-dim", "3", "--iw-samples", "32", "--out", str(out), *QUICK]) == 0
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert run["test"]["num_points"] == 20 and run["test"]["log_px_method"] == "iwae"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--guides", "diag,gaussian"], "unknown guide 'gaussian'; choose from diag, full"),
+    (["--model", "resnet"], "unknown model 'resnet'"),
+    (["--data", "nothere.npy"], "does not exist"),
+    (["--data", "mnist"], "unknown data 'mnist'"),
+    (["--guides", "exact"], "closed-form posterior"),
+    (["--latent-dim", "0"], "--latent-dim must be at least 1"),
+    (["--lr", "-1"], "--lr must be > 0"),
+    (["--likelihood", "gaussian", "--model", "linear", "--data", "digits", "--guides", "diag",
+      "--latent-dim", "0"], "--latent-dim"),
+])
+def test_bad_input_gets_one_line_and_exit_status_2(args, message, tmp_path):
+    result = run_cli("compare", *args, "--out", str(tmp_path / "o"), *QUICK)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_non_binary_data_with_a_bernoulli_likelihood_suggests_the_fix(tmp_path):
+    np.save(tmp_path / "real.npy", np.random.default_rng(0).normal(size=(30, 4)))
+    result = run_cli("compare", "--data", str(tmp_path / "real.npy"), "--likelihood", "bernoulli",
+                     "--out", str(tmp_path / "o"), *QUICK)
+    assert result.returncode == 2 and "--likelihood gaussian" in result.stderr
