@@ -20,9 +20,9 @@ class Config:
     latent_dim: int = 2
     hidden_dims: list[int] = field(default_factory=lambda: [128])
     activation: str = "softplus"
-    guides: list[str] = field(default_factory=lambda: ["diag", "full", "iaf", "mixture"])
+    guides: list[str] = field(default_factory=lambda: ["diag", "full", "iaf", "planar"])
     seeds: list[int] = field(default_factory=lambda: [0, 1])
-    steps: int = 1500
+    steps: int = 3000
     batch_size: int = 128
     lr: float = 3e-3
     objective: str = "elbo"
@@ -32,7 +32,7 @@ class Config:
     rank: int = 1
     eval_samples: int = 256
     iw_samples: int = 1000
-    quadrature_points: int = 48
+    quadrature_points: int = 32
     out: str = "results"
 
     def validate(self) -> "Config":

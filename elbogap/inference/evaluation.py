@@ -99,7 +99,7 @@ def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk, log_px_me
 @torch.no_grad()
 def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
              elbo_samples: int = 256, iw_samples: int = 1000, log_px_method: str | None = None,
-             quadrature_points: int = 48) -> Evaluation:
+             quadrature_points: int = 32) -> Evaluation:
     r"""Evaluate ``guide`` against ``model`` on every row of ``x``, in nats per data point.
 
     Metrics (split averages; standard errors combine the per-point ones as

@@ -52,7 +52,7 @@ def _log_joint_chunked(model, x, z):
 
 
 @torch.no_grad()
-def quadrature_log_px(model, x: torch.Tensor, num_points: int = 48,
+def quadrature_log_px(model, x: torch.Tensor, num_points: int = 32,
                       bound: float = 8.0) -> tuple[torch.Tensor, torch.Tensor]:
     r""":math:`\log p(x) = \log \int p(x, z)\,dz` by the midpoint rule on a 2-D grid.
 

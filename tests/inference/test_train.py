@@ -32,9 +32,9 @@ def test_exact_guide_trains_the_linear_model_by_maximum_likelihood(linear_model)
     data = draw_linear_data(linear_model, 500).float()
     model = LinearGaussian(5, 2)
     guide = build_guide("exact", model, len(data))
-    before = float(model.log_px(data).mean())
+    before = float(model.log_px(data).mean().detach())
     train(model, guide, data, steps=600, batch_size=100, lr=0.05)
-    after = float(model.log_px(data).mean())
+    after = float(model.log_px(data).mean().detach())
     truth = float(linear_model.log_px(data.double()).mean())
     assert after > before + 1.0
     assert after == pytest.approx(truth, abs=0.1)  # the fit's own optimum sits within ~0.02 of the truth

@@ -1,0 +1,22 @@
+"""Every script in scripts/ keeps running (a smoke test, as Pyro does for its examples)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).parents[1] / "scripts"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_linear_identity_script_reports_the_identity():
+    script = load("linear_identity")
+    rows = script.main(script.parse_args(["--guides", "diag,exact", "--steps", "50"]))
+    for row in rows:
+        assert row["kl_gap"] == pytest.approx(row["kl_exact"], abs=5 * row["kl_gap_stderr"] + 1e-6)
