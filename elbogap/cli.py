@@ -1,44 +1,43 @@
-"""The ``elbogap`` command line; every command is one library call away for notebook users."""
+"""The ``elbogap`` command line; every command is one library call away for notebook users.
+
+Commands share one configuration (:class:`elbogap.config.Config`): defaults, then a TOML study
+file given with ``--config``, then the flags given on the command line.
+"""
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from elbogap.compare import compare
-from elbogap.config import FIELDS, Config, flag
+from elbogap.config import FIELDS, Config, flag, kind_of, resolve
 from elbogap.errors import UsageError
 from elbogap.report import write_results
 
-
-def int_list(text: str) -> list[int]:
-    try:
-        return [int(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 0,1,2") from None
-
-
-def name_list(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-#: flags with a short form, in the style of Pyro's examples.
-SHORT = {"data": "-d", "guides": "-g", "seeds": "-s", "steps": "-n", "out": "-o"}
-
 HELP = {
-    "data": "digits | linear-gaussian | a .npy/.npz/.csv file (an .npz may hold train and test)",
-    "data_seed": "seed of the train/test split and of synthetic data",
+    "data": "digits | fashion-mnist | mnist | linear-gaussian | a .npy/.npz/.csv file (.npz: train and test)",
+    "data_dir": "directory of the IDX files for fashion-mnist (default /usr/share/datasets/fashion-mnist) or mnist",
+    "binarize": "threshold (at 0.5) | static (sampled once) | dynamic (every epoch) | none "
+                "(default: threshold for image sets, none otherwise)",
+    "train_size": "use a random subset of this many training points",
+    "test_size": "use a random subset of this many test points",
+    "data_seed": "seed of the train/test split, subsets, binarization and synthetic data",
     "test_fraction": "share of the data held out for test when no split is given",
-    "model": "vae | linear",
+    "model": "vae | linear | path/to/file.py:fn | package.module:fn (your own Pyro model)",
     "likelihood": "bernoulli | gaussian (default: bernoulli for binary data, else gaussian)",
     "latent_dim": "dimension of z (2 allows exact quadrature of log p(x))",
     "hidden_dims": "comma list of hidden widths of decoder and encoder",
     "activation": "relu | softplus | tanh | elu | leaky_relu | gelu | silu",
+    "guide": "the guide of elbogap train",
+    "seed": "the seed of elbogap train",
     "guides": "comma list of guides: diag, full, lowrank, iaf, planar, sylvester, spline, mixture, local, exact",
     "seeds": "comma list of seeds; each guide is trained once per seed",
     "steps": "SVI steps per run",
+    "epochs": "passes over the training data per run (overrides --steps)",
     "batch_size": "minibatch size",
     "lr": "Adam learning rate",
-    "objective": "training objective: elbo (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (RenyiELBO, alpha=0)",
+    "lr_decay": "factor the learning rate decays to by the end of training (1 = constant)",
+    "kl_warmup": "epochs over which the KL weight rises from 0 to 1 (0 = off)",
+    "objective": "elbo (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (RenyiELBO, alpha=0)",
     "particles": "samples per data point in the training objective (K for iwae)",
     "flow_depth": "number of transforms in a flow guide",
     "mixture_size": "components of the mixture guide",
@@ -46,39 +45,78 @@ HELP = {
     "eval_samples": "samples of q per data point for the ELBO",
     "iw_samples": "importance samples per data point for log p(x) when neither exact nor quadrature",
     "quadrature_points": "grid points per axis for 2-D quadrature",
-    "out": "output directory for results.json and results.md",
+    "eval_every": "steps between evaluations during training (0: ten evaluations per run)",
+    "curve_points": "data points per split used by the evaluations during training",
+    "checkpoint_every": "steps between checkpoints (0: only at the end)",
+    "figures": "draw PNG figures into the output directory",
+    "out": "output directory (a run directory for train)",
 }
 
+#: flags with a short form, in the style of Pyro's examples.
+SHORT = {"data": "-d", "guides": "-g", "seeds": "-s", "steps": "-n", "out": "-o"}
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
+
+def comma_list(item_type):
+    def parse(text: str) -> list:
+        try:
+            return [item_type(item.strip()) for item in text.split(",") if item.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a comma-separated list of {item_type.__name__}s, e.g. 0,1,2") from None
+    return parse
+
+
+PARSERS = {"list[int]": comma_list(int), "list[str]": comma_list(str), "int": int, "float": float, "str": str}
+
+
+def add_config_flags(parser: argparse.ArgumentParser, names=None) -> None:
+    """One flag per setting; flags not given stay unset, so the study file and defaults apply."""
     defaults = Config()
-    for name in FIELDS:
+    parser.add_argument("--config", metavar="STUDY.toml", help="TOML study file; flags given here override it")
+    for name in names or FIELDS:
         default = getattr(defaults, name)
-        kind = {"hidden_dims": int_list, "seeds": int_list, "guides": name_list}.get(name)
-        if kind is None:
-            kind = str if name in ("data", "model", "likelihood", "activation", "objective", "out") else type(default)
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        names = [SHORT[name]] if name in SHORT else []
-        parser.add_argument(*names, f"--{flag(name)}", dest=name, type=kind, default=default,
-                            help=f"{HELP[name]} (default: {shown})")
+        names_ = ([SHORT[name]] if name in SHORT else []) + [f"--{flag(name)}"]
+        help_text = f"{HELP[name]} (default: {shown})"
+        if kind_of(name) == "bool":
+            parser.add_argument(*names_, dest=name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_text)
+        else:
+            parser.add_argument(*names_, dest=name, type=PARSERS[kind_of(name)], default=argparse.SUPPRESS,
+                                help=help_text)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-run lines")
+
+
+EVAL_FLAGS = ["eval_samples", "iw_samples", "quadrature_points"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="elbogap",
-        description="Measure log p(x) = ELBO + KL(q(z|x) || p(z|x)) for variational families.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    compare_parser = commands.add_parser(
-        "compare", help="train a model with each guide and seed; write results.json and results.md",
-        description="Train the model jointly with each guide for each seed, evaluate log p(x), the ELBO, "
-                    "its terms and the KL gap on the train and test splits, and write a table.")
-    add_config_flags(compare_parser)
+        prog="elbogap", description="Measure log p(x) = ELBO + KL(q(z|x) || p(z|x)) for variational families.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    compare = commands.add_parser(
+        "compare", help="train with each guide and seed; write results.json/.csv/.md and figures",
+        description="Train the model jointly with each guide for each seed, evaluate log p(x), the ELBO, its "
+                    "terms and the KL gap on the train and test splits, and write tables and figures.")
+    add_config_flags(compare)
+    train = commands.add_parser("train", help="train one model and guide into a run directory",
+                                description="Train the model with --guide and --seed; save a run directory "
+                                            "(checkpoint, run.json, train.log, results, figures) at --out.")
+    add_config_flags(train)
+    evaluate = commands.add_parser("evaluate", help="evaluate a saved run directory",
+                                   description="Evaluate the model and guide saved in RUN_DIR on both splits.")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    add_config_flags(evaluate, EVAL_FLAGS)
+    plot = commands.add_parser("plot", help="redraw the figures of a results directory",
+                               description="Redraw the figures of RESULTS_DIR from results.json and run checkpoints.")
+    plot.add_argument("results_dir", metavar="RESULTS_DIR")
+    plot.add_argument("-q", "--quiet", action="store_true", help="do not list the files written")
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    return Config(**{name: getattr(args, name) for name in FIELDS}).validate()
+def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
+    given = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
+    return resolve(given, getattr(args, "config", None), base)
 
 
 def check_writable(out: Path) -> None:
@@ -92,22 +130,87 @@ def check_writable(out: Path) -> None:
         raise UsageError(f"cannot write to --out {out}: {error.strerror}; choose a writable directory") from None
 
 
-def run_compare(args: argparse.Namespace) -> int:
+def finish(results: dict, out: Path, config: Config, quiet: bool) -> None:
+    write_results(results, out)
+    (out / "config.toml").write_text(to_toml(config))
+    if config.figures:
+        from elbogap.plots import make_figures
+
+        make_figures(out)
+    if not quiet:
+        print((out / "results.md").read_text())
+    print(f"wrote results.json, results.csv, results.md and config.toml to {out}", file=sys.stderr)
+
+
+def to_toml(config: Config) -> str:
+    """The resolved configuration as a study file that reproduces the run."""
+    lines = ["# resolved configuration; rerun with: elbogap compare --config config.toml"]
+    for name, value in config.to_dict().items():
+        if value is not None:
+            lines.append(f"{name} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def run_compare(args) -> int:
+    from elbogap.compare import compare
+
     config = config_from_args(args)
     out = Path(config.out)
     check_writable(out)
-    results = compare(config, progress=not args.quiet, on_run=lambda partial: write_results(partial, out))
-    write_results(results, out)
+    results = compare(config, out, progress=not args.quiet, on_run=lambda partial: write_results(partial, out))
+    finish(results, out, config, args.quiet)
+    return 0
+
+
+def run_train(args) -> int:
+    from elbogap.runs import load_dataset, run_one
+    from elbogap.versions import versions
+
+    config = config_from_args(args)
+    out = Path(config.out)
+    check_writable(out)
+    data = load_dataset(config)
+    run = run_one(config, data, config.guide, config.seed, out, progress=not args.quiet)
+    results = {"config": config.to_dict(), "versions": versions(), "runs": [{**run, "run_dir": "."}]}
+    finish(results, out, config, args.quiet)
+    return 0
+
+
+def run_evaluate(args) -> int:
+    import pyro
+
+    from elbogap.report import table
+    from elbogap.runs import evaluate_split, load_run
+
+    config, data, model, guide, state = load_run(args.run_dir)
+    config = config_from_args(args, base=config)
+    pyro.set_rng_seed(state["seed"] + 10_000)
+    metrics = {split: evaluate_split(model, guide, x, config, fresh_local=split != "train")
+               for split, x in data.splits().items()}
+    record = {"guide": state["guide_name"], "seed": state["seed"], **metrics}
+    (Path(args.run_dir) / "evaluation.json").write_text(json.dumps(record, indent=2))
     if not args.quiet:
-        print((out / "results.md").read_text())
-    print(f"wrote {out / 'results.json'} and {out / 'results.md'}", file=sys.stderr)
+        for split in ("test", "train"):
+            print(f"## {split}\n" + "\n".join(table([record], split)) + "\n")
+    print(json.dumps({split: {k: metrics[split][k] for k in ("log_px", "elbo", "kl_gap", "log_px_method")}
+                      for split in metrics}))
+    return 0
+
+
+def run_plot(args) -> int:
+    from elbogap.plots import make_figures
+
+    for path in make_figures(args.results_dir):
+        if not args.quiet:
+            print(path)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    commands = {"compare": run_compare, "train": run_train, "evaluate": run_evaluate, "plot": run_plot}
     try:
-        return {"compare": run_compare}[args.command](args)
+        return commands[args.command](args)
     except UsageError as error:
         print(f"elbogap: error: {error}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Data sets: scikit-learn's digits, a synthetic linear-Gaussian set, and the user's files."""
+"""Data sets: scikit-learn's digits, MNIST-style IDX images, synthetic linear-Gaussian data, user files."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -7,9 +7,21 @@ import numpy as np
 import torch
 
 from elbogap.errors import UsageError
+from elbogap.idx import read_idx
 
-BUILTIN = ("digits", "linear-gaussian")
+IMAGE_SETS = ("digits", "fashion-mnist", "mnist")
+BUILTIN = (*IMAGE_SETS, "linear-gaussian")
 FILE_SUFFIXES = (".npy", ".npz", ".csv")
+BINARIZE = ("threshold", "static", "dynamic", "none")
+#: where each IDX data set is looked for when --data-dir is not given.
+DEFAULT_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist", "mnist": None}
+IDX_STEMS = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+HOW_TO_GET = {
+    "fashion-mnist": "install Debian's dataset-fashion-mnist package (apt-get install dataset-fashion-mnist) "
+                     "or pass --data-dir with the four IDX files",
+    "mnist": "pass --data-dir with the MNIST IDX files (train-images-idx3-ubyte[.gz], "
+             "t10k-images-idx3-ubyte[.gz])",
+}
 
 
 @dataclass
@@ -24,6 +36,11 @@ class Dataset:
     train: torch.Tensor
     test: torch.Tensor
     truth: dict = field(default_factory=dict)
+    image_shape: tuple[int, int] | None = None
+    #: the training rows are probabilities, binarized afresh every epoch; ``train_fixed`` is one
+    #: seeded binarization of them, used to evaluate the train split.
+    dynamic: bool = False
+    train_fixed: torch.Tensor | None = None
 
     @property
     def data_dim(self) -> int:
@@ -31,21 +48,68 @@ class Dataset:
 
     @property
     def is_binary(self) -> bool:
-        return all(bool(((s == 0) | (s == 1)).all()) for s in (self.train, self.test))
+        """Whether the data the model sees is 0/1 (dynamically binarized data counts)."""
+        return all(bool(((s == 0) | (s == 1)).all()) for s in self.splits().values())
 
     def splits(self) -> dict[str, torch.Tensor]:
-        return {"train": self.train, "test": self.test}
+        """The data each split is evaluated on."""
+        return {"train": self.train if self.train_fixed is None else self.train_fixed, "test": self.test}
 
 
-def load_data(spec: str, test_fraction: float = 0.2, data_seed: int = 0) -> Dataset:
-    """Load ``"digits"``, ``"linear-gaussian"`` or a ``.npy``/``.npz``/``.csv`` file.
+def load_data(spec: str, test_fraction: float = 0.2, data_seed: int = 0, data_dir: str | None = None,
+              binarize: str | None = None, train_size: int | None = None,
+              test_size: int | None = None) -> Dataset:
+    """Load a data set by name or path, take subsets, and binarize it.
 
-    Data without a given split is shuffled with ``data_seed`` and split ``test_fraction``
-    for test. An ``.npz`` file may hold ``train`` and ``test`` arrays; otherwise it must hold
-    one array. Images (``N x H x W``) are flattened.
+    ``spec`` is ``"digits"`` (scikit-learn's bundled 8x8 digits), ``"fashion-mnist"`` or
+    ``"mnist"`` (IDX files in ``data_dir``), ``"linear-gaussian"`` (synthetic), or a ``.npy``,
+    ``.npz`` or ``.csv`` file. Data without a given split is shuffled with ``data_seed`` and
+    ``test_fraction`` of it held out. An ``.npz`` file may hold ``train`` and ``test`` arrays;
+    otherwise it must hold one array. Images are flattened.
+
+    ``binarize``: ``"threshold"`` (at 0.5), ``"static"`` (one Bernoulli draw with
+    ``data_seed``), ``"dynamic"`` (a fresh draw every epoch; the test split gets one static
+    draw) or ``"none"``. The default thresholds the image sets and leaves other data alone.
+    ``train_size`` and ``test_size`` keep a random subset of each split (seeded).
     """
+    data = _load_raw(spec, test_fraction, data_seed, data_dir)
+    generator = torch.Generator().manual_seed(data_seed)
+    if train_size is not None and train_size < len(data.train):
+        data.train = data.train[torch.randperm(len(data.train), generator=generator)[:train_size]]
+    if test_size is not None and test_size < len(data.test):
+        data.test = data.test[torch.randperm(len(data.test), generator=generator)[:test_size]]
+    mode = binarize or ("threshold" if spec in IMAGE_SETS else "none")
+    return binarized(data, mode, data_seed)
+
+
+def binarized(data: Dataset, mode: str, data_seed: int = 0) -> Dataset:
+    """``data`` with values in [0, 1] turned into 0/1 as ``mode`` says (see :func:`load_data`)."""
+    if mode not in BINARIZE:
+        raise UsageError(f"unknown --binarize {mode!r}; choose one of {', '.join(BINARIZE)}")
+    if mode == "none":
+        return data
+    for split, x in (("train", data.train), ("test", data.test)):
+        if x.min() < 0 or x.max() > 1:
+            raise UsageError(f"--binarize {mode} needs values in [0, 1] but the {split} split of {data.name} "
+                             f"spans [{float(x.min()):.3g}, {float(x.max()):.3g}]; rescale it or use --binarize none")
+    generator = torch.Generator().manual_seed(data_seed + 1)
+    if mode == "threshold":
+        data.train, data.test = (data.train > 0.5).float(), (data.test > 0.5).float()
+    elif mode == "static":
+        data.train = torch.bernoulli(data.train, generator=generator)
+        data.test = torch.bernoulli(data.test, generator=generator)
+    else:
+        data.dynamic = True
+        data.train_fixed = torch.bernoulli(data.train, generator=generator)
+        data.test = torch.bernoulli(data.test, generator=generator)
+    return data
+
+
+def _load_raw(spec: str, test_fraction: float, data_seed: int, data_dir: str | None) -> Dataset:
     if spec == "digits":
         return digits(test_fraction, data_seed)
+    if spec in ("fashion-mnist", "mnist"):
+        return idx_images(spec, data_dir or DEFAULT_DIRS[spec])
     if spec == "linear-gaussian":
         return linear_gaussian(data_seed=data_seed)
     path = Path(spec)
@@ -58,17 +122,45 @@ def load_data(spec: str, test_fraction: float = 0.2, data_seed: int = 0) -> Data
     arrays = read_arrays(path)
     name = path.name
     if "test" in arrays:
-        return Dataset(name, as_matrix(arrays["train"], f"{name}:train"),
-                       as_matrix(arrays["test"], f"{name}:test"))
+        train, test = as_matrix(arrays["train"], f"{name}:train"), as_matrix(arrays["test"], f"{name}:test")
+        if train.shape[1] != test.shape[1]:
+            raise UsageError(f"{name}: train has {train.shape[1]} columns but test has {test.shape[1]}; "
+                             "both splits need the same data dimension")
+        return Dataset(name, train, test)
     return split(name, as_matrix(arrays["data"], name), test_fraction, data_seed)
 
 
+def idx_images(name: str, directory: str | None) -> Dataset:
+    """MNIST-style images (train: 60k, test: 10k) from IDX files, scaled to [0, 1]."""
+    if directory is None:
+        raise UsageError(f"--data {name} needs --data-dir: {HOW_TO_GET[name]}")
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise UsageError(f"data directory {folder} does not exist; {HOW_TO_GET[name]}")
+    splits = {}
+    for split_name, stem in IDX_STEMS.items():
+        candidates = [folder / f"{stem}.gz", folder / stem]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            raise UsageError(f"{stem}[.gz] is missing from {folder}; {HOW_TO_GET[name]}")
+        try:
+            images = read_idx(path)
+        except (OSError, EOFError, ValueError) as error:
+            raise UsageError(f"cannot read {path}: {error}; the file may be damaged, fetch it again") from None
+        if images.ndim != 3:
+            raise UsageError(f"{path} holds an array of shape {images.shape}, not images (N x H x W)")
+        splits[split_name] = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)
+    return Dataset(name, splits["train"], splits["test"], image_shape=tuple(images.shape[1:]))
+
+
 def digits(test_fraction: float = 0.2, data_seed: int = 0) -> Dataset:
-    """scikit-learn's bundled 8x8 digits (1797 images), scaled to [0, 1] and binarized at 0.5."""
+    """scikit-learn's bundled 8x8 digits (1797 images), grey levels scaled to [0, 1]."""
     from sklearn.datasets import load_digits
 
     pixels = torch.as_tensor(load_digits().data, dtype=torch.float32) / 16.0
-    return split("digits", (pixels > 0.5).float(), test_fraction, data_seed)
+    data = split("digits", pixels, test_fraction, data_seed)
+    data.image_shape = (8, 8)
+    return data
 
 
 def linear_gaussian(num_train: int = 1000, num_test: int = 250, data_dim: int = 8,

@@ -1,5 +1,7 @@
-"""results.json and results.md: the numbers of a comparison and a table a person can read."""
+"""results.json, results.csv and results.md: the numbers of a comparison, as data and as a table."""
 
+import csv
+import io
 import json
 import statistics
 from pathlib import Path
@@ -57,18 +59,39 @@ def markdown(results: dict) -> str:
     for split in ("test", "train"):
         lines += [f"## {split} split ({runs[0][split]['num_points']} points)", "", *table(runs, split), ""]
     lines += ["## How the numbers were computed", "", *describe_methods(runs, config), ""]
-    lines += [f"Latent dim {config['latent_dim']}, {config['steps']} SVI steps of batch "
+    lines += ["Figures (when drawn): `training.png` (ELBO and log p(x) over training), `gaps.png` (gap per "
+              "family over seeds), `posteriors.png` (2-D latents: p(z|x) against q(z|x)), `images.png` "
+              "(reconstructions and prior samples of image data).", ""]
+    lines += [f"Latent dim {config['latent_dim']}, {runs[0].get('steps', config['steps'])} SVI steps of batch "
               f"{config['batch_size']} with lr {config['lr']} ({config['objective']} objective); "
               f"seeds {', '.join(map(str, config['seeds']))}. Versions: "
               + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if k != "platform") + ".", ""]
     return "\n".join(lines)
 
 
+CSV_METRICS = ["log_px", "log_px_stderr", "log_px_method", "elbo", "elbo_stderr", "recon", "kl_prior",
+               "kl_gap", "kl_gap_stderr", "kl_exact", "ess_mean", "num_points"]
+
+
+def csv_text(results: dict) -> str:
+    """One row per run and split: guide, seed, split, the metrics and the training time."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["guide", "seed", "split", *CSV_METRICS, "train_seconds"])
+    for run in results["runs"]:
+        for split in ("train", "test"):
+            writer.writerow([run["guide"], run["seed"], split, *(run[split].get(k, "") for k in CSV_METRICS),
+                             run["train_seconds"]])
+    return buffer.getvalue()
+
+
 def write_results(results: dict, out: str | Path) -> Path:
-    """Write ``results.json`` and ``results.md`` into ``out`` (atomically: no half-written files)."""
+    """Write ``results.json``, ``results.csv`` and ``results.md`` into ``out``, each atomically."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("results.json", json.dumps(results, indent=2)), ("results.md", markdown(results))):
+    files = (("results.json", json.dumps(results, indent=2)), ("results.csv", csv_text(results)),
+             ("results.md", markdown(results)))
+    for name, text in files:
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)
         tmp.replace(out / name)

@@ -5,9 +5,10 @@ from elbogap.inference.gap import kl_gap
 from elbogap.inference.log_joint import log_joint
 from elbogap.inference.log_px import choose_method, exact_log_px, quadrature_log_px
 from elbogap.inference.objectives import OBJECTIVES, make_objective
-from elbogap.inference.train import TrainResult, make_svi, refit_guide, train
+from elbogap.inference.train import KLWeight, Trainer, TrainResult, make_svi, refit_guide, train
 
 __all__ = [
-    "OBJECTIVES", "Evaluation", "TrainResult", "choose_method", "evaluate", "exact_log_px", "kl_gap",
-    "log_joint", "make_objective", "make_svi", "quadrature_log_px", "refit_guide", "train",
+    "OBJECTIVES", "Evaluation", "KLWeight", "TrainResult", "Trainer", "choose_method", "evaluate",
+    "exact_log_px", "kl_gap", "log_joint", "make_objective", "make_svi", "quadrature_log_px",
+    "refit_guide", "train",
 ]

@@ -2,12 +2,14 @@
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.infer import SVI
+from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
 from elbogap.errors import UsageError
@@ -34,15 +36,30 @@ def frozen(module: torch.nn.Module):
             param.requires_grad_(flag)
 
 
-def minibatches(num_data: int, batch_size: int, generator: torch.Generator):
-    """Endless index batches, reshuffled every epoch; the data stays one tensor."""
-    while True:
-        order = torch.randperm(num_data, generator=generator)
-        yield from order.split(batch_size)
+class KLWeight(Messenger):
+    r"""Scale the log-densities of the latent site ``"z"`` by ``beta`` in model and guide alike.
+
+    The bound becomes :math:`\mathbb{E}_q \log p(x \mid z) - \beta\,\mathrm{KL}(q(z \mid x) \,\|\, p(z))`:
+    KL warm-up [1] raises ``beta`` from 0 to 1. Pyro's ``poutine.scale`` scales every site,
+    hence this one-site handler.
+
+    References:
+
+    [1] Ladder Variational Autoencoders, Casper Kaae Sønderby, Tapani Raiko, Lars Maaløe,
+        Søren Kaae Sønderby, Ole Winther, arXiv:1602.02282
+    """
+
+    def __init__(self, beta: float = 1.0):
+        super().__init__()
+        self.beta = beta
+
+    def _process_message(self, msg):
+        if msg["name"] == "z" and self.beta != 1.0:
+            msg["scale"] = msg["scale"] * self.beta
 
 
 def make_svi(model, guide, lr: float = 1e-3, objective: str = "elbo", num_particles: int = 1,
-             freeze_model: bool = False, lr_decay: float = 1.0) -> SVI:
+             freeze_model: bool = False, lr_decay: float = 1.0, kl_weight: KLWeight | None = None) -> SVI:
     """Pyro's :class:`~pyro.infer.SVI` over ``model.model`` and ``guide.guide`` with Adam.
 
     The learning rate is multiplied by ``lr_decay`` after every step (Pyro's ClippedAdam,
@@ -50,8 +67,109 @@ def make_svi(model, guide, lr: float = 1e-3, objective: str = "elbo", num_partic
     are hidden from SVI, so only the guide's parameters are optimized.
     """
     model_fn = poutine.block(model.model, hide_types=["param"]) if freeze_model else model.model
+    guide_fn = guide.guide
+    if kl_weight is not None:
+        model_fn, guide_fn = kl_weight(model_fn), kl_weight(guide_fn)
     optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": lr_decay, "clip_norm": 10.0})
-    return SVI(model_fn, guide.guide, optim, make_objective(objective, num_particles))
+    return SVI(model_fn, guide_fn, optim, make_objective(objective, num_particles))
+
+
+class Trainer:
+    r"""SVI over minibatches of one data tensor, with state that can be saved and resumed.
+
+    Every epoch visits the rows of ``x`` in a fresh random order; the order (and, with
+    ``dynamic_binarize``, a fresh Bernoulli draw of the data, whose rows are then probabilities)
+    comes from a generator seeded by ``(seed, epoch)``, so a resumed run sees exactly the
+    batches the uninterrupted one would have. The data plate scales each minibatch by
+    ``len(x) / batch_size``; ``losses`` holds the negative ELBO per data point of every step.
+
+    :param int kl_warmup_steps: raise the KL weight linearly from 0 to 1 over this many steps.
+    :param float lr_decay: factor applied to the learning rate after every step.
+    """
+
+    def __init__(self, model, guide, x: torch.Tensor, batch_size: int = 128, lr: float = 1e-3,
+                 objective: str = "elbo", num_particles: int = 1, seed: int = 0,
+                 freeze_model: bool = False, lr_decay: float = 1.0, kl_warmup_steps: int = 0,
+                 dynamic_binarize: bool = False):
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+        if lr <= 0:
+            raise UsageError(f"--lr must be > 0, got {lr}")
+        self.model, self.guide, self.x = model, guide, x
+        self.batch_size = min(batch_size, len(x))
+        self.seed, self.freeze_model = seed, freeze_model
+        self.kl_warmup_steps, self.dynamic_binarize = kl_warmup_steps, dynamic_binarize
+        self.kl_weight = KLWeight()
+        self.svi = make_svi(model, guide, lr, objective, num_particles, freeze_model, lr_decay, self.kl_weight)
+        self.step_count, self.epoch, self.position = 0, -1, 0
+        self.losses: list[float] = []
+        self._order = self._epoch_x = None
+
+    def _start_epoch(self, epoch: int) -> None:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        self._order = torch.randperm(len(self.x), generator=generator)
+        self._epoch_x = torch.bernoulli(self.x, generator=generator) if self.dynamic_binarize else self.x
+        self.epoch = epoch
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._order is None or self.position >= len(self.x):
+            self._start_epoch(self.epoch + 1 if self._order is not None else max(self.epoch, 0))
+            self.position = 0
+        index = self._order[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        return self._epoch_x[index], index
+
+    def step(self) -> float:
+        """One SVI step on the next minibatch; returns the negative ELBO per data point."""
+        if self.kl_warmup_steps:
+            self.kl_weight.beta = min(1.0, self.step_count / self.kl_warmup_steps)
+        batch, index = self.next_batch()
+        with frozen(self.model) if self.freeze_model else contextlib.nullcontext():
+            loss = self.svi.step(batch, index, len(self.x)) / len(self.x)
+        self.losses.append(loss)
+        self.step_count += 1
+        return loss
+
+    def run(self, steps: int, callback: Callable[["Trainer"], None] | None = None,
+            progress: bool = False, desc: str = "") -> TrainResult:
+        """Run until ``step_count`` reaches ``steps``; ``callback(self)`` follows every step."""
+        if steps < 0:
+            raise UsageError(f"--steps must be >= 0, got {steps}")
+        bar = tqdm(total=steps, initial=self.step_count, desc=desc, disable=not progress, leave=False)
+        start = time.perf_counter()
+        seconds = 0.0
+        while self.step_count < steps:
+            loss = self.step()
+            bar.update()
+            if self.step_count % 25 == 0:
+                bar.set_postfix(elbo=f"{-loss:.3f}")
+            if callback is not None:  # time spent in callbacks (evaluation, checkpoints) is not training
+                seconds += time.perf_counter() - start
+                callback(self)
+                start = time.perf_counter()
+        bar.close()
+        return TrainResult(self.losses, seconds + time.perf_counter() - start)
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly: parameters, optimizer, RNG, position in the data."""
+        return {
+            "step": self.step_count, "epoch": self.epoch, "position": self.position,
+            "losses": torch.tensor(self.losses, dtype=torch.float64),
+            "model": self.model.state_dict(), "guide": self.guide.state_dict(),
+            "optim": self.svi.optim.get_state(), "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.model.load_state_dict(state["model"])
+            self.guide.load_state_dict(state["guide"])
+        self.svi.optim.set_state(state["optim"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step_count, self.position = int(state["step"]), int(state["position"])
+        self.losses = state["losses"].tolist()
+        self.epoch = int(state["epoch"])
+        if self.epoch >= 0:
+            self._start_epoch(self.epoch)
 
 
 def train(model, guide, x: torch.Tensor, steps: int, batch_size: int = 128, lr: float = 1e-3,
@@ -62,7 +180,8 @@ def train(model, guide, x: torch.Tensor, steps: int, batch_size: int = 128, lr: 
 
     Each step takes a minibatch of ``batch_size`` rows of ``x``; the data plate scales it by
     ``len(x) / batch_size`` so that every step estimates the full-data bound. The recorded
-    loss is the negative ELBO per data point.
+    loss is the negative ELBO per data point. See :class:`Trainer` for warm-up, dynamic
+    binarization and checkpoints.
 
     :param model: a :class:`~elbogap.model.LatentModel`.
     :param guide: a :class:`~elbogap.guides.Guide`.
@@ -72,29 +191,8 @@ def train(model, guide, x: torch.Tensor, steps: int, batch_size: int = 128, lr: 
     :param bool freeze_model: keep the model's parameters fixed and fit only the guide.
     :param float lr_decay: factor applied to the learning rate after every step.
     """
-    if steps < 0:
-        raise UsageError(f"--steps must be >= 0, got {steps}")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
-    if lr <= 0:
-        raise UsageError(f"--lr must be > 0, got {lr}")
-    num_data = len(x)
-    svi = make_svi(model, guide, lr, objective, num_particles, freeze_model, lr_decay)
-    batches = minibatches(num_data, min(batch_size, num_data), torch.Generator().manual_seed(seed))
-    result = TrainResult()
-    bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
-    start = time.perf_counter()
-    with frozen(model) if freeze_model else contextlib.nullcontext():
-        for step in range(steps):
-            index = next(batches)
-            loss = svi.step(x[index], index, num_data) / num_data
-            result.losses.append(loss)
-            bar.update()
-            if step % 50 == 0:
-                bar.set_postfix(elbo=f"{-loss:.3f}")
-    result.seconds = time.perf_counter() - start
-    bar.close()
-    return result
+    trainer = Trainer(model, guide, x, batch_size, lr, objective, num_particles, seed, freeze_model, lr_decay)
+    return trainer.run(steps, progress=progress, desc=desc)
 
 
 def refit_guide(model, guide, x: torch.Tensor, lr: float = 0.05, max_steps: int = 4000,

@@ -1,0 +1,209 @@
+"""Figures of a comparison, drawn from its saved results and run checkpoints (PNG, matplotlib)."""
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from pyro import poutine  # noqa: E402
+
+from elbogap.errors import UsageError  # noqa: E402
+from elbogap.inference import log_joint, refit_guide  # noqa: E402
+from elbogap.inference.evaluation import draw  # noqa: E402
+
+#: families whose density can be evaluated anywhere (planar and Sylvester score only their own draws).
+INVERTIBLE = {"diag", "full", "lowrank", "mixture", "iaf", "spline", "local", "exact"}
+
+
+def _by_guide(runs):
+    groups = defaultdict(list)
+    for run in runs:
+        groups[run["guide"]].append(run)
+    return groups
+
+
+def plot_training(results: dict, path: Path) -> Path:
+    """Running training ELBO, test ELBO and test log p(x) at evaluation points, per run."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (guide, runs) in enumerate(_by_guide(results["runs"]).items()):
+        color = colors[i % len(colors)]
+        for j, run in enumerate(runs):
+            label = guide if j == 0 else None
+            steps, elbo = zip(*run["curve"], strict=True) if run["curve"] else ((), ())
+            left.plot(steps, elbo, color=color, alpha=0.5, lw=1, label=label)
+            points = [p for p in run.get("curve_eval", []) if "test_elbo" in p]
+            if points:
+                left.plot([p["step"] for p in points], [p["test_elbo"] for p in points], "o--", color=color,
+                          ms=3, lw=1)
+                right.plot([p["step"] for p in points], [p["test_log_px"] for p in points], "s-", color=color,
+                           ms=3, lw=1, label=label)
+                right.plot([p["step"] for p in points], [p["test_elbo"] for p in points], ":", color=color, lw=1)
+    left.set(xlabel="SVI step", ylabel="nats per data point",
+             title="ELBO: running train (lines), test at evaluation points (dots)")
+    right.set(xlabel="SVI step", ylabel="nats per data point",
+              title="test log p(x) (squares) above test ELBO (dotted)")
+    low = [p["test_elbo"] for run in results["runs"] for p in run.get("curve_eval", []) if "test_elbo" in p]
+    if low:  # the first evaluations of an untrained model would squash the interesting range
+        top = max([p["test_log_px"] for run in results["runs"] for p in run["curve_eval"] if "test_log_px" in p]
+                  + [value for run in results["runs"] for _, value in run["curve"]])
+        floor = sorted(low)[len(low) // 10]
+        for axis in (left, right):
+            axis.set_ylim(floor - 0.2 * (top - floor), top + 0.1 * (top - floor))
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_gaps(results: dict, path: Path) -> Path:
+    """KL gap per guide, train and test: mean over seeds with the spread, and each seed as a dot."""
+    groups = _by_guide(results["runs"])
+    fig, axis = plt.subplots(figsize=(1.3 * len(groups) + 3, 4))
+    width = 0.38
+    for offset, split in ((-width / 2, "train"), (width / 2, "test")):
+        for i, runs in enumerate(groups.values()):
+            gaps = torch.tensor([run[split]["kl_gap"] for run in runs], dtype=torch.float64)
+            spread = float(gaps.std()) if len(gaps) > 1 else 0.0
+            axis.bar(i + offset, float(gaps.mean()), width, yerr=spread, capsize=3,
+                     color="tab:blue" if split == "train" else "tab:orange",
+                     label=split if i == 0 else None, alpha=0.8)
+            axis.plot([i + offset] * len(gaps), gaps, "k.", ms=4)
+    axis.set_xticks(range(len(groups)), list(groups))
+    method = results["runs"][0]["test"]["log_px_method"]
+    axis.set(ylabel="KL gap = log p(x) - ELBO (nats)",
+             title=f"KL(q(z|x) || p(z|x)) per family\n(log p(x) by {method}; bars: mean ± sd over seeds, dots: seeds)")
+    axis.legend()
+    axis.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+@torch.no_grad()
+def _posterior_grid(model, x, size=80):
+    """A grid around the posterior of one point, and the normalized log posterior on it."""
+    coarse = torch.linspace(-6, 6, 121)
+    zz = torch.stack(torch.meshgrid(coarse, coarse, indexing="ij"), -1).reshape(-1, 1, 2)
+    log_p = sum(log_joint(model, x, zz)).squeeze(-1)
+    keep = zz[log_p > log_p.max() - 12, 0]
+    lo, hi = keep.min(0).values - 0.3, keep.max(0).values + 0.3
+    axes = [torch.linspace(float(lo[d]), float(hi[d]), size) for d in range(2)]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
+    log_p = sum(log_joint(model, x, grid.reshape(-1, 1, 2))).reshape(size, size)
+    cell = (hi - lo).prod() / size**2
+    return grid, log_p - torch.logsumexp(log_p.flatten(), 0) - cell.log()
+
+
+@torch.no_grad()
+def plot_posteriors(fits: list[tuple[str, object, object]], x: torch.Tensor, path: Path) -> Path:
+    """For 2-D latents: the true posterior p(z|x) (filled) against each guide's q(z|x) (lines)."""
+    fig, axes = plt.subplots(len(fits), len(x), figsize=(2.6 * len(x), 2.5 * len(fits)), squeeze=False)
+    for row, (name, model, guide) in enumerate(fits):
+        for col in range(len(x)):
+            point = x[col:col + 1]
+            grid, log_post = _posterior_grid(model, point)
+            axis = axes[row, col]
+            axis.contourf(grid[..., 0], grid[..., 1], log_post.exp(), levels=12, cmap="Greys")
+            fitted = guide
+            if not guide.amortized:  # per-datapoint parameters for this one point, fitted to the frozen model
+                fitted = type(guide)(1, guide.latent_dim)
+                with torch.enable_grad():
+                    refit_guide(model, fitted, point)
+            q = fitted.distribution(point, torch.tensor([0]))
+            if name in INVERTIBLE:
+                log_q = q.log_prob(grid.reshape(-1, 1, 2)).reshape(grid.shape[:2])
+                axis.contour(grid[..., 0], grid[..., 1], log_q.exp(), levels=6, colors="tab:red", linewidths=0.8)
+            else:
+                samples = draw(q, 400)[:, 0]
+                axis.plot(samples[:, 0], samples[:, 1], ".", color="tab:red", ms=1.5, alpha=0.5)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if col == 0:
+                axis.set_ylabel(name)
+            if row == 0:
+                axis.set_title(f"test point {col}", fontsize=9)
+    fig.suptitle("true posterior p(z|x) (grey) and q(z|x) (red)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _likelihood_mean(model, x, z):
+    trace = poutine.trace(poutine.condition(model.model, data={"z": z})).get_trace(x)
+    return trace.nodes["x"]["fn"].mean
+
+
+@torch.no_grad()
+def plot_images(fits, x: torch.Tensor, image_shape, path: Path, num_samples: int = 10) -> Path:
+    """Per guide: test images, their reconstructions E[x | z], z ~ q(z|x), and prior samples' means."""
+    rows = []
+    for name, model, guide in fits:
+        if guide.amortized:
+            z = draw(guide.distribution(x), 1)[0]
+            rows.append((f"{name}: reconstruction", _likelihood_mean(model, x, z)))
+        prior_z = torch.randn(num_samples, model.latent_dim)
+        rows.append((f"{name}: prior sample", _likelihood_mean(model, x[:num_samples], prior_z)))
+    rows.insert(0, ("data", x))
+    fig, axes = plt.subplots(len(rows), num_samples, figsize=(num_samples * 0.9, len(rows) * 1.0), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c in range(num_samples):
+            axis = axes[r, c]
+            axis.imshow(images[c].reshape(image_shape).clamp(0, 1), cmap="Greys_r", vmin=0, vmax=1)
+            axis.set_xticks([])
+            axis.set_yticks([])
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def image_shape_of(data) -> tuple[int, int] | None:
+    if data.image_shape is not None:
+        return data.image_shape
+    side = math.isqrt(data.data_dim)
+    return (side, side) if side * side == data.data_dim and data.is_binary else None
+
+
+def make_figures(results_dir: str | Path) -> list[Path]:
+    """Draw every figure a results directory supports; return the files written."""
+    from elbogap.runs import load_run
+
+    results_dir = Path(results_dir)
+    path = results_dir / "results.json"
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist; give a directory written by elbogap compare or train")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{path} is not valid JSON ({error}); rerun the study to rewrite it") from None
+    if not results.get("runs"):
+        raise UsageError(f"{path} holds no finished run yet; nothing to plot")
+    written = [plot_training(results, results_dir / "training.png"), plot_gaps(results, results_dir / "gaps.png")]
+    first_runs = list({run["guide"]: run for run in reversed(results["runs"])}.values())[::-1]
+    fits, data = [], None
+    for run in first_runs:
+        run_dir = results_dir / run.get("run_dir", ".")
+        if (run_dir / "checkpoint.pt").is_file():
+            _, data, model, guide, _ = load_run(run_dir)
+            fits.append((run["guide"], model, guide))
+    if not fits:
+        return written
+    torch.manual_seed(0)
+    if fits[0][1].latent_dim == 2:
+        written.append(plot_posteriors(fits, data.test[:4], results_dir / "posteriors.png"))
+    shape = image_shape_of(data)
+    if shape is not None:
+        written.append(plot_images(fits, data.test[:10], shape, results_dir / "images.png"))
+    return written

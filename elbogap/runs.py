@@ -1,0 +1,172 @@
+"""One run: train a model with one guide and seed into a run directory, evaluate it, reload it.
+
+A run directory holds ``checkpoint.pt`` (model, guide, optimizer and RNG state, the resolved
+configuration), ``run.json`` (metrics, curves, configuration, versions) and ``train.log``.
+"""
+
+import json
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+from elbogap.checkpoint import load_checkpoint, save_checkpoint
+from elbogap.config import Config
+from elbogap.data import Dataset, load_data
+from elbogap.errors import UsageError
+from elbogap.guides import build_guide
+from elbogap.inference import Trainer, evaluate, refit_guide
+from elbogap.model import build_model
+from elbogap.versions import versions
+
+CHECKPOINT, RUN_JSON, LOG = "checkpoint.pt", "run.json", "train.log"
+
+
+def load_dataset(config: Config) -> Dataset:
+    """The data set a configuration names, subset and binarized as it says."""
+    return load_data(config.data, config.test_fraction, config.data_seed, config.data_dir, config.binarize,
+                     config.train_size, config.test_size)
+
+
+def resolve_likelihood(config: Config, data: Dataset) -> str:
+    """The configured likelihood, or Bernoulli for binary data and Gaussian otherwise."""
+    binary = data.is_binary
+    if config.likelihood is None:
+        return "bernoulli" if binary and config.model == "vae" else "gaussian"
+    if config.likelihood == "bernoulli" and not binary:
+        raise UsageError(
+            f"{data.name} is not binary but the likelihood is Bernoulli; "
+            "use --binarize threshold|static|dynamic or --likelihood gaussian"
+        )
+    return config.likelihood
+
+
+def build(config: Config, data: Dataset, guide_name: str):
+    """A fresh model and guide for ``data`` as the configuration describes them."""
+    from elbogap.user_model import is_user_model, load_user_model
+
+    if is_user_model(config.model):
+        model = load_user_model(config.model, data.train[:2], config.latent_dim)
+    else:
+        model = build_model(config.model, data.data_dim, config.latent_dim, config.hidden_dims,
+                            config.activation, resolve_likelihood(config, data))
+    guide = build_guide(guide_name, model, len(data.train), config.hidden_dims, config.activation,
+                        config.flow_depth, config.mixture_size, config.rank)
+    return model, guide
+
+
+def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: bool) -> dict:
+    """Metrics of one split; a per-datapoint guide first fits its parameters with the model fixed."""
+    if not guide.amortized:
+        if fresh_local:
+            guide = type(guide)(len(x), guide.latent_dim)
+        refit_guide(model, guide, x)
+    return evaluate(model, guide, x, elbo_samples=config.eval_samples, iw_samples=config.iw_samples,
+                    quadrature_points=config.quadrature_points).metrics
+
+
+def training_curve(losses: list[float], points: int = 100) -> list[list[float]]:
+    """``[step, mean ELBO over the preceding window]`` at about ``points`` places."""
+    window = max(1, len(losses) // points)
+    return [[end, -sum(losses[end - window:end]) / window]
+            for end in range(window, len(losses) + 1, window)]
+
+
+@torch.no_grad()
+def evaluation_point(model, guide, data: Dataset, config: Config) -> dict:
+    """Cheap metrics on fixed subsets during training: train and test ELBO, test log p(x)."""
+    point = {}
+    with torch.random.fork_rng(devices=[]):  # evaluation must not change the training's random stream
+        for split, x in data.splits().items():
+            count = min(config.curve_points, len(x))
+            if not guide.amortized and split == "test":
+                continue  # a per-datapoint guide has no parameters for test points until it is refit
+            metrics = evaluate(model, guide, x[:count], torch.arange(count), elbo_samples=16,
+                               iw_samples=min(config.iw_samples, 100), quadrature_points=24).metrics
+            point[f"{split}_elbo"] = metrics["elbo"]
+            point[f"{split}_log_px"] = metrics["log_px"]
+    return point
+
+
+class RunLog:
+    """A plain-text log of one run, appended to as it goes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def write(self, message: str) -> None:
+        with self.path.open("a") as stream:
+            stream.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+
+def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: str | Path,
+            progress: bool = False) -> dict:
+    """Train the model jointly with one guide from ``seed``, save it, and evaluate both splits.
+
+    Returns the run's record: guide, seed, the metrics of :func:`~elbogap.inference.evaluate`
+    for ``"train"`` and ``"test"``, ``train_seconds`` (the SVI steps alone), the running ELBO
+    (``curve``) and the periodic evaluations (``curve_eval``).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = RunLog(run_dir / LOG)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    model, guide = build(config, data, guide_name)
+    num_data = len(data.train)
+    steps = config.total_steps(num_data)
+    trainer = Trainer(model, guide, data.train, config.batch_size, config.lr, config.objective, config.particles,
+                      seed, lr_decay=config.lr_decay ** (1 / max(steps, 1)),
+                      kl_warmup_steps=round(config.kl_warmup * config.steps_per_epoch(num_data)),
+                      dynamic_binarize=data.dynamic)
+    eval_every = config.eval_every or max(1, steps // 10)
+    curve_eval: list[dict] = []
+    log.write(f"start guide={guide_name} seed={seed} steps={steps} config={json.dumps(config.to_dict())}")
+
+    def save(complete: bool) -> None:
+        save_checkpoint(run_dir / CHECKPOINT, {
+            "config": json.dumps(config.to_dict()), "guide_name": guide_name, "seed": seed,
+            "complete": complete, "trainer": trainer.state_dict(), "curve_eval": json.dumps(curve_eval),
+        })
+
+    def after_step(trainer: Trainer) -> None:
+        step = trainer.step_count
+        if step % eval_every == 0 or step == steps:
+            curve_eval.append({"step": step, **evaluation_point(model, guide, data, config)})
+            log.write(f"step {step} " + " ".join(f"{k}={v:.4f}" for k, v in curve_eval[-1].items() if k != "step"))
+        if config.checkpoint_every and step % config.checkpoint_every == 0:
+            save(complete=False)
+
+    fit = trainer.run(steps, after_step, progress, desc=f"{guide_name} seed {seed}")
+    save(complete=True)
+    pyro.set_rng_seed(seed + 10_000)  # evaluation draws its own reproducible samples
+    metrics = {split: evaluate_split(model, guide, x, config, fresh_local=split != "train")
+               for split, x in data.splits().items()}
+    log.write("final " + " ".join(f"{split}_{k}={metrics[split][k]:.4f}" for split in metrics
+                                  for k in ("log_px", "elbo", "kl_gap")))
+    run = {"guide": guide_name, "seed": seed, **metrics, "train_seconds": fit.seconds, "steps": steps,
+           "curve": training_curve(fit.losses), "curve_eval": curve_eval}
+    record = {"config": config.to_dict(), "versions": versions(), "run": run}
+    (run_dir / RUN_JSON).write_text(json.dumps(record, indent=2))
+    return run
+
+
+def load_run(run_dir: str | Path):
+    """Rebuild a saved run: ``(config, data, model, guide, checkpoint)``."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"run directory {run_dir} does not exist; give a directory written by elbogap train")
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    config = Config(**json.loads(state["config"]))
+    data = load_dataset(config)
+    pyro.clear_param_store()
+    model, guide = build(config, data, state["guide_name"])
+    try:
+        with torch.no_grad():
+            model.load_state_dict(state["trainer"]["model"])
+            guide.load_state_dict(state["trainer"]["guide"])
+    except RuntimeError as error:
+        raise UsageError(f"the checkpoint in {run_dir} does not match its configuration: "
+                         f"{str(error).splitlines()[0]}") from None
+    return config, data, model, guide, state
