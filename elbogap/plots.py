@@ -76,7 +76,7 @@ def plot_gaps(results: dict, path: Path) -> Path:
             axis.bar(i + offset, float(gaps.mean()), width, yerr=spread, capsize=3,
                      color="tab:blue" if split == "train" else "tab:orange",
                      label=split if i == 0 else None, alpha=0.8)
-            axis.plot([i + offset] * len(gaps), gaps, "k.", ms=4)
+            axis.plot([i + offset] * len(gaps), gaps.numpy(), "k.", ms=4)
     axis.set_xticks(range(len(groups)), list(groups))
     method = results["runs"][0]["test"]["log_px_method"]
     axis.set(ylabel="KL gap = log p(x) - ELBO (nats)",
@@ -113,7 +113,8 @@ def plot_posteriors(fits: list[tuple[str, object, object]], x: torch.Tensor, pat
             point = x[col:col + 1]
             grid, log_post = _posterior_grid(model, point)
             axis = axes[row, col]
-            axis.contourf(grid[..., 0], grid[..., 1], log_post.exp(), levels=12, cmap="Greys")
+            z1, z2 = grid[..., 0].numpy(), grid[..., 1].numpy()
+            axis.contourf(z1, z2, log_post.exp().numpy(), levels=12, cmap="Greys")
             fitted = guide
             if not guide.amortized:  # per-datapoint parameters for this one point, fitted to the frozen model
                 fitted = type(guide)(1, guide.latent_dim)
@@ -122,9 +123,9 @@ def plot_posteriors(fits: list[tuple[str, object, object]], x: torch.Tensor, pat
             q = fitted.distribution(point, torch.tensor([0]))
             if name in INVERTIBLE:
                 log_q = q.log_prob(grid.reshape(-1, 1, 2)).reshape(grid.shape[:2])
-                axis.contour(grid[..., 0], grid[..., 1], log_q.exp(), levels=6, colors="tab:red", linewidths=0.8)
+                axis.contour(z1, z2, log_q.exp().numpy(), levels=6, colors="tab:red", linewidths=0.8)
             else:
-                samples = draw(q, 400)[:, 0]
+                samples = draw(q, 400)[:, 0].numpy()
                 axis.plot(samples[:, 0], samples[:, 1], ".", color="tab:red", ms=1.5, alpha=0.5)
             axis.set_xticks([])
             axis.set_yticks([])
@@ -159,7 +160,7 @@ def plot_images(fits, x: torch.Tensor, image_shape, path: Path, num_samples: int
     for r, (label, images) in enumerate(rows):
         for c in range(num_samples):
             axis = axes[r, c]
-            axis.imshow(images[c].reshape(image_shape).clamp(0, 1), cmap="Greys_r", vmin=0, vmax=1)
+            axis.imshow(images[c].reshape(image_shape).clamp(0, 1).numpy(), cmap="Greys_r", vmin=0, vmax=1)
             axis.set_xticks([])
             axis.set_yticks([])
         axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)

@@ -10,7 +10,7 @@ import pytest
 from elbogap.cli import main
 
 QUICK = ["--steps", "40", "--batch-size", "64", "--eval-samples", "16", "--quadrature-points", "16",
-         "--hidden-dims", "16", "--quiet"]
+         "--hidden-dims", "16", "--curve-points", "32", "--quiet", "--no-figures"]
 
 
 def run_cli(*args, cwd=None):
@@ -34,6 +34,9 @@ def test_compare_writes_results_with_every_metric(tmp_path):
                 assert np.isfinite(metrics[key]), key
             assert metrics["log_px_method"] == "quadrature"
             assert metrics["kl_gap"] == pytest.approx(metrics["log_px"] - metrics["elbo"])
+    assert (out / "results.csv").read_text().count("\n") == 1 + 4 * 2
+    assert (out / "runs" / "diag-seed1" / "checkpoint.pt").is_file()
+    assert (out / "runs" / "local-seed0" / "train.log").read_text().count("step") >= 10
     table = (out / "results.md").read_text()
     assert "| diag |" in table and "| local |" in table and "±" in table and "quadrature" in table
 
@@ -64,7 +67,10 @@ def test_compare_reads_a_users_npz_with_its_own_split(tmp_path):
     (["--guides", "diag,gaussian"], "unknown guide 'gaussian'; choose from diag, full"),
     (["--model", "resnet"], "unknown model 'resnet'"),
     (["--data", "nothere.npy"], "does not exist"),
-    (["--data", "mnist"], "unknown data 'mnist'"),
+    (["--data", "mnist"], "--data mnist needs --data-dir"),
+    (["--data", "cifar"], "unknown data 'cifar'"),
+    (["--binarize", "sometimes"], "unknown --binarize"),
+    (["--config", "missing.toml"], "does not exist"),
     (["--guides", "exact"], "closed-form posterior"),
     (["--latent-dim", "0"], "--latent-dim must be at least 1"),
     (["--lr", "-1"], "--lr must be > 0"),
@@ -83,3 +89,44 @@ def test_non_binary_data_with_a_bernoulli_likelihood_suggests_the_fix(tmp_path):
     result = run_cli("compare", "--data", str(tmp_path / "real.npy"), "--likelihood", "bernoulli",
                      "--out", str(tmp_path / "o"), *QUICK)
     assert result.returncode == 2 and "--likelihood gaussian" in result.stderr
+
+
+def test_train_evaluate_and_plot_a_run_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    study = tmp_path / "study.toml"
+    study.write_text('guide = "iaf"\nseed = 4\nsteps = 1000\nlatent_dim = 2\n')
+    args = ["train", "--config", str(study), "--steps", "40", "--out", str(run_dir), *QUICK[2:-1], "--figures"]
+    assert main(args) == 0
+    for name in ("checkpoint.pt", "run.json", "train.log", "results.json", "results.csv", "results.md",
+                 "config.toml", "training.png", "gaps.png", "posteriors.png", "images.png"):
+        assert (run_dir / name).is_file(), name
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["config"]["guide"] == "iaf" and record["config"]["steps"] == 40  # the flag beat the file
+    assert record["run"]["steps"] == 40 and len(record["run"]["curve_eval"]) == 10
+
+    result = run_cli("evaluate", str(run_dir), "--eval-samples", "32", "--quadrature-points", "16", "--quiet")
+    assert result.returncode == 0, result.stderr
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    assert evaluation["test"]["elbo_samples"] == 32 and evaluation["guide"] == "iaf"
+    saved = record["run"]["test"]
+    assert evaluation["test"]["log_px"] == pytest.approx(saved["log_px"], abs=1e-3)  # same model, exact quadrature
+
+    (run_dir / "gaps.png").unlink()
+    result = run_cli("plot", str(run_dir))
+    assert result.returncode == 0 and (run_dir / "gaps.png").is_file()
+
+
+def test_saved_config_reruns_the_study(tmp_path):
+    out = tmp_path / "first"
+    assert main(["train", "--out", str(out), *QUICK]) == 0
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(out / "config.toml"), "--out", str(again), "--quiet"]) == 0
+    first = json.loads((out / "results.json").read_text())["runs"][0]
+    second = json.loads((again / "results.json").read_text())["runs"][0]
+    assert first["test"]["elbo"] == second["test"]["elbo"]  # same seed, same configuration, same numbers
+
+
+@pytest.mark.parametrize("command", [["evaluate", "no/such/run"], ["plot", "no/such/results"]])
+def test_missing_directories_are_named(command):
+    result = run_cli(*command)
+    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr

@@ -1,13 +1,15 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from elbogap.data import digits, linear_gaussian, load_data
+from elbogap.data import linear_gaussian, load_data
 from elbogap.errors import UsageError
 
 
 def test_digits_are_binary_and_split_reproducibly():
-    first, second = digits(), digits()
+    first, second = load_data("digits"), load_data("digits")
     assert first.train.shape == (1438, 64) and first.test.shape == (359, 64)
     assert first.is_binary
     assert torch.equal(first.test, second.test)
@@ -49,3 +51,67 @@ def test_npz_with_several_unnamed_arrays_is_refused(tmp_path):
     np.savez(tmp_path / "two.npz", a=np.zeros((3, 2)), b=np.zeros((3, 2)))
     with pytest.raises(UsageError, match="'train' and 'test'"):
         load_data(str(tmp_path / "two.npz"))
+
+
+def write_fake_mnist(folder, num_train=30, num_test=10, gz=True):
+    """Four IDX files in the MNIST layout, with grey levels 0..255."""
+    from elbogap.idx import write_idx
+
+    rng = np.random.default_rng(0)
+    suffix = ".gz" if gz else ""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, count in (("train", num_train), ("t10k", num_test)):
+        write_idx(folder / f"{stem}-images-idx3-ubyte{suffix}", rng.integers(0, 256, (count, 4, 4)).astype(np.uint8))
+        write_idx(folder / f"{stem}-labels-idx1-ubyte{suffix}", rng.integers(0, 10, count).astype(np.uint8))
+    return folder
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_reads_idx_files_gzipped_or_raw(tmp_path, gz):
+    folder = write_fake_mnist(tmp_path / "mnist", gz=gz)
+    data = load_data("mnist", data_dir=str(folder))
+    assert data.train.shape == (30, 16) and data.test.shape == (10, 16)
+    assert data.image_shape == (4, 4) and data.is_binary
+
+
+def test_missing_idx_files_say_how_to_get_them(tmp_path):
+    with pytest.raises(UsageError, match="dataset-fashion-mnist"):
+        load_data("fashion-mnist", data_dir=str(tmp_path))
+    with pytest.raises(UsageError, match="--data-dir"):
+        load_data("mnist")
+    with pytest.raises(UsageError, match="does not exist"):
+        load_data("mnist", data_dir=str(tmp_path / "nowhere"))
+
+
+def test_binarization_modes(tmp_path):
+    folder = write_fake_mnist(tmp_path / "m", num_train=200, num_test=50)
+    grey = load_data("mnist", data_dir=str(folder), binarize="none")
+    threshold = load_data("mnist", data_dir=str(folder), binarize="threshold")
+    assert torch.equal(threshold.train, (grey.train > 0.5).float())
+    static = [load_data("mnist", data_dir=str(folder), binarize="static", data_seed=s) for s in (0, 0, 1)]
+    assert torch.equal(static[0].train, static[1].train) and not torch.equal(static[0].train, static[2].train)
+    # a Bernoulli draw: the mean of the 0/1 pixels matches the mean grey level
+    assert float(static[0].train.mean()) == pytest.approx(float(grey.train.mean()), abs=0.02)
+    dynamic = load_data("mnist", data_dir=str(folder), binarize="dynamic")
+    assert dynamic.dynamic and torch.equal(dynamic.train, grey.train) and dynamic.is_binary
+    assert set(dynamic.splits()["train"].unique().tolist()) == {0.0, 1.0}
+
+
+def test_subsets_are_seeded_and_sized():
+    first = load_data("digits", train_size=100, test_size=20, data_seed=3)
+    again = load_data("digits", train_size=100, test_size=20, data_seed=3)
+    assert first.train.shape == (100, 64) and first.test.shape == (20, 64)
+    assert torch.equal(first.train, again.train)
+
+
+def test_binarizing_data_outside_the_unit_interval_is_refused(tmp_path):
+    np.save(tmp_path / "wide.npy", np.linspace(-2, 2, 40).reshape(10, 4))
+    with pytest.raises(UsageError, match="--binarize none"):
+        load_data(str(tmp_path / "wide.npy"), binarize="threshold")
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed (CI installs it)")
+def test_fashion_mnist_from_the_debian_package():
+    data = load_data("fashion-mnist", train_size=500, test_size=100, binarize="static")
+    assert data.train.shape == (500, 784) and data.test.shape == (100, 784) and data.image_shape == (28, 28)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from elbogap.data import digits
+from elbogap.data import load_data
 from elbogap.guides import GUIDES, build_guide
 from elbogap.inference import evaluate, refit_guide, train
 from elbogap.model import VAE
@@ -10,7 +10,7 @@ from tests.conftest import diag_gap_closed_form, draw_linear_data
 
 @pytest.fixture(scope="module")
 def small_digits():
-    return digits().train[:256]
+    return load_data("digits").train[:256]
 
 
 @pytest.mark.parametrize("name", [name for name in GUIDES if name != "exact"])

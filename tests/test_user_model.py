@@ -1,0 +1,74 @@
+"""A user's own Pyro model, loaded from a file, trained and evaluated with elbogap's guides."""
+
+import json
+
+import pytest
+
+from elbogap.cli import main
+from elbogap.errors import UsageError
+from elbogap.user_model import import_target
+
+USER_MODEL = '''
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+decoder = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 64))
+
+
+def model(x, index=None, num_data=None):
+    pyro.module("my_decoder", decoder)
+    with pyro.plate("data", num_data or len(x), subsample=index if index is not None else torch.arange(len(x))):
+        z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
+
+
+def plain(x):
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+        loc = pyro.param("loc", torch.zeros(64))
+        pyro.sample("x", dist.Normal(loc + z.sum(-1, keepdim=True), 1.0).to_event(1), obs=x)
+
+
+def no_latent(x):
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal(0.0, 1.0).expand([64]).to_event(1), obs=x)
+'''
+
+QUICK = ["--steps", "30", "--eval-samples", "8", "--quadrature-points", "12", "--iw-samples", "16",
+         "--hidden-dims", "16", "--seeds", "0", "--quiet", "--no-figures", "--train-size", "200", "--test-size", "50"]
+
+
+@pytest.fixture
+def user_file(tmp_path):
+    path = tmp_path / "my_model.py"
+    path.write_text(USER_MODEL)
+    return path
+
+
+def test_compare_trains_and_evaluates_a_users_model(user_file, tmp_path):
+    out = tmp_path / "out"
+    assert main(["compare", "--model", f"{user_file}:model", "--guides", "diag,iaf", "--out", str(out), *QUICK]) == 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [run["guide"] for run in runs] == ["diag", "iaf"]
+    assert runs[0]["test"]["log_px_method"] == "quadrature"  # its latent dimension, 2, was read off the trace
+
+
+def test_a_model_that_takes_only_x_is_scaled_and_evaluated_by_importance_sampling(user_file, tmp_path):
+    out = tmp_path / "plain"
+    args = ["compare", "--model", f"{user_file}:plain", "--guides", "diag", "--likelihood", "gaussian",
+            "--out", str(out), *QUICK]
+    assert main(args) == 0
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert run["test"]["log_px_method"] == "iwae"
+
+
+def test_user_model_mistakes_are_named(user_file, tmp_path):
+    with pytest.raises(UsageError, match="has no 'missing'"):
+        import_target(f"{user_file}:missing")
+    with pytest.raises(UsageError, match="does not exist"):
+        import_target("nowhere.py:model")
+    with pytest.raises(UsageError, match="cannot import"):
+        import_target("no_such_package_xyz.module:model")
+    assert main(["compare", "--model", f"{user_file}:no_latent", "--out", str(tmp_path / "o"), *QUICK]) == 2
