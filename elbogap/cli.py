@@ -49,6 +49,8 @@ HELP = {
     "curve_points": "data points per split used by the evaluations during training",
     "checkpoint_every": "steps between checkpoints (0: only at the end)",
     "figures": "draw PNG figures into the output directory",
+    "on_nan": "stop | skip: on a NaN/inf loss or parameter, stop the command, or mark the run failed and go on",
+    "resume": "continue the runs saved in --out (after an interruption) instead of refusing to overwrite them",
     "out": "output directory (a run directory for train)",
 }
 
@@ -90,10 +92,18 @@ def add_config_flags(parser: argparse.ArgumentParser, names=None) -> None:
 EVAL_FLAGS = ["eval_samples", "iw_samples", "quadrature_points"]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line naming the problem and where to look."""
+
+    def error(self, message):
+        self.exit(2, f"elbogap: error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="elbogap", description="Measure log p(x) = ELBO + KL(q(z|x) || p(z|x)) for variational families.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=OneLineParser)
     compare = commands.add_parser(
         "compare", help="train with each guide and seed; write results.json/.csv/.md and figures",
         description="Train the model jointly with each guide for each seed, evaluate log p(x), the ELBO, its "
@@ -207,6 +217,8 @@ def run_plot(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from elbogap.runs import Interrupted, NumericalFault
+
     args = build_parser().parse_args(argv)
     commands = {"compare": run_compare, "train": run_train, "evaluate": run_evaluate, "plot": run_plot}
     try:
@@ -214,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"elbogap: error: {error}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        print(f"elbogap: {stop}", file=sys.stderr)
+        return 128 + stop.signum
+    except NumericalFault as fault:
+        print(f"elbogap: error: {fault}; --on-nan skip goes on with the other runs", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("elbogap: interrupted; finished runs are saved in the output directory", file=sys.stderr)
         return 130

@@ -5,7 +5,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from elbogap.config import Config
-from elbogap.runs import build, load_dataset, run_one
+from elbogap.runs import NumericalFault, build, load_dataset, run_one
 from elbogap.versions import versions
 
 
@@ -32,11 +32,17 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
     for guide_name in config.guides:
         for seed in config.seeds:
             name = run_name(guide_name, seed)
-            run = run_one(config, data, guide_name, seed, out / "runs" / name, progress)
+            try:
+                run = run_one(config, data, guide_name, seed, out / "runs" / name, progress)
+            except NumericalFault as fault:
+                if config.on_nan != "skip":
+                    raise
+                print(f"elbogap: skipped {fault}", file=sys.stderr)
+                run = {"guide": guide_name, "seed": seed, "failed": str(fault)}
             results["runs"].append({**run, "run_dir": f"runs/{name}"})
             if on_run is not None:
                 on_run(results)
-            if progress:
+            if progress and "failed" not in run:
                 test = run["test"]
                 print(f"{guide_name:>10} seed {seed}: test log p(x) {test['log_px']:.3f}, "
                       f"ELBO {test['elbo']:.3f}, gap {test['kl_gap']:.3f}", file=sys.stderr)

@@ -42,7 +42,7 @@ class Config:
     epochs: float | None = None
     batch_size: int = 128
     lr: float = 3e-3
-    lr_decay: float = 1.0
+    lr_decay: float = 0.1
     kl_warmup: float = 0.0
     objective: str = "elbo"
     particles: int = 1
@@ -56,6 +56,8 @@ class Config:
     curve_points: int = 256
     checkpoint_every: int = 500
     figures: bool = True
+    on_nan: str = "stop"
+    resume: bool = False
     out: str = "results"
 
     def validate(self) -> "Config":
@@ -82,6 +84,8 @@ class Config:
             raise UsageError("--seeds is empty; give at least one seed, e.g. --seeds 0")
         if len(set(self.guides)) != len(self.guides) or len(set(self.seeds)) != len(self.seeds):
             raise UsageError("--guides and --seeds must not repeat an entry")
+        if self.on_nan not in ("stop", "skip"):
+            raise UsageError(f"unknown --on-nan {self.on_nan!r}; choose stop or skip")
         if self.binarize not in (None, "threshold", "static", "dynamic", "none"):
             raise UsageError(f"unknown --binarize {self.binarize!r}; choose threshold, static, dynamic or none")
         return self
@@ -100,6 +104,16 @@ class Config:
 
     def replace(self, **changes) -> "Config":
         return Config(**{**self.to_dict(), **changes})
+
+
+#: settings that control how a command runs, not what it computes: a resumed run may change them.
+RUN_CONTROL = ("out", "resume", "figures", "on_nan", "eval_samples", "iw_samples", "quadrature_points",
+               "guides", "seeds", "guide", "seed", "checkpoint_every")
+
+
+def differences(saved: dict, current: dict) -> list[str]:
+    """Names of the settings that make two configurations compute different things."""
+    return sorted(k for k in current if k not in RUN_CONTROL and saved.get(k) != current[k])
 
 
 def flag(name: str) -> str:

@@ -189,7 +189,10 @@ def make_figures(results_dir: str | Path) -> list[Path]:
         results = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise UsageError(f"{path} is not valid JSON ({error}); rerun the study to rewrite it") from None
-    if not results.get("runs"):
+    from elbogap.report import finished
+
+    results = {**results, "runs": finished(results.get("runs", []))}
+    if not results["runs"]:
         raise UsageError(f"{path} holds no finished run yet; nothing to plot")
     written = [plot_training(results, results_dir / "training.png"), plot_gaps(results, results_dir / "gaps.png")]
     first_runs = list({run["guide"]: run for run in reversed(results["runs"])}.values())[::-1]

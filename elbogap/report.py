@@ -51,11 +51,20 @@ def describe_methods(runs: list[dict], config: dict) -> list[str]:
     ]
 
 
+def finished(runs: list[dict]) -> list[dict]:
+    """The runs that completed (a run stopped by a numerical fault carries ``failed`` instead)."""
+    return [run for run in runs if "failed" not in run]
+
+
 def markdown(results: dict) -> str:
-    config, runs = results["config"], results["runs"]
+    config, failed = results["config"], [run for run in results["runs"] if "failed" in run]
+    runs = finished(results["runs"])
     lines = [f"# elbogap compare: {config['model']} on {config['data']}", ""]
+    if failed:
+        lines += ["## Failed runs", ""]
+        lines += [f"- {run['guide']} seed {run['seed']}: {run['failed']}" for run in failed] + [""]
     if not runs:
-        return "\n".join(lines + ["No run has finished yet.", ""])
+        return "\n".join(lines + ["No run has finished.", ""])
     for split in ("test", "train"):
         lines += [f"## {split} split ({runs[0][split]['num_points']} points)", "", *table(runs, split), ""]
     lines += ["## How the numbers were computed", "", *describe_methods(runs, config), ""]
@@ -78,7 +87,7 @@ def csv_text(results: dict) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["guide", "seed", "split", *CSV_METRICS, "train_seconds"])
-    for run in results["runs"]:
+    for run in finished(results["runs"]):
         for split in ("train", "test"):
             writer.writerow([run["guide"], run["seed"], split, *(run[split].get(k, "") for k in CSV_METRICS),
                              run["train_seconds"]])

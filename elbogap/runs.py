@@ -4,7 +4,11 @@ A run directory holds ``checkpoint.pt`` (model, guide, optimizer and RNG state, 
 configuration), ``run.json`` (metrics, curves, configuration, versions) and ``train.log``.
 """
 
+import contextlib
 import json
+import math
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -12,7 +16,7 @@ import pyro
 import torch
 
 from elbogap.checkpoint import load_checkpoint, save_checkpoint
-from elbogap.config import Config
+from elbogap.config import Config, differences
 from elbogap.data import Dataset, load_data
 from elbogap.errors import UsageError
 from elbogap.guides import build_guide
@@ -21,6 +25,39 @@ from elbogap.model import build_model
 from elbogap.versions import versions
 
 CHECKPOINT, RUN_JSON, LOG = "checkpoint.pt", "run.json", "train.log"
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGINT or SIGTERM after saving a checkpoint of the last completed step."""
+
+    def __init__(self, signum: int, step: int, run_dir: Path):
+        self.signum, self.step, self.run_dir = signum, step, run_dir
+        super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}; the checkpoint in "
+                         f"{run_dir} holds it: rerun the same command with --resume to continue")
+
+
+class NumericalFault(Exception):
+    """The loss or a parameter became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Turn SIGINT and SIGTERM into a request the training loop honours after the current step."""
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    previous = {sig: signal.signal(sig, lambda signum, frame: requested.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def parameters_finite() -> bool:
+    return all(bool(torch.isfinite(value).all()) for value in pyro.get_param_store().values())
 
 
 def load_dataset(config: Config) -> Dataset:
@@ -122,7 +159,15 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
                       dynamic_binarize=data.dynamic)
     eval_every = config.eval_every or max(1, steps // 10)
     curve_eval: list[dict] = []
-    log.write(f"start guide={guide_name} seed={seed} steps={steps} config={json.dumps(config.to_dict())}")
+    if (run_dir / CHECKPOINT).exists():
+        state = resumable_state(run_dir, config, guide_name, seed)
+        if state["complete"] and (run_dir / RUN_JSON).is_file():
+            return json.loads((run_dir / RUN_JSON).read_text())["run"]
+        trainer.load_state_dict(state["trainer"])
+        curve_eval = json.loads(state["curve_eval"])
+        log.write(f"resume at step {trainer.step_count}")
+    else:
+        log.write(f"start guide={guide_name} seed={seed} steps={steps} config={json.dumps(config.to_dict())}")
 
     def save(complete: bool) -> None:
         save_checkpoint(run_dir / CHECKPOINT, {
@@ -130,15 +175,35 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
             "complete": complete, "trainer": trainer.state_dict(), "curve_eval": json.dumps(curve_eval),
         })
 
+    def fault(step: int) -> NumericalFault:
+        message = (f"guide {guide_name}, seed {seed}: the loss or a parameter became NaN/inf at step {step}; "
+                   "likely cause: a learning rate too high for this model and data (try a smaller --lr, "
+                   f"--lr-decay or --kl-warmup) or extreme data values; the last good checkpoint in {run_dir} "
+                   "is intact")
+        log.write(message)
+        return NumericalFault(message)
+
     def after_step(trainer: Trainer) -> None:
         step = trainer.step_count
+        if not math.isfinite(trainer.losses[-1]) or not parameters_finite():
+            raise fault(step)
+        if stop:
+            save(complete=False)
+            log.write(f"interrupted after step {step}")
+            raise Interrupted(stop[0], step, run_dir)
         if step % eval_every == 0 or step == steps:
             curve_eval.append({"step": step, **evaluation_point(model, guide, data, config)})
             log.write(f"step {step} " + " ".join(f"{k}={v:.4f}" for k, v in curve_eval[-1].items() if k != "step"))
         if config.checkpoint_every and step % config.checkpoint_every == 0:
             save(complete=False)
 
-    fit = trainer.run(steps, after_step, progress, desc=f"{guide_name} seed {seed}")
+    with stop_requests() as stop:
+        try:
+            fit = trainer.run(steps, after_step, progress, desc=f"{guide_name} seed {seed}")
+        except ValueError as error:  # a distribution refusing NaN parameters inside the step
+            if parameters_finite() and "nan" not in str(error).lower():
+                raise
+            raise fault(trainer.step_count + 1) from None
     save(complete=True)
     pyro.set_rng_seed(seed + 10_000)  # evaluation draws its own reproducible samples
     metrics = {split: evaluate_split(model, guide, x, config, fresh_local=split != "train")
@@ -150,6 +215,20 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
     record = {"config": config.to_dict(), "versions": versions(), "run": run}
     (run_dir / RUN_JSON).write_text(json.dumps(record, indent=2))
     return run
+
+
+def resumable_state(run_dir: Path, config: Config, guide_name: str, seed: int) -> dict:
+    """The checkpoint in ``run_dir``, if ``--resume`` was given and it belongs to this configuration."""
+    if not config.resume:
+        raise UsageError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    changed = differences(json.loads(state["config"]), config.to_dict())
+    if state["guide_name"] != guide_name or state["seed"] != seed:
+        changed = ["guide/seed", *changed]
+    if changed:
+        raise UsageError(f"{run_dir} holds a checkpoint from another configuration (it differs in "
+                         f"{', '.join(changed)}); resume with the same settings or choose another --out")
+    return state
 
 
 def load_run(run_dir: str | Path):

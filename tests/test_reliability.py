@@ -1,0 +1,152 @@
+"""Runs that survive interruption and numerical faults, and checkpoints that never run code."""
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from elbogap.checkpoint import load_checkpoint
+from elbogap.cli import main
+from elbogap.errors import UsageError
+
+QUICK = ["--eval-samples", "16", "--quadrature-points", "12", "--hidden-dims", "16", "--curve-points", "32",
+         "--quiet", "--no-figures", "--train-size", "300", "--test-size", "60"]
+
+NAN_MODEL = '''
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+decoder = nn.Linear(2, 64)
+calls = [0]
+
+
+def model(x, index=None, num_data=None):
+    pyro.module("decoder", decoder)
+    calls[0] += 1
+    with pyro.plate("data", num_data or len(x), subsample=index if index is not None else torch.arange(len(x))):
+        z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        logits = decoder(z)
+        if calls[0] > 25:  # a fault injected after 25 calls: the likelihood turns NaN
+            logits = logits * float("nan")
+        pyro.sample("x", dist.Bernoulli(logits=logits, validate_args=False).to_event(1), obs=x)
+'''
+
+
+def cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "elbogap.cli", *args], capture_output=True, text=True,
+                          timeout=300, **kwargs)
+
+
+def metrics(path):
+    return [{split: run[split] for split in ("train", "test")} for run in json.loads(path.read_text())["runs"]]
+
+
+def test_sigterm_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path):
+    args = ["compare", "--guides", "diag,iaf", "--seeds", "0", "--steps", "200", "--checkpoint-every", "0", *QUICK]
+    assert main([*args, "--out", str(tmp_path / "straight")]) == 0
+
+    out = tmp_path / "interrupted"
+    process = subprocess.Popen([sys.executable, "-m", "elbogap.cli", *args, "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = out / "runs" / "iaf-seed0" / "train.log"
+    deadline = time.time() + 240
+    while not (checkpoint.is_file() and "step 40 " in checkpoint.read_text()) and time.time() < deadline:
+        time.sleep(0.05)  # wait until the second run (iaf) is well into training
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "--resume" in stderr and "Traceback" not in stderr
+    state = load_checkpoint(out / "runs" / "iaf-seed0" / "checkpoint.pt")
+    assert not state["complete"] and 40 <= state["trainer"]["step"] < 200
+    assert json.loads((out / "results.json").read_text())["runs"][0]["guide"] == "diag"  # finished work kept
+
+    refused = cli(*args, "--out", str(out))
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    assert metrics(out / "results.json") == metrics(tmp_path / "straight" / "results.json")
+
+
+def test_resume_refuses_a_checkpoint_from_another_configuration(tmp_path):
+    args = ["train", "--steps", "20", "--out", str(tmp_path / "run"), *QUICK]
+    assert main(args) == 0
+    result = cli(*args, "--resume", "--lr", "0.1")
+    assert result.returncode == 2 and "another configuration" in result.stderr and "lr" in result.stderr
+
+
+@pytest.fixture
+def nan_model(tmp_path):
+    path = tmp_path / "nan_model.py"
+    path.write_text(NAN_MODEL)
+    return f"{path}:model"
+
+
+def test_a_nan_loss_stops_the_run_naming_step_and_guide(nan_model, tmp_path):
+    out = tmp_path / "nan"
+    result = cli("compare", "--model", nan_model, "--guides", "diag", "--seeds", "0", "--steps", "60",
+                 "--checkpoint-every", "10", "--eval-every", "100", "--out", str(out), *QUICK)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "NaN" in result.stderr and "guide diag" in result.stderr and "step" in result.stderr
+    state = load_checkpoint(out / "runs" / "diag-seed0" / "checkpoint.pt")  # the last good one
+    assert state["trainer"]["step"] % 10 == 0 and state["trainer"]["losses"].isfinite().all()
+
+
+def test_on_nan_skip_marks_the_run_failed_and_goes_on(nan_model, tmp_path):
+    out = tmp_path / "skip"
+    # each run rebuilds the model module, but the injected counter lives on: every run fails, and the sweep goes on
+    code = main(["compare", "--model", nan_model, "--guides", "diag,full", "--seeds", "0", "--steps", "60",
+                 "--on-nan", "skip", "--out", str(out), *QUICK])
+    assert code == 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [run["guide"] for run in runs] == ["diag", "full"] and all("failed" in run for run in runs)
+    assert "Failed runs" in (out / "results.md").read_text()
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_crafted_pickle_is_refused_without_running_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "evil"
+    run_dir.mkdir()
+    with open(run_dir / "checkpoint.pt", "wb") as stream:
+        pickle.dump({"format": "elbogap-checkpoint-1", "payload": Exploit()}, stream)
+    with pytest.raises(UsageError, match="refusing to load"):
+        load_checkpoint(run_dir / "checkpoint.pt")
+    result = cli("evaluate", str(run_dir), cwd=tmp_path)
+    assert result.returncode == 2 and "refusing to load" in result.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["compare", "--seeds", "0,x"], "not a comma-separated list"),
+    (["compare", "--steps", "many"], "invalid int value"),
+    (["compare", "--frobnicate"], "unrecognized arguments"),
+    (["compare", "--on-nan", "ignore"], "unknown --on-nan"),
+    (["compare", "--iw-samples", "0"], "--iw-samples must be at least 1"),
+    (["compare", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["compare", "--hidden-dims", "64,-1"], "--hidden-dims must be positive"),
+    (["compare", "--activation", "sigmoidish"], "unknown activation"),
+    (["compare", "--objective", "kl"], "unknown objective"),
+    (["compare", "--out", "/proc/elbogap"], "cannot write to --out"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_more_bad_input_gets_one_line(args, message):
+    result = cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_same_seed_same_numbers(tmp_path):
+    for name in ("a", "b"):
+        assert main(["compare", "--guides", "planar", "--seeds", "5", "--steps", "30",
+                     "--out", str(tmp_path / name), *QUICK]) == 0
+    assert metrics(tmp_path / "a" / "results.json") == metrics(tmp_path / "b" / "results.json")
