@@ -45,6 +45,13 @@ HELP = {
     "eval_samples": "samples of q per data point for the ELBO",
     "iw_samples": "importance samples per data point for log p(x) when neither exact nor quadrature",
     "quadrature_points": "grid points per axis for 2-D quadrature",
+    "gap_points": "points per split on which q* is refit to split the gap into approximation and amortization "
+                  "(0: off)",
+    "dynamics_points": "test points on which q* is refit at every evaluation during training, for the stacked "
+                       "gap bands of gap_over_training.png (0: off; costs a refit per evaluation)",
+    "mode": "joint (train model and guide together) | fixed-model (train the model once with --reference-guide, "
+            "then fit every guide to that same model)",
+    "reference_guide": "the guide the model is trained with in --mode fixed-model",
     "eval_every": "steps between evaluations during training (0: ten evaluations per run)",
     "curve_points": "data points per split used by the evaluations during training",
     "checkpoint_every": "steps between checkpoints (0: only at the end)",
@@ -89,7 +96,7 @@ def add_config_flags(parser: argparse.ArgumentParser, names=None) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-run lines")
 
 
-EVAL_FLAGS = ["eval_samples", "iw_samples", "quadrature_points"]
+EVAL_FLAGS = ["eval_samples", "iw_samples", "quadrature_points", "gap_points"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -116,7 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="evaluate a saved run directory",
                                    description="Evaluate the model and guide saved in RUN_DIR on both splits.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
-    add_config_flags(evaluate, EVAL_FLAGS)
+    evaluate.add_argument("--refit", action="store_true",
+                          help="with --guide B: fit family B to the saved model (model frozen) and evaluate it "
+                               "and its q*; shows how the decoder adapted to the guide it was trained with")
+    add_config_flags(evaluate, [*EVAL_FLAGS, "guide", "steps"])
     plot = commands.add_parser("plot", help="redraw the figures of a results directory",
                                description="Redraw the figures of RESULTS_DIR from results.json and run checkpoints.")
     plot.add_argument("results_dir", metavar="RESULTS_DIR")
@@ -193,18 +203,41 @@ def run_evaluate(args) -> int:
     from elbogap.runs import evaluate_split, load_run
 
     config, data, model, guide, state = load_run(args.run_dir)
-    config = config_from_args(args, base=config)
+    trained_with = state["guide_name"]
+    config = config_from_args(args, base=config.replace(guide=trained_with))
+    if config.guide != trained_with:
+        if not args.refit:
+            raise UsageError(f"{args.run_dir} was trained with guide {trained_with}; evaluating family "
+                             f"{config.guide} on its model needs --refit")
+        guide = fit_family(model, config, data, config.guide, state["seed"])
     pyro.set_rng_seed(state["seed"] + 10_000)
     metrics = {split: evaluate_split(model, guide, x, config, fresh_local=split != "train")
                for split, x in data.splits().items()}
-    record = {"guide": state["guide_name"], "seed": state["seed"], **metrics}
-    (Path(args.run_dir) / "evaluation.json").write_text(json.dumps(record, indent=2))
+    record = {"guide": config.guide, "trained_with": trained_with, "seed": state["seed"], **metrics}
+    name = "evaluation.json" if config.guide == trained_with else f"evaluation-{config.guide}.json"
+    (Path(args.run_dir) / name).write_text(json.dumps(record, indent=2))
     if not args.quiet:
         for split in ("test", "train"):
             print(f"## {split}\n" + "\n".join(table([record], split)) + "\n")
-    print(json.dumps({split: {k: metrics[split][k] for k in ("log_px", "elbo", "kl_gap", "log_px_method")}
-                      for split in metrics}))
+    keys = ("log_px", "elbo", "kl_gap", "approx_gap", "amort_gap", "log_px_method")
+    print(json.dumps({split: {k: metrics[split][k] for k in keys if k in metrics[split]} for split in metrics}))
     return 0
+
+
+def fit_family(model, config: Config, data, family: str, seed: int):
+    """A fresh guide of ``family`` fitted by SVI to a fixed model (``config.steps`` steps)."""
+    import pyro
+
+    from elbogap.guides import build_guide
+    from elbogap.inference import Trainer
+
+    pyro.set_rng_seed(seed)
+    guide = build_guide(family, model, len(data.train), config.hidden_dims, config.activation, config.flow_depth,
+                        config.mixture_size, config.rank)
+    steps = config.total_steps(len(data.train))
+    Trainer(guide=guide, model=model, x=data.train, batch_size=config.batch_size, lr=config.lr, seed=seed,
+            freeze_model=True, lr_decay=config.lr_decay ** (1 / max(steps, 1))).run(steps)
+    return guide
 
 
 def run_plot(args) -> int:

@@ -29,11 +29,19 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
     for name in config.guides:  # fail on a bad guide before any training, not in the middle
         build(config, data, name)
     results = {"config": config.to_dict(), "versions": versions(), "runs": []}
+    references = {}
+    if config.mode == "fixed-model":  # one model per seed, trained with the reference guide, then frozen
+        build(config, data, config.reference_guide)
+        for seed in config.seeds:
+            references[seed] = out / "runs" / f"reference-{config.reference_guide}-seed{seed}"
+            reference = run_one(config, data, config.reference_guide, seed, references[seed], progress)
+            results["reference_runs"] = [*results.get("reference_runs", []), {**reference, "run_dir": str(
+                references[seed].relative_to(out))}]
     for guide_name in config.guides:
         for seed in config.seeds:
             name = run_name(guide_name, seed)
             try:
-                run = run_one(config, data, guide_name, seed, out / "runs" / name, progress)
+                run = run_one(config, data, guide_name, seed, out / "runs" / name, progress, references.get(seed))
             except NumericalFault as fault:
                 if config.on_nan != "skip":
                     raise

@@ -52,6 +52,10 @@ class Config:
     eval_samples: int = 256
     iw_samples: int = 1000
     quadrature_points: int = 32
+    gap_points: int = 64
+    dynamics_points: int = 0
+    mode: str = "joint"
+    reference_guide: str = "diag"
     eval_every: int = 0
     curve_points: int = 256
     checkpoint_every: int = 500
@@ -64,7 +68,8 @@ class Config:
         """Raise :class:`UsageError` naming the first setting out of range."""
         least = {"latent_dim": 1, "batch_size": 1, "particles": 1, "flow_depth": 1, "mixture_size": 1,
                  "rank": 1, "eval_samples": 1, "iw_samples": 1, "quadrature_points": 4, "curve_points": 1,
-                 "steps": 0, "eval_every": 0, "checkpoint_every": 0, "kl_warmup": 0}
+                 "steps": 0, "eval_every": 0, "checkpoint_every": 0, "kl_warmup": 0, "gap_points": 0,
+                 "dynamics_points": 0}
         for name, low in least.items():
             if getattr(self, name) < low:
                 raise UsageError(f"--{flag(name)} must be at least {low}, got {getattr(self, name)}")
@@ -84,6 +89,8 @@ class Config:
             raise UsageError("--seeds is empty; give at least one seed, e.g. --seeds 0")
         if len(set(self.guides)) != len(self.guides) or len(set(self.seeds)) != len(self.seeds):
             raise UsageError("--guides and --seeds must not repeat an entry")
+        if self.mode not in ("joint", "fixed-model"):
+            raise UsageError(f"unknown --mode {self.mode!r}; choose joint or fixed-model")
         if self.on_nan not in ("stop", "skip"):
             raise UsageError(f"unknown --on-nan {self.on_nan!r}; choose stop or skip")
         if self.binarize not in (None, "threshold", "static", "dynamic", "none"):
@@ -107,7 +114,7 @@ class Config:
 
 
 #: settings that control how a command runs, not what it computes: a resumed run may change them.
-RUN_CONTROL = ("out", "resume", "figures", "on_nan", "eval_samples", "iw_samples", "quadrature_points",
+RUN_CONTROL = ("out", "resume", "figures", "on_nan", "eval_samples", "iw_samples", "quadrature_points", "gap_points",
                "guides", "seeds", "guide", "seed", "checkpoint_every")
 
 

@@ -64,6 +64,46 @@ def plot_training(results: dict, path: Path) -> Path:
     return path
 
 
+def plot_gap_over_training(results: dict, path: Path) -> Path:
+    """log p(x) and the ELBO on the test split over training (top), and the gap between them (bottom).
+
+    In ``--mode fixed-model`` log p(x) is flat and shared: the ELBO rises and the gap, a pure KL,
+    falls. Where q* was refit during training (``--dynamics-points``) the gap is stacked into the
+    approximation gap (log p(x) - L[q*]) and the amortization gap (L[q*] - L[q]).
+    """
+    groups = _by_guide(results["runs"])
+    fig, axes = plt.subplots(2, len(groups), figsize=(3.6 * len(groups), 5.6), squeeze=False, sharex="col")
+    for col, (guide, runs) in enumerate(groups.items()):
+        top, bottom = axes[0, col], axes[1, col]
+        points = [p for p in runs[0].get("curve_eval", []) if "test_elbo" in p]
+        steps = [p["step"] for p in points]
+        top.plot(steps, [p["test_log_px"] for p in points], "k-", lw=1.5, label="log p(x)")
+        top.plot(steps, [p["test_elbo"] for p in points], "--", color="tab:blue", lw=1.5, label="ELBO")
+        if points and "dynamics_elbo_star" in points[0]:
+            approx = [p["dynamics_gap_log_px"] - p["dynamics_elbo_star"] for p in points]
+            total = [p["dynamics_gap_log_px"] - p["dynamics_gap_elbo"] for p in points]
+            bottom.fill_between(steps, 0, approx, color="tab:green", alpha=0.5, label="approximation gap")
+            bottom.fill_between(steps, approx, total, color="tab:purple", alpha=0.5, label="amortization gap")
+        else:
+            gap = [p["test_log_px"] - p["test_elbo"] for p in points]
+            bottom.fill_between(steps, 0, gap, color="tab:orange", alpha=0.5, label="KL gap")
+        top.set_title(f"{guide} (seed {runs[0]['seed']})")
+        bottom.set_xlabel("SVI step")
+        for axis in (top, bottom):
+            axis.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("test nats per data point")
+    axes[1, 0].set_ylabel("log p(x) - ELBO (nats)")
+    axes[0, 0].legend(fontsize=7)
+    axes[1, 0].legend(fontsize=7)
+    fixed = results["config"].get("mode") == "fixed-model"
+    fig.suptitle("fixed model: log p(x) is the same for every guide, the ELBO rises towards it" if fixed
+                 else "log p(x) and the ELBO over training; the gap between them is KL(q || p(z|x))", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_gaps(results: dict, path: Path) -> Path:
     """KL gap per guide, train and test: mean over seeds with the spread, and each seed as a dot."""
     groups = _by_guide(results["runs"])
@@ -194,7 +234,8 @@ def make_figures(results_dir: str | Path) -> list[Path]:
     results = {**results, "runs": finished(results.get("runs", []))}
     if not results["runs"]:
         raise UsageError(f"{path} holds no finished run yet; nothing to plot")
-    written = [plot_training(results, results_dir / "training.png"), plot_gaps(results, results_dir / "gaps.png")]
+    written = [plot_training(results, results_dir / "training.png"), plot_gaps(results, results_dir / "gaps.png"),
+               plot_gap_over_training(results, results_dir / "gap_over_training.png")]
     first_runs = list({run["guide"]: run for run in reversed(results["runs"])}.values())[::-1]
     fits, data = [], None
     for run in first_runs:

@@ -21,6 +21,7 @@ from elbogap.data import Dataset, load_data
 from elbogap.errors import UsageError
 from elbogap.guides import build_guide
 from elbogap.inference import Trainer, evaluate, refit_guide
+from elbogap.inference.gaps import gap_decomposition
 from elbogap.model import build_model
 from elbogap.versions import versions
 
@@ -93,14 +94,28 @@ def build(config: Config, data: Dataset, guide_name: str):
     return model, guide
 
 
+def gap_index(num_points: int, config: Config) -> torch.Tensor:
+    """The seeded subset of a split on which q* is refit (``--gap-points`` of them)."""
+    generator = torch.Generator().manual_seed(config.data_seed + 7)
+    return torch.randperm(num_points, generator=generator)[:config.gap_points].sort().values
+
+
 def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: bool) -> dict:
-    """Metrics of one split; a per-datapoint guide first fits its parameters with the model fixed."""
+    """Metrics of one split, with the gap decomposition on ``--gap-points`` of its points.
+
+    A per-datapoint guide first fits its parameters with the model fixed.
+    """
     if not guide.amortized:
         if fresh_local:
             guide = type(guide)(len(x), guide.latent_dim)
         refit_guide(model, guide, x)
-    return evaluate(model, guide, x, elbo_samples=config.eval_samples, iw_samples=config.iw_samples,
-                    quadrature_points=config.quadrature_points).metrics
+    options = {"elbo_samples": config.eval_samples, "iw_samples": config.iw_samples,
+               "quadrature_points": config.quadrature_points}
+    metrics = evaluate(model, guide, x, **options).metrics
+    if config.gap_points:
+        index = gap_index(len(x), config)
+        metrics.update(gap_decomposition(model, guide, x[index], index, **options))
+    return metrics
 
 
 def training_curve(losses: list[float], points: int = 100) -> list[list[float]]:
@@ -123,6 +138,12 @@ def evaluation_point(model, guide, data: Dataset, config: Config) -> dict:
                                iw_samples=min(config.iw_samples, 100), quadrature_points=24).metrics
             point[f"{split}_elbo"] = metrics["elbo"]
             point[f"{split}_log_px"] = metrics["log_px"]
+        if config.dynamics_points and guide.amortized:
+            count = min(config.dynamics_points, len(data.test))
+            with torch.enable_grad():
+                gaps = gap_decomposition(model, guide, data.test[:count], elbo_samples=32, iw_samples=100,
+                                         quadrature_points=24)
+            point.update({f"dynamics_{key}": gaps[key] for key in ("gap_log_px", "gap_elbo", "elbo_star")})
     return point
 
 
@@ -138,8 +159,12 @@ class RunLog:
 
 
 def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: str | Path,
-            progress: bool = False) -> dict:
+            progress: bool = False, fixed_model: str | Path | None = None) -> dict:
     """Train the model jointly with one guide from ``seed``, save it, and evaluate both splits.
+
+    With ``fixed_model`` (a run directory), the model is that run's trained model, held fixed:
+    only the guide is fitted, so log p(x) is the same for every guide and every ELBO difference
+    is a KL difference.
 
     Returns the run's record: guide, seed, the metrics of :func:`~elbogap.inference.evaluate`
     for ``"train"`` and ``"test"``, ``train_seconds`` (the SVI steps alone), the running ELBO
@@ -151,10 +176,13 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     model, guide = build(config, data, guide_name)
+    if fixed_model is not None:
+        with torch.no_grad():
+            model.load_state_dict(load_checkpoint(Path(fixed_model) / CHECKPOINT)["trainer"]["model"])
     num_data = len(data.train)
     steps = config.total_steps(num_data)
     trainer = Trainer(model, guide, data.train, config.batch_size, config.lr, config.objective, config.particles,
-                      seed, lr_decay=config.lr_decay ** (1 / max(steps, 1)),
+                      seed, freeze_model=fixed_model is not None, lr_decay=config.lr_decay ** (1 / max(steps, 1)),
                       kl_warmup_steps=round(config.kl_warmup * config.steps_per_epoch(num_data)),
                       dynamic_binarize=data.dynamic)
     eval_every = config.eval_every or max(1, steps // 10)
@@ -211,7 +239,8 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
     log.write("final " + " ".join(f"{split}_{k}={metrics[split][k]:.4f}" for split in metrics
                                   for k in ("log_px", "elbo", "kl_gap")))
     run = {"guide": guide_name, "seed": seed, **metrics, "train_seconds": fit.seconds, "steps": steps,
-           "curve": training_curve(fit.losses), "curve_eval": curve_eval}
+           "curve": training_curve(fit.losses), "curve_eval": curve_eval,
+           "model_from": None if fixed_model is None else str(fixed_model)}
     record = {"config": config.to_dict(), "versions": versions(), "run": run}
     (run_dir / RUN_JSON).write_text(json.dumps(record, indent=2))
     return run

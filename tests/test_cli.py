@@ -10,7 +10,7 @@ import pytest
 from elbogap.cli import main
 
 QUICK = ["--steps", "40", "--batch-size", "64", "--eval-samples", "16", "--quadrature-points", "16",
-         "--hidden-dims", "16", "--curve-points", "32", "--quiet", "--no-figures"]
+         "--hidden-dims", "16", "--curve-points", "32", "--gap-points", "8", "--quiet", "--no-figures"]
 
 
 def run_cli(*args, cwd=None):
@@ -130,3 +130,32 @@ def test_saved_config_reruns_the_study(tmp_path):
 def test_missing_directories_are_named(command):
     result = run_cli(*command)
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_fixed_model_mode_shares_log_px_across_guides_and_reports_the_gap_split(tmp_path):
+    out = tmp_path / "fixed"
+    assert main(["compare", "--mode", "fixed-model", "--guides", "diag,full", "--seeds", "0", "--gap-points", "8",
+                 "--out", str(out), *QUICK[:-1], "--figures"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    runs = results["runs"]
+    assert runs[0]["test"]["log_px"] == pytest.approx(runs[1]["test"]["log_px"], abs=1e-9)
+    assert results["reference_runs"][0]["guide"] == "diag"
+    for run in runs:
+        curve = [p["test_log_px"] for p in run["curve_eval"]]
+        assert max(curve) - min(curve) < 1e-9  # the model is frozen: its evidence does not move
+        test = run["test"]
+        assert test["approx_gap"] + test["amort_gap"] == pytest.approx(test["gap_kl"], abs=1e-9)
+    assert "approximation vs amortization" in (out / "results.md").read_text()
+    assert (out / "gap_over_training.png").is_file()
+
+
+def test_cross_evaluation_fits_another_family_to_a_saved_model(tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--guide", "diag", "--out", str(run_dir), *QUICK]) == 0
+    refused = run_cli("evaluate", str(run_dir), "--guide", "iaf")
+    assert refused.returncode == 2 and "--refit" in refused.stderr
+    result = run_cli("evaluate", str(run_dir), "--guide", "iaf", "--refit", "--steps", "30", "--gap-points", "8",
+                     "--eval-samples", "16", "--quadrature-points", "16", "--quiet")
+    assert result.returncode == 0, result.stderr
+    record = json.loads((run_dir / "evaluation-iaf.json").read_text())
+    assert record["guide"] == "iaf" and record["trained_with"] == "diag" and "approx_gap" in record["test"]

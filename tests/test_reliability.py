@@ -15,7 +15,7 @@ from elbogap.cli import main
 from elbogap.errors import UsageError
 
 QUICK = ["--eval-samples", "16", "--quadrature-points", "12", "--hidden-dims", "16", "--curve-points", "32",
-         "--quiet", "--no-figures", "--train-size", "300", "--test-size", "60"]
+         "--gap-points", "0", "--quiet", "--no-figures", "--train-size", "300", "--test-size", "60"]
 
 NAN_MODEL = '''
 import pyro

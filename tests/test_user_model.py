@@ -37,7 +37,8 @@ def no_latent(x):
 '''
 
 QUICK = ["--steps", "30", "--eval-samples", "8", "--quadrature-points", "12", "--iw-samples", "16",
-         "--hidden-dims", "16", "--seeds", "0", "--quiet", "--no-figures", "--train-size", "200", "--test-size", "50"]
+         "--hidden-dims", "16", "--seeds", "0", "--gap-points", "0", "--quiet", "--no-figures", "--train-size", "200",
+         "--test-size", "50"]
 
 
 @pytest.fixture

@@ -53,6 +53,13 @@ class AmortizedGuide(Guide):
         self.encoder = mlp(data_dim, hidden_dims, activation)
         self.feature_dim = output_width(data_dim, hidden_dims)
 
+    def distribution(self, x, index=None):
+        return self.from_features(self.encoder(x))
+
+    def from_features(self, h: torch.Tensor) -> dist.TorchDistribution:
+        """:math:`q(z \\mid x)` from the encoder's features ``h = encoder(x)`` (batch shape ``h.shape[:-1]``)."""
+        raise NotImplementedError
+
     def head(self, width: int) -> nn.Linear:
         """A linear map from the encoder's features to ``width`` outputs."""
         return nn.Linear(self.feature_dim, width)

@@ -32,8 +32,7 @@ class FlowGuide(AmortizedGuide):
     def make_transform(self):
         raise NotImplementedError
 
-    def distribution(self, x, index=None):
-        h = self.encoder(x)
+    def from_features(self, h):
         base = dist.Normal(self.loc(h), positive(self.scale(h))).to_event(1)
         return dist.TransformedDistribution(base, [flow.condition(h) for flow in self.flows])
 

@@ -25,8 +25,7 @@ class DiagonalNormal(AmortizedGuide):
         self.loc = self.head(latent_dim)
         self.scale = self.head(latent_dim)
 
-    def distribution(self, x, index=None):
-        h = self.encoder(x)
+    def from_features(self, h):
         return dist.Normal(self.loc(h), positive(self.scale(h))).to_event(1)
 
 
@@ -46,8 +45,7 @@ class FullNormal(AmortizedGuide):
         self.register_buffer("cols", cols)
         self.off_diag = self.head(len(rows))
 
-    def distribution(self, x, index=None):
-        h = self.encoder(x)
+    def from_features(self, h):
         scale_tril = torch.diag_embed(positive(self.diag(h)))
         scale_tril[..., self.rows, self.cols] = self.off_diag(h)
         return dist.MultivariateNormal(self.loc(h), scale_tril=scale_tril)
@@ -67,7 +65,6 @@ class LowRankNormal(AmortizedGuide):
         self.factor = self.head(latent_dim * rank)
         self.diag = self.head(latent_dim)
 
-    def distribution(self, x, index=None):
-        h = self.encoder(x)
+    def from_features(self, h):
         factor = self.factor(h).reshape(h.shape[:-1] + (self.latent_dim, self.rank))
         return dist.LowRankMultivariateNormal(self.loc(h), factor, positive(self.diag(h)))

@@ -27,8 +27,7 @@ class Mixture(AmortizedGuide):
         self.scales = self.head(mixture_size * latent_dim)
         self.logits = self.head(mixture_size)
 
-    def distribution(self, x, index=None):
-        h = self.encoder(x)
+    def from_features(self, h):
         shape = h.shape[:-1] + (self.mixture_size, self.latent_dim)
         locs = self.locs(h).reshape(shape)
         scales = positive(self.scales(h)).reshape(shape)

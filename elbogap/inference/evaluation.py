@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 from pyro import poutine
+from pyro.ops.stats import fit_generalized_pareto
 
 from elbogap.errors import UsageError
 from elbogap.inference.gap import kl_gap
@@ -57,6 +58,38 @@ def draw(q, count: int) -> torch.Tensor:
     return expanded.rsample() if expanded.has_rsample else expanded.sample()
 
 
+def pareto_khat(log_w: torch.Tensor) -> torch.Tensor:
+    r"""PSIS :math:`\hat k` of each column of importance log-weights ``(samples, points)`` [1].
+
+    A generalized Pareto distribution is fitted (Pyro's ``fit_generalized_pareto``) to the
+    largest :math:`M = \min(S/5, 3\sqrt S)` weights of each point; :math:`\hat k > 0.7` means
+    the importance estimate is unreliable. Constant weights (a perfect proposal) get 0. Pyro's
+    ``psis_diagnostic`` returns one value for a whole model; this gives one per data point.
+
+    References:
+
+    [1] Pareto Smoothed Importance Sampling, Aki Vehtari, Daniel Simpson, Andrew Gelman,
+        Yuling Yao, Jonah Gabry, arXiv:1507.02646
+    """
+    num_samples = log_w.shape[0]
+    tail = int(min(0.2 * num_samples, 3 * math.sqrt(num_samples)))
+    if tail < 5:
+        return torch.full(log_w.shape[1:], float("nan"))
+    top = log_w.double().topk(tail + 1, dim=0).values  # descending
+    scaled = (top - top[:1]).exp()
+    exceedances = (scaled[:-1] - scaled[-1:]).flip(0)
+    flat = (top[0] - top[-1]) < 1e-4  # constant weights up to rounding, as from the exact posterior: no tail
+    return torch.tensor([0.0 if flat[i] else _fit_khat(exceedances[:, i]) for i in range(exceedances.shape[1])],
+                        dtype=torch.float64)
+
+
+def _fit_khat(exceedances: torch.Tensor) -> float:
+    try:
+        return fit_generalized_pareto(exceedances)[0]
+    except (ZeroDivisionError, ValueError):  # a degenerate tail (ties) has no Pareto fit
+        return float("nan")
+
+
 def _prior(model, x):
     return poutine.trace(model.model).get_trace(x).nodes["z"]["fn"]
 
@@ -65,7 +98,8 @@ def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk, log_px_me
     q = guide.distribution(x, index)
     posterior = model.posterior(x) if getattr(model, "has_exact_posterior", False) else None
     weights = ImportanceAccumulator()
-    log_w, recon, kl_prior_mc, kl_post_mc = _Moments(), _Moments(), _Moments(), _Moments()
+    log_w, recon, kl_prior_mc, kl_post_mc, z_mean = _Moments(), _Moments(), _Moments(), _Moments(), _Moments()
+    all_log_w = []
     for start in range(0, num_samples, sample_chunk):
         count = min(sample_chunk, num_samples - start)
         z = draw(q, count)
@@ -73,6 +107,8 @@ def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk, log_px_me
         log_prior, log_lik = log_joint(model, x, z)
         weights.add(log_prior + log_lik - log_q)
         log_w.add(log_prior + log_lik - log_q)
+        all_log_w.append(log_prior + log_lik - log_q)
+        z_mean.add(z)
         recon.add(log_lik)
         kl_prior_mc.add(log_q - log_prior)
         if posterior is not None:
@@ -93,6 +129,8 @@ def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk, log_px_me
     if log_px_method == "iwae":
         out.update(log_px=weights.log_mean(), log_px_stderr=weights.stderr())
     out["ess"] = weights.effective_sample_size()
+    out["khat"] = pareto_khat(torch.cat(all_log_w))
+    out["z_mean"] = z_mean.mean()
     return out
 
 
@@ -116,7 +154,10 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
     - ``kl_gap`` :math:`= \log p(x) - \mathrm{ELBO}`, see :func:`~elbogap.inference.gap.kl_gap`;
     - ``kl_exact`` :math:`= \mathrm{KL}(q \,\|\, p(z \mid x))` computed directly, for models
       with a closed-form posterior, so the identity can be checked rather than assumed;
-    - ``ess``: Kish's effective sample size of the importance weights, averaged.
+    - ``ess_mean``: Kish's effective sample size of the importance weights, averaged;
+    - ``khat_mean``, ``khat_bad_share``: PSIS :math:`\hat k` of :math:`q` as an importance
+      proposal (see :func:`pareto_khat`), averaged, and the share of points above 0.7;
+    - ``active_units``: latent dimensions the data uses (see :func:`active_units`).
     """
     method = log_px_method or choose_method(model)
     if method not in METHODS:
@@ -133,6 +174,7 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
                         num_samples, sample_chunk, method)
         for i in range(0, len(x), point_chunk)
     ]
+    z_mean = torch.cat([c.pop("z_mean") for c in chunks])
     per_point = {key: torch.cat([torch.as_tensor(c[key]).expand(len(c["elbo"])) for c in chunks])
                  for key in chunks[0]}
     if method == "exact":
@@ -140,7 +182,22 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
     elif method == "quadrature":
         per_point["log_px"], per_point["log_px_stderr"] = quadrature_log_px(model, x, quadrature_points)
     per_point["kl_gap"] = kl_gap(per_point["log_px"], per_point["elbo"])
-    return Evaluation(_summarize(per_point, method, num_samples, quadrature_points), per_point)
+    metrics = _summarize(per_point, method, num_samples, quadrature_points)
+    metrics["active_units"] = active_units(z_mean)
+    return Evaluation(metrics, per_point)
+
+
+def active_units(z_mean: torch.Tensor, threshold: float = 0.01) -> int:
+    r"""Latent dimensions whose posterior mean varies across data: :math:`\mathrm{Var}_x \mathbb{E}_q[z_d] > 0.01` [1].
+
+    References:
+
+    [1] Importance Weighted Autoencoders, Yuri Burda, Roger Grosse, Ruslan Salakhutdinov,
+        arXiv:1509.00519
+    """
+    if len(z_mean) < 2:
+        return 0
+    return int((z_mean.double().var(0) > threshold).sum())
 
 
 def _combined_stderr(stderr: torch.Tensor) -> float:
@@ -168,6 +225,9 @@ def _summarize(per_point, method, num_samples, quadrature_points) -> dict:
         "kl_gap_stderr": math.hypot(_combined_stderr(per_point["elbo_stderr"]),
                                     _combined_stderr(per_point["log_px_stderr"])),
         "ess_mean": mean("ess"),
+        # too few samples for a tail fit (fewer than 25) leave k-hat undefined: None, not NaN, in the JSON
+        "khat_mean": None if per_point["khat"].isnan().all() else float(per_point["khat"].nanmean()),
+        "khat_bad_share": None if per_point["khat"].isnan().all() else float((per_point["khat"] > 0.7).double().mean()),
     }
     if "kl_exact" in per_point:
         metrics["kl_exact"] = mean("kl_exact")

@@ -58,6 +58,19 @@ class KLWeight(Messenger):
             msg["scale"] = msg["scale"] * self.beta
 
 
+def forget_params(*owners: str) -> None:
+    """Drop the param store's entries registered by ``pyro.module(owner, ...)``.
+
+    ``pyro.module`` keeps the first tensor registered under a name: a new guide (or model) under
+    the same name would compute with its own tensors while SVI optimized the stale ones. Every
+    SVI therefore starts from the modules it is given.
+    """
+    store = pyro.get_param_store()
+    for name in list(store.keys()):
+        if name.split("$$$")[0] in owners:
+            del store[name]
+
+
 def make_svi(model, guide, lr: float = 1e-3, objective: str = "elbo", num_particles: int = 1,
              freeze_model: bool = False, lr_decay: float = 1.0, kl_weight: KLWeight | None = None) -> SVI:
     """Pyro's :class:`~pyro.infer.SVI` over ``model.model`` and ``guide.guide`` with Adam.
@@ -66,6 +79,7 @@ def make_svi(model, guide, lr: float = 1e-3, objective: str = "elbo", num_partic
     which also clips gradient norms at 10). With ``freeze_model`` the model's parameter sites
     are hidden from SVI, so only the guide's parameters are optimized.
     """
+    forget_params("guide") if freeze_model else forget_params("guide", "model")
     model_fn = poutine.block(model.model, hide_types=["param"]) if freeze_model else model.model
     guide_fn = guide.guide
     if kl_weight is not None:

@@ -91,3 +91,12 @@ def test_bad_settings_are_named(kwargs, message, small_digits):
     settings = {"steps": 1, **kwargs}
     with pytest.raises(ValueError, match=message):
         train(model, guide, small_digits, **settings)
+
+
+def test_a_second_guide_of_the_same_name_is_the_one_trained(linear_model, linear_data):
+    """Pyro's param store keeps the first tensor under a name; SVI must still train the new guide."""
+    for _ in range(2):
+        guide = build_guide("local", linear_model, len(linear_data)).double()
+        before = guide.loc.detach().clone()
+        refit_guide(linear_model, guide, linear_data, max_steps=100)
+        assert not torch.equal(guide.loc.detach(), before)

@@ -1,0 +1,100 @@
+r"""Why the gap exists: the approximation gap and the amortization gap [1].
+
+For a guide :math:`q` of family :math:`\mathcal{Q}` and the best member :math:`q^*_x` of that
+family for one data point (found by optimizing per-datapoint parameters, model fixed),
+
+.. math::
+
+    \underbrace{\log p(x) - \mathcal{L}[q]}_{\text{KL gap}}
+    = \underbrace{\log p(x) - \mathcal{L}[q^*]}_{\text{approximation gap}}
+    + \underbrace{\mathcal{L}[q^*] - \mathcal{L}[q]}_{\text{amortization gap}}.
+
+References:
+
+[1] Inference Suboptimality in Variational Autoencoders, Chris Cremer, Xuechen Li,
+    David Duvenaud, arXiv:1801.03558
+"""
+
+import math
+
+import torch
+from torch import nn
+
+from elbogap.guides.base import AmortizedGuide, Guide
+from elbogap.guides.local import LocalNormal
+from elbogap.inference.evaluation import evaluate
+from elbogap.inference.train import frozen, refit_guide
+
+
+class PointwiseGuide(Guide):
+    r""":math:`q^*(z \mid x_n)`: the family of an amortized guide with free features per data point.
+
+    The encoder's features :math:`h_n` become free parameters, initialized at
+    :math:`\mathrm{encoder}(x_n)`; the family's heads and flow conditioners stay fixed. The
+    Gaussian families' heads are linear maps onto every one of their parameters, so every member
+    of the family is reachable; for flows, the members reachable through the conditioning
+    networks, so their approximation gap is an upper bound.
+    """
+
+    amortized = False
+
+    def __init__(self, guide: AmortizedGuide, x: torch.Tensor):
+        super().__init__(guide.latent_dim)
+        object.__setattr__(self, "family", guide)  # not a submodule: its parameters stay fixed
+        with torch.no_grad():
+            self.features = nn.Parameter(guide.encoder(x).clone())
+
+    def distribution(self, x, index=None):
+        return self.family.from_features(self.features if index is None else self.features[index])
+
+
+def optimal_guide(model, guide: Guide, x: torch.Tensor, **refit_options) -> Guide:
+    """The best member of ``guide``'s family for each row of ``x``, with the model held fixed.
+
+    Starts from the guide's own output and stops when the ELBO stops rising (see
+    :func:`~elbogap.inference.train.refit_guide`). The exact posterior is its own optimum.
+    """
+    if isinstance(guide, AmortizedGuide):
+        star = PointwiseGuide(guide, x)
+    elif isinstance(guide, LocalNormal):
+        star = LocalNormal(len(x), guide.latent_dim).to(next(guide.parameters()).dtype)
+    else:
+        return guide
+    with frozen(guide):
+        refit_guide(model, star, x, **refit_options)
+    return star
+
+
+def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor | None = None,
+                      **evaluate_options) -> dict:
+    r"""Approximation and amortization gaps on the rows of ``x``, in nats per data point.
+
+    Returns ``gap_points``, ``gap_log_px``, ``gap_elbo`` (of ``guide``), ``elbo_star`` (of
+    :math:`q^*`), ``gap_kl`` (= log p(x) - ELBO on these points), ``approx_gap`` = log p(x) -
+    elbo_star and ``amort_gap`` = elbo_star - ELBO (so ``approx_gap + amort_gap = gap_kl``), with
+    standard errors. ``guide`` must have parameters for these rows (``index``) if it is not
+    amortized.
+    """
+    if index is None:
+        index = torch.arange(len(x))
+    amortized = evaluate(model, guide, x, index, **evaluate_options)
+    star = optimal_guide(model, guide, x)
+    best = evaluate(model, star, x, **evaluate_options)
+    log_px = best.per_point["log_px"]  # q* is the better proposal where log p(x) is estimated
+    elbo, elbo_star = amortized.per_point["elbo"], best.per_point["elbo"]
+
+    def stderr(*tensors):
+        return math.sqrt(sum(float(t.pow(2).sum()) for t in tensors)) / len(x)
+
+    se = amortized.per_point["elbo_stderr"], best.per_point["elbo_stderr"], best.per_point["log_px_stderr"]
+    return {
+        "gap_points": len(x),
+        "gap_log_px": float(log_px.double().mean()),
+        "gap_elbo": float(elbo.double().mean()),
+        "elbo_star": float(elbo_star.double().mean()),
+        "gap_kl": float((log_px - elbo).double().mean()),
+        "approx_gap": float((log_px - elbo_star).double().mean()),
+        "amort_gap": float((elbo_star - elbo).double().mean()),
+        "approx_gap_stderr": stderr(se[1], se[2]),
+        "amort_gap_stderr": stderr(se[0], se[1]),
+    }

@@ -1,0 +1,73 @@
+"""Approximation and amortization gaps against the linear model's exact posterior."""
+
+import pytest
+import torch
+
+from elbogap.guides import build_guide
+from elbogap.inference import evaluate, train
+from elbogap.inference.gaps import PointwiseGuide, gap_decomposition, optimal_guide
+from tests.conftest import diag_gap_closed_form, draw_linear_data, optimal_diag_guide
+
+
+@pytest.fixture
+def points(linear_model):
+    return draw_linear_data(linear_model, 60, seed=5)
+
+
+def briefly_trained(name, model, data):
+    guide = build_guide(name, model, len(data), hidden_dims=(16,)).double()
+    train(model, guide, data, steps=150, batch_size=100, lr=1e-2, freeze_model=True)
+    return guide
+
+
+def test_q_star_of_the_full_gaussian_is_the_exact_posterior(linear_model, points):
+    guide = briefly_trained("full", linear_model, draw_linear_data(linear_model, 300))
+    star = optimal_guide(linear_model, guide, points)
+    assert evaluate(linear_model, star, points).metrics["kl_exact"] < 2e-3  # analytic KL to p(z|x)
+    gaps = gap_decomposition(linear_model, guide, points, elbo_samples=2000)
+    assert gaps["approx_gap"] == pytest.approx(0.0, abs=4 * gaps["approx_gap_stderr"] + 2e-3)
+
+
+def test_q_star_of_the_diagonal_gaussian_has_the_closed_form_gap(linear_model, points):
+    guide = briefly_trained("diag", linear_model, draw_linear_data(linear_model, 300))
+    star = optimal_guide(linear_model, guide, points)
+    closed = diag_gap_closed_form(linear_model)
+    fitted = evaluate(linear_model, star, points).metrics["kl_exact"]
+    assert closed - 1e-9 <= fitted < closed + 5e-3  # a minimum: only optimization error can remain
+    gaps = gap_decomposition(linear_model, guide, points, elbo_samples=2000)
+    assert gaps["approx_gap"] == pytest.approx(closed, abs=4 * gaps["approx_gap_stderr"] + 5e-3)
+
+
+@pytest.mark.parametrize("name", ["diag", "full", "iaf", "mixture"])
+def test_amortization_gap_is_nonnegative_and_the_parts_add_up(name, linear_model, points):
+    guide = briefly_trained(name, linear_model, draw_linear_data(linear_model, 300))
+    gaps = gap_decomposition(linear_model, guide, points, elbo_samples=500)
+    assert gaps["amort_gap"] > -4 * gaps["amort_gap_stderr"]
+    assert gaps["approx_gap"] + gaps["amort_gap"] == pytest.approx(gaps["gap_kl"], abs=1e-9)
+
+
+def test_pointwise_guide_starts_at_the_encoders_output_and_keeps_it_fixed(linear_model, points):
+    guide = build_guide("iaf", linear_model, 10, hidden_dims=(16,)).double()
+    before = {k: v.clone() for k, v in guide.state_dict().items()}
+    star = PointwiseGuide(guide, points)
+    assert [name for name, _ in star.named_parameters()] == ["features"]
+    torch.manual_seed(0)
+    a = guide.distribution(points).base_dist.mean
+    b = star.distribution(points).base_dist.mean
+    torch.testing.assert_close(a, b)
+    optimal_guide(linear_model, guide, points, max_steps=200)
+    for key, value in guide.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+
+
+def test_pareto_khat_separates_a_good_proposal_from_a_bad_one(linear_model, points):
+    exact = evaluate(linear_model, build_guide("exact", linear_model, 1), points, log_px_method="iwae").metrics
+    too_narrow = evaluate(linear_model, optimal_diag_guide(linear_model, 0.25), points,
+                          log_px_method="iwae").metrics
+    assert exact["khat_mean"] < 0.2 and exact["khat_bad_share"] == 0.0
+    assert too_narrow["khat_mean"] > 0.7 and too_narrow["khat_bad_share"] > 0.5
+    assert exact["ess_mean"] > 10 * too_narrow["ess_mean"]
+
+
+def test_active_units_count_dimensions_the_data_moves(linear_model, points):
+    assert evaluate(linear_model, build_guide("exact", linear_model, 1), points).metrics["active_units"] == 2
