@@ -117,6 +117,7 @@ class Trainer:
         self.svi = make_svi(model, guide, lr, objective, num_particles, freeze_model, lr_decay, self.kl_weight)
         self.step_count, self.epoch, self.position = 0, -1, 0
         self.losses: list[float] = []
+        self.seconds = 0.0  # time in SVI steps, over every session of this run
         self._order = self._epoch_x = None
 
     def _start_epoch(self, epoch: int) -> None:
@@ -150,24 +151,22 @@ class Trainer:
         if steps < 0:
             raise UsageError(f"--steps must be >= 0, got {steps}")
         bar = tqdm(total=steps, initial=self.step_count, desc=desc, disable=not progress, leave=False)
-        start = time.perf_counter()
-        seconds = 0.0
         while self.step_count < steps:
+            start = time.perf_counter()
             loss = self.step()
+            self.seconds += time.perf_counter() - start  # callbacks (evaluation, checkpoints) are not training
             bar.update()
             if self.step_count % 25 == 0:
                 bar.set_postfix(elbo=f"{-loss:.3f}")
-            if callback is not None:  # time spent in callbacks (evaluation, checkpoints) is not training
-                seconds += time.perf_counter() - start
+            if callback is not None:
                 callback(self)
-                start = time.perf_counter()
         bar.close()
-        return TrainResult(self.losses, seconds + time.perf_counter() - start)
+        return TrainResult(self.losses, self.seconds)
 
     def state_dict(self) -> dict:
         """Everything needed to continue exactly: parameters, optimizer, RNG, position in the data."""
         return {
-            "step": self.step_count, "epoch": self.epoch, "position": self.position,
+            "step": self.step_count, "epoch": self.epoch, "position": self.position, "seconds": self.seconds,
             "losses": torch.tensor(self.losses, dtype=torch.float64),
             "model": self.model.state_dict(), "guide": self.guide.state_dict(),
             "optim": self.svi.optim.get_state(), "torch_rng": torch.get_rng_state(),
@@ -181,6 +180,7 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.step_count, self.position = int(state["step"]), int(state["position"])
         self.losses = state["losses"].tolist()
+        self.seconds = float(state.get("seconds", 0.0))
         self.epoch = int(state["epoch"])
         if self.epoch >= 0:
             self._start_epoch(self.epoch)
