@@ -73,13 +73,19 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
     :math:`q^*`), ``gap_kl`` (= log p(x) - ELBO on these points), ``approx_gap`` = log p(x) -
     elbo_star and ``amort_gap`` = elbo_star - ELBO (so ``approx_gap + amort_gap = gap_kl``), with
     standard errors. ``guide`` must have parameters for these rows (``index``) if it is not
-    amortized.
+    amortized. Both ELBOs are estimated from the same random draws, so the noise of their
+    difference (the amortization gap) largely cancels; the reported standard errors ignore that
+    correlation and are conservative.
     """
     if index is None:
         index = torch.arange(len(x))
-    amortized = evaluate(model, guide, x, index, **evaluate_options)
+    seed = int(torch.randint(2**31, ()))
     star = optimal_guide(model, guide, x)
-    best = evaluate(model, star, x, **evaluate_options)
+    with torch.random.fork_rng(devices=[]):  # common random numbers: the two ELBOs share their base draws
+        torch.manual_seed(seed)
+        amortized = evaluate(model, guide, x, index, **evaluate_options)
+        torch.manual_seed(seed)
+        best = evaluate(model, star, x, **evaluate_options)
     log_px = best.per_point["log_px"]  # q* is the better proposal where log p(x) is estimated
     elbo, elbo_star = amortized.per_point["elbo"], best.per_point["elbo"]
 
