@@ -105,9 +105,10 @@ def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk, log_px_me
         z = draw(q, count)
         log_q = q.log_prob(z)
         log_prior, log_lik = log_joint(model, x, z)
-        weights.add(log_prior + log_lik - log_q)
-        log_w.add(log_prior + log_lik - log_q)
-        all_log_w.append(log_prior + log_lik - log_q)
+        log_weight = log_prior + log_lik - log_q
+        weights.add(log_weight)
+        log_w.add(log_weight)
+        all_log_w.append(log_weight)
         z_mean.add(z)
         recon.add(log_lik)
         kl_prior_mc.add(log_q - log_prior)
