@@ -197,10 +197,9 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    import pyro
 
     from elbogap.report import table
-    from elbogap.runs import evaluate_split, load_run
+    from elbogap.runs import evaluate_splits, load_run
 
     config, data, model, guide, state = load_run(args.run_dir)
     trained_with = state["guide_name"]
@@ -210,9 +209,7 @@ def run_evaluate(args) -> int:
             raise UsageError(f"{args.run_dir} was trained with guide {trained_with}; evaluating family "
                              f"{config.guide} on its model needs --refit")
         guide = fit_family(model, config, data, config.guide, state["seed"])
-    pyro.set_rng_seed(state["seed"] + 10_000)
-    metrics = {split: evaluate_split(model, guide, x, config, fresh_local=split != "train")
-               for split, x in data.splits().items()}
+    metrics = evaluate_splits(model, guide, data, config, state["seed"])
     record = {"guide": config.guide, "trained_with": trained_with, "seed": state["seed"], **metrics}
     name = "evaluation.json" if config.guide == trained_with else f"evaluation-{config.guide}.json"
     (Path(args.run_dir) / name).write_text(json.dumps(record, indent=2))
@@ -228,12 +225,11 @@ def fit_family(model, config: Config, data, family: str, seed: int):
     """A fresh guide of ``family`` fitted by SVI to a fixed model (``config.steps`` steps)."""
     import pyro
 
-    from elbogap.guides import build_guide
     from elbogap.inference import Trainer
+    from elbogap.runs import guide_for
 
     pyro.set_rng_seed(seed)
-    guide = build_guide(family, model, len(data.train), config.hidden_dims, config.activation, config.flow_depth,
-                        config.mixture_size, config.rank)
+    guide = guide_for(config, model, len(data.train), family)
     steps = config.total_steps(len(data.train))
     Trainer(guide=guide, model=model, x=data.train, batch_size=config.batch_size, lr=config.lr, seed=seed,
             freeze_model=True, lr_decay=config.lr_decay ** (1 / max(steps, 1))).run(steps)

@@ -89,9 +89,20 @@ def build(config: Config, data: Dataset, guide_name: str):
     else:
         model = build_model(config.model, data.data_dim, config.latent_dim, config.hidden_dims,
                             config.activation, resolve_likelihood(config, data))
-    guide = build_guide(guide_name, model, len(data.train), config.hidden_dims, config.activation,
-                        config.flow_depth, config.mixture_size, config.rank)
-    return model, guide
+    return model, guide_for(config, model, len(data.train), guide_name)
+
+
+def guide_for(config: Config, model, num_data: int, guide_name: str):
+    """A fresh guide of ``guide_name`` for ``model``, with the configuration's network settings."""
+    return build_guide(guide_name, model, num_data, config.hidden_dims, config.activation,
+                       config.flow_depth, config.mixture_size, config.rank)
+
+
+def evaluate_splits(model, guide, data: Dataset, config: Config, seed: int) -> dict:
+    """Metrics of the train and test splits, from the run's own reproducible evaluation seed."""
+    pyro.set_rng_seed(seed + 10_000)
+    return {split: evaluate_split(model, guide, x, config, fresh_local=split != "train")
+            for split, x in data.splits().items()}
 
 
 def gap_index(num_points: int, config: Config) -> torch.Tensor:
@@ -233,9 +244,7 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
                 raise
             raise fault(trainer.step_count + 1) from None
     save(complete=True)
-    pyro.set_rng_seed(seed + 10_000)  # evaluation draws its own reproducible samples
-    metrics = {split: evaluate_split(model, guide, x, config, fresh_local=split != "train")
-               for split, x in data.splits().items()}
+    metrics = evaluate_splits(model, guide, data, config, seed)
     log.write("final " + " ".join(f"{split}_{k}={metrics[split][k]:.4f}" for split in metrics
                                   for k in ("log_px", "elbo", "kl_gap")))
     run = {"guide": guide_name, "seed": seed, **metrics, "train_seconds": fit.seconds, "steps": steps,

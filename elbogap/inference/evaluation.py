@@ -97,7 +97,6 @@ def _prior(model, x):
 def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk, log_px_method):
     q = guide.distribution(x, index)
     posterior = model.posterior(x) if getattr(model, "has_exact_posterior", False) else None
-    weights = ImportanceAccumulator()
     log_w, recon, kl_prior_mc, kl_post_mc, z_mean = _Moments(), _Moments(), _Moments(), _Moments(), _Moments()
     all_log_w = []
     for start in range(0, num_samples, sample_chunk):
@@ -106,7 +105,6 @@ def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk, log_px_me
         log_q = q.log_prob(z)
         log_prior, log_lik = log_joint(model, x, z)
         log_weight = log_prior + log_lik - log_q
-        weights.add(log_weight)
         log_w.add(log_weight)
         all_log_w.append(log_weight)
         z_mean.add(z)
@@ -127,10 +125,13 @@ def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk, log_px_me
         out["kl_exact_analytic"] = kl_post is not None
         out["kl_exact"] = kl_post if kl_post is not None else kl_post_mc.mean()
         out["kl_exact_stderr"] = torch.zeros_like(out["kl_exact"]) if kl_post is not None else kl_post_mc.stderr()
+    all_log_w = torch.cat(all_log_w)
+    weights = ImportanceAccumulator()
+    weights.add(all_log_w)  # the draws are all kept for k-hat, so the log-sum-exps run over them at once
     if log_px_method == "iwae":
         out.update(log_px=weights.log_mean(), log_px_stderr=weights.stderr())
     out["ess"] = weights.effective_sample_size()
-    out["khat"] = pareto_khat(torch.cat(all_log_w))
+    out["khat"] = pareto_khat(all_log_w)
     out["z_mean"] = z_mean.mean()
     return out
 
