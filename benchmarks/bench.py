@@ -3,20 +3,25 @@
 Training (the reference workload of Pyro's VAE example): Fashion-MNIST, statically binarized,
 VAE 784-400-50 with softplus, Bernoulli likelihood, mean-field guide, batch 128, Adam lr 1e-3:
 
-  (a) elbogap's Trainer (SVI + Trace_ELBO over index batches of one tensor);
+  (a) elbogap's Trainer (compiled Trace_ELBO over index batches of one tensor, one ClippedAdam);
   (b) a hand-written PyTorch VAE with the same networks and the same one-sample ELBO;
   (c) the plain Pyro-example loop: SVI + Trace_ELBO + pyro.optim.Adam over a DataLoader.
 
-Evaluation: log p(x) by importance sampling with K samples per point, by elbogap's evaluate and
-by a per-datapoint ``pyro.infer.Importance`` loop, against a roofline from the measured matmul
-rate and the decoder's FLOPs. Peak resident memory is read per stage (Linux: VmHWM, reset
-through /proc/self/clear_refs).
+The three loops run interleaved, a block of steps each in turn, so that a slow spell of a shared
+machine hits all of them alike; each loop's epoch time is the sum of its blocks. First-call costs
+(elbogap's one-time JIT compile among them) are timed apart.
 
-    python benchmarks/bench.py                        # the full reference workload
-    python benchmarks/bench.py --train-size 5000 --eval-points 200 --importance-points 5   # quick
+Evaluation: log p(x) by importance sampling with K samples per point, by elbogap's evaluate and
+by a per-datapoint ``pyro.infer.Importance`` loop, against a roofline: the decoder's FLOPs at the
+machine's matmul rate, measured next to every slice of the evaluation. Peak resident memory is
+read per stage (Linux: VmHWM, reset through /proc/self/clear_refs).
+
+    python benchmarks/bench.py --out bench.json      # the full reference workload
+    python benchmarks/bench.py --train-size 5000 --eval-points 200 --importance-points 2   # quick
 """
 
 import argparse
+import itertools
 import json
 import math
 import platform
@@ -35,6 +40,7 @@ from elbogap.inference import Trainer, evaluate
 from elbogap.model import VAE
 
 HIDDEN, LATENT, BATCH, LR = 400, 50, 128, 1e-3
+WARM_UP = 4  # steps each loop takes before it is timed
 
 
 def reset_peak_memory() -> None:
@@ -57,18 +63,21 @@ def timed(label, fn, results):
     value = fn()
     seconds = time.perf_counter() - start
     results[label] = {"seconds": seconds, "peak_rss_mib": peak_memory_mib()}
-    print(f"{label:<40} {seconds:9.2f} s   peak RSS {results[label]['peak_rss_mib']:8.0f} MiB", flush=True)
+    print(f"{label:<44} {seconds:9.2f} s   peak RSS {results[label]['peak_rss_mib']:8.0f} MiB", flush=True)
     return value
 
 
-def elbogap_epoch(x, epochs):
+def elbogap_steps(x, epochs):
+    """elbogap's Trainer, one step per ``next``; the model and guide come back at the end."""
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     model = VAE(x.shape[1], LATENT, (HIDDEN,), "softplus", "bernoulli")
     guide = build_guide("diag", model, len(x), (HIDDEN,), "softplus")
     trainer = Trainer(model, guide, x, BATCH, LR, seed=0)
-    steps = epochs * math.ceil(len(x) / BATCH)
-    return trainer.run(steps).losses[-1], model, guide
+    for _ in range(epochs * math.ceil(len(x) / BATCH)):
+        trainer.run(trainer.step_count + 1)
+        yield trainer.losses[-1]
+    return model, guide
 
 
 class HandVAE(nn.Module):
@@ -92,7 +101,7 @@ class HandVAE(nn.Module):
         return -(log_lik + log_prior - log_q).sum() * num_data / len(x)
 
 
-def hand_written_epoch(x, epochs):
+def hand_written_steps(x, epochs):
     torch.manual_seed(0)
     vae = HandVAE(x.shape[1])
     optimizer = torch.optim.Adam(vae.parameters(), lr=LR)
@@ -102,12 +111,11 @@ def hand_written_epoch(x, epochs):
             loss = vae.loss(x[index], len(x))
             loss.backward()
             optimizer.step()
-    return float(loss.detach()) / len(x)
+            yield float(loss.detach()) / len(x)
 
 
-def pyro_example_epoch(x, epochs):
+def pyro_example_steps(x, epochs):
     """The loop of Pyro's examples/vae/vae.py: SVI.step over a DataLoader."""
-    pyro.clear_param_store()
     pyro.set_rng_seed(0)
     model = VAE(x.shape[1], LATENT, (HIDDEN,), "softplus", "bernoulli")
     guide = build_guide("diag", model, len(x), (HIDDEN,), "softplus")
@@ -127,11 +135,46 @@ def pyro_example_epoch(x, epochs):
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=BATCH, shuffle=True)
     for _ in range(epochs):
         for (batch,) in loader:
-            loss = svi.step(batch)
-    return loss / BATCH
+            yield svi.step(batch) / BATCH
 
 
-def matmul_gflops(size=1024, repeats=20):
+def interleaved(loops: dict, block: int) -> dict:
+    """Run the step generators ``loops`` a block of steps each in turn until all are done.
+
+    Returns per loop: ``first_seconds`` (its first ``WARM_UP`` steps), ``seconds`` (the rest),
+    ``steps`` and what the generator returned.
+    """
+    out = {label: {"seconds": 0.0, "steps": 0, "value": None} for label in loops}
+    for label, steps in loops.items():
+        start = time.perf_counter()
+        for _ in itertools.islice(steps, WARM_UP):
+            pass
+        out[label]["first_seconds"] = time.perf_counter() - start
+    running = dict(loops)
+    while running:
+        for label, steps in list(running.items()):
+            start = time.perf_counter()
+            taken = 0
+            try:
+                for _ in range(block):
+                    next(steps)
+                    taken += 1
+            except StopIteration as stop:
+                out[label]["value"] = stop.value
+                del running[label]
+            out[label]["seconds"] += time.perf_counter() - start
+            out[label]["steps"] += taken
+    return out
+
+
+def peak_memory_of(steps, count: int) -> float:
+    reset_peak_memory()
+    for _ in itertools.islice(steps, count):
+        pass
+    return peak_memory_mib()
+
+
+def matmul_gflops(size=1024, repeats=10):
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
     start = time.perf_counter()
@@ -150,47 +193,79 @@ def importance_loop(model, guide, x, num_samples):
     return estimates
 
 
+def train_stage(x, epochs, block, results):
+    loops = {"(b) hand-written PyTorch": hand_written_steps(x, epochs),
+             "(c) Pyro example loop (SVI + DataLoader)": pyro_example_steps(x, epochs),
+             "(a) elbogap Trainer": elbogap_steps(x, epochs)}
+    timings = interleaved(loops, block)
+    hand = timings["(b) hand-written PyTorch"]
+    for label, timing in timings.items():
+        # the warm-up steps are counted at the loop's own timed rate; their first-call excess is reported apart
+        per_step = timing["seconds"] / timing["steps"]
+        epoch = per_step * (timing["steps"] + WARM_UP) / epochs
+        results[label] = {"seconds_per_epoch": epoch, "ms_per_step": 1e3 * per_step,
+                          "first_call_excess_seconds": timing["first_seconds"] - WARM_UP * per_step,
+                          "ratio_to_hand_written": per_step / (hand["seconds"] / hand["steps"])}
+    for label, make in (("(b) hand-written PyTorch", hand_written_steps),
+                        ("(c) Pyro example loop (SVI + DataLoader)", pyro_example_steps),
+                        ("(a) elbogap Trainer", elbogap_steps)):
+        results[label]["peak_rss_mib"] = peak_memory_of(make(x, 1), 50)
+    for label, r in results.items():
+        if label.startswith("("):
+            print(f"{label:<44} {r['seconds_per_epoch']:7.2f} s/epoch {r['ms_per_step']:6.2f} ms/step "
+                  f"{r['ratio_to_hand_written']:5.2f}x hand-written  "
+                  f"first calls +{r['first_call_excess_seconds']:.2f} s  peak RSS {r['peak_rss_mib']:.0f} MiB",
+                  flush=True)
+    return timings["(a) elbogap Trainer"]["value"]
+
+
+def evaluation_stage(model, guide, test, iw_samples, slices, results):
+    """elbogap's IWAE on ``slices`` slices of the test points, with the matmul rate measured beside each."""
+    decoder_flops = 2 * (LATENT * HIDDEN + HIDDEN * test.shape[1])  # per sample; encoder and elementwise work left out
+    seconds = roofline = 0.0
+    log_px = []
+    reset_peak_memory()
+    for part in test.tensor_split(slices):
+        rate = max(matmul_gflops(), matmul_gflops())
+        start = time.perf_counter()
+        evaluation = evaluate(model, guide, part, elbo_samples=1, iw_samples=iw_samples, log_px_method="iwae")
+        seconds += time.perf_counter() - start
+        rate = max(rate, matmul_gflops())
+        roofline += decoder_flops * iw_samples * len(part) / (rate * 1e9)
+        log_px.append(evaluation.per_point["log_px"])
+    label = f"elbogap IWAE K={iw_samples}, {len(test)} points"
+    results[label] = {"seconds": seconds, "peak_rss_mib": peak_memory_mib(), "ms_per_point": 1e3 * seconds / len(test)}
+    results["roofline"] = {"decoder_flops_per_sample": decoder_flops, "roofline_seconds": roofline,
+                           "share_of_roofline": roofline / seconds}
+    print(f"{label:<44} {seconds:9.2f} s   peak RSS {results[label]['peak_rss_mib']:8.0f} MiB; "
+          f"decoder roofline {roofline:.2f} s: {100 * roofline / seconds:.0f}% of it", flush=True)
+    return torch.cat(log_px)
+
+
 def main(args):
     torch.set_num_threads(args.threads) if args.threads else None
     data = load_data("fashion-mnist", binarize="static", train_size=args.train_size, test_size=args.eval_points)
     x = data.train
     results = {"machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
-                           "torch": torch.__version__, "pyro": pyro.__version__},
+                           "torch": torch.__version__, "pyro": pyro.__version__, "matmul_gflops": matmul_gflops()},
                "workload": {"train_points": len(x), "epochs": args.epochs, "batch": BATCH,
                             "iw_samples": args.iw_samples, "eval_points": len(data.test)}}
-    print(f"{len(x)} training points, {args.epochs} epoch(s), batch {BATCH}; {torch.get_num_threads()} threads")
-    for warm_up in (hand_written_epoch, pyro_example_epoch, elbogap_epoch):  # first-call costs stay out of timings
-        warm_up(x[:4 * BATCH], 1)
-    timed("(b) hand-written PyTorch", lambda: hand_written_epoch(x, args.epochs), results)
-    timed("(c) Pyro example loop (SVI + DataLoader)", lambda: pyro_example_epoch(x, args.epochs), results)
-    _, model, guide = timed("(a) elbogap Trainer", lambda: elbogap_epoch(x, args.epochs), results)
-    hand = results["(b) hand-written PyTorch"]["seconds"]
-    for label in ("(a) elbogap Trainer", "(c) Pyro example loop (SVI + DataLoader)"):
-        results[label]["ratio_to_hand_written"] = results[label]["seconds"] / hand
-        print(f"{label:<40} {results[label]['ratio_to_hand_written']:9.2f} x hand-written")
+    print(f"{len(x)} training points, {args.epochs} epoch(s), batch {BATCH}; {torch.get_num_threads()} threads; "
+          f"matmul {results['machine']['matmul_gflops']:.0f} GFLOP/s")
+    model, guide = train_stage(x, args.epochs, args.block, results)
 
-    test = data.test
-    evaluation = timed(f"elbogap IWAE K={args.iw_samples}, {len(test)} points",
-                       lambda: evaluate(model, guide, test, elbo_samples=1, iw_samples=args.iw_samples,
-                                        log_px_method="iwae"), results)
-    points = test[:args.importance_points]
-    timed(f"pyro Importance loop, {len(points)} points", lambda: importance_loop(model, guide, points,
-                                                                                 args.iw_samples), results)
-    rate = matmul_gflops()
-    # the decoder's two matmuls per sample; the encoder (once per point) and elementwise work are left out
-    decoder_flops = 2 * (LATENT * HIDDEN + HIDDEN * x.shape[1])
-    roofline = decoder_flops * args.iw_samples * len(test) / (rate * 1e9)
-    key = f"elbogap IWAE K={args.iw_samples}, {len(test)} points"
-    per_point_loop = results[f"pyro Importance loop, {len(points)} points"]["seconds"] / max(len(points), 1)
-    results["roofline"] = {"matmul_gflops": rate, "decoder_flops_per_sample": decoder_flops,
-                           "roofline_seconds": roofline,
-                           "share_of_roofline": roofline / results[key]["seconds"],
-                           "importance_loop_seconds_per_point": per_point_loop,
-                           "elbogap_seconds_per_point": results[key]["seconds"] / len(test)}
-    print(f"matmul rate {rate:.1f} GFLOP/s; decoder roofline {roofline:.2f} s; elbogap reaches "
-          f"{100 * roofline / results[key]['seconds']:.0f}% of it; per point: elbogap "
-          f"{results[key]['seconds'] / len(test) * 1e3:.1f} ms, Importance loop {per_point_loop * 1e3:.1f} ms")
-    print(f"elbogap IWAE log p(x) = {evaluation.metrics['log_px']:.3f} ± {evaluation.metrics['log_px_stderr']:.3f}")
+    log_px = evaluation_stage(model, guide, data.test, args.iw_samples, args.slices, results)
+    points = data.test[:args.importance_points]
+    label = f"pyro Importance loop, {len(points)} points"
+    loop = timed(label, lambda: importance_loop(model, guide, points, args.iw_samples), results)
+    per_point_loop = results[label]["seconds"] / max(len(points), 1)
+    elbogap_per_point = results[f"elbogap IWAE K={args.iw_samples}, {len(data.test)} points"]["ms_per_point"] / 1e3
+    results["importance_loop_seconds_per_point"] = per_point_loop
+    results["elbogap_speedup_over_importance_loop"] = per_point_loop / elbogap_per_point
+    print(f"per point: elbogap {elbogap_per_point * 1e3:.1f} ms, Importance loop {per_point_loop * 1e3:.0f} ms "
+          f"({per_point_loop / elbogap_per_point:.0f}x); log p(x) of the first points: elbogap "
+          f"{[round(v, 2) for v in log_px[:len(loop)].tolist()]}, Importance {[round(v, 2) for v in loop]}")
+    print(f"elbogap IWAE mean log p(x) = {float(log_px.mean()):.3f}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
     return results
@@ -200,9 +275,11 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--train-size", type=int, default=None, help="training points (default: all 60000)")
     parser.add_argument("-e", "--epochs", type=int, default=1)
+    parser.add_argument("-b", "--block", type=int, default=10, help="steps a loop takes before the next one's turn")
     parser.add_argument("-k", "--iw-samples", type=int, default=5000)
     parser.add_argument("-p", "--eval-points", type=int, default=1000)
-    parser.add_argument("-i", "--importance-points", type=int, default=20,
+    parser.add_argument("-s", "--slices", type=int, default=10, help="evaluation slices, each beside a matmul timing")
+    parser.add_argument("-i", "--importance-points", type=int, default=5,
                         help="points for the (slow) per-datapoint Importance loop; its time is reported per point")
     parser.add_argument("-t", "--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("-o", "--out", default=None, help="write the measurements as JSON here")

@@ -7,7 +7,7 @@ import torch
 
 from elbogap.errors import UsageError
 
-FORMAT = "elbogap-checkpoint-1"
+FORMAT = "elbogap-checkpoint-2"  # 2: one optimizer state for all parameters (1: one per parameter)
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -32,6 +32,10 @@ def load_checkpoint(path: str | Path) -> dict:
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError ... for bad files
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UsageError(f"refusing to load {path}: not a safe elbogap checkpoint ({reason[:200]})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    written = state.get("format") if isinstance(state, dict) else None
+    if isinstance(written, str) and written.startswith("elbogap-checkpoint-") and written != FORMAT:
+        raise UsageError(f"{path} was written by another version of elbogap ({written}, this one reads {FORMAT}); "
+                         "start the run afresh in a new --out")
+    if written != FORMAT:
         raise UsageError(f"{path} is not an elbogap checkpoint (format {FORMAT} expected)")
     return state

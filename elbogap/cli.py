@@ -39,6 +39,7 @@ HELP = {
     "kl_warmup": "epochs over which the KL weight rises from 0 to 1 (0 = off)",
     "objective": "elbo (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (RenyiELBO, alpha=0)",
     "particles": "samples per data point in the training objective (K for iwae)",
+    "jit": "compile the elbo objective with Pyro's JitTrace_ELBO (elbogap's own models and guides, except mixture)",
     "flow_depth": "number of transforms in a flow guide",
     "mixture_size": "components of the mixture guide",
     "rank": "rank of the lowrank guide's covariance factor",
@@ -232,7 +233,7 @@ def fit_family(model, config: Config, data, family: str, seed: int):
     guide = guide_for(config, model, len(data.train), family)
     steps = config.total_steps(len(data.train))
     Trainer(guide=guide, model=model, x=data.train, batch_size=config.batch_size, lr=config.lr, seed=seed,
-            freeze_model=True, lr_decay=config.lr_decay ** (1 / max(steps, 1))).run(steps)
+            freeze_model=True, lr_decay=config.lr_decay ** (1 / max(steps, 1)), jit=config.jit).run(steps)
     return guide
 
 

@@ -46,6 +46,7 @@ class Config:
     kl_warmup: float = 0.0
     objective: str = "elbo"
     particles: int = 1
+    jit: bool = True
     flow_depth: int = 2
     mixture_size: int = 3
     rank: int = 1

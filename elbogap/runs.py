@@ -119,13 +119,14 @@ def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: b
     if not guide.amortized:
         if fresh_local:
             guide = type(guide)(len(x), guide.latent_dim)
-        refit_guide(model, guide, x)
+        refit_guide(model, guide, x, jit=config.jit)
     options = {"elbo_samples": config.eval_samples, "iw_samples": config.iw_samples,
                "quadrature_points": config.quadrature_points}
     metrics = evaluate(model, guide, x, **options).metrics
     if config.gap_points:
         index = gap_index(len(x), config)
-        metrics.update(gap_decomposition(model, guide, x[index], index, **options))
+        metrics.update(gap_decomposition(model, guide, x[index], index, refit_options={"jit": config.jit},
+                                         **options))
     return metrics
 
 
@@ -195,7 +196,7 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
     trainer = Trainer(model, guide, data.train, config.batch_size, config.lr, config.objective, config.particles,
                       seed, freeze_model=fixed_model is not None, lr_decay=config.lr_decay ** (1 / max(steps, 1)),
                       kl_warmup_steps=round(config.kl_warmup * config.steps_per_epoch(num_data)),
-                      dynamic_binarize=data.dynamic)
+                      dynamic_binarize=data.dynamic, jit=config.jit)
     eval_every = config.eval_every or max(1, steps // 10)
     curve_eval: list[dict] = []
     if (run_dir / CHECKPOINT).exists():

@@ -55,6 +55,7 @@ class UserModel(nn.Module):
     """
 
     has_exact_posterior = False
+    jit_compatible = False  # a user's program may branch on its data; it runs uncompiled
 
     def __init__(self, fn, example_x: torch.Tensor):
         super().__init__()

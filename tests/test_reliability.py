@@ -9,8 +9,9 @@ import sys
 import time
 
 import pytest
+import torch
 
-from elbogap.checkpoint import load_checkpoint
+from elbogap.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from elbogap.cli import main
 from elbogap.errors import UsageError
 
@@ -119,12 +120,20 @@ def test_a_crafted_pickle_is_refused_without_running_it(tmp_path, monkeypatch):
     run_dir = tmp_path / "evil"
     run_dir.mkdir()
     with open(run_dir / "checkpoint.pt", "wb") as stream:
-        pickle.dump({"format": "elbogap-checkpoint-1", "payload": Exploit()}, stream)
+        pickle.dump({"format": FORMAT, "payload": Exploit()}, stream)
     with pytest.raises(UsageError, match="refusing to load"):
         load_checkpoint(run_dir / "checkpoint.pt")
     result = cli("evaluate", str(run_dir), cwd=tmp_path)
     assert result.returncode == 2 and "refusing to load" in result.stderr
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_checkpoint_of_an_older_format_is_refused_with_what_to_do(tmp_path):
+    save_checkpoint(tmp_path / "checkpoint.pt", {})
+    old = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    torch.save({**old, "format": "elbogap-checkpoint-1"}, tmp_path / "checkpoint.pt")
+    with pytest.raises(UsageError, match="another version of elbogap .* start the run afresh"):
+        load_checkpoint(tmp_path / "checkpoint.pt")
 
 
 @pytest.mark.parametrize(("args", "message"), [

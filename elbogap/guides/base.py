@@ -22,6 +22,8 @@ class Guide(nn.Module):
 
     #: whether one network serves every x (False: free parameters per data point).
     amortized = True
+    #: whether Pyro's JIT can trace :meth:`guide` (no data-dependent Python control flow).
+    jit_compatible = True
 
     def __init__(self, latent_dim: int):
         super().__init__()

@@ -19,6 +19,8 @@ class Mixture(AmortizedGuide):
         Karaletsos, arXiv:1806.01856
     """
 
+    jit_compatible = False  # the sampler is a custom autograd Function, which TorchScript cannot trace
+
     def __init__(self, data_dim, latent_dim, hidden_dims=(128,), activation="softplus",
                  mixture_size: int = 3):
         super().__init__(data_dim, latent_dim, hidden_dims, activation)

@@ -20,6 +20,9 @@ from elbogap.inference.log_px import (
     quadrature_log_px,
 )
 
+#: draws of q per data point evaluated at once
+SAMPLE_CHUNK = 64
+
 
 @dataclass
 class Evaluation:
@@ -136,7 +139,7 @@ def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk, log_px_me
     return out
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
              elbo_samples: int = 256, iw_samples: int = 1000, log_px_method: str | None = None,
              quadrature_points: int = 32) -> Evaluation:
@@ -169,7 +172,7 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
     if index is None:
         index = torch.arange(len(x), device=x.device)
     num_samples = max(elbo_samples, iw_samples if method == "iwae" else 0)
-    sample_chunk = min(num_samples, 256)
+    sample_chunk = min(num_samples, SAMPLE_CHUNK)
     point_chunk = max(1, ELEMENT_BUDGET // (sample_chunk * x.shape[1]))
     chunks = [
         _evaluate_chunk(model, guide, x[i:i + point_chunk], index[i:i + point_chunk],

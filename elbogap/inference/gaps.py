@@ -39,6 +39,7 @@ class PointwiseGuide(Guide):
     amortized = False
 
     def __init__(self, guide: AmortizedGuide, x: torch.Tensor):
+        self.jit_compatible = guide.jit_compatible
         super().__init__(guide.latent_dim)
         object.__setattr__(self, "family", guide)  # not a submodule: its parameters stay fixed
         with torch.no_grad():
@@ -66,7 +67,7 @@ def optimal_guide(model, guide: Guide, x: torch.Tensor, **refit_options) -> Guid
 
 
 def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor | None = None,
-                      **evaluate_options) -> dict:
+                      refit_options: dict | None = None, **evaluate_options) -> dict:
     r"""Approximation and amortization gaps on the rows of ``x``, in nats per data point.
 
     Returns ``gap_points``, ``gap_log_px``, ``gap_elbo`` (of ``guide``), ``elbo_star`` (of
@@ -75,12 +76,13 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
     standard errors. ``guide`` must have parameters for these rows (``index``) if it is not
     amortized. Both ELBOs are estimated from the same random draws, so the noise of their
     difference (the amortization gap) largely cancels; the reported standard errors ignore that
-    correlation and are conservative.
+    correlation and are conservative. ``refit_options`` go to :func:`optimal_guide`, the rest to
+    :func:`~elbogap.inference.evaluate`.
     """
     if index is None:
         index = torch.arange(len(x))
     seed = int(torch.randint(2**31, ()))
-    star = optimal_guide(model, guide, x)
+    star = optimal_guide(model, guide, x, **(refit_options or {}))
     with torch.random.fork_rng(devices=[]):  # common random numbers: the two ELBOs share their base draws
         torch.manual_seed(seed)
         amortized = evaluate(model, guide, x, index, **evaluate_options)

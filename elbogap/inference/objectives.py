@@ -1,13 +1,13 @@
 """Training objectives: Pyro's ELBO estimators, chosen by short name."""
 
-from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, JitTrace_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from elbogap.errors import UsageError
 
 OBJECTIVES = ("elbo", "meanfield", "iwae")
 
 
-def make_objective(name: str = "elbo", num_particles: int = 1) -> ELBO:
+def make_objective(name: str = "elbo", num_particles: int = 1, jit: bool = False) -> ELBO | None:
     r"""Return a Pyro loss by name.
 
     - ``"elbo"``: :class:`~pyro.infer.Trace_ELBO`, the reparameterized ELBO;
@@ -16,6 +16,10 @@ def make_objective(name: str = "elbo", num_particles: int = 1) -> ELBO:
     - ``"iwae"``: :class:`~pyro.infer.RenyiELBO` with :math:`\alpha = 0`, the importance-weighted
       bound :math:`\mathbb{E}\log \frac1K \sum_k p(x, z_k) / q(z_k \mid x)` with
       :math:`K` = ``num_particles`` [1].
+
+    With ``jit``, ``"elbo"`` compiled by Pyro's JIT (``JitTrace_ELBO``), and ``None`` for the
+    others: Pyro has no compiled RenyiELBO, and its ``JitTraceMeanField_ELBO`` (1.9.2)
+    recompiles on every call because it caches under a name it never reads.
 
     References:
 
@@ -26,10 +30,14 @@ def make_objective(name: str = "elbo", num_particles: int = 1) -> ELBO:
         raise UsageError(f"--particles must be at least 1, got {num_particles}")
     # Models and guides have exactly one plate, the data plate; saying so spares Pyro a guess.
     options = {"num_particles": num_particles, "max_plate_nesting": 1}
+    if name not in OBJECTIVES:
+        raise UsageError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
+    if jit and name != "elbo":
+        return None
+    if jit:  # the plate's minibatch scale becomes a constant of the traced graph, as intended: no warnings
+        return JitTrace_ELBO(vectorize_particles=num_particles > 1, ignore_jit_warnings=True, **options)
     if name == "elbo":
         return Trace_ELBO(vectorize_particles=num_particles > 1, **options)
     if name == "meanfield":
         return TraceMeanField_ELBO(vectorize_particles=num_particles > 1, **options)
-    if name == "iwae":
-        return RenyiELBO(alpha=0.0, vectorize_particles=True, **options)
-    raise UsageError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
+    return RenyiELBO(alpha=0.0, vectorize_particles=True, **options)

@@ -8,12 +8,11 @@ from dataclasses import dataclass, field
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import SVI
 from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
 from elbogap.errors import UsageError
-from elbogap.inference.objectives import make_objective
+from elbogap.inference.svi import FastSVI
 
 
 @dataclass
@@ -71,12 +70,14 @@ def forget_params(*owners: str) -> None:
             del store[name]
 
 
-def make_svi(model, guide, lr: float = 1e-3, objective: str = "elbo", num_particles: int = 1,
-             freeze_model: bool = False, lr_decay: float = 1.0, kl_weight: KLWeight | None = None) -> SVI:
-    """Pyro's :class:`~pyro.infer.SVI` over ``model.model`` and ``guide.guide`` with Adam.
+def make_svi(model, guide, x: torch.Tensor, batch_size: int, lr: float = 1e-3, objective: str = "elbo",
+             num_particles: int = 1, freeze_model: bool = False, lr_decay: float = 1.0,
+             kl_weight: KLWeight | None = None, jit: bool = False) -> FastSVI:
+    """SVI over ``model.model`` and ``guide.guide`` with Adam (see :class:`FastSVI`) on minibatches
+    ``(x[index], index)`` of ``batch_size`` rows (the shape the loss is compiled for).
 
-    The learning rate is multiplied by ``lr_decay`` after every step (Pyro's ClippedAdam,
-    which also clips gradient norms at 10). With ``freeze_model`` the model's parameter sites
+    The learning rate is multiplied by ``lr_decay`` before every step, and gradients are clamped
+    to ``[-10, 10]`` (Pyro's ClippedAdam). With ``freeze_model`` the model's parameter sites
     are hidden from SVI, so only the guide's parameters are optimized.
     """
     forget_params("guide") if freeze_model else forget_params("guide", "model")
@@ -84,8 +85,11 @@ def make_svi(model, guide, lr: float = 1e-3, objective: str = "elbo", num_partic
     guide_fn = guide.guide
     if kl_weight is not None:
         model_fn, guide_fn = kl_weight(model_fn), kl_weight(guide_fn)
-    optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": lr_decay, "clip_norm": 10.0})
-    return SVI(model_fn, guide_fn, optim, make_objective(objective, num_particles))
+    example = (x[:batch_size], torch.arange(min(batch_size, len(x)), device=x.device))
+    # a class without the flag (a user's) may branch on its data, which a traced graph would freeze
+    jit = jit and getattr(model, "jit_compatible", False) and getattr(guide, "jit_compatible", False)
+    with frozen(model) if freeze_model else contextlib.nullcontext():
+        return FastSVI(model_fn, guide_fn, example, {"num_data": len(x)}, lr, lr_decay, objective, num_particles, jit)
 
 
 class Trainer:
@@ -98,13 +102,16 @@ class Trainer:
     ``len(x) / batch_size``; ``losses`` holds the negative ELBO per data point of every step.
 
     :param int kl_warmup_steps: raise the KL weight linearly from 0 to 1 over this many steps.
-    :param float lr_decay: factor applied to the learning rate after every step.
+    :param float lr_decay: factor applied to the learning rate before every step.
+    :param bool jit: compile the loss (Pyro's ``JitTrace_ELBO``) once the KL weight is 1; see
+        :class:`~elbogap.inference.svi.FastSVI`. Only for programs without data-dependent
+        Python control flow, such as elbogap's own models and guides.
     """
 
     def __init__(self, model, guide, x: torch.Tensor, batch_size: int = 128, lr: float = 1e-3,
                  objective: str = "elbo", num_particles: int = 1, seed: int = 0,
                  freeze_model: bool = False, lr_decay: float = 1.0, kl_warmup_steps: int = 0,
-                 dynamic_binarize: bool = False):
+                 dynamic_binarize: bool = False, jit: bool = True):
         if batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
         if lr <= 0:
@@ -114,7 +121,8 @@ class Trainer:
         self.seed, self.freeze_model = seed, freeze_model
         self.kl_warmup_steps, self.dynamic_binarize = kl_warmup_steps, dynamic_binarize
         self.kl_weight = KLWeight()
-        self.svi = make_svi(model, guide, lr, objective, num_particles, freeze_model, lr_decay, self.kl_weight)
+        self.svi = make_svi(model, guide, x, self.batch_size, lr, objective, num_particles, freeze_model, lr_decay,
+                            self.kl_weight, jit)
         self.step_count, self.epoch, self.position = 0, -1, 0
         self.losses: list[float] = []
         self.seconds = 0.0  # time in SVI steps, over every session of this run
@@ -140,7 +148,7 @@ class Trainer:
             self.kl_weight.beta = min(1.0, self.step_count / self.kl_warmup_steps)
         batch, index = self.next_batch()
         with frozen(self.model) if self.freeze_model else contextlib.nullcontext():
-            loss = self.svi.step(batch, index, len(self.x)) / len(self.x)
+            loss = self.svi.step(batch, index, num_data=len(self.x), eager=self.kl_weight.beta != 1.0) / len(self.x)
         self.losses.append(loss)
         self.step_count += 1
         return loss
@@ -169,14 +177,14 @@ class Trainer:
             "step": self.step_count, "epoch": self.epoch, "position": self.position, "seconds": self.seconds,
             "losses": torch.tensor(self.losses, dtype=torch.float64),
             "model": self.model.state_dict(), "guide": self.guide.state_dict(),
-            "optim": self.svi.optim.get_state(), "torch_rng": torch.get_rng_state(),
+            "optim": self.svi.state_dict(), "torch_rng": torch.get_rng_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         with torch.no_grad():
             self.model.load_state_dict(state["model"])
             self.guide.load_state_dict(state["guide"])
-        self.svi.optim.set_state(state["optim"])
+        self.svi.load_state_dict(state["optim"])
         torch.set_rng_state(state["torch_rng"])
         self.step_count, self.position = int(state["step"]), int(state["position"])
         self.losses = state["losses"].tolist()
@@ -189,7 +197,7 @@ class Trainer:
 def train(model, guide, x: torch.Tensor, steps: int, batch_size: int = 128, lr: float = 1e-3,
           objective: str = "elbo", num_particles: int = 1, seed: int = 0,
           freeze_model: bool = False, lr_decay: float = 1.0, progress: bool = False,
-          desc: str = "") -> TrainResult:
+          desc: str = "", jit: bool = True) -> TrainResult:
     r"""Maximize an ELBO over the guide's (and, unless frozen, the model's) parameters with SVI.
 
     Each step takes a minibatch of ``batch_size`` rows of ``x``; the data plate scales it by
@@ -203,15 +211,17 @@ def train(model, guide, x: torch.Tensor, steps: int, batch_size: int = 128, lr: 
     :param int steps: number of SVI steps.
     :param str objective: ``"elbo"``, ``"meanfield"`` or ``"iwae"`` (see :func:`make_objective`).
     :param bool freeze_model: keep the model's parameters fixed and fit only the guide.
-    :param float lr_decay: factor applied to the learning rate after every step.
+    :param float lr_decay: factor applied to the learning rate before every step.
+    :param bool jit: compile the loss (see :class:`Trainer`).
     """
-    trainer = Trainer(model, guide, x, batch_size, lr, objective, num_particles, seed, freeze_model, lr_decay)
+    trainer = Trainer(model, guide, x, batch_size, lr, objective, num_particles, seed, freeze_model, lr_decay,
+                      jit=jit)
     return trainer.run(steps, progress=progress, desc=desc)
 
 
 def refit_guide(model, guide, x: torch.Tensor, lr: float = 0.05, max_steps: int = 4000,
                 window: int = 100, tol: float = 1e-3, num_particles: int = 8,
-                lr_drops: int = 2) -> TrainResult:
+                lr_drops: int = 2, jit: bool = True) -> TrainResult:
     r"""Fit the guide's parameters to ``x`` with the model held fixed, until the ELBO stops rising.
 
     Full-batch SVI. Every ``window`` steps the window's mean loss is compared with the previous
@@ -222,21 +232,20 @@ def refit_guide(model, guide, x: torch.Tensor, lr: float = 0.05, max_steps: int 
     result = TrainResult()
     if not any(True for _ in guide.parameters()):
         return result  # nothing to fit (e.g. the exact posterior)
-    svi = make_svi(model, guide, lr, "elbo", num_particles, freeze_model=True)
+    svi = make_svi(model, guide, x, len(x), lr, "elbo", num_particles, freeze_model=True, jit=jit)
     start = time.perf_counter()
     previous, drops = float("inf"), 0
     with frozen(model):
+        index = torch.arange(len(x), device=x.device)
         while len(result.losses) < max_steps:
-            window_losses = [svi.step(x) / len(x) for _ in range(window)]
+            window_losses = [svi.step(x, index, num_data=len(x)) / len(x) for _ in range(window)]
             result.losses += window_losses
             current = sum(window_losses) / window
             if previous - current < tol:
                 if drops == lr_drops:
                     break
                 drops += 1
-                for optimizer in svi.optim.optim_objs.values():
-                    for group in optimizer.param_groups:
-                        group["lr"] *= 0.1
+                svi.scale_lr(0.1)
             previous = current
     result.seconds = time.perf_counter() - start
     return result

@@ -26,6 +26,8 @@ class LatentModel(nn.Module):
 
     #: whether :meth:`log_px` and :meth:`posterior` are exact closed forms.
     has_exact_posterior = False
+    #: whether Pyro's JIT can trace :meth:`model` (no data-dependent Python control flow).
+    jit_compatible = True
 
     def __init__(self, data_dim: int, latent_dim: int):
         super().__init__()

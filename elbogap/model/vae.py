@@ -8,6 +8,7 @@ from torch import nn
 
 from elbogap.errors import UsageError
 from elbogap.model.base import LatentModel
+from elbogap.model.bernoulli import BernoulliPixels
 from elbogap.nn import mlp, output_width
 
 
@@ -55,5 +56,5 @@ class VAE(LatentModel):
 
     def likelihood(self, z: torch.Tensor) -> dist.TorchDistribution:
         if self.likelihood_name == "bernoulli":
-            return dist.Bernoulli(logits=self.decode(z), validate_args=False).to_event(1)
+            return BernoulliPixels(self.decode(z))
         return dist.Normal(self.decode(z), self.log_scale.exp()).to_event(1)

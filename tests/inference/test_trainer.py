@@ -64,7 +64,7 @@ def test_learning_rate_decays_by_the_factor_per_step(x):
     model, guide = fresh(name="diag")
     trainer = Trainer(model, guide, x, batch_size=50, lr=0.1, lr_decay=0.9)
     trainer.run(5)
-    lrs = [group["lr"] for opt in trainer.svi.optim.optim_objs.values() for group in opt.param_groups]
+    lrs = trainer.svi.lrs
     assert lrs == pytest.approx([0.1 * 0.9**5] * len(lrs))
 
 
