@@ -39,6 +39,7 @@ HELP = {
     "kl_warmup": "epochs over which the KL weight rises from 0 to 1 (0 = off)",
     "objective": "elbo (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (RenyiELBO, alpha=0)",
     "particles": "samples per data point in the training objective (K for iwae)",
+    "device": "cpu, cuda or cuda:N: where models, guides and data live",
     "jit": "compile the elbo objective with Pyro's JitTrace_ELBO (elbogap's own models and guides, except mixture)",
     "flow_depth": "number of transforms in a flow guide",
     "mixture_size": "components of the mixture guide",
@@ -202,7 +203,7 @@ def run_evaluate(args) -> int:
     from elbogap.report import table
     from elbogap.runs import evaluate_splits, load_run
 
-    config, data, model, guide, state = load_run(args.run_dir)
+    config, data, model, guide, state = load_run(args.run_dir, getattr(args, "device", None))
     trained_with = state["guide_name"]
     config = config_from_args(args, base=config.replace(guide=trained_with))
     if config.guide != trained_with:

@@ -10,6 +10,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from elbogap.device import resolve_device
 from elbogap.errors import UsageError
 
 
@@ -47,6 +48,7 @@ class Config:
     objective: str = "elbo"
     particles: int = 1
     jit: bool = True
+    device: str = "cpu"
     flow_depth: int = 2
     mixture_size: int = 3
     rank: int = 1
@@ -94,6 +96,7 @@ class Config:
             raise UsageError(f"unknown --mode {self.mode!r}; choose joint or fixed-model")
         if self.on_nan not in ("stop", "skip"):
             raise UsageError(f"unknown --on-nan {self.on_nan!r}; choose stop or skip")
+        resolve_device(self.device)
         if self.binarize not in (None, "threshold", "static", "dynamic", "none"):
             raise UsageError(f"unknown --binarize {self.binarize!r}; choose threshold, static, dynamic or none")
         return self

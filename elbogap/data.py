@@ -1,5 +1,6 @@
 """Data sets: scikit-learn's digits, MNIST-style IDX images, synthetic linear-Gaussian data, user files."""
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,11 @@ class Dataset:
     def is_binary(self) -> bool:
         """Whether the data the model sees is 0/1 (dynamically binarized data counts)."""
         return all(bool(((s == 0) | (s == 1)).all()) for s in self.splits().values())
+
+    def to(self, device: torch.device) -> "Dataset":
+        """The same data set with its tensors on ``device``."""
+        fixed = None if self.train_fixed is None else self.train_fixed.to(device)
+        return dataclasses.replace(self, train=self.train.to(device), test=self.test.to(device), train_fixed=fixed)
 
     def splits(self) -> dict[str, torch.Tensor]:
         """The data each split is evaluated on."""

@@ -241,7 +241,7 @@ def make_figures(results_dir: str | Path) -> list[Path]:
     for run in first_runs:
         run_dir = results_dir / run.get("run_dir", ".")
         if (run_dir / "checkpoint.pt").is_file():
-            _, data, model, guide, _ = load_run(run_dir)
+            _, data, model, guide, _ = load_run(run_dir, device="cpu")
             fits.append((run["guide"], model, guide))
     if not fits:
         return written

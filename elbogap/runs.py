@@ -18,6 +18,7 @@ import torch
 from elbogap.checkpoint import load_checkpoint, save_checkpoint
 from elbogap.config import Config, differences
 from elbogap.data import Dataset, load_data
+from elbogap.device import resolve_device, rng_devices
 from elbogap.errors import UsageError
 from elbogap.guides import build_guide
 from elbogap.inference import Trainer, evaluate, refit_guide
@@ -62,9 +63,10 @@ def parameters_finite() -> bool:
 
 
 def load_dataset(config: Config) -> Dataset:
-    """The data set a configuration names, subset and binarized as it says."""
-    return load_data(config.data, config.test_fraction, config.data_seed, config.data_dir, config.binarize,
+    """The data set a configuration names, subset and binarized as it says, on its device."""
+    data = load_data(config.data, config.test_fraction, config.data_seed, config.data_dir, config.binarize,
                      config.train_size, config.test_size)
+    return data.to(resolve_device(config.device))
 
 
 def resolve_likelihood(config: Config, data: Dataset) -> str:
@@ -89,13 +91,13 @@ def build(config: Config, data: Dataset, guide_name: str):
     else:
         model = build_model(config.model, data.data_dim, config.latent_dim, config.hidden_dims,
                             config.activation, resolve_likelihood(config, data))
-    return model, guide_for(config, model, len(data.train), guide_name)
+    return model.to(resolve_device(config.device)), guide_for(config, model, len(data.train), guide_name)
 
 
 def guide_for(config: Config, model, num_data: int, guide_name: str):
-    """A fresh guide of ``guide_name`` for ``model``, with the configuration's network settings."""
+    """A fresh guide of ``guide_name`` for ``model``, with the configuration's network settings, on its device."""
     return build_guide(guide_name, model, num_data, config.hidden_dims, config.activation,
-                       config.flow_depth, config.mixture_size, config.rank)
+                       config.flow_depth, config.mixture_size, config.rank).to(resolve_device(config.device))
 
 
 def evaluate_splits(model, guide, data: Dataset, config: Config, seed: int) -> dict:
@@ -108,7 +110,7 @@ def evaluate_splits(model, guide, data: Dataset, config: Config, seed: int) -> d
 def gap_index(num_points: int, config: Config) -> torch.Tensor:
     """The seeded subset of a split on which q* is refit (``--gap-points`` of them)."""
     generator = torch.Generator().manual_seed(config.data_seed + 7)
-    return torch.randperm(num_points, generator=generator)[:config.gap_points].sort().values
+    return torch.randperm(num_points, generator=generator)[:config.gap_points].sort().values.to(config.device)
 
 
 def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: bool) -> dict:
@@ -118,7 +120,7 @@ def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: b
     """
     if not guide.amortized:
         if fresh_local:
-            guide = type(guide)(len(x), guide.latent_dim)
+            guide = type(guide)(len(x), guide.latent_dim).to(x.device)
         refit_guide(model, guide, x, jit=config.jit)
     options = {"elbo_samples": config.eval_samples, "iw_samples": config.iw_samples,
                "quadrature_points": config.quadrature_points}
@@ -141,12 +143,12 @@ def training_curve(losses: list[float], points: int = 100) -> list[list[float]]:
 def evaluation_point(model, guide, data: Dataset, config: Config) -> dict:
     """Cheap metrics on fixed subsets during training: train and test ELBO, test log p(x)."""
     point = {}
-    with torch.random.fork_rng(devices=[]):  # evaluation must not change the training's random stream
+    with torch.random.fork_rng(devices=rng_devices(data.train)):  # evaluation leaves training's random stream alone
         for split, x in data.splits().items():
             count = min(config.curve_points, len(x))
             if not guide.amortized and split == "test":
                 continue  # a per-datapoint guide has no parameters for test points until it is refit
-            metrics = evaluate(model, guide, x[:count], torch.arange(count), elbo_samples=16,
+            metrics = evaluate(model, guide, x[:count], torch.arange(count, device=x.device), elbo_samples=16,
                                iw_samples=min(config.iw_samples, 100), quadrature_points=24).metrics
             point[f"{split}_elbo"] = metrics["elbo"]
             point[f"{split}_log_px"] = metrics["log_px"]
@@ -270,13 +272,14 @@ def resumable_state(run_dir: Path, config: Config, guide_name: str, seed: int) -
     return state
 
 
-def load_run(run_dir: str | Path):
-    """Rebuild a saved run: ``(config, data, model, guide, checkpoint)``."""
+def load_run(run_dir: str | Path, device: str | None = None):
+    """Rebuild a saved run: ``(config, data, model, guide, checkpoint)``, on ``device`` (default: the run's)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"run directory {run_dir} does not exist; give a directory written by elbogap train")
     state = load_checkpoint(run_dir / CHECKPOINT)
     config = Config(**json.loads(state["config"]))
+    config = config if device is None else config.replace(device=device)
     data = load_dataset(config)
     pyro.clear_param_store()
     model, guide = build(config, data, state["guide_name"])

@@ -20,6 +20,7 @@ import math
 import torch
 from torch import nn
 
+from elbogap.device import rng_devices
 from elbogap.guides.base import AmortizedGuide, Guide
 from elbogap.guides.local import LocalNormal
 from elbogap.inference.evaluation import evaluate
@@ -58,7 +59,7 @@ def optimal_guide(model, guide: Guide, x: torch.Tensor, **refit_options) -> Guid
     if isinstance(guide, AmortizedGuide):
         star = PointwiseGuide(guide, x)
     elif isinstance(guide, LocalNormal):
-        star = LocalNormal(len(x), guide.latent_dim).to(next(guide.parameters()).dtype)
+        star = LocalNormal(len(x), guide.latent_dim).to(device=x.device, dtype=next(guide.parameters()).dtype)
     else:
         return guide
     with frozen(guide):
@@ -80,10 +81,10 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
     :func:`~elbogap.inference.evaluate`.
     """
     if index is None:
-        index = torch.arange(len(x))
+        index = torch.arange(len(x), device=x.device)
     seed = int(torch.randint(2**31, ()))
     star = optimal_guide(model, guide, x, **(refit_options or {}))
-    with torch.random.fork_rng(devices=[]):  # common random numbers: the two ELBOs share their base draws
+    with torch.random.fork_rng(devices=rng_devices(x)):  # common random numbers: the two ELBOs share their base draws
         torch.manual_seed(seed)
         amortized = evaluate(model, guide, x, index, **evaluate_options)
         torch.manual_seed(seed)

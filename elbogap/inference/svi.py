@@ -8,6 +8,7 @@ from pyro import poutine
 from pyro.infer import ELBO
 from pyro.optim.clipped_adam import ClippedAdam
 
+from elbogap.device import rng_devices
 from elbogap.inference.objectives import make_objective
 
 
@@ -17,7 +18,7 @@ def find_params(model, guide, *args, **kwargs) -> list[torch.Tensor]:
     The programs are run once on ``args`` with the random number generator left as it was.
     A model wrapped in ``poutine.block(hide_types=["param"])`` contributes nothing: it is held fixed.
     """
-    with torch.random.fork_rng(devices=cuda_devices(*args)), poutine.block():
+    with torch.random.fork_rng(devices=rng_devices(*args)), poutine.block():
         with poutine.trace(param_only=True) as capture:
             guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
             poutine.replay(model, trace=guide_trace)(*args, **kwargs)
@@ -28,10 +29,6 @@ def find_params(model, guide, *args, **kwargs) -> list[torch.Tensor]:
 
 def shapes(args) -> tuple:
     return tuple(tuple(a.shape) if isinstance(a, torch.Tensor) else None for a in args)
-
-
-def cuda_devices(*args) -> list[int]:
-    return sorted({a.device.index or 0 for a in args if isinstance(a, torch.Tensor) and a.is_cuda})
 
 
 class FastSVI:
@@ -85,7 +82,7 @@ class FastSVI:
             return False
         if not self._traced:
             try:
-                with torch.random.fork_rng(devices=cuda_devices(*args)), warnings.catch_warnings():
+                with torch.random.fork_rng(devices=rng_devices(*args)), warnings.catch_warnings():
                     # torch 2.13 deprecates torch.jit.trace, on which Pyro's JIT ELBOs are built
                     warnings.simplefilter("ignore", DeprecationWarning)
                     self.compiled_loss.differentiable_loss(self.model, self.guide, *args, **kwargs)

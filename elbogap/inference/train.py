@@ -11,6 +11,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
+from elbogap.device import rng_state, set_rng_state
 from elbogap.errors import UsageError
 from elbogap.inference.svi import FastSVI
 
@@ -129,9 +130,11 @@ class Trainer:
         self._order = self._epoch_x = None
 
     def _start_epoch(self, epoch: int) -> None:
+        # drawn on the CPU whatever the device, so every device sees the same batches
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        self._order = torch.randperm(len(self.x), generator=generator)
-        self._epoch_x = torch.bernoulli(self.x, generator=generator) if self.dynamic_binarize else self.x
+        self._order = torch.randperm(len(self.x), generator=generator).to(self.x.device)
+        self._epoch_x = (torch.bernoulli(self.x.cpu(), generator=generator).to(self.x.device)
+                         if self.dynamic_binarize else self.x)
         self.epoch = epoch
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,7 +180,7 @@ class Trainer:
             "step": self.step_count, "epoch": self.epoch, "position": self.position, "seconds": self.seconds,
             "losses": torch.tensor(self.losses, dtype=torch.float64),
             "model": self.model.state_dict(), "guide": self.guide.state_dict(),
-            "optim": self.svi.state_dict(), "torch_rng": torch.get_rng_state(),
+            "optim": self.svi.state_dict(), "rng": rng_state(self.x.device),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -185,7 +188,7 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             self.guide.load_state_dict(state["guide"])
         self.svi.load_state_dict(state["optim"])
-        torch.set_rng_state(state["torch_rng"])
+        set_rng_state(state["rng"], self.x.device)
         self.step_count, self.position = int(state["step"]), int(state["position"])
         self.losses = state["losses"].tolist()
         self.seconds = float(state.get("seconds", 0.0))
