@@ -194,6 +194,9 @@ def importance_loop(model, guide, x, num_samples):
 
 
 def train_stage(x, epochs, block, results):
+    for make in (hand_written_steps, pyro_example_steps, elbogap_steps):  # torch's own start-up stays out
+        for _ in itertools.islice(make(x[:4 * BATCH], 1), WARM_UP):
+            pass
     loops = {"(b) hand-written PyTorch": hand_written_steps(x, epochs),
              "(c) Pyro example loop (SVI + DataLoader)": pyro_example_steps(x, epochs),
              "(a) elbogap Trainer": elbogap_steps(x, epochs)}

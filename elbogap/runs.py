@@ -251,6 +251,7 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
     log.write("final " + " ".join(f"{split}_{k}={metrics[split][k]:.4f}" for split in metrics
                                   for k in ("log_px", "elbo", "kl_gap")))
     run = {"guide": guide_name, "seed": seed, **metrics, "train_seconds": fit.seconds, "steps": steps,
+           "compiled_loss": trainer.svi.compiled,
            "curve": training_curve(fit.losses), "curve_eval": curve_eval,
            "model_from": None if fixed_model is None else str(fixed_model)}
     record = {"config": config.to_dict(), "versions": versions(), "run": run}

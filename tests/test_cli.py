@@ -27,7 +27,7 @@ def test_compare_writes_results_with_every_metric(tmp_path):
     assert [(run["guide"], run["seed"]) for run in results["runs"]] == [
         ("diag", 0), ("diag", 1), ("local", 0), ("local", 1)]
     for run in results["runs"]:
-        assert run["train_seconds"] > 0
+        assert run["train_seconds"] > 0 and run["compiled_loss"]
         for split in ("train", "test"):
             metrics = run[split]
             for key in ("log_px", "log_px_stderr", "elbo", "elbo_stderr", "recon", "kl_prior", "kl_gap"):
@@ -159,3 +159,11 @@ def test_cross_evaluation_fits_another_family_to_a_saved_model(tmp_path):
     assert result.returncode == 0, result.stderr
     record = json.loads((run_dir / "evaluation-iaf.json").read_text())
     assert record["guide"] == "iaf" and record["trained_with"] == "diag" and "approx_gap" in record["test"]
+
+
+def test_no_jit_trains_uncompiled_and_a_resume_may_not_switch(tmp_path):
+    out = tmp_path / "eager"
+    assert main(["train", "--guide", "diag", "--no-jit", "--out", str(out), *QUICK]) == 0
+    assert json.loads((out / "results.json").read_text())["runs"][0]["compiled_loss"] is False
+    refused = run_cli("train", "--guide", "diag", "--resume", "--out", str(out), *QUICK)
+    assert refused.returncode == 2 and "jit" in refused.stderr
