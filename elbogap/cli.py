@@ -39,6 +39,7 @@ HELP = {
     "kl_warmup": "epochs over which the KL weight rises from 0 to 1 (0 = off)",
     "objective": "elbo (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (RenyiELBO, alpha=0)",
     "particles": "samples per data point in the training objective (K for iwae)",
+    "jobs": "runs of a sweep trained at once, each in its own process with torch's threads shared out (compare)",
     "device": "cpu, cuda or cuda:N: where models, guides and data live",
     "jit": "compile the elbo objective with Pyro's JitTrace_ELBO (elbogap's own models and guides, except mixture)",
     "flow_depth": "number of transforms in a flow guide",
@@ -64,7 +65,7 @@ HELP = {
 }
 
 #: flags with a short form, in the style of Pyro's examples.
-SHORT = {"data": "-d", "guides": "-g", "seeds": "-s", "steps": "-n", "out": "-o"}
+SHORT = {"data": "-d", "guides": "-g", "seeds": "-s", "steps": "-n", "out": "-o", "jobs": "-j"}
 
 
 def comma_list(item_type):

@@ -1,4 +1,4 @@
-"""The main job: train a model with each guide and seed, evaluate both splits, collect results."""
+"""The main job: every guide with every seed, one run after another or `--jobs` at once; both splits evaluated."""
 
 import sys
 from collections.abc import Callable
@@ -32,11 +32,13 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
     references = {}
     if config.mode == "fixed-model":  # one model per seed, trained with the reference guide, then frozen
         build(config, data, config.reference_guide)
-        for seed in config.seeds:
-            references[seed] = out / "runs" / f"reference-{config.reference_guide}-seed{seed}"
-            reference = run_one(config, data, config.reference_guide, seed, references[seed], progress)
-            results["reference_runs"] = [*results.get("reference_runs", []), {**reference, "run_dir": str(
-                references[seed].relative_to(out))}]
+        references = {seed: out / "runs" / f"reference-{config.reference_guide}-seed{seed}" for seed in config.seeds}
+    if config.jobs > 1:
+        return compare_in_parallel(config, out, results, references, progress, on_run)
+    for seed, run_dir in references.items():
+        reference = run_one(config, data, config.reference_guide, seed, run_dir, progress)
+        results["reference_runs"] = [*results.get("reference_runs", []),
+                                     {**reference, "run_dir": str(run_dir.relative_to(out))}]
     for guide_name in config.guides:
         for seed in config.seeds:
             name = run_name(guide_name, seed)
@@ -50,8 +52,39 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
             results["runs"].append({**run, "run_dir": f"runs/{name}"})
             if on_run is not None:
                 on_run(results)
-            if progress and "failed" not in run:
-                test = run["test"]
-                print(f"{guide_name:>10} seed {seed}: test log p(x) {test['log_px']:.3f}, "
-                      f"ELBO {test['elbo']:.3f}, gap {test['kl_gap']:.3f}", file=sys.stderr)
+            if progress:
+                report_run(guide_name, seed, run)
+    return results
+
+
+def report_run(guide_name: str, seed: int, run: dict) -> None:
+    if "failed" not in run:
+        test = run["test"]
+        print(f"{guide_name:>10} seed {seed}: test log p(x) {test['log_px']:.3f}, "
+              f"ELBO {test['elbo']:.3f}, gap {test['kl_gap']:.3f}", file=sys.stderr)
+
+
+def compare_in_parallel(config: Config, out: Path, results: dict, references: dict, progress: bool,
+                        on_run: Callable[[dict], None] | None) -> dict:
+    """:func:`compare` with ``config.jobs`` runs at a time (see :mod:`elbogap.parallel`); same records, same order."""
+    from elbogap.parallel import run_parallel
+
+    finished = {}
+
+    def collect(guide_name, seed, run):
+        finished[guide_name, seed] = run
+        if progress:
+            report_run(guide_name, seed, run)
+        results["runs"] = [{**finished[g, s], "run_dir": f"runs/{run_name(g, s)}"}
+                           for g in config.guides for s in config.seeds if (g, s) in finished]
+        if on_run is not None:
+            on_run(results)
+
+    if references:
+        run_parallel(config, [(config.reference_guide, seed, run_dir, None) for seed, run_dir in references.items()],
+                     config.jobs, lambda guide_name, seed, run: finished.update({("reference", seed): run}))
+        results["reference_runs"] = [{**finished.pop(("reference", seed)), "run_dir": str(run_dir.relative_to(out))}
+                                     for seed, run_dir in references.items()]
+    tasks = [(g, s, out / "runs" / run_name(g, s), references.get(s)) for g in config.guides for s in config.seeds]
+    run_parallel(config, tasks, config.jobs, collect)
     return results

@@ -65,6 +65,7 @@ class Config:
     figures: bool = True
     on_nan: str = "stop"
     resume: bool = False
+    jobs: int = 1
     out: str = "results"
 
     def validate(self) -> "Config":
@@ -72,7 +73,7 @@ class Config:
         least = {"latent_dim": 1, "batch_size": 1, "particles": 1, "flow_depth": 1, "mixture_size": 1,
                  "rank": 1, "eval_samples": 1, "iw_samples": 1, "quadrature_points": 4, "curve_points": 1,
                  "steps": 0, "eval_every": 0, "checkpoint_every": 0, "kl_warmup": 0, "gap_points": 0,
-                 "dynamics_points": 0}
+                 "dynamics_points": 0, "jobs": 1}
         for name, low in least.items():
             if getattr(self, name) < low:
                 raise UsageError(f"--{flag(name)} must be at least {low}, got {getattr(self, name)}")
@@ -119,7 +120,7 @@ class Config:
 
 #: settings that control how a command runs, not what it computes: a resumed run may change them.
 RUN_CONTROL = ("out", "resume", "figures", "on_nan", "eval_samples", "iw_samples", "quadrature_points", "gap_points",
-               "guides", "seeds", "guide", "seed", "checkpoint_every")
+               "guides", "seeds", "guide", "seed", "checkpoint_every", "jobs")
 
 
 def differences(saved: dict, current: dict) -> list[str]:

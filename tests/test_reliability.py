@@ -74,6 +74,33 @@ def test_sigterm_checkpoints_and_resume_matches_an_uninterrupted_run(tmp_path):
     assert metrics(out / "results.json") == metrics(tmp_path / "straight" / "results.json")
 
 
+def test_a_parallel_sweep_stops_every_run_on_sigterm_and_resumes_to_the_same_numbers(tmp_path):
+    args = ["compare", "--guides", "diag,iaf", "--seeds", "0,1", "--steps", "200", "--checkpoint-every", "0",
+            "--jobs", "2", *QUICK]
+    assert main([*args, "--out", str(tmp_path / "straight")]) == 0
+    straight = json.loads((tmp_path / "straight" / "results.json").read_text())["runs"]
+    assert [(run["guide"], run["seed"]) for run in straight] == [("diag", 0), ("diag", 1), ("iaf", 0), ("iaf", 1)]
+
+    out = tmp_path / "interrupted"
+    process = subprocess.Popen([sys.executable, "-m", "elbogap.cli", *args, "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = [out / "runs" / f"diag-seed{seed}" / "train.log" for seed in (0, 1)]
+    deadline = time.time() + 240
+    while not all(log.is_file() and "step 40 " in log.read_text() for log in logs) and time.time() < deadline:
+        time.sleep(0.05)  # both runs of the first wave are well into training
+    process.send_signal(signal.SIGTERM)  # to the parent alone, as a scheduler would
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "--resume" in stderr and "Traceback" not in stderr
+    for seed in (0, 1):
+        state = load_checkpoint(out / "runs" / f"diag-seed{seed}" / "checkpoint.pt")
+        assert not state["complete"] and 40 <= state["trainer"]["step"] < 200
+    assert not (out / "runs" / "iaf-seed0").exists()  # not started: left for --resume
+
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    assert metrics(out / "results.json") == metrics(tmp_path / "straight" / "results.json")
+
+
 def test_resume_refuses_a_checkpoint_from_another_configuration(tmp_path):
     args = ["train", "--steps", "20", "--out", str(tmp_path / "run"), *QUICK]
     assert main(args) == 0
@@ -98,11 +125,19 @@ def test_a_nan_loss_stops_the_run_naming_step_and_guide(nan_model, tmp_path):
     assert state["trainer"]["step"] % 10 == 0 and state["trainer"]["losses"].isfinite().all()
 
 
-def test_on_nan_skip_marks_the_run_failed_and_goes_on(nan_model, tmp_path):
+def test_a_nan_in_a_parallel_sweep_stops_it_in_one_line(nan_model, tmp_path):
+    result = cli("compare", "--model", nan_model, "--guides", "diag,full", "--seeds", "0", "--steps", "60",
+                 "--jobs", "2", "--out", str(tmp_path / "nan"), *QUICK)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "NaN" in result.stderr and "step" in result.stderr
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_on_nan_skip_marks_the_run_failed_and_goes_on(nan_model, tmp_path, jobs):
     out = tmp_path / "skip"
     # each run rebuilds the model module, but the injected counter lives on: every run fails, and the sweep goes on
     code = main(["compare", "--model", nan_model, "--guides", "diag,full", "--seeds", "0", "--steps", "60",
-                 "--on-nan", "skip", "--out", str(out), *QUICK])
+                 "--on-nan", "skip", "--jobs", jobs, "--out", str(out), *QUICK])
     assert code == 0
     runs = json.loads((out / "results.json").read_text())["runs"]
     assert [run["guide"] for run in runs] == ["diag", "full"] and all("failed" in run for run in runs)
@@ -143,6 +178,7 @@ def test_a_checkpoint_of_an_older_format_is_refused_with_what_to_do(tmp_path):
     (["compare", "--on-nan", "ignore"], "unknown --on-nan"),
     (["compare", "--iw-samples", "0"], "--iw-samples must be at least 1"),
     (["compare", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["compare", "--jobs", "0"], "--jobs must be at least 1"),
     (["compare", "--hidden-dims", "64,-1"], "--hidden-dims must be positive"),
     (["compare", "--activation", "sigmoidish"], "unknown activation"),
     (["compare", "--objective", "kl"], "unknown objective"),
