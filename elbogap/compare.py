@@ -5,7 +5,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from elbogap.config import Config
-from elbogap.runs import NumericalFault, build, load_dataset, run_one
+from elbogap.runs import NumericalFault, build, load_dataset, run_one, skipped_run
 from elbogap.versions import versions
 
 
@@ -47,8 +47,7 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
             except NumericalFault as fault:
                 if config.on_nan != "skip":
                     raise
-                print(f"elbogap: skipped {fault}", file=sys.stderr)
-                run = {"guide": guide_name, "seed": seed, "failed": str(fault)}
+                run = skipped_run(guide_name, seed, str(fault))
             results["runs"].append({**run, "run_dir": f"runs/{name}"})
             if on_run is not None:
                 on_run(results)
@@ -81,9 +80,10 @@ def compare_in_parallel(config: Config, out: Path, results: dict, references: di
             on_run(results)
 
     if references:
+        reference_runs = {}
         run_parallel(config, [(config.reference_guide, seed, run_dir, None) for seed, run_dir in references.items()],
-                     config.jobs, lambda guide_name, seed, run: finished.update({("reference", seed): run}))
-        results["reference_runs"] = [{**finished.pop(("reference", seed)), "run_dir": str(run_dir.relative_to(out))}
+                     config.jobs, lambda guide_name, seed, run: reference_runs.update({seed: run}))
+        results["reference_runs"] = [{**reference_runs[seed], "run_dir": str(run_dir.relative_to(out))}
                                      for seed, run_dir in references.items()]
     tasks = [(g, s, out / "runs" / run_name(g, s), references.get(s)) for g in config.guides for s in config.seeds]
     run_parallel(config, tasks, config.jobs, collect)

@@ -11,7 +11,6 @@ import multiprocessing
 import os
 import queue
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 
 from elbogap.config import Config
 from elbogap.errors import UsageError
-from elbogap.runs import Interrupted, NumericalFault, load_dataset, run_one, stop_requests
+from elbogap.runs import Interrupted, NumericalFault, load_dataset, run_one, skipped_run, stop_requests
 
 #: how often (seconds) the parent looks at its processes while no run reports
 POLL = 0.2
@@ -88,8 +87,7 @@ def run_parallel(config: Config, tasks: list[tuple[str, int, Path, Path | None]]
             if status == "ok":
                 on_run(*key, payload)
             elif status == "fault" and config.on_nan == "skip":
-                print(f"elbogap: skipped {payload}", file=sys.stderr)
-                on_run(*key, {"guide": key[0], "seed": key[1], "failed": payload})
+                on_run(*key, skipped_run(*key, payload))
             elif status == "interrupted":
                 interrupted = interrupted or payload
             elif failure is None:

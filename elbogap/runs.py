@@ -8,6 +8,7 @@ import contextlib
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -40,6 +41,12 @@ class Interrupted(Exception):
 
 class NumericalFault(Exception):
     """The loss or a parameter became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+def skipped_run(guide_name: str, seed: int, fault: str) -> dict:
+    """The record of a run stopped by a NaN fault under ``--on-nan skip``, said on stderr."""
+    print(f"elbogap: skipped {fault}", file=sys.stderr)
+    return {"guide": guide_name, "seed": seed, "failed": fault}
 
 
 @contextlib.contextmanager
