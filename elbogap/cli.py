@@ -48,6 +48,16 @@ HELP = {
     "eval_samples": "samples of q per data point for the ELBO",
     "iw_samples": "importance samples per data point for log p(x) when neither exact nor quadrature",
     "quadrature_points": "grid points per axis for 2-D quadrature",
+    "log_px": "auto | exact | quadrature | iwae | ais: how log p(x) is computed (auto: exact or quadrature where "
+              "they apply, else IWAE on every point and guide-independent AIS on --ais-points and the gap points)",
+    "ais_points": "points per split that get AIS under --log-px auto (the gap points are among them)",
+    "ais_steps": "AIS intermediate distributions (temperatures) per chain",
+    "ais_chains": "AIS chains per data point",
+    "leapfrog_steps": "leapfrog steps per HMC transition of AIS",
+    "ais_init": "prior (guide-independent) | q (anneal from the guide's q(z|x), a diagnostic)",
+    "ais_target_accept": "HMC acceptance rate the AIS pilot run tunes step sizes toward",
+    "bdmc": "simulate N (z, x) pairs from each trained model and sandwich their log p(x) between forward and "
+            "reverse AIS at the AIS settings; writes bdmc.json and bdmc.npz in the run directory (0: off)",
     "gap_points": "points per split on which q* is refit to split the gap into approximation and amortization "
                   "(0: off)",
     "dynamics_points": "test points on which q* is refit at every evaluation during training, for the stacked "
@@ -99,7 +109,8 @@ def add_config_flags(parser: argparse.ArgumentParser, names=None) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-run lines")
 
 
-EVAL_FLAGS = ["eval_samples", "iw_samples", "quadrature_points", "gap_points"]
+EVAL_FLAGS = ["eval_samples", "iw_samples", "quadrature_points", "gap_points", "log_px", "ais_points", "ais_steps",
+              "ais_chains", "leapfrog_steps", "ais_init", "ais_target_accept", "bdmc"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -206,7 +217,17 @@ def run_evaluate(args) -> int:
 
     config, data, model, guide, state = load_run(args.run_dir, getattr(args, "device", None))
     trained_with = state["guide_name"]
-    config = config_from_args(args, base=config.replace(guide=trained_with))
+    config = config_from_args(args, base=config.replace(guide=trained_with, bdmc=0))
+    if config.bdmc:
+        from elbogap.runs import run_bdmc
+
+        summary = run_bdmc(model, data, config, state["seed"], args.run_dir)
+        print(f"BDMC on {summary['points']} points simulated from the model: "
+              f"{summary['lower']:.3f} (± {summary['lower_stderr']:.3f}) <= log p(x) <= "
+              f"{summary['upper']:.3f} (± {summary['upper_stderr']:.3f}); width {summary['width']:.3f} nats at "
+              f"{config.ais_chains} chains x {config.ais_steps} temperatures x {config.leapfrog_steps} leapfrog steps; "
+              f"wrote bdmc.json and bdmc.npz to {args.run_dir}")
+        return 0
     if config.guide != trained_with:
         if not args.refit:
             raise UsageError(f"{args.run_dir} was trained with guide {trained_with}; evaluating family "

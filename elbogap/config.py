@@ -12,6 +12,9 @@ from pathlib import Path
 
 from elbogap.device import resolve_device
 from elbogap.errors import UsageError
+from elbogap.inference.ais import INITS as AIS_INITS
+from elbogap.inference.ais import AISSettings
+from elbogap.inference.log_px import SETTINGS as LOG_PX_SETTINGS
 
 
 @dataclass
@@ -55,6 +58,14 @@ class Config:
     eval_samples: int = 256
     iw_samples: int = 1000
     quadrature_points: int = 32
+    log_px: str = "auto"
+    ais_points: int = 100
+    ais_steps: int = 500
+    ais_chains: int = 16
+    leapfrog_steps: int = 10
+    ais_init: str = "prior"
+    ais_target_accept: float = 0.65
+    bdmc: int = 0
     gap_points: int = 64
     dynamics_points: int = 0
     mode: str = "joint"
@@ -73,7 +84,8 @@ class Config:
         least = {"latent_dim": 1, "batch_size": 1, "particles": 1, "flow_depth": 1, "mixture_size": 1,
                  "rank": 1, "eval_samples": 1, "iw_samples": 1, "quadrature_points": 4, "curve_points": 1,
                  "steps": 0, "eval_every": 0, "checkpoint_every": 0, "kl_warmup": 0, "gap_points": 0,
-                 "dynamics_points": 0, "jobs": 1}
+                 "dynamics_points": 0, "jobs": 1, "ais_points": 0, "ais_steps": 1, "ais_chains": 1,
+                 "leapfrog_steps": 1, "bdmc": 0}
         for name, low in least.items():
             if getattr(self, name) < low:
                 raise UsageError(f"--{flag(name)} must be at least {low}, got {getattr(self, name)}")
@@ -97,6 +109,12 @@ class Config:
             raise UsageError(f"unknown --mode {self.mode!r}; choose joint or fixed-model")
         if self.on_nan not in ("stop", "skip"):
             raise UsageError(f"unknown --on-nan {self.on_nan!r}; choose stop or skip")
+        if self.log_px not in LOG_PX_SETTINGS:
+            raise UsageError(f"unknown --log-px {self.log_px!r}; choose one of {', '.join(LOG_PX_SETTINGS)}")
+        if self.ais_init not in AIS_INITS:
+            raise UsageError(f"unknown --ais-init {self.ais_init!r}; choose prior (guide-independent) or q")
+        if not 0 < self.ais_target_accept < 1:
+            raise UsageError(f"--ais-target-accept is an acceptance rate in (0, 1), got {self.ais_target_accept}")
         resolve_device(self.device)
         if self.binarize not in (None, "threshold", "static", "dynamic", "none"):
             raise UsageError(f"unknown --binarize {self.binarize!r}; choose threshold, static, dynamic or none")
@@ -114,12 +132,19 @@ class Config:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def ais_settings(self) -> AISSettings:
+        """The AIS settings these flags describe."""
+        return AISSettings(steps=self.ais_steps, chains=self.ais_chains, leapfrog_steps=self.leapfrog_steps,
+                           init=self.ais_init, target_accept=self.ais_target_accept)
+
     def replace(self, **changes) -> "Config":
         return Config(**{**self.to_dict(), **changes})
 
 
 #: settings that control how a command runs, not what it computes: a resumed run may change them.
 RUN_CONTROL = ("out", "resume", "figures", "on_nan", "eval_samples", "iw_samples", "quadrature_points", "gap_points",
+               "log_px", "ais_points", "ais_steps", "ais_chains", "leapfrog_steps", "ais_init", "ais_target_accept",
+               "bdmc",
                "guides", "seeds", "guide", "seed", "checkpoint_every", "jobs")
 
 

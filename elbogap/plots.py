@@ -118,7 +118,8 @@ def plot_gaps(results: dict, path: Path) -> Path:
                      label=split if i == 0 else None, alpha=0.8)
             axis.plot([i + offset] * len(gaps), gaps.numpy(), "k.", ms=4)
     axis.set_xticks(range(len(groups)), list(groups))
-    method = results["runs"][0]["test"]["log_px_method"]
+    test = results["runs"][0]["test"]
+    method = test["log_px_method"] + ("" if test.get("log_px_guide_independent", True) else ", guide-dependent")
     axis.set(ylabel="KL gap = log p(x) - ELBO (nats)",
              title=f"KL(q(z|x) || p(z|x)) per family\n(log p(x) by {method}; bars: mean ± sd over seeds, dots: seeds)")
     axis.legend()

@@ -6,15 +6,10 @@ import json
 import statistics
 from pathlib import Path
 
+from elbogap.inference.log_px import METHODS
+
 COLUMNS = [("log_px", "log p(x)"), ("elbo", "ELBO"), ("recon", "recon"),
-           ("kl_prior", "KL to prior"), ("kl_gap", "KL gap")]
-
-METHOD_TEXT = {
-    "exact": "exact (closed form)",
-    "quadrature": "2-D quadrature (midpoint rule, two {points}x{points} grids)",
-    "iwae": "importance-weighted estimate with K={samples} samples from q (a lower bound in expectation)",
-}
-
+           ("kl_prior", "KL to prior"), ("kl_gap", "KL gap"), ("log_px_iwae", "IWAE log p(x)")]
 
 def mean_spread(values: list[float]) -> str:
     """``mean ± standard deviation over seeds`` (the mean alone for one seed)."""
@@ -41,14 +36,27 @@ def table(runs: list[dict], split: str, columns=COLUMNS) -> list[str]:
     return lines
 
 
+def describe_log_px(split_metrics: dict) -> str:
+    """How a split's log p(x) was computed, in the registry's words, and on how many of its points."""
+    text = METHODS[split_metrics["log_px_method"]].describe(split_metrics)
+    if split_metrics.get("log_px_points", split_metrics["num_points"]) < split_metrics["num_points"]:
+        text += (f", on {split_metrics['log_px_points']} of the split's {split_metrics['num_points']} points "
+                 f"(the gap points among them); the KL gap is computed on those points, where the ELBO is "
+                 f"{split_metrics['elbo_log_px_points']:.3f}, and the IWAE column covers every point")
+    return text
+
+
 def describe_methods(runs: list[dict], config: dict) -> list[str]:
     first = runs[0]["test"]
-    method = METHOD_TEXT[first["log_px_method"]].format(
-        points=config["quadrature_points"], samples=first["log_px_samples"])
     worst_log_px = max(run[split]["log_px_stderr"] for run in runs for split in ("train", "test"))
     worst_elbo = max(run[split]["elbo_stderr"] for run in runs for split in ("train", "test"))
-    return [
-        f"- log p(x): {method}; largest standard error of a split mean: {worst_log_px:.2g} nats.",
+    independent = "independent of the guide" if first.get("log_px_guide_independent", True) else \
+        "dependent on the guide judged, so gaps of poorer guides look smaller than they are"
+    lines = [
+        f"- log p(x): {describe_log_px(first)}; {independent}; largest standard error of a split mean: "
+        f"{worst_log_px:.2g} nats.",
+        f"- IWAE log p(x): the importance-weighted estimate from the {first.get('log_px_iwae_samples', '')} draws "
+        "of each guide's q, beside the reported value (a lower bound whose bias depends on q).",
         f"- ELBO = recon - KL to prior, with {first['elbo_samples']} samples of q per data point; "
         f"the KL to the prior is analytic where the family allows, Monte Carlo otherwise; "
         f"largest standard error of a split mean: {worst_elbo:.2g} nats.",
@@ -56,6 +64,19 @@ def describe_methods(runs: list[dict], config: dict) -> list[str]:
         "- Each cell: mean ± standard deviation over seeds, in nats per data point; higher log p(x) "
         "and ELBO are better, smaller gaps are better.",
     ]
+    widths = [f"{run['guide']} seed {run['seed']}: {run['bdmc']['width']:.3f}" for run in runs if "bdmc" in run]
+    if widths:
+        settings = next(run["bdmc"] for run in runs if "bdmc" in run)
+        lines.append(f"- BDMC sandwich width (upper - lower bound on log p(x) of {settings['points']} points simulated "
+                     f"from each trained model, nats; the error bar of AIS at these settings): {'; '.join(widths)}.")
+    if "ais" in first:
+        acceptance = [a for run in runs for split in ("train", "test") if "ais" in run[split]
+                      for a in run[split]["ais"]["acceptance"]]
+        lines.append(f"- AIS: HMC step sizes tuned per point and temperature band in a pilot run toward acceptance "
+                     f"{first['ais']['target_accept']}, then frozen; acceptance per band ranged "
+                     f"{min(acceptance):.2f}-{max(acceptance):.2f}. `elbogap evaluate RUN_DIR --bdmc N` measures "
+                     "the error bar of these settings (the BDMC sandwich width).")
+    return lines
 
 
 def finished(runs: list[dict]) -> list[dict]:
@@ -97,7 +118,8 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-CSV_METRICS = ["log_px", "log_px_stderr", "log_px_method", "elbo", "elbo_stderr", "recon", "kl_prior",
+CSV_METRICS = ["log_px", "log_px_stderr", "log_px_method", "log_px_points", "log_px_iwae", "log_px_iwae_stderr",
+               "log_px_ais", "log_px_ais_stderr", "elbo", "elbo_stderr", "recon", "kl_prior",
                "kl_gap", "kl_gap_stderr", "kl_exact", "gap_points", "gap_kl", "approx_gap", "amort_gap", "elbo_star",
                "khat_mean", "khat_bad_share", "ess_mean", "active_units", "num_points"]
 

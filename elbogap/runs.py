@@ -23,7 +23,7 @@ from elbogap.device import resolve_device, rng_devices
 from elbogap.errors import UsageError
 from elbogap.guides import build_guide
 from elbogap.inference import Trainer, evaluate, refit_guide
-from elbogap.inference.gaps import gap_decomposition
+from elbogap.inference.gaps import KnownLogPx, gap_decomposition
 from elbogap.model import build_model
 from elbogap.versions import versions
 
@@ -114,29 +114,61 @@ def evaluate_splits(model, guide, data: Dataset, config: Config, seed: int) -> d
             for split, x in data.splits().items()}
 
 
+def subset_index(num_points: int, count: int, config: Config) -> torch.Tensor:
+    """A seeded subset of ``count`` points of a split, sorted; smaller subsets are prefixes of larger ones.
+
+    The gap points (``--gap-points``) and the AIS points (``--ais-points``) are drawn from one
+    permutation, so the points where gaps are reported always have AIS where AIS runs.
+    """
+    generator = torch.Generator().manual_seed(config.data_seed + 7)
+    return torch.randperm(num_points, generator=generator)[:count].sort().values.to(config.device)
+
+
 def gap_index(num_points: int, config: Config) -> torch.Tensor:
     """The seeded subset of a split on which q* is refit (``--gap-points`` of them)."""
-    generator = torch.Generator().manual_seed(config.data_seed + 7)
-    return torch.randperm(num_points, generator=generator)[:config.gap_points].sort().values.to(config.device)
+    return subset_index(num_points, config.gap_points, config)
 
 
 def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: bool) -> dict:
     """Metrics of one split, with the gap decomposition on ``--gap-points`` of its points.
 
-    A per-datapoint guide first fits its parameters with the model fixed.
+    A per-datapoint guide first fits its parameters with the model fixed. Where ``--log-px``
+    gives a guide-independent log p(x) (exact, quadrature, AIS on every point, or, under
+    ``auto``, AIS on the gap and ``--ais-points`` subset), the gaps are computed from it.
     """
     if not guide.amortized:
         if fresh_local:
             guide = type(guide)(len(x), guide.latent_dim).to(x.device)
         refit_guide(model, guide, x, jit=config.jit)
     options = {"elbo_samples": config.eval_samples, "iw_samples": config.iw_samples,
-               "quadrature_points": config.quadrature_points}
-    metrics = evaluate(model, guide, x, **options).metrics
+               "quadrature_points": config.quadrature_points, "log_px_method": config.log_px,
+               "ais": config.ais_settings()}
+    ais_index = subset_index(len(x), max(config.ais_points, config.gap_points), config)
+    evaluation = evaluate(model, guide, x, ais_index=ais_index, **options)
+    metrics = evaluation.metrics
     if config.gap_points:
         index = gap_index(len(x), config)
+        log_px = None
+        if metrics["log_px_guide_independent"]:
+            per_point = evaluation.per_point
+            log_px = KnownLogPx(per_point["log_px"][index], per_point["log_px_stderr"][index], metrics["log_px_method"])
         metrics.update(gap_decomposition(model, guide, x[index], index, refit_options={"jit": config.jit},
-                                         **options))
+                                         log_px=log_px, **options))
     return metrics
+
+
+def run_bdmc(model, data: Dataset, config: Config, seed: int, run_dir: str | Path) -> dict:
+    """BDMC on ``config.bdmc`` pairs simulated from ``model``; writes bdmc.json and bdmc.npz, returns the summary."""
+    import numpy as np
+
+    from elbogap.inference.bdmc import sandwich
+
+    pyro.set_rng_seed(seed + 20_000)
+    summary, arrays = sandwich(model, data.train[:1], config.bdmc, config.ais_settings())
+    run_dir = Path(run_dir)
+    (run_dir / "bdmc.json").write_text(json.dumps(summary, indent=2))
+    np.savez(run_dir / "bdmc.npz", **{key: value.detach().cpu().numpy() for key, value in arrays.items()})
+    return summary
 
 
 def training_curve(losses: list[float], points: int = 100) -> list[list[float]]:
@@ -255,8 +287,11 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
             raise fault(trainer.step_count + 1) from None
     save(complete=True)
     metrics = evaluate_splits(model, guide, data, config, seed)
+    if config.bdmc:
+        metrics["bdmc"] = run_bdmc(model, data, config, seed, run_dir)
+        log.write("bdmc " + " ".join(f"{k}={metrics['bdmc'][k]:.4f}" for k in ("lower", "upper", "width")))
     log.write("final " + " ".join(f"{split}_{k}={metrics[split][k]:.4f}" for split in metrics
-                                  for k in ("log_px", "elbo", "kl_gap")))
+                                  for k in ("log_px", "elbo", "kl_gap") if split in ("train", "test")))
     run = {"guide": guide_name, "seed": seed, **metrics, "train_seconds": fit.seconds, "steps": steps,
            "compiled_loss": trainer.svi.compiled,
            "curve": training_curve(fit.losses), "curve_eval": curve_eval,

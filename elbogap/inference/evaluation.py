@@ -1,6 +1,7 @@
 r"""Per-datapoint evaluation of a guide against a model: ELBO, its two terms, log p(x) and the gap."""
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -8,6 +9,7 @@ from pyro import poutine
 from pyro.ops.stats import fit_generalized_pareto
 
 from elbogap.errors import UsageError
+from elbogap.inference.ais import AISSettings, ais_log_px
 from elbogap.inference.gap import kl_gap
 from elbogap.inference.kl import analytic_kl
 from elbogap.inference.log_joint import log_joint
@@ -15,8 +17,8 @@ from elbogap.inference.log_px import (
     ELEMENT_BUDGET,
     METHODS,
     ImportanceAccumulator,
-    choose_method,
     exact_log_px,
+    plan,
     quadrature_log_px,
 )
 
@@ -97,7 +99,7 @@ def _prior(model, x):
     return poutine.trace(model.model).get_trace(x).nodes["z"]["fn"]
 
 
-def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk, log_px_method):
+def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk):
     q = guide.distribution(x, index)
     posterior = model.posterior(x) if getattr(model, "has_exact_posterior", False) else None
     log_w, recon, kl_prior_mc, kl_post_mc, z_mean = _Moments(), _Moments(), _Moments(), _Moments(), _Moments()
@@ -131,18 +133,17 @@ def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk, log_px_me
     all_log_w = torch.cat(all_log_w)
     weights = ImportanceAccumulator()
     weights.add(all_log_w)  # the draws are all kept for k-hat, so the log-sum-exps run over them at once
-    if log_px_method == "iwae":
-        out.update(log_px=weights.log_mean(), log_px_stderr=weights.stderr())
+    out.update(log_px_iwae=weights.log_mean(), log_px_iwae_stderr=weights.stderr())
     out["ess"] = weights.effective_sample_size()
     out["khat"] = pareto_khat(all_log_w)
     out["z_mean"] = z_mean.mean()
     return out
 
 
-@torch.inference_mode()
 def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
              elbo_samples: int = 256, iw_samples: int = 1000, log_px_method: str | None = None,
-             quadrature_points: int = 32) -> Evaluation:
+             quadrature_points: int = 32, ais: AISSettings | None = None,
+             ais_index: torch.Tensor | None = None) -> Evaluation:
     r"""Evaluate ``guide`` against ``model`` on every row of ``x``, in nats per data point.
 
     Metrics (split averages; standard errors combine the per-point ones as
@@ -152,10 +153,16 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
       ``elbo_samples`` draws of :math:`q` (more when ``iw_samples`` draws are taken anyway);
     - ``recon`` :math:`= \mathbb{E}_q \log p(x \mid z)` and ``kl_prior`` (analytic where the
       pair of distributions allows, ``kl_prior_method``);
-    - ``log_px`` by ``log_px_method``: ``"exact"`` (closed form), ``"quadrature"`` (2-D
-      latents, see :func:`~elbogap.inference.log_px.quadrature_log_px`) or ``"iwae"``
-      (:math:`\log \frac1K \sum_k p(x, z_k)/q(z_k \mid x)` with :math:`K` = ``iw_samples``, a
-      stochastic lower bound); default: the most exact the model allows;
+    - ``log_px`` by ``log_px_method`` (see :func:`~elbogap.inference.log_px.plan`): ``"exact"``
+      (closed form), ``"quadrature"`` (2-D latents), ``"iwae"``
+      (:math:`\log \frac1K \sum_k p(x, z_k)/q(z_k \mid x)`, :math:`K` = ``iw_samples``, a lower
+      bound whose bias depends on the guide), ``"ais"`` (annealed importance sampling with the
+      settings ``ais``, guide-independent) or ``"auto"``: the most exact the model allows, and
+      for models with neither closed form nor 2-D latents, AIS on the rows ``ais_index`` (none if
+      not given). ``log_px_points`` says on how many rows ``log_px`` and ``kl_gap`` were
+      computed; where that is a subset, ``elbo_log_px_points`` is the ELBO on those rows;
+    - ``log_px_iwae`` (always, from the draws of q) and ``log_px_ais`` (where AIS ran), with
+      standard errors, so the guide-dependent estimate stands beside the guide-independent one;
     - ``kl_gap`` :math:`= \log p(x) - \mathrm{ELBO}`, see :func:`~elbogap.inference.gap.kl_gap`;
     - ``kl_exact`` :math:`= \mathrm{KL}(q \,\|\, p(z \mid x))` computed directly, for models
       with a closed-form posterior, so the identity can be checked rather than assumed;
@@ -164,32 +171,53 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
       proposal (see :func:`pareto_khat`), averaged, and the share of points above 0.7;
     - ``active_units``: latent dimensions the data uses (see :func:`active_units`).
     """
-    method = log_px_method or choose_method(model)
-    if method not in METHODS:
-        raise UsageError(f"unknown log p(x) method {method!r}; choose one of {', '.join(METHODS)}")
+    log_px_plan = plan(log_px_method, model)
+    method = log_px_plan.method
     if elbo_samples < 1 or iw_samples < 1:
         raise UsageError("--eval-samples and --iw-samples must be at least 1")
     if index is None:
         index = torch.arange(len(x), device=x.device)
-    num_samples = max(elbo_samples, iw_samples if method == "iwae" else 0)
+    num_samples = max(elbo_samples, iw_samples if method in ("iwae", "ais") or log_px_plan.ais_subset else 0)
+    with torch.inference_mode():
+        per_point, z_mean = _evaluate_q(model, guide, x, index, num_samples)
+    if method == "exact":
+        per_point["log_px"], per_point["log_px_stderr"] = exact_log_px(model, x)
+    elif method == "quadrature":
+        per_point["log_px"], per_point["log_px_stderr"] = quadrature_log_px(model, x, quadrature_points)
+    else:
+        per_point["log_px"], per_point["log_px_stderr"] = per_point["log_px_iwae"], per_point["log_px_iwae_stderr"]
+    ais_run = None
+    rows = torch.arange(len(x), device=x.device) if method == "ais" else ais_index
+    if (method == "ais" or log_px_plan.ais_subset) and rows is not None and len(rows):
+        ais = ais or AISSettings()
+        started = time.perf_counter()
+        result = ais_log_px(model, x[rows], ais, guide=guide, index=index[rows])
+        ais_run = {**ais.to_dict(), "points": len(rows), "seconds": time.perf_counter() - started,
+                   "acceptance": result.acceptance.tolist(),
+                   "step_sizes": result.step_sizes.double().log().mean(1).exp().tolist()}
+        nan = torch.full((len(x),), float("nan"), dtype=result.log_px.dtype, device=x.device)
+        per_point["log_px_ais"], per_point["log_px_ais_stderr"] = nan.index_put((rows,), result.log_px), \
+            nan.index_put((rows,), result.stderr)
+        per_point["log_px"], per_point["log_px_stderr"] = per_point["log_px_ais"], per_point["log_px_ais_stderr"]
+        method = "ais"
+    per_point["kl_gap"] = kl_gap(per_point["log_px"], per_point["elbo"])
+    metrics = _summarize(per_point, method, num_samples, quadrature_points, ais_run)
+    metrics["active_units"] = active_units(z_mean)
+    return Evaluation(metrics, per_point)
+
+
+def _evaluate_q(model, guide, x, index, num_samples) -> tuple[dict, torch.Tensor]:
+    """Per-point ELBO, its terms, IWAE and diagnostics from ``num_samples`` draws of q, in chunks."""
     sample_chunk = min(num_samples, SAMPLE_CHUNK)
     point_chunk = max(1, ELEMENT_BUDGET // (sample_chunk * x.shape[1]))
     chunks = [
-        _evaluate_chunk(model, guide, x[i:i + point_chunk], index[i:i + point_chunk],
-                        num_samples, sample_chunk, method)
+        _evaluate_chunk(model, guide, x[i:i + point_chunk], index[i:i + point_chunk], num_samples, sample_chunk)
         for i in range(0, len(x), point_chunk)
     ]
     z_mean = torch.cat([c.pop("z_mean") for c in chunks])
     per_point = {key: torch.cat([torch.as_tensor(c[key]).expand(len(c["elbo"])) for c in chunks])
                  for key in chunks[0]}
-    if method == "exact":
-        per_point["log_px"], per_point["log_px_stderr"] = exact_log_px(model, x)
-    elif method == "quadrature":
-        per_point["log_px"], per_point["log_px_stderr"] = quadrature_log_px(model, x, quadrature_points)
-    per_point["kl_gap"] = kl_gap(per_point["log_px"], per_point["elbo"])
-    metrics = _summarize(per_point, method, num_samples, quadrature_points)
-    metrics["active_units"] = active_units(z_mean)
-    return Evaluation(metrics, per_point)
+    return per_point, z_mean
 
 
 def active_units(z_mean: torch.Tensor, threshold: float = 0.01) -> int:
@@ -206,13 +234,17 @@ def active_units(z_mean: torch.Tensor, threshold: float = 0.01) -> int:
 
 
 def _combined_stderr(stderr: torch.Tensor) -> float:
-    return float(stderr.pow(2).sum().sqrt() / len(stderr))
+    stderr = stderr[~stderr.isnan()]
+    return float(stderr.pow(2).sum().sqrt() / max(len(stderr), 1))
 
 
-def _summarize(per_point, method, num_samples, quadrature_points) -> dict:
-    def mean(key):
-        return float(per_point[key].double().mean())
+def _summarize(per_point, method, num_samples, quadrature_points, ais_run) -> dict:
+    def mean(key, where=None):
+        values = per_point[key].double()
+        return float(values[where].mean() if where is not None else values.mean())
 
+    covered = ~per_point["log_px"].isnan()
+    subset = not bool(covered.all())
     metrics = {
         "num_points": len(per_point["elbo"]),
         "elbo": mean("elbo"),
@@ -221,19 +253,30 @@ def _summarize(per_point, method, num_samples, quadrature_points) -> dict:
         "recon": mean("recon"),
         "kl_prior": mean("kl_prior"),
         "kl_prior_method": "analytic" if bool(per_point["kl_prior_analytic"].all()) else "mc",
-        "log_px": mean("log_px"),
+        "log_px": mean("log_px", covered),
         "log_px_stderr": _combined_stderr(per_point["log_px_stderr"]),
         "log_px_method": method,
-        "log_px_samples": num_samples if method == "iwae" else (
-            2 * quadrature_points**2 if method == "quadrature" else 0),
-        "kl_gap": mean("kl_gap"),
-        "kl_gap_stderr": math.hypot(_combined_stderr(per_point["elbo_stderr"]),
+        "log_px_guide_independent": METHODS[method].guide_independent,
+        "log_px_points": int(covered.sum()),
+        "log_px_samples": {"iwae": num_samples, "quadrature": 2 * quadrature_points**2,
+                           "ais": ais_run["chains"] if ais_run else 0}.get(method, 0),
+        "log_px_iwae": mean("log_px_iwae"),
+        "log_px_iwae_stderr": _combined_stderr(per_point["log_px_iwae_stderr"]),
+        "log_px_iwae_samples": num_samples,
+        "kl_gap": mean("kl_gap", covered),
+        "kl_gap_stderr": math.hypot(_combined_stderr(per_point["elbo_stderr"][covered]),
                                     _combined_stderr(per_point["log_px_stderr"])),
         "ess_mean": mean("ess"),
         # too few samples for a tail fit (fewer than 25) leave k-hat undefined: None, not NaN, in the JSON
         "khat_mean": None if per_point["khat"].isnan().all() else float(per_point["khat"].nanmean()),
         "khat_bad_share": None if per_point["khat"].isnan().all() else float((per_point["khat"] > 0.7).double().mean()),
     }
+    if subset:
+        metrics["elbo_log_px_points"] = mean("elbo", covered)
+    if ais_run is not None:
+        metrics["ais"] = ais_run
+        metrics["log_px_ais"] = mean("log_px_ais", covered)
+        metrics["log_px_ais_stderr"] = _combined_stderr(per_point["log_px_ais_stderr"])
     if "kl_exact" in per_point:
         metrics["kl_exact"] = mean("kl_exact")
         metrics["kl_exact_stderr"] = _combined_stderr(per_point["kl_exact_stderr"])

@@ -16,6 +16,7 @@ References:
 """
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -67,8 +68,17 @@ def optimal_guide(model, guide: Guide, x: torch.Tensor, **refit_options) -> Guid
     return star
 
 
+class KnownLogPx(NamedTuple):
+    """Per-point :math:`\log p(x)`, its standard errors and the name of the method that gave them."""
+
+    values: torch.Tensor
+    stderr: torch.Tensor
+    method: str
+
+
 def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor | None = None,
-                      refit_options: dict | None = None, **evaluate_options) -> dict:
+                      refit_options: dict | None = None, log_px: KnownLogPx | None = None,
+                      **evaluate_options) -> dict:
     r"""Approximation and amortization gaps on the rows of ``x``, in nats per data point.
 
     Returns ``gap_points``, ``gap_log_px``, ``gap_elbo`` (of ``guide``), ``elbo_star`` (of
@@ -77,27 +87,35 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
     standard errors. ``guide`` must have parameters for these rows (``index``) if it is not
     amortized. Both ELBOs are estimated from the same random draws, so the noise of their
     difference (the amortization gap) largely cancels; the reported standard errors ignore that
-    correlation and are conservative. ``refit_options`` go to :func:`optimal_guide`, the rest to
+    correlation and are conservative. ``log_px`` is a guide-independent per-point
+    :math:`\log p(x)` of these rows (exact, quadrature or AIS) where the caller has one; without
+    it, log p(x) is evaluated here as ``evaluate_options`` say, with :math:`q^*` as the proposal
+    where it is importance-weighted. ``refit_options`` go to :func:`optimal_guide`, the rest to
     :func:`~elbogap.inference.evaluate`.
     """
     if index is None:
         index = torch.arange(len(x), device=x.device)
     seed = int(torch.randint(2**31, ()))
     star = optimal_guide(model, guide, x, **(refit_options or {}))
+    if log_px is not None:  # the ELBOs alone: log p(x) is known, and AIS would cost its full price again
+        evaluate_options = {**evaluate_options, "log_px_method": "iwae"}
     with torch.random.fork_rng(devices=rng_devices(x)):  # common random numbers: the two ELBOs share their base draws
         torch.manual_seed(seed)
         amortized = evaluate(model, guide, x, index, **evaluate_options)
         torch.manual_seed(seed)
         best = evaluate(model, star, x, **evaluate_options)
-    log_px = best.per_point["log_px"]  # q* is the better proposal where log p(x) is estimated
+    if log_px is None:  # q* is the better proposal where log p(x) is importance-weighted
+        log_px = KnownLogPx(best.per_point["log_px"], best.per_point["log_px_stderr"], best.metrics["log_px_method"])
+    log_px, log_px_stderr, method = log_px
     elbo, elbo_star = amortized.per_point["elbo"], best.per_point["elbo"]
 
     def stderr(*tensors):
         return math.sqrt(sum(float(t.pow(2).sum()) for t in tensors)) / len(x)
 
-    se = amortized.per_point["elbo_stderr"], best.per_point["elbo_stderr"], best.per_point["log_px_stderr"]
+    se = amortized.per_point["elbo_stderr"], best.per_point["elbo_stderr"], log_px_stderr
     return {
         "gap_points": len(x),
+        "gap_log_px_method": method,
         "gap_log_px": float(log_px.double().mean()),
         "gap_elbo": float(elbo.double().mean()),
         "elbo_star": float(elbo_star.double().mean()),

@@ -1,22 +1,90 @@
-r"""Three ways to compute :math:`\log p(x)`: exact, by 2-D quadrature, by importance sampling.
+r"""Ways to compute :math:`\log p(x)`: exact, by 2-D quadrature, by importance sampling, by AIS.
 
-Each returns per-point estimates and per-point errors of shape ``(batch,)``.
+Each estimator is one registered :class:`LogPxMethod` that says when it applies, whether its
+value depends on the guide being judged, and how the report should describe it; evaluation,
+the report and the figures ask the registry rather than compare names. The setting
+``--log-px`` takes a method's name or ``auto`` (see :func:`plan`). Each estimator returns
+per-point estimates and per-point errors of shape ``(batch,)``.
 """
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
+from elbogap.errors import UsageError
 from elbogap.inference.log_joint import log_joint
 
-METHODS = ("exact", "quadrature", "iwae")
+
+@dataclass(frozen=True)
+class LogPxMethod:
+    """One estimator of :math:`\log p(x)`.
+
+    :param str name: the value of ``--log-px`` that selects it.
+    :param bool guide_independent: whether its value is the same whichever guide is judged
+        (IWAE's is not: its proposal is the guide's own q).
+    :param str description: how the report states it, a template over the split's metrics.
+    :param applies: whether it can run on a model.
+    :param str requirement: what it needs, for the one-line refusal where it does not apply.
+    """
+
+    name: str
+    guide_independent: bool
+    description: str
+    applies: Callable = lambda model: True
+    requirement: str = ""
+
+    def describe(self, metrics: dict) -> str:
+        return self.description.format(**metrics)
+
+
+METHODS: dict[str, LogPxMethod] = {method.name: method for method in (
+    LogPxMethod("exact", True, "exact (closed form)",
+                lambda model: getattr(model, "has_exact_posterior", False),
+                "a model with a closed-form evidence (--model linear)"),
+    LogPxMethod("quadrature", True, "2-D quadrature (midpoint rule, two grids of {log_px_samples} points in all)",
+                lambda model: model.latent_dim == 2, "a 2-D latent space"),
+    LogPxMethod("iwae", False, "importance-weighted estimate with K={log_px_samples} samples from q (a lower bound "
+                "in expectation whose bias depends on the guide judged)"),
+    LogPxMethod("ais", True, "annealed importance sampling from the {ais[init]}, {ais[chains]} chains x "
+                "{ais[steps]} temperatures x {ais[leapfrog_steps]} leapfrog steps (a lower bound in expectation)"),
+)}
+
+#: the values ``--log-px`` accepts.
+SETTINGS = ("auto", *METHODS)
+
+
+@dataclass(frozen=True)
+class LogPxPlan:
+    """Which estimator serves every point of a split, and whether AIS also runs on a subset."""
+
+    method: str
+    ais_subset: bool = False
 
 
 def choose_method(model) -> str:
     """``"exact"`` where the model has a closed form, ``"quadrature"`` for 2-D latents, else ``"iwae"``."""
-    if getattr(model, "has_exact_posterior", False):
-        return "exact"
-    return "quadrature" if model.latent_dim == 2 else "iwae"
+    return next(name for name in ("exact", "quadrature", "iwae") if METHODS[name].applies(model))
+
+
+def plan(setting: str | None, model) -> LogPxPlan:
+    """What ``--log-px setting`` computes for ``model``.
+
+    ``auto`` (or None) keeps the exact evidence and quadrature where they apply; for any other
+    model every point gets the IWAE estimate and a subset of points (the gap points and
+    ``--ais-points``) gets guide-independent AIS, from which the KL gap is computed. A named
+    method runs on every point, or is refused in one line where it does not apply.
+    """
+    if setting in (None, "auto"):
+        method = choose_method(model)
+        return LogPxPlan(method, ais_subset=method == "iwae")
+    if setting not in METHODS:
+        raise UsageError(f"unknown --log-px {setting!r}; choose one of {', '.join(SETTINGS)}")
+    if not METHODS[setting].applies(model):
+        raise UsageError(f"--log-px {setting} needs {METHODS[setting].requirement}; "
+                         "use --log-px auto, ais or iwae for this model")
+    return LogPxPlan(setting)
 
 
 def exact_log_px(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
