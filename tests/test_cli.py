@@ -10,7 +10,8 @@ import pytest
 from elbogap.cli import main
 
 QUICK = ["--steps", "40", "--batch-size", "64", "--eval-samples", "16", "--quadrature-points", "16",
-         "--hidden-dims", "16", "--curve-points", "32", "--gap-points", "8", "--quiet", "--no-figures"]
+         "--hidden-dims", "16", "--curve-points", "32", "--gap-points", "8", "--quiet", "--no-figures",
+         "--ais-steps", "20", "--ais-chains", "4", "--leapfrog-steps", "2"]
 
 
 def run_cli(*args, cwd=None):
@@ -60,7 +61,9 @@ def test_compare_reads_a_users_npz_with_its_own_split(tmp_path):
     assert main(["compare", "--data", str(tmp_path / "data.npz"), "--guides", "full", "--seeds", "0",
                  "--latent-dim", "3", "--iw-samples", "32", "--out", str(out), *QUICK]) == 0
     run = json.loads((out / "results.json").read_text())["runs"][0]
-    assert run["test"]["num_points"] == 20 and run["test"]["log_px_method"] == "iwae"
+    test = run["test"]
+    assert test["num_points"] == 20 and test["log_px_method"] == "ais" and test["log_px_points"] == 20
+    assert test["log_px_iwae_samples"] == 32 and test["gap_log_px_method"] == "ais"
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -38,7 +38,7 @@ def no_latent(x):
 
 QUICK = ["--steps", "30", "--eval-samples", "8", "--quadrature-points", "12", "--iw-samples", "16",
          "--hidden-dims", "16", "--seeds", "0", "--gap-points", "0", "--quiet", "--no-figures", "--train-size", "200",
-         "--test-size", "50"]
+         "--test-size", "50", "--ais-steps", "20", "--ais-chains", "4", "--leapfrog-steps", "2"]
 
 
 @pytest.fixture
@@ -56,13 +56,14 @@ def test_compare_trains_and_evaluates_a_users_model(user_file, tmp_path):
     assert runs[0]["test"]["log_px_method"] == "quadrature"  # its latent dimension, 2, was read off the trace
 
 
-def test_a_model_that_takes_only_x_is_scaled_and_evaluated_by_importance_sampling(user_file, tmp_path):
+def test_a_model_that_takes_only_x_is_scaled_and_evaluated_by_ais_and_importance_sampling(user_file, tmp_path):
     out = tmp_path / "plain"
     args = ["compare", "--model", f"{user_file}:plain", "--guides", "diag", "--likelihood", "gaussian",
             "--out", str(out), *QUICK]
     assert main(args) == 0
     run = json.loads((out / "results.json").read_text())["runs"][0]
-    assert run["test"]["log_px_method"] == "iwae"
+    assert run["test"]["log_px_method"] == "ais" and run["test"]["log_px_points"] == 50  # all 50 test points
+    assert run["test"]["log_px_iwae_samples"] == 16
 
 
 def test_user_model_mistakes_are_named(user_file, tmp_path):

@@ -181,7 +181,8 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
     with torch.inference_mode():
         per_point, z_mean = _evaluate_q(model, guide, x, index, num_samples)
     if method == "exact":
-        per_point["log_px"], per_point["log_px_stderr"] = exact_log_px(model, x)
+        with torch.inference_mode():
+            per_point["log_px"], per_point["log_px_stderr"] = exact_log_px(model, x)
     elif method == "quadrature":
         per_point["log_px"], per_point["log_px_stderr"] = quadrature_log_px(model, x, quadrature_points)
     else:

@@ -69,7 +69,7 @@ def optimal_guide(model, guide: Guide, x: torch.Tensor, **refit_options) -> Guid
 
 
 class KnownLogPx(NamedTuple):
-    """Per-point :math:`\log p(x)`, its standard errors and the name of the method that gave them."""
+    r"""Per-point :math:`\log p(x)`, its standard errors and the name of the method that gave them."""
 
     values: torch.Tensor
     stderr: torch.Tensor

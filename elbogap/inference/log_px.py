@@ -19,7 +19,7 @@ from elbogap.inference.log_joint import log_joint
 
 @dataclass(frozen=True)
 class LogPxMethod:
-    """One estimator of :math:`\log p(x)`.
+    r"""One estimator of :math:`\log p(x)`.
 
     :param str name: the value of ``--log-px`` that selects it.
     :param bool guide_independent: whether its value is the same whichever guide is judged
