@@ -16,6 +16,11 @@ by a per-datapoint ``pyro.infer.Importance`` loop, against a roofline: the decod
 machine's matmul rate, measured next to every slice of the evaluation. Peak resident memory is
 read per stage (Linux: VmHWM, reset through /proc/self/clear_refs).
 
+AIS: log p(x) of the trained model by annealed importance sampling from the prior (points x
+chains x temperatures x leapfrog steps stated), against its roofline: every HMC gradient is a
+decoder forward and a backward pass to z (about twice the forward's FLOPs: no weight gradients),
+at the matmul rate measured beside each slice.
+
     python benchmarks/bench.py --out bench.json      # the full reference workload
     python benchmarks/bench.py --train-size 5000 --eval-points 200 --importance-points 2   # quick
 """
@@ -37,6 +42,7 @@ from torch import nn
 from elbogap.data import load_data
 from elbogap.guides import build_guide
 from elbogap.inference import Trainer, evaluate
+from elbogap.inference.ais import AISSettings, ais_log_px
 from elbogap.model import VAE
 
 HIDDEN, LATENT, BATCH, LR = 400, 50, 128, 1e-3
@@ -245,6 +251,38 @@ def evaluation_stage(model, guide, test, iw_samples, slices, results):
     return torch.cat(log_px)
 
 
+def ais_stage(model, test, settings: AISSettings, slices, results):
+    """elbogap's AIS on ``slices`` slices of ``test``, with its decoder-gradient roofline beside each."""
+    gradient_flops = 2 * 2 * (LATENT * HIDDEN + HIDDEN * test.shape[1])  # forward + backward to z, per gradient
+    pilot_steps = max(settings.bands, round(settings.pilot_fraction * settings.steps))
+    # per chain: one evaluation at the start of each run, then leapfrog_steps per transition, pilot and reported run
+    gradients_per_chain = 2 + (settings.steps + pilot_steps) * settings.leapfrog_steps
+    seconds = roofline = 0.0
+    log_px, acceptance = [], []
+    reset_peak_memory()
+    for part in test.tensor_split(slices):
+        rate = max(matmul_gflops(), matmul_gflops())
+        start = time.perf_counter()
+        result = ais_log_px(model, part, settings)
+        seconds += time.perf_counter() - start
+        rate = max(rate, matmul_gflops())
+        roofline += gradient_flops * gradients_per_chain * settings.chains * len(part) / (rate * 1e9)
+        log_px.append(result.log_px)
+        acceptance.append(result.acceptance)
+    label = (f"elbogap AIS {len(test)} points x {settings.chains} chains x {settings.steps} temperatures x "
+             f"{settings.leapfrog_steps} leapfrog")
+    results["ais"] = {"label": label, "seconds": seconds, "peak_rss_mib": peak_memory_mib(),
+                      "ms_per_point": 1e3 * seconds / len(test), "settings": settings.to_dict(),
+                      "gradients_per_point": gradients_per_chain * settings.chains,
+                      "roofline_seconds": roofline, "share_of_roofline": roofline / seconds,
+                      "acceptance_by_band": torch.stack(acceptance).mean(0).tolist(),
+                      "mean_log_px": float(torch.cat(log_px).mean())}
+    print(f"{label:<44} {seconds:9.2f} s   peak RSS {results['ais']['peak_rss_mib']:8.0f} MiB; "
+          f"gradient roofline {roofline:.2f} s: {100 * roofline / seconds:.0f}% of it; "
+          f"mean log p(x) {results['ais']['mean_log_px']:.3f}", flush=True)
+    return torch.cat(log_px)
+
+
 def main(args):
     torch.set_num_threads(args.threads) if args.threads else None
     data = load_data("fashion-mnist", binarize="static", train_size=args.train_size, test_size=args.eval_points)
@@ -269,6 +307,9 @@ def main(args):
           f"({per_point_loop / elbogap_per_point:.0f}x); log p(x) of the first points: elbogap "
           f"{[round(v, 2) for v in log_px[:len(loop)].tolist()]}, Importance {[round(v, 2) for v in loop]}")
     print(f"elbogap IWAE mean log p(x) = {float(log_px.mean()):.3f}")
+    if args.ais_points:
+        settings = AISSettings(steps=args.ais_steps, chains=args.ais_chains, leapfrog_steps=args.leapfrog_steps)
+        ais_stage(model, data.test[:args.ais_points], settings, args.slices, results)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
     return results
@@ -284,6 +325,10 @@ def parse_args(argv=None):
     parser.add_argument("-s", "--slices", type=int, default=10, help="evaluation slices, each beside a matmul timing")
     parser.add_argument("-i", "--importance-points", type=int, default=5,
                         help="points for the (slow) per-datapoint Importance loop; its time is reported per point")
+    parser.add_argument("--ais-points", type=int, default=100, help="test points for the AIS stage (0: skip it)")
+    parser.add_argument("--ais-steps", type=int, default=500)
+    parser.add_argument("--ais-chains", type=int, default=16)
+    parser.add_argument("--leapfrog-steps", type=int, default=10)
     parser.add_argument("-t", "--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("-o", "--out", default=None, help="write the measurements as JSON here")
     return parser.parse_args(argv)

@@ -40,6 +40,7 @@ from typing import NamedTuple
 
 import torch
 
+from elbogap.errors import UsageError
 from elbogap.inference.log_joint import log_joint
 from elbogap.inference.log_px import ELEMENT_BUDGET, ImportanceAccumulator
 from elbogap.model.base import LatentModel
@@ -289,6 +290,12 @@ def _ais_chunk(model, x, index, settings, guide) -> AISResult:
     if settings.init == "q":
         with torch.no_grad():
             q = guide.distribution(x, index)
+            try:
+                q.log_prob(q.sample().clone())  # a fresh tensor: no flow's cache can answer for it
+            except (NotImplementedError, KeyError):  # Pyro's planar flow: a KeyError from its cache
+                raise UsageError(f"--ais-init q needs a guide whose density can be evaluated at any z, and "
+                                 f"{type(guide).__name__}'s cannot (its flow has no inverse); "
+                                 "use --ais-init prior") from None
     path = AnnealingPath(model, x, q)
     step_sizes = tune_step_sizes(path, settings)
     betas = sigmoid_schedule(settings.steps, dtype=x.dtype)

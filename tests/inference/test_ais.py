@@ -138,3 +138,12 @@ def test_evaluate_reports_ais_on_a_subset_and_the_gap_from_it():
     assert not per_point["log_px_ais"][rows].isnan().any() and per_point["log_px_ais"].isnan().sum() == 26
     assert metrics["kl_gap"] == pytest.approx(metrics["log_px"] - metrics["elbo_log_px_points"])
     assert "log_px_iwae" in metrics and metrics["log_px_iwae_samples"] == 200
+
+
+def test_ais_from_q_refuses_a_guide_whose_density_has_no_inverse():
+    model = VAE(10, 3)
+    x = torch.bernoulli(torch.full((4, 10), 0.5))
+    settings = AISSettings(steps=4, chains=2, leapfrog_steps=1, init="q")
+    with pytest.raises(UsageError, match="--ais-init q needs a guide whose density"):
+        ais_log_px(model, x, settings, guide=build_guide("planar", model, 4))
+    assert ais_log_px(model, x, settings, guide=build_guide("iaf", model, 4)).log_px.isfinite().all()
