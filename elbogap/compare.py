@@ -5,12 +5,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from elbogap.config import Config
-from elbogap.runs import NumericalFault, build, load_dataset, run_one, skipped_run
+from elbogap.runs import NumericalFault, build, guide_label, load_dataset, run_one, skipped_run
 from elbogap.versions import versions
 
 
 def run_name(guide: str, seed: int) -> str:
-    return f"{guide}-seed{seed}"
+    """``GUIDE-seedSEED``; a user's guide program is named by its file stem and name (``my_vae.VAE``)."""
+    return f"{guide_label(guide)}-seed{seed}"
 
 
 def compare(config: Config, out: str | Path | None = None, progress: bool = False,

@@ -4,8 +4,9 @@ import pyro
 import torch
 
 
-def data_plate(x: torch.Tensor, index: torch.Tensor | None = None, num_data: int | None = None):
-    """Return ``pyro.plate("data", ...)`` over the rows of ``x``.
+def data_plate(x: torch.Tensor, index: torch.Tensor | None = None, num_data: int | None = None,
+               name: str = "data"):
+    """Return ``pyro.plate(name, ...)`` over the rows of ``x`` (``"data"``, or a user's model's own name).
 
     When ``x`` is a minibatch of a data set of ``num_data`` points, the plate scales every
     log-density inside it by ``num_data / len(x)``, so the minibatch ELBO is an unbiased
@@ -19,4 +20,4 @@ def data_plate(x: torch.Tensor, index: torch.Tensor | None = None, num_data: int
     if index is None:
         index = torch.arange(x.shape[0], device=x.device)
     size = x.shape[0] if num_data is None else num_data
-    return pyro.plate("data", size=size, subsample=index, dim=-1)
+    return pyro.plate(name, size=size, subsample=index, dim=-1)

@@ -9,12 +9,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import pyro  # noqa: E402
 import torch  # noqa: E402
 from pyro import poutine  # noqa: E402
 
 from elbogap.errors import UsageError  # noqa: E402
 from elbogap.inference import log_joint, refit_guide  # noqa: E402
-from elbogap.inference.evaluation import draw  # noqa: E402
+from elbogap.inference.bdmc import simulate  # noqa: E402
+from elbogap.inference.evaluation import sample_latents  # noqa: E402
+from elbogap.inference.log_joint import observed_sites, split_latents  # noqa: E402
 
 #: families whose density can be evaluated anywhere (planar and Sylvester score only their own draws).
 INVERTIBLE = {"diag", "full", "lowrank", "mixture", "iaf", "spline", "local", "exact"}
@@ -146,34 +149,21 @@ def _posterior_grid(model, x, size=80):
 
 
 @torch.no_grad()
-def plot_posteriors(fits: list[tuple[str, object, object]], x: torch.Tensor, path: Path) -> Path:
-    """For 2-D latents: the true posterior p(z|x) (filled) against each guide's q(z|x) (lines)."""
+def plot_posteriors(fits: list[tuple], x: torch.Tensor, path: Path) -> Path:
+    """For 2-D latents: the true posterior p(z|x) (filled) against each guide's q(z|x) (lines or draws).
+
+    ``fits`` holds ``(name, model, guide, params)``, ``params`` the run's Pyro param-store state:
+    each row is drawn inside it, so a user's program uses its own run's parameters.
+    """
     fig, axes = plt.subplots(len(fits), len(x), figsize=(2.6 * len(x), 2.5 * len(fits)), squeeze=False)
-    for row, (name, model, guide) in enumerate(fits):
+    for row, (name, model, guide, params) in enumerate(fits):
         for col in range(len(x)):
-            point = x[col:col + 1]
-            grid, log_post = _posterior_grid(model, point)
-            axis = axes[row, col]
-            z1, z2 = grid[..., 0].numpy(), grid[..., 1].numpy()
-            axis.contourf(z1, z2, log_post.exp().numpy(), levels=12, cmap="Greys")
-            fitted = guide
-            if not guide.amortized:  # per-datapoint parameters for this one point, fitted to the frozen model
-                fitted = type(guide)(1, guide.latent_dim)
-                with torch.enable_grad():
-                    refit_guide(model, fitted, point)
-            q = fitted.distribution(point, torch.tensor([0]))
-            if name in INVERTIBLE:
-                log_q = q.log_prob(grid.reshape(-1, 1, 2)).reshape(grid.shape[:2])
-                axis.contour(z1, z2, log_q.exp().numpy(), levels=6, colors="tab:red", linewidths=0.8)
-            else:
-                samples = draw(q, 400)[:, 0].numpy()
-                axis.plot(samples[:, 0], samples[:, 1], ".", color="tab:red", ms=1.5, alpha=0.5)
-            axis.set_xticks([])
-            axis.set_yticks([])
+            with pyro.get_param_store().scope(params):
+                _posterior_panel(axes[row, col], name, model, guide, x[col:col + 1])
             if col == 0:
-                axis.set_ylabel(name)
+                axes[row, col].set_ylabel(name)
             if row == 0:
-                axis.set_title(f"test point {col}", fontsize=9)
+                axes[row, col].set_title(f"test point {col}", fontsize=9)
     fig.suptitle("true posterior p(z|x) (grey) and q(z|x) (red)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -181,21 +171,42 @@ def plot_posteriors(fits: list[tuple[str, object, object]], x: torch.Tensor, pat
     return path
 
 
+def _posterior_panel(axis, name, model, guide, point) -> None:
+    grid, log_post = _posterior_grid(model, point)
+    z1, z2 = grid[..., 0].numpy(), grid[..., 1].numpy()
+    axis.contourf(z1, z2, log_post.exp().numpy(), levels=12, cmap="Greys")
+    fitted = guide
+    if not guide.amortized:  # per-datapoint parameters for this one point, fitted to the frozen model
+        fitted = guide.fresh(1)
+        with torch.enable_grad():
+            refit_guide(model, fitted, point)
+    if name in INVERTIBLE:
+        q = fitted.distribution(point, torch.tensor([0]))
+        log_q = q.log_prob(grid.reshape(-1, 1, 2)).reshape(grid.shape[:2])
+        axis.contour(z1, z2, log_q.exp().numpy(), levels=6, colors="tab:red", linewidths=0.8)
+    else:
+        samples = sample_latents(model, fitted, point, 400)[:, 0].numpy()
+        axis.plot(samples[:, 0], samples[:, 1], ".", color="tab:red", ms=1.5, alpha=0.5)
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
 def _likelihood_mean(model, x, z):
-    trace = poutine.trace(poutine.condition(model.model, data={"z": z})).get_trace(x)
-    return trace.nodes["x"]["fn"].mean
+    trace = poutine.trace(poutine.condition(model.model, data=split_latents(model, z))).get_trace(x)
+    return trace.nodes[observed_sites(model)[0]]["fn"].mean
 
 
 @torch.no_grad()
 def plot_images(fits, x: torch.Tensor, image_shape, path: Path, num_samples: int = 10) -> Path:
     """Per guide: test images, their reconstructions E[x | z], z ~ q(z|x), and prior samples' means."""
     rows = []
-    for name, model, guide in fits:
-        if guide.amortized:
-            z = draw(guide.distribution(x), 1)[0]
-            rows.append((f"{name}: reconstruction", _likelihood_mean(model, x, z)))
-        prior_z = torch.randn(num_samples, model.latent_dim)
-        rows.append((f"{name}: prior sample", _likelihood_mean(model, x[:num_samples], prior_z)))
+    for name, model, guide, params in fits:
+        with pyro.get_param_store().scope(params):
+            if guide.amortized:
+                z = sample_latents(model, guide, x, 1)[0]
+                rows.append((f"{name}: reconstruction", _likelihood_mean(model, x, z)))
+            prior_z = simulate(model, x, num_samples)[1]
+            rows.append((f"{name}: prior sample", _likelihood_mean(model, x[:num_samples], prior_z)))
     rows.insert(0, ("data", x))
     fig, axes = plt.subplots(len(rows), num_samples, figsize=(num_samples * 0.9, len(rows) * 1.0), squeeze=False)
     for r, (label, images) in enumerate(rows):
@@ -243,7 +254,8 @@ def make_figures(results_dir: str | Path) -> list[Path]:
         run_dir = results_dir / run.get("run_dir", ".")
         if (run_dir / "checkpoint.pt").is_file():
             _, data, model, guide, _ = load_run(run_dir, device="cpu")
-            fits.append((run["guide"], model, guide))
+            # a user's program keeps parameters in Pyro's param store: each run's figures use its own
+            fits.append((run["guide"], model, guide, pyro.get_param_store().get_state()))
     if not fits:
         return written
     torch.manual_seed(0)

@@ -43,10 +43,17 @@ class NumericalFault(Exception):
     """The loss or a parameter became NaN or infinite; the last good checkpoint is left as it was."""
 
 
+def guide_label(guide_name: str) -> str:
+    """How a guide entry is named in results: itself, or ``stem.name`` for a program ``dir/stem.py:name``."""
+    from elbogap.user_model import display_name, is_user_model
+
+    return display_name(guide_name) if is_user_model(guide_name) else guide_name
+
+
 def skipped_run(guide_name: str, seed: int, fault: str) -> dict:
     """The record of a run stopped by a NaN fault under ``--on-nan skip``, said on stderr."""
     print(f"elbogap: skipped {fault}", file=sys.stderr)
-    return {"guide": guide_name, "seed": seed, "failed": fault}
+    return {"guide": guide_label(guide_name), "guide_spec": guide_name, "seed": seed, "failed": fault}
 
 
 @contextlib.contextmanager
@@ -90,21 +97,40 @@ def resolve_likelihood(config: Config, data: Dataset) -> str:
 
 
 def build(config: Config, data: Dataset, guide_name: str):
-    """A fresh model and guide for ``data`` as the configuration describes them."""
+    """A fresh model and guide for ``data`` as the configuration describes them.
+
+    ``config.model`` and ``guide_name`` are built-in names or user programs (``file.py:name``);
+    a class named as both model and guide is built once, so the pair shares one instance.
+    """
     from elbogap.user_model import is_user_model, load_user_model
 
+    instances, modules, example = {}, {}, data.train[:3]
     if is_user_model(config.model):
-        model = load_user_model(config.model, data.train[:2], config.latent_dim)
+        model = load_user_model(config.model, example, config.latent_dim, instances, modules)
     else:
         model = build_model(config.model, data.data_dim, config.latent_dim, config.hidden_dims,
                             config.activation, resolve_likelihood(config, data))
-    return model.to(resolve_device(config.device)), guide_for(config, model, len(data.train), guide_name)
+    model = model.to(resolve_device(config.device))
+    return model, guide_for(config, model, len(data.train), guide_name, example, instances, modules)
 
 
-def guide_for(config: Config, model, num_data: int, guide_name: str):
-    """A fresh guide of ``guide_name`` for ``model``, with the configuration's network settings, on its device."""
-    return build_guide(guide_name, model, num_data, config.hidden_dims, config.activation,
-                       config.flow_depth, config.mixture_size, config.rank).to(resolve_device(config.device))
+def guide_for(config: Config, model, num_data: int, guide_name: str, example: torch.Tensor | None = None,
+              instances: dict | None = None, modules: dict | None = None):
+    """A fresh guide of ``guide_name`` for ``model``, with the configuration's network settings, on its device.
+
+    ``guide_name`` is a built-in family or a user's guide program (``file.py:name``; ``example``
+    is a small batch to check it on).
+    """
+    from elbogap.guides import ProgramGuide
+    from elbogap.user_model import is_user_model, resolve_program
+
+    if is_user_model(guide_name):
+        program, owner = resolve_program(guide_name, "guide", model.data_dim, model.latent_dim, instances, modules)
+        guide = ProgramGuide(program, model, example, guide_name, owner)
+    else:
+        guide = build_guide(guide_name, model, num_data, config.hidden_dims, config.activation,
+                            config.flow_depth, config.mixture_size, config.rank)
+    return guide.to(resolve_device(config.device))
 
 
 def evaluate_splits(model, guide, data: Dataset, config: Config, seed: int) -> dict:
@@ -138,7 +164,7 @@ def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: b
     """
     if not guide.amortized:
         if fresh_local:
-            guide = type(guide)(len(x), guide.latent_dim).to(x.device)
+            guide = guide.fresh(len(x))
         refit_guide(model, guide, x, jit=config.jit)
     options = {"elbo_samples": config.eval_samples, "iw_samples": config.iw_samples,
                "quadrature_points": config.quadrature_points, "log_px_method": config.log_px,
@@ -146,7 +172,11 @@ def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: b
     ais_index = subset_index(len(x), max(config.ais_points, config.gap_points), config)
     evaluation = evaluate(model, guide, x, ais_index=ais_index, **options)
     metrics = evaluation.metrics
-    if config.gap_points:
+    if config.gap_points and guide.program:
+        metrics["gap_split"] = ("not computed: the approximation/amortization split needs the family's best member "
+                                "for each point, and elbogap cannot derive that family from a guide program; "
+                                "the KL gap is reported whole")
+    elif config.gap_points:
         index = gap_index(len(x), config)
         log_px = None
         if metrics["log_px_guide_independent"]:
@@ -292,7 +322,8 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
         log.write("bdmc " + " ".join(f"{k}={metrics['bdmc'][k]:.4f}" for k in ("lower", "upper", "width")))
     log.write("final " + " ".join(f"{split}_{k}={metrics[split][k]:.4f}" for split in metrics
                                   for k in ("log_px", "elbo", "kl_gap") if split in ("train", "test")))
-    run = {"guide": guide_name, "seed": seed, **metrics, "train_seconds": fit.seconds, "steps": steps,
+    run = {"guide": guide_label(guide_name), "guide_spec": guide_name, "seed": seed, **metrics,
+           "train_seconds": fit.seconds, "steps": steps,
            "compiled_loss": trainer.svi.compiled,
            "curve": training_curve(fit.losses), "curve_eval": curve_eval,
            "model_from": None if fixed_model is None else str(fixed_model)}

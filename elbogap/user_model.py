@@ -1,33 +1,54 @@
-"""Load a user's own Pyro model from ``path/to/file.py:name`` or ``package.module:name``."""
+"""A user's own Pyro programs, from ``path/to/file.py:name`` or ``package.module:name``, as they are written.
+
+``name`` may be a function, a bound method, or a class (built with no arguments, or as
+``cls(data_dim, latent_dim)``) whose instances have ``.model`` and/or ``.guide``. The sites are
+found from a trace: the observed site(s), and the latent site(s) inside the data plate.
+"""
 
 import importlib
 import importlib.util
 import inspect
+import math
 import sys
 from pathlib import Path
 
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.util import site_is_subsample
 from torch import nn
 
 from elbogap.errors import UsageError
 
 
 def is_user_model(spec: str) -> bool:
-    return ":" in spec
+    """Whether a ``--model`` or ``--guides`` entry names a user's program (``file.py:name``, ``package.mod:name``)."""
+    return ":" in spec and not spec.startswith("auto:")
 
 
-def import_target(spec: str):
-    """The object ``name`` of ``file.py:name`` or ``package.module:name``."""
+def display_name(spec: str) -> str:
+    """The short name of a spec in results and run directories: ``dir/my_vae.py:VAE`` -> ``my_vae.VAE``."""
+    target, _, name = spec.rpartition(":")
+    stem = Path(target).stem if target.endswith(".py") else target.rpartition(".")[2]
+    return f"{stem}.{name}"
+
+
+def import_target(spec: str, modules: dict | None = None):
+    """The object ``name`` of ``file.py:name`` or ``package.module:name``.
+
+    A file is executed afresh on every call (each run gets its own module-level networks), except
+    when ``modules`` (a cache the caller keeps for one run) already holds it.
+    """
     target, _, name = spec.rpartition(":")
     if not target or not name:
-        raise UsageError(f"--model {spec!r} must look like path/to/file.py:fn or package.module:fn")
+        raise UsageError(f"--model {spec!r} must look like path/to/file.py:name or package.module:name")
     try:
-        if target.endswith(".py"):
+        if modules is not None and target in modules:
+            module = modules[target]
+        elif target.endswith(".py"):
             path = Path(target)
             if not path.is_file():
-                raise UsageError(f"model file {path} does not exist; check the path in --model")
+                raise UsageError(f"program file {path} does not exist; check the path in {spec}")
             module_name = f"elbogap_user_{path.stem}"
             loader = importlib.util.spec_from_file_location(module_name, path)
             module = importlib.util.module_from_spec(loader)
@@ -38,69 +59,182 @@ def import_target(spec: str):
     except UsageError:
         raise
     except Exception as error:  # the user's module failed to import: say where, not how Python failed
-        raise UsageError(f"cannot import {target} for --model: {type(error).__name__}: {error}") from None
+        raise UsageError(f"cannot import {target} for {spec}: {type(error).__name__}: {error}") from None
+    if modules is not None:
+        modules[target] = module
     if not hasattr(module, name):
-        raise UsageError(f"{target} has no {name!r}; --model needs an existing function or class name")
+        raise UsageError(f"{target} has no {name!r}; {spec} needs an existing function or class name")
     return getattr(module, name)
 
 
-class UserModel(nn.Module):
-    r"""A user's Pyro program ``fn(x, index=None, num_data=None)`` with a latent site ``"z"`` and an
-    observed site ``"x"`` inside the data plate (:func:`elbogap.plates.data_plate` or a
-    ``pyro.plate("data", ...)``).
+def build_instance(cls, spec: str, data_dim: int, latent_dim: int):
+    """An instance of a user's class: ``cls()`` if its constructor allows, else ``cls(data_dim, latent_dim)``."""
+    signature = inspect.signature(cls)
+    for args in ((), (data_dim, latent_dim)):
+        try:
+            signature.bind(*args)
+        except TypeError:
+            continue
+        try:
+            return cls(*args)
+        except Exception as error:
+            raise UsageError(f"{spec}: {cls.__name__}{args if args else '()'} failed: "
+                             f"{type(error).__name__}: {error}") from None
+    raise UsageError(f"{spec}: the class {cls.__name__} can be built neither as {cls.__name__}() nor as "
+                     f"{cls.__name__}(data_dim, latent_dim); give it a constructor of one of these forms")
 
-    A function that takes only ``x`` is scaled by ``num_data / len(x)`` for minibatches. Its
-    parameters live in Pyro's param store (``pyro.param`` / ``pyro.module``); :meth:`state_dict`
-    saves them for checkpoints.
+
+def resolve_program(spec: str, role: str, data_dim: int, latent_dim: int, instances: dict | None = None,
+                    modules: dict | None = None):
+    """The callable Pyro program ``role`` (``"model"`` or ``"guide"``) that ``spec`` names.
+
+    A function or bound method is the program itself (as a model or a guide); a class is built
+    (once per ``instances`` cache, so that a class named as model and guide shares one instance)
+    and its method ``role`` is the program. Returns ``(program, owner)``, ``owner`` being the
+    instance (or None).
+    """
+    target = import_target(spec, modules)
+    owner = None
+    if inspect.isclass(target):
+        if instances is not None and spec in instances:
+            owner = instances[spec]
+        else:
+            owner = build_instance(target, spec, data_dim, latent_dim)
+            if instances is not None:
+                instances[spec] = owner
+    elif not inspect.isroutine(target) and hasattr(target, role):
+        owner = target  # an object that already is an instance
+    if owner is not None:
+        program = getattr(owner, role, None)
+        if not callable(program):
+            raise UsageError(f"{spec} has no .{role}(x) method; a class given as a {role} must define one")
+        return program, owner
+    if not callable(target):
+        raise UsageError(f"{spec} is not callable; name a function, a method or a class with .{role}(x)")
+    return target, None
+
+
+def takes_index(fn) -> bool:
+    """Whether a program accepts ``index`` and ``num_data`` (and so scales its own minibatches)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "index" in params and "num_data" in params
+
+
+def call_scaled(fn, x, index=None, num_data=None):
+    """Run a program on a minibatch: one that takes only ``x`` is scaled by ``num_data / len(x)``."""
+    if takes_index(fn):
+        return fn(x, index=index, num_data=num_data)
+    scale = 1.0 if num_data is None else num_data / x.shape[0]
+    with poutine.scale(scale=scale):
+        return fn(x)
+
+
+def trace_program(fn, x: torch.Tensor, spec: str, role: str):
+    """One trace of a program on ``x``; a failure is refused in one line naming the spec and the reason."""
+    try:
+        return poutine.trace(fn).get_trace(x)
+    except UsageError:
+        raise
+    except Exception as error:
+        raise UsageError(f"the {role} {spec} failed on a batch of {len(x)} data points: "
+                         f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+
+
+def find_sites(trace, x: torch.Tensor, spec: str) -> tuple[dict[str, torch.Size], list[str], str]:
+    """The latent sites inside the data plate (name -> per-point shape), the observed sites and the data plate's name.
+
+    Refused in one line: no observed site, a latent site outside the data plate (a global
+    latent), a discrete latent (elbogap's estimators integrate continuous latents), and a latent
+    whose per-point value is not its event (an extra plate inside the data plate).
+    """
+    samples = {name: site for name, site in trace.nodes.items()
+               if site["type"] == "sample" and not site_is_subsample(site)}
+    observed = [name for name, site in samples.items() if site["is_observed"]]
+    if not observed:
+        raise UsageError(f"the model {spec} has no observed site; observe the data with pyro.sample(..., obs=x)")
+    data_plates = {frame.name for name in observed for frame in samples[name]["cond_indep_stack"]}
+    latents = {}
+    for name, site in samples.items():
+        if site["is_observed"]:
+            continue
+        frames = {frame.name for frame in site["cond_indep_stack"]}
+        value = site["value"]
+        if not frames & data_plates or value.dim() == 0 or value.shape[0] != len(x):
+            raise UsageError(f"the model {spec} has a latent site {name!r} outside the data plate (a global latent); "
+                             "elbogap measures per-point posteriors: make it a parameter or move it into the plate")
+        if site["fn"].support.is_discrete:
+            raise UsageError(f"the model {spec} has a discrete latent site {name!r}; elbogap's estimators need "
+                             "continuous latents (sum it out in the model, or make it continuous)")
+        if tuple(value.shape[1:]) != tuple(site["fn"].event_shape):
+            raise UsageError(f"the model {spec}: the latent site {name!r} has shape {tuple(value.shape)} per batch "
+                             f"but event shape {tuple(site['fn'].event_shape)}; declare its per-point dimensions "
+                             "with .to_event()")
+        latents[name] = site["fn"].event_shape
+    if not latents:
+        raise UsageError(f"the model {spec} has no latent site inside its data plate; there is no posterior to measure")
+    first = samples[next(iter(latents))]
+    plate = next(frame.name for frame in first["cond_indep_stack"] if frame.name in data_plates)
+    return latents, observed, plate
+
+
+class ProgramModel(nn.Module):
+    r"""A user's Pyro model program, as written: any site names, one or more latent sites.
+
+    ``latent_sites`` maps each latent site inside the data plate to its per-point shape;
+    ``latent_dim`` is their total size (the dimension evaluation and AIS work in);
+    ``observed_sites`` are the observed sites. A program that takes only ``x`` is scaled by
+    ``num_data / len(x)`` for minibatches. Its parameters live in Pyro's param store
+    (``pyro.param`` / ``pyro.module``); :meth:`state_dict` saves them for checkpoints.
     """
 
     has_exact_posterior = False
     jit_compatible = False  # a user's program may branch on its data; it runs uncompiled
 
-    def __init__(self, fn, example_x: torch.Tensor):
+    def __init__(self, fn, example_x: torch.Tensor, spec: str = "model", owner=None):
         super().__init__()
-        self.fn = fn
-        params = inspect.signature(fn).parameters
-        self.takes_index = "index" in params and "num_data" in params
-        try:
-            trace = poutine.trace(self.model).get_trace(example_x)
-        except Exception as error:
-            raise UsageError(f"the model {fn.__name__} failed on the data: {type(error).__name__}: {error}") from None
-        missing = [site for site in ("z", "x") if site not in trace.nodes]
-        if missing or not trace.nodes["x"]["is_observed"]:
-            raise UsageError(f"the model {fn.__name__} needs a latent site 'z' and an observed site 'x' "
-                             f"(missing: {', '.join(missing) or 'x is not observed'})")
-        self.latent_dim = trace.nodes["z"]["value"].shape[-1]
+        self.fn, self.spec = fn, spec
+        if isinstance(owner, nn.Module):
+            self.owner = owner  # its networks move with .to(device)
+        trace = trace_program(self.model, example_x, spec, "model")
+        self.latent_sites, self.observed_sites, self.data_plate = find_sites(trace, example_x, spec)
+        self.latent_dim = sum(math.prod(shape) for shape in self.latent_sites.values())
         self.data_dim = example_x.shape[-1]
         self.param_names = [name for name, site in trace.nodes.items() if site["type"] == "param"]
 
     def model(self, x, index=None, num_data=None):
-        if self.takes_index:
-            return self.fn(x, index=index, num_data=num_data)
-        scale = 1.0 if num_data is None else num_data / x.shape[0]
-        with poutine.scale(scale=scale):
-            return self.fn(x)
+        return call_scaled(self.fn, x, index, num_data)
 
     def state_dict(self, *args, **kwargs):
-        store = pyro.get_param_store()
-        return {name: store[name].detach().clone() for name in self.param_names}
+        return params_state(self.param_names)
 
     def load_state_dict(self, state, strict: bool = True):
-        store = pyro.get_param_store()
-        for name, value in state.items():
+        load_params_state(state)
+
+
+def params_state(names) -> dict:
+    store = pyro.get_param_store()
+    return {name: store[name].detach().clone() for name in names if name in store}
+
+
+def load_params_state(state: dict) -> None:
+    store = pyro.get_param_store()
+    for name, value in state.items():
+        if name in store:
+            with torch.no_grad():
+                store[name].copy_(value)  # in place: networks registered with pyro.module keep their tensors
+        else:
             store[name] = value
 
 
-def load_user_model(spec: str, example_x: torch.Tensor, latent_dim: int | None = None):
-    """The user's model: a Pyro function (wrapped in :class:`UserModel`), or a class built as
-    ``cls(data_dim, latent_dim)`` that provides ``.model(x, index, num_data)`` like
-    :class:`~elbogap.model.LatentModel`."""
-    target = import_target(spec)
-    if inspect.isclass(target):
-        model = target(example_x.shape[-1], latent_dim)
-        if not callable(getattr(model, "model", None)):
-            raise UsageError(f"{spec} builds an object without a .model(x, index, num_data) method")
-        return model
-    if not callable(target):
-        raise UsageError(f"{spec} is not a function or class")
-    return UserModel(target, example_x)
+#: kept for the name earlier releases used
+UserModel = ProgramModel
+
+
+def load_user_model(spec: str, example_x: torch.Tensor, latent_dim: int | None = None, instances: dict | None = None,
+                    modules: dict | None = None) -> ProgramModel:
+    """The user's model program that ``spec`` names, its sites found from a trace on ``example_x``."""
+    program, owner = resolve_program(spec, "model", example_x.shape[-1], latent_dim, instances, modules)
+    return ProgramModel(program, example_x, spec, owner)

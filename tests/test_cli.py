@@ -10,8 +10,8 @@ import pytest
 from elbogap.cli import main
 
 QUICK = ["--steps", "40", "--batch-size", "64", "--eval-samples", "16", "--quadrature-points", "16",
-         "--hidden-dims", "16", "--curve-points", "32", "--gap-points", "8", "--quiet", "--no-figures",
-         "--ais-steps", "20", "--ais-chains", "4", "--leapfrog-steps", "2"]
+         "--hidden-dims", "16", "--curve-points", "32", "--gap-points", "8", "--ais-steps", "20", "--ais-chains", "4",
+         "--leapfrog-steps", "2", "--quiet", "--no-figures"]
 
 
 def run_cli(*args, cwd=None):

@@ -9,6 +9,8 @@ from elbogap.guides.flows import IAF, FlowGuide, Planar, Spline, Sylvester
 from elbogap.guides.gaussian import DiagonalNormal, FullNormal, LowRankNormal
 from elbogap.guides.local import LocalNormal
 from elbogap.guides.mixture import Mixture
+from elbogap.guides.program import ProgramGuide
+from elbogap.sites import latent_sites
 
 GUIDES = {
     "diag": DiagonalNormal,
@@ -23,7 +25,7 @@ GUIDES = {
     "exact": ExactPosterior,
 }
 
-__all__ = ["GUIDES", "AmortizedGuide", "FlowGuide", "Guide", "build_guide", *(
+__all__ = ["GUIDES", "AmortizedGuide", "FlowGuide", "Guide", "ProgramGuide", "build_guide", *(
     cls.__name__ for cls in GUIDES.values())]
 
 
@@ -37,7 +39,18 @@ def build_guide(name: str, model, num_data: int, hidden_dims: Sequence[int] = (1
     model's closed-form posterior.
     """
     if name not in GUIDES:
-        raise UsageError(f"unknown guide {name!r}; choose from {', '.join(GUIDES)}")
+        raise UsageError(f"unknown guide {name!r}; choose from {', '.join(GUIDES)} or name your own program "
+                         "as path/to/file.py:name")
+    sites = latent_sites(model)
+    if len(sites) != 1:
+        raise UsageError(f"the guide {name} models one latent site, but the model has {len(sites)} "
+                         f"({', '.join(sites)}); pair this model with a guide program of your own (file.py:name)")
+    guide = _build(name, model, num_data, hidden_dims, activation, flow_depth, mixture_size, rank)
+    guide.site, guide.plate = next(iter(sites)), getattr(model, "data_plate", "data")
+    return guide
+
+
+def _build(name, model, num_data, hidden_dims, activation, flow_depth, mixture_size, rank) -> Guide:
     cls = GUIDES[name]
     if name == "exact":
         return ExactPosterior(model)

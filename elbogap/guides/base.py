@@ -24,6 +24,11 @@ class Guide(nn.Module):
     amortized = True
     #: whether Pyro's JIT can trace :meth:`guide` (no data-dependent Python control flow).
     jit_compatible = True
+    #: whether the guide is a program evaluated from traces, with no density object (see ProgramGuide).
+    program = False
+    #: the model's latent site this guide samples, and the model's data plate (a user's model names its own).
+    site = "z"
+    plate = "data"
 
     def __init__(self, latent_dim: int):
         super().__init__()
@@ -35,8 +40,8 @@ class Guide(nn.Module):
     def guide(self, x: torch.Tensor, index=None, num_data=None) -> torch.Tensor:
         """The Pyro program :math:`z \\sim q(z \\mid x)`."""
         pyro.module("guide", self)
-        with data_plate(x, index, num_data):
-            return pyro.sample("z", self.distribution(x, index))
+        with data_plate(x, index, num_data, self.plate):
+            return pyro.sample(self.site, self.distribution(x, index))
 
 
 class AmortizedGuide(Guide):

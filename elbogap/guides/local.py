@@ -26,6 +26,12 @@ class LocalNormal(Guide):
         self.loc = nn.Parameter(torch.zeros(num_data, latent_dim))
         self.raw_scale = nn.Parameter(torch.full((num_data, latent_dim), 0.5413))  # scale 1
 
+    def fresh(self, num_data: int) -> "LocalNormal":
+        """A new, unfitted guide of this family for ``num_data`` other points: same site, dtype and device."""
+        guide = LocalNormal(num_data, self.latent_dim).to(self.loc)
+        guide.site, guide.plate = self.site, self.plate
+        return guide
+
     def distribution(self, x, index=None):
         if index is None:
             if x.shape[0] != self.num_data:

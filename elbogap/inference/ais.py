@@ -38,10 +38,12 @@ import math
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
+import pyro
 import torch
+from pyro import poutine
 
 from elbogap.errors import UsageError
-from elbogap.inference.log_joint import log_joint
+from elbogap.inference.log_joint import flatten_latents, latent_sites, log_joint
 from elbogap.inference.log_px import ELEMENT_BUDGET, ImportanceAccumulator
 from elbogap.model.base import LatentModel
 
@@ -231,13 +233,13 @@ def anneal(path: AnnealingPath, z: torch.Tensor, betas: torch.Tensor, step_sizes
 
 def initial_draws(path: AnnealingPath, chains: int) -> torch.Tensor:
     """``chains`` draws of the path's start, :math:`p(z)` or :math:`q(z \\mid x)`: ``(chains, batch, latent_dim)``."""
-    start = path.q
-    if start is None:
-        from pyro import poutine
-
-        start = poutine.trace(path.model.model).get_trace(path.x).nodes["z"]["fn"]
-    expanded = start.expand(torch.Size([chains]) + start.batch_shape)
-    return expanded.sample()
+    if path.q is not None:
+        return path.q.expand(torch.Size([chains]) + path.q.batch_shape).sample()
+    # ancestral draws of every latent site (a hierarchy's too) from the model run without its data
+    with torch.no_grad(), pyro.plate("ais_chains", chains, dim=-2):
+        trace = poutine.trace(poutine.block(path.model.model, hide_types=["param"])).get_trace(path.x)
+    values = {name: trace.nodes[name]["value"] for name in latent_sites(path.model)}
+    return flatten_latents(path.model, values, 2).expand(chains, len(path.x), -1).clone()
 
 
 def tune_step_sizes(path: AnnealingPath, settings: AISSettings, initial_step: float = 0.5) -> torch.Tensor:

@@ -30,6 +30,7 @@ from elbogap.inference.ais import (
     sigmoid_schedule,
     tune_step_sizes,
 )
+from elbogap.inference.log_joint import flatten_latents, latent_sites, observed_sites
 from elbogap.inference.log_px import ImportanceAccumulator
 
 
@@ -42,7 +43,9 @@ def simulate(model, example_x: torch.Tensor, num_points: int) -> tuple[torch.Ten
     """
     like = example_x[:1].expand(num_points, -1).clone()
     trace = poutine.trace(poutine.uncondition(model.model)).get_trace(like)
-    return trace.nodes["x"]["value"].detach().to(like.dtype), trace.nodes["z"]["value"].detach()
+    (observed,) = observed_sites(model)[:1]
+    z = flatten_latents(model, {name: trace.nodes[name]["value"] for name in latent_sites(model)}, 1)
+    return trace.nodes[observed]["value"].detach().to(like.dtype), z.detach()
 
 
 @dataclass

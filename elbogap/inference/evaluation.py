@@ -1,18 +1,21 @@
 r"""Per-datapoint evaluation of a guide against a model: ELBO, its two terms, log p(x) and the gap."""
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
 
+import pyro
 import torch
 from pyro import poutine
 from pyro.ops.stats import fit_generalized_pareto
+from pyro.poutine.util import site_is_subsample
 
 from elbogap.errors import UsageError
 from elbogap.inference.ais import AISSettings, ais_log_px
 from elbogap.inference.gap import kl_gap
 from elbogap.inference.kl import analytic_kl
-from elbogap.inference.log_joint import log_joint
+from elbogap.inference.log_joint import flatten_latents, latent_sites, log_joint, observed_sites
 from elbogap.inference.log_px import (
     ELEMENT_BUDGET,
     METHODS,
@@ -96,19 +99,78 @@ def _fit_khat(exceedances: torch.Tensor) -> float:
 
 
 def _prior(model, x):
-    return poutine.trace(model.model).get_trace(x).nodes["z"]["fn"]
+    """The prior of a one-site model's latent, for an analytic KL; None for a hierarchy (Monte Carlo KL then)."""
+    sites = latent_sites(model)
+    if len(sites) != 1:
+        return None
+    return poutine.trace(model.model).get_trace(x).nodes[next(iter(sites))]["fn"]
+
+
+def _density_draws(model, guide, x, index):
+    """Draws from a guide with a density object: ``(count) -> (z, log q, log p(z), log p(x|z))``, and that q."""
+    q = guide.distribution(x, index)
+
+    def draws(count):
+        z = draw(q, count)
+        return (z, q.log_prob(z), *log_joint(model, x, z))
+
+    return draws, q
+
+
+def _plate_nesting(*traces) -> int:
+    return max([-frame.dim for trace in traces for site in trace.nodes.values()
+                for frame in site.get("cond_indep_stack", ()) if frame.dim is not None] or [0])
+
+
+def _program_draws(model, guide, x, index):
+    r"""Draws from any guide program, by tracing it and replaying the model on it: no density object needed.
+
+    ``count`` draws are taken at once under an outer ``pyro.plate`` (as Pyro's vectorized
+    particles); a program that cannot broadcast over it is run once per draw instead.
+    :math:`\log q` sums every site the guide samples (auxiliary ones included).
+    """
+    sites, observed = latent_sites(model), observed_sites(model)
+    example = poutine.trace(guide.guide).get_trace(x, index)
+    nesting = _plate_nesting(example, poutine.trace(poutine.replay(model.model, trace=example)).get_trace(x))
+
+    def one(count, vectorized):
+        with pyro.plate("elbogap_draws", count, dim=-(nesting + 1)) if vectorized else contextlib.nullcontext():
+            guide_trace = poutine.trace(guide.guide).get_trace(x, index)
+            model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(x)
+        shape = (count, len(x)) if vectorized else (len(x),)
+
+        def total(trace, names):
+            return sum(trace.nodes[name]["fn"].log_prob(trace.nodes[name]["value"]).expand(shape) for name in names)
+
+        guide_sites = [name for name, site in guide_trace.nodes.items() if site["type"] == "sample"
+                       and not site["is_observed"] and not site_is_subsample(site)]
+        values = {name: guide_trace.nodes[name]["value"].expand(*shape, *sites[name]) for name in sites}
+        z = flatten_latents(model, values, len(shape))
+        return z, total(guide_trace, guide_sites), total(model_trace, sites), total(model_trace, observed)
+
+    def draws(count):
+        try:
+            return one(count, vectorized=True)
+        except (RuntimeError, ValueError, IndexError):  # a program that does not broadcast over draws
+            return tuple(torch.stack(parts) for parts in zip(*(one(1, False) for _ in range(count)), strict=True))
+
+    return draws, None
+
+
+def sample_latents(model, guide, x: torch.Tensor, count: int, index: torch.Tensor | None = None) -> torch.Tensor:
+    """``count`` draws of every latent site from ``guide`` for the rows of ``x``: ``(count, batch, latent_dim)``."""
+    draws, _ = (_program_draws if guide.program else _density_draws)(model, guide, x, index)
+    return draws(count)[0]
 
 
 def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk):
-    q = guide.distribution(x, index)
+    draws, q = (_program_draws if guide.program else _density_draws)(model, guide, x, index)
     posterior = model.posterior(x) if getattr(model, "has_exact_posterior", False) else None
     log_w, recon, kl_prior_mc, kl_post_mc, z_mean = _Moments(), _Moments(), _Moments(), _Moments(), _Moments()
     all_log_w = []
     for start in range(0, num_samples, sample_chunk):
         count = min(sample_chunk, num_samples - start)
-        z = draw(q, count)
-        log_q = q.log_prob(z)
-        log_prior, log_lik = log_joint(model, x, z)
+        z, log_q, log_prior, log_lik = draws(count)
         log_weight = log_prior + log_lik - log_q
         log_w.add(log_weight)
         all_log_w.append(log_weight)
@@ -119,14 +181,15 @@ def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk):
             kl_post_mc.add(log_q - posterior.log_prob(z))
 
     out = {"recon": recon.mean()}
-    kl_prior = analytic_kl(q, _prior(model, x))
+    prior = _prior(model, x) if q is not None else None
+    kl_prior = analytic_kl(q, prior) if prior is not None else None
     if kl_prior is not None:  # analytic KL: the ELBO's only noise is the reconstruction term's
         out.update(kl_prior=kl_prior, elbo=recon.mean() - kl_prior, elbo_stderr=recon.stderr())
     else:
         out.update(kl_prior=kl_prior_mc.mean(), elbo=log_w.mean(), elbo_stderr=log_w.stderr())
     out["kl_prior_analytic"] = kl_prior is not None
     if posterior is not None:
-        kl_post = analytic_kl(q, posterior)
+        kl_post = analytic_kl(q, posterior) if q is not None else None
         out["kl_exact_analytic"] = kl_post is not None
         out["kl_exact"] = kl_post if kl_post is not None else kl_post_mc.mean()
         out["kl_exact_stderr"] = torch.zeros_like(out["kl_exact"]) if kl_post is not None else kl_post_mc.stderr()

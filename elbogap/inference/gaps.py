@@ -43,6 +43,7 @@ class PointwiseGuide(Guide):
     def __init__(self, guide: AmortizedGuide, x: torch.Tensor):
         self.jit_compatible = guide.jit_compatible
         super().__init__(guide.latent_dim)
+        self.site, self.plate = guide.site, guide.plate
         object.__setattr__(self, "family", guide)  # not a submodule: its parameters stay fixed
         with torch.no_grad():
             self.features = nn.Parameter(guide.encoder(x).clone())
@@ -60,7 +61,7 @@ def optimal_guide(model, guide: Guide, x: torch.Tensor, **refit_options) -> Guid
     if isinstance(guide, AmortizedGuide):
         star = PointwiseGuide(guide, x)
     elif isinstance(guide, LocalNormal):
-        star = LocalNormal(len(x), guide.latent_dim).to(device=x.device, dtype=next(guide.parameters()).dtype)
+        star = guide.fresh(len(x))
     else:
         return guide
     with frozen(guide):

@@ -3,15 +3,24 @@
 import torch
 from pyro import poutine
 
+from elbogap.sites import flatten_latents, latent_sites, observed_sites, split_latents
+
+__all__ = ["flatten_latents", "latent_sites", "log_joint", "observed_sites", "split_latents"]
+
 
 def log_joint(model, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Return :math:`\log p(z)` and :math:`\log p(x \mid z)`, each of shape ``z.shape[:-1]``.
 
     ``z`` has shape ``(..., batch, latent_dim)`` and ``x`` shape ``(batch, data_dim)``: any
-    leading dimensions of ``z`` (samples, grid points) broadcast against the data plate. The
-    model runs once with its site ``"z"`` conditioned on ``z``; no minibatch scaling applies.
+    leading dimensions of ``z`` (samples, grid points) broadcast against the data plate. ``z``
+    holds every latent site of the model, flattened and joined in the order of
+    ``model.latent_sites``; the model runs once with each site conditioned on its part, and
+    :math:`\log p(z)` sums their densities (a hierarchy's conditionals included), :math:`\log p(x
+    \mid z)` those of the observed sites. No minibatch scaling applies.
     """
-    trace = poutine.trace(poutine.condition(model.model, data={"z": z})).get_trace(x)
-    log_prior = trace.nodes["z"]["fn"].log_prob(z)
-    log_lik = trace.nodes["x"]["fn"].log_prob(x)
-    return log_prior, log_lik.expand(log_prior.shape)
+    values = split_latents(model, z)
+    trace = poutine.trace(poutine.condition(model.model, data=values)).get_trace(x)
+    log_prior = sum(trace.nodes[name]["fn"].log_prob(value) for name, value in values.items())
+    log_lik = sum(trace.nodes[name]["fn"].log_prob(trace.nodes[name]["value"]) for name in observed_sites(model))
+    shape = log_prior.shape if isinstance(log_prior, torch.Tensor) else z.shape[:-1]
+    return log_prior, torch.as_tensor(log_lik).expand(shape)

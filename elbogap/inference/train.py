@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from elbogap.device import rng_state, set_rng_state
 from elbogap.errors import UsageError
 from elbogap.inference.svi import FastSVI
+from elbogap.sites import latent_sites
 
 
 @dataclass
@@ -37,7 +38,7 @@ def frozen(module: torch.nn.Module):
 
 
 class KLWeight(Messenger):
-    r"""Scale the log-densities of the latent site ``"z"`` by ``beta`` in model and guide alike.
+    r"""Scale the log-densities of the latent sites (``"z"`` for elbogap's models) by ``beta`` in model and guide alike.
 
     The bound becomes :math:`\mathbb{E}_q \log p(x \mid z) - \beta\,\mathrm{KL}(q(z \mid x) \,\|\, p(z))`:
     KL warm-up [1] raises ``beta`` from 0 to 1. Pyro's ``poutine.scale`` scales every site,
@@ -49,12 +50,12 @@ class KLWeight(Messenger):
         Søren Kaae Sønderby, Ole Winther, arXiv:1602.02282
     """
 
-    def __init__(self, beta: float = 1.0):
+    def __init__(self, beta: float = 1.0, sites=("z",)):
         super().__init__()
-        self.beta = beta
+        self.beta, self.sites = beta, frozenset(sites)
 
     def _process_message(self, msg):
-        if msg["name"] == "z" and self.beta != 1.0:
+        if msg["name"] in self.sites and self.beta != 1.0:
             msg["scale"] = msg["scale"] * self.beta
 
 
@@ -121,7 +122,7 @@ class Trainer:
         self.batch_size = min(batch_size, len(x))
         self.seed, self.freeze_model = seed, freeze_model
         self.kl_warmup_steps, self.dynamic_binarize = kl_warmup_steps, dynamic_binarize
-        self.kl_weight = KLWeight()
+        self.kl_weight = KLWeight(sites=latent_sites(model))
         self.svi = make_svi(model, guide, x, self.batch_size, lr, objective, num_particles, freeze_model, lr_decay,
                             self.kl_weight, jit)
         self.step_count, self.epoch, self.position = 0, -1, 0

@@ -1,0 +1,236 @@
+"""A modeler's own Pyro programs, as written: tutorial-style classes, own site names, hierarchies, refusals."""
+
+import json
+import math
+
+import pyro
+import pytest
+import torch
+
+from elbogap.cli import main
+from elbogap.config import Config
+from elbogap.data import load_data
+from elbogap.errors import UsageError
+from elbogap.inference import evaluate
+from elbogap.inference.ais import AISSettings
+from elbogap.runs import build, load_run
+
+TUTORIAL_VAE = '''
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+
+class VAE(nn.Module):
+    """As Pyro's VAE tutorial writes it: own site names, no subsampling, pyro.module registrations."""
+
+    def __init__(self, z_dim=2, hidden=16, x_dim=64):
+        super().__init__()
+        self.z_dim = z_dim
+        self.decoder = nn.Sequential(nn.Linear(z_dim, hidden), nn.Softplus(), nn.Linear(hidden, x_dim))
+        self.encoder = nn.Sequential(nn.Linear(x_dim, hidden), nn.Softplus(), nn.Linear(hidden, 2 * z_dim))
+
+    def model(self, x):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("batch", x.shape[0]):
+            loc = torch.zeros(x.shape[0], self.z_dim)
+            latent = pyro.sample("latent", dist.Normal(loc, 1.0).to_event(1))
+            pyro.sample("obs", dist.Bernoulli(logits=self.decoder(latent)).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("encoder", self.encoder)
+        with pyro.plate("batch", x.shape[0]):
+            loc, raw = self.encoder(x).chunk(2, -1)
+            pyro.sample("latent", dist.Normal(loc, torch.nn.functional.softplus(raw) + 1e-3).to_event(1))
+
+
+class NeedsThree:
+    def __init__(self, a, b, c):
+        pass
+
+
+NOT_CALLABLE = 3
+
+
+def fails(x):
+    raise RuntimeError("shape mismatch in my decoder")
+
+
+def global_latent(x):
+    scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True), scale).to_event(1), obs=x)
+
+
+def discrete_latent(x):
+    with pyro.plate("data", len(x)):
+        c = pyro.sample("c", dist.Categorical(torch.ones(3) / 3))
+        pyro.sample("x", dist.Normal(c.unsqueeze(-1).float(), 1.0).to_event(1), obs=x)
+
+
+def misses_a_site(x):
+    with pyro.plate("batch", len(x)):
+        pyro.sample("other", dist.Normal(torch.zeros(len(x), 2), 1.0).to_event(1))
+'''
+
+CHAIN = '''
+import pyro
+import pyro.distributions as dist
+import torch
+
+A = torch.tensor([[1.5, 0.2], [-0.5, 0.8]])[:{b}, :{a}]
+B = torch.tensor([[1.0, 0.3], [0.4, -1.0], [0.7, 0.9]])[:, :{b}]
+
+
+def chain(x):
+    """z1 ~ N(0, I), z2 | z1 ~ N(A z1, 0.5^2 I), x | z2 ~ N(B z2, 0.4^2 I): two latent sites."""
+    with pyro.plate("data", len(x)):
+        z1 = pyro.sample("z1", dist.Normal(torch.zeros({a}), 1.0).to_event(1))
+        z2 = pyro.sample("z2", dist.Normal(z1 @ A.T, 0.5).to_event(1))
+        pyro.sample("x", dist.Normal(z2 @ B.T, 0.4).to_event(1), obs=x)
+
+
+def chain_guide(x):
+    """A linear-Gaussian guide for both sites (z2 given z1), fitted by SVI."""
+    w1 = pyro.param("w1", torch.zeros(3, {a}))
+    s1 = pyro.param("s1", torch.ones({a}), constraint=dist.constraints.positive)
+    w2 = pyro.param("w2", torch.zeros(3, {b}))
+    c2 = pyro.param("c2", torch.zeros({a}, {b}))
+    s2 = pyro.param("s2", torch.ones({b}), constraint=dist.constraints.positive)
+    with pyro.plate("data", len(x)):
+        z1 = pyro.sample("z1", dist.Normal(x @ w1, s1).to_event(1))
+        pyro.sample("z2", dist.Normal(x @ w2 + z1 @ c2, s2).to_event(1))
+'''
+
+
+def chain_evidence(x, a, b):
+    """Closed form: x ~ N(0, B (A A^T + 0.25 I) B^T + 0.16 I)."""
+    A = torch.tensor([[1.5, 0.2], [-0.5, 0.8]])[:b, :a]
+    B = torch.tensor([[1.0, 0.3], [0.4, -1.0], [0.7, 0.9]])[:, :b]
+    cov = B @ (A @ A.T + 0.25 * torch.eye(b)) @ B.T + 0.16 * torch.eye(3)
+    return torch.distributions.MultivariateNormal(torch.zeros(3), cov).log_prob(x)
+
+
+@pytest.fixture
+def programs(tmp_path):
+    (tmp_path / "my_vae.py").write_text(TUTORIAL_VAE)
+    return tmp_path
+
+
+def chain_file(tmp_path, a, b):
+    path = tmp_path / f"chain{a}{b}.py"
+    path.write_text(CHAIN.format(a=a, b=b))
+    generator = torch.Generator().manual_seed(0)
+    z1 = torch.randn(200, a, generator=generator)
+    A = torch.tensor([[1.5, 0.2], [-0.5, 0.8]])[:b, :a]
+    B = torch.tensor([[1.0, 0.3], [0.4, -1.0], [0.7, 0.9]])[:, :b]
+    z2 = z1 @ A.T + 0.5 * torch.randn(200, b, generator=generator)
+    x = z2 @ B.T + 0.4 * torch.randn(200, 3, generator=generator)
+    import numpy as np
+
+    np.save(tmp_path / f"chain{a}{b}.npy", x.numpy())
+    return path, tmp_path / f"chain{a}{b}.npy"
+
+
+QUICK = ["--steps", "60", "--eval-samples", "16", "--iw-samples", "64", "--seeds", "0", "--quiet", "--no-figures",
+         "--quadrature-points", "24", "--ais-steps", "30", "--ais-chains", "4", "--leapfrog-steps", "2",
+         "--gap-points", "8", "--curve-points", "16"]
+
+
+def test_a_tutorial_vae_class_is_compared_as_model_and_guide_beside_builtin_guides(programs):
+    out = programs / "out"
+    spec = f"{programs}/my_vae.py:VAE"
+    assert main(["compare", "--model", spec, "--guides", f"{spec},diag", "--out", str(out), *QUICK,
+                 "--train-size", "200", "--test-size", "40"]) == 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [run["guide"] for run in runs] == ["my_vae.VAE", "diag"]
+    assert runs[0]["guide_spec"] == spec and (out / "runs" / "my_vae.VAE-seed0" / "checkpoint.pt").is_file()
+    for run in runs:  # 2 latent dimensions read off the trace, so log p(x) by quadrature for both
+        test = run["test"]
+        assert test["log_px_method"] == "quadrature" and math.isfinite(test["elbo"])
+        assert test["kl_gap"] > -3 * test["kl_gap_stderr"]
+    assert "gap_split" in runs[0]["test"] and "approx_gap" in runs[1]["test"]
+    assert "approx_gap" not in runs[0]["test"]
+
+
+def test_a_two_latent_hierarchy_has_exact_quadrature_and_its_guide_program_obeys_the_identity(tmp_path):
+    """z1, z2 one dimension each: 2 latent dimensions in all, so quadrature gives log p(x) exactly."""
+    path, data = chain_file(tmp_path, 1, 1)
+    config = Config(data=str(data), model=f"{path}:chain", likelihood="gaussian", guides=[f"{path}:chain_guide"],
+                    seeds=[0])
+    dataset = load_data(str(data))
+    model, guide = build(config, dataset, f"{path}:chain_guide")
+    assert model.latent_sites == {"z1": torch.Size([1]), "z2": torch.Size([1])} and model.latent_dim == 2
+    x = dataset.test
+    evaluation = evaluate(model, guide, x, elbo_samples=2000, iw_samples=10)
+    exact = chain_evidence(x, 1, 1)
+    torch.testing.assert_close(evaluation.per_point["log_px"].float(), exact, atol=2e-3, rtol=0)
+    # any guide's ELBO is below log p(x): here an untrained one, so the gap is large and certain
+    gap = evaluation.per_point["kl_gap"]
+    assert float(gap.mean()) > 4 * evaluation.metrics["kl_gap_stderr"]
+
+
+def test_ais_on_a_four_dimensional_hierarchy_recovers_its_evidence(tmp_path):
+    path, data = chain_file(tmp_path, 2, 2)
+    out = tmp_path / "out"
+    assert main(["compare", "--data", str(data), "--model", f"{path}:chain", "--guides", f"{path}:chain_guide",
+                 "--likelihood", "gaussian", "--out", str(out), "--steps", "300", "--lr", "0.02", "--eval-samples",
+                 "64", "--iw-samples", "500", "--seeds", "0", "--quiet", "--no-figures", "--log-px", "ais",
+                 "--ais-steps", "100", "--ais-chains", "16", "--leapfrog-steps", "4", "--gap-points", "8"]) == 0
+    test = json.loads((out / "results.json").read_text())["runs"][0]["test"]
+    exact = float(chain_evidence(load_data(str(data)).test, 2, 2).mean())
+    assert test["log_px_method"] == "ais"
+    assert abs(test["log_px"] - exact) < 0.05 + 4 * test["log_px_stderr"]
+    assert test["elbo"] < exact and abs(test["log_px_iwae"] - exact) < 0.5  # the fitted guide is close
+
+
+@pytest.mark.parametrize(("entry", "role", "message"), [
+    ("NeedsThree", "model", "can be built neither as NeedsThree"),
+    ("NOT_CALLABLE", "model", "is not callable"),
+    ("fails", "model", "failed on a batch of 3 data points: RuntimeError: shape mismatch"),
+    ("global_latent", "model", "latent site 'scale' outside the data plate"),
+    ("discrete_latent", "model", "discrete latent site 'c'"),
+    ("misses_a_site", "guide", "does not sample the model's latent site(s) latent"),
+])
+def test_programs_that_cannot_be_measured_are_refused_in_one_line(programs, entry, role, message, capsys):
+    spec = f"{programs}/my_vae.py:{entry}"
+    model = spec if role == "model" else f"{programs}/my_vae.py:VAE"
+    guides = "diag" if role == "model" else spec
+    assert main(["compare", "--model", model, "--guides", guides, "--out", str(programs / "o"), *QUICK]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1 and "Traceback" not in error
+
+
+def test_builtin_guides_refuse_a_model_with_several_latent_sites(tmp_path, capsys):
+    path, data = chain_file(tmp_path, 1, 1)
+    assert main(["compare", "--data", str(data), "--model", f"{path}:chain", "--guides", "diag",
+                 "--out", str(tmp_path / "o"), *QUICK]) == 2
+    assert "the guide diag models one latent site, but the model has 2 (z1, z2)" in capsys.readouterr().err
+
+
+def test_each_loaded_run_keeps_its_own_program_parameters(tmp_path):
+    """Two runs of a program whose parameters live only in Pyro's param store (pyro.param)."""
+    path, data = chain_file(tmp_path, 1, 1)
+    out = tmp_path / "out"
+    assert main(["compare", "--data", str(data), "--model", f"{path}:chain", "--guides", f"{path}:chain_guide",
+                 "--seeds", "0,1", "--likelihood", "gaussian", "--out", str(out), "--steps", "30", "--lr", "0.05",
+                 "--eval-samples", "8", "--iw-samples", "8", "--gap-points", "0", "--quiet", "--figures"]) == 0
+    assert (out / "posteriors.png").is_file()
+    states = []
+    for seed in (0, 1):
+        load_run(out / "runs" / f"chain11.chain_guide-seed{seed}")
+        states.append(pyro.get_param_store().get_state())
+    first, second = (state["params"]["w1"].detach().clone() for state in states)
+    assert not torch.equal(first, second)
+    with pyro.get_param_store().scope(states[0]):
+        torch.testing.assert_close(pyro.param("w1").detach(), first)
+
+
+def test_ais_from_q_is_refused_for_a_guide_program(tmp_path):
+    path, data = chain_file(tmp_path, 1, 1)
+    dataset = load_data(str(data))
+    model, guide = build(Config(data=str(data), model=f"{path}:chain"), dataset, f"{path}:chain_guide")
+    with pytest.raises(UsageError, match="without a density"):
+        evaluate(model, guide, dataset.test[:4], log_px_method="ais", ais=AISSettings(steps=4, chains=2, init="q"))
