@@ -165,28 +165,16 @@ def check_writable(out: Path) -> None:
 
 
 def finish(results: dict, out: Path, config: Config, quiet: bool) -> None:
-    write_results(results, out)
-    (out / "config.toml").write_text(to_toml(config))
-    if config.figures:
-        from elbogap.plots import make_figures
+    from elbogap.sweep import save_study
 
-        make_figures(out)
+    save_study(results, out, config)
     if not quiet:
         print((out / "results.md").read_text())
     print(f"wrote results.json, results.csv, results.md and config.toml to {out}", file=sys.stderr)
 
 
-def to_toml(config: Config) -> str:
-    """The resolved configuration as a study file that reproduces the run."""
-    lines = ["# resolved configuration; rerun with: elbogap compare --config config.toml"]
-    for name, value in config.to_dict().items():
-        if value is not None:
-            lines.append(f"{name} = {json.dumps(value)}")
-    return "\n".join(lines) + "\n"
-
-
 def run_compare(args) -> int:
-    from elbogap.compare import compare
+    from elbogap.sweep import compare
 
     config = config_from_args(args)
     out = Path(config.out)

@@ -5,6 +5,7 @@ Settings come from three layers, later ones winning: the defaults here, a TOML s
 arrays), and the command-line flags.
 """
 
+import json
 import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
@@ -219,3 +220,12 @@ def coerce(config: Config) -> Config:
         if kind_of(name) == "float":
             setattr(config, name, float(value))
     return config
+
+
+def to_toml(config: Config) -> str:
+    """The resolved configuration as a study file that reproduces the run."""
+    lines = ["# resolved configuration; rerun with: elbogap compare --config config.toml"]
+    for name, value in config.to_dict().items():
+        if value is not None:
+            lines.append(f"{name} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"

@@ -20,6 +20,15 @@ from torch import nn
 
 from elbogap.errors import UsageError
 
+#: Python objects handed to the notebook API (:mod:`elbogap.api`), named ``object:NAME`` in configurations.
+OBJECTS: dict[str, object] = {}
+
+
+def register_object(name: str, obj) -> str:
+    """Keep ``obj`` under ``name`` for this process and return the spec ``object:NAME`` that names it."""
+    OBJECTS[name] = obj
+    return f"object:{name}"
+
 
 def is_user_model(spec: str) -> bool:
     """Whether a ``--model`` or ``--guides`` entry names a user's program (``file.py:name``, ``package.mod:name``)."""
@@ -29,6 +38,8 @@ def is_user_model(spec: str) -> bool:
 def display_name(spec: str) -> str:
     """The short name of a spec in results and run directories: ``dir/my_vae.py:VAE`` -> ``my_vae.VAE``."""
     target, _, name = spec.rpartition(":")
+    if target == "object":
+        return name
     stem = Path(target).stem if target.endswith(".py") else target.rpartition(".")[2]
     return f"{stem}.{name}"
 
@@ -40,6 +51,11 @@ def import_target(spec: str, modules: dict | None = None):
     when ``modules`` (a cache the caller keeps for one run) already holds it.
     """
     target, _, name = spec.rpartition(":")
+    if target == "object":
+        if name not in OBJECTS:
+            raise UsageError(f"{spec} names a Python object handed to elbogap.compare in another process; "
+                             "pass the object again, or save the program in a file and name it file.py:name")
+        return OBJECTS[name]
     if not target or not name:
         raise UsageError(f"--model {spec!r} must look like path/to/file.py:name or package.module:name")
     try:

@@ -57,6 +57,20 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
     return results
 
 
+def save_study(results: dict, out: str | Path, config: Config) -> None:
+    """Write a finished study: results.json/.csv/.md, the resolved ``config.toml`` and, if asked, the figures."""
+    from elbogap.config import to_toml
+    from elbogap.report import write_results
+
+    out = Path(out)
+    write_results(results, out)
+    (out / "config.toml").write_text(to_toml(config))
+    if config.figures:
+        from elbogap.plots import make_figures
+
+        make_figures(out)
+
+
 def report_run(guide_name: str, seed: int, run: dict) -> None:
     if "failed" not in run:
         test = run["test"]

@@ -1,0 +1,175 @@
+"""The notebook face of elbogap: the library calls behind ``elbogap compare`` and ``evaluate``, on Python objects.
+
+In the style of ``pyro.infer`` and ArviZ: hand over a model and guides as Python objects (Pyro
+programs, classes with ``.model``/``.guide``, or built-in names), data as a tensor, an array or a
+data set name, and settings as keyword arguments (the CLI's flags, with underscores)::
+
+    import elbogap
+
+    result = elbogap.compare(VAE, {"mine": VAE, "diag": "diag", "iaf": "iaf"}, x, latent_dim=2, steps=2000)
+    result.table()          # one row per guide, best ELBO first
+    result                  # in a notebook: the report as Markdown
+
+    evaluation = elbogap.evaluate(vae.model, vae.guide, x_test)   # a trained pair, no training
+    evaluation.metrics["kl_gap"], evaluation.per_point["elbo"]
+
+Both run the same code as the command line: a study written by :func:`compare` can be read
+back, plotted and resumed with the CLI (objects other than files are named ``object:NAME``
+and can be reloaded only in the process that registered them).
+"""
+
+import json
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from elbogap.config import Config
+from elbogap.errors import UsageError
+from elbogap.report import markdown
+from elbogap.user_model import register_object
+
+
+def _name_of(obj) -> str:
+    return getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or type(obj).__name__
+
+
+def _spec(obj, name: str | None = None) -> str:
+    """A built-in name or ``file.py:name`` stays as it is; a Python object is registered under its name."""
+    if isinstance(obj, str):
+        return obj
+    return register_object(name or _name_of(obj).replace(".", "_"), obj)
+
+
+def _data_spec(data, out: Path) -> str:
+    """A data set name or path stays; an array, a tensor or a ``(train, test)`` pair is saved into ``out``."""
+    if isinstance(data, (str, Path)):
+        return str(data)
+    out.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, tuple) and len(data) == 2:
+        path = out / "data.npz"
+        np.savez(path, train=np.asarray(data[0]), test=np.asarray(data[1]))
+    else:
+        path = out / "data.npy"
+        np.save(path, data.detach().cpu().numpy() if isinstance(data, torch.Tensor) else np.asarray(data))
+    return str(path)
+
+
+@dataclass
+class Comparison:
+    """What :func:`compare` returns: ``results`` is results.json's content, ``out`` its directory."""
+
+    results: dict
+    out: Path
+
+    @property
+    def runs(self) -> list[dict]:
+        """One record per guide and seed (the ``runs`` of results.json)."""
+        return self.results["runs"]
+
+    def table(self, split: str = "test") -> list[dict]:
+        """One row per guide: means over seeds of the split's main numbers, the highest ELBO first.
+
+        ``pandas.DataFrame(result.table())`` turns it into a data frame.
+        """
+        rows = []
+        for guide in dict.fromkeys(run["guide"] for run in self.runs if "failed" not in run):
+            mine = [run[split] for run in self.runs if run["guide"] == guide and "failed" not in run]
+            row = {"guide": guide, "seeds": len(mine)}
+            for key in ("log_px", "elbo", "recon", "kl_prior", "kl_gap", "approx_gap", "amort_gap", "log_px_iwae"):
+                values = [m[key] for m in mine if m.get(key) is not None]
+                if values:
+                    row[key] = statistics.fmean(values)
+            row["log_px_method"] = mine[0]["log_px_method"]
+            rows.append(row)
+        return sorted(rows, key=lambda row: -row["elbo"])
+
+    def to_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.results, indent=2))
+        return path
+
+    def _repr_markdown_(self) -> str:
+        return markdown(self.results)
+
+    def __repr__(self) -> str:
+        rows = self.table()
+        return (f"Comparison({len(self.runs)} runs in {self.out}; test KL gap by guide: "
+                + ", ".join(f"{row['guide']} {row['kl_gap']:.3f}" for row in rows) + ")")
+
+
+def compare(model="vae", guides=("diag", "full", "iaf", "planar"), data="digits", *, out: str | Path | None = None,
+            seeds=(0,), progress: bool = False, **settings) -> Comparison:
+    """Train ``model`` with every guide for every seed, evaluate both splits, and return the results.
+
+    :param model: ``"vae"``, ``"linear"``, ``"file.py:name"``, or a Pyro model program: a function,
+        a bound method, or a class whose instances have ``.model`` (built afresh for every run).
+    :param guides: a list of built-in names, specs and objects, or a dict from the name to show to a
+        built-in name, a spec, a guide program or a class with ``.guide`` (a class given as both
+        model and guide is built once per run and shares its parameters).
+    :param data: a data set name or path, an array or tensor (20% held out), or ``(train, test)``.
+    :param out: the output directory (default: a new temporary directory).
+    :param seeds: the seeds; every guide trains once per seed.
+    :param settings: any setting of the command line, e.g. ``latent_dim=2, steps=3000, log_px="ais"``.
+    """
+    from elbogap.sweep import compare as run_sweep
+    from elbogap.sweep import save_study
+
+    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="elbogap-"))
+    specs: dict[int, str] = {}  # one spec per object: a class given as model and guide is one instance per run
+
+    def spec_of(obj, name=None):
+        if isinstance(obj, str):
+            return obj
+        return specs.setdefault(id(obj), _spec(obj, name))
+
+    named = guides.items() if isinstance(guides, dict) else ((None, guide) for guide in guides)
+    guide_specs = [spec_of(guide, name) for name, guide in named]
+    model_spec = spec_of(model)
+    unknown = sorted(set(settings) - set(Config.__dataclass_fields__))
+    if unknown:
+        raise UsageError(f"unknown setting(s) {', '.join(unknown)}; use the CLI's flag names with underscores")
+    config = Config(**{**settings, "model": model_spec, "guides": guide_specs, "seeds": list(seeds),
+                       "data": _data_spec(data, out), "out": str(out)})
+    from elbogap.config import coerce
+
+    config = coerce(config).validate()
+    from elbogap.report import write_results
+
+    results = run_sweep(config, out, progress=progress, on_run=lambda partial: write_results(partial, out))
+    save_study(results, out, config)
+    return Comparison(results, out)
+
+
+def evaluate(model, guide, x, *, log_px: str = "auto", elbo_samples: int = 256, iw_samples: int = 1000,
+             quadrature_points: int = 32, ais_points: int = 100, ais=None, seed: int = 0):
+    """Evaluate a trained model and guide on the rows of ``x``, without training.
+
+    ``model`` and ``guide`` are elbogap's own (:class:`~elbogap.model.LatentModel`,
+    :class:`~elbogap.guides.Guide`) or any Pyro programs (functions, bound methods, objects with
+    ``.model`` / ``.guide``); their parameters are used as they are. Returns an
+    :class:`~elbogap.inference.evaluation.Evaluation`: ``metrics`` (means with standard errors:
+    ``elbo``, ``log_px``, ``kl_gap``, ``log_px_iwae``, ... and how log p(x) was computed) and
+    ``per_point`` tensors. ``log_px="auto"`` uses AIS on ``ais_points`` of the rows where no
+    closed form or quadrature applies; ``ais`` is an :class:`~elbogap.inference.ais.AISSettings`.
+    """
+    from elbogap.guides import Guide, ProgramGuide
+    from elbogap.inference import evaluate as evaluate_pair
+    from elbogap.model import LatentModel
+    from elbogap.user_model import ProgramModel, resolve_program
+
+    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    x = x.to(torch.get_default_dtype()) if not x.is_floating_point() else x
+    if not isinstance(model, (LatentModel, ProgramModel)):
+        program, owner = resolve_program(_spec(model), "model", x.shape[-1], None)
+        model = ProgramModel(program, x[:3], _name_of(model), owner)
+    if not isinstance(guide, Guide):
+        program, owner = resolve_program(_spec(guide), "guide", x.shape[-1], model.latent_dim)
+        guide = ProgramGuide(program, model, x[:3], _name_of(guide), owner)
+    torch.manual_seed(seed)
+    ais_index = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:ais_points].sort().values
+    return evaluate_pair(model, guide, x, elbo_samples=elbo_samples, iw_samples=iw_samples, log_px_method=log_px,
+                         quadrature_points=quadrature_points, ais=ais, ais_index=ais_index)

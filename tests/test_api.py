@@ -1,0 +1,70 @@
+"""The notebook API: the same numbers as the command line, from Python objects."""
+
+import json
+
+import pyro
+import torch
+
+import elbogap
+from elbogap.cli import main
+from elbogap.data import load_data
+from elbogap.runs import load_run
+from tests.test_programs import TUTORIAL_VAE
+
+QUICK = {"steps": 40, "eval_samples": 8, "iw_samples": 16, "quadrature_points": 12, "gap_points": 4,
+         "curve_points": 16, "hidden_dims": [16], "figures": False}
+FLAGS = ["--steps", "40", "--eval-samples", "8", "--iw-samples", "16", "--quadrature-points", "12", "--gap-points",
+         "4", "--curve-points", "16", "--hidden-dims", "16", "--no-figures", "--quiet"]
+
+
+def user_module(tmp_path):
+    (tmp_path / "tutorial.py").write_text(TUTORIAL_VAE)
+    import importlib.util
+
+    loader = importlib.util.spec_from_file_location("tutorial_for_api", tmp_path / "tutorial.py")
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    return module
+
+
+def test_compare_returns_the_numbers_the_cli_writes(tmp_path):
+    module = user_module(tmp_path)
+    data = load_data("digits", train_size=150, test_size=40)
+    x = torch.cat([data.train, data.test])
+    result = elbogap.compare(module.VAE, {"tutorial.VAE": module.VAE, "diag": "diag"}, (data.train, data.test),
+                             out=tmp_path / "api", seeds=[0], **QUICK)
+    assert [run["guide"] for run in result.runs] == ["tutorial.VAE", "diag"]
+    assert len(x) == 190 and (tmp_path / "api" / "data.npz").is_file()
+
+    cli_out = tmp_path / "cli"
+    spec = f"{tmp_path}/tutorial.py:VAE"
+    assert main(["compare", "--model", spec, "--guides", f"{spec},diag", "--data", str(tmp_path / "api" / "data.npz"),
+                 "--seeds", "0", "--out", str(cli_out), *FLAGS]) == 0
+    cli_runs = json.loads((cli_out / "results.json").read_text())["runs"]
+    for api_run, cli_run in zip(result.runs, cli_runs, strict=True):
+        for split in ("train", "test"):
+            for key in ("elbo", "log_px", "kl_gap", "recon"):
+                assert api_run[split][key] == cli_run[split][key], (api_run["guide"], split, key)
+
+    rows = result.table()
+    assert [row["elbo"] for row in rows] == sorted((row["elbo"] for row in rows), reverse=True)
+    assert {row["guide"] for row in rows} == {"tutorial.VAE", "diag"} and rows[0]["log_px_method"] == "quadrature"
+    assert "## test split" in result._repr_markdown_() and "Comparison(2 runs" in repr(result)
+    saved = result.to_json(tmp_path / "copy.json")
+    assert json.loads(saved.read_text())["runs"][0]["guide"] == "tutorial.VAE"
+
+
+def test_evaluate_takes_a_trained_pair_of_programs(tmp_path):
+    module = user_module(tmp_path)
+    data = load_data("digits", train_size=150, test_size=40)
+    result = elbogap.compare("vae", ["diag"], (data.train, data.test), out=tmp_path / "api", seeds=[0], **QUICK)
+    _, loaded, model, guide, _ = load_run(result.out / "runs" / "diag-seed0")
+    evaluation = elbogap.evaluate(model, guide, loaded.test, elbo_samples=8, iw_samples=16, quadrature_points=12)
+    assert abs(evaluation.metrics["elbo"] - result.runs[0]["test"]["elbo"]) < 6 * evaluation.metrics["elbo_stderr"]
+
+    vae = module.VAE()  # untrained, as a user holds it: bound methods in, metrics out
+    pyro.clear_param_store()
+    evaluation = elbogap.evaluate(vae.model, vae.guide, loaded.test, elbo_samples=8, iw_samples=16,
+                                  quadrature_points=12)
+    assert evaluation.metrics["log_px_method"] == "quadrature" and evaluation.metrics["kl_gap"] > 0
+    assert evaluation.per_point["elbo"].shape == (40,)
