@@ -87,6 +87,18 @@ class Comparison:
             rows.append(row)
         return sorted(rows, key=lambda row: -row["elbo"])
 
+    def load(self, guide: str, seed: int | None = None):
+        """The trained ``(model, guide, data)`` of one run, by the guide's name in the table (first seed by default)."""
+        from elbogap.runs import load_run
+
+        run = next((run for run in self.runs if run["guide"] == guide and (seed is None or run["seed"] == seed)
+                    and "failed" not in run), None)
+        if run is None:
+            raise UsageError(f"no finished run of guide {guide!r}" + (f" with seed {seed}" if seed is not None else "")
+                             + f"; the runs are {', '.join(sorted({r['guide'] for r in self.runs}))}")
+        _, data, model, trained, _ = load_run(self.out / run["run_dir"])
+        return model, trained, data
+
     def to_json(self, path: str | Path) -> Path:
         path = Path(path)
         path.write_text(json.dumps(self.results, indent=2))

@@ -22,14 +22,16 @@ HELP = {
     "test_size": "use a random subset of this many test points",
     "data_seed": "seed of the train/test split, subsets, binarization and synthetic data",
     "test_fraction": "share of the data held out for test when no split is given",
-    "model": "vae | linear | path/to/file.py:fn | package.module:fn (your own Pyro model)",
+    "model": "vae | linear | path/to/file.py:name | package.module:name (your own Pyro model: a function, a method "
+             "or a class with .model)",
     "likelihood": "bernoulli | gaussian (default: bernoulli for binary data, else gaussian)",
     "latent_dim": "dimension of z (2 allows exact quadrature of log p(x))",
     "hidden_dims": "comma list of hidden widths of decoder and encoder",
     "activation": "relu | softplus | tanh | elu | leaky_relu | gelu | silu",
     "guide": "the guide of elbogap train",
     "seed": "the seed of elbogap train",
-    "guides": "comma list of guides: diag, full, lowrank, iaf, planar, sylvester, spline, mixture, local, exact",
+    "guides": "comma list of guides: diag, full, lowrank, iaf, planar, sylvester, spline, mixture, local, exact, "
+              "or your own guide programs path/to/file.py:name",
     "seeds": "comma list of seeds; each guide is trained once per seed",
     "steps": "SVI steps per run",
     "epochs": "passes over the training data per run (overrides --steps)",

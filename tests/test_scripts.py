@@ -20,3 +20,10 @@ def test_linear_identity_script_reports_the_identity():
     rows = script.main(script.parse_args(["--guides", "diag,exact", "--steps", "50"]))
     for row in rows:
         assert row["kl_gap"] == pytest.approx(row["kl_exact"], abs=5 * row["kl_gap_stderr"] + 1e-6)
+
+
+def test_notebook_compare_script_uses_only_the_api(tmp_path):
+    script = load("notebook_compare")
+    result = script.main(script.parse_args(["--steps", "30", "--out", str(tmp_path / "out"), "--no-figures"]))
+    assert {row["guide"] for row in result.table()} == {"tutorial", "diag", "iaf"}
+    assert result.runs[0]["test"]["log_px_method"] == "quadrature"
