@@ -142,11 +142,19 @@ class Config:
         return Config(**{**self.to_dict(), **changes})
 
 
-#: settings that control how a command runs, not what it computes: a resumed run may change them.
-RUN_CONTROL = ("out", "resume", "figures", "on_nan", "eval_samples", "iw_samples", "quadrature_points", "gap_points",
-               "log_px", "ais_points", "ais_steps", "ais_chains", "leapfrog_steps", "ais_init", "ais_target_accept",
-               "bdmc",
-               "guides", "seeds", "guide", "seed", "checkpoint_every", "jobs")
+#: settings of the evaluation after training: a resumed run re-evaluates (training kept) when one changed.
+EVALUATION = ("eval_samples", "iw_samples", "quadrature_points", "gap_points", "log_px", "ais_points", "ais_steps",
+              "ais_chains", "leapfrog_steps", "ais_init", "ais_target_accept", "bdmc")
+
+#: settings that control how a command runs, not what training computes: a resumed run may change them.
+RUN_CONTROL = ("out", "resume", "figures", "on_nan", *EVALUATION, "guides", "seeds", "guide", "seed",
+               "checkpoint_every", "jobs")
+
+
+def evaluation_changes(saved: dict, current: dict) -> list[str]:
+    """The evaluation settings in which a finished run's saved configuration differs from ``current``."""
+    defaults = Config().to_dict()
+    return [name for name in EVALUATION if saved.get(name, defaults[name]) != current[name]]
 
 
 def differences(saved: dict, current: dict) -> list[str]:

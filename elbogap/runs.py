@@ -17,7 +17,7 @@ import pyro
 import torch
 
 from elbogap.checkpoint import load_checkpoint, save_checkpoint
-from elbogap.config import Config, differences
+from elbogap.config import Config, differences, evaluation_changes
 from elbogap.data import Dataset, load_data
 from elbogap.device import resolve_device, rng_devices
 from elbogap.errors import UsageError
@@ -273,7 +273,11 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
     if (run_dir / CHECKPOINT).exists():
         state = resumable_state(run_dir, config, guide_name, seed)
         if state["complete"] and (run_dir / RUN_JSON).is_file():
-            return json.loads((run_dir / RUN_JSON).read_text())["run"]
+            saved = json.loads((run_dir / RUN_JSON).read_text())
+            changed = evaluation_changes(saved["config"], config.to_dict())
+            if not changed:
+                return saved["run"]
+            log.write(f"re-evaluate the trained run: evaluation settings changed ({', '.join(changed)})")
         trainer.load_state_dict(state["trainer"])
         curve_eval = json.loads(state["curve_eval"])
         log.write(f"resume at step {trainer.step_count}")

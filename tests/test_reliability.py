@@ -196,3 +196,22 @@ def test_same_seed_same_numbers(tmp_path):
         assert main(["compare", "--guides", "planar", "--seeds", "5", "--steps", "30",
                      "--out", str(tmp_path / name), *QUICK]) == 0
     assert metrics(tmp_path / "a" / "results.json") == metrics(tmp_path / "b" / "results.json")
+
+
+def test_resume_with_new_evaluation_settings_re_evaluates_and_keeps_training(tmp_path):
+    from elbogap.cli import main
+
+    out = tmp_path / "out"
+    args = ["compare", "--guides", "diag", "--seeds", "0", "--steps", "30", "--hidden-dims", "16", "--gap-points", "4",
+            "--quadrature-points", "12", "--curve-points", "16", "--quiet", "--no-figures", "--out", str(out)]
+    assert main([*args, "--eval-samples", "8"]) == 0
+    first = json.loads((out / "results.json").read_text())["runs"][0]
+    assert main([*args, "--eval-samples", "8", "--resume"]) == 0  # same settings: the saved record as it was
+    assert json.loads((out / "results.json").read_text())["runs"][0] == first
+    assert main([*args, "--eval-samples", "24", "--gap-points", "6", "--resume"]) == 0
+    again = json.loads((out / "results.json").read_text())["runs"][0]
+    assert again["test"]["elbo_samples"] == 24 and again["test"]["gap_points"] == 6
+    assert first["test"]["elbo_samples"] == 8 and again["curve"] == first["curve"]  # training was not redone
+    assert again["train_seconds"] == first["train_seconds"]
+    assert "re-evaluate the trained run: evaluation settings changed (eval_samples, gap_points)" in (
+        out / "runs" / "diag-seed0" / "train.log").read_text()
