@@ -47,7 +47,7 @@ def guide_label(guide_name: str) -> str:
     """How a guide entry is named in results: itself, or ``stem.name`` for a program ``dir/stem.py:name``."""
     from elbogap.user_model import display_name, is_user_model
 
-    return display_name(guide_name) if is_user_model(guide_name) else guide_name
+    return display_name(guide_name) if is_user_model(guide_name) else guide_name.replace(":", "-")
 
 
 def skipped_run(guide_name: str, seed: int, fault: str) -> dict:
@@ -122,9 +122,12 @@ def guide_for(config: Config, model, num_data: int, guide_name: str, example: to
     is a small batch to check it on).
     """
     from elbogap.guides import ProgramGuide
-    from elbogap.user_model import is_user_model, resolve_program
+    from elbogap.guides.autoguide import AutoGuideFamily
+    from elbogap.user_model import is_autoguide, is_user_model, resolve_program
 
-    if is_user_model(guide_name):
+    if is_autoguide(guide_name):
+        guide = AutoGuideFamily(guide_name.removeprefix("auto:"), model, num_data)
+    elif is_user_model(guide_name):
         program, owner = resolve_program(guide_name, "guide", model.data_dim, model.latent_dim, instances, modules)
         guide = ProgramGuide(program, model, example, guide_name, owner)
     else:
@@ -172,7 +175,7 @@ def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: b
     ais_index = subset_index(len(x), max(config.ais_points, config.gap_points), config)
     evaluation = evaluate(model, guide, x, ais_index=ais_index, **options)
     metrics = evaluation.metrics
-    if config.gap_points and guide.program:
+    if config.gap_points and guide.program and guide.amortized:
         metrics["gap_split"] = ("not computed: the approximation/amortization split needs the family's best member "
                                 "for each point, and elbogap cannot derive that family from a guide program; "
                                 "the KL gap is reported whole")

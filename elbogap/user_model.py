@@ -35,6 +35,11 @@ def is_user_model(spec: str) -> bool:
     return ":" in spec and not spec.startswith("auto:")
 
 
+def is_autoguide(spec: str) -> bool:
+    """Whether a ``--guides`` entry names one of Pyro's autoguides (``auto:AutoNormal``)."""
+    return spec.startswith("auto:")
+
+
 def display_name(spec: str) -> str:
     """The short name of a spec in results and run directories: ``dir/my_vae.py:VAE`` -> ``my_vae.VAE``."""
     target, _, name = spec.rpartition(":")
@@ -212,6 +217,7 @@ class ProgramModel(nn.Module):
     def __init__(self, fn, example_x: torch.Tensor, spec: str = "model", owner=None):
         super().__init__()
         self.fn, self.spec = fn, spec
+        self.takes_index = takes_index(fn)
         if isinstance(owner, nn.Module):
             self.owner = owner  # its networks move with .to(device)
         trace = trace_program(self.model, example_x, spec, "model")

@@ -234,3 +234,31 @@ def test_ais_from_q_is_refused_for_a_guide_program(tmp_path):
     model, guide = build(Config(data=str(data), model=f"{path}:chain"), dataset, f"{path}:chain_guide")
     with pytest.raises(UsageError, match="without a density"):
         evaluate(model, guide, dataset.test[:4], log_px_method="ais", ais=AISSettings(steps=4, chains=2, init="q"))
+
+
+def test_autonormal_by_name_is_a_per_datapoint_family(tmp_path):
+    out = tmp_path / "out"
+    assert main(["compare", "--guides", "auto:AutoNormal,local", "--out", str(out), *QUICK, "--train-size", "120",
+                 "--test-size", "30", "--hidden-dims", "16"]) == 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [run["guide"] for run in runs] == ["auto-AutoNormal", "local"]
+    auto, local = runs[0]["test"], runs[1]["test"]
+    assert auto["log_px_method"] == "quadrature" and auto["amort_gap"] == 0  # fitted per point: no amortization
+    assert auto["approx_gap"] == pytest.approx(auto["gap_kl"])
+    # both are mean-field normals fitted per point: their test gaps agree within the fits' noise
+    assert abs(auto["kl_gap"] - local["kl_gap"]) < 0.1 + 4 * math.hypot(auto["kl_gap_stderr"], local["kl_gap_stderr"])
+
+
+@pytest.mark.parametrize(("guide", "message"), [
+    ("auto:AutoMultivariateNormal", "couples the data points"),
+    ("auto:NoSuchGuide", "is no Pyro autoguide"),
+])
+def test_autoguides_that_are_no_family_of_q_z_given_x_are_refused(tmp_path, guide, message, capsys):
+    assert main(["compare", "--guides", guide, "--out", str(tmp_path / "o"), *QUICK]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_autonormal_needs_a_subsampled_data_plate(programs, capsys):
+    assert main(["compare", "--model", f"{programs}/my_vae.py:VAE", "--guides", "auto:AutoNormal",
+                 "--out", str(programs / "o"), *QUICK]) == 2
+    assert "the model's data plate does not subsample" in capsys.readouterr().err

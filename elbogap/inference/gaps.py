@@ -104,7 +104,7 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
         torch.manual_seed(seed)
         amortized = evaluate(model, guide, x, index, **evaluate_options)
         torch.manual_seed(seed)
-        best = evaluate(model, star, x, **evaluate_options)
+        best = evaluate(model, star, x, index if star is guide else None, **evaluate_options)
     if log_px is None:  # q* is the better proposal where log p(x) is importance-weighted
         log_px = KnownLogPx(best.per_point["log_px"], best.per_point["log_px_stderr"], best.metrics["log_px_method"])
     log_px, log_px_stderr, method = log_px
