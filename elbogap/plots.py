@@ -20,7 +20,6 @@ from elbogap.inference.evaluation import sample_latents  # noqa: E402
 from elbogap.inference.log_joint import observed_sites, split_latents  # noqa: E402
 
 #: families whose density can be evaluated anywhere (planar and Sylvester score only their own draws).
-INVERTIBLE = {"diag", "full", "lowrank", "mixture", "iaf", "spline", "local", "exact"}
 
 
 def _by_guide(runs):
@@ -180,7 +179,7 @@ def _posterior_panel(axis, name, model, guide, point) -> None:
         fitted = guide.fresh(1)
         with torch.enable_grad():
             refit_guide(model, fitted, point)
-    if name in INVERTIBLE:
+    if fitted.density_anywhere:
         q = fitted.distribution(point, torch.tensor([0]))
         log_q = q.log_prob(grid.reshape(-1, 1, 2)).reshape(grid.shape[:2])
         axis.contour(z1, z2, log_q.exp().numpy(), levels=6, colors="tab:red", linewidths=0.8)

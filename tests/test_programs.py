@@ -232,7 +232,7 @@ def test_ais_from_q_is_refused_for_a_guide_program(tmp_path):
     path, data = chain_file(tmp_path, 1, 1)
     dataset = load_data(str(data))
     model, guide = build(Config(data=str(data), model=f"{path}:chain"), dataset, f"{path}:chain_guide")
-    with pytest.raises(UsageError, match="without a density"):
+    with pytest.raises(UsageError, match="--ais-init q needs a guide whose density can be evaluated at any z"):
         evaluate(model, guide, dataset.test[:4], log_px_method="ais", ais=AISSettings(steps=4, chains=2, init="q"))
 
 

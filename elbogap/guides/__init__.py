@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 
 from elbogap.errors import UsageError
-from elbogap.guides.base import AmortizedGuide, Guide
+from elbogap.guides.base import AmortizedGuide, Guide, GuideSettings
 from elbogap.guides.exact import ExactPosterior
 from elbogap.guides.flows import IAF, FlowGuide, Planar, Spline, Sylvester
 from elbogap.guides.gaussian import DiagonalNormal, FullNormal, LowRankNormal
@@ -25,7 +25,7 @@ GUIDES = {
     "exact": ExactPosterior,
 }
 
-__all__ = ["GUIDES", "AmortizedGuide", "FlowGuide", "Guide", "ProgramGuide", "build_guide", *(
+__all__ = ["GUIDES", "AmortizedGuide", "FlowGuide", "Guide", "GuideSettings", "ProgramGuide", "build_guide", *(
     cls.__name__ for cls in GUIDES.values())]
 
 
@@ -45,24 +45,7 @@ def build_guide(name: str, model, num_data: int, hidden_dims: Sequence[int] = (1
     if len(sites) != 1:
         raise UsageError(f"the guide {name} models one latent site, but the model has {len(sites)} "
                          f"({', '.join(sites)}); pair this model with a guide program of your own (file.py:name)")
-    guide = _build(name, model, num_data, hidden_dims, activation, flow_depth, mixture_size, rank)
+    settings = GuideSettings(tuple(hidden_dims), activation, flow_depth, mixture_size, rank)
+    guide = GUIDES[name].build(model, num_data, settings)
     guide.site, guide.plate = next(iter(sites)), getattr(model, "data_plate", "data")
     return guide
-
-
-def _build(name, model, num_data, hidden_dims, activation, flow_depth, mixture_size, rank) -> Guide:
-    cls = GUIDES[name]
-    if name == "exact":
-        return ExactPosterior(model)
-    if name == "local":
-        return LocalNormal(num_data, model.latent_dim)
-    shape = (model.data_dim, model.latent_dim, tuple(hidden_dims), activation)
-    if issubclass(cls, FlowGuide):
-        if model.latent_dim < 2 and name in ("iaf", "spline"):
-            raise UsageError(f"the {name} flow is autoregressive and needs latent dim >= 2")
-        return cls(*shape, flow_depth=flow_depth)
-    if cls is Mixture:
-        return cls(*shape, mixture_size=mixture_size)
-    if cls is LowRankNormal:
-        return cls(*shape, rank=rank)
-    return cls(*shape)

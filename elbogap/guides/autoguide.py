@@ -33,6 +33,7 @@ class AutoGuideFamily(Guide):
     amortized = False
     program = True
     jit_compatible = False
+    density_anywhere = False
 
     def __init__(self, name: str, model, num_data: int):
         if name not in PER_POINT:

@@ -1,6 +1,7 @@
 """The shape every elbogap variational family shares."""
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import pyro
 import pyro.distributions as dist
@@ -9,6 +10,17 @@ from torch import nn
 
 from elbogap.nn import mlp, output_width
 from elbogap.plates import data_plate
+
+
+@dataclass(frozen=True)
+class GuideSettings:
+    """The settings families are built from (the CLI's ``--hidden-dims``, ``--flow-depth``, ...)."""
+
+    hidden_dims: tuple[int, ...] = (128,)
+    activation: str = "softplus"
+    flow_depth: int = 2
+    mixture_size: int = 3
+    rank: int = 1
 
 
 class Guide(nn.Module):
@@ -29,6 +41,23 @@ class Guide(nn.Module):
     #: the model's latent site this guide samples, and the model's data plate (a user's model names its own).
     site = "z"
     plate = "data"
+    #: whether q's density can be evaluated at any z (contours in posteriors.png, AIS from q), not only at its draws.
+    density_anywhere = True
+
+    @classmethod
+    def build(cls, model, num_data: int, settings: GuideSettings) -> "Guide":
+        """A fresh guide of this family for ``model`` on a data set of ``num_data`` points."""
+        raise NotImplementedError
+
+    def optimum_start(self, x: torch.Tensor, index: torch.Tensor) -> "Guide | None":
+        """Where the search for :math:`q^*`, the family's best member for each row of ``x``, starts.
+
+        A new guide with free parameters for these rows, to be fitted with the model held fixed;
+        ``self`` where q already is that optimum (the exact posterior, per-point fits); ``None``
+        where elbogap cannot search the family (a guide program), so no approximation /
+        amortization split is reported.
+        """
+        return self
 
     def __init__(self, latent_dim: int):
         super().__init__()
@@ -59,6 +88,15 @@ class AmortizedGuide(Guide):
         self.data_dim = data_dim
         self.encoder = mlp(data_dim, hidden_dims, activation)
         self.feature_dim = output_width(data_dim, hidden_dims)
+
+    @classmethod
+    def build(cls, model, num_data, settings):
+        return cls(model.data_dim, model.latent_dim, tuple(settings.hidden_dims), settings.activation)
+
+    def optimum_start(self, x, index):
+        from elbogap.guides.pointwise import PointwiseGuide
+
+        return PointwiseGuide(self, x)
 
     def distribution(self, x, index=None):
         return self.from_features(self.encoder(x))

@@ -13,6 +13,10 @@ class ExactPosterior(Guide):
     :param model: a model with ``has_exact_posterior`` (e.g. :class:`~elbogap.model.LinearGaussian`).
     """
 
+    @classmethod
+    def build(cls, model, num_data, settings):
+        return cls(model)
+
     def __init__(self, model):
         if not getattr(model, "has_exact_posterior", False):
             raise UsageError("the exact guide needs a model with a closed-form posterior (linear)")

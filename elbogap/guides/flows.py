@@ -4,6 +4,7 @@ import pyro.distributions as dist
 from pyro.distributions import transforms
 from torch import nn
 
+from elbogap.errors import UsageError
 from elbogap.guides.base import AmortizedGuide, positive
 from elbogap.guides.sylvester import ConditionalSylvester
 
@@ -29,6 +30,16 @@ class FlowGuide(AmortizedGuide):
         self.scale = self.head(latent_dim)
         self.flows = nn.ModuleList(self.make_transform() for _ in range(flow_depth))
 
+    #: whether each transform is autoregressive over z, which needs at least two latent dimensions
+    autoregressive = False
+
+    @classmethod
+    def build(cls, model, num_data, settings):
+        if cls.autoregressive and model.latent_dim < 2:
+            raise UsageError(f"the {cls.__name__} flow is autoregressive and needs latent dim >= 2")
+        return cls(model.data_dim, model.latent_dim, tuple(settings.hidden_dims), settings.activation,
+                   flow_depth=settings.flow_depth)
+
     def make_transform(self):
         raise NotImplementedError
 
@@ -46,6 +57,8 @@ class IAF(FlowGuide):
         Tim Salimans, Rafal Jozefowicz, Xi Chen, Ilya Sutskever, Max Welling, arXiv:1606.04934
     """
 
+    autoregressive = True
+
     def make_transform(self):
         width = max(4 * self.latent_dim, 32)
         return transforms.conditional_affine_autoregressive(
@@ -62,6 +75,8 @@ class Planar(FlowGuide):
         arXiv:1505.05770
     """
 
+    density_anywhere = False  # Pyro's planar flow has no inverse: q is known at its own draws only
+
     def make_transform(self):
         return transforms.conditional_planar(self.latent_dim, self.feature_dim)
 
@@ -74,6 +89,8 @@ class Sylvester(FlowGuide):
     [1] Sylvester Normalizing Flows for Variational Inference, Rianne van den Berg,
         Leonard Hasenclever, Jakub M. Tomczak, Max Welling, arXiv:1803.05649
     """
+
+    density_anywhere = False  # no inverse: q is known at its own draws only
 
     def make_transform(self):
         return ConditionalSylvester(self.latent_dim, self.feature_dim)
@@ -89,6 +106,8 @@ class Spline(FlowGuide):
     [1] Neural Spline Flows, Conor Durkan, Artur Bekasov, Iain Murray, George Papamakarios,
         arXiv:1906.04032
     """
+
+    autoregressive = True
 
     def make_transform(self):
         width = max(4 * self.latent_dim, 32)

@@ -57,6 +57,11 @@ class LowRankNormal(AmortizedGuide):
     :param int rank: number of columns of :math:`U(x)` (default 1).
     """
 
+    @classmethod
+    def build(cls, model, num_data, settings):
+        return cls(model.data_dim, model.latent_dim, tuple(settings.hidden_dims), settings.activation,
+                   rank=settings.rank)
+
     def __init__(self, data_dim, latent_dim, hidden_dims: Sequence[int] = (128,),
                  activation="softplus", rank: int = 1):
         super().__init__(data_dim, latent_dim, hidden_dims, activation)

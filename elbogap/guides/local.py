@@ -26,6 +26,19 @@ class LocalNormal(Guide):
         self.loc = nn.Parameter(torch.zeros(num_data, latent_dim))
         self.raw_scale = nn.Parameter(torch.full((num_data, latent_dim), 0.5413))  # scale 1
 
+    @classmethod
+    def build(cls, model, num_data, settings):
+        return cls(num_data, model.latent_dim)
+
+    def optimum_start(self, x, index):
+        """This guide's own fit for the rows ``index``: q* is searched from there (it is already its optimum
+        when the fit has converged)."""
+        start = self.fresh(len(x))
+        with torch.no_grad():
+            start.loc.copy_(self.loc[index])
+            start.raw_scale.copy_(self.raw_scale[index])
+        return start
+
     def fresh(self, num_data: int) -> "LocalNormal":
         """A new, unfitted guide of this family for ``num_data`` other points: same site, dtype and device."""
         guide = LocalNormal(num_data, self.latent_dim).to(self.loc)

@@ -21,6 +21,11 @@ class Mixture(AmortizedGuide):
 
     jit_compatible = False  # the sampler is a custom autograd Function, which TorchScript cannot trace
 
+    @classmethod
+    def build(cls, model, num_data, settings):
+        return cls(model.data_dim, model.latent_dim, tuple(settings.hidden_dims), settings.activation,
+                   mixture_size=settings.mixture_size)
+
     def __init__(self, data_dim, latent_dim, hidden_dims=(128,), activation="softplus",
                  mixture_size: int = 3):
         super().__init__(data_dim, latent_dim, hidden_dims, activation)

@@ -25,6 +25,7 @@ class ProgramGuide(Guide):
 
     program = True
     jit_compatible = False
+    density_anywhere = False
 
     def __init__(self, program, model, example_x: torch.Tensor, spec: str, owner=None):
         from elbogap.user_model import trace_program
@@ -40,6 +41,9 @@ class ProgramGuide(Guide):
             raise UsageError(f"the guide {spec} does not sample the model's latent site(s) {', '.join(missing)}; "
                              "a guide must sample every latent site of the model, by the same name")
         self.param_names = [name for name, site in trace.nodes.items() if site["type"] == "param"]
+
+    def optimum_start(self, x, index):
+        return None  # no family elbogap could search: the gap is reported whole
 
     def guide(self, x, index=None, num_data=None):
         from elbogap.user_model import call_scaled

@@ -290,6 +290,9 @@ def ais_log_px(model, x: torch.Tensor, settings: AISSettings | None = None, guid
 def _ais_chunk(model, x, index, settings, guide) -> AISResult:
     q = None
     if settings.init == "q":
+        if not guide.density_anywhere:
+            raise UsageError(f"--ais-init q needs a guide whose density can be evaluated at any z, and "
+                             f"{type(guide).__name__}'s is known at its own draws only; use --ais-init prior")
         with torch.no_grad():
             q = guide.distribution(x, index)
             try:

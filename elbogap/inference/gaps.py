@@ -19,51 +19,27 @@ import math
 from typing import NamedTuple
 
 import torch
-from torch import nn
 
 from elbogap.device import rng_devices
-from elbogap.guides.base import AmortizedGuide, Guide
-from elbogap.guides.local import LocalNormal
+from elbogap.guides.base import Guide
 from elbogap.inference.evaluation import evaluate
 from elbogap.inference.train import frozen, refit_guide
 
 
-class PointwiseGuide(Guide):
-    r""":math:`q^*(z \mid x_n)`: the family of an amortized guide with free features per data point.
-
-    The encoder's features :math:`h_n` become free parameters, initialized at
-    :math:`\mathrm{encoder}(x_n)`; the family's heads and flow conditioners stay fixed. The
-    Gaussian families' heads are linear maps onto every one of their parameters, so every member
-    of the family is reachable; for flows, the members reachable through the conditioning
-    networks, so their approximation gap is an upper bound.
-    """
-
-    amortized = False
-
-    def __init__(self, guide: AmortizedGuide, x: torch.Tensor):
-        self.jit_compatible = guide.jit_compatible
-        super().__init__(guide.latent_dim)
-        self.site, self.plate = guide.site, guide.plate
-        object.__setattr__(self, "family", guide)  # not a submodule: its parameters stay fixed
-        with torch.no_grad():
-            self.features = nn.Parameter(guide.encoder(x).clone())
-
-    def distribution(self, x, index=None):
-        return self.family.from_features(self.features if index is None else self.features[index])
-
-
-def optimal_guide(model, guide: Guide, x: torch.Tensor, **refit_options) -> Guide:
+def optimal_guide(model, guide: Guide, x: torch.Tensor, index: torch.Tensor | None = None,
+                  **refit_options) -> Guide | None:
     """The best member of ``guide``'s family for each row of ``x``, with the model held fixed.
 
-    Starts from the guide's own output and stops when the ELBO stops rising (see
-    :func:`~elbogap.inference.train.refit_guide`). The exact posterior is its own optimum.
+    Starts where the family says (:meth:`~elbogap.guides.Guide.optimum_start`, from the guide's
+    own fit) and stops when the ELBO stops rising (see
+    :func:`~elbogap.inference.train.refit_guide`). The exact posterior and per-point fits are
+    their own optimum; None where elbogap cannot search the family.
     """
-    if isinstance(guide, AmortizedGuide):
-        star = PointwiseGuide(guide, x)
-    elif isinstance(guide, LocalNormal):
-        star = guide.fresh(len(x))
-    else:
-        return guide
+    if index is None:
+        index = torch.arange(len(x), device=x.device)
+    star = guide.optimum_start(x, index)
+    if star is None or star is guide:
+        return star
     with frozen(guide):
         refit_guide(model, star, x, **refit_options)
     return star
@@ -97,7 +73,11 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
     if index is None:
         index = torch.arange(len(x), device=x.device)
     seed = int(torch.randint(2**31, ()))
-    star = optimal_guide(model, guide, x, **(refit_options or {}))
+    star = optimal_guide(model, guide, x, index, **(refit_options or {}))
+    if star is None:
+        return {"gap_points": len(x), "gap_split": (
+            "not computed: the approximation/amortization split needs the family's best member for each point, "
+            "and elbogap cannot search the family of a guide program; the KL gap is reported whole")}
     if log_px is not None:  # the ELBOs alone: log p(x) is known, and AIS would cost its full price again
         evaluate_options = {**evaluate_options, "log_px_method": "iwae"}
     with torch.random.fork_rng(devices=rng_devices(x)):  # common random numbers: the two ELBOs share their base draws

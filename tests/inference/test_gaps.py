@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from elbogap.guides import build_guide
+from elbogap.guides.pointwise import PointwiseGuide
 from elbogap.inference import evaluate, train
-from elbogap.inference.gaps import PointwiseGuide, gap_decomposition, optimal_guide
+from elbogap.inference.gaps import gap_decomposition, optimal_guide
 from tests.conftest import diag_gap_closed_form, draw_linear_data, optimal_diag_guide
 
 
