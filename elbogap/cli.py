@@ -203,7 +203,7 @@ def run_train(args) -> int:
 def run_evaluate(args) -> int:
 
     from elbogap.report import table
-    from elbogap.runs import evaluate_splits, load_run
+    from elbogap.runs import evaluate_splits, fit_family, load_run
 
     config, data, model, guide, state = load_run(args.run_dir, getattr(args, "device", None))
     trained_with = state["guide_name"]
@@ -233,21 +233,6 @@ def run_evaluate(args) -> int:
     keys = ("log_px", "elbo", "kl_gap", "approx_gap", "amort_gap", "log_px_method")
     print(json.dumps({split: {k: metrics[split][k] for k in keys if k in metrics[split]} for split in metrics}))
     return 0
-
-
-def fit_family(model, config: Config, data, family: str, seed: int):
-    """A fresh guide of ``family`` fitted by SVI to a fixed model (``config.steps`` steps)."""
-    import pyro
-
-    from elbogap.inference import Trainer
-    from elbogap.runs import guide_for
-
-    pyro.set_rng_seed(seed)
-    guide = guide_for(config, model, len(data.train), family)
-    steps = config.total_steps(len(data.train))
-    Trainer(guide=guide, model=model, x=data.train, batch_size=config.batch_size, lr=config.lr, seed=seed,
-            freeze_model=True, lr_decay=config.lr_decay ** (1 / max(steps, 1)), jit=config.jit).run(steps)
-    return guide
 
 
 def run_plot(args) -> int:

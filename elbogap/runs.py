@@ -229,6 +229,28 @@ def evaluation_point(model, guide, data: Dataset, config: Config) -> dict:
     return point
 
 
+def make_trainer(config: Config, model, guide, data: Dataset, seed: int, freeze_model: bool = False) -> Trainer:
+    """The SVI trainer a configuration describes: objective, particles, learning rate and its decay, KL warm-up,
+    binarization and compilation, for ``config.total_steps`` steps on the training split."""
+    num_data = len(data.train)
+    steps = config.total_steps(num_data)
+    return Trainer(model, guide, data.train, config.batch_size, config.lr, config.objective, config.particles,
+                   seed, freeze_model=freeze_model, lr_decay=config.lr_decay ** (1 / max(steps, 1)),
+                   kl_warmup_steps=round(config.kl_warmup * config.steps_per_epoch(num_data)),
+                   dynamic_binarize=data.dynamic, jit=config.jit)
+
+
+def fit_family(model, config: Config, data: Dataset, family: str, seed: int):
+    """A fresh guide of ``family`` fitted to a fixed ``model`` as the run's own training was (see :func:`make_trainer`).
+
+    ``elbogap evaluate RUN_DIR --guide B --refit``: family B seen through the decoder trained with another guide.
+    """
+    pyro.set_rng_seed(seed)
+    guide = guide_for(config, model, len(data.train), family, data.train[:3])
+    make_trainer(config, model, guide, data, seed, freeze_model=True).run(config.total_steps(len(data.train)))
+    return guide
+
+
 class RunLog:
     """A plain-text log of one run, appended to as it goes."""
 
@@ -263,10 +285,7 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
             model.load_state_dict(load_checkpoint(Path(fixed_model) / CHECKPOINT)["trainer"]["model"])
     num_data = len(data.train)
     steps = config.total_steps(num_data)
-    trainer = Trainer(model, guide, data.train, config.batch_size, config.lr, config.objective, config.particles,
-                      seed, freeze_model=fixed_model is not None, lr_decay=config.lr_decay ** (1 / max(steps, 1)),
-                      kl_warmup_steps=round(config.kl_warmup * config.steps_per_epoch(num_data)),
-                      dynamic_binarize=data.dynamic, jit=config.jit)
+    trainer = make_trainer(config, model, guide, data, seed, freeze_model=fixed_model is not None)
     eval_every = config.eval_every or max(1, steps // 10)
     curve_eval: list[dict] = []
     if (run_dir / CHECKPOINT).exists():
