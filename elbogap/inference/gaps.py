@@ -78,8 +78,8 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
         return {"gap_points": len(x), "gap_split": (
             "not computed: the approximation/amortization split needs the family's best member for each point, "
             "and elbogap cannot search the family of a guide program; the KL gap is reported whole")}
-    if log_px is not None:  # the ELBOs alone: log p(x) is known, and AIS would cost its full price again
-        evaluate_options = {**evaluate_options, "log_px_method": "iwae"}
+    if log_px is not None:  # the ELBOs alone, from --eval-samples draws: log p(x) is known already
+        evaluate_options = {**evaluate_options, "log_px_method": "iwae", "iw_samples": 1}
     with torch.random.fork_rng(devices=rng_devices(x)):  # common random numbers: the two ELBOs share their base draws
         torch.manual_seed(seed)
         amortized = evaluate(model, guide, x, index, **evaluate_options)
