@@ -22,6 +22,7 @@ def test_linear_identity_script_reports_the_identity():
         assert row["kl_gap"] == pytest.approx(row["kl_exact"], abs=5 * row["kl_gap_stderr"] + 1e-6)
 
 
+@pytest.mark.slow  # about 50 s: three guides trained and evaluated; tests/test_api.py covers the API in CI
 def test_notebook_compare_script_uses_only_the_api(tmp_path):
     script = load("notebook_compare")
     result = script.main(script.parse_args(["--steps", "30", "--out", str(tmp_path / "out"), "--no-figures"]))
