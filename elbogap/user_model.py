@@ -251,10 +251,6 @@ def load_params_state(state: dict) -> None:
             store[name] = value
 
 
-#: kept for the name earlier releases used
-UserModel = ProgramModel
-
-
 def load_user_model(spec: str, example_x: torch.Tensor, latent_dim: int | None = None, instances: dict | None = None,
                     modules: dict | None = None) -> ProgramModel:
     """The user's model program that ``spec`` names, its sites found from a trace on ``example_x``."""
