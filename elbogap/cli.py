@@ -42,6 +42,13 @@ HELP = {
     "objective": "elbo (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (RenyiELBO, alpha=0)",
     "particles": "samples per data point in the training objective (K for iwae)",
     "jobs": "runs of a sweep trained at once, each in its own process with torch's threads shared out (compare)",
+    "backend": "local (this machine: one run at a time, or --jobs processes) | ray (Ray tasks on the cluster at "
+               "--ray-address; --out must be shared by every node)",
+    "ray_address": "the Ray cluster of --backend ray, e.g. auto or HOST:6379 (default: $RAY_ADDRESS, else a Ray "
+                   "started for this command)",
+    "cpus_per_run": "CPUs each run asks for and torch threads it uses (default: all cores one run at a time, cores "
+                    "shared among --jobs, 1 per Ray task)",
+    "gpus_per_run": "GPUs each Ray task asks for (fractions share a GPU); use with --device cuda",
     "device": "cpu, cuda or cuda:N: where models, guides and data live",
     "jit": "compile the elbo objective with Pyro's JitTrace_ELBO (elbogap's own models and guides, except mixture)",
     "flow_depth": "number of transforms in a flow guide",
@@ -246,6 +253,7 @@ def run_plot(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from elbogap.runs import Interrupted, NumericalFault
+    from elbogap.sweep import RunFailed
 
     args = build_parser().parse_args(argv)
     commands = {"compare": run_compare, "train": run_train, "evaluate": run_evaluate, "plot": run_plot}
@@ -259,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + stop.signum
     except NumericalFault as fault:
         print(f"elbogap: error: {fault}; --on-nan skip goes on with the other runs", file=sys.stderr)
+        return 1
+    except RunFailed as failure:
+        print(f"elbogap: error: {failure}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("elbogap: interrupted; finished runs are saved in the output directory", file=sys.stderr)

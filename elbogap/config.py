@@ -78,6 +78,10 @@ class Config:
     on_nan: str = "stop"
     resume: bool = False
     jobs: int = 1
+    backend: str = "local"
+    ray_address: str | None = None
+    cpus_per_run: int | None = None
+    gpus_per_run: float = 0.0
     out: str = "results"
 
     def validate(self) -> "Config":
@@ -86,11 +90,11 @@ class Config:
                  "rank": 1, "eval_samples": 1, "iw_samples": 1, "quadrature_points": 4, "curve_points": 1,
                  "steps": 0, "eval_every": 0, "checkpoint_every": 0, "kl_warmup": 0, "gap_points": 0,
                  "dynamics_points": 0, "jobs": 1, "ais_points": 0, "ais_steps": 1, "ais_chains": 1,
-                 "leapfrog_steps": 1, "bdmc": 0}
+                 "leapfrog_steps": 1, "bdmc": 0, "gpus_per_run": 0}
         for name, low in least.items():
             if getattr(self, name) < low:
                 raise UsageError(f"--{flag(name)} must be at least {low}, got {getattr(self, name)}")
-        for name in ("train_size", "test_size", "epochs"):
+        for name in ("train_size", "test_size", "epochs", "cpus_per_run"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UsageError(f"--{flag(name)} must be positive, got {value}")
@@ -108,6 +112,9 @@ class Config:
             raise UsageError("--guides and --seeds must not repeat an entry")
         if self.mode not in ("joint", "fixed-model"):
             raise UsageError(f"unknown --mode {self.mode!r}; choose joint or fixed-model")
+        if self.backend not in ("local", "ray"):
+            raise UsageError(f"unknown --backend {self.backend!r}; choose local (this machine, --jobs processes) "
+                             "or ray (a Ray cluster, --ray-address)")
         if self.on_nan not in ("stop", "skip"):
             raise UsageError(f"unknown --on-nan {self.on_nan!r}; choose stop or skip")
         if self.log_px not in LOG_PX_SETTINGS:
@@ -148,7 +155,7 @@ EVALUATION = ("eval_samples", "iw_samples", "quadrature_points", "gap_points", "
 
 #: settings that control how a command runs, not what training computes: a resumed run may change them.
 RUN_CONTROL = ("out", "resume", "figures", "on_nan", *EVALUATION, "guides", "seeds", "guide", "seed",
-               "checkpoint_every", "jobs")
+               "checkpoint_every", "jobs", "backend", "ray_address", "cpus_per_run", "gpus_per_run")
 
 
 def evaluation_changes(saved: dict, current: dict) -> list[str]:

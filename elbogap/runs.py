@@ -7,6 +7,7 @@ configuration), ``run.json`` (metrics, curves, configuration, versions) and ``tr
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 import pyro
 import torch
 
+from elbogap.backends.task import where_am_i
 from elbogap.checkpoint import load_checkpoint, save_checkpoint
 from elbogap.config import Config, differences, evaluation_changes
 from elbogap.data import Dataset, load_data
@@ -33,10 +35,11 @@ CHECKPOINT, RUN_JSON, LOG = "checkpoint.pt", "run.json", "train.log"
 class Interrupted(Exception):
     """Training stopped on SIGINT or SIGTERM after saving a checkpoint of the last completed step."""
 
-    def __init__(self, signum: int, step: int, run_dir: Path):
+    def __init__(self, signum: int, step: int | None, run_dir: Path):
         self.signum, self.step, self.run_dir = signum, step, run_dir
-        super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}; the checkpoint in "
-                         f"{run_dir} holds it: rerun the same command with --resume to continue")
+        after = "" if step is None else f" after step {step}"
+        super().__init__(f"interrupted by {signal.Signals(signum).name}{after}; the checkpoint in {run_dir} holds "
+                         "it: rerun the same command with --resume to continue")
 
 
 class NumericalFault(Exception):
@@ -263,7 +266,7 @@ class RunLog:
 
 
 def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: str | Path,
-            progress: bool = False, fixed_model: str | Path | None = None) -> dict:
+            progress: bool = False, fixed_model: str | Path | None = None, where: dict | None = None) -> dict:
     """Train the model jointly with one guide from ``seed``, save it, and evaluate both splits.
 
     With ``fixed_model`` (a run directory), the model is that run's trained model, held fixed:
@@ -272,7 +275,7 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
 
     Returns the run's record: guide, seed, the metrics of :func:`~elbogap.inference.evaluate`
     for ``"train"`` and ``"test"``, ``train_seconds`` (the SVI steps alone), the running ELBO
-    (``curve``) and the periodic evaluations (``curve_eval``).
+    (``curve``), the periodic evaluations (``curve_eval``) and ``where`` it ran (backend, host, pid).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -348,10 +351,18 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
            "train_seconds": fit.seconds, "steps": steps,
            "compiled_loss": trainer.svi.compiled,
            "curve": training_curve(fit.losses), "curve_eval": curve_eval,
-           "model_from": None if fixed_model is None else str(fixed_model)}
+           "model_from": None if fixed_model is None else str(fixed_model),
+           "where": where or where_am_i("local")}
     record = {"config": config.to_dict(), "versions": versions(), "run": run}
-    (run_dir / RUN_JSON).write_text(json.dumps(record, indent=2))
+    write_atomically(run_dir / RUN_JSON, json.dumps(record, indent=2))
     return run
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write through a temporary file and a rename, so a run stopped mid-write never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def resumable_state(run_dir: Path, config: Config, guide_name: str, seed: int) -> dict:

@@ -1,12 +1,27 @@
-"""The main job: every guide with every seed, one run after another or `--jobs` at once; both splits evaluated."""
+"""The main job: every guide with every seed, on whichever backend; both splits evaluated.
 
+One loop for every backend (:mod:`elbogap.backends`): fixed-model reference runs first, then
+the runs, each saved as it finishes; the ``--on-nan`` policy; SIGINT/SIGTERM stop the runs with
+checkpoints, and ``--resume`` continues them on any backend.
+"""
+
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from elbogap.backends import Outcome, RunTask, open_backend
 from elbogap.config import Config
-from elbogap.runs import NumericalFault, build, guide_label, load_dataset, run_one, skipped_run
+from elbogap.errors import UsageError
+from elbogap.runs import Interrupted, NumericalFault, build, guide_label, load_dataset, skipped_run, stop_requests
 from elbogap.versions import versions
+
+#: seconds the driver waits for a report before it looks at signals and failures again
+POLL = 0.2
+
+
+class RunFailed(Exception):
+    """A run raised an error that is not a usage mistake or a numerical fault: a bug, here or in a program."""
 
 
 def run_name(guide: str, seed: int) -> str:
@@ -21,8 +36,8 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
     Each run is saved as a run directory ``out/runs/GUIDE-seedSEED``. Returns
     ``{"config", "versions", "runs"}``; each run holds its guide, seed, the metrics of
     :func:`~elbogap.inference.evaluate` for ``"train"`` and ``"test"``, ``train_seconds`` (the
-    SVI steps alone) and its curves. ``on_run(results)`` is called after every run, so partial
-    results can be saved as they arrive.
+    SVI steps alone), its curves and where it ran. Runs are listed by guide, then seed, however
+    they finish. ``on_run(results)`` is called after every run, so partial results can be saved.
     """
     config.validate()
     out = Path(out if out is not None else config.out)
@@ -34,27 +49,94 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
     if config.mode == "fixed-model":  # one model per seed, trained with the reference guide, then frozen
         build(config, data, config.reference_guide)
         references = {seed: out / "runs" / f"reference-{config.reference_guide}-seed{seed}" for seed in config.seeds}
-    if config.jobs > 1:
-        return compare_in_parallel(config, out, results, references, progress, on_run)
-    for seed, run_dir in references.items():
-        reference = run_one(config, data, config.reference_guide, seed, run_dir, progress)
-        results["reference_runs"] = [*results.get("reference_runs", []),
-                                     {**reference, "run_dir": str(run_dir.relative_to(out))}]
-    for guide_name in config.guides:
-        for seed in config.seeds:
-            name = run_name(guide_name, seed)
-            try:
-                run = run_one(config, data, guide_name, seed, out / "runs" / name, progress, references.get(seed))
-            except NumericalFault as fault:
-                if config.on_nan != "skip":
-                    raise
-                run = skipped_run(guide_name, seed, str(fault))
-            results["runs"].append({**run, "run_dir": f"runs/{name}"})
+    backend = open_backend(config, out, progress)
+    try:
+        failed_references = run_references(backend, config, out, references, results, progress)
+        finished: dict[tuple, dict] = {}
+
+        def collect(task: RunTask, run: dict) -> None:
+            finished[task.guide, task.seed] = {**run, "run_dir": f"runs/{run_name(task.guide, task.seed)}"}
+            results["runs"] = [finished[key] for key in ((g, s) for g in config.guides for s in config.seeds)
+                               if key in finished]
+            if progress:
+                report_run(task.guide, task.seed, run)
             if on_run is not None:
                 on_run(results)
-            if progress:
-                report_run(guide_name, seed, run)
+
+        tasks = []
+        for guide_name in config.guides:
+            for seed in config.seeds:
+                task = RunTask(guide_name, seed, str(out / "runs" / run_name(guide_name, seed)),
+                               None if seed not in references else str(references[seed]))
+                if seed in failed_references:
+                    collect(task, skipped_run(guide_name, seed, f"its fixed model (reference run, seed {seed}) "
+                                                                f"failed: {failed_references[seed]}"))
+                else:
+                    tasks.append(task)
+        run_tasks(backend, config, tasks, collect)
+    finally:
+        backend.close()
     return results
+
+
+def run_references(backend, config: Config, out: Path, references: dict, results: dict, progress: bool) -> dict:
+    """Train the fixed-model reference runs; returns ``{seed: fault}`` for those that failed under skip."""
+    if not references:
+        return {}
+    done: dict[int, dict] = {}
+    tasks = [RunTask(config.reference_guide, seed, str(run_dir)) for seed, run_dir in references.items()]
+    run_tasks(backend, config, tasks, lambda task, run: done.update({task.seed: run}))
+    results["reference_runs"] = [{**done[seed], "run_dir": str(run_dir.relative_to(out))}
+                                 for seed, run_dir in references.items()]
+    return {seed: run["failed"] for seed, run in done.items() if "failed" in run}
+
+
+def run_tasks(backend, config: Config, tasks: list[RunTask], on_run: Callable[[RunTask, dict], None]) -> None:
+    """Run ``tasks`` on ``backend``, up to its ``slots`` at once; ``on_run(task, record)`` as each finishes.
+
+    A NaN fault is a record with ``"failed"`` under ``--on-nan skip``; otherwise it, a usage
+    error or a crash stops the other runs (each checkpoints) and is raised here. After SIGINT or
+    SIGTERM the running runs checkpoint, the rest never start, and :class:`Interrupted` is raised.
+    """
+    waiting, running = list(tasks), set()
+    failure: Exception | None = None
+    interrupted: Outcome | None = None
+    stopping = False
+    with stop_requests() as stop:
+        while running or (waiting and not (stop or failure or interrupted)):
+            while waiting and len(running) < backend.slots and not (stop or failure or interrupted):
+                task = waiting.pop(0)
+                backend.submit(task)
+                running.add(task)
+            if (stop or failure or interrupted) and not stopping:  # every running run checkpoints and stops
+                backend.stop(stop[0] if stop else signal.SIGTERM)
+                stopping = True
+            for outcome in backend.wait(POLL):
+                running.discard(outcome.task)
+                if outcome.status == "ok":
+                    on_run(outcome.task, outcome.payload)
+                elif outcome.status == "fault" and config.on_nan == "skip":
+                    on_run(outcome.task, skipped_run(outcome.task.guide, outcome.task.seed, outcome.payload))
+                elif outcome.status == "interrupted" or stopping:  # a run that died while stopping was stopped
+                    interrupted = interrupted or outcome
+                elif failure is None:
+                    failure = as_exception(outcome)
+    if failure is not None:
+        raise failure
+    if stop or interrupted:
+        signum = stop[0] if stop else interrupted.payload[0]
+        task = interrupted.task if interrupted else tasks[0]
+        step = interrupted.payload[1] if interrupted and interrupted.status == "interrupted" else None
+        raise Interrupted(signum, step, Path(task.run_dir))
+
+
+def as_exception(outcome: Outcome) -> Exception:
+    """The error a failed run raises in the driver, naming the run."""
+    if outcome.status == "fault":
+        return NumericalFault(outcome.payload)
+    if outcome.status == "usage":
+        return UsageError(outcome.payload)
+    return RunFailed(f"the run of guide {outcome.task.guide}, seed {outcome.task.seed} failed: {outcome.payload}")
 
 
 def save_study(results: dict, out: str | Path, config: Config) -> None:
@@ -76,30 +158,3 @@ def report_run(guide_name: str, seed: int, run: dict) -> None:
         test = run["test"]
         print(f"{guide_name:>10} seed {seed}: test log p(x) {test['log_px']:.3f}, "
               f"ELBO {test['elbo']:.3f}, gap {test['kl_gap']:.3f}", file=sys.stderr)
-
-
-def compare_in_parallel(config: Config, out: Path, results: dict, references: dict, progress: bool,
-                        on_run: Callable[[dict], None] | None) -> dict:
-    """:func:`compare` with ``config.jobs`` runs at a time (see :mod:`elbogap.parallel`); same records, same order."""
-    from elbogap.parallel import run_parallel
-
-    finished = {}
-
-    def collect(guide_name, seed, run):
-        finished[guide_name, seed] = run
-        if progress:
-            report_run(guide_name, seed, run)
-        results["runs"] = [{**finished[g, s], "run_dir": f"runs/{run_name(g, s)}"}
-                           for g in config.guides for s in config.seeds if (g, s) in finished]
-        if on_run is not None:
-            on_run(results)
-
-    if references:
-        reference_runs = {}
-        run_parallel(config, [(config.reference_guide, seed, run_dir, None) for seed, run_dir in references.items()],
-                     config.jobs, lambda guide_name, seed, run: reference_runs.update({seed: run}))
-        results["reference_runs"] = [{**reference_runs[seed], "run_dir": str(run_dir.relative_to(out))}
-                                     for seed, run_dir in references.items()]
-    tasks = [(g, s, out / "runs" / run_name(g, s), references.get(s)) for g in config.guides for s in config.seeds]
-    run_parallel(config, tasks, config.jobs, collect)
-    return results

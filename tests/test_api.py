@@ -3,11 +3,13 @@
 import json
 
 import pyro
+import pytest
 import torch
 
 import elbogap
 from elbogap.cli import main
 from elbogap.data import load_data
+from elbogap.errors import UsageError
 from elbogap.runs import load_run
 from tests.test_programs import TUTORIAL_VAE
 
@@ -68,3 +70,11 @@ def test_evaluate_takes_a_trained_pair_of_programs(tmp_path):
                                   quadrature_points=12)
     assert evaluation.metrics["log_px_method"] == "quadrature" and evaluation.metrics["kl_gap"] > 0
     assert evaluation.per_point["elbo"].shape == (40,)
+
+
+@pytest.mark.parametrize("settings", [{"jobs": 2}, {"backend": "ray"}])
+def test_python_objects_are_refused_on_backends_that_run_elsewhere(tmp_path, settings):
+    module = user_module(tmp_path)
+    with pytest.raises(UsageError, match="lives in this process only.*file.py:name"):
+        elbogap.compare(module.VAE, {"mine": module.VAE}, "digits", out=tmp_path / "o", **QUICK, **settings)
+    assert not (tmp_path / "o" / "runs").exists()

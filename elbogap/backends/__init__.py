@@ -1,0 +1,34 @@
+"""Where the runs of a sweep execute: this process, local processes (``--jobs``), or a Ray cluster.
+
+A run is one task: configuration + guide + seed -> a run directory and a small run record.
+Every backend has the same four verbs (``submit``, ``wait``, ``stop``, ``close``) and runs
+:func:`~elbogap.backends.task.execute`; the sweep (:mod:`elbogap.sweep`) owns everything else:
+reference runs, ordering, resume, the ``--on-nan`` policy and saving results.
+"""
+
+from pathlib import Path
+
+from elbogap.backends.task import Outcome, RunTask, execute, where_am_i
+from elbogap.config import Config
+from elbogap.errors import UsageError
+
+__all__ = ["Outcome", "RunTask", "execute", "open_backend", "where_am_i"]
+
+
+def open_backend(config: Config, out: Path, progress: bool = False):
+    """The backend ``config`` asks for: ``ray``, else local processes when ``jobs > 1``, else this process."""
+    objects = [spec for spec in (config.model, *config.guides) if spec.startswith("object:")]
+    if objects and (config.backend == "ray" or config.jobs > 1):
+        raise UsageError(f"{objects[0]} is a Python object that lives in this process only; run it with jobs=1 and "
+                         "backend='local', or save the program in a file and name it file.py:name")
+    if config.backend == "ray":
+        from elbogap.backends.ray import RayBackend
+
+        return RayBackend(config, out)
+    if config.jobs > 1:
+        from elbogap.backends.processes import ProcessBackend
+
+        return ProcessBackend(config)
+    from elbogap.backends.serial import SerialBackend
+
+    return SerialBackend(config, progress)

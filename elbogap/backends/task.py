@@ -1,0 +1,84 @@
+"""One run as a task any backend can execute, and the outcome it reports back."""
+
+import os
+import signal
+import socket
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from elbogap.config import Config
+from elbogap.errors import UsageError
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """Train ``guide`` from ``seed`` into ``run_dir``; with ``reference``, on that run's model, held fixed."""
+
+    guide: str
+    seed: int
+    run_dir: str
+    reference: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a task ended. ``status`` is ``ok`` (``payload``: the run record), ``fault`` (a NaN/inf;
+    the message), ``interrupted`` (``(signum, step)``: checkpointed and stopped), ``cancelled``
+    (never started), ``usage`` or ``error`` (the message)."""
+
+    task: RunTask
+    status: str
+    payload: Any = None
+
+
+def where_am_i(backend: str, node: str | None = None) -> dict:
+    """Where a run executes, for its record: backend, host, process id and (on Ray) node id."""
+    return {"backend": backend, "host": socket.gethostname(), "pid": os.getpid(), "node": node}
+
+
+def execute(config: dict, task: RunTask, threads: int | None = None, where: dict | None = None,
+            cwd: str | None = None, progress: bool = False) -> Outcome:
+    """Run ``task`` here and report how it ended; never raises for what a run can run into.
+
+    ``threads`` sets torch's thread count for the run (worker processes are reused, so the
+    environment alone cannot be trusted). ``cwd``, the driver's working directory, makes
+    relative paths in the configuration (data files, model and guide programs) mean what they
+    meant to the driver, where that directory exists.
+    """
+    from elbogap.runs import Interrupted, NumericalFault, load_dataset, run_one
+
+    previous_threads, previous_cwd = torch.get_num_threads(), os.getcwd()
+    added_path = False
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        if cwd is not None and cwd != previous_cwd and os.path.isdir(cwd):
+            os.chdir(cwd)
+            if cwd not in sys.path:  # package.module:name programs are found beside the driver, as on its machine
+                sys.path.insert(0, cwd)
+                added_path = True
+        settings = Config(**config)
+        run = run_one(settings, load_dataset(settings), task.guide, task.seed, Path(task.run_dir), progress,
+                      fixed_model=task.reference, where=where)
+        return Outcome(task, "ok", run)
+    except Interrupted as stop:
+        return Outcome(task, "interrupted", (stop.signum, stop.step))
+    except KeyboardInterrupt:  # a stop request that came outside training (Ray's cancel raises it there)
+        return Outcome(task, "interrupted", (signal.SIGINT, None))
+    except NumericalFault as fault:
+        return Outcome(task, "fault", str(fault))
+    except UsageError as error:
+        return Outcome(task, "usage", str(error))
+    except Exception:  # reported by the driver, which owns the terminal: the traceback points into the program
+        return Outcome(task, "error", traceback.format_exc().rstrip())
+    finally:
+        torch.set_num_threads(previous_threads)
+        if added_path:
+            sys.path.remove(cwd)
+        if os.getcwd() != previous_cwd:
+            os.chdir(previous_cwd)

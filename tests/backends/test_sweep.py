@@ -1,0 +1,101 @@
+"""One sweep loop on every backend: same numbers, same stop and resume, same --on-nan policy."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from elbogap.checkpoint import load_checkpoint
+from elbogap.cli import main
+from tests.backends.conftest import QUICK
+
+STEPS = 60
+
+
+def sweep_args(programs, out):
+    return ["compare", "--model", programs["slowable"], "--guides", "diag", "--seeds", "0,1,2", "--steps", str(STEPS),
+            "--eval-every", "10", "--checkpoint-every", "0", "--out", str(out), *QUICK]
+
+
+def numbers(out):
+    return [(run["guide"], run["seed"], run["train"], run["test"])
+            for run in json.loads((out / "results.json").read_text())["runs"]]
+
+
+@pytest.fixture(scope="module")
+def serial_numbers(programs, tmp_path_factory):
+    """The sweep run one run at a time in this process: the numbers every backend must give."""
+    out = tmp_path_factory.mktemp("serial")
+    assert main(sweep_args(programs, out)) == 0
+    return numbers(out)
+
+
+@pytest.mark.parametrize("backend", ["ray"])  # the processes of --jobs are compared in the resume test
+def test_every_backend_gives_the_serial_numbers_bitwise(backend, backend_flags, programs, serial_numbers, tmp_path):
+    assert main([*sweep_args(programs, tmp_path), *backend_flags(backend)]) == 0
+    assert numbers(tmp_path) == serial_numbers  # one torch thread per run everywhere
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert {run["where"]["backend"] for run in runs} == {"ray" if backend == "ray" else "local"}
+    assert all(run["where"]["pid"] > 0 and run["where"]["host"] for run in runs)
+    if backend == "ray":
+        assert all(len(run["where"]["node"]) > 8 for run in runs)
+
+
+@pytest.mark.parametrize(("first", "then"), [("serial", "jobs"), ("jobs", "ray"), ("ray", "serial")])
+def test_sigterm_stops_the_sweep_with_checkpoints_and_another_backend_resumes_it(
+        first, then, backend_flags, programs, serial_numbers, tmp_path):
+    out = tmp_path / "out"
+    programs["flag"].touch()  # training slows to 0.1 s a step: the signal lands mid-run
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "elbogap.cli", *sweep_args(programs, out),
+                                    *backend_flags(first)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wave = [0] if first == "serial" else [0, 1]  # the runs that start at once
+        logs = [out / "runs" / f"diag-seed{seed}" / "train.log" for seed in wave]
+        deadline = time.time() + 120
+        while not all(log.is_file() and "step 10 " in log.read_text() for log in logs) and time.time() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)  # to the driver alone, as a scheduler would
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        programs["flag"].unlink()
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "--resume" in stderr and "Traceback" not in stderr
+    for seed in wave:
+        state = load_checkpoint(out / "runs" / f"diag-seed{seed}" / "checkpoint.pt")
+        assert not state["complete"] and 10 <= state["trainer"]["step"] < STEPS
+    assert not (out / "runs" / "diag-seed2").exists()  # never started: left for --resume
+
+    assert main([*sweep_args(programs, out), *backend_flags(then)]) == 2  # refused: would overwrite the runs
+    assert main([*sweep_args(programs, out), *backend_flags(then), "--resume"]) == 0
+    assert numbers(out) == serial_numbers
+
+
+@pytest.mark.parametrize("backend", ["serial", "jobs", "ray"])
+def test_on_nan_skip_marks_the_run_failed_and_goes_on(backend, backend_flags, programs, tmp_path):
+    code = main(["compare", "--model", programs["nan"], "--guides", "diag,full", "--seeds", "0", "--steps", "60",
+                 "--on-nan", "skip", "--out", str(tmp_path), *QUICK, *backend_flags(backend)])
+    assert code == 0
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert [run["guide"] for run in runs] == ["diag", "full"] and all("NaN" in run["failed"] for run in runs)
+    assert "Failed runs" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.parametrize("backend", ["serial", "jobs", "ray"])
+def test_a_nan_in_a_fixed_model_reference_run_is_one_behaviour_on_every_backend(
+        backend, backend_flags, programs, tmp_path, capsys):
+    args = ["compare", "--model", programs["nan"], "--mode", "fixed-model", "--guides", "diag,full", "--seeds", "0",
+            "--steps", "60", *QUICK, *backend_flags(backend)]
+    assert main([*args, "--out", str(tmp_path / "stop")]) == 1
+    stderr = capsys.readouterr().err
+    assert "NaN" in stderr and "reference-diag-seed0" in stderr
+    assert not (tmp_path / "stop" / "runs" / "diag-seed0").exists()  # no guide trained on a broken model
+
+    assert main([*args, "--on-nan", "skip", "--out", str(tmp_path / "skip")]) == 0
+    results = json.loads((tmp_path / "skip" / "results.json").read_text())
+    assert "NaN" in results["reference_runs"][0]["failed"]
+    assert [run["guide"] for run in results["runs"]] == ["diag", "full"]
+    assert all("its fixed model (reference run, seed 0) failed" in run["failed"] for run in results["runs"])
+    assert not (tmp_path / "skip" / "runs" / "diag-seed0").exists()
