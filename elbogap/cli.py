@@ -7,84 +7,12 @@ file given with ``--config``, then the flags given on the command line.
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
-from elbogap.config import FIELDS, Config, flag, kind_of, resolve
+from elbogap.config import EVALUATION, FIELDS, Config, flag, kind_of, resolve
 from elbogap.errors import UsageError
 from elbogap.report import write_results
-
-HELP = {
-    "data": "digits | fashion-mnist | mnist | linear-gaussian | a .npy/.npz/.csv file (.npz: train and test)",
-    "data_dir": "directory of the IDX files for fashion-mnist (default /usr/share/datasets/fashion-mnist) or mnist",
-    "binarize": "threshold (at 0.5) | static (sampled once) | dynamic (every epoch) | none "
-                "(default: threshold for image sets, none otherwise)",
-    "train_size": "use a random subset of this many training points",
-    "test_size": "use a random subset of this many test points",
-    "data_seed": "seed of the train/test split, subsets, binarization and synthetic data",
-    "test_fraction": "share of the data held out for test when no split is given",
-    "model": "vae | linear | path/to/file.py:name | package.module:name (your own Pyro model: a function, a method "
-             "or a class with .model)",
-    "likelihood": "bernoulli | gaussian (default: bernoulli for binary data, else gaussian)",
-    "latent_dim": "dimension of z (2 allows exact quadrature of log p(x))",
-    "hidden_dims": "comma list of hidden widths of decoder and encoder",
-    "activation": "relu | softplus | tanh | elu | leaky_relu | gelu | silu",
-    "guide": "the guide of elbogap train",
-    "seed": "the seed of elbogap train",
-    "guides": "comma list of guides: diag, full, lowrank, iaf, planar, sylvester, spline, mixture, local, exact, "
-              "or your own guide programs path/to/file.py:name",
-    "seeds": "comma list of seeds; each guide is trained once per seed",
-    "steps": "SVI steps per run",
-    "epochs": "passes over the training data per run (overrides --steps)",
-    "batch_size": "minibatch size",
-    "lr": "Adam learning rate",
-    "lr_decay": "factor the learning rate decays to by the end of training (1 = constant)",
-    "kl_warmup": "epochs over which the KL weight rises from 0 to 1 (0 = off)",
-    "objective": "elbo (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (RenyiELBO, alpha=0)",
-    "particles": "samples per data point in the training objective (K for iwae)",
-    "jobs": "runs of a sweep trained at once, each in its own process with torch's threads shared out (compare)",
-    "backend": "local (this machine: one run at a time, or --jobs processes) | ray (Ray tasks on the cluster at "
-               "--ray-address; --out must be shared by every node)",
-    "ray_address": "the Ray cluster of --backend ray, e.g. auto or HOST:6379 (default: $RAY_ADDRESS, else a Ray "
-                   "started for this command)",
-    "cpus_per_run": "CPUs each run asks for and torch threads it uses (default: all cores one run at a time, cores "
-                    "shared among --jobs, 1 per Ray task)",
-    "gpus_per_run": "GPUs each Ray task asks for (fractions share a GPU); use with --device cuda",
-    "device": "cpu, cuda or cuda:N: where models, guides and data live",
-    "jit": "compile the elbo objective with Pyro's JitTrace_ELBO (elbogap's own models and guides, except mixture)",
-    "flow_depth": "number of transforms in a flow guide",
-    "mixture_size": "components of the mixture guide",
-    "rank": "rank of the lowrank guide's covariance factor",
-    "eval_samples": "samples of q per data point for the ELBO",
-    "iw_samples": "importance samples per data point for log p(x) when neither exact nor quadrature",
-    "quadrature_points": "grid points per axis for 2-D quadrature",
-    "log_px": "auto | exact | quadrature | iwae | ais: how log p(x) is computed (auto: exact or quadrature where "
-              "they apply, else IWAE on every point and guide-independent AIS on --ais-points and the gap points)",
-    "ais_points": "points per split that get AIS under --log-px auto (the gap points are among them)",
-    "ais_steps": "AIS intermediate distributions (temperatures) per chain",
-    "ais_chains": "AIS chains per data point",
-    "leapfrog_steps": "leapfrog steps per HMC transition of AIS",
-    "ais_init": "prior (guide-independent) | q (anneal from the guide's q(z|x), a diagnostic)",
-    "ais_target_accept": "HMC acceptance rate the AIS pilot run tunes step sizes toward",
-    "bdmc": "simulate N (z, x) pairs from each trained model and sandwich their log p(x) between forward and "
-            "reverse AIS at the AIS settings; writes bdmc.json and bdmc.npz in the run directory (0: off)",
-    "gap_points": "points per split on which q* is refit to split the gap into approximation and amortization "
-                  "(0: off)",
-    "dynamics_points": "test points on which q* is refit at every evaluation during training, for the stacked "
-                       "gap bands of gap_over_training.png (0: off; costs a refit per evaluation)",
-    "mode": "joint (train model and guide together) | fixed-model (train the model once with --reference-guide, "
-            "then fit every guide to that same model)",
-    "reference_guide": "the guide the model is trained with in --mode fixed-model",
-    "eval_every": "steps between evaluations during training (0: ten evaluations per run)",
-    "curve_points": "data points per split used by the evaluations during training",
-    "checkpoint_every": "steps between checkpoints (0: only at the end)",
-    "figures": "draw PNG figures into the output directory",
-    "on_nan": "stop | skip: on a NaN/inf loss or parameter, stop the command, or mark the run failed and go on",
-    "resume": "continue the runs saved in --out (after an interruption) instead of refusing to overwrite them",
-    "out": "output directory (a run directory for train)",
-}
-
-#: flags with a short form, in the style of Pyro's examples.
-SHORT = {"data": "-d", "guides": "-g", "seeds": "-s", "steps": "-n", "out": "-o", "jobs": "-j"}
 
 
 def comma_list(item_type):
@@ -107,8 +35,9 @@ def add_config_flags(parser: argparse.ArgumentParser, names=None) -> None:
     for name in names or FIELDS:
         default = getattr(defaults, name)
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        names_ = ([SHORT[name]] if name in SHORT else []) + [f"--{flag(name)}"]
-        help_text = f"{HELP[name]} (default: {shown})"
+        declared = FIELDS[name].metadata
+        names_ = ([declared["short"]] if declared["short"] else []) + [f"--{flag(name)}"]
+        help_text = f"{declared['help']} (default: {shown})"
         if kind_of(name) == "bool":
             parser.add_argument(*names_, dest=name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=help_text)
@@ -118,8 +47,8 @@ def add_config_flags(parser: argparse.ArgumentParser, names=None) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-run lines")
 
 
-EVAL_FLAGS = ["eval_samples", "iw_samples", "quadrature_points", "gap_points", "log_px", "ais_points", "ais_steps",
-              "ais_chains", "leapfrog_steps", "ais_init", "ais_target_accept", "bdmc"]
+#: the flags of ``elbogap evaluate``: the evaluation settings
+EVAL_FLAGS = list(EVALUATION)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -173,10 +102,10 @@ def check_writable(out: Path) -> None:
         raise UsageError(f"cannot write to --out {out}: {error.strerror}; choose a writable directory") from None
 
 
-def finish(results: dict, out: Path, config: Config, quiet: bool) -> None:
+def finish(results: dict, out: Path, config: Config, quiet: bool, started: float | None = None) -> None:
     from elbogap.sweep import save_study
 
-    save_study(results, out, config)
+    save_study(results, out, config, started)
     if not quiet:
         print((out / "results.md").read_text())
     print(f"wrote results.json, results.csv, results.md and config.toml to {out}", file=sys.stderr)
@@ -189,7 +118,7 @@ def run_compare(args) -> int:
     out = Path(config.out)
     check_writable(out)
     results = compare(config, out, progress=not args.quiet, on_run=lambda partial: write_results(partial, out))
-    finish(results, out, config, args.quiet)
+    finish(results, out, config, args.quiet, args.started)
     return 0
 
 
@@ -203,7 +132,7 @@ def run_train(args) -> int:
     data = load_dataset(config)
     run = run_one(config, data, config.guide, config.seed, out, progress=not args.quiet)
     results = {"config": config.to_dict(), "versions": versions(), "runs": [{**run, "run_dir": "."}]}
-    finish(results, out, config, args.quiet)
+    finish(results, out, config, args.quiet, args.started)
     return 0
 
 
@@ -255,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     from elbogap.runs import Interrupted, NumericalFault
     from elbogap.sweep import RunFailed
 
+    started = time.perf_counter()
     args = build_parser().parse_args(argv)
+    args.started = started
     commands = {"compare": run_compare, "train": run_train, "evaluate": run_evaluate, "plot": run_plot}
     try:
         return commands[args.command](args)

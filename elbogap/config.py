@@ -16,6 +16,26 @@ from elbogap.errors import UsageError
 from elbogap.inference.ais import INITS as AIS_INITS
 from elbogap.inference.ais import AISSettings
 from elbogap.inference.log_px import SETTINGS as LOG_PX_SETTINGS
+from elbogap.inference.objectives import OBJECTIVES
+
+#: what a setting changes, and so what a resumed run compares: ``result`` (what training computes; a
+#: checkpoint from other values is refused), ``evaluation`` (the evaluation after training; a finished run
+#: is re-evaluated, training kept) and ``control`` (how a command runs; free to change on resume).
+ROLES = ("result", "evaluation", "control")
+
+
+def setting(default, help: str, *, short: str | None = None, least: float | None = None, positive: bool = False,
+            choices: tuple | None = None, role: str = "result"):
+    """Declare a setting once: its default, help text, short flag, bounds, allowed values and role (see ROLES).
+
+    The command-line flags, the study file's checks and ``--resume``'s comparison are derived from it.
+    """
+    assert role in ROLES
+    metadata = {"help": help, "short": short, "least": least, "positive": positive, "choices": choices,
+                "role": role}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -27,79 +47,111 @@ class Config:
     ``epochs``, when set, overrides ``steps``.
     """
 
-    data: str = "digits"
-    data_dir: str | None = None
-    binarize: str | None = None
-    train_size: int | None = None
-    test_size: int | None = None
-    data_seed: int = 0
-    test_fraction: float = 0.2
-    model: str = "vae"
-    likelihood: str | None = None
-    latent_dim: int = 2
-    hidden_dims: list[int] = field(default_factory=lambda: [128])
-    activation: str = "softplus"
-    guide: str = "diag"
-    seed: int = 0
-    guides: list[str] = field(default_factory=lambda: ["diag", "full", "iaf", "planar"])
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
-    steps: int = 3000
-    epochs: float | None = None
-    batch_size: int = 128
-    lr: float = 3e-3
-    lr_decay: float = 0.1
-    kl_warmup: float = 0.0
-    objective: str = "elbo"
-    particles: int = 1
-    jit: bool = True
-    device: str = "cpu"
-    flow_depth: int = 2
-    mixture_size: int = 3
-    rank: int = 1
-    eval_samples: int = 256
-    iw_samples: int = 1000
-    quadrature_points: int = 32
-    log_px: str = "auto"
-    ais_points: int = 100
-    ais_steps: int = 500
-    ais_chains: int = 16
-    leapfrog_steps: int = 10
-    ais_init: str = "prior"
-    ais_target_accept: float = 0.65
-    bdmc: int = 0
-    gap_points: int = 64
-    dynamics_points: int = 0
-    mode: str = "joint"
-    reference_guide: str = "diag"
-    eval_every: int = 0
-    curve_points: int = 256
-    checkpoint_every: int = 500
-    figures: bool = True
-    on_nan: str = "stop"
-    resume: bool = False
-    jobs: int = 1
-    backend: str = "local"
-    ray_address: str | None = None
-    cpus_per_run: int | None = None
-    gpus_per_run: float = 0.0
-    out: str = "results"
+    data: str = setting("digits", "digits | fashion-mnist | mnist | linear-gaussian | a .npy/.npz/.csv file (.npz: "
+                                  "train and test)", short="-d")
+    data_dir: str | None = setting(None, "directory of the IDX files for fashion-mnist (default "
+                                         "/usr/share/datasets/fashion-mnist) or mnist")
+    binarize: str | None = setting(None, "threshold (at 0.5) | static (sampled once) | dynamic (every epoch) | none "
+                                         "(default: threshold for image sets, none otherwise)",
+                                         choices=("threshold", "static", "dynamic", "none"))
+    train_size: int | None = setting(None, "use a random subset of this many training points", positive=True)
+    test_size: int | None = setting(None, "use a random subset of this many test points", positive=True)
+    data_seed: int = setting(0, "seed of the train/test split, subsets, binarization and synthetic data")
+    test_fraction: float = setting(0.2, "share of the data held out for test when no split is given")
+    model: str = setting("vae", "vae | linear | path/to/file.py:name | package.module:name (your own Pyro model: a "
+                                "function, a method or a class with .model)")
+    likelihood: str | None = setting(None, "bernoulli | gaussian (default: bernoulli for binary data, else gaussian)")
+    latent_dim: int = setting(2, "dimension of z (2 allows exact quadrature of log p(x))", least=1)
+    hidden_dims: list[int] = setting([128], "comma list of hidden widths of decoder and encoder")
+    activation: str = setting("softplus", "relu | softplus | tanh | elu | leaky_relu | gelu | silu")
+    guide: str = setting("diag", "the guide of elbogap train", role="control")
+    seed: int = setting(0, "the seed of elbogap train", role="control")
+    guides: list[str] = setting(["diag", "full", "iaf", "planar"], "comma list of guides: diag, full, lowrank, iaf, "
+                                                                   "planar, sylvester, spline, mixture, local, exact, "
+                                                                   "or your own guide programs path/to/file.py:name",
+                                                                   short="-g", role="control")
+    seeds: list[int] = setting([0, 1], "comma list of seeds; each guide is trained once per seed",
+                                       short="-s", role="control")
+    steps: int = setting(2000, "SVI steps per run", short="-n", least=0)
+    epochs: float | None = setting(None, "passes over the training data per run (overrides --steps)", positive=True)
+    batch_size: int = setting(128, "minibatch size", least=1)
+    lr: float = setting(0.003, "Adam learning rate", positive=True)
+    lr_decay: float = setting(0.1, "factor the learning rate decays to by the end of training (1 = constant)")
+    kl_warmup: float = setting(0.0, "epochs over which the KL weight rises from 0 to 1 (0 = off)", least=0)
+    objective: str = setting("elbo", "elbo (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (RenyiELBO, alpha=0)",
+                             choices=OBJECTIVES)
+    particles: int = setting(1, "samples per data point in the training objective (K for iwae)", least=1)
+    jit: bool = setting(True, "compile the elbo objective with Pyro's JitTrace_ELBO (elbogap's own models and guides, "
+                              "except mixture)")
+    device: str = setting("cpu", "cpu, cuda or cuda:N: where models, guides and data live")
+    flow_depth: int = setting(2, "number of transforms in a flow guide", least=1)
+    mixture_size: int = setting(3, "components of the mixture guide", least=1)
+    rank: int = setting(1, "rank of the lowrank guide's covariance factor", least=1)
+    eval_samples: int = setting(256, "samples of q per data point for the ELBO", least=1, role="evaluation")
+    iw_samples: int = setting(1000, "importance samples per data point for log p(x) when neither exact nor quadrature",
+                                    least=1, role="evaluation")
+    quadrature_points: int = setting(24, "grid points per axis for 2-D quadrature", least=4, role="evaluation")
+    log_px: str = setting("auto", "auto | exact | quadrature | iwae | ais: how log p(x) is computed (auto: exact or "
+                                  "quadrature where they apply, else IWAE on every point and guide-independent AIS on "
+                                  "--ais-points and the gap points)", role="evaluation", choices=LOG_PX_SETTINGS)
+    ais_points: int = setting(100, "points per split that get AIS under --log-px auto (the gap points are among them)",
+                                   least=0, role="evaluation")
+    ais_steps: int = setting(500, "AIS intermediate distributions (temperatures) per chain", least=1, role="evaluation")
+    ais_chains: int = setting(16, "AIS chains per data point", least=1, role="evaluation")
+    leapfrog_steps: int = setting(10, "leapfrog steps per HMC transition of AIS", least=1, role="evaluation")
+    ais_init: str = setting("prior", "prior (guide-independent) | q (anneal from the guide's q(z|x), a diagnostic)",
+                                     role="evaluation", choices=AIS_INITS)
+    ais_target_accept: float = setting(0.65, "HMC acceptance rate the AIS pilot run tunes step sizes toward",
+                                             role="evaluation")
+    bdmc: int = setting(0, "simulate N (z, x) pairs from each trained model and sandwich their log p(x) between "
+                           "forward and reverse AIS at the AIS settings; writes bdmc.json and bdmc.npz in the run "
+                           "directory (0: off)", least=0, role="evaluation")
+    gap_points: int = setting(64, "points per split on which q* is refit to split the gap into approximation and "
+                                  "amortization (0: off)", least=0, role="evaluation")
+    train_eval_points: int = setting(1000, "training points evaluated after training, a seeded subset (0: the whole "
+                                           "split; the test split is always evaluated whole)",
+                                           least=0, role="evaluation")
+    dynamics_points: int = setting(0, "test points on which q* is refit at every evaluation during training, for the "
+                                      "stacked gap bands of gap_over_training.png (0: off; costs a refit per "
+                                      "evaluation)", least=0)
+    mode: str = setting("joint", "joint (train model and guide together) | fixed-model (train the model once with "
+                                 "--reference-guide, then fit every guide to that same model)",
+                                 choices=("joint", "fixed-model"))
+    reference_guide: str = setting("diag", "the guide the model is trained with in --mode fixed-model")
+    eval_every: int = setting(0, "steps between evaluations during training (0: ten evaluations per run)", least=0)
+    curve_points: int = setting(64, "data points per split used by the evaluations during training", least=1)
+    checkpoint_every: int = setting(500, "steps between checkpoints (0: only at the end)", least=0, role="control")
+    figures: bool = setting(True, "draw PNG figures into the output directory", role="control")
+    on_nan: str = setting("stop", "stop | skip: on a NaN/inf loss or parameter, stop the command, or mark the run "
+                                  "failed and go on", role="control", choices=("stop", "skip"))
+    resume: bool = setting(False, "continue the runs saved in --out (after an interruption) instead of refusing to "
+                                  "overwrite them", role="control")
+    jobs: int = setting(0, "runs of a sweep trained at once, each in a worker process with torch's threads shared out; "
+                           "0: one per core, at most one per run (compare)", short="-j", least=0, role="control")
+    backend: str = setting("local", "local (this machine: one run at a time, or --jobs processes) | ray (Ray tasks on "
+                                    "the cluster at --ray-address; --out must be shared by every node)",
+                                    role="control", choices=("local", "ray"))
+    ray_address: str | None = setting(None, "the Ray cluster of --backend ray, e.g. auto or HOST:6379 (default: "
+                                            "$RAY_ADDRESS, else a Ray started for this command)", role="control")
+    cpus_per_run: int | None = setting(None, "CPUs each run asks for and torch threads it uses (default: all cores one "
+                                             "run at a time, cores shared among --jobs, 1 per Ray task)",
+                                             positive=True, role="control")
+    gpus_per_run: float = setting(0.0, "GPUs each Ray task asks for (fractions share a GPU); use with --device cuda",
+                                       least=0, role="control")
+    out: str = setting("results", "output directory (a run directory for train)", short="-o", role="control")
 
     def validate(self) -> "Config":
         """Raise :class:`UsageError` naming the first setting out of range."""
-        least = {"latent_dim": 1, "batch_size": 1, "particles": 1, "flow_depth": 1, "mixture_size": 1,
-                 "rank": 1, "eval_samples": 1, "iw_samples": 1, "quadrature_points": 4, "curve_points": 1,
-                 "steps": 0, "eval_every": 0, "checkpoint_every": 0, "kl_warmup": 0, "gap_points": 0,
-                 "dynamics_points": 0, "jobs": 1, "ais_points": 0, "ais_steps": 1, "ais_chains": 1,
-                 "leapfrog_steps": 1, "bdmc": 0, "gpus_per_run": 0}
-        for name, low in least.items():
-            if getattr(self, name) < low:
-                raise UsageError(f"--{flag(name)} must be at least {low}, got {getattr(self, name)}")
-        for name in ("train_size", "test_size", "epochs", "cpus_per_run"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
+        for declared in fields(self):
+            name, value, meta = declared.name, getattr(self, declared.name), declared.metadata
+            if value is None:
+                continue
+            if meta["least"] is not None and value < meta["least"]:
+                raise UsageError(f"--{flag(name)} must be at least {meta['least']}, got {value}")
+            if meta["positive"] and not value > 0:
                 raise UsageError(f"--{flag(name)} must be positive, got {value}")
-        if not self.lr > 0:
-            raise UsageError(f"--lr must be > 0, got {self.lr}")
+            if meta["choices"] is not None and value not in meta["choices"]:
+                raise UsageError(f"unknown --{flag(name)} {value!r}; choose one of {', '.join(meta['choices'])}")
         if not 0 < self.lr_decay <= 1:
             raise UsageError(f"--lr-decay is the factor the learning rate ends at, in (0, 1]; got {self.lr_decay}")
         if any(width < 1 for width in self.hidden_dims):
@@ -110,22 +162,9 @@ class Config:
             raise UsageError("--seeds is empty; give at least one seed, e.g. --seeds 0")
         if len(set(self.guides)) != len(self.guides) or len(set(self.seeds)) != len(self.seeds):
             raise UsageError("--guides and --seeds must not repeat an entry")
-        if self.mode not in ("joint", "fixed-model"):
-            raise UsageError(f"unknown --mode {self.mode!r}; choose joint or fixed-model")
-        if self.backend not in ("local", "ray"):
-            raise UsageError(f"unknown --backend {self.backend!r}; choose local (this machine, --jobs processes) "
-                             "or ray (a Ray cluster, --ray-address)")
-        if self.on_nan not in ("stop", "skip"):
-            raise UsageError(f"unknown --on-nan {self.on_nan!r}; choose stop or skip")
-        if self.log_px not in LOG_PX_SETTINGS:
-            raise UsageError(f"unknown --log-px {self.log_px!r}; choose one of {', '.join(LOG_PX_SETTINGS)}")
-        if self.ais_init not in AIS_INITS:
-            raise UsageError(f"unknown --ais-init {self.ais_init!r}; choose prior (guide-independent) or q")
         if not 0 < self.ais_target_accept < 1:
             raise UsageError(f"--ais-target-accept is an acceptance rate in (0, 1), got {self.ais_target_accept}")
         resolve_device(self.device)
-        if self.binarize not in (None, "threshold", "static", "dynamic", "none"):
-            raise UsageError(f"unknown --binarize {self.binarize!r}; choose threshold, static, dynamic or none")
         return self
 
     def steps_per_epoch(self, num_data: int) -> int:
@@ -149,13 +188,13 @@ class Config:
         return Config(**{**self.to_dict(), **changes})
 
 
-#: settings of the evaluation after training: a resumed run re-evaluates (training kept) when one changed.
-EVALUATION = ("eval_samples", "iw_samples", "quadrature_points", "gap_points", "log_px", "ais_points", "ais_steps",
-              "ais_chains", "leapfrog_steps", "ais_init", "ais_target_accept", "bdmc")
+FIELDS = {f.name: f for f in fields(Config)}
 
-#: settings that control how a command runs, not what training computes: a resumed run may change them.
-RUN_CONTROL = ("out", "resume", "figures", "on_nan", *EVALUATION, "guides", "seeds", "guide", "seed",
-               "checkpoint_every", "jobs", "backend", "ray_address", "cpus_per_run", "gpus_per_run")
+#: settings of the evaluation after training: a resumed run re-evaluates (training kept) when one changed.
+EVALUATION = tuple(name for name, f in FIELDS.items() if f.metadata["role"] == "evaluation")
+
+#: settings that do not change what training computes: a resumed run may change them.
+RUN_CONTROL = tuple(name for name, f in FIELDS.items() if f.metadata["role"] != "result")
 
 
 def evaluation_changes(saved: dict, current: dict) -> list[str]:
@@ -174,7 +213,6 @@ def flag(name: str) -> str:
     return name.replace("_", "-")
 
 
-FIELDS = {f.name: f for f in fields(Config)}
 
 
 def read_study(path: str | Path) -> dict:

@@ -207,14 +207,16 @@ def plot_images(fits, x: torch.Tensor, image_shape, path: Path, num_samples: int
             prior_z = simulate(model, x, num_samples)[1]
             rows.append((f"{name}: prior sample", _likelihood_mean(model, x[:num_samples], prior_z)))
     rows.insert(0, ("data", x))
-    fig, axes = plt.subplots(len(rows), num_samples, figsize=(num_samples * 0.9, len(rows) * 1.0), squeeze=False)
-    for r, (label, images) in enumerate(rows):
-        for c in range(num_samples):
-            axis = axes[r, c]
-            axis.imshow(images[c].reshape(image_shape).clamp(0, 1).numpy(), cmap="Greys_r", vmin=0, vmax=1)
-            axis.set_xticks([])
-            axis.set_yticks([])
-        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(num_samples * 0.9, len(rows) * 1.0), squeeze=False)
+    for axis, (label, images) in zip(axes[:, 0], rows, strict=True):
+        # one strip per row, images side by side with a one-pixel gap: one axis per row draws fast
+        tiles = images[:num_samples].reshape(-1, *image_shape).clamp(0, 1)
+        gap = torch.ones(len(tiles), image_shape[0], 1)
+        strip = torch.cat([tiles, gap], dim=2).permute(1, 0, 2).reshape(image_shape[0], -1)[:, :-1]
+        axis.imshow(strip.numpy(), cmap="Greys_r", vmin=0, vmax=1)
+        axis.set_xticks([])
+        axis.set_yticks([])
+        axis.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -252,7 +254,7 @@ def make_figures(results_dir: str | Path) -> list[Path]:
     for run in first_runs:
         run_dir = results_dir / run.get("run_dir", ".")
         if (run_dir / "checkpoint.pt").is_file():
-            _, data, model, guide, _ = load_run(run_dir, device="cpu")
+            _, data, model, guide, _ = load_run(run_dir, device="cpu", data=data)  # one study, one data set
             # a user's program keeps parameters in Pyro's param store: each run's figures use its own
             fits.append((run["guide"], model, guide, pyro.get_param_store().get_state()))
     if not fits:

@@ -94,7 +94,7 @@ def markdown(results: dict) -> str:
     if not runs:
         return "\n".join(lines + ["No run has finished.", ""])
     for split in ("test", "train"):
-        lines += [f"## {split} split ({runs[0][split]['num_points']} points)", "", *table(runs, split), ""]
+        lines += [f"## {split} split ({points([run[split] for run in runs])})", "", *table(runs, split), ""]
     if "approx_gap" in runs[0]["test"]:
         lines += ["## Why the gap exists: approximation vs amortization", "",
                   f"On {runs[0]['test']['gap_points']} points per split, q* is the best member of each family "
@@ -115,13 +115,48 @@ def markdown(results: dict) -> str:
               f"{config['batch_size']} with lr {config['lr']} ({config['objective']} objective); "
               f"seeds {', '.join(map(str, config['seeds']))}. Versions: "
               + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if k != "platform") + ".", ""]
+    lines += [timing(results, runs), ""]
     return "\n".join(lines)
+
+
+def points(splits: list[dict]) -> str:
+    """``N points``, or ``N of M points`` where a seeded subset of the split was evaluated."""
+    total = max(metrics.get("split_points", metrics["num_points"]) for metrics in splits)
+    evaluated = sorted({metrics["num_points"] for metrics in splits})
+    if evaluated == [total]:
+        return f"{total} points"
+    note = "; per-datapoint guides on all of them" if evaluated[-1] == total else ""
+    return f"{evaluated[0]} of its {total} points, a seeded subset (--train-eval-points){note}"
+
+
+#: how a run's phases are named in the footer; every other phase counts as evaluation
+PHASE_NAMES = {"train": "training", "curve_evaluations": "evaluations during training",
+               "checkpoints": "checkpoints", "bdmc": "BDMC"}
+
+
+def timing(results: dict, runs: list[dict]) -> str:
+    """The footer: where the time went, summed over runs, and the wall time of the whole command."""
+    sums: dict[str, float] = {}
+    for run in runs:
+        for phase, seconds in run.get("seconds", {}).items():
+            name = PHASE_NAMES.get(phase, "gap refits" if phase.startswith("gaps_") else "evaluation")
+            sums[name] = sums.get(name, 0.0) + seconds
+    parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in sums.items())
+    study = results.get("seconds", {})
+    wall = []
+    if "total" in study:
+        wall.append(f"Total time {study['total']:.1f} s")
+    if "runs" in study:
+        wall.append(f"runs {study['runs']:.1f} s on {results.get('workers', 1)} worker(s)")
+    if "figures" in study:
+        wall.append(f"figures {study['figures']:.1f} s")
+    return (", ".join(wall) + ". " if wall else "") + (f"Summed over runs: {parts}." if parts else "")
 
 
 CSV_METRICS = ["log_px", "log_px_stderr", "log_px_method", "log_px_points", "log_px_iwae", "log_px_iwae_stderr",
                "log_px_ais", "log_px_ais_stderr", "elbo", "elbo_stderr", "recon", "kl_prior",
                "kl_gap", "kl_gap_stderr", "kl_exact", "gap_points", "gap_kl", "approx_gap", "amort_gap", "elbo_star",
-               "khat_mean", "khat_bad_share", "ess_mean", "active_units", "num_points"]
+               "khat_mean", "khat_bad_share", "ess_mean", "active_units", "num_points", "split_points"]
 
 
 def csv_text(results: dict) -> str:

@@ -27,6 +27,7 @@ from elbogap.guides import build_guide
 from elbogap.inference import Trainer, evaluate, refit_guide
 from elbogap.inference.gaps import KnownLogPx, gap_decomposition
 from elbogap.model import build_model
+from elbogap.phases import Phases
 from elbogap.versions import versions
 
 CHECKPOINT, RUN_JSON, LOG = "checkpoint.pt", "run.json", "train.log"
@@ -75,8 +76,9 @@ def stop_requests():
             signal.signal(sig, handler)
 
 
-def parameters_finite() -> bool:
-    return all(bool(torch.isfinite(value).all()) for value in pyro.get_param_store().values())
+def parameters_finite(params) -> bool:
+    """Whether every tensor the run's optimizer updates is finite."""
+    return all(bool(torch.isfinite(value).all()) for value in params)
 
 
 def load_dataset(config: Config) -> Dataset:
@@ -139,11 +141,33 @@ def guide_for(config: Config, model, num_data: int, guide_name: str, example: to
     return guide.to(resolve_device(config.device))
 
 
-def evaluate_splits(model, guide, data: Dataset, config: Config, seed: int) -> dict:
-    """Metrics of the train and test splits, from the run's own reproducible evaluation seed."""
+def evaluate_splits(model, guide, data: Dataset, config: Config, seed: int, phases: Phases | None = None,
+                    progress: bool = False) -> dict:
+    """Metrics of the train and test splits, from the run's own reproducible evaluation seed.
+
+    The test split is evaluated whole; the training split on a seeded subset of
+    ``--train-eval-points`` points (all of it for 0, or for a per-datapoint guide), as the
+    training curve already shows the fit. ``num_points`` and ``split_points`` say how many.
+
+    ``phases`` gets the seconds of each split's evaluation (``evaluate_SPLIT``) and of its gap
+    decomposition (``gaps_SPLIT``, the q* refits and their evaluation).
+    """
     pyro.set_rng_seed(seed + 10_000)
-    return {split: evaluate_split(model, guide, x, config, fresh_local=split != "train")
-            for split, x in data.splits().items()}
+    phases = phases if phases is not None else Phases()
+    metrics = {}
+    for split, x in data.splits().items():
+        if split == "train" and guide.amortized and 0 < config.train_eval_points < len(x):
+            x = x[train_eval_index(len(x), config)]
+        metrics[split] = evaluate_split(model, guide, x, config, fresh_local=split != "train", phases=phases,
+                                        split=split, progress=progress)
+        metrics[split]["split_points"] = len(data.splits()[split])
+    return metrics
+
+
+def train_eval_index(num_points: int, config: Config) -> torch.Tensor:
+    """The seeded subset of the training split evaluated after training (``--train-eval-points`` of them)."""
+    generator = torch.Generator().manual_seed(config.data_seed + 11)
+    return torch.randperm(num_points, generator=generator)[:config.train_eval_points].sort().values.to(config.device)
 
 
 def subset_index(num_points: int, count: int, config: Config) -> torch.Tensor:
@@ -161,22 +185,26 @@ def gap_index(num_points: int, config: Config) -> torch.Tensor:
     return subset_index(num_points, config.gap_points, config)
 
 
-def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: bool) -> dict:
+def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: bool, phases: Phases | None = None,
+                   split: str = "split", progress: bool = False) -> dict:
     """Metrics of one split, with the gap decomposition on ``--gap-points`` of its points.
 
     A per-datapoint guide first fits its parameters with the model fixed. Where ``--log-px``
     gives a guide-independent log p(x) (exact, quadrature, AIS on every point, or, under
     ``auto``, AIS on the gap and ``--ais-points`` subset), the gaps are computed from it.
     """
-    if not guide.amortized:
-        if fresh_local:
-            guide = guide.fresh(len(x))
-        refit_guide(model, guide, x, jit=config.jit)
+    phases = phases if phases is not None else Phases()
     options = {"elbo_samples": config.eval_samples, "iw_samples": config.iw_samples,
                "quadrature_points": config.quadrature_points, "log_px_method": config.log_px,
                "ais": config.ais_settings()}
-    ais_index = subset_index(len(x), max(config.ais_points, config.gap_points), config)
-    evaluation = evaluate(model, guide, x, ais_index=ais_index, **options)
+    with phases(f"evaluate_{split}"):
+        if not guide.amortized:
+            if fresh_local:
+                guide = guide.fresh(len(x))
+            refit_guide(model, guide, x, jit=config.jit)
+        ais_index = subset_index(len(x), max(config.ais_points, config.gap_points), config)
+        evaluation = evaluate(model, guide, x, ais_index=ais_index, progress=progress, desc=f"evaluate {split}",
+                              **options)
     metrics = evaluation.metrics
     if config.gap_points:
         index = gap_index(len(x), config)
@@ -184,8 +212,9 @@ def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: b
         if metrics["log_px_guide_independent"]:
             per_point = evaluation.per_point
             log_px = KnownLogPx(per_point["log_px"][index], per_point["log_px_stderr"][index], metrics["log_px_method"])
-        metrics.update(gap_decomposition(model, guide, x[index], index, refit_options={"jit": config.jit},
-                                         log_px=log_px, **options))
+        with phases(f"gaps_{split}"):
+            metrics.update(gap_decomposition(model, guide, x[index], index, refit_options={"jit": config.jit},
+                                             log_px=log_px, **options))
     return metrics
 
 
@@ -220,14 +249,14 @@ def evaluation_point(model, guide, data: Dataset, config: Config) -> dict:
             if not guide.amortized and split == "test":
                 continue  # a per-datapoint guide has no parameters for test points until it is refit
             metrics = evaluate(model, guide, x[:count], torch.arange(count, device=x.device), elbo_samples=16,
-                               iw_samples=min(config.iw_samples, 100), quadrature_points=24).metrics
+                               iw_samples=min(config.iw_samples, 100), quadrature_points=16).metrics
             point[f"{split}_elbo"] = metrics["elbo"]
             point[f"{split}_log_px"] = metrics["log_px"]
         if config.dynamics_points and guide.amortized:
             count = min(config.dynamics_points, len(data.test))
             with torch.enable_grad():
                 gaps = gap_decomposition(model, guide, data.test[:count], elbo_samples=32, iw_samples=100,
-                                         quadrature_points=24)
+                                         quadrature_points=16)
             point.update({f"dynamics_{key}": gaps[key] for key in ("gap_log_px", "gap_elbo", "elbo_star")})
     return point
 
@@ -291,6 +320,7 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
     trainer = make_trainer(config, model, guide, data, seed, freeze_model=fixed_model is not None)
     eval_every = config.eval_every or max(1, steps // 10)
     curve_eval: list[dict] = []
+    phases = Phases({"train": 0.0})  # training's phases add up over every session of the run
     if (run_dir / CHECKPOINT).exists():
         state = resumable_state(run_dir, config, guide_name, seed)
         if state["complete"] and (run_dir / RUN_JSON).is_file():
@@ -301,15 +331,19 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
             log.write(f"re-evaluate the trained run: evaluation settings changed ({', '.join(changed)})")
         trainer.load_state_dict(state["trainer"])
         curve_eval = json.loads(state["curve_eval"])
+        phases = Phases(json.loads(state.get("phases", '{"train": 0.0}')))
         log.write(f"resume at step {trainer.step_count}")
     else:
         log.write(f"start guide={guide_name} seed={seed} steps={steps} config={json.dumps(config.to_dict())}")
 
     def save(complete: bool) -> None:
-        save_checkpoint(run_dir / CHECKPOINT, {
-            "config": json.dumps(config.to_dict()), "guide_name": guide_name, "seed": seed,
-            "complete": complete, "trainer": trainer.state_dict(), "curve_eval": json.dumps(curve_eval),
-        })
+        with phases("checkpoints"):
+            phases.seconds["train"] = trainer.seconds
+            save_checkpoint(run_dir / CHECKPOINT, {
+                "config": json.dumps(config.to_dict()), "guide_name": guide_name, "seed": seed,
+                "complete": complete, "trainer": trainer.state_dict(), "curve_eval": json.dumps(curve_eval),
+                "phases": json.dumps(phases.seconds),
+            })
 
     def fault(step: int) -> NumericalFault:
         message = (f"guide {guide_name}, seed {seed}: the loss or a parameter became NaN/inf at step {step}; "
@@ -321,14 +355,15 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
 
     def after_step(trainer: Trainer) -> None:
         step = trainer.step_count
-        if not math.isfinite(trainer.losses[-1]) or not parameters_finite():
+        if not math.isfinite(trainer.losses[-1]) or not parameters_finite(trainer.svi.params):
             raise fault(step)
         if stop:
             save(complete=False)
             log.write(f"interrupted after step {step}")
             raise Interrupted(stop[0], step, run_dir)
         if step % eval_every == 0 or step == steps:
-            curve_eval.append({"step": step, **evaluation_point(model, guide, data, config)})
+            with phases("curve_evaluations"):
+                curve_eval.append({"step": step, **evaluation_point(model, guide, data, config)})
             log.write(f"step {step} " + " ".join(f"{k}={v:.4f}" for k, v in curve_eval[-1].items() if k != "step"))
         if config.checkpoint_every and step % config.checkpoint_every == 0:
             save(complete=False)
@@ -337,18 +372,20 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
         try:
             fit = trainer.run(steps, after_step, progress, desc=f"{guide_name} seed {seed}")
         except ValueError as error:  # a distribution refusing NaN parameters inside the step
-            if parameters_finite() and "nan" not in str(error).lower():
+            if parameters_finite(trainer.svi.params) and "nan" not in str(error).lower():
                 raise
             raise fault(trainer.step_count + 1) from None
     save(complete=True)
-    metrics = evaluate_splits(model, guide, data, config, seed)
+    metrics = evaluate_splits(model, guide, data, config, seed, phases, progress)
     if config.bdmc:
-        metrics["bdmc"] = run_bdmc(model, data, config, seed, run_dir)
+        with phases("bdmc"):
+            metrics["bdmc"] = run_bdmc(model, data, config, seed, run_dir)
         log.write("bdmc " + " ".join(f"{k}={metrics['bdmc'][k]:.4f}" for k in ("lower", "upper", "width")))
+    log.write(f"seconds {phases.line()}")
     log.write("final " + " ".join(f"{split}_{k}={metrics[split][k]:.4f}" for split in metrics
                                   for k in ("log_px", "elbo", "kl_gap") if split in ("train", "test")))
     run = {"guide": guide_label(guide_name), "guide_spec": guide_name, "seed": seed, **metrics,
-           "train_seconds": fit.seconds, "steps": steps,
+           "train_seconds": fit.seconds, "seconds": phases.seconds, "steps": steps,
            "compiled_loss": trainer.svi.compiled,
            "curve": training_curve(fit.losses), "curve_eval": curve_eval,
            "model_from": None if fixed_model is None else str(fixed_model),
@@ -379,15 +416,18 @@ def resumable_state(run_dir: Path, config: Config, guide_name: str, seed: int) -
     return state
 
 
-def load_run(run_dir: str | Path, device: str | None = None):
-    """Rebuild a saved run: ``(config, data, model, guide, checkpoint)``, on ``device`` (default: the run's)."""
+def load_run(run_dir: str | Path, device: str | None = None, data: Dataset | None = None):
+    """Rebuild a saved run: ``(config, data, model, guide, checkpoint)``, on ``device`` (default: the run's).
+
+    ``data``, the run's data set already loaded (another run of the same study), saves loading it again.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"run directory {run_dir} does not exist; give a directory written by elbogap train")
     state = load_checkpoint(run_dir / CHECKPOINT)
     config = Config(**json.loads(state["config"]))
     config = config if device is None else config.replace(device=device)
-    data = load_dataset(config)
+    data = data if data is not None else load_dataset(config)
     pyro.clear_param_store()
     model, guide = build(config, data, state["guide_name"])
     try:

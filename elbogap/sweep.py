@@ -7,8 +7,11 @@ checkpoints, and ``--resume`` continues them on any backend.
 
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from elbogap.backends import Outcome, RunTask, open_backend
 from elbogap.config import Config
@@ -50,14 +53,21 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
         build(config, data, config.reference_guide)
         references = {seed: out / "runs" / f"reference-{config.reference_guide}-seed{seed}" for seed in config.seeds}
     backend = open_backend(config, out, progress)
+    begun = time.perf_counter()
+    results["seconds"] = {"runs": 0.0}
+    results["workers"] = backend.slots
     try:
         failed_references = run_references(backend, config, out, references, results, progress)
         finished: dict[tuple, dict] = {}
+        # one bar over the runs where several run at once (a lone run shows its own training bar)
+        bar = tqdm(total=len(config.guides) * len(config.seeds), desc="runs", unit="run", leave=False,
+                   disable=not progress or backend.slots == 1)
 
         def collect(task: RunTask, run: dict) -> None:
             finished[task.guide, task.seed] = {**run, "run_dir": f"runs/{run_name(task.guide, task.seed)}"}
             results["runs"] = [finished[key] for key in ((g, s) for g in config.guides for s in config.seeds)
                                if key in finished]
+            bar.update()
             if progress:
                 report_run(task.guide, task.seed, run)
             if on_run is not None:
@@ -74,8 +84,10 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
                 else:
                     tasks.append(task)
         run_tasks(backend, config, tasks, collect)
+        bar.close()
     finally:
         backend.close()
+    results["seconds"]["runs"] = time.perf_counter() - begun
     return results
 
 
@@ -139,22 +151,32 @@ def as_exception(outcome: Outcome) -> Exception:
     return RunFailed(f"the run of guide {outcome.task.guide}, seed {outcome.task.seed} failed: {outcome.payload}")
 
 
-def save_study(results: dict, out: str | Path, config: Config) -> None:
-    """Write a finished study: results.json/.csv/.md, the resolved ``config.toml`` and, if asked, the figures."""
+def save_study(results: dict, out: str | Path, config: Config, started: float | None = None) -> None:
+    """Write a finished study: results.json/.csv/.md, the resolved ``config.toml`` and, if asked, the figures.
+
+    ``results["seconds"]`` gains the figures' time and, from ``started`` (a ``time.perf_counter()``
+    reading at the command's start), the total, which the table's footer states.
+    """
     from elbogap.config import to_toml
     from elbogap.report import write_results
 
     out = Path(out)
+    seconds = results.setdefault("seconds", {})
     write_results(results, out)
     (out / "config.toml").write_text(to_toml(config))
     if config.figures:
         from elbogap.plots import make_figures
 
+        begun = time.perf_counter()
         make_figures(out)
+        seconds["figures"] = time.perf_counter() - begun
+    if started is not None:
+        seconds["total"] = time.perf_counter() - started
+    write_results(results, out)
 
 
 def report_run(guide_name: str, seed: int, run: dict) -> None:
     if "failed" not in run:
         test = run["test"]
-        print(f"{guide_name:>10} seed {seed}: test log p(x) {test['log_px']:.3f}, "
-              f"ELBO {test['elbo']:.3f}, gap {test['kl_gap']:.3f}", file=sys.stderr)
+        tqdm.write(f"{guide_name:>10} seed {seed}: test log p(x) {test['log_px']:.3f}, "
+                   f"ELBO {test['elbo']:.3f}, gap {test['kl_gap']:.3f}", file=sys.stderr)

@@ -46,7 +46,8 @@ def program(tmp_path):
 
 
 QUICK = ["--steps", "150", "--eval-samples", "16", "--iw-samples", "200", "--hidden-dims", "16", "--seeds", "0",
-         "--quiet", "--no-figures", "--likelihood", "gaussian", "--ais-chains", "16", "--leapfrog-steps", "4"]
+         "--quiet", "--no-figures", "--likelihood", "gaussian", "--ais-chains", "16", "--leapfrog-steps", "4",
+         "--jobs", "1"]
 
 
 def test_ais_on_every_point_of_a_user_program_recovers_the_exact_evidence(program):

@@ -14,9 +14,9 @@ from elbogap.runs import load_run
 from tests.test_programs import TUTORIAL_VAE
 
 QUICK = {"steps": 40, "eval_samples": 8, "iw_samples": 16, "quadrature_points": 12, "gap_points": 4,
-         "curve_points": 16, "hidden_dims": [16], "figures": False}
+         "curve_points": 16, "hidden_dims": [16], "figures": False, "jobs": 1}
 FLAGS = ["--steps", "40", "--eval-samples", "8", "--iw-samples", "16", "--quadrature-points", "12", "--gap-points",
-         "4", "--curve-points", "16", "--hidden-dims", "16", "--no-figures", "--quiet"]
+         "4", "--curve-points", "16", "--hidden-dims", "16", "--no-figures", "--quiet", "--jobs", "1"]
 
 
 def user_module(tmp_path):
@@ -76,5 +76,5 @@ def test_evaluate_takes_a_trained_pair_of_programs(tmp_path):
 def test_python_objects_are_refused_on_backends_that_run_elsewhere(tmp_path, settings):
     module = user_module(tmp_path)
     with pytest.raises(UsageError, match="lives in this process only.*file.py:name"):
-        elbogap.compare(module.VAE, {"mine": module.VAE}, "digits", out=tmp_path / "o", **QUICK, **settings)
+        elbogap.compare(module.VAE, {"mine": module.VAE}, "digits", out=tmp_path / "o", **{**QUICK, **settings})
     assert not (tmp_path / "o" / "runs").exists()

@@ -9,7 +9,7 @@ import pytest
 
 from elbogap.cli import main
 
-QUICK = ["--steps", "40", "--batch-size", "64", "--train-size", "400", "--test-size", "100",
+QUICK = ["--jobs", "1", "--steps", "40", "--batch-size", "64", "--train-size", "400", "--test-size", "100",
          "--eval-samples", "16", "--quadrature-points", "16",
          "--hidden-dims", "16", "--curve-points", "32", "--gap-points", "8", "--ais-steps", "20", "--ais-chains", "4",
          "--leapfrog-steps", "2", "--quiet", "--no-figures"]
@@ -21,15 +21,28 @@ def run_cli(*args, cwd=None):
 
 
 def test_compare_writes_results_with_every_metric(tmp_path):
+    """The default path: one worker process per core (at most one per run), each serving run after run."""
+    from elbogap.backends import local_jobs
+    from elbogap.config import Config
+
     out = tmp_path / "results"
-    assert main(["compare", "--guides", "diag,local", "--seeds", "0,1", "--out", str(out), *QUICK]) == 0
+    args = ["--guides", "diag,local", "--seeds", "0,1", "--out", str(out), *QUICK, "--jobs", "0",
+            "--train-eval-points", "300"]
+    assert main(["compare", *args]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"config", "versions", "runs"}
+    assert set(results) == {"config", "versions", "runs", "seconds", "workers"}
+    workers = local_jobs(Config(guides=["diag", "local"], seeds=[0, 1]))
+    assert results["workers"] == workers and len({run["where"]["pid"] for run in results["runs"]}) == workers
+    assert set(results["seconds"]) == {"runs", "total"} and results["seconds"]["total"] > results["seconds"]["runs"]
     assert results["config"]["guides"] == ["diag", "local"] and results["versions"]["pyro"]
     assert [(run["guide"], run["seed"]) for run in results["runs"]] == [
         ("diag", 0), ("diag", 1), ("local", 0), ("local", 1)]
     for run in results["runs"]:
         assert run["train_seconds"] > 0 and run["compiled_loss"]
+        assert {"train", "curve_evaluations", "evaluate_train", "gaps_train", "evaluate_test", "gaps_test"} <= set(
+            run["seconds"])
+        assert (run["train"]["num_points"], run["train"]["split_points"]) == (
+            (300, 400) if run["guide"] == "diag" else (400, 400))  # a per-datapoint guide is evaluated whole
         for split in ("train", "test"):
             metrics = run[split]
             for key in ("log_px", "log_px_stderr", "elbo", "elbo_stderr", "recon", "kl_prior", "kl_gap"):
@@ -38,9 +51,11 @@ def test_compare_writes_results_with_every_metric(tmp_path):
             assert metrics["kl_gap"] == pytest.approx(metrics["log_px"] - metrics["elbo"])
     assert (out / "results.csv").read_text().count("\n") == 1 + 4 * 2
     assert (out / "runs" / "diag-seed1" / "checkpoint.pt").is_file()
-    assert (out / "runs" / "local-seed0" / "train.log").read_text().count("step") >= 10
+    log = (out / "runs" / "local-seed0" / "train.log").read_text()
+    assert log.count("step") >= 10 and "seconds train=" in log
     table = (out / "results.md").read_text()
     assert "| diag |" in table and "| local |" in table and "±" in table and "quadrature" in table
+    assert "Total time" in table and "Summed over runs: training" in table
 
 
 def test_compare_on_linear_gaussian_reports_exact_numbers(tmp_path):
@@ -77,7 +92,7 @@ def test_compare_reads_a_users_npz_with_its_own_split(tmp_path):
     (["--config", "missing.toml"], "does not exist"),
     (["--guides", "exact"], "closed-form posterior"),
     (["--latent-dim", "0"], "--latent-dim must be at least 1"),
-    (["--lr", "-1"], "--lr must be > 0"),
+    (["--lr", "-1"], "--lr must be positive"),
     (["--likelihood", "gaussian", "--model", "linear", "--data", "digits", "--guides", "diag",
       "--latent-dim", "0"], "--latent-dim"),
 ])
@@ -98,7 +113,7 @@ def test_train_evaluate_and_plot_a_run_directory(tmp_path):
     run_dir = tmp_path / "run"
     study = tmp_path / "study.toml"
     study.write_text('guide = "iaf"\nseed = 4\nsteps = 1000\nlatent_dim = 2\n')
-    args = ["train", "--config", str(study), "--steps", "40", "--out", str(run_dir), *QUICK[2:-1], "--figures"]
+    args = ["train", "--config", str(study), "--steps", "40", "--out", str(run_dir), *QUICK[4:-1], "--figures"]
     assert main(args) == 0
     for name in ("checkpoint.pt", "run.json", "train.log", "results.json", "results.csv", "results.md",
                  "config.toml", "training.png", "gaps.png", "posteriors.png", "images.png"):

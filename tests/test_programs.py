@@ -136,7 +136,7 @@ def chain_file(tmp_path, a, b):
 
 QUICK = ["--steps", "60", "--eval-samples", "16", "--iw-samples", "64", "--seeds", "0", "--quiet", "--no-figures",
          "--quadrature-points", "24", "--ais-steps", "30", "--ais-chains", "4", "--leapfrog-steps", "2",
-         "--gap-points", "8", "--curve-points", "16"]
+         "--gap-points", "8", "--curve-points", "16", "--jobs", "1"]
 
 
 def test_a_tutorial_vae_class_is_compared_as_model_and_guide_beside_builtin_guides(programs):

@@ -105,10 +105,10 @@ def test_a_checkpoint_of_an_older_format_is_refused_with_what_to_do(tmp_path):
     (["compare", "--on-nan", "ignore"], "unknown --on-nan"),
     (["compare", "--iw-samples", "0"], "--iw-samples must be at least 1"),
     (["compare", "--batch-size", "0"], "--batch-size must be at least 1"),
-    (["compare", "--jobs", "0"], "--jobs must be at least 1"),
+    (["compare", "--jobs", "-1"], "--jobs must be at least 0"),
     (["compare", "--hidden-dims", "64,-1"], "--hidden-dims must be positive"),
     (["compare", "--activation", "sigmoidish"], "unknown activation"),
-    (["compare", "--objective", "kl"], "unknown objective"),
+    (["compare", "--objective", "kl"], "unknown --objective"),
     (["compare", "--out", "/proc/elbogap"], "cannot write to --out"),
     (["frobnicate"], "invalid choice"),
 ])

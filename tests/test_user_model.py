@@ -38,7 +38,7 @@ def no_latent(x):
 
 QUICK = ["--steps", "30", "--eval-samples", "8", "--quadrature-points", "12", "--iw-samples", "16",
          "--hidden-dims", "16", "--seeds", "0", "--gap-points", "0", "--quiet", "--no-figures", "--train-size", "200",
-         "--test-size", "50", "--ais-steps", "20", "--ais-chains", "4", "--leapfrog-steps", "2"]
+         "--test-size", "50", "--ais-steps", "20", "--ais-chains", "4", "--leapfrog-steps", "2", "--jobs", "1"]
 
 
 @pytest.fixture

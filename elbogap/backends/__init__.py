@@ -6,6 +6,7 @@ Every backend has the same four verbs (``submit``, ``wait``, ``stop``, ``close``
 reference runs, ordering, resume, the ``--on-nan`` policy and saving results.
 """
 
+import os
 from pathlib import Path
 
 from elbogap.backends.task import Outcome, RunTask, execute, where_am_i
@@ -15,8 +16,20 @@ from elbogap.errors import UsageError
 __all__ = ["Outcome", "RunTask", "execute", "open_backend", "where_am_i"]
 
 
+def local_jobs(config: Config) -> int:
+    """How many runs execute at once on this machine: ``--jobs``, or for 0 one per available core, at most
+    one per run, and 1 where a program is a Python object (it cannot leave this process)."""
+    if config.jobs:
+        return config.jobs
+    if any(spec.startswith("object:") for spec in (config.model, *config.guides)):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, len(config.guides) * len(config.seeds)))
+
+
 def open_backend(config: Config, out: Path, progress: bool = False):
-    """The backend ``config`` asks for: ``ray``, else local processes when ``jobs > 1``, else this process."""
+    """The backend ``config`` asks for: ``ray``, else local worker processes when more than one run executes
+    at once (:func:`local_jobs`), else this process."""
     objects = [spec for spec in (config.model, *config.guides) if spec.startswith("object:")]
     if objects and (config.backend == "ray" or config.jobs > 1):
         raise UsageError(f"{objects[0]} is a Python object that lives in this process only; run it with jobs=1 and "
@@ -25,10 +38,11 @@ def open_backend(config: Config, out: Path, progress: bool = False):
         from elbogap.backends.ray import RayBackend
 
         return RayBackend(config, out)
-    if config.jobs > 1:
+    jobs = local_jobs(config)
+    if jobs > 1:
         from elbogap.backends.processes import ProcessBackend
 
-        return ProcessBackend(config)
+        return ProcessBackend(config, jobs)
     from elbogap.backends.serial import SerialBackend
 
     return SerialBackend(config, progress)

@@ -1,9 +1,10 @@
-"""Runs in local processes (``--jobs N``), each in a fresh interpreter of its own.
+"""Runs in local worker processes (``--jobs N``), each a fresh interpreter that serves run after run.
 
 Runs are independent, so a sweep of small models, which use a core poorly from one process,
-finishes sooner in several. torch's threads are shared out among the jobs unless
-``--cpus-per-run`` says otherwise. A signal to the driver is passed on to every running
-process, which checkpoints its run and stops.
+finishes sooner in several. Each worker imports torch and Pyro and loads the data once, then
+executes the runs it is handed. torch's threads are shared out among the jobs unless
+``--cpus-per-run`` says otherwise. A signal to the driver is passed on to every worker with a
+run in progress, which checkpoints its run and stops.
 """
 
 import multiprocessing
@@ -16,48 +17,70 @@ from elbogap.backends.task import Outcome, RunTask, execute, where_am_i
 from elbogap.config import Config
 
 
-def _execute_and_report(config: dict, task: RunTask, threads: int, reports) -> None:
-    reports.put(execute(config, task, threads, where_am_i("local")))
+def _serve(inbox, reports, config: dict, threads: int) -> None:
+    """A worker: execute each task from ``inbox`` and report its outcome, until handed None."""
+    try:
+        while (task := inbox.get()) is not None:
+            reports.put(execute(config, task, threads, where_am_i("local")))
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; an idle worker just leaves
+        pass
+
+
+class _Worker:
+    def __init__(self, context, reports, config: dict, threads: int):
+        self.inbox = context.Queue()
+        self.process = context.Process(target=_serve, args=(self.inbox, reports, config, threads), daemon=True)
+        self.process.start()
+        self.task: RunTask | None = None
 
 
 class ProcessBackend:
-    """Up to ``config.jobs`` runs at once, in spawned processes that report through a queue."""
+    """Up to ``slots`` runs at once, in spawned worker processes that report through one queue."""
 
     name = "local"
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, jobs: int):
         self.config = config.to_dict()
-        self.slots = config.jobs
-        self.threads = config.cpus_per_run or max(1, torch.get_num_threads() // config.jobs)
+        self.slots = jobs
+        self.threads = config.cpus_per_run or max(1, torch.get_num_threads() // jobs)
         self.context = multiprocessing.get_context("spawn")  # no forked torch or Pyro state
         self.reports = self.context.Queue()
-        self.running: dict[RunTask, multiprocessing.Process] = {}
+        self.workers: list[_Worker] = []
 
     def submit(self, task: RunTask) -> None:
-        process = self.context.Process(target=_execute_and_report,
-                                       args=(self.config, task, self.threads, self.reports))
-        process.start()
-        self.running[task] = process
+        idle = next((worker for worker in self.workers if worker.task is None and worker.process.is_alive()), None)
+        if idle is None:
+            idle = _Worker(self.context, self.reports, self.config, self.threads)
+            self.workers.append(idle)
+        idle.task = task
+        idle.inbox.put(task)
 
     def wait(self, timeout: float) -> list[Outcome]:
         try:
             outcome = self.reports.get(timeout=timeout)
         except queue.Empty:
-            died = [(task, process) for task, process in self.running.items() if process.exitcode not in (None, 0)]
-            for task, _ in died:  # killed, or hit in start-up, before it could report
-                del self.running[task]
-            return [Outcome(task, "error", f"its process died (exit code {process.exitcode})")
-                    for task, process in died]
-        self.running.pop(outcome.task).join()
+            died = [worker for worker in self.workers if worker.task is not None and not worker.process.is_alive()]
+            outcomes = [Outcome(worker.task, "error", f"its process died (exit code {worker.process.exitcode})")
+                        for worker in died]  # killed, or hit in start-up, before it could report
+            for worker in died:
+                worker.task = None
+            return outcomes
+        for worker in self.workers:
+            if worker.task == outcome.task:
+                worker.task = None
         return [outcome]
 
     def stop(self, signum: int) -> None:
-        for process in self.running.values():
-            try:
-                os.kill(process.pid, signum)
-            except (ProcessLookupError, TypeError):  # already gone, or not started
-                pass
+        for worker in self.workers:
+            if worker.task is not None:
+                try:
+                    os.kill(worker.process.pid, signum)
+                except (ProcessLookupError, TypeError):  # already gone
+                    pass
 
     def close(self) -> None:
-        for process in self.running.values():
-            process.join(timeout=5)
+        for worker in self.workers:
+            if worker.process.is_alive():
+                worker.inbox.put(None)
+        for worker in self.workers:
+            worker.process.join(timeout=5)

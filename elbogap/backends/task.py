@@ -41,6 +41,20 @@ def where_am_i(backend: str, node: str | None = None) -> dict:
     return {"backend": backend, "host": socket.gethostname(), "pid": os.getpid(), "node": node}
 
 
+#: the data set last loaded in this process, by the settings that shape it: a reused worker loads it once
+_LOADED: dict[str, Any] = {}
+DATA_SETTINGS = ("data", "data_dir", "binarize", "train_size", "test_size", "data_seed", "test_fraction", "device")
+
+
+def _dataset(config: Config, load):
+    files = [os.stat(path) for path in (config.data, config.data_dir) if path and os.path.exists(path)]
+    key = repr([getattr(config, name) for name in DATA_SETTINGS] + [(f.st_mtime_ns, f.st_size) for f in files])
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = load(config)
+    return _LOADED[key]
+
+
 def execute(config: dict, task: RunTask, threads: int | None = None, where: dict | None = None,
             cwd: str | None = None, progress: bool = False) -> Outcome:
     """Run ``task`` here and report how it ended; never raises for what a run can run into.
@@ -63,7 +77,7 @@ def execute(config: dict, task: RunTask, threads: int | None = None, where: dict
                 sys.path.insert(0, cwd)
                 added_path = True
         settings = Config(**config)
-        run = run_one(settings, load_dataset(settings), task.guide, task.seed, Path(task.run_dir), progress,
+        run = run_one(settings, _dataset(settings, load_dataset), task.guide, task.seed, Path(task.run_dir), progress,
                       fixed_model=task.reference, where=where)
         return Outcome(task, "ok", run)
     except Interrupted as stop:

@@ -41,6 +41,7 @@ from typing import NamedTuple
 import pyro
 import torch
 from pyro import poutine
+from tqdm.auto import tqdm
 
 from elbogap.errors import UsageError
 from elbogap.inference.log_joint import flatten_latents, latent_sites, log_joint
@@ -188,7 +189,7 @@ def _band_of(step: int, num_steps: int, bands: int) -> int:
 
 def anneal(path: AnnealingPath, z: torch.Tensor, betas: torch.Tensor, step_sizes: torch.Tensor,
            leapfrog_steps: int, adapt_toward: float | None = None,
-           reverse: bool = False) -> tuple[ChainState, torch.Tensor, torch.Tensor]:
+           reverse: bool = False, bar=None) -> tuple[ChainState, torch.Tensor, torch.Tensor]:
     r"""Move chains ``z`` along the increasing ``betas``, or down them with ``reverse`` (reverse AIS).
 
     The log-weight gains :math:`\log f_{\text{next}}(z) - \log f_{\text{current}}(z)` before
@@ -197,7 +198,7 @@ def anneal(path: AnnealingPath, z: torch.Tensor, betas: torch.Tensor, step_sizes
     are used as given, or, with ``adapt_toward``
     (a target acceptance rate), adapted after every transition; the pilot run records the
     geometric mean of each band's step sizes. Returns the final state, the (adapted) step sizes
-    and the mean acceptance per band.
+    and the mean acceptance per band. ``bar``, a tqdm bar, advances by one per transition.
     """
     bands = step_sizes.shape[0]
     num_steps = len(betas) - 1
@@ -222,6 +223,8 @@ def anneal(path: AnnealingPath, z: torch.Tensor, betas: torch.Tensor, step_sizes
         state, accept = hmc_transition(path, state, beta, eps, leapfrog_steps)
         accept_sum[band] += float(accept.double().mean())
         band_count[band] += 1
+        if bar is not None:
+            bar.update()
         if adapt_toward is not None:
             band_log_eps[band] += current
             # a multiplicative step toward the target rate, per data point (mean over its chains)
@@ -242,15 +245,19 @@ def initial_draws(path: AnnealingPath, chains: int) -> torch.Tensor:
     return flatten_latents(path.model, values, 2).expand(chains, len(path.x), -1).clone()
 
 
-def tune_step_sizes(path: AnnealingPath, settings: AISSettings, initial_step: float = 0.5) -> torch.Tensor:
+def pilot_steps(settings: AISSettings) -> int:
+    """Transitions of the pilot run that tunes the step sizes."""
+    return max(settings.bands, round(settings.pilot_fraction * settings.steps))
+
+
+def tune_step_sizes(path: AnnealingPath, settings: AISSettings, initial_step: float = 0.5, bar=None) -> torch.Tensor:
     """A pilot run of ``pilot_fraction * steps`` transitions that adapts step sizes; ``(bands, batch)``."""
     batch = path.x.shape[0]
-    pilot_steps = max(settings.bands, round(settings.pilot_fraction * settings.steps))
     bands = min(settings.bands, settings.steps)
     start = torch.full((bands, batch), initial_step, dtype=path.x.dtype, device=path.x.device)
-    betas = sigmoid_schedule(pilot_steps, dtype=path.x.dtype)
+    betas = sigmoid_schedule(pilot_steps(settings), dtype=path.x.dtype)
     _, step_sizes, _ = anneal(path, initial_draws(path, settings.chains), betas, start,
-                              settings.leapfrog_steps, adapt_toward=settings.target_accept)
+                              settings.leapfrog_steps, adapt_toward=settings.target_accept, bar=bar)
     return step_sizes
 
 
@@ -260,13 +267,14 @@ def point_chunk(settings: AISSettings, data_dim: int) -> int:
 
 
 def ais_log_px(model, x: torch.Tensor, settings: AISSettings | None = None, guide=None,
-               index: torch.Tensor | None = None) -> AISResult:
+               index: torch.Tensor | None = None, progress: bool = False) -> AISResult:
     r""":math:`\log p(x)` per row of ``x`` by forward AIS, a chunk of points at a time.
 
     Each chunk first tunes its step sizes in a pilot run, then runs ``settings.chains`` chains
     per point with those step sizes frozen. The estimate is :math:`\log \frac1K \sum_k w_k` and
     its error the delta-method standard error over chains. ``guide`` (and ``index``, for a
-    per-datapoint guide) are needed only for ``settings.init == "q"``.
+    per-datapoint guide) are needed only for ``settings.init == "q"``. ``progress`` shows a bar
+    over every transition, with the time left.
     """
     settings = settings or AISSettings()
     if settings.init not in INITS:
@@ -279,15 +287,17 @@ def ais_log_px(model, x: torch.Tensor, settings: AISSettings | None = None, guid
         with torch.inference_mode(False):
             x = x.clone()
     chunk = point_chunk(settings, x.shape[1])
-    parts = [_ais_chunk(model, x[i:i + chunk], index[i:i + chunk], settings, guide)
-             for i in range(0, len(x), chunk)]
+    starts = range(0, len(x), chunk)
+    with tqdm(total=len(starts) * (pilot_steps(settings) + settings.steps), desc=f"AIS on {len(x)} points",
+              unit="step", leave=False, disable=not progress) as bar:
+        parts = [_ais_chunk(model, x[i:i + chunk], index[i:i + chunk], settings, guide, bar) for i in starts]
     weights = [len(p.log_px) for p in parts]
     acceptance = sum(w * p.acceptance for w, p in zip(weights, parts, strict=True)) / len(x)
     return AISResult(torch.cat([p.log_px for p in parts]), torch.cat([p.stderr for p in parts]),
                      torch.cat([p.log_w for p in parts], 1), torch.cat([p.step_sizes for p in parts], 1), acceptance)
 
 
-def _ais_chunk(model, x, index, settings, guide) -> AISResult:
+def _ais_chunk(model, x, index, settings, guide, bar=None) -> AISResult:
     q = None
     if settings.init == "q":
         if not guide.density_anywhere:
@@ -302,10 +312,10 @@ def _ais_chunk(model, x, index, settings, guide) -> AISResult:
                                  f"{type(guide).__name__}'s cannot (its flow has no inverse); "
                                  "use --ais-init prior") from None
     path = AnnealingPath(model, x, q)
-    step_sizes = tune_step_sizes(path, settings)
+    step_sizes = tune_step_sizes(path, settings, bar=bar)
     betas = sigmoid_schedule(settings.steps, dtype=x.dtype)
     state, _, acceptance = anneal(path, initial_draws(path, settings.chains), betas, step_sizes,
-                                  settings.leapfrog_steps)
+                                  settings.leapfrog_steps, bar=bar)
     weights = ImportanceAccumulator()
     weights.add(state.log_w)
     return AISResult(weights.log_mean(), weights.stderr(), state.log_w, step_sizes, acceptance)

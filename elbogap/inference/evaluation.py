@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import pyro
 import torch
 from pyro import poutine
-from pyro.ops.stats import fit_generalized_pareto
 from pyro.poutine.util import site_is_subsample
+from tqdm.auto import tqdm
 
 from elbogap.errors import UsageError
 from elbogap.inference.ais import AISSettings, ais_log_px
@@ -69,10 +69,11 @@ def draw(q, count: int) -> torch.Tensor:
 def pareto_khat(log_w: torch.Tensor) -> torch.Tensor:
     r"""PSIS :math:`\hat k` of each column of importance log-weights ``(samples, points)`` [1].
 
-    A generalized Pareto distribution is fitted (Pyro's ``fit_generalized_pareto``) to the
-    largest :math:`M = \min(S/5, 3\sqrt S)` weights of each point; :math:`\hat k > 0.7` means
-    the importance estimate is unreliable. Constant weights (a perfect proposal) get 0. Pyro's
-    ``psis_diagnostic`` returns one value for a whole model; this gives one per data point.
+    A generalized Pareto distribution is fitted (:func:`generalized_pareto_khat`, Pyro's
+    ``fit_generalized_pareto`` batched over points) to the largest :math:`M = \min(S/5, 3\sqrt S)`
+    weights of each point; :math:`\hat k > 0.7` means the importance estimate is unreliable.
+    Constant weights (a perfect proposal) get 0. Pyro's ``psis_diagnostic`` returns one value for
+    a whole model; this gives one per data point.
 
     References:
 
@@ -85,17 +86,32 @@ def pareto_khat(log_w: torch.Tensor) -> torch.Tensor:
         return torch.full(log_w.shape[1:], float("nan"))
     top = log_w.double().topk(tail + 1, dim=0).values  # descending
     scaled = (top - top[:1]).exp()
-    exceedances = (scaled[:-1] - scaled[-1:]).flip(0)
+    exceedances = scaled[:-1] - scaled[-1:]
     flat = (top[0] - top[-1]) < 1e-4  # constant weights up to rounding, as from the exact posterior: no tail
-    return torch.tensor([0.0 if flat[i] else _fit_khat(exceedances[:, i]) for i in range(exceedances.shape[1])],
-                        dtype=torch.float64)
+    return torch.where(flat, 0.0, generalized_pareto_khat(exceedances))
 
 
-def _fit_khat(exceedances: torch.Tensor) -> float:
-    try:
-        return fit_generalized_pareto(exceedances)[0]
-    except (ZeroDivisionError, ValueError):  # a degenerate tail (ties) has no Pareto fit
-        return float("nan")
+def generalized_pareto_khat(exceedances: torch.Tensor) -> torch.Tensor:
+    r"""The shape :math:`\hat k` of a generalized Pareto fit to each column of ``exceedances`` ``(n, points)``.
+
+    Zhang and Stephens' estimator with Vehtari et al.'s prior adjustment, as Pyro's
+    ``fit_generalized_pareto`` computes it for one sample; batched over columns here, since
+    Pyro's takes one 1-D sample and a Python loop over points costs more than the evaluation
+    itself. NaN where a column has no fit (ties at zero).
+    """
+    x = exceedances.double().sort(0).values
+    n = x.shape[0]
+    m = 30 + int(math.sqrt(n))
+    grid = 1.0 - math.sqrt(m) / (torch.arange(1, m + 1, dtype=torch.float64, device=x.device) - 0.5).sqrt()
+    b = grid[:, None] / (3.0 * x[int(n / 4 - 0.5)]) + 1 / x[-1]  # candidate k / sigma: (m, points)
+    k = torch.log1p(-b[:, None, :] * x).mean(1)
+    log_lik = n * (torch.log(-b / k) - (k + 1.0))
+    weights = 1.0 / (log_lik[None, :, :] - log_lik[:, None, :]).exp().sum(1)
+    weights = torch.where(weights > 1e-30, weights, 0.0)
+    b_hat = (b * weights).sum(0) / weights.sum(0)
+    k_hat = torch.log1p(-b_hat * x).mean(0)
+    k_hat = k_hat * n / (n + 10.0) + 5.0 / (n + 10.0)
+    return torch.where(k_hat.isfinite(), k_hat, float("nan"))
 
 
 def _prior(model, x):
@@ -206,7 +222,7 @@ def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk):
 def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
              elbo_samples: int = 256, iw_samples: int = 1000, log_px_method: str | None = None,
              quadrature_points: int = 32, ais: AISSettings | None = None,
-             ais_index: torch.Tensor | None = None) -> Evaluation:
+             ais_index: torch.Tensor | None = None, progress: bool = False, desc: str = "evaluate") -> Evaluation:
     r"""Evaluate ``guide`` against ``model`` on every row of ``x``, in nats per data point.
 
     Metrics (split averages; standard errors combine the per-point ones as
@@ -233,6 +249,8 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
     - ``khat_mean``, ``khat_bad_share``: PSIS :math:`\hat k` of :math:`q` as an importance
       proposal (see :func:`pareto_khat`), averaged, and the share of points above 0.7;
     - ``active_units``: latent dimensions the data uses (see :func:`active_units`).
+
+    ``progress`` shows a bar (with the time left) over the chunks of points and AIS's transitions.
     """
     log_px_plan = plan(log_px_method, model)
     method = log_px_plan.method
@@ -242,7 +260,7 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
         index = torch.arange(len(x), device=x.device)
     num_samples = max(elbo_samples, iw_samples if method in ("iwae", "ais") or log_px_plan.ais_subset else 0)
     with torch.inference_mode():
-        per_point, z_mean = _evaluate_q(model, guide, x, index, num_samples)
+        per_point, z_mean = _evaluate_q(model, guide, x, index, num_samples, progress, desc)
     if method == "exact":
         with torch.inference_mode():
             per_point["log_px"], per_point["log_px_stderr"] = exact_log_px(model, x)
@@ -255,7 +273,7 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
     if (method == "ais" or log_px_plan.ais_subset) and rows is not None and len(rows):
         ais = ais or AISSettings()
         started = time.perf_counter()
-        result = ais_log_px(model, x[rows], ais, guide=guide, index=index[rows])
+        result = ais_log_px(model, x[rows], ais, guide=guide, index=index[rows], progress=progress)
         ais_run = {**ais.to_dict(), "points": len(rows), "seconds": time.perf_counter() - started,
                    "acceptance": result.acceptance.tolist(),
                    "step_sizes": result.step_sizes.double().log().mean(1).exp().tolist()}
@@ -270,13 +288,14 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
     return Evaluation(metrics, per_point)
 
 
-def _evaluate_q(model, guide, x, index, num_samples) -> tuple[dict, torch.Tensor]:
+def _evaluate_q(model, guide, x, index, num_samples, progress=False, desc="") -> tuple[dict, torch.Tensor]:
     """Per-point ELBO, its terms, IWAE and diagnostics from ``num_samples`` draws of q, in chunks."""
     sample_chunk = min(num_samples, SAMPLE_CHUNK)
     point_chunk = max(1, ELEMENT_BUDGET // (sample_chunk * x.shape[1]))
+    starts = range(0, len(x), point_chunk)
     chunks = [
         _evaluate_chunk(model, guide, x[i:i + point_chunk], index[i:i + point_chunk], num_samples, sample_chunk)
-        for i in range(0, len(x), point_chunk)
+        for i in tqdm(starts, desc=desc, unit="chunk", leave=False, disable=not progress or len(starts) < 2)
     ]
     z_mean = torch.cat([c.pop("z_mean") for c in chunks])
     per_point = {key: torch.cat([torch.as_tensor(c[key]).expand(len(c["elbo"])) for c in chunks])

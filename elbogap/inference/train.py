@@ -224,18 +224,25 @@ def train(model, guide, x: torch.Tensor, steps: int, batch_size: int = 128, lr: 
 
 
 def refit_guide(model, guide, x: torch.Tensor, lr: float = 0.05, max_steps: int = 4000,
-                window: int = 100, tol: float = 1e-3, num_particles: int = 8,
+                window: int = 50, tol: float = 5e-4, num_particles: int = 8,
                 lr_drops: int = 2, jit: bool = True) -> TrainResult:
     r"""Fit the guide's parameters to ``x`` with the model held fixed, until the ELBO stops rising.
 
     Full-batch SVI. Every ``window`` steps the window's mean loss is compared with the previous
     window's; when it improves by less than ``tol`` nats per data point the learning rate drops
     tenfold, and after ``lr_drops`` drops fitting stops (or after ``max_steps``). This is how a
-    per-datapoint guide gets its parameters for a split it was not trained on.
+    per-datapoint guide gets its parameters for a split it was not trained on, and how q* is
+    found. Pyro's param store is left as it was: a refit in the middle of training does not touch it.
     """
     result = TrainResult()
     if not any(True for _ in guide.parameters()):
         return result  # nothing to fit (e.g. the exact posterior)
+    # a param store of its own: a refit during training (--dynamics-points) leaves the trained guide's entries alone
+    with pyro.get_param_store().scope():
+        return _refit(model, guide, x, lr, max_steps, window, tol, num_particles, lr_drops, jit, result)
+
+
+def _refit(model, guide, x, lr, max_steps, window, tol, num_particles, lr_drops, jit, result):
     svi = make_svi(model, guide, x, len(x), lr, "elbo", num_particles, freeze_model=True, jit=jit)
     start = time.perf_counter()
     previous, drops = float("inf"), 0

@@ -94,6 +94,6 @@ def backend_flags(request):
     def flags(name: str) -> list[str]:
         if name == "ray":
             return ["--backend", "ray", "--ray-address", request.getfixturevalue("ray_address")]
-        return {"serial": [], "jobs": ["--jobs", "2"]}[name]
+        return {"serial": ["--jobs", "1"], "jobs": ["--jobs", "2"]}[name]
 
     return flags

@@ -82,3 +82,14 @@ def test_evaluation_memory_is_chunked_over_points(linear_model, linear_data, mon
 def test_guide_without_encoder_layers_is_linear(linear_model):
     guide = build_guide("diag", linear_model, 1, hidden_dims=())
     assert not any(isinstance(layer, nn.Linear) for layer in guide.encoder)
+
+
+def test_batched_pareto_fit_gives_pyros_k_hat_for_every_point():
+    from pyro.ops.stats import fit_generalized_pareto
+
+    from elbogap.inference.evaluation import generalized_pareto_khat
+
+    torch.manual_seed(0)
+    exceedances = torch.distributions.Pareto(1.0, torch.linspace(0.8, 5.0, 20)).sample((90,)) - 1.0
+    one_at_a_time = torch.tensor([fit_generalized_pareto(exceedances[:, i])[0] for i in range(20)])
+    assert torch.allclose(generalized_pareto_khat(exceedances), one_at_a_time.double(), atol=1e-6)

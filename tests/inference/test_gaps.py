@@ -72,3 +72,13 @@ def test_pareto_khat_separates_a_good_proposal_from_a_bad_one(linear_model, poin
 
 def test_active_units_count_dimensions_the_data_moves(linear_model, points):
     assert evaluate(linear_model, build_guide("exact", linear_model, 1), points).metrics["active_units"] == 2
+
+
+def test_q_star_of_the_local_guide_starts_from_its_own_fit(linear_model, points):
+    guide = build_guide("local", linear_model, len(points)).double()
+    with torch.no_grad():
+        guide.loc.normal_()
+        guide.raw_scale.normal_()
+    index = torch.tensor([7, 2, 5])
+    start = guide.optimum_start(points[index], index)
+    assert torch.equal(start.loc, guide.loc[index]) and torch.equal(start.raw_scale, guide.raw_scale[index])
