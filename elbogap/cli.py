@@ -159,7 +159,7 @@ def run_evaluate(args) -> int:
             raise UsageError(f"{args.run_dir} was trained with guide {trained_with}; evaluating family "
                              f"{config.guide} on its model needs --refit")
         guide = fit_family(model, config, data, config.guide, state["seed"])
-    metrics = evaluate_splits(model, guide, data, config, state["seed"])
+    metrics = evaluate_splits(model, guide, data, config, state["seed"], progress=not args.quiet)
     record = {"guide": config.guide, "trained_with": trained_with, "seed": state["seed"], **metrics}
     name = "evaluation.json" if config.guide == trained_with else f"evaluation-{config.guide}.json"
     (Path(args.run_dir) / name).write_text(json.dumps(record, indent=2))

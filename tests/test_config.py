@@ -39,3 +39,27 @@ def test_epochs_override_steps():
     config = Config(epochs=2.5, batch_size=100)
     assert config.steps_per_epoch(1000) == 10 and config.total_steps(1000) == 25
     assert Config(steps=7).total_steps(1000) == 7
+
+
+def test_every_setting_is_declared_once_and_the_flags_checks_and_resume_roles_follow():
+    """The CLI's flags, the study file's bounds and --resume's comparison all come from ``setting(...)``."""
+    import argparse
+    from dataclasses import fields
+
+    from elbogap.cli import build_parser
+    from elbogap.config import EVALUATION, RUN_CONTROL, flag
+
+    compare = next(action for action in build_parser()._actions
+                   if isinstance(action, argparse._SubParsersAction)).choices["compare"]
+    options = {option: action for action in compare._actions for option in action.option_strings}
+    for declared in fields(Config):
+        meta = declared.metadata
+        action = options[f"--{flag(declared.name)}"]
+        assert action.dest == declared.name and action.help.startswith(meta["help"])
+        if meta["short"]:
+            assert options[meta["short"]] is action
+        if meta["least"] is not None and isinstance(getattr(Config(), declared.name), int | float):
+            with pytest.raises(UsageError, match=f"--{flag(declared.name)} must be at least"):
+                Config(**{declared.name: meta["least"] - 1}).validate()
+        assert (declared.name in EVALUATION) == (meta["role"] == "evaluation")
+        assert (declared.name in RUN_CONTROL) == (meta["role"] != "result")  # a checkpoint compares the rest

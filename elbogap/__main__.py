@@ -1,0 +1,7 @@
+"""``python -m elbogap``: the same command line as ``elbogap``."""
+
+import sys
+
+from elbogap.cli import main
+
+sys.exit(main())
