@@ -309,7 +309,7 @@ def main(args):
     print(f"elbogap IWAE mean log p(x) = {float(log_px.mean()):.3f}")
     if args.ais_points:
         settings = AISSettings(steps=args.ais_steps, chains=args.ais_chains, leapfrog_steps=args.leapfrog_steps)
-        ais_stage(model, data.test[:args.ais_points], settings, args.slices, results)
+        ais_stage(model, data.test[:args.ais_points], settings, args.ais_slices, results)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
     return results
@@ -329,6 +329,9 @@ def parse_args(argv=None):
     parser.add_argument("--ais-steps", type=int, default=500)
     parser.add_argument("--ais-chains", type=int, default=16)
     parser.add_argument("--leapfrog-steps", type=int, default=10)
+    parser.add_argument("--ais-slices", type=int, default=2,
+                        help="AIS slices, each one AIS call beside a matmul timing; few slices keep the "
+                             "products as tall as in a real evaluation")
     parser.add_argument("-t", "--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument("-o", "--out", default=None, help="write the measurements as JSON here")
     return parser.parse_args(argv)
