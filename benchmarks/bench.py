@@ -284,6 +284,9 @@ def ais_stage(model, test, settings: AISSettings, slices, results):
 
 
 def main(args):
+    if args.train_size is not None and args.epochs * math.ceil(args.train_size / BATCH) <= WARM_UP:
+        raise SystemExit(f"bench.py: --train-size {args.train_size} leaves no timed step after the {WARM_UP} "
+                         f"warm-up steps; give at least {(WARM_UP + 1) * BATCH} points")
     torch.set_num_threads(args.threads) if args.threads else None
     data = load_data("fashion-mnist", binarize="static", train_size=args.train_size, test_size=args.eval_points)
     x = data.train
