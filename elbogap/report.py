@@ -93,6 +93,10 @@ def markdown(results: dict) -> str:
         lines += [f"- {run['guide']} seed {run['seed']}: {run['failed']}" for run in failed] + [""]
     if not runs:
         return "\n".join(lines + ["No run has finished.", ""])
+    warnings = [f"- {run['guide']} seed {run['seed']}, {split}: {run[split]['log_px_warning']}"
+                for run in runs for split in ("test", "train") if "log_px_warning" in run[split]]
+    if warnings:
+        lines += ["## log p(x) warnings", "", *warnings, ""]
     for split in ("test", "train"):
         lines += [f"## {split} split ({points([run[split] for run in runs])})", "", *table(runs, split), ""]
     if "approx_gap" in runs[0]["test"]:

@@ -321,6 +321,25 @@ def _combined_stderr(stderr: torch.Tensor) -> float:
     return float(stderr.pow(2).sum().sqrt() / max(len(stderr), 1))
 
 
+def ais_against_iwae(per_point: dict, rows: torch.Tensor, threshold: float = 3.0) -> dict:
+    r"""How far IWAE from q lies above AIS on the AIS points, and a warning where AIS is visibly the looser bound.
+
+    Both are stochastic lower bounds on :math:`\log p(x)`, so where the guide's IWAE mean exceeds AIS's by
+    more than ``threshold`` standard errors of the difference, AIS had too few temperatures or chains
+    for this model: the reported log p(x), and so the KL gap, are too low.
+    """
+    difference = (per_point["log_px_iwae"] - per_point["log_px_ais"])[rows].double()
+    stderr = float((per_point["log_px_iwae_stderr"][rows].double().pow(2)
+                    + per_point["log_px_ais_stderr"][rows].double().pow(2)).sum().sqrt() / len(difference))
+    out = {"iwae_above_ais": float(difference.mean()), "iwae_above_ais_stderr": stderr}
+    if out["iwae_above_ais"] > threshold * stderr and out["iwae_above_ais"] > 0:
+        out["log_px_warning"] = (f"IWAE from q is {out['iwae_above_ais']:.3f} nats above AIS on its points "
+                                 f"({out['iwae_above_ais'] / max(stderr, 1e-12):.0f} standard errors): AIS has not "
+                                 "converged at these settings and the KL gap is understated; raise --ais-steps "
+                                 "(and --ais-chains)")
+    return out
+
+
 def _summarize(per_point, method, num_samples, quadrature_points, ais_run) -> dict:
     def mean(key, where=None):
         values = per_point[key].double()
@@ -360,6 +379,7 @@ def _summarize(per_point, method, num_samples, quadrature_points, ais_run) -> di
         metrics["ais"] = ais_run
         metrics["log_px_ais"] = mean("log_px_ais", covered)
         metrics["log_px_ais_stderr"] = _combined_stderr(per_point["log_px_ais_stderr"])
+        metrics.update(ais_against_iwae(per_point, covered))
     if "kl_exact" in per_point:
         metrics["kl_exact"] = mean("kl_exact")
         metrics["kl_exact_stderr"] = _combined_stderr(per_point["kl_exact_stderr"])

@@ -237,8 +237,10 @@ def refit_guide(model, guide, x: torch.Tensor, lr: float = 0.05, max_steps: int 
     result = TrainResult()
     if not any(True for _ in guide.parameters()):
         return result  # nothing to fit (e.g. the exact posterior)
-    # a param store of its own: a refit during training (--dynamics-points) leaves the trained guide's entries alone
-    with pyro.get_param_store().scope():
+    # a copy of the param store's entries (the same tensors, so a model's pyro.param sites read their trained
+    # values): what the refit adds or drops stays inside, and a refit during training leaves the store as it was
+    store = pyro.get_param_store()
+    with store.scope(store.get_state()):
         return _refit(model, guide, x, lr, max_steps, window, tol, num_particles, lr_drops, jit, result)
 
 

@@ -147,3 +147,32 @@ def test_ais_from_q_refuses_a_guide_whose_density_has_no_inverse():
     with pytest.raises(UsageError, match="--ais-init q needs a guide whose density"):
         ais_log_px(model, x, settings, guide=build_guide("planar", model, 4))
     assert ais_log_px(model, x, settings, guide=build_guide("iaf", model, 4)).log_px.isfinite().all()
+
+
+def test_an_ais_run_too_short_for_its_model_is_flagged_against_iwae_from_the_exact_posterior():
+    """IWAE from the exact posterior is exact; AIS with 3 temperatures falls visibly below it and says so."""
+    model = correlated_linear_model()
+    x, _ = simulate(model, torch.zeros(1, 12, dtype=torch.float64), 40)
+    guide = build_guide("exact", model, 40).double()
+    short = evaluate(model, guide, x, elbo_samples=8, iw_samples=64, log_px_method="ais",
+                     ais=AISSettings(steps=3, chains=2, leapfrog_steps=1)).metrics
+    assert short["iwae_above_ais"] > 3 * short["iwae_above_ais_stderr"] > 0
+    assert "raise --ais-steps" in short["log_px_warning"]
+    from elbogap.config import Config
+    from elbogap.report import markdown
+
+    run = {"guide": "exact", "seed": 0, "test": short, "train": short}
+    report = markdown({"config": Config().to_dict(), "versions": {}, "runs": [run]})
+    assert "## log p(x) warnings\n\n- exact seed 0, test: IWAE from q is" in report
+
+
+def test_ais_within_its_error_of_iwae_is_not_flagged():
+    from elbogap.inference.evaluation import ais_against_iwae
+
+    per_point = {"log_px_iwae": torch.tensor([-10.0, -11.0]), "log_px_iwae_stderr": torch.tensor([0.01, 0.01]),
+                 "log_px_ais": torch.tensor([-10.02, -10.99]), "log_px_ais_stderr": torch.tensor([0.02, 0.02])}
+    check = ais_against_iwae(per_point, torch.tensor([True, True]))
+    assert check["iwae_above_ais"] == pytest.approx(0.005, abs=1e-6)
+    assert "log_px_warning" not in check
+    per_point["log_px_ais"] = torch.tensor([-10.5, -11.5])
+    assert "log_px_warning" in ais_against_iwae(per_point, torch.tensor([True, True]))
