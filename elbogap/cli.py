@@ -152,7 +152,7 @@ def run_evaluate(args) -> int:
               f"{summary['lower']:.3f} (± {summary['lower_stderr']:.3f}) <= log p(x) <= "
               f"{summary['upper']:.3f} (± {summary['upper_stderr']:.3f}); width {summary['width']:.3f} nats at "
               f"{config.ais_chains} chains x {config.ais_steps} temperatures x {config.leapfrog_steps} leapfrog steps; "
-              f"wrote bdmc.json and bdmc.npz to {args.run_dir}")
+              f"wrote bdmc.json and bdmc.npz to {args.run_dir}\n{summary['reading']}")
         return 0
     if config.guide != trained_with:
         if not args.refit:

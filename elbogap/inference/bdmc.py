@@ -15,6 +15,7 @@ References:
     Ruslan Salakhutdinov, Roger Grosse, arXiv:1611.04273
 """
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -112,4 +113,18 @@ def sandwich(model, example_x: torch.Tensor, num_points: int,
         "upper": float(result.upper.double().mean()), "upper_stderr": combined(result.upper_stderr),
         "width": result.width, "settings": settings.to_dict(), "seconds": time.perf_counter() - started,
     }
+    summary["width_stderr"] = math.hypot(summary["lower_stderr"], summary["upper_stderr"])
+    summary["reading"] = read_sandwich(summary["width"], summary["width_stderr"])
     return summary, {"x": x, "lower": result.lower, "upper": result.upper}
+
+
+def read_sandwich(width: float, stderr: float) -> str:
+    """What a sandwich of mean ``width`` (upper - lower) with standard error ``stderr`` says about AIS."""
+    if width >= -3 * stderr and abs(width) <= 3 * stderr:
+        return ("the bounds meet within their standard errors: at these settings AIS is as accurate as its own "
+                "noise on data like the model's")
+    if width > 0:
+        return (f"AIS at these settings may sit up to {width:.3f} nats below log p(x) on data like the model's: "
+                "quote it as the error bar, or raise --ais-steps until it is small against the gaps compared")
+    return ("the bounds cross by more than their standard errors, which AIS on a normalized model does not do: "
+            "check that the model's likelihood is a normalized density in x")

@@ -41,3 +41,12 @@ def test_sandwich_summary_and_arrays():
     assert summary["width"] == summary["upper"] - summary["lower"] or abs(
         summary["width"] - (summary["upper"] - summary["lower"])) < 1e-9
     assert arrays["x"].shape == (6, 5) and arrays["lower"].shape == arrays["upper"].shape == (6,)
+    assert summary["width_stderr"] > 0 and summary["reading"]
+
+
+def test_the_sandwich_is_read_for_the_user():
+    from elbogap.inference.bdmc import read_sandwich
+
+    assert read_sandwich(-0.04, 0.05).startswith("the bounds meet within their standard errors")
+    assert "up to 1.500 nats below" in read_sandwich(1.5, 0.05)
+    assert "normalized density" in read_sandwich(-1.0, 0.05)
