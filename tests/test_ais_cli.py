@@ -1,6 +1,7 @@
 """--log-px and --bdmc end to end: a plain Pyro program with an 8-D latent and no closed form known to elbogap."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +101,22 @@ def test_log_px_mistakes_get_one_line(program, capsys):
     assert "needs a 2-D latent space" in capsys.readouterr().err
     assert main([*args, "--log-px", "magic"]) == 2
     assert main([*args, "--ais-init", "posterior"]) == 2
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
+def test_fashion_mnist_with_a_10_d_latent_gets_a_guide_independent_log_px_by_ais(tmp_path):
+    """Real images, no closed form and no quadrature: --log-px auto runs AIS on the gap and --ais-points points."""
+    out = tmp_path / "fashion"
+    assert main(["compare", "--data", "fashion-mnist", "--train-size", "300", "--test-size", "40", "--latent-dim", "10",
+                 "--hidden-dims", "32", "--guides", "diag", "--seeds", "0", "--steps", "30", "--eval-samples", "16",
+                 "--iw-samples", "64", "--ais-points", "6", "--gap-points", "3", "--ais-steps", "20",
+                 "--ais-chains", "4", "--leapfrog-steps", "2", "--train-eval-points", "40", "--quiet",
+                 "--no-figures", "--jobs", "1", "--out", str(out)]) == 0
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    for split in ("train", "test"):
+        metrics = run[split]
+        assert metrics["log_px_method"] == "ais" and metrics["log_px_guide_independent"]
+        assert metrics["log_px_points"] == 6 and metrics["ais"]["points"] == 6
+        assert metrics["kl_gap"] == pytest.approx(metrics["log_px"] - metrics["elbo_log_px_points"])
+        assert np.isfinite([metrics["log_px"], metrics["log_px_iwae"], metrics["iwae_above_ais"]]).all()
