@@ -213,6 +213,7 @@ class ProgramModel(nn.Module):
 
     has_exact_posterior = False
     jit_compatible = False  # a user's program may branch on its data; it runs uncompiled
+    broadcasts_draws = False  # it may reshape its latents: draws, chains and grid points go in as rows
 
     def __init__(self, fn, example_x: torch.Tensor, spec: str = "model", owner=None):
         super().__init__()

@@ -239,9 +239,16 @@ def initial_draws(path: AnnealingPath, chains: int) -> torch.Tensor:
     if path.q is not None:
         return path.q.expand(torch.Size([chains]) + path.q.batch_shape).sample()
     # ancestral draws of every latent site (a hierarchy's too) from the model run without its data
+    program = poutine.trace(poutine.block(path.model.model, hide_types=["param"]))
+    sites = latent_sites(path.model)
+    if not getattr(path.model, "broadcasts_draws", False):  # a user's program: the chains as rows of one batch
+        with torch.no_grad():
+            trace = program.get_trace(path.x.expand(chains, *path.x.shape).reshape(-1, path.x.shape[-1]))
+        values = {name: trace.nodes[name]["value"] for name in sites}
+        return flatten_latents(path.model, values, 1).reshape(chains, len(path.x), -1)
     with torch.no_grad(), pyro.plate("ais_chains", chains, dim=-2):
-        trace = poutine.trace(poutine.block(path.model.model, hide_types=["param"])).get_trace(path.x)
-    values = {name: trace.nodes[name]["value"] for name in latent_sites(path.model)}
+        trace = program.get_trace(path.x)
+    values = {name: trace.nodes[name]["value"] for name in sites}
     return flatten_latents(path.model, values, 2).expand(chains, len(path.x), -1).clone()
 
 

@@ -16,8 +16,17 @@ def log_joint(model, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, to
     holds every latent site of the model, flattened and joined in the order of
     ``model.latent_sites``; the model runs once with each site conditioned on its part, and
     :math:`\log p(z)` sums their densities (a hierarchy's conditionals included), :math:`\log p(x
-    \mid z)` those of the observed sites. No minibatch scaling applies.
+    \mid z)` those of the observed sites. No minibatch scaling applies. A model that does not
+    declare ``broadcasts_draws`` (a user's program) runs once on the draws laid out as rows of
+    one batch, ``x`` repeated, so it need not broadcast over leading dimensions.
     """
+    lead = z.shape[:-2]
+    if lead and not getattr(model, "broadcasts_draws", False):
+        # a user's program need only handle a batch of rows (it may reshape its latents): the draws become rows
+        z = z.expand(*lead, len(x), z.shape[-1])
+        rows = x.expand(*lead, *x.shape).reshape(-1, x.shape[-1])
+        log_prior, log_lik = log_joint(model, rows, z.reshape(-1, z.shape[-1]))
+        return log_prior.reshape(z.shape[:-1]), log_lik.reshape(z.shape[:-1])
     values = split_latents(model, z)
     trace = poutine.trace(poutine.condition(model.model, data=values)).get_trace(x)
     log_prior = sum(trace.nodes[name]["fn"].log_prob(value) for name, value in values.items())

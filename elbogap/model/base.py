@@ -28,6 +28,8 @@ class LatentModel(nn.Module):
     has_exact_posterior = False
     #: whether Pyro's JIT can trace :meth:`model` (no data-dependent Python control flow).
     jit_compatible = True
+    #: whether :meth:`model` broadcasts over leading dimensions of its latents (draws, chains, grid points).
+    broadcasts_draws = True
 
     def __init__(self, data_dim: int, latent_dim: int):
         super().__init__()

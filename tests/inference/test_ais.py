@@ -176,3 +176,28 @@ def test_ais_within_its_error_of_iwae_is_not_flagged():
     assert "log_px_warning" not in check
     per_point["log_px_ais"] = torch.tensor([-10.5, -11.5])
     assert "log_px_warning" in ais_against_iwae(per_point, torch.tensor([True, True]))
+
+
+def reshaping_program(x):
+    """PPCA with a 2 x 3 matrix latent that the program flattens with ``reshape(-1, 6)``, as user code may:
+    it handles a batch of rows but not extra leading dimensions (chains, grid points)."""
+    import pyro
+    import pyro.distributions as dist
+
+    weight = correlated_linear_model(latent_dim=6, data_dim=8).weight.detach().to(x.dtype)
+    with pyro.plate("rows", x.shape[0]):
+        z = pyro.sample("Z", dist.Normal(torch.zeros(x.shape[0], 2, 3, dtype=x.dtype), 1.0).to_event(2))
+        pyro.sample("obs", dist.Normal(z.reshape(-1, 6) @ weight.T, 0.6).to_event(1), obs=x)
+
+
+def test_ais_runs_a_program_that_does_not_broadcast_over_chains_and_recovers_its_evidence():
+    from elbogap.user_model import ProgramModel
+
+    closed_form = correlated_linear_model(latent_dim=6, data_dim=8)
+    x, _ = simulate(closed_form, torch.zeros(1, 8, dtype=torch.float64), 12)
+    program = ProgramModel(reshaping_program, x[:3])
+    assert program.latent_dim == 6 and not program.broadcasts_draws
+    result = ais_log_px(program, x, ACCURATE)
+    exact = closed_form.log_px(x)
+    error, stderr = mean_and_stderr(result.log_px - exact, result.stderr)
+    assert abs(error) < 0.05 + 4 * stderr
