@@ -156,8 +156,9 @@ def compare(model="vae", guides=("diag", "full", "iaf", "planar"), data="digits"
     return Comparison(results, out)
 
 
-def evaluate(model, guide, x, *, log_px: str = "auto", elbo_samples: int = 256, iw_samples: int = 1000,
-             quadrature_points: int = 32, ais_points: int = 100, ais=None, seed: int = 0):
+def evaluate(model, guide, x, *, log_px: str = Config.log_px, elbo_samples: int = Config.eval_samples,
+             iw_samples: int = Config.iw_samples, quadrature_points: int = Config.quadrature_points,
+             ais_points: int = Config.ais_points, ais=None, seed: int = 0):
     """Evaluate a trained model and guide on the rows of ``x``, without training.
 
     ``model`` and ``guide`` are elbogap's own (:class:`~elbogap.model.LatentModel`,

@@ -17,6 +17,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import nn
+from torch.distributions import transform_to
 
 from elbogap.errors import UsageError
 
@@ -243,13 +244,21 @@ def params_state(names) -> dict:
 
 
 def load_params_state(state: dict) -> None:
+    """Set param-store entries to saved constrained values, in place where they exist.
+
+    The store keeps each parameter unconstrained; a constrained one (``constraint=positive``, ...)
+    is set through the inverse of its constraint's transform, into the same tensor, so networks
+    registered with ``pyro.module`` and optimizers keep theirs.
+    """
     store = pyro.get_param_store()
+    constraints = store.get_state()["constraints"]
     for name, value in state.items():
-        if name in store:
-            with torch.no_grad():
-                store[name].copy_(value)  # in place: networks registered with pyro.module keep their tensors
-        else:
+        if name not in store:
             store[name] = value
+            continue
+        unconstrained = store[name].unconstrained()
+        with torch.no_grad():
+            unconstrained.copy_(transform_to(constraints[name]).inv(value.to(unconstrained)))
 
 
 def load_user_model(spec: str, example_x: torch.Tensor, latent_dim: int | None = None, instances: dict | None = None,

@@ -220,7 +220,10 @@ def test_each_loaded_run_keeps_its_own_program_parameters(tmp_path):
     assert (out / "posteriors.png").is_file()
     states = []
     for seed in (0, 1):
-        load_run(out / "runs" / f"chain11.chain_guide-seed{seed}")
+        *_, checkpoint = load_run(out / "runs" / f"chain11.chain_guide-seed{seed}")
+        saved = checkpoint["trainer"]["guide"]["s1"]  # a positive-constrained parameter, trained away from 1
+        assert not torch.allclose(saved, torch.ones_like(saved))
+        torch.testing.assert_close(pyro.param("s1").detach(), saved)
         states.append(pyro.get_param_store().get_state())
     first, second = (state["params"]["w1"].detach().clone() for state in states)
     assert not torch.equal(first, second)
