@@ -3,7 +3,10 @@
 elbogap's own models have one latent site ``"z"`` and one observed site ``"x"``; a user's
 program (:class:`~elbogap.user_model.ProgramModel`) names its own and may have several latent
 sites. Estimators of log p(x) (quadrature, IWAE, AIS) see all latent sites of a data point as
-one flat vector of ``latent_dim`` numbers, joined in the order of ``model.latent_sites``.
+one flat vector of ``latent_dim`` real numbers, joined in the order of ``model.latent_sites``. A
+site whose support is not the real line (a Gamma or Beta latent) enters that vector through the
+inverse of ``biject_to(support)``, as Pyro's HMC does; :func:`constrain` maps it back and gives
+the log-Jacobian that keeps densities over the real vector right.
 """
 
 import math
@@ -32,6 +35,34 @@ def split_latents(model, z: torch.Tensor) -> dict[str, torch.Tensor]:
                                                                                           strict=True)}
 
 
+def latent_transforms(model) -> dict:
+    """``biject_to(support)`` of each latent site whose support is not the real line (none for elbogap's models)."""
+    return getattr(model, "latent_transforms", None) or {}
+
+
 def flatten_latents(model, values: dict[str, torch.Tensor], batch_dims: int) -> torch.Tensor:
-    """The inverse of :func:`split_latents`: site values with ``batch_dims`` leading dimensions, joined flat."""
+    """The inverse of :func:`split_latents`: site values with ``batch_dims`` leading dimensions, joined flat.
+
+    Values of constrained sites are mapped to the real line first (see :func:`latent_transforms`).
+    """
+    transforms = latent_transforms(model)
+    values = {name: transforms[name].inv(value) if name in transforms else value for name, value in values.items()}
     return torch.cat([values[name].reshape(*values[name].shape[:batch_dims], -1) for name in latent_sites(model)], -1)
+
+
+def constrain(model, values: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor | float]:
+    """Site values from :func:`split_latents` mapped into their supports, and :math:`\\sum \\log |\\det J|` per point.
+
+    The density of the flat real vector is the sites' density times that Jacobian, so integrals over
+    it (quadrature, AIS) give the same evidence as over the sites themselves.
+    """
+    transforms, sites = latent_transforms(model), latent_sites(model)
+    log_det: torch.Tensor | float = 0.0
+    out = dict(values)
+    for name, transform in transforms.items():
+        unconstrained = values[name]
+        out[name] = transform(unconstrained)
+        jacobian = transform.log_abs_det_jacobian(unconstrained, out[name])
+        lead = unconstrained.shape[:unconstrained.dim() - len(sites[name])]
+        log_det = log_det + jacobian.reshape(*lead, -1).sum(-1)
+    return out, log_det

@@ -17,7 +17,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import nn
-from torch.distributions import transform_to
+from torch.distributions import biject_to, constraints, transform_to
 
 from elbogap.errors import UsageError
 
@@ -202,6 +202,28 @@ def find_sites(trace, x: torch.Tensor, spec: str) -> tuple[dict[str, torch.Size]
     return latents, observed, plate
 
 
+def is_real_line(support) -> bool:
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support is constraints.real
+
+
+def support_transforms(trace, latents: dict, spec: str) -> dict:
+    """``biject_to(support)`` for each latent site not on the real line; refused where it changes the shape."""
+    transforms = {}
+    for name, shape in latents.items():
+        support = trace.nodes[name]["fn"].support
+        if is_real_line(support):
+            continue
+        transform = biject_to(support)
+        if tuple(transform.inverse_shape(shape)) != tuple(shape):
+            raise UsageError(f"the model {spec} has a latent site {name!r} on {support}, which no elementwise map "
+                             "takes to the real line with the same number of values (a simplex or a correlation "
+                             "matrix); write it through unconstrained latents in the model")
+        transforms[name] = transform
+    return transforms
+
+
 class ProgramModel(nn.Module):
     r"""A user's Pyro model program, as written: any site names, one or more latent sites.
 
@@ -224,6 +246,8 @@ class ProgramModel(nn.Module):
             self.owner = owner  # its networks move with .to(device)
         trace = trace_program(self.model, example_x, spec, "model")
         self.latent_sites, self.observed_sites, self.data_plate = find_sites(trace, example_x, spec)
+        self.latent_transforms = support_transforms(trace, self.latent_sites, spec)
+        self.latent_supports = {name: trace.nodes[name]["fn"].support for name in self.latent_transforms}
         self.latent_dim = sum(math.prod(shape) for shape in self.latent_sites.values())
         self.data_dim = example_x.shape[-1]
         self.param_names = [name for name, site in trace.nodes.items() if site["type"] == "param"]

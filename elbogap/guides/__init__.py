@@ -10,7 +10,7 @@ from elbogap.guides.gaussian import DiagonalNormal, FullNormal, LowRankNormal
 from elbogap.guides.local import LocalNormal
 from elbogap.guides.mixture import Mixture
 from elbogap.guides.program import ProgramGuide
-from elbogap.sites import latent_sites
+from elbogap.sites import latent_sites, latent_transforms
 
 GUIDES = {
     "diag": DiagonalNormal,
@@ -45,6 +45,12 @@ def build_guide(name: str, model, num_data: int, hidden_dims: Sequence[int] = (1
     if len(sites) != 1:
         raise UsageError(f"the guide {name} models one latent site, but the model has {len(sites)} "
                          f"({', '.join(sites)}); pair this model with a guide program of your own (file.py:name)")
+    constrained = latent_transforms(model)
+    if constrained:
+        site = next(iter(constrained))
+        raise UsageError(f"the guide {name} draws real values, but the model's latent site {site!r} lives on "
+                         f"{model.latent_supports[site]}; pair this model with a guide program of your own "
+                         "(file.py:name) whose draws lie in that support")
     settings = GuideSettings(tuple(hidden_dims), activation, flow_depth, mixture_size, rank)
     guide = GUIDES[name].build(model, num_data, settings)
     guide.site, guide.plate = next(iter(sites)), getattr(model, "data_plate", "data")

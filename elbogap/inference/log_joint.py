@@ -3,7 +3,7 @@
 import torch
 from pyro import poutine
 
-from elbogap.sites import flatten_latents, latent_sites, observed_sites, split_latents
+from elbogap.sites import constrain, flatten_latents, latent_sites, observed_sites, split_latents
 
 __all__ = ["flatten_latents", "latent_sites", "log_joint", "observed_sites", "split_latents"]
 
@@ -18,7 +18,9 @@ def log_joint(model, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, to
     :math:`\log p(z)` sums their densities (a hierarchy's conditionals included), :math:`\log p(x
     \mid z)` those of the observed sites. No minibatch scaling applies. A model that does not
     declare ``broadcasts_draws`` (a user's program) runs once on the draws laid out as rows of
-    one batch, ``x`` repeated, so it need not broadcast over leading dimensions.
+    one batch, ``x`` repeated, so it need not broadcast over leading dimensions. A constrained site
+    (see :func:`~elbogap.sites.constrain`) is read from ``z`` on the real line, and
+    :math:`\log p(z)` includes the log-Jacobian of its map into the support.
     """
     lead = z.shape[:-2]
     if lead and not getattr(model, "broadcasts_draws", False):
@@ -27,9 +29,9 @@ def log_joint(model, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, to
         rows = x.expand(*lead, *x.shape).reshape(-1, x.shape[-1])
         log_prior, log_lik = log_joint(model, rows, z.reshape(-1, z.shape[-1]))
         return log_prior.reshape(z.shape[:-1]), log_lik.reshape(z.shape[:-1])
-    values = split_latents(model, z)
+    values, log_det = constrain(model, split_latents(model, z))
     trace = poutine.trace(poutine.condition(model.model, data=values)).get_trace(x)
-    log_prior = sum(trace.nodes[name]["fn"].log_prob(value) for name, value in values.items())
+    log_prior = sum(trace.nodes[name]["fn"].log_prob(value) for name, value in values.items()) + log_det
     log_lik = sum(trace.nodes[name]["fn"].log_prob(trace.nodes[name]["value"]) for name in observed_sites(model))
     shape = log_prior.shape if isinstance(log_prior, torch.Tensor) else z.shape[:-1]
     return log_prior, torch.as_tensor(log_lik).expand(shape)
