@@ -202,6 +202,24 @@ def find_sites(trace, x: torch.Tensor, spec: str) -> tuple[dict[str, torch.Size]
     return latents, observed, plate
 
 
+def broadcasts_over_draws(program, x: torch.Tensor) -> bool:
+    """Whether ``program`` runs under an outer plate of draws, as Pyro's vectorized particles run it.
+
+    A program that reshapes or indexes its latents as ``(batch, ...)`` does not; elbogap then lays
+    draws out as rows of one batch and draws ELBO particles one after another.
+    """
+    rows = 5 if x.shape[-1] != 5 else 7  # a batch size no other dimension shares, so no broadcast is accidental
+    probe = x[:1].expand(rows, *x.shape[1:])
+    try:
+        with torch.no_grad(), pyro.plate("elbogap_probe", 2, dim=-2):
+            trace = poutine.trace(poutine.block(program, hide_types=["param"])).get_trace(probe)
+        trace.compute_log_prob()
+    except Exception:  # any failure means: do not broadcast
+        return False
+    return all(site["log_prob"].shape == (2, rows) for site in trace.nodes.values()
+               if site["type"] == "sample" and not site_is_subsample(site))
+
+
 def is_real_line(support) -> bool:
     while isinstance(support, constraints.independent):
         support = support.base_constraint
@@ -236,7 +254,7 @@ class ProgramModel(nn.Module):
 
     has_exact_posterior = False
     jit_compatible = False  # a user's program may branch on its data; it runs uncompiled
-    broadcasts_draws = False  # it may reshape its latents: draws, chains and grid points go in as rows
+    broadcasts_draws = False  # until a probe shows it (see broadcasts_over_draws); else draws go in as rows
 
     def __init__(self, fn, example_x: torch.Tensor, spec: str = "model", owner=None):
         super().__init__()
@@ -248,6 +266,7 @@ class ProgramModel(nn.Module):
         self.latent_sites, self.observed_sites, self.data_plate = find_sites(trace, example_x, spec)
         self.latent_transforms = support_transforms(trace, self.latent_sites, spec)
         self.latent_supports = {name: trace.nodes[name]["fn"].support for name in self.latent_transforms}
+        self.broadcasts_draws = broadcasts_over_draws(self.model, example_x)
         self.latent_dim = sum(math.prod(shape) for shape in self.latent_sites.values())
         self.data_dim = example_x.shape[-1]
         self.param_names = [name for name, site in trace.nodes.items() if site["type"] == "param"]

@@ -2,6 +2,8 @@
 
 from collections.abc import Sequence
 
+import torch
+
 from elbogap.errors import UsageError
 from elbogap.guides.base import AmortizedGuide, Guide, GuideSettings
 from elbogap.guides.exact import ExactPosterior
@@ -54,4 +56,5 @@ def build_guide(name: str, model, num_data: int, hidden_dims: Sequence[int] = (1
     settings = GuideSettings(tuple(hidden_dims), activation, flow_depth, mixture_size, rank)
     guide = GUIDES[name].build(model, num_data, settings)
     guide.site, guide.plate = next(iter(sites)), getattr(model, "data_plate", "data")
+    guide.site_shape = torch.Size(next(iter(sites.values())))
     return guide

@@ -7,6 +7,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
+from torch.distributions.transforms import ReshapeTransform
 
 from elbogap.nn import mlp, output_width
 from elbogap.plates import data_plate
@@ -41,6 +42,8 @@ class Guide(nn.Module):
     #: the model's latent site this guide samples, and the model's data plate (a user's model names its own).
     site = "z"
     plate = "data"
+    #: the per-point shape of the model's latent site where it is not ``(latent_dim,)`` (a scalar, a matrix)
+    site_shape: torch.Size | None = None
     #: whether q's density can be evaluated at any z (contours in posteriors.png, AIS from q), not only at its draws.
     density_anywhere = True
 
@@ -70,7 +73,10 @@ class Guide(nn.Module):
         """The Pyro program :math:`z \\sim q(z \\mid x)`."""
         pyro.module("guide", self)
         with data_plate(x, index, num_data, self.plate):
-            return pyro.sample(self.site, self.distribution(x, index))
+            q = self.distribution(x, index)
+            if self.site_shape is not None and self.site_shape != q.event_shape:  # same values, the site's shape
+                q = dist.TransformedDistribution(q, ReshapeTransform(q.event_shape, self.site_shape))
+            return pyro.sample(self.site, q)
 
 
 class AmortizedGuide(Guide):

@@ -22,6 +22,7 @@ class PointwiseGuide(Guide):
         self.jit_compatible = guide.jit_compatible
         super().__init__(guide.latent_dim)
         self.site, self.plate, self.density_anywhere = guide.site, guide.plate, guide.density_anywhere
+        self.site_shape = guide.site_shape
         object.__setattr__(self, "family", guide)  # not a submodule: its parameters stay fixed
         with torch.no_grad():
             self.features = nn.Parameter(guide.encoder(x).clone())

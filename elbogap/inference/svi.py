@@ -56,11 +56,11 @@ class FastSVI:
 
     def __init__(self, model, guide, example_args: tuple, example_kwargs: dict | None = None,
                  lr: float = 1e-3, lr_decay: float = 1.0, objective: str = "elbo", num_particles: int = 1,
-                 jit: bool = False):
+                 jit: bool = False, vectorize: bool = True):
         self.model, self.guide = model, guide
         self.params = find_params(model, guide, *example_args, **(example_kwargs or {}))
         self.optimizer = ClippedAdam(self.params, lr=lr, lrd=lr_decay, clip_norm=10.0) if self.params else None
-        self.loss: ELBO = make_objective(objective, num_particles)
+        self.loss: ELBO = make_objective(objective, num_particles, vectorize=vectorize)
         # the compiled loss needs something to differentiate (JitTrace_ELBO always calls backward)
         self.compiled_loss = make_objective(objective, num_particles, jit=True) if jit and self.params else None
         self._compiled_shape = shapes(example_args)
