@@ -358,3 +358,17 @@ def test_builtin_guides_fit_a_scalar_latent_of_a_program_that_does_not_broadcast
     assert test["log_px_method"] == "ais"
     assert abs(test["kl_gap"]) < 0.03 + 4 * test["kl_gap_stderr"]
     assert abs(test["approx_gap"]) < 0.03 + 4 * test["approx_gap_stderr"]
+
+
+def test_a_simplex_latent_is_refused_in_one_line():
+    import pyro.distributions as dist
+
+    from elbogap.user_model import ProgramModel
+
+    def simplex(x):
+        with pyro.plate("data", x.shape[0]):
+            weights = pyro.sample("weights", dist.Dirichlet(torch.ones(x.shape[0], 3)))
+            pyro.sample("x", dist.Normal(weights @ torch.ones(3, x.shape[1]), 1.0).to_event(1), obs=x)
+
+    with pytest.raises(UsageError, match="latent site 'weights' on Simplex"):
+        ProgramModel(simplex, torch.zeros(4, 2), "simplex.py:simplex")
