@@ -75,6 +75,9 @@ def import_target(spec: str, modules: dict | None = None):
             loader = importlib.util.spec_from_file_location(module_name, path)
             module = importlib.util.module_from_spec(loader)
             sys.modules[module_name] = module
+            folder = str(path.resolve().parent)
+            if folder not in sys.path:  # its own imports of modules beside it work, as when Python runs the file
+                sys.path.append(folder)
             loader.loader.exec_module(module)
         else:
             module = importlib.import_module(target)

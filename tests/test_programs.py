@@ -73,6 +73,11 @@ def discrete_latent(x):
 def misses_a_site(x):
     with pyro.plate("batch", len(x)):
         pyro.sample("other", dist.Normal(torch.zeros(len(x), 2), 1.0).to_event(1))
+
+
+def forgets_to_event(x):
+    with pyro.plate("batch", len(x)):
+        pyro.sample("latent", dist.Normal(torch.zeros(len(x), 2), 1.0))
 '''
 
 CHAIN = '''
@@ -193,6 +198,7 @@ def test_ais_on_a_four_dimensional_hierarchy_recovers_its_evidence(tmp_path):
     ("global_latent", "model", "latent site 'scale' outside the data plate"),
     ("discrete_latent", "model", "discrete latent site 'c'"),
     ("misses_a_site", "guide", "does not sample the model's latent site(s) latent"),
+    ("forgets_to_event", "guide", "failed on a batch of 3 data points: ValueError: Shape mismatch inside plate"),
 ])
 def test_programs_that_cannot_be_measured_are_refused_in_one_line(programs, entry, role, message, capsys):
     spec = f"{programs}/my_vae.py:{entry}"
@@ -372,3 +378,40 @@ def test_a_simplex_latent_is_refused_in_one_line():
 
     with pytest.raises(UsageError, match="latent site 'weights' on Simplex"):
         ProgramModel(simplex, torch.zeros(4, 2), "simplex.py:simplex")
+
+
+def test_a_program_file_imports_the_modules_beside_it(tmp_path):
+    """As when Python runs the file: ``from helpers import ...`` finds helpers.py in the same folder."""
+    from elbogap.user_model import load_user_model
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "helpers.py").write_text("WIDTH = 2\n")
+    (folder / "mine.py").write_text(
+        "import pyro, torch\nimport pyro.distributions as dist\nfrom helpers import WIDTH\n\n\ndef model(x):\n"
+        "    with pyro.plate('data', x.shape[0]):\n"
+        "        z = pyro.sample('z', dist.Normal(torch.zeros(x.shape[0], WIDTH), 1.0).to_event(1))\n"
+        "        pyro.sample('x', dist.Normal(z.sum(-1, keepdim=True), 1.0).to_event(1), obs=x)\n")
+    assert load_user_model(f"{folder}/mine.py:model", torch.zeros(4, 1)).latent_dim == 2
+
+
+def test_a_guide_that_forgets_to_event_is_refused_even_where_its_shapes_happen_to_fit():
+    """Three points and a 3-D latent: the plate accepts the guide's (3, 3) batch, the event shape gives it away."""
+    import pyro.distributions as dist
+
+    from elbogap.guides.program import ProgramGuide
+    from elbogap.user_model import ProgramModel
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 3), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True), 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], 3), 1.0))
+
+    x = torch.zeros(3, 1)
+    with pytest.raises(UsageError, match=r"samples 'z' with event shape \(\) per point, but the model's 'z' has "
+                                         r"\(3,\); declare its per-point dimensions with .to_event\(1\)"):
+        ProgramGuide(guide, ProgramModel(model, x), x, "mine.py:guide")

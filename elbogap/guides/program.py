@@ -40,6 +40,12 @@ class ProgramGuide(Guide):
         if missing:
             raise UsageError(f"the guide {spec} does not sample the model's latent site(s) {', '.join(missing)}; "
                              "a guide must sample every latent site of the model, by the same name")
+        for name, shape in latent_sites(model).items():
+            event = tuple(trace.nodes[name]["fn"].event_shape)
+            if event != tuple(shape):
+                raise UsageError(f"the guide {spec} samples {name!r} with event shape {event} per point, but the "
+                                 f"model's {name!r} has {tuple(shape)}; declare its per-point dimensions with "
+                                 f".to_event({len(shape)}) as the model does")
         self.param_names = [name for name, site in trace.nodes.items() if site["type"] == "param"]
 
     def optimum_start(self, x, index):
