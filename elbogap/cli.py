@@ -166,7 +166,7 @@ def run_evaluate(args) -> int:
     if not args.quiet:
         for split in ("test", "train"):
             print(f"## {split}\n" + "\n".join(table([record], split)) + "\n")
-    keys = ("log_px", "elbo", "kl_gap", "approx_gap", "amort_gap", "log_px_method")
+    keys = ("log_px", "elbo", "kl_gap", "approx_gap", "amort_gap", "log_px_method", "log_px_warning")
     print(json.dumps({split: {k: metrics[split][k] for k in keys if k in metrics[split]} for split in metrics}))
     return 0
 
