@@ -201,7 +201,7 @@ def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: b
         if not guide.amortized:
             if fresh_local:
                 guide = guide.fresh(len(x))
-            refit_guide(model, guide, x, jit=config.jit)
+            refit_guide(model, guide, x, jit=config.jit, progress=progress, desc=f"fit {split} points")
         ais_index = subset_index(len(x), max(config.ais_points, config.gap_points), config)
         evaluation = evaluate(model, guide, x, ais_index=ais_index, progress=progress, desc=f"evaluate {split}",
                               **options)
@@ -213,7 +213,8 @@ def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: b
             per_point = evaluation.per_point
             log_px = KnownLogPx(per_point["log_px"][index], per_point["log_px_stderr"][index], metrics["log_px_method"])
         with phases(f"gaps_{split}"):
-            metrics.update(gap_decomposition(model, guide, x[index], index, refit_options={"jit": config.jit},
+            refit_options = {"jit": config.jit, "progress": progress, "desc": f"q* {split}"}
+            metrics.update(gap_decomposition(model, guide, x[index], index, refit_options=refit_options,
                                              log_px=log_px, **options))
     return metrics
 

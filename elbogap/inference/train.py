@@ -227,7 +227,7 @@ def train(model, guide, x: torch.Tensor, steps: int, batch_size: int = 128, lr: 
 
 def refit_guide(model, guide, x: torch.Tensor, lr: float = 0.05, max_steps: int = 4000,
                 window: int = 50, tol: float = 5e-4, num_particles: int = 8,
-                lr_drops: int = 2, jit: bool = True) -> TrainResult:
+                lr_drops: int = 2, jit: bool = True, progress: bool = False, desc: str = "") -> TrainResult:
     r"""Fit the guide's parameters to ``x`` with the model held fixed, until the ELBO stops rising.
 
     Full-batch SVI. Every ``window`` steps the window's mean loss is compared with the previous
@@ -235,6 +235,7 @@ def refit_guide(model, guide, x: torch.Tensor, lr: float = 0.05, max_steps: int 
     tenfold, and after ``lr_drops`` drops fitting stops (or after ``max_steps``). This is how a
     per-datapoint guide gets its parameters for a split it was not trained on, and how q* is
     found. Pyro's param store is left as it was: a refit in the middle of training does not touch it.
+    With ``progress``, a bar counts the steps toward ``max_steps`` and shows the ELBO per point.
     """
     result = TrainResult()
     if not any(True for _ in guide.parameters()):
@@ -243,10 +244,11 @@ def refit_guide(model, guide, x: torch.Tensor, lr: float = 0.05, max_steps: int 
     # values): what the refit adds or drops stays inside, and a refit during training leaves the store as it was
     store = pyro.get_param_store()
     with store.scope(store.get_state()):
-        return _refit(model, guide, x, lr, max_steps, window, tol, num_particles, lr_drops, jit, result)
+        with tqdm(total=max_steps, desc=desc or "refit", unit="step", leave=False, disable=not progress) as bar:
+            return _refit(model, guide, x, lr, max_steps, window, tol, num_particles, lr_drops, jit, result, bar)
 
 
-def _refit(model, guide, x, lr, max_steps, window, tol, num_particles, lr_drops, jit, result):
+def _refit(model, guide, x, lr, max_steps, window, tol, num_particles, lr_drops, jit, result, bar):
     svi = make_svi(model, guide, x, len(x), lr, "elbo", num_particles, freeze_model=True, jit=jit)
     start = time.perf_counter()
     previous, drops = float("inf"), 0
@@ -256,6 +258,8 @@ def _refit(model, guide, x, lr, max_steps, window, tol, num_particles, lr_drops,
             window_losses = [svi.step(x, index, num_data=len(x)) / len(x) for _ in range(window)]
             result.losses += window_losses
             current = sum(window_losses) / window
+            bar.update(window)
+            bar.set_postfix(elbo=f"{-current:.4f}", refresh=False)
             if previous - current < tol:
                 if drops == lr_drops:
                     break
