@@ -142,32 +142,40 @@ def _program_draws(model, guide, x, index):
     r"""Draws from any guide program, by tracing it and replaying the model on it: no density object needed.
 
     ``count`` draws are taken at once under an outer ``pyro.plate`` (as Pyro's vectorized
-    particles); a program that cannot broadcast over it is run once per draw instead.
+    particles); a program that cannot broadcast over it gets the draws as rows of one batch
+    (``x`` and ``index`` repeated), and one that cannot take those either is run once per draw.
     :math:`\log q` sums every site the guide samples (auxiliary ones included).
     """
     sites, observed = latent_sites(model), observed_sites(model)
     example = poutine.trace(guide.guide).get_trace(x, index)
     nesting = _plate_nesting(example, poutine.trace(poutine.replay(model.model, trace=example)).get_trace(x))
 
-    def one(count, vectorized):
+    def one(count, vectorized, rows=1):
+        inputs = (x, index) if rows == 1 else (x.repeat(rows, 1), index.repeat(rows))
         with pyro.plate("elbogap_draws", count, dim=-(nesting + 1)) if vectorized else contextlib.nullcontext():
-            guide_trace = poutine.trace(guide.guide).get_trace(x, index)
-            model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(x)
-        shape = (count, len(x)) if vectorized else (len(x),)
+            guide_trace = poutine.trace(guide.guide).get_trace(*inputs)
+            model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(inputs[0])
+        shape = (count, len(x)) if vectorized else (rows * len(x),)
 
         def total(trace, names):
-            return sum(trace.nodes[name]["fn"].log_prob(trace.nodes[name]["value"]).expand(shape) for name in names)
+            log_q = sum(trace.nodes[name]["fn"].log_prob(trace.nodes[name]["value"]).expand(shape) for name in names)
+            return log_q if rows == 1 else log_q.reshape(rows, len(x))
 
         guide_sites = [name for name, site in guide_trace.nodes.items() if site["type"] == "sample"
                        and not site["is_observed"] and not site_is_subsample(site)]
         values = {name: guide_trace.nodes[name]["value"].expand(*shape, *sites[name]) for name in sites}
         z = flatten_latents(model, values, len(shape))
+        z = z if rows == 1 else z.reshape(rows, len(x), -1)
         return z, total(guide_trace, guide_sites), total(model_trace, sites), total(model_trace, observed)
 
     def draws(count):
         try:
             return one(count, vectorized=True)
         except (RuntimeError, ValueError, IndexError):  # a program that does not broadcast over draws
+            pass
+        try:
+            return one(count, vectorized=False, rows=count)
+        except (RuntimeError, ValueError, IndexError):  # nor take them as rows of its batch
             return tuple(torch.stack(parts) for parts in zip(*(one(1, False) for _ in range(count)), strict=True))
 
     return draws, None

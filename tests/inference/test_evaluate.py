@@ -93,3 +93,37 @@ def test_batched_pareto_fit_gives_pyros_k_hat_for_every_point():
     exceedances = torch.distributions.Pareto(1.0, torch.linspace(0.8, 5.0, 20)).sample((90,)) - 1.0
     one_at_a_time = torch.tensor([fit_generalized_pareto(exceedances[:, i])[0] for i in range(20)])
     assert torch.allclose(generalized_pareto_khat(exceedances), one_at_a_time.double(), atol=1e-6)
+
+
+def test_a_guide_program_whose_model_does_not_broadcast_over_draws_is_evaluated_with_draws_as_rows():
+    """The exact posterior of a PPCA whose program reshapes its 2 x 3 latent: every importance weight is p(x)."""
+    import pyro
+    import pyro.distributions as dist
+    from torch.distributions.transforms import ReshapeTransform
+
+    from elbogap.guides.program import ProgramGuide
+    from elbogap.inference.bdmc import simulate
+    from elbogap.user_model import ProgramModel
+    from tests.inference.test_ais import correlated_linear_model, reshaping_program
+
+    closed_form = correlated_linear_model(latent_dim=6, data_dim=8)
+    posterior_of = closed_form.posterior
+    calls = []
+
+    def exact_guide(x):
+        calls.append(len(x))
+        posterior = posterior_of(x)
+        with pyro.plate("rows", x.shape[0]):
+            pyro.sample("Z", dist.TransformedDistribution(
+                dist.MultivariateNormal(posterior.loc.detach(), scale_tril=posterior.scale_tril.detach()),
+                ReshapeTransform((6,), (2, 3))))
+
+    x, _ = simulate(closed_form, torch.zeros(1, 8, dtype=torch.float64), 10)
+    model = ProgramModel(reshaping_program, x[:3])
+    guide = ProgramGuide(exact_guide, model, x[:3], "exact.py:guide")
+    calls.clear()
+    metrics = evaluate(model, guide, x, elbo_samples=32, iw_samples=32, log_px_method="iwae").metrics
+    exact = float(closed_form.log_px(x).mean())
+    assert metrics["log_px_iwae"] == pytest.approx(exact, abs=1e-6)
+    assert metrics["elbo"] == pytest.approx(exact, abs=1e-6)
+    assert 320 in calls and len(calls) < 32  # 32 draws of 10 points as one batch of rows, not one call per draw
