@@ -18,6 +18,7 @@ from elbogap.inference import log_joint, refit_guide  # noqa: E402
 from elbogap.inference.bdmc import simulate  # noqa: E402
 from elbogap.inference.evaluation import sample_latents  # noqa: E402
 from elbogap.inference.log_joint import observed_sites, split_latents  # noqa: E402
+from elbogap.sites import constrain, latent_transforms  # noqa: E402
 
 #: families whose density can be evaluated anywhere (planar and Sylvester score only their own draws).
 
@@ -163,7 +164,9 @@ def plot_posteriors(fits: list[tuple], x: torch.Tensor, path: Path) -> Path:
                 axes[row, col].set_ylabel(name)
             if row == 0:
                 axes[row, col].set_title(f"test point {col}", fontsize=9)
-    fig.suptitle("true posterior p(z|x) (grey) and q(z|x) (red)", fontsize=10)
+    constrained = sorted({site for _, model, _, _ in fits for site in latent_transforms(model)})
+    note = f"; {', '.join(constrained)} on the real line (biject_to of the support)" if constrained else ""
+    fig.suptitle(f"true posterior p(z|x) (grey) and q(z|x) (red){note}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -191,7 +194,8 @@ def _posterior_panel(axis, name, model, guide, point) -> None:
 
 
 def _likelihood_mean(model, x, z):
-    trace = poutine.trace(poutine.condition(model.model, data=split_latents(model, z))).get_trace(x)
+    values, _ = constrain(model, split_latents(model, z))  # z is on the real line (see elbogap.sites)
+    trace = poutine.trace(poutine.condition(model.model, data=values)).get_trace(x)
     return trace.nodes[observed_sites(model)[0]]["fn"].mean
 
 

@@ -415,3 +415,44 @@ def test_a_guide_that_forgets_to_event_is_refused_even_where_its_shapes_happen_t
     with pytest.raises(UsageError, match=r"samples 'z' with event shape \(\) per point, but the model's 'z' has "
                                          r"\(3,\); declare its per-point dimensions with .to_event\(1\)"):
         ProgramGuide(guide, ProgramModel(model, x), x, "mine.py:guide")
+
+
+GAMMA_VAE = '''
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+
+class GammaVAE(nn.Module):
+    """Two positive intensities per image behind a Bernoulli decoder on their logs."""
+
+    def __init__(self, data_dim, latent_dim):
+        super().__init__()
+        self.dec = nn.Linear(2, data_dim)
+        self.enc = nn.Linear(data_dim, 4)
+
+    def model(self, x):
+        pyro.module("gamma_vae", self)
+        with pyro.plate("data", x.shape[0]):
+            rate = pyro.sample("rate", dist.Gamma(torch.full((x.shape[0], 2), 2.0), 2.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.dec(rate.log())).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("gamma_vae", self)
+        h = self.enc(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("rate", dist.LogNormal(h[:, :2], nn.functional.softplus(h[:, 2:]) + 1e-3).to_event(1))
+'''
+
+
+def test_figures_of_a_model_with_positive_latents_draw_from_its_support(tmp_path):
+    """Images condition the model on draws mapped back into the support; the posterior panel says which scale."""
+    (tmp_path / "gamma_vae.py").write_text(GAMMA_VAE)
+    out = tmp_path / "out"
+    spec = f"{tmp_path}/gamma_vae.py:GammaVAE"
+    assert main(["compare", "--model", spec, "--guides", spec, "--seeds", "0", "--steps", "20", "--eval-samples", "8",
+                 "--iw-samples", "8", "--gap-points", "0", "--curve-points", "8", "--quiet", "--jobs", "1",
+                 "--figures", "--out", str(out)]) == 0
+    assert (out / "images.png").is_file() and (out / "posteriors.png").is_file()
+    assert json.loads((out / "results.json").read_text())["runs"][0]["test"]["log_px_method"] == "quadrature"
