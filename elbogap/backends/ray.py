@@ -79,6 +79,11 @@ class RayBackend:
             num_cpus=self.threads, num_gpus=config.gpus_per_run, max_retries=0)
         self.refs: dict = {}  # ObjectRef -> RunTask
         self.cwd = os.getcwd()
+        # runs the cluster holds at once when the command starts (results.json's "workers"; Ray may grow it)
+        resources = ray.cluster_resources()
+        self.workers = max(1, int(resources.get("CPU", 0) // self.threads))
+        if config.gpus_per_run:
+            self.workers = max(1, min(self.workers, int(resources.get("GPU", 0) // config.gpus_per_run)))
         self.check_shared(Path(out))
 
     def check_shared(self, out: Path) -> None:

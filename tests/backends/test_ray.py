@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.backends.conftest import QUICK
 
 SWEEP = ["compare", "--guides", "diag", "--seeds", "0", "--steps", "10", *QUICK]
@@ -45,7 +47,10 @@ def test_a_ray_sweep_records_the_node_of_every_run(ray_address, tmp_path):
 
     assert main([*SWEEP, "--seeds", "0,1", "--backend", "ray", "--ray-address", ray_address,
                  "--out", str(tmp_path)]) == 0
-    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    results = json.loads((tmp_path / "results.json").read_text(), parse_constant=lambda name: pytest.fail(name))
+    runs = results["runs"]
     assert [run["seed"] for run in runs] == [0, 1] and {run["where"]["backend"] for run in runs} == {"ray"}
+    assert results["workers"] == 2  # the cluster's 2 CPUs at 1 CPU per run, a number strict JSON can hold
+    assert "on 2 worker(s)" in (tmp_path / "results.md").read_text()
     saved = json.loads((tmp_path / "runs" / "diag-seed0" / "run.json").read_text())["run"]["where"]
     assert saved == runs[0]["where"]
