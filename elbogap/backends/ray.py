@@ -81,9 +81,10 @@ class RayBackend:
         self.cwd = os.getcwd()
         # runs the cluster holds at once when the command starts (results.json's "workers"; Ray may grow it)
         resources = ray.cluster_resources()
-        self.workers = max(1, int(resources.get("CPU", 0) // self.threads))
+        held = resources.get("CPU", 0) // self.threads
         if config.gpus_per_run:
-            self.workers = max(1, min(self.workers, int(resources.get("GPU", 0) // config.gpus_per_run)))
+            held = min(held, resources.get("GPU", 0) // config.gpus_per_run)
+        self.concurrent_runs = max(1, int(held))
         self.check_shared(Path(out))
 
     def check_shared(self, out: Path) -> None:
