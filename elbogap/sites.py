@@ -35,6 +35,16 @@ def split_latents(model, z: torch.Tensor) -> dict[str, torch.Tensor]:
                                                                                           strict=True)}
 
 
+def broadcasts_draws(model) -> bool:
+    """Whether ``model`` runs under an outer plate of draws (elbogap's models; a program that passed the probe)."""
+    return getattr(model, "broadcasts_draws", False)
+
+
+def repeat_rows(x: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` copies of the rows of ``x`` stacked draw after draw: ``(count * len(x), ...)``."""
+    return x.expand(count, *x.shape).reshape(-1, *x.shape[1:])
+
+
 def latent_transforms(model) -> dict:
     """``biject_to(support)`` of each latent site whose support is not the real line (none for elbogap's models)."""
     return getattr(model, "latent_transforms", None) or {}

@@ -55,7 +55,7 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
     backend = open_backend(config, out, progress)
     begun = time.perf_counter()
     results["seconds"] = {"runs": 0.0}
-    results["workers"] = getattr(backend, "concurrent_runs", backend.slots)  # Ray takes every run at once: count CPUs
+    results["workers"] = backend.concurrent_runs
     try:
         failed_references = run_references(backend, config, out, references, results, progress)
         finished: dict[tuple, dict] = {}

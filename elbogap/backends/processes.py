@@ -41,7 +41,7 @@ class ProcessBackend:
 
     def __init__(self, config: Config, jobs: int):
         self.config = config.to_dict()
-        self.slots = jobs
+        self.slots = self.concurrent_runs = jobs
         self.threads = config.cpus_per_run or max(1, torch.get_num_threads() // jobs)
         self.context = multiprocessing.get_context("spawn")  # no forked torch or Pyro state
         self.reports = self.context.Queue()

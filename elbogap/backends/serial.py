@@ -9,6 +9,7 @@ class SerialBackend:
 
     name = "local"
     slots = 1
+    concurrent_runs = 1
 
     def __init__(self, config: Config, progress: bool = False):
         self.config, self.progress = config.to_dict(), progress

@@ -47,6 +47,7 @@ from elbogap.errors import UsageError
 from elbogap.inference.log_joint import flatten_latents, latent_sites, log_joint
 from elbogap.inference.log_px import ELEMENT_BUDGET, ImportanceAccumulator
 from elbogap.model.base import LatentModel
+from elbogap.sites import broadcasts_draws, repeat_rows
 
 INITS = ("prior", "q")
 
@@ -244,9 +245,9 @@ def initial_draws(path: AnnealingPath, chains: int) -> torch.Tensor:
     # ancestral draws of every latent site (a hierarchy's too) from the model run without its data
     program = poutine.trace(poutine.block(path.model.model, hide_types=["param"]))
     sites = latent_sites(path.model)
-    if not getattr(path.model, "broadcasts_draws", False):  # a user's program: the chains as rows of one batch
+    if not broadcasts_draws(path.model):  # a user's program: the chains as rows of one batch
         with torch.no_grad():
-            trace = program.get_trace(path.x.expand(chains, *path.x.shape).reshape(-1, path.x.shape[-1]))
+            trace = program.get_trace(repeat_rows(path.x, chains))
         values = {name: trace.nodes[name]["value"] for name in sites}
         return flatten_latents(path.model, values, 1).reshape(chains, len(path.x), -1)
     with torch.no_grad(), pyro.plate("ais_chains", chains, dim=-2):

@@ -24,6 +24,7 @@ from elbogap.inference.log_px import (
     plan,
     quadrature_log_px,
 )
+from elbogap.sites import broadcasts_draws, repeat_rows
 
 #: draws of q per data point evaluated at once
 SAMPLE_CHUNK = 64
@@ -151,7 +152,7 @@ def _program_draws(model, guide, x, index):
     nesting = _plate_nesting(example, poutine.trace(poutine.replay(model.model, trace=example)).get_trace(x))
 
     def one(count, vectorized, rows=1):
-        inputs = (x, index) if rows == 1 else (x.repeat(rows, 1), index.repeat(rows))
+        inputs = (x, index) if rows == 1 else (repeat_rows(x, rows), repeat_rows(index, rows))
         with pyro.plate("elbogap_draws", count, dim=-(nesting + 1)) if vectorized else contextlib.nullcontext():
             guide_trace = poutine.trace(guide.guide).get_trace(*inputs)
             model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(inputs[0])
@@ -168,15 +169,22 @@ def _program_draws(model, guide, x, index):
         z = z if rows == 1 else z.reshape(rows, len(x), -1)
         return z, total(guide_trace, guide_sites), total(model_trace, sites), total(model_trace, observed)
 
+    layouts = {
+        "plate": lambda count: one(count, vectorized=True),
+        "rows": lambda count: one(count, vectorized=False, rows=count),
+        "loop": lambda count: tuple(torch.stack(parts) for parts in zip(*(one(1, False) for _ in range(count)),
+                                                                          strict=True)),
+    }
+    working = ["plate", "rows", "loop"] if broadcasts_draws(model) else ["rows", "loop"]
+
     def draws(count):
-        try:
-            return one(count, vectorized=True)
-        except (RuntimeError, ValueError, IndexError):  # a program that does not broadcast over draws
-            pass
-        try:
-            return one(count, vectorized=False, rows=count)
-        except (RuntimeError, ValueError, IndexError):  # nor take them as rows of its batch
-            return tuple(torch.stack(parts) for parts in zip(*(one(1, False) for _ in range(count)), strict=True))
+        # the first layout the programs take is kept for every later chunk
+        while len(working) > 1:
+            try:
+                return layouts[working[0]](count)
+            except (RuntimeError, ValueError, IndexError):  # programs that do not take this layout
+                working.pop(0)
+        return layouts[working[0]](count)
 
     return draws, None
 

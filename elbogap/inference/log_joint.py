@@ -3,7 +3,15 @@
 import torch
 from pyro import poutine
 
-from elbogap.sites import constrain, flatten_latents, latent_sites, observed_sites, split_latents
+from elbogap.sites import (
+    broadcasts_draws,
+    constrain,
+    flatten_latents,
+    latent_sites,
+    observed_sites,
+    repeat_rows,
+    split_latents,
+)
 
 __all__ = ["flatten_latents", "latent_sites", "log_joint", "observed_sites", "split_latents"]
 
@@ -23,11 +31,10 @@ def log_joint(model, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, to
     :math:`\log p(z)` includes the log-Jacobian of its map into the support.
     """
     lead = z.shape[:-2]
-    if lead and not getattr(model, "broadcasts_draws", False):
+    if lead and not broadcasts_draws(model):
         # a user's program need only handle a batch of rows (it may reshape its latents): the draws become rows
         z = z.expand(*lead, len(x), z.shape[-1])
-        rows = x.expand(*lead, *x.shape).reshape(-1, x.shape[-1])
-        log_prior, log_lik = log_joint(model, rows, z.reshape(-1, z.shape[-1]))
+        log_prior, log_lik = log_joint(model, repeat_rows(x, lead.numel()), z.reshape(-1, z.shape[-1]))
         return log_prior.reshape(z.shape[:-1]), log_lik.reshape(z.shape[:-1])
     values, log_det = constrain(model, split_latents(model, z))
     trace = poutine.trace(poutine.condition(model.model, data=values)).get_trace(x)

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from elbogap.device import rng_state, set_rng_state
 from elbogap.errors import UsageError
 from elbogap.inference.svi import FastSVI
-from elbogap.sites import latent_sites
+from elbogap.sites import broadcasts_draws, latent_sites
 
 
 @dataclass
@@ -90,7 +90,7 @@ def make_svi(model, guide, x: torch.Tensor, batch_size: int, lr: float = 1e-3, o
     example = (x[:batch_size], torch.arange(min(batch_size, len(x)), device=x.device))
     # a class without the flag (a user's) may branch on its data, which a traced graph would freeze
     jit = jit and getattr(model, "jit_compatible", False) and getattr(guide, "jit_compatible", False)
-    vectorize = getattr(model, "broadcasts_draws", True)  # else particles are drawn one after another
+    vectorize = broadcasts_draws(model)  # else particles are drawn one after another
     with frozen(model) if freeze_model else contextlib.nullcontext():
         return FastSVI(model_fn, guide_fn, example, {"num_data": len(x)}, lr, lr_decay, objective, num_particles, jit,
                        vectorize)
