@@ -3,8 +3,9 @@
 A run is one task: configuration + guide + seed -> a run directory and a small run record.
 Every backend has the same four verbs (``submit``, ``wait``, ``stop``, ``close``), says how many
 runs it takes at once (``slots``) and how many execute at once (``concurrent_runs``: Ray takes every
-run and runs as many as its CPUs hold), and runs :func:`~elbogap.backends.task.execute`; the sweep (:mod:`elbogap.sweep`) owns everything else:
-reference runs, ordering, resume, the ``--on-nan`` policy and saving results.
+run and runs as many as its CPUs hold), and runs :func:`~elbogap.backends.task.execute`; the
+sweep (:mod:`elbogap.sweep`) owns everything else: reference runs, ordering, resume, the
+``--on-nan`` policy and saving results.
 """
 
 import os
