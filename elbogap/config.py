@@ -114,6 +114,16 @@ class Config:
     dynamics_points: int = setting(0, "test points on which q* is refit at every evaluation during training, for the "
                                       "stacked gap bands of gap_over_training.png (0: off; costs a refit per "
                                       "evaluation)", least=0)
+    evidence_steps: int = setting(2000, "models with global latents: AIS temperatures for log p(D) (the whole data "
+                                        "set's evidence needs more than one point's)", least=1, role="evaluation")
+    evidence_chains: int = setting(256, "models with global latents: AIS chains for log p(D) (evaluated together, "
+                                        "nearly free)", least=2, role="evaluation")
+    reference: str = setting("ais", "models with global latents: the reference posterior each guide's moments are "
+                                    "compared with: ais (the evidence's AIS chains, weighted) | nuts (Pyro's NUTS) | "
+                                    "none", choices=("ais", "nuts", "none"), role="evaluation")
+    nuts_chains: int = setting(2, "NUTS chains of --reference nuts, run one after another", least=1, role="evaluation")
+    nuts_warmup: int = setting(500, "NUTS warm-up steps per chain", least=1, role="evaluation")
+    nuts_samples: int = setting(500, "NUTS samples kept per chain", least=2, role="evaluation")
     mode: str = setting("joint", "joint (train model and guide together) | fixed-model (train the model once with "
                                  "--reference-guide, then fit every guide to that same model)",
                                  choices=("joint", "fixed-model"))
@@ -183,6 +193,11 @@ class Config:
         """The AIS settings these flags describe."""
         return AISSettings(steps=self.ais_steps, chains=self.ais_chains, leapfrog_steps=self.leapfrog_steps,
                            init=self.ais_init, target_accept=self.ais_target_accept)
+
+    def evidence_settings(self) -> AISSettings:
+        """The AIS settings of log p(D) for models with global latents (from the prior, always)."""
+        return AISSettings(steps=self.evidence_steps, chains=self.evidence_chains, leapfrog_steps=self.leapfrog_steps,
+                           init="prior", target_accept=self.ais_target_accept)
 
     def replace(self, **changes) -> "Config":
         return Config(**{**self.to_dict(), **changes})

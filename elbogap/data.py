@@ -244,3 +244,29 @@ def as_matrix(array: np.ndarray, name: str) -> torch.Tensor:
         bad = int((~np.isfinite(array)).sum())
         raise UsageError(f"{name} has {bad} NaN or infinite value(s); remove or impute them")
     return torch.as_tensor(array.reshape(len(array), -1), dtype=torch.float32)
+
+
+def load_whole(spec: str, data_seed: int = 0, data_dir: str | None = None, binarize: str | None = None,
+               size: int | None = None) -> tuple[torch.Tensor, str]:
+    """Every row of a data set, in the file's own order: the data set D a model with global latents conditions on.
+
+    A file with one array is read whole (no shuffle, nothing held out), so rows keep the order
+    a program may rely on; an ``.npz`` with ``train`` and ``test`` arrays gives its ``train``
+    array; a built-in set gives its train and test splits together. ``size`` keeps a seeded
+    subset of the rows (in their order). Returns the rows and a phrase saying what they are.
+    """
+    path = Path(spec)
+    if spec not in BUILTIN and path.suffix.lower() in FILE_SUFFIXES and path.is_file():
+        arrays = read_arrays(path)
+        if "data" in arrays:
+            rows, what = as_matrix(arrays["data"], path.name), f"every row of {path.name}"
+        else:
+            rows, what = as_matrix(arrays["train"], f"{path.name}:train"), f"the train array of {path.name}"
+        rows = binarized(Dataset(path.name, rows, rows[:1]), binarize or "none", data_seed).train
+    else:
+        loaded = load_data(spec, 0.2, data_seed, data_dir, binarize)
+        rows, what = torch.cat([loaded.train, loaded.test]), f"every row of {loaded.name} (train and test splits)"
+    if size is not None and size < len(rows):
+        keep = torch.randperm(len(rows), generator=torch.Generator().manual_seed(data_seed))[:size].sort().values
+        rows, what = rows[keep], f"{size} rows of {what.removeprefix('every row of ')} (a seeded subset, in order)"
+    return rows, what

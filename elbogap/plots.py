@@ -246,11 +246,15 @@ def make_figures(results_dir: str | Path) -> list[Path]:
         results = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise UsageError(f"{path} is not valid JSON ({error}); rerun the study to rewrite it") from None
-    from elbogap.report import finished
+    from elbogap.report import finished, is_global_study
 
     results = {**results, "runs": finished(results.get("runs", []))}
     if not results["runs"]:
         raise UsageError(f"{path} holds no finished run yet; nothing to plot")
+    if is_global_study(results["runs"]):
+        from elbogap.global_latents.plots import make_figures as global_figures
+
+        return global_figures(results, results_dir)
     written = [plot_training(results, results_dir / "training.png"), plot_gaps(results, results_dir / "gaps.png"),
                plot_gap_over_training(results, results_dir / "gap_over_training.png")]
     first_runs = list({run["guide"]: run for run in reversed(results["runs"])}.values())[::-1]

@@ -6,6 +6,9 @@ import json
 import statistics
 from pathlib import Path
 
+from elbogap.global_latents.report import csv_rows as global_csv_rows
+from elbogap.global_latents.report import is_global_study
+from elbogap.global_latents.report import markdown_sections as global_sections
 from elbogap.inference.log_px import METHODS
 
 COLUMNS = [("log_px", "log p(x)"), ("elbo", "ELBO"), ("recon", "recon"),
@@ -93,6 +96,8 @@ def markdown(results: dict) -> str:
         lines += [f"- {run['guide']} seed {run['seed']}: {run['failed']}" for run in failed] + [""]
     if not runs:
         return "\n".join(lines + ["No run has finished.", ""])
+    if is_global_study(runs):
+        return "\n".join(lines + global_sections(results, runs) + ["", timing(results, runs), ""])
     warnings = [f"- {run['guide']} seed {run['seed']}, {split}: {run[split]['log_px_warning']}"
                 for run in runs for split in ("test", "train") if "log_px_warning" in run[split]]
     if warnings:
@@ -135,7 +140,8 @@ def points(splits: list[dict]) -> str:
 
 #: how a run's phases are named in the footer; every other phase counts as evaluation
 PHASE_NAMES = {"train": "training", "curve_evaluations": "evaluations during training",
-               "checkpoints": "checkpoints", "bdmc": "BDMC"}
+               "checkpoints": "checkpoints", "bdmc": "BDMC", "evidence": "evidence (AIS)",
+               "reference": "reference posterior"}
 
 
 def timing(results: dict, runs: list[dict]) -> str:
@@ -167,6 +173,13 @@ def csv_text(results: dict) -> str:
     """One row per run and split: guide, seed, split, the metrics and the training time."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
+    runs = finished(results["runs"])
+    if is_global_study(runs):
+        from elbogap.global_latents.report import CSV_METRICS as GLOBAL_METRICS
+
+        writer.writerow(["guide", "seed", "split", *GLOBAL_METRICS, "train_seconds"])
+        writer.writerows(global_csv_rows(runs))
+        return buffer.getvalue()
     writer.writerow(["guide", "seed", "split", *CSV_METRICS, "train_seconds"])
     for run in finished(results["runs"]):
         for split in ("train", "test"):

@@ -116,6 +116,15 @@ class AnnealingPath:
         with pyro.validation_enabled(False):
             return log_joint(self.model, self.x, z)
 
+    @property
+    def batch_size(self) -> int:
+        """Independent targets annealed side by side (data points; one data set for a joint model)."""
+        return self.x.shape[0]
+
+    def start(self, chains: int) -> torch.Tensor:
+        """``chains`` draws of the start, :math:`p(z)` or :math:`q(z \\mid x)`: ``(chains, batch, latent_dim)``."""
+        return initial_draws(self, chains)
+
     def weights(self, beta: float) -> torch.Tensor:
         coefficients = [1.0 - beta, beta, beta] if self.q is not None else [1.0, beta]
         return torch.tensor(coefficients, dtype=self.x.dtype, device=self.x.device)
@@ -263,11 +272,11 @@ def pilot_steps(settings: AISSettings) -> int:
 
 def tune_step_sizes(path: AnnealingPath, settings: AISSettings, initial_step: float = 0.5, bar=None) -> torch.Tensor:
     """A pilot run of ``pilot_fraction * steps`` transitions that adapts step sizes; ``(bands, batch)``."""
-    batch = path.x.shape[0]
+    batch = path.batch_size
     bands = min(settings.bands, settings.steps)
     start = torch.full((bands, batch), initial_step, dtype=path.x.dtype, device=path.x.device)
     betas = sigmoid_schedule(pilot_steps(settings), dtype=path.x.dtype)
-    _, step_sizes, _ = anneal(path, initial_draws(path, settings.chains), betas, start,
+    _, step_sizes, _ = anneal(path, path.start(settings.chains), betas, start,
                               settings.leapfrog_steps, adapt_toward=settings.target_accept, bar=bar)
     return step_sizes
 

@@ -1,0 +1,132 @@
+r"""The evidence :math:`\log p(D)` of a model with global latents: AIS from the prior over every latent, and BDMC.
+
+One AIS run anneals chains over the joint vector of all latents, global and per point,
+through :math:`f_\beta \propto p(\theta, z)\, p(D \mid \theta, z)^\beta`, with the HMC
+transitions, the sigmoid schedule and the pilot-tuned step sizes of
+:mod:`elbogap.inference.ais` (one "point": the data set). BDMC simulates data sets
+:math:`D^* \sim p(D)` together with the latents that made them (exact posterior draws for
+:math:`D^*`) and sandwiches :math:`\log p(D^*)` between forward and reverse AIS.
+
+References:
+
+[1] Annealed Importance Sampling, Radford M. Neal, arXiv:physics/9803008
+[2] Sandwiching the marginal likelihood using bidirectional Monte Carlo, Roger B. Grosse,
+    Zoubin Ghahramani, Ryan P. Adams, arXiv:1511.02543
+"""
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from elbogap.inference.ais import AISSettings, AnnealingPath, anneal, pilot_steps, sigmoid_schedule, tune_step_sizes
+from elbogap.inference.bdmc import read_sandwich
+from elbogap.inference.log_px import ImportanceAccumulator
+
+
+class EvidencePath(AnnealingPath):
+    """The annealing path over every latent of a model with global latents, for one data set (a batch of one)."""
+
+    def __init__(self, model, data: torch.Tensor):
+        super().__init__(model, data)
+        self.direct = False
+
+    @property
+    def batch_size(self) -> int:
+        return 1
+
+    def log_joint(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.log_density(z, self.x)
+
+    def start(self, chains: int) -> torch.Tensor:
+        return self.model.prior_draws(chains, self.x)[:, None, :].to(self.x.dtype)
+
+
+@dataclass
+class Evidence:
+    r""":math:`\log p(D)` by AIS, its standard error over chains, and what the run did.
+
+    ``log_w`` ``(chains,)`` are the chains' log-weights and ``states`` ``(chains, latent_dim)``
+    their final positions: weighted by :math:`w_k / \sum w`, they are draws from the posterior
+    (a reference where no MCMC ran). ``acceptance`` is the mean acceptance per temperature band.
+    """
+
+    log_evidence: float
+    stderr: float
+    log_w: torch.Tensor
+    states: torch.Tensor
+    acceptance: torch.Tensor
+    step_sizes: torch.Tensor
+    seconds: float
+
+    def summary(self, settings: AISSettings) -> dict:
+        return {"log_evidence": self.log_evidence, "stderr": self.stderr, **settings.to_dict(),
+                "acceptance": self.acceptance.tolist(), "seconds": self.seconds,
+                "effective_chains": float(self.log_w.double().softmax(0).pow(2).sum().reciprocal())}
+
+
+def ais_evidence(model, data: torch.Tensor, settings: AISSettings | None = None, progress: bool = False) -> Evidence:
+    r""":math:`\log p(D)` by forward AIS from the prior, :math:`\log \frac1K \sum_k w_k` over ``settings.chains``.
+
+    A pilot run of ``pilot_fraction * steps`` transitions tunes the step sizes, which the
+    reported run then uses frozen. ``progress`` shows a bar over the transitions.
+    """
+    settings = settings or AISSettings()
+    started = time.perf_counter()
+    path = EvidencePath(model, data)
+    with tqdm(total=pilot_steps(settings) + settings.steps, desc="AIS on the data set", unit="step", leave=False,
+              disable=not progress) as bar:
+        step_sizes = tune_step_sizes(path, settings, bar=bar)
+        betas = sigmoid_schedule(settings.steps, dtype=data.dtype)
+        state, _, acceptance = anneal(path, path.start(settings.chains), betas, step_sizes, settings.leapfrog_steps,
+                                      bar=bar)
+    weights = ImportanceAccumulator()
+    log_w = state.log_w.double()
+    weights.add(log_w)
+    return Evidence(float(weights.log_mean()[0]), float(weights.stderr()[0]), log_w[:, 0], state.z[:, 0].detach(),
+                    acceptance, step_sizes[:, 0], time.perf_counter() - started)
+
+
+def bdmc_evidence(model, data: torch.Tensor, count: int, settings: AISSettings | None = None,
+                  progress: bool = False) -> dict:
+    r"""BDMC on ``count`` data sets simulated from the model's prior predictive, shaped like ``data``.
+
+    For each :math:`(D^*, \theta^*, z^*)`, forward AIS from the prior gives a stochastic lower
+    bound on :math:`\log p(D^*)` and reverse AIS from :math:`(\theta^*, z^*)` (an exact
+    posterior draw) a stochastic upper bound, with the same tuned step sizes. Returns the
+    summary (means over data sets, per data set values, ``width`` and its reading).
+    """
+    settings = settings or AISSettings()
+    started = time.perf_counter()
+    lower, upper, lower_se, upper_se = [], [], [], []
+    bar = tqdm(total=count, desc="BDMC data sets", unit="set", leave=False, disable=not progress)
+    for _ in range(count):
+        simulated, z = model.simulate(data)
+        path = EvidencePath(model, simulated)
+        step_sizes = tune_step_sizes(path, settings)
+        betas = sigmoid_schedule(settings.steps, dtype=data.dtype)
+        forward, _, _ = anneal(path, path.start(settings.chains), betas, step_sizes, settings.leapfrog_steps)
+        start = z.to(data.dtype).expand(settings.chains, 1, -1).clone()
+        backward, _, _ = anneal(path, start, betas, step_sizes, settings.leapfrog_steps, reverse=True)
+        for accumulator_log_w, means, errors, sign in ((forward.log_w, lower, lower_se, 1),
+                                                        (backward.log_w, upper, upper_se, -1)):
+            accumulator = ImportanceAccumulator()
+            accumulator.add(accumulator_log_w.double())
+            means.append(sign * float(accumulator.log_mean()[0]))
+            errors.append(float(accumulator.stderr()[0]))
+        bar.update()
+    bar.close()
+
+    def combined(errors):
+        return math.sqrt(sum(e * e for e in errors)) / len(errors)
+
+    summary = {"datasets": count, "lower": sum(lower) / count, "lower_stderr": combined(lower_se),
+               "upper": sum(upper) / count, "upper_stderr": combined(upper_se),
+               "per_dataset": {"lower": lower, "upper": upper}, "settings": settings.to_dict(),
+               "seconds": time.perf_counter() - started}
+    summary["width"] = summary["upper"] - summary["lower"]
+    summary["width_stderr"] = math.hypot(summary["lower_stderr"], summary["upper_stderr"])
+    summary["reading"] = read_sandwich(summary["width"], summary["width_stderr"])
+    return summary

@@ -1,0 +1,175 @@
+r"""Guides of a model with global latents: Pyro's autoguides by name (``auto:AutoNormal``) and the user's programs.
+
+Each is a :class:`~elbogap.guides.Guide` over every latent of the data set at once,
+:math:`q(\theta, z_{1:N})`, evaluated from traces (a guide's :math:`\log q` sums every site it
+samples, auxiliary sites included, as Pyro's ``Trace_ELBO`` does).
+"""
+
+import functools
+import itertools
+
+import pyro
+import pyro.distributions.transforms as T
+import pyro.infer.autoguide as autoguides
+import torch
+
+from elbogap.errors import UsageError
+from elbogap.global_latents.model import sample_sites
+from elbogap.guides.base import Guide
+
+#: Pyro's autoguides that define a proper density over the latents, so that their KL gap exists
+DENSITY_AUTOGUIDES = ("AutoNormal", "AutoDiagonalNormal", "AutoMultivariateNormal", "AutoLowRankMultivariateNormal",
+                      "AutoIAFNormal", "AutoNormalizingFlow", "AutoStructured", "AutoGaussian")
+#: autoguides that give a point (or a point and a curvature fitted afterwards), with what to use instead
+POINT_AUTOGUIDES = {
+    "AutoDelta": "a point estimate (a Dirac delta): it has no density, so no ELBO of a distribution and no KL gap",
+    "AutoLaplaceApproximation": "a MAP point during SVI, turned into a Gaussian only afterwards "
+                                "(laplace_approximation()): SVI never fits a density, so there is no KL gap of the "
+                                "fitted q; compare auto:AutoMultivariateNormal",
+}
+
+#: autoguides that keep per-point parameters in the model's subsampled data plate (so can train on minibatches)
+SUBSAMPLING_AUTOGUIDES = ("AutoNormal", "AutoStructured")
+
+_instances = itertools.count()
+
+
+def build_autoguide(name: str, model, flow_depth: int = 2):
+    """Pyro's autoguide ``name`` on ``model.model``, or a one-line refusal naming what to use instead.
+
+    ``AutoNormalizingFlow`` needs a transform; it is built with ``flow_depth`` block neural
+    autoregressive transforms (``pyro.distributions.transforms.block_autoregressive``).
+    ``AutoIAFNormal`` uses Pyro's defaults.
+    """
+    if name in POINT_AUTOGUIDES:
+        raise UsageError(f"auto:{name} is {POINT_AUTOGUIDES[name]}; choose one of "
+                         + ", ".join(f"auto:{n}" for n in DENSITY_AUTOGUIDES))
+    if name not in DENSITY_AUTOGUIDES:
+        known = "is a Pyro autoguide elbogap does not measure" if hasattr(autoguides, name) else "is no Pyro autoguide"
+        raise UsageError(f"auto:{name} {known}; choose one of " + ", ".join(f"auto:{n}" for n in DENSITY_AUTOGUIDES))
+    cls = getattr(autoguides, name)
+    kwargs = {}
+    if name == "AutoNormalizingFlow":
+        kwargs["init_transform_fn"] = functools.partial(T.iterated, flow_depth, T.block_autoregressive)
+    if name in SUBSAMPLING_AUTOGUIDES and model.takes_index and model.data_plate is not None:
+        plate = model.data_plate
+
+        def create_plates(x, index=None, num_data=None):  # the model's own subsample, so parameters follow points
+            return pyro.plate(plate, num_data or len(x), subsample=index)
+
+        kwargs["create_plates"] = create_plates
+    try:
+        guide = cls(model.model, **kwargs)
+    except Exception as error:
+        raise UsageError(f"auto:{name} cannot be built for {model.spec}: {type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''}") from None
+    guide._pyro_name = f"{name}_{next(_instances)}"  # its own names in Pyro's param store
+    return guide
+
+
+class GlobalAutoGuide(Guide):
+    """One of Pyro's autoguides over every latent of a model with global latents.
+
+    :param str name: the autoguide's class name in :mod:`pyro.infer.autoguide`.
+    :param model: a :class:`~elbogap.global_latents.model.GlobalLatentModel`.
+    :param torch.Tensor data: the data set, to build the autoguide's parameters on.
+    """
+
+    amortized = False
+    program = True
+    jit_compatible = False
+    density_anywhere = False
+
+    def __init__(self, name: str, model, data: torch.Tensor, flow_depth: int = 2):
+        super().__init__(model.latent_dim)
+        self.name = name
+        object.__setattr__(self, "joint_model", model)  # not a submodule: the model's parameters are not the guide's
+        self.auto = build_autoguide(name, model, flow_depth)
+        try:
+            with torch.no_grad():  # the autoguide makes its parameters on its first call
+                self.guide(data, torch.arange(len(data), device=data.device), len(data))
+        except UsageError:
+            raise
+        except Exception as error:
+            raise UsageError(f"auto:{name} cannot be built for {model.spec}: {type(error).__name__}: "
+                             f"{str(error).splitlines()[0] if str(error) else ''}") from None
+
+    def guide(self, x, index=None, num_data=None):
+        if self.joint_model.takes_index:
+            return self.auto(x, index=index, num_data=num_data)
+        return self.auto(x)
+
+    def optimum_start(self, x, index):
+        return None
+
+    def distribution(self, x, index=None):
+        raise UsageError(f"auto:{self.name} is evaluated from traces; it has no density object at any z")
+
+
+class GlobalProgramGuide(Guide):
+    """A user's guide program for a model with global latents: it must sample every latent site, same shapes.
+
+    :param program: the callable guide program, called as the model is (with the data, and
+        ``index``/``num_data`` where the model takes them).
+    """
+
+    amortized = False
+    program = True
+    jit_compatible = False
+    density_anywhere = False
+
+    def __init__(self, program, model, data: torch.Tensor, spec: str, owner=None):
+        from elbogap.user_model import trace_program
+
+        super().__init__(model.latent_dim)
+        self.fn, self.spec = program, spec
+        object.__setattr__(self, "joint_model", model)
+        if isinstance(owner, torch.nn.Module) and owner is not getattr(model, "owner", None):
+            self.owner = owner
+        trace = trace_program(lambda d: self.guide(d, torch.arange(len(d)), len(d)), data, spec, "guide")
+        sampled = sample_sites(trace)
+        missing = [name for name in model.latent_sites if name not in sampled]
+        if missing:
+            raise UsageError(f"the guide {spec} does not sample the model's latent site(s) {', '.join(missing)}; "
+                             "a guide must sample every latent site of the model, by the same name")
+        for name, shape in model.latent_sites.items():
+            if tuple(sampled[name]["value"].shape) != tuple(shape):
+                raise UsageError(f"the guide {spec} samples {name!r} with shape {tuple(sampled[name]['value'].shape)}"
+                                 f" but the model's {name!r} has shape {tuple(shape)}; sample it in the model's shape")
+        self.param_names = [name for name, site in trace.nodes.items() if site["type"] == "param"]
+
+    def guide(self, x, index=None, num_data=None):
+        if self.joint_model.takes_index:
+            return self.fn(x, index=index, num_data=num_data)
+        return self.fn(x)
+
+    def optimum_start(self, x, index):
+        return None
+
+    def distribution(self, x, index=None):
+        raise UsageError(f"the guide {self.spec} is a program evaluated from traces; it has no density object")
+
+    def state_dict(self, *args, **kwargs):
+        from elbogap.user_model import params_state
+
+        return params_state(self.param_names)
+
+    def load_state_dict(self, state, strict: bool = True):
+        from elbogap.user_model import load_params_state
+
+        load_params_state(state)
+
+
+def global_guide(spec: str, model, data: torch.Tensor, flow_depth: int = 2, instances: dict | None = None,
+                modules: dict | None = None) -> Guide:
+    """The guide ``spec`` names for a model with global latents: ``auto:NAME`` or a program ``file.py:name``."""
+    from elbogap.user_model import is_autoguide, is_user_model, resolve_program
+
+    if is_autoguide(spec):
+        return GlobalAutoGuide(spec.removeprefix("auto:"), model, data, flow_depth)
+    if is_user_model(spec):
+        program, owner = resolve_program(spec, "guide", data.shape[-1], model.latent_dim, instances, modules)
+        return GlobalProgramGuide(program, model, data, spec, owner)
+    raise UsageError(f"the guide {spec} is one of elbogap's amortized families q(z|x), which model per-point latents; "
+                     f"{model.spec} has global latents ({', '.join(model.global_sites)}): use Pyro's autoguides "
+                     f"(auto:AutoNormal, auto:AutoMultivariateNormal, ...) or your own guide program (file.py:name)")

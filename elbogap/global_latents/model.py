@@ -1,0 +1,255 @@
+r"""A user's Pyro model with global latents, seen as one joint density over every latent of the data set.
+
+For a model :math:`p(\theta)\, \prod_n p(z_n \mid \theta)\, p(x_n \mid z_n, \theta)` with global
+latents :math:`\theta` (regression weights, hierarchical scales) beside or instead of per-point
+latents :math:`z_n`, the posterior conditions on the whole data set :math:`D`, and the evidence
+the ELBO bounds is :math:`\log p(D) = \log \int p(\theta, z_{1:N}, D)\, d\theta\, dz_{1:N}`.
+Every latent site is mapped to the real line by ``biject_to(support)`` (as Pyro's HMC does) and
+all of them are joined into one flat vector of :attr:`GlobalLatentModel.latent_dim` numbers; the
+density of that vector carries the log-Jacobian of the map, so integrals over it (AIS) give the
+same evidence as over the sites themselves.
+"""
+
+import inspect
+import math
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+from torch import nn
+from torch.distributions import biject_to
+
+from elbogap.errors import UsageError
+from elbogap.user_model import load_params_state, params_state, takes_index, trace_program
+
+
+def sample_sites(trace) -> dict:
+    """The sample sites of a trace that are not plate subsample sites."""
+    return {name: site for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site_is_subsample(site)}
+
+
+def is_global_model(trace, x: torch.Tensor) -> bool:
+    """Whether a model's trace on ``x`` has a latent site that is not one value per data point.
+
+    A latent is per point when it lies in a plate of an observed site and its first dimension
+    has one entry per row of ``x``; any other latent (outside every data plate, or a plate of
+    another size) is global. Found from the trace, not declared.
+    """
+    samples = sample_sites(trace)
+    observed = [site for site in samples.values() if site["is_observed"]]
+    data_plates = {frame.name for site in observed for frame in site["cond_indep_stack"]}
+    for site in samples.values():
+        if site["is_observed"]:
+            continue
+        frames = {frame.name for frame in site["cond_indep_stack"]}
+        value = site["value"]
+        if not frames & data_plates or value.dim() == 0 or value.shape[0] != len(x):
+            return True
+    return False
+
+
+def _program_arguments(fn):
+    """Whether a program takes ``(x, index, num_data)``; refused if it needs other arguments than the data."""
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    required = [p.name for p in parameters[1:] if p.default is inspect.Parameter.empty
+                and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("index", "num_data")]
+    if required:
+        raise UsageError(f"the program {getattr(fn, '__qualname__', fn)} needs argument(s) {', '.join(required)} "
+                         "beside the data; elbogap calls a program with one data tensor: put covariates into "
+                         "the data's columns, or give them defaults")
+    return takes_index(fn)
+
+
+class GlobalLatentModel(nn.Module):
+    r"""A user's model program with global latents, judged on the whole data set.
+
+    :param fn: the Pyro program ``fn(data)`` (or ``fn(data, index, num_data)`` with a subsampled
+        data plate), which samples its latents and observes ``data``.
+    :param torch.Tensor data: the data set :math:`D`, one row per data point.
+    :param str spec: the program's name, for messages.
+
+    Attributes: ``latent_sites`` (each latent site's whole value shape), ``global_sites`` and
+    ``local_sites`` (which are per data point), ``latent_dim`` (the flat vector's size),
+    ``observed_sites``, ``transforms`` (``biject_to`` of each site's support).
+    """
+
+    kind = "global"
+    has_exact_posterior = False
+    jit_compatible = False
+    broadcasts_draws = False
+    amortizable = False
+
+    def __init__(self, fn, data: torch.Tensor, spec: str = "model", owner=None):
+        super().__init__()
+        self.fn, self.spec = fn, spec
+        self.takes_index = _program_arguments(fn)
+        if isinstance(owner, nn.Module):
+            self.owner = owner
+        trace = trace_program(self.full_program, data, spec, "model")
+        samples = sample_sites(trace)
+        self.observed_sites = [name for name, site in samples.items() if site["is_observed"]]
+        if not self.observed_sites:
+            raise UsageError(f"the model {spec} has no observed site; observe the data with pyro.sample(..., obs=...)")
+        latents = {name: site for name, site in samples.items() if not site["is_observed"]}
+        if not latents:
+            raise UsageError(f"the model {spec} has no latent site; there is no posterior to measure")
+        for name, site in latents.items():
+            if site["fn"].support.is_discrete:
+                raise UsageError(f"the model {spec} has a discrete latent site {name!r}; elbogap's estimators need "
+                                 "continuous latents (sum it out in the model, e.g. with pyro.infer.config_enumerate "
+                                 "and a marginalized likelihood, or make it continuous)")
+        self.latent_sites = {name: site["value"].shape for name, site in latents.items()}
+        self.transforms = {name: biject_to(site["fn"].support) for name, site in latents.items()}
+        self.unconstrained_shapes = {}
+        for name, shape in self.latent_sites.items():
+            unconstrained = self.transforms[name].inverse_shape(shape)
+            self.unconstrained_shapes[name] = torch.Size(unconstrained)
+        data_plates = {frame.name for name in self.observed_sites for frame in samples[name]["cond_indep_stack"]}
+        self.local_sites = [name for name, site in latents.items()
+                            if {f.name for f in site["cond_indep_stack"]} & data_plates
+                            and site["value"].dim() > 0 and site["value"].shape[0] == len(data)]
+        self.global_sites = [name for name in latents if name not in self.local_sites]
+        self.data_plate = next(iter(data_plates), None)
+        self.latent_dim = sum(math.prod(shape) for shape in self.unconstrained_shapes.values())
+        self.num_data, self.data_dim = len(data), data.shape[-1]
+        self.param_names = [name for name, site in trace.nodes.items() if site["type"] == "param"]
+        self.vectorized = None  # whether vmap serves the density; found by a probe on first use (see log_density)
+
+    # --- the program ---------------------------------------------------------------------------
+
+    def model(self, x, index=None, num_data=None):
+        """The program on a minibatch (a program that subsamples its data plate) or on all of ``x``."""
+        if self.takes_index:
+            return self.fn(x, index=index, num_data=num_data)
+        return self.fn(x)
+
+    def full_program(self, data):
+        """The program on the whole data set (a subsampling program is given every row)."""
+        if self.takes_index:
+            return self.fn(data, index=torch.arange(len(data), device=data.device), num_data=len(data))
+        return self.fn(data)
+
+    # --- the flat latent vector ------------------------------------------------------------------
+
+    def unpack(self, z: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Site values (in their supports) from one flat vector ``z`` ``(latent_dim,)``, and :math:`\\log|\\det J|`."""
+        values, log_det, start = {}, z.new_zeros(()), 0
+        for name, shape in self.unconstrained_shapes.items():
+            size = math.prod(shape)
+            unconstrained = z[start:start + size].reshape(shape)
+            start += size
+            values[name] = self.transforms[name](unconstrained)
+            log_det = log_det + self.transforms[name].log_abs_det_jacobian(unconstrained, values[name]).sum()
+        return values, log_det
+
+    def pack(self, values: dict[str, torch.Tensor], batch_dims: int = 0) -> torch.Tensor:
+        """The flat vector(s) of site values with ``batch_dims`` leading dimensions (inverse of :meth:`unpack`)."""
+        parts = []
+        for name, shape in self.latent_sites.items():
+            value = values[name]
+            lead = value.shape[:batch_dims]
+            value = value.reshape(tuple(lead) + tuple(shape))
+            parts.append(self.transforms[name].inv(value).reshape(*lead, -1))
+        return torch.cat(parts, -1)
+
+    # --- densities -------------------------------------------------------------------------------
+
+    def _parts(self, z: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
+        """``[log p(latents), log p(D | latents)]`` at one flat vector, the prior with the Jacobian of the map."""
+        values, log_det = self.unpack(z)
+        trace = poutine.trace(poutine.condition(self.full_program, data=values)).get_trace(data)
+        log_prior, log_lik = log_det, z.new_zeros(())
+        for name, site in sample_sites(trace).items():  # conditioned latents count as observed in the trace
+            log_p = site["fn"].log_prob(site["value"]).sum()
+            if name in values:
+                log_prior = log_prior + log_p
+            else:
+                log_lik = log_lik + log_p
+        return torch.stack([log_prior, log_lik])
+
+    def log_density(self, z: torch.Tensor, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r""":math:`\log p(\theta, z)` (with the Jacobian) and :math:`\log p(D \mid \theta, z)` at ``z`` ``(..., dim)``.
+
+        Chains are evaluated together with ``torch.func.vmap`` where the program allows it (a probe
+        compares it with one call per chain on the first use), else one call per chain.
+        """
+        lead = z.shape[:-1]
+        flat = z.reshape(-1, z.shape[-1])
+        with pyro.validation_enabled(False):  # a leapfrog step may leave the support: NaN, then rejected
+            if self.vectorized is None:
+                self.vectorized = self._probe_vmap(flat, data)
+            if self.vectorized:
+                parts = torch.func.vmap(lambda one: self._parts(one, data))(flat)
+            else:
+                parts = torch.stack([self._parts(one, data) for one in flat])
+        return parts[:, 0].reshape(lead), parts[:, 1].reshape(lead)
+
+    def _probe_vmap(self, flat: torch.Tensor, data: torch.Tensor) -> bool:
+        validate = torch.distributions.Distribution._validate_args
+        torch.distributions.Distribution.set_default_validate_args(False)
+        try:
+            probe = flat[:2].detach()
+            batched = torch.func.vmap(lambda one: self._parts(one, data))(probe)
+            looped = torch.stack([self._parts(one, data) for one in probe])
+            return bool(torch.allclose(batched, looped, rtol=1e-4, atol=1e-3, equal_nan=True))
+        except Exception:  # any program vmap cannot run (data-dependent control flow, in-place ops): one call a chain
+            return False
+        finally:
+            torch.distributions.Distribution.set_default_validate_args(validate)
+
+    # --- draws from the model ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def prior_draws(self, count: int, data: torch.Tensor) -> torch.Tensor:
+        """``count`` ancestral draws of every latent from the model run on ``data``: ``(count, latent_dim)``."""
+        program = poutine.block(self.full_program, hide_types=["param"])
+        draws = []
+        for _ in range(count):
+            trace = poutine.trace(program).get_trace(data)
+            draws.append(self.pack({name: trace.nodes[name]["value"] for name in self.latent_sites}))
+        return torch.stack(draws)
+
+    @torch.no_grad()
+    def simulate(self, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One data set drawn from the prior predictive, shaped like ``data``, and the latents that made it.
+
+        The program runs with ``poutine.uncondition``, so its observed sites are sampled; their
+        values are written back into the columns they were read from (found by matching the
+        observed values against ``data``'s columns).
+        """
+        trace = poutine.trace(poutine.uncondition(self.full_program)).get_trace(data)
+        observed_trace = poutine.trace(self.full_program).get_trace(data)
+        simulated = data.clone()
+        for name in self.observed_sites:
+            original = observed_trace.nodes[name]["value"]
+            value = trace.nodes[name]["value"].to(data.dtype)
+            simulated = _write_back(simulated, data, original, value, self.spec, name)
+        z = self.pack({name: trace.nodes[name]["value"] for name in self.latent_sites})
+        return simulated, z
+
+    # --- parameters (pyro.param / pyro.module) --------------------------------------------------------
+
+    def state_dict(self, *args, **kwargs):
+        return params_state(self.param_names)
+
+    def load_state_dict(self, state, strict: bool = True):
+        load_params_state(state)
+
+
+def _write_back(simulated, data, original, value, spec, name):
+    """Put a simulated observation where the observed one came from in ``data`` (a column block or all of it)."""
+    flat_original, flat_value = original.reshape(len(data), -1), value.reshape(len(data), -1)
+    if original.numel() == data.numel() and torch.equal(original.reshape(data.shape), data):
+        return value.reshape(data.shape)
+    width = flat_original.shape[1]
+    for start in range(data.shape[1] - width + 1):
+        if torch.equal(data[:, start:start + width], flat_original):
+            simulated[:, start:start + width] = flat_value
+            return simulated
+    raise UsageError(f"--bdmc needs to simulate data sets, but the observed site {name!r} of {spec} is not a block of "
+                     "the data's columns (it is transformed before it is observed); observe the data's own columns")

@@ -1,0 +1,163 @@
+"""Figures of a study of a model with global latents: marginals against the reference, gaps, evidence, training."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from elbogap.checkpoint import load_checkpoint  # noqa: E402
+
+#: global latent elements drawn in marginals.png (the first ones, site after site)
+MARGINALS = 6
+
+
+def _by_guide(runs):
+    guides: dict[str, list[dict]] = {}
+    for run in runs:
+        guides.setdefault(run["guide"], []).append(run)
+    return guides
+
+
+def _elements(run: dict) -> list[tuple[str, int]]:
+    sites = run["sites"]["global"] or run["sites"]["local"]
+    return [(site, i) for site in sites for i in range(min(len(run["q_moments"][site]["mean"]), MARGINALS))][:MARGINALS]
+
+
+def plot_marginals(results: dict, results_dir: Path, path: Path) -> Path | None:
+    """One row per global latent element, one column per guide: q's draws against the reference posterior's."""
+    firsts = {guide: runs[0] for guide, runs in _by_guide(results["runs"]).items()}
+    draws = {}
+    for guide, run in firsts.items():
+        file = results_dir / run.get("run_dir", ".") / "draws.pt"
+        if file.is_file():
+            draws[guide] = load_checkpoint(file)
+    if not draws:
+        return None
+    elements = _elements(next(iter(firsts.values())))
+    fig, axes = plt.subplots(len(elements), len(draws), figsize=(2.8 * len(draws), 1.9 * len(elements)),
+                             squeeze=False)
+    for column, (guide, state) in enumerate(draws.items()):
+        for row, (site, i) in enumerate(elements):
+            axis = axes[row, column]
+            q = state["q"][site][:, i].double()
+            reference = state.get("reference", {}).get(site)
+            pooled = q if reference is None else torch.cat([q, reference[:, i].double()])
+            low, high = torch.quantile(pooled, torch.tensor([0.005, 0.995], dtype=torch.float64)).tolist()
+            bins = torch.linspace(low, high if high > low else low + 1, 40).tolist()
+            if reference is not None:
+                weights = state.get("reference_weights")
+                axis.hist(reference[:, i].double().numpy(), bins=bins, density=True, color="0.7",
+                          weights=None if weights is None else weights.double().numpy(), label="reference")
+            axis.hist(q.numpy(), bins=bins, density=True, histtype="step", lw=1.5, color="tab:red", label="q")
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(guide, fontsize=9)
+            if column == 0:
+                axis.set_ylabel(f"{site}[{i}]", fontsize=8)
+    axes[0, 0].legend(fontsize=7)
+    method = next((run["reference"]["method"] for run in firsts.values() if "reference" in run), None)
+    fig.suptitle("q's marginals (red) against the reference posterior (grey" + (f", {method}" if method else ", none")
+                 + ")", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_gaps(results: dict, path: Path) -> Path:
+    """KL gap per guide: mean over seeds, the Monte-Carlo standard error as the error bar, seeds as dots."""
+    groups = _by_guide(results["runs"])
+    fig, axis = plt.subplots(figsize=(1.4 * len(groups) + 3, 4))
+    for i, runs in enumerate(groups.values()):
+        gaps = torch.tensor([run["data"]["kl_gap"] for run in runs], dtype=torch.float64)
+        stderr = float(torch.tensor([run["data"]["kl_gap_stderr"] for run in runs]).pow(2).mean().sqrt())
+        axis.bar(i, float(gaps.mean()), 0.6, yerr=stderr, capsize=4, color="tab:blue", alpha=0.8)
+        axis.plot([i] * len(gaps), gaps.numpy(), "k.", ms=5)
+    axis.set_xticks(range(len(groups)), list(groups), rotation=20, fontsize=8)
+    axis.set(ylabel="KL gap = log p(D) - ELBO(D) (nats)",
+             title="KL(q || p(θ, z | D)) per guide\n(log p(D) by AIS; bars: mean over seeds ± MC s.e.; dots: seeds)")
+    axis.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_evidence(results: dict, path: Path) -> Path:
+    """The evidence estimates side by side: AIS, each guide's ELBO and importance estimate, BDMC bounds."""
+    runs = results["runs"]
+    bdmc = [run["bdmc"] for run in runs if "bdmc" in run]
+    fig, axes = plt.subplots(1, 2 if bdmc else 1, figsize=(11 if bdmc else 7, 4), squeeze=False)
+    axis = axes[0, 0]
+    groups = _by_guide(runs)
+    for i, mine in enumerate(groups.values()):
+        for run in mine:
+            data = run["data"]
+            axis.errorbar(i - 0.15, data["elbo"], yerr=2 * data["elbo_stderr"], fmt="o", color="tab:blue",
+                          label="ELBO(D)" if i == 0 and run is mine[0] else None)
+            axis.errorbar(i + 0.15, data["log_evidence_q"], yerr=2 * data["log_evidence_q_stderr"], fmt="s",
+                          color="tab:green", label="q's IS estimate" if i == 0 and run is mine[0] else None)
+    for seed in dict.fromkeys(run["seed"] for run in runs):
+        data = next(run["data"] for run in runs if run["seed"] == seed)
+        axis.axhline(data["log_evidence"], color="k", lw=1)
+        axis.axhspan(data["log_evidence"] - 2 * data["log_evidence_stderr"],
+                     data["log_evidence"] + 2 * data["log_evidence_stderr"], color="k", alpha=0.1)
+    axis.plot([], [], "k-", label="log p(D), AIS (± 2 s.e.)")
+    axis.set_xticks(range(len(groups)), list(groups), rotation=20, fontsize=8)
+    axis.set(ylabel="nats", title="evidence of D: AIS, and each guide's bounds")
+    axis.legend(fontsize=7)
+    axis.grid(alpha=0.3)
+    if bdmc:
+        axis = axes[0, 1]
+        for i, summary in enumerate(bdmc):
+            lower, upper = summary["per_dataset"]["lower"], summary["per_dataset"]["upper"]
+            for j, (low, high) in enumerate(zip(lower, upper, strict=True)):
+                axis.plot([i * (len(lower) + 1) + j] * 2, [low, high], "-", color="tab:purple")
+                axis.plot(i * (len(lower) + 1) + j, low, "^", color="tab:blue", ms=4)
+                axis.plot(i * (len(lower) + 1) + j, high, "v", color="tab:red", ms=4)
+        axis.set(xlabel="simulated data set (runs side by side)", ylabel="log p(D*)",
+                 title="BDMC: forward AIS (▲ lower) and reverse AIS (▼ upper)")
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_training(results: dict, path: Path) -> Path:
+    """The running training ELBO per data point of every run, and the ELBO of D at evaluation points."""
+    fig, axis = plt.subplots(figsize=(7, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (guide, runs) in enumerate(_by_guide(results["runs"]).items()):
+        for j, run in enumerate(runs):
+            if run["curve"]:
+                steps, elbo = zip(*run["curve"], strict=True)
+                axis.plot(steps, elbo, color=colors[i % len(colors)], alpha=0.6, lw=1, label=guide if j == 0 else None)
+            points = [p for p in run.get("curve_eval", []) if "data_elbo" in p]
+            axis.plot([p["step"] for p in points], [p["data_elbo"] for p in points], "o", color=colors[i % len(colors)],
+                      ms=3)
+        log_evidence = runs[0]["data"]["log_evidence_per_point"]
+        axis.axhline(log_evidence, color="k", lw=1, ls="--")
+    values = [value for run in results["runs"] for _, value in run["curve"]]
+    if values:
+        top = max(values + [results["runs"][0]["data"]["log_evidence_per_point"]])
+        floor = sorted(values)[len(values) // 10]
+        axis.set_ylim(floor - 0.2 * (top - floor + 1e-9), top + 0.1 * (top - floor + 1e-9))
+    axis.set(xlabel="SVI step", ylabel="nats per data point",
+             title="ELBO over training; dashed: log p(D) per point (AIS)")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def make_figures(results: dict, results_dir: Path) -> list[Path]:
+    written = [plot_gaps(results, results_dir / "gaps.png"), plot_evidence(results, results_dir / "evidence.png"),
+               plot_training(results, results_dir / "training.png")]
+    marginals = plot_marginals(results, results_dir, results_dir / "marginals.png")
+    return written + ([marginals] if marginals else [])

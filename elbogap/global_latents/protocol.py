@@ -1,0 +1,192 @@
+r"""The protocol of a study of a model with global latents: what is evaluated, on which data, with which estimators.
+
+The data set :math:`D` is every row of the data (see :func:`elbogap.data.load_whole`): the
+posterior conditions on all of it, so the evidence :math:`\log p(D)` and every guide's
+:math:`\mathrm{ELBO}(D)` are computed on all of it, and
+:math:`\log p(D) = \mathrm{ELBO}(q) + \mathrm{KL}(q(\theta, z) \,\|\, p(\theta, z \mid D))`.
+
+Per run (guide and seed): the ELBO of D and its terms from ``--iw-samples`` draws of q;
+:math:`\log p(D)` by AIS from the prior over every latent (independent of the guide); the KL gap
+with its standard error; q as an importance proposal (its estimate of :math:`\log p(D)`, ESS,
+PSIS :math:`\hat k`); each site's moments under q against a reference posterior (``--reference``);
+and with ``--bdmc N`` a sandwich on N data sets simulated from the prior predictive. The evidence,
+the NUTS reference and BDMC depend on the model's parameters, the data, the settings and the
+seed, not on the guide: they are computed once per study for a model without parameters and
+kept in ``OUT/shared/`` for every guide's run.
+"""
+
+import hashlib
+import io
+import json
+import math
+from pathlib import Path
+
+import pyro
+import torch
+
+from elbogap.checkpoint import load_checkpoint, save_checkpoint
+from elbogap.errors import UsageError
+from elbogap.global_latents.evaluation import guide_draws, moments, summarize_draws
+from elbogap.global_latents.evidence import Evidence, ais_evidence, bdmc_evidence
+from elbogap.global_latents.guides import SUBSAMPLING_AUTOGUIDES, GlobalAutoGuide, GlobalProgramGuide, global_guide
+from elbogap.global_latents.model import GlobalLatentModel
+from elbogap.global_latents.reference import against_reference, ais_reference, nuts_reference, site_moments
+
+#: how far q's importance estimate of log p(D) may sit above AIS's, in standard errors, before AIS is doubted
+DISAGREEMENT = 3.0
+
+
+def batch_size(config, model: GlobalLatentModel, guide) -> int:
+    """Rows per SVI step: minibatches only where the program subsamples its data plate and the guide follows it."""
+    follows = isinstance(guide, GlobalProgramGuide) or (isinstance(guide, GlobalAutoGuide)
+                                                        and guide.name in SUBSAMPLING_AUTOGUIDES)
+    if model.takes_index and (follows or not model.local_sites):
+        return min(config.batch_size, model.num_data)
+    return model.num_data
+
+
+def study_cache(run_dir: Path, kind: str, model, data: torch.Tensor, settings: dict, seed: int, compute):
+    """``compute()``, or what it returned before for the same model parameters, data, settings and seed.
+
+    Kept in ``OUT/shared/KIND-HASH.pt`` beside the study's runs (read with ``weights_only``), so
+    the guides of one study share one evidence, one NUTS run, one BDMC.
+    """
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"kind": kind, "settings": settings, "seed": seed, "spec": model.spec},
+                             sort_keys=True).encode())
+    buffer = io.BytesIO()
+    torch.save({"data": data.cpu(), "params": {k: v.cpu() for k, v in model.state_dict().items()}}, buffer)
+    digest.update(buffer.getvalue())
+    path = Path(run_dir).parent.parent / "shared" / f"{kind}-{digest.hexdigest()[:16]}.pt"
+    if path.is_file():
+        return load_checkpoint(path)
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, value)
+    return value
+
+
+def evidence_state(model, data, config, seed, run_dir, progress) -> dict:
+    settings = config.evidence_settings()
+
+    def compute():
+        pyro.set_rng_seed(seed + 10_000)
+        evidence = ais_evidence(model, data, settings, progress=progress)
+        return {"summary": evidence.summary(settings), "log_w": evidence.log_w, "states": evidence.states}
+
+    return study_cache(run_dir, "evidence", model, data, settings.to_dict(), seed, compute)
+
+
+def reference_state(model, data, config, seed, run_dir, evidence: dict, progress) -> dict | None:
+    if config.reference == "none":
+        return None
+    if config.reference == "ais":
+        placeholder = Evidence(0.0, 0.0, evidence["log_w"], evidence["states"], torch.zeros(0), torch.zeros(0), 0.0)
+        reference = ais_reference(model, placeholder)
+        return {"method": "ais", "values": reference.values, "weights": reference.weights,
+                "diagnostics": json.dumps(reference.diagnostics)}
+    settings = {"chains": config.nuts_chains, "warmup": config.nuts_warmup, "samples": config.nuts_samples}
+
+    def compute():
+        reference = nuts_reference(model, data, seed=seed + 30_000, progress=progress, **settings)
+        return {"method": "nuts", "values": reference.values, "diagnostics": json.dumps(reference.diagnostics)}
+
+    return study_cache(run_dir, "nuts", model, data, settings, seed, compute)
+
+
+def evaluate_global(model: GlobalLatentModel, guide, data: torch.Tensor, config, seed: int, run_dir: Path,
+                    phases, progress: bool = False, rows: str = "") -> dict:
+    """The metrics of one trained guide on the whole data set (see the module's description)."""
+    num_data = len(data)
+    with phases("evaluate_q"):
+        pyro.set_rng_seed(seed + 10_000)
+        draws = guide_draws(model, guide, data, config.iw_samples)
+        metrics = summarize_draws(draws, num_data)
+    metrics["rows"] = rows
+    with phases("evidence"):
+        evidence = evidence_state(model, data, config, seed, run_dir, progress)
+    summary = evidence["summary"]
+    metrics.update(log_evidence=summary["log_evidence"], log_evidence_stderr=summary["stderr"],
+                   log_evidence_method="ais", log_evidence_guide_independent=True)
+    metrics["kl_gap"] = metrics["log_evidence"] - metrics["elbo"]
+    metrics["kl_gap_stderr"] = math.hypot(metrics["log_evidence_stderr"], metrics["elbo_stderr"])
+    for key in ("elbo", "elbo_stderr", "log_evidence", "kl_gap", "kl_gap_stderr", "log_evidence_q"):
+        metrics[f"{key}_per_point"] = metrics[key] / num_data
+    metrics.update(evidence_check(metrics))
+    record = {"data": metrics, "evidence": summary}
+    with phases("reference"):
+        reference = reference_state(model, data, config, seed, run_dir, evidence, progress)
+    q_moments = moments(draws.values)
+    record["q_moments"] = site_moments(q_moments)
+    if reference is not None:
+        ref_moments = moments(reference["values"], reference.get("weights"))
+        record["reference"] = {"method": reference["method"], **json.loads(reference["diagnostics"]),
+                               "moments": site_moments(ref_moments),
+                               "sites": against_reference(q_moments, ref_moments)}
+    if config.bdmc:
+        with phases("bdmc"):
+            record["bdmc"] = study_cache(run_dir, "bdmc", model, data, {**config.evidence_settings().to_dict(),
+                                                                        "datasets": config.bdmc}, seed,
+                                         lambda: bdmc_summary(model, data, config, seed, progress))["summary"]
+    record["sites"] = {"global": model.global_sites, "local": model.local_sites,
+                       "shapes": {name: list(shape) for name, shape in model.latent_sites.items()},
+                       "latent_dim": model.latent_dim}
+    save_draws(run_dir, draws, reference)
+    return record
+
+
+def bdmc_summary(model, data, config, seed, progress) -> dict:
+    pyro.set_rng_seed(seed + 20_000)
+    return {"summary": bdmc_evidence(model, data, config.bdmc, config.evidence_settings(), progress=progress)}
+
+
+def evidence_check(metrics: dict) -> dict:
+    """Compare q's importance estimate of log p(D) with AIS's: both are lower bounds in expectation."""
+    above = metrics["log_evidence_q"] - metrics["log_evidence"]
+    stderr = math.hypot(metrics["log_evidence_q_stderr"], metrics["log_evidence_stderr"])
+    out = {"q_above_ais": above, "q_above_ais_stderr": stderr}
+    if above > DISAGREEMENT * stderr and above > 0:
+        out["evidence_warning"] = (f"q's importance estimate of log p(D) is {above:.3f} nats above AIS "
+                                   f"({above / max(stderr, 1e-12):.0f} standard errors): AIS has not converged at "
+                                   "these settings and the KL gap is overstated by about that much; raise --ais-steps "
+                                   "and --ais-chains")
+    elif -above > DISAGREEMENT * stderr:
+        out["evidence_note"] = (f"q's importance estimate of log p(D) is {-above:.3f} nats below AIS: q is a poor "
+                                "importance proposal for this posterior (see k-hat); AIS's value is the one to read")
+    return out
+
+
+def save_draws(run_dir: Path, draws, reference: dict | None) -> None:
+    """q's draws and the reference's, for the marginal figures (``draws.pt`` in the run directory)."""
+    state = {"q": draws.values}
+    if reference is not None:
+        state["reference"] = reference["values"]
+        if reference.get("weights") is not None:
+            state["reference_weights"] = reference["weights"]
+    save_checkpoint(Path(run_dir) / "draws.pt", state)
+
+
+@torch.no_grad()
+def curve_point(model, guide, data: torch.Tensor, samples: int = 16) -> dict:
+    """A cheap point of the training curve: the ELBO of D per data point from a few draws of q."""
+    with torch.random.fork_rng():
+        draws = guide_draws(model, guide, data, samples)
+    return {"data_elbo": float(draws.log_w.mean()) / len(data)}
+
+
+def build_global(config, data: torch.Tensor, guide_name: str, spec_model=None, instances: dict | None = None,
+                 modules: dict | None = None):
+    """A fresh model with global latents (the program ``config.model``) and the guide ``guide_name`` on ``data``."""
+    from elbogap.user_model import resolve_program
+
+    instances = {} if instances is None else instances
+    modules = {} if modules is None else modules
+    if spec_model is None:
+        program, owner = resolve_program(config.model, "model", data.shape[-1], config.latent_dim, instances, modules)
+        model = GlobalLatentModel(program, data, config.model, owner)
+    else:
+        model = spec_model
+    if config.device != "cpu":
+        raise UsageError("models with global latents run on the CPU; drop --device")
+    guide = global_guide(guide_name, model, data, config.flow_depth, instances, modules)
+    return model, guide

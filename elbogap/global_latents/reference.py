@@ -1,0 +1,135 @@
+r"""A reference posterior for a model with global latents, and how far each guide's moments are from it.
+
+``nuts``: Pyro's NUTS (``pyro.infer.MCMC``), chains run one after another from their own
+seeds, with split :math:`\hat R` and the effective sample size of ``pyro.ops.stats`` checked
+against the thresholds of Vehtari et al. [1] (:math:`\hat R < 1.01`, ESS above 100 per chain).
+``ais``: the final states of the evidence's AIS chains, weighted by their normalized importance
+weights (free, but only as good as the chains' effective number).
+
+Per latent site and element, a guide's standardized mean error is
+:math:`(\mathbb{E}_q - \mathbb{E}_{\text{ref}}) / \mathrm{sd}_{\text{ref}}` and its scale ratio
+:math:`\mathrm{sd}_q / \mathrm{sd}_{\text{ref}}` (below 1: q too narrow, as mean-field
+families tend to be).
+
+References:
+
+[1] Rank-normalization, folding, and localization: an improved R-hat for assessing convergence
+    of MCMC, Aki Vehtari, Andrew Gelman, Daniel Simpson, Bob Carpenter, Paul-Christian Bürkner,
+    arXiv:1903.08008
+"""
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import pyro
+import torch
+from pyro.infer import MCMC, NUTS
+from pyro.ops.stats import effective_sample_size, split_gelman_rubin
+
+from elbogap.errors import UsageError
+from elbogap.global_latents.evaluation import moments
+
+RHAT_LIMIT = 1.01
+ESS_PER_CHAIN = 100
+#: elements per site whose moments and errors are kept one by one in results (the rest are summarized)
+KEPT_ELEMENTS = 50
+
+
+@dataclass
+class Reference:
+    """Posterior draws or weighted states, each site's elements as ``(count, size)``, and how they were made."""
+
+    method: str
+    values: dict[str, torch.Tensor]
+    weights: torch.Tensor | None = None
+    diagnostics: dict = field(default_factory=dict)
+
+    def moments(self) -> dict[str, dict]:
+        return moments(self.values, self.weights)
+
+
+def nuts_reference(model, data: torch.Tensor, chains: int = 2, warmup: int = 500, samples: int = 500,
+                   seed: int = 0, progress: bool = False) -> Reference:
+    """``chains`` NUTS chains on the whole data set, each from its own seed, with R-hat, ESS and divergences."""
+    started = time.perf_counter()
+    runs, divergences = [], 0
+    for chain in range(chains):
+        pyro.set_rng_seed(seed + chain)
+        kernel = NUTS(model.full_program, jit_compile=False)
+        mcmc = MCMC(kernel, num_samples=samples, warmup_steps=warmup, num_chains=1,
+                    disable_progbar=not progress)
+        try:
+            mcmc.run(data)
+        except Exception as error:
+            reason = str(error).splitlines()[0] if str(error) else ""
+            raise UsageError(f"NUTS cannot run {model.spec}: {type(error).__name__}: {reason}; "
+                             "use --reference ais or none") from None
+        runs.append(mcmc.get_samples())
+        divergences += int(sum(len(v) for v in mcmc.diagnostics().get("divergences", {}).values()))
+    values = {name: torch.cat([run[name].reshape(samples, -1) for run in runs]).detach()
+              for name in model.latent_sites}
+    grouped = {name: torch.stack([run[name].reshape(samples, -1) for run in runs]).double()
+               for name in model.latent_sites}
+    rhat = {name: float(split_gelman_rubin(x).max()) if chains > 1 else float("nan") for name, x in grouped.items()}
+    ess = {name: float(effective_sample_size(x).min()) for name, x in grouped.items()}
+    warnings = []
+    bad_rhat = [f"{name} {value:.3f}" for name, value in rhat.items() if value > RHAT_LIMIT]
+    if bad_rhat:
+        warnings.append(f"R-hat above {RHAT_LIMIT} ({', '.join(bad_rhat)}): the chains disagree; "
+                        "raise --nuts-warmup and --nuts-samples")
+    if chains < 2:
+        warnings.append("one chain: R-hat cannot be computed; use --nuts-chains 2 or more")
+    low_ess = [f"{name} {value:.0f}" for name, value in ess.items() if value < ESS_PER_CHAIN * chains]
+    if low_ess:
+        warnings.append(f"effective sample size below {ESS_PER_CHAIN} per chain ({', '.join(low_ess)}): "
+                        "the reference moments are noisy; raise --nuts-samples")
+    if divergences:
+        warnings.append(f"{divergences} divergent transitions: NUTS may miss part of the posterior "
+                        "(reparameterize, e.g. non-centered)")
+    diagnostics = {"chains": chains, "warmup": warmup, "samples": samples, "rhat_max": rhat, "ess_min": ess,
+                   "divergences": divergences, "warnings": warnings, "seconds": time.perf_counter() - started}
+    return Reference("nuts", values, None, diagnostics)
+
+
+def ais_reference(model, evidence) -> Reference:
+    """The AIS chains' final states mapped into each site's support, weighted by their normalized weights."""
+    weights = evidence.log_w.double().softmax(0)
+    states = [model.unpack(z)[0] for z in evidence.states]
+    values = {name: torch.stack([state[name].reshape(-1) for state in states]).detach()
+              for name in model.latent_sites}
+    effective = float(weights.pow(2).sum().reciprocal())
+    warnings = []
+    if effective < 10:
+        warnings.append(f"the AIS reference rests on {effective:.1f} effective chains: its moments are rough; "
+                        "raise --ais-chains or use --reference nuts")
+    return Reference("ais", values, weights, {"effective_chains": effective, "warnings": warnings})
+
+
+def against_reference(q_moments: dict, ref_moments: dict) -> dict:
+    r"""Per site: standardized mean errors and scale ratios (elementwise for the first elements, summaries for all)."""
+    out = {}
+    for name, q in q_moments.items():
+        ref = ref_moments[name]
+        sd_ref = ref["sd"].clamp_min(1e-12)
+        error = (q["mean"] - ref["mean"]) / sd_ref
+        ratio = q["sd"] / sd_ref
+        out[name] = {
+            "size": len(error),
+            "mean_error_max_abs": float(error.abs().max()),
+            "mean_error_rms": float(error.pow(2).mean().sqrt()),
+            "sd_ratio_min": float(ratio.min()), "sd_ratio_max": float(ratio.max()),
+            "sd_ratio_geomean": float(ratio.clamp_min(1e-300).log().mean().exp()),
+            "mean_error": error[:KEPT_ELEMENTS].tolist(), "sd_ratio": ratio[:KEPT_ELEMENTS].tolist(),
+        }
+    return out
+
+
+def site_moments(moment: dict) -> dict:
+    """A site's moments as lists for results.json (the first elements only)."""
+    return {name: {"mean": m["mean"][:KEPT_ELEMENTS].tolist(), "sd": m["sd"][:KEPT_ELEMENTS].tolist()}
+            for name, m in moment.items()}
+
+
+def finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

@@ -1,0 +1,138 @@
+"""The table of a study of a model with global latents (results.md sections and results.csv rows)."""
+
+import statistics
+
+#: (key in a run's ``data`` metrics, column title)
+COLUMNS = [("elbo", "ELBO(D)"), ("log_evidence", "log p(D), AIS"), ("kl_gap", "KL gap"),
+           ("kl_gap_per_point", "KL gap per point"), ("log_evidence_q", "q's IS log p(D)"), ("khat", "k-hat"),
+           ("ess", "ESS")]
+
+CSV_METRICS = ["num_points", "samples", "elbo", "elbo_stderr", "expected_log_lik", "kl_prior", "log_evidence",
+               "log_evidence_stderr", "kl_gap", "kl_gap_stderr", "elbo_per_point", "log_evidence_per_point",
+               "kl_gap_per_point", "log_evidence_q", "log_evidence_q_stderr", "ess", "khat"]
+
+
+def is_global_study(runs: list[dict]) -> bool:
+    return bool(runs) and runs[0].get("kind") == "global"
+
+
+def _cell(values: list[float], stderrs: list[float] | None = None) -> str:
+    """One seed: ``value ± Monte-Carlo s.e.``; several: ``mean ± sd over seeds``."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}" + (f" ± {stderrs[0]:.3f}" if stderrs else "")
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def _by_guide(runs):
+    guides: dict[str, list[dict]] = {}
+    for run in runs:
+        guides.setdefault(run["guide"], []).append(run)
+    return guides
+
+
+def gap_table(runs: list[dict]) -> list[str]:
+    lines = ["| guide | " + " | ".join(title for _, title in COLUMNS) + " | MC s.e. of the gap | seeds |",
+             "|---" * (len(COLUMNS) + 3) + "|"]
+    for guide, mine in _by_guide(runs).items():
+        cells = []
+        for key, _ in COLUMNS:
+            values = [run["data"].get(key) for run in mine]
+            if any(value is None for value in values):
+                cells.append("–")
+                continue
+            stderr_key = {"elbo": "elbo_stderr", "log_evidence": "log_evidence_stderr", "kl_gap": "kl_gap_stderr",
+                          "log_evidence_q": "log_evidence_q_stderr"}.get(key)
+            cells.append(_cell(values, [run["data"][stderr_key] for run in mine] if stderr_key else None))
+        stderr = statistics.fmean(run["data"]["kl_gap_stderr"] for run in mine)
+        lines.append(f"| {guide} | " + " | ".join(cells) + f" | {stderr:.3f} | {len(mine)} |")
+    return lines
+
+
+def reference_table(runs: list[dict]) -> list[str]:
+    """Per guide and latent site: standardized mean error and the scale ratio against the reference (first seed)."""
+    first = {guide: mine[0] for guide, mine in _by_guide(runs).items() if "reference" in mine[0]}
+    if not first:
+        return []
+    lines = ["| guide | site | elements | max abs (mean_q - mean_ref) / sd_ref | rms of it | sd_q / sd_ref: "
+             "min, geometric mean, max |", "|---|---|---|---|---|---|"]
+    for guide, run in first.items():
+        for site, row in run["reference"]["sites"].items():
+            lines.append(f"| {guide} | {site} | {row['size']} | {row['mean_error_max_abs']:.2f} | "
+                         f"{row['mean_error_rms']:.2f} | {row['sd_ratio_min']:.2f}, {row['sd_ratio_geomean']:.2f}, "
+                         f"{row['sd_ratio_max']:.2f} |")
+    return lines
+
+
+def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
+    """results.md for a study of a model with global latents, after its title and failed runs."""
+    config = results["config"]
+    first = runs[0]
+    data = first["data"]
+    lines = []
+    warnings = [f"- {run['guide']} seed {run['seed']}: {run['data'][key]}" for run in runs
+                for key in ("evidence_warning", "evidence_note") if key in run["data"]]
+    seen = set()
+    for run in runs:
+        for warning in run.get("reference", {}).get("warnings", []):
+            if warning not in seen:
+                seen.add(warning)
+                warnings.append(f"- reference ({run['reference']['method']}, seed {run['seed']}): {warning}")
+    if warnings:
+        lines += ["## Warnings", "", *warnings, ""]
+    sites = first["sites"]
+    lines += [f"## The evidence and each guide's KL gap (D = {data['rows'] or str(data['num_points']) + ' rows'}, "
+              f"{data['num_points']} data points)", "",
+              f"Latent sites: global {', '.join(sites['global']) or 'none'}; per data point "
+              f"{', '.join(sites['local']) or 'none'} ({sites['latent_dim']} numbers in all).", "",
+              *gap_table(runs), "",
+              "Nats for the whole data set (per point where named). With one seed, ± is the Monte-Carlo standard "
+              "error of that run; with several, ± is the standard deviation over seeds, and the column "
+              "*MC s.e. of the gap* gives the mean Monte-Carlo standard error.", ""]
+    reference = reference_table(runs)
+    if reference:
+        method = first["reference"]["method"]
+        described = {"nuts": f"Pyro's NUTS, {first['reference']['chains']} chains x {first['reference']['samples']} "
+                             f"samples after {first['reference']['warmup']} warm-up steps",
+                     "ais": "the AIS chains' final states, weighted by their importance weights "
+                            f"({first['reference']['effective_chains']:.1f} effective chains)"}[method]
+        lines += [f"## Each guide against the reference posterior ({described})", "",
+                  "Standardized mean error per element, (mean under q - reference mean) / reference sd, and the ratio "
+                  "of standard deviations (below 1: q is too narrow). First seed of each guide.", "",
+                  *reference, ""]
+    lines += evidence_section(runs)
+    lines += ["## How the numbers were computed", "",
+              f"- ELBO(D) = E_q[log p(D, θ, z) - log q(θ, z)] from {data['samples']} draws of q on every row of D; "
+              "its terms are recorded as `expected_log_lik` and `kl_prior`.",
+              f"- log p(D): annealed importance sampling from the prior over every latent (global and per point), "
+              f"{config['evidence_chains']} chains x {config['evidence_steps']} temperatures x "
+              f"{config['leapfrog_steps']} "
+              "leapfrog steps; independent of the guide. KL gap = log p(D) - ELBO(D) = KL(q || p(θ, z | D)).",
+              "- q's IS log p(D): log (1/S) Σ p(D, θ_s, z_s) / q(θ_s, z_s) over the same draws, with Kish's ESS and "
+              "the PSIS k-hat of the weights (above 0.7: q is not a reliable importance proposal).",
+              "- Figures: `marginals.png` (q's marginal of each global latent against the reference), `gaps.png`, "
+              "`evidence.png`, `training.png`.", ""]
+    lines += [f"{first.get('steps', config['steps'])} SVI steps with lr {config['lr']} ({config['objective']} "
+              f"objective); seeds {', '.join(map(str, config['seeds']))}."]
+    return lines
+
+
+def evidence_section(runs: list[dict]) -> list[str]:
+    lines = ["## Evidence estimates side by side", "",
+             "| seed | AIS log p(D) | s.e. | best q's IS estimate (guide) | BDMC lower, upper on simulated data sets |",
+             "|---|---|---|---|---|"]
+    for seed in dict.fromkeys(run["seed"] for run in runs):
+        mine = [run for run in runs if run["seed"] == seed]
+        best = max(mine, key=lambda run: run["data"]["log_evidence_q"])
+        bdmc = next((run["bdmc"] for run in mine if "bdmc" in run), None)
+        sandwich = "–" if bdmc is None else (f"{bdmc['lower']:.3f}, {bdmc['upper']:.3f} (width {bdmc['width']:.3f} ± "
+                                             f"{bdmc['width_stderr']:.3f}, {bdmc['datasets']} data sets): "
+                                             f"{bdmc['reading']}")
+        data = mine[0]["data"]
+        lines.append(f"| {seed} | {data['log_evidence']:.3f} | {data['log_evidence_stderr']:.3f} | "
+                     f"{best['data']['log_evidence_q']:.3f} ({best['guide']}) | {sandwich} |")
+    return lines + [""]
+
+
+def csv_rows(runs: list[dict]) -> list[list]:
+    return [[run["guide"], run["seed"], "data", *(run["data"].get(key, "") for key in CSV_METRICS),
+             run["train_seconds"]] for run in runs]

@@ -1,0 +1,343 @@
+"""Exact quantities of small Bayesian models with global latents, for the tests of ``elbogap.global_latents``.
+
+Each model comes as a Pyro program factory (``*_model``), a synthetic data set (``*_data``) and the
+closed forms or exact numerics the tests compare against: the log evidence :math:`\\log p(D)`, the
+posterior, and the KL of the best fully factorized Gaussian. Every quantity is computed in float64;
+the programs themselves run in the dtype of the data they are given and read everything from it, so
+they also run on a subset of its rows and under an outer plate that draws the global latents in a
+batch (as vectorized particles and parallel chains do).
+"""
+
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import torch
+from scipy import integrate, optimize
+
+# ---------------------------------------------------------------------------------------------
+# Gaussians
+# ---------------------------------------------------------------------------------------------
+
+
+def _float64(value) -> torch.Tensor:
+    return torch.as_tensor(value, dtype=torch.float64)
+
+
+def gaussian_kl(mean_q, cov_q, mean_p, cov_p) -> float:
+    r"""The KL divergence between two multivariate Gaussians, :math:`\mathrm{KL}(q \,\|\, p)`.
+
+    .. math::
+
+        \mathrm{KL}(q \,\|\, p) = \tfrac12 \big( \operatorname{tr}(\Sigma_p^{-1} \Sigma_q)
+            + (\mu_p - \mu_q)^\top \Sigma_p^{-1} (\mu_p - \mu_q) - k
+            + \log\det \Sigma_p - \log\det \Sigma_q \big).
+
+    :param mean_q: mean :math:`\mu_q` of shape ``(k,)``.
+    :param cov_q: covariance :math:`\Sigma_q` of shape ``(k, k)``.
+    :param mean_p: mean :math:`\mu_p` of shape ``(k,)``.
+    :param cov_p: covariance :math:`\Sigma_p` of shape ``(k, k)``.
+    """
+    mean_q, cov_q, mean_p, cov_p = map(_float64, (mean_q, cov_q, mean_p, cov_p))
+    chol_p = torch.linalg.cholesky(cov_p)
+    diff = (mean_p - mean_q).unsqueeze(-1)
+    trace = torch.cholesky_solve(cov_q, chol_p).diagonal().sum()
+    mahalanobis = (diff * torch.cholesky_solve(diff, chol_p)).sum()
+    logdet_p = 2 * chol_p.diagonal().log().sum()
+    logdet_q = torch.logdet(cov_q)
+    return float(0.5 * (trace + mahalanobis - mean_q.numel() + logdet_p - logdet_q))
+
+
+def _gaussian_log_density(y: torch.Tensor, cov: torch.Tensor) -> float:
+    """:math:`\\log \\mathcal{N}(y; 0, \\Sigma)` in float64."""
+    return float(dist.MultivariateNormal(torch.zeros_like(y), covariance_matrix=cov).log_prob(y))
+
+
+def best_factorized_gaussian_kl(precision) -> float:
+    r"""The KL from the best fully factorized Gaussian :math:`q` to a Gaussian posterior.
+
+    For a Gaussian posterior :math:`\mathcal{N}(m, \Lambda^{-1})`, the mean-field optimum of
+    :math:`\mathrm{KL}(q \,\|\, p)` over :math:`q = \prod_i \mathcal{N}(\mu_i, s_i^2)` has the
+    posterior mean :math:`\mu = m` and the variances :math:`s_i^2 = 1 / \Lambda_{ii}` (setting the
+    gradient of :math:`\tfrac12 \sum_i \Lambda_{ii} s_i^2 - \sum_i \log s_i` to zero), which leaves
+
+    .. math::
+
+        \min_q \mathrm{KL}(q \,\|\, p) = \tfrac12 \Big( \sum_i \log \Lambda_{ii} - \log\det \Lambda \Big),
+
+    zero exactly when :math:`\Lambda` is diagonal. This is also the best ELBO's gap to the evidence.
+
+    :param precision: the posterior precision :math:`\Lambda`, shape ``(k, k)``.
+    """
+    precision = _float64(precision)
+    return float(0.5 * (precision.diagonal().log().sum() - torch.logdet(precision)))
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Conjugate Bayesian linear regression with known noise
+# ---------------------------------------------------------------------------------------------
+
+
+def regression_model(alpha: float = 1.0, sigma: float = 1.0):
+    r"""Bayesian linear regression with known noise, as a Pyro program ``model(data)``.
+
+    .. math::
+
+        w \sim \mathcal{N}(0, \alpha^{-1} I_D), \qquad y \mid X, w \sim \mathcal{N}(X w, \sigma^2 I_N).
+
+    ``data`` is one tensor of shape ``(N, D + 1)`` with columns :math:`[x_1, \dots, x_D, y]`.
+
+    :param float alpha: prior precision of the weights.
+    :param float sigma: noise standard deviation.
+    """
+
+    def model(data):
+        features, targets = data[:, :-1], data[:, -1]
+        w = pyro.sample("w", dist.Normal(data.new_zeros(features.shape[-1]), alpha**-0.5).to_event(1))
+        with pyro.plate("data", data.shape[0]):
+            # (features * w).sum(-1) rather than features @ w: it also broadcasts over a batch of draws of w.
+            pyro.sample("y", dist.Normal((features * w).sum(-1), sigma), obs=targets)
+
+    return model
+
+
+def regression_data(N: int, D: int, seed: int = 0, alpha: float = 1.0, sigma: float = 1.0) -> torch.Tensor:
+    """A float32 data set ``(N, D + 1)`` of the regression model: standard normal features, true
+    weights drawn from the prior :math:`\\mathcal{N}(0, \\alpha^{-1} I)`, targets last.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(N, D, generator=generator, dtype=torch.float64)
+    w = alpha**-0.5 * torch.randn(D, generator=generator, dtype=torch.float64)
+    targets = features @ w + sigma * torch.randn(N, generator=generator, dtype=torch.float64)
+    return torch.cat([features, targets.unsqueeze(-1)], dim=-1).float()
+
+
+def regression_posterior(X, y, alpha: float, sigma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""The exact posterior :math:`p(w \mid X, y) = \mathcal{N}(m, \Lambda^{-1})` of the regression model.
+
+    .. math::
+
+        \Lambda = \alpha I + \sigma^{-2} X^\top X, \qquad m = \sigma^{-2} \Lambda^{-1} X^\top y.
+
+    :returns: ``(mean, cov, precision)`` in float64.
+    """
+    X, y = _float64(X), _float64(y)
+    precision = alpha * torch.eye(X.shape[-1], dtype=torch.float64) + X.T @ X / sigma**2
+    cov = torch.linalg.inv(precision)
+    mean = cov @ X.T @ y / sigma**2
+    return mean, cov, precision
+
+
+def regression_log_evidence(X, y, alpha: float, sigma: float) -> float:
+    r"""The log evidence of the regression model, :math:`w` integrated out:
+
+    .. math::
+
+        \log p(y \mid X) = \log \mathcal{N}\big(y;\ 0,\ \sigma^2 I_N + \alpha^{-1} X X^\top\big).
+    """
+    X, y = _float64(X), _float64(y)
+    cov = sigma**2 * torch.eye(X.shape[0], dtype=torch.float64) + X @ X.T / alpha
+    return _gaussian_log_density(y, cov)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. A constrained global scale: evidence by 1-D quadrature
+# ---------------------------------------------------------------------------------------------
+
+
+def scale_model(tau_scale: float = 1.0, mu_scale: float = 1.0):
+    r"""A normal sample of unknown location and scale, as a Pyro program ``model(data)``.
+
+    .. math::
+
+        \mu \sim \mathcal{N}(0, s_\mu^2), \qquad \tau \sim \mathrm{HalfNormal}(s_\tau), \qquad
+        y_i \mid \mu, \tau \sim \mathcal{N}(\mu, \tau^2), \quad i = 1, \dots, N.
+
+    ``data`` has shape ``(N, 1)``. The latent :math:`\tau` lives on the positive half-line, so a
+    guide must work through a transform; the posterior couples :math:`\mu` and :math:`\tau`.
+
+    :param float tau_scale: :math:`s_\tau`, the scale of the half-normal prior of :math:`\tau`.
+    :param float mu_scale: :math:`s_\mu`, the prior standard deviation of :math:`\mu`.
+    """
+
+    def model(data):
+        mu = pyro.sample("mu", dist.Normal(data.new_tensor(0.0), mu_scale))
+        tau = pyro.sample("tau", dist.HalfNormal(data.new_tensor(tau_scale)))
+        with pyro.plate("data", data.shape[0]):
+            pyro.sample("y", dist.Normal(mu, tau), obs=data[:, 0])
+
+    return model
+
+
+def scale_data(N: int, seed: int = 0, mu: float = 0.5, tau: float = 1.5) -> torch.Tensor:
+    """A float32 data set ``(N, 1)`` of the scale model at the given true :math:`\\mu, \\tau`."""
+    generator = torch.Generator().manual_seed(seed)
+    return (mu + tau * torch.randn(N, 1, generator=generator, dtype=torch.float64)).float()
+
+
+def _scale_log_integrand(y: np.ndarray, tau_scale: float, mu_scale: float):
+    """:math:`u \\mapsto \\log p(y, \\tau = e^u) + u` with :math:`\\mu` integrated out in closed form."""
+    num_data, total, total_sq = len(y), y.sum(), (y**2).sum()
+    log_prior_const = math.log(2.0) - 0.5 * math.log(2 * math.pi * tau_scale**2)
+
+    def log_integrand(u):
+        tau_sq = np.exp(2 * u)
+        spread = tau_sq + num_data * mu_scale**2
+        # y ~ N(0, tau^2 I + s^2 1 1^T): determinant and inverse by the matrix determinant lemma.
+        logdet = (num_data - 1) * np.log(tau_sq) + np.log(spread)
+        quad_form = (total_sq - mu_scale**2 * total**2 / spread) / tau_sq
+        log_lik = -0.5 * (num_data * math.log(2 * math.pi) + logdet + quad_form)
+        log_prior = log_prior_const - tau_sq / (2 * tau_scale**2)
+        return log_lik + log_prior + u  # + u: the Jacobian of tau = exp(u)
+
+    def mu_moments(u):
+        tau_sq = np.exp(2 * u)
+        spread = tau_sq + num_data * mu_scale**2
+        return mu_scale**2 * total / spread, mu_scale**2 * tau_sq / spread  # E[mu | tau, y], Var[mu | tau, y]
+
+    return log_integrand, mu_moments
+
+
+def _scale_quadrature(y, tau_scale: float, mu_scale: float, functions: dict) -> tuple[float, dict]:
+    """The log normalizer of :math:`p(y, u)` and the posterior expectations of ``functions`` of :math:`u`."""
+    y = _float64(y).reshape(-1).numpy()
+    log_integrand, mu_moments = _scale_log_integrand(y, tau_scale, mu_scale)
+    mode = optimize.minimize_scalar(lambda u: -log_integrand(u), bracket=(-1.0, 1.0)).x
+    peak = log_integrand(mode)
+    step = 1e-3
+    curvature = (2 * peak - log_integrand(mode + step) - log_integrand(mode - step)) / step**2
+    width = 1 / math.sqrt(max(curvature, 1e-6))
+    lower, upper = mode - 40 * width, mode + 40 * width
+    assert max(log_integrand(lower), log_integrand(upper)) < peak - 60, "the integrand is not negligible at the ends"
+
+    def quad(function):
+        value, error = integrate.quad(lambda u: function(u) * math.exp(log_integrand(u) - peak), lower, upper,
+                                      epsabs=0.0, epsrel=1e-11, limit=500, points=[mode])
+        assert error <= 1e-9 * abs(value) + 1e-300
+        return value
+
+    normalizer = quad(lambda u: 1.0)
+    expectations = {name: quad(lambda u, f=function: f(u, *mu_moments(u))) / normalizer
+                    for name, function in functions.items()}
+    return peak + math.log(normalizer), expectations
+
+
+def scale_log_evidence(y, tau_scale: float = 1.0, mu_scale: float = 1.0) -> float:
+    r"""The log evidence of the scale model by 1-D quadrature over :math:`\log \tau`.
+
+    :math:`\mu` is integrated out in closed form,
+    :math:`p(y \mid \tau) = \mathcal{N}(y;\ 0,\ \tau^2 I + s_\mu^2 \mathbf{1}\mathbf{1}^\top)`, and
+
+    .. math::
+
+        \log p(y) = \log \int_{-\infty}^{\infty} \mathrm{HalfNormal}(e^u; s_\tau)\, p(y \mid \tau = e^u)\, e^u \,du
+
+    by ``scipy.integrate.quad`` over the mode :math:`\pm 40` curvature widths (the integrand there
+    is below :math:`e^{-60}` of its peak, checked) at relative tolerance :math:`10^{-11}`, so the
+    result is within about :math:`10^{-9}` nats of the exact value (well below 0.01).
+
+    :param y: the observations, shape ``(N, 1)`` or ``(N,)``.
+    """
+    log_evidence, _ = _scale_quadrature(y, tau_scale, mu_scale, {})
+    return log_evidence
+
+
+def scale_posterior_moments(y, tau_scale: float = 1.0, mu_scale: float = 1.0) -> dict[str, tuple[float, float]]:
+    r"""The posterior mean and standard deviation of :math:`\tau` and of :math:`\mu` in the scale model.
+
+    By the same quadrature as :func:`scale_log_evidence`, with
+    :math:`\mathbb{E}[\mu \mid \tau, y] = s_\mu^2 \sum_i y_i / (\tau^2 + N s_\mu^2)` and
+    :math:`\mathrm{Var}[\mu \mid \tau, y] = s_\mu^2 \tau^2 / (\tau^2 + N s_\mu^2)` inside the integral.
+
+    :returns: ``{"tau": (mean, sd), "mu": (mean, sd)}``, keyed by the sample sites' names.
+    """
+    _, moments = _scale_quadrature(y, tau_scale, mu_scale, {
+        "tau": lambda u, mean, var: math.exp(u),
+        "tau_sq": lambda u, mean, var: math.exp(2 * u),
+        "mu": lambda u, mean, var: mean,
+        "mu_sq": lambda u, mean, var: var + mean**2,
+    })
+    return {site: (moments[site], math.sqrt(moments[f"{site}_sq"] - moments[site] ** 2)) for site in ("tau", "mu")}
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. A global latent and per-point latents: a Gaussian hierarchy
+# ---------------------------------------------------------------------------------------------
+
+
+def mixed_model(mu_scale: float = 1.0, z_scale: float = 1.0, noise_scale: float = 0.5):
+    r"""A global mean with per-point latents, as a Pyro program ``model(data)``.
+
+    .. math::
+
+        \mu \sim \mathcal{N}(0, s_\mu^2), \qquad z_i \mid \mu \sim \mathcal{N}(\mu, s_z^2), \qquad
+        y_i \mid z_i \sim \mathcal{N}(z_i, s_y^2), \quad i = 1, \dots, N,
+
+    with ``z`` and ``y`` inside ``pyro.plate("data", N)``; ``data`` has shape ``(N, 1)``.
+
+    :param float mu_scale: :math:`s_\mu`.
+    :param float z_scale: :math:`s_z`.
+    :param float noise_scale: :math:`s_y`.
+    """
+
+    def model(data):
+        mu = pyro.sample("mu", dist.Normal(data.new_tensor(0.0), mu_scale))
+        with pyro.plate("data", data.shape[0]):
+            z = pyro.sample("z", dist.Normal(mu, z_scale))
+            pyro.sample("y", dist.Normal(z, noise_scale), obs=data[:, 0])
+
+    return model
+
+
+def mixed_data(N: int, seed: int = 0, mu_scale: float = 1.0, z_scale: float = 1.0,
+               noise_scale: float = 0.5) -> torch.Tensor:
+    """A float32 data set ``(N, 1)`` drawn from the mixed model (every latent from its prior)."""
+    generator = torch.Generator().manual_seed(seed)
+    mu = mu_scale * torch.randn((), generator=generator, dtype=torch.float64)
+    z = mu + z_scale * torch.randn(N, generator=generator, dtype=torch.float64)
+    y = z + noise_scale * torch.randn(N, generator=generator, dtype=torch.float64)
+    return y.unsqueeze(-1).float()
+
+
+def mixed_log_evidence(y, mu_scale: float = 1.0, z_scale: float = 1.0, noise_scale: float = 0.5) -> float:
+    r"""The log evidence of the mixed model, every latent integrated out:
+
+    .. math::
+
+        \log p(y) = \log \mathcal{N}\big(y;\ 0,\ (s_z^2 + s_y^2) I_N + s_\mu^2 \mathbf{1}\mathbf{1}^\top\big).
+
+    :param y: the observations, shape ``(N, 1)`` or ``(N,)``.
+    """
+    y = _float64(y).reshape(-1)
+    num_data = y.shape[0]
+    cov = (z_scale**2 + noise_scale**2) * torch.eye(num_data, dtype=torch.float64)
+    cov = cov + mu_scale**2 * torch.ones(num_data, num_data, dtype=torch.float64)
+    return _gaussian_log_density(y, cov)
+
+
+def mixed_posterior(y, mu_scale: float = 1.0, z_scale: float = 1.0,
+                    noise_scale: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The exact joint posterior of :math:`\theta = (\mu, z_1, \dots, z_N)` in the mixed model.
+
+    The log joint is quadratic in :math:`\theta`; its precision and linear term are
+
+    .. math::
+
+        \Lambda = \begin{pmatrix} s_\mu^{-2} + N s_z^{-2} & -s_z^{-2} \mathbf{1}^\top \\
+                                  -s_z^{-2} \mathbf{1} & (s_z^{-2} + s_y^{-2}) I_N \end{pmatrix}, \qquad
+        h = \begin{pmatrix} 0 \\ s_y^{-2} y \end{pmatrix},
+
+    so :math:`p(\theta \mid y) = \mathcal{N}(\Lambda^{-1} h, \Lambda^{-1})`.
+
+    :returns: ``(mean, cov)`` in float64, of shapes ``(N + 1,)`` and ``(N + 1, N + 1)``, ``mu`` first.
+    """
+    y = _float64(y).reshape(-1)
+    num_data = y.shape[0]
+    precision = torch.zeros(num_data + 1, num_data + 1, dtype=torch.float64)
+    precision[0, 0] = mu_scale**-2 + num_data * z_scale**-2
+    precision[0, 1:] = precision[1:, 0] = -(z_scale**-2)
+    precision[1:, 1:] = (z_scale**-2 + noise_scale**-2) * torch.eye(num_data, dtype=torch.float64)
+    linear = torch.cat([y.new_zeros(1), y / noise_scale**2])
+    cov = torch.linalg.inv(precision)
+    return cov @ linear, cov
