@@ -25,8 +25,8 @@ def measure(num_points: int) -> str:
     import torch
 
     from elbogap.config import Config
+    from elbogap.factory import build, load_dataset
     from elbogap.inference import evaluate
-    from elbogap.runs import build, load_dataset
 
     config = Config(data="fashion-mnist", binarize="static", hidden_dims=[400], latent_dim=50,
                     train_size=num_points, test_size=10)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from elbogap import streams
 from elbogap.config import Config
 from elbogap.errors import UsageError
 from elbogap.report import markdown
@@ -182,7 +183,8 @@ def evaluate(model, guide, x, *, log_px: str = Config.log_px, elbo_samples: int 
     if not isinstance(guide, Guide):
         program, owner = resolve_program(_spec(guide), "guide", x.shape[-1], model.latent_dim)
         guide = ProgramGuide(program, model, x[:3], _name_of(guide), owner)
-    torch.manual_seed(seed)
-    ais_index = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:ais_points].sort().values
+    streams.seeded("notebook_evaluation", seed)
+    ais_index = torch.randperm(len(x), generator=streams.generator("notebook_ais_points", seed))[:ais_points]
+    ais_index = ais_index.sort().values
     return evaluate_pair(model, guide, x, elbo_samples=elbo_samples, iw_samples=iw_samples, log_px_method=log_px,
                          quadrature_points=quadrature_points, ais=ais, ais_index=ais_index)

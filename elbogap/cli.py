@@ -123,14 +123,16 @@ def run_compare(args) -> int:
 
 
 def run_train(args) -> int:
-    from elbogap.runs import load_dataset, run_one
+    from elbogap.factory import load_dataset
+    from elbogap.runs import run_one
+    from elbogap.stopping import stop_requests
     from elbogap.versions import versions
 
     config = config_from_args(args)
     out = Path(config.out)
     check_writable(out)
     data = load_dataset(config)
-    run = run_one(config, data, config.guide, config.seed, out, progress=not args.quiet)
+    run = run_one(config, data, config.guide, config.seed, out, progress=not args.quiet, stops=stop_requests)
     results = {"config": config.to_dict(), "versions": versions(), "runs": [{**run, "run_dir": "."}]}
     finish(results, out, config, args.quiet, args.started)
     return 0
@@ -138,16 +140,16 @@ def run_train(args) -> int:
 
 def run_evaluate(args) -> int:
 
+    from elbogap.factory import fit_family
+    from elbogap.protocols import protocol_for
     from elbogap.report import table
-    from elbogap.runs import evaluate_splits, fit_family, load_run
+    from elbogap.runs import load_run
 
     config, data, model, guide, state = load_run(args.run_dir, getattr(args, "device", None))
     trained_with = state["guide_name"]
     config = config_from_args(args, base=config.replace(guide=trained_with, bdmc=0))
     if config.bdmc:
-        from elbogap.runs import run_bdmc
-
-        summary = run_bdmc(model, data, config, state["seed"], args.run_dir)
+        summary = protocol_for(model).bdmc(model, data, config, state["seed"], args.run_dir)
         print(f"BDMC on {summary['points']} points simulated from the model: "
               f"{summary['lower']:.3f} (± {summary['lower_stderr']:.3f}) <= log p(x) <= "
               f"{summary['upper']:.3f} (± {summary['upper_stderr']:.3f}); width {summary['width']:.3f} nats at "
@@ -159,7 +161,7 @@ def run_evaluate(args) -> int:
             raise UsageError(f"{args.run_dir} was trained with guide {trained_with}; evaluating family "
                              f"{config.guide} on its model needs --refit")
         guide = fit_family(model, config, data, config.guide, state["seed"])
-    metrics = evaluate_splits(model, guide, data, config, state["seed"], progress=not args.quiet)
+    metrics = protocol_for(model).evaluate(model, guide, data, config, state["seed"], progress=not args.quiet)
     record = {"guide": config.guide, "trained_with": trained_with, "seed": state["seed"], **metrics}
     name = "evaluation.json" if config.guide == trained_with else f"evaluation-{config.guide}.json"
     (Path(args.run_dir) / name).write_text(json.dumps(record, indent=2))

@@ -16,7 +16,9 @@ from tqdm.auto import tqdm
 from elbogap.backends import Outcome, RunTask, open_backend
 from elbogap.config import Config
 from elbogap.errors import UsageError
-from elbogap.runs import Interrupted, NumericalFault, build, guide_label, load_dataset, skipped_run, stop_requests
+from elbogap.factory import build, guide_label, load_dataset
+from elbogap.runs import Interrupted, NumericalFault
+from elbogap.stopping import stop_requests
 from elbogap.versions import versions
 
 #: seconds the driver waits for a report before it looks at signals and failures again
@@ -30,6 +32,12 @@ class RunFailed(Exception):
 def run_name(guide: str, seed: int) -> str:
     """``GUIDE-seedSEED``; a user's guide program is named by its file stem and name (``my_vae.VAE``)."""
     return f"{guide_label(guide)}-seed{seed}"
+
+
+def skipped_run(guide_name: str, seed: int, fault: str) -> dict:
+    """The record of a run stopped by a NaN fault under ``--on-nan skip``, said on stderr."""
+    print(f"elbogap: skipped {fault}", file=sys.stderr)
+    return {"guide": guide_label(guide_name), "guide_spec": guide_name, "seed": seed, "failed": fault}
 
 
 def compare(config: Config, out: str | Path | None = None, progress: bool = False,
@@ -114,14 +122,14 @@ def run_tasks(backend, config: Config, tasks: list[RunTask], on_run: Callable[[R
     failure: Exception | None = None
     interrupted: Outcome | None = None
     stopping = False
-    with stop_requests() as stop:
-        while running or (waiting and not (stop or failure or interrupted)):
-            while waiting and len(running) < backend.slots and not (stop or failure or interrupted):
+    with stop_requests() as should_stop:
+        while running or (waiting and not (should_stop() or failure or interrupted)):
+            while waiting and len(running) < backend.slots and not (should_stop() or failure or interrupted):
                 task = waiting.pop(0)
                 backend.submit(task)
                 running.add(task)
-            if (stop or failure or interrupted) and not stopping:  # every running run checkpoints and stops
-                backend.stop(stop[0] if stop else signal.SIGTERM)
+            if (should_stop() or failure or interrupted) and not stopping:  # every running run checkpoints and stops
+                backend.stop(should_stop() or signal.SIGTERM)
                 stopping = True
             for outcome in backend.wait(POLL):
                 running.discard(outcome.task)
@@ -135,8 +143,8 @@ def run_tasks(backend, config: Config, tasks: list[RunTask], on_run: Callable[[R
                     failure = as_exception(outcome)
     if failure is not None:
         raise failure
-    if stop or interrupted:
-        signum = stop[0] if stop else interrupted.payload[0]
+    if should_stop() or interrupted:
+        signum = should_stop() or interrupted.payload[0]
         task = interrupted.task if interrupted else tasks[0]
         step = interrupted.payload[1] if interrupted and interrupted.status == "interrupted" else None
         raise Interrupted(signum, step, Path(task.run_dir))

@@ -11,9 +11,10 @@ from elbogap.cli import main
 from elbogap.config import Config
 from elbogap.data import load_data
 from elbogap.errors import UsageError
+from elbogap.factory import build
 from elbogap.inference import evaluate
 from elbogap.inference.ais import AISSettings
-from elbogap.runs import build, load_run
+from elbogap.runs import load_run
 
 TUTORIAL_VAE = '''
 import pyro

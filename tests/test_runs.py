@@ -1,40 +1,28 @@
-"""One run's promises: refits during training leave training alone; the training split is evaluated on a subset."""
+"""The run lifecycle: a stop request checkpoints the run after the current step."""
 
-import pyro
-import torch
+import contextlib
+import signal
+
+import pytest
 
 from elbogap.config import Config
-from elbogap.runs import build, evaluate_splits, evaluation_point, load_dataset, make_trainer, parameters_finite
+from elbogap.factory import load_dataset
+from elbogap.runs import CHECKPOINT, RUN_JSON, Interrupted, resumable_state, run_one
 
-SMALL = {"train_size": 120, "test_size": 30, "hidden_dims": [8], "steps": 6, "curve_points": 8, "gap_points": 4,
+SMALL = {"train_size": 60, "test_size": 20, "hidden_dims": [8], "steps": 6, "curve_points": 8, "gap_points": 0,
          "eval_samples": 8, "quadrature_points": 8}
 
 
-def test_a_q_star_refit_during_training_leaves_the_trained_guide_in_the_param_store():
-    """--dynamics-points refits q* at every evaluation; the NaN check and SVI must still see the trained guide."""
-    config = Config(**SMALL, dynamics_points=4)
-    data = load_dataset(config)
-    model, guide = build(config, data, "diag")
-    trainer = make_trainer(config, model, guide, data, seed=0)
-    trainer.run(3)
-    store = pyro.get_param_store()
-    before = {name: store[name].unconstrained() for name in store.keys()}
-    point = evaluation_point(model, guide, data, config)
-    assert "dynamics_elbo_star" in point
-    assert {name: store[name].unconstrained() for name in store.keys()} == before  # the same tensors, no others
-    trained = {id(p) for p in guide.parameters()}
-    assert trained <= {id(p) for p in trainer.svi.params}  # what the NaN check reads: the trained tensors
-    with torch.no_grad():
-        next(guide.parameters()).fill_(float("nan"))
-    assert not parameters_finite(trainer.svi.params)
+@contextlib.contextmanager
+def terminated_at_once():
+    yield lambda: signal.SIGTERM  # asked after every step, so the first one already stops
 
 
-def test_the_training_split_is_evaluated_on_a_seeded_subset_and_says_so():
-    config = Config(**SMALL, train_eval_points=50)
-    data = load_dataset(config)
-    model, guide = build(config, data, "diag")
-    first = evaluate_splits(model, guide, data, config, seed=0)
-    again = evaluate_splits(model, guide, data, config, seed=0)
-    assert (first["train"]["num_points"], first["train"]["split_points"]) == (50, 120)
-    assert (first["test"]["num_points"], first["test"]["split_points"]) == (30, 30)
-    assert first == again
+def test_a_stop_request_checkpoints_the_run_after_the_current_step(tmp_path):
+    config = Config(**SMALL)
+    with pytest.raises(Interrupted) as stopped:
+        run_one(config, load_dataset(config), "diag", 0, tmp_path, stops=terminated_at_once)
+    assert (stopped.value.signum, stopped.value.step) == (signal.SIGTERM, 1)
+    assert (tmp_path / CHECKPOINT).is_file() and not (tmp_path / RUN_JSON).exists()
+    state = resumable_state(tmp_path, config.replace(resume=True), "diag", 0)
+    assert not state["complete"] and state["trainer"]["step"] == 1

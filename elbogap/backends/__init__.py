@@ -11,9 +11,10 @@ sweep (:mod:`elbogap.sweep`) owns everything else: reference runs, ordering, res
 import os
 from pathlib import Path
 
-from elbogap.backends.task import Outcome, RunTask, execute, where_am_i
+from elbogap.backends.task import Outcome, RunTask, execute
 from elbogap.config import Config
 from elbogap.errors import UsageError
+from elbogap.where import where_am_i
 
 __all__ = ["Outcome", "RunTask", "execute", "open_backend", "where_am_i"]
 

@@ -13,8 +13,9 @@ import queue
 
 import torch
 
-from elbogap.backends.task import Outcome, RunTask, execute, where_am_i
+from elbogap.backends.task import Outcome, RunTask, execute
 from elbogap.config import Config
+from elbogap.where import where_am_i
 
 
 def _serve(inbox, reports, config: dict, threads: int) -> None:

@@ -11,9 +11,10 @@ import socket
 import uuid
 from pathlib import Path
 
-from elbogap.backends.task import Outcome, RunTask, execute, where_am_i
+from elbogap.backends.task import Outcome, RunTask, execute
 from elbogap.config import Config
 from elbogap.errors import UsageError
+from elbogap.where import where_am_i
 
 #: seconds the driver gives running tasks to checkpoint after it cancels them
 STOP_GRACE = 120

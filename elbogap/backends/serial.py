@@ -1,7 +1,8 @@
 """Runs one after another in this process, with progress bars: the default backend."""
 
-from elbogap.backends.task import Outcome, RunTask, execute, where_am_i
+from elbogap.backends.task import Outcome, RunTask, execute
 from elbogap.config import Config
+from elbogap.where import where_am_i
 
 
 class SerialBackend:

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import sys
 import traceback
 from dataclasses import dataclass
@@ -36,11 +35,6 @@ class Outcome:
     payload: Any = None
 
 
-def where_am_i(backend: str, node: str | None = None) -> dict:
-    """Where a run executes, for its record: backend, host, process id and (on Ray) node id."""
-    return {"backend": backend, "host": socket.gethostname(), "pid": os.getpid(), "node": node}
-
-
 #: the data set last loaded in this process, by the settings that shape it: a reused worker loads it once
 _LOADED: dict[str, Any] = {}
 DATA_SETTINGS = ("data", "data_dir", "binarize", "train_size", "test_size", "data_seed", "test_fraction", "device")
@@ -64,7 +58,10 @@ def execute(config: dict, task: RunTask, threads: int | None = None, where: dict
     relative paths in the configuration (data files, model and guide programs) mean what they
     meant to the driver, where that directory exists.
     """
-    from elbogap.runs import Interrupted, NumericalFault, load_dataset, run_one
+    # imported here, not above: backends stay importable without the training and evaluation stack
+    from elbogap.factory import load_dataset
+    from elbogap.runs import Interrupted, NumericalFault, run_one
+    from elbogap.stopping import stop_requests
 
     previous_threads, previous_cwd = torch.get_num_threads(), os.getcwd()
     added_path = False
@@ -78,7 +75,7 @@ def execute(config: dict, task: RunTask, threads: int | None = None, where: dict
                 added_path = True
         settings = Config(**config)
         run = run_one(settings, _dataset(settings, load_dataset), task.guide, task.seed, Path(task.run_dir), progress,
-                      fixed_model=task.reference, where=where)
+                      fixed_model=task.reference, where=where, stops=stop_requests)
         return Outcome(task, "ok", run)
     except Interrupted as stop:
         return Outcome(task, "interrupted", (stop.signum, stop.step))

@@ -2,7 +2,6 @@ r"""Per-datapoint evaluation of a guide against a model: ELBO, its two terms, lo
 
 import contextlib
 import math
-import time
 from dataclasses import dataclass
 
 import pyro
@@ -12,17 +11,17 @@ from pyro.poutine.util import site_is_subsample
 from tqdm.auto import tqdm
 
 from elbogap.errors import UsageError
-from elbogap.inference.ais import AISSettings, ais_log_px
+from elbogap.inference.ais import AISSettings
 from elbogap.inference.gap import kl_gap
 from elbogap.inference.kl import analytic_kl
 from elbogap.inference.log_joint import flatten_latents, latent_sites, log_joint, observed_sites
 from elbogap.inference.log_px import (
     ELEMENT_BUDGET,
-    METHODS,
     ImportanceAccumulator,
-    exact_log_px,
+    LogPxEstimate,
+    LogPxMethod,
+    LogPxSettings,
     plan,
-    quadrature_log_px,
 )
 from elbogap.sites import broadcasts_draws, repeat_rows
 
@@ -269,39 +268,40 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
     ``progress`` shows a bar (with the time left) over the chunks of points and AIS's transitions.
     """
     log_px_plan = plan(log_px_method, model)
-    method = log_px_plan.method
     if elbo_samples < 1 or iw_samples < 1:
         raise UsageError("--eval-samples and --iw-samples must be at least 1")
     if index is None:
         index = torch.arange(len(x), device=x.device)
-    num_samples = max(elbo_samples, iw_samples if method in ("iwae", "ais") or log_px_plan.ais_subset else 0)
+    num_samples = max(elbo_samples, iw_samples if log_px_plan.uses_iw_draws else 0)
     with torch.inference_mode():
         per_point, z_mean = _evaluate_q(model, guide, x, index, num_samples, progress, desc)
-    if method == "exact":
-        with torch.inference_mode():
-            per_point["log_px"], per_point["log_px_stderr"] = exact_log_px(model, x)
-    elif method == "quadrature":
-        per_point["log_px"], per_point["log_px_stderr"] = quadrature_log_px(model, x, quadrature_points)
-    else:
-        per_point["log_px"], per_point["log_px_stderr"] = per_point["log_px_iwae"], per_point["log_px_iwae_stderr"]
-    ais_run = None
-    rows = torch.arange(len(x), device=x.device) if method == "ais" else ais_index
-    if (method == "ais" or log_px_plan.ais_subset) and rows is not None and len(rows):
-        ais = ais or AISSettings()
-        started = time.perf_counter()
-        result = ais_log_px(model, x[rows], ais, guide=guide, index=index[rows], progress=progress)
-        ais_run = {**ais.to_dict(), "points": len(rows), "seconds": time.perf_counter() - started,
-                   "acceptance": result.acceptance.tolist(),
-                   "step_sizes": result.step_sizes.double().log().mean(1).exp().tolist()}
-        nan = torch.full((len(x),), float("nan"), dtype=result.log_px.dtype, device=x.device)
-        per_point["log_px_ais"], per_point["log_px_ais_stderr"] = nan.index_put((rows,), result.log_px), \
-            nan.index_put((rows,), result.stderr)
-        per_point["log_px"], per_point["log_px_stderr"] = per_point["log_px_ais"], per_point["log_px_ais_stderr"]
-        method = "ais"
+    settings = LogPxSettings(quadrature_points, ais, num_samples, progress)
+    estimates = []
+    for step in log_px_plan.steps:
+        if step.rows == "subset" and (ais_index is None or not len(ais_index)):
+            continue  # no subset chosen for this split
+        rows = ais_index if step.rows == "subset" else None
+        estimate = _estimate_on(step.method, rows, model, guide, x, index, settings, per_point)
+        per_point["log_px"], per_point["log_px_stderr"] = estimate.values, estimate.stderr
+        if column := step.method.kept_as:
+            per_point[column], per_point[f"{column}_stderr"] = estimate.values, estimate.stderr
+        estimates.append((step.method, estimate))
     per_point["kl_gap"] = kl_gap(per_point["log_px"], per_point["elbo"])
-    metrics = _summarize(per_point, method, num_samples, quadrature_points, ais_run)
+    metrics = _summarize(per_point, num_samples, estimates)
     metrics["active_units"] = active_units(z_mean)
     return Evaluation(metrics, per_point)
+
+
+def _estimate_on(method: LogPxMethod, rows: torch.Tensor | None, model, guide, x, index, settings: LogPxSettings,
+                 per_point: dict) -> LogPxEstimate:
+    """``method``'s estimate on ``rows`` of ``x`` (all where None), laid out over every row with NaN on the others."""
+    if rows is None:
+        return method.estimate(model, guide, x, index, settings, per_point)
+    estimate = method.estimate(model, guide, x[rows], index[rows], settings,
+                               {key: values[rows] for key, values in per_point.items()})
+    nan = torch.full((len(x),), float("nan"), dtype=estimate.values.dtype, device=x.device)
+    return LogPxEstimate(nan.index_put((rows,), estimate.values), nan.index_put((rows,), estimate.stderr),
+                         estimate.info)
 
 
 def _evaluate_q(model, guide, x, index, num_samples, progress=False, desc="") -> tuple[dict, torch.Tensor]:
@@ -337,32 +337,14 @@ def _combined_stderr(stderr: torch.Tensor) -> float:
     return float(stderr.pow(2).sum().sqrt() / max(len(stderr), 1))
 
 
-def ais_against_iwae(per_point: dict, rows: torch.Tensor, threshold: float = 3.0) -> dict:
-    r"""How far IWAE from q lies above AIS on the AIS points, and a warning where AIS is visibly the looser bound.
-
-    Both are stochastic lower bounds on :math:`\log p(x)`, so where the guide's IWAE mean exceeds AIS's by
-    more than ``threshold`` standard errors of the difference, AIS had too few temperatures or chains
-    for this model: the reported log p(x), and so the KL gap, are too low.
-    """
-    difference = (per_point["log_px_iwae"] - per_point["log_px_ais"])[rows].double()
-    stderr = float((per_point["log_px_iwae_stderr"][rows].double().pow(2)
-                    + per_point["log_px_ais_stderr"][rows].double().pow(2)).sum().sqrt() / len(difference))
-    out = {"iwae_above_ais": float(difference.mean()), "iwae_above_ais_stderr": stderr}
-    if out["iwae_above_ais"] > threshold * stderr and out["iwae_above_ais"] > 0:
-        out["log_px_warning"] = (f"IWAE from q is {out['iwae_above_ais']:.3f} nats above AIS on its points "
-                                 f"({out['iwae_above_ais'] / max(stderr, 1e-12):.0f} standard errors): AIS has not "
-                                 "converged at these settings and the KL gap is understated; raise --ais-steps "
-                                 "(and --ais-chains)")
-    return out
-
-
-def _summarize(per_point, method, num_samples, quadrature_points, ais_run) -> dict:
+def _summarize(per_point: dict, num_samples: int, estimates: list[tuple[LogPxMethod, LogPxEstimate]]) -> dict:
     def mean(key, where=None):
         values = per_point[key].double()
         return float(values[where].mean() if where is not None else values.mean())
 
     covered = ~per_point["log_px"].isnan()
     subset = not bool(covered.all())
+    method, estimate = estimates[-1]
     metrics = {
         "num_points": len(per_point["elbo"]),
         "elbo": mean("elbo"),
@@ -373,11 +355,10 @@ def _summarize(per_point, method, num_samples, quadrature_points, ais_run) -> di
         "kl_prior_method": "analytic" if bool(per_point["kl_prior_analytic"].all()) else "mc",
         "log_px": mean("log_px", covered),
         "log_px_stderr": _combined_stderr(per_point["log_px_stderr"]),
-        "log_px_method": method,
-        "log_px_guide_independent": METHODS[method].guide_independent,
+        "log_px_method": method.name,
+        "log_px_guide_independent": method.guide_independent,
         "log_px_points": int(covered.sum()),
-        "log_px_samples": {"iwae": num_samples, "quadrature": 2 * quadrature_points**2,
-                           "ais": ais_run["chains"] if ais_run else 0}.get(method, 0),
+        "log_px_samples": estimate.info["samples"],
         "log_px_iwae": mean("log_px_iwae"),
         "log_px_iwae_stderr": _combined_stderr(per_point["log_px_iwae_stderr"]),
         "log_px_iwae_samples": num_samples,
@@ -391,11 +372,13 @@ def _summarize(per_point, method, num_samples, quadrature_points, ais_run) -> di
     }
     if subset:
         metrics["elbo_log_px_points"] = mean("elbo", covered)
-    if ais_run is not None:
-        metrics["ais"] = ais_run
-        metrics["log_px_ais"] = mean("log_px_ais", covered)
-        metrics["log_px_ais_stderr"] = _combined_stderr(per_point["log_px_ais_stderr"])
-        metrics.update(ais_against_iwae(per_point, covered))
+    for method, estimate in estimates:
+        metrics.update({key: value for key, value in estimate.info.items() if key != "samples"})
+        if method.kept_as:
+            metrics[method.kept_as] = mean(method.kept_as, covered)
+            metrics[f"{method.kept_as}_stderr"] = _combined_stderr(per_point[f"{method.kept_as}_stderr"])
+        if method.check:
+            metrics.update(method.check(per_point, covered))
     if "kl_exact" in per_point:
         metrics["kl_exact"] = mean("kl_exact")
         metrics["kl_exact_stderr"] = _combined_stderr(per_point["kl_exact_stderr"])

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import torch
 
+from elbogap import streams
 from elbogap.device import rng_devices
 from elbogap.guides.base import Guide
 from elbogap.inference.evaluation import evaluate
@@ -81,9 +82,9 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
     if log_px is not None:  # the ELBOs alone, from --eval-samples draws: log p(x) is known already
         evaluate_options = {**evaluate_options, "log_px_method": "iwae", "iw_samples": 1}
     with torch.random.fork_rng(devices=rng_devices(x)):  # common random numbers: the two ELBOs share their base draws
-        torch.manual_seed(seed)
+        streams.seeded("common_draws", seed)
         amortized = evaluate(model, guide, x, index, **evaluate_options)
-        torch.manual_seed(seed)
+        streams.seeded("common_draws", seed)
         best = evaluate(model, star, x, index if star is guide else None, **evaluate_options)
     if log_px is None:  # q* is the better proposal where log p(x) is importance-weighted
         log_px = KnownLogPx(best.per_point["log_px"], best.per_point["log_px_stderr"], best.metrics["log_px_method"])

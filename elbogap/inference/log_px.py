@@ -2,89 +2,55 @@ r"""Ways to compute :math:`\log p(x)`: exact, by 2-D quadrature, by importance s
 
 Each estimator is one registered :class:`LogPxMethod` that says when it applies, whether its
 value depends on the guide being judged, and how the report should describe it; evaluation,
-the report and the figures ask the registry rather than compare names. The setting
-``--log-px`` takes a method's name or ``auto`` (see :func:`plan`). Each estimator returns
-per-point estimates and per-point errors of shape ``(batch,)``.
+the report and the figures ask the registry rather than compare names, and each method
+carries its ``estimate``, which returns a :class:`LogPxEstimate`: per-point estimates and
+per-point errors of shape ``(batch,)``. The setting ``--log-px`` takes a method's name or
+``auto``; :func:`plan` turns it into data, the methods to run and on which rows.
 """
 
 import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from elbogap.errors import UsageError
 from elbogap.inference.log_joint import log_joint
 
-
-@dataclass(frozen=True)
-class LogPxMethod:
-    r"""One estimator of :math:`\log p(x)`.
-
-    :param str name: the value of ``--log-px`` that selects it.
-    :param bool guide_independent: whether its value is the same whichever guide is judged
-        (IWAE's is not: its proposal is the guide's own q).
-    :param str description: how the report states it, a template over the split's metrics.
-    :param applies: whether it can run on a model.
-    :param str requirement: what it needs, for the one-line refusal where it does not apply.
-    """
-
-    name: str
-    guide_independent: bool
-    description: str
-    applies: Callable = lambda model: True
-    requirement: str = ""
-
-    def describe(self, metrics: dict) -> str:
-        return self.description.format(**metrics)
-
-
-METHODS: dict[str, LogPxMethod] = {method.name: method for method in (
-    LogPxMethod("exact", True, "exact (closed form)",
-                lambda model: getattr(model, "has_exact_posterior", False),
-                "a model with a closed-form evidence (--model linear)"),
-    LogPxMethod("quadrature", True, "2-D quadrature (midpoint rule, two grids of {log_px_samples} points in all)",
-                lambda model: model.latent_dim == 2, "a 2-D latent space"),
-    LogPxMethod("iwae", False, "importance-weighted estimate with K={log_px_samples} samples from q (a lower bound "
-                "in expectation whose bias depends on the guide judged)"),
-    LogPxMethod("ais", True, "annealed importance sampling from the {ais[init]}, {ais[chains]} chains x "
-                "{ais[steps]} temperatures x {ais[leapfrog_steps]} leapfrog steps (a lower bound in expectation)"),
-)}
-
-#: the values ``--log-px`` accepts.
-SETTINGS = ("auto", *METHODS)
+if TYPE_CHECKING:
+    from elbogap.inference.ais import AISSettings
 
 
 @dataclass(frozen=True)
-class LogPxPlan:
-    """Which estimator serves every point of a split, and whether AIS also runs on a subset."""
+class LogPxEstimate:
+    r"""Per-point :math:`\log p(x)` estimates and their standard errors, each of shape ``(batch,)``.
 
-    method: str
-    ais_subset: bool = False
-
-
-def choose_method(model) -> str:
-    """``"exact"`` where the model has a closed form, ``"quadrature"`` for 2-D latents, else ``"iwae"``."""
-    return next(name for name in ("exact", "quadrature", "iwae") if METHODS[name].applies(model))
-
-
-def plan(setting: str | None, model) -> LogPxPlan:
-    """What ``--log-px setting`` computes for ``model``.
-
-    ``auto`` (or None) keeps the exact evidence and quadrature where they apply; for any other
-    model every point gets the IWAE estimate and a subset of points (the gap points and
-    ``--ais-points``) gets guide-independent AIS, from which the KL gap is computed. A named
-    method runs on every point, or is refused in one line where it does not apply.
+    ``info`` says how they were computed: ``samples``, the draws (or grid points) behind each
+    point's estimate, and any record the method keeps for the split (AIS: ``ais``, its settings
+    and diagnostics).
     """
-    if setting in (None, "auto"):
-        method = choose_method(model)
-        return LogPxPlan(method, ais_subset=method == "iwae")
-    if setting not in METHODS:
-        raise UsageError(f"unknown --log-px {setting!r}; choose one of {', '.join(SETTINGS)}")
-    if not METHODS[setting].applies(model):
-        raise UsageError(f"--log-px {setting} needs {METHODS[setting].requirement}; "
-                         "use --log-px auto, ais or iwae for this model")
-    return LogPxPlan(setting)
+
+    values: torch.Tensor
+    stderr: torch.Tensor
+    info: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LogPxSettings:
+    """What the estimators need besides the model, the guide and the points.
+
+    :param int quadrature_points: grid points per axis of :func:`quadrature_log_px`.
+    :param ais: an :class:`~elbogap.inference.ais.AISSettings` (its defaults where None).
+    :param int q_samples: the draws of q per point already taken, from which IWAE is computed.
+    :param bool progress: show AIS's progress bar.
+    """
+
+    quadrature_points: int = 32
+    ais: "AISSettings | None" = None
+    q_samples: int = 0
+    progress: bool = False
 
 
 def exact_log_px(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,3 +152,151 @@ class ImportanceAccumulator:
     def effective_sample_size(self) -> torch.Tensor:
         """Kish's :math:`(\\sum w)^2 / \\sum w^2` per point."""
         return (2 * self.log_sum - self.log_sum_sq).exp()
+
+
+@dataclass(frozen=True)
+class LogPxMethod:
+    r"""One estimator of :math:`\log p(x)`.
+
+    :param str name: the value of ``--log-px`` that selects it.
+    :param bool guide_independent: whether its value is the same whichever guide is judged
+        (IWAE's is not: its proposal is the guide's own q).
+    :param str description: how the report states it, a template over the split's metrics.
+    :param applies: whether it can run on a model.
+    :param estimate: ``(model, guide, x, index, settings, from_q) -> LogPxEstimate`` for the rows
+        ``x`` (``index`` their rows in the guide's data), with :class:`LogPxSettings` and
+        ``from_q``, the per-point results of the draws of q on these rows.
+    :param str requirement: what it needs, for the one-line refusal where it does not apply.
+    :param bool uses_iw_draws: whether it needs ``--iw-samples`` draws of q (its own estimate,
+        or the IWAE it is checked against).
+    :param str kept_as: the per-point key and split metric its values are also kept under,
+        beside ``log_px``, where the split reports them next to IWAE's.
+    :param check: ``(per_point, rows) -> metrics``, diagnostics of its estimate on the rows it
+        covered, once the split is evaluated.
+    """
+
+    name: str
+    guide_independent: bool
+    description: str
+    estimate: Callable[..., LogPxEstimate]
+    applies: Callable = lambda model: True
+    requirement: str = ""
+    uses_iw_draws: bool = False
+    kept_as: str | None = None
+    check: Callable[[dict, torch.Tensor], dict] | None = None
+
+    def describe(self, metrics: dict) -> str:
+        return self.description.format(**metrics)
+
+
+def _exact(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPxEstimate:
+    with torch.inference_mode():
+        values, stderr = exact_log_px(model, x)
+    return LogPxEstimate(values, stderr, {"samples": 0})
+
+
+def _quadrature(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPxEstimate:
+    values, stderr = quadrature_log_px(model, x, settings.quadrature_points)
+    return LogPxEstimate(values, stderr, {"samples": 2 * settings.quadrature_points**2})
+
+
+def _iwae(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPxEstimate:
+    # computed with the ELBO, from the same draws of q
+    return LogPxEstimate(from_q["log_px_iwae"], from_q["log_px_iwae_stderr"], {"samples": settings.q_samples})
+
+
+def _ais(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPxEstimate:
+    from elbogap.inference.ais import AISSettings, ais_log_px  # imported here: AIS builds on this module
+
+    ais = settings.ais or AISSettings()
+    started = time.perf_counter()
+    result = ais_log_px(model, x, ais, guide=guide, index=index, progress=settings.progress)
+    run = {**ais.to_dict(), "points": len(x), "seconds": time.perf_counter() - started,
+           "acceptance": result.acceptance.tolist(),
+           "step_sizes": result.step_sizes.double().log().mean(1).exp().tolist()}
+    return LogPxEstimate(result.log_px, result.stderr, {"samples": ais.chains, "ais": run})
+
+
+def ais_against_iwae(per_point: dict, rows: torch.Tensor, threshold: float = 3.0) -> dict:
+    r"""How far IWAE from q lies above AIS on the AIS points, and a warning where AIS is visibly the looser bound.
+
+    Both are stochastic lower bounds on :math:`\log p(x)`, so where the guide's IWAE mean exceeds AIS's by
+    more than ``threshold`` standard errors of the difference, AIS had too few temperatures or chains
+    for this model: the reported log p(x), and so the KL gap, are too low.
+    """
+    difference = (per_point["log_px_iwae"] - per_point["log_px_ais"])[rows].double()
+    stderr = float((per_point["log_px_iwae_stderr"][rows].double().pow(2)
+                    + per_point["log_px_ais_stderr"][rows].double().pow(2)).sum().sqrt() / len(difference))
+    out = {"iwae_above_ais": float(difference.mean()), "iwae_above_ais_stderr": stderr}
+    if out["iwae_above_ais"] > threshold * stderr and out["iwae_above_ais"] > 0:
+        out["log_px_warning"] = (f"IWAE from q is {out['iwae_above_ais']:.3f} nats above AIS on its points "
+                                 f"({out['iwae_above_ais'] / max(stderr, 1e-12):.0f} standard errors): AIS has not "
+                                 "converged at these settings and the KL gap is understated; raise --ais-steps "
+                                 "(and --ais-chains)")
+    return out
+
+
+METHODS: dict[str, LogPxMethod] = {method.name: method for method in (
+    LogPxMethod("exact", True, "exact (closed form)", _exact,
+                lambda model: getattr(model, "has_exact_posterior", False),
+                "a model with a closed-form evidence (--model linear)"),
+    LogPxMethod("quadrature", True, "2-D quadrature (midpoint rule, two grids of {log_px_samples} points in all)",
+                _quadrature, lambda model: model.latent_dim == 2, "a 2-D latent space"),
+    LogPxMethod("iwae", False, "importance-weighted estimate with K={log_px_samples} samples from q (a lower bound "
+                "in expectation whose bias depends on the guide judged)", _iwae, uses_iw_draws=True),
+    LogPxMethod("ais", True, "annealed importance sampling from the {ais[init]}, {ais[chains]} chains x "
+                "{ais[steps]} temperatures x {ais[leapfrog_steps]} leapfrog steps (a lower bound in expectation)",
+                _ais, uses_iw_draws=True, kept_as="log_px_ais", check=ais_against_iwae),
+)}
+
+#: the values ``--log-px`` accepts.
+SETTINGS = ("auto", *METHODS)
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    """One estimator and the rows it runs on: ``"all"`` of a split, or the ``"subset"`` chosen for AIS."""
+
+    method: LogPxMethod
+    rows: str = "all"
+
+
+@dataclass(frozen=True)
+class LogPxPlan:
+    r"""The estimators of a split's :math:`\log p(x)`, run in order.
+
+    Each step's estimate becomes ``log_px`` on its rows (NaN on the others, which the split's
+    averages leave out), so the last step that runs is the one reported.
+    """
+
+    steps: tuple[PlanStep, ...]
+
+    @property
+    def uses_iw_draws(self) -> bool:
+        return any(step.method.uses_iw_draws for step in self.steps)
+
+
+def choose_method(model) -> str:
+    """``"exact"`` where the model has a closed form, ``"quadrature"`` for 2-D latents, else ``"iwae"``."""
+    return next(name for name in ("exact", "quadrature", "iwae") if METHODS[name].applies(model))
+
+
+def plan(setting: str | None, model) -> LogPxPlan:
+    """What ``--log-px setting`` computes for ``model``.
+
+    ``auto`` (or None) keeps the exact evidence and quadrature where they apply; for any other
+    model every point gets the IWAE estimate and a subset of points (the gap points and
+    ``--ais-points``) gets guide-independent AIS, from which the KL gap is computed. A named
+    method runs on every point, or is refused in one line where it does not apply.
+    """
+    if setting in (None, "auto"):
+        method = METHODS[choose_method(model)]
+        if method.guide_independent:
+            return LogPxPlan((PlanStep(method),))
+        return LogPxPlan((PlanStep(method), PlanStep(METHODS["ais"], "subset")))
+    if setting not in METHODS:
+        raise UsageError(f"unknown --log-px {setting!r}; choose one of {', '.join(SETTINGS)}")
+    if not METHODS[setting].applies(model):
+        raise UsageError(f"--log-px {setting} needs {METHODS[setting].requirement}; "
+                         "use --log-px auto, ais or iwae for this model")
+    return LogPxPlan((PlanStep(METHODS[setting]),))

@@ -11,6 +11,7 @@ from pyro import poutine
 from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
+from elbogap import streams
 from elbogap.device import rng_state, set_rng_state
 from elbogap.errors import UsageError
 from elbogap.inference.svi import FastSVI
@@ -101,9 +102,10 @@ class Trainer:
 
     Every epoch visits the rows of ``x`` in a fresh random order; the order (and, with
     ``dynamic_binarize``, a fresh Bernoulli draw of the data, whose rows are then probabilities)
-    comes from a generator seeded by ``(seed, epoch)``, so a resumed run sees exactly the
-    batches the uninterrupted one would have. The data plate scales each minibatch by
-    ``len(x) / batch_size``; ``losses`` holds the negative ELBO per data point of every step.
+    comes from the stream ``epoch_order`` of ``(seed, epoch)`` (:mod:`elbogap.streams`), so a
+    resumed run sees exactly the batches the uninterrupted one would have. The data plate scales
+    each minibatch by ``len(x) / batch_size``; ``losses`` holds the negative ELBO per data point
+    of every step.
 
     :param int kl_warmup_steps: raise the KL weight linearly from 0 to 1 over this many steps.
     :param float lr_decay: factor applied to the learning rate before every step.
@@ -134,7 +136,7 @@ class Trainer:
 
     def _start_epoch(self, epoch: int) -> None:
         # drawn on the CPU whatever the device, so every device sees the same batches
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        generator = streams.generator("epoch_order", self.seed, epoch)
         self._order = torch.randperm(len(self.x), generator=generator).to(self.x.device)
         self._epoch_x = (torch.bernoulli(self.x.cpu(), generator=generator).to(self.x.device)
                          if self.dynamic_binarize else self.x)

@@ -113,10 +113,13 @@ def test_ais_from_the_exact_posterior_is_exact():
 
 
 def test_auto_plans_ais_on_a_subset_only_where_nothing_exact_applies(linear_model):
-    assert plan("auto", linear_model).method == "exact" and not plan("auto", linear_model).ais_subset
-    assert plan("auto", VAE(4, 2)).method == "quadrature"
-    assert plan("auto", VAE(4, 8)).ais_subset
-    assert plan("ais", VAE(4, 2)).method == "ais"
+    def steps(setting, model):
+        return [(step.method.name, step.rows) for step in plan(setting, model).steps]
+
+    assert steps("auto", linear_model) == [("exact", "all")]
+    assert steps("auto", VAE(4, 2)) == [("quadrature", "all")]
+    assert steps("auto", VAE(4, 8)) == [("iwae", "all"), ("ais", "subset")]
+    assert steps("ais", VAE(4, 2)) == [("ais", "all")]
     with pytest.raises(UsageError, match="2-D latent"):
         plan("quadrature", VAE(4, 8))
     with pytest.raises(UsageError, match="choose one of"):
@@ -138,6 +141,18 @@ def test_evaluate_reports_ais_on_a_subset_and_the_gap_from_it():
     assert not per_point["log_px_ais"][rows].isnan().any() and per_point["log_px_ais"].isnan().sum() == 26
     assert metrics["kl_gap"] == pytest.approx(metrics["log_px"] - metrics["elbo_log_px_points"])
     assert "log_px_iwae" in metrics and metrics["log_px_iwae_samples"] == 200
+
+
+def test_auto_without_a_subset_runs_no_ais():
+    """Curve evaluations during training ask for ``auto`` without AIS points: IWAE alone, on every row."""
+    model = correlated_linear_model(latent_dim=3, data_dim=6)
+    model.has_exact_posterior = False
+    x, _ = simulate(model, torch.zeros(1, 6, dtype=torch.float64), 10)
+    guide = build_guide("diag", model, 10, hidden_dims=(8,)).double()
+    for ais_index in (None, torch.tensor([], dtype=torch.long)):
+        result = evaluate(model, guide, x, elbo_samples=8, iw_samples=16, ais_index=ais_index)
+        assert result.metrics["log_px_method"] == "iwae" and "ais" not in result.metrics
+        assert result.metrics["log_px_points"] == 10 and "log_px_ais" not in result.per_point
 
 
 def test_ais_from_q_refuses_a_guide_whose_density_has_no_inverse():
@@ -167,7 +182,7 @@ def test_an_ais_run_too_short_for_its_model_is_flagged_against_iwae_from_the_exa
 
 
 def test_ais_within_its_error_of_iwae_is_not_flagged():
-    from elbogap.inference.evaluation import ais_against_iwae
+    from elbogap.inference.log_px import ais_against_iwae
 
     per_point = {"log_px_iwae": torch.tensor([-10.0, -11.0]), "log_px_iwae_stderr": torch.tensor([0.01, 0.01]),
                  "log_px_ais": torch.tensor([-10.02, -10.99]), "log_px_ais_stderr": torch.tensor([0.02, 0.02])}

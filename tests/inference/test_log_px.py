@@ -75,3 +75,20 @@ def test_accumulator_combines_chunks_exactly():
 def test_method_is_the_most_exact_the_model_allows(latent_dim, expected, linear_model):
     assert choose_method(linear_model) == "exact"
     assert choose_method(VAE(4, latent_dim)) == expected
+
+
+@pytest.mark.parametrize("name", ["exact", "quadrature", "iwae", "ais"])
+def test_every_registered_method_estimates_the_linear_evidence_per_point(name, linear_model, linear_data):
+    """Each method runs from the registry alone: per-point values and errors, and how many samples it used."""
+    from elbogap.inference.ais import AISSettings
+    from elbogap.inference.log_px import METHODS, LogPxEstimate, LogPxSettings
+
+    x = linear_data[:6]
+    guide = optimal_diag_guide(linear_model)
+    from_q = evaluate(linear_model, guide, x, elbo_samples=1, iw_samples=500, log_px_method="iwae").per_point
+    settings = LogPxSettings(quadrature_points=32, ais=AISSettings(steps=50, chains=8, leapfrog_steps=2),
+                             q_samples=500)
+    estimate = METHODS[name].estimate(linear_model, guide, x, torch.arange(6), settings, from_q)
+    assert isinstance(estimate, LogPxEstimate) and estimate.values.shape == estimate.stderr.shape == (6,)
+    assert estimate.info["samples"] == {"exact": 0, "quadrature": 2 * 32**2, "iwae": 500, "ais": 8}[name]
+    assert (estimate.values - linear_model.log_px(x)).abs().max() < 0.05 + 4 * estimate.stderr.max()

@@ -93,20 +93,3 @@ def test_kl_warmup_rises_linearly_to_one(x):
         trainer.step()
         betas.append(trainer.kl_weight.beta)
     assert betas == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
-
-
-def test_a_refit_family_trains_with_the_runs_own_objective_warmup_and_binarization():
-    """`evaluate --guide B --refit` and training share one trainer: same objective, particles, warm-up, binarization."""
-    from pyro.infer import RenyiELBO
-
-    from elbogap.config import Config
-    from elbogap.runs import build, load_dataset, make_trainer
-
-    config = Config(objective="iwae", particles=4, kl_warmup=1.0, binarize="dynamic", train_size=100, test_size=20,
-                    hidden_dims=[8], steps=5)
-    data = load_dataset(config)
-    model, guide = build(config, data, "diag")
-    trainer = make_trainer(config, model, guide, data, seed=0, freeze_model=True)
-    assert isinstance(trainer.svi.loss, RenyiELBO) and trainer.svi.loss.num_particles == 4
-    assert trainer.kl_warmup_steps == config.steps_per_epoch(100) and trainer.dynamic_binarize
-    assert trainer.freeze_model

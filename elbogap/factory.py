@@ -1,0 +1,101 @@
+"""From settings to objects: the data set, model, guide and trainer a :class:`~elbogap.config.Config` describes."""
+
+import torch
+
+from elbogap import streams
+from elbogap.config import Config
+from elbogap.data import Dataset, load_data
+from elbogap.device import resolve_device
+from elbogap.errors import UsageError
+from elbogap.guides import build_guide
+from elbogap.inference import Trainer
+from elbogap.model import build_model
+
+
+def guide_label(guide_name: str) -> str:
+    """How a guide entry is named in results: itself, or ``stem.name`` for a program ``dir/stem.py:name``."""
+    from elbogap.user_model import display_name, is_user_model
+
+    return display_name(guide_name) if is_user_model(guide_name) else guide_name.replace(":", "-")
+
+
+def load_dataset(config: Config) -> Dataset:
+    """The data set a configuration names, subset and binarized as it says, on its device."""
+    data = load_data(config.data, config.test_fraction, config.data_seed, config.data_dir, config.binarize,
+                     config.train_size, config.test_size)
+    return data.to(resolve_device(config.device))
+
+
+def resolve_likelihood(config: Config, data: Dataset) -> str:
+    """The configured likelihood, or Bernoulli for binary data and Gaussian otherwise."""
+    binary = data.is_binary
+    if config.likelihood is None:
+        return "bernoulli" if binary and config.model == "vae" else "gaussian"
+    if config.likelihood == "bernoulli" and not binary:
+        raise UsageError(
+            f"{data.name} is not binary but the likelihood is Bernoulli; "
+            "use --binarize threshold|static|dynamic or --likelihood gaussian"
+        )
+    return config.likelihood
+
+
+def build(config: Config, data: Dataset, guide_name: str):
+    """A fresh model and guide for ``data`` as the configuration describes them.
+
+    ``config.model`` and ``guide_name`` are built-in names or user programs (``file.py:name``);
+    a class named as both model and guide is built once, so the pair shares one instance.
+    """
+    from elbogap.user_model import is_user_model, load_user_model
+
+    instances, modules, example = {}, {}, data.train[:3]
+    if is_user_model(config.model):
+        model = load_user_model(config.model, example, config.latent_dim, instances, modules)
+    else:
+        model = build_model(config.model, data.data_dim, config.latent_dim, config.hidden_dims,
+                            config.activation, resolve_likelihood(config, data))
+    model = model.to(resolve_device(config.device))
+    return model, guide_for(config, model, len(data.train), guide_name, example, instances, modules)
+
+
+def guide_for(config: Config, model, num_data: int, guide_name: str, example: torch.Tensor | None = None,
+              instances: dict | None = None, modules: dict | None = None):
+    """A fresh guide of ``guide_name`` for ``model``, with the configuration's network settings, on its device.
+
+    ``guide_name`` is a built-in family or a user's guide program (``file.py:name``; ``example``
+    is a small batch to check it on).
+    """
+    from elbogap.guides import ProgramGuide
+    from elbogap.guides.autoguide import AutoGuideFamily
+    from elbogap.user_model import is_autoguide, is_user_model, resolve_program
+
+    if is_autoguide(guide_name):
+        guide = AutoGuideFamily(guide_name.removeprefix("auto:"), model, num_data)
+    elif is_user_model(guide_name):
+        program, owner = resolve_program(guide_name, "guide", model.data_dim, model.latent_dim, instances, modules)
+        guide = ProgramGuide(program, model, example, guide_name, owner)
+    else:
+        guide = build_guide(guide_name, model, num_data, config.hidden_dims, config.activation,
+                            config.flow_depth, config.mixture_size, config.rank)
+    return guide.to(resolve_device(config.device))
+
+
+def make_trainer(config: Config, model, guide, data: Dataset, seed: int, freeze_model: bool = False) -> Trainer:
+    """The SVI trainer a configuration describes: objective, particles, learning rate and its decay, KL warm-up,
+    binarization and compilation, for ``config.total_steps`` steps on the training split."""
+    num_data = len(data.train)
+    steps = config.total_steps(num_data)
+    return Trainer(model, guide, data.train, config.batch_size, config.lr, config.objective, config.particles,
+                   seed, freeze_model=freeze_model, lr_decay=config.lr_decay ** (1 / max(steps, 1)),
+                   kl_warmup_steps=round(config.kl_warmup * config.steps_per_epoch(num_data)),
+                   dynamic_binarize=data.dynamic, jit=config.jit)
+
+
+def fit_family(model, config: Config, data: Dataset, family: str, seed: int):
+    """A fresh guide of ``family`` fitted to a fixed ``model`` as the run's own training was (see :func:`make_trainer`).
+
+    ``elbogap evaluate RUN_DIR --guide B --refit``: family B seen through the decoder trained with another guide.
+    """
+    streams.seeded("training", seed)
+    guide = guide_for(config, model, len(data.train), family, data.train[:3])
+    make_trainer(config, model, guide, data, seed, freeze_model=True).run(config.total_steps(len(data.train)))
+    return guide

@@ -1,0 +1,23 @@
+"""What a protocol is: the three things a run asks of its kind of study."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What is evaluated, on which data and with which estimators, for one kind of study.
+
+    :param str name: the key it is registered under in :data:`elbogap.protocols.PROTOCOLS`.
+    :param evaluate: ``(model, guide, data, config, seed, phases=None, progress=False) -> metrics``,
+        the evaluation after training, by split.
+    :param curve_point: ``(model, guide, data, config) -> metrics``, the cheap evaluation during
+        training.
+    :param bdmc: ``(model, data, config, seed, run_dir) -> summary``, the BDMC sandwich of
+        ``--bdmc``, also written to the run directory.
+    """
+
+    name: str
+    evaluate: Callable[..., dict]
+    curve_point: Callable[..., dict]
+    bdmc: Callable[..., dict]

@@ -1,0 +1,138 @@
+"""The protocol of models whose latents are per data point (a VAE, the linear-Gaussian model, per-point programs).
+
+After training, each split is evaluated whole (the training split on a seeded subset), log p(x)
+as ``--log-px`` plans it, and the KL gap is split into approximation and amortization gaps on a
+seeded subset of points; during training, fixed prefixes of the splits give a cheap curve; BDMC
+runs on data simulated from the trained model.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+from elbogap import streams
+from elbogap.config import Config
+from elbogap.data import Dataset
+from elbogap.device import rng_devices
+from elbogap.inference import evaluate, refit_guide
+from elbogap.inference.gaps import KnownLogPx, gap_decomposition
+from elbogap.phases import Phases
+from elbogap.protocols.base import Protocol
+
+
+def evaluate_splits(model, guide, data: Dataset, config: Config, seed: int, phases: Phases | None = None,
+                    progress: bool = False) -> dict:
+    """Metrics of the train and test splits, from the run's own reproducible evaluation stream.
+
+    The test split is evaluated whole; the training split on a seeded subset of
+    ``--train-eval-points`` points (all of it for 0, or for a per-datapoint guide), as the
+    training curve already shows the fit. ``num_points`` and ``split_points`` say how many.
+
+    ``phases`` gets the seconds of each split's evaluation (``evaluate_SPLIT``) and of its gap
+    decomposition (``gaps_SPLIT``, the q* refits and their evaluation).
+    """
+    streams.seeded("evaluation", seed)
+    phases = phases if phases is not None else Phases()
+    metrics = {}
+    for split, x in data.splits().items():
+        if split == "train" and guide.amortized and 0 < config.train_eval_points < len(x):
+            x = x[train_eval_index(len(x), config)]
+        metrics[split] = evaluate_split(model, guide, x, config, fresh_local=split != "train", phases=phases,
+                                        split=split, progress=progress)
+        metrics[split]["split_points"] = len(data.splits()[split])
+    return metrics
+
+
+def train_eval_index(num_points: int, config: Config) -> torch.Tensor:
+    """The seeded subset of the training split evaluated after training (``--train-eval-points`` of them)."""
+    generator = streams.generator("train_subset", config.data_seed)
+    return torch.randperm(num_points, generator=generator)[:config.train_eval_points].sort().values.to(config.device)
+
+
+def subset_index(num_points: int, count: int, config: Config) -> torch.Tensor:
+    """A seeded subset of ``count`` points of a split, sorted; smaller subsets are prefixes of larger ones.
+
+    The gap points (``--gap-points``) and the AIS points (``--ais-points``) are drawn from one
+    permutation, so the points where gaps are reported always have AIS where AIS runs.
+    """
+    generator = streams.generator("subsets", config.data_seed)
+    return torch.randperm(num_points, generator=generator)[:count].sort().values.to(config.device)
+
+
+def gap_index(num_points: int, config: Config) -> torch.Tensor:
+    """The seeded subset of a split on which q* is refit (``--gap-points`` of them)."""
+    return subset_index(num_points, config.gap_points, config)
+
+
+def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: bool, phases: Phases | None = None,
+                   split: str = "split", progress: bool = False) -> dict:
+    """Metrics of one split, with the gap decomposition on ``--gap-points`` of its points.
+
+    A per-datapoint guide first fits its parameters with the model fixed. Where ``--log-px``
+    gives a guide-independent log p(x) (exact, quadrature, AIS on every point, or, under
+    ``auto``, AIS on the gap and ``--ais-points`` subset), the gaps are computed from it.
+    """
+    phases = phases if phases is not None else Phases()
+    options = {"elbo_samples": config.eval_samples, "iw_samples": config.iw_samples,
+               "quadrature_points": config.quadrature_points, "log_px_method": config.log_px,
+               "ais": config.ais_settings()}
+    with phases(f"evaluate_{split}"):
+        if not guide.amortized:
+            if fresh_local:
+                guide = guide.fresh(len(x))
+            refit_guide(model, guide, x, jit=config.jit, progress=progress, desc=f"fit {split} points")
+        ais_index = subset_index(len(x), max(config.ais_points, config.gap_points), config)
+        evaluation = evaluate(model, guide, x, ais_index=ais_index, progress=progress, desc=f"evaluate {split}",
+                              **options)
+    metrics = evaluation.metrics
+    if config.gap_points:
+        index = gap_index(len(x), config)
+        log_px = None
+        if metrics["log_px_guide_independent"]:
+            per_point = evaluation.per_point
+            log_px = KnownLogPx(per_point["log_px"][index], per_point["log_px_stderr"][index], metrics["log_px_method"])
+        with phases(f"gaps_{split}"):
+            refit_options = {"jit": config.jit, "progress": progress, "desc": f"q* {split}"}
+            metrics.update(gap_decomposition(model, guide, x[index], index, refit_options=refit_options,
+                                             log_px=log_px, **options))
+    return metrics
+
+
+def run_bdmc(model, data: Dataset, config: Config, seed: int, run_dir: str | Path) -> dict:
+    """BDMC on ``config.bdmc`` pairs simulated from ``model``; writes bdmc.json and bdmc.npz, returns the summary."""
+    import numpy as np
+
+    from elbogap.inference.bdmc import sandwich
+
+    streams.seeded("bdmc", seed)
+    summary, arrays = sandwich(model, data.train[:1], config.bdmc, config.ais_settings())
+    run_dir = Path(run_dir)
+    (run_dir / "bdmc.json").write_text(json.dumps(summary, indent=2))
+    np.savez(run_dir / "bdmc.npz", **{key: value.detach().cpu().numpy() for key, value in arrays.items()})
+    return summary
+
+
+@torch.no_grad()
+def evaluation_point(model, guide, data: Dataset, config: Config) -> dict:
+    """Cheap metrics on fixed subsets during training: train and test ELBO, test log p(x)."""
+    point = {}
+    with torch.random.fork_rng(devices=rng_devices(data.train)):  # evaluation leaves training's random stream alone
+        for split, x in data.splits().items():
+            count = min(config.curve_points, len(x))
+            if not guide.amortized and split == "test":
+                continue  # a per-datapoint guide has no parameters for test points until it is refit
+            metrics = evaluate(model, guide, x[:count], torch.arange(count, device=x.device), elbo_samples=16,
+                               iw_samples=min(config.iw_samples, 100), quadrature_points=16).metrics
+            point[f"{split}_elbo"] = metrics["elbo"]
+            point[f"{split}_log_px"] = metrics["log_px"]
+        if config.dynamics_points and guide.amortized:
+            count = min(config.dynamics_points, len(data.test))
+            with torch.enable_grad():
+                gaps = gap_decomposition(model, guide, data.test[:count], elbo_samples=32, iw_samples=100,
+                                         quadrature_points=16)
+            point.update({f"dynamics_{key}": gaps[key] for key in ("gap_log_px", "gap_elbo", "elbo_star")})
+    return point
+
+
+VAE = Protocol("vae", evaluate=evaluate_splits, curve_point=evaluation_point, bdmc=run_bdmc)

@@ -1,0 +1,82 @@
+r"""Named random streams: each phase of a run draws its randomness from its own seed.
+
+Every stream's seed is derived from the run's ``--seed`` or from ``--data-seed`` in one place,
+the table :data:`STREAMS`:
+
+.. math::
+
+    \mathrm{seed}_\text{stream} = \mathrm{scale} \cdot s + \mathrm{offset} + \mathrm{counter},
+
+where :math:`s` is the seed the stream is derived from and the counter numbers the draws of a
+stream that is reseeded again and again (the epochs of training). Code asks for a stream by name:
+:func:`generator` for a private ``torch.Generator``, :func:`seeded` to seed the global random
+number generators a phase draws from (Pyro programs sample from them).
+"""
+
+from dataclasses import dataclass
+
+import pyro
+import torch
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One named source of randomness.
+
+    :param str name: how code asks for it.
+    :param str source: the seed it is derived from: ``"run"`` (``--seed``), ``"data"``
+        (``--data-seed``), ``"drawn"`` (a seed drawn from the stream in use) or ``"call"`` (the
+        ``seed`` of a notebook call).
+    :param int offset: added to the seed.
+    :param str rng: what it seeds: ``"global"`` (torch's, Python's and NumPy's global generators, as
+        ``pyro.set_rng_seed`` does), ``"torch"`` (torch's global generator alone) or
+        ``"generator"`` (a private ``torch.Generator`` on the CPU).
+    :param str purpose: what is drawn from it.
+    :param int scale: multiplies the seed, so streams reseeded by a counter never meet.
+    """
+
+    name: str
+    source: str
+    offset: int
+    rng: str
+    purpose: str
+    scale: int = 1
+
+    def seed(self, seed: int, counter: int = 0) -> int:
+        return self.scale * seed + self.offset + counter
+
+
+STREAMS: dict[str, Stream] = {stream.name: stream for stream in (
+    Stream("training", "run", 0, "global", "initial parameters of model and guide, and SVI's draws"),
+    Stream("epoch_order", "run", 0, "generator", "each epoch's order of the training rows and its dynamic "
+           "binarization; the counter is the epoch", scale=1_000_003),
+    Stream("evaluation", "run", 10_000, "global", "the draws of the evaluation after training"),
+    Stream("bdmc", "run", 20_000, "global", "the data simulated from the model and the chains of BDMC"),
+    Stream("subsets", "data", 7, "generator", "the gap points and the AIS points of a split (one permutation)"),
+    Stream("train_subset", "data", 11, "generator", "the training points evaluated after training"),
+    Stream("common_draws", "drawn", 0, "torch", "the base draws shared by the ELBOs of q and of q* in a gap "
+           "decomposition, so the noise of their difference cancels"),
+    Stream("notebook_evaluation", "call", 0, "torch", "the draws of elbogap.evaluate"),
+    Stream("notebook_ais_points", "call", 0, "generator", "the points of elbogap.evaluate that get AIS"),
+)}
+
+
+def seed_for(name: str, seed: int, counter: int = 0) -> int:
+    """The seed of stream ``name`` for the run (or data) seed ``seed``; see :data:`STREAMS`."""
+    return STREAMS[name].seed(seed, counter)
+
+
+def generator(name: str, seed: int, counter: int = 0) -> torch.Generator:
+    """A fresh CPU ``torch.Generator`` of stream ``name``, so its draws leave every other stream alone."""
+    return torch.Generator().manual_seed(seed_for(name, seed, counter))
+
+
+def seeded(name: str, seed: int) -> None:
+    """Seed the global generators that phase ``name`` draws from (Pyro programs sample from torch's)."""
+    stream = STREAMS[name]
+    if stream.rng == "global":
+        pyro.set_rng_seed(stream.seed(seed))
+    elif stream.rng == "torch":
+        torch.manual_seed(stream.seed(seed))
+    else:
+        raise ValueError(f"stream {name!r} is a private generator; ask for it with generator({name!r}, seed)")

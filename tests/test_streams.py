@@ -1,0 +1,71 @@
+"""Named random streams: each seed is the documented derivation, and phases never share a stream."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from elbogap import streams
+from elbogap.streams import STREAMS, generator, seed_for, seeded
+
+#: today's seeds, as the code derived them before the streams were named: a run seed s, a data seed d
+DERIVATIONS = {
+    "training": lambda s: s,
+    "evaluation": lambda s: s + 10_000,
+    "bdmc": lambda s: s + 20_000,
+    "subsets": lambda d: d + 7,
+    "train_subset": lambda d: d + 11,
+    "common_draws": lambda s: s,
+    "notebook_evaluation": lambda s: s,
+    "notebook_ais_points": lambda s: s,
+}
+
+
+@pytest.mark.parametrize("seed", [0, 3, 12345])
+@pytest.mark.parametrize("name", sorted(DERIVATIONS))
+def test_each_stream_seed_is_its_documented_derivation(name, seed):
+    assert seed_for(name, seed) == DERIVATIONS[name](seed)
+
+
+@pytest.mark.parametrize("epoch", [0, 1, 7])
+def test_the_epoch_order_is_reseeded_by_epoch(epoch):
+    assert seed_for("epoch_order", 5, epoch) == 5 * 1_000_003 + epoch
+
+
+def test_every_stream_is_in_the_table_of_derivations():
+    assert set(STREAMS) == {*DERIVATIONS, "epoch_order"}
+
+
+@pytest.mark.parametrize(("source", "rng"), [("run", "global"), ("data", "generator")])
+def test_phases_that_draw_from_the_same_generators_never_share_a_seed(source, rng):
+    names = [name for name, stream in STREAMS.items() if (stream.source, stream.rng) == (source, rng)]
+    assert len(names) > 1
+    for seed in (0, 1, 99):
+        assert len({seed_for(name, seed) for name in names}) == len(names)
+        drawn = {tuple(torch.randint(2**31, (4,), generator=generator(name, seed)).tolist()) for name in names}
+        assert len(drawn) == len(names)
+
+
+def test_a_generator_leaves_the_global_stream_alone():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    torch.rand(3, generator=generator("subsets", 0))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_seeded_sets_the_global_generators_a_phase_draws_from():
+    seeded("evaluation", 2)
+    drawn = torch.rand(2), random.random(), np.random.rand()
+    torch.manual_seed(10_002), random.seed(10_002), np.random.seed(10_002)
+    assert (torch.equal(drawn[0], torch.rand(2)), drawn[1], drawn[2]) == (True, random.random(), np.random.rand())
+    seeded("common_draws", 4)  # torch's generator alone
+    drawn = torch.rand(2)
+    torch.manual_seed(4)
+    assert torch.equal(drawn, torch.rand(2))
+
+
+def test_a_private_stream_cannot_seed_the_global_generators():
+    with pytest.raises(ValueError, match="private generator"):
+        streams.seeded("subsets", 0)
