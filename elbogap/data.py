@@ -42,6 +42,10 @@ class Dataset:
     #: seeded binarization of them, used to evaluate the train split.
     dynamic: bool = False
     train_fixed: torch.Tensor | None = None
+    #: ``"global"``: the whole data set D of a model with global latents is ``train`` (``test`` is empty)
+    kind: str = "vae"
+    #: what the rows are, for a model with global latents (see :func:`load_whole`)
+    rows: str = ""
 
     @property
     def data_dim(self) -> int:

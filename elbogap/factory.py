@@ -20,7 +20,16 @@ def guide_label(guide_name: str) -> str:
 
 
 def load_dataset(config: Config) -> Dataset:
-    """The data set a configuration names, subset and binarized as it says, on its device."""
+    """The data set a configuration names, subset and binarized as it says, on its device.
+
+    For a user's program with global latents it is the whole data set D (``kind="global"``, see
+    :func:`elbogap.global_latents.data.study_data`).
+    """
+    from elbogap.global_latents.data import study_data
+    from elbogap.user_model import is_user_model
+
+    if is_user_model(config.model):
+        return study_data(config).to(resolve_device(config.device))
     data = load_data(config.data, config.test_fraction, config.data_seed, config.data_dir, config.binarize,
                      config.train_size, config.test_size)
     return data.to(resolve_device(config.device))
@@ -47,6 +56,10 @@ def build(config: Config, data: Dataset, guide_name: str):
     """
     from elbogap.user_model import is_user_model, load_user_model
 
+    if data.kind == "global":
+        from elbogap.global_latents.protocol import build_global
+
+        return build_global(config, data.train, guide_name)
     instances, modules, example = {}, {}, data.train[:3]
     if is_user_model(config.model):
         model = load_user_model(config.model, example, config.latent_dim, instances, modules)
@@ -84,6 +97,12 @@ def make_trainer(config: Config, model, guide, data: Dataset, seed: int, freeze_
     binarization and compilation, for ``config.total_steps`` steps on the training split."""
     num_data = len(data.train)
     steps = config.total_steps(num_data)
+    if data.kind == "global":
+        from elbogap.global_latents.protocol import batch_size
+
+        return Trainer(model, guide, data.train, batch_size(config, model, guide), config.lr, config.objective,
+                       config.particles, seed, freeze_model=freeze_model,
+                       lr_decay=config.lr_decay ** (1 / max(steps, 1)), jit=False)
     return Trainer(model, guide, data.train, config.batch_size, config.lr, config.objective, config.particles,
                    seed, freeze_model=freeze_model, lr_decay=config.lr_decay ** (1 / max(steps, 1)),
                    kl_warmup_steps=round(config.kl_warmup * config.steps_per_epoch(num_data)),

@@ -160,14 +160,15 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
                 raise
             raise fault(trainer.step_count + 1) from None
     save(complete=True)
-    metrics = protocol.evaluate(model, guide, data, config, seed, phases, progress)
+    metrics = protocol.evaluate(model, guide, data, config, seed, phases, progress, run_dir=run_dir)
     if config.bdmc:
         with phases("bdmc"):
             metrics["bdmc"] = protocol.bdmc(model, data, config, seed, run_dir)
         log.write("bdmc " + " ".join(f"{k}={metrics['bdmc'][k]:.4f}" for k in ("lower", "upper", "width")))
     log.write(f"seconds {phases.line()}")
     log.write("final " + " ".join(f"{split}_{k}={metrics[split][k]:.4f}" for split in metrics
-                                  for k in ("log_px", "elbo", "kl_gap") if split in ("train", "test")))
+                                  for k in ("log_px", "log_evidence", "elbo", "kl_gap")
+                                  if split in ("train", "test", "data") and k in metrics[split]))
     run = {"guide": guide_label(guide_name), "guide_spec": guide_name, "seed": seed, **metrics,
            "train_seconds": fit.seconds, "seconds": phases.seconds, "steps": steps,
            "compiled_loss": trainer.svi.compiled,

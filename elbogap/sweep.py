@@ -184,7 +184,11 @@ def save_study(results: dict, out: str | Path, config: Config, started: float | 
 
 
 def report_run(guide_name: str, seed: int, run: dict) -> None:
-    if "failed" not in run:
+    if "failed" not in run and run.get("kind") == "global":
+        data = run["data"]
+        tqdm.write(f"{guide_name:>10} seed {seed}: log p(D) {data['log_evidence']:.3f}, ELBO {data['elbo']:.3f}, "
+                   f"gap {data['kl_gap']:.3f} ± {data['kl_gap_stderr']:.3f}", file=sys.stderr)
+    elif "failed" not in run:
         test = run["test"]
         tqdm.write(f"{guide_name:>10} seed {seed}: test log p(x) {test['log_px']:.3f}, "
                    f"ELBO {test['elbo']:.3f}, gap {test['kl_gap']:.3f}", file=sys.stderr)

@@ -253,3 +253,10 @@ def _write_back(simulated, data, original, value, spec, name):
             return simulated
     raise UsageError(f"--bdmc needs to simulate data sets, but the observed site {name!r} of {spec} is not a block of "
                      "the data's columns (it is transformed before it is observed); observe the data's own columns")
+
+
+def probe_trace(program, x: torch.Tensor):
+    """A trace of a user's model program on the rows ``x`` (with ``index`` and ``num_data`` where it takes them)."""
+    if takes_index(program):
+        return poutine.trace(program).get_trace(x, index=torch.arange(len(x), device=x.device), num_data=len(x))
+    return poutine.trace(program).get_trace(x)

@@ -21,9 +21,9 @@ import json
 import math
 from pathlib import Path
 
-import pyro
 import torch
 
+from elbogap import streams
 from elbogap.checkpoint import load_checkpoint, save_checkpoint
 from elbogap.errors import UsageError
 from elbogap.global_latents.evaluation import guide_draws, moments, summarize_draws
@@ -31,6 +31,8 @@ from elbogap.global_latents.evidence import Evidence, ais_evidence, bdmc_evidenc
 from elbogap.global_latents.guides import SUBSAMPLING_AUTOGUIDES, GlobalAutoGuide, GlobalProgramGuide, global_guide
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.global_latents.reference import against_reference, ais_reference, nuts_reference, site_moments
+from elbogap.phases import Phases
+from elbogap.protocols.base import Protocol
 
 #: how far q's importance estimate of log p(D) may sit above AIS's, in standard errors, before AIS is doubted
 DISAGREEMENT = 3.0
@@ -70,7 +72,7 @@ def evidence_state(model, data, config, seed, run_dir, progress) -> dict:
     settings = config.evidence_settings()
 
     def compute():
-        pyro.set_rng_seed(seed + 10_000)
+        streams.seeded("evidence", seed)
         evidence = ais_evidence(model, data, settings, progress=progress)
         return {"summary": evidence.summary(settings), "log_w": evidence.log_w, "states": evidence.states}
 
@@ -88,23 +90,27 @@ def reference_state(model, data, config, seed, run_dir, evidence: dict, progress
     settings = {"chains": config.nuts_chains, "warmup": config.nuts_warmup, "samples": config.nuts_samples}
 
     def compute():
-        reference = nuts_reference(model, data, seed=seed + 30_000, progress=progress, **settings)
+        reference = nuts_reference(model, data, seed=streams.seed_for("reference", seed), progress=progress,
+                                   **settings)
         return {"method": "nuts", "values": reference.values, "diagnostics": json.dumps(reference.diagnostics)}
 
     return study_cache(run_dir, "nuts", model, data, settings, seed, compute)
 
 
-def evaluate_global(model: GlobalLatentModel, guide, data: torch.Tensor, config, seed: int, run_dir: Path,
-                    phases, progress: bool = False, rows: str = "") -> dict:
-    """The metrics of one trained guide on the whole data set (see the module's description)."""
-    num_data = len(data)
+def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, phases=None, progress: bool = False,
+                    run_dir: Path | None = None) -> dict:
+    """The metrics of one trained guide on the whole data set ``data.train`` (see the module's description)."""
+    phases = phases if phases is not None else Phases()
+    rows = data.train
+    run_dir = Path(run_dir if run_dir is not None else ".")
+    num_data = len(rows)
     with phases("evaluate_q"):
-        pyro.set_rng_seed(seed + 10_000)
-        draws = guide_draws(model, guide, data, config.iw_samples)
+        streams.seeded("evaluation", seed)
+        draws = guide_draws(model, guide, rows, config.iw_samples)
         metrics = summarize_draws(draws, num_data)
-    metrics["rows"] = rows
+    metrics["rows"] = data.rows
     with phases("evidence"):
-        evidence = evidence_state(model, data, config, seed, run_dir, progress)
+        evidence = evidence_state(model, rows, config, seed, run_dir, progress)
     summary = evidence["summary"]
     metrics.update(log_evidence=summary["log_evidence"], log_evidence_stderr=summary["stderr"],
                    log_evidence_method="ais", log_evidence_guide_independent=True)
@@ -113,9 +119,9 @@ def evaluate_global(model: GlobalLatentModel, guide, data: torch.Tensor, config,
     for key in ("elbo", "elbo_stderr", "log_evidence", "kl_gap", "kl_gap_stderr", "log_evidence_q"):
         metrics[f"{key}_per_point"] = metrics[key] / num_data
     metrics.update(evidence_check(metrics))
-    record = {"data": metrics, "evidence": summary}
+    record = {"kind": "global", "data": metrics, "evidence": summary}
     with phases("reference"):
-        reference = reference_state(model, data, config, seed, run_dir, evidence, progress)
+        reference = reference_state(model, rows, config, seed, run_dir, evidence, progress)
     q_moments = moments(draws.values)
     record["q_moments"] = site_moments(q_moments)
     if reference is not None:
@@ -123,11 +129,6 @@ def evaluate_global(model: GlobalLatentModel, guide, data: torch.Tensor, config,
         record["reference"] = {"method": reference["method"], **json.loads(reference["diagnostics"]),
                                "moments": site_moments(ref_moments),
                                "sites": against_reference(q_moments, ref_moments)}
-    if config.bdmc:
-        with phases("bdmc"):
-            record["bdmc"] = study_cache(run_dir, "bdmc", model, data, {**config.evidence_settings().to_dict(),
-                                                                        "datasets": config.bdmc}, seed,
-                                         lambda: bdmc_summary(model, data, config, seed, progress))["summary"]
     record["sites"] = {"global": model.global_sites, "local": model.local_sites,
                        "shapes": {name: list(shape) for name, shape in model.latent_sites.items()},
                        "latent_dim": model.latent_dim}
@@ -135,8 +136,15 @@ def evaluate_global(model: GlobalLatentModel, guide, data: torch.Tensor, config,
     return record
 
 
+def run_bdmc(model, data, config, seed: int, run_dir) -> dict:
+    """BDMC on ``--bdmc`` data sets simulated from the model's prior predictive (shared by the study's guides)."""
+    return study_cache(run_dir, "bdmc", model, data.train, {**config.evidence_settings().to_dict(),
+                                                            "datasets": config.bdmc}, seed,
+                       lambda: bdmc_summary(model, data.train, config, seed, False))["summary"]
+
+
 def bdmc_summary(model, data, config, seed, progress) -> dict:
-    pyro.set_rng_seed(seed + 20_000)
+    streams.seeded("bdmc", seed)
     return {"summary": bdmc_evidence(model, data, config.bdmc, config.evidence_settings(), progress=progress)}
 
 
@@ -167,11 +175,11 @@ def save_draws(run_dir: Path, draws, reference: dict | None) -> None:
 
 
 @torch.no_grad()
-def curve_point(model, guide, data: torch.Tensor, samples: int = 16) -> dict:
+def curve_point(model, guide, data, config, samples: int = 16) -> dict:
     """A cheap point of the training curve: the ELBO of D per data point from a few draws of q."""
     with torch.random.fork_rng():
-        draws = guide_draws(model, guide, data, samples)
-    return {"data_elbo": float(draws.log_w.mean()) / len(data)}
+        draws = guide_draws(model, guide, data.train, samples)
+    return {"data_elbo": float(draws.log_w.mean()) / len(data.train)}
 
 
 def build_global(config, data: torch.Tensor, guide_name: str, spec_model=None, instances: dict | None = None,
@@ -190,3 +198,6 @@ def build_global(config, data: torch.Tensor, guide_name: str, spec_model=None, i
         raise UsageError("models with global latents run on the CPU; drop --device")
     guide = global_guide(guide_name, model, data, config.flow_depth, instances, modules)
     return model, guide
+
+
+GLOBAL = Protocol("global", evaluate=evaluate_global, curve_point=curve_point, bdmc=run_bdmc)

@@ -91,10 +91,13 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
     reference = reference_table(runs)
     if reference:
         method = first["reference"]["method"]
-        described = {"nuts": f"Pyro's NUTS, {first['reference']['chains']} chains x {first['reference']['samples']} "
-                             f"samples after {first['reference']['warmup']} warm-up steps",
-                     "ais": "the AIS chains' final states, weighted by their importance weights "
-                            f"({first['reference']['effective_chains']:.1f} effective chains)"}[method]
+        settings = first["reference"]
+        if method == "nuts":
+            described = (f"Pyro's NUTS, {settings['chains']} chains x {settings['samples']} samples after "
+                         f"{settings['warmup']} warm-up steps")
+        else:
+            described = ("the AIS chains' final states, weighted by their importance weights "
+                         f"({settings['effective_chains']:.1f} effective chains)")
         lines += [f"## Each guide against the reference posterior ({described})", "",
                   "Standardized mean error per element, (mean under q - reference mean) / reference sd, and the ratio "
                   "of standard deviations (below 1: q is too narrow). First seed of each guide.", "",

@@ -9,8 +9,9 @@ class Protocol:
     """What is evaluated, on which data and with which estimators, for one kind of study.
 
     :param str name: the key it is registered under in :data:`elbogap.protocols.PROTOCOLS`.
-    :param evaluate: ``(model, guide, data, config, seed, phases=None, progress=False) -> metrics``,
-        the evaluation after training, by split.
+    :param evaluate: ``(model, guide, data, config, seed, phases=None, progress=False, run_dir=None) ->
+        metrics``, the evaluation after training (by split, or of the whole data set); ``run_dir`` is
+        where the run keeps files beside its record.
     :param curve_point: ``(model, guide, data, config) -> metrics``, the cheap evaluation during
         training.
     :param bdmc: ``(model, data, config, seed, run_dir) -> summary``, the BDMC sandwich of

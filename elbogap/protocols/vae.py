@@ -22,7 +22,7 @@ from elbogap.protocols.base import Protocol
 
 
 def evaluate_splits(model, guide, data: Dataset, config: Config, seed: int, phases: Phases | None = None,
-                    progress: bool = False) -> dict:
+                    progress: bool = False, run_dir=None) -> dict:
     """Metrics of the train and test splits, from the run's own reproducible evaluation stream.
 
     The test split is evaluated whole; the training split on a seeded subset of

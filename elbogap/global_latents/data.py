@@ -1,0 +1,26 @@
+"""Which data a user's model conditions on: per point (a VAE's splits) or the whole data set (global latents)."""
+
+from elbogap.data import Dataset, load_data, load_whole
+from elbogap.global_latents.model import is_global_model, probe_trace
+from elbogap.user_model import resolve_program, trace_program
+
+
+def study_data(config) -> Dataset:
+    """The data of a study of the user's program ``config.model``: its train/test splits, or all of D.
+
+    The program is traced on three rows: a latent that is not one value per row (or a program
+    that cannot run on three rows, such as one with a plate of fixed size) makes it a model with
+    global latents, whose data set is every row (:func:`~elbogap.data.load_whole`), traced again
+    to confirm. ``kind`` and ``rows`` of the returned data set say which.
+    """
+    split = load_data(config.data, config.test_fraction, config.data_seed, config.data_dir, config.binarize,
+                      config.train_size, config.test_size)
+    program, _ = resolve_program(config.model, "model", split.data_dim, config.latent_dim)
+    try:
+        if not is_global_model(probe_trace(program, split.train[:3]), split.train[:3]):
+            return split
+    except Exception:  # a program that needs all its rows (a plate of fixed size): judged on the whole set below
+        pass
+    rows, what = load_whole(config.data, config.data_seed, config.data_dir, config.binarize, config.train_size)
+    trace_program(lambda x: probe_trace(program, x), rows, config.model, "model")  # one line if it cannot run
+    return Dataset(split.name, rows, rows[:0], kind="global", rows=what)
