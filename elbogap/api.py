@@ -71,20 +71,29 @@ class Comparison:
         """One record per guide and seed (the ``runs`` of results.json)."""
         return self.results["runs"]
 
-    def table(self, split: str = "test") -> list[dict]:
+    def table(self, split: str | None = None) -> list[dict]:
         """One row per guide: means over seeds of the split's main numbers, the highest ELBO first.
 
-        ``pandas.DataFrame(result.table())`` turns it into a data frame.
+        ``split`` is ``"test"`` or ``"train"`` for a per-point model (default ``"test"``); a model
+        with global latents has one, ``"data"`` (the whole data set: ``log_evidence``, ``elbo``,
+        ``kl_gap`` and its Monte-Carlo ``kl_gap_stderr``, per point beside them, q's importance
+        estimate and k-hat). ``pandas.DataFrame(result.table())`` turns it into a data frame.
         """
+        finished = [run for run in self.runs if "failed" not in run]
+        global_study = bool(finished) and finished[0].get("kind") == "global"
+        split = split or ("data" if global_study else "test")
+        keys = (("log_evidence", "log_evidence_stderr", "elbo", "elbo_stderr", "kl_gap", "kl_gap_stderr",
+                 "kl_gap_per_point", "log_evidence_q", "khat", "ess") if global_study else
+                ("log_px", "elbo", "recon", "kl_prior", "kl_gap", "approx_gap", "amort_gap", "log_px_iwae"))
         rows = []
-        for guide in dict.fromkeys(run["guide"] for run in self.runs if "failed" not in run):
-            mine = [run[split] for run in self.runs if run["guide"] == guide and "failed" not in run]
+        for guide in dict.fromkeys(run["guide"] for run in finished):
+            mine = [run[split] for run in finished if run["guide"] == guide]
             row = {"guide": guide, "seeds": len(mine)}
-            for key in ("log_px", "elbo", "recon", "kl_prior", "kl_gap", "approx_gap", "amort_gap", "log_px_iwae"):
+            for key in keys:
                 values = [m[key] for m in mine if m.get(key) is not None]
                 if values:
                     row[key] = statistics.fmean(values)
-            row["log_px_method"] = mine[0]["log_px_method"]
+            row["log_px_method"] = mine[0].get("log_px_method", mine[0].get("log_evidence_method"))
             rows.append(row)
         return sorted(rows, key=lambda row: -row["elbo"])
 

@@ -102,7 +102,7 @@ def make_trainer(config: Config, model, guide, data: Dataset, seed: int, freeze_
 
         return Trainer(model, guide, data.train, batch_size(config, model, guide), config.lr, config.objective,
                        config.particles, seed, freeze_model=freeze_model,
-                       lr_decay=config.lr_decay ** (1 / max(steps, 1)), jit=False)
+                       lr_decay=config.lr_decay ** (1 / max(steps, 1)), jit=False, shuffle=model.takes_index)
     return Trainer(model, guide, data.train, config.batch_size, config.lr, config.objective, config.particles,
                    seed, freeze_model=freeze_model, lr_decay=config.lr_decay ** (1 / max(steps, 1)),
                    kl_warmup_steps=round(config.kl_warmup * config.steps_per_epoch(num_data)),

@@ -27,8 +27,9 @@ from elbogap.errors import UsageError
 from elbogap.factory import build, guide_label, load_dataset, make_trainer
 from elbogap.inference import Trainer
 from elbogap.phases import Phases
-from elbogap.protocols import protocol_for
+from elbogap.protocols import PROTOCOLS, protocol_for
 from elbogap.stopping import ShouldStop, no_stop_requests
+from elbogap.threads import intra_op_threads
 from elbogap.versions import versions
 from elbogap.where import where_am_i
 
@@ -88,7 +89,15 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
     ``stops`` is the context in which stop requests are heard while the run trains
     (:func:`~elbogap.stopping.stop_requests` for SIGINT and SIGTERM); it yields ``should_stop()``,
     asked after every step: on a request the run checkpoints and raises :class:`Interrupted`.
+
+    The run trains and evaluates on the intra-op threads its kind of study asks for
+    (:attr:`~elbogap.protocols.Protocol.threads`).
     """
+    with intra_op_threads(PROTOCOLS[data.kind].threads):
+        return _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, stops)
+
+
+def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, stops) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(run_dir / LOG)

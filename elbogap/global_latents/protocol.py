@@ -32,7 +32,6 @@ from elbogap.global_latents.guides import SUBSAMPLING_AUTOGUIDES, GlobalAutoGuid
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.global_latents.reference import against_reference, ais_reference, nuts_reference, site_moments
 from elbogap.phases import Phases
-from elbogap.protocols.base import Protocol
 
 #: how far q's importance estimate of log p(D) may sit above AIS's, in standard errors, before AIS is doubted
 DISAGREEMENT = 3.0
@@ -145,7 +144,8 @@ def run_bdmc(model, data, config, seed: int, run_dir) -> dict:
 
 def bdmc_summary(model, data, config, seed, progress) -> dict:
     streams.seeded("bdmc", seed)
-    return {"summary": bdmc_evidence(model, data, config.bdmc, config.evidence_settings(), progress=progress)}
+    summary, datasets = bdmc_evidence(model, data, config.bdmc, config.evidence_settings(), progress=progress)
+    return {"summary": summary, "datasets": torch.stack(datasets)}
 
 
 def evidence_check(metrics: dict) -> dict:
@@ -198,6 +198,3 @@ def build_global(config, data: torch.Tensor, guide_name: str, spec_model=None, i
         raise UsageError("models with global latents run on the CPU; drop --device")
     guide = global_guide(guide_name, model, data, config.flow_depth, instances, modules)
     return model, guide
-
-
-GLOBAL = Protocol("global", evaluate=evaluate_global, curve_point=curve_point, bdmc=run_bdmc)

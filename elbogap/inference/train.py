@@ -109,6 +109,8 @@ class Trainer:
 
     :param int kl_warmup_steps: raise the KL weight linearly from 0 to 1 over this many steps.
     :param float lr_decay: factor applied to the learning rate before every step.
+    :param bool shuffle: visit the rows in a fresh order every epoch (False: always in their order,
+        for a program that reads the rows by position, as a model with global latents may).
     :param bool jit: compile the loss (Pyro's ``JitTrace_ELBO``) once the KL weight is 1; see
         :class:`~elbogap.inference.svi.FastSVI`. Only for programs without data-dependent
         Python control flow, such as elbogap's own models and guides.
@@ -117,14 +119,14 @@ class Trainer:
     def __init__(self, model, guide, x: torch.Tensor, batch_size: int = 128, lr: float = 1e-3,
                  objective: str = "elbo", num_particles: int = 1, seed: int = 0,
                  freeze_model: bool = False, lr_decay: float = 1.0, kl_warmup_steps: int = 0,
-                 dynamic_binarize: bool = False, jit: bool = True):
+                 dynamic_binarize: bool = False, jit: bool = True, shuffle: bool = True):
         if batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
         if lr <= 0:
             raise UsageError(f"--lr must be > 0, got {lr}")
         self.model, self.guide, self.x = model, guide, x
         self.batch_size = min(batch_size, len(x))
-        self.seed, self.freeze_model = seed, freeze_model
+        self.seed, self.freeze_model, self.shuffle = seed, freeze_model, shuffle
         self.kl_warmup_steps, self.dynamic_binarize = kl_warmup_steps, dynamic_binarize
         self.kl_weight = KLWeight(sites=latent_sites(model))
         self.svi = make_svi(model, guide, x, self.batch_size, lr, objective, num_particles, freeze_model, lr_decay,
@@ -137,7 +139,8 @@ class Trainer:
     def _start_epoch(self, epoch: int) -> None:
         # drawn on the CPU whatever the device, so every device sees the same batches
         generator = streams.generator("epoch_order", self.seed, epoch)
-        self._order = torch.randperm(len(self.x), generator=generator).to(self.x.device)
+        self._order = (torch.randperm(len(self.x), generator=generator) if self.shuffle
+                       else torch.arange(len(self.x))).to(self.x.device)
         self._epoch_x = (torch.bernoulli(self.x.cpu(), generator=generator).to(self.x.device)
                          if self.dynamic_binarize else self.x)
         self.epoch = epoch

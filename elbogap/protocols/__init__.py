@@ -6,8 +6,8 @@ point (:mod:`elbogap.protocols.vae`) and models with global latents, judged on t
 (:mod:`elbogap.global_latents.protocol`).
 """
 
-from elbogap.global_latents.protocol import GLOBAL
 from elbogap.protocols.base import Protocol
+from elbogap.protocols.global_latents import GLOBAL
 from elbogap.protocols.vae import VAE
 
 PROTOCOLS: dict[str, Protocol] = {protocol.name: protocol for protocol in (VAE, GLOBAL)}
@@ -18,4 +18,4 @@ def protocol_for(model) -> Protocol:
     return PROTOCOLS[getattr(model, "kind", "vae")]
 
 
-__all__ = ["PROTOCOLS", "Protocol", "protocol_for"]
+__all__ = ["GLOBAL", "PROTOCOLS", "VAE", "Protocol", "protocol_for"]

@@ -16,9 +16,13 @@ class Protocol:
         training.
     :param bdmc: ``(model, data, config, seed, run_dir) -> summary``, the BDMC sandwich of
         ``--bdmc``, also written to the run directory.
+    :param threads: torch's intra-op threads while the run trains and evaluates, where the
+        kind of study knows better than the caller (None: leave them).
     """
 
     name: str
     evaluate: Callable[..., dict]
     curve_point: Callable[..., dict]
     bdmc: Callable[..., dict]
+    #: torch's intra-op threads for the run (None: as the caller set them); one where every tensor is small
+    threads: int | None = None

@@ -1,0 +1,83 @@
+"""Pyro's autoguides over every latent of a conjugate model: their KL gaps against the closed forms."""
+
+import pytest
+import torch
+
+from elbogap.errors import UsageError
+from elbogap.global_latents.evaluation import guide_draws, summarize_draws
+from elbogap.global_latents.guides import GlobalAutoGuide, GlobalProgramGuide
+from elbogap.global_latents.model import GlobalLatentModel
+from elbogap.inference.train import Trainer
+from elbogap.protocols import GLOBAL
+from elbogap.threads import intra_op_threads
+from tests.global_latents import truth
+
+ALPHA, SIGMA = 1.0, 0.5
+
+
+@pytest.fixture(scope="module")
+def regression():
+    """Correlated features, so the posterior is tilted and the mean-field family pays a visible price."""
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(30, 3, generator=generator)
+    features[:, 1] = features[:, 0] + 0.4 * features[:, 1]
+    targets = features @ torch.tensor([0.5, -1.0, 0.3]) + SIGMA * torch.randn(30, generator=generator)
+    data = torch.cat([features, targets[:, None]], 1)
+    mean, cov, precision = truth.regression_posterior(features.double(), targets.double(), ALPHA, SIGMA)
+    return {"data": data, "evidence": truth.regression_log_evidence(features.double(), targets.double(), ALPHA, SIGMA),
+            "mean_field_kl": truth.best_factorized_gaussian_kl(precision), "mean": mean, "cov": cov}
+
+
+def fitted_gap(name: str, regression: dict, steps: int = 3000) -> tuple[float, float]:
+    data = regression["data"]
+    model = GlobalLatentModel(truth.regression_model(ALPHA, SIGMA), data, "regression")
+    guide = GlobalAutoGuide(name, model, data)
+    with intra_op_threads(GLOBAL.threads):
+        Trainer(model, guide, data, batch_size=len(data), lr=0.03, num_particles=4, lr_decay=0.02 ** (1 / steps),
+                jit=False).run(steps)
+        metrics = summarize_draws(guide_draws(model, guide, data, 4000), len(data))
+    return regression["evidence"] - metrics["elbo"], metrics["elbo_stderr"]
+
+
+def test_the_full_rank_gaussian_closes_the_gap_on_a_gaussian_posterior(regression):
+    gap, stderr = fitted_gap("AutoMultivariateNormal", regression)
+    assert abs(gap) < 3 * stderr + 0.01
+
+
+def test_the_mean_field_gap_is_the_closed_form_kl_of_the_best_factorized_gaussian(regression):
+    assert regression["mean_field_kl"] > 0.3  # the tilt makes it worth measuring
+    gap, stderr = fitted_gap("AutoNormal", regression)
+    assert stderr < 0.02
+    assert abs(gap - regression["mean_field_kl"]) < 0.05
+
+
+@pytest.mark.parametrize("name, message", [
+    ("AutoDelta", "no density"), ("AutoLaplaceApproximation", "no KL gap"), ("AutoNoSuchGuide", "no Pyro autoguide"),
+])
+def test_autoguides_without_a_density_are_refused_in_one_line(name, message, regression):
+    model = GlobalLatentModel(truth.regression_model(ALPHA, SIGMA), regression["data"], "regression")
+    with pytest.raises(UsageError, match=message) as error:
+        GlobalAutoGuide(name, model, regression["data"])
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["AutoDiagonalNormal", "AutoLowRankMultivariateNormal", "AutoIAFNormal",
+                                  "AutoNormalizingFlow", "AutoStructured", "AutoGaussian"])
+def test_every_autoguide_with_a_density_scores_its_own_draws(name, regression):
+    data = regression["data"]
+    model = GlobalLatentModel(truth.regression_model(ALPHA, SIGMA), data, "regression")
+    draws = guide_draws(model, GlobalAutoGuide(name, model, data), data, 50)
+    assert torch.isfinite(draws.log_w).all() and draws.values["w"].shape == (50, 3)
+    assert summarize_draws(draws, len(data))["elbo"] < regression["evidence"]
+
+
+def test_a_guide_program_missing_a_site_is_refused(regression):
+    import pyro
+    import pyro.distributions as dist
+
+    def guide(data):
+        pyro.sample("v", dist.Normal(0.0, 1.0))
+
+    model = GlobalLatentModel(truth.regression_model(ALPHA, SIGMA), regression["data"], "regression")
+    with pytest.raises(UsageError, match="does not sample the model's latent site"):
+        GlobalProgramGuide(guide, model, regression["data"], "guide.py:guide")

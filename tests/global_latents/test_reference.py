@@ -1,0 +1,46 @@
+"""Reference posteriors: NUTS and the weighted AIS states against the closed-form posterior of a conjugate model."""
+
+import pytest
+import torch
+
+from elbogap.global_latents.evidence import ais_evidence
+from elbogap.global_latents.model import GlobalLatentModel
+from elbogap.global_latents.reference import against_reference, ais_reference, nuts_reference
+from elbogap.inference.ais import AISSettings
+from tests.global_latents import truth
+
+
+def conjugate():
+    data = truth.regression_data(10, 2, seed=4)
+    mean, cov, _ = truth.regression_posterior(data[:, :-1].double(), data[:, -1].double(), 1.0, 1.0)
+    return GlobalLatentModel(truth.regression_model(1.0, 1.0), data, "regression"), data, mean, cov.diag().sqrt()
+
+
+def test_nuts_reference_moments_agree_with_the_closed_form_posterior():
+    model, data, mean, sd = conjugate()
+    reference = nuts_reference(model, data, chains=2, warmup=150, samples=300, seed=0)
+    moments = reference.moments()["w"]
+    ess = reference.diagnostics["ess_min"]["w"]
+    assert reference.diagnostics["rhat_max"]["w"] < 1.05 and ess > 100
+    assert ((moments["mean"] - mean).abs() < 4 * sd / ess**0.5).all()
+    assert ((moments["sd"] / sd - 1).abs() < 0.2).all()
+    assert reference.diagnostics["warnings"] == [] or all("effective" in w for w in reference.diagnostics["warnings"])
+
+
+def test_weighted_ais_states_are_a_reference_too():
+    model, data, mean, sd = conjugate()
+    reference = ais_reference(model, ais_evidence(model, data, AISSettings(steps=200, chains=512)))
+    moments = reference.moments()["w"]
+    effective = reference.diagnostics["effective_chains"]
+    assert effective > 100
+    assert ((moments["mean"] - mean).abs() < 4 * sd / effective**0.5).all()
+    assert ((moments["sd"] / sd - 1).abs() < 0.2).all()
+
+
+def test_a_guide_with_the_posterior_moments_scores_zero_error_and_unit_ratio():
+    exact = {"w": {"mean": torch.tensor([0.5, -1.0]), "sd": torch.tensor([0.2, 0.4])}}
+    wide = {"w": {"mean": torch.tensor([0.7, -1.0]), "sd": torch.tensor([0.4, 0.4])}}
+    same = against_reference(exact, exact)["w"]
+    assert same["mean_error_max_abs"] == 0 and same["sd_ratio_min"] == same["sd_ratio_max"] == 1
+    off = against_reference(wide, exact)["w"]
+    assert off["mean_error"] == [pytest.approx(1.0), 0.0] and off["sd_ratio"] == [2.0, 1.0]
