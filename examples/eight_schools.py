@@ -47,8 +47,8 @@ def main(args: argparse.Namespace):
     guides, seeds, steps, reference, extra = args.guides, args.seeds, args.steps, args.reference, {}
     if args.quick:
         guides, seeds, steps, reference = guides[:1], seeds[:1], 50, "none"
-        extra = {"ais_steps": 20, "ais_chains": 4, "eval_samples": 16, "figures": False}
-    result = elbogap.compare(model, guides, eight_schools(), seeds=seeds, steps=steps, out=args.out,
+        extra = {"evidence_steps": 20, "evidence_chains": 16, "iw_samples": 50, "figures": False}
+    result = elbogap.compare(model, guides, eight_schools(), seeds=seeds, steps=steps, lr=args.lr, out=args.out,
                              reference=reference, progress=True, **extra)
     print(result._repr_markdown_())
     return result
@@ -63,7 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("-g", "--guides", type=comma_list(str), default=GUIDES, help="comma list of guides")
     parser.add_argument("-s", "--seeds", type=comma_list(int), default=[0, 1], help="comma list of seeds")
     parser.add_argument("-n", "--steps", type=int, default=3000, help="SVI steps per guide and seed")
-    parser.add_argument("-o", "--out", default=None, help="output directory (default: a new temporary one)")
+    parser.add_argument("--lr", type=float, default=0.02, help="Adam learning rate (it decays tenfold by the end)")
+    parser.add_argument("-o", "--out", default="results-eight-schools", help="output directory")
     parser.add_argument("--reference", choices=["nuts", "ais", "none"], default="nuts",
                         help="where the reference posterior moments come from")
     parser.add_argument("--quick", action="store_true",

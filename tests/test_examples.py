@@ -1,0 +1,29 @@
+"""Every example in examples/ keeps running (a smoke test, as Pyro does for its examples)."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name, global_sites", [
+    ("eight_schools", ["mu", "tau"]),
+    ("logistic_regression", ["w", "b"]),
+    ("random_effects", ["intercept", "slope", "tau", "sigma"]),
+])
+def test_example_runs_and_reports_its_evidence_and_gap(name, global_sites, tmp_path):
+    example = load(name)
+    result = example.main(example.parse_args(["--quick", "--out", str(tmp_path / "out")]))
+    (row,) = result.table()
+    assert row["guide"] == "auto-AutoNormal" and math.isfinite(row["log_evidence"]) and math.isfinite(row["kl_gap"])
+    assert result.runs[0]["sites"]["global"] == global_sites
