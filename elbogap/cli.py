@@ -148,6 +148,12 @@ def run_evaluate(args) -> int:
     config, data, model, guide, state = load_run(args.run_dir, getattr(args, "device", None))
     trained_with = state["guide_name"]
     config = config_from_args(args, base=config.replace(guide=trained_with, bdmc=0))
+    if config.bdmc and data.kind == "global":
+        summary = protocol_for(model).bdmc(model, data, config, state["seed"], args.run_dir)
+        print(f"BDMC on {summary['datasets']} data sets simulated from the model's prior predictive: "
+              f"{summary['lower']:.3f} (± {summary['lower_stderr']:.3f}) <= log p(D*) <= {summary['upper']:.3f} "
+              f"(± {summary['upper_stderr']:.3f}); width {summary['width']:.3f} nats\n{summary['reading']}")
+        return 0
     if config.bdmc:
         summary = protocol_for(model).bdmc(model, data, config, state["seed"], args.run_dir)
         print(f"BDMC on {summary['points']} points simulated from the model: "
@@ -161,10 +167,20 @@ def run_evaluate(args) -> int:
             raise UsageError(f"{args.run_dir} was trained with guide {trained_with}; evaluating family "
                              f"{config.guide} on its model needs --refit")
         guide = fit_family(model, config, data, config.guide, state["seed"])
-    metrics = protocol_for(model).evaluate(model, guide, data, config, state["seed"], progress=not args.quiet)
+    metrics = protocol_for(model).evaluate(model, guide, data, config, state["seed"], progress=not args.quiet,
+                                           run_dir=args.run_dir)
     record = {"guide": config.guide, "trained_with": trained_with, "seed": state["seed"], **metrics}
     name = "evaluation.json" if config.guide == trained_with else f"evaluation-{config.guide}.json"
     (Path(args.run_dir) / name).write_text(json.dumps(record, indent=2))
+    if data.kind == "global":
+        from elbogap.global_latents.report import gap_table
+
+        if not args.quiet:
+            print("\n".join(gap_table([record])) + "\n")
+        keys = ("log_evidence", "log_evidence_stderr", "elbo", "elbo_stderr", "kl_gap", "kl_gap_stderr",
+                "log_evidence_q", "khat", "evidence_warning")
+        print(json.dumps({"data": {k: metrics["data"][k] for k in keys if k in metrics["data"]}}))
+        return 0
     if not args.quiet:
         for split in ("test", "train"):
             print(f"## {split}\n" + "\n".join(table([record], split)) + "\n")

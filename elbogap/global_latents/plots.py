@@ -37,15 +37,23 @@ def plot_marginals(results: dict, results_dir: Path, path: Path) -> Path | None:
     if not draws:
         return None
     elements = _elements(next(iter(firsts.values())))
-    fig, axes = plt.subplots(len(elements), len(draws), figsize=(2.8 * len(draws), 1.9 * len(elements)),
+    fig, axes = plt.subplots(len(elements), len(draws), figsize=(max(2.8 * len(draws), 5), 1.9 * len(elements)),
                              squeeze=False)
     for column, (guide, state) in enumerate(draws.items()):
         for row, (site, i) in enumerate(elements):
             axis = axes[row, column]
             q = state["q"][site][:, i].double()
             reference = state.get("reference", {}).get(site)
-            pooled = q if reference is None else torch.cat([q, reference[:, i].double()])
-            low, high = torch.quantile(pooled, torch.tensor([0.005, 0.995], dtype=torch.float64)).tolist()
+            low, high = torch.quantile(q, torch.tensor([0.005, 0.995], dtype=torch.float64)).tolist()
+            if reference is not None:  # the reference's bulk, from its (weighted) moments: AIS states may be few
+                weights = state.get("reference_weights")
+                r = reference[:, i].double()
+                w = torch.full_like(r, 1 / len(r)) if weights is None else weights.double()
+                mean = float((w * r).sum())
+                sd = float((w * (r - mean).pow(2)).sum().sqrt())
+                low, high = min(low, mean - 3.5 * sd), max(high, mean + 3.5 * sd)
+                low = max(low, min(float(q.min()), float(r.min())))  # not past the support's edge
+                high = min(high, max(float(q.max()), float(r.max())))
             bins = torch.linspace(low, high if high > low else low + 1, 40).tolist()
             if reference is not None:
                 weights = state.get("reference_weights")
@@ -59,8 +67,8 @@ def plot_marginals(results: dict, results_dir: Path, path: Path) -> Path | None:
                 axis.set_ylabel(f"{site}[{i}]", fontsize=8)
     axes[0, 0].legend(fontsize=7)
     method = next((run["reference"]["method"] for run in firsts.values() if "reference" in run), None)
-    fig.suptitle("q's marginals (red) against the reference posterior (grey" + (f", {method}" if method else ", none")
-                 + ")", fontsize=10)
+    fig.suptitle("q (red) against the reference posterior (grey" + (f", {method}" if method else ", none") + ")",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
