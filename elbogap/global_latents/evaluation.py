@@ -19,6 +19,7 @@ References:
 import math
 from dataclasses import dataclass
 
+import pyro
 import torch
 from pyro import poutine
 
@@ -41,13 +42,82 @@ class GuideDraws:
         return self.log_prior + self.log_lik - self.log_q
 
 
+#: draws of an autoguide taken at once under an outer plate
+DRAW_CHUNK = 500
+
+
 @torch.no_grad()
 def guide_draws(model, guide, data: torch.Tensor, count: int) -> GuideDraws:
     """Draw ``count`` times from ``guide`` on the whole data set and score each draw under the model.
 
-    One guide trace and one replayed model trace per draw: any program runs, whatever it
-    assumes about shapes.
+    Pyro's autoguides are drawn in chunks under an outer plate, as Pyro's vectorized particles
+    are, where the model broadcasts over it (checked on the first draw against the model's own
+    density); otherwise, and for guide programs, one guide trace and one replayed model trace
+    per draw, so any program runs, whatever it assumes about shapes.
     """
+    if getattr(guide, "vectorizable", False) and getattr(model, "draws_vectorize", True):
+        parts = []
+        for start in range(0, count, DRAW_CHUNK):
+            chunk = _plate_draws(model, guide, data, min(DRAW_CHUNK, count - start))
+            if chunk is None:
+                model.draws_vectorize = False
+                break
+            parts.append(chunk)
+        else:
+            return GuideDraws(*(torch.cat([getattr(p, key) for p in parts]) for key in ("log_prior", "log_lik",
+                                                                                          "log_q")),
+                              {name: torch.cat([p.values[name] for p in parts]) for name in model.latent_sites})
+    return _looped_draws(model, guide, data, count)
+
+
+def _nesting(*traces) -> int:
+    return max([-frame.dim for trace in traces for site in trace.nodes.values() if site["type"] == "sample"
+                for frame in site["cond_indep_stack"] if frame.dim is not None] or [0])
+
+
+def _plate_draws(model, guide, data: torch.Tensor, count: int) -> GuideDraws | None:
+    """``count`` draws under an outer plate, or None where a site's density does not come out one per draw."""
+    index = torch.arange(len(data), device=data.device)
+    example = poutine.trace(guide.guide).get_trace(data, index, len(data))
+    nesting = _nesting(example, poutine.trace(poutine.replay(model.full_program, trace=example)).get_trace(data))
+    try:
+        with pyro.plate("elbogap_draws", count, dim=-(nesting + 1)):
+            guide_trace = poutine.trace(guide.guide).get_trace(data, index, len(data))
+            model_trace = poutine.trace(poutine.replay(model.full_program, trace=guide_trace)).get_trace(data)
+
+        def total(trace, names):
+            out = torch.zeros(count, dtype=torch.float64, device=data.device)
+            for name in names:
+                site = trace.nodes[name]
+                log_p = site["fn"].log_prob(site["value"])
+                if log_p.dim() != nesting + 1 or log_p.shape[0] != count:
+                    raise ValueError(f"site {name} is not batched by the draws")
+                out = out + log_p.reshape(count, -1).double().sum(-1)
+            return out
+
+        guide_sites = [name for name, site in sample_sites(guide_trace).items() if not site["is_observed"]]
+        observed = [name for name in sample_sites(model_trace) if name not in model.latent_sites]
+        draws = GuideDraws(total(model_trace, model.latent_sites), total(model_trace, observed),
+                           total(guide_trace, guide_sites), {})
+        for name, shape in model.latent_sites.items():
+            value = model_trace.nodes[name]["value"]
+            if value.numel() != count * math.prod(shape):
+                return None
+            draws.values[name] = value.reshape(count, -1)
+    except (RuntimeError, ValueError, IndexError):  # a program that does not broadcast over the draws
+        return None
+    # the first draw scored by the model's own density (unbatched): a program that broadcast wrongly differs
+    z = model.pack({name: values[0].reshape(shape) for (name, shape), values in
+                    zip(model.latent_sites.items(), draws.values.values(), strict=True)})
+    log_prior, log_lik = model.log_density(z[None], data)
+    _, log_det = model.unpack(z)
+    expected = float(log_prior[0] - log_det + log_lik[0])
+    if not math.isclose(expected, float(draws.log_prior[0] + draws.log_lik[0]), rel_tol=1e-4, abs_tol=1e-2):
+        return None
+    return draws
+
+
+def _looped_draws(model, guide, data: torch.Tensor, count: int) -> GuideDraws:
     index = torch.arange(len(data), device=data.device)
     log_prior, log_lik, log_q = [], [], []
     values = {name: [] for name in model.latent_sites}
@@ -89,7 +159,7 @@ def moments(values: dict[str, torch.Tensor], weights: torch.Tensor | None = None
 
 def summarize_draws(draws: GuideDraws, num_data: int) -> dict:
     """The ELBO of D, its terms, the importance estimate of log p(D) and q's diagnostics, in nats for all of D."""
-    log_w = draws.log_w
+    log_w = draws.log_w.detach()
     count = len(log_w)
     weights = ImportanceAccumulator()
     weights.add(log_w[:, None])

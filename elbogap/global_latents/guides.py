@@ -79,6 +79,8 @@ class GlobalAutoGuide(Guide):
     program = True
     jit_compatible = False
     density_anywhere = False
+    #: Pyro's autoguides broadcast over an outer plate of draws (as vectorized particles)
+    vectorizable = True
 
     def __init__(self, name: str, model, data: torch.Tensor, flow_depth: int = 2):
         super().__init__(model.latent_dim)
