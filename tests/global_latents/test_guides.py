@@ -33,7 +33,7 @@ def fitted_gap(name: str, regression: dict, steps: int = 3000) -> tuple[float, f
     model = GlobalLatentModel(truth.regression_model(ALPHA, SIGMA), data, "regression")
     guide = GlobalAutoGuide(name, model, data)
     with intra_op_threads(GLOBAL.threads):
-        Trainer(model, guide, data, batch_size=len(data), lr=0.03, num_particles=4, lr_decay=0.02 ** (1 / steps),
+        Trainer(model, guide, data, batch_size=len(data), lr=0.03, lr_decay=0.02 ** (1 / steps),
                 jit=False).run(steps)
         metrics = summarize_draws(guide_draws(model, guide, data, 4000), len(data))
     return regression["evidence"] - metrics["elbo"], metrics["elbo_stderr"]
