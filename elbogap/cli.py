@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from elbogap.config import EVALUATION, FIELDS, Config, flag, kind_of, resolve
@@ -124,7 +125,8 @@ def run_compare(args) -> int:
 
 def run_train(args) -> int:
     from elbogap.factory import load_dataset
-    from elbogap.runs import run_one
+    from elbogap.failures import ProgramFailed, keep_traceback, program_failure
+    from elbogap.runs import LOG, Interrupted, NumericalFault, run_one
     from elbogap.stopping import stop_requests
     from elbogap.versions import versions
 
@@ -132,7 +134,18 @@ def run_train(args) -> int:
     out = Path(config.out)
     check_writable(out)
     data = load_dataset(config)
-    run = run_one(config, data, config.guide, config.seed, out, progress=not args.quiet, stops=stop_requests)
+    try:
+        run = run_one(config, data, config.guide, config.seed, out, progress=not args.quiet, stops=stop_requests)
+    except (UsageError, Interrupted, NumericalFault):
+        raise
+    except Exception as error:  # as a sweep's run: one line where a user's program raised, the traceback kept
+        details = traceback.format_exc().rstrip()
+        keep_traceback(out, details)
+        failure = program_failure(error, [config.model, config.guide])
+        if failure is None:
+            raise
+        raise ProgramFailed(f"{failure}; the traceback is in {out / LOG} (--debug prints it)",
+                            details if config.debug else None) from None
     results = {"config": config.to_dict(), "versions": versions(), "runs": [{**run, "run_dir": "."}]}
     finish(results, out, config, args.quiet, args.started)
     return 0
@@ -199,6 +212,7 @@ def run_plot(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from elbogap.failures import ProgramFailed
     from elbogap.runs import Interrupted, NumericalFault
     from elbogap.sweep import RunFailed
 
@@ -216,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + stop.signum
     except NumericalFault as fault:
         print(f"elbogap: error: {fault}; --on-nan skip goes on with the other runs", file=sys.stderr)
+        return 1
+    except ProgramFailed as failure:
+        if failure.details:
+            print(failure.details, file=sys.stderr)
+        print(f"elbogap: error: {failure}", file=sys.stderr)
         return 1
     except RunFailed as failure:
         print(f"elbogap: error: {failure}", file=sys.stderr)

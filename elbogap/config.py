@@ -148,6 +148,8 @@ class Config:
                                              positive=True, role="control")
     gpus_per_run: float = setting(0.0, "GPUs each Ray task asks for (fractions share a GPU); use with --device cuda",
                                        least=0, role="control")
+    debug: bool = setting(False, "print the whole traceback of a run whose model or guide program raised (it is "
+                                        "always kept in the run's train.log)", role="control")
     out: str = setting("results", "output directory (a run directory for train)", short="-o", role="control")
 
     def validate(self) -> "Config":

@@ -17,7 +17,8 @@ from elbogap.backends import Outcome, RunTask, open_backend
 from elbogap.config import Config
 from elbogap.errors import UsageError
 from elbogap.factory import build, guide_label, load_dataset
-from elbogap.runs import Interrupted, NumericalFault
+from elbogap.failures import ProgramFailed
+from elbogap.runs import LOG, Interrupted, NumericalFault
 from elbogap.stopping import stop_requests
 from elbogap.versions import versions
 
@@ -140,7 +141,7 @@ def run_tasks(backend, config: Config, tasks: list[RunTask], on_run: Callable[[R
                 elif outcome.status == "interrupted" or stopping:  # a run that died while stopping was stopped
                     interrupted = interrupted or outcome
                 elif failure is None:
-                    failure = as_exception(outcome)
+                    failure = as_exception(outcome, config.debug)
     if failure is not None:
         raise failure
     if should_stop() or interrupted:
@@ -150,12 +151,17 @@ def run_tasks(backend, config: Config, tasks: list[RunTask], on_run: Callable[[R
         raise Interrupted(signum, step, Path(task.run_dir))
 
 
-def as_exception(outcome: Outcome) -> Exception:
-    """The error a failed run raises in the driver, naming the run."""
+def as_exception(outcome: Outcome, debug: bool = False) -> Exception:
+    """The error a failed run raises in the driver, naming the run; with ``debug``, a program's traceback too."""
     if outcome.status == "fault":
         return NumericalFault(outcome.payload)
     if outcome.status == "usage":
         return UsageError(outcome.payload)
+    if outcome.status == "program":
+        failure, details = outcome.payload
+        return ProgramFailed(f"the run of guide {outcome.task.guide}, seed {outcome.task.seed} failed: {failure}; "
+                             f"the traceback is in {Path(outcome.task.run_dir) / LOG} (--debug prints it)",
+                             details if debug else None)
     return RunFailed(f"the run of guide {outcome.task.guide}, seed {outcome.task.seed} failed: {outcome.payload}")
 
 

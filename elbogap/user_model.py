@@ -168,6 +168,79 @@ def trace_program(fn, x: torch.Tensor, spec: str, role: str):
                          f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
 
 
+def sample_sites(trace) -> dict:
+    """The sample sites of a trace that are not plate subsample sites."""
+    return {name: site for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site_is_subsample(site)}
+
+
+def check_log_probs(trace, what: str) -> None:
+    """Refuse in one line a trace whose values do not fit their distributions, naming the site and both shapes.
+
+    Each site's value must have its distribution's whole shape (batch + event): one that cannot
+    broadcast with the value (a decoder of the wrong width) has no log p, and one larger than the
+    value (too many dimensions given to ``.to_event()``) would count the value more than once.
+    Then ``log_prob`` itself must run (the value in the support, ...). ``what`` names the
+    program, e.g. ``"the model my.py:model"``.
+    """
+    for name, site in sample_sites(trace).items():
+        fn, value = site["fn"], site["value"]
+        shape = fn.batch_shape + fn.event_shape
+        shapes = (f"a value of shape {tuple(value.shape)} but a distribution of shape {tuple(shape)} "
+                  f"(batch {tuple(fn.batch_shape)} + event {tuple(fn.event_shape)})")
+        fix = ("make the distribution's shape the data's (the width of the layer that makes its parameters; "
+               ".to_event(n) with n the data's dimensions per point)" if site["is_observed"]
+               else "sample it in the model's shape")
+        try:
+            fits = torch.broadcast_shapes(value.shape, shape) == value.shape
+        except RuntimeError:
+            raise UsageError(f"{what}: the site {name!r} has {shapes}; {fix}") from None
+        if not fits:
+            raise UsageError(f"{what}: the site {name!r} has {shapes}, so its log p would count the value more "
+                             f"than once; {fix}")
+        try:
+            fn.log_prob(value, *site["args"], **site["kwargs"])
+        except (ValueError, RuntimeError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise UsageError(f"{what}: log p at the site {name!r} (value of shape {tuple(value.shape)}) fails: "
+                             f"{reason}; give the site values its distribution can take") from None
+
+
+def check_guide_draws(model_program, guide_trace, x: torch.Tensor, model_spec: str, guide_spec: str) -> None:
+    """Refuse in one line a guide whose draws the model cannot score: its own log q, then the model's
+    log p replayed on the guide's trace, must fit their values (see :func:`check_log_probs`)."""
+    check_log_probs(guide_trace, f"the guide {guide_spec}")
+    on_draws = f"{model_spec} on the draws of the guide {guide_spec}"
+    with torch.random.fork_rng(devices=[]):
+        replayed = trace_program(poutine.replay(model_program, trace=guide_trace), x, on_draws, "model")
+    check_log_probs(replayed, f"the model {on_draws}")
+
+
+def site_shapes(trace) -> dict[str, tuple]:
+    return {name: tuple(site["value"].shape) for name, site in sample_sites(trace).items()}
+
+
+def check_stable(program, x: torch.Tensor, first, spec: str) -> None:
+    """Refuse a model whose second trace on ``x`` differs from ``first`` in its sample sites or their shapes.
+
+    The second trace draws its own random numbers (so control flow that depends on draws shows)
+    without moving the random state the rest of the run starts from.
+    """
+    with torch.random.fork_rng(devices=[]):
+        second = trace_program(program, x, spec, "model")
+    before, after = site_shapes(first), site_shapes(second)
+    if before == after:
+        return
+    only = [name for name in {**before, **after} if (name in before) != (name in after)]
+    if only:
+        change = f"site {only[0]!r} appears in one trace only"
+    else:
+        name = next(name for name in before if before[name] != after[name])
+        change = f"site {name!r} has shape {before[name]} then {after[name]}"
+    raise UsageError(f"the model {spec}'s trace changes between calls on the same data: {change}; elbogap needs "
+                     "the same sites, of the same shapes, on every call")
+
+
 def find_sites(trace, x: torch.Tensor, spec: str) -> tuple[dict[str, torch.Size], list[str], str]:
     """The latent sites inside the data plate (name -> per-point shape), the observed sites and the data plate's name.
 
@@ -267,6 +340,8 @@ class ProgramModel(nn.Module):
             self.owner = owner  # its networks move with .to(device)
         trace = trace_program(self.model, example_x, spec, "model")
         self.latent_sites, self.observed_sites, self.data_plate = find_sites(trace, example_x, spec)
+        check_log_probs(trace, f"the model {spec}")
+        check_stable(self.model, example_x, trace, spec)
         self.latent_transforms = support_transforms(trace, self.latent_sites, spec)
         self.latent_supports = {name: trace.nodes[name]["fn"].support for name in self.latent_transforms}
         self.broadcasts_draws = broadcasts_over_draws(self.model, example_x)

@@ -28,7 +28,8 @@ class RunTask:
 class Outcome:
     """How a task ended. ``status`` is ``ok`` (``payload``: the run record), ``fault`` (a NaN/inf;
     the message), ``interrupted`` (``(signum, step)``: checkpointed and stopped), ``cancelled``
-    (never started), ``usage`` or ``error`` (the message)."""
+    (never started), ``usage`` or ``error`` (the message; for ``error``, the traceback), ``program`` (a user's
+    program raised: ``(one line naming it, the traceback)``)."""
 
     task: RunTask
     status: str
@@ -60,6 +61,7 @@ def execute(config: dict, task: RunTask, threads: int | None = None, where: dict
     """
     # imported here, not above: backends stay importable without the training and evaluation stack
     from elbogap.factory import load_dataset
+    from elbogap.failures import keep_traceback, program_failure
     from elbogap.runs import Interrupted, NumericalFault, run_one
     from elbogap.stopping import stop_requests
 
@@ -85,8 +87,13 @@ def execute(config: dict, task: RunTask, threads: int | None = None, where: dict
         return Outcome(task, "fault", str(fault))
     except UsageError as error:
         return Outcome(task, "usage", str(error))
-    except Exception:  # reported by the driver, which owns the terminal: the traceback points into the program
-        return Outcome(task, "error", traceback.format_exc().rstrip())
+    except Exception as error:  # reported by the driver, which owns the terminal; the run's log keeps the traceback
+        details = traceback.format_exc().rstrip()
+        keep_traceback(task.run_dir, details)
+        failure = program_failure(error, [config.get("model"), task.guide])
+        if failure is None:  # elbogap's own code: a bug, reported with its traceback
+            return Outcome(task, "error", details)
+        return Outcome(task, "program", (failure, details))
     finally:
         torch.set_num_threads(previous_threads)
         if added_path:

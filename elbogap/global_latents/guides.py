@@ -121,7 +121,7 @@ class GlobalProgramGuide(Guide):
     density_anywhere = False
 
     def __init__(self, program, model, data: torch.Tensor, spec: str, owner=None):
-        from elbogap.user_model import trace_program
+        from elbogap.user_model import check_guide_draws, trace_program
 
         super().__init__(model.latent_dim)
         self.fn, self.spec = program, spec
@@ -138,6 +138,7 @@ class GlobalProgramGuide(Guide):
             if tuple(sampled[name]["value"].shape) != tuple(shape):
                 raise UsageError(f"the guide {spec} samples {name!r} with shape {tuple(sampled[name]['value'].shape)}"
                                  f" but the model's {name!r} has shape {tuple(shape)}; sample it in the model's shape")
+        check_guide_draws(model.full_program, trace, data, model.spec, spec)
         self.param_names = [name for name, site in trace.nodes.items() if site["type"] == "param"]
 
     def guide(self, x, index=None, num_data=None):

@@ -16,18 +16,19 @@ import math
 import pyro
 import torch
 from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 from torch import nn
 from torch.distributions import biject_to
 
 from elbogap.errors import UsageError
-from elbogap.user_model import load_params_state, params_state, takes_index, trace_program
-
-
-def sample_sites(trace) -> dict:
-    """The sample sites of a trace that are not plate subsample sites."""
-    return {name: site for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site_is_subsample(site)}
+from elbogap.user_model import (
+    check_log_probs,
+    check_stable,
+    load_params_state,
+    params_state,
+    sample_sites,
+    takes_index,
+    trace_program,
+)
 
 
 def is_global_model(trace, x: torch.Tensor) -> bool:
@@ -98,6 +99,8 @@ class GlobalLatentModel(nn.Module):
         latents = {name: site for name, site in samples.items() if not site["is_observed"]}
         if not latents:
             raise UsageError(f"the model {spec} has no latent site; there is no posterior to measure")
+        check_log_probs(trace, f"the model {spec}")
+        check_stable(self.full_program, data, trace, spec)
         for name, site in latents.items():
             if site["fn"].support.is_discrete:
                 raise UsageError(f"the model {spec} has a discrete latent site {name!r}; elbogap's estimators need "

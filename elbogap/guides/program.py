@@ -28,7 +28,7 @@ class ProgramGuide(Guide):
     density_anywhere = False
 
     def __init__(self, program, model, example_x: torch.Tensor, spec: str, owner=None):
-        from elbogap.user_model import trace_program
+        from elbogap.user_model import check_guide_draws, trace_program
 
         super().__init__(model.latent_dim)
         self.fn, self.spec = program, spec
@@ -46,6 +46,7 @@ class ProgramGuide(Guide):
                 raise UsageError(f"the guide {spec} samples {name!r} with event shape {event} per point, but the "
                                  f"model's {name!r} has {tuple(shape)}; declare its per-point dimensions with "
                                  f".to_event({len(shape)}) as the model does")
+        check_guide_draws(model.model, trace, example_x, getattr(model, "spec", type(model).__name__), spec)
         self.param_names = [name for name, site in trace.nodes.items() if site["type"] == "param"]
 
     def optimum_start(self, x, index):
