@@ -201,7 +201,7 @@ def check_log_probs(trace, what: str) -> None:
         try:
             fn.log_prob(value, *site["args"], **site["kwargs"])
         except (ValueError, RuntimeError) as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            reason = str(error).splitlines()[0].rstrip(":") if str(error) else type(error).__name__
             raise UsageError(f"{what}: log p at the site {name!r} (value of shape {tuple(value.shape)}) fails: "
                              f"{reason}; give the site values its distribution can take") from None
 
