@@ -195,8 +195,8 @@ def test_ais_on_a_four_dimensional_hierarchy_recovers_its_evidence(tmp_path):
 @pytest.mark.parametrize(("entry", "role", "message"), [
     ("NeedsThree", "model", "can be built neither as NeedsThree"),
     ("NOT_CALLABLE", "model", "is not callable"),
-    ("fails", "model", "failed on a batch of 3 data points: RuntimeError: shape mismatch"),
-    ("global_latent", "model", "latent site 'scale' outside the data plate"),
+    ("fails", "model", "data points: RuntimeError: shape mismatch"),  # tried on 3 rows, then on all
+    ("global_latent", "model", "has global latents (scale): use Pyro's autoguides"),  # judged on all of D
     ("discrete_latent", "model", "discrete latent site 'c'"),
     ("misses_a_site", "guide", "does not sample the model's latent site(s) latent"),
     ("forgets_to_event", "guide", "failed on a batch of 3 data points: ValueError: Shape mismatch inside plate"),

@@ -14,6 +14,8 @@ DERIVATIONS = {
     "training": lambda s: s,
     "evaluation": lambda s: s + 10_000,
     "bdmc": lambda s: s + 20_000,
+    "reference": lambda s: s + 30_000,
+    "evidence": lambda s: s + 40_000,
     "subsets": lambda d: d + 7,
     "train_subset": lambda d: d + 11,
     "common_draws": lambda s: s,
