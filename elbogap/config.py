@@ -118,6 +118,9 @@ class Config:
                                         "set's evidence needs more than one point's)", least=1, role="evaluation")
     evidence_chains: int = setting(256, "models with global latents: AIS chains for log p(D) (evaluated together, "
                                         "nearly free)", least=2, role="evaluation")
+    holdout: float = setting(0.0, "models with global latents: share of D's rows held out (a seeded subset); the "
+                                  "posterior conditions on the rest, and the held-out rows get their log predictive "
+                                  "density log p(D_test | D_train) (0: none, every row is D)", least=0.0)
     reference: str = setting("ais", "models with global latents: the reference posterior each guide's moments are "
                                     "compared with: ais (the evidence's AIS chains, weighted) | nuts (Pyro's NUTS) | "
                                     "none", choices=("ais", "nuts", "none"), role="evaluation")
@@ -174,6 +177,8 @@ class Config:
             raise UsageError("--seeds is empty; give at least one seed, e.g. --seeds 0")
         if len(set(self.guides)) != len(self.guides) or len(set(self.seeds)) != len(self.seeds):
             raise UsageError("--guides and --seeds must not repeat an entry")
+        if not 0 <= self.holdout < 1:
+            raise UsageError(f"--holdout is the share of rows held out, in [0, 1); got {self.holdout}")
         if not 0 < self.ais_target_accept < 1:
             raise UsageError(f"--ais-target-accept is an acceptance rate in (0, 1), got {self.ais_target_accept}")
         resolve_device(self.device)

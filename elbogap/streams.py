@@ -54,6 +54,7 @@ STREAMS: dict[str, Stream] = {stream.name: stream for stream in (
     Stream("bdmc", "run", 20_000, "global", "the data simulated from the model and the chains of BDMC"),
     Stream("evidence", "run", 40_000, "global", "the AIS chains of log p(D) of a model with global latents"),
     Stream("reference", "run", 30_000, "global", "the NUTS chains of the reference posterior (chain c adds c)"),
+    Stream("holdout", "data", 13, "generator", "the rows --holdout keeps out of a global model's data set"),
     Stream("subsets", "data", 7, "generator", "the gap points and the AIS points of a split (one permutation)"),
     Stream("train_subset", "data", 11, "generator", "the training points evaluated after training"),
     Stream("common_draws", "drawn", 0, "torch", "the base draws shared by the ELBOs of q and of q* in a gap "

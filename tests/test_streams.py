@@ -17,6 +17,7 @@ DERIVATIONS = {
     "reference": lambda s: s + 30_000,
     "evidence": lambda s: s + 40_000,
     "subsets": lambda d: d + 7,
+    "holdout": lambda d: d + 13,
     "train_subset": lambda d: d + 11,
     "common_draws": lambda s: s,
     "notebook_evaluation": lambda s: s,

@@ -1,5 +1,8 @@
 """Which data a user's model conditions on: per point (a VAE's splits) or the whole data set (global latents)."""
 
+import torch
+
+from elbogap import streams
 from elbogap.data import Dataset, load_data, load_whole
 from elbogap.global_latents.model import is_global_model, probe_trace
 from elbogap.user_model import resolve_program, trace_program
@@ -23,4 +26,16 @@ def study_data(config) -> Dataset:
         pass
     rows, what = load_whole(config.data, config.data_seed, config.data_dir, config.binarize, config.train_size)
     trace_program(lambda x: probe_trace(program, x), rows, config.model, "model")  # one line if it cannot run
-    return Dataset(split.name, rows, rows[:0], kind="global", rows=what)
+    if not config.holdout:
+        return Dataset(split.name, rows, rows[:0], kind="global", rows=what)
+    held = held_out(len(rows), config.holdout, config.data_seed)
+    kept = torch.ones(len(rows), dtype=torch.bool)
+    kept[held] = False
+    what = f"{int(kept.sum())} of {what.removeprefix('every row of ')}; {len(held)} rows held out (--holdout)"
+    return Dataset(split.name, rows[kept], rows[held], kind="global", rows=what)
+
+
+def held_out(count: int, share: float, data_seed: int) -> torch.Tensor:
+    """The rows ``--holdout`` keeps out of D: a seeded subset of ``share`` of them (at least one), in order."""
+    number = min(count - 1, max(1, round(share * count)))
+    return torch.randperm(count, generator=streams.generator("holdout", data_seed))[:number].sort().values

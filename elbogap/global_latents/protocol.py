@@ -31,6 +31,7 @@ from elbogap.global_latents.evidence import Evidence, ais_evidence, bdmc_evidenc
 from elbogap.global_latents.guides import SUBSAMPLING_AUTOGUIDES, GlobalAutoGuide, GlobalProgramGuide, global_guide
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.global_latents.reference import against_reference, ais_reference, nuts_reference, site_moments
+from elbogap.inference.log_px import ImportanceAccumulator
 from elbogap.phases import Phases
 
 #: how far q's importance estimate of log p(D) may sit above AIS's, in standard errors, before AIS is doubted
@@ -131,8 +132,39 @@ def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, ph
     record["sites"] = {"global": model.global_sites, "local": model.local_sites,
                        "shapes": {name: list(shape) for name, shape in model.latent_sites.items()},
                        "latent_dim": model.latent_dim}
+    if len(data.test):
+        with phases("held_out"):
+            record["test"] = held_out_metrics(model, data, config, seed, run_dir, evidence, draws, progress)
     save_draws(run_dir, draws, reference)
     return record
+
+
+def held_out_metrics(model, data, config, seed, run_dir, evidence: dict, draws, progress) -> dict:
+    r"""The held-out rows' log predictive density :math:`\log p(D_\text{test} \mid D_\text{train})`.
+
+    Guide-independent: :math:`\log p(D) - \log p(D_\text{train})`, both by AIS (the rows of D
+    being the train rows followed by the held-out ones). From q, for a model without per-point
+    latents: :math:`\log \frac1S \sum_s p(D_\text{test} \mid \theta_s)`, :math:`\theta_s \sim q`,
+    the predictive density the fitted guide implies.
+    """
+    rows = torch.cat([data.train, data.test])
+    full = GlobalLatentModel(model.fn, rows, model.spec)
+    whole = evidence_state(full, rows, config, seed, run_dir, progress)["summary"]
+    train = evidence["summary"]
+    out = {"num_points": len(data.test), "log_predictive": whole["log_evidence"] - train["log_evidence"],
+           "log_predictive_stderr": math.hypot(whole["stderr"], train["stderr"]),
+           "log_predictive_method": "log p(D) - log p(D_train), both by AIS"}
+    out["log_predictive_per_point"] = out["log_predictive"] / len(data.test)
+    if not model.local_sites:
+        z = model.pack(draws.values, batch_dims=1)
+        with torch.no_grad():
+            _, lik_all = full.log_density(z, rows)
+            _, lik_train = model.log_density(z, data.train)
+        weights = ImportanceAccumulator()
+        weights.add((lik_all - lik_train).double()[:, None])
+        out["log_predictive_q"] = float(weights.log_mean()[0])
+        out["log_predictive_q_stderr"] = float(weights.stderr()[0])
+    return out
 
 
 def run_bdmc(model, data, config, seed: int, run_dir) -> dict:

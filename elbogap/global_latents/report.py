@@ -102,6 +102,7 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
                   "Standardized mean error per element, (mean under q - reference mean) / reference sd, and the ratio "
                   "of standard deviations (below 1: q is too narrow). First seed of each guide.", "",
                   *reference, ""]
+    lines += held_out_section(runs)
     lines += evidence_section(runs)
     lines += ["## How the numbers were computed", "",
               f"- ELBO(D) = E_q[log p(D, θ, z) - log q(θ, z)] from {data['samples']} draws of q on every row of D; "
@@ -117,6 +118,24 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
     lines += [f"{first.get('steps', config['steps'])} SVI steps with lr {config['lr']} ({config['objective']} "
               f"objective); seeds {', '.join(map(str, config['seeds']))}."]
     return lines
+
+
+def held_out_section(runs: list[dict]) -> list[str]:
+    """With ``--holdout``: the held-out rows' log predictive density, from AIS and from each guide's q."""
+    if "test" not in runs[0]:
+        return []
+    lines = [f"## Held-out rows ({runs[0]['test']['num_points']}, kept out of D by --holdout)", "",
+             "log p(D_test | D_train) = log p(D) - log p(D_train), both by AIS (the same for every guide), and the "
+             "predictive density q implies, log mean p(D_test | θ_s) over θ_s ~ q (models without per-point "
+             "latents).", "", "| guide | seed | log p(D_test \\| D_train), AIS | per point | from q |",
+             "|---|---|---|---|---|"]
+    for run in runs:
+        test = run["test"]
+        from_q = (f"{test['log_predictive_q']:.3f} ± {test['log_predictive_q_stderr']:.3f}"
+                  if "log_predictive_q" in test else "–")
+        lines.append(f"| {run['guide']} | {run['seed']} | {test['log_predictive']:.3f} ± "
+                     f"{test['log_predictive_stderr']:.3f} | {test['log_predictive_per_point']:.3f} | {from_q} |")
+    return lines + [""]
 
 
 def evidence_section(runs: list[dict]) -> list[str]:

@@ -71,3 +71,24 @@ def test_the_notebook_api_takes_a_pyro_function_and_a_tensor(tmp_path):
     (row,) = result.table()
     assert row["guide"] == "auto-AutoNormal" and row["kl_gap"] > 0 and "log_evidence" in row
     assert "KL gap" in result._repr_markdown_()
+
+
+def test_held_out_rows_get_their_exact_log_predictive_density(tmp_path):
+    from elbogap.global_latents.data import held_out
+
+    data = truth.regression_data(16, 2, seed=6)
+    result = elbogap.compare(truth.regression_model(), ["auto:AutoMultivariateNormal"], data, out=tmp_path,
+                             steps=800, lr=0.05, holdout=0.25, evidence_steps=300, evidence_chains=512,
+                             iw_samples=1000, reference="none", jobs=1)
+    held = held_out(16, 0.25, 0)
+    kept = torch.ones(16, dtype=torch.bool)
+    kept[held] = False
+    train, test = data[kept].double(), data[held].double()
+    both = torch.cat([train, test])
+    exact = (truth.regression_log_evidence(both[:, :-1], both[:, -1], 1.0, 1.0)
+             - truth.regression_log_evidence(train[:, :-1], train[:, -1], 1.0, 1.0))
+    run = result.runs[0]
+    assert run["data"]["num_points"] == 12 and run["test"]["num_points"] == 4
+    assert abs(run["test"]["log_predictive"] - exact) < 4 * run["test"]["log_predictive_stderr"] + 0.05
+    assert abs(run["test"]["log_predictive_q"] - exact) < 4 * run["test"]["log_predictive_q_stderr"] + 0.05
+    assert "Held-out rows" in result._repr_markdown_()
