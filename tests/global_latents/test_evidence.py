@@ -51,7 +51,7 @@ def test_a_dropped_jacobian_would_be_caught():
 def test_bdmc_brackets_the_exact_evidence_of_each_simulated_data_set():
     program, data, _ = mixed_case()
     model = GlobalLatentModel(program, data, "model")
-    summary, datasets = bdmc_evidence(model, data, 2, AISSettings(steps=200, chains=256))
+    summary, datasets = bdmc_evidence(model, data, 2, AISSettings(steps=120, chains=256))
     for lower, upper, simulated in zip(summary["per_dataset"]["lower"], summary["per_dataset"]["upper"], datasets,
                                        strict=True):
         exact = truth.mixed_log_evidence(simulated[:, 0].double())

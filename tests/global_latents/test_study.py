@@ -41,7 +41,7 @@ def test_a_model_with_global_and_per_point_latents_end_to_end_with_bdmc_and_nuts
     out = folder / "out"
     code, err = elbogap("compare", "--model", folder / "mixed.py:model", "--data", folder / "y.csv", "--guides",
                         "auto:AutoNormal,auto:AutoMultivariateNormal", "--bdmc", "1", "--reference", "nuts",
-                        "--nuts-warmup", "100", "--nuts-samples", "150", "--out", out, *FAST)
+                        "--nuts-warmup", "60", "--nuts-samples", "100", "--out", out, *FAST)
     assert code == 0, err
     results = json.loads((out / "results.json").read_text())
     mean_field, full = (run for run in results["runs"])
