@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -64,7 +65,9 @@ def study_cache(run_dir: Path, kind: str, model, data: torch.Tensor, settings: d
         return load_checkpoint(path)
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, value)
+    mine = path.with_name(f".{path.name}.{os.getpid()}")  # runs in other worker processes may write it too
+    save_checkpoint(mine, value)
+    os.replace(mine, path)
     return value
 
 
