@@ -23,6 +23,14 @@ from elbogap.sites import constrain, latent_transforms  # noqa: E402
 #: families whose density can be evaluated anywhere (planar and Sylvester score only their own draws).
 
 
+def save(fig, path: Path) -> Path:
+    """Lay ``fig`` out, write it to ``path`` as a PNG and free it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _by_guide(runs):
     groups = defaultdict(list)
     for run in runs:
@@ -61,10 +69,7 @@ def plot_training(results: dict, path: Path) -> Path:
     for axis in (left, right):
         axis.grid(alpha=0.3)
     left.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_gap_over_training(results: dict, path: Path) -> Path:
@@ -101,10 +106,7 @@ def plot_gap_over_training(results: dict, path: Path) -> Path:
     fixed = results["config"].get("mode") == "fixed-model"
     fig.suptitle("fixed model: log p(x) is the same for every guide, the ELBO rises towards it" if fixed
                  else "log p(x) and the ELBO over training; the gap between them is KL(q || p(z|x))", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_gaps(results: dict, path: Path) -> Path:
@@ -127,10 +129,7 @@ def plot_gaps(results: dict, path: Path) -> Path:
              title=f"KL(q(z|x) || p(z|x)) per family\n(log p(x) by {method}; bars: mean ± sd over seeds, dots: seeds)")
     axis.legend()
     axis.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 @torch.no_grad()
@@ -167,10 +166,7 @@ def plot_posteriors(fits: list[tuple], x: torch.Tensor, path: Path) -> Path:
     constrained = sorted({site for _, model, _, _ in fits for site in latent_transforms(model)})
     note = f"; {', '.join(constrained)} on the real line (biject_to of the support)" if constrained else ""
     fig.suptitle(f"true posterior p(z|x) (grey) and q(z|x) (red){note}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _posterior_panel(axis, name, model, guide, point) -> None:
@@ -221,10 +217,7 @@ def plot_images(fits, x: torch.Tensor, image_shape, path: Path, num_samples: int
         axis.set_xticks([])
         axis.set_yticks([])
         axis.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def image_shape_of(data) -> tuple[int, int] | None:

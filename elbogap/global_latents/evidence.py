@@ -96,11 +96,6 @@ def ais_evidence(model, data: torch.Tensor, settings: AISSettings | None = None,
                     acceptance, step_sizes[:, 0], time.perf_counter() - started)
 
 
-def one_thread_range(count: int):
-    with one_thread():
-        yield from range(count)
-
-
 def bdmc_evidence(model, data: torch.Tensor, count: int, settings: AISSettings | None = None,
                   progress: bool = False) -> tuple[dict, list[torch.Tensor]]:
     r"""BDMC on ``count`` data sets simulated from the model's prior predictive, shaped like ``data``.
@@ -114,24 +109,24 @@ def bdmc_evidence(model, data: torch.Tensor, count: int, settings: AISSettings |
     settings = settings or AISSettings()
     started = time.perf_counter()
     lower, upper, lower_se, upper_se, datasets = [], [], [], [], []
-    bar = tqdm(total=count, desc="BDMC data sets", unit="set", leave=False, disable=not progress)
-    for _ in one_thread_range(count):
-        simulated, z = model.simulate(data)
-        datasets.append(simulated)
-        path = EvidencePath(model, simulated)
-        step_sizes = tune_step_sizes(path, settings)
-        betas = sigmoid_schedule(settings.steps, dtype=data.dtype)
-        forward, _, _ = anneal(path, path.start(settings.chains), betas, step_sizes, settings.leapfrog_steps)
-        start = z.to(data.dtype).expand(settings.chains, 1, -1).clone()
-        backward, _, _ = anneal(path, start, betas, step_sizes, settings.leapfrog_steps, reverse=True)
-        for accumulator_log_w, means, errors, sign in ((forward.log_w, lower, lower_se, 1),
-                                                        (backward.log_w, upper, upper_se, -1)):
-            accumulator = ImportanceAccumulator()
-            accumulator.add(accumulator_log_w.double())
-            means.append(sign * float(accumulator.log_mean()[0]))
-            errors.append(float(accumulator.stderr()[0]))
-        bar.update()
-    bar.close()
+    with one_thread(), tqdm(total=count, desc="BDMC data sets", unit="set", leave=False,
+                            disable=not progress) as bar:
+        for _ in range(count):
+            simulated, z = model.simulate(data)
+            datasets.append(simulated)
+            path = EvidencePath(model, simulated)
+            step_sizes = tune_step_sizes(path, settings)
+            betas = sigmoid_schedule(settings.steps, dtype=data.dtype)
+            forward, _, _ = anneal(path, path.start(settings.chains), betas, step_sizes, settings.leapfrog_steps)
+            start = z.to(data.dtype).expand(settings.chains, 1, -1).clone()
+            backward, _, _ = anneal(path, start, betas, step_sizes, settings.leapfrog_steps, reverse=True)
+            for log_w, means, errors, sign in ((forward.log_w, lower, lower_se, 1),
+                                               (backward.log_w, upper, upper_se, -1)):
+                accumulator = ImportanceAccumulator()
+                accumulator.add(log_w.double())
+                means.append(sign * float(accumulator.log_mean()[0]))
+                errors.append(float(accumulator.stderr()[0]))
+            bar.update()
 
     def combined(errors):
         return math.sqrt(sum(e * e for e in errors)) / len(errors)

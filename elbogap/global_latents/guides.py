@@ -67,7 +67,23 @@ def build_autoguide(name: str, model, flow_depth: int = 2):
     return guide
 
 
-class GlobalAutoGuide(Guide):
+class WholeDataGuide(Guide):
+    """What the guides of a model with global latents share: evaluated from traces, called as the model is."""
+
+    amortized = False
+    program = True
+    jit_compatible = False
+    density_anywhere = False
+
+    def call(self, fn, x, index=None, num_data=None):
+        """``fn`` on a minibatch (with ``index``, ``num_data`` where the model takes them) or on all of ``x``."""
+        return fn(x, index=index, num_data=num_data) if self.joint_model.takes_index else fn(x)
+
+    def optimum_start(self, x, index):
+        return None  # no per-point family to search: the gap is reported whole
+
+
+class GlobalAutoGuide(WholeDataGuide):
     """One of Pyro's autoguides over every latent of a model with global latents.
 
     :param str name: the autoguide's class name in :mod:`pyro.infer.autoguide`.
@@ -75,10 +91,6 @@ class GlobalAutoGuide(Guide):
     :param torch.Tensor data: the data set, to build the autoguide's parameters on.
     """
 
-    amortized = False
-    program = True
-    jit_compatible = False
-    density_anywhere = False
     #: Pyro's autoguides broadcast over an outer plate of draws (as vectorized particles)
     vectorizable = True
 
@@ -97,28 +109,18 @@ class GlobalAutoGuide(Guide):
                              f"{str(error).splitlines()[0] if str(error) else ''}") from None
 
     def guide(self, x, index=None, num_data=None):
-        if self.joint_model.takes_index:
-            return self.auto(x, index=index, num_data=num_data)
-        return self.auto(x)
-
-    def optimum_start(self, x, index):
-        return None
+        return self.call(self.auto, x, index, num_data)
 
     def distribution(self, x, index=None):
         raise UsageError(f"auto:{self.name} is evaluated from traces; it has no density object at any z")
 
 
-class GlobalProgramGuide(Guide):
+class GlobalProgramGuide(WholeDataGuide):
     """A user's guide program for a model with global latents: it must sample every latent site, same shapes.
 
     :param program: the callable guide program, called as the model is (with the data, and
         ``index``/``num_data`` where the model takes them).
     """
-
-    amortized = False
-    program = True
-    jit_compatible = False
-    density_anywhere = False
 
     def __init__(self, program, model, data: torch.Tensor, spec: str, owner=None):
         from elbogap.user_model import check_guide_draws, trace_program
@@ -142,12 +144,7 @@ class GlobalProgramGuide(Guide):
         self.param_names = [name for name, site in trace.nodes.items() if site["type"] == "param"]
 
     def guide(self, x, index=None, num_data=None):
-        if self.joint_model.takes_index:
-            return self.fn(x, index=index, num_data=num_data)
-        return self.fn(x)
-
-    def optimum_start(self, x, index):
-        return None
+        return self.call(self.fn, x, index, num_data)
 
     def distribution(self, x, index=None):
         raise UsageError(f"the guide {self.spec} is a program evaluated from traces; it has no density object")

@@ -9,16 +9,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from elbogap.checkpoint import load_checkpoint  # noqa: E402
+from elbogap.plots import _by_guide, save  # noqa: E402
 
 #: global latent elements drawn in marginals.png (the first ones, site after site)
 MARGINALS = 6
-
-
-def _by_guide(runs):
-    guides: dict[str, list[dict]] = {}
-    for run in runs:
-        guides.setdefault(run["guide"], []).append(run)
-    return guides
 
 
 def _elements(run: dict) -> list[tuple[str, int]]:
@@ -69,10 +63,7 @@ def plot_marginals(results: dict, results_dir: Path, path: Path) -> Path | None:
     method = next((run["reference"]["method"] for run in firsts.values() if "reference" in run), None)
     fig.suptitle("q (red) against the reference posterior (grey" + (f", {method}" if method else ", none") + ")",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_gaps(results: dict, path: Path) -> Path:
@@ -88,10 +79,7 @@ def plot_gaps(results: dict, path: Path) -> Path:
     axis.set(ylabel="KL gap = log p(D) - ELBO(D) (nats)",
              title="KL(q || p(θ, z | D)) per guide\n(log p(D) by AIS; bars: mean over seeds ± MC s.e.; dots: seeds)")
     axis.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_evidence(results: dict, path: Path) -> Path:
@@ -129,10 +117,7 @@ def plot_evidence(results: dict, path: Path) -> Path:
         axis.set(xlabel="simulated data set (runs side by side)", ylabel="log p(D*)",
                  title="BDMC: forward AIS (▲ lower) and reverse AIS (▼ upper)")
         axis.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_training(results: dict, path: Path) -> Path:
@@ -158,10 +143,7 @@ def plot_training(results: dict, path: Path) -> Path:
              title="ELBO over training; dashed: log p(D) per point (AIS)")
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def make_figures(results: dict, results_dir: Path) -> list[Path]:

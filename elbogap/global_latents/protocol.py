@@ -28,7 +28,7 @@ from elbogap import streams
 from elbogap.checkpoint import load_checkpoint, save_checkpoint
 from elbogap.errors import UsageError
 from elbogap.global_latents.evaluation import guide_draws, moments, summarize_draws
-from elbogap.global_latents.evidence import Evidence, ais_evidence, bdmc_evidence
+from elbogap.global_latents.evidence import ais_evidence, bdmc_evidence
 from elbogap.global_latents.guides import SUBSAMPLING_AUTOGUIDES, GlobalAutoGuide, GlobalProgramGuide, global_guide
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.global_latents.reference import against_reference, ais_reference, nuts_reference, site_moments
@@ -86,8 +86,7 @@ def reference_state(model, data, config, seed, run_dir, evidence: dict, progress
     if config.reference == "none":
         return None
     if config.reference == "ais":
-        placeholder = Evidence(0.0, 0.0, evidence["log_w"], evidence["states"], torch.zeros(0), torch.zeros(0), 0.0)
-        reference = ais_reference(model, placeholder)
+        reference = ais_reference(model, evidence["log_w"], evidence["states"])
         return {"method": "ais", "values": reference.values, "weights": reference.weights,
                 "diagnostics": json.dumps(reference.diagnostics)}
     settings = {"chains": config.nuts_chains, "warmup": config.nuts_warmup, "samples": config.nuts_samples}

@@ -92,10 +92,10 @@ def nuts_reference(model, data: torch.Tensor, chains: int = 2, warmup: int = 500
     return Reference("nuts", values, None, diagnostics)
 
 
-def ais_reference(model, evidence) -> Reference:
+def ais_reference(model, log_w: torch.Tensor, states: torch.Tensor) -> Reference:
     """The AIS chains' final states mapped into each site's support, weighted by their normalized weights."""
-    weights = evidence.log_w.double().softmax(0)
-    states = [model.unpack(z)[0] for z in evidence.states]
+    weights = log_w.double().softmax(0)
+    states = [model.unpack(z)[0] for z in states]
     values = {name: torch.stack([state[name].reshape(-1) for state in states]).detach()
               for name in model.latent_sites}
     effective = float(weights.pow(2).sum().reciprocal())

@@ -29,7 +29,8 @@ def test_nuts_reference_moments_agree_with_the_closed_form_posterior():
 
 def test_weighted_ais_states_are_a_reference_too():
     model, data, mean, sd = conjugate()
-    reference = ais_reference(model, ais_evidence(model, data, AISSettings(steps=200, chains=512)))
+    evidence = ais_evidence(model, data, AISSettings(steps=200, chains=512))
+    reference = ais_reference(model, evidence.log_w, evidence.states)
     moments = reference.moments()["w"]
     effective = reference.diagnostics["effective_chains"]
     assert effective > 100
