@@ -24,8 +24,7 @@ import torch
 from pyro import poutine
 
 from elbogap.global_latents.model import sample_sites
-from elbogap.inference.evaluation import pareto_khat
-from elbogap.inference.log_px import ImportanceAccumulator
+from elbogap.inference.weights import importance_estimate, khat_threshold, pareto_khat
 
 
 @dataclass
@@ -159,21 +158,21 @@ def moments(values: dict[str, torch.Tensor], weights: torch.Tensor | None = None
 
 def summarize_draws(draws: GuideDraws, num_data: int) -> dict:
     """The ELBO of D, its terms, the importance estimate of log p(D) and q's diagnostics, in nats for all of D."""
-    log_w = draws.log_w.detach()
+    log_w = draws.log_w.detach().double()
     count = len(log_w)
-    weights = ImportanceAccumulator()
-    weights.add(log_w[:, None])
+    weights = importance_estimate(log_w[:, None])
     khat = float(pareto_khat(log_w[:, None])[0])
     metrics = {
         "num_points": num_data,
         "samples": count,
         "elbo": float(log_w.mean()),
         "elbo_stderr": float(log_w.std() / math.sqrt(count)) if count > 1 else float("nan"),
-        "expected_log_lik": float(draws.log_lik.mean()),
-        "kl_prior": float((draws.log_q - draws.log_prior).mean()),
-        "log_evidence_q": float(weights.log_mean()[0]),
-        "log_evidence_q_stderr": float(weights.stderr()[0]),
-        "ess": float(weights.effective_sample_size()[0]),
-        "khat": None if math.isnan(khat) else khat,
+        "expected_log_lik": float(draws.log_lik.double().mean()),
+        "kl_prior": float((draws.log_q.double() - draws.log_prior.double()).mean()),
+        "log_evidence_q": float(weights.log_mean[0]),
+        "log_evidence_q_stderr": float(weights.stderr[0]),
+        "ess": float(weights.ess[0]),
+        "khat": None if math.isnan(khat) else khat,  # +inf where the weights' tail has no fit
+        "khat_threshold": khat_threshold(count),
     }
     return metrics

@@ -22,8 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from elbogap.inference.ais import AISSettings, AnnealingPath, anneal, pilot_steps, sigmoid_schedule, tune_step_sizes
-from elbogap.inference.bdmc import read_sandwich
-from elbogap.inference.log_px import ImportanceAccumulator
+from elbogap.inference.bdmc import summarize_sandwich
+from elbogap.inference.weights import log_mean_exp, log_mean_exp_stderr
 from elbogap.threads import intra_op_threads
 
 
@@ -89,11 +89,9 @@ def ais_evidence(model, data: torch.Tensor, settings: AISSettings | None = None,
         betas = sigmoid_schedule(settings.steps, dtype=data.dtype)
         state, _, acceptance = anneal(path, path.start(settings.chains), betas, step_sizes, settings.leapfrog_steps,
                                       bar=bar)
-    weights = ImportanceAccumulator()
     log_w = state.log_w.double()
-    weights.add(log_w)
-    return Evidence(float(weights.log_mean()[0]), float(weights.stderr()[0]), log_w[:, 0], state.z[:, 0].detach(),
-                    acceptance, step_sizes[:, 0], time.perf_counter() - started)
+    return Evidence(float(log_mean_exp(log_w)[0]), float(log_mean_exp_stderr(log_w)[0]), log_w[:, 0],
+                    state.z[:, 0].detach(), acceptance, step_sizes[:, 0], time.perf_counter() - started)
 
 
 def bdmc_evidence(model, data: torch.Tensor, count: int, settings: AISSettings | None = None,
@@ -102,13 +100,16 @@ def bdmc_evidence(model, data: torch.Tensor, count: int, settings: AISSettings |
 
     For each :math:`(D^*, \theta^*, z^*)`, forward AIS from the prior gives a stochastic lower
     bound on :math:`\log p(D^*)` and reverse AIS from :math:`(\theta^*, z^*)` (an exact
-    posterior draw) a stochastic upper bound, with the same tuned step sizes. Returns the
+    posterior draw) a stochastic upper bound, with the same tuned step sizes. The standard errors
+    of the width and the upper bound come from the spread across data sets
+    (:func:`~elbogap.inference.bdmc.summarize_sandwich`): the reverse chains of a data set share
+    their one exact draw. Returns the
     summary (means over data sets, per data set values, ``width`` and its reading) and the
     simulated data sets.
     """
     settings = settings or AISSettings()
     started = time.perf_counter()
-    lower, upper, lower_se, upper_se, datasets = [], [], [], [], []
+    lower, upper, lower_se, datasets = [], [], [], []
     with one_thread(), tqdm(total=count, desc="BDMC data sets", unit="set", leave=False,
                             disable=not progress) as bar:
         for _ in range(count):
@@ -120,22 +121,13 @@ def bdmc_evidence(model, data: torch.Tensor, count: int, settings: AISSettings |
             forward, _, _ = anneal(path, path.start(settings.chains), betas, step_sizes, settings.leapfrog_steps)
             start = z.to(data.dtype).expand(settings.chains, 1, -1).clone()
             backward, _, _ = anneal(path, start, betas, step_sizes, settings.leapfrog_steps, reverse=True)
-            for log_w, means, errors, sign in ((forward.log_w, lower, lower_se, 1),
-                                               (backward.log_w, upper, upper_se, -1)):
-                accumulator = ImportanceAccumulator()
-                accumulator.add(log_w.double())
-                means.append(sign * float(accumulator.log_mean()[0]))
-                errors.append(float(accumulator.stderr()[0]))
+            lower.append(float(log_mean_exp(forward.log_w.double())[0]))
+            lower_se.append(float(log_mean_exp_stderr(forward.log_w)[0]))
+            upper.append(-float(log_mean_exp(backward.log_w.double())[0]))  # the reverse chains share their start
             bar.update()
 
-    def combined(errors):
-        return math.sqrt(sum(e * e for e in errors)) / len(errors)
-
-    summary = {"datasets": count, "lower": sum(lower) / count, "lower_stderr": combined(lower_se),
-               "upper": sum(upper) / count, "upper_stderr": combined(upper_se),
+    summary = {"datasets": count, **summarize_sandwich(*(torch.tensor(values, dtype=torch.float64) for values in (
+        lower, lower_se, upper, [math.nan] * count))),
                "per_dataset": {"lower": lower, "upper": upper}, "settings": settings.to_dict(),
                "seconds": time.perf_counter() - started}
-    summary["width"] = summary["upper"] - summary["lower"]
-    summary["width_stderr"] = math.hypot(summary["lower_stderr"], summary["upper_stderr"])
-    summary["reading"] = read_sandwich(summary["width"], summary["width_stderr"])
     return summary, datasets

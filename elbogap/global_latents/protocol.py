@@ -32,7 +32,7 @@ from elbogap.global_latents.evidence import ais_evidence, bdmc_evidence
 from elbogap.global_latents.guides import SUBSAMPLING_AUTOGUIDES, GlobalAutoGuide, GlobalProgramGuide, global_guide
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.global_latents.reference import against_reference, ais_reference, nuts_reference, site_moments
-from elbogap.inference.log_px import ImportanceAccumulator
+from elbogap.inference.weights import log_mean_exp, log_mean_exp_stderr
 from elbogap.phases import Phases
 
 #: how far q's importance estimate of log p(D) may sit above AIS's, in standard errors, before AIS is doubted
@@ -162,10 +162,9 @@ def held_out_metrics(model, data, config, seed, run_dir, evidence: dict, draws, 
         with torch.no_grad():
             _, lik_all = full.log_density(z, rows)
             _, lik_train = model.log_density(z, data.train)
-        weights = ImportanceAccumulator()
-        weights.add((lik_all - lik_train).double()[:, None])
-        out["log_predictive_q"] = float(weights.log_mean()[0])
-        out["log_predictive_q_stderr"] = float(weights.stderr()[0])
+        log_w = (lik_all - lik_train).double()
+        out["log_predictive_q"] = float(log_mean_exp(log_w))
+        out["log_predictive_q_stderr"] = float(log_mean_exp_stderr(log_w))
     return out
 
 

@@ -45,7 +45,8 @@ from tqdm.auto import tqdm
 
 from elbogap.errors import UsageError
 from elbogap.inference.log_joint import flatten_latents, latent_sites, log_joint
-from elbogap.inference.log_px import ELEMENT_BUDGET, ImportanceAccumulator
+from elbogap.inference.log_px import ELEMENT_BUDGET
+from elbogap.inference.weights import log_mean_exp, log_mean_exp_stderr
 from elbogap.model.base import LatentModel
 from elbogap.sites import broadcasts_draws, repeat_rows
 
@@ -292,8 +293,9 @@ def ais_log_px(model, x: torch.Tensor, settings: AISSettings | None = None, guid
 
     Each chunk first tunes its step sizes in a pilot run, then runs ``settings.chains`` chains
     per point with those step sizes frozen. The estimate is :math:`\log \frac1K \sum_k w_k` and
-    its error the delta-method standard error over chains. ``guide`` (and ``index``, for a
-    per-datapoint guide) are needed only for ``settings.init == "q"``. ``progress`` shows a bar
+    its error the spread of log-means over groups of independent chains, carried to :math:`K`
+    (:func:`~elbogap.inference.weights.log_mean_exp_stderr`; NaN with one chain). ``guide``
+    (and ``index``, for a per-datapoint guide) are needed only for ``settings.init == "q"``. ``progress`` shows a bar
     over every transition, with the time left.
     """
     settings = settings or AISSettings()
@@ -336,6 +338,5 @@ def _ais_chunk(model, x, index, settings, guide, bar=None) -> AISResult:
     betas = sigmoid_schedule(settings.steps, dtype=x.dtype)
     state, _, acceptance = anneal(path, initial_draws(path, settings.chains), betas, step_sizes,
                                   settings.leapfrog_steps, bar=bar)
-    weights = ImportanceAccumulator()
-    weights.add(state.log_w)
-    return AISResult(weights.log_mean(), weights.stderr(), state.log_w, step_sizes, acceptance)
+    stderr = log_mean_exp_stderr(state.log_w).to(state.log_w.dtype)
+    return AISResult(log_mean_exp(state.log_w), stderr, state.log_w, step_sizes, acceptance)

@@ -32,7 +32,7 @@ from elbogap.inference.ais import (
     tune_step_sizes,
 )
 from elbogap.inference.log_joint import flatten_latents, latent_sites, observed_sites
-from elbogap.inference.log_px import ImportanceAccumulator
+from elbogap.inference.weights import log_mean_exp, log_mean_exp_stderr
 
 
 @torch.no_grad()
@@ -51,7 +51,11 @@ def simulate(model, example_x: torch.Tensor, num_points: int) -> tuple[torch.Ten
 
 @dataclass
 class BDMCResult:
-    """Per-point bounds ``lower`` <= log p(x) <= ``upper`` (each stochastic), with standard errors over chains."""
+    """Per-point bounds ``lower`` <= log p(x) <= ``upper`` (each stochastic), with Monte-Carlo standard errors.
+
+    ``upper_stderr`` is NaN where the reverse chains of a point share their start: chains from one
+    exact draw are not independent, and their spread says nothing of that draw's own randomness.
+    """
 
     lower: torch.Tensor
     lower_stderr: torch.Tensor
@@ -67,12 +71,15 @@ class BDMCResult:
 def bdmc(model, x: torch.Tensor, z: torch.Tensor, settings: AISSettings | None = None) -> BDMCResult:
     """Forward and reverse AIS on simulated pairs ``(x, z)``, with the same frozen step sizes.
 
-    The step sizes are tuned in a pilot run of forward AIS (:func:`~elbogap.inference.ais.tune_step_sizes`)
-    and shared by both directions, so the sandwich measures the reported AIS settings.
+    ``z`` is one exact posterior draw per point, ``(batch, latent_dim)``, from which every reverse
+    chain starts, or one per chain, ``(chains, batch, latent_dim)``, which makes the reverse
+    chains independent and gives the upper bound a per-point standard error. The step sizes are
+    tuned in a pilot run of forward AIS (:func:`~elbogap.inference.ais.tune_step_sizes`) and
+    shared by both directions, so the sandwich measures the reported AIS settings.
     """
     settings = settings or AISSettings()
     chunk = point_chunk(settings, x.shape[1])
-    parts = [_bdmc_chunk(model, x[i:i + chunk], z[i:i + chunk], settings) for i in range(0, len(x), chunk)]
+    parts = [_bdmc_chunk(model, x[i:i + chunk], z[..., i:i + chunk, :], settings) for i in range(0, len(x), chunk)]
     return BDMCResult(*(torch.cat([getattr(p, key) for p in parts])
                         for key in ("lower", "lower_stderr", "upper", "upper_stderr")))
 
@@ -82,44 +89,82 @@ def _bdmc_chunk(model, x, z, settings) -> BDMCResult:
     step_sizes = tune_step_sizes(path, settings)
     betas = sigmoid_schedule(settings.steps, dtype=x.dtype)
     forward, _, _ = anneal(path, initial_draws(path, settings.chains), betas, step_sizes, settings.leapfrog_steps)
-    start = z.expand(settings.chains, *z.shape).clone()
+    independent = z.dim() == 3
+    start = z.clone() if independent else z.expand(settings.chains, *z.shape).clone()
     backward, _, _ = anneal(path, start, betas, step_sizes, settings.leapfrog_steps, reverse=True)
-    lower, upper = ImportanceAccumulator(), ImportanceAccumulator()
-    lower.add(forward.log_w)
-    upper.add(backward.log_w)  # estimates log(1 / p(x)) from above in expectation, after the sign flip
-    return BDMCResult(lower.log_mean(), lower.stderr(), -upper.log_mean(), upper.stderr())
+    # reverse weights estimate 1 / p(x) without bias: minus their log-mean is a stochastic upper bound
+    upper_stderr = log_mean_exp_stderr(backward.log_w) if independent else torch.full(x.shape[:1], math.nan)
+    return BDMCResult(log_mean_exp(forward.log_w), log_mean_exp_stderr(forward.log_w).to(x.dtype),
+                      -log_mean_exp(backward.log_w), upper_stderr.to(x.dtype))
+
+
+def exact_draws(model, x: torch.Tensor, z: torch.Tensor, chains: int) -> torch.Tensor:
+    """One exact posterior draw per reverse chain where the model has a closed-form posterior, else ``z`` itself."""
+    if not getattr(model, "has_exact_posterior", False):
+        return z
+    with torch.no_grad():
+        draws = model.posterior(x).sample((chains,))
+    return torch.cat([z[None], draws[1:]]).to(z.dtype)
+
+
+def summarize_sandwich(lower: torch.Tensor, lower_stderr: torch.Tensor, upper: torch.Tensor,
+                       upper_stderr: torch.Tensor) -> dict:
+    r"""Means of per-point (or per-data-set) bounds, with standard errors, the width and its reading.
+
+    The simulated points are independent draws from the model, so the mean width
+    :math:`\bar W = \frac1N \sum_n (U_n - L_n)` estimates the expected width on data like the
+    model's, with standard error :math:`\mathrm{sd}(W_n)/\sqrt N` from the spread across points:
+    honest whatever the tails of the weights, since each point's bounds are independent of every
+    other's. ``lower_stderr`` combines the per-point errors of forward AIS (points held fixed).
+    ``upper_stderr`` does the same where every reverse chain had its own exact draw; otherwise
+    :math:`\sqrt{\mathrm{sd}(W_n)^2/N - s_L^2}`, conservative by the spread of the expected width
+    across points. One point gives no spread: NaN, with a ``note``.
+    """
+    count = len(lower)
+    lower, upper = lower.double(), upper.double()
+    widths = upper - lower
+    summary = {"lower": float(lower.mean()), "upper": float(upper.mean()), "width": float(widths.mean())}
+    summary["lower_stderr"] = float(lower_stderr.double().pow(2).sum().sqrt() / count)
+    summary["width_stderr"] = float(widths.std() / math.sqrt(count)) if count > 1 else math.nan
+    if bool(upper_stderr.isnan().any()):
+        summary["upper_stderr"] = math.sqrt(max(summary["width_stderr"] ** 2 - summary["lower_stderr"] ** 2, 0.0))
+    else:
+        summary["upper_stderr"] = float(upper_stderr.double().pow(2).sum().sqrt() / count)
+    if count < 2:
+        summary["note"] = ("one simulated point (or data set) gives no spread to estimate the width's standard error "
+                           "from: simulate at least 2 (--bdmc 2), 10 or more for a usable error bar")
+        if math.isnan(summary["upper_stderr"]) or bool(upper_stderr.isnan().any()):
+            summary["upper_stderr"] = math.nan
+    summary["reading"] = read_sandwich(summary["width"], summary["width_stderr"])
+    return summary
 
 
 def sandwich(model, example_x: torch.Tensor, num_points: int,
              settings: AISSettings | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """Simulate ``num_points`` pairs from ``model`` and sandwich their log p(x) with :func:`bdmc`.
 
-    Returns a summary (``points``, ``lower``, ``upper`` and their standard errors as means over
-    points, ``width``, ``settings``, ``seconds``) and per-point arrays ``x``, ``lower``, ``upper``.
+    Returns a summary (``points``, and from :func:`summarize_sandwich` ``lower``, ``upper``,
+    ``width`` and their standard errors, ``reading``; ``settings``, ``seconds``) and per-point
+    arrays ``x``, ``lower``, ``upper``. Where the model's posterior is a closed form, each reverse
+    chain starts from its own exact draw (:func:`exact_draws`).
     """
     settings = settings or AISSettings(init="prior")
     if settings.init != "prior":
         settings = AISSettings(**{**settings.to_dict(), "init": "prior"})  # the sandwich anneals from the prior
     started = time.perf_counter()
     x, z = simulate(model, example_x, num_points)
-    result = bdmc(model, x, z, settings)
-
-    def combined(stderr):
-        return float(stderr.double().pow(2).sum().sqrt() / len(stderr))
-
-    summary = {
-        "points": num_points,
-        "lower": float(result.lower.double().mean()), "lower_stderr": combined(result.lower_stderr),
-        "upper": float(result.upper.double().mean()), "upper_stderr": combined(result.upper_stderr),
-        "width": result.width, "settings": settings.to_dict(), "seconds": time.perf_counter() - started,
-    }
-    summary["width_stderr"] = math.hypot(summary["lower_stderr"], summary["upper_stderr"])
-    summary["reading"] = read_sandwich(summary["width"], summary["width_stderr"])
+    result = bdmc(model, x, exact_draws(model, x, z, settings.chains), settings)
+    summary = {"points": num_points, **summarize_sandwich(result.lower, result.lower_stderr, result.upper,
+                                                          result.upper_stderr),
+               "settings": settings.to_dict(), "seconds": time.perf_counter() - started}
     return summary, {"x": x, "lower": result.lower, "upper": result.upper}
 
 
 def read_sandwich(width: float, stderr: float) -> str:
     """What a sandwich of mean ``width`` (upper - lower) with standard error ``stderr`` says about AIS."""
+    if math.isnan(stderr):
+        return (f"the bounds are {width:.3f} nats apart; with one simulated point there is no standard error to read "
+                "that against")
     if width >= -3 * stderr and abs(width) <= 3 * stderr:
         return ("the bounds meet within their standard errors: at these settings AIS is as accurate as its own "
                 "noise on data like the model's")

@@ -17,12 +17,12 @@ from elbogap.inference.kl import analytic_kl
 from elbogap.inference.log_joint import flatten_latents, latent_sites, log_joint, observed_sites
 from elbogap.inference.log_px import (
     ELEMENT_BUDGET,
-    ImportanceAccumulator,
     LogPxEstimate,
     LogPxMethod,
     LogPxSettings,
     plan,
 )
+from elbogap.inference.weights import importance_estimate, khat_threshold, pareto_khat
 from elbogap.sites import broadcasts_draws, repeat_rows
 
 #: draws of q per data point evaluated at once
@@ -38,22 +38,33 @@ class Evaluation:
 
 
 class _Moments:
-    """Running mean and standard error of the mean over sample chunks, per data point."""
+    """Running mean and standard error of the mean over sample chunks, per data point, in float64.
+
+    Chunks are merged by Chan et al.'s pairwise update of the mean and the sum of squared deviations,
+    never as E[v^2] - mean^2, which loses every digit of the spread when values of -2000 vary by 0.1.
+    """
 
     def __init__(self):
-        self.total, self.total_sq, self.count = 0.0, 0.0, 0
+        self.count, self.mean_, self.squares = 0, 0.0, 0.0
 
     def add(self, values: torch.Tensor) -> None:
-        self.total = self.total + values.sum(0)
-        self.total_sq = self.total_sq + values.pow(2).sum(0)
-        self.count += values.shape[0]
+        values = values.double()
+        count = values.shape[0]
+        mean = values.mean(0)
+        squares = (values - mean).pow(2).sum(0)
+        total = self.count + count
+        delta = mean - self.mean_
+        self.mean_ = self.mean_ + delta * count / total
+        self.squares = self.squares + squares + delta.pow(2) * self.count * count / total
+        self.count = total
 
     def mean(self) -> torch.Tensor:
-        return self.total / self.count
+        return torch.as_tensor(self.mean_)
 
     def stderr(self) -> torch.Tensor:
-        var = (self.total_sq / self.count - self.mean().pow(2)).clamp_min(0)
-        return (var / max(self.count - 1, 1)).sqrt()
+        if self.count < 2:
+            return torch.full_like(self.mean(), float("nan"))
+        return (self.squares / (self.count - 1) / self.count).sqrt()
 
 
 def draw(q, count: int) -> torch.Tensor:
@@ -64,54 +75,6 @@ def draw(q, count: int) -> torch.Tensor:
     """
     expanded = q.expand(torch.Size([count]) + q.batch_shape)
     return expanded.rsample() if expanded.has_rsample else expanded.sample()
-
-
-def pareto_khat(log_w: torch.Tensor) -> torch.Tensor:
-    r"""PSIS :math:`\hat k` of each column of importance log-weights ``(samples, points)`` [1].
-
-    A generalized Pareto distribution is fitted (:func:`generalized_pareto_khat`, Pyro's
-    ``fit_generalized_pareto`` batched over points) to the largest :math:`M = \min(S/5, 3\sqrt S)`
-    weights of each point; :math:`\hat k > 0.7` means the importance estimate is unreliable.
-    Constant weights (a perfect proposal) get 0. Pyro's ``psis_diagnostic`` returns one value for
-    a whole model; this gives one per data point.
-
-    References:
-
-    [1] Pareto Smoothed Importance Sampling, Aki Vehtari, Daniel Simpson, Andrew Gelman,
-        Yuling Yao, Jonah Gabry, arXiv:1507.02646
-    """
-    num_samples = log_w.shape[0]
-    tail = int(min(0.2 * num_samples, 3 * math.sqrt(num_samples)))
-    if tail < 5:
-        return torch.full(log_w.shape[1:], float("nan"))
-    top = log_w.double().topk(tail + 1, dim=0).values  # descending
-    scaled = (top - top[:1]).exp()
-    exceedances = scaled[:-1] - scaled[-1:]
-    flat = (top[0] - top[-1]) < 1e-4  # constant weights up to rounding, as from the exact posterior: no tail
-    return torch.where(flat, 0.0, generalized_pareto_khat(exceedances))
-
-
-def generalized_pareto_khat(exceedances: torch.Tensor) -> torch.Tensor:
-    r"""The shape :math:`\hat k` of a generalized Pareto fit to each column of ``exceedances`` ``(n, points)``.
-
-    Zhang and Stephens' estimator with Vehtari et al.'s prior adjustment, as Pyro's
-    ``fit_generalized_pareto`` computes it for one sample; batched over columns here, since
-    Pyro's takes one 1-D sample and a Python loop over points costs more than the evaluation
-    itself. NaN where a column has no fit (ties at zero).
-    """
-    x = exceedances.double().sort(0).values
-    n = x.shape[0]
-    m = 30 + int(math.sqrt(n))
-    grid = 1.0 - math.sqrt(m) / (torch.arange(1, m + 1, dtype=torch.float64, device=x.device) - 0.5).sqrt()
-    b = grid[:, None] / (3.0 * x[int(n / 4 - 0.5)]) + 1 / x[-1]  # candidate k / sigma: (m, points)
-    k = torch.log1p(-b[:, None, :] * x).mean(1)
-    log_lik = n * (torch.log(-b / k) - (k + 1.0))
-    weights = 1.0 / (log_lik[None, :, :] - log_lik[:, None, :]).exp().sum(1)
-    weights = torch.where(weights > 1e-30, weights, 0.0)
-    b_hat = (b * weights).sum(0) / weights.sum(0)
-    k_hat = torch.log1p(-b_hat * x).mean(0)
-    k_hat = k_hat * n / (n + 10.0) + 5.0 / (n + 10.0)
-    return torch.where(k_hat.isfinite(), k_hat, float("nan"))
 
 
 def _prior(model, x):
@@ -194,17 +157,19 @@ def sample_latents(model, guide, x: torch.Tensor, count: int, index: torch.Tenso
     return draws(count)[0]
 
 
-def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk):
+def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk, keep_draws=False):
     draws, q = (_program_draws if guide.program else _density_draws)(model, guide, x, index)
     posterior = model.posterior(x) if getattr(model, "has_exact_posterior", False) else None
     log_w, recon, kl_prior_mc, kl_post_mc, z_mean = _Moments(), _Moments(), _Moments(), _Moments(), _Moments()
-    all_log_w = []
+    all_log_w, all_log_lik = [], []
     for start in range(0, num_samples, sample_chunk):
         count = min(sample_chunk, num_samples - start)
         z, log_q, log_prior, log_lik = draws(count)
         log_weight = log_prior + log_lik - log_q
         log_w.add(log_weight)
         all_log_w.append(log_weight)
+        if keep_draws:
+            all_log_lik.append(log_lik)
         z_mean.add(z)
         recon.add(log_lik)
         kl_prior_mc.add(log_q - log_prior)
@@ -214,21 +179,23 @@ def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk):
     out = {"recon": recon.mean()}
     prior = _prior(model, x) if q is not None else None
     kl_prior = analytic_kl(q, prior) if prior is not None else None
+    all_log_w = torch.cat(all_log_w)
     if kl_prior is not None:  # analytic KL: the ELBO's only noise is the reconstruction term's
         out.update(kl_prior=kl_prior, elbo=recon.mean() - kl_prior, elbo_stderr=recon.stderr())
+        if keep_draws:
+            out["elbo_draws"] = (torch.cat(all_log_lik).double() - kl_prior.double()).T
     else:
         out.update(kl_prior=kl_prior_mc.mean(), elbo=log_w.mean(), elbo_stderr=log_w.stderr())
+        if keep_draws:
+            out["elbo_draws"] = all_log_w.double().T
     out["kl_prior_analytic"] = kl_prior is not None
     if posterior is not None:
         kl_post = analytic_kl(q, posterior) if q is not None else None
         out["kl_exact_analytic"] = kl_post is not None
         out["kl_exact"] = kl_post if kl_post is not None else kl_post_mc.mean()
         out["kl_exact_stderr"] = torch.zeros_like(out["kl_exact"]) if kl_post is not None else kl_post_mc.stderr()
-    all_log_w = torch.cat(all_log_w)
-    weights = ImportanceAccumulator()
-    weights.add(all_log_w)  # the draws are all kept for k-hat, so the log-sum-exps run over them at once
-    out.update(log_px_iwae=weights.log_mean(), log_px_iwae_stderr=weights.stderr())
-    out["ess"] = weights.effective_sample_size()
+    iwae = importance_estimate(all_log_w)  # the draws are all kept for k-hat, so the estimate runs over them at once
+    out.update(log_px_iwae=iwae.log_mean, log_px_iwae_stderr=iwae.stderr, ess=iwae.ess)
     out["khat"] = pareto_khat(all_log_w)
     out["z_mean"] = z_mean.mean()
     return out
@@ -237,7 +204,8 @@ def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk):
 def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
              elbo_samples: int = 256, iw_samples: int = 1000, log_px_method: str | None = None,
              quadrature_points: int = 32, ais: AISSettings | None = None,
-             ais_index: torch.Tensor | None = None, progress: bool = False, desc: str = "evaluate") -> Evaluation:
+             ais_index: torch.Tensor | None = None, progress: bool = False, desc: str = "evaluate",
+             keep_draws: bool = False) -> Evaluation:
     r"""Evaluate ``guide`` against ``model`` on every row of ``x``, in nats per data point.
 
     Metrics (split averages; standard errors combine the per-point ones as
@@ -262,10 +230,19 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
       with a closed-form posterior, so the identity can be checked rather than assumed;
     - ``ess_mean``: Kish's effective sample size of the importance weights, averaged;
     - ``khat_mean``, ``khat_bad_share``: PSIS :math:`\hat k` of :math:`q` as an importance
-      proposal (see :func:`pareto_khat`), averaged, and the share of points above 0.7;
+      proposal (see :func:`~elbogap.inference.weights.pareto_khat`), averaged (:math:`+\infty`
+      where a point's weights have no tail fit), and the share of points above ``khat_threshold``
+      (:func:`~elbogap.inference.weights.khat_threshold` of ``khat_samples`` draws);
+      ``log_px_iwae_warning`` where some points are above it, since IWAE's standard error
+      cannot see a tail without finite variance;
     - ``active_units``: latent dimensions the data uses (see :func:`active_units`).
 
+    Standard errors are Monte Carlo errors with the points held fixed: the ELBO's from the
+    spread of its draws (float64 moments), IWAE's and AIS's from the spread of log-means over
+    groups of draws or chains (:func:`~elbogap.inference.weights.log_mean_exp_stderr`).
     ``progress`` shows a bar (with the time left) over the chunks of points and AIS's transitions.
+    ``keep_draws`` adds ``per_point["elbo_draws"]`` ``(points, draws)``, each draw's ELBO term,
+    for standard errors of differences between guides evaluated on common random numbers.
     """
     log_px_plan = plan(log_px_method, model)
     if elbo_samples < 1 or iw_samples < 1:
@@ -274,7 +251,7 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
         index = torch.arange(len(x), device=x.device)
     num_samples = max(elbo_samples, iw_samples if log_px_plan.uses_iw_draws else 0)
     with torch.inference_mode():
-        per_point, z_mean = _evaluate_q(model, guide, x, index, num_samples, progress, desc)
+        per_point, z_mean = _evaluate_q(model, guide, x, index, num_samples, progress, desc, keep_draws)
     settings = LogPxSettings(quadrature_points, ais, num_samples, progress)
     estimates = []
     for step in log_px_plan.steps:
@@ -304,18 +281,20 @@ def _estimate_on(method: LogPxMethod, rows: torch.Tensor | None, model, guide, x
                          estimate.info)
 
 
-def _evaluate_q(model, guide, x, index, num_samples, progress=False, desc="") -> tuple[dict, torch.Tensor]:
+def _evaluate_q(model, guide, x, index, num_samples, progress=False, desc="",
+                keep_draws=False) -> tuple[dict, torch.Tensor]:
     """Per-point ELBO, its terms, IWAE and diagnostics from ``num_samples`` draws of q, in chunks."""
     sample_chunk = min(num_samples, SAMPLE_CHUNK)
     point_chunk = max(1, ELEMENT_BUDGET // (sample_chunk * x.shape[1]))
     starts = range(0, len(x), point_chunk)
     chunks = [
-        _evaluate_chunk(model, guide, x[i:i + point_chunk], index[i:i + point_chunk], num_samples, sample_chunk)
+        _evaluate_chunk(model, guide, x[i:i + point_chunk], index[i:i + point_chunk], num_samples, sample_chunk,
+                        keep_draws)
         for i in tqdm(starts, desc=desc, unit="chunk", leave=False, disable=not progress or len(starts) < 2)
     ]
     z_mean = torch.cat([c.pop("z_mean") for c in chunks])
-    per_point = {key: torch.cat([torch.as_tensor(c[key]).expand(len(c["elbo"])) for c in chunks])
-                 for key in chunks[0]}
+    per_point = {key: torch.cat([torch.as_tensor(c[key]).expand(len(c["elbo"]), *torch.as_tensor(c[key]).shape[1:])
+                                 for c in chunks]) for key in chunks[0]}
     return per_point, z_mean
 
 
@@ -332,9 +311,27 @@ def active_units(z_mean: torch.Tensor, threshold: float = 0.01) -> int:
     return int((z_mean.double().var(0) > threshold).sum())
 
 
-def _combined_stderr(stderr: torch.Tensor) -> float:
-    stderr = stderr[~stderr.isnan()]
-    return float(stderr.pow(2).sum().sqrt() / max(len(stderr), 1))
+def _combined_stderr(stderr: torch.Tensor, rows: torch.Tensor | None = None) -> float:
+    """The standard error of a mean over ``rows`` (all where None) from per-point ones; NaN if any is NaN."""
+    stderr = (stderr if rows is None else stderr[rows]).double()
+    return float(stderr.pow(2).sum().sqrt() / len(stderr)) if len(stderr) else math.nan
+
+
+def _khat_summary(khat: torch.Tensor, num_samples: int) -> dict:
+    """k-hat's mean (+inf where any point has an unbounded tail), the share above the threshold, and a warning."""
+    threshold = khat_threshold(num_samples)
+    out = {"khat_threshold": threshold, "khat_samples": num_samples}
+    if khat.isnan().all():  # too few samples for a tail fit (fewer than 25): None, not NaN, in the JSON
+        return {**out, "khat_mean": None, "khat_bad_share": None}
+    khat = khat[~khat.isnan()].double()
+    bad = float((khat > threshold).double().mean())
+    out.update(khat_mean=float(khat.mean()), khat_bad_share=bad)
+    if bad > 0:
+        out["log_px_iwae_warning"] = (
+            f"k-hat of q's importance weights is above {threshold:.2f} (S = {num_samples}) on {100 * bad:.0f}% "
+            "of points: there the weights have no usable variance, IWAE's estimate may sit far below log p(x) "
+            "and its standard error understates its error")
+    return out
 
 
 def _summarize(per_point: dict, num_samples: int, estimates: list[tuple[LogPxMethod, LogPxEstimate]]) -> dict:
@@ -354,7 +351,7 @@ def _summarize(per_point: dict, num_samples: int, estimates: list[tuple[LogPxMet
         "kl_prior": mean("kl_prior"),
         "kl_prior_method": "analytic" if bool(per_point["kl_prior_analytic"].all()) else "mc",
         "log_px": mean("log_px", covered),
-        "log_px_stderr": _combined_stderr(per_point["log_px_stderr"]),
+        "log_px_stderr": _combined_stderr(per_point["log_px_stderr"], covered),
         "log_px_method": method.name,
         "log_px_guide_independent": method.guide_independent,
         "log_px_points": int(covered.sum()),
@@ -363,12 +360,10 @@ def _summarize(per_point: dict, num_samples: int, estimates: list[tuple[LogPxMet
         "log_px_iwae_stderr": _combined_stderr(per_point["log_px_iwae_stderr"]),
         "log_px_iwae_samples": num_samples,
         "kl_gap": mean("kl_gap", covered),
-        "kl_gap_stderr": math.hypot(_combined_stderr(per_point["elbo_stderr"][covered]),
-                                    _combined_stderr(per_point["log_px_stderr"])),
+        "kl_gap_stderr": math.hypot(_combined_stderr(per_point["elbo_stderr"], covered),
+                                    _combined_stderr(per_point["log_px_stderr"], covered)),
         "ess_mean": mean("ess"),
-        # too few samples for a tail fit (fewer than 25) leave k-hat undefined: None, not NaN, in the JSON
-        "khat_mean": None if per_point["khat"].isnan().all() else float(per_point["khat"].nanmean()),
-        "khat_bad_share": None if per_point["khat"].isnan().all() else float((per_point["khat"] > 0.7).double().mean()),
+        **_khat_summary(per_point["khat"], num_samples),
     }
     if subset:
         metrics["elbo_log_px_points"] = mean("elbo", covered)
@@ -376,7 +371,7 @@ def _summarize(per_point: dict, num_samples: int, estimates: list[tuple[LogPxMet
         metrics.update({key: value for key, value in estimate.info.items() if key != "samples"})
         if method.kept_as:
             metrics[method.kept_as] = mean(method.kept_as, covered)
-            metrics[f"{method.kept_as}_stderr"] = _combined_stderr(per_point[f"{method.kept_as}_stderr"])
+            metrics[f"{method.kept_as}_stderr"] = _combined_stderr(per_point[f"{method.kept_as}_stderr"], covered)
         if method.check:
             metrics.update(method.check(per_point, covered))
     if "kl_exact" in per_point:

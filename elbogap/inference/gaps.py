@@ -64,12 +64,12 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
     elbo_star and ``amort_gap`` = elbo_star - ELBO (so ``approx_gap + amort_gap = gap_kl``), with
     standard errors. ``guide`` must have parameters for these rows (``index``) if it is not
     amortized. Both ELBOs are estimated from the same random draws, so the noise of their
-    difference (the amortization gap) largely cancels; the reported standard errors ignore that
-    correlation and are conservative. ``log_px`` is a guide-independent per-point
-    :math:`\log p(x)` of these rows (exact, quadrature or AIS) where the caller has one; without
-    it, log p(x) is evaluated here as ``evaluate_options`` say, with :math:`q^*` as the proposal
-    where it is importance-weighted. ``refit_options`` go to :func:`optimal_guide`, the rest to
-    :func:`~elbogap.inference.evaluate`.
+    difference (the amortization gap) largely cancels; its standard error is that of the mean of
+    the paired per-draw differences, which holds whether or not the draws align. ``log_px`` is a
+    guide-independent per-point :math:`\log p(x)` of these rows (exact, quadrature or AIS) where
+    the caller has one; without it, log p(x) is evaluated here as ``evaluate_options`` say,
+    with :math:`q^*` as the proposal where it is importance-weighted. ``refit_options`` go to
+    :func:`optimal_guide`, the rest to :func:`~elbogap.inference.evaluate`.
     """
     if index is None:
         index = torch.arange(len(x), device=x.device)
@@ -83,9 +83,9 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
         evaluate_options = {**evaluate_options, "log_px_method": "iwae", "iw_samples": 1}
     with torch.random.fork_rng(devices=rng_devices(x)):  # common random numbers: the two ELBOs share their base draws
         streams.seeded("common_draws", seed)
-        amortized = evaluate(model, guide, x, index, **evaluate_options)
+        amortized = evaluate(model, guide, x, index, keep_draws=True, **evaluate_options)
         streams.seeded("common_draws", seed)
-        best = evaluate(model, star, x, index if star is guide else None, **evaluate_options)
+        best = evaluate(model, star, x, index if star is guide else None, keep_draws=True, **evaluate_options)
     if log_px is None:  # q* is the better proposal where log p(x) is importance-weighted
         log_px = KnownLogPx(best.per_point["log_px"], best.per_point["log_px_stderr"], best.metrics["log_px_method"])
     log_px, log_px_stderr, method = log_px
@@ -94,7 +94,8 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
     def stderr(*tensors):
         return math.sqrt(sum(float(t.pow(2).sum()) for t in tensors)) / len(x)
 
-    se = amortized.per_point["elbo_stderr"], best.per_point["elbo_stderr"], log_px_stderr
+    differences = best.per_point["elbo_draws"] - amortized.per_point["elbo_draws"]  # (points, draws), paired
+    paired = differences.std(1) / math.sqrt(differences.shape[1])  # NaN from a single draw
     return {
         "gap_points": len(x),
         "gap_log_px_method": method,
@@ -104,6 +105,6 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
         "gap_kl": float((log_px - elbo).double().mean()),
         "approx_gap": float((log_px - elbo_star).double().mean()),
         "amort_gap": float((elbo_star - elbo).double().mean()),
-        "approx_gap_stderr": stderr(se[1], se[2]),
-        "amort_gap_stderr": stderr(se[0], se[1]),
+        "approx_gap_stderr": stderr(best.per_point["elbo_stderr"], log_px_stderr),
+        "amort_gap_stderr": stderr(paired),
     }

@@ -8,7 +8,6 @@ per-point errors of shape ``(batch,)``. The setting ``--log-px`` takes a method'
 ``auto``; :func:`plan` turns it into data, the methods to run and on which rows.
 """
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,41 +116,6 @@ def quadrature_log_px(model, x: torch.Tensor, num_points: int = 32,
     half = log_p.reshape(num_points, num_points, batch)[::2, ::2].reshape(-1, batch)
     coarser = torch.logsumexp(half, 0) + (4 * area).log()
     return estimate, (estimate - coarser).abs()
-
-
-class ImportanceAccumulator:
-    r"""Running sums over importance log-weights :math:`\log w_k = \log p(x, z_k) - \log q(z_k \mid x)`.
-
-    Samples arrive in chunks; the estimate :math:`\log \frac1K \sum_k w_k` and its delta-method
-    standard error :math:`\sqrt{(K \sum w^2 / (\sum w)^2 - 1) / K}` are computed in log space.
-    """
-
-    def __init__(self):
-        self.count = 0
-        self.log_sum = None
-        self.log_sum_sq = None
-
-    def add(self, log_w: torch.Tensor) -> None:
-        """Add log-weights of shape ``(samples, batch)``."""
-        chunk_sum = torch.logsumexp(log_w, 0)
-        chunk_sq = torch.logsumexp(2 * log_w, 0)
-        if self.log_sum is None:
-            self.log_sum, self.log_sum_sq = chunk_sum, chunk_sq
-        else:
-            self.log_sum = torch.logaddexp(self.log_sum, chunk_sum)
-            self.log_sum_sq = torch.logaddexp(self.log_sum_sq, chunk_sq)
-        self.count += log_w.shape[0]
-
-    def log_mean(self) -> torch.Tensor:
-        return self.log_sum - math.log(self.count)
-
-    def stderr(self) -> torch.Tensor:
-        ratio = (self.log_sum_sq - 2 * self.log_sum + math.log(self.count)).exp()
-        return ((ratio - 1).clamp_min(0) / self.count).sqrt()
-
-    def effective_sample_size(self) -> torch.Tensor:
-        """Kish's :math:`(\\sum w)^2 / \\sum w^2` per point."""
-        return (2 * self.log_sum - self.log_sum_sq).exp()
 
 
 @dataclass(frozen=True)

@@ -165,12 +165,12 @@ def test_ais_from_q_refuses_a_guide_whose_density_has_no_inverse():
 
 
 def test_an_ais_run_too_short_for_its_model_is_flagged_against_iwae_from_the_exact_posterior():
-    """IWAE from the exact posterior is exact; AIS with 3 temperatures falls visibly below it and says so."""
+    """IWAE from the exact posterior is exact; AIS with 20 temperatures falls visibly below it and says so."""
     model = correlated_linear_model()
     x, _ = simulate(model, torch.zeros(1, 12, dtype=torch.float64), 40)
     guide = build_guide("exact", model, 40).double()
     short = evaluate(model, guide, x, elbo_samples=8, iw_samples=64, log_px_method="ais",
-                     ais=AISSettings(steps=3, chains=2, leapfrog_steps=1)).metrics
+                     ais=AISSettings(steps=20, chains=32, leapfrog_steps=1)).metrics
     assert short["iwae_above_ais"] > 3 * short["iwae_above_ais_stderr"] > 0
     assert "raise --ais-steps" in short["log_px_warning"]
     from elbogap.config import Config

@@ -3,7 +3,7 @@
 import torch
 
 from elbogap.inference.ais import AISSettings
-from elbogap.inference.bdmc import bdmc, sandwich, simulate
+from elbogap.inference.bdmc import bdmc, exact_draws, sandwich, simulate, summarize_sandwich
 from tests.inference.test_ais import correlated_linear_model
 
 
@@ -24,7 +24,8 @@ def test_the_sandwich_holds_the_exact_evidence_and_narrows_with_more_temperature
     widths = []
     for steps in (20, 80, 320):
         torch.manual_seed(steps)
-        result = bdmc(model, x, z, AISSettings(steps=steps, chains=16, leapfrog_steps=5))
+        # each reverse chain from its own exact draw: independent chains, a per-point error for the upper bound
+        result = bdmc(model, x, exact_draws(model, x, z, 16), AISSettings(steps=steps, chains=16, leapfrog_steps=5))
         # per point, within 4 standard errors over chains: lower <= exact <= upper
         assert bool((result.lower <= exact + 4 * result.lower_stderr + 1e-9).all())
         assert bool((result.upper >= exact - 4 * result.upper_stderr - 1e-9).all())
@@ -50,3 +51,22 @@ def test_the_sandwich_is_read_for_the_user():
     assert read_sandwich(-0.04, 0.05).startswith("the bounds meet within their standard errors")
     assert "up to 1.500 nats below" in read_sandwich(1.5, 0.05)
     assert "normalized density" in read_sandwich(-1.0, 0.05)
+
+
+def test_reverse_chains_sharing_one_start_give_no_per_point_error_and_the_summary_reads_the_spread_over_points():
+    model = correlated_linear_model(latent_dim=3, data_dim=5)
+    torch.manual_seed(1)
+    x, z = simulate(model, torch.zeros(1, 5, dtype=torch.float64), 8)
+    result = bdmc(model, x, z, AISSettings(steps=10, chains=4, leapfrog_steps=2))
+    assert bool(result.upper_stderr.isnan().all()) and bool(result.lower_stderr.isfinite().all())
+    summary = summarize_sandwich(result.lower, result.lower_stderr, result.upper, result.upper_stderr)
+    widths = (result.upper - result.lower).double()
+    assert abs(summary["width_stderr"] - float(widths.std() / 8**0.5)) < 1e-12
+    assert 0 <= summary["upper_stderr"] <= summary["width_stderr"]
+
+
+def test_one_simulated_point_has_no_width_error_and_says_so():
+    one = torch.tensor([-1.0], dtype=torch.float64)
+    summary = summarize_sandwich(one, torch.tensor([0.1]), one + 0.5, torch.tensor([float("nan")]))
+    assert summary["width"] == 0.5 and summary["width_stderr"] != summary["width_stderr"]  # NaN, never 0
+    assert "--bdmc 2" in summary["note"] and "no standard error" in summary["reading"]

@@ -87,7 +87,7 @@ def test_guide_without_encoder_layers_is_linear(linear_model):
 def test_batched_pareto_fit_gives_pyros_k_hat_for_every_point():
     from pyro.ops.stats import fit_generalized_pareto
 
-    from elbogap.inference.evaluation import generalized_pareto_khat
+    from elbogap.inference.weights import generalized_pareto_khat
 
     torch.manual_seed(0)
     exceedances = torch.distributions.Pareto(1.0, torch.linspace(0.8, 5.0, 20)).sample((90,)) - 1.0
