@@ -41,6 +41,29 @@ def known_linear_model(dtype=torch.float64) -> LinearGaussian:
     return LinearGaussian.from_params(weight, bias, 0.7).to(dtype)
 
 
+def wide_linear_model(latent_dim: int = 8, data_dim: int = 12, seed: int = 0) -> LinearGaussian:
+    """PPCA with a random W: a tilted posterior in more latent dimensions than a small encoder's features."""
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(data_dim, latent_dim, generator=generator, dtype=torch.float64)
+    return LinearGaussian.from_params(weight, torch.zeros(data_dim, dtype=torch.float64), 0.7).double()
+
+
+def low_rank_posterior_model(latent_dim: int = 8, rank: int = 1, seed: int = 0) -> LinearGaussian:
+    r"""PPCA whose posterior covariance is :math:`S = D + U U^\top` (low rank plus diagonal), so ``lowrank`` holds it.
+
+    :math:`\sigma^2 M^{-1} = S` where :math:`W^\top W = \sigma^2 (S^{-1} - I)`, which is positive
+    definite for the small ``D`` and ``U`` drawn here (every eigenvalue of :math:`S` below one).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    cov_diag = 0.05 + 0.1 * torch.rand(latent_dim, generator=generator, dtype=torch.float64)
+    cov_factor = 0.3 * torch.randn(latent_dim, rank, generator=generator, dtype=torch.float64)
+    covariance = torch.diag(cov_diag) + cov_factor @ cov_factor.T
+    sigma = 0.7
+    gram = sigma**2 * (torch.linalg.inv(covariance) - torch.eye(latent_dim, dtype=torch.float64))
+    weight = torch.linalg.cholesky(gram).T  # W^T W = gram
+    return LinearGaussian.from_params(weight, torch.zeros(latent_dim, dtype=torch.float64), sigma).double()
+
+
 @pytest.fixture
 def linear_model() -> LinearGaussian:
     return known_linear_model()

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import torch
 
 from elbogap.errors import UsageError
-from elbogap.guides.base import AmortizedGuide, Guide, GuideSettings
+from elbogap.guides.base import AmortizedGuide, Guide, GuideSettings, ParametricGuide
 from elbogap.guides.exact import ExactPosterior
 from elbogap.guides.flows import IAF, FlowGuide, Planar, Spline, Sylvester
 from elbogap.guides.gaussian import DiagonalNormal, FullNormal, LowRankNormal
@@ -27,8 +27,8 @@ GUIDES = {
     "exact": ExactPosterior,
 }
 
-__all__ = ["GUIDES", "AmortizedGuide", "FlowGuide", "Guide", "GuideSettings", "ProgramGuide", "build_guide", *(
-    cls.__name__ for cls in GUIDES.values())]
+__all__ = ["GUIDES", "AmortizedGuide", "FlowGuide", "Guide", "GuideSettings", "ParametricGuide", "ProgramGuide",
+           "build_guide", *(cls.__name__ for cls in GUIDES.values())]
 
 
 def build_guide(name: str, model, num_data: int, hidden_dims: Sequence[int] = (128,),

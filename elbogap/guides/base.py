@@ -46,6 +46,10 @@ class Guide(nn.Module):
     site_shape: torch.Size | None = None
     #: whether q's density can be evaluated at any z (contours in posteriors.png, AIS from q), not only at its draws.
     density_anywhere = True
+    #: whether the search for q* (:meth:`optimum_start`) ranges over every member of the family, so the
+    #: approximation gap is exact up to the optimizer; False where it ranges over a part of the family only
+    #: (the members an encoder's features reach), so the approximation gap is an upper bound.
+    exact_optimum = True
 
     @classmethod
     def build(cls, model, num_data: int, settings: GuideSettings) -> "Guide":
@@ -82,11 +86,19 @@ class Guide(nn.Module):
 class AmortizedGuide(Guide):
     """A guide whose parameters are outputs of an encoder MLP applied to ``x``.
 
+    Its q* frees the encoder's features per data point
+    (:class:`~elbogap.guides.pointwise.PointwiseGuide`), so it reaches only the members the heads
+    map some features onto: in general a part of the family (always where the heads have more
+    outputs than there are features), so the approximation gap is an upper bound. A family whose
+    heads output its own parameters derives from :class:`ParametricGuide` instead.
+
     :param int data_dim: dimension of one observation.
     :param int latent_dim: dimension of :math:`z`.
     :param hidden_dims: widths of the encoder's hidden layers; empty for a linear encoder.
     :param str activation: hidden activation.
     """
+
+    exact_optimum = False
 
     def __init__(self, data_dim: int, latent_dim: int, hidden_dims: Sequence[int] = (128,),
                  activation: str = "softplus"):
@@ -114,6 +126,35 @@ class AmortizedGuide(Guide):
     def head(self, width: int) -> nn.Linear:
         """A linear map from the encoder's features to ``width`` outputs."""
         return nn.Linear(self.feature_dim, width)
+
+
+class ParametricGuide(AmortizedGuide):
+    r"""An amortized family whose heads output the family's own parameters, e.g. a Gaussian's mean and scale factor.
+
+    :meth:`unconstrained` names the heads' outputs for the features :math:`h`, and
+    :meth:`from_unconstrained` builds :math:`q(z \mid x)` from them. Its q* frees these parameters
+    per data point (:class:`~elbogap.guides.pointwise.PointwiseParameters`), starting from the
+    heads' outputs, so every member of the family is reachable: the approximation gap is exact,
+    up to the optimizer.
+    """
+
+    exact_optimum = True
+
+    def optimum_start(self, x, index):
+        from elbogap.guides.pointwise import PointwiseParameters
+
+        return PointwiseParameters(self, x)
+
+    def unconstrained(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The family's unconstrained parameters for the features ``h``, by :meth:`from_unconstrained`'s names."""
+        raise NotImplementedError
+
+    def from_unconstrained(self, **params: torch.Tensor) -> dist.TorchDistribution:
+        """:math:`q(z \\mid x)` from the family's unconstrained parameters (batch shape their leading shape)."""
+        raise NotImplementedError
+
+    def from_features(self, h):
+        return self.from_unconstrained(**self.unconstrained(h))
 
 
 def positive(raw: torch.Tensor, floor: float = 1e-4) -> torch.Tensor:

@@ -5,15 +5,16 @@ from collections.abc import Sequence
 import pyro.distributions as dist
 import torch
 
-from elbogap.guides.base import AmortizedGuide, positive
+from elbogap.guides.base import ParametricGuide, positive
 
 
-class DiagonalNormal(AmortizedGuide):
+class DiagonalNormal(ParametricGuide):
     r"""Mean-field Gaussian :math:`q(z \mid x) = \mathcal{N}(\mu(x), \mathrm{diag}\,\sigma^2(x))`.
 
     The family the standard VAE uses [1]. Its best member for a Gaussian posterior
     :math:`\mathcal{N}(m, \Lambda^{-1})` matches the mean and the diagonal of the precision,
-    leaving the gap :math:`\tfrac12 (\sum_i \log \Lambda_{ii} - \log\det\Lambda)`.
+    leaving the gap :math:`\tfrac12 (\sum_i \log \Lambda_{ii} - \log\det\Lambda)`. Its own
+    parameters are :math:`\mu` and the unconstrained form of :math:`\sigma`; q* frees them per point.
 
     References:
 
@@ -25,15 +26,20 @@ class DiagonalNormal(AmortizedGuide):
         self.loc = self.head(latent_dim)
         self.scale = self.head(latent_dim)
 
-    def from_features(self, h):
-        return dist.Normal(self.loc(h), positive(self.scale(h))).to_event(1)
+    def unconstrained(self, h):
+        return {"loc": self.loc(h), "raw_scale": self.scale(h)}
+
+    def from_unconstrained(self, loc, raw_scale):
+        return dist.Normal(loc, positive(raw_scale)).to_event(1)
 
 
-class FullNormal(AmortizedGuide):
+class FullNormal(ParametricGuide):
     r"""Full-covariance Gaussian :math:`q(z \mid x) = \mathcal{N}(\mu(x), L(x) L(x)^\top)`.
 
     :math:`L(x)` is lower triangular with a positive diagonal (a Cholesky factor), so every
-    covariance is reachable.
+    covariance is a member. Its own parameters are :math:`\mu`, the unconstrained form of
+    :math:`L`'s diagonal and :math:`L`'s entries below it; q* frees them per point, so it reaches
+    every member: for a Gaussian posterior, the posterior itself.
     """
 
     def __init__(self, data_dim, latent_dim, hidden_dims=(128,), activation="softplus"):
@@ -45,14 +51,20 @@ class FullNormal(AmortizedGuide):
         self.register_buffer("cols", cols)
         self.off_diag = self.head(len(rows))
 
-    def from_features(self, h):
-        scale_tril = torch.diag_embed(positive(self.diag(h)))
-        scale_tril[..., self.rows, self.cols] = self.off_diag(h)
-        return dist.MultivariateNormal(self.loc(h), scale_tril=scale_tril)
+    def unconstrained(self, h):
+        return {"loc": self.loc(h), "raw_diag": self.diag(h), "off_diag": self.off_diag(h)}
+
+    def from_unconstrained(self, loc, raw_diag, off_diag):
+        scale_tril = torch.diag_embed(positive(raw_diag))
+        scale_tril[..., self.rows, self.cols] = off_diag
+        return dist.MultivariateNormal(loc, scale_tril=scale_tril)
 
 
-class LowRankNormal(AmortizedGuide):
+class LowRankNormal(ParametricGuide):
     r"""Low-rank-plus-diagonal Gaussian, :math:`\mathcal{N}(\mu(x), U(x) U(x)^\top + \mathrm{diag}\,d(x))`.
+
+    Its own parameters are :math:`\mu`, :math:`U` and the unconstrained form of :math:`d`; q*
+    frees them per point.
 
     :param int rank: number of columns of :math:`U(x)` (default 1).
     """
@@ -70,6 +82,9 @@ class LowRankNormal(AmortizedGuide):
         self.factor = self.head(latent_dim * rank)
         self.diag = self.head(latent_dim)
 
-    def from_features(self, h):
+    def unconstrained(self, h):
         factor = self.factor(h).reshape(h.shape[:-1] + (self.latent_dim, self.rank))
-        return dist.LowRankMultivariateNormal(self.loc(h), factor, positive(self.diag(h)))
+        return {"loc": self.loc(h), "cov_factor": factor, "raw_cov_diag": self.diag(h)}
+
+    def from_unconstrained(self, loc, cov_factor, raw_cov_diag):
+        return dist.LowRankMultivariateNormal(loc, cov_factor, positive(raw_cov_diag))

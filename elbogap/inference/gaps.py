@@ -62,7 +62,9 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
     Returns ``gap_points``, ``gap_log_px``, ``gap_elbo`` (of ``guide``), ``elbo_star`` (of
     :math:`q^*`), ``gap_kl`` (= log p(x) - ELBO on these points), ``approx_gap`` = log p(x) -
     elbo_star and ``amort_gap`` = elbo_star - ELBO (so ``approx_gap + amort_gap = gap_kl``), with
-    standard errors. ``guide`` must have parameters for these rows (``index``) if it is not
+    standard errors, and ``approx_gap_bound``: ``"exact"`` where q* ranges over the whole family,
+    ``"upper"`` where only over the members the encoder's features reach (flows, the mixture: see
+    :attr:`~elbogap.guides.Guide.exact_optimum`). ``guide`` must have parameters for these rows (``index``) if it is not
     amortized. Both ELBOs are estimated from the same random draws, so the noise of their
     difference (the amortization gap) largely cancels; its standard error is that of the mean of
     the paired per-draw differences, which holds whether or not the draws align. ``log_px`` is a
@@ -104,6 +106,7 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
         "elbo_star": float(elbo_star.double().mean()),
         "gap_kl": float((log_px - elbo).double().mean()),
         "approx_gap": float((log_px - elbo_star).double().mean()),
+        "approx_gap_bound": "exact" if guide.exact_optimum else "upper",
         "amort_gap": float((elbo_star - elbo).double().mean()),
         "approx_gap_stderr": stderr(best.per_point["elbo_stderr"], log_px_stderr),
         "amort_gap_stderr": stderr(paired),

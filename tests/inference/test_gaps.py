@@ -7,7 +7,22 @@ from elbogap.guides import build_guide
 from elbogap.guides.pointwise import PointwiseGuide
 from elbogap.inference import evaluate, train
 from elbogap.inference.gaps import gap_decomposition, optimal_guide
-from tests.conftest import diag_gap_closed_form, draw_linear_data, optimal_diag_guide
+from elbogap.inference.kl import analytic_kl
+from elbogap.inference.train import frozen, refit_guide
+from tests.conftest import (
+    diag_gap_closed_form,
+    draw_linear_data,
+    low_rank_posterior_model,
+    optimal_diag_guide,
+    wide_linear_model,
+)
+
+#: the refit of q* on the 8-d posteriors below: a larger first step and more particles than the default
+SHARP_REFIT = {"lr": 0.1, "num_particles": 64}
+#: what that refit leaves of the family's optimum, in nats per point. It stops once a window of 50 steps no
+#: longer beats the previous one beyond the noise of their means (not at a gradient tolerance), which left
+#: 1e-3 to 3.4e-3 over 14 refits (4 seeds of each family below, 2 of the 2-d full Gaussian); about 3x the worst.
+OPTIMIZATION_TOL = 1e-2
 
 
 @pytest.fixture
@@ -23,10 +38,10 @@ def briefly_trained(name, model, data):
 
 def test_q_star_of_the_full_gaussian_is_the_exact_posterior(linear_model, points):
     guide = briefly_trained("full", linear_model, draw_linear_data(linear_model, 300))
-    star = optimal_guide(linear_model, guide, points)
-    assert evaluate(linear_model, star, points).metrics["kl_exact"] < 2e-3  # analytic KL to p(z|x)
-    gaps = gap_decomposition(linear_model, guide, points, elbo_samples=2000)
-    assert gaps["approx_gap"] == pytest.approx(0.0, abs=4 * gaps["approx_gap_stderr"] + 2e-3)
+    star = optimal_guide(linear_model, guide, points, **SHARP_REFIT)
+    assert evaluate(linear_model, star, points).metrics["kl_exact"] < OPTIMIZATION_TOL  # analytic KL to p(z|x)
+    gaps = gap_decomposition(linear_model, guide, points, refit_options=SHARP_REFIT, elbo_samples=2000)
+    assert gaps["approx_gap"] == pytest.approx(0.0, abs=4 * gaps["approx_gap_stderr"] + OPTIMIZATION_TOL)
 
 
 def test_q_star_of_the_diagonal_gaussian_has_the_closed_form_gap(linear_model, points):
@@ -45,6 +60,56 @@ def test_amortization_gap_is_nonnegative_and_the_parts_add_up(name, linear_model
     gaps = gap_decomposition(linear_model, guide, points, elbo_samples=500)
     assert gaps["amort_gap"] > -4 * gaps["amort_gap_stderr"]
     assert gaps["approx_gap"] + gaps["amort_gap"] == pytest.approx(gaps["gap_kl"], abs=1e-9)
+    assert gaps["approx_gap_bound"] == ("exact" if name in ("diag", "full") else "upper")
+
+
+def exact_kl(model, guide, x) -> float:
+    r""":math:`\mathrm{KL}(q \,\|\, p(z \mid x))` in closed form, averaged over the rows of ``x``."""
+    with torch.no_grad():
+        return float(analytic_kl(guide.distribution(x), model.posterior(x)).mean())
+
+
+#: a model per Gaussian family, and the family's smallest KL to that model's posterior (the same at every x)
+BEST_MEMBERS = {
+    "full": (wide_linear_model, lambda model: 0.0),  # the posterior is a member
+    "diag": (wide_linear_model, diag_gap_closed_form),
+    "lowrank": (lambda: low_rank_posterior_model(rank=2), lambda model: 0.0),  # a member too: rank 2 plus diagonal
+}
+
+
+@pytest.mark.parametrize("name", list(BEST_MEMBERS))
+def test_q_star_of_a_gaussian_is_the_familys_best_member_beyond_the_features_width(name):
+    """Latent 8 and 4 features: free features leave tens of nats; the family's own parameters reach its optimum."""
+    make_model, best_kl = BEST_MEMBERS[name]
+    model = make_model()
+    x = draw_linear_data(model, 10)
+    guide = build_guide(name, model, len(x), hidden_dims=(4,), rank=2).double()
+    star = optimal_guide(model, guide, x, **SHARP_REFIT)
+    best = best_kl(model)
+    assert best - 1e-9 <= exact_kl(model, star, x) < best + OPTIMIZATION_TOL  # a minimum: only optimization is left
+
+
+def test_q_star_of_the_low_rank_gaussian_beats_the_free_features_and_the_diagonal_optimum():
+    """A rank-1 factor on a posterior that is not low rank plus diagonal: no closed form, but two bounds."""
+    model = wide_linear_model()
+    x = draw_linear_data(model, 10)
+    guide = build_guide("lowrank", model, len(x), hidden_dims=(4,)).double()
+    star = optimal_guide(model, guide, x, **SHARP_REFIT)
+    features = PointwiseGuide(guide, x)
+    with frozen(guide):
+        refit_guide(model, features, x, **SHARP_REFIT)
+    fitted = exact_kl(model, star, x)
+    assert fitted < exact_kl(model, features, x) + OPTIMIZATION_TOL
+    assert fitted < diag_gap_closed_form(model)  # a diagonal Gaussian is a low-rank one with U = 0
+
+
+def test_approximation_gap_of_the_full_gaussian_is_exact_beyond_the_features_width():
+    model = wide_linear_model()
+    x = draw_linear_data(model, 10)
+    guide = build_guide("full", model, len(x), hidden_dims=(4,)).double()
+    gaps = gap_decomposition(model, guide, x, refit_options=SHARP_REFIT, elbo_samples=2000)
+    assert gaps["approx_gap_bound"] == "exact"
+    assert gaps["approx_gap"] == pytest.approx(0.0, abs=4 * gaps["approx_gap_stderr"] + OPTIMIZATION_TOL)
 
 
 def test_pointwise_guide_starts_at_the_encoders_output_and_keeps_it_fixed(linear_model, points):
