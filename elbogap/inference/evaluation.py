@@ -233,7 +233,7 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
       proposal (see :func:`~elbogap.inference.weights.pareto_khat`), averaged (:math:`+\infty`
       where a point's weights have no tail fit), and the share of points above ``khat_threshold``
       (:func:`~elbogap.inference.weights.khat_threshold` of ``khat_samples`` draws);
-      ``log_px_iwae_warning`` where some points are above it, since IWAE's standard error
+      ``log_px_iwae_note`` where some points are above it, since IWAE's standard error
       cannot see a tail without finite variance;
     - ``active_units``: latent dimensions the data uses (see :func:`active_units`).
 
@@ -327,7 +327,7 @@ def _khat_summary(khat: torch.Tensor, num_samples: int) -> dict:
     bad = float((khat > threshold).double().mean())
     out.update(khat_mean=float(khat.mean()), khat_bad_share=bad)
     if bad > 0:
-        out["log_px_iwae_warning"] = (
+        out["log_px_iwae_note"] = (
             f"k-hat of q's importance weights is above {threshold:.2f} (S = {num_samples}) on {100 * bad:.0f}% "
             "of points: there the weights have no usable variance, IWAE's estimate may sit far below log p(x) "
             "and its standard error understates its error")

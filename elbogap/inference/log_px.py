@@ -178,7 +178,10 @@ def _ais(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPx
     run = {**ais.to_dict(), "points": len(x), "seconds": time.perf_counter() - started,
            "acceptance": result.acceptance.tolist(),
            "step_sizes": result.step_sizes.double().log().mean(1).exp().tolist()}
-    return LogPxEstimate(result.log_px, result.stderr, {"samples": ais.chains, "ais": run})
+    info = {"samples": ais.chains, "ais": run}
+    if ais.chains < 2:
+        info["log_px_note"] = "AIS with one chain has no standard error (shown as NaN): use --ais-chains 2 or more"
+    return LogPxEstimate(result.log_px, result.stderr, info)
 
 
 def ais_against_iwae(per_point: dict, rows: torch.Tensor, threshold: float = 3.0) -> dict:

@@ -127,3 +127,26 @@ def test_a_guide_program_whose_model_does_not_broadcast_over_draws_is_evaluated_
     assert metrics["log_px_iwae"] == pytest.approx(exact, abs=1e-6)
     assert metrics["elbo"] == pytest.approx(exact, abs=1e-6)
     assert 320 in calls and len(calls) < 32  # 32 draws of 10 points as one batch of rows, not one call per draw
+
+
+def test_a_guide_far_too_narrow_gets_a_khat_note_beside_iwae(linear_model, linear_data):
+    """Weights with no usable variance: k-hat above the sample-size threshold on most points, and IWAE says so."""
+    torch.manual_seed(0)
+    guide = optimal_diag_guide(linear_model, scale_factor=0.2)
+    metrics = evaluate(linear_model, guide, linear_data[:20], elbo_samples=8, iw_samples=1000,
+                       log_px_method="iwae").metrics
+    assert metrics["khat_samples"] == 1000 and metrics["khat_threshold"] == pytest.approx(2 / 3)
+    assert metrics["khat_bad_share"] > 0.5
+    assert "standard error understates" in metrics["log_px_iwae_note"]
+    wide = evaluate(linear_model, guide_for("exact", linear_model), linear_data[:20], elbo_samples=8,
+                    iw_samples=1000, log_px_method="iwae").metrics
+    assert wide["khat_bad_share"] == 0 and "log_px_iwae_note" not in wide
+
+
+def test_ais_with_one_chain_reports_no_standard_error_and_says_why(linear_model, linear_data):
+    from elbogap.inference.ais import AISSettings
+
+    metrics = evaluate(linear_model, guide_for("diag", linear_model), linear_data[:4], elbo_samples=8, iw_samples=8,
+                       log_px_method="ais", ais=AISSettings(steps=5, chains=1, leapfrog_steps=1)).metrics
+    assert metrics["log_px_stderr"] != metrics["log_px_stderr"]  # NaN, never 0
+    assert "--ais-chains 2" in metrics["log_px_note"]
