@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from elbogap.describe import model_text
@@ -46,7 +47,8 @@ def points_cell(metrics: dict, count: str) -> str:
     return str(covered) if covered == metrics["num_points"] else f"{covered} of {metrics['num_points']}"
 
 
-def table(runs: list[dict], split: str, columns=None, count: str = "log_px_points") -> list[str]:
+def table(runs: list[dict], split: str, columns: list[tuple[str, str]] | None = None,
+          count: str = "log_px_points") -> list[str]:
     """A Markdown table, one row per guide: the points (``count``), then each column as mean ± error."""
     splits = [on_log_px_points(run[split]) for run in runs]
     columns = columns if columns is not None else main_columns(splits)
@@ -65,13 +67,13 @@ def seed_counts(runs: list[dict]) -> set[int]:
     return {sum(run["guide"] == guide for run in runs) for guide in {run["guide"] for run in runs}}
 
 
-def gap_notes(runs: list[dict], splits=("test", "train")) -> list[str]:
+def gap_notes(runs: list[dict], splits: Sequence[str] = ("test", "train")) -> list[str]:
     """A line per run and split whose approximation gap lies below -2 standard errors, and why it may."""
     return [f"- {run['guide']} seed {run['seed']}, {split}: {note}" for run in runs for split in splits
             if split in run and (note := approx_gap_note(run[split]))]
 
 
-def gap_section(runs: list[dict], splits=("test", "train")) -> list[str]:
+def gap_section(runs: list[dict], splits: Sequence[str] = ("test", "train")) -> list[str]:
     """The approximation/amortization tables with their errors, the bound marker's meaning and the notes."""
     lines = []
     skipped = {run["guide"]: run[split]["gap_split"] for run in runs for split in splits if "gap_split" in run[split]}

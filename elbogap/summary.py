@@ -16,6 +16,7 @@ mean over :math:`n` seeds, :math:`\sqrt{\sum_i s_i^2} / n`.
 
 import math
 import statistics
+from collections.abc import Iterable
 
 #: log p(x), the ELBO on the points it covers and the KL gap: log_px - elbo_log_px_points = kl_gap
 SAME_POINTS = ("log_px", "elbo_log_px_points", "kl_gap")
@@ -78,14 +79,14 @@ def cell(stats: dict | None, marker: str = "") -> str:
     return text
 
 
-def plus_minus(seed_counts) -> str:
+def plus_minus(seed_counts: Iterable[int]) -> str:
     """What the ± of a table means, for a table whose rows have these numbers of seeds."""
     counts = set(seed_counts)
-    one = "with one seed, ± is the Monte-Carlo standard error of the split mean within the run"
+    one = ("with one seed, ± is the Monte-Carlo standard error of the split mean within the run (none where a cell "
+           "has no ±)")
     several = ("with several seeds, ± is the standard deviation of the per-seed values and (s.e.) the "
-               "Monte-Carlo standard error of their mean, √(Σ s²)/n")
-    meanings = ([one] if 1 in counts else []) + ([several] if counts - {1} else [])
-    text = "; ".join(meanings) + "; a cell without ± has no standard error."
+               "Monte-Carlo standard error of their mean, √(Σ s²)/n (none where a cell has no s.e.)")
+    text = "; ".join(([one] if 1 in counts else []) + ([several] if counts - {1} else [])) + "."
     return text[0].upper() + text[1:]
 
 
@@ -115,7 +116,8 @@ def bound_markers(splits: list[dict]) -> dict[str, str]:
     return {}
 
 
-def rows(runs: list[dict], split: str, keys, counts=("num_points", "log_px_points", "gap_points")) -> list[dict]:
+def rows(runs: list[dict], split: str, keys: Iterable[str],
+         counts: Iterable[str] = ("num_points", "log_px_points", "gap_points")) -> list[dict]:
     """One row per guide over its finished runs: for each of ``keys`` the mean over seeds, with
     ``KEY_seed_sd`` and ``KEY_mc_stderr`` where they exist; the point ``counts`` of the first seed,
     the log p(x) method, and the note on the approximation gap of the mean (see :func:`approx_gap_note`)."""
