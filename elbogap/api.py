@@ -19,7 +19,6 @@ and can be reloaded only in the process that registered them).
 """
 
 import json
-import statistics
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from elbogap import streams
 from elbogap.config import Config
 from elbogap.errors import UsageError
 from elbogap.report import markdown
+from elbogap.summary import rows
 from elbogap.user_model import register_object
 
 
@@ -74,28 +74,28 @@ class Comparison:
     def table(self, split: str | None = None) -> list[dict]:
         """One row per guide: means over seeds of the split's main numbers, the highest ELBO first.
 
-        ``split`` is ``"test"`` or ``"train"`` for a per-point model (default ``"test"``); a model
-        with global latents has one, ``"data"`` (the whole data set: ``log_evidence``, ``elbo``,
-        ``kl_gap`` and its Monte-Carlo ``kl_gap_stderr``, per point beside them, q's importance
-        estimate and k-hat). ``pandas.DataFrame(result.table())`` turns it into a data frame.
+        ``split`` is ``"test"`` or ``"train"`` for a per-point model (default ``"test"``). A row
+        can be subtracted within itself: ``log_px``, ``elbo_log_px_points`` (the ELBO on the
+        same points) and ``kl_gap`` cover ``log_px_points`` points; ``elbo``, ``log_px_iwae``,
+        ``recon`` and ``kl_prior`` cover all ``num_points`` evaluated points; the gap split
+        (``gap_log_px``, ``gap_elbo``, ``elbo_star``, ``gap_kl``, ``approx_gap``, ``amort_gap``)
+        covers ``gap_points``, with ``approx_gap_bound`` where known and ``approx_gap_note`` where
+        the approximation gap lies below -2 standard errors. Beside each number ``KEY``:
+        ``KEY_mc_stderr``, the Monte-Carlo standard error of the mean over seeds, and with two
+        seeds or more ``KEY_seed_sd``, the standard deviation of the per-seed values.
+
+        A model with global latents has one split, ``"data"`` (the whole data set:
+        ``log_evidence``, ``elbo``, ``kl_gap`` and its Monte-Carlo ``kl_gap_stderr``, per point
+        beside them, q's importance estimate and k-hat). ``pandas.DataFrame(result.table())``
+        turns it into a data frame.
         """
-        finished = [run for run in self.runs if "failed" not in run]
-        global_study = bool(finished) and finished[0].get("kind") == "global"
+        from elbogap.report import GLOBAL_SUMMARY_KEYS, SUMMARY_KEYS, finished
+
+        runs = finished(self.runs)
+        global_study = bool(runs) and runs[0].get("kind") == "global"
         split = split or ("data" if global_study else "test")
-        keys = (("log_evidence", "log_evidence_stderr", "elbo", "elbo_stderr", "kl_gap", "kl_gap_stderr",
-                 "kl_gap_per_point", "log_evidence_q", "khat", "ess") if global_study else
-                ("log_px", "elbo", "recon", "kl_prior", "kl_gap", "approx_gap", "amort_gap", "log_px_iwae"))
-        rows = []
-        for guide in dict.fromkeys(run["guide"] for run in finished):
-            mine = [run[split] for run in finished if run["guide"] == guide]
-            row = {"guide": guide, "seeds": len(mine)}
-            for key in keys:
-                values = [m[key] for m in mine if m.get(key) is not None]
-                if values:
-                    row[key] = statistics.fmean(values)
-            row["log_px_method"] = mine[0].get("log_px_method", mine[0].get("log_evidence_method"))
-            rows.append(row)
-        return sorted(rows, key=lambda row: -row["elbo"])
+        table = rows(runs, split, GLOBAL_SUMMARY_KEYS if global_study else SUMMARY_KEYS)
+        return sorted(table, key=lambda row: -row["elbo"])
 
     def load(self, guide: str, seed: int | None = None):
         """The trained ``(model, guide, data)`` of one run, by the guide's name in the table (first seed by default)."""

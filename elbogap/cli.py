@@ -155,8 +155,9 @@ def run_evaluate(args) -> int:
 
     from elbogap.factory import fit_family
     from elbogap.protocols import protocol_for
-    from elbogap.report import table
+    from elbogap.report import gap_notes, gap_section, table
     from elbogap.runs import load_run
+    from elbogap.summary import plus_minus
 
     config, data, model, guide, state = load_run(args.run_dir, getattr(args, "device", None))
     trained_with = state["guide_name"]
@@ -194,12 +195,35 @@ def run_evaluate(args) -> int:
                 "log_evidence_q", "khat", "evidence_warning")
         print(json.dumps({"data": {k: metrics["data"][k] for k in keys if k in metrics["data"]}}))
         return 0
+    splits = [split for split in ("test", "train") if split in metrics]
     if not args.quiet:
-        for split in ("test", "train"):
-            print(f"## {split}\n" + "\n".join(table([record], split)) + "\n")
-    keys = ("log_px", "elbo", "kl_gap", "approx_gap", "amort_gap", "log_px_method", "log_px_warning")
-    print(json.dumps({split: {k: metrics[split][k] for k in keys if k in metrics[split]} for split in metrics}))
+        for split in splits:
+            print(f"## {split}\n" + "\n".join(table([record], split)) + f"\n\n{plus_minus([1])}\n")
+        if any("approx_gap" in metrics[split] for split in splits):
+            print("## approximation vs amortization\n\n" + "\n".join(gap_section([record], splits)))
+    else:
+        for note in gap_notes([record], splits):
+            print(f"elbogap: {note.removeprefix('- ')}", file=sys.stderr)
+    print(json.dumps({split: evaluation_line(metrics[split]) for split in splits}))
     return 0
+
+
+#: what ``elbogap evaluate`` prints as JSON per split: the same points side by side, the gap split with its errors
+EVALUATION_KEYS = ("log_px_points", "log_px", "log_px_stderr", "elbo_log_px_points", "kl_gap", "kl_gap_stderr",
+                   "num_points", "elbo", "elbo_stderr", "log_px_iwae", "gap_points", "approx_gap",
+                   "approx_gap_stderr", "amort_gap", "amort_gap_stderr", "approx_gap_bound", "log_px_method",
+                   "log_px_warning")
+
+
+def evaluation_line(metrics: dict) -> dict:
+    """A split's numbers for ``elbogap evaluate``'s JSON line, with the note on its approximation gap if any."""
+    from elbogap.summary import approx_gap_note, on_log_px_points
+
+    metrics = on_log_px_points(metrics)
+    line = {key: metrics[key] for key in EVALUATION_KEYS if key in metrics}
+    if note := approx_gap_note(metrics):
+        line["approx_gap_note"] = note
+    return line
 
 
 def run_plot(args) -> int:

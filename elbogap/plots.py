@@ -109,26 +109,54 @@ def plot_gap_over_training(results: dict, path: Path) -> Path:
     return save(fig, path)
 
 
+def _error_bar(stats: dict) -> float:
+    """A bar's error: the spread over seeds where there are several, else the run's Monte-Carlo standard error."""
+    return stats.get("seed_sd", stats.get("mc_stderr", 0.0))
+
+
 def plot_gaps(results: dict, path: Path) -> Path:
-    """KL gap per guide, train and test: mean over seeds with the spread, and each seed as a dot."""
+    """KL gap per guide, train and test, and where q* was refit its approximation and amortization gaps (test).
+
+    Bars: the mean over seeds ± the standard deviation over seeds, or ± the Monte-Carlo standard
+    error with one seed; dots: each seed. A ``≤`` before a guide's name: its approximation gap
+    is an upper bound (and its amortization gap a lower bound).
+    """
+    from elbogap.summary import bound_markers, over_seeds
+
     groups = _by_guide(results["runs"])
-    fig, axis = plt.subplots(figsize=(1.3 * len(groups) + 3, 4))
+    split_gaps = any("approx_gap" in run["test"] for run in results["runs"])
+    fig, axes = plt.subplots(1, 2 if split_gaps else 1, figsize=((2.6 if split_gaps else 1.3) * len(groups) + 4, 4),
+                             squeeze=False)
     width = 0.38
-    for offset, split in ((-width / 2, "train"), (width / 2, "test")):
-        for i, runs in enumerate(groups.values()):
-            gaps = torch.tensor([run[split]["kl_gap"] for run in runs], dtype=torch.float64)
-            spread = float(gaps.std()) if len(gaps) > 1 else 0.0
-            axis.bar(i + offset, float(gaps.mean()), width, yerr=spread, capsize=3,
-                     color="tab:blue" if split == "train" else "tab:orange",
-                     label=split if i == 0 else None, alpha=0.8)
-            axis.plot([i + offset] * len(gaps), gaps.numpy(), "k.", ms=4)
-    axis.set_xticks(range(len(groups)), list(groups))
+    panels = [[("train", "kl_gap", "train"), ("test", "kl_gap", "test")],
+              [("test", "approx_gap", "approximation gap"), ("test", "amort_gap", "amortization gap")]]
+    for column, bars in enumerate(panels[:axes.shape[1]]):
+        axis = axes[0, column]
+        for offset, (split, key, label), color in zip((-width / 2, width / 2), bars, ("tab:blue", "tab:orange"),
+                                                      strict=True):
+            for i, runs in enumerate(groups.values()):
+                stats = over_seeds([run[split] for run in runs], key)
+                if stats is None:
+                    continue
+                axis.bar(i + offset, stats["mean"], width, yerr=_error_bar(stats), capsize=3, color=color, alpha=0.8,
+                         label=label if i == 0 else None)
+                axis.plot([i + offset] * len(runs), [run[split][key] for run in runs], "k.", ms=4)
+        names = [("≤ " if column and bound_markers([run["test"] for run in runs]) else "") + guide
+                 for guide, runs in groups.items()]
+        axis.set_xticks(range(len(groups)), names)
+        axis.axhline(0.0, color="k", lw=0.6)
+        axis.legend(fontsize=8)
+        axis.grid(axis="y", alpha=0.3)
     test = results["runs"][0]["test"]
     method = test["log_px_method"] + ("" if test.get("log_px_guide_independent", True) else ", guide-dependent")
-    axis.set(ylabel="KL gap = log p(x) - ELBO (nats)",
-             title=f"KL(q(z|x) || p(z|x)) per family\n(log p(x) by {method}; bars: mean ± sd over seeds, dots: seeds)")
-    axis.legend()
-    axis.grid(axis="y", alpha=0.3)
+    several = max(len(runs) for runs in groups.values()) > 1
+    error = "sd over seeds" if several else "Monte-Carlo s.e."
+    axes[0, 0].set(ylabel="KL gap = log p(x) - ELBO (nats)",
+                   title=f"KL(q(z|x) || p(z|x)) per family\n(log p(x) by {method}; bars: mean ± {error}, dots: seeds)")
+    if split_gaps:
+        axes[0, 1].set(ylabel="nats (test gap points)",
+                       title="approximation gap log p(x) - L[q*], amortization gap L[q*] - L[q]\n"
+                             f"(bars: mean ± {error}; ≤: an upper bound on the approximation gap)")
     return save(fig, path)
 
 

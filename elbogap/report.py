@@ -3,39 +3,93 @@
 import csv
 import io
 import json
-import statistics
+from collections.abc import Sequence
 from pathlib import Path
 
+from elbogap.describe import model_text
 from elbogap.global_latents.report import csv_rows as global_csv_rows
 from elbogap.global_latents.report import is_global_study
 from elbogap.global_latents.report import markdown_sections as global_sections
 from elbogap.inference.log_px import METHODS
+from elbogap.summary import (
+    approx_gap_note,
+    bound_markers,
+    cell,
+    on_log_px_points,
+    over_seeds,
+    plus_minus,
+    rows,
+)
 
-COLUMNS = [("log_px", "log p(x)"), ("elbo", "ELBO"), ("recon", "recon"),
-           ("kl_prior", "KL to prior"), ("kl_gap", "KL gap"), ("log_px_iwae", "IWAE log p(x)")]
-
-def mean_spread(values: list[float]) -> str:
-    """``mean ± standard deviation over seeds`` (the mean alone for one seed)."""
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
-GAP_COLUMNS = [("gap_kl", "KL gap"), ("approx_gap", "approximation gap"), ("amort_gap", "amortization gap"),
-               ("elbo_star", "ELBO of q*")]
+GAP_COLUMNS = [("gap_log_px", "log p(x)"), ("gap_elbo", "ELBO of q"), ("elbo_star", "ELBO of q*"),
+               ("gap_kl", "KL gap"), ("approx_gap", "approximation gap"), ("amort_gap", "amortization gap")]
 DIAGNOSTIC_COLUMNS = [("khat_mean", "mean k-hat"), ("khat_bad_share", "share k-hat > 0.7"),
                       ("ess_mean", "mean ESS"), ("active_units", "active units")]
 
 
-def table(runs: list[dict], split: str, columns=COLUMNS) -> list[str]:
-    guides = list(dict.fromkeys(run["guide"] for run in runs))
-    lines = ["| guide | " + " | ".join(title for _, title in columns) + " | seeds |",
-             "|---" * (len(columns) + 2) + "|"]
-    for guide in guides:
-        mine = [run[split] for run in runs if run["guide"] == guide]
-        cells = [mean_spread([m[key] for m in mine]) if all(m.get(key) is not None for m in mine) else "–"
-                 for key, _ in columns]
-        lines.append(f"| {guide} | " + " | ".join(cells) + f" | {len(mine)} |")
+def main_columns(splits: list[dict]) -> list[tuple[str, str]]:
+    """The main table's columns: log p(x), the ELBO on its points and the KL gap first, so that
+    log p(x) - ELBO = KL gap within a row; where log p(x) covers only some points (AIS's subset),
+    the whole split's ELBO, IWAE and terms follow as columns named for the points they cover."""
+    if all(metrics.get("log_px_points", metrics["num_points"]) == metrics["num_points"] for metrics in splits):
+        return [("log_px", "log p(x)"), ("elbo", "ELBO"), ("kl_gap", "KL gap"), ("log_px_iwae", "IWAE log p(x)"),
+                ("recon", "recon"), ("kl_prior", "KL to prior")]
+    counts = {metrics["num_points"] for metrics in splits}
+    every = f"all {counts.pop()} points" if len(counts) == 1 else "all evaluated points"
+    return [("log_px", "log p(x)"), ("elbo_log_px_points", "ELBO"), ("kl_gap", "KL gap"),
+            ("elbo", f"ELBO, {every}"), ("log_px_iwae", f"IWAE log p(x), {every}"), ("recon", f"recon, {every}"),
+            ("kl_prior", f"KL to prior, {every}")]
+
+
+def points_cell(metrics: dict, count: str) -> str:
+    """The points a row's first columns cover: ``count`` of the split's evaluated points."""
+    covered = metrics.get(count, metrics["num_points"])
+    return str(covered) if covered == metrics["num_points"] else f"{covered} of {metrics['num_points']}"
+
+
+def table(runs: list[dict], split: str, columns: list[tuple[str, str]] | None = None,
+          count: str = "log_px_points") -> list[str]:
+    """A Markdown table, one row per guide: the points (``count``), then each column as mean ± error."""
+    splits = [on_log_px_points(run[split]) for run in runs]
+    columns = columns if columns is not None else main_columns(splits)
+    lines = ["| guide | points | " + " | ".join(title for _, title in columns) + " | seeds |",
+             "|---" * (len(columns) + 3) + "|"]
+    for guide in dict.fromkeys(run["guide"] for run in runs):
+        mine = [metrics for run, metrics in zip(runs, splits, strict=True) if run["guide"] == guide]
+        markers = bound_markers(mine)
+        cells = [cell(over_seeds(mine, key), markers.get(key, "")) for key, _ in columns]
+        lines.append(f"| {guide} | {points_cell(mine[0], count)} | " + " | ".join(cells) + f" | {len(mine)} |")
+    return lines
+
+
+def seed_counts(runs: list[dict]) -> set[int]:
+    """How many seeds the rows of a table over ``runs`` average: one count per guide."""
+    return {sum(run["guide"] == guide for run in runs) for guide in {run["guide"] for run in runs}}
+
+
+def gap_notes(runs: list[dict], splits: Sequence[str] = ("test", "train")) -> list[str]:
+    """A line per run and split whose approximation gap lies below -2 standard errors, and why it may."""
+    return [f"- {run['guide']} seed {run['seed']}, {split}: {note}" for run in runs for split in splits
+            if split in run and (note := approx_gap_note(run[split]))]
+
+
+def gap_section(runs: list[dict], splits: Sequence[str] = ("test", "train")) -> list[str]:
+    """The approximation/amortization tables with their errors, the bound marker's meaning and the notes."""
+    lines = []
+    skipped = {run["guide"]: run[split]["gap_split"] for run in runs for split in splits if "gap_split" in run[split]}
+    runs = [run for run in runs if run["guide"] not in skipped]
+    for split in splits:
+        lines += [f"### {split}", "", *table(runs, split, GAP_COLUMNS, count="gap_points"), ""]
+    lines += [f"- {guide}: {reason}." for guide, reason in skipped.items()] + ([""] if skipped else [])
+    lines += [f"log p(x) - ELBO of q = KL gap = approximation + amortization gap. {plus_minus(seed_counts(runs))}",
+              ""]
+    if any(bound_markers([run[split] for split in splits]) for run in runs):
+        lines += ["≤ / ≥: for this family q* is searched through the encoder's features, which may not reach its "
+                  "best member for each point: the approximation gap is an upper bound and the amortization gap "
+                  "a lower bound.", ""]
+    notes = gap_notes(runs, splits)
+    if notes:
+        lines += ["Approximation gaps below zero (a KL divergence cannot be negative):", "", *notes, ""]
     return lines
 
 
@@ -44,8 +98,8 @@ def describe_log_px(split_metrics: dict) -> str:
     text = METHODS[split_metrics["log_px_method"]].describe(split_metrics)
     if split_metrics.get("log_px_points", split_metrics["num_points"]) < split_metrics["num_points"]:
         text += (f", on {split_metrics['log_px_points']} of the split's {split_metrics['num_points']} points "
-                 f"(the gap points among them); the KL gap is computed on those points, where the ELBO is "
-                 f"{split_metrics['elbo_log_px_points']:.3f}, and the IWAE column covers every point")
+                 "(the gap points among them); the ELBO and the KL gap beside it are on those points too, and "
+                 "the columns named \"all ... points\" cover every evaluated point")
     return text
 
 
@@ -64,8 +118,11 @@ def describe_methods(runs: list[dict], config: dict) -> list[str]:
         f"the KL to the prior is analytic where the family allows, Monte Carlo otherwise; "
         f"largest standard error of a split mean: {worst_elbo:.2g} nats.",
         "- KL gap = log p(x) - ELBO = KL(q(z|x) || p(z|x)), the price of the approximate posterior.",
-        "- Each cell: mean ± standard deviation over seeds, in nats per data point; higher log p(x) "
-        "and ELBO are better, smaller gaps are better.",
+        "- Each cell: the mean over seeds, in nats per data point; higher log p(x) and ELBO are better, smaller "
+        "gaps are better. With one seed, ± is the Monte-Carlo standard error of the split mean within the run; "
+        "with several, ± is the standard deviation of the per-seed values (Monte-Carlo noise and what the seed "
+        "changes) and (s.e.) the Monte-Carlo standard error of their mean. results.json's `summary` keeps both "
+        "(`KEY_seed_sd`, `KEY_mc_stderr`).",
     ]
     widths = [f"{run['guide']} seed {run['seed']}: {run['bdmc']['width']:.3f}" for run in runs if "bdmc" in run]
     if widths:
@@ -80,6 +137,14 @@ def describe_methods(runs: list[dict], config: dict) -> list[str]:
                      f"{min(acceptance):.2f}-{max(acceptance):.2f}. `elbogap evaluate RUN_DIR --bdmc N` measures "
                      "the error bar of these settings (the BDMC sandwich width).")
     return lines
+
+
+def model_line(runs: list[dict], config: dict) -> str:
+    """The model that ran, as its first run recorded it (its sites from the trace for a user's program)."""
+    record = runs[0].get("model")
+    if record is None:  # a record written before runs described their model
+        return f"{config['model']}, latent dim {config['latent_dim']}"
+    return model_text(record)
 
 
 def finished(runs: list[dict]) -> list[dict]:
@@ -102,25 +167,26 @@ def markdown(results: dict) -> str:
                 for run in runs for split in ("test", "train") if "log_px_warning" in run[split]]
     if warnings:
         lines += ["## log p(x) warnings", "", *warnings, ""]
+    seeds = seed_counts(runs)
     for split in ("test", "train"):
-        lines += [f"## {split} split ({points([run[split] for run in runs])})", "", *table(runs, split), ""]
-    if "approx_gap" in runs[0]["test"]:
+        lines += [f"## {split} split ({points([run[split] for run in runs])})", "", *table(runs, split), "",
+                  f"log p(x) - ELBO = KL gap on the points of the row. {plus_minus(seeds)}", ""]
+    if any("approx_gap" in run["test"] for run in runs):
+        gap_points = next(run["test"]["gap_points"] for run in runs if "approx_gap" in run["test"])
         lines += ["## Why the gap exists: approximation vs amortization", "",
-                  f"On {runs[0]['test']['gap_points']} points per split, q* is the best member of each family "
+                  f"On {gap_points} points per split, q* is the best member of each family "
                   "for each point (per-point parameters refit with the model fixed until the ELBO stops rising): "
                   "approximation gap = log p(x) - ELBO(q*), amortization gap = ELBO(q*) - ELBO(q); they add up "
-                  "to the KL gap on those points.", ""]
-        for split in ("test", "train"):
-            lines += [f"### {split}", "", *table(runs, split, GAP_COLUMNS), ""]
+                  "to the KL gap on those points.", "", *gap_section(runs)]
     lines += ["## Diagnostics of q as an importance proposal (test split)", "",
               "PSIS k-hat per point (above 0.7: importance estimates from q are unreliable), Kish's effective "
               "sample size of the importance weights, and latent dimensions in use.", "",
-              *table(runs, "test", DIAGNOSTIC_COLUMNS), ""]
+              *table(runs, "test", DIAGNOSTIC_COLUMNS, count="num_points"), "", plus_minus(seeds), ""]
     lines += ["## How the numbers were computed", "", *describe_methods(runs, config), ""]
     lines += ["Figures (when drawn): `training.png` (ELBO and log p(x) over training), `gaps.png` (gap per "
               "family over seeds), `posteriors.png` (2-D latents: p(z|x) against q(z|x)), `images.png` "
               "(reconstructions and prior samples of image data).", ""]
-    lines += [f"Latent dim {config['latent_dim']}, {runs[0].get('steps', config['steps'])} SVI steps of batch "
+    lines += [f"Model {model_line(runs, config)}. {runs[0].get('steps', config['steps'])} SVI steps of batch "
               f"{config['batch_size']} with lr {config['lr']} ({config['objective']} objective); "
               f"seeds {', '.join(map(str, config['seeds']))}. Versions: "
               + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if k != "platform") + ".", ""]
@@ -163,10 +229,30 @@ def timing(results: dict, runs: list[dict]) -> str:
     return (", ".join(wall) + ". " if wall else "") + (f"Summed over runs: {parts}." if parts else "")
 
 
-CSV_METRICS = ["log_px", "log_px_stderr", "log_px_method", "log_px_points", "log_px_iwae", "log_px_iwae_stderr",
-               "log_px_ais", "log_px_ais_stderr", "elbo", "elbo_stderr", "recon", "kl_prior",
-               "kl_gap", "kl_gap_stderr", "kl_exact", "gap_points", "gap_kl", "approx_gap", "amort_gap", "elbo_star",
-               "khat_mean", "khat_bad_share", "ess_mean", "active_units", "num_points", "split_points"]
+#: a row's columns: log p(x), the ELBO and the KL gap on ``log_px_points``; then the whole evaluated split
+#: (``num_points``); then the gap split on ``gap_points``
+CSV_METRICS = ["log_px_points", "log_px", "log_px_stderr", "elbo_log_px_points", "elbo_log_px_points_stderr",
+               "kl_gap", "kl_gap_stderr", "log_px_method", "num_points", "split_points", "elbo", "elbo_stderr",
+               "recon", "kl_prior", "log_px_iwae", "log_px_iwae_stderr", "log_px_ais", "log_px_ais_stderr", "kl_exact",
+               "gap_points", "gap_log_px", "gap_elbo", "elbo_star", "gap_kl", "approx_gap", "approx_gap_stderr",
+               "amort_gap", "amort_gap_stderr", "approx_gap_bound", "khat_mean", "khat_bad_share", "ess_mean",
+               "active_units"]
+#: the numbers a per-point study summarizes over seeds (results.json's ``summary``, the API's ``table()``)
+SUMMARY_KEYS = ("log_px", "elbo_log_px_points", "kl_gap", "elbo", "log_px_iwae", "recon", "kl_prior",
+                "gap_log_px", "gap_elbo", "elbo_star", "gap_kl", "approx_gap", "amort_gap")
+#: the same for a study of a model with global latents, on the whole data set
+GLOBAL_SUMMARY_KEYS = ("log_evidence", "log_evidence_stderr", "elbo", "elbo_stderr", "kl_gap", "kl_gap_stderr",
+                       "kl_gap_per_point", "log_evidence_q", "khat", "ess")
+
+
+def summary(results: dict) -> dict:
+    """Per split, one row per guide: the means over seeds with both kinds of ± (see :func:`~elbogap.summary.rows`)."""
+    runs = finished(results["runs"])
+    if not runs:
+        return {}
+    if is_global_study(runs):
+        return {"data": rows(runs, "data", GLOBAL_SUMMARY_KEYS)}
+    return {split: rows(runs, split, SUMMARY_KEYS) for split in ("test", "train")}
 
 
 def csv_text(results: dict) -> str:
@@ -183,17 +269,19 @@ def csv_text(results: dict) -> str:
     writer.writerow(["guide", "seed", "split", *CSV_METRICS, "train_seconds"])
     for run in finished(results["runs"]):
         for split in ("train", "test"):
-            writer.writerow([run["guide"], run["seed"], split, *(run[split].get(k, "") for k in CSV_METRICS),
+            metrics = on_log_px_points(run[split])
+            writer.writerow([run["guide"], run["seed"], split, *(metrics.get(k, "") for k in CSV_METRICS),
                              run["train_seconds"]])
     return buffer.getvalue()
 
 
 def write_results(results: dict, out: str | Path) -> Path:
-    """Write ``results.json``, ``results.csv`` and ``results.md`` into ``out``, each atomically."""
+    """Write ``results.json`` (with its ``summary`` over seeds), ``results.csv`` and ``results.md`` into ``out``,
+    each atomically."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = (("results.json", json.dumps(results, indent=2)), ("results.csv", csv_text(results)),
-             ("results.md", markdown(results)))
+    files = (("results.json", json.dumps({**results, "summary": summary(results)}, indent=2)),
+             ("results.csv", csv_text(results)), ("results.md", markdown(results)))
     for name, text in files:
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)

@@ -23,12 +23,14 @@ from elbogap import streams
 from elbogap.checkpoint import load_checkpoint, save_checkpoint
 from elbogap.config import Config, differences, evaluation_changes
 from elbogap.data import Dataset
+from elbogap.describe import describe_model, model_text
 from elbogap.errors import UsageError
 from elbogap.factory import build, guide_label, load_dataset, make_trainer
 from elbogap.inference import Trainer
 from elbogap.phases import Phases
 from elbogap.protocols import PROTOCOLS, protocol_for
 from elbogap.stopping import ShouldStop, no_stop_requests
+from elbogap.summary import log_fields
 from elbogap.threads import intra_op_threads
 from elbogap.versions import versions
 from elbogap.where import where_am_i
@@ -105,6 +107,7 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
     streams.seeded("training", seed)
     model, guide = build(config, data, guide_name)
     protocol = protocol_for(model)
+    described = describe_model(model, config)
     if fixed_model is not None:
         with torch.no_grad():
             model.load_state_dict(load_checkpoint(Path(fixed_model) / CHECKPOINT)["trainer"]["model"])
@@ -128,6 +131,7 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
         log.write(f"resume at step {trainer.step_count}")
     else:
         log.write(f"start guide={guide_name} seed={seed} steps={steps} config={json.dumps(config.to_dict())}")
+        log.write(f"model {model_text(described)}")
 
     def save(complete: bool) -> None:
         with phases("checkpoints"):
@@ -175,10 +179,8 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
             metrics["bdmc"] = protocol.bdmc(model, data, config, seed, run_dir)
         log.write("bdmc " + " ".join(f"{k}={metrics['bdmc'][k]:.4f}" for k in ("lower", "upper", "width")))
     log.write(f"seconds {phases.line()}")
-    log.write("final " + " ".join(f"{split}_{k}={metrics[split][k]:.4f}" for split in metrics
-                                  for k in ("log_px", "log_evidence", "elbo", "kl_gap")
-                                  if split in ("train", "test", "data") and k in metrics[split]))
-    run = {"guide": guide_label(guide_name), "guide_spec": guide_name, "seed": seed, **metrics,
+    log.write(f"final {final_line(metrics)}")
+    run = {"guide": guide_label(guide_name), "guide_spec": guide_name, "seed": seed, "model": described, **metrics,
            "train_seconds": fit.seconds, "seconds": phases.seconds, "steps": steps,
            "compiled_loss": trainer.svi.compiled,
            "curve": training_curve(fit.losses), "curve_eval": curve_eval,
@@ -187,6 +189,20 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
     record = {"config": config.to_dict(), "versions": versions(), "run": run}
     write_atomically(run_dir / RUN_JSON, json.dumps(record, indent=2))
     return run
+
+
+def final_line(metrics: dict) -> str:
+    """The run's last numbers as ``split_key=value``: per split, log p(x), the ELBO on its points and the KL gap
+    (on ``log_px_points``) before the whole split's ELBO and IWAE (on ``num_points``) and the gap split."""
+    fields = {}
+    for split in ("train", "test"):
+        if split in metrics:
+            fields.update({f"{split}_{key}": value for key, value in log_fields(metrics[split]).items()})
+    if "data" in metrics:
+        fields.update({f"data_{key}": metrics["data"][key] for key in ("log_evidence", "elbo", "kl_gap")
+                       if key in metrics["data"]})
+    return " ".join(f"{key}={value}" if isinstance(value, int) else f"{key}={value:.4f}"
+                    for key, value in fields.items())
 
 
 def write_atomically(path: Path, text: str) -> None:

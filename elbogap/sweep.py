@@ -20,6 +20,7 @@ from elbogap.factory import build, guide_label, load_dataset
 from elbogap.failures import ProgramFailed
 from elbogap.runs import LOG, Interrupted, NumericalFault
 from elbogap.stopping import stop_requests
+from elbogap.summary import split_line
 from elbogap.versions import versions
 
 #: seconds the driver waits for a report before it looks at signals and failures again
@@ -195,6 +196,4 @@ def report_run(guide_name: str, seed: int, run: dict) -> None:
         tqdm.write(f"{guide_name:>10} seed {seed}: log p(D) {data['log_evidence']:.3f}, ELBO {data['elbo']:.3f}, "
                    f"gap {data['kl_gap']:.3f} ± {data['kl_gap_stderr']:.3f}", file=sys.stderr)
     elif "failed" not in run:
-        test = run["test"]
-        tqdm.write(f"{guide_name:>10} seed {seed}: test log p(x) {test['log_px']:.3f}, "
-                   f"ELBO {test['elbo']:.3f}, gap {test['kl_gap']:.3f}", file=sys.stderr)
+        tqdm.write(f"{guide_name:>10} seed {seed}: test {split_line(run['test'])}", file=sys.stderr)

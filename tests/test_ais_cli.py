@@ -82,7 +82,12 @@ def test_auto_runs_ais_on_the_gap_and_ais_points_then_bdmc_sandwiches_it(program
     test = json.loads((out / "results.json").read_text())["runs"][0]["test"]
     assert test["log_px_method"] == "ais" and test["log_px_points"] == 10 and test["num_points"] == 30
     assert test["kl_gap"] == pytest.approx(test["log_px"] - test["elbo_log_px_points"])
-    assert "on 10 of the split's 30 points" in (out / "results.md").read_text()
+    report = (out / "results.md").read_text()
+    assert "on 10 of the split's 30 points" in report
+    row = next(line for line in report.splitlines() if line.startswith("| diag | 10 of 30 |"))
+    log_px, elbo, kl_gap = (float(cell.split(" ")[1]) for cell in row.split("|")[3:6])
+    assert log_px - elbo == pytest.approx(kl_gap, abs=2e-3)  # the row's numbers are on the same 10 points
+    assert "| ELBO, all 30 points |" in report
 
     run_dir = out / "runs" / "diag-seed0"
     assert main(["evaluate", str(run_dir), "--bdmc", "8", "--ais-steps", "30", "--quiet"]) == 0

@@ -50,6 +50,13 @@ def test_compare_returns_the_numbers_the_cli_writes(tmp_path):
 
     rows = result.table()
     assert [row["elbo"] for row in rows] == sorted((row["elbo"] for row in rows), reverse=True)
+    for row in rows:  # a row subtracts within itself, each mean with its Monte-Carlo standard error
+        assert row["log_px"] - row["elbo_log_px_points"] == pytest.approx(row["kl_gap"])
+        assert row["kl_gap_mc_stderr"] > 0 and row["log_px_points"] == row["num_points"] == 40
+    diag = next(row for row in rows if row["guide"] == "diag")
+    assert diag["approx_gap_mc_stderr"] > 0 and diag["amort_gap_mc_stderr"] > 0 and diag["gap_points"] == 4
+    assert result.runs[0]["model"]["sites"]["latent"] == {"latent": [2]}
+    assert ": latent site latent (2 per data point); observed obs" in result._repr_markdown_()
     assert {row["guide"] for row in rows} == {"tutorial.VAE", "diag"} and rows[0]["log_px_method"] == "quadrature"
     assert "## test split" in result._repr_markdown_() and "Comparison(2 runs" in repr(result)
     saved = result.to_json(tmp_path / "copy.json")

@@ -30,7 +30,7 @@ def test_compare_writes_results_with_every_metric(tmp_path):
             "--train-eval-points", "300"]
     assert main(["compare", *args]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"config", "versions", "runs", "seconds", "workers"}
+    assert set(results) == {"config", "versions", "runs", "summary", "seconds", "workers"}
     workers = local_jobs(Config(guides=["diag", "local"], seeds=[0, 1]))
     assert results["workers"] == workers and len({run["where"]["pid"] for run in results["runs"]}) == workers
     assert set(results["seconds"]) == {"runs", "total"} and results["seconds"]["total"] > results["seconds"]["runs"]
@@ -53,6 +53,8 @@ def test_compare_writes_results_with_every_metric(tmp_path):
     assert (out / "runs" / "diag-seed1" / "checkpoint.pt").is_file()
     log = (out / "runs" / "local-seed0" / "train.log").read_text()
     assert log.count("step") >= 10 and "seconds train=" in log
+    assert "model vae: latent site z (2 per data point)" in log  # the model that ran
+    assert "test_log_px_points=100 test_log_px=" in log and "test_elbo_log_px_points=" in log
     table = (out / "results.md").read_text()
     assert "| diag |" in table and "| local |" in table and "±" in table and "quadrature" in table
     assert "Total time" in table and "Summed over runs: training" in table
@@ -122,8 +124,12 @@ def test_train_evaluate_and_plot_a_run_directory(tmp_path):
     assert record["config"]["guide"] == "iaf" and record["config"]["steps"] == 40  # the flag beat the file
     assert record["run"]["steps"] == 40 and len(record["run"]["curve_eval"]) == 10
 
-    result = run_cli("evaluate", str(run_dir), "--eval-samples", "32", "--quadrature-points", "16", "--quiet")
+    result = run_cli("evaluate", str(run_dir), "--eval-samples", "32", "--quadrature-points", "16")
     assert result.returncode == 0, result.stderr
+    gap_split = result.stdout[result.stdout.index("## approximation vs amortization"):]
+    assert "| approximation gap | amortization gap |" in gap_split and "±" in gap_split.split("\n### train")[0]
+    printed = json.loads(result.stdout.strip().splitlines()[-1])["test"]
+    assert {"approx_gap_stderr", "amort_gap_stderr", "elbo_log_px_points"} <= set(printed)
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     assert evaluation["test"]["elbo_samples"] == 32 and evaluation["guide"] == "iaf"
     saved = record["run"]["test"]

@@ -85,7 +85,7 @@ def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: b
         ais_index = subset_index(len(x), max(config.ais_points, config.gap_points), config)
         evaluation = evaluate(model, guide, x, ais_index=ais_index, progress=progress, desc=f"evaluate {split}",
                               **options)
-    metrics = evaluation.metrics
+    metrics = {**evaluation.metrics, **elbo_on_log_px_points(evaluation.per_point)}
     if config.gap_points:
         index = gap_index(len(x), config)
         log_px = None
@@ -97,6 +97,17 @@ def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: b
             metrics.update(gap_decomposition(model, guide, x[index], index, refit_options=refit_options,
                                              log_px=log_px, **options))
     return metrics
+
+
+def elbo_on_log_px_points(per_point: dict) -> dict:
+    """The ELBO on the points log p(x) covers and its standard error, so that log p(x) - ELBO = KL gap in one row.
+
+    Where log p(x) covers every point (exact, quadrature, AIS everywhere) it is the split's ELBO.
+    """
+    covered = ~per_point["log_px"].isnan()
+    stderr = per_point["elbo_stderr"][covered].double()
+    return {"elbo_log_px_points": float(per_point["elbo"][covered].double().mean()),
+            "elbo_log_px_points_stderr": float(stderr.pow(2).sum().sqrt() / max(len(stderr), 1))}
 
 
 def run_bdmc(model, data: Dataset, config: Config, seed: int, run_dir: str | Path) -> dict:

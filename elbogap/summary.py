@@ -1,0 +1,165 @@
+r"""What one row of a report holds: a split's numbers on the same points, means over seeds with both
+kinds of ±, and the remark an approximation gap below zero needs.
+
+A row must let a reader subtract: log p(x), the ELBO beside it and the KL gap are on the same
+points (``log_px_points``: every evaluated point, or AIS's subset under ``--log-px auto``), and
+numbers over every evaluated point (``num_points``) are columns of their own. The results.md
+tables, results.json's ``summary``, the per-run lines, ``elbogap evaluate`` and the API's
+``table()`` are all built from here.
+
+Two kinds of ± exist. Within a run, the Monte-Carlo standard error of a split mean
+(``KEY_stderr``). Over seeds, the standard deviation of the per-seed values (``KEY_seed_sd``):
+it holds the Monte-Carlo noise and what changes with the seed (initialization, minibatches,
+the evaluation subset). Beside it, ``KEY_mc_stderr`` is the Monte-Carlo standard error of the
+mean over :math:`n` seeds, :math:`\sqrt{\sum_i s_i^2} / n`.
+"""
+
+import math
+import statistics
+from collections.abc import Iterable
+
+#: log p(x), the ELBO on the points it covers and the KL gap: log_px - elbo_log_px_points = kl_gap
+SAME_POINTS = ("log_px", "elbo_log_px_points", "kl_gap")
+#: the numbers over every evaluated point of a split (``num_points``)
+ALL_POINTS = ("elbo", "log_px_iwae", "recon", "kl_prior")
+#: the approximation/amortization split on the gap points (``gap_points``):
+#: gap_log_px - gap_elbo = gap_kl = approx_gap + amort_gap, gap_log_px - elbo_star = approx_gap
+GAP_SPLIT = ("gap_log_px", "gap_elbo", "elbo_star", "gap_kl", "approx_gap", "amort_gap")
+
+#: why a log p(x) method can put an approximation gap below zero, and what to raise
+BELOW_ZERO_CAUSES = {
+    "ais": "AIS below log p(x) or noise: raise --ais-steps",
+    "iwae": "IWAE below log p(x) (a lower bound) or noise: raise --iw-samples",
+    "quadrature": "quadrature error or noise in the ELBO: raise --quadrature-points or --eval-samples",
+    "exact": "noise in the ELBO of q*: raise --eval-samples",
+}
+
+
+def on_log_px_points(metrics: dict) -> dict:
+    """A split's metrics with ``elbo_log_px_points`` (and its standard error) wherever they can be had.
+
+    Where log p(x) covers every evaluated point, the ELBO on its points is ``elbo`` itself.
+    """
+    metrics = dict(metrics)
+    if "log_px" in metrics and metrics.get("log_px_points", metrics["num_points"]) == metrics["num_points"]:
+        metrics.setdefault("elbo_log_px_points", metrics["elbo"])
+        metrics.setdefault("elbo_log_px_points_stderr", metrics.get("elbo_stderr"))
+    return metrics
+
+
+def over_seeds(splits: list[dict], key: str) -> dict | None:
+    """``mean`` of ``key`` over the runs' metrics, ``seed_sd`` (two seeds or more) and ``mc_stderr``.
+
+    ``mc_stderr`` is the Monte-Carlo standard error of the mean, where every run has ``KEY_stderr``.
+    None where a run lacks ``key``.
+    """
+    values = [metrics.get(key) for metrics in splits]
+    if not values or any(value is None for value in values):
+        return None
+    stats = {"mean": statistics.fmean(values)}
+    if len(values) > 1:
+        stats["seed_sd"] = statistics.stdev(values)
+    stderrs = [metrics.get(f"{key}_stderr") for metrics in splits]
+    if all(isinstance(stderr, (int, float)) and math.isfinite(stderr) for stderr in stderrs):
+        stats["mc_stderr"] = math.sqrt(sum(stderr**2 for stderr in stderrs)) / len(stderrs)
+    return stats
+
+
+def cell(stats: dict | None, marker: str = "") -> str:
+    """``mean ± s.e.`` for one seed; ``mean ± sd over seeds (s.e. of the mean)`` for several; ``–`` for none."""
+    if stats is None:
+        return "–"
+    text = f"{marker}{stats['mean']:.3f}"
+    if "seed_sd" in stats:
+        text += f" ± {stats['seed_sd']:.3f}"
+        if "mc_stderr" in stats:
+            text += f" (s.e. {stats['mc_stderr']:.3f})"
+    elif "mc_stderr" in stats:
+        text += f" ± {stats['mc_stderr']:.3f}"
+    return text
+
+
+def plus_minus(seed_counts: Iterable[int]) -> str:
+    """What the ± of a table means, for a table whose rows have these numbers of seeds."""
+    counts = set(seed_counts)
+    one = ("with one seed, ± is the Monte-Carlo standard error of the split mean within the run (none where a cell "
+           "has no ±)")
+    several = ("with several seeds, ± is the standard deviation of the per-seed values and (s.e.) the "
+               "Monte-Carlo standard error of their mean, √(Σ s²)/n (none where a cell has no s.e.)")
+    text = "; ".join(([one] if 1 in counts else []) + ([several] if counts - {1} else [])) + "."
+    return text[0].upper() + text[1:]
+
+
+def approx_gap_note(metrics: dict) -> str | None:
+    """The remark an approximation gap needs where it lies below −2 standard errors, else None.
+
+    An approximation gap log p(x) − ELBO(q*) is a KL divergence, never negative; below −2
+    standard errors, log p(x) is underestimated (AIS too short, IWAE's bound) or the ELBO
+    of q* is noisy. ``metrics`` holds ``approx_gap``, ``approx_gap_stderr`` and the method that
+    gave log p(x) on the gap points (``gap_log_px_method``, else ``log_px_method``).
+    """
+    gap, stderr = metrics.get("approx_gap"), metrics.get("approx_gap_stderr")
+    if gap is None or stderr is None or not math.isfinite(stderr) or gap >= -2 * stderr:
+        return None
+    method = metrics.get("gap_log_px_method", metrics.get("log_px_method"))
+    cause = BELOW_ZERO_CAUSES.get(method, "noise in the ELBO: raise --eval-samples")
+    return f"approximation gap {gap:.3f} ± {stderr:.3f}, below −2 standard errors: {cause}"
+
+
+def bound_markers(splits: list[dict]) -> dict[str, str]:
+    """``≤`` on the approximation gap and ``≥`` on the amortization gap where a run's is a bound, not exact.
+
+    For flows q* is searched through the encoder's features (``approx_gap_bound == "upper"``).
+    """
+    if any(metrics.get("approx_gap_bound") == "upper" for metrics in splits):
+        return {"approx_gap": "≤ ", "amort_gap": "≥ "}
+    return {}
+
+
+def rows(runs: list[dict], split: str, keys: Iterable[str],
+         counts: Iterable[str] = ("num_points", "log_px_points", "gap_points")) -> list[dict]:
+    """One row per guide over its finished runs: for each of ``keys`` the mean over seeds, with
+    ``KEY_seed_sd`` and ``KEY_mc_stderr`` where they exist; the point ``counts`` of the first seed,
+    the log p(x) method, and the note on the approximation gap of the mean (see :func:`approx_gap_note`)."""
+    table = []
+    for guide in dict.fromkeys(run["guide"] for run in runs):
+        mine = [on_log_px_points(run[split]) for run in runs if run["guide"] == guide]
+        row = {"guide": guide, "seeds": len(mine)}
+        row.update({count: mine[0][count] for count in counts if count in mine[0]})
+        for key in keys:
+            stats = over_seeds(mine, key)
+            if stats is None:
+                continue
+            row[key] = stats["mean"]
+            row.update({f"{key}_{kind}": value for kind, value in stats.items() if kind != "mean"})
+        row["log_px_method"] = mine[0].get("log_px_method", mine[0].get("log_evidence_method"))
+        bounds = {metrics["approx_gap_bound"] for metrics in mine if "approx_gap_bound" in metrics}
+        if bounds:
+            row["approx_gap_bound"] = "upper" if "upper" in bounds else bounds.pop()
+        method = mine[0].get("gap_log_px_method", row["log_px_method"])
+        note = approx_gap_note({"approx_gap": row.get("approx_gap"), "gap_log_px_method": method,
+                                "approx_gap_stderr": row.get("approx_gap_mc_stderr")})
+        if note:
+            row["approx_gap_note"] = note
+        table.append(row)
+    return table
+
+
+def split_line(metrics: dict) -> str:
+    """A split's numbers in one line: log p(x), the ELBO and the KL gap on the same points, then the whole split's."""
+    metrics = on_log_px_points(metrics)
+    points, total = metrics.get("log_px_points", metrics["num_points"]), metrics["num_points"]
+    line = (f"log p(x) {metrics['log_px']:.3f}, ELBO {metrics['elbo_log_px_points']:.3f}, "
+            f"gap {metrics['kl_gap']:.3f} ± {metrics['kl_gap_stderr']:.3f} on {points} points")
+    if points < total:
+        line += f"; ELBO {metrics['elbo']:.3f} on all {total}"
+    return line
+
+
+def log_fields(metrics: dict) -> dict:
+    """A split's numbers for the run's log, the same points side by side: log p(x), the ELBO there and the
+    KL gap on ``log_px_points``, then ``num_points``'s ELBO and IWAE, then the gap split."""
+    metrics = on_log_px_points(metrics)
+    keys = ("log_px_points", *SAME_POINTS, "kl_gap_stderr", "num_points", "elbo", "log_px_iwae",
+            "gap_points", "approx_gap", "approx_gap_stderr", "amort_gap", "amort_gap_stderr")
+    return {key: metrics[key] for key in keys if metrics.get(key) is not None}

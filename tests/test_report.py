@@ -1,0 +1,108 @@
+"""results.md, results.csv and results.json from a study's records: rows a reader can subtract, errors everywhere."""
+
+import csv
+import io
+import json
+
+import pytest
+
+from elbogap.config import Config
+from elbogap.report import csv_text, markdown, write_results
+
+AIS = {"init": "prior", "chains": 2, "steps": 10, "leapfrog_steps": 1, "acceptance": [0.6, 0.7], "target_accept": 0.65}
+
+
+def split(seed: int, approx_gap: float = 0.5, **extra) -> dict:
+    """A split evaluated on 1000 points with AIS on 50 of them, as Fashion-MNIST gave it (issue 18)."""
+    return {"num_points": 1000, "split_points": 1000, "log_px_points": 50, "log_px": -117.2 - seed,
+            "log_px_stderr": 0.2, "log_px_method": "ais", "log_px_samples": 2, "ais": AIS,
+            "elbo_log_px_points": -131.1 - seed, "elbo_log_px_points_stderr": 0.05, "kl_gap": 13.9,
+            "kl_gap_stderr": 0.21, "elbo": -147.3, "elbo_stderr": 0.02, "elbo_samples": 16, "recon": -140.0,
+            "kl_prior": 7.3, "log_px_iwae": -125.0, "log_px_iwae_stderr": 0.1, "log_px_iwae_samples": 16,
+            "gap_points": 8, "gap_log_px_method": "ais", "gap_log_px": -118.0, "gap_elbo": -130.0,
+            "elbo_star": -118.0 - approx_gap, "gap_kl": 12.0, "approx_gap": approx_gap, "approx_gap_stderr": 0.1,
+            "amort_gap": 12.0 - approx_gap, "amort_gap_stderr": 0.1, "khat_mean": 0.5, "khat_bad_share": 0.1,
+            "ess_mean": 3.0, "active_units": 4, **extra}
+
+
+def results(seeds=(0,), **extra) -> dict:
+    runs = [{"guide": "diag", "seed": seed, "train_seconds": 1.0, "test": split(seed, **extra),
+             "train": split(seed, **extra)} for seed in seeds]
+    return {"config": Config(seeds=list(seeds)).to_dict(), "versions": {}, "runs": runs}
+
+
+def rows_of(report: str, heading: str) -> list[dict]:
+    """The rows of the first table after ``heading``, as ``{column title: cell}``."""
+    lines = report[report.index(heading):].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| guide"))
+    titles = [title.strip() for title in lines[start].strip("|").split("|")]
+    table = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        table.append(dict(zip(titles, (cell.strip() for cell in line.strip("|").split("|")), strict=True)))
+    return table
+
+
+def mean(cell: str) -> float:
+    return float(cell.lstrip("≤≥ ").split(" ")[0])
+
+
+@pytest.mark.parametrize("seeds", [(0,), (0, 1)])
+def test_a_row_of_the_main_table_subtracts_log_px_minus_elbo_to_the_kl_gap(seeds):
+    (row,) = rows_of(markdown(results(seeds)), "## test split")
+    assert mean(row["log p(x)"]) - mean(row["ELBO"]) == pytest.approx(mean(row["KL gap"]), abs=2e-3)
+    assert row["points"] == "50 of 1000" and mean(row["ELBO, all 1000 points"]) == -147.3
+    assert mean(row["IWAE log p(x), all 1000 points"]) == -125.0
+
+
+def test_one_seed_shows_monte_carlo_errors_and_several_seeds_show_both_kinds():
+    one = markdown(results((0,)))
+    assert rows_of(one, "## test split")[0]["KL gap"] == "13.900 ± 0.210"
+    assert "With one seed, ± is the Monte-Carlo standard error of the split mean within the run" in one
+    two = markdown(results((0, 1)))
+    assert rows_of(two, "## test split")[0]["log p(x)"] == "-117.700 ± 0.707 (s.e. 0.141)"
+    assert "of the row. With several seeds, ± is the standard deviation of the per-seed values and (s.e.)" in two
+    assert "of the row. With one seed" not in two
+
+
+def test_the_gap_split_shows_its_standard_errors_and_a_note_where_the_approximation_gap_is_below_zero():
+    report = markdown(results(approx_gap=-1.0))
+    (row,) = rows_of(report, "### test")
+    assert row["approximation gap"] == "-1.000 ± 0.100" and row["amortization gap"] == "13.000 ± 0.100"
+    assert mean(row["log p(x)"]) - mean(row["ELBO of q*"]) == pytest.approx(mean(row["approximation gap"]))
+    assert "- diag seed 0, test: approximation gap -1.000 ± 0.100, below −2 standard errors: AIS below log p(x) " \
+           "or noise: raise --ais-steps" in report
+    assert "below −2 standard errors" not in markdown(results(approx_gap=-0.1))
+    assert "≤" not in report
+
+
+def test_an_approximation_gap_that_is_an_upper_bound_is_marked():
+    report = markdown(results(approx_gap_bound="upper"))
+    (row,) = rows_of(report, "### test")
+    assert row["approximation gap"].startswith("≤ 0.500") and row["amortization gap"].startswith("≥ ")
+    assert "the approximation gap is an upper bound" in report
+
+
+def test_csv_and_json_keep_the_same_points_side_by_side_and_both_kinds_of_error(tmp_path):
+    study = results((0, 1))
+    first = next(csv.DictReader(io.StringIO(csv_text(study))))
+    columns = list(first)
+    assert columns.index("log_px") < columns.index("elbo_log_px_points") < columns.index("kl_gap") < columns.index(
+        "num_points") < columns.index("elbo")
+    assert float(first["log_px"]) - float(first["elbo_log_px_points"]) == pytest.approx(float(first["kl_gap"]))
+    assert first["approx_gap_stderr"] == "0.1"
+    write_results(study, tmp_path)
+    (row,) = json.loads((tmp_path / "results.json").read_text())["summary"]["test"]
+    assert row["kl_gap_seed_sd"] == 0 and row["kl_gap_mc_stderr"] == pytest.approx(0.21 / 2**0.5)
+    assert row["approx_gap_mc_stderr"] == pytest.approx(0.1 / 2**0.5) and row["log_px_points"] == 50
+
+
+def test_the_footer_describes_the_users_program_from_its_record():
+    study = results()
+    study["runs"][0]["model"] = {"spec": "vae.py:VAE", "program": True, "parameters": 335184, "sites": {
+        "latent": {"z": [50]}, "per_point": True, "global": [], "latent_dim": 50, "observed": ["obs"]}}
+    report = markdown(study)
+    assert "Model your program vae.py:VAE: latent site z (50 per data point); observed obs; 335,184 parameters" \
+        in report
+    assert "Latent dim" not in report

@@ -1,0 +1,59 @@
+"""A report's rows: the same points side by side, both kinds of ±, and the note on a negative approximation gap."""
+
+import math
+
+import pytest
+
+from elbogap.summary import approx_gap_note, cell, on_log_px_points, over_seeds, rows
+
+
+@pytest.mark.parametrize(("method", "advice"), [
+    ("ais", "AIS below log p(x) or noise: raise --ais-steps"),
+    ("iwae", "raise --iw-samples"),
+    ("quadrature", "raise --quadrature-points"),
+    ("exact", "noise in the ELBO of q*"),
+])
+def test_an_approximation_gap_below_minus_two_standard_errors_gets_a_note_naming_the_fix(method, advice):
+    note = approx_gap_note({"approx_gap": -1.0, "approx_gap_stderr": 0.1, "gap_log_px_method": method})
+    assert note is not None and advice in note and "-1.000 ± 0.100" in note
+
+
+@pytest.mark.parametrize("metrics", [
+    {"approx_gap": -0.1, "approx_gap_stderr": 0.1, "gap_log_px_method": "ais"},  # within noise
+    {"approx_gap": 0.5, "approx_gap_stderr": 0.1, "gap_log_px_method": "ais"},
+    {"approx_gap": -1.0, "gap_log_px_method": "ais"},  # no standard error: nothing to judge by
+    {"kl_gap": 1.0},  # no gap split
+])
+def test_no_note_where_the_approximation_gap_is_within_two_standard_errors_or_absent(metrics):
+    assert approx_gap_note(metrics) is None
+
+
+def test_the_elbo_on_the_points_of_log_px_is_the_elbo_where_log_px_covers_every_point():
+    whole = on_log_px_points({"num_points": 5, "log_px_points": 5, "log_px": -3.0, "elbo": -4.0, "elbo_stderr": 0.1})
+    assert (whole["elbo_log_px_points"], whole["elbo_log_px_points_stderr"]) == (-4.0, 0.1)
+    subset = {"num_points": 5, "log_px_points": 2, "log_px": -3.0, "elbo": -4.0, "elbo_log_px_points": -3.5}
+    assert on_log_px_points(subset)["elbo_log_px_points"] == -3.5
+
+
+def test_over_seeds_keeps_the_spread_of_the_seeds_and_the_monte_carlo_error_of_their_mean():
+    splits = [{"kl_gap": 1.0, "kl_gap_stderr": 0.3}, {"kl_gap": 2.0, "kl_gap_stderr": 0.4}]
+    stats = over_seeds(splits, "kl_gap")
+    assert stats["mean"] == 1.5 and stats["seed_sd"] == pytest.approx(math.sqrt(0.5))
+    assert stats["mc_stderr"] == pytest.approx(0.25)  # sqrt(0.09 + 0.16) / 2
+    assert cell(stats) == "1.500 ± 0.707 (s.e. 0.250)"
+    assert cell(over_seeds(splits[:1], "kl_gap")) == "1.000 ± 0.300"
+    assert cell(over_seeds([{"recon": -2.0}], "recon")) == "-2.000" and cell(None) == "–"
+
+
+def test_a_row_of_the_api_table_subtracts_within_itself_and_carries_the_note():
+    runs = [{"guide": "diag", "seed": seed, "test": {
+        "num_points": 1000, "log_px_points": 50, "log_px": -117.2 + seed, "log_px_stderr": 0.2, "log_px_method": "ais",
+        "elbo_log_px_points": -131.1 + seed, "kl_gap": 13.9, "kl_gap_stderr": 0.2, "elbo": -147.3, "elbo_stderr": 0.05,
+        "gap_points": 8, "gap_log_px_method": "ais", "approx_gap": -1.0, "approx_gap_stderr": 0.1,
+        "approx_gap_bound": "upper"}} for seed in (0, 1)]
+    (row,) = rows(runs, "test", ("log_px", "elbo_log_px_points", "kl_gap", "elbo", "approx_gap"))
+    assert row["log_px"] - row["elbo_log_px_points"] == pytest.approx(row["kl_gap"])
+    assert (row["log_px_points"], row["num_points"], row["gap_points"]) == (50, 1000, 8)
+    assert row["log_px_seed_sd"] == pytest.approx(math.sqrt(0.5)) and row["kl_gap_seed_sd"] == 0
+    assert row["kl_gap_mc_stderr"] == pytest.approx(0.2 / math.sqrt(2))
+    assert row["approx_gap_bound"] == "upper" and "raise --ais-steps" in row["approx_gap_note"]
