@@ -23,7 +23,7 @@ from elbogap.summary import (
 
 GAP_COLUMNS = [("gap_log_px", "log p(x)"), ("gap_elbo", "ELBO of q"), ("elbo_star", "ELBO of q*"),
                ("gap_kl", "KL gap"), ("approx_gap", "approximation gap"), ("amort_gap", "amortization gap")]
-DIAGNOSTIC_COLUMNS = [("khat_mean", "mean k-hat"), ("khat_bad_share", "share k-hat > 0.7"),
+DIAGNOSTIC_COLUMNS = [("khat_mean", "mean k-hat"), ("khat_bad_share", "share k-hat above threshold"),
                       ("ess_mean", "mean ESS"), ("active_units", "active units")]
 
 
@@ -163,8 +163,9 @@ def markdown(results: dict) -> str:
         return "\n".join(lines + ["No run has finished.", ""])
     if is_global_study(runs):
         return "\n".join(lines + global_sections(results, runs) + ["", timing(results, runs), ""])
-    warnings = [f"- {run['guide']} seed {run['seed']}, {split}: {run[split]['log_px_warning']}"
-                for run in runs for split in ("test", "train") if "log_px_warning" in run[split]]
+    warnings = [f"- {run['guide']} seed {run['seed']}, {split}: {run[split][key]}"
+                for key in ("log_px_warning", "log_px_note", "log_px_iwae_note")
+                for run in runs for split in ("test", "train") if key in run[split]]
     if warnings:
         lines += ["## log p(x) warnings", "", *warnings, ""]
     seeds = seed_counts(runs)
@@ -179,7 +180,8 @@ def markdown(results: dict) -> str:
                   "approximation gap = log p(x) - ELBO(q*), amortization gap = ELBO(q*) - ELBO(q); they add up "
                   "to the KL gap on those points.", "", *gap_section(runs)]
     lines += ["## Diagnostics of q as an importance proposal (test split)", "",
-              "PSIS k-hat per point (above 0.7: importance estimates from q are unreliable), Kish's effective "
+              f"PSIS k-hat per point (above {khat_threshold_text(runs)}: importance estimates from q are "
+              "unreliable; the threshold is min(1 - 1/log10 S, 0.7) for S draws of q, as in loo), Kish's effective "
               "sample size of the importance weights, and latent dimensions in use.", "",
               *table(runs, "test", DIAGNOSTIC_COLUMNS, count="num_points"), "", plus_minus(seeds), ""]
     lines += ["## How the numbers were computed", "", *describe_methods(runs, config), ""]
@@ -192,6 +194,14 @@ def markdown(results: dict) -> str:
               + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if k != "platform") + ".", ""]
     lines += [timing(results, runs), ""]
     return "\n".join(lines)
+
+
+def khat_threshold_text(runs: list[dict]) -> str:
+    """The k-hat threshold of the test split's draws, with S, e.g. ``0.67 (S = 1000)``."""
+    test = runs[0]["test"]
+    if "khat_threshold" not in test:
+        return "0.7"
+    return f"{test['khat_threshold']:.2f} (S = {test['khat_samples']})"
 
 
 def points(splits: list[dict]) -> str:

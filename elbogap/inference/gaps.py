@@ -61,16 +61,18 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
 
     Returns ``gap_points``, ``gap_log_px``, ``gap_elbo`` (of ``guide``), ``elbo_star`` (of
     :math:`q^*`), ``gap_kl`` (= log p(x) - ELBO on these points), ``approx_gap`` = log p(x) -
-    elbo_star and ``amort_gap`` = elbo_star - ELBO (so ``approx_gap + amort_gap = gap_kl``), with
-    standard errors, and ``approx_gap_bound``: ``"exact"`` where q* ranges over the whole family,
-    ``"upper"`` where only over the members the encoder's features reach (flows, the mixture: see
-    :attr:`~elbogap.guides.Guide.exact_optimum`). ``guide`` must have parameters for these rows (``index``) if it is not
-    amortized. Both ELBOs are estimated from the same random draws, so the noise of their
-    difference (the amortization gap) largely cancels; its standard error is that of the mean of
-    the paired per-draw differences, which holds whether or not the draws align. ``log_px`` is a
+    elbo_star and ``amort_gap`` = elbo_star - ELBO (so ``approx_gap + amort_gap = gap_kl``), each
+    with ``KEY_stderr`` (Monte Carlo, the points held fixed), and ``approx_gap_bound``:
+    ``"exact"`` where q* ranges over the whole family, ``"upper"`` where only over the members the
+    encoder's features reach (flows, the mixture: see :attr:`~elbogap.guides.Guide.exact_optimum`).
+    ``guide`` must have parameters for these rows (``index``) if it is not amortized.
+
+    Both ELBOs are estimated from the same random draws, so the noise of their difference (the
+    amortization gap) largely cancels; its standard error is that of the mean of the paired
+    per-draw differences, which holds whether or not the draws align. ``log_px`` is a
     guide-independent per-point :math:`\log p(x)` of these rows (exact, quadrature or AIS) where
-    the caller has one; without it, log p(x) is evaluated here as ``evaluate_options`` say,
-    with :math:`q^*` as the proposal where it is importance-weighted. ``refit_options`` go to
+    the caller has one; without it, log p(x) is evaluated here as ``evaluate_options`` say, with
+    :math:`q^*` as the proposal where it is importance-weighted. ``refit_options`` go to
     :func:`optimal_guide`, the rest to :func:`~elbogap.inference.evaluate`.
     """
     if index is None:
@@ -108,6 +110,10 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
         "approx_gap": float((log_px - elbo_star).double().mean()),
         "approx_gap_bound": "exact" if guide.exact_optimum else "upper",
         "amort_gap": float((elbo_star - elbo).double().mean()),
+        "gap_log_px_stderr": stderr(log_px_stderr),
+        "gap_elbo_stderr": stderr(amortized.per_point["elbo_stderr"]),
+        "elbo_star_stderr": stderr(best.per_point["elbo_stderr"]),
+        "gap_kl_stderr": stderr(amortized.per_point["elbo_stderr"], log_px_stderr),
         "approx_gap_stderr": stderr(best.per_point["elbo_stderr"], log_px_stderr),
         "amort_gap_stderr": stderr(paired),
     }
