@@ -8,7 +8,6 @@ against the mean reported standard error, and the share of 95% intervals that co
 """
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.calibration import calibrate  # noqa: E402
 from elbogap.global_latents.evidence import ais_evidence  # noqa: E402
 from elbogap.global_latents.model import GlobalLatentModel  # noqa: E402
 from elbogap.inference.ais import AISSettings  # noqa: E402
@@ -32,11 +32,11 @@ def main(args):
         evidence = ais_evidence(model, data, AISSettings(steps=args.steps, chains=args.chains))
         estimates.append(evidence.log_evidence)
         stderrs.append(evidence.stderr)
-    spread, reported = statistics.stdev(estimates), statistics.fmean(stderrs)
-    covered = sum(abs(x - exact) < 1.96 * s for x, s in zip(estimates, stderrs, strict=True)) / args.repeats
+    calibration = calibrate(estimates, stderrs, [exact] * args.repeats)
     print(f"{args.steps} temperatures x {args.chains} chains, {args.repeats} repeats: mean error "
-          f"{statistics.fmean(estimates) - exact:+.3f} nats, sd over repeats {spread:.3f}, mean reported s.e. "
-          f"{reported:.3f} (ratio {spread / reported:.2f}), 95% intervals covering the exact value {covered:.0%}")
+          f"{calibration.bias:+.3f} nats, sd over repeats {calibration.spread:.3f}, mean reported s.e. "
+          f"{calibration.stderr:.3f} (ratio {calibration.ratio:.2f}), 95% intervals covering the exact value "
+          f"{calibration.covers_truth:.0%}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,60 @@
+"""A reported standard error against the spread of its estimate over repeats: the statistics of a calibration check."""
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Calibration:
+    r"""How a reported standard error compares with the spread of its estimate over repeats.
+
+    The error of repeat :math:`r` is :math:`e_r = \hat\theta_r - \theta_r` against the truth
+    :math:`\theta_r` where one is known (it may change between repeats, as the points of a sandwich
+    do), else :math:`e_r = \hat\theta_r`. ``spread`` is the sd of :math:`e_r`, ``stderr`` the mean
+    reported standard error :math:`s_r`; ``covers_truth`` the share of repeats with
+    :math:`|e_r| \le 1.96 s_r`, ``covers_mean`` with :math:`|e_r - \bar e| \le 1.96 s_r`. Repeats
+    without a finite standard error (NaN or infinite: the estimator declined to give one) count in
+    ``declined`` and in neither share nor in ``stderr``; a standard error of exactly 0 counts in ``zero``.
+    """
+
+    repeats: int
+    bias: float | None
+    spread: float
+    stderr: float
+    zero: int
+    declined: int
+    covers_truth: float | None
+    covers_mean: float
+
+    @property
+    def ratio(self) -> float:
+        if math.isnan(self.stderr):
+            return math.nan
+        return self.spread / self.stderr if self.stderr > 0 else math.inf
+
+
+def calibrate(estimates: Iterable[float], stderrs: Iterable[float],
+              truths: Iterable[float] | None = None) -> Calibration:
+    """The :class:`Calibration` of repeated ``estimates`` with reported ``stderrs`` against ``truths``."""
+    estimates = torch.as_tensor(list(estimates), dtype=torch.float64)
+    stderrs = torch.as_tensor(list(stderrs), dtype=torch.float64)
+    errors = estimates - torch.as_tensor(list(truths), dtype=torch.float64) if truths is not None else estimates
+    given = stderrs.isfinite()
+
+    def covered(centre):
+        inside = (errors - centre).abs() <= 1.96 * stderrs
+        return float(inside[given].double().mean()) if given.any() else math.nan
+
+    return Calibration(
+        repeats=len(estimates),
+        bias=float(errors.mean()) if truths is not None else None,
+        spread=float(errors.std()),
+        stderr=float(stderrs[given].mean()) if given.any() else math.nan,
+        zero=int((stderrs == 0).sum()),
+        declined=int((~given).sum()),
+        covers_truth=covered(0.0) if truths is not None else None,
+        covers_mean=covered(errors.mean()),
+    )
