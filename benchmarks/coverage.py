@@ -308,7 +308,8 @@ def ais(known_model: Callable[[], Known], settings: AISSettings) -> Callable[[in
 
 
 def one_point_bdmc(known_model: Callable[[], Known], settings: AISSettings) -> Callable[[int], Rows]:
-    """Forward and reverse AIS (:func:`bdmc`) on point 0, each repeat from a fresh exact posterior draw of z.
+    """Forward and reverse AIS (:func:`bdmc`) on point 0, every reverse chain of every repeat from its own exact
+    posterior draw of z (what :func:`sandwich` does where the posterior is a closed form).
 
     The repeats run side by side as rows of one call (point 0 repeated): every row tunes its own
     step sizes and runs its own chains, so each is an independent run on the same point.
@@ -318,13 +319,14 @@ def one_point_bdmc(known_model: Callable[[], Known], settings: AISSettings) -> C
         known = known_model()
         point = known.x[:1]
         pyro.set_rng_seed(0)
-        z = known.model.posterior(point).sample((repeats,))[:, 0]
+        z = known.model.posterior(point).sample((settings.chains, repeats))[:, :, 0]  # (chains, repeats, latent)
         result = bdmc(known.model, point.expand(repeats, -1).clone(), z, settings)
         forward, reverse = Repeats(), Repeats()
         for r in range(repeats):
             forward.add(result.lower[r], result.lower_stderr[r], known.log_px[0])
             reverse.add(result.upper[r], result.upper_stderr[r], known.log_px[0])
-        return {("AIS", "point 0 (BDMC's forward run)"): forward, ("reverse AIS", "point 0, a fresh z each"): reverse}
+        return {("AIS", "point 0 (BDMC's forward run)"): forward,
+                ("reverse AIS", "point 0, a fresh z per chain"): reverse}
 
     return run
 
@@ -398,7 +400,7 @@ EXPERIMENTS = [
     Experiment("elbo-float32-narrow", PPCA_WIDE, "q at 0.32x its scales: ELBO ~ -2000 +- 0.1 per draw, 256 draws",
                elbo(lambda: wide_ppca(0.32), elbo_samples=256), 50, 20),
     Experiment("positive-elbo", POSITIVE, "LogNormal guide program, 256 draws", elbo(positive_latent, elbo_samples=256),
-               50),
+               200),
     Experiment("ppca-iwae", PPCA, "diag encoder, K = 1000", iwae(ppca, 1000), 100),
     Experiment("vae-2d-iwae", VAE_2D, "diag encoder, K = 1000", iwae(vae_2d, 1000), 100),
     Experiment("positive-iwae", POSITIVE, "LogNormal guide program, K = 1000", iwae(positive_latent, 1000), 100),
@@ -406,29 +408,29 @@ EXPERIMENTS = [
                iwae(ppca_1d_shifted, 1000), 200, 60),
     Experiment("iwae-narrow", PPCA, "best diag q at 0.3x its scales (k-hat > 0.7), K = 1000",
                iwae(ppca_narrow_guide, 1000), 100, may_decline=True),
-    Experiment("ppca-gaps", PPCA, "diag encoder, q* refit, 64 draws, exact log p(x)", ppca_gaps, 50),
+    Experiment("ppca-gaps", PPCA, "diag encoder, q* refit, 64 draws, exact log p(x)", ppca_gaps, 100),
     Experiment("ais-opaque-8x50", f"{PPCA_8D}, as a program", "8 chains x 50 temperatures x 10 leapfrog",
-               ais(ppca_opaque, AISSettings(steps=50, chains=8)), 24),
+               ais(ppca_opaque, AISSettings(steps=50, chains=8)), 60),
     Experiment("ais-8x50-lf2", PPCA_8D, "8 chains x 50 temperatures x 2 leapfrog",
-               ais(ppca_8d, AISSettings(steps=50, chains=8, leapfrog_steps=2)), 50, 16),
+               ais(ppca_8d, AISSettings(steps=50, chains=8, leapfrog_steps=2)), 100, 16),
     Experiment("ais-8x200", PPCA_8D, "8 chains x 200 temperatures x 10 leapfrog",
-               ais(ppca_8d, AISSettings(steps=200, chains=8)), 32),
+               ais(ppca_8d, AISSettings(steps=200, chains=8)), 50),
     Experiment("ais-one-chain", PPCA_8D, "1 chain x 50 temperatures x 2 leapfrog",
                ais(ppca_8d, AISSettings(steps=50, chains=1, leapfrog_steps=2)), 12, 4, may_decline=True),
     Experiment("ais-vae-2d", VAE_2D, "16 chains x 50 temperatures x 5 leapfrog",
-               ais(vae_2d, AISSettings(steps=50, chains=16, leapfrog_steps=5)), 50),
+               ais(vae_2d, AISSettings(steps=50, chains=16, leapfrog_steps=5)), 100),
     Experiment("ais-positive", POSITIVE, "16 chains x 50 temperatures x 5 leapfrog",
-               ais(positive_latent, AISSettings(steps=50, chains=16, leapfrog_steps=5)), 50),
+               ais(positive_latent, AISSettings(steps=50, chains=16, leapfrog_steps=5)), 100),
     Experiment("bdmc-one-point", PPCA, "32 chains x 20 temperatures x 10 leapfrog",
                one_point_bdmc(ppca, AISSettings(steps=20, chains=32)), 800, 200),
     Experiment("bdmc-one-point-8d", PPCA_8D, "32 chains x 20 temperatures x 10 leapfrog",
                one_point_bdmc(ppca_8d, AISSettings(steps=20, chains=32)), 400),
     Experiment("sandwich-20", PPCA_8D, "20 points, 8 chains x 50 temperatures x 10 leapfrog",
-               sandwiches(ppca_8d, 20, AISSettings(steps=50, chains=8)), 24),
+               sandwiches(ppca_8d, 20, AISSettings(steps=50, chains=8)), 60),
     Experiment("sandwich-20-lf2", PPCA_8D, "20 points, 8 chains x 50 temperatures x 2 leapfrog",
-               sandwiches(ppca_8d, 20, AISSettings(steps=50, chains=8, leapfrog_steps=2)), 24, 12),
+               sandwiches(ppca_8d, 20, AISSettings(steps=50, chains=8, leapfrog_steps=2)), 100, 12),
     Experiment("sandwich-100", PPCA, "100 points, 16 chains x 100 temperatures x 5 leapfrog",
-               sandwiches(ppca, 100, AISSettings(steps=100, chains=16, leapfrog_steps=5)), 25),
+               sandwiches(ppca, 100, AISSettings(steps=100, chains=16, leapfrog_steps=5)), 50),
 ]
 
 

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 
 #: group sizes K/2, K/4, ... whose spread :func:`log_mean_exp_stderr` measures
-LEVELS = 4
+LEVELS = 3
 
 
 def log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
@@ -28,22 +28,25 @@ def log_mean_exp_stderr(log_w: torch.Tensor, levels: int = LEVELS) -> torch.Tens
     r"""Standard error of :math:`\hat L_K = \log \frac1K \sum_k w_k` per column of ``log_w`` ``(K, *batch)``.
 
     The :math:`K` weights are split into :math:`g = K/k` disjoint groups of :math:`k` for
-    :math:`k = K/2, K/4, \dots` (``levels`` sizes), and the log-mean of each group is taken; their
+    :math:`k = K/2, K/4, K/8` (``levels`` sizes), and the log-mean of each group is taken; their
     sample variance :math:`v_k` (:math:`g - 1` degrees of freedom) estimates
     :math:`\mathrm{Var}\,\hat L_k` directly, heavy tails or not. The variance falls as a power of
     :math:`k`, :math:`k^{-1}` once the weights' variance is finite and well sampled and more slowly
     before; the power :math:`s \in [-1, 0]` is fitted by weighted least squares to
-    :math:`\log \bar v_k` pooled over the columns (the points evaluated together share the shape
-    of their weights' tail) and each :math:`v_k` is carried to :math:`K`:
+    :math:`\log \bar v_k`, the group variances pooled over the columns (the points evaluated
+    together), and each column's :math:`v_k` is carried to :math:`K`:
 
     .. math::
 
         \widehat{\mathrm{Var}}\,\hat L_K = \frac{\sum_k (g_k - 1)\, v_k\, (K/k)^{s}}{\sum_k (g_k - 1)}.
 
-    Checked against repeats (``benchmarks/coverage.py``): within 10% of the spread for
-    log-normal weights of log-sd up to 3 at any :math:`K \ge 4`, where the delta method is up to
-    3x too small. With fewer than 4 weights no power can be fitted and :math:`s = 0`, a
-    conservative error; with one weight there is no error bar: NaN.
+    Only the largest groups are used: a group of a few AIS chains is dragged down by a chain
+    that got stuck (a long left tail of :math:`\log w`) that barely moves :math:`\hat L_K`, and
+    the smallest groups would carry that to :math:`K` as spurious noise. Checked against repeats
+    (``benchmarks/coverage.py``, ``tests/inference/test_weights.py``): within about 10% of the
+    spread of a mean over points for log-normal weights of log-sd up to 3 at any :math:`K \ge 8`,
+    where the delta method is up to 3x too small. With fewer than 4 weights no power can be
+    fitted and :math:`s = 0`, a conservative error; with one weight there is no error bar: NaN.
     """
     num = log_w.shape[0]
     if num < 2:
@@ -57,12 +60,12 @@ def log_mean_exp_stderr(log_w: torch.Tensor, levels: int = LEVELS) -> torch.Tens
         means = log_mean_exp(grouped)  # (groups, *batch): one estimate per disjoint group
         variances.append(means.var(0))
         dofs.append(groups - 1)
-    slope = _pooled_slope(sizes, variances, dofs)
+    slope = _slopes(sizes, variances, dofs)
     total = sum(dof * var * (num / size) ** slope for size, var, dof in zip(sizes, variances, dofs, strict=True))
     return (total / sum(dofs)).sqrt()
 
 
-def _pooled_slope(sizes: list[int], variances: list[torch.Tensor], dofs: list[int]) -> float:
+def _slopes(sizes: list[int], variances: list[torch.Tensor], dofs: list[int]) -> float:
     """The power of k by which the group variances fall, fitted to their means over the columns, in [-1, 0]."""
     pooled = [float(var[~var.isnan()].mean()) if bool((~var.isnan()).any()) else math.nan for var in variances]
     if len(sizes) < 2 or any(math.isnan(v) for v in pooled):
