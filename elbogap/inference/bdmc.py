@@ -27,12 +27,14 @@ from elbogap.inference.ais import (
     AnnealingPath,
     anneal,
     initial_draws,
+    pilot_steps,
     point_chunk,
     sigmoid_schedule,
     tune_step_sizes,
 )
 from elbogap.inference.log_joint import flatten_latents, latent_sites, observed_sites
 from elbogap.inference.log_px import ImportanceAccumulator
+from elbogap.progress import Progress, as_progress
 
 
 @torch.no_grad()
@@ -64,34 +66,40 @@ class BDMCResult:
         return float((self.upper - self.lower).double().mean())
 
 
-def bdmc(model, x: torch.Tensor, z: torch.Tensor, settings: AISSettings | None = None) -> BDMCResult:
+def bdmc(model, x: torch.Tensor, z: torch.Tensor, settings: AISSettings | None = None,
+         progress: bool | Progress = False) -> BDMCResult:
     """Forward and reverse AIS on simulated pairs ``(x, z)``, with the same frozen step sizes.
 
     The step sizes are tuned in a pilot run of forward AIS (:func:`~elbogap.inference.ais.tune_step_sizes`)
-    and shared by both directions, so the sandwich measures the reported AIS settings.
+    and shared by both directions, so the sandwich measures the reported AIS settings. ``progress``
+    counts the transitions.
     """
     settings = settings or AISSettings()
     chunk = point_chunk(settings, x.shape[1])
-    parts = [_bdmc_chunk(model, x[i:i + chunk], z[i:i + chunk], settings) for i in range(0, len(x), chunk)]
+    starts = range(0, len(x), chunk)
+    transitions = len(starts) * (pilot_steps(settings) + 2 * settings.steps)
+    with as_progress(progress).bar(f"BDMC on {len(x)} points", transitions, unit="transition") as bar:
+        parts = [_bdmc_chunk(model, x[i:i + chunk], z[i:i + chunk], settings, bar) for i in starts]
     return BDMCResult(*(torch.cat([getattr(p, key) for p in parts])
                         for key in ("lower", "lower_stderr", "upper", "upper_stderr")))
 
 
-def _bdmc_chunk(model, x, z, settings) -> BDMCResult:
+def _bdmc_chunk(model, x, z, settings, bar=None) -> BDMCResult:
     path = AnnealingPath(model, x)
-    step_sizes = tune_step_sizes(path, settings)
+    step_sizes = tune_step_sizes(path, settings, bar=bar)
     betas = sigmoid_schedule(settings.steps, dtype=x.dtype)
-    forward, _, _ = anneal(path, initial_draws(path, settings.chains), betas, step_sizes, settings.leapfrog_steps)
+    forward, _, _ = anneal(path, initial_draws(path, settings.chains), betas, step_sizes, settings.leapfrog_steps,
+                           bar=bar)
     start = z.expand(settings.chains, *z.shape).clone()
-    backward, _, _ = anneal(path, start, betas, step_sizes, settings.leapfrog_steps, reverse=True)
+    backward, _, _ = anneal(path, start, betas, step_sizes, settings.leapfrog_steps, reverse=True, bar=bar)
     lower, upper = ImportanceAccumulator(), ImportanceAccumulator()
     lower.add(forward.log_w)
     upper.add(backward.log_w)  # estimates log(1 / p(x)) from above in expectation, after the sign flip
     return BDMCResult(lower.log_mean(), lower.stderr(), -upper.log_mean(), upper.stderr())
 
 
-def sandwich(model, example_x: torch.Tensor, num_points: int,
-             settings: AISSettings | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+def sandwich(model, example_x: torch.Tensor, num_points: int, settings: AISSettings | None = None,
+             progress: bool | Progress = False) -> tuple[dict, dict[str, torch.Tensor]]:
     """Simulate ``num_points`` pairs from ``model`` and sandwich their log p(x) with :func:`bdmc`.
 
     Returns a summary (``points``, ``lower``, ``upper`` and their standard errors as means over
@@ -102,7 +110,7 @@ def sandwich(model, example_x: torch.Tensor, num_points: int,
         settings = AISSettings(**{**settings.to_dict(), "init": "prior"})  # the sandwich anneals from the prior
     started = time.perf_counter()
     x, z = simulate(model, example_x, num_points)
-    result = bdmc(model, x, z, settings)
+    result = bdmc(model, x, z, settings, progress)
 
     def combined(stderr):
         return float(stderr.double().pow(2).sum().sqrt() / len(stderr))
