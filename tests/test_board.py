@@ -53,8 +53,9 @@ def test_on_a_terminal_a_run_has_one_line_with_its_path_and_the_innermost_count(
         assert status_line("iaf-seed0", read_status(status.path), time.time()).startswith("iaf-seed0 [00:00] BDMC [")
 
 
-def test_with_two_workers_the_driver_names_each_runs_evaluation_phases_and_quiet_names_none(tmp_path):
-    """A study's driver, its output read from a pipe as a scheduler's log would: no redrawn bars, a line per phase."""
+def test_with_two_workers_the_driver_names_each_runs_evaluation_phases_in_a_log(tmp_path):
+    """A study's driver, its output read from a pipe as a scheduler's log would: no redrawn bars, a line per phase
+    (--quiet prints none: tests/test_cli.py)."""
     args = [sys.executable, "-m", "elbogap", "compare", "--guides", "diag,iaf", "--seeds", "0", "--steps", "30",
             "--jobs", "2", "--cpus-per-run", "1", "--train-size", "100", "--test-size", "20", "--hidden-dims", "8",
             "--eval-samples", "8", "--iw-samples", "8", "--curve-points", "8", "--train-eval-points", "20",
