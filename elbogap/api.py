@@ -135,6 +135,8 @@ def compare(model="vae", guides=("diag", "full", "iaf", "planar"), data="digits"
     :param data: a data set name or path, an array or tensor (20% held out), or ``(train, test)``.
     :param out: the output directory (default: a new temporary directory).
     :param seeds: the seeds; every guide trains once per seed.
+    :param bool progress: show how far each run is (tqdm bars, or a line per run's phase where runs
+        execute in workers); nothing is printed without it.
     :param settings: any setting of the command line, e.g. ``latent_dim=2, steps=3000, log_px="ais"``.
     """
     from elbogap.sweep import compare as run_sweep

@@ -28,6 +28,7 @@ from elbogap.errors import UsageError
 from elbogap.factory import build, guide_label, load_dataset, make_trainer
 from elbogap.inference import Trainer
 from elbogap.phases import Phases
+from elbogap.progress import Bars, Progress
 from elbogap.protocols import PROTOCOLS, protocol_for
 from elbogap.stopping import ShouldStop, no_stop_requests
 from elbogap.summary import log_fields
@@ -76,7 +77,7 @@ class RunLog:
 
 
 def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: str | Path,
-            progress: bool = False, fixed_model: str | Path | None = None, where: dict | None = None,
+            progress: bool | Progress = False, fixed_model: str | Path | None = None, where: dict | None = None,
             stops: Callable[[], AbstractContextManager[ShouldStop]] = no_stop_requests) -> dict:
     """Train the model jointly with one guide from ``seed``, save it, and evaluate both splits.
 
@@ -92,9 +93,14 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
     (:func:`~elbogap.stopping.stop_requests` for SIGINT and SIGTERM); it yields ``should_stop()``,
     asked after every step: on a request the run checkpoints and raises :class:`Interrupted`.
 
+    ``progress`` tells how far the run is, phase by phase: tqdm bars here, each titled with the
+    guide and seed (True), or any :class:`~elbogap.progress.Progress`.
+
     The run trains and evaluates on the intra-op threads its kind of study asks for
     (:attr:`~elbogap.protocols.Protocol.threads`).
     """
+    if not isinstance(progress, Progress):
+        progress = Bars(progress, run=f"{guide_label(guide_name)}-seed{seed}")
     with intra_op_threads(PROTOCOLS[data.kind].threads):
         return _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, stops)
 
@@ -103,17 +109,18 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(run_dir / LOG)
-    pyro.clear_param_store()
-    streams.seeded("training", seed)
-    model, guide = build(config, data, guide_name)
-    protocol = protocol_for(model)
-    described = describe_model(model, config)
-    if fixed_model is not None:
-        with torch.no_grad():
-            model.load_state_dict(load_checkpoint(Path(fixed_model) / CHECKPOINT)["trainer"]["model"])
-    num_data = len(data.train)
-    steps = config.total_steps(num_data)
-    trainer = make_trainer(config, model, guide, data, seed, freeze_model=fixed_model is not None)
+    with progress.phase("setting up"):
+        pyro.clear_param_store()
+        streams.seeded("training", seed)
+        model, guide = build(config, data, guide_name)
+        protocol = protocol_for(model)
+        described = describe_model(model, config)
+        if fixed_model is not None:
+            with torch.no_grad():
+                model.load_state_dict(load_checkpoint(Path(fixed_model) / CHECKPOINT)["trainer"]["model"])
+        num_data = len(data.train)
+        steps = config.total_steps(num_data)
+        trainer = make_trainer(config, model, guide, data, seed, freeze_model=fixed_model is not None)
     eval_every = config.eval_every or max(1, steps // 10)
     curve_eval: list[dict] = []
     phases = Phases({"train": 0.0})  # training's phases add up over every session of the run
@@ -159,7 +166,7 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
             log.write(f"interrupted after step {step}")
             raise Interrupted(signum, step, run_dir)
         if step % eval_every == 0 or step == steps:
-            with phases("curve_evaluations"):
+            with phases("curve_evaluations"), progress.phase("curve evaluation"):
                 curve_eval.append({"step": step, **protocol.curve_point(model, guide, data, config)})
             log.write(f"step {step} " + " ".join(f"{k}={v:.4f}" for k, v in curve_eval[-1].items() if k != "step"))
         if config.checkpoint_every and step % config.checkpoint_every == 0:
@@ -167,7 +174,7 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
 
     with stops() as should_stop:
         try:
-            fit = trainer.run(steps, after_step, progress, desc=f"{guide_name} seed {seed}")
+            fit = trainer.run(steps, after_step, progress, desc="training")
         except ValueError as error:  # a distribution refusing NaN parameters inside the step
             if parameters_finite(trainer.svi.params) and "nan" not in str(error).lower():
                 raise
@@ -175,8 +182,8 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
     save(complete=True)
     metrics = protocol.evaluate(model, guide, data, config, seed, phases, progress, run_dir=run_dir)
     if config.bdmc:
-        with phases("bdmc"):
-            metrics["bdmc"] = protocol.bdmc(model, data, config, seed, run_dir)
+        with phases("bdmc"), progress.phase("BDMC"):
+            metrics["bdmc"] = protocol.bdmc(model, data, config, seed, run_dir, progress)
         log.write("bdmc " + " ".join(f"{k}={metrics['bdmc'][k]:.4f}" for k in ("lower", "upper", "width")))
     log.write(f"seconds {phases.line()}")
     log.write(f"final {final_line(metrics)}")

@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from elbogap.backends import Outcome, RunTask, open_backend
+from elbogap.board import Board
 from elbogap.config import Config
 from elbogap.errors import UsageError
 from elbogap.factory import build, guide_label, load_dataset
@@ -66,12 +67,14 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
     begun = time.perf_counter()
     results["seconds"] = {"runs": 0.0}
     results["workers"] = backend.concurrent_runs
+    # where several runs execute at once, the driver shows each one's phase (a lone run shows its own bars)
+    board = Board() if progress and backend.slots > 1 else None
     try:
-        failed_references = run_references(backend, config, out, references, results, progress)
+        failed_references = run_references(backend, config, out, references, results, board)
         finished: dict[tuple, dict] = {}
-        # one bar over the runs where several run at once (a lone run shows its own training bar)
+        # and one bar over the runs, on a terminal
         bar = tqdm(total=len(config.guides) * len(config.seeds), desc="runs", unit="run", leave=False,
-                   disable=not progress or backend.slots == 1)
+                   disable=board is None or not board.live)
 
         def collect(task: RunTask, run: dict) -> None:
             finished[task.guide, task.seed] = {**run, "run_dir": f"runs/{run_name(task.guide, task.seed)}"}
@@ -93,28 +96,33 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
                                                                 f"failed: {failed_references[seed]}"))
                 else:
                     tasks.append(task)
-        run_tasks(backend, config, tasks, collect)
+        run_tasks(backend, config, tasks, collect, board)
         bar.close()
     finally:
+        if board is not None:
+            board.close()
         backend.close()
     results["seconds"]["runs"] = time.perf_counter() - begun
     return results
 
 
-def run_references(backend, config: Config, out: Path, references: dict, results: dict, progress: bool) -> dict:
+def run_references(backend, config: Config, out: Path, references: dict, results: dict,
+                   board: Board | None = None) -> dict:
     """Train the fixed-model reference runs; returns ``{seed: fault}`` for those that failed under skip."""
     if not references:
         return {}
     done: dict[int, dict] = {}
     tasks = [RunTask(config.reference_guide, seed, str(run_dir)) for seed, run_dir in references.items()]
-    run_tasks(backend, config, tasks, lambda task, run: done.update({task.seed: run}))
+    run_tasks(backend, config, tasks, lambda task, run: done.update({task.seed: run}), board)
     results["reference_runs"] = [{**done[seed], "run_dir": str(run_dir.relative_to(out))}
                                  for seed, run_dir in references.items()]
     return {seed: run["failed"] for seed, run in done.items() if "failed" in run}
 
 
-def run_tasks(backend, config: Config, tasks: list[RunTask], on_run: Callable[[RunTask, dict], None]) -> None:
-    """Run ``tasks`` on ``backend``, up to its ``slots`` at once; ``on_run(task, record)`` as each finishes.
+def run_tasks(backend, config: Config, tasks: list[RunTask], on_run: Callable[[RunTask, dict], None],
+              board: Board | None = None) -> None:
+    """Run ``tasks`` on ``backend``, up to its ``slots`` at once; ``on_run(task, record)`` as each finishes;
+    ``board`` shows how far the running ones are.
 
     A NaN fault is a record with ``"failed"`` under ``--on-nan skip``; otherwise it, a usage
     error or a crash stops the other runs (each checkpoints) and is raised here. After SIGINT or
@@ -128,13 +136,20 @@ def run_tasks(backend, config: Config, tasks: list[RunTask], on_run: Callable[[R
         while running or (waiting and not (should_stop() or failure or interrupted)):
             while waiting and len(running) < backend.slots and not (should_stop() or failure or interrupted):
                 task = waiting.pop(0)
+                if board is not None:
+                    board.start(Path(task.run_dir).name, task.run_dir)
                 backend.submit(task)
                 running.add(task)
             if (should_stop() or failure or interrupted) and not stopping:  # every running run checkpoints and stops
                 backend.stop(should_stop() or signal.SIGTERM)
                 stopping = True
-            for outcome in backend.wait(POLL):
+            outcomes = backend.wait(POLL)
+            if board is not None:
+                board.poll()
+            for outcome in outcomes:
                 running.discard(outcome.task)
+                if board is not None:
+                    board.finish(outcome.task.run_dir)
                 if outcome.status == "ok":
                     on_run(outcome.task, outcome.payload)
                 elif outcome.status == "fault" and config.on_nan == "skip":

@@ -29,12 +29,14 @@ def user_module(tmp_path):
     return module
 
 
-def test_compare_returns_the_numbers_the_cli_writes(tmp_path):
+def test_compare_returns_the_numbers_the_cli_writes(tmp_path, capfd):
     module = user_module(tmp_path)
     data = load_data("digits", train_size=150, test_size=40)
     x = torch.cat([data.train, data.test])
+    capfd.readouterr()
     result = elbogap.compare(module.VAE, {"tutorial.VAE": module.VAE, "diag": "diag"}, (data.train, data.test),
                              out=tmp_path / "api", seeds=[0], **QUICK)
+    assert capfd.readouterr() == ("", "")  # quiet unless asked (progress=True)
     assert [run["guide"] for run in result.runs] == ["tutorial.VAE", "diag"]
     assert len(x) == 190 and (tmp_path / "api" / "data.npz").is_file()
 

@@ -20,8 +20,9 @@ def run_cli(*args, cwd=None):
                           cwd=cwd, timeout=300)
 
 
-def test_compare_writes_results_with_every_metric(tmp_path):
-    """The default path: one worker process per core (at most one per run), each serving run after run."""
+def test_compare_writes_results_with_every_metric(tmp_path, capfd):
+    """The default path: one worker process per core (at most one per run), each serving run after run;
+    --quiet shows no phase of any run, and no run writes where it is."""
     from elbogap.backends import local_jobs
     from elbogap.config import Config
 
@@ -29,6 +30,9 @@ def test_compare_writes_results_with_every_metric(tmp_path):
     args = ["--guides", "diag,local", "--seeds", "0,1", "--out", str(out), *QUICK, "--jobs", "0",
             "--train-eval-points", "300"]
     assert main(["compare", *args]) == 0
+    shown = capfd.readouterr()
+    assert shown.out == "" and "evaluate" not in shown.err and "training" not in shown.err and "\r" not in shown.err
+    assert not list(out.glob("runs/*/progress.json"))
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"config", "versions", "runs", "summary", "seconds", "workers"}
     workers = local_jobs(Config(guides=["diag", "local"], seeds=[0, 1]))

@@ -32,7 +32,9 @@ def local_jobs(config: Config) -> int:
 
 def open_backend(config: Config, out: Path, progress: bool = False):
     """The backend ``config`` asks for: ``ray``, else local worker processes when more than one run executes
-    at once (:func:`local_jobs`), else this process."""
+    at once (:func:`local_jobs`), else this process. With ``progress``, a run in this process shows its tqdm
+    bars, and a run elsewhere writes how far it is to its run directory for the driver
+    (:mod:`elbogap.board`)."""
     objects = [spec for spec in (config.model, *config.guides) if spec.startswith("object:")]
     if objects and (config.backend == "ray" or config.jobs > 1):
         raise UsageError(f"{objects[0]} is a Python object that lives in this process only; run it with jobs=1 and "
@@ -40,12 +42,12 @@ def open_backend(config: Config, out: Path, progress: bool = False):
     if config.backend == "ray":
         from elbogap.backends.ray import RayBackend
 
-        return RayBackend(config, out)
+        return RayBackend(config, out, status=progress)
     jobs = local_jobs(config)
     if jobs > 1:
         from elbogap.backends.processes import ProcessBackend
 
-        return ProcessBackend(config, jobs)
+        return ProcessBackend(config, jobs, status=progress)
     from elbogap.backends.serial import SerialBackend
 
     return SerialBackend(config, progress)

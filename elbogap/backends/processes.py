@@ -18,30 +18,32 @@ from elbogap.config import Config
 from elbogap.where import where_am_i
 
 
-def _serve(inbox, reports, config: dict, threads: int) -> None:
-    """A worker: execute each task from ``inbox`` and report its outcome, until handed None."""
+def _serve(inbox, reports, config: dict, threads: int, status: bool) -> None:
+    """A worker: execute each task from ``inbox`` and report its outcome, until handed None; with ``status``,
+    each run writes how far it is to its run directory for the driver."""
     try:
         while (task := inbox.get()) is not None:
-            reports.put(execute(config, task, threads, where_am_i("local")))
+            reports.put(execute(config, task, threads, where_am_i("local"), status=status))
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; an idle worker just leaves
         pass
 
 
 class _Worker:
-    def __init__(self, context, reports, config: dict, threads: int):
+    def __init__(self, context, reports, config: dict, threads: int, status: bool):
         self.inbox = context.Queue()
-        self.process = context.Process(target=_serve, args=(self.inbox, reports, config, threads), daemon=True)
+        self.process = context.Process(target=_serve, args=(self.inbox, reports, config, threads, status), daemon=True)
         self.process.start()
         self.task: RunTask | None = None
 
 
 class ProcessBackend:
-    """Up to ``slots`` runs at once, in spawned worker processes that report through one queue."""
+    """Up to ``slots`` runs at once, in spawned worker processes that report through one queue; with
+    ``status``, each run writes how far it is to its run directory (:class:`~elbogap.progress.StatusFile`)."""
 
     name = "local"
 
-    def __init__(self, config: Config, jobs: int):
-        self.config = config.to_dict()
+    def __init__(self, config: Config, jobs: int, status: bool = False):
+        self.config, self.status = config.to_dict(), status
         self.slots = self.concurrent_runs = jobs
         self.threads = config.cpus_per_run or max(1, torch.get_num_threads() // jobs)
         self.context = multiprocessing.get_context("spawn")  # no forked torch or Pyro state
@@ -51,7 +53,7 @@ class ProcessBackend:
     def submit(self, task: RunTask) -> None:
         idle = next((worker for worker in self.workers if worker.task is None and worker.process.is_alive()), None)
         if idle is None:
-            idle = _Worker(self.context, self.reports, self.config, self.threads)
+            idle = _Worker(self.context, self.reports, self.config, self.threads, self.status)
             self.workers.append(idle)
         idle.task = task
         idle.inbox.put(task)

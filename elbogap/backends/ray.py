@@ -20,10 +20,11 @@ from elbogap.where import where_am_i
 STOP_GRACE = 120
 
 
-def _execute_on_node(config: dict, task: RunTask, threads: int, cwd: str) -> Outcome:
+def _execute_on_node(config: dict, task: RunTask, threads: int, cwd: str, status: bool) -> Outcome:
     import ray
 
-    return execute(config, task, threads, where_am_i("ray", ray.get_runtime_context().get_node_id()), cwd)
+    return execute(config, task, threads, where_am_i("ray", ray.get_runtime_context().get_node_id()), cwd,
+                   status=status)
 
 
 def first_line(error: BaseException) -> str:
@@ -50,12 +51,13 @@ def _write_probe(path: str) -> str:
 
 
 class RayBackend:
-    """Submits every run at once; Ray runs as many as the cluster's free resources allow."""
+    """Submits every run at once; Ray runs as many as the cluster's free resources allow. With ``status``,
+    each run writes how far it is to its run directory on the shared ``--out`` for the driver to read."""
 
     name = "ray"
     slots = float("inf")
 
-    def __init__(self, config: Config, out: Path):
+    def __init__(self, config: Config, out: Path, status: bool = False):
         try:
             import ray
         except ImportError:
@@ -74,7 +76,7 @@ class RayBackend:
                 raise UsageError(f"cannot reach a Ray cluster at --ray-address {self.address}: {reason[:200]}; "
                                  "start one with 'ray start --head' or leave --ray-address unset to start Ray "
                                  "for this command") from None
-        self.config = config.to_dict()
+        self.config, self.status = config.to_dict(), status
         self.threads = config.cpus_per_run or 1
         self.remote = ray.remote(_execute_on_node).options(
             num_cpus=self.threads, num_gpus=config.gpus_per_run, max_retries=0)
@@ -116,7 +118,7 @@ class RayBackend:
                 path.unlink(missing_ok=True)
 
     def submit(self, task: RunTask) -> None:
-        self.refs[self.remote.remote(self.config, task, self.threads, self.cwd)] = task
+        self.refs[self.remote.remote(self.config, task, self.threads, self.cwd, self.status)] = task
 
     def wait(self, timeout: float) -> list[Outcome]:
         if not self.refs:

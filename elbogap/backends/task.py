@@ -51,8 +51,12 @@ def _dataset(config: Config, load):
 
 
 def execute(config: dict, task: RunTask, threads: int | None = None, where: dict | None = None,
-            cwd: str | None = None, progress: bool = False) -> Outcome:
+            cwd: str | None = None, progress: bool = False, status: bool = False) -> Outcome:
     """Run ``task`` here and report how it ended; never raises for what a run can run into.
+
+    ``progress`` shows the run's tqdm bars here; ``status`` instead writes how far it is to
+    ``progress.json`` in its run directory, for a driver that shows several runs
+    (:class:`~elbogap.progress.StatusFile`).
 
     ``threads`` sets torch's thread count for the run (worker processes are reused, so the
     environment alone cannot be trusted). ``cwd``, the driver's working directory, makes
@@ -62,6 +66,7 @@ def execute(config: dict, task: RunTask, threads: int | None = None, where: dict
     # imported here, not above: backends stay importable without the training and evaluation stack
     from elbogap.factory import load_dataset
     from elbogap.failures import keep_traceback, program_failure
+    from elbogap.progress import STATUS, StatusFile, as_progress
     from elbogap.runs import Interrupted, NumericalFault, run_one
     from elbogap.stopping import stop_requests
 
@@ -76,7 +81,11 @@ def execute(config: dict, task: RunTask, threads: int | None = None, where: dict
                 sys.path.insert(0, cwd)
                 added_path = True
         settings = Config(**config)
-        run = run_one(settings, _dataset(settings, load_dataset), task.guide, task.seed, Path(task.run_dir), progress,
+        if status:
+            progress = StatusFile(Path(task.run_dir) / STATUS)
+        with as_progress(progress).phase("loading data"):
+            data = _dataset(settings, load_dataset)
+        run = run_one(settings, data, task.guide, task.seed, Path(task.run_dir), progress,
                       fixed_model=task.reference, where=where, stops=stop_requests)
         return Outcome(task, "ok", run)
     except Interrupted as stop:

@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from elbogap.inference.ais import AISSettings, AnnealingPath, anneal, pilot_steps, sigmoid_schedule, tune_step_sizes
 from elbogap.inference.bdmc import summarize_sandwich
 from elbogap.inference.weights import log_mean_exp, log_mean_exp_stderr
+from elbogap.progress import Progress, as_progress
 from elbogap.threads import intra_op_threads
 
 
@@ -74,7 +74,8 @@ class Evidence:
                 "effective_chains": float(self.log_w.double().softmax(0).pow(2).sum().reciprocal())}
 
 
-def ais_evidence(model, data: torch.Tensor, settings: AISSettings | None = None, progress: bool = False) -> Evidence:
+def ais_evidence(model, data: torch.Tensor, settings: AISSettings | None = None,
+                 progress: bool | Progress = False) -> Evidence:
     r""":math:`\log p(D)` by forward AIS from the prior, :math:`\log \frac1K \sum_k w_k` over ``settings.chains``.
 
     A pilot run of ``pilot_fraction * steps`` transitions tunes the step sizes, which the
@@ -83,8 +84,8 @@ def ais_evidence(model, data: torch.Tensor, settings: AISSettings | None = None,
     settings = settings or AISSettings()
     started = time.perf_counter()
     path = EvidencePath(model, data)
-    with one_thread(), tqdm(total=pilot_steps(settings) + settings.steps, desc="AIS on the data set", unit="step",
-                            leave=False, disable=not progress) as bar:
+    with one_thread(), as_progress(progress).bar("AIS on the data set", pilot_steps(settings) + settings.steps,
+                                                   unit="transition") as bar:
         step_sizes = tune_step_sizes(path, settings, bar=bar)
         betas = sigmoid_schedule(settings.steps, dtype=data.dtype)
         state, _, acceptance = anneal(path, path.start(settings.chains), betas, step_sizes, settings.leapfrog_steps,
@@ -95,7 +96,7 @@ def ais_evidence(model, data: torch.Tensor, settings: AISSettings | None = None,
 
 
 def bdmc_evidence(model, data: torch.Tensor, count: int, settings: AISSettings | None = None,
-                  progress: bool = False) -> tuple[dict, list[torch.Tensor]]:
+                  progress: bool | Progress = False) -> tuple[dict, list[torch.Tensor]]:
     r"""BDMC on ``count`` data sets simulated from the model's prior predictive, shaped like ``data``.
 
     For each :math:`(D^*, \theta^*, z^*)`, forward AIS from the prior gives a stochastic lower
@@ -110,21 +111,22 @@ def bdmc_evidence(model, data: torch.Tensor, count: int, settings: AISSettings |
     settings = settings or AISSettings()
     started = time.perf_counter()
     lower, upper, lower_se, datasets = [], [], [], []
-    with one_thread(), tqdm(total=count, desc="BDMC data sets", unit="set", leave=False,
-                            disable=not progress) as bar:
+    desc = "BDMC on 1 data set" if count == 1 else f"BDMC on {count} data sets"
+    transitions = count * (pilot_steps(settings) + 2 * settings.steps)
+    with one_thread(), as_progress(progress).bar(desc, transitions, unit="transition") as bar:
         for _ in range(count):
             simulated, z = model.simulate(data)
             datasets.append(simulated)
             path = EvidencePath(model, simulated)
-            step_sizes = tune_step_sizes(path, settings)
+            step_sizes = tune_step_sizes(path, settings, bar=bar)
             betas = sigmoid_schedule(settings.steps, dtype=data.dtype)
-            forward, _, _ = anneal(path, path.start(settings.chains), betas, step_sizes, settings.leapfrog_steps)
+            forward, _, _ = anneal(path, path.start(settings.chains), betas, step_sizes, settings.leapfrog_steps,
+                                   bar=bar)
             start = z.to(data.dtype).expand(settings.chains, 1, -1).clone()
-            backward, _, _ = anneal(path, start, betas, step_sizes, settings.leapfrog_steps, reverse=True)
+            backward, _, _ = anneal(path, start, betas, step_sizes, settings.leapfrog_steps, reverse=True, bar=bar)
             lower.append(float(log_mean_exp(forward.log_w.double())[0]))
             lower_se.append(float(log_mean_exp_stderr(forward.log_w)[0]))
             upper.append(-float(log_mean_exp(backward.log_w.double())[0]))  # the reverse chains share their start
-            bar.update()
 
     summary = {"datasets": count, **summarize_sandwich(*(torch.tensor(values, dtype=torch.float64) for values in (
         lower, lower_se, upper, [math.nan] * count))),

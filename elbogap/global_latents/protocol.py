@@ -34,6 +34,7 @@ from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.global_latents.reference import against_reference, ais_reference, nuts_reference, site_moments
 from elbogap.inference.weights import log_mean_exp, log_mean_exp_stderr
 from elbogap.phases import Phases
+from elbogap.progress import Progress, as_progress
 
 #: how far q's importance estimate of log p(D) may sit above AIS's, in standard errors, before AIS is doubted
 DISAGREEMENT = 3.0
@@ -99,19 +100,20 @@ def reference_state(model, data, config, seed, run_dir, evidence: dict, progress
     return study_cache(run_dir, "nuts", model, data, settings, seed, compute)
 
 
-def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, phases=None, progress: bool = False,
-                    run_dir: Path | None = None) -> dict:
+def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, phases=None,
+                    progress: bool | Progress = False, run_dir: Path | None = None) -> dict:
     """The metrics of one trained guide on the whole data set ``data.train`` (see the module's description)."""
     phases = phases if phases is not None else Phases()
+    progress = as_progress(progress)
     rows = data.train
     run_dir = Path(run_dir if run_dir is not None else ".")
     num_data = len(rows)
-    with phases("evaluate_q"):
+    with phases("evaluate_q"), progress.phase("evaluate q"):
         streams.seeded("evaluation", seed)
         draws = guide_draws(model, guide, rows, config.iw_samples)
         metrics = summarize_draws(draws, num_data)
     metrics["rows"] = data.rows
-    with phases("evidence"):
+    with phases("evidence"), progress.phase("evidence"):
         evidence = evidence_state(model, rows, config, seed, run_dir, progress)
     summary = evidence["summary"]
     metrics.update(log_evidence=summary["log_evidence"], log_evidence_stderr=summary["stderr"],
@@ -122,7 +124,7 @@ def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, ph
         metrics[f"{key}_per_point"] = metrics[key] / num_data
     metrics.update(evidence_check(metrics))
     record = {"kind": "global", "data": metrics, "evidence": summary}
-    with phases("reference"):
+    with phases("reference"), progress.phase("reference"):
         reference = reference_state(model, rows, config, seed, run_dir, evidence, progress)
     q_moments = moments(draws.values)
     record["q_moments"] = site_moments(q_moments)
@@ -135,7 +137,7 @@ def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, ph
                        "shapes": {name: list(shape) for name, shape in model.latent_sites.items()},
                        "latent_dim": model.latent_dim}
     if len(data.test):
-        with phases("held_out"):
+        with phases("held_out"), progress.phase("held-out evidence"):
             record["test"] = held_out_metrics(model, data, config, seed, run_dir, evidence, draws, progress)
     save_draws(run_dir, draws, reference)
     return record
@@ -168,11 +170,11 @@ def held_out_metrics(model, data, config, seed, run_dir, evidence: dict, draws, 
     return out
 
 
-def run_bdmc(model, data, config, seed: int, run_dir) -> dict:
+def run_bdmc(model, data, config, seed: int, run_dir, progress: bool | Progress = False) -> dict:
     """BDMC on ``--bdmc`` data sets simulated from the model's prior predictive (shared by the study's guides)."""
     return study_cache(run_dir, "bdmc", model, data.train, {**config.evidence_settings().to_dict(),
                                                             "datasets": config.bdmc}, seed,
-                       lambda: bdmc_summary(model, data.train, config, seed, False))["summary"]
+                       lambda: bdmc_summary(model, data.train, config, seed, progress))["summary"]
 
 
 def bdmc_summary(model, data, config, seed, progress) -> dict:

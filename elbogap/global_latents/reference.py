@@ -29,6 +29,7 @@ from pyro.ops.stats import effective_sample_size, split_gelman_rubin
 
 from elbogap.errors import UsageError
 from elbogap.global_latents.evaluation import moments
+from elbogap.progress import Progress, as_progress
 
 RHAT_LIMIT = 1.01
 ESS_PER_CHAIN = 100
@@ -50,23 +51,34 @@ class Reference:
 
 
 def nuts_reference(model, data: torch.Tensor, chains: int = 2, warmup: int = 500, samples: int = 500,
-                   seed: int = 0, progress: bool = False) -> Reference:
-    """``chains`` NUTS chains on the whole data set, each from its own seed, with R-hat, ESS and divergences."""
+                   seed: int = 0, progress: bool | Progress = False) -> Reference:
+    """``chains`` NUTS chains on the whole data set, each from its own seed, with R-hat, ESS and divergences.
+
+    ``progress`` counts the iterations, warm-up and sampling, of every chain in one bar.
+    """
     started = time.perf_counter()
     runs, divergences = [], 0
-    for chain in range(chains):
-        pyro.set_rng_seed(seed + chain)
-        kernel = NUTS(model.full_program, jit_compile=False)
-        mcmc = MCMC(kernel, num_samples=samples, warmup_steps=warmup, num_chains=1,
-                    disable_progbar=not progress)
-        try:
-            mcmc.run(data)
-        except Exception as error:
-            reason = str(error).splitlines()[0] if str(error) else ""
-            raise UsageError(f"NUTS cannot run {model.spec}: {type(error).__name__}: {reason}; "
-                             "use --reference ais or none") from None
-        runs.append(mcmc.get_samples())
-        divergences += int(sum(len(v) for v in mcmc.diagnostics().get("divergences", {}).values()))
+    with as_progress(progress).bar("NUTS", chains * (warmup + samples)) as bar:
+        for chain in range(chains):
+            pyro.set_rng_seed(seed + chain)
+            kernel = NUTS(model.full_program, jit_compile=False)
+
+            def count(_kernel, _values, stage, i, chain=chain):
+                bar.update()
+                if i == 0:
+                    bar.set_postfix(chain=f"{chain + 1}/{chains}", stage=stage.lower(), refresh=False)
+
+            # one bar over every chain, which Pyro's own bar (one per chain) cannot give a driver
+            mcmc = MCMC(kernel, num_samples=samples, warmup_steps=warmup, num_chains=1, hook_fn=count,
+                        disable_progbar=True)
+            try:
+                mcmc.run(data)
+            except Exception as error:
+                reason = str(error).splitlines()[0] if str(error) else ""
+                raise UsageError(f"NUTS cannot run {model.spec}: {type(error).__name__}: {reason}; "
+                                 "use --reference ais or none") from None
+            runs.append(mcmc.get_samples())
+            divergences += int(sum(len(v) for v in mcmc.diagnostics().get("divergences", {}).values()))
     values = {name: torch.cat([run[name].reshape(samples, -1) for run in runs]).detach()
               for name in model.latent_sites}
     grouped = {name: torch.stack([run[name].reshape(samples, -1) for run in runs]).double()

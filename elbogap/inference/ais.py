@@ -41,13 +41,13 @@ from typing import NamedTuple
 import pyro
 import torch
 from pyro import poutine
-from tqdm.auto import tqdm
 
 from elbogap.errors import UsageError
 from elbogap.inference.log_joint import flatten_latents, latent_sites, log_joint
 from elbogap.inference.log_px import ELEMENT_BUDGET
 from elbogap.inference.weights import log_mean_exp, log_mean_exp_stderr
 from elbogap.model.base import LatentModel
+from elbogap.progress import Progress, as_progress
 from elbogap.sites import broadcasts_draws, repeat_rows
 
 INITS = ("prior", "q")
@@ -288,7 +288,7 @@ def point_chunk(settings: AISSettings, data_dim: int) -> int:
 
 
 def ais_log_px(model, x: torch.Tensor, settings: AISSettings | None = None, guide=None,
-               index: torch.Tensor | None = None, progress: bool = False) -> AISResult:
+               index: torch.Tensor | None = None, progress: bool | Progress = False) -> AISResult:
     r""":math:`\log p(x)` per row of ``x`` by forward AIS, a chunk of points at a time.
 
     Each chunk first tunes its step sizes in a pilot run, then runs ``settings.chains`` chains
@@ -310,8 +310,8 @@ def ais_log_px(model, x: torch.Tensor, settings: AISSettings | None = None, guid
             x = x.clone()
     chunk = point_chunk(settings, x.shape[1])
     starts = range(0, len(x), chunk)
-    with tqdm(total=len(starts) * (pilot_steps(settings) + settings.steps), desc=f"AIS on {len(x)} points",
-              unit="step", leave=False, disable=not progress) as bar:
+    transitions = len(starts) * (pilot_steps(settings) + settings.steps)
+    with as_progress(progress).bar(f"AIS on {len(x)} points", transitions, unit="transition") as bar:
         parts = [_ais_chunk(model, x[i:i + chunk], index[i:i + chunk], settings, guide, bar) for i in starts]
     weights = [len(p.log_px) for p in parts]
     acceptance = sum(w * p.acceptance for w, p in zip(weights, parts, strict=True)) / len(x)

@@ -27,12 +27,14 @@ from elbogap.inference.ais import (
     AnnealingPath,
     anneal,
     initial_draws,
+    pilot_steps,
     point_chunk,
     sigmoid_schedule,
     tune_step_sizes,
 )
 from elbogap.inference.log_joint import flatten_latents, latent_sites, observed_sites
 from elbogap.inference.weights import log_mean_exp, log_mean_exp_stderr
+from elbogap.progress import Progress, as_progress
 
 
 @torch.no_grad()
@@ -68,30 +70,36 @@ class BDMCResult:
         return float((self.upper - self.lower).double().mean())
 
 
-def bdmc(model, x: torch.Tensor, z: torch.Tensor, settings: AISSettings | None = None) -> BDMCResult:
+def bdmc(model, x: torch.Tensor, z: torch.Tensor, settings: AISSettings | None = None,
+         progress: bool | Progress = False) -> BDMCResult:
     """Forward and reverse AIS on simulated pairs ``(x, z)``, with the same frozen step sizes.
 
     ``z`` is one exact posterior draw per point, ``(batch, latent_dim)``, from which every reverse
     chain starts, or one per chain, ``(chains, batch, latent_dim)``, which makes the reverse
     chains independent and gives the upper bound a per-point standard error. The step sizes are
     tuned in a pilot run of forward AIS (:func:`~elbogap.inference.ais.tune_step_sizes`) and
-    shared by both directions, so the sandwich measures the reported AIS settings.
+    shared by both directions, so the sandwich measures the reported AIS settings. ``progress``
+    counts the transitions.
     """
     settings = settings or AISSettings()
     chunk = point_chunk(settings, x.shape[1])
-    parts = [_bdmc_chunk(model, x[i:i + chunk], z[..., i:i + chunk, :], settings) for i in range(0, len(x), chunk)]
+    starts = range(0, len(x), chunk)
+    transitions = len(starts) * (pilot_steps(settings) + 2 * settings.steps)
+    with as_progress(progress).bar(f"BDMC on {len(x)} points", transitions, unit="transition") as bar:
+        parts = [_bdmc_chunk(model, x[i:i + chunk], z[..., i:i + chunk, :], settings, bar) for i in starts]
     return BDMCResult(*(torch.cat([getattr(p, key) for p in parts])
                         for key in ("lower", "lower_stderr", "upper", "upper_stderr")))
 
 
-def _bdmc_chunk(model, x, z, settings) -> BDMCResult:
+def _bdmc_chunk(model, x, z, settings, bar=None) -> BDMCResult:
     path = AnnealingPath(model, x)
-    step_sizes = tune_step_sizes(path, settings)
+    step_sizes = tune_step_sizes(path, settings, bar=bar)
     betas = sigmoid_schedule(settings.steps, dtype=x.dtype)
-    forward, _, _ = anneal(path, initial_draws(path, settings.chains), betas, step_sizes, settings.leapfrog_steps)
+    forward, _, _ = anneal(path, initial_draws(path, settings.chains), betas, step_sizes, settings.leapfrog_steps,
+                           bar=bar)
     independent = z.dim() == 3
     start = z.clone() if independent else z.expand(settings.chains, *z.shape).clone()
-    backward, _, _ = anneal(path, start, betas, step_sizes, settings.leapfrog_steps, reverse=True)
+    backward, _, _ = anneal(path, start, betas, step_sizes, settings.leapfrog_steps, reverse=True, bar=bar)
     # reverse weights estimate 1 / p(x) without bias: minus their log-mean is a stochastic upper bound
     upper_stderr = log_mean_exp_stderr(backward.log_w) if independent else torch.full(x.shape[:1], math.nan)
     return BDMCResult(log_mean_exp(forward.log_w), log_mean_exp_stderr(forward.log_w).to(x.dtype),
@@ -139,8 +147,8 @@ def summarize_sandwich(lower: torch.Tensor, lower_stderr: torch.Tensor, upper: t
     return summary
 
 
-def sandwich(model, example_x: torch.Tensor, num_points: int,
-             settings: AISSettings | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+def sandwich(model, example_x: torch.Tensor, num_points: int, settings: AISSettings | None = None,
+             progress: bool | Progress = False) -> tuple[dict, dict[str, torch.Tensor]]:
     """Simulate ``num_points`` pairs from ``model`` and sandwich their log p(x) with :func:`bdmc`.
 
     Returns a summary (``points``, and from :func:`summarize_sandwich` ``lower``, ``upper``,
@@ -153,7 +161,7 @@ def sandwich(model, example_x: torch.Tensor, num_points: int,
         settings = AISSettings(**{**settings.to_dict(), "init": "prior"})  # the sandwich anneals from the prior
     started = time.perf_counter()
     x, z = simulate(model, example_x, num_points)
-    result = bdmc(model, x, exact_draws(model, x, z, settings.chains), settings)
+    result = bdmc(model, x, exact_draws(model, x, z, settings.chains), settings, progress)
     summary = {"points": num_points, **summarize_sandwich(result.lower, result.lower_stderr, result.upper,
                                                           result.upper_stderr),
                "settings": settings.to_dict(), "seconds": time.perf_counter() - started}

@@ -8,7 +8,6 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
-from tqdm.auto import tqdm
 
 from elbogap.errors import UsageError
 from elbogap.inference.ais import AISSettings
@@ -23,6 +22,7 @@ from elbogap.inference.log_px import (
     plan,
 )
 from elbogap.inference.weights import importance_estimate, khat_threshold, pareto_khat
+from elbogap.progress import Progress, as_progress
 from elbogap.sites import broadcasts_draws, repeat_rows
 
 #: draws of q per data point evaluated at once
@@ -204,7 +204,7 @@ def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk, keep_draw
 def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
              elbo_samples: int = 256, iw_samples: int = 1000, log_px_method: str | None = None,
              quadrature_points: int = 32, ais: AISSettings | None = None,
-             ais_index: torch.Tensor | None = None, progress: bool = False, desc: str = "evaluate",
+             ais_index: torch.Tensor | None = None, progress: bool | Progress = False, desc: str = "evaluate",
              keep_draws: bool = False) -> Evaluation:
     r"""Evaluate ``guide`` against ``model`` on every row of ``x``, in nats per data point.
 
@@ -290,7 +290,7 @@ def _evaluate_q(model, guide, x, index, num_samples, progress=False, desc="",
     chunks = [
         _evaluate_chunk(model, guide, x[i:i + point_chunk], index[i:i + point_chunk], num_samples, sample_chunk,
                         keep_draws)
-        for i in tqdm(starts, desc=desc, unit="chunk", leave=False, disable=not progress or len(starts) < 2)
+        for i in as_progress(progress if len(starts) > 1 else False).iterate(starts, desc, unit="chunk")
     ]
     z_mean = torch.cat([c.pop("z_mean") for c in chunks])
     per_point = {key: torch.cat([torch.as_tensor(c[key]).expand(len(c["elbo"]), *torch.as_tensor(c[key]).shape[1:])

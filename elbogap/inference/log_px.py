@@ -20,6 +20,7 @@ from elbogap.inference.log_joint import log_joint
 
 if TYPE_CHECKING:
     from elbogap.inference.ais import AISSettings
+    from elbogap.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,13 @@ class LogPxSettings:
     :param int quadrature_points: grid points per axis of :func:`quadrature_log_px`.
     :param ais: an :class:`~elbogap.inference.ais.AISSettings` (its defaults where None).
     :param int q_samples: the draws of q per point already taken, from which IWAE is computed.
-    :param bool progress: show AIS's progress bar.
+    :param progress: show AIS's progress (a bool or a :class:`~elbogap.progress.Progress`).
     """
 
     quadrature_points: int = 32
     ais: "AISSettings | None" = None
     q_samples: int = 0
-    progress: bool = False
+    progress: "bool | Progress" = False
 
 
 def exact_log_px(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,12 +9,12 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
-from tqdm.auto import tqdm
 
 from elbogap import streams
 from elbogap.device import rng_state, set_rng_state
 from elbogap.errors import UsageError
 from elbogap.inference.svi import FastSVI
+from elbogap.progress import Progress, as_progress
 from elbogap.sites import broadcasts_draws, latent_sites
 
 
@@ -165,11 +165,11 @@ class Trainer:
         return loss
 
     def run(self, steps: int, callback: Callable[["Trainer"], None] | None = None,
-            progress: bool = False, desc: str = "") -> TrainResult:
+            progress: bool | Progress = False, desc: str = "") -> TrainResult:
         """Run until ``step_count`` reaches ``steps``; ``callback(self)`` follows every step."""
         if steps < 0:
             raise UsageError(f"--steps must be >= 0, got {steps}")
-        bar = tqdm(total=steps, initial=self.step_count, desc=desc, disable=not progress, leave=False)
+        bar = as_progress(progress).bar(desc, steps, initial=self.step_count)
         while self.step_count < steps:
             start = time.perf_counter()
             loss = self.step()
@@ -207,7 +207,7 @@ class Trainer:
 
 def train(model, guide, x: torch.Tensor, steps: int, batch_size: int = 128, lr: float = 1e-3,
           objective: str = "elbo", num_particles: int = 1, seed: int = 0,
-          freeze_model: bool = False, lr_decay: float = 1.0, progress: bool = False,
+          freeze_model: bool = False, lr_decay: float = 1.0, progress: bool | Progress = False,
           desc: str = "", jit: bool = True) -> TrainResult:
     r"""Maximize an ELBO over the guide's (and, unless frozen, the model's) parameters with SVI.
 
@@ -232,7 +232,8 @@ def train(model, guide, x: torch.Tensor, steps: int, batch_size: int = 128, lr: 
 
 def refit_guide(model, guide, x: torch.Tensor, lr: float = 0.05, max_steps: int = 4000,
                 window: int = 50, tol: float = 5e-4, num_particles: int = 8,
-                lr_drops: int = 2, jit: bool = True, progress: bool = False, desc: str = "") -> TrainResult:
+                lr_drops: int = 2, jit: bool = True, progress: bool | Progress = False,
+                desc: str = "") -> TrainResult:
     r"""Fit the guide's parameters to ``x`` with the model held fixed, until the ELBO stops rising.
 
     Full-batch SVI. Every ``window`` steps the window's mean loss is compared with the previous
@@ -249,7 +250,7 @@ def refit_guide(model, guide, x: torch.Tensor, lr: float = 0.05, max_steps: int 
     # values): what the refit adds or drops stays inside, and a refit during training leaves the store as it was
     store = pyro.get_param_store()
     with store.scope(store.get_state()):
-        with tqdm(total=max_steps, desc=desc or "refit", unit="step", leave=False, disable=not progress) as bar:
+        with as_progress(progress).bar(desc or "refit", max_steps) as bar:
             return _refit(model, guide, x, lr, max_steps, window, tol, num_particles, lr_drops, jit, result, bar)
 
 

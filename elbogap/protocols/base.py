@@ -11,11 +11,12 @@ class Protocol:
     :param str name: the key it is registered under in :data:`elbogap.protocols.PROTOCOLS`.
     :param evaluate: ``(model, guide, data, config, seed, phases=None, progress=False, run_dir=None) ->
         metrics``, the evaluation after training (by split, or of the whole data set); ``run_dir`` is
-        where the run keeps files beside its record.
+        where the run keeps files beside its record. ``progress``, a bool or a
+        :class:`~elbogap.progress.Progress`, hears of each phase and its counts.
     :param curve_point: ``(model, guide, data, config) -> metrics``, the cheap evaluation during
         training.
-    :param bdmc: ``(model, data, config, seed, run_dir) -> summary``, the BDMC sandwich of
-        ``--bdmc``, also written to the run directory.
+    :param bdmc: ``(model, data, config, seed, run_dir, progress=False) -> summary``, the BDMC
+        sandwich of ``--bdmc``, also written to the run directory.
     :param threads: torch's intra-op threads while the run trains and evaluates, where the
         kind of study knows better than the caller (None: leave them).
     """

@@ -18,11 +18,12 @@ from elbogap.device import rng_devices
 from elbogap.inference import evaluate, refit_guide
 from elbogap.inference.gaps import KnownLogPx, gap_decomposition
 from elbogap.phases import Phases
+from elbogap.progress import Progress, as_progress
 from elbogap.protocols.base import Protocol
 
 
 def evaluate_splits(model, guide, data: Dataset, config: Config, seed: int, phases: Phases | None = None,
-                    progress: bool = False, run_dir=None) -> dict:
+                    progress: bool | Progress = False, run_dir=None) -> dict:
     """Metrics of the train and test splits, from the run's own reproducible evaluation stream.
 
     The test split is evaluated whole; the training split on a seeded subset of
@@ -66,7 +67,7 @@ def gap_index(num_points: int, config: Config) -> torch.Tensor:
 
 
 def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: bool, phases: Phases | None = None,
-                   split: str = "split", progress: bool = False) -> dict:
+                   split: str = "split", progress: bool | Progress = False) -> dict:
     """Metrics of one split, with the gap decomposition on ``--gap-points`` of its points.
 
     A per-datapoint guide first fits its parameters with the model fixed. Where ``--log-px``
@@ -74,10 +75,11 @@ def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: b
     ``auto``, AIS on the gap and ``--ais-points`` subset), the gaps are computed from it.
     """
     phases = phases if phases is not None else Phases()
+    progress = as_progress(progress)
     options = {"elbo_samples": config.eval_samples, "iw_samples": config.iw_samples,
                "quadrature_points": config.quadrature_points, "log_px_method": config.log_px,
                "ais": config.ais_settings()}
-    with phases(f"evaluate_{split}"):
+    with phases(f"evaluate_{split}"), progress.phase(f"evaluate {split}"):
         if not guide.amortized:
             if fresh_local:
                 guide = guide.fresh(len(x))
@@ -92,7 +94,7 @@ def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: b
         if metrics["log_px_guide_independent"]:
             per_point = evaluation.per_point
             log_px = KnownLogPx(per_point["log_px"][index], per_point["log_px_stderr"][index], metrics["log_px_method"])
-        with phases(f"gaps_{split}"):
+        with phases(f"gaps_{split}"), progress.phase(f"q* {split}"):
             refit_options = {"jit": config.jit, "progress": progress, "desc": f"q* {split}"}
             metrics.update(gap_decomposition(model, guide, x[index], index, refit_options=refit_options,
                                              log_px=log_px, **options))
@@ -110,14 +112,15 @@ def elbo_on_log_px_points(per_point: dict) -> dict:
             "elbo_log_px_points_stderr": float(stderr.pow(2).sum().sqrt() / max(len(stderr), 1))}
 
 
-def run_bdmc(model, data: Dataset, config: Config, seed: int, run_dir: str | Path) -> dict:
+def run_bdmc(model, data: Dataset, config: Config, seed: int, run_dir: str | Path,
+             progress: bool | Progress = False) -> dict:
     """BDMC on ``config.bdmc`` pairs simulated from ``model``; writes bdmc.json and bdmc.npz, returns the summary."""
     import numpy as np
 
     from elbogap.inference.bdmc import sandwich
 
     streams.seeded("bdmc", seed)
-    summary, arrays = sandwich(model, data.train[:1], config.bdmc, config.ais_settings())
+    summary, arrays = sandwich(model, data.train[:1], config.bdmc, config.ais_settings(), progress=progress)
     run_dir = Path(run_dir)
     (run_dir / "bdmc.json").write_text(json.dumps(summary, indent=2))
     np.savez(run_dir / "bdmc.npz", **{key: value.detach().cpu().numpy() for key, value in arrays.items()})
