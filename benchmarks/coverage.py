@@ -405,7 +405,7 @@ EXPERIMENTS = [
     Experiment("vae-2d-iwae", VAE_2D, "diag encoder, K = 1000", iwae(vae_2d, 1000), 100),
     Experiment("positive-iwae", POSITIVE, "LogNormal guide program, K = 1000", iwae(positive_latent, 1000), 100),
     Experiment("iwae-shifted", "PPCA 5-D x, 1-D z", "q = posterior moved 3 sd: log w ~ N(., 3^2), K = 1000",
-               iwae(ppca_1d_shifted, 1000), 200, 60),
+               iwae(ppca_1d_shifted, 1000), 200, 200),
     Experiment("iwae-narrow", PPCA, "best diag q at 0.3x its scales (k-hat > 0.7), K = 1000",
                iwae(ppca_narrow_guide, 1000), 100, may_decline=True),
     Experiment("ppca-gaps", PPCA, "diag encoder, q* refit, 64 draws, exact log p(x)", ppca_gaps, 100),
