@@ -164,7 +164,7 @@ def markdown(results: dict) -> str:
     if is_global_study(runs):
         return "\n".join(lines + global_sections(results, runs) + ["", timing(results, runs), ""])
     warnings = [f"- {run['guide']} seed {run['seed']}, {split}: {run[split][key]}"
-                for key in ("log_px_warning", "log_px_note", "log_px_iwae_note")
+                for key in ("log_px_warning", "log_px_note")
                 for run in runs for split in ("test", "train") if key in run[split]]
     if warnings:
         lines += ["## log p(x) warnings", "", *warnings, ""]
@@ -183,7 +183,8 @@ def markdown(results: dict) -> str:
               f"PSIS k-hat per point (above {khat_threshold_text(runs)}: importance estimates from q are "
               "unreliable; the threshold is min(1 - 1/log10 S, 0.7) for S draws of q, as in loo), Kish's effective "
               "sample size of the importance weights, and latent dimensions in use.", "",
-              *table(runs, "test", DIAGNOSTIC_COLUMNS, count="num_points"), "", plus_minus(seeds), ""]
+              *table(runs, "test", DIAGNOSTIC_COLUMNS, count="num_points"), "", plus_minus(seeds), "",
+              *iwae_caution(runs)]
     lines += ["## How the numbers were computed", "", *describe_methods(runs, config), ""]
     lines += ["Figures (when drawn): `training.png` (ELBO and log p(x) over training), `gaps.png` (gap per "
               "family over seeds), `posteriors.png` (2-D latents: p(z|x) against q(z|x)), `images.png` "
@@ -194,6 +195,14 @@ def markdown(results: dict) -> str:
               + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if k != "platform") + ".", ""]
     lines += [timing(results, runs), ""]
     return "\n".join(lines)
+
+
+def iwae_caution(runs: list[dict]) -> list[str]:
+    """One line where some points' k-hat says IWAE's standard error there may be too small (``log_px_iwae_note``)."""
+    if not any("log_px_iwae_note" in run[split] for run in runs for split in ("test", "train")):
+        return []
+    return ["Where k-hat is above the threshold, q's importance weights have no usable variance, and the IWAE "
+            "column's ± may understate its error on those points (`log_px_iwae_note` in results.json).", ""]
 
 
 def khat_threshold_text(runs: list[dict]) -> str:

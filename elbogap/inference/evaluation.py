@@ -329,8 +329,8 @@ def _khat_summary(khat: torch.Tensor, num_samples: int) -> dict:
     if bad > 0:
         out["log_px_iwae_note"] = (
             f"k-hat of q's importance weights is above {threshold:.2f} (S = {num_samples}) on {100 * bad:.0f}% "
-            "of points: there the weights have no usable variance, IWAE's estimate may sit far below log p(x) "
-            "and its standard error understates its error")
+            "of points: there the weights have no usable variance, and IWAE's standard error may understate "
+            "its error")
     return out
 
 
