@@ -163,16 +163,18 @@ def run_evaluate(args) -> int:
     trained_with = state["guide_name"]
     config = config_from_args(args, base=config.replace(guide=trained_with, bdmc=0))
     if config.bdmc and data.kind == "global":
-        summary = protocol_for(model).bdmc(model, data, config, state["seed"], args.run_dir)
+        summary = protocol_for(model).bdmc(model, data, config, state["seed"], args.run_dir, progress=not args.quiet)
         print(f"BDMC on {summary['datasets']} data sets simulated from the model's prior predictive: "
               f"{summary['lower']:.3f} (± {summary['lower_stderr']:.3f}) <= log p(D*) <= {summary['upper']:.3f} "
-              f"(± {summary['upper_stderr']:.3f}); width {summary['width']:.3f} nats\n{summary['reading']}")
+              f"(± {summary['upper_stderr']:.3f}); width {summary['width']:.3f} ± {summary['width_stderr']:.3f} "
+              f"nats\n{summary['reading']}")
         return 0
     if config.bdmc:
-        summary = protocol_for(model).bdmc(model, data, config, state["seed"], args.run_dir)
+        summary = protocol_for(model).bdmc(model, data, config, state["seed"], args.run_dir, progress=not args.quiet)
         print(f"BDMC on {summary['points']} points simulated from the model: "
               f"{summary['lower']:.3f} (± {summary['lower_stderr']:.3f}) <= log p(x) <= "
-              f"{summary['upper']:.3f} (± {summary['upper_stderr']:.3f}); width {summary['width']:.3f} nats at "
+              f"{summary['upper']:.3f} (± {summary['upper_stderr']:.3f}); width {summary['width']:.3f} ± "
+              f"{summary['width_stderr']:.3f} nats at "
               f"{config.ais_chains} chains x {config.ais_steps} temperatures x {config.leapfrog_steps} leapfrog steps; "
               f"wrote bdmc.json and bdmc.npz to {args.run_dir}\n{summary['reading']}")
         return 0

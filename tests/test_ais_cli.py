@@ -91,8 +91,10 @@ def test_auto_runs_ais_on_the_gap_and_ais_points_then_bdmc_sandwiches_it(program
 
     run_dir = out / "runs" / "diag-seed0"
     assert main(["evaluate", str(run_dir), "--bdmc", "8", "--ais-steps", "30", "--quiet"]) == 0
-    assert "<= log p(x) <=" in capsys.readouterr().out
+    printed = capsys.readouterr()
     summary = json.loads((run_dir / "bdmc.json").read_text())
+    assert "<= log p(x) <=" in printed.out and f"± {summary['width_stderr']:.3f} nats" in printed.out
+    assert "BDMC on 8 points" not in printed.err  # --quiet: no bar
     assert {"points", "lower", "upper", "lower_stderr", "upper_stderr", "width", "settings"} <= set(summary)
     assert summary["points"] == 8 and summary["settings"]["steps"] == 30 and summary["width"] > 0
     arrays = np.load(run_dir / "bdmc.npz")
