@@ -3,7 +3,6 @@
 import io
 import subprocess
 import sys
-import time
 
 from elbogap import progress as progress_module
 from elbogap.board import Board, status_line
@@ -43,14 +42,16 @@ def test_on_a_terminal_a_run_has_one_line_with_its_path_and_the_innermost_count(
     with status.phase("evaluate test"), status.bar("AIS on 20 points", 750, unit="transition") as bar:
         bar.update(300)
         now = read_status(status.path)
-        line = status_line("iaf-seed0", now, time.time())
+        at = now["started"]  # the clock as the run started: the elapsed time is 0 by construction, not by speed
+        line = status_line("iaf-seed0", now, at)
         assert line.startswith("iaf-seed0 [00:00] evaluate test › AIS on 20 points: ")
         assert "300/750 transitions" in line
-        narrow = status_line("iaf-seed0", now, time.time(), width=95)
+        narrow = status_line("iaf-seed0", now, at, width=95)
         assert "300/750 transitions" in narrow and "› AIS on 20 points" in narrow and len(narrow) <= 95
         assert narrow.startswith("iaf-seed0 [00:00] …")  # the path gives way, from its start
     with status.phase("BDMC"):
-        assert status_line("iaf-seed0", read_status(status.path), time.time()).startswith("iaf-seed0 [00:00] BDMC [")
+        bdmc = read_status(status.path)
+        assert status_line("iaf-seed0", bdmc, bdmc["started"]).startswith("iaf-seed0 [00:00] BDMC [")
 
 
 def test_with_two_workers_the_driver_names_each_runs_evaluation_phases_in_a_log(tmp_path):
