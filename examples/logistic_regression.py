@@ -17,9 +17,7 @@ import pyro.distributions as dist
 import torch
 from sklearn.datasets import load_breast_cancer
 
-import elbogap
-
-GUIDES = ["auto:AutoNormal", "auto:AutoMultivariateNormal", "auto:AutoLowRankMultivariateNormal", "auto:AutoIAFNormal"]
+from elbogap.example_study import run_study, study_parser
 
 
 def breast_cancer() -> torch.Tensor:
@@ -40,31 +38,11 @@ def model(data):
 
 
 def main(args: argparse.Namespace):
-    guides, seeds, steps, reference, extra = args.guides, args.seeds, args.steps, args.reference, {}
-    if args.quick:
-        guides, seeds, steps, reference = guides[:1], seeds[:1], 50, "none"
-        extra = {"evidence_steps": 20, "evidence_chains": 16, "iw_samples": 50, "figures": False}
-    result = elbogap.compare(model, guides, breast_cancer(), seeds=seeds, steps=steps, lr=args.lr, out=args.out,
-                             reference=reference, progress=True, **extra)
-    print(result._repr_markdown_())
-    return result
-
-
-def comma_list(cast):
-    return lambda text: [cast(item) for item in text.split(",")]
+    return run_study(model, breast_cancer(), args)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-g", "--guides", type=comma_list(str), default=GUIDES, help="comma list of guides")
-    parser.add_argument("-s", "--seeds", type=comma_list(int), default=[0, 1], help="comma list of seeds")
-    parser.add_argument("-n", "--steps", type=int, default=2000, help="SVI steps per guide and seed")
-    parser.add_argument("--lr", type=float, default=0.02, help="Adam learning rate (it decays tenfold by the end)")
-    parser.add_argument("-o", "--out", default="results-logistic-regression", help="output directory")
-    parser.add_argument("--reference", choices=["nuts", "ais", "none"], default="nuts",
-                        help="where the reference posterior moments come from")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: the first guide and seed, 50 steps, short AIS, no reference")
+    parser = study_parser(__doc__.splitlines()[0], "results-logistic-regression", steps=2000)
     return parser.parse_args(argv)
 
 

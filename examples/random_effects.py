@@ -24,9 +24,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-import elbogap
-
-GUIDES = ["auto:AutoNormal", "auto:AutoMultivariateNormal", "auto:AutoLowRankMultivariateNormal", "auto:AutoIAFNormal"]
+from elbogap.example_study import run_study, study_parser
 
 
 def random_effects_data(num_subjects: int = 200, num_measurements: int = 4, seed: int = 0, intercept: float = 1.0,
@@ -58,34 +56,13 @@ def model(data):
 
 
 def main(args: argparse.Namespace):
-    guides, seeds, steps, reference, extra = args.guides, args.seeds, args.steps, args.reference, {}
-    if args.quick:
-        guides, seeds, steps, reference = guides[:1], seeds[:1], 50, "none"
-        extra = {"evidence_steps": 20, "evidence_chains": 16, "iw_samples": 50, "figures": False}
-    data = random_effects_data(args.num_subjects, seed=args.data_seed)
-    result = elbogap.compare(model, guides, data, seeds=seeds, steps=steps, lr=args.lr, out=args.out,
-                             reference=reference, progress=True, **extra)
-    print(result._repr_markdown_())
-    return result
-
-
-def comma_list(cast):
-    return lambda text: [cast(item) for item in text.split(",")]
+    return run_study(model, random_effects_data(args.num_subjects, seed=args.data_seed), args)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-g", "--guides", type=comma_list(str), default=GUIDES, help="comma list of guides")
-    parser.add_argument("-s", "--seeds", type=comma_list(int), default=[0, 1], help="comma list of seeds")
-    parser.add_argument("-n", "--steps", type=int, default=3000, help="SVI steps per guide and seed")
-    parser.add_argument("--lr", type=float, default=0.02, help="Adam learning rate (it decays tenfold by the end)")
-    parser.add_argument("-o", "--out", default="results-random-effects", help="output directory")
-    parser.add_argument("--reference", choices=["nuts", "ais", "none"], default="nuts",
-                        help="where the reference posterior moments come from")
+    parser = study_parser(__doc__.splitlines()[0], "results-random-effects", steps=3000)
     parser.add_argument("-N", "--num-subjects", type=int, default=200, help="subjects (rows) in the synthetic data")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: the first guide and seed, 50 steps, short AIS, no reference")
     return parser.parse_args(argv)
 
 
