@@ -1,3 +1,6 @@
+import importlib.util
+from pathlib import Path
+
 import pyro
 import pytest
 import torch
@@ -120,3 +123,11 @@ def draw_linear_data(model: LinearGaussian, num_points: int, seed: int = 1) -> t
     z = torch.randn(num_points, model.latent_dim, generator=generator, dtype=torch.float64)
     noise = torch.randn(num_points, model.data_dim, generator=generator, dtype=torch.float64)
     return z @ model.weight.T + model.bias + model.sigma * noise
+
+
+def load_script(path: Path):
+    """A script (examples/, scripts/) loaded as a module, so a test can call its ``main(parse_args([...]))``."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,19 +1,17 @@
 """Every example in examples/ keeps running (a smoke test, as Pyro does for its examples)."""
 
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_script
+
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLES / f"{name}.py")
 
 
 @pytest.mark.parametrize("name, global_sites", [

@@ -1,18 +1,16 @@
 """Every script in scripts/ keeps running (a smoke test, as Pyro does for its examples)."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import load_script
 
 SCRIPTS = Path(__file__).parents[1] / "scripts"
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPTS / f"{name}.py")
 
 
 def test_linear_identity_script_reports_the_identity():
