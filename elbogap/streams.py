@@ -59,6 +59,10 @@ STREAMS: dict[str, Stream] = {stream.name: stream for stream in (
     Stream("train_subset", "data", 11, "generator", "the training points evaluated after training"),
     Stream("common_draws", "drawn", 0, "torch", "the base draws shared by the ELBOs of q and of q* in a gap "
            "decomposition, so the noise of their difference cancels"),
+    Stream("snr_batch", "run", 50_000, "generator", "the fixed minibatch on which the training gradient's "
+           "signal-to-noise is measured"),
+    Stream("snr_draws", "run", 60_000, "torch", "the gradient draws of a signal-to-noise measurement; the counter is "
+           "the training step", scale=1_000_003),
     Stream("notebook_evaluation", "call", 0, "torch", "the draws of elbogap.evaluate"),
     Stream("notebook_ais_points", "call", 0, "generator", "the points of elbogap.evaluate that get AIS"),
 )}

@@ -22,6 +22,7 @@ DERIVATIONS = {
     "common_draws": lambda s: s,
     "notebook_evaluation": lambda s: s,
     "notebook_ais_points": lambda s: s,
+    "snr_batch": lambda s: s + 50_000,
 }
 
 
@@ -36,8 +37,12 @@ def test_the_epoch_order_is_reseeded_by_epoch(epoch):
     assert seed_for("epoch_order", 5, epoch) == 5 * 1_000_003 + epoch
 
 
+def test_the_snr_draws_are_reseeded_by_step():
+    assert seed_for("snr_draws", 5, 200) == 5 * 1_000_003 + 60_000 + 200
+
+
 def test_every_stream_is_in_the_table_of_derivations():
-    assert set(STREAMS) == {*DERIVATIONS, "epoch_order"}
+    assert set(STREAMS) == {*DERIVATIONS, "epoch_order", "snr_draws"}
 
 
 @pytest.mark.parametrize(("source", "rng"), [("run", "global"), ("data", "generator")])

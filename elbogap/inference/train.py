@@ -13,6 +13,7 @@ from pyro.poutine.messenger import Messenger
 from elbogap import streams
 from elbogap.device import rng_state, set_rng_state
 from elbogap.errors import UsageError
+from elbogap.inference.snr import GroupSNR, gradient_snr, parameter_groups
 from elbogap.inference.svi import FastSVI
 from elbogap.progress import Progress, as_progress
 from elbogap.sites import broadcasts_draws, latent_sites
@@ -135,6 +136,7 @@ class Trainer:
         self.losses: list[float] = []
         self.seconds = 0.0  # time in SVI steps, over every session of this run
         self._order = self._epoch_x = None
+        self._snr_groups: dict[str, list[torch.Tensor]] | None = None
 
     def _start_epoch(self, epoch: int) -> None:
         # drawn on the CPU whatever the device, so every device sees the same batches
@@ -163,6 +165,40 @@ class Trainer:
         self.losses.append(loss)
         self.step_count += 1
         return loss
+
+    def snr_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed minibatch the gradient's signal-to-noise is measured on: ``(rows, index)``.
+
+        The first minibatch of an epoch ordered by the stream ``snr_batch`` of the run's seed (the
+        same rows at every measurement of a run, and for every guide trained from that seed;
+        without ``shuffle``, the first ``batch_size`` rows), Bernoulli-drawn once from the same
+        stream under ``dynamic_binarize``.
+        """
+        generator = streams.generator("snr_batch", self.seed)
+        order = torch.randperm(len(self.x), generator=generator) if self.shuffle else torch.arange(len(self.x))
+        index = order[:self.batch_size].to(self.x.device)
+        rows = self.x[index]
+        if self.dynamic_binarize:
+            rows = torch.bernoulli(rows.cpu(), generator=generator).to(self.x.device)
+        return rows, index
+
+    def gradient_snr(self, draws: int = 32) -> dict[str, GroupSNR]:
+        """The signal-to-noise ratio of the training gradient now, per group of parameters
+        (see :func:`~elbogap.inference.snr.gradient_snr`), from ``draws`` gradients on :meth:`snr_batch`.
+
+        The gradients are SVI's uncompiled loss (the estimator training uses, at the KL weight of
+        the last step) of the parameters SVI fits: the guide's as ``"encoder"``, the model's as
+        ``"decoder"`` (none where the model is held fixed). The draws come from the stream
+        ``snr_draws`` of the run's seed and step, inside a fork of the generators: training's own
+        draws, parameters and gradients are left exactly as they were.
+        """
+        batch, index = self.snr_batch()
+        args, kwargs = (batch, index), {"num_data": len(self.x)}
+        with frozen(self.model) if self.freeze_model else contextlib.nullcontext():
+            if self._snr_groups is None:
+                self._snr_groups = parameter_groups(self.svi.model, self.svi.guide, args, kwargs)
+            return gradient_snr(self.svi.loss, self.svi.model, self.svi.guide, args, kwargs, draws=draws,
+                                groups=self._snr_groups, seed=streams.seed_for("snr_draws", self.seed, self.step_count))
 
     def run(self, steps: int, callback: Callable[["Trainer"], None] | None = None,
             progress: bool | Progress = False, desc: str = "") -> TrainResult:
