@@ -133,6 +133,9 @@ class Config:
     reference_guide: str = setting("diag", "the guide the model is trained with in --mode fixed-model")
     eval_every: int = setting(0, "steps between evaluations during training (0: ten evaluations per run)", least=0)
     curve_points: int = setting(64, "data points per split used by the evaluations during training", least=1)
+    snr_draws: int = setting(16, "gradient draws M on one fixed training minibatch for the signal-to-noise ratio of "
+                                 "the encoder's and decoder's gradients, measured at every evaluation during training "
+                                 "and at the end (0: off)", least=0)
     checkpoint_every: int = setting(500, "steps between checkpoints (0: only at the end)", least=0, role="control")
     figures: bool = setting(True, "draw PNG figures into the output directory", role="control")
     on_nan: str = setting("stop", "stop | skip: on a NaN/inf loss or parameter, stop the command, or mark the run "
@@ -177,6 +180,8 @@ class Config:
             raise UsageError("--seeds is empty; give at least one seed, e.g. --seeds 0")
         if len(set(self.guides)) != len(self.guides) or len(set(self.seeds)) != len(self.seeds):
             raise UsageError("--guides and --seeds must not repeat an entry")
+        if self.snr_draws == 1:
+            raise UsageError("--snr-draws 1 gives no standard deviation; use 0 (off) or at least 2, e.g. 16")
         if not 0 <= self.holdout < 1:
             raise UsageError(f"--holdout is the share of rows held out, in [0, 1); got {self.holdout}")
         if not 0 < self.ais_target_accept < 1:

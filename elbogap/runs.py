@@ -167,8 +167,10 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
             raise Interrupted(signum, step, run_dir)
         if step % eval_every == 0 or step == steps:
             with phases("curve_evaluations"), progress.phase("curve evaluation"):
-                curve_eval.append({"step": step, **protocol.curve_point(model, guide, data, config)})
-            log.write(f"step {step} " + " ".join(f"{k}={v:.4f}" for k, v in curve_eval[-1].items() if k != "step"))
+                point = {"step": step, **protocol.curve_point(model, guide, data, config)}
+            curve_eval.append({**point, **measure_snr(trainer, config.snr_draws, phases, progress)})
+            log.write(f"step {step} " + " ".join(f"{k}={v}" if isinstance(v, int) else f"{k}={v:.4f}"
+                                                 for k, v in curve_eval[-1].items() if k != "step"))
         if config.checkpoint_every and step % config.checkpoint_every == 0:
             save(complete=False)
 
@@ -180,6 +182,9 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
                 raise
             raise fault(trainer.step_count + 1) from None
     save(complete=True)
+    last = curve_eval[-1] if curve_eval and curve_eval[-1]["step"] == steps else {}
+    # measured at the last point of the curve, after the last step; else (no step, or a checkpoint from before) now
+    snr = snr_record(last) if "snr_draws" in last else measure_snr(trainer, config.snr_draws, phases, progress)
     metrics = protocol.evaluate(model, guide, data, config, seed, phases, progress, run_dir=run_dir)
     if config.bdmc:
         with phases("bdmc"), progress.phase("BDMC"):
@@ -189,13 +194,32 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
     log.write(f"final {final_line(metrics)}")
     run = {"guide": guide_label(guide_name), "guide_spec": guide_name, "seed": seed, "model": described, **metrics,
            "train_seconds": fit.seconds, "seconds": phases.seconds, "steps": steps,
-           "compiled_loss": trainer.svi.compiled,
+           "compiled_loss": trainer.svi.compiled, **snr,
            "curve": training_curve(fit.losses), "curve_eval": curve_eval,
            "model_from": None if fixed_model is None else str(fixed_model),
            "where": where or where_am_i("local")}
     record = {"config": config.to_dict(), "versions": versions(), "run": run}
     write_atomically(run_dir / RUN_JSON, json.dumps(record, indent=2))
     return run
+
+
+def measure_snr(trainer: Trainer, draws: int, phases: Phases, progress: Progress) -> dict:
+    """The training gradient's signal-to-noise now (:meth:`~elbogap.inference.Trainer.gradient_snr`) as a run
+    records it: ``snr_GROUP`` (median over entries), ``snr_GROUP_mean`` and ``snr_GROUP_entries`` per group
+    (encoder, decoder), ``snr_draws`` and ``snr_batch_size``; nothing where ``draws`` is 0 or nothing is fitted."""
+    if not draws:
+        return {}
+    with phases("gradient_snr"), progress.phase("gradient SNR"):
+        groups = trainer.gradient_snr(draws)
+    record = {}
+    for name, snr in groups.items():
+        record.update({f"snr_{name}": snr.median, f"snr_{name}_mean": snr.mean, f"snr_{name}_entries": snr.entries})
+    return {**record, "snr_draws": draws, "snr_batch_size": trainer.batch_size} if record else {}
+
+
+def snr_record(point: dict) -> dict:
+    """A run's final signal-to-noise numbers, read from its last point of the curve (measured there)."""
+    return {key: value for key, value in point.items() if key.startswith("snr_")}
 
 
 def final_line(metrics: dict) -> str:
