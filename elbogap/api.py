@@ -30,7 +30,7 @@ from elbogap import streams
 from elbogap.config import Config
 from elbogap.errors import UsageError
 from elbogap.report import markdown
-from elbogap.summary import rows
+from elbogap.summary import rows, snr_rows
 from elbogap.user_model import register_object
 
 
@@ -88,6 +88,12 @@ class Comparison:
         ``log_evidence``, ``elbo``, ``kl_gap`` and its Monte-Carlo ``kl_gap_stderr``, per point
         beside them, q's importance estimate and k-hat). ``pandas.DataFrame(result.table())``
         turns it into a data frame.
+
+        Every row also carries the training gradient's signal-to-noise at the end of training, a
+        number of the run rather than of a split, where it was measured (``snr_draws`` > 0):
+        ``snr_encoder`` and ``snr_decoder`` (the median over parameter entries of |mean| / sd over
+        ``snr_draws`` gradient draws on one fixed minibatch), ``snr_encoder_mean`` and
+        ``snr_decoder_mean`` (the mean over entries), each with ``KEY_seed_sd``.
         """
         from elbogap.report import GLOBAL_SUMMARY_KEYS, SUMMARY_KEYS, finished
 
@@ -95,6 +101,9 @@ class Comparison:
         global_study = bool(runs) and runs[0].get("kind") == "global"
         split = split or ("data" if global_study else "test")
         table = rows(runs, split, GLOBAL_SUMMARY_KEYS if global_study else SUMMARY_KEYS)
+        snr = {row.pop("guide"): row for row in snr_rows(runs)}
+        for row in table:
+            row.update({key: value for key, value in snr.get(row["guide"], {}).items() if key != "seeds"})
         return sorted(table, key=lambda row: -row["elbo"])
 
     def load(self, guide: str, seed: int | None = None):

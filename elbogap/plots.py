@@ -39,8 +39,11 @@ def _by_guide(runs):
 
 
 def plot_training(results: dict, path: Path) -> Path:
-    """Running training ELBO, test ELBO and test log p(x) at evaluation points, per run."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    """Running training ELBO, test ELBO and test log p(x) at evaluation points, per run; where it was measured,
+    a third panel with the gradient's signal-to-noise over training (see :func:`plot_snr`)."""
+    measured = any("snr_draws" in point for run in results["runs"] for point in run.get("curve_eval", []))
+    fig, axes = plt.subplots(1, 3 if measured else 2, figsize=(16.5 if measured else 11, 4))
+    left, right = axes[:2]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (guide, runs) in enumerate(_by_guide(results["runs"]).items()):
         color = colors[i % len(colors)]
@@ -69,7 +72,32 @@ def plot_training(results: dict, path: Path) -> Path:
     for axis in (left, right):
         axis.grid(alpha=0.3)
     left.legend(fontsize=8)
+    if measured:
+        plot_snr(results, axes[2])
     return save(fig, path)
+
+
+def plot_snr(results: dict, axis) -> None:
+    """The training gradient's signal-to-noise at the evaluation points, log scale: per guide, the mean over
+    seeds of the median over entries, the encoder's (solid) and the decoder's (dashed)."""
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (guide, runs) in enumerate(_by_guide(results["runs"]).items()):
+        for group, style in (("encoder", "-"), ("decoder", "--")):
+            by_step = defaultdict(list)
+            for run in runs:
+                for point in run.get("curve_eval", []):
+                    if math.isfinite(point.get(f"snr_{group}", math.nan)):
+                        by_step[point["step"]].append(point[f"snr_{group}"])
+            steps = sorted(by_step)
+            axis.plot(steps, [sum(by_step[step]) / len(by_step[step]) for step in steps], style, marker=".",
+                      color=colors[i % len(colors)], lw=1, label=f"{guide} {group}" if steps else None)
+    draws = next(point["snr_draws"] for run in results["runs"] for point in run.get("curve_eval", [])
+                 if "snr_draws" in point)
+    axis.set_yscale("log")
+    axis.set(xlabel="SVI step", ylabel="median over entries of |mean| / sd",
+             title=f"gradient signal-to-noise ({draws} draws, one fixed batch)\nencoder (solid), decoder (dashed)")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize=7)
 
 
 def plot_gap_over_training(results: dict, path: Path) -> Path:

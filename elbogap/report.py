@@ -19,6 +19,7 @@ from elbogap.summary import (
     over_seeds,
     plus_minus,
     rows,
+    snr_rows,
 )
 
 GAP_COLUMNS = [("gap_log_px", "log p(x)"), ("gap_elbo", "ELBO of q"), ("elbo_star", "ELBO of q*"),
@@ -129,6 +130,14 @@ def describe_methods(runs: list[dict], config: dict) -> list[str]:
         settings = next(run["bdmc"] for run in runs if "bdmc" in run)
         lines.append(f"- BDMC sandwich width (upper - lower bound on log p(x) of {settings['points']} points simulated "
                      f"from each trained model, nats; the error bar of AIS at these settings): {'; '.join(widths)}.")
+    measured = next((run for run in runs if "snr_draws" in run), None)
+    if measured is not None:
+        lines.append(f"- Gradient SNR (signal-to-noise ratio, Rainforth et al. 2018, arXiv:1802.04537): for each "
+                     f"entry of the guide's (encoder) or the model's (decoder) parameters, |mean| / sd of "
+                     f"{measured['snr_draws']} independent draws of the training objective's gradient on one fixed, "
+                     "seeded training minibatch, measured at every evaluation during training and after the last "
+                     "step; each group is summarized by the median over its entries (entries whose gradient is "
+                     "zero in every draw left out). The draws do not change the training run's random stream.")
     if "ais" in first:
         acceptance = [a for run in runs for split in ("train", "test") if "ais" in run[split]
                       for a in run[split]["ais"]["acceptance"]]
@@ -162,7 +171,7 @@ def markdown(results: dict) -> str:
     if not runs:
         return "\n".join(lines + ["No run has finished.", ""])
     if is_global_study(runs):
-        return "\n".join(lines + global_sections(results, runs) + ["", timing(results, runs), ""])
+        return "\n".join(lines + global_sections(results, runs) + ["", *snr_section(runs), timing(results, runs), ""])
     warnings = [f"- {run['guide']} seed {run['seed']}, {split}: {run[split][key]}"
                 for key in ("log_px_warning", "log_px_note")
                 for run in runs for split in ("test", "train") if key in run[split]]
@@ -185,8 +194,10 @@ def markdown(results: dict) -> str:
               "sample size of the importance weights, and latent dimensions in use.", "",
               *table(runs, "test", DIAGNOSTIC_COLUMNS, count="num_points"), "", plus_minus(seeds), "",
               *iwae_caution(runs)]
+    lines += snr_section(runs)
     lines += ["## How the numbers were computed", "", *describe_methods(runs, config), ""]
-    lines += ["Figures (when drawn): `training.png` (ELBO and log p(x) over training), `gaps.png` (gap per "
+    lines += ["Figures (when drawn): `training.png` (ELBO and log p(x) over training, and the gradient's "
+              "signal-to-noise where measured), `gaps.png` (gap per "
               "family over seeds), `posteriors.png` (2-D latents: p(z|x) against q(z|x)), `images.png` "
               "(reconstructions and prior samples of image data).", ""]
     lines += [f"Model {model_line(runs, config)}. {runs[0].get('steps', config['steps'])} SVI steps of batch "
@@ -195,6 +206,32 @@ def markdown(results: dict) -> str:
               + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if k != "platform") + ".", ""]
     lines += [timing(results, runs), ""]
     return "\n".join(lines)
+
+
+SNR_COLUMNS = [("snr_encoder", "encoder SNR (median)"), ("snr_encoder_mean", "encoder SNR (mean)"),
+               ("snr_decoder", "decoder SNR (median)"), ("snr_decoder_mean", "decoder SNR (mean)")]
+
+
+def snr_section(runs: list[dict]) -> list[str]:
+    """The table of the training gradient's signal-to-noise per guide, and what it means; none where not measured."""
+    measured = [run for run in runs if "snr_draws" in run]
+    if not measured:
+        return []
+    draws, batch = measured[0]["snr_draws"], measured[0].get("snr_batch_size")
+    lines = ["## Gradient signal-to-noise at the end of training", "",
+             f"The signal-to-noise ratio (SNR) of the training gradient after the last step, for the encoder (the "
+             f"guide's parameters) and the decoder (the model's): the median, and the mean, over parameter entries "
+             f"of |mean| / sd over M = {draws} gradient draws on one fixed minibatch"
+             f"{f' of {batch} training rows' if batch else ''}. Higher is a cleaner gradient; a "
+             f"gradient with no signal reads about 0.67/√M = {0.674 / draws ** 0.5:.2f}.", "",
+             "| guide | " + " | ".join(title for _, title in SNR_COLUMNS) + " | seeds |",
+             "|---" * (len(SNR_COLUMNS) + 2) + "|"]
+    for guide in dict.fromkeys(run["guide"] for run in measured):
+        mine = [run for run in runs if run["guide"] == guide]
+        lines.append(f"| {guide} | " + " | ".join(cell(over_seeds(mine, key)) for key, _ in SNR_COLUMNS)
+                     + f" | {len(mine)} |")
+    return lines + ["", "With several seeds, ± is the standard deviation of the per-seed values; – where a guide has "
+                    "no such parameters (a model held fixed, a guide without parameters).", ""]
 
 
 def iwae_caution(runs: list[dict]) -> list[str]:
@@ -225,6 +262,7 @@ def points(splits: list[dict]) -> str:
 
 #: how a run's phases are named in the footer; every other phase counts as evaluation
 PHASE_NAMES = {"train": "training", "curve_evaluations": "evaluations during training",
+               "gradient_snr": "gradient SNR",
                "checkpoints": "checkpoints", "bdmc": "BDMC", "evidence": "evidence (AIS)",
                "reference": "reference posterior"}
 
@@ -269,9 +307,10 @@ def summary(results: dict) -> dict:
     runs = finished(results["runs"])
     if not runs:
         return {}
+    snr = {"gradient_snr": table} if (table := snr_rows(runs)) else {}
     if is_global_study(runs):
-        return {"data": rows(runs, "data", GLOBAL_SUMMARY_KEYS)}
-    return {split: rows(runs, split, SUMMARY_KEYS) for split in ("test", "train")}
+        return {"data": rows(runs, "data", GLOBAL_SUMMARY_KEYS), **snr}
+    return {**{split: rows(runs, split, SUMMARY_KEYS) for split in ("test", "train")}, **snr}
 
 
 def csv_text(results: dict) -> str:

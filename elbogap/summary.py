@@ -26,6 +26,10 @@ ALL_POINTS = ("elbo", "log_px_iwae", "recon", "kl_prior")
 #: gap_log_px - gap_elbo = gap_kl = approx_gap + amort_gap, gap_log_px - elbo_star = approx_gap
 GAP_SPLIT = ("gap_log_px", "gap_elbo", "elbo_star", "gap_kl", "approx_gap", "amort_gap")
 
+#: the training gradient's signal-to-noise at the end of training, per run (not per split): the median over
+#: parameter entries of |mean| / sd over ``snr_draws`` gradient draws, and the mean, for the guide's and the model's
+SNR_KEYS = ("snr_encoder", "snr_encoder_mean", "snr_decoder", "snr_decoder_mean")
+
 #: why a log p(x) method can put an approximation gap below zero, and what to raise
 BELOW_ZERO_CAUSES = {
     "ais": "AIS below log p(x) or noise: raise --ais-steps",
@@ -63,6 +67,18 @@ def over_seeds(splits: list[dict], key: str) -> dict | None:
     if all(isinstance(stderr, (int, float)) and math.isfinite(stderr) for stderr in stderrs):
         stats["mc_stderr"] = math.sqrt(sum(stderr**2 for stderr in stderrs)) / len(stderrs)
     return stats
+
+
+def seed_columns(records: list[dict], keys: Iterable[str]) -> dict:
+    """For each of ``keys`` the mean over ``records`` (see :func:`over_seeds`), with ``KEY_seed_sd`` and
+    ``KEY_mc_stderr`` where they exist; nothing for a key some record lacks."""
+    columns = {}
+    for key in keys:
+        stats = over_seeds(records, key)
+        if stats is not None:
+            columns[key] = stats["mean"]
+            columns.update({f"{key}_{kind}": value for kind, value in stats.items() if kind != "mean"})
+    return columns
 
 
 def cell(stats: dict | None, marker: str = "") -> str:
@@ -126,12 +142,7 @@ def rows(runs: list[dict], split: str, keys: Iterable[str],
         mine = [on_log_px_points(run[split]) for run in runs if run["guide"] == guide]
         row = {"guide": guide, "seeds": len(mine)}
         row.update({count: mine[0][count] for count in counts if count in mine[0]})
-        for key in keys:
-            stats = over_seeds(mine, key)
-            if stats is None:
-                continue
-            row[key] = stats["mean"]
-            row.update({f"{key}_{kind}": value for kind, value in stats.items() if kind != "mean"})
+        row.update(seed_columns(mine, keys))
         row["log_px_method"] = mine[0].get("log_px_method", mine[0].get("log_evidence_method"))
         bounds = {metrics["approx_gap_bound"] for metrics in mine if "approx_gap_bound" in metrics}
         if bounds:
@@ -142,6 +153,17 @@ def rows(runs: list[dict], split: str, keys: Iterable[str],
         if note:
             row["approx_gap_note"] = note
         table.append(row)
+    return table
+
+
+def snr_rows(runs: list[dict]) -> list[dict]:
+    """One row per guide with its runs' gradient signal-to-noise (:data:`SNR_KEYS`): the mean over seeds and, with
+    two seeds or more, ``KEY_seed_sd``; none where no run measured it (``--snr-draws 0``)."""
+    table = []
+    for guide in dict.fromkeys(run["guide"] for run in runs if "snr_draws" in run):
+        mine = [run for run in runs if run["guide"] == guide]
+        table.append({"guide": guide, "seeds": len(mine), "snr_draws": mine[0].get("snr_draws"),
+                      **seed_columns(mine, SNR_KEYS)})
     return table
 
 
