@@ -60,6 +60,8 @@ def test_compare_returns_the_numbers_the_cli_writes(tmp_path, capfd):
     assert result.runs[0]["model"]["sites"]["latent"] == {"latent": [2]}
     assert ": latent site latent (2 per data point); observed obs" in result._repr_markdown_()
     assert {row["guide"] for row in rows} == {"tutorial.VAE", "diag"} and rows[0]["log_px_method"] == "quadrature"
+    for row in rows:  # the training gradient's signal-to-noise, for the user's class as for a built-in guide
+        assert row["snr_encoder"] > 0 and row["snr_decoder"] > 0 and row["snr_draws"] == 16
     assert "## test split" in result._repr_markdown_() and "Comparison(2 runs" in repr(result)
     saved = result.to_json(tmp_path / "copy.json")
     assert json.loads(saved.read_text())["runs"][0]["guide"] == "tutorial.VAE"

@@ -62,6 +62,11 @@ def test_compare_writes_results_with_every_metric(tmp_path, capfd):
     table = (out / "results.md").read_text()
     assert "| diag |" in table and "| local |" in table and "±" in table and "quadrature" in table
     assert "Total time" in table and "Summed over runs: training" in table
+    for run in results["runs"]:  # the gradient's signal-to-noise at the end and at each evaluation during training
+        assert run["snr_encoder"] > 0 and run["snr_decoder"] > 0 and run["snr_draws"] == 16
+        assert all(point["snr_encoder"] > 0 for point in run["curve_eval"]) and "gradient_snr" in run["seconds"]
+    assert {row["guide"] for row in results["summary"]["gradient_snr"]} == {"diag", "local"}
+    assert "## Gradient signal-to-noise at the end of training" in table and "gradient SNR" in table
 
 
 def test_compare_on_linear_gaussian_reports_exact_numbers(tmp_path):
@@ -127,6 +132,10 @@ def test_train_evaluate_and_plot_a_run_directory(tmp_path):
     record = json.loads((run_dir / "run.json").read_text())
     assert record["config"]["guide"] == "iaf" and record["config"]["steps"] == 40  # the flag beat the file
     assert record["run"]["steps"] == 40 and len(record["run"]["curve_eval"]) == 10
+    assert "snr_encoder" in record["run"] and all("snr_decoder" in point for point in record["run"]["curve_eval"])
+    from matplotlib.image import imread
+
+    assert imread(run_dir / "training.png").shape[1] == round(16.5 * 110)  # three panels: the third is the SNR
 
     result = run_cli("evaluate", str(run_dir), "--eval-samples", "32", "--quadrature-points", "16")
     assert result.returncode == 0, result.stderr

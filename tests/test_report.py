@@ -106,3 +106,34 @@ def test_the_footer_describes_the_users_program_from_its_record():
     assert "Model your program vae.py:VAE: latent site z (50 per data point); observed obs; 335,184 parameters" \
         in report
     assert "Latent dim" not in report
+
+
+def with_snr(study: dict) -> dict:
+    """Each run with a gradient signal-to-noise record and two points of the curve carrying it."""
+    for run in study["runs"]:
+        snr = {"snr_encoder": 0.5 + run["seed"], "snr_encoder_mean": 0.7, "snr_encoder_entries": 100,
+               "snr_decoder": 4.0, "snr_decoder_mean": 9.0, "snr_decoder_entries": 200, "snr_draws": 16,
+               "snr_batch_size": 128}
+        run.update(snr, curve=[[10, -40.0], [20, -38.0]], curve_eval=[
+            {"step": 10, "test_elbo": -41.0, "test_log_px": -40.0, **snr, "snr_encoder": 1.0},
+            {"step": 20, "test_elbo": -39.0, "test_log_px": -38.5, **snr}])
+    return study
+
+
+def test_the_gradient_snr_gets_a_table_over_seeds_a_footer_line_and_a_summary_row(tmp_path):
+    study = with_snr(results((0, 1)))
+    report = markdown(study)
+    (row,) = rows_of(report, "## Gradient signal-to-noise")
+    assert row["encoder SNR (median)"] == "1.000 ± 0.707" and row["decoder SNR (mean)"] == "9.000 ± 0.000"
+    assert row["seeds"] == "2"
+    assert "M = 16 gradient draws on one fixed minibatch of 128 training rows" in report
+    assert "- Gradient SNR (signal-to-noise ratio, Rainforth et al. 2018" in report
+    write_results(study, tmp_path)
+    (summary,) = json.loads((tmp_path / "results.json").read_text())["summary"]["gradient_snr"]
+    assert summary["snr_encoder"] == 1.0 and summary["snr_encoder_seed_sd"] == pytest.approx(0.5**0.5)
+    assert (summary["guide"], summary["snr_draws"], summary["snr_decoder_mean"]) == ("diag", 16, 9.0)
+
+
+def test_a_study_without_the_measurement_has_no_snr_section():
+    study = results((0,))
+    assert "Gradient signal-to-noise" not in markdown(study) and "Gradient SNR" not in markdown(study)
