@@ -11,7 +11,9 @@ with the sample standard deviation (divisor :math:`M - 1`). A group of parameter
 the "encoder"; the model's, the "decoder") is summarized by the median of :math:`\mathrm{SNR}_j`
 over its entries, and by their mean. Entries whose gradient is exactly zero in every draw (a
 per-datapoint guide's parameters of rows outside the batch, masked weights) carry no gradient at
-all and are left out; an entry with zero spread but a nonzero mean has an infinite ratio.
+all and are left out; an entry with zero spread but a nonzero mean has an infinite ratio. An entry
+with no signal reads :math:`|\bar g| / \mathrm{sd} \approx |\mathcal{N}(0, 1)| / \sqrt{M}`, so a group of
+them has a median near :math:`0.67 / \sqrt{M}`: values near that floor are noise.
 
 References:
 
@@ -60,7 +62,7 @@ def parameter_groups(model, guide, args: tuple, kwargs: dict | None = None) -> d
 
 
 def gradient_draws(loss, model, guide, params: list[torch.Tensor], args: tuple, kwargs: dict | None = None,
-                   draws: int = 32) -> torch.Tensor:
+                   draws: int = 16) -> torch.Tensor:
     """``draws`` independent gradients of ``loss`` with respect to ``params``, one row each: shape ``(draws, entries)``.
 
     Each row is one call of ``loss.loss_and_grads`` (any Pyro ELBO, whatever its estimator), read from
@@ -102,7 +104,7 @@ def summarize(per_entry: torch.Tensor) -> GroupSNR:
     return GroupSNR(float(median), float(counted.mean()), len(counted), per_entry)
 
 
-def gradient_snr(loss, model, guide, args: tuple, kwargs: dict | None = None, *, draws: int = 32,
+def gradient_snr(loss, model, guide, args: tuple, kwargs: dict | None = None, *, draws: int = 16,
                  groups: dict[str, list[torch.Tensor]] | None = None, seed: int | None = None) -> dict[str, GroupSNR]:
     r"""The signal-to-noise ratio of ``loss``'s gradient on one fixed batch ``args``, per group of parameters.
 

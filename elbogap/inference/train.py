@@ -182,13 +182,13 @@ class Trainer:
             rows = torch.bernoulli(rows.cpu(), generator=generator).to(self.x.device)
         return rows, index
 
-    def gradient_snr(self, draws: int = 32) -> dict[str, GroupSNR]:
+    def gradient_snr(self, draws: int = 16) -> dict[str, GroupSNR]:
         """The signal-to-noise ratio of the training gradient now, per group of parameters
         (see :func:`~elbogap.inference.snr.gradient_snr`), from ``draws`` gradients on :meth:`snr_batch`.
 
-        The gradients are SVI's uncompiled loss (the estimator training uses, at the KL weight of
-        the last step) of the parameters SVI fits: the guide's as ``"encoder"``, the model's as
-        ``"decoder"`` (none where the model is held fixed). The draws come from the stream
+        The gradients are those of SVI's uncompiled loss (the estimator training uses, at the KL
+        weight of the last step) with respect to the parameters SVI fits: the guide's as
+        ``"encoder"``, the model's as ``"decoder"`` (none where the model is held fixed). The draws come from the stream
         ``snr_draws`` of the run's seed and step, inside a fork of the generators: training's own
         draws, parameters and gradients are left exactly as they were.
         """

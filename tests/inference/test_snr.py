@@ -103,13 +103,15 @@ def test_fewer_than_two_draws_are_refused():
             Config(snr_draws=draws).validate()
 
 
-@pytest.mark.parametrize("freeze_model", [False, True])
-def test_a_trainer_that_measures_trains_exactly_as_one_that_does_not(freeze_model):
+@pytest.mark.parametrize(("objective", "particles", "freeze_model"), [
+    ("elbo", 1, False), ("elbo", 1, True), ("meanfield", 1, False), ("iwae", 3, False)])
+def test_a_trainer_that_measures_trains_exactly_as_one_that_does_not(objective, particles, freeze_model):
     x = load_dataset(Config(train_size=100)).train
 
     def losses(measure: bool) -> list[float]:
         model, guide = fresh(name="diag")
-        trainer = Trainer(model, guide, x, batch_size=32, lr=1e-2, seed=1, freeze_model=freeze_model)
+        trainer = Trainer(model, guide, x, batch_size=32, lr=1e-2, objective=objective, num_particles=particles,
+                          seed=1, freeze_model=freeze_model)
         for _ in range(6):
             trainer.step()
             if measure:
