@@ -17,7 +17,9 @@ class Calibration:
     reported standard error :math:`s_r`; ``covers_truth`` the share of repeats with
     :math:`|e_r| \le 1.96 s_r`, ``covers_mean`` with :math:`|e_r - \bar e| \le 1.96 s_r`. Repeats
     without a finite standard error (NaN or infinite: the estimator declined to give one) count in
-    ``declined`` and in neither share nor in ``stderr``; a standard error of exactly 0 counts in ``zero``.
+    ``declined`` and in neither share, nor in ``stderr``, nor in ``spread`` (the error bar is judged where
+    it was given; the long-run mean :math:`\bar e` is over all repeats); a standard error of exactly 0
+    counts in ``zero``.
     """
 
     repeats: int
@@ -51,7 +53,7 @@ def calibrate(estimates: Iterable[float], stderrs: Iterable[float],
     return Calibration(
         repeats=len(estimates),
         bias=float(errors.mean()) if truths is not None else None,
-        spread=float(errors.std()),
+        spread=float(errors[given].std() if 1 < int(given.sum()) < len(errors) else errors.std()),
         stderr=float(stderrs[given].mean()) if given.any() else math.nan,
         zero=int((stderrs == 0).sum()),
         declined=int((~given).sum()),

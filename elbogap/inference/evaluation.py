@@ -21,7 +21,7 @@ from elbogap.inference.log_px import (
     LogPxSettings,
     plan,
 )
-from elbogap.inference.weights import importance_estimate, khat_threshold, pareto_khat
+from elbogap.inference.weights import FINITE_VARIANCE_KHAT, importance_estimate, khat_threshold, pareto_khat
 from elbogap.progress import Progress, as_progress
 from elbogap.sites import broadcasts_draws, repeat_rows
 
@@ -194,9 +194,10 @@ def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk, keep_draw
         out["kl_exact_analytic"] = kl_post is not None
         out["kl_exact"] = kl_post if kl_post is not None else kl_post_mc.mean()
         out["kl_exact_stderr"] = torch.zeros_like(out["kl_exact"]) if kl_post is not None else kl_post_mc.stderr()
-    iwae = importance_estimate(all_log_w)  # the draws are all kept for k-hat, so the estimate runs over them at once
-    out.update(log_px_iwae=iwae.log_mean, log_px_iwae_stderr=iwae.stderr, ess=iwae.ess)
-    out["khat"] = pareto_khat(all_log_w)
+    khat = pareto_khat(all_log_w)
+    infinite = khat > FINITE_VARIANCE_KHAT  # NaN (too few draws for a tail) counts as finite
+    iwae = importance_estimate(all_log_w, pool=~infinite)  # all draws are kept for k-hat, so this runs over them at once
+    out.update(log_px_iwae=iwae.log_mean, log_px_iwae_stderr=iwae.stderr, ess=iwae.ess, khat=khat)
     out["z_mean"] = z_mean.mean()
     return out
 
@@ -234,7 +235,10 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
       where a point's weights have no tail fit), and the share of points above ``khat_threshold``
       (:func:`~elbogap.inference.weights.khat_threshold` of ``khat_samples`` draws);
       ``log_px_iwae_note`` where some points are above it, since IWAE's standard error
-      cannot see a tail without finite variance;
+      cannot see a tail without finite variance. Where :math:`\hat k` exceeds 0.5 on more than
+      a quarter of the points, q's weights have no finite variance there (no central limit holds): IWAE's
+      standard errors are NaN, the split's and every point's, and the note says so; the rate at which
+      the group spread falls is fitted separately over the points above and below 0.5;
     - ``active_units``: latent dimensions the data uses (see :func:`active_units`).
 
     Standard errors are Monte Carlo errors with the points held fixed: the ELBO's from the
@@ -252,6 +256,8 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
     num_samples = max(elbo_samples, iw_samples if log_px_plan.uses_iw_draws else 0)
     with torch.inference_mode():
         per_point, z_mean = _evaluate_q(model, guide, x, index, num_samples, progress, desc, keep_draws)
+    if _infinite_variance(per_point["khat"]):  # no central limit: no error bar for IWAE, nor for what it estimates
+        per_point["log_px_iwae_stderr"] = torch.full_like(per_point["log_px_iwae_stderr"], math.nan)
     settings = LogPxSettings(quadrature_points, ais, num_samples, progress)
     estimates = []
     for step in log_px_plan.steps:
@@ -317,6 +323,12 @@ def _combined_stderr(stderr: torch.Tensor, rows: torch.Tensor | None = None) -> 
     return float(stderr.pow(2).sum().sqrt() / len(stderr)) if len(stderr) else math.nan
 
 
+def _infinite_variance(khat: torch.Tensor) -> bool:
+    """Whether k-hat says q's weights have infinite variance on a good share of the points (k-hat > 0.5 on more
+    than a quarter): their errors then dominate the split's, which has none."""
+    return float((khat > FINITE_VARIANCE_KHAT).double().mean()) > 0.25
+
+
 def _khat_summary(khat: torch.Tensor, num_samples: int) -> dict:
     """k-hat's mean (+inf where any point has an unbounded tail), the share above the threshold, and a warning."""
     threshold = khat_threshold(num_samples)
@@ -326,7 +338,13 @@ def _khat_summary(khat: torch.Tensor, num_samples: int) -> dict:
     khat = khat[~khat.isnan()].double()
     bad = float((khat > threshold).double().mean())
     out.update(khat_mean=float(khat.mean()), khat_bad_share=bad)
-    if bad > 0:
+    infinite = float((khat > FINITE_VARIANCE_KHAT).double().mean())
+    if _infinite_variance(khat):
+        out["log_px_iwae_note"] = (
+            f"k-hat of q's importance weights is above {FINITE_VARIANCE_KHAT} on {100 * infinite:.0f}% of points "
+            f"(above {threshold:.2f}, S = {num_samples}, on {100 * bad:.0f}%): their variance is infinite, so IWAE "
+            "has no standard error; use AIS (--log-px ais) for an error bar")
+    elif bad > 0:
         out["log_px_iwae_note"] = (
             f"k-hat of q's importance weights is above {threshold:.2f} (S = {num_samples}) on {100 * bad:.0f}% "
             "of points: there the weights have no usable variance, and IWAE's standard error may understate "

@@ -24,7 +24,7 @@ def log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
 
 
-def log_mean_exp_stderr(log_w: torch.Tensor, levels: int = LEVELS) -> torch.Tensor:
+def log_mean_exp_stderr(log_w: torch.Tensor, levels: int = LEVELS, pool: torch.Tensor | None = None) -> torch.Tensor:
     r"""Standard error of :math:`\hat L_K = \log \frac1K \sum_k w_k` per column of ``log_w`` ``(K, *batch)``.
 
     The :math:`K` weights are split into :math:`g = K/k` disjoint groups of :math:`k` for
@@ -47,6 +47,10 @@ def log_mean_exp_stderr(log_w: torch.Tensor, levels: int = LEVELS) -> torch.Tens
     spread of a mean over points for log-normal weights of log-sd up to 3 at any :math:`K \ge 8`,
     where the delta method is up to 3x too small. With fewer than 4 weights no power can be
     fitted and :math:`s = 0`, a conservative error; with one weight there is no error bar: NaN.
+    ``pool`` (a mask over the columns) splits the fit of :math:`s` in two, one over the columns it
+    marks and one over the others: a point whose weights have a light tail would otherwise be
+    carried at the slow rate of heavy-tailed ones (1.6x too large an error, measured), and a heavy
+    one at the fast rate of light ones.
     """
     num = log_w.shape[0]
     if num < 2:
@@ -60,9 +64,13 @@ def log_mean_exp_stderr(log_w: torch.Tensor, levels: int = LEVELS) -> torch.Tens
         means = log_mean_exp(grouped)  # (groups, *batch): one estimate per disjoint group
         variances.append(means.var(0))
         dofs.append(groups - 1)
-    slope = _slopes(sizes, variances, dofs)
-    total = sum(dof * var * (num / size) ** slope for size, var, dof in zip(sizes, variances, dofs, strict=True))
-    return (total / sum(dofs)).sqrt()
+    pools = [pool, ~pool] if pool is not None and bool(pool.any()) and not bool(pool.all()) else [None]
+    result = torch.zeros_like(variances[0])
+    for columns in pools:
+        slope = _slopes(sizes, [var if columns is None else var[columns] for var in variances], dofs)
+        total = sum(dof * var * (num / size) ** slope for size, var, dof in zip(sizes, variances, dofs, strict=True))
+        result = total / sum(dofs) if columns is None else torch.where(columns, total / sum(dofs), result)
+    return result.sqrt()
 
 
 def _slopes(sizes: list[int], variances: list[torch.Tensor], dofs: list[int]) -> float:
@@ -94,10 +102,16 @@ class ImportanceEstimate(NamedTuple):
     ess: torch.Tensor
 
 
-def importance_estimate(log_w: torch.Tensor) -> ImportanceEstimate:
-    """The estimate, its standard error (:func:`log_mean_exp_stderr`) and the ESS of log-weights ``(K, *batch)``."""
-    return ImportanceEstimate(log_mean_exp(log_w), log_mean_exp_stderr(log_w).to(log_w.dtype),
+def importance_estimate(log_w: torch.Tensor, pool: torch.Tensor | None = None) -> ImportanceEstimate:
+    """The estimate, its standard error (:func:`log_mean_exp_stderr`, its rate fitted on the columns ``pool``) and
+    the ESS of log-weights ``(K, *batch)``."""
+    return ImportanceEstimate(log_mean_exp(log_w), log_mean_exp_stderr(log_w, pool=pool).to(log_w.dtype),
                               effective_sample_size(log_w).to(log_w.dtype))
+
+
+#: k-hat above which the weights' variance is infinite by their tail fit (PSIS, arXiv:1507.02646): no central
+#: limit, so no standard error
+FINITE_VARIANCE_KHAT = 0.5
 
 
 def khat_threshold(num_samples: int) -> float:

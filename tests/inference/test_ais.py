@@ -83,7 +83,8 @@ def test_ais_matches_the_exact_evidence_where_iwae_from_the_best_diagonal_guide_
     iwae = evaluate(model, optimal_diag_guide(model), x, iw_samples=equal_cost, elbo_samples=1,
                     log_px_method="iwae").per_point
     iwae_error, iwae_stderr = mean_and_stderr(iwae["log_px"] - exact, iwae["log_px_stderr"])
-    assert iwae_error < -0.1 and iwae_error < -3 * iwae_stderr
+    # the diagonal guide's weights have infinite variance here (k-hat > 0.5), so IWAE gives no error bar
+    assert iwae_error < -0.1 and (math.isnan(iwae_stderr) or iwae_error < -3 * iwae_stderr)
     assert abs(iwae_error) > 2 * abs(error)
 
 

@@ -31,6 +31,21 @@ def test_the_stderr_of_a_split_mean_matches_the_spread_over_repeats(sigma, chain
         assert float(estimates.std() / delta.mean()) > 1.4
 
 
+def test_light_tailed_points_are_not_carried_at_the_rate_of_heavy_tailed_ones():
+    """10 points with log w ~ N(0, 0.3^2) evaluated beside 10 with N(0, 3^2): pooled over the light ones only, their
+    errors match the spread over repeats; pooled over all, the heavy points' slow rate inflates them."""
+    torch.manual_seed(0)
+    repeats, chains = 300, 1000
+    scale = torch.cat([torch.full((10,), 0.3), torch.full((10,), 3.0)]).double()
+    log_w = torch.randn(repeats, chains, 20, dtype=torch.float64) * scale
+    light = scale < 1
+    spread = torch.stack([log_mean_exp(w)[light] for w in log_w]).std(0)
+    pooled_light = torch.stack([log_mean_exp_stderr(w, pool=light)[light] for w in log_w]).pow(2).mean(0).sqrt()
+    pooled_all = torch.stack([log_mean_exp_stderr(w)[light] for w in log_w]).pow(2).mean(0).sqrt()
+    assert 0.85 < float((spread / pooled_light).mean()) < 1.15
+    assert float((spread / pooled_all).mean()) < 0.8
+
+
 def test_one_weight_has_no_standard_error_and_equal_weights_have_zero():
     assert bool(log_mean_exp_stderr(torch.randn(1, 5)).isnan().all())
     assert float(log_mean_exp_stderr(torch.full((64, 3), -2.0)).abs().max()) == 0.0
