@@ -23,7 +23,9 @@ The bracket is zero in value, and its gradient is the score
 :math:`\nabla_\phi \log q_\phi(z)` at :math:`z` held fixed, so what remains is the path term
 :math:`\nabla_z \log q_\phi(z)\, \partial z / \partial \phi`. This is exact where q's parameters
 depend on φ and x only, not on other draws (a hierarchical guide's would lose their path term),
-which holds for elbogap's families and for ``auto:AutoNormal``.
+which holds for elbogap's families and for ``auto:AutoNormal``. DReG, which runs uncompiled and
+needs the whole path term to pass through :math:`z`, rebuilds q from detached parameters instead
+(see :class:`StickingTheLanding`).
 
 References:
 
@@ -38,6 +40,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.poutine.messenger import Messenger
+from torch import nn
 from torch.distributions import Distribution, kl_divergence, register_kl
 
 from elbogap.errors import UsageError
@@ -47,7 +50,7 @@ from elbogap.plates import data_plate
 
 
 class StickingTheLanding(TorchDistribution):
-    r"""The reparameterized draws of ``q``, scored so that the gradient of the score reaches q's parameters only through the draw.
+    r"""The reparameterized draws of ``q``, scored so that q's parameters get gradient through the draw only.
 
     ``rsample`` is ``q.rsample``; ``log_prob(z)`` is :math:`\log q(z)` in value, with the score
     term subtracted from its gradient (see the module's docstring). ``q.log_prob`` at
@@ -57,43 +60,58 @@ class StickingTheLanding(TorchDistribution):
     closed form (``TraceMeanField_ELBO``), the KL is ``q``'s own, with its exact gradient: no draw
     enters it, so there is no score term to drop there.
 
+    A flow scores its own draw from the cached base draw, so the gradient of the score reaches
+    q's parameters by that route, not through :math:`z`. A gradient hook on the draw
+    (:class:`~elbogap.inference.dreg.IWAE_DReG`'s) needs all of it through :math:`z`: ``held_fixed``,
+    :math:`z \mapsto \log q_{\perp\phi}(z)` evaluated by q rebuilt from detached parameters, then
+    scores instead (one evaluation at :math:`z`, a flow's one inverse).
+
     :param q: a reparameterized distribution whose parameters depend on no other draw.
-    :param bool through_draw: send the whole gradient of ``log_prob`` through the draw :math:`z`,
-        as a gradient hook on the draw needs (:class:`~elbogap.inference.dreg.IWAE_DReG`'s): a
-        flow is then inverted at :math:`z` too. Otherwise a flow scores its own draw from the
-        cached base draw, which costs one inverse less and gives the same gradient in total.
+    :param held_fixed: optional :math:`z \mapsto \log q_{\perp\phi}(z)`, broadcasting over leading dimensions of ``z``.
     """
 
     arg_constraints = {}
     has_rsample = True
 
-    def __init__(self, q: TorchDistribution, through_draw: bool = False):
-        self.q, self.through_draw = q, through_draw
+    def __init__(self, q: TorchDistribution, held_fixed: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.q, self.held_fixed = q, held_fixed
         super().__init__(q.batch_shape, q.event_shape, validate_args=False)
 
     @property
     def support(self):
         return self.q.support
 
-    def rsample(self, sample_shape=torch.Size()):
+    def rsample(self, sample_shape=()):
         return self.q.rsample(sample_shape)
 
-    def sample(self, sample_shape=torch.Size()):
+    def sample(self, sample_shape=()):
         with torch.no_grad():
             return self.q.rsample(sample_shape)
 
     def log_prob(self, value):
-        log_q = self.q.log_prob(value.view_as(value) if self.through_draw else value)  # a view: no cache hit
+        if self.held_fixed is not None:
+            return self.held_fixed(value)
         at_fixed_draw = self.q.log_prob(value.detach())  # its gradient is the score of q alone
-        return log_q - (at_fixed_draw - at_fixed_draw.detach())
+        return self.q.log_prob(value) - (at_fixed_draw - at_fixed_draw.detach())
 
     def expand(self, batch_shape, _instance=None):
-        return StickingTheLanding(self.q.expand(batch_shape), self.through_draw)
+        return StickingTheLanding(self.q.expand(batch_shape), self.held_fixed)
 
 
 @register_kl(StickingTheLanding, Distribution)
 def _kl_of_q(p, q):
     return kl_divergence(p.q, q)  # raises NotImplementedError where none is known: the ELBO then draws z
+
+
+class _LogDensity(nn.Module):
+    r"""A guide's :math:`\log q(z \mid x)` as a module's forward, which is what ``torch.func.functional_call`` runs."""
+
+    def __init__(self, guide: Guide):
+        super().__init__()
+        self.guide = guide
+
+    def forward(self, z, x, index):
+        return self.guide.site_distribution(self.guide.distribution(x, index)).log_prob(z)
 
 
 def stl_guide(guide: Guide, gradient: str = "stl") -> Callable:
@@ -104,8 +122,9 @@ def stl_guide(guide: Guide, gradient: str = "stl") -> Callable:
     (planar, sylvester) is refused. DReG turns the score of :math:`q` into a gradient of the draws
     through an identity that holds for an exact pathwise gradient only, so it refuses the mixture,
     whose sampler's gradient for its weights is not (STL's difference from the reparameterized
-    estimator is the score alone, whose mean is zero for any sampler). ``auto:AutoNormal``'s sites are independent normals whose
-    locations and scales are parameters, so each is wrapped as it is. A guide without parameters
+    estimator is the score alone, whose mean is zero for any sampler). ``auto:AutoNormal``'s sites
+    are independent normals whose locations and scales are parameters, so each is wrapped as it
+    is (a normal has no cached draw: the gradient goes through :math:`z`). A guide without parameters
     of its own (the exact posterior, whose parameters are the model's) is returned as it is:
     there is nothing to hold fixed, and its one-draw estimate is :math:`\log p(x)` already. A
     guide program is refused: its distributions are built inside the user's code and may depend
@@ -113,9 +132,9 @@ def stl_guide(guide: Guide, gradient: str = "stl") -> Callable:
 
     :param guide: an elbogap :class:`~elbogap.guides.Guide`.
     :param str gradient: the estimator asking, ``"stl"`` or ``"dreg"`` (which hooks the draws, so the
-        gradient of the density must go through them: see :class:`StickingTheLanding`).
+        density is rebuilt from detached parameters: see :class:`StickingTheLanding`).
     """
-    if isinstance(guide, AutoGuideFamily):  # normals: no cached draw, the gradient goes through the draw anyway
+    if isinstance(guide, AutoGuideFamily):
         return _WrapNormals(guide.name)(guide.guide)
     if guide.program:
         raise UsageError(f"--gradient {gradient} holds q's parameters fixed, and elbogap cannot detach a guide "
@@ -132,11 +151,20 @@ def stl_guide(guide: Guide, gradient: str = "stl") -> Callable:
                          f"and the {type(guide).__name__.lower()} sampler's gradient for its weights is not (Pyro's "
                          "MixtureOfDiagNormals); use --gradient reparam with it")
 
+    density = _LogDensity(guide)
+
     def guide_program(x, index=None, num_data=None):
         pyro.module("guide", guide)
         with data_plate(x, index, num_data, guide.plate):
             q = guide.site_distribution(guide.distribution(x, index))
-            return pyro.sample(guide.site, StickingTheLanding(q, through_draw=gradient == "dreg"))
+            held_fixed = None
+            if gradient == "dreg":  # uncompiled, so functional_call may run (it refuses under torch.jit.trace)
+
+                def held_fixed(z):
+                    detached = {f"guide.{name}": param.detach() for name, param in guide.named_parameters()}
+                    return torch.func.functional_call(density, detached, (z, x, index))
+
+            return pyro.sample(guide.site, StickingTheLanding(q, held_fixed))
 
     return guide_program
 
