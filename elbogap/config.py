@@ -81,9 +81,9 @@ class Config:
     objective: str = setting("elbo", "elbo (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (RenyiELBO, alpha=0)",
                              choices=OBJECTIVES)
     particles: int = setting(1, "samples per data point in the training objective (K for iwae)", least=1)
-    gradient: str = setting("reparam", "reparam | stl (sticking the landing, with --objective elbo or meanfield) | dreg "
-                                       "(doubly reparameterized, with --objective iwae): the estimator of the training "
-                                       "gradient", choices=tuple(GRADIENTS))
+    gradient: str = setting("reparam", "reparam | stl (sticking the landing, with --objective elbo or meanfield) | "
+                                       "dreg (doubly reparameterized, with --objective iwae): the estimator of the "
+                                       "training gradient", choices=tuple(GRADIENTS))
     jit: bool = setting(True, "compile the elbo objective with Pyro's JitTrace_ELBO (elbogap's own models and guides, "
                               "except mixture)")
     device: str = setting("cpu", "cpu, cuda or cuda:N: where models, guides and data live")

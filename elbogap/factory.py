@@ -93,7 +93,7 @@ def guide_for(config: Config, model, num_data: int, guide_name: str, example: to
 
 
 def check_gradient(config: Config, data: Dataset, guide) -> None:
-    """Refuse, in one line and before any training, a ``--gradient`` that the guide's family or the model cannot take."""
+    """Refuse, in one line and before any training, a ``--gradient`` the guide's family or the model cannot take."""
     from elbogap.inference.stl import stl_guide
 
     if config.gradient == "reparam":

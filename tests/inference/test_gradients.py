@@ -48,7 +48,7 @@ def assert_same_mean(draws: torch.Tensor, reference: torch.Tensor, familywise: f
 
 
 def snr(draws: torch.Tensor) -> float:
-    """Median over entries of |mean| / sd over the draws: the signal-to-noise ratio of Rainforth et al. (arXiv:1802.04537)."""
+    """Median over entries of |mean| / sd over the draws: the signal-to-noise ratio of Rainforth et al. 2018."""
     return float((draws.mean(0).abs() / draws.std(0)).median())
 
 
@@ -160,7 +160,7 @@ def test_dreg_encoder_snr_does_not_fall_with_the_particles():
 
 
 def test_dreg_scales_each_points_bound_by_the_minibatch_after_the_logarithm():
-    """On a minibatch of B of N points the loss is N/B times the batch's bound: an unbiased estimate of the data set's."""
+    """On a minibatch of B of N points the loss is N/B times the batch's bound: unbiased for the data set's."""
     model, guide, x = small_vae("diag")
     loss, program, index = make_objective("iwae", 10, gradient="dreg"), stl_guide(guide, "dreg"), torch.arange(8)
     torch.manual_seed(3)
@@ -198,7 +198,7 @@ def test_meanfield_keeps_its_closed_form_kl_under_stl():
     ("full", "elbo", "reparam", 1), ("full", "elbo", "stl", 1), ("iaf", "elbo", "stl", 1), ("full", "iwae", "dreg", 8),
 ])
 def test_the_gap_identity_and_its_split_hold_under_every_estimator(name, objective, gradient, particles):
-    """Trained jointly with each estimator, log p(x) = ELBO + KL(q || p(z|x)) and KL gap = approximation + amortization."""
+    """Trained with each estimator: log p(x) = ELBO + KL(q || p(z|x)), and KL gap = approximation + amortization."""
     torch.manual_seed(0)
     model = LinearGaussian(5, 2).double()
     data = draw_linear_data(known_linear_model(), 300)
