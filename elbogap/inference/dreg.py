@@ -33,14 +33,15 @@ class IWAE_DReG(ELBO):
     multiplies what reaches it by :math:`\tilde w_k` once more, so only the guide's gradient
     gets the square. With :math:`K = 1` this is the sticking-the-landing ELBO.
 
-    Each data point has its own weights, normalized over its own :math:`K` draws; the data
-    plate's minibatch scale :math:`N / B` multiplies each point's bound after the logarithm, so
-    the loss, the negative bound summed over the minibatch times :math:`N / B`, is an unbiased
-    estimate of the full data set's (Pyro's ``RenyiELBO`` 1.9.2 applies the scale to the
-    log-weights before the log-sum-exp, which is the same only for :math:`N = B`). Other scales
-    of a site (a KL weight) stay in its log-weight. Every sample site must lie in the data
-    plate. Hand-written because Pyro has no DReG estimator (pyro-ppl/pyro#2598, draft #2605);
-    not compiled (a traced graph would not keep the hooks).
+    Each data point has its own weights, normalized over its own :math:`K` draws; the minibatch
+    scale :math:`N / B` (the observed sites' scale, from a subsampled data plate or from a
+    program scaled whole) multiplies each point's bound after the logarithm, so the loss, the
+    negative bound summed over the minibatch times :math:`N / B`, is an unbiased estimate of the
+    full data set's (Pyro's ``RenyiELBO`` 1.9.2 applies the scale to the log-weights before the
+    log-sum-exp, which is the same only for :math:`N = B`). What else scales a site (a KL weight)
+    stays in its log-weight. Every sample site must lie in the data plate. Hand-written because
+    Pyro has no DReG estimator (pyro-ppl/pyro#2598, draft #2605); not compiled (a traced graph
+    would not keep the hooks).
 
     :param int num_particles: :math:`K`, draws per data point.
     :param int max_plate_nesting: plates in model and guide (elbogap's: 1, the data plate).
@@ -66,20 +67,16 @@ class IWAE_DReG(ELBO):
         return get_importance_trace("flat", self.max_plate_nesting, model, guide, args, kwargs)
 
     def _log_weights(self, model, guide, args, kwargs):
-        """Per-point log-weights ``(K, batch)``, the data plate's scale, and each particle's draws to hook."""
-        particles, draws, scale = [], [], None
+        """Per-point log-weights ``(K, batch)``, the minibatch scale, and each particle's draws to hook."""
+        particles, draws = [], []
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            scale = _minibatch_scale(model_trace)
             log_w = 0.0
             for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
                 for name, site in trace.nodes.items():
-                    if site["type"] != "sample":
-                        continue
-                    subsample = _subsample_scale(name, site)
-                    if scale is not None and subsample != scale:
-                        raise UsageError(f"--gradient dreg needs one data plate; site {name!r} is scaled by "
-                                         f"{subsample}, others by {scale}")
-                    scale = subsample
-                    log_w = log_w + sign * site["log_prob"] / subsample
+                    if site["type"] == "sample":
+                        _check_per_point(name, site)
+                        log_w = log_w + sign * site["log_prob"] / scale
             particles.append(log_w)
             draws.append([site for site in guide_trace.nodes.values()
                           if site["type"] == "sample" and isinstance(site["fn"], StickingTheLanding)])
@@ -87,7 +84,7 @@ class IWAE_DReG(ELBO):
             log_w = particles[0] if self.num_particles > 1 else particles[0].unsqueeze(0)
         else:
             log_w = torch.stack(particles)
-        return log_w, scale or 1.0, draws
+        return log_w, scale, draws
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         r"""The negative bound, whose gradient is the DReG estimate (``torch.autograd.grad`` keeps the hooks)."""
@@ -116,16 +113,23 @@ class IWAE_DReG(ELBO):
         return loss
 
 
-def _subsample_scale(name: str, site: dict) -> float:
-    """The data plate's minibatch scale ``N / B`` of a site, which must lie in the data plate."""
-    plates = [frame for frame in site["cond_indep_stack"] if frame.name != PARTICLE_PLATE]
-    if not plates:
+def _check_per_point(name: str, site: dict) -> None:
+    if not any(frame.name != PARTICLE_PLATE for frame in site["cond_indep_stack"]):
         raise UsageError(f"--gradient dreg weighs each data point's own draws, and the site {name!r} lies outside the "
                          "data plate (a global latent); use --gradient reparam with this model")
-    scale = 1.0
-    for frame in plates:
-        scale *= (frame.full_size or frame.size) / frame.size
-    return scale
+
+
+def _minibatch_scale(model_trace) -> float:
+    """``N / B``, the scale of the observed sites: a subsampled data plate's, or a whole program's (``poutine.scale``).
+
+    The latent sites' scales divided by it leave what else scales them (a KL weight).
+    """
+    scales = {float(site["scale"]) for site in model_trace.nodes.values()
+              if site["type"] == "sample" and site["is_observed"]}
+    if len(scales) > 1:
+        raise UsageError(f"--gradient dreg needs one minibatch scale, and the model's observed sites have several "
+                         f"({', '.join(map(str, sorted(scales)))}); use --gradient reparam with this model")
+    return scales.pop() if scales else 1.0
 
 
 def _hook(site: dict, weights: torch.Tensor) -> None:

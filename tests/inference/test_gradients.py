@@ -5,6 +5,7 @@ from statistics import NormalDist
 
 import pytest
 import torch
+from pyro import poutine
 from pyro.infer import RenyiELBO, TraceMeanField_ELBO
 
 from elbogap.errors import UsageError
@@ -170,6 +171,12 @@ def test_dreg_scales_each_points_bound_by_the_minibatch_after_the_logarithm():
     whole = loss.loss(model.model, program, x, index, num_data=8)
     torch.manual_seed(3)
     assert loss.loss(model.model, program, x, index, num_data=80) == pytest.approx(10 * whole, rel=1e-6)
+    torch.manual_seed(3)  # a model program scaled whole, as elbogap scales a user's program that takes only x
+
+    def scaled_model(x, index, num_data):
+        return poutine.scale(model.model, scale=num_data / len(x))(x, index)
+
+    assert loss.loss(scaled_model, program, x, index, num_data=80) == pytest.approx(10 * whole, rel=1e-6)
     torch.manual_seed(3)
     assert whole == pytest.approx(RenyiELBO(alpha=0, num_particles=10, vectorize_particles=True, max_plate_nesting=1)
                                   .loss(model.model, guide.guide, x, index, num_data=8), rel=1e-6)
