@@ -16,7 +16,7 @@ from elbogap.errors import UsageError
 from elbogap.inference.ais import INITS as AIS_INITS
 from elbogap.inference.ais import AISSettings
 from elbogap.inference.log_px import SETTINGS as LOG_PX_SETTINGS
-from elbogap.inference.objectives import OBJECTIVES
+from elbogap.inference.objectives import GRADIENTS, OBJECTIVES, check_gradient
 
 #: what a setting changes, and so what a resumed run compares: ``result`` (what training computes; a
 #: checkpoint from other values is refused), ``evaluation`` (the evaluation after training; a finished run
@@ -81,6 +81,9 @@ class Config:
     objective: str = setting("elbo", "elbo (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (RenyiELBO, alpha=0)",
                              choices=OBJECTIVES)
     particles: int = setting(1, "samples per data point in the training objective (K for iwae)", least=1)
+    gradient: str = setting("reparam", "reparam | stl (sticking the landing, with --objective elbo or meanfield) | "
+                                       "dreg (doubly reparameterized, with --objective iwae): the estimator of the "
+                                       "training gradient", choices=tuple(GRADIENTS))
     jit: bool = setting(True, "compile the elbo objective with Pyro's JitTrace_ELBO (elbogap's own models and guides, "
                               "except mixture)")
     device: str = setting("cpu", "cpu, cuda or cuda:N: where models, guides and data live")
@@ -170,6 +173,7 @@ class Config:
                 raise UsageError(f"--{flag(name)} must be positive, got {value}")
             if meta["choices"] is not None and value not in meta["choices"]:
                 raise UsageError(f"unknown --{flag(name)} {value!r}; choose one of {', '.join(meta['choices'])}")
+        check_gradient(self.objective, self.gradient)
         if not 0 < self.lr_decay <= 1:
             raise UsageError(f"--lr-decay is the factor the learning rate ends at, in (0, 1]; got {self.lr_decay}")
         if any(width < 1 for width in self.hidden_dims):
@@ -231,8 +235,12 @@ def evaluation_changes(saved: dict, current: dict) -> list[str]:
 
 
 def differences(saved: dict, current: dict) -> list[str]:
-    """Names of the settings that make two configurations compute different things."""
-    return sorted(k for k in current if k not in RUN_CONTROL and saved.get(k) != current[k])
+    """Names of the settings that make two configurations compute different things.
+
+    A setting the saved configuration lacks (it predates the setting) had its default.
+    """
+    defaults = Config().to_dict()
+    return sorted(k for k in current if k not in RUN_CONTROL and saved.get(k, defaults.get(k)) != current[k])
 
 
 def flag(name: str) -> str:

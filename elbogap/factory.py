@@ -92,11 +92,24 @@ def guide_for(config: Config, model, num_data: int, guide_name: str, example: to
     return guide.to(resolve_device(config.device))
 
 
+def check_gradient(config: Config, data: Dataset, guide) -> None:
+    """Refuse, in one line and before any training, a ``--gradient`` the guide's family or the model cannot take."""
+    from elbogap.inference.stl import stl_guide
+
+    if config.gradient == "reparam":
+        return
+    if data.kind == "global":
+        raise UsageError(f"--gradient {config.gradient} is for models whose latents are per data point, and this "
+                         "model has global latents; use --gradient reparam")
+    stl_guide(guide, config.gradient)
+
+
 def make_trainer(config: Config, model, guide, data: Dataset, seed: int, freeze_model: bool = False) -> Trainer:
-    """The SVI trainer a configuration describes: objective, particles, learning rate and its decay, KL warm-up,
-    binarization and compilation, for ``config.total_steps`` steps on the training split."""
+    """The SVI trainer a configuration describes: objective, particles, gradient estimator, learning rate and its
+    decay, KL warm-up, binarization and compilation, for ``config.total_steps`` steps on the training split."""
     num_data = len(data.train)
     steps = config.total_steps(num_data)
+    check_gradient(config, data, guide)
     if data.kind == "global":
         from elbogap.global_latents.protocol import batch_size
 
@@ -106,7 +119,7 @@ def make_trainer(config: Config, model, guide, data: Dataset, seed: int, freeze_
     return Trainer(model, guide, data.train, config.batch_size, config.lr, config.objective, config.particles,
                    seed, freeze_model=freeze_model, lr_decay=config.lr_decay ** (1 / max(steps, 1)),
                    kl_warmup_steps=round(config.kl_warmup * config.steps_per_epoch(num_data)),
-                   dynamic_binarize=data.dynamic, jit=config.jit)
+                   dynamic_binarize=data.dynamic, jit=config.jit, gradient=config.gradient)
 
 
 def fit_family(model, config: Config, data: Dataset, family: str, seed: int):

@@ -17,7 +17,7 @@ from elbogap.backends import Outcome, RunTask, open_backend
 from elbogap.board import Board
 from elbogap.config import Config
 from elbogap.errors import UsageError
-from elbogap.factory import build, guide_label, load_dataset
+from elbogap.factory import build, check_gradient, guide_label, load_dataset
 from elbogap.failures import ProgramFailed
 from elbogap.runs import LOG, Interrupted, NumericalFault
 from elbogap.stopping import stop_requests
@@ -56,12 +56,12 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
     config.validate()
     out = Path(out if out is not None else config.out)
     data = load_dataset(config)
-    for name in config.guides:  # fail on a bad guide before any training, not in the middle
-        build(config, data, name)
+    for name in config.guides:  # fail on a bad guide (or one --gradient refuses) before any training, not in the middle
+        check_gradient(config, data, build(config, data, name)[1])
     results = {"config": config.to_dict(), "versions": versions(), "runs": []}
     references = {}
     if config.mode == "fixed-model":  # one model per seed, trained with the reference guide, then frozen
-        build(config, data, config.reference_guide)
+        check_gradient(config, data, build(config, data, config.reference_guide)[1])
         references = {seed: out / "runs" / f"reference-{config.reference_guide}-seed{seed}" for seed in config.seeds}
     backend = open_backend(config, out, progress)
     begun = time.perf_counter()

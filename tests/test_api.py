@@ -89,3 +89,9 @@ def test_python_objects_are_refused_on_backends_that_run_elsewhere(tmp_path, set
     with pytest.raises(UsageError, match="lives in this process only.*file.py:name"):
         elbogap.compare(module.VAE, {"mine": module.VAE}, "digits", out=tmp_path / "o", **{**QUICK, **settings})
     assert not (tmp_path / "o" / "runs").exists()
+
+
+def test_the_gradient_estimator_is_a_keyword_checked_before_any_training(tmp_path):
+    with pytest.raises(UsageError, match="use --gradient dreg with iwae"):
+        elbogap.compare("vae", ["diag"], out=tmp_path / "o", objective="iwae", gradient="stl", **QUICK)
+    assert not (tmp_path / "o" / "runs").exists()

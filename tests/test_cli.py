@@ -106,11 +106,61 @@ def test_compare_reads_a_users_npz_with_its_own_split(tmp_path):
     (["--lr", "-1"], "--lr must be positive"),
     (["--likelihood", "gaussian", "--model", "linear", "--data", "digits", "--guides", "diag",
       "--latent-dim", "0"], "--latent-dim"),
+    (["--gradient", "stl", "--objective", "iwae"], "use --gradient dreg with iwae"),
+    (["--gradient", "dreg"], "use --objective iwae with dreg"),
+    (["--gradient", "dreg", "--objective", "meanfield"], "use --objective iwae with dreg"),
+    (["--gradient", "stl", "--guides", "diag,planar"], "the planar flow has no inverse"),
+    (["--gradient", "stl", "--guides", "sylvester"], "the sylvester flow has no inverse"),
+    (["--gradient", "dreg", "--objective", "iwae", "--guides", "mixture"], "gradient for its weights is not"),
 ])
 def test_bad_input_gets_one_line_and_exit_status_2(args, message, tmp_path, elbogap):
     code, stderr = elbogap("compare", *args, "--out", tmp_path / "o", *QUICK)
     assert code == 2
     assert message in stderr and len(stderr.strip().splitlines()) == 1
+
+
+GUIDE_PROGRAM = """
+import pyro
+import pyro.distributions as dist
+import torch
+
+
+def guide(x):
+    loc = pyro.param("program_loc", torch.zeros(2))
+    with pyro.plate("data", len(x)):
+        return pyro.sample("z", dist.Normal(loc, 1.0).expand([len(x), 2]).to_event(1))
+"""
+
+
+def test_a_guide_program_is_refused_sticking_the_landing_in_one_line(tmp_path, elbogap):
+    (tmp_path / "mine.py").write_text(GUIDE_PROGRAM)
+    code, stderr = elbogap("compare", "--gradient", "stl", "--guides", f"diag,{tmp_path}/mine.py:guide",
+                           "--out", tmp_path / "o", *QUICK)
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
+    assert "elbogap cannot detach a guide program's parameters" in stderr and "--gradient reparam" in stderr
+    assert not (tmp_path / "o" / "runs").exists()  # refused before any training
+
+
+def test_compare_sticks_the_landing_with_compiled_losses(tmp_path):
+    out = tmp_path / "stl"
+    assert main(["compare", "--gradient", "stl", "--guides", "diag,full,iaf", "--seeds", "0", "--out", str(out),
+                 *QUICK]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["gradient"] == "stl"
+    for run in results["runs"]:
+        assert run["compiled_loss"] is True, run["guide"]  # stl keeps Pyro's JitTrace_ELBO
+        test = run["test"]
+        assert test["kl_gap"] == pytest.approx(test["log_px"] - test["elbo"]) and "approx_gap" in test
+
+
+def test_compare_trains_the_importance_weighted_bound_with_dreg(tmp_path):
+    out = tmp_path / "dreg"
+    assert main(["compare", "--objective", "iwae", "--particles", "10", "--gradient", "dreg", "--guides", "diag,iaf",
+                 "--seeds", "0", "--out", str(out), *QUICK]) == 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    for run in runs:
+        assert run["compiled_loss"] is False  # a traced graph would not keep DReG's hooks
+        assert run["test"]["kl_gap"] == pytest.approx(run["test"]["log_px"] - run["test"]["elbo"])
 
 
 def test_non_binary_data_with_a_bernoulli_likelihood_suggests_the_fix(tmp_path, elbogap):

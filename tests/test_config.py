@@ -24,6 +24,8 @@ def test_study_file_then_flags_override(tmp_path):
     ("seeds = [0, 0.5]\n", "seeds must be a list of integers"),
     ("figures = 1\n", "figures must be true or false"),
     ("steps = -5\n", "--steps must be at least 0"),
+    ('gradient = "dreg"\n', "use --objective iwae with dreg"),
+    ('objective = "iwae"\ngradient = "stl"\n', "use --gradient dreg with iwae"),
 ])
 def test_bad_study_files_are_named(tmp_path, text, message):
     with pytest.raises(UsageError, match=message):
@@ -63,3 +65,12 @@ def test_every_setting_is_declared_once_and_the_flags_checks_and_resume_roles_fo
                 Config(**{declared.name: meta["least"] - 1}).validate()
         assert (declared.name in EVALUATION) == (meta["role"] == "evaluation")
         assert (declared.name in RUN_CONTROL) == (meta["role"] != "result")  # a checkpoint compares the rest
+
+
+def test_a_checkpoint_from_before_a_setting_existed_had_its_default():
+    """--resume compares settings; one the saved configuration lacks (it predates it) counts as its default."""
+    from elbogap.config import differences
+
+    saved = {name: value for name, value in Config().to_dict().items() if name != "gradient"}
+    assert differences(saved, Config().to_dict()) == []
+    assert differences(saved, Config(gradient="stl").to_dict()) == ["gradient"]

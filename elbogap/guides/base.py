@@ -50,6 +50,9 @@ class Guide(nn.Module):
     #: approximation gap is exact up to the optimizer; False where it ranges over a part of the family only
     #: (the members an encoder's features reach), so the approximation gap is an upper bound.
     exact_optimum = True
+    #: whether the gradient of q's draws in its parameters is exact for every function of z, as a reparameterization's
+    #: is; False where the sampler's gradient is unbiased for some functions only (Pyro's mixture, for its weights).
+    exact_pathwise = True
 
     @classmethod
     def build(cls, model, num_data: int, settings: GuideSettings) -> "Guide":
@@ -77,10 +80,13 @@ class Guide(nn.Module):
         """The Pyro program :math:`z \\sim q(z \\mid x)`."""
         pyro.module("guide", self)
         with data_plate(x, index, num_data, self.plate):
-            q = self.distribution(x, index)
-            if self.site_shape is not None and self.site_shape != q.event_shape:  # same values, the site's shape
-                q = dist.TransformedDistribution(q, ReshapeTransform(q.event_shape, self.site_shape))
-            return pyro.sample(self.site, q)
+            return pyro.sample(self.site, self.site_distribution(self.distribution(x, index)))
+
+    def site_distribution(self, q: dist.TorchDistribution) -> dist.TorchDistribution:
+        """``q`` with the per-point shape of the model's latent site where it differs from ``(latent_dim,)``."""
+        if self.site_shape is not None and self.site_shape != q.event_shape:  # same values, the site's shape
+            return dist.TransformedDistribution(q, ReshapeTransform(q.event_shape, self.site_shape))
+        return q
 
 
 class AmortizedGuide(Guide):

@@ -1,4 +1,4 @@
-"""Training objectives: Pyro's ELBO estimators, chosen by short name."""
+"""Training objectives: Pyro's ELBO estimators, chosen by short name, and the gradient estimator of each."""
 
 from pyro.infer import ELBO, JitTrace_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
@@ -6,9 +6,25 @@ from elbogap.errors import UsageError
 
 OBJECTIVES = ("elbo", "meanfield", "iwae")
 
+#: gradient estimators, and the objectives each one estimates the gradient of
+GRADIENTS = {"reparam": OBJECTIVES, "stl": ("elbo", "meanfield"), "dreg": ("iwae",)}
+
+
+def check_gradient(objective: str, gradient: str) -> None:
+    """Refuse, in one line, a gradient estimator that does not estimate ``objective``'s gradient."""
+    if gradient not in GRADIENTS:
+        raise UsageError(f"unknown --gradient {gradient!r}; choose one of {', '.join(GRADIENTS)}")
+    if objective in GRADIENTS[gradient]:
+        return
+    if gradient == "stl":
+        raise UsageError("--gradient stl sticks the landing of the ELBO, not of --objective iwae; "
+                         "use --gradient dreg with iwae, or --objective elbo with stl")
+    raise UsageError(f"--gradient dreg reweights the draws of the importance-weighted bound, not of --objective "
+                     f"{objective}; use --objective iwae with dreg, or --gradient stl with {objective}")
+
 
 def make_objective(name: str = "elbo", num_particles: int = 1, jit: bool = False,
-                   vectorize: bool = True) -> ELBO | None:
+                   vectorize: bool = True, gradient: str = "reparam") -> ELBO | None:
     r"""Return a Pyro loss by name.
 
     - ``"elbo"``: :class:`~pyro.infer.Trace_ELBO`, the reparameterized ELBO;
@@ -18,12 +34,19 @@ def make_objective(name: str = "elbo", num_particles: int = 1, jit: bool = False
       bound :math:`\mathbb{E}\log \frac1K \sum_k p(x, z_k) / q(z_k \mid x)` with
       :math:`K` = ``num_particles`` [1].
 
+    ``gradient`` names the estimator of the bound's gradient (see :func:`check_gradient` for the
+    pairings): ``"reparam"``, the losses above; ``"stl"``, the same ``"elbo"`` and ``"meanfield"``
+    losses, which stick the landing once they are handed the guide program of
+    :func:`~elbogap.inference.stl.stl_guide` (the estimator lives in the guide's density, not in
+    the loss); ``"dreg"``, :class:`~elbogap.inference.dreg.IWAE_DReG` for ``"iwae"``.
+
     Particles are drawn at once under Pyro's vectorized particle plate, or one after another with
     ``vectorize=False`` (for a model program that does not broadcast over a leading dimension).
 
     With ``jit``, ``"elbo"`` compiled by Pyro's JIT (``JitTrace_ELBO``), and ``None`` for the
     others: Pyro has no compiled RenyiELBO, and its ``JitTraceMeanField_ELBO`` (1.9.2)
-    recompiles on every call because it caches under a name it never reads.
+    recompiles on every call because it caches under a name it never reads; ``IWAE_DReG``
+    registers gradient hooks, which a traced graph would not keep.
 
     References:
 
@@ -37,6 +60,7 @@ def make_objective(name: str = "elbo", num_particles: int = 1, jit: bool = False
     vectorized = vectorize and num_particles > 1
     if name not in OBJECTIVES:
         raise UsageError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
+    check_gradient(name, gradient)
     if jit and name != "elbo":
         return None
     if jit:  # the plate's minibatch scale becomes a constant of the traced graph, as intended: no warnings
@@ -45,4 +69,8 @@ def make_objective(name: str = "elbo", num_particles: int = 1, jit: bool = False
         return Trace_ELBO(vectorize_particles=vectorized, **options)
     if name == "meanfield":
         return TraceMeanField_ELBO(vectorize_particles=vectorized, **options)
+    if gradient == "dreg":
+        from elbogap.inference.dreg import IWAE_DReG
+
+        return IWAE_DReG(vectorize_particles=vectorize, **options)
     return RenyiELBO(alpha=0.0, vectorize_particles=vectorize, **options)

@@ -51,18 +51,21 @@ class FastSVI:
       through different kernels, so their samples differ.
 
     Positional arguments of the programs must be tensors and keyword arguments hashable
-    constants (Pyro's JIT keys its graphs on them).
+    constants (Pyro's JIT keys its graphs on them). ``gradient`` picks the loss of the estimator
+    (see :func:`~elbogap.inference.objectives.make_objective`); for ``"stl"`` and ``"dreg"`` the
+    ``guide`` is the program of :func:`~elbogap.inference.stl.stl_guide`.
     """
 
     def __init__(self, model, guide, example_args: tuple, example_kwargs: dict | None = None,
                  lr: float = 1e-3, lr_decay: float = 1.0, objective: str = "elbo", num_particles: int = 1,
-                 jit: bool = False, vectorize: bool = True):
+                 jit: bool = False, vectorize: bool = True, gradient: str = "reparam"):
         self.model, self.guide = model, guide
         self.params = find_params(model, guide, *example_args, **(example_kwargs or {}))
         self.optimizer = ClippedAdam(self.params, lr=lr, lrd=lr_decay, clip_norm=10.0) if self.params else None
-        self.loss: ELBO = make_objective(objective, num_particles, vectorize=vectorize)
+        self.loss: ELBO = make_objective(objective, num_particles, vectorize=vectorize, gradient=gradient)
         # the compiled loss needs something to differentiate (JitTrace_ELBO always calls backward)
-        self.compiled_loss = make_objective(objective, num_particles, jit=True) if jit and self.params else None
+        self.compiled_loss = (make_objective(objective, num_particles, jit=True, gradient=gradient)
+                              if jit and self.params else None)
         self._compiled_shape = shapes(example_args)
         self._traced = False
 

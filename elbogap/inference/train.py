@@ -13,7 +13,9 @@ from pyro.poutine.messenger import Messenger
 from elbogap import streams
 from elbogap.device import rng_state, set_rng_state
 from elbogap.errors import UsageError
+from elbogap.inference.objectives import check_gradient
 from elbogap.inference.snr import GroupSNR, gradient_snr, parameter_groups
+from elbogap.inference.stl import stl_guide
 from elbogap.inference.svi import FastSVI
 from elbogap.progress import Progress, as_progress
 from elbogap.sites import broadcasts_draws, latent_sites
@@ -76,17 +78,21 @@ def forget_params(*owners: str) -> None:
 
 def make_svi(model, guide, x: torch.Tensor, batch_size: int, lr: float = 1e-3, objective: str = "elbo",
              num_particles: int = 1, freeze_model: bool = False, lr_decay: float = 1.0,
-             kl_weight: KLWeight | None = None, jit: bool = False) -> FastSVI:
+             kl_weight: KLWeight | None = None, jit: bool = False, gradient: str = "reparam") -> FastSVI:
     """SVI over ``model.model`` and ``guide.guide`` with Adam (see :class:`FastSVI`) on minibatches
     ``(x[index], index)`` of ``batch_size`` rows (the shape the loss is compiled for).
 
     The learning rate is multiplied by ``lr_decay`` before every step, and gradients are clamped
     to ``[-10, 10]`` (Pyro's ClippedAdam). With ``freeze_model`` the model's parameter sites
-    are hidden from SVI, so only the guide's parameters are optimized.
+    are hidden from SVI, so only the guide's parameters are optimized. ``gradient`` is the
+    estimator of the loss's gradient: ``"reparam"``, or ``"stl"`` (with ``"elbo"`` or
+    ``"meanfield"``) and ``"dreg"`` (with ``"iwae"``), which train the guide's program of
+    :func:`~elbogap.inference.stl.stl_guide`; a family that cannot take them is refused here.
     """
+    check_gradient(objective, gradient)
     forget_params("guide") if freeze_model else forget_params("guide", "model")
     model_fn = poutine.block(model.model, hide_types=["param"]) if freeze_model else model.model
-    guide_fn = guide.guide
+    guide_fn = guide.guide if gradient == "reparam" else stl_guide(guide, gradient)
     if kl_weight is not None:
         model_fn, guide_fn = kl_weight(model_fn), kl_weight(guide_fn)
     example = (x[:batch_size], torch.arange(min(batch_size, len(x)), device=x.device))
@@ -95,7 +101,7 @@ def make_svi(model, guide, x: torch.Tensor, batch_size: int, lr: float = 1e-3, o
     vectorize = broadcasts_draws(model)  # else particles are drawn one after another
     with frozen(model) if freeze_model else contextlib.nullcontext():
         return FastSVI(model_fn, guide_fn, example, {"num_data": len(x)}, lr, lr_decay, objective, num_particles, jit,
-                       vectorize)
+                       vectorize, gradient)
 
 
 class Trainer:
@@ -115,12 +121,13 @@ class Trainer:
     :param bool jit: compile the loss (Pyro's ``JitTrace_ELBO``) once the KL weight is 1; see
         :class:`~elbogap.inference.svi.FastSVI`. Only for programs without data-dependent
         Python control flow, such as elbogap's own models and guides.
+    :param str gradient: the gradient estimator, ``"reparam"``, ``"stl"`` or ``"dreg"`` (see :func:`make_svi`).
     """
 
     def __init__(self, model, guide, x: torch.Tensor, batch_size: int = 128, lr: float = 1e-3,
                  objective: str = "elbo", num_particles: int = 1, seed: int = 0,
                  freeze_model: bool = False, lr_decay: float = 1.0, kl_warmup_steps: int = 0,
-                 dynamic_binarize: bool = False, jit: bool = True, shuffle: bool = True):
+                 dynamic_binarize: bool = False, jit: bool = True, shuffle: bool = True, gradient: str = "reparam"):
         if batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
         if lr <= 0:
@@ -131,7 +138,7 @@ class Trainer:
         self.kl_warmup_steps, self.dynamic_binarize = kl_warmup_steps, dynamic_binarize
         self.kl_weight = KLWeight(sites=latent_sites(model))
         self.svi = make_svi(model, guide, x, self.batch_size, lr, objective, num_particles, freeze_model, lr_decay,
-                            self.kl_weight, jit)
+                            self.kl_weight, jit, gradient)
         self.step_count, self.epoch, self.position = 0, -1, 0
         self.losses: list[float] = []
         self.seconds = 0.0  # time in SVI steps, over every session of this run
@@ -244,7 +251,7 @@ class Trainer:
 def train(model, guide, x: torch.Tensor, steps: int, batch_size: int = 128, lr: float = 1e-3,
           objective: str = "elbo", num_particles: int = 1, seed: int = 0,
           freeze_model: bool = False, lr_decay: float = 1.0, progress: bool | Progress = False,
-          desc: str = "", jit: bool = True) -> TrainResult:
+          desc: str = "", jit: bool = True, gradient: str = "reparam") -> TrainResult:
     r"""Maximize an ELBO over the guide's (and, unless frozen, the model's) parameters with SVI.
 
     Each step takes a minibatch of ``batch_size`` rows of ``x``; the data plate scales it by
@@ -260,9 +267,10 @@ def train(model, guide, x: torch.Tensor, steps: int, batch_size: int = 128, lr: 
     :param bool freeze_model: keep the model's parameters fixed and fit only the guide.
     :param float lr_decay: factor applied to the learning rate before every step.
     :param bool jit: compile the loss (see :class:`Trainer`).
+    :param str gradient: ``"reparam"``, ``"stl"`` or ``"dreg"`` (see :func:`make_svi`).
     """
     trainer = Trainer(model, guide, x, batch_size, lr, objective, num_particles, seed, freeze_model, lr_decay,
-                      jit=jit)
+                      jit=jit, gradient=gradient)
     return trainer.run(steps, progress=progress, desc=desc)
 
 
@@ -277,6 +285,9 @@ def refit_guide(model, guide, x: torch.Tensor, lr: float = 0.05, max_steps: int 
     tenfold, and after ``lr_drops`` drops fitting stops (or after ``max_steps``). This is how a
     per-datapoint guide gets its parameters for a split it was not trained on, and how q* is
     found. Pyro's param store is left as it was: a refit in the middle of training does not touch it.
+    The refit always uses the reparameterized ELBO gradient, whatever the run's ``--gradient``:
+    q* is a property of the family, and one search for it, the same in every study, keeps the
+    approximation/amortization split comparable between runs trained with different estimators.
     With ``progress``, a bar counts the steps toward ``max_steps`` and shows the ELBO per point.
     """
     result = TrainResult()
