@@ -201,7 +201,7 @@ def markdown(results: dict) -> str:
               "family over seeds), `posteriors.png` (2-D latents: p(z|x) against q(z|x)), `images.png` "
               "(reconstructions and prior samples of image data).", ""]
     lines += [f"Model {model_line(runs, config)}. {runs[0].get('steps', config['steps'])} SVI steps of batch "
-              f"{config['batch_size']} with lr {config['lr']} ({config['objective']} objective); "
+              f"{config['batch_size']} with lr {config['lr']} ({objective_line(config)}); "
               f"seeds {', '.join(map(str, config['seeds']))}. Versions: "
               + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if k != "platform") + ".", ""]
     lines += [timing(results, runs), ""]
@@ -265,6 +265,13 @@ PHASE_NAMES = {"train": "training", "curve_evaluations": "evaluations during tra
                "gradient_snr": "gradient SNR",
                "checkpoints": "checkpoints", "bdmc": "BDMC", "evidence": "evidence (AIS)",
                "reference": "reference posterior"}
+
+
+def objective_line(config: dict) -> str:
+    """The training objective, its particles and its gradient estimator, as results.md names them."""
+    particles = config.get("particles", 1)
+    text = f"{config['objective']} objective" + (f", K = {particles}" if particles > 1 else "")
+    return text + f", {config.get('gradient', 'reparam')} gradient"
 
 
 def timing(results: dict, runs: list[dict]) -> str:

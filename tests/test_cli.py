@@ -161,6 +161,7 @@ def test_compare_trains_the_importance_weighted_bound_with_dreg(tmp_path):
     for run in runs:
         assert run["compiled_loss"] is False  # a traced graph would not keep DReG's hooks
         assert run["test"]["kl_gap"] == pytest.approx(run["test"]["log_px"] - run["test"]["elbo"])
+    assert "(iwae objective, K = 10, dreg gradient)" in (out / "results.md").read_text()
 
 
 def test_non_binary_data_with_a_bernoulli_likelihood_suggests_the_fix(tmp_path, elbogap):

@@ -1,6 +1,6 @@
 """Training objectives: Pyro's ELBO estimators, chosen by short name, and the gradient estimator of each."""
 
-from pyro.infer import ELBO, JitTrace_ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from elbogap.errors import UsageError
 
@@ -30,23 +30,25 @@ def make_objective(name: str = "elbo", num_particles: int = 1, jit: bool = False
     - ``"elbo"``: :class:`~pyro.infer.Trace_ELBO`, the reparameterized ELBO;
     - ``"meanfield"``: :class:`~pyro.infer.TraceMeanField_ELBO`, the same bound with the KL to
       the prior taken analytically where Pyro knows it;
-    - ``"iwae"``: :class:`~pyro.infer.RenyiELBO` with :math:`\alpha = 0`, the importance-weighted
-      bound :math:`\mathbb{E}\log \frac1K \sum_k p(x, z_k) / q(z_k \mid x)` with
-      :math:`K` = ``num_particles`` [1].
+    - ``"iwae"``: :class:`~elbogap.inference.iwae.IWAE`, the importance-weighted bound
+      :math:`\mathbb{E}\log \frac1K \sum_k p(x, z_k) / q(z_k \mid x)` with :math:`K` =
+      ``num_particles`` [1], per data point, with the minibatch scale outside the logarithm (Pyro's
+      ``RenyiELBO`` puts it inside, which trains another objective on minibatches).
 
     ``gradient`` names the estimator of the bound's gradient (see :func:`check_gradient` for the
     pairings): ``"reparam"``, the losses above; ``"stl"``, the same ``"elbo"`` and ``"meanfield"``
     losses, which stick the landing once they are handed the guide program of
     :func:`~elbogap.inference.stl.stl_guide` (the estimator lives in the guide's density, not in
-    the loss); ``"dreg"``, :class:`~elbogap.inference.dreg.IWAE_DReG` for ``"iwae"``.
+    the loss); ``"dreg"``, the same :class:`~elbogap.inference.iwae.IWAE` handed the guide of
+    :func:`~elbogap.inference.stl.stl_guide`.
 
     Particles are drawn at once under Pyro's vectorized particle plate, or one after another with
     ``vectorize=False`` (for a model program that does not broadcast over a leading dimension).
 
     With ``jit``, ``"elbo"`` compiled by Pyro's JIT (``JitTrace_ELBO``), and ``None`` for the
-    others: Pyro has no compiled RenyiELBO, and its ``JitTraceMeanField_ELBO`` (1.9.2)
-    recompiles on every call because it caches under a name it never reads; ``IWAE_DReG``
-    registers gradient hooks, which a traced graph would not keep.
+    others: ``IWAE`` registers gradient hooks under DReG, which a traced graph would not keep, and
+    Pyro's ``JitTraceMeanField_ELBO`` (1.9.2) recompiles on every call because it caches under a
+    name it never reads.
 
     References:
 
@@ -69,8 +71,6 @@ def make_objective(name: str = "elbo", num_particles: int = 1, jit: bool = False
         return Trace_ELBO(vectorize_particles=vectorized, **options)
     if name == "meanfield":
         return TraceMeanField_ELBO(vectorize_particles=vectorized, **options)
-    if gradient == "dreg":
-        from elbogap.inference.dreg import IWAE_DReG
+    from elbogap.inference.iwae import IWAE
 
-        return IWAE_DReG(vectorize_particles=vectorize, **options)
-    return RenyiELBO(alpha=0.0, vectorize_particles=vectorize, **options)
+    return IWAE(vectorize_particles=vectorize, **options)

@@ -62,7 +62,7 @@ class StickingTheLanding(TorchDistribution):
 
     A flow scores its own draw from the cached base draw, so the gradient of the score reaches
     q's parameters by that route, not through :math:`z`. A gradient hook on the draw
-    (:class:`~elbogap.inference.dreg.IWAE_DReG`'s) needs all of it through :math:`z`: ``held_fixed``,
+    (:class:`~elbogap.inference.iwae.IWAE`'s) needs all of it through :math:`z`: ``held_fixed``,
     :math:`z \mapsto \log q_{\perp\phi}(z)` evaluated by q rebuilt from detached parameters, then
     scores instead (one evaluation at :math:`z`, a flow's one inverse).
 

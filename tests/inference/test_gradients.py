@@ -3,6 +3,8 @@
 import warnings
 from statistics import NormalDist
 
+import math
+
 import pytest
 import torch
 from pyro import poutine
@@ -12,7 +14,7 @@ from elbogap.errors import UsageError
 from elbogap.guides import build_guide
 from elbogap.guides.autoguide import AutoGuideFamily
 from elbogap.inference import evaluate, make_objective, train
-from elbogap.inference.dreg import IWAE_DReG
+from elbogap.inference.iwae import IWAE
 from elbogap.inference.gaps import gap_decomposition
 from elbogap.inference.objectives import check_gradient
 from elbogap.inference.stl import stl_guide
@@ -182,11 +184,54 @@ def test_dreg_scales_each_points_bound_by_the_minibatch_after_the_logarithm():
                                   .loss(model.model, guide.guide, x, index, num_data=8), rel=1e-6)
 
 
+def test_plain_iwae_scales_the_minibatch_after_the_logarithm_where_renyi_does_not():
+    """--objective iwae with the plain gradient: N/B times the batch's bound (Pyro's RenyiELBO scales the weights)."""
+    model, guide, x = small_vae("diag")
+    loss, index = make_objective("iwae", 10), torch.arange(8)
+    torch.manual_seed(3)
+    whole = loss.loss(model.model, guide.guide, x, index, num_data=8)
+    torch.manual_seed(3)
+    assert loss.loss(model.model, guide.guide, x, index, num_data=80) == pytest.approx(10 * whole, rel=1e-6)
+    renyi = RenyiELBO(alpha=0, num_particles=10, vectorize_particles=True, max_plate_nesting=1)
+    torch.manual_seed(3)
+    assert renyi.loss(model.model, guide.guide, x, index, num_data=8) == pytest.approx(whole, rel=1e-6)
+    torch.manual_seed(3)
+    assert renyi.loss(model.model, guide.guide, x, index, num_data=80) != pytest.approx(10 * whole, rel=1e-3)
+
+
+def test_plain_iwae_hands_a_model_with_a_global_latent_to_renyi_whole():
+    """A global latent has no per-point bound: the plain iwae objective is Pyro's RenyiELBO there, DReG refuses it."""
+    import pyro
+    import pyro.distributions as dist
+
+    y = torch.randn(6)
+
+    def model():
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 6):
+            pyro.sample("y", dist.Normal(w, 1.0), obs=y)
+
+    def guide():
+        loc = pyro.param("w_loc", torch.tensor(0.3))
+        pyro.sample("w", dist.Normal(loc, 0.5))
+
+    pyro.clear_param_store()
+    loss = make_objective("iwae", 4)
+    renyi = RenyiELBO(alpha=0, num_particles=4, vectorize_particles=True, max_plate_nesting=1)
+    loss.loss(model, guide)  # the first call finds the global latent
+    torch.manual_seed(0)
+    ours = loss.loss(model, guide)
+    torch.manual_seed(0)
+    assert ours == pytest.approx(renyi.loss(model, guide), rel=1e-6)
+    assert math.isfinite(loss.loss_and_grads(model, guide))
+    pyro.clear_param_store()
+
+
 def test_dreg_with_one_particle_is_the_stl_elbo():
     model, guide, x = small_vae("iaf")
     params = [*model.parameters(), *guide.parameters()]
     torch.manual_seed(4)
-    dreg = gradient_draws(IWAE_DReG(num_particles=1), model, stl_guide(guide, "dreg"), params, x, 3)
+    dreg = gradient_draws(IWAE(num_particles=1), model, stl_guide(guide, "dreg"), params, x, 3)
     torch.manual_seed(4)
     stl = gradient_draws(make_objective("elbo", gradient="stl"), model, stl_guide(guide), params, x, 3)
     torch.testing.assert_close(dreg, stl)
