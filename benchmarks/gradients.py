@@ -6,7 +6,7 @@ sklearn's digits, and the default VAE, at batch 128), each in its own Pyro param
   elbo reparam   Trace_ELBO, compiled (JitTrace_ELBO): today's default;
   elbo stl       the same loss on the sticking-the-landing guide, compiled;
   iwae reparam   RenyiELBO(alpha=0) with K particles (uncompiled: Pyro has no compiled one);
-  iwae dreg      IWAE with K particles and the sticking guide (uncompiled: its gradient hooks would not survive tracing).
+  iwae dreg      IWAE, K particles, the sticking guide (uncompiled: its gradient hooks would not survive tracing).
 
 The trainers run interleaved, a block of steps each in turn, so that a slow spell of a shared
 machine hits all of them alike; each one's time is the sum of its blocks, after a warm-up that

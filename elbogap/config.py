@@ -78,7 +78,8 @@ class Config:
     lr: float = setting(0.003, "Adam learning rate", positive=True)
     lr_decay: float = setting(0.1, "factor the learning rate decays to by the end of training (1 = constant)")
     kl_warmup: float = setting(0.0, "epochs over which the KL weight rises from 0 to 1 (0 = off)", least=0)
-    objective: str = setting("elbo", "elbo (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (importance-weighted bound)",
+    objective: str = setting("elbo", "elbo (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (importance-weighted "
+                                    "bound)",
                              choices=OBJECTIVES)
     particles: int = setting(1, "samples per data point in the training objective (K for iwae)", least=1)
     gradient: str = setting("reparam", "reparam | stl (sticking the landing, with --objective elbo or meanfield) | "

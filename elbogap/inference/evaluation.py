@@ -196,7 +196,7 @@ def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk, keep_draw
         out["kl_exact_stderr"] = torch.zeros_like(out["kl_exact"]) if kl_post is not None else kl_post_mc.stderr()
     khat = pareto_khat(all_log_w)
     infinite = khat > FINITE_VARIANCE_KHAT  # NaN (too few draws for a tail) counts as finite
-    iwae = importance_estimate(all_log_w, pool=~infinite)  # all draws are kept for k-hat, so this runs over them at once
+    iwae = importance_estimate(all_log_w, pool=~infinite)  # all draws are kept for k-hat: one pass over them
     out.update(log_px_iwae=iwae.log_mean, log_px_iwae_stderr=iwae.stderr, ess=iwae.ess, khat=khat)
     out["z_mean"] = z_mean.mean()
     return out

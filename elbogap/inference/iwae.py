@@ -15,7 +15,7 @@ PARTICLE_PLATE = "num_particles_vectorized"
 
 
 class IWAE(ELBO):
-    r"""The IWAE bound [1], and with a sticking guide, the doubly reparameterized gradient estimator of Tucker et al. [2].
+    r"""The IWAE bound [1]; with a sticking guide, the doubly reparameterized gradient of Tucker et al. [2].
 
     For each data point, :math:`K` draws :math:`z_k = g_\phi(\epsilon_k, x)` give the bound
     :math:`\log \frac1K \sum_k w_k` with :math:`\log w_k = \log p_\theta(x, z_k) - \log q_\phi(z_k \mid x)`

@@ -132,7 +132,8 @@ def test_a_guide_program_whose_model_does_not_broadcast_over_draws_is_evaluated_
 
 
 def test_a_guide_far_too_narrow_gets_a_khat_note_beside_iwae(linear_model, linear_data):
-    """Weights with no finite variance: k-hat above 0.5 on most points, so IWAE reports no standard error, and says why."""
+    """Weights with no finite variance: k-hat above 0.5 on most points, so IWAE reports no standard error and says
+    why."""
     torch.manual_seed(0)
     guide = optimal_diag_guide(linear_model, scale_factor=0.2)
     metrics = evaluate(linear_model, guide, linear_data[:20], elbo_samples=8, iw_samples=1000,
@@ -152,7 +153,8 @@ def test_iwae_has_no_standard_error_where_most_points_weights_have_infinite_vari
     """A guide too narrow on every point: no IWAE error bar on the split or on any point, nor on log p(x) from IWAE."""
     torch.manual_seed(0)
     narrow = optimal_diag_guide(linear_model, scale_factor=0.2)
-    evaluation = evaluate(linear_model, narrow, linear_data[:20], elbo_samples=8, iw_samples=1000, log_px_method="iwae")
+    evaluation = evaluate(linear_model, narrow, linear_data[:20], elbo_samples=8, iw_samples=1000,
+                          log_px_method="iwae")
     assert float((evaluation.per_point["khat"] > 0.5).double().mean()) > 0.5
     assert bool(evaluation.per_point["log_px_iwae_stderr"].isnan().all())
     assert bool(evaluation.per_point["log_px_stderr"].isnan().all())

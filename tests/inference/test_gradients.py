@@ -1,9 +1,8 @@
 """Gradient estimators: sticking the landing and DReG against the reparameterized and the plain IWAE estimators."""
 
+import math
 import warnings
 from statistics import NormalDist
-
-import math
 
 import pytest
 import torch
@@ -14,8 +13,8 @@ from elbogap.errors import UsageError
 from elbogap.guides import build_guide
 from elbogap.guides.autoguide import AutoGuideFamily
 from elbogap.inference import evaluate, make_objective, train
-from elbogap.inference.iwae import IWAE
 from elbogap.inference.gaps import gap_decomposition
+from elbogap.inference.iwae import IWAE
 from elbogap.inference.objectives import check_gradient
 from elbogap.inference.stl import stl_guide
 from elbogap.model import VAE, LinearGaussian

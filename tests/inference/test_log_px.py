@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 
-from elbogap.guides import build_guide
 from elbogap.inference import choose_method, evaluate, quadrature_log_px
 from elbogap.model import VAE
 from tests.conftest import draw_linear_data, optimal_diag_guide
