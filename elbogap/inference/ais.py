@@ -45,7 +45,7 @@ from pyro import poutine
 from elbogap.errors import UsageError
 from elbogap.inference.log_joint import flatten_latents, latent_sites, log_joint
 from elbogap.inference.log_px import ELEMENT_BUDGET
-from elbogap.inference.weights import log_mean_exp, log_mean_exp_stderr
+from elbogap.inference.weights import jackknife_stderr, log_mean_exp, log_mean_exp_stderr
 from elbogap.model.base import LatentModel
 from elbogap.progress import Progress, as_progress
 from elbogap.sites import broadcasts_draws, repeat_rows
@@ -185,7 +185,8 @@ def hmc_transition(path: AnnealingPath, state: ChainState, beta: float, step_siz
 class AISResult:
     """Per-point estimates and what the run did.
 
-    ``log_px`` and ``stderr`` have shape ``(batch,)``; ``log_w`` ``(chains, batch)``;
+    ``log_px`` and ``stderr`` have shape ``(batch,)``; ``jackknife_stderr`` too, the error a mean
+    over points combines (:func:`~elbogap.inference.weights.jackknife_stderr`); ``log_w`` ``(chains, batch)``;
     ``step_sizes`` ``(bands, batch)``; ``acceptance`` ``(bands,)``, the mean acceptance
     probability of the reported run in each temperature band.
     """
@@ -195,6 +196,7 @@ class AISResult:
     log_w: torch.Tensor
     step_sizes: torch.Tensor
     acceptance: torch.Tensor
+    jackknife_stderr: torch.Tensor | None = None
 
 
 def _band_of(step: int, num_steps: int, bands: int) -> int:
@@ -316,7 +318,8 @@ def ais_log_px(model, x: torch.Tensor, settings: AISSettings | None = None, guid
     weights = [len(p.log_px) for p in parts]
     acceptance = sum(w * p.acceptance for w, p in zip(weights, parts, strict=True)) / len(x)
     return AISResult(torch.cat([p.log_px for p in parts]), torch.cat([p.stderr for p in parts]),
-                     torch.cat([p.log_w for p in parts], 1), torch.cat([p.step_sizes for p in parts], 1), acceptance)
+                     torch.cat([p.log_w for p in parts], 1), torch.cat([p.step_sizes for p in parts], 1), acceptance,
+                     torch.cat([p.jackknife_stderr for p in parts]))
 
 
 def _ais_chunk(model, x, index, settings, guide, bar=None) -> AISResult:
@@ -339,4 +342,5 @@ def _ais_chunk(model, x, index, settings, guide, bar=None) -> AISResult:
     state, _, acceptance = anneal(path, initial_draws(path, settings.chains), betas, step_sizes,
                                   settings.leapfrog_steps, bar=bar)
     stderr = log_mean_exp_stderr(state.log_w).to(state.log_w.dtype)
-    return AISResult(log_mean_exp(state.log_w), stderr, state.log_w, step_sizes, acceptance)
+    return AISResult(log_mean_exp(state.log_w), stderr, state.log_w, step_sizes, acceptance,
+                     jackknife_stderr(state.log_w).to(state.log_w.dtype))

@@ -33,7 +33,7 @@ from elbogap.inference.ais import (
     tune_step_sizes,
 )
 from elbogap.inference.log_joint import flatten_latents, latent_sites, observed_sites
-from elbogap.inference.weights import log_mean_exp, log_mean_exp_stderr
+from elbogap.inference.weights import jackknife_stderr, log_mean_exp, log_mean_exp_stderr
 from elbogap.progress import Progress, as_progress
 
 
@@ -57,12 +57,16 @@ class BDMCResult:
 
     ``upper_stderr`` is NaN where the reverse chains of a point share their start: chains from one
     exact draw are not independent, and their spread says nothing of that draw's own randomness.
+    ``lower_jackknife`` and ``upper_jackknife`` are the jackknife's errors, which means over points
+    combine (:func:`~elbogap.inference.weights.jackknife_stderr`).
     """
 
     lower: torch.Tensor
     lower_stderr: torch.Tensor
     upper: torch.Tensor
     upper_stderr: torch.Tensor
+    lower_jackknife: torch.Tensor
+    upper_jackknife: torch.Tensor
 
     @property
     def width(self) -> float:
@@ -88,7 +92,8 @@ def bdmc(model, x: torch.Tensor, z: torch.Tensor, settings: AISSettings | None =
     with as_progress(progress).bar(f"BDMC on {len(x)} points", transitions, unit="transition") as bar:
         parts = [_bdmc_chunk(model, x[i:i + chunk], z[..., i:i + chunk, :], settings, bar) for i in starts]
     return BDMCResult(*(torch.cat([getattr(p, key) for p in parts])
-                        for key in ("lower", "lower_stderr", "upper", "upper_stderr")))
+                        for key in ("lower", "lower_stderr", "upper", "upper_stderr", "lower_jackknife",
+                                    "upper_jackknife")))
 
 
 def _bdmc_chunk(model, x, z, settings, bar=None) -> BDMCResult:
@@ -101,9 +106,12 @@ def _bdmc_chunk(model, x, z, settings, bar=None) -> BDMCResult:
     start = z.clone() if independent else z.expand(settings.chains, *z.shape).clone()
     backward, _, _ = anneal(path, start, betas, step_sizes, settings.leapfrog_steps, reverse=True, bar=bar)
     # reverse weights estimate 1 / p(x) without bias: minus their log-mean is a stochastic upper bound
-    upper_stderr = log_mean_exp_stderr(backward.log_w) if independent else torch.full(x.shape[:1], math.nan)
+    nan = torch.full(x.shape[:1], math.nan)
+    upper_stderr = log_mean_exp_stderr(backward.log_w) if independent else nan
+    upper_jackknife = jackknife_stderr(backward.log_w) if independent else nan
     return BDMCResult(log_mean_exp(forward.log_w), log_mean_exp_stderr(forward.log_w).to(x.dtype),
-                      -log_mean_exp(backward.log_w), upper_stderr.to(x.dtype))
+                      -log_mean_exp(backward.log_w), upper_stderr.to(x.dtype),
+                      jackknife_stderr(forward.log_w).to(x.dtype), upper_jackknife.to(x.dtype))
 
 
 def exact_draws(model, x: torch.Tensor, z: torch.Tensor, chains: int) -> torch.Tensor:
@@ -123,8 +131,9 @@ def summarize_sandwich(lower: torch.Tensor, lower_stderr: torch.Tensor, upper: t
     :math:`\bar W = \frac1N \sum_n (U_n - L_n)` estimates the expected width on data like the
     model's, with standard error :math:`\mathrm{sd}(W_n)/\sqrt N` from the spread across points:
     honest whatever the tails of the weights, since each point's bounds are independent of every
-    other's. ``lower_stderr`` combines the per-point errors of forward AIS (points held fixed).
-    ``upper_stderr`` does the same where every reverse chain had its own exact draw; otherwise
+    other's. ``lower_stderr`` combines the per-point errors of forward AIS (points held fixed;
+    :func:`bdmc`'s ``lower_jackknife``, the error a sum needs). ``upper_stderr`` does the same
+    where every reverse chain had its own exact draw; otherwise
     :math:`\sqrt{\mathrm{sd}(W_n)^2/N - s_L^2}`, conservative by the spread of the expected width
     across points. One point gives no spread: NaN, with a ``note``.
     """
@@ -162,8 +171,8 @@ def sandwich(model, example_x: torch.Tensor, num_points: int, settings: AISSetti
     started = time.perf_counter()
     x, z = simulate(model, example_x, num_points)
     result = bdmc(model, x, exact_draws(model, x, z, settings.chains), settings, progress)
-    summary = {"points": num_points, **summarize_sandwich(result.lower, result.lower_stderr, result.upper,
-                                                          result.upper_stderr),
+    summary = {"points": num_points, **summarize_sandwich(result.lower, result.lower_jackknife, result.upper,
+                                                          result.upper_jackknife),
                "settings": settings.to_dict(), "seconds": time.perf_counter() - started}
     return summary, {"x": x, "lower": result.lower, "upper": result.upper}
 

@@ -197,7 +197,8 @@ def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk, keep_draw
     khat = pareto_khat(all_log_w)
     infinite = khat > FINITE_VARIANCE_KHAT  # NaN (too few draws for a tail) counts as finite
     iwae = importance_estimate(all_log_w, pool=~infinite)  # all draws are kept for k-hat: one pass over them
-    out.update(log_px_iwae=iwae.log_mean, log_px_iwae_stderr=iwae.stderr, ess=iwae.ess, khat=khat)
+    out.update(log_px_iwae=iwae.log_mean, log_px_iwae_stderr=iwae.stderr, ess=iwae.ess, khat=khat,
+               log_px_iwae_jackknife_stderr=iwae.jackknife)
     out["z_mean"] = z_mean.mean()
     return out
 
@@ -242,8 +243,10 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
     - ``active_units``: latent dimensions the data uses (see :func:`active_units`).
 
     Standard errors are Monte Carlo errors with the points held fixed: the ELBO's from the
-    spread of its draws (float64 moments), IWAE's and AIS's from the spread of log-means over
-    groups of draws or chains (:func:`~elbogap.inference.weights.log_mean_exp_stderr`).
+    spread of its draws (float64 moments), IWAE's and AIS's per point from the spread of
+    log-means over groups of draws or chains (:func:`~elbogap.inference.weights.log_mean_exp_stderr`),
+    and for a split mean from each point's jackknife error (``*_jackknife_stderr`` per point,
+    :func:`~elbogap.inference.weights.jackknife_stderr`), whose mean square is right whatever the tails.
     ``progress`` shows a bar (with the time left) over the chunks of points and AIS's transitions.
     ``keep_draws`` adds ``per_point["elbo_draws"]`` ``(points, draws)``, each draw's ELBO term,
     for standard errors of differences between guides evaluated on common random numbers.
@@ -257,7 +260,8 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
     with torch.inference_mode():
         per_point, z_mean = _evaluate_q(model, guide, x, index, num_samples, progress, desc, keep_draws)
     if _infinite_variance(per_point["khat"]):  # no central limit: no error bar for IWAE, nor for what it estimates
-        per_point["log_px_iwae_stderr"] = torch.full_like(per_point["log_px_iwae_stderr"], math.nan)
+        for key in ("log_px_iwae_stderr", "log_px_iwae_jackknife_stderr"):
+            per_point[key] = torch.full_like(per_point[key], math.nan)
     settings = LogPxSettings(quadrature_points, ais, num_samples, progress)
     estimates = []
     for step in log_px_plan.steps:
@@ -265,9 +269,12 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
             continue  # no subset chosen for this split
         rows = ais_index if step.rows == "subset" else None
         estimate = _estimate_on(step.method, rows, model, guide, x, index, settings, per_point)
+        jackknife = estimate.stderr if estimate.sum_stderr is None else estimate.sum_stderr
         per_point["log_px"], per_point["log_px_stderr"] = estimate.values, estimate.stderr
+        per_point["log_px_jackknife_stderr"] = jackknife
         if column := step.method.kept_as:
             per_point[column], per_point[f"{column}_stderr"] = estimate.values, estimate.stderr
+            per_point[f"{column}_jackknife_stderr"] = jackknife
         estimates.append((step.method, estimate))
     per_point["kl_gap"] = kl_gap(per_point["log_px"], per_point["elbo"])
     metrics = _summarize(per_point, num_samples, estimates)
@@ -283,8 +290,9 @@ def _estimate_on(method: LogPxMethod, rows: torch.Tensor | None, model, guide, x
     estimate = method.estimate(model, guide, x[rows], index[rows], settings,
                                {key: values[rows] for key, values in per_point.items()})
     nan = torch.full((len(x),), float("nan"), dtype=estimate.values.dtype, device=x.device)
+    sum_stderr = None if estimate.sum_stderr is None else nan.index_put((rows,), estimate.sum_stderr)
     return LogPxEstimate(nan.index_put((rows,), estimate.values), nan.index_put((rows,), estimate.stderr),
-                         estimate.info)
+                         estimate.info, sum_stderr)
 
 
 def _evaluate_q(model, guide, x, index, num_samples, progress=False, desc="",
@@ -369,17 +377,17 @@ def _summarize(per_point: dict, num_samples: int, estimates: list[tuple[LogPxMet
         "kl_prior": mean("kl_prior"),
         "kl_prior_method": "analytic" if bool(per_point["kl_prior_analytic"].all()) else "mc",
         "log_px": mean("log_px", covered),
-        "log_px_stderr": _combined_stderr(per_point["log_px_stderr"], covered),
+        "log_px_stderr": _combined_stderr(per_point["log_px_jackknife_stderr"], covered),
         "log_px_method": method.name,
         "log_px_guide_independent": method.guide_independent,
         "log_px_points": int(covered.sum()),
         "log_px_samples": estimate.info["samples"],
         "log_px_iwae": mean("log_px_iwae"),
-        "log_px_iwae_stderr": _combined_stderr(per_point["log_px_iwae_stderr"]),
+        "log_px_iwae_stderr": _combined_stderr(per_point["log_px_iwae_jackknife_stderr"]),
         "log_px_iwae_samples": num_samples,
         "kl_gap": mean("kl_gap", covered),
         "kl_gap_stderr": math.hypot(_combined_stderr(per_point["elbo_stderr"], covered),
-                                    _combined_stderr(per_point["log_px_stderr"], covered)),
+                                    _combined_stderr(per_point["log_px_jackknife_stderr"], covered)),
         "ess_mean": mean("ess"),
         **_khat_summary(per_point["khat"], num_samples),
     }
@@ -389,7 +397,8 @@ def _summarize(per_point: dict, num_samples: int, estimates: list[tuple[LogPxMet
         metrics.update({key: value for key, value in estimate.info.items() if key != "samples"})
         if method.kept_as:
             metrics[method.kept_as] = mean(method.kept_as, covered)
-            metrics[f"{method.kept_as}_stderr"] = _combined_stderr(per_point[f"{method.kept_as}_stderr"], covered)
+            metrics[f"{method.kept_as}_stderr"] = _combined_stderr(per_point[f"{method.kept_as}_jackknife_stderr"],
+                                                                  covered)
         if method.check:
             metrics.update(method.check(per_point, covered))
     if "kl_exact" in per_point:

@@ -47,7 +47,7 @@ def optimal_guide(model, guide: Guide, x: torch.Tensor, index: torch.Tensor | No
 
 
 class KnownLogPx(NamedTuple):
-    r"""Per-point :math:`\log p(x)`, its standard errors and the name of the method that gave them."""
+    r"""Per-point :math:`\log p(x)`, the standard errors a mean over them combines, and the method that gave them."""
 
     values: torch.Tensor
     stderr: torch.Tensor
@@ -91,7 +91,8 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
         streams.seeded("common_draws", seed)
         best = evaluate(model, star, x, index if star is guide else None, keep_draws=True, **evaluate_options)
     if log_px is None:  # q* is the better proposal where log p(x) is importance-weighted
-        log_px = KnownLogPx(best.per_point["log_px"], best.per_point["log_px_stderr"], best.metrics["log_px_method"])
+        log_px = KnownLogPx(best.per_point["log_px"], best.per_point["log_px_jackknife_stderr"],
+                            best.metrics["log_px_method"])
     log_px, log_px_stderr, method = log_px
     elbo, elbo_star = amortized.per_point["elbo"], best.per_point["elbo"]
 

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 class LogPxEstimate:
     r"""Per-point :math:`\log p(x)` estimates and their standard errors, each of shape ``(batch,)``.
 
+    ``sum_stderr`` is the error a mean over points combines, where it is not ``stderr``
+    (importance estimates: the jackknife's, see :func:`~elbogap.inference.weights.jackknife_stderr`).
     ``info`` says how they were computed: ``samples``, the draws (or grid points) behind each
     point's estimate, and any record the method keeps for the split (AIS: ``ais``, its settings
     and diagnostics).
@@ -35,6 +37,7 @@ class LogPxEstimate:
     values: torch.Tensor
     stderr: torch.Tensor
     info: dict = field(default_factory=dict)
+    sum_stderr: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,8 @@ def _quadrature(model, guide, x, index, settings: LogPxSettings, from_q: dict) -
 
 def _iwae(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPxEstimate:
     # computed with the ELBO, from the same draws of q
-    return LogPxEstimate(from_q["log_px_iwae"], from_q["log_px_iwae_stderr"], {"samples": settings.q_samples})
+    return LogPxEstimate(from_q["log_px_iwae"], from_q["log_px_iwae_stderr"], {"samples": settings.q_samples},
+                         from_q["log_px_iwae_jackknife_stderr"])
 
 
 def _ais(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPxEstimate:
@@ -182,7 +186,7 @@ def _ais(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPx
     info = {"samples": ais.chains, "ais": run}
     if ais.chains < 2:
         info["log_px_note"] = "AIS with one chain has no standard error (shown as NaN): use --ais-chains 2 or more"
-    return LogPxEstimate(result.log_px, result.stderr, info)
+    return LogPxEstimate(result.log_px, result.stderr, info, result.jackknife_stderr)
 
 
 def ais_against_iwae(per_point: dict, rows: torch.Tensor, threshold: float = 3.0) -> dict:
@@ -193,8 +197,8 @@ def ais_against_iwae(per_point: dict, rows: torch.Tensor, threshold: float = 3.0
     for this model: the reported log p(x), and so the KL gap, are too low.
     """
     difference = (per_point["log_px_iwae"] - per_point["log_px_ais"])[rows].double()
-    stderr = float((per_point["log_px_iwae_stderr"][rows].double().pow(2)
-                    + per_point["log_px_ais_stderr"][rows].double().pow(2)).sum().sqrt() / len(difference))
+    stderr = float((per_point["log_px_iwae_jackknife_stderr"][rows].double().pow(2)
+                    + per_point["log_px_ais_jackknife_stderr"][rows].double().pow(2)).sum().sqrt() / len(difference))
     out = {"iwae_above_ais": float(difference.mean()), "iwae_above_ais_stderr": stderr}
     if out["iwae_above_ais"] > threshold * stderr and out["iwae_above_ais"] > 0:
         out["log_px_warning"] = (f"IWAE from q is {out['iwae_above_ais']:.3f} nats above AIS on its points "

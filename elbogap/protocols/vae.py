@@ -93,7 +93,8 @@ def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: b
         log_px = None
         if metrics["log_px_guide_independent"]:
             per_point = evaluation.per_point
-            log_px = KnownLogPx(per_point["log_px"][index], per_point["log_px_stderr"][index], metrics["log_px_method"])
+            log_px = KnownLogPx(per_point["log_px"][index], per_point["log_px_jackknife_stderr"][index],
+                                metrics["log_px_method"])
         with phases(f"gaps_{split}"), progress.phase(f"q* {split}"):
             refit_options = {"jit": config.jit, "progress": progress, "desc": f"q* {split}"}
             metrics.update(gap_decomposition(model, guide, x[index], index, refit_options=refit_options,

@@ -185,8 +185,10 @@ def test_an_ais_run_too_short_for_its_model_is_flagged_against_iwae_from_the_exa
 def test_ais_within_its_error_of_iwae_is_not_flagged():
     from elbogap.inference.log_px import ais_against_iwae
 
-    per_point = {"log_px_iwae": torch.tensor([-10.0, -11.0]), "log_px_iwae_stderr": torch.tensor([0.01, 0.01]),
-                 "log_px_ais": torch.tensor([-10.02, -10.99]), "log_px_ais_stderr": torch.tensor([0.02, 0.02])}
+    per_point = {"log_px_iwae": torch.tensor([-10.0, -11.0]),
+                 "log_px_iwae_jackknife_stderr": torch.tensor([0.01, 0.01]),
+                 "log_px_ais": torch.tensor([-10.02, -10.99]),
+                 "log_px_ais_jackknife_stderr": torch.tensor([0.02, 0.02])}
     check = ais_against_iwae(per_point, torch.tensor([True, True]))
     assert check["iwae_above_ais"] == pytest.approx(0.005, abs=1e-6)
     assert "log_px_warning" not in check

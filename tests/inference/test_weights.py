@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from elbogap.inference.evaluation import _Moments
-from elbogap.inference.weights import khat_threshold, log_mean_exp, log_mean_exp_stderr, pareto_khat
+from elbogap.inference.weights import (jackknife_stderr, khat_threshold, log_mean_exp, log_mean_exp_stderr,
+                                      pareto_khat)
 
 
 def delta_method_stderr(log_w):
@@ -44,6 +45,31 @@ def test_light_tailed_points_are_not_carried_at_the_rate_of_heavy_tailed_ones():
     pooled_all = torch.stack([log_mean_exp_stderr(w)[light] for w in log_w]).pow(2).mean(0).sqrt()
     assert 0.85 < float((spread / pooled_light).mean()) < 1.15
     assert float((spread / pooled_all).mean()) < 0.8
+
+
+@pytest.mark.parametrize("chains", [8, 16])
+def test_a_mean_over_points_with_stuck_chains_takes_the_jackknifes_error(chains):
+    """AIS chains that got stuck: log w ~ N(0, 0.5^2), and 10 nats lower for one chain in five.
+
+    They barely move the estimate, but groups of a few chains that are all stuck inflate the spread
+    of group log-means (3-4x the spread over repeats, measured); the jackknife's error, which a mean
+    over points combines, is right.
+    """
+    torch.manual_seed(0)
+    repeats, points = 300, 20
+    stuck = torch.rand(repeats, chains, points) < 0.2
+    log_w = 0.5 * torch.randn(repeats, chains, points, dtype=torch.float64) - 10.0 * stuck
+    estimates = torch.stack([log_mean_exp(w).mean() for w in log_w])
+    jackknife = torch.stack([jackknife_stderr(w).pow(2).sum().sqrt() / points for w in log_w])
+    grouped = torch.stack([log_mean_exp_stderr(w).pow(2).sum().sqrt() / points for w in log_w])
+    assert 0.85 < float(estimates.std() / jackknife.mean()) < 1.15
+    assert float(estimates.std() / grouped.mean()) < 0.5
+
+
+def test_the_jackknife_leaves_out_a_dominant_weight_without_cancelling():
+    """Two weights: the jackknife's error is half their log-distance, even 1600 nats apart."""
+    log_w = torch.tensor([[0.0, 800.0], [1.0, -800.0]], dtype=torch.float64)
+    torch.testing.assert_close(jackknife_stderr(log_w), torch.tensor([0.5, 800.0], dtype=torch.float64))
 
 
 def test_one_weight_has_no_standard_error_and_equal_weights_have_zero():
