@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from elbogap.inference.evaluation import _Moments
-from elbogap.inference.weights import (jackknife_stderr, khat_threshold, log_mean_exp, log_mean_exp_stderr,
-                                      pareto_khat)
+from elbogap.inference.weights import jackknife_stderr, khat_threshold, log_mean_exp, log_mean_exp_stderr, pareto_khat
 
 
 def delta_method_stderr(log_w):
