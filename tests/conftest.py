@@ -21,6 +21,14 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (``-n 2 --dist loadgroup``), the backend tests run in one worker: they share one Ray
+    cluster, which its session fixture starts with ``ray start --head`` and stops with ``ray stop``."""
+    for item in items:
+        if "backends" in item.path.parts:
+            item.add_marker(pytest.mark.xdist_group("backends"))
+
+
 @pytest.fixture
 def elbogap(capsys):
     """The command line run in this process: ``elbogap(*args)`` gives ``(exit status, stderr)``.
