@@ -21,6 +21,7 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups off the markers
 def pytest_collection_modifyitems(items):
     """Under pytest-xdist (``-n 2 --dist loadgroup``), the backend tests run in one worker: they share one Ray
     cluster, which its session fixture starts with ``ray start --head`` and stops with ``ray stop``."""
