@@ -259,7 +259,7 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
     num_samples = max(elbo_samples, iw_samples if log_px_plan.uses_iw_draws else 0)
     with torch.inference_mode():
         per_point, z_mean = _evaluate_q(model, guide, x, index, num_samples, progress, desc, keep_draws)
-    if _infinite_variance(per_point["khat"]):  # no central limit: no error bar for IWAE, nor for what it estimates
+    if _infinite_share(per_point["khat"]) > NO_STDERR_SHARE:  # no central limit: no error bar for IWAE or its uses
         for key in ("log_px_iwae_stderr", "log_px_iwae_jackknife_stderr"):
             per_point[key] = torch.full_like(per_point[key], math.nan)
     settings = LogPxSettings(quadrature_points, ais, num_samples, progress)
@@ -331,10 +331,15 @@ def _combined_stderr(stderr: torch.Tensor, rows: torch.Tensor | None = None) -> 
     return float(stderr.pow(2).sum().sqrt() / len(stderr)) if len(stderr) else math.nan
 
 
-def _infinite_variance(khat: torch.Tensor) -> bool:
-    """Whether k-hat says q's weights have infinite variance on a good share of the points (k-hat > 0.5 on more
-    than a quarter): their errors then dominate the split's, which has none."""
-    return float((khat > FINITE_VARIANCE_KHAT).double().mean()) > 0.25
+#: above this share of points whose weights have infinite variance, their errors would dominate the split's: IWAE
+#: reports none
+NO_STDERR_SHARE = 0.25
+
+
+def _infinite_share(khat: torch.Tensor) -> float:
+    """The share of the points with a tail fit whose k-hat says q's weights have infinite variance (above 0.5)."""
+    fitted = khat[~khat.isnan()]
+    return float((fitted > FINITE_VARIANCE_KHAT).double().mean()) if len(fitted) else 0.0
 
 
 def _khat_summary(khat: torch.Tensor, num_samples: int) -> dict:
@@ -346,8 +351,8 @@ def _khat_summary(khat: torch.Tensor, num_samples: int) -> dict:
     khat = khat[~khat.isnan()].double()
     bad = float((khat > threshold).double().mean())
     out.update(khat_mean=float(khat.mean()), khat_bad_share=bad)
-    infinite = float((khat > FINITE_VARIANCE_KHAT).double().mean())
-    if _infinite_variance(khat):
+    infinite = _infinite_share(khat)
+    if infinite > NO_STDERR_SHARE:
         out["log_px_iwae_note"] = (
             f"k-hat of q's importance weights is above {FINITE_VARIANCE_KHAT} on {100 * infinite:.0f}% of points "
             f"(above {threshold:.2f}, S = {num_samples}, on {100 * bad:.0f}%): their variance is infinite, so IWAE "

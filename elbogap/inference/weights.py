@@ -56,7 +56,7 @@ def log_mean_exp_stderr(log_w: torch.Tensor, levels: int = LEVELS, pool: torch.T
     """
     num = log_w.shape[0]
     if num < 2:
-        return torch.full(log_w.shape[1:], float("nan"), dtype=torch.float64, device=log_w.device)
+        return _no_error_bar(log_w)
     log_w = log_w.double()
     sizes = sorted({num // 2**j for j in range(1, levels + 1) if num // 2**j >= 1}, reverse=True)
     variances, dofs = [], []
@@ -66,12 +66,13 @@ def log_mean_exp_stderr(log_w: torch.Tensor, levels: int = LEVELS, pool: torch.T
         means = log_mean_exp(grouped)  # (groups, *batch): one estimate per disjoint group
         variances.append(means.var(0))
         dofs.append(groups - 1)
-    pools = [pool, ~pool] if pool is not None and bool(pool.any()) and not bool(pool.all()) else [None]
+    every = torch.ones_like(variances[0], dtype=torch.bool)
+    pools = [pool, ~pool] if pool is not None and bool(pool.any()) and not bool(pool.all()) else [every]
     result = torch.zeros_like(variances[0])
     for columns in pools:
-        slope = _slopes(sizes, [var if columns is None else var[columns] for var in variances], dofs)
+        slope = _slopes(sizes, [var[columns] for var in variances], dofs)
         total = sum(dof * var * (num / size) ** slope for size, var, dof in zip(sizes, variances, dofs, strict=True))
-        result = total / sum(dofs) if columns is None else torch.where(columns, total / sum(dofs), result)
+        result = torch.where(columns, total / sum(dofs), result)
     return result.sqrt()
 
 
@@ -96,7 +97,7 @@ def jackknife_stderr(log_w: torch.Tensor) -> torch.Tensor:
     """
     num = log_w.shape[0]
     if num < 2:
-        return torch.full(log_w.shape[1:], float("nan"), dtype=torch.float64, device=log_w.device)
+        return _no_error_bar(log_w)
     log_w = log_w.double()
     total = torch.logsumexp(log_w, 0, keepdim=True)
     largest = log_w == log_w.max(0, keepdim=True).values
@@ -107,6 +108,11 @@ def jackknife_stderr(log_w: torch.Tensor) -> torch.Tensor:
     rest = torch.where(largest, without_largest, total + torch.log1p(-share))  # log(S - w_i)
     left_out = rest - math.log(num - 1)  # \hat L_{-i}
     return ((num - 1) / num * (left_out - left_out.mean(0)).pow(2).sum(0)).sqrt()
+
+
+def _no_error_bar(log_w: torch.Tensor) -> torch.Tensor:
+    """NaN per column: one weight has no spread to read an error from."""
+    return torch.full(log_w.shape[1:], float("nan"), dtype=torch.float64, device=log_w.device)
 
 
 def _slopes(sizes: list[int], variances: list[torch.Tensor], dofs: list[int]) -> float:
