@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from elbogap.inference.weights import interval_halfwidth
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -15,7 +17,9 @@ class Calibration:
     :math:`\theta_r` where one is known (it may change between repeats, as the points of a sandwich
     do), else :math:`e_r = \hat\theta_r`. ``spread`` is the sd of :math:`e_r`, ``stderr`` the mean
     reported standard error :math:`s_r`; ``covers_truth`` the share of repeats with
-    :math:`|e_r| \le 1.96 s_r`, ``covers_mean`` with :math:`|e_r - \bar e| \le 1.96 s_r`. Repeats
+    :math:`|e_r| \le h_r`, ``covers_mean`` with :math:`|e_r - \bar e| \le h_r`, where :math:`h_r` is the
+    half-width of elbogap's 95% interval: :math:`t_{0.975,\nu} s_r` for an error with :math:`\nu` degrees of
+    freedom (one point's IWAE or AIS error), :math:`1.96 s_r` where none are given. Repeats
     without a finite standard error (NaN or infinite: the estimator declined to give one) count in
     ``declined`` and in neither share, nor in ``stderr``, nor in ``spread`` (the error bar is judged where
     it was given; the long-run mean :math:`\bar e` is over all repeats); a standard error of exactly 0
@@ -39,15 +43,17 @@ class Calibration:
 
 
 def calibrate(estimates: Iterable[float], stderrs: Iterable[float],
-              truths: Iterable[float] | None = None) -> Calibration:
-    """The :class:`Calibration` of repeated ``estimates`` with reported ``stderrs`` against ``truths``."""
+              truths: Iterable[float] | None = None, dof: float | None = None) -> Calibration:
+    """The :class:`Calibration` of repeated ``estimates`` with reported ``stderrs`` (of ``dof`` degrees of freedom,
+    normal where None) against ``truths``."""
     estimates = torch.as_tensor(list(estimates), dtype=torch.float64)
     stderrs = torch.as_tensor(list(stderrs), dtype=torch.float64)
     errors = estimates - torch.as_tensor(list(truths), dtype=torch.float64) if truths is not None else estimates
     given = stderrs.isfinite()
+    halfwidths = interval_halfwidth(stderrs, dof)
 
     def covered(centre):
-        inside = (errors - centre).abs() <= 1.96 * stderrs
+        inside = (errors - centre).abs() <= halfwidths
         return float(inside[given].double().mean()) if given.any() else math.nan
 
     return Calibration(

@@ -6,7 +6,8 @@ Each experiment runs elbogap's estimators R times from seeds 0..R-1 on the same 
 whose answer is known: PPCA (exact log p(x), posterior and ELBO), a 2-D VAE (log p(x) by quadrature)
 and a user's program with a positive latent (1-D quadrature). For every reported
 quantity it prints the spread (sd) of the estimate's error over the repeats against the mean reported
-standard error, their ratio, and the share of 95% intervals (estimate +- 1.96 s.e.) that cover the
+standard error, their ratio, and the share of elbogap's 95% intervals (estimate +- 1.96 s.e., or +- t s.e.
+where one point's error has few degrees of freedom: ``Evaluation.interval``) that cover the
 truth and that cover the long-run mean (the mean over the repeats). Stochastic bounds (IWAE, AIS,
 reverse AIS, the BDMC width) are biased by design, so their error bars are judged against the
 long-run mean, and the column against the truth shows the bias too; the other quantities are
@@ -59,8 +60,10 @@ class Repeats:
     estimates: list[float] = field(default_factory=list)
     stderrs: list[float] = field(default_factory=list)
     truths: list[float] | None = field(default_factory=list)
+    dof: float | None = None  # of each standard error, for its interval; normal where None
 
-    def add(self, estimate, stderr, truth=None) -> None:
+    def add(self, estimate, stderr, truth=None, dof: float | None = None) -> None:
+        self.dof = dof
         self.estimates.append(float(estimate))
         self.stderrs.append(float(stderr))
         if truth is None:
@@ -265,7 +268,8 @@ def evaluated(known: Known, repeats: int, quantities: dict[str, tuple[str, torch
                 evaluation.metrics[key], evaluation.metrics[f"{key}_stderr"], truth.double().mean())
             if f"{key}_stderr" in evaluation.per_point:  # the KL gap's is reported for the split only
                 rows.setdefault((estimator, "point 0"), Repeats()).add(
-                    evaluation.per_point[key][0], evaluation.per_point[f"{key}_stderr"][0], truth[0])
+                    evaluation.per_point[key][0], evaluation.per_point[f"{key}_stderr"][0], truth[0],
+                    evaluation.dof.get(key))
     return rows
 
 
@@ -323,8 +327,8 @@ def one_point_bdmc(known_model: Callable[[], Known], settings: AISSettings) -> C
         result = bdmc(known.model, point.expand(repeats, -1).clone(), z, settings)
         forward, reverse = Repeats(), Repeats()
         for r in range(repeats):
-            forward.add(result.lower[r], result.lower_stderr[r], known.log_px[0])
-            reverse.add(result.upper[r], result.upper_stderr[r], known.log_px[0])
+            forward.add(result.lower[r], result.lower_stderr[r], known.log_px[0], result.dof)
+            reverse.add(result.upper[r], result.upper_stderr[r], known.log_px[0], result.dof)
         return {("AIS", "point 0 (BDMC's forward run)"): forward,
                 ("reverse AIS", "point 0, a fresh z per chain"): reverse}
 
@@ -412,17 +416,17 @@ EXPERIMENTS = [
                iwae(ppca_narrow_guide, 1000), 400, may_decline=True),
     Experiment("ppca-gaps", PPCA, "diag encoder, q* refit, 64 draws, exact log p(x)", ppca_gaps, 100),
     Experiment("ais-opaque-8x50", f"{PPCA_8D}, as a program", "8 chains x 50 temperatures x 10 leapfrog",
-               ais(ppca_opaque, AISSettings(steps=50, chains=8)), 60),
+               ais(ppca_opaque, AISSettings(steps=50, chains=8)), 400),
     Experiment("ais-8x50-lf2", PPCA_8D, "8 chains x 50 temperatures x 2 leapfrog",
-               ais(ppca_8d, AISSettings(steps=50, chains=8, leapfrog_steps=2)), 100, 16),
+               ais(ppca_8d, AISSettings(steps=50, chains=8, leapfrog_steps=2)), 200, 16),
     Experiment("ais-8x200", PPCA_8D, "8 chains x 200 temperatures x 10 leapfrog",
-               ais(ppca_8d, AISSettings(steps=200, chains=8)), 50),
+               ais(ppca_8d, AISSettings(steps=200, chains=8)), 150),
     Experiment("ais-one-chain", PPCA_8D, "1 chain x 50 temperatures x 2 leapfrog",
                ais(ppca_8d, AISSettings(steps=50, chains=1, leapfrog_steps=2)), 12, 4, may_decline=True),
     Experiment("ais-vae-2d", VAE_2D, "16 chains x 50 temperatures x 5 leapfrog",
-               ais(vae_2d, AISSettings(steps=50, chains=16, leapfrog_steps=5)), 100),
+               ais(vae_2d, AISSettings(steps=50, chains=16, leapfrog_steps=5)), 200),
     Experiment("ais-positive", POSITIVE, "16 chains x 50 temperatures x 5 leapfrog",
-               ais(positive_latent, AISSettings(steps=50, chains=16, leapfrog_steps=5)), 100),
+               ais(positive_latent, AISSettings(steps=50, chains=16, leapfrog_steps=5)), 200),
     Experiment("bdmc-one-point", PPCA, "32 chains x 20 temperatures x 10 leapfrog",
                one_point_bdmc(ppca, AISSettings(steps=20, chains=32)), 800, 200),
     Experiment("bdmc-one-point-8d", PPCA_8D, "32 chains x 20 temperatures x 10 leapfrog",
@@ -432,7 +436,7 @@ EXPERIMENTS = [
     Experiment("sandwich-20-lf2", PPCA_8D, "20 points, 8 chains x 50 temperatures x 2 leapfrog",
                sandwiches(ppca_8d, 20, AISSettings(steps=50, chains=8, leapfrog_steps=2)), 100, 12),
     Experiment("sandwich-100", PPCA, "100 points, 16 chains x 100 temperatures x 5 leapfrog",
-               sandwiches(ppca, 100, AISSettings(steps=100, chains=16, leapfrog_steps=5)), 50),
+               sandwiches(ppca, 100, AISSettings(steps=100, chains=16, leapfrog_steps=5)), 200),
 ]
 
 
@@ -478,7 +482,7 @@ def measure(experiment: Experiment, repeats: int) -> list[Row]:
     with intra_op_threads(1):  # small tensors: a second thread costs more than it gives on this 2-core machine
         rows = experiment.run(repeats)
     seconds = (time.perf_counter() - started, time.process_time() - cpu)
-    return [Row(experiment, estimator, where, calibrate(r.estimates, r.stderrs, r.truths), seconds)
+    return [Row(experiment, estimator, where, calibrate(r.estimates, r.stderrs, r.truths, r.dof), seconds)
             for (estimator, where), r in rows.items()]
 
 

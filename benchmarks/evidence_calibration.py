@@ -4,7 +4,8 @@
 
 Runs ``elbogap``'s AIS of log p(D) from ``--repeats`` seeds on Bayesian linear regression (30 rows,
 3 weights; tests/global_latents/truth.py) and prints the spread of the estimates over repeats
-against the mean reported standard error, and the share of 95% intervals that cover the exact value.
+against the mean reported standard error, and the share of 95% intervals (± t s.e., with the error's
+degrees of freedom) that cover the exact value.
 """
 
 import argparse
@@ -32,7 +33,7 @@ def main(args):
         evidence = ais_evidence(model, data, AISSettings(steps=args.steps, chains=args.chains))
         estimates.append(evidence.log_evidence)
         stderrs.append(evidence.stderr)
-    calibration = calibrate(estimates, stderrs, [exact] * args.repeats)
+    calibration = calibrate(estimates, stderrs, [exact] * args.repeats, evidence.dof)
     print(f"{args.steps} temperatures x {args.chains} chains, {args.repeats} repeats: mean error "
           f"{calibration.bias:+.3f} nats, sd over repeats {calibration.spread:.3f}, mean reported s.e. "
           f"{calibration.stderr:.3f} (ratio {calibration.ratio:.2f}), 95% intervals covering the exact value "

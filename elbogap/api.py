@@ -187,7 +187,8 @@ def evaluate(model, guide, x, *, log_px: str = Config.log_px, elbo_samples: int 
     ``.model`` / ``.guide``); their parameters are used as they are. Returns an
     :class:`~elbogap.inference.evaluation.Evaluation`: ``metrics`` (means with standard errors:
     ``elbo``, ``log_px``, ``kl_gap``, ``log_px_iwae``, ... and how log p(x) was computed) and
-    ``per_point`` tensors. ``log_px="auto"`` uses AIS on ``ais_points`` of the rows where no
+    ``per_point`` tensors, with ``interval(key)`` for each point's 95% interval (one point's AIS or IWAE error has
+    about 6 degrees of freedom: ``dof``). ``log_px="auto"`` uses AIS on ``ais_points`` of the rows where no
     closed form or quadrature applies; ``ais`` is an :class:`~elbogap.inference.ais.AISSettings`.
     """
     from elbogap.guides import Guide, ProgramGuide

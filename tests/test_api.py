@@ -81,6 +81,8 @@ def test_evaluate_takes_a_trained_pair_of_programs(tmp_path):
                                   quadrature_points=12)
     assert evaluation.metrics["log_px_method"] == "quadrature" and evaluation.metrics["kl_gap"] > 0
     assert evaluation.per_point["elbo"].shape == (40,)
+    low, high = evaluation.interval("log_px_iwae")  # 16 draws: about 6 degrees of freedom, +- 2.47 s.e.
+    assert low.shape == (40,) and evaluation.dof["log_px_iwae"] == pytest.approx(5.76, abs=0.01)
 
 
 @pytest.mark.parametrize("settings", [{"jobs": 2}, {"backend": "ray"}])

@@ -24,7 +24,7 @@ import torch
 from pyro import poutine
 
 from elbogap.global_latents.model import sample_sites
-from elbogap.inference.weights import importance_estimate, khat_threshold, pareto_khat
+from elbogap.inference.weights import group_spread_dof, importance_estimate, khat_threshold, pareto_khat
 
 
 @dataclass
@@ -171,6 +171,7 @@ def summarize_draws(draws: GuideDraws, num_data: int) -> dict:
         "kl_prior": float((draws.log_q.double() - draws.log_prior.double()).mean()),
         "log_evidence_q": float(weights.log_mean[0]),
         "log_evidence_q_stderr": float(weights.stderr[0]),
+        "log_evidence_q_dof": group_spread_dof(count),
         "ess": float(weights.ess[0]),
         "khat": None if math.isnan(khat) else khat,  # +inf where the weights' tail has no fit
         "khat_threshold": khat_threshold(count),

@@ -22,7 +22,7 @@ import torch
 
 from elbogap.inference.ais import AISSettings, AnnealingPath, anneal, pilot_steps, sigmoid_schedule, tune_step_sizes
 from elbogap.inference.bdmc import summarize_sandwich
-from elbogap.inference.weights import log_mean_exp, log_mean_exp_stderr
+from elbogap.inference.weights import group_spread_dof, log_mean_exp, log_mean_exp_stderr
 from elbogap.progress import Progress, as_progress
 from elbogap.threads import intra_op_threads
 
@@ -68,8 +68,13 @@ class Evidence:
     step_sizes: torch.Tensor
     seconds: float
 
+    @property
+    def dof(self) -> float:
+        """Degrees of freedom of ``stderr`` (:func:`~elbogap.inference.weights.group_spread_dof`), for its interval."""
+        return group_spread_dof(len(self.log_w))
+
     def summary(self, settings: AISSettings) -> dict:
-        return {"log_evidence": self.log_evidence, "stderr": self.stderr, **settings.to_dict(),
+        return {"log_evidence": self.log_evidence, "stderr": self.stderr, "dof": self.dof, **settings.to_dict(),
                 "acceptance": self.acceptance.tolist(), "seconds": self.seconds,
                 "effective_chains": float(self.log_w.double().softmax(0).pow(2).sum().reciprocal())}
 

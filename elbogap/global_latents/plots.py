@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from elbogap.checkpoint import load_checkpoint  # noqa: E402
+from elbogap.inference.weights import interval_halfwidth  # noqa: E402
 from elbogap.plots import _by_guide, save  # noqa: E402
 
 #: global latent elements drawn in marginals.png (the first ones, site after site)
@@ -92,18 +93,19 @@ def plot_evidence(results: dict, path: Path) -> Path:
     for i, mine in enumerate(groups.values()):
         for run in mine:
             data = run["data"]
-            axis.errorbar(i - 0.15, data["elbo"], yerr=2 * data["elbo_stderr"], fmt="o", color="tab:blue",
-                          label="ELBO(D)" if i == 0 and run is mine[0] else None)
-            axis.errorbar(i + 0.15, data["log_evidence_q"], yerr=2 * data["log_evidence_q_stderr"], fmt="s",
-                          color="tab:green", label="q's IS estimate" if i == 0 and run is mine[0] else None)
+            axis.errorbar(i - 0.15, data["elbo"], yerr=interval_halfwidth(data["elbo_stderr"], None), fmt="o",
+                          color="tab:blue", label="ELBO(D)" if i == 0 and run is mine[0] else None)
+            axis.errorbar(i + 0.15, data["log_evidence_q"],
+                          yerr=interval_halfwidth(data["log_evidence_q_stderr"], data.get("log_evidence_q_dof")),
+                          fmt="s", color="tab:green", label="q's IS estimate" if i == 0 and run is mine[0] else None)
     for seed in dict.fromkeys(run["seed"] for run in runs):
         data = next(run["data"] for run in runs if run["seed"] == seed)
         axis.axhline(data["log_evidence"], color="k", lw=1)
-        axis.axhspan(data["log_evidence"] - 2 * data["log_evidence_stderr"],
-                     data["log_evidence"] + 2 * data["log_evidence_stderr"], color="k", alpha=0.1)
-    axis.plot([], [], "k-", label="log p(D), AIS (± 2 s.e.)")
+        halfwidth = interval_halfwidth(data["log_evidence_stderr"], data.get("log_evidence_dof"))
+        axis.axhspan(data["log_evidence"] - halfwidth, data["log_evidence"] + halfwidth, color="k", alpha=0.1)
+    axis.plot([], [], "k-", label="log p(D), AIS (95% interval)")
     axis.set_xticks(range(len(groups)), list(groups), rotation=20, fontsize=8)
-    axis.set(ylabel="nats", title="evidence of D: AIS, and each guide's bounds")
+    axis.set(ylabel="nats", title="evidence of D: AIS, and each guide's bounds (95% intervals)")
     axis.legend(fontsize=7)
     axis.grid(alpha=0.3)
     if bdmc:

@@ -32,7 +32,7 @@ from elbogap.global_latents.evidence import ais_evidence, bdmc_evidence
 from elbogap.global_latents.guides import SUBSAMPLING_AUTOGUIDES, GlobalAutoGuide, GlobalProgramGuide, global_guide
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.global_latents.reference import against_reference, ais_reference, nuts_reference, site_moments
-from elbogap.inference.weights import log_mean_exp, log_mean_exp_stderr
+from elbogap.inference.weights import group_spread_dof, log_mean_exp, log_mean_exp_stderr
 from elbogap.phases import Phases
 from elbogap.progress import Progress, as_progress
 
@@ -117,6 +117,7 @@ def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, ph
         evidence = evidence_state(model, rows, config, seed, run_dir, progress)
     summary = evidence["summary"]
     metrics.update(log_evidence=summary["log_evidence"], log_evidence_stderr=summary["stderr"],
+                   log_evidence_dof=group_spread_dof(len(evidence["log_w"])),
                    log_evidence_method="ais", log_evidence_guide_independent=True)
     metrics["kl_gap"] = metrics["log_evidence"] - metrics["elbo"]
     metrics["kl_gap_stderr"] = math.hypot(metrics["log_evidence_stderr"], metrics["elbo_stderr"])

@@ -45,7 +45,7 @@ from pyro import poutine
 from elbogap.errors import UsageError
 from elbogap.inference.log_joint import flatten_latents, latent_sites, log_joint
 from elbogap.inference.log_px import ELEMENT_BUDGET
-from elbogap.inference.weights import jackknife_stderr, log_mean_exp, log_mean_exp_stderr
+from elbogap.inference.weights import group_spread_dof, jackknife_stderr, log_mean_exp, log_mean_exp_stderr
 from elbogap.model.base import LatentModel
 from elbogap.progress import Progress, as_progress
 from elbogap.sites import broadcasts_draws, repeat_rows
@@ -197,6 +197,11 @@ class AISResult:
     step_sizes: torch.Tensor
     acceptance: torch.Tensor
     jackknife_stderr: torch.Tensor | None = None
+
+    @property
+    def dof(self) -> float:
+        """Degrees of freedom of one point's ``stderr`` (:func:`~elbogap.inference.weights.group_spread_dof`)."""
+        return group_spread_dof(self.log_w.shape[0])
 
 
 def _band_of(step: int, num_steps: int, bands: int) -> int:

@@ -33,7 +33,7 @@ from elbogap.inference.ais import (
     tune_step_sizes,
 )
 from elbogap.inference.log_joint import flatten_latents, latent_sites, observed_sites
-from elbogap.inference.weights import jackknife_stderr, log_mean_exp, log_mean_exp_stderr
+from elbogap.inference.weights import group_spread_dof, jackknife_stderr, log_mean_exp, log_mean_exp_stderr
 from elbogap.progress import Progress, as_progress
 
 
@@ -58,7 +58,9 @@ class BDMCResult:
     ``upper_stderr`` is NaN where the reverse chains of a point share their start: chains from one
     exact draw are not independent, and their spread says nothing of that draw's own randomness.
     ``lower_jackknife`` and ``upper_jackknife`` are the jackknife's errors, which means over points
-    combine (:func:`~elbogap.inference.weights.jackknife_stderr`).
+    combine (:func:`~elbogap.inference.weights.jackknife_stderr`). ``dof`` is the degrees of freedom of one
+    point's ``lower_stderr`` and ``upper_stderr`` (:func:`~elbogap.inference.weights.group_spread_dof`), for
+    its interval (:func:`~elbogap.inference.weights.interval_halfwidth`).
     """
 
     lower: torch.Tensor
@@ -67,6 +69,7 @@ class BDMCResult:
     upper_stderr: torch.Tensor
     lower_jackknife: torch.Tensor
     upper_jackknife: torch.Tensor
+    dof: float = math.inf
 
     @property
     def width(self) -> float:
@@ -93,7 +96,7 @@ def bdmc(model, x: torch.Tensor, z: torch.Tensor, settings: AISSettings | None =
         parts = [_bdmc_chunk(model, x[i:i + chunk], z[..., i:i + chunk, :], settings, bar) for i in starts]
     return BDMCResult(*(torch.cat([getattr(p, key) for p in parts])
                         for key in ("lower", "lower_stderr", "upper", "upper_stderr", "lower_jackknife",
-                                    "upper_jackknife")))
+                                    "upper_jackknife")), dof=group_spread_dof(settings.chains))
 
 
 def _bdmc_chunk(model, x, z, settings, bar=None) -> BDMCResult:

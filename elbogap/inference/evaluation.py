@@ -2,7 +2,7 @@ r"""Per-datapoint evaluation of a guide against a model: ELBO, its two terms, lo
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyro
 import torch
@@ -21,7 +21,14 @@ from elbogap.inference.log_px import (
     LogPxSettings,
     plan,
 )
-from elbogap.inference.weights import FINITE_VARIANCE_KHAT, importance_estimate, khat_threshold, pareto_khat
+from elbogap.inference.weights import (
+    FINITE_VARIANCE_KHAT,
+    group_spread_dof,
+    importance_estimate,
+    interval_halfwidth,
+    khat_threshold,
+    pareto_khat,
+)
 from elbogap.progress import Progress, as_progress
 from elbogap.sites import broadcasts_draws, repeat_rows
 
@@ -31,10 +38,28 @@ SAMPLE_CHUNK = 64
 
 @dataclass
 class Evaluation:
-    """Split averages in ``metrics`` (floats and method names) and per-point tensors in ``per_point``."""
+    """Split averages in ``metrics`` (floats and method names) and per-point tensors in ``per_point``.
+
+    ``dof`` holds, per per-point estimate with a standard error (``elbo``, ``log_px_iwae``, ``log_px``,
+    ``log_px_ais``), the degrees of freedom of one point's error; :meth:`interval` turns them into intervals.
+    """
 
     metrics: dict
     per_point: dict[str, torch.Tensor]
+    dof: dict[str, float] = field(default_factory=dict)
+
+    def interval(self, key: str, level: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Each point's ``level`` interval for ``per_point[key]``: the estimate :math:`\pm t_\nu` standard errors.
+
+        One point's IWAE or AIS error is read off a few groups of its weights and has about 6 degrees of
+        freedom (:func:`~elbogap.inference.weights.group_spread_dof`), so its 95% interval is :math:`\pm 2.45`
+        standard errors; the ELBO's has one fewer than its draws. NaN where the error is.
+        """
+        if key not in self.dof:
+            raise KeyError(f"no per-point standard error for {key!r}; one of {sorted(self.dof)}")
+        halfwidth = interval_halfwidth(self.per_point[f"{key}_stderr"].double(), self.dof[key], level)
+        values = self.per_point[key].double()
+        return values - halfwidth, values + halfwidth
 
 
 class _Moments:
@@ -247,6 +272,8 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
     log-means over groups of draws or chains (:func:`~elbogap.inference.weights.log_mean_exp_stderr`),
     and for a split mean from each point's jackknife error (``*_jackknife_stderr`` per point,
     :func:`~elbogap.inference.weights.jackknife_stderr`), whose mean square is right whatever the tails.
+    One point's IWAE or AIS error has few degrees of freedom (``Evaluation.dof``), so its 95% interval is
+    wider than :math:`\pm 1.96` standard errors (:meth:`Evaluation.interval`).
     ``progress`` shows a bar (with the time left) over the chunks of points and AIS's transitions.
     ``keep_draws`` adds ``per_point["elbo_draws"]`` ``(points, draws)``, each draw's ELBO term,
     for standard errors of differences between guides evaluated on common random numbers.
@@ -264,6 +291,7 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
             per_point[key] = torch.full_like(per_point[key], math.nan)
     settings = LogPxSettings(quadrature_points, ais, num_samples, progress)
     estimates = []
+    dof = {"elbo": num_samples - 1 if num_samples > 1 else math.inf, "log_px_iwae": group_spread_dof(num_samples)}
     for step in log_px_plan.steps:
         if step.rows == "subset" and (ais_index is None or not len(ais_index)):
             continue  # no subset chosen for this split
@@ -272,14 +300,16 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
         jackknife = estimate.stderr if estimate.sum_stderr is None else estimate.sum_stderr
         per_point["log_px"], per_point["log_px_stderr"] = estimate.values, estimate.stderr
         per_point["log_px_jackknife_stderr"] = jackknife
+        dof["log_px"] = estimate.dof
         if column := step.method.kept_as:
             per_point[column], per_point[f"{column}_stderr"] = estimate.values, estimate.stderr
             per_point[f"{column}_jackknife_stderr"] = jackknife
+            dof[column] = estimate.dof
         estimates.append((step.method, estimate))
     per_point["kl_gap"] = kl_gap(per_point["log_px"], per_point["elbo"])
     metrics = _summarize(per_point, num_samples, estimates)
     metrics["active_units"] = active_units(z_mean)
-    return Evaluation(metrics, per_point)
+    return Evaluation(metrics, per_point, dof)
 
 
 def _estimate_on(method: LogPxMethod, rows: torch.Tensor | None, model, guide, x, index, settings: LogPxSettings,
@@ -292,7 +322,7 @@ def _estimate_on(method: LogPxMethod, rows: torch.Tensor | None, model, guide, x
     nan = torch.full((len(x),), float("nan"), dtype=estimate.values.dtype, device=x.device)
     sum_stderr = None if estimate.sum_stderr is None else nan.index_put((rows,), estimate.sum_stderr)
     return LogPxEstimate(nan.index_put((rows,), estimate.values), nan.index_put((rows,), estimate.stderr),
-                         estimate.info, sum_stderr)
+                         estimate.info, sum_stderr, estimate.dof)
 
 
 def _evaluate_q(model, guide, x, index, num_samples, progress=False, desc="",

@@ -8,6 +8,7 @@ per-point errors of shape ``(batch,)``. The setting ``--log-px`` takes a method'
 ``auto``; :func:`plan` turns it into data, the methods to run and on which rows.
 """
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import torch
 
 from elbogap.errors import UsageError
 from elbogap.inference.log_joint import log_joint
+from elbogap.inference.weights import group_spread_dof
 
 if TYPE_CHECKING:
     from elbogap.inference.ais import AISSettings
@@ -29,6 +31,9 @@ class LogPxEstimate:
 
     ``sum_stderr`` is the error a mean over points combines, where it is not ``stderr``
     (importance estimates: the jackknife's, see :func:`~elbogap.inference.weights.jackknife_stderr`).
+    ``dof`` is the degrees of freedom of one point's ``stderr`` (infinite where it is exact or from many
+    independent draws; :func:`~elbogap.inference.weights.group_spread_dof` for importance estimates), which a
+    95% interval needs (:func:`~elbogap.inference.weights.interval_halfwidth`).
     ``info`` says how they were computed: ``samples``, the draws (or grid points) behind each
     point's estimate, and any record the method keeps for the split (AIS: ``ais``, its settings
     and diagnostics).
@@ -38,6 +43,7 @@ class LogPxEstimate:
     stderr: torch.Tensor
     info: dict = field(default_factory=dict)
     sum_stderr: torch.Tensor | None = None
+    dof: float = math.inf
 
 
 @dataclass(frozen=True)
@@ -171,7 +177,7 @@ def _quadrature(model, guide, x, index, settings: LogPxSettings, from_q: dict) -
 def _iwae(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPxEstimate:
     # computed with the ELBO, from the same draws of q
     return LogPxEstimate(from_q["log_px_iwae"], from_q["log_px_iwae_stderr"], {"samples": settings.q_samples},
-                         from_q["log_px_iwae_jackknife_stderr"])
+                         from_q["log_px_iwae_jackknife_stderr"], group_spread_dof(settings.q_samples))
 
 
 def _ais(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPxEstimate:
@@ -186,7 +192,7 @@ def _ais(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPx
     info = {"samples": ais.chains, "ais": run}
     if ais.chains < 2:
         info["log_px_note"] = "AIS with one chain has no standard error (shown as NaN): use --ais-chains 2 or more"
-    return LogPxEstimate(result.log_px, result.stderr, info, result.jackknife_stderr)
+    return LogPxEstimate(result.log_px, result.stderr, info, result.jackknife_stderr, group_spread_dof(ais.chains))
 
 
 def ais_against_iwae(per_point: dict, rows: torch.Tensor, threshold: float = 3.0) -> dict:

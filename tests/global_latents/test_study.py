@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import elbogap
+from elbogap.inference.weights import group_spread_dof, interval_halfwidth
 from tests.global_latents import truth
 
 PROGRAM = '''
@@ -49,6 +50,7 @@ def test_a_model_with_global_and_per_point_latents_end_to_end_with_bdmc_and_nuts
         data = run["data"]
         assert run["kind"] == "global" and data["num_points"] == 6 and data["rows"] == "every row of y.csv"
         assert abs(data["log_evidence"] - exact) < 4 * data["log_evidence_stderr"] + 0.05
+        assert data["log_evidence_dof"] == pytest.approx(group_spread_dof(run["evidence"]["chains"]))
         assert data["kl_gap"] == pytest.approx(data["log_evidence"] - data["elbo"])
         assert run["sites"] == {"global": ["mu"], "local": ["z"], "shapes": {"mu": [], "z": [6]}, "latent_dim": 7}
         assert run["reference"]["method"] == "nuts" and set(run["reference"]["sites"]) == {"mu", "z"}
@@ -62,6 +64,10 @@ def test_a_model_with_global_and_per_point_latents_end_to_end_with_bdmc_and_nuts
         assert (out / figure).is_file()
     table = (out / "results.md").read_text()
     assert "The evidence and each guide's KL gap" in table and "BDMC" in table
+    data = mean_field["data"]
+    halfwidth = float(interval_halfwidth(data["log_evidence_stderr"], data["log_evidence_dof"]))
+    assert halfwidth > 1.96 * data["log_evidence_stderr"]  # AIS's error has few degrees of freedom
+    assert f"| {data['log_evidence'] - halfwidth:.3f}, {data['log_evidence'] + halfwidth:.3f} |" in table
 
 
 def test_the_notebook_api_takes_a_pyro_function_and_a_tensor(tmp_path):

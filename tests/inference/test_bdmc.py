@@ -4,6 +4,7 @@ import torch
 
 from elbogap.inference.ais import AISSettings
 from elbogap.inference.bdmc import bdmc, exact_draws, sandwich, simulate, summarize_sandwich
+from elbogap.inference.weights import group_spread_dof
 from tests.inference.test_ais import correlated_linear_model
 
 
@@ -29,6 +30,7 @@ def test_the_sandwich_holds_the_exact_evidence_and_narrows_with_more_temperature
         # per point, within 4 standard errors over chains: lower <= exact <= upper
         assert bool((result.lower <= exact + 4 * result.lower_stderr + 1e-9).all())
         assert bool((result.upper >= exact - 4 * result.upper_stderr - 1e-9).all())
+        assert result.dof == group_spread_dof(16)  # one point's interval: +- t_nu standard errors
         widths.append(result.width)
     assert widths[0] > widths[1] > widths[2] > 0
     assert widths[2] < 0.25

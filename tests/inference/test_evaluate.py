@@ -158,3 +158,23 @@ def test_iwae_has_no_standard_error_where_most_points_weights_have_infinite_vari
     assert float((evaluation.per_point["khat"] > 0.5).double().mean()) > 0.5
     assert bool(evaluation.per_point["log_px_iwae_stderr"].isnan().all())
     assert bool(evaluation.per_point["log_px_stderr"].isnan().all())
+
+
+def test_each_points_interval_widens_its_error_by_students_t_for_its_degrees_of_freedom(linear_model, linear_data):
+    """One point's AIS and IWAE errors have ~6 degrees of freedom (2.47 s.e. for 95% at 8 chains and 64 draws); the
+    ELBO's, from 64 draws, 63; a key without a per-point error is refused by name."""
+    from elbogap.inference.ais import AISSettings
+
+    x = linear_data[:4]
+    guide = optimal_diag_guide(linear_model, scale_factor=2.0)  # weights of finite variance: IWAE has an error bar
+    evaluation = evaluate(linear_model, guide, x, elbo_samples=64, iw_samples=64,
+                          log_px_method="ais", ais=AISSettings(steps=10, chains=8))
+    assert evaluation.dof["log_px_ais"] == evaluation.dof["log_px"] == pytest.approx(5.76, abs=0.01)
+    assert evaluation.dof["log_px_iwae"] == pytest.approx(5.76, abs=0.01) and evaluation.dof["elbo"] == 63
+    for key, quantile in (("log_px_ais", 2.4716), ("log_px_iwae", 2.4716), ("elbo", 1.9983)):
+        low, high = evaluation.interval(key)
+        stderr = evaluation.per_point[f"{key}_stderr"].double()
+        assert torch.allclose((high - low) / 2, quantile * stderr, rtol=1e-4)
+        assert torch.allclose((high + low) / 2, evaluation.per_point[key].double())
+    with pytest.raises(KeyError, match="kl_gap"):
+        evaluation.interval("kl_gap")

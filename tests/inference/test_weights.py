@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from elbogap.inference.evaluation import _Moments
-from elbogap.inference.weights import jackknife_stderr, khat_threshold, log_mean_exp, log_mean_exp_stderr, pareto_khat
+from elbogap.inference.weights import (
+    group_spread_dof,
+    interval_halfwidth,
+    jackknife_stderr,
+    khat_threshold,
+    log_mean_exp,
+    log_mean_exp_stderr,
+    pareto_khat,
+)
 
 
 def delta_method_stderr(log_w):
@@ -63,6 +71,51 @@ def test_a_mean_over_points_with_stuck_chains_takes_the_jackknifes_error(chains)
     grouped = torch.stack([log_mean_exp_stderr(w).pow(2).sum().sqrt() / points for w in log_w])
     assert 0.85 < float(estimates.std() / jackknife.mean()) < 1.15
     assert float(estimates.std() / grouped.mean()) < 0.5
+
+
+def quadratic_form_dof(num):
+    """tr(A)^2 / tr(A^2) of the group spread's quadratic form, written out as a K x K matrix."""
+    sizes = sorted({num // 2**j for j in (1, 2, 3) if num // 2**j >= 1}, reverse=True)
+    dofs = [num // size - 1 for size in sizes]
+    form = torch.zeros(num, num, dtype=torch.float64)
+    for size, dof in zip(sizes, dofs, strict=True):
+        means = torch.zeros(num // size, num, dtype=torch.float64)
+        for group in range(num // size):
+            means[group, group * size:(group + 1) * size] = 1.0 / size
+        centred = means - means.mean(0)
+        form += dof / sum(dofs) * (size / num) * centred.T @ centred / dof
+    return float(torch.trace(form) ** 2 / torch.trace(form @ form))
+
+
+@pytest.mark.parametrize("num", [2, 3, 5, 8, 12, 16, 20, 33])
+def test_the_group_spreads_degrees_of_freedom_are_its_quadratic_forms(num):
+    assert group_spread_dof(num) == pytest.approx(quadratic_form_dof(num), rel=1e-9)
+
+
+def test_the_group_spreads_degrees_of_freedom_match_the_spread_of_its_variance():
+    """nu = 2 E[V]^2 / Var V over 20000 columns of light-tailed weights, where the formula is exact."""
+    torch.manual_seed(0)
+    log_w = 0.01 * torch.randn(16, 20000, dtype=torch.float64)
+    variance = log_mean_exp_stderr(log_w).pow(2)
+    measured = float(2 * variance.mean() ** 2 / variance.var())
+    # Var V is known to about 3% from 20000 columns (its kurtosis is modest at nu ~ 6)
+    assert measured == pytest.approx(group_spread_dof(16), rel=0.1)
+    assert group_spread_dof(16) == pytest.approx(5.76, abs=0.01) and group_spread_dof(1) == math.inf
+
+
+@pytest.mark.parametrize(("sigma", "chains"), [(0.1, 16), (0.5, 8), (1.0, 1000)])
+def test_one_points_95_percent_interval_covers_95_percent_where_1_96_standard_errors_do_not(sigma, chains):
+    """4000 points of log w ~ N(0, sigma^2): their intervals at t_nu cover the long-run mean 95% of the time,
+    +- 1.96 standard errors about 90% (the error has ~6 degrees of freedom)."""
+    torch.manual_seed(0)
+    log_w = sigma * torch.randn(chains, 4000, dtype=torch.float64)
+    estimates, stderrs = log_mean_exp(log_w), log_mean_exp_stderr(log_w)
+    exact_mean = float(log_mean_exp(sigma * torch.randn(chains, 200000, dtype=torch.float64)).mean())
+    misses = (estimates - exact_mean).abs()
+    # 4000 points know a 95% coverage to +-0.7% (two binomial sds)
+    assert 0.94 < float((misses <= interval_halfwidth(stderrs, group_spread_dof(chains))).double().mean()) < 0.965
+    assert float((misses <= 1.96 * stderrs).double().mean()) < 0.925
+    assert interval_halfwidth(1.0, None) == pytest.approx(1.96, abs=0.001)
 
 
 def test_the_jackknife_leaves_out_a_dominant_weight_without_cancelling():
