@@ -46,6 +46,17 @@ def test_calibrate_finds_an_honest_a_halved_and_a_missing_standard_error():
     assert zero.ratio == math.inf and zero.zero == 2 and zero.declined == 1
 
 
+def test_calibrate_judges_an_error_of_few_degrees_of_freedom_by_its_t_interval():
+    """Errors e ~ N(0, 0.3^2) and standard errors 0.3 sqrt(chi2_6 / 6): e / s is Student's t with 6 degrees of freedom,
+    so +- t s.e. covers 95% and +- 1.96 s.e. 90%."""
+    generator = torch.Generator().manual_seed(0)
+    estimates = 0.3 * torch.randn(20000, generator=generator, dtype=torch.float64)
+    chi2 = torch.randn(20000, 6, generator=generator, dtype=torch.float64).pow(2).sum(1)
+    stderrs = 0.3 * (chi2 / 6).sqrt()
+    assert calibrate(estimates, stderrs, [0.0] * 20000, dof=6).covers_truth == pytest.approx(0.95, abs=0.005)
+    assert calibrate(estimates, stderrs, [0.0] * 20000).covers_truth == pytest.approx(0.902, abs=0.006)
+
+
 @pytest.mark.parametrize("experiment", [e for e in benchmark.EXPERIMENTS if e.quick_repeats],
                          ids=lambda experiment: experiment.name)
 def test_reported_standard_errors_cover_the_truth(experiment):
