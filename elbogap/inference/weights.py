@@ -13,7 +13,7 @@ inflated by a long left tail (stuck AIS chains).
 
 The group spread reads a variance off 2, 4 and 8 group log-means, so it is itself a noisy estimate, with
 about 6 degrees of freedom whatever :math:`K` (:func:`group_spread_dof`): one point's 95% interval is
-:math:`\pm t_{0.975,\nu}` standard errors, 2.45 rather than 1.96 (:func:`interval_halfwidth`).
+:math:`\pm t_{0.975,\nu}` standard errors, 2.47 rather than 1.96 (:func:`interval_halfwidth`).
 """
 
 import functools
@@ -91,7 +91,7 @@ def group_spread_dof(num: int, levels: int = LEVELS) -> float:
     the standardized :math:`\log w`, carried to :math:`K` at the rate :math:`k^{-1}`:
     :math:`A = \sum_k c_k M_k^\top P_k M_k`, with :math:`M_k` the group means, :math:`P_k` their centring
     and :math:`c_k` the level's share. Satterthwaite's
-    :math:`\nu = 2\,\mathrm{E}[V]^2 / \mathrm{Var}\,V = \mathrm{tr}(A)^2 / \mathrm{tr}(A^2)` is then exact:
+    :math:`\nu = 2\,\mathrm{E}[V]^2 / \mathrm{Var}\,V = \mathrm{tr}(A)^2 / \mathrm{tr}(A^2)` then follows exactly:
     5.8 for any :math:`K` a multiple of 8 (groups of 2, 4 and 8), up to 9 for :math:`K = 12`, 1 for
     :math:`K = 2`; heavy tails leave fewer. Infinite with fewer than 2 weights (no error bar to widen).
     The traces need only the overlaps of groups, :math:`M_k M_l^\top`, never a :math:`K \times K` matrix.
@@ -105,7 +105,7 @@ def group_spread_dof(num: int, levels: int = LEVELS) -> float:
         groups = num // size
         starts = torch.arange(groups, dtype=torch.float64) * size
         centring = torch.eye(groups, dtype=torch.float64) - 1.0 / groups
-        weight = (groups - 1) / total_dof * (size / num) / (groups - 1)  # its share, carried at the rate 1/k
+        weight = (size / num) / total_dof  # share (g-1)/sum(g-1), carried at the rate 1/k, over the g-1 of var()
         parts.append((weight, centring, starts, float(size)))
     trace = sum(weight * (len(starts) - 1) / size for weight, _, starts, size in parts)  # tr(M P M^T) = (g-1)/k
     square = 0.0
