@@ -432,7 +432,7 @@ EXPERIMENTS = [
     Experiment("ais-opaque-8x50", f"{PPCA_8D}, as a program", "8 chains x 50 temperatures x 10 leapfrog",
                ais(ppca_opaque, AISSettings(steps=50, chains=8)), 400),
     Experiment("ais-8x50-lf2", PPCA_8D, "8 chains x 50 temperatures x 2 leapfrog",
-               ais(ppca_8d, AISSettings(steps=50, chains=8, leapfrog_steps=2)), 200, 16),
+               ais(ppca_8d, AISSettings(steps=50, chains=8, leapfrog_steps=2)), 200, 40),
     Experiment("ais-8x200", PPCA_8D, "8 chains x 200 temperatures x 10 leapfrog",
                ais(ppca_8d, AISSettings(steps=200, chains=8)), 150),
     Experiment("ais-one-chain", PPCA_8D, "1 chain x 50 temperatures x 2 leapfrog",
@@ -448,7 +448,7 @@ EXPERIMENTS = [
     Experiment("sandwich-20", PPCA_8D, "20 points, 8 chains x 50 temperatures x 10 leapfrog",
                sandwiches(ppca_8d, 20, AISSettings(steps=50, chains=8)), 200),
     Experiment("sandwich-20-lf2", PPCA_8D, "20 points, 8 chains x 50 temperatures x 2 leapfrog",
-               sandwiches(ppca_8d, 20, AISSettings(steps=50, chains=8, leapfrog_steps=2)), 100, 12),
+               sandwiches(ppca_8d, 20, AISSettings(steps=50, chains=8, leapfrog_steps=2)), 100, 40),
     Experiment("sandwich-100", PPCA, "100 points, 16 chains x 100 temperatures x 5 leapfrog",
                sandwiches(ppca, 100, AISSettings(steps=100, chains=16, leapfrog_steps=5)), 200),
 ]
