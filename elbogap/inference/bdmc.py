@@ -166,7 +166,8 @@ def sandwich(model, example_x: torch.Tensor, num_points: int, settings: AISSetti
     Returns a summary (``points``, and from :func:`summarize_sandwich` ``lower``, ``upper``,
     ``width`` and their standard errors, ``reading``; ``settings``, ``seconds``) and per-point
     arrays ``x``, ``lower``, ``upper``. Where the model's posterior is a closed form, each reverse
-    chain starts from its own exact draw (:func:`exact_draws`).
+    chain starts from its own exact draw (:func:`exact_draws`). The bounds' errors combine the points'
+    jackknife errors, or for one point are that point's own (``BDMCResult.lower_stderr``, ``upper_stderr``).
     """
     settings = settings or AISSettings(init="prior")
     if settings.init != "prior":
@@ -174,8 +175,10 @@ def sandwich(model, example_x: torch.Tensor, num_points: int, settings: AISSetti
     started = time.perf_counter()
     x, z = simulate(model, example_x, num_points)
     result = bdmc(model, x, exact_draws(model, x, z, settings.chains), settings, progress)
-    summary = {"points": num_points, **summarize_sandwich(result.lower, result.lower_jackknife, result.upper,
-                                                          result.upper_jackknife),
+    one = num_points == 1  # one point's own error, the group spread's: its jackknife interval covers too little
+    summary = {"points": num_points, **summarize_sandwich(result.lower, result.lower_stderr if one else
+                                                          result.lower_jackknife, result.upper,
+                                                          result.upper_stderr if one else result.upper_jackknife),
                "settings": settings.to_dict(), "seconds": time.perf_counter() - started}
     return summary, {"x": x, "lower": result.lower, "upper": result.upper}
 

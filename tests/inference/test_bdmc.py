@@ -1,5 +1,6 @@
 """BDMC on the linear-Gaussian model: the sandwich holds the exact evidence and narrows with more temperatures."""
 
+import pytest
 import torch
 
 from elbogap.inference.ais import AISSettings
@@ -72,3 +73,18 @@ def test_one_simulated_point_has_no_width_error_and_says_so():
     summary = summarize_sandwich(one, torch.tensor([0.1]), one + 0.5, torch.tensor([float("nan")]))
     assert summary["width"] == 0.5 and summary["width_stderr"] != summary["width_stderr"]  # NaN, never 0
     assert "--bdmc 2" in summary["note"] and "no standard error" in summary["reading"]
+
+
+def test_a_sandwich_of_one_point_reports_that_points_own_errors_not_its_jackknifes():
+    """One point's own ± is the group spread's; its jackknife interval covers too little under a right tail."""
+    model = correlated_linear_model()
+    settings = AISSettings(steps=10, chains=8, leapfrog_steps=2)
+    example = torch.zeros(1, 12, dtype=torch.float64)
+    torch.manual_seed(3)
+    summary, _ = sandwich(model, example, 1, settings)
+    torch.manual_seed(3)  # the same draws again, through the parts sandwich is made of
+    x, z = simulate(model, example, 1)
+    result = bdmc(model, x, exact_draws(model, x, z, settings.chains), settings)
+    assert summary["lower_stderr"] == pytest.approx(float(result.lower_stderr[0]))
+    assert summary["upper_stderr"] == pytest.approx(float(result.upper_stderr[0]))
+    assert float(result.lower_stderr[0]) != pytest.approx(float(result.lower_jackknife[0]))

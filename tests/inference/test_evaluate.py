@@ -178,3 +178,20 @@ def test_each_points_interval_widens_its_error_by_students_t_for_its_degrees_of_
         assert torch.allclose((high + low) / 2, evaluation.per_point[key].double())
     with pytest.raises(KeyError, match="kl_gap"):
         evaluation.interval("kl_gap")
+
+
+def test_a_mean_over_one_point_takes_that_points_own_error(linear_model, linear_data):
+    """AIS on one row: the split's error is the point's own (the group spread's), not its jackknife, which a mean over
+    many points combines."""
+    from elbogap.inference.ais import AISSettings
+
+    guide = optimal_diag_guide(linear_model, scale_factor=2.0)
+    for rows in (1, 3):
+        torch.manual_seed(0)
+        evaluation = evaluate(linear_model, guide, linear_data[:rows], elbo_samples=16, iw_samples=16,
+                              log_px_method="ais", ais=AISSettings(steps=10, chains=8))
+        per_point, metrics = evaluation.per_point, evaluation.metrics
+        source = per_point["log_px_ais_stderr"] if rows == 1 else per_point["log_px_ais_jackknife_stderr"]
+        expected = float(source.double().pow(2).sum().sqrt() / rows)
+        assert metrics["log_px_ais_stderr"] == pytest.approx(expected) == metrics["log_px_stderr"]
+    assert float(per_point["log_px_ais_stderr"][0]) != pytest.approx(float(per_point["log_px_ais_jackknife_stderr"][0]))
