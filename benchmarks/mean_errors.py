@@ -20,10 +20,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.coverage import positive_latent, ppca, ppca_8d, ppca_opaque, vae_2d  # noqa: E402
+from benchmarks.point_intervals import repeated_ais  # noqa: E402
 from elbogap.inference.ais import (  # noqa: E402
     AISSettings,
     AnnealingPath,
-    ais_log_px,
     anneal,
     initial_draws,
     sigmoid_schedule,
@@ -66,12 +66,8 @@ def judge(log_w: torch.Tensor) -> dict:
 
 def forward_runs(scale: float):
     for name, known_model, settings, repeats in FORWARD:
-        known = known_model()
-        log_w = []
-        for seed in range(max(2, int(repeats * scale))):
-            pyro.set_rng_seed(seed)
-            log_w.append(ais_log_px(known.model, known.x, settings).log_w.double())
-        yield name, len(log_w), judge(torch.stack(log_w))
+        results = repeated_ais(known_model(), settings, int(repeats * scale))
+        yield name, len(results), judge(torch.stack([result.log_w.double() for result in results]))
 
 
 def sandwich_runs(scale: float):

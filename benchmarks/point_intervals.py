@@ -49,13 +49,18 @@ def coverage(estimates: torch.Tensor, stderrs: torch.Tensor, dof: float) -> dict
     return out
 
 
+def repeated_ais(known, settings: AISSettings, repeats: int) -> list:
+    """AIS on ``known``'s points from seeds 0, 1, ...: ``repeats`` results, at least 2."""
+    results = []
+    for seed in range(max(2, repeats)):
+        pyro.set_rng_seed(seed)
+        results.append(ais_log_px(known.model, known.x, settings))
+    return results
+
+
 def ais_runs(scale: float):
     for name, known_model, settings, repeats in AIS_RUNS:
-        known = known_model()
-        results = []
-        for seed in range(max(2, int(repeats * scale))):
-            pyro.set_rng_seed(seed)
-            results.append(ais_log_px(known.model, known.x, settings))
+        results = repeated_ais(known_model(), settings, int(repeats * scale))
         estimates = torch.stack([r.log_px.double() for r in results])
         stderrs = torch.stack([r.stderr.double() for r in results])
         yield name, len(results), coverage(estimates, stderrs, results[0].dof)

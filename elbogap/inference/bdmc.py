@@ -33,7 +33,13 @@ from elbogap.inference.ais import (
     tune_step_sizes,
 )
 from elbogap.inference.log_joint import flatten_latents, latent_sites, observed_sites
-from elbogap.inference.weights import group_spread_dof, jackknife_stderr, log_mean_exp, log_mean_exp_stderr
+from elbogap.inference.weights import (
+    errors_a_mean_combines,
+    group_spread_dof,
+    jackknife_stderr,
+    log_mean_exp,
+    log_mean_exp_stderr,
+)
 from elbogap.progress import Progress, as_progress
 
 
@@ -175,10 +181,9 @@ def sandwich(model, example_x: torch.Tensor, num_points: int, settings: AISSetti
     started = time.perf_counter()
     x, z = simulate(model, example_x, num_points)
     result = bdmc(model, x, exact_draws(model, x, z, settings.chains), settings, progress)
-    one = num_points == 1  # one point's own error, the group spread's: its jackknife interval covers too little
-    summary = {"points": num_points, **summarize_sandwich(result.lower, result.lower_stderr if one else
-                                                          result.lower_jackknife, result.upper,
-                                                          result.upper_stderr if one else result.upper_jackknife),
+    lower_errors = errors_a_mean_combines(result.lower_stderr, result.lower_jackknife)
+    upper_errors = errors_a_mean_combines(result.upper_stderr, result.upper_jackknife)
+    summary = {"points": num_points, **summarize_sandwich(result.lower, lower_errors, result.upper, upper_errors),
                "settings": settings.to_dict(), "seconds": time.perf_counter() - started}
     return summary, {"x": x, "lower": result.lower, "upper": result.upper}
 

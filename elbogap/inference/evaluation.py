@@ -23,6 +23,7 @@ from elbogap.inference.log_px import (
 )
 from elbogap.inference.weights import (
     FINITE_VARIANCE_KHAT,
+    errors_a_mean_combines,
     group_spread_dof,
     importance_estimate,
     interval_halfwidth,
@@ -52,7 +53,7 @@ class Evaluation:
         r"""Each point's ``level`` interval for ``per_point[key]``: the estimate :math:`\pm t_\nu` standard errors.
 
         One point's IWAE or AIS error is read off a few groups of its weights and has about 6 degrees of
-        freedom (:func:`~elbogap.inference.weights.group_spread_dof`), so its 95% interval is :math:`\pm 2.45`
+        freedom (:func:`~elbogap.inference.weights.group_spread_dof`), so its 95% interval is :math:`\pm 2.47`
         standard errors; the ELBO's has one fewer than its draws. NaN where the error is.
         """
         if key not in self.dof:
@@ -363,11 +364,12 @@ def _combined_stderr(stderr: torch.Tensor, rows: torch.Tensor | None = None) -> 
 
 
 def _mean_stderr(per_point: dict, key: str, rows: torch.Tensor | None = None) -> float:
-    """The standard error of the mean of ``per_point[key]`` over ``rows``: the points' jackknife errors combined, or,
-    for a mean over one point, that point's own error (the group spread's), since one point's jackknife interval
-    covers too little under a heavy right tail (75-88%, BENCHMARKS)."""
-    count = len(per_point[key]) if rows is None else int(rows.sum())
-    return _combined_stderr(per_point[f"{key}_stderr" if count == 1 else f"{key}_jackknife_stderr"], rows)
+    """The standard error of the mean of ``per_point[key]`` over ``rows`` (all where None), from the errors
+    :func:`~elbogap.inference.weights.errors_a_mean_combines` picks."""
+    own, jackknife = per_point[f"{key}_stderr"], per_point[f"{key}_jackknife_stderr"]
+    if rows is not None:
+        own, jackknife = own[rows], jackknife[rows]
+    return _combined_stderr(errors_a_mean_combines(own, jackknife))
 
 
 #: above this share of points whose weights have infinite variance, their errors would dominate the split's: IWAE
