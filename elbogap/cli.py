@@ -93,12 +93,16 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
 
 
 def check_writable(out: Path) -> None:
-    """Fail before any training if results could not be saved."""
+    """Fail before any training if results could not be saved; the folders made to find out are removed again, so
+    input refused after this leaves no empty ``--out`` behind (the run makes it when it has something to write)."""
     try:
+        made = [path for path in (out, *out.parents) if not path.exists()]  # deepest first
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".elbogap-write-test"
         probe.write_text("")
         probe.unlink()
+        for path in made:
+            path.rmdir()
     except OSError as error:
         raise UsageError(f"cannot write to --out {out}: {error.strerror}; choose a writable directory") from None
 

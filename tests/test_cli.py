@@ -255,3 +255,13 @@ def test_no_jit_trains_uncompiled_and_a_resume_may_not_switch(tmp_path, elbogap)
     assert json.loads((out / "results.json").read_text())["runs"][0]["compiled_loss"] is False
     code, stderr = elbogap("train", "--guide", "diag", "--resume", "--out", out, *QUICK)
     assert code == 2 and "jit" in stderr
+
+
+def test_the_write_check_leaves_no_folder_it_made_and_keeps_one_that_was_there(tmp_path):
+    from elbogap.cli import check_writable
+
+    check_writable(tmp_path / "new" / "out")
+    assert not (tmp_path / "new").exists()  # input refused after the check leaves no empty --out behind
+    (tmp_path / "kept").mkdir()
+    check_writable(tmp_path / "kept")
+    assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())

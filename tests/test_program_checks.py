@@ -110,4 +110,4 @@ def test_a_program_whose_sites_do_not_fit_is_refused_before_any_run(elbogap, stu
     assert code == 2
     assert error.startswith("elbogap: error: ") and error.count("\n") == 1 and "Traceback" not in error
     assert message.format(programs=programs) in error
-    assert not (study / "out" / "runs").exists()  # refused before any training
+    assert not (study / "out").exists()  # refused before any training, and no empty --out left behind
