@@ -63,6 +63,7 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
     if config.mode == "fixed-model":  # one model per seed, trained with the reference guide, then frozen
         check_gradient(config, data, build(config, data, config.reference_guide)[1])
         references = {seed: out / "runs" / f"reference-{config.reference_guide}-seed{seed}" for seed in config.seeds}
+    out.mkdir(parents=True, exist_ok=True)  # the input passed its checks: from here on the study writes into out
     backend = open_backend(config, out, progress)
     begun = time.perf_counter()
     results["seconds"] = {"runs": 0.0}
