@@ -42,7 +42,7 @@ from torch import nn
 from elbogap.data import load_data
 from elbogap.guides import build_guide
 from elbogap.inference import Trainer, evaluate
-from elbogap.inference.ais import AISSettings, ais_log_px
+from elbogap.inference.ais import AISSettings, ais_log_px, pilot_steps
 from elbogap.model import VAE
 
 HIDDEN, LATENT, BATCH, LR = 400, 50, 128, 1e-3
@@ -254,9 +254,8 @@ def evaluation_stage(model, guide, test, iw_samples, slices, results):
 def ais_stage(model, test, settings: AISSettings, slices, results):
     """elbogap's AIS on ``slices`` slices of ``test``, with its decoder-gradient roofline beside each."""
     gradient_flops = 2 * 2 * (LATENT * HIDDEN + HIDDEN * test.shape[1])  # forward + backward to z, per gradient
-    pilot_steps = max(settings.bands, round(settings.pilot_fraction * settings.steps))
     # per chain: one evaluation at the start of each run, then leapfrog_steps per transition, pilot and reported run
-    gradients_per_chain = 2 + (settings.steps + pilot_steps) * settings.leapfrog_steps
+    gradients_per_chain = 2 + (settings.steps + pilot_steps(settings)) * settings.leapfrog_steps
     seconds = roofline = 0.0
     log_px, acceptance = [], []
     reset_peak_memory()

@@ -83,7 +83,7 @@ def ais_evidence(model, data: torch.Tensor, settings: AISSettings | None = None,
                  progress: bool | Progress = False) -> Evidence:
     r""":math:`\log p(D)` by forward AIS from the prior, :math:`\log \frac1K \sum_k w_k` over ``settings.chains``.
 
-    A pilot run of ``pilot_fraction * steps`` transitions tunes the step sizes, which the
+    A pilot run of :func:`~elbogap.inference.ais.pilot_steps` transitions tunes the step sizes, which the
     reported run then uses frozen. ``progress`` shows a bar over the transitions.
     """
     settings = settings or AISSettings()

@@ -19,10 +19,11 @@ bound [2]: the pair is bidirectional Monte Carlo (:mod:`elbogap.inference.bdmc`)
 estimate then depends on the guide again (through its variance, not its expectation).
 
 Step sizes are tuned per data point in a short pilot run toward a target acceptance rate, one
-per temperature band, then frozen: the reported run uses fixed transitions, so it is a valid
-AIS estimator. Pyro has no AIS, and its HMC kernel cannot run independent chains per data point;
-the leapfrog integrator is written here because Pyro's ``velocity_verlet`` sums the potential
-to a scalar, and per-chain acceptance needs per-chain energies.
+per temperature band (at least five pilot transitions each, :func:`pilot_steps`), then frozen:
+the reported run uses fixed transitions, so it is a valid AIS estimator. Pyro has no AIS, and its
+HMC kernel cannot run independent chains per data point; the leapfrog integrator is written here
+because Pyro's ``velocity_verlet`` sums the potential to a scalar, and per-chain acceptance needs
+per-chain energies.
 
 References:
 
@@ -64,6 +65,7 @@ class AISSettings:
     :param float target_accept: acceptance rate the pilot run tunes step sizes toward.
     :param int bands: temperature bands with a step size each.
     :param float pilot_fraction: the pilot run's transitions, as a share of ``steps``.
+    :param int pilot_per_band: the pilot run's fewest transitions per band (:func:`pilot_steps`).
     """
 
     steps: int = 500
@@ -73,9 +75,11 @@ class AISSettings:
     target_accept: float = 0.65
     bands: int = 10
     pilot_fraction: float = 0.25
+    pilot_per_band: int = 5
 
     def gradient_evaluations(self) -> int:
-        """Decoder gradient evaluations per data point in the reported run (the pilot adds ``pilot_fraction``)."""
+        """Decoder gradient evaluations per data point in the reported run (the pilot adds :func:`pilot_steps` of
+        ``steps`` as many)."""
         return self.steps * self.chains * self.leapfrog_steps
 
     def to_dict(self) -> dict:
@@ -274,12 +278,21 @@ def initial_draws(path: AnnealingPath, chains: int) -> torch.Tensor:
 
 
 def pilot_steps(settings: AISSettings) -> int:
-    """Transitions of the pilot run that tunes the step sizes."""
-    return max(settings.bands, round(settings.pilot_fraction * settings.steps))
+    """Transitions of the pilot run that tunes the step sizes: ``pilot_fraction * steps``, and at least
+    ``pilot_per_band`` per temperature band.
+
+    Each band's step size is the mean of the adapted ones over its transitions. With one or two (50 temperatures
+    and a quarter of them in the pilot, over 10 bands) it is little more than a draw from the adaptation's path: the
+    step sizes, and with them each point's AIS bias, change from run to run by more than the chains' spread within a
+    run shows, so the error bars cover too little (88% for a 95% interval), and the bias is twice what it is after a
+    pilot of five per band (``benchmarks/pilot.py``; BENCHMARKS, "The pilot run's length").
+    """
+    bands = min(settings.bands, settings.steps)
+    return max(settings.pilot_per_band * bands, round(settings.pilot_fraction * settings.steps))
 
 
 def tune_step_sizes(path: AnnealingPath, settings: AISSettings, initial_step: float = 0.5, bar=None) -> torch.Tensor:
-    """A pilot run of ``pilot_fraction * steps`` transitions that adapts step sizes; ``(bands, batch)``."""
+    """A pilot run of :func:`pilot_steps` transitions that adapts step sizes; ``(bands, batch)``."""
     batch = path.batch_size
     bands = min(settings.bands, settings.steps)
     start = torch.full((bands, batch), initial_step, dtype=path.x.dtype, device=path.x.device)

@@ -14,6 +14,7 @@ from elbogap.inference.ais import (
     ChainState,
     ais_log_px,
     hmc_transition,
+    pilot_steps,
     sigmoid_schedule,
 )
 from elbogap.inference.bdmc import simulate
@@ -79,7 +80,7 @@ def test_ais_matches_the_exact_evidence_where_iwae_from_the_best_diagonal_guide_
     assert error < 3 * stderr  # a lower bound in expectation: not above the truth beyond its noise
     assert ((result.acceptance > 0.3) & (result.acceptance < 1)).all()
 
-    equal_cost = int(ACCURATE.gradient_evaluations() * (1 + ACCURATE.pilot_fraction))
+    equal_cost = ACCURATE.gradient_evaluations() * (ACCURATE.steps + pilot_steps(ACCURATE)) // ACCURATE.steps
     iwae = evaluate(model, optimal_diag_guide(model), x, iw_samples=equal_cost, elbo_samples=1,
                     log_px_method="iwae").per_point
     iwae_error, iwae_stderr = mean_and_stderr(iwae["log_px"] - exact, iwae["log_px_stderr"])
