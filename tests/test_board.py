@@ -66,7 +66,7 @@ def test_with_two_workers_the_driver_names_each_runs_evaluation_phases_in_a_log(
     assert shown.returncode == 0, shown.stderr
     log = shown.stderr
     for run in ("diag-seed0", "iaf-seed0"):
-        for phase in ("training (30 steps)", "evaluate train", "evaluate test › AIS on 20 points (20 transitions)",
+        for phase in ("training (30 steps)", "evaluate train", "evaluate test › AIS on 20 points (60 transitions)",
                       "BDMC on 2 points"):
             assert f" {run}  {phase}" in log, log
     assert "\r" not in log  # nothing redrawn in a log
