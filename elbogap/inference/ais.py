@@ -78,8 +78,8 @@ class AISSettings:
     pilot_per_band: int = 5
 
     def gradient_evaluations(self) -> int:
-        """Decoder gradient evaluations per data point in the reported run (the pilot adds :func:`pilot_steps` of
-        ``steps`` as many)."""
+        """Decoder gradient evaluations per data point in the reported run; the pilot run adds
+        ``pilot_steps(self) * chains * leapfrog_steps`` (:func:`pilot_steps`)."""
         return self.steps * self.chains * self.leapfrog_steps
 
     def to_dict(self) -> dict:
@@ -284,8 +284,8 @@ def pilot_steps(settings: AISSettings) -> int:
     Each band's step size is the mean of the adapted ones over its transitions. With one or two (50 temperatures
     and a quarter of them in the pilot, over 10 bands) it is little more than a draw from the adaptation's path: the
     step sizes, and with them each point's AIS bias, change from run to run by more than the chains' spread within a
-    run shows, so the error bars cover too little (88% for a 95% interval), and the bias is twice what it is after a
-    pilot of five per band (``benchmarks/pilot.py``; BENCHMARKS, "The pilot run's length").
+    run shows, so the error bars cover too little (89% for a 95% interval), and the bias is twice what it is after a
+    pilot of five per band (``benchmarks/pilot.py``; BENCHMARKS, "The AIS pilot's length").
     """
     bands = min(settings.bands, settings.steps)
     return max(settings.pilot_per_band * bands, round(settings.pilot_fraction * settings.steps))
