@@ -192,7 +192,7 @@ def _ais(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPx
     info = {"samples": ais.chains, "ais": run}
     if ais.chains < 2:
         info["log_px_note"] = "AIS with one chain has no standard error (shown as NaN): use --ais-chains 2 or more"
-    return LogPxEstimate(result.log_px, result.stderr, info, result.jackknife_stderr, group_spread_dof(ais.chains))
+    return LogPxEstimate(result.log_px, result.stderr, info, result.jackknife_stderr, result.dof)
 
 
 def ais_against_iwae(per_point: dict, rows: torch.Tensor, threshold: float = 3.0) -> dict:
