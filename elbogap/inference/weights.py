@@ -25,6 +25,8 @@ from scipy import stats
 
 #: group sizes K/2, K/4, ... whose spread :func:`log_mean_exp_stderr` measures
 LEVELS = 3
+#: the fewest columns on which the :math:`1/k^2` term of the group variances is fitted (:func:`_curvature_factor`)
+CURVATURE_COLUMNS = 4
 
 
 def log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
@@ -47,6 +49,13 @@ def log_mean_exp_stderr(log_w: torch.Tensor, levels: int = LEVELS, pool: torch.T
     .. math::
 
         \widehat{\mathrm{Var}}\,\hat L_K = \frac{\sum_k (g_k - 1)\, v_k\, (K/k)^{s}}{\sum_k (g_k - 1)}.
+
+    Where the variances fall at least as fast as :math:`1/k` (:math:`s = -1`), a left tail of :math:`\log w`
+    (AIS chains that fell behind) leaves a :math:`1/k^2` term in the smallest groups that carrying at :math:`1/k`
+    would keep (one point's error 1.3x too large, measured on AIS of a positive latent); on 4 or more columns
+    that term is fitted and taken out (:func:`_curvature_factor`), and on fewer, where a fit to one or two points'
+    variances would be as noisy as the term, the error stays on the safe side. Chains stuck far below the others
+    (a gap of 10 nats) are beyond a second-order term: their error stays about twice the spread.
 
     Only the largest groups are used: a group of a few AIS chains is dragged down by a chain
     that got stuck (a long left tail of :math:`\log w`) that barely moves :math:`\hat L_K`, and
@@ -76,8 +85,11 @@ def log_mean_exp_stderr(log_w: torch.Tensor, levels: int = LEVELS, pool: torch.T
     pools = [pool, ~pool] if pool is not None and bool(pool.any()) and not bool(pool.all()) else [every]
     result = torch.zeros_like(variances[0])
     for columns in pools:
-        slope = _slopes(sizes, [var[columns] for var in variances], dofs)
+        pooled = _pooled([var[columns] for var in variances])
+        slope = _slopes(sizes, pooled, dofs)
         total = sum(dof * var * (num / size) ** slope for size, var, dof in zip(sizes, variances, dofs, strict=True))
+        if slope == -1.0 and int(columns.sum()) >= CURVATURE_COLUMNS:
+            total = total * _curvature_factor(sizes, pooled, dofs)
         result = torch.where(columns, total / sum(dofs), result)
     return result.sqrt()
 
@@ -182,19 +194,51 @@ def _no_error_bar(log_w: torch.Tensor) -> torch.Tensor:
     return torch.full(log_w.shape[1:], float("nan"), dtype=torch.float64, device=log_w.device)
 
 
-def _slopes(sizes: list[int], variances: list[torch.Tensor], dofs: list[int]) -> float:
-    """The power of k by which the group variances fall, fitted to their means over the columns, in [-1, 0]."""
-    pooled = [float(var[~var.isnan()].mean()) if bool((~var.isnan()).any()) else math.nan for var in variances]
+def _pooled(variances: list[torch.Tensor]) -> list[float]:
+    """Each level's group variance, averaged over the columns that have one (NaN where none has)."""
+    return [float(var[~var.isnan()].mean()) if bool((~var.isnan()).any()) else math.nan for var in variances]
+
+
+def _weighted_fit(x: list[float], y: list[float], dofs: list[int]) -> tuple[float, float]:
+    """Intercept and slope of the least-squares line through ``(x, y)``, weighted by ``dofs``."""
+    x_, y_ = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+    w = torch.tensor(dofs, dtype=torch.float64)
+    x_mean, y_mean = (w * x_).sum() / w.sum(), (w * y_).sum() / w.sum()
+    slope = (w * (x_ - x_mean) * (y_ - y_mean)).sum() / (w * (x_ - x_mean).pow(2)).sum()
+    return float(y_mean - slope * x_mean), float(slope)
+
+
+def _slopes(sizes: list[int], pooled: list[float], dofs: list[int]) -> float:
+    """The power of k by which the pooled group variances fall, in [-1, 0]."""
     if len(sizes) < 2 or any(math.isnan(v) for v in pooled):
         return 0.0
     if min(pooled) <= 0.0:  # equal weights (an exact proposal): no noise to extrapolate
         return -1.0
-    x = torch.tensor([math.log(size) for size in sizes], dtype=torch.float64)
-    y = torch.tensor([math.log(v) for v in pooled], dtype=torch.float64)
-    w = torch.tensor(dofs, dtype=torch.float64)
-    x_mean, y_mean = (w * x).sum() / w.sum(), (w * y).sum() / w.sum()
-    slope = (w * (x - x_mean) * (y - y_mean)).sum() / (w * (x - x_mean).pow(2)).sum()
-    return float(slope.clamp(-1.0, 0.0))
+    _, slope = _weighted_fit([math.log(size) for size in sizes], [math.log(v) for v in pooled], dofs)
+    return min(max(slope, -1.0), 0.0)
+
+
+def _curvature_factor(sizes: list[int], pooled: list[float], dofs: list[int]) -> float:
+    r"""The share of the levels' variance carried at :math:`1/k` that is not the :math:`1/k^2` term.
+
+    :math:`\mathrm{Var} \log \bar w_k = c^2/k + (\tfrac52 c^4 - \gamma)/k^2 + O(k^{-3})`, with :math:`c^2` and
+    :math:`\gamma` the second and third central moments of :math:`w/\mathrm{E}\,w` (a Taylor expansion of the
+    log). A left tail of :math:`\log w` (AIS chains that fell behind: :math:`\gamma < 0`) makes the second term
+    large in groups of a few weights, where carrying at :math:`1/k` keeps it. :math:`k\,\bar v_k = a + b/k` is
+    fitted to the pooled variances (weighted by their degrees of freedom) and each level is carried to the
+    largest group size :math:`k_1` as :math:`(a + b/k_1)/(a + b/k)`; the factor returned is the pooled ratio of
+    the corrected levels to the uncorrected ones, 1 where :math:`b \le 0`. One factor for every column keeps each
+    level's share, and so :func:`group_spread_dof`.
+    """
+    scaled = [v * size for v, size in zip(pooled, sizes, strict=True)]  # k v_k
+    intercept, curvature = _weighted_fit([1.0 / size for size in sizes], scaled, dofs)
+    if curvature <= 0.0 or intercept <= 0.0:
+        return 1.0
+    top = sizes[0]
+    carried = [dof * v for v, dof in zip(scaled, dofs, strict=True)]  # each level at the rate 1/k, up to 1/K
+    corrected = [c * (intercept + curvature / top) / (intercept + curvature / size)
+                 for c, size in zip(carried, sizes, strict=True)]
+    return sum(corrected) / sum(carried)
 
 
 def effective_sample_size(log_w: torch.Tensor) -> torch.Tensor:
