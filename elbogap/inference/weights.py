@@ -25,8 +25,10 @@ from scipy import stats
 
 #: group sizes K/2, K/4, ... whose spread :func:`log_mean_exp_stderr` measures
 LEVELS = 3
-#: the fewest columns on which the :math:`1/k^2` term of the group variances is fitted (:func:`_curvature_factor`)
+#: the fewest columns (points evaluated together) on which :func:`_curvature_factor` fits the :math:`1/k^2` term
 CURVATURE_COLUMNS = 4
+#: columns whose group variance is over this many times the median column's are left out of that fit
+OUTLYING_SCALE = 4.0
 
 
 def log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
@@ -51,11 +53,12 @@ def log_mean_exp_stderr(log_w: torch.Tensor, levels: int = LEVELS, pool: torch.T
         \widehat{\mathrm{Var}}\,\hat L_K = \frac{\sum_k (g_k - 1)\, v_k\, (K/k)^{s}}{\sum_k (g_k - 1)}.
 
     Where the variances fall at least as fast as :math:`1/k` (:math:`s = -1`), a left tail of :math:`\log w`
-    (AIS chains that fell behind) leaves a :math:`1/k^2` term in the smallest groups that carrying at :math:`1/k`
-    would keep (one point's error 1.3x too large, measured on AIS of a positive latent); on 4 or more columns
-    that term is fitted and taken out (:func:`_curvature_factor`), and on fewer, where a fit to one or two points'
-    variances would be as noisy as the term, the error stays on the safe side. Chains stuck far below the others
-    (a gap of 10 nats) are beyond a second-order term: their error stays about twice the spread.
+    (AIS chains that fell behind) leaves a :math:`1/k^2` term in the smallest groups, which carrying at :math:`1/k`
+    would keep. One point's error was 1.4 times its spread on AIS of a positive latent (BENCHMARKS, fifth pass).
+    On 4 or more columns that term is fitted and taken out (:func:`_curvature_factor`). On fewer it is not: a fit
+    to one or two points' variances fires on heavy right tails whose slope reads -1 by chance, and the error stays
+    on the safe side. Chains stuck far below the others (a gap of 10 nats) are beyond a second-order term, and
+    their error stays about twice the spread.
 
     Only the largest groups are used: a group of a few AIS chains is dragged down by a chain
     that got stuck (a long left tail of :math:`\log w`) that barely moves :math:`\hat L_K`, and
@@ -85,11 +88,11 @@ def log_mean_exp_stderr(log_w: torch.Tensor, levels: int = LEVELS, pool: torch.T
     pools = [pool, ~pool] if pool is not None and bool(pool.any()) and not bool(pool.all()) else [every]
     result = torch.zeros_like(variances[0])
     for columns in pools:
-        pooled = _pooled([var[columns] for var in variances])
-        slope = _slopes(sizes, pooled, dofs)
+        chosen = [var[columns] for var in variances]
+        slope = _slopes(sizes, _pooled(chosen), dofs)
         total = sum(dof * var * (num / size) ** slope for size, var, dof in zip(sizes, variances, dofs, strict=True))
-        if slope == -1.0 and int(columns.sum()) >= CURVATURE_COLUMNS:
-            total = total * _curvature_factor(sizes, pooled, dofs)
+        if slope == -1.0:
+            total = total * _curvature_factor(sizes, chosen, dofs)
         result = torch.where(columns, total / sum(dofs), result)
     return result.sqrt()
 
@@ -159,8 +162,8 @@ def jackknife_stderr(log_w: torch.Tensor) -> torch.Tensor:
     mean over points, whose variance is the sum of the points', takes its error from these
     (``benchmarks/coverage.py``). One point's own interval does not: under a heavy right tail the
     jackknife is small exactly when the large weight was not drawn, and the interval covers less
-    than its level (75-88% at 8-32 AIS chains), where :func:`log_mean_exp_stderr`'s covers 86-93%.
-    With one weight there is no error bar: NaN.
+    than its level (75-88% at 8-32 AIS chains, at +- 1.96), where :func:`log_mean_exp_stderr`'s covers 89-92%
+    (``benchmarks/point_intervals.py``). With one weight there is no error bar: NaN.
     """
     num = log_w.shape[0]
     if num < 2:
@@ -218,24 +221,34 @@ def _slopes(sizes: list[int], pooled: list[float], dofs: list[int]) -> float:
     return min(max(slope, -1.0), 0.0)
 
 
-def _curvature_factor(sizes: list[int], pooled: list[float], dofs: list[int]) -> float:
-    r"""The share of the levels' variance carried at :math:`1/k` that is not the :math:`1/k^2` term.
+def _curvature_factor(sizes: list[int], variances: list[torch.Tensor], dofs: list[int]) -> float:
+    r"""A factor for the group variances carried at :math:`1/k` that takes out most of their :math:`1/k^2` term.
 
     :math:`\mathrm{Var} \log \bar w_k = c^2/k + (\tfrac52 c^4 - \gamma)/k^2 + O(k^{-3})`, with :math:`c^2` and
     :math:`\gamma` the second and third central moments of :math:`w/\mathrm{E}\,w` (a Taylor expansion of the
-    log). A left tail of :math:`\log w` (AIS chains that fell behind: :math:`\gamma < 0`) makes the second term
-    large in groups of a few weights, where carrying at :math:`1/k` keeps it. :math:`k\,\bar v_k = a + b/k` is
-    fitted to the pooled variances (weighted by their degrees of freedom) and each level is carried to the
-    largest group size :math:`k_1` as :math:`(a + b/k_1)/(a + b/k)`; the factor returned is the pooled ratio of
-    the corrected levels to the uncorrected ones, 1 where :math:`b \le 0`. One factor for every column keeps each
-    level's share, and so :func:`group_spread_dof`.
+    log). A left tail of :math:`\log w` (AIS chains that fell behind) makes :math:`\tfrac52 c^4 - \gamma` large,
+    and groups of a few weights keep it. :math:`k\,\bar v_k = a + b/k` is fitted to the group variances averaged
+    over the columns, weighted by the levels' degrees of freedom. The fit leaves out columns whose variance is over
+    :data:`OUTLYING_SCALE` times the median column's: a few points of large variance would otherwise set the
+    curvature of every point, and shrink the errors of light-tailed ones (16 light points beside 4 left-tailed ones
+    of twice the scale: from 1.00 to 1.14 times too small; 1.00 with the rule). Each level is then carried to the
+    largest group size :math:`k_1` as :math:`(a + b/k_1)/(a + b/k)`, and from there at :math:`1/k`, which keeps the
+    term's share at :math:`k_1`, on the safe side. The factor returned is the ratio of the corrected levels to the
+    uncorrected ones. It is 1 where :math:`b \le 0`, with fewer than three levels (a line through two points fits
+    anything), or with fewer than :data:`CURVATURE_COLUMNS` columns that have every level. One factor for every
+    column keeps each level's share, and so :func:`group_spread_dof`.
     """
-    scaled = [v * size for v, size in zip(pooled, sizes, strict=True)]  # k v_k
+    scale = sum(dof * var * size for size, var, dof in zip(sizes, variances, dofs, strict=True)) / sum(dofs)
+    valid = scale.isfinite()
+    if len(sizes) < 3 or int(valid.sum()) < CURVATURE_COLUMNS:
+        return 1.0
+    typical = valid & (scale <= OUTLYING_SCALE * scale[valid].median())
+    scaled = [float(var[typical].mean()) * size for size, var in zip(sizes, variances, strict=True)]  # k v_k
     intercept, curvature = _weighted_fit([1.0 / size for size in sizes], scaled, dofs)
     if curvature <= 0.0 or intercept <= 0.0:
         return 1.0
     top = sizes[0]
-    carried = [dof * v for v, dof in zip(scaled, dofs, strict=True)]  # each level at the rate 1/k, up to 1/K
+    carried = [dof * v for v, dof in zip(scaled, dofs, strict=True)]  # each level at the rate 1/k
     corrected = [c * (intercept + curvature / top) / (intercept + curvature / size)
                  for c, size in zip(carried, sizes, strict=True)]
     return sum(corrected) / sum(carried)
