@@ -231,7 +231,7 @@ def _curvature_factor(sizes: list[int], variances: list[torch.Tensor], dofs: lis
     over the columns, weighted by the levels' degrees of freedom. The fit leaves out columns whose variance is over
     :data:`OUTLYING_SCALE` times the median column's: a few points of large variance would otherwise set the
     curvature of every point, and shrink the errors of light-tailed ones (16 light points beside 4 left-tailed ones
-    of twice the scale: from 1.00 to 1.14 times too small; 1.00 with the rule). Each level is then carried to the
+    of twice the scale: sd / s.e. from 1.00 to 1.13; 1.03 with the rule). Each level is then carried to the
     largest group size :math:`k_1` as :math:`(a + b/k_1)/(a + b/k)`, and from there at :math:`1/k`, which keeps the
     term's share at :math:`k_1`, on the safe side. The factor returned is the ratio of the corrected levels to the
     uncorrected ones. It is 1 where :math:`b \le 0`, with fewer than three levels (a line through two points fits
