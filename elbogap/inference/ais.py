@@ -77,6 +77,11 @@ class AISSettings:
     pilot_fraction: float = 0.25
     pilot_per_band: int = 5
 
+    @property
+    def band_count(self) -> int:
+        """The temperature bands in use: ``bands``, or one per temperature where there are fewer."""
+        return min(self.bands, self.steps)
+
     def gradient_evaluations(self) -> int:
         """Decoder gradient evaluations per data point in the reported run; the pilot run adds
         ``pilot_steps(self) * chains * leapfrog_steps`` (:func:`pilot_steps`)."""
@@ -287,15 +292,13 @@ def pilot_steps(settings: AISSettings) -> int:
     run shows, so the error bars cover too little (89% for a 95% interval), and the bias is twice what it is after a
     pilot of five per band (``benchmarks/pilot.py``; BENCHMARKS, "The AIS pilot's length").
     """
-    bands = min(settings.bands, settings.steps)
-    return max(settings.pilot_per_band * bands, round(settings.pilot_fraction * settings.steps))
+    return max(settings.pilot_per_band * settings.band_count, round(settings.pilot_fraction * settings.steps))
 
 
 def tune_step_sizes(path: AnnealingPath, settings: AISSettings, initial_step: float = 0.5, bar=None) -> torch.Tensor:
     """A pilot run of :func:`pilot_steps` transitions that adapts step sizes; ``(bands, batch)``."""
     batch = path.batch_size
-    bands = min(settings.bands, settings.steps)
-    start = torch.full((bands, batch), initial_step, dtype=path.x.dtype, device=path.x.device)
+    start = torch.full((settings.band_count, batch), initial_step, dtype=path.x.dtype, device=path.x.device)
     betas = sigmoid_schedule(pilot_steps(settings), dtype=path.x.dtype)
     _, step_sizes, _ = anneal(path, path.start(settings.chains), betas, start,
                               settings.leapfrog_steps, adapt_toward=settings.target_accept, bar=bar)
