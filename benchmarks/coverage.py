@@ -29,26 +29,32 @@ from typing import NamedTuple
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from torch.distributions import kl_divergence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.calibration import Calibration, calibrate  # noqa: E402
+from elbogap.global_latents.evidence import EvidenceSettings, ais_evidence  # noqa: E402
+from elbogap.global_latents.model import GlobalLatentModel  # noqa: E402
 from elbogap.guides import build_guide  # noqa: E402
 from elbogap.guides.program import ProgramGuide  # noqa: E402
 from elbogap.inference import evaluate, quadrature_log_px, train  # noqa: E402
 from elbogap.inference.ais import AISSettings  # noqa: E402
 from elbogap.inference.bdmc import bdmc, sandwich, simulate, summarize_sandwich  # noqa: E402
 from elbogap.inference.gaps import KnownLogPx, gap_decomposition  # noqa: E402
+from elbogap.inference.weights import group_spread_dof, log_mean_exp, log_mean_exp_stderr  # noqa: E402
 from elbogap.model import VAE, LinearGaussian  # noqa: E402
 from elbogap.threads import intra_op_threads  # noqa: E402
 from elbogap.user_model import ProgramModel  # noqa: E402
 from tests.conftest import diag_gap_closed_form, draw_linear_data, known_linear_model, optimal_diag_guide  # noqa: E402
+from tests.global_latents import truth as global_truth  # noqa: E402
 from tests.inference.test_ais import correlated_linear_model  # noqa: E402
 
 #: what each estimator's 95% intervals should cover: the truth, or the long-run mean of a stochastic bound
 JUDGED_AGAINST = {"ELBO": "truth", "KL gap": "truth", "approximation gap": "truth", "amortization gap": "truth",
-                  "IWAE": "mean", "AIS": "mean", "reverse AIS": "mean", "BDMC width": "mean"}
+                  "IWAE": "mean", "AIS": "mean", "reverse AIS": "mean", "BDMC width": "mean",
+                  "weights, one column": "mean"}
 RATIO_AIM = (0.8, 1.25)
 COVERAGE_AIM = (0.90, 0.98)
 
@@ -386,6 +392,82 @@ def ppca_gaps(repeats: int) -> Rows:
     return {("approximation gap", where): approx_gap, ("amortization gap", where): amort_gap}
 
 
+def one_column(draw: Callable[[int, torch.Generator], torch.Tensor], weights: int,
+               truth: float) -> Callable[[int], Rows]:
+    """The log-mean of ``weights`` importance weights, one column at a time (one data set's evidence, one point): the
+    error of :func:`~elbogap.inference.weights.log_mean_exp_stderr` on its own column, with its degrees of freedom."""
+
+    def run(repeats: int) -> Rows:
+        rows = Repeats()
+        for seed in range(repeats):
+            log_w = draw(weights, torch.Generator().manual_seed(seed))[:, None]
+            rows.add(log_mean_exp(log_w)[0], log_mean_exp_stderr(log_w)[0], truth, group_spread_dof(weights))
+        return {("weights, one column", f"{weights} weights"): rows}
+
+    return run
+
+
+def lognormal(sigma: float):
+    return lambda count, generator: sigma * torch.randn(count, generator=generator, dtype=torch.float64)
+
+
+def pareto(shape: float):
+    """log w of Pareto weights, w = u^(-shape): a tail of that shape (infinite variance above 0.5), E w =
+    1/(1-shape)."""
+    return lambda count, generator: -shape * torch.rand(count, generator=generator, dtype=torch.float64).log()
+
+
+def global_evidence(program, data: torch.Tensor, exact: float) -> Callable[[int], Rows]:
+    """log p(D) of a model with global latents at elbogap's default settings (AIS from the fitted reference), from
+    each seed."""
+
+    def run(repeats: int) -> Rows:
+        rows = Repeats()
+        model = GlobalLatentModel(program, data, "model")
+        for seed in range(repeats):
+            pyro.set_rng_seed(seed)
+            evidence = ais_evidence(model, data, EvidenceSettings())
+            rows.add(evidence.log_evidence, evidence.stderr, exact, evidence.dof)
+        return {("AIS", "log p(D), from a fitted reference"): rows}
+
+    return run
+
+
+def masked_program(data):
+    features, targets = data[:, :-1], data[:, -1]
+    w = pyro.sample("w", dist.Normal(data.new_zeros(2), 1.0).to_event(1))
+    with pyro.plate("data", data.shape[0]), poutine.mask(mask=torch.arange(data.shape[0]) < data.shape[0] // 2):
+        pyro.sample("y", dist.Normal((features * w).sum(-1), 1.0), obs=targets)
+
+
+def tempered_program(data):
+    features, targets = data[:, :-1], data[:, -1]
+    w = pyro.sample("w", dist.Normal(data.new_zeros(2), 1.0).to_event(1))
+    with pyro.plate("data", data.shape[0]), poutine.scale(scale=0.5):
+        pyro.sample("y", dist.Normal((features * w).sum(-1), 1.0), obs=targets)
+
+
+def conjugate_evidence() -> tuple:
+    data = global_truth.regression_data(8, 2, seed=3)
+    both = data.double()
+    return (global_truth.regression_model(1.0, 1.0), data,
+            global_truth.regression_log_evidence(both[:, :-1], both[:, -1], 1.0, 1.0))
+
+
+def masked_evidence() -> tuple:
+    data = global_truth.regression_data(40, 2, seed=3)
+    kept = data[:20].double()
+    return masked_program, data, global_truth.regression_log_evidence(kept[:, :-1], kept[:, -1], 1.0, 1.0)
+
+
+def tempered_evidence() -> tuple:
+    data = global_truth.regression_data(40, 2, seed=3)
+    both = data.double()
+    exact = (global_truth.regression_log_evidence(both[:, :-1], both[:, -1], 1.0, math.sqrt(2.0))
+             + 20 * math.log(4 * math.pi) - 10 * math.log(2 * math.pi))
+    return tempered_program, data, exact
+
+
 @dataclass(frozen=True)
 class Experiment:
     """One setting of one model, run ``repeats`` times (``quick_repeats`` under ``--quick``; None: not quick).
@@ -408,7 +490,28 @@ PPCA_8D = "PPCA 12-D x, 8-D z"
 PPCA_WIDE = "PPCA 1000-D x, float32"
 VAE_2D = "VAE 12-D x, 2-D z"
 POSITIVE = "program: s ~ HalfNormal, 3-D x"
+SCHOOLS = global_truth.eight_schools_data()
 EXPERIMENTS = [
+    Experiment("one-column-light-64", "log w ~ N(0, 0.5^2)", "one column of 64 weights",
+               one_column(lognormal(0.5), 64, 0.125), 800, 200),
+    Experiment("one-column-light-256", "log w ~ N(0, 0.5^2)", "one column of 256 weights",
+               one_column(lognormal(0.5), 256, 0.125), 800),
+    Experiment("one-column-lognormal-1", "log w ~ N(0, 1)", "one column of 256 weights",
+               one_column(lognormal(1.0), 256, 0.5), 800, may_decline=True),
+    Experiment("one-column-pareto", "Pareto weights, shape 0.7 (infinite variance)", "one column of 256 weights",
+               one_column(pareto(0.7), 256, -math.log(0.3)), 800, may_decline=True),
+    Experiment("evidence-conjugate", "conjugate regression, 8 rows, 2 weights", "elbogap's default log p(D)",
+               global_evidence(*conjugate_evidence()), 100, 20),
+    Experiment("evidence-scale", "mu ~ N, tau ~ HalfNormal, 4 rows", "elbogap's default log p(D)",
+               global_evidence(global_truth.scale_model(), global_truth.scale_data(4, seed=1),
+                               global_truth.scale_log_evidence(global_truth.scale_data(4, seed=1)[:, 0].double())), 60),
+    Experiment("evidence-schools", "eight schools, HalfCauchy spread", "elbogap's default log p(D)",
+               global_evidence(global_truth.eight_schools_model(), SCHOOLS,
+                               global_truth.eight_schools_log_evidence(SCHOOLS[:, 0], SCHOOLS[:, 1])), 100),
+    Experiment("evidence-masked", "regression, 40 rows, half masked (poutine.mask)", "elbogap's default log p(D)",
+               global_evidence(*masked_evidence()), 60),
+    Experiment("evidence-tempered", "regression, 40 rows, likelihood ^ 1/2 (poutine.scale)",
+               "elbogap's default log p(D)", global_evidence(*tempered_evidence()), 60),
     Experiment("ppca-elbo", PPCA, "diag encoder, 64 draws",
                elbo_and_kl_gap(ppca, elbo_samples=64, log_px_method="exact"), 100, 20),
     Experiment("vae-2d", VAE_2D, "diag encoder, 256 draws, quadrature 32^2",

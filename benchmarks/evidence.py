@@ -1,12 +1,16 @@
-"""The cost of the evidence log p(D) of models with global latents: AIS and NUTS on the three examples.
+"""log p(D) of models with global latents, before and after: AIS from the prior against AIS from a fitted reference.
 
-    python benchmarks/evidence.py [--steps 2000] [--chains 256] [--nuts-warmup 500] [--nuts-samples 500]
+    python benchmarks/evidence.py [--cases eight-schools,logistic,...] [--repeats 1]
 
-For each example model on its data (examples/): the size of the latent vector, AIS's work
-(chains x temperatures x leapfrog steps, with the pilot run) and wall time with the chains batched
-by ``torch.func.vmap`` and, side by side on a slice of the same run, one program call per chain;
-the time of one guide's ELBO evaluation (``--iw-samples`` draws); and the time of the NUTS
-reference (2 chains, run one after another). One intra-op thread, as the runs use.
+For each case of ``benchmarks/global_cases.py``, side by side in one run, on one intra-op thread (as runs use):
+
+- *before*: AIS from the prior at the former defaults, 256 chains x 2000 temperatures x 10 leapfrog steps
+  (``--evidence-start prior --evidence-steps 2000``, ``--leapfrog-steps 10``);
+- *after*: elbogap's default (``elbogap.global_latents.evidence``): tempered SMC and SVI place a Gaussian
+  reference, then AIS from it with the temperatures a pilot run says reach a standard error of 0.02.
+
+Each row: seconds, the estimate, its standard error, its error against the exact value (where one exists) in
+standard errors, and the reference's effective draws (the weighted final states).
 """
 
 import argparse
@@ -17,75 +21,46 @@ from pathlib import Path
 import pyro
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from elbogap.global_latents.evaluation import guide_draws  # noqa: E402
-from elbogap.global_latents.evidence import EvidencePath, ais_evidence  # noqa: E402
-from elbogap.global_latents.guides import GlobalAutoGuide  # noqa: E402
+from benchmarks.global_cases import cases  # noqa: E402
+from elbogap.global_latents.evidence import EvidenceSettings, ais_evidence  # noqa: E402
 from elbogap.global_latents.model import GlobalLatentModel  # noqa: E402
-from elbogap.global_latents.reference import nuts_reference  # noqa: E402
-from elbogap.inference.ais import AISSettings, pilot_steps  # noqa: E402
+from elbogap.inference.ais import AISSettings  # noqa: E402
+
+BEFORE = AISSettings(steps=2000, chains=256, leapfrog_steps=10)
 
 
-def examples() -> dict:
-    import eight_schools
-    import logistic_regression
-    import random_effects
-
-    return {"eight schools": (eight_schools.model, eight_schools.eight_schools()),
-            "logistic regression": (logistic_regression.model, logistic_regression.breast_cancer()),
-            "random effects": (random_effects.model, random_effects.random_effects_data())}
-
-
-def gradient_ms(model, data, chains: int, vectorized: bool, repeats: int = 5) -> float:
-    """Milliseconds for the densities and gradients of ``chains`` chains at once."""
-    model.vectorized = vectorized
-    path = EvidencePath(model, data)
-    z = path.start(chains)
-    path.parts(z)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        path.parts(z)
-    return 1000 * (time.perf_counter() - start) / repeats
-
-
-def main(args):
+def main(args) -> None:
     torch.set_num_threads(1)
-    settings = AISSettings(steps=args.steps, chains=args.chains)
-    rows = []
-    for name, (program, data) in examples().items():
-        pyro.set_rng_seed(0)
-        pyro.clear_param_store()
-        model = GlobalLatentModel(program, data, name)
-        evidence = ais_evidence(model, data, settings)
-        batched, looped = gradient_ms(model, data, args.chains, True), gradient_ms(model, data, args.chains, False, 1)
-        guide = GlobalAutoGuide("AutoNormal", model, data)
-        start = time.perf_counter()
-        guide_draws(model, guide, data, args.iw_samples)
-        draws_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        reference = nuts_reference(model, data, chains=2, warmup=args.nuts_warmup, samples=args.nuts_samples)
-        nuts_seconds = time.perf_counter() - start
-        work = args.chains * (settings.steps + pilot_steps(settings)) * settings.leapfrog_steps
-        rows.append((name, len(data), model.latent_dim, work, evidence.seconds, evidence.stderr, batched, looped,
-                     draws_seconds, nuts_seconds, max(reference.diagnostics["rhat_max"].values())))
-    print(f"AIS: {args.chains} chains x {args.steps} temperatures (+{pilot_steps(settings)} pilot) x "
-          f"{settings.leapfrog_steps} leapfrog steps; ELBO from {args.iw_samples} draws of AutoNormal; NUTS 2 chains x "
-          f"({args.nuts_warmup} warm-up + {args.nuts_samples} samples)\n")
-    print("| model | rows | latents | gradient evaluations (chains x steps x leapfrog) | AIS seconds | AIS s.e. "
-          "| ms per gradient of all chains, vmap | one call per chain | ratio | ELBO seconds | NUTS seconds "
-          "| NUTS max R-hat |")
-    print("|---" * 12 + "|")
-    for name, n, dim, work, seconds, stderr, batched, looped, draws, nuts, rhat in rows:
-        print(f"| {name} | {n} | {dim} | {work:,} | {seconds:.1f} | {stderr:.3f} | {batched:.2f} | {looped:.1f} | "
-              f"{looped / batched:.0f}x | {draws:.1f} | {nuts:.1f} | {rhat:.3f} |")
+    print("| case | latents | estimator | seconds | log p(D) | s.e. | error (exact - estimate) | error / s.e. "
+          "| temperatures | effective draws |")
+    print("|---" * 10 + "|")
+    for case in cases(args.cases):
+        model = GlobalLatentModel(case.program, case.data, case.name)
+        for label, settings in (("before: AIS from the prior", BEFORE), ("after: AIS from a fitted reference",
+                                                                           EvidenceSettings())):
+            for repeat in range(args.repeats):
+                pyro.set_rng_seed(repeat)
+                started = time.perf_counter()
+                evidence = ais_evidence(model, case.data, settings)
+                seconds = time.perf_counter() - started
+                effective = float(evidence.log_w.double().softmax(0).pow(2).sum().reciprocal())
+                if case.log_evidence is None:
+                    error, ratio = "–", "–"
+                else:
+                    error = f"{case.log_evidence - evidence.log_evidence:+.3f}"
+                    ratio = f"{(case.log_evidence - evidence.log_evidence) / evidence.stderr:+.1f}"
+                print(f"| {case.name} | {model.latent_dim} | {label} | {seconds:.1f} | {evidence.log_evidence:.3f} | "
+                      f"{evidence.stderr:.3f} | {error} | {ratio} | {evidence.steps} | {effective:.0f} |", flush=True)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=lambda text: text.split(","), default=None, help="comma list of case names")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each estimator per case (seeds 0, 1, ...)")
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--chains", type=int, default=256)
-    parser.add_argument("--iw-samples", type=int, default=1000)
-    parser.add_argument("--nuts-warmup", type=int, default=500)
-    parser.add_argument("--nuts-samples", type=int, default=500)
-    main(parser.parse_args())
+    main(parse_args())

@@ -128,7 +128,7 @@ def run_compare(args) -> int:
 
 
 def run_train(args) -> int:
-    from elbogap.factory import load_dataset
+    from elbogap.factory import for_data, load_dataset
     from elbogap.failures import ProgramFailed, keep_traceback, program_failure
     from elbogap.runs import LOG, Interrupted, NumericalFault, run_one
     from elbogap.stopping import stop_requests
@@ -138,6 +138,7 @@ def run_train(args) -> int:
     out = Path(config.out)
     check_writable(out)
     data = load_dataset(config)
+    config = for_data(config, data)
     try:
         run = run_one(config, data, config.guide, config.seed, out, progress=not args.quiet, stops=stop_requests)
     except (UsageError, Interrupted, NumericalFault):

@@ -13,10 +13,13 @@ from pathlib import Path
 
 from elbogap.device import resolve_device
 from elbogap.errors import UsageError
+from elbogap.global_latents.evidence import EvidenceSettings
 from elbogap.inference.ais import INITS as AIS_INITS
 from elbogap.inference.ais import AISSettings
+from elbogap.inference.convergence import SCHEDULES
 from elbogap.inference.log_px import SETTINGS as LOG_PX_SETTINGS
 from elbogap.inference.objectives import GRADIENTS, OBJECTIVES, check_gradient
+from elbogap.inference.whitened import STARTS as EVIDENCE_STARTS
 
 #: what a setting changes, and so what a resumed run compares: ``result`` (what training computes; a
 #: checkpoint from other values is refused), ``evaluation`` (the evaluation after training; a finished run
@@ -72,16 +75,29 @@ class Config:
                                                                    short="-g", role="control")
     seeds: list[int] = setting([0, 1], "comma list of seeds; each guide is trained once per seed",
                                        short="-s", role="control")
-    steps: int = setting(2000, "SVI steps per run", short="-n", least=0)
+    steps: int | None = setting(None, "SVI steps per run; with --schedule converge, the most (default: the kind of "
+                                      "model's, 2000 for per-point latents, a cap of 20000 for global latents)",
+                                short="-n", least=0)
+    schedule: str = setting("auto", "fixed (--steps steps, the learning rate decaying by --lr-decay) | converge (drop "
+                                    "the learning rate tenfold whenever the ELBO stops rising; stop once a drop gains "
+                                    "less than --convergence-tol, or at --steps) | auto (fixed for per-point latents, "
+                                    "converge for global latents)", choices=("auto", *SCHEDULES))
+    convergence_tol: float | None = setting(None, "the ELBO (nats: per data point for per-point latents, the whole "
+                                                  "data set's for global latents) a fit may still gain and count as "
+                                                  "converged (default 0.01 and 0.02)", positive=True)
     epochs: float | None = setting(None, "passes over the training data per run (overrides --steps)", positive=True)
     batch_size: int = setting(128, "minibatch size", least=1)
-    lr: float = setting(0.003, "Adam learning rate", positive=True)
+    lr: float | None = setting(None, "Adam learning rate (default: the kind of model's, 0.003 for per-point latents, "
+                                     "0.05 for global latents, from which --schedule converge drops it)",
+                               positive=True)
     lr_decay: float = setting(0.1, "factor the learning rate decays to by the end of training (1 = constant)")
     kl_warmup: float = setting(0.0, "epochs over which the KL weight rises from 0 to 1 (0 = off)", least=0)
     objective: str = setting("elbo", "elbo (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae (importance-weighted "
                                     "bound)",
                              choices=OBJECTIVES)
-    particles: int = setting(1, "samples per data point in the training objective (K for iwae)", least=1)
+    particles: int | None = setting(None, "samples per data point in the training objective (K for iwae; default: "
+                                          "the kind of model's, 1 for per-point latents, 8 for global latents)",
+                                    least=1)
     gradient: str = setting("reparam", "reparam | stl (sticking the landing, with --objective elbo or meanfield) | "
                                        "dreg (doubly reparameterized, with --objective iwae): the estimator of the "
                                        "training gradient", choices=tuple(GRADIENTS))
@@ -118,8 +134,16 @@ class Config:
     dynamics_points: int = setting(0, "test points on which q* is refit at every evaluation during training, for the "
                                       "stacked gap bands of gap_over_training.png (0: off; costs a refit per "
                                       "evaluation)", least=0)
-    evidence_steps: int = setting(2000, "models with global latents: AIS temperatures for log p(D) (the whole data "
-                                        "set's evidence needs more than one point's)", least=1, role="evaluation")
+    evidence_start: str = setting("gaussian", "models with global latents: where the AIS chains of log p(D) start: "
+                                              "gaussian (a reference fitted once per seed by tempered SMC and SVI, "
+                                              "the chains moving in its whitened coordinates) | prior (the earlier "
+                                              "estimator, --evidence-steps temperatures from the prior)",
+                                  choices=EVIDENCE_STARTS, role="evaluation")
+    evidence_stderr: float = setting(0.02, "models with global latents: the standard error (nats) the temperatures of "
+                                           "log p(D) are chosen for, from a pilot run", positive=True,
+                                     role="evaluation")
+    evidence_steps: int = setting(4000, "models with global latents: the most AIS temperatures of log p(D) (from the "
+                                        "prior: exactly these)", least=1, role="evaluation")
     evidence_chains: int = setting(256, "models with global latents: AIS chains for log p(D) (evaluated together, "
                                         "nearly free)", least=2, role="evaluation")
     holdout: float = setting(0.0, "models with global latents: share of D's rows held out (a seeded subset); the "
@@ -198,10 +222,20 @@ class Config:
         return math.ceil(num_data / min(self.batch_size, num_data))
 
     def total_steps(self, num_data: int) -> int:
-        """``steps``, or ``epochs`` worth of minibatches when epochs are given."""
+        """``steps`` (the cap of ``--schedule converge``), or ``epochs`` worth of minibatches when epochs are given.
+
+        Unset settings take the kind of model's defaults (:func:`~elbogap.factory.for_data`) before training."""
         if self.epochs is None:
+            if self.steps is None:
+                raise ValueError("steps is unset: resolve the configuration for its data (elbogap.factory.for_data)")
             return self.steps
         return max(1, round(self.epochs * self.steps_per_epoch(num_data)))
+
+    def for_kind(self, defaults: dict) -> "Config":
+        """The configuration with its unset kind-dependent settings (None, or ``schedule="auto"``) from ``defaults``."""
+        changes = {name: value for name, value in defaults.items()
+                   if getattr(self, name) is None or getattr(self, name) == "auto"}
+        return self.replace(**changes) if changes else self
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -211,10 +245,10 @@ class Config:
         return AISSettings(steps=self.ais_steps, chains=self.ais_chains, leapfrog_steps=self.leapfrog_steps,
                            init=self.ais_init, target_accept=self.ais_target_accept)
 
-    def evidence_settings(self) -> AISSettings:
-        """The AIS settings of log p(D) for models with global latents (from the prior, always)."""
-        return AISSettings(steps=self.evidence_steps, chains=self.evidence_chains, leapfrog_steps=self.leapfrog_steps,
-                           init="prior", target_accept=self.ais_target_accept)
+    def evidence_settings(self) -> EvidenceSettings:
+        """The settings of log p(D) for models with global latents (and of their BDMC's AIS)."""
+        return EvidenceSettings(start=self.evidence_start, chains=self.evidence_chains, max_steps=self.evidence_steps,
+                                target_stderr=self.evidence_stderr, target_accept=self.ais_target_accept)
 
     def replace(self, **changes) -> "Config":
         return Config(**{**self.to_dict(), **changes})
@@ -235,13 +269,19 @@ def evaluation_changes(saved: dict, current: dict) -> list[str]:
     return [name for name in EVALUATION if saved.get(name, defaults[name]) != current[name]]
 
 
+#: settings a configuration may leave to the kind of model (None, or "auto"), resolved before training
+KIND_SETTINGS = ("lr", "steps", "schedule", "convergence_tol", "particles")
+
+
 def differences(saved: dict, current: dict) -> list[str]:
     """Names of the settings that make two configurations compute different things.
 
-    A setting the saved configuration lacks (it predates the setting) had its default.
+    A setting the saved configuration lacks (it predates the setting) had its default. A kind-dependent setting
+    left unset in ``current`` takes what the saved run resolved it to (the same kind resolves it the same way).
     """
     defaults = Config().to_dict()
-    return sorted(k for k in current if k not in RUN_CONTROL and saved.get(k, defaults.get(k)) != current[k])
+    return sorted(k for k in current if k not in RUN_CONTROL and saved.get(k, defaults.get(k)) != current[k]
+                  and not (k in KIND_SETTINGS and current[k] in (None, "auto")))
 
 
 def flag(name: str) -> str:

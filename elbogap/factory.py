@@ -9,6 +9,7 @@ from elbogap.device import resolve_device
 from elbogap.errors import UsageError
 from elbogap.guides import build_guide
 from elbogap.inference import Trainer
+from elbogap.inference.convergence import ConvergenceSettings, ConvergeSchedule
 from elbogap.model import build_model
 
 
@@ -17,6 +18,14 @@ def guide_label(guide_name: str) -> str:
     from elbogap.user_model import display_name, is_user_model
 
     return display_name(guide_name) if is_user_model(guide_name) else guide_name.replace(":", "-")
+
+
+def for_data(config: Config, data: Dataset) -> Config:
+    """``config`` with the settings it leaves to the kind of model (``lr``, ``steps``, ``schedule``,
+    ``convergence_tol``) taken from that kind's protocol (:attr:`~elbogap.protocols.Protocol.defaults`)."""
+    from elbogap.protocols import PROTOCOLS
+
+    return config.for_kind(PROTOCOLS[data.kind].defaults)
 
 
 def load_dataset(config: Config) -> Dataset:
@@ -92,10 +101,14 @@ def guide_for(config: Config, model, num_data: int, guide_name: str, example: to
     return guide.to(resolve_device(config.device))
 
 
-def check_gradient(config: Config, data: Dataset, guide) -> None:
-    """Refuse, in one line and before any training, a ``--gradient`` the guide's family or the model cannot take."""
+def check_gradient(config: Config, data: Dataset, guide, model=None) -> None:
+    """Refuse, in one line and before any training, a ``--gradient`` (or, for a mixture, an objective) the guide's
+    family or the model cannot take."""
     from elbogap.inference.stl import stl_guide
+    from elbogap.inference.train import check_components
 
+    if getattr(guide, "components", None) and model is not None:
+        check_components(model, config.objective)
     if config.gradient == "reparam":
         return
     if data.kind == "global":
@@ -104,22 +117,42 @@ def check_gradient(config: Config, data: Dataset, guide) -> None:
     stl_guide(guide, config.gradient)
 
 
-def make_trainer(config: Config, model, guide, data: Dataset, seed: int, freeze_model: bool = False) -> Trainer:
+def make_trainer(config: Config, model, guide, data: Dataset, seed: int, freeze_model: bool = False,
+                 rule: ConvergenceSettings | None = None) -> Trainer:
     """The SVI trainer a configuration describes: objective, particles, gradient estimator, learning rate and its
-    decay, KL warm-up, binarization and compilation, for ``config.total_steps`` steps on the training split."""
+    schedule (with its convergence rule: ``rule``, or the defaults at ``--convergence-tol``), KL warm-up,
+    binarization and compilation, for at most ``config.total_steps`` steps on the training split."""
+    from elbogap.protocols import PROTOCOLS
+
+    config = for_data(config, data)
     num_data = len(data.train)
     steps = config.total_steps(num_data)
-    check_gradient(config, data, guide)
+    check_gradient(config, data, guide, model)
+    protocol = PROTOCOLS[data.kind]
+    rule = rule or ConvergenceSettings(tolerance=config.convergence_tol)
+    schedule = (ConvergeSchedule(protocol.elbo_check(model, guide, data, config), rule)
+                if config.schedule == "converge" else None)
+    lr_decay = 1.0 if schedule is not None else config.lr_decay ** (1 / max(steps, 1))
+    # the fixed rule reads per-point losses; the tolerance is in the protocol's units (a whole data set's for global)
+    scale = num_data if data.kind == "global" else 1.0
     if data.kind == "global":
-        from elbogap.global_latents.protocol import batch_size
+        from elbogap.global_latents.elbo import VectorizedModelELBO
+        from elbogap.global_latents.protocol import batch_size, particle_layout
 
-        return Trainer(model, guide, data.train, batch_size(config, model, guide), config.lr, config.objective,
-                       config.particles, seed, freeze_model=freeze_model,
-                       lr_decay=config.lr_decay ** (1 / max(steps, 1)), jit=False, shuffle=model.takes_index)
+        vectorize, nesting = particle_layout(model, guide, data.train) if config.particles > 1 else (False, 1)
+        rows = batch_size(config, model, guide)
+        trainer = Trainer(model, guide, data.train, rows, config.lr, config.objective, config.particles, seed,
+                          freeze_model=freeze_model, lr_decay=lr_decay, jit=False, shuffle=model.takes_index,
+                          schedule=schedule, convergence=rule, loss_scale=scale, vectorize=vectorize,
+                          max_plate_nesting=nesting)
+        if config.particles > 1 and not vectorize and rows == num_data and config.objective == "elbo":
+            trainer.svi.loss = VectorizedModelELBO(model, config.particles)  # the program scored at once by vmap
+        return trainer
     return Trainer(model, guide, data.train, config.batch_size, config.lr, config.objective, config.particles,
-                   seed, freeze_model=freeze_model, lr_decay=config.lr_decay ** (1 / max(steps, 1)),
+                   seed, freeze_model=freeze_model, lr_decay=lr_decay,
                    kl_warmup_steps=round(config.kl_warmup * config.steps_per_epoch(num_data)),
-                   dynamic_binarize=data.dynamic, jit=config.jit, gradient=config.gradient)
+                   dynamic_binarize=data.dynamic, jit=config.jit, gradient=config.gradient, schedule=schedule,
+                   convergence=rule, loss_scale=scale)
 
 
 def fit_family(model, config: Config, data: Dataset, family: str, seed: int):
@@ -128,6 +161,7 @@ def fit_family(model, config: Config, data: Dataset, family: str, seed: int):
     ``elbogap evaluate RUN_DIR --guide B --refit``: family B seen through the decoder trained with another guide.
     """
     streams.seeded("training", seed)
+    config = for_data(config, data)
     guide = guide_for(config, model, len(data.train), family, data.train[:3])
     make_trainer(config, model, guide, data, seed, freeze_model=True).run(config.total_steps(len(data.train)))
     return guide

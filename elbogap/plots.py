@@ -58,6 +58,7 @@ def plot_training(results: dict, path: Path) -> Path:
                 right.plot([p["step"] for p in points], [p["test_log_px"] for p in points], "s-", color=color,
                            ms=3, lw=1, label=label)
                 right.plot([p["step"] for p in points], [p["test_elbo"] for p in points], ":", color=color, lw=1)
+    mark_convergence(left, results["runs"])
     left.set(xlabel="SVI step", ylabel="nats per data point",
              title="ELBO: running train (lines), test at evaluation points (dots)")
     right.set(xlabel="SVI step", ylabel="nats per data point",
@@ -75,6 +76,16 @@ def plot_training(results: dict, path: Path) -> Path:
     if measured:
         plot_snr(results, axes[2])
     return save(fig, path)
+
+
+def mark_convergence(axis, runs: list[dict]) -> None:
+    """A red cross at the end of each run's training curve whose fit did not converge (``run["converged"]``)."""
+    labelled = False
+    for run in runs:
+        if run.get("converged") is False and run.get("curve"):
+            step, elbo = run["curve"][-1]
+            axis.plot([step], [elbo], "x", color="red", ms=10, mew=2, label=None if labelled else "not converged")
+            labelled = True
 
 
 def plot_snr(results: dict, axis) -> None:

@@ -15,6 +15,8 @@ from elbogap.summary import (
     approx_gap_note,
     bound_markers,
     cell,
+    converged_cell,
+    convergence_warnings,
     on_log_px_points,
     over_seeds,
     plus_minus,
@@ -52,14 +54,18 @@ def table(runs: list[dict], split: str, columns: list[tuple[str, str]] | None = 
           count: str = "log_px_points") -> list[str]:
     """A Markdown table, one row per guide: the points (``count``), then each column as mean ± error."""
     splits = [on_log_px_points(run[split]) for run in runs]
+    main = columns is None
     columns = columns if columns is not None else main_columns(splits)
-    lines = ["| guide | points | " + " | ".join(title for _, title in columns) + " | seeds |",
-             "|---" * (len(columns) + 3) + "|"]
+    extra = " converged |" if main else ""
+    lines = ["| guide | points | " + " | ".join(title for _, title in columns) + " | seeds |" + extra,
+             "|---" * (len(columns) + 3 + main) + "|"]
     for guide in dict.fromkeys(run["guide"] for run in runs):
         mine = [metrics for run, metrics in zip(runs, splits, strict=True) if run["guide"] == guide]
         markers = bound_markers(mine)
         cells = [cell(over_seeds(mine, key), markers.get(key, "")) for key, _ in columns]
-        lines.append(f"| {guide} | {points_cell(mine[0], count)} | " + " | ".join(cells) + f" | {len(mine)} |")
+        verdict = f" {converged_cell([run for run in runs if run['guide'] == guide])} |" if main else ""
+        lines.append(f"| {guide} | {points_cell(mine[0], count)} | " + " | ".join(cells) + f" | {len(mine)} |"
+                     + verdict)
     return lines
 
 
@@ -172,11 +178,11 @@ def markdown(results: dict) -> str:
         return "\n".join(lines + ["No run has finished.", ""])
     if is_global_study(runs):
         return "\n".join(lines + global_sections(results, runs) + ["", *snr_section(runs), timing(results, runs), ""])
-    warnings = [f"- {run['guide']} seed {run['seed']}, {split}: {run[split][key]}"
-                for key in ("log_px_warning", "log_px_note")
-                for run in runs for split in ("test", "train") if key in run[split]]
+    warnings = convergence_warnings(runs) + [f"- {run['guide']} seed {run['seed']}, {split}: {run[split][key]}"
+                                             for key in ("log_px_warning", "log_px_note")
+                                             for run in runs for split in ("test", "train") if key in run[split]]
     if warnings:
-        lines += ["## log p(x) warnings", "", *warnings, ""]
+        lines += ["## Warnings", "", *warnings, ""]
     seeds = seed_counts(runs)
     for split in ("test", "train"):
         lines += [f"## {split} split ({points([run[split] for run in runs])})", "", *table(runs, split), "",
@@ -269,7 +275,7 @@ PHASE_NAMES = {"train": "training", "curve_evaluations": "evaluations during tra
 
 def objective_line(config: dict) -> str:
     """The training objective, its particles and its gradient estimator, as results.md names them."""
-    particles = config.get("particles", 1)
+    particles = config.get("particles") or 1
     text = f"{config['objective']} objective" + (f", K = {particles}" if particles > 1 else "")
     return text + f", {config.get('gradient', 'reparam')} gradient"
 
@@ -295,12 +301,12 @@ def timing(results: dict, runs: list[dict]) -> str:
 
 #: a row's columns: log p(x), the ELBO and the KL gap on ``log_px_points``; then the whole evaluated split
 #: (``num_points``); then the gap split on ``gap_points``
-CSV_METRICS = ["log_px_points", "log_px", "log_px_stderr", "elbo_log_px_points", "elbo_log_px_points_stderr",
-               "kl_gap", "kl_gap_stderr", "log_px_method", "num_points", "split_points", "elbo", "elbo_stderr",
-               "recon", "kl_prior", "log_px_iwae", "log_px_iwae_stderr", "log_px_ais", "log_px_ais_stderr", "kl_exact",
-               "gap_points", "gap_log_px", "gap_elbo", "elbo_star", "gap_kl", "approx_gap", "approx_gap_stderr",
-               "amort_gap", "amort_gap_stderr", "approx_gap_bound", "khat_mean", "khat_bad_share", "ess_mean",
-               "active_units"]
+CSV_METRICS = ["converged", "log_px_points", "log_px", "log_px_stderr", "elbo_log_px_points",
+               "elbo_log_px_points_stderr", "kl_gap", "kl_gap_stderr", "log_px_method", "num_points", "split_points",
+               "elbo", "elbo_stderr", "recon", "kl_prior", "log_px_iwae", "log_px_iwae_stderr", "log_px_ais",
+               "log_px_ais_stderr", "kl_exact", "gap_points", "gap_log_px", "gap_elbo", "elbo_star", "gap_kl",
+               "approx_gap", "approx_gap_stderr", "amort_gap", "amort_gap_stderr", "approx_gap_bound",
+               "q_star_converged", "khat_mean", "khat_bad_share", "ess_mean", "active_units"]
 #: the numbers a per-point study summarizes over seeds (results.json's ``summary``, the API's ``table()``)
 SUMMARY_KEYS = ("log_px", "elbo_log_px_points", "kl_gap", "elbo", "log_px_iwae", "recon", "kl_prior",
                 "gap_log_px", "gap_elbo", "elbo_star", "gap_kl", "approx_gap", "amort_gap")
@@ -334,7 +340,7 @@ def csv_text(results: dict) -> str:
     writer.writerow(["guide", "seed", "split", *CSV_METRICS, "train_seconds"])
     for run in finished(results["runs"]):
         for split in ("train", "test"):
-            metrics = on_log_px_points(run[split])
+            metrics = {**on_log_px_points(run[split]), "converged": run.get("converged", "")}
             writer.writerow([run["guide"], run["seed"], split, *(metrics.get(k, "") for k in CSV_METRICS),
                              run["train_seconds"]])
     return buffer.getvalue()

@@ -25,7 +25,7 @@ from elbogap.config import Config, differences, evaluation_changes
 from elbogap.data import Dataset
 from elbogap.describe import describe_model, model_text
 from elbogap.errors import UsageError
-from elbogap.factory import build, guide_label, load_dataset, make_trainer
+from elbogap.factory import build, for_data, guide_label, load_dataset, make_trainer
 from elbogap.inference import Trainer
 from elbogap.phases import Phases
 from elbogap.progress import Bars, Progress
@@ -106,6 +106,7 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
 
 
 def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, stops) -> dict:
+    config = for_data(config, data)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(run_dir / LOG)
@@ -159,7 +160,7 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
 
     def after_step(trainer: Trainer) -> None:
         step = trainer.step_count
-        if not math.isfinite(trainer.losses[-1]) or not parameters_finite(trainer.svi.params):
+        if trainer.losses and not math.isfinite(trainer.losses[-1]) or not parameters_finite(trainer.svi.params):
             raise fault(step)
         if signum := should_stop():
             save(complete=False)
@@ -182,6 +183,10 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
                 raise
             raise fault(trainer.step_count + 1) from None
     save(complete=True)
+    convergence = trainer.convergence(steps)
+    log.write(f"converged={convergence['converged']} ({convergence['rule']} rule)"
+              + (f": {convergence['reason']}" if convergence.get("reason") else ""))
+    steps = trainer.step_count
     last = curve_eval[-1] if curve_eval and curve_eval[-1]["step"] == steps else {}
     # measured at the last point of the curve, after the last step; else (no step, or a checkpoint from before) now
     snr = snr_record(last) if "snr_draws" in last else measure_snr(trainer, config.snr_draws, phases, progress)
@@ -193,6 +198,7 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
     log.write(f"seconds {phases.line()}")
     log.write(f"final {final_line(metrics)}")
     run = {"guide": guide_label(guide_name), "guide_spec": guide_name, "seed": seed, "model": described, **metrics,
+           "converged": convergence["converged"], "convergence": convergence,
            "train_seconds": fit.seconds, "seconds": phases.seconds, "steps": steps,
            "compiled_loss": trainer.svi.compiled, **snr,
            "curve": training_curve(fit.losses), "curve_eval": curve_eval,

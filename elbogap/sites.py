@@ -12,6 +12,9 @@ the log-Jacobian that keeps densities over the real vector right.
 import math
 
 import torch
+from pyro.distributions.util import scale_and_mask
+
+from elbogap.errors import UsageError
 
 
 def latent_sites(model) -> dict[str, torch.Size]:
@@ -76,3 +79,24 @@ def constrain(model, values: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
         lead = unconstrained.shape[:unconstrained.dim() - len(sites[name])]
         log_det = log_det + jacobian.reshape(*lead, -1).sum(-1)
     return out, log_det
+
+
+def scored(site: dict) -> torch.Tensor:
+    """A trace site's log-density as Pyro's ELBOs count it: ``fn.log_prob(value)`` times the site's scale, with its
+    mask (``poutine.scale``, ``poutine.mask``, ``obs_mask``: a masked entry counts 0, a tempered likelihood its
+    power)."""
+    return scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
+
+
+def check_unscaled_latents(trace, spec: str) -> None:
+    """Refuse in one line a latent site under ``poutine.scale`` or ``poutine.mask``: its draws (from the program run
+    forward) would not have the density it is scored with, which estimators that start from the prior assume."""
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or site["infer"].get("_do_not_score"):
+            continue
+        scale, mask = site["scale"], site["mask"]
+        scaled = bool(torch.as_tensor(scale != 1.0).any()) if not isinstance(scale, float) else scale != 1.0
+        if scaled or mask is not None and not (isinstance(mask, bool) and mask):
+            raise UsageError(f"the model {spec} scales or masks its latent site {name!r} (poutine.scale / "
+                             "poutine.mask); elbogap honours them on observed sites only (a tempered or masked "
+                             "likelihood): move the scale or mask to the observations")

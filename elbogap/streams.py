@@ -52,7 +52,10 @@ STREAMS: dict[str, Stream] = {stream.name: stream for stream in (
            "binarization; the counter is the epoch", scale=1_000_003),
     Stream("evaluation", "run", 10_000, "global", "the draws of the evaluation after training"),
     Stream("bdmc", "run", 20_000, "global", "the data simulated from the model and the chains of BDMC"),
-    Stream("evidence", "run", 40_000, "global", "the AIS chains of log p(D) of a model with global latents"),
+    Stream("evidence", "run", 40_000, "global", "the SMC particles, the reference fit and the AIS chains of log p(D) "
+           "of a model with global latents"),
+    Stream("held_out_evidence", "run", 45_000, "global", "the same for log p(D) of the data set with its held-out rows "
+           "(--holdout), independent of D's"),
     Stream("reference", "run", 30_000, "global", "the NUTS chains of the reference posterior (chain c adds c)"),
     Stream("holdout", "data", 13, "generator", "the rows --holdout keeps out of a global model's data set"),
     Stream("subsets", "data", 7, "generator", "the gap points and the AIS points of a split (one permutation)"),
@@ -63,6 +66,8 @@ STREAMS: dict[str, Stream] = {stream.name: stream for stream in (
            "signal-to-noise is measured"),
     Stream("snr_draws", "run", 60_000, "torch", "the gradient draws of a signal-to-noise measurement; the counter is "
            "the training step", scale=1_000_003),
+    Stream("convergence_checks", "run", 70_000, "torch", "the draws of q every ELBO check of --schedule converge "
+           "scores, the same at every check of every run (common random numbers)"),
     Stream("notebook_evaluation", "call", 0, "torch", "the draws of elbogap.evaluate"),
     Stream("notebook_ais_points", "call", 0, "generator", "the points of elbogap.evaluate that get AIS"),
 )}

@@ -132,6 +132,44 @@ def bound_markers(splits: list[dict]) -> dict[str, str]:
     return {}
 
 
+def converged_cell(runs: list[dict]) -> str:
+    """``yes``, ``no`` or ``1 of 2``: how many of a guide's runs converged by their rule (``–`` where none was
+    judged, e.g. results written before the rule)."""
+    verdicts = [run.get("converged") for run in runs]
+    if all(verdict is None for verdict in verdicts):
+        return "–"
+    done = sum(1 for verdict in verdicts if verdict)
+    return "yes" if done == len(verdicts) else "no" if done == 0 else f"{done} of {len(verdicts)}"
+
+
+#: what to do about a fit that did not converge, by the rule that judged it
+CONVERGENCE_ADVICE = {
+    "trend": "train longer (--steps or --epochs), or let elbogap train until it converges (--schedule converge)",
+    "plateau": "raise the cap (--steps) or start from a larger learning rate (--lr)",
+}
+
+
+def convergence_warnings(runs: list[dict]) -> list[str]:
+    """A Warnings line for every run whose fit did not converge: which, why, and what to do."""
+    lines = []
+    for run in runs:
+        record = run.get("convergence") or {}
+        if run.get("converged") is False:
+            lines.append(f"- {run['guide']} seed {run['seed']} did not converge ({record.get('rule')} rule): "
+                         f"{record.get('reason', '')}; its ELBO and KL gap describe an unfinished fit, not the "
+                         f"family: {CONVERGENCE_ADVICE.get(record.get('rule'), 'train longer')}")
+        for split in ("test", "train"):
+            metrics = run.get(split, {})
+            if metrics.get("q_star_converged") is False:
+                lines.append(f"- {run['guide']} seed {run['seed']}, {split}: the refit of q* stopped at its cap before "
+                             "its ELBO stopped rising: the approximation gap is overstated and the amortization gap "
+                             "understated by what it had left")
+            if metrics.get("local_fit_converged") is False:
+                lines.append(f"- {run['guide']} seed {run['seed']}, {split}: the per-point fit of the {split} points "
+                             "stopped at its cap before its ELBO stopped rising")
+    return lines
+
+
 def rows(runs: list[dict], split: str, keys: Iterable[str],
          counts: Iterable[str] = ("num_points", "log_px_points", "gap_points")) -> list[dict]:
     """One row per guide over its finished runs: for each of ``keys`` the mean over seeds, with
@@ -140,7 +178,9 @@ def rows(runs: list[dict], split: str, keys: Iterable[str],
     table = []
     for guide in dict.fromkeys(run["guide"] for run in runs):
         mine = [on_log_px_points(run[split]) for run in runs if run["guide"] == guide]
-        row = {"guide": guide, "seeds": len(mine)}
+        verdicts = [run.get("converged") for run in runs if run["guide"] == guide]
+        row = {"guide": guide, "seeds": len(mine), "converged": all(verdicts) if None not in verdicts else None,
+               "converged_seeds": sum(1 for verdict in verdicts if verdict)}
         row.update({count: mine[0][count] for count in counts if count in mine[0]})
         row.update(seed_columns(mine, keys))
         row["log_px_method"] = mine[0].get("log_px_method", mine[0].get("log_evidence_method"))

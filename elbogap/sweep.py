@@ -17,7 +17,7 @@ from elbogap.backends import Outcome, RunTask, open_backend
 from elbogap.board import Board
 from elbogap.config import Config
 from elbogap.errors import UsageError
-from elbogap.factory import build, check_gradient, guide_label, load_dataset
+from elbogap.factory import build, check_gradient, for_data, guide_label, load_dataset
 from elbogap.failures import ProgramFailed
 from elbogap.runs import LOG, Interrupted, NumericalFault
 from elbogap.stopping import stop_requests
@@ -56,12 +56,15 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
     config.validate()
     out = Path(out if out is not None else config.out)
     data = load_dataset(config)
+    config = for_data(config, data)
     for name in config.guides:  # fail on a bad guide (or one --gradient refuses) before any training, not in the middle
-        check_gradient(config, data, build(config, data, name)[1])
+        model, guide = build(config, data, name)
+        check_gradient(config, data, guide, model)
     results = {"config": config.to_dict(), "versions": versions(), "runs": []}
     references = {}
     if config.mode == "fixed-model":  # one model per seed, trained with the reference guide, then frozen
-        check_gradient(config, data, build(config, data, config.reference_guide)[1])
+        model, guide = build(config, data, config.reference_guide)
+        check_gradient(config, data, guide, model)
         references = {seed: out / "runs" / f"reference-{config.reference_guide}-seed{seed}" for seed in config.seeds}
     out.mkdir(parents=True, exist_ok=True)  # the input passed its checks: from here on the study writes into out
     backend = open_backend(config, out, progress)

@@ -20,6 +20,7 @@ from torch import nn
 from torch.distributions import biject_to, constraints, transform_to
 
 from elbogap.errors import UsageError
+from elbogap.sites import check_unscaled_latents
 
 #: Python objects handed to the notebook API (:mod:`elbogap.api`), named ``object:NAME`` in configurations.
 OBJECTS: dict[str, object] = {}
@@ -341,6 +342,7 @@ class ProgramModel(nn.Module):
         trace = trace_program(self.model, example_x, spec, "model")
         self.latent_sites, self.observed_sites, self.data_plate = find_sites(trace, example_x, spec)
         check_log_probs(trace, f"the model {spec}")
+        check_unscaled_latents(trace, spec)
         check_stable(self.model, example_x, trace, spec)
         self.latent_transforms = support_transforms(trace, self.latent_sites, spec)
         self.latent_supports = {name: trace.nodes[name]["fn"].support for name in self.latent_transforms}

@@ -47,7 +47,7 @@ def main(args: argparse.Namespace):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = study_parser(__doc__.splitlines()[0], "results-eight-schools", steps=3000)
+    parser = study_parser(__doc__.splitlines()[0], "results-eight-schools")
     return parser.parse_args(argv)
 
 

@@ -42,7 +42,7 @@ def main(args: argparse.Namespace):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = study_parser(__doc__.splitlines()[0], "results-logistic-regression", steps=2000)
+    parser = study_parser(__doc__.splitlines()[0], "results-logistic-regression")
     return parser.parse_args(argv)
 
 

@@ -60,7 +60,7 @@ def main(args: argparse.Namespace):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = study_parser(__doc__.splitlines()[0], "results-random-effects", steps=3000)
+    parser = study_parser(__doc__.splitlines()[0], "results-random-effects")
     parser.add_argument("-N", "--num-subjects", type=int, default=200, help="subjects (rows) in the synthetic data")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data")
     return parser.parse_args(argv)

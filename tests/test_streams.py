@@ -16,6 +16,8 @@ DERIVATIONS = {
     "bdmc": lambda s: s + 20_000,
     "reference": lambda s: s + 30_000,
     "evidence": lambda s: s + 40_000,
+    "held_out_evidence": lambda s: s + 45_000,
+    "convergence_checks": lambda s: s + 70_000,
     "subsets": lambda d: d + 7,
     "holdout": lambda d: d + 13,
     "train_subset": lambda d: d + 11,

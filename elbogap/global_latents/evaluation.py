@@ -25,6 +25,7 @@ from pyro import poutine
 
 from elbogap.global_latents.model import sample_sites
 from elbogap.inference.weights import group_spread_dof, importance_estimate, khat_threshold, pareto_khat
+from elbogap.sites import scored
 
 
 @dataclass
@@ -40,6 +41,29 @@ class GuideDraws:
     def log_w(self) -> torch.Tensor:
         return self.log_prior + self.log_lik - self.log_q
 
+    def __add__(self, other: "GuideDraws") -> "GuideDraws":
+        """The draws of both, in order."""
+        return GuideDraws(torch.cat([self.log_prior, other.log_prior]), torch.cat([self.log_lik, other.log_lik]),
+                          torch.cat([self.log_q, other.log_q]),
+                          {name: torch.cat([value, other.values[name]]) for name, value in self.values.items()})
+
+    @property
+    def elbo_stderr(self) -> float:
+        return float(self.log_w.double().std() / math.sqrt(len(self.log_w))) if len(self.log_w) > 1 else math.inf
+
+
+#: the most draws of q :func:`precise_draws` takes, as a multiple of the draws asked for
+MORE_DRAWS = 16
+
+
+def precise_draws(model, guide, data: torch.Tensor, count: int, stderr: float) -> GuideDraws:
+    """``count`` draws of :func:`guide_draws`, doubled until the ELBO's standard error is at most ``stderr`` (nats)
+    or the draws reach ``MORE_DRAWS * count``: the ELBO is subtracted from log p(D), whose error is about that."""
+    draws = guide_draws(model, guide, data, count)
+    while draws.elbo_stderr > stderr and len(draws.log_w) < MORE_DRAWS * count:
+        draws = draws + guide_draws(model, guide, data, len(draws.log_w))
+    return draws
+
 
 #: draws of an autoguide taken at once under an outer plate
 DRAW_CHUNK = 500
@@ -54,12 +78,12 @@ def guide_draws(model, guide, data: torch.Tensor, count: int) -> GuideDraws:
     density); otherwise, and for guide programs, one guide trace and one replayed model trace
     per draw, so any program runs, whatever it assumes about shapes.
     """
-    if getattr(guide, "vectorizable", False) and getattr(model, "draws_vectorize", True):
+    if draws_broadcast(model, guide, data):
         parts = []
         for start in range(0, count, DRAW_CHUNK):
             chunk = _plate_draws(model, guide, data, min(DRAW_CHUNK, count - start))
             if chunk is None:
-                model.draws_vectorize = False
+                guide.draws_broadcast = False
                 break
             parts.append(chunk)
         else:
@@ -72,6 +96,26 @@ def guide_draws(model, guide, data: torch.Tensor, count: int) -> GuideDraws:
 def _nesting(*traces) -> int:
     return max([-frame.dim for trace in traces for site in trace.nodes.values() if site["type"] == "sample"
                 for frame in site["cond_indep_stack"] if frame.dim is not None] or [0])
+
+
+def plate_nesting(model, guide, data: torch.Tensor) -> int:
+    """How deep the plates of ``guide`` and of ``model`` replayed on it nest (at least 1)."""
+    index = torch.arange(len(data), device=data.device)
+    with torch.no_grad():
+        example = poutine.trace(guide.guide).get_trace(data, index, len(data))
+        replayed = poutine.trace(poutine.replay(model.full_program, trace=example)).get_trace(data)
+    return max(1, _nesting(example, replayed))
+
+
+def draws_broadcast(model, guide, data: torch.Tensor) -> bool:
+    """Whether ``guide`` and ``model`` run under an outer plate of draws and score it right, found on two draws the
+    first time it is asked and kept on the guide (a program that broadcasts wrongly can make huge tensors)."""
+    if not getattr(guide, "vectorizable", False):
+        return False
+    if getattr(guide, "draws_broadcast", None) is None:
+        with torch.no_grad(), torch.random.fork_rng():
+            guide.draws_broadcast = _plate_draws(model, guide, data, 2) is not None
+    return guide.draws_broadcast
 
 
 def _plate_draws(model, guide, data: torch.Tensor, count: int) -> GuideDraws | None:
@@ -88,7 +132,7 @@ def _plate_draws(model, guide, data: torch.Tensor, count: int) -> GuideDraws | N
             out = torch.zeros(count, dtype=torch.float64, device=data.device)
             for name in names:
                 site = trace.nodes[name]
-                log_p = site["fn"].log_prob(site["value"])
+                log_p = scored(site)
                 if log_p.dim() != nesting + 1 or log_p.shape[0] != count:
                     raise ValueError(f"site {name} is not batched by the draws")
                 out = out + log_p.reshape(count, -1).double().sum(-1)
@@ -117,28 +161,25 @@ def _plate_draws(model, guide, data: torch.Tensor, count: int) -> GuideDraws | N
 
 
 def _looped_draws(model, guide, data: torch.Tensor, count: int) -> GuideDraws:
+    """``count`` guide traces one after another (any guide program runs), the model scored at all of their draws at
+    once (:meth:`~elbogap.global_latents.model.GlobalLatentModel.site_densities`, batched by vmap where it serves)."""
     index = torch.arange(len(data), device=data.device)
-    log_prior, log_lik, log_q = [], [], []
-    values = {name: [] for name in model.latent_sites}
+    log_q, values = [], {name: [] for name in model.latent_sites}
     for _ in range(count):
         guide_trace = poutine.trace(guide.guide).get_trace(data, index, len(data))
-        model_trace = poutine.trace(poutine.replay(model.full_program, trace=guide_trace)).get_trace(data)
-        log_q.append(sum(site["fn"].log_prob(site["value"]).double().sum()
+        log_q.append(sum(scored(site).double().sum()
                          for site in sample_sites(guide_trace).values() if not site["is_observed"]))
-        prior, lik = 0.0, 0.0
-        for name, site in sample_sites(model_trace).items():
-            log_p = site["fn"].log_prob(site["value"]).double().sum()
-            if name in model.latent_sites:
-                prior = prior + log_p
-            else:
-                lik = lik + log_p
-        log_prior.append(prior)
-        log_lik.append(lik)
         for name in model.latent_sites:
-            values[name].append(model_trace.nodes[name]["value"].reshape(-1))
-    stack = torch.stack
-    return GuideDraws(stack([torch.as_tensor(v) for v in log_prior]), stack([torch.as_tensor(v) for v in log_lik]),
-                      stack(log_q), {name: stack(v) for name, v in values.items()})
+            values[name].append(guide_trace.nodes[name]["value"])
+    stacked = {name: torch.stack(value) for name, value in values.items()}
+    log_prior, log_lik = [], []
+    for start in range(0, count, DRAW_CHUNK):
+        prior, lik = model.site_densities({name: value[start:start + DRAW_CHUNK] for name, value in stacked.items()},
+                                          data)
+        log_prior.append(prior.double())
+        log_lik.append(lik.double())
+    return GuideDraws(torch.cat(log_prior), torch.cat(log_lik), torch.stack([torch.as_tensor(v) for v in log_q]),
+                      {name: value.reshape(count, -1) for name, value in stacked.items()})
 
 
 def moments(values: dict[str, torch.Tensor], weights: torch.Tensor | None = None) -> dict[str, dict]:
@@ -176,4 +217,7 @@ def summarize_draws(draws: GuideDraws, num_data: int) -> dict:
         "khat": None if math.isnan(khat) else khat,  # +inf where the weights' tail has no fit
         "khat_threshold": khat_threshold(count),
     }
+    if math.isnan(metrics["log_evidence_q_stderr"]) and count > 1:
+        metrics["log_evidence_q_note"] = (f"q's importance weights have a tail too heavy for a variance (k-hat "
+                                          f"{khat:.2f}, above 0.5): q's estimate of log p(D) has no standard error")
     return metrics

@@ -1,11 +1,25 @@
-r"""The evidence :math:`\log p(D)` of a model with global latents: AIS from the prior over every latent, and BDMC.
+r"""The evidence :math:`\log p(D)` of a model with global latents: AIS from a fitted Gaussian reference, and BDMC.
 
-One AIS run anneals chains over the joint vector of all latents, global and per point,
-through :math:`f_\beta \propto p(\theta, z)\, p(D \mid \theta, z)^\beta`, with the HMC
-transitions, the sigmoid schedule and the pilot-tuned step sizes of
-:mod:`elbogap.inference.ais` (one "point": the data set). BDMC simulates data sets
-:math:`D^* \sim p(D)` together with the latents that made them (exact posterior draws for
-:math:`D^*`) and sandwiches :math:`\log p(D^*)` between forward and reverse AIS.
+The default estimate (``start="gaussian"``) runs in three stages, once per seed, independent of every guide:
+
+1. tempered SMC from the prior (:mod:`elbogap.inference.smc`, an adaptive schedule) brings particles to the
+   posterior, and their mean and covariance place a Gaussian near it;
+2. that Gaussian is refined by SVI in the coordinates it whitens (:mod:`elbogap.inference.gaussian_fit`): the
+   reference :math:`r = \mathcal{N}(m, L L^\top)`;
+3. AIS [1] anneals independent chains from exact draws of :math:`r` to the posterior along
+   :math:`r^{1-\beta} p(\theta, z, D)^\beta`, with HMC in the whitened coordinates
+   (:class:`~elbogap.inference.whitened.WhitenedPath`: a mass matrix from :math:`L`) and the pilot-tuned
+   step sizes of :mod:`elbogap.inference.ais`. A short run of ``pilot_steps`` temperatures measures the
+   standard error; the reported run is a fresh one with as many temperatures as that error says reach
+   ``target_stderr`` (its variance falls about as :math:`1/T`), at most ``max_steps``. A reported run whose error
+   is over 1.5 times the target, or whose weights' tail is too heavy for an error (PSIS :math:`\hat k` above 0.5),
+   runs again, fresh, with at least twice the temperatures (four times where it had no error).
+
+Every AIS chain's weight has expectation :math:`p(D)` whatever :math:`r` is, so the estimate is valid for any
+reference; a good one only makes it precise. ``start="prior"`` is the earlier estimator, one AIS run from
+the prior at ``max_steps`` temperatures, kept for comparison. BDMC simulates data sets
+:math:`D^* \sim p(D)` together with the latents that made them (exact posterior draws for :math:`D^*`) and
+sandwiches :math:`\log p(D^*)` between forward and reverse AIS from the prior.
 
 References:
 
@@ -16,13 +30,16 @@ References:
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
 from elbogap.inference.ais import AISSettings, AnnealingPath, anneal, pilot_steps, sigmoid_schedule, tune_step_sizes
 from elbogap.inference.bdmc import summarize_sandwich
-from elbogap.inference.weights import group_spread_dof, log_mean_exp, log_mean_exp_stderr
+from elbogap.inference.gaussian_fit import GaussianFitSettings, fit_gaussian
+from elbogap.inference.smc import SMCSettings, tempered_smc
+from elbogap.inference.weights import group_spread_dof, log_mean_exp, log_mean_exp_stderr, pareto_khat
+from elbogap.inference.whitened import STARTS, WhitenedPath, moment_match
 from elbogap.progress import Progress, as_progress
 from elbogap.threads import intra_op_threads
 
@@ -33,8 +50,12 @@ def one_thread():
     return intra_op_threads(1)
 
 
+#: a reported run whose error is over this many times the target (or that has none) runs again with more temperatures
+RETRY = 1.5
+
+
 class EvidencePath(AnnealingPath):
-    """The annealing path over every latent of a model with global latents, for one data set (a batch of one)."""
+    """The annealing path from the prior over every latent of a model with global latents (a batch of one)."""
 
     def __init__(self, model, data: torch.Tensor):
         super().__init__(model, data)
@@ -51,6 +72,45 @@ class EvidencePath(AnnealingPath):
         return self.model.prior_draws(chains, self.x)[:, None, :].to(self.x.dtype)
 
 
+@dataclass(frozen=True)
+class EvidenceSettings:
+    """How :func:`ais_evidence` estimates :math:`\\log p(D)` (see the module).
+
+    :param str start: ``"gaussian"`` (the fitted reference) or ``"prior"``.
+    :param int chains: AIS chains, evaluated together.
+    :param int max_steps: the most temperatures of the reported run (from the prior: exactly these).
+    :param float target_stderr: the standard error, in nats, the reported run's temperatures are chosen for.
+    :param int pilot_steps: temperatures of the run that measures the error.
+    :param int leapfrog_steps: leapfrog steps per HMC transition.
+    :param float target_accept: the acceptance rate step sizes are tuned toward.
+    """
+
+    start: str = "gaussian"
+    chains: int = 256
+    max_steps: int = 4000
+    target_stderr: float = 0.02
+    pilot_steps: int = 100
+    leapfrog_steps: int = 5
+    target_accept: float = 0.65
+    smc: SMCSettings = field(default_factory=SMCSettings)
+    fit: GaussianFitSettings = field(default_factory=GaussianFitSettings)
+
+    def ais(self, steps: int) -> AISSettings:
+        return AISSettings(steps=steps, chains=self.chains, leapfrog_steps=self.leapfrog_steps,
+                           target_accept=self.target_accept)
+
+    def steps_for(self, pilot_stderr: float) -> int:
+        """Temperatures for ``target_stderr``, from the pilot's error at ``pilot_steps`` (variance as 1/T), with a
+        margin of 1.5."""
+        if not math.isfinite(pilot_stderr):
+            return self.max_steps
+        wanted = 1.5 * self.pilot_steps * (pilot_stderr / self.target_stderr) ** 2
+        return int(min(self.max_steps, max(self.pilot_steps, math.ceil(wanted))))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
 class Evidence:
     r""":math:`\log p(D)` by AIS, its standard error over chains, and what the run did.
@@ -58,6 +118,7 @@ class Evidence:
     ``log_w`` ``(chains,)`` are the chains' log-weights and ``states`` ``(chains, latent_dim)``
     their final positions: weighted by :math:`w_k / \sum w`, they are draws from the posterior
     (a reference where no MCMC ran). ``acceptance`` is the mean acceptance per temperature band.
+    ``stages`` records how the reference was found and what each stage cost.
     """
 
     log_evidence: float
@@ -67,26 +128,40 @@ class Evidence:
     acceptance: torch.Tensor
     step_sizes: torch.Tensor
     seconds: float
+    steps: int = 0
+    stages: dict = field(default_factory=dict)
 
     @property
     def dof(self) -> float:
         """Degrees of freedom of ``stderr`` (:func:`~elbogap.inference.weights.group_spread_dof`), for its interval."""
         return group_spread_dof(len(self.log_w))
 
-    def summary(self, settings: AISSettings) -> dict:
+    def summary(self, settings) -> dict:
+        khat = float(pareto_khat(self.log_w.double()[:, None])[0])
         return {"log_evidence": self.log_evidence, "stderr": self.stderr, "dof": self.dof, **settings.to_dict(),
-                "acceptance": self.acceptance.tolist(), "seconds": self.seconds,
+                "steps_used": self.steps, "acceptance": self.acceptance.tolist(), "seconds": self.seconds,
+                "khat": khat if math.isfinite(khat) else None, "stages": self.stages,
                 "effective_chains": float(self.log_w.double().softmax(0).pow(2).sum().reciprocal())}
 
 
-def ais_evidence(model, data: torch.Tensor, settings: AISSettings | None = None,
+def ais_evidence(model, data: torch.Tensor, settings: EvidenceSettings | AISSettings | None = None,
                  progress: bool | Progress = False) -> Evidence:
-    r""":math:`\log p(D)` by forward AIS from the prior, :math:`\log \frac1K \sum_k w_k` over ``settings.chains``.
+    r""":math:`\log p(D)` by AIS, :math:`\log \frac1K \sum_k w_k` over ``settings.chains`` (see the module).
 
-    A pilot run of :func:`~elbogap.inference.ais.pilot_steps` transitions tunes the step sizes, which the
-    reported run then uses frozen. ``progress`` shows a bar over the transitions.
+    An :class:`~elbogap.inference.ais.AISSettings` runs the earlier estimator, from the prior at its
+    ``steps``. ``progress`` shows a bar per stage.
     """
-    settings = settings or AISSettings()
+    if isinstance(settings, AISSettings):
+        return _from_prior(model, data, settings, progress)
+    settings = settings or EvidenceSettings()
+    if settings.start not in STARTS:
+        raise ValueError(f"unknown evidence start {settings.start!r}; choose one of {', '.join(STARTS)}")
+    if settings.start == "prior":
+        return _from_prior(model, data, settings.ais(settings.max_steps), progress)
+    return _from_reference(model, data, settings, progress)
+
+
+def _from_prior(model, data, settings: AISSettings, progress) -> Evidence:
     started = time.perf_counter()
     path = EvidencePath(model, data)
     with one_thread(), as_progress(progress).bar("AIS on the data set", pilot_steps(settings) + settings.steps,
@@ -97,44 +172,126 @@ def ais_evidence(model, data: torch.Tensor, settings: AISSettings | None = None,
                                       bar=bar)
     log_w = state.log_w.double()
     return Evidence(float(log_mean_exp(log_w)[0]), float(log_mean_exp_stderr(log_w)[0]), log_w[:, 0],
-                    state.z[:, 0].detach(), acceptance, step_sizes[:, 0], time.perf_counter() - started)
+                    state.z[:, 0].detach(), acceptance, step_sizes[:, 0], time.perf_counter() - started,
+                    settings.steps, {"start": "prior"})
 
 
-def bdmc_evidence(model, data: torch.Tensor, count: int, settings: AISSettings | None = None,
+def gaussian_reference(model, data: torch.Tensor, settings: EvidenceSettings, progress: bool | Progress = False,
+                       stages: dict | None = None) -> WhitenedPath:
+    """Stages 1 and 2 of the module: tempered SMC from the prior, then SVI of a full-rank Gaussian from its
+    particles."""
+    stages = {} if stages is None else stages
+    progress = as_progress(progress)
+
+    def log_parts(z):
+        return model.log_density(z, data)
+
+    started = time.perf_counter()
+    with progress.bar("SMC from the prior", None, unit="temperature") as bar:
+        smc = tempered_smc(log_parts, model.prior_draws(settings.smc.particles, data).to(data.dtype), settings.smc,
+                           bar=bar)
+    mean, scale_tril = moment_match(smc.z)
+    stages["smc"] = {"temperatures": smc.temperatures, "beta": smc.beta, "log_evidence": smc.log_evidence,
+                     "acceptance": smc.acceptance, "seconds": time.perf_counter() - started}
+    started = time.perf_counter()
+    with progress.bar("fit the Gaussian reference", settings.fit.steps, unit="step") as bar:
+        fit = fit_gaussian(log_parts, mean, scale_tril, settings.fit, bar=bar)
+    if bool(torch.isfinite(fit.scale_tril).all()) and bool((fit.scale_tril.diagonal() > 0).all()):
+        mean, scale_tril = fit.mean, fit.scale_tril
+    stages["fit"] = {"elbo": fit.elbo, "seconds": time.perf_counter() - started}
+    return WhitenedPath(log_parts, mean, scale_tril, start="gaussian")
+
+
+def _from_reference(model, data, settings: EvidenceSettings, progress) -> Evidence:
+    started = time.perf_counter()
+    stages = {"start": "gaussian"}
+    progress = as_progress(progress)
+    with one_thread():
+        path = gaussian_reference(model, data, settings, progress, stages)
+        begun = time.perf_counter()
+        pilot = _anneal(path, settings.ais(settings.pilot_steps), progress, "AIS pilot run")
+        pilot_stderr = float(log_mean_exp_stderr(pilot.log_w.double())[0])
+        steps = settings.steps_for(pilot_stderr)
+        stages["pilot"] = {"steps": settings.pilot_steps, "stderr": pilot_stderr,
+                           "log_evidence": float(log_mean_exp(pilot.log_w.double())[0]),
+                           "seconds": time.perf_counter() - begun}
+        runs = []
+        while True:  # each run is fresh; a heavier tail (no error) or a larger error than the pilot said asks for more
+            begun = time.perf_counter()
+            final, step_sizes, acceptance = _anneal(path, settings.ais(steps), progress,
+                                                    f"AIS at {steps} temperatures", details=True)
+            stderr = float(log_mean_exp_stderr(final.log_w.double())[0])
+            runs.append({"steps": steps, "stderr": stderr, "seconds": time.perf_counter() - begun})
+            if steps >= settings.max_steps or math.isfinite(stderr) and stderr <= RETRY * settings.target_stderr:
+                break
+            wanted = settings.steps_for(stderr) if math.isfinite(stderr) else 4 * steps  # no error: a heavy tail
+            steps = min(settings.max_steps, max(2 * steps, wanted))
+        stages["reported"] = runs[-1]
+        stages["runs"] = runs
+    log_w = final.log_w.double()
+    states = path.to_z(final.z[:, 0]).detach()
+    return Evidence(float(log_mean_exp(log_w)[0]), float(log_mean_exp_stderr(log_w)[0]), log_w[:, 0], states,
+                    acceptance, step_sizes[:, 0], time.perf_counter() - started, steps, stages)
+
+
+def _anneal(path, settings: AISSettings, progress: Progress, desc: str, details: bool = False):
+    """One AIS run along ``path`` with step sizes from its own pilot: the final state (and step sizes, acceptance)."""
+    with progress.bar(desc, pilot_steps(settings) + settings.steps, unit="transition") as bar:
+        step_sizes = tune_step_sizes(path, settings, bar=bar)
+        betas = sigmoid_schedule(settings.steps, dtype=path.dtype)
+        state, _, acceptance = anneal(path, path.start(settings.chains), betas, step_sizes, settings.leapfrog_steps,
+                                      bar=bar)
+    return (state, step_sizes, acceptance) if details else state
+
+
+def bdmc_evidence(model, data: torch.Tensor, count: int, settings: EvidenceSettings | None = None,
                   progress: bool | Progress = False) -> tuple[dict, list[torch.Tensor]]:
     r"""BDMC on ``count`` data sets simulated from the model's prior predictive, shaped like ``data``.
 
-    For each :math:`(D^*, \theta^*, z^*)`, forward AIS from the prior gives a stochastic lower
-    bound on :math:`\log p(D^*)` and reverse AIS from :math:`(\theta^*, z^*)` (an exact
-    posterior draw) a stochastic upper bound, with the same tuned step sizes. The standard errors
-    of the width and the upper bound come from the spread across data sets
-    (:func:`~elbogap.inference.bdmc.summarize_sandwich`): the reverse chains of a data set share
-    their one exact draw. Returns the
-    summary (means over data sets, per data set values, ``width`` and its reading) and the
-    simulated data sets.
+    For each :math:`(D^*, \theta^*, z^*)`, the estimator of :func:`ais_evidence` at ``settings`` (its reference
+    fitted on :math:`D^*`, its temperatures chosen by its pilot run) gives a stochastic lower bound on
+    :math:`\log p(D^*)`, and the same chains run backwards from :math:`(\theta^*, z^*)` (an exact posterior
+    draw) to the start, with the same step sizes, a stochastic upper bound. The standard errors of the width
+    and the upper bound come from the spread across data sets
+    (:func:`~elbogap.inference.bdmc.summarize_sandwich`): the reverse chains of a data set share their one
+    exact draw. Returns the summary (means over data sets, per data set values, ``width`` and its reading)
+    and the simulated data sets.
     """
-    settings = settings or AISSettings()
+    settings = settings or EvidenceSettings()
     started = time.perf_counter()
-    lower, upper, lower_se, datasets = [], [], [], []
-    desc = "BDMC on 1 data set" if count == 1 else f"BDMC on {count} data sets"
-    transitions = count * (pilot_steps(settings) + 2 * settings.steps)
-    with one_thread(), as_progress(progress).bar(desc, transitions, unit="transition") as bar:
-        for _ in range(count):
-            simulated, z = model.simulate(data)
-            datasets.append(simulated)
-            path = EvidencePath(model, simulated)
-            step_sizes = tune_step_sizes(path, settings, bar=bar)
-            betas = sigmoid_schedule(settings.steps, dtype=data.dtype)
-            forward, _, _ = anneal(path, path.start(settings.chains), betas, step_sizes, settings.leapfrog_steps,
-                                   bar=bar)
-            start = z.to(data.dtype).expand(settings.chains, 1, -1).clone()
-            backward, _, _ = anneal(path, start, betas, step_sizes, settings.leapfrog_steps, reverse=True, bar=bar)
-            lower.append(float(log_mean_exp(forward.log_w.double())[0]))
-            lower_se.append(float(log_mean_exp_stderr(forward.log_w)[0]))
-            upper.append(-float(log_mean_exp(backward.log_w.double())[0]))  # the reverse chains share their start
+    lower, upper, lower_se, datasets, steps = [], [], [], [], []
+    progress = as_progress(progress)
+    with one_thread():
+        for number in range(count):
+            with progress.phase(f"BDMC data set {number + 1} of {count}"):
+                simulated, z = model.simulate(data)
+                datasets.append(simulated)
+                forward, backward, used = _sandwich(model, simulated, z.to(data.dtype), settings, progress)
+            lower.append(float(log_mean_exp(forward.double())[0]))
+            lower_se.append(float(log_mean_exp_stderr(forward)[0]))
+            upper.append(-float(log_mean_exp(backward.double())[0]))  # the reverse chains share their start
+            steps.append(used)
 
     summary = {"datasets": count, **summarize_sandwich(*(torch.tensor(values, dtype=torch.float64) for values in (
         lower, lower_se, upper, [math.nan] * count))),
-               "per_dataset": {"lower": lower, "upper": upper}, "settings": settings.to_dict(),
+               "per_dataset": {"lower": lower, "upper": upper, "steps": steps}, "settings": settings.to_dict(),
                "seconds": time.perf_counter() - started}
     return summary, datasets
+
+
+def _sandwich(model, data, z, settings: EvidenceSettings, progress) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Forward and reverse log-weights ``(chains, 1)`` on one simulated data set with latents ``z``, and the
+    temperatures used."""
+    if settings.start == "prior":
+        path, ais = EvidencePath(model, data), settings.ais(settings.max_steps)
+        start = z.expand(settings.chains, 1, -1).clone()
+    else:
+        path = gaussian_reference(model, data, settings, progress)
+        pilot = _anneal(path, settings.ais(settings.pilot_steps), progress, "AIS pilot run")
+        ais = settings.ais(settings.steps_for(float(log_mean_exp_stderr(pilot.log_w.double())[0])))
+        start = path.to_u(z).expand(settings.chains, 1, -1).clone()
+    forward, step_sizes, _ = _anneal(path, ais, progress, f"forward AIS at {ais.steps} temperatures", details=True)
+    betas = sigmoid_schedule(ais.steps, dtype=path.dtype)
+    with progress.bar(f"reverse AIS at {ais.steps} temperatures", ais.steps, unit="transition") as bar:
+        backward, _, _ = anneal(path, start, betas, step_sizes, ais.leapfrog_steps, reverse=True, bar=bar)
+    return forward.log_w, backward.log_w, ais.steps

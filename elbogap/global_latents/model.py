@@ -20,6 +20,7 @@ from torch import nn
 from torch.distributions import biject_to
 
 from elbogap.errors import UsageError
+from elbogap.sites import check_unscaled_latents, scored
 from elbogap.user_model import (
     check_log_probs,
     check_stable,
@@ -100,6 +101,7 @@ class GlobalLatentModel(nn.Module):
         if not latents:
             raise UsageError(f"the model {spec} has no latent site; there is no posterior to measure")
         check_log_probs(trace, f"the model {spec}")
+        check_unscaled_latents(trace, spec)
         check_stable(self.full_program, data, trace, spec)
         for name, site in latents.items():
             if site["fn"].support.is_discrete:
@@ -168,7 +170,7 @@ class GlobalLatentModel(nn.Module):
         trace = poutine.trace(poutine.condition(self.full_program, data=values)).get_trace(data)
         log_prior, log_lik = log_det, z.new_zeros(())
         for name, site in sample_sites(trace).items():  # conditioned latents count as observed in the trace
-            log_p = site["fn"].log_prob(site["value"]).sum()
+            log_p = scored(site).sum()  # the program's own scale and mask (a tempered or masked likelihood) count
             if name in values:
                 log_prior = log_prior + log_p
             else:
@@ -191,6 +193,36 @@ class GlobalLatentModel(nn.Module):
             else:
                 parts = torch.stack([self._parts(one, data) for one in flat])
         return parts[:, 0].reshape(lead), parts[:, 1].reshape(lead)
+
+    def log_joint(self, values: dict[str, torch.Tensor], data: torch.Tensor) -> torch.Tensor:
+        r""":math:`\log p(\theta_k, z_k, D)` at draws of the sites in their supports, ``(K, *shape)`` each: ``(K,)``
+        (the sum of :meth:`site_densities`)."""
+        log_prior, log_lik = self.site_densities(values, data)
+        return log_prior + log_lik
+
+    def site_densities(self, values: dict[str, torch.Tensor], data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r""":math:`\log p(\theta_k, z_k)` and :math:`\log p(D \mid \theta_k, z_k)` at draws of the sites in their
+        supports, ``(K, *shape)`` each: two ``(K,)`` tensors.
+
+        The draws are mapped to the flat vector and scored by :meth:`log_density` (batched over them), less the
+        Jacobian of the map: the density of the sites themselves, differentiable in the draws and in the
+        program's parameters.
+        """
+        z = self.pack(values, batch_dims=1)
+        log_prior, log_lik = self.log_density(z, data)
+        return log_prior - self.log_abs_det(z), log_lik
+
+    def log_abs_det(self, z: torch.Tensor) -> torch.Tensor:
+        r""":math:`\log|\det J|` of the map from flat vectors ``z`` ``(..., latent_dim)`` to the sites, per vector."""
+        lead, total, start = z.shape[:-1], z.new_zeros(z.shape[:-1]), 0
+        for name, shape in self.unconstrained_shapes.items():
+            size = math.prod(shape)
+            unconstrained = z[..., start:start + size].reshape(*lead, *shape)
+            start += size
+            transform = self.transforms[name]
+            jacobian = transform.log_abs_det_jacobian(unconstrained, transform(unconstrained))
+            total = total + jacobian.reshape(*lead, -1).sum(-1)
+        return total
 
     def _probe_vmap(self, flat: torch.Tensor, data: torch.Tensor) -> bool:
         validate = torch.distributions.Distribution._validate_args

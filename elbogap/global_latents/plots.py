@@ -10,7 +10,7 @@ import torch  # noqa: E402
 
 from elbogap.checkpoint import load_checkpoint  # noqa: E402
 from elbogap.inference.weights import interval_halfwidth  # noqa: E402
-from elbogap.plots import _by_guide, save  # noqa: E402
+from elbogap.plots import _by_guide, mark_convergence, save  # noqa: E402
 
 #: global latent elements drawn in marginals.png (the first ones, site after site)
 MARGINALS = 6
@@ -103,9 +103,9 @@ def plot_evidence(results: dict, path: Path) -> Path:
         axis.axhline(data["log_evidence"], color="k", lw=1)
         halfwidth = interval_halfwidth(data["log_evidence_stderr"], data.get("log_evidence_dof"))
         axis.axhspan(data["log_evidence"] - halfwidth, data["log_evidence"] + halfwidth, color="k", alpha=0.1)
-    axis.plot([], [], "k-", label="log p(D), AIS (95% interval)")
+    axis.plot([], [], "k-", label="log p(D), AIS (Monte-Carlo 95% interval; its bias not in it)")
     axis.set_xticks(range(len(groups)), list(groups), rotation=20, fontsize=8)
-    axis.set(ylabel="nats", title="evidence of D: AIS, and each guide's bounds (95% intervals)")
+    axis.set(ylabel="nats", title="evidence of D: AIS, and each guide's bounds (Monte-Carlo 95% intervals)")
     axis.legend(fontsize=7)
     axis.grid(alpha=0.3)
     if bdmc:
@@ -141,8 +141,9 @@ def plot_training(results: dict, path: Path) -> Path:
         top = max(values + [results["runs"][0]["data"]["log_evidence_per_point"]])
         floor = sorted(values)[len(values) // 10]
         axis.set_ylim(floor - 0.2 * (top - floor + 1e-9), top + 0.1 * (top - floor + 1e-9))
+    mark_convergence(axis, results["runs"])
     axis.set(xlabel="SVI step", ylabel="nats per data point",
-             title="ELBO over training; dashed: log p(D) per point (AIS)")
+             title="ELBO over training; dashed: log p(D) per point (AIS); ✕: not converged")
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
     return save(fig, path)

@@ -15,6 +15,7 @@ seed, not on the guide: they are computed once per study for a model without par
 kept in ``OUT/shared/`` for every guide's run.
 """
 
+import fcntl
 import hashlib
 import io
 import json
@@ -27,7 +28,14 @@ import torch
 from elbogap import streams
 from elbogap.checkpoint import load_checkpoint, save_checkpoint
 from elbogap.errors import UsageError
-from elbogap.global_latents.evaluation import guide_draws, moments, summarize_draws
+from elbogap.global_latents.evaluation import (
+    draws_broadcast,
+    guide_draws,
+    moments,
+    plate_nesting,
+    precise_draws,
+    summarize_draws,
+)
 from elbogap.global_latents.evidence import ais_evidence, bdmc_evidence
 from elbogap.global_latents.guides import SUBSAMPLING_AUTOGUIDES, GlobalAutoGuide, GlobalProgramGuide, global_guide
 from elbogap.global_latents.model import GlobalLatentModel
@@ -49,11 +57,21 @@ def batch_size(config, model: GlobalLatentModel, guide) -> int:
     return model.num_data
 
 
+def particle_layout(model: GlobalLatentModel, guide, data: torch.Tensor) -> tuple[bool, int]:
+    """Whether SVI's particles can be drawn at once under a plate (the guide and the program broadcast over it, as
+    :func:`~elbogap.global_latents.evaluation.guide_draws` finds out by trying), and how deep the programs' plates
+    nest (the particle plate goes left of them)."""
+    with torch.random.fork_rng():
+        return draws_broadcast(model, guide, data), plate_nesting(model, guide, data)
+
+
 def study_cache(run_dir: Path, kind: str, model, data: torch.Tensor, settings: dict, seed: int, compute):
     """``compute()``, or what it returned before for the same model parameters, data, settings and seed.
 
     Kept in ``OUT/shared/KIND-HASH.pt`` beside the study's runs (read with ``weights_only``), so
-    the guides of one study share one evidence, one NUTS run, one BDMC.
+    the guides of one study share one evidence, one NUTS run, one BDMC. Runs of one seed in other
+    worker processes (or Ray tasks on a shared ``--out``) wait on a lock file beside it while the
+    first computes, then read its result: the work is done once per seed, not once per worker.
     """
     digest = hashlib.sha256()
     digest.update(json.dumps({"kind": kind, "settings": settings, "seed": seed, "spec": model.spec},
@@ -62,25 +80,28 @@ def study_cache(run_dir: Path, kind: str, model, data: torch.Tensor, settings: d
     torch.save({"data": data.cpu(), "params": {k: v.cpu() for k, v in model.state_dict().items()}}, buffer)
     digest.update(buffer.getvalue())
     path = Path(run_dir).parent.parent / "shared" / f"{kind}-{digest.hexdigest()[:16]}.pt"
-    if path.is_file():
-        return load_checkpoint(path)
-    value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    mine = path.with_name(f".{path.name}.{os.getpid()}")  # runs in other worker processes may write it too
-    save_checkpoint(mine, value)
-    os.replace(mine, path)
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        if path.is_file():
+            return load_checkpoint(path)
+        value = compute()
+        mine = path.with_name(f".{path.name}.{os.getpid()}")
+        save_checkpoint(mine, value)
+        os.replace(mine, path)
     return value
 
 
-def evidence_state(model, data, config, seed, run_dir, progress) -> dict:
+def evidence_state(model, data, config, seed, run_dir, progress, stream: str = "evidence") -> dict:
+    """log p(D) of ``data`` (:func:`~elbogap.global_latents.evidence.ais_evidence`), once per seed, from ``stream``."""
     settings = config.evidence_settings()
 
     def compute():
-        streams.seeded("evidence", seed)
+        streams.seeded(stream, seed)
         evidence = ais_evidence(model, data, settings, progress=progress)
         return {"summary": evidence.summary(settings), "log_w": evidence.log_w, "states": evidence.states}
 
-    return study_cache(run_dir, "evidence", model, data, settings.to_dict(), seed, compute)
+    return study_cache(run_dir, "evidence", model, data, {**settings.to_dict(), "stream": stream}, seed, compute)
 
 
 def reference_state(model, data, config, seed, run_dir, evidence: dict, progress) -> dict | None:
@@ -110,7 +131,7 @@ def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, ph
     num_data = len(rows)
     with phases("evaluate_q"), progress.phase("evaluate q"):
         streams.seeded("evaluation", seed)
-        draws = guide_draws(model, guide, rows, config.iw_samples)
+        draws = precise_draws(model, guide, rows, config.iw_samples, config.evidence_stderr)
         metrics = summarize_draws(draws, num_data)
     metrics["rows"] = data.rows
     with phases("evidence"), progress.phase("evidence"):
@@ -118,7 +139,8 @@ def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, ph
     summary = evidence["summary"]
     metrics.update(log_evidence=summary["log_evidence"], log_evidence_stderr=summary["stderr"],
                    log_evidence_dof=group_spread_dof(len(evidence["log_w"])),
-                   log_evidence_method="ais", log_evidence_guide_independent=True)
+                   log_evidence_method="ais", log_evidence_start=summary.get("start", "prior"),
+                   log_evidence_guide_independent=True)
     metrics["kl_gap"] = metrics["log_evidence"] - metrics["elbo"]
     metrics["kl_gap_stderr"] = math.hypot(metrics["log_evidence_stderr"], metrics["elbo_stderr"])
     for key in ("elbo", "elbo_stderr", "log_evidence", "kl_gap", "kl_gap_stderr", "log_evidence_q"):
@@ -154,7 +176,7 @@ def held_out_metrics(model, data, config, seed, run_dir, evidence: dict, draws, 
     """
     rows = torch.cat([data.train, data.test])
     full = GlobalLatentModel(model.fn, rows, model.spec)
-    whole = evidence_state(full, rows, config, seed, run_dir, progress)["summary"]
+    whole = evidence_state(full, rows, config, seed, run_dir, progress, stream="held_out_evidence")["summary"]
     train = evidence["summary"]
     out = {"num_points": len(data.test), "log_predictive": whole["log_evidence"] - train["log_evidence"],
            "log_predictive_stderr": math.hypot(whole["stderr"], train["stderr"]),
@@ -189,6 +211,8 @@ def evidence_check(metrics: dict) -> dict:
     above = metrics["log_evidence_q"] - metrics["log_evidence"]
     stderr = math.hypot(metrics["log_evidence_q_stderr"], metrics["log_evidence_stderr"])
     out = {"q_above_ais": above, "q_above_ais_stderr": stderr}
+    if math.isnan(stderr):  # q's weights (or AIS's) have no error bar: no test of one against the other
+        return out
     if above > DISAGREEMENT * stderr and above > 0:
         out["evidence_warning"] = (f"q's importance estimate of log p(D) is {above:.3f} nats above AIS "
                                    f"({above / max(stderr, 1e-12):.0f} standard errors): AIS has not converged at "
@@ -208,6 +232,23 @@ def save_draws(run_dir: Path, draws, reference: dict | None) -> None:
         if reference.get("weights") is not None:
             state["reference_weights"] = reference["weights"]
     save_checkpoint(Path(run_dir) / "draws.pt", state)
+
+
+#: draws of q each ELBO check of ``--schedule converge`` scores
+CHECK_DRAWS = 256
+
+
+def elbo_check(model, guide, data, config):
+    """The ELBO of D in nats from ``CHECK_DRAWS`` draws of q, the same draws at every call (the stream
+    ``convergence_checks``), for ``--schedule converge``."""
+
+    @torch.no_grad()
+    def check() -> float:
+        with torch.random.fork_rng():
+            streams.seeded("convergence_checks", 0)
+            return float(guide_draws(model, guide, data.train, CHECK_DRAWS).log_w.double().mean())
+
+    return check
 
 
 @torch.no_grad()

@@ -2,16 +2,18 @@
 
 import statistics
 
+from elbogap.global_latents.reference import RELIABLE_DRAWS
 from elbogap.inference.weights import interval_halfwidth
+from elbogap.summary import converged_cell, convergence_warnings
 
 #: (key in a run's ``data`` metrics, column title)
-COLUMNS = [("elbo", "ELBO(D)"), ("log_evidence", "log p(D), AIS"), ("kl_gap", "KL gap"),
+COLUMNS = [("elbo", "ELBO(D)"), ("log_evidence", "log p(D)"), ("kl_gap", "KL gap"),
            ("kl_gap_per_point", "KL gap per point"), ("log_evidence_q", "q's IS log p(D)"), ("khat", "k-hat"),
            ("ess", "ESS")]
 
-CSV_METRICS = ["num_points", "samples", "elbo", "elbo_stderr", "expected_log_lik", "kl_prior", "log_evidence",
-               "log_evidence_stderr", "kl_gap", "kl_gap_stderr", "elbo_per_point", "log_evidence_per_point",
-               "kl_gap_per_point", "log_evidence_q", "log_evidence_q_stderr", "ess", "khat"]
+CSV_METRICS = ["converged", "num_points", "samples", "elbo", "elbo_stderr", "expected_log_lik", "kl_prior",
+               "log_evidence", "log_evidence_stderr", "kl_gap", "kl_gap_stderr", "elbo_per_point",
+               "log_evidence_per_point", "kl_gap_per_point", "log_evidence_q", "log_evidence_q_stderr", "ess", "khat"]
 
 
 def is_global_study(runs: list[dict]) -> bool:
@@ -33,8 +35,8 @@ def _by_guide(runs):
 
 
 def gap_table(runs: list[dict]) -> list[str]:
-    lines = ["| guide | " + " | ".join(title for _, title in COLUMNS) + " | MC s.e. of the gap | seeds |",
-             "|---" * (len(COLUMNS) + 3) + "|"]
+    lines = ["| guide | " + " | ".join(title for _, title in COLUMNS) + " | MC s.e. of the gap | seeds | converged |",
+             "|---" * (len(COLUMNS) + 4) + "|"]
     for guide, mine in _by_guide(runs).items():
         cells = []
         for key, _ in COLUMNS:
@@ -46,7 +48,7 @@ def gap_table(runs: list[dict]) -> list[str]:
                           "log_evidence_q": "log_evidence_q_stderr"}.get(key)
             cells.append(_cell(values, [run["data"][stderr_key] for run in mine] if stderr_key else None))
         stderr = statistics.fmean(run["data"]["kl_gap_stderr"] for run in mine)
-        lines.append(f"| {guide} | " + " | ".join(cells) + f" | {stderr:.3f} | {len(mine)} |")
+        lines.append(f"| {guide} | " + " | ".join(cells) + f" | {stderr:.3f} | {len(mine)} | {converged_cell(mine)} |")
     return lines
 
 
@@ -71,8 +73,9 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
     first = runs[0]
     data = first["data"]
     lines = []
-    warnings = [f"- {run['guide']} seed {run['seed']}: {run['data'][key]}" for run in runs
-                for key in ("evidence_warning", "evidence_note") if key in run["data"]]
+    warnings = convergence_warnings(runs) + [f"- {run['guide']} seed {run['seed']}: {run['data'][key]}"
+                                             for run in runs for key in ("evidence_warning", "evidence_note")
+                                             if key in run["data"]]
     seen = set()
     for run in runs:
         for warning in run.get("reference", {}).get("warnings", []):
@@ -89,7 +92,9 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
               *gap_table(runs), "",
               "Nats for the whole data set (per point where named). With one seed, ± is the Monte-Carlo standard "
               "error of that run; with several, ± is the standard deviation over seeds, and the column "
-              "*MC s.e. of the gap* gives the mean Monte-Carlo standard error.", ""]
+              "*MC s.e. of the gap* gives the mean Monte-Carlo standard error. Every KL gap is log p(D) - ELBO(D) "
+              "against one estimate of log p(D) per seed, the same for every guide: "
+              f"{describe_evidence(first['evidence'])}.", ""]
     reference = reference_table(runs)
     if reference:
         method = first["reference"]["method"]
@@ -100,26 +105,59 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
         else:
             described = ("the AIS chains' final states, weighted by their importance weights "
                          f"({settings['effective_chains']:.1f} effective chains)")
-        lines += [f"## Each guide against the reference posterior ({described})", "",
+        rough = [] if settings.get("reliable", True) else [
+            f"**Rough, not a finding:** the reference rests on {settings.get('effective_draws', 0):.0f} effective "
+            f"draws (or its chains disagree), under the {RELIABLE_DRAWS} a per-site comparison needs; see Warnings.",
+            ""]
+        lines += [f"## Each guide against the reference posterior ({described})", "", *rough,
                   "Standardized mean error per element, (mean under q - reference mean) / reference sd, and the ratio "
-                  "of standard deviations (below 1: q is too narrow). First seed of each guide.", "",
-                  *reference, ""]
+                  "of standard deviations (below 1: q is too narrow). First seed of each guide. Read as a finding "
+                  f"where the reference has at least {RELIABLE_DRAWS} effective draws (then a mean error carries at "
+                  "most 0.1 of the reference's own error, an sd ratio about 7%).", "", *reference, ""]
     lines += held_out_section(runs)
     lines += evidence_section(runs)
     lines += ["## How the numbers were computed", "",
               f"- ELBO(D) = E_q[log p(D, θ, z) - log q(θ, z)] from {data['samples']} draws of q on every row of D; "
               "its terms are recorded as `expected_log_lik` and `kl_prior`.",
-              f"- log p(D): annealed importance sampling from the prior over every latent (global and per point), "
-              f"{config['evidence_chains']} chains x {config['evidence_steps']} temperatures x "
-              f"{config['leapfrog_steps']} "
-              "leapfrog steps; independent of the guide. KL gap = log p(D) - ELBO(D) = KL(q || p(θ, z | D)).",
+              f"- log p(D): {describe_evidence(first['evidence'])}; independent of the guide, once per seed. "
+              "KL gap = log p(D) - ELBO(D) = KL(q || p(θ, z | D)), against this estimate.",
               "- q's IS log p(D): log (1/S) Σ p(D, θ_s, z_s) / q(θ_s, z_s) over the same draws, with Kish's ESS and "
               "the PSIS k-hat of the weights (above 0.7: q is not a reliable importance proposal).",
               "- Figures: `marginals.png` (q's marginal of each global latent against the reference), `gaps.png`, "
               "`evidence.png`, `training.png`.", ""]
-    lines += [f"{first.get('steps', config['steps'])} SVI steps with lr {config['lr']} ({config['objective']} "
-              f"objective); seeds {', '.join(map(str, config['seeds']))}."]
+    lines += [training_line(runs, config)]
     return lines
+
+
+def training_line(runs: list[dict], config: dict) -> str:
+    """How the guides were trained: the schedule and its rule, the steps taken, the learning rate, the particles."""
+    steps = sorted({run.get("steps", config["steps"]) for run in runs})
+    taken = f"{steps[0]}" if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
+    particles = config.get("particles") or 1
+    if config.get("schedule") == "converge":
+        how = (f"SVI until converged ({taken} steps, at most {config['steps']}): Adam from lr {config['lr']}, dropped "
+               f"tenfold whenever the ELBO of D stopped rising, stopped once a drop gained less than "
+               f"{config.get('convergence_tol')} nats")
+    else:
+        how = f"{taken} SVI steps with lr {config['lr']} decaying to {config['lr_decay']} of it"
+    return (f"{how}; {config['objective']} objective, {particles} particle(s) a step; seeds "
+            f"{', '.join(map(str, config['seeds']))}.")
+
+
+def describe_evidence(summary: dict) -> str:
+    """How log p(D) was estimated, in words, from its summary."""
+    if summary.get("start", "prior") == "prior":
+        return (f"annealed importance sampling from the prior over every latent (global and per point), "
+                f"{summary['chains']} chains x {summary.get('steps_used', summary.get('steps'))} temperatures x "
+                f"{summary['leapfrog_steps']} leapfrog steps")
+    stages = summary.get("stages", {})
+    smc, pilot = stages.get("smc", {}), stages.get("pilot", {})
+    return (f"annealed importance sampling from a Gaussian reference fitted once per seed (tempered SMC from the "
+            f"prior in {smc.get('temperatures', '?')} adaptive temperatures, then SVI of a full-rank Gaussian in the "
+            f"coordinates it whitens), {summary['chains']} chains x {summary['steps_used']} temperatures (chosen from "
+            f"a {pilot.get('steps', '?')}-temperature pilot's error {pilot.get('stderr', float('nan')):.3g} for a "
+            f"target of {summary['target_stderr']}) x {summary['leapfrog_steps']} leapfrog steps, HMC in the "
+            "reference's whitened coordinates")
 
 
 def held_out_section(runs: list[dict]) -> list[str]:
@@ -142,9 +180,10 @@ def held_out_section(runs: list[dict]) -> list[str]:
 
 def evidence_section(runs: list[dict]) -> list[str]:
     lines = ["## Evidence estimates side by side", "",
-             "| seed | AIS log p(D) | s.e. | 95% interval (± t s.e.) | best q's IS estimate (guide) | "
-             "BDMC lower, upper on simulated data sets |",
-             "|---|---|---|---|---|---|"]
+             "| seed | AIS log p(D) | s.e. | Monte-Carlo 95% interval of AIS's mean (± t s.e.) | with BDMC's width "
+             "(log p(D) on data like the model's) | best q's IS estimate (guide) | BDMC lower, upper on simulated "
+             "data sets |",
+             "|---|---|---|---|---|---|---|"]
     for seed in dict.fromkeys(run["seed"] for run in runs):
         mine = [run for run in runs if run["seed"] == seed]
         best = max(mine, key=lambda run: run["data"]["log_evidence_q"])
@@ -154,14 +193,20 @@ def evidence_section(runs: list[dict]) -> list[str]:
                                              f"{bdmc['reading']}")
         data = mine[0]["data"]
         halfwidth = interval_halfwidth(data["log_evidence_stderr"], data.get("log_evidence_dof"))
+        low, high = data["log_evidence"] - halfwidth, data["log_evidence"] + halfwidth
+        widened = "–" if bdmc is None else f"{low:.3f}, {high + max(bdmc['width'], 0.0):.3f}"
         lines.append(f"| {seed} | {data['log_evidence']:.3f} | {data['log_evidence_stderr']:.3f} | "
-                     f"{data['log_evidence'] - halfwidth:.3f}, {data['log_evidence'] + halfwidth:.3f} | "
-                     f"{best['data']['log_evidence_q']:.3f} ({best['guide']}) | {sandwich} |")
+                     f"{low:.3f}, {high:.3f} | {widened} | {best['data']['log_evidence_q']:.3f} ({best['guide']}) | "
+                     f"{sandwich} |")
     return lines + ["", "AIS's s.e. is read off the spread of 2, 4 and 8 groups of its chains and has few degrees of "
-                    "freedom (`log_evidence_dof`, about 6): its 95% interval is ± t s.e., about ± 2.5 s.e., "
-                    "not ± 1.96.", ""]
+                    "freedom (`log_evidence_dof`, about 6): its interval is ± t s.e., about ± 2.5 s.e., not ± 1.96. "
+                    "That interval covers what AIS gives on average at these settings, not log p(D) itself: AIS is "
+                    "biased low (its chains end short of the posterior), and no spread of its chains shows by how "
+                    "much. BDMC (`--bdmc N`) measures that bias on data sets simulated from the model; where it ran, "
+                    "the next column widens the interval's upper end by the sandwich's width.", ""]
 
 
 def csv_rows(runs: list[dict]) -> list[list]:
-    return [[run["guide"], run["seed"], "data", *(run["data"].get(key, "") for key in CSV_METRICS),
+    return [[run["guide"], run["seed"], "data",
+             *({**run["data"], "converged": run.get("converged", "")}.get(key, "") for key in CSV_METRICS),
              run["train_seconds"]] for run in runs]

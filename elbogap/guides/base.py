@@ -53,6 +53,8 @@ class Guide(nn.Module):
     #: whether the gradient of q's draws in its parameters is exact for every function of z, as a reparameterization's
     #: is; False where the sampler's gradient is unbiased for some functions only (Pyro's mixture, for its weights).
     exact_pathwise = True
+    #: the components of a mixture whose ELBO training sums over them (:mod:`elbogap.inference.components`), or None
+    components: int | None = None
 
     @classmethod
     def build(cls, model, num_data: int, settings: GuideSettings) -> "Guide":

@@ -15,7 +15,7 @@ class _Pointwise(Guide):
         self.jit_compatible = guide.jit_compatible
         super().__init__(guide.latent_dim)
         self.site, self.plate, self.density_anywhere = guide.site, guide.plate, guide.density_anywhere
-        self.exact_pathwise = guide.exact_pathwise
+        self.exact_pathwise, self.components = guide.exact_pathwise, guide.components
         self.site_shape = guide.site_shape
         object.__setattr__(self, "family", guide)  # not a submodule: its parameters stay fixed
 

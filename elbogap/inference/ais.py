@@ -131,6 +131,9 @@ class AnnealingPath:
         """Independent targets annealed side by side (data points; one data set for a joint model)."""
         return self.x.shape[0]
 
+    dtype = property(lambda self: self.x.dtype)
+    device = property(lambda self: self.x.device)
+
     def start(self, chains: int) -> torch.Tensor:
         """``chains`` draws of the start, :math:`p(z)` or :math:`q(z \\mid x)`: ``(chains, batch, latent_dim)``."""
         return initial_draws(self, chains)
@@ -298,8 +301,8 @@ def pilot_steps(settings: AISSettings) -> int:
 def tune_step_sizes(path: AnnealingPath, settings: AISSettings, initial_step: float = 0.5, bar=None) -> torch.Tensor:
     """A pilot run of :func:`pilot_steps` transitions that adapts step sizes; ``(bands, batch)``."""
     batch = path.batch_size
-    start = torch.full((settings.band_count, batch), initial_step, dtype=path.x.dtype, device=path.x.device)
-    betas = sigmoid_schedule(pilot_steps(settings), dtype=path.x.dtype)
+    start = torch.full((settings.band_count, batch), initial_step, dtype=path.dtype, device=path.device)
+    betas = sigmoid_schedule(pilot_steps(settings), dtype=path.dtype)
     _, step_sizes, _ = anneal(path, path.start(settings.chains), betas, start,
                               settings.leapfrog_steps, adapt_toward=settings.target_accept, bar=bar)
     return step_sizes

@@ -31,7 +31,7 @@ from elbogap.inference.weights import (
     pareto_khat,
 )
 from elbogap.progress import Progress, as_progress
-from elbogap.sites import broadcasts_draws, repeat_rows
+from elbogap.sites import broadcasts_draws, repeat_rows, scored
 
 #: draws of q per data point evaluated at once
 SAMPLE_CHUNK = 64
@@ -49,18 +49,22 @@ class Evaluation:
     per_point: dict[str, torch.Tensor]
     dof: dict[str, float] = field(default_factory=dict)
 
-    def interval(self, key: str, level: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""Each point's ``level`` interval for ``per_point[key]``: the estimate :math:`\pm t_\nu` standard errors.
+    def interval(self, key: str, level: float = 0.95, bias=0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Each point's ``level`` interval for ``per_point[key]``: the estimate :math:`\pm t_\nu` standard errors,
+        its upper end raised by ``bias`` (a float or a tensor per point).
 
         One point's IWAE or AIS error is read off a few groups of its weights and has about 6 degrees of
         freedom (:func:`~elbogap.inference.weights.group_spread_dof`), so its 95% interval is :math:`\pm 2.47`
-        standard errors; the ELBO's has one fewer than its draws. NaN where the error is.
+        standard errors; the ELBO's has one fewer than its draws. NaN where the error is. Without ``bias`` the
+        interval covers the estimator's own long-run mean, not :math:`\log p(x)`: IWAE and AIS are biased low, by
+        0.4-2.5 nats under heavy tails (where such an interval covered :math:`\log p(x)` in 69-77% of repeats).
+        Give the bias where one is known (a BDMC width on data like the model's) to cover :math:`\log p(x)`.
         """
         if key not in self.dof:
             raise KeyError(f"no per-point standard error for {key!r}; one of {sorted(self.dof)}")
         halfwidth = interval_halfwidth(self.per_point[f"{key}_stderr"].double(), self.dof[key], level)
         values = self.per_point[key].double()
-        return values - halfwidth, values + halfwidth
+        return values - halfwidth, values + halfwidth + torch.as_tensor(bias, dtype=torch.float64).clamp(min=0.0)
 
 
 class _Moments:
@@ -147,7 +151,7 @@ def _program_draws(model, guide, x, index):
         shape = (count, len(x)) if vectorized else (rows * len(x),)
 
         def total(trace, names):
-            log_q = sum(trace.nodes[name]["fn"].log_prob(trace.nodes[name]["value"]).expand(shape) for name in names)
+            log_q = sum(scored(trace.nodes[name]).expand(shape) for name in names)
             return log_q if rows == 1 else log_q.reshape(rows, len(x))
 
         guide_sites = [name for name, site in guide_trace.nodes.items() if site["type"] == "sample"

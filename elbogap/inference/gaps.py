@@ -25,6 +25,7 @@ from elbogap.device import rng_devices
 from elbogap.guides.base import Guide
 from elbogap.inference.evaluation import evaluate
 from elbogap.inference.train import frozen, refit_guide
+from elbogap.inference.weights import errors_a_mean_combines
 
 
 def optimal_guide(model, guide: Guide, x: torch.Tensor, index: torch.Tensor | None = None,
@@ -42,16 +43,25 @@ def optimal_guide(model, guide: Guide, x: torch.Tensor, index: torch.Tensor | No
     if star is None or star is guide:
         return star
     with frozen(guide):
-        refit_guide(model, star, x, **refit_options)
+        star.fit = refit_guide(model, star, x, **refit_options)  # with whether the refit converged
     return star
 
 
 class KnownLogPx(NamedTuple):
-    r"""Per-point :math:`\log p(x)`, the standard errors a mean over them combines, and the method that gave them."""
+    r"""Per-point :math:`\log p(x)`, the standard errors a mean over them combines (each point's jackknife
+    error, or over one point its own: :func:`~elbogap.inference.weights.errors_a_mean_combines`), and the method
+    that gave them."""
 
     values: torch.Tensor
     stderr: torch.Tensor
     method: str
+
+    @classmethod
+    def of(cls, per_point: dict, method: str, rows: torch.Tensor | None = None) -> "KnownLogPx":
+        """The log p(x) of an evaluation's ``per_point`` (at ``rows``), with the errors a mean over them combines."""
+        values, own, jackknife = (per_point[key] if rows is None else per_point[key][rows]
+                                  for key in ("log_px", "log_px_stderr", "log_px_jackknife_stderr"))
+        return cls(values, errors_a_mean_combines(own, jackknife), method)
 
 
 def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor | None = None,
@@ -91,8 +101,7 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
         streams.seeded("common_draws", seed)
         best = evaluate(model, star, x, index if star is guide else None, keep_draws=True, **evaluate_options)
     if log_px is None:  # q* is the better proposal where log p(x) is importance-weighted
-        log_px = KnownLogPx(best.per_point["log_px"], best.per_point["log_px_jackknife_stderr"],
-                            best.metrics["log_px_method"])
+        log_px = KnownLogPx.of(best.per_point, best.metrics["log_px_method"])
     log_px, log_px_stderr, method = log_px
     elbo, elbo_star = amortized.per_point["elbo"], best.per_point["elbo"]
 
@@ -101,8 +110,10 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
 
     differences = best.per_point["elbo_draws"] - amortized.per_point["elbo_draws"]  # (points, draws), paired
     paired = differences.std(1) / math.sqrt(differences.shape[1])  # NaN from a single draw
+    fit = getattr(star, "fit", None)
     return {
         "gap_points": len(x),
+        "q_star_converged": True if fit is None else fit.converged,  # q itself where it is its own optimum
         "gap_log_px_method": method,
         "gap_log_px": float(log_px.double().mean()),
         "gap_elbo": float(elbo.double().mean()),

@@ -10,6 +10,7 @@ from elbogap.sites import (
     latent_sites,
     observed_sites,
     repeat_rows,
+    scored,
     split_latents,
 )
 
@@ -38,7 +39,8 @@ def log_joint(model, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, to
         return log_prior.reshape(z.shape[:-1]), log_lik.reshape(z.shape[:-1])
     values, log_det = constrain(model, split_latents(model, z))
     trace = poutine.trace(poutine.condition(model.model, data=values)).get_trace(x)
-    log_prior = sum(trace.nodes[name]["fn"].log_prob(value) for name, value in values.items()) + log_det
-    log_lik = sum(trace.nodes[name]["fn"].log_prob(trace.nodes[name]["value"]) for name in observed_sites(model))
+    log_prior = sum(scored(trace.nodes[name]) for name in values) + log_det
+    # the program's own scale and mask on its observations (a tempered or masked likelihood) count, as in SVI
+    log_lik = sum(scored(trace.nodes[name]) for name in observed_sites(model))
     shape = log_prior.shape if isinstance(log_prior, torch.Tensor) else z.shape[:-1]
     return log_prior, torch.as_tensor(log_lik).expand(shape)

@@ -24,7 +24,7 @@ def check_gradient(objective: str, gradient: str) -> None:
 
 
 def make_objective(name: str = "elbo", num_particles: int = 1, jit: bool = False,
-                   vectorize: bool = True, gradient: str = "reparam") -> ELBO | None:
+                   vectorize: bool = True, gradient: str = "reparam", max_plate_nesting: int = 1) -> ELBO | None:
     r"""Return a Pyro loss by name.
 
     - ``"elbo"``: :class:`~pyro.infer.Trace_ELBO`, the reparameterized ELBO;
@@ -42,8 +42,9 @@ def make_objective(name: str = "elbo", num_particles: int = 1, jit: bool = False
     the loss); ``"dreg"``, the same :class:`~elbogap.inference.iwae.IWAE` handed the guide of
     :func:`~elbogap.inference.stl.stl_guide`.
 
-    Particles are drawn at once under Pyro's vectorized particle plate, or one after another with
-    ``vectorize=False`` (for a model program that does not broadcast over a leading dimension).
+    Particles are drawn at once under Pyro's vectorized particle plate, left of the programs'
+    ``max_plate_nesting`` plates, or one after another with ``vectorize=False`` (for a model program that does
+    not broadcast over a leading dimension).
 
     With ``jit``, ``"elbo"`` compiled by Pyro's JIT (``JitTrace_ELBO``), and ``None`` for the
     others: ``IWAE`` registers gradient hooks under DReG, which a traced graph would not keep, and
@@ -57,8 +58,9 @@ def make_objective(name: str = "elbo", num_particles: int = 1, jit: bool = False
     """
     if num_particles < 1:
         raise UsageError(f"--particles must be at least 1, got {num_particles}")
-    # Models and guides have exactly one plate, the data plate; saying so spares Pyro a guess.
-    options = {"num_particles": num_particles, "max_plate_nesting": 1}
+    # elbogap's models and guides have exactly one plate, the data plate; saying so spares Pyro a guess (a program
+    # with global latents says how deep its plates nest)
+    options = {"num_particles": num_particles, "max_plate_nesting": max_plate_nesting}
     vectorized = vectorize and num_particles > 1
     if name not in OBJECTIVES:
         raise UsageError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")

@@ -58,11 +58,12 @@ class FastSVI:
 
     def __init__(self, model, guide, example_args: tuple, example_kwargs: dict | None = None,
                  lr: float = 1e-3, lr_decay: float = 1.0, objective: str = "elbo", num_particles: int = 1,
-                 jit: bool = False, vectorize: bool = True, gradient: str = "reparam"):
+                 jit: bool = False, vectorize: bool = True, gradient: str = "reparam", max_plate_nesting: int = 1):
         self.model, self.guide = model, guide
         self.params = find_params(model, guide, *example_args, **(example_kwargs or {}))
         self.optimizer = ClippedAdam(self.params, lr=lr, lrd=lr_decay, clip_norm=10.0) if self.params else None
-        self.loss: ELBO = make_objective(objective, num_particles, vectorize=vectorize, gradient=gradient)
+        self.loss: ELBO = make_objective(objective, num_particles, vectorize=vectorize, gradient=gradient,
+                                         max_plate_nesting=max_plate_nesting)
         # the compiled loss needs something to differentiate (JitTrace_ELBO always calls backward)
         self.compiled_loss = (make_objective(objective, num_particles, jit=True, gradient=gradient)
                               if jit and self.params else None)

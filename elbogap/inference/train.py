@@ -1,6 +1,9 @@
 """Stochastic variational inference: fit a model and a guide by maximizing an ELBO."""
 
 import contextlib
+import copy
+import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +16,8 @@ from pyro.poutine.messenger import Messenger
 from elbogap import streams
 from elbogap.device import rng_state, set_rng_state
 from elbogap.errors import UsageError
+from elbogap.inference.components import componentwise
+from elbogap.inference.convergence import ConvergenceSettings, ConvergeSchedule, fixed_verdict
 from elbogap.inference.objectives import check_gradient
 from elbogap.inference.snr import GroupSNR, gradient_snr, parameter_groups
 from elbogap.inference.stl import stl_guide
@@ -23,10 +28,12 @@ from elbogap.sites import broadcasts_draws, latent_sites
 
 @dataclass
 class TrainResult:
-    """Per-step training loss (negative ELBO per data point) and wall time of the loop."""
+    """Per-step training loss (negative ELBO per data point) and wall time of the loop; for a refit, whether it
+    stopped by its rule (the ELBO stopped rising after its last learning-rate drop) rather than at its cap."""
 
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    converged: bool | None = None
 
 
 @contextlib.contextmanager
@@ -63,6 +70,11 @@ class KLWeight(Messenger):
             msg["scale"] = msg["scale"] * self.beta
 
 
+def all_finite(params) -> bool:
+    """Whether every tensor in ``params`` is finite."""
+    return all(bool(torch.isfinite(value).all()) for value in params)
+
+
 def forget_params(*owners: str) -> None:
     """Drop the param store's entries registered by ``pyro.module(owner, ...)``.
 
@@ -78,7 +90,8 @@ def forget_params(*owners: str) -> None:
 
 def make_svi(model, guide, x: torch.Tensor, batch_size: int, lr: float = 1e-3, objective: str = "elbo",
              num_particles: int = 1, freeze_model: bool = False, lr_decay: float = 1.0,
-             kl_weight: KLWeight | None = None, jit: bool = False, gradient: str = "reparam") -> FastSVI:
+             kl_weight: KLWeight | None = None, jit: bool = False, gradient: str = "reparam",
+             vectorize: bool | None = None, max_plate_nesting: int = 1) -> FastSVI:
     """SVI over ``model.model`` and ``guide.guide`` with Adam (see :class:`FastSVI`) on minibatches
     ``(x[index], index)`` of ``batch_size`` rows (the shape the loss is compiled for).
 
@@ -95,13 +108,30 @@ def make_svi(model, guide, x: torch.Tensor, batch_size: int, lr: float = 1e-3, o
     guide_fn = guide.guide if gradient == "reparam" else stl_guide(guide, gradient)
     if kl_weight is not None:
         model_fn, guide_fn = kl_weight(model_fn), kl_weight(guide_fn)
+    if getattr(guide, "components", None):  # a mixture: its ELBO summed over components (an unbiased gradient)
+        check_components(model, objective)
+        model_fn, guide_fn = componentwise(model_fn, guide_fn, guide.components)
+        objective, jit, max_plate_nesting = "elbo", False, max_plate_nesting + 1
     example = (x[:batch_size], torch.arange(min(batch_size, len(x)), device=x.device))
     # a class without the flag (a user's) may branch on its data, which a traced graph would freeze
     jit = jit and getattr(model, "jit_compatible", False) and getattr(guide, "jit_compatible", False)
-    vectorize = broadcasts_draws(model)  # else particles are drawn one after another
+    if vectorize is None:
+        vectorize = broadcasts_draws(model)  # else particles are drawn one after another
     with frozen(model) if freeze_model else contextlib.nullcontext():
         return FastSVI(model_fn, guide_fn, example, {"num_data": len(x)}, lr, lr_decay, objective, num_particles, jit,
-                       vectorize, gradient)
+                       vectorize, gradient, max_plate_nesting)
+
+
+def check_components(model, objective: str) -> None:
+    """Refuse, in one line, what the mixture's training on the sum over its components cannot do."""
+    if objective == "iwae":
+        raise UsageError("the mixture guide trains on its ELBO summed over components, which the importance-weighted "
+                         "bound does not split into; use --objective elbo (or meanfield) with it")
+    if not broadcasts_draws(model):
+        raise UsageError(f"the mixture guide draws one z per component at once, and the model "
+                         f"{getattr(model, 'spec', type(model).__name__)} does not broadcast over a leading dimension "
+                         "of its latents; write the model so it does (see your own models in the README), or use "
+                         "another family")
 
 
 class Trainer:
@@ -122,12 +152,20 @@ class Trainer:
         :class:`~elbogap.inference.svi.FastSVI`. Only for programs without data-dependent
         Python control flow, such as elbogap's own models and guides.
     :param str gradient: the gradient estimator, ``"reparam"``, ``"stl"`` or ``"dreg"`` (see :func:`make_svi`).
+    :param schedule: a :class:`~elbogap.inference.convergence.ConvergeSchedule` that drops the learning rate and
+        ends training once the fit converged (None: ``steps`` steps, as ``lr_decay`` decays the rate).
+    :param convergence: the constants of the convergence rule :meth:`convergence` applies.
+    :param float loss_scale: turns the per-point losses into the units of the rule's tolerance.
+    :param vectorize: draw the particles at once under a plate (None: where the model says it broadcasts).
+    :param int max_plate_nesting: how deep the programs' plates nest (the particle plate goes left of them).
     """
 
     def __init__(self, model, guide, x: torch.Tensor, batch_size: int = 128, lr: float = 1e-3,
                  objective: str = "elbo", num_particles: int = 1, seed: int = 0,
                  freeze_model: bool = False, lr_decay: float = 1.0, kl_warmup_steps: int = 0,
-                 dynamic_binarize: bool = False, jit: bool = True, shuffle: bool = True, gradient: str = "reparam"):
+                 dynamic_binarize: bool = False, jit: bool = True, shuffle: bool = True, gradient: str = "reparam",
+                 schedule: ConvergeSchedule | None = None, convergence: ConvergenceSettings | None = None,
+                 loss_scale: float = 1.0, vectorize: bool | None = None, max_plate_nesting: int = 1):
         if batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
         if lr <= 0:
@@ -138,12 +176,14 @@ class Trainer:
         self.kl_warmup_steps, self.dynamic_binarize = kl_warmup_steps, dynamic_binarize
         self.kl_weight = KLWeight(sites=latent_sites(model))
         self.svi = make_svi(model, guide, x, self.batch_size, lr, objective, num_particles, freeze_model, lr_decay,
-                            self.kl_weight, jit, gradient)
+                            self.kl_weight, jit, gradient, vectorize, max_plate_nesting)
         self.step_count, self.epoch, self.position = 0, -1, 0
         self.losses: list[float] = []
         self.seconds = 0.0  # time in SVI steps, over every session of this run
         self._order = self._epoch_x = None
         self._snr_groups: dict[str, list[torch.Tensor]] | None = None
+        self.schedule, self.loss_scale = schedule, loss_scale
+        self.convergence_settings = convergence or ConvergenceSettings()
 
     def _start_epoch(self, epoch: int) -> None:
         # drawn on the CPU whatever the device, so every device sees the same batches
@@ -167,11 +207,49 @@ class Trainer:
         if self.kl_warmup_steps:
             self.kl_weight.beta = min(1.0, self.step_count / self.kl_warmup_steps)
         batch, index = self.next_batch()
-        with frozen(self.model) if self.freeze_model else contextlib.nullcontext():
-            loss = self.svi.step(batch, index, num_data=len(self.x), eager=self.kl_weight.beta != 1.0) / len(self.x)
+        try:
+            with frozen(self.model) if self.freeze_model else contextlib.nullcontext():
+                loss = self.svi.step(batch, index, num_data=len(self.x), eager=self.kl_weight.beta != 1.0) / len(self.x)
+        except ValueError as error:  # a distribution refusing NaN parameters inside the step
+            if self.schedule is None or "nan" not in str(error).lower() and all_finite(self.svi.params):
+                raise
+            loss = math.nan
+        if self.schedule is not None and not (math.isfinite(loss) and all_finite(self.svi.params)):
+            if self.schedule.back_off(self):  # the best check's state, at a tenth of the learning rate
+                return self.losses[-1] if self.losses else math.nan
         self.losses.append(loss)
         self.step_count += 1
+        if self.schedule is not None:
+            self.schedule.after_step(self)
         return loss
+
+    def snapshot(self) -> dict:
+        """What :meth:`restore` needs to return to this step: parameters, optimizer, position in the data."""
+        return {"params": [p.detach().clone() for p in self.svi.params], "optim": copy.deepcopy(self.svi.state_dict()),
+                "step": self.step_count, "epoch": self.epoch, "position": self.position}
+
+    def restore(self, snapshot: dict) -> None:
+        with torch.no_grad():
+            for param, saved in zip(self.svi.params, snapshot["params"], strict=True):
+                param.copy_(saved)
+        self.svi.load_state_dict(copy.deepcopy(snapshot["optim"]))
+        self.step_count, self.position = snapshot["step"], snapshot["position"]
+        del self.losses[self.step_count:]
+        if snapshot["epoch"] != self.epoch and snapshot["epoch"] >= 0:
+            self._start_epoch(snapshot["epoch"])
+
+    @property
+    def finished(self) -> bool:
+        """Whether the schedule ended training (it converged, or gave up) before the step cap."""
+        return self.schedule is not None and self.schedule.done
+
+    def convergence(self, cap: int) -> dict:
+        """Whether the fit converged, by the schedule's rule or, for a fixed number of steps, by the trend of the
+        last steps' ELBO (:mod:`elbogap.inference.convergence`), with the evidence for it; ``cap`` is the most
+        steps the run was allowed."""
+        if self.schedule is not None:
+            return self.schedule.verdict(self.step_count, cap)
+        return fixed_verdict(self.losses, self.convergence_settings, self.loss_scale)
 
     def snr_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The fixed minibatch the gradient's signal-to-noise is measured on: ``(rows, index)``.
@@ -213,7 +291,9 @@ class Trainer:
         if steps < 0:
             raise UsageError(f"--steps must be >= 0, got {steps}")
         bar = as_progress(progress).bar(desc, steps, initial=self.step_count)
-        while self.step_count < steps:
+        if self.schedule is not None:
+            self.schedule.start(self)
+        while self.step_count < steps and not self.finished:
             start = time.perf_counter()
             loss = self.step()
             self.seconds += time.perf_counter() - start  # callbacks (evaluation, checkpoints) are not training
@@ -232,6 +312,7 @@ class Trainer:
             "losses": torch.tensor(self.losses, dtype=torch.float64),
             "model": self.model.state_dict(), "guide": self.guide.state_dict(),
             "optim": self.svi.state_dict(), "rng": rng_state(self.x.device),
+            "schedule": json.dumps(self.schedule.state_dict() if self.schedule is not None else None),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -246,6 +327,9 @@ class Trainer:
         self.epoch = int(state["epoch"])
         if self.epoch >= 0:
             self._start_epoch(self.epoch)
+        schedule = json.loads(state.get("schedule", "null"))
+        if self.schedule is not None and schedule is not None:
+            self.schedule.load_state_dict(schedule)
 
 
 def train(model, guide, x: torch.Tensor, steps: int, batch_size: int = 128, lr: float = 1e-3,
@@ -292,6 +376,7 @@ def refit_guide(model, guide, x: torch.Tensor, lr: float = 0.05, max_steps: int 
     """
     result = TrainResult()
     if not any(True for _ in guide.parameters()):
+        result.converged = True
         return result  # nothing to fit (e.g. the exact posterior)
     # a copy of the param store's entries (the same tensors, so a model's pyro.param sites read their trained
     # values): what the refit adds or drops stays inside, and a refit during training leaves the store as it was
@@ -315,9 +400,11 @@ def _refit(model, guide, x, lr, max_steps, window, tol, num_particles, lr_drops,
             bar.set_postfix(elbo=f"{-current:.4f}", refresh=False)
             if previous - current < tol:
                 if drops == lr_drops:
+                    result.converged = True
                     break
                 drops += 1
                 svi.scale_lr(0.1)
             previous = current
     result.seconds = time.perf_counter() - start
+    result.converged = bool(result.converged)
     return result

@@ -1,7 +1,7 @@
 """What a protocol is: the three things a run asks of its kind of study."""
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,10 @@ class Protocol:
         sandwich of ``--bdmc``, also written to the run directory.
     :param threads: torch's intra-op threads while the run trains and evaluates, where the
         kind of study knows better than the caller (None: leave them).
+    :param elbo_check: ``(model, guide, data, config) -> check``, where ``check()`` is the ELBO now on fixed
+        draws, in the units of ``--convergence-tol``: what ``--schedule converge`` reads between its windows.
+    :param defaults: the settings left to the kind of model (``lr``, ``steps``, ``schedule``,
+        ``convergence_tol``), for a configuration that leaves them unset (:func:`~elbogap.factory.for_data`).
     """
 
     name: str
@@ -27,3 +31,5 @@ class Protocol:
     bdmc: Callable[..., dict]
     #: torch's intra-op threads for the run (None: as the caller set them); one where every tensor is small
     threads: int | None = None
+    elbo_check: Callable[..., Callable[[], float]] | None = None
+    defaults: dict = field(default_factory=dict)

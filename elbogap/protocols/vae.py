@@ -83,18 +83,19 @@ def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: b
         if not guide.amortized:
             if fresh_local:
                 guide = guide.fresh(len(x))
-            refit_guide(model, guide, x, jit=config.jit, progress=progress, desc=f"fit {split} points")
+            local_fit = refit_guide(model, guide, x, jit=config.jit, progress=progress, desc=f"fit {split} points")
         ais_index = subset_index(len(x), max(config.ais_points, config.gap_points), config)
         evaluation = evaluate(model, guide, x, ais_index=ais_index, progress=progress, desc=f"evaluate {split}",
                               **options)
     metrics = {**evaluation.metrics, **elbo_on_log_px_points(evaluation.per_point)}
+    if not guide.amortized:
+        metrics["local_fit_converged"] = local_fit.converged
     if config.gap_points:
         index = gap_index(len(x), config)
         log_px = None
         if metrics["log_px_guide_independent"]:
             per_point = evaluation.per_point
-            log_px = KnownLogPx(per_point["log_px"][index], per_point["log_px_jackknife_stderr"][index],
-                                metrics["log_px_method"])
+            log_px = KnownLogPx.of(per_point, metrics["log_px_method"], index)
         with phases(f"gaps_{split}"), progress.phase(f"q* {split}"):
             refit_options = {"jit": config.jit, "progress": progress, "desc": f"q* {split}"}
             metrics.update(gap_decomposition(model, guide, x[index], index, refit_options=refit_options,
@@ -150,4 +151,25 @@ def evaluation_point(model, guide, data: Dataset, config: Config) -> dict:
     return point
 
 
-VAE = Protocol("vae", evaluate=evaluate_splits, curve_point=evaluation_point, bdmc=run_bdmc)
+#: training rows the ELBO checks of ``--schedule converge`` score, and draws of q per row
+CHECK_ROWS, CHECK_DRAWS = 1024, 4
+
+
+def elbo_check(model, guide, data: Dataset, config: Config):
+    """The ELBO per data point on the first ``CHECK_ROWS`` training rows, from the same draws at every call (the
+    stream ``convergence_checks``), for ``--schedule converge``."""
+    count = min(CHECK_ROWS, len(data.train))
+    rows, index = data.train[:count], torch.arange(count, device=data.train.device)
+
+    def check() -> float:
+        with torch.random.fork_rng(devices=rng_devices(rows)):
+            streams.seeded("convergence_checks", 0)
+            return evaluate(model, guide, rows, index, elbo_samples=CHECK_DRAWS, iw_samples=1,
+                            log_px_method="iwae").metrics["elbo"]
+
+    return check
+
+
+VAE = Protocol("vae", evaluate=evaluate_splits, curve_point=evaluation_point, bdmc=run_bdmc, elbo_check=elbo_check,
+               defaults={"lr": 0.003, "steps": 2000, "schedule": "fixed", "convergence_tol": 0.01,
+                         "particles": 1})

@@ -1,5 +1,7 @@
 """Pyro's autoguides over every latent of a conjugate model: their KL gaps against the closed forms."""
 
+import math
+
 import pytest
 import torch
 
@@ -81,3 +83,19 @@ def test_a_guide_program_missing_a_site_is_refused(regression):
     model = GlobalLatentModel(truth.regression_model(ALPHA, SIGMA), regression["data"], "regression")
     with pytest.raises(UsageError, match="does not sample the model's latent site"):
         GlobalProgramGuide(guide, model, regression["data"], "guide.py:guide")
+
+
+def test_qs_importance_estimate_has_no_standard_error_where_its_weights_tail_is_too_heavy(regression):
+    """A guide far narrower than the posterior: its importance weights have k-hat above 0.5, an infinite variance,
+    and no error bar is given for q's estimate of log p(D) (one was, at k-hat 0.85), as per-point IWAE declines."""
+    from elbogap.global_latents.evaluation import GuideDraws
+
+    torch.manual_seed(0)
+    heavy = -0.8 * torch.rand(2000, dtype=torch.float64).log()  # Pareto weights of shape 0.8
+    draws = GuideDraws(heavy, torch.zeros(2000, dtype=torch.float64), torch.zeros(2000, dtype=torch.float64), {})
+    metrics = summarize_draws(draws, 30)
+    assert metrics["khat"] > 0.5 and math.isnan(metrics["log_evidence_q_stderr"])
+    assert "no standard error" in metrics["log_evidence_q_note"]
+    light = GuideDraws(0.1 * torch.randn(2000, dtype=torch.float64), torch.zeros(2000, dtype=torch.float64),
+                       torch.zeros(2000, dtype=torch.float64), {})
+    assert math.isfinite(summarize_draws(light, 30)["log_evidence_q_stderr"])

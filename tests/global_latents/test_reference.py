@@ -45,3 +45,15 @@ def test_a_guide_with_the_posterior_moments_scores_zero_error_and_unit_ratio():
     assert same["mean_error_max_abs"] == 0 and same["sd_ratio_min"] == same["sd_ratio_max"] == 1
     off = against_reference(wide, exact)["w"]
     assert off["mean_error"] == [pytest.approx(1.0), 0.0] and off["sd_ratio"] == [2.0, 1.0]
+
+
+def test_a_reference_on_few_effective_draws_says_it_is_rough():
+    """Fewer than 100 effective draws: the reference is marked unreliable, with a warning saying what to do."""
+    model, data, *_ = conjugate()
+    log_w = torch.tensor([0.0] * 20 + [-50.0] * 236, dtype=torch.float64)
+    reference = ais_reference(model, log_w, model.prior_draws(256, data))
+    assert reference.diagnostics["effective_draws"] == pytest.approx(20.0)
+    assert not reference.diagnostics["reliable"]
+    assert "20 effective draws" in reference.diagnostics["warnings"][0]
+    steady = ais_reference(model, torch.zeros(256, dtype=torch.float64), model.prior_draws(256, data))
+    assert steady.diagnostics["reliable"] and steady.diagnostics["warnings"] == []

@@ -98,3 +98,36 @@ def test_held_out_rows_get_their_exact_log_predictive_density(tmp_path):
     assert abs(run["test"]["log_predictive"] - exact) < 4 * run["test"]["log_predictive_stderr"] + 0.05
     assert abs(run["test"]["log_predictive_q"] - exact) < 4 * run["test"]["log_predictive_q_stderr"] + 0.05
     assert "Held-out rows" in result._repr_markdown_()
+
+
+def test_a_fit_stopped_at_its_cap_is_flagged_in_the_table_the_warnings_and_the_csv(study, elbogap):
+    """A cap of 30 steps stops the fit long before its ELBO settles: the run says it did not converge, in each place a
+    reader looks; the evidence table labels its interval as covering AIS's mean, and the gap is against one log p(D)."""
+    folder, *_ = study
+    out = folder / "capped"
+    code, err = elbogap("compare", "--model", folder / "mixed.py:model", "--data", folder / "y.csv", "--guides",
+                        "auto:AutoNormal", "--steps", "30", "--reference", "none", "--jobs", "1", "--seeds", "0",
+                        "-q", "--out", out)
+    assert code == 0, err
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert run["converged"] is False and run["convergence"]["rule"] == "plateau" and run["steps"] == 30
+    table = (out / "results.md").read_text()
+    assert "## Warnings" in table and "auto-AutoNormal seed 0 did not converge (plateau rule)" in table
+    assert "| 1 | no |" in table  # the gap table's seeds and converged columns
+    assert "covers what AIS gives on average" in table and "against one estimate of log p(D) per seed" in table
+    header, row = (out / "results.csv").read_text().splitlines()[:2]
+    assert dict(zip(header.split(","), row.split(","), strict=True))["converged"] == "False"
+
+
+def test_the_defaults_train_a_global_model_until_it_converges(study, elbogap):
+    """No training flag: the fit stops by its rule, well before the cap, at the family's closed-form gap."""
+    folder, exact, mean_field_kl = study
+    out = folder / "defaults"
+    code, err = elbogap("compare", "--model", folder / "mixed.py:model", "--data", folder / "y.csv", "--guides",
+                        "auto:AutoNormal", "--reference", "none", "--jobs", "1", "--seeds", "0", "-q", "--out", out)
+    assert code == 0, err
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert run["converged"] is True and run["steps"] < 20000
+    data = run["data"]
+    assert abs(data["log_evidence"] - exact) < interval_halfwidth(data["log_evidence_stderr"], 5.8) + 0.005
+    assert abs(data["kl_gap"] - mean_field_kl) < max(0.05, 4 * data["kl_gap_stderr"])

@@ -102,12 +102,16 @@ def regression_model(alpha: float = 1.0, sigma: float = 1.0):
     return model
 
 
-def regression_data(N: int, D: int, seed: int = 0, alpha: float = 1.0, sigma: float = 1.0) -> torch.Tensor:
-    """A float32 data set ``(N, D + 1)`` of the regression model: standard normal features, true
-    weights drawn from the prior :math:`\\mathcal{N}(0, \\alpha^{-1} I)`, targets last.
+def regression_data(N: int, D: int, seed: int = 0, alpha: float = 1.0, sigma: float = 1.0,
+                    correlation: float = 0.0) -> torch.Tensor:
+    """A float32 data set ``(N, D + 1)`` of the regression model: normal features of unit variance and pairwise
+    ``correlation``, true weights drawn from the prior :math:`\\mathcal{N}(0, \\alpha^{-1} I)`, targets last.
     """
     generator = torch.Generator().manual_seed(seed)
     features = torch.randn(N, D, generator=generator, dtype=torch.float64)
+    if correlation:
+        mixing = correlation + (1 - correlation) * torch.eye(D, dtype=torch.float64)
+        features = features @ torch.linalg.cholesky(mixing).T
     w = alpha**-0.5 * torch.randn(D, generator=generator, dtype=torch.float64)
     targets = features @ w + sigma * torch.randn(N, generator=generator, dtype=torch.float64)
     return torch.cat([features, targets.unsqueeze(-1)], dim=-1).float()
@@ -341,3 +345,213 @@ def mixed_posterior(y, mu_scale: float = 1.0, z_scale: float = 1.0,
     linear = torch.cat([y.new_zeros(1), y / noise_scale**2])
     cov = torch.linalg.inv(precision)
     return cov @ linear, cov
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Eight schools: a funnel, its evidence by 1-D quadrature over the spread
+# ---------------------------------------------------------------------------------------------
+
+SCHOOL_EFFECTS = [28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0]
+SCHOOL_ERRORS = [15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0]
+
+
+def eight_schools_data() -> torch.Tensor:
+    """Rubin's SAT coaching data as ``(8, 2)`` float32, columns ``[y, sigma]`` (as ``examples/eight_schools.py``)."""
+    return torch.tensor([SCHOOL_EFFECTS, SCHOOL_ERRORS]).T.contiguous()
+
+
+def eight_schools_model(mu_scale: float = 5.0, tau_scale: float = 5.0):
+    r"""The non-centred eight schools: :math:`\mu \sim \mathcal{N}(0, s_\mu^2)`, :math:`\tau \sim
+    \mathrm{HalfCauchy}(s_\tau)`, :math:`\theta_j = \mu + \tau \tilde\theta_j`, :math:`y_j \sim
+    \mathcal{N}(\theta_j, \sigma_j^2)`."""
+
+    def model(data):
+        y, sigma = data[:, 0], data[:, 1]
+        mu = pyro.sample("mu", dist.Normal(data.new_tensor(0.0), mu_scale))
+        tau = pyro.sample("tau", dist.HalfCauchy(data.new_tensor(tau_scale)))
+        with pyro.plate("schools", data.shape[0]):
+            theta_raw = pyro.sample("theta_raw", dist.Normal(data.new_tensor(0.0), 1.0))
+            pyro.sample("y", dist.Normal(mu + tau * theta_raw, sigma), obs=y)
+
+    return model
+
+
+def eight_schools_log_evidence(y, sigma, mu_scale: float = 5.0, tau_scale: float = 5.0) -> float:
+    r"""The evidence of :func:`eight_schools_model` by quadrature over :math:`u = \log \tau`.
+
+    With :math:`\mu` and the :math:`\tilde\theta_j` integrated out,
+    :math:`y \mid \tau \sim \mathcal{N}(0, \mathrm{diag}(\sigma_j^2 + \tau^2) + s_\mu^2 \mathbf{1}\mathbf{1}^\top)`,
+    and :math:`\log p(y) = \log \int \mathrm{HalfCauchy}(e^u; s_\tau)\, p(y \mid e^u)\, e^u\, du` by
+    ``scipy.integrate.quad`` over :math:`u \in [-60, 20]` (the integrand decays as :math:`e^u` to the left, a
+    half-Cauchy's tail to the right).
+    """
+    y, sigma = _float64(y).reshape(-1), _float64(sigma).reshape(-1)
+
+    def log_integrand(u: float) -> float:
+        tau = math.exp(u)
+        cov = torch.diag(sigma**2 + tau**2) + mu_scale**2 * torch.ones(len(y), len(y), dtype=torch.float64)
+        log_prior = math.log(2 / (math.pi * tau_scale)) - math.log1p((tau / tau_scale) ** 2)
+        return _gaussian_log_density(y, cov) + log_prior + u
+
+    peak = max(log_integrand(u) for u in np.linspace(-5, 8, 27))
+    value, _ = integrate.quad(lambda u: math.exp(log_integrand(u) - peak), -60.0, 20.0, points=[-5.0, 0.0, 2.0, 4.0],
+                              limit=500, epsabs=0.0, epsrel=1e-11)
+    return peak + math.log(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Regressions whose weights are Gaussian given one or two scales: evidence by quadrature over the scales
+# ---------------------------------------------------------------------------------------------
+
+
+def linear_gaussian_log_evidence(y, design, prior_var, noise_var) -> torch.Tensor:
+    r""":math:`\log \mathcal{N}(y;\ 0,\ \sigma^2 I_n + A\, \mathrm{diag}(v)\, A^\top)`, batched over the leading
+    dimensions of ``design`` :math:`A` ``(..., n, p)``, ``prior_var`` :math:`v` ``(..., p)`` and ``noise_var``
+    :math:`\sigma^2` ``(...)``, by the matrix determinant lemma and Woodbury's identity (a ``p x p`` Cholesky
+    factor, not an ``n x n`` one)."""
+    y, design = _float64(y), _float64(design)
+    prior_var, noise_var = _float64(prior_var), _float64(noise_var)
+    n = design.shape[-2]
+    gram, projected = design.transpose(-1, -2) @ design, (design.transpose(-1, -2) @ y[..., None])[..., 0]
+    inner = torch.diag_embed(1 / prior_var) + gram / noise_var[..., None, None]
+    factor = torch.linalg.cholesky(inner)
+    logdet = n * noise_var.log() + 2 * factor.diagonal(dim1=-2, dim2=-1).log().sum(-1) + prior_var.log().sum(-1)
+    scaled = projected / noise_var[..., None]
+    quadratic = (y * y).sum(-1) / noise_var - (scaled * torch.cholesky_solve(scaled[..., None], factor)[..., 0]).sum(-1)
+    return -0.5 * (n * math.log(2 * math.pi) + logdet + quadratic)
+
+
+def _half_normal_log_density(scale: torch.Tensor, prior_scale: float) -> torch.Tensor:
+    return math.log(2) - 0.5 * math.log(2 * math.pi * prior_scale**2) - scale**2 / (2 * prior_scale**2)
+
+
+def one_scale_log_evidence(y, design, prior_var, noise_prior: float = 1.0) -> float:
+    r"""Evidence of :math:`y = A w + \epsilon`, :math:`w \sim \mathcal{N}(0, \mathrm{diag}\, v)`,
+    :math:`\epsilon \sim \mathcal{N}(0, \sigma^2 I)`, :math:`\sigma \sim \mathrm{HalfNormal}(s)`: ``quad`` over
+    :math:`u = \log \sigma` of :func:`linear_gaussian_log_evidence` times the prior and Jacobian."""
+    y, design, prior_var = _float64(y), _float64(design), _float64(prior_var)
+
+    def log_integrand(u: float) -> float:
+        sigma = torch.tensor(math.exp(u), dtype=torch.float64)
+        return float(linear_gaussian_log_evidence(y, design, prior_var, sigma**2)
+                     + _half_normal_log_density(sigma, noise_prior)) + u
+
+    grid = np.linspace(-8, 4, 241)
+    values = [log_integrand(u) for u in grid]
+    peak, mode = max(values), float(grid[int(np.argmax(values))])
+    value, _ = integrate.quad(lambda u: math.exp(log_integrand(u) - peak), mode - 3, mode + 3, points=[mode],
+                              limit=500, epsabs=0.0, epsrel=1e-11)
+    assert max(log_integrand(mode - 3), log_integrand(mode + 3)) < peak - 40, "widen the range"
+    return peak + math.log(value)
+
+
+def two_scales_log_evidence(y, design_of, prior_var_of, scale_prior: float = 1.0, noise_prior: float = 1.0,
+                            noise_points: int = 401) -> float:
+    r"""Evidence of a regression whose design ``design_of(s)`` and prior variances ``prior_var_of(s)`` depend on a
+    scale :math:`s \sim \mathrm{HalfNormal}` beside the noise :math:`\sigma \sim \mathrm{HalfNormal}`: an outer
+    ``quad`` over :math:`s` (on its own scale, so a posterior that reaches 0 is integrated there) of a trapezoid
+    over :math:`\log \sigma` about its peak (a data set of hundreds of rows pins it to a few percent).
+    ``design_of`` and ``prior_var_of`` take a batch of scales ``(G,)``."""
+    y = _float64(y)
+
+    def log_joint(scale: float, log_noise: torch.Tensor) -> torch.Tensor:
+        scales = torch.full_like(log_noise, scale)
+        noise = log_noise.exp()
+        return (linear_gaussian_log_evidence(y, design_of(scales), prior_var_of(scales), noise**2)
+                + _half_normal_log_density(scales, scale_prior) + _half_normal_log_density(noise, noise_prior)
+                + log_noise)
+
+    coarse = torch.linspace(-6, 3, 91, dtype=torch.float64)
+    best = max(((float(log_joint(s, coarse).max()), s, float(coarse[log_joint(s, coarse).argmax()]))
+                for s in np.linspace(1e-3, 5, 60)), key=lambda item: item[0])
+    peak, _, noise_mode = best
+    axis = torch.linspace(noise_mode - 0.6, noise_mode + 0.6, noise_points, dtype=torch.float64)
+
+    def inner(scale: float) -> float:
+        values = log_joint(scale, axis)
+        if float(values.max()) > peak - 30:
+            assert float(values[0]) < peak - 40 and float(values[-1]) < peak - 40, "widen the noise axis"
+        return float(torch.trapezoid((values - peak).exp(), axis))
+
+    upper = 5.0 * scale_prior
+    value, _ = integrate.quad(inner, 0.0, upper, limit=200, epsabs=0.0, epsrel=1e-9)
+    return peak + math.log(value)
+
+
+def radon_like_data(groups: int = 85, rows: int = 919, seed: int = 0) -> torch.Tensor:
+    """A float32 ``(rows, 3)`` data set shaped like Gelman's radon data: columns ``[group, x, y]``, a binary
+    covariate (the floor) and group intercepts around 1.5 (sd 0.35), slope -0.7, noise 0.75."""
+    generator = np.random.default_rng(seed)
+    group = generator.integers(0, groups, size=rows)
+    x = generator.integers(0, 2, size=rows).astype(float)
+    intercepts = 1.5 + 0.35 * generator.normal(size=groups)
+    y = intercepts[group] - 0.7 * x + 0.75 * generator.normal(size=rows)
+    return torch.tensor(np.c_[group, x, y], dtype=torch.float32)
+
+
+def pooled_model(weight_scale: float = 10.0):
+    """One line for every row: intercept and slope :math:`\\mathcal{N}(0, 10^2)`, noise
+    :math:`\\mathrm{HalfNormal}(1)`."""
+
+    def model(data):
+        x, y = data[:, 1], data[:, 2]
+        a = pyro.sample("a", dist.Normal(data.new_tensor(0.0), weight_scale))
+        b = pyro.sample("b", dist.Normal(data.new_tensor(0.0), weight_scale))
+        sigma = pyro.sample("sigma", dist.HalfNormal(data.new_tensor(1.0)))
+        with pyro.plate("data", data.shape[0]):
+            pyro.sample("y", dist.Normal(a[..., None] + b[..., None] * x, sigma[..., None]), obs=y)
+
+    return model
+
+
+def pooled_log_evidence(data, weight_scale: float = 10.0) -> float:
+    data = _float64(data)
+    design = torch.stack([torch.ones_like(data[:, 1]), data[:, 1]], -1)
+    return one_scale_log_evidence(data[:, 2], design, torch.full((2,), weight_scale**2, dtype=torch.float64))
+
+
+def varying_intercept_model(groups: int = 85, weight_scale: float = 10.0):
+    """Non-centred group intercepts :math:`a_j = \\mu + \\sigma_a \\tilde a_j`, a common slope, half-normal scales."""
+
+    def model(data):
+        group, x, y = data[:, 0].long(), data[:, 1], data[:, 2]
+        mu = pyro.sample("mu_a", dist.Normal(data.new_tensor(0.0), weight_scale))
+        spread = pyro.sample("sigma_a", dist.HalfNormal(data.new_tensor(1.0)))
+        b = pyro.sample("b", dist.Normal(data.new_tensor(0.0), weight_scale))
+        sigma = pyro.sample("sigma", dist.HalfNormal(data.new_tensor(1.0)))
+        with pyro.plate("groups", groups):
+            raw = pyro.sample("a_raw", dist.Normal(data.new_tensor(0.0), 1.0))
+        intercepts = mu[..., None] + spread[..., None] * raw
+        with pyro.plate("data", data.shape[0]):
+            pyro.sample("y", dist.Normal(intercepts[..., group] + b[..., None] * x, sigma[..., None]), obs=y)
+
+    return model
+
+
+def varying_intercept_log_evidence(data, groups: int = 85, weight_scale: float = 10.0) -> float:
+    """Given :math:`\\sigma_a` and :math:`\\sigma` the model is linear in :math:`(\\mu, b, \\tilde a)`."""
+    data = _float64(data)
+    onehot = torch.nn.functional.one_hot(data[:, 0].long(), groups).double()
+    base = torch.stack([torch.ones_like(data[:, 1]), data[:, 1]], -1)
+    prior = torch.cat([torch.full((2,), weight_scale**2, dtype=torch.float64), torch.ones(groups, dtype=torch.float64)])
+
+    def design_of(spread):
+        return torch.cat([base.expand(len(spread), *base.shape), spread[:, None, None] * onehot], -1)
+
+    return two_scales_log_evidence(data[:, 2], design_of, lambda spread: prior.expand(len(spread), -1))
+
+
+def random_effects_log_evidence(data) -> float:
+    """``examples/random_effects.py``: given :math:`\\tau` and :math:`\\sigma`, linear in the intercept, slope and
+    subject effects :math:`z_i \\sim \\mathcal{N}(0, \\tau^2)` (centred: :math:`\\tau` sets their prior variance)."""
+    data = _float64(data)
+    measurements, subjects = data.shape[1] // 2, data.shape[0]
+    x, y = data[:, :measurements].reshape(-1), data[:, measurements:].reshape(-1)
+    onehot = torch.nn.functional.one_hot(torch.arange(subjects).repeat_interleave(measurements), subjects).double()
+    design = torch.cat([torch.ones(len(x), 1, dtype=torch.float64), x[:, None], onehot], -1)
+
+    def prior_var_of(tau):
+        fixed = torch.tensor([25.0, 1.0], dtype=torch.float64).expand(len(tau), 2)
+        return torch.cat([fixed, (tau[:, None] ** 2).expand(len(tau), subjects)], -1)
+
+    return two_scales_log_evidence(y, lambda tau: design.expand(len(tau), *design.shape), prior_var_of)

@@ -211,7 +211,7 @@ def test_an_ais_run_too_short_for_its_model_is_flagged_against_iwae_from_the_exa
 
     run = {"guide": "exact", "seed": 0, "test": short, "train": short}
     report = markdown({"config": Config().to_dict(), "versions": {}, "runs": [run]})
-    assert "## log p(x) warnings\n\n- exact seed 0, test: IWAE from q is" in report
+    assert "## Warnings\n\n- exact seed 0, test: IWAE from q is" in report
 
 
 def test_ais_within_its_error_of_iwae_is_not_flagged():

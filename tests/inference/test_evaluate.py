@@ -195,3 +195,14 @@ def test_a_mean_over_one_point_takes_that_points_own_error(linear_model, linear_
         expected = float(source.double().pow(2).sum().sqrt() / rows)
         assert metrics["log_px_ais_stderr"] == pytest.approx(expected) == metrics["log_px_stderr"]
     assert float(per_point["log_px_ais_stderr"][0]) != pytest.approx(float(per_point["log_px_ais_jackknife_stderr"][0]))
+
+
+def test_an_interval_covers_the_estimators_mean_and_a_known_bias_widens_its_upper_end(linear_model, linear_data):
+    """AIS and IWAE are biased low: their interval covers their own mean; a bias given (a BDMC width) raises its
+    upper end by that much, the lower end unchanged."""
+    evaluation = evaluate(linear_model, optimal_diag_guide(linear_model), linear_data[:4], iw_samples=200,
+                          log_px_method="iwae")
+    low, high = evaluation.interval("elbo")
+    wide_low, wide_high = evaluation.interval("elbo", bias=0.3)
+    assert bool(low.isfinite().all()) and torch.equal(low, wide_low) and torch.allclose(wide_high, high + 0.3)
+    assert torch.equal(evaluation.interval("elbo", bias=-1.0)[1], high)  # a bias is not negative

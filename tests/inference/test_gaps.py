@@ -179,3 +179,17 @@ def test_q_star_of_a_program_whose_parameters_live_in_the_param_store_uses_their
     assert gaps["approx_gap"] == pytest.approx(diag_gap_closed_form(linear_model),
                                                abs=4 * gaps["approx_gap_stderr"] + 5e-3)
     torch.testing.assert_close(store["W"], linear_model.weight.detach(), rtol=0, atol=0)
+
+
+
+def test_the_gap_split_on_one_point_takes_that_points_own_error():
+    """With --gap-points 1 the mean over points is one point: its log p(x) error is the point's own (the group
+    spread's), not the jackknife's, whose interval covers too little for one point (75-88%); over two points or more
+    each point's jackknife error, which a mean's combines right whatever the tails."""
+    from elbogap.inference.gaps import KnownLogPx
+
+    per_point = {"log_px": torch.tensor([-3.0, -4.0]), "log_px_stderr": torch.tensor([0.3, 0.4]),
+                 "log_px_jackknife_stderr": torch.tensor([0.1, 0.2])}
+    one = KnownLogPx.of(per_point, "ais", torch.tensor([1]))
+    assert one.values.tolist() == [-4.0] and one.stderr.tolist() == pytest.approx([0.4])
+    assert KnownLogPx.of(per_point, "ais").stderr.tolist() == pytest.approx([0.1, 0.2])

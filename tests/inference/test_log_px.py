@@ -81,3 +81,46 @@ def test_every_registered_method_estimates_the_linear_evidence_per_point(name, l
     assert isinstance(estimate, LogPxEstimate) and estimate.values.shape == estimate.stderr.shape == (6,)
     assert estimate.info["samples"] == {"exact": 0, "quadrature": 2 * 32**2, "iwae": 500, "ais": 8}[name]
     assert (estimate.values - linear_model.log_px(x)).abs().max() < 0.05 + 4 * estimate.stderr.max()
+
+
+def test_a_programs_mask_and_scale_count_in_log_px_as_in_svi():
+    """Per-point models: a program that masks its observation on some rows (log p(x) = 0 there: nothing observed) and
+    one that tempers its likelihood by 1/2, scored by quadrature against their closed forms. Before, both were
+    scored as the plain program (the mask and the scale ignored) while SVI honoured them."""
+    import pyro
+    import pyro.distributions as dist
+    from pyro import poutine
+
+    import elbogap
+    from tests.conftest import known_linear_model
+
+    linear = known_linear_model()
+    weight, bias, sigma = linear.weight, linear.bias, float(linear.sigma)
+    x = draw_linear_data(linear, 12, seed=4)
+
+    def likelihood(z, x):
+        return dist.Normal(z @ weight.T + bias, sigma).to_event(1)
+
+    def masked(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            with poutine.mask(mask=x[:, 0] > 0.5):
+                pyro.sample("x", likelihood(z, x), obs=x)
+
+    def tempered(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            with poutine.scale(scale=0.5):
+                pyro.sample("x", likelihood(z, x), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+
+    plain = linear.log_px(x)
+    exact_masked = torch.where(x[:, 0] > 0.5, plain, torch.zeros_like(plain))
+    wide = dist.MultivariateNormal(bias, weight @ weight.T + 2 * sigma**2 * torch.eye(5, dtype=x.dtype))
+    exact_tempered = wide.log_prob(x) + 2.5 * math.log(4 * math.pi * sigma**2) - 1.25 * math.log(2 * math.pi * sigma**2)
+    for program, exact in ((masked, exact_masked), (tempered, exact_tempered)):
+        evaluation = elbogap.evaluate(program, guide, x, log_px="quadrature", quadrature_points=64)
+        assert torch.allclose(evaluation.per_point["log_px"].double(), exact, atol=1e-3)

@@ -1,0 +1,81 @@
+"""The models with global latents the benchmarks run, with their exact evidence and, where known, each family's best
+KL gap.
+
+Evidences: closed form (conjugate regressions), quadrature over one scale (eight schools, the pooled regression) or
+two (the varying-intercept regression, the random-effects example: ``tests/global_latents/truth.py``, minutes each,
+so their values are kept here; ``python benchmarks/global_cases.py`` recomputes and prints them). The logistic
+regression has none. Family optima: closed forms on the conjugate regressions (a Gaussian posterior: the best
+factorized Gaussian's KL, 0 for the full-rank, rank-2 and autoregressive families); elsewhere unknown.
+"""
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+
+from tests.global_latents import truth  # noqa: E402
+
+#: the autoguides the examples and these benchmarks compare
+GUIDES = ["auto:AutoNormal", "auto:AutoMultivariateNormal", "auto:AutoLowRankMultivariateNormal",
+          "auto:AutoIAFNormal"]
+#: evidences by two-dimensional quadrature (tests/global_latents/truth.py), kept: each takes minutes
+VARYING_EVIDENCE = -1124.5837652930047
+RANDOM_EFFECTS_EVIDENCE = -815.0597262805148
+
+
+@dataclass
+class Case:
+    """A model program, its data, the exact log p(D) (None where unknown) and the best KL gap per family."""
+
+    name: str
+    program: object
+    data: torch.Tensor
+    log_evidence: float | None
+    best_gaps: dict = field(default_factory=dict)
+
+
+def conjugate(rows: int, seed: int) -> Case:
+    data = truth.regression_data(rows, 3, seed=seed, correlation=0.9)
+    features, targets = data[:, :-1].double(), data[:, -1].double()
+    _, _, precision = truth.regression_posterior(features, targets, 1.0, 1.0)
+    mean_field = truth.best_factorized_gaussian_kl(precision)
+    return Case(f"conjugate regression, {rows} rows", truth.regression_model(1.0, 1.0), data,
+                truth.regression_log_evidence(features, targets, 1.0, 1.0),
+                {"auto:AutoNormal": mean_field, "auto:AutoDiagonalNormal": mean_field,
+                 "auto:AutoMultivariateNormal": 0.0, "auto:AutoLowRankMultivariateNormal": 0.0,
+                 "auto:AutoIAFNormal": 0.0})
+
+
+def cases(names: list[str] | None = None) -> list[Case]:
+    """The cases, all or those whose short names (``conjugate100``, ``eight-schools``, ...) are given."""
+    import eight_schools
+    import logistic_regression
+    import random_effects
+
+    makers = {
+        "conjugate100": lambda: conjugate(100, 1),
+        "conjugate1000": lambda: conjugate(1000, 0),
+        "eight-schools": lambda: Case("eight schools", eight_schools.model, eight_schools.eight_schools(),
+                                      truth.eight_schools_log_evidence(eight_schools.eight_schools()[:, 0],
+                                                                       eight_schools.eight_schools()[:, 1])),
+        "logistic": lambda: Case("logistic regression (breast cancer)", logistic_regression.model,
+                                 logistic_regression.breast_cancer(), None),
+        "pooled": lambda: Case("pooled regression, 919 rows", truth.pooled_model(), truth.radon_like_data(),
+                               truth.pooled_log_evidence(truth.radon_like_data())),
+        "varying": lambda: Case("varying intercepts, 85 groups, 919 rows", truth.varying_intercept_model(),
+                                truth.radon_like_data(), VARYING_EVIDENCE),
+        "random-effects": lambda: Case("random effects (204 latents)", random_effects.model,
+                                       random_effects.random_effects_data(), RANDOM_EFFECTS_EVIDENCE),
+    }
+    return [maker() for name, maker in makers.items() if names is None or name in names]
+
+
+if __name__ == "__main__":
+    import random_effects
+
+    print("varying:", truth.varying_intercept_log_evidence(truth.radon_like_data()))
+    print("random effects:", truth.random_effects_log_evidence(random_effects.random_effects_data()))

@@ -1,0 +1,247 @@
+r"""Whether a fit converged, judged by a stated rule, and a schedule that trains until it has.
+
+Two rules, one per way of training:
+
+- **A fixed number of steps** (``--schedule fixed``, the default for models whose latents are per data point):
+  the ELBO's trend over the last ``fraction`` of the steps. The per-step ELBOs of that window are averaged in
+  ``blocks`` consecutive blocks, a least-squares line is fitted to the block means, and the ELBO the line gains
+  over the window is compared with its own standard error (the blocks' residual spread, ``blocks - 2`` degrees
+  of freedom). The fit counts as converged unless that gain is both above ``tolerance`` and significant:
+  :math:`\text{gain} - t_{0.975}\,\mathrm{se} > \text{tolerance}`. It sees a fit still rising when training
+  stopped; it cannot see what a larger learning rate would have reached.
+- **Until converged** (``--schedule converge``, the default for models with global latents): Adam at a
+  constant learning rate, checked every ``window`` steps by the ELBO, on a fixed set of draws (common random
+  numbers, so that two checks differ by what the parameters changed, not by the draws), of the average of the
+  window's iterates (Polyak averaging: a check reads where the parameters are, not their jitter). The ELBO is
+  still rising at this rate while the line through the last half of the rate's checks (at least ``2 patience``)
+  rises significantly (beyond 2 standard errors from the checks' scatter about the line) and would gain more than
+  ``plateau * tolerance`` if it went on as long again as training has run so far (a slow drift counts). Once it
+  is not, the ELBO has reached the level this rate allows, the mean of the last ``patience`` checks, and the rate
+  drops by ``factor``. A
+  drop that changes that level by less than ``tolerance`` shows that the jitter and the slow drift at the larger
+  rate cost less than the tolerance, and at the smaller rate less still: the fit has converged, training stops,
+  and the parameters are the last window's average. A step whose loss or parameters are not finite, or a stage
+  whose ELBO falls, returns to the best check's state at ``factor`` times the rate (a learning rate found by
+  backing off, at most ``max_backoffs`` times). Training stops unconverged at the step cap, or after
+  ``max_drops`` drops that each still gained. The plateau-and-drop idea is Pyro's ``ReduceLROnPlateau``; the
+  stopping test on the level reached at successive rates and the averaged iterates follow Welandawe et al. [1],
+  simplified.
+
+References:
+
+[1] Robust, Automated, and Accurate Black-box Variational Inference, Manushi Welandawe, Michael Riis Andersen,
+    Aki Vehtari, Jonathan H. Huggins, arXiv:2203.15945
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from scipy import stats
+
+SCHEDULES = ("fixed", "converge")
+
+
+@dataclass(frozen=True)
+class ConvergenceSettings:
+    """The rules' constants (see the module); ``tolerance`` is in the units of the ELBO the rule reads.
+
+    :param float tolerance: the ELBO (nats) a fit may still gain and count as converged.
+    :param float fraction: the share of a fixed run's last steps whose trend is read.
+    :param int blocks: block means that trend is fitted to.
+    :param int window: steps between two checks of the schedule.
+    :param int patience: checks compared at a time.
+    :param float factor: what a drop multiplies the learning rate by.
+    :param int max_drops: the most drops before the schedule stops.
+    :param int max_backoffs: the most returns to the last check, each at ``factor`` times its learning rate, after a
+        step whose loss or parameters are not finite.
+    """
+
+    tolerance: float = 0.02
+    plateau: float = 1.0
+    fraction: float = 0.1
+    blocks: int = 10
+    window: int = 50
+    patience: int = 3
+    factor: float = 0.1
+    max_drops: int = 4
+    max_backoffs: int = 3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def trend(elbos: list[float], blocks: int = 10) -> tuple[float, float, int]:
+    r"""The ELBO a line fitted to ``blocks`` block means of ``elbos`` gains over them, its standard error, and the
+    degrees of freedom of that error (``blocks - 2``). Blocks of consecutive steps average out the steps'
+    correlation, so their residuals are close to independent."""
+    size = len(elbos) // blocks
+    if size < 1 or blocks < 3:
+        return math.nan, math.nan, 0
+    means = torch.tensor(elbos[len(elbos) - size * blocks:], dtype=torch.float64).reshape(blocks, size).mean(1)
+    position = torch.arange(blocks, dtype=torch.float64)
+    centred = position - position.mean()
+    slope = float((centred * (means - means.mean())).sum() / centred.pow(2).sum())
+    residuals = means - means.mean() - slope * centred
+    slope_stderr = math.sqrt(float(residuals.pow(2).sum()) / (blocks - 2) / float(centred.pow(2).sum()))
+    return slope * blocks, slope_stderr * blocks, blocks - 2
+
+
+def fixed_verdict(losses: list[float], settings: ConvergenceSettings, scale: float = 1.0) -> dict:
+    """The trend rule on a fixed run's per-step losses (negative ELBOs, per data point; ``scale`` turns them into
+    the units of ``settings.tolerance``, e.g. the number of data points for a whole data set's ELBO)."""
+    window = max(settings.blocks * 5, round(settings.fraction * len(losses)))
+    record = {"rule": "trend", "tolerance": settings.tolerance, "window": min(window, len(losses))}
+    if len(losses) < settings.blocks * 5:
+        return {**record, "converged": None, "reason": f"too few steps ({len(losses)}) to read a trend from"}
+    gain, stderr, dof = trend([-scale * loss for loss in losses[-window:]], settings.blocks)
+    margin = float(stats.t.ppf(0.975, dof)) * stderr
+    converged = not (gain - margin > settings.tolerance)
+    record.update(converged=converged, gain=gain, gain_stderr=stderr)
+    if not converged:
+        record["reason"] = (f"the ELBO was still rising when training stopped: {gain:.3g} nats over the last "
+                            f"{window} steps (s.e. {stderr:.2g}), above the tolerance {settings.tolerance:g}")
+    return record
+
+
+class ConvergeSchedule:
+    """The plateau-and-drop schedule of the module, asked after every step; ``done`` ends training.
+
+    Each check scores the average of the window's iterates (Polyak averaging: the ELBO a check reads moves with the
+    parameters, not with their step-to-step jitter). The state of the best check so far is kept: a step whose loss
+    or parameters are not finite, or a stage whose ELBO falls (by more than ``max(tolerance, 2 se)``), returns
+    there at ``factor`` times the learning rate that failed, at most ``max_backoffs`` times.
+
+    :param elbo: the ELBO now, on fixed draws, in the units of ``settings.tolerance``.
+    :param ConvergenceSettings settings: its constants.
+    """
+
+    def __init__(self, elbo: Callable[[], float], settings: ConvergenceSettings):
+        self.elbo, self.settings = elbo, settings
+        self.checks: list[list[float]] = []  # [step, elbo, learning rate]
+        self.levels: list[float] = []  # the plateau's level at each learning rate so far
+        self.stage_start = 1  # index into checks where the current rate began (not the first check: a fit just begun)
+        self.done, self.converged, self.reason = False, False, ""
+        self.backoffs = 0
+        self._sums, self._count = None, 0  # the iterates of the window so far, summed
+        self._best: tuple[float, dict] | None = None  # the best check's value and state, to return to
+
+    def start(self, trainer) -> None:
+        """Keep the state training starts from, to return to if the first window diverges."""
+        if self._best is None:
+            self._best = (-math.inf, trainer.snapshot())
+
+    def back_off(self, trainer, why: str = "a step's loss or parameters were not finite") -> bool:
+        """Return to the best check's state at ``factor`` times the current learning rate; False (and ``done``,
+        unconverged) after ``max_backoffs`` returns."""
+        if self._best is None or self.backoffs >= self.settings.max_backoffs:
+            self.done, self.reason = True, f"{why} again after {self.backoffs} returns to a smaller learning rate"
+            return False
+        failed = trainer.svi.lrs[0] if trainer.svi.lrs else 0.0
+        trainer.restore(self._best[1])
+        restored = trainer.svi.lrs[0] if trainer.svi.lrs else 0.0
+        if restored > 0:
+            trainer.svi.scale_lr(self.settings.factor * failed / restored)
+        self.backoffs += 1
+        self.checks.append([trainer.step_count, math.nan, self.settings.factor * failed])
+        self.stage_start, self._sums = len(self.checks), None  # a new stage at the smaller rate
+        return True
+
+    def after_step(self, trainer) -> None:
+        if self.done:
+            return
+        params = trainer.svi.params
+        with torch.no_grad():
+            if self._sums is None:
+                self._sums, self._count = [p.detach().clone() for p in params], 1
+            else:
+                for total, p in zip(self._sums, params, strict=True):
+                    total.add_(p.detach())
+                self._count += 1
+        if trainer.step_count % self.settings.window:
+            return
+        lr = trainer.svi.lrs[0] if trainer.svi.lrs else 0.0
+        with torch.no_grad():
+            current = [p.detach().clone() for p in params]
+            for p, total in zip(params, self._sums, strict=True):
+                p.copy_(total / self._count)
+        value = float(self.elbo())
+        self._sums = None
+        self.checks.append([trainer.step_count, value, lr])
+        if math.isfinite(value) and value > self._best[0]:
+            self._best = (value, trainer.snapshot())
+        action = self._judge(lr, trainer.step_count)
+        if action == "drop":
+            trainer.svi.scale_lr(self.settings.factor)
+        if not self.done:  # training goes on from where the iterates were; a finished fit keeps their average
+            with torch.no_grad():
+                for p, saved in zip(params, current, strict=True):
+                    p.copy_(saved)
+        if action == "back off":
+            self.back_off(trainer, "the ELBO fell")
+
+    def _judge(self, lr: float, step: int) -> str:
+        """Read the checks at this learning rate: ``"drop"`` it, ``"back off"`` (the ELBO fell), or go on (``""``);
+        ``done`` where the rule has its answer."""
+        stage = [value for _, value, _ in self.checks[self.stage_start:]]
+        patience = self.settings.patience
+        if stage and not math.isfinite(stage[-1]):
+            return "back off"
+        if len(stage) < 2 * patience:
+            return ""
+        # the line through the stage's last half (at least 2 P checks): its rise over P windows, and that rise's
+        # standard error from the residuals (the checks' spread about the line, not about their mean, which a steady
+        # rise would inflate); a longer stage gives the line the power to see a slow drift
+        span = max(2 * patience, len(stage) // 2)
+        change, stderr, _ = trend(stage[-span:], blocks=span)
+        change, stderr = change * patience / span, stderr * patience / span
+        # a rise that goes on as long again as training has run (a slow drift, which a fit crawling toward its
+        # optimum along a narrow valley shows) would gain this much more: rising is a significant rise worth that
+        ahead = change * step / (patience * self.settings.window)
+        if change > 2 * stderr and ahead > self.settings.plateau * self.settings.tolerance:
+            return ""  # still rising at this learning rate
+        noise = max(self.settings.tolerance, 2 * stderr)
+        if change < -noise:
+            return "back off"
+        level = sum(stage[-patience:]) / patience
+        gain = level - self.levels[-1] if self.levels else math.inf
+        if gain < -noise:
+            return "back off"  # the smaller rate settled lower than the larger one: the fit is not stable
+        self.levels.append(level)
+        if gain < self.settings.tolerance:
+            self.done, self.converged = True, True
+            self.reason = (f"a learning-rate drop to {lr:.2g} changed the ELBO by {gain:.3g}, within the tolerance "
+                           f"{self.settings.tolerance:g}")
+            return ""
+        if len(self.levels) > self.settings.max_drops:
+            self.done = True
+            self.reason = (f"after {self.settings.max_drops} learning-rate drops the last still raised the ELBO by "
+                           f"{gain:.3g}, above the tolerance {self.settings.tolerance:g}")
+            return ""
+        self.stage_start = len(self.checks)
+        return "drop"
+
+    def verdict(self, steps: int, cap: int) -> dict:
+        """The record of the rule: ``converged``, why, and the checks it read."""
+        record = {"rule": "plateau", "tolerance": self.settings.tolerance, "converged": self.converged,
+                  "drops": max(len(self.levels) - 1, 0), "levels": self.levels, "checks": self.checks,
+                  "steps": steps, "backoffs": self.backoffs}
+        if len(self.levels) >= 2:
+            record["gain"] = self.levels[-1] - self.levels[-2]
+        if not self.done:
+            record["reason"] = (f"stopped at the cap of {cap} steps before the ELBO settled; raise --steps (the cap) "
+                                "or --lr")
+        else:
+            record["reason"] = self.reason
+        return record
+
+    def state_dict(self) -> dict:
+        return {"checks": self.checks, "levels": self.levels, "stage_start": self.stage_start, "done": self.done,
+                "converged": self.converged, "reason": self.reason, "backoffs": self.backoffs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.checks, self.levels = [list(c) for c in state["checks"]], list(state["levels"])
+        self.stage_start, self.done = int(state["stage_start"]), bool(state["done"])
+        self.converged, self.reason = bool(state["converged"]), str(state["reason"])
+        self.backoffs = int(state.get("backoffs", 0))

@@ -1,0 +1,54 @@
+"""What a run of a model with global latents shares with the other runs of its seed, and the streams it draws from."""
+
+import multiprocessing
+import time
+from pathlib import Path
+
+import torch
+
+from elbogap.global_latents.model import GlobalLatentModel
+from elbogap.global_latents.protocol import study_cache
+from tests.global_latents import truth
+
+
+def _compute_once(run_dir: str, counter: str):
+    data = truth.regression_data(8, 2, seed=3)
+    model = GlobalLatentModel(truth.regression_model(1.0, 1.0), data, "regression")
+
+    def compute():
+        with open(counter, "a") as file:
+            file.write("computed\n")
+        time.sleep(1.0)  # long enough that the other process asks while this one computes
+        return {"value": torch.tensor(1.0)}
+
+    return float(study_cache(Path(run_dir), "evidence", model, data, {"a": 1}, 0, compute)["value"])
+
+
+def test_the_evidence_of_a_seed_is_computed_once_when_two_workers_ask_at_once(tmp_path):
+    """Two processes (as --jobs 2 runs two guides of a seed) ask for one shared result: one computes, the other waits
+    on the lock and reads it (before, each computed its own: AIS ran twice, 702 s summed for 350 s of work)."""
+    counter = tmp_path / "counter.txt"
+    runs = [tmp_path / "out" / "runs" / name for name in ("a-seed0", "b-seed0")]
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        values = pool.starmap(_compute_once, [(str(run), str(counter)) for run in runs])
+    assert values == [1.0, 1.0]
+    assert counter.read_text().splitlines() == ["computed"]
+    assert len(list((tmp_path / "out" / "shared").glob("evidence-*.pt"))) == 1
+
+
+def test_held_out_evidence_draws_from_its_own_stream(tmp_path, monkeypatch):
+    """log p(D) and log p(D_train) must not share their random numbers: their difference's error treats them as
+    independent."""
+    import elbogap
+    from elbogap import streams
+
+    seeded = []
+    real = streams.seeded
+    monkeypatch.setattr(streams, "seeded", lambda name, seed: (seeded.append(name), real(name, seed))[1])
+    data = truth.regression_data(16, 2, seed=6)
+    result = elbogap.compare(truth.regression_model(), ["auto:AutoNormal"], data, out=tmp_path, steps=200,
+                             holdout=0.25, iw_samples=200, reference="none", jobs=1, snr_draws=0)
+    assert "evidence" in seeded and "held_out_evidence" in seeded
+    assert result.runs[0]["test"]["log_predictive_stderr"] > 0
+    assert len(list((tmp_path / "shared").glob("evidence-*.pt"))) == 2

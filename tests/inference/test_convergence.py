@@ -1,0 +1,109 @@
+"""Whether a fit converged: the trend rule of fixed runs and the plateau schedule that trains until converged."""
+
+import math
+
+import pyro
+import pytest
+import torch
+
+from elbogap.config import Config
+from elbogap.data import Dataset
+from elbogap.factory import make_trainer
+from elbogap.global_latents.guides import GlobalAutoGuide
+from elbogap.global_latents.model import GlobalLatentModel
+from elbogap.inference.convergence import ConvergenceSettings, fixed_verdict, trend
+from tests.global_latents import truth
+
+RULE = ConvergenceSettings(tolerance=0.01)
+
+
+def test_the_trend_of_a_straight_line_is_its_gain_over_the_window():
+    gain, stderr, dof = trend([0.002 * step for step in range(1000)], blocks=10)
+    assert gain == pytest.approx(0.002 * 1000, rel=1e-6) and stderr == pytest.approx(0.0, abs=1e-9) and dof == 8
+
+
+def test_a_flat_noisy_fit_is_converged_and_a_rising_one_is_not():
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(2000, generator=generator).tolist()
+    flat = fixed_verdict(noise, RULE)
+    assert flat["converged"] and abs(flat["gain"]) < 4 * flat["gain_stderr"]
+    rising = fixed_verdict([value - 0.01 * step for step, value in enumerate(noise)], RULE)  # losses fall: ELBO rises
+    assert not rising["converged"] and "still rising" in rising["reason"]
+
+
+def test_the_trend_rule_raises_few_false_alarms_on_fits_that_stopped_rising():
+    """Over 200 noise sequences with no trend, the rule calls about 2.5% unconverged (a one-sided t test at 97.5%)."""
+    generator = torch.Generator().manual_seed(1)
+    alarms = sum(not fixed_verdict(torch.randn(1000, generator=generator).tolist(), ConvergenceSettings(
+        tolerance=0.0))["converged"] for _ in range(200))
+    assert alarms <= 12  # 5 expected; 12 is beyond 3 binomial standard errors
+
+
+def test_a_short_run_has_no_verdict():
+    assert fixed_verdict([1.0] * 20, RULE)["converged"] is None
+
+
+def conjugate_study(num_data: int = 100):
+    """A conjugate regression with correlated features: exact posterior, so any Gaussian q's KL is a closed form."""
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(num_data, 3, generator=generator)
+    features[:, 1] = 0.9 * features[:, 0] + 0.45 * features[:, 1]
+    targets = features @ torch.tensor([0.5, -1.0, 0.3]) + torch.randn(num_data, generator=generator)
+    data = torch.cat([features, targets[:, None]], 1)
+    mean, cov, precision = truth.regression_posterior(features.double(), targets.double(), 1.0, 1.0)
+    return data, mean, cov, precision
+
+
+def q_kl(guide, mean, cov) -> float:
+    """KL(q || posterior) of a fitted AutoMultivariateNormal (a Gaussian over the one site w)."""
+    auto = guide.auto
+    factor = (auto.scale[:, None] * auto.scale_tril).detach().double()
+    return truth.gaussian_kl(auto.loc.detach().double(), factor @ factor.T, mean, cov)
+
+
+def fit(data, steps: int, **settings):
+    model = GlobalLatentModel(truth.regression_model(1.0, 1.0), data, "regression")
+    guide = GlobalAutoGuide("AutoMultivariateNormal", model, data)
+    config = Config(model="regression.py:model", guides=["auto:AutoMultivariateNormal"], **settings).validate()
+    trainer = make_trainer(config, model, guide, Dataset("regression", data, data[:0], kind="global"), seed=0)
+    trainer.run(steps)
+    return trainer, guide
+
+
+def test_models_with_global_latents_train_until_converged_at_the_defaults():
+    """The defaults (schedule converge, lr 0.05 dropped tenfold on plateaus, 8 particles) reach the family's optimum
+    (KL 0 for a full-rank Gaussian on a Gaussian posterior) within the tolerance and stop by the rule."""
+    data, mean, cov, _ = conjugate_study()
+    trainer, guide = fit(data, steps=20000)
+    verdict = trainer.convergence(20000)
+    assert verdict["rule"] == "plateau" and verdict["converged"] and "within the tolerance" in verdict["reason"]
+    assert trainer.step_count < 20000 and verdict["drops"] >= 1
+    assert q_kl(guide, mean, cov) < 0.05
+
+
+def test_a_fit_stopped_at_the_cap_says_it_did_not_converge():
+    data, mean, cov, _ = conjugate_study()
+    trainer, guide = fit(data, steps=20)
+    verdict = trainer.convergence(20)
+    assert not verdict["converged"] and "cap of 20 steps" in verdict["reason"]
+    assert q_kl(guide, mean, cov) > 0.5  # and it was right: far from the posterior
+
+
+def test_a_diverging_step_backs_off_to_the_last_check_at_a_tenth_of_the_rate():
+    """At lr 50 the first steps blow the scales up; the schedule returns to its last finite state and lowers the rate
+    instead of stopping the run with a numerical fault."""
+    data, mean, cov, _ = conjugate_study()
+    trainer, guide = fit(data, steps=3000, lr=50.0)
+    assert trainer.schedule.backoffs >= 1 and all(math.isfinite(loss) for loss in trainer.losses)
+    assert trainer.svi.lrs[0] <= 5.0
+    assert any(math.isnan(check[1]) for check in trainer.schedule.checks)
+
+
+def test_the_schedule_resumes_from_a_checkpoint_where_it_left_off():
+    data, *_ = conjugate_study()
+    first, _ = fit(data, steps=400)
+    state = first.state_dict()
+    pyro.clear_param_store()
+    second, _ = fit(data, steps=0)
+    second.load_state_dict(state)
+    assert second.schedule.checks == first.schedule.checks and second.svi.lrs == first.svi.lrs
