@@ -69,7 +69,8 @@ def main(args) -> None:
             exact = case.log_evidence
             for run in result.runs:
                 data = run["data"]
-                truth, source = case.best_gaps.get(run["guide_spec"]), "closed form"
+                truth = case.best_gaps.get(run["guide_spec"])
+                source = "closed form" if truth is not None else "–"
                 if truth is None and args.careful:
                     elbo, settled, steps = careful_elbo(case, run["guide_spec"], seed)
                     reference = exact if exact is not None else data["log_evidence"]

@@ -146,7 +146,8 @@ def make_trainer(config: Config, model, guide, data: Dataset, seed: int, freeze_
                           schedule=schedule, convergence=rule, loss_scale=scale, vectorize=vectorize,
                           max_plate_nesting=nesting)
         if config.particles > 1 and not vectorize and rows == num_data and config.objective == "elbo":
-            trainer.svi.loss = VectorizedModelELBO(model, config.particles)  # the program scored at once by vmap
+            plate = -(nesting + 1) if getattr(guide, "vectorizable", False) else None  # the guide alone broadcasts
+            trainer.svi.loss = VectorizedModelELBO(model, config.particles, plate)  # the program scored by vmap
         return trainer
     return Trainer(model, guide, data.train, config.batch_size, config.lr, config.objective, config.particles,
                    seed, freeze_model=freeze_model, lr_decay=lr_decay,

@@ -2,8 +2,9 @@ r"""The ELBO of a model with global latents whose program does not broadcast ove
 
 Pyro's ``Trace_ELBO`` draws its particles either at once, in a plate left of the program's own (which a
 program that indexes its latents, ``a[county]``, or adds trailing dimensions, ``mu[..., None]``, does not
-survive), or one after another, a model and a guide trace per particle. This loss keeps the guide's traces
-one per particle (a guide is small) and scores the model at all the particles' latents at once,
+survive), or one after another, a model and a guide trace per particle. This loss draws the particles from the
+guide alone (under a plate, where the guide broadcasts over one as Pyro's autoguides do; else a trace each) and
+scores the model at all the particles' latents at once,
 
 .. math::
 
@@ -15,6 +16,7 @@ program). Gradients reach q's parameters through the reparameterized draws, and 
 through its density, as under ``Trace_ELBO``; a minibatch is not handled here (it is the whole data set).
 """
 
+import pyro
 import torch
 from pyro import poutine
 from pyro.util import warn_if_nan
@@ -25,23 +27,38 @@ from elbogap.sites import scored
 
 class VectorizedModelELBO:
     """:math:`-\\mathcal{L}` (see the module) with ``loss_and_grads``, ``loss`` and ``differentiable_loss`` as Pyro's
-    ELBOs have them; ``model`` is the :class:`~elbogap.global_latents.model.GlobalLatentModel` the programs score."""
+    ELBOs have them; ``model`` is the :class:`~elbogap.global_latents.model.GlobalLatentModel` the programs score.
 
-    def __init__(self, model, num_particles: int):
-        self.model, self.num_particles = model, num_particles
+    ``plate_dim``, where given, is the dimension of a plate of the particles the guide alone runs under (an
+    autoguide broadcasts over it: one trace for all particles); None draws one guide trace per particle.
+    """
 
-    def differentiable_loss(self, model_fn, guide_fn, *args, **kwargs) -> torch.Tensor:
-        data = args[0]
+    def __init__(self, model, num_particles: int, plate_dim: int | None = None):
+        self.model, self.num_particles, self.plate_dim = model, num_particles, plate_dim
+
+    def _guide_draws(self, guide_fn, args, kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """log q of each particle ``(K,)`` and the model's sites at each, ``(K, *shape)``."""
+        count = self.num_particles
+        if self.plate_dim is not None:
+            with pyro.plate("elbogap_particles", count, dim=self.plate_dim):
+                trace = poutine.trace(guide_fn).get_trace(*args, **kwargs)
+            log_q = sum(scored(site).expand(site["fn"].batch_shape).reshape(count, -1).sum(-1)
+                        for site in sample_sites(trace).values() if not site["is_observed"])
+            return log_q, {name: trace.nodes[name]["value"].reshape(count, *shape)
+                           for name, shape in self.model.latent_sites.items()}
         log_q, values = [], {name: [] for name in self.model.latent_sites}
-        for _ in range(self.num_particles):
+        for _ in range(count):
             trace = poutine.trace(guide_fn).get_trace(*args, **kwargs)
             log_q.append(sum(scored(site).sum() for site in sample_sites(trace).values() if not site["is_observed"]))
             for name in values:
                 values[name].append(trace.nodes[name]["value"])
-        draws = {name: torch.stack(value) for name, value in values.items()}
+        return torch.stack(log_q), {name: torch.stack(value) for name, value in values.items()}
+
+    def differentiable_loss(self, model_fn, guide_fn, *args, **kwargs) -> torch.Tensor:
+        log_q, draws = self._guide_draws(guide_fn, args, kwargs)
         with poutine.block():  # the model's sites are scored here, not recorded by an enclosing trace
-            log_p = self.model.log_joint(draws, data)
-        return -(log_p - torch.stack(log_q)).mean()
+            log_p = self.model.log_joint(draws, args[0])
+        return -(log_p - log_q).mean()
 
     def loss_and_grads(self, model_fn, guide_fn, *args, **kwargs) -> float:
         loss = self.differentiable_loss(model_fn, guide_fn, *args, **kwargs)

@@ -75,8 +75,8 @@ def guide_draws(model, guide, data: torch.Tensor, count: int) -> GuideDraws:
 
     Pyro's autoguides are drawn in chunks under an outer plate, as Pyro's vectorized particles
     are, where the model broadcasts over it (checked on the first draw against the model's own
-    density); otherwise, and for guide programs, one guide trace and one replayed model trace
-    per draw, so any program runs, whatever it assumes about shapes.
+    density); otherwise, and for guide programs, one guide trace per draw, so any guide runs, and the
+    model scored at all the draws at once (:func:`_looped_draws`).
     """
     if draws_broadcast(model, guide, data):
         parts = []

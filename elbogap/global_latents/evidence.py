@@ -196,7 +196,8 @@ def gaussian_reference(model, data: torch.Tensor, settings: EvidenceSettings, pr
     started = time.perf_counter()
     with progress.bar("fit the Gaussian reference", settings.fit.steps, unit="step") as bar:
         fit = fit_gaussian(log_parts, mean, scale_tril, settings.fit, bar=bar)
-    if bool(torch.isfinite(fit.scale_tril).all()) and bool((fit.scale_tril.diagonal() > 0).all()):
+    diagonal = fit.scale_tril if fit.scale_tril.dim() == 1 else fit.scale_tril.diagonal()
+    if bool(torch.isfinite(fit.scale_tril).all()) and bool((diagonal > 0).all()):
         mean, scale_tril = fit.mean, fit.scale_tril
     stages["fit"] = {"elbo": fit.elbo, "seconds": time.perf_counter() - started}
     return WhitenedPath(log_parts, mean, scale_tril, start="gaussian")

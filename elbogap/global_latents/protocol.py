@@ -5,14 +5,16 @@ posterior conditions on all of it, so the evidence :math:`\log p(D)` and every g
 :math:`\mathrm{ELBO}(D)` are computed on all of it, and
 :math:`\log p(D) = \mathrm{ELBO}(q) + \mathrm{KL}(q(\theta, z) \,\|\, p(\theta, z \mid D))`.
 
-Per run (guide and seed): the ELBO of D and its terms from ``--iw-samples`` draws of q;
-:math:`\log p(D)` by AIS from the prior over every latent (independent of the guide); the KL gap
-with its standard error; q as an importance proposal (its estimate of :math:`\log p(D)`, ESS,
-PSIS :math:`\hat k`); each site's moments under q against a reference posterior (``--reference``);
-and with ``--bdmc N`` a sandwich on N data sets simulated from the prior predictive. The evidence,
-the NUTS reference and BDMC depend on the model's parameters, the data, the settings and the
-seed, not on the guide: they are computed once per study for a model without parameters and
-kept in ``OUT/shared/`` for every guide's run.
+Per run (guide and seed): the ELBO of D and its terms from ``--iw-samples`` draws of q (more, up to 16 times, until
+its standard error is at most ``--evidence-stderr``); :math:`\log p(D)` by AIS from a Gaussian reference fitted once
+per seed (:mod:`elbogap.global_latents.evidence`, independent of the guide); the KL gap with its standard error; q
+as an importance proposal (its estimate of :math:`\log p(D)`, ESS, PSIS :math:`\hat k`); each site's moments under q
+against a reference posterior (``--reference``), marked rough under 100 effective draws; and with ``--bdmc N`` a
+sandwich on N data sets simulated from the prior predictive. The evidence, the NUTS reference and BDMC depend on the
+model's parameters, the data, the settings and the seed, not on the guide: they are computed once per study for a
+model without parameters, by the first run of the seed to ask while the others wait on a lock, and kept in
+``OUT/shared/`` for every guide's run. Training's ELBO checks (``--schedule converge``) score fixed draws of q
+(:func:`elbo_check`).
 """
 
 import fcntl
@@ -234,19 +236,21 @@ def save_draws(run_dir: Path, draws, reference: dict | None) -> None:
     save_checkpoint(Path(run_dir) / "draws.pt", state)
 
 
-#: draws of q each ELBO check of ``--schedule converge`` scores
-CHECK_DRAWS = 256
+#: draws of q each ELBO check of ``--schedule converge`` scores: under a plate, or one guide trace each (fewer, as
+#: they cost a trace each; the checks share their draws, so their differences are precise either way)
+CHECK_DRAWS, CHECK_TRACES = 256, 64
 
 
 def elbo_check(model, guide, data, config):
-    """The ELBO of D in nats from ``CHECK_DRAWS`` draws of q, the same draws at every call (the stream
-    ``convergence_checks``), for ``--schedule converge``."""
+    """The ELBO of D in nats from ``CHECK_DRAWS`` draws of q (``CHECK_TRACES`` where they are drawn one trace at a
+    time), the same draws at every call (the stream ``convergence_checks``), for ``--schedule converge``."""
 
     @torch.no_grad()
     def check() -> float:
         with torch.random.fork_rng():
             streams.seeded("convergence_checks", 0)
-            return float(guide_draws(model, guide, data.train, CHECK_DRAWS).log_w.double().mean())
+            count = CHECK_DRAWS if draws_broadcast(model, guide, data.train) else CHECK_TRACES
+            return float(guide_draws(model, guide, data.train, count).log_w.double().mean())
 
     return check
 

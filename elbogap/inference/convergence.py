@@ -17,20 +17,20 @@ Two rules, one per way of training:
   rises significantly (beyond 2 standard errors from the checks' scatter about the line) and would gain more than
   ``plateau * tolerance`` if it went on as long again as training has run so far (a slow drift counts). Once it
   is not, the ELBO has reached the level this rate allows, the mean of the last ``patience`` checks, and the rate
-  drops by ``factor``. A
-  drop that changes that level by less than ``tolerance`` shows that the jitter and the slow drift at the larger
-  rate cost less than the tolerance, and at the smaller rate less still: the fit has converged, training stops,
-  and the parameters are the last window's average. A step whose loss or parameters are not finite, or a stage
-  whose ELBO falls, returns to the best check's state at ``factor`` times the rate (a learning rate found by
-  backing off, at most ``max_backoffs`` times). Training stops unconverged at the step cap, or after
-  ``max_drops`` drops that each still gained. The plateau-and-drop idea is Pyro's ``ReduceLROnPlateau``; the
-  stopping test on the level reached at successive rates and the averaged iterates follow Welandawe et al. [1],
-  simplified.
+  drops by ``factor``. A drop that changes that level by less than ``tolerance`` shows that the jitter and the
+  slow drift at the larger rate cost less than the tolerance, and at the smaller rate less still: the fit has
+  converged, training stops, and the parameters are the last window's average. A step whose loss or parameters
+  are not finite, or a stage whose ELBO falls, returns to the best check's state at ``factor`` times the rate (a
+  learning rate found by backing off, at most ``max_backoffs`` times). Training stops unconverged at the step cap,
+  or after ``max_drops`` drops that each still gained. The plateau-and-drop idea is Pyro's ``ReduceLROnPlateau``;
+  the stopping test on the level reached at successive rates and the averaged iterates follow Welandawe et al.
+  [1], simplified.
 
 References:
 
-[1] Robust, Automated, and Accurate Black-box Variational Inference, Manushi Welandawe, Michael Riis Andersen,
-    Aki Vehtari, Jonathan H. Huggins, arXiv:2203.15945
+[1] A Framework for Improving the Reliability of Black-box Variational Inference (first titled Robust, Automated,
+    and Accurate Black-box Variational Inference), Manushi Welandawe, Michael Riis Andersen, Aki Vehtari,
+    Jonathan H. Huggins, arXiv:2203.15945
 """
 
 import math
@@ -48,14 +48,16 @@ class ConvergenceSettings:
     """The rules' constants (see the module); ``tolerance`` is in the units of the ELBO the rule reads.
 
     :param float tolerance: the ELBO (nats) a fit may still gain and count as converged.
+    :param float plateau: the share of ``tolerance`` a rise projected as long again as training has run must exceed
+        for the schedule to stay at its learning rate.
     :param float fraction: the share of a fixed run's last steps whose trend is read.
     :param int blocks: block means that trend is fitted to.
     :param int window: steps between two checks of the schedule.
     :param int patience: checks compared at a time.
     :param float factor: what a drop multiplies the learning rate by.
     :param int max_drops: the most drops before the schedule stops.
-    :param int max_backoffs: the most returns to the last check, each at ``factor`` times its learning rate, after a
-        step whose loss or parameters are not finite.
+    :param int max_backoffs: the most returns to the best check's state, each at ``factor`` times the learning rate
+        that failed, after a step whose loss or parameters are not finite or a stage whose ELBO fell.
     """
 
     tolerance: float = 0.02

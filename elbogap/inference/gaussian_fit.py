@@ -2,7 +2,8 @@ r"""A full-rank Gaussian fitted to a flat log density by stochastic variational 
 
 Given a rough mean :math:`m_0` and Cholesky factor :math:`L_0` (the particles of tempered SMC, say), the
 family is :math:`z = m_0 + L_0 (a + B \epsilon)`, :math:`\epsilon \sim \mathcal{N}(0, I)`, with :math:`B`
-lower triangular and its diagonal positive, started at :math:`a = 0, B = I`. Its ELBO,
+lower triangular and its diagonal positive, started at :math:`a = 0, B = I` (both diagonal where :math:`L_0` is a
+vector of scales: many latents, a mean-field family). Its ELBO,
 
 .. math::
 
@@ -58,20 +59,28 @@ def fit_gaussian(log_parts: LogParts, mean: torch.Tensor, scale_tril: torch.Tens
     """
     settings = settings or GaussianFitSettings()
     dim = mean.shape[-1]
+    diagonal = scale_tril.dim() == 1  # many latents: a mean-field family, and a vector of scales
     options = {"dtype": mean.dtype, "device": mean.device}
     shift = torch.zeros(dim, **options, requires_grad=True)
     log_diagonal = torch.zeros(dim, **options, requires_grad=True)
-    lower = torch.zeros(dim, dim, **options, requires_grad=True)
-    strictly_lower = torch.ones(dim, dim, **options).tril(-1)
+    lower = torch.zeros(0 if diagonal else dim, 0 if diagonal else dim, **options, requires_grad=True)
+    strictly_lower = torch.ones(dim, dim, **options).tril(-1) if not diagonal else None
     optimizer = torch.optim.Adam([shift, log_diagonal, lower], lr=settings.lr)
     decay = settings.lr_decay ** (1.0 / max(settings.steps, 1))
-    constant = float(scale_tril.diagonal().log().sum()) + 0.5 * dim * math.log(2 * math.pi * math.e)
+    log_det = (scale_tril if diagonal else scale_tril.diagonal()).log().sum()
+    constant = float(log_det) + 0.5 * dim * math.log(2 * math.pi * math.e)
+
+    def factor():
+        return log_diagonal.exp() if diagonal else torch.diag(log_diagonal.exp()) + lower * strictly_lower
+
+    def to_z(u):
+        return mean + (u * scale_tril if diagonal else u @ scale_tril.T)
+
     history = []
     with torch.inference_mode(False), torch.enable_grad():
         for _ in range(settings.steps):
-            factor = torch.diag(log_diagonal.exp()) + lower * strictly_lower
             noise = torch.randn(settings.particles, dim, **options)
-            z = mean + (shift + noise @ factor.T) @ scale_tril.T
+            z = to_z(shift + (noise * factor() if diagonal else noise @ factor().T))
             log_prior, log_lik = log_parts(z)
             elbo = (log_prior + log_lik).mean() + log_diagonal.sum()
             if not bool(torch.isfinite(elbo)):
@@ -84,7 +93,9 @@ def fit_gaussian(log_parts: LogParts, mean: torch.Tensor, scale_tril: torch.Tens
             history.append(float(elbo.detach()) + constant)
             if bar is not None:
                 bar.update()
-    factor = (torch.diag(log_diagonal.exp()) + lower * strictly_lower).detach()
+    with torch.no_grad():
+        fitted = factor()
+        center = to_z(shift)
+        scale = scale_tril * fitted if diagonal else scale_tril @ fitted
     tail = history[-max(1, len(history) // 10):]
-    return GaussianFit((mean + scale_tril @ shift).detach(), scale_tril @ factor,
-                       sum(tail) / len(tail) if tail else math.nan)
+    return GaussianFit(center.detach(), scale.detach(), sum(tail) / len(tail) if tail else math.nan)

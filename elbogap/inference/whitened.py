@@ -42,7 +42,8 @@ class WhitenedPath:
 
     :param log_parts: the target's two parts (see the module).
     :param torch.Tensor mean: :math:`m`, shape ``(d,)``.
-    :param torch.Tensor scale_tril: :math:`L`, lower triangular ``(d, d)`` with a positive diagonal.
+    :param torch.Tensor scale_tril: :math:`L`, lower triangular ``(d, d)`` with a positive diagonal, or a vector
+        ``(d,)`` of scales for a diagonal :math:`L` (many latents, where a ``d x d`` factor would not fit).
     :param str start: ``"prior"`` or ``"gaussian"``.
     :param prior_draws: ``count -> (count, d)`` draws of :math:`z` from the prior, for ``start="prior"``.
     """
@@ -53,7 +54,8 @@ class WhitenedPath:
             raise ValueError(f"unknown start {start!r}; choose one of {', '.join(STARTS)}")
         self.log_parts, self.mean, self.scale_tril, self.start_from = log_parts, mean, scale_tril, start
         self.prior_draws = prior_draws
-        self.log_det = scale_tril.diagonal().log().sum()
+        self.diagonal = scale_tril.dim() == 1  # a vector of scales: a diagonal L, without its d x d zeros
+        self.log_det = (scale_tril if self.diagonal else scale_tril.diagonal()).log().sum()
         self.dim = mean.shape[-1]
 
     dtype = property(lambda self: self.mean.dtype)
@@ -61,9 +63,11 @@ class WhitenedPath:
     batch_size = 1
 
     def to_z(self, u: torch.Tensor) -> torch.Tensor:
-        return self.mean + u @ self.scale_tril.T
+        return self.mean + (u * self.scale_tril if self.diagonal else u @ self.scale_tril.T)
 
     def to_u(self, z: torch.Tensor) -> torch.Tensor:
+        if self.diagonal:
+            return (z - self.mean) / self.scale_tril
         return torch.linalg.solve_triangular(self.scale_tril, (z - self.mean).unsqueeze(-1), upper=False).squeeze(-1)
 
     def weights(self, beta: float) -> torch.Tensor:
@@ -97,8 +101,14 @@ class WhitenedPath:
         return -0.5 * u.pow(2).sum(-1) - 0.5 * self.dim * math.log(2 * math.pi) - self.log_det
 
 
+#: the most latents a full-rank reference is fitted for; beyond, a diagonal one (a d x d factor of 1000 latents
+#: already holds a million numbers)
+FULL_RANK_LIMIT = 1000
+
+
 def moment_match(z: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""The mean and Cholesky factor of the (weighted) covariance of draws ``z`` ``(n, d)``.
+    r"""The mean and Cholesky factor of the (weighted) covariance of draws ``z`` ``(n, d)`` (beyond
+    :data:`FULL_RANK_LIMIT` latents, the standard deviations: a diagonal factor as a vector).
 
     With fewer draws than twice the dimension the covariance is noisy, so it is shrunk toward its diagonal by
     :math:`\min(1, d/n)` (a fixed share, where Ledoit and Wolf estimate one); a small ridge keeps it positive
@@ -108,6 +118,9 @@ def moment_match(z: torch.Tensor, weights: torch.Tensor | None = None) -> tuple[
     w = torch.full((n,), 1.0 / n, dtype=z.dtype, device=z.device) if weights is None else weights.to(z.dtype)
     mean = (w[:, None] * z).sum(0)
     centred = z - mean
+    if dim > FULL_RANK_LIMIT:
+        variance = (w[:, None] * centred.pow(2)).sum(0)
+        return mean, (variance + 1e-8 * float(variance.mean().clamp_min(1e-30))).sqrt()
     cov = (w[:, None] * centred).T @ centred
     effective = float(1.0 / w.pow(2).sum())
     shrink = min(1.0, dim / max(effective, 1.0))

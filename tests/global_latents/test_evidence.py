@@ -49,8 +49,8 @@ def large_regression_case():
     return truth.regression_model(1.0, 1.0), data, exact
 
 
-@pytest.mark.parametrize("case", [regression_case, scale_case, mixed_case, schools_case, large_regression_case],
-                         ids=["conjugate", "scale", "mixed", "eight-schools", "conjugate-1000"])
+@pytest.mark.parametrize("case", [regression_case, scale_case, schools_case, large_regression_case],
+                         ids=["conjugate", "scale", "eight-schools", "conjugate-1000"])
 def test_the_default_evidence_is_within_its_interval_of_the_exact_value(case):
     program, data, exact = case()
     model = GlobalLatentModel(program, data, "model")
@@ -62,9 +62,9 @@ def test_the_default_evidence_is_within_its_interval_of_the_exact_value(case):
     assert evidence.states.shape == (256, model.latent_dim)
 
 
-@pytest.mark.parametrize("case", [regression_case, scale_case, mixed_case], ids=["conjugate", "scale", "mixed"])
-def test_ais_from_the_prior_is_within_five_hundredths_of_a_nat_of_the_exact_value(case):
-    program, data, exact = case()
+def test_ais_from_the_prior_is_within_five_hundredths_of_a_nat_of_the_exact_value():
+    """The former estimator, kept as ``--evidence-start prior``."""
+    program, data, exact = regression_case()
     model = GlobalLatentModel(program, data, "model")
     evidence = ais_evidence(model, data, SETTINGS)
     assert evidence.stderr < 0.03, "the test needs a standard error well inside its tolerance"
@@ -139,3 +139,15 @@ def test_bdmc_brackets_the_exact_evidence_of_each_simulated_data_set(start):
     assert summary["width"] > -0.1 and summary["datasets"] == 2
     if start == "gaussian":  # the reference fitted on each simulated data set closes the sandwich
         assert abs(summary["width"]) < 0.05
+
+
+def test_many_latents_get_a_diagonal_reference_and_the_same_evidence(monkeypatch):
+    """Beyond FULL_RANK_LIMIT latents (1000; lowered here) the reference is mean-field, a vector of scales rather
+    than a d x d factor: the estimate is as valid, with more temperatures."""
+    monkeypatch.setattr("elbogap.inference.whitened.FULL_RANK_LIMIT", 10)
+    data = truth.mixed_data(30, seed=2)
+    model = GlobalLatentModel(truth.mixed_model(), data, "mixed")
+    evidence = ais_evidence(model, data, EvidenceSettings())
+    exact = truth.mixed_log_evidence(data[:, 0].double())
+    assert abs(evidence.log_evidence - exact) < max(interval_halfwidth(evidence.stderr, group_spread_dof(256)), 0.005)
+    assert evidence.states.shape == (256, 31)

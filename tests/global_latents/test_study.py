@@ -79,9 +79,14 @@ def test_the_notebook_api_takes_a_pyro_function_and_a_tensor(tmp_path):
     assert "KL gap" in result._repr_markdown_()
 
 
-def test_held_out_rows_get_their_exact_log_predictive_density(tmp_path):
+def test_held_out_rows_get_their_exact_log_predictive_density(tmp_path, monkeypatch):
+    """Both evidences it subtracts draw from their own streams (before, one stream: their errors were not
+    independent, as the held-out error assumes)."""
+    from elbogap import streams
     from elbogap.global_latents.data import held_out
 
+    seeded, real = [], streams.seeded
+    monkeypatch.setattr(streams, "seeded", lambda name, seed: (seeded.append(name), real(name, seed))[1])
     data = truth.regression_data(16, 2, seed=6)
     result = elbogap.compare(truth.regression_model(), ["auto:AutoMultivariateNormal"], data, out=tmp_path,
                              steps=800, lr=0.05, holdout=0.25, evidence_steps=300, evidence_chains=256,
@@ -98,6 +103,8 @@ def test_held_out_rows_get_their_exact_log_predictive_density(tmp_path):
     assert abs(run["test"]["log_predictive"] - exact) < 4 * run["test"]["log_predictive_stderr"] + 0.05
     assert abs(run["test"]["log_predictive_q"] - exact) < 4 * run["test"]["log_predictive_q_stderr"] + 0.05
     assert "Held-out rows" in result._repr_markdown_()
+    assert "evidence" in seeded and "held_out_evidence" in seeded
+    assert len(list((tmp_path / "shared").glob("evidence-*.pt"))) == 2
 
 
 def test_a_fit_stopped_at_its_cap_is_flagged_in_the_table_the_warnings_and_the_csv(study, elbogap):
