@@ -101,9 +101,9 @@ class EvidenceSettings:
 
     def steps_for(self, pilot_stderr: float) -> int:
         """Temperatures for ``target_stderr``, from the pilot's error at ``pilot_steps`` (variance as 1/T), with a
-        margin of 1.5."""
-        if not math.isfinite(pilot_stderr):
-            return self.max_steps
+        margin of 1.5; four times the pilot's where its weights had no error (the reported run then asks again)."""
+        if not math.isfinite(pilot_stderr):  # a tail too heavy for an error: more temperatures, not all of them
+            return min(self.max_steps, 4 * self.pilot_steps)
         wanted = 1.5 * self.pilot_steps * (pilot_stderr / self.target_stderr) ** 2
         return int(min(self.max_steps, max(self.pilot_steps, math.ceil(wanted))))
 

@@ -61,7 +61,7 @@ class ConvergenceSettings:
     """
 
     tolerance: float = 0.02
-    plateau: float = 1.0
+    plateau: float = 2.5
     fraction: float = 0.1
     blocks: int = 10
     window: int = 50

@@ -99,3 +99,42 @@ def test_qs_importance_estimate_has_no_standard_error_where_its_weights_tail_is_
     light = GuideDraws(0.1 * torch.randn(2000, dtype=torch.float64), torch.zeros(2000, dtype=torch.float64),
                        torch.zeros(2000, dtype=torch.float64), {})
     assert math.isfinite(summarize_draws(light, 30)["log_evidence_q_stderr"])
+
+
+def matmul_regression(data):
+    """The regression written with ``features @ w``: right on the data, but not under a plate of particles."""
+    import pyro
+    import pyro.distributions as dist
+
+    features, targets = data[:, :-1], data[:, -1]
+    w = pyro.sample("w", dist.Normal(data.new_zeros(features.shape[-1]), ALPHA**-0.5).to_event(1))
+    with pyro.plate("data", data.shape[0]):
+        pyro.sample("y", dist.Normal(features @ w, SIGMA), obs=targets)
+
+
+def test_a_program_that_does_not_broadcast_trains_on_its_particles_scored_at_once(regression):
+    """Pyro's vectorized particles cannot run ``features @ w``; its particles are drawn from the guide under a plate
+    and the program scored at all of them by vmap (VectorizedModelELBO), which estimates the same ELBO as one trace
+    per particle, and trains the full-rank family to the posterior at the defaults."""
+    from elbogap.config import Config
+    from elbogap.data import Dataset
+    from elbogap.factory import make_trainer
+    from elbogap.global_latents.elbo import VectorizedModelELBO
+
+    data = regression["data"]
+    model = GlobalLatentModel(matmul_regression, data, "matmul")
+    guide = GlobalAutoGuide("AutoMultivariateNormal", model, data)
+    index = torch.arange(len(data))
+    with torch.no_grad():
+        plate, looped = ([VectorizedModelELBO(model, 64, dim).loss(None, guide.guide, data, index, len(data))
+                          for _ in range(40)] for dim in (-2, None))
+    plate, looped = torch.tensor(plate), torch.tensor(looped)
+    assert abs(float(plate.mean() - looped.mean())) < 4 * float((plate.var() / 40 + looped.var() / 40).sqrt())
+    config = Config(model="matmul.py:model", guides=["auto:AutoMultivariateNormal"]).validate()
+    with intra_op_threads(GLOBAL.threads):
+        trainer = make_trainer(config, model, guide, Dataset("regression", data, data[:0], kind="global"), seed=0)
+        assert isinstance(trainer.svi.loss, VectorizedModelELBO)
+        trainer.run(20000)
+        metrics = summarize_draws(guide_draws(model, guide, data, 4000), len(data))
+    assert trainer.convergence(20000)["converged"]
+    assert abs(regression["evidence"] - metrics["elbo"]) < 3 * metrics["elbo_stderr"] + 0.03
