@@ -22,7 +22,8 @@ def guide_label(guide_name: str) -> str:
 
 def for_data(config: Config, data: Dataset) -> Config:
     """``config`` with the settings it leaves to the kind of model (``lr``, ``steps``, ``schedule``,
-    ``convergence_tol``) taken from that kind's protocol (:attr:`~elbogap.protocols.Protocol.defaults`)."""
+    ``convergence_tol``, ``particles``: :data:`~elbogap.config.KIND_SETTINGS`) taken from that kind's protocol
+    (:attr:`~elbogap.protocols.Protocol.defaults`)."""
     from elbogap.protocols import PROTOCOLS
 
     return config.for_kind(PROTOCOLS[data.kind].defaults)
