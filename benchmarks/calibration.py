@@ -15,8 +15,11 @@ class Calibration:
 
     The error of repeat :math:`r` is :math:`e_r = \hat\theta_r - \theta_r` against the truth
     :math:`\theta_r` where one is known (it may change between repeats, as the points of a sandwich
-    do), else :math:`e_r = \hat\theta_r`. ``spread`` is the sd of :math:`e_r`, ``stderr`` the mean
-    reported standard error :math:`s_r`; ``covers_truth`` the share of repeats with
+    do), else :math:`e_r = \hat\theta_r`. ``spread`` is the sd of :math:`e_r`, ``stderr`` the root mean
+    square of the reported standard errors, :math:`\sqrt{\overline{s_r^2}}`: the spread errors would have if each
+    :math:`s_r` were exact, as :math:`\mathrm{Var}\, e = \mathrm{E}\, s^2` (the mean of :math:`s_r`
+    understates it where they differ between repeats, as a fitted reference's do: 1.17 times on 30 repeats of
+    the tempered program's evidence, whose s.e. spanned a factor of 8); ``covers_truth`` the share of repeats with
     :math:`|e_r| \le h_r`, ``covers_mean`` with :math:`|e_r - \bar e| \le h_r`, where :math:`h_r` is the
     half-width of elbogap's 95% interval: :math:`t_{0.975,\nu} s_r` for an error with :math:`\nu` degrees of
     freedom (one point's IWAE or AIS error), :math:`1.96 s_r` where none are given. Repeats
@@ -60,7 +63,7 @@ def calibrate(estimates: Iterable[float], stderrs: Iterable[float],
         repeats=len(estimates),
         bias=float(errors.mean()) if truths is not None else None,
         spread=float(errors[given].std() if 1 < int(given.sum()) < len(errors) else errors.std()),
-        stderr=float(stderrs[given].mean()) if given.any() else math.nan,
+        stderr=float(stderrs[given].pow(2).mean().sqrt()) if given.any() else math.nan,
         zero=int((stderrs == 0).sum()),
         declined=int((~given).sum()),
         covers_truth=covered(0.0) if truths is not None else None,

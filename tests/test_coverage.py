@@ -1,6 +1,6 @@
 """Every reported standard error is about as large as the spread it claims: a small run of benchmarks/coverage.py.
 
-The benchmark's aims are a ratio of the spread over repeats to the mean reported standard error
+The benchmark's aims are a ratio of the spread over repeats to the (root-mean-square) reported standard error
 within 0.8-1.25 and 90-98% of 95% intervals covering the truth (the long-run mean for a stochastic
 bound); with the few repeats CI affords, the bounds here are looser: a ratio within 0.6-1.6 and at
 least 85% coverage, which a calibrated standard error misses by chance rarely at these repeats
@@ -44,6 +44,16 @@ def test_calibrate_finds_an_honest_a_halved_and_a_missing_standard_error():
     assert halved.covers_mean == pytest.approx(0.68, abs=0.02)  # P(|N(0, 1)| < 0.98)
     zero = calibrate(estimates[:3], [0.0, 0.0, math.nan])
     assert zero.ratio == math.inf and zero.zero == 2 and zero.declined == 1
+
+
+def test_standard_errors_that_differ_between_repeats_are_judged_by_their_root_mean_square():
+    """Errors e_r ~ N(0, s_r^2) with s_r spanning a factor of 8: honest, so the ratio is 1 (against the mean s_r it reads 1.16)."""
+    generator = torch.Generator().manual_seed(0)
+    stderrs = 0.01 * 8 ** torch.rand(20000, generator=generator, dtype=torch.float64)
+    estimates = stderrs * torch.randn(20000, generator=generator, dtype=torch.float64)
+    honest = calibrate(estimates, stderrs, [0.0] * 20000)
+    assert honest.ratio == pytest.approx(1.0, abs=0.03) and honest.covers_truth == pytest.approx(0.95, abs=0.005)
+    assert float(estimates.std() / stderrs.mean()) > 1.1
 
 
 def test_calibrate_judges_an_error_of_few_degrees_of_freedom_by_its_t_interval():
