@@ -232,8 +232,7 @@ class ConvergeSchedule:
         if len(self.levels) >= 2:
             record["gain"] = self.levels[-1] - self.levels[-2]
         if not self.done:
-            record["reason"] = (f"stopped at the cap of {cap} steps before the ELBO settled; raise --steps (the cap) "
-                                "or --lr")
+            record["reason"] = f"stopped at the cap of {cap} steps before the ELBO settled"
         else:
             record["reason"] = self.reason
         return record
