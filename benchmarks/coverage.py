@@ -5,7 +5,7 @@
 Each experiment runs elbogap's estimators R times from seeds 0..R-1 on the same points of a model
 whose answer is known: PPCA (exact log p(x), posterior and ELBO), a 2-D VAE (log p(x) by quadrature)
 and a user's program with a positive latent (1-D quadrature). For every reported
-quantity it prints the spread (sd) of the estimate's error over the repeats against the mean reported
+quantity it prints the spread (sd) of the estimate's error over the repeats against the root-mean-square reported
 standard error, their ratio, and the share of elbogap's 95% intervals (estimate +- 1.96 s.e., or +- t s.e.
 where one point's error has few degrees of freedom: ``Evaluation.interval``) that cover the
 truth and that cover the long-run mean (the mean over the repeats). Stochastic bounds (IWAE, AIS,
@@ -615,7 +615,7 @@ def _share(value: float | None) -> str:
     return "" if value is None else "-" if math.isnan(value) else f"{value:.0%}"
 
 
-HEADER = ("estimator", "model", "settings", "where", "R", "bias vs truth", "sd", "mean s.e.", "sd / s.e.",
+HEADER = ("estimator", "model", "settings", "where", "R", "bias vs truth", "sd", "rms s.e.", "sd / s.e.",
           "covers truth", "covers long-run mean", "s.e. = 0", "within aims")
 
 

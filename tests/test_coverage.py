@@ -47,7 +47,8 @@ def test_calibrate_finds_an_honest_a_halved_and_a_missing_standard_error():
 
 
 def test_standard_errors_that_differ_between_repeats_are_judged_by_their_root_mean_square():
-    """Errors e_r ~ N(0, s_r^2) with s_r spanning a factor of 8: honest, so the ratio is 1 (against the mean s_r it reads 1.16)."""
+    """Errors e_r ~ N(0, s_r^2) with s_r spanning a factor of 8: honest, so the ratio is 1 (against the mean s_r it
+    reads 1.16)."""
     generator = torch.Generator().manual_seed(0)
     stderrs = 0.01 * 8 ** torch.rand(20000, generator=generator, dtype=torch.float64)
     estimates = stderrs * torch.randn(20000, generator=generator, dtype=torch.float64)
