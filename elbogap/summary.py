@@ -149,6 +149,15 @@ CONVERGENCE_ADVICE = {
 }
 
 
+def convergence_advice(record: dict) -> str:
+    """What to do about an unconverged fit, by its rule and by how it ended: a plateau fit whose rate was cut back
+    after its ELBO diverged or fell needs a smaller first rate, not a larger one."""
+    if record.get("rule") == "plateau" and record.get("backoffs"):
+        return (f"its learning rate was cut back {record['backoffs']} time(s) after the ELBO diverged or fell: start "
+                "from a smaller --lr (a tenth of this one) or use more --particles")
+    return CONVERGENCE_ADVICE.get(record.get("rule"), "train longer")
+
+
 def convergence_warnings(runs: list[dict]) -> list[str]:
     """A Warnings line for every run whose fit did not converge: which, why, and what to do."""
     lines = []
@@ -157,7 +166,7 @@ def convergence_warnings(runs: list[dict]) -> list[str]:
         if run.get("converged") is False:
             lines.append(f"- {run['guide']} seed {run['seed']} did not converge ({record.get('rule')} rule): "
                          f"{record.get('reason', '')}; its ELBO and KL gap describe an unfinished fit, not the "
-                         f"family: {CONVERGENCE_ADVICE.get(record.get('rule'), 'train longer')}")
+                         f"family: {convergence_advice(record)}")
         for split in ("test", "train"):
             metrics = run.get(split, {})
             if metrics.get("q_star_converged") is False:

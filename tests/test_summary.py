@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from elbogap.summary import approx_gap_note, cell, on_log_px_points, over_seeds, rows
+from elbogap.summary import approx_gap_note, cell, convergence_warnings, on_log_px_points, over_seeds, rows
 
 
 @pytest.mark.parametrize(("method", "advice"), [
@@ -57,3 +57,16 @@ def test_a_row_of_the_api_table_subtracts_within_itself_and_carries_the_note():
     assert row["log_px_seed_sd"] == pytest.approx(math.sqrt(0.5)) and row["kl_gap_seed_sd"] == 0
     assert row["kl_gap_mc_stderr"] == pytest.approx(0.2 / math.sqrt(2))
     assert row["approx_gap_bound"] == "upper" and "raise --ais-steps" in row["approx_gap_note"]
+
+
+def test_an_unconverged_fit_is_advised_by_how_it_ended():
+    """At its cap a fit needs more steps or a larger rate; one whose rate was cut back after a divergence, a smaller
+    first rate."""
+    at_cap = {"guide": "g", "seed": 0, "converged": False,
+              "convergence": {"rule": "plateau", "backoffs": 0, "reason": "stopped at the cap of 20 steps"}}
+    diverged = {"guide": "g", "seed": 1, "converged": False,
+                "convergence": {"rule": "plateau", "backoffs": 2, "reason": "after 4 learning-rate drops"}}
+    first, second = convergence_warnings([at_cap, diverged])
+    assert "raise the cap (--steps)" in first and "smaller --lr" not in first
+    assert "cut back 2 time(s)" in second and "smaller --lr" in second and "raise the cap" not in second
+    assert convergence_warnings([{**at_cap, "converged": True}]) == []
