@@ -31,7 +31,6 @@ from typing import NamedTuple
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from torch.distributions import kl_divergence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -435,20 +434,6 @@ def global_evidence(program, data: torch.Tensor, exact: float) -> Callable[[int]
     return run
 
 
-def masked_program(data):
-    features, targets = data[:, :-1], data[:, -1]
-    w = pyro.sample("w", dist.Normal(data.new_zeros(2), 1.0).to_event(1))
-    with pyro.plate("data", data.shape[0]), poutine.mask(mask=torch.arange(data.shape[0]) < data.shape[0] // 2):
-        pyro.sample("y", dist.Normal((features * w).sum(-1), 1.0), obs=targets)
-
-
-def tempered_program(data):
-    features, targets = data[:, :-1], data[:, -1]
-    w = pyro.sample("w", dist.Normal(data.new_zeros(2), 1.0).to_event(1))
-    with pyro.plate("data", data.shape[0]), poutine.scale(scale=0.5):
-        pyro.sample("y", dist.Normal((features * w).sum(-1), 1.0), obs=targets)
-
-
 def conjugate_evidence() -> tuple:
     data = global_truth.regression_data(8, 2, seed=3)
     both = data.double()
@@ -456,18 +441,14 @@ def conjugate_evidence() -> tuple:
             global_truth.regression_log_evidence(both[:, :-1], both[:, -1], 1.0, 1.0))
 
 
-def masked_evidence() -> tuple:
-    data = global_truth.regression_data(40, 2, seed=3)
-    kept = data[:20].double()
-    return masked_program, data, global_truth.regression_log_evidence(kept[:, :-1], kept[:, -1], 1.0, 1.0)
+def masked_and_tempered_evidence() -> tuple[tuple, tuple]:
+    """The masked and the tempered programs (``tests/global_latents/truth.py``) on float32 data, with their exact
+    evidences."""
+    data, ((masked, exact_masked), (tempered, exact_tempered)) = global_truth.masked_and_tempered()
+    return (masked, data.float(), exact_masked), (tempered, data.float(), exact_tempered)
 
 
-def tempered_evidence() -> tuple:
-    data = global_truth.regression_data(40, 2, seed=3)
-    both = data.double()
-    exact = (global_truth.regression_log_evidence(both[:, :-1], both[:, -1], 1.0, math.sqrt(2.0))
-             + 20 * math.log(4 * math.pi) - 10 * math.log(2 * math.pi))
-    return tempered_program, data, exact
+MASKED_EVIDENCE, TEMPERED_EVIDENCE = masked_and_tempered_evidence()
 
 
 @dataclass(frozen=True)
@@ -511,9 +492,9 @@ EXPERIMENTS = [
                global_evidence(global_truth.eight_schools_model(), SCHOOLS,
                                global_truth.eight_schools_log_evidence(SCHOOLS[:, 0], SCHOOLS[:, 1])), 100),
     Experiment("evidence-masked", "regression, 40 rows, half masked (poutine.mask)", "elbogap's default log p(D)",
-               global_evidence(*masked_evidence()), 60),
+               global_evidence(*MASKED_EVIDENCE), 60),
     Experiment("evidence-tempered", "regression, 40 rows, likelihood ^ 1/2 (poutine.scale)",
-               "elbogap's default log p(D)", global_evidence(*tempered_evidence()), 60),
+               "elbogap's default log p(D)", global_evidence(*TEMPERED_EVIDENCE), 60),
     Experiment("ppca-elbo", PPCA, "diag encoder, 64 draws",
                elbo_and_kl_gap(ppca, elbo_samples=64, log_px_method="exact"), 100, 20),
     Experiment("vae-2d", VAE_2D, "diag encoder, 256 draws, quadrature 32^2",

@@ -1,7 +1,6 @@
 """log p(D) against closed forms and exact numerics: AIS from a fitted Gaussian reference (the default), AIS from the
 prior, and BDMC around simulated truths."""
 
-import math
 
 import pyro
 import pyro.distributions as dist
@@ -82,32 +81,11 @@ def test_a_dropped_jacobian_would_be_caught():
     assert abs(ais_evidence(model, data, AISSettings(steps=200, chains=256)).log_evidence - exact) > 0.2
 
 
-MASK = torch.arange(40) < 20
-
-
-def masked(data):
-    features, targets = data[:, :-1], data[:, -1]
-    w = pyro.sample("w", dist.Normal(data.new_zeros(2), 1.0).to_event(1))
-    with pyro.plate("data", data.shape[0]), poutine.mask(mask=MASK):
-        pyro.sample("y", dist.Normal((features * w).sum(-1), 1.0), obs=targets)
-
-
-def tempered(data):
-    features, targets = data[:, :-1], data[:, -1]
-    w = pyro.sample("w", dist.Normal(data.new_zeros(2), 1.0).to_event(1))
-    with pyro.plate("data", data.shape[0]), poutine.scale(scale=0.5):
-        pyro.sample("y", dist.Normal((features * w).sum(-1), 1.0), obs=targets)
-
-
 def test_a_programs_mask_and_scale_count_in_its_evidence_as_in_svi():
-    """Half the rows masked: the evidence is the kept rows'; the likelihood tempered by 1/2:
-    exp(log N(y | Xw, 1) / 2) = N(y | Xw, 2) (4 pi)^(n/2) (2 pi)^(-n/4). Both by closed form."""
-    data = truth.regression_data(40, 2, seed=3).double()
-    kept = data[MASK]
-    exact_masked = truth.regression_log_evidence(kept[:, :-1], kept[:, -1], 1.0, 1.0)
-    exact_tempered = (truth.regression_log_evidence(data[:, :-1], data[:, -1], 1.0, math.sqrt(2.0))
-                      + 20 * math.log(4 * math.pi) - 10 * math.log(2 * math.pi))
-    for program, exact in ((masked, exact_masked), (tempered, exact_tempered)):
+    """Half the rows masked, and the likelihood tempered by 1/2: each against its closed form
+    (:func:`truth.masked_and_tempered`)."""
+    data, programs = truth.masked_and_tempered()
+    for program, exact in programs:
         evidence = ais_evidence(GlobalLatentModel(program, data, program.__name__), data, EvidenceSettings())
         assert abs(evidence.log_evidence - exact) < max(interval_halfwidth(evidence.stderr, 5.8), 0.005)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from scipy import integrate, optimize
 
 # ---------------------------------------------------------------------------------------------
@@ -555,3 +556,35 @@ def random_effects_log_evidence(data) -> float:
         return torch.cat([fixed, (tau[:, None] ** 2).expand(len(tau), subjects)], -1)
 
     return two_scales_log_evidence(y, lambda tau: design.expand(len(tau), *design.shape), prior_var_of)
+
+
+# ---------------------------------------------------------------------------------------------
+# A program that masks half its rows, and one that tempers its likelihood by 1/2 (40 rows, 2 weights)
+# ---------------------------------------------------------------------------------------------
+
+MASKED_ROWS = torch.arange(40) < 20
+
+
+def masked_regression(data):
+    features, targets = data[:, :-1], data[:, -1]
+    w = pyro.sample("w", dist.Normal(data.new_zeros(2), 1.0).to_event(1))
+    with pyro.plate("data", data.shape[0]), poutine.mask(mask=MASKED_ROWS):
+        pyro.sample("y", dist.Normal((features * w).sum(-1), 1.0), obs=targets)
+
+
+def tempered_regression(data):
+    features, targets = data[:, :-1], data[:, -1]
+    w = pyro.sample("w", dist.Normal(data.new_zeros(2), 1.0).to_event(1))
+    with pyro.plate("data", data.shape[0]), poutine.scale(scale=0.5):
+        pyro.sample("y", dist.Normal((features * w).sum(-1), 1.0), obs=targets)
+
+
+def masked_and_tempered() -> tuple[torch.Tensor, list]:
+    """Their data and ``[(program, exact log p(D))]``: the masked program's evidence is the kept rows'; the tempered
+    one's, exp(log N(y | Xw, 1) / 2) = N(y | Xw, 2) (4 pi)^(n/2) (2 pi)^(-n/4), by closed form."""
+    data = regression_data(40, 2, seed=3).double()
+    kept = data[MASKED_ROWS]
+    exact_masked = regression_log_evidence(kept[:, :-1], kept[:, -1], 1.0, 1.0)
+    exact_tempered = (regression_log_evidence(data[:, :-1], data[:, -1], 1.0, math.sqrt(2.0))
+                      + 20 * math.log(4 * math.pi) - 10 * math.log(2 * math.pi))
+    return data, [(masked_regression, exact_masked), (tempered_regression, exact_tempered)]
