@@ -7,10 +7,14 @@ from elbogap.config import Config
 from elbogap.data import Dataset, load_data
 from elbogap.device import resolve_device
 from elbogap.errors import UsageError
+from elbogap.global_latents.elbo import VectorizedModelELBO
+from elbogap.global_latents.protocol import batch_size, particle_layout
 from elbogap.guides import build_guide
 from elbogap.inference import Trainer
 from elbogap.inference.convergence import ConvergenceSettings, ConvergeSchedule
+from elbogap.inference.train import check_components
 from elbogap.model import build_model
+from elbogap.protocols import PROTOCOLS
 
 
 def guide_label(guide_name: str) -> str:
@@ -24,8 +28,6 @@ def for_data(config: Config, data: Dataset) -> Config:
     """``config`` with the settings it leaves to the kind of model (``lr``, ``steps``, ``schedule``,
     ``convergence_tol``, ``particles``: :data:`~elbogap.config.KIND_SETTINGS`) taken from that kind's protocol
     (:attr:`~elbogap.protocols.Protocol.defaults`)."""
-    from elbogap.protocols import PROTOCOLS
-
     return config.for_kind(PROTOCOLS[data.kind].defaults)
 
 
@@ -106,7 +108,6 @@ def check_gradient(config: Config, data: Dataset, guide, model=None) -> None:
     """Refuse, in one line and before any training, a ``--gradient`` (or, for a mixture, an objective) the guide's
     family or the model cannot take."""
     from elbogap.inference.stl import stl_guide
-    from elbogap.inference.train import check_components
 
     if getattr(guide, "components", None) and model is not None:
         check_components(model, config.objective)
@@ -123,8 +124,6 @@ def make_trainer(config: Config, model, guide, data: Dataset, seed: int, freeze_
     """The SVI trainer a configuration describes: objective, particles, gradient estimator, learning rate and its
     schedule (with its convergence rule: ``rule``, or the defaults at ``--convergence-tol``), KL warm-up,
     binarization and compilation, for at most ``config.total_steps`` steps on the training split."""
-    from elbogap.protocols import PROTOCOLS
-
     config = for_data(config, data)
     num_data = len(data.train)
     steps = config.total_steps(num_data)
@@ -134,12 +133,8 @@ def make_trainer(config: Config, model, guide, data: Dataset, seed: int, freeze_
     schedule = (ConvergeSchedule(protocol.elbo_check(model, guide, data, config), rule)
                 if config.schedule == "converge" else None)
     lr_decay = 1.0 if schedule is not None else config.lr_decay ** (1 / max(steps, 1))
-    # the fixed rule reads per-point losses; the tolerance is in the protocol's units (a whole data set's for global)
-    scale = num_data if data.kind == "global" else 1.0
+    scale = num_data if protocol.whole_data_units else 1.0  # the tolerance's units: per point, or the data set's
     if data.kind == "global":
-        from elbogap.global_latents.elbo import VectorizedModelELBO
-        from elbogap.global_latents.protocol import batch_size, particle_layout
-
         vectorize, nesting = particle_layout(model, guide, data.train) if config.particles > 1 else (False, 1)
         rows = batch_size(config, model, guide)
         trainer = Trainer(model, guide, data.train, rows, config.lr, config.objective, config.particles, seed,

@@ -21,6 +21,8 @@ class Protocol:
         kind of study knows better than the caller (None: leave them).
     :param elbo_check: ``(model, guide, data, config) -> check``, where ``check()`` is the ELBO now on fixed
         draws, in the units of ``--convergence-tol``: what ``--schedule converge`` reads between its windows.
+    :param whole_data_units: whether the ELBO the convergence rules read (and ``--convergence-tol``) is the whole
+        data set's, the training loss per row times N; else per point, as the loss is.
     :param defaults: the settings left to the kind of model (``lr``, ``steps``, ``schedule``,
         ``convergence_tol``), for a configuration that leaves them unset (:func:`~elbogap.factory.for_data`).
     """
@@ -33,3 +35,4 @@ class Protocol:
     threads: int | None = None
     elbo_check: Callable[..., Callable[[], float]] | None = None
     defaults: dict = field(default_factory=dict)
+    whole_data_units: bool = False

@@ -12,4 +12,5 @@ from elbogap.protocols.base import Protocol
 GLOBAL = Protocol("global", evaluate=evaluate_global, curve_point=curve_point, bdmc=run_bdmc, threads=1,
                   elbo_check=elbo_check,
                   defaults={"lr": 0.05, "steps": 20000, "schedule": "converge", "convergence_tol": 0.02,
-                            "particles": 8})
+                            "particles": 8},
+                  whole_data_units=True)
