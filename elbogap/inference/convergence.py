@@ -35,7 +35,7 @@ References:
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from scipy import stats
@@ -69,9 +69,6 @@ class ConvergenceSettings:
     factor: float = 0.1
     max_drops: int = 4
     max_backoffs: int = 3
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def trend(elbos: list[float], blocks: int = 10) -> tuple[float, float, int]:

@@ -21,7 +21,7 @@ the outer handlers (its plates broadcast by the outer particle plate).
 """
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -38,9 +38,6 @@ class GaussianFitSettings:
     particles: int = 16
     lr: float = 0.02
     lr_decay: float = 0.1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class GaussianFit(NamedTuple):

@@ -22,7 +22,7 @@ References:
 """
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -49,9 +49,6 @@ class SMCSettings:
     leapfrog_steps: int = 5
     target_accept: float = 0.65
     max_temperatures: int = 500
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class SMCResult(NamedTuple):
