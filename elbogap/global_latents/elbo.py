@@ -21,7 +21,7 @@ import torch
 from pyro import poutine
 from pyro.util import warn_if_nan
 
-from elbogap.global_latents.model import sample_sites
+from elbogap.global_latents.model import sample_sites, traced_draws
 from elbogap.sites import scored
 
 
@@ -46,13 +46,7 @@ class VectorizedModelELBO:
                         for site in sample_sites(trace).values() if not site["is_observed"])
             return log_q, {name: trace.nodes[name]["value"].reshape(count, *shape)
                            for name, shape in self.model.latent_sites.items()}
-        log_q, values = [], {name: [] for name in self.model.latent_sites}
-        for _ in range(count):
-            trace = poutine.trace(guide_fn).get_trace(*args, **kwargs)
-            log_q.append(sum(scored(site).sum() for site in sample_sites(trace).values() if not site["is_observed"]))
-            for name in values:
-                values[name].append(trace.nodes[name]["value"])
-        return torch.stack(log_q), {name: torch.stack(value) for name, value in values.items()}
+        return traced_draws(guide_fn, count, self.model.latent_sites, args, kwargs)
 
     def differentiable_loss(self, model_fn, guide_fn, *args, **kwargs) -> torch.Tensor:
         log_q, draws = self._guide_draws(guide_fn, args, kwargs)

@@ -23,7 +23,7 @@ import pyro
 import torch
 from pyro import poutine
 
-from elbogap.global_latents.model import sample_sites
+from elbogap.global_latents.model import sample_sites, traced_draws
 from elbogap.inference.weights import group_spread_dof, importance_estimate, khat_threshold, pareto_khat
 from elbogap.sites import scored
 
@@ -164,21 +164,15 @@ def _looped_draws(model, guide, data: torch.Tensor, count: int) -> GuideDraws:
     """``count`` guide traces one after another (any guide program runs), the model scored at all of their draws at
     once (:meth:`~elbogap.global_latents.model.GlobalLatentModel.site_densities`, batched by vmap where it serves)."""
     index = torch.arange(len(data), device=data.device)
-    log_q, values = [], {name: [] for name in model.latent_sites}
-    for _ in range(count):
-        guide_trace = poutine.trace(guide.guide).get_trace(data, index, len(data))
-        log_q.append(sum(scored(site).double().sum()
-                         for site in sample_sites(guide_trace).values() if not site["is_observed"]))
-        for name in model.latent_sites:
-            values[name].append(guide_trace.nodes[name]["value"])
-    stacked = {name: torch.stack(value) for name, value in values.items()}
+    log_q, stacked = traced_draws(guide.guide, count, model.latent_sites, (data, index, len(data)),
+                                  dtype=torch.float64)
     log_prior, log_lik = [], []
     for start in range(0, count, DRAW_CHUNK):
         prior, lik = model.site_densities({name: value[start:start + DRAW_CHUNK] for name, value in stacked.items()},
                                           data)
         log_prior.append(prior.double())
         log_lik.append(lik.double())
-    return GuideDraws(torch.cat(log_prior), torch.cat(log_lik), torch.stack([torch.as_tensor(v) for v in log_q]),
+    return GuideDraws(torch.cat(log_prior), torch.cat(log_lik), log_q,
                       {name: value.reshape(count, -1) for name, value in stacked.items()})
 
 

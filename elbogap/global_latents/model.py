@@ -276,6 +276,22 @@ class GlobalLatentModel(nn.Module):
         load_params_state(state)
 
 
+def traced_draws(guide_fn, count: int, names, args: tuple, kwargs: dict | None = None,
+                 dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``count`` traces of ``guide_fn(*args, **kwargs)``, one after another (any guide program runs): log q of each
+    ``(count,)``, its unobserved sites' densities summed (in ``dtype`` where given), and the values of the sites
+    ``names`` stacked ``(count, *shape)``."""
+    log_q, values = [], {name: [] for name in names}
+    for _ in range(count):
+        trace = poutine.trace(guide_fn).get_trace(*args, **(kwargs or {}))
+        log_q.append(sum((scored(site) if dtype is None else scored(site).to(dtype)).sum()
+                         for site in sample_sites(trace).values() if not site["is_observed"]))
+        for name in values:
+            values[name].append(trace.nodes[name]["value"])
+    return torch.stack([torch.as_tensor(value) for value in log_q]), {name: torch.stack(value)
+                                                                      for name, value in values.items()}
+
+
 def _write_back(simulated, data, original, value, spec, name):
     """Put a simulated observation where the observed one came from in ``data`` (a column block or all of it)."""
     flat_original, flat_value = original.reshape(len(data), -1), value.reshape(len(data), -1)
