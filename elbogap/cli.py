@@ -138,7 +138,7 @@ def run_train(args) -> int:
     out = Path(config.out)
     check_writable(out)
     data = load_dataset(config)
-    config = for_data(config, data)
+    config = for_data(config, data, config.guide)
     try:
         run = run_one(config, data, config.guide, config.seed, out, progress=not args.quiet, stops=stop_requests)
     except (UsageError, Interrupted, NumericalFault):

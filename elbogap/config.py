@@ -88,7 +88,8 @@ class Config:
     epochs: float | None = setting(None, "passes over the training data per run (overrides --steps)", positive=True)
     batch_size: int = setting(128, "minibatch size", least=1)
     lr: float | None = setting(None, "Adam learning rate (default: the kind of model's, 0.003 for per-point latents, "
-                                     "0.05 for global latents, from which --schedule converge drops it)",
+                                     "0.05 for global latents, 0.01 for their autoregressive flows, from which "
+                                     "--schedule converge drops it)",
                                positive=True)
     lr_decay: float = setting(0.1, "factor the learning rate decays to by the end of training (1 = constant)")
     kl_warmup: float = setting(0.0, "epochs over which the KL weight rises from 0 to 1 (0 = off)", least=0)
@@ -96,7 +97,7 @@ class Config:
                                     "bound)",
                              choices=OBJECTIVES)
     particles: int | None = setting(None, "samples per data point in the training objective (K for iwae; default: "
-                                          "the kind of model's, 1 for per-point latents, 8 for global latents)",
+                                          "the kind of model's, 1 for per-point latents, 32 for global latents)",
                                     least=1)
     gradient: str = setting("reparam", "reparam | stl (sticking the landing, with --objective elbo or meanfield) | "
                                        "dreg (doubly reparameterized, with --objective iwae): the estimator of the "

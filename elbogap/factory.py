@@ -24,11 +24,12 @@ def guide_label(guide_name: str) -> str:
     return display_name(guide_name) if is_user_model(guide_name) else guide_name.replace(":", "-")
 
 
-def for_data(config: Config, data: Dataset) -> Config:
+def for_data(config: Config, data: Dataset, guide_name: str | None = None) -> Config:
     """``config`` with the settings it leaves to the kind of model (``lr``, ``steps``, ``schedule``,
     ``convergence_tol``, ``particles``: :data:`~elbogap.config.KIND_SETTINGS`) taken from that kind's protocol
-    (:attr:`~elbogap.protocols.Protocol.defaults`)."""
-    return config.for_kind(PROTOCOLS[data.kind].defaults)
+    (:attr:`~elbogap.protocols.Protocol.defaults`), and to the family ``guide_name`` where it has its own
+    (:attr:`~elbogap.protocols.Protocol.family_defaults`)."""
+    return config.for_kind(PROTOCOLS[data.kind].defaults_for(guide_name))
 
 
 def load_dataset(config: Config) -> Dataset:
@@ -158,7 +159,7 @@ def fit_family(model, config: Config, data: Dataset, family: str, seed: int):
     ``elbogap evaluate RUN_DIR --guide B --refit``: family B seen through the decoder trained with another guide.
     """
     streams.seeded("training", seed)
-    config = for_data(config, data)
+    config = for_data(config, data, family)
     guide = guide_for(config, model, len(data.train), family, data.train[:3])
     make_trainer(config, model, guide, data, seed, freeze_model=True).run(config.total_steps(len(data.train)))
     return guide

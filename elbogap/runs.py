@@ -106,7 +106,7 @@ def run_one(config: Config, data: Dataset, guide_name: str, seed: int, run_dir: 
 
 
 def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, stops) -> dict:
-    config = for_data(config, data)
+    config = for_data(config, data, guide_name)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = RunLog(run_dir / LOG)
@@ -198,8 +198,8 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
     log.write(f"seconds {phases.line()}")
     log.write(f"final {final_line(metrics)}")
     run = {"guide": guide_label(guide_name), "guide_spec": guide_name, "seed": seed, "model": described, **metrics,
-           "converged": convergence["converged"], "convergence": convergence,
-           "train_seconds": fit.seconds, "seconds": phases.seconds, "steps": steps,
+           "converged": convergence["converged"], "convergence": convergence, "lr": config.lr,
+           "particles": config.particles, "train_seconds": fit.seconds, "seconds": phases.seconds, "steps": steps,
            "compiled_loss": trainer.svi.compiled, **snr,
            "curve": training_curve(fit.losses), "curve_eval": curve_eval,
            "model_from": None if fixed_model is None else str(fixed_model),

@@ -134,12 +134,14 @@ def training_line(runs: list[dict], config: dict) -> str:
     steps = sorted({run.get("steps", config["steps"]) for run in runs})
     taken = f"{steps[0]}" if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
     particles = config.get("particles") or 1
+    own = sorted({(run["guide"], run["lr"]) for run in runs if run.get("lr", config["lr"]) != config["lr"]})
+    lr = f"{config['lr']}" + (f" ({', '.join(f'{guide} from {rate}' for guide, rate in own)})" if own else "")
     if config.get("schedule") == "converge":
-        how = (f"SVI until converged ({taken} steps, at most {config['steps']}): Adam from lr {config['lr']}, dropped "
+        how = (f"SVI until converged ({taken} steps, at most {config['steps']}): Adam from lr {lr}, dropped "
                f"tenfold whenever the ELBO of D stopped rising, stopped once a drop gained less than "
                f"{config.get('convergence_tol')} nats")
     else:
-        how = f"{taken} SVI steps with lr {config['lr']} decaying to {config['lr_decay']} of it"
+        how = f"{taken} SVI steps with lr {lr} decaying to {config['lr_decay']} of it"
     return (f"{how}; {config['objective']} objective, {particles} particle(s) a step; seeds "
             f"{', '.join(map(str, config['seeds']))}.")
 

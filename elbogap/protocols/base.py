@@ -25,6 +25,8 @@ class Protocol:
         data set's, the training loss per row times N; else per point, as the loss is.
     :param defaults: the settings left to the kind of model (``lr``, ``steps``, ``schedule``,
         ``convergence_tol``), for a configuration that leaves them unset (:func:`~elbogap.factory.for_data`).
+    :param family_defaults: ``{guide spec: settings}``, where a family needs other defaults than the kind's (a
+        neural network's smaller learning rate); a configuration's own settings still win.
     """
 
     name: str
@@ -36,3 +38,8 @@ class Protocol:
     elbo_check: Callable[..., Callable[[], float]] | None = None
     defaults: dict = field(default_factory=dict)
     whole_data_units: bool = False
+    family_defaults: dict = field(default_factory=dict)
+
+    def defaults_for(self, guide_name: str | None = None) -> dict:
+        """The kind's defaults, with those of the family ``guide_name`` over them."""
+        return {**self.defaults, **self.family_defaults.get(guide_name, {})}

@@ -15,6 +15,7 @@ from elbogap import streams
 from elbogap.config import Config
 from elbogap.data import Dataset
 from elbogap.device import rng_devices
+from elbogap.figure_data import save_figure_data
 from elbogap.inference import evaluate, refit_guide
 from elbogap.inference.gaps import KnownLogPx, gap_decomposition
 from elbogap.phases import Phases
@@ -42,6 +43,8 @@ def evaluate_splits(model, guide, data: Dataset, config: Config, seed: int, phas
         metrics[split] = evaluate_split(model, guide, x, config, fresh_local=split != "train", phases=phases,
                                         split=split, progress=progress)
         metrics[split]["split_points"] = len(data.splits()[split])
+    if run_dir is not None:  # what the figures show beyond these numbers, so that drawing them fits nothing
+        save_figure_data(run_dir, model, guide, data, seed)
     return metrics
 
 

@@ -71,7 +71,7 @@ def fit(data, steps: int, **settings):
 
 
 def test_models_with_global_latents_train_until_converged_at_the_defaults():
-    """The defaults (schedule converge, lr 0.05 dropped tenfold on plateaus, 8 particles) reach the family's optimum
+    """The defaults (schedule converge, lr 0.05 dropped tenfold on plateaus, 32 particles) reach the family's optimum
     (KL 0 for a full-rank Gaussian on a Gaussian posterior) within the tolerance and stop by the rule."""
     data, mean, cov, _ = conjugate_study()
     trainer, guide = fit(data, steps=20000)
