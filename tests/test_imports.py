@@ -1,39 +1,113 @@
-"""The import graph: the run lifecycle sits below the backends that execute it, never beside them in a circle."""
+"""Imports go one way: no module of elbogap reaches itself through its imports, those inside functions included;
+the run lifecycle sits below the backends that execute it; ``import elbogap`` is light."""
 
 import ast
 import subprocess
 import sys
 from pathlib import Path
 
-import elbogap
-
-PACKAGE = Path(elbogap.__file__).parent
+PACKAGE = Path(__file__).resolve().parents[1] / "elbogap"
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def modules() -> dict[str, Path]:
+    """Every module of the package by dotted name (a package by its own name, for its ``__init__``)."""
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
 
 
-MODULES = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+def imported(name: str, path: Path, known: dict) -> set[str]:
+    """The package's modules ``name`` imports anywhere in its body, functions included; not those under
+    ``if TYPE_CHECKING:``, which never run. ``from a import b`` is module ``a.b`` where that exists, else ``a``."""
+    tree = ast.parse(path.read_text())
+    unrun = {id(node) for block in ast.walk(tree)
+             if isinstance(block, ast.If) and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING"
+             for statement in block.body for node in ast.walk(statement)}
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+    def owner(dotted: str) -> str | None:
+        while dotted and dotted not in known:
+            dotted = dotted.rpartition(".")[0]
+        return dotted or None
+
+    targets = set()
+    for node in ast.walk(tree):
+        if id(node) in unrun:
+            continue
+        if isinstance(node, ast.Import):
+            targets |= {owner(alias.name) for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            targets |= {f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else owner(base)
+                        for alias in node.names}
+    return targets - {None, name}
 
 
-def imported_by(name: str) -> set[str]:
-    """The elbogap modules ``name`` imports anywhere in its file (lazy imports too), with the packages they sit in."""
-    found = set()
-    for node in ast.walk(ast.parse(MODULES[name].read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("elbogap."):
-            found |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
-        elif isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names if alias.name.startswith("elbogap.")}
-    with_packages = {".".join(target.split(".")[:end]) for target in found for end in range(2, target.count(".") + 2)}
-    return {target for target in with_packages if target in MODULES and target != name}
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm; written here: the
+    standard library has none)."""
+    order, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        order[node] = low[node] = len(order)
+        stack.append(node)
+        on_stack.add(node)
+        for other in graph[node]:
+            if other not in order:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], order[other])
+        if low[node] == order[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in graph:
+        if node not in order:
+            visit(node)
+    return found
+
+
+def test_no_module_imports_itself_through_others():
+    known = modules()
+    graph = {name: imported(name, path, known) for name, path in known.items()}
+    assert sum(map(len, graph.values())) > 100  # the walk sees the package's imports
+    assert cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path):
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from elbogap import sweep\n\nif TYPE_CHECKING:\n    import elbogap.runs\n")
+    assert imported("elbogap.m", module, modules()) == {"elbogap.sweep"}
+
+
+def test_import_elbogap_loads_nothing_else_until_its_api_is_used():
+    code = ("import sys, elbogap; first = sorted(m for m in sys.modules if m.startswith('elbogap')); "
+            "elbogap.compare; print(first, 'elbogap.api' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['elbogap'] True"
 
 
 def reachable_from(name: str) -> set[str]:
+    known = modules()
     seen, todo = set(), [name]
     while todo:
-        for target in imported_by(todo.pop()) - seen:
+        current = todo.pop()
+        for target in imported(current, known[current], known) - seen:
             seen.add(target)
             todo.append(target)
     return seen
@@ -41,6 +115,7 @@ def reachable_from(name: str) -> set[str]:
 
 def test_the_run_lifecycle_imports_no_backend_and_nothing_that_imports_it_back():
     below = reachable_from("elbogap.runs")
+    assert "elbogap.sweep" in reachable_from("elbogap.api")  # the walk follows chains
     assert not {name for name in below if name.startswith("elbogap.backends")}
     assert "elbogap.runs" not in below and "elbogap.sweep" not in below
 

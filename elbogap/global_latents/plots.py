@@ -9,8 +9,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from elbogap.checkpoint import load_checkpoint  # noqa: E402
+from elbogap.figure_tools import by_guide, mark_convergence, save  # noqa: E402
 from elbogap.inference.weights import interval_halfwidth  # noqa: E402
-from elbogap.plots import _by_guide, mark_convergence, save  # noqa: E402
 
 #: global latent elements drawn in marginals.png (the first ones, site after site)
 MARGINALS = 6
@@ -23,7 +23,7 @@ def _elements(run: dict) -> list[tuple[str, int]]:
 
 def plot_marginals(results: dict, results_dir: Path, path: Path) -> Path | None:
     """One row per global latent element, one column per guide: q's draws against the reference posterior's."""
-    firsts = {guide: runs[0] for guide, runs in _by_guide(results["runs"]).items()}
+    firsts = {guide: runs[0] for guide, runs in by_guide(results["runs"]).items()}
     draws = {}
     for guide, run in firsts.items():
         file = results_dir / run.get("run_dir", ".") / "draws.pt"
@@ -69,7 +69,7 @@ def plot_marginals(results: dict, results_dir: Path, path: Path) -> Path | None:
 
 def plot_gaps(results: dict, path: Path) -> Path:
     """KL gap per guide: mean over seeds, the Monte-Carlo standard error as the error bar, seeds as dots."""
-    groups = _by_guide(results["runs"])
+    groups = by_guide(results["runs"])
     fig, axis = plt.subplots(figsize=(1.4 * len(groups) + 3, 4))
     for i, runs in enumerate(groups.values()):
         gaps = torch.tensor([run["data"]["kl_gap"] for run in runs], dtype=torch.float64)
@@ -89,7 +89,7 @@ def plot_evidence(results: dict, path: Path) -> Path:
     bdmc = [run["bdmc"] for run in runs if "bdmc" in run]
     fig, axes = plt.subplots(1, 2 if bdmc else 1, figsize=(11 if bdmc else 7, 4), squeeze=False)
     axis = axes[0, 0]
-    groups = _by_guide(runs)
+    groups = by_guide(runs)
     for i, mine in enumerate(groups.values()):
         for run in mine:
             data = run["data"]
@@ -126,7 +126,7 @@ def plot_training(results: dict, path: Path) -> Path:
     """The running training ELBO per data point of every run, and the ELBO of D at evaluation points."""
     fig, axis = plt.subplots(figsize=(7, 4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (guide, runs) in enumerate(_by_guide(results["runs"]).items()):
+    for i, (guide, runs) in enumerate(by_guide(results["runs"]).items()):
         for j, run in enumerate(runs):
             if run["curve"]:
                 steps, elbo = zip(*run["curve"], strict=True)

@@ -1,94 +1,17 @@
-"""The shape every elbogap variational family shares."""
+"""The shape every elbogap variational family shares: amortized by an encoder, or by heads that output the family's
+own parameters (:class:`Guide` and :class:`GuideSettings` live in :mod:`elbogap.guides.guide`)."""
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
-from torch.distributions.transforms import ReshapeTransform
 
+from elbogap.guides.guide import Guide, GuideSettings
+from elbogap.guides.pointwise import PointwiseGuide, PointwiseParameters
 from elbogap.nn import mlp, output_width
-from elbogap.plates import data_plate
 
-
-@dataclass(frozen=True)
-class GuideSettings:
-    """The settings families are built from (the CLI's ``--hidden-dims``, ``--flow-depth``, ...)."""
-
-    hidden_dims: tuple[int, ...] = (128,)
-    activation: str = "softplus"
-    flow_depth: int = 2
-    mixture_size: int = 3
-    rank: int = 1
-
-
-class Guide(nn.Module):
-    r"""A variational family :math:`q(z \mid x)` written as a Pyro program.
-
-    Subclasses implement :meth:`distribution`, which returns :math:`q(z \mid x)` for a batch of
-    rows of ``x`` as a distribution with batch shape ``(batch,)`` and event shape
-    ``(latent_dim,)``; :meth:`guide` samples the site ``"z"`` from it in the same data plate as
-    the model. A guide knows nothing about training or evaluation.
-    """
-
-    #: whether one network serves every x (False: free parameters per data point).
-    amortized = True
-    #: whether Pyro's JIT can trace :meth:`guide` (no data-dependent Python control flow).
-    jit_compatible = True
-    #: whether the guide is a program evaluated from traces, with no density object (see ProgramGuide).
-    program = False
-    #: the model's latent site this guide samples, and the model's data plate (a user's model names its own).
-    site = "z"
-    plate = "data"
-    #: the per-point shape of the model's latent site where it is not ``(latent_dim,)`` (a scalar, a matrix)
-    site_shape: torch.Size | None = None
-    #: whether q's density can be evaluated at any z (contours in posteriors.png, AIS from q), not only at its draws.
-    density_anywhere = True
-    #: whether the search for q* (:meth:`optimum_start`) ranges over every member of the family, so the
-    #: approximation gap is exact up to the optimizer; False where it ranges over a part of the family only
-    #: (the members an encoder's features reach), so the approximation gap is an upper bound.
-    exact_optimum = True
-    #: whether the gradient of q's draws in its parameters is exact for every function of z, as a reparameterization's
-    #: is; False where the sampler's gradient is unbiased for some functions only (Pyro's mixture, for its weights).
-    exact_pathwise = True
-    #: the components of a mixture whose ELBO training sums over them (:mod:`elbogap.inference.components`), or None
-    components: int | None = None
-
-    @classmethod
-    def build(cls, model, num_data: int, settings: GuideSettings) -> "Guide":
-        """A fresh guide of this family for ``model`` on a data set of ``num_data`` points."""
-        raise NotImplementedError
-
-    def optimum_start(self, x: torch.Tensor, index: torch.Tensor) -> "Guide | None":
-        """Where the search for :math:`q^*`, the family's best member for each row of ``x``, starts.
-
-        A new guide with free parameters for these rows, to be fitted with the model held fixed;
-        ``self`` where q already is that optimum (the exact posterior, per-point fits); ``None``
-        where elbogap cannot search the family (a guide program), so no approximation /
-        amortization split is reported.
-        """
-        return self
-
-    def __init__(self, latent_dim: int):
-        super().__init__()
-        self.latent_dim = latent_dim
-
-    def distribution(self, x: torch.Tensor, index=None) -> dist.TorchDistribution:
-        raise NotImplementedError
-
-    def guide(self, x: torch.Tensor, index=None, num_data=None) -> torch.Tensor:
-        """The Pyro program :math:`z \\sim q(z \\mid x)`."""
-        pyro.module("guide", self)
-        with data_plate(x, index, num_data, self.plate):
-            return pyro.sample(self.site, self.site_distribution(self.distribution(x, index)))
-
-    def site_distribution(self, q: dist.TorchDistribution) -> dist.TorchDistribution:
-        """``q`` with the per-point shape of the model's latent site where it differs from ``(latent_dim,)``."""
-        if self.site_shape is not None and self.site_shape != q.event_shape:  # same values, the site's shape
-            return dist.TransformedDistribution(q, ReshapeTransform(q.event_shape, self.site_shape))
-        return q
+__all__ = ["AmortizedGuide", "Guide", "GuideSettings", "ParametricGuide", "positive"]
 
 
 class AmortizedGuide(Guide):
@@ -120,8 +43,6 @@ class AmortizedGuide(Guide):
         return cls(model.data_dim, model.latent_dim, tuple(settings.hidden_dims), settings.activation)
 
     def optimum_start(self, x, index):
-        from elbogap.guides.pointwise import PointwiseGuide
-
         return PointwiseGuide(self, x)
 
     def distribution(self, x, index=None):
@@ -149,8 +70,6 @@ class ParametricGuide(AmortizedGuide):
     exact_optimum = True
 
     def optimum_start(self, x, index):
-        from elbogap.guides.pointwise import PointwiseParameters
-
         return PointwiseParameters(self, x)
 
     def unconstrained(self, h: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,9 +1,14 @@
 r""":math:`q^*(z \mid x_n)`: an amortized family set free per data point, to search for its best member."""
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from elbogap.guides.base import AmortizedGuide, Guide, ParametricGuide
+from elbogap.guides.guide import Guide
+
+if TYPE_CHECKING:  # the families these free per point derive from Guide in elbogap.guides.base, which imports this
+    from elbogap.guides.base import AmortizedGuide, ParametricGuide
 
 
 class _Pointwise(Guide):
@@ -11,7 +16,7 @@ class _Pointwise(Guide):
 
     amortized = False
 
-    def __init__(self, guide: AmortizedGuide):
+    def __init__(self, guide: "AmortizedGuide"):
         self.jit_compatible = guide.jit_compatible
         super().__init__(guide.latent_dim)
         self.site, self.plate, self.density_anywhere = guide.site, guide.plate, guide.density_anywhere
@@ -32,7 +37,7 @@ class PointwiseParameters(_Pointwise):
 
     exact_optimum = True
 
-    def __init__(self, guide: ParametricGuide, x: torch.Tensor):
+    def __init__(self, guide: "ParametricGuide", x: torch.Tensor):
         super().__init__(guide)
         with torch.no_grad():
             start = guide.unconstrained(guide.encoder(x))
@@ -60,7 +65,7 @@ class PointwiseGuide(_Pointwise):
 
     exact_optimum = False
 
-    def __init__(self, guide: AmortizedGuide, x: torch.Tensor):
+    def __init__(self, guide: "AmortizedGuide", x: torch.Tensor):
         super().__init__(guide)
         with torch.no_grad():
             self.features = nn.Parameter(guide.encoder(x).clone())

@@ -44,8 +44,7 @@ import torch
 from pyro import poutine
 
 from elbogap.errors import UsageError
-from elbogap.inference.log_joint import flatten_latents, latent_sites, log_joint
-from elbogap.inference.log_px import ELEMENT_BUDGET
+from elbogap.inference.log_joint import ELEMENT_BUDGET, flatten_latents, latent_sites, log_joint
 from elbogap.inference.weights import group_spread_dof, jackknife_stderr, log_mean_exp, log_mean_exp_stderr
 from elbogap.model.base import LatentModel
 from elbogap.progress import Progress, as_progress

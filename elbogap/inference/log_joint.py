@@ -16,6 +16,9 @@ from elbogap.sites import (
 
 __all__ = ["flatten_latents", "latent_sites", "log_joint", "observed_sites", "split_latents"]
 
+#: tensor elements one chunk of work may touch: tens of MB, so a chunk stays in the CPU cache.
+ELEMENT_BUDGET = 2**21
+
 
 def log_joint(model, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Return :math:`\log p(z)` and :math:`\log p(x \mid z)`, each of shape ``z.shape[:-1]``.

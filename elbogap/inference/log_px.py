@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from elbogap.errors import UsageError
-from elbogap.inference.log_joint import log_joint
+from elbogap.inference.ais import AISSettings, ais_log_px
+from elbogap.inference.log_joint import ELEMENT_BUDGET, log_joint
 from elbogap.inference.weights import group_spread_dof
 
 if TYPE_CHECKING:
-    from elbogap.inference.ais import AISSettings
     from elbogap.progress import Progress
 
 
@@ -81,10 +81,6 @@ def _grid(lower: torch.Tensor, upper: torch.Tensor, num_points: int) -> tuple[to
     z2 = axis[None, :, :, 1].expand(num_points, num_points, -1)
     centres = torch.stack([z1, z2], dim=-1).reshape(num_points * num_points, -1, 2)
     return centres, (width / num_points).prod(-1)
-
-
-#: tensor elements one chunk of work may touch: tens of MB, so a chunk stays in the CPU cache.
-ELEMENT_BUDGET = 2**21
 
 
 def _log_joint_chunked(model, x, z):
@@ -181,8 +177,6 @@ def _iwae(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogP
 
 
 def _ais(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPxEstimate:
-    from elbogap.inference.ais import AISSettings, ais_log_px  # imported here: AIS builds on this module
-
     ais = settings.ais or AISSettings()
     started = time.perf_counter()
     result = ais_log_px(model, x, ais, guide=guide, index=index, progress=settings.progress)
