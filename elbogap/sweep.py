@@ -5,6 +5,7 @@ the runs, each saved as it finishes; the ``--on-nan`` policy; SIGINT/SIGTERM sto
 checkpoints, and ``--resume`` continues them on any backend.
 """
 
+import importlib.util
 import signal
 import sys
 import time
@@ -56,10 +57,11 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
     config.validate()
     out = Path(out if out is not None else config.out)
     data = load_dataset(config)
-    config = for_data(config, data)
     for name in config.guides:  # fail on a bad guide (or one --gradient refuses) before any training, not in the middle
         model, guide = build(config, data, name)
-        check_gradient(config, data, guide, model)
+        check_gradient(for_data(config, data, name), data, guide, model)
+    # each run resolves the settings left unset for its own family (runs.run_one); the record shows the kind's
+    unresolved, config = config, for_data(config, data)
     results = {"config": config.to_dict(), "versions": versions(), "runs": []}
     references = {}
     if config.mode == "fixed-model":  # one model per seed, trained with the reference guide, then frozen
@@ -67,7 +69,7 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
         check_gradient(config, data, guide, model)
         references = {seed: out / "runs" / f"reference-{config.reference_guide}-seed{seed}" for seed in config.seeds}
     out.mkdir(parents=True, exist_ok=True)  # the input passed its checks: from here on the study writes into out
-    backend = open_backend(config, out, progress)
+    backend = open_backend(unresolved, out, progress)
     begun = time.perf_counter()
     results["seconds"] = {"runs": 0.0}
     results["workers"] = backend.concurrent_runs
@@ -204,6 +206,12 @@ def save_study(results: dict, out: str | Path, config: Config, started: float | 
         begun = time.perf_counter()
         make_figures(out)
         seconds["figures"] = time.perf_counter() - begun
+    if importlib.util.find_spec("arviz") is not None:  # the optional extra: each run's posterior as NetCDF
+        from elbogap.export import export_study
+
+        begun = time.perf_counter()
+        if export_study(out):  # a per-point study has nothing to export
+            seconds["export"] = time.perf_counter() - begun
     if started is not None:
         seconds["total"] = time.perf_counter() - started
     write_results(results, out)

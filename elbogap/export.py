@@ -1,0 +1,143 @@
+r"""A study's posteriors as ArviZ ``InferenceData``, saved as NetCDF beside its results (the ``arviz`` extra).
+
+For a model with global latents, every finished run gives ``arviz/GUIDE-seedS.nc``: q's draws of each latent site
+(the run's saved ``draws.pt``, one chain, shaped as the model's sites) in the ``posterior`` group, with the run's
+numbers as that group's attributes (``elbo``, ``log_evidence``, ``kl_gap`` and their standard errors, ``khat``,
+``converged``, ...). Every seed gives ``arviz/reference-seedS.nc``, the reference posterior those runs were judged
+against: NUTS's chains as chains, or the AIS reference's weighted states resampled to unweighted draws
+(systematic resampling; ArviZ's summaries take no weights), with the number of effective draws as an attribute.
+``az.summary``, ``az.plot_forest`` and the like read them; :func:`load` (``elbogap.load``) returns them all.
+
+A VAE-shaped model's posterior is one per data point and its runs save no draws; it is not exported.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from elbogap.errors import UsageError
+
+#: where a study's NetCDF files go, under its output directory
+FOLDER = "arviz"
+#: a run's numbers copied into the attributes of its posterior group (from the whole data set's metrics)
+NUMBERS = ("elbo", "elbo_stderr", "log_evidence", "log_evidence_stderr", "log_evidence_method", "kl_gap",
+           "kl_gap_stderr", "log_evidence_q", "log_evidence_q_stderr", "khat", "ess", "expected_log_lik",
+           "kl_prior", "num_points")
+
+
+def arviz():
+    """ArviZ, or a one-line refusal naming the extra that installs it."""
+    try:
+        import arviz as az
+    except ImportError:
+        raise UsageError("the ArviZ export needs arviz: pip install 'elbogap[arviz]' (or pip install arviz)") from None
+    return az
+
+
+def site_arrays(values: dict[str, torch.Tensor], shapes: dict[str, list[int]], chains: int = 1) -> dict:
+    """Draws ``(count, size)`` per site as arrays ``(chains, count / chains, *site shape)``."""
+    arrays = {}
+    for name, flat in values.items():
+        shape = tuple(shapes.get(name, [flat.shape[-1]]))
+        arrays[name] = flat.detach().cpu().double().numpy().reshape(chains, -1, *shape)
+    return arrays
+
+
+def systematic_resample(weights: torch.Tensor, count: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``count`` draws with these normalized weights, by systematic resampling (one uniform offset)."""
+    cumulative = np.cumsum(weights.detach().cpu().double().numpy())
+    cumulative /= cumulative[-1]
+    offset = np.random.default_rng(seed).uniform()
+    return np.minimum(np.searchsorted(cumulative, (np.arange(count) + offset) / count), len(cumulative) - 1)
+
+
+def run_inference_data(run_dir: Path, run: dict):
+    """One run's q draws and numbers as ``InferenceData`` (see the module)."""
+    from elbogap.checkpoint import load_checkpoint
+
+    az = arviz()
+    saved = load_checkpoint(Path(run_dir) / "draws.pt")
+    shapes = run["model"]["sites"]["latent"]
+    attrs = {key: _attribute(run["data"][key]) for key in NUMBERS if key in run["data"]}
+    attrs.update(guide=run["guide"], seed=run["seed"], converged=str(run.get("converged")), steps=run.get("steps", 0),
+                 draws_from="q, the run's guide")
+    data = az.from_dict(posterior=site_arrays(saved["q"], shapes))
+    data.posterior.attrs.update(attrs)
+    return data
+
+
+def reference_inference_data(run_dir: Path, run: dict):
+    """The reference posterior a run was judged against as ``InferenceData``, or None where it has none."""
+    from elbogap.checkpoint import load_checkpoint
+
+    az = arviz()
+    saved = load_checkpoint(Path(run_dir) / "draws.pt")
+    if "reference" not in saved:
+        return None
+    reference = run.get("reference") or {}
+    method = reference.get("method", "unknown")
+    values, chains = saved["reference"], 1
+    attrs = {"method": method, "seed": run["seed"], "reliable": str(reference.get("reliable"))}
+    weights = saved.get("reference_weights")
+    if weights is not None:
+        count = len(weights)
+        index = torch.as_tensor(systematic_resample(weights, count, run["seed"]))
+        values = {name: value[index] for name, value in values.items()}
+        attrs.update(resampled="systematic, from weighted AIS states", effective_draws=_attribute(
+            reference.get("effective_draws", float(weights.sum() ** 2 / (weights ** 2).sum()))))
+    else:
+        count = len(next(iter(values.values())))
+        chains = int(reference.get("chains", 1) or 1)
+        chains = chains if count % chains == 0 else 1
+    data = az.from_dict(posterior=site_arrays(values, run["model"]["sites"]["latent"], chains))
+    data.posterior.attrs.update(attrs)
+    return data
+
+
+def _attribute(value):
+    """A NetCDF attribute: numbers as floats (NaN kept), anything else as text."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(float(value)) else float("nan")
+    return str(value)
+
+
+def export_study(out: Path) -> list[Path]:
+    """Write ``out/arviz/*.nc`` for every finished run with saved draws, and one reference per seed; the paths."""
+    out = Path(out)
+    results = json.loads((out / "results.json").read_text())
+    folder = out / FOLDER
+    written, seeds = [], set()
+    for run in results.get("runs", []):
+        run_dir = out / run.get("run_dir", "")
+        if "failed" in run or run.get("kind") != "global" or not (run_dir / "draws.pt").is_file():
+            continue
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{Path(run['run_dir']).name}.nc"
+        run_inference_data(run_dir, run).to_netcdf(str(path))
+        written.append(path)
+        if run["seed"] not in seeds:
+            reference = reference_inference_data(run_dir, run)
+            if reference is not None:
+                seeds.add(run["seed"])
+                path = folder / f"reference-seed{run['seed']}.nc"
+                reference.to_netcdf(str(path))
+                written.append(path)
+    return written
+
+
+def load(out: str | Path) -> dict:
+    """A study's exported posteriors, ``{"GUIDE-seedS": InferenceData, ..., "reference-seedS": ...}``, exported
+    first where the study has none yet (``out`` is a directory ``elbogap compare`` wrote)."""
+    az = arviz()
+    out = Path(out)
+    if not (out / "results.json").is_file():
+        raise UsageError(f"{out} holds no results.json; give a directory written by elbogap compare")
+    paths = sorted((out / FOLDER).glob("*.nc")) or export_study(out)
+    if not paths:
+        raise UsageError(f"{out} has no run of a model with global latents with saved draws to export")
+    return {path.stem: az.from_netcdf(str(path)) for path in sorted(paths)}
