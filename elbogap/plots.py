@@ -1,4 +1,4 @@
-"""Figures of a comparison, drawn from its saved results and run checkpoints (PNG, matplotlib)."""
+"""Figures of a comparison, drawn from its saved results and the runs' saved figure data (PNG, matplotlib)."""
 
 import json
 import math
@@ -9,33 +9,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import pyro  # noqa: E402
 import torch  # noqa: E402
-from pyro import poutine  # noqa: E402
 
+from elbogap.checkpoint import load_checkpoint  # noqa: E402
 from elbogap.errors import UsageError  # noqa: E402
-from elbogap.inference import log_joint, refit_guide  # noqa: E402
-from elbogap.inference.bdmc import simulate  # noqa: E402
-from elbogap.inference.evaluation import sample_latents  # noqa: E402
-from elbogap.inference.log_joint import observed_sites, split_latents  # noqa: E402
-from elbogap.sites import constrain, latent_transforms  # noqa: E402
-
-#: families whose density can be evaluated anywhere (planar and Sylvester score only their own draws).
-
-
-def save(fig, path: Path) -> Path:
-    """Lay ``fig`` out, write it to ``path`` as a PNG and free it."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _by_guide(runs):
-    groups = defaultdict(list)
-    for run in runs:
-        groups[run["guide"]].append(run)
-    return groups
+from elbogap.figure_data import FILE as FIGURE_DATA  # noqa: E402
+from elbogap.figure_tools import by_guide, mark_convergence, save  # noqa: E402
+from elbogap.global_latents.plots import make_figures as global_figures  # noqa: E402
 
 
 def plot_training(results: dict, path: Path) -> Path:
@@ -45,7 +25,7 @@ def plot_training(results: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, 3 if measured else 2, figsize=(16.5 if measured else 11, 4))
     left, right = axes[:2]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (guide, runs) in enumerate(_by_guide(results["runs"]).items()):
+    for i, (guide, runs) in enumerate(by_guide(results["runs"]).items()):
         color = colors[i % len(colors)]
         for j, run in enumerate(runs):
             label = guide if j == 0 else None
@@ -78,21 +58,11 @@ def plot_training(results: dict, path: Path) -> Path:
     return save(fig, path)
 
 
-def mark_convergence(axis, runs: list[dict]) -> None:
-    """A red cross at the end of each run's training curve whose fit did not converge (``run["converged"]``)."""
-    labelled = False
-    for run in runs:
-        if run.get("converged") is False and run.get("curve"):
-            step, elbo = run["curve"][-1]
-            axis.plot([step], [elbo], "x", color="red", ms=10, mew=2, label=None if labelled else "not converged")
-            labelled = True
-
-
 def plot_snr(results: dict, axis) -> None:
     """The training gradient's signal-to-noise at the evaluation points, log scale: per guide, the mean over
     seeds of the median over entries, the encoder's (solid) and the decoder's (dashed)."""
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (guide, runs) in enumerate(_by_guide(results["runs"]).items()):
+    for i, (guide, runs) in enumerate(by_guide(results["runs"]).items()):
         for group, style in (("encoder", "-"), ("decoder", "--")):
             by_step = defaultdict(list)
             for run in runs:
@@ -118,7 +88,7 @@ def plot_gap_over_training(results: dict, path: Path) -> Path:
     falls. Where q* was refit during training (``--dynamics-points``) the gap is stacked into the
     approximation gap (log p(x) - L[q*]) and the amortization gap (L[q*] - L[q]).
     """
-    groups = _by_guide(results["runs"])
+    groups = by_guide(results["runs"])
     fig, axes = plt.subplots(2, len(groups), figsize=(3.6 * len(groups), 5.6), squeeze=False, sharex="col")
     for col, (guide, runs) in enumerate(groups.items()):
         top, bottom = axes[0, col], axes[1, col]
@@ -162,7 +132,7 @@ def plot_gaps(results: dict, path: Path) -> Path:
     """
     from elbogap.summary import bound_markers, over_seeds
 
-    groups = _by_guide(results["runs"])
+    groups = by_guide(results["runs"])
     split_gaps = any("approx_gap" in run["test"] for run in results["runs"])
     fig, axes = plt.subplots(1, 2 if split_gaps else 1, figsize=((2.6 if split_gaps else 1.3) * len(groups) + 4, 4),
                              squeeze=False)
@@ -199,87 +169,54 @@ def plot_gaps(results: dict, path: Path) -> Path:
     return save(fig, path)
 
 
-@torch.no_grad()
-def _posterior_grid(model, x, size=80):
-    """A grid around the posterior of one point, and the normalized log posterior on it."""
-    coarse = torch.linspace(-6, 6, 121)
-    zz = torch.stack(torch.meshgrid(coarse, coarse, indexing="ij"), -1).reshape(-1, 1, 2)
-    log_p = sum(log_joint(model, x, zz)).squeeze(-1)
-    keep = zz[log_p > log_p.max() - 12, 0]
-    lo, hi = keep.min(0).values - 0.3, keep.max(0).values + 0.3
-    axes = [torch.linspace(float(lo[d]), float(hi[d]), size) for d in range(2)]
-    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
-    log_p = sum(log_joint(model, x, grid.reshape(-1, 1, 2))).reshape(size, size)
-    cell = (hi - lo).prod() / size**2
-    return grid, log_p - torch.logsumexp(log_p.flatten(), 0) - cell.log()
-
-
-@torch.no_grad()
-def plot_posteriors(fits: list[tuple], x: torch.Tensor, path: Path) -> Path:
-    """For 2-D latents: the true posterior p(z|x) (filled) against each guide's q(z|x) (lines or draws).
-
-    ``fits`` holds ``(name, model, guide, params)``, ``params`` the run's Pyro param-store state:
-    each row is drawn inside it, so a user's program uses its own run's parameters.
-    """
-    fig, axes = plt.subplots(len(fits), len(x), figsize=(2.6 * len(x), 2.5 * len(fits)), squeeze=False)
-    for row, (name, model, guide, params) in enumerate(fits):
-        for col in range(len(x)):
-            with pyro.get_param_store().scope(params):
-                _posterior_panel(axes[row, col], name, model, guide, x[col:col + 1])
+def plot_posteriors(fits: list[tuple[str, dict]], path: Path) -> Path:
+    """For 2-D latents: the true posterior p(z|x) (filled) against each guide's q(z|x) (lines or draws), per test
+    point, from each run's saved figure data (``fits``: ``(guide name, its "posteriors")``, see
+    :mod:`elbogap.figure_data`)."""
+    columns = max(len(saved["panels"]) for _, saved in fits)
+    fig, axes = plt.subplots(len(fits), columns, figsize=(2.6 * columns, 2.5 * len(fits)), squeeze=False)
+    for row, (name, saved) in enumerate(fits):
+        for col, panel in enumerate(saved["panels"]):
+            _posterior_panel(axes[row, col], panel)
             if col == 0:
                 axes[row, col].set_ylabel(name)
             if row == 0:
                 axes[row, col].set_title(f"test point {col}", fontsize=9)
-    constrained = sorted({site for _, model, _, _ in fits for site in latent_transforms(model)})
+    constrained = sorted({site for _, saved in fits for site in saved.get("constrained", [])})
     note = f"; {', '.join(constrained)} on the real line (biject_to of the support)" if constrained else ""
     fig.suptitle(f"true posterior p(z|x) (grey) and q(z|x) (red){note}", fontsize=10)
     return save(fig, path)
 
 
-def _posterior_panel(axis, name, model, guide, point) -> None:
-    grid, log_post = _posterior_grid(model, point)
+def _posterior_panel(axis, panel: dict) -> None:
+    grid = panel["grid"]
     z1, z2 = grid[..., 0].numpy(), grid[..., 1].numpy()
-    axis.contourf(z1, z2, log_post.exp().numpy(), levels=12, cmap="Greys")
-    fitted = guide
-    if not guide.amortized:  # per-datapoint parameters for this one point, fitted to the frozen model
-        fitted = guide.fresh(1)
-        with torch.enable_grad():
-            refit_guide(model, fitted, point)
-    if fitted.density_anywhere:
-        q = fitted.distribution(point, torch.tensor([0]))
-        log_q = q.log_prob(grid.reshape(-1, 1, 2)).reshape(grid.shape[:2])
-        axis.contour(z1, z2, log_q.exp().numpy(), levels=6, colors="tab:red", linewidths=0.8)
+    axis.contourf(z1, z2, panel["log_posterior"].exp().numpy(), levels=12, cmap="Greys")
+    if "log_q" in panel:
+        axis.contour(z1, z2, panel["log_q"].exp().numpy(), levels=6, colors="tab:red", linewidths=0.8)
     else:
-        samples = sample_latents(model, fitted, point, 400)[:, 0].numpy()
+        samples = panel["q_draws"].numpy()
         axis.plot(samples[:, 0], samples[:, 1], ".", color="tab:red", ms=1.5, alpha=0.5)
     axis.set_xticks([])
     axis.set_yticks([])
 
 
-def _likelihood_mean(model, x, z):
-    values, _ = constrain(model, split_latents(model, z))  # z is on the real line (see elbogap.sites)
-    trace = poutine.trace(poutine.condition(model.model, data=values)).get_trace(x)
-    return trace.nodes[observed_sites(model)[0]]["fn"].mean
-
-
-@torch.no_grad()
-def plot_images(fits, x: torch.Tensor, image_shape, path: Path, num_samples: int = 10) -> Path:
-    """Per guide: test images, their reconstructions E[x | z], z ~ q(z|x), and prior samples' means."""
-    rows = []
-    for name, model, guide, params in fits:
-        with pyro.get_param_store().scope(params):
-            if guide.amortized:
-                z = sample_latents(model, guide, x, 1)[0]
-                rows.append((f"{name}: reconstruction", _likelihood_mean(model, x, z)))
-            prior_z = simulate(model, x, num_samples)[1]
-            rows.append((f"{name}: prior sample", _likelihood_mean(model, x[:num_samples], prior_z)))
-    rows.insert(0, ("data", x))
-    fig, axes = plt.subplots(len(rows), 1, figsize=(num_samples * 0.9, len(rows) * 1.0), squeeze=False)
+def plot_images(fits: list[tuple[str, dict]], path: Path) -> Path:
+    """Test images, then per guide their reconstructions E[x | z], z ~ q(z|x), and prior samples' means, from each
+    run's saved figure data (``fits``: ``(guide name, its "images")``)."""
+    first = fits[0][1]
+    rows = [("data", first["data"])]
+    for name, saved in fits:
+        if "reconstruction" in saved:
+            rows.append((f"{name}: reconstruction", saved["reconstruction"]))
+        rows.append((f"{name}: prior sample", saved["prior_sample"]))
+    shape, count = tuple(first["shape"]), len(first["data"])
+    fig, axes = plt.subplots(len(rows), 1, figsize=(count * 0.9, len(rows) * 1.0), squeeze=False)
     for axis, (label, images) in zip(axes[:, 0], rows, strict=True):
         # one strip per row, images side by side with a one-pixel gap: one axis per row draws fast
-        tiles = images[:num_samples].reshape(-1, *image_shape).clamp(0, 1)
-        gap = torch.ones(len(tiles), image_shape[0], 1)
-        strip = torch.cat([tiles, gap], dim=2).permute(1, 0, 2).reshape(image_shape[0], -1)[:, :-1]
+        tiles = images[:count].reshape(-1, *shape).clamp(0, 1)
+        gap = torch.ones(len(tiles), shape[0], 1)
+        strip = torch.cat([tiles, gap], dim=2).permute(1, 0, 2).reshape(shape[0], -1)[:, :-1]
         axis.imshow(strip.numpy(), cmap="Greys_r", vmin=0, vmax=1)
         axis.set_xticks([])
         axis.set_yticks([])
@@ -287,17 +224,9 @@ def plot_images(fits, x: torch.Tensor, image_shape, path: Path, num_samples: int
     return save(fig, path)
 
 
-def image_shape_of(data) -> tuple[int, int] | None:
-    if data.image_shape is not None:
-        return data.image_shape
-    side = math.isqrt(data.data_dim)
-    return (side, side) if side * side == data.data_dim and data.is_binary else None
-
-
 def make_figures(results_dir: str | Path) -> list[Path]:
-    """Draw every figure a results directory supports; return the files written."""
-    from elbogap.runs import load_run
-
+    """Draw every figure a results directory supports, from its records and the runs' saved figure data (never a
+    model: :mod:`elbogap.figure_data`); return the files written."""
     results_dir = Path(results_dir)
     path = results_dir / "results.json"
     if not path.is_file():
@@ -312,25 +241,16 @@ def make_figures(results_dir: str | Path) -> list[Path]:
     if not results["runs"]:
         raise UsageError(f"{path} holds no finished run yet; nothing to plot")
     if is_global_study(results["runs"]):
-        from elbogap.global_latents.plots import make_figures as global_figures
-
         return global_figures(results, results_dir)
     written = [plot_training(results, results_dir / "training.png"), plot_gaps(results, results_dir / "gaps.png"),
                plot_gap_over_training(results, results_dir / "gap_over_training.png")]
     first_runs = list({run["guide"]: run for run in reversed(results["runs"])}.values())[::-1]
-    fits, data = [], None
-    for run in first_runs:
-        run_dir = results_dir / run.get("run_dir", ".")
-        if (run_dir / "checkpoint.pt").is_file():
-            _, data, model, guide, _ = load_run(run_dir, device="cpu", data=data)  # one study, one data set
-            # a user's program keeps parameters in Pyro's param store: each run's figures use its own
-            fits.append((run["guide"], model, guide, pyro.get_param_store().get_state()))
-    if not fits:
-        return written
-    torch.manual_seed(0)
-    if fits[0][1].latent_dim == 2:
-        written.append(plot_posteriors(fits, data.test[:4], results_dir / "posteriors.png"))
-    shape = image_shape_of(data)
-    if shape is not None:
-        written.append(plot_images(fits, data.test[:10], shape, results_dir / "images.png"))
+    saved = [(run["guide"], load_checkpoint(results_dir / run.get("run_dir", ".") / FIGURE_DATA))
+             for run in first_runs if (results_dir / run.get("run_dir", ".") / FIGURE_DATA).is_file()]
+    posteriors = [(name, state["posteriors"]) for name, state in saved if "posteriors" in state]
+    if posteriors:
+        written.append(plot_posteriors(posteriors, results_dir / "posteriors.png"))
+    images = [(name, state["images"]) for name, state in saved if "images" in state]
+    if images:
+        written.append(plot_images(images, results_dir / "images.png"))
     return written

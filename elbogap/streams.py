@@ -68,6 +68,8 @@ STREAMS: dict[str, Stream] = {stream.name: stream for stream in (
            "the training step", scale=1_000_003),
     Stream("convergence_checks", "run", 70_000, "torch", "the draws of q every ELBO check of --schedule converge "
            "scores, the same at every check of every run (common random numbers)"),
+    Stream("figure_draws", "run", 80_000, "global", "the draws of what a per-point run's figures show (q's draws, "
+           "reconstructions, prior samples), saved after its evaluation"),
     Stream("notebook_evaluation", "call", 0, "torch", "the draws of elbogap.evaluate"),
     Stream("notebook_ais_points", "call", 0, "generator", "the points of elbogap.evaluate that get AIS"),
 )}

@@ -36,3 +36,29 @@ def test_the_training_figure_draws_the_gradient_snr_per_guide_on_a_log_scale(tmp
     plain["runs"][0]["curve"] = [[10, -40.0]]
     assert len(plots.plot_training(plain, tmp_path / "plain.png").axes) == 2  # --snr-draws 0: no third panel
     plt.close("all")
+
+
+def test_figures_are_drawn_from_saved_figure_data_without_any_model(tmp_path):
+    """A per-point study's posteriors.png and images.png come from each run's figures.pt: with every checkpoint
+    deleted, drawing still works; the true posterior saved on its grid is a normalized density there."""
+    import elbogap
+    from elbogap.checkpoint import load_checkpoint
+    from elbogap.figure_data import FILE, POSTERIOR_POINTS
+
+    result = elbogap.compare("vae", ["diag", "local"], "digits", out=tmp_path, seeds=[0], steps=20, train_size=100,
+                             test_size=12, gap_points=2, jobs=1, figures=False, snr_draws=0)
+    for run in result.runs:
+        (tmp_path / run["run_dir"] / "checkpoint.pt").unlink()
+    written = {path.name for path in plots.make_figures(tmp_path)}
+    assert {"posteriors.png", "images.png"} <= written
+    saved = load_checkpoint(tmp_path / result.runs[1]["run_dir"] / FILE)  # the per-datapoint family, fitted per point
+    panels = saved["posteriors"]["panels"]
+    assert len(panels) == POSTERIOR_POINTS and all("log_q" in panel for panel in panels)
+    for panel in panels:
+        grid = panel["grid"]
+        cell = float((grid[1, 0, 0] - grid[0, 0, 0]) * (grid[0, 1, 1] - grid[0, 0, 1]))
+        # normalized over the grid's cells (the grid spans its extreme points; the sum weights them as cells)
+        assert float(panel["log_posterior"].exp().sum()) * cell == pytest.approx(1.0, rel=0.05)
+    assert "reconstruction" not in saved["images"]  # no encoder to reconstruct the test images with
+    amortized = load_checkpoint(tmp_path / result.runs[0]["run_dir"] / FILE)["images"]
+    assert amortized["reconstruction"].shape == amortized["data"].shape == (10, 64)

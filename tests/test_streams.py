@@ -18,6 +18,7 @@ DERIVATIONS = {
     "evidence": lambda s: s + 40_000,
     "held_out_evidence": lambda s: s + 45_000,
     "convergence_checks": lambda s: s + 70_000,
+    "figure_draws": lambda s: s + 80_000,
     "subsets": lambda d: d + 7,
     "holdout": lambda d: d + 13,
     "train_subset": lambda d: d + 11,
