@@ -2,14 +2,15 @@
 
 The generative models live in :mod:`elbogap.model`, the variational families in
 :mod:`elbogap.guides`, and training and evaluation in :mod:`elbogap.inference`;
-:func:`compare` and :func:`evaluate` are the notebook API (:mod:`elbogap.api`), and :func:`load` returns a study's
-posteriors as ArviZ ``InferenceData`` (:mod:`elbogap.export`). ``import elbogap`` loads none of
-them: the API's names are imported on first use (PEP 562), so a module of the package imports only what it uses.
+:func:`compare`, :func:`evaluate` and :func:`calibrate` are the notebook API (:mod:`elbogap.api`), and
+:func:`load` returns a study's posteriors as ArviZ ``InferenceData`` (:mod:`elbogap.export`). ``import elbogap``
+loads none of them: the API's names are imported on first use (PEP 562), so a module of the package imports only
+what it uses.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["Comparison", "compare", "evaluate", "load"]
+__all__ = ["Calibration", "Comparison", "calibrate", "compare", "evaluate", "load"]
 
 
 def __getattr__(name: str):

@@ -59,6 +59,30 @@ def _data_spec(data, out: Path) -> str:
     return str(path)
 
 
+def _study_config(model, guides, data, out, seeds, settings: dict) -> tuple[Path, Config]:
+    """The output directory (a new temporary one where None) and the validated configuration of a study of
+    ``model`` with ``guides`` on ``data``; Python objects are registered, arrays saved into ``out``."""
+    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="elbogap-"))
+    specs: dict[int, str] = {}  # one spec per object: a class given as model and guide is one instance per run
+
+    def spec_of(obj, name=None):
+        if isinstance(obj, str):
+            return obj
+        return specs.setdefault(id(obj), _spec(obj, name))
+
+    named = guides.items() if isinstance(guides, dict) else ((None, guide) for guide in guides)
+    guide_specs = [spec_of(guide, name) for name, guide in named]
+    model_spec = spec_of(model)
+    unknown = sorted(set(settings) - set(Config.__dataclass_fields__))
+    if unknown:
+        raise UsageError(f"unknown setting(s) {', '.join(unknown)}; use the CLI's flag names with underscores")
+    config = Config(**{**settings, "model": model_spec, "guides": guide_specs, "seeds": list(seeds),
+                       "data": _data_spec(data, out), "out": str(out)})
+    from elbogap.config import coerce
+
+    return out, coerce(config).validate()
+
+
 @dataclass
 class Comparison:
     """What :func:`compare` returns: ``results`` is results.json's content, ``out`` its directory."""
@@ -151,25 +175,7 @@ def compare(model="vae", guides=("diag", "full", "iaf", "planar"), data="digits"
     from elbogap.sweep import compare as run_sweep
     from elbogap.sweep import save_study
 
-    out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="elbogap-"))
-    specs: dict[int, str] = {}  # one spec per object: a class given as model and guide is one instance per run
-
-    def spec_of(obj, name=None):
-        if isinstance(obj, str):
-            return obj
-        return specs.setdefault(id(obj), _spec(obj, name))
-
-    named = guides.items() if isinstance(guides, dict) else ((None, guide) for guide in guides)
-    guide_specs = [spec_of(guide, name) for name, guide in named]
-    model_spec = spec_of(model)
-    unknown = sorted(set(settings) - set(Config.__dataclass_fields__))
-    if unknown:
-        raise UsageError(f"unknown setting(s) {', '.join(unknown)}; use the CLI's flag names with underscores")
-    config = Config(**{**settings, "model": model_spec, "guides": guide_specs, "seeds": list(seeds),
-                       "data": _data_spec(data, out), "out": str(out)})
-    from elbogap.config import coerce
-
-    config = coerce(config).validate()
+    out, config = _study_config(model, guides, data, out, seeds, settings)
     from elbogap.report import write_results
 
     results = run_sweep(config, out, progress=progress, on_run=lambda partial: write_results(partial, out))
@@ -209,3 +215,46 @@ def evaluate(model, guide, x, *, log_px: str = Config.log_px, elbo_samples: int 
     ais_index = ais_index.sort().values
     return evaluate_pair(model, guide, x, elbo_samples=elbo_samples, iw_samples=iw_samples, log_px_method=log_px,
                          quadrature_points=quadrature_points, ais=ais, ais_index=ais_index)
+
+
+@dataclass
+class Calibration:
+    """What :func:`calibrate` returns: ``results`` is results.json's content, ``out`` its directory."""
+
+    results: dict
+    out: Path
+
+    def table(self) -> list[dict]:
+        """One row per guide and latent site: the smallest SBC and VSBC p-values over the site's elements and their
+        verdicts at 0.05 after Bonferroni, the share of u near 0 or 1, and the guide's 90% interval coverage."""
+        return [{"guide": guide, "site": site, "elements": stats["elements"], "sbc_p_min": stats["sbc_p_min"],
+                 "sbc_calibrated": stats["sbc_calibrated"], "vsbc_p_min": stats["vsbc_p_min"],
+                 "vsbc_symmetric": stats["vsbc_symmetric"], "edge_share": stats["edge_share"],
+                 "coverage_90": row["coverage_90"], "converged": row["converged"], "fits": row["fits"]}
+                for guide, row in self.results["summary"].items() for site, stats in row["sites"].items()]
+
+    def _repr_markdown_(self) -> str:
+        from elbogap.calibration.report import markdown as calibration_markdown
+
+        return calibration_markdown(self.results)
+
+
+def calibrate(model, guides=("auto:AutoNormal", "auto:AutoMultivariateNormal"), data=None, *,
+              out: str | Path | None = None, simulations: int = 100, seed: int = 0, progress: bool = False,
+              **settings) -> Calibration:
+    """Fit every guide to ``simulations`` data sets simulated from ``model``'s prior predictive (shaped like
+    ``data``) and test where each true latent falls among q's draws (SBC and VSBC per latent site; see
+    :mod:`elbogap.calibration`). Arguments as :func:`compare`'s; ``model`` has global latents."""
+    from elbogap.calibration.report import write_calibration
+    from elbogap.calibration.study import calibrate as run_calibration
+    from elbogap.config import to_toml
+
+    if data is None:
+        raise UsageError("elbogap.calibrate needs data: the data set the simulations are shaped like (its covariates "
+                         "are kept, its observations drawn anew)")
+    out, config = _study_config(model, guides, data, out, [seed], {**settings, "simulations": simulations})
+    results = run_calibration(config, progress=progress,
+                              on_simulation=lambda partial: write_calibration(partial, out, figures=False))
+    write_calibration(results, out, figures=config.figures)
+    (out / "config.toml").write_text(to_toml(config))
+    return Calibration(results, out)

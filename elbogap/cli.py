@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="with --guide B: fit family B to the saved model (model frozen) and evaluate it "
                                "and its q*; shows how the decoder adapted to the guide it was trained with")
     add_config_flags(evaluate, [*EVAL_FLAGS, "guide", "steps"])
+    calibrate = commands.add_parser(
+        "calibrate", help="fit each guide to data sets simulated from the model; SBC and VSBC per latent site",
+        description="Simulate --simulations data sets from the model's prior predictive (shaped like --data), fit "
+                    "each guide to each as compare does, and test where each true latent falls among q's draws "
+                    "(SBC: uniform ranks; VSBC: symmetric ranks); write results.json/.md, ranks.png, pvalues.png.")
+    add_config_flags(calibrate)
     plot = commands.add_parser("plot", help="redraw the figures of a results directory",
                                description="Redraw the figures of RESULTS_DIR from results.json and run checkpoints.")
     plot.add_argument("results_dir", metavar="RESULTS_DIR")
@@ -233,6 +239,24 @@ def evaluation_line(metrics: dict) -> dict:
     return line
 
 
+def run_calibrate(args) -> int:
+    from elbogap.calibration.report import write_calibration
+    from elbogap.calibration.study import calibrate
+    from elbogap.config import to_toml
+
+    config = config_from_args(args)
+    out = Path(config.out)
+    check_writable(out)
+    results = calibrate(config, progress=not args.quiet,
+                        on_simulation=lambda partial: write_calibration(partial, out, figures=False))
+    write_calibration(results, out, figures=config.figures)
+    (out / "config.toml").write_text(to_toml(config))
+    if not args.quiet:
+        print((out / "results.md").read_text())
+    print(f"wrote results.json, results.md and config.toml to {out}", file=sys.stderr)
+    return 0
+
+
 def run_plot(args) -> int:
     from elbogap.plots import make_figures
 
@@ -250,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = build_parser().parse_args(argv)
     args.started = started
-    commands = {"compare": run_compare, "train": run_train, "evaluate": run_evaluate, "plot": run_plot}
+    commands = {"compare": run_compare, "train": run_train, "evaluate": run_evaluate, "calibrate": run_calibrate,
+                "plot": run_plot}
     try:
         return commands[args.command](args)
     except UsageError as error:

@@ -186,6 +186,10 @@ class Config:
     debug: bool = setting(False, "print the whole traceback of a run whose model or guide program raised (it is "
                                         "always kept in the run's train.log)", role="control")
     out: str = setting("results", "output directory (a run directory for train)", short="-o", role="control")
+    simulations: int = setting(100, "elbogap calibrate: data sets simulated from the prior predictive, each guide "
+                                    "fitted to each", least=2, role="control")
+    calibration_draws: int = setting(1000, "elbogap calibrate: draws of each fitted q that rank the true latents",
+                                     least=10, role="control")
 
     def validate(self) -> "Config":
         """Raise :class:`UsageError` naming the first setting out of range."""

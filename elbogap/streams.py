@@ -70,6 +70,9 @@ STREAMS: dict[str, Stream] = {stream.name: stream for stream in (
            "scores, the same at every check of every run (common random numbers)"),
     Stream("figure_draws", "run", 80_000, "global", "the draws of what a per-point run's figures show (q's draws, "
            "reconstructions, prior samples), saved after its evaluation"),
+    Stream("simulation", "run", 90_000, "global", "elbogap calibrate: the latents and data set of one simulation "
+           "from the prior predictive, and the seed its fits train from; the counter is the simulation",
+           scale=1_000_003),
     Stream("notebook_evaluation", "call", 0, "torch", "the draws of elbogap.evaluate"),
     Stream("notebook_ais_points", "call", 0, "generator", "the points of elbogap.evaluate that get AIS"),
 )}

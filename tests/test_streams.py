@@ -40,12 +40,16 @@ def test_the_epoch_order_is_reseeded_by_epoch(epoch):
     assert seed_for("epoch_order", 5, epoch) == 5 * 1_000_003 + epoch
 
 
+def test_each_simulation_of_a_calibration_has_its_own_seed():
+    assert seed_for("simulation", 5, 3) == 5 * 1_000_003 + 90_000 + 3
+
+
 def test_the_snr_draws_are_reseeded_by_step():
     assert seed_for("snr_draws", 5, 200) == 5 * 1_000_003 + 60_000 + 200
 
 
 def test_every_stream_is_in_the_table_of_derivations():
-    assert set(STREAMS) == {*DERIVATIONS, "epoch_order", "snr_draws"}
+    assert set(STREAMS) == {*DERIVATIONS, "epoch_order", "snr_draws", "simulation"}
 
 
 @pytest.mark.parametrize(("source", "rng"), [("run", "global"), ("data", "generator")])

@@ -1,0 +1,99 @@
+"""The tables and figures of a calibration study (results.md, results.json, ranks.png, pvalues.png)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from elbogap.calibration.stats import sbc_bins
+from elbogap.figure_tools import plt, save
+from elbogap.runs import write_atomically
+
+
+def markdown(results: dict) -> str:
+    config, summary = results["config"], results.get("summary", {})
+    count = len(results["simulations"])
+    lines = [f"# elbogap calibrate: {config['model']} on {config['data']}", "",
+             f"{count} data sets simulated from the model's prior predictive (seed {results['seed']}); each guide "
+             f"fitted to each as `compare` fits it and drawn {config['calibration_draws']} times. Per latent "
+             "element, u = the share of q's draws below the latent that made the data set. SBC: a chi-square test "
+             "that u is uniform (it is, for the exact posterior); VSBC: a Kolmogorov-Smirnov test that u and 1 - u "
+             "have one distribution (q centred where the posterior is). A site passes at 0.05 after Bonferroni "
+             "over its elements. Coverage: the share of true latents inside q's central 90% interval.", ""]
+    warnings = [f"- {guide}: {row['fits'] - row['converged']} of {row['fits']} fits did not converge; their "
+                "ranks count as they are" for guide, row in summary.items() if row["converged"] < row["fits"]]
+    if warnings:
+        lines += ["## Warnings", "", *warnings, ""]
+    lines += ["## Per guide and latent site", "",
+              "| guide | site | elements | SBC: smallest p | SBC | VSBC: smallest p | VSBC | share of u within 0.1 "
+              "of 0 or 1 (0.2 if calibrated) |", "|---" * 8 + "|"]
+    for guide, row in summary.items():
+        for site, stats in row["sites"].items():
+            lines.append(f"| {guide} | {site} | {stats['elements']} | {stats['sbc_p_min']:.2g} | "
+                         f"{'calibrated' if stats['sbc_calibrated'] else '**not calibrated**'} | "
+                         f"{stats['vsbc_p_min']:.2g} | {'symmetric' if stats['vsbc_symmetric'] else '**asymmetric**'} "
+                         f"| {stats['edge_share']:.2f} |")
+    lines += ["", "## Per guide", "", "| guide | 90% interval covers the truth | fits converged | mean ELBO of D |",
+              "|---|---|---|---|"]
+    for guide, row in summary.items():
+        lines.append(f"| {guide} | {row['coverage_90']:.1%} ± {row['coverage_90_stderr']:.1%} | "
+                     f"{row['converged']} of {row['fits']} | {row['mean_elbo']:.3f} |")
+    seconds = results.get("seconds", {})
+    lines += ["", f"Simulations took {seconds.get('simulations', float('nan')):.0f} s. Reading: u piled at both "
+              "ends means q is too narrow (overconfident), in the middle too wide, at one end biased. An exact "
+              "posterior passes SBC; a family that cannot hold the posterior fails it with enough simulations, "
+              "and VSBC then says whether its point estimates are still centred.", ""]
+    return "\n".join(lines)
+
+
+def rank_figure(results: dict, path: Path) -> Path:
+    """Per guide (rows) and latent site (columns, the first six): the histogram of u over simulations and
+    elements, with the count a calibrated q gives and its 99% binomial band."""
+    summary, simulations = results["summary"], results["simulations"]
+    guides = list(summary)
+    sites = list(next(iter(summary.values()))["sites"])[:6]
+    fig, axes = plt.subplots(len(guides), len(sites), figsize=(max(6.0, 2.8 * len(sites)), 2.2 * len(guides) + 0.6),
+                             squeeze=False)
+    for row, guide in enumerate(guides):
+        for col, site in enumerate(sites):
+            shares = np.concatenate([np.asarray(s["fits"][guide]["shares"][site]) for s in simulations])
+            bins = sbc_bins(len(shares))  # the site's elements pooled
+            axis = axes[row, col]
+            axis.hist(shares, bins=bins, range=(0, 1), color="tab:blue", alpha=0.7)
+            expected = len(shares) / bins
+            spread = 2.576 * np.sqrt(expected * (1 - 1 / bins))
+            axis.axhspan(max(expected - spread, 0), expected + spread, color="grey", alpha=0.2)
+            axis.axhline(expected, color="black", lw=0.8)
+            axis.set_xticks([0, 0.5, 1])
+            if row == 0:
+                axis.set_title(site, fontsize=9)
+            if col == 0:
+                axis.set_ylabel(guide, fontsize=8)
+    fig.suptitle("u: share of q's draws below the true latent, over simulations\n(line: a calibrated q's count; grey: "
+                 "its 99% band)", fontsize=9)
+    return save(fig, path)
+
+
+def pvalue_figure(results: dict, path: Path) -> Path:
+    """Per guide: histograms of the SBC and VSBC p-values over every latent element (uniform if calibrated)."""
+    summary = results["summary"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    for test, axis in zip(("sbc_p", "vsbc_p"), axes, strict=True):
+        for guide, row in summary.items():
+            values = [p for stats in row["sites"].values() for p in stats[test]]
+            axis.hist(values, bins=10, range=(0, 1), histtype="step", lw=1.5, label=guide)
+        axis.set(xlabel="p-value", ylabel="latent elements", title="SBC (uniform ranks)" if test == "sbc_p"
+                 else "VSBC (symmetric ranks)")
+    axes[0].legend(fontsize=8)
+    return save(fig, path)
+
+
+def write_calibration(results: dict, out: Path, figures: bool = True) -> list[Path]:
+    """results.json, results.md and (with ``figures``) ranks.png and pvalues.png in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomically(out / "results.json", json.dumps(results, indent=2))
+    write_atomically(out / "results.md", markdown(results))
+    written = [out / "results.json", out / "results.md"]
+    if figures and results.get("summary"):
+        written += [rank_figure(results, out / "ranks.png"), pvalue_figure(results, out / "pvalues.png")]
+    return written

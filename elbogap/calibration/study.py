@@ -1,0 +1,107 @@
+r"""``elbogap calibrate``: each guide fitted to data sets simulated from the model, and where the truth falls in q.
+
+For :math:`m = 1..M` (``--simulations``): latents :math:`\theta^*_m` and a data set :math:`D_m` from the prior
+predictive, shaped like the study's data (the model's own program with its observed sites sampled, written back
+into the columns they were read from, as BDMC simulates); every guide trained on :math:`D_m` as ``compare`` trains
+it (the kind's defaults: until converged), then drawn ``--calibration-draws`` times; per latent element the share of
+draws below :math:`\theta^*_m` (:mod:`elbogap.calibration.stats`). Each simulation also records each fit's
+ELBO of :math:`D_m` and whether it converged. The study's seed is the first of ``--seeds``; simulation ``m`` draws
+from the ``simulation`` stream with counter ``m``, and its fits train from that seed.
+"""
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from elbogap import streams
+from elbogap.calibration.stats import below_shares, interval_coverage, site_summary
+from elbogap.config import Config
+from elbogap.data import Dataset
+from elbogap.errors import UsageError
+from elbogap.factory import build, for_data, guide_label, load_dataset, make_trainer
+from elbogap.threads import intra_op_threads
+from elbogap.versions import versions
+
+
+def simulated_dataset(model, data: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+    """One data set from the prior predictive, shaped like ``data``, and its latents per site (flat, constrained)."""
+    with torch.random.fork_rng(devices=[]):
+        pyro.set_rng_seed(seed)
+        simulated, z = model.simulate(data)
+    values, _ = model.unpack(z)
+    return simulated, {name: value.detach().reshape(-1).double().cpu().numpy() for name, value in values.items()}
+
+
+def fit_and_rank(config: Config, simulated: torch.Tensor, truth: dict, guide_name: str, seed: int,
+                 name: str) -> dict:
+    """Train ``guide_name`` on one simulated data set and rank the truth among its draws (see the module)."""
+    from elbogap.global_latents.evaluation import guide_draws
+
+    dataset = Dataset(name, simulated, simulated[:0], kind="global")
+    pyro.clear_param_store()
+    streams.seeded("training", seed)
+    model, guide = build(config, dataset, guide_name)
+    resolved = for_data(config, dataset, guide_name)
+    trainer = make_trainer(resolved, model, guide, dataset, seed)
+    steps = resolved.total_steps(len(simulated))
+    trainer.run(steps)
+    verdict = trainer.convergence(steps)
+    draws = guide_draws(model, guide, simulated, config.calibration_draws)
+    shares = {site: below_shares(draws.values[site].detach().double().cpu().numpy(), value).tolist()
+              for site, value in truth.items()}
+    log_w = draws.log_w.double()
+    return {"shares": shares, "elbo": float(log_w.mean()), "elbo_stderr": float(log_w.std() / math.sqrt(len(log_w))),
+            "converged": verdict["converged"], "steps": trainer.step_count}
+
+
+def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[dict], None] | None = None) -> dict:
+    """Run the calibration study ``config`` describes; returns ``{"config", "versions", "simulations", "summary",
+    "seconds"}``. ``on_simulation(results)`` after each simulation, so partial results can be saved."""
+    config.validate()
+    data = load_dataset(config)
+    if data.kind != "global":
+        raise UsageError(f"elbogap calibrate needs a model with global latents (a program whose latents are shared "
+                         f"by all rows); {config.model} has latents per data point, which calibrate does not "
+                         "simulate yet")
+    for name in config.guides:  # a bad guide fails before any simulation
+        build(config, data, name)
+    base, _ = build(config, data, config.guides[0])
+    seed = config.seeds[0]
+    results = {"config": config.to_dict(), "versions": versions(), "kind": "calibration", "seed": seed,
+               "guides": [guide_label(name) for name in config.guides], "simulations": []}
+    started = time.perf_counter()
+    with intra_op_threads(1):
+        for index in tqdm(range(config.simulations), desc="simulations", disable=not progress, leave=False):
+            simulation_seed = streams.seed_for("simulation", seed, index)
+            simulated, truth = simulated_dataset(base, data.train, simulation_seed)
+            fits = {guide_label(name): fit_and_rank(config, simulated, truth, name, simulation_seed,
+                                                    f"simulation {index}") for name in config.guides}
+            results["simulations"].append({"index": index, "seed": simulation_seed,
+                                           "truth": {site: value.tolist() for site, value in truth.items()},
+                                           "fits": fits})
+            if len(results["simulations"]) >= 2:  # a test needs two simulations
+                results["summary"] = summarize(results["simulations"])
+            results["seconds"] = {"simulations": time.perf_counter() - started}
+            if on_simulation is not None:
+                on_simulation(results)
+    return results
+
+
+def summarize(simulations: list[dict]) -> dict:
+    """Per guide: per latent site the SBC and VSBC tests (:func:`~elbogap.calibration.stats.site_summary`), the
+    central 90% interval's coverage over every element and simulation, and the fits' convergence."""
+    summary = {}
+    for guide in simulations[0]["fits"]:
+        fits = [simulation["fits"][guide] for simulation in simulations]
+        sites = {site: np.array([fit["shares"][site] for fit in fits]) for site in fits[0]["shares"]}
+        coverage, coverage_stderr = interval_coverage(np.concatenate(list(sites.values()), 1))
+        summary[guide] = {"sites": {site: site_summary(shares) for site, shares in sites.items()},
+                          "coverage_90": coverage, "coverage_90_stderr": coverage_stderr,
+                          "converged": sum(fit["converged"] is True for fit in fits), "fits": len(fits),
+                          "mean_elbo": float(np.mean([fit["elbo"] for fit in fits]))}
+    return summary
