@@ -190,6 +190,9 @@ class Config:
                                     "fitted to each", least=2, role="control")
     calibration_draws: int = setting(1000, "elbogap calibrate: draws of each fitted q that rank the true latents",
                                      least=10, role="control")
+    calibration_gaps: bool = setting(False, "elbogap calibrate: log p(D) of every simulated data set (AIS from a "
+                                            "fitted reference, sandwiched by BDMC's reverse chains from its true "
+                                            "latents) and each fit's KL gap on it", role="control")
 
     def validate(self) -> "Config":
         """Raise :class:`UsageError` naming the first setting out of range."""

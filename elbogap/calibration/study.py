@@ -5,8 +5,11 @@ predictive, shaped like the study's data (the model's own program with its obser
 into the columns they were read from, as BDMC simulates); every guide trained on :math:`D_m` as ``compare`` trains
 it (the kind's defaults: until converged), then drawn ``--calibration-draws`` times; per latent element the share of
 draws below :math:`\theta^*_m` (:mod:`elbogap.calibration.stats`). Each simulation also records each fit's
-ELBO of :math:`D_m` and whether it converged. The study's seed is the first of ``--seeds``; simulation ``m`` draws
-from the ``simulation`` stream with counter ``m``, and its fits train from that seed.
+ELBO of :math:`D_m` and whether it converged; with ``--calibration-gaps``, :math:`\log p(D_m)` by the study's
+evidence estimator (AIS from a fitted reference), BDMC's stochastic upper bound from the chains run back from
+:math:`\theta^*_m` (an exact posterior draw of :math:`D_m`), and each fit's KL gap between them. The study's seed
+is the first of ``--seeds``; simulation ``m`` draws from the ``simulation`` stream with counter ``m``, and its fits
+train from that seed (its evidence from the ``bdmc`` stream of that seed).
 """
 
 import math
@@ -28,13 +31,26 @@ from elbogap.threads import intra_op_threads
 from elbogap.versions import versions
 
 
-def simulated_dataset(model, data: torch.Tensor, seed: int) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
-    """One data set from the prior predictive, shaped like ``data``, and its latents per site (flat, constrained)."""
+def simulated_dataset(model, data: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """One data set from the prior predictive, shaped like ``data``; its latents as one flat vector (as the model
+    packs them) and per site (flat, in their supports)."""
     with torch.random.fork_rng(devices=[]):
         pyro.set_rng_seed(seed)
         simulated, z = model.simulate(data)
     values, _ = model.unpack(z)
-    return simulated, {name: value.detach().reshape(-1).double().cpu().numpy() for name, value in values.items()}
+    return simulated, z, {name: value.detach().reshape(-1).double().cpu().numpy() for name, value in values.items()}
+
+
+def evidence_sandwich(config: Config, simulated: torch.Tensor, z: torch.Tensor, seed: int, name: str) -> dict:
+    """log p(D) of one simulated data set by the study's evidence estimator and BDMC's upper bound from its true
+    latents ``z`` (:func:`~elbogap.global_latents.evidence.sandwich`)."""
+    from elbogap.global_latents.evidence import sandwich
+
+    dataset = Dataset(name, simulated, simulated[:0], kind="global")
+    model, _ = build(config, dataset, config.guides[0])
+    with torch.random.fork_rng(devices=[]):
+        streams.seeded("bdmc", seed)
+        return sandwich(model, simulated, z.to(simulated.dtype), config.evidence_settings())
 
 
 def fit_and_rank(config: Config, simulated: torch.Tensor, truth: dict, guide_name: str, seed: int,
@@ -78,12 +94,19 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
     with intra_op_threads(1):
         for index in tqdm(range(config.simulations), desc="simulations", disable=not progress, leave=False):
             simulation_seed = streams.seed_for("simulation", seed, index)
-            simulated, truth = simulated_dataset(base, data.train, simulation_seed)
+            simulated, z, truth = simulated_dataset(base, data.train, simulation_seed)
             fits = {guide_label(name): fit_and_rank(config, simulated, truth, name, simulation_seed,
                                                     f"simulation {index}") for name in config.guides}
-            results["simulations"].append({"index": index, "seed": simulation_seed,
-                                           "truth": {site: value.tolist() for site, value in truth.items()},
-                                           "fits": fits})
+            record = {"index": index, "seed": simulation_seed,
+                      "truth": {site: value.tolist() for site, value in truth.items()}, "fits": fits}
+            if config.calibration_gaps:
+                evidence = evidence_sandwich(config, simulated, z, simulation_seed, f"simulation {index}")
+                record["evidence"] = evidence
+                for fit in fits.values():  # the gap on the evidence estimate, and its bound from BDMC's upper side
+                    fit["kl_gap"] = evidence["lower"] - fit["elbo"]
+                    fit["kl_gap_stderr"] = math.hypot(evidence["lower_stderr"], fit["elbo_stderr"])
+                    fit["kl_gap_upper"] = evidence["upper"] - fit["elbo"]
+            results["simulations"].append(record)
             if len(results["simulations"]) >= 2:  # a test needs two simulations
                 results["summary"] = summarize(results["simulations"])
             results["seconds"] = {"simulations": time.perf_counter() - started}
@@ -104,4 +127,9 @@ def summarize(simulations: list[dict]) -> dict:
                           "coverage_90": coverage, "coverage_90_stderr": coverage_stderr,
                           "converged": sum(fit["converged"] is True for fit in fits), "fits": len(fits),
                           "mean_elbo": float(np.mean([fit["elbo"] for fit in fits]))}
+        if all("kl_gap" in fit for fit in fits):  # --calibration-gaps: the gap over the model's own data sets
+            gaps = np.array([fit["kl_gap"] for fit in fits])
+            summary[guide].update(mean_kl_gap=float(gaps.mean()), mean_kl_gap_stderr=float(
+                gaps.std(ddof=1) / math.sqrt(len(gaps))), median_kl_gap=float(np.median(gaps)),
+                mean_kl_gap_upper=float(np.mean([fit["kl_gap_upper"] for fit in fits])))
     return summary

@@ -267,17 +267,30 @@ def bdmc_evidence(model, data: torch.Tensor, count: int, settings: EvidenceSetti
             with progress.phase(f"BDMC data set {number + 1} of {count}"):
                 simulated, z = model.simulate(data)
                 datasets.append(simulated)
-                forward, backward, used = _sandwich(model, simulated, z.to(data.dtype), settings, progress)
-            lower.append(float(log_mean_exp(forward.double())[0]))
-            lower_se.append(float(log_mean_exp_stderr(forward)[0]))
-            upper.append(-float(log_mean_exp(backward.double())[0]))  # the reverse chains share their start
-            steps.append(used)
+                bounds = sandwich(model, simulated, z.to(data.dtype), settings, progress)
+            lower.append(bounds["lower"])
+            lower_se.append(bounds["lower_stderr"])
+            upper.append(bounds["upper"])
+            steps.append(bounds["steps"])
 
     summary = {"datasets": count, **summarize_sandwich(*(torch.tensor(values, dtype=torch.float64) for values in (
         lower, lower_se, upper, [math.nan] * count))),
                "per_dataset": {"lower": lower, "upper": upper, "steps": steps}, "settings": settings.to_dict(),
                "seconds": time.perf_counter() - started}
     return summary, datasets
+
+
+def sandwich(model, data: torch.Tensor, z: torch.Tensor, settings: EvidenceSettings | None = None,
+             progress: bool | Progress = False) -> dict:
+    r"""BDMC on one data set simulated with latents ``z`` (flat, as :meth:`GlobalLatentModel.pack` makes them): the
+    forward AIS estimate of :math:`\log p(D)`, a stochastic lower bound, with its standard error; the reverse
+    chains' stochastic upper bound (they share their one exact start, so it has no error bar of its own); the
+    temperatures used."""
+    settings = settings or EvidenceSettings()
+    with one_thread():
+        forward, backward, used = _sandwich(model, data, z, settings, as_progress(progress))
+    return {"lower": float(log_mean_exp(forward.double())[0]), "lower_stderr": float(log_mean_exp_stderr(forward)[0]),
+            "upper": -float(log_mean_exp(backward.double())[0]), "steps": used}
 
 
 def _sandwich(model, data, z, settings: EvidenceSettings, progress) -> tuple[torch.Tensor, torch.Tensor, int]:
