@@ -225,8 +225,9 @@ def snr_section(runs: list[dict]) -> list[str]:
         return []
     draws, batch = measured[0]["snr_draws"], measured[0].get("snr_batch_size")
     lines = ["## Gradient signal-to-noise at the end of training", "",
-             f"The signal-to-noise ratio (SNR) of the training gradient after the last step, for the encoder (the "
-             f"guide's parameters) and the decoder (the model's): the median, and the mean, over parameter entries "
+             f"The signal-to-noise ratio (SNR) of the training gradient after the last step, for the guide's "
+             f"parameters (column *encoder*) and the model's (column *decoder*; none where the model has no "
+             f"parameters): the median, and the mean, over parameter entries "
              f"of |mean| / sd over M = {draws} gradient draws on one fixed minibatch"
              f"{f' of {batch} training rows' if batch else ''}. Higher is a cleaner gradient; a "
              f"gradient with no signal reads about 0.67/√M = {0.674 / draws ** 0.5:.2f}.", "",

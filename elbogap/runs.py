@@ -177,7 +177,8 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
 
     with stops() as should_stop:
         try:
-            fit = trainer.run(steps, after_step, progress, desc="training")
+            fit = trainer.run(steps, after_step, progress,
+                              desc="training (until converged)" if trainer.schedule is not None else "training")
         except ValueError as error:  # a distribution refusing NaN parameters inside the step
             if parameters_finite(trainer.svi.params) and "nan" not in str(error).lower():
                 raise

@@ -13,8 +13,11 @@ train from that seed (its evidence from the ``bdmc`` stream of that seed).
 """
 
 import math
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 
 import numpy as np
 import pyro
@@ -75,9 +78,55 @@ def fit_and_rank(config: Config, simulated: torch.Tensor, truth: dict, guide_nam
             "converged": verdict["converged"], "steps": trainer.step_count}
 
 
+def simulation_record(config: Config, data: torch.Tensor, base, index: int, seed: int) -> dict:
+    """Simulation ``index`` (seeded ``seed``): its data set and true latents, every guide fitted and ranked, and
+    with ``--calibration-gaps`` its evidence sandwich and each fit's gap."""
+    simulated, z, truth = simulated_dataset(base, data, seed)
+    name = f"simulation {index}"
+    fits = {guide_label(guide): fit_and_rank(config, simulated, truth, guide, seed, name) for guide in config.guides}
+    record = {"index": index, "seed": seed, "truth": {site: value.tolist() for site, value in truth.items()},
+              "fits": fits}
+    if config.calibration_gaps:
+        evidence = evidence_sandwich(config, simulated, z, seed, name)
+        record["evidence"] = evidence
+        for fit in fits.values():  # the gap on the evidence estimate, and its bound from BDMC's upper side
+            fit["kl_gap"] = evidence["lower"] - fit["elbo"]
+            fit["kl_gap_stderr"] = math.hypot(evidence["lower_stderr"], fit["elbo_stderr"])
+            fit["kl_gap_upper"] = evidence["upper"] - fit["elbo"]
+    return record
+
+
+#: a worker process's study: its configuration, data and the model the simulations are drawn from
+_WORKER: dict = {}
+
+
+def _start_worker(config: dict) -> None:
+    torch.set_num_threads(1)
+    settings = Config(**config)
+    data = load_dataset(settings)
+    _WORKER.update(config=settings, data=data.train, base=build(settings, data, settings.guides[0])[0])
+
+
+def _worker_simulation(index: int, seed: int) -> dict:
+    return simulation_record(_WORKER["config"], _WORKER["data"], _WORKER["base"], index, seed)
+
+
+def calibration_jobs(config: Config) -> int:
+    """Simulations at once: ``--jobs``, or one per available core, at most one per simulation; 1 where a program is
+    a Python object (it cannot leave this process)."""
+    if any(spec.startswith("object:") for spec in (config.model, *config.guides)):
+        return 1
+    if config.jobs:
+        return min(config.jobs, config.simulations)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, config.simulations))
+
+
 def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[dict], None] | None = None) -> dict:
     """Run the calibration study ``config`` describes; returns ``{"config", "versions", "simulations", "summary",
-    "seconds"}``. ``on_simulation(results)`` after each simulation, so partial results can be saved."""
+    "seconds"}``. ``on_simulation(results)`` after each simulation, so partial results can be saved. Simulations
+    run in :func:`calibration_jobs` worker processes; each is seeded by its index alone, so the results do not
+    depend on how many."""
     config.validate()
     data = load_dataset(config)
     if data.kind != "global":
@@ -86,32 +135,41 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
                          "simulate yet")
     for name in config.guides:  # a bad guide fails before any simulation
         build(config, data, name)
-    base, _ = build(config, data, config.guides[0])
-    seed = config.seeds[0]
+    seed, jobs = config.seeds[0], calibration_jobs(config)
     results = {"config": config.to_dict(), "versions": versions(), "kind": "calibration", "seed": seed,
-               "guides": [guide_label(name) for name in config.guides], "simulations": []}
+               "guides": [guide_label(name) for name in config.guides], "simulations": [], "workers": jobs}
+    seeds = [streams.seed_for("simulation", seed, index) for index in range(config.simulations)]
     started = time.perf_counter()
-    with intra_op_threads(1):
-        for index in tqdm(range(config.simulations), desc="simulations", disable=not progress, leave=False):
-            simulation_seed = streams.seed_for("simulation", seed, index)
-            simulated, z, truth = simulated_dataset(base, data.train, simulation_seed)
-            fits = {guide_label(name): fit_and_rank(config, simulated, truth, name, simulation_seed,
-                                                    f"simulation {index}") for name in config.guides}
-            record = {"index": index, "seed": simulation_seed,
-                      "truth": {site: value.tolist() for site, value in truth.items()}, "fits": fits}
-            if config.calibration_gaps:
-                evidence = evidence_sandwich(config, simulated, z, simulation_seed, f"simulation {index}")
-                record["evidence"] = evidence
-                for fit in fits.values():  # the gap on the evidence estimate, and its bound from BDMC's upper side
-                    fit["kl_gap"] = evidence["lower"] - fit["elbo"]
-                    fit["kl_gap_stderr"] = math.hypot(evidence["lower_stderr"], fit["elbo_stderr"])
-                    fit["kl_gap_upper"] = evidence["upper"] - fit["elbo"]
-            results["simulations"].append(record)
-            if len(results["simulations"]) >= 2:  # a test needs two simulations
-                results["summary"] = summarize(results["simulations"])
-            results["seconds"] = {"simulations": time.perf_counter() - started}
-            if on_simulation is not None:
-                on_simulation(results)
+    bar = tqdm(total=config.simulations, desc="simulations", disable=not progress, leave=False)
+
+    def collect(record: dict) -> None:
+        results["simulations"] = sorted([*results["simulations"], record], key=lambda done: done["index"])
+        if len(results["simulations"]) >= 2:  # a test needs two simulations
+            results["summary"] = summarize(results["simulations"])
+        results["seconds"] = {"simulations": time.perf_counter() - started}
+        bar.update()
+        if on_simulation is not None:
+            on_simulation(results)
+
+    if jobs == 1:
+        base, _ = build(config, data, config.guides[0])
+        with intra_op_threads(1):
+            for index, simulation_seed in enumerate(seeds):
+                collect(simulation_record(config, data.train, base, index, simulation_seed))
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
+                                 initargs=(config.to_dict(),)) as pool:
+            futures = [pool.submit(_worker_simulation, index, simulation_seed)
+                       for index, simulation_seed in enumerate(seeds)]
+            try:
+                for future in as_completed(futures):
+                    collect(future.result())
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    bar.close()
     return results
 
 

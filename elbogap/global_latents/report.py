@@ -1,5 +1,6 @@
 """The table of a study of a model with global latents (results.md sections and results.csv rows)."""
 
+import math
 import statistics
 
 from elbogap.global_latents.reference import RELIABLE_DRAWS
@@ -16,14 +17,67 @@ CSV_METRICS = ["converged", "num_points", "samples", "elbo", "elbo_stderr", "exp
                "log_evidence_per_point", "kl_gap_per_point", "log_evidence_q", "log_evidence_q_stderr", "ess", "khat"]
 
 
+#: the smallest reference sds between a guide's mean and the reference's that mark them as sitting in different
+#: places of the posterior (a Gaussian shifted by 5 sds alone is 12.5 nats from the unshifted one)
+MODE_SEPARATION = 5.0
+#: a guide nearly that far away with a gap below this many nats contradicts one mode
+SMALL_GAP = 2.0
+#: nats tempered SMC from the prior may lie above the reported AIS estimate before it is read as missed mass
+SMC_ABOVE = 0.5
+#: Pyro's autoguides whose family contains another's (a full-rank covariance holds a low-rank-plus-diagonal one,
+#: which holds a diagonal one): the bigger family's optimum is at least as good
+CONTAINS = {
+    "auto:AutoMultivariateNormal": ("auto:AutoLowRankMultivariateNormal", "auto:AutoNormal", "auto:AutoDiagonalNormal"),
+    "auto:AutoLowRankMultivariateNormal": ("auto:AutoNormal", "auto:AutoDiagonalNormal"),
+}
+
+
+def posterior_warnings(runs: list[dict]) -> list[str]:
+    """Warnings that read several runs together: a posterior with several modes (a guide far from the reference
+    yet with a small gap, or SMC from the prior finding more evidence than AIS), and a family whose gap lies above
+    that of a family it contains (its fit is short of its optimum, whatever its own verdict)."""
+    lines = []
+    for run in runs:
+        far = {site: stats["mean_error_max_abs"] for site, stats in run.get("reference", {}).get("sites", {}).items()
+               if stats.get("mean_error_max_abs", 0) >= MODE_SEPARATION}
+        if far and run["data"]["kl_gap"] < SMALL_GAP:
+            where = ", ".join(f"{site} {value:.0f}" for site, value in far.items())
+            lines.append(f"- {run['guide']} seed {run['seed']}: its mean lies {where} reference sds from the "
+                         f"reference's, yet its gap is {run['data']['kl_gap']:.2f} nats: the posterior has several "
+                         "modes (components that can swap labels, or a symmetry), q, the reference and the evidence "
+                         "each see one, and every gap is measured against one mode only (too small by up to the log "
+                         "of the number of modes); break the symmetry in the model (e.g. order the components)")
+    for seed in dict.fromkeys(run["seed"] for run in runs):
+        first = next(run for run in runs if run["seed"] == seed)
+        smc = first.get("evidence", {}).get("stages", {}).get("smc", {}).get("log_evidence")
+        ais = first["data"]["log_evidence"]
+        if smc is not None and smc - ais > SMC_ABOVE:
+            lines.append(f"- log p(D), seed {seed}: tempered SMC from the prior estimated {smc:.3f}, "
+                         f"{smc - ais:.2f} nats above AIS ({ais:.3f}); both are unbiased in p(D) and SMC errs low "
+                         "far more often than high, so AIS from the fitted reference likely misses part of the "
+                         "posterior (another mode): the gaps may be too small by about that much")
+        mine = {run["guide_spec"]: run for run in runs if run["seed"] == seed and "guide_spec" in run}
+        for big, smaller in CONTAINS.items():
+            for small in (name for name in smaller if big in mine and name in mine):
+                gap, held = mine[big]["data"], mine[small]["data"]
+                margin = 3 * math.hypot(gap["kl_gap_stderr"], held["kl_gap_stderr"])
+                if gap["kl_gap"] > held["kl_gap"] + margin + 0.1:
+                    lines.append(f"- {mine[big]['guide']} seed {seed}: its gap {gap['kl_gap']:.3f} is above "
+                                 f"{mine[small]['guide']}'s {held['kl_gap']:.3f}, a family it contains: its fit is "
+                                 "short of its optimum whatever its verdict (a badly conditioned posterior crawls: "
+                                 "try --lr 0.01 with more --particles and --steps, or a non-centred parameterization "
+                                 "of a near-singular prior, e.g. f = L u with u ~ N(0, I))")
+    return lines
+
+
 def is_global_study(runs: list[dict]) -> bool:
     return bool(runs) and runs[0].get("kind") == "global"
 
 
 def _cell(values: list[float], stderrs: list[float] | None = None) -> str:
     """One seed: ``value ± Monte-Carlo s.e.``; several: ``mean ± sd over seeds``."""
-    if len(values) == 1:
-        return f"{values[0]:.3f}" + (f" ± {stderrs[0]:.3f}" if stderrs else "")
+    if len(values) == 1:  # no ± where the error is declined (NaN: heavy-tailed weights)
+        return f"{values[0]:.3f}" + (f" ± {stderrs[0]:.3f}" if stderrs and math.isfinite(stderrs[0]) else "")
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
@@ -76,6 +130,7 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
     warnings = convergence_warnings(runs) + [f"- {run['guide']} seed {run['seed']}: {run['data'][key]}"
                                              for run in runs for key in ("evidence_warning", "evidence_note")
                                              if key in run["data"]]
+    warnings += posterior_warnings(runs)
     seen = set()
     for run in runs:
         for warning in run.get("reference", {}).get("warnings", []):
@@ -154,12 +209,15 @@ def describe_evidence(summary: dict) -> str:
                 f"{summary['leapfrog_steps']} leapfrog steps")
     stages = summary.get("stages", {})
     smc, pilot = stages.get("smc", {}), stages.get("pilot", {})
+    error = pilot.get("stderr", float("nan"))
+    chosen = (f"chosen from a {pilot.get('steps', '?')}-temperature pilot's error {error:.3g} for a target of "
+              f"{summary['target_stderr']}" if error is not None and math.isfinite(error) else
+              f"the most allowed: the {pilot.get('steps', '?')}-temperature pilot's weights had no error bar (a heavy "
+              "tail), so none could be planned")
     return (f"annealed importance sampling from a Gaussian reference fitted once per seed (tempered SMC from the "
             f"prior in {smc.get('temperatures', '?')} adaptive temperatures, then SVI of a full-rank Gaussian in the "
-            f"coordinates it whitens), {summary['chains']} chains x {summary['steps_used']} temperatures (chosen from "
-            f"a {pilot.get('steps', '?')}-temperature pilot's error {pilot.get('stderr', float('nan')):.3g} for a "
-            f"target of {summary['target_stderr']}) x {summary['leapfrog_steps']} leapfrog steps, HMC in the "
-            "reference's whitened coordinates")
+            f"coordinates it whitens), {summary['chains']} chains x {summary['steps_used']} temperatures ({chosen}) x "
+            f"{summary['leapfrog_steps']} leapfrog steps, HMC in the reference's whitened coordinates")
 
 
 def held_out_section(runs: list[dict]) -> list[str]:

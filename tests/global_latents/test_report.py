@@ -1,0 +1,58 @@
+"""Warnings that read a study's runs together: several modes, and a family short of a family it contains."""
+
+import json
+
+import numpy as np
+
+import elbogap
+from elbogap.global_latents.report import posterior_warnings
+
+
+def run(guide: str, gap: float, seed: int = 0, far: float = 0.0, smc: float | None = None, evidence: float = -10.0):
+    record = {"guide": guide.replace(":", "-"), "guide_spec": guide, "seed": seed,
+              "data": {"kl_gap": gap, "kl_gap_stderr": 0.02, "log_evidence": evidence},
+              "reference": {"sites": {"locs": {"mean_error_max_abs": far}}},
+              "evidence": {"stages": {"smc": {"log_evidence": smc}} if smc is not None else {}}}
+    return record
+
+
+def test_a_guide_far_from_the_reference_with_a_small_gap_reads_as_several_modes():
+    warnings = posterior_warnings([run("auto:AutoNormal", 0.4), run("auto:AutoMultivariateNormal", 0.01, far=41)])
+    assert len(warnings) == 1 and "auto-AutoMultivariateNormal" in warnings[0] and "several modes" in warnings[0]
+    assert posterior_warnings([run("auto:AutoNormal", 30.0, far=41)]) == []  # far and a large gap: a poor fit
+
+
+def test_smc_above_ais_reads_as_missed_mass_once_per_seed():
+    runs = [run("auto:AutoNormal", 0.4, smc=-8.5), run("auto:AutoIAFNormal", 0.1, smc=-8.5)]
+    warnings = posterior_warnings(runs)
+    assert len(warnings) == 1 and "1.50 nats above AIS" in warnings[0]
+    assert posterior_warnings([run("auto:AutoNormal", 0.4, smc=-10.3)]) == []  # SMC below: as it usually errs
+
+
+def test_a_family_above_one_it_contains_is_short_of_its_optimum():
+    runs = [run("auto:AutoNormal", 37.7), run("auto:AutoLowRankMultivariateNormal", 16.7),
+            run("auto:AutoMultivariateNormal", 20.6), run("auto:AutoIAFNormal", 4.1)]
+    warnings = posterior_warnings(runs)
+    assert len(warnings) == 1 and warnings[0].startswith("- auto-AutoMultivariateNormal seed 0: its gap 20.600")
+    assert posterior_warnings([run("auto:AutoNormal", 1.0), run("auto:AutoMultivariateNormal", 1.05)]) == []
+    other_seed = [run("auto:AutoNormal", 1.0, seed=0), run("auto:AutoMultivariateNormal", 5.0, seed=1)]
+    assert posterior_warnings(other_seed) == []  # compared within a seed
+
+
+def test_a_mixture_whose_components_swap_labels_is_flagged(tmp_path):
+    """Three exchangeable components: the posterior has 3! = 6 mirror modes; AIS from the reference fitted in one
+    sees one of them, tempered SMC from the prior sees more evidence, and the study says so."""
+    rng = np.random.default_rng(0)
+    rows = np.concatenate([rng.normal(-3, 1, 100), rng.normal(0, 1, 100), rng.normal(3, 1, 100)])[:, None]
+    np.savetxt(tmp_path / "x.csv", rows, delimiter=",")
+    (tmp_path / "mixture.py").write_text(
+        "import pyro\nimport pyro.distributions as dist\n\n\ndef model(data):\n"
+        "    weights = pyro.sample('weights', dist.Dirichlet(data.new_ones(3)))\n"
+        "    locs = pyro.sample('locs', dist.Normal(data.new_tensor(0.0), 5.0).expand([3]).to_event(1))\n"
+        "    with pyro.plate('data', data.shape[0]):\n"
+        "        pyro.sample('x', dist.MixtureSameFamily(dist.Categorical(weights), dist.Normal(locs, 1.0)), "
+        "obs=data[:, 0])\n")
+    result = elbogap.compare(str(tmp_path / "mixture.py:model"), ["auto:AutoNormal"], str(tmp_path / "x.csv"),
+                             out=tmp_path / "out", seeds=[0], jobs=1, figures=False, snr_draws=0)
+    report = (tmp_path / "out" / "results.md").read_text()
+    assert "nats above AIS" in report, json.dumps(result.runs[0]["evidence"]["stages"]["smc"])
