@@ -55,7 +55,8 @@ def posterior_warnings(runs: list[dict]) -> list[str]:
             lines.append(f"- log p(D), seed {seed}: tempered SMC from the prior estimated {smc:.3f}, "
                          f"{smc - ais:.2f} nats above AIS ({ais:.3f}); both are unbiased in p(D) and SMC errs low "
                          "far more often than high, so AIS from the fitted reference likely misses part of the "
-                         "posterior (another mode): the gaps may be too small by about that much")
+                         "posterior (another mode): the gaps may be too small by about that much; --evidence-start "
+                         "prior anneals from the prior, which reaches every mode (slower)")
         mine = {run["guide_spec"]: run for run in runs if run["seed"] == seed and "guide_spec" in run}
         for big, smaller in CONTAINS.items():
             for small in (name for name in smaller if big in mine and name in mine):
