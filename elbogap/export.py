@@ -3,9 +3,12 @@ r"""A study's posteriors as ArviZ ``InferenceData``, saved as NetCDF beside its 
 For a model with global latents, every finished run gives ``arviz/GUIDE-seedS.nc``: q's draws of each latent site
 (the run's saved ``draws.pt``, one chain, shaped as the model's sites) in the ``posterior`` group, with the run's
 numbers as that group's attributes (``elbo``, ``log_evidence``, ``kl_gap`` and their standard errors, ``khat``,
-``converged``, ...). Every seed gives ``arviz/reference-seedS.nc``, the reference posterior those runs were judged
-against: NUTS's chains as chains, or the AIS reference's weighted states resampled to unweighted draws
-(systematic resampling; ArviZ's summaries take no weights), with the number of effective draws as an attribute.
+``converged``, ...), and in ``log_likelihood`` each observed site's :math:`\log p(x_n \mid \theta_s)` per row at
+q's first draws (up to 1000), so that ``az.loo`` and ``az.compare`` read q's draws as a posterior's (their Pareto
+k-hat then says where q is too far from the leave-one-out posteriors). Every seed gives
+``arviz/reference-seedS.nc``, the reference posterior those runs were judged against: NUTS's chains as chains, or
+the AIS reference's weighted states resampled to unweighted draws (systematic resampling; ArviZ's summaries take no
+weights), with the number of effective draws as an attribute.
 ``az.summary``, ``az.plot_forest`` and the like read them; :func:`load` (``elbogap.load``) returns them all.
 
 A VAE-shaped model's posterior is one per data point and its runs save no draws; it is not exported.
@@ -64,7 +67,9 @@ def run_inference_data(run_dir: Path, run: dict):
     attrs = {key: _attribute(run["data"][key]) for key in NUMBERS if key in run["data"]}
     attrs.update(guide=run["guide"], seed=run["seed"], converged=str(run.get("converged")), steps=run.get("steps", 0),
                  draws_from="q, the run's guide")
-    data = az.from_dict(posterior=site_arrays(saved["q"], shapes))
+    pointwise = {name: value.double().numpy()[None] for name, value in saved.get("log_likelihood", {}).items()}
+    data = az.from_dict(posterior=site_arrays(saved["q"], shapes), log_likelihood=pointwise or None,
+                        dims={name: ["row"] for name in pointwise})
     data.posterior.attrs.update(attrs)
     return data
 

@@ -80,3 +80,29 @@ def test_without_arviz_the_export_says_which_extra_to_install(monkeypatch, tmp_p
     monkeypatch.undo()
     with pytest.raises(UsageError, match="no results.json"):
         elbogap.load(tmp_path)
+
+
+def test_the_log_likelihood_per_row_lets_arviz_compute_leave_one_out_as_the_closed_form_does(regression_study):
+    """Each row's log p(y_n | w_s) at q's draws; with the full-rank q (the posterior's family) PSIS-LOO matches the
+    exact leave-one-out predictive, N(y_n; x_n m_-n, 1 + x_n Sigma_-n x_n), and az.compare ranks the guides."""
+    result, _, _ = regression_study
+    loaded = elbogap.load(result.out)
+    full = loaded["auto-AutoMultivariateNormal-seed0"]
+    rows = torch.as_tensor(np.load(result.out / "data.npy")).double()
+    features, targets = rows[:, :-1], rows[:, -1]
+    w = torch.as_tensor(full.posterior["w"].values[0])
+    pointwise = torch.as_tensor(full.log_likelihood["y"].values[0])
+    assert pointwise.shape == (len(w), len(rows))
+    direct = torch.distributions.Normal(w[:5] @ features.T, 1.0).log_prob(targets)
+    assert torch.allclose(pointwise[:5], direct, atol=1e-4)
+    exact = 0.0
+    for n in range(len(rows)):
+        keep = torch.arange(len(rows)) != n
+        mean, cov, _ = truth.regression_posterior(features[keep], targets[keep], 1.0, 1.0)
+        spread = 1.0 + features[n] @ cov @ features[n]
+        exact += float(torch.distributions.Normal(features[n] @ mean, spread.sqrt()).log_prob(targets[n]))
+    with np.errstate(all="ignore"):
+        loo = az.loo(full)
+        table = az.compare({name: data for name, data in loaded.items() if not name.startswith("reference")})
+    assert abs(loo.elpd_loo - exact) < 0.2
+    assert set(table.index) == {"auto-AutoNormal-seed0", "auto-AutoMultivariateNormal-seed0"}

@@ -98,6 +98,30 @@ def _nesting(*traces) -> int:
                 for frame in site["cond_indep_stack"] if frame.dim is not None] or [0])
 
 
+#: q's draws whose log-likelihood per row is kept for the ArviZ export (PSIS-LOO, ``az.compare``), and the most
+#: numbers (draws x rows) kept
+POINTWISE_DRAWS, POINTWISE_NUMBERS = 1000, 4_000_000
+
+
+@torch.no_grad()
+def pointwise_log_likelihood(model, values: dict[str, torch.Tensor], data: torch.Tensor) -> dict[str, torch.Tensor]:
+    """:math:`\log p(x_n \mid \theta_s)` per observed site, draw and row, ``(S, N)`` in float32, for the first
+    ``S`` of q's draws ``values`` (at most ``POINTWISE_DRAWS``, and ``POINTWISE_NUMBERS / N``): the model conditioned
+    on each draw, one trace each (any program), its mask and scale counted; a site whose density is not one per row
+    is left out."""
+    available = len(next(iter(values.values())))
+    count = max(1, min(available, POINTWISE_DRAWS, POINTWISE_NUMBERS // max(len(data), 1)))
+    rows: dict[str, list[torch.Tensor]] = {}
+    for draw in range(count):
+        conditioned = {name: values[name][draw].reshape(shape) for name, shape in model.latent_sites.items()}
+        trace = poutine.trace(poutine.condition(model.full_program, data=conditioned)).get_trace(data)
+        for name in model.observed_sites:
+            log_p = scored(trace.nodes[name])
+            if log_p.dim() >= 1 and log_p.shape[0] == len(data):
+                rows.setdefault(name, []).append(log_p.reshape(len(data), -1).sum(-1).float().cpu())
+    return {name: torch.stack(values) for name, values in rows.items() if len(values) == count}
+
+
 def plate_nesting(model, guide, data: torch.Tensor) -> int:
     """How deep the plates of ``guide`` and of ``model`` replayed on it nest (at least 1)."""
     index = torch.arange(len(data), device=data.device)

@@ -35,6 +35,7 @@ from elbogap.global_latents.evaluation import (
     guide_draws,
     moments,
     plate_nesting,
+    pointwise_log_likelihood,
     precise_draws,
     summarize_draws,
 )
@@ -164,7 +165,9 @@ def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, ph
     if len(data.test):
         with phases("held_out"), progress.phase("held-out evidence"):
             record["test"] = held_out_metrics(model, data, config, seed, run_dir, evidence, draws, progress)
-    save_draws(run_dir, draws, reference)
+    with phases("pointwise_log_lik"), progress.phase("log-likelihood per row"):
+        pointwise = pointwise_log_likelihood(model, draws.values, rows)
+    save_draws(run_dir, draws, reference, pointwise)
     return record
 
 
@@ -226,9 +229,12 @@ def evidence_check(metrics: dict) -> dict:
     return out
 
 
-def save_draws(run_dir: Path, draws, reference: dict | None) -> None:
-    """q's draws and the reference's, for the marginal figures (``draws.pt`` in the run directory)."""
+def save_draws(run_dir: Path, draws, reference: dict | None, pointwise: dict | None = None) -> None:
+    """q's draws and the reference's, for the marginal figures and the ArviZ export, with the log-likelihood per row
+    at q's first draws (``draws.pt`` in the run directory)."""
     state = {"q": draws.values}
+    if pointwise:
+        state["log_likelihood"] = pointwise
     if reference is not None:
         state["reference"] = reference["values"]
         if reference.get("weights") is not None:
