@@ -302,8 +302,9 @@ def _write_back(simulated, data, original, value, spec, name):
         if torch.equal(data[:, start:start + width], flat_original):
             simulated[:, start:start + width] = flat_value
             return simulated
-    raise UsageError(f"--bdmc needs to simulate data sets, but the observed site {name!r} of {spec} is not a block of "
-                     "the data's columns (it is transformed before it is observed); observe the data's own columns")
+    raise UsageError(f"--bdmc and elbogap calibrate simulate data sets, but the observed site {name!r} of {spec} is "
+                     "not a block of the data's columns (it is transformed before it is observed); observe the data's "
+                     "own columns")
 
 
 def probe_trace(program, x: torch.Tensor):
