@@ -238,6 +238,11 @@ class Calibration:
 
         return calibration_markdown(self.results)
 
+    def __repr__(self) -> str:
+        failing = sorted({f"{row['guide']}:{row['site']}" for row in self.table() if not row["sbc_calibrated"]})
+        return (f"Calibration({len(self.results['simulations'])} simulations in {self.out}; SBC fails on "
+                + (", ".join(failing) if failing else "no site") + ")")
+
 
 def calibrate(model, guides=("auto:AutoNormal", "auto:AutoMultivariateNormal"), data=None, *,
               out: str | Path | None = None, simulations: int = 100, seed: int = 0, progress: bool = False,
@@ -247,7 +252,6 @@ def calibrate(model, guides=("auto:AutoNormal", "auto:AutoMultivariateNormal"), 
     :mod:`elbogap.calibration`). Arguments as :func:`compare`'s; ``model`` has global latents."""
     from elbogap.calibration.report import write_calibration
     from elbogap.calibration.study import calibrate as run_calibration
-    from elbogap.config import to_toml
 
     if data is None:
         raise UsageError("elbogap.calibrate needs data: the data set the simulations are shaped like (its covariates "
@@ -256,5 +260,4 @@ def calibrate(model, guides=("auto:AutoNormal", "auto:AutoMultivariateNormal"), 
     results = run_calibration(config, progress=progress,
                               on_simulation=lambda partial: write_calibration(partial, out, figures=False))
     write_calibration(results, out, figures=config.figures)
-    (out / "config.toml").write_text(to_toml(config))
     return Calibration(results, out)

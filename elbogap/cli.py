@@ -242,18 +242,16 @@ def evaluation_line(metrics: dict) -> dict:
 def run_calibrate(args) -> int:
     from elbogap.calibration.report import write_calibration
     from elbogap.calibration.study import calibrate
-    from elbogap.config import to_toml
 
     config = config_from_args(args)
     out = Path(config.out)
     check_writable(out)
     results = calibrate(config, progress=not args.quiet,
                         on_simulation=lambda partial: write_calibration(partial, out, figures=False))
-    write_calibration(results, out, figures=config.figures)
-    (out / "config.toml").write_text(to_toml(config))
+    written = write_calibration(results, out, figures=config.figures)
     if not args.quiet:
         print((out / "results.md").read_text())
-    print(f"wrote results.json, results.md and config.toml to {out}", file=sys.stderr)
+    print(f"wrote {', '.join(path.name for path in written)} to {out}", file=sys.stderr)
     return 0
 
 

@@ -359,9 +359,9 @@ def coerce(config: Config) -> Config:
     return config
 
 
-def to_toml(config: Config) -> str:
-    """The resolved configuration as a study file that reproduces the run."""
-    lines = ["# resolved configuration; rerun with: elbogap compare --config config.toml"]
+def to_toml(config: Config, command: str = "compare") -> str:
+    """The resolved configuration as a study file that reproduces the run (of ``elbogap COMMAND``)."""
+    lines = [f"# resolved configuration; rerun with: elbogap {command} --config config.toml"]
     for name, value in config.to_dict().items():
         if value is not None:
             lines.append(f"{name} = {json.dumps(value)}")

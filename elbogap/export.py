@@ -65,7 +65,7 @@ def run_inference_data(run_dir: Path, run: dict):
     saved = load_checkpoint(Path(run_dir) / "draws.pt")
     shapes = run["model"]["sites"]["latent"]
     attrs = {key: _attribute(run["data"][key]) for key in NUMBERS if key in run["data"]}
-    attrs.update(guide=run["guide"], seed=run["seed"], converged=str(run.get("converged")), steps=run.get("steps", 0),
+    attrs.update(guide=run["guide"], seed=run["seed"], converged=_flag(run.get("converged")), steps=run.get("steps", 0),
                  draws_from="q, the run's guide")
     pointwise = {name: value.double().numpy()[None] for name, value in saved.get("log_likelihood", {}).items()}
     data = az.from_dict(posterior=site_arrays(saved["q"], shapes), log_likelihood=pointwise or None,
@@ -85,7 +85,7 @@ def reference_inference_data(run_dir: Path, run: dict):
     reference = run.get("reference") or {}
     method = reference.get("method", "unknown")
     values, chains = saved["reference"], 1
-    attrs = {"method": method, "seed": run["seed"], "reliable": str(reference.get("reliable"))}
+    attrs = {"method": method, "seed": run["seed"], "reliable": _flag(reference.get("reliable"))}
     weights = saved.get("reference_weights")
     if weights is not None:
         count = len(weights)
@@ -100,6 +100,11 @@ def reference_inference_data(run_dir: Path, run: dict):
     data = az.from_dict(posterior=site_arrays(values, run["model"]["sites"]["latent"], chains))
     data.posterior.attrs.update(attrs)
     return data
+
+
+def _flag(value) -> int:
+    """A yes/no as a NetCDF attribute (which holds no booleans): 1, 0, or -1 where unknown."""
+    return -1 if value is None else int(bool(value))
 
 
 def _attribute(value):
@@ -144,5 +149,7 @@ def load(out: str | Path) -> dict:
         raise UsageError(f"{out} holds no results.json; give a directory written by elbogap compare")
     paths = sorted((out / FOLDER).glob("*.nc")) or export_study(out)
     if not paths:
-        raise UsageError(f"{out} has no run of a model with global latents with saved draws to export")
+        raise UsageError(f"{out} has no run to export: the export holds the posteriors of models with global latents "
+                         "from elbogap compare (a per-point model's posterior is one per data point; a calibration "
+                         "study keeps its ranks in results.json)")
     return {path.stem: az.from_netcdf(str(path)) for path in sorted(paths)}

@@ -30,6 +30,12 @@ def markdown(results: dict) -> str:
     warnings = [f"- {guide}: its training did not converge; its encoder is judged as it is" if per_point else
                 f"- {guide}: {row['fits'] - row['converged']} of {row['fits']} fits did not converge; their ranks "
                 "count as they are" for guide, row in summary.items() if row["converged"] < row["fits"]]
+    if not results.get("complete", True):
+        warnings.insert(0, f"- **Partial:** {count} of {results.get('planned', '?')} simulations; rerun the same "
+                           "command with --resume to finish (the tests below read only these)")
+    if count < 20:
+        warnings.append(f"- {count} simulations: the tests have little power; read the coverage and the share of u "
+                        "near 0 or 1 beside them")
     if warnings:
         lines += ["## Warnings", "", *warnings, ""]
     lines += ["## Per guide and latent site", "",
@@ -132,11 +138,15 @@ def gap_figure(results: dict, path: Path) -> Path:
 
 
 def write_calibration(results: dict, out: Path, figures: bool = True) -> list[Path]:
-    """results.json, results.md and (with ``figures``) ranks.png and pvalues.png in ``out``."""
+    """results.json, results.md and (with ``figures``) ranks.png, pvalues.png and gaps.png in ``out``, and
+    config.toml; the paths written."""
+    from elbogap.config import Config, to_toml
+
     out.mkdir(parents=True, exist_ok=True)
+    (out / "config.toml").write_text(to_toml(Config(**results["config"]), "calibrate"))
     write_atomically(out / "results.json", json.dumps(results, indent=2))
     write_atomically(out / "results.md", markdown(results))
-    written = [out / "results.json", out / "results.md"]
+    written = [out / "results.json", out / "results.md", out / "config.toml"]
     if figures and results.get("summary"):
         written += [rank_figure(results, out / "ranks.png"), pvalue_figure(results, out / "pvalues.png")]
         if all("mean_kl_gap" in row for row in results["summary"].values()):

@@ -12,12 +12,14 @@ is the first of ``--seeds``; simulation ``m`` draws from the ``simulation`` stre
 train from that seed (its evidence from the ``bdmc`` stream of that seed).
 """
 
+import json
 import math
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +29,12 @@ from tqdm.auto import tqdm
 
 from elbogap import streams
 from elbogap.calibration.stats import below_shares, interval_coverage, site_summary
-from elbogap.config import Config
+from elbogap.config import Config, differences
 from elbogap.data import Dataset
 from elbogap.errors import UsageError
 from elbogap.factory import build, for_data, guide_label, load_dataset, make_trainer
+from elbogap.runs import Interrupted
+from elbogap.stopping import stop_requests
 from elbogap.threads import intra_op_threads
 from elbogap.versions import versions
 
@@ -123,51 +127,95 @@ def calibration_jobs(config: Config) -> int:
     return max(1, min(cores, config.simulations))
 
 
+class CalibrationInterrupted(Interrupted):
+    """A calibration study stopped on SIGINT or SIGTERM; the simulations done are saved in results.json."""
+
+    def __init__(self, signum: int, done: int, planned: int, out: Path):
+        self.signum, self.step, self.run_dir = signum, None, out
+        Exception.__init__(self, f"interrupted by {signal.Signals(signum).name} after {done} of {planned} simulations; "
+                                 f"{out / 'results.json'} holds them: rerun the same command with --resume to finish")
+
+
+def resumed(config: Config) -> list[dict]:
+    """The simulations a study in ``--out`` already did (with ``--resume``), or a refusal to overwrite it."""
+    path = Path(config.out) / "results.json"
+    if not path.is_file():
+        return []
+    if not config.resume:
+        raise UsageError(f"{config.out} already holds results; pass --resume to continue that calibration study or "
+                         "choose another --out")
+    saved = json.loads(path.read_text())
+    if saved.get("kind") != "calibration":
+        raise UsageError(f"{path} is not a calibration study's; choose another --out")
+    changed = [name for name in differences(saved["config"], config.to_dict())
+               if name not in ("simulations", "jobs")]
+    if changed:
+        raise UsageError(f"--resume: the study in {config.out} was run with other settings ({', '.join(changed)}); "
+                         "rerun with its own settings or choose another --out")
+    return [simulation for simulation in saved["simulations"] if simulation["index"] < config.simulations]
+
+
 def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[dict], None] | None = None) -> dict:
     """Run the calibration study ``config`` describes; returns ``{"config", "versions", "simulations", "summary",
-    "seconds"}``. ``on_simulation(results)`` after each simulation, so partial results can be saved. Simulations
-    run in :func:`calibration_jobs` worker processes; each is seeded by its index alone, so the results do not
-    depend on how many."""
+    "planned", "complete", "seconds"}``. ``on_simulation(results)`` after each simulation, so partial results can
+    be saved; with ``--resume`` the simulations already in ``--out`` are kept and the rest run. Simulations run in
+    :func:`calibration_jobs` worker processes; each is seeded by its index alone, so the results do not depend on
+    how many, nor on where a study was stopped. SIGINT or SIGTERM stops it (:class:`CalibrationInterrupted`)."""
     config.validate()
     data = load_dataset(config)
     if data.kind != "global":
         return calibrate_per_point(config, progress, on_simulation)
     for name in config.guides:  # a bad guide fails before any simulation
         build(config, data, name)
+    done = resumed(config)
     seed, jobs = config.seeds[0], calibration_jobs(config)
     results = {"config": config.to_dict(), "versions": versions(), "kind": "calibration", "seed": seed,
-               "guides": [guide_label(name) for name in config.guides], "simulations": [], "workers": jobs}
-    seeds = [streams.seed_for("simulation", seed, index) for index in range(config.simulations)]
+               "guides": [guide_label(name) for name in config.guides], "simulations": [], "workers": jobs,
+               "planned": config.simulations, "complete": False}
+    finished = {simulation["index"] for simulation in done}
+    todo = [(index, streams.seed_for("simulation", seed, index)) for index in range(config.simulations)
+            if index not in finished]
     started = time.perf_counter()
-    bar = tqdm(total=config.simulations, desc="simulations", disable=not progress, leave=False)
+    bar = tqdm(total=config.simulations, initial=len(done), desc="simulations", disable=not progress, leave=False)
 
-    def collect(record: dict) -> None:
-        results["simulations"] = sorted([*results["simulations"], record], key=lambda done: done["index"])
+    def collect(record: dict | None) -> None:
+        if record is not None:
+            results["simulations"] = sorted([*results["simulations"], record], key=lambda one: one["index"])
+            bar.update()
         if len(results["simulations"]) >= 2:  # a test needs two simulations
             results["summary"] = summarize(results["simulations"])
+        results["complete"] = len(results["simulations"]) == config.simulations
         results["seconds"] = {"simulations": time.perf_counter() - started}
-        bar.update()
         if on_simulation is not None:
             on_simulation(results)
 
-    if jobs == 1:
-        base, _ = build(config, data, config.guides[0])
-        with intra_op_threads(1):
-            for index, simulation_seed in enumerate(seeds):
-                collect(simulation_record(config, data.train, base, index, simulation_seed))
-    else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
-                                 initargs=(config.to_dict(),)) as pool:
-            futures = [pool.submit(_worker_simulation, index, simulation_seed)
-                       for index, simulation_seed in enumerate(seeds)]
+    results["simulations"] = sorted(done, key=lambda one: one["index"])
+    collect(None)
+    out = Path(config.out)
+    with stop_requests() as should_stop:
+        if jobs == 1:
+            base, _ = build(config, data, config.guides[0])
+            with intra_op_threads(1):
+                for index, simulation_seed in todo:
+                    if signum := should_stop():
+                        raise CalibrationInterrupted(signum, len(results["simulations"]), config.simulations, out)
+                    collect(simulation_record(config, data.train, base, index, simulation_seed))
+        elif todo:
+            context = multiprocessing.get_context("spawn")
+            pool = ProcessPoolExecutor(min(jobs, len(todo)), mp_context=context, initializer=_start_worker,
+                                       initargs=(config.to_dict(),))
             try:
-                for future in as_completed(futures):
-                    collect(future.result())
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+                pending = {pool.submit(_worker_simulation, index, simulation_seed) for index, simulation_seed in todo}
+                while pending:
+                    if signum := should_stop():
+                        raise CalibrationInterrupted(signum, len(results["simulations"]), config.simulations, out)
+                    ready, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    for future in ready:
+                        collect(future.result())
+            finally:  # the workers end with the study, whether it finished, failed or was stopped
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    process.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
     bar.close()
     return results
 
@@ -183,7 +231,8 @@ def summarize(simulations: list[dict]) -> dict:
         summary[guide] = {"sites": {site: site_summary(shares) for site, shares in sites.items()},
                           "coverage_90": coverage, "coverage_90_stderr": coverage_stderr,
                           "converged": sum(fit["converged"] is True for fit in fits), "fits": len(fits),
-                          "mean_elbo": float(np.mean([fit["elbo"] for fit in fits]))}
+                          "mean_elbo": None if any(fit["elbo"] is None for fit in fits) else
+                          float(np.mean([fit["elbo"] for fit in fits]))}
         if all("kl_gap" in fit for fit in fits):  # --calibration-gaps: the gap over the model's own data sets
             gaps = np.array([fit["kl_gap"] for fit in fits])
             summary[guide].update(mean_kl_gap=float(gaps.mean()), mean_kl_gap_stderr=float(
@@ -233,9 +282,10 @@ def calibrate_per_point(config: Config, progress: bool = False,
     for index in range(config.simulations):
         results["simulations"].append({"index": index, "fits": {
             guide: {"shares": {"z": fit["shares"][index].tolist()}, "truth": {"z": fit["truth"][index].tolist()},
-                    "elbo": math.nan, "converged": fit["converged"]} for guide, fit in fits.items()}})
+                    "elbo": None, "converged": fit["converged"]} for guide, fit in fits.items()}})
     results["summary"] = summarize(results["simulations"])
-    results["seconds"] = {"simulations": time.perf_counter() - started}
+    results.update(planned=config.simulations, complete=True,
+                   seconds={"simulations": time.perf_counter() - started})
     if on_simulation is not None:
         on_simulation(results)
     return results

@@ -105,7 +105,7 @@ POINTWISE_DRAWS, POINTWISE_NUMBERS = 1000, 4_000_000
 
 @torch.no_grad()
 def pointwise_log_likelihood(model, values: dict[str, torch.Tensor], data: torch.Tensor) -> dict[str, torch.Tensor]:
-    """:math:`\log p(x_n \mid \theta_s)` per observed site, draw and row, ``(S, N)`` in float32, for the first
+    r""":math:`\log p(x_n \mid \theta_s)` per observed site, draw and row, ``(S, N)`` in float32, for the first
     ``S`` of q's draws ``values`` (at most ``POINTWISE_DRAWS``, and ``POINTWISE_NUMBERS / N``): the model conditioned
     on each draw, one trace each (any program), its mask and scale counted; a site whose density is not one per row
     is left out."""

@@ -294,6 +294,10 @@ def traced_draws(guide_fn, count: int, names, args: tuple, kwargs: dict | None =
 
 def _write_back(simulated, data, original, value, spec, name):
     """Put a simulated observation where the observed one came from in ``data`` (a column block or all of it)."""
+    if original.dim() == 0 or original.shape[0] != len(data):
+        raise UsageError(f"--bdmc and elbogap calibrate simulate data sets, but the observed site {name!r} of {spec} "
+                         f"has shape {tuple(original.shape)}, not one value per row of the data ({len(data)} rows): it "
+                         "cannot be written back as a data set; observe the data's own columns")
     flat_original, flat_value = original.reshape(len(data), -1), value.reshape(len(data), -1)
     if original.numel() == data.numel() and torch.equal(original.reshape(data.shape), data):
         return value.reshape(data.shape)

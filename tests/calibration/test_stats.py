@@ -47,3 +47,9 @@ def test_the_coverage_of_the_central_interval_and_its_error_from_the_simulations
     assert interval_coverage(shares) == pytest.approx((0.5, 0.15))  # the binomial's floor: 90% over four pairs
     together = np.array([[0.5, 0.5], [0.01, 0.99], [0.5, 0.5], [0.01, 0.99]])  # both in or both out
     assert interval_coverage(together) == pytest.approx((0.5, np.std([1, 0, 1, 0], ddof=1) / 2))
+
+
+def test_ranks_piled_at_the_ends_fail_even_with_few_simulations():
+    """Twelve simulations give two chi-square bins, which cannot see a U; the share near the ends can."""
+    shares = np.array([0.01, 0.02, 0.97, 0.99, 0.03, 0.95, 0.5, 0.04, 0.98, 0.02, 0.96, 0.93])
+    assert sbc_pvalue(shares) < 0.01

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,3 +132,78 @@ def test_gaps_per_simulation_are_refused_for_per_point_latents(elbogap, tmp_path
     code, err = elbogap("calibrate", "--model", "linear", "--data", "linear-gaussian", "--calibration-gaps",
                         "--simulations", "4", "--out", tmp_path / "out", "-q")
     assert code == 2 and "--calibration-gaps applies to models with global latents" in err
+
+
+SUMMED = '''
+import pyro
+import pyro.distributions as dist
+
+
+def model(data):
+    b = pyro.sample("b", dist.Normal(data.new_tensor(0.0), 1.0))
+    pyro.sample("total", dist.Normal(b * data.shape[0], 10.0), obs=data[:, -1].sum())
+'''
+
+
+def test_an_observation_that_is_not_one_value_per_row_is_refused_in_one_line(elbogap, tmp_path):
+    (tmp_path / "summed.py").write_text(SUMMED)
+    np.savetxt(tmp_path / "rows.csv", truth.regression_data(15, 2, seed=4).numpy(), delimiter=",")
+    code, err = elbogap("calibrate", "--model", tmp_path / "summed.py:model", "--data", tmp_path / "rows.csv",
+                        "--guides", "auto:AutoNormal", "--simulations", "3", "--jobs", "1", "--out", tmp_path / "out",
+                        "-q")
+    assert code == 2 and "not one value per row" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_study_in_out_is_kept_unless_resumed_and_resuming_adds_the_rest(elbogap, tmp_path):
+    (tmp_path / "regression.py").write_text(REGRESSION)
+    np.savetxt(tmp_path / "rows.csv", truth.regression_data(15, 2, seed=4).numpy(), delimiter=",")
+    common = ["--model", tmp_path / "regression.py:model", "--data", tmp_path / "rows.csv", "--guides",
+              "auto:AutoNormal", "--calibration-draws", "200", "--jobs", "1", "--no-figures", "--out", tmp_path / "out",
+              "-q"]
+    assert elbogap("calibrate", "--simulations", "2", *common)[0] == 0
+    first = json.loads((tmp_path / "out" / "results.json").read_text())
+    code, err = elbogap("calibrate", "--simulations", "3", *common)
+    assert code == 2 and "pass --resume" in err
+    assert elbogap("calibrate", "--simulations", "3", "--resume", *common)[0] == 0
+    resumed = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert resumed["complete"] and resumed["planned"] == 3 and len(resumed["simulations"]) == 3
+    assert resumed["simulations"][:2] == first["simulations"]  # seeded by index: the same as before the stop
+
+
+def test_sigterm_stops_the_study_keeps_what_it_did_and_leaves_no_worker(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "regression.py").write_text(REGRESSION)
+    np.savetxt(tmp_path / "rows.csv", truth.regression_data(15, 2, seed=4).numpy(), delimiter=",")
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "elbogap.cli", "calibrate", "--model",
+                                str(tmp_path / "regression.py:model"), "--data", str(tmp_path / "rows.csv"), "--guides",
+                                "auto:AutoNormal", "--simulations", "200", "--jobs", "2", "--calibration-draws", "200",
+                                "--no-figures", "--out", str(out), "-q"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "results.json").is_file() or not json.loads((out / "results.json").read_text())["simulations"]:
+        assert time.time() < deadline and process.poll() is None
+        time.sleep(0.5)
+    children = [int(pid) for path in Path(f"/proc/{process.pid}/task").glob("*/children")
+                for pid in path.read_text().split()]
+    assert children  # the workers
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM and "with --resume to finish" in err
+    saved = json.loads((out / "results.json").read_text())
+    assert 0 < len(saved["simulations"]) < 200 and not saved["complete"]
+    time.sleep(1)
+    alive = []
+    for pid in children:
+        try:
+            os.kill(pid, 0)
+            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+            if state != "Z":
+                alive.append(pid)
+        except (ProcessLookupError, FileNotFoundError):
+            pass
+    assert not alive
