@@ -9,7 +9,8 @@ ELBO of :math:`D_m` and whether it converged; with ``--calibration-gaps``, :math
 evidence estimator (AIS from a fitted reference), BDMC's stochastic upper bound from the chains run back from
 :math:`\theta^*_m` (an exact posterior draw of :math:`D_m`), and each fit's KL gap between them. The study's seed
 is the first of ``--seeds``; simulation ``m`` draws from the ``simulation`` stream with counter ``m``, and its fits
-train from that seed (its evidence from the ``bdmc`` stream of that seed).
+train from that seed (its evidence from the ``bdmc`` stream of that seed). A model whose latents are per data point
+is calibrated against the model each guide trained with instead (:func:`calibrate_per_point`).
 """
 
 import json
