@@ -71,7 +71,12 @@ class Config:
     seed: int = setting(0, "the seed of elbogap train", role="control")
     guides: list[str] = setting(["diag", "full", "iaf", "planar"], "comma list of guides: diag, full, lowrank, iaf, "
                                                                    "planar, sylvester, spline, mixture, local, exact, "
-                                                                   "or your own guide programs path/to/file.py:name",
+                                                                   "Pyro's autoguides auto:AutoNormal, ..., or your "
+                                                                   "own guide programs path/to/file.py:name (for a "
+                                                                   "model with global latents the default is "
+                                                                   "auto:AutoNormal, auto:AutoMultivariateNormal, "
+                                                                   "auto:AutoLowRankMultivariateNormal, "
+                                                                   "auto:AutoIAFNormal)",
                                                                    short="-g", role="control")
     seeds: list[int] = setting([0, 1], "comma list of seeds; each guide is trained once per seed",
                                        short="-s", role="control")

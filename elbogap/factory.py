@@ -32,6 +32,15 @@ def for_data(config: Config, data: Dataset, guide_name: str | None = None) -> Co
     return config.for_kind(PROTOCOLS[data.kind].defaults_for(guide_name))
 
 
+def with_kind_guides(config: Config, data: Dataset) -> Config:
+    """``config`` with the kind's own families (:attr:`~elbogap.protocols.Protocol.guides`) where ``--guides`` is
+    left at its default, whose families model per-point latents only."""
+    protocol = PROTOCOLS[data.kind]
+    if protocol.guides and config.guides == Config().guides:
+        return config.replace(guides=list(protocol.guides))
+    return config
+
+
 def load_dataset(config: Config) -> Dataset:
     """The data set a configuration names, subset and binarized as it says, on its device.
 

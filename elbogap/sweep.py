@@ -18,7 +18,7 @@ from elbogap.backends import Outcome, RunTask, open_backend
 from elbogap.board import Board
 from elbogap.config import Config
 from elbogap.errors import UsageError
-from elbogap.factory import build, check_gradient, for_data, guide_label, load_dataset
+from elbogap.factory import build, check_gradient, for_data, guide_label, load_dataset, with_kind_guides
 from elbogap.failures import ProgramFailed
 from elbogap.runs import LOG, Interrupted, NumericalFault
 from elbogap.stopping import stop_requests
@@ -57,6 +57,7 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
     config.validate()
     out = Path(out if out is not None else config.out)
     data = load_dataset(config)
+    config = with_kind_guides(config, data)
     for name in config.guides:  # fail on a bad guide (or one --gradient refuses) before any training, not in the middle
         model, guide = build(config, data, name)
         check_gradient(for_data(config, data, name), data, guide, model)

@@ -32,3 +32,17 @@ def test_a_family_with_its_own_defaults_takes_them_where_the_configuration_leave
     assert for_data(Config(), data).lr == 0.05  # the kind's own, as the study's record shows it
     per_point = Dataset("rows", torch.zeros(5, 2), torch.zeros(1, 2))
     assert for_data(Config(), per_point, "iaf").lr == 0.003  # a VAE's families share the kind's defaults
+
+
+def test_a_model_with_global_latents_compares_pyros_autoguides_where_guides_are_left_at_their_default():
+    import torch
+
+    from elbogap.data import Dataset
+    from elbogap.factory import with_kind_guides
+    from elbogap.protocols.global_latents import GUIDES
+
+    rows = Dataset("rows", torch.zeros(5, 2), torch.zeros(0, 2), kind="global")
+    assert with_kind_guides(Config(), rows).guides == list(GUIDES)
+    assert with_kind_guides(Config(guides=["auto:AutoNormal"]), rows).guides == ["auto:AutoNormal"]  # chosen: kept
+    per_point = Dataset("rows", torch.zeros(5, 2), torch.zeros(1, 2))
+    assert with_kind_guides(Config(), per_point).guides == Config().guides

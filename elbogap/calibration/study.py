@@ -33,7 +33,7 @@ from elbogap.calibration.stats import below_shares, interval_coverage, site_summ
 from elbogap.config import Config, differences
 from elbogap.data import Dataset
 from elbogap.errors import UsageError
-from elbogap.factory import build, for_data, guide_label, load_dataset, make_trainer
+from elbogap.factory import build, for_data, guide_label, load_dataset, make_trainer, with_kind_guides
 from elbogap.runs import Interrupted
 from elbogap.stopping import stop_requests
 from elbogap.threads import intra_op_threads
@@ -164,6 +164,7 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
     how many, nor on where a study was stopped. SIGINT or SIGTERM stops it (:class:`CalibrationInterrupted`)."""
     config.validate()
     data = load_dataset(config)
+    config = with_kind_guides(config, data)
     if data.kind != "global":
         return calibrate_per_point(config, progress, on_simulation)
     for name in config.guides:  # a bad guide fails before any simulation

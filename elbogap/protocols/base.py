@@ -27,6 +27,7 @@ class Protocol:
         ``convergence_tol``), for a configuration that leaves them unset (:func:`~elbogap.factory.for_data`).
     :param family_defaults: ``{guide spec: settings}``, where a family needs other defaults than the kind's (a
         neural network's smaller learning rate); a configuration's own settings still win.
+    :param guides: the families a study compares where ``--guides`` is left at its default, if not the default's.
     """
 
     name: str
@@ -39,6 +40,7 @@ class Protocol:
     defaults: dict = field(default_factory=dict)
     whole_data_units: bool = False
     family_defaults: dict = field(default_factory=dict)
+    guides: tuple[str, ...] = ()
 
     def defaults_for(self, guide_name: str | None = None) -> dict:
         """The kind's defaults, with those of the family ``guide_name`` over them."""

@@ -6,6 +6,10 @@ from elbogap.protocols.base import Protocol
 #: Pyro's neural-network families (autoregressive flows): they start at lr 0.01, a fifth of the kind's rate; at
 #: 0.05 the IAF settled 5 nats low on the logistic regression example and then crawled for 20000 steps
 NEURAL_AUTOGUIDES = ("auto:AutoIAFNormal", "auto:AutoNormalizingFlow")
+#: the families a study of a model with global latents compares where --guides is left at its default (elbogap's own
+#: families model per-point latents): Pyro's Gaussian autoguides, mean field to full rank, and a flow
+GUIDES = ("auto:AutoNormal", "auto:AutoMultivariateNormal", "auto:AutoLowRankMultivariateNormal",
+          "auto:AutoIAFNormal")
 
 #: one intra-op thread: these programs' tensors are small, and torch's threads cost more than they save (a 3x3
 #: tril took 0.5 ms on two threads against 2 us on one; see elbogap.global_latents.evidence.one_thread)
@@ -19,4 +23,5 @@ GLOBAL = Protocol("global", evaluate=evaluate_global, curve_point=curve_point, b
                   elbo_check=elbo_check,
                   defaults={"lr": 0.05, "steps": 20000, "schedule": "converge", "convergence_tol": 0.02,
                             "particles": 32},
-                  whole_data_units=True, family_defaults={name: {"lr": 0.01} for name in NEURAL_AUTOGUIDES})
+                  whole_data_units=True, family_defaults={name: {"lr": 0.01} for name in NEURAL_AUTOGUIDES},
+                  guides=GUIDES)
