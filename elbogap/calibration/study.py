@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import signal
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -34,6 +35,7 @@ from elbogap.config import Config, differences
 from elbogap.data import Dataset
 from elbogap.errors import UsageError
 from elbogap.factory import build, for_data, guide_label, load_dataset, make_trainer, with_kind_guides
+from elbogap.failures import ProgramFailed, program_failure
 from elbogap.runs import Interrupted
 from elbogap.stopping import stop_requests
 from elbogap.threads import intra_op_threads
@@ -84,9 +86,31 @@ def fit_and_rank(config: Config, simulated: torch.Tensor, truth: dict, guide_nam
             "converged": verdict["converged"], "steps": trainer.step_count}
 
 
+#: where a calibration study keeps the traceback of a user's program that raised, in ``--out``
+FAILURE_LOG = "calibrate.log"
+
+
 def simulation_record(config: Config, data: torch.Tensor, base, index: int, seed: int) -> dict:
     """Simulation ``index`` (seeded ``seed``): its data set and true latents, every guide fitted and ranked, and
-    with ``--calibration-gaps`` its evidence sandwich and each fit's gap."""
+    with ``--calibration-gaps`` its evidence sandwich and each fit's gap. A user's program that raises becomes
+    :class:`~elbogap.failures.ProgramFailed`, one line naming the program and where, its traceback kept in
+    ``FAILURE_LOG`` (it is made here, where the frames are, also in a worker process)."""
+    try:
+        return _simulation_record(config, data, base, index, seed)
+    except (UsageError, KeyboardInterrupt):
+        raise
+    except Exception as error:
+        failure = program_failure(error, [config.model, *config.guides])
+        if failure is None:
+            raise
+        details = traceback.format_exc().rstrip()
+        with open(Path(config.out) / FAILURE_LOG, "a") as log:
+            log.write(f"simulation {index}:\n{details}\n")
+        raise ProgramFailed(f"simulation {index}: {failure}; the traceback is in {Path(config.out) / FAILURE_LOG}",
+                            details if config.debug else None) from None
+
+
+def _simulation_record(config: Config, data: torch.Tensor, base, index: int, seed: int) -> dict:
     simulated, z, truth = simulated_dataset(base, data, seed)
     name = f"simulation {index}"
     fits = {guide_label(guide): fit_and_rank(config, simulated, truth, guide, seed, name) for guide in config.guides}

@@ -184,9 +184,12 @@ def test_sigterm_stops_the_study_keeps_what_it_did_and_leaves_no_worker(tmp_path
                                 str(tmp_path / "regression.py:model"), "--data", str(tmp_path / "rows.csv"), "--guides",
                                 "auto:AutoNormal", "--simulations", "200", "--jobs", "2", "--calibration-draws", "200",
                                 "--no-figures", "--out", str(out), "-q"], stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (out / "results.json").is_file() or not json.loads((out / "results.json").read_text())["simulations"]:
-        assert time.time() < deadline and process.poll() is None
+    def one_done() -> bool:  # results.json is written atomically after each simulation
+        return (out / "results.json").is_file() and bool(json.loads((out / "results.json").read_text())["simulations"])
+
+    while not one_done():  # the study runs until stopped: 200 simulations take minutes
+        if process.poll() is not None:
+            pytest.fail(f"the study ended before it was stopped: {process.stderr.read()}")
         time.sleep(0.5)
     children = [int(pid) for path in Path(f"/proc/{process.pid}/task").glob("*/children")
                 for pid in path.read_text().split()]
@@ -207,3 +210,33 @@ def test_sigterm_stops_the_study_keeps_what_it_did_and_leaves_no_worker(tmp_path
         except (ProcessLookupError, FileNotFoundError):
             pass
     assert not alive
+
+
+BREAKS_IN_TRAINING = '''
+import pyro
+import pyro.distributions as dist
+
+CALLS = [0]
+
+
+def model(data):
+    CALLS[0] += 1
+    w = pyro.sample("w", dist.Normal(data.new_zeros(data.shape[1] - 1), 1.0).to_event(1))
+    if CALLS[0] > 200:  # past the checks a program passes when it is loaded: in the first fit's training
+        raise RuntimeError("the likelihood broke")
+    with pyro.plate("data", data.shape[0]):
+        pyro.sample("y", dist.Normal((data[:, :-1] * w).sum(-1), 1.0), obs=data[:, -1])
+'''
+
+
+def test_a_program_that_raises_in_a_simulation_stops_the_study_in_one_line_and_keeps_its_traceback(elbogap,
+                                                                                                     tmp_path):
+    (tmp_path / "breaks.py").write_text(BREAKS_IN_TRAINING)
+    np.savetxt(tmp_path / "rows.csv", truth.regression_data(15, 2, seed=4).numpy(), delimiter=",")
+    code, err = elbogap("calibrate", "--model", tmp_path / "breaks.py:model", "--data", tmp_path / "rows.csv",
+                        "--guides", "auto:AutoNormal", "--simulations", "3", "--jobs", "1", "--out", tmp_path / "out",
+                        "-q")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "simulation 0: the program" in err and "breaks.py:model raised RuntimeError: the likelihood broke" in err
+    assert "Traceback" in (tmp_path / "out" / "calibrate.log").read_text()
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["complete"] is False
