@@ -21,7 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from elbogap.checkpoint import load_checkpoint
 from elbogap.errors import UsageError
+from elbogap.inference import smc
 
 #: where a study's NetCDF files go, under its output directory
 FOLDER = "arviz"
@@ -50,19 +52,16 @@ def site_arrays(values: dict[str, torch.Tensor], shapes: dict[str, list[int]], c
 
 
 def systematic_resample(weights: torch.Tensor, count: int, seed: int = 0) -> np.ndarray:
-    """Indices of ``count`` draws with these normalized weights, by systematic resampling (one uniform offset)."""
-    cumulative = np.cumsum(weights.detach().cpu().double().numpy())
-    cumulative /= cumulative[-1]
-    offset = np.random.default_rng(seed).uniform()
-    return np.minimum(np.searchsorted(cumulative, (np.arange(count) + offset) / count), len(cumulative) - 1)
+    """Indices of ``count`` draws with these normalized weights (:func:`~elbogap.inference.smc.systematic_resample`,
+    its one uniform from a generator seeded ``seed``)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return smc.systematic_resample(weights.detach().double().cpu().log(), count).numpy()
 
 
-def run_inference_data(run_dir: Path, run: dict):
-    """One run's q draws and numbers as ``InferenceData`` (see the module)."""
-    from elbogap.checkpoint import load_checkpoint
-
+def run_inference_data(saved: dict, run: dict):
+    """One run's q draws (``saved``, its ``draws.pt``) and numbers as ``InferenceData`` (see the module)."""
     az = arviz()
-    saved = load_checkpoint(Path(run_dir) / "draws.pt")
     shapes = run["model"]["sites"]["latent"]
     attrs = {key: _attribute(run["data"][key]) for key in NUMBERS if key in run["data"]}
     attrs.update(guide=run["guide"], seed=run["seed"], converged=_flag(run.get("converged")), steps=run.get("steps", 0),
@@ -74,12 +73,10 @@ def run_inference_data(run_dir: Path, run: dict):
     return data
 
 
-def reference_inference_data(run_dir: Path, run: dict):
-    """The reference posterior a run was judged against as ``InferenceData``, or None where it has none."""
-    from elbogap.checkpoint import load_checkpoint
-
+def reference_inference_data(saved: dict, run: dict):
+    """The reference posterior a run was judged against (in ``saved``, its ``draws.pt``) as ``InferenceData``, or
+    None where it has none."""
     az = arviz()
-    saved = load_checkpoint(Path(run_dir) / "draws.pt")
     if "reference" not in saved:
         return None
     reference = run.get("reference") or {}
@@ -124,14 +121,15 @@ def export_study(out: Path) -> list[Path]:
     written, seeds = [], set()
     for run in results.get("runs", []):
         run_dir = out / run.get("run_dir", "")
-        if "failed" in run or run.get("kind") != "global" or not (run_dir / "draws.pt").is_file():
+        if "failed" in run or not (run_dir / "draws.pt").is_file():  # a run whose draws were saved
             continue
         folder.mkdir(exist_ok=True)
         path = folder / f"{Path(run['run_dir']).name}.nc"
-        run_inference_data(run_dir, run).to_netcdf(str(path))
+        saved = load_checkpoint(run_dir / "draws.pt")
+        run_inference_data(saved, run).to_netcdf(str(path))
         written.append(path)
         if run["seed"] not in seeds:
-            reference = reference_inference_data(run_dir, run)
+            reference = reference_inference_data(saved, run)
             if reference is not None:
                 seeds.add(run["seed"])
                 path = folder / f"reference-seed{run['seed']}.nc"

@@ -18,6 +18,7 @@ from elbogap.backends import Outcome, RunTask, open_backend
 from elbogap.board import Board
 from elbogap.config import Config
 from elbogap.errors import UsageError
+from elbogap.export import export_study
 from elbogap.factory import build, check_gradient, for_data, guide_label, load_dataset, with_kind_guides
 from elbogap.failures import ProgramFailed
 from elbogap.runs import LOG, Interrupted, NumericalFault
@@ -208,8 +209,6 @@ def save_study(results: dict, out: str | Path, config: Config, started: float | 
         make_figures(out)
         seconds["figures"] = time.perf_counter() - begun
     if importlib.util.find_spec("arviz") is not None:  # the optional extra: each run's posterior as NetCDF
-        from elbogap.export import export_study
-
         begun = time.perf_counter()
         if export_study(out):  # a per-point study has nothing to export
             seconds["export"] = time.perf_counter() - begun

@@ -19,15 +19,25 @@ from elbogap.where import where_am_i
 __all__ = ["Outcome", "RunTask", "execute", "open_backend", "where_am_i"]
 
 
-def local_jobs(config: Config) -> int:
-    """How many runs execute at once on this machine: ``--jobs``, or for 0 one per available core, at most
-    one per run, and 1 where a program is a Python object (it cannot leave this process)."""
+def available_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def holds_objects(config: Config) -> bool:
+    """Whether a program of the study is a Python object (``object:``), which cannot leave this process."""
+    return any(spec.startswith("object:") for spec in (config.model, *config.guides))
+
+
+def local_jobs(config: Config, tasks: int | None = None) -> int:
+    """How many of ``tasks`` (default: the study's runs) execute at once on this machine: ``--jobs``, or for 0
+    one per available core, at most one per task, and 1 where a program is a Python object."""
+    tasks = len(config.guides) * len(config.seeds) if tasks is None else tasks
     if config.jobs:
         return config.jobs
-    if any(spec.startswith("object:") for spec in (config.model, *config.guides)):
+    if holds_objects(config):
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cores, len(config.guides) * len(config.seeds)))
+    return max(1, min(available_cores(), tasks))
 
 
 def open_backend(config: Config, out: Path, progress: bool = False):

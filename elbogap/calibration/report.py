@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from elbogap.calibration.stats import sbc_bins
+from elbogap.config import Config, to_toml
 from elbogap.figure_tools import plt, save
 from elbogap.runs import write_atomically
 
@@ -140,8 +141,6 @@ def gap_figure(results: dict, path: Path) -> Path:
 def write_calibration(results: dict, out: Path, figures: bool = True) -> list[Path]:
     """results.json, results.md and (with ``figures``) ranks.png, pvalues.png and gaps.png in ``out``, and
     config.toml; the paths written."""
-    from elbogap.config import Config, to_toml
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(to_toml(Config(**results["config"]), "calibrate"))
     write_atomically(out / "results.json", json.dumps(results, indent=2))

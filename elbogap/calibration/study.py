@@ -16,7 +16,6 @@ is calibrated against the model each guide trained with instead (:func:`calibrat
 import json
 import math
 import multiprocessing
-import os
 import signal
 import time
 import traceback
@@ -30,14 +29,21 @@ import torch
 from tqdm.auto import tqdm
 
 from elbogap import streams
+from elbogap.backends import holds_objects, local_jobs
 from elbogap.calibration.stats import below_shares, interval_coverage, site_summary
 from elbogap.config import Config, differences
 from elbogap.data import Dataset
 from elbogap.errors import UsageError
 from elbogap.factory import build, for_data, guide_label, load_dataset, make_trainer, with_kind_guides
 from elbogap.failures import ProgramFailed, program_failure
-from elbogap.runs import Interrupted
+from elbogap.global_latents.evaluation import guide_draws
+from elbogap.global_latents.evidence import sandwich
+from elbogap.inference.bdmc import simulate
+from elbogap.inference.evaluation import sample_latents
+from elbogap.protocols import PROTOCOLS
+from elbogap.runs import Interrupted, load_run
 from elbogap.stopping import stop_requests
+from elbogap.sweep import compare
 from elbogap.threads import intra_op_threads
 from elbogap.versions import versions
 
@@ -55,8 +61,6 @@ def simulated_dataset(model, data: torch.Tensor, seed: int) -> tuple[torch.Tenso
 def evidence_sandwich(config: Config, simulated: torch.Tensor, z: torch.Tensor, seed: int, name: str) -> dict:
     """log p(D) of one simulated data set by the study's evidence estimator and BDMC's upper bound from its true
     latents ``z`` (:func:`~elbogap.global_latents.evidence.sandwich`)."""
-    from elbogap.global_latents.evidence import sandwich
-
     dataset = Dataset(name, simulated, simulated[:0], kind="global")
     model, _ = build(config, dataset, config.guides[0])
     with torch.random.fork_rng(devices=[]):
@@ -67,8 +71,6 @@ def evidence_sandwich(config: Config, simulated: torch.Tensor, z: torch.Tensor, 
 def fit_and_rank(config: Config, simulated: torch.Tensor, truth: dict, guide_name: str, seed: int,
                  name: str) -> dict:
     """Train ``guide_name`` on one simulated data set and rank the truth among its draws (see the module)."""
-    from elbogap.global_latents.evaluation import guide_draws
-
     dataset = Dataset(name, simulated, simulated[:0], kind="global")
     pyro.clear_param_store()
     streams.seeded("training", seed)
@@ -142,14 +144,9 @@ def _worker_simulation(index: int, seed: int) -> dict:
 
 
 def calibration_jobs(config: Config) -> int:
-    """Simulations at once: ``--jobs``, or one per available core, at most one per simulation; 1 where a program is
-    a Python object (it cannot leave this process)."""
-    if any(spec.startswith("object:") for spec in (config.model, *config.guides)):
-        return 1
-    if config.jobs:
-        return min(config.jobs, config.simulations)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cores, config.simulations))
+    """Simulations at once: as runs at once (:func:`~elbogap.backends.local_jobs`), at most one per simulation;
+    1 where a program is a Python object (it cannot leave this process)."""
+    return 1 if holds_objects(config) else min(local_jobs(config, config.simulations), config.simulations)
 
 
 class CalibrationInterrupted(Interrupted):
@@ -189,10 +186,9 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
     config.validate()
     data = load_dataset(config)
     config = with_kind_guides(config, data)
-    if data.kind != "global":
+    if not PROTOCOLS[data.kind].whole_data_units:  # its unit is a data point: simulate points, not data sets
         return calibrate_per_point(config, progress, on_simulation)
-    for name in config.guides:  # a bad guide fails before any simulation
-        build(config, data, name)
+    base = [build(config, data, name) for name in config.guides][0][0]  # a bad guide fails before any simulation
     done = resumed(config)
     seed, jobs = config.seeds[0], calibration_jobs(config)
     results = {"config": config.to_dict(), "versions": versions(), "kind": "calibration", "seed": seed,
@@ -220,7 +216,6 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
     out = Path(config.out)
     with stop_requests() as should_stop:
         if jobs == 1:
-            base, _ = build(config, data, config.guides[0])
             with intra_op_threads(1):
                 for index, simulation_seed in todo:
                     if signum := should_stop():
@@ -277,11 +272,6 @@ def calibrate_per_point(config: Config, progress: bool = False,
     :math:`q(z \mid x_m)` is drawn ``--calibration-draws`` times per point: no refit is needed, the encoder applies
     to any x. Per latent dimension (on the real line, where sites are constrained) u is the share of draws below
     :math:`z^*_m`, tested as for global latents. Each simulated point is one simulation."""
-    from elbogap.inference.bdmc import simulate
-    from elbogap.inference.evaluation import sample_latents
-    from elbogap.runs import load_run
-    from elbogap.sweep import compare
-
     if config.calibration_gaps:
         raise UsageError("--calibration-gaps applies to models with global latents; for a model with per-point "
                          "latents, elbogap compare reports log p(x) and each guide's gap")

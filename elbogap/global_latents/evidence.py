@@ -200,9 +200,10 @@ def gaussian_reference(model, data: torch.Tensor, settings: EvidenceSettings, pr
     diagonal = fit.scale_tril if fit.scale_tril.dim() == 1 else fit.scale_tril.diagonal()
     if bool(torch.isfinite(fit.scale_tril).all()) and bool((diagonal > 0).all()):
         mean, scale_tril = fit.mean, fit.scale_tril
+    path = WhitenedPath(log_parts, mean, scale_tril, start="gaussian")
     stages["fit"] = {"elbo": fit.elbo, "seconds": time.perf_counter() - started,
-                     **reference_coverage(smc.z.detach(), mean, scale_tril)}
-    return WhitenedPath(log_parts, mean, scale_tril, start="gaussian")
+                     **reference_coverage(path, smc.z.detach())}
+    return path
 
 
 #: squared Mahalanobis distance per dimension beyond which a particle sits far outside the reference (about 3.2
@@ -211,21 +212,12 @@ def gaussian_reference(model, data: torch.Tensor, settings: EvidenceSettings, pr
 FAR = 10.0
 
 
-def squared_distances(z: torch.Tensor, mean: torch.Tensor, scale_tril: torch.Tensor) -> torch.Tensor:
-    """Each particle's squared Mahalanobis distance ``(N,)`` under the Gaussian (full or diagonal ``scale_tril``)."""
-    centred = (z - mean).double()
-    if scale_tril.dim() == 1:  # a diagonal reference (many latents)
-        whitened = centred / scale_tril.double()
-    else:
-        whitened = torch.linalg.solve_triangular(scale_tril.double(), centred.T, upper=False).T
-    return whitened.pow(2).sum(-1)
-
-
-def reference_coverage(z: torch.Tensor, mean: torch.Tensor, scale_tril: torch.Tensor) -> dict:
-    """How SMC's particles ``z`` ``(N, d)`` sit around the fitted reference: the share outside its central 99.9%
-    ellipsoid (about 0.001 for draws of it; more where the posterior is wider or heavier-tailed than the reference)
-    and the share ``FAR`` beyond it (particles in modes the reference's fit did not settle in)."""
-    distance, dimensions = squared_distances(z, mean, scale_tril), z.shape[-1]
+def reference_coverage(path: WhitenedPath, z: torch.Tensor) -> dict:
+    """How SMC's particles ``z`` ``(N, d)`` sit around the fitted reference of ``path``: the share outside its
+    central 99.9% ellipsoid (about 0.001 for draws of it; more where the posterior is wider or heavier-tailed than
+    the reference) and the share ``FAR`` beyond it (particles in modes the reference's fit did not settle in),
+    from their squared Mahalanobis distances, the squared norms of their whitened coordinates."""
+    distance, dimensions = path.to_u(z).double().pow(2).sum(-1), z.shape[-1]
     return {"smc_outside": float((distance > stats.chi2.ppf(0.999, dimensions)).double().mean()),
             "smc_far": float((distance > FAR * dimensions).double().mean())}
 

@@ -79,13 +79,13 @@ def next_beta(log_lik: torch.Tensor, beta: float, fraction: float) -> float:
     return max(low, math.nextafter(beta, 2.0))
 
 
-def systematic_resample(log_w: torch.Tensor) -> torch.Tensor:
-    """Indices of ``len(log_w)`` draws by systematic resampling: one uniform for all, lower variance than
-    multinomial."""
-    count = len(log_w)
+def systematic_resample(log_w: torch.Tensor, count: int | None = None) -> torch.Tensor:
+    """Indices of ``count`` (default ``len(log_w)``) draws by systematic resampling: one uniform for all, lower
+    variance than multinomial."""
+    count = len(log_w) if count is None else count
     cumulative = (log_w - log_w.logsumexp(0)).exp().double().cumsum(0)
     positions = (torch.rand((), dtype=torch.float64) + torch.arange(count, dtype=torch.float64)) / count
-    return torch.searchsorted(cumulative.clamp(max=1.0), positions).clamp(max=count - 1).to(log_w.device)
+    return torch.searchsorted(cumulative.clamp(max=1.0), positions).clamp(max=len(log_w) - 1).to(log_w.device)
 
 
 def tempered_smc(log_parts: LogParts, start: torch.Tensor, settings: SMCSettings | None = None,

@@ -133,11 +133,12 @@ def test_many_latents_get_a_diagonal_reference_and_the_same_evidence(monkeypatch
 
 def test_particles_in_another_mode_sit_far_outside_the_reference_and_its_own_draws_do_not():
     from elbogap.global_latents.evidence import reference_coverage
+    from elbogap.inference.whitened import WhitenedPath
 
     generator = torch.Generator().manual_seed(0)
     mean, scale_tril = torch.zeros(5, dtype=torch.float64), torch.eye(5, dtype=torch.float64)
     own = torch.randn(20000, 5, generator=generator, dtype=torch.float64)
-    coverage = reference_coverage(own, mean, scale_tril)
+    coverage = reference_coverage(WhitenedPath(None, mean, scale_tril), own)
     assert abs(coverage["smc_outside"] - 0.001) < 4 * (0.001 / 20000) ** 0.5 and coverage["smc_far"] == 0.0
     elsewhere = torch.cat([own[:200], own[200:1000] + 40.0])  # four fifths in a mode 40 sds away
-    assert reference_coverage(elsewhere, mean, torch.ones(5, dtype=torch.float64))["smc_far"] == 0.8
+    assert reference_coverage(WhitenedPath(None, mean, torch.ones(5, dtype=torch.float64)), elsewhere)["smc_far"] == 0.8
