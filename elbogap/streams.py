@@ -73,6 +73,8 @@ STREAMS: dict[str, Stream] = {stream.name: stream for stream in (
     Stream("simulation", "run", 90_000, "global", "elbogap calibrate: the latents and data set of one simulation "
            "from the prior predictive, and the seed its fits train from; the counter is the simulation",
            scale=1_000_003),
+    Stream("stacked_fit", "run", 100_000, "generator", "one fit trained at once with others (stacked fits): its SVI "
+           "draws (counter 0), the fixed draws its ELBO checks score (1) and its draws after training (2)", scale=3),
     Stream("notebook_evaluation", "call", 0, "torch", "the draws of elbogap.evaluate"),
     Stream("notebook_ais_points", "call", 0, "generator", "the points of elbogap.evaluate that get AIS"),
 )}

@@ -44,12 +44,18 @@ def test_each_simulation_of_a_calibration_has_its_own_seed():
     assert seed_for("simulation", 5, 3) == 5 * 1_000_003 + 90_000 + 3
 
 
+def test_a_stacked_fits_three_draws_never_meet_another_seeds():
+    """Training (counter 0), checks (1) and final draws (2) of the fit of seed 5: 3 * 5 + 100000 + counter."""
+    assert [seed_for("stacked_fit", 5, counter) for counter in range(3)] == [100_015, 100_016, 100_017]
+    assert seed_for("stacked_fit", 6, 0) == seed_for("stacked_fit", 5, 2) + 1
+
+
 def test_the_snr_draws_are_reseeded_by_step():
     assert seed_for("snr_draws", 5, 200) == 5 * 1_000_003 + 60_000 + 200
 
 
 def test_every_stream_is_in_the_table_of_derivations():
-    assert set(STREAMS) == {*DERIVATIONS, "epoch_order", "snr_draws", "simulation"}
+    assert set(STREAMS) == {*DERIVATIONS, "epoch_order", "snr_draws", "simulation", "stacked_fit"}
 
 
 @pytest.mark.parametrize(("source", "rng"), [("run", "global"), ("data", "generator")])

@@ -17,6 +17,7 @@ import json
 import math
 import multiprocessing
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 from elbogap import streams
 from elbogap.backends import holds_objects, local_jobs
 from elbogap.calibration.stats import below_shares, interval_coverage, site_summary
+from elbogap.checkpoint import load_checkpoint, save_checkpoint
 from elbogap.config import Config, differences
 from elbogap.data import Dataset
 from elbogap.errors import UsageError
@@ -38,7 +40,11 @@ from elbogap.factory import build, for_data, guide_label, load_dataset, make_tra
 from elbogap.failures import ProgramFailed, program_failure
 from elbogap.global_latents.evaluation import guide_draws
 from elbogap.global_latents.evidence import sandwich
+from elbogap.global_latents.guides import global_guide
+from elbogap.global_latents.protocol import batch_size
+from elbogap.global_latents.stacked import NotStackable, StackedFits
 from elbogap.inference.bdmc import simulate
+from elbogap.inference.convergence import ConvergenceSettings
 from elbogap.inference.evaluation import sample_latents
 from elbogap.protocols import PROTOCOLS
 from elbogap.runs import Interrupted, load_run
@@ -92,13 +98,15 @@ def fit_and_rank(config: Config, simulated: torch.Tensor, truth: dict, guide_nam
 FAILURE_LOG = "calibrate.log"
 
 
-def simulation_record(config: Config, data: torch.Tensor, base, index: int, seed: int) -> dict:
-    """Simulation ``index`` (seeded ``seed``): its data set and true latents, every guide fitted and ranked, and
+def simulation_record(config: Config, data: torch.Tensor, base, index: int, seed: int,
+                      fitted: dict | None = None) -> dict:
+    """Simulation ``index`` (seeded ``seed``): its data set and true latents, every guide fitted and ranked (those in
+    ``fitted``, by label, were fitted at once with other simulations' fits: :func:`stacked_fits`), and
     with ``--calibration-gaps`` its evidence sandwich and each fit's gap. A user's program that raises becomes
     :class:`~elbogap.failures.ProgramFailed`, one line naming the program and where, its traceback kept in
     ``FAILURE_LOG`` (it is made here, where the frames are, also in a worker process)."""
     try:
-        return _simulation_record(config, data, base, index, seed)
+        return _simulation_record(config, data, base, index, seed, fitted or {})
     except (UsageError, KeyboardInterrupt):
         raise
     except Exception as error:
@@ -112,10 +120,11 @@ def simulation_record(config: Config, data: torch.Tensor, base, index: int, seed
                             details if config.debug else None) from None
 
 
-def _simulation_record(config: Config, data: torch.Tensor, base, index: int, seed: int) -> dict:
+def _simulation_record(config: Config, data: torch.Tensor, base, index: int, seed: int, fitted: dict) -> dict:
     simulated, z, truth = simulated_dataset(base, data, seed)
     name = f"simulation {index}"
-    fits = {guide_label(guide): fit_and_rank(config, simulated, truth, guide, seed, name) for guide in config.guides}
+    fits = {guide_label(guide): fitted.get(guide_label(guide)) or fit_and_rank(config, simulated, truth, guide, seed,
+                                                                             name) for guide in config.guides}
     record = {"index": index, "seed": seed, "truth": {site: value.tolist() for site, value in truth.items()},
               "fits": fits}
     if config.calibration_gaps:
@@ -139,14 +148,90 @@ def _start_worker(config: dict) -> None:
     _WORKER.update(config=settings, data=data.train, base=build(settings, data, settings.guides[0])[0])
 
 
-def _worker_simulation(index: int, seed: int) -> dict:
-    return simulation_record(_WORKER["config"], _WORKER["data"], _WORKER["base"], index, seed)
+def _worker_simulation(index: int, seed: int, fitted: dict) -> dict:
+    return simulation_record(_WORKER["config"], _WORKER["data"], _WORKER["base"], index, seed, fitted)
 
 
 def calibration_jobs(config: Config) -> int:
     """Simulations at once: as runs at once (:func:`~elbogap.backends.local_jobs`), at most one per simulation;
     1 where a program is a Python object (it cannot leave this process)."""
     return 1 if holds_objects(config) else min(local_jobs(config, config.simulations), config.simulations)
+
+
+#: where an interrupted chunk of stacked fits keeps its finished guides' fits and the running stack, in ``--out``
+STACKED_CHECKPOINT = "stacked-fits.pt"
+#: elements (fits x particles x data) one stack of fits may hold at a step: its chunk of simulations is sized by it
+STACK_ELEMENTS = 2**24
+
+
+def stack_refusal(config: Config, base, guide_name: str) -> str | None:
+    """Why the fits of ``guide_name`` cannot be trained at once with these settings (None: they can, if the probe of
+    :class:`~elbogap.global_latents.stacked.StackedFits` agrees)."""
+    if config.stacked_fits == "off":
+        return "--stacked-fits off"
+    if config.objective != "elbo" or config.gradient != "reparam":
+        return f"--objective {config.objective} --gradient {config.gradient} (stacked fits train the ELBO, reparam)"
+    if base.param_names:
+        return f"the model has parameters of its own ({', '.join(base.param_names[:3])}), fitted with each guide"
+    if not guide_name.startswith("auto:"):
+        return f"{guide_name} is a guide program (stacked fits are Pyro's autoguides)"
+    return None
+
+
+def stacked_fits(config: Config, base, chunk: list[tuple[int, int]], guide_name: str, data: torch.Tensor,
+                 should_stop, progress: bool, saved: dict | None = None,
+                 on_stop: Callable[[dict], None] | None = None) -> list[dict] | None:
+    """Fit ``guide_name`` to the simulations ``chunk`` (``(index, seed)`` each) as one program
+    (:class:`~elbogap.global_latents.stacked.StackedFits`), each fit initialized as a lone one (the stream
+    ``training`` of its seed) and trained at the family's settings; then rank each truth among its fit's draws.
+    The records are :func:`fit_and_rank`'s. None if ``should_stop`` answered, after ``on_stop(state)`` with the
+    stack's state, which ``saved`` continues from; :class:`NotStackable` if the program cannot be stacked."""
+    simulations = [simulated_dataset(base, data, seed) for _, seed in chunk]
+    dataset = Dataset("simulation", simulations[0][0], simulations[0][0][:0], kind="global")
+    resolved = for_data(config, dataset, guide_name)
+    guides = []
+    for (simulated, _, _), (_, seed) in zip(simulations, chunk, strict=True):
+        pyro.clear_param_store()
+        streams.seeded("training", seed)
+        guides.append(global_guide(guide_name, base, simulated, config.flow_depth))
+    if batch_size(resolved, base, guides[0]) < len(data):
+        raise NotStackable("the program subsamples its rows (stacked fits take every row at each step)")
+    cap = resolved.total_steps(len(data))
+    converge = resolved.schedule == "converge"
+    stack = StackedFits(base, guides, torch.stack([simulated for simulated, _, _ in simulations]),
+                        [seed for _, seed in chunk], resolved.lr, resolved.particles, cap,
+                        ConvergenceSettings(tolerance=resolved.convergence_tol), converge,
+                        1.0 if converge else resolved.lr_decay ** (1 / max(cap, 1)))
+    if saved is not None:
+        stack.load_state_dict(saved)
+    with tqdm(desc=f"{guide_label(guide_name)}: {len(chunk)} fits at once", disable=not progress,
+              leave=False) as bar:
+        stack.run(should_stop, bar)
+    if should_stop():
+        if on_stop is not None:
+            on_stop(stack.state_dict())
+        return None
+    z, log_w = stack.final_draws(config.calibration_draws)
+    values = base.site_values(z)
+    fits = []
+    for g, (_, _, truth) in enumerate(simulations):
+        weights = log_w[g].double()
+        verdict = stack.verdict(g)
+        shares = {site: below_shares(values[site][g].reshape(len(weights), -1).double().cpu().numpy(),
+                                     value).tolist() for site, value in truth.items()}
+        fits.append({"shares": shares, "elbo": float(weights.mean()),
+                     "elbo_stderr": float(weights.std() / math.sqrt(len(weights))),
+                     "converged": verdict["converged"], "steps": stack.steps[g], "stacked": True,
+                     **({"resumed_at_step": int(saved["steps"][g])} if saved is not None else {}),
+                     **({} if verdict["converged"] else {"convergence": verdict.get("reason", "")})})
+    return fits
+
+
+def stacked_chunk(config: Config, base, data: torch.Tensor, todo: list) -> int:
+    """Simulations per stack: as many as :data:`STACK_ELEMENTS` allows for the widest step (at least one)."""
+    particles = max(for_data(config, Dataset("d", data, data[:0], kind="global"), guide).particles
+                    for guide in config.guides)
+    return max(1, min(len(todo), STACK_ELEMENTS // max(1, particles * data.numel())))
 
 
 class CalibrationInterrupted(Interrupted):
@@ -170,7 +255,7 @@ def resumed(config: Config) -> list[dict]:
     if saved.get("kind") != "calibration":
         raise UsageError(f"{path} is not a calibration study's; choose another --out")
     changed = [name for name in differences(saved["config"], config.to_dict())
-               if name not in ("simulations", "jobs")]
+               if name not in ("simulations", "jobs", "stacked_fits")]
     if changed:
         raise UsageError(f"--resume: the study in {config.out} was run with other settings ({', '.join(changed)}); "
                          "rerun with its own settings or choose another --out")
@@ -179,10 +264,15 @@ def resumed(config: Config) -> list[dict]:
 
 def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[dict], None] | None = None) -> dict:
     """Run the calibration study ``config`` describes; returns ``{"config", "versions", "simulations", "summary",
-    "planned", "complete", "seconds"}``. ``on_simulation(results)`` after each simulation, so partial results can
-    be saved; with ``--resume`` the simulations already in ``--out`` are kept and the rest run. Simulations run in
-    :func:`calibration_jobs` worker processes; each is seeded by its index alone, so the results do not depend on
-    how many, nor on where a study was stopped. SIGINT or SIGTERM stops it (:class:`CalibrationInterrupted`)."""
+    "planned", "complete", "seconds", "fits_at_once"}``. ``on_simulation(results)`` after each simulation, so partial
+    results can be saved; with ``--resume`` the simulations already in ``--out`` are kept and the rest run.
+
+    Each guide's fits of a chunk of simulations train as one program where it can (:func:`stacked_fits`; with
+    ``--stacked-fits off``, or where the probe refuses, one at a time, said in one line and in ``fits_at_once``);
+    the rest of each simulation (the fits that are not stacked, and with ``--calibration-gaps`` its evidence) runs
+    in :func:`calibration_jobs` worker processes. Each simulation is seeded by its index alone, so the results do
+    not depend on how many workers, nor on where a study was stopped (a stacked fit, up to floating-point rounding).
+    SIGINT or SIGTERM stops it (:class:`CalibrationInterrupted`)."""
     config.validate()
     data = load_dataset(config)
     config = with_kind_guides(config, data)
@@ -193,17 +283,17 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
     seed, jobs = config.seeds[0], calibration_jobs(config)
     results = {"config": config.to_dict(), "versions": versions(), "kind": "calibration", "seed": seed,
                "guides": [guide_label(name) for name in config.guides], "simulations": [], "workers": jobs,
-               "planned": config.simulations, "complete": False}
+               "planned": config.simulations, "complete": False, "fits_at_once": {}}
     finished = {simulation["index"] for simulation in done}
     todo = [(index, streams.seed_for("simulation", seed, index)) for index in range(config.simulations)
             if index not in finished]
     started = time.perf_counter()
     bar = tqdm(total=config.simulations, initial=len(done), desc="simulations", disable=not progress, leave=False)
 
-    def collect(record: dict | None) -> None:
-        if record is not None:
-            results["simulations"] = sorted([*results["simulations"], record], key=lambda one: one["index"])
-            bar.update()
+    def collect(*records: dict) -> None:
+        if records:
+            results["simulations"] = sorted([*results["simulations"], *records], key=lambda one: one["index"])
+            bar.update(len(records))
         if len(results["simulations"]) >= 2:  # a test needs two simulations
             results["summary"] = summarize(results["simulations"])
         results["complete"] = len(results["simulations"]) == config.simulations
@@ -212,33 +302,92 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
             on_simulation(results)
 
     results["simulations"] = sorted(done, key=lambda one: one["index"])
-    collect(None)
+    collect()
     out = Path(config.out)
+    lone = {name: stack_refusal(config, base, name) for name in config.guides}
+    lone = {name: why for name, why in lone.items() if why is not None}
     with stop_requests() as should_stop:
-        if jobs == 1:
-            with intra_op_threads(1):
-                for index, simulation_seed in todo:
-                    if signum := should_stop():
-                        raise CalibrationInterrupted(signum, len(results["simulations"]), config.simulations, out)
-                    collect(simulation_record(config, data.train, base, index, simulation_seed))
-        elif todo:
-            context = multiprocessing.get_context("spawn")
-            pool = ProcessPoolExecutor(min(jobs, len(todo)), mp_context=context, initializer=_start_worker,
-                                       initargs=(config.to_dict(),))
-            try:
-                pending = {pool.submit(_worker_simulation, index, simulation_seed) for index, simulation_seed in todo}
-                while pending:
-                    if signum := should_stop():
-                        raise CalibrationInterrupted(signum, len(results["simulations"]), config.simulations, out)
-                    ready, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                    for future in ready:
-                        collect(future.result())
-            finally:  # the workers end with the study, whether it finished, failed or was stopped
-                for process in list(getattr(pool, "_processes", {}).values()):
-                    process.terminate()
-                pool.shutdown(wait=False, cancel_futures=True)
+        def stopped():
+            if signum := should_stop():
+                raise CalibrationInterrupted(signum, len(results["simulations"]), config.simulations, out)
+
+        size = stacked_chunk(config, base, data.train, todo) if len(lone) < len(config.guides) else len(todo)
+        checkpoint = out / STACKED_CHECKPOINT
+        kept = load_checkpoint(checkpoint) if config.resume and checkpoint.is_file() else None
+        for start in range(0, len(todo), max(size, 1)):
+            chunk = todo[start:start + size]
+            fitted = {index: {} for index, _ in chunk}
+            indices = [index for index, _ in chunk]
+            state = kept if kept is not None and kept["indices"] == indices else {"indices": indices, "done": {}}
+            for name in [name for name in config.guides if name not in lone]:
+                label = guide_label(name)
+
+                def keep(stack_state, label=label, state=state):  # for --resume: the chunk's fits so far
+                    save_checkpoint(checkpoint, {**state, "partial": {"guide": label, "state": stack_state}})
+
+                partial = state.get("partial") or {}
+                try:
+                    fits = state["done"].get(label) or _stacked(
+                        config, base, chunk, name, data.train, should_stop, progress,
+                        partial.get("state") if partial.get("guide") == label else None, keep)
+                except NotStackable as why:
+                    lone[name] = str(why)
+                    if progress:
+                        print(f"{label}: one fit at a time ({why})", file=sys.stderr)
+                    continue
+                if fits is None:
+                    stopped()
+                state["done"][label] = fits
+                results["fits_at_once"][label] = len(chunk)
+                for (index, _), fit in zip(chunk, fits, strict=True):
+                    fitted[index][label] = fit
+            for name, why in lone.items():
+                results["fits_at_once"][guide_label(name)] = f"one at a time: {why}"
+            items = [(index, simulation_seed, fitted[index]) for index, simulation_seed in chunk]
+            rest = jobs > 1 and (lone or config.calibration_gaps)  # work left that a worker would share
+            if not rest:
+                with intra_op_threads(1):
+                    if not lone and not config.calibration_gaps:  # every fit done: the records are saved at once
+                        collect(*[simulation_record(config, data.train, base, *item) for item in items])
+                    for index, simulation_seed, done_fits in items if lone or config.calibration_gaps else ():
+                        stopped()
+                        collect(simulation_record(config, data.train, base, index, simulation_seed, done_fits))
+            else:
+                context = multiprocessing.get_context("spawn")
+                pool = ProcessPoolExecutor(min(jobs, len(items)), mp_context=context, initializer=_start_worker,
+                                           initargs=(config.to_dict(),))
+                try:
+                    pending = {pool.submit(_worker_simulation, *item) for item in items}
+                    while pending:
+                        stopped()
+                        ready, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                        for future in ready:
+                            collect(future.result())
+                finally:  # the workers end with the study, whether it finished, failed or was stopped
+                    for process in list(getattr(pool, "_processes", {}).values()):
+                        process.terminate()
+                    pool.shutdown(wait=False, cancel_futures=True)
+            checkpoint.unlink(missing_ok=True)  # the chunk's simulations are in results.json now
     bar.close()
     return results
+
+
+def _stacked(config, base, chunk, name, data, should_stop, progress, saved, on_stop):
+    """:func:`stacked_fits`, a user's program that raises turned into one line (as :func:`simulation_record`)."""
+    try:
+        return stacked_fits(config, base, chunk, name, data, should_stop, progress, saved, on_stop)
+    except (UsageError, KeyboardInterrupt, NotStackable):
+        raise
+    except Exception as error:
+        failure = program_failure(error, [config.model, *config.guides])
+        if failure is None:
+            raise
+        details = traceback.format_exc().rstrip()
+        with open(Path(config.out) / FAILURE_LOG, "a") as log:
+            log.write(f"simulations {chunk[0][0]}-{chunk[-1][0]} (fitted at once):\n{details}\n")
+        raise ProgramFailed(f"simulation {chunk[0][0]} (with {len(chunk) - 1} others fitted at once): {failure}; the "
+                            f"traceback is in {Path(config.out) / FAILURE_LOG}", details if config.debug else None) \
+            from None
 
 
 def summarize(simulations: list[dict]) -> dict:

@@ -152,6 +152,15 @@ class GlobalLatentModel(nn.Module):
             log_det = log_det + self.transforms[name].log_abs_det_jacobian(unconstrained, values[name]).sum()
         return values, log_det
 
+    def site_values(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Site values (in their supports) of flat vectors ``z`` ``(..., latent_dim)``: ``(..., *shape)`` each."""
+        values, start, lead = {}, 0, z.shape[:-1]
+        for name, shape in self.unconstrained_shapes.items():
+            size = math.prod(shape)
+            values[name] = self.transforms[name](z[..., start:start + size].reshape(tuple(lead) + tuple(shape)))
+            start += size
+        return values
+
     def pack(self, values: dict[str, torch.Tensor], batch_dims: int = 0) -> torch.Tensor:
         """The flat vector(s) of site values with ``batch_dims`` leading dimensions (inverse of :meth:`unpack`)."""
         parts = []
@@ -164,7 +173,7 @@ class GlobalLatentModel(nn.Module):
 
     # --- densities -------------------------------------------------------------------------------
 
-    def _parts(self, z: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
+    def joint_parts(self, z: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
         """``[log p(latents), log p(D | latents)]`` at one flat vector, the prior with the Jacobian of the map."""
         values, log_det = self.unpack(z)
         trace = poutine.trace(poutine.condition(self.full_program, data=values)).get_trace(data)
@@ -189,9 +198,9 @@ class GlobalLatentModel(nn.Module):
             if self.vectorized is None:
                 self.vectorized = self._probe_vmap(flat, data)
             if self.vectorized:
-                parts = torch.func.vmap(lambda one: self._parts(one, data))(flat)
+                parts = torch.func.vmap(lambda one: self.joint_parts(one, data))(flat)
             else:
-                parts = torch.stack([self._parts(one, data) for one in flat])
+                parts = torch.stack([self.joint_parts(one, data) for one in flat])
         return parts[:, 0].reshape(lead), parts[:, 1].reshape(lead)
 
     def log_joint(self, values: dict[str, torch.Tensor], data: torch.Tensor) -> torch.Tensor:
@@ -217,7 +226,7 @@ class GlobalLatentModel(nn.Module):
         lead, total, start = z.shape[:-1], z.new_zeros(z.shape[:-1]), 0
         for name, shape in self.unconstrained_shapes.items():
             size = math.prod(shape)
-            unconstrained = z[..., start:start + size].reshape(*lead, *shape)
+            unconstrained = z[..., start:start + size].reshape(tuple(lead) + tuple(shape))
             start += size
             transform = self.transforms[name]
             jacobian = transform.log_abs_det_jacobian(unconstrained, transform(unconstrained))
@@ -229,8 +238,8 @@ class GlobalLatentModel(nn.Module):
         torch.distributions.Distribution.set_default_validate_args(False)
         try:
             probe = flat[:2].detach()
-            batched = torch.func.vmap(lambda one: self._parts(one, data))(probe)
-            looped = torch.stack([self._parts(one, data) for one in probe])
+            batched = torch.func.vmap(lambda one: self.joint_parts(one, data))(probe)
+            looped = torch.stack([self.joint_parts(one, data) for one in probe])
             return bool(torch.allclose(batched, looped, rtol=1e-4, atol=1e-3, equal_nan=True))
         except Exception:  # any program vmap cannot run (data-dependent control flow, in-place ops): one call a chain
             return False

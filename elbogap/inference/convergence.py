@@ -17,9 +17,11 @@ Two rules, one per way of training:
   rises significantly (beyond 2 standard errors from the checks' scatter about the line) and would gain more than
   ``plateau * tolerance`` if it went on as long again as training has run so far (a slow drift counts). Once it
   is not, the ELBO has reached the level this rate allows, the mean of the last ``patience`` checks, and the rate
-  drops by ``factor``. A drop that changes that level by less than ``tolerance`` shows that the jitter and the
-  slow drift at the larger rate cost less than the tolerance, and at the smaller rate less still: the fit has
-  converged, training stops, and the parameters are the last window's average. A step whose loss or parameters
+  drops by ``factor``. A drop that changes that level by less than ``tolerance``, with the level at the smaller
+  rate known within ``tolerance`` (the standard error of its checks' mean), shows that the jitter and the slow
+  drift at the larger rate cost less than the tolerance, and at the smaller rate less still: the fit has
+  converged, training stops, and the parameters are the last window's average. (Checks that scatter by more
+  than the tolerance cannot show that: the rate drops again.) A step whose loss or parameters
   are not finite, or a stage whose ELBO falls, returns to the best check's state at ``factor`` times the rate (a
   learning rate found by backing off, at most ``max_backoffs`` times). Training stops unconverged at the step cap,
   or after ``max_drops`` drops that each still gained. The plateau-and-drop idea is Pyro's ``ReduceLROnPlateau``;
@@ -148,24 +150,36 @@ class ConvergeSchedule:
         return True
 
     def after_step(self, trainer) -> None:
+        if self.accumulate(trainer):
+            self.check(trainer)
+
+    def accumulate(self, trainer) -> bool:
+        """Add the step's parameters to the window's sum; whether a check is due now."""
         if self.done:
-            return
-        params = trainer.svi.params
+            return False
         with torch.no_grad():
             if self._sums is None:
-                self._sums, self._count = [p.detach().clone() for p in params], 1
+                self._sums, self._count = [p.detach().clone() for p in trainer.svi.params], 1
             else:
-                for total, p in zip(self._sums, params, strict=True):
+                for total, p in zip(self._sums, trainer.svi.params, strict=True):
                     total.add_(p.detach())
                 self._count += 1
-        if trainer.step_count % self.settings.window:
-            return
+        return trainer.step_count % self.settings.window == 0
+
+    def averaged(self) -> list[torch.Tensor]:
+        """The average of the window's iterates, which a check scores."""
+        return [total / self._count for total in self._sums]
+
+    def check(self, trainer, value: float | None = None) -> None:
+        """Score the window's averaged iterates (``value``: their ELBO, where the caller scored them already), then
+        go on, drop the learning rate, back off or stop, as the rule of the module says."""
+        params = trainer.svi.params
         lr = trainer.svi.lrs[0] if trainer.svi.lrs else 0.0
         with torch.no_grad():
             current = [p.detach().clone() for p in params]
-            for p, total in zip(params, self._sums, strict=True):
-                p.copy_(total / self._count)
-        value = float(self.elbo())
+            for p, average in zip(params, self.averaged(), strict=True):
+                p.copy_(average)
+        value = float(self.elbo() if value is None else value)
         self._sums = None
         self.checks.append([trainer.step_count, value, lr])
         if math.isfinite(value) and value > self._best[0]:
@@ -203,20 +217,26 @@ class ConvergeSchedule:
         noise = max(self.settings.tolerance, 2 * stderr)
         if change < -noise:
             return "back off"
-        level = sum(stage[-patience:]) / patience
+        last = torch.tensor(stage[-patience:], dtype=torch.float64)
+        level = float(last.mean())
+        level_stderr = float(last.std() / math.sqrt(patience))  # the level's own precision, from its checks' scatter
         gain = level - self.levels[-1] if self.levels else math.inf
         if gain < -noise:
             return "back off"  # the smaller rate settled lower than the larger one: the fit is not stable
         self.levels.append(level)
-        if gain < self.settings.tolerance:
+        tolerance = self.settings.tolerance
+        if gain < tolerance and level_stderr <= tolerance:
             self.done, self.converged = True, True
             self.reason = (f"a learning-rate drop to {lr:.2g} changed the ELBO by {gain:.3g}, within the tolerance "
-                           f"{self.settings.tolerance:g}")
+                           f"{tolerance:g}")
             return ""
         if len(self.levels) > self.settings.max_drops:
             self.done = True
             self.reason = (f"after {self.settings.max_drops} learning-rate drops the last still raised the ELBO by "
-                           f"{gain:.3g}, above the tolerance {self.settings.tolerance:g}")
+                           f"{gain:.3g}, above the tolerance {tolerance:g}" if gain >= tolerance else
+                           f"after {self.settings.max_drops} learning-rate drops the ELBO's checks still scatter by "
+                           f"{level_stderr:.3g} (the s.e. of their level), beyond the tolerance {tolerance:g}: the fit "
+                           "has not settled")
             return ""
         self.stage_start = len(self.checks)
         return "drop"

@@ -98,7 +98,7 @@ def model(data):
 
 def test_simulations_in_worker_processes_give_what_one_process_gives(elbogap, tmp_path):
     """Each simulation is seeded by its index alone: --jobs 2 (spawned workers, the user's file loaded in each)
-    and --jobs 1 give the same truths, draws' ranks and ELBOs."""
+    and --jobs 1 give the same truths, draws' ranks and ELBOs, fitting one at a time (--stacked-fits off)."""
     (tmp_path / "regression.py").write_text(REGRESSION)
     np.savetxt(tmp_path / "rows.csv", truth.regression_data(15, 2, seed=4).numpy(), delimiter=",")
     saved = []
@@ -106,7 +106,7 @@ def test_simulations_in_worker_processes_give_what_one_process_gives(elbogap, tm
         out = tmp_path / f"jobs{jobs}"
         code, err = elbogap("calibrate", "--model", tmp_path / "regression.py:model", "--data", tmp_path / "rows.csv",
                             "--guides", "auto:AutoNormal", "--simulations", "3", "--calibration-draws", "200",
-                            "--jobs", jobs, "--no-figures", "--out", out, "-q")
+                            "--jobs", jobs, "--stacked-fits", "off", "--no-figures", "--out", out, "-q")
         assert code == 0, err
         saved.append(json.loads((out / "results.json").read_text()))
     assert [saved[0]["workers"], saved[1]["workers"]] == [1, 2]
@@ -183,6 +183,7 @@ def test_sigterm_stops_the_study_keeps_what_it_did_and_leaves_no_worker(tmp_path
     process = subprocess.Popen([sys.executable, "-m", "elbogap.cli", "calibrate", "--model",
                                 str(tmp_path / "regression.py:model"), "--data", str(tmp_path / "rows.csv"), "--guides",
                                 "auto:AutoNormal", "--simulations", "200", "--jobs", "2", "--calibration-draws", "200",
+                                "--stacked-fits", "off",
                                 "--no-figures", "--out", str(out), "-q"], stderr=subprocess.PIPE, text=True)
     def one_done() -> bool:  # results.json is written atomically after each simulation
         return (out / "results.json").is_file() and bool(json.loads((out / "results.json").read_text())["simulations"])
@@ -237,6 +238,78 @@ def test_a_program_that_raises_in_a_simulation_stops_the_study_in_one_line_and_k
                         "--guides", "auto:AutoNormal", "--simulations", "3", "--jobs", "1", "--out", tmp_path / "out",
                         "-q")
     assert code == 1 and len(err.strip().splitlines()) == 1
-    assert "simulation 0: the program" in err and "breaks.py:model raised RuntimeError: the likelihood broke" in err
+    assert "simulation 0" in err and "breaks.py:model raised RuntimeError: the likelihood broke" in err
     assert "Traceback" in (tmp_path / "out" / "calibrate.log").read_text()
     assert json.loads((tmp_path / "out" / "results.json").read_text())["complete"] is False
+
+
+BRANCHES = '''
+import pyro
+import pyro.distributions as dist
+
+
+def model(data):
+    w = pyro.sample("w", dist.Normal(data.new_zeros(data.shape[1] - 1), 1.0).to_event(1))
+    if float(w.sum()) > 100:  # Python control flow on a latent's value: vmap cannot run it
+        w = w / 2
+    with pyro.plate("data", data.shape[0]):
+        pyro.sample("y", dist.Normal((data[:, :-1] * w).sum(-1), 1.0), obs=data[:, -1])
+'''
+
+
+def test_fits_that_cannot_be_stacked_run_one_at_a_time_said_in_one_line(elbogap, tmp_path):
+    (tmp_path / "branches.py").write_text(BRANCHES)
+    np.savetxt(tmp_path / "rows.csv", truth.regression_data(15, 2, seed=4).numpy(), delimiter=",")
+    code, err = elbogap("calibrate", "--model", tmp_path / "branches.py:model", "--data", tmp_path / "rows.csv",
+                        "--guides", "auto:AutoNormal", "--simulations", "3", "--calibration-draws", "200", "--jobs",
+                        "1", "--no-figures", "--out", tmp_path / "out")
+    assert code == 0, err
+    said = [line for line in err.splitlines() if "one fit at a time" in line]
+    assert len(said) == 1 and "vmap cannot run the program" in said[0]
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["fits_at_once"]["auto-AutoNormal"].startswith("one at a time: vmap cannot run the program")
+    assert saved["complete"] and not any(fit.get("stacked") for simulation in saved["simulations"]
+                                         for fit in simulation["fits"].values())
+
+
+def test_sigterm_in_stacked_fits_keeps_each_fit_and_resume_goes_on_from_it(tmp_path):
+    """Stopped while a guide's fits train at once: the stack's state (every fit's parameters, Adam, rate, schedule and
+    generator) is kept in OUT/stacked-fits.pt, and --resume continues each fit from its step."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    (tmp_path / "regression.py").write_text(REGRESSION)
+    np.savetxt(tmp_path / "rows.csv", truth.regression_data(15, 2, seed=4).numpy(), delimiter=",")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "elbogap.cli", "calibrate", "--model", str(tmp_path / "regression.py:model"),
+               "--data", str(tmp_path / "rows.csv"), "--guides", "auto:AutoNormal", "--simulations", "40",
+               "--calibration-draws", "200", "--jobs", "1", "--no-figures", "--out", str(out)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    seen, started = [], threading.Event()
+
+    def read():  # the progress bar of the stacked fits counts their steps
+        while chunk := process.stderr.read(64):
+            seen.append(chunk)
+            steps = re.findall(r"40 fits at once: (\d+)it", "".join(seen[-40:]))
+            if steps and int(steps[-1]) >= 100:
+                started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert started.wait(120), "".join(seen)[-2000:]
+    process.send_signal(signal.SIGTERM)
+    process.wait(60)
+    reader.join(10)
+    assert process.returncode == 128 + signal.SIGTERM, "".join(seen)[-2000:]
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["simulations"] == [] and not saved["complete"] and (out / "stacked-fits.pt").is_file()
+    resumed = subprocess.run([*command, "--resume", "-q"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    saved = json.loads((out / "results.json").read_text())
+    fits = [simulation["fits"]["auto-AutoNormal"] for simulation in saved["simulations"]]
+    assert saved["complete"] and len(fits) == 40 and not (out / "stacked-fits.pt").exists()
+    assert all(fit["resumed_at_step"] >= 100 and fit["steps"] >= fit["resumed_at_step"] and fit["converged"]
+               for fit in fits)

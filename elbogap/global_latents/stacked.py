@@ -1,0 +1,398 @@
+r"""Many fits of one autoguide trained as one program: parameters stacked along a leading fits dimension.
+
+A calibration study fits each guide to each of M simulated data sets; one Pyro SVI loop per fit spends its time in
+Pyro's per-step overhead, not in arithmetic. Here G autoguides of one family, each built and initialized as a lone
+run builds it (its own seed), are trained together: their parameters are stacked along a leading dimension
+(:func:`torch.func.stack_module_state`), each fit's :math:`q_g` is read as a density over the model's flat
+unconstrained latent vector (:func:`flat_posterior`), and one step draws :math:`z_{g,p} = T_g(\epsilon_{g,p})` for
+every fit at once (``torch.func.vmap`` over the stacked parameters) and scores the model at all of them
+(``vmap`` over fits, data sets and particles of the user's program, :meth:`GlobalLatentModel.joint_parts`). The loss
+is the sum over fits of each fit's negative ELBO estimate
+
+.. math:: -\sum_g \frac1P \sum_p \big[\log p(z_{g,p}, D_g) + \log|J(z_{g,p})| - \log q_g(z_{g,p})\big],
+
+so each fit's gradient is its own; Adam (Pyro's ``ClippedAdam``: gradients clamped to ``[-10, 10]``) keeps a
+learning rate and a step count per fit, and each fit has its own
+:class:`~elbogap.inference.convergence.ConvergeSchedule` (its checks scored together), so it drops its rate, backs
+off after a non-finite step and stops as a lone run would; a fit that stopped is no longer updated. A fit whose
+loss stays non-finite gives up alone: the others go on.
+
+The draws of fit g come from its own generator (the stream ``stacked_fit`` of its seed), so a fit's results do
+not depend on which fits it was trained with (up to floating-point rounding of the batched arithmetic). They are
+statistically equivalent to a lone run with the same seed, not bitwise equal: the lone run draws through Pyro's
+traces from the global generator. Whether a program can be stacked is decided by a probe that compares the
+stacked densities with one call per fit (:func:`probe`), as the evidence's chain batching does.
+"""
+
+import math
+
+import pyro
+import torch
+import torch.distributions as td
+from pyro.infer import autoguide
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from elbogap import streams
+from elbogap.inference.convergence import ConvergenceSettings, ConvergeSchedule, fixed_verdict
+
+#: Pyro's autoguides whose q is one torch distribution over the flat latent vector, so their fits stack
+STACKABLE = ("AutoNormal", "AutoDiagonalNormal", "AutoMultivariateNormal", "AutoLowRankMultivariateNormal",
+             "AutoIAFNormal")
+#: draws of each fit's ELBO check (common random numbers: the same at every check of a fit)
+CHECK_DRAWS = 256
+#: Adam's constants, as Pyro's ClippedAdam
+BETAS, EPS, CLIP = (0.9, 0.999), 1e-8, 10.0
+
+
+class NotStackable(Exception):
+    """The fits cannot be trained as one program; the message says why, for the one line that says so."""
+
+
+def flat_posterior(auto) -> td.Distribution:
+    """An autoguide's q as one distribution over the model's flat unconstrained vector (the sites' order)."""
+    if isinstance(auto, autoguide.AutoContinuous):
+        return auto.get_posterior()
+    locs, scales = [], []
+    for name, _ in auto.prototype_trace.iter_stochastic_nodes():
+        loc, scale = auto._get_loc_and_scale(name)
+        locs.append(loc.reshape(-1))
+        scales.append(scale.reshape(-1))
+    return td.Independent(td.Normal(torch.cat(locs), torch.cat(scales)), 1)
+
+
+def noise_size(q: td.Distribution) -> int:
+    """Standard normals one draw of ``q`` takes (see :func:`reparameterized`)."""
+    if isinstance(q, td.Independent | td.TransformedDistribution):
+        return noise_size(q.base_dist)
+    if isinstance(q, td.LowRankMultivariateNormal):
+        return q.cov_factor.shape[-1] + q.loc.shape[-1]
+    if isinstance(q, td.MultivariateNormal | td.Normal):
+        return q.loc.shape[-1]
+    raise NotStackable(f"its q is a {type(q).__name__}, which stacked fits do not draw")
+
+
+def reparameterized(q: td.Distribution, eps: torch.Tensor) -> torch.Tensor:
+    """A draw of ``q`` from given standard normals ``eps`` ``(..., noise_size(q))``.
+
+    Written here: torch's ``rsample`` draws its own noise, which ``vmap`` cannot give each fit.
+    """
+    if isinstance(q, td.Independent):
+        return reparameterized(q.base_dist, eps)
+    if isinstance(q, td.TransformedDistribution):
+        z = reparameterized(q.base_dist, eps)
+        for transform in q.transforms:
+            z = transform(z)
+        return z
+    if isinstance(q, td.LowRankMultivariateNormal):
+        rank = q.cov_factor.shape[-1]
+        return q.loc + (q.cov_factor @ eps[..., :rank, None]).squeeze(-1) + q.cov_diag.sqrt() * eps[..., rank:]
+    if isinstance(q, td.MultivariateNormal):
+        return q.loc + (q.scale_tril @ eps[..., None]).squeeze(-1)
+    return q.loc + q.scale * eps
+
+
+class FlatGuide(nn.Module):
+    """One autoguide as a function of standard normals: ``eps (P, k) -> z (P, d), log q(z) (P,)``."""
+
+    def __init__(self, auto):
+        super().__init__()
+        self.auto = auto
+
+    def forward(self, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = flat_posterior(self.auto)
+        z = reparameterized(q, eps)
+        return z, q.log_prob(z)
+
+
+def stacked_state(modules: list[nn.Module]) -> tuple[dict, dict]:
+    """The modules' parameters and buffers stacked along a leading fits dimension, parameters as leaves.
+
+    Names a module shares between tensors (an autoguide keeps its first parameter twice) get one stacked tensor.
+    """
+    params, buffers = stack_module_state(modules)
+    base = modules[0]
+    by_id = {id(value): name for name, value in base.named_parameters()}
+    for name, value in base.named_parameters(remove_duplicate=False):
+        if name not in params:
+            params[name] = params[by_id[id(value)]]
+    return params, buffers
+
+
+class StackedFits:
+    r"""G fits of one autoguide family trained as one program (see the module).
+
+    :param model: the :class:`~elbogap.global_latents.model.GlobalLatentModel` (its program scores every fit).
+    :param guides: one :class:`~elbogap.global_latents.guides.GlobalAutoGuide` per fit, each initialized as a lone
+        run initializes it.
+    :param torch.Tensor data: ``(G, N, D)``, each fit's data set, or ``(N, D)``, one for all.
+    :param seeds: each fit's seed (its draws come from the stream ``stacked_fit`` of it).
+    :param float lr: Adam's initial learning rate.
+    :param int particles: draws of q per step and fit.
+    :param int cap: the most steps a fit takes.
+    :param ConvergenceSettings rule: the convergence rule's constants (in nats of the data set's ELBO).
+    :param bool converge: train each fit until its :class:`ConvergeSchedule` says it converged (else ``cap``
+        steps at a rate multiplied by ``lr_decay`` every step, judged by the trend rule).
+    """
+
+    def __init__(self, model, guides, data: torch.Tensor, seeds, lr: float, particles: int, cap: int,
+                 rule: ConvergenceSettings, converge: bool = True, lr_decay: float = 1.0):
+        self.model, self.count = model, len(guides)
+        self.data = data
+        self.num_data = data.shape[-2]
+        self.seeds, self.particles, self.cap, self.lr_decay = list(seeds), particles, cap, lr_decay
+        names = [getattr(guide, "name", type(guide).__name__) for guide in guides]
+        if any(name not in STACKABLE for name in names):
+            raise NotStackable(f"{names[0]} is not one of the autoguides whose fits stack ({', '.join(STACKABLE)})")
+        self.flats = [FlatGuide(guide.auto) for guide in guides]
+        with torch.no_grad():
+            self.noise = noise_size(flat_posterior(guides[0].auto))
+        self.params, self.buffers = stacked_state(self.flats)
+        self.leaves = list({id(value): value for value in self.params.values()}.values())
+        self.lr = torch.full((self.count,), float(lr), dtype=torch.float64)
+        self.steps = [0] * self.count
+        self.adam = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.leaves]
+        self.adam_steps = torch.zeros(self.count)
+        self.losses: list[list[float]] = [[] for _ in range(self.count)]
+        self.generators = [streams.generator("stacked_fit", seed, 0) for seed in self.seeds]
+        self.check_noise = torch.stack([torch.randn(CHECK_DRAWS, self.noise, generator=streams.generator(
+            "stacked_fit", seed, 1)) for seed in self.seeds])
+        self.rule = rule
+        self.schedules = [ConvergeSchedule(None, rule) if converge else None for _ in range(self.count)]
+        self.views = [FitView(self, g) for g in range(self.count)]
+        probe(self)
+
+    # --- the stacked program -----------------------------------------------------------------------
+
+    def draw(self, fits: list[int], eps: torch.Tensor, params: dict | None = None):
+        """``z (F, P, d)`` and ``log q (F, P)`` of the fits ``fits`` from standard normals ``eps (F, P, k)``."""
+        params = params if params is not None else {name: value[fits] for name, value in self.params.items()}
+        buffers = {name: value[fits] for name, value in self.buffers.items()}
+        base = self.flats[0]
+        return vmap(lambda p, b, e: functional_call(base, (p, b), (e,), tie_weights=False))(params, buffers, eps)
+
+    def log_joint(self, fits: list[int], z: torch.Tensor) -> torch.Tensor:
+        r""":math:`\log p(z, D_g) + \log|J|` of each fit's draws ``z (F, P, d)``: ``(F, P)``."""
+        model = self.model
+
+        def one_fit(z_fit, data):
+            return vmap(lambda one: model.joint_parts(one, data))(z_fit)
+
+        with pyro.validation_enabled(False):
+            validate = td.Distribution._validate_args
+            td.Distribution.set_default_validate_args(False)
+            try:
+                if self.data.dim() == 3:
+                    parts = vmap(one_fit)(z, self.data[fits])
+                else:
+                    parts = vmap(lambda z_fit: one_fit(z_fit, self.data))(z)
+            finally:
+                td.Distribution.set_default_validate_args(validate)
+        return parts.sum(-1)
+
+    def elbos(self, fits: list[int], eps: torch.Tensor, params: dict | None = None) -> torch.Tensor:
+        """Each fit's ELBO estimate (nats of its data set) from ``eps``: ``(F,)``, differentiable."""
+        z, log_q = self.draw(fits, eps, params)
+        return (self.log_joint(fits, z) - log_q).mean(-1)
+
+    # --- training ----------------------------------------------------------------------------------
+
+    def active(self) -> list[int]:
+        return [g for g in range(self.count) if self.steps[g] < self.cap
+                and not (self.schedules[g] is not None and self.schedules[g].done)]
+
+    def run(self, should_stop=lambda: None, bar=None) -> None:
+        """Train until every fit converged, gave up or reached the cap; ``should_stop()`` (a signal number or None)
+        is asked before every step and, when it answers, training returns at once."""
+        for g, schedule in enumerate(self.schedules):
+            if schedule is not None:
+                schedule.start(self.views[g])
+        while fits := self.active():
+            if should_stop():
+                return
+            self.step(fits)
+            if bar is not None:
+                bar.update()
+
+    def step(self, fits: list[int]) -> None:
+        eps = torch.stack([torch.randn(self.particles, self.noise, generator=self.generators[g]) for g in fits])
+        elbos = self.elbos(fits, eps)
+        for leaf in self.leaves:
+            leaf.grad = None
+        (-elbos.sum()).backward()
+        finite = torch.isfinite(elbos)
+        for leaf in self.leaves:
+            if leaf.grad is None:  # a parameter the loss does not reach
+                leaf.grad = torch.zeros_like(leaf)
+            finite &= torch.isfinite(leaf.grad[fits].reshape(len(fits), -1)).all(-1)
+        self.update([g for g, ok in zip(fits, finite.tolist(), strict=True) if ok])
+        values = (-elbos.detach() / self.num_data).tolist()
+        due = []
+        for g, ok, loss in zip(fits, finite.tolist(), values, strict=True):
+            view, schedule = self.views[g], self.schedules[g]
+            if schedule is not None and not (ok and view.params_finite()):
+                if schedule.back_off(view):
+                    continue
+            self.losses[g].append(loss if ok else math.nan)
+            self.steps[g] += 1
+            if schedule is not None and schedule.accumulate(view):
+                due.append(g)
+        if due:
+            self.check(due)
+
+    @torch.no_grad()
+    def update(self, fits: list[int]) -> None:
+        """ClippedAdam's step for the rows ``fits``, each at its own rate and step count (written here: torch's
+        optimizers keep one rate per parameter group, not per row of a tensor)."""
+        if not fits:
+            return
+        rows = torch.tensor(fits)
+        self.lr[rows] *= self.lr_decay
+        self.adam_steps[rows] += 1
+        t = self.adam_steps[rows]
+        correction1, correction2 = 1 - BETAS[0] ** t, 1 - BETAS[1] ** t
+        step_size = (self.lr[rows].float() * correction2.sqrt() / correction1)
+        for leaf, (mean, square) in zip(self.leaves, self.adam, strict=True):
+            grad = leaf.grad[rows].clamp(-CLIP, CLIP)
+            m = mean[rows].mul_(BETAS[0]).add_(grad, alpha=1 - BETAS[0])
+            v = square[rows].mul_(BETAS[1]).addcmul_(grad, grad, value=1 - BETAS[1])
+            mean[rows], square[rows] = m, v
+            shape = (-1,) + (1,) * (leaf.dim() - 1)
+            leaf[rows] = leaf[rows] - step_size.reshape(shape) * m / (v.sqrt() + EPS)
+
+    @torch.no_grad()
+    def check(self, due: list[int]) -> None:
+        """The ELBO checks of the fits ``due``, at their windows' averaged iterates, scored together."""
+        averages = [self.schedules[g].averaged() for g in due]
+        params = {}
+        for name, value in self.params.items():
+            index = next(i for i, leaf in enumerate(self.leaves) if leaf is value)
+            params[name] = torch.stack([average[index] for average in averages])
+        values = self.elbos(due, self.check_noise[due], params).tolist()
+        for g, value in zip(due, values, strict=True):
+            self.schedules[g].check(self.views[g], value)
+
+    # --- checkpoints -------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """What :meth:`load_state_dict` needs to go on training every fit where it was: parameters, Adam's state,
+        rates, steps, losses, schedules and each fit's generator (a window's running average is not kept: a fit
+        resumed mid-window averages the rest of it, as a resumed lone run does)."""
+        return {"leaves": [leaf.detach().clone() for leaf in self.leaves],
+                "adam": [(mean.clone(), square.clone()) for mean, square in self.adam],
+                "adam_steps": self.adam_steps.clone(), "lr": self.lr.clone(), "steps": list(self.steps),
+                "losses": [torch.tensor(losses, dtype=torch.float64) for losses in self.losses],
+                "schedules": [None if s is None else s.state_dict() for s in self.schedules],
+                "generators": [generator.get_state() for generator in self.generators]}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        for leaf, saved in zip(self.leaves, state["leaves"], strict=True):
+            leaf.copy_(saved)
+        for (mean, square), (saved_mean, saved_square) in zip(self.adam, state["adam"], strict=True):
+            mean.copy_(saved_mean)
+            square.copy_(saved_square)
+        self.adam_steps.copy_(state["adam_steps"])
+        self.lr.copy_(state["lr"])
+        self.steps = [int(step) for step in state["steps"]]
+        self.losses = [saved.tolist() for saved in state["losses"]]
+        for schedule, saved in zip(self.schedules, state["schedules"], strict=True):
+            if schedule is not None and saved is not None:
+                schedule.load_state_dict(saved)
+        for generator, saved in zip(self.generators, state["generators"], strict=True):
+            generator.set_state(saved)
+
+    # --- results -----------------------------------------------------------------------------------
+
+    def verdict(self, g: int) -> dict:
+        """Fit ``g``'s convergence record, as :meth:`~elbogap.inference.train.Trainer.convergence` gives it."""
+        if self.schedules[g] is not None:
+            return self.schedules[g].verdict(self.steps[g], self.cap)
+        return fixed_verdict(self.losses[g], self.rule, self.num_data)
+
+    @torch.no_grad()
+    def final_draws(self, count: int, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """``count`` draws of every fit's q after training (the stream ``stacked_fit`` of its seed, counter 2):
+        ``z (G, count, d)`` and the log weights ``log p(z, D_g) - log q_g(z)`` ``(G, count)``."""
+        fits = list(range(self.count))
+        generators = [streams.generator("stacked_fit", seed, 2) for seed in self.seeds]
+        draws, log_w = [], []
+        for start in range(0, count, chunk):
+            size = min(chunk, count - start)
+            eps = torch.stack([torch.randn(size, self.noise, generator=generator) for generator in generators])
+            z, log_q = self.draw(fits, eps)
+            draws.append(z)
+            log_w.append(self.log_joint(fits, z) - log_q)
+        return torch.cat(draws, 1), torch.cat(log_w, 1)
+
+
+class FitView:
+    """Fit ``g`` of a stack as :class:`ConvergeSchedule` sees a trainer: its parameters (views into the stacked
+    tensors), learning rate, step count, and a snapshot of them with its Adam state to return to."""
+
+    def __init__(self, stack: StackedFits, g: int):
+        self.stack, self.g = stack, g
+        self.svi = self
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [leaf[self.g] for leaf in self.stack.leaves]
+
+    @property
+    def lrs(self) -> list[float]:
+        return [float(self.stack.lr[self.g])]
+
+    def scale_lr(self, factor: float) -> None:
+        self.stack.lr[self.g] *= factor
+
+    @property
+    def step_count(self) -> int:
+        return self.stack.steps[self.g]
+
+    def params_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.params)
+
+    def snapshot(self) -> dict:
+        g = self.g
+        return {"params": [p.detach().clone() for p in self.params], "step": self.stack.steps[g],
+                "adam": [(mean[g].clone(), square[g].clone()) for mean, square in self.stack.adam],
+                "adam_step": float(self.stack.adam_steps[g])}
+
+    @torch.no_grad()
+    def restore(self, snapshot: dict) -> None:
+        g, stack = self.g, self.stack
+        for leaf, saved in zip(stack.leaves, snapshot["params"], strict=True):
+            leaf[g] = saved
+        for (mean, square), (saved_mean, saved_square) in zip(stack.adam, snapshot["adam"], strict=True):
+            mean[g], square[g] = saved_mean, saved_square
+        stack.adam_steps[g] = snapshot["adam_step"]
+        stack.steps[g] = snapshot["step"]
+        del stack.losses[g][snapshot["step"]:]
+
+
+def probe(stack: StackedFits) -> None:
+    """Raise :class:`NotStackable` unless the stacked draws and densities equal one call per fit at a few draws.
+
+    Decided by trying, as the evidence's chain batching is: a program ``vmap`` cannot run (data-dependent control
+    flow, in-place writes, ``.item()``) or runs differently fails here, before training.
+    """
+    fits = list(range(min(2, stack.count)))
+    eps = torch.randn(len(fits), 2, stack.noise, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            z, log_q = stack.draw(fits, eps)
+            stacked = stack.log_joint(fits, z)
+    except NotStackable:
+        raise
+    except Exception as error:  # any program vmap cannot run: one fit at a time
+        raise NotStackable(f"vmap cannot run the program ({type(error).__name__}: "
+                           f"{str(error).splitlines()[0][:100] if str(error) else ''})") from None
+    with torch.no_grad(), pyro.validation_enabled(False):
+        for i, g in enumerate(fits):
+            lone_z, lone_log_q = stack.flats[g](eps[i])
+            data = stack.data[g] if stack.data.dim() == 3 else stack.data
+            lone = torch.stack([stack.model.joint_parts(one, data).sum() for one in lone_z])
+            if not (torch.allclose(z[i], lone_z, rtol=1e-4, atol=1e-4)
+                    and torch.allclose(log_q[i], lone_log_q, rtol=1e-4, atol=1e-3)
+                    and torch.allclose(stacked[i], lone, rtol=1e-4, atol=1e-3, equal_nan=True)):
+                raise NotStackable("the stacked program's densities differ from one fit's")
