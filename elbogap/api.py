@@ -259,5 +259,5 @@ def calibrate(model, guides=("auto:AutoNormal", "auto:AutoMultivariateNormal"), 
     out, config = _study_config(model, guides, data, out, [seed], {**settings, "simulations": simulations})
     results = run_calibration(config, progress=progress,
                               on_simulation=lambda partial: write_calibration(partial, out, figures=False))
-    write_calibration(results, out, figures=config.figures)
+    write_calibration(results, out, figures=config.figures, final=True)
     return Calibration(results, out)

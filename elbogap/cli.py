@@ -248,7 +248,7 @@ def run_calibrate(args) -> int:
     check_writable(out)
     results = calibrate(config, progress=not args.quiet,
                         on_simulation=lambda partial: write_calibration(partial, out, figures=False))
-    written = write_calibration(results, out, figures=config.figures)
+    written = write_calibration(results, out, figures=config.figures, final=True)
     if not args.quiet:
         print((out / "results.md").read_text())
     print(f"wrote {', '.join(path.name for path in written)} to {out}", file=sys.stderr)

@@ -12,6 +12,13 @@ weights), with the number of effective draws as an attribute.
 ``az.summary``, ``az.plot_forest`` and the like read them; :func:`load` (``elbogap.load``) returns them all.
 
 A VAE-shaped model's posterior is one per data point and its runs save no draws; it is not exported.
+
+A calibration study (``elbogap calibrate``) gives ``arviz/calibration-GUIDE.nc`` per guide: the true latents of the
+simulations in the ``prior`` group (one chain, a draw per simulation: they are draws from the prior), and in
+``sample_stats`` per simulation the share u of q's draws below each true latent (``u_SITE``, shaped as the site),
+the fit's ELBO, whether it converged and, with ``--calibration-gaps``, its KL gap; the summary's tests as
+attributes. ``az.plot_ecdf(u, cdf=scipy.stats.uniform.cdf, difference=True, confidence_bands=True)`` draws the
+SBC ECDF of a site from it.
 """
 
 import json
@@ -113,10 +120,56 @@ def _attribute(value):
     return str(value)
 
 
+def calibration_inference_data(results: dict, guide: str):
+    """One guide's calibration over the simulations of ``results`` (a calibration study's) as ``InferenceData``."""
+    az = arviz()
+    simulations = results["simulations"]
+    fits = [simulation["fits"][guide] for simulation in simulations]
+    truths = [fit.get("truth") or simulation["truth"] for fit, simulation in zip(fits, simulations, strict=True)]
+    shapes = results.get("sites") or {site: [len(value)] for site, value in truths[0].items()}
+
+    def stacked(values) -> np.ndarray:  # (1 chain, a draw per simulation, *shape)
+        return np.asarray(values, dtype=float)[None]
+
+    prior = {site: stacked([truth[site] for truth in truths]).reshape(1, len(truths), *shape)
+             for site, shape in shapes.items()}
+    stats = {f"u_{site}": stacked([fit["shares"][site] for fit in fits]).reshape(1, len(fits), *shape)
+             for site, shape in shapes.items()}
+    stats["converged"] = stacked([_flag(fit.get("converged")) for fit in fits])
+    for key in ("elbo", "elbo_stderr", "kl_gap", "kl_gap_stderr", "kl_gap_upper", "steps"):
+        if all(fit.get(key) is not None for fit in fits):
+            stats[key] = stacked([fit[key] for fit in fits])
+    data = az.from_dict(prior=prior, sample_stats=stats)
+    summary = results.get("summary", {}).get(guide, {})
+    attrs = {"guide": guide, "seed": results.get("seed", 0), "simulations": len(simulations),
+             "coverage_90": _attribute(summary.get("coverage_90")),
+             "coverage_90_stderr": _attribute(summary.get("coverage_90_stderr"))}
+    for site, row in summary.get("sites", {}).items():
+        attrs.update({f"{site}_sbc_p_min": _attribute(row.get("sbc_p_min")),
+                      f"{site}_vsbc_p_min": _attribute(row.get("vsbc_p_min"))})
+    data.sample_stats.attrs.update(attrs)
+    return data
+
+
+def export_calibration(out: Path, results: dict) -> list[Path]:
+    """Write ``out/arviz/calibration-GUIDE.nc`` for every guide of a calibration study; the paths."""
+    folder = Path(out) / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for guide in results["guides"] if len(results.get("simulations", [])) else ():
+        path = folder / f"calibration-{guide}.nc"
+        calibration_inference_data(results, guide).to_netcdf(str(path))
+        written.append(path)
+    return written
+
+
 def export_study(out: Path) -> list[Path]:
-    """Write ``out/arviz/*.nc`` for every finished run with saved draws, and one reference per seed; the paths."""
+    """Write ``out/arviz/*.nc`` for every finished run with saved draws, and one reference per seed (a calibration
+    study: one file per guide, :func:`export_calibration`); the paths."""
     out = Path(out)
     results = json.loads((out / "results.json").read_text())
+    if results.get("kind") == "calibration":
+        return export_calibration(out, results)
     folder = out / FOLDER
     written, seeds = [], set()
     for run in results.get("runs", []):
@@ -140,7 +193,8 @@ def export_study(out: Path) -> list[Path]:
 
 def load(out: str | Path) -> dict:
     """A study's exported posteriors, ``{"GUIDE-seedS": InferenceData, ..., "reference-seedS": ...}``, exported
-    first where the study has none yet (``out`` is a directory ``elbogap compare`` wrote)."""
+    first where the study has none yet (``out`` is a directory ``elbogap compare`` wrote); for a calibration study
+    ``{"calibration-GUIDE": InferenceData}``."""
     az = arviz()
     out = Path(out)
     if not (out / "results.json").is_file():
@@ -148,6 +202,6 @@ def load(out: str | Path) -> dict:
     paths = sorted((out / FOLDER).glob("*.nc")) or export_study(out)
     if not paths:
         raise UsageError(f"{out} has no run to export: the export holds the posteriors of models with global latents "
-                         "from elbogap compare (a per-point model's posterior is one per data point; a calibration "
-                         "study keeps its ranks in results.json)")
+                         "from elbogap compare (a per-point model's posterior is one per data point) and the ranks of "
+                         "elbogap calibrate")
     return {path.stem: az.from_netcdf(str(path)) for path in sorted(paths)}

@@ -1,5 +1,6 @@
 """The tables and figures of a calibration study (results.md, results.json, ranks.png, pvalues.png, gaps.png)."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import numpy as np
 
 from elbogap.calibration.stats import sbc_bins
 from elbogap.config import Config, to_toml
+from elbogap.export import export_calibration
 from elbogap.figure_tools import plt, save
 from elbogap.runs import write_atomically
 
@@ -138,9 +140,10 @@ def gap_figure(results: dict, path: Path) -> Path:
     return save(fig, path)
 
 
-def write_calibration(results: dict, out: Path, figures: bool = True) -> list[Path]:
+def write_calibration(results: dict, out: Path, figures: bool = True, final: bool = False) -> list[Path]:
     """results.json, results.md and (with ``figures``) ranks.png, pvalues.png and gaps.png in ``out``, and
-    config.toml; the paths written."""
+    config.toml; when ``final`` and ArviZ is installed (the ``arviz`` extra), each guide's calibration as NetCDF
+    (:func:`~elbogap.export.export_calibration`); the paths written."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(to_toml(Config(**results["config"]), "calibrate"))
     write_atomically(out / "results.json", json.dumps(results, indent=2))
@@ -150,4 +153,6 @@ def write_calibration(results: dict, out: Path, figures: bool = True) -> list[Pa
         written += [rank_figure(results, out / "ranks.png"), pvalue_figure(results, out / "pvalues.png")]
         if all("mean_kl_gap" in row for row in results["summary"].values()):
             written.append(gap_figure(results, out / "gaps.png"))
+    if final and importlib.util.find_spec("arviz") is not None:
+        written += export_calibration(out, results)
     return written

@@ -283,7 +283,8 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
     seed, jobs = config.seeds[0], calibration_jobs(config)
     results = {"config": config.to_dict(), "versions": versions(), "kind": "calibration", "seed": seed,
                "guides": [guide_label(name) for name in config.guides], "simulations": [], "workers": jobs,
-               "planned": config.simulations, "complete": False, "fits_at_once": {}}
+               "planned": config.simulations, "complete": False, "fits_at_once": {},
+               "sites": {name: list(shape) for name, shape in base.latent_sites.items()}}
     finished = {simulation["index"] for simulation in done}
     todo = [(index, streams.seed_for("simulation", seed, index)) for index in range(config.simulations)
             if index not in finished]
