@@ -123,6 +123,7 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
         steps = config.total_steps(num_data)
         trainer = make_trainer(config, model, guide, data, seed, freeze_model=fixed_model is not None)
     eval_every = config.eval_every or max(1, steps // 10)
+    stacked = None  # trained with other seeds at once: how many, from the checkpoint the study wrote
     curve_eval: list[dict] = []
     phases = Phases({"train": 0.0})  # training's phases add up over every session of the run
     if (run_dir / CHECKPOINT).exists():
@@ -134,6 +135,7 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
                 return saved["run"]
             log.write(f"re-evaluate the trained run: evaluation settings changed ({', '.join(changed)})")
         trainer.load_state_dict(state["trainer"])
+        stacked = state.get("stacked")
         curve_eval = json.loads(state["curve_eval"])
         phases = Phases(json.loads(state.get("phases", '{"train": 0.0}')))
         log.write(f"resume at step {trainer.step_count}")
@@ -144,11 +146,8 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
     def save(complete: bool) -> None:
         with phases("checkpoints"):
             phases.seconds["train"] = trainer.seconds
-            save_checkpoint(run_dir / CHECKPOINT, {
-                "config": json.dumps(config.to_dict()), "guide_name": guide_name, "seed": seed,
-                "complete": complete, "trainer": trainer.state_dict(), "curve_eval": json.dumps(curve_eval),
-                "phases": json.dumps(phases.seconds),
-            })
+            save_run_checkpoint(run_dir, config, guide_name, seed, trainer, complete, curve_eval, phases.seconds,
+                                stacked)
 
     def fault(step: int) -> NumericalFault:
         message = (f"guide {guide_name}, seed {seed}: the loss or a parameter became NaN/inf at step {step}; "
@@ -201,7 +200,7 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
     run = {"guide": guide_label(guide_name), "guide_spec": guide_name, "seed": seed, "model": described, **metrics,
            "converged": convergence["converged"], "convergence": convergence, "lr": config.lr,
            "particles": config.particles, "train_seconds": fit.seconds, "seconds": phases.seconds, "steps": steps,
-           "compiled_loss": trainer.svi.compiled, **snr,
+           "compiled_loss": trainer.svi.compiled, **snr, **({"stacked_seeds": stacked} if stacked else {}),
            "curve": training_curve(fit.losses), "curve_eval": curve_eval,
            "model_from": None if fixed_model is None else str(fixed_model),
            "where": where or where_am_i("local")}
@@ -250,11 +249,23 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def save_run_checkpoint(run_dir: Path, config: Config, guide_name: str, seed: int, trainer: Trainer, complete: bool,
+                        curve_eval: list | None = None, phases: dict | None = None, stacked: int | None = None) -> None:
+    """A run's ``checkpoint.pt``: its configuration, trainer state, curve and phases (``stacked``: the number of seeds
+    it was trained with at once, by the study, before the run resumed it)."""
+    save_checkpoint(Path(run_dir) / CHECKPOINT, {
+        "config": json.dumps(config.to_dict()), "guide_name": guide_name, "seed": seed, "complete": complete,
+        "trainer": trainer.state_dict(), "curve_eval": json.dumps(curve_eval or []),
+        "phases": json.dumps(phases or {"train": trainer.seconds}), **({"stacked": stacked} if stacked else {}),
+    })
+
+
 def resumable_state(run_dir: Path, config: Config, guide_name: str, seed: int) -> dict:
-    """The checkpoint in ``run_dir``, if ``--resume`` was given and it belongs to this configuration."""
-    if not config.resume:
-        raise UsageError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    """The checkpoint in ``run_dir``, if ``--resume`` was given (or the study trained it with other seeds at once,
+    :mod:`elbogap.global_latents.seeds`) and it belongs to this configuration."""
     state = load_checkpoint(run_dir / CHECKPOINT)
+    if not config.resume and not (state.get("stacked") and not state["complete"]):
+        raise UsageError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
     changed = differences(json.loads(state["config"]), config.to_dict())
     if state["guide_name"] != guide_name or state["seed"] != seed:
         changed = ["guide/seed", *changed]

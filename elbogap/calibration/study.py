@@ -42,7 +42,7 @@ from elbogap.global_latents.evaluation import guide_draws
 from elbogap.global_latents.evidence import sandwich
 from elbogap.global_latents.guides import global_guide
 from elbogap.global_latents.protocol import batch_size
-from elbogap.global_latents.stacked import NotStackable, StackedFits
+from elbogap.global_latents.stacked import NotStackable, StackedFits, refusal
 from elbogap.inference.bdmc import simulate
 from elbogap.inference.convergence import ConvergenceSettings
 from elbogap.inference.evaluation import sample_latents
@@ -162,20 +162,6 @@ def calibration_jobs(config: Config) -> int:
 STACKED_CHECKPOINT = "stacked-fits.pt"
 #: elements (fits x particles x data) one stack of fits may hold at a step: its chunk of simulations is sized by it
 STACK_ELEMENTS = 2**24
-
-
-def stack_refusal(config: Config, base, guide_name: str) -> str | None:
-    """Why the fits of ``guide_name`` cannot be trained at once with these settings (None: they can, if the probe of
-    :class:`~elbogap.global_latents.stacked.StackedFits` agrees)."""
-    if config.stacked_fits == "off":
-        return "--stacked-fits off"
-    if config.objective != "elbo" or config.gradient != "reparam":
-        return f"--objective {config.objective} --gradient {config.gradient} (stacked fits train the ELBO, reparam)"
-    if base.param_names:
-        return f"the model has parameters of its own ({', '.join(base.param_names[:3])}), fitted with each guide"
-    if not guide_name.startswith("auto:"):
-        return f"{guide_name} is a guide program (stacked fits are Pyro's autoguides)"
-    return None
 
 
 def stacked_fits(config: Config, base, chunk: list[tuple[int, int]], guide_name: str, data: torch.Tensor,
@@ -305,7 +291,7 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
     results["simulations"] = sorted(done, key=lambda one: one["index"])
     collect()
     out = Path(config.out)
-    lone = {name: stack_refusal(config, base, name) for name in config.guides}
+    lone = {name: refusal(config, base, name) for name in config.guides}
     lone = {name: why for name, why in lone.items() if why is not None}
     with stop_requests() as should_stop:
         def stopped():

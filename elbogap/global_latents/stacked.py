@@ -119,6 +119,20 @@ def stacked_state(modules: list[nn.Module]) -> tuple[dict, dict]:
     return params, buffers
 
 
+def refusal(config, model, guide_name: str) -> str | None:
+    """Why the fits of ``guide_name`` on ``model`` cannot be trained at once with these settings (None: they can,
+    if the probe of :class:`StackedFits` agrees)."""
+    if config.stacked_fits == "off":
+        return "--stacked-fits off"
+    if config.objective != "elbo" or config.gradient != "reparam":
+        return f"--objective {config.objective} --gradient {config.gradient} (stacked fits train the ELBO, reparam)"
+    if model.param_names:
+        return f"the model has parameters of its own ({', '.join(model.param_names[:3])}), fitted with each guide"
+    if not guide_name.startswith("auto:"):
+        return f"{guide_name} is a guide program (stacked fits are Pyro's autoguides)"
+    return None
+
+
 class StackedFits:
     r"""G fits of one autoguide family trained as one program (see the module).
 
@@ -271,6 +285,13 @@ class StackedFits:
         values = self.elbos(due, self.check_noise[due], params).tolist()
         for g, value in zip(due, values, strict=True):
             self.schedules[g].check(self.views[g], value)
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Copy every fit's stacked parameters into its own autoguide, which then stands alone."""
+        for g, flat in enumerate(self.flats):
+            for name, param in flat.named_parameters(remove_duplicate=False):
+                param.copy_(self.params[name][g])
 
     # --- checkpoints -------------------------------------------------------------------------------
 
