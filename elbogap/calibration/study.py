@@ -13,6 +13,7 @@ train from that seed (its evidence from the ``bdmc`` stream of that seed). A mod
 is calibrated against the model each guide trained with instead (:func:`calibrate_per_point`).
 """
 
+import contextlib
 import json
 import math
 import multiprocessing
@@ -40,7 +41,6 @@ from elbogap.factory import build, for_data, guide_label, load_dataset, make_tra
 from elbogap.failures import ProgramFailed, program_failure
 from elbogap.global_latents.evaluation import guide_draws
 from elbogap.global_latents.evidence import sandwich
-from elbogap.global_latents.guides import global_guide
 from elbogap.global_latents.protocol import batch_size
 from elbogap.global_latents.stacked import NotStackable, StackedFits, refusal
 from elbogap.inference.bdmc import simulate
@@ -85,13 +85,23 @@ def fit_and_rank(config: Config, simulated: torch.Tensor, truth: dict, guide_nam
     trainer = make_trainer(resolved, model, guide, dataset, seed)
     steps = resolved.total_steps(len(simulated))
     trainer.run(steps)
-    verdict = trainer.convergence(steps)
     draws = guide_draws(model, guide, simulated, config.calibration_draws)
-    shares = {site: below_shares(draws.values[site].detach().double().cpu().numpy(), value).tolist()
-              for site, value in truth.items()}
-    log_w = draws.log_w.double()
-    return {"shares": shares, "elbo": float(log_w.mean()), "elbo_stderr": float(log_w.std() / math.sqrt(len(log_w))),
-            "converged": verdict["converged"], "steps": trainer.step_count}
+    return fit_record(draws.values, draws.log_w, truth, trainer.convergence(steps), trainer.step_count)
+
+
+def fit_record(values: dict[str, torch.Tensor], log_w: torch.Tensor, truth: dict, verdict: dict, steps: int,
+               **extra) -> dict:
+    """One fit's record: per site the share of q's draws ``values`` (``(count, *shape)`` each) below the truth, the
+    ELBO of the data set from the draws' log weights and its standard error, and the convergence verdict."""
+    shares = {site: below_shares(values[site].detach().reshape(len(log_w), -1).double().cpu().numpy(),
+                                 value).tolist() for site, value in truth.items()}
+    log_w = log_w.detach().double()
+    record = {"shares": shares, "elbo": float(log_w.mean()),
+              "elbo_stderr": float(log_w.std() / math.sqrt(len(log_w))), "converged": verdict["converged"],
+              "steps": steps, **extra}
+    if not verdict["converged"]:
+        record["convergence"] = verdict.get("reason", "")
+    return record
 
 
 #: where a calibration study keeps the traceback of a user's program that raised, in ``--out``
@@ -105,9 +115,17 @@ def simulation_record(config: Config, data: torch.Tensor, base, index: int, seed
     with ``--calibration-gaps`` its evidence sandwich and each fit's gap. A user's program that raises becomes
     :class:`~elbogap.failures.ProgramFailed`, one line naming the program and where, its traceback kept in
     ``FAILURE_LOG`` (it is made here, where the frames are, also in a worker process)."""
-    try:
+    with failures_named(config, f"simulation {index}"):
         return _simulation_record(config, data, base, index, seed, fitted or {})
-    except (UsageError, KeyboardInterrupt):
+
+
+@contextlib.contextmanager
+def failures_named(config: Config, where: str):
+    """A user's program that raises inside becomes :class:`~elbogap.failures.ProgramFailed`: one line naming
+    ``where``, the program and the place, the traceback appended to ``FAILURE_LOG`` in ``--out``."""
+    try:
+        yield
+    except (UsageError, KeyboardInterrupt, NotStackable):
         raise
     except Exception as error:
         failure = program_failure(error, [config.model, *config.guides])
@@ -115,8 +133,8 @@ def simulation_record(config: Config, data: torch.Tensor, base, index: int, seed
             raise
         details = traceback.format_exc().rstrip()
         with open(Path(config.out) / FAILURE_LOG, "a") as log:
-            log.write(f"simulation {index}:\n{details}\n")
-        raise ProgramFailed(f"simulation {index}: {failure}; the traceback is in {Path(config.out) / FAILURE_LOG}",
+            log.write(f"{where}:\n{details}\n")
+        raise ProgramFailed(f"{where}: {failure}; the traceback is in {Path(config.out) / FAILURE_LOG}",
                             details if config.debug else None) from None
 
 
@@ -176,10 +194,11 @@ def stacked_fits(config: Config, base, chunk: list[tuple[int, int]], guide_name:
     dataset = Dataset("simulation", simulations[0][0], simulations[0][0][:0], kind="global")
     resolved = for_data(config, dataset, guide_name)
     guides = []
-    for (simulated, _, _), (_, seed) in zip(simulations, chunk, strict=True):
+    for (simulated, _, _), (index, seed) in zip(simulations, chunk, strict=True):  # as fit_and_rank builds a fit
         pyro.clear_param_store()
         streams.seeded("training", seed)
-        guides.append(global_guide(guide_name, base, simulated, config.flow_depth))
+        guides.append(build(config, Dataset(f"simulation {index}", simulated, simulated[:0], kind="global"),
+                            guide_name)[1])
     if batch_size(resolved, base, guides[0]) < len(data):
         raise NotStackable("the program subsamples its rows (stacked fits take every row at each step)")
     cap = resolved.total_steps(len(data))
@@ -199,25 +218,18 @@ def stacked_fits(config: Config, base, chunk: list[tuple[int, int]], guide_name:
         return None
     z, log_w = stack.final_draws(config.calibration_draws)
     values = base.site_values(z)
-    fits = []
-    for g, (_, _, truth) in enumerate(simulations):
-        weights = log_w[g].double()
-        verdict = stack.verdict(g)
-        shares = {site: below_shares(values[site][g].reshape(len(weights), -1).double().cpu().numpy(),
-                                     value).tolist() for site, value in truth.items()}
-        fits.append({"shares": shares, "elbo": float(weights.mean()),
-                     "elbo_stderr": float(weights.std() / math.sqrt(len(weights))),
-                     "converged": verdict["converged"], "steps": stack.steps[g], "stacked": True,
-                     **({"resumed_at_step": int(saved["steps"][g])} if saved is not None else {}),
-                     **({} if verdict["converged"] else {"convergence": verdict.get("reason", "")})})
-    return fits
+    return [fit_record({site: value[g] for site, value in values.items()}, log_w[g], truth, stack.verdict(g),
+                       stack.steps[g], stacked=True,
+                       **({"resumed_at_step": int(saved["steps"][g])} if saved is not None else {}))
+            for g, (_, _, truth) in enumerate(simulations)]
 
 
-def stacked_chunk(config: Config, base, data: torch.Tensor, todo: list) -> int:
-    """Simulations per stack: as many as :data:`STACK_ELEMENTS` allows for the widest step (at least one)."""
+def stacked_chunk(config: Config, data: torch.Tensor, least: int = 1) -> int:
+    """Simulations per stack: as many as :data:`STACK_ELEMENTS` allows for the widest step, at least ``least`` (the
+    worker processes that share what is left of each simulation)."""
     particles = max(for_data(config, Dataset("d", data, data[:0], kind="global"), guide).particles
                     for guide in config.guides)
-    return max(1, min(len(todo), STACK_ELEMENTS // max(1, particles * data.numel())))
+    return max(least, STACK_ELEMENTS // max(1, particles * data.numel()))
 
 
 class CalibrationInterrupted(Interrupted):
@@ -298,25 +310,36 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
             if signum := should_stop():
                 raise CalibrationInterrupted(signum, len(results["simulations"]), config.simulations, out)
 
-        size = stacked_chunk(config, base, data.train, todo) if len(lone) < len(config.guides) else len(todo)
         checkpoint = out / STACKED_CHECKPOINT
-        kept = load_checkpoint(checkpoint) if config.resume and checkpoint.is_file() else None
-        for start in range(0, len(todo), max(size, 1)):
-            chunk = todo[start:start + size]
+        # for --resume: each stacked guide's finished fits by simulation, and the stack that was running
+        kept = load_checkpoint(checkpoint) if config.resume and checkpoint.is_file() else {"done": {}}
+        remaining = list(todo)
+        while remaining:
+            size = (stacked_chunk(config, data.train, max(jobs, 1)) if len(lone) < len(config.guides)
+                    else len(remaining))
+            partial = kept.get("partial") or {}
+            if set(partial.get("indices", ())) <= {index for index, _ in remaining} and partial.get("indices"):
+                chunk = [item for item in remaining if item[0] in partial["indices"]]  # the stack that was running
+            else:
+                chunk = remaining[:size]
+            remaining = [item for item in remaining if item not in chunk]
             fitted = {index: {} for index, _ in chunk}
             indices = [index for index, _ in chunk]
-            state = kept if kept is not None and kept["indices"] == indices else {"indices": indices, "done": {}}
             for name in [name for name in config.guides if name not in lone]:
                 label = guide_label(name)
+                done_fits = kept["done"].setdefault(label, {})
 
-                def keep(stack_state, label=label, state=state):  # for --resume: the chunk's fits so far
-                    save_checkpoint(checkpoint, {**state, "partial": {"guide": label, "state": stack_state}})
+                def keep(stack_state, label=label, indices=indices):
+                    save_checkpoint(checkpoint, {**kept, "partial": {"guide": label, "indices": indices,
+                                                                     "state": stack_state}})
 
-                partial = state.get("partial") or {}
                 try:
-                    fits = state["done"].get(label) or _stacked(
-                        config, base, chunk, name, data.train, should_stop, progress,
-                        partial.get("state") if partial.get("guide") == label else None, keep)
+                    if all(str(index) in done_fits for index in indices):
+                        fits = [done_fits[str(index)] for index in indices]
+                    else:
+                        resume = partial.get("state") if (partial.get("guide"), partial.get("indices")) == (
+                            label, indices) else None
+                        fits = _stacked(config, base, chunk, name, data.train, should_stop, progress, resume, keep)
                 except NotStackable as why:
                     lone[name] = str(why)
                     if progress:
@@ -324,9 +347,11 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
                     continue
                 if fits is None:
                     stopped()
-                state["done"][label] = fits
-                results["fits_at_once"][label] = len(chunk)
-                for (index, _), fit in zip(chunk, fits, strict=True):
+                done_fits.update({str(index): fit for index, fit in zip(indices, fits, strict=True)})
+                kept.pop("partial", None)
+                save_checkpoint(checkpoint, kept)  # a stop in what follows keeps these fits
+                results["fits_at_once"][label] = max(len(chunk), results["fits_at_once"].get(label, 0))
+                for index, fit in zip(indices, fits, strict=True):
                     fitted[index][label] = fit
             for name, why in lone.items():
                 results["fits_at_once"][guide_label(name)] = f"one at a time: {why}"
@@ -354,27 +379,15 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
                     for process in list(getattr(pool, "_processes", {}).values()):
                         process.terminate()
                     pool.shutdown(wait=False, cancel_futures=True)
-            checkpoint.unlink(missing_ok=True)  # the chunk's simulations are in results.json now
+    checkpoint.unlink(missing_ok=True)  # every simulation is in results.json now
     bar.close()
     return results
 
 
 def _stacked(config, base, chunk, name, data, should_stop, progress, saved, on_stop):
-    """:func:`stacked_fits`, a user's program that raises turned into one line (as :func:`simulation_record`)."""
-    try:
+    """:func:`stacked_fits`, a user's program that raises turned into one line (:func:`failures_named`)."""
+    with failures_named(config, f"simulation {chunk[0][0]} (with {len(chunk) - 1} others fitted at once)"):
         return stacked_fits(config, base, chunk, name, data, should_stop, progress, saved, on_stop)
-    except (UsageError, KeyboardInterrupt, NotStackable):
-        raise
-    except Exception as error:
-        failure = program_failure(error, [config.model, *config.guides])
-        if failure is None:
-            raise
-        details = traceback.format_exc().rstrip()
-        with open(Path(config.out) / FAILURE_LOG, "a") as log:
-            log.write(f"simulations {chunk[0][0]}-{chunk[-1][0]} (fitted at once):\n{details}\n")
-        raise ProgramFailed(f"simulation {chunk[0][0]} (with {len(chunk) - 1} others fitted at once): {failure}; the "
-                            f"traceback is in {Path(config.out) / FAILURE_LOG}", details if config.debug else None) \
-            from None
 
 
 def summarize(simulations: list[dict]) -> dict:

@@ -10,6 +10,7 @@ density of that vector carries the log-Jacobian of the map, so integrals over it
 same evidence as over the sites themselves.
 """
 
+import contextlib
 import inspect
 import math
 
@@ -30,6 +31,19 @@ from elbogap.user_model import (
     takes_index,
     trace_program,
 )
+
+
+@contextlib.contextmanager
+def unvalidated():
+    """Distributions and Pyro without argument checks: a draw or a leapfrog step may leave the support (NaN, then
+    rejected or backed off from), and ``vmap`` cannot run the checks' data-dependent branches."""
+    validate = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        with pyro.validation_enabled(False):
+            yield
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate)
 
 
 def is_global_model(trace, x: torch.Tensor) -> bool:
@@ -143,14 +157,7 @@ class GlobalLatentModel(nn.Module):
 
     def unpack(self, z: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Site values (in their supports) from one flat vector ``z`` ``(latent_dim,)``, and :math:`\\log|\\det J|`."""
-        values, log_det, start = {}, z.new_zeros(()), 0
-        for name, shape in self.unconstrained_shapes.items():
-            size = math.prod(shape)
-            unconstrained = z[start:start + size].reshape(shape)
-            start += size
-            values[name] = self.transforms[name](unconstrained)
-            log_det = log_det + self.transforms[name].log_abs_det_jacobian(unconstrained, values[name]).sum()
-        return values, log_det
+        return self.site_values(z), self.log_abs_det(z)
 
     def site_values(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """Site values (in their supports) of flat vectors ``z`` ``(..., latent_dim)``: ``(..., *shape)`` each."""
@@ -234,17 +241,14 @@ class GlobalLatentModel(nn.Module):
         return total
 
     def _probe_vmap(self, flat: torch.Tensor, data: torch.Tensor) -> bool:
-        validate = torch.distributions.Distribution._validate_args
-        torch.distributions.Distribution.set_default_validate_args(False)
-        try:
-            probe = flat[:2].detach()
-            batched = torch.func.vmap(lambda one: self.joint_parts(one, data))(probe)
-            looped = torch.stack([self.joint_parts(one, data) for one in probe])
-            return bool(torch.allclose(batched, looped, rtol=1e-4, atol=1e-3, equal_nan=True))
-        except Exception:  # any program vmap cannot run (data-dependent control flow, in-place ops): one call a chain
-            return False
-        finally:
-            torch.distributions.Distribution.set_default_validate_args(validate)
+        with unvalidated():
+            try:
+                probe = flat[:2].detach()
+                batched = torch.func.vmap(lambda one: self.joint_parts(one, data))(probe)
+                looped = torch.stack([self.joint_parts(one, data) for one in probe])
+                return bool(torch.allclose(batched, looped, rtol=1e-4, atol=1e-3, equal_nan=True))
+            except Exception:  # any program vmap cannot run (data-dependent control flow, in-place ops): one a chain
+                return False
 
     # --- draws from the model ----------------------------------------------------------------------
 

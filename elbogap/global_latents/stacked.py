@@ -18,15 +18,15 @@ off after a non-finite step and stops as a lone run would; a fit that stopped is
 loss stays non-finite gives up alone: the others go on.
 
 The draws of fit g come from its own generator (the stream ``stacked_fit`` of its seed), so a fit's results do
-not depend on which fits it was trained with (up to floating-point rounding of the batched arithmetic). They are
-statistically equivalent to a lone run with the same seed, not bitwise equal: the lone run draws through Pyro's
-traces from the global generator. Whether a program can be stacked is decided by a probe that compares the
+not depend on which fits it was trained with (up to floating-point rounding of the batched arithmetic). Given the
+guides a lone run builds (the same initial parameters), they are statistically equivalent to that run, not bitwise
+equal: the lone run draws through Pyro's traces from the global generator, and its checks score draws of one
+stream every run shares. Whether a program can be stacked is decided by a probe that compares the
 stacked densities with one call per fit (:func:`probe`), as the evidence's chain batching does.
 """
 
 import math
 
-import pyro
 import torch
 import torch.distributions as td
 from pyro.infer import autoguide
@@ -34,7 +34,9 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from elbogap import streams
+from elbogap.global_latents.model import unvalidated
 from elbogap.inference.convergence import ConvergenceSettings, ConvergeSchedule, fixed_verdict
+from elbogap.inference.train import all_finite
 
 #: Pyro's autoguides whose q is one torch distribution over the flat latent vector, so their fits stack
 STACKABLE = ("AutoNormal", "AutoDiagonalNormal", "AutoMultivariateNormal", "AutoLowRankMultivariateNormal",
@@ -183,7 +185,8 @@ class StackedFits:
         params = params if params is not None else {name: value[fits] for name, value in self.params.items()}
         buffers = {name: value[fits] for name, value in self.buffers.items()}
         base = self.flats[0]
-        return vmap(lambda p, b, e: functional_call(base, (p, b), (e,), tie_weights=False))(params, buffers, eps)
+        with unvalidated():  # one fit's NaN must not stop the others: it backs off alone
+            return vmap(lambda p, b, e: functional_call(base, (p, b), (e,), tie_weights=False))(params, buffers, eps)
 
     def log_joint(self, fits: list[int], z: torch.Tensor) -> torch.Tensor:
         r""":math:`\log p(z, D_g) + \log|J|` of each fit's draws ``z (F, P, d)``: ``(F, P)``."""
@@ -192,22 +195,21 @@ class StackedFits:
         def one_fit(z_fit, data):
             return vmap(lambda one: model.joint_parts(one, data))(z_fit)
 
-        with pyro.validation_enabled(False):
-            validate = td.Distribution._validate_args
-            td.Distribution.set_default_validate_args(False)
-            try:
-                if self.data.dim() == 3:
-                    parts = vmap(one_fit)(z, self.data[fits])
-                else:
-                    parts = vmap(lambda z_fit: one_fit(z_fit, self.data))(z)
-            finally:
-                td.Distribution.set_default_validate_args(validate)
+        with unvalidated():
+            if self.data.dim() == 3:
+                parts = vmap(one_fit)(z, self.data[fits])
+            else:
+                parts = vmap(lambda z_fit: one_fit(z_fit, self.data))(z)
         return parts.sum(-1)
 
     def elbos(self, fits: list[int], eps: torch.Tensor, params: dict | None = None) -> torch.Tensor:
-        """Each fit's ELBO estimate (nats of its data set) from ``eps``: ``(F,)``, differentiable."""
-        z, log_q = self.draw(fits, eps, params)
-        return (self.log_joint(fits, z) - log_q).mean(-1)
+        """Each fit's ELBO estimate (nats of its data set) from ``eps``: ``(F,)``, differentiable; more draws than a
+        step's particles are scored a step's worth at a time (the memory a chunk of fits was sized for)."""
+        total = 0.0
+        for start in range(0, eps.shape[1], self.particles):
+            z, log_q = self.draw(fits, eps[:, start:start + self.particles], params)
+            total = total + (self.log_joint(fits, z) - log_q).sum(-1)
+        return total / eps.shape[1]
 
     # --- training ----------------------------------------------------------------------------------
 
@@ -234,11 +236,10 @@ class StackedFits:
         for leaf in self.leaves:
             leaf.grad = None
         (-elbos.sum()).backward()
-        finite = torch.isfinite(elbos)
+        finite = torch.isfinite(elbos)  # an infinite gradient is clamped, as ClippedAdam does; a NaN one backs off
         for leaf in self.leaves:
             if leaf.grad is None:  # a parameter the loss does not reach
                 leaf.grad = torch.zeros_like(leaf)
-            finite &= torch.isfinite(leaf.grad[fits].reshape(len(fits), -1)).all(-1)
         self.update([g for g, ok in zip(fits, finite.tolist(), strict=True) if ok])
         values = (-elbos.detach() / self.num_data).tolist()
         due = []
@@ -332,12 +333,12 @@ class StackedFits:
         return fixed_verdict(self.losses[g], self.rule, self.num_data)
 
     @torch.no_grad()
-    def final_draws(self, count: int, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    def final_draws(self, count: int, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``count`` draws of every fit's q after training (the stream ``stacked_fit`` of its seed, counter 2):
         ``z (G, count, d)`` and the log weights ``log p(z, D_g) - log q_g(z)`` ``(G, count)``."""
         fits = list(range(self.count))
         generators = [streams.generator("stacked_fit", seed, 2) for seed in self.seeds]
-        draws, log_w = [], []
+        draws, log_w, chunk = [], [], chunk or self.particles
         for start in range(0, count, chunk):
             size = min(chunk, count - start)
             eps = torch.stack([torch.randn(size, self.noise, generator=generator) for generator in generators])
@@ -371,7 +372,7 @@ class FitView:
         return self.stack.steps[self.g]
 
     def params_finite(self) -> bool:
-        return all(bool(torch.isfinite(p).all()) for p in self.params)
+        return all_finite(self.params)
 
     def snapshot(self) -> dict:
         g = self.g
@@ -399,16 +400,19 @@ def probe(stack: StackedFits) -> None:
     """
     fits = list(range(min(2, stack.count)))
     eps = torch.randn(len(fits), 2, stack.noise, generator=torch.Generator().manual_seed(0))
-    try:
-        with torch.no_grad():
-            z, log_q = stack.draw(fits, eps)
-            stacked = stack.log_joint(fits, z)
+    try:  # the backward pass too: a program whose gradient vmap cannot take fails here, not in training
+        z, log_q = stack.draw(fits, eps)
+        stacked = stack.log_joint(fits, z)
+        (stacked - log_q).sum().backward()
+        for leaf in stack.leaves:
+            leaf.grad = None
+        z, log_q, stacked = z.detach(), log_q.detach(), stacked.detach()
     except NotStackable:
         raise
     except Exception as error:  # any program vmap cannot run: one fit at a time
         raise NotStackable(f"vmap cannot run the program ({type(error).__name__}: "
                            f"{str(error).splitlines()[0][:100] if str(error) else ''})") from None
-    with torch.no_grad(), pyro.validation_enabled(False):
+    with torch.no_grad(), unvalidated():
         for i, g in enumerate(fits):
             lone_z, lone_log_q = stack.flats[g](eps[i])
             data = stack.data[g] if stack.data.dim() == 3 else stack.data

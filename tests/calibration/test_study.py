@@ -286,8 +286,8 @@ def test_sigterm_in_stacked_fits_keeps_each_fit_and_resume_goes_on_from_it(tmp_p
     out = tmp_path / "out"
     command = [sys.executable, "-m", "elbogap.cli", "calibrate", "--model", str(tmp_path / "regression.py:model"),
                "--data", str(tmp_path / "rows.csv"), "--guides", "auto:AutoNormal", "--simulations", "40",
-               "--calibration-draws", "200", "--jobs", "1", "--no-figures", "--out", str(out)]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+               "--calibration-draws", "200", "--jobs", "1", "--lr", "0.005", "--no-figures", "--out", str(out)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)  # lr 0.005: a few thousand steps
     seen, started = [], threading.Event()
 
     def read():  # the progress bar of the stacked fits counts their steps

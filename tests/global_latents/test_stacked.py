@@ -52,6 +52,13 @@ def test_the_flat_q_is_the_autoguides_own_density_and_each_stacked_fit_draws_as_
             flat = flat_posterior(guide.auto).log_prob(z) - model.log_abs_det(z)
         assert torch.allclose(torch.as_tensor(traced), flat, atol=1e-4)
     stack = StackedFits(model, guides, data, [0, 1, 2], 0.05, 4, 10, ConvergenceSettings())
+    with torch.no_grad():  # draws from given normals have q's own mean and covariance (20,000 draws against 20,000)
+        q = flat_posterior(guides[1].auto)
+        z, _ = stack.draw([1], torch.randn(1, 20000, stack.noise, generator=torch.Generator().manual_seed(1)))
+        sampled = q.sample((20000,))
+        spread = sampled.std(0)
+        assert ((z[0].mean(0) - sampled.mean(0)).abs() < 5 * spread * math.sqrt(2 / 20000)).all()
+        assert torch.allclose(torch.cov(z[0].T), torch.cov(sampled.T), atol=0.1 * float(spread.max()) ** 2)
     eps = torch.randn(3, 5, stack.noise)
     with torch.no_grad():
         z, log_q = stack.draw([0, 1, 2], eps)
@@ -129,3 +136,49 @@ def test_a_program_vmap_cannot_run_is_refused_before_training():
     with pytest.raises(NotStackable, match="vmap cannot run the program"):
         StackedFits(model, guides_of("AutoNormal", model, data, [0, 1]), data, [0, 1], 0.05, 4, 10,
                     ConvergenceSettings())
+
+
+def test_the_stacked_update_is_pyros_clipped_adam_per_fit_with_its_own_rate_and_steps():
+    """Gradients beyond the clip, a rate per fit, and a fit that skips steps: each fit's parameters follow one
+    ClippedAdam of its own."""
+    from pyro.optim.clipped_adam import ClippedAdam
+
+    data = truth.regression_data(12, 2, seed=1)
+    model = GlobalLatentModel(scale_and_regression, data, "scale_and_regression")
+    stack = StackedFits(model, guides_of("AutoMultivariateNormal", model, data, [0, 1, 2]), data, [0, 1, 2], 0.05, 4,
+                        10, ConvergenceSettings())
+    stack.lr[1] = 0.01
+    lone = [[leaf[g].detach().clone().requires_grad_() for leaf in stack.leaves] for g in range(3)]
+    optimizers = [ClippedAdam(params, lr=float(stack.lr[g]), clip_norm=10.0) for g, params in enumerate(lone)]
+    generator = torch.Generator().manual_seed(0)
+    for step in range(20):
+        fits = [0, 1] if step % 3 else [0, 1, 2]  # fit 2 sits out some steps
+        grads = [30 * torch.randn(leaf.shape, generator=generator) for leaf in stack.leaves]
+        for leaf, grad in zip(stack.leaves, grads, strict=True):
+            leaf.grad = grad
+        stack.update(fits)
+        for g in fits:
+            for param, grad in zip(lone[g], grads, strict=True):
+                param.grad = grad[g].clone()
+            optimizers[g].step()
+    for g in range(3):
+        for leaf, param in zip(stack.leaves, lone[g], strict=True):
+            assert torch.allclose(leaf[g], param, atol=2e-5)
+
+
+def test_a_fit_whose_parameters_turn_nan_backs_off_alone_and_the_others_step_on():
+    data = truth.regression_data(15, 2, seed=3)
+    model = GlobalLatentModel(truth.regression_model(1.0, 1.0), data, "regression")
+    stack = StackedFits(model, guides_of("AutoMultivariateNormal", model, data, [0, 1, 2]), data, [0, 1, 2], 0.05, 8,
+                        3000, ConvergenceSettings())
+    for g, schedule in enumerate(stack.schedules):
+        schedule.start(stack.views[g])
+    for _ in range(60):
+        stack.step([0, 1, 2])
+    with torch.no_grad():
+        stack.leaves[0][1] = math.nan  # fit 1's location
+    before = [leaf[0].detach().clone() for leaf in stack.leaves]
+    stack.step([0, 1, 2])
+    assert stack.schedules[1].backoffs == 1 and stack.views[1].params_finite()
+    assert not torch.equal(stack.leaves[0][0], before[0])  # fit 0 took its step
+    assert stack.steps[0] == 61 and stack.steps[1] == 50  # fit 1 back at its best check, fit 0 a step on

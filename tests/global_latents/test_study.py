@@ -138,3 +138,23 @@ def test_the_defaults_train_a_global_model_until_it_converges(study, elbogap):
     data = run["data"]
     assert abs(data["log_evidence"] - exact) < interval_halfwidth(data["log_evidence_stderr"], 5.8) + 0.005
     assert abs(data["kl_gap"] - mean_field_kl) < max(0.05, 4 * data["kl_gap_stderr"])
+
+
+def test_the_seeds_of_a_study_train_at_once_and_each_run_lands_on_its_familys_closed_form_gap(study, elbogap):
+    """Three seeds of AutoNormal and of AutoMultivariateNormal, at the defaults: each guide's seeds train as one
+    program before the runs (seeds.py), every run is evaluated as any run is and reaches its family's closed-form gap
+    (0.64 nats for mean field, 0 for the full-rank family, which holds this Gaussian posterior)."""
+    folder, _, mean_field_kl = study
+    out = folder / "seeds"
+    code, err = elbogap("compare", "--model", folder / "mixed.py:model", "--data", folder / "y.csv", "--guides",
+                        "auto:AutoNormal,auto:AutoMultivariateNormal", "--reference", "none", "--jobs", "2",
+                        "--seeds", "0,1,2", "--out", out)
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert results["fits_at_once"] == {"auto-AutoNormal": 3, "auto-AutoMultivariateNormal": 3}
+    for run in results["runs"]:
+        best = mean_field_kl if run["guide"] == "auto-AutoNormal" else 0.0
+        assert run["stacked_seeds"] == 3 and run["converged"] is True
+        assert abs(run["data"]["kl_gap"] - best) < max(0.05, 4 * run["data"]["kl_gap_stderr"]), run["data"]["kl_gap"]
+    assert elbogap("compare", "--model", folder / "mixed.py:model", "--data", folder / "y.csv", "--guides",
+                   "auto:AutoNormal", "--seeds", "0,1", "--out", out, "-q")[0] == 2  # a finished study is kept

@@ -11,7 +11,7 @@ from elbogap.data import Dataset
 from elbogap.factory import make_trainer
 from elbogap.global_latents.guides import GlobalAutoGuide
 from elbogap.global_latents.model import GlobalLatentModel
-from elbogap.inference.convergence import ConvergenceSettings, fixed_verdict, trend
+from elbogap.inference.convergence import ConvergenceSettings, ConvergeSchedule, fixed_verdict, trend
 from tests.global_latents import truth
 
 RULE = ConvergenceSettings(tolerance=0.01)
@@ -107,3 +107,15 @@ def test_the_schedule_resumes_from_a_checkpoint_where_it_left_off():
     second, _ = fit(data, steps=0)
     second.load_state_dict(state)
     assert second.schedule.checks == first.schedule.checks and second.svi.lrs == first.svi.lrs
+
+
+def test_a_drop_whose_level_scatters_beyond_the_tolerance_does_not_converge():
+    """Checks flat on average but scattered by 0.1 nats: the drop changed the level by less than the tolerance, but the
+    level is not known that well, so the rate drops again instead of stopping; the same checks at 0.001 stop."""
+    for scatter, converged in ((0.1, False), (0.001, True)):
+        schedule = ConvergeSchedule(None, ConvergenceSettings(tolerance=0.02))
+        signs = [1, -1, 1, -1, 1, -1]
+        schedule.checks = [[50 * (i + 1), -10.0 + scatter * sign, 0.05] for i, sign in enumerate(signs)]
+        schedule.stage_start, schedule.levels = 0, [-10.0]
+        assert schedule._judge(0.05, 300) == ("" if converged else "drop")
+        assert schedule.done == converged and schedule.converged == converged
