@@ -122,7 +122,7 @@ class Comparison:
         from elbogap.report import GLOBAL_SUMMARY_KEYS, SUMMARY_KEYS, finished
 
         runs = finished(self.runs)
-        global_study = bool(runs) and runs[0].get("kind") == "global"
+        global_study = bool(runs) and "data" in runs[0]  # the whole data set's metrics, not splits
         split = split or ("data" if global_study else "test")
         table = rows(runs, split, GLOBAL_SUMMARY_KEYS if global_study else SUMMARY_KEYS)
         snr = {row.pop("guide"): row for row in snr_rows(runs)}

@@ -24,7 +24,7 @@ def describe_model(model, config: Config) -> dict:
         "spec": config.model,
         "program": is_user_model(config.model),
         "sites": {"latent": {name: list(shape) for name, shape in latent_sites(model).items()},
-                  "per_point": getattr(model, "kind", "vae") != "global",
+                  "per_point": not getattr(model, "global_sites", None),
                   "global": list(getattr(model, "global_sites", [])),
                   "latent_dim": model.latent_dim, "observed": observed_sites(model)},
         "parameters": sum(value.numel() for value in model.state_dict().values()),

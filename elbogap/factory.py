@@ -7,8 +7,6 @@ from elbogap.config import Config
 from elbogap.data import Dataset, load_data
 from elbogap.device import resolve_device
 from elbogap.errors import UsageError
-from elbogap.global_latents.elbo import VectorizedModelELBO
-from elbogap.global_latents.protocol import batch_size, particle_layout
 from elbogap.guides import build_guide
 from elbogap.inference import Trainer
 from elbogap.inference.convergence import ConvergenceSettings, ConvergeSchedule
@@ -78,10 +76,9 @@ def build(config: Config, data: Dataset, guide_name: str):
     """
     from elbogap.user_model import is_user_model, load_user_model
 
-    if data.kind == "global":
-        from elbogap.global_latents.protocol import build_global
-
-        return build_global(config, data.train, guide_name)
+    protocol = PROTOCOLS[data.kind]
+    if protocol.build is not None:
+        return protocol.build(config, data, guide_name)
     instances, modules, example = {}, {}, data.train[:3]
     if is_user_model(config.model):
         model = load_user_model(config.model, example, config.latent_dim, instances, modules)
@@ -123,9 +120,9 @@ def check_gradient(config: Config, data: Dataset, guide, model=None) -> None:
         check_components(model, config.objective)
     if config.gradient == "reparam":
         return
-    if data.kind == "global":
-        raise UsageError(f"--gradient {config.gradient} is for models whose latents are per data point, and this "
-                         "model has global latents; use --gradient reparam")
+    refusal = PROTOCOLS[data.kind].gradient_refusal
+    if refusal:
+        raise UsageError(refusal.format(gradient=config.gradient))
     stl_guide(guide, config.gradient)
 
 
@@ -144,17 +141,8 @@ def make_trainer(config: Config, model, guide, data: Dataset, seed: int, freeze_
                 if config.schedule == "converge" else None)
     lr_decay = 1.0 if schedule is not None else config.lr_decay ** (1 / max(steps, 1))
     scale = num_data if protocol.whole_data_units else 1.0  # the tolerance's units: per point, or the data set's
-    if data.kind == "global":
-        vectorize, nesting = particle_layout(model, guide, data.train) if config.particles > 1 else (False, 1)
-        rows = batch_size(config, model, guide)
-        trainer = Trainer(model, guide, data.train, rows, config.lr, config.objective, config.particles, seed,
-                          freeze_model=freeze_model, lr_decay=lr_decay, jit=False, shuffle=model.takes_index,
-                          schedule=schedule, convergence=rule, loss_scale=scale, vectorize=vectorize,
-                          max_plate_nesting=nesting)
-        if config.particles > 1 and not vectorize and rows == num_data and config.objective == "elbo":
-            plate = -(nesting + 1) if getattr(guide, "vectorizable", False) else None  # the guide alone broadcasts
-            trainer.svi.loss = VectorizedModelELBO(model, config.particles, plate)  # the program scored by vmap
-        return trainer
+    if protocol.trainer is not None:
+        return protocol.trainer(config, model, guide, data, seed, freeze_model, schedule, rule, lr_decay, scale)
     return Trainer(model, guide, data.train, config.batch_size, config.lr, config.objective, config.particles,
                    seed, freeze_model=freeze_model, lr_decay=lr_decay,
                    kl_warmup_steps=round(config.kl_warmup * config.steps_per_epoch(num_data)),

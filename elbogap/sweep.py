@@ -225,7 +225,7 @@ def save_study(results: dict, out: str | Path, config: Config, started: float | 
 
 
 def report_run(guide_name: str, seed: int, run: dict) -> None:
-    if "failed" not in run and run.get("kind") == "global":
+    if "failed" not in run and "data" in run:  # the whole data set's metrics
         data = run["data"]
         tqdm.write(f"{guide_name:>10} seed {seed}: log p(D) {data['log_evidence']:.3f}, ELBO {data['elbo']:.3f}, "
                    f"gap {data['kl_gap']:.3f} ± {data['kl_gap_stderr']:.3f}", file=sys.stderr)

@@ -30,6 +30,7 @@ import torch
 from elbogap import streams
 from elbogap.checkpoint import load_checkpoint, save_checkpoint
 from elbogap.errors import UsageError
+from elbogap.global_latents.elbo import VectorizedModelELBO
 from elbogap.global_latents.evaluation import (
     draws_broadcast,
     guide_draws,
@@ -43,6 +44,7 @@ from elbogap.global_latents.evidence import ais_evidence, bdmc_evidence
 from elbogap.global_latents.guides import SUBSAMPLING_AUTOGUIDES, GlobalAutoGuide, GlobalProgramGuide, global_guide
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.global_latents.reference import against_reference, ais_reference, nuts_reference, site_moments
+from elbogap.inference.train import Trainer
 from elbogap.inference.weights import group_spread_dof, log_mean_exp, log_mean_exp_stderr
 from elbogap.phases import Phases
 from elbogap.progress import Progress, as_progress
@@ -58,6 +60,23 @@ def batch_size(config, model: GlobalLatentModel, guide) -> int:
     if model.takes_index and (follows or not model.local_sites):
         return min(config.batch_size, model.num_data)
     return model.num_data
+
+
+def global_trainer(config, model: GlobalLatentModel, guide, data, seed: int, freeze_model: bool, schedule, rule,
+                   lr_decay: float, loss_scale: float) -> Trainer:
+    """SVI on the whole data set (minibatches only where :func:`batch_size` allows them), rows in their order for a
+    program that reads them by position, particles drawn at once where the programs broadcast (else the program
+    scored by ``vmap``: :class:`~elbogap.global_latents.elbo.VectorizedModelELBO`)."""
+    vectorize, nesting = particle_layout(model, guide, data.train) if config.particles > 1 else (False, 1)
+    rows = batch_size(config, model, guide)
+    trainer = Trainer(model, guide, data.train, rows, config.lr, config.objective, config.particles, seed,
+                      freeze_model=freeze_model, lr_decay=lr_decay, jit=False, shuffle=model.takes_index,
+                      schedule=schedule, convergence=rule, loss_scale=loss_scale, vectorize=vectorize,
+                      max_plate_nesting=nesting)
+    if config.particles > 1 and not vectorize and rows == model.num_data and config.objective == "elbo":
+        plate = -(nesting + 1) if getattr(guide, "vectorizable", False) else None  # the guide alone broadcasts
+        trainer.svi.loss = VectorizedModelELBO(model, config.particles, plate)  # the program scored by vmap
+    return trainer
 
 
 def particle_layout(model: GlobalLatentModel, guide, data: torch.Tensor) -> tuple[bool, int]:
@@ -267,6 +286,11 @@ def curve_point(model, guide, data, config, samples: int = 16) -> dict:
     with torch.random.fork_rng():
         draws = guide_draws(model, guide, data.train, samples)
     return {"data_elbo": float(draws.log_w.mean()) / len(data.train)}
+
+
+def build_for(config, data, guide_name: str):
+    """:func:`build_global` on a study's data set (its whole data, ``data.train``)."""
+    return build_global(config, data.train, guide_name)
 
 
 def build_global(config, data: torch.Tensor, guide_name: str, spec_model=None, instances: dict | None = None,

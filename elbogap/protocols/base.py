@@ -1,4 +1,4 @@
-"""What a protocol is: the three things a run asks of its kind of study."""
+"""What a protocol is: what a run asks of its kind of study."""
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +28,12 @@ class Protocol:
     :param family_defaults: ``{guide spec: settings}``, where a family needs other defaults than the kind's (a
         neural network's smaller learning rate); a configuration's own settings still win.
     :param guides: the families a study compares where ``--guides`` is left at its default, if not the default's.
+    :param build: ``(config, data, guide_name) -> (model, guide)``, where the kind builds its own (None: elbogap's
+        per-point models, families and programs, :func:`~elbogap.factory.build`).
+    :param trainer: ``(config, model, guide, data, seed, freeze_model, schedule, rule, lr_decay, loss_scale) ->
+        Trainer``, where the kind trains otherwise than on minibatches of rows with the configuration's batch size.
+    :param gradient_refusal: the one line that refuses a ``--gradient`` other than ``reparam`` (``{gradient}``
+        filled in), where the kind takes only the reparameterized gradient.
     """
 
     name: str
@@ -41,6 +47,9 @@ class Protocol:
     whole_data_units: bool = False
     family_defaults: dict = field(default_factory=dict)
     guides: tuple[str, ...] = ()
+    build: Callable[..., tuple] | None = None
+    trainer: Callable[..., object] | None = None
+    gradient_refusal: str | None = None
 
     def defaults_for(self, guide_name: str | None = None) -> dict:
         """The kind's defaults, with those of the family ``guide_name`` over them."""
