@@ -70,6 +70,11 @@ def markdown(results: dict) -> str:
                   "`compare` (AIS from a fitted reference, a stochastic lower bound); BDMC's reverse chains from the "
                   "true latents give an upper bound, so the gap to it bounds the KL from above. The ± is over "
                   "simulations: the gap varies with the data set."]
+    at_once = results.get("fits_at_once") or {}
+    if at_once:  # how the fits were trained: stacked into one program, or one at a time and why
+        said = [f"{guide} up to {how} at once (stacked)" if isinstance(how, int) else f"{guide} {how}"
+                for guide, how in at_once.items()]
+        lines += ["", "Fits: " + "; ".join(said) + "."]
     seconds = results.get("seconds", {})
     lines += ["", f"Simulations took {seconds.get('simulations', float('nan')):.0f} s. Reading: u piled at both "
               "ends means q is too narrow (overconfident), in the middle too wide, at one end biased. An exact "

@@ -198,8 +198,11 @@ def training_line(runs: list[dict], config: dict) -> str:
                f"{config.get('convergence_tol')} nats")
     else:
         how = f"{taken} SVI steps with lr {lr} decaying to {config['lr_decay']} of it"
+    stacked = sorted({run["guide"] for run in runs if run.get("stacked_seeds")})
+    together = (f" Each seed of {', '.join(stacked)} trained with the guide's other seeds as one program (stacked "
+                "fits), then was evaluated alone." if stacked else "")
     return (f"{how}; {config['objective']} objective, {particles} particle(s) a step; seeds "
-            f"{', '.join(map(str, config['seeds']))}.")
+            f"{', '.join(map(str, config['seeds']))}.{together}")
 
 
 def describe_evidence(summary: dict) -> str:
