@@ -135,6 +135,8 @@ def gap_figure(results: dict, path: Path) -> Path:
     for number, guide in enumerate(guides):
         fits = [simulation["fits"][guide] for simulation in simulations]
         position = np.arange(len(fits)) + (number - (len(guides) - 1) / 2) * 0.8 / len(guides)
+        shown = [index for index, fit in enumerate(fits) if "kl_gap" in fit]  # a fit without an ELBO has no gap
+        position, fits = position[shown], [fits[index] for index in shown]
         axis.errorbar(position, [fit["kl_gap"] for fit in fits], yerr=[2 * fit["kl_gap_stderr"] for fit in fits],
                       fmt="o", ms=3, color=colors[number % len(colors)], label=guide)
         axis.plot(position, [fit["kl_gap_upper"] for fit in fits], "_", ms=8, color=colors[number % len(colors)])

@@ -96,9 +96,10 @@ def fit_record(values: dict[str, torch.Tensor], log_w: torch.Tensor, truth: dict
     shares = {site: below_shares(values[site].detach().reshape(len(log_w), -1).double().cpu().numpy(),
                                  value).tolist() for site, value in truth.items()}
     log_w = log_w.detach().double()
-    record = {"shares": shares, "elbo": float(log_w.mean()),
-              "elbo_stderr": float(log_w.std() / math.sqrt(len(log_w))), "converged": verdict["converged"],
-              "steps": steps, **extra}
+    finite = bool(torch.isfinite(log_w).all())  # a fit that gave up on NaN: no ELBO (results.json holds no NaN)
+    record = {"shares": shares, "elbo": float(log_w.mean()) if finite else None,
+              "elbo_stderr": float(log_w.std() / math.sqrt(len(log_w))) if finite else None,
+              "converged": verdict["converged"], "steps": steps, **extra}
     if not verdict["converged"]:
         record["convergence"] = verdict.get("reason", "")
     return record
@@ -148,7 +149,7 @@ def _simulation_record(config: Config, data: torch.Tensor, base, index: int, see
     if config.calibration_gaps:
         evidence = evidence_sandwich(config, simulated, z, seed, name)
         record["evidence"] = evidence
-        for fit in fits.values():  # the gap on the evidence estimate, and its bound from BDMC's upper side
+        for fit in (fit for fit in fits.values() if fit["elbo"] is not None):  # the gap, and its bound from BDMC
             fit["kl_gap"] = evidence["lower"] - fit["elbo"]
             fit["kl_gap_stderr"] = math.hypot(evidence["lower_stderr"], fit["elbo_stderr"])
             fit["kl_gap_upper"] = evidence["upper"] - fit["elbo"]
@@ -403,11 +404,12 @@ def summarize(simulations: list[dict]) -> dict:
                           "converged": sum(fit["converged"] is True for fit in fits), "fits": len(fits),
                           "mean_elbo": None if any(fit["elbo"] is None for fit in fits) else
                           float(np.mean([fit["elbo"] for fit in fits]))}
-        if all("kl_gap" in fit for fit in fits):  # --calibration-gaps: the gap over the model's own data sets
-            gaps = np.array([fit["kl_gap"] for fit in fits])
+        gapped = [fit for fit in fits if "kl_gap" in fit]  # --calibration-gaps: fits with an ELBO have a gap
+        if len(gapped) >= 2:
+            gaps = np.array([fit["kl_gap"] for fit in gapped])
             summary[guide].update(mean_kl_gap=float(gaps.mean()), mean_kl_gap_stderr=float(
                 gaps.std(ddof=1) / math.sqrt(len(gaps))), median_kl_gap=float(np.median(gaps)),
-                mean_kl_gap_upper=float(np.mean([fit["kl_gap_upper"] for fit in fits])))
+                mean_kl_gap_upper=float(np.mean([fit["kl_gap_upper"] for fit in gapped])), gap_fits=len(gapped))
     return summary
 
 

@@ -47,7 +47,8 @@ def stack_seeds(config, data, tasks, progress: bool = False, should_stop=lambda:
 
 
 def train_at_once(config, data, guide_name: str, tasks, progress: bool, should_stop) -> int:
-    """The runs ``tasks`` of ``guide_name`` trained as one program, their checkpoints written; how many."""
+    """The runs ``tasks`` of ``guide_name`` trained as one program, their checkpoints written; how many (a fit whose
+    parameters ended non-finite gets none: its run trains alone, and ``--on-nan`` says what becomes of it)."""
     resolved = for_data(config, data, guide_name)
     seeds = [task.seed for task in tasks]
     runs = []
@@ -72,7 +73,11 @@ def train_at_once(config, data, guide_name: str, tasks, progress: bool, should_s
         stack.run(should_stop, bar)
     seconds = (time.perf_counter() - started) / len(seeds)
     stack.write_back()
+    written = 0
     for g, ((run_model, run_guide), task) in enumerate(zip(runs, tasks, strict=True)):
+        if not stack.views[g].params_finite():  # it gave up on NaN: its run trains alone and reports the fault
+            continue
+        written += 1
         trainer = make_trainer(resolved, run_model, run_guide, data, task.seed)
         trainer.step_count, trainer.losses, trainer.seconds = stack.steps[g], list(stack.losses[g]), seconds
         if trainer.schedule is not None:
@@ -81,4 +86,4 @@ def train_at_once(config, data, guide_name: str, tasks, progress: bool, should_s
         with torch.no_grad():
             save_run_checkpoint(Path(task.run_dir), resolved, guide_name, task.seed, trainer, False,
                                 stacked=len(seeds))
-    return len(seeds)
+    return written

@@ -348,3 +348,19 @@ def test_stacked_fits_and_worker_processes_share_a_study_with_gaps(elbogap, tmp_
         assert fit["stacked"] and abs(fit["kl_gap"]) < 4 * fit["kl_gap_stderr"] + 0.05
         assert simulation["evidence"]["upper"] >= simulation["evidence"]["lower"] - 4 * simulation["evidence"][
             "lower_stderr"]
+
+
+def test_a_fit_that_gave_up_on_nan_has_no_elbo_or_gap_and_the_summary_reads_the_others():
+    from elbogap.calibration.study import fit_record, summarize
+
+    verdict = {"converged": False, "reason": "a step's loss or parameters were not finite again"}
+    draws = {"w": torch.zeros(50, 2)}
+    broken = fit_record(draws, torch.full((50,), math.nan), {"w": np.zeros(2)}, verdict, 10)
+    assert broken["elbo"] is None and broken["elbo_stderr"] is None and "not finite" in broken["convergence"]
+    fine = [fit_record({"w": torch.randn(50, 2)}, torch.randn(50), {"w": np.zeros(2)}, {"converged": True}, 500)
+            for _ in range(3)]
+    for fit, gap in zip(fine, (0.1, 0.2, 0.3), strict=True):
+        fit.update(kl_gap=gap, kl_gap_stderr=0.01, kl_gap_upper=gap + 0.05)
+    summary = summarize([{"fits": {"g": fit}} for fit in [broken, *fine]])["g"]
+    assert summary["mean_elbo"] is None and summary["gap_fits"] == 3 and summary["mean_kl_gap"] == pytest.approx(0.2)
+    json.dumps(summary, allow_nan=False)
