@@ -72,7 +72,8 @@ def posterior_warnings(runs: list[dict]) -> list[str]:
 
 
 def is_global_study(runs: list[dict]) -> bool:
-    return bool(runs) and runs[0].get("kind") == "global"
+    """Whether the runs' records hold the whole data set's metrics (``data``), as a model with global latents gives."""
+    return bool(runs) and "data" in runs[0]
 
 
 def _cell(values: list[float], stderrs: list[float] | None = None) -> str:
