@@ -400,18 +400,22 @@ def probe(stack: StackedFits) -> None:
     """
     fits = list(range(min(2, stack.count)))
     eps = torch.randn(len(fits), 2, stack.noise, generator=torch.Generator().manual_seed(0))
-    try:  # the backward pass too: a program whose gradient vmap cannot take fails here, not in training
+    def refusal(what: str, error: Exception) -> NotStackable:
+        return NotStackable(f"vmap cannot {what} ({type(error).__name__}: "
+                            f"{str(error).splitlines()[0][:100] if str(error) else ''})")
+
+    try:  # the guide's draws alone first, so the line says which side vmap cannot run
         z, log_q = stack.draw(fits, eps)
+    except Exception as error:  # a transform with data-dependent shapes (a block autoregressive flow's)
+        raise refusal("draw from the guide", error) from None
+    try:  # the backward pass too: a program whose gradient vmap cannot take fails here, not in training
         stacked = stack.log_joint(fits, z)
         (stacked - log_q).sum().backward()
         for leaf in stack.leaves:
             leaf.grad = None
         z, log_q, stacked = z.detach(), log_q.detach(), stacked.detach()
-    except NotStackable:
-        raise
     except Exception as error:  # any program vmap cannot run: one fit at a time
-        raise NotStackable(f"vmap cannot run the program ({type(error).__name__}: "
-                           f"{str(error).splitlines()[0][:100] if str(error) else ''})") from None
+        raise refusal("run the program", error) from None
     with torch.no_grad(), unvalidated():
         for i, g in enumerate(fits):
             lone_z, lone_log_q = stack.flats[g](eps[i])
