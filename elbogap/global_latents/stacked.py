@@ -149,6 +149,7 @@ class StackedFits:
     :param ConvergenceSettings rule: the convergence rule's constants (in nats of the data set's ELBO).
     :param bool converge: train each fit until its :class:`ConvergeSchedule` says it converged (else ``cap``
         steps at a rate multiplied by ``lr_decay`` every step, judged by the trend rule).
+    :param float lr_decay: what each step multiplies a fit's rate by (1 under the convergence schedule).
     """
 
     def __init__(self, model, guides, data: torch.Tensor, seeds, lr: float, particles: int, cap: int,
