@@ -6,7 +6,8 @@ model and guide exactly as the run would (the stream ``training`` of its seed), 
 each run then resumes from it on the study's backend, finds its training finished (or, after SIGINT or SIGTERM,
 goes on alone from its step) and is evaluated as any run. Guides that cannot stack (a guide program, a model with
 parameters of its own, a program ``vmap`` cannot run, ``--stacked-fits off``) train in their runs, one at a time,
-said in one line.
+said in one line; so do the seeds of a guide whose stack a user's program broke (its runs then meet the error and
+report it as any run does).
 """
 
 import sys
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from elbogap import streams
 from elbogap.factory import build, for_data, guide_label, make_trainer
+from elbogap.failures import program_failure
 from elbogap.global_latents.protocol import batch_size
 from elbogap.global_latents.stacked import NotStackable, StackedFits, refusal
 from elbogap.inference.convergence import ConvergenceSettings
@@ -37,7 +39,11 @@ def stack_seeds(config, data, tasks, progress: bool = False, should_stop=lambda:
         label = guide_label(guide_name)
         try:
             outcome[label] = train_at_once(config, data, guide_name, pending, progress, should_stop)
-        except NotStackable as why:
+        except Exception as error:  # NotStackable, or a user's program that raised: the runs train (and report) alone
+            failure = None if isinstance(error, NotStackable) else program_failure(error, [config.model, guide_name])
+            if not isinstance(error, NotStackable) and failure is None:
+                raise  # elbogap's own error
+            why = error if failure is None else f"{failure}, while trained at once"
             outcome[label] = f"one at a time: {why}"
             if progress:
                 print(f"{label}: each seed trains in its run ({why})", file=sys.stderr)

@@ -11,6 +11,7 @@ from scipy.stats import norm
 
 import elbogap
 from tests.global_latents import truth
+from tests.global_latents.truth import BREAKS_IN_TRAINING, REGRESSION
 
 SIMULATIONS = 16
 
@@ -61,8 +62,6 @@ def test_the_study_writes_its_records_and_figures(regression_calibration):
     assert abs(float(weights.mean())) < 3 / math.sqrt(len(weights)) and 0.6 < float(weights.std()) < 1.5
 
 
-
-
 def test_each_simulations_gap_is_sandwiched_and_mean_field_pays_its_closed_form_kl(tmp_path):
     """--calibration-gaps: the covariates are fixed, so every simulated posterior has one precision Lambda and the
     best factorized Gaussian's KL is the same closed form on each; the full-rank family's is 0."""
@@ -81,19 +80,6 @@ def test_each_simulations_gap_is_sandwiched_and_mean_field_pays_its_closed_form_
         evidence = simulation["evidence"]
         assert evidence["upper"] - evidence["lower"] < 0.05 + 4 * evidence["lower_stderr"]
     assert (tmp_path / "gaps.png").is_file() and "mean KL gap" in (tmp_path / "results.md").read_text()
-
-
-REGRESSION = '''
-import pyro
-import pyro.distributions as dist
-
-
-def model(data):
-    x, y = data[:, :-1], data[:, -1]
-    w = pyro.sample("w", dist.Normal(data.new_zeros(x.shape[-1]), 1.0).to_event(1))
-    with pyro.plate("data", data.shape[0]):
-        pyro.sample("y", dist.Normal((x * w).sum(-1), 1.0), obs=y)
-'''
 
 
 def test_simulations_in_worker_processes_give_what_one_process_gives(elbogap, tmp_path):
@@ -211,23 +197,6 @@ def test_sigterm_stops_the_study_keeps_what_it_did_and_leaves_no_worker(tmp_path
         except (ProcessLookupError, FileNotFoundError):
             pass
     assert not alive
-
-
-BREAKS_IN_TRAINING = '''
-import pyro
-import pyro.distributions as dist
-
-CALLS = [0]
-
-
-def model(data):
-    CALLS[0] += 1
-    w = pyro.sample("w", dist.Normal(data.new_zeros(data.shape[1] - 1), 1.0).to_event(1))
-    if CALLS[0] > 200:  # past the checks a program passes when it is loaded: in the first fit's training
-        raise RuntimeError("the likelihood broke")
-    with pyro.plate("data", data.shape[0]):
-        pyro.sample("y", dist.Normal((data[:, :-1] * w).sum(-1), 1.0), obs=data[:, -1])
-'''
 
 
 def test_a_program_that_raises_in_a_simulation_stops_the_study_in_one_line_and_keeps_its_traceback(elbogap,

@@ -1,4 +1,5 @@
-"""compare's seeds trained at once: a stop in the middle leaves every run a checkpoint it goes on from alone."""
+"""compare's seeds trained at once: a stop in the middle leaves every run a checkpoint it goes on from alone, and a
+program that raises in the stack is reported by its runs in one line."""
 
 import signal
 
@@ -11,18 +12,7 @@ from elbogap.factory import load_dataset
 from elbogap.global_latents.seeds import stack_seeds
 from elbogap.runs import CHECKPOINT, run_one
 from tests.global_latents import truth
-
-REGRESSION = '''
-import pyro
-import pyro.distributions as dist
-
-
-def model(data):
-    x, y = data[:, :-1], data[:, -1]
-    w = pyro.sample("w", dist.Normal(data.new_zeros(x.shape[-1]), 1.0).to_event(1))
-    with pyro.plate("data", data.shape[0]):
-        pyro.sample("y", dist.Normal((x * w).sum(-1), 1.0), obs=y)
-'''
+from tests.global_latents.truth import BREAKS_IN_TRAINING, REGRESSION
 
 
 def test_a_stop_while_seeds_train_at_once_leaves_each_run_a_checkpoint_it_goes_on_from(tmp_path):
@@ -46,3 +36,12 @@ def test_a_stop_while_seeds_train_at_once_leaves_each_run_a_checkpoint_it_goes_o
     run = run_one(config, data, "auto:AutoNormal", 1, tasks[1].run_dir)  # alone, from its step, without --resume
     assert run["stacked_seeds"] == 2 and run["converged"] is True and run["steps"] > 121
     assert load_checkpoint(f"{tasks[1].run_dir}/{CHECKPOINT}")["complete"]
+
+
+def test_a_program_that_raises_while_seeds_train_at_once_is_reported_by_its_runs_in_one_line(elbogap, tmp_path):
+    (tmp_path / "breaks.py").write_text(BREAKS_IN_TRAINING)
+    np.savetxt(tmp_path / "rows.csv", truth.regression_data(15, 2, seed=4).numpy(), delimiter=",")
+    code, err = elbogap("compare", "--model", tmp_path / "breaks.py:model", "--data", tmp_path / "rows.csv",
+                        "--guides", "auto:AutoNormal", "--seeds", "0,1", "--jobs", "1", "--out", tmp_path / "out", "-q")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "breaks.py:model raised RuntimeError: the likelihood broke" in err

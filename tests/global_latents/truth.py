@@ -588,3 +588,35 @@ def masked_and_tempered() -> tuple[torch.Tensor, list]:
     exact_tempered = (regression_log_evidence(data[:, :-1], data[:, -1], 1.0, math.sqrt(2.0))
                       + 20 * math.log(4 * math.pi) - 10 * math.log(2 * math.pi))
     return data, [(masked_regression, exact_masked), (tempered_regression, exact_tempered)]
+
+
+#: a user's file: the regression of regression_model(1, 1) on a data set's last column, as a user writes it
+REGRESSION = '''
+import pyro
+import pyro.distributions as dist
+
+
+def model(data):
+    x, y = data[:, :-1], data[:, -1]
+    w = pyro.sample("w", dist.Normal(data.new_zeros(x.shape[-1]), 1.0).to_event(1))
+    with pyro.plate("data", data.shape[0]):
+        pyro.sample("y", dist.Normal((x * w).sum(-1), 1.0), obs=y)
+'''
+
+#: a user's file whose likelihood raises once the program has run 200 times: past the checks a program passes when
+#: it is loaded, in the middle of training
+BREAKS_IN_TRAINING = '''
+import pyro
+import pyro.distributions as dist
+
+CALLS = [0]
+
+
+def model(data):
+    CALLS[0] += 1
+    w = pyro.sample("w", dist.Normal(data.new_zeros(data.shape[1] - 1), 1.0).to_event(1))
+    if CALLS[0] > 200:  # past the checks a program passes when it is loaded: in the first fit's training
+        raise RuntimeError("the likelihood broke")
+    with pyro.plate("data", data.shape[0]):
+        pyro.sample("y", dist.Normal((data[:, :-1] * w).sum(-1), 1.0), obs=data[:, -1])
+'''
