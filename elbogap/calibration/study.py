@@ -185,13 +185,14 @@ STACK_ELEMENTS = 2**24
 
 def stacked_fits(config: Config, base, chunk: list[tuple[int, int]], guide_name: str, data: torch.Tensor,
                  should_stop, progress: bool, saved: dict | None = None,
-                 on_stop: Callable[[dict], None] | None = None) -> list[dict] | None:
+                 on_stop: Callable[[dict], None] | None = None, simulations: list | None = None) -> list[dict] | None:
     """Fit ``guide_name`` to the simulations ``chunk`` (``(index, seed)`` each) as one program
     (:class:`~elbogap.global_latents.stacked.StackedFits`), each fit initialized as a lone one (the stream
     ``training`` of its seed) and trained at the family's settings; then rank each truth among its fit's draws.
     The records are :func:`fit_and_rank`'s. None if ``should_stop`` answered, after ``on_stop(state)`` with the
-    stack's state, which ``saved`` continues from; :class:`NotStackable` if the program cannot be stacked."""
-    simulations = [simulated_dataset(base, data, seed) for _, seed in chunk]
+    stack's state, which ``saved`` continues from; :class:`NotStackable` if the program cannot be stacked.
+    ``simulations``: the chunk's :func:`simulated_dataset` results, where the caller has them already."""
+    simulations = simulations or [simulated_dataset(base, data, seed) for _, seed in chunk]
     dataset = Dataset("simulation", simulations[0][0], simulations[0][0][:0], kind="global")
     resolved = for_data(config, dataset, guide_name)
     guides = []
@@ -326,6 +327,7 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
             remaining = [item for item in remaining if item not in chunk]
             fitted = {index: {} for index, _ in chunk}
             indices = [index for index, _ in chunk]
+            simulated = None  # the chunk's data sets and truths, simulated once for every guide that stacks
             for name in [name for name in config.guides if name not in lone]:
                 label = guide_label(name)
                 done_fits = kept["done"].setdefault(label, {})
@@ -340,7 +342,9 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
                     else:
                         resume = partial.get("state") if (partial.get("guide"), partial.get("indices")) == (
                             label, indices) else None
-                        fits = _stacked(config, base, chunk, name, data.train, should_stop, progress, resume, keep)
+                        simulated = simulated or [simulated_dataset(base, data.train, seed) for _, seed in chunk]
+                        fits = _stacked(config, base, chunk, name, data.train, should_stop, progress, resume, keep,
+                                        simulated)
                 except NotStackable as why:
                     lone[name] = str(why)
                     if progress:
@@ -385,10 +389,10 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
     return results
 
 
-def _stacked(config, base, chunk, name, data, should_stop, progress, saved, on_stop):
+def _stacked(config, base, chunk, name, data, should_stop, progress, saved, on_stop, simulations):
     """:func:`stacked_fits`, a user's program that raises turned into one line (:func:`failures_named`)."""
     with failures_named(config, f"simulation {chunk[0][0]} (with {len(chunk) - 1} others fitted at once)"):
-        return stacked_fits(config, base, chunk, name, data, should_stop, progress, saved, on_stop)
+        return stacked_fits(config, base, chunk, name, data, should_stop, progress, saved, on_stop, simulations)
 
 
 def summarize(simulations: list[dict]) -> dict:

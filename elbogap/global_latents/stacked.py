@@ -166,6 +166,8 @@ class StackedFits:
             self.noise = noise_size(flat_posterior(guides[0].auto))
         self.params, self.buffers = stacked_state(self.flats)
         self.leaves = list({id(value): value for value in self.params.values()}.values())
+        self.leaf_of = {name: next(i for i, leaf in enumerate(self.leaves) if leaf is value)  # tied names: one leaf
+                        for name, value in self.params.items()}
         self.lr = torch.full((self.count,), float(lr), dtype=torch.float64)
         self.steps = [0] * self.count
         self.adam = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.leaves]
@@ -280,10 +282,7 @@ class StackedFits:
     def check(self, due: list[int]) -> None:
         """The ELBO checks of the fits ``due``, at their windows' averaged iterates, scored together."""
         averages = [self.schedules[g].averaged() for g in due]
-        params = {}
-        for name, value in self.params.items():
-            index = next(i for i, leaf in enumerate(self.leaves) if leaf is value)
-            params[name] = torch.stack([average[index] for average in averages])
+        params = {name: torch.stack([average[index] for average in averages]) for name, index in self.leaf_of.items()}
         values = self.elbos(due, self.check_noise[due], params).tolist()
         for g, value in zip(due, values, strict=True):
             self.schedules[g].check(self.views[g], value)
@@ -401,14 +400,14 @@ def probe(stack: StackedFits) -> None:
     """
     fits = list(range(min(2, stack.count)))
     eps = torch.randn(len(fits), 2, stack.noise, generator=torch.Generator().manual_seed(0))
-    def refusal(what: str, error: Exception) -> NotStackable:
+    def refused(what: str, error: Exception) -> NotStackable:
         return NotStackable(f"vmap cannot {what} ({type(error).__name__}: "
                             f"{str(error).splitlines()[0][:100] if str(error) else ''})")
 
     try:  # the guide's draws alone first, so the line says which side vmap cannot run
         z, log_q = stack.draw(fits, eps)
     except Exception as error:  # a transform with data-dependent shapes (a block autoregressive flow's)
-        raise refusal("draw from the guide", error) from None
+        raise refused("draw from the guide", error) from None
     try:  # the backward pass too: a program whose gradient vmap cannot take fails here, not in training
         stacked = stack.log_joint(fits, z)
         (stacked - log_q).sum().backward()
@@ -416,7 +415,7 @@ def probe(stack: StackedFits) -> None:
             leaf.grad = None
         z, log_q, stacked = z.detach(), log_q.detach(), stacked.detach()
     except Exception as error:  # any program vmap cannot run: one fit at a time
-        raise refusal("run the program", error) from None
+        raise refused("run the program", error) from None
     with torch.no_grad(), unvalidated():
         for i, g in enumerate(fits):
             lone_z, lone_log_q = stack.flats[g](eps[i])
