@@ -195,9 +195,10 @@ class Config:
                                     "fitted to each", least=2, role="control")
     calibration_draws: int = setting(1000, "elbogap calibrate: draws of each fitted q that rank the true latents",
                                      least=10, role="control")
-    stacked_fits: str = setting("auto", "train each autoguide's fits of a model with global latents (its seeds in "
-                                        "compare, its simulations in calibrate) as one vectorized program where the "
-                                        "program allows (auto), or one at a time (off)", choices=("auto", "off"),
+    stacked_fits: str = setting("auto", "train a guide's fits as one vectorized program where the program allows "
+                                        "(auto): its seeds in compare (Pyro's autoguides on a model with global "
+                                        "latents; elbogap's models with their amortized families), its simulations "
+                                        "in calibrate; or one at a time (off)", choices=("auto", "off"),
                                 role="control")
     calibration_gaps: bool = setting(False, "elbogap calibrate: log p(D) of every simulated data set (AIS from a "
                                             "fitted reference, sandwiched by BDMC's reverse chains from its true "

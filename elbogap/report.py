@@ -22,6 +22,7 @@ from elbogap.summary import (
     plus_minus,
     rows,
     snr_rows,
+    stacked_sentence,
 )
 
 GAP_COLUMNS = [("gap_log_px", "log p(x)"), ("gap_elbo", "ELBO of q"), ("elbo_star", "ELBO of q*"),
@@ -208,7 +209,7 @@ def markdown(results: dict) -> str:
               "(reconstructions and prior samples of image data).", ""]
     lines += [f"Model {model_line(runs, config)}. {runs[0].get('steps', config['steps'])} SVI steps of batch "
               f"{config['batch_size']} with lr {config['lr']} ({objective_line(config)}); "
-              f"seeds {', '.join(map(str, config['seeds']))}. Versions: "
+              f"seeds {', '.join(map(str, config['seeds']))}.{stacked_sentence(runs)} Versions: "
               + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if k != "platform") + ".", ""]
     lines += [timing(results, runs), ""]
     return "\n".join(lines)

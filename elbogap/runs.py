@@ -200,7 +200,8 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
     run = {"guide": guide_label(guide_name), "guide_spec": guide_name, "seed": seed, "model": described, **metrics,
            "converged": convergence["converged"], "convergence": convergence, "lr": config.lr,
            "particles": config.particles, "train_seconds": fit.seconds, "seconds": phases.seconds, "steps": steps,
-           "compiled_loss": trainer.svi.compiled, **snr, **({"stacked_seeds": stacked} if stacked else {}),
+           "compiled_loss": trainer.svi.compiled and not stacked,  # a stack's steps are its own program
+           **snr, **({"stacked_seeds": stacked} if stacked else {}),
            "curve": training_curve(fit.losses), "curve_eval": curve_eval,
            "model_from": None if fixed_model is None else str(fixed_model),
            "where": where or where_am_i("local")}
@@ -262,7 +263,7 @@ def save_run_checkpoint(run_dir: Path, config: Config, guide_name: str, seed: in
 
 def resumable_state(run_dir: Path, config: Config, guide_name: str, seed: int) -> dict:
     """The checkpoint in ``run_dir``, if ``--resume`` was given (or the study trained it with other seeds at once,
-    :mod:`elbogap.global_latents.seeds`) and it belongs to this configuration."""
+    :mod:`elbogap.seeds`) and it belongs to this configuration."""
     state = load_checkpoint(run_dir / CHECKPOINT)
     if not config.resume and not (state.get("stacked") and not state["complete"]):
         raise UsageError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")

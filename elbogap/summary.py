@@ -234,3 +234,11 @@ def log_fields(metrics: dict) -> dict:
     keys = ("log_px_points", *SAME_POINTS, "kl_gap_stderr", "num_points", "elbo", "log_px_iwae",
             "gap_points", "approx_gap", "approx_gap_stderr", "amort_gap", "amort_gap_stderr")
     return {key: metrics[key] for key in keys if metrics.get(key) is not None}
+
+
+def stacked_sentence(runs: list[dict]) -> str:
+    """The sentence that says which guides' seeds trained as one program before each was evaluated alone ("" if
+    none did)."""
+    stacked = sorted({run["guide"] for run in runs if run.get("stacked_seeds")})
+    return (f" Each seed of {', '.join(stacked)} trained with the guide's other seeds as one program (stacked fits), "
+            "then was evaluated alone." if stacked else "")

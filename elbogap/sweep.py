@@ -21,9 +21,8 @@ from elbogap.errors import UsageError
 from elbogap.export import export_study
 from elbogap.factory import build, check_gradient, for_data, guide_label, load_dataset, with_kind_guides
 from elbogap.failures import ProgramFailed
-from elbogap.global_latents.seeds import stack_seeds
-from elbogap.protocols import PROTOCOLS
 from elbogap.runs import LOG, Interrupted, NumericalFault
+from elbogap.seeds import stack_seeds
 from elbogap.stopping import stop_requests
 from elbogap.summary import split_line
 from elbogap.versions import versions
@@ -106,7 +105,7 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
                                                                 f"failed: {failed_references[seed]}"))
                 else:
                     tasks.append(task)
-        if PROTOCOLS[data.kind].whole_data_units and not references:  # one program per guide for its seeds
+        if not references:  # one program per guide for its seeds, where the kind stacks them
             with stop_requests() as should_stop:
                 results["fits_at_once"] = stack_seeds(unresolved, data, tasks, progress, should_stop)
                 if signum := should_stop():

@@ -10,7 +10,6 @@ density of that vector carries the log-Jacobian of the map, so integrals over it
 same evidence as over the sites themselves.
 """
 
-import contextlib
 import inspect
 import math
 
@@ -21,6 +20,7 @@ from torch import nn
 from torch.distributions import biject_to
 
 from elbogap.errors import UsageError
+from elbogap.inference.stacking import unvalidated
 from elbogap.sites import check_unscaled_latents, scored
 from elbogap.user_model import (
     check_log_probs,
@@ -31,19 +31,6 @@ from elbogap.user_model import (
     takes_index,
     trace_program,
 )
-
-
-@contextlib.contextmanager
-def unvalidated():
-    """Distributions and Pyro without argument checks: a draw or a leapfrog step may leave the support (NaN, then
-    rejected or backed off from), and ``vmap`` cannot run the checks' data-dependent branches."""
-    validate = torch.distributions.Distribution._validate_args
-    torch.distributions.Distribution.set_default_validate_args(False)
-    try:
-        with pyro.validation_enabled(False):
-            yield
-    finally:
-        torch.distributions.Distribution.set_default_validate_args(validate)
 
 
 def is_global_model(trace, x: torch.Tensor) -> bool:

@@ -5,7 +5,7 @@ import statistics
 
 from elbogap.global_latents.reference import RELIABLE_DRAWS
 from elbogap.inference.weights import interval_halfwidth
-from elbogap.summary import converged_cell, convergence_warnings
+from elbogap.summary import converged_cell, convergence_warnings, stacked_sentence
 
 #: (key in a run's ``data`` metrics, column title)
 COLUMNS = [("elbo", "ELBO(D)"), ("log_evidence", "log p(D)"), ("kl_gap", "KL gap"),
@@ -199,11 +199,8 @@ def training_line(runs: list[dict], config: dict) -> str:
                f"{config.get('convergence_tol')} nats")
     else:
         how = f"{taken} SVI steps with lr {lr} decaying to {config['lr_decay']} of it"
-    stacked = sorted({run["guide"] for run in runs if run.get("stacked_seeds")})
-    together = (f" Each seed of {', '.join(stacked)} trained with the guide's other seeds as one program (stacked "
-                "fits), then was evaluated alone." if stacked else "")
     return (f"{how}; {config['objective']} objective, {particles} particle(s) a step; seeds "
-            f"{', '.join(map(str, config['seeds']))}.{together}")
+            f"{', '.join(map(str, config['seeds']))}.{stacked_sentence(runs)}")
 
 
 def describe_evidence(summary: dict) -> str:

@@ -31,11 +31,19 @@ import torch
 import torch.distributions as td
 from pyro.infer import autoguide
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, vmap
 
 from elbogap import streams
-from elbogap.global_latents.model import unvalidated
 from elbogap.inference.convergence import ConvergenceSettings, ConvergeSchedule, fixed_verdict
+from elbogap.inference.stacking import (
+    NotStackable,
+    RowAdam,
+    load_adam,
+    noise_size,
+    reparameterized,
+    stacked_state,
+    unvalidated,
+)
 from elbogap.inference.train import all_finite
 
 #: Pyro's autoguides whose q is one torch distribution over the flat latent vector, so their fits stack
@@ -43,12 +51,6 @@ STACKABLE = ("AutoNormal", "AutoDiagonalNormal", "AutoMultivariateNormal", "Auto
              "AutoIAFNormal")
 #: draws of each fit's ELBO check (common random numbers: the same at every check of a fit)
 CHECK_DRAWS = 256
-#: Adam's constants, as Pyro's ClippedAdam
-BETAS, EPS, CLIP = (0.9, 0.999), 1e-8, 10.0
-
-
-class NotStackable(Exception):
-    """The fits cannot be trained as one program; the message says why, for the one line that says so."""
 
 
 def flat_posterior(auto) -> td.Distribution:
@@ -61,37 +63,6 @@ def flat_posterior(auto) -> td.Distribution:
         locs.append(loc.reshape(-1))
         scales.append(scale.reshape(-1))
     return td.Independent(td.Normal(torch.cat(locs), torch.cat(scales)), 1)
-
-
-def noise_size(q: td.Distribution) -> int:
-    """Standard normals one draw of ``q`` takes (see :func:`reparameterized`)."""
-    if isinstance(q, td.Independent | td.TransformedDistribution):
-        return noise_size(q.base_dist)
-    if isinstance(q, td.LowRankMultivariateNormal):
-        return q.cov_factor.shape[-1] + q.loc.shape[-1]
-    if isinstance(q, td.MultivariateNormal | td.Normal):
-        return q.loc.shape[-1]
-    raise NotStackable(f"its q is a {type(q).__name__}, which stacked fits do not draw")
-
-
-def reparameterized(q: td.Distribution, eps: torch.Tensor) -> torch.Tensor:
-    """A draw of ``q`` from given standard normals ``eps`` ``(..., noise_size(q))``.
-
-    Written here: torch's ``rsample`` draws its own noise, which ``vmap`` cannot give each fit.
-    """
-    if isinstance(q, td.Independent):
-        return reparameterized(q.base_dist, eps)
-    if isinstance(q, td.TransformedDistribution):
-        z = reparameterized(q.base_dist, eps)
-        for transform in q.transforms:
-            z = transform(z)
-        return z
-    if isinstance(q, td.LowRankMultivariateNormal):
-        rank = q.cov_factor.shape[-1]
-        return q.loc + (q.cov_factor @ eps[..., :rank, None]).squeeze(-1) + q.cov_diag.sqrt() * eps[..., rank:]
-    if isinstance(q, td.MultivariateNormal):
-        return q.loc + (q.scale_tril @ eps[..., None]).squeeze(-1)
-    return q.loc + q.scale * eps
 
 
 class FlatGuide(nn.Module):
@@ -107,18 +78,19 @@ class FlatGuide(nn.Module):
         return z, q.log_prob(z)
 
 
-def stacked_state(modules: list[nn.Module]) -> tuple[dict, dict]:
-    """The modules' parameters and buffers stacked along a leading fits dimension, parameters as leaves.
-
-    Names a module shares between tensors (an autoguide keeps its first parameter twice) get one stacked tensor.
-    """
-    params, buffers = stack_module_state(modules)
-    base = modules[0]
-    by_id = {id(value): name for name, value in base.named_parameters()}
-    for name, value in base.named_parameters(remove_duplicate=False):
-        if name not in params:
-            params[name] = params[by_id[id(value)]]
-    return params, buffers
+def stacker(config, data, guide_name: str, runs, seeds) -> "StackedFits":
+    """The seeds ``seeds`` of ``guide_name`` (``runs``: each run's model, guide and trainer, built as the run builds
+    them) as one :class:`StackedFits` on the study's data set (:class:`NotStackable` where they cannot be)."""
+    model, guide, trainer = runs[0]
+    if why := refusal(config, model, guide_name):
+        raise NotStackable(why)
+    if trainer.batch_size < len(data.train):
+        raise NotStackable("the program subsamples its rows (stacked fits take every row at each step)")
+    cap = config.total_steps(len(data.train))
+    converge = config.schedule == "converge"
+    return StackedFits(model, [guide for _, guide, _ in runs], data.train, seeds, config.lr, config.particles, cap,
+                       ConvergenceSettings(tolerance=config.convergence_tol), converge,
+                       1.0 if converge else config.lr_decay ** (1 / max(cap, 1)))
 
 
 def refusal(config, model, guide_name: str) -> str | None:
@@ -168,10 +140,8 @@ class StackedFits:
         self.leaves = list({id(value): value for value in self.params.values()}.values())
         self.leaf_of = {name: next(i for i, leaf in enumerate(self.leaves) if leaf is value)  # tied names: one leaf
                         for name, value in self.params.items()}
-        self.lr = torch.full((self.count,), float(lr), dtype=torch.float64)
+        self.adam = RowAdam(self.leaves, lr, lr_decay)
         self.steps = [0] * self.count
-        self.adam = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.leaves]
-        self.adam_steps = torch.zeros(self.count)
         self.losses: list[list[float]] = [[] for _ in range(self.count)]
         self.generators = [streams.generator("stacked_fit", seed, 0) for seed in self.seeds]
         self.check_noise = torch.stack([torch.randn(CHECK_DRAWS, self.noise, generator=streams.generator(
@@ -220,9 +190,10 @@ class StackedFits:
         return [g for g in range(self.count) if self.steps[g] < self.cap
                 and not (self.schedules[g] is not None and self.schedules[g].done)]
 
-    def run(self, should_stop=lambda: None, bar=None) -> None:
+    def run(self, should_stop=lambda: None, bar=None, on_step=lambda fits: None) -> None:
         """Train until every fit converged, gave up or reached the cap; ``should_stop()`` (a signal number or None)
-        is asked before every step and, when it answers, training returns at once."""
+        is asked before every step and, when it answers, training returns at once; ``on_step(fits)`` follows every
+        step of the fits ``fits``."""
         for g, schedule in enumerate(self.schedules):
             if schedule is not None:
                 schedule.start(self.views[g])
@@ -232,6 +203,7 @@ class StackedFits:
             self.step(fits)
             if bar is not None:
                 bar.update()
+            on_step(fits)
 
     def step(self, fits: list[int]) -> None:
         eps = torch.stack([torch.randn(self.particles, self.noise, generator=self.generators[g]) for g in fits])
@@ -258,25 +230,14 @@ class StackedFits:
         if due:
             self.check(due)
 
-    @torch.no_grad()
+    @property
+    def lr(self) -> torch.Tensor:
+        """Each fit's learning rate now, ``(G,)``."""
+        return self.adam.lr
+
     def update(self, fits: list[int]) -> None:
-        """ClippedAdam's step for the rows ``fits``, each at its own rate and step count (written here: torch's
-        optimizers keep one rate per parameter group, not per row of a tensor)."""
-        if not fits:
-            return
-        rows = torch.tensor(fits)
-        self.lr[rows] *= self.lr_decay
-        self.adam_steps[rows] += 1
-        t = self.adam_steps[rows]
-        correction1, correction2 = 1 - BETAS[0] ** t, 1 - BETAS[1] ** t
-        step_size = (self.lr[rows].float() * correction2.sqrt() / correction1)
-        for leaf, (mean, square) in zip(self.leaves, self.adam, strict=True):
-            grad = leaf.grad[rows].clamp(-CLIP, CLIP)
-            m = mean[rows].mul_(BETAS[0]).add_(grad, alpha=1 - BETAS[0])
-            v = square[rows].mul_(BETAS[1]).addcmul_(grad, grad, value=1 - BETAS[1])
-            mean[rows], square[rows] = m, v
-            shape = (-1,) + (1,) * (leaf.dim() - 1)
-            leaf[rows] = leaf[rows] - step_size.reshape(shape) * m / (v.sqrt() + EPS)
+        """ClippedAdam's step for the rows ``fits``, each at its own rate and step count."""
+        self.adam.update(fits)
 
     @torch.no_grad()
     def check(self, due: list[int]) -> None:
@@ -288,11 +249,22 @@ class StackedFits:
             self.schedules[g].check(self.views[g], value)
 
     @torch.no_grad()
-    def write_back(self) -> None:
-        """Copy every fit's stacked parameters into its own autoguide, which then stands alone."""
-        for g, flat in enumerate(self.flats):
-            for name, param in flat.named_parameters(remove_duplicate=False):
-                param.copy_(self.params[name][g])
+    def write_back(self, g: int | None = None) -> None:
+        """Copy every fit's stacked parameters (or fit ``g``'s) into its own autoguide, which then stands alone."""
+        for fit in range(self.count) if g is None else [g]:
+            for name, param in self.flats[fit].named_parameters(remove_duplicate=False):
+                param.copy_(self.params[name][fit])
+
+    def params_finite(self, g: int) -> bool:
+        return self.views[g].params_finite()
+
+    def load_into(self, g: int, trainer) -> None:
+        """Fit ``g``'s lone trainer as its run would stand now: steps, losses, schedule and Adam's state (after
+        :meth:`write_back`, its parameters too)."""
+        trainer.step_count, trainer.losses = self.steps[g], list(self.losses[g])
+        if trainer.schedule is not None and self.schedules[g] is not None:
+            trainer.schedule.load_state_dict(self.schedules[g].state_dict())
+        load_adam(self.adam, g, trainer, self.flats[g], self.leaf_of)
 
     # --- checkpoints -------------------------------------------------------------------------------
 
@@ -300,9 +272,8 @@ class StackedFits:
         """What :meth:`load_state_dict` needs to go on training every fit where it was: parameters, Adam's state,
         rates, steps, losses, schedules and each fit's generator (a window's running average is not kept: a fit
         resumed mid-window averages the rest of it, as a resumed lone run does)."""
-        return {"leaves": [leaf.detach().clone() for leaf in self.leaves],
-                "adam": [(mean.clone(), square.clone()) for mean, square in self.adam],
-                "adam_steps": self.adam_steps.clone(), "lr": self.lr.clone(), "steps": list(self.steps),
+        return {"leaves": [leaf.detach().clone() for leaf in self.leaves], **self.adam.state_dict(),
+                "steps": list(self.steps),
                 "losses": [torch.tensor(losses, dtype=torch.float64) for losses in self.losses],
                 "schedules": [None if s is None else s.state_dict() for s in self.schedules],
                 "generators": [generator.get_state() for generator in self.generators]}
@@ -311,11 +282,7 @@ class StackedFits:
     def load_state_dict(self, state: dict) -> None:
         for leaf, saved in zip(self.leaves, state["leaves"], strict=True):
             leaf.copy_(saved)
-        for (mean, square), (saved_mean, saved_square) in zip(self.adam, state["adam"], strict=True):
-            mean.copy_(saved_mean)
-            square.copy_(saved_square)
-        self.adam_steps.copy_(state["adam_steps"])
-        self.lr.copy_(state["lr"])
+        self.adam.load_state_dict(state)
         self.steps = [int(step) for step in state["steps"]]
         self.losses = [saved.tolist() for saved in state["losses"]]
         for schedule, saved in zip(self.schedules, state["schedules"], strict=True):
@@ -377,17 +344,14 @@ class FitView:
     def snapshot(self) -> dict:
         g = self.g
         return {"params": [p.detach().clone() for p in self.params], "step": self.stack.steps[g],
-                "adam": [(mean[g].clone(), square[g].clone()) for mean, square in self.stack.adam],
-                "adam_step": float(self.stack.adam_steps[g])}
+                "adam": self.stack.adam.row(g)}
 
     @torch.no_grad()
     def restore(self, snapshot: dict) -> None:
         g, stack = self.g, self.stack
         for leaf, saved in zip(stack.leaves, snapshot["params"], strict=True):
             leaf[g] = saved
-        for (mean, square), (saved_mean, saved_square) in zip(stack.adam, snapshot["adam"], strict=True):
-            mean[g], square[g] = saved_mean, saved_square
-        stack.adam_steps[g] = snapshot["adam_step"]
+        stack.adam.set_row(g, snapshot["adam"])  # its rate stays: the schedule sets it after a back-off
         stack.steps[g] = snapshot["step"]
         del stack.losses[g][snapshot["step"]:]
 

@@ -55,8 +55,10 @@ class FullNormal(ParametricGuide):
         return {"loc": self.loc(h), "raw_diag": self.diag(h), "off_diag": self.off_diag(h)}
 
     def from_unconstrained(self, loc, raw_diag, off_diag):
-        scale_tril = torch.diag_embed(positive(raw_diag))
-        scale_tril[..., self.rows, self.cols] = off_diag
+        k = self.latent_dim  # out of place, so that vmap can batch it over stacked fits
+        below = off_diag.new_zeros(off_diag.shape[:-1] + (k * k,)).index_copy(
+            -1, self.rows * k + self.cols, off_diag)
+        scale_tril = torch.diag_embed(positive(raw_diag)) + below.reshape(off_diag.shape[:-1] + (k, k))
         return dist.MultivariateNormal(loc, scale_tril=scale_tril)
 
 

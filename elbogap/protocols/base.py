@@ -50,6 +50,7 @@ class Protocol:
     build: Callable[..., tuple] | None = None
     trainer: Callable[..., object] | None = None
     gradient_refusal: str | None = None
+    stacker: Callable[..., object] | None = None
 
     def defaults_for(self, guide_name: str | None = None) -> dict:
         """The kind's defaults, with those of the family ``guide_name`` over them."""

@@ -8,6 +8,7 @@ from elbogap.global_latents.protocol import (
     global_trainer,
     run_bdmc,
 )
+from elbogap.global_latents.stacked import stacker
 from elbogap.protocols.base import Protocol
 
 #: Pyro's neural-network families (autoregressive flows): they start at lr 0.01, a fifth of the kind's rate; at
@@ -31,6 +32,6 @@ GLOBAL = Protocol("global", evaluate=evaluate_global, curve_point=curve_point, b
                   defaults={"lr": 0.05, "steps": 20000, "schedule": "converge", "convergence_tol": 0.02,
                             "particles": 32},
                   whole_data_units=True, family_defaults={name: {"lr": 0.01} for name in NEURAL_AUTOGUIDES},
-                  guides=GUIDES, build=build_for, trainer=global_trainer,
+                  guides=GUIDES, build=build_for, trainer=global_trainer, stacker=stacker,
                   gradient_refusal="--gradient {gradient} is for models whose latents are per data point, and this "
                                    "model has global latents; use --gradient reparam")

@@ -18,6 +18,7 @@ from elbogap.device import rng_devices
 from elbogap.figure_data import save_figure_data
 from elbogap.inference import evaluate, refit_guide
 from elbogap.inference.gaps import KnownLogPx, gap_decomposition
+from elbogap.inference.stacked_training import stacker
 from elbogap.phases import Phases
 from elbogap.progress import Progress, as_progress
 from elbogap.protocols.base import Protocol
@@ -175,4 +176,4 @@ def elbo_check(model, guide, data: Dataset, config: Config):
 
 VAE = Protocol("vae", evaluate=evaluate_splits, curve_point=evaluation_point, bdmc=run_bdmc, elbo_check=elbo_check,
                defaults={"lr": 0.003, "steps": 2000, "schedule": "fixed", "convergence_tol": 0.01,
-                         "particles": 1})
+                         "particles": 1}, stacker=stacker)

@@ -9,8 +9,8 @@ from elbogap.backends import RunTask
 from elbogap.checkpoint import load_checkpoint
 from elbogap.config import Config
 from elbogap.factory import load_dataset
-from elbogap.global_latents.seeds import stack_seeds
 from elbogap.runs import CHECKPOINT, run_one
+from elbogap.seeds import stack_seeds
 from tests.global_latents import truth
 from tests.global_latents.truth import BREAKS_IN_TRAINING, REGRESSION
 

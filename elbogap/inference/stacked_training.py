@@ -1,0 +1,211 @@
+r"""The seeds of one of elbogap's own models and families trained as one program.
+
+A study runs every family with several seeds; each run's Pyro SVI loop spends most of a step on overhead when the
+networks are small. Here the G runs of one family, each built as a lone run builds it (its own seed: initial weights,
+minibatch order, binarization), step together: the parameters of every run's decoder and encoder are stacked along a
+leading fits dimension (:func:`~elbogap.inference.stacking.stacked_state`) and one step computes, for every fit g at
+once (``torch.func.vmap`` over :func:`torch.func.functional_call`), the negative ELBO of its own minibatch
+:math:`x_{g,1..B}` of N rows,
+
+.. math:: -\frac{N}{B} \sum_b \frac1P \sum_p \big[\log p(x_{g,b} \mid z_{g,p,b})
+          + \beta\,(\log p(z_{g,p,b}) - \log q_g(z_{g,p,b} \mid x_{g,b}))\big],
+          \quad z_{g,p,b} = T_g(\epsilon_{g,p,b}; x_{g,b}),
+
+the integrand of Pyro's ``Trace_ELBO`` that the lone run's SVI estimates (``β`` its KL warm-up). The loss is the sum
+over fits, so each fit's gradient is its own, and Adam (Pyro's ``ClippedAdam``) keeps a rate and step count per fit
+(:class:`~elbogap.inference.stacking.RowAdam`). Fit g's standard normals come from its own generator (the stream
+``stacked_fit`` of its seed): its numbers do not depend on which fits it trained with, up to floating-point rounding.
+The results are statistically equivalent to the lone run's, not bitwise equal: the lone run draws through Pyro's
+traces from the global generator. A fit whose loss or parameters turn non-finite stops alone; the others go on.
+"""
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from elbogap import streams
+from elbogap.guides.base import AmortizedGuide
+from elbogap.guides.guide import Guide
+from elbogap.inference.stacking import (
+    NotStackable,
+    RowAdam,
+    load_adam,
+    noise_size,
+    reparameterized,
+    stacked_state,
+    unvalidated,
+)
+from elbogap.inference.train import Trainer, all_finite
+from elbogap.model.base import LatentModel
+
+
+class FitPair(nn.Module):
+    """One run's model and guide as one function: rows ``x (B, D)`` and standard normals ``eps (P, B, k)`` to the
+    negative ELBO estimate of the data set, scaled from the rows by ``scale = N / B``, with the KL weight ``beta``."""
+
+    def __init__(self, model: LatentModel, guide: AmortizedGuide):
+        super().__init__()
+        self.model, self.guide = model, guide
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor, beta: torch.Tensor, scale: float) -> torch.Tensor:
+        q = self.guide.distribution(x)
+        z = reparameterized(q, eps)
+        log_q = q.log_prob(z)
+        log_lik = self.model.likelihood(z).log_prob(x)
+        log_prior = self.model.prior().log_prob(z)
+        return -scale * (log_lik + beta * (log_prior - log_q)).sum(-1).mean(0)
+
+
+def refusal(config, model, guide, guide_name: str) -> str | None:
+    """Why the seeds of ``guide`` on ``model`` cannot be trained at once with these settings (None: they can, if
+    the probe of :class:`StackedTraining` agrees)."""
+    if config.stacked_fits == "off":
+        return "--stacked-fits off"
+    if config.objective != "elbo" or config.gradient != "reparam":
+        return f"--objective {config.objective} --gradient {config.gradient} (stacked seeds train the ELBO, reparam)"
+    if config.schedule != "fixed":
+        return f"--schedule {config.schedule} (stacked seeds of a per-point model train a fixed number of steps)"
+    if not isinstance(model, LatentModel) or type(model).model is not LatentModel.model:
+        return "the model is a program of its own (stacked seeds score elbogap's models)"
+    if guide.program or type(guide).guide is not Guide.guide:
+        return f"{guide_name} is a guide program (stacked seeds train elbogap's families)"
+    if not isinstance(guide, AmortizedGuide):
+        return f"{guide_name} is not amortized by an encoder (stacked seeds train elbogap's amortized families)"
+    if guide.components:
+        return f"{guide_name} trains on its ELBO summed over its components"
+    return None
+
+
+class StackedTraining:
+    """The lone runs ``trainers`` (one :class:`~elbogap.inference.train.Trainer` per seed, each built as its run
+    builds it) stepped as one program (see the module).
+
+    Each trainer keeps serving its own minibatches (its epoch order, binarization and position), so after
+    :meth:`write_back` and :meth:`load_into` it stands where its lone run would after as many steps.
+
+    :param seeds: each fit's seed (its draws come from the stream ``stacked_fit`` of it).
+    :param int particles: draws of q per row and step.
+    :param int cap: the steps each fit takes.
+    """
+
+    def __init__(self, trainers: list[Trainer], seeds, particles: int, cap: int):
+        self.trainers, self.count, self.cap, self.particles = trainers, len(trainers), cap, particles
+        self.pairs = [FitPair(trainer.model, trainer.guide) for trainer in trainers]
+        self.params, self.buffers = stacked_state(self.pairs)
+        self.leaves = list({id(value): value for value in self.params.values()}.values())
+        self.leaf_index = {name: next(i for i, leaf in enumerate(self.leaves) if leaf is value)
+                           for name, value in self.params.items()}
+        group = trainers[0].svi.optimizer.param_groups[0]
+        self.adam = RowAdam(self.leaves, group["lr"], group["lrd"])
+        self.steps = [trainer.step_count for trainer in trainers]
+        self.losses = [list(trainer.losses) for trainer in trainers]
+        self.schedules = [None] * self.count
+        self.failed = [False] * self.count
+        self.generators = [streams.generator("stacked_fit", seed, 0) for seed in seeds]
+        x = trainers[0].x
+        with torch.no_grad():
+            self.noise = noise_size(trainers[0].guide.distribution(x[:1]))
+        self.num_data = len(x)
+        probe(self)
+
+    def beta(self, g: int) -> float:
+        """Fit ``g``'s KL weight at its next step (its trainer's warm-up)."""
+        warmup = self.trainers[g].kl_warmup_steps
+        return min(1.0, self.steps[g] / warmup) if warmup else 1.0
+
+    def losses_of(self, fits: list[int], x: torch.Tensor, eps: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
+        """Each fit's negative ELBO estimate of its data set, ``(F,)``, from its rows ``x (F, B, D)`` and normals
+        ``eps (F, P, B, k)``."""
+        every = len(fits) == self.count
+        params = self.params if every else {name: value[fits] for name, value in self.params.items()}
+        buffers = self.buffers if every else {name: value[fits] for name, value in self.buffers.items()}
+        scale = self.num_data / x.shape[1]
+        base = self.pairs[0]
+        with unvalidated():  # one fit's NaN must not stop the others, and checks cost a step's time
+            return vmap(lambda p, b, rows, e, beta: functional_call(base, (p, b), (rows, e, beta, scale),
+                                                                    tie_weights=False))(params, buffers, x, eps, betas)
+
+    def active(self) -> list[int]:
+        return [g for g in range(self.count) if not self.failed[g] and self.steps[g] < self.cap]
+
+    def run(self, should_stop=lambda: None, bar=None, on_step=lambda fits: None) -> None:
+        """Train until every fit took ``cap`` steps or failed; ``should_stop()`` (a signal number or None) is asked
+        before every step and, when it answers, training returns at once; ``on_step(fits)`` follows every step."""
+        while fits := self.active():
+            if should_stop():
+                return
+            self.step(fits)
+            if bar is not None:
+                bar.update()
+            on_step(fits)
+
+    def step(self, fits: list[int]) -> None:
+        rows = torch.stack([self.trainers[g].next_batch()[0] for g in fits])
+        shape = (self.particles, rows.shape[1], self.noise)
+        eps = torch.stack([torch.randn(shape, generator=self.generators[g]) for g in fits]).to(rows)
+        betas = torch.tensor([self.beta(g) for g in fits], dtype=rows.dtype, device=rows.device)
+        losses = self.losses_of(fits, rows, eps, betas)
+        for leaf in self.leaves:
+            leaf.grad = None
+        losses.sum().backward()
+        for leaf in self.leaves:
+            if leaf.grad is None:  # a parameter the loss does not reach
+                leaf.grad = torch.zeros_like(leaf)
+        finite = torch.isfinite(losses).tolist()
+        self.adam.update([g for g, ok in zip(fits, finite, strict=True) if ok])
+        for g, ok, loss in zip(fits, finite, (losses.detach() / self.num_data).tolist(), strict=True):
+            if not (ok and self.params_finite(g)):  # its run trains alone and meets the fault itself
+                self.failed[g] = True
+                continue
+            self.losses[g].append(loss)
+            self.steps[g] += 1
+
+    def params_finite(self, g: int) -> bool:
+        """Whether fit ``g`` stepped on finite losses and its parameters are finite."""
+        return not self.failed[g] and all_finite(leaf[g] for leaf in self.leaves)
+
+    @torch.no_grad()
+    def write_back(self, g: int | None = None) -> None:
+        """Copy every fit's stacked parameters (or fit ``g``'s) into its own model and guide, which then stand alone."""
+        for fit in range(self.count) if g is None else [g]:
+            for name, param in self.pairs[fit].named_parameters(remove_duplicate=False):
+                param.copy_(self.params[name][fit])
+
+    def load_into(self, g: int, trainer: Trainer) -> None:
+        """Fit ``g``'s trainer as its lone run would stand now: steps, losses and Adam's state (after
+        :meth:`write_back`, its parameters too); it already serves the minibatches that follow."""
+        trainer.step_count, trainer.losses = self.steps[g], list(self.losses[g])
+        load_adam(self.adam, g, trainer, self.pairs[g], self.leaf_index)
+
+
+def probe(stack: StackedTraining) -> None:
+    """Raise :class:`NotStackable` unless the stacked losses of two fits equal one call of each fit's own model and
+    guide on the same rows and normals, and their gradient runs (decided by trying)."""
+    fits = list(range(min(2, stack.count)))
+    x = stack.trainers[0].x[:3]
+    rows = torch.stack([x] * len(fits))
+    eps = torch.randn(len(fits), 2, len(x), stack.noise, generator=torch.Generator().manual_seed(0)).to(x)
+    betas = torch.ones(len(fits), dtype=x.dtype, device=x.device)
+    try:
+        stacked = stack.losses_of(fits, rows, eps, betas)
+        stacked.sum().backward()
+    except Exception as error:  # a family vmap cannot run: one seed at a time
+        raise NotStackable(f"vmap cannot run the family ({type(error).__name__}: "
+                           f"{str(error).splitlines()[0][:100] if str(error) else ''})") from None
+    finally:
+        for leaf in stack.leaves:
+            leaf.grad = None
+    with torch.no_grad():
+        lone = torch.stack([stack.pairs[g](x, eps[i], betas[i], stack.num_data / len(x)) for i, g in enumerate(fits)])
+    if not torch.allclose(stacked.detach(), lone, rtol=1e-4, atol=1e-3):
+        raise NotStackable("the stacked losses differ from one fit's")
+
+
+def stacker(config, data, guide_name: str, runs, seeds) -> StackedTraining:
+    """The seeds ``seeds`` of ``guide_name`` (``runs``: each run's model, guide and trainer, built as the run builds
+    them) as one :class:`StackedTraining` (:class:`NotStackable` where they cannot be)."""
+    model, guide, _ = runs[0]
+    if why := refusal(config, model, guide, guide_name):
+        raise NotStackable(why)
+    return StackedTraining([trainer for _, _, trainer in runs], seeds, config.particles,
+                           config.total_steps(len(data.train)))

@@ -1,0 +1,161 @@
+"""The seeds of elbogap's models trained as one program: the loss is Pyro's ELBO integrand, a fit does not depend on
+which fits it trained with, and the stacked fits land where lone runs land."""
+
+import json
+import math
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+
+from elbogap import streams
+from elbogap.backends import RunTask
+from elbogap.checkpoint import load_checkpoint
+from elbogap.config import Config
+from elbogap.data import load_data
+from elbogap.factory import build, for_data, load_dataset, make_trainer
+from elbogap.guides import build_guide
+from elbogap.inference.stacked_training import FitPair, StackedTraining, refusal
+from elbogap.inference.stacking import NotStackable, reparameterized
+from elbogap.model import VAE
+from elbogap.runs import CHECKPOINT, run_one
+from elbogap.seeds import stack_seeds
+
+FAMILIES = ("diag", "full", "lowrank", "iaf")  # q's density anywhere; planar's only at its own draws
+
+
+@pytest.fixture(scope="module")
+def x():
+    return load_data("digits").train[:96]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_the_stacked_loss_is_the_integrand_of_pyros_elbo_at_the_same_draws(name, x):
+    """-[log p(x, z) - log q(z | x)] with both densities read off Pyro's traces of the model and the guide."""
+    model = VAE(64, 3, hidden_dims=(16,))
+    guide = build_guide(name, model, len(x), hidden_dims=(16,))
+    eps = torch.randn(1, len(x), 3 if name != "lowrank" else 4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        loss = FitPair(model, guide)(x, eps, torch.tensor(1.0), 1.0)
+        z = reparameterized(guide.distribution(x), eps)[0]
+        model_trace = poutine.trace(poutine.condition(model.model, {"z": z})).get_trace(x)
+        guide_trace = poutine.trace(poutine.condition(guide.guide, {"z": z})).get_trace(x)
+    expected = -(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
+    assert torch.allclose(loss, expected, rtol=1e-5, atol=1e-3)
+
+
+def trainers_for(config, data, guide_name, seeds):
+    config = for_data(config, data, guide_name)
+    trainers = []
+    for seed in seeds:  # as a run builds them
+        pyro.clear_param_store()
+        streams.seeded("training", seed)
+        model, guide = build(config, data, guide_name)
+        trainers.append(make_trainer(config, model, guide, data, seed))
+    return trainers
+
+
+def test_a_fit_steps_as_it_would_with_other_fits_or_alone_and_its_run_takes_over_its_adam_state():
+    config = Config(steps=40)
+    data = load_dataset(config)
+    three = StackedTraining(trainers_for(config, data, "iaf", [0, 1, 2]), [0, 1, 2], 1, 40)
+    alone = StackedTraining(trainers_for(config, data, "iaf", [1]), [1], 1, 40)
+    three.run()
+    alone.run()
+    for name, value in three.params.items():
+        assert torch.allclose(value[1], alone.params[name][0], atol=1e-5), name
+    assert three.losses[1] == pytest.approx(alone.losses[0], abs=1e-4)
+    three.write_back()
+    trainer = three.trainers[1]
+    three.load_into(1, trainer)
+    assert trainer.step_count == 40 and trainer.losses == three.losses[1]
+    encoder = trainer.guide.encoder[0].weight
+    state = trainer.svi.optimizer.state[encoder]
+    leaf = three.leaves[three.leaf_index["guide.encoder.0.weight"]]
+    assert state["step"] == 40 and torch.equal(encoder, leaf[1].detach())
+    assert torch.equal(state["exp_avg"], three.adam.moments[three.leaf_index["guide.encoder.0.weight"]][0][1])
+
+
+def test_stacked_seeds_end_where_lone_runs_of_the_same_seeds_end():
+    """The ELBO per point over the last 100 steps of 400: four stacked seeds against four lone runs. The seeds'
+    spread is the noise of either mean; the two means agree within four standard errors of their difference."""
+    config = Config(steps=400)
+    data = load_dataset(config)
+    seeds = [0, 1, 2, 3]
+    stack = StackedTraining(trainers_for(config, data, "diag", seeds), seeds, 1, 400)
+    stack.run()
+    stacked = torch.tensor([-sum(losses[-100:]) / 100 for losses in stack.losses])
+    lone = []
+    for seed in seeds:  # each built and run alone: Pyro's param store holds one run's modules at a time
+        trainer = trainers_for(config, data, "diag", [seed])[0]
+        trainer.run(400)
+        lone.append(-sum(trainer.losses[-100:]) / 100)
+    lone = torch.tensor(lone)
+    stderr = math.sqrt(stacked.var() / len(seeds) + lone.var() / len(seeds))
+    assert abs(stacked.mean() - lone.mean()) < 4 * stderr
+    assert (stacked - lone).abs().max() < 1.0  # the same seeds' initial weights and minibatches: close, not equal
+
+
+def test_families_with_free_per_point_parameters_and_other_objectives_train_one_seed_at_a_time():
+    config = for_data(Config(), load_dataset(Config()))
+    data = load_dataset(config)
+    model, mixture = build(config, data, "mixture")
+    assert refusal(config, model, mixture, "mixture") == "mixture trains on its ELBO summed over its components"
+    _, local = build(config, data, "local")
+    assert "local is not amortized by an encoder" in refusal(config, model, local, "local")
+    _, diag = build(config, data, "diag")
+    assert refusal(config, model, diag, "diag") is None
+    assert "--objective iwae" in refusal(config.replace(objective="iwae"), model, diag, "diag")
+    assert "--stacked-fits off" in refusal(config.replace(stacked_fits="off"), model, diag, "diag")
+
+
+def test_a_fit_whose_loss_turns_nan_stops_alone_and_gets_no_checkpoint(tmp_path):
+    config = Config(steps=30, seeds=[0, 1], out=str(tmp_path))
+    data = load_dataset(config)
+    trainers = trainers_for(config, data, "diag", [0, 1])
+    stack = StackedTraining(trainers, [0, 1], 1, 30)
+    with torch.no_grad():
+        stack.leaves[stack.leaf_index["model.out.bias"]][1, 0] = math.nan
+    stack.run()
+    assert stack.failed == [False, True] and stack.steps == [30, 0]
+    assert not stack.params_finite(1) and stack.params_finite(0)
+
+
+def test_a_stop_while_seeds_train_at_once_leaves_each_run_a_checkpoint_with_its_curve_so_far(tmp_path):
+    config = Config(steps=300, guides=["mixture", "diag"], seeds=[0, 1], out=str(tmp_path))
+    data = load_dataset(config)
+    tasks = [RunTask(guide, seed, str(tmp_path / "runs" / f"{guide}-seed{seed}"))
+             for guide in ("mixture", "diag") for seed in (0, 1)]
+    asked = [0]
+
+    def stop_after_100_steps():
+        asked[0] += 1
+        return 15 if asked[0] > 100 else None
+
+    outcome = stack_seeds(config, data, tasks, should_stop=stop_after_100_steps)
+    assert outcome["diag"] == 2 and outcome["mixture"].startswith("one at a time: ")
+    for task in tasks[2:]:
+        state = load_checkpoint(f"{task.run_dir}/{CHECKPOINT}")
+        assert state["stacked"] == 2 and not state["complete"] and 95 <= int(state["trainer"]["step"]) <= 100
+        assert [point["step"] for point in json.loads(state["curve_eval"])] == [30, 60, 90]
+    run = run_one(config, data, "diag", 1, tasks[3].run_dir)  # alone, from its step, without --resume
+    assert run["stacked_seeds"] == 2 and run["steps"] == 300 and len(run["curve"]) == 100
+    assert [point["step"] for point in run["curve_eval"]] == list(range(30, 301, 30))
+    assert "snr_encoder" in run["curve_eval"][0] and math.isfinite(run["test"]["kl_gap"])
+
+
+def test_the_probe_refuses_a_family_vmap_cannot_run():
+    config = Config(steps=10)
+    data = load_dataset(config)
+    trainers = trainers_for(config, data, "diag", [0, 1])
+
+    def branches(x):  # data-dependent control flow, which vmap cannot batch
+        if bool((x > 0.5).any()):
+            return trainers[0].guide.from_features(trainers[0].guide.encoder(x))
+        raise AssertionError
+
+    for trainer in trainers:
+        trainer.guide.distribution = lambda x, index=None: branches(x)
+    with pytest.raises(NotStackable, match="vmap cannot run the family"):
+        StackedTraining(trainers, [0, 1], 1, 10)
