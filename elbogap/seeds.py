@@ -14,54 +14,83 @@ line; so do the seeds of a guide whose stack a user's program broke (its runs th
 any run does).
 """
 
-import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pyro
 import torch
-from tqdm.auto import tqdm
 
 from elbogap import streams
 from elbogap.factory import build, for_data, guide_label, make_trainer
 from elbogap.failures import program_failure
 from elbogap.inference.stacking import NotStackable
 from elbogap.phases import Phases
-from elbogap.progress import Progress
+from elbogap.progress import Progress, as_progress
 from elbogap.protocols import PROTOCOLS
 from elbogap.runs import CHECKPOINT, measure_snr, save_run_checkpoint
 from elbogap.threads import intra_op_threads
 
-#: torch's intra-op threads of a stack: one. Its operations are many and small; on two threads sharing their cores
-#: with other work, the default VAE's stack of 3 seeds took 268 ms a step against 2.1 ms on one
-STACK_THREADS = 1
+
+def pending_stacks(config, data, tasks, slots: int = 1) -> list:
+    """The stack tasks for ``tasks`` (runs without a checkpoint yet): per guide with at least the kind's
+    :attr:`~elbogap.protocols.Protocol.stack_from` such seeds, its seeds in chunks of at least that many, as many
+    chunks as keep ``slots`` workers busy beside the other guides' stacks."""
+    protocol = PROTOCOLS[data.kind]
+    if protocol.stacker is None:
+        return []
+    pending = {}
+    for task in tasks:
+        if task.reference is None and not task.stack and not (Path(task.run_dir) / CHECKPOINT).exists():
+            pending.setdefault(task.guide, []).append(task)
+    pending = {guide: runs for guide, runs in pending.items() if len(runs) >= protocol.stack_from}
+    chunks = max(1, -(-slots // max(len(pending), 1)))  # per guide, so that every slot has a stack
+    stacks = []
+    for runs in pending.values():
+        count = min(chunks, len(runs) // protocol.stack_from)
+        for k in range(count):
+            part = runs[k::count]
+            stacks.append(replace(part[0], stack=tuple((run.seed, run.run_dir) for run in part)))
+    return stacks
+
+
+def stacked_runs(stack) -> list:
+    """The run tasks a stack task trains."""
+    return [replace(stack, seed=seed, run_dir=run_dir, stack=()) for seed, run_dir in stack.stack]
+
+
+def stack_outcome(config, data, guide_name: str, tasks, progress=False, should_stop=lambda: None) -> int | str:
+    """Train the runs ``tasks`` of ``guide_name`` at once and write their checkpoints (:func:`train_at_once`): how
+    many, or ``"one at a time: why"`` where they cannot stack or a user's program broke the stack (its runs then
+    train alone and meet the error themselves)."""
+    try:
+        return train_at_once(config, data, guide_name, tasks, progress, should_stop)
+    except Exception as error:  # NotStackable, or a user's program that raised: the runs train (and report) alone
+        failure = None if isinstance(error, NotStackable) else program_failure(error, [config.model, guide_name])
+        if not isinstance(error, NotStackable) and failure is None:
+            raise  # elbogap's own error
+        return f"one at a time: {error if failure is None else f'{failure}, while trained at once'}"
+
+
+def merge_outcomes(outcomes: dict, guide_name: str, outcome: int | str) -> None:
+    """Add a stack's outcome to the study's ``fits_at_once`` (per guide label: seeds stacked, or why not)."""
+    label = guide_label(guide_name)
+    if isinstance(outcome, str) or isinstance(outcomes.get(label), str):
+        outcomes[label] = outcome if isinstance(outcome, str) else outcomes[label]
+    else:
+        outcomes[label] = outcomes.get(label, 0) + outcome
 
 
 def stack_seeds(config, data, tasks, progress: bool = False, should_stop=lambda: None) -> dict[str, int | str]:
-    """Train each guide's runs among ``tasks`` (:class:`~elbogap.backends.RunTask`, with no checkpoint yet) at once
-    and write their checkpoints; per guide label, how many were stacked or why they were not."""
-    outcome = {}
-    if PROTOCOLS[data.kind].stacker is None:
-        return outcome
-    for guide_name in dict.fromkeys(task.guide for task in tasks):
-        pending = [task for task in tasks if task.guide == guide_name and task.reference is None
-                   and not (Path(task.run_dir) / CHECKPOINT).exists()]
-        if len(pending) < 2:
-            continue
-        label = guide_label(guide_name)
-        try:
-            outcome[label] = train_at_once(config, data, guide_name, pending, progress, should_stop)
-        except Exception as error:  # NotStackable, or a user's program that raised: the runs train (and report) alone
-            failure = None if isinstance(error, NotStackable) else program_failure(error, [config.model, guide_name])
-            if not isinstance(error, NotStackable) and failure is None:
-                raise  # elbogap's own error
-            why = error if failure is None else f"{failure}, while trained at once"
-            outcome[label] = f"one at a time: {why}"
-            if progress:
-                print(f"{label}: each seed trains in its run ({why})", file=sys.stderr)
+    """Train each guide's runs among ``tasks`` at once here, one stack after another, and write their checkpoints;
+    per guide label, how many were stacked or why they were not (``compare`` runs the stacks on its backend)."""
+    outcomes: dict[str, int | str] = {}
+    for stack in pending_stacks(config, data, tasks):
+        outcome = stack_outcome(config, data, stack.guide, stacked_runs(stack), progress, should_stop)
+        merge_outcomes(outcomes, stack.guide, outcome)
         if should_stop():
             break
-    return outcome
+    return outcomes
 
 
 def train_at_once(config, data, guide_name: str, tasks, progress: bool, should_stop) -> int:
@@ -96,8 +125,8 @@ def train_at_once(config, data, guide_name: str, tasks, progress: bool, should_s
                 curve_evals[g].append({**point, **measure_snr(trainer, resolved.snr_draws, phases[g], Progress())})
 
     started = time.perf_counter()
-    with tqdm(desc=f"{guide_label(guide_name)}: {len(seeds)} seeds at once", disable=not progress,
-              leave=False) as bar, intra_op_threads(STACK_THREADS):
+    threads = PROTOCOLS[data.kind].threads
+    with as_progress(progress).bar(f"{len(seeds)} seeds at once", cap) as bar, intra_op_threads(threads):
         stack.run(should_stop, bar, on_step)
     evaluations = sum(p.seconds.get("curve_evaluations", 0.0) + p.seconds.get("gradient_snr", 0.0) for p in phases)
     seconds = (time.perf_counter() - started - evaluations) / len(seeds)

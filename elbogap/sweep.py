@@ -22,7 +22,7 @@ from elbogap.export import export_study
 from elbogap.factory import build, check_gradient, for_data, guide_label, load_dataset, with_kind_guides
 from elbogap.failures import ProgramFailed
 from elbogap.runs import LOG, Interrupted, NumericalFault
-from elbogap.seeds import stack_seeds
+from elbogap.seeds import merge_outcomes, pending_stacks
 from elbogap.stopping import stop_requests
 from elbogap.summary import split_line
 from elbogap.versions import versions
@@ -105,11 +105,16 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
                                                                 f"failed: {failed_references[seed]}"))
                 else:
                     tasks.append(task)
-        if not references:  # one program per guide for its seeds, where the kind stacks them
-            with stop_requests() as should_stop:
-                results["fits_at_once"] = stack_seeds(unresolved, data, tasks, progress, should_stop)
-                if signum := should_stop():
-                    raise Interrupted(signum, None, out / "runs")
+        if stacks := ([] if references else pending_stacks(unresolved, data, tasks, backend.slots)):
+            results["fits_at_once"] = {}  # each guide's seeds as one program (where the kind stacks them) first
+
+            def stacked(task: RunTask, outcome: dict) -> None:
+                merge_outcomes(results["fits_at_once"], task.guide, outcome["fits_at_once"])
+                if progress and isinstance(outcome["fits_at_once"], str):
+                    print(f"{guide_label(task.guide)}: each seed trains in its run "
+                          f"({outcome['fits_at_once'].removeprefix('one at a time: ')})", file=sys.stderr)
+
+            run_tasks(backend, config, stacks, stacked, board)
         run_tasks(backend, config, tasks, collect, board)
         bar.close()
     finally:
@@ -151,7 +156,7 @@ def run_tasks(backend, config: Config, tasks: list[RunTask], on_run: Callable[[R
             while waiting and len(running) < backend.slots and not (should_stop() or failure or interrupted):
                 task = waiting.pop(0)
                 if board is not None:
-                    board.start(Path(task.run_dir).name, task.run_dir)
+                    board.start(task.name, task.run_dir)
                 backend.submit(task)
                 running.add(task)
             if (should_stop() or failure or interrupted) and not stopping:  # every running run checkpoints and stops

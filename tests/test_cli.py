@@ -34,10 +34,7 @@ def test_compare_writes_results_with_every_metric(tmp_path, capfd):
     assert shown.out == "" and "evaluate" not in shown.err and "training" not in shown.err and "\r" not in shown.err
     assert not list(out.glob("runs/*/progress.json"))
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"config", "versions", "runs", "summary", "seconds", "workers", "fits_at_once"}
-    assert results["fits_at_once"]["diag"] == 2  # diag's seeds trained as one program; local's in their runs
-    assert results["fits_at_once"]["local"] == ("one at a time: local is not amortized by an encoder (stacked seeds "
-                                                "train elbogap's amortized families)")
+    assert set(results) == {"config", "versions", "runs", "summary", "seconds", "workers"}
     workers = local_jobs(Config(guides=["diag", "local"], seeds=[0, 1]))
     assert results["workers"] == workers and len({run["where"]["pid"] for run in results["runs"]}) == workers
     assert set(results["seconds"]) == {"runs", "total"} and results["seconds"]["total"] > results["seconds"]["runs"]
@@ -45,9 +42,7 @@ def test_compare_writes_results_with_every_metric(tmp_path, capfd):
     assert [(run["guide"], run["seed"]) for run in results["runs"]] == [
         ("diag", 0), ("diag", 1), ("local", 0), ("local", 1)]
     for run in results["runs"]:
-        assert run["train_seconds"] > 0 and run["compiled_loss"] == (run["guide"] == "local")
-        assert run.get("stacked_seeds") == (2 if run["guide"] == "diag" else None)
-        assert len(run["curve_eval"]) == 10
+        assert run["train_seconds"] > 0 and run["compiled_loss"]
         assert {"train", "curve_evaluations", "evaluate_train", "gaps_train", "evaluate_test", "gaps_test"} <= set(
             run["seconds"])
         assert (run["train"]["num_points"], run["train"]["split_points"]) == (
@@ -67,7 +62,6 @@ def test_compare_writes_results_with_every_metric(tmp_path, capfd):
     table = (out / "results.md").read_text()
     assert "| diag |" in table and "| local |" in table and "±" in table and "quadrature" in table
     assert "Total time" in table and "Summed over runs: training" in table
-    assert "Each seed of diag trained with the guide's other seeds as one program" in table
     for run in results["runs"]:  # the gradient's signal-to-noise at the end and at each evaluation during training
         assert run["snr_encoder"] > 0 and run["snr_decoder"] > 0 and run["snr_draws"] == 16
         assert all(point["snr_encoder"] > 0 for point in run["curve_eval"]) and "gradient_snr" in run["seconds"]

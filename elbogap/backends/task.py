@@ -16,12 +16,25 @@ from elbogap.errors import UsageError
 
 @dataclass(frozen=True)
 class RunTask:
-    """Train ``guide`` from ``seed`` into ``run_dir``; with ``reference``, on that run's model, held fixed."""
+    """Train ``guide`` from ``seed`` into ``run_dir``; with ``reference``, on that run's model, held fixed.
+
+    With ``stack`` (``(seed, run_dir)`` pairs), train those seeds of ``guide`` as one program and write each run's
+    checkpoint (:func:`elbogap.seeds.stack_outcome`), for the runs to be evaluated afterwards; ``seed`` and
+    ``run_dir`` are then the first pair's (where its progress is shown).
+    """
 
     guide: str
     seed: int
     run_dir: str
     reference: str | None = None
+    stack: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def name(self) -> str:
+        """What the task is called where its progress is shown."""
+        if self.stack:
+            return f"{Path(self.run_dir).name.rpartition('-seed')[0]}-seeds{','.join(str(s) for s, _ in self.stack)}"
+        return Path(self.run_dir).name
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,7 @@ def execute(config: dict, task: RunTask, threads: int | None = None, where: dict
     from elbogap.failures import keep_traceback, program_failure
     from elbogap.progress import STATUS, StatusFile, as_progress
     from elbogap.runs import Interrupted, NumericalFault, run_one
+    from elbogap.seeds import stack_outcome, stacked_runs
     from elbogap.stopping import stop_requests
 
     previous_threads, previous_cwd = torch.get_num_threads(), os.getcwd()
@@ -85,6 +99,12 @@ def execute(config: dict, task: RunTask, threads: int | None = None, where: dict
             progress = StatusFile(Path(task.run_dir) / STATUS)
         with as_progress(progress).phase("loading data"):
             data = _dataset(settings, load_dataset)
+        if task.stack:
+            with stop_requests() as should_stop:
+                outcome = stack_outcome(settings, data, task.guide, stacked_runs(task), progress, should_stop)
+                if signum := should_stop():
+                    return Outcome(task, "interrupted", (signum, None))
+            return Outcome(task, "ok", {"fits_at_once": outcome})
         run = run_one(settings, data, task.guide, task.seed, Path(task.run_dir), progress,
                       fixed_model=task.reference, where=where, stops=stop_requests)
         return Outcome(task, "ok", run)

@@ -35,8 +35,9 @@ CONTAINS = {
 
 def posterior_warnings(runs: list[dict]) -> list[str]:
     """Warnings that read several runs together: a posterior with several modes (a guide far from the reference
-    yet with a small gap, or SMC's particles far outside the fitted reference), and a family whose gap lies above
-    that of a family it contains (its fit is short of its optimum, whatever its own verdict)."""
+    yet with a small gap, or SMC's particles far outside the fitted reference), a family whose gap lies above
+    that of a family it contains (its fit is short of its optimum, whatever its own verdict), and a family whose
+    seeds end at different gaps (:func:`seed_spread_warnings`)."""
     lines = []
     for run in runs:
         far = {site: stats["mean_error_max_abs"] for site, stats in run.get("reference", {}).get("sites", {}).items()
@@ -68,6 +69,30 @@ def posterior_warnings(runs: list[dict]) -> list[str]:
                                  "short of its optimum whatever its verdict (a badly conditioned posterior crawls: "
                                  "try --lr 0.01 with more --particles and --steps, or a non-centred parameterization "
                                  "of a near-singular prior, e.g. f = L u with u ~ N(0, I))")
+    lines += seed_spread_warnings(runs)
+    return lines
+
+
+def seed_spread_warnings(runs: list[dict]) -> list[str]:
+    """A family whose seeds end at gaps further apart than their Monte-Carlo errors allow: on one data set and one
+    model without parameters of its own, the seeds of a family share one optimum, so the fits stopped at different
+    places (local optima, or a crawl that one seed ended early), and a gap measures its fit, not the family."""
+    lines = []
+    for guide, mine in _by_guide(runs).items():
+        fits = [run for run in mine if math.isfinite(run["data"].get("kl_gap", math.nan))
+                and not run.get("model", {}).get("parameters")]
+        if len(fits) < 2:
+            continue
+        low = min(fits, key=lambda run: run["data"]["kl_gap"])
+        high = max(fits, key=lambda run: run["data"]["kl_gap"])
+        spread = high["data"]["kl_gap"] - low["data"]["kl_gap"]
+        noise = math.hypot(*(run["data"].get("kl_gap_stderr", math.nan) for run in (low, high)))
+        if spread > 3 * noise + 0.1:
+            lines.append(f"- {guide}: its seeds end at gaps from {low['data']['kl_gap']:.3f} (seed {low['seed']}) to "
+                         f"{high['data']['kl_gap']:.3f} (seed {high['seed']}), further apart than their Monte-Carlo "
+                         "errors: the fits stopped at different optima (local optima, or a crawl one seed ended "
+                         "early), so each gap is its fit's, and the smallest is the closest to the family's best; "
+                         "try more seeds, --lr 0.01 with more --particles, or a non-centred parameterization")
     return lines
 
 
@@ -214,8 +239,8 @@ def describe_evidence(summary: dict) -> str:
     error = pilot.get("stderr", float("nan"))
     chosen = (f"chosen from a {pilot.get('steps', '?')}-temperature pilot's error {error:.3g} for a target of "
               f"{summary['target_stderr']}" if error is not None and math.isfinite(error) else
-              f"the most allowed: the {pilot.get('steps', '?')}-temperature pilot's weights had no error bar (a heavy "
-              "tail), so none could be planned")
+              f"four times the pilot's: the {pilot.get('steps', '?')}-temperature pilot's weights had no error bar (a "
+              "heavy tail), so no length could be planned from it")
     return (f"annealed importance sampling from a Gaussian reference fitted once per seed (tempered SMC from the "
             f"prior in {smc.get('temperatures', '?')} adaptive temperatures, then SVI of a full-rank Gaussian in the "
             f"coordinates it whitens), {summary['chains']} chains x {summary['steps_used']} temperatures ({chosen}) x "

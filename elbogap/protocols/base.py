@@ -51,6 +51,7 @@ class Protocol:
     trainer: Callable[..., object] | None = None
     gradient_refusal: str | None = None
     stacker: Callable[..., object] | None = None
+    stack_from: int = 2
 
     def defaults_for(self, guide_name: str | None = None) -> dict:
         """The kind's defaults, with those of the family ``guide_name`` over them."""

@@ -39,6 +39,18 @@ def test_a_family_above_one_it_contains_is_short_of_its_optimum():
     assert posterior_warnings(other_seed) == []  # compared within a seed
 
 
+def test_seeds_of_a_family_that_end_at_different_gaps_read_as_different_optima():
+    runs = [run("auto:AutoMultivariateNormal", 1.48, seed=0), run("auto:AutoMultivariateNormal", 2.53, seed=1),
+            run("auto:AutoNormal", 1.47, seed=0), run("auto:AutoNormal", 1.50, seed=1)]
+    warnings = posterior_warnings(runs[:2])  # without the family it contains, to be read beside
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "- auto-AutoMultivariateNormal: its seeds end at gaps from 1.480 (seed 0) to 2.530 (seed 1)")
+    assert len(posterior_warnings(runs)) == 2  # and seed 1's gap above the mean field's
+    assert posterior_warnings([run("auto:AutoNormal", 1.47, seed=0), run("auto:AutoNormal", 1.62, seed=1)]) == []
+    trained = [{**one, "model": {"parameters": 3}} for one in runs[:2]]  # each seed fits its own model: no claim
+    assert posterior_warnings(trained) == []
+
+
 def test_a_mixture_whose_components_swap_labels_is_flagged(tmp_path):
     """Three exchangeable components: the posterior has 3! = 6 mirror modes; AIS from the reference fitted in one
     sees one of them, tempered SMC from the prior reaches the others, and the study says so."""

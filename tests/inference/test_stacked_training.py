@@ -21,6 +21,7 @@ from elbogap.inference.stacking import NotStackable, reparameterized
 from elbogap.model import VAE
 from elbogap.runs import CHECKPOINT, run_one
 from elbogap.seeds import stack_seeds
+from tests.test_cli import QUICK
 
 FAMILIES = ("diag", "full", "lowrank", "iaf")  # q's density anywhere; planar's only at its own draws
 
@@ -123,10 +124,11 @@ def test_a_fit_whose_loss_turns_nan_stops_alone_and_gets_no_checkpoint(tmp_path)
 
 
 def test_a_stop_while_seeds_train_at_once_leaves_each_run_a_checkpoint_with_its_curve_so_far(tmp_path):
-    config = Config(steps=300, guides=["mixture", "diag"], seeds=[0, 1], out=str(tmp_path))
+    seeds = [0, 1, 2, 3]
+    config = Config(steps=300, guides=["mixture", "diag"], seeds=seeds, out=str(tmp_path))
     data = load_dataset(config)
     tasks = [RunTask(guide, seed, str(tmp_path / "runs" / f"{guide}-seed{seed}"))
-             for guide in ("mixture", "diag") for seed in (0, 1)]
+             for guide in ("mixture", "diag") for seed in seeds]
     asked = [0]
 
     def stop_after_100_steps():
@@ -134,15 +136,32 @@ def test_a_stop_while_seeds_train_at_once_leaves_each_run_a_checkpoint_with_its_
         return 15 if asked[0] > 100 else None
 
     outcome = stack_seeds(config, data, tasks, should_stop=stop_after_100_steps)
-    assert outcome["diag"] == 2 and outcome["mixture"].startswith("one at a time: ")
-    for task in tasks[2:]:
+    assert outcome == {"mixture": "one at a time: mixture trains on its ELBO summed over its components", "diag": 4}
+    for task in tasks[4:]:
         state = load_checkpoint(f"{task.run_dir}/{CHECKPOINT}")
-        assert state["stacked"] == 2 and not state["complete"] and 95 <= int(state["trainer"]["step"]) <= 100
+        assert state["stacked"] == 4 and not state["complete"] and 95 <= int(state["trainer"]["step"]) <= 100
         assert [point["step"] for point in json.loads(state["curve_eval"])] == [30, 60, 90]
-    run = run_one(config, data, "diag", 1, tasks[3].run_dir)  # alone, from its step, without --resume
-    assert run["stacked_seeds"] == 2 and run["steps"] == 300 and len(run["curve"]) == 100
+    run = run_one(config, data, "diag", 1, tasks[5].run_dir)  # alone, from its step, without --resume
+    assert run["stacked_seeds"] == 4 and run["steps"] == 300 and len(run["curve"]) == 100
     assert [point["step"] for point in run["curve_eval"]] == list(range(30, 301, 30))
     assert "snr_encoder" in run["curve_eval"][0] and math.isfinite(run["test"]["kl_gap"])
+
+
+def test_a_study_stacks_four_seeds_or_more_on_its_workers_and_says_so(elbogap, tmp_path):
+    """Four seeds of a guide train as one program, the two guides' stacks side by side on two workers; two seeds
+    train in their runs (a stack of two costs what they do)."""
+    code, err = elbogap("compare", "--guides", "diag,full", "--seeds", "0,1,2,3", *QUICK, "--jobs", "2",
+                        "--out", tmp_path)
+    assert code == 0, err
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["fits_at_once"] == {"diag": 4, "full": 4}
+    for run in results["runs"]:
+        assert run["stacked_seeds"] == 4 and len(run["curve_eval"]) == 10 and not run["compiled_loss"]
+        assert run["convergence"]["rule"] == "trend" and math.isfinite(run["test"]["kl_gap"])
+    assert "Each seed of diag, full trained with the guide's other seeds as one program" in (
+        tmp_path / "results.md").read_text()
+    code, _ = elbogap("compare", "--guides", "diag", "--seeds", "0,1", *QUICK, "--out", tmp_path / "two")
+    assert code == 0 and "fits_at_once" not in json.loads((tmp_path / "two" / "results.json").read_text())
 
 
 def test_the_probe_refuses_a_family_vmap_cannot_run():

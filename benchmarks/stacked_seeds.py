@@ -1,0 +1,117 @@
+"""The seeds of elbogap's VAE trained one at a time against as one program, side by side in one run.
+
+    python benchmarks/stacked_seeds.py [--steps 300] [--fits 2,4,8,16] [--threads 1] [--study 16]
+
+Per family of the default study (``diag``, ``full``, ``iaf``, ``planar`` on the default VAE and digits, batch 128):
+milliseconds per step of one lone run's trainer (Pyro's compiled ELBO, as ``compare`` trains it), and per step and
+per fit-step of G seeds trained as one program (:class:`~elbogap.inference.stacked_training.StackedTraining`), and
+the lone cost over the stacked one per fit-step. With ``--study N``, the default ``elbogap compare`` with seeds
+0..N-1 twice, ``--stacked-fits off`` then ``auto``, with each one's wall time and where the time went.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyro
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from elbogap import streams  # noqa: E402
+from elbogap.config import Config  # noqa: E402
+from elbogap.factory import build, for_data, load_dataset, make_trainer  # noqa: E402
+from elbogap.inference.stacked_training import StackedTraining  # noqa: E402
+
+FAMILIES = ("diag", "full", "iaf", "planar")
+
+
+def trainer_of(config, data, family: str, seed: int):
+    pyro.clear_param_store()
+    streams.seeded("training", seed)
+    model, guide = build(config, data, family)
+    return make_trainer(config, model, guide, data, seed)
+
+
+def lone_ms(config, data, family: str, steps: int) -> float:
+    trainer = trainer_of(config, data, family, 0)
+    trainer.run(10)  # the compiled loss is traced at the first step
+    start = time.perf_counter()
+    trainer.run(10 + steps)
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def stacked_ms(config, data, family: str, fits: int, steps: int) -> float:
+    trainers = []
+    for seed in range(fits):
+        trainers.append(trainer_of(config, data, family, seed))
+    stack = StackedTraining(trainers, list(range(fits)), config.particles, steps + 10)
+    active = list(range(fits))
+    for _ in range(10):
+        stack.step(active)
+    start = time.perf_counter()
+    for _ in range(steps):
+        stack.step(active)
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def study(seeds: int, stacked: str) -> dict:
+    """The default compare with ``seeds`` seeds: wall seconds and its phases summed over runs."""
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "elbogap.cli", "compare", "--seeds", ",".join(map(str, range(seeds))),
+                        "--stacked-fits", stacked, "--out", out, "--quiet", "--no-figures"], check=True)
+        wall = time.perf_counter() - start
+        results = json.loads((Path(out) / "results.json").read_text())
+    phases: dict[str, float] = {}
+    for run in results["runs"]:
+        for name, seconds in run["seconds"].items():
+            phases[name] = phases.get(name, 0.0) + seconds
+    gaps = {}
+    for run in results["runs"]:
+        gaps.setdefault(run["guide"], []).append(run["test"]["kl_gap"])
+    return {"wall": wall, "phases": phases, "gaps": {guide: sum(v) / len(v) for guide, v in gaps.items()}}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--fits", default="2,4,8,16")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--study", type=int, default=0, help="seeds of the side-by-side default study (0: none)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = Config()
+    data = load_dataset(config)
+    sizes = [int(size) for size in args.fits.split(",")]
+    print(f"torch threads: {args.threads}; {args.steps} steps each\n")
+    print("| family | lone run, ms/step | " + " | ".join(f"{g} stacked: ms/step (per fit)" for g in sizes)
+          + f" | lone / stacked per fit-step at {sizes[-1]} |")
+    print("|---|---|" + "---|" * len(sizes) + "---|")
+    for family in FAMILIES:
+        resolved = for_data(config, data, family)
+        lone = lone_ms(resolved, data, family, args.steps)
+        cells, last = [], None
+        for fits in sizes:
+            last = stacked_ms(resolved, data, family, fits, args.steps)
+            cells.append(f"{last:.2f} ({last / fits:.3f})")
+        print(f"| {family} | {lone:.2f} | " + " | ".join(cells) + f" | {lone / (last / sizes[-1]):.1f}x |")
+    if args.study:
+        print(f"\nThe default compare, seeds 0..{args.study - 1}, 2 workers:\n")
+        print("| fits | wall s | training s (summed) | after training s (summed) | mean test KL gap per guide |")
+        print("|---|---|---|---|---|")
+        for stacked in ("off", "auto"):
+            result = study(args.study, stacked)
+            train = result["phases"].get("train", 0.0)
+            rest = sum(result["phases"].values()) - train
+            gaps = ", ".join(f"{guide} {gap:.3f}" for guide, gap in result["gaps"].items())
+            label = "one at a time" if stacked == "off" else "seeds stacked"
+            print(f"| {label} | {result['wall']:.1f} | {train:.1f} | {rest:.1f} | {gaps} |")
+
+
+if __name__ == "__main__":
+    main()
