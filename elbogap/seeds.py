@@ -14,6 +14,7 @@ line; so do the seeds of a guide whose stack a user's program broke (its runs th
 any run does).
 """
 
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -32,10 +33,10 @@ from elbogap.runs import CHECKPOINT, measure_snr, save_run_checkpoint
 from elbogap.threads import intra_op_threads
 
 
-def pending_stacks(config, data, tasks, slots: int = 1) -> list:
+def pending_stacks(config, data, tasks, workers: int = 1) -> list:
     """The stack tasks for ``tasks`` (runs without a checkpoint yet): per guide with at least the kind's
     :attr:`~elbogap.protocols.Protocol.stack_from` such seeds, its seeds in chunks of at least that many, as many
-    chunks as keep ``slots`` workers busy beside the other guides' stacks."""
+    chunks as keep ``workers`` busy beside the other guides' stacks."""
     protocol = PROTOCOLS[data.kind]
     if protocol.stacker is None:
         return []
@@ -44,7 +45,7 @@ def pending_stacks(config, data, tasks, slots: int = 1) -> list:
         if task.reference is None and not task.stack and not (Path(task.run_dir) / CHECKPOINT).exists():
             pending.setdefault(task.guide, []).append(task)
     pending = {guide: runs for guide, runs in pending.items() if len(runs) >= protocol.stack_from}
-    chunks = max(1, -(-slots // max(len(pending), 1)))  # per guide, so that every slot has a stack
+    chunks = max(1, -(-workers // max(len(pending), 1)))  # per guide, so that every worker has a stack
     stacks = []
     for runs in pending.values():
         count = min(chunks, len(runs) // protocol.stack_from)
@@ -73,12 +74,13 @@ def stack_outcome(config, data, guide_name: str, tasks, progress=False, should_s
 
 
 def merge_outcomes(outcomes: dict, guide_name: str, outcome: int | str) -> None:
-    """Add a stack's outcome to the study's ``fits_at_once`` (per guide label: seeds stacked, or why not)."""
+    """Add a stack's outcome to the study's ``fits_at_once``: per guide label, the most seeds one of its stacks
+    trained at once (as calibrate's), or why its seeds trained one at a time where none of its stacks did."""
     label = guide_label(guide_name)
-    if isinstance(outcome, str) or isinstance(outcomes.get(label), str):
-        outcomes[label] = outcome if isinstance(outcome, str) else outcomes[label]
+    if isinstance(outcome, int):
+        outcomes[label] = max(outcome, outcomes[label] if isinstance(outcomes.get(label), int) else 0)
     else:
-        outcomes[label] = outcomes.get(label, 0) + outcome
+        outcomes.setdefault(label, outcome)
 
 
 def stack_seeds(config, data, tasks, progress: bool = False, should_stop=lambda: None) -> dict[str, int | str]:
@@ -94,8 +96,12 @@ def stack_seeds(config, data, tasks, progress: bool = False, should_stop=lambda:
 
 
 def train_at_once(config, data, guide_name: str, tasks, progress: bool, should_stop) -> int:
-    """The runs ``tasks`` of ``guide_name`` trained as one program, their checkpoints written; how many (a fit whose
-    parameters ended non-finite gets none: its run trains alone, and ``--on-nan`` says what becomes of it)."""
+    """The runs ``tasks`` of ``guide_name`` trained as one program, their checkpoints written; how many (a fit that
+    went non-finite gets none: its run trains alone, and ``--on-nan`` says what becomes of it).
+
+    Each run's curve evaluations, gradient SNR and ``--checkpoint-every`` checkpoints come at the steps its lone run
+    has them; from each hand-over on (those and the last checkpoint), torch's generator is the run's own (the stream
+    ``stacked_run`` of its seed and step), so a run that goes on alone after a stop draws its own numbers."""
     resolved = for_data(config, data, guide_name)
     seeds = [task.seed for task in tasks]
     runs = []
@@ -111,35 +117,54 @@ def train_at_once(config, data, guide_name: str, tasks, progress: bool, should_s
     curve_evals: list[list[dict]] = [[] for _ in tasks]
     store = pyro.get_param_store()
 
-    def on_step(fits: list[int]) -> None:  # each run's curve evaluation where its lone run takes it
+    def usable(g: int) -> bool:  # a fit that went non-finite is left to its run, which meets the fault alone
+        return stack.params_finite(g) and all(map(math.isfinite, stack.losses[g][-1:]))
+
+    def hand_over(g: int) -> None:  # the run's own model, guide and trainer as they stand in the stack now
+        stack.write_back(g)
+        stack.load_into(g, runs[g][2])
+        torch.manual_seed(streams.seed_for("stacked_run", seeds[g], stack.steps[g]))  # each run's own draws from here
+
+    def save(g: int, seconds: float) -> None:
+        trainer = runs[g][2]
+        trainer.seconds = phases[g].seconds["train"] = seconds
+        Path(tasks[g].run_dir).mkdir(parents=True, exist_ok=True)
+        with torch.no_grad(), store.scope(), torch.random.fork_rng():
+            hand_over(g)  # the checkpoint keeps this run's generator state, for a run that goes on alone
+            save_run_checkpoint(Path(tasks[g].run_dir), resolved, guide_name, seeds[g], trainer, False,
+                                curve_evals[g], phases[g].seconds, stacked=len(seeds))
+
+    def training_seconds() -> float:
+        evaluations = sum(p.seconds.get("curve_evaluations", 0.0) + p.seconds.get("gradient_snr", 0.0)
+                          for p in phases)
+        return (time.perf_counter() - started - evaluations) / len(seeds)
+
+    def on_step(fits: list[int]) -> None:  # each run's curve evaluations and checkpoints where its lone run has them
         for g in fits:
             step = stack.steps[g]
-            if step % eval_every and step != cap:
+            evaluate = not step % eval_every or step == cap
+            save_now = resolved.checkpoint_every and not step % resolved.checkpoint_every
+            if not (evaluate or save_now) or not usable(g):
                 continue
             model, guide, trainer = runs[g]
-            stack.write_back(g)
-            stack.load_into(g, trainer)
-            with store.scope(), torch.random.fork_rng():  # each run registers its own modules, as alone
-                with phases[g]("curve_evaluations"):
-                    point = {"step": step, **PROTOCOLS[data.kind].curve_point(model, guide, data, resolved)}
-                curve_evals[g].append({**point, **measure_snr(trainer, resolved.snr_draws, phases[g], Progress())})
+            if evaluate:
+                with store.scope(), torch.random.fork_rng():  # each run registers its own modules, as alone
+                    hand_over(g)
+                    with phases[g]("curve_evaluations"):
+                        point = {"step": step, **PROTOCOLS[data.kind].curve_point(model, guide, data, resolved)}
+                    snr = measure_snr(trainer, resolved.snr_draws, phases[g], Progress())
+                curve_evals[g].append({**point, **snr})
+            if save_now:
+                save(g, training_seconds())
 
     started = time.perf_counter()
     threads = PROTOCOLS[data.kind].threads
     with as_progress(progress).bar(f"{len(seeds)} seeds at once", cap) as bar, intra_op_threads(threads):
         stack.run(should_stop, bar, on_step)
-    evaluations = sum(p.seconds.get("curve_evaluations", 0.0) + p.seconds.get("gradient_snr", 0.0) for p in phases)
-    seconds = (time.perf_counter() - started - evaluations) / len(seeds)
-    stack.write_back()
+    seconds = training_seconds()
     written = 0
-    for g, ((_, _, trainer), task) in enumerate(zip(runs, tasks, strict=True)):
-        if not stack.params_finite(g):  # it gave up on NaN: its run trains alone and reports the fault
-            continue
-        written += 1
-        stack.load_into(g, trainer)
-        trainer.seconds = phases[g].seconds["train"] = seconds
-        Path(task.run_dir).mkdir(parents=True, exist_ok=True)
-        with torch.no_grad(), store.scope():
-            save_run_checkpoint(Path(task.run_dir), resolved, guide_name, task.seed, trainer, False, curve_evals[g],
-                                phases[g].seconds, stacked=len(seeds))
+    for g in range(len(tasks)):
+        if usable(g):
+            save(g, seconds)
+            written += 1
     return written

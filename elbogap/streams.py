@@ -75,6 +75,9 @@ STREAMS: dict[str, Stream] = {stream.name: stream for stream in (
            scale=1_000_003),
     Stream("stacked_fit", "run", 100_000, "generator", "one fit trained at once with others (stacked fits): its SVI "
            "draws (counter 0), the fixed draws its ELBO checks score (1) and its draws after training (2)", scale=3),
+    Stream("stacked_run", "run", 500_000, "torch", "a run whose seed trained at once with others: torch's generator "
+           "where the stack hands the run over (its curve evaluations, and the state its checkpoint keeps for the run "
+           "to go on alone); the counter is the step", scale=1_000_003),
     Stream("notebook_evaluation", "call", 0, "torch", "the draws of elbogap.evaluate"),
     Stream("notebook_ais_points", "call", 0, "generator", "the points of elbogap.evaluate that get AIS"),
 )}

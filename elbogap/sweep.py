@@ -105,7 +105,7 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
                                                                 f"failed: {failed_references[seed]}"))
                 else:
                     tasks.append(task)
-        if stacks := ([] if references else pending_stacks(unresolved, data, tasks, backend.slots)):
+        if stacks := ([] if references else pending_stacks(unresolved, data, tasks, backend.concurrent_runs)):
             results["fits_at_once"] = {}  # each guide's seeds as one program (where the kind stacks them) first
 
             def stacked(task: RunTask, outcome: dict) -> None:

@@ -54,8 +54,12 @@ def test_the_snr_draws_are_reseeded_by_step():
     assert seed_for("snr_draws", 5, 200) == 5 * 1_000_003 + 60_000 + 200
 
 
+def test_a_stacked_run_is_handed_over_at_each_step_from_its_own_seed():
+    assert seed_for("stacked_run", 5, 200) == 5 * 1_000_003 + 500_000 + 200
+
+
 def test_every_stream_is_in_the_table_of_derivations():
-    assert set(STREAMS) == {*DERIVATIONS, "epoch_order", "snr_draws", "simulation", "stacked_fit"}
+    assert set(STREAMS) == {*DERIVATIONS, "epoch_order", "snr_draws", "simulation", "stacked_fit", "stacked_run"}
 
 
 @pytest.mark.parametrize(("source", "rng"), [("run", "global"), ("data", "generator")])

@@ -38,10 +38,10 @@ from elbogap.inference.convergence import ConvergenceSettings, ConvergeSchedule,
 from elbogap.inference.stacking import (
     NotStackable,
     RowAdam,
+    Stack,
     load_adam,
     noise_size,
     reparameterized,
-    stacked_state,
     unvalidated,
 )
 from elbogap.inference.train import all_finite
@@ -107,7 +107,7 @@ def refusal(config, model, guide_name: str) -> str | None:
     return None
 
 
-class StackedFits:
+class StackedFits(Stack):
     r"""G fits of one autoguide family trained as one program (see the module).
 
     :param model: the :class:`~elbogap.global_latents.model.GlobalLatentModel` (its program scores every fit).
@@ -136,10 +136,7 @@ class StackedFits:
         self.flats = [FlatGuide(guide.auto) for guide in guides]
         with torch.no_grad():
             self.noise = noise_size(flat_posterior(guides[0].auto))
-        self.params, self.buffers = stacked_state(self.flats)
-        self.leaves = list({id(value): value for value in self.params.values()}.values())
-        self.leaf_of = {name: next(i for i, leaf in enumerate(self.leaves) if leaf is value)  # tied names: one leaf
-                        for name, value in self.params.items()}
+        self.stack_modules(self.flats)
         self.adam = RowAdam(self.leaves, lr, lr_decay)
         self.steps = [0] * self.count
         self.losses: list[list[float]] = [[] for _ in range(self.count)]
@@ -190,20 +187,10 @@ class StackedFits:
         return [g for g in range(self.count) if self.steps[g] < self.cap
                 and not (self.schedules[g] is not None and self.schedules[g].done)]
 
-    def run(self, should_stop=lambda: None, bar=None, on_step=lambda fits: None) -> None:
-        """Train until every fit converged, gave up or reached the cap; ``should_stop()`` (a signal number or None)
-        is asked before every step and, when it answers, training returns at once; ``on_step(fits)`` follows every
-        step of the fits ``fits``."""
+    def start(self) -> None:
         for g, schedule in enumerate(self.schedules):
             if schedule is not None:
                 schedule.start(self.views[g])
-        while fits := self.active():
-            if should_stop():
-                return
-            self.step(fits)
-            if bar is not None:
-                bar.update()
-            on_step(fits)
 
     def step(self, fits: list[int]) -> None:
         eps = torch.stack([torch.randn(self.particles, self.noise, generator=self.generators[g]) for g in fits])
@@ -243,17 +230,11 @@ class StackedFits:
     def check(self, due: list[int]) -> None:
         """The ELBO checks of the fits ``due``, at their windows' averaged iterates, scored together."""
         averages = [self.schedules[g].averaged() for g in due]
-        params = {name: torch.stack([average[index] for average in averages]) for name, index in self.leaf_of.items()}
+        params = {name: torch.stack([average[index] for average in averages])
+                  for name, index in self.leaf_index.items()}
         values = self.elbos(due, self.check_noise[due], params).tolist()
         for g, value in zip(due, values, strict=True):
             self.schedules[g].check(self.views[g], value)
-
-    @torch.no_grad()
-    def write_back(self, g: int | None = None) -> None:
-        """Copy every fit's stacked parameters (or fit ``g``'s) into its own autoguide, which then stands alone."""
-        for fit in range(self.count) if g is None else [g]:
-            for name, param in self.flats[fit].named_parameters(remove_duplicate=False):
-                param.copy_(self.params[name][fit])
 
     def params_finite(self, g: int) -> bool:
         return self.views[g].params_finite()
@@ -264,7 +245,7 @@ class StackedFits:
         trainer.step_count, trainer.losses = self.steps[g], list(self.losses[g])
         if trainer.schedule is not None and self.schedules[g] is not None:
             trainer.schedule.load_state_dict(self.schedules[g].state_dict())
-        load_adam(self.adam, g, trainer, self.flats[g], self.leaf_of)
+        load_adam(self.adam, g, trainer, self.flats[g], self.leaf_index)
 
     # --- checkpoints -------------------------------------------------------------------------------
 

@@ -29,10 +29,10 @@ from elbogap.guides.guide import Guide
 from elbogap.inference.stacking import (
     NotStackable,
     RowAdam,
+    Stack,
     load_adam,
     noise_size,
     reparameterized,
-    stacked_state,
     unvalidated,
 )
 from elbogap.inference.train import Trainer, all_finite
@@ -76,7 +76,7 @@ def refusal(config, model, guide, guide_name: str) -> str | None:
     return None
 
 
-class StackedTraining:
+class StackedTraining(Stack):
     """The lone runs ``trainers`` (one :class:`~elbogap.inference.train.Trainer` per seed, each built as its run
     builds it) stepped as one program (see the module).
 
@@ -91,10 +91,7 @@ class StackedTraining:
     def __init__(self, trainers: list[Trainer], seeds, particles: int, cap: int):
         self.trainers, self.count, self.cap, self.particles = trainers, len(trainers), cap, particles
         self.pairs = [FitPair(trainer.model, trainer.guide) for trainer in trainers]
-        self.params, self.buffers = stacked_state(self.pairs)
-        self.leaves = list({id(value): value for value in self.params.values()}.values())
-        self.leaf_index = {name: next(i for i, leaf in enumerate(self.leaves) if leaf is value)
-                           for name, value in self.params.items()}
+        self.stack_modules(self.pairs)
         group = trainers[0].svi.optimizer.param_groups[0]
         self.adam = RowAdam(self.leaves, group["lr"], group["lrd"])
         self.steps = [trainer.step_count for trainer in trainers]
@@ -128,17 +125,6 @@ class StackedTraining:
     def active(self) -> list[int]:
         return [g for g in range(self.count) if not self.failed[g] and self.steps[g] < self.cap]
 
-    def run(self, should_stop=lambda: None, bar=None, on_step=lambda fits: None) -> None:
-        """Train until every fit took ``cap`` steps or failed; ``should_stop()`` (a signal number or None) is asked
-        before every step and, when it answers, training returns at once; ``on_step(fits)`` follows every step."""
-        while fits := self.active():
-            if should_stop():
-                return
-            self.step(fits)
-            if bar is not None:
-                bar.update()
-            on_step(fits)
-
     def step(self, fits: list[int]) -> None:
         rows = torch.stack([self.trainers[g].next_batch()[0] for g in fits])
         shape = (self.particles, rows.shape[1], self.noise)
@@ -164,17 +150,13 @@ class StackedTraining:
         """Whether fit ``g`` stepped on finite losses and its parameters are finite."""
         return not self.failed[g] and all_finite(leaf[g] for leaf in self.leaves)
 
-    @torch.no_grad()
-    def write_back(self, g: int | None = None) -> None:
-        """Copy every fit's stacked parameters (or fit ``g``'s) into its own model and guide, which then stand alone."""
-        for fit in range(self.count) if g is None else [g]:
-            for name, param in self.pairs[fit].named_parameters(remove_duplicate=False):
-                param.copy_(self.params[name][fit])
-
     def load_into(self, g: int, trainer: Trainer) -> None:
-        """Fit ``g``'s trainer as its lone run would stand now: steps, losses and Adam's state (after
-        :meth:`write_back`, its parameters too); it already serves the minibatches that follow."""
+        """Fit ``g``'s trainer as its lone run would stand now: steps, losses, the KL weight of its last step and
+        Adam's state (after :meth:`write_back`, its parameters too); it already serves the minibatches that
+        follow."""
         trainer.step_count, trainer.losses = self.steps[g], list(self.losses[g])
+        warmup = trainer.kl_warmup_steps  # the weight of its last step, as its gradient SNR is measured at
+        trainer.kl_weight.beta = min(1.0, max(self.steps[g] - 1, 0) / warmup) if warmup else 1.0
         load_adam(self.adam, g, trainer, self.pairs[g], self.leaf_index)
 
 

@@ -83,6 +83,50 @@ def stacked_state(modules: list[nn.Module]) -> tuple[dict, dict]:
     return params, buffers
 
 
+class Stack:
+    """What every stack of fits does: its fits' modules stacked (:meth:`stack_modules`), trained until none is active
+    (:meth:`run`), and each fit's parameters written back into its own module (:meth:`write_back`). Subclasses say
+    which fits are active and what one step of them is."""
+
+    def stack_modules(self, modules: list[nn.Module]) -> None:
+        """Stack ``modules`` (one per fit): ``params`` and ``buffers`` by name, ``leaves`` the distinct parameters
+        (tied names share one), ``leaf_index`` the leaf of each name."""
+        self.modules = modules
+        self.params, self.buffers = stacked_state(modules)
+        self.leaves = list({id(value): value for value in self.params.values()}.values())
+        self.leaf_index = {name: next(i for i, leaf in enumerate(self.leaves) if leaf is value)
+                           for name, value in self.params.items()}
+
+    def active(self) -> list[int]:
+        raise NotImplementedError
+
+    def step(self, fits: list[int]) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """What happens before the first step of :meth:`run`."""
+
+    def run(self, should_stop=lambda: None, bar=None, on_step=lambda fits: None) -> None:
+        """Step the active fits until none is left; ``should_stop()`` (a signal number or None) is asked before
+        every step and, when it answers, training returns at once; ``on_step(fits)`` follows every step of the fits
+        ``fits``."""
+        self.start()
+        while fits := self.active():
+            if should_stop():
+                return
+            self.step(fits)
+            if bar is not None:
+                bar.update()
+            on_step(fits)
+
+    @torch.no_grad()
+    def write_back(self, g: int | None = None) -> None:
+        """Copy every fit's stacked parameters (or fit ``g``'s) into its own module, which then stands alone."""
+        for fit in range(len(self.modules)) if g is None else [g]:
+            for name, param in self.modules[fit].named_parameters(remove_duplicate=False):
+                param.copy_(self.params[name][fit])
+
+
 class RowAdam:
     """Pyro's ``ClippedAdam`` for stacked leaves, each row (fit) at its own learning rate and step count.
 
@@ -102,7 +146,7 @@ class RowAdam:
 
     @torch.no_grad()
     def update(self, rows: list[int]) -> None:
-        """One step of the rows ``rows`` from the leaves' ``.grad``."""
+        """One step of the rows ``rows`` from the leaves' ``.grad`` (rates and step counts kept on the CPU)."""
         if not rows:
             return
         every = len(rows) == len(self.lr)  # then in place, without gathering the rows
@@ -111,7 +155,9 @@ class RowAdam:
         self.steps[index] += 1
         t = self.steps[index]
         correction1, correction2 = 1 - BETAS[0] ** t, 1 - BETAS[1] ** t
-        step_size = self.lr[index].float() * correction2.sqrt() / correction1
+        device = self.leaves[0].device
+        step_size = (self.lr[index].float() * correction2.sqrt() / correction1).to(device)
+        index = index if every else index.to(device)
         for leaf, (mean, square) in zip(self.leaves, self.moments, strict=True):
             grad = leaf.grad[index].clamp(-CLIP, CLIP)
             m = mean[index].mul_(BETAS[0]).add_(grad, alpha=1 - BETAS[0])

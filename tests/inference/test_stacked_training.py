@@ -17,7 +17,7 @@ from elbogap.data import load_data
 from elbogap.factory import build, for_data, load_dataset, make_trainer
 from elbogap.guides import build_guide
 from elbogap.inference.stacked_training import FitPair, StackedTraining, refusal
-from elbogap.inference.stacking import NotStackable, reparameterized
+from elbogap.inference.stacking import NotStackable, RowAdam, reparameterized
 from elbogap.model import VAE
 from elbogap.runs import CHECKPOINT, run_one
 from elbogap.seeds import stack_seeds
@@ -76,6 +76,9 @@ def test_a_fit_steps_as_it_would_with_other_fits_or_alone_and_its_run_takes_over
     leaf = three.leaves[three.leaf_index["guide.encoder.0.weight"]]
     assert state["step"] == 40 and torch.equal(encoder, leaf[1].detach())
     assert torch.equal(state["exp_avg"], three.adam.moments[three.leaf_index["guide.encoder.0.weight"]][0][1])
+    trainer.kl_warmup_steps = 100  # the KL weight of its last step, as a lone run's SNR at step 40 reads it
+    three.load_into(1, trainer)
+    assert trainer.kl_weight.beta == pytest.approx(0.39)
 
 
 def test_stacked_seeds_end_where_lone_runs_of_the_same_seeds_end():
@@ -137,10 +140,13 @@ def test_a_stop_while_seeds_train_at_once_leaves_each_run_a_checkpoint_with_its_
 
     outcome = stack_seeds(config, data, tasks, should_stop=stop_after_100_steps)
     assert outcome == {"mixture": "one at a time: mixture trains on its ELBO summed over its components", "diag": 4}
+    generators = []
     for task in tasks[4:]:
         state = load_checkpoint(f"{task.run_dir}/{CHECKPOINT}")
         assert state["stacked"] == 4 and not state["complete"] and 95 <= int(state["trainer"]["step"]) <= 100
         assert [point["step"] for point in json.loads(state["curve_eval"])] == [30, 60, 90]
+        generators.append(state["trainer"]["rng"]["cpu"])
+    assert len({bytes(generator.numpy()) for generator in generators}) == 4  # each run goes on with its own draws
     run = run_one(config, data, "diag", 1, tasks[5].run_dir)  # alone, from its step, without --resume
     assert run["stacked_seeds"] == 4 and run["steps"] == 300 and len(run["curve"]) == 100
     assert [point["step"] for point in run["curve_eval"]] == list(range(30, 301, 30))
@@ -162,6 +168,41 @@ def test_a_study_stacks_four_seeds_or_more_on_its_workers_and_says_so(elbogap, t
         tmp_path / "results.md").read_text()
     code, _ = elbogap("compare", "--guides", "diag", "--seeds", "0,1", *QUICK, "--out", tmp_path / "two")
     assert code == 0 and "fits_at_once" not in json.loads((tmp_path / "two" / "results.json").read_text())
+
+
+def test_a_fit_that_turns_nan_at_an_evaluation_step_leaves_the_others_their_checkpoints(tmp_path, monkeypatch):
+    """Fit 1's parameters turn NaN at its 6th update, with a curve evaluation every 5 steps: its run gets no
+    checkpoint (it trains alone and meets the fault), and the other three are evaluated and saved as usual."""
+    seeds = [0, 1, 2, 3]
+    config = Config(steps=20, eval_every=5, seeds=seeds, guides=["diag"], out=str(tmp_path))
+    data = load_dataset(config)
+    tasks = [RunTask("diag", seed, str(tmp_path / "runs" / f"diag-seed{seed}")) for seed in seeds]
+    update, calls = RowAdam.update, [0]
+
+    def poisoned(self, rows):
+        update(self, rows)
+        calls[0] += 1
+        if calls[0] == 6:
+            with torch.no_grad():
+                self.leaves[0][1] = math.nan
+
+    monkeypatch.setattr(RowAdam, "update", poisoned)
+    assert stack_seeds(config, data, tasks) == {"diag": 3}
+    assert not (tmp_path / "runs" / "diag-seed1" / CHECKPOINT).exists()
+    for seed in (0, 2, 3):
+        state = load_checkpoint(tmp_path / "runs" / f"diag-seed{seed}" / CHECKPOINT)
+        assert [point["step"] for point in json.loads(state["curve_eval"])] == [5, 10, 15, 20]
+
+
+def test_the_stacked_update_runs_where_the_parameters_are():
+    """Rates and step counts stay on the CPU; the update itself on the leaves' device (here PyTorch's meta device,
+    which checks placement without a GPU)."""
+    leaves = [torch.zeros(3, 4, device="meta", requires_grad=True)]
+    leaves[0].grad = torch.ones(3, 4, device="meta")
+    adam = RowAdam(leaves, 0.01)
+    adam.update([0, 1, 2])
+    adam.update([1])
+    assert adam.lr.device.type == "cpu" and adam.steps.tolist() == [1, 2, 1]
 
 
 def test_the_probe_refuses_a_family_vmap_cannot_run():
