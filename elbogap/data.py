@@ -229,9 +229,20 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
 def read_csv(path: Path) -> np.ndarray:
     """Numbers separated by commas, one row per data point; one header line is skipped."""
     try:
-        return np.loadtxt(path, delimiter=",", ndmin=2)
-    except ValueError:
-        return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1)
+        try:
+            return np.loadtxt(path, delimiter=",", ndmin=2)
+        except ValueError:
+            return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1)
+    except ValueError as error:
+        if "number of columns changed" not in str(error):
+            raise
+        widths = [(number, len(line.split(","))) for number, line in enumerate(path.read_text().splitlines(), 1)
+                  if line.strip()]
+        number, width = next(((number, width) for number, width in widths if width != widths[0][1]), (None, None))
+        if number is None:  # what numpy counted differs from our comma count (quotes): its own words
+            raise
+        raise UsageError(f"cannot read {path}: line {number} has {width} comma-separated values where line "
+                         f"{widths[0][0]} has {widths[0][1]}; every row needs the same number") from None
 
 
 def as_matrix(array: np.ndarray, name: str) -> torch.Tensor:
@@ -245,8 +256,11 @@ def as_matrix(array: np.ndarray, name: str) -> torch.Tensor:
     if array.size == 0:
         raise UsageError(f"{name} is empty (shape {array.shape}); provide at least one data point")
     if not np.isfinite(array).all():
-        bad = int((~np.isfinite(array)).sum())
-        raise UsageError(f"{name} has {bad} NaN or infinite value(s); remove or impute them")
+        bad = ~np.isfinite(array)
+        first = ", ".join(str(int(i) + 1) for i in np.argwhere(bad)[0])
+        where = f"row {first.replace(', ', ', column ', 1)}" if array.ndim == 2 else f"index ({first})"
+        raise UsageError(f"{name} has {int(bad.sum())} NaN or infinite value(s), the first at {where} (counting "
+                         "from 1); remove or impute them")
     return torch.as_tensor(array.reshape(len(array), -1), dtype=torch.float32)
 
 

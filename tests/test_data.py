@@ -38,13 +38,20 @@ def test_user_files_load_as_float_matrices(tmp_path, suffix):
 @pytest.mark.parametrize(("array", "message"), [
     (np.zeros((0, 3)), "empty"),
     (np.array([1.0, 2.0]), "one row per data point"),
-    (np.array([[1.0, np.nan], [0.0, 1.0]]), "NaN or infinite"),
+    (np.array([[1.0, 2.0], [0.0, np.nan]]), r"1 NaN or infinite value\(s\), the first at row 2, column 2"),
     (np.array([["a", "b"], ["c", "d"]]), "numeric"),
 ])
 def test_bad_arrays_are_named(tmp_path, array, message):
     np.save(tmp_path / "bad.npy", array)
     with pytest.raises(UsageError, match=message):
         load_data(str(tmp_path / "bad.npy"))
+
+
+def test_a_csv_whose_rows_differ_in_width_is_named_by_its_line(tmp_path):
+    (tmp_path / "ragged.csv").write_text("x,y,z\n1,2,3\n4,5,6\n7,8\n")
+    with pytest.raises(UsageError, match="line 4 has 2 comma-separated values where line 1 has 3") as error:
+        load_data(str(tmp_path / "ragged.csv"))
+    assert "usecols" not in str(error.value)  # numpy's advice names its own argument, not ours
 
 
 def test_npz_with_several_unnamed_arrays_is_refused(tmp_path):
