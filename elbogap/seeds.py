@@ -161,7 +161,12 @@ def train_at_once(config, data, guide_name: str, tasks, progress: bool, should_s
     threads = PROTOCOLS[data.kind].threads
     with as_progress(progress).bar(f"{len(seeds)} seeds at once", cap) as bar, intra_op_threads(threads):
         stack.run(should_stop, bar, on_step)
-    seconds = training_seconds()
+        seconds = training_seconds()
+        if not should_stop():  # what the kind does at once for the trained runs before they are evaluated (q*)
+            with store.scope(), torch.random.fork_rng():
+                for g, extra in (stack.after_training(resolved, data, [task.run_dir for task in tasks]) or {}).items():
+                    for name, value in extra.items():
+                        phases[g].add(name, value)
     written = 0
     for g in range(len(tasks)):
         if usable(g):

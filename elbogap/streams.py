@@ -78,6 +78,9 @@ STREAMS: dict[str, Stream] = {stream.name: stream for stream in (
     Stream("stacked_run", "run", 500_000, "torch", "a run whose seed trained at once with others: torch's generator "
            "where the stack hands the run over (its curve evaluations, and the state its checkpoint keeps for the run "
            "to go on alone); the counter is the step", scale=1_000_003),
+    Stream("stacked_refit", "run", 600_000, "generator", "q* of a run whose seed trained at once with others, refit "
+           "at once with theirs: its draws (counter 0 for the training split's gap points, 1 for the test split's)",
+           scale=2),
     Stream("notebook_evaluation", "call", 0, "torch", "the draws of elbogap.evaluate"),
     Stream("notebook_ais_points", "call", 0, "generator", "the points of elbogap.evaluate that get AIS"),
 )}

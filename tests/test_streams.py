@@ -54,12 +54,17 @@ def test_the_snr_draws_are_reseeded_by_step():
     assert seed_for("snr_draws", 5, 200) == 5 * 1_000_003 + 60_000 + 200
 
 
+def test_a_stacked_refit_draws_per_split_from_its_own_seed():
+    assert [seed_for("stacked_refit", 5, split) for split in (0, 1)] == [600_010, 600_011]
+
+
 def test_a_stacked_run_is_handed_over_at_each_step_from_its_own_seed():
     assert seed_for("stacked_run", 5, 200) == 5 * 1_000_003 + 500_000 + 200
 
 
 def test_every_stream_is_in_the_table_of_derivations():
-    assert set(STREAMS) == {*DERIVATIONS, "epoch_order", "snr_draws", "simulation", "stacked_fit", "stacked_run"}
+    assert set(STREAMS) == {*DERIVATIONS, "epoch_order", "snr_draws", "simulation", "stacked_fit", "stacked_run",
+                            "stacked_refit"}
 
 
 @pytest.mark.parametrize(("source", "rng"), [("run", "global"), ("data", "generator")])

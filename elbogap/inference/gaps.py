@@ -24,11 +24,11 @@ from elbogap import streams
 from elbogap.device import rng_devices
 from elbogap.guides.base import Guide
 from elbogap.inference.evaluation import evaluate
-from elbogap.inference.train import frozen, refit_guide
+from elbogap.inference.train import TrainResult, frozen, refit_guide
 from elbogap.inference.weights import errors_a_mean_combines
 
 
-def optimal_guide(model, guide: Guide, x: torch.Tensor, index: torch.Tensor | None = None,
+def optimal_guide(model, guide: Guide, x: torch.Tensor, index: torch.Tensor | None = None, given: dict | None = None,
                   **refit_options) -> Guide | None:
     """The best member of ``guide``'s family for each row of ``x``, with the model held fixed.
 
@@ -42,8 +42,25 @@ def optimal_guide(model, guide: Guide, x: torch.Tensor, index: torch.Tensor | No
     star = guide.optimum_start(x, index)
     if star is None or star is guide:
         return star
+    if given is not None:  # found already, at once with other seeds' (elbogap.inference.stacked_training)
+        return restore_star(star, given)
     with frozen(guide):
         star.fit = refit_guide(model, star, x, **refit_options)  # with whether the refit converged
+    return star
+
+
+def given_star(entry: dict | None, x: torch.Tensor) -> dict | None:
+    """A run's saved q* for one split (an entry of its ``q_star.pt``) if it was refit on exactly the points ``x``."""
+    if entry is None or entry["x"].shape != x.shape or not torch.equal(entry["x"].to(x.device), x):
+        return None
+    return entry
+
+
+def restore_star(star: Guide, entry: dict) -> Guide:
+    """``star`` (a family's :meth:`~elbogap.guides.Guide.optimum_start`) set to the q* of ``entry``, with its fit."""
+    with torch.no_grad():
+        star.load_state_dict(entry["state"])
+    star.fit = TrainResult(entry["losses"].tolist(), float(entry["seconds"]), bool(entry["converged"]))
     return star
 
 
@@ -66,7 +83,7 @@ class KnownLogPx(NamedTuple):
 
 def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor | None = None,
                       refit_options: dict | None = None, log_px: KnownLogPx | None = None,
-                      **evaluate_options) -> dict:
+                      given: dict | None = None, **evaluate_options) -> dict:
     r"""Approximation and amortization gaps on the rows of ``x``, in nats per data point.
 
     Returns ``gap_points``, ``gap_log_px``, ``gap_elbo`` (of ``guide``), ``elbo_star`` (of
@@ -83,12 +100,14 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
     guide-independent per-point :math:`\log p(x)` of these rows (exact, quadrature or AIS) where
     the caller has one; without it, log p(x) is evaluated here as ``evaluate_options`` say, with
     :math:`q^*` as the proposal where it is importance-weighted. ``refit_options`` go to
-    :func:`optimal_guide`, the rest to :func:`~elbogap.inference.evaluate`.
+    :func:`optimal_guide`, the rest to :func:`~elbogap.inference.evaluate`. ``given``, q* found already for
+    these points (an entry of a stacked run's ``q_star.pt``), is taken instead of a refit where its points are
+    ``x``.
     """
     if index is None:
         index = torch.arange(len(x), device=x.device)
     seed = int(torch.randint(2**31, ()))
-    star = optimal_guide(model, guide, x, index, **(refit_options or {}))
+    star = optimal_guide(model, guide, x, index, given_star(given, x), **(refit_options or {}))
     if star is None:
         return {"gap_points": len(x), "gap_split": (
             "not computed: the approximation/amortization split needs the family's best member for each point, "

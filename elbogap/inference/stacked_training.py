@@ -19,11 +19,17 @@ The results are statistically equivalent to the lone run's, not bitwise equal: t
 traces from the global generator. A fit whose loss or parameters turn non-finite stops alone; the others go on.
 """
 
+import contextlib
+import math
+import time
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
 from elbogap import streams
+from elbogap.checkpoint import save_checkpoint
 from elbogap.guides.base import AmortizedGuide
 from elbogap.guides.guide import Guide
 from elbogap.inference.stacking import (
@@ -35,7 +41,7 @@ from elbogap.inference.stacking import (
     reparameterized,
     unvalidated,
 )
-from elbogap.inference.train import Trainer, all_finite
+from elbogap.inference.train import REFIT, RefitRule, Trainer, all_finite, frozen
 from elbogap.model.base import LatentModel
 
 
@@ -88,8 +94,10 @@ class StackedTraining(Stack):
     :param int cap: the steps each fit takes.
     """
 
-    def __init__(self, trainers: list[Trainer], seeds, particles: int, cap: int):
+    def __init__(self, trainers: list[Trainer], seeds, particles: int, cap: int,
+                 gap_points: dict[str, torch.Tensor] | None = None):
         self.trainers, self.count, self.cap, self.particles = trainers, len(trainers), cap, particles
+        self.seeds, self.gap_points = list(seeds), gap_points or {}
         self.pairs = [FitPair(trainer.model, trainer.guide) for trainer in trainers]
         self.stack_modules(self.pairs)
         group = trainers[0].svi.optimizer.param_groups[0]
@@ -113,14 +121,7 @@ class StackedTraining(Stack):
     def losses_of(self, fits: list[int], x: torch.Tensor, eps: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
         """Each fit's negative ELBO estimate of its data set, ``(F,)``, from its rows ``x (F, B, D)`` and normals
         ``eps (F, P, B, k)``."""
-        every = len(fits) == self.count
-        params = self.params if every else {name: value[fits] for name, value in self.params.items()}
-        buffers = self.buffers if every else {name: value[fits] for name, value in self.buffers.items()}
-        scale = self.num_data / x.shape[1]
-        base = self.pairs[0]
-        with unvalidated():  # one fit's NaN must not stop the others, and checks cost a step's time
-            return vmap(lambda p, b, rows, e, beta: functional_call(base, (p, b), (rows, e, beta, scale),
-                                                                    tie_weights=False))(params, buffers, x, eps, betas)
+        return pair_losses(self, fits, x, eps, betas, self.num_data / x.shape[1])
 
     def active(self) -> list[int]:
         return [g for g in range(self.count) if not self.failed[g] and self.steps[g] < self.cap]
@@ -160,6 +161,120 @@ class StackedTraining(Stack):
         load_adam(self.adam, g, trainer, self.pairs[g], self.leaf_index)
 
 
+    def after_training(self, config, data, run_dirs: list) -> dict[int, dict[str, float]]:
+        """Each run's q* on its split's gap points (``gap_points``, the points its evaluation splits the gap on),
+        refit at once (:class:`StackedRefits`) and saved to ``RUN_DIR/q_star.pt``, where the run's evaluation
+        takes it instead of refitting alone; per fit, the seconds of its share (``gaps_SPLIT``). Fits that went
+        non-finite are left out."""
+        fits = [g for g in range(self.count) if self.params_finite(g)]
+        if not fits:
+            return {}
+        seconds: dict[int, dict[str, float]] = {g: {} for g in fits}
+        found: dict[int, dict] = {g: {} for g in fits}
+        for counter, (split, x) in enumerate(self.gap_points.items()):
+            started = time.perf_counter()
+            refits = StackedRefits([self.trainers[g].model for g in fits], [self.trainers[g].guide for g in fits], x,
+                                   [self.seeds[g] for g in fits], counter)
+            refits.run()
+            refits.write_back()
+            share = (time.perf_counter() - started) / len(fits)
+            for i, g in enumerate(fits):
+                if refits.failed[i]:
+                    continue  # its run searches alone
+                seconds[g][f"gaps_{split}"] = share
+                found[g][split] = {"x": x, "state": refits.stars[i].state_dict(), "seconds": share,
+                                   "losses": torch.tensor(refits.losses[i], dtype=torch.float64),
+                                   "converged": refits.converged[i]}
+        for g in fits:
+            if found[g]:
+                Path(run_dirs[g]).mkdir(parents=True, exist_ok=True)
+                save_checkpoint(Path(run_dirs[g]) / Q_STAR, found[g])
+        return seconds
+
+
+#: where a stacked run finds its q*, refit at once with its stack's
+Q_STAR = "q_star.pt"
+
+
+class StackedRefits(Stack):
+    r"""q* of G runs on the same points ``x``, each run's model and family held fixed, searched as one program.
+
+    Each fit starts where its family says (:meth:`~elbogap.guides.Guide.optimum_start`) and follows
+    :func:`~elbogap.inference.train.refit_guide`'s rule (:class:`~elbogap.inference.train.RefitRule`): full batch,
+    its particles a step, and every ``window`` steps the window's mean loss per point against the previous window's;
+    a gain under ``tol`` drops its rate tenfold, and after ``lr_drops`` drops it stops, converged (else at
+    ``max_steps``). Its draws come from the stream ``stacked_refit`` of its seed (``counter``: the split).
+    """
+
+    def __init__(self, models, guides, x: torch.Tensor, seeds, counter: int, rule: RefitRule = REFIT):
+        index = torch.arange(len(x), device=x.device)
+        self.stars = [guide.optimum_start(x, index) for guide in guides]
+        self.x, self.rule, self.count = x, rule, len(self.stars)
+        pairs = []
+        for model, star in zip(models, self.stars, strict=True):
+            pair = FitPair(model, star)
+            pair.add_module("family", star.family)  # stacked too: a flow's heads and conditioners are each run's
+            pairs.append(pair)
+        with contextlib.ExitStack() as held:  # fixed: stacked without gradient, so not leaves
+            for model, star in zip(models, self.stars, strict=True):
+                held.enter_context(frozen(model))
+                held.enter_context(frozen(star.family))
+            self.stack_modules(pairs)
+        self.adam = RowAdam(self.leaves, rule.lr)
+        self.generators = [streams.generator("stacked_refit", seed, counter) for seed in seeds]
+        with torch.no_grad():
+            self.noise = noise_size(self.stars[0].distribution(x))
+        self.losses: list[list[float]] = [[] for _ in range(self.count)]
+        self.previous, self.drops = [math.inf] * self.count, [0] * self.count
+        self.converged, self.failed = [False] * self.count, [False] * self.count
+
+    def active(self) -> list[int]:
+        return [g for g in range(self.count) if not (self.converged[g] or self.failed[g])
+                and len(self.losses[g]) < self.rule.max_steps]
+
+    def step(self, fits: list[int]) -> None:
+        shape = (self.rule.particles, len(self.x), self.noise)
+        eps = torch.stack([torch.randn(shape, generator=self.generators[g]) for g in fits]).to(self.x)
+        betas = torch.ones(len(fits), dtype=self.x.dtype, device=self.x.device)
+        losses = pair_losses(self, fits, self.x, eps, betas, 1.0, shared_rows=True)
+        for leaf in self.leaves:
+            leaf.grad = None
+        losses.sum().backward()
+        finite = torch.isfinite(losses).tolist()
+        self.adam.update([g for g, ok in zip(fits, finite, strict=True) if ok])
+        for g, ok, loss in zip(fits, finite, (losses.detach() / len(self.x)).tolist(), strict=True):
+            if not (ok and all_finite(leaf[g] for leaf in self.leaves)):
+                self.failed[g] = True
+                continue
+            self.losses[g].append(loss)
+            if len(self.losses[g]) % self.rule.window:
+                continue
+            current = sum(self.losses[g][-self.rule.window:]) / self.rule.window
+            if self.previous[g] - current < self.rule.tol:
+                if self.drops[g] == self.rule.lr_drops:
+                    self.converged[g] = True
+                    continue
+                self.drops[g] += 1
+                self.adam.lr[g] *= 0.1
+            self.previous[g] = current
+
+
+def pair_losses(stack: Stack, fits: list[int], x: torch.Tensor, eps: torch.Tensor, betas: torch.Tensor,
+                scale: float, shared_rows: bool = False) -> torch.Tensor:
+    """The negative ELBOs ``(F,)`` of the :class:`FitPair` fits ``fits`` of ``stack`` (``vmap`` over their stacked
+    parameters), on rows ``x`` ``(F, B, D)``, or ``(B, D)`` for every fit with ``shared_rows``."""
+    every = len(fits) == len(stack.modules)
+    params = stack.params if every else {name: value[fits] for name, value in stack.params.items()}
+    buffers = stack.buffers if every else {name: value[fits] for name, value in stack.buffers.items()}
+    base = stack.modules[0]
+
+    def one(p, b, rows, e, beta):
+        return functional_call(base, (p, b), (rows, e, beta, scale), tie_weights=False)
+
+    with unvalidated():  # one fit's NaN must not stop the others, and checks cost a step's time
+        return vmap(one, in_dims=(0, 0, None if shared_rows else 0, 0, 0))(params, buffers, x, eps, betas)
+
+
 def probe(stack: StackedTraining) -> None:
     """Raise :class:`NotStackable` unless the stacked losses of two fits equal one call of each fit's own model and
     guide on the same rows and normals, and their gradient runs (decided by trying)."""
@@ -183,11 +298,12 @@ def probe(stack: StackedTraining) -> None:
         raise NotStackable("the stacked losses differ from one fit's")
 
 
-def stacker(config, data, guide_name: str, runs, seeds) -> StackedTraining:
+def stacker(config, data, guide_name: str, runs, seeds, gap_points: dict | None = None) -> StackedTraining:
     """The seeds ``seeds`` of ``guide_name`` (``runs``: each run's model, guide and trainer, built as the run builds
-    them) as one :class:`StackedTraining` (:class:`NotStackable` where they cannot be)."""
+    them) as one :class:`StackedTraining` (:class:`NotStackable` where they cannot be); ``gap_points``, per split,
+    the points on which their q* is refit at once after training."""
     model, guide, _ = runs[0]
     if why := refusal(config, model, guide, guide_name):
         raise NotStackable(why)
     return StackedTraining([trainer for _, _, trainer in runs], seeds, config.particles,
-                           config.total_steps(len(data.train)))
+                           config.total_steps(len(data.train)), gap_points)

@@ -90,12 +90,13 @@ class Stack:
 
     def stack_modules(self, modules: list[nn.Module]) -> None:
         """Stack ``modules`` (one per fit): ``params`` and ``buffers`` by name, ``leaves`` the distinct parameters
-        (tied names share one), ``leaf_index`` the leaf of each name."""
+        that are fitted (tied names share one; a parameter held fixed, without gradient, is none), ``leaf_index``
+        the leaf of each name that has one."""
         self.modules = modules
         self.params, self.buffers = stacked_state(modules)
-        self.leaves = list({id(value): value for value in self.params.values()}.values())
+        self.leaves = list({id(value): value for value in self.params.values() if value.requires_grad}.values())
         self.leaf_index = {name: next(i for i, leaf in enumerate(self.leaves) if leaf is value)
-                           for name, value in self.params.items()}
+                           for name, value in self.params.items() if value.requires_grad}
 
     def active(self) -> list[int]:
         raise NotImplementedError
@@ -105,6 +106,9 @@ class Stack:
 
     def start(self) -> None:
         """What happens before the first step of :meth:`run`."""
+
+    def after_training(self, config, data, run_dirs: list) -> None:
+        """What the stack does for its runs once they are trained and saved, before each is evaluated (nothing)."""
 
     def run(self, should_stop=lambda: None, bar=None, on_step=lambda fits: None) -> None:
         """Step the active fits until none is left; ``should_stop()`` (a signal number or None) is asked before

@@ -358,9 +358,26 @@ def train(model, guide, x: torch.Tensor, steps: int, batch_size: int = 128, lr: 
     return trainer.run(steps, progress=progress, desc=desc)
 
 
-def refit_guide(model, guide, x: torch.Tensor, lr: float = 0.05, max_steps: int = 4000,
-                window: int = 50, tol: float = 5e-4, num_particles: int = 8,
-                lr_drops: int = 2, jit: bool = True, progress: bool | Progress = False,
+@dataclass(frozen=True)
+class RefitRule:
+    """How a refit searches (:func:`refit_guide`, and q* refit at once for stacked seeds): Adam from ``lr`` on
+    ``particles`` draws a step, windows of ``window`` steps, the rate dropped tenfold when a window's mean gains less
+    than ``tol`` nats per point, stopped after ``lr_drops`` drops or ``max_steps`` steps."""
+
+    lr: float = 0.05
+    max_steps: int = 4000
+    window: int = 50
+    tol: float = 5e-4
+    particles: int = 8
+    lr_drops: int = 2
+
+
+REFIT = RefitRule()
+
+
+def refit_guide(model, guide, x: torch.Tensor, lr: float = REFIT.lr, max_steps: int = REFIT.max_steps,
+                window: int = REFIT.window, tol: float = REFIT.tol, num_particles: int = REFIT.particles,
+                lr_drops: int = REFIT.lr_drops, jit: bool = True, progress: bool | Progress = False,
                 desc: str = "") -> TrainResult:
     r"""Fit the guide's parameters to ``x`` with the model held fixed, until the ELBO stops rising.
 

@@ -12,13 +12,14 @@ from pathlib import Path
 import torch
 
 from elbogap import streams
+from elbogap.checkpoint import load_checkpoint
 from elbogap.config import Config
 from elbogap.data import Dataset
 from elbogap.device import rng_devices
 from elbogap.figure_data import save_figure_data
 from elbogap.inference import evaluate, refit_guide
 from elbogap.inference.gaps import KnownLogPx, gap_decomposition
-from elbogap.inference.stacked_training import stacker
+from elbogap.inference.stacked_training import Q_STAR, stacker
 from elbogap.phases import Phases
 from elbogap.progress import Progress, as_progress
 from elbogap.protocols.base import Protocol
@@ -38,15 +39,34 @@ def evaluate_splits(model, guide, data: Dataset, config: Config, seed: int, phas
     streams.seeded("evaluation", seed)
     phases = phases if phases is not None else Phases()
     metrics = {}
-    for split, x in data.splits().items():
-        if split == "train" and guide.amortized and 0 < config.train_eval_points < len(x):
-            x = x[train_eval_index(len(x), config)]
+    saved = Path(run_dir) / Q_STAR if run_dir is not None else None
+    found = load_checkpoint(saved) if saved is not None and saved.is_file() else {}  # q* refit at once with its stack
+    for split, x in evaluated_points(data, guide.amortized, config).items():
         metrics[split] = evaluate_split(model, guide, x, config, fresh_local=split != "train", phases=phases,
-                                        split=split, progress=progress)
+                                        split=split, progress=progress, q_star=found.get(split))
         metrics[split]["split_points"] = len(data.splits()[split])
     if run_dir is not None:  # what the figures show beyond these numbers, so that drawing them fits nothing
         save_figure_data(run_dir, model, guide, data, seed)
     return metrics
+
+
+def evaluated_points(data: Dataset, amortized: bool, config: Config) -> dict[str, torch.Tensor]:
+    """Per split, the points evaluated after training: the test split whole, the training split's seeded subset of
+    ``--train-eval-points`` (all of it for 0, or for a guide that is not amortized)."""
+    points = {}
+    for split, x in data.splits().items():
+        if split == "train" and amortized and 0 < config.train_eval_points < len(x):
+            x = x[train_eval_index(len(x), config)]
+        points[split] = x
+    return points
+
+
+def stack_with_gap_points(config, data: Dataset, guide_name: str, runs, seeds):
+    """elbogap's stacked training (:func:`~elbogap.inference.stacked_training.stacker`), told each split's gap
+    points, on which it refits every seed's q* at once after training."""
+    gap_points = ({split: x[gap_index(len(x), config)] for split, x in evaluated_points(data, True, config).items()}
+                  if config.gap_points else None)
+    return stacker(config, data, guide_name, runs, seeds, gap_points)
 
 
 def train_eval_index(num_points: int, config: Config) -> torch.Tensor:
@@ -71,12 +91,13 @@ def gap_index(num_points: int, config: Config) -> torch.Tensor:
 
 
 def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: bool, phases: Phases | None = None,
-                   split: str = "split", progress: bool | Progress = False) -> dict:
+                   split: str = "split", progress: bool | Progress = False, q_star: dict | None = None) -> dict:
     """Metrics of one split, with the gap decomposition on ``--gap-points`` of its points.
 
     A per-datapoint guide first fits its parameters with the model fixed. Where ``--log-px``
     gives a guide-independent log p(x) (exact, quadrature, AIS on every point, or, under
-    ``auto``, AIS on the gap and ``--ais-points`` subset), the gaps are computed from it.
+    ``auto``, AIS on the gap and ``--ais-points`` subset), the gaps are computed from it. ``q_star``, q* found
+    already on the gap points (refit at once with other seeds), is taken instead of a refit.
     """
     phases = phases if phases is not None else Phases()
     progress = as_progress(progress)
@@ -103,7 +124,7 @@ def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: b
         with phases(f"gaps_{split}"), progress.phase(f"q* {split}"):
             refit_options = {"jit": config.jit, "progress": progress, "desc": f"q* {split}"}
             metrics.update(gap_decomposition(model, guide, x[index], index, refit_options=refit_options,
-                                             log_px=log_px, **options))
+                                             log_px=log_px, given=q_star, **options))
     return metrics
 
 
@@ -180,4 +201,4 @@ STACK_FROM = 4
 
 VAE = Protocol("vae", evaluate=evaluate_splits, curve_point=evaluation_point, bdmc=run_bdmc, elbo_check=elbo_check,
                defaults={"lr": 0.003, "steps": 2000, "schedule": "fixed", "convergence_tol": 0.01,
-                         "particles": 1}, stacker=stacker, stack_from=STACK_FROM)
+                         "particles": 1}, stacker=stack_with_gap_points, stack_from=STACK_FROM)

@@ -16,8 +16,10 @@ from elbogap.config import Config
 from elbogap.data import load_data
 from elbogap.factory import build, for_data, load_dataset, make_trainer
 from elbogap.guides import build_guide
-from elbogap.inference.stacked_training import FitPair, StackedTraining, refusal
+from elbogap.inference import gaps
+from elbogap.inference.stacked_training import FitPair, StackedRefits, StackedTraining, refusal
 from elbogap.inference.stacking import NotStackable, RowAdam, reparameterized
+from elbogap.inference.train import REFIT, refit_guide
 from elbogap.model import VAE
 from elbogap.runs import CHECKPOINT, run_one
 from elbogap.seeds import stack_seeds
@@ -101,6 +103,54 @@ def test_stacked_seeds_end_where_lone_runs_of_the_same_seeds_end():
     assert (stacked - lone).abs().max() < 1.0  # the same seeds' initial weights and minibatches: close, not equal
 
 
+@pytest.mark.parametrize("name", ["full", "iaf"])
+def test_q_star_refit_at_once_reaches_the_elbo_a_lone_refit_reaches(name):
+    """Each seed's q* on 32 points, searched in one stacked program and by refit_guide alone from the same start
+    (its own parameters for full, the encoder's features for the flow): the ELBO per point of the last window of
+    each agrees within four standard errors of the two windows' means (their steps' spread) and 0.01 nats."""
+    config = Config(steps=60)
+    data = load_dataset(config)
+    seeds = [0, 1, 2]
+    stack = StackedTraining(trainers_for(config, data, name, seeds), seeds, 1, 60)
+    stack.run()
+    stack.write_back()
+    x = data.test[:32]
+    refits = StackedRefits([t.model for t in stack.trainers], [t.guide for t in stack.trainers], x, seeds, 1)
+    refits.run()
+    assert all(refits.converged)
+    for g, trainer in enumerate(stack.trainers):
+        star = trainer.guide.optimum_start(x, torch.arange(len(x)))
+        pyro.clear_param_store()
+        lone = refit_guide(trainer.model, star, x, jit=False)
+        window = REFIT.window
+        a, b = torch.tensor(refits.losses[g][-window:]), torch.tensor(lone.losses[-window:])
+        assert abs(a.mean() - b.mean()) < 4 * math.sqrt(a.var() / window + b.var() / window) + 0.01
+
+
+def test_a_run_takes_its_q_star_found_at_once_instead_of_refitting_and_refits_on_other_points(monkeypatch):
+    config = Config(steps=20)
+    data = load_dataset(config)
+    stack = StackedTraining(trainers_for(config, data, "diag", [0, 1]), [0, 1], 1, 20)
+    stack.run()
+    stack.write_back()
+    x = data.test[:16]
+    refits = StackedRefits([t.model for t in stack.trainers], [t.guide for t in stack.trainers], x, [0, 1], 1)
+    refits.run()
+    refits.write_back()
+    entry = {"x": x, "state": refits.stars[1].state_dict(), "seconds": 1.0, "converged": True,
+             "losses": torch.tensor(refits.losses[1], dtype=torch.float64)}
+    model, guide = stack.trainers[1].model, stack.trainers[1].guide
+
+    def refuses(*args, **kwargs):
+        raise AssertionError("refit alone")
+
+    monkeypatch.setattr(gaps, "refit_guide", refuses)
+    taken = gaps.gap_decomposition(model, guide, x, given=entry, elbo_samples=64, iw_samples=64)
+    assert taken["q_star_converged"] and taken["amort_gap"] > 0
+    with pytest.raises(AssertionError, match="refit alone"):  # other points: its own search
+        gaps.gap_decomposition(model, guide, data.test[16:32], given=entry, elbo_samples=64, iw_samples=64)
+
+
 def test_families_with_free_per_point_parameters_and_other_objectives_train_one_seed_at_a_time():
     config = for_data(Config(), load_dataset(Config()))
     data = load_dataset(config)
@@ -164,6 +214,11 @@ def test_a_study_stacks_four_seeds_or_more_on_its_workers_and_says_so(elbogap, t
     for run in results["runs"]:
         assert run["stacked_seeds"] == 4 and len(run["curve_eval"]) == 10 and not run["compiled_loss"]
         assert run["convergence"]["rule"] == "trend" and math.isfinite(run["test"]["kl_gap"])
+        for split in ("train", "test"):  # q* refit at once with the stack, taken by the run
+            assert run[split]["q_star_converged"] and run[split]["approx_gap"] + run[split]["amort_gap"] == (
+                pytest.approx(run[split]["gap_kl"]))
+        saved = load_checkpoint(tmp_path / run["run_dir"] / "q_star.pt")
+        assert {"train", "test"} <= set(saved) and len(saved["test"]["x"]) == 8
     assert "Each seed of diag, full trained with the guide's other seeds as one program" in (
         tmp_path / "results.md").read_text()
     code, _ = elbogap("compare", "--guides", "diag", "--seeds", "0,1", *QUICK, "--out", tmp_path / "two")
