@@ -1,17 +1,19 @@
 """The seeds of a study trained at once: each guide's runs stacked into one program before they run.
 
-Where ``elbogap compare`` has two or more runs of one guide to train (its seeds) and the kind of model can stack them
+Where ``elbogap compare`` has enough runs of one guide to train (its seeds: the kind's ``stack_from``) and the kind
+of model can stack them
 (:attr:`~elbogap.protocols.Protocol.stacker`: Pyro's autoguides on a model with global latents,
 :class:`~elbogap.global_latents.stacked.StackedFits`; elbogap's own models with their amortized families,
 :class:`~elbogap.inference.stacked_training.StackedTraining`), the driver builds each run's model, guide and trainer
 exactly as the run would (the stream ``training`` of its seed), trains them as one program, takes each run's curve
 evaluations and gradient signal-to-noise at the steps the run would (on its own model and guide, written back from
-the stack) and writes each run's checkpoint, marked as trained at once. Each run then resumes from it on the study's
-backend, finds its training finished (or, after SIGINT or SIGTERM, goes on alone from its step) and is evaluated as
-any run. Guides that cannot stack (a guide program, a family with free per-point parameters, settings the stack does
-not train, a program ``vmap`` cannot run, ``--stacked-fits off``) train in their runs, one at a time, said in one
-line; so do the seeds of a guide whose stack a user's program broke (its runs then meet the error and report it as
-any run does).
+the stack), lets the stack do what its kind does at once for the trained runs (:meth:`Stack.after_training`: for
+elbogap's models, every seed's q* refit at once) and writes each run's checkpoint, marked as trained at once. Each
+run then resumes from it on the study's backend, finds its training finished (or, after SIGINT or SIGTERM, goes on
+alone from its step) and is evaluated as any run. Guides that cannot stack (a guide program, a family with free
+per-point parameters, settings the stack does not train, a program ``vmap`` cannot run, ``--stacked-fits off``)
+train in their runs, one at a time, said in one line; so do the seeds of a guide whose stack a user's program broke
+(its runs then meet the error and report it as any run does).
 """
 
 import math

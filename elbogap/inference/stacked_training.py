@@ -17,6 +17,10 @@ over fits, so each fit's gradient is its own, and Adam (Pyro's ``ClippedAdam``) 
 ``stacked_fit`` of its seed): its numbers do not depend on which fits it trained with, up to floating-point rounding.
 The results are statistically equivalent to the lone run's, not bitwise equal: the lone run draws through Pyro's
 traces from the global generator. A fit whose loss or parameters turn non-finite stops alone; the others go on.
+
+After training, :meth:`StackedTraining.after_training` searches every seed's q* on its split's gap points at once
+(:class:`StackedRefits`, each fit by :func:`~elbogap.inference.train.refit_guide`'s rule) and saves it for the run's
+gap decomposition.
 """
 
 import contextlib
