@@ -26,6 +26,7 @@ DERIVATIONS = {
     "notebook_evaluation": lambda s: s,
     "notebook_ais_points": lambda s: s,
     "snr_batch": lambda s: s + 50_000,
+    "mean_field_check": lambda s: s + 700_000,
 }
 
 

@@ -25,6 +25,7 @@ import math
 import os
 from pathlib import Path
 
+import pyro
 import torch
 
 from elbogap import streams
@@ -44,6 +45,7 @@ from elbogap.global_latents.evidence import ais_evidence, bdmc_evidence
 from elbogap.global_latents.guides import SUBSAMPLING_AUTOGUIDES, GlobalAutoGuide, GlobalProgramGuide, global_guide
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.global_latents.reference import against_reference, ais_reference, nuts_reference, site_moments
+from elbogap.inference.convergence import ConvergenceSettings, ConvergeSchedule
 from elbogap.inference.train import Trainer
 from elbogap.inference.weights import group_spread_dof, log_mean_exp, log_mean_exp_stderr
 from elbogap.phases import Phases
@@ -143,6 +145,37 @@ def reference_state(model, data, config, seed, run_dir, evidence: dict, progress
     return study_cache(run_dir, "nuts", model, data, settings, seed, compute)
 
 
+#: Pyro's autoguides whose family contains the mean field (a diagonal Gaussian over the flat latent vector): a fit of
+#: theirs that ends below a mean-field fit's ELBO of the same data stopped short of its own optimum
+CONTAINS_MEAN_FIELD = ("AutoMultivariateNormal", "AutoLowRankMultivariateNormal")
+
+
+def mean_field_check(model: GlobalLatentModel, data, config, seed: int, run_dir: Path, progress) -> dict:
+    """The ELBO of D an AutoNormal fit reaches (trained as a run of it trains, until converged; its ELBO from the
+    evaluation's precise draws), once per seed: a floor for the optimum of every family that contains the mean field,
+    so that such a family's fit that ends below it is warned even where the study has no AutoNormal of its own."""
+    settings = {"lr": config.lr, "particles": config.particles, "steps": config.steps, "schedule": config.schedule,
+                "tol": config.convergence_tol, "iw_samples": config.iw_samples, "stderr": config.evidence_stderr}
+
+    def compute():
+        streams.seeded("mean_field_check", seed)
+        guide = global_guide("auto:AutoNormal", model, data.train)
+        cap = config.total_steps(len(data.train))
+        rule = ConvergenceSettings(tolerance=config.convergence_tol)
+        schedule = ConvergeSchedule(elbo_check(model, guide, data, config), rule) if config.schedule == "converge" \
+            else None  # as factory.make_trainer gives a run of a model with global latents
+        trainer = global_trainer(config, model, guide, data, seed, False, schedule, rule,
+                                 1.0 if schedule is not None else config.lr_decay ** (1 / max(cap, 1)), len(data.train))
+        trainer.run(cap)
+        summary = summarize_draws(precise_draws(model, guide, data.train, config.iw_samples, config.evidence_stderr),
+                                  len(data.train))
+        return {"check": {"family": "auto:AutoNormal", "elbo": summary["elbo"], "elbo_stderr": summary["elbo_stderr"],
+                          "converged": bool(trainer.convergence(cap)["converged"]), "steps": trainer.step_count}}
+
+    with pyro.get_param_store().scope():  # the run's own guide keeps its parameters
+        return study_cache(run_dir, "mean_field", model, data.train, settings, seed, compute)["check"]
+
+
 def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, phases=None,
                     progress: bool | Progress = False, run_dir: Path | None = None) -> dict:
     """The metrics of one trained guide on the whole data set ``data.train`` (see the module's description)."""
@@ -168,6 +201,10 @@ def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, ph
     for key in ("elbo", "elbo_stderr", "log_evidence", "kl_gap", "kl_gap_stderr", "log_evidence_q"):
         metrics[f"{key}_per_point"] = metrics[key] / num_data
     metrics.update(evidence_check(metrics))
+    if (getattr(guide, "name", None) in CONTAINS_MEAN_FIELD and not model.param_names
+            and "auto:AutoNormal" not in config.guides):  # with it, the study compares the two runs itself
+        with phases("mean_field_check"), progress.phase("mean-field check"):
+            metrics["mean_field_check"] = mean_field_check(model, data, config, seed, run_dir, progress)
     record = {"kind": "global", "data": metrics, "evidence": summary}
     with phases("reference"), progress.phase("reference"):
         reference = reference_state(model, rows, config, seed, run_dir, evidence, progress)

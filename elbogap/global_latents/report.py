@@ -36,8 +36,9 @@ CONTAINS = {
 def posterior_warnings(runs: list[dict]) -> list[str]:
     """Warnings that read several runs together: a posterior with several modes (a guide far from the reference
     yet with a small gap, or SMC's particles far outside the fitted reference), a family whose gap lies above
-    that of a family it contains (its fit is short of its optimum, whatever its own verdict), and a family whose
-    seeds end at different gaps (:func:`seed_spread_warnings`)."""
+    that of a family it contains (its fit is short of its optimum, whatever its own verdict; also against the
+    seed's mean-field check, :func:`mean_field_warnings`), and a family whose seeds end at different gaps
+    (:func:`seed_spread_warnings`)."""
     lines = []
     for run in runs:
         far = {site: stats["mean_error_max_abs"] for site, stats in run.get("reference", {}).get("sites", {}).items()
@@ -69,7 +70,27 @@ def posterior_warnings(runs: list[dict]) -> list[str]:
                                  "short of its optimum whatever its verdict (a badly conditioned posterior crawls: "
                                  "try --lr 0.01 with more --particles and --steps, or a non-centred parameterization "
                                  "of a near-singular prior, e.g. f = L u with u ~ N(0, I))")
+    lines += mean_field_warnings(runs)
     lines += seed_spread_warnings(runs)
+    return lines
+
+
+def mean_field_warnings(runs: list[dict]) -> list[str]:
+    """A fit of a family that contains the mean field whose ELBO of D ends below the seed's mean-field check (an
+    AutoNormal fit, ``data.mean_field_check``; taken where the study has no AutoNormal of its own)."""
+    lines = []
+    for run in runs:
+        check = run.get("data", {}).get("mean_field_check")
+        if not check:
+            continue
+        elbo, stderr = run["data"]["elbo"], run["data"]["elbo_stderr"]
+        if elbo < check["elbo"] - 3 * math.hypot(stderr, check["elbo_stderr"]) - 0.1:
+            lines.append(f"- {run['guide']} seed {run['seed']}: its ELBO of D {elbo:.3f} is below {check['elbo']:.3f}, "
+                         "which a mean-field fit (AutoNormal, a family it contains) reaches on the same data: its fit "
+                         "is short of its optimum whatever its verdict, and its gap is too large by at least "
+                         f"{check['elbo'] - elbo:.2f} nats (a badly conditioned posterior crawls, or the fit settled "
+                         "in a worse optimum: try --lr 0.01 with more --particles and --steps, or a non-centred "
+                         "parameterization)")
     return lines
 
 

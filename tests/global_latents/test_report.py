@@ -51,6 +51,17 @@ def test_seeds_of_a_family_that_end_at_different_gaps_read_as_different_optima()
     assert posterior_warnings(trained) == []
 
 
+def test_a_containing_family_below_the_seeds_mean_field_check_is_short_of_its_optimum():
+    def checked(elbo, check):
+        record = run("auto:AutoMultivariateNormal", 2.5)
+        record["data"].update(elbo=elbo, elbo_stderr=0.02, mean_field_check={"elbo": check, "elbo_stderr": 0.02})
+        return record
+
+    warnings = posterior_warnings([checked(-83.8, -82.84)])
+    assert len(warnings) == 1 and "below -82.840, which a mean-field fit" in warnings[0] and "0.96 nats" in warnings[0]
+    assert posterior_warnings([checked(-82.9, -82.84)]) == []  # within the checks' noise and 0.1
+
+
 def test_a_mixture_whose_components_swap_labels_is_flagged(tmp_path):
     """Three exchangeable components: the posterior has 3! = 6 mirror modes; AIS from the reference fitted in one
     sees one of them, tempered SMC from the prior reaches the others, and the study says so."""

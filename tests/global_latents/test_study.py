@@ -140,6 +140,23 @@ def test_the_defaults_train_a_global_model_until_it_converges(study, elbogap):
     assert abs(data["kl_gap"] - mean_field_kl) < max(0.05, 4 * data["kl_gap_stderr"])
 
 
+def test_a_full_rank_study_without_the_mean_field_checks_its_fit_against_a_mean_field_fit(study, elbogap):
+    """Without AutoNormal in the study, the full-rank run fits one as a check (once per seed): its ELBO is the
+    closed-form mean-field optimum's, log p(D) - KL*, and the full-rank fit, at its own optimum above it, is not
+    warned."""
+    folder, exact, mean_field_kl = study
+    out = folder / "checked"
+    code, err = elbogap("compare", "--model", folder / "mixed.py:model", "--data", folder / "y.csv", "--guides",
+                        "auto:AutoMultivariateNormal", "--reference", "none", "--jobs", "1", "--seeds", "0", "-q",
+                        "--out", out)
+    assert code == 0, err
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    check = run["data"]["mean_field_check"]
+    assert check["family"] == "auto:AutoNormal" and check["converged"]
+    assert abs(check["elbo"] - (exact - mean_field_kl)) < max(0.05, 4 * check["elbo_stderr"]), check
+    assert "mean_field_check" in run["seconds"] and "mean-field fit" not in (out / "results.md").read_text()
+
+
 def test_the_seeds_of_a_study_train_at_once_and_each_run_lands_on_its_familys_closed_form_gap(study, elbogap):
     """Three seeds of AutoNormal and of AutoMultivariateNormal, at the defaults: each guide's seeds train as one
     program before the runs (seeds.py), every run is evaluated as any run is and reaches its family's closed-form gap
