@@ -60,6 +60,19 @@ def stacked_ms(base, data, name: str, fits: int, steps: int) -> float:
     return ms_per_step(stack, steps)
 
 
+def print_table(lone_label: str, families, sizes: list[int], lone, stacked) -> None:
+    """One row per family: ``lone(family)`` ms/step, ``stacked(family, G)`` ms/step (and per fit) for each G, and
+    the lone cost over the stacked one per fit-step at the largest G."""
+    print(f"| family | {lone_label}, ms/step | " + " | ".join(f"{g} stacked: ms/step (per fit)" for g in sizes)
+          + f" | lone / stacked per fit-step at {sizes[-1]} |")
+    print("|---|---|" + "---|" * len(sizes) + "---|")
+    for family in families:
+        alone = lone(family)
+        times = [stacked(family, g) for g in sizes]
+        cells = " | ".join(f"{ms:.2f} ({ms / g:.3f})" for ms, g in zip(times, sizes, strict=True))
+        print(f"| {family} | {alone:.2f} | {cells} | {alone / (times[-1] / sizes[-1]):.1f}x |", flush=True)
+
+
 def ms_per_step(stack, steps: int) -> float:
     """Milliseconds per step of every fit of ``stack``, after 10 steps to warm up."""
     active = list(range(len(stack.modules)))
@@ -82,14 +95,8 @@ def main(argv=None) -> None:
     base = GlobalLatentModel(model, data, "eight_schools")
     sizes = [int(size) for size in args.fits.split(",")]
     print(f"torch threads: {args.threads}; {args.steps} steps each\n")
-    print("| family | lone fit, ms/step | " + " | ".join(f"{g} stacked: ms/step (per fit)" for g in sizes)
-          + f" | lone / stacked per fit-step at {sizes[-1]} |")
-    print("|---|---|" + "---|" * len(sizes) + "---|")
-    for name in FAMILIES:
-        lone = lone_ms(base, data, name, args.steps)
-        stacked = [stacked_ms(base, data, name, g, args.steps) for g in sizes]
-        cells = " | ".join(f"{ms:.2f} ({ms / g:.3f})" for ms, g in zip(stacked, sizes, strict=True))
-        print(f"| {name} | {lone:.2f} | {cells} | {lone / (stacked[-1] / sizes[-1]):.0f}x |", flush=True)
+    print_table("lone fit", FAMILIES, sizes, lambda name: lone_ms(base, data, name, args.steps),
+                lambda name, g: stacked_ms(base, data, name, g, args.steps))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.stacked_fits import ms_per_step  # noqa: E402
+from benchmarks.stacked_fits import ms_per_step, print_table  # noqa: E402
 from elbogap import streams  # noqa: E402
 from elbogap.config import Config  # noqa: E402
 from elbogap.factory import build, for_data, load_dataset, make_trainer  # noqa: E402
@@ -86,17 +86,9 @@ def main(argv=None) -> None:
     data = load_dataset(config)
     sizes = [int(size) for size in args.fits.split(",")]
     print(f"torch threads: {args.threads}; {args.steps} steps each\n")
-    print("| family | lone run, ms/step | " + " | ".join(f"{g} stacked: ms/step (per fit)" for g in sizes)
-          + f" | lone / stacked per fit-step at {sizes[-1]} |")
-    print("|---|---|" + "---|" * len(sizes) + "---|")
-    for family in FAMILIES:
-        resolved = for_data(config, data, family)
-        lone = lone_ms(resolved, data, family, args.steps)
-        cells, last = [], None
-        for fits in sizes:
-            last = stacked_ms(resolved, data, family, fits, args.steps)
-            cells.append(f"{last:.2f} ({last / fits:.3f})")
-        print(f"| {family} | {lone:.2f} | " + " | ".join(cells) + f" | {lone / (last / sizes[-1]):.1f}x |")
+    print_table("lone run", FAMILIES, sizes,
+                lambda family: lone_ms(for_data(config, data, family), data, family, args.steps),
+                lambda family, g: stacked_ms(for_data(config, data, family), data, family, g, args.steps))
     if args.study:
         print(f"\nThe default compare, seeds 0..{args.study - 1}, 2 workers:\n")
         print("| fits | wall s | training s (summed) | after training s (summed) | mean test KL gap (approximation "

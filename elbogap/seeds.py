@@ -166,7 +166,7 @@ def train_at_once(config, data, guide_name: str, tasks, progress: bool, should_s
         seconds = training_seconds()
         if not should_stop():  # what the kind does at once for the trained runs before they are evaluated (q*)
             with store.scope(), torch.random.fork_rng():
-                for g, extra in (stack.after_training(resolved, data, [task.run_dir for task in tasks]) or {}).items():
+                for g, extra in stack.after_training(resolved, data, [task.run_dir for task in tasks]).items():
                     for name, value in extra.items():
                         phases[g].add(name, value)
     written = 0

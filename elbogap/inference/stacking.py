@@ -107,8 +107,10 @@ class Stack:
     def start(self) -> None:
         """What happens before the first step of :meth:`run`."""
 
-    def after_training(self, config, data, run_dirs: list) -> None:
-        """What the stack does for its runs once they are trained and saved, before each is evaluated (nothing)."""
+    def after_training(self, config, data, run_dirs: list) -> dict[int, dict[str, float]]:
+        """What the stack does for its runs once they are trained, before each is saved and evaluated; per fit, the
+        seconds of its share by phase (here nothing)."""
+        return {}
 
     def run(self, should_stop=lambda: None, bar=None, on_step=lambda fits: None) -> None:
         """Step the active fits until none is left; ``should_stop()`` (a signal number or None) is asked before
@@ -174,8 +176,8 @@ class RowAdam:
                 leaf[index] = leaf[index] - step_size.reshape(shape) * m / (v.sqrt() + EPS)
 
     def row(self, g: int) -> dict:
-        """Row ``g``'s state (a copy): rate, step count and the moments of every leaf."""
-        return {"lr": float(self.lr[g]), "step": float(self.steps[g]),
+        """Row ``g``'s state (a copy): step count and the moments of every leaf (its rate is the schedule's)."""
+        return {"step": float(self.steps[g]),
                 "moments": [(mean[g].clone(), square[g].clone()) for mean, square in self.moments]}
 
     @torch.no_grad()
