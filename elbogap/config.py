@@ -90,6 +90,12 @@ class Config:
     convergence_tol: float | None = setting(None, "the ELBO (nats: per data point for per-point latents, the whole "
                                                   "data set's for global latents) a fit may still gain and count as "
                                                   "converged (default 0.01 and 0.02)", positive=True)
+    warm_start: str = setting("mean-field", "where a family that contains the mean field starts, on a model with "
+                                            "global latents (auto:AutoMultivariateNormal, "
+                                            "auto:AutoLowRankMultivariateNormal): at the seed's AutoNormal fit, "
+                                            "trained once per seed, keeping the better of that start and where "
+                                            "training goes (mean-field); or where Pyro starts it (off)",
+                              choices=("mean-field", "off"))
     epochs: float | None = setting(None, "passes over the training data per run (overrides --steps)", positive=True)
     batch_size: int = setting(128, "minibatch size", least=1)
     lr: float | None = setting(None, "Adam learning rate (default: the kind of model's, 0.003 for per-point latents, "

@@ -12,6 +12,7 @@ from elbogap.inference import Trainer
 from elbogap.inference.convergence import ConvergenceSettings, ConvergeSchedule
 from elbogap.inference.train import check_components
 from elbogap.model import build_model
+from elbogap.progress import as_progress
 from elbogap.protocols import PROTOCOLS
 
 
@@ -126,18 +127,30 @@ def check_gradient(config: Config, data: Dataset, guide, model=None) -> None:
     stl_guide(guide, config.gradient)
 
 
+def warm_start(config: Config, data: Dataset, runs: list[tuple], seeds: list[int], run_dirs: list,
+               progress=False) -> list[dict | None]:
+    """Start each run's guide (``runs``: its model and guide, built from its seed) where its kind of model starts
+    it, if elsewhere than where it was built (:attr:`~elbogap.protocols.Protocol.warm_start`); per run, the start's
+    record, or None."""
+    protocol = PROTOCOLS[data.kind]
+    if protocol.warm_start is None:
+        return [None] * len(runs)
+    return protocol.warm_start(for_data(config, data), data, runs, seeds, run_dirs, as_progress(progress))
+
+
 def make_trainer(config: Config, model, guide, data: Dataset, seed: int, freeze_model: bool = False,
-                 rule: ConvergenceSettings | None = None) -> Trainer:
+                 rule: ConvergenceSettings | None = None, keep_start: bool = False) -> Trainer:
     """The SVI trainer a configuration describes: objective, particles, gradient estimator, learning rate and its
-    schedule (with its convergence rule: ``rule``, or the defaults at ``--convergence-tol``), KL warm-up,
-    binarization and compilation, for at most ``config.total_steps`` steps on the training split."""
+    schedule (with its convergence rule: ``rule``, or the defaults at ``--convergence-tol``; ``keep_start``: the
+    guide starts from a fit of its own, a level the rule keeps), KL warm-up, binarization and compilation, for at
+    most ``config.total_steps`` steps on the training split."""
     config = for_data(config, data)
     num_data = len(data.train)
     steps = config.total_steps(num_data)
     check_gradient(config, data, guide, model)
     protocol = PROTOCOLS[data.kind]
     rule = rule or ConvergenceSettings(tolerance=config.convergence_tol)
-    schedule = (ConvergeSchedule(protocol.elbo_check(model, guide, data, config), rule)
+    schedule = (ConvergeSchedule(protocol.elbo_check(model, guide, data, config), rule, keep_start)
                 if config.schedule == "converge" else None)
     lr_decay = 1.0 if schedule is not None else config.lr_decay ** (1 / max(steps, 1))
     scale = num_data if protocol.whole_data_units else 1.0  # the tolerance's units: per point, or the data set's

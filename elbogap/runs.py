@@ -25,7 +25,7 @@ from elbogap.config import Config, differences, evaluation_changes
 from elbogap.data import Dataset
 from elbogap.describe import describe_model, model_text
 from elbogap.errors import UsageError
-from elbogap.factory import build, for_data, guide_label, load_dataset, make_trainer
+from elbogap.factory import build, for_data, guide_label, load_dataset, make_trainer, warm_start
 from elbogap.inference import Trainer
 from elbogap.phases import Phases
 from elbogap.progress import Bars, Progress
@@ -121,7 +121,10 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
                 model.load_state_dict(load_checkpoint(Path(fixed_model) / CHECKPOINT)["trainer"]["model"])
         num_data = len(data.train)
         steps = config.total_steps(num_data)
-        trainer = make_trainer(config, model, guide, data, seed, freeze_model=fixed_model is not None)
+        started = warm_start(config, data, [(model, guide)], [seed], [run_dir], progress)[0] \
+            if fixed_model is None else None
+        trainer = make_trainer(config, model, guide, data, seed, freeze_model=fixed_model is not None,
+                               keep_start=started is not None)
     eval_every = config.eval_every or max(1, steps // 10)
     stacked = None  # trained with other seeds at once: how many, from the checkpoint the study wrote
     curve_eval: list[dict] = []
@@ -202,6 +205,7 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
            "particles": config.particles, "train_seconds": fit.seconds, "seconds": phases.seconds, "steps": steps,
            "compiled_loss": trainer.svi.compiled and not stacked,  # a stack's steps are its own program
            **snr, **({"stacked_seeds": stacked} if stacked else {}),
+           **({"warm_start": {"from": started["from"], "elbo": started["elbo"]}} if started else {}),
            "curve": training_curve(fit.losses), "curve_eval": curve_eval,
            "model_from": None if fixed_model is None else str(fixed_model),
            "where": where or where_am_i("local")}

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pyro
 import torch
+from pyro.util import get_rng_state, set_rng_state
 
 from elbogap import streams
-from elbogap.factory import build, for_data, guide_label, make_trainer
+from elbogap.factory import build, for_data, guide_label, make_trainer, warm_start
 from elbogap.failures import program_failure
 from elbogap.inference.stacking import NotStackable
 from elbogap.phases import Phases
@@ -106,12 +107,17 @@ def train_at_once(config, data, guide_name: str, tasks, progress: bool, should_s
     ``stacked_run`` of its seed and step), so a run that goes on alone after a stop draws its own numbers."""
     resolved = for_data(config, data, guide_name)
     seeds = [task.seed for task in tasks]
-    runs = []
+    built, states = [], []
     for seed in seeds:  # as runs.run_one builds a run
         pyro.clear_param_store()
         streams.seeded("training", seed)
-        model, guide = build(resolved, data, guide_name)
-        runs.append((model, guide, make_trainer(resolved, model, guide, data, seed)))
+        built.append(build(resolved, data, guide_name))
+        states.append(get_rng_state())
+    starts = warm_start(resolved, data, built, seeds, [task.run_dir for task in tasks], progress)  # seeds at once
+    runs = []
+    for seed, (model, guide), state, started in zip(seeds, built, states, starts, strict=True):
+        set_rng_state(state)  # where its lone run makes its trainer
+        runs.append((model, guide, make_trainer(resolved, model, guide, data, seed, keep_start=started is not None)))
     stack = PROTOCOLS[data.kind].stacker(resolved, data, guide_name, runs, seeds)
     cap = resolved.total_steps(len(data.train))
     eval_every = resolved.eval_every or max(1, cap // 10)

@@ -81,8 +81,10 @@ STREAMS: dict[str, Stream] = {stream.name: stream for stream in (
     Stream("stacked_refit", "run", 600_000, "generator", "q* of a run whose seed trained at once with others, refit "
            "at once with theirs: its draws (counter 0 for the training split's gap points, 1 for the test split's)",
            scale=2),
-    Stream("mean_field_check", "run", 700_000, "global", "the mean-field fit (AutoNormal) that bounds the ELBO of a "
-           "family containing it, on a model with global latents, once per seed"),
+    Stream("mean_field_check", "run", 700_000, "global", "the mean-field fit (AutoNormal) of a model with global "
+           "latents, once per seed: the families that contain it start from it, and their ELBO is held to it"),
+    Stream("warm_start", "run", 800_000, "generator", "the low-rank factor a low-rank Gaussian starts with where it "
+           "starts from the seed's mean-field fit"),
     Stream("notebook_evaluation", "call", 0, "torch", "the draws of elbogap.evaluate"),
     Stream("notebook_ais_points", "call", 0, "generator", "the points of elbogap.evaluate that get AIS"),
 )}

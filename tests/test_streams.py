@@ -27,6 +27,7 @@ DERIVATIONS = {
     "notebook_ais_points": lambda s: s,
     "snr_batch": lambda s: s + 50_000,
     "mean_field_check": lambda s: s + 700_000,
+    "warm_start": lambda s: s + 800_000,
 }
 
 

@@ -41,8 +41,8 @@ from elbogap.factory import build, for_data, guide_label, load_dataset, make_tra
 from elbogap.failures import ProgramFailed, program_failure
 from elbogap.global_latents.evaluation import guide_draws
 from elbogap.global_latents.evidence import sandwich
-from elbogap.global_latents.protocol import batch_size
 from elbogap.global_latents.stacked import NotStackable, StackedFits, refusal
+from elbogap.global_latents.training import batch_size
 from elbogap.inference.bdmc import simulate
 from elbogap.inference.convergence import ConvergenceSettings
 from elbogap.inference.evaluation import sample_latents

@@ -13,107 +13,39 @@ against a reference posterior (``--reference``), marked rough under 100 effectiv
 sandwich on N data sets simulated from the prior predictive. The evidence, the NUTS reference and BDMC depend on the
 model's parameters, the data, the settings and the seed, not on the guide: they are computed once per study for a
 model without parameters, by the first run of the seed to ask while the others wait on a lock, and kept in
-``OUT/shared/`` for every guide's run. Training's ELBO checks (``--schedule converge``) score fixed draws of q
-(:func:`elbo_check`).
+``OUT/shared/`` for every guide's run (:func:`~elbogap.global_latents.shared.study_cache`), as is the seed's
+mean-field fit that the families containing it start from (:mod:`elbogap.global_latents.warm_start`). Training is
+:mod:`elbogap.global_latents.training`.
 """
 
-import fcntl
-import hashlib
-import io
 import json
 import math
-import os
 from pathlib import Path
 
-import pyro
 import torch
 
 from elbogap import streams
-from elbogap.checkpoint import load_checkpoint, save_checkpoint
+from elbogap.checkpoint import save_checkpoint
 from elbogap.errors import UsageError
-from elbogap.global_latents.elbo import VectorizedModelELBO
 from elbogap.global_latents.evaluation import (
-    draws_broadcast,
     guide_draws,
     moments,
-    plate_nesting,
     pointwise_log_likelihood,
     precise_draws,
     summarize_draws,
 )
 from elbogap.global_latents.evidence import ais_evidence, bdmc_evidence
-from elbogap.global_latents.guides import SUBSAMPLING_AUTOGUIDES, GlobalAutoGuide, GlobalProgramGuide, global_guide
+from elbogap.global_latents.guides import global_guide
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.global_latents.reference import against_reference, ais_reference, nuts_reference, site_moments
-from elbogap.inference.convergence import ConvergenceSettings, ConvergeSchedule
-from elbogap.inference.train import Trainer
+from elbogap.global_latents.shared import study_cache
+from elbogap.global_latents.warm_start import contains_mean_field, mean_field_fit
 from elbogap.inference.weights import group_spread_dof, log_mean_exp, log_mean_exp_stderr
 from elbogap.phases import Phases
 from elbogap.progress import Progress, as_progress
 
 #: how far q's importance estimate of log p(D) may sit above AIS's, in standard errors, before AIS is doubted
 DISAGREEMENT = 3.0
-
-
-def batch_size(config, model: GlobalLatentModel, guide) -> int:
-    """Rows per SVI step: minibatches only where the program subsamples its data plate and the guide follows it."""
-    follows = isinstance(guide, GlobalProgramGuide) or (isinstance(guide, GlobalAutoGuide)
-                                                        and guide.name in SUBSAMPLING_AUTOGUIDES)
-    if model.takes_index and (follows or not model.local_sites):
-        return min(config.batch_size, model.num_data)
-    return model.num_data
-
-
-def global_trainer(config, model: GlobalLatentModel, guide, data, seed: int, freeze_model: bool, schedule, rule,
-                   lr_decay: float, loss_scale: float) -> Trainer:
-    """SVI on the whole data set (minibatches only where :func:`batch_size` allows them), rows in their order for a
-    program that reads them by position, particles drawn at once where the programs broadcast (else the program
-    scored by ``vmap``: :class:`~elbogap.global_latents.elbo.VectorizedModelELBO`)."""
-    vectorize, nesting = particle_layout(model, guide, data.train) if config.particles > 1 else (False, 1)
-    rows = batch_size(config, model, guide)
-    trainer = Trainer(model, guide, data.train, rows, config.lr, config.objective, config.particles, seed,
-                      freeze_model=freeze_model, lr_decay=lr_decay, jit=False, shuffle=model.takes_index,
-                      schedule=schedule, convergence=rule, loss_scale=loss_scale, vectorize=vectorize,
-                      max_plate_nesting=nesting)
-    if config.particles > 1 and not vectorize and rows == model.num_data and config.objective == "elbo":
-        plate = -(nesting + 1) if getattr(guide, "vectorizable", False) else None  # the guide alone broadcasts
-        trainer.svi.loss = VectorizedModelELBO(model, config.particles, plate)  # the program scored by vmap
-    return trainer
-
-
-def particle_layout(model: GlobalLatentModel, guide, data: torch.Tensor) -> tuple[bool, int]:
-    """Whether SVI's particles can be drawn at once under a plate (the guide and the program broadcast over it, as
-    :func:`~elbogap.global_latents.evaluation.guide_draws` finds out by trying), and how deep the programs' plates
-    nest (the particle plate goes left of them)."""
-    with torch.random.fork_rng():
-        return draws_broadcast(model, guide, data), plate_nesting(model, guide, data)
-
-
-def study_cache(run_dir: Path, kind: str, model, data: torch.Tensor, settings: dict, seed: int, compute):
-    """``compute()``, or what it returned before for the same model parameters, data, settings and seed.
-
-    Kept in ``OUT/shared/KIND-HASH.pt`` beside the study's runs (read with ``weights_only``), so
-    the guides of one study share one evidence, one NUTS run, one BDMC. Runs of one seed in other
-    worker processes (or Ray tasks on a shared ``--out``) wait on a lock file beside it while the
-    first computes, then read its result: the work is done once per seed, not once per worker.
-    """
-    digest = hashlib.sha256()
-    digest.update(json.dumps({"kind": kind, "settings": settings, "seed": seed, "spec": model.spec},
-                             sort_keys=True).encode())
-    buffer = io.BytesIO()
-    torch.save({"data": data.cpu(), "params": {k: v.cpu() for k, v in model.state_dict().items()}}, buffer)
-    digest.update(buffer.getvalue())
-    path = Path(run_dir).parent.parent / "shared" / f"{kind}-{digest.hexdigest()[:16]}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
-        if path.is_file():
-            return load_checkpoint(path)
-        value = compute()
-        mine = path.with_name(f".{path.name}.{os.getpid()}")
-        save_checkpoint(mine, value)
-        os.replace(mine, path)
-    return value
 
 
 def evidence_state(model, data, config, seed, run_dir, progress, stream: str = "evidence") -> dict:
@@ -145,37 +77,6 @@ def reference_state(model, data, config, seed, run_dir, evidence: dict, progress
     return study_cache(run_dir, "nuts", model, data, settings, seed, compute)
 
 
-#: Pyro's autoguides whose family contains the mean field (a diagonal Gaussian over the flat latent vector): a fit of
-#: theirs that ends below a mean-field fit's ELBO of the same data stopped short of its own optimum
-CONTAINS_MEAN_FIELD = ("AutoMultivariateNormal", "AutoLowRankMultivariateNormal")
-
-
-def mean_field_check(model: GlobalLatentModel, data, config, seed: int, run_dir: Path, progress) -> dict:
-    """The ELBO of D an AutoNormal fit reaches (trained as a run of it trains, until converged; its ELBO from the
-    evaluation's precise draws), once per seed: a floor for the optimum of every family that contains the mean field,
-    so that such a family's fit that ends below it is warned even where the study has no AutoNormal of its own."""
-    settings = {"lr": config.lr, "particles": config.particles, "steps": config.steps, "schedule": config.schedule,
-                "tol": config.convergence_tol, "iw_samples": config.iw_samples, "stderr": config.evidence_stderr}
-
-    def compute():
-        streams.seeded("mean_field_check", seed)
-        guide = global_guide("auto:AutoNormal", model, data.train)
-        cap = config.total_steps(len(data.train))
-        rule = ConvergenceSettings(tolerance=config.convergence_tol)
-        schedule = ConvergeSchedule(elbo_check(model, guide, data, config), rule) if config.schedule == "converge" \
-            else None  # as factory.make_trainer gives a run of a model with global latents
-        trainer = global_trainer(config, model, guide, data, seed, False, schedule, rule,
-                                 1.0 if schedule is not None else config.lr_decay ** (1 / max(cap, 1)), len(data.train))
-        trainer.run(cap)
-        summary = summarize_draws(precise_draws(model, guide, data.train, config.iw_samples, config.evidence_stderr),
-                                  len(data.train))
-        return {"check": {"family": "auto:AutoNormal", "elbo": summary["elbo"], "elbo_stderr": summary["elbo_stderr"],
-                          "converged": bool(trainer.convergence(cap)["converged"]), "steps": trainer.step_count}}
-
-    with pyro.get_param_store().scope():  # the run's own guide keeps its parameters
-        return study_cache(run_dir, "mean_field", model, data.train, settings, seed, compute)["check"]
-
-
 def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, phases=None,
                     progress: bool | Progress = False, run_dir: Path | None = None) -> dict:
     """The metrics of one trained guide on the whole data set ``data.train`` (see the module's description)."""
@@ -201,10 +102,10 @@ def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, ph
     for key in ("elbo", "elbo_stderr", "log_evidence", "kl_gap", "kl_gap_stderr", "log_evidence_q"):
         metrics[f"{key}_per_point"] = metrics[key] / num_data
     metrics.update(evidence_check(metrics))
-    if (getattr(guide, "name", None) in CONTAINS_MEAN_FIELD and not model.param_names
-            and "auto:AutoNormal" not in config.guides):  # with it, the study compares the two runs itself
-        with phases("mean_field_check"), progress.phase("mean-field check"):
-            metrics["mean_field_check"] = mean_field_check(model, data, config, seed, run_dir, progress)
+    if contains_mean_field(config, model, guide) and (config.warm_start != "off"
+                                                      or "auto:AutoNormal" not in config.guides):
+        with phases("mean_field_check"), progress.phase("mean-field fit"):  # the run's start: shared, at no cost
+            metrics["mean_field_check"] = mean_field_fit(model, data, config, seed, run_dir, progress)["check"]
     record = {"kind": "global", "data": metrics, "evidence": summary}
     with phases("reference"), progress.phase("reference"):
         reference = reference_state(model, rows, config, seed, run_dir, evidence, progress)
@@ -296,25 +197,6 @@ def save_draws(run_dir: Path, draws, reference: dict | None, pointwise: dict | N
         if reference.get("weights") is not None:
             state["reference_weights"] = reference["weights"]
     save_checkpoint(Path(run_dir) / "draws.pt", state)
-
-
-#: draws of q each ELBO check of ``--schedule converge`` scores: under a plate, or one guide trace each (fewer, as
-#: they cost a trace each; the checks share their draws, so their differences are precise either way)
-CHECK_DRAWS, CHECK_TRACES = 256, 64
-
-
-def elbo_check(model, guide, data, config):
-    """The ELBO of D in nats from ``CHECK_DRAWS`` draws of q (``CHECK_TRACES`` where they are drawn one trace at a
-    time), the same draws at every call (the stream ``convergence_checks``), for ``--schedule converge``."""
-
-    @torch.no_grad()
-    def check() -> float:
-        with torch.random.fork_rng():
-            streams.seeded("convergence_checks", 0)
-            count = CHECK_DRAWS if draws_broadcast(model, guide, data.train) else CHECK_TRACES
-            return float(guide_draws(model, guide, data.train, count).log_w.double().mean())
-
-    return check
 
 
 @torch.no_grad()

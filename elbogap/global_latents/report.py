@@ -77,11 +77,13 @@ def posterior_warnings(runs: list[dict]) -> list[str]:
 
 def mean_field_warnings(runs: list[dict]) -> list[str]:
     """A fit of a family that contains the mean field whose ELBO of D ends below the seed's mean-field check (an
-    AutoNormal fit, ``data.mean_field_check``; taken where the study has no AutoNormal of its own)."""
+    AutoNormal fit, ``data.mean_field_check``, the fit it started from), where the seed has no AutoNormal run of its
+    own (that one is compared by :func:`posterior_warnings`)."""
     lines = []
+    compared = {run["seed"] for run in runs if run.get("guide_spec") == "auto:AutoNormal"}
     for run in runs:
         check = run.get("data", {}).get("mean_field_check")
-        if not check:
+        if not check or run["seed"] in compared:
             continue
         elbo, stderr = run["data"]["elbo"], run["data"]["elbo_stderr"]
         if elbo < check["elbo"] - 3 * math.hypot(stderr, check["elbo_stderr"]) - 0.1:
@@ -89,8 +91,9 @@ def mean_field_warnings(runs: list[dict]) -> list[str]:
                          "which a mean-field fit (AutoNormal, a family it contains) reaches on the same data: its fit "
                          "is short of its optimum whatever its verdict, and its gap is too large by at least "
                          f"{check['elbo'] - elbo:.2f} nats (a badly conditioned posterior crawls, or the fit settled "
-                         "in a worse optimum: try --lr 0.01 with more --particles and --steps, or a non-centred "
-                         "parameterization)")
+                         "in a worse optimum: "
+                         + ("" if run.get("warm_start") else "--warm-start mean-field starts it at that fit; ")
+                         + "try --lr 0.01 with more --particles and --steps, or a non-centred parameterization)")
     return lines
 
 

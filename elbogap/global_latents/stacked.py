@@ -90,7 +90,8 @@ def stacker(config, data, guide_name: str, runs, seeds) -> "StackedFits":
     converge = config.schedule == "converge"
     return StackedFits(model, [guide for _, guide, _ in runs], data.train, seeds, config.lr, config.particles, cap,
                        ConvergenceSettings(tolerance=config.convergence_tol), converge,
-                       1.0 if converge else config.lr_decay ** (1 / max(cap, 1)))
+                       1.0 if converge else config.lr_decay ** (1 / max(cap, 1)),
+                       [trainer.schedule is not None and trainer.schedule.keep_start for _, _, trainer in runs])
 
 
 def refusal(config, model, guide_name: str) -> str | None:
@@ -122,10 +123,13 @@ class StackedFits(Stack):
     :param bool converge: train each fit until its :class:`ConvergeSchedule` says it converged (else ``cap``
         steps at a rate multiplied by ``lr_decay`` every step, judged by the trend rule).
     :param float lr_decay: what each step multiplies a fit's rate by (1 under the convergence schedule).
+    :param keep_start: per fit, whether it starts from a fit of its own whose level its schedule keeps
+        (:class:`ConvergeSchedule`'s ``keep_start``; its start scored with the others').
     """
 
     def __init__(self, model, guides, data: torch.Tensor, seeds, lr: float, particles: int, cap: int,
-                 rule: ConvergenceSettings, converge: bool = True, lr_decay: float = 1.0):
+                 rule: ConvergenceSettings, converge: bool = True, lr_decay: float = 1.0,
+                 keep_start: list[bool] | None = None):
         self.model, self.count = model, len(guides)
         self.data = data
         self.num_data = data.shape[-2]
@@ -144,7 +148,8 @@ class StackedFits(Stack):
         self.check_noise = torch.stack([torch.randn(CHECK_DRAWS, self.noise, generator=streams.generator(
             "stacked_fit", seed, 1)) for seed in self.seeds])
         self.rule = rule
-        self.schedules = [ConvergeSchedule(None, rule) if converge else None for _ in range(self.count)]
+        keep_start = keep_start or [False] * self.count
+        self.schedules = [ConvergeSchedule(None, rule, keep) if converge else None for keep in keep_start]
         self.views = [FitView(self, g) for g in range(self.count)]
         probe(self)
 
@@ -188,9 +193,13 @@ class StackedFits(Stack):
                 and not (self.schedules[g] is not None and self.schedules[g].done)]
 
     def start(self) -> None:
+        kept = [g for g, s in enumerate(self.schedules) if s is not None and s.keep_start and s.start_level is None
+                and not s.checks]
+        with torch.no_grad():  # the starts a schedule keeps, scored together on the checks' draws
+            values = dict(zip(kept, self.elbos(kept, self.check_noise[kept]).tolist(), strict=True)) if kept else {}
         for g, schedule in enumerate(self.schedules):
             if schedule is not None:
-                schedule.start(self.views[g])
+                schedule.start(self.views[g], values.get(g))
 
     def step(self, fits: list[int]) -> None:
         eps = torch.stack([torch.randn(self.particles, self.noise, generator=self.generators[g]) for g in fits])

@@ -23,10 +23,12 @@ Two rules, one per way of training:
   converged, training stops, and the parameters are the last window's average. (Checks that scatter by more
   than the tolerance cannot show that: the rate drops again.) A step whose loss or parameters
   are not finite, or a stage whose ELBO falls, returns to the best check's state at ``factor`` times the rate (a
-  learning rate found by backing off, at most ``max_backoffs`` times). Training stops unconverged at the step cap,
-  or after ``max_drops`` drops that each still gained. The plateau-and-drop idea is Pyro's ``ReduceLROnPlateau``;
-  the stopping test on the level reached at successive rates and the averaged iterates follow Welandawe et al.
-  [1], simplified.
+  learning rate found by backing off, at most ``max_backoffs`` times). A fit started from another fit (a warm
+  start, ``keep_start``) scores its start, which is then the first level to beat: a first stage that settles
+  below it returns there, so the fit ends at the better of its start and where it went. Training stops
+  unconverged at the step cap, or after ``max_drops`` drops that each still gained. The plateau-and-drop idea is
+  Pyro's ``ReduceLROnPlateau``; the stopping test on the level reached at successive rates and the averaged
+  iterates follow Welandawe et al. [1], simplified.
 
 References:
 
@@ -116,10 +118,14 @@ class ConvergeSchedule:
 
     :param elbo: the ELBO now, on fixed draws, in the units of ``settings.tolerance``.
     :param ConvergenceSettings settings: its constants.
+    :param bool keep_start: the fit starts from a fit of its own (a warm start): the start is scored and is the first
+        level to beat, so a first stage that settles below it (by more than the noise) returns there at a smaller
+        rate, and a stage that gains less than the tolerance over it is a plateau.
     """
 
-    def __init__(self, elbo: Callable[[], float], settings: ConvergenceSettings):
-        self.elbo, self.settings = elbo, settings
+    def __init__(self, elbo: Callable[[], float], settings: ConvergenceSettings, keep_start: bool = False):
+        self.elbo, self.settings, self.keep_start = elbo, settings, keep_start
+        self.start_level: float | None = None  # the start's ELBO, where it is kept
         self.checks: list[list[float]] = []  # [step, elbo, learning rate]
         self.levels: list[float] = []  # the plateau's level at each learning rate so far
         self.stage_start = 1  # index into checks where the current rate began (not the first check: a fit just begun)
@@ -128,10 +134,15 @@ class ConvergeSchedule:
         self._sums, self._count = None, 0  # the iterates of the window so far, summed
         self._best: tuple[float, dict] | None = None  # the best check's value and state, to return to
 
-    def start(self, trainer) -> None:
-        """Keep the state training starts from, to return to if the first window diverges."""
-        if self._best is None:
-            self._best = (-math.inf, trainer.snapshot())
+    def start(self, trainer, value: float | None = None) -> None:
+        """Keep the state training starts from, to return to if the first window diverges; where the start is kept
+        (``keep_start``), score it (``value``: its ELBO, where the caller scored it already)."""
+        if self._best is not None:
+            return
+        self._best = (-math.inf, trainer.snapshot())
+        if self.keep_start and self.start_level is None and not self.checks:
+            self.start_level = float(self.elbo() if value is None else value)
+            self._best = (self.start_level, self._best[1])
 
     def back_off(self, trainer, why: str = "a step's loss or parameters were not finite") -> bool:
         """Return to the best check's state at ``factor`` times the current learning rate; False (and ``done``,
@@ -220,7 +231,8 @@ class ConvergeSchedule:
         last = torch.tensor(stage[-patience:], dtype=torch.float64)
         level = float(last.mean())
         level_stderr = float(last.std() / math.sqrt(patience))  # the level's own precision, from its checks' scatter
-        gain = level - self.levels[-1] if self.levels else math.inf
+        previous = self.levels[-1] if self.levels else self.start_level
+        gain = level - previous if previous is not None else math.inf
         if gain < -noise:
             return "back off"  # the smaller rate settled lower than the larger one: the fit is not stable
         self.levels.append(level)
@@ -248,6 +260,10 @@ class ConvergeSchedule:
                   "steps": steps, "backoffs": self.backoffs}
         if len(self.levels) >= 2:
             record["gain"] = self.levels[-1] - self.levels[-2]
+        if self.start_level is not None:
+            record["start_level"] = self.start_level
+            if len(self.levels) == 1:
+                record["gain"] = self.levels[0] - self.start_level
         if not self.done:
             record["reason"] = f"stopped at the cap of {cap} steps before the ELBO settled"
         else:
@@ -256,10 +272,12 @@ class ConvergeSchedule:
 
     def state_dict(self) -> dict:
         return {"checks": self.checks, "levels": self.levels, "stage_start": self.stage_start, "done": self.done,
-                "converged": self.converged, "reason": self.reason, "backoffs": self.backoffs}
+                "converged": self.converged, "reason": self.reason, "backoffs": self.backoffs,
+                "start_level": self.start_level}
 
     def load_state_dict(self, state: dict) -> None:
         self.checks, self.levels = [list(c) for c in state["checks"]], list(state["levels"])
         self.stage_start, self.done = int(state["stage_start"]), bool(state["done"])
         self.converged, self.reason = bool(state["converged"]), str(state["reason"])
         self.backoffs = int(state.get("backoffs", 0))
+        self.start_level = state.get("start_level")

@@ -32,6 +32,13 @@ class Protocol:
         per-point models, families and programs, :func:`~elbogap.factory.build`).
     :param trainer: ``(config, model, guide, data, seed, freeze_model, schedule, rule, lr_decay, loss_scale) ->
         Trainer``, where the kind trains otherwise than on minibatches of rows with the configuration's batch size.
+    :param warm_start: ``(config, data, runs, seeds, run_dirs, progress) -> [dict | None]``, where the kind starts
+        some families elsewhere than where they are built (``runs``: each run's model and guide; per run, the start's
+        record, kept as the run's ``warm_start``), their plateau rule keeping that start as the level to beat (None:
+        no family is).
+    :param stacker: ``(config, data, guide_name, runs, seeds) -> Stack``, the kind's stacked training of one family's
+        seeds (:class:`~elbogap.inference.stacking.NotStackable` where they cannot be); None: one run at a time.
+    :param stack_from: the fewest seeds that train as a stack.
     :param gradient_refusal: the one line that refuses a ``--gradient`` other than ``reparam`` (``{gradient}``
         filled in), where the kind takes only the reparameterized gradient.
     """
@@ -52,6 +59,7 @@ class Protocol:
     gradient_refusal: str | None = None
     stacker: Callable[..., object] | None = None
     stack_from: int = 2
+    warm_start: Callable[..., dict | None] | None = None
 
     def defaults_for(self, guide_name: str | None = None) -> dict:
         """The kind's defaults, with those of the family ``guide_name`` over them."""

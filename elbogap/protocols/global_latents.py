@@ -1,14 +1,9 @@
 """The protocol of models with global latents, judged on the whole data set (:mod:`elbogap.global_latents.protocol`)."""
 
-from elbogap.global_latents.protocol import (
-    build_for,
-    curve_point,
-    elbo_check,
-    evaluate_global,
-    global_trainer,
-    run_bdmc,
-)
+from elbogap.global_latents.protocol import build_for, curve_point, evaluate_global, run_bdmc
 from elbogap.global_latents.stacked import stacker
+from elbogap.global_latents.training import elbo_check, global_trainer
+from elbogap.global_latents.warm_start import warm_start
 from elbogap.protocols.base import Protocol
 
 #: Pyro's neural-network families (autoregressive flows): they start at lr 0.01, a fifth of the kind's rate; at
@@ -33,5 +28,6 @@ GLOBAL = Protocol("global", evaluate=evaluate_global, curve_point=curve_point, b
                             "particles": 32},
                   whole_data_units=True, family_defaults={name: {"lr": 0.01} for name in NEURAL_AUTOGUIDES},
                   guides=GUIDES, build=build_for, trainer=global_trainer, stacker=stacker,
+                  warm_start=warm_start,
                   gradient_refusal="--gradient {gradient} is for models whose latents are per data point, and this "
                                    "model has global latents; use --gradient reparam")

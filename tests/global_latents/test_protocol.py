@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from elbogap.global_latents.model import GlobalLatentModel
-from elbogap.global_latents.protocol import study_cache
+from elbogap.global_latents.shared import study_cache
 from tests.global_latents import truth
 
 

@@ -59,7 +59,13 @@ def test_a_containing_family_below_the_seeds_mean_field_check_is_short_of_its_op
 
     warnings = posterior_warnings([checked(-83.8, -82.84)])
     assert len(warnings) == 1 and "below -82.840, which a mean-field fit" in warnings[0] and "0.96 nats" in warnings[0]
+    assert "--warm-start mean-field starts it at that fit" in warnings[0]  # a run started elsewhere (off)
+    started = {**checked(-83.8, -82.84), "warm_start": {"from": "auto:AutoNormal", "elbo": -82.84}}
+    assert "--warm-start" not in posterior_warnings([started])[0]
     assert posterior_warnings([checked(-82.9, -82.84)]) == []  # within the checks' noise and 0.1
+    with_mean_field = [checked(-83.8, -82.84), run("auto:AutoNormal", 1.5)]  # compared with that run once, not twice
+    warnings = posterior_warnings(with_mean_field)
+    assert len(warnings) == 1 and "a family it contains" in warnings[0]
 
 
 def test_a_mixture_whose_components_swap_labels_is_flagged(tmp_path):

@@ -119,3 +119,38 @@ def test_a_drop_whose_level_scatters_beyond_the_tolerance_does_not_converge():
         schedule.stage_start, schedule.levels = 0, [-10.0]
         assert schedule._judge(0.05, 300) == ("" if converged else "drop")
         assert schedule.done == converged and schedule.converged == converged
+
+
+def test_a_kept_start_is_the_first_level_to_beat():
+    """A fit started from another fit (keep_start): a first stage that settles below the start, by more than the noise,
+    returns there; one that settles at the start's level within the tolerance has converged; one above it drops."""
+    for level, action, converged in ((-10.5, "back off", False), (-10.005, "", True), (-9.5, "drop", False)):
+        schedule = ConvergeSchedule(None, ConvergenceSettings(tolerance=0.02), keep_start=True)
+        schedule.start_level = -10.0
+        schedule.checks = [[50 * (i + 1), level + 0.001 * sign, 0.05] for i, sign in enumerate([1, -1] * 3)]
+        schedule.stage_start = 0
+        assert schedule._judge(0.05, 300) == action
+        assert schedule.converged == converged
+
+
+def test_a_fit_that_falls_below_its_kept_start_ends_there():
+    """A full-rank Gaussian started at the closed-form posterior (its family's optimum, KL 0) at a learning rate that
+    throws it off: the schedule scores the start, returns there whenever a stage ends below it, and the fit ends no
+    further from the posterior than the tolerance allows."""
+    data, mean, cov, _ = conjugate_study()
+    pyro.clear_param_store()
+    model = GlobalLatentModel(truth.regression_model(1.0, 1.0), data, "regression")
+    guide = GlobalAutoGuide("AutoMultivariateNormal", model, data)
+    with torch.no_grad():
+        guide.auto.loc.copy_(mean.float())
+        factor = torch.linalg.cholesky(cov).float()  # Pyro's scale is its diagonal, scale_tril its unit rows
+        guide.auto.scale = pyro.nn.PyroParam(factor.diagonal(), guide.auto.scale_constraint)
+        guide.auto.scale_tril = pyro.nn.PyroParam(factor / factor.diagonal()[:, None], guide.auto.scale_tril_constraint)
+    assert q_kl(guide, mean, cov) < 1e-4
+    config = Config(model="regression.py:model", guides=["auto:AutoMultivariateNormal"], lr=1.0).validate()
+    dataset = Dataset("regression", data, data[:0], kind="global")
+    trainer = make_trainer(config, model, guide, dataset, seed=0, keep_start=True)
+    trainer.run(20000)
+    verdict = trainer.convergence(20000)
+    assert verdict["start_level"] is not None and trainer.schedule.backoffs >= 1
+    assert verdict["converged"] and q_kl(guide, mean, cov) < 0.02 + 0.01  # the tolerance (ELBO nats) and the noise

@@ -1,0 +1,158 @@
+r"""The seed's mean-field fit, and the families that contain it started from it.
+
+A Gaussian family that contains the mean field (a full-rank or low-rank covariance over the model's flat
+unconstrained latent vector) has an optimum at least as good as the mean field's: the diagonal Gaussian
+:math:`q_\text{MF}` is one of its members. From Pyro's own start (the prior's median, a small scale) the plateau rule
+can still stop such a fit short of it: on a Normal-Gamma model over 12 groups, full rank stopped about 1 nat below
+the mean-field optimum on both seeds, each called converged, where a crawl along a narrow valley read as a plateau
+(BENCHMARKS.md, "Containing families from the mean-field fit").
+
+So, once per seed, AutoNormal is trained as a run of it trains (until converged), its ELBO of D taken from the
+evaluation's precise draws (:func:`mean_field_fit`, kept in ``OUT/shared/`` for every guide's run), and
+
+- a run of a containing family starts at :math:`q_\text{MF}` itself (:func:`warm_start`): full rank with
+  ``scale_tril = I``; low rank with a tenth of Pyro's random ``cov_factor`` (at zero its gradient vanishes, a saddle),
+  the diagonal scaled so the marginal variances are the mean field's. Its plateau rule then keeps the start as its
+  first level (:attr:`~elbogap.inference.convergence.ConvergeSchedule.keep_start`): a first stage that ends below
+  the start returns there at a tenth of the rate, so the fit ends at the better of where it started and where it
+  went;
+- the run's record keeps the fit as ``data.mean_field_check``, the floor :func:`~elbogap.global_latents.report.
+  mean_field_warnings` holds the family's ELBO to.
+"""
+
+from pathlib import Path
+
+import pyro
+import torch
+from pyro.nn import PyroParam
+from pyro.util import get_rng_state, set_rng_state
+
+from elbogap import streams
+from elbogap.checkpoint import load_checkpoint
+from elbogap.global_latents.evaluation import precise_draws, summarize_draws
+from elbogap.global_latents.guides import global_guide
+from elbogap.global_latents.model import GlobalLatentModel
+from elbogap.global_latents.shared import keep, locked, shared_path
+from elbogap.global_latents.stacked import flat_posterior, stacker
+from elbogap.global_latents.training import elbo_check, global_trainer
+from elbogap.inference.convergence import ConvergenceSettings, ConvergeSchedule
+from elbogap.inference.stacking import NotStackable
+
+#: Pyro's autoguides whose family contains the mean field (a diagonal Gaussian over the flat latent vector): a fit of
+#: theirs that ends below a mean-field fit's ELBO of the same data stopped short of its own optimum
+CONTAINS_MEAN_FIELD = ("AutoMultivariateNormal", "AutoLowRankMultivariateNormal")
+#: the low-rank factor's start, as a fraction of Pyro's own random start (zero is a saddle of the ELBO in it)
+COV_FACTOR_START = 0.1
+
+
+def mean_field_settings(config) -> dict:
+    """What the seed's mean-field fit depends on, beside the model, the data and the seed."""
+    return {"lr": config.lr, "particles": config.particles, "steps": config.steps, "schedule": config.schedule,
+            "tol": config.convergence_tol, "iw_samples": config.iw_samples, "stderr": config.evidence_stderr,
+            "with": "loc and scale"}
+
+
+def mean_field_fit(model: GlobalLatentModel, data, config, seed: int, run_dir: Path, progress) -> dict:
+    """The seed's mean-field fit (:func:`mean_field_fits`)."""
+    return mean_field_fits(model, data, config, [seed], [run_dir], progress)[seed]
+
+
+def mean_field_fits(model: GlobalLatentModel, data, config, seeds, run_dirs, progress) -> dict[int, dict]:
+    """Per seed, AutoNormal trained on the whole data set as a run of it trains (until converged):
+    ``{"check": {family, elbo, elbo_stderr, converged, steps, fits_at_once}, "loc": ..., "scale": ...}``, its q as
+    a diagonal Gaussian over the flat unconstrained latent vector and its ELBO of D from the evaluation's precise
+    draws.
+
+    Kept in ``OUT/shared/`` (:mod:`~elbogap.global_latents.shared`); the seeds not there yet are trained at once where
+    they stack (:func:`train_mean_field`). The caller's random state and param store are left as they were."""
+    paths = {seed: shared_path(run_dir, "mean_field", model, data.train, mean_field_settings(config), seed)
+             for seed, run_dir in zip(seeds, run_dirs, strict=True)}
+    rng = get_rng_state()
+    try:
+        with locked(list(paths.values())), pyro.get_param_store().scope(), progress.phase("mean-field fit"):
+            fits = {seed: load_checkpoint(path) for seed, path in paths.items() if path.is_file()}
+            missing = [seed for seed in paths if seed not in fits]
+            if missing:
+                fits.update(train_mean_field(model, data, config, missing))
+            for seed in missing:
+                keep(paths[seed], fits[seed])
+    finally:
+        set_rng_state(rng)
+    return fits
+
+
+def train_mean_field(model: GlobalLatentModel, data, config, seeds: list[int]) -> dict[int, dict]:
+    """AutoNormal of each seed (initialized from the stream ``mean_field_check``) trained until converged: as one
+    stacked program where the fits stack (:func:`~elbogap.global_latents.stacked.stacker`), else one at a time."""
+    cap = config.total_steps(len(data.train))
+    rule = ConvergenceSettings(tolerance=config.convergence_tol)
+    runs = []
+    for seed in seeds:  # as factory.make_trainer gives a run of a model with global latents
+        streams.seeded("mean_field_check", seed)
+        guide = global_guide("auto:AutoNormal", model, data.train)
+        schedule = ConvergeSchedule(elbo_check(model, guide, data, config), rule) \
+            if config.schedule == "converge" else None
+        runs.append((model, guide, global_trainer(config, model, guide, data, seed, False, schedule, rule, 1.0 if
+                                                  schedule is not None else config.lr_decay ** (1 / max(cap, 1)),
+                                                  len(data.train))))
+    try:
+        if len(seeds) < 2:
+            raise NotStackable("one seed")
+        stack = stacker(config, data, "auto:AutoNormal", runs, seeds)
+    except NotStackable:
+        for _, _, trainer in runs:
+            trainer.run(cap)
+        verdicts = [(trainer.convergence(cap)["converged"], trainer.step_count) for _, _, trainer in runs]
+        at_once = 1
+    else:
+        stack.run()
+        stack.write_back()
+        verdicts = [(stack.verdict(g)["converged"], stack.steps[g]) for g in range(len(seeds))]
+        at_once = len(seeds)
+    fits = {}
+    for seed, (_, guide, _), (converged, steps) in zip(seeds, runs, verdicts, strict=True):
+        streams.seeded("mean_field_check", seed)
+        summary = summarize_draws(precise_draws(model, guide, data.train, config.iw_samples, config.evidence_stderr),
+                                  len(data.train))
+        with torch.no_grad():
+            q = flat_posterior(guide.auto).base_dist
+        fits[seed] = {"check": {"family": "auto:AutoNormal", "elbo": summary["elbo"],
+                                "elbo_stderr": summary["elbo_stderr"], "converged": bool(converged), "steps": steps,
+                                "fits_at_once": at_once},
+                      "loc": q.loc.detach().clone(), "scale": q.scale.detach().clone()}
+    return fits
+
+
+def contains_mean_field(config, model: GlobalLatentModel, guide) -> bool:
+    """Whether ``guide``'s family contains the mean field, on a model whose posterior does not move as it trains."""
+    return getattr(guide, "name", None) in CONTAINS_MEAN_FIELD and not model.param_names
+
+
+def warm_start(config, data, runs: list[tuple], seeds: list[int], run_dirs: list, progress) -> list[dict | None]:
+    """Start each run's guide (``runs``: its model and guide; a family of :data:`CONTAINS_MEAN_FIELD`) at its seed's
+    mean-field fit (see the module; the seeds' fits trained at once where they are not in ``OUT/shared/`` yet); per
+    run, the fit's record, or None where it starts where Pyro starts it (another family, ``--warm-start off``)."""
+    if config.warm_start == "off" or not all(contains_mean_field(config, model, guide) for model, guide in runs):
+        return [None] * len(runs)
+    fits = mean_field_fits(runs[0][0], data, config, seeds, [Path(run_dir) for run_dir in run_dirs], progress)
+    return [start_at(guide, fits[seed], seed) for (_, guide), seed in zip(runs, seeds, strict=True)]
+
+
+def start_at(guide, fit: dict, seed: int) -> dict | None:
+    """Set ``guide`` (full or low rank) to the mean-field fit ``fit`` (see the module); its record, or None where
+    its flat vector is not the fit's (a prototype on a subsampled plate): it then starts where Pyro starts it."""
+    auto, loc, scale = guide.auto, fit["loc"], fit["scale"]
+    if auto.loc.shape != loc.shape:
+        return None
+    with torch.no_grad():
+        auto.loc.copy_(loc)
+        if guide.name == "AutoMultivariateNormal":
+            auto.scale = PyroParam(scale.clone(), auto.scale_constraint)
+            auto.scale_tril = PyroParam(torch.eye(len(loc)), auto.scale_tril_constraint)
+        else:  # covariance s (W W^T + I) s: W small, s the mean field's scale shrunk by W's share of the variance
+            rank = auto.cov_factor.shape[-1]
+            factor = torch.randn(auto.cov_factor.shape, generator=streams.generator("warm_start", seed))
+            factor *= COV_FACTOR_START / rank ** 0.5  # Pyro draws N(0, 1/rank)
+            auto.cov_factor.copy_(factor)
+            auto.scale = PyroParam(scale / (1 + factor.pow(2).sum(-1)).sqrt(), auto.scale_constraint)
+    return {"from": fit["check"]["family"], "elbo": fit["check"]["elbo"], "check": fit["check"]}

@@ -1,0 +1,84 @@
+"""The seed's mean-field fit, and the families that contain it started from it (a conjugate regression: every
+Gaussian q's KL to the posterior is a closed form)."""
+
+import pyro
+import torch
+
+from elbogap.config import Config
+from elbogap.data import Dataset
+from elbogap.factory import for_data, make_trainer, warm_start
+from elbogap.global_latents.guides import GlobalAutoGuide
+from elbogap.global_latents.model import GlobalLatentModel
+from elbogap.global_latents.stacked import flat_posterior
+from elbogap.global_latents.warm_start import mean_field_fits
+from elbogap.progress import as_progress
+from tests.global_latents import truth
+from tests.inference.test_convergence import conjugate_study
+
+
+def family_kl(guide, mean, cov) -> float:
+    q = flat_posterior(guide.auto)
+    return truth.gaussian_kl(q.mean.detach().double(), q.covariance_matrix.detach().double(), mean, cov)
+
+
+def started(name: str, tmp_path, data, setting: str = "mean-field"):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    model = GlobalLatentModel(truth.regression_model(1.0, 1.0), data, "regression")
+    guide = GlobalAutoGuide(name, model, data)
+    config = Config(model="regression.py:model", guides=[f"auto:{name}"], warm_start=setting).validate()
+    dataset = Dataset("regression", data, data[:0], kind="global")
+    record, = warm_start(config, dataset, [(model, guide)], [0], [tmp_path / "out" / "runs" / name])
+    return config, model, guide, dataset, record
+
+
+def test_a_containing_family_starts_at_the_mean_field_optimum_and_ends_at_its_own(tmp_path):
+    """Full rank and low rank (rank 2 of 3) start at the seed's AutoNormal fit: their KL there is the closed-form best
+    mean-field KL; trained from there, each reaches its own optimum (KL 0: both hold this posterior), and the fit is
+    shared (one AutoNormal fit in OUT/shared for both)."""
+    data, mean, cov, precision = conjugate_study()
+    best_mean_field = truth.best_factorized_gaussian_kl(precision)
+    assert best_mean_field > 0.5  # correlated features: the start is far from the end
+    for name in ("AutoMultivariateNormal", "AutoLowRankMultivariateNormal"):
+        config, model, guide, dataset, record = started(name, tmp_path, data)
+        assert record["from"] == "auto:AutoNormal" and record["check"]["converged"]
+        start = family_kl(guide, mean, cov)
+        assert abs(start - best_mean_field) < 0.05 + 0.03 * (name != "AutoMultivariateNormal"), (name, start)
+        trainer = make_trainer(config, model, guide, dataset, seed=0, keep_start=True)
+        trainer.run(20000)
+        verdict = trainer.convergence(20000)
+        assert verdict["converged"] and verdict["start_level"] is not None
+        assert family_kl(guide, mean, cov) < 0.05, name
+    assert len(list((tmp_path / "out" / "shared").glob("mean_field-*.pt"))) == 1
+
+
+def test_other_families_and_warm_start_off_start_where_pyro_starts_them(tmp_path):
+    data, *_ = conjugate_study()
+    for name, setting in (("AutoNormal", "mean-field"), ("AutoMultivariateNormal", "off")):
+        _, _, guide, _, record = started(name, tmp_path, data, setting)
+        assert record is None
+    assert not (tmp_path / "out" / "shared").exists()
+
+
+def test_the_seeds_mean_field_fits_train_at_once_and_each_reaches_the_closed_form_optimum(tmp_path):
+    """Three seeds' AutoNormal fits, none in OUT/shared yet, train as one stacked program; each ends at the closed-form
+    mean-field optimum, ELBO = log p(D) - KL* (within max(0.05, 4 s.e.)), and is kept for the runs of its seed; the
+    caller's random state is left as it was."""
+    data, mean, cov, precision = conjugate_study()
+    optimum = truth.regression_log_evidence(data[:, :3].double(), data[:, 3].double(), 1.0, 1.0) \
+        - truth.best_factorized_gaussian_kl(precision)
+    pyro.clear_param_store()
+    model = GlobalLatentModel(truth.regression_model(1.0, 1.0), data, "regression")
+    config = Config(model="regression.py:model", guides=["auto:AutoMultivariateNormal"]).validate()
+    dataset = Dataset("regression", data, data[:0], kind="global")
+    runs = [tmp_path / "out" / "runs" / f"seed{seed}" for seed in range(3)]
+    torch.manual_seed(7)
+    before = torch.get_rng_state()
+    fits = mean_field_fits(model, dataset, for_data(config, dataset), [0, 1, 2], runs, as_progress(False))
+    assert torch.equal(torch.get_rng_state(), before)
+    for seed, fit in fits.items():
+        check = fit["check"]
+        assert check["fits_at_once"] == 3 and check["converged"], check
+        assert abs(check["elbo"] - optimum) < max(0.05, 4 * check["elbo_stderr"]), (seed, check, optimum)
+    again = mean_field_fits(model, dataset, for_data(config, dataset), [1], runs[1:2], as_progress(False))
+    assert torch.equal(again[1]["loc"], fits[1]["loc"])  # read from OUT/shared, not refitted
