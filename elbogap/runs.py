@@ -121,14 +121,17 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
                 model.load_state_dict(load_checkpoint(Path(fixed_model) / CHECKPOINT)["trainer"]["model"])
         num_data = len(data.train)
         steps = config.total_steps(num_data)
+        begun = time.perf_counter()
         started = warm_start(config, data, [(model, guide)], [seed], [run_dir], progress)[0] \
             if fixed_model is None else None
+        warm_seconds = time.perf_counter() - begun
         trainer = make_trainer(config, model, guide, data, seed, freeze_model=fixed_model is not None,
                                keep_start=started is not None)
     eval_every = config.eval_every or max(1, steps // 10)
     stacked = None  # trained with other seeds at once: how many, from the checkpoint the study wrote
     curve_eval: list[dict] = []
-    phases = Phases({"train": 0.0})  # training's phases add up over every session of the run
+    # training's phases add up over every session of the run
+    phases = Phases({"train": 0.0, **({"mean_field_fit": warm_seconds} if started else {})})
     if (run_dir / CHECKPOINT).exists():
         state = resumable_state(run_dir, config, guide_name, seed)
         if state["complete"] and (run_dir / RUN_JSON).is_file():

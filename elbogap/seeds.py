@@ -113,7 +113,9 @@ def train_at_once(config, data, guide_name: str, tasks, progress: bool, should_s
         streams.seeded("training", seed)
         built.append(build(resolved, data, guide_name))
         states.append(get_rng_state())
+    begun = time.perf_counter()
     starts = warm_start(resolved, data, built, seeds, [task.run_dir for task in tasks], progress)  # seeds at once
+    warm_seconds = (time.perf_counter() - begun) / len(tasks)  # each run's share
     runs = []
     for seed, (model, guide), state, started in zip(seeds, built, states, starts, strict=True):
         set_rng_state(state)  # where its lone run makes its trainer
@@ -121,7 +123,7 @@ def train_at_once(config, data, guide_name: str, tasks, progress: bool, should_s
     stack = PROTOCOLS[data.kind].stacker(resolved, data, guide_name, runs, seeds)
     cap = resolved.total_steps(len(data.train))
     eval_every = resolved.eval_every or max(1, cap // 10)
-    phases = [Phases({"train": 0.0}) for _ in tasks]
+    phases = [Phases({"train": 0.0, **({"mean_field_fit": warm_seconds} if started else {})}) for started in starts]
     curve_evals: list[list[dict]] = [[] for _ in tasks]
     store = pyro.get_param_store()
 

@@ -104,7 +104,7 @@ def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, ph
     metrics.update(evidence_check(metrics))
     if contains_mean_field(config, model, guide) and (config.warm_start != "off"
                                                       or "auto:AutoNormal" not in config.guides):
-        with phases("mean_field_check"), progress.phase("mean-field fit"):  # the run's start: shared, at no cost
+        with phases("mean_field_fit"):  # where the run started from it, read from OUT/shared/ at no cost
             metrics["mean_field_check"] = mean_field_fit(model, data, config, seed, run_dir, progress)["check"]
     record = {"kind": "global", "data": metrics, "evidence": summary}
     with phases("reference"), progress.phase("reference"):

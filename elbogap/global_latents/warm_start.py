@@ -7,8 +7,9 @@ can still stop such a fit short of it: on a Normal-Gamma model over 12 groups, f
 the mean-field optimum on both seeds, each called converged, where a crawl along a narrow valley read as a plateau
 (BENCHMARKS.md, "Containing families from the mean-field fit").
 
-So, once per seed, AutoNormal is trained as a run of it trains (until converged), its ELBO of D taken from the
-evaluation's precise draws (:func:`mean_field_fit`, kept in ``OUT/shared/`` for every guide's run), and
+So, once per seed, AutoNormal is trained as a run of it trains (until converged; the seeds of one stack as one
+stacked program), its ELBO of D taken from the evaluation's precise draws (:func:`mean_field_fits`, kept in
+``OUT/shared/`` for every guide's run), and
 
 - a run of a containing family starts at :math:`q_\text{MF}` itself (:func:`warm_start`): full rank with
   ``scale_tril = I``; low rank with a tenth of Pyro's random ``cov_factor`` (at zero its gradient vanishes, a saddle),

@@ -154,7 +154,7 @@ def test_a_full_rank_study_without_the_mean_field_checks_its_fit_against_a_mean_
     check = run["data"]["mean_field_check"]
     assert check["family"] == "auto:AutoNormal" and check["converged"]
     assert abs(check["elbo"] - (exact - mean_field_kl)) < max(0.05, 4 * check["elbo_stderr"]), check
-    assert "mean_field_check" in run["seconds"] and "mean-field fit" not in (out / "results.md").read_text()
+    assert "mean_field_fit" in run["seconds"] and "mean-field fit" not in (out / "results.md").read_text()
 
 
 def test_the_seeds_of_a_study_train_at_once_and_each_run_lands_on_its_familys_closed_form_gap(study, elbogap):
