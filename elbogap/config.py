@@ -17,7 +17,7 @@ from elbogap.global_latents.evidence import EvidenceSettings
 from elbogap.inference.ais import INITS as AIS_INITS
 from elbogap.inference.ais import AISSettings
 from elbogap.inference.convergence import SCHEDULES
-from elbogap.inference.log_px import SETTINGS as LOG_PX_SETTINGS
+from elbogap.inference.log_px import settings as log_px_settings
 from elbogap.inference.objectives import GRADIENTS, OBJECTIVES, check_gradient
 from elbogap.inference.whitened import STARTS as EVIDENCE_STARTS
 
@@ -123,9 +123,11 @@ class Config:
     iw_samples: int = setting(1000, "importance samples per data point for log p(x) when neither exact nor quadrature",
                                     least=1, role="evaluation")
     quadrature_points: int = setting(24, "grid points per axis for 2-D quadrature", least=4, role="evaluation")
-    log_px: str = setting("auto", "auto | exact | quadrature | iwae | ais: how log p(x) is computed (auto: exact or "
+    log_px: str = setting("auto", f"{' | '.join(log_px_settings())}: how log p(x) is computed (auto: exact or "
                                   "quadrature where they apply, else IWAE on every point and guide-independent AIS on "
-                                  "--ais-points and the gap points)", role="evaluation", choices=LOG_PX_SETTINGS)
+                                  "--ais-points and the gap points; for global latents auto and ais are AIS from a "
+                                  "fitted reference, and an estimator of elbogap/estimators, e.g. prior-is, runs on "
+                                  "the whole data set)", role="evaluation", choices=log_px_settings())
     ais_points: int = setting(100, "points per split that get AIS under --log-px auto (the gap points are among them)",
                                    least=0, role="evaluation")
     ais_steps: int = setting(500, "AIS intermediate distributions (temperatures) per chain", least=1, role="evaluation")

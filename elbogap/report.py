@@ -10,7 +10,7 @@ from elbogap.describe import model_text
 from elbogap.global_latents.report import csv_rows as global_csv_rows
 from elbogap.global_latents.report import is_global_study
 from elbogap.global_latents.report import markdown_sections as global_sections
-from elbogap.inference.log_px import METHODS
+from elbogap.inference.log_px import methods
 from elbogap.summary import (
     approx_gap_note,
     bound_markers,
@@ -103,7 +103,7 @@ def gap_section(runs: list[dict], splits: Sequence[str] = ("test", "train")) -> 
 
 def describe_log_px(split_metrics: dict) -> str:
     """How a split's log p(x) was computed, in the registry's words, and on how many of its points."""
-    text = METHODS[split_metrics["log_px_method"]].describe(split_metrics)
+    text = methods()[split_metrics["log_px_method"]].describe(split_metrics)
     if split_metrics.get("log_px_points", split_metrics["num_points"]) < split_metrics["num_points"]:
         text += (f", on {split_metrics['log_px_points']} of the split's {split_metrics['num_points']} points "
                  "(the gap points among them); the ELBO and the KL gap beside it are on those points too, and "

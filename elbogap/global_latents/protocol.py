@@ -20,6 +20,7 @@ mean-field fit that the families containing it start from (:mod:`elbogap.global_
 
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ import torch
 from elbogap import streams
 from elbogap.checkpoint import save_checkpoint
 from elbogap.errors import UsageError
+from elbogap.estimators import EstimatorSettings, estimators
 from elbogap.global_latents.evaluation import (
     guide_draws,
     moments,
@@ -34,13 +36,13 @@ from elbogap.global_latents.evaluation import (
     precise_draws,
     summarize_draws,
 )
-from elbogap.global_latents.evidence import ais_evidence, bdmc_evidence
+from elbogap.global_latents.evidence import EvidencePath, ais_evidence, bdmc_evidence, one_thread
 from elbogap.global_latents.guides import global_guide
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.global_latents.reference import against_reference, ais_reference, nuts_reference, site_moments
 from elbogap.global_latents.shared import study_cache
 from elbogap.global_latents.warm_start import contains_mean_field, mean_field_fit
-from elbogap.inference.weights import group_spread_dof, log_mean_exp, log_mean_exp_stderr
+from elbogap.inference.weights import group_spread_dof, log_mean_exp, log_mean_exp_stderr, pareto_khat
 from elbogap.phases import Phases
 from elbogap.progress import Progress, as_progress
 
@@ -49,7 +51,10 @@ DISAGREEMENT = 3.0
 
 
 def evidence_state(model, data, config, seed, run_dir, progress, stream: str = "evidence") -> dict:
-    """log p(D) of ``data`` (:func:`~elbogap.global_latents.evidence.ais_evidence`), once per seed, from ``stream``."""
+    """log p(D) of ``data`` (:func:`~elbogap.global_latents.evidence.ais_evidence`, or the estimator of
+    :mod:`elbogap.estimators` that ``--log-px`` names), once per seed, from ``stream``."""
+    if (estimator := estimators().get(config.log_px)) is not None:
+        return estimated_evidence(estimator, model, data, config, seed, run_dir, stream)
     settings = config.evidence_settings()
 
     def compute():
@@ -60,13 +65,36 @@ def evidence_state(model, data, config, seed, run_dir, progress, stream: str = "
     return study_cache(run_dir, "evidence", model, data, {**settings.to_dict(), "stream": stream}, seed, compute)
 
 
+def estimated_evidence(estimator, model, data, config, seed, run_dir, stream: str) -> dict:
+    """log p(D) by a target-generic estimator on the whole data set (one unit), with its draws and log-weights (a
+    weighted reference posterior, as AIS's chains are), once per seed."""
+    settings = EstimatorSettings(samples=config.iw_samples, keep_draws=True)
+
+    def compute():
+        streams.seeded(stream, seed)
+        started = time.perf_counter()
+        with one_thread():
+            estimate = estimator.estimate(EvidencePath(model, data), settings)
+        log_w, draws = estimate.info.pop("log_w")[:, 0], estimate.info.pop("draws")[:, 0]
+        khat = float(pareto_khat(log_w[:, None])[0])
+        summary = {"log_evidence": float(estimate.values[0]), "stderr": float(estimate.stderr[0]),
+                   "dof": estimate.dof, "method": estimator.name, "start": "prior",
+                   "description": estimator.description.format(log_px_samples=settings.samples),
+                   "seconds": time.perf_counter() - started, "khat": khat if math.isfinite(khat) else None,
+                   "effective_chains": float(log_w.softmax(0).pow(2).sum().reciprocal()), **estimate.info}
+        return {"summary": summary, "log_w": log_w, "states": draws}
+
+    return study_cache(run_dir, "evidence", model, data, {"estimator": estimator.name, "samples": settings.samples,
+                                                          "stream": stream}, seed, compute)
+
+
 def reference_state(model, data, config, seed, run_dir, evidence: dict, progress) -> dict | None:
     if config.reference == "none":
         return None
-    if config.reference == "ais":
+    if config.reference == "ais":  # the evidence's weighted draws: AIS's chains, or another estimator's draws
         reference = ais_reference(model, evidence["log_w"], evidence["states"])
-        return {"method": "ais", "values": reference.values, "weights": reference.weights,
-                "diagnostics": json.dumps(reference.diagnostics)}
+        return {"method": evidence["summary"].get("method", "ais"), "values": reference.values,
+                "weights": reference.weights, "diagnostics": json.dumps(reference.diagnostics)}
     settings = {"chains": config.nuts_chains, "warmup": config.nuts_warmup, "samples": config.nuts_samples}
 
     def compute():
@@ -95,7 +123,7 @@ def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, ph
     summary = evidence["summary"]
     metrics.update(log_evidence=summary["log_evidence"], log_evidence_stderr=summary["stderr"],
                    log_evidence_dof=group_spread_dof(len(evidence["log_w"])),
-                   log_evidence_method="ais", log_evidence_start=summary.get("start", "prior"),
+                   log_evidence_method=summary.get("method", "ais"), log_evidence_start=summary.get("start", "prior"),
                    log_evidence_guide_independent=True)
     metrics["kl_gap"] = metrics["log_evidence"] - metrics["elbo"]
     metrics["kl_gap_stderr"] = math.hypot(metrics["log_evidence_stderr"], metrics["elbo_stderr"])
@@ -142,7 +170,7 @@ def held_out_metrics(model, data, config, seed, run_dir, evidence: dict, draws, 
     train = evidence["summary"]
     out = {"num_points": len(data.test), "log_predictive": whole["log_evidence"] - train["log_evidence"],
            "log_predictive_stderr": math.hypot(whole["stderr"], train["stderr"]),
-           "log_predictive_method": "log p(D) - log p(D_train), both by AIS"}
+           "log_predictive_method": f"log p(D) - log p(D_train), both by {train.get('method', 'AIS')}"}
     out["log_predictive_per_point"] = out["log_predictive"] / len(data.test)
     if not model.local_sites:
         z = model.pack(draws.values, batch_dims=1)
@@ -226,5 +254,8 @@ def build_global(config, data: torch.Tensor, guide_name: str, spec_model=None, i
         model = spec_model
     if config.device != "cpu":
         raise UsageError("models with global latents run on the CPU; drop --device")
+    if config.log_px not in ("auto", "ais", *estimators()):
+        raise UsageError(f"--log-px {config.log_px} is for models whose latents are per data point; for log p(D) of "
+                         f"this model use --log-px auto (AIS) or one of {', '.join(estimators())}")
     guide = global_guide(guide_name, model, data, config.flow_depth, instances, modules)
     return model, guide

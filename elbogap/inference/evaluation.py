@@ -295,7 +295,7 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
     if _infinite_share(per_point["khat"]) > NO_STDERR_SHARE:  # no central limit: no error bar for IWAE or its uses
         for key in ("log_px_iwae_stderr", "log_px_iwae_jackknife_stderr"):
             per_point[key] = torch.full_like(per_point[key], math.nan)
-    settings = LogPxSettings(quadrature_points, ais, num_samples, progress)
+    settings = LogPxSettings(quadrature_points, ais, num_samples, progress, iw_samples)
     estimates = []
     dof = {"elbo": num_samples - 1 if num_samples > 1 else math.inf, "log_px_iwae": group_spread_dof(num_samples)}
     for step in log_px_plan.steps:

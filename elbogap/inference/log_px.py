@@ -8,42 +8,21 @@ per-point errors of shape ``(batch,)``. The setting ``--log-px`` takes a method'
 ``auto``; :func:`plan` turns it into data, the methods to run and on which rows.
 """
 
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from elbogap.errors import UsageError
-from elbogap.inference.ais import AISSettings, ais_log_px
+from elbogap.estimators import Estimator, EstimatorSettings, LogPxEstimate, estimators
+from elbogap.inference.ais import AISSettings, AnnealingPath, ais_log_px
 from elbogap.inference.log_joint import ELEMENT_BUDGET, log_joint
 from elbogap.inference.weights import group_spread_dof
 
 if TYPE_CHECKING:
     from elbogap.progress import Progress
-
-
-@dataclass(frozen=True)
-class LogPxEstimate:
-    r"""Per-point :math:`\log p(x)` estimates and their standard errors, each of shape ``(batch,)``.
-
-    ``sum_stderr`` is the error a mean over points combines, where it is not ``stderr``
-    (importance estimates: the jackknife's, see :func:`~elbogap.inference.weights.jackknife_stderr`).
-    ``dof`` is the degrees of freedom of one point's ``stderr`` (infinite where it is exact or from many
-    independent draws; :func:`~elbogap.inference.weights.group_spread_dof` for importance estimates), which a
-    95% interval needs (:func:`~elbogap.inference.weights.interval_halfwidth`).
-    ``info`` says how they were computed: ``samples``, the draws (or grid points) behind each
-    point's estimate, and any record the method keeps for the split (AIS: ``ais``, its settings
-    and diagnostics).
-    """
-
-    values: torch.Tensor
-    stderr: torch.Tensor
-    info: dict = field(default_factory=dict)
-    sum_stderr: torch.Tensor | None = None
-    dof: float = math.inf
 
 
 @dataclass(frozen=True)
@@ -54,12 +33,14 @@ class LogPxSettings:
     :param ais: an :class:`~elbogap.inference.ais.AISSettings` (its defaults where None).
     :param int q_samples: the draws of q per point already taken, from which IWAE is computed.
     :param progress: show AIS's progress (a bool or a :class:`~elbogap.progress.Progress`).
+    :param int iw_samples: the draws per point of an importance estimate that draws its own (``--iw-samples``).
     """
 
     quadrature_points: int = 32
     ais: "AISSettings | None" = None
     q_samples: int = 0
     progress: "bool | Progress" = False
+    iw_samples: int = 1000
 
 
 def exact_log_px(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,8 +202,26 @@ METHODS: dict[str, LogPxMethod] = {method.name: method for method in (
                 _ais, uses_iw_draws=True, kept_as="log_px_ais", check=ais_against_iwae),
 )}
 
-#: the values ``--log-px`` accepts.
-SETTINGS = ("auto", *METHODS)
+
+
+def target_method(estimator: Estimator) -> LogPxMethod:
+    """A target-generic estimator (:mod:`elbogap.estimators`) as a ``--log-px`` method: each row is a unit."""
+
+    def estimate(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPxEstimate:
+        return estimator.estimate(AnnealingPath(model, x), EstimatorSettings(samples=settings.iw_samples))
+
+    return LogPxMethod(estimator.name, estimator.guide_independent, estimator.description, estimate)
+
+
+def methods() -> dict[str, LogPxMethod]:
+    """:data:`METHODS` and every estimator of :mod:`elbogap.estimators`, by name."""
+    return {**METHODS, **{name: target_method(estimator) for name, estimator in estimators().items()
+                          if name not in METHODS}}
+
+
+def settings() -> tuple[str, ...]:
+    """The values ``--log-px`` accepts."""
+    return ("auto", *methods())
 
 
 @dataclass(frozen=True)
@@ -266,9 +265,10 @@ def plan(setting: str | None, model) -> LogPxPlan:
         if method.guide_independent:
             return LogPxPlan((PlanStep(method),))
         return LogPxPlan((PlanStep(method), PlanStep(METHODS["ais"], "subset")))
-    if setting not in METHODS:
-        raise UsageError(f"unknown --log-px {setting!r}; choose one of {', '.join(SETTINGS)}")
-    if not METHODS[setting].applies(model):
-        raise UsageError(f"--log-px {setting} needs {METHODS[setting].requirement}; "
+    known = methods()
+    if setting not in known:
+        raise UsageError(f"unknown --log-px {setting!r}; choose one of {', '.join(settings())}")
+    if not known[setting].applies(model):
+        raise UsageError(f"--log-px {setting} needs {known[setting].requirement}; "
                          "use --log-px auto, ais or iwae for this model")
-    return LogPxPlan((PlanStep(METHODS[setting]),))
+    return LogPxPlan((PlanStep(known[setting]),))

@@ -1,0 +1,91 @@
+r"""Estimators of the evidence that run on any target: one file each, registered by being in this package.
+
+A *target* is a model seen as independent units, each with its latents as one flat vector
+(:class:`~elbogap.inference.ais.AnnealingPath`): the data points of a model whose latents are per point, or the
+whole data set of a model with global latents (:class:`~elbogap.global_latents.evidence.EvidencePath`, a batch of
+one). It gives ``start(count)``, draws of the prior ``(count, units, d)``, and ``log_joint(z)``, the log prior and
+log likelihood of each unit at ``z`` ``(count, units)``. An :class:`Estimator` turns a target into
+:math:`\log p(x)` per unit with its standard error (a :class:`~elbogap.inference.log_px.LogPxEstimate`).
+
+Each module of this package calls :func:`register` when :func:`estimators` first imports it; the per-point kind
+offers each as a ``--log-px`` method (:func:`elbogap.inference.log_px.methods`), and the kind with global latents
+as the estimator of :math:`\log p(D)`. Adding an estimator is adding a file here (``prior_is.py`` is the example).
+"""
+
+import importlib
+import math
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class LogPxEstimate:
+    r"""Per-point :math:`\log p(x)` estimates and their standard errors, each of shape ``(batch,)``.
+
+    ``sum_stderr`` is the error a mean over points combines, where it is not ``stderr``
+    (importance estimates: the jackknife's, see :func:`~elbogap.inference.weights.jackknife_stderr`).
+    ``dof`` is the degrees of freedom of one point's ``stderr`` (infinite where it is exact or from many
+    independent draws; :func:`~elbogap.inference.weights.group_spread_dof` for importance estimates), which a
+    95% interval needs (:func:`~elbogap.inference.weights.interval_halfwidth`).
+    ``info`` says how they were computed: ``samples``, the draws (or grid points) behind each
+    point's estimate, and any record the method keeps for the split (AIS: ``ais``, its settings
+    and diagnostics).
+    """
+
+    values: torch.Tensor
+    stderr: torch.Tensor
+    info: dict = field(default_factory=dict)
+    sum_stderr: torch.Tensor | None = None
+    dof: float = math.inf
+
+
+@dataclass(frozen=True)
+class EstimatorSettings:
+    """What a target-generic estimator may read from the configuration.
+
+    :param int samples: draws per unit (``--iw-samples``).
+    :param int element_budget: the most tensor elements one chunk of draws may hold.
+    :param bool keep_draws: keep the draws and their log-weights in the estimate's ``info`` (``draws``, ``log_w``),
+        where they serve as a weighted reference posterior (one unit: a model with global latents).
+    """
+
+    samples: int = 1000
+    element_budget: int = 2**24
+    keep_draws: bool = False
+
+
+@dataclass(frozen=True)
+class Estimator:
+    r"""An estimator of :math:`\log p(x)` per unit of any target.
+
+    :param str name: the value of ``--log-px`` that selects it.
+    :param str description: how the report states it (a template over the split's metrics, as
+        :class:`~elbogap.inference.log_px.LogPxMethod`'s).
+    :param estimate: ``(target, settings) -> LogPxEstimate``, per unit.
+    :param bool guide_independent: whether its value is the same whichever guide is judged.
+    """
+
+    name: str
+    description: str
+    estimate: Callable
+    guide_independent: bool = True
+
+
+#: the target-generic estimators by name, filled by this package's modules (read them through :func:`estimators`)
+ESTIMATORS: dict[str, Estimator] = {}
+
+
+def register(estimator: Estimator) -> Estimator:
+    """Add ``estimator`` to :data:`ESTIMATORS` (a module of this package calls it once, at import)."""
+    ESTIMATORS[estimator.name] = estimator
+    return estimator
+
+
+def estimators() -> dict[str, Estimator]:
+    """Every estimator of this package by name, its modules imported on the first call."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    return ESTIMATORS
