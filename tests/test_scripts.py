@@ -26,3 +26,10 @@ def test_notebook_compare_script_uses_only_the_api(tmp_path):
     result = script.main(script.parse_args(["--steps", "30", "--out", str(tmp_path / "out"), "--no-figures"]))
     assert {row["guide"] for row in result.table()} == {"tutorial", "diag", "iaf"}
     assert result.runs[0]["test"]["log_px_method"] == "quadrature"
+
+
+def test_the_cli_reference_is_what_help_says():
+    """docs/cli.md is generated from the parser; editing a flag's help without regenerating it fails here."""
+    script = load("cli_reference")
+    assert script.REFERENCE.read_text() == script.reference(), "run python scripts/cli_reference.py"
+    assert "--warm-start" in script.reference() and "prior-is" in script.reference()

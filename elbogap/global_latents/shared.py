@@ -20,14 +20,17 @@ from elbogap.checkpoint import load_checkpoint, save_checkpoint
 
 
 def shared_path(run_dir: Path, kind: str, model, data: torch.Tensor, settings: dict, seed: int) -> Path:
-    """Where the study keeps ``kind`` for these model parameters, data, settings and seed."""
+    """Where the study keeps ``kind`` for these model parameters, data, settings and seed: ``OUT/shared/`` of a
+    study's run (``OUT/runs/NAME``), or the ``shared/`` folder of a lone ``elbogap train --out RUN_DIR``."""
     digest = hashlib.sha256()
     digest.update(json.dumps({"kind": kind, "settings": settings, "seed": seed, "spec": model.spec},
                              sort_keys=True).encode())
     buffer = io.BytesIO()
     torch.save({"data": data.cpu(), "params": {k: v.cpu() for k, v in model.state_dict().items()}}, buffer)
     digest.update(buffer.getvalue())
-    path = Path(run_dir).parent.parent / "shared" / f"{kind}-{digest.hexdigest()[:16]}.pt"
+    run_dir = Path(run_dir)
+    study = run_dir.parent.parent if run_dir.parent.name == "runs" else run_dir
+    path = study / "shared" / f"{kind}-{digest.hexdigest()[:16]}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 

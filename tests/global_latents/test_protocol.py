@@ -1,13 +1,14 @@
 """What a run of a model with global latents shares with the other runs of its seed, and the streams it draws from."""
 
 import multiprocessing
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from elbogap.global_latents.model import GlobalLatentModel
-from elbogap.global_latents.shared import study_cache
+from elbogap.global_latents.shared import shared_path, study_cache
 from tests.global_latents import truth
 
 
@@ -36,3 +37,14 @@ def test_the_evidence_of_a_seed_is_computed_once_when_two_workers_ask_at_once(tm
     assert counter.read_text().splitlines() == ["computed"]
     assert len(list((tmp_path / "out" / "shared").glob("evidence-*.pt"))) == 1
 
+
+
+def test_a_study_shares_beside_its_runs_and_a_lone_run_keeps_its_own():
+    """OUT/runs/NAME shares OUT/shared/; the directory of ``elbogap train --out RUN_DIR`` keeps RUN_DIR/shared/, so
+    nothing is written outside the folder the user named."""
+    data = truth.regression_data(8, 2, seed=3)
+    model = GlobalLatentModel(truth.regression_model(1.0, 1.0), data, "regression")
+    with tempfile.TemporaryDirectory() as folder:
+        study = shared_path(Path(folder) / "out" / "runs" / "a-seed0", "evidence", model, data, {}, 0)
+        lone = shared_path(Path(folder) / "mine", "evidence", model, data, {}, 0)
+        assert study.parent == Path(folder) / "out" / "shared" and lone.parent == Path(folder) / "mine" / "shared"
