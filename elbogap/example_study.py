@@ -2,6 +2,8 @@
 
 import argparse
 
+from elbogap.api import compare
+
 #: the autoguides each example compares
 AUTOGUIDES = ["auto:AutoNormal", "auto:AutoMultivariateNormal", "auto:AutoLowRankMultivariateNormal",
               "auto:AutoIAFNormal"]
@@ -31,8 +33,6 @@ def study_parser(description: str, out: str) -> argparse.ArgumentParser:
 
 def run_study(model, data, args: argparse.Namespace):
     """:func:`elbogap.compare` of ``model`` on ``data`` as the flags say; prints and returns the result."""
-    from elbogap.api import compare
-
     guides, seeds, steps, reference, extra = args.guides, args.seeds, args.steps, args.reference, {}
     if args.quick:
         guides, seeds, steps, reference = guides[:1], seeds[:1], 50, "none"

@@ -7,19 +7,21 @@ from elbogap.config import Config
 from elbogap.data import Dataset, load_data
 from elbogap.device import resolve_device
 from elbogap.errors import UsageError
-from elbogap.guides import build_guide
+from elbogap.global_latents.data import study_data
+from elbogap.guides import ProgramGuide, build_guide
+from elbogap.guides.autoguide import AutoGuideFamily
 from elbogap.inference import Trainer
 from elbogap.inference.convergence import ConvergenceSettings, ConvergeSchedule
+from elbogap.inference.stl import stl_guide
 from elbogap.inference.train import check_components
 from elbogap.model import build_model
 from elbogap.progress import as_progress
 from elbogap.protocols import PROTOCOLS
+from elbogap.user_model import display_name, is_autoguide, is_user_model, load_user_model, resolve_program
 
 
 def guide_label(guide_name: str) -> str:
     """How a guide entry is named in results: itself, or ``stem.name`` for a program ``dir/stem.py:name``."""
-    from elbogap.user_model import display_name, is_user_model
-
     return display_name(guide_name) if is_user_model(guide_name) else guide_name.replace(":", "-")
 
 
@@ -46,9 +48,6 @@ def load_dataset(config: Config) -> Dataset:
     For a user's program with global latents it is the whole data set D (``kind="global"``, see
     :func:`elbogap.global_latents.data.study_data`).
     """
-    from elbogap.global_latents.data import study_data
-    from elbogap.user_model import is_user_model
-
     if is_user_model(config.model):
         return study_data(config).to(resolve_device(config.device))
     data = load_data(config.data, config.test_fraction, config.data_seed, config.data_dir, config.binarize,
@@ -75,8 +74,6 @@ def build(config: Config, data: Dataset, guide_name: str):
     ``config.model`` and ``guide_name`` are built-in names or user programs (``file.py:name``);
     a class named as both model and guide is built once, so the pair shares one instance.
     """
-    from elbogap.user_model import is_user_model, load_user_model
-
     protocol = PROTOCOLS[data.kind]
     if protocol.build is not None:
         return protocol.build(config, data, guide_name)
@@ -97,10 +94,6 @@ def guide_for(config: Config, model, num_data: int, guide_name: str, example: to
     ``guide_name`` is a built-in family or a user's guide program (``file.py:name``; ``example``
     is a small batch to check it on).
     """
-    from elbogap.guides import ProgramGuide
-    from elbogap.guides.autoguide import AutoGuideFamily
-    from elbogap.user_model import is_autoguide, is_user_model, resolve_program
-
     if is_autoguide(guide_name):
         guide = AutoGuideFamily(guide_name.removeprefix("auto:"), model, num_data)
     elif is_user_model(guide_name):
@@ -115,8 +108,6 @@ def guide_for(config: Config, model, num_data: int, guide_name: str, example: to
 def check_gradient(config: Config, data: Dataset, guide, model=None) -> None:
     """Refuse, in one line and before any training, a ``--gradient`` (or, for a mixture, an objective) the guide's
     family or the model cannot take."""
-    from elbogap.inference.stl import stl_guide
-
     if getattr(guide, "components", None) and model is not None:
         check_components(model, config.objective)
     if config.gradient == "reparam":

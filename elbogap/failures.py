@@ -12,6 +12,9 @@ from pathlib import Path
 from pyro.poutine.trace_messenger import TraceHandler
 from pyro.poutine.util import site_is_subsample
 
+from elbogap.runs import LOG, RunLog
+from elbogap.user_model import OBJECTS, is_user_model
+
 
 class ProgramFailed(Exception):
     """A user's program raised during a run; the message is one line, ``details`` the traceback (or None)."""
@@ -24,8 +27,6 @@ class ProgramFailed(Exception):
 def program_modules(specs) -> dict[str, str]:
     """The module each user's program among ``specs`` runs in (as :func:`~elbogap.user_model.import_target`
     loads it), mapped to its spec."""
-    from elbogap.user_model import OBJECTS, is_user_model
-
     modules = {}
     for spec in specs:
         if not spec or not is_user_model(spec):
@@ -90,7 +91,5 @@ def site_of(frames) -> str:
 
 def keep_traceback(run_dir: str | Path, details: str) -> None:
     """Append a failed run's traceback to its ``train.log``, where the run directory exists."""
-    from elbogap.runs import LOG, RunLog
-
     if Path(run_dir).is_dir():
         RunLog(Path(run_dir) / LOG).write(f"failed:\n{details}")

@@ -16,6 +16,8 @@ from elbogap.errors import UsageError  # noqa: E402
 from elbogap.figure_data import FILE as FIGURE_DATA  # noqa: E402
 from elbogap.figure_tools import by_guide, mark_convergence, save  # noqa: E402
 from elbogap.global_latents.plots import make_figures as global_figures  # noqa: E402
+from elbogap.report import finished, is_global_study
+from elbogap.summary import bound_markers, over_seeds
 
 
 def plot_training(results: dict, path: Path) -> Path:
@@ -130,8 +132,6 @@ def plot_gaps(results: dict, path: Path) -> Path:
     error with one seed; dots: each seed. A ``≤`` before a guide's name: its approximation gap
     is an upper bound (and its amortization gap a lower bound).
     """
-    from elbogap.summary import bound_markers, over_seeds
-
     groups = by_guide(results["runs"])
     split_gaps = any("approx_gap" in run["test"] for run in results["runs"])
     fig, axes = plt.subplots(1, 2 if split_gaps else 1, figsize=((2.6 if split_gaps else 1.3) * len(groups) + 4, 4),
@@ -235,7 +235,6 @@ def make_figures(results_dir: str | Path) -> list[Path]:
         results = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise UsageError(f"{path} is not valid JSON ({error}); rerun the study to rewrite it") from None
-    from elbogap.report import finished, is_global_study
 
     results = {**results, "runs": finished(results.get("runs", []))}
     if not results["runs"]:

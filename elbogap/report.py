@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from elbogap.describe import model_text
+from elbogap.global_latents.report import CSV_METRICS as GLOBAL_METRICS
 from elbogap.global_latents.report import csv_rows as global_csv_rows
 from elbogap.global_latents.report import is_global_study
 from elbogap.global_latents.report import markdown_sections as global_sections
@@ -334,8 +335,6 @@ def csv_text(results: dict) -> str:
     writer = csv.writer(buffer)
     runs = finished(results["runs"])
     if is_global_study(runs):
-        from elbogap.global_latents.report import CSV_METRICS as GLOBAL_METRICS
-
         writer.writerow(["guide", "seed", "split", *GLOBAL_METRICS, "train_seconds"])
         writer.writerows(global_csv_rows(runs))
         return buffer.getvalue()

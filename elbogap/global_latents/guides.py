@@ -16,6 +16,15 @@ import torch
 from elbogap.errors import UsageError
 from elbogap.global_latents.model import sample_sites
 from elbogap.guides.base import Guide
+from elbogap.user_model import (
+    check_guide_draws,
+    is_autoguide,
+    is_user_model,
+    load_params_state,
+    params_state,
+    resolve_program,
+    trace_program,
+)
 
 #: Pyro's autoguides that define a proper density over the latents, so that their KL gap exists
 DENSITY_AUTOGUIDES = ("AutoNormal", "AutoDiagonalNormal", "AutoMultivariateNormal", "AutoLowRankMultivariateNormal",
@@ -123,8 +132,6 @@ class GlobalProgramGuide(WholeDataGuide):
     """
 
     def __init__(self, program, model, data: torch.Tensor, spec: str, owner=None):
-        from elbogap.user_model import check_guide_draws, trace_program
-
         super().__init__(model.latent_dim)
         self.fn, self.spec = program, spec
         object.__setattr__(self, "joint_model", model)
@@ -150,21 +157,15 @@ class GlobalProgramGuide(WholeDataGuide):
         raise UsageError(f"the guide {self.spec} is a program evaluated from traces; it has no density object")
 
     def state_dict(self, *args, **kwargs):
-        from elbogap.user_model import params_state
-
         return params_state(self.param_names)
 
     def load_state_dict(self, state, strict: bool = True):
-        from elbogap.user_model import load_params_state
-
         load_params_state(state)
 
 
 def global_guide(spec: str, model, data: torch.Tensor, flow_depth: int = 2, instances: dict | None = None,
                 modules: dict | None = None) -> Guide:
     """The guide ``spec`` names for a model with global latents: ``auto:NAME`` or a program ``file.py:name``."""
-    from elbogap.user_model import is_autoguide, is_user_model, resolve_program
-
     if is_autoguide(spec):
         return GlobalAutoGuide(spec.removeprefix("auto:"), model, data, flow_depth)
     if is_user_model(spec):

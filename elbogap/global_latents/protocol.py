@@ -45,6 +45,7 @@ from elbogap.global_latents.warm_start import contains_mean_field, mean_field_fi
 from elbogap.inference.weights import group_spread_dof, log_mean_exp, log_mean_exp_stderr, pareto_khat
 from elbogap.phases import Phases
 from elbogap.progress import Progress, as_progress
+from elbogap.user_model import resolve_program
 
 #: how far q's importance estimate of log p(D) may sit above AIS's, in standard errors, before AIS is doubted
 DISAGREEMENT = 3.0
@@ -243,8 +244,6 @@ def build_for(config, data, guide_name: str):
 def build_global(config, data: torch.Tensor, guide_name: str, spec_model=None, instances: dict | None = None,
                  modules: dict | None = None):
     """A fresh model with global latents (the program ``config.model``) and the guide ``guide_name`` on ``data``."""
-    from elbogap.user_model import resolve_program
-
     instances = {} if instances is None else instances
     modules = {} if modules is None else modules
     if spec_model is None:

@@ -3,6 +3,7 @@
 from pyro.infer import ELBO, JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 from elbogap.errors import UsageError
+from elbogap.inference.iwae import IWAE
 
 OBJECTIVES = ("elbo", "meanfield", "iwae")
 
@@ -73,6 +74,5 @@ def make_objective(name: str = "elbo", num_particles: int = 1, jit: bool = False
         return Trace_ELBO(vectorize_particles=vectorized, **options)
     if name == "meanfield":
         return TraceMeanField_ELBO(vectorize_particles=vectorized, **options)
-    from elbogap.inference.iwae import IWAE
 
     return IWAE(vectorize_particles=vectorize, **options)
