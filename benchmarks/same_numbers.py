@@ -26,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 IGNORED = re.compile(r"seconds|^wall|^where$|^versions$|^elapsed|^out$|run_dir|^started|^host|^pid|^workers$"
                      r"|^model_from$|^path$|_path$|^total$")
 
+#: paths of the training's trace (curves, convergence checks), listed after the other differences
+TRACES = re.compile(r"\.curve(_eval)?\[|\.convergence\.(checks|levels)")
+
 #: a VAE program as a Pyro user writes one: subsampled data plate, its own decoder
 USER_VAE = '''
 import pyro
@@ -153,8 +156,13 @@ def main(args) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     write_inputs(folder)
     base = folder / "base-code"
+    wanted = subprocess.run(["git", "rev-parse", args.base], cwd=ROOT, check=True, capture_output=True,
+                            text=True).stdout.strip()
+    if base.exists() and subprocess.run(["git", "rev-parse", "HEAD"], cwd=base, capture_output=True,
+                                        text=True).stdout.strip() != wanted:  # a kept worktree of another base
+        subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, check=True, capture_output=True)
     if not base.exists():
-        subprocess.run(["git", "worktree", "add", "--detach", str(base), args.base], cwd=ROOT, check=True,
+        subprocess.run(["git", "worktree", "add", "--detach", str(base), wanted], cwd=ROOT, check=True,
                        capture_output=True)
     status = 0
     try:
@@ -162,7 +170,10 @@ def main(args) -> int:
             results = {side: run_study(code, STUDIES[name], folder / f"{name}-{side}", folder)
                        for side, code in (("base", base), ("head", ROOT))}
             lines = differences(results["base"], results["head"])
-            print(f"{name}: {'the same numbers' if not lines else f'{len(lines)} differences'}")
+            traces = [line for line in lines if TRACES.search(line)]  # the training's path, after the headline
+            lines = [line for line in lines if not TRACES.search(line)] + traces
+            print(f"{name}: {'the same numbers' if not lines else f'{len(lines)} differences'}"
+                  + (f" ({len(traces)} of them in training curves and convergence checks)" if traces else ""))
             print("\n".join(lines[:args.show]) + (f"\n  ... {len(lines) - args.show} more" if len(lines) > args.show
                                                   else ""), flush=True)
             status |= bool(lines)

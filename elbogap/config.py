@@ -91,10 +91,11 @@ class Config:
                                                   "data set's for global latents) a fit may still gain and count as "
                                                   "converged (default 0.01 and 0.02)", positive=True)
     warm_start: str = setting("mean-field", "where a family that contains the mean field starts, on a model with "
-                                            "global latents (auto:AutoMultivariateNormal, "
+                                            "global latents, in compare and train (auto:AutoMultivariateNormal, "
                                             "auto:AutoLowRankMultivariateNormal): at the seed's AutoNormal fit, "
                                             "trained once per seed, keeping the better of that start and where "
-                                            "training goes (mean-field); or where Pyro starts it (off)",
+                                            "training goes under --schedule converge (mean-field); or where Pyro "
+                                            "starts it (off)",
                               choices=("mean-field", "off"))
     epochs: float | None = setting(None, "passes over the training data per run (overrides --steps)", positive=True)
     batch_size: int = setting(128, "minibatch size", least=1)

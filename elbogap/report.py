@@ -272,7 +272,7 @@ def points(splits: list[dict]) -> str:
 #: how a run's phases are named in the footer; every other phase counts as evaluation
 PHASE_NAMES = {"train": "training", "curve_evaluations": "evaluations during training",
                "gradient_snr": "gradient SNR",
-               "checkpoints": "checkpoints", "bdmc": "BDMC", "evidence": "evidence (AIS)",
+               "checkpoints": "checkpoints", "bdmc": "BDMC", "evidence": "evidence",
                "reference": "reference posterior"}
 
 

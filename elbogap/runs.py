@@ -121,9 +121,14 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
                 model.load_state_dict(load_checkpoint(Path(fixed_model) / CHECKPOINT)["trainer"]["model"])
         num_data = len(data.train)
         steps = config.total_steps(num_data)
+        # a saved run (refused here, before any work, where its settings differ) goes on from its checkpoint, which
+        # says where it started; a new one starts where its kind starts it
+        state = resumable_state(run_dir, config, guide_name, seed) if (run_dir / CHECKPOINT).exists() else None
         begun = time.perf_counter()
-        started = warm_start(config, data, [(model, guide)], [seed], [run_dir], progress)[0] \
-            if fixed_model is None else None
+        if state is not None or fixed_model is not None:
+            started = state.get("warm_start") if state is not None else None
+        else:
+            started = warm_start(config, data, [(model, guide)], [seed], [run_dir], progress)[0]
         warm_seconds = time.perf_counter() - begun
         trainer = make_trainer(config, model, guide, data, seed, freeze_model=fixed_model is not None,
                                keep_start=started is not None)
@@ -132,8 +137,7 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
     curve_eval: list[dict] = []
     # training's phases add up over every session of the run
     phases = Phases({"train": 0.0, **({"mean_field_fit": warm_seconds} if started else {})})
-    if (run_dir / CHECKPOINT).exists():
-        state = resumable_state(run_dir, config, guide_name, seed)
+    if state is not None:
         if state["complete"] and (run_dir / RUN_JSON).is_file():
             saved = json.loads((run_dir / RUN_JSON).read_text())
             changed = evaluation_changes(saved["config"], config.to_dict())
@@ -153,7 +157,7 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
         with phases("checkpoints"):
             phases.seconds["train"] = trainer.seconds
             save_run_checkpoint(run_dir, config, guide_name, seed, trainer, complete, curve_eval, phases.seconds,
-                                stacked)
+                                stacked, started)
 
     def fault(step: int) -> NumericalFault:
         message = (f"guide {guide_name}, seed {seed}: the loss or a parameter became NaN/inf at step {step}; "
@@ -258,13 +262,16 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def save_run_checkpoint(run_dir: Path, config: Config, guide_name: str, seed: int, trainer: Trainer, complete: bool,
-                        curve_eval: list | None = None, phases: dict | None = None, stacked: int | None = None) -> None:
+                        curve_eval: list | None = None, phases: dict | None = None, stacked: int | None = None,
+                        started: dict | None = None) -> None:
     """A run's ``checkpoint.pt``: its configuration, trainer state, curve and phases (``stacked``: the number of seeds
-    it was trained with at once, by the study, before the run resumed it)."""
+    it was trained with at once, by the study, before the run resumed it; ``started``: the fit it started from, the
+    record :func:`~elbogap.factory.warm_start` gave)."""
     save_checkpoint(Path(run_dir) / CHECKPOINT, {
         "config": json.dumps(config.to_dict()), "guide_name": guide_name, "seed": seed, "complete": complete,
         "trainer": trainer.state_dict(), "curve_eval": json.dumps(curve_eval or []),
         "phases": json.dumps(phases or {"train": trainer.seconds}), **({"stacked": stacked} if stacked else {}),
+        **({"warm_start": started} if started else {}),
     })
 
 

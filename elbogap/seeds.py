@@ -114,7 +114,8 @@ def train_at_once(config, data, guide_name: str, tasks, progress: bool, should_s
         built.append(build(resolved, data, guide_name))
         states.append(get_rng_state())
     begun = time.perf_counter()
-    starts = warm_start(resolved, data, built, seeds, [task.run_dir for task in tasks], progress)  # seeds at once
+    with intra_op_threads(PROTOCOLS[data.kind].threads):  # the seeds' starts at once, as their runs would train
+        starts = warm_start(resolved, data, built, seeds, [task.run_dir for task in tasks], progress)
     warm_seconds = (time.perf_counter() - begun) / len(tasks)  # each run's share
     runs = []
     for seed, (model, guide), state, started in zip(seeds, built, states, starts, strict=True):
@@ -142,7 +143,7 @@ def train_at_once(config, data, guide_name: str, tasks, progress: bool, should_s
         with torch.no_grad(), store.scope(), torch.random.fork_rng():
             hand_over(g)  # the checkpoint keeps this run's generator state, for a run that goes on alone
             save_run_checkpoint(Path(tasks[g].run_dir), resolved, guide_name, seeds[g], trainer, False,
-                                curve_evals[g], phases[g].seconds, stacked=len(seeds))
+                                curve_evals[g], phases[g].seconds, stacked=len(seeds), started=starts[g])
 
     def training_seconds() -> float:
         evaluations = sum(p.seconds.get("curve_evaluations", 0.0) + p.seconds.get("gradient_snr", 0.0)

@@ -80,6 +80,8 @@ ESTIMATORS: dict[str, Estimator] = {}
 
 def register(estimator: Estimator) -> Estimator:
     """Add ``estimator`` to :data:`ESTIMATORS` (a module of this package calls it once, at import)."""
+    if ESTIMATORS.get(estimator.name, estimator) is not estimator:
+        raise ValueError(f"two estimators are named {estimator.name!r}; rename one of their files' estimators")
     ESTIMATORS[estimator.name] = estimator
     return estimator
 

@@ -4,8 +4,8 @@ r"""Importance sampling from the prior, the textbook baseline:
 Unbiased for :math:`p(x)`, a lower bound on :math:`\log p(x)` in expectation, and guide-independent; its variance
 grows as the posterior narrows relative to the prior (exponentially in the information the data carry), so it is
 precise only for weak data or few latents. Its standard error is the group spread of the log-weights
-(:func:`~elbogap.inference.weights.log_mean_exp_stderr`), and none where the weights' tail says their variance is
-infinite (PSIS :math:`\hat k` above 0.5), as for every importance estimate here.
+(:func:`~elbogap.inference.weights.log_mean_exp_stderr`, with its own rule for declining one under an infinite
+variance), as for every importance estimate here.
 """
 
 import torch
@@ -18,7 +18,7 @@ from elbogap.inference.weights import group_spread_dof, importance_estimate
 def prior_is(target, settings: EstimatorSettings) -> LogPxEstimate:
     """``settings.samples`` draws of the prior per unit of ``target``, scored by the likelihood, in chunks."""
     units = target.batch_size
-    chunk = max(1, settings.element_budget // max(1, units * target.x[0].numel()))
+    chunk = max(1, settings.element_budget // max(1, target.x.numel()))  # a draw scores every unit's rows
     log_w, draws = [], []
     for start in range(0, settings.samples, chunk):
         z = target.start(min(chunk, settings.samples - start))

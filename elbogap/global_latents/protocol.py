@@ -202,7 +202,14 @@ def evidence_check(metrics: dict) -> dict:
     above = metrics["log_evidence_q"] - metrics["log_evidence"]
     stderr = math.hypot(metrics["log_evidence_q_stderr"], metrics["log_evidence_stderr"])
     out = {"q_above_ais": above, "q_above_ais_stderr": stderr}
-    if math.isnan(stderr):  # q's weights (or AIS's) have no error bar: no test of one against the other
+    method = metrics.get("log_evidence_method", "ais")
+    if math.isnan(metrics["log_evidence_stderr"]):
+        out["evidence_warning"] = (f"log p(D) by {method} has no standard error (its weights' tail says their "
+                                   "variance is infinite): it may be far too low, and every gap with it; "
+                                   + ("raise --evidence-steps and --evidence-chains" if method == "ais"
+                                      else "raise --iw-samples, or use --log-px auto (AIS)"))
+        return out
+    if math.isnan(stderr):  # q's weights have no error bar: no test of one against the other
         return out
     if above > DISAGREEMENT * stderr and above > 0:
         out["evidence_warning"] = (f"q's importance estimate of log p(D) is {above:.3f} nats above AIS "

@@ -253,6 +253,8 @@ class StackedFits(Stack):
         :meth:`write_back`, its parameters too)."""
         trainer.step_count, trainer.losses = self.steps[g], list(self.losses[g])
         if trainer.schedule is not None and self.schedules[g] is not None:
+            # its checks, levels and kept start's score; not the best check's state, which is the stack's row (a run
+            # resumed alone after a stop can return to its checks' states from then on, not to its start)
             trainer.schedule.load_state_dict(self.schedules[g].state_dict())
         load_adam(self.adam, g, trainer, self.flats[g], self.leaf_index)
 
@@ -266,6 +268,7 @@ class StackedFits(Stack):
                 "steps": list(self.steps),
                 "losses": [torch.tensor(losses, dtype=torch.float64) for losses in self.losses],
                 "schedules": [None if s is None else s.state_dict() for s in self.schedules],
+                "schedule_bests": [None if s is None else s.best_state() for s in self.schedules],
                 "generators": [generator.get_state() for generator in self.generators]}
 
     @torch.no_grad()
@@ -275,9 +278,11 @@ class StackedFits(Stack):
         self.adam.load_state_dict(state)
         self.steps = [int(step) for step in state["steps"]]
         self.losses = [saved.tolist() for saved in state["losses"]]
-        for schedule, saved in zip(self.schedules, state["schedules"], strict=True):
+        bests = state.get("schedule_bests", [None] * len(self.schedules))
+        for schedule, saved, best in zip(self.schedules, state["schedules"], bests, strict=True):
             if schedule is not None and saved is not None:
                 schedule.load_state_dict(saved)
+                schedule.load_best(best)
         for generator, saved in zip(self.generators, state["generators"], strict=True):
             generator.set_state(saved)
 

@@ -12,8 +12,9 @@ stacked program), its ELBO of D taken from the evaluation's precise draws (:func
 ``OUT/shared/`` for every guide's run), and
 
 - a run of a containing family starts at :math:`q_\text{MF}` itself (:func:`warm_start`): full rank with
-  ``scale_tril = I``; low rank with a tenth of Pyro's random ``cov_factor`` (at zero its gradient vanishes, a saddle),
-  the diagonal scaled so the marginal variances are the mean field's. Its plateau rule then keeps the start as its
+  ``scale_tril = I``; low rank next to it, with a small random ``cov_factor`` (a tenth of the scale Pyro draws it at,
+  from the stream ``warm_start``; at zero its gradient vanishes, a saddle) and the diagonal scaled so the marginal
+  variances are the mean field's. Its plateau rule then keeps the start as its
   first level (:attr:`~elbogap.inference.convergence.ConvergeSchedule.keep_start`): a first stage that ends below
   the start returns there at a tenth of the rate, so the fit ends at the better of where it started and where it
   went;
@@ -46,10 +47,12 @@ CONTAINS_MEAN_FIELD = ("AutoMultivariateNormal", "AutoLowRankMultivariateNormal"
 COV_FACTOR_START = 0.1
 
 
-def mean_field_settings(config) -> dict:
-    """What the seed's mean-field fit depends on, beside the model, the data and the seed."""
-    return {"lr": config.lr, "particles": config.particles, "steps": config.steps, "schedule": config.schedule,
-            "tol": config.convergence_tol, "iw_samples": config.iw_samples, "stderr": config.evidence_stderr,
+def mean_field_settings(config, num_data: int) -> dict:
+    """What the seed's mean-field fit depends on, beside the model, the data and the seed: every setting its trainer
+    reads (the evaluation's settings only set how precisely its ELBO is told, and do not refit it)."""
+    return {"lr": config.lr, "particles": config.particles, "cap": config.total_steps(num_data),
+            "schedule": config.schedule, "tol": config.convergence_tol, "objective": config.objective,
+            "lr_decay": config.lr_decay, "batch_size": config.batch_size, "stacked_fits": config.stacked_fits,
             "with": "loc and scale"}
 
 
@@ -66,7 +69,8 @@ def mean_field_fits(model: GlobalLatentModel, data, config, seeds, run_dirs, pro
 
     Kept in ``OUT/shared/`` (:mod:`~elbogap.global_latents.shared`); the seeds not there yet are trained at once where
     they stack (:func:`train_mean_field`). The caller's random state and param store are left as they were."""
-    paths = {seed: shared_path(run_dir, "mean_field", model, data.train, mean_field_settings(config), seed)
+    settings = mean_field_settings(config, len(data.train))
+    paths = {seed: shared_path(run_dir, "mean_field", model, data.train, settings, seed)
              for seed, run_dir in zip(seeds, run_dirs, strict=True)}
     rng = get_rng_state()
     try:
@@ -87,7 +91,7 @@ def train_mean_field(model: GlobalLatentModel, data, config, seeds: list[int]) -
     stacked program where the fits stack (:func:`~elbogap.global_latents.stacked.stacker`), else one at a time."""
     cap = config.total_steps(len(data.train))
     rule = ConvergenceSettings(tolerance=config.convergence_tol)
-    runs = []
+    runs, states = [], []
     for seed in seeds:  # as factory.make_trainer gives a run of a model with global latents
         streams.seeded("mean_field_check", seed)
         guide = global_guide("auto:AutoNormal", model, data.train)
@@ -96,12 +100,14 @@ def train_mean_field(model: GlobalLatentModel, data, config, seeds: list[int]) -
         runs.append((model, guide, global_trainer(config, model, guide, data, seed, False, schedule, rule, 1.0 if
                                                   schedule is not None else config.lr_decay ** (1 / max(cap, 1)),
                                                   len(data.train))))
+        states.append(get_rng_state())
     try:
         if len(seeds) < 2:
             raise NotStackable("one seed")
         stack = stacker(config, data, "auto:AutoNormal", runs, seeds)
     except NotStackable:
-        for _, _, trainer in runs:
+        for (_, _, trainer), state in zip(runs, states, strict=True):
+            set_rng_state(state)  # each seed trains on its own stream, whichever seeds are asked for with it
             trainer.run(cap)
         verdicts = [(trainer.convergence(cap)["converged"], trainer.step_count) for _, _, trainer in runs]
         at_once = 1

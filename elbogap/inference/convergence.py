@@ -25,7 +25,8 @@ Two rules, one per way of training:
   are not finite, or a stage whose ELBO falls, returns to the best check's state at ``factor`` times the rate (a
   learning rate found by backing off, at most ``max_backoffs`` times). A fit started from another fit (a warm
   start, ``keep_start``) scores its start, which is then the first level to beat: a first stage that settles
-  below it returns there, so the fit ends at the better of its start and where it went. Training stops
+  below it returns there, so the fit ends at the better of its start and where it went (and, as any fit, is
+  called converged only once a drop of the rate changes its level by less than the tolerance). Training stops
   unconverged at the step cap, or after ``max_drops`` drops that each still gained. The plateau-and-drop idea is
   Pyro's ``ReduceLROnPlateau``; the stopping test on the level reached at successive rates and the averaged
   iterates follow Welandawe et al. [1], simplified.
@@ -120,7 +121,7 @@ class ConvergeSchedule:
     :param ConvergenceSettings settings: its constants.
     :param bool keep_start: the fit starts from a fit of its own (a warm start): the start is scored and is the first
         level to beat, so a first stage that settles below it (by more than the noise) returns there at a smaller
-        rate, and a stage that gains less than the tolerance over it is a plateau.
+        rate. Convergence is still judged between the levels of two rates (the start was not reached at one).
     """
 
     def __init__(self, elbo: Callable[[], float], settings: ConvergenceSettings, keep_start: bool = False):
@@ -144,11 +145,24 @@ class ConvergeSchedule:
             self.start_level = float(self.elbo() if value is None else value)
             self._best = (self.start_level, self._best[1])
 
+    def best_state(self) -> dict | None:
+        """Where a kept start is kept: the best check's value and state (tensors), which a checkpoint stores beside
+        :meth:`state_dict` (JSON) so that a resumed fit can still return there; None for a fit without one."""
+        if not self.keep_start or self._best is None:
+            return None
+        return {"value": self._best[0], "state": self._best[1]}
+
+    def load_best(self, saved: dict | None) -> None:
+        if saved is not None:
+            self._best = (float(saved["value"]), saved["state"])
+
     def back_off(self, trainer, why: str = "a step's loss or parameters were not finite") -> bool:
         """Return to the best check's state at ``factor`` times the current learning rate; False (and ``done``,
-        unconverged) after ``max_backoffs`` returns."""
+        unconverged) after ``max_backoffs`` returns, where a fit that keeps its start still ends at the best state."""
         if self._best is None or self.backoffs >= self.settings.max_backoffs:
             self.done, self.reason = True, f"{why} again after {self.backoffs} returns to a smaller learning rate"
+            if self.keep_start and self._best is not None:  # the better of its start and where it went
+                trainer.restore(self._best[1])
             return False
         failed = trainer.svi.lrs[0] if trainer.svi.lrs else 0.0
         trainer.restore(self._best[1])
@@ -237,7 +251,7 @@ class ConvergeSchedule:
             return "back off"  # the smaller rate settled lower than the larger one: the fit is not stable
         self.levels.append(level)
         tolerance = self.settings.tolerance
-        if gain < tolerance and level_stderr <= tolerance:
+        if len(self.levels) > 1 and gain < tolerance and level_stderr <= tolerance:  # a kept start is no rate
             self.done, self.converged = True, True
             self.reason = (f"a learning-rate drop to {lr:.2g} changed the ELBO by {gain:.3g}, within the tolerance "
                            f"{tolerance:g}")

@@ -215,8 +215,9 @@ def target_method(estimator: Estimator) -> LogPxMethod:
 
 def methods() -> dict[str, LogPxMethod]:
     """:data:`METHODS` and every estimator of :mod:`elbogap.estimators`, by name."""
-    return {**METHODS, **{name: target_method(estimator) for name, estimator in estimators().items()
-                          if name not in METHODS}}
+    if shadowed := sorted(set(METHODS) & set(estimators())):
+        raise ValueError(f"an estimator of elbogap/estimators is named as a built-in --log-px method: {shadowed}")
+    return {**METHODS, **{name: target_method(estimator) for name, estimator in estimators().items()}}
 
 
 def settings() -> tuple[str, ...]:

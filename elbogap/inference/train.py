@@ -313,6 +313,7 @@ class Trainer:
             "model": self.model.state_dict(), "guide": self.guide.state_dict(),
             "optim": self.svi.state_dict(), "rng": rng_state(self.x.device),
             "schedule": json.dumps(self.schedule.state_dict() if self.schedule is not None else None),
+            "schedule_best": self.schedule.best_state() if self.schedule is not None else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -330,6 +331,7 @@ class Trainer:
         schedule = json.loads(state.get("schedule", "null"))
         if self.schedule is not None and schedule is not None:
             self.schedule.load_state_dict(schedule)
+            self.schedule.load_best(state.get("schedule_best"))
 
 
 def train(model, guide, x: torch.Tensor, steps: int, batch_size: int = 128, lr: float = 1e-3,

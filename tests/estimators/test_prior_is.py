@@ -12,6 +12,7 @@ from elbogap.estimators import EstimatorSettings, estimators
 from elbogap.factory import build, load_dataset
 from elbogap.global_latents.evidence import EvidencePath
 from elbogap.global_latents.model import GlobalLatentModel
+from elbogap.global_latents.protocol import evidence_check
 from elbogap.inference import evaluate
 from elbogap.inference.log_px import settings
 from tests.global_latents import truth
@@ -86,3 +87,25 @@ def test_a_study_of_a_model_with_global_latents_takes_it_as_its_evidence(tmp_pat
                         "--log-px", "quadrature", "--out", tmp_path / "refused", "-q")
     assert code == 2 and "--log-px quadrature is for models whose latents are per data point" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_an_evidence_without_an_error_bar_is_a_warning_not_a_silent_gap():
+    """Prior-IS whose weights have an infinite variance has no standard error: the study warns, naming the fix."""
+    metrics = {"log_evidence": -31.3, "log_evidence_stderr": float("nan"), "log_evidence_q": -31.07,
+               "log_evidence_q_stderr": 0.003, "log_evidence_method": "prior-is"}
+    warning = evidence_check(metrics)["evidence_warning"]
+    assert "by prior-is has no standard error" in warning and "--iw-samples" in warning
+
+
+def test_the_draws_are_scored_in_chunks_within_the_budget():
+    """The chunk of draws counts every row a draw scores (the whole data set, for one unit), and the chunked
+    estimate is the one-chunk estimate."""
+    data, _ = conjugate()
+    model = GlobalLatentModel(truth.regression_model(1.0, 1.0), data, "regression")
+    values = []
+    for budget in (2**24, 4 * data.numel()):
+        pyro.set_rng_seed(0)
+        estimate = estimators()["prior-is"].estimate(EvidencePath(model, data),
+                                                     EstimatorSettings(samples=64, element_budget=budget))
+        values.append(float(estimate.values[0]))
+    assert values[0] == values[1]

@@ -10,7 +10,7 @@ from elbogap.factory import for_data, make_trainer, warm_start
 from elbogap.global_latents.guides import GlobalAutoGuide
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.global_latents.stacked import flat_posterior
-from elbogap.global_latents.warm_start import mean_field_fits
+from elbogap.global_latents.warm_start import mean_field_fits, mean_field_settings
 from elbogap.progress import as_progress
 from tests.global_latents import truth
 from tests.inference.test_convergence import conjugate_study
@@ -82,3 +82,38 @@ def test_the_seeds_mean_field_fits_train_at_once_and_each_reaches_the_closed_for
         assert abs(check["elbo"] - optimum) < max(0.05, 4 * check["elbo_stderr"]), (seed, check, optimum)
     again = mean_field_fits(model, dataset, for_data(config, dataset), [1], runs[1:2], as_progress(False))
     assert torch.equal(again[1]["loc"], fits[1]["loc"])  # read from OUT/shared, not refitted
+
+
+def test_the_fit_is_kept_per_training_setting_and_each_seed_trains_on_its_own_stream(tmp_path):
+    """Two studies in one --out share a seed's fit only where every setting its trainer reads agrees; a seed's fit is
+    the same whether it is asked for alone or with other seeds, one at a time (--stacked-fits off)."""
+    base = mean_field_settings(Config(steps=1000), 100)
+    for changed in ({"epochs": 3.0}, {"objective": "iwae"}, {"batch_size": 8}, {"lr_decay": 0.5}, {"lr": 0.01}):
+        assert mean_field_settings(Config(steps=1000, **changed), 100) != base, changed
+    assert mean_field_settings(Config(steps=1000, iw_samples=50, evidence_stderr=0.1), 100) == base  # evaluation
+    data, *_ = conjugate_study()
+    model = GlobalLatentModel(truth.regression_model(1.0, 1.0), data, "regression")
+    config = Config(model="regression.py:model", guides=["auto:AutoMultivariateNormal"], stacked_fits="off").validate()
+    dataset = Dataset("regression", data, data[:0], kind="global")
+    resolved = for_data(config, dataset)
+    together = mean_field_fits(model, dataset, resolved, [0, 1], [tmp_path / "a" / "runs" / f"s{s}" for s in (0, 1)],
+                               as_progress(False))
+    alone = mean_field_fits(model, dataset, resolved, [0], [tmp_path / "b" / "runs" / "s0"], as_progress(False))
+    assert together[0]["check"]["fits_at_once"] == 1
+    assert torch.equal(together[0]["loc"], alone[0]["loc"]) and not torch.equal(together[0]["loc"], together[1]["loc"])
+
+
+def test_a_resumed_run_keeps_its_start_and_says_where_it_started(tmp_path):
+    """The best state a kept start returns to is in the checkpoint; a checkpoint without a start (written before warm
+    starts, or with --warm-start off) resumes as a run that was not started from one, whatever the setting now."""
+    data, *_ = conjugate_study()
+    config, model, guide, dataset, record = started("AutoMultivariateNormal", tmp_path, data)
+    trainer = make_trainer(config, model, guide, dataset, seed=0, keep_start=True)
+    trainer.run(120)
+    state = trainer.state_dict()
+    assert state["schedule_best"]["value"] >= trainer.schedule.start_level
+    _, model2, guide2, _, _ = started("AutoMultivariateNormal", tmp_path, data)
+    resumed = make_trainer(config, model2, guide2, dataset, seed=0, keep_start=True)
+    resumed.load_state_dict(state)
+    assert resumed.schedule.best_state()["value"] == state["schedule_best"]["value"]
+    assert resumed.schedule.start_level == trainer.schedule.start_level

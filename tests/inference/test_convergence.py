@@ -123,8 +123,9 @@ def test_a_drop_whose_level_scatters_beyond_the_tolerance_does_not_converge():
 
 def test_a_kept_start_is_the_first_level_to_beat():
     """A fit started from another fit (keep_start): a first stage that settles below the start, by more than the noise,
-    returns there; one that settles at the start's level within the tolerance has converged; one above it drops."""
-    for level, action, converged in ((-10.5, "back off", False), (-10.005, "", True), (-9.5, "drop", False)):
+    returns there; one at the start's level or above it drops the rate (convergence is judged between two rates' levels,
+    and the start was not reached at one)."""
+    for level, action, converged in ((-10.5, "back off", False), (-10.005, "drop", False), (-9.5, "drop", False)):
         schedule = ConvergeSchedule(None, ConvergenceSettings(tolerance=0.02), keep_start=True)
         schedule.start_level = -10.0
         schedule.checks = [[50 * (i + 1), level + 0.001 * sign, 0.05] for i, sign in enumerate([1, -1] * 3)]
