@@ -32,7 +32,9 @@ def test_the_file_is_registered_for_both_kinds():
 
 def test_on_the_points_of_a_per_point_model_it_is_the_exact_log_px():
     """--log-px prior-is on 50 test points of the linear-Gaussian model: each point's estimate within its own error
-    of the exact value (the mean of the squared z-scores near 1), and their mean within 4 combined errors."""
+    of the exact value, and their mean within 4 combined errors. The mean squared z-score measured 0.6-1.8 over six
+    seeds (1.4 on average: one point's error is about 1.2 times too small under these weights' tails, as the docs
+    say), so the bound is 2.5."""
     config = Config(model="linear", guides=["diag"])
     data = load_dataset(config)
     model, guide = build(config, data, "diag")
@@ -43,25 +45,27 @@ def test_on_the_points_of_a_per_point_model_it_is_the_exact_log_px():
     assert estimate.metrics["log_px_method"] == "prior-is" and estimate.metrics["log_px_guide_independent"]
     values, errors = estimate.per_point["log_px"].double(), estimate.per_point["log_px_stderr"].double()
     z = (values - exact) / errors
-    assert 0.4 < float(z.pow(2).mean()) < 2.0, z
+    assert 0.4 < float(z.pow(2).mean()) < 2.5, z
     assert abs(float((values - exact).mean())) < 4 * float(errors.pow(2).sum().sqrt()) / len(x)
 
 
 def test_on_a_whole_data_set_its_error_bar_matches_its_spread_over_repeats():
-    """Twenty repeats on a 5-row conjugate regression (3 weights): the estimates scatter about the exact log p(D) as
-    their reported standard error says (the ratio of the two within 0.6-1.6), and their mean is within 4 s.e. of it."""
+    """Forty repeats of 1000 draws on a 5-row conjugate regression (3 weights): the estimates scatter about the exact
+    log p(D) as their reported standard error says (the ratio within 0.65-1.5: about 3 standard errors of a ratio read
+    off 40 repeats; pooled over 200 repeats it is 0.94, and 95% of the 1.96 s.e. intervals cover), and their mean is
+    within 4 standard errors of the mean of the exact value."""
     data, exact = conjugate()
     model = GlobalLatentModel(truth.regression_model(1.0, 1.0), data, "regression")
     estimator = estimators()["prior-is"]
     values, errors = [], []
-    for seed in range(20):
+    for seed in range(40):
         pyro.set_rng_seed(seed)
-        estimate = estimator.estimate(EvidencePath(model, data), EstimatorSettings(samples=4000))
+        estimate = estimator.estimate(EvidencePath(model, data), EstimatorSettings(samples=1000))
         values.append(float(estimate.values[0]))
         errors.append(float(estimate.stderr[0]))
     values, errors = np.array(values), np.array(errors)
-    assert 0.6 < values.std(ddof=1) / errors.mean() < 1.6, (values.std(ddof=1), errors.mean())
-    assert abs(values.mean() - exact) < 4 * errors.mean() / np.sqrt(len(values)) + 0.005, (values.mean(), exact)
+    assert 0.65 < values.std(ddof=1) / errors.mean() < 1.5, (values.std(ddof=1), errors.mean())
+    assert abs(values.mean() - exact) < 4 * errors.mean() / np.sqrt(len(values)), (values.mean(), exact)
 
 
 def test_a_study_of_a_model_with_global_latents_takes_it_as_its_evidence(tmp_path, elbogap):
