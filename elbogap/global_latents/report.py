@@ -251,8 +251,11 @@ def training_line(runs: list[dict], config: dict) -> str:
                f"{config.get('convergence_tol')} nats")
     else:
         how = f"{taken} SVI steps with lr {lr} decaying to {config['lr_decay']} of it"
+    started = sorted({run["guide"] for run in runs if run.get("warm_start")})
+    warm = (f" {', '.join(started)} started at each seed's AutoNormal fit (--warm-start mean-field) and kept the "
+            "better of that start and where training went." if started else "")
     return (f"{how}; {config['objective']} objective, {particles} particle(s) a step; seeds "
-            f"{', '.join(map(str, config['seeds']))}.{stacked_sentence(runs)}")
+            f"{', '.join(map(str, config['seeds']))}.{warm}{stacked_sentence(runs)}")
 
 
 def describe_evidence(summary: dict) -> str:

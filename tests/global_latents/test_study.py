@@ -140,10 +140,10 @@ def test_the_defaults_train_a_global_model_until_it_converges(study, elbogap):
     assert abs(data["kl_gap"] - mean_field_kl) < max(0.05, 4 * data["kl_gap_stderr"])
 
 
-def test_a_full_rank_study_without_the_mean_field_checks_its_fit_against_a_mean_field_fit(study, elbogap):
-    """Without AutoNormal in the study, the full-rank run fits one as a check (once per seed): its ELBO is the
-    closed-form mean-field optimum's, log p(D) - KL*, and the full-rank fit, at its own optimum above it, is not
-    warned."""
+def test_a_full_rank_study_starts_at_a_mean_field_fit_and_holds_its_fit_to_it(study, elbogap):
+    """The full-rank run starts at the seed's AutoNormal fit (fitted once per seed, kept in its record): that fit's
+    ELBO is the closed-form mean-field optimum's, log p(D) - KL*, the run says where it started, and the full-rank
+    fit, at its own optimum above it, is not warned."""
     folder, exact, mean_field_kl = study
     out = folder / "checked"
     code, err = elbogap("compare", "--model", folder / "mixed.py:model", "--data", folder / "y.csv", "--guides",
@@ -155,6 +155,8 @@ def test_a_full_rank_study_without_the_mean_field_checks_its_fit_against_a_mean_
     assert check["family"] == "auto:AutoNormal" and check["converged"]
     assert abs(check["elbo"] - (exact - mean_field_kl)) < max(0.05, 4 * check["elbo_stderr"]), check
     assert "mean_field_fit" in run["seconds"] and "mean-field fit" not in (out / "results.md").read_text()
+    assert run["warm_start"]["from"] == "auto:AutoNormal" and run["convergence"]["start_level"] is not None
+    assert "auto-AutoMultivariateNormal started at each seed's AutoNormal fit" in (out / "results.md").read_text()
 
 
 def test_the_seeds_of_a_study_train_at_once_and_each_run_lands_on_its_familys_closed_form_gap(study, elbogap):
