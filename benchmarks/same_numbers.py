@@ -21,6 +21,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.test_programs import TUTORIAL_VAE  # noqa: E402
+from tests.test_user_model import USER_MODEL  # noqa: E402
 
 #: keys whose values differ from run to run however the numbers stand: timings, hosts, versions, paths
 IGNORED = re.compile(r"seconds|^wall|^where$|^versions$|^elapsed|^out$|run_dir|^started|^host|^pid|^workers$"
@@ -28,51 +32,6 @@ IGNORED = re.compile(r"seconds|^wall|^where$|^versions$|^elapsed|^out$|run_dir|^
 
 #: paths of the training's trace (curves, convergence checks), listed after the other differences
 TRACES = re.compile(r"\.curve(_eval)?\[|\.convergence\.(checks|levels)")
-
-#: a VAE program as a Pyro user writes one: subsampled data plate, its own decoder
-USER_VAE = '''
-import pyro
-import pyro.distributions as dist
-import torch
-from torch import nn
-
-decoder = nn.Sequential(nn.Linear(2, 32), nn.Tanh(), nn.Linear(32, 64))
-
-
-def model(x, index=None, num_data=None):
-    pyro.module("my_decoder", decoder)
-    with pyro.plate("data", num_data or len(x), subsample=index if index is not None else torch.arange(len(x))):
-        z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
-        pyro.sample("x", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
-'''
-
-#: a VAE class as Pyro's tutorial writes it: model and guide methods, pyro.module registrations
-TUTORIAL_VAE = '''
-import pyro
-import pyro.distributions as dist
-import torch
-from torch import nn
-
-
-class VAE(nn.Module):
-    def __init__(self, z_dim=2, hidden=32, x_dim=64):
-        super().__init__()
-        self.z_dim = z_dim
-        self.decoder = nn.Sequential(nn.Linear(z_dim, hidden), nn.Softplus(), nn.Linear(hidden, x_dim))
-        self.encoder = nn.Sequential(nn.Linear(x_dim, hidden), nn.Softplus(), nn.Linear(hidden, 2 * z_dim))
-
-    def model(self, x):
-        pyro.module("decoder", self.decoder)
-        with pyro.plate("batch", x.shape[0]):
-            latent = pyro.sample("latent", dist.Normal(torch.zeros(x.shape[0], self.z_dim), 1.0).to_event(1))
-            pyro.sample("obs", dist.Bernoulli(logits=self.decoder(latent)).to_event(1), obs=x)
-
-    def guide(self, x):
-        pyro.module("encoder", self.encoder)
-        with pyro.plate("batch", x.shape[0]):
-            loc, raw = self.encoder(x).chunk(2, -1)
-            pyro.sample("latent", dist.Normal(loc, torch.nn.functional.softplus(raw) + 1e-3).to_event(1))
-'''
 
 #: the studies of issue 28's list, by name: their flags (``{dir}`` is where the program files are written)
 STUDIES = {
@@ -127,7 +86,7 @@ def differences(base: dict, head: dict) -> list[str]:
 
 def write_inputs(folder: Path) -> None:
     """The studies' program and data files (eight schools from the example's own data)."""
-    (folder / "user_vae.py").write_text(USER_VAE)
+    (folder / "user_vae.py").write_text(USER_MODEL)  # the tests' programs: a user's VAE, the tutorial's class
     (folder / "tutorial_vae.py").write_text(TUTORIAL_VAE)
     (folder / "eight_schools.py").write_text(
         "import pyro\nimport pyro.distributions as dist\n\n\ndef model(data):\n"
