@@ -275,7 +275,7 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
     SIGINT or SIGTERM stops it (:class:`CalibrationInterrupted`)."""
     config.validate()
     data = load_dataset(config)
-    config = with_kind_guides(config, data)
+    config = with_kind_guides(config, data).replace(warm_start="off")  # each fit starts where Pyro starts it
     if not PROTOCOLS[data.kind].whole_data_units:  # its unit is a data point: simulate points, not data sets
         return calibrate_per_point(config, progress, on_simulation)
     base = [build(config, data, name) for name in config.guides][0][0]  # a bad guide fails before any simulation
