@@ -175,5 +175,8 @@ def test_the_seeds_of_a_study_train_at_once_and_each_run_lands_on_its_familys_cl
         best = mean_field_kl if run["guide"] == "auto-AutoNormal" else 0.0
         assert run["stacked_seeds"] == 3 and run["converged"] is True
         assert abs(run["data"]["kl_gap"] - best) < max(0.05, 4 * run["data"]["kl_gap_stderr"]), run["data"]["kl_gap"]
+        if run["guide"] == "auto-AutoMultivariateNormal":  # started at its seed's mean-field fit, the three at once
+            assert run["warm_start"]["from"] == "auto:AutoNormal" and run["convergence"]["start_level"] is not None
+            assert run["data"]["mean_field_check"]["fits_at_once"] == 3
     assert elbogap("compare", "--model", folder / "mixed.py:model", "--data", folder / "y.csv", "--guides",
                    "auto:AutoNormal", "--seeds", "0,1", "--out", out, "-q")[0] == 2  # a finished study is kept
