@@ -82,6 +82,7 @@ def test_a_mixture_whose_components_swap_labels_is_flagged(tmp_path):
         "        pyro.sample('x', dist.MixtureSameFamily(dist.Categorical(weights), dist.Normal(locs, 1.0)), "
         "obs=data[:, 0])\n")
     result = elbogap.compare(str(tmp_path / "mixture.py:model"), ["auto:AutoNormal"], str(tmp_path / "x.csv"),
-                             out=tmp_path / "out", seeds=[0], jobs=1, figures=False, snr_draws=0)
+                             out=tmp_path / "out", seeds=[0], jobs=1, figures=False, snr_draws=0,
+                             evidence_chains=64, iw_samples=200)  # the warning reads tempered SMC's stage alone
     report = (tmp_path / "out" / "results.md").read_text()
     assert "of the particles of tempered SMC" in report, json.dumps(result.runs[0]["evidence"]["stages"]["fit"])
