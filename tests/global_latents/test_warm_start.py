@@ -1,9 +1,13 @@
 """The seed's mean-field fit, and the families that contain it started from it (a conjugate regression: every
 Gaussian q's KL to the posterior is a closed form)."""
 
+import json
+
+import numpy as np
 import pyro
 import torch
 
+from elbogap.checkpoint import load_checkpoint, save_checkpoint
 from elbogap.config import Config
 from elbogap.data import Dataset
 from elbogap.factory import for_data, make_trainer, warm_start
@@ -117,3 +121,35 @@ def test_a_resumed_run_keeps_its_start_and_says_where_it_started(tmp_path):
     resumed.load_state_dict(state)
     assert resumed.schedule.best_state()["value"] == state["schedule_best"]["value"]
     assert resumed.schedule.start_level == trainer.schedule.start_level
+
+
+def test_a_checkpoint_from_before_warm_starts_resumes_as_a_run_that_did_not_start_from_one(tmp_path, elbogap):
+    """A run saved before --warm-start existed (its config lacks the setting, its checkpoint the start) and
+    re-evaluated now: its record says nothing of a warm start, as its guide never moved."""
+    data, *_ = conjugate_study()
+    np.savetxt(tmp_path / "rows.csv", data.numpy(), delimiter=",")
+    (tmp_path / "regression.py").write_text(
+        "import pyro\nimport pyro.distributions as dist\n\n\ndef model(data):\n"
+        "    features, targets = data[:, :-1], data[:, -1]\n"
+        "    w = pyro.sample('w', dist.Normal(data.new_zeros(features.shape[-1]), 1.0).to_event(1))\n"
+        "    with pyro.plate('data', data.shape[0]):\n"
+        "        pyro.sample('y', dist.Normal((features * w).sum(-1), 1.0), obs=targets)\n")
+    out = tmp_path / "out"
+    flags = ["compare", "--model", tmp_path / "regression.py:model", "--data", tmp_path / "rows.csv", "--guides",
+             "auto:AutoMultivariateNormal", "--seeds", "0", "--jobs", "1", "--reference", "none", "--out", out, "-q"]
+    assert elbogap(*flags, "--warm-start", "off")[0] == 0
+    run_dir = out / "runs" / "auto-AutoMultivariateNormal-seed0"
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    assert "warm_start" not in state
+    for saved in (state, json.loads((run_dir / "run.json").read_text())):  # as written before the setting existed
+        config = json.loads(saved["config"]) if isinstance(saved["config"], str) else saved["config"]
+        config.pop("warm_start")
+        saved["config"] = json.dumps(config) if isinstance(saved["config"], str) else config
+        if saved is state:
+            save_checkpoint(run_dir / "checkpoint.pt", state)
+        else:
+            (run_dir / "run.json").write_text(json.dumps(saved))
+    code, err = elbogap(*flags, "--resume", "--iw-samples", "600")
+    assert code == 0, err
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert "warm_start" not in run and run["convergence"].get("start_level") is None
