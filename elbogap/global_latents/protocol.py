@@ -131,7 +131,7 @@ def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, ph
     for key in ("elbo", "elbo_stderr", "log_evidence", "kl_gap", "kl_gap_stderr", "log_evidence_q"):
         metrics[f"{key}_per_point"] = metrics[key] / num_data
     metrics.update(evidence_check(metrics))
-    if contains_mean_field(config, model, guide) and (config.warm_start != "off"
+    if contains_mean_field(model, guide) and (config.warm_start != "off"
                                                       or "auto:AutoNormal" not in config.guides):
         with phases("mean_field_fit"):  # where the run started from it, read from OUT/shared/ at no cost
             metrics["mean_field_check"] = mean_field_fit(model, data, config, seed, run_dir, progress)["check"]

@@ -130,7 +130,7 @@ def train_mean_field(model: GlobalLatentModel, data, config, seeds: list[int]) -
     return fits
 
 
-def contains_mean_field(config, model: GlobalLatentModel, guide) -> bool:
+def contains_mean_field(model: GlobalLatentModel, guide) -> bool:
     """Whether ``guide``'s family contains the mean field, on a model whose posterior does not move as it trains."""
     return getattr(guide, "name", None) in CONTAINS_MEAN_FIELD and not model.param_names
 
@@ -139,7 +139,7 @@ def warm_start(config, data, runs: list[tuple], seeds: list[int], run_dirs: list
     """Start each run's guide (``runs``: its model and guide; a family of :data:`CONTAINS_MEAN_FIELD`) at its seed's
     mean-field fit (see the module; the seeds' fits trained at once where they are not in ``OUT/shared/`` yet); per
     run, the fit's record, or None where it starts where Pyro starts it (another family, ``--warm-start off``)."""
-    if config.warm_start == "off" or not all(contains_mean_field(config, model, guide) for model, guide in runs):
+    if config.warm_start == "off" or not all(contains_mean_field(model, guide) for model, guide in runs):
         return [None] * len(runs)
     fits = mean_field_fits(runs[0][0], data, config, seeds, [Path(run_dir) for run_dir in run_dirs], progress)
     return [start_at(guide, fits[seed], seed) for (_, guide), seed in zip(runs, seeds, strict=True)]

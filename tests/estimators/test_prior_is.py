@@ -70,13 +70,7 @@ def test_on_a_whole_data_set_its_error_bar_matches_its_spread_over_repeats():
 
 def test_a_study_of_a_model_with_global_latents_takes_it_as_its_evidence(tmp_path, elbogap):
     data, exact = conjugate()
-    np.savetxt(tmp_path / "rows.csv", data.numpy(), delimiter=",")
-    (tmp_path / "regression.py").write_text(
-        "import pyro\nimport pyro.distributions as dist\n\n\ndef model(data):\n"
-        "    features, targets = data[:, :-1], data[:, -1]\n"
-        "    w = pyro.sample('w', dist.Normal(data.new_zeros(features.shape[-1]), 1.0).to_event(1))\n"
-        "    with pyro.plate('data', data.shape[0]):\n"
-        "        pyro.sample('y', dist.Normal((features * w).sum(-1), 1.0), obs=targets)\n")
+    truth.write_regression_study(tmp_path, data)
     out = tmp_path / "out"
     code, err = elbogap("compare", "--model", tmp_path / "regression.py:model", "--data", tmp_path / "rows.csv",
                         "--guides", "auto:AutoMultivariateNormal", "--seeds", "0", "--jobs", "1", "--log-px",

@@ -3,7 +3,6 @@ Gaussian q's KL to the posterior is a closed form)."""
 
 import json
 
-import numpy as np
 import pyro
 import torch
 
@@ -127,13 +126,7 @@ def test_a_checkpoint_from_before_warm_starts_resumes_as_a_run_that_did_not_star
     """A run saved before --warm-start existed (its config lacks the setting, its checkpoint the start) and
     re-evaluated now: its record says nothing of a warm start, as its guide never moved."""
     data, *_ = conjugate_study()
-    np.savetxt(tmp_path / "rows.csv", data.numpy(), delimiter=",")
-    (tmp_path / "regression.py").write_text(
-        "import pyro\nimport pyro.distributions as dist\n\n\ndef model(data):\n"
-        "    features, targets = data[:, :-1], data[:, -1]\n"
-        "    w = pyro.sample('w', dist.Normal(data.new_zeros(features.shape[-1]), 1.0).to_event(1))\n"
-        "    with pyro.plate('data', data.shape[0]):\n"
-        "        pyro.sample('y', dist.Normal((features * w).sum(-1), 1.0), obs=targets)\n")
+    truth.write_regression_study(tmp_path, data)
     out = tmp_path / "out"
     flags = ["compare", "--model", tmp_path / "regression.py:model", "--data", tmp_path / "rows.csv", "--guides",
              "auto:AutoMultivariateNormal", "--seeds", "0", "--jobs", "1", "--reference", "none", "--out", out, "-q"]

@@ -118,6 +118,18 @@ def regression_data(N: int, D: int, seed: int = 0, alpha: float = 1.0, sigma: fl
     return torch.cat([features, targets.unsqueeze(-1)], dim=-1).float()
 
 
+def write_regression_study(folder, data: torch.Tensor) -> None:
+    """The regression model with prior precision 1 and noise sd 1 as a user's file ``folder/regression.py:model``, and
+    ``data`` as ``folder/rows.csv``: a study a test runs from the command line."""
+    np.savetxt(folder / "rows.csv", data.numpy(), delimiter=",")
+    (folder / "regression.py").write_text(
+        "import pyro\nimport pyro.distributions as dist\n\n\ndef model(data):\n"
+        "    features, targets = data[:, :-1], data[:, -1]\n"
+        "    w = pyro.sample('w', dist.Normal(data.new_zeros(features.shape[-1]), 1.0).to_event(1))\n"
+        "    with pyro.plate('data', data.shape[0]):\n"
+        "        pyro.sample('y', dist.Normal((features * w).sum(-1), 1.0), obs=targets)\n")
+
+
 def regression_posterior(X, y, alpha: float, sigma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     r"""The exact posterior :math:`p(w \mid X, y) = \mathcal{N}(m, \Lambda^{-1})` of the regression model.
 
