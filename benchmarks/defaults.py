@@ -1,6 +1,7 @@
 """Models with global latents at elbogap's default flags: each guide's KL gap against its true value, and the time.
 
     python benchmarks/defaults.py [--cases conjugate100,eight-schools,...] [--seeds 0] [--careful]
+        [--guides auto:AutoIAFNormal] [--warm-start off]
 
 For each case of ``benchmarks/global_cases.py``, ``elbogap.compare`` with the four autoguides and no setting but the
 seed: the defaults a new user meets (train until converged; log p(D) by AIS from a fitted reference). Each gap is
@@ -63,7 +64,8 @@ def main(args) -> None:
         for seed in args.seeds:
             out = Path(tempfile.mkdtemp(prefix="elbogap-defaults-"))
             started = time.perf_counter()
-            result = elbogap.compare(case.program, GUIDES, case.data, seeds=[seed], out=out)
+            result = elbogap.compare(case.program, args.guides, case.data, seeds=[seed], out=out,
+                                     **({"warm_start": args.warm_start} if args.warm_start else {}))
             seconds = time.perf_counter() - started
             evidence = result.runs[0]["evidence"]
             exact = case.log_evidence
@@ -110,6 +112,8 @@ def parse_args(argv=None):
     parser.add_argument("--cases", type=lambda text: text.split(","), default=None, help="comma list of case names")
     parser.add_argument("--seeds", type=lambda text: [int(s) for s in text.split(",")], default=[0])
     parser.add_argument("--careful", action="store_true", help="fit each family carefully where no closed form is")
+    parser.add_argument("--guides", type=lambda text: text.split(","), default=GUIDES, help="comma list of guides")
+    parser.add_argument("--warm-start", default=None, help="--warm-start for every study (default: the default)")
     return parser.parse_args(argv)
 
 

@@ -85,6 +85,8 @@ STREAMS: dict[str, Stream] = {stream.name: stream for stream in (
            "latents, once per seed: the families that contain it start from it, and their ELBO is held to it"),
     Stream("warm_start", "run", 800_000, "generator", "the low-rank factor a low-rank Gaussian starts with where it "
            "starts from the seed's mean-field fit"),
+    Stream("scale_bounds", "run", 900_000, "generator", "the base draws at which a trained IAF's scales are read "
+           "against Pyro's bounds on them"),
     Stream("notebook_evaluation", "call", 0, "torch", "the draws of elbogap.evaluate"),
     Stream("notebook_ais_points", "call", 0, "generator", "the points of elbogap.evaluate that get AIS"),
 )}

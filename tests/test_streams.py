@@ -28,6 +28,7 @@ DERIVATIONS = {
     "snr_batch": lambda s: s + 50_000,
     "mean_field_check": lambda s: s + 700_000,
     "warm_start": lambda s: s + 800_000,
+    "scale_bounds": lambda s: s + 900_000,
 }
 
 

@@ -13,6 +13,7 @@ import pyro.distributions.transforms as T
 import pyro.infer.autoguide as autoguides
 import torch
 
+from elbogap import streams
 from elbogap.errors import UsageError
 from elbogap.global_latents.model import sample_sites
 from elbogap.guides.base import Guide
@@ -91,6 +92,11 @@ class WholeDataGuide(Guide):
     def optimum_start(self, x, index):
         return None  # no per-point family to search: the gap is reported whole
 
+    def scales_at_bound(self, seed: int) -> int:
+        """How many latents' scales sit at a bound the family puts on them, for most draws of q (0: none, or no
+        bounds)."""
+        return 0
+
 
 class GlobalAutoGuide(WholeDataGuide):
     """One of Pyro's autoguides over every latent of a model with global latents.
@@ -122,6 +128,25 @@ class GlobalAutoGuide(WholeDataGuide):
 
     def distribution(self, x, index=None):
         raise UsageError(f"auto:{self.name} is evaluated from traces; it has no density object at any z")
+
+    def scales_at_bound(self, seed: int, draws: int = 1000) -> int:
+        r"""For the IAF (:math:`y = \mu(x) + e^{s(x)} x`, ``x`` ~ N(0, I)), how many latents' log scales
+        :math:`s(x)` lie outside the bounds Pyro clamps them to (``log_scale_min_clip``, ``log_scale_max_clip``:
+        [-5, 3]) for more than half of ``draws`` base draws (the stream ``scale_bounds``): on those q cannot narrow
+        (or widen) further, whatever its training. 0 for the other autoguides, whose scales are not bounded."""
+        if not isinstance(self.auto, autoguides.AutoIAFNormal):
+            return 0
+        device = next(self.auto.transform.parameters()).device
+        at_bound = torch.zeros(self.auto.latent_dim, dtype=torch.bool, device=device)
+        x = torch.randn(draws, self.auto.latent_dim, generator=streams.generator("scale_bounds", seed)).to(device)
+        with torch.no_grad():
+            for part in self.auto.transform.parts:  # each transform's input is the one before's output
+                if isinstance(part, T.AffineAutoregressive):
+                    log_scale = part.arn(x)[1]
+                    outside = (log_scale < part.log_scale_min_clip) | (log_scale > part.log_scale_max_clip)
+                    at_bound |= outside.float().mean(0) > 0.5
+                x = part(x)
+        return int(at_bound.sum())
 
 
 class GlobalProgramGuide(WholeDataGuide):

@@ -118,6 +118,8 @@ def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, ph
         streams.seeded("evaluation", seed)
         draws = precise_draws(model, guide, rows, config.iw_samples, config.evidence_stderr)
         metrics = summarize_draws(draws, num_data)
+        if at_bound := guide.scales_at_bound(seed):
+            metrics["scales_at_bound"] = at_bound
     metrics["rows"] = data.rows
     with phases("evidence"), progress.phase("evidence"):
         evidence = evidence_state(model, rows, config, seed, run_dir, progress)

@@ -4,6 +4,7 @@ import math
 import statistics
 
 from elbogap.global_latents.reference import RELIABLE_DRAWS
+from elbogap.global_latents.warm_start import CONTAINS_MEAN_FIELD
 from elbogap.inference.weights import interval_halfwidth
 from elbogap.summary import converged_cell, convergence_warnings, stacked_sentence
 
@@ -26,19 +27,21 @@ SMALL_GAP = 2.0
 #: :func:`elbogap.global_latents.evidence.reference_coverage`) above which the reference has missed modes
 FAR_SHARE = 0.1
 #: Pyro's autoguides whose family contains another's (a full-rank covariance holds a low-rank-plus-diagonal one,
-#: which holds a diagonal one): the bigger family's optimum is at least as good
+#: which holds a diagonal one; an affine IAF, y = mu(x) + exp(s(x)) x, is a diagonal Gaussian where its network is
+#: constant): the bigger family's optimum is at least as good
 CONTAINS = {
     "auto:AutoMultivariateNormal": ("auto:AutoLowRankMultivariateNormal", "auto:AutoNormal", "auto:AutoDiagonalNormal"),
     "auto:AutoLowRankMultivariateNormal": ("auto:AutoNormal", "auto:AutoDiagonalNormal"),
+    "auto:AutoIAFNormal": ("auto:AutoNormal", "auto:AutoDiagonalNormal"),  # within Pyro's bounds on its scales
 }
 
 
-def posterior_warnings(runs: list[dict]) -> list[str]:
+def posterior_warnings(runs: list[dict], warm_start: str = "mean-field") -> list[str]:
     """Warnings that read several runs together: a posterior with several modes (a guide far from the reference
     yet with a small gap, or SMC's particles far outside the fitted reference), a family whose gap lies above
     that of a family it contains (its fit is short of its optimum, whatever its own verdict; also against the
     seed's mean-field check, :func:`mean_field_warnings`), and a family whose seeds end at different gaps
-    (:func:`seed_spread_warnings`)."""
+    (:func:`seed_spread_warnings`); ``warm_start``: the study's ``--warm-start``."""
     lines = []
     for run in runs:
         far = {site: stats["mean_error_max_abs"] for site, stats in run.get("reference", {}).get("sites", {}).items()
@@ -61,7 +64,8 @@ def posterior_warnings(runs: list[dict]) -> list[str]:
                          "from the prior, which reaches every mode (slower)")
         mine = {run["guide_spec"]: run for run in runs if run["seed"] == seed and "guide_spec" in run}
         for big, smaller in CONTAINS.items():
-            for small in (name for name in smaller if big in mine and name in mine):
+            bounded = big in mine and mine[big]["data"].get("scales_at_bound")  # said by mean_field_warnings
+            for small in (name for name in smaller if big in mine and name in mine and not bounded):
                 gap, held = mine[big]["data"], mine[small]["data"]
                 margin = 3 * math.hypot(gap["kl_gap_stderr"], held["kl_gap_stderr"])
                 if gap["kl_gap"] > held["kl_gap"] + margin + 0.1:
@@ -70,19 +74,31 @@ def posterior_warnings(runs: list[dict]) -> list[str]:
                                  "short of its optimum whatever its verdict (a badly conditioned posterior crawls: "
                                  "try --lr 0.01 with more --particles and --steps, or a non-centred parameterization "
                                  "of a near-singular prior, e.g. f = L u with u ~ N(0, I))")
-    lines += mean_field_warnings(runs)
+    lines += mean_field_warnings(runs, warm_start)
     lines += seed_spread_warnings(runs)
     return lines
 
 
-def mean_field_warnings(runs: list[dict]) -> list[str]:
-    """A fit of a family that contains the mean field whose ELBO of D ends below the seed's mean-field check (an
-    AutoNormal fit, ``data.mean_field_check``, the fit it started from), where the seed has no AutoNormal run of its
-    own (that one is compared by :func:`posterior_warnings`)."""
+def mean_field_warnings(runs: list[dict], warm_start: str = "mean-field") -> list[str]:
+    """A fit of a family that contains the mean field (:data:`CONTAINS`) whose ELBO of D ends below the seed's
+    mean-field check (an AutoNormal fit, ``data.mean_field_check`` of full and low rank, which started from it; the
+    IAF is held to its seed's check in those runs), where the seed has no AutoNormal run of its own (that one is
+    compared by :func:`posterior_warnings`); and an IAF whose scales sit at Pyro's bounds on them
+    (``data.scales_at_bound``), which no comparison then reads."""
     lines = []
     compared = {run["seed"] for run in runs if run.get("guide_spec") == "auto:AutoNormal"}
+    checks = {run["seed"]: run["data"]["mean_field_check"] for run in runs
+              if run.get("data", {}).get("mean_field_check")}
     for run in runs:
-        check = run.get("data", {}).get("mean_field_check")
+        if at_bound := run.get("data", {}).get("scales_at_bound"):
+            lines.append(f"- {run['guide']} seed {run['seed']}: q's scale sits at the bound Pyro's IAF puts on it "
+                         f"(e^-5 to e^3, log_scale_min_clip and log_scale_max_clip) on {at_bound} latent(s): it cannot "
+                         "narrow (or widen) further there, so its gap carries the bound's cost and is no measure of "
+                         "the family it stands for (a flow with your own bounds, as a guide program, or latents on a "
+                         "scale near 1)")
+            continue
+        check = run.get("data", {}).get("mean_field_check") or (run.get("guide_spec") in CONTAINS
+                                                                 and checks.get(run["seed"]))
         if not check or run["seed"] in compared:
             continue
         elbo, stderr = run["data"]["elbo"], run["data"]["elbo_stderr"]
@@ -92,9 +108,18 @@ def mean_field_warnings(runs: list[dict]) -> list[str]:
                          "is short of its optimum whatever its verdict, and its gap is too large by at least "
                          f"{check['elbo'] - elbo:.2f} nats (a badly conditioned posterior crawls, or the fit settled "
                          "in a worse optimum: "
-                         + ("" if run.get("warm_start") else "--warm-start mean-field starts it at that fit; ")
+                         + _start_hint(run, warm_start)
                          + "try --lr 0.01 with more --particles and --steps, or a non-centred parameterization)")
     return lines
+
+
+def _start_hint(run: dict, warm_start: str) -> str:
+    """What a warning of a fit short of the mean field says of its start (``warm_start``: the study's flag)."""
+    if run.get("warm_start") or run.get("guide_spec") not in {f"auto:{name}" for name in CONTAINS_MEAN_FIELD}:
+        return ""
+    if warm_start == "off":
+        return "--warm-start mean-field starts it at that fit; "
+    return "it could not start at that fit, whose flat vector is the whole data set's and its one a subsample's; "
 
 
 def seed_spread_warnings(runs: list[dict]) -> list[str]:
@@ -181,7 +206,7 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
     warnings = convergence_warnings(runs) + [f"- {run['guide']} seed {run['seed']}: {run['data'][key]}"
                                              for run in runs for key in ("evidence_warning", "evidence_note")
                                              if key in run["data"]]
-    warnings += posterior_warnings(runs)
+    warnings += posterior_warnings(runs, config.get("warm_start", "mean-field"))
     seen = set()
     for run in runs:
         for warning in run.get("reference", {}).get("warnings", []):

@@ -138,3 +138,23 @@ def test_a_program_that_does_not_broadcast_trains_on_its_particles_scored_at_onc
         metrics = summarize_draws(guide_draws(model, guide, data, 4000), len(data))
     assert trainer.convergence(20000)["converged"]
     assert abs(regression["evidence"] - metrics["elbo"]) < 3 * metrics["elbo_stderr"] + 0.03
+
+
+def test_an_iaf_whose_posterior_is_narrower_than_pyros_bound_reads_its_scales_at_that_bound(regression):
+    """Pyro's IAF clamps each log scale to [-5, 3]: on a regression whose noise sd is 0.001 (posterior sds about
+    1e-4), a trained IAF's three scales sit at e^-5; at Pyro's start and on data with sds near 0.1 none do."""
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(30, 3, generator=generator)
+    targets = features @ torch.tensor([0.5, -1.0, 0.3]) + 0.001 * torch.randn(30, generator=generator)
+    narrow = torch.cat([features, targets[:, None]], 1)
+    counts = {}
+    for label, data, sigma in (("narrow", narrow, 0.001), ("wide", regression["data"], SIGMA)):
+        model = GlobalLatentModel(truth.regression_model(ALPHA, sigma), data, "regression")
+        guide = GlobalAutoGuide("AutoIAFNormal", model, data)
+        counts[f"{label} at start"] = guide.scales_at_bound(seed=0)
+        with intra_op_threads(GLOBAL.threads):
+            Trainer(model, guide, data, batch_size=len(data), lr=0.03, jit=False).run(1500)
+        counts[label] = guide.scales_at_bound(seed=0)
+    assert counts == {"narrow at start": 0, "narrow": 3, "wide at start": 0, "wide": 0}
+    normal = GlobalAutoGuide("AutoNormal", model, regression["data"])
+    assert normal.scales_at_bound(seed=0) == 0

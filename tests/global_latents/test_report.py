@@ -59,7 +59,8 @@ def test_a_containing_family_below_the_seeds_mean_field_check_is_short_of_its_op
 
     warnings = posterior_warnings([checked(-83.8, -82.84)])
     assert len(warnings) == 1 and "below -82.840, which a mean-field fit" in warnings[0] and "0.96 nats" in warnings[0]
-    assert "--warm-start mean-field starts it at that fit" in warnings[0]  # a run started elsewhere (off)
+    assert "could not start at that fit" in warnings[0]  # the default, yet not started there (a subsample's q)
+    assert "--warm-start mean-field starts it at that fit" in posterior_warnings([checked(-83.8, -82.84)], "off")[0]
     started = {**checked(-83.8, -82.84), "warm_start": {"from": "auto:AutoNormal", "elbo": -82.84}}
     assert "--warm-start" not in posterior_warnings([started])[0]
     assert posterior_warnings([checked(-82.9, -82.84)]) == []  # within the checks' noise and 0.1
@@ -86,3 +87,25 @@ def test_a_mixture_whose_components_swap_labels_is_flagged(tmp_path):
                              evidence_chains=64, iw_samples=200)  # the warning reads tempered SMC's stage alone
     report = (tmp_path / "out" / "results.md").read_text()
     assert "of the particles of tempered SMC" in report, json.dumps(result.runs[0]["evidence"]["stages"]["fit"])
+
+
+
+
+def test_an_iaf_is_held_to_the_mean_field_unless_its_scales_sit_at_pyros_bounds():
+    """The IAF contains the mean field within Pyro's bounds on its scales: above AutoNormal's gap, or (without an
+    AutoNormal run) below the seed's mean-field fit that full rank kept, it is short of its optimum; where its scales
+    sit at those bounds (``scales_at_bound``), that is said instead, once."""
+    runs = [run("auto:AutoNormal", 0.5), run("auto:AutoIAFNormal", 2.0)]
+    warnings = posterior_warnings(runs)
+    assert len(warnings) == 1 and warnings[0].startswith("- auto-AutoIAFNormal seed 0: its gap 2.000 is above")
+    full = run("auto:AutoMultivariateNormal", 0.4)
+    full["data"].update(elbo=-10.4, elbo_stderr=0.02, mean_field_check={"elbo": -10.5, "elbo_stderr": 0.02})
+    runs[1]["data"].update(elbo=-12.0, elbo_stderr=0.02)
+    warnings = posterior_warnings([full, runs[1]])  # no AutoNormal run: the check full rank kept
+    assert len(warnings) == 1 and "auto-AutoIAFNormal seed 0: its ELBO of D -12.000 is below -10.500" in warnings[0]
+    assert "start" not in warnings[0]  # the IAF starts where Pyro starts it, by design
+    runs[1]["data"]["scales_at_bound"] = 3
+    for study in (runs, [full, runs[1]]):
+        warnings = posterior_warnings(study)
+        assert len(warnings) == 1 and "sits at the bound Pyro's IAF puts on it" in warnings[0] and "on 3 latent" \
+            in warnings[0]

@@ -57,7 +57,8 @@ def test_a_containing_family_starts_at_the_mean_field_optimum_and_ends_at_its_ow
 
 def test_other_families_and_warm_start_off_start_where_pyro_starts_them(tmp_path):
     data, *_ = conjugate_study()
-    for name, setting in (("AutoNormal", "mean-field"), ("AutoMultivariateNormal", "off")):
+    for name, setting in (("AutoNormal", "mean-field"), ("AutoIAFNormal", "mean-field"),
+                          ("AutoMultivariateNormal", "off")):
         _, _, guide, _, record = started(name, tmp_path, data, setting)
         assert record is None
     assert not (tmp_path / "out" / "shared").exists()
