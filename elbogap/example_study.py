@@ -3,10 +3,10 @@
 import argparse
 
 from elbogap.api import compare
+from elbogap.protocols.global_latents import GUIDES
 
-#: the autoguides each example compares
-AUTOGUIDES = ["auto:AutoNormal", "auto:AutoMultivariateNormal", "auto:AutoLowRankMultivariateNormal",
-              "auto:AutoIAFNormal"]
+#: the autoguides each example compares: a default study's
+AUTOGUIDES = list(GUIDES)
 
 
 def comma_list(cast):

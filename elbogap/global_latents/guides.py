@@ -15,6 +15,7 @@ import torch
 
 from elbogap import streams
 from elbogap.errors import UsageError
+from elbogap.global_latents.autoguides import autoguide, with_density
 from elbogap.global_latents.model import sample_sites
 from elbogap.guides.base import Guide
 from elbogap.user_model import (
@@ -27,20 +28,6 @@ from elbogap.user_model import (
     trace_program,
 )
 
-#: Pyro's autoguides that define a proper density over the latents, so that their KL gap exists
-DENSITY_AUTOGUIDES = ("AutoNormal", "AutoDiagonalNormal", "AutoMultivariateNormal", "AutoLowRankMultivariateNormal",
-                      "AutoIAFNormal", "AutoNormalizingFlow", "AutoStructured", "AutoGaussian")
-#: autoguides that give a point (or a point and a curvature fitted afterwards), with what to use instead
-POINT_AUTOGUIDES = {
-    "AutoDelta": "a point estimate (a Dirac delta): it has no density, so no ELBO of a distribution and no KL gap",
-    "AutoLaplaceApproximation": "a MAP point during SVI, turned into a Gaussian only afterwards "
-                                "(laplace_approximation()): SVI never fits a density, so there is no KL gap of the "
-                                "fitted q; compare auto:AutoMultivariateNormal",
-}
-
-#: autoguides that keep per-point parameters in the model's subsampled data plate (so can train on minibatches)
-SUBSAMPLING_AUTOGUIDES = ("AutoNormal", "AutoStructured")
-
 _instances = itertools.count()
 
 
@@ -51,17 +38,17 @@ def build_autoguide(name: str, model, flow_depth: int = 2):
     autoregressive transforms (``pyro.distributions.transforms.block_autoregressive``).
     ``AutoIAFNormal`` uses Pyro's defaults.
     """
-    if name in POINT_AUTOGUIDES:
-        raise UsageError(f"auto:{name} is {POINT_AUTOGUIDES[name]}; choose one of "
-                         + ", ".join(f"auto:{n}" for n in DENSITY_AUTOGUIDES))
-    if name not in DENSITY_AUTOGUIDES:
+    family, choices = autoguide(name), ", ".join(f"auto:{n}" for n in with_density())
+    if family is not None and family.no_density:
+        raise UsageError(f"auto:{name} is {family.no_density}; choose one of {choices}")
+    if family is None:
         known = "is a Pyro autoguide elbogap does not measure" if hasattr(autoguides, name) else "is no Pyro autoguide"
-        raise UsageError(f"auto:{name} {known}; choose one of " + ", ".join(f"auto:{n}" for n in DENSITY_AUTOGUIDES))
+        raise UsageError(f"auto:{name} {known}; choose one of {choices}")
     cls = getattr(autoguides, name)
     kwargs = {}
     if name == "AutoNormalizingFlow":
         kwargs["init_transform_fn"] = functools.partial(T.iterated, flow_depth, T.block_autoregressive)
-    if name in SUBSAMPLING_AUTOGUIDES and model.takes_index and model.data_plate is not None:
+    if family.subsampling and model.takes_index and model.data_plate is not None:
         plate = model.data_plate
 
         def create_plates(x, index=None, num_data=None):  # the model's own subsample, so parameters follow points

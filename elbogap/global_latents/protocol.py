@@ -41,7 +41,7 @@ from elbogap.global_latents.guides import global_guide
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.global_latents.reference import against_reference, ais_reference, nuts_reference, site_moments
 from elbogap.global_latents.shared import study_cache
-from elbogap.global_latents.warm_start import contains_mean_field, mean_field_fit
+from elbogap.global_latents.warm_start import mean_field_fit, starts_at_mean_field
 from elbogap.inference.weights import group_spread_dof, log_mean_exp, log_mean_exp_stderr, pareto_khat
 from elbogap.phases import Phases
 from elbogap.progress import Progress, as_progress
@@ -133,7 +133,7 @@ def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, ph
     for key in ("elbo", "elbo_stderr", "log_evidence", "kl_gap", "kl_gap_stderr", "log_evidence_q"):
         metrics[f"{key}_per_point"] = metrics[key] / num_data
     metrics.update(evidence_check(metrics))
-    if contains_mean_field(model, guide) and (config.warm_start != "off"
+    if starts_at_mean_field(model, guide) and (config.warm_start != "off"
                                                       or "auto:AutoNormal" not in config.guides):
         with phases("mean_field_fit"):  # where the run started from it, read from OUT/shared/ at no cost
             metrics["mean_field_check"] = mean_field_fit(model, data, config, seed, run_dir, progress)["check"]

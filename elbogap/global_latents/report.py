@@ -3,8 +3,8 @@
 import math
 import statistics
 
+from elbogap.global_latents.autoguides import AUTOGUIDES, autoguide
 from elbogap.global_latents.reference import RELIABLE_DRAWS
-from elbogap.global_latents.warm_start import CONTAINS_MEAN_FIELD
 from elbogap.inference.weights import interval_halfwidth
 from elbogap.summary import converged_cell, convergence_warnings, stacked_sentence
 
@@ -26,14 +26,10 @@ SMALL_GAP = 2.0
 #: the share of SMC's particles far outside the fitted reference (``smc_far``, see
 #: :func:`elbogap.global_latents.evidence.reference_coverage`) above which the reference has missed modes
 FAR_SHARE = 0.1
-#: Pyro's autoguides whose family contains another's (a full-rank covariance holds a low-rank-plus-diagonal one,
-#: which holds a diagonal one; an affine IAF, y = mu(x) + exp(s(x)) x, is a diagonal Gaussian where its network is
-#: constant): the bigger family's optimum is at least as good
-CONTAINS = {
-    "auto:AutoMultivariateNormal": ("auto:AutoLowRankMultivariateNormal", "auto:AutoNormal", "auto:AutoDiagonalNormal"),
-    "auto:AutoLowRankMultivariateNormal": ("auto:AutoNormal", "auto:AutoDiagonalNormal"),
-    "auto:AutoIAFNormal": ("auto:AutoNormal", "auto:AutoDiagonalNormal"),  # within Pyro's bounds on its scales
-}
+#: Pyro's autoguides whose family contains another's (:attr:`~elbogap.global_latents.autoguides.Autoguide.contains`):
+#: the bigger family's optimum is at least as good
+CONTAINS = {family.spec: tuple(f"auto:{name}" for name in family.contains)
+            for family in AUTOGUIDES.values() if family.contains}
 
 
 def posterior_warnings(runs: list[dict], warm_start: str = "mean-field") -> list[str]:
@@ -115,7 +111,7 @@ def mean_field_warnings(runs: list[dict], warm_start: str = "mean-field") -> lis
 
 def _start_hint(run: dict, warm_start: str) -> str:
     """What a warning of a fit short of the mean field says of its start (``warm_start``: the study's flag)."""
-    if run.get("warm_start") or run.get("guide_spec") not in {f"auto:{name}" for name in CONTAINS_MEAN_FIELD}:
+    if run.get("warm_start") or not getattr(autoguide(run.get("guide_spec", "")), "starts_at_mean_field", False):
         return ""
     if warm_start == "off":
         return "--warm-start mean-field starts it at that fit; "

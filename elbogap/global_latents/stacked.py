@@ -34,6 +34,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from elbogap import streams
+from elbogap.global_latents.autoguides import AUTOGUIDES
 from elbogap.inference.convergence import ConvergenceSettings, ConvergeSchedule, fixed_verdict
 from elbogap.inference.stacking import (
     NotStackable,
@@ -46,9 +47,6 @@ from elbogap.inference.stacking import (
 )
 from elbogap.inference.train import all_finite
 
-#: Pyro's autoguides whose q is one torch distribution over the flat latent vector, so their fits stack
-STACKABLE = ("AutoNormal", "AutoDiagonalNormal", "AutoMultivariateNormal", "AutoLowRankMultivariateNormal",
-             "AutoIAFNormal")
 #: draws of each fit's ELBO check (common random numbers: the same at every check of a fit)
 CHECK_DRAWS = 256
 
@@ -135,8 +133,9 @@ class StackedFits(Stack):
         self.num_data = data.shape[-2]
         self.seeds, self.particles, self.cap, self.lr_decay = list(seeds), particles, cap, lr_decay
         names = [getattr(guide, "name", type(guide).__name__) for guide in guides]
-        if any(name not in STACKABLE for name in names):
-            raise NotStackable(f"{names[0]} is not one of the autoguides whose fits stack ({', '.join(STACKABLE)})")
+        if not all(name in AUTOGUIDES and AUTOGUIDES[name].stacks for name in names):
+            stacking = ", ".join(family.name for family in AUTOGUIDES.values() if family.stacks)
+            raise NotStackable(f"{names[0]} is not one of the autoguides whose fits stack ({stacking})")
         self.flats = [FlatGuide(guide.auto) for guide in guides]
         with torch.no_grad():
             self.noise = noise_size(flat_posterior(guides[0].auto))

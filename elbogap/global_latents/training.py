@@ -4,9 +4,10 @@ particles drawn at once where the programs broadcast, and the ELBO checks ``--sc
 import torch
 
 from elbogap import streams
+from elbogap.global_latents.autoguides import AUTOGUIDES
 from elbogap.global_latents.elbo import VectorizedModelELBO
 from elbogap.global_latents.evaluation import draws_broadcast, guide_draws, plate_nesting
-from elbogap.global_latents.guides import SUBSAMPLING_AUTOGUIDES, GlobalAutoGuide, GlobalProgramGuide
+from elbogap.global_latents.guides import GlobalAutoGuide, GlobalProgramGuide
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.inference.train import Trainer
 
@@ -14,7 +15,7 @@ from elbogap.inference.train import Trainer
 def batch_size(config, model: GlobalLatentModel, guide) -> int:
     """Rows per SVI step: minibatches only where the program subsamples its data plate and the guide follows it."""
     follows = isinstance(guide, GlobalProgramGuide) or (isinstance(guide, GlobalAutoGuide)
-                                                        and guide.name in SUBSAMPLING_AUTOGUIDES)
+                                                        and AUTOGUIDES[guide.name].subsampling)
     if model.takes_index and (follows or not model.local_sites):
         return min(config.batch_size, model.num_data)
     return model.num_data

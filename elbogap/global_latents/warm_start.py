@@ -31,6 +31,7 @@ from pyro.util import get_rng_state, set_rng_state
 
 from elbogap import streams
 from elbogap.checkpoint import load_checkpoint
+from elbogap.global_latents.autoguides import autoguide
 from elbogap.global_latents.evaluation import precise_draws, summarize_draws
 from elbogap.global_latents.guides import global_guide
 from elbogap.global_latents.model import GlobalLatentModel
@@ -40,12 +41,6 @@ from elbogap.global_latents.training import elbo_check, global_trainer
 from elbogap.inference.convergence import ConvergenceSettings, ConvergeSchedule
 from elbogap.inference.stacking import NotStackable
 
-#: Pyro's autoguides whose family contains the mean field (a diagonal Gaussian over the flat latent vector): a fit of
-#: theirs that ends below a mean-field fit's ELBO of the same data stopped short of its own optimum. The IAF contains
-#: it too (within Pyro's bounds on its scales) and is held to the same fit in the report, but starts where Pyro
-#: starts it: started at the fit it ended lower on five of seven benchmark models and higher on the logistic
-#: regression example, 0.13 nats past a careful fit on one seed (BENCHMARKS.md, "The IAF held to the mean-field fit")
-CONTAINS_MEAN_FIELD = ("AutoMultivariateNormal", "AutoLowRankMultivariateNormal")
 #: the low-rank factor's start, as a fraction of Pyro's own random start (zero is a saddle of the ELBO in it)
 COV_FACTOR_START = 0.1
 
@@ -133,16 +128,19 @@ def train_mean_field(model: GlobalLatentModel, data, config, seeds: list[int]) -
     return fits
 
 
-def contains_mean_field(model: GlobalLatentModel, guide) -> bool:
-    """Whether ``guide``'s family contains the mean field, on a model whose posterior does not move as it trains."""
-    return getattr(guide, "name", None) in CONTAINS_MEAN_FIELD and not model.param_names
+def starts_at_mean_field(model: GlobalLatentModel, guide) -> bool:
+    """Whether ``guide``'s family starts at the seed's mean-field fit (it contains it), on a model whose posterior does
+    not move as it trains."""
+    family = autoguide(getattr(guide, "name", ""))
+    return family is not None and family.starts_at_mean_field and not model.param_names
 
 
 def warm_start(config, data, runs: list[tuple], seeds: list[int], run_dirs: list, progress) -> list[dict | None]:
-    """Start each run's guide (``runs``: its model and guide; a family of :data:`CONTAINS_MEAN_FIELD`) at its seed's
+    """Start each run's guide (``runs``: its model and guide; a family that starts at the mean-field fit,
+    :attr:`~elbogap.global_latents.autoguides.Autoguide.starts_at_mean_field`) at its seed's
     mean-field fit (see the module; the seeds' fits trained at once where they are not in ``OUT/shared/`` yet); per
     run, the fit's record, or None where it starts where Pyro starts it (another family, ``--warm-start off``)."""
-    if config.warm_start == "off" or not all(contains_mean_field(model, guide) for model, guide in runs):
+    if config.warm_start == "off" or not all(starts_at_mean_field(model, guide) for model, guide in runs):
         return [None] * len(runs)
     fits = mean_field_fits(runs[0][0], data, config, seeds, [Path(run_dir) for run_dir in run_dirs], progress)
     return [start_at(guide, fits[seed], seed) for (_, guide), seed in zip(runs, seeds, strict=True)]

@@ -1,18 +1,17 @@
 """The protocol of models with global latents, judged on the whole data set (:mod:`elbogap.global_latents.protocol`)."""
 
+from elbogap.global_latents.autoguides import AUTOGUIDES
 from elbogap.global_latents.protocol import build_for, curve_point, evaluate_global, run_bdmc
 from elbogap.global_latents.stacked import stacker
 from elbogap.global_latents.training import elbo_check, global_trainer
 from elbogap.global_latents.warm_start import warm_start
 from elbogap.protocols.base import Protocol
 
-#: Pyro's neural-network families (autoregressive flows): they start at lr 0.01, a fifth of the kind's rate; at
-#: 0.05 the IAF settled 5 nats low on the logistic regression example and then crawled for 20000 steps
-NEURAL_AUTOGUIDES = ("auto:AutoIAFNormal", "auto:AutoNormalizingFlow")
 #: the families a study of a model with global latents compares where --guides is left at its default (elbogap's own
 #: families model per-point latents): Pyro's Gaussian autoguides, mean field to full rank, and a flow
-GUIDES = ("auto:AutoNormal", "auto:AutoMultivariateNormal", "auto:AutoLowRankMultivariateNormal",
-          "auto:AutoIAFNormal")
+GUIDES = tuple(family.spec for family in AUTOGUIDES.values() if family.default)
+#: the families that start from their own learning rate (Pyro's neural-network autoguides, a fifth of the kind's)
+FAMILY_DEFAULTS = {family.spec: {"lr": family.lr} for family in AUTOGUIDES.values() if family.lr is not None}
 
 #: one intra-op thread: these programs' tensors are small, and torch's threads cost more than they save (a 3x3
 #: tril took 0.5 ms on two threads against 2 us on one; see elbogap.global_latents.evidence.one_thread)
@@ -26,7 +25,7 @@ GLOBAL = Protocol("global", evaluate=evaluate_global, curve_point=curve_point, b
                   elbo_check=elbo_check,
                   defaults={"lr": 0.05, "steps": 20000, "schedule": "converge", "convergence_tol": 0.02,
                             "particles": 32},
-                  whole_data_units=True, family_defaults={name: {"lr": 0.01} for name in NEURAL_AUTOGUIDES},
+                  whole_data_units=True, family_defaults=FAMILY_DEFAULTS,
                   guides=GUIDES, build=build_for, trainer=global_trainer, stacker=stacker,
                   warm_start=warm_start,
                   gradient_refusal="--gradient {gradient} is for models whose latents are per data point, and this "

@@ -1,0 +1,83 @@
+"""Pyro's autoguides as families of q over a model's latents, each declared once with what elbogap knows of it.
+
+A guide spec ``auto:NAME`` names an entry of :data:`AUTOGUIDES`. Building it is
+:func:`~elbogap.global_latents.guides.build_autoguide`; what the rest of the package asks of a family (has it a
+density, do its seeds stack, which families does it contain, where does it start, from which rate) is read from its
+entry here, so that adding an autoguide, or learning something about one, changes this table only.
+"""
+
+from dataclasses import dataclass
+
+#: what AutoDelta and AutoLaplaceApproximation give instead of a density, and what to use
+_POINT = "a point estimate (a Dirac delta): it has no density, so no ELBO of a distribution and no KL gap"
+_LAPLACE = ("a MAP point during SVI, turned into a Gaussian only afterwards (laplace_approximation()): SVI never fits "
+            "a density, so there is no KL gap of the fitted q; compare auto:AutoMultivariateNormal")
+
+
+@dataclass(frozen=True)
+class Autoguide:
+    """One autoguide of :mod:`pyro.infer.autoguide` as elbogap measures it.
+
+    :param str name: its class name.
+    :param str no_density: empty where q has a density over the latents (so its KL gap exists); else what it gives
+        instead, and what to use.
+    :param bool subsampling: it keeps per-point parameters in the model's subsampled data plate, so it trains on
+        minibatches.
+    :param bool stacks: its q is one torch distribution over the flat unconstrained latent vector, so the fits of a
+        study's seeds train as one program (:mod:`~elbogap.global_latents.stacked`).
+    :param tuple contains: the families each of whose members is one of its own: its optimum is at least as good,
+        and a fit of it that ends below theirs is short of it (:func:`~elbogap.global_latents.report.
+        posterior_warnings`).
+    :param bool starts_at_mean_field: it starts at the seed's mean-field fit (:mod:`~elbogap.global_latents.
+        warm_start`).
+    :param lr: its own first learning rate, where the kind's is too large for it (None: the kind's).
+    :param bool default: among the families a study compares where ``--guides`` is left at its default.
+    """
+
+    name: str
+    no_density: str = ""
+    subsampling: bool = False
+    stacks: bool = False
+    contains: tuple[str, ...] = ()
+    starts_at_mean_field: bool = False
+    lr: float | None = None
+    default: bool = False
+
+    @property
+    def spec(self) -> str:
+        return f"auto:{self.name}"
+
+
+_MEAN_FIELD = ("AutoNormal", "AutoDiagonalNormal")
+
+#: every autoguide elbogap knows, in the order a default study shows them
+AUTOGUIDES = {family.name: family for family in (
+    Autoguide("AutoNormal", subsampling=True, stacks=True, default=True),
+    Autoguide("AutoDiagonalNormal", stacks=True),
+    # a full-rank covariance holds a low-rank-plus-diagonal one, which holds a diagonal one
+    Autoguide("AutoMultivariateNormal", stacks=True, contains=("AutoLowRankMultivariateNormal", *_MEAN_FIELD),
+              starts_at_mean_field=True, default=True),
+    Autoguide("AutoLowRankMultivariateNormal", stacks=True, contains=_MEAN_FIELD, starts_at_mean_field=True,
+              default=True),
+    # one affine autoregressive transform of N(0, I), y = mu(x) + exp(s(x)) x: a diagonal Gaussian where its network
+    # is constant, within Pyro's bounds on exp(s). It starts where Pyro starts it: started at the mean-field fit it
+    # ended lower on five of seven benchmark models and higher on the logistic regression example, 0.13 nats past a
+    # careful fit on one seed (BENCHMARKS.md, "The IAF held to the mean-field fit"). At lr 0.05 it settled 5 nats
+    # low on that example and then crawled for 20000 steps
+    Autoguide("AutoIAFNormal", stacks=True, contains=_MEAN_FIELD, lr=0.01, default=True),
+    Autoguide("AutoNormalizingFlow", lr=0.01),
+    Autoguide("AutoStructured", subsampling=True),
+    Autoguide("AutoGaussian"),
+    Autoguide("AutoDelta", no_density=_POINT),
+    Autoguide("AutoLaplaceApproximation", no_density=_LAPLACE),
+)}
+
+
+def autoguide(spec: str) -> Autoguide | None:
+    """The entry of a guide spec ``auto:NAME`` (or a class name), or None for any other guide."""
+    return AUTOGUIDES.get(spec.removeprefix("auto:"))
+
+
+def with_density() -> list[str]:
+    """The names of the autoguides whose q has a density."""
+    return [family.name for family in AUTOGUIDES.values() if not family.no_density]
