@@ -51,6 +51,12 @@ def on_log_px_points(metrics: dict) -> dict:
     return metrics
 
 
+def seed_sd(values: list[float]) -> float:
+    """The sample standard deviation of ``values`` (two or more); NaN where one is not finite, as an evidence without
+    an error bar has (``statistics.stdev`` raises on NaN)."""
+    return statistics.stdev(values) if all(map(math.isfinite, values)) else math.nan
+
+
 def over_seeds(splits: list[dict], key: str) -> dict | None:
     """``mean`` of ``key`` over the runs' metrics, ``seed_sd`` (two seeds or more) and ``mc_stderr``.
 
@@ -62,7 +68,7 @@ def over_seeds(splits: list[dict], key: str) -> dict | None:
         return None
     stats = {"mean": statistics.fmean(values)}
     if len(values) > 1:
-        stats["seed_sd"] = statistics.stdev(values)
+        stats["seed_sd"] = seed_sd(values)
     stderrs = [metrics.get(f"{key}_stderr") for metrics in splits]
     if all(isinstance(stderr, (int, float)) and math.isfinite(stderr) for stderr in stderrs):
         stats["mc_stderr"] = math.sqrt(sum(stderr**2 for stderr in stderrs)) / len(stderrs)

@@ -6,7 +6,7 @@ import statistics
 from elbogap.global_latents.autoguides import AUTOGUIDES, autoguide
 from elbogap.global_latents.reference import RELIABLE_DRAWS
 from elbogap.inference.weights import interval_halfwidth
-from elbogap.summary import converged_cell, convergence_warnings, stacked_sentence
+from elbogap.summary import converged_cell, convergence_warnings, seed_sd, stacked_sentence
 
 #: (key in a run's ``data`` metrics, column title)
 COLUMNS = [("elbo", "ELBO(D)"), ("log_evidence", "log p(D)"), ("kl_gap", "KL gap"),
@@ -150,7 +150,7 @@ def _cell(values: list[float], stderrs: list[float] | None = None) -> str:
     """One seed: ``value ± Monte-Carlo s.e.``; several: ``mean ± sd over seeds``."""
     if len(values) == 1:  # no ± where the error is declined (NaN: heavy-tailed weights)
         return f"{values[0]:.3f}" + (f" ± {stderrs[0]:.3f}" if stderrs and math.isfinite(stderrs[0]) else "")
-    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+    return f"{statistics.fmean(values):.3f} ± {seed_sd(values):.3f}"
 
 
 def _by_guide(runs):
