@@ -68,6 +68,20 @@ def _program_arguments(fn):
     return takes_index(fn)
 
 
+def check_whole_plates(trace, spec: str) -> None:
+    """Refuse in one line a program that subsamples a plate by itself (``pyro.plate(..., subsample_size=...)``): its
+    log joint is then a random estimate of the whole data set's, and log p(D), the ELBO of D and the reference need
+    the log joint itself (annealing a random one never settles). ``trace`` is the program on every row."""
+    for site in trace.nodes.values():
+        for frame in site.get("cond_indep_stack", ()) if site["type"] == "sample" else ():
+            if frame.full_size is not None and frame.size < frame.full_size:
+                raise UsageError(f"the model {spec} subsamples its plate {frame.name!r} by itself ({frame.size} of "
+                                 f"{frame.full_size} at a time): log p(D) and the ELBO of D need the whole data set's "
+                                 "log joint at every evaluation; drop subsample_size, or take (data, index=None, "
+                                 "num_data=None) and pass subsample=index to the plate, so that elbogap picks the "
+                                 "rows (minibatches in training, every row in evaluation)")
+
+
 class GlobalLatentModel(nn.Module):
     r"""A user's model program with global latents, judged on the whole data set.
 
@@ -102,6 +116,7 @@ class GlobalLatentModel(nn.Module):
         if not latents:
             raise UsageError(f"the model {spec} has no latent site; there is no posterior to measure")
         check_log_probs(trace, f"the model {spec}")
+        check_whole_plates(trace, spec)
         check_unscaled_latents(trace, spec)
         check_stable(self.full_program, data, trace, spec)
         for name, site in latents.items():

@@ -75,9 +75,16 @@ def model_with_covariates(data, covariates):
     pyro.sample("y", dist.Normal(0.0, 1.0), obs=data)
 
 
+def self_subsampling_model(data):  # a tester's: its log joint is a random estimate of the data set's
+    mu = pyro.sample("mu", dist.Normal(0.0, 10.0))
+    with pyro.plate("data", len(data), subsample_size=2) as index:
+        pyro.sample("y", dist.Normal(mu, 1.0), obs=data[index, 0])
+
+
 @pytest.mark.parametrize("program, message", [
     (discrete_model, "discrete latent site 'k'"),
     (model_with_covariates, "needs argument(s) covariates"),
+    (self_subsampling_model, "subsamples its plate 'data' by itself (2 of 6 at a time)"),
 ])
 def test_programs_elbogap_cannot_judge_are_refused_in_one_line(program, message):
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
