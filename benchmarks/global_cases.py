@@ -50,6 +50,20 @@ def conjugate(rows: int, seed: int) -> Case:
                  "auto:AutoIAFNormal": 0.0})
 
 
+def centred_eight_schools(data):
+    """Eight schools written centred, theta ~ N(mu, tau): the funnel whose neck a Gaussian reference misses (the
+    evidence is the non-centred example's, :func:`tests.global_latents.truth.eight_schools_log_evidence`)."""
+    import pyro
+    import pyro.distributions as dist
+
+    y, sigma = data[:, 0], data[:, 1]
+    mu = pyro.sample("mu", dist.Normal(data.new_tensor(0.0), 5.0))
+    tau = pyro.sample("tau", dist.HalfCauchy(data.new_tensor(5.0)))
+    with pyro.plate("schools", data.shape[0]):
+        theta = pyro.sample("theta", dist.Normal(mu, tau))
+        pyro.sample("y", dist.Normal(theta, sigma), obs=y)
+
+
 def cases(names: list[str] | None = None) -> list[Case]:
     """The cases, all or those whose short names (``conjugate100``, ``eight-schools``, ...) are given."""
     import eight_schools
@@ -62,6 +76,10 @@ def cases(names: list[str] | None = None) -> list[Case]:
         "eight-schools": lambda: Case("eight schools", eight_schools.model, eight_schools.eight_schools(),
                                       truth.eight_schools_log_evidence(eight_schools.eight_schools()[:, 0],
                                                                        eight_schools.eight_schools()[:, 1])),
+        "centred-eight-schools": lambda: Case("eight schools, centred (a funnel)", centred_eight_schools,
+                                              eight_schools.eight_schools(),
+                                              truth.eight_schools_log_evidence(eight_schools.eight_schools()[:, 0],
+                                                                               eight_schools.eight_schools()[:, 1])),
         "logistic": lambda: Case("logistic regression (breast cancer)", logistic_regression.model,
                                  logistic_regression.breast_cancer(), None),
         "pooled": lambda: Case("pooled regression, 919 rows", truth.pooled_model(), truth.radon_like_data(),

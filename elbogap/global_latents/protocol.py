@@ -36,7 +36,13 @@ from elbogap.global_latents.evaluation import (
     precise_draws,
     summarize_draws,
 )
-from elbogap.global_latents.evidence import EvidencePath, ais_evidence, bdmc_evidence, one_thread
+from elbogap.global_latents.evidence import (
+    PRIOR_CHECK_SETTINGS,
+    EvidencePath,
+    ais_evidence,
+    bdmc_evidence,
+    one_thread,
+)
 from elbogap.global_latents.guides import global_guide
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.global_latents.reference import against_reference, ais_reference, nuts_reference, site_moments
@@ -63,7 +69,8 @@ def evidence_state(model, data, config, seed, run_dir, progress, stream: str = "
         evidence = ais_evidence(model, data, settings, progress=progress)
         return {"summary": evidence.summary(settings), "log_w": evidence.log_w, "states": evidence.states}
 
-    return study_cache(run_dir, "evidence", model, data, {**settings.to_dict(), "stream": stream}, seed, compute)
+    key = {**settings.to_dict(), "stream": stream, "prior_check": PRIOR_CHECK_SETTINGS}
+    return study_cache(run_dir, "evidence", model, data, key, seed, compute)
 
 
 def estimated_evidence(estimator, model, data, config, seed, run_dir, stream: str) -> dict:

@@ -51,6 +51,9 @@ def posterior_warnings(runs: list[dict], warm_start: str = "mean-field") -> list
                          "of the number of modes); break the symmetry in the model (e.g. order the components)")
     for seed in dict.fromkeys(run["seed"] for run in runs):
         first = next(run for run in runs if run["seed"] == seed)
+        if first.get("evidence", {}).get("stages", {}).get("prior_check", {}).get("switched"):
+            lines.append(f"- log p(D), seed {seed}: from the prior, {switched_words(first['evidence'])}; the "
+                         "reference posterior (--reference ais) is that run's chains")
         far = first.get("evidence", {}).get("stages", {}).get("fit", {}).get("smc_far")
         if far is not None and far > FAR_SHARE:
             lines.append(f"- log p(D), seed {seed}: {far:.0%} of the particles of tempered SMC from the prior sit far "
@@ -284,9 +287,10 @@ def describe_evidence(summary: dict) -> str:
     if "description" in summary:  # an estimator of elbogap.estimators
         return summary["description"]
     if summary.get("start", "prior") == "prior":
+        switched = summary.get("stages", {}).get("prior_check", {}).get("switched")
         return (f"annealed importance sampling from the prior over every latent (global and per point), "
                 f"{summary['chains']} chains x {summary.get('steps_used', summary.get('steps'))} temperatures x "
-                f"{summary['leapfrog_steps']} leapfrog steps")
+                f"{summary['leapfrog_steps']} leapfrog steps" + (f" ({switched_words(summary)})" if switched else ""))
     stages = summary.get("stages", {})
     smc, pilot = stages.get("smc", {}), stages.get("pilot", {})
     error = pilot.get("stderr", float("nan"))
@@ -298,6 +302,17 @@ def describe_evidence(summary: dict) -> str:
             f"prior in {smc.get('temperatures', '?')} adaptive temperatures, then SVI of a full-rank Gaussian in the "
             f"coordinates it whitens), {summary['chains']} chains x {summary['steps_used']} temperatures ({chosen}) x "
             f"{summary['leapfrog_steps']} leapfrog steps, HMC in the reference's whitened coordinates")
+
+
+def switched_words(summary: dict) -> str:
+    """Why log p(D) came from the prior though the fitted reference was asked for (see
+    :func:`~elbogap.global_latents.evidence.checked_against_prior`)."""
+    check = summary["stages"]["prior_check"]
+    was, run = check["switched"], check["run"]
+    return (f"instead of from the fitted Gaussian reference, whose AIS read {was['log_evidence']:.3f} ± "
+            f"{was['stderr']:.3f}, {run['log_evidence'] - was['log_evidence']:.2f} nats below AIS from the prior at "
+            f"{run['steps']} temperatures, {run['log_evidence']:.3f} ± {run['stderr']:.3f}: the reference missed part "
+            "of the posterior, as a funnel's neck")
 
 
 def held_out_section(runs: list[dict]) -> list[str]:
