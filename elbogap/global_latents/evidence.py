@@ -1,6 +1,6 @@
 r"""The evidence :math:`\log p(D)` of a model with global latents: AIS from a fitted Gaussian reference, and BDMC.
 
-The default estimate (``start="gaussian"``) runs in three stages, once per seed, independent of every guide:
+The default estimate (``start="gaussian"``) runs in four stages, once per seed, independent of every guide:
 
 1. tempered SMC from the prior (:mod:`elbogap.inference.smc`, an adaptive schedule) brings particles to the
    posterior, and their mean and covariance place a Gaussian near it;
@@ -13,7 +13,9 @@ The default estimate (``start="gaussian"``) runs in three stages, once per seed,
    standard error; the reported run is a fresh one with as many temperatures as that error says reach
    ``target_stderr`` (its variance falls about as :math:`1/T`), at most ``max_steps``. A reported run whose error
    is over 1.5 times the target, or whose weights' tail is too heavy for an error (PSIS :math:`\hat k` above 0.5),
-   runs again, fresh, with at least twice the temperatures (four times where it had no error).
+   runs again, fresh, with at least twice the temperatures (four times where it had no error);
+4. AIS from the prior checks it (:func:`checked_against_prior`), and replaces it where it lies clearly above: a
+   reference misses what its HMC cannot reach from it, as a funnel's neck.
 
 Every AIS chain's weight has expectation :math:`p(D)` whatever :math:`r` is, so the estimate is valid for any
 reference; a good one only makes it precise. ``start="prior"`` is the earlier estimator, one AIS run from
