@@ -58,6 +58,7 @@ def test_the_default_evidence_is_within_its_interval_of_the_exact_value(case):
     halfwidth = interval_halfwidth(evidence.stderr, group_spread_dof(256))
     assert abs(evidence.log_evidence - exact) < max(halfwidth, 0.005)
     assert evidence.stages["start"] == "gaussian" and evidence.steps >= EvidenceSettings().pilot_steps
+    assert "switched" not in evidence.stages["prior_check"]
     assert evidence.states.shape == (256, model.latent_dim)
 
 
@@ -72,20 +73,16 @@ def centred_schools(data):
 
 
 def test_a_funnel_the_reference_misses_is_checked_from_the_prior_and_estimated_from_it():
-    """On the centred funnel AIS from the fitted reference reads 0.16-0.22 nats low (BENCHMARKS.md); the run from the
-    prior lies above it by more than its errors, and is reported within its interval of the exact value. On the
-    non-centred program the check runs and nothing switches."""
+    """On the centred funnel AIS from the fitted reference reads 0.16-0.24 nats low (BENCHMARKS.md); the run from the
+    prior lies above it by more than its errors and 0.1 nats, and is reported within its interval of the exact value
+    (on the other cases here the reference stands). At these settings 4 seeds of 0-4 switch."""
     data = truth.eight_schools_data()
     exact = truth.eight_schools_log_evidence(data[:, 0].double(), data[:, 1].double())
-    settings = EvidenceSettings(max_steps=800)
     pyro.set_rng_seed(0)
-    evidence = ais_evidence(GlobalLatentModel(centred_schools, data, "centred"), data, settings)
+    evidence = ais_evidence(GlobalLatentModel(centred_schools, data, "centred"), data, EvidenceSettings(max_steps=800))
     check = evidence.stages["prior_check"]
     assert evidence.stages["start"] == "prior" and check["switched"]["log_evidence"] < exact - 0.1
     assert abs(evidence.log_evidence - exact) < interval_halfwidth(evidence.stderr, group_spread_dof(256))
-    pyro.set_rng_seed(0)
-    evidence = ais_evidence(GlobalLatentModel(truth.eight_schools_model(), data, "non-centred"), data, settings)
-    assert evidence.stages["start"] == "gaussian" and "switched" not in evidence.stages["prior_check"]
 
 
 def test_ais_from_the_prior_is_within_five_hundredths_of_a_nat_of_the_exact_value():
