@@ -1,6 +1,7 @@
 """Data sets: scikit-learn's digits, MNIST-style IDX images, synthetic linear-Gaussian data, user files."""
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -234,6 +235,10 @@ def read_csv(path: Path) -> np.ndarray:
         except ValueError:
             return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1)
     except ValueError as error:
+        if cell := re.search(r"could not convert string (.*) to \w+ at row (\d+), column (\d+)", str(error)):
+            value, row, column = cell.group(1), int(cell.group(2)), int(cell.group(3))  # numpy: row from 0
+            raise UsageError(f"cannot read {path}: {value} on line {row + 2} of the file, column {column}, "
+                             "is not a number; every value must be numeric (code a category as 0, 1, ...)") from None
         if "number of columns changed" not in str(error):
             raise
         widths = [(number, len(line.split(","))) for number, line in enumerate(path.read_text().splitlines(), 1)

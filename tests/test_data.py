@@ -54,6 +54,13 @@ def test_a_csv_whose_rows_differ_in_width_is_named_by_its_line(tmp_path):
     assert "usecols" not in str(error.value)  # numpy's advice names its own argument, not ours
 
 
+def test_a_csv_cell_that_is_not_a_number_is_named_by_its_line_and_column_in_the_file(tmp_path):
+    """numpy counts the rows after the header from 0 and the columns from 1; the message counts both in the file."""
+    (tmp_path / "words.csv").write_text("group,y,school\n0,8,1\n0,7,bx\n")
+    with pytest.raises(UsageError, match="'bx' on line 3 of the file, column 3, is not a number"):
+        load_data(str(tmp_path / "words.csv"))
+
+
 def test_npz_with_several_unnamed_arrays_is_refused(tmp_path):
     np.savez(tmp_path / "two.npz", a=np.zeros((3, 2)), b=np.zeros((3, 2)))
     with pytest.raises(UsageError, match="'train' and 'test'"):
