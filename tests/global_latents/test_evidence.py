@@ -79,7 +79,7 @@ def test_a_funnel_the_reference_misses_is_checked_from_the_prior_and_estimated_f
     data = truth.eight_schools_data()
     exact = truth.eight_schools_log_evidence(data[:, 0].double(), data[:, 1].double())
     pyro.set_rng_seed(0)
-    evidence = ais_evidence(GlobalLatentModel(centred_schools, data, "centred"), data, EvidenceSettings(max_steps=800))
+    evidence = ais_evidence(GlobalLatentModel(centred_schools, data, "centred"), data, EvidenceSettings(max_steps=400))
     check = evidence.stages["prior_check"]
     assert evidence.stages["start"] == "prior" and check["switched"]["log_evidence"] < exact - 0.1
     assert abs(evidence.log_evidence - exact) < interval_halfwidth(evidence.stderr, group_spread_dof(256))
