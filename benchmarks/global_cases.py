@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyro
+import pyro.distributions as dist
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -53,9 +55,6 @@ def conjugate(rows: int, seed: int) -> Case:
 def centred_eight_schools(data):
     """Eight schools written centred, theta ~ N(mu, tau): the funnel whose neck a Gaussian reference misses (the
     evidence is the non-centred example's, :func:`tests.global_latents.truth.eight_schools_log_evidence`)."""
-    import pyro
-    import pyro.distributions as dist
-
     y, sigma = data[:, 0], data[:, 1]
     mu = pyro.sample("mu", dist.Normal(data.new_tensor(0.0), 5.0))
     tau = pyro.sample("tau", dist.HalfCauchy(data.new_tensor(5.0)))
