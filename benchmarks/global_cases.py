@@ -24,9 +24,10 @@ from tests.global_latents import truth  # noqa: E402
 #: the autoguides the examples and these benchmarks compare
 GUIDES = ["auto:AutoNormal", "auto:AutoMultivariateNormal", "auto:AutoLowRankMultivariateNormal",
           "auto:AutoIAFNormal"]
-#: evidences by two-dimensional quadrature (tests/global_latents/truth.py), kept: each takes minutes
+#: evidences by two-dimensional quadrature (tests/global_latents/truth.py), kept: each takes 1-5 minutes
 VARYING_EVIDENCE = -1124.5837652930047
 RANDOM_EFFECTS_EVIDENCE = -815.0597262805148
+SPARSE_GROUPS_EVIDENCE = -291.37504254634257
 
 
 @dataclass
@@ -63,6 +64,30 @@ def centred_eight_schools(data):
         pyro.sample("y", dist.Normal(theta, sigma), obs=y)
 
 
+def centred_varying(groups: int = 85, weight_scale: float = 10.0):
+    """The varying-intercept regression written centred, a_j ~ N(mu_a, sigma_a): the same evidence as
+    :func:`tests.global_latents.truth.varying_intercept_model` (a change of variables)."""
+
+    def model(data):
+        group, x, y = data[:, 0].long(), data[:, 1], data[:, 2]
+        mu = pyro.sample("mu_a", dist.Normal(data.new_tensor(0.0), weight_scale))
+        spread = pyro.sample("sigma_a", dist.HalfNormal(data.new_tensor(1.0)))
+        b = pyro.sample("b", dist.Normal(data.new_tensor(0.0), weight_scale))
+        sigma = pyro.sample("sigma", dist.HalfNormal(data.new_tensor(1.0)))
+        with pyro.plate("groups", groups):
+            intercepts = pyro.sample("a", dist.Normal(mu[..., None], spread[..., None]))
+        with pyro.plate("data", data.shape[0]):
+            pyro.sample("y", dist.Normal(intercepts[..., group] + b[..., None] * x, sigma[..., None]), obs=y)
+
+    return model
+
+
+def sparse_groups_data() -> torch.Tensor:
+    """80 groups of 3 rows each on average (240 rows, radon-like): each group's intercept is barely informed, so the
+    centred posterior is a funnel in sigma_a."""
+    return truth.radon_like_data(groups=80, rows=240, seed=1)
+
+
 def cases(names: list[str] | None = None) -> list[Case]:
     """The cases, all or those whose short names (``conjugate100``, ``eight-schools``, ...) are given."""
     import eight_schools
@@ -79,6 +104,10 @@ def cases(names: list[str] | None = None) -> list[Case]:
                                               eight_schools.eight_schools(),
                                               truth.eight_schools_log_evidence(eight_schools.eight_schools()[:, 0],
                                                                                eight_schools.eight_schools()[:, 1])),
+        "centred-varying": lambda: Case("varying intercepts written centred, 85 groups, 919 rows", centred_varying(),
+                                        truth.radon_like_data(), VARYING_EVIDENCE),
+        "sparse-groups": lambda: Case("varying intercepts written centred, 80 groups, 240 rows (a funnel)",
+                                      centred_varying(80), sparse_groups_data(), SPARSE_GROUPS_EVIDENCE),
         "logistic": lambda: Case("logistic regression (breast cancer)", logistic_regression.model,
                                  logistic_regression.breast_cancer(), None),
         "pooled": lambda: Case("pooled regression, 919 rows", truth.pooled_model(), truth.radon_like_data(),
@@ -96,3 +125,4 @@ if __name__ == "__main__":
 
     print("varying:", truth.varying_intercept_log_evidence(truth.radon_like_data()))
     print("random effects:", truth.random_effects_log_evidence(random_effects.random_effects_data()))
+    print("sparse groups:", truth.varying_intercept_log_evidence(sparse_groups_data(), groups=80))

@@ -1,12 +1,14 @@
 r"""The evidence :math:`\log p(D)` of a model with global latents: AIS from a fitted Gaussian reference, and BDMC.
 
-The default estimate (``start="gaussian"``) runs in four stages, once per seed, independent of every guide:
+The default estimate (``start="gaussian"``) runs in five stages, once per seed, independent of every guide:
 
 1. tempered SMC from the prior (:mod:`elbogap.inference.smc`, an adaptive schedule) brings particles to the
    posterior, and their mean and covariance place a Gaussian near it;
 2. that Gaussian is refined by SVI in the coordinates it whitens (:mod:`elbogap.inference.gaussian_fit`): the
    reference :math:`r = \mathcal{N}(m, L L^\top)`;
-3. AIS [1] anneals independent chains from exact draws of :math:`r` to the posterior along
+3. where the program has centred hierarchies, the same two stages and a pilot run on its non-centred form choose
+   the coordinates the reported run anneals in (:func:`_chosen_coordinates`);
+4. AIS [1] anneals independent chains from exact draws of :math:`r` to the posterior along
    :math:`r^{1-\beta} p(\theta, z, D)^\beta`, with HMC in the whitened coordinates
    (:class:`~elbogap.inference.whitened.WhitenedPath`: a mass matrix from :math:`L`) and the pilot-tuned
    step sizes of :mod:`elbogap.inference.ais`. A short run of ``pilot_steps`` temperatures measures the
@@ -14,7 +16,7 @@ The default estimate (``start="gaussian"``) runs in four stages, once per seed, 
    ``target_stderr`` (its variance falls about as :math:`1/T`), at most ``max_steps``. A reported run whose error
    is over 1.5 times the target, or whose weights' tail is too heavy for an error (PSIS :math:`\hat k` above 0.5),
    runs again, fresh, with at least twice the temperatures (four times where it had no error);
-4. AIS from the prior checks it (:func:`checked_against_prior`), and replaces it where it lies clearly above: a
+5. AIS from the prior checks it (:func:`checked_against_prior`), and replaces it where it lies clearly above: a
    reference misses what its HMC cannot reach from it, as a funnel's neck.
 
 Every AIS chain's weight has expectation :math:`p(D)` whatever :math:`r` is, so the estimate is valid for any
@@ -37,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from scipy import stats
 
+from elbogap.global_latents.decentred import decentred_latents, original_latents
 from elbogap.inference.ais import AISSettings, AnnealingPath, anneal, pilot_steps, sigmoid_schedule, tune_step_sizes
 from elbogap.inference.bdmc import summarize_sandwich
 from elbogap.inference.gaussian_fit import GaussianFitSettings, fit_gaussian
@@ -98,6 +101,8 @@ class EvidenceSettings:
     :param int pilot_steps: temperatures of the run that measures the error.
     :param int leapfrog_steps: leapfrog steps per HMC transition.
     :param float target_accept: the acceptance rate step sizes are tuned toward.
+    :param bool non_centred: whether a program with centred hierarchies is also tried in its non-centred form, and
+        the form whose pilot reads higher annealed (:func:`_chosen_coordinates`).
     """
 
     start: str = "gaussian"
@@ -107,6 +112,7 @@ class EvidenceSettings:
     pilot_steps: int = 100
     leapfrog_steps: int = 5
     target_accept: float = 0.65
+    non_centred: bool = True
     smc: SMCSettings = field(default_factory=SMCSettings)
     fit: GaussianFitSettings = field(default_factory=GaussianFitSettings)
 
@@ -276,19 +282,48 @@ def reference_coverage(path: WhitenedPath, z: torch.Tensor) -> dict:
             "smc_far": float((distance > FAR * dimensions).double().mean())}
 
 
+def _reference_and_pilot(model, data, settings: EvidenceSettings, progress: Progress, stages: dict):
+    """Stages 1 and 2 and the pilot run on ``model``: its annealing path and the pilot's record in ``stages``."""
+    path = gaussian_reference(model, data, settings, progress, stages)
+    begun = time.perf_counter()
+    pilot = _anneal(path, settings.ais(settings.pilot_steps), progress, "AIS pilot run")
+    stages["pilot"] = {"steps": settings.pilot_steps, "stderr": float(log_mean_exp_stderr(pilot.log_w.double())[0]),
+                       "log_evidence": float(log_mean_exp(pilot.log_w.double())[0]),
+                       "seconds": time.perf_counter() - begun}
+    return path
+
+
+def _chosen_coordinates(model, data, settings: EvidenceSettings, progress: Progress, stages: dict):
+    r"""The program the reported run anneals: ``model`` as written, or its non-centred form where it has centred
+    hierarchies (:meth:`~elbogap.global_latents.model.GlobalLatentModel.non_centred`) and that form's pilot reads
+    higher (a path the chains travel better loses less of the evidence). The evidence is the same in either
+    coordinates; only the run's precision and bias differ. On centred funnels (eight schools, a tester's 80-group
+    regression) the program as written read 0.10-0.22 nats low at 4-7 s.e.; its non-centred form's pilot was the
+    higher, and its run within 0.015 of exact. ``stages["coordinates"]`` records both pilots and the choice."""
+    started = time.perf_counter()
+    path = _reference_and_pilot(model, data, settings, progress, stages)
+    rewritten = model.non_centred(data) if settings.non_centred else None
+    if rewritten is None:
+        return model, path
+    other = {}
+    other_path = _reference_and_pilot(rewritten, data, settings, progress, other)
+    chosen = other["pilot"]["log_evidence"] > stages["pilot"]["log_evidence"]
+    stages["coordinates"] = {"sites": rewritten.decentred_sites, "chosen": "non-centred" if chosen else "as written",
+                             "pilots": {"as written": stages["pilot"], "non-centred": other["pilot"]},
+                             "seconds": time.perf_counter() - started}
+    if not chosen:
+        return model, path
+    stages.update({key: other[key] for key in ("smc", "fit", "pilot")})
+    return rewritten, other_path
+
+
 def _from_reference(model, data, settings: EvidenceSettings, progress) -> Evidence:
     started = time.perf_counter()
     stages = {"start": "gaussian"}
     progress = as_progress(progress)
     with one_thread():
-        path = gaussian_reference(model, data, settings, progress, stages)
-        begun = time.perf_counter()
-        pilot = _anneal(path, settings.ais(settings.pilot_steps), progress, "AIS pilot run")
-        pilot_stderr = float(log_mean_exp_stderr(pilot.log_w.double())[0])
-        steps = settings.steps_for(pilot_stderr)
-        stages["pilot"] = {"steps": settings.pilot_steps, "stderr": pilot_stderr,
-                           "log_evidence": float(log_mean_exp(pilot.log_w.double())[0]),
-                           "seconds": time.perf_counter() - begun}
+        program, path = _chosen_coordinates(model, data, settings, progress, stages)
+        steps = settings.steps_for(stages["pilot"]["stderr"])
         runs = []
         while True:  # each run is fresh; a heavier tail (no error) or a larger error than the pilot said asks for more
             begun = time.perf_counter()
@@ -302,8 +337,10 @@ def _from_reference(model, data, settings: EvidenceSettings, progress) -> Eviden
             steps = min(settings.max_steps, max(2 * steps, wanted))
         stages["reported"] = runs[-1]
         stages["runs"] = runs
-    log_w = final.log_w.double()
-    states = path.to_z(final.z[:, 0]).detach()
+        log_w = final.log_w.double()
+        states = path.to_z(final.z[:, 0]).detach()
+        if program is not model:
+            states = original_latents(program, model, data, states)
     return Evidence(float(log_mean_exp(log_w)[0]), float(log_mean_exp_stderr(log_w)[0]), log_w[:, 0], states,
                     acceptance, step_sizes[:, 0], time.perf_counter() - started, steps, stages)
 
@@ -373,9 +410,11 @@ def _sandwich(model, data, z, settings: EvidenceSettings, progress) -> tuple[tor
         path, ais = EvidencePath(model, data), settings.ais(settings.max_steps)
         start = z.expand(settings.chains, 1, -1).clone()
     else:
-        path = gaussian_reference(model, data, settings, progress)
-        pilot = _anneal(path, settings.ais(settings.pilot_steps), progress, "AIS pilot run")
-        ais = settings.ais(settings.steps_for(float(log_mean_exp_stderr(pilot.log_w.double())[0])))
+        stages = {}  # the same choice of coordinates as the evidence it measures, and z in them
+        program, path = _chosen_coordinates(model, data, settings, progress, stages)
+        ais = settings.ais(settings.steps_for(stages["pilot"]["stderr"]))
+        if program is not model:
+            z = decentred_latents(program, model, data, z[None])[0]
         start = path.to_u(z).expand(settings.chains, 1, -1).clone()
     forward, step_sizes, _ = _anneal(path, ais, progress, f"forward AIS at {ais.steps} temperatures", details=True)
     betas = sigmoid_schedule(ais.steps, dtype=path.dtype)

@@ -20,6 +20,7 @@ from torch import nn
 from torch.distributions import biject_to
 
 from elbogap.errors import UsageError
+from elbogap.global_latents.decentred import decentred, hierarchical_sites
 from elbogap.inference.stacking import unvalidated
 from elbogap.sites import check_unscaled_latents, scored
 from elbogap.user_model import (
@@ -251,6 +252,16 @@ class GlobalLatentModel(nn.Module):
                 return bool(torch.allclose(batched, looped, rtol=1e-4, atol=1e-3, equal_nan=True))
             except Exception:  # any program vmap cannot run (data-dependent control flow, in-place ops): one a chain
                 return False
+
+    def non_centred(self, data: torch.Tensor) -> "GlobalLatentModel | None":
+        """This program with its centred hierarchies written non-centred (:mod:`~elbogap.global_latents.decentred`),
+        the same evidence in other coordinates; None where it has none. Its ``decentred_sites`` name them."""
+        sites = hierarchical_sites(self.full_program, data)
+        if not sites:
+            return None
+        rewritten = GlobalLatentModel(decentred(self.full_program, sites), data, f"{self.spec} (non-centred)")
+        rewritten.decentred_sites = sites
+        return rewritten
 
     # --- draws from the model ----------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Warnings that read a study's runs together: several modes, and a family short of a family it contains."""
 
 import json
+from math import nan
 
 import numpy as np
 
@@ -28,6 +29,26 @@ def test_smc_particles_far_outside_the_reference_read_as_missed_modes_once_per_s
     warnings = posterior_warnings(runs)
     assert len(warnings) == 1 and "80% of the particles" in warnings[0]
     assert posterior_warnings([run("auto:AutoNormal", 0.4, smc_far=0.03)]) == []  # a funnel's few far particles
+
+
+def coordinates(as_written: float, non_centred: float, stderr: float = 0.02) -> dict:
+    pilots = {"as written": {"log_evidence": as_written, "stderr": stderr},
+              "non-centred": {"log_evidence": non_centred, "stderr": stderr}}
+    return {"sites": ["alpha"], "chosen": "non-centred" if non_centred > as_written else "as written",
+            "pilots": pilots}
+
+
+def test_a_funnel_the_non_centred_form_anneals_better_is_named_once_per_seed():
+    """The tester's 80-group regression: the non-centred pilot 0.28 nats above, at s.e. 0.04-0.07."""
+    runs = [run("auto:AutoNormal", 1.6), run("auto:AutoMultivariateNormal", 1.0)]
+    for record in runs:
+        record["evidence"]["stages"]["coordinates"] = coordinates(-349.008, -348.733, 0.05)
+    warnings = posterior_warnings(runs)
+    assert len(warnings) == 1 and "non-centred form" in warnings[0] and "site alpha makes a funnel" in warnings[0]
+    for quiet in (coordinates(-349.0, -348.95), coordinates(-349.0, -348.7, 0.2), coordinates(-349.0, -348.7, nan),
+                  coordinates(-348.7, -349.0)):  # within 0.1 nats, within 2 s.e., no s.e., or kept as written
+        runs[0]["evidence"]["stages"]["coordinates"] = quiet
+        assert posterior_warnings(runs[:1]) == []
 
 
 def test_a_family_above_one_it_contains_is_short_of_its_optimum():
