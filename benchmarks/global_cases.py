@@ -64,24 +64,6 @@ def centred_eight_schools(data):
         pyro.sample("y", dist.Normal(theta, sigma), obs=y)
 
 
-def centred_varying(groups: int = 85, weight_scale: float = 10.0):
-    """The varying-intercept regression written centred, a_j ~ N(mu_a, sigma_a): the same evidence as
-    :func:`tests.global_latents.truth.varying_intercept_model` (a change of variables)."""
-
-    def model(data):
-        group, x, y = data[:, 0].long(), data[:, 1], data[:, 2]
-        mu = pyro.sample("mu_a", dist.Normal(data.new_tensor(0.0), weight_scale))
-        spread = pyro.sample("sigma_a", dist.HalfNormal(data.new_tensor(1.0)))
-        b = pyro.sample("b", dist.Normal(data.new_tensor(0.0), weight_scale))
-        sigma = pyro.sample("sigma", dist.HalfNormal(data.new_tensor(1.0)))
-        with pyro.plate("groups", groups):
-            intercepts = pyro.sample("a", dist.Normal(mu[..., None], spread[..., None]))
-        with pyro.plate("data", data.shape[0]):
-            pyro.sample("y", dist.Normal(intercepts[..., group] + b[..., None] * x, sigma[..., None]), obs=y)
-
-    return model
-
-
 def sparse_groups_data() -> torch.Tensor:
     """80 groups of 3 rows each on average (240 rows, radon-like): each group's intercept is barely informed, so the
     centred posterior is a funnel in sigma_a."""
@@ -104,10 +86,12 @@ def cases(names: list[str] | None = None) -> list[Case]:
                                               eight_schools.eight_schools(),
                                               truth.eight_schools_log_evidence(eight_schools.eight_schools()[:, 0],
                                                                                eight_schools.eight_schools()[:, 1])),
-        "centred-varying": lambda: Case("varying intercepts written centred, 85 groups, 919 rows", centred_varying(),
+        "centred-varying": lambda: Case("varying intercepts written centred, 85 groups, 919 rows",
+                                        truth.varying_intercept_model(centred=True),
                                         truth.radon_like_data(), VARYING_EVIDENCE),
         "sparse-groups": lambda: Case("varying intercepts written centred, 80 groups, 240 rows (a funnel)",
-                                      centred_varying(80), sparse_groups_data(), SPARSE_GROUPS_EVIDENCE),
+                                      truth.varying_intercept_model(80, centred=True), sparse_groups_data(),
+                                      SPARSE_GROUPS_EVIDENCE),
         "logistic": lambda: Case("logistic regression (breast cancer)", logistic_regression.model,
                                  logistic_regression.breast_cancer(), None),
         "pooled": lambda: Case("pooled regression, 919 rows", truth.pooled_model(), truth.radon_like_data(),

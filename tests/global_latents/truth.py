@@ -523,8 +523,9 @@ def pooled_log_evidence(data, weight_scale: float = 10.0) -> float:
     return one_scale_log_evidence(data[:, 2], design, torch.full((2,), weight_scale**2, dtype=torch.float64))
 
 
-def varying_intercept_model(groups: int = 85, weight_scale: float = 10.0):
-    """Non-centred group intercepts :math:`a_j = \\mu + \\sigma_a \\tilde a_j`, a common slope, half-normal scales."""
+def varying_intercept_model(groups: int = 85, weight_scale: float = 10.0, centred: bool = False):
+    """Non-centred group intercepts :math:`a_j = \\mu + \\sigma_a \\tilde a_j`, a common slope, half-normal scales;
+    ``centred``: :math:`a_j \\sim \\mathcal{N}(\\mu, \\sigma_a)` sampled as they are (the same evidence)."""
 
     def model(data):
         group, x, y = data[:, 0].long(), data[:, 1], data[:, 2]
@@ -533,8 +534,11 @@ def varying_intercept_model(groups: int = 85, weight_scale: float = 10.0):
         b = pyro.sample("b", dist.Normal(data.new_tensor(0.0), weight_scale))
         sigma = pyro.sample("sigma", dist.HalfNormal(data.new_tensor(1.0)))
         with pyro.plate("groups", groups):
-            raw = pyro.sample("a_raw", dist.Normal(data.new_tensor(0.0), 1.0))
-        intercepts = mu[..., None] + spread[..., None] * raw
+            if centred:
+                intercepts = pyro.sample("a", dist.Normal(mu[..., None], spread[..., None]))
+            else:
+                raw = pyro.sample("a_raw", dist.Normal(data.new_tensor(0.0), 1.0))
+                intercepts = mu[..., None] + spread[..., None] * raw
         with pyro.plate("data", data.shape[0]):
             pyro.sample("y", dist.Normal(intercepts[..., group] + b[..., None] * x, sigma[..., None]), obs=y)
 
