@@ -255,11 +255,15 @@ class GlobalLatentModel(nn.Module):
 
     def non_centred(self, data: torch.Tensor) -> "GlobalLatentModel | None":
         """This program with its centred hierarchies written non-centred (:mod:`~elbogap.global_latents.decentred`),
-        the same evidence in other coordinates; None where it has none. Its ``decentred_sites`` name them."""
-        sites = hierarchical_sites(self.full_program, data)
-        if not sites:
+        the same evidence in other coordinates; None where it has none, or where the rewritten program does not run.
+        Its ``decentred_sites`` name them."""
+        try:
+            sites = hierarchical_sites(self.full_program, data)
+            if not sites:
+                return None
+            rewritten = GlobalLatentModel(decentred(self.full_program, sites), data, f"{self.spec} (non-centred)")
+        except Exception:  # a program the rewrite does not suit (checked as written already) is annealed as written
             return None
-        rewritten = GlobalLatentModel(decentred(self.full_program, sites), data, f"{self.spec} (non-centred)")
         rewritten.decentred_sites = sites
         return rewritten
 
