@@ -237,6 +237,10 @@ def read_csv(path: Path) -> np.ndarray:
     except ValueError as error:
         if cell := re.search(r"could not convert string (.*) to \w+ at row (\d+), column (\d+)", str(error)):
             value, row, column = cell.group(1), int(cell.group(2)), int(cell.group(3))  # numpy: row from 0
+            if value.strip("'\"") == "":
+                raise UsageError(f"cannot read {path}: the cell on line {row + 2} of the file, column {column}, is "
+                                 "empty (a missing value); fill it in or drop that row: elbogap's models score "
+                                 "every value of a row") from None
             raise UsageError(f"cannot read {path}: {value} on line {row + 2} of the file, column {column}, "
                              "is not a number; every value must be numeric (code a category as 0, 1, ...)") from None
         if "number of columns changed" not in str(error):

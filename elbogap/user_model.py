@@ -189,8 +189,9 @@ def check_log_probs(trace, what: str) -> None:
         shape = fn.batch_shape + fn.event_shape
         shapes = (f"a value of shape {tuple(value.shape)} but a distribution of shape {tuple(shape)} "
                   f"(batch {tuple(fn.batch_shape)} + event {tuple(fn.event_shape)})")
-        fix = ("make the distribution's shape the data's (the width of the layer that makes its parameters; "
-               ".to_event(n) with n the data's dimensions per point)" if site["is_observed"]
+        fix = ("make the distribution's shape the data's (the shape of its parameters, e.g. a weight vector's "
+               "length or a network's output width; .to_event(n) with n the data's dimensions per point)"
+               if site["is_observed"]
                else "sample it in the model's shape")
         try:
             fits = torch.broadcast_shapes(value.shape, shape) == value.shape

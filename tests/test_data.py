@@ -59,6 +59,9 @@ def test_a_csv_cell_that_is_not_a_number_is_named_by_its_line_and_column_in_the_
     (tmp_path / "words.csv").write_text("group,y,school\n0,8,1\n0,7,bx\n")
     with pytest.raises(UsageError, match="'bx' on line 3 of the file, column 3, is not a number"):
         load_data(str(tmp_path / "words.csv"))
+    (tmp_path / "gap.csv").write_text("group,y,school\n0,8,1\n0,,2\n")
+    with pytest.raises(UsageError, match="line 3 of the file, column 2, is empty .a missing value.; fill it in"):
+        load_data(str(tmp_path / "gap.csv"))
 
 
 def test_npz_with_several_unnamed_arrays_is_refused(tmp_path):

@@ -57,7 +57,9 @@ def posterior_warnings(runs: list[dict], warm_start: str = "mean-field") -> list
                          f"reference's, yet its gap is {run['data']['kl_gap']:.2f} nats: the posterior has several "
                          "modes (components that can swap labels, or a symmetry), q, the reference and the evidence "
                          "each see one, and every gap is measured against one mode only (too small by up to the log "
-                         "of the number of modes); break the symmetry in the model (e.g. order the components)")
+                         "of the number of modes); break the symmetry in the model (order a mixture's components, "
+                         "or fix a sign: one loading HalfNormal), or anneal from the prior (--evidence-start prior), "
+                         "which reaches every mode")
     for seed in dict.fromkeys(run["seed"] for run in runs):
         first = next(run for run in runs if run["seed"] == seed)
         if first.get("evidence", {}).get("stages", {}).get("prior_check", {}).get("switched"):

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from elbogap.global_latents.model import GlobalLatentModel
+from elbogap.global_latents.protocol import evidence_check
 from elbogap.global_latents.shared import shared_path, study_cache
 from tests.global_latents import truth
 
@@ -48,3 +49,15 @@ def test_a_study_shares_beside_its_runs_and_a_lone_run_keeps_its_own():
         study = shared_path(Path(folder) / "out" / "runs" / "a-seed0", "evidence", model, data, {}, 0)
         lone = shared_path(Path(folder) / "mine", "evidence", model, data, {}, 0)
         assert study.parent == Path(folder) / "out" / "shared" and lone.parent == Path(folder) / "mine" / "shared"
+
+
+def test_q_above_ais_is_warned_beyond_its_noise_and_a_twentieth_of_a_nat_naming_the_evidences_flags():
+    """A tester's conjugate regression: q's estimate 0.018 above AIS at 3.3 s.e. was read as AIS unconverged (AIS was
+    0.002 from exact) and named --ais-steps, the per-point flag; now 0.05 nats are needed, and the flags are the
+    evidence's."""
+    metrics = {"log_evidence": -226.148, "log_evidence_stderr": 0.002, "log_evidence_q": -226.130,
+               "log_evidence_q_stderr": 0.0051}
+    assert "evidence_warning" not in evidence_check(metrics)
+    metrics["log_evidence_q"] = -226.07
+    warning = evidence_check(metrics)["evidence_warning"]
+    assert "0.078 nats above AIS's" in warning and "--evidence-steps" in warning and "--ais-steps" not in warning
