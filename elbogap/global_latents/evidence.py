@@ -298,8 +298,9 @@ def _chosen_coordinates(model, data, settings: EvidenceSettings, progress: Progr
     hierarchies (:meth:`~elbogap.global_latents.model.GlobalLatentModel.non_centred`) and that form's pilot reads
     higher (a path the chains travel better loses less of the evidence). The evidence is the same in either
     coordinates; only the run's precision and bias differ. On centred funnels (eight schools, a tester's 80-group
-    regression) the program as written read 0.10-0.22 nats low at 4-7 s.e.; its non-centred form's pilot was the
-    higher, and its run within 0.015 of exact. ``stages["coordinates"]`` records both pilots and the choice."""
+    regression, 80 sparse groups) the program as written read 0.08-0.22 nats low at 4-7 s.e.; its non-centred form's
+    pilot was the higher, and its run within 0.03 of exact (BENCHMARKS.md). ``stages["coordinates"]`` records both
+    pilots and the choice."""
     started = time.perf_counter()
     path = _reference_and_pilot(model, data, settings, progress, stages)
     rewritten = model.non_centred(data) if settings.non_centred else None

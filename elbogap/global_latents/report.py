@@ -77,9 +77,8 @@ def posterior_warnings(runs: list[dict], warm_start: str = "mean-field") -> list
                 sites = f"the centred site{'s' if plural else ''} {', '.join(names)} make{'' if plural else 's'}"
                 lines.append(f"- log p(D), seed {seed}: annealed in the program's non-centred form, whose pilot read "
                              f"{lower:.2f} nats above the program's as written: {sites} a funnel whose neck HMC (and a "
-                             "Gaussian q) cannot enter; every guide here fits the "
-                             "program as written, so writing it non-centred (pyro.infer.reparam.LocScaleReparam, or "
-                             "by hand) may shrink every gap")
+                             "Gaussian q) cannot enter; every guide here fits the program as written, so writing it "
+                             "non-centred (pyro.infer.reparam.LocScaleReparam, or by hand) may shrink every gap")
         far = first.get("evidence", {}).get("stages", {}).get("fit", {}).get("smc_far")
         if far is not None and far > FAR_SHARE:
             lines.append(f"- log p(D), seed {seed}: {far:.0%} of the particles of tempered SMC from the prior sit far "
