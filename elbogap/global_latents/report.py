@@ -348,8 +348,11 @@ def coordinates_words(coordinates: dict | None) -> str:
     if not coordinates:
         return ""
     pilots = {form: pilot["log_evidence"] for form, pilot in coordinates["pilots"].items()}
-    return (f", in the program's {coordinates['chosen']} form (its centred site(s) {', '.join(coordinates['sites'])}"
-            f" rewritten non-centred by Pyro's LocScaleReparam give the same evidence; the form whose pilot read "
+    form = "non-centred form" if coordinates["chosen"] == "non-centred" else "own form"
+    names = coordinates["sites"]
+    return (f", in the program's {form} (its centred site{'s' if len(names) > 1 else ''} {', '.join(names)}, "
+            f"rewritten non-centred by Pyro's LocScaleReparam, give{'' if len(names) > 1 else 's'} the same evidence; "
+            "the form whose pilot read "
             f"higher is annealed: as written {pilots['as written']:.3f}, non-centred {pilots['non-centred']:.3f})")
 
 

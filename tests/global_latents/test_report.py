@@ -6,7 +6,7 @@ from math import nan
 import numpy as np
 
 import elbogap
-from elbogap.global_latents.report import posterior_warnings
+from elbogap.global_latents.report import coordinates_words, posterior_warnings
 
 
 def run(guide: str, gap: float, seed: int = 0, far: float = 0.0, smc_far: float | None = None):
@@ -49,6 +49,10 @@ def test_a_funnel_the_non_centred_form_anneals_better_is_named_once_per_seed():
                   coordinates(-348.7, -349.0)):  # within 0.1 nats, within 2 s.e., no s.e., or kept as written
         runs[0]["evidence"]["stages"]["coordinates"] = quiet
         assert posterior_warnings(runs[:1]) == []
+    assert coordinates_words(coordinates(-349.008, -348.733)).startswith(", in the program's non-centred form (its "
+                                                                         "centred site alpha, rewritten")
+    assert "in the program's own form" in coordinates_words(coordinates(-348.7, -349.0))
+    assert coordinates_words(None) == ""
 
 
 def test_a_family_above_one_it_contains_is_short_of_its_optimum():
