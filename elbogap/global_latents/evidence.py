@@ -7,7 +7,7 @@ The default estimate (``start="gaussian"``) runs in five stages, once per seed, 
 2. that Gaussian is refined by SVI in the coordinates it whitens (:mod:`elbogap.inference.gaussian_fit`): the
    reference :math:`r = \mathcal{N}(m, L L^\top)`;
 3. where the program has centred hierarchies, the same two stages and a pilot run on its non-centred form choose
-   the coordinates the reported run anneals in (:func:`_chosen_coordinates`);
+   the coordinates the reported run anneals in (:func:`_forms`), and the other form checks that choice;
 4. AIS [1] anneals independent chains from exact draws of :math:`r` to the posterior along
    :math:`r^{1-\beta} p(\theta, z, D)^\beta`, with HMC in the whitened coordinates
    (:class:`~elbogap.inference.whitened.WhitenedPath`: a mass matrix from :math:`L`) and the pilot-tuned
@@ -102,7 +102,7 @@ class EvidenceSettings:
     :param int leapfrog_steps: leapfrog steps per HMC transition.
     :param float target_accept: the acceptance rate step sizes are tuned toward.
     :param bool non_centred: whether a program with centred hierarchies is also tried in its non-centred form, and
-        the form whose pilot reads higher annealed (:func:`_chosen_coordinates`).
+        the form whose pilot is the better annealed (:func:`_forms`).
     """
 
     start: str = "gaussian"
@@ -293,49 +293,87 @@ def _reference_and_pilot(model, data, settings: EvidenceSettings, progress: Prog
     return path
 
 
-def _chosen_coordinates(model, data, settings: EvidenceSettings, progress: Progress, stages: dict):
-    r"""The program the reported run anneals: ``model`` as written, or its non-centred form where it has centred
-    hierarchies (:meth:`~elbogap.global_latents.model.GlobalLatentModel.non_centred`) and that form's pilot reads
-    higher (a path the chains travel better loses less of the evidence). The evidence is the same in either
-    coordinates; only the run's precision and bias differ. On centred funnels (eight schools, a tester's 80-group
-    regression, 80 sparse groups) the program as written read 0.08-0.22 nats low at 4-7 s.e.; its non-centred form's
-    pilot was the higher, and its run within 0.03 of exact (BENCHMARKS.md). ``stages["coordinates"]`` records both
-    pilots and the choice."""
+def _forms(model, data, settings: EvidenceSettings, progress: Progress, stages: dict) -> list[tuple]:
+    r"""The forms of the program the reported run may anneal, the better first: ``model`` as written, and its
+    non-centred form where it has centred hierarchies
+    (:meth:`~elbogap.global_latents.model.GlobalLatentModel.non_centred`), each as ``(program, path, stages)`` with
+    its reference and pilot; the better pilot by :func:`_better_pilot` (a path the chains travel better loses less
+    of the evidence). The evidence is the same in either coordinates; only a run's precision and bias differ. On
+    centred funnels (eight schools, a tester's 80-group regression, 80 sparse groups) the program as written read
+    0.08-0.22 nats low at 4-7 s.e.; its non-centred form's run was within 0.03 of exact (BENCHMARKS.md).
+    ``stages["coordinates"]`` records both pilots and the choice; ``stages`` gets the better form's stages."""
     started = time.perf_counter()
-    path = _reference_and_pilot(model, data, settings, progress, stages)
+    written = {}
+    forms = [(model, _reference_and_pilot(model, data, settings, progress, written), written)]
     rewritten = model.non_centred(data) if settings.non_centred else None
-    if rewritten is None:
-        return model, path
-    other = {}
-    other_path = _reference_and_pilot(rewritten, data, settings, progress, other)
-    chosen = other["pilot"]["log_evidence"] > stages["pilot"]["log_evidence"]
-    stages["coordinates"] = {"sites": rewritten.decentred_sites, "chosen": "non-centred" if chosen else "as written",
-                             "pilots": {"as written": stages["pilot"], "non-centred": other["pilot"]},
-                             "seconds": time.perf_counter() - started}
-    if not chosen:
-        return model, path
-    stages.update({key: other[key] for key in ("smc", "fit", "pilot")})
-    return rewritten, other_path
+    if rewritten is not None:
+        other = {}
+        forms.append((rewritten, _reference_and_pilot(rewritten, data, settings, progress, other), other))
+        if _better_pilot(other["pilot"], written["pilot"]):
+            forms.reverse()
+        stages["coordinates"] = {"sites": rewritten.decentred_sites,
+                                 "chosen": "non-centred" if forms[0][0] is rewritten else "as written",
+                                 "pilots": {"as written": written["pilot"], "non-centred": other["pilot"]},
+                                 "seconds": time.perf_counter() - started}
+    stages.update(forms[0][2])
+    return forms
+
+
+def _better_pilot(pilot: dict, other: dict) -> bool:
+    """Whether ``pilot`` anneals better than ``other``: its weights have an error bar where the other's do not (a tail
+    too heavy for a variance marks a path the chains travel badly), else it reads higher. Either can be wrong by
+    chance, so the other form's run checks the choice (:func:`_from_reference`)."""
+    has, other_has = math.isfinite(pilot["stderr"]), math.isfinite(other["stderr"])
+    if has != other_has:
+        return has
+    return pilot["log_evidence"] > other["log_evidence"]
+
+
+def _reported_run(path, settings: EvidenceSettings, progress: Progress, pilot_stderr: float):
+    """The reported run along ``path``: fresh runs, each with more temperatures where a heavier tail (no error) or a
+    larger error than the pilot said asks for them (stage 4 of the module); the last run's state, step sizes,
+    acceptance and every run's record."""
+    steps, runs = settings.steps_for(pilot_stderr), []
+    while True:
+        begun = time.perf_counter()
+        final, step_sizes, acceptance = _anneal(path, settings.ais(steps), progress, f"AIS at {steps} temperatures",
+                                                details=True)
+        stderr = float(log_mean_exp_stderr(final.log_w.double())[0])
+        runs.append({"steps": steps, "stderr": stderr, "log_evidence": float(log_mean_exp(final.log_w.double())[0]),
+                     "seconds": time.perf_counter() - begun})
+        if steps >= settings.max_steps or math.isfinite(stderr) and stderr <= RETRY * settings.target_stderr:
+            return final, step_sizes, acceptance, runs
+        wanted = settings.steps_for(stderr) if math.isfinite(stderr) else 4 * steps  # no error: a heavy tail
+        steps = min(settings.max_steps, max(2 * steps, wanted))
 
 
 def _from_reference(model, data, settings: EvidenceSettings, progress) -> Evidence:
+    """Stages 1-4 of the module. Where the program has two forms, the other form's pilot is read against the reported
+    run: reading above it (a pilot, with a twentieth of the temperatures or fewer, is the more biased low), it casts
+    doubt on the choice, the other form's reported run follows, and it is reported where it lies above by more than
+    :data:`PRIOR_SWITCH` combined s.e. (on a tester's centred hierarchy, under either rule for pilots, one seed in 12
+    chose the program as written and read 0.17-0.21 nats low at 10-32 of its s.e.; ``stages["coordinates"]
+    ["other_run"]`` records that run, and ``["switched"]`` the run it replaced)."""
     started = time.perf_counter()
     stages = {"start": "gaussian"}
     progress = as_progress(progress)
     with one_thread():
-        program, path = _chosen_coordinates(model, data, settings, progress, stages)
-        steps = settings.steps_for(stages["pilot"]["stderr"])
-        runs = []
-        while True:  # each run is fresh; a heavier tail (no error) or a larger error than the pilot said asks for more
-            begun = time.perf_counter()
-            final, step_sizes, acceptance = _anneal(path, settings.ais(steps), progress,
-                                                    f"AIS at {steps} temperatures", details=True)
-            stderr = float(log_mean_exp_stderr(final.log_w.double())[0])
-            runs.append({"steps": steps, "stderr": stderr, "seconds": time.perf_counter() - begun})
-            if steps >= settings.max_steps or math.isfinite(stderr) and stderr <= RETRY * settings.target_stderr:
-                break
-            wanted = settings.steps_for(stderr) if math.isfinite(stderr) else 4 * steps  # no error: a heavy tail
-            steps = min(settings.max_steps, max(2 * steps, wanted))
+        forms = _forms(model, data, settings, progress, stages)
+        program, path, own = forms[0]
+        final, step_sizes, acceptance, runs = _reported_run(path, settings, progress, own["pilot"]["stderr"])
+        if len(forms) > 1 and forms[1][2]["pilot"]["log_evidence"] > runs[-1]["log_evidence"]:
+            other_program, other_path, other = forms[1]
+            other_final = _reported_run(other_path, settings, progress, other["pilot"]["stderr"])
+            last, theirs = runs[-1], other_final[3][-1]
+            stages["coordinates"]["other_run"] = theirs
+            margin = PRIOR_SWITCH * math.hypot(*(value if math.isfinite(value) else 0.0
+                                                 for value in (last["stderr"], theirs["stderr"])))
+            if theirs["log_evidence"] - last["log_evidence"] > margin:
+                program, path, own = other_program, other_path, other
+                final, step_sizes, acceptance, runs = other_final
+                stages.update(other)
+                stages["coordinates"]["chosen"] = "non-centred" if program is not model else "as written"
+                stages["coordinates"]["switched"] = last
         stages["reported"] = runs[-1]
         stages["runs"] = runs
         log_w = final.log_w.double()
@@ -343,7 +381,7 @@ def _from_reference(model, data, settings: EvidenceSettings, progress) -> Eviden
         if program is not model:
             states = original_latents(program, model, data, states)
     return Evidence(float(log_mean_exp(log_w)[0]), float(log_mean_exp_stderr(log_w)[0]), log_w[:, 0], states,
-                    acceptance, step_sizes[:, 0], time.perf_counter() - started, steps, stages)
+                    acceptance, step_sizes[:, 0], time.perf_counter() - started, runs[-1]["steps"], stages)
 
 
 def _anneal(path, settings: AISSettings, progress: Progress, desc: str, details: bool = False):
@@ -411,9 +449,8 @@ def _sandwich(model, data, z, settings: EvidenceSettings, progress) -> tuple[tor
         path, ais = EvidencePath(model, data), settings.ais(settings.max_steps)
         start = z.expand(settings.chains, 1, -1).clone()
     else:
-        stages = {}  # the same choice of coordinates as the evidence it measures, and z in them
-        program, path = _chosen_coordinates(model, data, settings, progress, stages)
-        ais = settings.ais(settings.steps_for(stages["pilot"]["stderr"]))
+        program, path, own = _forms(model, data, settings, progress, {})[0]  # the evidence's form, and z in it
+        ais = settings.ais(settings.steps_for(own["pilot"]["stderr"]))
         if program is not model:
             z = decentred_latents(program, model, data, z[None])[0]
         start = path.to_u(z).expand(settings.chains, 1, -1).clone()

@@ -343,7 +343,7 @@ def describe_evidence(summary: dict) -> str:
 
 
 def coordinates_words(coordinates: dict | None) -> str:
-    """Which form of the program the evidence annealed (:func:`~elbogap.global_latents.evidence._chosen_coordinates`),
+    """Which form of the program the evidence annealed (:func:`~elbogap.global_latents.evidence._forms`),
     for :func:`describe_evidence`; empty where the program has no centred hierarchy."""
     if not coordinates:
         return ""
