@@ -68,7 +68,7 @@ def test_each_simulations_gap_is_sandwiched_and_mean_field_pays_its_closed_form_
     data = truth.regression_data(20, 3, seed=2, correlation=0.9)
     result = elbogap.calibrate(truth.regression_model(1.0, 1.0), ["auto:AutoNormal", "auto:AutoMultivariateNormal"],
                                data.numpy(), out=tmp_path, simulations=4, calibration_draws=400,
-                               calibration_gaps=True)
+                               calibration_gaps=True, evidence_steps=100)  # under the 400-temperature floor
     _, _, precision = truth.regression_posterior(data[:, :-1].double(), data[:, -1].double(), 1.0, 1.0)
     mean_field_kl = truth.best_factorized_gaussian_kl(precision)
     summary = result.results["summary"]
@@ -308,15 +308,18 @@ def test_stacked_fits_and_worker_processes_share_a_study_with_gaps(elbogap, tmp_
     out = tmp_path / "out"
     code, err = elbogap("calibrate", "--model", tmp_path / "regression.py:model", "--data", tmp_path / "rows.csv",
                         "--guides", "auto:AutoMultivariateNormal", "--simulations", "4", "--calibration-draws", "200",
-                        "--calibration-gaps", "--jobs", "2", "--no-figures", "--out", out, "-q")
+                        "--calibration-gaps", "--evidence-steps", "100", "--jobs", "2", "--no-figures", "--out", out,
+                        "-q")
     assert code == 0, err
     saved = json.loads((out / "results.json").read_text())
     assert saved["workers"] == 2 and saved["fits_at_once"] == {"auto-AutoMultivariateNormal": 4}
     for simulation in saved["simulations"]:  # full rank holds this Gaussian posterior: gap 0 within its error
         fit = simulation["fits"]["auto-AutoMultivariateNormal"]
         assert fit["stacked"] and abs(fit["kl_gap"]) < 4 * fit["kl_gap_stderr"] + 0.05
+        # the reverse chains share one exact start, so the upper bound has no error bar of its own: 0.005 nats (a
+        # quarter of the evidence's target s.e.) for its noise; at 400 temperatures one read 0.0014 under the lower
         assert simulation["evidence"]["upper"] >= simulation["evidence"]["lower"] - 4 * simulation["evidence"][
-            "lower_stderr"]
+            "lower_stderr"] - 0.005
 
 
 def test_a_fit_that_gave_up_on_nan_has_no_elbo_or_gap_and_the_summary_reads_the_others():

@@ -109,6 +109,15 @@ def test_a_pilot_without_an_error_bar_loses_to_one_with_one_whatever_it_reads():
     assert not _better_pilot({"log_evidence": -84.6, "stderr": float("nan")}, heavy)
 
 
+def test_a_reported_run_has_at_least_four_pilots_of_temperatures():
+    """A tester's centred hierarchy: a pilot error under the target planned a 100-temperature run, which read 0.045
+    low at 3.8 s.e. (AIS's bias at few temperatures is not in its spread); at 400 it was within 0.2 s.e."""
+    settings = EvidenceSettings()
+    assert settings.steps_for(0.001) == 400 and settings.steps_for(float("nan")) == 400
+    assert settings.steps_for(0.05) == 938  # 1.5 x 100 x (0.05 / 0.02)^2
+    assert EvidenceSettings(max_steps=200).steps_for(0.001) == 200
+
+
 def test_a_reference_that_reads_low_is_replaced_by_ais_from_the_prior():
     """The check from the prior (:func:`checked_against_prior`), given a reference's estimate 0.5 nats below the
     exact value of the centred funnel: the run from the prior lies above it by more than its errors and 0.1 nats,
