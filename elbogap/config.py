@@ -94,8 +94,10 @@ class Config:
                                             "global latents, in compare and train (auto:AutoMultivariateNormal, "
                                             "auto:AutoLowRankMultivariateNormal): at the seed's AutoNormal fit, "
                                             "trained once per seed, keeping the better of that start and where "
-                                            "training goes under --schedule converge (mean-field); or where Pyro "
-                                            "starts it (off)",
+                                            "training goes under --schedule converge, and auto:AutoIAFNormal "
+                                            "trained from Pyro's start and again from that fit, keeping the fit "
+                                            "with the higher ELBO (mean-field); or where Pyro starts it, once "
+                                            "(off)",
                               choices=("mean-field", "off"))
     epochs: float | None = setting(None, "passes over the training data per run (overrides --steps)", positive=True)
     batch_size: int = setting(128, "minibatch size", least=1)

@@ -157,7 +157,7 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
         with phases("checkpoints"):
             phases.seconds["train"] = trainer.seconds
             save_run_checkpoint(run_dir, config, guide_name, seed, trainer, complete, curve_eval, phases.seconds,
-                                stacked, started)
+                                stacked, started, second if complete else None)
 
     def fault(step: int) -> NumericalFault:
         message = (f"guide {guide_name}, seed {seed}: the loss or a parameter became NaN/inf at step {step}; "
@@ -192,8 +192,25 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
             if parameters_finite(trainer.svi.params) and "nan" not in str(error).lower():
                 raise
             raise fault(trainer.step_count + 1) from None
+
+        def heard(_) -> None:  # stop requests during a second fit: the run's own fit is checkpointed, unfinished
+            if signum := should_stop():
+                save(complete=False)
+                log.write(f"interrupted while training from a second start, after step {trainer.step_count}")
+                raise Interrupted(signum, trainer.step_count, run_dir)
+
+        if state is not None and state["complete"]:
+            second = state.get("second_start")
+        elif protocol.second_start is not None:
+            second = protocol.second_start(config, data, model, guide, trainer, seed, run_dir, progress, heard)
+            if second:
+                phases.add("second_start", second["seconds"])
+                log.write(f"trained again from the {second['starts'][1]}: ELBO {second['elbo'][1]:.4f} against "
+                          f"{second['elbo'][0]:.4f} from {second['starts'][0]}; kept {second['kept']}")
+        else:
+            second = None
     save(complete=True)
-    convergence = trainer.convergence(steps)
+    convergence = second["convergence"] if second else trainer.convergence(steps)
     log.write(f"converged={convergence['converged']} ({convergence['rule']} rule)"
               + (f": {convergence['reason']}" if convergence.get("reason") else ""))
     steps = trainer.step_count
@@ -213,6 +230,8 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
            "compiled_loss": trainer.svi.compiled and not stacked,  # a stack's steps are its own program
            **snr, **({"stacked_seeds": stacked} if stacked else {}),
            **({"warm_start": {"from": started["from"], "elbo": started["elbo"]}} if started else {}),
+           **({"second_start": {key: value for key, value in second.items() if key != "convergence"}}
+              if second else {}),
            "curve": training_curve(fit.losses), "curve_eval": curve_eval,
            "model_from": None if fixed_model is None else str(fixed_model),
            "where": where or where_am_i("local")}
@@ -263,15 +282,16 @@ def write_atomically(path: Path, text: str) -> None:
 
 def save_run_checkpoint(run_dir: Path, config: Config, guide_name: str, seed: int, trainer: Trainer, complete: bool,
                         curve_eval: list | None = None, phases: dict | None = None, stacked: int | None = None,
-                        started: dict | None = None) -> None:
+                        started: dict | None = None, second: dict | None = None) -> None:
     """A run's ``checkpoint.pt``: its configuration, trainer state, curve and phases (``stacked``: the number of seeds
     it was trained with at once, by the study, before the run resumed it; ``started``: the fit it started from, the
-    record :func:`~elbogap.factory.warm_start` gave)."""
+    record :func:`~elbogap.factory.warm_start` gave; ``second``: the record of a second start, kept in the finished
+    run's checkpoint)."""
     save_checkpoint(Path(run_dir) / CHECKPOINT, {
         "config": json.dumps(config.to_dict()), "guide_name": guide_name, "seed": seed, "complete": complete,
         "trainer": trainer.state_dict(), "curve_eval": json.dumps(curve_eval or []),
         "phases": json.dumps(phases or {"train": trainer.seconds}), **({"stacked": stacked} if stacked else {}),
-        **({"warm_start": started} if started else {}),
+        **({"warm_start": started} if started else {}), **({"second_start": second} if second else {}),
     })
 
 

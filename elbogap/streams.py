@@ -87,6 +87,10 @@ STREAMS: dict[str, Stream] = {stream.name: stream for stream in (
            "starts from the seed's mean-field fit"),
     Stream("scale_bounds", "run", 900_000, "generator", "the base draws at which a trained IAF's scales are read "
            "against Pyro's bounds on them"),
+    Stream("second_start", "run", 950_000, "global", "the second fit of a family trained from two starts (its start "
+           "at the seed's mean-field fit, and its SVI draws)"),
+    Stream("start_choice", "run", 970_000, "global", "the draws that score both fits of a family trained from two "
+           "starts, to keep the better (not the evaluation's, so the reported ELBO is not the larger of two draws)"),
     Stream("notebook_evaluation", "call", 0, "torch", "the draws of elbogap.evaluate"),
     Stream("notebook_ais_points", "call", 0, "generator", "the points of elbogap.evaluate that get AIS"),
 )}

@@ -29,6 +29,8 @@ DERIVATIONS = {
     "mean_field_check": lambda s: s + 700_000,
     "warm_start": lambda s: s + 800_000,
     "scale_bounds": lambda s: s + 900_000,
+    "second_start": lambda s: s + 950_000,
+    "start_choice": lambda s: s + 970_000,
 }
 
 

@@ -181,6 +181,15 @@ class GlobalLatentModel(nn.Module):
             parts.append(self.transforms[name].inv(value).reshape(*lead, -1))
         return torch.cat(parts, -1)
 
+    def unconstrained(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each site's draws ``(count, ...)`` in the coordinates the guides fit, ``biject_to(support).inv`` of them (log
+        for a positive site, logit for one in (0, 1)): ``(count, size)`` each."""
+        out = {}
+        for name, shape in self.latent_sites.items():
+            value = values[name]
+            out[name] = self.transforms[name].inv(value.reshape(len(value), *shape)).reshape(len(value), -1)
+        return out
+
     # --- densities -------------------------------------------------------------------------------
 
     def joint_parts(self, z: torch.Tensor, data: torch.Tensor) -> torch.Tensor:

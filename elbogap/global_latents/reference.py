@@ -9,7 +9,10 @@ weights (free, but only as good as the chains' effective number).
 Per latent site and element, a guide's standardized mean error is
 :math:`(\mathbb{E}_q - \mathbb{E}_{\text{ref}}) / \mathrm{sd}_{\text{ref}}` and its scale ratio
 :math:`\mathrm{sd}_q / \mathrm{sd}_{\text{ref}}` (below 1: q too narrow, as mean-field
-families tend to be).
+families tend to be). A run compares them in the coordinates its guides fit
+(:meth:`~elbogap.global_latents.model.GlobalLatentModel.unconstrained`: log for a positive site), where a
+weighted reference's sd holds at a few hundred effective draws; a positive site's own right tail does not (a
+Gamma-Poisson model's shape: 248 effective draws gave sd(a) 21% low, sd(log a) 6%).
 
 References:
 

@@ -281,7 +281,11 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
             ""]
         lines += [f"## Each guide against the reference posterior ({described})", "", *rough,
                   "Standardized mean error per element, (mean under q - reference mean) / reference sd, and the ratio "
-                  "of standard deviations (below 1: q is too narrow). First seed of each guide. Read as a finding "
+                  "of standard deviations (below 1: q is too narrow), in the coordinates the guides fit: each site "
+                  "mapped to the real line as Pyro maps it (log for a positive site, logit for one in (0, 1); a "
+                  "real site as it is). The sites' own moments are in results.json (`q_moments`, "
+                  "`reference.moments`, and this comparison of them as `reference.sites_constrained`). First seed "
+                  "of each guide. Read as a finding "
                   f"where the reference has at least {RELIABLE_DRAWS} effective draws (then a mean error carries at "
                   "most 0.1 of the reference's own error, an sd ratio about 7%).", "", *reference, ""]
     lines += held_out_section(runs)
@@ -316,7 +320,20 @@ def training_line(runs: list[dict], config: dict) -> str:
     warm = (f" {', '.join(started)} started at each seed's AutoNormal fit (--warm-start mean-field) and kept the "
             "better of that start and where training went." if started else "")
     return (f"{how}; {config['objective']} objective, {particles} particle(s) a step; seeds "
-            f"{', '.join(map(str, config['seeds']))}.{warm}{stacked_sentence(runs)}")
+            f"{', '.join(map(str, config['seeds']))}.{warm}{second_start_sentence(runs)}{stacked_sentence(runs)}")
+
+
+def second_start_sentence(runs: list[dict]) -> str:
+    """Which start each run trained from a second start kept (:mod:`~elbogap.global_latents.second_start`)."""
+    twice = [run for run in runs if run.get("second_start")]
+    if not twice:
+        return ""
+    kept = "; ".join(f"{run['guide']} seed {run['seed']}: {run['second_start']['kept']} (ELBO "
+                     f"{run['second_start']['elbo'][0]:.3f} from Pyro's start, {run['second_start']['elbo'][1]:.3f} "
+                     "from the fit)" for run in twice)
+    guides = ", ".join(sorted({run["guide"] for run in twice}))
+    return (f" {guides} trained twice, from Pyro's start and from each seed's AutoNormal fit, and kept the fit with "
+            f"the higher ELBO of D: {kept}.")
 
 
 def describe_evidence(summary: dict) -> str:

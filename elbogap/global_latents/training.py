@@ -9,6 +9,7 @@ from elbogap.global_latents.elbo import VectorizedModelELBO
 from elbogap.global_latents.evaluation import draws_broadcast, guide_draws, plate_nesting
 from elbogap.global_latents.guides import GlobalAutoGuide, GlobalProgramGuide
 from elbogap.global_latents.model import GlobalLatentModel
+from elbogap.inference.convergence import ConvergenceSettings, ConvergeSchedule
 from elbogap.inference.train import Trainer
 
 
@@ -36,6 +37,18 @@ def global_trainer(config, model: GlobalLatentModel, guide, data, seed: int, fre
         plate = -(nesting + 1) if getattr(guide, "vectorizable", False) else None  # the guide alone broadcasts
         trainer.svi.loss = VectorizedModelELBO(model, config.particles, plate)  # the program scored by vmap
     return trainer
+
+
+def converging_trainer(config, model: GlobalLatentModel, guide, data, seed: int, keep_start: bool = False) -> Trainer:
+    """The trainer a run of ``guide`` gets (as :func:`~elbogap.factory.make_trainer` makes it), for a fit the run
+    makes beside its own: until converged under ``--schedule converge`` (``keep_start``: its start is a fit, a level
+    the rule keeps), else for the configured steps with the configured decay."""
+    cap = config.total_steps(len(data.train))
+    rule = ConvergenceSettings(tolerance=config.convergence_tol)
+    schedule = (ConvergeSchedule(elbo_check(model, guide, data, config), rule, keep_start)
+                if config.schedule == "converge" else None)
+    lr_decay = 1.0 if schedule is not None else config.lr_decay ** (1 / max(cap, 1))
+    return global_trainer(config, model, guide, data, seed, False, schedule, rule, lr_decay, len(data.train))
 
 
 def particle_layout(model: GlobalLatentModel, guide, data: torch.Tensor) -> tuple[bool, int]:

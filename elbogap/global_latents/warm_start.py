@@ -37,8 +37,7 @@ from elbogap.global_latents.guides import global_guide
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.global_latents.shared import keep, locked, shared_path
 from elbogap.global_latents.stacked import flat_posterior, stacker
-from elbogap.global_latents.training import elbo_check, global_trainer
-from elbogap.inference.convergence import ConvergenceSettings, ConvergeSchedule
+from elbogap.global_latents.training import converging_trainer
 from elbogap.inference.stacking import NotStackable
 
 #: the low-rank factor's start, as a fraction of Pyro's own random start (zero is a saddle of the ELBO in it)
@@ -88,16 +87,11 @@ def train_mean_field(model: GlobalLatentModel, data, config, seeds: list[int]) -
     """AutoNormal of each seed (initialized from the stream ``mean_field_check``) trained until converged: as one
     stacked program where the fits stack (:func:`~elbogap.global_latents.stacked.stacker`), else one at a time."""
     cap = config.total_steps(len(data.train))
-    rule = ConvergenceSettings(tolerance=config.convergence_tol)
     runs, states = [], []
-    for seed in seeds:  # as factory.make_trainer gives a run of a model with global latents
+    for seed in seeds:
         streams.seeded("mean_field_check", seed)
         guide = global_guide("auto:AutoNormal", model, data.train)
-        schedule = ConvergeSchedule(elbo_check(model, guide, data, config), rule) \
-            if config.schedule == "converge" else None
-        runs.append((model, guide, global_trainer(config, model, guide, data, seed, False, schedule, rule, 1.0 if
-                                                  schedule is not None else config.lr_decay ** (1 / max(cap, 1)),
-                                                  len(data.train))))
+        runs.append((model, guide, converging_trainer(config, model, guide, data, seed)))
         states.append(get_rng_state())
     try:
         if len(seeds) < 2:

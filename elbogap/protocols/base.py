@@ -36,6 +36,9 @@ class Protocol:
         some families elsewhere than where they are built (``runs``: each run's model and guide; per run, the start's
         record, kept as the run's ``warm_start``), their plateau rule keeping that start as the level to beat (None:
         no family is).
+    :param second_start: ``(config, data, model, guide, trainer, seed, run_dir, progress, after_step) -> dict |
+        None``, after a run's training: where the kind trains some families from a second start and keeps the better
+        fit in ``guide`` (the record, kept as the run's ``second_start``; None: the run's fit is its own).
     :param stacker: ``(config, data, guide_name, runs, seeds) -> Stack``, the kind's stacked training of one family's
         seeds (:class:`~elbogap.inference.stacking.NotStackable` where they cannot be); None: one run at a time.
     :param stack_from: the fewest seeds that train as a stack.
@@ -60,6 +63,7 @@ class Protocol:
     stacker: Callable[..., object] | None = None
     stack_from: int = 2
     warm_start: Callable[..., dict | None] | None = None
+    second_start: Callable[..., dict | None] | None = None
 
     def defaults_for(self, guide_name: str | None = None) -> dict:
         """The kind's defaults, with those of the family ``guide_name`` over them."""

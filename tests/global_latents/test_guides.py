@@ -2,6 +2,8 @@
 
 import math
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
@@ -158,3 +160,24 @@ def test_an_iaf_whose_posterior_is_narrower_than_pyros_bound_reads_its_scales_at
     assert counts == {"narrow at start": 0, "narrow": 3, "wide at start": 0, "wide": 0}
     normal = GlobalAutoGuide("AutoNormal", model, regression["data"])
     assert normal.scales_at_bound(seed=0) == 0
+
+
+def test_the_iaf_is_autoregressive_in_the_programs_sampling_order():
+    """mu, tau, then b (a centred hierarchy): the flat vector is in that order, and the IAF's network lets each
+    output's location and log scale read only the latents before it in that order (its Jacobian lower triangular)."""
+    def program(data):
+        mu = pyro.sample("mu", dist.Normal(0.0, 5.0))
+        tau = pyro.sample("tau", dist.HalfNormal(1.0))
+        with pyro.plate("groups", 3):
+            b = pyro.sample("b", dist.Normal(mu, tau))
+        with pyro.plate("rows", len(data)):
+            pyro.sample("y", dist.Normal(b[data[:, 0].long()], 1.0), obs=data[:, 1])
+
+    data = torch.tensor([[0.0, 0.3], [1.0, -0.2], [2.0, 1.5]])
+    guide = GlobalAutoGuide("AutoIAFNormal", GlobalLatentModel(program, data, "hierarchy"), data)
+    (part,) = guide.auto.transform.parts
+    assert torch.equal(part.arn.permutation, torch.arange(5))
+    x = torch.randn(5)
+    jacobian = torch.autograd.functional.jacobian(lambda v: torch.cat(part.arn(v)), x)
+    for output in (jacobian[:5], jacobian[5:]):  # the locations, then the log scales
+        assert torch.all(output.triu() == 0)  # output i reads inputs before i only

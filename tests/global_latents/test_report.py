@@ -6,7 +6,7 @@ from math import nan
 import numpy as np
 
 import elbogap
-from elbogap.global_latents.report import coordinates_words, posterior_warnings
+from elbogap.global_latents.report import coordinates_words, posterior_warnings, second_start_sentence
 
 
 def run(guide: str, gap: float, seed: int = 0, far: float = 0.0, smc_far: float | None = None):
@@ -110,7 +110,7 @@ def test_a_mixture_whose_components_swap_labels_is_flagged(tmp_path):
         "obs=data[:, 0])\n")
     result = elbogap.compare(str(tmp_path / "mixture.py:model"), ["auto:AutoNormal"], str(tmp_path / "x.csv"),
                              out=tmp_path / "out", seeds=[0], jobs=1, figures=False, snr_draws=0,
-                             evidence_chains=64, iw_samples=200)  # the warning reads tempered SMC's stage alone
+                             evidence_chains=64, evidence_steps=100, iw_samples=200)  # it reads SMC's stage alone
     report = (tmp_path / "out" / "results.md").read_text()
     assert "of the particles of tempered SMC" in report, json.dumps(result.runs[0]["evidence"]["stages"]["fit"])
 
@@ -152,3 +152,14 @@ def test_a_family_is_held_to_one_it_contains_by_their_elbos_whose_evidence_is_sh
     assert len(posterior_warnings([full, iaf])) == 1
     iaf, full = run("auto:AutoIAFNormal", 0.29), run("auto:AutoMultivariateNormal", 0.217)
     assert posterior_warnings([full, iaf]) == []  # 0.073 above: within 0.1
+
+
+def test_the_training_line_names_the_start_each_iaf_run_kept():
+    runs = [run("auto:AutoNormal", 0.5), run("auto:AutoIAFNormal", 0.2), run("auto:AutoIAFNormal", 0.3, seed=1)]
+    for iaf, kept in zip(runs[1:], ("mean-field fit", "Pyro's start"), strict=True):
+        iaf["second_start"] = {"kept": kept, "elbo": [-10.3, -10.2] if kept == "mean-field fit" else [-10.3, -10.4]}
+    sentence = second_start_sentence(runs)
+    assert "auto-AutoIAFNormal trained twice" in sentence and "auto-AutoNormal" not in sentence
+    assert "seed 0: mean-field fit (ELBO -10.300 from Pyro's start, -10.200 from the fit)" in sentence
+    assert "seed 1: Pyro's start" in sentence
+    assert second_start_sentence(runs[:1]) == ""

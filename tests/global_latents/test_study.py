@@ -54,6 +54,7 @@ def test_a_model_with_global_and_per_point_latents_end_to_end_with_bdmc_and_nuts
         assert data["kl_gap"] == pytest.approx(data["log_evidence"] - data["elbo"])
         assert run["sites"] == {"global": ["mu"], "local": ["z"], "shapes": {"mu": [], "z": [6]}, "latent_dim": 7}
         assert run["reference"]["method"] == "nuts" and set(run["reference"]["sites"]) == {"mu", "z"}
+        assert run["reference"]["coordinates"] == "unconstrained" and "sites_constrained" in run["reference"]
         assert run["bdmc"]["datasets"] == 1 and len(run["bdmc"]["per_dataset"]["upper"]) == 1
     # the full-rank family holds the Gaussian posterior; the factorized one pays the closed-form KL
     assert full["data"]["kl_gap"] < mean_field["data"]["kl_gap"] - 3 * mean_field["data"]["kl_gap_stderr"]
@@ -167,7 +168,7 @@ def test_the_seeds_of_a_study_train_at_once_and_each_run_lands_on_its_familys_cl
     out = folder / "seeds"
     code, err = elbogap("compare", "--model", folder / "mixed.py:model", "--data", folder / "y.csv", "--guides",
                         "auto:AutoNormal,auto:AutoMultivariateNormal", "--reference", "none", "--jobs", "2",
-                        "--seeds", "0,1,2", "--out", out)
+                        "--seeds", "0,1,2", "--evidence-steps", "100", "--out", out)  # the evidence: its pilot's length
     assert code == 0, err
     results = json.loads((out / "results.json").read_text())
     assert results["fits_at_once"] == {"auto-AutoNormal": 3, "auto-AutoMultivariateNormal": 3}
