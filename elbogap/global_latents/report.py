@@ -76,7 +76,8 @@ def posterior_warnings(runs: list[dict], warm_start: str = "mean-field") -> list
                 plural = len(names) > 1
                 sites = f"the centred site{'s' if plural else ''} {', '.join(names)} make{'' if plural else 's'}"
                 lines.append(f"- log p(D), seed {seed}: annealed in the program's non-centred form, whose pilot read "
-                             f"{lower:.2f} nats above the program's as written: {sites} a funnel whose neck HMC (and a "
+                             f"{lower:.2f} nats above the program's as written (annealed as written, log p(D) would "
+                             f"read about that much too low): {sites} a funnel whose neck HMC (and a "
                              "Gaussian q) cannot enter; every guide here fits the program as written, so writing it "
                              "non-centred (pyro.infer.reparam.LocScaleReparam, or by hand) may shrink every gap")
         far = first.get("evidence", {}).get("stages", {}).get("fit", {}).get("smc_far")
@@ -286,8 +287,9 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
                   "real site as it is). The sites' own moments are in results.json (`q_moments`, "
                   "`reference.moments`, and this comparison of them as `reference.sites_constrained`). First seed "
                   "of each guide. Read as a finding "
-                  f"where the reference has at least {RELIABLE_DRAWS} effective draws (then a mean error carries at "
-                  "most 0.1 of the reference's own error, an sd ratio about 7%).", "", *reference, ""]
+                  f"where the reference has at least {RELIABLE_DRAWS} effective draws (then a mean error carries a "
+                  "standard error of 0.1 or less from the reference, and an sd ratio about 7% where the site's "
+                  "tails are light, up to 18% at a kurtosis of 14).", "", *reference, ""]
     lines += held_out_section(runs)
     lines += evidence_section(runs)
     lines += ["## How the numbers were computed", "",
@@ -330,7 +332,8 @@ def second_start_sentence(runs: list[dict]) -> str:
         return ""
     kept = "; ".join(f"{run['guide']} seed {run['seed']}: {run['second_start']['kept']} (ELBO "
                      f"{run['second_start']['elbo'][0]:.3f} from Pyro's start, {run['second_start']['elbo'][1]:.3f} "
-                     "from the fit)" for run in twice)
+                     "from the fit" + (f", which failed: {run['second_start']['failed']}"
+                                       if run["second_start"].get("failed") else "") + ")" for run in twice)
     guides = ", ".join(sorted({run["guide"] for run in twice}))
     return (f" {guides} trained twice, from Pyro's start and from each seed's AutoNormal fit, and kept the fit with "
             f"the higher ELBO of D: {kept}.")

@@ -17,7 +17,8 @@ second_start`) trains from Pyro's start as any run does, and then once more (:fu
 - the fit with the higher ELBO is the run's: its parameters are copied into the run's guide before the run's last
   checkpoint, and its convergence verdict is the run's.
 
-The run's record keeps both as ``second_start``. ``--warm-start off`` trains from Pyro's start alone.
+The run's record keeps both as ``second_start`` (with ``failed``, where the second fit met non-finite parameters:
+the run's own fit then stands). ``--warm-start off`` trains from Pyro's start alone.
 """
 
 import time
@@ -78,10 +79,16 @@ def second_start(config, data, model, guide, trainer, seed: int, run_dir, progre
             if not start_at_mean_field(other, fit):
                 return None
             other_trainer = converging_trainer(config, model, other, data, seed, keep_start=True)
-            with progress.phase("training from the mean-field fit"):
-                other_trainer.run(cap, after_step, progress, desc="training from the mean-field fit (until converged)")
+            try:
+                with progress.phase("training from the mean-field fit"):
+                    other_trainer.run(cap, after_step, progress,
+                                      desc="training from the mean-field fit (until converged)")
+            except ValueError as error:  # a distribution refusing non-finite parameters: the run's own fit stands
+                failed = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            else:
+                failed = ""
             scores = [start_choice(model, fitted, data, config, seed) for fitted in (guide, other)]
-            better = int(scores[1]["elbo"] > scores[0]["elbo"])
+            better = int(scores[1]["elbo"] > scores[0]["elbo"] and not failed)
             state = {name: value.detach().clone() for name, value in other.state_dict().items()}
         if better:
             with torch.no_grad():
@@ -93,7 +100,7 @@ def second_start(config, data, model, guide, trainer, seed: int, run_dir, progre
     return {"starts": list(STARTS), "kept": STARTS[better], "elbo": [score["elbo"] for score in scores],
             "elbo_stderr": [score["elbo_stderr"] for score in scores], "steps": [fitted.step_count for fitted in fits],
             "converged": [verdict["converged"] for verdict in verdicts], "convergence": verdicts[better],
-            "seconds": time.perf_counter() - begun}
+            "seconds": time.perf_counter() - begun, **({"failed": failed} if failed else {})}
 
 
 def start_choice(model, guide, data, config, seed: int) -> dict:

@@ -4,6 +4,7 @@ field)."""
 import pyro
 import torch
 
+import elbogap.global_latents.second_start as module
 from elbogap.config import Config
 from elbogap.data import Dataset
 from elbogap.factory import for_data, make_trainer
@@ -57,3 +58,27 @@ def test_the_better_start_is_kept_in_the_runs_guide(tmp_path):
     log_evidence = truth.regression_log_evidence(data[:, :3].double(), data[:, 3].double(), 1.0, 1.0)
     best_mean_field = log_evidence - truth.best_factorized_gaussian_kl(precision)
     assert record["elbo"][1] > best_mean_field - max(0.05, 4 * record["elbo_stderr"][1]), (record, best_mean_field)
+
+
+def test_a_second_fit_that_meets_non_finite_parameters_leaves_the_runs_own_fit(tmp_path, monkeypatch):
+    """The second fit's distribution refuses its parameters mid-run (as torch's validation does on NaN): the record
+    says so, the run keeps its own fit and verdict, and its guide is untouched."""
+    data, *_ = conjugate_study()
+    config, model, guide, dataset = iaf_run(data)
+    own = make_trainer(config, model, guide, dataset, seed=0)
+    before = {name: value.clone() for name, value in guide.state_dict().items()}
+
+    def refusing(*args, **kwargs):
+        trainer = make_trainer(config, model, args[2], dataset, seed=0)
+
+        def run(*_, **__):
+            raise ValueError("Expected parameter loc (Tensor of shape (3,)) to satisfy the constraint Real(), "
+                             "but found invalid values:\ntensor([nan, nan, nan])")
+        trainer.run = run
+        return trainer
+
+    monkeypatch.setattr(module, "converging_trainer", refusing)
+    record = second_start(config, dataset, model, guide, own, 0, tmp_path / "out" / "runs" / "iaf", as_progress(False))
+    assert record["kept"] == "Pyro's start" and record["failed"].startswith("ValueError: Expected parameter loc")
+    assert record["convergence"] == own.convergence(config.total_steps(len(data)))
+    assert all(torch.equal(value, before[name]) for name, value in guide.state_dict().items())
