@@ -298,7 +298,8 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
               f"- log p(D): {describe_evidence(first['evidence'])}; independent of the guide, once per seed. "
               "KL gap = log p(D) - ELBO(D) = KL(q || p(θ, z | D)), against this estimate.",
               "- q's IS log p(D): log (1/S) Σ p(D, θ_s, z_s) / q(θ_s, z_s) over the same draws, with Kish's ESS and "
-              "the PSIS k-hat of the weights (above 0.7: q is not a reliable importance proposal).",
+              "the PSIS k-hat of the weights (above 0.7: q is not a reliable importance proposal, even where "
+              "Kish's ESS reads high: a heavy tail of weights seldom shows in one sample, and k-hat reads the tail).",
               "- Figures: `marginals.png` (q's marginal of each global latent against the reference), `gaps.png`, "
               "`evidence.png`, `training.png`.", ""]
     lines += [training_line(runs, config)]
