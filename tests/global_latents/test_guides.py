@@ -76,9 +76,6 @@ def test_every_autoguide_with_a_density_scores_its_own_draws(name, regression):
 
 
 def test_a_guide_program_missing_a_site_is_refused(regression):
-    import pyro
-    import pyro.distributions as dist
-
     def guide(data):
         pyro.sample("v", dist.Normal(0.0, 1.0))
 
@@ -105,9 +102,6 @@ def test_qs_importance_estimate_has_no_standard_error_where_its_weights_tail_is_
 
 def matmul_regression(data):
     """The regression written with ``features @ w``: right on the data, but not under a plate of particles."""
-    import pyro
-    import pyro.distributions as dist
-
     features, targets = data[:, :-1], data[:, -1]
     w = pyro.sample("w", dist.Normal(data.new_zeros(features.shape[-1]), ALPHA**-0.5).to_event(1))
     with pyro.plate("data", data.shape[0]):
