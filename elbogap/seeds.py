@@ -178,6 +178,13 @@ def train_at_once(config, data, guide_name: str, tasks, progress: bool, should_s
                 for g, extra in stack.after_training(resolved, data, [task.run_dir for task in tasks]).items():
                     for name, value in extra.items():
                         phases[g].add(name, value)
+        if not should_stop() and (second_fits := PROTOCOLS[data.kind].second_fits) is not None:
+            begun = time.perf_counter()  # the runs' second fits at once, for each run to read (its second start)
+            with store.scope(), torch.random.fork_rng():
+                second_fits(resolved, data, [(model, guide) for model, guide, _ in runs], seeds,
+                            [task.run_dir for task in tasks], as_progress(progress), should_stop)
+            for phase in phases:
+                phase.add("second_fits", (time.perf_counter() - begun) / len(tasks))
     written = 0
     for g in range(len(tasks)):
         if usable(g):

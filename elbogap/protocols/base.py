@@ -39,6 +39,9 @@ class Protocol:
     :param second_start: ``(config, data, model, guide, trainer, seed, run_dir, progress, after_step) -> dict |
         None``, after a run's training: where the kind trains some families from a second start and keeps the better
         fit in ``guide`` (the record, kept as the run's ``second_start``; None: the run's fit is its own).
+    :param second_fits: ``(config, data, runs, seeds, run_dirs, progress, should_stop) -> None``, after the seeds
+        ``seeds`` of one family trained at once (``runs``: each run's model and guide): their second fits trained at
+        once too, where each run's ``second_start`` reads them (None: no family trains twice).
     :param stacker: ``(config, data, guide_name, runs, seeds) -> Stack``, the kind's stacked training of one family's
         seeds (:class:`~elbogap.inference.stacking.NotStackable` where they cannot be); None: one run at a time.
     :param stack_from: the fewest seeds that train as a stack.
@@ -64,6 +67,7 @@ class Protocol:
     stack_from: int = 2
     warm_start: Callable[..., dict | None] | None = None
     second_start: Callable[..., dict | None] | None = None
+    second_fits: Callable[..., None] | None = None
 
     def defaults_for(self, guide_name: str | None = None) -> dict:
         """The kind's defaults, with those of the family ``guide_name`` over them."""

@@ -2,7 +2,7 @@
 
 from elbogap.global_latents.autoguides import AUTOGUIDES
 from elbogap.global_latents.protocol import build_for, curve_point, evaluate_global, run_bdmc
-from elbogap.global_latents.second_start import second_start
+from elbogap.global_latents.second_start import second_fits_at_once, second_start
 from elbogap.global_latents.stacked import stacker
 from elbogap.global_latents.training import elbo_check, global_trainer
 from elbogap.global_latents.warm_start import warm_start
@@ -28,6 +28,6 @@ GLOBAL = Protocol("global", evaluate=evaluate_global, curve_point=curve_point, b
                             "particles": 32},
                   whole_data_units=True, family_defaults=FAMILY_DEFAULTS,
                   guides=GUIDES, build=build_for, trainer=global_trainer, stacker=stacker,
-                  warm_start=warm_start, second_start=second_start,
+                  warm_start=warm_start, second_start=second_start, second_fits=second_fits_at_once,
                   gradient_refusal="--gradient {gradient} is for models whose latents are per data point, and this "
                                    "model has global latents; use --gradient reparam")
