@@ -95,7 +95,9 @@ def second_fits(model, data, config, family: str, seeds, run_dirs, progress, aft
             if missing := [seed for seed in paths if seed not in fits]:
                 starts = mean_field_fits(model, data, config, missing,
                                          [run_dir for seed, run_dir in zip(seeds, run_dirs, strict=True)
-                                          if seed in missing], progress)
+                                          if seed in missing], progress, should_stop)
+                if should_stop():
+                    return fits
                 with progress.phase("training from the mean-field fit"):
                     trained = train_second(model, data, config, family, missing, starts, after_step, should_stop)
                 if not should_stop():

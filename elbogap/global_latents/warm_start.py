@@ -58,14 +58,16 @@ def mean_field_fit(model: GlobalLatentModel, data, config, seed: int, run_dir: P
     return mean_field_fits(model, data, config, [seed], [run_dir], progress)[seed]
 
 
-def mean_field_fits(model: GlobalLatentModel, data, config, seeds, run_dirs, progress) -> dict[int, dict]:
+def mean_field_fits(model: GlobalLatentModel, data, config, seeds, run_dirs, progress,
+                    should_stop=lambda: None) -> dict[int, dict]:
     """Per seed, AutoNormal trained on the whole data set as a run of it trains (until converged):
     ``{"check": {family, elbo, elbo_stderr, converged, steps, fits_at_once}, "loc": ..., "scale": ...}``, its q as
     a diagonal Gaussian over the flat unconstrained latent vector and its ELBO of D from the evaluation's precise
     draws.
 
     Kept in ``OUT/shared/`` (:mod:`~elbogap.global_latents.shared`); the seeds not there yet are trained at once where
-    they stack (:func:`train_mean_field`). The caller's random state and param store are left as they were."""
+    they stack (:func:`train_mean_field`); where ``should_stop()`` answers during their training, none is kept or
+    returned. The caller's random state and param store are left as they were."""
     settings = mean_field_settings(config, len(data.train))
     paths = {seed: shared_path(run_dir, "mean_field", model, data.train, settings, seed)
              for seed, run_dir in zip(seeds, run_dirs, strict=True)}
@@ -75,17 +77,21 @@ def mean_field_fits(model: GlobalLatentModel, data, config, seeds, run_dirs, pro
             fits = {seed: load_checkpoint(path) for seed, path in paths.items() if path.is_file()}
             missing = [seed for seed in paths if seed not in fits]
             if missing:
-                fits.update(train_mean_field(model, data, config, missing))
-            for seed in missing:
-                keep(paths[seed], fits[seed])
+                trained = train_mean_field(model, data, config, missing, should_stop)
+                if not should_stop():
+                    fits.update(trained)
+                    for seed in missing:
+                        keep(paths[seed], fits[seed])
     finally:
         set_rng_state(rng)
     return fits
 
 
-def train_mean_field(model: GlobalLatentModel, data, config, seeds: list[int]) -> dict[int, dict]:
+def train_mean_field(model: GlobalLatentModel, data, config, seeds: list[int],
+                     should_stop=lambda: None) -> dict[int, dict]:
     """AutoNormal of each seed (initialized from the stream ``mean_field_check``) trained until converged: as one
-    stacked program where the fits stack (:func:`~elbogap.global_latents.stacked.stacker`), else one at a time."""
+    stacked program where the fits stack (:func:`~elbogap.global_latents.stacked.stacker`), else one at a time;
+    none (an empty dict) where ``should_stop()`` answers during the stacked training."""
     cap = config.total_steps(len(data.train))
     runs, states = [], []
     for seed in seeds:
@@ -104,7 +110,9 @@ def train_mean_field(model: GlobalLatentModel, data, config, seeds: list[int]) -
         verdicts = [(trainer.convergence(cap)["converged"], trainer.step_count) for _, _, trainer in runs]
         at_once = 1
     else:
-        stack.run()
+        stack.run(should_stop)
+        if should_stop():
+            return {}
         stack.write_back()
         verdicts = [(stack.verdict(g)["converged"], stack.steps[g]) for g in range(len(seeds))]
         at_once = len(seeds)
