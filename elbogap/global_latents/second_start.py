@@ -31,11 +31,10 @@ import torch
 from pyro.util import get_rng_state, set_rng_state
 
 from elbogap import streams
-from elbogap.checkpoint import load_checkpoint
 from elbogap.global_latents.autoguides import autoguide
 from elbogap.global_latents.evaluation import precise_draws, summarize_draws
 from elbogap.global_latents.guides import global_guide
-from elbogap.global_latents.shared import keep, locked, shared_path
+from elbogap.global_latents.shared import seeds_cache, shared_path
 from elbogap.global_latents.stacked import stacker
 from elbogap.global_latents.training import converging_trainer
 from elbogap.global_latents.warm_start import mean_field_fits, mean_field_settings
@@ -83,30 +82,28 @@ def second_fits(model, data, config, family: str, seeds, run_dirs, progress, aft
     Kept in ``OUT/shared/`` (:mod:`~elbogap.global_latents.shared`), so that a study whose seeds trained at once
     trains their second fits at once too (:func:`second_fits_at_once`) and each run reads its own. The seeds not
     there yet are trained at once where they stack, else one at a time (``after_step(trainer)`` after each lone step:
-    where a run hears stop requests); fits stopped by ``should_stop()`` are not kept. The caller's random state and
-    param store are left as they were."""
+    where a run hears stop requests); fits stopped by ``should_stop()`` are neither kept nor returned. The caller's
+    random state and param store are left as they were."""
     settings = second_fit_settings(config, len(data.train), family)
     paths = {seed: shared_path(Path(run_dir), "second_start", model, data.train, settings, seed)
              for seed, run_dir in zip(seeds, run_dirs, strict=True)}
+    dirs = dict(zip(seeds, run_dirs, strict=True))
+
+    def train(missing: list[int]) -> dict[int, dict]:
+        starts = mean_field_fits(model, data, config, missing, [dirs[seed] for seed in missing], progress,
+                                 should_stop)
+        if should_stop():
+            return {}
+        with progress.phase("training from the mean-field fit"):
+            trained = train_second(model, data, config, family, missing, starts, after_step, should_stop)
+        return {} if should_stop() else trained
+
     rng = get_rng_state()
     try:
-        with locked(list(paths.values())), pyro.get_param_store().scope():
-            fits = {seed: load_checkpoint(path) for seed, path in paths.items() if path.is_file()}
-            if missing := [seed for seed in paths if seed not in fits]:
-                starts = mean_field_fits(model, data, config, missing,
-                                         [run_dir for seed, run_dir in zip(seeds, run_dirs, strict=True)
-                                          if seed in missing], progress, should_stop)
-                if should_stop():
-                    return fits
-                with progress.phase("training from the mean-field fit"):
-                    trained = train_second(model, data, config, family, missing, starts, after_step, should_stop)
-                if not should_stop():
-                    for seed, fit in trained.items():
-                        keep(paths[seed], fit)
-                fits.update(trained)
+        with pyro.get_param_store().scope():
+            return seeds_cache(paths, train)
     finally:
         set_rng_state(rng)
-    return fits
 
 
 def train_second(model, data, config, family: str, seeds: list[int], starts: dict, after_step,
@@ -176,7 +173,6 @@ def second_start(config, data, model, guide, trainer, seed: int, run_dir, progre
     rng = get_rng_state()
     try:
         with pyro.get_param_store().scope():
-            streams.seeded("second_start", seed)
             other = global_guide(family, model, data.train)
             with torch.no_grad():
                 other.load_state_dict(fit["state"])

@@ -62,3 +62,17 @@ def study_cache(run_dir: Path, kind: str, model, data: torch.Tensor, settings: d
         value = compute()
         keep(path, value)
     return value
+
+
+def seeds_cache(paths: dict[int, Path], train) -> dict[int, dict]:
+    """Per seed, what :func:`study_cache` keeps at ``paths[seed]``: those kept before are read, the others come from
+    ``train(missing seeds)`` at once (``{seed: value}``; empty where it was stopped: nothing is kept for them), all
+    under the paths' locks."""
+    with locked(list(paths.values())):
+        values = {seed: load_checkpoint(path) for seed, path in paths.items() if path.is_file()}
+        if missing := [seed for seed in paths if seed not in values]:
+            trained = train(missing)
+            for seed, value in trained.items():
+                keep(paths[seed], value)
+                values[seed] = value
+    return values

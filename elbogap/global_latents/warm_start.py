@@ -30,12 +30,11 @@ from pyro.nn import PyroParam
 from pyro.util import get_rng_state, set_rng_state
 
 from elbogap import streams
-from elbogap.checkpoint import load_checkpoint
 from elbogap.global_latents.autoguides import autoguide
 from elbogap.global_latents.evaluation import precise_draws, summarize_draws
 from elbogap.global_latents.guides import global_guide
 from elbogap.global_latents.model import GlobalLatentModel
-from elbogap.global_latents.shared import keep, locked, shared_path
+from elbogap.global_latents.shared import seeds_cache, shared_path
 from elbogap.global_latents.stacked import flat_posterior, stacker
 from elbogap.global_latents.training import converging_trainer
 from elbogap.inference.stacking import NotStackable
@@ -73,15 +72,8 @@ def mean_field_fits(model: GlobalLatentModel, data, config, seeds, run_dirs, pro
              for seed, run_dir in zip(seeds, run_dirs, strict=True)}
     rng = get_rng_state()
     try:
-        with locked(list(paths.values())), pyro.get_param_store().scope(), progress.phase("mean-field fit"):
-            fits = {seed: load_checkpoint(path) for seed, path in paths.items() if path.is_file()}
-            missing = [seed for seed in paths if seed not in fits]
-            if missing:
-                trained = train_mean_field(model, data, config, missing, should_stop)
-                if not should_stop():
-                    fits.update(trained)
-                    for seed in missing:
-                        keep(paths[seed], fits[seed])
+        with pyro.get_param_store().scope(), progress.phase("mean-field fit"):
+            fits = seeds_cache(paths, lambda missing: train_mean_field(model, data, config, missing, should_stop))
     finally:
         set_rng_state(rng)
     return fits
