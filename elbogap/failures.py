@@ -9,11 +9,8 @@ An error with no frame in a user's program is elbogap's own, and keeps its trace
 import traceback
 from pathlib import Path
 
-from pyro.poutine.trace_messenger import TraceHandler
-from pyro.poutine.util import site_is_subsample
-
 from elbogap.runs import LOG, RunLog
-from elbogap.user_model import OBJECTS, is_user_model
+from elbogap.user_model import program_modules, site_of
 
 
 class ProgramFailed(Exception):
@@ -22,25 +19,6 @@ class ProgramFailed(Exception):
     def __init__(self, message: str, details: str | None = None):
         super().__init__(message)
         self.details = details
-
-
-def program_modules(specs) -> dict[str, str]:
-    """The module each user's program among ``specs`` runs in (as :func:`~elbogap.user_model.import_target`
-    loads it), mapped to its spec."""
-    modules = {}
-    for spec in specs:
-        if not spec or not is_user_model(spec):
-            continue
-        target, _, name = spec.rpartition(":")
-        if target == "object":
-            module = getattr(OBJECTS.get(name), "__module__", None)
-        elif target.endswith(".py"):
-            module = f"elbogap_user_{Path(target).stem}"
-        else:
-            module = target
-        if module:
-            modules.setdefault(module, spec)
-    return modules
 
 
 def causes(error: BaseException) -> list[BaseException]:
@@ -71,22 +49,6 @@ def program_failure(error: BaseException, specs) -> str | None:
         return (f"the program {spec} raised {type(error).__name__}: {message} "
                 f"({Path(frame.f_code.co_filename).name}:{line} in {frame.f_code.co_name}{site})")
     return None
-
-
-def site_of(frames) -> str:
-    """``", at site 'x'"`` inside a sample statement, ``", after site 'z'"`` from Pyro's trace, or ``""``."""
-    for frame, _ in reversed(frames):
-        message = frame.f_locals.get("msg")
-        if frame.f_globals.get("__name__", "").startswith("pyro.") and isinstance(message, dict) \
-                and message.get("type") == "sample" and message.get("name"):
-            return f", at site {message['name']!r}"
-    for frame, _ in reversed(frames):
-        handler = frame.f_locals.get("self")
-        if isinstance(handler, TraceHandler):
-            names = [name for name, site in handler.msngr.trace.nodes.items()
-                     if site["type"] == "sample" and not site_is_subsample(site)]
-            return f", after site {names[-1]!r}" if names else ", before its first site"
-    return ""
 
 
 def keep_traceback(run_dir: str | Path, details: str) -> None:

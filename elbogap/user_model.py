@@ -10,11 +10,13 @@ import importlib.util
 import inspect
 import math
 import sys
+import traceback
 from pathlib import Path
 
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.trace_messenger import TraceHandler
 from pyro.poutine.util import site_is_subsample
 from torch import nn
 from torch.distributions import biject_to, constraints, transform_to
@@ -159,14 +161,64 @@ def call_scaled(fn, x, index=None, num_data=None):
 
 
 def trace_program(fn, x: torch.Tensor, spec: str, role: str):
-    """One trace of a program on ``x``; a failure is refused in one line naming the spec and the reason."""
+    """One trace of a program on ``x``; a failure is refused in one line naming the spec, the reason and where in
+    the program it arose (:func:`program_place`)."""
     try:
         return poutine.trace(fn).get_trace(x)
     except UsageError:
         raise
     except Exception as error:
         raise UsageError(f"the {role} {spec} failed on a batch of {len(x)} data points: "
-                         f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+                         f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                         f"{program_place(spec, error)}") from None
+
+
+def program_place(spec: str, error: BaseException) -> str:
+    """`` (file.py:line in function, at or after site 'x')``: the innermost frame of ``error`` in the module of the
+    user's program ``spec`` (:func:`program_modules`), and the Pyro site (:func:`site_of`); ``""`` where no frame
+    lies there."""
+    modules = program_modules([spec])
+    frames = list(traceback.walk_tb(error.__traceback__))
+    inside = [(frame, line) for frame, line in frames if frame.f_globals.get("__name__") in modules]
+    if not inside:
+        return ""
+    frame, line = inside[-1]
+    return f" ({Path(frame.f_code.co_filename).name}:{line} in {frame.f_code.co_name}{site_of(frames)})"
+
+
+def program_modules(specs) -> dict[str, str]:
+    """The module each user's program among ``specs`` runs in (as :func:`~elbogap.user_model.import_target`
+    loads it), mapped to its spec."""
+    modules = {}
+    for spec in specs:
+        if not spec or not is_user_model(spec):
+            continue
+        target, _, name = spec.rpartition(":")
+        if target == "object":
+            module = getattr(OBJECTS.get(name), "__module__", None)
+        elif target.endswith(".py"):
+            module = f"elbogap_user_{Path(target).stem}"
+        else:
+            module = target
+        if module:
+            modules.setdefault(module, spec)
+    return modules
+
+
+def site_of(frames) -> str:
+    """``", at site 'x'"`` inside a sample statement, ``", after site 'z'"`` from Pyro's trace, or ``""``."""
+    for frame, _ in reversed(frames):
+        message = frame.f_locals.get("msg")
+        if frame.f_globals.get("__name__", "").startswith("pyro.") and isinstance(message, dict) \
+                and message.get("type") == "sample" and message.get("name"):
+            return f", at site {message['name']!r}"
+    for frame, _ in reversed(frames):
+        handler = frame.f_locals.get("self")
+        if isinstance(handler, TraceHandler):
+            names = [name for name, site in handler.msngr.trace.nodes.items()
+                     if site["type"] == "sample" and not site_is_subsample(site)]
+            return f", after site {names[-1]!r}" if names else ", before its first site"
+    return ""
 
 
 def sample_sites(trace) -> dict:

@@ -196,10 +196,13 @@ def test_ais_on_a_four_dimensional_hierarchy_recovers_its_evidence(tmp_path):
     ("NeedsThree", "model", "can be built neither as NeedsThree"),
     ("NOT_CALLABLE", "model", "is not callable"),
     ("fails", "model", "data points: RuntimeError: shape mismatch"),  # tried on 3 rows, then on all
+    ("fails", "model", "in my decoder (my_vae.py:"),  # where, in the user's file: before any site
+    ("fails", "model", " in fails, before its first site)"),
     ("global_latent", "model", "has global latents (scale): use Pyro's autoguides"),  # judged on all of D
     ("discrete_latent", "model", "discrete latent site 'c'"),
     ("misses_a_site", "guide", "does not sample the model's latent site(s) latent"),
     ("forgets_to_event", "guide", "failed on a batch of 3 data points: ValueError: Shape mismatch inside plate"),
+    ("forgets_to_event", "guide", " in forgets_to_event, at site 'latent')"),
 ])
 def test_programs_that_cannot_be_measured_are_refused_in_one_line(programs, entry, role, message, capsys):
     spec = f"{programs}/my_vae.py:{entry}"
