@@ -67,8 +67,8 @@ AUTOGUIDES = {family.name: family for family in (
     # diagonal Gaussian where its network is constant, and any Gaussian where mu is linear (y = m + L x, L lower
     # triangular in its order): its ReLU units, 3 per input degree, are linear over the draws' range with a large
     # bias. Neither Pyro's start nor the mean-field fit wins on every benchmark model, so it trains from both
-    # (BENCHMARKS.md, "The IAF held to the mean-field fit"). At lr 0.05 it settled 5 nats low on the logistic
-    # regression example and then crawled for 20000 steps
+    # (docs/benchmark-history.md, "The IAF held to the mean-field fit"). At lr 0.05 it settled 5 nats low on the
+    # logistic regression example and then crawled for 20000 steps
     Autoguide("AutoIAFNormal", stacks=True, contains=("AutoMultivariateNormal", "AutoLowRankMultivariateNormal",
                                                       *_MEAN_FIELD), second_start=True, lr=0.01, default=True),
     Autoguide("AutoNormalizingFlow", lr=0.01),
