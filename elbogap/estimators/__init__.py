@@ -50,11 +50,13 @@ class EstimatorSettings:
     :param int element_budget: the most tensor elements one chunk of draws may hold.
     :param bool keep_draws: keep the draws and their log-weights in the estimate's ``info`` (``draws``, ``log_w``),
         where they serve as a weighted reference posterior (one unit: a model with global latents).
+    :param int grid_points: grid points per axis of a quadrature (``--quadrature-points``).
     """
 
     samples: int = 1000
     element_budget: int = 2**24
     keep_draws: bool = False
+    grid_points: int = 24
 
 
 @dataclass(frozen=True)
@@ -66,12 +68,19 @@ class Estimator:
         :class:`~elbogap.inference.log_px.LogPxMethod`'s).
     :param estimate: ``(target, settings) -> LogPxEstimate``, per unit.
     :param bool guide_independent: whether its value is the same whichever guide is judged.
+    :param applies: ``target -> bool``, whether it can run on a target.
+    :param str requirement: what it needs, for the one-line refusal where it does not apply.
+    :param bool sampled: whether its kept draws are random (k-hat and the effective sample size describe them), not
+        deterministic points with weights (a grid).
     """
 
     name: str
     description: str
     estimate: Callable
     guide_independent: bool = True
+    applies: Callable = lambda target: True
+    requirement: str = ""
+    sampled: bool = True
 
 
 #: the target-generic estimators by name, filled by this package's modules (read them through :func:`estimators`)

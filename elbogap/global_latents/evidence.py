@@ -94,6 +94,9 @@ class EvidencePath(AnnealingPath):
     def start(self, chains: int) -> torch.Tensor:
         return self.model.prior_draws(chains, self.x)[:, None, :].to(self.x.dtype)
 
+    def select(self, index: torch.Tensor) -> "EvidencePath":
+        return self  # one unit, the whole data set
+
 
 @dataclass(frozen=True)
 class EvidenceSettings:

@@ -80,7 +80,7 @@ def evidence_state(model, data, config, seed, run_dir, progress, stream: str = "
 def estimated_evidence(estimator, model, data, config, seed, run_dir, stream: str) -> dict:
     """log p(D) by a target-generic estimator on the whole data set (one unit), with its draws and log-weights (a
     weighted reference posterior, as AIS's chains are), once per seed."""
-    settings = EstimatorSettings(samples=config.iw_samples, keep_draws=True)
+    settings = EstimatorSettings(samples=config.iw_samples, keep_draws=True, grid_points=config.quadrature_points)
 
     def compute():
         streams.seeded(stream, seed)
@@ -88,10 +88,10 @@ def estimated_evidence(estimator, model, data, config, seed, run_dir, stream: st
         with one_thread():
             estimate = estimator.estimate(EvidencePath(model, data), settings)
         log_w, draws = estimate.info.pop("log_w")[:, 0], estimate.info.pop("draws")[:, 0]
-        khat = float(pareto_khat(log_w[:, None])[0])
+        khat = float(pareto_khat(log_w[:, None])[0]) if estimator.sampled else math.nan  # a grid's weights: no tail
         summary = {"log_evidence": float(estimate.values[0]), "stderr": float(estimate.stderr[0]),
-                   "dof": estimate.dof, "method": estimator.name, "start": "prior",
-                   "description": estimator.description.format(log_px_samples=settings.samples),
+                   "dof": estimate.dof, "method": estimator.name, "start": "prior", "sampled": estimator.sampled,
+                   "description": estimator.description.format(log_px_samples=estimate.info["samples"]),
                    "seconds": time.perf_counter() - started, "khat": khat if math.isfinite(khat) else None,
                    "effective_chains": float(log_w.softmax(0).pow(2).sum().reciprocal()), **estimate.info}
         return {"summary": summary, "log_w": log_w, "states": draws}
@@ -100,11 +100,26 @@ def estimated_evidence(estimator, model, data, config, seed, run_dir, stream: st
                                                           "stream": stream}, seed, compute)
 
 
+def refuse_estimator(setting: str, model: GlobalLatentModel, data: torch.Tensor) -> None:
+    """One line where ``--log-px setting`` cannot estimate this model's log p(D)."""
+    if setting in ("auto", "ais"):
+        return
+    usable = [name for name, estimator in estimators().items() if estimator.applies(EvidencePath(model, data))]
+    estimator = estimators().get(setting)
+    if estimator is None:
+        raise UsageError(f"--log-px {setting} is for models whose latents are per data point; for log p(D) of this "
+                         f"model use --log-px auto (AIS) or one of {', '.join(usable)}")
+    if setting not in usable:
+        raise UsageError(f"--log-px {setting} needs {estimator.requirement}, and this model has {model.latent_dim} "
+                         f"latent dimensions; use --log-px auto (AIS) or one of {', '.join(usable)}")
+
+
 def reference_state(model, data, config, seed, run_dir, evidence: dict, progress) -> dict | None:
     if config.reference == "none":
         return None
     if config.reference == "ais":  # the evidence's weighted draws: AIS's chains, or another estimator's draws
-        reference = ais_reference(model, evidence["log_w"], evidence["states"])
+        reference = ais_reference(model, evidence["log_w"], evidence["states"],
+                                  evidence["summary"].get("sampled", True))
         return {"method": evidence["summary"].get("method", "ais"), "values": reference.values,
                 "weights": reference.weights, "diagnostics": json.dumps(reference.diagnostics)}
     settings = {"chains": config.nuts_chains, "warmup": config.nuts_warmup, "samples": config.nuts_samples}
@@ -278,8 +293,6 @@ def build_global(config, data: torch.Tensor, guide_name: str, spec_model=None, i
         model = spec_model
     if config.device != "cpu":
         raise UsageError("models with global latents run on the CPU; drop --device")
-    if config.log_px not in ("auto", "ais", *estimators()):
-        raise UsageError(f"--log-px {config.log_px} is for models whose latents are per data point; for log p(D) of "
-                         f"this model use --log-px auto (AIS) or one of {', '.join(estimators())}")
+    refuse_estimator(config.log_px, model, data)
     guide = global_guide(guide_name, model, data, config.flow_depth, instances, modules)
     return model, guide

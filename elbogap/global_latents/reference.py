@@ -122,13 +122,19 @@ def _unreliable(effective: float, remedy: str) -> str:
             f"finding; {remedy}")
 
 
-def ais_reference(model, log_w: torch.Tensor, states: torch.Tensor) -> Reference:
-    """The AIS chains' final states mapped into each site's support, weighted by their normalized weights."""
+def ais_reference(model, log_w: torch.Tensor, states: torch.Tensor, sampled: bool = True) -> Reference:
+    """The AIS chains' final states (or another estimator's draws) mapped into each site's support, weighted by their
+    normalized weights. Where they are not sampled but a quadrature's grid points (``sampled`` False), the weighted
+    moments are the quadrature's: the effective sample size does not apply, and the grid is as reliable as its
+    evidence."""
     weights = log_w.double().softmax(0)
     states = [model.unpack(z)[0] for z in states]
     values = {name: torch.stack([state[name].reshape(-1) for state in states]).detach()
               for name in model.latent_sites}
     effective = float(weights.pow(2).sum().reciprocal())
+    if not sampled:
+        return Reference("ais", values, weights, {"grid_points": len(weights), "effective_chains": effective,
+                                                  "effective_draws": effective, "reliable": True, "warnings": []})
     reliable = effective >= RELIABLE_DRAWS
     warnings = [] if reliable else [_unreliable(effective, "raise --evidence-chains or use --reference nuts")]
     return Reference("ais", values, weights, {"effective_chains": effective, "effective_draws": effective,

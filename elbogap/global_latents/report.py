@@ -273,6 +273,9 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
         elif method == "ais":
             described = ("the AIS chains' final states, weighted by their importance weights "
                          f"({settings['effective_chains']:.1f} effective chains)")
+        elif "grid_points" in settings:
+            described = (f"the {settings['grid_points']} grid points of the evidence's {method}, weighted by "
+                         "p(D, θ) times their cell's area: its moments are the quadrature's")
         else:
             described = (f"the draws of the evidence's estimator ({method}), weighted by their importance weights "
                          f"({settings['effective_chains']:.1f} effective draws)")

@@ -132,6 +132,11 @@ class AnnealingPath:
 
     dtype = property(lambda self: self.x.dtype)
     device = property(lambda self: self.x.device)
+    latent_dim = property(lambda self: self.model.latent_dim)
+
+    def select(self, index: torch.Tensor) -> "AnnealingPath":
+        """The path from the prior over the units ``index`` alone."""
+        return AnnealingPath(self.model, self.x[index])
 
     def start(self, chains: int) -> torch.Tensor:
         """``chains`` draws of the start, :math:`p(z)` or :math:`q(z \\mid x)`: ``(chains, batch, latent_dim)``."""

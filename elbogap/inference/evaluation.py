@@ -13,9 +13,8 @@ from elbogap.errors import UsageError
 from elbogap.inference.ais import AISSettings
 from elbogap.inference.gap import kl_gap
 from elbogap.inference.kl import analytic_kl
-from elbogap.inference.log_joint import flatten_latents, latent_sites, log_joint, observed_sites
+from elbogap.inference.log_joint import ELEMENT_BUDGET, flatten_latents, latent_sites, log_joint, observed_sites
 from elbogap.inference.log_px import (
-    ELEMENT_BUDGET,
     LogPxEstimate,
     LogPxMethod,
     LogPxSettings,

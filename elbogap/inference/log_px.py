@@ -1,4 +1,5 @@
-r"""Ways to compute :math:`\log p(x)`: exact, by 2-D quadrature, by importance sampling, by AIS.
+r"""Ways to compute :math:`\log p(x)` per point: every estimator of :mod:`elbogap.estimators` (exact, 2-D
+quadrature, importance sampling from the prior, ...), and two that need the guide, IWAE from q's draws and AIS.
 
 Each estimator is one registered :class:`LogPxMethod` that says when it applies, whether its
 value depends on the guide being judged, and how the report should describe it; evaluation,
@@ -18,7 +19,6 @@ import torch
 from elbogap.errors import UsageError
 from elbogap.estimators import Estimator, EstimatorSettings, LogPxEstimate, estimators
 from elbogap.inference.ais import AISSettings, AnnealingPath, ais_log_px
-from elbogap.inference.log_joint import ELEMENT_BUDGET, log_joint
 from elbogap.inference.weights import group_spread_dof
 
 if TYPE_CHECKING:
@@ -43,66 +43,26 @@ class LogPxSettings:
     iw_samples: int = 1000
 
 
+def per_point_target(model, x: torch.Tensor | None = None) -> AnnealingPath:
+    """The points ``x`` of a per-point model as a target of :mod:`elbogap.estimators` (each row a unit; without
+    ``x``, enough to ask an estimator whether it applies)."""
+    return AnnealingPath(model, x)
+
+
 def exact_log_px(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's closed-form :math:`\\log p(x)`; its error is zero."""
-    log_px = model.log_px(x)
-    return log_px, torch.zeros_like(log_px)
+    """The model's closed-form :math:`\\log p(x)` and its error, zero (:mod:`elbogap.estimators.exact`)."""
+    estimate = estimators()["exact"].estimate(per_point_target(model, x), EstimatorSettings())
+    return estimate.values, estimate.stderr
 
 
-def _grid(lower: torch.Tensor, upper: torch.Tensor, num_points: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cell centres of a ``num_points x num_points`` grid on each box, and each box's cell area.
-
-    ``lower`` and ``upper`` have shape ``(batch, 2)``; the centres have shape
-    ``(num_points**2, batch, 2)``.
-    """
-    steps = (torch.arange(num_points, dtype=lower.dtype, device=lower.device) + 0.5) / num_points
-    width = upper - lower
-    axis = lower.unsqueeze(0) + steps[:, None, None] * width.unsqueeze(0)  # (n, batch, 2)
-    z1 = axis[:, None, :, 0].expand(num_points, num_points, -1)
-    z2 = axis[None, :, :, 1].expand(num_points, num_points, -1)
-    centres = torch.stack([z1, z2], dim=-1).reshape(num_points * num_points, -1, 2)
-    return centres, (width / num_points).prod(-1)
-
-
-def _log_joint_chunked(model, x, z):
-    """:math:`\\log p(x, z)` for ``z`` of shape ``(points, 1 or batch, 2)``, a chunk of points at a time."""
-    chunk_size = max(1, ELEMENT_BUDGET // max(x.numel(), 1))  # each grid point touches batch x data_dim
-    parts = [sum(log_joint(model, x, z_chunk)) for z_chunk in z.split(chunk_size)]
-    return torch.cat(parts)
-
-
-@torch.inference_mode()
-def quadrature_log_px(model, x: torch.Tensor, num_points: int = 32,
-                      bound: float = 8.0) -> tuple[torch.Tensor, torch.Tensor]:
-    r""":math:`\log p(x) = \log \int p(x, z)\,dz` by the midpoint rule on a 2-D grid.
-
-    Two stages: a shared ``num_points``-square grid on :math:`[-b, b]^2` finds, for each point,
-    the box holding the posterior (grid cells within :math:`e^{-30}` of the largest joint
-    density, padded by a cell); a second ``num_points``-square grid on that box gives the
-    estimate. The reported error is the change from halving the second grid's resolution, a
-    bound on the discretization error of the finer grid.
-
-    :param int num_points: grid points per axis in each stage.
-    :param float bound: half-width :math:`b` of the first, prior-scale grid.
-    """
+def quadrature_log_px(model, x: torch.Tensor, num_points: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """:math:`\\log p(x)` of a model with a 2-D :math:`z` by the zoomed midpoint rule on ``num_points`` per axis, and
+    its discretization error (:mod:`elbogap.estimators.quadrature`)."""
     if model.latent_dim != 2:
         raise ValueError("quadrature needs a 2-D latent space")
-    dtype, device = x.dtype, x.device
-    batch = x.shape[0]
-    lower = torch.full((batch, 2), -bound, dtype=dtype, device=device)
-    coarse, _ = _grid(lower, -lower, num_points)
-    log_p = _log_joint_chunked(model, x, coarse[:, :1])  # one decoder pass serves every point
-    keep = log_p > log_p.max(0).values - 30.0
-    cell = 2 * bound / num_points
-    inf = torch.tensor(float("inf"), dtype=dtype, device=device)
-    lo = torch.where(keep[..., None], coarse, inf).amin(0) - cell
-    hi = torch.where(keep[..., None], coarse, -inf).amax(0) + cell
-    fine, area = _grid(lo, hi, num_points)
-    log_p = _log_joint_chunked(model, x, fine)
-    estimate = torch.logsumexp(log_p, 0) + area.log()
-    half = log_p.reshape(num_points, num_points, batch)[::2, ::2].reshape(-1, batch)
-    coarser = torch.logsumexp(half, 0) + (4 * area).log()
-    return estimate, (estimate - coarser).abs()
+    settings = EstimatorSettings(grid_points=num_points)
+    estimate = estimators()["quadrature"].estimate(per_point_target(model, x), settings)
+    return estimate.values, estimate.stderr
 
 
 @dataclass(frozen=True)
@@ -138,17 +98,6 @@ class LogPxMethod:
 
     def describe(self, metrics: dict) -> str:
         return self.description.format(**metrics)
-
-
-def _exact(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPxEstimate:
-    with torch.inference_mode():
-        values, stderr = exact_log_px(model, x)
-    return LogPxEstimate(values, stderr, {"samples": 0})
-
-
-def _quadrature(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPxEstimate:
-    values, stderr = quadrature_log_px(model, x, settings.quadrature_points)
-    return LogPxEstimate(values, stderr, {"samples": 2 * settings.quadrature_points**2})
 
 
 def _iwae(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPxEstimate:
@@ -190,11 +139,6 @@ def ais_against_iwae(per_point: dict, rows: torch.Tensor, threshold: float = 3.0
 
 
 METHODS: dict[str, LogPxMethod] = {method.name: method for method in (
-    LogPxMethod("exact", True, "exact (closed form)", _exact,
-                lambda model: getattr(model, "has_exact_posterior", False),
-                "a model with a closed-form evidence (--model linear)"),
-    LogPxMethod("quadrature", True, "2-D quadrature (midpoint rule, two grids of {log_px_samples} points in all)",
-                _quadrature, lambda model: model.latent_dim == 2, "a 2-D latent space"),
     LogPxMethod("iwae", False, "importance-weighted estimate with K={log_px_samples} samples from q (a lower bound "
                 "in expectation whose bias depends on the guide judged)", _iwae, uses_iw_draws=True),
     LogPxMethod("ais", True, "annealed importance sampling from the {ais[init]}, {ais[chains]} chains x "
@@ -208,16 +152,21 @@ def target_method(estimator: Estimator) -> LogPxMethod:
     """A target-generic estimator (:mod:`elbogap.estimators`) as a ``--log-px`` method: each row is a unit."""
 
     def estimate(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPxEstimate:
-        return estimator.estimate(AnnealingPath(model, x), EstimatorSettings(samples=settings.iw_samples))
+        return estimator.estimate(per_point_target(model, x), EstimatorSettings(
+            samples=settings.iw_samples, grid_points=settings.quadrature_points))
 
-    return LogPxMethod(estimator.name, estimator.guide_independent, estimator.description, estimate)
+    return LogPxMethod(estimator.name, estimator.guide_independent, estimator.description, estimate,
+                       lambda model: estimator.applies(per_point_target(model)), estimator.requirement)
 
 
 def methods() -> dict[str, LogPxMethod]:
-    """:data:`METHODS` and every estimator of :mod:`elbogap.estimators`, by name."""
-    if shadowed := sorted(set(METHODS) & set(estimators())):
+    """Every estimator of :mod:`elbogap.estimators` and :data:`METHODS`, by name: the exact and quadrature first, in the
+    order :func:`choose_method` prefers them."""
+    registered = {name: target_method(estimator) for name, estimator in estimators().items()}
+    if shadowed := sorted(set(METHODS) & set(registered)):
         raise ValueError(f"an estimator of elbogap/estimators is named as a built-in --log-px method: {shadowed}")
-    return {**METHODS, **{name: target_method(estimator) for name, estimator in estimators().items()}}
+    preferred = {name: registered[name] for name in PREFERRED if name in registered}
+    return {**preferred, **METHODS, **registered}
 
 
 def settings() -> tuple[str, ...]:
@@ -248,9 +197,14 @@ class LogPxPlan:
         return any(step.method.uses_iw_draws for step in self.steps)
 
 
+#: what ``--log-px auto`` runs on every point, the first that applies
+PREFERRED = ("exact", "quadrature", "iwae")
+
+
 def choose_method(model) -> str:
     """``"exact"`` where the model has a closed form, ``"quadrature"`` for 2-D latents, else ``"iwae"``."""
-    return next(name for name in ("exact", "quadrature", "iwae") if METHODS[name].applies(model))
+    known = methods()
+    return next(name for name in PREFERRED if known[name].applies(model))
 
 
 def plan(setting: str | None, model) -> LogPxPlan:
@@ -262,7 +216,7 @@ def plan(setting: str | None, model) -> LogPxPlan:
     method runs on every point, or is refused in one line where it does not apply.
     """
     if setting in (None, "auto"):
-        method = METHODS[choose_method(model)]
+        method = methods()[choose_method(model)]
         if method.guide_independent:
             return LogPxPlan((PlanStep(method),))
         return LogPxPlan((PlanStep(method), PlanStep(METHODS["ais"], "subset")))

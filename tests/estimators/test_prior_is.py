@@ -82,8 +82,8 @@ def test_a_study_of_a_model_with_global_latents_takes_it_as_its_evidence(tmp_pat
     assert abs(run["data"]["kl_gap"]) < 4 * run["data"]["kl_gap_stderr"] + 0.02  # full rank holds this posterior
     assert "importance sampling from the prior" in (out / "results.md").read_text()
     code, err = elbogap("compare", "--model", tmp_path / "regression.py:model", "--data", tmp_path / "rows.csv",
-                        "--log-px", "quadrature", "--out", tmp_path / "refused", "-q")
-    assert code == 2 and "--log-px quadrature is for models whose latents are per data point" in err
+                        "--log-px", "iwae", "--out", tmp_path / "refused", "-q")
+    assert code == 2 and "--log-px iwae is for models whose latents are per data point" in err
     assert len(err.strip().splitlines()) == 1
 
 

@@ -1,0 +1,162 @@
+r"""2-D quadrature: :math:`\log p(x) = \log \int p(x, z)\,dz` by the midpoint rule, for any target with two latent
+dimensions per unit: a per-point model with a 2-D :math:`z`, or a model with two global latents, integrated in
+unconstrained coordinates (the log joint includes the Jacobian there).
+
+The grid zooms onto each unit's posterior. The first box is the prior's median :math:`\pm 8` robust standard
+deviations (interquartile range / 1.349) per axis, from 1,000 prior draws pooled over the units, taken from seed 0
+on a forked random stream: the same box at every call, and the run's other draws do not move. Each stage lays an
+:math:`n \times n` midpoint grid on every unit's box, keeps the cells whose log joint is within 30 of the largest,
+and the next box is their bounding box padded by two cells. A unit is settled when no cell of its grid's outermost
+rows was kept and the next box would shrink it less than :data:`SETTLED_SHRINK` times: its grid then holds every
+cell within :math:`e^{-30}` of the peak, at a resolution its own posterior sets. Its estimate is :math:`\log \sum_c
+p(x, z_c)\,A` over that grid's cells of area :math:`A`. Its error is the change from halving the resolution (every
+other cell, of area :math:`4A`), a bound, which costs nothing. Where that is above :data:`TIGHTEN_ABOVE`, it is
+replaced by the difference from the trapezoid rule on the same box (the cells' inner corners, one more grid of
+:math:`(n-1)^2` points): on a Gaussian the two rules err by the same amount with opposite signs, so the difference
+is about twice the midpoint rule's error, and it shrinks as fast as that error with the resolution. Where the kept
+cells span fewer than :data:`RESOLVED_CELLS` in an axis, the grid is too coarse for either alone: the trapezoid rule
+runs whatever the halving says, and the error is the larger of the two. A unit not settled after :data:`MAX_STAGES`
+stages keeps its last grid's estimate and has no error bar (NaN).
+
+The grid points, weighted by :math:`p(x, z_c)\,A`, are kept as a weighted reference posterior where asked
+(``keep_draws``): deterministic weights, whose moments are the quadrature's, not a sample's.
+"""
+
+import math
+
+import torch
+
+from elbogap.estimators import Estimator, EstimatorSettings, LogPxEstimate, register
+from elbogap.inference.log_joint import ELEMENT_BUDGET
+
+#: prior draws behind the first box
+PRIOR_DRAWS = 1000
+#: the first box's half-width, in the prior's robust standard deviations
+PRIOR_WIDTHS = 8.0
+#: cells whose log joint is within this of the largest are kept (the posterior's support at :math:`e^{-30}`)
+KEPT_NATS = 30.0
+#: the kept cells' bounding box is padded by this many cells: with one, a grid whose largest value fell a little
+#: kept a cell at its edge and the box moved back and forth between stages
+PAD_CELLS = 2
+#: a box that the next would shrink less than this many times (in either axis) is settled: the kept cells then span
+#: most of the grid (at 24 points, 12 or more cells: under 1.3 posterior sds each where the posterior is Gaussian)
+SETTLED_SHRINK = 1.5
+#: the fewest cells the kept region spans in each axis for the trapezoid rule's difference alone to be the error: on
+#: peaked posteriors of random VAEs spanning fewer, it was up to 750 times too small (BENCHMARKS.md, "2-D quadrature")
+RESOLVED_CELLS = 12
+#: a unit whose error from halving the resolution is above this many nats has it tightened by the trapezoid rule (one
+#: more grid); below, it is left as that bound, too small to matter beside a per-point ELBO's Monte-Carlo error
+TIGHTEN_ABOVE = 0.01
+#: the most stages of zooming (a narrow posterior in a wide prior box zooms about n/5 times per stage)
+MAX_STAGES = 12
+
+
+def grid(lower: torch.Tensor, upper: torch.Tensor, num_points: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cell centres of a ``num_points x num_points`` grid on each box ``(units, 2)``, shape ``(num_points**2, units,
+    2)``, and each box's cell area ``(units,)``."""
+    steps = (torch.arange(num_points, dtype=lower.dtype, device=lower.device) + 0.5) / num_points
+    width = upper - lower
+    axis = lower.unsqueeze(0) + steps[:, None, None] * width.unsqueeze(0)  # (n, units, 2)
+    first = axis[:, None, :, 0].expand(num_points, num_points, -1)
+    second = axis[None, :, :, 1].expand(num_points, num_points, -1)
+    return torch.stack([first, second], dim=-1).reshape(num_points * num_points, -1, 2), (width / num_points).prod(-1)
+
+
+def prior_box(target) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first box ``(1, 2)`` (lower, upper): the prior's median :math:`\\pm` :data:`PRIOR_WIDTHS` robust sds."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the same box for the same model at every call: a guide-independent estimate
+        draws = target.start(-(-PRIOR_DRAWS // target.batch_size)).detach().reshape(-1, 2).double()  # pooled units
+    quartiles = torch.quantile(draws, torch.tensor([0.25, 0.5, 0.75], dtype=draws.dtype), dim=0)
+    spread = (quartiles[2] - quartiles[0]) / 1.349
+    spread = torch.where(spread > 0, spread, torch.ones_like(spread))
+    centre = quartiles[1]
+    return [(centre + sign * PRIOR_WIDTHS * spread).to(target.dtype)[None] for sign in (-1, 1)]
+
+
+def log_joint_on(target, points: torch.Tensor) -> torch.Tensor:
+    r""":math:`\log p(x, z)` of every unit at ``points`` ``(count, 1 or units, 2)``, a chunk of points at a time."""
+    chunk = max(1, ELEMENT_BUDGET // max(target.x.numel(), 1))  # each point is scored on every unit's rows
+    return torch.cat([sum(target.log_joint(part)).reshape(part.shape[0], -1) for part in points.split(chunk)])
+
+
+def kept_box(points: torch.Tensor, log_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bounding box ``(units, 2)`` of the cell centres within :data:`KEPT_NATS` of each unit's largest."""
+    keep = (log_p > log_p.max(0).values - KEPT_NATS)[..., None]
+    infinity = torch.tensor(float("inf"), dtype=points.dtype, device=points.device)
+    return torch.where(keep, points, infinity).amin(0), torch.where(keep, points, -infinity).amax(0)
+
+
+def scored_grid(target, lower: torch.Tensor, upper: torch.Tensor, num_points: int):
+    """The midpoint grid on each box: its points ``(num_points**2, units, 2)``, their log joint ``(num_points**2,
+    units)`` and :math:`\\log` of each cell's area ``(units,)``."""
+    units = target.batch_size
+    points, area = grid(lower, upper, num_points)
+    log_p = log_joint_on(target, points).expand(-1, units)  # the first, shared box scores every unit at once
+    log_p = torch.nan_to_num(log_p, nan=-torch.inf)  # a program that overflowed far out in the box: no mass there
+    return points.expand(-1, units, -1), log_p, area.log().expand(units)
+
+
+@torch.inference_mode()
+def quadrature(target, settings: EstimatorSettings) -> LogPxEstimate:
+    """Per unit of ``target``: the zoomed midpoint rule on ``settings.grid_points`` points per axis (see the module)."""
+    n, units = settings.grid_points, target.batch_size
+    lower, upper = prior_box(target)
+    nan = torch.full((units,), float("nan"), dtype=lower.dtype, device=lower.device)
+    estimate, coarser = nan.clone(), nan.clone()
+    settled, resolved = torch.zeros(units, dtype=torch.bool), torch.zeros(units, dtype=torch.bool)
+    final_lower, final_upper = lower.expand(units, -1).clone(), upper.expand(units, -1).clone()
+    if settings.keep_draws:
+        final_points = torch.zeros(n * n, units, 2, dtype=lower.dtype, device=lower.device)
+        final_log_w = torch.full((n * n, units), -math.inf, dtype=lower.dtype, device=lower.device)
+    active, stages = torch.arange(units), 0
+    while len(active):  # the units not yet settled, each stage on their own boxes
+        stages += 1
+        part = target if len(active) == units else target.select(active)
+        points, log_p, log_area = scored_grid(part, lower, upper, n)
+        kept_lower, kept_upper = kept_box(points, log_p)
+        cell = (upper - lower) / n
+        # no cell of the outermost rows kept: the box holds every cell within KEPT_NATS of the peak
+        inside = ((kept_lower > lower + cell) & (kept_upper < upper - cell)).all(-1)
+        next_lower, next_upper = kept_lower - PAD_CELLS * cell, kept_upper + PAD_CELLS * cell
+        done = inside & (((upper - lower) / (next_upper - next_lower)).amax(-1) < SETTLED_SHRINK)
+        ending = done | (stages == MAX_STAGES)
+        which, count = active[ending], len(active)
+        log_w = log_p + log_area
+        estimate[which] = torch.logsumexp(log_w, 0)[ending]
+        every_other = log_w.reshape(n, n, count)[::2, ::2].reshape(-1, count)
+        coarser[which] = torch.logsumexp(every_other + math.log(4), 0)[ending]
+        resolved[which] = (((kept_upper - kept_lower) / cell).amin(-1) + 1 >= RESOLVED_CELLS)[ending]
+        settled[which] = done[ending]
+        final_lower[which], final_upper[which] = lower.expand(count, -1)[ending], upper.expand(count, -1)[ending]
+        if settings.keep_draws:
+            final_points[:, which], final_log_w[:, which] = points[:, ending], log_w[:, ending]
+        active, lower, upper = active[~ending], next_lower[~ending], next_upper[~ending]
+    # the error: the change from halving the resolution, free; where that is above TIGHTEN_ABOVE, the trapezoid rule on
+    # the same box (the cells' inner corners; the edges hold no mass), whose error is the midpoint rule's with the
+    # opposite sign for a Gaussian, so the difference is about twice either's
+    stderr = (estimate - coarser).abs()
+    # a posterior over fewer cells than RESOLVED_CELLS: halving may hit on the estimate by chance (108 times too small
+    # at 16 points, measured), so the trapezoid rule is run there whatever the halving says
+    tighten = (settled & ((stderr > TIGHTEN_ABOVE) | ~resolved)).nonzero().flatten()
+    if len(tighten):
+        cell = (final_upper - final_lower)[tighten] / n
+        _, log_p, log_area = scored_grid(target.select(tighten), final_lower[tighten] + cell / 2,
+                                         final_upper[tighten] - cell / 2, n - 1)
+        trapezoid = (estimate[tighten] - torch.logsumexp(log_p + log_area, 0)).abs()
+        # and there the two rules' errors need not oppose: the larger of the two differences
+        stderr[tighten] = torch.where(resolved[tighten], trapezoid, torch.maximum(trapezoid, stderr[tighten]))
+    stderr = torch.where(settled, stderr, float("nan"))
+    info = {"samples": stages * n * n + ((n - 1) ** 2 if len(tighten) else 0)}
+    if not bool(settled.all()):
+        info["log_px_note"] = (f"quadrature did not settle on a box on {int((~settled).sum())} of {units} units in "
+                               f"{MAX_STAGES} stages: their error is NaN; use --log-px ais")
+    if settings.keep_draws:
+        info.update(draws=final_points, log_w=final_log_w)
+    return LogPxEstimate(estimate, stderr, info)
+
+
+register(Estimator("quadrature", "2-D quadrature (midpoint rule on a grid zoomed onto the posterior, "
+                                 "{log_px_samples} points in all)", quadrature,
+                   applies=lambda target: target.latent_dim == 2, requirement="a 2-D latent space",
+                   sampled=False))

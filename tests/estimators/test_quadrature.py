@@ -1,0 +1,96 @@
+"""2-D quadrature, one file in elbogap/estimators, on both kinds of target: per point (the linear-Gaussian model, a
+VAE), and the whole data set of a model with two global latents (a conjugate regression under a wide prior and 2,000
+rows; a location and a positive scale), each against its exact value."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from elbogap.estimators import EstimatorSettings, estimators
+from elbogap.estimators.quadrature import TIGHTEN_ABOVE
+from elbogap.global_latents.evidence import EvidencePath
+from elbogap.global_latents.model import GlobalLatentModel
+from elbogap.inference.log_px import per_point_target
+from elbogap.model.vae import VAE
+from tests.global_latents import truth
+
+QUADRATURE = estimators()["quadrature"]
+
+
+def test_on_the_points_of_the_linear_model_it_is_the_closed_form_and_its_error_bounds_its_error(linear_model,
+                                                                                               linear_data):
+    x = linear_data[:40]
+    estimate = QUADRATURE.estimate(per_point_target(linear_model, x), EstimatorSettings(grid_points=24))
+    error = (estimate.values.double() - linear_model.log_px(x).double()).abs()
+    assert float(error.max()) < 1e-3
+    assert bool((error <= estimate.stderr.double() + 1e-4).all())  # float32 sums: a floor of 1e-4
+    assert QUADRATURE.applies(per_point_target(linear_model)) and not QUADRATURE.applies(per_point_target(VAE(4, 3)))
+
+
+def test_a_peaked_posterior_is_zoomed_onto_where_one_fixed_grid_is_coarse():
+    """A VAE with large weights has posteriors far narrower than the prior: the grid zooms in until its cells are
+    finer than the posterior, and agrees with a 96-point grid to 1e-3 where 24 points on the prior's box are coarse."""
+    torch.manual_seed(0)
+    vae = VAE(64, 2)
+    with torch.no_grad():
+        for parameter in vae.parameters():
+            parameter.mul_(6.0)
+    x = torch.bernoulli(torch.full((50, 64), 0.3))
+    target = per_point_target(vae, x)
+    coarse = QUADRATURE.estimate(target, EstimatorSettings(grid_points=24))
+    fine = QUADRATURE.estimate(target, EstimatorSettings(grid_points=96))
+    assert coarse.info["samples"] > 2 * 24**2  # it took more than the two stages a wide posterior needs
+    assert float((coarse.values - fine.values).abs().max()) < 1e-3
+    assert float(coarse.stderr.max()) < 0.05
+
+
+@pytest.mark.parametrize("alpha", [1.0, 1e-4])
+def test_the_evidence_of_a_conjugate_regression_with_two_weights(alpha):
+    """2,000 rows under a prior of sd 1 and of sd 100: a posterior about 1e-4 of the prior's width, which the grid
+    reaches by zooming (a fixed box would hold it in less than one cell)."""
+    data = truth.regression_data(2000, 2, seed=4)
+    exact = truth.regression_log_evidence(data.double()[:, :2], data.double()[:, 2], alpha, 1.0)
+    model = GlobalLatentModel(truth.regression_model(alpha, 1.0), data.double(), "regression")
+    estimate = QUADRATURE.estimate(EvidencePath(model, data.double()), EstimatorSettings(keep_draws=True))
+    # 1e-6: float64 sums; the error stated is the change from halving, up to TIGHTEN_ABOVE, where the grid's own is 1e-9
+    assert abs(float(estimate.values[0]) - exact) < 1e-6
+    assert abs(float(estimate.values[0]) - exact) <= float(estimate.stderr[0]) + 1e-6 <= TIGHTEN_ABOVE + 1e-6
+    draws, weights = estimate.info["draws"][:, 0], estimate.info["log_w"][:, 0].softmax(0)
+    mean, _, _ = truth.regression_posterior(data.double()[:, :2], data.double()[:, 2], alpha, 1.0)
+    assert torch.allclose((weights[:, None] * draws).sum(0), mean, atol=1e-4)
+
+
+def test_a_study_of_a_location_and_a_positive_scale_takes_it_as_its_evidence_and_reference(tmp_path, elbogap):
+    """mu and tau (HalfNormal, integrated over log tau with its Jacobian): log p(D) to 1e-3 of the exact value, and
+    the reference's moments of both sites, constrained, to 1%; a model of three latents is refused in one line."""
+    data = truth.scale_data(20, seed=1)
+    exact = truth.scale_log_evidence(data[:, 0].double())
+    moments = truth.scale_posterior_moments(data[:, 0].double())
+    np.savetxt(tmp_path / "rows.csv", data.numpy(), delimiter=",")
+    (tmp_path / "scale.py").write_text(
+        "import pyro\nimport pyro.distributions as dist\n\n\ndef model(data):\n"
+        "    mu = pyro.sample('mu', dist.Normal(data.new_tensor(0.0), 1.0))\n"
+        "    tau = pyro.sample('tau', dist.HalfNormal(data.new_tensor(1.0)))\n"
+        "    with pyro.plate('data', data.shape[0]):\n"
+        "        pyro.sample('y', dist.Normal(mu, tau), obs=data[:, 0])\n")
+    out = tmp_path / "out"
+    code, err = elbogap("compare", "--model", tmp_path / "scale.py:model", "--data", tmp_path / "rows.csv",
+                        "--guides", "auto:AutoNormal", "--seeds", "0", "--jobs", "1", "--steps", "300",
+                        "--log-px", "quadrature", "--out", out, "-q")
+    assert code == 0, err
+    run = json.loads((out / "results.json").read_text())["runs"][0]
+    assert run["data"]["log_evidence_method"] == "quadrature"
+    assert abs(run["data"]["log_evidence"] - exact) < 1e-3 and run["data"]["log_evidence_stderr"] <= TIGHTEN_ABOVE
+    reference = run["reference"]
+    assert reference["reliable"] and reference["grid_points"] >= 24**2
+    for site, (mean, sd) in moments.items():
+        assert reference["moments"][site]["mean"][0] == pytest.approx(mean, rel=0.01, abs=1e-3)
+        assert reference["moments"][site]["sd"][0] == pytest.approx(sd, rel=0.01)
+    assert "grid points of the evidence's quadrature" in (out / "results.md").read_text()
+    truth.write_regression_study(tmp_path, truth.regression_data(5, 3, seed=2))
+    code, err = elbogap("compare", "--model", tmp_path / "regression.py:model", "--data", tmp_path / "rows.csv",
+                        "--log-px", "quadrature", "--out", tmp_path / "refused", "-q")
+    assert code == 2 and "--log-px quadrature needs a 2-D latent space, and this model has 3 latent" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "refused").exists()
