@@ -119,14 +119,15 @@ def check_gradient(config: Config, data: Dataset, guide, model=None) -> None:
 
 
 def warm_start(config: Config, data: Dataset, runs: list[tuple], seeds: list[int], run_dirs: list,
-               progress=False) -> list[dict | None]:
+               progress=False, should_stop=lambda: None) -> list[dict | None]:
     """Start each run's guide (``runs``: its model and guide, built from its seed) where its kind of model starts
     it, if elsewhere than where it was built (:attr:`~elbogap.protocols.Protocol.warm_start`); per run, the start's
-    record, or None."""
+    record, or None (also where ``should_stop()`` answered while the start was fitted)."""
     protocol = PROTOCOLS[data.kind]
     if protocol.warm_start is None:
         return [None] * len(runs)
-    return protocol.warm_start(for_data(config, data), data, runs, seeds, run_dirs, as_progress(progress))
+    return protocol.warm_start(for_data(config, data), data, runs, seeds, run_dirs, as_progress(progress),
+                               should_stop)
 
 
 def make_trainer(config: Config, model, guide, data: Dataset, seed: int, freeze_model: bool = False,

@@ -129,14 +129,19 @@ def starts_at_mean_field(model: GlobalLatentModel, guide) -> bool:
     return family is not None and family.starts_at_mean_field and not model.param_names
 
 
-def warm_start(config, data, runs: list[tuple], seeds: list[int], run_dirs: list, progress) -> list[dict | None]:
+def warm_start(config, data, runs: list[tuple], seeds: list[int], run_dirs: list, progress,
+               should_stop=lambda: None) -> list[dict | None]:
     """Start each run's guide (``runs``: its model and guide; a family that starts at the mean-field fit,
     :attr:`~elbogap.global_latents.autoguides.Autoguide.starts_at_mean_field`) at its seed's
     mean-field fit (see the module; the seeds' fits trained at once where they are not in ``OUT/shared/`` yet); per
-    run, the fit's record, or None where it starts where Pyro starts it (another family, ``--warm-start off``)."""
+    run, the fit's record, or None where it starts where Pyro starts it (another family, ``--warm-start off``, or a
+    stop asked by ``should_stop()`` while the fits trained: none is kept, and the caller stops)."""
     if config.warm_start == "off" or not all(starts_at_mean_field(model, guide) for model, guide in runs):
         return [None] * len(runs)
-    fits = mean_field_fits(runs[0][0], data, config, seeds, [Path(run_dir) for run_dir in run_dirs], progress)
+    fits = mean_field_fits(runs[0][0], data, config, seeds, [Path(run_dir) for run_dir in run_dirs], progress,
+                           should_stop)
+    if should_stop():
+        return [None] * len(runs)
     return [start_at(guide, fits[seed], seed) for (_, guide), seed in zip(runs, seeds, strict=True)]
 
 

@@ -32,10 +32,10 @@ class Protocol:
         per-point models, families and programs, :func:`~elbogap.factory.build`).
     :param trainer: ``(config, model, guide, data, seed, freeze_model, schedule, rule, lr_decay, loss_scale) ->
         Trainer``, where the kind trains otherwise than on minibatches of rows with the configuration's batch size.
-    :param warm_start: ``(config, data, runs, seeds, run_dirs, progress) -> [dict | None]``, where the kind starts
-        some families elsewhere than where they are built (``runs``: each run's model and guide; per run, the start's
-        record, kept as the run's ``warm_start``), their plateau rule keeping that start as the level to beat (None:
-        no family is).
+    :param warm_start: ``(config, data, runs, seeds, run_dirs, progress, should_stop) -> [dict | None]``, where the
+        kind starts some families elsewhere than where they are built (``runs``: each run's model and guide; per run,
+        the start's record, kept as the run's ``warm_start``), their plateau rule keeping that start as the level to
+        beat (None: no family is; ``should_stop()``: a stop request, which leaves every run unstarted).
     :param second_start: ``(config, data, model, guide, trainer, seed, run_dir, progress, after_step) -> dict |
         None``, after a run's training: where the kind trains some families from a second start and keeps the better
         fit in ``guide`` (the record, kept as the run's ``second_start``; None: the run's fit is its own).

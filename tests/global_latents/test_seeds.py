@@ -2,6 +2,7 @@
 program that raises in the stack is reported by its runs in one line."""
 
 import signal
+from pathlib import Path
 
 import numpy as np
 
@@ -36,6 +37,29 @@ def test_a_stop_while_seeds_train_at_once_leaves_each_run_a_checkpoint_it_goes_o
     run = run_one(config, data, "auto:AutoNormal", 1, tasks[1].run_dir)  # alone, from its step, without --resume
     assert run["stacked_seeds"] == 2 and run["converged"] is True and run["steps"] > 121
     assert load_checkpoint(f"{tasks[1].run_dir}/{CHECKPOINT}")["complete"]
+
+
+def test_a_stop_while_the_seeds_mean_field_starts_train_at_once_keeps_nothing_and_returns_at_once(tmp_path):
+    """Full rank starts at each seed's mean-field fit, the seeds' fits trained as one program before the runs: a stop
+    asked during that training ends it at the next step, and neither a fit (OUT/shared/) nor a run's checkpoint is
+    kept, so --resume trains them afresh."""
+    (tmp_path / "regression.py").write_text(REGRESSION)
+    np.savetxt(tmp_path / "rows.csv", truth.regression_data(15, 2, seed=4).numpy(), delimiter=",")
+    config = Config(model=f"{tmp_path / 'regression.py'}:model", data=str(tmp_path / "rows.csv"),
+                    guides=["auto:AutoMultivariateNormal"], seeds=[0, 1], out=str(tmp_path / "out"))
+    data = load_dataset(config)
+    tasks = [RunTask("auto:AutoMultivariateNormal", seed,
+                     str(tmp_path / "out" / "runs" / f"auto-AutoMultivariateNormal-seed{seed}")) for seed in (0, 1)]
+    asked = [0]
+
+    def stop_after_30_steps():
+        asked[0] += 1
+        return signal.SIGTERM if asked[0] > 30 else None
+
+    assert stack_seeds(config, data, tasks, should_stop=stop_after_30_steps) == {"auto-AutoMultivariateNormal": 0}
+    assert asked[0] < 40  # the stop was heard at the next step, not after the fits or the runs' training
+    assert not any(Path(task.run_dir, CHECKPOINT).exists() for task in tasks)
+    assert [path.suffix for path in (tmp_path / "out").rglob("mean_field*")] == [".lock", ".lock"]  # no fit
 
 
 def test_a_program_that_raises_while_seeds_train_at_once_is_reported_by_its_runs_in_one_line(elbogap, tmp_path):
