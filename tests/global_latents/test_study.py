@@ -162,7 +162,7 @@ def test_a_full_rank_study_starts_at_a_mean_field_fit_and_holds_its_fit_to_it(st
 
 
 def test_the_seeds_of_a_study_train_at_once_and_each_run_lands_on_its_familys_closed_form_gap(study, elbogap):
-    """Three seeds of AutoNormal, AutoMultivariateNormal and the IAF, at the defaults: each guide's seeds train as
+    """Two seeds of AutoNormal, AutoMultivariateNormal and the IAF, at the defaults: each guide's seeds train as
     one program before the runs (seeds.py), the IAF's second fits too, every run is evaluated as any run is and
     reaches its family's closed-form gap (0.64 nats for mean field, 0 for full rank and the IAF, which hold this
     Gaussian posterior)."""
@@ -170,19 +170,19 @@ def test_the_seeds_of_a_study_train_at_once_and_each_run_lands_on_its_familys_cl
     out = folder / "seeds"
     code, err = elbogap("compare", "--model", folder / "mixed.py:model", "--data", folder / "y.csv", "--guides",
                         "auto:AutoNormal,auto:AutoMultivariateNormal,auto:AutoIAFNormal", "--reference", "none",
-                        "--jobs", "2", "--seeds", "0,1,2", "--evidence-steps", "100", "--out", out)  # pilot's length
+                        "--jobs", "2", "--seeds", "0,1", "--evidence-steps", "100", "--out", out)  # pilot's length
     assert code == 0, err
     results = json.loads((out / "results.json").read_text())
-    assert results["fits_at_once"] == {"auto-AutoNormal": 3, "auto-AutoMultivariateNormal": 3,
-                                       "auto-AutoIAFNormal": 3}
+    assert results["fits_at_once"] == {"auto-AutoNormal": 2, "auto-AutoMultivariateNormal": 2,
+                                       "auto-AutoIAFNormal": 2}
     for run in results["runs"]:
         best = mean_field_kl if run["guide"] == "auto-AutoNormal" else 0.0
-        assert run["stacked_seeds"] == 3 and run["converged"] is True
+        assert run["stacked_seeds"] == 2 and run["converged"] is True
         if run["guide"] == "auto-AutoIAFNormal":  # its second fits trained at once as well
-            assert run["second_start"]["fits_at_once"] == 3 and run["second_start"]["kept"] in STARTS
+            assert run["second_start"]["fits_at_once"] == 2 and run["second_start"]["kept"] in STARTS
         assert abs(run["data"]["kl_gap"] - best) < max(0.05, 4 * run["data"]["kl_gap_stderr"]), run["data"]["kl_gap"]
         if run["guide"] == "auto-AutoMultivariateNormal":  # started at its seed's mean-field fit, the three at once
             assert run["warm_start"]["from"] == "auto:AutoNormal" and run["convergence"]["start_level"] is not None
-            assert run["data"]["mean_field_check"]["fits_at_once"] == 3
+            assert run["data"]["mean_field_check"]["fits_at_once"] == 2
     assert elbogap("compare", "--model", folder / "mixed.py:model", "--data", folder / "y.csv", "--guides",
                    "auto:AutoNormal", "--seeds", "0,1", "--out", out, "-q")[0] == 2  # a finished study is kept
