@@ -4,7 +4,6 @@ rows; a location and a positive scale), each against its exact value."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -68,13 +67,7 @@ def test_a_study_of_a_location_and_a_positive_scale_takes_it_as_its_evidence_and
     data = truth.scale_data(20, seed=1)
     exact = truth.scale_log_evidence(data[:, 0].double())
     moments = truth.scale_posterior_moments(data[:, 0].double())
-    np.savetxt(tmp_path / "rows.csv", data.numpy(), delimiter=",")
-    (tmp_path / "scale.py").write_text(
-        "import pyro\nimport pyro.distributions as dist\n\n\ndef model(data):\n"
-        "    mu = pyro.sample('mu', dist.Normal(data.new_tensor(0.0), 1.0))\n"
-        "    tau = pyro.sample('tau', dist.HalfNormal(data.new_tensor(1.0)))\n"
-        "    with pyro.plate('data', data.shape[0]):\n"
-        "        pyro.sample('y', dist.Normal(mu, tau), obs=data[:, 0])\n")
+    truth.write_scale_study(tmp_path, data)
     out = tmp_path / "out"
     code, err = elbogap("compare", "--model", tmp_path / "scale.py:model", "--data", tmp_path / "rows.csv",
                         "--guides", "auto:AutoNormal", "--seeds", "0", "--jobs", "1", "--steps", "300",

@@ -187,6 +187,18 @@ def scale_model(tau_scale: float = 1.0, mu_scale: float = 1.0):
     return model
 
 
+def write_scale_study(folder, data: torch.Tensor) -> None:
+    """:func:`scale_model` at its default scales as a user's file ``folder/scale.py:model``, and ``data`` as
+    ``folder/rows.csv``."""
+    np.savetxt(folder / "rows.csv", data.numpy(), delimiter=",")
+    (folder / "scale.py").write_text(
+        "import pyro\nimport pyro.distributions as dist\n\n\ndef model(data):\n"
+        "    mu = pyro.sample('mu', dist.Normal(data.new_tensor(0.0), 1.0))\n"
+        "    tau = pyro.sample('tau', dist.HalfNormal(data.new_tensor(1.0)))\n"
+        "    with pyro.plate('data', data.shape[0]):\n"
+        "        pyro.sample('y', dist.Normal(mu, tau), obs=data[:, 0])\n")
+
+
 def scale_data(N: int, seed: int = 0, mu: float = 0.5, tau: float = 1.5) -> torch.Tensor:
     """A float32 data set ``(N, 1)`` of the scale model at the given true :math:`\\mu, \\tau`."""
     generator = torch.Generator().manual_seed(seed)
