@@ -23,7 +23,7 @@ def model(data):
         pyro.sample("y", dist.Normal(z, 0.5), obs=data[:, 0])
 '''
 
-FAST = ["--steps", "600", "--lr", "0.05", "--evidence-steps", "200", "--evidence-chains", "256", "--iw-samples",
+FAST = ["--steps", "600", "--lr", "0.05", "--evidence-steps", "100", "--evidence-chains", "256", "--iw-samples",
         "500", "--jobs", "1", "--seeds", "0", "-q"]
 
 
@@ -91,7 +91,7 @@ def test_held_out_rows_get_their_exact_log_predictive_density(tmp_path, monkeypa
     monkeypatch.setattr(streams, "seeded", lambda name, seed: (seeded.append(name), real(name, seed))[1])
     data = truth.regression_data(16, 2, seed=6)
     result = elbogap.compare(truth.regression_model(), ["auto:AutoMultivariateNormal"], data, out=tmp_path,
-                             steps=800, lr=0.05, holdout=0.25, evidence_steps=300, evidence_chains=256,
+                             steps=800, lr=0.05, holdout=0.25, evidence_steps=100, evidence_chains=256,
                              iw_samples=1000, reference="none", jobs=1)
     held = held_out(16, 0.25, 0)
     kept = torch.ones(16, dtype=torch.bool)
