@@ -40,13 +40,18 @@ CHECKPOINT, RUN_JSON, LOG = "checkpoint.pt", "run.json", "train.log"
 
 
 class Interrupted(Exception):
-    """Training stopped on SIGINT or SIGTERM after saving a checkpoint of the last completed step."""
+    """Training stopped on SIGINT or SIGTERM after saving a checkpoint of the last completed step (``step`` None: a
+    stack of runs, or a run stopped before its first step, with nothing saved)."""
 
     def __init__(self, signum: int, step: int | None, run_dir: Path):
         self.signum, self.step, self.run_dir = signum, step, run_dir
-        after = "" if step is None else f" after step {step}"
-        super().__init__(f"interrupted by {signal.Signals(signum).name}{after}; the checkpoint in {run_dir} holds "
-                         "it: rerun the same command with --resume to continue")
+        if step is None:  # a stack's runs, or a run stopped before its first step (which --resume starts afresh)
+            super().__init__(f"interrupted by {signal.Signals(signum).name}: rerun the same command with --resume to "
+                             f"continue; runs go on from their checkpoints under {run_dir.parent}, a run without one "
+                             "starts afresh")
+            return
+        super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}; the checkpoint in "
+                         f"{run_dir} holds it: rerun the same command with --resume to continue")
 
 
 class NumericalFault(Exception):
@@ -128,7 +133,11 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
         if state is not None or fixed_model is not None:
             started = state.get("warm_start") if state is not None else None
         else:
-            started = warm_start(config, data, [(model, guide)], [seed], [run_dir], progress)[0]
+            with stops() as should_stop:  # the start's own fit (a seed's mean-field fit) hears stop requests too
+                started = warm_start(config, data, [(model, guide)], [seed], [run_dir], progress, should_stop)[0]
+                if signum := should_stop():
+                    log.write("interrupted while the run's start was fitted, before its first step")
+                    raise Interrupted(signum, None, run_dir)
         warm_seconds = time.perf_counter() - begun
         trainer = make_trainer(config, model, guide, data, seed, freeze_model=fixed_model is not None,
                                keep_start=started is not None)

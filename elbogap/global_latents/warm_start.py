@@ -79,12 +79,21 @@ def mean_field_fits(model: GlobalLatentModel, data, config, seeds, run_dirs, pro
     return fits
 
 
+class StopAsked(Exception):
+    """A stop request heard while a mean-field fit trained alone."""
+
+
 def train_mean_field(model: GlobalLatentModel, data, config, seeds: list[int],
                      should_stop=lambda: None) -> dict[int, dict]:
     """AutoNormal of each seed (initialized from the stream ``mean_field_check``) trained until converged: as one
     stacked program where the fits stack (:func:`~elbogap.global_latents.stacked.stacker`), else one at a time;
-    none (an empty dict) where ``should_stop()`` answers during the stacked training."""
+    none (an empty dict) where ``should_stop()`` answers during their training."""
     cap = config.total_steps(len(data.train))
+
+    def heard(_) -> None:  # after each step of a fit trained alone
+        if should_stop():
+            raise StopAsked
+
     runs, states = [], []
     for seed in seeds:
         streams.seeded("mean_field_check", seed)
@@ -98,7 +107,10 @@ def train_mean_field(model: GlobalLatentModel, data, config, seeds: list[int],
     except NotStackable:
         for (_, _, trainer), state in zip(runs, states, strict=True):
             set_rng_state(state)  # each seed trains on its own stream, whichever seeds are asked for with it
-            trainer.run(cap)
+            try:
+                trainer.run(cap, heard)
+            except StopAsked:
+                return {}
         verdicts = [(trainer.convergence(cap)["converged"], trainer.step_count) for _, _, trainer in runs]
         at_once = 1
     else:

@@ -1,16 +1,18 @@
 """compare's seeds trained at once: a stop in the middle leaves every run a checkpoint it goes on from alone, and a
 program that raises in the stack is reported by its runs in one line."""
 
+import contextlib
 import signal
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from elbogap.backends import RunTask
 from elbogap.checkpoint import load_checkpoint
 from elbogap.config import Config
 from elbogap.factory import load_dataset
-from elbogap.runs import CHECKPOINT, run_one
+from elbogap.runs import CHECKPOINT, Interrupted, run_one
 from elbogap.seeds import stack_seeds
 from tests.global_latents import truth
 from tests.global_latents.truth import BREAKS_IN_TRAINING, REGRESSION
@@ -39,10 +41,10 @@ def test_a_stop_while_seeds_train_at_once_leaves_each_run_a_checkpoint_it_goes_o
     assert load_checkpoint(f"{tasks[1].run_dir}/{CHECKPOINT}")["complete"]
 
 
-def test_a_stop_while_the_seeds_mean_field_starts_train_at_once_keeps_nothing_and_returns_at_once(tmp_path):
-    """Full rank starts at each seed's mean-field fit, the seeds' fits trained as one program before the runs: a stop
-    asked during that training ends it at the next step, and neither a fit (OUT/shared/) nor a run's checkpoint is
-    kept, so --resume trains them afresh."""
+def test_a_stop_while_the_seeds_mean_field_starts_train_keeps_nothing_and_returns_at_once(tmp_path):
+    """Full rank starts at each seed's mean-field fit, the seeds' fits trained as one program before the runs (or a
+    run's own, alone): a stop asked during that training ends it at the next step, and neither a fit (OUT/shared/)
+    nor a run's checkpoint is kept, so --resume trains them afresh."""
     (tmp_path / "regression.py").write_text(REGRESSION)
     np.savetxt(tmp_path / "rows.csv", truth.regression_data(15, 2, seed=4).numpy(), delimiter=",")
     config = Config(model=f"{tmp_path / 'regression.py'}:model", data=str(tmp_path / "rows.csv"),
@@ -60,6 +62,16 @@ def test_a_stop_while_the_seeds_mean_field_starts_train_at_once_keeps_nothing_an
     assert asked[0] < 40  # the stop was heard at the next step, not after the fits or the runs' training
     assert not any(Path(task.run_dir, CHECKPOINT).exists() for task in tasks)
     assert [path.suffix for path in (tmp_path / "out").rglob("mean_field*")] == [".lock", ".lock"]  # no fit
+    task = tasks[0]  # a run alone fits its own start: a stop asked there is heard at the next step too
+    asked[0] = 0
+
+    @contextlib.contextmanager
+    def stops():
+        yield stop_after_30_steps
+
+    with pytest.raises(Interrupted, match="--resume") as stopped:
+        run_one(config, data, task.guide, task.seed, task.run_dir, stops=stops)
+    assert stopped.value.step is None and asked[0] < 40 and not Path(task.run_dir, CHECKPOINT).exists()
 
 
 def test_a_program_that_raises_while_seeds_train_at_once_is_reported_by_its_runs_in_one_line(elbogap, tmp_path):
