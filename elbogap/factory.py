@@ -122,7 +122,7 @@ def warm_start(config: Config, data: Dataset, runs: list[tuple], seeds: list[int
                progress=False, should_stop=lambda: None) -> list[dict | None]:
     """Start each run's guide (``runs``: its model and guide, built from its seed) where its kind of model starts
     it, if elsewhere than where it was built (:attr:`~elbogap.protocols.Protocol.warm_start`); per run, the start's
-    record, or None (also where ``should_stop()`` answered while the start was fitted)."""
+    record, or None; :class:`~elbogap.stopping.StopAsked` where ``should_stop()`` answered while it was fitted."""
     protocol = PROTOCOLS[data.kind]
     if protocol.warm_start is None:
         return [None] * len(runs)

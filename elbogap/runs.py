@@ -30,7 +30,7 @@ from elbogap.inference import Trainer
 from elbogap.phases import Phases
 from elbogap.progress import Bars, Progress
 from elbogap.protocols import PROTOCOLS, protocol_for
-from elbogap.stopping import ShouldStop, no_stop_requests
+from elbogap.stopping import ShouldStop, StopAsked, no_stop_requests
 from elbogap.summary import log_fields
 from elbogap.threads import intra_op_threads
 from elbogap.versions import versions
@@ -134,10 +134,11 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
             started = state.get("warm_start") if state is not None else None
         else:
             with stops() as should_stop:  # the start's own fit (a seed's mean-field fit) hears stop requests too
-                started = warm_start(config, data, [(model, guide)], [seed], [run_dir], progress, should_stop)[0]
-                if signum := should_stop():
+                try:
+                    started = warm_start(config, data, [(model, guide)], [seed], [run_dir], progress, should_stop)[0]
+                except StopAsked as stop:
                     log.write("interrupted while the run's start was fitted, before its first step")
-                    raise Interrupted(signum, None, run_dir)
+                    raise Interrupted(stop.signum, None, run_dir) from None
         warm_seconds = time.perf_counter() - begun
         trainer = make_trainer(config, model, guide, data, seed, freeze_model=fixed_model is not None,
                                keep_start=started is not None)

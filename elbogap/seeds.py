@@ -33,6 +33,7 @@ from elbogap.phases import Phases
 from elbogap.progress import Progress, as_progress
 from elbogap.protocols import PROTOCOLS
 from elbogap.runs import CHECKPOINT, measure_snr, save_run_checkpoint
+from elbogap.stopping import StopAsked
 from elbogap.threads import intra_op_threads
 
 
@@ -115,9 +116,10 @@ def train_at_once(config, data, guide_name: str, tasks, progress: bool, should_s
         states.append(get_rng_state())
     begun = time.perf_counter()
     with intra_op_threads(PROTOCOLS[data.kind].threads):  # the seeds' starts at once, as their runs would train
-        starts = warm_start(resolved, data, built, seeds, [task.run_dir for task in tasks], progress, should_stop)
-    if should_stop():  # asked while the starts trained: no run has begun, nothing to keep
-        return 0
+        try:
+            starts = warm_start(resolved, data, built, seeds, [task.run_dir for task in tasks], progress, should_stop)
+        except StopAsked:  # asked while the starts trained: no run has begun, nothing to keep
+            return 0
     warm_seconds = (time.perf_counter() - begun) / len(tasks)  # each run's share
     runs = []
     for seed, (model, guide), state, started in zip(seeds, built, states, starts, strict=True):

@@ -13,6 +13,14 @@ from collections.abc import Callable, Iterator
 ShouldStop = Callable[[], int | None]
 
 
+class StopAsked(Exception):
+    """A stop request heard while a run's start was fitted, before the run trained: nothing is kept for it."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum} before the run trained")
+        self.signum = signum
+
+
 class StopRequests:
     """The stop signals received so far; calling it answers ``should_stop()``."""
 

@@ -38,6 +38,7 @@ from elbogap.global_latents.shared import seeds_cache, shared_path
 from elbogap.global_latents.stacked import flat_posterior, stacker
 from elbogap.global_latents.training import converging_trainer
 from elbogap.inference.stacking import NotStackable
+from elbogap.stopping import StopAsked
 
 #: the low-rank factor's start, as a fraction of Pyro's own random start (zero is a saddle of the ELBO in it)
 COV_FACTOR_START = 0.1
@@ -79,10 +80,6 @@ def mean_field_fits(model: GlobalLatentModel, data, config, seeds, run_dirs, pro
     return fits
 
 
-class StopAsked(Exception):
-    """A stop request heard while a mean-field fit trained alone."""
-
-
 def train_mean_field(model: GlobalLatentModel, data, config, seeds: list[int],
                      should_stop=lambda: None) -> dict[int, dict]:
     """AutoNormal of each seed (initialized from the stream ``mean_field_check``) trained until converged: as one
@@ -91,8 +88,8 @@ def train_mean_field(model: GlobalLatentModel, data, config, seeds: list[int],
     cap = config.total_steps(len(data.train))
 
     def heard(_) -> None:  # after each step of a fit trained alone
-        if should_stop():
-            raise StopAsked
+        if signum := should_stop():
+            raise StopAsked(signum)
 
     runs, states = [], []
     for seed in seeds:
@@ -146,14 +143,14 @@ def warm_start(config, data, runs: list[tuple], seeds: list[int], run_dirs: list
     """Start each run's guide (``runs``: its model and guide; a family that starts at the mean-field fit,
     :attr:`~elbogap.global_latents.autoguides.Autoguide.starts_at_mean_field`) at its seed's
     mean-field fit (see the module; the seeds' fits trained at once where they are not in ``OUT/shared/`` yet); per
-    run, the fit's record, or None where it starts where Pyro starts it (another family, ``--warm-start off``, or a
-    stop asked by ``should_stop()`` while the fits trained: none is kept, and the caller stops)."""
+    run, the fit's record, or None where it starts where Pyro starts it (another family, ``--warm-start off``).
+    :class:`~elbogap.stopping.StopAsked` where ``should_stop()`` answered while the fits trained: none is kept."""
     if config.warm_start == "off" or not all(starts_at_mean_field(model, guide) for model, guide in runs):
         return [None] * len(runs)
     fits = mean_field_fits(runs[0][0], data, config, seeds, [Path(run_dir) for run_dir in run_dirs], progress,
                            should_stop)
-    if should_stop():
-        return [None] * len(runs)
+    if signum := should_stop():
+        raise StopAsked(signum)
     return [start_at(guide, fits[seed], seed) for (_, guide), seed in zip(runs, seeds, strict=True)]
 
 
