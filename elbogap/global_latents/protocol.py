@@ -90,7 +90,8 @@ def estimated_evidence(estimator, model, data, config, seed, run_dir, stream: st
         log_w, draws = estimate.info.pop("log_w")[:, 0], estimate.info.pop("draws")[:, 0]
         khat = float(pareto_khat(log_w[:, None])[0]) if estimator.sampled else math.nan  # a grid's weights: no tail
         summary = {"log_evidence": float(estimate.values[0]), "stderr": float(estimate.stderr[0]),
-                   "dof": estimate.dof, "method": estimator.name, "start": "prior", "sampled": estimator.sampled,
+                   "dof": estimate.dof if math.isfinite(estimate.dof) else None,  # None: a normal interval
+                   "method": estimator.name, "start": "prior", "sampled": estimator.sampled,
                    "description": estimator.description.format(log_px_samples=estimate.info["samples"]),
                    "seconds": time.perf_counter() - started, "khat": khat if math.isfinite(khat) else None,
                    "effective_chains": float(log_w.softmax(0).pow(2).sum().reciprocal()), **estimate.info}
@@ -151,7 +152,7 @@ def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, ph
         evidence = evidence_state(model, rows, config, seed, run_dir, progress)
     summary = evidence["summary"]
     metrics.update(log_evidence=summary["log_evidence"], log_evidence_stderr=summary["stderr"],
-                   log_evidence_dof=group_spread_dof(len(evidence["log_w"])),
+                   log_evidence_dof=summary.get("dof", group_spread_dof(len(evidence["log_w"]))),
                    log_evidence_method=summary.get("method", "ais"), log_evidence_start=summary.get("start", "prior"),
                    log_evidence_guide_independent=True)
     metrics["kl_gap"] = metrics["log_evidence"] - metrics["elbo"]

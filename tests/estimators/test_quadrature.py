@@ -81,7 +81,9 @@ def test_a_study_of_a_location_and_a_positive_scale_takes_it_as_its_evidence_and
     for site, (mean, sd) in moments.items():
         assert reference["moments"][site]["mean"][0] == pytest.approx(mean, rel=0.01, abs=1e-3)
         assert reference["moments"][site]["sd"][0] == pytest.approx(sd, rel=0.01)
-    assert "grid points of the evidence's quadrature" in (out / "results.md").read_text()
+    assert run["data"]["log_evidence_dof"] is None  # a grid's error: a normal interval, not a t with few dof
+    table = (out / "results.md").read_text()
+    assert "grid points of the evidence's quadrature" in table and "bound on its grid's discretization error" in table
     truth.write_regression_study(tmp_path, truth.regression_data(5, 3, seed=2))
     code, err = elbogap("compare", "--model", tmp_path / "regression.py:model", "--data", tmp_path / "rows.csv",
                         "--log-px", "quadrature", "--out", tmp_path / "refused", "-q")
