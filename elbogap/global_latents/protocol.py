@@ -111,8 +111,8 @@ def refuse_estimator(setting: str, model: GlobalLatentModel, data: torch.Tensor)
         raise UsageError(f"--log-px {setting} is for models whose latents are per data point; for log p(D) of this "
                          f"model use --log-px auto (AIS) or one of {', '.join(usable)}")
     if setting not in usable:
-        raise UsageError(f"--log-px {setting} needs {estimator.requirement}, and this model has {model.latent_dim} "
-                         f"latent dimensions; use --log-px auto (AIS) or one of {', '.join(usable)}")
+        raise UsageError(f"--log-px {setting} needs {estimator.requirement}, which this model ({model.latent_dim} "
+                         f"latent dimensions) is not; use --log-px auto (AIS) or one of {', '.join(usable)}")
 
 
 def reference_state(model, data, config, seed, run_dir, evidence: dict, progress) -> dict | None:

@@ -87,5 +87,5 @@ def test_a_study_of_a_location_and_a_positive_scale_takes_it_as_its_evidence_and
     truth.write_regression_study(tmp_path, truth.regression_data(5, 3, seed=2))
     code, err = elbogap("compare", "--model", tmp_path / "regression.py:model", "--data", tmp_path / "rows.csv",
                         "--log-px", "quadrature", "--out", tmp_path / "refused", "-q")
-    assert code == 2 and "--log-px quadrature needs a 2-D latent space, and this model has 3 latent" in err
+    assert code == 2 and "needs a 2-D latent space, which this model (3 latent dimensions) is not" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "refused").exists()
