@@ -118,16 +118,22 @@ def regression_data(N: int, D: int, seed: int = 0, alpha: float = 1.0, sigma: fl
     return torch.cat([features, targets.unsqueeze(-1)], dim=-1).float()
 
 
-def write_regression_study(folder, data: torch.Tensor) -> None:
-    """The regression model with prior precision 1 and noise sd 1 as a user's file ``folder/regression.py:model``, and
-    ``data`` as ``folder/rows.csv``: a study a test runs from the command line."""
+def write_study(folder, data: torch.Tensor, name: str, body: str) -> None:
+    """A user's program ``folder/{name}.py:model`` (``body``: the lines after ``def model(data):``, imports of pyro
+    and pyro.distributions as dist given), and ``data`` as ``folder/rows.csv``: a study a test runs from the command
+    line."""
     np.savetxt(folder / "rows.csv", data.numpy(), delimiter=",")
-    (folder / "regression.py").write_text(
-        "import pyro\nimport pyro.distributions as dist\n\n\ndef model(data):\n"
-        "    features, targets = data[:, :-1], data[:, -1]\n"
-        "    w = pyro.sample('w', dist.Normal(data.new_zeros(features.shape[-1]), 1.0).to_event(1))\n"
-        "    with pyro.plate('data', data.shape[0]):\n"
-        "        pyro.sample('y', dist.Normal((features * w).sum(-1), 1.0), obs=targets)\n")
+    (folder / f"{name}.py").write_text("import pyro\nimport pyro.distributions as dist\n\n\ndef model(data):\n" + body)
+
+
+def write_regression_study(folder, data: torch.Tensor) -> None:
+    """The regression model with prior precision 1 and noise sd 1 as ``folder/regression.py:model``
+    (:func:`write_study`)."""
+    write_study(folder, data, "regression",
+                "    features, targets = data[:, :-1], data[:, -1]\n"
+                "    w = pyro.sample('w', dist.Normal(data.new_zeros(features.shape[-1]), 1.0).to_event(1))\n"
+                "    with pyro.plate('data', data.shape[0]):\n"
+                "        pyro.sample('y', dist.Normal((features * w).sum(-1), 1.0), obs=targets)\n")
 
 
 def regression_posterior(X, y, alpha: float, sigma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -188,15 +194,12 @@ def scale_model(tau_scale: float = 1.0, mu_scale: float = 1.0):
 
 
 def write_scale_study(folder, data: torch.Tensor) -> None:
-    """:func:`scale_model` at its default scales as a user's file ``folder/scale.py:model``, and ``data`` as
-    ``folder/rows.csv``."""
-    np.savetxt(folder / "rows.csv", data.numpy(), delimiter=",")
-    (folder / "scale.py").write_text(
-        "import pyro\nimport pyro.distributions as dist\n\n\ndef model(data):\n"
-        "    mu = pyro.sample('mu', dist.Normal(data.new_tensor(0.0), 1.0))\n"
-        "    tau = pyro.sample('tau', dist.HalfNormal(data.new_tensor(1.0)))\n"
-        "    with pyro.plate('data', data.shape[0]):\n"
-        "        pyro.sample('y', dist.Normal(mu, tau), obs=data[:, 0])\n")
+    """:func:`scale_model` at its default scales as ``folder/scale.py:model`` (:func:`write_study`)."""
+    write_study(folder, data, "scale",
+                "    mu = pyro.sample('mu', dist.Normal(data.new_tensor(0.0), 1.0))\n"
+                "    tau = pyro.sample('tau', dist.HalfNormal(data.new_tensor(1.0)))\n"
+                "    with pyro.plate('data', data.shape[0]):\n"
+                "        pyro.sample('y', dist.Normal(mu, tau), obs=data[:, 0])\n")
 
 
 def scale_data(N: int, seed: int = 0, mu: float = 0.5, tau: float = 1.5) -> torch.Tensor:
