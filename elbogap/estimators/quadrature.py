@@ -104,12 +104,13 @@ def quadrature(target, settings: EstimatorSettings) -> LogPxEstimate:
     lower, upper = prior_box(target)
     nan = torch.full((units,), float("nan"), dtype=lower.dtype, device=lower.device)
     estimate, coarser = nan.clone(), nan.clone()
-    settled, resolved = torch.zeros(units, dtype=torch.bool), torch.zeros(units, dtype=torch.bool)
+    settled = torch.zeros(units, dtype=torch.bool, device=lower.device)
+    resolved = settled.clone()
     final_lower, final_upper = lower.expand(units, -1).clone(), upper.expand(units, -1).clone()
     if settings.keep_draws:
         final_points = torch.zeros(n * n, units, 2, dtype=lower.dtype, device=lower.device)
         final_log_w = torch.full((n * n, units), -math.inf, dtype=lower.dtype, device=lower.device)
-    active, stages = torch.arange(units), 0
+    active, stages = torch.arange(units, device=lower.device), 0
     while len(active):  # the units not yet settled, each stage on their own boxes
         stages += 1
         part = target if len(active) == units else target.select(active)
