@@ -12,6 +12,7 @@ offers each as a ``--log-px`` method (:func:`elbogap.inference.log_px.methods`),
 as the estimator of :math:`\log p(D)`. Adding an estimator is adding a file here (``prior_is.py`` is the example).
 """
 
+import functools
 import importlib
 import math
 import pkgutil
@@ -97,6 +98,13 @@ def register(estimator: Estimator) -> Estimator:
 
 def estimators() -> dict[str, Estimator]:
     """Every estimator of this package by name, its modules imported on the first call."""
+    _import_modules()
+    return ESTIMATORS
+
+
+@functools.cache
+def _import_modules() -> None:
+    """Import each module of this package once (each registers its estimator): every evaluation asks the registry,
+    and listing the folder again each time was work done twice."""
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")
-    return ESTIMATORS
