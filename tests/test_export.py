@@ -13,6 +13,9 @@ from elbogap.errors import UsageError
 from elbogap.export import FOLDER, arviz, site_arrays, systematic_resample
 from tests.global_latents import truth
 
+#: the tests that read :func:`regression_study` share one xdist worker, so the study is run once, not once per worker
+ON_THE_STUDY = pytest.mark.xdist_group("export-study")
+
 
 @pytest.fixture(scope="module")
 def regression_study(tmp_path_factory):
@@ -25,6 +28,7 @@ def regression_study(tmp_path_factory):
     return result, mean, precision
 
 
+@ON_THE_STUDY
 def test_every_run_and_its_reference_are_written_as_netcdf_and_load_in_arviz(regression_study):
     result, _, _ = regression_study
     files = sorted(path.name for path in (result.out / FOLDER).glob("*.nc"))
@@ -40,6 +44,7 @@ def test_every_run_and_its_reference_are_written_as_netcdf_and_load_in_arviz(reg
     assert list(summary.index) == ["w[0]", "w[1]", "w[2]"]
 
 
+@ON_THE_STUDY
 def test_the_exported_draws_have_the_closed_form_moments(regression_study):
     result, mean, precision = regression_study
     loaded = elbogap.load(result.out)
@@ -82,6 +87,7 @@ def test_without_arviz_the_export_says_which_extra_to_install(monkeypatch, tmp_p
         elbogap.load(tmp_path)
 
 
+@ON_THE_STUDY
 def test_the_log_likelihood_per_row_lets_arviz_compute_leave_one_out_as_the_closed_form_does(regression_study):
     """Each row's log p(y_n | w_s) at q's draws; with the full-rank q (the posterior's family) PSIS-LOO matches the
     exact leave-one-out predictive, N(y_n; x_n m_-n, 1 + x_n Sigma_-n x_n), and az.compare ranks the guides."""

@@ -14,6 +14,8 @@ from tests.global_latents import truth
 from tests.global_latents.truth import BREAKS_IN_TRAINING, REGRESSION
 
 SIMULATIONS = 16
+#: the tests that read :func:`regression_calibration` share one xdist worker, so the study is run once
+ON_THE_STUDY = pytest.mark.xdist_group("calibration-study")
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +29,7 @@ def regression_calibration(tmp_path_factory):
     return result, data, cov, precision
 
 
+@ON_THE_STUDY
 def test_the_full_rank_family_holds_the_posterior_and_covers_ninety_percent(regression_calibration):
     result, _, _, _ = regression_calibration
     row = result.results["summary"]["auto-AutoMultivariateNormal"]
@@ -35,6 +38,7 @@ def test_the_full_rank_family_holds_the_posterior_and_covers_ninety_percent(regr
     assert row["sites"]["w"]["sbc_p_min"] > 1e-3  # a calibrated q fails this at most 0.3% of the time
 
 
+@ON_THE_STUDY
 def test_mean_field_covers_what_its_too_narrow_marginals_cover_in_closed_form(regression_calibration):
     """The best factorized Gaussian has the posterior's mean and sd 1/sqrt(Lambda_ii), below the marginal sd
     sqrt(Sigma_ii) here: its 90% interval holds the truth with probability 2 Phi(1.645 ratio) - 1 per element."""
@@ -47,6 +51,7 @@ def test_mean_field_covers_what_its_too_narrow_marginals_cover_in_closed_form(re
     assert row["sites"]["w"]["edge_share"] > 0.2  # ranks piled at the ends: q too narrow
 
 
+@ON_THE_STUDY
 def test_the_study_writes_its_records_and_figures(regression_calibration):
     result, data, _, _ = regression_calibration
     written = {path.name for path in result.out.iterdir()}
@@ -284,6 +289,7 @@ def test_sigterm_in_stacked_fits_keeps_each_fit_and_resume_goes_on_from_it(tmp_p
                for fit in fits)
 
 
+@ON_THE_STUDY
 def test_the_study_exports_each_guides_ranks_and_true_latents_for_arviz(regression_calibration):
     """calibration-GUIDE.nc: the truths as prior draws (a draw per simulation), u per site in sample_stats."""
     import arviz as az

@@ -99,7 +99,7 @@ def test_a_mixture_whose_components_swap_labels_is_flagged(tmp_path):
     """Three exchangeable components: the posterior has 3! = 6 mirror modes; AIS from the reference fitted in one
     sees one of them, tempered SMC from the prior reaches the others, and the study says so."""
     rng = np.random.default_rng(0)
-    rows = np.concatenate([rng.normal(-3, 1, 100), rng.normal(0, 1, 100), rng.normal(3, 1, 100)])[:, None]
+    rows = np.concatenate([rng.normal(-3, 1, 40), rng.normal(0, 1, 40), rng.normal(3, 1, 40)])[:, None]
     np.savetxt(tmp_path / "x.csv", rows, delimiter=",")
     (tmp_path / "mixture.py").write_text(
         "import pyro\nimport pyro.distributions as dist\n\n\ndef model(data):\n"
