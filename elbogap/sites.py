@@ -100,3 +100,23 @@ def check_unscaled_latents(trace, spec: str) -> None:
             raise UsageError(f"the model {spec} scales or masks its latent site {name!r} (poutine.scale / "
                              "poutine.mask); elbogap honours them on observed sites only (a tempered or masked "
                              "likelihood): move the scale or mask to the observations")
+
+
+def plate_depth(*traces) -> int:
+    """How deep the plates of the sample sites of ``traces`` nest (0 without a plate): an outer plate of draws goes
+    one dimension further left."""
+    return max([-frame.dim for trace in traces for site in trace.nodes.values() if site["type"] == "sample"
+                for frame in site["cond_indep_stack"] if frame.dim is not None] or [0])
+
+
+def data_plates(samples: dict) -> set[str]:
+    """The names of the plates the observed sites among ``samples`` (a trace's sample sites by name) lie in."""
+    return {frame.name for site in samples.values() if site["is_observed"] for frame in site["cond_indep_stack"]}
+
+
+def is_per_point(site: dict, plates: set[str], rows: int) -> bool:
+    """Whether a latent site is one value per data point: inside a data plate (``plates``, :func:`data_plates`), with
+    its first dimension one entry per row of the ``rows`` the program ran on. Any other latent is global."""
+    value = site["value"]
+    return bool({frame.name for frame in site["cond_indep_stack"]} & plates) and value.dim() > 0 \
+        and value.shape[0] == rows

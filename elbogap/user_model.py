@@ -22,7 +22,7 @@ from torch import nn
 from torch.distributions import biject_to, constraints, transform_to
 
 from elbogap.errors import UsageError
-from elbogap.sites import check_unscaled_latents
+from elbogap.sites import check_unscaled_latents, data_plates, is_per_point
 
 #: Python objects handed to the notebook API (:mod:`elbogap.api`), named ``object:NAME`` in configurations.
 OBJECTS: dict[str, object] = {}
@@ -307,14 +307,13 @@ def find_sites(trace, x: torch.Tensor, spec: str) -> tuple[dict[str, torch.Size]
     observed = [name for name, site in samples.items() if site["is_observed"]]
     if not observed:
         raise UsageError(f"the model {spec} has no observed site; observe the data with pyro.sample(..., obs=x)")
-    data_plates = {frame.name for name in observed for frame in samples[name]["cond_indep_stack"]}
+    plates = data_plates(samples)
     latents = {}
     for name, site in samples.items():
         if site["is_observed"]:
             continue
-        frames = {frame.name for frame in site["cond_indep_stack"]}
         value = site["value"]
-        if not frames & data_plates or value.dim() == 0 or value.shape[0] != len(x):
+        if not is_per_point(site, plates, len(x)):
             raise UsageError(f"the model {spec} has a latent site {name!r} outside the data plate (a global latent); "
                              "elbogap measures per-point posteriors: make it a parameter or move it into the plate")
         if site["fn"].support.is_discrete:
@@ -328,7 +327,7 @@ def find_sites(trace, x: torch.Tensor, spec: str) -> tuple[dict[str, torch.Size]
     if not latents:
         raise UsageError(f"the model {spec} has no latent site inside its data plate; there is no posterior to measure")
     first = samples[next(iter(latents))]
-    plate = next(frame.name for frame in first["cond_indep_stack"] if frame.name in data_plates)
+    plate = next(frame.name for frame in first["cond_indep_stack"] if frame.name in plates)
     return latents, observed, plate
 
 

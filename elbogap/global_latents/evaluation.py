@@ -25,7 +25,7 @@ from pyro import poutine
 
 from elbogap.global_latents.model import sample_sites, traced_draws
 from elbogap.inference.weights import group_spread_dof, importance_estimate, khat_threshold, pareto_khat
-from elbogap.sites import scored
+from elbogap.sites import plate_depth, scored
 
 
 @dataclass
@@ -93,11 +93,6 @@ def guide_draws(model, guide, data: torch.Tensor, count: int) -> GuideDraws:
     return _looped_draws(model, guide, data, count)
 
 
-def _nesting(*traces) -> int:
-    return max([-frame.dim for trace in traces for site in trace.nodes.values() if site["type"] == "sample"
-                for frame in site["cond_indep_stack"] if frame.dim is not None] or [0])
-
-
 #: q's draws whose log-likelihood per row is kept for the ArviZ export (PSIS-LOO, ``az.compare``), and the most
 #: numbers (draws x rows) kept
 POINTWISE_DRAWS, POINTWISE_NUMBERS = 1000, 4_000_000
@@ -128,7 +123,7 @@ def plate_nesting(model, guide, data: torch.Tensor) -> int:
     with torch.no_grad():
         example = poutine.trace(guide.guide).get_trace(data, index, len(data))
         replayed = poutine.trace(poutine.replay(model.full_program, trace=example)).get_trace(data)
-    return max(1, _nesting(example, replayed))
+    return max(1, plate_depth(example, replayed))
 
 
 def draws_broadcast(model, guide, data: torch.Tensor) -> bool:
@@ -146,7 +141,7 @@ def _plate_draws(model, guide, data: torch.Tensor, count: int) -> GuideDraws | N
     """``count`` draws under an outer plate, or None where a site's density does not come out one per draw."""
     index = torch.arange(len(data), device=data.device)
     example = poutine.trace(guide.guide).get_trace(data, index, len(data))
-    nesting = _nesting(example, poutine.trace(poutine.replay(model.full_program, trace=example)).get_trace(data))
+    nesting = plate_depth(example, poutine.trace(poutine.replay(model.full_program, trace=example)).get_trace(data))
     try:
         with pyro.plate("elbogap_draws", count, dim=-(nesting + 1)):
             guide_trace = poutine.trace(guide.guide).get_trace(data, index, len(data))

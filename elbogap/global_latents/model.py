@@ -22,7 +22,7 @@ from torch.distributions import biject_to
 from elbogap.errors import UsageError
 from elbogap.global_latents.decentred import decentred, hierarchical_sites
 from elbogap.inference.stacking import unvalidated
-from elbogap.sites import check_unscaled_latents, scored
+from elbogap.sites import check_unscaled_latents, data_plates, is_per_point, scored
 from elbogap.user_model import (
     check_log_probs,
     check_stable,
@@ -42,16 +42,8 @@ def is_global_model(trace, x: torch.Tensor) -> bool:
     another size) is global. Found from the trace, not declared.
     """
     samples = sample_sites(trace)
-    observed = [site for site in samples.values() if site["is_observed"]]
-    data_plates = {frame.name for site in observed for frame in site["cond_indep_stack"]}
-    for site in samples.values():
-        if site["is_observed"]:
-            continue
-        frames = {frame.name for frame in site["cond_indep_stack"]}
-        value = site["value"]
-        if not frames & data_plates or value.dim() == 0 or value.shape[0] != len(x):
-            return True
-    return False
+    plates = data_plates(samples)
+    return any(not is_per_point(site, plates, len(x)) for site in samples.values() if not site["is_observed"])
 
 
 def _program_arguments(fn):
@@ -131,12 +123,10 @@ class GlobalLatentModel(nn.Module):
         for name, shape in self.latent_sites.items():
             unconstrained = self.transforms[name].inverse_shape(shape)
             self.unconstrained_shapes[name] = torch.Size(unconstrained)
-        data_plates = {frame.name for name in self.observed_sites for frame in samples[name]["cond_indep_stack"]}
-        self.local_sites = [name for name, site in latents.items()
-                            if {f.name for f in site["cond_indep_stack"]} & data_plates
-                            and site["value"].dim() > 0 and site["value"].shape[0] == len(data)]
+        plates = data_plates(samples)
+        self.local_sites = [name for name, site in latents.items() if is_per_point(site, plates, len(data))]
         self.global_sites = [name for name in latents if name not in self.local_sites]
-        self.data_plate = next(iter(data_plates), None)
+        self.data_plate = next(iter(plates), None)
         self.latent_dim = sum(math.prod(shape) for shape in self.unconstrained_shapes.values())
         self.num_data, self.data_dim = len(data), data.shape[-1]
         self.param_names = [name for name, site in trace.nodes.items() if site["type"] == "param"]

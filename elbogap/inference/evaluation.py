@@ -30,7 +30,7 @@ from elbogap.inference.weights import (
     pareto_khat,
 )
 from elbogap.progress import Progress, as_progress
-from elbogap.sites import broadcasts_draws, repeat_rows, scored
+from elbogap.sites import broadcasts_draws, plate_depth, repeat_rows, scored
 
 #: draws of q per data point evaluated at once
 SAMPLE_CHUNK = 64
@@ -125,11 +125,6 @@ def _density_draws(model, guide, x, index):
     return draws, q
 
 
-def _plate_nesting(*traces) -> int:
-    return max([-frame.dim for trace in traces for site in trace.nodes.values()
-                for frame in site.get("cond_indep_stack", ()) if frame.dim is not None] or [0])
-
-
 def _program_draws(model, guide, x, index):
     r"""Draws from any guide program, by tracing it and replaying the model on it: no density object needed.
 
@@ -140,7 +135,7 @@ def _program_draws(model, guide, x, index):
     """
     sites, observed = latent_sites(model), observed_sites(model)
     example = poutine.trace(guide.guide).get_trace(x, index)
-    nesting = _plate_nesting(example, poutine.trace(poutine.replay(model.model, trace=example)).get_trace(x))
+    nesting = plate_depth(example, poutine.trace(poutine.replay(model.model, trace=example)).get_trace(x))
 
     def one(count, vectorized, rows=1):
         inputs = (x, index) if rows == 1 else (repeat_rows(x, rows), repeat_rows(index, rows))
