@@ -14,6 +14,7 @@ from pathlib import Path
 from elbogap.device import resolve_device
 from elbogap.errors import UsageError
 from elbogap.global_latents.evidence import EvidenceSettings
+from elbogap.guides import families
 from elbogap.inference.ais import INITS as AIS_INITS
 from elbogap.inference.ais import AISSettings
 from elbogap.inference.convergence import SCHEDULES
@@ -69,8 +70,7 @@ class Config:
     activation: str = setting("softplus", "relu | softplus | tanh | elu | leaky_relu | gelu | silu")
     guide: str = setting("diag", "the guide of elbogap train", role="control")
     seed: int = setting(0, "the seed of elbogap train", role="control")
-    guides: list[str] = setting(["diag", "full", "iaf", "planar"], "comma list of guides: diag, full, lowrank, iaf, "
-                                                                   "planar, sylvester, spline, mixture, local, exact, "
+    guides: list[str] = setting(["diag", "full", "iaf", "planar"], f"comma list of guides: {', '.join(families())}, "
                                                                    "Pyro's autoguides auto:AutoNormal, ..., or your "
                                                                    "own guide programs path/to/file.py:name (for a "
                                                                    "model with global latents the default is "

@@ -33,3 +33,11 @@ def test_the_cli_reference_is_what_help_says():
     script = load("cli_reference")
     assert script.REFERENCE.read_text() == script.reference(), "run python scripts/cli_reference.py"
     assert "--warm-start" in script.reference() and "prior-is" in script.reference()
+
+
+def test_the_registry_reference_lists_every_family_and_estimator():
+    """docs/registries.md is generated from the registries; a family or estimator file added without rerunning
+    scripts/registry_reference.py fails here."""
+    script = load("registry_reference")
+    assert script.REFERENCE.read_text() == script.reference(), "run python scripts/registry_reference.py"
+    assert "| `sylvester` |" in script.reference() and "| `prior-is` |" in script.reference()

@@ -1,5 +1,13 @@
-"""Variational families :math:`q(z \\mid x)`, each a Pyro program ``guide(x)``, chosen by short name."""
+"""Variational families :math:`q(z \\mid x)`, each a Pyro program ``guide(x)``, chosen by short name.
 
+Each family is a :class:`Guide` class that a module of this package registers with :func:`family` when it is
+imported; :func:`families` imports every module of the package once and lists them. Adding a family is adding a module
+here (the built-in ones are ``gaussian.py``, ``flows.py``, ``mixture.py``, ``local.py`` and ``exact.py``).
+"""
+
+import functools
+import importlib
+import pkgutil
 from collections.abc import Sequence
 
 import torch
@@ -9,26 +17,32 @@ from elbogap.guides.base import AmortizedGuide, Guide, GuideSettings, Parametric
 from elbogap.guides.exact import ExactPosterior
 from elbogap.guides.flows import IAF, FlowGuide, Planar, Spline, Sylvester
 from elbogap.guides.gaussian import DiagonalNormal, FullNormal, LowRankNormal
+from elbogap.guides.guide import FAMILIES, family
 from elbogap.guides.local import LocalNormal
 from elbogap.guides.mixture import Mixture
 from elbogap.guides.program import ProgramGuide
 from elbogap.sites import latent_sites, latent_transforms
 
-GUIDES = {
-    "diag": DiagonalNormal,
-    "full": FullNormal,
-    "lowrank": LowRankNormal,
-    "iaf": IAF,
-    "planar": Planar,
-    "sylvester": Sylvester,
-    "spline": Spline,
-    "mixture": Mixture,
-    "local": LocalNormal,
-    "exact": ExactPosterior,
-}
 
-__all__ = ["GUIDES", "AmortizedGuide", "FlowGuide", "Guide", "GuideSettings", "ParametricGuide", "ProgramGuide",
-           "build_guide", *(cls.__name__ for cls in GUIDES.values())]
+def families() -> dict[str, type[Guide]]:
+    """Every family of this package by the name ``--guides`` takes, in alphabetical order."""
+    _import_modules()
+    return dict(sorted(FAMILIES.items()))
+
+
+@functools.cache
+def _import_modules() -> None:
+    """Import each module of this package once; each registers the families it defines."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+#: the families by name (:func:`families`; a module of this package added later is listed there)
+GUIDES = families()
+
+__all__ = ["GUIDES", "IAF", "AmortizedGuide", "DiagonalNormal", "ExactPosterior", "FlowGuide", "FullNormal", "Guide",
+           "GuideSettings", "LocalNormal", "LowRankNormal", "Mixture", "ParametricGuide", "Planar", "ProgramGuide",
+           "Spline", "Sylvester", "build_guide", "families", "family"]
 
 
 def build_guide(name: str, model, num_data: int, hidden_dims: Sequence[int] = (128,),
@@ -40,8 +54,9 @@ def build_guide(name: str, model, num_data: int, hidden_dims: Sequence[int] = (1
     ``lowrank``; ``local`` holds parameters for ``num_data`` points; ``exact`` uses the
     model's closed-form posterior.
     """
-    if name not in GUIDES:
-        raise UsageError(f"unknown guide {name!r}; choose from {', '.join(GUIDES)} or name your own program "
+    known = families()
+    if name not in known:
+        raise UsageError(f"unknown guide {name!r}; choose from {', '.join(known)} or name your own program "
                          "as path/to/file.py:name")
     sites = latent_sites(model)
     if len(sites) != 1:
@@ -54,7 +69,7 @@ def build_guide(name: str, model, num_data: int, hidden_dims: Sequence[int] = (1
                          f"{model.latent_supports[site]}; pair this model with a guide program of your own "
                          "(file.py:name) whose draws lie in that support")
     settings = GuideSettings(tuple(hidden_dims), activation, flow_depth, mixture_size, rank)
-    guide = GUIDES[name].build(model, num_data, settings)
+    guide = known[name].build(model, num_data, settings)
     guide.site, guide.plate = next(iter(sites)), getattr(model, "data_plate", "data")
     guide.site_shape = torch.Size(next(iter(sites.values())))
     return guide

@@ -2,8 +2,10 @@
 
 from elbogap.errors import UsageError
 from elbogap.guides.base import Guide
+from elbogap.guides.guide import family
 
 
+@family("exact")
 class ExactPosterior(Guide):
     r""":math:`q(z \mid x) = p(z \mid x)`: the ELBO then equals :math:`\log p(x)` and the gap is zero.
 

@@ -6,6 +6,7 @@ from torch import nn
 
 from elbogap.errors import UsageError
 from elbogap.guides.base import AmortizedGuide, positive
+from elbogap.guides.guide import family
 from elbogap.guides.sylvester import ConditionalSylvester
 
 
@@ -48,6 +49,7 @@ class FlowGuide(AmortizedGuide):
         return dist.TransformedDistribution(base, [flow.condition(h) for flow in self.flows])
 
 
+@family("iaf")
 class IAF(FlowGuide):
     """Inverse autoregressive flow [1]: conditional affine autoregressive transforms.
 
@@ -66,6 +68,7 @@ class IAF(FlowGuide):
         )
 
 
+@family("planar")
 class Planar(FlowGuide):
     """Planar flow [1]: :math:`z + u \\tanh(w^\\top z + b)` with :math:`u, w, b` from the encoder.
 
@@ -81,6 +84,7 @@ class Planar(FlowGuide):
         return transforms.conditional_planar(self.latent_dim, self.feature_dim)
 
 
+@family("sylvester")
 class Sylvester(FlowGuide):
     """Householder Sylvester flow [1], see :class:`~elbogap.guides.sylvester.ConditionalSylvester`.
 
@@ -96,6 +100,7 @@ class Sylvester(FlowGuide):
         return ConditionalSylvester(self.latent_dim, self.feature_dim)
 
 
+@family("spline")
 class Spline(FlowGuide):
     """Neural spline flow [1]: conditional monotone rational-quadratic autoregressive splines.
 

@@ -6,8 +6,10 @@ import pyro.distributions as dist
 import torch
 
 from elbogap.guides.base import ParametricGuide, positive
+from elbogap.guides.guide import family
 
 
+@family("diag")
 class DiagonalNormal(ParametricGuide):
     r"""Mean-field Gaussian :math:`q(z \mid x) = \mathcal{N}(\mu(x), \mathrm{diag}\,\sigma^2(x))`.
 
@@ -33,6 +35,7 @@ class DiagonalNormal(ParametricGuide):
         return dist.Normal(loc, positive(raw_scale)).to_event(1)
 
 
+@family("full")
 class FullNormal(ParametricGuide):
     r"""Full-covariance Gaussian :math:`q(z \mid x) = \mathcal{N}(\mu(x), L(x) L(x)^\top)`.
 
@@ -62,6 +65,7 @@ class FullNormal(ParametricGuide):
         return dist.MultivariateNormal(loc, scale_tril=scale_tril)
 
 
+@family("lowrank")
 class LowRankNormal(ParametricGuide):
     r"""Low-rank-plus-diagonal Gaussian, :math:`\mathcal{N}(\mu(x), U(x) U(x)^\top + \mathrm{diag}\,d(x))`.
 

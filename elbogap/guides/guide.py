@@ -10,6 +10,24 @@ from torch.distributions.transforms import ReshapeTransform
 
 from elbogap.plates import data_plate
 
+#: the families ``--guides`` selects by name, each registered by the module of :mod:`elbogap.guides` that defines it
+#: (:func:`family`); read them through :func:`elbogap.guides.families`, which imports every module of the package first
+FAMILIES: dict[str, type["Guide"]] = {}
+
+
+def family(name: str):
+    """Register the :class:`Guide` class it decorates as the family ``--guides name`` builds (at its module's
+    import): adding a family is adding a module to :mod:`elbogap.guides`."""
+
+    def register(cls: type["Guide"]) -> type["Guide"]:
+        if FAMILIES.get(name, cls) is not cls:
+            raise ValueError(f"two families are named {name!r}: {FAMILIES[name].__qualname__} and {cls.__qualname__}; "
+                             "rename one")
+        FAMILIES[name] = cls
+        return cls
+
+    return register
+
 
 @dataclass(frozen=True)
 class GuideSettings:

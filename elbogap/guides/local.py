@@ -5,8 +5,10 @@ import torch
 from torch import nn
 
 from elbogap.guides.base import Guide, positive
+from elbogap.guides.guide import family
 
 
+@family("local")
 class LocalNormal(Guide):
     r"""Free parameters per data point: :math:`q(z \mid x_n) = \mathcal{N}(m_n, \mathrm{diag}\,s_n^2)`.
 

@@ -3,8 +3,10 @@
 import pyro.distributions as dist
 
 from elbogap.guides.base import AmortizedGuide, positive
+from elbogap.guides.guide import family
 
 
+@family("mixture")
 class Mixture(AmortizedGuide):
     r"""Mixture :math:`q(z \mid x) = \sum_k \pi_k(x)\, \mathcal{N}(\mu_k(x), \mathrm{diag}\,\sigma_k^2(x))`.
 

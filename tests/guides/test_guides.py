@@ -89,5 +89,5 @@ def test_exact_guide_needs_a_model_with_a_posterior():
 
 
 def test_unknown_guide_lists_the_valid_names():
-    with pytest.raises(ValueError, match="diag, full, lowrank"):
+    with pytest.raises(ValueError, match="diag, exact, full, iaf, local, lowrank"):
         build_guide("gaussian", VAE(6, 2), num_data=10)
