@@ -24,7 +24,7 @@ import torch
 from pyro import poutine
 
 from elbogap.global_latents.model import sample_sites, traced_draws
-from elbogap.inference.weights import group_spread_dof, importance_estimate, khat_threshold, pareto_khat
+from elbogap.inference.weights import group_spread_dof, khat_threshold, proposal_estimate
 from elbogap.sites import plate_depth, scored
 
 
@@ -214,8 +214,8 @@ def summarize_draws(draws: GuideDraws, num_data: int) -> dict:
     """The ELBO of D, its terms, the importance estimate of log p(D) and q's diagnostics, in nats for all of D."""
     log_w = draws.log_w.detach().double()
     count = len(log_w)
-    weights = importance_estimate(log_w[:, None])
-    khat = float(pareto_khat(log_w[:, None])[0])
+    weights, khats = proposal_estimate(log_w[:, None])
+    khat = float(khats[0])
     metrics = {
         "num_points": num_data,
         "samples": count,

@@ -24,10 +24,9 @@ from elbogap.inference.weights import (
     FINITE_VARIANCE_KHAT,
     errors_a_mean_combines,
     group_spread_dof,
-    importance_estimate,
     interval_halfwidth,
     khat_threshold,
-    pareto_khat,
+    proposal_estimate,
 )
 from elbogap.progress import Progress, as_progress
 from elbogap.sites import broadcasts_draws, plate_depth, repeat_rows, scored
@@ -218,9 +217,7 @@ def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk, keep_draw
         out["kl_exact_analytic"] = kl_post is not None
         out["kl_exact"] = kl_post if kl_post is not None else kl_post_mc.mean()
         out["kl_exact_stderr"] = torch.zeros_like(out["kl_exact"]) if kl_post is not None else kl_post_mc.stderr()
-    khat = pareto_khat(all_log_w)
-    infinite = khat > FINITE_VARIANCE_KHAT  # NaN (too few draws for a tail) counts as finite
-    iwae = importance_estimate(all_log_w, pool=~infinite)  # all draws are kept for k-hat: one pass over them
+    iwae, khat = proposal_estimate(all_log_w)  # all draws are kept for k-hat: one pass over them
     out.update(log_px_iwae=iwae.log_mean, log_px_iwae_stderr=iwae.stderr, ess=iwae.ess, khat=khat,
                log_px_iwae_jackknife_stderr=iwae.jackknife)
     out["z_mean"] = z_mean.mean()

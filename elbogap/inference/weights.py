@@ -300,6 +300,14 @@ def importance_estimate(log_w: torch.Tensor, pool: torch.Tensor | None = None) -
 FINITE_VARIANCE_KHAT = 0.5
 
 
+def proposal_estimate(log_w: torch.Tensor) -> tuple[ImportanceEstimate, torch.Tensor]:
+    """The importance estimate of log-weights ``(K, *batch)`` of a proposal (q's draws, of every kind of model) and
+    each column's PSIS k-hat, the rate of the group spread fitted apart on the columns whose k-hat says their
+    variance is infinite (:func:`log_mean_exp_stderr`'s ``pool``; NaN, too few draws for a tail, counts as finite)."""
+    khat = pareto_khat(log_w)
+    return importance_estimate(log_w, pool=~(khat > FINITE_VARIANCE_KHAT)), khat
+
+
 def khat_threshold(num_samples: int) -> float:
     r"""The :math:`\hat k` above which an importance estimate from ``num_samples`` weights is unreliable [1].
 
