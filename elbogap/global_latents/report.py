@@ -187,11 +187,20 @@ def is_global_study(runs: list[dict]) -> bool:
     return bool(runs) and "data" in runs[0]
 
 
+def figure(value: float) -> str:
+    """Three decimals, or two significant digits where three decimals would show a number that is not 0 as 0.000
+    (a precise evidence's error, a small gap per point), which reads as exact."""
+    return f"{value:.2g}" if value != 0 and abs(value) < 0.0005 else f"{value:.3f}"
+
+
 def _cell(values: list[float], stderrs: list[float] | None = None) -> str:
-    """One seed: ``value ± Monte-Carlo s.e.``; several: ``mean ± sd over seeds``."""
+    """One seed: ``value ± Monte-Carlo s.e.``; several: ``mean ± sd over seeds (s.e. mean Monte-Carlo s.e.)``, since
+    the spread of a few seeds can be far below (or above) what one seed's estimate is known to."""
+    finite = [stderr for stderr in stderrs or [] if math.isfinite(stderr)]
     if len(values) == 1:  # no ± where the error is declined (NaN: heavy-tailed weights)
-        return f"{values[0]:.3f}" + (f" ± {stderrs[0]:.3f}" if stderrs and math.isfinite(stderrs[0]) else "")
-    return f"{statistics.fmean(values):.3f} ± {seed_sd(values):.3f}"
+        return figure(values[0]) + (f" ± {figure(finite[0])}" if finite else "")
+    own = f" (s.e. {figure(statistics.fmean(finite))})" if finite else ""
+    return f"{figure(statistics.fmean(values))} ± {figure(seed_sd(values))}{own}"
 
 
 def _by_guide(runs):
@@ -215,7 +224,8 @@ def gap_table(runs: list[dict]) -> list[str]:
                           "log_evidence_q": "log_evidence_q_stderr"}.get(key)
             cells.append(_cell(values, [run["data"][stderr_key] for run in mine] if stderr_key else None))
         stderr = statistics.fmean(run["data"]["kl_gap_stderr"] for run in mine)
-        lines.append(f"| {guide} | " + " | ".join(cells) + f" | {stderr:.3f} | {len(mine)} | {converged_cell(mine)} |")
+        lines.append(f"| {guide} | " + " | ".join(cells)
+                     + f" | {figure(stderr)} | {len(mine)} | {converged_cell(mine)} |")
     return lines
 
 
@@ -259,8 +269,9 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
               f"{', '.join(sites['local']) or 'none'} ({sites['latent_dim']} numbers in all).", "",
               *gap_table(runs), "",
               "Nats for the whole data set (per point where named). With one seed, ± is the Monte-Carlo standard "
-              "error of that run; with several, ± is the standard deviation over seeds, and the column "
-              "*MC s.e. of the gap* gives the mean Monte-Carlo standard error. Every KL gap is log p(D) - ELBO(D) "
+              "error of that run; with several, ± is the standard deviation over seeds and (s.e. ...) the mean "
+              "Monte-Carlo standard error of one seed's estimate, as the column *MC s.e. of the gap* gives it for "
+              "the gap. Every KL gap is log p(D) - ELBO(D) "
               "against one estimate of log p(D) per seed, the same for every guide: "
               f"{describe_evidence(first['evidence'])}.", ""]
     reference = reference_table(runs)

@@ -163,3 +163,19 @@ def test_the_training_line_names_the_start_each_iaf_run_kept():
     assert "seed 0: mean-field fit (ELBO -10.300 from Pyro's start, -10.200 from the fit)" in sentence
     assert "seed 1: Pyro's start" in sentence
     assert second_start_sentence(runs[:1]) == ""
+
+
+def test_several_seeds_show_their_spread_and_one_seeds_error_and_no_nonzero_number_reads_as_zero():
+    """A tester's normal-Gamma study: log p(D) -72.682 ± 0.000 over two seeds, each known to 0.001; the table now
+    says both, with digits enough to tell a small number from 0."""
+    from elbogap.global_latents.report import gap_table
+
+    runs = [run("auto:AutoNormal", 0.0231, seed=0), run("auto:AutoNormal", 0.0198, seed=1)]
+    for record, evidence, stderr in zip(runs, (-72.6819, -72.6816), (0.0009, 0.0016), strict=True):
+        record["data"].update(log_evidence=evidence, log_evidence_stderr=stderr, kl_gap_per_point=record["data"][
+            "kl_gap"] / 30, kl_gap_stderr=0.004, converged=True)
+        record["converged"] = True
+    row = gap_table(runs)[2]
+    assert " 0.000 " not in row and " 0.000)" not in row
+    assert "| -72.682 ± 0.00021 (s.e. 0.001) |" in row and "| 0.021 ± 0.002 (s.e. 0.004) |" in row
+    assert "| 0.001 ± 7.8e-05 |" in row  # the gap per point
