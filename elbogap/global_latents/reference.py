@@ -160,6 +160,26 @@ def against_reference(q_moments: dict, ref_moments: dict) -> dict:
     return out
 
 
+#: how many of q's own sds from q's mean a reference draw lies where :func:`mass_outside_q` counts it: a Gaussian q
+#: leaves 0.006% of its own mass there, and 8% of a Gaussian posterior whose sd is 2.3 times its own (a mean-field q
+#: of two latents correlated 0.9)
+OUTSIDE_SDS = 4.0
+
+
+def mass_outside_q(q_moments: dict, ref_values: dict, weights: torch.Tensor | None) -> dict[str, float]:
+    r"""Per site, the largest share over its elements of the reference posterior's mass lying more than
+    :data:`OUTSIDE_SDS` of q's sds from q's mean, :math:`\max_i \Pr_{	ext{ref}}(|	heta_i - \mu_{q,i}| > 4
+    \sigma_{q,i})`: about half where q sits in one of two modes, and q's scale ratio cannot see it when the
+    reference's sd spans both modes."""
+    out = {}
+    for name, q in q_moments.items():
+        draws = ref_values[name].double()
+        share = weights.double()[:, None] if weights is not None else draws.new_full((len(draws), 1), 1 / len(draws))
+        outside = ((draws - q["mean"]).abs() > OUTSIDE_SDS * q["sd"].clamp_min(1e-12)).double()
+        out[name] = float((share * outside).sum(0).max())
+    return out
+
+
 def site_moments(moment: dict) -> dict:
     """A site's moments as lists for results.json (the first elements only)."""
     return {name: {"mean": m["mean"][:KEPT_ELEMENTS].tolist(), "sd": m["sd"][:KEPT_ELEMENTS].tolist()}

@@ -4,11 +4,12 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from scipy.stats import norm
 
 from elbogap.global_latents.evaluation import moments as reference_moments
 from elbogap.global_latents.evidence import ais_evidence
 from elbogap.global_latents.model import GlobalLatentModel
-from elbogap.global_latents.reference import against_reference, ais_reference, nuts_reference
+from elbogap.global_latents.reference import against_reference, ais_reference, mass_outside_q, nuts_reference
 from elbogap.inference.ais import AISSettings
 from tests.global_latents import truth
 
@@ -83,3 +84,20 @@ def test_a_positive_site_is_compared_where_q_is_fitted_on_its_log():
     moments = reference_moments(logged, reference.weights)["s"]
     assert abs(float(moments["mean"]) - mean) < 4 * sd / effective ** 0.5
     assert abs(float(moments["sd"]) / sd - 1) < 4 / (2 * effective) ** 0.5
+
+
+def test_the_reference_mass_outside_q_is_half_where_q_sits_in_one_of_two_modes():
+    """Against q = N(4, 1): two equal modes at -4 and 4 put half their mass beyond 4 of q's sds (the far mode), while a
+    Gaussian posterior 2.3 times wider than q puts P(|Z| > 4 / 2.3) = 8.2% there; weighted draws count by weight."""
+    generator = torch.Generator().manual_seed(0)
+    count = 200_000
+    q = {"theta": {"mean": torch.tensor([4.0], dtype=torch.float64), "sd": torch.tensor([1.0], dtype=torch.float64)}}
+    signs = torch.randint(0, 2, (count, 1), generator=generator).double() * 2 - 1
+    bimodal = 4.0 * signs + torch.randn(count, 1, generator=generator, dtype=torch.float64)
+    share = mass_outside_q(q, {"theta": bimodal}, None)["theta"]
+    assert abs(share - 0.5) < 4 * (0.25 / count) ** 0.5
+    wide = 4.0 + 2.3 * torch.randn(count, 1, generator=generator, dtype=torch.float64)
+    expected = 2 * norm.sf(4 / 2.3)
+    assert abs(mass_outside_q(q, {"theta": wide}, None)["theta"] - expected) < 4 * (expected / count) ** 0.5
+    weights = (signs[:, 0] > 0).double() / float((signs > 0).sum())  # the near mode alone, by weight
+    assert mass_outside_q(q, {"theta": bimodal}, weights)["theta"] < 1e-3

@@ -6,7 +6,13 @@ from math import nan
 import numpy as np
 
 import elbogap
-from elbogap.global_latents.report import coordinates_words, posterior_warnings, second_start_sentence
+from elbogap.global_latents.report import (
+    coordinates_words,
+    gap_table,
+    outside_q_warnings,
+    posterior_warnings,
+    second_start_sentence,
+)
 
 
 def run(guide: str, gap: float, seed: int = 0, far: float = 0.0, smc_far: float | None = None):
@@ -168,8 +174,6 @@ def test_the_training_line_names_the_start_each_iaf_run_kept():
 def test_several_seeds_show_their_spread_and_one_seeds_error_and_no_nonzero_number_reads_as_zero():
     """A tester's normal-Gamma study: log p(D) -72.682 ± 0.000 over two seeds, each known to 0.001; the table now
     says both, with digits enough to tell a small number from 0."""
-    from elbogap.global_latents.report import gap_table
-
     runs = [run("auto:AutoNormal", 0.0231, seed=0), run("auto:AutoNormal", 0.0198, seed=1)]
     for record, evidence, stderr in zip(runs, (-72.6819, -72.6816), (0.0009, 0.0016), strict=True):
         record["data"].update(log_evidence=evidence, log_evidence_stderr=stderr, kl_gap_per_point=record["data"][
@@ -179,3 +183,17 @@ def test_several_seeds_show_their_spread_and_one_seeds_error_and_no_nonzero_numb
     assert " 0.000 " not in row and " 0.000)" not in row
     assert "| -72.682 ± 0.00021 (s.e. 0.001) |" in row and "| 0.021 ± 0.002 (s.e. 0.004) |" in row
     assert "| 0.001 ± 7.8e-05 |" in row  # the gap per point
+
+
+def test_a_q_that_leaves_much_of_a_reliable_reference_beyond_four_of_its_sds_is_warned_once_per_guide():
+    """A tester's Cauchy likelihood on two clusters: every q sat in one mode (49% of the reference's mass beyond 4 of
+    its sds) with no Warnings line, its scale ratio near 1 because the reference's sd spans both modes."""
+    runs = [run("auto:AutoNormal", 0.72, seed=seed) for seed in (0, 1)] + [run("auto:AutoIAFNormal", 0.1)]
+    for record, share in zip(runs, (0.49, 0.47, 0.08), strict=True):
+        record["reference"]["sites"]["locs"]["mass_outside_q"] = share
+    warnings = outside_q_warnings(runs)
+    assert len(warnings) == 1 and warnings[0].startswith("- auto-AutoNormal seeds 0, 1: 47%-49% of the reference")
+    assert warnings[0] in posterior_warnings(runs)
+    for record in runs:
+        record["reference"]["reliable"] = False  # a rough reference is said to be rough, not read
+    assert outside_q_warnings(runs) == []
