@@ -25,7 +25,8 @@ MODE_SEPARATION = 5.0
 SMALL_GAP = 2.0
 #: the share of a reliable reference posterior's mass lying beyond OUTSIDE_SDS of q's own sds from q's mean
 #: (``mass_outside_q``) above which q misses part of the posterior: half where q sits in one of two modes (a tester's
-#: Cauchy likelihood on two clusters: the scale ratio read 0.94-1.1 there, as the reference's sd spans both modes)
+#: Cauchy likelihood on two clusters: 49%, where q's mean lay 0.94-1.1 reference sds from the reference's, far under
+#: MODE_SEPARATION, as the reference's sd spans both modes)
 OUTSIDE_SHARE = 0.2
 #: the share of SMC's particles far outside the fitted reference (``smc_far``, see
 #: :func:`elbogap.global_latents.evidence.reference_coverage`) above which the reference has missed modes

@@ -187,7 +187,8 @@ def test_several_seeds_show_their_spread_and_one_seeds_error_and_no_nonzero_numb
 
 def test_a_q_that_leaves_much_of_a_reliable_reference_beyond_four_of_its_sds_is_warned_once_per_guide():
     """A tester's Cauchy likelihood on two clusters: every q sat in one mode (49% of the reference's mass beyond 4 of
-    its sds) with no Warnings line, its scale ratio near 1 because the reference's sd spans both modes."""
+    its sds) with no Warnings line: its mean lay about one reference sd from the reference's, whose sd spans both
+    modes."""
     runs = [run("auto:AutoNormal", 0.72, seed=seed) for seed in (0, 1)] + [run("auto:AutoIAFNormal", 0.1)]
     for record, share in zip(runs, (0.49, 0.47, 0.08), strict=True):
         record["reference"]["sites"]["locs"]["mass_outside_q"] = share
