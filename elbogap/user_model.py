@@ -5,6 +5,7 @@
 found from a trace: the observed site(s), and the latent site(s) inside the data plate.
 """
 
+import difflib
 import importlib
 import importlib.util
 import inspect
@@ -91,7 +92,10 @@ def import_target(spec: str, modules: dict | None = None):
     if modules is not None:
         modules[target] = module
     if not hasattr(module, name):
-        raise UsageError(f"{target} has no {name!r}; {spec} needs an existing function or class name")
+        names = [key for key, value in vars(module).items() if callable(value) and not key.startswith("_")]
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UsageError(f"{target} has no {name!r}{hint}; {spec} needs an existing function or class name")
     return getattr(module, name)
 
 
@@ -255,9 +259,30 @@ def check_log_probs(trace, what: str) -> None:
         try:
             fn.log_prob(value, *site["args"], **site["kwargs"])
         except (ValueError, RuntimeError) as error:
+            if (outside := first_outside_support(fn, value)) is not None:
+                raise UsageError(f"{what}: the site {name!r} holds {outside}, outside the support {fn.support} of "
+                                 f"its {type(fn).__name__}; give the site values its distribution can take (observed "
+                                 "data: check the file, or choose a likelihood whose support holds them)") from None
             reason = str(error).splitlines()[0].rstrip(":") if str(error) else type(error).__name__
             raise UsageError(f"{what}: log p at the site {name!r} (value of shape {tuple(value.shape)}) fails: "
                              f"{reason}; give the site values its distribution can take") from None
+
+
+def first_outside_support(fn, value: torch.Tensor) -> str | None:
+    """Where a site's value first leaves its distribution's support, as ``"2 at index (17,) of its value"`` (the row
+    first, for an observed site in a data plate), or None where the support check does not find it."""
+    try:
+        inside = fn.support.check(value)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return None
+    inside = inside.expand(value.shape[:inside.dim()]) if inside.dim() <= value.dim() else inside
+    outside = (~inside.bool()).nonzero()
+    if not len(outside):
+        return None
+    index = tuple(int(i) for i in outside[0])
+    element = value[index]
+    shown = f"{float(element):g}" if element.numel() == 1 else f"a value of shape {tuple(element.shape)}"
+    return f"{shown} at index {index} of its value" if index else shown
 
 
 def check_guide_draws(model_program, guide_trace, x: torch.Tensor, model_spec: str, guide_spec: str) -> None:

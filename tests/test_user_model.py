@@ -67,8 +67,10 @@ def test_a_model_that_takes_only_x_is_scaled_and_evaluated_by_ais_and_importance
 
 
 def test_user_model_mistakes_are_named(user_file, tmp_path):
-    with pytest.raises(UsageError, match="has no 'missing'"):
+    with pytest.raises(UsageError, match="has no 'missing';"):
         import_target(f"{user_file}:missing")
+    with pytest.raises(UsageError, match=r"has no 'modle' \(did you mean 'model'\?\)"):
+        import_target(f"{user_file}:modle")
     with pytest.raises(UsageError, match="does not exist"):
         import_target("nowhere.py:model")
     with pytest.raises(UsageError, match="cannot import"):
