@@ -1,9 +1,10 @@
-"""Write docs/cli.md, the command-line reference, from the parser itself (``--help`` of every command).
+"""Write the generated references: docs/cli.md from the parser itself (``--help`` of every command), and
+docs/registries.md from the registries of families and estimators (:mod:`registry_reference`).
 
-    python scripts/cli_reference.py          # rewrite docs/cli.md
-    python scripts/cli_reference.py --check  # exit 1 where docs/cli.md differs from what --help says now
+    python scripts/cli_reference.py          # rewrite both
+    python scripts/cli_reference.py --check  # exit 1 where either differs from what the code says now
 
-``tests/test_scripts.py`` runs the check, so the reference cannot drift from ``--help``.
+``tests/test_scripts.py`` runs the check, so neither reference can drift.
 """
 
 import argparse
@@ -12,6 +13,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # registry_reference beside it, however this is loaded
+
+import registry_reference  # noqa: E402
 
 from elbogap.cli import build_parser  # noqa: E402
 
@@ -41,14 +45,16 @@ def reference() -> str:
 
 
 def main(args) -> int:
-    text = reference()
+    generated = {REFERENCE: reference(), registry_reference.REFERENCE: registry_reference.reference()}
     if args.check:
-        if not REFERENCE.is_file() or REFERENCE.read_text() != text:
-            print(f"{REFERENCE} differs from --help: run python scripts/cli_reference.py", file=sys.stderr)
+        stale = [str(path) for path, text in generated.items() if not path.is_file() or path.read_text() != text]
+        if stale:
+            print(f"{', '.join(stale)} differ(s) from the code: run python scripts/cli_reference.py", file=sys.stderr)
             return 1
         return 0
-    REFERENCE.write_text(text)
-    print(f"wrote {REFERENCE}")
+    for path, text in generated.items():
+        path.write_text(text)
+        print(f"wrote {path}")
     return 0
 
 

@@ -1,12 +1,9 @@
-"""Write docs/registries.md, the reference of every family and estimator, from the registries themselves.
+"""docs/registries.md, the reference of every family and estimator, from the registries themselves.
 
-    python scripts/registry_reference.py          # rewrite docs/registries.md
-    python scripts/registry_reference.py --check  # exit 1 where docs/registries.md differs from the registries
-
-``tests/test_scripts.py`` runs the check: a family or estimator added as a file is listed here once this is rerun.
+``python scripts/cli_reference.py`` writes it beside docs/cli.md (``--check``: exit 1 where either differs), and
+``tests/test_scripts.py`` runs the check: a family or estimator added as a file is listed here once that is rerun.
 """
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -77,7 +74,8 @@ def estimator_rows() -> list[str]:
 
 def reference() -> str:
     parts = ["# Families and estimators", "",
-             "Generated from the registries by `python scripts/registry_reference.py`; a test fails where it drifts.",
+             "Generated from the registries by `python scripts/cli_reference.py` (with docs/cli.md); a test fails "
+             "where it drifts.",
              "A family is a module of `elbogap/guides/` that registers its class with `@family(name)`; an estimator "
              "is a module of `elbogap/estimators/` that calls `register` (docs/estimators.md). Adding either is "
              "adding that one file.", "",
@@ -100,21 +98,3 @@ def reference() -> str:
              *estimator_rows(), ""]
     return "\n".join(parts)
 
-
-def main(args) -> int:
-    text = reference()
-    if args.check:
-        if not REFERENCE.is_file() or REFERENCE.read_text() != text:
-            print(f"{REFERENCE} differs from the registries: run python scripts/registry_reference.py",
-                  file=sys.stderr)
-            return 1
-        return 0
-    REFERENCE.write_text(text)
-    print(f"wrote {REFERENCE}")
-    return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="compare instead of writing")
-    sys.exit(main(parser.parse_args()))

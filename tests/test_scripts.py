@@ -37,7 +37,7 @@ def test_the_cli_reference_is_what_help_says():
 
 def test_the_registry_reference_lists_every_family_and_estimator():
     """docs/registries.md is generated from the registries; a family or estimator file added without rerunning
-    scripts/registry_reference.py fails here."""
+    scripts/cli_reference.py fails here."""
     script = load("registry_reference")
-    assert script.REFERENCE.read_text() == script.reference(), "run python scripts/registry_reference.py"
+    assert script.REFERENCE.read_text() == script.reference(), "run python scripts/cli_reference.py"
     assert "| `sylvester` |" in script.reference() and "| `prior-is` |" in script.reference()
