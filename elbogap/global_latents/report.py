@@ -66,7 +66,8 @@ def outside_q_warnings(runs: list[dict]) -> list[str]:
         lines.append(f"- {guide} seed{'s' if ',' in seeds else ''} {seeds}: {share} of the reference posterior's mass "
                      f"on {sites} lies more than {OUTSIDE_SDS:.0f} of q's sds from q's mean (a q that covers the "
                      "posterior leaves under 1% there): q sits in one part of the posterior (one of several modes, "
-                     "or far too narrow for a heavy tail or a strong correlation), and its KL gap is what that "
+                     "or far too narrow for a funnel's neck, a heavy tail or a strong correlation), and its KL gap is "
+                     "what that "
                      "costs; the figure marginals.png shows where, and a mixture or a flow may cover more")
     return lines
 
