@@ -103,8 +103,9 @@ def estimated_evidence(estimator, model, data, config, seed, run_dir, stream: st
                    "effective_chains": float(log_w.softmax(0).pow(2).sum().reciprocal()), **estimate.info}
         return {"summary": summary, "log_w": log_w, "states": draws}
 
-    return study_cache(run_dir, "evidence", model, data, {"estimator": estimator.name, "samples": settings.samples,
-                                                          "stream": stream}, seed, compute)
+    key = {"estimator": estimator.name, "samples": settings.samples, "grid_points": settings.grid_points,
+           "stream": stream}  # every setting an estimator reads: a resumed study with another grid computes anew
+    return study_cache(run_dir, "evidence", model, data, key, seed, compute)
 
 
 def refuse_estimator(setting: str, model: GlobalLatentModel, data: torch.Tensor) -> None:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import torch
 
+from elbogap.config import Config
+from elbogap.estimators import estimators
 from elbogap.global_latents.model import GlobalLatentModel
-from elbogap.global_latents.protocol import evidence_check
+from elbogap.global_latents.protocol import estimated_evidence, evidence_check
 from elbogap.global_latents.shared import shared_path, study_cache
 from tests.global_latents import truth
 
@@ -61,3 +63,15 @@ def test_q_above_ais_is_warned_beyond_its_noise_and_a_twentieth_of_a_nat_naming_
     metrics["log_evidence_q"] = -226.07
     warning = evidence_check(metrics)["evidence_warning"]
     assert "0.078 nats above AIS's" in warning and "--evidence-steps" in warning and "--ais-steps" not in warning
+
+
+def test_an_estimators_evidence_is_kept_per_grid_so_another_grid_computes_anew(tmp_path):
+    """The quadrature's log p(D) was kept under its name and draws alone: a study resumed with another
+    --quadrature-points read the first grid's value."""
+    data = truth.regression_data(8, 2, seed=3)
+    model = GlobalLatentModel(truth.regression_model(1.0, 1.0), data, "regression")
+    run_dir = tmp_path / "runs" / "run"
+    quadrature = estimators()["quadrature"]
+    grids = [estimated_evidence(quadrature, model, data, Config(log_px="quadrature", quadrature_points=points), 0,
+                                run_dir, "evidence")["summary"]["samples"] for points in (16, 24)]
+    assert grids[0] != grids[1] and len(list((tmp_path / "shared").glob("evidence-*.pt"))) == 2
