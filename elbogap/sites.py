@@ -9,9 +9,12 @@ inverse of ``biject_to(support)``, as Pyro's HMC does; :func:`constrain` maps it
 the log-Jacobian that keeps densities over the real vector right.
 """
 
+import contextlib
 import math
 
+import pyro
 import torch
+from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 
 from elbogap.errors import UsageError
@@ -100,6 +103,27 @@ def check_unscaled_latents(trace, spec: str) -> None:
             raise UsageError(f"the model {spec} scales or masks its latent site {name!r} (poutine.scale / "
                              "poutine.mask); elbogap honours them on observed sites only (a tempered or masked "
                              "likelihood): move the scale or mask to the observations")
+
+
+#: the outer plate q's draws are taken under at once, as Pyro's vectorized particles are
+DRAWS_PLATE = "elbogap_draws"
+
+
+def traces_under_draws(guide, guide_args: tuple, model, model_args: tuple, count: int | None = None,
+                       nesting: int = 0):
+    """The trace of the program ``guide(*guide_args)`` and of ``model(*model_args)`` replayed on it: one draw, or
+    ``count`` at once under :data:`DRAWS_PLATE` left of ``nesting`` plate dimensions. What every q-draws path of either
+    kind of model (per point or global) runs before it scores the draws its own way."""
+    with pyro.plate(DRAWS_PLATE, count, dim=-(nesting + 1)) if count is not None else contextlib.nullcontext():
+        guide_trace = poutine.trace(guide).get_trace(*guide_args)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*model_args)
+    return guide_trace, model_trace
+
+
+def draws_depth(guide, guide_args: tuple, model, model_args: tuple) -> int:
+    """How deep the plates of one draw of ``guide`` and of ``model`` replayed on it nest (:func:`plate_depth`): the
+    plate of draws goes left of them."""
+    return plate_depth(*traces_under_draws(guide, guide_args, model, model_args))
 
 
 def plate_depth(*traces) -> int:

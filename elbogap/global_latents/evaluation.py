@@ -19,13 +19,12 @@ References:
 import math
 from dataclasses import dataclass
 
-import pyro
 import torch
 from pyro import poutine
 
 from elbogap.global_latents.model import sample_sites, traced_draws
 from elbogap.inference.weights import group_spread_dof, khat_threshold, proposal_estimate
-from elbogap.sites import plate_depth, scored
+from elbogap.sites import draws_depth, scored, traces_under_draws
 
 
 @dataclass
@@ -121,9 +120,7 @@ def plate_nesting(model, guide, data: torch.Tensor) -> int:
     """How deep the plates of ``guide`` and of ``model`` replayed on it nest (at least 1)."""
     index = torch.arange(len(data), device=data.device)
     with torch.no_grad():
-        example = poutine.trace(guide.guide).get_trace(data, index, len(data))
-        replayed = poutine.trace(poutine.replay(model.full_program, trace=example)).get_trace(data)
-    return max(1, plate_depth(example, replayed))
+        return max(1, draws_depth(guide.guide, (data, index, len(data)), model.full_program, (data,)))
 
 
 def draws_broadcast(model, guide, data: torch.Tensor) -> bool:
@@ -140,12 +137,11 @@ def draws_broadcast(model, guide, data: torch.Tensor) -> bool:
 def _plate_draws(model, guide, data: torch.Tensor, count: int) -> GuideDraws | None:
     """``count`` draws under an outer plate, or None where a site's density does not come out one per draw."""
     index = torch.arange(len(data), device=data.device)
-    example = poutine.trace(guide.guide).get_trace(data, index, len(data))
-    nesting = plate_depth(example, poutine.trace(poutine.replay(model.full_program, trace=example)).get_trace(data))
+    arguments = (data, index, len(data))
+    nesting = draws_depth(guide.guide, arguments, model.full_program, (data,))
     try:
-        with pyro.plate("elbogap_draws", count, dim=-(nesting + 1)):
-            guide_trace = poutine.trace(guide.guide).get_trace(data, index, len(data))
-            model_trace = poutine.trace(poutine.replay(model.full_program, trace=guide_trace)).get_trace(data)
+        guide_trace, model_trace = traces_under_draws(guide.guide, arguments, model.full_program, (data,), count,
+                                                      nesting)
 
         def total(trace, names):
             out = torch.zeros(count, dtype=torch.float64, device=data.device)

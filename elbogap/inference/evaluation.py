@@ -1,10 +1,8 @@
 r"""Per-datapoint evaluation of a guide against a model: ELBO, its two terms, log p(x) and the gap."""
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 
-import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
@@ -29,7 +27,7 @@ from elbogap.inference.weights import (
     proposal_estimate,
 )
 from elbogap.progress import Progress, as_progress
-from elbogap.sites import broadcasts_draws, plate_depth, repeat_rows, scored
+from elbogap.sites import broadcasts_draws, draws_depth, repeat_rows, scored, traces_under_draws
 
 #: draws of q per data point evaluated at once
 SAMPLE_CHUNK = 64
@@ -133,14 +131,12 @@ def _program_draws(model, guide, x, index):
     :math:`\log q` sums every site the guide samples (auxiliary ones included).
     """
     sites, observed = latent_sites(model), observed_sites(model)
-    example = poutine.trace(guide.guide).get_trace(x, index)
-    nesting = plate_depth(example, poutine.trace(poutine.replay(model.model, trace=example)).get_trace(x))
+    nesting = draws_depth(guide.guide, (x, index), model.model, (x,))
 
     def one(count, vectorized, rows=1):
         inputs = (x, index) if rows == 1 else (repeat_rows(x, rows), repeat_rows(index, rows))
-        with pyro.plate("elbogap_draws", count, dim=-(nesting + 1)) if vectorized else contextlib.nullcontext():
-            guide_trace = poutine.trace(guide.guide).get_trace(*inputs)
-            model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(inputs[0])
+        guide_trace, model_trace = traces_under_draws(guide.guide, inputs, model.model, inputs[:1],
+                                                      count if vectorized else None, nesting)
         shape = (count, len(x)) if vectorized else (rows * len(x),)
 
         def total(trace, names):
