@@ -168,7 +168,7 @@ OUTSIDE_SDS = 4.0
 
 def mass_outside_q(q_moments: dict, ref_values: dict, weights: torch.Tensor | None) -> dict[str, float]:
     r"""Per site, the largest share over its elements of the reference posterior's mass lying more than
-    :data:`OUTSIDE_SDS` of q's sds from q's mean, :math:`\max_i \Pr_{	ext{ref}}(|	heta_i - \mu_{q,i}| > 4
+    :data:`OUTSIDE_SDS` of q's sds from q's mean, :math:`\max_i \Pr_{\text{ref}}(|\theta_i - \mu_{q,i}| > 4
     \sigma_{q,i})`: about half where q sits in one of two modes, which q's standardized mean error cannot see
     when the reference's sd spans both modes."""
     out = {}

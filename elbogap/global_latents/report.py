@@ -67,8 +67,7 @@ def outside_q_warnings(runs: list[dict]) -> list[str]:
                      f"on {sites} lies more than {OUTSIDE_SDS:.0f} of q's sds from q's mean (a q that covers the "
                      "posterior leaves under 1% there): q sits in one part of the posterior (one of several modes, "
                      "or far too narrow for a funnel's neck, a heavy tail or a strong correlation), and its KL gap is "
-                     "what that "
-                     "costs; the figure marginals.png shows where, and a mixture or a flow may cover more")
+                     "what that costs; the figure marginals.png shows where, and a mixture or a flow may cover more")
     return lines
 
 
