@@ -275,7 +275,6 @@ def first_outside_support(fn, value: torch.Tensor) -> str | None:
         inside = fn.support.check(value)
     except (NotImplementedError, RuntimeError, ValueError):
         return None
-    inside = inside.expand(value.shape[:inside.dim()]) if inside.dim() <= value.dim() else inside
     outside = (~inside.bool()).nonzero()
     if not len(outside):
         return None

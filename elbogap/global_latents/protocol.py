@@ -181,9 +181,9 @@ def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, ph
         ref_moments = moments(reference["values"], weights)
         # compared where q is fitted: a positive site's heavy right tail makes a weighted reference's sd unreliable at
         # a few hundred effective draws, its log's not (a tester's Gamma-Poisson model: sd(a) 21% low, sd(log a) 6%)
-        q_fitted, ref_fitted = model.unconstrained(draws.values), model.unconstrained(reference["values"])
-        sites = against_reference(moments(q_fitted), moments(ref_fitted, weights))
-        for name, share in mass_outside_q(moments(q_fitted), ref_fitted, weights).items():
+        q_fitted, ref_fitted = moments(model.unconstrained(draws.values)), model.unconstrained(reference["values"])
+        sites = against_reference(q_fitted, moments(ref_fitted, weights))
+        for name, share in mass_outside_q(q_fitted, ref_fitted, weights).items():
             sites[name]["mass_outside_q"] = share
         record["reference"] = {"method": reference["method"], **json.loads(reference["diagnostics"]),
                                "moments": site_moments(ref_moments), "coordinates": "unconstrained",
