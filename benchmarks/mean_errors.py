@@ -25,7 +25,6 @@ from elbogap.inference.ais import (  # noqa: E402
     AISSettings,
     AnnealingPath,
     anneal,
-    initial_draws,
     sigmoid_schedule,
     tune_step_sizes,
 )
@@ -36,6 +35,7 @@ from elbogap.inference.weights import (  # noqa: E402
     log_mean_exp,
     log_mean_exp_stderr,
 )
+from elbogap.model.target import PointsTarget  # noqa: E402
 from elbogap.threads import intra_op_threads  # noqa: E402
 
 FORWARD = [  # (name, model, settings, repeats): forward AIS on the model's fixed points
@@ -78,10 +78,10 @@ def sandwich_runs(scale: float):
         forward, reverse = [], []
         for seed in range(max(2, int(repeats * scale))):
             pyro.set_rng_seed(seed)
-            path = AnnealingPath(known.model, x)
+            path = AnnealingPath(PointsTarget(known.model, x))
             step_sizes = tune_step_sizes(path, settings)
             betas = sigmoid_schedule(settings.steps, dtype=x.dtype)
-            up, _, _ = anneal(path, initial_draws(path, settings.chains), betas, step_sizes, settings.leapfrog_steps)
+            up, _, _ = anneal(path, path.start(settings.chains), betas, step_sizes, settings.leapfrog_steps)
             z = known.model.posterior(x).sample((settings.chains,))
             down, _, _ = anneal(path, z, betas, step_sizes, settings.leapfrog_steps, reverse=True)
             forward.append(up.log_w.double())

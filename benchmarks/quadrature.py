@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from elbogap.estimators import EstimatorSettings, estimators
-from elbogap.global_latents.evidence import EvidencePath
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.inference.log_px import per_point_target
+from elbogap.model.target import DataSetTarget
 from elbogap.model.vae import VAE
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
@@ -87,7 +87,7 @@ def global_latents() -> list[str]:
         exact = truth.regression_log_evidence(data[:, :2], data[:, 2], alpha, 1.0)
         model = GlobalLatentModel(truth.regression_model(alpha, 1.0), data, "regression")
         started = time.perf_counter()
-        estimate = QUADRATURE.estimate(EvidencePath(model, data), EstimatorSettings())
+        estimate = QUADRATURE.estimate(DataSetTarget(model, data), EstimatorSettings())
         lines.append(row(f"regression, 2 weights of prior sd {alpha ** -0.5:g}, 2,000 rows, n = 24 "
                          f"({estimate.info['samples']} points)", estimate.values, estimate.stderr,
                          torch.tensor([exact], dtype=torch.float64), time.perf_counter() - started))

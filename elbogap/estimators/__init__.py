@@ -1,10 +1,11 @@
 r"""Estimators of the evidence that run on any target: one file each, registered by being in this package.
 
 A *target* is a model seen as independent units, each with its latents as one flat vector
-(:class:`~elbogap.inference.ais.AnnealingPath`): the data points of a model whose latents are per point, or the
-whole data set of a model with global latents (:class:`~elbogap.global_latents.evidence.EvidencePath`, a batch of
-one). It gives ``start(count)``, draws of the prior ``(count, units, d)``, and ``log_joint(z)``, the log prior and
-log likelihood of each unit at ``z`` ``(count, units)``. An :class:`Estimator` turns a target into
+(:mod:`elbogap.model.target`): the data points of a model whose latents are per point
+(:class:`~elbogap.model.target.PointsTarget`), or the whole data set of a model with global latents
+(:class:`~elbogap.model.target.DataSetTarget`, a batch of one). It gives ``start(count)``, draws of the prior
+``(count, units, d)``, and ``log_joint(z)``, the log prior and log likelihood of each unit at ``z``
+``(count, units)``. An :class:`Estimator` turns a target into
 :math:`\log p(x)` per unit with its standard error (a :class:`~elbogap.inference.log_px.LogPxEstimate`).
 
 Each module of this package calls :func:`register` when :func:`estimators` first imports it; the per-point kind

@@ -47,6 +47,7 @@ from elbogap.inference.gaussian_fit import GaussianFitSettings, fit_gaussian
 from elbogap.inference.smc import SMCSettings, tempered_smc
 from elbogap.inference.weights import group_spread_dof, log_mean_exp, log_mean_exp_stderr, pareto_khat
 from elbogap.inference.whitened import STARTS, WhitenedPath, moment_match
+from elbogap.model.target import DataSetTarget
 from elbogap.progress import Progress, as_progress
 from elbogap.threads import intra_op_threads
 
@@ -75,27 +76,6 @@ PRIOR_CHECK_STDERR = 0.15
 #: the check's settings, in the evidence's cache key
 PRIOR_CHECK_SETTINGS = {"pilot": "above", "above": PRIOR_SWITCH, "above_nats": PRIOR_SWITCH_NATS,
                         "stderr": PRIOR_CHECK_STDERR}
-
-
-class EvidencePath(AnnealingPath):
-    """The annealing path from the prior over every latent of a model with global latents (a batch of one)."""
-
-    def __init__(self, model, data: torch.Tensor):
-        super().__init__(model, data)
-        self.direct = False
-
-    @property
-    def batch_size(self) -> int:
-        return 1
-
-    def log_joint(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.log_density(z, self.x)
-
-    def start(self, chains: int) -> torch.Tensor:
-        return self.model.prior_draws(chains, self.x)[:, None, :].to(self.x.dtype)
-
-    def select(self, index: torch.Tensor) -> "EvidencePath":
-        return self  # one unit, the whole data set
 
 
 @dataclass(frozen=True)
@@ -234,7 +214,7 @@ def checked_against_prior(model, data, settings: EvidenceSettings, evidence: Evi
 
 def _from_prior(model, data, settings: AISSettings, progress) -> Evidence:
     started = time.perf_counter()
-    path = EvidencePath(model, data)
+    path = AnnealingPath(DataSetTarget(model, data))
     with one_thread(), as_progress(progress).bar("AIS on the data set", pilot_steps(settings) + settings.steps,
                                                    unit="transition") as bar:
         step_sizes = tune_step_sizes(path, settings, bar=bar)
@@ -456,7 +436,7 @@ def _sandwich(model, data, z, settings: EvidenceSettings, progress) -> tuple[tor
     """Forward and reverse log-weights ``(chains, 1)`` on one simulated data set with latents ``z``, and the
     temperatures used."""
     if settings.start == "prior":
-        path, ais = EvidencePath(model, data), settings.ais(settings.max_steps)
+        path, ais = AnnealingPath(DataSetTarget(model, data)), settings.ais(settings.max_steps)
         start = z.expand(settings.chains, 1, -1).clone()
     else:
         program, path, own = _forms(model, data, settings, progress, {})[0]  # the evidence's form, and z in it

@@ -38,7 +38,6 @@ from elbogap.global_latents.evaluation import (
 )
 from elbogap.global_latents.evidence import (
     PRIOR_CHECK_SETTINGS,
-    EvidencePath,
     ais_evidence,
     bdmc_evidence,
     one_thread,
@@ -55,6 +54,7 @@ from elbogap.global_latents.reference import (
 from elbogap.global_latents.shared import study_cache
 from elbogap.global_latents.warm_start import mean_field_fit, starts_at_mean_field
 from elbogap.inference.weights import group_spread_dof, log_mean_exp, log_mean_exp_stderr, pareto_khat
+from elbogap.model.target import DataSetTarget
 from elbogap.phases import Phases
 from elbogap.progress import Progress, as_progress
 from elbogap.user_model import resolve_program
@@ -92,7 +92,7 @@ def estimated_evidence(estimator, model, data, config, seed, run_dir, stream: st
         streams.seeded(stream, seed)
         started = time.perf_counter()
         with one_thread():
-            estimate = estimator.estimate(EvidencePath(model, data), settings)
+            estimate = estimator.estimate(DataSetTarget(model, data), settings)
         log_w, draws = estimate.info.pop("log_w")[:, 0], estimate.info.pop("draws")[:, 0]
         khat = float(pareto_khat(log_w[:, None])[0]) if estimator.sampled else math.nan  # a grid's weights: no tail
         summary = {"log_evidence": float(estimate.values[0]), "stderr": float(estimate.stderr[0]),
@@ -112,7 +112,7 @@ def refuse_estimator(setting: str, model: GlobalLatentModel, data: torch.Tensor)
     """One line where ``--log-px setting`` cannot estimate this model's log p(D)."""
     if setting in ("auto", "ais"):
         return
-    usable = [name for name, estimator in estimators().items() if estimator.applies(EvidencePath(model, data))]
+    usable = [name for name, estimator in estimators().items() if estimator.applies(DataSetTarget(model, data))]
     estimator = estimators().get(setting)
     if estimator is None:
         raise UsageError(f"--log-px {setting} is for models whose latents are per data point; for log p(D) of this "

@@ -39,16 +39,13 @@ import math
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
-import pyro
 import torch
-from pyro import poutine
 
 from elbogap.errors import UsageError
-from elbogap.inference.log_joint import ELEMENT_BUDGET, flatten_latents, latent_sites, log_joint
+from elbogap.inference.log_joint import ELEMENT_BUDGET
 from elbogap.inference.weights import group_spread_dof, jackknife_stderr, log_mean_exp, log_mean_exp_stderr
-from elbogap.model.base import LatentModel
+from elbogap.model.target import PointsTarget, Target
 from elbogap.progress import Progress, as_progress
-from elbogap.sites import broadcasts_draws, repeat_rows
 
 INITS = ("prior", "q")
 
@@ -102,45 +99,42 @@ def sigmoid_schedule(num_steps: int, radius: float = 4.0, dtype=torch.float64) -
 
 
 class AnnealingPath:
-    r"""The log densities along the path, as fixed parts whose weights depend on :math:`\beta`.
+    r"""The log densities along the path over a target's units, as fixed parts whose weights depend on :math:`\beta`.
 
     :math:`\log f_\beta(z) = \sum_c a_c(\beta) \, \ell_c(z)` with parts :math:`\ell` =
     (:math:`\log p(z)`, :math:`\log p(x \mid z)`) and weights :math:`(1, \beta)` from the prior,
     or (:math:`\log q`, :math:`\log p(z)`, :math:`\log p(x \mid z)`) and :math:`(1-\beta, \beta,
     \beta)` from ``q``. Each part's gradient is kept, so one model evaluation serves every
     :math:`\beta`: the weight increment and the next transition's first half-step need none.
+    The densities and the prior's draws are the ``target``'s (:mod:`elbogap.model.target`).
     """
 
-    def __init__(self, model, x: torch.Tensor, q=None):
-        self.model, self.x, self.q = model, x, q
-        # elbogap's own models state their densities as methods: calling them skips a Pyro trace per
-        # gradient, the same numbers; any other program is run through its trace
-        self.direct = isinstance(model, LatentModel) and type(model).model is LatentModel.model
+    def __init__(self, target: Target, q=None):
+        self.target, self.q = target, q
 
-    def log_joint(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.direct:
-            return self.model.prior().log_prob(z), self.model.likelihood(z).log_prob(self.x)
-        # a leapfrog step may overflow a program's parameters (exp of a large log-rate): the density is then
-        # NaN and the proposal rejected (see hmc_transition), instead of a distribution refusing its arguments
-        with pyro.validation_enabled(False):
-            return log_joint(self.model, self.x, z)
+    model = property(lambda self: self.target.model)
+    x = property(lambda self: self.target.x)
+    dtype = property(lambda self: self.target.dtype)
+    device = property(lambda self: self.target.device)
+    latent_dim = property(lambda self: self.target.latent_dim)
 
     @property
     def batch_size(self) -> int:
         """Independent targets annealed side by side (data points; one data set for a joint model)."""
-        return self.x.shape[0]
+        return self.target.batch_size
 
-    dtype = property(lambda self: self.x.dtype)
-    device = property(lambda self: self.x.device)
-    latent_dim = property(lambda self: self.model.latent_dim)
+    def log_joint(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.target.log_joint(z)
 
     def select(self, index: torch.Tensor) -> "AnnealingPath":
         """The path from the prior over the units ``index`` alone."""
-        return AnnealingPath(self.model, self.x[index])
+        return AnnealingPath(self.target.select(index))
 
     def start(self, chains: int) -> torch.Tensor:
         """``chains`` draws of the start, :math:`p(z)` or :math:`q(z \\mid x)`: ``(chains, batch, latent_dim)``."""
-        return initial_draws(self, chains)
+        if self.q is not None:
+            return self.q.expand(torch.Size([chains]) + self.q.batch_shape).sample()
+        return self.target.start(chains)
 
     def weights(self, beta: float) -> torch.Tensor:
         coefficients = [1.0 - beta, beta, beta] if self.q is not None else [1.0, beta]
@@ -271,24 +265,6 @@ def anneal(path: AnnealingPath, z: torch.Tensor, betas: torch.Tensor, step_sizes
     return state, log_eps.exp(), accept_sum / band_count.clamp_min(1)
 
 
-def initial_draws(path: AnnealingPath, chains: int) -> torch.Tensor:
-    """``chains`` draws of the path's start, :math:`p(z)` or :math:`q(z \\mid x)`: ``(chains, batch, latent_dim)``."""
-    if path.q is not None:
-        return path.q.expand(torch.Size([chains]) + path.q.batch_shape).sample()
-    # ancestral draws of every latent site (a hierarchy's too) from the model run without its data
-    program = poutine.trace(poutine.block(path.model.model, hide_types=["param"]))
-    sites = latent_sites(path.model)
-    if not broadcasts_draws(path.model):  # a user's program: the chains as rows of one batch
-        with torch.no_grad():
-            trace = program.get_trace(repeat_rows(path.x, chains))
-        values = {name: trace.nodes[name]["value"] for name in sites}
-        return flatten_latents(path.model, values, 1).reshape(chains, len(path.x), -1)
-    with torch.no_grad(), pyro.plate("ais_chains", chains, dim=-2):
-        trace = program.get_trace(path.x)
-    values = {name: trace.nodes[name]["value"] for name in sites}
-    return flatten_latents(path.model, values, 2).expand(chains, len(path.x), -1).clone()
-
-
 def pilot_steps(settings: AISSettings) -> int:
     """Transitions of the pilot run that tunes the step sizes: ``pilot_fraction * steps``, and at least
     ``pilot_per_band`` per temperature band.
@@ -364,10 +340,10 @@ def _ais_chunk(model, x, index, settings, guide, bar=None) -> AISResult:
                 raise UsageError(f"--ais-init q needs a guide whose density can be evaluated at any z, and "
                                  f"{type(guide).__name__}'s cannot (its flow has no inverse); "
                                  "use --ais-init prior") from None
-    path = AnnealingPath(model, x, q)
+    path = AnnealingPath(PointsTarget(model, x), q)
     step_sizes = tune_step_sizes(path, settings, bar=bar)
     betas = sigmoid_schedule(settings.steps, dtype=x.dtype)
-    state, _, acceptance = anneal(path, initial_draws(path, settings.chains), betas, step_sizes,
+    state, _, acceptance = anneal(path, path.start(settings.chains), betas, step_sizes,
                                   settings.leapfrog_steps, bar=bar)
     stderr = log_mean_exp_stderr(state.log_w).to(state.log_w.dtype)
     return AISResult(log_mean_exp(state.log_w), stderr, state.log_w, step_sizes, acceptance,

@@ -26,7 +26,6 @@ from elbogap.inference.ais import (
     AISSettings,
     AnnealingPath,
     anneal,
-    initial_draws,
     pilot_steps,
     point_chunk,
     sigmoid_schedule,
@@ -40,6 +39,7 @@ from elbogap.inference.weights import (
     log_mean_exp,
     log_mean_exp_stderr,
 )
+from elbogap.model.target import PointsTarget
 from elbogap.progress import Progress, as_progress
 
 
@@ -106,10 +106,10 @@ def bdmc(model, x: torch.Tensor, z: torch.Tensor, settings: AISSettings | None =
 
 
 def _bdmc_chunk(model, x, z, settings, bar=None) -> BDMCResult:
-    path = AnnealingPath(model, x)
+    path = AnnealingPath(PointsTarget(model, x))
     step_sizes = tune_step_sizes(path, settings, bar=bar)
     betas = sigmoid_schedule(settings.steps, dtype=x.dtype)
-    forward, _, _ = anneal(path, initial_draws(path, settings.chains), betas, step_sizes, settings.leapfrog_steps,
+    forward, _, _ = anneal(path, path.start(settings.chains), betas, step_sizes, settings.leapfrog_steps,
                            bar=bar)
     independent = z.dim() == 3
     start = z.clone() if independent else z.expand(settings.chains, *z.shape).clone()

@@ -18,8 +18,9 @@ import torch
 
 from elbogap.errors import UsageError
 from elbogap.estimators import Estimator, EstimatorSettings, LogPxEstimate, estimators
-from elbogap.inference.ais import AISSettings, AnnealingPath, ais_log_px
+from elbogap.inference.ais import AISSettings, ais_log_px
 from elbogap.inference.weights import group_spread_dof
+from elbogap.model.target import PointsTarget
 
 if TYPE_CHECKING:
     from elbogap.progress import Progress
@@ -43,10 +44,10 @@ class LogPxSettings:
     iw_samples: int = 1000
 
 
-def per_point_target(model, x: torch.Tensor | None = None) -> AnnealingPath:
+def per_point_target(model, x: torch.Tensor | None = None) -> PointsTarget:
     """The points ``x`` of a per-point model as a target of :mod:`elbogap.estimators` (each row a unit; without
     ``x``, enough to ask an estimator whether it applies)."""
-    return AnnealingPath(model, x)
+    return PointsTarget(model, x)
 
 
 def exact_log_px(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,11 +10,11 @@ import torch
 from elbogap.config import Config
 from elbogap.estimators import EstimatorSettings, estimators
 from elbogap.factory import build, load_dataset
-from elbogap.global_latents.evidence import EvidencePath
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.global_latents.protocol import evidence_check
 from elbogap.inference import evaluate
 from elbogap.inference.log_px import settings
+from elbogap.model.target import DataSetTarget
 from tests.global_latents import truth
 
 
@@ -60,7 +60,7 @@ def test_on_a_whole_data_set_its_error_bar_matches_its_spread_over_repeats():
     values, errors = [], []
     for seed in range(40):
         pyro.set_rng_seed(seed)
-        estimate = estimator.estimate(EvidencePath(model, data), EstimatorSettings(samples=1000))
+        estimate = estimator.estimate(DataSetTarget(model, data), EstimatorSettings(samples=1000))
         values.append(float(estimate.values[0]))
         errors.append(float(estimate.stderr[0]))
     values, errors = np.array(values), np.array(errors)
@@ -103,7 +103,7 @@ def test_the_draws_are_scored_in_chunks_within_the_budget():
     values = []
     for budget in (2**24, 4 * data.numel()):
         pyro.set_rng_seed(0)
-        estimate = estimators()["prior-is"].estimate(EvidencePath(model, data),
+        estimate = estimators()["prior-is"].estimate(DataSetTarget(model, data),
                                                      EstimatorSettings(samples=64, element_budget=budget))
         values.append(float(estimate.values[0]))
     assert values[0] == values[1]

@@ -9,9 +9,9 @@ import torch
 
 from elbogap.estimators import EstimatorSettings, estimators
 from elbogap.estimators.quadrature import TIGHTEN_ABOVE
-from elbogap.global_latents.evidence import EvidencePath
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.inference.log_px import per_point_target
+from elbogap.model.target import DataSetTarget
 from elbogap.model.vae import VAE
 from tests.global_latents import truth
 
@@ -52,7 +52,7 @@ def test_the_evidence_of_a_conjugate_regression_with_two_weights(alpha):
     data = truth.regression_data(2000, 2, seed=4)
     exact = truth.regression_log_evidence(data.double()[:, :2], data.double()[:, 2], alpha, 1.0)
     model = GlobalLatentModel(truth.regression_model(alpha, 1.0), data.double(), "regression")
-    estimate = QUADRATURE.estimate(EvidencePath(model, data.double()), EstimatorSettings(keep_draws=True))
+    estimate = QUADRATURE.estimate(DataSetTarget(model, data.double()), EstimatorSettings(keep_draws=True))
     # 1e-6: float64 sums; the error stated is the change from halving, up to TIGHTEN_ABOVE, where the grid's own is 1e-9
     assert abs(float(estimate.values[0]) - exact) < 1e-6
     assert abs(float(estimate.values[0]) - exact) <= float(estimate.stderr[0]) + 1e-6 <= TIGHTEN_ABOVE + 1e-6

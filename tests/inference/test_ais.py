@@ -20,6 +20,7 @@ from elbogap.inference.ais import (
 from elbogap.inference.bdmc import simulate
 from elbogap.inference.log_px import METHODS, plan
 from elbogap.model import VAE, LinearGaussian
+from elbogap.model.target import PointsTarget
 from tests.conftest import optimal_diag_guide
 
 #: settings under which AIS is accurate on the 8-D model: 250 x 32 x 5 x 1.25 = 50,000 gradient evaluations a point
@@ -53,7 +54,7 @@ def test_hmc_transition_leaves_the_posterior_invariant():
     x = simulate(model, torch.zeros(1, 12, dtype=torch.float64), 1)[0]
     posterior = model.posterior(x)
     z = posterior.sample((4000,))  # (chains, 1, latent)
-    path = AnnealingPath(model, x)
+    path = AnnealingPath(PointsTarget(model, x))
     values, grads = path.parts(z)
     state = ChainState(z, values, grads, torch.zeros(4000, 1, dtype=torch.float64))
     narrowest = float(torch.linalg.eigvalsh(posterior.covariance_matrix[0]).min().sqrt())
