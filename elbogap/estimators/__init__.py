@@ -74,6 +74,9 @@ class Estimator:
     :param str requirement: what it needs, for the one-line refusal where it does not apply.
     :param bool sampled: whether its kept draws are random (k-hat and the effective sample size describe them), not
         deterministic points with weights (a grid).
+    :param bool systematic: whether its errors are deterministic bounds (a grid's), which may share their sign across
+        units: a mean over units then errs by up to the mean of their errors, where independent random errors add in
+        quadrature (the root of the sum of squares, over the count).
     """
 
     name: str
@@ -83,6 +86,7 @@ class Estimator:
     applies: Callable = lambda target: True
     requirement: str = ""
     sampled: bool = True
+    systematic: bool = False
 
 
 #: the target-generic estimators by name, filled by this package's modules (read them through :func:`estimators`)

@@ -3,20 +3,21 @@ dimensions per unit: a per-point model with a 2-D :math:`z`, or a model with two
 unconstrained coordinates (the log joint includes the Jacobian there).
 
 The grid zooms onto each unit's posterior. The first box is the prior's median :math:`\pm 8` robust standard
-deviations (interquartile range / 1.349) per axis, from 1,000 prior draws pooled over the units, taken from seed 0
-on a forked random stream: the same box at every call, and the run's other draws do not move. Each stage lays an
-:math:`n \times n` midpoint grid on every unit's box, keeps the cells whose log joint is within 30 of the largest,
-and the next box is their bounding box padded by two cells. A unit is settled when no cell of its grid's outermost
-rows was kept and the next box would shrink it less than :data:`SETTLED_SHRINK` times: its grid then holds every
-cell within :math:`e^{-30}` of the peak, at a resolution its own posterior sets. Its estimate is :math:`\log \sum_c
-p(x, z_c)\,A` over that grid's cells of area :math:`A`. Its error is the change from halving the resolution (every
-other cell, of area :math:`4A`), a bound, which costs nothing. Where that is above :data:`TIGHTEN_ABOVE`, it is
+deviations (interquartile range / 1.349) per axis, from 1,000 prior draws pooled over the units, taken from seed 0 on
+a forked random stream: the same box at every call, and the run's other draws do not move. Each stage lays an :math:`n
+\times n` midpoint grid on every unit's box, keeps the cells whose log joint is within 30 of the largest, and the next
+box is their bounding box padded by two cells; where the kept cells reach a side of the box (the posterior goes on
+beyond it), that side moves out by half the box's width instead. A unit is settled when no cell of its grid's
+outermost rows was kept and the next box would shrink it less than :data:`SETTLED_SHRINK` times: its grid then holds
+every cell within :math:`e^{-30}` of the peak, at a resolution its own posterior sets. Its estimate is :math:`\log
+\sum_c p(x, z_c)\,A` over that grid's cells of area :math:`A`. Its error is the change from halving the resolution
+(every other cell, of area :math:`4A`), a bound, which costs nothing. Where that is above :data:`TIGHTEN_ABOVE`, it is
 replaced by the difference from the trapezoid rule on the same box (the cells' inner corners, one more grid of
-:math:`(n-1)^2` points): on a Gaussian the two rules err by the same amount with opposite signs, so the difference
-is about twice the midpoint rule's error, and it shrinks as fast as that error with the resolution. Where the kept
-cells span fewer than :data:`RESOLVED_CELLS` in an axis, the grid is too coarse for either alone: the trapezoid rule
-runs whatever the halving says, and the error is the larger of the two. A unit not settled after :data:`MAX_STAGES`
-stages keeps its last grid's estimate and has no error bar (NaN).
+:math:`(n-1)^2` points): on a Gaussian the two rules err by the same amount with opposite signs, so the difference is
+about twice the midpoint rule's error, and it shrinks as fast as that error with the resolution. Where the kept cells
+span fewer than :data:`RESOLVED_CELLS` in an axis, the grid is too coarse for either alone: the trapezoid rule runs
+whatever the halving says, and the error is the larger of the two. A unit not settled after :data:`MAX_STAGES` stages
+keeps its last grid's estimate and has no error bar (NaN).
 
 The grid points, weighted by :math:`p(x, z_c)\,A`, are kept as a weighted reference posterior where asked
 (``keep_draws``): deterministic weights, whose moments are the quadrature's, not a sample's.
@@ -38,6 +39,10 @@ KEPT_NATS = 30.0
 #: the kept cells' bounding box is padded by this many cells: with one, a grid whose largest value fell a little
 #: kept a cell at its edge and the box moved back and forth between stages
 PAD_CELLS = 2
+#: where the kept cells reach a side of the box, that side moves out by this share of the box's width: padded by two
+#: cells a stage, a long tail (a decoder whose likelihood keeps rising far from the prior's mass, on a 2-D Fashion-MNIST
+#: VAE) moved the side out 0.25 prior sds a stage and was never settled in MAX_STAGES stages
+GROW_SHARE = 0.5
 #: a box that the next would shrink less than this many times (in either axis) is settled: the kept cells then span
 #: most of the grid (at 24 points, 12 or more cells: under 1.3 posterior sds each where the posterior is Gaussian)
 SETTLED_SHRINK = 1.5
@@ -120,6 +125,8 @@ def quadrature(target, settings: EstimatorSettings) -> LogPxEstimate:
         # no cell of the outermost rows kept: the box holds every cell within KEPT_NATS of the peak
         inside = ((kept_lower > lower + cell) & (kept_upper < upper - cell)).all(-1)
         next_lower, next_upper = kept_lower - PAD_CELLS * cell, kept_upper + PAD_CELLS * cell
+        next_lower = torch.where(kept_lower > lower + cell, next_lower, lower - GROW_SHARE * (upper - lower))
+        next_upper = torch.where(kept_upper < upper - cell, next_upper, upper + GROW_SHARE * (upper - lower))
         done = inside & (((upper - lower) / (next_upper - next_lower)).amax(-1) < SETTLED_SHRINK)
         ending = done | (stages == MAX_STAGES)
         which, count = active[ending], len(active)
@@ -160,4 +167,4 @@ def quadrature(target, settings: EstimatorSettings) -> LogPxEstimate:
 register(Estimator("quadrature", "2-D quadrature (midpoint rule on a grid zoomed onto the posterior, "
                                  "{log_px_samples} points in all)", quadrature,
                    applies=lambda target: target.latent_dim == 2, requirement="a 2-D latent space",
-                   sampled=False))
+                   sampled=False, systematic=True))

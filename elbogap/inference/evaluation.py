@@ -24,6 +24,7 @@ from elbogap.inference.weights import (
     group_spread_dof,
     interval_halfwidth,
     khat_threshold,
+    mean_error,
     proposal_estimate,
 )
 from elbogap.progress import Progress, as_progress
@@ -350,17 +351,16 @@ def active_units(z_mean: torch.Tensor, threshold: float = 0.01) -> int:
 
 def _combined_stderr(stderr: torch.Tensor, rows: torch.Tensor | None = None) -> float:
     """The standard error of a mean over ``rows`` (all where None) from per-point ones; NaN if any is NaN."""
-    stderr = (stderr if rows is None else stderr[rows]).double()
-    return float(stderr.pow(2).sum().sqrt() / len(stderr)) if len(stderr) else math.nan
+    return mean_error(stderr if rows is None else stderr[rows])
 
 
-def _mean_stderr(per_point: dict, key: str, rows: torch.Tensor | None = None) -> float:
-    """The standard error of the mean of ``per_point[key]`` over ``rows`` (all where None), from the errors
-    :func:`~elbogap.inference.weights.errors_a_mean_combines` picks."""
+def _mean_stderr(per_point: dict, key: str, rows: torch.Tensor | None = None, systematic: bool = False) -> float:
+    """The error of the mean of ``per_point[key]`` over ``rows`` (all where None), from the errors
+    :func:`~elbogap.inference.weights.errors_a_mean_combines` picks (averaged where they are ``systematic``)."""
     own, jackknife = per_point[f"{key}_stderr"], per_point[f"{key}_jackknife_stderr"]
     if rows is not None:
         own, jackknife = own[rows], jackknife[rows]
-    return _combined_stderr(errors_a_mean_combines(own, jackknife))
+    return mean_error(errors_a_mean_combines(own, jackknife), systematic)
 
 
 #: above this share of points whose weights have infinite variance, their errors would dominate the split's: IWAE
@@ -414,7 +414,7 @@ def _summarize(per_point: dict, num_samples: int, estimates: list[tuple[LogPxMet
         "kl_prior": mean("kl_prior"),
         "kl_prior_method": "analytic" if bool(per_point["kl_prior_analytic"].all()) else "mc",
         "log_px": mean("log_px", covered),
-        "log_px_stderr": _mean_stderr(per_point, "log_px", covered),
+        "log_px_stderr": _mean_stderr(per_point, "log_px", covered, method.systematic),
         "log_px_method": method.name,
         "log_px_guide_independent": method.guide_independent,
         "log_px_points": int(covered.sum()),
@@ -424,7 +424,7 @@ def _summarize(per_point: dict, num_samples: int, estimates: list[tuple[LogPxMet
         "log_px_iwae_samples": num_samples,
         "kl_gap": mean("kl_gap", covered),
         "kl_gap_stderr": math.hypot(_combined_stderr(per_point["elbo_stderr"], covered),
-                                    _mean_stderr(per_point, "log_px", covered)),
+                                    _mean_stderr(per_point, "log_px", covered, method.systematic)),
         "ess_mean": mean("ess"),
         **_khat_summary(per_point["khat"], num_samples),
     }

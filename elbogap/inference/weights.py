@@ -205,6 +205,16 @@ def errors_a_mean_combines(stderr: torch.Tensor, jackknife: torch.Tensor) -> tor
     return stderr if len(stderr) == 1 else jackknife
 
 
+def mean_error(errors: torch.Tensor, systematic: bool = False) -> float:
+    r"""The error of a mean over points from their own errors :math:`s_i`: :math:`\sqrt{\sum_i s_i^2} / n` where they
+    are independent random errors, :math:`\frac1n \sum_i s_i` where they are ``systematic`` (deterministic bounds,
+    which may all share one sign); NaN if any is NaN, or over no points."""
+    errors = errors.double()
+    if not len(errors):
+        return math.nan
+    return float(errors.mean() if systematic else errors.pow(2).sum().sqrt() / len(errors))
+
+
 def _group_sizes(num: int, levels: int) -> list[int]:
     """The group sizes K/2, K/4, ... (``levels`` of them, at least 1), largest first."""
     return sorted({num // 2**j for j in range(1, levels + 1) if num // 2**j >= 1}, reverse=True)
