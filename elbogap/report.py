@@ -102,6 +102,12 @@ def gap_section(runs: list[dict], splits: Sequence[str] = ("test", "train")) -> 
     return lines
 
 
+def caveats(runs: list[dict], split: str) -> list[str]:
+    """What the ± of the split's log p(x) leaves out, once per method that gave it (its registry entry's caveat)."""
+    used = dict.fromkeys(run[split]["log_px_method"] for run in runs)
+    return [f"\n{methods()[name].caveat}." for name in used if methods()[name].caveat]
+
+
 def describe_log_px(split_metrics: dict) -> str:
     """How a split's log p(x) was computed, in the registry's words, and on how many of its points."""
     text = methods()[split_metrics["log_px_method"]].describe(split_metrics)
@@ -188,7 +194,8 @@ def markdown(results: dict) -> str:
     seeds = seed_counts(runs)
     for split in ("test", "train"):
         lines += [f"## {split} split ({points([run[split] for run in runs])})", "", *table(runs, split), "",
-                  f"log p(x) - ELBO = KL gap on the points of the row. {plus_minus(seeds)}", ""]
+                  f"log p(x) - ELBO = KL gap on the points of the row. {plus_minus(seeds)}",
+                  *caveats(runs, split), ""]
     if any("approx_gap" in run["test"] for run in runs):
         gap_points = next(run["test"]["gap_points"] for run in runs if "approx_gap" in run["test"])
         lines += ["## Why the gap exists: approximation vs amortization", "",
