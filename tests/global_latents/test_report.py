@@ -99,6 +99,13 @@ def test_a_containing_family_below_the_seeds_mean_field_check_is_short_of_its_op
     with_mean_field = [checked(-83.8, -82.84), run("auto:AutoNormal", 1.5)]  # compared with that run once, not twice
     warnings = posterior_warnings(with_mean_field)
     assert len(warnings) == 1 and "a family it contains" in warnings[0]
+    short = run("auto:AutoNormal", 37.3)  # a GP classification's: stopped 2.8 nats below the seed's check, "converged"
+    short["data"].update(elbo=-55.16, elbo_stderr=0.03)
+    warnings = posterior_warnings([checked(-55.0, -52.39), short])  # full rank: held to the AutoNormal run instead
+    assert len(warnings) == 1 and "auto-AutoNormal seed 0: its ELBO of D -55.160 is below -52.390" in warnings[0]
+    assert "another fit of its own family" in warnings[0] and "2.77 nats" in warnings[0]
+    short["data"].update(elbo=-52.40)
+    assert len(posterior_warnings([checked(-52.4, -52.39), short])) == 0  # within the checks' noise
 
 
 def test_a_mixture_whose_components_swap_labels_is_flagged(tmp_path):
