@@ -77,6 +77,8 @@ class Estimator:
     :param bool systematic: whether its errors are deterministic bounds (a grid's), which may share their sign across
         units: a mean over units then errs by up to the mean of their errors, where independent random errors add in
         quadrature (the root of the sum of squares, over the count).
+    :param str caveat: what its ± is where that is not a Monte-Carlo standard error, said under every table whose
+        log p(x) it gave.
     """
 
     name: str
@@ -87,6 +89,7 @@ class Estimator:
     requirement: str = ""
     sampled: bool = True
     systematic: bool = False
+    caveat: str = ""
 
 
 #: the target-generic estimators by name, filled by this package's modules (read them through :func:`estimators`)

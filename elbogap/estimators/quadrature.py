@@ -167,4 +167,6 @@ def quadrature(target, settings: EstimatorSettings) -> LogPxEstimate:
 register(Estimator("quadrature", "2-D quadrature (midpoint rule on a grid zoomed onto the posterior, "
                                  "{log_px_samples} points in all)", quadrature,
                    applies=lambda target: target.latent_dim == 2, requirement="a 2-D latent space",
-                   sampled=False, systematic=True))
+                   sampled=False, systematic=True,
+                   caveat="The quadrature's ± is its discretization error, a bound on each point averaged over the "
+                          "points (not a Monte-Carlo error): a grid's errors share their sign from point to point"))

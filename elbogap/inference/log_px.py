@@ -167,7 +167,7 @@ def target_method(estimator: Estimator) -> LogPxMethod:
 
     return LogPxMethod(estimator.name, estimator.guide_independent, estimator.description, estimate,
                        lambda model: estimator.applies(per_point_target(model)), estimator.requirement,
-                       systematic=estimator.systematic)
+                       systematic=estimator.systematic, caveat=estimator.caveat)
 
 
 def methods() -> dict[str, LogPxMethod]:

@@ -19,6 +19,7 @@ from elbogap.inference.weights import mean_error
 from elbogap.model.base import LatentModel
 from elbogap.model.target import DataSetTarget
 from elbogap.model.vae import VAE
+from elbogap.report import caveats
 from tests.global_latents import truth
 
 QUADRATURE = estimators()["quadrature"]
@@ -103,6 +104,7 @@ def test_a_means_error_from_the_grid_averages_its_points_bounds_which_share_a_si
                        quadrature_points=24).metrics
     assert metrics["log_px_stderr"] == pytest.approx(float(coarse.stderr.mean()))
     assert metrics["kl_gap_stderr"] == pytest.approx(math.hypot(metrics["elbo_stderr"], metrics["log_px_stderr"]))
+    assert "a bound on each point averaged over the points" in caveats([{"test": metrics}], "test")[0]  # the report
 
 
 @pytest.mark.parametrize("alpha", [1.0, 1e-4])
