@@ -42,12 +42,13 @@ from typing import NamedTuple
 import torch
 
 from elbogap.errors import UsageError
+from elbogap.inference.laplace import laplace_start
 from elbogap.inference.log_joint import ELEMENT_BUDGET
 from elbogap.inference.weights import group_spread_dof, jackknife_stderr, log_mean_exp, log_mean_exp_stderr
 from elbogap.model.target import PointsTarget, Target
 from elbogap.progress import Progress, as_progress
 
-INITS = ("prior", "q")
+INITS = ("prior", "laplace", "q")
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,9 @@ class AISSettings:
     :param int steps: intermediate distributions :math:`T` (transitions per chain).
     :param int chains: independent chains :math:`K` per data point.
     :param int leapfrog_steps: leapfrog steps per HMC transition.
-    :param str init: ``"prior"`` (guide-independent) or ``"q"`` (from the guide, a diagnostic).
+    :param str init: ``"prior"``, ``"laplace"`` (a Gaussian at each point's posterior mode,
+        :func:`~elbogap.inference.laplace.laplace_start`; both guide-independent) or ``"q"`` (from the guide, a
+        diagnostic).
     :param float target_accept: acceptance rate the pilot run tunes step sizes toward.
     :param int bands: temperature bands with a step size each.
     :param float pilot_fraction: the pilot run's transitions, as a share of ``steps``.
@@ -306,7 +309,7 @@ def ais_log_px(model, x: torch.Tensor, settings: AISSettings | None = None, guid
     """
     settings = settings or AISSettings()
     if settings.init not in INITS:
-        raise ValueError(f"unknown AIS start {settings.init!r}; choose prior or q")
+        raise ValueError(f"unknown AIS start {settings.init!r}; choose one of {', '.join(INITS)}")
     if settings.init == "q" and guide is None:
         raise ValueError("AIS from q needs the guide")
     if index is None:
@@ -327,7 +330,7 @@ def ais_log_px(model, x: torch.Tensor, settings: AISSettings | None = None, guid
 
 
 def _ais_chunk(model, x, index, settings, guide, bar=None) -> AISResult:
-    q = None
+    q = laplace_start(PointsTarget(model, x)) if settings.init == "laplace" else None
     if settings.init == "q":
         if not guide.density_anywhere:
             raise UsageError(f"--ais-init q needs a guide whose density can be evaluated at any z, and "
