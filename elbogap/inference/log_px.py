@@ -103,7 +103,7 @@ class LogPxMethod:
     caveat: str = ""
 
     def describe(self, metrics: dict) -> str:
-        if "ais" in metrics and "start" not in metrics["ais"]:  # a record written before AIS's start was named
+        if "ais" in metrics:  # AIS's start in words, from the record's init
             metrics = {**metrics, "ais": {**metrics["ais"], "start": START_WORDS[metrics["ais"]["init"]]}}
         return self.description.format(**metrics)
 
@@ -118,7 +118,7 @@ def _ais(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPx
     ais = settings.ais or AISSettings()
     started = time.perf_counter()
     result = ais_log_px(model, x, ais, guide=guide, index=index, progress=settings.progress)
-    run = {**ais.to_dict(), "start": START_WORDS[ais.init], "points": len(x), "seconds": time.perf_counter() - started,
+    run = {**ais.to_dict(), "points": len(x), "seconds": time.perf_counter() - started,
            "acceptance": result.acceptance.tolist(),
            "step_sizes": result.step_sizes.double().log().mean(1).exp().tolist()}
     info = {"samples": ais.chains, "ais": run}
