@@ -52,6 +52,8 @@ class Autoguide:
 
 
 _MEAN_FIELD = ("AutoNormal", "AutoDiagonalNormal")
+#: the family of each seed's mean-field fit, where full and low rank start and what they are checked against
+MEAN_FIELD = "auto:AutoNormal"
 
 #: every autoguide elbogap knows, in the order a default study shows them
 AUTOGUIDES = {family.name: family for family in (

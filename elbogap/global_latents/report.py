@@ -3,7 +3,7 @@
 import math
 import statistics
 
-from elbogap.global_latents.autoguides import AUTOGUIDES, autoguide
+from elbogap.global_latents.autoguides import AUTOGUIDES, MEAN_FIELD, autoguide
 from elbogap.global_latents.reference import OUTSIDE_SDS, RELIABLE_DRAWS
 from elbogap.inference.weights import interval_halfwidth
 from elbogap.summary import converged_cell, convergence_warnings, seed_sd, stacked_sentence
@@ -44,8 +44,6 @@ FUNNEL_NATS = 0.1
 #: the bigger family's optimum is at least as good
 CONTAINS = {family.spec: tuple(f"auto:{name}" for name in family.contains)
             for family in AUTOGUIDES.values() if family.contains}
-#: the family of each seed's mean-field check (``data.mean_field_check``, :mod:`elbogap.global_latents.warm_start`)
-MEAN_FIELD = "auto:AutoNormal"
 
 
 def outside_q_warnings(runs: list[dict]) -> list[str]:

@@ -30,7 +30,7 @@ from pyro.nn import PyroParam
 from pyro.util import get_rng_state, set_rng_state
 
 from elbogap import streams
-from elbogap.global_latents.autoguides import autoguide
+from elbogap.global_latents.autoguides import MEAN_FIELD, autoguide
 from elbogap.global_latents.evaluation import precise_draws, summarize_draws
 from elbogap.global_latents.guides import global_guide
 from elbogap.global_latents.model import GlobalLatentModel
@@ -94,13 +94,13 @@ def train_mean_field(model: GlobalLatentModel, data, config, seeds: list[int],
     runs, states = [], []
     for seed in seeds:
         streams.seeded("mean_field_check", seed)
-        guide = global_guide("auto:AutoNormal", model, data.train)
+        guide = global_guide(MEAN_FIELD, model, data.train)
         runs.append((model, guide, converging_trainer(config, model, guide, data, seed)))
         states.append(get_rng_state())
     try:
         if len(seeds) < 2:
             raise NotStackable("one seed")
-        stack = stacker(config, data, "auto:AutoNormal", runs, seeds)
+        stack = stacker(config, data, MEAN_FIELD, runs, seeds)
     except NotStackable:
         for (_, _, trainer), state in zip(runs, states, strict=True):
             set_rng_state(state)  # each seed trains on its own stream, whichever seeds are asked for with it
@@ -124,7 +124,7 @@ def train_mean_field(model: GlobalLatentModel, data, config, seeds: list[int],
                                   len(data.train))
         with torch.no_grad():
             q = flat_posterior(guide.auto).base_dist
-        fits[seed] = {"check": {"family": "auto:AutoNormal", "elbo": summary["elbo"],
+        fits[seed] = {"check": {"family": MEAN_FIELD, "elbo": summary["elbo"],
                                 "elbo_stderr": summary["elbo_stderr"], "converged": bool(converged), "steps": steps,
                                 "fits_at_once": at_once},
                       "loc": q.loc.detach().clone(), "scale": q.scale.detach().clone()}
