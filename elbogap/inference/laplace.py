@@ -42,4 +42,6 @@ def laplace_start(target) -> dist.MultivariateNormal:
     values, vectors = torch.linalg.eigh(hessian)
     covariance = vectors @ torch.diag_embed(1.0 / values.clamp(min=MIN_CURVATURE)) @ vectors.transpose(-1, -2)
     covariance = 0.5 * (covariance + covariance.transpose(-1, -2))
-    return dist.MultivariateNormal(mode, scale_tril=torch.linalg.cholesky(covariance).to(mode.dtype))
+    # a leapfrog step may diverge far out: its density there is scored, and the proposal rejected, not refused
+    return dist.MultivariateNormal(mode, scale_tril=torch.linalg.cholesky(covariance).to(mode.dtype),
+                                   validate_args=False)

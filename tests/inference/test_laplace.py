@@ -16,6 +16,8 @@ def test_on_a_gaussian_posterior_the_start_is_the_posterior():
     assert start.batch_shape == (10,) and start.event_shape == (8,)
     assert float((start.loc - posterior.loc).abs().max()) < 0.02  # the mode by Adam; the annealing corrects the rest
     assert torch.allclose(start.covariance_matrix, posterior.covariance_matrix, atol=1e-6)
+    diverged = torch.full((2, 10, 8), float("nan"), dtype=start.loc.dtype)  # a leapfrog step that overflowed
+    assert bool(start.log_prob(diverged).isnan().all())  # scored (and rejected by HMC), not refused with an error
 
 
 def test_ais_from_the_mode_is_unbiased_where_ais_from_the_prior_is_not_at_the_same_temperatures():
