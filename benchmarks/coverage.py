@@ -527,11 +527,12 @@ EXPERIMENTS = [
                ais(vae_2d, AISSettings(steps=50, chains=16, leapfrog_steps=5)), 400),
     Experiment("ais-positive", POSITIVE, "16 chains x 50 temperatures x 5 leapfrog",
                ais(positive_latent, AISSettings(steps=50, chains=16, leapfrog_steps=5)), 400),
-    Experiment("ais-vae-2d-laplace", VAE_2D, "from each point's posterior mode, 16 chains x 50 temperatures x 5 "
-               "leapfrog", ais(vae_2d, AISSettings(steps=50, chains=16, leapfrog_steps=5, init="laplace")), 100),
-    Experiment("ais-positive-laplace", POSITIVE, "from each point's posterior mode, 16 chains x 50 temperatures x 5 "
-               "leapfrog", ais(positive_latent, AISSettings(steps=50, chains=16, leapfrog_steps=5, init="laplace")),
-               100),
+    Experiment("ais-vae-2d-laplace", VAE_2D, "from Gaussians at each point's posterior modes, 16 chains x 50 "
+               "temperatures x 5 leapfrog",
+               ais(vae_2d, AISSettings(steps=50, chains=16, leapfrog_steps=5, init="laplace")), 100),
+    Experiment("ais-positive-laplace", POSITIVE, "from Gaussians at each point's posterior modes, 16 chains x 50 "
+               "temperatures x 5 leapfrog",
+               ais(positive_latent, AISSettings(steps=50, chains=16, leapfrog_steps=5, init="laplace")), 100),
     Experiment("bdmc-one-point", PPCA, "32 chains x 20 temperatures x 10 leapfrog",
                one_point_bdmc(ppca, AISSettings(steps=20, chains=32)), 800, 200),
     Experiment("bdmc-one-point-8d", PPCA_8D, "32 chains x 20 temperatures x 10 leapfrog",

@@ -136,7 +136,7 @@ class Config:
     ais_steps: int = setting(500, "AIS intermediate distributions (temperatures) per chain", least=1, role="evaluation")
     ais_chains: int = setting(16, "AIS chains per data point", least=1, role="evaluation")
     leapfrog_steps: int = setting(10, "leapfrog steps per HMC transition of AIS", least=1, role="evaluation")
-    ais_init: str = setting("laplace", "laplace (from a Gaussian at each point's posterior mode) | prior (both "
+    ais_init: str = setting("laplace", "laplace (from Gaussians at each point's posterior modes) | prior (both "
                                        "guide-independent) | q (anneal from the guide's q(z|x), a diagnostic)",
                                      role="evaluation", choices=AIS_INITS)
     ais_target_accept: float = setting(0.65, "HMC acceptance rate the AIS pilot run tunes step sizes toward",

@@ -71,7 +71,7 @@ def test_ais_on_every_point_of_a_user_program_recovers_the_exact_evidence(progra
     assert test["gap_log_px_method"] == "ais"
     assert test["approx_gap"] + test["amort_gap"] == pytest.approx(test["gap_kl"])
     report = (out / "results.md").read_text()
-    assert ("annealed importance sampling from the Laplace approximation at each point's posterior mode, 16 chains x "
+    assert ("annealed importance sampling from the Laplace approximations at each point's posterior modes, 16 chains x "
             "200 temperatures") in report  # the default start
     assert "AIS's ± is the spread of its chains, not its bias" in report  # under each split's table
     assert report.count("AIS's ± is the spread of its chains") == 2

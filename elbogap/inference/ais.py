@@ -59,7 +59,7 @@ class AISSettings:
     :param int steps: intermediate distributions :math:`T` (transitions per chain).
     :param int chains: independent chains :math:`K` per data point.
     :param int leapfrog_steps: leapfrog steps per HMC transition.
-    :param str init: ``"prior"``, ``"laplace"`` (a Gaussian at each point's posterior mode,
+    :param str init: ``"prior"``, ``"laplace"`` (Gaussians at each point's posterior modes,
         :func:`~elbogap.inference.laplace.laplace_start`; both guide-independent) or ``"q"`` (from the guide, a
         diagnostic).
     :param float target_accept: acceptance rate the pilot run tunes step sizes toward.

@@ -1,47 +1,104 @@
-r"""A Gaussian per unit at its posterior's mode: where AIS may start instead of the prior (``--ais-init laplace``).
+r"""Gaussians at each unit's posterior modes: where AIS may start instead of the prior (``--ais-init laplace``).
 
-For each unit :math:`u` of a target, :math:`\hat z_u = \arg\max_z \log p(x_u, z)` by Adam from the prior's draws'
-mean, and :math:`\Sigma_u = H_u^{-1}`, the inverse of the negative log joint's Hessian there (central differences of
-its gradient, eigenvalues floored at :data:`MIN_CURVATURE`). AIS from :math:`\mathcal{N}(\hat z_u, \Sigma_u)` anneals
-:math:`f_\beta \propto \mathcal{N}^{1-\beta} \, p(x_u, z)^\beta`: it is unbiased for :math:`p(x_u)` from any
-normalized start, and where the posterior is near Gaussian its weights are near constant, so its estimate is far less
-biased than from the prior at the same temperatures. The start depends on the model and the data alone, never on
-the guide judged. The fit is written here: Pyro's ``AutoLaplaceApproximation`` fits one Gaussian for a whole program,
-not one per data point.
+For each unit :math:`u` of a target, Adam climbs :math:`\log p(x_u, z)` from :data:`MODE_STARTS` places (the prior
+draws' mean and prior draws) to modes :math:`\hat z_{u,k}`, each with :math:`\Sigma_{u,k} = H_{u,k}^{-1}`, the inverse
+of the negative log joint's Hessian there (central differences of its gradient, eigenvalues floored at
+:data:`MIN_CURVATURE`). Climbs that end on a mode already found (within :data:`SAME_MODE` squared standard deviations
+per dimension) are dropped; the others are the components of a mixture weighted by their Laplace evidence,
+:math:`\pi_{u,k} \propto p(x_u, \hat z_{u,k}) \, |\Sigma_{u,k}|^{1/2}`. AIS from that mixture :math:`r_u` anneals
+:math:`f_\beta \propto r_u^{1-\beta} \, p(x_u, z)^\beta`: unbiased for :math:`p(x_u)` from any normalized start, and
+where the posterior is near Gaussian about each mode its weights are near constant, so its estimate is far less
+biased than from the prior at the same temperatures. One mode alone would not do where the posterior has several
+(a likelihood through :math:`z^2`): HMC seldom crosses between modes, and AIS read such points low by up to the
+log of the mass missed. The start depends on the model and the data alone, never on the guide judged. Written
+here: Pyro's ``AutoLaplaceApproximation`` fits one Gaussian at one mode for a whole program, not one per data point.
 """
 
 import torch
 from pyro import distributions as dist
 
-#: Adam steps and rate of the search for each unit's mode
+#: places each unit's climb starts from: the prior draws' mean, and prior draws
+MODE_STARTS = 16
+#: Adam steps, and the share of them at the full rate before it decays a hundredfold
 MODE_STEPS = 400
 MODE_LR = 0.05
+FULL_RATE_SHARE = 0.75
 #: the step of the central differences of the gradient
 STEP = 1e-3
 #: the least curvature kept in any direction: a flat or concave direction gets variance 1 / MIN_CURVATURE
 MIN_CURVATURE = 0.1
+#: two climbs end on one mode where they lie within this many squared standard deviations per dimension
+SAME_MODE = 4.0
 
 
-def laplace_start(target) -> dist.MultivariateNormal:
-    """``N(mode, H^-1)`` per unit of ``target`` (batch ``(units,)``, event ``(latent_dim,)``), in its dtype."""
+def laplace_start(target) -> dist.MixtureSameFamily:
+    """A mixture of ``N(mode, H^-1)`` per unit of ``target`` (batch ``(units,)``, event ``(latent_dim,)``)."""
+    modes = _climb(target)  # (starts, units, d)
+    precision = torch.stack([_precision(target, mode) for mode in modes])  # (starts, units, d, d)
+    values, vectors = torch.linalg.eigh(precision)
+    values = values.clamp(min=MIN_CURVATURE)
+    precision = vectors @ torch.diag_embed(values) @ vectors.transpose(-1, -2)
+    covariance = vectors @ torch.diag_embed(1.0 / values) @ vectors.transpose(-1, -2)
+    covariance = 0.5 * (covariance + covariance.transpose(-1, -2))
+    with torch.no_grad():
+        log_joint = sum(part.double() for part in target.log_joint(modes)).nan_to_num(nan=-torch.inf)
+    log_weight = log_joint - 0.5 * values.log().sum(-1)  # log p(x, mode) + log |Sigma|^(1/2)
+    order = log_weight.argsort(0, descending=True)  # the best-weighted end of each unit first
+    modes, precision, covariance, log_weight = (_pick(m, order) for m in (modes, precision, covariance, log_weight))
+    kept = _distinct(modes.double(), precision)
+    first = torch.sort((~kept).to(torch.uint8), dim=0, stable=True).indices[:int(kept.sum(0).max())]  # kept, in order
+    modes, covariance, log_weight, kept = (_pick(m, first) for m in (modes, covariance, log_weight, kept))
+    logits = log_weight.masked_fill(~kept, -torch.inf)
+    logits[0] = logits[0].nan_to_num(neginf=0.0)  # a unit whose every end scored -inf keeps its first
+    components = dist.MultivariateNormal(modes.transpose(0, 1), validate_args=False,
+                                         scale_tril=torch.linalg.cholesky(covariance).transpose(0, 1).to(modes.dtype))
+    # a leapfrog step may diverge far out: its density there is scored, and the proposal rejected, not refused
+    return dist.MixtureSameFamily(dist.Categorical(logits=logits.T.to(modes.dtype), validate_args=False),
+                                  components, validate_args=False)
+
+
+def _climb(target) -> torch.Tensor:
+    """Each unit's ends of :data:`MODE_STEPS` Adam steps up ``log p(x, z)`` from :data:`MODE_STARTS` places."""
     with torch.inference_mode(False), torch.enable_grad():
-        mode = target.start(64).detach().double().mean(0).to(target.dtype).clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([mode], lr=MODE_LR)
+        draws = target.start(MODE_STARTS + 63).detach()
+        starts = torch.cat([draws[MODE_STARTS - 1:].double().mean(0, keepdim=True).to(draws.dtype),
+                            draws[:MODE_STARTS - 1]])
+        modes = starts.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([modes], lr=MODE_LR)
+        full = int(FULL_RATE_SHARE * MODE_STEPS)
+        decay = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: 0.01 ** (max(0, step - full) / max(1, MODE_STEPS - full)))
         for _ in range(MODE_STEPS):
             optimizer.zero_grad()
-            loss = -sum(part.nan_to_num(neginf=-1e30).sum() for part in target.log_joint(mode[None]))
+            loss = -sum(part.nan_to_num(neginf=-1e30).sum() for part in target.log_joint(modes))
             loss.backward()
             optimizer.step()
-        mode = mode.detach()
-        dim = mode.shape[-1]
-        shifts = STEP * torch.eye(dim, dtype=mode.dtype, device=mode.device)  # (d, d): one row per direction
+            decay.step()
+    return modes.detach()
+
+
+def _precision(target, mode: torch.Tensor) -> torch.Tensor:
+    """``-d^2 log p(x, z) / dz^2`` at ``mode`` ``(units, d)``, by central differences of the gradient, symmetrized."""
+    dim = mode.shape[-1]
+    shifts = STEP * torch.eye(dim, dtype=mode.dtype, device=mode.device)  # (d, d): one row per direction
+    with torch.inference_mode(False), torch.enable_grad():
         points = torch.cat([mode[None] + shifts[:, None], mode[None] - shifts[:, None]]).requires_grad_(True)
         gradient = torch.autograd.grad(sum(part.sum() for part in target.log_joint(points)), points)[0]
     hessian = -(gradient[:dim] - gradient[dim:]).transpose(0, 1) / (2 * STEP)  # (units, d, d), row i: d g / d z_i
-    hessian = (0.5 * (hessian + hessian.transpose(-1, -2))).double().nan_to_num()
-    values, vectors = torch.linalg.eigh(hessian)
-    covariance = vectors @ torch.diag_embed(1.0 / values.clamp(min=MIN_CURVATURE)) @ vectors.transpose(-1, -2)
-    covariance = 0.5 * (covariance + covariance.transpose(-1, -2))
-    # a leapfrog step may diverge far out: its density there is scored, and the proposal rejected, not refused
-    return dist.MultivariateNormal(mode, scale_tril=torch.linalg.cholesky(covariance).to(mode.dtype),
-                                   validate_args=False)
+    return (0.5 * (hessian + hessian.transpose(-1, -2))).double().nan_to_num()
+
+
+def _pick(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``tensor``'s ends ``(starts, units, ...)`` in the order ``index`` ``(n, units)`` gives each unit."""
+    return tensor.gather(0, index.view(index.shape + (1,) * (tensor.dim() - 2)).expand(index.shape + tensor.shape[2:]))
+
+
+def _distinct(modes: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """Which ends ``(starts, units)`` are new: none before it (in order) lies within :data:`SAME_MODE` of it."""
+    kept = torch.ones(modes.shape[:2], dtype=torch.bool, device=modes.device)
+    limit = SAME_MODE * modes.shape[-1]
+    for k in range(1, len(modes)):
+        apart = modes[k] - modes[:k]  # (k, units, d)
+        distance = torch.einsum("kui,kuij,kuj->ku", apart, precision[:k], apart)
+        kept[k] = ~((distance < limit) & kept[:k]).any(0)
+    return kept

@@ -128,7 +128,7 @@ def _ais(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPx
 
 
 #: how the report names each start of AIS (``--ais-init``)
-START_WORDS = {"prior": "prior", "laplace": "Laplace approximation at each point's posterior mode",
+START_WORDS = {"prior": "prior", "laplace": "Laplace approximations at each point's posterior modes",
                "q": "guide's q(z|x)"}
 
 
@@ -159,9 +159,10 @@ METHODS: dict[str, LogPxMethod] = {method.name: method for method in (
                 _ais, uses_iw_draws=True, kept_as="log_px_ais", check=ais_against_iwae,
                 caveat="AIS's ± is the spread of its chains, not its bias: AIS reads low in expectation (from the "
                        "prior, 0.03-0.09 nats per point on a tester's 4-latent program at 500 temperatures; far less "
-                       "from each point's posterior mode, the default start, where the posterior is near Gaussian), "
-                       "so log p(x) and the KL gap may sit lower than their ± says; `elbogap evaluate RUN_DIR --bdmc "
-                       "N` measures the bias of AIS from the prior on data simulated from the model"),
+                       "from Gaussians at each point's posterior modes, the default start, where the posterior is "
+                       "near Gaussian about them), so log p(x) and the KL gap may sit lower than their ± says; "
+                       "`elbogap evaluate RUN_DIR --bdmc N` measures the bias of AIS from the prior on data "
+                       "simulated from the model"),
 )}
 
 
