@@ -67,6 +67,7 @@ def test_the_study_writes_its_records_and_figures(regression_calibration):
     assert abs(float(weights.mean())) < 3 / math.sqrt(len(weights)) and 0.6 < float(weights.std()) < 1.5
 
 
+@pytest.mark.slow  # about 35 s; in CI test_stacked_fits_and_worker_processes_share_a_study_with_gaps: gaps
 def test_each_simulations_gap_is_sandwiched_and_mean_field_pays_its_closed_form_kl(tmp_path):
     """--calibration-gaps: the covariates are fixed, so every simulated posterior has one precision Lambda and the
     best factorized Gaussian's KL is the same closed form on each; the full-rank family's is 0."""

@@ -38,6 +38,7 @@ def study(tmp_path):
     return tmp_path, truth.mixed_log_evidence(data[:, 0].double(), 1.0, 0.3, 0.5), mean_field_kl
 
 
+@pytest.mark.slow  # about 30 s; in CI test_the_notebook_api_takes_a_pyro_function_and_a_tensor: this model
 def test_a_model_with_global_and_per_point_latents_end_to_end_with_bdmc_and_nuts(study, elbogap):
     folder, exact, mean_field_kl = study
     out = folder / "out"
@@ -81,6 +82,7 @@ def test_the_notebook_api_takes_a_pyro_function_and_a_tensor(tmp_path):
     assert "KL gap" in result._repr_markdown_()
 
 
+@pytest.mark.slow  # about 25 s
 def test_held_out_rows_get_their_exact_log_predictive_density(tmp_path, monkeypatch):
     """Both evidences it subtracts draw from their own streams (before, one stream: their errors were not
     independent, as the held-out error assumes)."""
@@ -128,6 +130,7 @@ def test_a_fit_stopped_at_its_cap_is_flagged_in_the_table_the_warnings_and_the_c
     assert dict(zip(header.split(","), row.split(","), strict=True))["converged"] == "False"
 
 
+@pytest.mark.slow  # about 40 s; in CI tests/global_latents/test_stacked.py: stacked seeds at the closed form
 def test_the_seeds_of_a_study_train_at_once_and_each_run_lands_on_its_familys_closed_form_gap(study, elbogap):
     """Two seeds of AutoNormal, AutoMultivariateNormal and the IAF, at the defaults (no training flag): each guide's
     seeds train as one program before the runs (seeds.py), the IAF's second fits too, each fit stops by its rule well
