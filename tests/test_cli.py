@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from elbogap.cli import main
+from tests.results_reference import undocumented
 
 QUICK = ["--jobs", "1", "--steps", "40", "--batch-size", "64", "--train-size", "400", "--test-size", "100",
          "--eval-samples", "16", "--quadrature-points", "16",
@@ -35,6 +36,7 @@ def test_compare_writes_results_with_every_metric(tmp_path, capfd):
     assert not list(out.glob("runs/*/progress.json"))
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"config", "versions", "runs", "summary", "seconds", "workers"}
+    assert undocumented(results) == set()  # every key is in docs/results.md
     workers = local_jobs(Config(guides=["diag", "local"], seeds=[0, 1]))
     assert results["workers"] == workers and len({run["where"]["pid"] for run in results["runs"]}) == workers
     assert set(results["seconds"]) == {"runs", "total"} and results["seconds"]["total"] > results["seconds"]["runs"]

@@ -10,6 +10,7 @@ import elbogap
 from elbogap.global_latents.second_start import STARTS
 from elbogap.inference.weights import group_spread_dof, interval_halfwidth
 from tests.global_latents import truth
+from tests.results_reference import undocumented
 
 PROGRAM = '''
 import pyro
@@ -80,6 +81,7 @@ def test_the_notebook_api_takes_a_pyro_function_and_a_tensor(tmp_path):
     (row,) = result.table()
     assert row["guide"] == "auto-AutoNormal" and row["kl_gap"] > 0 and "log_evidence" in row
     assert "KL gap" in result._repr_markdown_()
+    assert undocumented(json.loads((tmp_path / "results.json").read_text())) == set()  # docs/results.md has each
 
 
 @pytest.mark.slow  # about 25 s
@@ -107,6 +109,7 @@ def test_held_out_rows_get_their_exact_log_predictive_density(tmp_path, monkeypa
     assert abs(run["test"]["log_predictive"] - exact) < 4 * run["test"]["log_predictive_stderr"] + 0.05
     assert abs(run["test"]["log_predictive_q"] - exact) < 4 * run["test"]["log_predictive_q_stderr"] + 0.05
     assert "Held-out rows" in result._repr_markdown_()
+    assert undocumented(json.loads((tmp_path / "results.json").read_text())) == set()  # the held-out keys too
     assert "evidence" in seeded and "held_out_evidence" in seeded
     assert len(list((tmp_path / "shared").glob("evidence-*.pt"))) == 2
 
@@ -148,6 +151,7 @@ def test_the_seeds_of_a_study_train_at_once_and_each_run_lands_on_its_familys_cl
     results = json.loads((out / "results.json").read_text())
     assert results["fits_at_once"] == {"auto-AutoNormal": 2, "auto-AutoMultivariateNormal": 2,
                                        "auto-AutoIAFNormal": 2}
+    assert undocumented(results) == set()  # warm and second starts, stacked seeds: each key in docs/results.md
     for run in results["runs"]:
         best = mean_field_kl if run["guide"] == "auto-AutoNormal" else 0.0
         assert run["stacked_seeds"] == 2 and run["converged"] is True and run["steps"] < 20000
