@@ -51,6 +51,7 @@ from elbogap.user_model import ProgramModel  # noqa: E402
 from tests.conftest import diag_gap_closed_form, draw_linear_data, known_linear_model, optimal_diag_guide  # noqa: E402
 from tests.global_latents import truth as global_truth  # noqa: E402
 from tests.inference.test_ais import correlated_linear_model  # noqa: E402
+from tests.inference.test_laplace import SQUARES, squares_data, squares_program  # noqa: E402
 
 #: what each estimator's 95% intervals should cover: the truth, or the long-run mean of a stochastic bound
 JUDGED_AGAINST = {"ELBO": "truth", "KL gap": "truth", "approximation gap": "truth", "amortization gap": "truth",
@@ -236,6 +237,31 @@ def positive_guide_program(x):
     """``s ~ LogNormal(positive_guide_loc(x), 0.4)``: a guide program whose draws lie in the latent's support."""
     with pyro.plate("data", len(x)):
         pyro.sample("s", dist.LogNormal(positive_guide_loc(x)[:, None], 0.4).to_event(1))
+
+
+def squares_guide_program(x):
+    """``z ~ N(0, 1.5^2 I)``: a fixed guide program that covers every quadrant."""
+    with pyro.plate("data", len(x)):
+        pyro.sample("z", dist.Normal(x.new_zeros(len(x), 2), 1.5).to_event(1))
+
+
+@cache
+def four_modes() -> Known:
+    """The program of ``tests/inference/test_laplace.py``, x ~ N((z * z) A^T, 0.3^2) with 2-D z, whose posterior has
+    up to four modes per point; 20 of its points, a fixed guide, and log p(x) and the ELBO on a 601^2 grid."""
+    x, _ = squares_data(20)
+    x = x.double()
+    model = ProgramModel(squares_program, x[:3], "squares_program")
+    guide = ProgramGuide(squares_guide_program, model, x[:3], "squares_guide_program")
+    grid = torch.linspace(-6, 6, 601, dtype=torch.float64)
+    z = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
+    log_joint = (dist.Normal(0.0, 1.0).log_prob(z).sum(-1)[:, None]
+                 + dist.Normal(((z * z) @ SQUARES.T.double())[:, None], 0.3).log_prob(x).sum(-1))  # (grid, points)
+    log_q = dist.Normal(0.0, 1.5).log_prob(z).sum(-1)[:, None]
+    area = float(grid[1] - grid[0]) ** 2
+    log_px = torch.logsumexp(log_joint, 0) + math.log(area)
+    elbo = (log_q.exp() * (log_joint - log_q)).sum(0) * area
+    return Known(model, x, guide, log_px, elbo)
 
 
 @cache
@@ -473,6 +499,7 @@ PPCA_8D = "PPCA 12-D x, 8-D z"
 PPCA_WIDE = "PPCA 1000-D x, float32"
 VAE_2D = "VAE 12-D x, 2-D z"
 POSITIVE = "program: s ~ HalfNormal, 3-D x"
+FOUR_MODES = "program: x ~ N(A (z * z), 0.3^2), 2-D z (four modes)"
 SCHOOLS = global_truth.eight_schools_data()
 EXPERIMENTS = [
     Experiment("one-column-light-64", "log w ~ N(0, 0.5^2)", "one column of 64 weights",
@@ -533,6 +560,9 @@ EXPERIMENTS = [
     Experiment("ais-positive-laplace", POSITIVE, "from Gaussians at each point's posterior modes, 16 chains x 50 "
                "temperatures x 5 leapfrog",
                ais(positive_latent, AISSettings(steps=50, chains=16, leapfrog_steps=5, init="laplace")), 100),
+    Experiment("ais-four-modes-laplace", FOUR_MODES, "from Gaussians at each point's posterior modes, 16 chains x 50 "
+               "temperatures x 5 leapfrog",
+               ais(four_modes, AISSettings(steps=50, chains=16, leapfrog_steps=5, init="laplace")), 200),
     Experiment("bdmc-one-point", PPCA, "32 chains x 20 temperatures x 10 leapfrog",
                one_point_bdmc(ppca, AISSettings(steps=20, chains=32)), 800, 200),
     Experiment("bdmc-one-point-8d", PPCA_8D, "32 chains x 20 temperatures x 10 leapfrog",
