@@ -4,9 +4,10 @@
 
 The program is ``tests/inference/test_laplace.py``'s: x ~ N((z * z) A^T, 0.3^2) with z ~ N(0, I_2), so each point's
 posterior is symmetric under each coordinate's sign (up to four modes, one per quadrant). AIS runs at the command's
-defaults (16 chains x 500 temperatures x 10 leapfrog steps) from the prior, from the default start (Gaussians at
-every mode the climbs find, weighted by their Laplace evidence), and from one Gaussian at the best-weighted of those
-modes (the default start until 2026-12-06 was one Gaussian at one mode). One intra-op thread.
+defaults (16 chains x 500 temperatures x 10 leapfrog steps) from the prior, from the default start (Gaussians, each
+with a Student-t share of its mass, at every mode the climbs find, weighted by their Laplace evidence), and from one
+Gaussian at the best-weighted of those modes (the default start until 2026-12-06 was one Gaussian at one mode). One
+intra-op thread.
 """
 
 import argparse

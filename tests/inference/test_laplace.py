@@ -1,12 +1,16 @@
 """AIS's start at each point's posterior modes: the exact posterior where it is Gaussian, every mode where there are
 several, and AIS from it far less biased than from the prior at the same temperatures."""
 
+
+import math
+
 import pyro
 import pyro.distributions as dist
+import pytest
 import torch
 
-from elbogap.inference.ais import AISSettings, ais_log_px
-from elbogap.inference.laplace import laplace_start
+from elbogap.inference.ais import AISSettings, AnnealingPath, ais_log_px
+from elbogap.inference.laplace import TAIL_SHARE, TailedGaussian, laplace_start
 from elbogap.model.target import PointsTarget
 from elbogap.user_model import load_user_model
 from tests.conftest import draw_linear_data, wide_linear_model
@@ -21,7 +25,8 @@ def test_on_a_gaussian_posterior_the_start_is_the_posterior():
     assert start.mixture_distribution.probs.shape[-1] == 1
     component = start.component_distribution
     assert float((component.loc[:, 0] - posterior.loc).abs().max()) < 0.005  # the annealing corrects the rest
-    assert torch.allclose(component.covariance_matrix[:, 0], posterior.covariance_matrix, atol=1e-6)
+    covariance = component.scale_tril[:, 0] @ component.scale_tril[:, 0].transpose(-1, -2)
+    assert torch.allclose(covariance, posterior.covariance_matrix, atol=1e-6)
     diverged = torch.full((2, 10, 8), float("nan"), dtype=x.dtype)  # a leapfrog step that overflowed
     assert bool(start.log_prob(diverged).isnan().all())  # scored (and rejected by HMC), not refused with an error
 
@@ -57,7 +62,7 @@ def test_where_the_posterior_has_four_modes_the_start_weighs_all_four():
 
 def test_ais_from_the_modes_finds_every_modes_mass():
     """20 points, AIS at its defaults' chains and 100 temperatures, against a 401^2 grid. From one mode the split
-    mean read 0.26 nats low per point (log 4 where HMC never crossed); from the mixture it is within its error."""
+    mean read 0.55 nats low per point (up to log 4 where HMC never crossed); from the mixture it is within its error."""
     x, _ = squares_data(20)
     model = load_user_model(f"{__file__}:squares_program", x)
     grid = torch.linspace(-6, 6, 401, dtype=torch.float64)
@@ -68,7 +73,7 @@ def test_ais_from_the_modes_finds_every_modes_mass():
     torch.manual_seed(0)
     ais = ais_log_px(model, x, AISSettings(steps=100, init="laplace"))
     error, stderr = float((ais.log_px - exact).mean()), float(ais.stderr.pow(2).sum().sqrt()) / len(x)
-    assert abs(error) < 3 * stderr + 0.005 and stderr < 0.05
+    assert abs(error) < 3 * stderr + 0.005 and stderr < 0.15  # well inside the 0.55 nats one mode read low
 
 
 def test_ais_from_the_mode_is_unbiased_where_ais_from_the_prior_is_not_at_the_same_temperatures():
@@ -83,3 +88,44 @@ def test_ais_from_the_mode_is_unbiased_where_ais_from_the_prior_is_not_at_the_sa
     mode = ais_log_px(model, x, AISSettings(steps=50, chains=16, init="laplace"))
     assert float((prior.log_px - exact).mean()) < -0.3
     assert abs(float((mode.log_px - exact).mean())) < 1e-3 and float(mode.stderr.max()) < 1e-2
+
+
+def saturating_program(x):
+    """z ~ StudentT(3) in 3-D, x ~ N(tanh(z W^T), 0.15^2): where tanh saturates the likelihood is flat, and the
+    posterior keeps the prior's polynomial tails."""
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.StudentT(3.0, x.new_zeros(x.shape[0], 3), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(torch.tanh(z @ SATURATING.T.to(x)), 0.15).to_event(1), obs=x)
+
+
+SATURATING = 1.5 * torch.randn(5, 3, generator=torch.Generator().manual_seed(2))
+
+
+def test_a_chain_deep_in_the_posteriors_tails_gains_little_weight():
+    """An outside tester's StudentT program read log p(x) = 1.1e8 ± 1.0e8 per point (truth -2.04): one chain went
+    deep into the tails, where a Gaussian start's log density falls as z^2 and the posterior's as log z, and came
+    back with a log-weight of 1.1e10. What the path adds to a chain's log-weight at z, log p(x, z) - log r(z), now
+    grows as log z (the start's Student-t share), where from the Gaussians alone it grows as z^2."""
+    x = torch.tanh(torch.randn(4, 3, generator=torch.Generator().manual_seed(3)) @ SATURATING.T)
+    target = PointsTarget(load_user_model(f"{__file__}:saturating_program", x), x)
+    start = laplace_start(target)
+    component = start.component_distribution
+    gaussian = dist.MixtureSameFamily(start.mixture_distribution, dist.MultivariateNormal(
+        component.loc, scale_tril=component.scale_tril, validate_args=False))
+    gains = {}
+    for name, r in (("start", start), ("gaussian", gaussian)):
+        for distance in (300.0, 3000.0):
+            values, _ = AnnealingPath(target, r).parts((component.loc[:, 0] + distance)[None])
+            log_start, log_prior, log_lik = values
+            gains[name, distance] = float((log_prior + log_lik - log_start).max())
+    assert gains["start", 3000.0] - gains["start", 300.0] < 30  # log 10 per power of the distance, a few times
+    assert gains["gaussian", 3000.0] > 50 * gains["gaussian", 300.0] > 1e6
+
+
+def test_the_starts_tails_are_a_student_t_share_of_its_mass():
+    start = TailedGaussian(torch.zeros(2, 3), torch.eye(3).expand(2, 3, 3))
+    draws = start.expand((200_000, 2)).sample()
+    assert draws.shape == (200_000, 2, 3) and abs(float(draws.var()) - 1.0) < 0.05  # the Gaussian's bulk
+    far = torch.tensor([[40.0, 0.0, 0.0]])
+    assert float(start.log_prob(far)[0]) == pytest.approx(float(
+        dist.MultivariateStudentT(3.0, torch.zeros(3), torch.eye(3)).log_prob(far)[0]) + math.log(TAIL_SHARE), abs=1e-4)
