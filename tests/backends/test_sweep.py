@@ -76,7 +76,7 @@ def test_sigterm_stops_the_sweep_with_checkpoints_and_another_backend_resumes_it
     assert numbers(out) == serial_numbers
 
 
-@pytest.mark.parametrize("backend", ["serial", "jobs", "ray"])
+@pytest.mark.parametrize("backend", ["serial", "jobs", pytest.param("ray", marks=pytest.mark.slow)])  # ray: 20 s
 def test_on_nan_skip_marks_the_run_failed_and_goes_on(backend, backend_flags, programs, tmp_path):
     code = main(["compare", "--model", programs["nan"], "--guides", "diag,full", "--seeds", "0", "--steps", "60",
                  "--on-nan", "skip", "--out", str(tmp_path), *QUICK, *backend_flags(backend)])

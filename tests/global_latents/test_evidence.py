@@ -138,6 +138,7 @@ def test_a_reference_that_reads_low_is_replaced_by_ais_from_the_prior():
     assert abs(evidence.log_evidence - exact) < interval_halfwidth(evidence.stderr, group_spread_dof(256))
 
 
+@pytest.mark.slow  # about 18 s; in CI test_bdmc_brackets_the_exact_evidence_...[prior] anneals from the prior
 def test_ais_from_the_prior_is_within_five_hundredths_of_a_nat_of_the_exact_value():
     """The former estimator, kept as ``--evidence-start prior``."""
     program, data, exact = regression_case()

@@ -203,6 +203,7 @@ def test_a_stop_while_seeds_train_at_once_leaves_each_run_a_checkpoint_with_its_
     assert "snr_encoder" in run["curve_eval"][0] and math.isfinite(run["test"]["kl_gap"])
 
 
+@pytest.mark.slow  # about 25 s; in CI test_stacked_seeds_end_where_lone_runs_of_the_same_seeds_end stacks seeds
 def test_a_study_stacks_four_seeds_or_more_on_its_workers_and_says_so(elbogap, tmp_path):
     """Four seeds of a guide train as one program, the two guides' stacks side by side on two workers; two seeds
     train in their runs (a stack of two costs what they do)."""
