@@ -50,7 +50,10 @@ STREAMS: dict[str, Stream] = {stream.name: stream for stream in (
     Stream("training", "run", 0, "global", "initial parameters of model and guide, and SVI's draws"),
     Stream("epoch_order", "run", 0, "generator", "each epoch's order of the training rows and its dynamic "
            "binarization; the counter is the epoch", scale=1_000_003),
-    Stream("evaluation", "run", 10_000, "global", "the draws of the evaluation after training"),
+    Stream("evaluation", "run", 10_000, "global", "the draws of the evaluation after training (the training split's)"),
+    Stream("evaluation_test", "run", 15_000, "global", "the draws of the test split's evaluation after training, "
+           "seeded afresh: its guide-independent log p(x) (AIS) does not depend on how many draws the training "
+           "split's q* refit took, so every guide of a seed gets the same"),
     Stream("bdmc", "run", 20_000, "global", "the data simulated from the model and the chains of BDMC"),
     Stream("evidence", "run", 40_000, "global", "the SMC particles, the reference fit and the AIS chains of log p(D) "
            "of a model with global latents"),

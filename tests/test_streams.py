@@ -13,6 +13,7 @@ from elbogap.streams import STREAMS, generator, seed_for, seeded
 DERIVATIONS = {
     "training": lambda s: s,
     "evaluation": lambda s: s + 10_000,
+    "evaluation_test": lambda s: s + 15_000,
     "bdmc": lambda s: s + 20_000,
     "reference": lambda s: s + 30_000,
     "evidence": lambda s: s + 40_000,

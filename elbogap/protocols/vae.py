@@ -27,7 +27,8 @@ from elbogap.protocols.base import Protocol
 
 def evaluate_splits(model, guide, data: Dataset, config: Config, seed: int, phases: Phases | None = None,
                     progress: bool | Progress = False, run_dir=None) -> dict:
-    """Metrics of the train and test splits, from the run's own reproducible evaluation stream.
+    """Metrics of the train and test splits, each from its own reproducible stream (``evaluation``,
+    ``evaluation_test``), so that the test split's draws do not depend on how many the training split's took.
 
     The test split is evaluated whole; the training split on a seeded subset of
     ``--train-eval-points`` points (all of it for 0, or for a per-datapoint guide), as the
@@ -36,12 +37,12 @@ def evaluate_splits(model, guide, data: Dataset, config: Config, seed: int, phas
     ``phases`` gets the seconds of each split's evaluation (``evaluate_SPLIT``) and of its gap
     decomposition (``gaps_SPLIT``, the q* refits and their evaluation).
     """
-    streams.seeded("evaluation", seed)
     phases = phases if phases is not None else Phases()
     metrics = {}
     saved = Path(run_dir) / Q_STAR if run_dir is not None else None
     found = load_checkpoint(saved) if saved is not None and saved.is_file() else {}  # q* refit at once with its stack
     for split, x in evaluated_points(data, guide.amortized, config).items():
+        streams.seeded("evaluation" if split == "train" else "evaluation_test", seed)
         metrics[split] = evaluate_split(model, guide, x, config, fresh_local=split != "train", phases=phases,
                                         split=split, progress=progress, q_star=found.get(split))
         metrics[split]["split_points"] = len(data.splits()[split])
