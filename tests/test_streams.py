@@ -14,6 +14,8 @@ DERIVATIONS = {
     "training": lambda s: s,
     "evaluation": lambda s: s + 10_000,
     "evaluation_test": lambda s: s + 15_000,
+    "log_px_train": lambda s: s + 16_000,
+    "log_px_test": lambda s: s + 17_000,
     "bdmc": lambda s: s + 20_000,
     "reference": lambda s: s + 30_000,
     "evidence": lambda s: s + 40_000,

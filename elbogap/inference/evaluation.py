@@ -1,6 +1,7 @@
 r"""Per-datapoint evaluation of a guide against a model: ELBO, its two terms, log p(x) and the gap."""
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -225,7 +226,7 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
              elbo_samples: int = 256, iw_samples: int = 1000, log_px_method: str | None = None,
              quadrature_points: int = 32, ais: AISSettings | None = None,
              ais_index: torch.Tensor | None = None, progress: bool | Progress = False, desc: str = "evaluate",
-             keep_draws: bool = False) -> Evaluation:
+             keep_draws: bool = False, fresh_stream: Callable[[], None] | None = None) -> Evaluation:
     r"""Evaluate ``guide`` against ``model`` on every row of ``x``, in nats per data point.
 
     Metrics (split averages; standard errors combine the per-point ones as
@@ -271,6 +272,9 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
     ``progress`` shows a bar (with the time left) over the chunks of points and AIS's transitions.
     ``keep_draws`` adds ``per_point["elbo_draws"]`` ``(points, draws)``, each draw's ELBO term,
     for standard errors of differences between guides evaluated on common random numbers.
+    ``fresh_stream``, where given, is called before each guide-independent estimate (AIS) to seed its draws: q's
+    draws before it number differently from guide to guide (a mixture draws its components too), and every guide of
+    a seed should get the same estimate.
     """
     log_px_plan = plan(log_px_method, model)
     if elbo_samples < 1 or iw_samples < 1:
@@ -290,6 +294,8 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
         if step.rows == "subset" and (ais_index is None or not len(ais_index)):
             continue  # no subset chosen for this split
         rows = ais_index if step.rows == "subset" else None
+        if fresh_stream is not None and step.method.guide_independent:
+            fresh_stream()
         estimate = _estimate_on(step.method, rows, model, guide, x, index, settings, per_point)
         jackknife = estimate.stderr if estimate.sum_stderr is None else estimate.sum_stderr
         per_point["log_px"], per_point["log_px_stderr"] = estimate.values, estimate.stderr

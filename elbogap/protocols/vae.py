@@ -28,7 +28,9 @@ from elbogap.protocols.base import Protocol
 def evaluate_splits(model, guide, data: Dataset, config: Config, seed: int, phases: Phases | None = None,
                     progress: bool | Progress = False, run_dir=None) -> dict:
     """Metrics of the train and test splits, each from its own reproducible stream (``evaluation``,
-    ``evaluation_test``), so that the test split's draws do not depend on how many the training split's took.
+    ``evaluation_test``), so that the test split's draws do not depend on how many the training split's took, and
+    each split's guide-independent log p(x) (AIS) from its own again (``log_px_train``, ``log_px_test``), the same
+    for every guide of a seed.
 
     The test split is evaluated whole; the training split on a seeded subset of
     ``--train-eval-points`` points (all of it for 0, or for a per-datapoint guide), as the
@@ -44,7 +46,8 @@ def evaluate_splits(model, guide, data: Dataset, config: Config, seed: int, phas
     for split, x in evaluated_points(data, guide.amortized, config).items():
         streams.seeded("evaluation" if split == "train" else "evaluation_test", seed)
         metrics[split] = evaluate_split(model, guide, x, config, fresh_local=split != "train", phases=phases,
-                                        split=split, progress=progress, q_star=found.get(split))
+                                        split=split, progress=progress, q_star=found.get(split),
+                                        fresh_stream=lambda split=split: streams.seeded(f"log_px_{split}", seed))
         metrics[split]["split_points"] = len(data.splits()[split])
     if run_dir is not None:  # what the figures show beyond these numbers, so that drawing them fits nothing
         save_figure_data(run_dir, model, guide, data, seed)
@@ -92,13 +95,15 @@ def gap_index(num_points: int, config: Config) -> torch.Tensor:
 
 
 def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: bool, phases: Phases | None = None,
-                   split: str = "split", progress: bool | Progress = False, q_star: dict | None = None) -> dict:
+                   split: str = "split", progress: bool | Progress = False, q_star: dict | None = None,
+                   fresh_stream=None) -> dict:
     """Metrics of one split, with the gap decomposition on ``--gap-points`` of its points.
 
     A per-datapoint guide first fits its parameters with the model fixed. Where ``--log-px``
     gives a guide-independent log p(x) (exact, quadrature, AIS on every point, or, under
     ``auto``, AIS on the gap and ``--ais-points`` subset), the gaps are computed from it. ``q_star``, q* found
-    already on the gap points (refit at once with other seeds), is taken instead of a refit.
+    already on the gap points (refit at once with other seeds), is taken instead of a refit. ``fresh_stream`` seeds
+    that log p(x)'s draws (:func:`~elbogap.inference.evaluation.evaluate`).
     """
     phases = phases if phases is not None else Phases()
     progress = as_progress(progress)
@@ -112,7 +117,7 @@ def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: b
             local_fit = refit_guide(model, guide, x, jit=config.jit, progress=progress, desc=f"fit {split} points")
         ais_index = subset_index(len(x), max(config.ais_points, config.gap_points), config)
         evaluation = evaluate(model, guide, x, ais_index=ais_index, progress=progress, desc=f"evaluate {split}",
-                              **options)
+                              fresh_stream=fresh_stream, **options)
     metrics = {**evaluation.metrics, **elbo_on_log_px_points(evaluation.per_point)}
     if not guide.amortized:
         metrics["local_fit_converged"] = local_fit.converged
