@@ -152,7 +152,8 @@ def make_trainer(config: Config, model, guide, data: Dataset, seed: int, freeze_
                    seed, freeze_model=freeze_model, lr_decay=lr_decay,
                    kl_warmup_steps=round(config.kl_warmup * config.steps_per_epoch(num_data)),
                    dynamic_binarize=data.dynamic, jit=config.jit, gradient=config.gradient, schedule=schedule,
-                   convergence=rule, loss_scale=scale)
+                   convergence=rule, loss_scale=scale,
+                   window_check=protocol.elbo_terms(model, guide, data, config) if protocol.elbo_terms else None)
 
 
 def fit_family(model, config: Config, data: Dataset, family: str, seed: int):

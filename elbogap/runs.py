@@ -185,6 +185,9 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
             save(complete=False)
             log.write(f"interrupted after step {step}")
             raise Interrupted(signum, step, run_dir)
+        if trainer.checks_window_at(step, steps):
+            with phases("curve_evaluations"):
+                trainer.check_window(steps)
         if step % eval_every == 0 or step == steps:
             with phases("curve_evaluations"), progress.phase("curve evaluation"):
                 point = {"step": step, **protocol.curve_point(model, guide, data, config)}

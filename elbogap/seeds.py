@@ -159,9 +159,14 @@ def train_at_once(config, data, guide_name: str, tasks, progress: bool, should_s
             step = stack.steps[g]
             evaluate = not step % eval_every or step == cap
             save_now = resolved.checkpoint_every and not step % resolved.checkpoint_every
-            if not (evaluate or save_now) or not usable(g):
-                continue
             model, guide, trainer = runs[g]
+            check = trainer.checks_window_at(step, cap)
+            if not (evaluate or save_now or check) or not usable(g):
+                continue
+            if check:  # the trend rule's scorings at its window's ends, as the lone run makes them
+                with store.scope(), torch.random.fork_rng(), phases[g]("curve_evaluations"):
+                    hand_over(g)
+                    trainer.check_window(cap)
             if evaluate:
                 with store.scope(), torch.random.fork_rng():  # each run registers its own modules, as alone
                     hand_over(g)

@@ -3,10 +3,14 @@ r"""Whether a fit converged, judged by a stated rule, and a schedule that trains
 Two rules, one per way of training:
 
 - **A fixed number of steps** (``--schedule fixed``, the default for models whose latents are per data point):
-  the ELBO's trend over the last ``fraction`` of the steps. The per-step ELBOs of that window are averaged in
-  ``blocks`` consecutive blocks, a least-squares line is fitted to the block means, and the ELBO the line gains
-  over the window is compared with its own standard error (the blocks' residual spread, ``blocks - 2`` degrees
-  of freedom). The fit counts as converged unless that gain is both above ``tolerance`` and significant:
+  the ELBO's gain over the last ``fraction`` of the steps. Where the kind of model scores its ELBO's terms on
+  fixed draws (a VAE: 1,024 training rows, 4 draws each), the run scores them at the window's first and last
+  steps, and the gain is the mean of the rows' differences, its standard error from their spread (common random
+  numbers: the two scorings differ by what the parameters changed). Otherwise the per-step ELBOs of the window are
+  averaged in ``blocks`` consecutive blocks, a least-squares line is fitted to the block means, and the gain is
+  the line's over the window, its standard error from the blocks' residual spread (``blocks - 2`` degrees of
+  freedom); the minibatches' noise makes that error ten times the default tolerance on a VAE. The fit counts as
+  converged unless the gain is both above ``tolerance`` and significant:
   :math:`\text{gain} - t_{0.975}\,\mathrm{se} > \text{tolerance}`. It sees a fit still rising when training
   stopped; it cannot see what a larger learning rate would have reached.
 - **Until converged** (``--schedule converge``, the default for models with global latents): Adam at a
@@ -92,20 +96,49 @@ def trend(elbos: list[float], blocks: int = 10) -> tuple[float, float, int]:
     return slope * blocks, slope_stderr * blocks, blocks - 2
 
 
-def fixed_verdict(losses: list[float], settings: ConvergenceSettings, scale: float = 1.0) -> dict:
-    """The trend rule on a fixed run's per-step losses (negative ELBOs, per data point; ``scale`` turns them into
-    the units of ``settings.tolerance``, e.g. the number of data points for a whole data set's ELBO)."""
-    window = max(settings.blocks * 5, round(settings.fraction * len(losses)))
+def window_steps(steps: int, settings: ConvergenceSettings) -> int:
+    """The last steps of a fixed run the trend rule reads: the share ``fraction`` of them, at least 5 per block."""
+    return max(settings.blocks * 5, round(settings.fraction * steps))
+
+
+def paired_gain(before: torch.Tensor, after: torch.Tensor) -> dict:
+    r"""What the ELBO gained between two scorings of the same terms on the same draws (common random numbers):
+    the mean of the terms' differences, its standard error :math:`\mathrm{sd}/\sqrt{n}` and the degrees of freedom
+    :math:`n - 1` of that error (:math:`n` terms, e.g. training rows)."""
+    difference = (after - before).double()
+    count = len(difference)
+    stderr = float(difference.std() / math.sqrt(count)) if count > 1 else math.nan
+    return {"gain": float(difference.mean()), "gain_stderr": stderr, "dof": count - 1, "terms": count}
+
+
+def fixed_verdict(losses: list[float], settings: ConvergenceSettings, scale: float = 1.0,
+                  paired: dict | None = None) -> dict:
+    """The trend rule on a fixed run: the ELBO's gain over the last :func:`window_steps` steps against the tolerance.
+
+    Where the run scored its ELBO terms on fixed draws at the window's first and last steps (``paired``, from
+    :func:`paired_gain`), the gain is theirs: two scorings on common random numbers differ by what the parameters
+    changed, to a few thousandths of a nat per point. Otherwise the gain is the line through the window's minibatch
+    losses (per-step negative ELBOs, per data point; ``scale`` turns them into the units of ``settings.tolerance``,
+    e.g. the number of data points for a whole data set's ELBO), whose minibatch noise can hide a gain ten times the
+    tolerance (``read_from`` says which)."""
+    window = window_steps(len(losses), settings)
     record = {"rule": "trend", "tolerance": settings.tolerance, "window": min(window, len(losses))}
     if len(losses) < settings.blocks * 5:
         return {**record, "converged": None, "reason": f"too few steps ({len(losses)}) to read a trend from"}
-    gain, stderr, dof = trend([-scale * loss for loss in losses[-window:]], settings.blocks)
+    if paired is not None:
+        gain, stderr, dof = scale * paired["gain"], scale * paired["gain_stderr"], paired["dof"]
+        record.update(read_from="fixed_draws", terms=paired["terms"])
+        where = f", on fixed draws of {paired['terms']} training rows"
+    else:
+        gain, stderr, dof = trend([-scale * loss for loss in losses[-window:]], settings.blocks)
+        record["read_from"] = "minibatches"
+        where = ", from the minibatch ELBOs"
     margin = float(stats.t.ppf(0.975, dof)) * stderr
     converged = not (gain - margin > settings.tolerance)
     record.update(converged=converged, gain=gain, gain_stderr=stderr)
     if not converged:
         record["reason"] = (f"the ELBO was still rising when training stopped: {gain:.3g} nats over the last "
-                            f"{window} steps (s.e. {stderr:.2g}), above the tolerance {settings.tolerance:g}")
+                            f"{window} steps (s.e. {stderr:.2g}{where}), above the tolerance {settings.tolerance:g}")
     return record
 
 

@@ -17,7 +17,13 @@ from elbogap import streams
 from elbogap.device import rng_state, set_rng_state
 from elbogap.errors import UsageError
 from elbogap.inference.components import componentwise
-from elbogap.inference.convergence import ConvergenceSettings, ConvergeSchedule, fixed_verdict
+from elbogap.inference.convergence import (
+    ConvergenceSettings,
+    ConvergeSchedule,
+    fixed_verdict,
+    paired_gain,
+    window_steps,
+)
 from elbogap.inference.objectives import check_gradient
 from elbogap.inference.snr import GroupSNR, gradient_snr, parameter_groups
 from elbogap.inference.stl import stl_guide
@@ -155,6 +161,9 @@ class Trainer:
     :param schedule: a :class:`~elbogap.inference.convergence.ConvergeSchedule` that drops the learning rate and
         ends training once the fit converged (None: ``steps`` steps, as ``lr_decay`` decays the rate).
     :param convergence: the constants of the convergence rule :meth:`convergence` applies.
+    :param window_check: ``() -> terms``, the ELBO's terms now on fixed draws (a VAE's: per training row), which
+        :meth:`check_window` scores at the first and last steps of the trend rule's window (a fixed run's; None: the
+        rule reads the minibatch losses).
     :param float loss_scale: turns the per-point losses into the units of the rule's tolerance.
     :param vectorize: draw the particles at once under a plate (None: where the model says it broadcasts).
     :param int max_plate_nesting: how deep the programs' plates nest (the particle plate goes left of them).
@@ -165,7 +174,8 @@ class Trainer:
                  freeze_model: bool = False, lr_decay: float = 1.0, kl_warmup_steps: int = 0,
                  dynamic_binarize: bool = False, jit: bool = True, shuffle: bool = True, gradient: str = "reparam",
                  schedule: ConvergeSchedule | None = None, convergence: ConvergenceSettings | None = None,
-                 loss_scale: float = 1.0, vectorize: bool | None = None, max_plate_nesting: int = 1):
+                 loss_scale: float = 1.0, vectorize: bool | None = None, max_plate_nesting: int = 1,
+                 window_check: Callable[[], torch.Tensor] | None = None):
         if batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
         if lr <= 0:
@@ -184,6 +194,9 @@ class Trainer:
         self._snr_groups: dict[str, list[torch.Tensor]] | None = None
         self.schedule, self.loss_scale = schedule, loss_scale
         self.convergence_settings = convergence or ConvergenceSettings()
+        self.window_check = window_check if schedule is None else None
+        self.window_start: torch.Tensor | None = None  # the terms at the window's first step
+        self.window_gain: dict | None = None  # what they gained by its last (paired_gain)
 
     def _start_epoch(self, epoch: int) -> None:
         # drawn on the CPU whatever the device, so every device sees the same batches
@@ -249,7 +262,24 @@ class Trainer:
         steps the run was allowed."""
         if self.schedule is not None:
             return self.schedule.verdict(self.step_count, cap)
-        return fixed_verdict(self.losses, self.convergence_settings, self.loss_scale)
+        return fixed_verdict(self.losses, self.convergence_settings, self.loss_scale,
+                             self.window_gain if self.step_count == cap else None)
+
+    def check_window(self, cap: int) -> None:
+        """Score the ELBO's terms on fixed draws (``window_check``) where the trend rule's window over ``cap`` steps
+        begins and where it ends, and keep their paired gain for :meth:`convergence`. Called after every step (by
+        the stacked training too, with the run's parameters handed over); the scorings leave training's random
+        stream alone."""
+        if not self.checks_window_at(self.step_count, cap):
+            return
+        if self.step_count < cap:
+            self.window_start = self.window_check()
+        elif self.window_start is not None:
+            self.window_gain = paired_gain(self.window_start, self.window_check())
+
+    def checks_window_at(self, step: int, cap: int) -> bool:
+        """Whether :meth:`check_window` scores after ``step`` of ``cap``: the window's first and last steps."""
+        return self.window_check is not None and step in (cap - window_steps(cap, self.convergence_settings), cap)
 
     def snr_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The fixed minibatch the gradient's signal-to-noise is measured on: ``(rows, index)``.
@@ -314,6 +344,7 @@ class Trainer:
             "optim": self.svi.state_dict(), "rng": rng_state(self.x.device),
             "schedule": json.dumps(self.schedule.state_dict() if self.schedule is not None else None),
             "schedule_best": self.schedule.best_state() if self.schedule is not None else None,
+            "window_start": self.window_start, "window_gain": json.dumps(self.window_gain),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -328,6 +359,8 @@ class Trainer:
         self.epoch = int(state["epoch"])
         if self.epoch >= 0:
             self._start_epoch(self.epoch)
+        self.window_start = state.get("window_start")  # absent from a checkpoint written before the window check
+        self.window_gain = json.loads(state.get("window_gain", "null"))
         schedule = json.loads(state.get("schedule", "null"))
         if self.schedule is not None and schedule is not None:
             self.schedule.load_state_dict(schedule)

@@ -21,6 +21,9 @@ class Protocol:
         kind of study knows better than the caller (None: leave them).
     :param elbo_check: ``(model, guide, data, config) -> check``, where ``check()`` is the ELBO now on fixed
         draws, in the units of ``--convergence-tol``: what ``--schedule converge`` reads between its windows.
+    :param elbo_terms: ``(model, guide, data, config) -> terms``, where ``terms()`` is the ELBO's terms now (per
+        training row) on the fixed draws ``elbo_check`` scores: what the trend rule of ``--schedule fixed`` compares
+        at its window's ends (None: the rule reads the minibatch losses).
     :param whole_data_units: whether the ELBO the convergence rules read (and ``--convergence-tol``) is the whole
         data set's, the training loss per row times N; else per point, as the loss is.
     :param defaults: the settings left to the kind of model (``lr``, ``steps``, ``schedule``,
@@ -56,6 +59,7 @@ class Protocol:
     #: torch's intra-op threads for the run (None: as the caller set them); one where every tensor is small
     threads: int | None = None
     elbo_check: Callable[..., Callable[[], float]] | None = None
+    elbo_terms: Callable[..., Callable[[], object]] | None = None
     defaults: dict = field(default_factory=dict)
     whole_data_units: bool = False
     family_defaults: dict = field(default_factory=dict)

@@ -189,14 +189,25 @@ CHECK_ROWS, CHECK_DRAWS = 1024, 4
 def elbo_check(model, guide, data: Dataset, config: Config):
     """The ELBO per data point on the first ``CHECK_ROWS`` training rows, from the same draws at every call (the
     stream ``convergence_checks``), for ``--schedule converge``."""
+    check = _check_evaluation(model, guide, data)
+    return lambda: check().metrics["elbo"]
+
+
+def elbo_terms(model, guide, data: Dataset, config: Config):
+    """The ELBO of each of the first ``CHECK_ROWS`` training rows, on the draws :func:`elbo_check` scores, for the
+    trend rule of ``--schedule fixed``."""
+    check = _check_evaluation(model, guide, data)
+    return lambda: check().per_point["elbo"]
+
+
+def _check_evaluation(model, guide, data: Dataset):
     count = min(CHECK_ROWS, len(data.train))
     rows, index = data.train[:count], torch.arange(count, device=data.train.device)
 
-    def check() -> float:
+    def check():
         with torch.random.fork_rng(devices=rng_devices(rows)):
             streams.seeded("convergence_checks", 0)
-            return evaluate(model, guide, rows, index, elbo_samples=CHECK_DRAWS, iw_samples=1,
-                            log_px_method="iwae").metrics["elbo"]
+            return evaluate(model, guide, rows, index, elbo_samples=CHECK_DRAWS, iw_samples=1, log_px_method="iwae")
 
     return check
 
@@ -206,5 +217,6 @@ def elbo_check(model, guide, data: Dataset, config: Config):
 STACK_FROM = 4
 
 VAE = Protocol("vae", evaluate=evaluate_splits, curve_point=evaluation_point, bdmc=run_bdmc, elbo_check=elbo_check,
+               elbo_terms=elbo_terms,
                defaults={"lr": 0.003, "steps": 2000, "schedule": "fixed", "convergence_tol": 0.01,
                          "particles": 1}, stacker=stack_with_gap_points, stack_from=STACK_FROM)

@@ -162,6 +162,7 @@ def test_a_study_in_out_is_kept_unless_resumed_and_resuming_adds_the_rest(elboga
     assert resumed["simulations"][:2] == first["simulations"]  # seeded by index: the same as before the stop
 
 
+@pytest.mark.slow  # about 14 s; in CI test_sigterm_in_stacked_fits_keeps_each_fit_and_resume_goes_on_from_it stops one
 def test_sigterm_stops_the_study_keeps_what_it_did_and_leaves_no_worker(tmp_path):
     import os
     import signal

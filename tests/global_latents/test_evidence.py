@@ -56,7 +56,8 @@ def large_regression_case():
 
 
 @pytest.mark.parametrize("case", [
-    pytest.param(regression_case, id="conjugate"), pytest.param(scale_case, id="scale"),
+    pytest.param(regression_case, id="conjugate"),
+    pytest.param(scale_case, id="scale", marks=pytest.mark.slow),  # about 16 s; the conjugate case runs in CI
     pytest.param(schools_case, id="eight-schools", marks=pytest.mark.slow),  # about 30 s
     pytest.param(large_regression_case, id="conjugate-1000", marks=pytest.mark.slow),  # about 45 s
 ])

@@ -1,17 +1,21 @@
 """Whether a fit converged: the trend rule of fixed runs and the plateau schedule that trains until converged."""
 
+import copy
 import math
 
 import pyro
 import pytest
 import torch
 
+from elbogap import streams
+from elbogap.checkpoint import load_checkpoint, save_checkpoint
 from elbogap.config import Config
 from elbogap.data import Dataset
-from elbogap.factory import make_trainer
+from elbogap.factory import build, load_dataset, make_trainer
 from elbogap.global_latents.guides import GlobalAutoGuide
 from elbogap.global_latents.model import GlobalLatentModel
-from elbogap.inference.convergence import ConvergenceSettings, ConvergeSchedule, fixed_verdict, trend
+from elbogap.inference import evaluate
+from elbogap.inference.convergence import ConvergenceSettings, ConvergeSchedule, fixed_verdict, paired_gain, trend
 from tests.global_latents import truth
 
 RULE = ConvergenceSettings(tolerance=0.01)
@@ -41,6 +45,68 @@ def test_the_trend_rule_raises_few_false_alarms_on_fits_that_stopped_rising():
 
 def test_a_short_run_has_no_verdict():
     assert fixed_verdict([1.0] * 20, RULE)["converged"] is None
+
+
+def vae_run(steps: int, lr: float = 0.003, lr_decay: float = 0.1, stop_at: int | None = None):
+    """The default VAE on digits (one hidden layer of 32), trained as a run trains it: the trend rule's scorings at
+    its window's ends; stopped at ``stop_at`` where given."""
+    config = Config(steps=steps, hidden_dims=[32], guides=["diag"], lr=lr, lr_decay=lr_decay).validate()
+    data = load_dataset(config)
+    pyro.clear_param_store()
+    streams.seeded("training", 0)
+    model, guide = build(config, data, "diag")
+    trainer = make_trainer(config, model, guide, data, seed=0)
+    trainer.run(stop_at or steps, lambda trainer: trainer.check_window(steps))
+    return trainer, model, guide, data
+
+
+def test_a_vae_still_rising_is_seen_on_fixed_draws_where_the_minibatches_hide_it():
+    """The trend rule reads the ELBO of 1,024 training rows on fixed draws at its window's ends: on a VAE whose ELBO
+    still rises by about 0.05 nats a point over the last 50 steps, the minibatch losses' line had a standard error of
+    0.2 and called it converged. The gain agrees with the ELBOs of the window's two ends on fresh draws."""
+    trainer, model, guide, data = vae_run(300, stop_at=300 - 50)
+    start = copy.deepcopy((model.state_dict(), guide.state_dict()))
+    trainer.run(300, lambda trainer: trainer.check_window(300))
+    verdict = trainer.convergence(300)
+    assert verdict["read_from"] == "fixed_draws" and verdict["terms"] == 1024 and verdict["window"] == 50
+    assert not verdict["converged"] and "fixed draws of 1024 training rows" in verdict["reason"]
+    assert fixed_verdict(trainer.losses, RULE)["converged"]  # the minibatches' line misses it
+
+    rows = data.train[:1024]
+    end = evaluate(model, guide, rows, elbo_samples=64, iw_samples=1, log_px_method="iwae").per_point
+    with torch.no_grad():
+        model.load_state_dict(start[0])
+        guide.load_state_dict(start[1])
+    begin = evaluate(model, guide, rows, elbo_samples=64, iw_samples=1, log_px_method="iwae").per_point
+    fresh = float((end["elbo"] - begin["elbo"]).double().mean())
+    variances = end["elbo_stderr"].double() ** 2 + begin["elbo_stderr"].double() ** 2
+    fresh_stderr = math.sqrt(float(variances.sum())) / 1024
+    assert abs(verdict["gain"] - fresh) < 4 * math.hypot(verdict["gain_stderr"], fresh_stderr)
+    assert fresh - 3 * fresh_stderr > RULE.tolerance  # it was still rising
+
+
+def test_a_vae_whose_rate_has_decayed_to_nothing_is_converged_on_fixed_draws():
+    trainer, *_ = vae_run(250, lr_decay=1e-6)
+    verdict = trainer.convergence(250)
+    assert verdict["read_from"] == "fixed_draws" and verdict["converged"]
+    assert abs(verdict["gain"]) < 0.002
+
+
+def test_a_run_resumed_inside_the_window_keeps_its_first_scoring(tmp_path):
+    trainer, *_ = vae_run(250, stop_at=220)
+    save_checkpoint(tmp_path / "state.pt", {"trainer": trainer.state_dict()})
+    straight, *_ = vae_run(250)
+    resumed, *_ = vae_run(250, stop_at=1)
+    resumed.load_state_dict(load_checkpoint(tmp_path / "state.pt")["trainer"])
+    resumed.run(250, lambda trainer: trainer.check_window(250))
+    assert resumed.convergence(250) == straight.convergence(250)
+
+
+def test_the_paired_gain_is_the_mean_difference_with_its_standard_error():
+    before = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    gain = paired_gain(before, before + torch.tensor([0.1, 0.3, 0.1, 0.3]))
+    assert gain["gain"] == pytest.approx(0.2) and gain["gain_stderr"] == pytest.approx(0.1 / math.sqrt(3))
+    assert gain["dof"] == 3 and gain["terms"] == 4
 
 
 def conjugate_study(num_data: int = 100):

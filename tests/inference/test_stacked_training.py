@@ -203,6 +203,28 @@ def test_a_stop_while_seeds_train_at_once_leaves_each_run_a_checkpoint_with_its_
     assert "snr_encoder" in run["curve_eval"][0] and math.isfinite(run["test"]["kl_gap"])
 
 
+def test_stacked_seeds_score_the_trend_rules_window_as_lone_runs_do(tmp_path):
+    """Each seed of a stack scores its ELBO on fixed draws at the trend rule's window's ends, its own parameters
+    handed over (kept in its checkpoint): the gains agree with the same seeds' lone runs within four standard errors
+    of the difference of their means (the seeds' spread; stacked and lone runs draw different numbers)."""
+    seeds = [0, 1, 2, 3]
+    config = Config(steps=100, guides=["diag"], seeds=seeds, hidden_dims=[32], gap_points=0, snr_draws=0,
+                    eval_every=100, out=str(tmp_path))
+    data = load_dataset(config)
+    tasks = [RunTask("diag", seed, str(tmp_path / "runs" / f"diag-seed{seed}")) for seed in seeds]
+    assert stack_seeds(config, data, tasks, should_stop=lambda: None) == {"diag": 4}
+    stacked = [json.loads(load_checkpoint(f"{task.run_dir}/{CHECKPOINT}")["trainer"]["window_gain"])
+               for task in tasks]
+    lone = []
+    for seed in seeds:
+        trainer = trainers_for(config, data, "diag", [seed])[0]
+        trainer.run(100, lambda trainer: trainer.check_window(100))
+        lone.append(trainer.window_gain)
+    assert all(gain["terms"] == 1024 and gain["gain_stderr"] > 0 for gain in stacked + lone)
+    a, b = (torch.tensor([gain["gain"] for gain in gains]) for gains in (stacked, lone))
+    assert abs(a.mean() - b.mean()) < 4 * math.sqrt(a.var() / 4 + b.var() / 4)
+
+
 @pytest.mark.slow  # about 25 s; in CI test_stacked_seeds_end_where_lone_runs_of_the_same_seeds_end stacks seeds
 def test_a_study_stacks_four_seeds_or_more_on_its_workers_and_says_so(elbogap, tmp_path):
     """Four seeds of a guide train as one program, the two guides' stacks side by side on two workers; two seeds
@@ -215,6 +237,7 @@ def test_a_study_stacks_four_seeds_or_more_on_its_workers_and_says_so(elbogap, t
     for run in results["runs"]:
         assert run["stacked_seeds"] == 4 and len(run["curve_eval"]) == 10 and not run["compiled_loss"]
         assert run["convergence"]["rule"] == "trend" and math.isfinite(run["test"]["kl_gap"])
+        assert run["convergence"]["read_from"] == "fixed_draws"
         for split in ("train", "test"):  # q* refit at once with the stack, taken by the run
             assert run[split]["q_star_converged"] and run[split]["approx_gap"] + run[split]["amort_gap"] == (
                 pytest.approx(run[split]["gap_kl"]))
