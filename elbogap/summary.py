@@ -165,14 +165,20 @@ def convergence_advice(record: dict) -> str:
 
 
 def convergence_warnings(runs: list[dict]) -> list[str]:
-    """A Warnings line for every run whose fit did not converge: which, why, and what to do."""
+    """A Warnings line for every run whose fit did not converge (one per guide where the trend rule judged its seeds
+    alike): which, why, and what to do."""
     lines = []
+    still_rising = {}  # guide -> its runs the trend rule saw still rising, said in one line
     for run in runs:
         record = run.get("convergence") or {}
-        if run.get("converged") is False:
+        if run.get("converged") is False and record.get("rule") == "trend" and "gain" in record:
+            still_rising.setdefault(run["guide"], []).append(run)
+        elif run.get("converged") is False:
             lines.append(f"- {run['guide']} seed {run['seed']} did not converge ({record.get('rule')} rule): "
                          f"{record.get('reason', '')}; its ELBO and KL gap describe an unfinished fit, not the "
                          f"family: {convergence_advice(record)}")
+    lines += [rising_line(guide, group) for guide, group in still_rising.items()]
+    for run in runs:
         for split in ("test", "train"):
             metrics = run.get(split, {})
             if metrics.get("q_star_converged") is False:
@@ -183,6 +189,21 @@ def convergence_warnings(runs: list[dict]) -> list[str]:
                 lines.append(f"- {run['guide']} seed {run['seed']}, {split}: the per-point fit of the {split} points "
                              "stopped at its cap before its ELBO stopped rising")
     return lines
+
+
+def rising_line(guide: str, runs: list[dict]) -> str:
+    """One Warnings line for a guide's runs that the trend rule saw still rising: each seed's gain over the window."""
+    records = [run["convergence"] for run in runs]
+    where = {"fixed_draws": f", on fixed draws of {records[0].get('terms')} training rows",
+             "minibatches": ", from the minibatch ELBOs"}.get(records[0].get("read_from"), "")
+    gains = ", ".join(f"seed {run['seed']} {record['gain']:.3g} nats (s.e. {record['gain_stderr']:.2g})"
+                      for run, record in zip(runs, records, strict=True))
+    seeds = f"seed{'s' if len(runs) > 1 else ''} {', '.join(str(run['seed']) for run in runs)}"
+    unfinished = ("its ELBO and KL gap describe an unfinished fit" if len(runs) == 1
+                  else "their ELBOs and KL gaps describe unfinished fits")
+    return (f"- {guide} {seeds} did not converge (trend rule): the ELBO was still rising when training stopped, over "
+            f"the last {records[0]['window']} steps by {gains}{where}, above the tolerance "
+            f"{records[0]['tolerance']:g}; {unfinished}, not the family: {convergence_advice(records[0])}")
 
 
 def rows(runs: list[dict], split: str, keys: Iterable[str],

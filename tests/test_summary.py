@@ -81,3 +81,15 @@ def test_an_unconverged_fit_is_advised_by_how_it_ended():
     assert "raise the cap (--steps)" in first and "smaller --lr" not in first
     assert "cut back 2 time(s)" in second and "smaller --lr" in second and "raise the cap" not in second
     assert convergence_warnings([{**at_cap, "converged": True}]) == []
+
+
+def test_a_guides_seeds_still_rising_are_said_in_one_line_with_each_gain():
+    def run(seed, gain, converged=False):
+        return {"guide": "diag", "seed": seed, "converged": converged,
+                "convergence": {"rule": "trend", "tolerance": 0.01, "window": 200, "read_from": "fixed_draws",
+                                "terms": 1024, "gain": gain, "gain_stderr": 0.006, "converged": converged}}
+
+    (line,) = convergence_warnings([run(0, 0.0231), run(1, 0.0474), run(2, 0.012, converged=True)])
+    assert line.startswith("- diag seeds 0, 1 did not converge (trend rule)")
+    assert "seed 0 0.0231 nats (s.e. 0.006), seed 1 0.0474 nats (s.e. 0.006)" in line and "seed 2" not in line
+    assert "on fixed draws of 1024 training rows" in line and "--schedule converge" in line
