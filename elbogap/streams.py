@@ -54,10 +54,11 @@ STREAMS: dict[str, Stream] = {stream.name: stream for stream in (
     Stream("evaluation_test", "run", 15_000, "global", "the draws of the test split's evaluation after training, "
            "seeded afresh: its guide-independent log p(x) (AIS) does not depend on how many draws the training "
            "split's q* refit took, so every guide of a seed gets the same"),
-    Stream("log_px_train", "run", 16_000, "global", "the draws of a guide-independent estimate of log p(x) (AIS) on "
-           "the training split, seeded afresh after q's draws: a mixture or a per-datapoint guide draws more of those, "
-           "and every guide of a seed must get the same estimate"),
-    Stream("log_px_test", "run", 17_000, "global", "the same on the test split"),
+    Stream("log_px_train", "run", 16_000, "torch", "the draws of a guide-independent estimate of log p(x) (AIS) on "
+           "the training split, seeded afresh after q's draws (a mixture or a per-datapoint guide draws more of those, "
+           "and every guide of a seed must get the same estimate) in a fork of torch's generator, which the draws "
+           "after it go on from as if it had drawn none"),
+    Stream("log_px_test", "run", 17_000, "torch", "the same on the test split"),
     Stream("bdmc", "run", 20_000, "global", "the data simulated from the model and the chains of BDMC"),
     Stream("evidence", "run", 40_000, "global", "the SMC particles, the reference fit and the AIS chains of log p(D) "
            "of a model with global latents"),

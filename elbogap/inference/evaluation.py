@@ -1,5 +1,6 @@
 r"""Per-datapoint evaluation of a guide against a model: ELBO, its two terms, log p(x) and the gap."""
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -8,6 +9,7 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from elbogap.device import rng_devices
 from elbogap.errors import UsageError
 from elbogap.inference.ais import AISSettings
 from elbogap.inference.gap import kl_gap
@@ -272,9 +274,10 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
     ``progress`` shows a bar (with the time left) over the chunks of points and AIS's transitions.
     ``keep_draws`` adds ``per_point["elbo_draws"]`` ``(points, draws)``, each draw's ELBO term,
     for standard errors of differences between guides evaluated on common random numbers.
-    ``fresh_stream``, where given, is called before each guide-independent estimate (AIS) to seed its draws: q's
-    draws before it number differently from guide to guide (a mixture draws its components too), and every guide of
-    a seed should get the same estimate.
+    ``fresh_stream``, where given, is called before each guide-independent estimate (AIS) to seed its draws, inside
+    a fork of torch's generators: q's draws before it number differently from guide to guide (a mixture draws its
+    components too), every guide of a seed should get the same estimate, and the draws after it are as if it had
+    drawn none (so that a deterministic estimate, quadrature, leaves them as they were).
     """
     log_px_plan = plan(log_px_method, model)
     if elbo_samples < 1 or iw_samples < 1:
@@ -294,9 +297,11 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
         if step.rows == "subset" and (ais_index is None or not len(ais_index)):
             continue  # no subset chosen for this split
         rows = ais_index if step.rows == "subset" else None
-        if fresh_stream is not None and step.method.guide_independent:
-            fresh_stream()
-        estimate = _estimate_on(step.method, rows, model, guide, x, index, settings, per_point)
+        own_stream = fresh_stream is not None and step.method.guide_independent
+        with torch.random.fork_rng(devices=rng_devices(x)) if own_stream else contextlib.nullcontext():
+            if own_stream:
+                fresh_stream()
+            estimate = _estimate_on(step.method, rows, model, guide, x, index, settings, per_point)
         jackknife = estimate.stderr if estimate.sum_stderr is None else estimate.sum_stderr
         per_point["log_px"], per_point["log_px_stderr"] = estimate.values, estimate.stderr
         per_point["log_px_jackknife_stderr"] = jackknife
