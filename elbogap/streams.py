@@ -52,8 +52,7 @@ STREAMS: dict[str, Stream] = {stream.name: stream for stream in (
            "binarization; the counter is the epoch", scale=1_000_003),
     Stream("evaluation", "run", 10_000, "global", "the draws of the evaluation after training (the training split's)"),
     Stream("evaluation_test", "run", 15_000, "global", "the draws of the test split's evaluation after training, "
-           "seeded afresh: its guide-independent log p(x) (AIS) does not depend on how many draws the training "
-           "split's q* refit took, so every guide of a seed gets the same"),
+           "seeded afresh: they do not depend on how many draws the training split's q* refit took"),
     Stream("log_px_train", "run", 16_000, "torch", "the draws of a guide-independent estimate of log p(x) (AIS) on "
            "the training split, seeded afresh after q's draws (a mixture or a per-datapoint guide draws more of those, "
            "and every guide of a seed must get the same estimate) in a fork of torch's generator, which the draws "
