@@ -158,7 +158,7 @@ CONVERGENCE_ADVICE = {
 #: what to do about a per-point model's fit the trend rule saw still rising on fixed draws: not --schedule converge,
 #: which trained the default VAE's diag (seed 1) to its cap of 20,000 steps without settling, its encoder overfitting
 #: the training rows (test KL gap 2.03 against 0.165 after the default 2,000 steps)
-FIXED_DRAWS_ADVICE = "train longer (--steps or --epochs), or read its numbers as those of a fit still improving"
+FIXED_DRAWS_ADVICE = "train longer (--steps or --epochs), or read the numbers as those of a fit still improving"
 
 
 def convergence_advice(record: dict) -> str:
