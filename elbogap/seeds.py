@@ -163,17 +163,16 @@ def train_at_once(config, data, guide_name: str, tasks, progress: bool, should_s
             check = trainer.checks_window_at(step, cap)
             if not (evaluate or save_now or check) or not usable(g):
                 continue
-            if check:  # the trend rule's scorings at its window's ends, as the lone run makes them
-                with store.scope(), torch.random.fork_rng(), phases[g]("curve_evaluations"):
-                    hand_over(g)
-                    trainer.check_window(cap)
-            if evaluate:
+            if check or evaluate:
                 with store.scope(), torch.random.fork_rng():  # each run registers its own modules, as alone
                     hand_over(g)
                     with phases[g]("curve_evaluations"):
-                        point = {"step": step, **PROTOCOLS[data.kind].curve_point(model, guide, data, resolved)}
-                    snr = measure_snr(trainer, resolved.snr_draws, phases[g], Progress())
-                curve_evals[g].append({**point, **snr})
+                        trainer.check_window(cap)  # the trend rule's scorings at its window's ends, where they fall
+                        if evaluate:
+                            point = {"step": step, **PROTOCOLS[data.kind].curve_point(model, guide, data, resolved)}
+                    if evaluate:
+                        curve_evals[g].append({**point, **measure_snr(trainer, resolved.snr_draws, phases[g],
+                                                                      Progress())})
             if save_now:
                 save(g, training_seconds())
 
