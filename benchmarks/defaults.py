@@ -71,12 +71,12 @@ def main(args) -> None:
             evidence = result.runs[0]["evidence"]
             exact = case.log_evidence
             for run in result.runs:
-                data = run["data"]
+                data = run["train"]
                 truth = case.best_gaps.get(run["guide_spec"])
                 source = "closed form" if truth is not None else "–"
                 if truth is None and args.careful:
                     elbo, settled, steps = careful_elbo(case, run["guide_spec"], seed)
-                    reference = exact if exact is not None else data["log_evidence"]
+                    reference = exact if exact is not None else data["log_px"]
                     truth, source = reference - elbo, f"careful fit ({steps} steps{'' if settled else ', unsettled'})"
                 error = None if truth is None else data["kl_gap"] - truth
                 allowed = max(0.1, 3 * data["kl_gap_stderr"])
@@ -86,10 +86,10 @@ def main(args) -> None:
                 rows.append((case.name, seed, run["guide"], data["kl_gap"], data["kl_gap_stderr"], truth, source, error,
                              error is not None and abs(error) <= allowed, run["converged"], run["steps"],
                              run["train_seconds"] + (second["seconds"] if second else 0.0), kept))
-            rows.append((case.name, seed, "log p(D)", data["log_evidence"], data["log_evidence_stderr"], exact,
+            rows.append((case.name, seed, "log p(D)", data["log_px"], data["log_px_stderr"], exact,
                          "exact" if exact is not None else "–",
-                         None if exact is None else data["log_evidence"] - exact,
-                         exact is not None and abs(data["log_evidence"] - exact) <= 3 * data["log_evidence_stderr"],
+                         None if exact is None else data["log_px"] - exact,
+                         exact is not None and abs(data["log_px"] - exact) <= 3 * data["log_px_stderr"],
                          None, evidence["steps_used"], evidence["seconds"], "–"))
             print(f"{case.name}, seed {seed}: {seconds:.0f} s for the study", file=sys.stderr, flush=True)
             shutil.rmtree(out, ignore_errors=True)

@@ -103,12 +103,12 @@ def row(label: str, record: dict, out: Path) -> str:
         return f"| {label} | – | – | {record['seconds']:.0f} | {said} |" + " – |" * 6
     runs = json.loads(results.read_text())["runs"]
     first = runs[0]
-    evidence = f"{first['data']['log_evidence']:.3f} ± {first['data']['log_evidence_stderr']:.3f}"
-    gaps = {run["guide"]: f"{run['data']['kl_gap']:.3f} ± {run['data']['kl_gap_stderr']:.3f} "
+    evidence = f"{first['train']['log_px']:.3f} ± {first['train']['log_px_stderr']:.3f}"
+    gaps = {run["guide"]: f"{run['train']['kl_gap']:.3f} ± {run['train']['kl_gap_stderr']:.3f} "
                           f"({'yes' if run['converged'] else '**no**'})" for run in runs}
     truth = "–" if record["exact"] is None else f"{record['exact']:.3f} (exact)"
     warnings = len(warning_lines(out / record["name"] / "results.md"))
-    cells = [label, first["data"]["num_points"], first["model"]["sites"]["latent_dim"], f"{record['seconds']:.0f}",
+    cells = [label, first["train"]["num_points"], first["model"]["sites"]["latent_dim"], f"{record['seconds']:.0f}",
              evidence, *(gaps.get(guide, "–") for guide in GUIDES), truth, warnings]
     return "| " + " | ".join(str(cell) for cell in cells) + " |"
 

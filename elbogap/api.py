@@ -108,10 +108,10 @@ class Comparison:
         ``KEY_mc_stderr``, the Monte-Carlo standard error of the mean over seeds, and with two
         seeds or more ``KEY_seed_sd``, the standard deviation of the per-seed values.
 
-        A model with global latents has one split, ``"data"`` (the whole data set:
-        ``log_evidence``, ``elbo``, ``kl_gap`` and its Monte-Carlo ``kl_gap_stderr``, per point
-        beside them, q's importance estimate and k-hat). ``pandas.DataFrame(result.table())``
-        turns it into a data frame.
+        A model with global latents has one split, ``"train"``, with one unit, the whole data set
+        (``log_px``, here log p(D), ``elbo``, ``kl_gap`` and its Monte-Carlo ``kl_gap_stderr``, per
+        point beside them, q's importance estimate ``log_px_iwae`` and ``khat_mean``).
+        ``pandas.DataFrame(result.table())`` turns it into a data frame.
 
         Every row also carries the training gradient's signal-to-noise at the end of training, a
         number of the run rather than of a split, where it was measured (``snr_draws`` > 0):
@@ -119,11 +119,11 @@ class Comparison:
         ``snr_draws`` gradient draws on one fixed minibatch), ``snr_encoder_mean`` and
         ``snr_decoder_mean`` (the mean over entries), each with ``KEY_seed_sd``.
         """
-        from elbogap.report import GLOBAL_SUMMARY_KEYS, SUMMARY_KEYS, finished
+        from elbogap.report import GLOBAL_SUMMARY_KEYS, SUMMARY_KEYS, finished, is_global_study
 
         runs = finished(self.runs)
-        global_study = bool(runs) and "data" in runs[0]  # the whole data set's metrics, not splits
-        split = split or ("data" if global_study else "test")
+        global_study = is_global_study(runs)  # the whole data set's metrics: one split, one unit
+        split = split or ("train" if global_study else "test")
         table = rows(runs, split, GLOBAL_SUMMARY_KEYS if global_study else SUMMARY_KEYS)
         snr = {row.pop("guide"): row for row in snr_rows(runs)}
         for row in table:

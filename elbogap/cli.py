@@ -199,14 +199,14 @@ def run_evaluate(args) -> int:
     record = {"guide": config.guide, "trained_with": trained_with, "seed": state["seed"], **metrics}
     name = "evaluation.json" if config.guide == trained_with else f"evaluation-{config.guide}.json"
     (Path(args.run_dir) / name).write_text(json.dumps(record, indent=2))
-    if "data" in metrics:  # the whole data set's metrics, as a model with global latents gives them
+    if "evidence" in metrics:  # the whole data set's metrics (one unit), as a model with global latents gives them
         from elbogap.global_latents.report import gap_table
 
         if not args.quiet:
             print("\n".join(gap_table([record])) + "\n")
-        keys = ("log_evidence", "log_evidence_stderr", "elbo", "elbo_stderr", "kl_gap", "kl_gap_stderr",
-                "log_evidence_q", "khat", "evidence_warning")
-        print(json.dumps({"data": {k: metrics["data"][k] for k in keys if k in metrics["data"]}}))
+        keys = ("log_px", "log_px_stderr", "elbo", "elbo_stderr", "kl_gap", "kl_gap_stderr", "log_px_iwae",
+                "khat_mean", "log_px_warning")
+        print(json.dumps({"train": {k: metrics["train"][k] for k in keys if k in metrics["train"]}}))
         return 0
     splits = [split for split in ("test", "train") if split in metrics]
     if not args.quiet:

@@ -2,7 +2,7 @@ r"""A study's posteriors as ArviZ ``InferenceData``, saved as NetCDF beside its 
 
 For a model with global latents, every finished run gives ``arviz/GUIDE-seedS.nc``: q's draws of each latent site
 (the run's saved ``draws.pt``, one chain, shaped as the model's sites) in the ``posterior`` group, with the run's
-numbers as that group's attributes (``elbo``, ``log_evidence``, ``kl_gap`` and their standard errors, ``khat``,
+numbers as that group's attributes (``elbo``, ``log_px``, ``kl_gap`` and their standard errors, ``khat_mean``,
 ``converged``, ...), and in ``log_likelihood`` each observed site's :math:`\log p(x_n \mid \theta_s)` per row at
 q's first draws (up to 1000), so that ``az.loo`` and ``az.compare`` read q's draws as a posterior's (their Pareto
 k-hat then says where q is too far from the leave-one-out posteriors). Every seed gives
@@ -31,13 +31,13 @@ import torch
 from elbogap.checkpoint import load_checkpoint
 from elbogap.errors import UsageError
 from elbogap.inference import smc
+from elbogap.records import upgraded
 
 #: where a study's NetCDF files go, under its output directory
 FOLDER = "arviz"
-#: a run's numbers copied into the attributes of its posterior group (from the whole data set's metrics)
-NUMBERS = ("elbo", "elbo_stderr", "log_evidence", "log_evidence_stderr", "log_evidence_method", "kl_gap",
-           "kl_gap_stderr", "log_evidence_q", "log_evidence_q_stderr", "khat", "ess", "expected_log_lik",
-           "kl_prior", "num_points")
+#: a run's numbers copied into the attributes of its posterior group (from its ``train`` metrics: D as one unit)
+NUMBERS = ("elbo", "elbo_stderr", "log_px", "log_px_stderr", "log_px_method", "kl_gap", "kl_gap_stderr",
+           "log_px_iwae", "log_px_iwae_stderr", "khat_mean", "ess_mean", "recon", "kl_prior", "units", "num_points")
 
 
 def arviz():
@@ -70,7 +70,7 @@ def run_inference_data(saved: dict, run: dict):
     """One run's q draws (``saved``, its ``draws.pt``) and numbers as ``InferenceData`` (see the module)."""
     az = arviz()
     shapes = run["model"]["sites"]["latent"]
-    attrs = {key: _attribute(run["data"][key]) for key in NUMBERS if key in run["data"]}
+    attrs = {key: _attribute(run["train"][key]) for key in NUMBERS if key in run["train"]}
     attrs.update(guide=run["guide"], seed=run["seed"], converged=_flag(run.get("converged")), steps=run.get("steps", 0),
                  draws_from="q, the run's guide")
     pointwise = {name: value.double().numpy()[None] for name, value in saved.get("log_likelihood", {}).items()}
@@ -167,7 +167,7 @@ def export_study(out: Path) -> list[Path]:
     """Write ``out/arviz/*.nc`` for every finished run with saved draws, and one reference per seed (a calibration
     study: one file per guide, :func:`export_calibration`); the paths."""
     out = Path(out)
-    results = json.loads((out / "results.json").read_text())
+    results = upgraded(json.loads((out / "results.json").read_text()))
     if results.get("kind") == "calibration":
         return export_calibration(out, results)
     folder = out / FOLDER

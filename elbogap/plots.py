@@ -16,6 +16,7 @@ from elbogap.errors import UsageError  # noqa: E402
 from elbogap.figure_data import FILE as FIGURE_DATA  # noqa: E402
 from elbogap.figure_tools import by_guide, mark_convergence, save  # noqa: E402
 from elbogap.global_latents.plots import make_figures as global_figures  # noqa: E402
+from elbogap.records import upgraded  # noqa: E402
 from elbogap.report import finished, is_global_study
 from elbogap.summary import bound_markers, over_seeds
 
@@ -236,7 +237,7 @@ def make_figures(results_dir: str | Path) -> list[Path]:
     except json.JSONDecodeError as error:
         raise UsageError(f"{path} is not valid JSON ({error}); rerun the study to rewrite it") from None
 
-    results = {**results, "runs": finished(results.get("runs", []))}
+    results = upgraded({**results, "runs": finished(results.get("runs", []))})
     if not results["runs"]:
         raise UsageError(f"{path} holds no finished run yet; nothing to plot")
     if is_global_study(results["runs"]):

@@ -320,9 +320,9 @@ CSV_METRICS = ["converged", "log_px_points", "log_px", "log_px_stderr", "elbo_lo
 #: the numbers a per-point study summarizes over seeds (results.json's ``summary``, the API's ``table()``)
 SUMMARY_KEYS = ("log_px", "elbo_log_px_points", "kl_gap", "elbo", "log_px_iwae", "recon", "kl_prior",
                 "gap_log_px", "gap_elbo", "elbo_star", "gap_kl", "approx_gap", "amort_gap")
-#: the same for a study of a model with global latents, on the whole data set
-GLOBAL_SUMMARY_KEYS = ("log_evidence", "log_evidence_stderr", "elbo", "elbo_stderr", "kl_gap", "kl_gap_stderr",
-                       "kl_gap_per_point", "log_evidence_q", "khat", "ess")
+#: the same for a study of a model with global latents, on the whole data set (its ``train`` split, one unit)
+GLOBAL_SUMMARY_KEYS = ("log_px", "log_px_stderr", "elbo", "elbo_stderr", "kl_gap", "kl_gap_stderr",
+                       "kl_gap_per_point", "log_px_iwae", "khat_mean", "ess_mean")
 
 
 def summary(results: dict) -> dict:
@@ -332,7 +332,7 @@ def summary(results: dict) -> dict:
         return {}
     snr = {"gradient_snr": table} if (table := snr_rows(runs)) else {}
     if is_global_study(runs):
-        return {"data": rows(runs, "data", GLOBAL_SUMMARY_KEYS), **snr}
+        return {"train": rows(runs, "train", GLOBAL_SUMMARY_KEYS), **snr}
     return {**{split: rows(runs, split, SUMMARY_KEYS) for split in ("test", "train")}, **snr}
 
 

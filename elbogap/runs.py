@@ -30,6 +30,7 @@ from elbogap.inference import Trainer
 from elbogap.phases import Phases
 from elbogap.progress import Bars, Progress
 from elbogap.protocols import PROTOCOLS, protocol_for
+from elbogap.records import upgraded_run
 from elbogap.stopping import ShouldStop, StopAsked, no_stop_requests
 from elbogap.summary import log_fields
 from elbogap.threads import intra_op_threads
@@ -152,7 +153,7 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
             saved = json.loads((run_dir / RUN_JSON).read_text())
             changed = evaluation_changes(saved["config"], config.to_dict())
             if not changed:
-                return saved["run"]
+                return upgraded_run(saved["run"])
             log.write(f"re-evaluate the trained run: evaluation settings changed ({', '.join(changed)})")
         trainer.load_state_dict(state["trainer"])
         stacked = state.get("stacked")
@@ -279,9 +280,6 @@ def final_line(metrics: dict) -> str:
     for split in ("train", "test"):
         if split in metrics:
             fields.update({f"{split}_{key}": value for key, value in log_fields(metrics[split]).items()})
-    if "data" in metrics:
-        fields.update({f"data_{key}": metrics["data"][key] for key in ("log_evidence", "elbo", "kl_gap")
-                       if key in metrics["data"]})
     return " ".join(f"{key}={value}" if isinstance(value, int) else f"{key}={value:.4f}"
                     for key, value in fields.items())
 

@@ -228,7 +228,7 @@ def rows(runs: list[dict], split: str, keys: Iterable[str],
                "converged_seeds": sum(1 for verdict in verdicts if verdict)}
         row.update({count: mine[0][count] for count in counts if count in mine[0]})
         row.update(seed_columns(mine, keys))
-        row["log_px_method"] = mine[0].get("log_px_method", mine[0].get("log_evidence_method"))
+        row["log_px_method"] = mine[0].get("log_px_method")
         bounds = {metrics["approx_gap_bound"] for metrics in mine if "approx_gap_bound" in metrics}
         if bounds:
             row["approx_gap_bound"] = "upper" if "upper" in bounds else bounds.pop()

@@ -229,9 +229,9 @@ def save_study(results: dict, out: str | Path, config: Config, started: float | 
 
 
 def report_run(guide_name: str, seed: int, run: dict) -> None:
-    if "failed" not in run and "data" in run:  # the whole data set's metrics
-        data = run["data"]
-        tqdm.write(f"{guide_name:>10} seed {seed}: log p(D) {data['log_evidence']:.3f}, ELBO {data['elbo']:.3f}, "
+    if "failed" not in run and "evidence" in run:  # the whole data set's metrics, one unit
+        data = run["train"]
+        tqdm.write(f"{guide_name:>10} seed {seed}: log p(D) {data['log_px']:.3f}, ELBO {data['elbo']:.3f}, "
                    f"gap {data['kl_gap']:.3f} ± {data['kl_gap_stderr']:.3f}", file=sys.stderr)
     elif "failed" not in run:
         tqdm.write(f"{guide_name:>10} seed {seed}: test {split_line(run['test'])}", file=sys.stderr)

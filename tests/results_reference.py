@@ -6,7 +6,7 @@ from pathlib import Path
 
 REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "results.md"
 #: the parts of a run record whose own keys the reference lists
-PARTS = ("train", "test", "data", "convergence", "evidence", "reference")
+PARTS = ("train", "test", "convergence", "evidence", "reference")
 
 
 def documented() -> set[str]:

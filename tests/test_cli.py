@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from elbogap.cli import main
+from elbogap.records import SHARED_METRICS
 from tests.results_reference import undocumented
 
 QUICK = ["--jobs", "1", "--steps", "40", "--batch-size", "64", "--train-size", "400", "--test-size", "100",
@@ -51,6 +52,7 @@ def test_compare_writes_results_with_every_metric(tmp_path, capfd):
             (300, 400) if run["guide"] == "diag" else (400, 400))  # a per-datapoint guide is evaluated whole
         for split in ("train", "test"):
             metrics = run[split]
+            assert SHARED_METRICS <= set(metrics) and metrics["units"] == metrics["num_points"]  # one schema
             for key in ("log_px", "log_px_stderr", "elbo", "elbo_stderr", "recon", "kl_prior", "kl_gap"):
                 assert np.isfinite(metrics[key]), key
             assert metrics["log_px_method"] == "quadrature"

@@ -1,6 +1,8 @@
 """A study's posteriors as ArviZ InferenceData: written beside the results, loaded by elbogap.load, right in numbers."""
 
+import json
 import math
+import shutil
 import sys
 
 import arviz as az
@@ -10,7 +12,9 @@ import torch
 
 import elbogap
 from elbogap.errors import UsageError
-from elbogap.export import FOLDER, arviz, site_arrays, systematic_resample
+from elbogap.export import FOLDER, arviz, export_study, site_arrays, systematic_resample
+from elbogap.plots import make_figures
+from elbogap.records import RENAMED
 from tests.global_latents import truth
 
 #: the tests that read :func:`regression_study` share one xdist worker, so the study is run once, not once per worker
@@ -37,8 +41,8 @@ def test_every_run_and_its_reference_are_written_as_netcdf_and_load_in_arviz(reg
     assert set(loaded) == {name.removesuffix(".nc") for name in files}
     for run in result.runs:
         posterior = az.from_netcdf(str(result.out / FOLDER / f"{run['guide']}-seed0.nc")).posterior
-        assert posterior["w"].shape == (1, run["data"]["samples"], 3)  # one chain, the site's own shape
-        assert posterior.attrs["kl_gap"] == pytest.approx(run["data"]["kl_gap"])
+        assert posterior["w"].shape == (1, run["train"]["elbo_samples"], 3)  # one chain, the site's own shape
+        assert posterior.attrs["kl_gap"] == pytest.approx(run["train"]["kl_gap"])
         assert posterior.attrs["converged"] == int(run["converged"])
     summary = az.summary(loaded["auto-AutoNormal-seed0"], kind="stats")
     assert list(summary.index) == ["w[0]", "w[1]", "w[2]"]
@@ -112,3 +116,26 @@ def test_the_log_likelihood_per_row_lets_arviz_compute_leave_one_out_as_the_clos
         table = az.compare({name: data for name, data in loaded.items() if not name.startswith("reference")})
     assert abs(loo.elpd_loo - exact) < 0.2
     assert set(table.index) == {"auto-AutoNormal-seed0", "auto-AutoMultivariateNormal-seed0"}
+
+
+@ON_THE_STUDY
+def test_a_study_written_before_the_one_schema_is_redrawn_and_exported_as_now(regression_study, tmp_path):
+    """Its results.json with the global kind's old names (``data``, ``log_evidence``, ...): ``elbogap plot`` and the
+    export read it as one written today (``elbogap/records.py``)."""
+    result, _, _ = regression_study
+    out = tmp_path / "old"
+    shutil.copytree(result.out, out)
+    shutil.rmtree(out / FOLDER)
+    results = json.loads((out / "results.json").read_text())
+    before = {new: old for old, new in RENAMED.items()}
+    for run in results["runs"]:
+        metrics = run.pop("train")
+        run["data"] = {before.get(key, key): value for key, value in metrics.items()
+                       if key not in ("units", "log_px_iwae_samples")}
+    (out / "results.json").write_text(json.dumps(results))
+    assert {path.name for path in make_figures(out)} >= {"gaps.png", "evidence.png", "training.png"}
+    export_study(out)
+    for run in result.runs:
+        posterior = az.from_netcdf(str(out / FOLDER / f"{run['guide']}-seed0.nc")).posterior
+        assert posterior.attrs["log_px"] == pytest.approx(run["train"]["log_px"])
+        assert posterior.attrs["kl_gap"] == pytest.approx(run["train"]["kl_gap"])

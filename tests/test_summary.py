@@ -49,12 +49,13 @@ def test_over_seeds_keeps_the_spread_of_the_seeds_and_the_monte_carlo_error_of_t
 def test_seeds_where_one_evidence_has_no_error_bar_summarize_without_raising():
     """A global study's second seed whose AIS has no standard error (NaN): the table's spread over seeds of that
     column is NaN, where statistics.stdev raised and lost the study's results.json (a tester's 80-group regression)."""
-    runs = [{"guide": "auto-AutoNormal", "data": {"log_evidence": -348.8, "log_evidence_stderr": stderr,
-                                                  "kl_gap": 1.6, "kl_gap_stderr": stderr}}
+    runs = [{"guide": "auto-AutoNormal", "train": {"units": 1, "num_points": 240, "log_px": -348.8,
+                                                   "log_px_stderr": stderr, "elbo": -350.4, "kl_gap": 1.6,
+                                                   "kl_gap_stderr": stderr}}
             for stderr in (0.012, math.nan)]
-    row, = rows(runs, "data", ("log_evidence", "log_evidence_stderr", "kl_gap"))
-    assert row["log_evidence_seed_sd"] == 0.0 and math.isnan(row["log_evidence_stderr_seed_sd"])
-    assert "log_evidence_mc_stderr" not in row  # no Monte-Carlo error of a mean with an unknown one in it
+    row, = rows(runs, "train", ("log_px", "log_px_stderr", "kl_gap"))
+    assert row["log_px_seed_sd"] == 0.0 and math.isnan(row["log_px_stderr_seed_sd"])
+    assert "log_px_mc_stderr" not in row  # no Monte-Carlo error of a mean with an unknown one in it
 
 def test_a_row_of_the_api_table_subtracts_within_itself_and_carries_the_note():
     runs = [{"guide": "diag", "seed": seed, "test": {

@@ -207,26 +207,30 @@ def moments(values: dict[str, torch.Tensor], weights: torch.Tensor | None = None
 
 
 def summarize_draws(draws: GuideDraws, num_data: int) -> dict:
-    """The ELBO of D, its terms, the importance estimate of log p(D) and q's diagnostics, in nats for all of D."""
+    r"""The ELBO of D, its terms, the importance estimate of log p(D) and q's diagnostics, in nats for all of D: one
+    unit, under the names a split of a per-point model gives its per-point means (``recon`` is
+    :math:`E_q[\log p(D \mid \theta, z)]`, ``log_px_iwae`` q's importance estimate from ``elbo_samples`` draws)."""
     log_w = draws.log_w.detach().double()
     count = len(log_w)
     weights, khats = proposal_estimate(log_w[:, None])
     khat = float(khats[0])
     metrics = {
+        "units": 1,
         "num_points": num_data,
-        "samples": count,
+        "elbo_samples": count,
         "elbo": float(log_w.mean()),
         "elbo_stderr": float(log_w.std() / math.sqrt(count)) if count > 1 else float("nan"),
-        "expected_log_lik": float(draws.log_lik.double().mean()),
+        "recon": float(draws.log_lik.double().mean()),
         "kl_prior": float((draws.log_q.double() - draws.log_prior.double()).mean()),
-        "log_evidence_q": float(weights.log_mean[0]),
-        "log_evidence_q_stderr": float(weights.stderr[0]),
-        "log_evidence_q_dof": group_spread_dof(count),
-        "ess": float(weights.ess[0]),
-        "khat": None if math.isnan(khat) else khat,  # +inf where the weights' tail has no fit
+        "log_px_iwae": float(weights.log_mean[0]),
+        "log_px_iwae_stderr": float(weights.stderr[0]),
+        "log_px_iwae_dof": group_spread_dof(count),
+        "log_px_iwae_samples": count,
+        "ess_mean": float(weights.ess[0]),
+        "khat_mean": None if math.isnan(khat) else khat,  # +inf where the weights' tail has no fit
         "khat_threshold": khat_threshold(count),
     }
-    if math.isnan(metrics["log_evidence_q_stderr"]) and count > 1:
-        metrics["log_evidence_q_note"] = (f"q's importance weights have a tail too heavy for a variance (k-hat "
+    if math.isnan(metrics["log_px_iwae_stderr"]) and count > 1:
+        metrics["log_px_iwae_note"] = (f"q's importance weights have a tail too heavy for a variance (k-hat "
                                           f"{khat:.2f}, above 0.5): q's estimate of log p(D) has no standard error")
     return metrics

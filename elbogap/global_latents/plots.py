@@ -72,8 +72,8 @@ def plot_gaps(results: dict, path: Path) -> Path:
     groups = by_guide(results["runs"])
     fig, axis = plt.subplots(figsize=(1.4 * len(groups) + 3, 4))
     for i, runs in enumerate(groups.values()):
-        gaps = torch.tensor([run["data"]["kl_gap"] for run in runs], dtype=torch.float64)
-        stderr = float(torch.tensor([run["data"]["kl_gap_stderr"] for run in runs]).pow(2).mean().sqrt())
+        gaps = torch.tensor([run["train"]["kl_gap"] for run in runs], dtype=torch.float64)
+        stderr = float(torch.tensor([run["train"]["kl_gap_stderr"] for run in runs]).pow(2).mean().sqrt())
         axis.bar(i, float(gaps.mean()), 0.6, yerr=stderr, capsize=4, color="tab:blue", alpha=0.8)
         axis.plot([i] * len(gaps), gaps.numpy(), "k.", ms=5)
     axis.set_xticks(range(len(groups)), list(groups), rotation=20, fontsize=8)
@@ -92,17 +92,17 @@ def plot_evidence(results: dict, path: Path) -> Path:
     groups = by_guide(runs)
     for i, mine in enumerate(groups.values()):
         for run in mine:
-            data = run["data"]
+            data = run["train"]
             axis.errorbar(i - 0.15, data["elbo"], yerr=interval_halfwidth(data["elbo_stderr"], None), fmt="o",
                           color="tab:blue", label="ELBO(D)" if i == 0 and run is mine[0] else None)
-            axis.errorbar(i + 0.15, data["log_evidence_q"],
-                          yerr=interval_halfwidth(data["log_evidence_q_stderr"], data.get("log_evidence_q_dof")),
+            axis.errorbar(i + 0.15, data["log_px_iwae"],
+                          yerr=interval_halfwidth(data["log_px_iwae_stderr"], data.get("log_px_iwae_dof")),
                           fmt="s", color="tab:green", label="q's IS estimate" if i == 0 and run is mine[0] else None)
     for seed in dict.fromkeys(run["seed"] for run in runs):
-        data = next(run["data"] for run in runs if run["seed"] == seed)
-        axis.axhline(data["log_evidence"], color="k", lw=1)
-        halfwidth = interval_halfwidth(data["log_evidence_stderr"], data.get("log_evidence_dof"))
-        axis.axhspan(data["log_evidence"] - halfwidth, data["log_evidence"] + halfwidth, color="k", alpha=0.1)
+        data = next(run["train"] for run in runs if run["seed"] == seed)
+        axis.axhline(data["log_px"], color="k", lw=1)
+        halfwidth = interval_halfwidth(data["log_px_stderr"], data.get("log_px_dof"))
+        axis.axhspan(data["log_px"] - halfwidth, data["log_px"] + halfwidth, color="k", alpha=0.1)
     axis.plot([], [], "k-", label="log p(D), AIS (Monte-Carlo 95% interval; its bias not in it)")
     axis.set_xticks(range(len(groups)), list(groups), rotation=20, fontsize=8)
     axis.set(ylabel="nats", title="evidence of D: AIS, and each guide's bounds (Monte-Carlo 95% intervals)")
@@ -131,14 +131,13 @@ def plot_training(results: dict, path: Path) -> Path:
             if run["curve"]:
                 steps, elbo = zip(*run["curve"], strict=True)
                 axis.plot(steps, elbo, color=colors[i % len(colors)], alpha=0.6, lw=1, label=guide if j == 0 else None)
-            points = [p for p in run.get("curve_eval", []) if "data_elbo" in p]
-            axis.plot([p["step"] for p in points], [p["data_elbo"] for p in points], "o", color=colors[i % len(colors)],
-                      ms=3)
-        log_evidence = runs[0]["data"]["log_evidence_per_point"]
-        axis.axhline(log_evidence, color="k", lw=1, ls="--")
+            points = [p for p in run.get("curve_eval", []) if "train_elbo" in p]
+            axis.plot([p["step"] for p in points], [p["train_elbo"] for p in points], "o",
+                      color=colors[i % len(colors)], ms=3)
+        axis.axhline(runs[0]["train"]["log_px_per_point"], color="k", lw=1, ls="--")
     values = [value for run in results["runs"] for _, value in run["curve"]]
     if values:
-        top = max(values + [results["runs"][0]["data"]["log_evidence_per_point"]])
+        top = max(values + [results["runs"][0]["train"]["log_px_per_point"]])
         floor = sorted(values)[len(values) // 10]
         axis.set_ylim(floor - 0.2 * (top - floor + 1e-9), top + 0.1 * (top - floor + 1e-9))
     mark_convergence(axis, results["runs"])

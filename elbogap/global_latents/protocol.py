@@ -158,20 +158,20 @@ def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, ph
     with phases("evidence"), progress.phase("evidence"):
         evidence = evidence_state(model, rows, config, seed, run_dir, progress)
     summary = evidence["summary"]
-    metrics.update(log_evidence=summary["log_evidence"], log_evidence_stderr=summary["stderr"],
-                   log_evidence_dof=summary.get("dof", group_spread_dof(len(evidence["log_w"]))),
-                   log_evidence_method=summary.get("method", "ais"), log_evidence_start=summary.get("start", "prior"),
-                   log_evidence_guide_independent=True)
-    metrics["kl_gap"] = metrics["log_evidence"] - metrics["elbo"]
-    metrics["kl_gap_stderr"] = math.hypot(metrics["log_evidence_stderr"], metrics["elbo_stderr"])
-    for key in ("elbo", "elbo_stderr", "log_evidence", "kl_gap", "kl_gap_stderr", "log_evidence_q"):
+    metrics.update(log_px=summary["log_evidence"], log_px_stderr=summary["stderr"],
+                   log_px_dof=summary.get("dof", group_spread_dof(len(evidence["log_w"]))),
+                   log_px_method=summary.get("method", "ais"), log_px_start=summary.get("start", "prior"),
+                   log_px_guide_independent=True)
+    metrics["kl_gap"] = metrics["log_px"] - metrics["elbo"]
+    metrics["kl_gap_stderr"] = math.hypot(metrics["log_px_stderr"], metrics["elbo_stderr"])
+    for key in ("elbo", "elbo_stderr", "log_px", "kl_gap", "kl_gap_stderr", "log_px_iwae"):
         metrics[f"{key}_per_point"] = metrics[key] / num_data
     metrics.update(evidence_check(metrics))
     if starts_at_mean_field(model, guide) and (config.warm_start != "off"
                                                       or "auto:AutoNormal" not in config.guides):
         with phases("mean_field_fit"):  # where the run started from it, read from OUT/shared/ at no cost
             metrics["mean_field_check"] = mean_field_fit(model, data, config, seed, run_dir, progress)["check"]
-    record = {"kind": "global", "data": metrics, "evidence": summary}
+    record = {"kind": "global", "train": metrics, "evidence": summary}
     with phases("reference"), progress.phase("reference"):
         reference = reference_state(model, rows, config, seed, run_dir, evidence, progress)
     q_moments = moments(draws.values)
@@ -242,25 +242,25 @@ def bdmc_summary(model, data, config, seed, progress) -> dict:
 
 def evidence_check(metrics: dict) -> dict:
     """Compare q's importance estimate of log p(D) with AIS's: both are lower bounds in expectation."""
-    above = metrics["log_evidence_q"] - metrics["log_evidence"]
-    stderr = math.hypot(metrics["log_evidence_q_stderr"], metrics["log_evidence_stderr"])
-    out = {"q_above_ais": above, "q_above_ais_stderr": stderr}
-    method = metrics.get("log_evidence_method", "ais")
+    above = metrics["log_px_iwae"] - metrics["log_px"]
+    stderr = math.hypot(metrics["log_px_iwae_stderr"], metrics["log_px_stderr"])
+    out = {"iwae_above_ais": above, "iwae_above_ais_stderr": stderr}
+    method = metrics.get("log_px_method", "ais")
     fix = ("raise --evidence-steps and --evidence-chains, or lower --evidence-stderr" if method == "ais"
            else "raise --iw-samples, or use --log-px auto (AIS)")
-    if math.isnan(metrics["log_evidence_stderr"]):
-        out["evidence_warning"] = (f"log p(D) by {method} has no standard error (its weights' tail says their "
+    if math.isnan(metrics["log_px_stderr"]):
+        out["log_px_warning"] = (f"log p(D) by {method} has no standard error (its weights' tail says their "
                                    f"variance is infinite): it may be far too low, and every gap with it; {fix}")
         return out
     if math.isnan(stderr):  # q's weights have no error bar: no test of one against the other
         return out
     if above > max(DISAGREEMENT * stderr, DISAGREEMENT_NATS):
         name = "AIS" if method == "ais" else method
-        out["evidence_warning"] = (f"q's importance estimate of log p(D) is {above:.3f} nats above {name}'s "
+        out["log_px_warning"] = (f"q's importance estimate of log p(D) is {above:.3f} nats above {name}'s "
                                    f"({above / max(stderr, 1e-12):.0f} standard errors): {name} has not converged "
                                    f"at these settings and the KL gap is overstated by about that much; {fix}")
     elif -above > DISAGREEMENT * stderr:
-        out["evidence_note"] = (f"q's importance estimate of log p(D) is {-above:.3f} nats below AIS: q is a poor "
+        out["log_px_note"] = (f"q's importance estimate of log p(D) is {-above:.3f} nats below AIS: q is a poor "
                                 "importance proposal for this posterior (see k-hat); AIS's value is the one to read")
     return out
 
@@ -283,7 +283,7 @@ def curve_point(model, guide, data, config, samples: int = 16) -> dict:
     """A cheap point of the training curve: the ELBO of D per data point from a few draws of q."""
     with torch.random.fork_rng():
         draws = guide_draws(model, guide, data.train, samples)
-    return {"data_elbo": float(draws.log_w.mean()) / len(data.train)}
+    return {"train_elbo": float(draws.log_w.mean()) / len(data.train)}
 
 
 def build_for(config, data, guide_name: str):

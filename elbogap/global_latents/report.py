@@ -8,14 +8,14 @@ from elbogap.global_latents.reference import OUTSIDE_SDS, RELIABLE_DRAWS
 from elbogap.inference.weights import interval_halfwidth
 from elbogap.summary import converged_cell, convergence_warnings, seed_sd, stacked_sentence
 
-#: (key in a run's ``data`` metrics, column title)
-COLUMNS = [("elbo", "ELBO(D)"), ("log_evidence", "log p(D)"), ("kl_gap", "KL gap"),
-           ("kl_gap_per_point", "KL gap per point"), ("log_evidence_q", "q's IS log p(D)"), ("khat", "k-hat"),
-           ("ess", "ESS")]
+#: (key in a run's ``train`` metrics, the whole data set as one unit; column title)
+COLUMNS = [("elbo", "ELBO(D)"), ("log_px", "log p(D)"), ("kl_gap", "KL gap"),
+           ("kl_gap_per_point", "KL gap per point"), ("log_px_iwae", "q's IS log p(D)"), ("khat_mean", "k-hat"),
+           ("ess_mean", "ESS")]
 
-CSV_METRICS = ["converged", "num_points", "samples", "elbo", "elbo_stderr", "expected_log_lik", "kl_prior",
-               "log_evidence", "log_evidence_stderr", "kl_gap", "kl_gap_stderr", "elbo_per_point",
-               "log_evidence_per_point", "kl_gap_per_point", "log_evidence_q", "log_evidence_q_stderr", "ess", "khat"]
+CSV_METRICS = ["converged", "units", "num_points", "elbo_samples", "elbo", "elbo_stderr", "recon", "kl_prior",
+               "log_px", "log_px_stderr", "kl_gap", "kl_gap_stderr", "elbo_per_point", "log_px_per_point",
+               "kl_gap_per_point", "log_px_iwae", "log_px_iwae_stderr", "ess_mean", "khat_mean"]
 
 
 #: the smallest reference sds between a guide's mean and the reference's that mark them as sitting in different
@@ -81,10 +81,10 @@ def posterior_warnings(runs: list[dict], warm_start: str = "mean-field") -> list
     for run in runs:
         far = {site: stats["mean_error_max_abs"] for site, stats in run.get("reference", {}).get("sites", {}).items()
                if stats.get("mean_error_max_abs", 0) >= MODE_SEPARATION}
-        if far and run["data"]["kl_gap"] < SMALL_GAP:
+        if far and run["train"]["kl_gap"] < SMALL_GAP:
             where = ", ".join(f"{site} {value:.0f}" for site, value in far.items())
             lines.append(f"- {run['guide']} seed {run['seed']}: its mean lies {where} reference sds from the "
-                         f"reference's, yet its gap is {run['data']['kl_gap']:.2f} nats: the posterior has several "
+                         f"reference's, yet its gap is {run['train']['kl_gap']:.2f} nats: the posterior has several "
                          "modes (components that can swap labels, or a symmetry), q, the reference and the evidence "
                          "each see one, and every gap is measured against one mode only (too small by up to the log "
                          "of the number of modes); break the symmetry in the model (order a mixture's components, "
@@ -120,11 +120,11 @@ def posterior_warnings(runs: list[dict], warm_start: str = "mean-field") -> list
                          "from the prior, which reaches every mode (slower)")
         mine = {run["guide_spec"]: run for run in runs if run["seed"] == seed and "guide_spec" in run}
         for big, smaller in CONTAINS.items():
-            bounded = big in mine and mine[big]["data"].get("scales_at_bound")  # said by mean_field_warnings
+            bounded = big in mine and mine[big]["train"].get("scales_at_bound")  # said by mean_field_warnings
             held_families = sorted((name for name in smaller if big in mine and name in mine and not bounded),
-                                   key=lambda name: -mine[name]["data"]["elbo"])  # the best first, warned once
+                                   key=lambda name: -mine[name]["train"]["elbo"])  # the best first, warned once
             for small in held_families:
-                gap, held = mine[big]["data"], mine[small]["data"]
+                gap, held = mine[big]["train"], mine[small]["train"]
                 # one seed, one log p(D): the gaps differ by the ELBOs, and only their errors count
                 if short_of(gap["elbo"], gap["elbo_stderr"], held["elbo"], held["elbo_stderr"]):
                     short.add((seed, big))
@@ -156,10 +156,10 @@ def mean_field_warnings(runs: list[dict], warm_start: str = "mean-field", study:
     (default ``runs``), where the seeds' AutoNormal runs and checks are found."""
     lines, study = [], runs if study is None else study
     compared = {run["seed"] for run in study if run.get("guide_spec") == MEAN_FIELD}
-    checks = {run["seed"]: run["data"]["mean_field_check"] for run in study
-              if run.get("data", {}).get("mean_field_check")}
+    checks = {run["seed"]: run["train"]["mean_field_check"] for run in study
+              if run.get("train", {}).get("mean_field_check")}
     for run in runs:
-        if at_bound := run.get("data", {}).get("scales_at_bound"):
+        if at_bound := run.get("train", {}).get("scales_at_bound"):
             lines.append(f"- {run['guide']} seed {run['seed']}: q's scale sits at the bound Pyro's IAF puts on it "
                          f"(e^-5 to e^3, log_scale_min_clip and log_scale_max_clip) on {at_bound} latent(s): it cannot "
                          "narrow (or widen) further there, so its gap carries the bound's cost and is no measure of "
@@ -167,11 +167,11 @@ def mean_field_warnings(runs: list[dict], warm_start: str = "mean-field", study:
                          "scale near 1)")
             continue
         own = run.get("guide_spec") == MEAN_FIELD
-        check = run.get("data", {}).get("mean_field_check") or ((run.get("guide_spec") in CONTAINS or own)
+        check = run.get("train", {}).get("mean_field_check") or ((run.get("guide_spec") in CONTAINS or own)
                                                                  and checks.get(run["seed"]))
         if not check or (run["seed"] in compared and not own):
             continue
-        elbo, stderr = run["data"]["elbo"], run["data"]["elbo_stderr"]
+        elbo, stderr = run["train"]["elbo"], run["train"]["elbo_stderr"]
         family = "another fit of its own family" if own else "a family it contains"
         if short_of(elbo, stderr, check["elbo"], check["elbo_stderr"]):
             lines.append(f"- {run['guide']} seed {run['seed']}: its ELBO of D {elbo:.3f} is below {check['elbo']:.3f}, "
@@ -199,17 +199,17 @@ def seed_spread_warnings(runs: list[dict]) -> list[str]:
     places (local optima, or a crawl that one seed ended early), and a gap measures its fit, not the family."""
     lines = []
     for guide, mine in _by_guide(runs).items():
-        fits = [run for run in mine if math.isfinite(run["data"].get("kl_gap", math.nan))
+        fits = [run for run in mine if math.isfinite(run["train"].get("kl_gap", math.nan))
                 and not run.get("model", {}).get("parameters")]
         if len(fits) < 2:
             continue
-        low = min(fits, key=lambda run: run["data"]["kl_gap"])
-        high = max(fits, key=lambda run: run["data"]["kl_gap"])
-        spread = high["data"]["kl_gap"] - low["data"]["kl_gap"]
-        noise = math.hypot(*(run["data"].get("kl_gap_stderr", math.nan) for run in (low, high)))
+        low = min(fits, key=lambda run: run["train"]["kl_gap"])
+        high = max(fits, key=lambda run: run["train"]["kl_gap"])
+        spread = high["train"]["kl_gap"] - low["train"]["kl_gap"]
+        noise = math.hypot(*(run["train"].get("kl_gap_stderr", math.nan) for run in (low, high)))
         if spread > 3 * noise + 0.1:
-            lines.append(f"- {guide}: its seeds end at gaps from {low['data']['kl_gap']:.3f} (seed {low['seed']}) to "
-                         f"{high['data']['kl_gap']:.3f} (seed {high['seed']}), further apart than their Monte-Carlo "
+            lines.append(f"- {guide}: its seeds end at gaps from {low['train']['kl_gap']:.3f} (seed {low['seed']}) to "
+                         f"{high['train']['kl_gap']:.3f} (seed {high['seed']}), further apart than their Monte-Carlo "
                          "errors: the fits stopped at different optima (local optima, or a crawl one seed ended "
                          "early), so each gap is its fit's, and the smallest is the closest to the family's best; "
                          "try more seeds, --lr 0.01 with more --particles, or a non-centred parameterization")
@@ -217,8 +217,9 @@ def seed_spread_warnings(runs: list[dict]) -> list[str]:
 
 
 def is_global_study(runs: list[dict]) -> bool:
-    """Whether the runs' records hold the whole data set's metrics (``data``), as a model with global latents gives."""
-    return bool(runs) and "data" in runs[0]
+    """Whether the runs' records hold the whole data set's evidence (``evidence``), as a model with global latents
+    gives: their ``train`` metrics are then of one unit, D."""
+    return bool(runs) and "evidence" in runs[0]
 
 
 def figure(value: float) -> str:
@@ -250,14 +251,14 @@ def gap_table(runs: list[dict]) -> list[str]:
     for guide, mine in _by_guide(runs).items():
         cells = []
         for key, _ in COLUMNS:
-            values = [run["data"].get(key) for run in mine]
+            values = [run["train"].get(key) for run in mine]
             if any(value is None for value in values):
                 cells.append("–")
                 continue
-            stderr_key = {"elbo": "elbo_stderr", "log_evidence": "log_evidence_stderr", "kl_gap": "kl_gap_stderr",
-                          "log_evidence_q": "log_evidence_q_stderr"}.get(key)
-            cells.append(_cell(values, [run["data"][stderr_key] for run in mine] if stderr_key else None))
-        stderr = statistics.fmean(run["data"]["kl_gap_stderr"] for run in mine)
+            stderr_key = {"elbo": "elbo_stderr", "log_px": "log_px_stderr", "kl_gap": "kl_gap_stderr",
+                          "log_px_iwae": "log_px_iwae_stderr"}.get(key)
+            cells.append(_cell(values, [run["train"][stderr_key] for run in mine] if stderr_key else None))
+        stderr = statistics.fmean(run["train"]["kl_gap_stderr"] for run in mine)
         lines.append(f"| {guide} | " + " | ".join(cells)
                      + f" | {figure(stderr)} | {len(mine)} | {converged_cell(mine)} |")
     return lines
@@ -282,11 +283,11 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
     """results.md for a study of a model with global latents, after its title and failed runs."""
     config = results["config"]
     first = runs[0]
-    data = first["data"]
+    data = first["train"]
     lines = []
-    warnings = convergence_warnings(runs) + [f"- {run['guide']} seed {run['seed']}: {run['data'][key]}"
-                                             for run in runs for key in ("evidence_warning", "evidence_note")
-                                             if key in run["data"]]
+    warnings = convergence_warnings(runs) + [f"- {run['guide']} seed {run['seed']}: {run['train'][key]}"
+                                             for run in runs for key in ("log_px_warning", "log_px_note")
+                                             if key in run["train"]]
     warnings += posterior_warnings(runs, config.get("warm_start", "mean-field"))
     seen = set()
     for run in runs:
@@ -341,8 +342,8 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
     lines += held_out_section(runs)
     lines += evidence_section(runs)
     lines += ["## How the numbers were computed", "",
-              f"- ELBO(D) = E_q[log p(D, θ, z) - log q(θ, z)] from {data['samples']} draws of q on every row of D; "
-              "its terms are recorded as `expected_log_lik` and `kl_prior`.",
+              f"- ELBO(D) = E_q[log p(D, θ, z) - log q(θ, z)] from {data['elbo_samples']} draws of q on every row of "
+              "D; its terms are recorded as `recon` (E_q[log p(D | θ, z)]) and `kl_prior`.",
               f"- log p(D): {describe_evidence(first['evidence'])}; independent of the guide, once per seed. "
               "KL gap = log p(D) - ELBO(D) = KL(q || p(θ, z | D)), against this estimate.",
               "- q's IS log p(D): log (1/S) Σ p(D, θ_s, z_s) / q(θ_s, z_s) over the same draws, with Kish's ESS and "
@@ -455,7 +456,7 @@ def held_out_section(runs: list[dict]) -> list[str]:
 
 
 def evidence_section(runs: list[dict]) -> list[str]:
-    method = runs[0]["data"].get("log_evidence_method", "ais")
+    method = runs[0]["train"].get("log_px_method", "ais")
     name, units = ("AIS", "chains") if method == "ais" else (method, "draws")
     sampled = runs[0].get("evidence", {}).get("sampled", True)
     interval = f"Monte-Carlo 95% interval of {name}'s mean (± t s.e.)" if sampled else "95% interval (± 1.96 s.e.)"
@@ -466,17 +467,17 @@ def evidence_section(runs: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     for seed in dict.fromkeys(run["seed"] for run in runs):
         mine = [run for run in runs if run["seed"] == seed]
-        best = max(mine, key=lambda run: run["data"]["log_evidence_q"])
+        best = max(mine, key=lambda run: run["train"]["log_px_iwae"])
         bdmc = next((run["bdmc"] for run in mine if "bdmc" in run), None)
         sandwich = "–" if bdmc is None else (f"{bdmc['lower']:.3f}, {bdmc['upper']:.3f} (width {bdmc['width']:.3f} ± "
                                              f"{bdmc['width_stderr']:.3f}, {bdmc['datasets']} data sets): "
                                              f"{bdmc['reading']}")
-        data = mine[0]["data"]
-        halfwidth = interval_halfwidth(data["log_evidence_stderr"], data.get("log_evidence_dof"))
-        low, high = data["log_evidence"] - halfwidth, data["log_evidence"] + halfwidth
+        data = mine[0]["train"]
+        halfwidth = interval_halfwidth(data["log_px_stderr"], data.get("log_px_dof"))
+        low, high = data["log_px"] - halfwidth, data["log_px"] + halfwidth
         widened = "–" if bdmc is None else f"{low:.3f}, {high + max(bdmc['width'], 0.0):.3f}"
-        lines.append(f"| {seed} | {data['log_evidence']:.3f} | {data['log_evidence_stderr']:.3f} | "
-                     f"{low:.3f}, {high:.3f} | {widened} | {best['data']['log_evidence_q']:.3f} ({best['guide']}) | "
+        lines.append(f"| {seed} | {data['log_px']:.3f} | {data['log_px_stderr']:.3f} | "
+                     f"{low:.3f}, {high:.3f} | {widened} | {best['train']['log_px_iwae']:.3f} ({best['guide']}) | "
                      f"{sandwich} |")
     if not sampled:  # a grid: its error is the discretization's, not a sample's
         return lines + ["", f"{name}'s s.e. is a bound on its grid's discretization error (the change from halving "
@@ -484,7 +485,7 @@ def evidence_section(runs: list[dict]) -> list[str]:
                         "draws: it is not biased low as AIS is, and its interval covers log p(D) itself. BDMC "
                         "(`--bdmc N`) still runs AIS on data sets simulated from the model.", ""]
     return lines + ["", f"{name}'s s.e. is read off the spread of 2, 4 and 8 groups of its {units} and has few "
-                    "degrees of freedom (`log_evidence_dof`, about 6): its interval is ± t s.e., about ± 2.5 s.e., not "
+                    "degrees of freedom (`log_px_dof`, about 6): its interval is ± t s.e., about ± 2.5 s.e., not "
                     f"± 1.96. That interval covers what {name} gives on average at these settings, not log p(D) "
                     f"itself: {name} is biased low (a lower bound in expectation), and no spread of its {units} shows "
                     "by how much. BDMC (`--bdmc N`) measures that bias on data sets simulated from the model; where it "
@@ -492,6 +493,6 @@ def evidence_section(runs: list[dict]) -> list[str]:
 
 
 def csv_rows(runs: list[dict]) -> list[list]:
-    return [[run["guide"], run["seed"], "data",
-             *({**run["data"], "converged": run.get("converged", "")}.get(key, "") for key in CSV_METRICS),
+    return [[run["guide"], run["seed"], "train",
+             *({**run["train"], "converged": run.get("converged", "")}.get(key, "") for key in CSV_METRICS),
              run["train_seconds"]] for run in runs]

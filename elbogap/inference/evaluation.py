@@ -417,6 +417,7 @@ def _summarize(per_point: dict, num_samples: int, estimates: list[tuple[LogPxMet
     subset = not bool(covered.all())
     method, estimate = estimates[-1]
     metrics = {
+        "units": len(per_point["elbo"]),  # every number below is a mean over these (records.py: one schema)
         "num_points": len(per_point["elbo"]),
         "elbo": mean("elbo"),
         "elbo_stderr": _combined_stderr(per_point["elbo_stderr"]),

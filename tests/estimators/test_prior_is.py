@@ -77,9 +77,9 @@ def test_a_study_of_a_model_with_global_latents_takes_it_as_its_evidence(tmp_pat
                         "prior-is", "--iw-samples", "4000", "--out", out, "-q")
     assert code == 0, err
     run = json.loads((out / "results.json").read_text())["runs"][0]
-    assert run["data"]["log_evidence_method"] == "prior-is" and run["reference"]["method"] == "prior-is"
-    assert abs(run["data"]["log_evidence"] - exact) < 4 * run["data"]["log_evidence_stderr"] + 0.01
-    assert abs(run["data"]["kl_gap"]) < 4 * run["data"]["kl_gap_stderr"] + 0.02  # full rank holds this posterior
+    assert run["train"]["log_px_method"] == "prior-is" and run["reference"]["method"] == "prior-is"
+    assert abs(run["train"]["log_px"] - exact) < 4 * run["train"]["log_px_stderr"] + 0.01
+    assert abs(run["train"]["kl_gap"]) < 4 * run["train"]["kl_gap_stderr"] + 0.02  # full rank holds this posterior
     assert "importance sampling from the prior" in (out / "results.md").read_text()
     code, err = elbogap("compare", "--model", tmp_path / "regression.py:model", "--data", tmp_path / "rows.csv",
                         "--log-px", "iwae", "--out", tmp_path / "refused", "-q")
@@ -89,9 +89,9 @@ def test_a_study_of_a_model_with_global_latents_takes_it_as_its_evidence(tmp_pat
 
 def test_an_evidence_without_an_error_bar_is_a_warning_not_a_silent_gap():
     """Prior-IS whose weights have an infinite variance has no standard error: the study warns, naming the fix."""
-    metrics = {"log_evidence": -31.3, "log_evidence_stderr": float("nan"), "log_evidence_q": -31.07,
-               "log_evidence_q_stderr": 0.003, "log_evidence_method": "prior-is"}
-    warning = evidence_check(metrics)["evidence_warning"]
+    metrics = {"log_px": -31.3, "log_px_stderr": float("nan"), "log_px_iwae": -31.07,
+               "log_px_iwae_stderr": 0.003, "log_px_method": "prior-is"}
+    warning = evidence_check(metrics)["log_px_warning"]
     assert "by prior-is has no standard error" in warning and "--iw-samples" in warning
 
 

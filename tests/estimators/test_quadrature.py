@@ -136,14 +136,14 @@ def test_a_study_of_a_location_and_a_positive_scale_takes_it_as_its_evidence_and
                         "--log-px", "quadrature", "--out", out, "-q")
     assert code == 0, err
     run = json.loads((out / "results.json").read_text())["runs"][0]
-    assert run["data"]["log_evidence_method"] == "quadrature"
-    assert abs(run["data"]["log_evidence"] - exact) < 1e-3 and run["data"]["log_evidence_stderr"] <= TIGHTEN_ABOVE
+    assert run["train"]["log_px_method"] == "quadrature"
+    assert abs(run["train"]["log_px"] - exact) < 1e-3 and run["train"]["log_px_stderr"] <= TIGHTEN_ABOVE
     reference = run["reference"]
     assert reference["reliable"] and reference["grid_points"] >= 24**2
     for site, (mean, sd) in moments.items():
         assert reference["moments"][site]["mean"][0] == pytest.approx(mean, rel=0.01, abs=1e-3)
         assert reference["moments"][site]["sd"][0] == pytest.approx(sd, rel=0.01)
-    assert run["data"]["log_evidence_dof"] is None  # a grid's error: a normal interval, not a t with few dof
+    assert run["train"]["log_px_dof"] is None  # a grid's error: a normal interval, not a t with few dof
     table = (out / "results.md").read_text()
     assert "grid points of the evidence's quadrature" in table and "bound on its grid's discretization error" in table
     truth.write_regression_study(tmp_path, truth.regression_data(5, 3, seed=2))

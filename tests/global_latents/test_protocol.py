@@ -57,11 +57,11 @@ def test_q_above_ais_is_warned_beyond_its_noise_and_a_twentieth_of_a_nat_naming_
     """A tester's conjugate regression: q's estimate 0.018 above AIS at 3.3 s.e. was read as AIS unconverged (AIS was
     0.002 from exact) and named --ais-steps, the per-point flag; now 0.05 nats are needed, and the flags are the
     evidence's."""
-    metrics = {"log_evidence": -226.148, "log_evidence_stderr": 0.002, "log_evidence_q": -226.130,
-               "log_evidence_q_stderr": 0.0051}
-    assert "evidence_warning" not in evidence_check(metrics)
-    metrics["log_evidence_q"] = -226.07
-    warning = evidence_check(metrics)["evidence_warning"]
+    metrics = {"log_px": -226.148, "log_px_stderr": 0.002, "log_px_iwae": -226.130,
+               "log_px_iwae_stderr": 0.0051}
+    assert "log_px_warning" not in evidence_check(metrics)
+    metrics["log_px_iwae"] = -226.07
+    warning = evidence_check(metrics)["log_px_warning"]
     assert "0.078 nats above AIS's" in warning and "--evidence-steps" in warning and "--ais-steps" not in warning
 
 

@@ -17,8 +17,8 @@ from elbogap.global_latents.report import (
 
 def run(guide: str, gap: float, seed: int = 0, far: float = 0.0, smc_far: float | None = None):
     record = {"guide": guide.replace(":", "-"), "guide_spec": guide, "seed": seed,
-              "data": {"kl_gap": gap, "kl_gap_stderr": 0.02, "log_evidence": -10.0, "elbo": -10.0 - gap,
-                       "elbo_stderr": 0.02},
+              "train": {"kl_gap": gap, "kl_gap_stderr": 0.02, "log_px": -10.0, "elbo": -10.0 - gap,
+                        "elbo_stderr": 0.02},
               "reference": {"sites": {"locs": {"mean_error_max_abs": far}}},
               "evidence": {"stages": {"fit": {"smc_far": smc_far}} if smc_far is not None else {}}}
     return record
@@ -86,7 +86,7 @@ def test_seeds_of_a_family_that_end_at_different_gaps_read_as_different_optima()
 def test_a_containing_family_below_the_seeds_mean_field_check_is_short_of_its_optimum():
     def checked(elbo, check):
         record = run("auto:AutoMultivariateNormal", 2.5)
-        record["data"].update(elbo=elbo, elbo_stderr=0.02, mean_field_check={"elbo": check, "elbo_stderr": 0.02})
+        record["train"].update(elbo=elbo, elbo_stderr=0.02, mean_field_check={"elbo": check, "elbo_stderr": 0.02})
         return record
 
     warnings = posterior_warnings([checked(-83.8, -82.84)])
@@ -100,11 +100,11 @@ def test_a_containing_family_below_the_seeds_mean_field_check_is_short_of_its_op
     warnings = posterior_warnings(with_mean_field)
     assert len(warnings) == 1 and "a family it contains" in warnings[0]
     short = run("auto:AutoNormal", 37.3)  # a GP classification's: stopped 2.8 nats below the seed's check, "converged"
-    short["data"].update(elbo=-55.16, elbo_stderr=0.03)
+    short["train"].update(elbo=-55.16, elbo_stderr=0.03)
     warnings = posterior_warnings([checked(-55.0, -52.39), short])  # full rank: held to the AutoNormal run instead
     assert len(warnings) == 1 and "auto-AutoNormal seed 0: its ELBO of D -55.160 is below -52.390" in warnings[0]
     assert "another fit of its own family" in warnings[0] and "2.77 nats" in warnings[0]
-    short["data"].update(elbo=-52.40)
+    short["train"].update(elbo=-52.40)
     assert len(posterior_warnings([checked(-52.4, -52.39), short])) == 0  # within the checks' noise
 
 
@@ -138,12 +138,12 @@ def test_an_iaf_is_held_to_the_mean_field_unless_its_scales_sit_at_pyros_bounds(
     warnings = posterior_warnings(runs)
     assert len(warnings) == 1 and warnings[0].startswith("- auto-AutoIAFNormal seed 0: its gap 2.000 is above")
     full = run("auto:AutoMultivariateNormal", 0.4)
-    full["data"].update(elbo=-10.4, elbo_stderr=0.02, mean_field_check={"elbo": -10.5, "elbo_stderr": 0.02})
-    runs[1]["data"].update(elbo=-12.0, elbo_stderr=0.02)
+    full["train"].update(elbo=-10.4, elbo_stderr=0.02, mean_field_check={"elbo": -10.5, "elbo_stderr": 0.02})
+    runs[1]["train"].update(elbo=-12.0, elbo_stderr=0.02)
     warnings = posterior_warnings([full, runs[1]])  # above full rank, and below the check full rank kept: once
     assert len(warnings) == 1 and "its gap 2.000 is above auto-AutoMultivariateNormal's 0.400" in warnings[0]
     assert len(posterior_warnings([full, *runs])) == 1  # above AutoNormal's too: the best it contains, once
-    runs[1]["data"]["scales_at_bound"] = 3
+    runs[1]["train"]["scales_at_bound"] = 3
     for study in (runs, [full, runs[1]]):
         warnings = posterior_warnings(study)
         assert len(warnings) == 1 and "sits at the bound Pyro's IAF puts on it" in warnings[0] and "on 3 latent" \
@@ -156,7 +156,7 @@ def test_a_family_is_held_to_one_it_contains_by_their_elbos_whose_evidence_is_sh
     the ELBOs', 0.237 against 3 x 0.028 + 0.1, and is warned."""
     iaf, full = run("auto:AutoIAFNormal", 0.452), run("auto:AutoMultivariateNormal", 0.215)
     for record in (iaf, full):
-        record["data"]["kl_gap_stderr"] = 0.037
+        record["train"]["kl_gap_stderr"] = 0.037
     warnings = posterior_warnings([full, iaf])
     assert len(warnings) == 1 and warnings[0].startswith("- auto-AutoIAFNormal seed 0: its gap 0.452 is above "
                                                          "auto-AutoMultivariateNormal's 0.215")
@@ -183,7 +183,7 @@ def test_several_seeds_show_their_spread_and_one_seeds_error_and_no_nonzero_numb
     says both, with digits enough to tell a small number from 0."""
     runs = [run("auto:AutoNormal", 0.0231, seed=0), run("auto:AutoNormal", 0.0198, seed=1)]
     for record, evidence, stderr in zip(runs, (-72.6819, -72.6816), (0.0009, 0.0016), strict=True):
-        record["data"].update(log_evidence=evidence, log_evidence_stderr=stderr, kl_gap_per_point=record["data"][
+        record["train"].update(log_px=evidence, log_px_stderr=stderr, kl_gap_per_point=record["train"][
             "kl_gap"] / 30, kl_gap_stderr=0.004, converged=True)
         record["converged"] = True
     row = gap_table(runs)[2]

@@ -9,6 +9,7 @@ import torch
 import elbogap
 from elbogap.global_latents.second_start import STARTS
 from elbogap.inference.weights import group_spread_dof, interval_halfwidth
+from elbogap.records import SHARED_METRICS
 from tests.global_latents import truth
 from tests.results_reference import undocumented
 
@@ -50,28 +51,28 @@ def test_a_model_with_global_and_per_point_latents_end_to_end_with_bdmc_and_nuts
     results = json.loads((out / "results.json").read_text())
     mean_field, full = (run for run in results["runs"])
     for run in (mean_field, full):
-        data = run["data"]
+        data = run["train"]
         assert run["kind"] == "global" and data["num_points"] == 6 and data["rows"] == "every row of y.csv"
-        assert abs(data["log_evidence"] - exact) < 4 * data["log_evidence_stderr"] + 0.05
-        assert data["log_evidence_dof"] == pytest.approx(group_spread_dof(run["evidence"]["chains"]))
-        assert data["kl_gap"] == pytest.approx(data["log_evidence"] - data["elbo"])
+        assert abs(data["log_px"] - exact) < 4 * data["log_px_stderr"] + 0.05
+        assert data["log_px_dof"] == pytest.approx(group_spread_dof(run["evidence"]["chains"]))
+        assert data["kl_gap"] == pytest.approx(data["log_px"] - data["elbo"])
         assert run["sites"] == {"global": ["mu"], "local": ["z"], "shapes": {"mu": [], "z": [6]}, "latent_dim": 7}
         assert run["reference"]["method"] == "nuts" and set(run["reference"]["sites"]) == {"mu", "z"}
         assert run["reference"]["coordinates"] == "unconstrained" and "sites_constrained" in run["reference"]
         assert run["bdmc"]["datasets"] == 1 and len(run["bdmc"]["per_dataset"]["upper"]) == 1
     # the full-rank family holds the Gaussian posterior; the factorized one pays the closed-form KL
-    assert full["data"]["kl_gap"] < mean_field["data"]["kl_gap"] - 3 * mean_field["data"]["kl_gap_stderr"]
-    assert abs(full["data"]["kl_gap"]) < 4 * full["data"]["kl_gap_stderr"] + 0.05
-    assert abs(mean_field["data"]["kl_gap"] - mean_field_kl) < 4 * mean_field["data"]["kl_gap_stderr"] + 0.05
+    assert full["train"]["kl_gap"] < mean_field["train"]["kl_gap"] - 3 * mean_field["train"]["kl_gap_stderr"]
+    assert abs(full["train"]["kl_gap"]) < 4 * full["train"]["kl_gap_stderr"] + 0.05
+    assert abs(mean_field["train"]["kl_gap"] - mean_field_kl) < 4 * mean_field["train"]["kl_gap_stderr"] + 0.05
     assert mean_field["evidence"] == full["evidence"]  # one evidence per study, shared by the guides
     for figure in ("marginals.png", "gaps.png", "evidence.png", "training.png"):
         assert (out / figure).is_file()
     table = (out / "results.md").read_text()
     assert "The evidence and each guide's KL gap" in table and "BDMC" in table
-    data = mean_field["data"]
-    halfwidth = float(interval_halfwidth(data["log_evidence_stderr"], data["log_evidence_dof"]))
-    assert halfwidth > 1.96 * data["log_evidence_stderr"]  # AIS's error has few degrees of freedom
-    assert f"| {data['log_evidence'] - halfwidth:.3f}, {data['log_evidence'] + halfwidth:.3f} |" in table
+    data = mean_field["train"]
+    halfwidth = float(interval_halfwidth(data["log_px_stderr"], data["log_px_dof"]))
+    assert halfwidth > 1.96 * data["log_px_stderr"]  # AIS's error has few degrees of freedom
+    assert f"| {data['log_px'] - halfwidth:.3f}, {data['log_px'] + halfwidth:.3f} |" in table
 
 
 def test_the_notebook_api_takes_a_pyro_function_and_a_tensor(tmp_path):
@@ -79,9 +80,13 @@ def test_the_notebook_api_takes_a_pyro_function_and_a_tensor(tmp_path):
     result = elbogap.compare(truth.mixed_model(), ["auto:AutoNormal"], data, out=tmp_path, steps=300, lr=0.05,
                              evidence_steps=100, evidence_chains=128, iw_samples=200, reference="none", jobs=1)
     (row,) = result.table()
-    assert row["guide"] == "auto-AutoNormal" and row["kl_gap"] > 0 and "log_evidence" in row
+    assert row["guide"] == "auto-AutoNormal" and row["kl_gap"] > 0 and "log_px" in row
     assert "KL gap" in result._repr_markdown_()
-    assert undocumented(json.loads((tmp_path / "results.json").read_text())) == set()  # docs/results.md has each
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert undocumented(results) == set()  # docs/results.md has each
+    (run,) = results["runs"]
+    assert SHARED_METRICS <= set(run["train"]) and run["train"]["units"] == 1  # a per-point split's names, one unit
+    assert "data" not in run and "train" in results["summary"] and "data" not in results["summary"]
 
 
 @pytest.mark.slow  # about 25 s
@@ -105,7 +110,7 @@ def test_held_out_rows_get_their_exact_log_predictive_density(tmp_path, monkeypa
     exact = (truth.regression_log_evidence(both[:, :-1], both[:, -1], 1.0, 1.0)
              - truth.regression_log_evidence(train[:, :-1], train[:, -1], 1.0, 1.0))
     run = result.runs[0]
-    assert run["data"]["num_points"] == 12 and run["test"]["num_points"] == 4
+    assert run["train"]["num_points"] == 12 and run["test"]["num_points"] == 4
     assert abs(run["test"]["log_predictive"] - exact) < 4 * run["test"]["log_predictive_stderr"] + 0.05
     assert abs(run["test"]["log_predictive_q"] - exact) < 4 * run["test"]["log_predictive_q_stderr"] + 0.05
     assert "Held-out rows" in result._repr_markdown_()
@@ -157,10 +162,10 @@ def test_the_seeds_of_a_study_train_at_once_and_each_run_lands_on_its_familys_cl
         assert run["stacked_seeds"] == 2 and run["converged"] is True and run["steps"] < 20000
         if run["guide"] == "auto-AutoIAFNormal":  # its second fits trained at once as well
             assert run["second_start"]["fits_at_once"] == 2 and run["second_start"]["kept"] in STARTS
-        assert abs(run["data"]["kl_gap"] - best) < max(0.05, 4 * run["data"]["kl_gap_stderr"]), run["data"]["kl_gap"]
+        assert abs(run["train"]["kl_gap"] - best) < max(0.05, 4 * run["train"]["kl_gap_stderr"]), run["train"]["kl_gap"]
         if run["guide"] == "auto-AutoMultivariateNormal":  # started at its seed's mean-field fit, the three at once
             assert run["warm_start"]["from"] == "auto:AutoNormal" and run["convergence"]["start_level"] is not None
-            check = run["data"]["mean_field_check"]
+            check = run["train"]["mean_field_check"]
             assert check["fits_at_once"] == 2 and check["family"] == "auto:AutoNormal" and check["converged"]
             assert abs(check["elbo"] - (exact - mean_field_kl)) < max(0.05, 4 * check["elbo_stderr"]), check
             assert "mean_field_fit" in run["seconds"]

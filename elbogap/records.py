@@ -1,0 +1,76 @@
+"""One record schema for every kind of model, and the reading of records written before it.
+
+A run's metrics sit under its splits, ``train`` and ``test``, with the same names whatever the model: each number is
+per *unit* (``units`` of them), a data point of a model whose latents are per point, or the whole data set D of a
+model with global latents (one unit: ``log_px`` is then log p(D), ``elbo`` ELBO(D), ``recon``
+:math:`E_q[\\log p(D \\mid \\theta, z)]`, ``log_px_iwae`` q's importance estimate; ``*_per_point`` divide by the
+rows). Records written before 2026-12-06 kept a global model's numbers under ``data`` with other names;
+:func:`upgraded_run` renames them, so a study resumed or redrawn from then reads as one written now.
+"""
+
+#: the names every kind's split metrics carry (a test holds each kind's records to them)
+SHARED_METRICS = frozenset({
+    "units", "num_points", "elbo", "elbo_stderr", "elbo_samples", "recon", "kl_prior", "log_px", "log_px_stderr",
+    "log_px_method", "log_px_guide_independent", "log_px_iwae", "log_px_iwae_stderr", "log_px_iwae_samples", "kl_gap",
+    "kl_gap_stderr", "ess_mean", "khat_mean",
+})
+
+#: the global kind's old metric names (under ``data``) and their names now (under ``train``)
+RENAMED = {
+    "samples": "elbo_samples",
+    "expected_log_lik": "recon",
+    "log_evidence": "log_px",
+    "log_evidence_stderr": "log_px_stderr",
+    "log_evidence_dof": "log_px_dof",
+    "log_evidence_method": "log_px_method",
+    "log_evidence_start": "log_px_start",
+    "log_evidence_guide_independent": "log_px_guide_independent",
+    "log_evidence_per_point": "log_px_per_point",
+    "log_evidence_q": "log_px_iwae",
+    "log_evidence_q_stderr": "log_px_iwae_stderr",
+    "log_evidence_q_dof": "log_px_iwae_dof",
+    "log_evidence_q_note": "log_px_iwae_note",
+    "log_evidence_q_per_point": "log_px_iwae_per_point",
+    "ess": "ess_mean",
+    "khat": "khat_mean",
+    "q_above_ais": "iwae_above_ais",
+    "q_above_ais_stderr": "iwae_above_ais_stderr",
+    "evidence_warning": "log_px_warning",
+    "evidence_note": "log_px_note",
+}
+
+
+def upgraded_run(run: dict) -> dict:
+    """``run`` under today's names: a global model's ``data`` metrics become its ``train`` split (one unit), and its
+    curve's ``data_elbo`` points ``train_elbo``; a record already in today's schema is returned as it is."""
+    if "data" not in run or "train" in run:
+        return run
+    old = run["data"]
+    metrics = {"units": 1, **{RENAMED.get(key, key): value for key, value in old.items()}}
+    if "samples" in old:
+        metrics.setdefault("log_px_iwae_samples", old["samples"])
+    run = {("train" if key == "data" else key): (metrics if key == "data" else value) for key, value in run.items()}
+    if "curve_eval" in run:
+        run["curve_eval"] = [{("train_elbo" if key == "data_elbo" else key): value for key, value in point.items()}
+                             for point in run["curve_eval"]]
+    return run
+
+
+def upgraded(results: dict) -> dict:
+    """A study's results with every run under today's names (:func:`upgraded_run`), and its summary over seeds."""
+    out = {**results, "runs": [upgraded_run(run) for run in results.get("runs", [])]}
+    summary = results.get("summary", {})
+    if "data" in summary and "train" not in summary:
+        rows = [{_renamed(key): value for key, value in row.items()} for row in summary["data"]]
+        out["summary"] = {("train" if key == "data" else key): (rows if key == "data" else value)
+                          for key, value in summary.items()}
+    return out
+
+
+def _renamed(key: str) -> str:
+    """A summary column's name now: the metric's, with its ``_seed_sd`` or ``_mc_stderr`` kept."""
+    for suffix in ("_seed_sd", "_mc_stderr", ""):
+        stem = key.removesuffix(suffix) if suffix else key
+        if (key.endswith(suffix) or not suffix) and stem in RENAMED:
+            return RENAMED[stem] + suffix
+    return key

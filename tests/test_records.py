@@ -1,0 +1,66 @@
+"""One record schema: a global model's numbers under a per-point split's names, and records written before it."""
+
+import copy
+
+from elbogap.global_latents.report import gap_table
+from elbogap.records import SHARED_METRICS, upgraded, upgraded_run
+from tests.results_reference import documented
+
+#: a run's whole-data-set metrics as elbogap wrote them before the one schema (eight schools, AutoNormal, seed 0,
+#: 300 steps: ``runs[0]["data"]`` of its results.json, verbatim)
+WRITTEN_BEFORE = {
+    "num_points": 8, "samples": 1000, "elbo": -31.58016998797655, "elbo_stderr": 0.01859391660305895,
+    "expected_log_lik": -30.35965365934372, "kl_prior": 1.2205163286328315, "log_evidence_q": -31.390496681517455,
+    "log_evidence_q_stderr": 0.022578991936800158, "log_evidence_q_dof": 5.761904761904761, "ess": 569.306477152486,
+    "khat": 0.3496765461756196, "khat_threshold": 0.6666666666666667, "rows": "every row of es.csv",
+    "log_evidence": -31.315513460112705, "log_evidence_stderr": 0.005650031846614593,
+    "log_evidence_dof": 5.761904761904762, "log_evidence_method": "ais", "log_evidence_start": "gaussian",
+    "log_evidence_guide_independent": True, "kl_gap": 0.2646565278638455, "kl_gap_stderr": 0.019433388652246687,
+    "elbo_per_point": -3.9475212484970688, "elbo_stderr_per_point": 0.0023242395753823686,
+    "log_evidence_per_point": -3.914439182514088, "kl_gap_per_point": 0.03308206598298069,
+    "kl_gap_stderr_per_point": 0.002429173581530836, "log_evidence_q_per_point": -3.923812085189682,
+    "q_above_ais": -0.07498322140475011, "q_above_ais_stderr": 0.023275174258205796,
+    "evidence_note": "q's importance estimate of log p(D) is 0.075 nats below AIS: q is a poor importance proposal "
+                     "for this posterior (see k-hat); AIS's value is the one to read",
+}
+
+
+def old_run() -> dict:
+    return {"guide": "auto-AutoNormal", "seed": 0, "kind": "global", "converged": True,
+            "data": copy.deepcopy(WRITTEN_BEFORE), "evidence": {"log_evidence": -31.3155, "stderr": 0.0057},
+            "curve_eval": [{"step": 30, "data_elbo": -4.746, "snr_encoder": 11.2}]}
+
+
+def test_a_global_record_written_before_reads_under_a_per_point_splits_names():
+    run = upgraded_run(old_run())
+    metrics = run["train"]
+    assert "data" not in run and SHARED_METRICS <= set(metrics) and metrics["units"] == 1
+    assert set(metrics) <= documented()  # every name it now has is in docs/results.md
+    assert (metrics["log_px"], metrics["log_px_stderr"]) == (WRITTEN_BEFORE["log_evidence"],
+                                                              WRITTEN_BEFORE["log_evidence_stderr"])
+    assert metrics["log_px_iwae"] == WRITTEN_BEFORE["log_evidence_q"] and metrics["recon"] == -30.35965365934372
+    assert metrics["elbo_samples"] == metrics["log_px_iwae_samples"] == 1000
+    assert metrics["log_px_note"] == WRITTEN_BEFORE["evidence_note"] and metrics["khat_mean"] == WRITTEN_BEFORE["khat"]
+    assert run["curve_eval"] == [{"step": 30, "train_elbo": -4.746, "snr_encoder": 11.2}]
+    assert run["evidence"] == old_run()["evidence"]  # the evidence's own record keeps its names
+
+
+def test_a_record_in_todays_schema_and_a_per_point_one_pass_as_they_are():
+    today = upgraded_run(old_run())
+    assert upgraded_run(today) is today
+    per_point = {"guide": "diag", "seed": 0, "train": {"log_px": -20.0}, "test": {"log_px": -21.0}}
+    assert upgraded({"runs": [per_point]})["runs"] == [per_point]
+
+
+def test_the_table_of_an_old_record_is_the_table_of_todays():
+    row = gap_table([upgraded_run(old_run())])[2]
+    assert "| -31.316 ± 0.006 | 0.265 ± 0.019 | 0.033 | -31.390 ± 0.023 | 0.350 | 569.306 |" in row
+
+
+def test_an_old_summary_over_seeds_reads_under_todays_names_with_its_spreads():
+    row = {"guide": "auto-AutoNormal", "seeds": 2, "log_evidence": -31.3, "log_evidence_seed_sd": 0.004,
+           "log_evidence_q_mc_stderr": 0.02, "khat": 0.35, "kl_gap": 0.26}
+    summary = upgraded({"runs": [old_run()], "summary": {"data": [row], "gradient_snr": []}})["summary"]
+    assert summary == {"train": [{"guide": "auto-AutoNormal", "seeds": 2, "log_px": -31.3, "log_px_seed_sd": 0.004,
+                                  "log_px_iwae_mc_stderr": 0.02, "khat_mean": 0.35, "kl_gap": 0.26}],
+                       "gradient_snr": []}
