@@ -15,6 +15,7 @@ mean over :math:`n` seeds, :math:`\sqrt{\sum_i s_i^2} / n`.
 """
 
 import math
+import re
 import statistics
 from collections.abc import Iterable
 
@@ -197,6 +198,28 @@ def convergence_warnings(runs: list[dict]) -> list[str]:
             if metrics.get("local_fit_converged") is False:
                 lines.append(f"- {run['guide']} seed {run['seed']}, {split}: the per-point fit of the {split} points "
                              "stopped at its cap before its ELBO stopped rising")
+    return lines
+
+
+#: a decimal number inside a Warnings message (:func:`per_guide_lines` reads where two messages differ only there)
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+
+
+def per_guide_lines(messages: list[tuple[str, int, str]]) -> list[str]:
+    """Warnings lines from ``(guide, seed, message)``, one per guide and message: where a guide's seeds give the same
+    message but for its numbers, one line names the seeds and gives each number's range (``0.682-0.688``)."""
+    groups: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for guide, seed, message in messages:
+        groups.setdefault((guide, NUMBER.sub("#", message)), []).append((seed, message))
+    lines = []
+    for (guide, _), rows in groups.items():
+        seeds = ", ".join(str(seed) for seed, _ in rows)
+        columns = zip(*(NUMBER.findall(message) for _, message in rows), strict=True)
+        spans = [number[0] if len(set(number)) == 1 else f"{min(number, key=float)}-{max(number, key=float)}"
+                 for number in columns]
+        words = NUMBER.split(rows[0][1])
+        text = "".join(word + span for word, span in zip(words, [*spans, ""], strict=True))
+        lines.append(f"- {guide} seed{'s' if len(rows) > 1 else ''} {seeds}: {text}")
     return lines
 
 

@@ -4,7 +4,15 @@ import math
 
 import pytest
 
-from elbogap.summary import approx_gap_note, cell, convergence_warnings, on_log_px_points, over_seeds, rows
+from elbogap.summary import (
+    approx_gap_note,
+    cell,
+    convergence_warnings,
+    on_log_px_points,
+    over_seeds,
+    per_guide_lines,
+    rows,
+)
 
 
 @pytest.mark.parametrize(("method", "advice"), [
@@ -94,3 +102,14 @@ def test_a_guides_seeds_still_rising_are_said_in_one_line_with_each_gain():
     assert line.startswith("- diag seeds 0, 1 did not converge (trend rule)")
     assert "seed 0 0.0231 nats (s.e. 0.006), seed 1 0.0474 nats (s.e. 0.006)" in line and "seed 2" not in line
     assert "on fixed draws of 1024 training rows" in line and "--steps" in line and "--schedule converge" not in line
+
+
+def test_a_guides_seeds_with_one_message_but_its_numbers_get_one_line_with_each_numbers_range():
+    """A tester's two-mode mixture got one line per guide and seed, eight alike but for their numbers."""
+    note = "q's importance estimate of log p(D) is {} nats below AIS ({} s.e.): q is a poor proposal"
+    lines = per_guide_lines([("auto-AutoNormal", 0, note.format(0.682, 12)),
+                             ("auto-AutoNormal", 1, note.format(0.688, 9)),
+                             ("auto-AutoIAFNormal", 0, note.format(0.679, 9)),
+                             ("auto-AutoNormal", 2, "no error bar")])
+    assert lines == ["- auto-AutoNormal seeds 0, 1: " + note.format("0.682-0.688", "9-12"),
+                     "- auto-AutoIAFNormal seed 0: " + note.format(0.679, 9), "- auto-AutoNormal seed 2: no error bar"]

@@ -4,9 +4,10 @@ import math
 import statistics
 
 from elbogap.global_latents.autoguides import AUTOGUIDES, MEAN_FIELD, autoguide
+from elbogap.global_latents.evidence import FAR_SHARE
 from elbogap.global_latents.reference import OUTSIDE_SDS, RELIABLE_DRAWS
 from elbogap.inference.weights import interval_halfwidth
-from elbogap.summary import converged_cell, convergence_warnings, seed_sd, stacked_sentence
+from elbogap.summary import converged_cell, convergence_warnings, per_guide_lines, seed_sd, stacked_sentence
 
 #: (key in a run's ``train`` metrics, the whole data set as one unit; column title)
 COLUMNS = [("elbo", "ELBO(D)"), ("log_px", "log p(D)"), ("kl_gap", "KL gap"),
@@ -28,9 +29,6 @@ SMALL_GAP = 2.0
 #: Cauchy likelihood on two clusters: 49%, where q's mean lay 0.94-1.1 reference sds from the reference's, far under
 #: MODE_SEPARATION, as the reference's sd spans both modes)
 OUTSIDE_SHARE = 0.2
-#: the share of SMC's particles far outside the fitted reference (``smc_far``, see
-#: :func:`elbogap.global_latents.evidence.reference_coverage`) above which the reference has missed modes
-FAR_SHARE = 0.1
 #: a fit is short of a family it contains where its ELBO lies below that family's by more than
 #: max(SHORT_NATS, SHORT_STDERRS combined s.e.), the tolerance the gaps are held to (issue 27); with 3 s.e. + 0.1
 #: instead, the random-effects example's IAF, 0.15 nats above full rank at ELBO s.e. 0.02, went unwarned
@@ -71,25 +69,46 @@ def outside_q_warnings(runs: list[dict]) -> list[str]:
     return lines
 
 
+def mode_warnings(runs: list[dict]) -> list[str]:
+    """One line per guide whose mean lies at least :data:`MODE_SEPARATION` reference sds from the reference's on
+    some site, yet with a gap under :data:`SMALL_GAP` nats: the posterior has several modes, naming its seeds."""
+    found: dict[str, list[tuple[dict, dict]]] = {}
+    for run in runs:
+        far = {site: stats["mean_error_max_abs"] for site, stats in run.get("reference", {}).get("sites", {}).items()
+               if stats.get("mean_error_max_abs", 0) >= MODE_SEPARATION}
+        if far and run["train"]["kl_gap"] < SMALL_GAP:
+            found.setdefault(run["guide"], []).append((run, far))
+    lines = []
+    for guide, rows in found.items():
+        seeds = ", ".join(str(run["seed"]) for run, _ in rows)
+        sites = ", ".join(dict.fromkeys(site for _, far in rows for site in far))
+        sds, gaps = [value for _, far in rows for value in far.values()], [run["train"]["kl_gap"] for run, _ in rows]
+        every_mode = all(run["train"].get("log_px_start") == "prior" for run, _ in rows)
+        evidence = ("log p(D), annealed from the prior, counts every mode, so each gap holds what q misses of the "
+                    "others" if every_mode else "q, the reference and the evidence each see one, and every gap is "
+                    "measured against one mode only (too small by up to the log of the number of modes)")
+        lines.append(f"- {guide} seed{'s' if len(rows) > 1 else ''} {seeds}: its mean lies {_span(sds, '.0f')} "
+                     f"reference sds from the reference's on {sites}, yet its gap is {_span(gaps, '.2f')} nats: the "
+                     f"posterior has several modes (components that can swap labels, or a symmetry); {evidence}; "
+                     "break the symmetry in the model (order a mixture's components, or fix a sign: one loading "
+                     "HalfNormal)" + ("" if every_mode else ", or anneal from the prior (--evidence-start prior), "
+                                      "which reaches every mode"))
+    return lines
+
+
+def _span(values: list[float], spec: str) -> str:
+    """``low-high`` of ``values`` in the format ``spec``, or the one value where they agree to it."""
+    low, high = format(min(values), spec), format(max(values), spec)
+    return low if low == high else f"{low}-{high}"
+
+
 def posterior_warnings(runs: list[dict], warm_start: str = "mean-field") -> list[str]:
     """Warnings that read several runs together: a posterior with several modes (a guide far from the reference
     yet with a small gap, or SMC's particles far outside the fitted reference), a family whose gap lies above
     that of a family it contains (its fit is short of its optimum, whatever its own verdict; also against the
     seed's mean-field check, :func:`mean_field_warnings`), and a family whose seeds end at different gaps
     (:func:`seed_spread_warnings`); ``warm_start``: the study's ``--warm-start``."""
-    lines, short = [], set()
-    for run in runs:
-        far = {site: stats["mean_error_max_abs"] for site, stats in run.get("reference", {}).get("sites", {}).items()
-               if stats.get("mean_error_max_abs", 0) >= MODE_SEPARATION}
-        if far and run["train"]["kl_gap"] < SMALL_GAP:
-            where = ", ".join(f"{site} {value:.0f}" for site, value in far.items())
-            lines.append(f"- {run['guide']} seed {run['seed']}: its mean lies {where} reference sds from the "
-                         f"reference's, yet its gap is {run['train']['kl_gap']:.2f} nats: the posterior has several "
-                         "modes (components that can swap labels, or a symmetry), q, the reference and the evidence "
-                         "each see one, and every gap is measured against one mode only (too small by up to the log "
-                         "of the number of modes); break the symmetry in the model (order a mixture's components, "
-                         "or fix a sign: one loading HalfNormal), or anneal from the prior (--evidence-start prior), "
-                         "which reaches every mode")
+    lines, short = mode_warnings(runs), set()
     lines += outside_q_warnings(runs)
     for seed in dict.fromkeys(run["seed"] for run in runs):
         first = next(run for run in runs if run["seed"] == seed)
@@ -112,7 +131,7 @@ def posterior_warnings(runs: list[dict], warm_start: str = "mean-field") -> list
                              "Gaussian q) cannot enter; every guide here fits the program as written, so writing it "
                              "non-centred (pyro.infer.reparam.LocScaleReparam, or by hand) may shrink every gap")
         far = first.get("evidence", {}).get("stages", {}).get("fit", {}).get("smc_far")
-        if far is not None and far > FAR_SHARE:
+        if far is not None and far > FAR_SHARE and first.get("evidence", {}).get("start") != "prior":
             lines.append(f"- log p(D), seed {seed}: {far:.0%} of the particles of tempered SMC from the prior sit far "
                          "outside the Gaussian reference AIS anneals from (more than 3 sds a dimension): the posterior "
                          "has modes the reference's fit did not settle in, so log p(D) and every gap may count one "
@@ -285,9 +304,9 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
     first = runs[0]
     data = first["train"]
     lines = []
-    warnings = convergence_warnings(runs) + [f"- {run['guide']} seed {run['seed']}: {run['train'][key]}"
-                                             for run in runs for key in ("log_px_warning", "log_px_note")
-                                             if key in run["train"]]
+    warnings = convergence_warnings(runs) + per_guide_lines([(run["guide"], run["seed"], run["train"][key])
+                                                             for key in ("log_px_warning", "log_px_note")
+                                                             for run in runs if key in run["train"]])
     warnings += posterior_warnings(runs, config.get("warm_start", "mean-field"))
     seen = set()
     for run in runs:
@@ -431,10 +450,12 @@ def switched_words(summary: dict) -> str:
     :func:`~elbogap.global_latents.evidence.checked_against_prior`)."""
     check = summary["stages"]["prior_check"]
     was, run = check["switched"], check["run"]
+    missed = ("modes it did not settle in (SMC's particles from the prior sat far outside it)"
+              if check.get("modes") else "part of the posterior, as a funnel's neck")
     return (f"instead of from the fitted Gaussian reference, whose AIS read {was['log_evidence']:.3f} ± "
             f"{was['stderr']:.3f}, {run['log_evidence'] - was['log_evidence']:.2f} nats below AIS from the prior at "
-            f"{run['steps']} temperatures, {run['log_evidence']:.3f} ± {run['stderr']:.3f}: the reference missed part "
-            "of the posterior, as a funnel's neck")
+            f"{run['steps']} temperatures, {run['log_evidence']:.3f} ± {run['stderr']:.3f}: the reference missed "
+            f"{missed}")
 
 
 def held_out_section(runs: list[dict]) -> list[str]:
