@@ -43,6 +43,8 @@ def main(args) -> None:
         estimators = [("AIS from a fitted reference, checked from the prior", EvidenceSettings())]
         if args.as_written:
             estimators.insert(0, ("the same, the program as written only", EvidenceSettings(non_centred=False)))
+        if args.without_modes_check:
+            estimators.insert(0, ("the same, without the modes check", EvidenceSettings(modes_check=False)))
         if args.before:
             estimators.insert(0, ("before: AIS from the prior", BEFORE))
         for label, settings in estimators:
@@ -78,6 +80,8 @@ def parse_args(argv=None):
     parser.add_argument("--before", action="store_true", help="also the former default, AIS from the prior")
     parser.add_argument("--as-written", action="store_true",
                         help="also the default without its non-centred form (the program as written only)")
+    parser.add_argument("--without-modes-check", action="store_true",
+                        help="also the default without its check for modes the reference missed (before 2026-12-06)")
     return parser.parse_args(argv)
 
 

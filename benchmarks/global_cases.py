@@ -2,8 +2,9 @@
 KL gap.
 
 Evidences: closed form (conjugate regressions), quadrature over one scale (eight schools, the pooled regression) or
-two (the varying-intercept regression, the random-effects example: ``tests/global_latents/truth.py``, minutes each,
-so their values are kept here; ``python benchmarks/global_cases.py`` recomputes and prints them). The logistic
+two (the mixture's two means, seconds; the varying-intercept regression, the random-effects example: minutes each,
+so their values are kept here, and ``python benchmarks/global_cases.py`` recomputes and prints them; all in
+``tests/global_latents/truth.py``). The logistic
 regression has none. Family optima: closed forms on the conjugate regressions (a Gaussian posterior: the best
 factorized Gaussian's KL, 0 for the full-rank, rank-2 and autoregressive families); elsewhere unknown.
 """
@@ -70,6 +71,13 @@ def sparse_groups_data() -> torch.Tensor:
     return truth.radon_like_data(groups=80, rows=240, seed=1)
 
 
+def two_means():
+    """The program of ``truth.TWO_MEANS``, as a user's file defines it."""
+    namespace: dict = {}
+    exec(truth.TWO_MEANS, namespace)  # the tests' user file, run as the file would be
+    return namespace["model"]
+
+
 def cases(names: list[str] | None = None) -> list[Case]:
     """The cases, all or those whose short names (``conjugate100``, ``eight-schools``, ...) are given."""
     import eight_schools
@@ -100,6 +108,9 @@ def cases(names: list[str] | None = None) -> list[Case]:
                                 truth.radon_like_data(), VARYING_EVIDENCE),
         "random-effects": lambda: Case("random effects (204 latents)", random_effects.model,
                                        random_effects.random_effects_data(), RANDOM_EFFECTS_EVIDENCE),
+        "mirror-means": lambda: Case("two mirror modes (a mixture's means swap labels), 200 rows", two_means(),
+                                     truth.two_means_data(200),
+                                     truth.two_means_log_evidence(truth.two_means_data(200))),
     }
     return [maker() for name, maker in makers.items() if names is None or name in names]
 

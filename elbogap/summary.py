@@ -88,17 +88,24 @@ def seed_columns(records: list[dict], keys: Iterable[str]) -> dict:
     return columns
 
 
+def figure(value: float) -> str:
+    """Three decimals, or two significant digits where three decimals would show a number that is not 0 as 0.000
+    (a precise evidence's error, a small gap per point), which reads as exact."""
+    return f"{value:.2g}" if value != 0 and abs(value) < 0.0005 else f"{value:.3f}"
+
+
 def cell(stats: dict | None, marker: str = "") -> str:
-    """``mean ± s.e.`` for one seed; ``mean ± sd over seeds (s.e. of the mean)`` for several; ``–`` for none."""
+    """``mean ± s.e.`` for one seed; ``mean ± sd over seeds (s.e. of the mean)`` for several; ``–`` for none; each
+    number as :func:`figure` writes it."""
     if stats is None:
         return "–"
-    text = f"{marker}{stats['mean']:.3f}"
+    text = f"{marker}{figure(stats['mean'])}"
     if "seed_sd" in stats:
-        text += f" ± {stats['seed_sd']:.3f}"
+        text += f" ± {figure(stats['seed_sd'])}"
         if "mc_stderr" in stats:
-            text += f" (s.e. {stats['mc_stderr']:.3f})"
+            text += f" (s.e. {figure(stats['mc_stderr'])})"
     elif "mc_stderr" in stats:
-        text += f" ± {stats['mc_stderr']:.3f}"
+        text += f" ± {figure(stats['mc_stderr'])}"
     return text
 
 

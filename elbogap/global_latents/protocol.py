@@ -254,14 +254,15 @@ def evidence_check(metrics: dict) -> dict:
         return out
     if math.isnan(stderr):  # q's weights have no error bar: no test of one against the other
         return out
+    name = "AIS" if method == "ais" else method
     if above > max(DISAGREEMENT * stderr, DISAGREEMENT_NATS):
-        name = "AIS" if method == "ais" else method
         out["log_px_warning"] = (f"q's importance estimate of log p(D) is {above:.3f} nats above {name}'s "
-                                   f"({above / max(stderr, 1e-12):.0f} standard errors): {name} has not converged "
-                                   f"at these settings and the KL gap is overstated by about that much; {fix}")
+                                 f"({above / max(stderr, 1e-12):.0f} standard errors): {name} has not converged "
+                                 f"at these settings and the KL gap is overstated by about that much; {fix}")
     elif -above > DISAGREEMENT * stderr:
-        out["log_px_note"] = (f"q's importance estimate of log p(D) is {-above:.3f} nats below AIS: q is a poor "
-                                "importance proposal for this posterior (see k-hat); AIS's value is the one to read")
+        out["log_px_note"] = (f"q's importance estimate of log p(D) is {-above:.3f} nats below {name}'s: q is a "
+                              f"poor importance proposal for this posterior (see k-hat); {name}'s value is the one "
+                              "to read")
     return out
 
 

@@ -7,7 +7,14 @@ from elbogap.global_latents.autoguides import AUTOGUIDES, MEAN_FIELD, autoguide
 from elbogap.global_latents.evidence import FAR_SHARE
 from elbogap.global_latents.reference import OUTSIDE_SDS, RELIABLE_DRAWS
 from elbogap.inference.weights import interval_halfwidth
-from elbogap.summary import converged_cell, convergence_warnings, per_guide_lines, seed_sd, stacked_sentence
+from elbogap.summary import (
+    converged_cell,
+    convergence_warnings,
+    figure,
+    per_guide_lines,
+    seed_sd,
+    stacked_sentence,
+)
 
 #: (key in a run's ``train`` metrics, the whole data set as one unit; column title)
 COLUMNS = [("elbo", "ELBO(D)"), ("log_px", "log p(D)"), ("kl_gap", "KL gap"),
@@ -239,12 +246,6 @@ def is_global_study(runs: list[dict]) -> bool:
     """Whether the runs' records hold the whole data set's evidence (``evidence``), as a model with global latents
     gives: their ``train`` metrics are then of one unit, D."""
     return bool(runs) and "evidence" in runs[0]
-
-
-def figure(value: float) -> str:
-    """Three decimals, or two significant digits where three decimals would show a number that is not 0 as 0.000
-    (a precise evidence's error, a small gap per point), which reads as exact."""
-    return f"{value:.2g}" if value != 0 and abs(value) < 0.0005 else f"{value:.3f}"
 
 
 def _cell(values: list[float], stderrs: list[float] | None = None) -> str:

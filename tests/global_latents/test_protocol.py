@@ -65,6 +65,14 @@ def test_q_above_ais_is_warned_beyond_its_noise_and_a_twentieth_of_a_nat_naming_
     assert "0.078 nats above AIS's" in warning and "--evidence-steps" in warning and "--ais-steps" not in warning
 
 
+def test_q_far_below_the_evidence_is_noted_under_the_estimator_that_gave_it():
+    """A tester's two-mode mixture with --log-px quadrature: the note read "below AIS", and no AIS had run."""
+    metrics = {"log_px": -408.978, "log_px_stderr": 0.22, "log_px_iwae": -409.78, "log_px_iwae_stderr": 0.004,
+               "log_px_method": "quadrature"}
+    note = evidence_check(metrics)["log_px_note"]
+    assert "0.802 nats below quadrature's" in note and "AIS" not in note
+
+
 def test_an_estimators_evidence_is_kept_per_grid_so_another_grid_computes_anew(tmp_path):
     """The quadrature's log p(D) was kept under its name and draws alone: a study resumed with another
     --quadrature-points read the first grid's value."""

@@ -4,7 +4,6 @@ import math
 from math import nan
 
 import numpy as np
-from scipy.special import logsumexp
 
 import elbogap
 from elbogap.global_latents.report import (
@@ -14,6 +13,7 @@ from elbogap.global_latents.report import (
     posterior_warnings,
     second_start_sentence,
 )
+from tests.global_latents import truth
 
 
 def run(guide: str, gap: float, seed: int = 0, far: float = 0.0, smc_far: float | None = None):
@@ -118,39 +118,19 @@ def test_a_containing_family_below_the_seeds_mean_field_check_is_short_of_its_op
     assert len(posterior_warnings([checked(-52.4, -52.39), short])) == 0  # within the checks' noise
 
 
-def two_mode_log_evidence(x: np.ndarray) -> float:
-    """log p(D) of :data:`TWO_MEANS` by the midpoint rule on a 1601² grid over both means (their prior's sd is 5)."""
-    grid = np.linspace(-8.0, 8.0, 1601)
-    a, b = np.meshgrid(grid, grid, indexing="ij")
-    log_joint = -(a**2 + b**2) / 50 - math.log(50 * math.pi)
-    for value in x:
-        log_joint += np.logaddexp(-0.5 * (value - a) ** 2, -0.5 * (value - b) ** 2) - 0.5 * math.log(8 * math.pi)
-    return float(logsumexp(log_joint) + 2 * math.log(grid[1] - grid[0]))
-
-
-#: two components of equal weight whose means swap labels: two mirror modes, each holding half the posterior
-TWO_MEANS = ("import pyro\nimport pyro.distributions as dist\n\n\ndef model(data):\n"
-             "    mu = pyro.sample('mu', dist.Normal(data.new_zeros(2), 5.0).to_event(1))\n"
-             "    mix = dist.MixtureSameFamily(dist.Categorical(probs=data.new_tensor([0.5, 0.5])), "
-             "dist.Normal(mu.unsqueeze(-2), 1.0))\n"
-             "    with pyro.plate('data', data.shape[0]):\n"
-             "        pyro.sample('x', mix, obs=data[:, 0])\n")
-
-
 def test_mirror_modes_the_reference_misses_are_counted_by_annealing_from_the_prior(tmp_path):
     """A reference fitted in one of two mirror modes reads log 2 low with a tiny error bar (a tester's mixture at the
     defaults: 0.69 low at 168 s.e.); SMC's particles far outside it send the evidence to AIS from the prior, which
     counts both, and the study says why, once per guide and seed group."""
-    rng = np.random.default_rng(0)
-    rows = np.concatenate([rng.normal(-2, 1, 30), rng.normal(2, 1, 30)])
-    np.savetxt(tmp_path / "x.csv", rows[:, None], delimiter=",")
-    (tmp_path / "two_means.py").write_text(TWO_MEANS)
+    rows = truth.two_means_data(60)
+    np.savetxt(tmp_path / "x.csv", rows.numpy(), delimiter=",")
+    (tmp_path / "two_means.py").write_text(truth.TWO_MEANS)
     result = elbogap.compare(str(tmp_path / "two_means.py:model"), ["auto:AutoNormal"], str(tmp_path / "x.csv"),
                              out=tmp_path / "out", seeds=[0], jobs=1, figures=False, snr_draws=0, schedule="fixed",
                              steps=300, evidence_chains=128, evidence_steps=800, iw_samples=200, reference="none")
     (run,) = result.runs
     metrics, check = run["train"], run["evidence"]["stages"]["prior_check"]
-    exact = two_mode_log_evidence(rows)
+    exact = truth.two_means_log_evidence(rows)
     assert check["modes"] and metrics["log_px_start"] == "prior" and run["evidence"]["stages"]["fit"]["smc_far"] > 0.1
     assert abs(metrics["log_px"] - exact) < 4 * metrics["log_px_stderr"] + 0.1, (metrics["log_px"], exact)
     assert abs(check["switched"]["log_evidence"] - (exact - math.log(2))) < 0.1  # the reference saw one mode

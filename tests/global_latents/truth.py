@@ -621,6 +621,47 @@ def masked_and_tempered() -> tuple[torch.Tensor, list]:
     return data, [(masked_regression, exact_masked), (tempered_regression, exact_tempered)]
 
 
+# ---------------------------------------------------------------------------------------------
+# Two mirror modes: a mixture whose components swap labels
+# ---------------------------------------------------------------------------------------------
+
+
+#: two components of equal weight and unit sd whose means, N(0, 5²) each, swap labels: two mirror modes, each half
+#: the posterior (a user's file, on the data's first column)
+TWO_MEANS = """
+import pyro
+import pyro.distributions as dist
+
+
+def model(data):
+    mu = pyro.sample("mu", dist.Normal(data.new_zeros(2), 5.0).to_event(1))
+    mix = dist.MixtureSameFamily(dist.Categorical(probs=data.new_tensor([0.5, 0.5])),
+                                 dist.Normal(mu.unsqueeze(-2), 1.0))
+    with pyro.plate("data", data.shape[0]):
+        pyro.sample("x", mix, obs=data[:, 0])
+"""
+
+
+def two_means_data(rows: int, seed: int = 0) -> torch.Tensor:
+    """``(rows, 1)``: half the rows from N(-2, 1), half from N(2, 1)."""
+    rng = np.random.default_rng(seed)
+    values = np.concatenate([rng.normal(-2.0, 1.0, rows // 2), rng.normal(2.0, 1.0, rows - rows // 2)])
+    return torch.tensor(values, dtype=torch.float32)[:, None]
+
+
+def two_means_log_evidence(data) -> float:
+    """log p(D) of :data:`TWO_MEANS` by the midpoint rule on a 1601² grid over both means (±8, where their prior's
+    sd is 5 and the posterior sits within ±4)."""
+    x = np.asarray(data, dtype=np.float64)[:, 0]
+    grid = np.linspace(-8.0, 8.0, 1601)
+    a, b = np.meshgrid(grid, grid, indexing="ij")
+    log_joint = -(a**2 + b**2) / 50 - math.log(50 * math.pi)
+    for value in x:
+        log_joint += np.logaddexp(-0.5 * (value - a) ** 2, -0.5 * (value - b) ** 2) - 0.5 * math.log(8 * math.pi)
+    peak = log_joint.max()
+    return float(peak + math.log(np.exp(log_joint - peak).sum()) + 2 * math.log(grid[1] - grid[0]))
+
+
 #: a user's file: the regression of regression_model(1, 1) on a data set's last column, as a user writes it
 REGRESSION = '''
 import pyro
