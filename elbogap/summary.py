@@ -208,7 +208,7 @@ def convergence_warnings(runs: list[dict]) -> list[str]:
     return lines
 
 
-#: a decimal number inside a Warnings message (:func:`per_guide_lines` reads where two messages differ only there)
+#: a number inside a Warnings message (:func:`per_guide_lines` reads where two messages differ only there)
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
