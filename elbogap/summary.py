@@ -213,20 +213,28 @@ NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 def per_guide_lines(messages: list[tuple[str, int, str]]) -> list[str]:
-    """Warnings lines from ``(guide, seed, message)``, one per guide and message: where a guide's seeds give the same
-    message but for its numbers, one line names the seeds and gives each number's range (``0.682-0.688``)."""
-    groups: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    """Warnings lines from ``(guide, seed, message)``: where seeds give the same message but for its numbers, one
+    line names them and gives each number's range (``0.682-0.688``); where several guides do so on the same seeds,
+    one line names the guides too."""
+    groups: dict[str, dict[str, list[tuple[int, str]]]] = {}
     for guide, seed, message in messages:
-        groups.setdefault((guide, NUMBER.sub("#", message)), []).append((seed, message))
+        groups.setdefault(NUMBER.sub("#", message), {}).setdefault(guide, []).append((seed, message))
     lines = []
-    for (guide, _), rows in groups.items():
-        seeds = ", ".join(str(seed) for seed, _ in rows)
-        columns = zip(*(NUMBER.findall(message) for _, message in rows), strict=True)
-        spans = [number[0] if len(set(number)) == 1 else f"{min(number, key=float)}-{max(number, key=float)}"
-                 for number in columns]
-        words = NUMBER.split(rows[0][1])
-        text = "".join(word + span for word, span in zip(words, [*spans, ""], strict=True))
-        lines.append(f"- {guide} seed{'s' if len(rows) > 1 else ''} {seeds}: {text}")
+    for by_guide in groups.values():
+        bundles: dict[tuple, tuple[list[str], list]] = {}  # the guides that gave the message on the same seeds
+        for guide, rows in by_guide.items():
+            bundle = bundles.setdefault(tuple(sorted(seed for seed, _ in rows)), ([], []))
+            bundle[0].append(guide)
+            bundle[1].extend(rows)
+        for guides, rows in bundles.values():
+            seeds = sorted(dict.fromkeys(seed for seed, _ in rows))
+            columns = zip(*(NUMBER.findall(message) for _, message in rows), strict=True)
+            spans = [number[0] if len(set(number)) == 1 else f"{min(number, key=float)}-{max(number, key=float)}"
+                     for number in columns]
+            words = NUMBER.split(rows[0][1])
+            text = "".join(word + span for word, span in zip(words, [*spans, ""], strict=True))
+            lines.append(f"- {', '.join(guides)} seed{'s' if len(seeds) > 1 else ''} "
+                         f"{', '.join(map(str, seeds))}: {text}")
     return lines
 
 

@@ -113,3 +113,9 @@ def test_a_guides_seeds_with_one_message_but_its_numbers_get_one_line_with_each_
                              ("auto-AutoNormal", 2, "no error bar")])
     assert lines == ["- auto-AutoNormal seeds 0, 1: " + note.format("0.682-0.688", "9-12"),
                      "- auto-AutoIAFNormal seed 0: " + note.format(0.679, 9), "- auto-AutoNormal seed 2: no error bar"]
+    also = per_guide_lines([("auto-AutoIAFNormal", 1, note.format(0.691, 8)), *(
+        (guide, seed, note.format(gap, 9)) for guide, seed, gap in (("auto-AutoNormal", 0, 0.682),
+                                                                    ("auto-AutoNormal", 1, 0.688),
+                                                                    ("auto-AutoIAFNormal", 0, 0.679)))])
+    assert also == ["- auto-AutoIAFNormal, auto-AutoNormal seeds 0, 1: " + note.format("0.679-0.691", "8-9")]
+

@@ -52,28 +52,24 @@ CONTAINS = {family.spec: tuple(f"auto:{name}" for name in family.contains)
 
 
 def outside_q_warnings(runs: list[dict]) -> list[str]:
-    """One line per guide whose q leaves more than :data:`OUTSIDE_SHARE` of a reliable reference posterior's mass on
-    some site beyond :data:`~elbogap.global_latents.reference.OUTSIDE_SDS` of its own sds, naming its seeds."""
-    found: dict[str, list[tuple[int, str, float]]] = {}
+    """A line for the guides whose q leaves more than :data:`OUTSIDE_SHARE` of a reliable reference posterior's mass
+    on some site beyond :data:`~elbogap.global_latents.reference.OUTSIDE_SDS` of its own sds from its mean, naming
+    the guides and seeds (:func:`~elbogap.summary.per_guide_lines`)."""
+    messages = []
     for run in runs:
         reference = run.get("reference", {})
         if not reference.get("reliable", True):  # a rough reference says so in its own Warnings line
             continue
-        for site, stats in reference.get("sites", {}).items():
-            if stats.get("mass_outside_q", 0.0) > OUTSIDE_SHARE:
-                found.setdefault(run["guide"], []).append((run["seed"], site, stats["mass_outside_q"]))
-    lines = []
-    for guide, rows in found.items():
-        seeds = ", ".join(str(seed) for seed in dict.fromkeys(seed for seed, _, _ in rows))
-        sites = ", ".join(dict.fromkeys(site for _, site, _ in rows))
-        shares = [share for _, _, share in rows]
-        share = f"{min(shares):.0%}-{max(shares):.0%}" if len(shares) > 1 else f"{shares[0]:.0%}"
-        lines.append(f"- {guide} seed{'s' if ',' in seeds else ''} {seeds}: {share} of the reference posterior's mass "
-                     f"on {sites} lies more than {OUTSIDE_SDS:.0f} of q's sds from q's mean (a q that covers the "
-                     "posterior leaves under 1% there): q sits in one part of the posterior (one of several modes, "
-                     "or far too narrow for a funnel's neck, a heavy tail or a strong correlation), and its KL gap is "
-                     "what that costs; the figure marginals.png shows where, and a mixture or a flow may cover more")
-    return lines
+        shares = {site: stats["mass_outside_q"] for site, stats in reference.get("sites", {}).items()
+                  if stats.get("mass_outside_q", 0.0) > OUTSIDE_SHARE}
+        if shares:
+            messages.append((run["guide"], run["seed"], (
+                f"{max(shares.values()):.0%} of the reference posterior's mass on {', '.join(shares)} lies more than "
+                f"{OUTSIDE_SDS:.0f} of q's sds from q's mean (a q that covers the posterior leaves under 1% there): q "
+                "sits in one part of the posterior (one of several modes, or far too narrow for a funnel's neck, a "
+                "heavy tail or a strong correlation), and its KL gap is what that costs; the figure marginals.png "
+                "shows where, and a mixture or a flow may cover more")))
+    return per_guide_lines(messages)
 
 
 def mode_warnings(runs: list[dict]) -> list[str]:

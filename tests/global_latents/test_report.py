@@ -210,7 +210,7 @@ def test_a_q_that_leaves_much_of_a_reliable_reference_beyond_four_of_its_sds_is_
     for record, share in zip(runs, (0.49, 0.47, 0.08), strict=True):
         record["reference"]["sites"]["locs"]["mass_outside_q"] = share
     warnings = outside_q_warnings(runs)
-    assert len(warnings) == 1 and warnings[0].startswith("- auto-AutoNormal seeds 0, 1: 47%-49% of the reference")
+    assert len(warnings) == 1 and warnings[0].startswith("- auto-AutoNormal seeds 0, 1: 47-49% of the reference")
     assert warnings[0] in posterior_warnings(runs)
     for record in runs:
         record["reference"]["reliable"] = False  # a rough reference is said to be rough, not read
