@@ -122,15 +122,15 @@ def test_mirror_modes_the_reference_misses_are_counted_by_annealing_from_the_pri
     """A reference fitted in one of two mirror modes reads log 2 low with a tiny error bar (a tester's mixture at the
     defaults: 0.69 low at 168 s.e.); SMC's particles far outside it send the evidence to AIS from the prior, which
     counts both, and the study says why, once per guide and seed group."""
-    rows = truth.two_means_data(60)
+    rows = truth.mirror_means_data(60)
     np.savetxt(tmp_path / "x.csv", rows.numpy(), delimiter=",")
-    (tmp_path / "two_means.py").write_text(truth.TWO_MEANS)
+    (tmp_path / "two_means.py").write_text(truth.mirror_means(2))
     result = elbogap.compare(str(tmp_path / "two_means.py:model"), ["auto:AutoNormal"], str(tmp_path / "x.csv"),
                              out=tmp_path / "out", seeds=[0], jobs=1, figures=False, snr_draws=0, schedule="fixed",
                              steps=300, evidence_chains=128, evidence_steps=800, iw_samples=200, reference="none")
     (run,) = result.runs
     metrics, check = run["train"], run["evidence"]["stages"]["prior_check"]
-    exact = truth.two_means_log_evidence(rows)
+    exact = truth.mirror_means_log_evidence(rows)
     assert check["modes"] and metrics["log_px_start"] == "prior" and run["evidence"]["stages"]["fit"]["smc_far"] > 0.1
     assert abs(metrics["log_px"] - exact) < 4 * metrics["log_px_stderr"] + 0.1, (metrics["log_px"], exact)
     assert abs(check["switched"]["log_evidence"] - (exact - math.log(2))) < 0.1  # the reference saw one mode

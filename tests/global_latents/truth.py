@@ -8,6 +8,7 @@ they also run on a subset of its rows and under an outer plate that draws the gl
 batch (as vectorized particles and parallel chains do).
 """
 
+import functools
 import math
 
 import numpy as np
@@ -622,44 +623,63 @@ def masked_and_tempered() -> tuple[torch.Tensor, list]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Two mirror modes: a mixture whose components swap labels
+# Mirror modes: a mixture whose components swap labels
 # ---------------------------------------------------------------------------------------------
 
 
-#: two components of equal weight and unit sd whose means, N(0, 5²) each, swap labels: two mirror modes, each half
-#: the posterior (a user's file, on the data's first column)
-TWO_MEANS = """
+#: the component means each mixture's rows are drawn around, by the number of components
+CENTRES = {2: (-2.0, 2.0), 3: (-3.0, 0.0, 3.0)}
+
+
+def mirror_means(components: int) -> str:
+    """A user's file: ``components`` components of equal weight and unit sd whose means, N(0, 5²) each, swap labels,
+    on the data's first column: ``components!`` mirror modes, each an equal share of the posterior."""
+    return f"""
 import pyro
 import pyro.distributions as dist
 
 
 def model(data):
-    mu = pyro.sample("mu", dist.Normal(data.new_zeros(2), 5.0).to_event(1))
-    mix = dist.MixtureSameFamily(dist.Categorical(probs=data.new_tensor([0.5, 0.5])),
+    mu = pyro.sample("mu", dist.Normal(data.new_zeros({components}), 5.0).to_event(1))
+    mix = dist.MixtureSameFamily(dist.Categorical(probs=data.new_ones({components}) / {components}),
                                  dist.Normal(mu.unsqueeze(-2), 1.0))
     with pyro.plate("data", data.shape[0]):
         pyro.sample("x", mix, obs=data[:, 0])
 """
 
 
-def two_means_data(rows: int, seed: int = 0) -> torch.Tensor:
-    """``(rows, 1)``: half the rows from N(-2, 1), half from N(2, 1)."""
+def mirror_means_data(rows: int, components: int = 2, seed: int = 0) -> torch.Tensor:
+    """``(rows, 1)``: an equal share of the rows from N(c, 1) for each of :data:`CENTRES`' centres c."""
     rng = np.random.default_rng(seed)
-    values = np.concatenate([rng.normal(-2.0, 1.0, rows // 2), rng.normal(2.0, 1.0, rows - rows // 2)])
+    shares = [rows // components + (i < rows % components) for i in range(components)]
+    values = np.concatenate([rng.normal(c, 1.0, n) for c, n in zip(CENTRES[components], shares, strict=True)])
     return torch.tensor(values, dtype=torch.float32)[:, None]
 
 
-def two_means_log_evidence(data) -> float:
-    """log p(D) of :data:`TWO_MEANS` by the midpoint rule on a 1601² grid over both means (±8, where their prior's
-    sd is 5 and the posterior sits within ±4)."""
+def mirror_means_log_evidence(data, components: int = 2) -> float:
+    """log p(D) of :func:`mirror_means` by the midpoint rule over every mean: a 1601² grid on ±8 for two (their
+    prior's sd is 5, the posterior within ±4), a 241³ grid on ±6 for three (the posterior within ±4.5), summed a
+    block of the first mean's values at a time."""
     x = np.asarray(data, dtype=np.float64)[:, 0]
-    grid = np.linspace(-8.0, 8.0, 1601)
-    a, b = np.meshgrid(grid, grid, indexing="ij")
-    log_joint = -(a**2 + b**2) / 50 - math.log(50 * math.pi)
-    for value in x:
-        log_joint += np.logaddexp(-0.5 * (value - a) ** 2, -0.5 * (value - b) ** 2) - 0.5 * math.log(8 * math.pi)
-    peak = log_joint.max()
-    return float(peak + math.log(np.exp(log_joint - peak).sum()) + 2 * math.log(grid[1] - grid[0]))
+    points, half = {2: (1601, 8.0), 3: (241, 6.0)}[components]
+    grid = np.linspace(-half, half, points)
+    rest = [axis[None] for axis in np.meshgrid(*[grid] * (components - 1), indexing="ij")]
+    block = max(1, 3_000_000 // rest[0].size)  # slices of the first mean summed at once: about 3M grid points
+    slices = []
+    for start in range(0, points, block):
+        first = grid[start:start + block].reshape(-1, *[1] * (components - 1))
+        means = np.broadcast_arrays(first, *rest)
+        log_joint = -sum(m**2 for m in means) / 50 - components / 2 * math.log(50 * math.pi)
+        for value in x:
+            terms = [-0.5 * (value - m) ** 2 for m in means]
+            log_joint = log_joint + functools.reduce(np.logaddexp, terms)
+        log_joint -= len(x) * (math.log(components) + 0.5 * math.log(2 * math.pi))
+        flat = log_joint.reshape(len(first), -1)
+        peak = flat.max(1, keepdims=True)
+        slices.extend((peak[:, 0] + np.log(np.exp(flat - peak).sum(1))).tolist())
+    slices = np.array(slices)
+    peak = slices.max()
+    return float(peak + math.log(np.exp(slices - peak).sum()) + components * math.log(grid[1] - grid[0]))
 
 
 #: a user's file: the regression of regression_model(1, 1) on a data set's last column, as a user writes it
