@@ -13,6 +13,7 @@ from pathlib import Path
 
 from elbogap.config import EVALUATION, FIELDS, Config, flag, kind_of, resolve
 from elbogap.errors import UsageError
+from elbogap.records import is_global_study
 from elbogap.report import write_results
 
 
@@ -199,7 +200,7 @@ def run_evaluate(args) -> int:
     record = {"guide": config.guide, "trained_with": trained_with, "seed": state["seed"], **metrics}
     name = "evaluation.json" if config.guide == trained_with else f"evaluation-{config.guide}.json"
     (Path(args.run_dir) / name).write_text(json.dumps(record, indent=2))
-    if "evidence" in metrics:  # the whole data set's metrics (one unit), as a model with global latents gives them
+    if is_global_study([metrics]):  # the whole data set's metrics (one unit), as a model with global latents gives
         from elbogap.global_latents.report import gap_table
 
         if not args.quiet:

@@ -40,6 +40,12 @@ RENAMED = {
 }
 
 
+def is_global_study(runs: list[dict]) -> bool:
+    """Whether the runs' records hold the whole data set's evidence (``evidence``), as a model with global latents
+    gives: their ``train`` metrics are then of one unit, D."""
+    return bool(runs) and "evidence" in runs[0]
+
+
 def upgraded_run(run: dict) -> dict:
     """``run`` under today's names: a global model's ``data`` metrics become its ``train`` split (one unit), and its
     curve's ``data_elbo`` points ``train_elbo``; a record already in today's schema is returned as it is."""

@@ -9,9 +9,9 @@ from pathlib import Path
 from elbogap.describe import model_text
 from elbogap.global_latents.report import CSV_METRICS as GLOBAL_METRICS
 from elbogap.global_latents.report import csv_rows as global_csv_rows
-from elbogap.global_latents.report import is_global_study
 from elbogap.global_latents.report import markdown_sections as global_sections
 from elbogap.inference.log_px import methods
+from elbogap.records import is_global_study
 from elbogap.summary import (
     approx_gap_note,
     bound_markers,

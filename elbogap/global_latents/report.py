@@ -73,36 +73,26 @@ def outside_q_warnings(runs: list[dict]) -> list[str]:
 
 
 def mode_warnings(runs: list[dict]) -> list[str]:
-    """One line per guide whose mean lies at least :data:`MODE_SEPARATION` reference sds from the reference's on
-    some site, yet with a gap under :data:`SMALL_GAP` nats: the posterior has several modes, naming its seeds."""
-    found: dict[str, list[tuple[dict, dict]]] = {}
+    """A line for the guides whose mean lies at least :data:`MODE_SEPARATION` reference sds from the reference's on
+    some site, yet with a gap under :data:`SMALL_GAP` nats: the posterior has several modes, naming the guides and
+    seeds (:func:`~elbogap.summary.per_guide_lines`)."""
+    messages = []
     for run in runs:
         far = {site: stats["mean_error_max_abs"] for site, stats in run.get("reference", {}).get("sites", {}).items()
                if stats.get("mean_error_max_abs", 0) >= MODE_SEPARATION}
-        if far and run["train"]["kl_gap"] < SMALL_GAP:
-            found.setdefault(run["guide"], []).append((run, far))
-    lines = []
-    for guide, rows in found.items():
-        seeds = ", ".join(str(run["seed"]) for run, _ in rows)
-        sites = ", ".join(dict.fromkeys(site for _, far in rows for site in far))
-        sds, gaps = [value for _, far in rows for value in far.values()], [run["train"]["kl_gap"] for run, _ in rows]
-        every_mode = all(run["train"].get("log_px_start") == "prior" for run, _ in rows)
+        if not far or run["train"]["kl_gap"] >= SMALL_GAP:
+            continue
+        every_mode = run["train"].get("log_px_start") == "prior"
         evidence = ("log p(D), annealed from the prior, counts every mode, so each gap holds what q misses of the "
                     "others" if every_mode else "q, the reference and the evidence each see one, and every gap is "
                     "measured against one mode only (too small by up to the log of the number of modes)")
-        lines.append(f"- {guide} seed{'s' if len(rows) > 1 else ''} {seeds}: its mean lies {_span(sds, '.0f')} "
-                     f"reference sds from the reference's on {sites}, yet its gap is {_span(gaps, '.2f')} nats: the "
-                     f"posterior has several modes (components that can swap labels, or a symmetry); {evidence}; "
-                     "break the symmetry in the model (order a mixture's components, or fix a sign: one loading "
-                     "HalfNormal)" + ("" if every_mode else ", or anneal from the prior (--evidence-start prior), "
-                                      "which reaches every mode"))
-    return lines
-
-
-def _span(values: list[float], spec: str) -> str:
-    """``low-high`` of ``values`` in the format ``spec``, or the one value where they agree to it."""
-    low, high = format(min(values), spec), format(max(values), spec)
-    return low if low == high else f"{low}-{high}"
+        messages.append((run["guide"], run["seed"], (
+            f"its mean lies {max(far.values()):.0f} reference sds from the reference's on {', '.join(far)}, yet its "
+            f"gap is {run['train']['kl_gap']:.2f} nats: the posterior has several modes (components that can swap "
+            f"labels, or a symmetry); {evidence}; break the symmetry in the model (order a mixture's components, or "
+            "fix a sign: one loading HalfNormal)" + ("" if every_mode else ", or anneal from the prior "
+                                                      "(--evidence-start prior), which reaches every mode"))))
+    return per_guide_lines(messages)
 
 
 def posterior_warnings(runs: list[dict], warm_start: str = "mean-field") -> list[str]:
@@ -236,12 +226,6 @@ def seed_spread_warnings(runs: list[dict]) -> list[str]:
                          "early), so each gap is its fit's, and the smallest is the closest to the family's best; "
                          "try more seeds, --lr 0.01 with more --particles, or a non-centred parameterization")
     return lines
-
-
-def is_global_study(runs: list[dict]) -> bool:
-    """Whether the runs' records hold the whole data set's evidence (``evidence``), as a model with global latents
-    gives: their ``train`` metrics are then of one unit, D."""
-    return bool(runs) and "evidence" in runs[0]
 
 
 def _cell(values: list[float], stderrs: list[float] | None = None) -> str:
