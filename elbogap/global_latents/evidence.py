@@ -158,6 +158,11 @@ class Evidence:
     seconds: float
     steps: int = 0
     stages: dict = field(default_factory=dict)
+    #: the annealed program and its path where the estimate came from the fitted Gaussian reference (for
+    #: :func:`with_reference_draws`); not recorded
+    reference: tuple | None = field(default=None, repr=False)
+    #: draws of that reference ``(count, latent_dim)`` in the model's own latents and their log-weights ``(count,)``
+    draws: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
     def dof(self) -> float:
@@ -187,7 +192,43 @@ def ais_evidence(model, data: torch.Tensor, settings: EvidenceSettings | AISSett
         raise ValueError(f"unknown evidence start {settings.start!r}; choose one of {', '.join(STARTS)}")
     if settings.start == "prior":
         return _from_prior(model, data, settings.ais(settings.max_steps), progress)
-    return checked_against_prior(model, data, settings, _from_reference(model, data, settings, progress), progress)
+    evidence = checked_against_prior(model, data, settings, _from_reference(model, data, settings, progress), progress)
+    return with_reference_draws(model, data, evidence)  # last: every number before draws as it did without them
+
+
+#: draws of the fitted Gaussian reference r weighted by p(D, z) / r(z) (:func:`with_reference_draws`)
+REFERENCE_DRAWS = 2048
+
+
+def with_reference_draws(model, data, evidence: Evidence, count: int = REFERENCE_DRAWS, chunk: int = 256) -> Evidence:
+    r"""``evidence`` with ``count`` draws of its fitted Gaussian reference :math:`r` and their log-weights
+    :math:`\log p(z, D) - \log r(z)`, a second weighted reference posterior beside the AIS chains' final states.
+
+    Where :math:`r` fits the posterior well, these are worth many more effective draws than the chains' (a Gaussian
+    posterior: 1930-2045 of 2048, their sds within 1.6% where 256 chains give 4.4%; eight schools at the defaults,
+    seed 0: 1106 at PSIS :math:`\hat k` 0.49, against the chains' 252). On a 21-latent Gaussian hierarchy the
+    chains' states put the reference's sd of the top mean 7% low, and read a mean-field q's sd ratio there (0.92
+    against the exact sd; the family's optimum 0.89) as 0.99; the draws read 0.92.
+
+    Made only where the estimate came from :math:`r` and SMC's particles did not sit far outside it
+    (:data:`FAR_HINT`): in a posterior with modes :math:`r` did not settle in, its draws miss them whatever their
+    weights say. The reference posterior takes them where their weights' tail allows
+    (:func:`~elbogap.global_latents.reference.ais_reference`)."""
+    if evidence.reference is None or evidence.stages.get("fit", {}).get("smc_far", 0.0) > FAR_HINT:
+        return evidence
+    program, path = evidence.reference
+    zs, log_w = [], []
+    with torch.no_grad():
+        for start in range(0, count, chunk):
+            z = path.to_z(torch.randn(min(chunk, count - start), path.dim, dtype=path.dtype, device=path.device))
+            log_prior, log_lik = path.log_parts(z)
+            zs.append(z)
+            log_w.append((log_prior + log_lik - path.log_density(z)).double())
+    z, log_w = torch.cat(zs), torch.cat(log_w)
+    if program is not model:
+        z = original_latents(program, model, data, z)
+    evidence.draws = (z.detach(), log_w)
+    return evidence
 
 
 def checked_against_prior(model, data, settings: EvidenceSettings, evidence: Evidence, progress) -> Evidence:
@@ -400,7 +441,8 @@ def _from_reference(model, data, settings: EvidenceSettings, progress) -> Eviden
         if program is not model:
             states = original_latents(program, model, data, states)
     return Evidence(float(log_mean_exp(log_w)[0]), float(log_mean_exp_stderr(log_w)[0]), log_w[:, 0], states,
-                    acceptance, step_sizes[:, 0], time.perf_counter() - started, runs[-1]["steps"], stages)
+                    acceptance, step_sizes[:, 0], time.perf_counter() - started, runs[-1]["steps"], stages,
+                    reference=(program, path))
 
 
 def _anneal(path, settings: AISSettings, progress: Progress, desc: str, details: bool = False):

@@ -4,7 +4,9 @@ r"""A reference posterior for a model with global latents, and how far each guid
 seeds, with split :math:`\hat R` and the effective sample size of ``pyro.ops.stats`` checked
 against the thresholds of Vehtari et al. [1] (:math:`\hat R < 1.01`, ESS above 100 per chain).
 ``ais``: the final states of the evidence's AIS chains, weighted by their normalized importance
-weights (free, but only as good as the chains' effective number).
+weights (free, but only as good as the chains' effective number), or, where they are worth more effective draws
+and their weights' tail allows, draws of the evidence's fitted Gaussian reference weighted by importance
+(:func:`ais_reference`).
 
 Per latent site and element, a guide's standardized mean error is
 :math:`(\mathbb{E}_q - \mathbb{E}_{\text{ref}}) / \mathrm{sd}_{\text{ref}}` and its scale ratio
@@ -32,6 +34,8 @@ from pyro.ops.stats import effective_sample_size, split_gelman_rubin
 
 from elbogap.errors import UsageError
 from elbogap.global_latents.evaluation import moments
+from elbogap.inference.weights import FINITE_VARIANCE_KHAT, pareto_khat
+from elbogap.inference.weights import effective_sample_size as kish_ess
 from elbogap.progress import Progress, as_progress
 
 RHAT_LIMIT = 1.01
@@ -122,11 +126,28 @@ def _unreliable(effective: float, remedy: str) -> str:
             f"finding; {remedy}")
 
 
-def ais_reference(model, log_w: torch.Tensor, states: torch.Tensor, sampled: bool = True) -> Reference:
+def ais_reference(model, log_w: torch.Tensor, states: torch.Tensor, sampled: bool = True,
+                  draws: tuple[torch.Tensor, torch.Tensor] | None = None) -> Reference:
     """The AIS chains' final states (or another estimator's draws) mapped into each site's support, weighted by their
     normalized weights. Where they are not sampled but a quadrature's grid points (``sampled`` False), the weighted
     moments are the quadrature's: the effective sample size does not apply, and the grid is as reliable as its
-    evidence."""
+    evidence.
+
+    ``draws``, ``(z, log_w)`` of the evidence's fitted Gaussian reference
+    (:func:`~elbogap.global_latents.evidence.with_reference_draws`), replace the chains' states where their weights
+    have a finite variance (PSIS :math:`\\hat k` at most :data:`~elbogap.inference.weights.FINITE_VARIANCE_KHAT`)
+    and more effective draws; ``source`` in the diagnostics says which was used, and both effective counts are
+    kept."""
+    chains = float(log_w.double().softmax(0).pow(2).sum().reciprocal())
+    extra = {}
+    if sampled and draws is not None:
+        khat = float(pareto_khat(draws[1].double()[:, None])[0])
+        effective = float(kish_ess(draws[1])) if math.isfinite(khat) else 0.0
+        extra = {"effective_chains": chains, "draws": len(draws[1]), "draws_effective": effective,
+                 "draws_khat": khat if math.isfinite(khat) else None, "source": "chains"}
+        if khat <= FINITE_VARIANCE_KHAT and effective > chains:
+            states, log_w = draws[0], draws[1]
+            extra["source"] = "reference_draws"
     weights = log_w.double().softmax(0)
     states = [model.unpack(z)[0] for z in states]
     values = {name: torch.stack([state[name].reshape(-1) for state in states]).detach()
@@ -138,7 +159,7 @@ def ais_reference(model, log_w: torch.Tensor, states: torch.Tensor, sampled: boo
     reliable = effective >= RELIABLE_DRAWS
     warnings = [] if reliable else [_unreliable(effective, "raise --evidence-chains or use --reference nuts")]
     return Reference("ais", values, weights, {"effective_chains": effective, "effective_draws": effective,
-                                              "reliable": reliable, "warnings": warnings})
+                                              "reliable": reliable, "warnings": warnings, **extra})
 
 
 def against_reference(q_moments: dict, ref_moments: dict) -> dict:

@@ -316,6 +316,11 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
         if method == "nuts":
             described = (f"Pyro's NUTS, {settings['chains']} chains x {settings['samples']} samples after "
                          f"{settings['warmup']} warm-up steps")
+        elif method == "ais" and settings.get("source") == "reference_draws":
+            described = (f"{settings['draws']} draws of the evidence's fitted Gaussian reference r, weighted by "
+                         f"p(D, θ) / r(θ): {settings['effective_draws']:.0f} effective draws at k-hat "
+                         f"{settings['draws_khat']:.2f}, where the AIS chains' final states had "
+                         f"{settings['effective_chains']:.1f}")
         elif method == "ais":
             described = ("the AIS chains' final states, weighted by their importance weights "
                          f"({settings['effective_chains']:.1f} effective chains)")

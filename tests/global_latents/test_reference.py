@@ -7,7 +7,13 @@ import torch
 from scipy.stats import norm
 
 from elbogap.global_latents.evaluation import moments as reference_moments
-from elbogap.global_latents.evidence import ais_evidence
+from elbogap.global_latents.evidence import (
+    Evidence,
+    EvidenceSettings,
+    ais_evidence,
+    gaussian_reference,
+    with_reference_draws,
+)
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.global_latents.reference import against_reference, ais_reference, mass_outside_q, nuts_reference
 from elbogap.inference.ais import AISSettings
@@ -40,6 +46,55 @@ def test_weighted_ais_states_are_a_reference_too():
     assert effective > 100
     assert ((moments["mean"] - mean).abs() < 4 * sd / effective**0.5).all()
     assert ((moments["sd"] / sd - 1).abs() < 0.2).all()
+
+
+def reference_draws_of(model, data, far: float = 0.0) -> Evidence:
+    """An estimate from the fitted Gaussian reference of ``model`` (its AIS run left out: 256 chains of equal
+    weight at the prior's draws stand for its states), with that reference's weighted draws."""
+    pyro.set_rng_seed(0)
+    path = gaussian_reference(model, data, EvidenceSettings())
+    chains = torch.zeros(256, dtype=torch.float64)
+    evidence = Evidence(0.0, 0.0, chains, model.prior_draws(256, data), torch.zeros(1), torch.zeros(1), 0.0,
+                        stages={"fit": {"smc_far": far}}, reference=(model, path))
+    return with_reference_draws(model, data, evidence)
+
+
+def test_draws_of_the_fitted_reference_show_the_mean_fields_narrow_sd_the_chains_states_hide():
+    """A correlated conjugate regression: the mean field's sd is 1/sqrt(Λ_ii), below the posterior's sqrt(Σ_ii). Read
+    against 256 chains' states (an sd error of about 1/sqrt(2 x 256) = 4.4%) a ratio of 0.9 could read as 1; the
+    reference's 2048 weighted draws, worth over 1500 at a Gaussian posterior, read the sds to about 1.8% and the
+    mean-field ratio to within 4 of their errors."""
+    data = truth.regression_data(30, 3, seed=2, correlation=0.8)
+    mean, cov, precision = truth.regression_posterior(data[:, :-1].double(), data[:, -1].double(), 1.0, 1.0)
+    model = GlobalLatentModel(truth.regression_model(1.0, 1.0), data, "regression")
+    evidence = reference_draws_of(model, data)
+    reference = ais_reference(model, evidence.log_w, evidence.states, draws=evidence.draws)
+    diagnostics, moments = reference.diagnostics, reference.moments()["w"]
+    assert diagnostics["source"] == "reference_draws" and diagnostics["draws"] == 2048
+    assert diagnostics["effective_draws"] > 1500 and diagnostics["effective_chains"] == pytest.approx(256)
+    effective, sd = diagnostics["effective_draws"], cov.diag().sqrt()
+    assert ((moments["mean"] - mean).abs() < 4 * sd / effective**0.5).all()
+    assert ((moments["sd"] / sd - 1).abs() < 4 / (2 * effective) ** 0.5).all()
+    mean_field = {"w": {"mean": mean, "sd": precision.diag().rsqrt()}}  # the best diagonal Gaussian's moments
+    exact_ratio = precision.diag().rsqrt() / sd
+    assert exact_ratio.max() < 0.8  # the correlation the test is about
+    read = torch.tensor(against_reference(mean_field, reference.moments())["w"]["sd_ratio"], dtype=torch.float64)
+    assert ((read / exact_ratio - 1).abs() < 4 / (2 * effective) ** 0.5).all()
+
+
+def test_the_chains_states_stay_the_reference_where_the_draws_tail_is_heavy_or_modes_were_seen():
+    """Weights with PSIS k-hat 0.8 (infinite variance) give moments that no effective count describes: the chains'
+    states stay, and the record says so; where SMC's particles sat far outside the fitted reference (modes it did
+    not settle in), no draws are made at all."""
+    data = truth.regression_data(30, 3, seed=2, correlation=0.8)
+    model = GlobalLatentModel(truth.regression_model(1.0, 1.0), data, "regression")
+    z = model.prior_draws(2048, data).double()
+    heavy = 0.8 * torch.distributions.Exponential(1.0).sample((2048,)).double()  # a Pareto tail of shape 0.8
+    states = model.prior_draws(256, data)
+    reference = ais_reference(model, torch.zeros(256, dtype=torch.float64), states, draws=(z, heavy))
+    assert reference.diagnostics["source"] == "chains" and reference.diagnostics["draws_khat"] > 0.5
+    assert torch.equal(reference.values["w"], states.detach())
+    assert reference_draws_of(model, data, far=0.05).draws is None
 
 
 def test_a_guide_with_the_posterior_moments_scores_zero_error_and_unit_ratio():
