@@ -315,12 +315,12 @@ def test_stacked_fits_and_worker_processes_share_a_study_with_gaps(elbogap, tmp_
     np.savetxt(tmp_path / "rows.csv", truth.regression_data(15, 2, seed=4).numpy(), delimiter=",")
     out = tmp_path / "out"
     code, err = elbogap("calibrate", "--model", tmp_path / "regression.py:model", "--data", tmp_path / "rows.csv",
-                        "--guides", "auto:AutoMultivariateNormal", "--simulations", "4", "--calibration-draws", "200",
+                        "--guides", "auto:AutoMultivariateNormal", "--simulations", "2", "--calibration-draws", "200",
                         "--calibration-gaps", "--evidence-steps", "100", "--jobs", "2", "--no-figures", "--out", out,
                         "-q")
     assert code == 0, err
     saved = json.loads((out / "results.json").read_text())
-    assert saved["workers"] == 2 and saved["fits_at_once"] == {"auto-AutoMultivariateNormal": 4}
+    assert saved["workers"] == 2 and saved["fits_at_once"] == {"auto-AutoMultivariateNormal": 2}
     for simulation in saved["simulations"]:  # full rank holds this Gaussian posterior: gap 0 within its error
         fit = simulation["fits"]["auto-AutoMultivariateNormal"]
         assert fit["stacked"] and abs(fit["kl_gap"]) < 4 * fit["kl_gap_stderr"] + 0.05
