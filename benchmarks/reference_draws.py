@@ -3,10 +3,12 @@ Gaussian reference weighted by importance, side by side from one evidence run pe
 
     python benchmarks/reference_draws.py [--cases conjugate100,eight-schools,...] [--repeats 2]
 
-Each row: the evidence's seconds, the chains' effective draws, the reference draws' PSIS k-hat and effective draws,
-which the reference posterior takes (``source``: the draws where their k-hat is at most 0.5 and they outnumber the
-chains), and on the conjugate regressions (an exact Gaussian posterior) the largest relative error of a weight's sd
-under each, with the error 1/sqrt(2 n) that n effective draws of a Gaussian give.
+First, why the draws need a light tail: draws of a Gaussian narrower than a Gaussian target, the weighted sd's error
+over repeats against what Kish's effective count claims. Then per case, each row: the evidence's seconds, the
+chains' effective draws, the reference draws' PSIS k-hat and effective draws, which the reference posterior takes
+(``source``: the draws where their k-hat is at most 0.3 and they outnumber the chains), and on the conjugate
+regressions (an exact Gaussian posterior) the largest relative error of a weight's sd under each, with the error
+1/sqrt(2 n) that n effective draws of a Gaussian give.
 """
 
 import argparse
@@ -23,6 +25,7 @@ from benchmarks.global_cases import cases  # noqa: E402
 from elbogap.global_latents.evidence import EvidenceSettings, ais_evidence  # noqa: E402
 from elbogap.global_latents.model import GlobalLatentModel  # noqa: E402
 from elbogap.global_latents.reference import ais_reference  # noqa: E402
+from elbogap.inference.weights import pareto_khat  # noqa: E402
 from tests.global_latents import truth  # noqa: E402
 
 
@@ -34,8 +37,32 @@ def sd_error(reference, exact_sd) -> str:
     return f"{error:.3f} (1/sqrt(2n) {(2 * reference.diagnostics['effective_draws']) ** -0.5:.3f})"
 
 
+def synthetic(repeats: int = 300, draws: int = 2048) -> None:
+    """Draws of N(0, s²) weighted toward N(0, 1): the weights' tail has k = 1 - s², and the weighted sd's error over
+    ``repeats`` against what Kish's effective count claims (1/sqrt(2n)) and 256 chains' states claim."""
+    print("| proposal sd | k | mean k-hat | Kish's effective draws | sd error claimed, 1/sqrt(2n) | sd error over "
+          "repeats (rms) | 256 chains' claim |")
+    print("|---" * 7 + "|")
+    generator = torch.Generator().manual_seed(0)
+    for scale in (0.95, 0.9, 0.85, 0.8, 0.75, 0.7):
+        errors, khats, counts = [], [], []
+        for _ in range(repeats):
+            z = torch.randn(draws, generator=generator, dtype=torch.float64) * scale
+            log_w = 0.5 * z.pow(2) * (scale**-2 - 1)
+            weights = log_w.softmax(0)
+            mean = (weights * z).sum()
+            errors.append(float(((weights * (z - mean).pow(2)).sum()).sqrt() - 1))
+            khats.append(float(pareto_khat(log_w[:, None])[0]))
+            counts.append(float(weights.pow(2).sum().reciprocal()))
+        count = sum(counts) / repeats
+        print(f"| {scale} | {1 - scale**2:.2f} | {sum(khats) / repeats:.2f} | {count:.0f} | {(2 * count) ** -0.5:.3f} "
+              f"| {torch.tensor(errors).pow(2).mean().sqrt():.3f} | {512 ** -0.5:.3f} |", flush=True)
+    print()
+
+
 def main(args) -> None:
     torch.set_num_threads(1)
+    synthetic()
     print("| case | repeat | evidence (s) | chains' effective draws | draws' k-hat | draws' effective (of 2048) "
           "| source | max sd error, chains | max sd error, reference taken |")
     print("|---" * 9 + "|")
