@@ -147,6 +147,7 @@ def ais_reference(model, log_w: torch.Tensor, states: torch.Tensor, sampled: boo
     if sampled and draws is not None:
         khat = float(pareto_khat(draws[1].double()[:, None])[0])
         effective = float(kish_ess(draws[1])) if math.isfinite(khat) else 0.0
+        effective = effective if math.isfinite(effective) else 0.0  # a NaN weight: no count, and the chains stay
         extra = {"effective_chains": chains, "draws": len(draws[1]), "draws_effective": effective,
                  "draws_khat": khat if math.isfinite(khat) else None, "source": "chains"}
         if khat <= REFERENCE_DRAWS_KHAT and effective > chains:
