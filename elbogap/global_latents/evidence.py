@@ -208,7 +208,7 @@ def with_reference_draws(model, data, evidence: Evidence, count: int = REFERENCE
     Gaussian posterior: 1930-2045 of 2048 at PSIS :math:`\hat k` below 0.25, their sds within 1.6% where 256 chains
     give 4.4%). On a 21-latent Gaussian hierarchy the chains' states put the reference's sd of the top mean 7% low,
     and read a mean-field q's sd ratio there (0.92 against the exact sd; the family's optimum 0.89) as 0.99; the
-    draws read 0.92. Where :math:`r` fits less closely (eight schools, :math:`\hat k` 0.42-0.49) the chains stay:
+    draws read 0.92. Where :math:`r` fits less closely (eight schools, :math:`\hat k` 0.42-0.55) the chains stay:
     an sd from heavier-tailed weights is no better than theirs, whatever Kish's count says
     (:data:`~elbogap.global_latents.reference.REFERENCE_DRAWS_KHAT`).
 

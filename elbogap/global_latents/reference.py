@@ -145,14 +145,15 @@ def ais_reference(model, log_w: torch.Tensor, states: torch.Tensor, sampled: boo
     chains = float(log_w.double().softmax(0).pow(2).sum().reciprocal())
     extra = {}
     if sampled and draws is not None:
-        khat = float(pareto_khat(draws[1].double()[:, None])[0])
-        effective = float(kish_ess(draws[1])) if math.isfinite(khat) else 0.0
-        effective = effective if math.isfinite(effective) else 0.0  # a NaN weight: no count, and the chains stay
-        extra = {"effective_chains": chains, "draws": len(draws[1]), "draws_effective": effective,
-                 "draws_khat": khat if math.isfinite(khat) else None, "source": "chains"}
-        if khat <= REFERENCE_DRAWS_KHAT and effective > chains:
-            states, log_w = draws[0], draws[1]
-            extra["source"] = "reference_draws"
+        khat = float(pareto_khat(draws[1][:, None])[0])
+        counted = float(kish_ess(draws[1])) if math.isfinite(khat) else 0.0
+        counted = counted if math.isfinite(counted) else 0.0  # a NaN weight: no count, and the chains stay
+        taken = khat <= REFERENCE_DRAWS_KHAT and counted > chains
+        finite_khat = khat if math.isfinite(khat) else None
+        extra = {"draws": len(draws[1]), "draws_effective": counted, "draws_khat": finite_khat,
+                 "source": "reference_draws" if taken else "chains"}
+        if taken:
+            states, log_w = draws
     weights = log_w.double().softmax(0)
     states = [model.unpack(z)[0] for z in states]
     values = {name: torch.stack([state[name].reshape(-1) for state in states]).detach()
@@ -163,7 +164,7 @@ def ais_reference(model, log_w: torch.Tensor, states: torch.Tensor, sampled: boo
                                                   "effective_draws": effective, "reliable": True, "warnings": []})
     reliable = effective >= RELIABLE_DRAWS
     warnings = [] if reliable else [_unreliable(effective, "raise --evidence-chains or use --reference nuts")]
-    return Reference("ais", values, weights, {"effective_chains": effective, "effective_draws": effective,
+    return Reference("ais", values, weights, {"effective_chains": chains, "effective_draws": effective,
                                               "reliable": reliable, "warnings": warnings, **extra})
 
 
