@@ -286,11 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     except NumericalFault as fault:
         print(f"elbogap: error: {fault}; --on-nan skip goes on with the other runs", file=sys.stderr)
         return 1
-    except ProgramFailed as failure:
+    except ProgramFailed as failure:  # the user's program raised: bad input, as a refused one is
         if failure.details:
             print(failure.details, file=sys.stderr)
         print(f"elbogap: error: {failure}", file=sys.stderr)
-        return 1
+        return 2
     except RunFailed as failure:
         print(f"elbogap: error: {failure}", file=sys.stderr)
         return 1

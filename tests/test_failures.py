@@ -1,4 +1,4 @@
-"""A user's program that raises during a run: one line naming it, exit status 1, the traceback in train.log."""
+"""A user's program that raises during a run: one line naming it, exit status 2, the traceback in train.log."""
 
 import numpy as np
 import pytest
@@ -43,7 +43,7 @@ def flags(folder, command):
 def test_a_program_that_raises_in_training_ends_the_command_in_one_line(elbogap, failing, command):
     code, error = elbogap(*flags(failing, command))
     run_dir = failing / "out" / ("runs/diag-seed0" if command == "compare" else "")
-    assert code == 1 and error.count("\n") == 1 and "Traceback" not in error
+    assert code == 2 and error.count("\n") == 1 and "Traceback" not in error
     assert (f"the program {failing}/failing.py:model raised RuntimeError: the decoder broke (failing.py:16 in model, "
             f"after site 'z'); the traceback is in {run_dir / 'train.log'} (--debug prints it)") in error
     log = (run_dir / "train.log").read_text()
@@ -54,7 +54,7 @@ def test_a_program_that_raises_in_training_ends_the_command_in_one_line(elbogap,
 def test_debug_prints_the_traceback_before_the_line(elbogap, failing):
     code, error = elbogap(*flags(failing, "compare"), "--debug")
     *traceback, line = error.splitlines()
-    assert code == 1 and traceback[0] == "Traceback (most recent call last):"
+    assert code == 2 and traceback[0] == "Traceback (most recent call last):"
     assert 'raise RuntimeError("the decoder broke")' in error
     assert line.startswith("elbogap: error: the run of guide diag, seed 0 failed: the program")
 

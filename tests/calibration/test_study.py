@@ -213,7 +213,7 @@ def test_a_program_that_raises_in_a_simulation_stops_the_study_in_one_line_and_k
     code, err = elbogap("calibrate", "--model", tmp_path / "breaks.py:model", "--data", tmp_path / "rows.csv",
                         "--guides", "auto:AutoNormal", "--simulations", "3", "--jobs", "1", "--out", tmp_path / "out",
                         "-q")
-    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert code == 2 and len(err.strip().splitlines()) == 1
     assert "simulation 0" in err and "breaks.py:model raised RuntimeError: the likelihood broke" in err
     assert "Traceback" in (tmp_path / "out" / "calibrate.log").read_text()
     assert json.loads((tmp_path / "out" / "results.json").read_text())["complete"] is False

@@ -80,5 +80,5 @@ def test_a_program_that_raises_while_seeds_train_at_once_is_reported_by_its_runs
     np.savetxt(tmp_path / "rows.csv", truth.regression_data(15, 2, seed=4).numpy(), delimiter=",")
     code, err = elbogap("compare", "--model", tmp_path / "breaks.py:model", "--data", tmp_path / "rows.csv",
                         "--guides", "auto:AutoNormal", "--seeds", "0,1", "--jobs", "1", "--out", tmp_path / "out", "-q")
-    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "breaks.py:model raised RuntimeError: the likelihood broke" in err
