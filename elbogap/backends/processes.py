@@ -1,18 +1,19 @@
-"""Runs in local worker processes (``--jobs N``), each a fresh interpreter that serves run after run.
+"""Runs in local worker processes (``--jobs N``), each serving run after run.
 
 Runs are independent, so a sweep of small models, which use a core poorly from one process,
-finishes sooner in several. Each worker imports torch and Pyro and loads the data once, then
-executes the runs it is handed. torch's threads are shared out among the jobs unless
+finishes sooner in several. Each worker is forked from a server process that imported torch, Pyro and
+elbogap once (:func:`~elbogap.backends.worker_context`); it loads the data once, then executes the runs it is
+handed. torch's threads are shared out among the jobs unless
 ``--cpus-per-run`` says otherwise. A signal to the driver is passed on to every worker with a
 run in progress, which checkpoints its run and stops.
 """
 
-import multiprocessing
 import os
 import queue
 
 import torch
 
+from elbogap.backends import worker_context
 from elbogap.backends.task import Outcome, RunTask, execute
 from elbogap.config import Config
 from elbogap.where import where_am_i
@@ -37,8 +38,9 @@ class _Worker:
 
 
 class ProcessBackend:
-    """Up to ``slots`` runs at once, in spawned worker processes that report through one queue; with
-    ``status``, each run writes how far it is to its run directory (:class:`~elbogap.progress.StatusFile`)."""
+    """Up to ``slots`` runs at once, in worker processes (:func:`~elbogap.backends.worker_context`) that report
+    through one queue; with ``status``, each run writes how far it is to its run directory
+    (:class:`~elbogap.progress.StatusFile`)."""
 
     name = "local"
 
@@ -46,7 +48,7 @@ class ProcessBackend:
         self.config, self.status = config.to_dict(), status
         self.slots = self.concurrent_runs = jobs
         self.threads = config.cpus_per_run or max(1, torch.get_num_threads() // jobs)
-        self.context = multiprocessing.get_context("spawn")  # no forked torch or Pyro state
+        self.context = worker_context()
         self.reports = self.context.Queue()
         self.workers: list[_Worker] = []
 

@@ -16,7 +16,6 @@ is calibrated against the model each guide trained with instead (:func:`calibrat
 import contextlib
 import json
 import math
-import multiprocessing
 import signal
 import sys
 import time
@@ -31,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from elbogap import streams
-from elbogap.backends import holds_objects, local_jobs
+from elbogap.backends import holds_objects, local_jobs, worker_context
 from elbogap.calibration.stats import below_shares, interval_coverage, site_summary
 from elbogap.checkpoint import load_checkpoint, save_checkpoint
 from elbogap.config import Config, differences
@@ -370,9 +369,8 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
                         stopped()
                         collect(simulation_record(config, data.train, base, index, simulation_seed, done_fits))
             else:
-                context = multiprocessing.get_context("spawn")
-                pool = ProcessPoolExecutor(min(jobs, len(items)), mp_context=context, initializer=_start_worker,
-                                           initargs=(config.to_dict(),))
+                pool = ProcessPoolExecutor(min(jobs, len(items)), mp_context=worker_context(),
+                                           initializer=_start_worker, initargs=(config.to_dict(),))
                 try:
                     pending = {pool.submit(_worker_simulation, *item) for item in items}
                     while pending:
