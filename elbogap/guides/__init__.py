@@ -62,14 +62,9 @@ def build_guide(name: str, model, num_data: int, hidden_dims: Sequence[int] = (1
     if len(sites) != 1:
         raise UsageError(f"the guide {name} models one latent site, but the model has {len(sites)} "
                          f"({', '.join(sites)}); pair this model with a guide program of your own (file.py:name)")
-    constrained = latent_transforms(model)
-    if constrained:
-        site = next(iter(constrained))
-        raise UsageError(f"the guide {name} draws real values, but the model's latent site {site!r} lives on "
-                         f"{model.latent_supports[site]}; pair this model with a guide program of your own "
-                         "(file.py:name) whose draws lie in that support")
     settings = GuideSettings(tuple(hidden_dims), activation, flow_depth, mixture_size, rank)
     guide = known[name].build(model, num_data, settings)
     guide.site, guide.plate = next(iter(sites)), getattr(model, "data_plate", "data")
     guide.site_shape = torch.Size(next(iter(sites.values())))
+    guide.support = latent_transforms(model).get(guide.site)  # a constrained site: q's draws mapped into it
     return guide

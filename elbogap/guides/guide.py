@@ -6,7 +6,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
-from torch.distributions.transforms import ReshapeTransform
+from torch.distributions.transforms import ReshapeTransform, Transform
 
 from elbogap.plates import data_plate
 
@@ -45,8 +45,9 @@ class Guide(nn.Module):
 
     Subclasses implement :meth:`distribution`, which returns :math:`q(z \mid x)` for a batch of
     rows of ``x`` as a distribution with batch shape ``(batch,)`` and event shape
-    ``(latent_dim,)``; :meth:`guide` samples the site ``"z"`` from it in the same data plate as
-    the model. A guide knows nothing about training or evaluation.
+    ``(latent_dim,)`` on the real line; :meth:`guide` samples the model's latent site from it (in the site's shape
+    and support, :meth:`site_distribution`) in the same data plate as the model. A guide knows nothing about
+    training or evaluation.
     """
 
     #: whether one network serves every x (False: free parameters per data point).
@@ -60,6 +61,9 @@ class Guide(nn.Module):
     plate = "data"
     #: the per-point shape of the model's latent site where it is not ``(latent_dim,)`` (a scalar, a matrix)
     site_shape: torch.Size | None = None
+    #: ``biject_to(support)`` of the model's latent site where it is not the real line (a Gamma rate: exp), or None:
+    #: the family is fitted on the real line and its draws are mapped into the support
+    support: Transform | None = None
     #: whether q's density can be evaluated at any z (contours in posteriors.png, AIS from q), not only at its draws.
     density_anywhere = True
     #: whether the search for q* (:meth:`optimum_start`) ranges over every member of the family, so the
@@ -101,7 +105,14 @@ class Guide(nn.Module):
             return pyro.sample(self.site, self.site_distribution(self.distribution(x, index)))
 
     def site_distribution(self, q: dist.TorchDistribution) -> dist.TorchDistribution:
-        """``q`` with the per-point shape of the model's latent site where it differs from ``(latent_dim,)``."""
+        r"""``q`` as the model's latent site takes it: in the site's per-point shape where it differs from
+        ``(latent_dim,)``, and mapped into the site's support where that is not the real line (:attr:`support`), its
+        density then :math:`q(u) / |\det \partial z / \partial u|` at :math:`z = \mathrm{support}(u)`, as Pyro's
+        autoguides map theirs."""
+        transforms = []
         if self.site_shape is not None and self.site_shape != q.event_shape:  # same values, the site's shape
-            return dist.TransformedDistribution(q, ReshapeTransform(q.event_shape, self.site_shape))
-        return q
+            transforms.append(ReshapeTransform(q.event_shape, self.site_shape))
+        if self.support is not None:
+            transforms.append(self.support)
+        # cached: scoring a draw maps it back to the very tensor q drew, which a flow finds in its own cache
+        return dist.TransformedDistribution(q, [t.with_cache(1) for t in transforms]) if transforms else q

@@ -21,7 +21,7 @@ class _Pointwise(Guide):
         super().__init__(guide.latent_dim)
         self.site, self.plate, self.density_anywhere = guide.site, guide.plate, guide.density_anywhere
         self.exact_pathwise, self.components = guide.exact_pathwise, guide.components
-        self.site_shape = guide.site_shape
+        self.site_shape, self.support = guide.site_shape, guide.support
         object.__setattr__(self, "family", guide)  # not a submodule: its parameters stay fixed
 
 

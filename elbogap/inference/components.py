@@ -90,12 +90,15 @@ class _Components(Messenger):
     def _pyro_sample(self, msg):
         if msg["is_observed"]:
             return
-        fn, stick = msg["fn"], False
+        fn, stick, transforms = msg["fn"], False, []
         if isinstance(fn, StickingTheLanding):
             fn, stick = fn.q, True
+        if isinstance(fn, dist.TransformedDistribution):  # in the site's shape or support (Guide.site_distribution)
+            fn, transforms = fn.base_dist, fn.transforms
         if isinstance(fn, dist.MixtureOfDiagNormals):
             self.weights = fn.categorical.probs.movedim(-1, 0)  # (K, *batch)
-            msg["fn"] = ComponentDraws(fn, stick)
+            draws = ComponentDraws(fn, stick)
+            msg["fn"] = dist.TransformedDistribution(draws, transforms) if transforms else draws
             msg["scale"] = msg["scale"] * self.weights
 
 

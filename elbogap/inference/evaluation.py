@@ -31,7 +31,7 @@ from elbogap.inference.weights import (
     proposal_estimate,
 )
 from elbogap.progress import Progress, as_progress
-from elbogap.sites import broadcasts_draws, draws_depth, repeat_rows, scored, traces_under_draws
+from elbogap.sites import broadcasts_draws, draws_depth, latent_transforms, repeat_rows, scored, traces_under_draws
 
 #: draws of q per data point evaluated at once
 SAMPLE_CHUNK = 64
@@ -108,9 +108,10 @@ def draw(q, count: int) -> torch.Tensor:
 
 
 def _prior(model, x):
-    """The prior of a one-site model's latent, for an analytic KL; None for a hierarchy (Monte Carlo KL then)."""
+    """The prior of a one-site model's latent, for an analytic KL; None for a hierarchy, or a site off the real line,
+    whose q is a density on the real line (Monte Carlo KL then)."""
     sites = latent_sites(model)
-    if len(sites) != 1:
+    if len(sites) != 1 or latent_transforms(model):
         return None
     return poutine.trace(model.model).get_trace(x).nodes[next(iter(sites))]["fn"]
 

@@ -62,3 +62,33 @@ def test_the_importance_weighted_bound_is_refused_for_the_mixture():
     with pytest.raises(UsageError, match="summed over components"):
         train(MixturePrior(1, 2), Mixture(1, 2, hidden_dims=(), mixture_size=3), torch.zeros(8, 1), steps=1,
               objective="iwae", num_particles=2)
+
+
+def test_a_mixture_mapped_into_a_sites_support_still_draws_one_z_per_component():
+    """A guide's mixture reaches its site as a TransformedDistribution where the site is positive (or reshaped):
+    the components are still drawn one each and weighted, each draw mapped into the support (before, Pyro's own
+    mixture sampler was left in place, with its biased gradient for the weights)."""
+    import pyro
+    from pyro import poutine
+    from torch.distributions.transforms import ExpTransform
+
+    from elbogap.inference.components import PLATE, componentwise
+
+    def guide(x):
+        with pyro.plate("data", len(x)):
+            mixture = dist.MixtureOfDiagNormals(LOCS.expand(len(x), 3, 2), SCALES.expand(len(x), 3, 2),
+                                                WEIGHTS.log().expand(len(x), 3))
+            pyro.sample("rate", dist.TransformedDistribution(mixture, [ExpTransform()]))
+
+    def model(x):
+        with pyro.plate("data", len(x)):
+            pyro.sample("rate", dist.Gamma(torch.full((2,), 2.0), 1.0).to_event(1))
+
+    _, components_guide = componentwise(model, guide, 3)
+    site = poutine.trace(components_guide).get_trace(torch.zeros(4, 1)).nodes["rate"]
+    assert isinstance(site["fn"], dist.TransformedDistribution) and isinstance(site["fn"].base_dist, ComponentDraws)
+    assert site["value"].shape == (3, 4, 2) and bool((site["value"] > 0).all())
+    standardized = (site["value"].log() - LOCS[:, None]) / SCALES[:, None]
+    assert float(standardized.abs().max()) < 5  # draw k from component k (the components lie 3 to 10 sds apart)
+    assert torch.allclose(site["scale"], WEIGHTS[:, None].expand(3, 4))
+    assert PLATE in {frame.name for frame in site["cond_indep_stack"]}
