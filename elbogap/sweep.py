@@ -47,6 +47,25 @@ def skipped_run(guide_name: str, seed: int, fault: str) -> dict:
     return {"guide": guide_label(guide_name), "guide_spec": guide_name, "seed": seed, "failed": fault}
 
 
+def buildable_guides(config: Config, data, at_default: bool) -> tuple[Config, dict[str, str]]:
+    """``config`` once every guide of it is built for its model and checked against ``--gradient``, before any
+    training (a bad one fails the study now, not in the middle). Where ``--guides`` was left at its default
+    (``at_default``), a family the model refuses (an autoregressive flow on a one-dimensional latent) is left out
+    instead, with why, unless every one is; a family the user named is refused as any bad input is."""
+    left_out = {}
+    for name in config.guides:
+        try:
+            model, guide = build(config, data, name)
+            check_gradient(for_data(config, data, name), data, guide, model)
+        except UsageError as refusal:
+            if not at_default:
+                raise
+            left_out[name] = str(refusal)
+    if len(left_out) == len(config.guides):
+        raise UsageError(next(iter(left_out.values())))
+    return config.replace(guides=[name for name in config.guides if name not in left_out]), left_out
+
+
 def compare(config: Config, out: str | Path | None = None, progress: bool = False,
             on_run: Callable[[dict], None] | None = None) -> dict:
     """Run every guide with every seed on one data set and model.
@@ -60,13 +79,14 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
     config.validate()
     out = Path(out if out is not None else config.out)
     data = load_dataset(config)
-    config = with_kind_guides(config, data)
-    for name in config.guides:  # fail on a bad guide (or one --gradient refuses) before any training, not in the middle
-        model, guide = build(config, data, name)
-        check_gradient(for_data(config, data, name), data, guide, model)
+    config, left_out = buildable_guides(with_kind_guides(config, data), data, config.guides == Config().guides)
+    if left_out and progress:
+        for name, why in left_out.items():
+            print(f"elbogap: {name} is left out of the default guides: {why}", file=sys.stderr)
     # each run resolves the settings left unset for its own family (runs.run_one); the record shows the kind's
     unresolved, config = config, for_data(config, data)
-    results = {"config": config.to_dict(), "versions": versions(), "runs": []}
+    results = {"config": config.to_dict(), "versions": versions(), "runs": [],
+               **({"guides_left_out": left_out} if left_out else {})}
     references = {}
     if config.mode == "fixed-model":  # one model per seed, trained with the reference guide, then frozen
         model, guide = build(config, data, config.reference_guide)

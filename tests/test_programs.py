@@ -489,3 +489,24 @@ def test_figures_of_a_model_with_positive_latents_draw_from_its_support(tmp_path
                  "--figures", "--out", str(out)]) == 0
     assert (out / "images.png").is_file() and (out / "posteriors.png").is_file()
     assert json.loads((out / "results.json").read_text())["runs"][0]["test"]["log_px_method"] == "quadrature"
+
+
+def test_default_guides_leave_out_a_family_the_model_refuses_and_say_so(tmp_path, capsys):
+    """A one-dimensional latent at the default guides: the IAF (autoregressive, needs two dimensions) is left out in
+    one line, on stderr and in results.md, and the others run (before, the whole study was refused); named by the
+    user, it is refused as bad input."""
+    import numpy as np
+
+    (tmp_path / "scalar.py").write_text(SCALAR_LATENT)
+    np.save(tmp_path / "data.npy", np.random.default_rng(0).normal(size=(60, 3)).astype("float32"))
+    common = ["--data", str(tmp_path / "data.npy"), "--model", f"{tmp_path}/scalar.py:model", "--seeds", "0",
+              "--steps", "10", "--log-px", "iwae", "--iw-samples", "16", "--eval-samples", "8", "--gap-points", "0",
+              "--snr-draws", "0", "--curve-points", "8", "--no-figures", "--jobs", "1"]
+    assert main(["compare", *common, "--out", str(tmp_path / "out")]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [run["guide"] for run in results["runs"]] == ["diag", "full", "planar"]
+    assert set(results["guides_left_out"]) == {"iaf"} and "needs latent dim >= 2" in results["guides_left_out"]["iaf"]
+    assert "iaf is left out of the default guides" in capsys.readouterr().err
+    assert "## Guides left out" in (tmp_path / "out" / "results.md").read_text()
+    assert main(["compare", *common, "--guides", "diag,iaf", "--quiet", "--out", str(tmp_path / "named")]) == 2
+    assert "needs latent dim >= 2" in capsys.readouterr().err and not (tmp_path / "named").exists()

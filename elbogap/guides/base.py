@@ -1,6 +1,7 @@
 """The shape every elbogap variational family shares: amortized by an encoder, or by heads that output the family's
 own parameters (:class:`Guide` and :class:`GuideSettings` live in :mod:`elbogap.guides.guide`)."""
 
+import warnings
 from collections.abc import Sequence
 
 import pyro.distributions as dist
@@ -54,7 +55,11 @@ class AmortizedGuide(Guide):
 
     def head(self, width: int) -> nn.Linear:
         """A linear map from the encoder's features to ``width`` outputs."""
-        return nn.Linear(self.feature_dim, width)
+        if width:
+            return nn.Linear(self.feature_dim, width)
+        with warnings.catch_warnings():  # no outputs (one latent's full covariance has none below its diagonal)
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            return nn.Linear(self.feature_dim, 0)
 
 
 class ParametricGuide(AmortizedGuide):
