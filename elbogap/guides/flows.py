@@ -33,11 +33,15 @@ class FlowGuide(AmortizedGuide):
 
     #: whether each transform is autoregressive over z, which needs at least two latent dimensions
     autoregressive = False
+    #: why the flow refuses one latent dimension where it is not autoregressive, or None where one will do
+    one_dimension: str | None = None
 
     @classmethod
     def build(cls, model, num_data, settings):
         if cls.autoregressive and model.latent_dim < 2:
             raise UsageError(f"the {cls.__name__} flow is autoregressive and needs latent dim >= 2")
+        if cls.one_dimension and model.latent_dim < 2:
+            raise UsageError(f"the {cls.__name__} flow needs latent dim >= 2: {cls.one_dimension}")
         return cls(model.data_dim, model.latent_dim, tuple(settings.hidden_dims), settings.activation,
                    flow_depth=settings.flow_depth)
 
@@ -79,6 +83,9 @@ class Planar(FlowGuide):
     """
 
     density_anywhere = False  # Pyro's planar flow has no inverse: q is known at its own draws only
+    one_dimension = ("Pyro's planar flow keeps its map invertible by dividing by |w|^2, and on one dimension a point "
+                     "whose w the encoder puts near 0 gets a shift near infinity (a Poisson model's loss reached "
+                     "1e22 after one step); use diag, full, mixture or sylvester for one latent")
 
     def make_transform(self):
         return transforms.conditional_planar(self.latent_dim, self.feature_dim)
