@@ -185,8 +185,8 @@ def markdown(results: dict) -> str:
     if not runs:
         return "\n".join(lines + ["No run has finished.", ""])
     if left_out := results.get("guides_left_out"):
-        lines += ["## Guides left out", "", "The default families the model refused, each in one line:", "",
-                  *[f"- {name}: {why}" for name, why in left_out.items()], ""]
+        lines += ["## Guides left out", "", "The default families the model or the settings refused, each in one "
+                  "line:", "", *[f"- {name}: {why}" for name, why in left_out.items()], ""]
     if is_global_study(runs):
         return "\n".join(lines + global_sections(results, runs) + ["", *snr_section(runs), timing(results, runs), ""])
     warnings = convergence_warnings(runs) + [f"- {run['guide']} seed {run['seed']}, {split}: {run[split][key]}"

@@ -50,8 +50,9 @@ def skipped_run(guide_name: str, seed: int, fault: str) -> dict:
 def buildable_guides(config: Config, data, at_default: bool) -> tuple[Config, dict[str, str]]:
     """``config`` once every guide of it is built for its model and checked against ``--gradient``, before any
     training (a bad one fails the study now, not in the middle). Where ``--guides`` was left at its default
-    (``at_default``), a family the model refuses (an autoregressive flow on a one-dimensional latent) is left out
-    instead, with why, unless every one is; a family the user named is refused as any bad input is."""
+    (``at_default``), a family the model or the settings refuse (an autoregressive flow on a one-dimensional latent,
+    a flow without an inverse under ``--gradient stl``) is left out instead, with why, unless every one is; a family
+    the user named is refused as any bad input is."""
     left_out = {}
     for name in config.guides:
         try:
