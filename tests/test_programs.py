@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -11,7 +12,7 @@ from elbogap.cli import main
 from elbogap.config import Config
 from elbogap.data import load_data
 from elbogap.errors import UsageError
-from elbogap.factory import build
+from elbogap.factory import build, load_dataset
 from elbogap.inference import evaluate
 from elbogap.inference.ais import AISSettings
 from elbogap.runs import load_run
@@ -328,11 +329,6 @@ def test_builtin_families_fit_a_positive_latent_mapped_into_its_support(tmp_path
     """Each family is fitted on the real line and its draws mapped into the site's support (exp for a Gamma rate), as
     Pyro's autoguides are (they were refused before): log p(x) is the closed form, diag's approximation gap is the
     KL of the best log-normal to each rate's Gamma posterior, and the mixture trains on its sum over components."""
-    import numpy as np
-
-    from elbogap.config import Config
-    from elbogap.factory import load_dataset
-
     (tmp_path / "counts.py").write_text(
         "import pyro, torch\nimport pyro.distributions as dist\n\n\ndef model(x):\n"
         "    with pyro.plate('data', x.shape[0]):\n"
@@ -495,8 +491,6 @@ def test_default_guides_leave_out_a_family_the_model_refuses_and_say_so(tmp_path
     """A one-dimensional latent at the default guides: the IAF (autoregressive) and the planar flow (Pyro's divides by
     |w|^2, which one dimension sends to infinity) are left out in one line each, on stderr and in results.md, and
     the others run (before, the whole study was refused); named by the user, a family is refused as bad input."""
-    import numpy as np
-
     (tmp_path / "scalar.py").write_text(SCALAR_LATENT)
     np.save(tmp_path / "data.npy", np.random.default_rng(0).normal(size=(60, 3)).astype("float32"))
     common = ["--data", str(tmp_path / "data.npy"), "--model", f"{tmp_path}/scalar.py:model", "--seeds", "0",

@@ -53,12 +53,14 @@ class EstimatorSettings:
     :param bool keep_draws: keep the draws and their log-weights in the estimate's ``info`` (``draws``, ``log_w``),
         where they serve as a weighted reference posterior (one unit: a model with global latents).
     :param int grid_points: grid points per axis of a quadrature (``--quadrature-points``).
+    :param bool refine: whether a quadrature integrates again, on finer grids, the units whose error is large.
     """
 
     samples: int = 1000
     element_budget: int = 2**24
     keep_draws: bool = False
     grid_points: int = 24
+    refine: bool = True
 
 
 @dataclass(frozen=True)

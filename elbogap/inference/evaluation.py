@@ -229,7 +229,8 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
              elbo_samples: int = 256, iw_samples: int = 1000, log_px_method: str | None = None,
              quadrature_points: int = 32, ais: AISSettings | None = None,
              ais_index: torch.Tensor | None = None, progress: bool | Progress = False, desc: str = "evaluate",
-             keep_draws: bool = False, fresh_stream: Callable[[], None] | None = None) -> Evaluation:
+             keep_draws: bool = False, fresh_stream: Callable[[], None] | None = None,
+             refine_quadrature: bool = True) -> Evaluation:
     r"""Evaluate ``guide`` against ``model`` on every row of ``x``, in nats per data point.
 
     Metrics (split averages; standard errors combine the per-point ones as
@@ -279,6 +280,7 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
     a fork of torch's generators: q's draws before it number differently from guide to guide (a mixture draws its
     components too), every guide of a seed should get the same estimate, and the draws after it are as if it had
     drawn none (so that a deterministic estimate, quadrature, leaves them as they were).
+    ``refine_quadrature`` off keeps the quadrature on its one grid per point (the cheap curve during training).
     """
     log_px_plan = plan(log_px_method, model)
     if elbo_samples < 1 or iw_samples < 1:
@@ -291,7 +293,7 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
     if _infinite_share(per_point["khat"]) > NO_STDERR_SHARE:  # no central limit: no error bar for IWAE or its uses
         for key in ("log_px_iwae_stderr", "log_px_iwae_jackknife_stderr"):
             per_point[key] = torch.full_like(per_point[key], math.nan)
-    settings = LogPxSettings(quadrature_points, ais, num_samples, progress, iw_samples)
+    settings = LogPxSettings(quadrature_points, ais, num_samples, progress, iw_samples, refine_quadrature)
     estimates = []
     dof = {"elbo": num_samples - 1 if num_samples > 1 else math.inf, "log_px_iwae": group_spread_dof(num_samples)}
     for step in log_px_plan.steps:

@@ -35,6 +35,8 @@ class LogPxSettings:
     :param int q_samples: the draws of q per point already taken, from which IWAE is computed.
     :param progress: show AIS's progress (a bool or a :class:`~elbogap.progress.Progress`).
     :param int iw_samples: the draws per point of an importance estimate that draws its own (``--iw-samples``).
+    :param bool refine_quadrature: whether the quadrature integrates again on finer grids the points whose error is
+        large (:data:`~elbogap.estimators.quadrature.REFINE_ABOVE`); off for the cheap curve during training.
     """
 
     quadrature_points: int = 32
@@ -42,6 +44,7 @@ class LogPxSettings:
     q_samples: int = 0
     progress: "bool | Progress" = False
     iw_samples: int = 1000
+    refine_quadrature: bool = True
 
 
 def per_point_target(model, x: torch.Tensor | None = None) -> PointsTarget:
@@ -172,7 +175,7 @@ def target_method(estimator: Estimator) -> LogPxMethod:
 
     def estimate(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPxEstimate:
         return estimator.estimate(per_point_target(model, x), EstimatorSettings(
-            samples=settings.iw_samples, grid_points=settings.quadrature_points))
+            samples=settings.iw_samples, grid_points=settings.quadrature_points, refine=settings.refine_quadrature))
 
     return LogPxMethod(estimator.name, estimator.guide_independent, estimator.description, estimate,
                        lambda model: estimator.applies(per_point_target(model)), estimator.requirement,

@@ -170,7 +170,8 @@ def evaluation_point(model, guide, data: Dataset, config: Config) -> dict:
             if not guide.amortized and split == "test":
                 continue  # a per-datapoint guide has no parameters for test points until it is refit
             metrics = evaluate(model, guide, x[:count], torch.arange(count, device=x.device), elbo_samples=16,
-                               iw_samples=min(config.iw_samples, 100), quadrature_points=16).metrics
+                               iw_samples=min(config.iw_samples, 100), quadrature_points=16,
+                               refine_quadrature=False).metrics
             point[f"{split}_elbo"] = metrics["elbo"]
             point[f"{split}_log_px"] = metrics["log_px"]
         if config.dynamics_points and guide.amortized:

@@ -5,6 +5,7 @@ rows; a location and a positive scale), each against its exact value."""
 import json
 import math
 
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
@@ -20,6 +21,7 @@ from elbogap.model.base import LatentModel
 from elbogap.model.target import DataSetTarget
 from elbogap.model.vae import VAE
 from elbogap.report import caveats
+from elbogap.user_model import ProgramModel
 from tests.global_latents import truth
 
 QUADRATURE = estimators()["quadrature"]
@@ -151,3 +153,28 @@ def test_a_study_of_a_location_and_a_positive_scale_takes_it_as_its_evidence_and
                         "--log-px", "quadrature", "--out", tmp_path / "refused", "-q")
     assert code == 2 and "needs a 2-D latent space, which this model (3 latent dimensions) is not" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "refused").exists()
+
+
+def bounded_latents(x):
+    """Two latents on (0, 5) per point seen through a Normal of sd 0.5: near an edge, their posterior on the logit
+    scale has a sharp side and a long tail."""
+    with pyro.plate("data", x.shape[0]):
+        u = pyro.sample("u", dist.Uniform(x.new_zeros(2), 5.0).to_event(1))
+        pyro.sample("x", dist.Normal(u, 0.5).to_event(1), obs=x)
+
+
+def test_a_skewed_posterior_is_integrated_again_on_finer_grids_until_its_error_is_small():
+    """Bounded latents near their edges: at 24 points per axis alone, log p(x) read 0.76 nats low on average (3.6 at
+    worst) with a stated error of 1.7; refined, every point lies within its stated error and the mean within 0.005."""
+    generator = torch.Generator().manual_seed(3)
+    u = 5 * torch.rand(40, 2, generator=generator, dtype=torch.float64)
+    x = u + 0.5 * torch.randn(40, 2, generator=generator, dtype=torch.float64)
+    unit = torch.distributions.Normal(0.0, 1.0)
+    exact = ((unit.cdf((5 - x) / 0.5) - unit.cdf(-x / 0.5)) / 5).log().sum(-1)
+    target = per_point_target(ProgramModel(bounded_latents, x[:3]), x)
+    once = QUADRATURE.estimate(target, EstimatorSettings(grid_points=24, refine=False))
+    assert float((once.values - exact).abs().mean()) > 0.1  # one grid alone is far off here
+    refined = QUADRATURE.estimate(target, EstimatorSettings(grid_points=24))
+    error = refined.values - exact
+    assert refined.info["refined"] > 0 and bool((error.abs() <= refined.stderr + 1e-9).all())
+    assert abs(float(error.mean())) < 0.005 and float(refined.stderr.max()) < 0.05

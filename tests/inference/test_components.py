@@ -1,13 +1,16 @@
 """The mixture guide's ELBO summed over its components: draws, scores, and a fit that reaches a reachable target."""
 
+import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
+from torch.distributions.transforms import ExpTransform
 
 from elbogap.errors import UsageError
 from elbogap.guides.mixture import Mixture
 from elbogap.inference import train
-from elbogap.inference.components import ComponentDraws
+from elbogap.inference.components import PLATE, ComponentDraws, componentwise
 from elbogap.model.base import LatentModel
 
 LOCS = torch.tensor([[-1.5, 0.0], [1.5, 1.0], [0.0, -1.5]])
@@ -68,12 +71,6 @@ def test_a_mixture_mapped_into_a_sites_support_still_draws_one_z_per_component()
     """A guide's mixture reaches its site as a TransformedDistribution where the site is positive (or reshaped):
     the components are still drawn one each and weighted, each draw mapped into the support (before, Pyro's own
     mixture sampler was left in place, with its biased gradient for the weights)."""
-    import pyro
-    from pyro import poutine
-    from torch.distributions.transforms import ExpTransform
-
-    from elbogap.inference.components import PLATE, componentwise
-
     def guide(x):
         with pyro.plate("data", len(x)):
             mixture = dist.MixtureOfDiagNormals(LOCS.expand(len(x), 3, 2), SCALES.expand(len(x), 3, 2),
