@@ -18,9 +18,9 @@ about twice the midpoint rule's error, and it shrinks as fast as that error with
 span fewer than :data:`RESOLVED_CELLS` in an axis, the grid is too coarse for either alone: the trapezoid rule runs
 whatever the halving says, and the error is the larger of the two. A unit not settled after :data:`MAX_STAGES` stages
 keeps its last grid's estimate and has no error bar (NaN). A settled unit whose error is above :data:`REFINE_ABOVE`
-is zoomed onto and integrated again with twice the points per axis, its error there always the larger of the
-halving's and the trapezoid rule's, up to :data:`REFINE_TIMES` times; the finer grid's estimate is kept where its
-error is smaller.
+(on a grid of :data:`REFINE_FROM` points per axis or more) is zoomed onto and integrated again with twice the points
+per axis, its error there always the larger of the halving's and the trapezoid rule's, up to :data:`REFINE_TIMES`
+times; the finer grid's estimate is kept where its error is smaller.
 
 The grid points, weighted by :math:`p(x, z_c)\,A`, are kept as a weighted reference posterior where asked
 (``keep_draws``): deterministic weights, whose moments are the quadrature's, not a sample's.
@@ -64,6 +64,9 @@ MAX_STAGES = 12
 #: stated error of 1.7; at 96 points it was within 0.001, its stated error 0.0012
 REFINE_ABOVE = 0.01
 REFINE_TIMES = 3
+#: the fewest points per axis that are refined: a coarser grid was asked for as a cheap one (``--quadrature-points
+#: 12`` in a quick study) and stays one grid, its error stated
+REFINE_FROM = 24
 
 
 def grid(lower: torch.Tensor, upper: torch.Tensor, num_points: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +123,8 @@ def quadrature(target, settings: EstimatorSettings) -> LogPxEstimate:
     estimate = _zoomed(target, settings.grid_points, settings.keep_draws)
     points = settings.grid_points
     # a unit's kept draws are its one grid's: with several units, each keeps the first (as before refining)
-    refinable = settings.refine and (not settings.keep_draws or target.batch_size == 1)
+    refinable = (settings.refine and settings.grid_points >= REFINE_FROM
+                 and (not settings.keep_draws or target.batch_size == 1))
     for _ in range(REFINE_TIMES if refinable else 0):
         coarse = (estimate.stderr > REFINE_ABOVE).nonzero().flatten()  # a NaN error (unsettled) is not refined
         if not len(coarse):
@@ -131,8 +135,8 @@ def quadrature(target, settings: EstimatorSettings) -> LogPxEstimate:
         chosen = coarse[better]
         values, stderr = estimate.values.clone(), estimate.stderr.clone()
         values[chosen], stderr[chosen] = finer.values[better], finer.stderr[better]
-        info = {**estimate.info, "samples": estimate.info["samples"] + finer.info["samples"], "refined": len(coarse),
-                "grid_points_most": points}
+        info = {**estimate.info, "samples": estimate.info["samples"] + finer.info["samples"],
+                "quadrature_refined": len(coarse), "quadrature_points_most": points}
         if settings.keep_draws and bool(better.all()):  # one unit
             info.update(draws=finer.info["draws"], log_w=finer.info["log_w"])
         estimate = LogPxEstimate(values, stderr, info)
