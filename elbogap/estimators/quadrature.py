@@ -136,7 +136,8 @@ def quadrature(target, settings: EstimatorSettings) -> LogPxEstimate:
         values, stderr = estimate.values.clone(), estimate.stderr.clone()
         values[chosen], stderr[chosen] = finer.values[better], finer.stderr[better]
         info = {**estimate.info, "samples": estimate.info["samples"] + finer.info["samples"],
-                "quadrature_refined": len(coarse), "quadrature_points_most": points}
+                "quadrature_refined": estimate.info.get("quadrature_refined", len(coarse)),  # the first round's
+                "quadrature_points_most": points}
         if settings.keep_draws and bool(better.all()):  # one unit
             info.update(draws=finer.info["draws"], log_w=finer.info["log_w"])
         estimate = LogPxEstimate(values, stderr, info)
