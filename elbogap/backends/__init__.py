@@ -50,7 +50,10 @@ def worker_context():
     """The multiprocessing context of local worker processes (``--jobs``, calibration's simulations): each worker is
     forked from a server process started once per command, which has imported :data:`WORKER_MODULES` and run nothing
     else. A worker so starts with no torch or Pyro state of this process (as a spawned one would) and without
-    importing torch again (about 2 s of a spawned worker's start on two cores)."""
+    importing torch again (about 2 s of a spawned worker's start on two cores). Where the platform has no fork
+    server (Windows), each worker is spawned."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(WORKER_MODULES))
     return context

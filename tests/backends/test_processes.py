@@ -1,5 +1,6 @@
 """Local worker processes start from a server that imported the stack once, with none of the driver's state."""
 
+import multiprocessing
 import os
 import sys
 
@@ -29,3 +30,8 @@ def test_a_worker_has_the_stack_imported_and_none_of_the_drivers_param_store():
         assert imported == list(WORKER_MODULES)  # imported once, in the server, before the fork
         assert parent != os.getpid()  # the server's child, not this process's
     assert states[0][2] == states[1][2]  # one server for both
+
+
+def test_a_platform_without_a_fork_server_spawns_its_workers(monkeypatch):
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])  # as on Windows
+    assert worker_context().get_start_method() == "spawn"
