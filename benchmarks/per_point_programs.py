@@ -13,7 +13,6 @@ the fit converged. The guides the defaults left out, and the study's Warnings li
 """
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -22,24 +21,20 @@ from pathlib import Path
 
 import numpy as np
 
-from elbogap.config import Config
-from elbogap.factory import load_dataset
-from elbogap.protocols.vae import gap_index, subset_index
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.untried import load, warning_lines  # noqa: E402
+from elbogap.config import Config  # noqa: E402
+from elbogap.factory import load_dataset  # noqa: E402
+from elbogap.protocols.vae import gap_index, subset_index  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent / "per_point"
 MODELS = ("factor_analysis", "gamma_counts", "beta_bernoulli")
 
 
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"per_point_{name}", MODELS_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_study(name: str, out: Path) -> tuple[Path, float]:
     """NAME's data written, and ``elbogap compare`` run on it at the defaults: the study's folder and seconds."""
-    data = load(name).simulate(np.random.default_rng(0))
+    data = load(name, MODELS_DIR).simulate(np.random.default_rng(0))
     np.savetxt(out / f"{name}.csv", data, delimiter=",", fmt="%.10g")
     study = out / name
     started = time.perf_counter()
@@ -52,7 +47,7 @@ def run_study(name: str, out: Path) -> tuple[Path, float]:
 
 def rows(name: str, study: Path, seconds: float) -> list[str]:
     """One row per run of the study, against the model's closed forms on the points each number covers."""
-    module = load(name)
+    module = load(name, MODELS_DIR)
     results = json.loads((study / "results.json").read_text())
     config = Config(**results["config"])
     x = load_dataset(config).test
@@ -75,12 +70,7 @@ def rows(name: str, study: Path, seconds: float) -> list[str]:
 def notes(name: str, study: Path) -> list[str]:
     results = json.loads((study / "results.json").read_text())
     said = [f"- {name}: {guide} left out: {why}" for guide, why in results.get("guides_left_out", {}).items()]
-    text = (study / "results.md").read_text().splitlines()
-    if "## Warnings" in text:
-        section = text[text.index("## Warnings") + 1:]
-        end = next((i for i, line in enumerate(section) if line.startswith("## ")), len(section))
-        said += [f"- {name}: {line[2:]}" for line in section[:end] if line.startswith("- ")]
-    return said
+    return said + [f"- {name}: {line[2:]}" for line in warning_lines(study / "results.md")]
 
 
 def main() -> None:

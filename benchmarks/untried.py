@@ -55,9 +55,9 @@ GUIDES = {"auto-AutoNormal": "AN", "auto-AutoMultivariateNormal": "MVN", "auto-A
           "auto-AutoIAFNormal": "IAF"}
 
 
-def load(name: str):
-    """The model file ``benchmarks/untried/NAME.py`` as a module."""
-    spec = importlib.util.spec_from_file_location(f"untried_{name}", MODELS_DIR / f"{name}.py")
+def load(name: str, folder: Path = MODELS_DIR):
+    """The model file ``FOLDER/NAME.py`` (``benchmarks/untried/`` unless named) as a module."""
+    spec = importlib.util.spec_from_file_location(f"{folder.name}_{name}", folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -195,8 +195,8 @@ def _zoomed(target, n: int, keep_draws: bool, checked: bool = False) -> LogPxEst
                                          final_upper[tighten] - cell / 2, n - 1)
         trapezoid = (estimate[tighten] - torch.logsumexp(log_p + log_area, 0)).abs()
         # and there the two rules' errors need not oppose: the larger of the two differences
-        stderr[tighten] = torch.where(resolved[tighten] & ~torch.tensor(checked), trapezoid,
-                                      torch.maximum(trapezoid, stderr[tighten]))
+        larger = torch.maximum(trapezoid, stderr[tighten])
+        stderr[tighten] = larger if checked else torch.where(resolved[tighten], trapezoid, larger)
     stderr = torch.where(settled, stderr, float("nan"))
     info = {"samples": stages * n * n + ((n - 1) ** 2 if len(tighten) else 0)}
     if not bool(settled.all()):

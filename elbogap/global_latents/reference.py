@@ -142,12 +142,11 @@ def ais_reference(model, log_w: torch.Tensor, states: torch.Tensor, sampled: boo
     (:func:`~elbogap.global_latents.evidence.with_reference_draws`), replace the chains' states where their weights'
     tail is light (PSIS :math:`\\hat k` at most :data:`REFERENCE_DRAWS_KHAT`) and they count more effective draws;
     ``source`` in the diagnostics says which was used, and both effective counts are kept."""
-    chains = float(log_w.double().softmax(0).pow(2).sum().reciprocal())
+    chains = float(kish_ess(log_w))
     extra = {}
     if sampled and draws is not None:
-        khat = float(pareto_khat(draws[1][:, None])[0])
-        counted = float(kish_ess(draws[1])) if math.isfinite(khat) else 0.0
-        counted = counted if math.isfinite(counted) else 0.0  # a NaN weight: no count, and the chains stay
+        khat, counted = float(pareto_khat(draws[1][:, None])[0]), float(kish_ess(draws[1]))
+        counted = counted if math.isfinite(khat) and math.isfinite(counted) else 0.0  # a NaN weight: the chains stay
         taken = khat <= REFERENCE_DRAWS_KHAT and counted > chains
         finite_khat = khat if math.isfinite(khat) else None
         extra = {"draws": len(draws[1]), "draws_effective": counted, "draws_khat": finite_khat,
@@ -158,7 +157,7 @@ def ais_reference(model, log_w: torch.Tensor, states: torch.Tensor, sampled: boo
     states = [model.unpack(z)[0] for z in states]
     values = {name: torch.stack([state[name].reshape(-1) for state in states]).detach()
               for name in model.latent_sites}
-    effective = float(weights.pow(2).sum().reciprocal())
+    effective = float(kish_ess(log_w))
     if not sampled:
         return Reference("ais", values, weights, {"grid_points": len(weights), "effective_chains": effective,
                                                   "effective_draws": effective, "reliable": True, "warnings": []})
