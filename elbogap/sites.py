@@ -32,7 +32,11 @@ def observed_sites(model) -> list[str]:
 
 def split_latents(model, z: torch.Tensor) -> dict[str, torch.Tensor]:
     """Cut a flat latent vector ``(..., latent_dim)`` into the model's sites, each ``(..., *shape)``."""
-    sites = latent_sites(model)
+    return split_flat(latent_sites(model), z)
+
+
+def split_flat(sites: dict[str, torch.Size], z: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Cut a flat vector ``(..., sum of the sizes)`` into ``sites`` (name -> per-point shape), in their order."""
     if len(sites) == 1:
         (name, shape), = sites.items()
         return {name: z.reshape(*z.shape[:-1], *shape)}

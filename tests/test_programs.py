@@ -214,11 +214,55 @@ def test_programs_that_cannot_be_measured_are_refused_in_one_line(programs, entr
     assert message in error and error.count("\n") == 1 and "Traceback" not in error
 
 
-def test_builtin_guides_refuse_a_model_with_several_latent_sites(tmp_path, capsys):
+def best_mean_field_kl(precision: torch.Tensor) -> torch.Tensor:
+    r"""The least KL from a diagonal Gaussian to a Gaussian of precision :math:`\Lambda`: its variances are
+    :math:`1/\Lambda_{ii}`, and the KL is :math:`\tfrac12 (\sum_i \log \Lambda_{ii} - \log |\Lambda|)`."""
+    return 0.5 * (precision.diagonal().log().sum() - torch.logdet(precision))
+
+
+def test_builtin_families_draw_several_latent_sites_as_one_joint_vector(tmp_path):
+    """The chain z1 -> z2 -> x, one dimension each, has a Gaussian posterior of one precision for every point: full's
+    approximation gap is 0 and diag's the best mean-field KL, in closed form (they were refused before)."""
     path, data = chain_file(tmp_path, 1, 1)
-    assert main(["compare", "--data", str(data), "--model", f"{path}:chain", "--guides", "diag",
-                 "--out", str(tmp_path / "o"), *QUICK]) == 2
-    assert "the guide diag models one latent site, but the model has 2 (z1, z2)" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert main(["compare", "--data", str(data), "--model", f"{path}:chain", "--guides", "diag,full", "--seeds", "0",
+                 "--steps", "600", "--gap-points", "40", "--snr-draws", "0", "--eval-samples", "64", "--quiet",
+                 "--no-figures", "--jobs", "1", "--out", str(out)]) == 0
+    diag, full = (run["test"] for run in json.loads((out / "results.json").read_text())["runs"])
+    exact = float(chain_evidence(load_data(str(data)).test, 1, 1).mean())
+    a, b = 1.5, torch.tensor([1.0, 0.4, 0.7])  # the chain's A and B for one dimension each
+    precision = torch.tensor([[1 + a * a / 0.25, -a / 0.25], [-a / 0.25, 1 / 0.25 + float(b @ b) / 0.16]])
+    for test in (diag, full):
+        assert test["log_px_method"] == "quadrature" and abs(test["log_px"] - exact) < 1e-3
+    best = float(best_mean_field_kl(precision.double()))  # 0.145
+    assert abs(diag["approx_gap"] - best) < 4 * diag["approx_gap_stderr"] + 0.01, (diag["approx_gap"], best)
+    assert abs(full["approx_gap"]) < 4 * full["approx_gap_stderr"] + 0.01, full["approx_gap"]
+
+
+def test_positive_latent_sites_drawn_as_one_joint_vector_map_each_into_its_support(tmp_path):
+    """Two scalar Gamma rates per point, each a site of its own, under --gradient stl: diag's approximation gap is the
+    best log-normal KL to each rate's Gamma posterior, summed."""
+    (tmp_path / "counts.py").write_text(
+        "import pyro, torch\nimport pyro.distributions as dist\n\n\ndef model(x):\n"
+        "    with pyro.plate('data', x.shape[0]):\n"
+        "        a = pyro.sample('a', dist.Gamma(x.new_tensor(2.0), 1.0))\n"
+        "        b = pyro.sample('b', dist.Gamma(x.new_tensor(2.0), 1.0))\n"
+        f"        counts = torch.stack([a, b], -1).repeat_interleave({GAMMA_POISSON_COUNTS}, -1)\n"
+        "        pyro.sample('x', dist.Poisson(counts).to_event(1), obs=x)\n")
+    rates = torch.distributions.Gamma(2.0, 1.0).sample((150, 2))
+    np.save(tmp_path / "counts.npy", torch.poisson(rates.repeat_interleave(GAMMA_POISSON_COUNTS, -1)).numpy())
+    out = tmp_path / "out"
+    assert main(["compare", "--data", str(tmp_path / "counts.npy"), "--model", f"{tmp_path}/counts.py:model",
+                 "--guides", "diag", "--gradient", "stl", "--seeds", "0", "--steps", "300", "--gap-points", "30",
+                 "--snr-draws", "0", "--eval-samples", "64", "--quiet", "--no-figures", "--jobs", "1",
+                 "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    x = load_dataset(Config(**results["config"])).test.double()
+    test = results["runs"][0]["test"]
+    assert abs(test["log_px"] - float(gamma_poisson_evidence(x).mean())) < 4 * test["log_px_stderr"] + 1e-3
+    shape = 2.0 + x.reshape(len(x), 2, GAMMA_POISSON_COUNTS).sum(-1)
+    best = float(best_lognormal_kl(shape).sum(-1).mean())
+    assert abs(test["approx_gap"] - best) < 4 * test["approx_gap_stderr"] + 0.01, (test["approx_gap"], best)
 
 
 def test_each_loaded_run_keeps_its_own_program_parameters(tmp_path):

@@ -58,13 +58,14 @@ def build_guide(name: str, model, num_data: int, hidden_dims: Sequence[int] = (1
     if name not in known:
         raise UsageError(f"unknown guide {name!r}; choose from {', '.join(known)} or name your own program "
                          "as path/to/file.py:name")
-    sites = latent_sites(model)
-    if len(sites) != 1:
-        raise UsageError(f"the guide {name} models one latent site, but the model has {len(sites)} "
-                         f"({', '.join(sites)}); pair this model with a guide program of your own (file.py:name)")
+    sites, supports = latent_sites(model), latent_transforms(model)
     settings = GuideSettings(tuple(hidden_dims), activation, flow_depth, mixture_size, rank)
     guide = known[name].build(model, num_data, settings)
-    guide.site, guide.plate = next(iter(sites)), getattr(model, "data_plate", "data")
-    guide.site_shape = torch.Size(next(iter(sites.values())))
-    guide.support = latent_transforms(model).get(guide.site)  # a constrained site: q's draws mapped into it
+    guide.plate = getattr(model, "data_plate", "data")
+    if len(sites) > 1:  # q over all of them at once, as one flat vector (Guide.sample_sites)
+        guide.sites, guide.supports = {name: torch.Size(shape) for name, shape in sites.items()}, dict(supports)
+        return guide
+    (guide.site, shape), = sites.items()
+    guide.site_shape = torch.Size(shape)
+    guide.support = supports.get(guide.site)  # a constrained site: q's draws mapped into it
     return guide

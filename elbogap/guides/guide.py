@@ -1,18 +1,31 @@
 """The root of every elbogap variational family: a Pyro program ``guide(x)`` and what it can do."""
 
+import math
 from dataclasses import dataclass
 
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
-from torch.distributions.transforms import ReshapeTransform, Transform
+from torch.distributions.transforms import (
+    CatTransform,
+    ComposeTransform,
+    ReshapeTransform,
+    Transform,
+    identity_transform,
+)
 
 from elbogap.plates import data_plate
+from elbogap.sites import split_flat
 
 #: the families ``--guides`` selects by name, each registered by the module of :mod:`elbogap.guides` that defines it
 #: (:func:`family`); read them through :func:`elbogap.guides.families`, which imports every module of the package first
 FAMILIES: dict[str, type["Guide"]] = {}
+
+
+#: where a guide of a model with several latent sites draws them all as one flat vector (auxiliary, as the latent of
+#: Pyro's AutoContinuous): each site is then a Delta at its slice
+JOINT_SITE = "elbogap_joint"
 
 
 def family(name: str):
@@ -64,6 +77,10 @@ class Guide(nn.Module):
     #: ``biject_to(support)`` of the model's latent site where it is not the real line (a Gamma rate: exp), or None:
     #: the family is fitted on the real line and its draws are mapped into the support
     support: Transform | None = None
+    #: where the model has several latent sites: each one's per-point shape, in the order of the flat vector q draws
+    #: (:data:`JOINT_SITE`), and ``biject_to(support)`` of those off the real line; None for one site (:attr:`site`)
+    sites: dict[str, torch.Size] | None = None
+    supports: dict[str, Transform] | None = None
     #: whether q's density can be evaluated at any z (contours in posteriors.png, AIS from q), not only at its draws.
     density_anywhere = True
     #: whether the search for q* (:meth:`optimum_start`) ranges over every member of the family, so the
@@ -102,17 +119,48 @@ class Guide(nn.Module):
         """The Pyro program :math:`z \\sim q(z \\mid x)`."""
         pyro.module("guide", self)
         with data_plate(x, index, num_data, self.plate):
-            return pyro.sample(self.site, self.site_distribution(self.distribution(x, index)))
+            return self.sample_sites(self.site_distribution(self.distribution(x, index)))
+
+    def take_sites(self, other: "Guide") -> None:
+        """Sample the model's latent sites as ``other`` does: the same names, plate, shapes and supports."""
+        self.site, self.plate, self.site_shape, self.support = other.site, other.plate, other.site_shape, other.support
+        self.sites, self.supports = other.sites, other.supports
+
+    def sample_sites(self, q: dist.TorchDistribution):
+        r"""Draw the model's latent sites from ``q`` (:meth:`site_distribution`). One site is drawn from it; several
+        are drawn as one flat vector at :data:`JOINT_SITE` (auxiliary: the model has no such site), and each site is
+        then a Delta at its slice, of density 1: the joint draw's density is :math:`q`'s over all of them, as in
+        Pyro's AutoContinuous."""
+        if self.sites is None:
+            return pyro.sample(self.site, q)
+        joint = pyro.sample(JOINT_SITE, q, infer={"is_auxiliary": True})
+        return {name: pyro.sample(name, dist.Delta(value, event_dim=len(self.sites[name])))
+                for name, value in split_flat(self.sites, joint).items()}
 
     def site_distribution(self, q: dist.TorchDistribution) -> dist.TorchDistribution:
         r"""``q`` as the model's latent site takes it: in the site's per-point shape where it differs from
         ``(latent_dim,)``, and mapped into the site's support where that is not the real line (:attr:`support`), its
         density then :math:`q(u) / |\det \partial z / \partial u|` at :math:`z = \mathrm{support}(u)`, as Pyro's
-        autoguides map theirs."""
-        transforms = []
-        if self.site_shape is not None and self.site_shape != q.event_shape:  # same values, the site's shape
-            transforms.append(ReshapeTransform(q.event_shape, self.site_shape))
-        if self.support is not None:
-            transforms.append(self.support)
+        autoguides map theirs. For several sites (:attr:`sites`), the flat vector with each site's slice mapped into
+        its support."""
+        if self.sites is not None:
+            transforms = [self._joint_support()] if self.supports else []
+        else:
+            transforms = []
+            if self.site_shape is not None and self.site_shape != q.event_shape:  # same values, the site's shape
+                transforms.append(ReshapeTransform(q.event_shape, self.site_shape))
+            if self.support is not None:
+                transforms.append(self.support)
         # cached: scoring a draw maps it back to the very tensor q drew, which a flow finds in its own cache
         return dist.TransformedDistribution(q, [t.with_cache(1) for t in transforms]) if transforms else q
+
+    def _joint_support(self) -> Transform:
+        """The flat vector of several sites with each site's slice, in its shape, mapped into its support."""
+        pieces, sizes = [], []
+        for name, shape in self.sites.items():
+            size = math.prod(shape)
+            support = self.supports.get(name)
+            pieces.append(identity_transform if support is None else ComposeTransform(
+                [ReshapeTransform((size,), shape), support, ReshapeTransform(shape, (size,))]))
+            sizes.append(size)
+        return CatTransform(pieces, dim=-1, lengths=sizes)

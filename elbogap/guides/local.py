@@ -44,7 +44,7 @@ class LocalNormal(Guide):
     def fresh(self, num_data: int) -> "LocalNormal":
         """A new, unfitted guide of this family for ``num_data`` other points: same site, dtype and device."""
         guide = LocalNormal(num_data, self.latent_dim).to(self.loc)
-        guide.site, guide.plate, guide.site_shape, guide.support = self.site, self.plate, self.site_shape, self.support
+        guide.take_sites(self)
         return guide
 
     def distribution(self, x, index=None):

@@ -19,9 +19,9 @@ class _Pointwise(Guide):
     def __init__(self, guide: "AmortizedGuide"):
         self.jit_compatible = guide.jit_compatible
         super().__init__(guide.latent_dim)
-        self.site, self.plate, self.density_anywhere = guide.site, guide.plate, guide.density_anywhere
-        self.exact_pathwise, self.components = guide.exact_pathwise, guide.components
-        self.site_shape, self.support = guide.site_shape, guide.support
+        self.take_sites(guide)
+        self.density_anywhere, self.exact_pathwise, self.components = (guide.density_anywhere, guide.exact_pathwise,
+                                                                       guide.components)
         object.__setattr__(self, "family", guide)  # not a submodule: its parameters stay fixed
 
 

@@ -44,6 +44,7 @@ import torch
 from elbogap.errors import UsageError
 from elbogap.inference.laplace import laplace_start
 from elbogap.inference.log_joint import ELEMENT_BUDGET
+from elbogap.inference.stacking import unvalidated
 from elbogap.inference.weights import group_spread_dof, jackknife_stderr, log_mean_exp, log_mean_exp_stderr
 from elbogap.model.target import PointsTarget, Target
 from elbogap.progress import Progress, as_progress
@@ -345,10 +346,11 @@ def _ais_chunk(model, x, index, settings, guide, bar=None) -> AISResult:
                                  f"{type(guide).__name__}'s cannot (its flow has no inverse); "
                                  "use --ais-init prior") from None
     path = AnnealingPath(PointsTarget(model, x), q)
-    step_sizes = tune_step_sizes(path, settings, bar=bar)
-    betas = sigmoid_schedule(settings.steps, dtype=x.dtype)
-    state, _, acceptance = anneal(path, path.start(settings.chains), betas, step_sizes,
-                                  settings.leapfrog_steps, bar=bar)
+    with unvalidated():  # a leapfrog step may diverge far out: q's density there is scored, and the step rejected
+        step_sizes = tune_step_sizes(path, settings, bar=bar)
+        betas = sigmoid_schedule(settings.steps, dtype=x.dtype)
+        state, _, acceptance = anneal(path, path.start(settings.chains), betas, step_sizes,
+                                      settings.leapfrog_steps, bar=bar)
     stderr = log_mean_exp_stderr(state.log_w).to(state.log_w.dtype)
     return AISResult(log_mean_exp(state.log_w), stderr, state.log_w, step_sizes, acceptance,
                      jackknife_stderr(state.log_w).to(state.log_w.dtype))

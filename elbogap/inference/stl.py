@@ -164,7 +164,7 @@ def stl_guide(guide: Guide, gradient: str = "stl") -> Callable:
                     detached = {f"guide.{name}": param.detach() for name, param in guide.named_parameters()}
                     return torch.func.functional_call(density, detached, (z, x, index))
 
-            return pyro.sample(guide.site, StickingTheLanding(q, held_fixed))
+            return guide.sample_sites(StickingTheLanding(q, held_fixed))
 
     return guide_program
 

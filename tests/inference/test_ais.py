@@ -21,7 +21,9 @@ from elbogap.inference.bdmc import simulate
 from elbogap.inference.log_px import METHODS, plan
 from elbogap.model import VAE, LinearGaussian
 from elbogap.model.target import PointsTarget
+from elbogap.user_model import ProgramModel
 from tests.conftest import optimal_diag_guide
+from tests.test_programs import GAMMA_POISSON_COUNTS, gamma_poisson, gamma_poisson_evidence
 
 #: settings under which AIS is accurate on the 8-D model: 250 x 32 x 5 x 1.25 = 50,000 gradient evaluations a point
 ACCURATE = AISSettings(steps=250, chains=32, leapfrog_steps=5)
@@ -239,9 +241,20 @@ def reshaping_program(x):
         pyro.sample("obs", dist.Normal(z.reshape(-1, 6) @ weight.T, 0.6).to_event(1), obs=x)
 
 
-def test_ais_runs_a_program_that_does_not_broadcast_over_chains_and_recovers_its_evidence():
-    from elbogap.user_model import ProgramModel
+def test_ais_from_q_rejects_a_leapfrog_step_that_diverges_where_a_positive_latent_overflows():
+    """From an unfitted per-point q on log-rates, some leapfrog steps of the pilot leave the real numbers (exp
+    overflows): q's density there is scored and the step rejected, as from the prior, where it raised before."""
+    torch.manual_seed(1)  # the pilot diverges on this stream (before: a ValueError from q's argument check)
+    rates = torch.distributions.Gamma(2.0, 1.0).sample((100, 2))
+    x = torch.poisson(rates.repeat_interleave(GAMMA_POISSON_COUNTS, -1))
+    model = ProgramModel(gamma_poisson, x[:3])
+    guide = build_guide("local", model, len(x))
+    result = ais_log_px(model, x, AISSettings(steps=100, chains=8, leapfrog_steps=5, init="q"), guide=guide)
+    error, stderr = mean_and_stderr(result.log_px - gamma_poisson_evidence(x), result.stderr)
+    assert torch.isfinite(result.log_px).all() and abs(error) < 0.05 + 4 * stderr
 
+
+def test_ais_runs_a_program_that_does_not_broadcast_over_chains_and_recovers_its_evidence():
     closed_form = correlated_linear_model(latent_dim=6, data_dim=8)
     x, _ = simulate(closed_form, torch.zeros(1, 8, dtype=torch.float64), 12)
     program = ProgramModel(reshaping_program, x[:3])
