@@ -1,6 +1,6 @@
 """Users' programs with per-point latents, at elbogap's defaults, against their exact log p(x) and best mean-field gap.
 
-    python benchmarks/per_point_programs.py [--only factor_analysis,gamma_counts,beta_bernoulli] [--out DIR]
+    python benchmarks/per_point_programs.py [--only factor_analysis,gamma_counts,beta_bernoulli,two_sites] [--out DIR]
 
 Each model is one file in ``benchmarks/per_point/`` (a ``model(x)`` Pyro program with no parameters, a
 ``simulate(rng)`` that draws its data at numpy's seed 0, ``log_px(x)`` per row in closed form, and, where known,
@@ -29,7 +29,7 @@ from elbogap.factory import load_dataset  # noqa: E402
 from elbogap.protocols.vae import gap_index, subset_index  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent / "per_point"
-MODELS = ("factor_analysis", "gamma_counts", "beta_bernoulli")
+MODELS = ("factor_analysis", "gamma_counts", "beta_bernoulli", "two_sites")
 
 
 def run_study(name: str, out: Path) -> tuple[Path, float]:
