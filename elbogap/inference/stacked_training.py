@@ -24,7 +24,6 @@ gap decomposition.
 """
 
 import contextlib
-import math
 import time
 from pathlib import Path
 
@@ -45,7 +44,7 @@ from elbogap.inference.stacking import (
     reparameterized,
     unvalidated,
 )
-from elbogap.inference.train import REFIT, RefitRule, Trainer, all_finite, frozen
+from elbogap.inference.train import REFIT, RefitRule, RefitStall, Trainer, all_finite, frozen
 from elbogap.model.base import LatentModel
 
 
@@ -205,9 +204,10 @@ class StackedRefits(Stack):
 
     Each fit starts where its family says (:meth:`~elbogap.guides.Guide.optimum_start`) and follows
     :func:`~elbogap.inference.train.refit_guide`'s rule (:class:`~elbogap.inference.train.RefitRule`): full batch,
-    its particles a step, and every ``window`` steps the window's mean loss per point against the previous window's;
-    a gain under ``tol`` drops its rate tenfold, and after ``lr_drops`` drops it stops, converged (else at
-    ``max_steps``). Its draws come from the stream ``stacked_refit`` of its seed (``counter``: the split).
+    its particles a step, and every ``window`` steps the window's mean loss per point against the best window's;
+    ``patience`` windows in a row that gain less than ``tol`` drop its rate tenfold, and after ``lr_drops`` drops it
+    stops, converged (else at ``max_steps``). Its draws come from the stream ``stacked_refit`` of its seed
+    (``counter``: the split).
     """
 
     def __init__(self, models, guides, x: torch.Tensor, seeds, counter: int, rule: RefitRule = REFIT):
@@ -229,7 +229,7 @@ class StackedRefits(Stack):
         with torch.no_grad():
             self.noise = noise_size(self.stars[0].distribution(x))
         self.losses: list[list[float]] = [[] for _ in range(self.count)]
-        self.previous, self.drops = [math.inf] * self.count, [0] * self.count
+        self.stalls = [RefitStall() for _ in range(self.count)]
         self.converged, self.failed = [False] * self.count, [False] * self.count
 
     def active(self) -> list[int]:
@@ -253,14 +253,11 @@ class StackedRefits(Stack):
             self.losses[g].append(loss)
             if len(self.losses[g]) % self.rule.window:
                 continue
-            current = sum(self.losses[g][-self.rule.window:]) / self.rule.window
-            if self.previous[g] - current < self.rule.tol:
-                if self.drops[g] == self.rule.lr_drops:
-                    self.converged[g] = True
-                    continue
-                self.drops[g] += 1
+            verdict = self.stalls[g].after_window(sum(self.losses[g][-self.rule.window:]) / self.rule.window, self.rule)
+            if verdict == "stop":
+                self.converged[g] = True
+            elif verdict == "drop":
                 self.adam.lr[g] *= 0.1
-            self.previous[g] = current
 
 
 def pair_losses(stack: Stack, fits: list[int], x: torch.Tensor, eps: torch.Tensor, betas: torch.Tensor,
