@@ -29,7 +29,7 @@ from elbogap.inference.snr import GroupSNR, gradient_snr, parameter_groups
 from elbogap.inference.stl import stl_guide
 from elbogap.inference.svi import FastSVI
 from elbogap.progress import Progress, as_progress
-from elbogap.sites import broadcasts_draws, latent_sites
+from elbogap.sites import broadcasts_draws, latent_sites, repeat_rows
 
 
 @dataclass
@@ -452,6 +452,8 @@ def refit_guide(model, guide, x: torch.Tensor, lr: float = REFIT.lr, max_steps: 
     is how a
     per-datapoint guide gets its parameters for a split it was not trained on, and how q* is
     found. Pyro's param store is left as it was: a refit in the middle of training does not touch it.
+    A program that cannot run under a plate of draws gets its particles as copies of its rows, each copy scaled by
+    one over the particles: one call of it a step, where there was one a particle.
     The refit always uses the reparameterized ELBO gradient, whatever the run's ``--gradient``:
     q* is a property of the family, and one search for it, the same in every study, keeps the
     approximation/amortization split comparable between runs trained with different estimators.
@@ -471,13 +473,17 @@ def refit_guide(model, guide, x: torch.Tensor, lr: float = REFIT.lr, max_steps: 
 
 
 def _refit(model, guide, x, rule: RefitRule, jit, result, bar):
-    svi = make_svi(model, guide, x, len(x), rule.lr, "elbo", rule.particles, freeze_model=True, jit=jit)
+    # a program that cannot take a plate of draws gets its particles as copies of the rows, each scaled by
+    # 1 / particles through num_data: one call a step instead of one per particle, the same estimate
+    copies = 1 if broadcasts_draws(model) else rule.particles
+    index = repeat_rows(torch.arange(len(x), device=x.device), copies)
+    rows = repeat_rows(x, copies)
+    svi = make_svi(model, guide, rows, len(x), rule.lr, "elbo", rule.particles // copies, freeze_model=True, jit=jit)
     start = time.perf_counter()
     stall = RefitStall()
     with frozen(model):
-        index = torch.arange(len(x), device=x.device)
         while len(result.losses) < rule.max_steps:
-            window_losses = [svi.step(x, index, num_data=len(x)) / len(x) for _ in range(rule.window)]
+            window_losses = [svi.step(rows, index, num_data=len(x)) / len(x) for _ in range(rule.window)]
             result.losses += window_losses
             current = sum(window_losses) / rule.window
             bar.update(rule.window)

@@ -1,3 +1,5 @@
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
@@ -6,6 +8,7 @@ from elbogap.guides import GUIDES, build_guide
 from elbogap.inference import evaluate, refit_guide, train
 from elbogap.inference.train import REFIT, RefitStall
 from elbogap.model import VAE
+from elbogap.user_model import ProgramModel
 from tests.conftest import diag_gap_closed_form, draw_linear_data
 
 
@@ -111,3 +114,28 @@ def test_a_refit_drops_its_rate_only_after_two_windows_in_a_row_fall_short_of_th
     verdicts = [stall.after_window(mean, REFIT) for mean in means]
     assert REFIT.patience == 2 and REFIT.lr_drops == 2
     assert verdicts == ["go", "go", "go", "go", "go", "drop", "go", "go", "drop", "go", "stop"]
+
+
+CALLS = []
+
+
+def indexing_program(x):
+    """A scalar latent per point, broadcast by indexing: it cannot run under an outer plate of draws."""
+    CALLS.append(len(x))
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(z[:, None], 1.0).to_event(1), obs=x)
+
+
+def test_a_refit_of_a_program_that_does_not_broadcast_takes_its_particles_as_copies_of_the_rows():
+    """One call of the program a step, on the rows repeated once per particle (it was one call per particle), and
+    the same q*: each point's posterior is N(sum x / (n + 1), 1 / (n + 1))."""
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    model = ProgramModel(indexing_program, x)
+    assert not model.broadcasts_draws
+    guide = build_guide("local", model, len(x))
+    CALLS.clear()
+    refit_guide(model, guide, x, max_steps=400, jit=False)
+    steps = len(CALLS)
+    assert 8 * len(x) in CALLS and steps <= 400 + 5
+    torch.testing.assert_close(guide.loc.detach()[:, 0], x.sum(1) / 4, atol=0.05, rtol=0)
