@@ -10,6 +10,7 @@ from torch import nn
 from torch.distributions.transforms import (
     CatTransform,
     ComposeTransform,
+    IndependentTransform,
     ReshapeTransform,
     Transform,
     identity_transform,
@@ -160,7 +161,8 @@ class Guide(nn.Module):
         for name, shape in self.sites.items():
             size = math.prod(shape)
             support = self.supports.get(name)
-            pieces.append(identity_transform if support is None else ComposeTransform(
+            # each piece acts on its slice as one event, so that their supports' checks have one shape to join
+            pieces.append(IndependentTransform(identity_transform, 1) if support is None else ComposeTransform(
                 [ReshapeTransform((size,), shape), support, ReshapeTransform(shape, (size,))]))
             sizes.append(size)
         return CatTransform(pieces, dim=-1, lengths=sizes)
