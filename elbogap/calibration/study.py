@@ -47,6 +47,7 @@ from elbogap.inference.convergence import ConvergenceSettings
 from elbogap.inference.evaluation import sample_latents
 from elbogap.protocols import PROTOCOLS
 from elbogap.runs import Interrupted, load_run
+from elbogap.sites import latent_sites
 from elbogap.stopping import stop_requests
 from elbogap.sweep import compare
 from elbogap.threads import intra_op_threads
@@ -415,6 +416,12 @@ def summarize(simulations: list[dict]) -> dict:
     return summary
 
 
+def per_site(flat: np.ndarray, sizes: dict[str, int]) -> dict[str, list]:
+    """One point's flat latent vector (or its shares) cut into the model's latent sites, by their sizes in order."""
+    pieces = np.split(flat, np.cumsum(list(sizes.values()))[:-1])
+    return {name: piece.tolist() for name, piece in zip(sizes, pieces, strict=True)}
+
+
 def calibrate_per_point(config: Config, progress: bool = False,
                         on_simulation: Callable[[dict], None] | None = None) -> dict:
     r"""Calibration of an amortized q with the model it was trained with held fixed (a VAE, a per-point program).
@@ -424,7 +431,8 @@ def calibrate_per_point(config: Config, progress: bool = False,
     :math:`x_m \sim p(x \mid z^*_m)` (the ``simulation`` stream), and the trained encoder's
     :math:`q(z \mid x_m)` is drawn ``--calibration-draws`` times per point: no refit is needed, the encoder applies
     to any x. Per latent dimension (on the real line, where sites are constrained) u is the share of draws below
-    :math:`z^*_m`, tested as for global latents. Each simulated point is one simulation."""
+    :math:`z^*_m`, tested per latent site of the model as for global latents. Each simulated point is one
+    simulation."""
     if config.calibration_gaps:
         raise UsageError("--calibration-gaps applies to models with global latents; for a model with per-point "
                          "latents, elbogap compare reports log p(x) and each guide's gap")
@@ -436,10 +444,12 @@ def calibrate_per_point(config: Config, progress: bool = False,
                "runs": [{key: run[key] for key in ("guide", "seed", "converged", "run_dir") if key in run}
                         for run in trained["runs"]]}
     fits: dict[str, dict] = {}
+    sizes: dict[str, int] = {}
     for run in trained["runs"]:
         if "failed" in run:
             raise UsageError(f"the guide {run['guide']} failed to train, so it cannot be calibrated: {run['failed']}")
         _, data, model, guide, _ = load_run(Path(config.out) / run["run_dir"])
+        sizes = {name: math.prod(shape) for name, shape in latent_sites(model).items()}  # in the flat vector's order
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             streams.seeded("simulation", seed)
             x, truth = simulate(model, data.test[:1] if len(data.test) else data.train[:1], config.simulations)
@@ -450,7 +460,7 @@ def calibrate_per_point(config: Config, progress: bool = False,
                               "converged": run.get("converged")}
     for index in range(config.simulations):
         results["simulations"].append({"index": index, "fits": {
-            guide: {"shares": {"z": fit["shares"][index].tolist()}, "truth": {"z": fit["truth"][index].tolist()},
+            guide: {"shares": per_site(fit["shares"][index], sizes), "truth": per_site(fit["truth"][index], sizes),
                     "elbo": None, "converged": fit["converged"]} for guide, fit in fits.items()}})
     results["summary"] = summarize(results["simulations"])
     results.update(planned=config.simulations, complete=True,

@@ -120,6 +120,35 @@ def test_an_amortized_encoder_is_calibrated_against_its_own_trained_model(tmp_pa
     assert "points simulated from its own trained model" in (tmp_path / "results.md").read_text()
 
 
+TWO_SITES = '''
+import pyro
+import pyro.distributions as dist
+
+
+def model(x):
+    with pyro.plate("data", x.shape[0]):
+        rate = pyro.sample("rate", dist.Gamma(x.new_tensor(2.0), 1.0))
+        shift = pyro.sample("shift", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(shift + rate[:, None], 0.5).to_event(1), obs=x)
+'''
+
+
+def test_a_per_point_program_is_calibrated_per_latent_site_by_its_own_names(tmp_path):
+    """A positive scalar site and a 2-D real one: the table, the records and the export name each site, with its
+    own elements (they read "z", all elements as one site, before)."""
+    (tmp_path / "two.py").write_text(TWO_SITES)
+    rates = np.random.default_rng(0).gamma(2.0, size=(200, 1))
+    np.save(tmp_path / "two.npy", (rates + np.random.default_rng(1).normal(size=(200, 2))).astype("float32"))
+    result = elbogap.calibrate(f"{tmp_path}/two.py:model", ["diag"], str(tmp_path / "two.npy"), out=tmp_path / "out",
+                               simulations=40, steps=100, calibration_draws=100, jobs=1, gap_points=0, log_px="iwae",
+                               snr_draws=0, eval_samples=16, iw_samples=16)
+    sites = result.results["summary"]["diag"]["sites"]
+    assert list(sites) == ["rate", "shift"] and [row["site"] for row in result.table()] == ["rate", "shift"]
+    assert [row["elements"] for row in result.table()] == [1, 2]
+    exported = elbogap.load(result.out)["calibration-diag"]
+    assert exported.sample_stats["u_shift"].shape == (1, 40, 2) and exported.prior["rate"].shape == (1, 40, 1)
+
+
 def test_gaps_per_simulation_are_refused_for_per_point_latents(elbogap, tmp_path):
     code, err = elbogap("calibrate", "--model", "linear", "--data", "linear-gaussian", "--calibration-gaps",
                         "--simulations", "4", "--out", tmp_path / "out", "-q")
