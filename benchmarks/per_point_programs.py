@@ -1,6 +1,6 @@
 """Users' programs with per-point latents, at elbogap's defaults, against their exact log p(x) and best mean-field gap.
 
-    python benchmarks/per_point_programs.py [--only factor_analysis,gamma_counts,beta_bernoulli,two_sites] [--out DIR]
+    python benchmarks/per_point_programs.py [--only NAME,...] [--out DIR]
 
 Each model is one file in ``benchmarks/per_point/`` (a ``model(x)`` Pyro program with no parameters, a
 ``simulate(rng)`` that draws its data at numpy's seed 0, ``log_px(x)`` per row in closed form, and, where known,
@@ -8,8 +8,10 @@ Each model is one file in ``benchmarks/per_point/`` (a ``model(x)`` Pyro program
 --data NAME.csv --out OUT/NAME`` runs at its defaults (two seeds, the default guides less those the model refuses),
 as a subprocess. Per run, on the test split: log p(x) (AIS on its points under ``--log-px auto``) minus the exact mean
 on those points, in nats and in its own standard errors; the KL gap; the approximation gap on the gap points against
-the best mean-field gap there (diag's family; full rank's holds the posterior only for the Gaussian model); whether
-the fit converged. The guides the defaults left out, and the study's Warnings lines, are listed under the table.
+the best mean-field gap there (diag's family; full rank's holds the posterior only for the Gaussian models); whether
+the fit converged. ``--only`` runs some of the models by name (factor_analysis, gamma_counts, beta_bernoulli,
+two_sites, rate_and_shift); all of them by default. The guides the defaults left out, and the study's Warnings
+lines, are listed under the table.
 """
 
 import argparse
@@ -29,7 +31,7 @@ from elbogap.factory import load_dataset  # noqa: E402
 from elbogap.protocols.vae import gap_index, subset_index  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent / "per_point"
-MODELS = ("factor_analysis", "gamma_counts", "beta_bernoulli", "two_sites")
+MODELS = ("factor_analysis", "gamma_counts", "beta_bernoulli", "two_sites", "rate_and_shift")
 
 
 def run_study(name: str, out: Path) -> tuple[Path, float]:
