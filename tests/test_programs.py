@@ -242,22 +242,9 @@ def test_builtin_families_draw_several_latent_sites_as_one_joint_vector(tmp_path
 def test_positive_latent_sites_drawn_as_one_joint_vector_map_each_into_its_support(tmp_path):
     """Two scalar Gamma rates per point, each a site of its own, under --gradient stl: diag's approximation gap is the
     best log-normal KL to each rate's Gamma posterior, summed."""
-    (tmp_path / "counts.py").write_text(
-        "import pyro, torch\nimport pyro.distributions as dist\n\n\ndef model(x):\n"
-        "    with pyro.plate('data', x.shape[0]):\n"
-        "        a = pyro.sample('a', dist.Gamma(x.new_tensor(2.0), 1.0))\n"
-        "        b = pyro.sample('b', dist.Gamma(x.new_tensor(2.0), 1.0))\n"
-        f"        counts = torch.stack([a, b], -1).repeat_interleave({GAMMA_POISSON_COUNTS}, -1)\n"
-        "        pyro.sample('x', dist.Poisson(counts).to_event(1), obs=x)\n")
-    rates = torch.distributions.Gamma(2.0, 1.0).sample((150, 2))
-    np.save(tmp_path / "counts.npy", torch.poisson(rates.repeat_interleave(GAMMA_POISSON_COUNTS, -1)).numpy())
-    out = tmp_path / "out"
-    assert main(["compare", "--data", str(tmp_path / "counts.npy"), "--model", f"{tmp_path}/counts.py:model",
-                 "--guides", "diag", "--gradient", "stl", "--seeds", "0", "--steps", "300", "--gap-points", "30",
-                 "--snr-draws", "0", "--eval-samples", "64", "--quiet", "--no-figures", "--jobs", "1",
-                 "--out", str(out)]) == 0
-    results = json.loads((out / "results.json").read_text())
-    x = load_dataset(Config(**results["config"])).test.double()
+    results, x = counts_study(tmp_path, ["a = pyro.sample('a', dist.Gamma(x.new_tensor(2.0), 1.0))",
+                                         "b = pyro.sample('b', dist.Gamma(x.new_tensor(2.0), 1.0))",
+                                         "rates = torch.stack([a, b], -1)"], ["diag", "--gradient", "stl"])
     test = results["runs"][0]["test"]
     assert abs(test["log_px"] - float(gamma_poisson_evidence(x).mean())) < 4 * test["log_px_stderr"] + 1e-3
     shape = 2.0 + x.reshape(len(x), 2, GAMMA_POISSON_COUNTS).sum(-1)
@@ -369,24 +356,31 @@ def best_lognormal_kl(shape: torch.Tensor) -> torch.Tensor:
     return torch.lgamma(shape) + shape - (shape - 0.5) * shape.log() - 0.5 * math.log(2 * math.pi)
 
 
-def test_builtin_families_fit_a_positive_latent_mapped_into_its_support(tmp_path):
-    """Each family is fitted on the real line and its draws mapped into the site's support (exp for a Gamma rate), as
-    Pyro's autoguides are (they were refused before): log p(x) is the closed form, diag's approximation gap is the
-    KL of the best log-normal to each rate's Gamma posterior, and the mixture trains on its sum over components."""
+def counts_study(tmp_path, lines: list[str], guides: list[str]) -> tuple[dict, torch.Tensor]:
+    """A program whose ``lines`` draw the two Gamma(2, 1) ``rates`` of a point, each behind 5 Poisson counts, fitted
+    to 150 rows by ``compare --guides GUIDES...`` (300 steps, every test point a gap point): results and test rows."""
+    body = "".join(f"        {line}\n" for line in lines)
     (tmp_path / "counts.py").write_text(
         "import pyro, torch\nimport pyro.distributions as dist\n\n\ndef model(x):\n"
-        "    with pyro.plate('data', x.shape[0]):\n"
-        "        rate = pyro.sample('rate', dist.Gamma(x.new_full((2,), 2.0), 1.0).to_event(1))\n"
-        f"        counts = rate.repeat_interleave({GAMMA_POISSON_COUNTS}, -1)\n"
+        f"    with pyro.plate('data', x.shape[0]):\n{body}"
+        f"        counts = rates.repeat_interleave({GAMMA_POISSON_COUNTS}, -1)\n"
         "        pyro.sample('x', dist.Poisson(counts).to_event(1), obs=x)\n")
     rates = torch.distributions.Gamma(2.0, 1.0).sample((150, 2))
     np.save(tmp_path / "counts.npy", torch.poisson(rates.repeat_interleave(GAMMA_POISSON_COUNTS, -1)).numpy())
     out = tmp_path / "out"
     assert main(["compare", "--data", str(tmp_path / "counts.npy"), "--model", f"{tmp_path}/counts.py:model",
-                 "--guides", "diag,mixture", "--seeds", "0", "--steps", "300", "--gap-points", "30", "--snr-draws", "0",
+                 "--guides", *guides, "--seeds", "0", "--steps", "300", "--gap-points", "30", "--snr-draws", "0",
                  "--eval-samples", "64", "--quiet", "--no-figures", "--jobs", "1", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
-    x = load_dataset(Config(**results["config"])).test.double()
+    return results, load_dataset(Config(**results["config"])).test.double()
+
+
+def test_builtin_families_fit_a_positive_latent_mapped_into_its_support(tmp_path):
+    """Each family is fitted on the real line and its draws mapped into the site's support (exp for a Gamma rate), as
+    Pyro's autoguides are (they were refused before): log p(x) is the closed form, diag's approximation gap is the
+    KL of the best log-normal to each rate's Gamma posterior, and the mixture trains on its sum over components."""
+    rate = "rates = pyro.sample('rate', dist.Gamma(x.new_full((2,), 2.0), 1.0).to_event(1))"
+    results, x = counts_study(tmp_path, [rate], ["diag,mixture"])
     assert len(x) == 30  # every test point is a gap point
     exact = float(gamma_poisson_evidence(x).mean())
     shape = 2.0 + x.reshape(len(x), 2, GAMMA_POISSON_COUNTS).sum(-1)
