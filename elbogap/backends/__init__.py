@@ -10,7 +10,10 @@ sweep (:mod:`elbogap.sweep`) owns everything else: reference runs, ordering, res
 
 import multiprocessing
 import os
+import threading
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from elbogap.backends.task import Outcome, RunTask, execute
 from elbogap.config import Config
@@ -44,6 +47,14 @@ def local_jobs(config: Config, tasks: int | None = None) -> int:
     if holds_objects(config):
         return 1
     return max(1, min(available_cores(), tasks))
+
+
+def in_worker() -> None:
+    """What a local worker process sets first: tqdm's bars guard their writes with a lock of this process alone.
+    tqdm's default lock holds a multiprocessing semaphore, named and registered with Python's resource tracker; a
+    worker that its driver ends before it exits on its own (a study stopped by another run's failure) never
+    unregisters it, and the tracker printed a warning of two lines under the study's one-line error."""
+    tqdm.set_lock(threading.RLock())
 
 
 def worker_context():

@@ -13,7 +13,7 @@ import queue
 
 import torch
 
-from elbogap.backends import worker_context
+from elbogap.backends import in_worker, worker_context
 from elbogap.backends.task import Outcome, RunTask, execute
 from elbogap.config import Config
 from elbogap.where import where_am_i
@@ -22,6 +22,7 @@ from elbogap.where import where_am_i
 def _serve(inbox, reports, config: dict, threads: int, status: bool) -> None:
     """A worker: execute each task from ``inbox`` and report its outcome, until handed None; with ``status``,
     each run writes how far it is to its run directory for the driver."""
+    in_worker()
     try:
         while (task := inbox.get()) is not None:
             reports.put(execute(config, task, threads, where_am_i("local"), status=status))

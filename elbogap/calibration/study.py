@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from elbogap import streams
-from elbogap.backends import holds_objects, local_jobs, worker_context
+from elbogap.backends import holds_objects, in_worker, local_jobs, worker_context
 from elbogap.calibration.stats import below_shares, interval_coverage, site_summary
 from elbogap.checkpoint import load_checkpoint, save_checkpoint
 from elbogap.config import Config, differences
@@ -161,6 +161,7 @@ _WORKER: dict = {}
 
 
 def _start_worker(config: dict) -> None:
+    in_worker()
     torch.set_num_threads(1)
     settings = Config(**config)
     data = load_dataset(settings)

@@ -2,6 +2,7 @@
 
 import multiprocessing
 import os
+import subprocess
 import sys
 
 import pyro
@@ -35,3 +36,39 @@ def test_a_worker_has_the_stack_imported_and_none_of_the_drivers_param_store():
 def test_a_platform_without_a_fork_server_spawns_its_workers(monkeypatch):
     monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])  # as on Windows
     assert worker_context().get_start_method() == "spawn"
+
+
+ENDED_BY_ITS_DRIVER = """
+import multiprocessing, os, sys
+from tqdm.auto import tqdm
+
+
+def work(settled):
+    if settled:  # as elbogap's workers start (the stack is imported here only: the other case stays cheap)
+        from elbogap.backends import in_worker
+
+        in_worker()
+    for _ in tqdm(range(2), file=open(os.devnull, "w")):
+        pass
+    os._exit(0)  # ended from outside: no finalizer runs, as for a worker its driver terminates
+
+
+if __name__ == "__main__":
+    worker = multiprocessing.get_context("forkserver").Process(target=work, args=(sys.argv[1] == "settled",))
+    worker.start()
+    worker.join()
+    sys.exit(worker.exitcode)
+"""
+
+
+def test_a_worker_ended_from_outside_leaves_no_semaphore_for_the_resource_tracker_to_warn_of(tmp_path):
+    """tqdm's default lock is a named multiprocessing semaphore; a worker ended before its finalizers ran left it
+    registered, and Python's resource tracker printed two lines under a study's one-line error. A worker's bars now
+    take a lock of its own process (in_worker)."""
+    script = tmp_path / "driver.py"
+    script.write_text(ENDED_BY_ITS_DRIVER)
+    ended = {how: subprocess.run([sys.executable, str(script), how], capture_output=True, text=True, timeout=120,
+                                 cwd=tmp_path) for how in ("default", "settled")}
+    assert ended["settled"].returncode == 0 == ended["default"].returncode, ended["settled"].stderr
+    assert "leaked semaphore" in ended["default"].stderr  # what the test would miss if tqdm changed its lock
+    assert "resource_tracker" not in ended["settled"].stderr, ended["settled"].stderr
