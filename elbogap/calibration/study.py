@@ -47,7 +47,7 @@ from elbogap.inference.convergence import ConvergenceSettings
 from elbogap.inference.evaluation import sample_latents
 from elbogap.protocols import PROTOCOLS
 from elbogap.runs import Interrupted, load_run
-from elbogap.sites import latent_sites
+from elbogap.sites import latent_sites, split_flat
 from elbogap.stopping import stop_requests
 from elbogap.sweep import compare
 from elbogap.threads import intra_op_threads
@@ -417,10 +417,10 @@ def summarize(simulations: list[dict]) -> dict:
     return summary
 
 
-def per_site(flat: np.ndarray, sizes: dict[str, int]) -> dict[str, list]:
-    """One point's flat latent vector (or its shares) cut into the model's latent sites, by their sizes in order."""
-    pieces = np.split(flat, np.cumsum(list(sizes.values()))[:-1])
-    return {name: piece.tolist() for name, piece in zip(sizes, pieces, strict=True)}
+def per_site(flat: np.ndarray, sizes: dict[str, torch.Size]) -> dict[str, list]:
+    """One point's flat latent vector (or its shares) cut into the model's latent sites (:func:`split_flat`), each
+    kept flat: ``sizes`` maps each site to ``(its number of elements,)``, in the flat vector's order."""
+    return {name: piece.tolist() for name, piece in split_flat(sizes, torch.from_numpy(flat)).items()}
 
 
 def calibrate_per_point(config: Config, progress: bool = False,
@@ -445,12 +445,12 @@ def calibrate_per_point(config: Config, progress: bool = False,
                "runs": [{key: run[key] for key in ("guide", "seed", "converged", "run_dir") if key in run}
                         for run in trained["runs"]]}
     fits: dict[str, dict] = {}
-    sizes: dict[str, int] = {}
+    sizes: dict[str, torch.Size] = {}
     for run in trained["runs"]:
         if "failed" in run:
             raise UsageError(f"the guide {run['guide']} failed to train, so it cannot be calibrated: {run['failed']}")
         _, data, model, guide, _ = load_run(Path(config.out) / run["run_dir"])
-        sizes = {name: math.prod(shape) for name, shape in latent_sites(model).items()}  # in the flat vector's order
+        sizes = {name: torch.Size([math.prod(shape)]) for name, shape in latent_sites(model).items()}
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             streams.seeded("simulation", seed)
             x, truth = simulate(model, data.test[:1] if len(data.test) else data.train[:1], config.simulations)

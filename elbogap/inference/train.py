@@ -468,7 +468,8 @@ def refit_guide(model, guide, x: torch.Tensor, lr: float = REFIT.lr, max_steps: 
     store = pyro.get_param_store()
     with store.scope(store.get_state()):
         with as_progress(progress).bar(desc or "refit", max_steps) as bar:
-            rule = RefitRule(lr, max_steps, window, tol, num_particles, lr_drops, patience)
+            rule = RefitRule(lr=lr, max_steps=max_steps, window=window, tol=tol, particles=num_particles,
+                             lr_drops=lr_drops, patience=patience)
             return _refit(model, guide, x, rule, jit, result, bar)
 
 
