@@ -24,6 +24,8 @@ class FlowGuide(AmortizedGuide):
     :param int flow_depth: number of transforms :math:`K` (default 2).
     """
 
+    closed_form_density = False  # at a z it did not draw, q inverts the flow (where it can)
+
     def __init__(self, data_dim, latent_dim, hidden_dims=(128,), activation="softplus",
                  flow_depth: int = 2):
         super().__init__(data_dim, latent_dim, hidden_dims, activation)

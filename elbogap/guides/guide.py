@@ -84,6 +84,9 @@ class Guide(nn.Module):
     supports: dict[str, Transform] | None = None
     #: whether q's density can be evaluated at any z (contours in posteriors.png, AIS from q), not only at its draws.
     density_anywhere = True
+    #: whether q's density at a z it did not draw is a closed form, with no flow to invert (q* refits stick the
+    #: landing where it is: :class:`~elbogap.inference.train.RefitRule`).
+    closed_form_density = True
     #: whether the search for q* (:meth:`optimum_start`) ranges over every member of the family, so the
     #: approximation gap is exact up to the optimizer; False where it ranges over a part of the family only
     #: (the members an encoder's features reach), so the approximation gap is an upper bound.

@@ -20,8 +20,8 @@ class _Pointwise(Guide):
         self.jit_compatible = guide.jit_compatible
         super().__init__(guide.latent_dim)
         self.take_sites(guide)
-        self.density_anywhere, self.exact_pathwise, self.components = (guide.density_anywhere, guide.exact_pathwise,
-                                                                       guide.components)
+        for capability in ("density_anywhere", "closed_form_density", "exact_pathwise", "components"):
+            setattr(self, capability, getattr(guide, capability))
         object.__setattr__(self, "family", guide)  # not a submodule: its parameters stay fixed
 
 

@@ -44,22 +44,25 @@ from elbogap.inference.stacking import (
     reparameterized,
     unvalidated,
 )
+from elbogap.inference.stl import StickingTheLanding
 from elbogap.inference.train import REFIT, RefitRule, RefitStall, Trainer, all_finite, frozen
 from elbogap.model.base import LatentModel
 
 
 class FitPair(nn.Module):
     """One run's model and guide as one function: rows ``x (B, D)`` and standard normals ``eps (P, B, k)`` to the
-    negative ELBO estimate of the data set, scaled from the rows by ``scale = N / B``, with the KL weight ``beta``."""
+    negative ELBO estimate of the data set, scaled from the rows by ``scale = N / B``, with the KL weight ``beta``;
+    with ``stick``, q scores its draws as :class:`~elbogap.inference.stl.StickingTheLanding` does (the same value,
+    the gradient without q's score)."""
 
-    def __init__(self, model: LatentModel, guide: AmortizedGuide):
+    def __init__(self, model: LatentModel, guide: AmortizedGuide, stick: bool = False):
         super().__init__()
-        self.model, self.guide = model, guide
+        self.model, self.guide, self.stick = model, guide, stick
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor, beta: torch.Tensor, scale: float) -> torch.Tensor:
         q = self.guide.distribution(x)
         z = reparameterized(q, eps)
-        log_q = q.log_prob(z)
+        log_q = (StickingTheLanding(q) if self.stick else q).log_prob(z)
         log_lik = self.model.likelihood(z).log_prob(x)
         log_prior = self.model.prior().log_prob(z)
         return -scale * (log_lik + beta * (log_prior - log_q)).sum(-1).mean(0)
@@ -204,10 +207,10 @@ class StackedRefits(Stack):
 
     Each fit starts where its family says (:meth:`~elbogap.guides.Guide.optimum_start`) and follows
     :func:`~elbogap.inference.train.refit_guide`'s rule (:class:`~elbogap.inference.train.RefitRule`): full batch,
-    its particles a step, and every ``window`` steps the window's mean loss per point against the best window's;
-    ``patience`` windows in a row that gain less than ``tol`` drop its rate tenfold, and after ``lr_drops`` drops it
-    stops, converged (else at ``max_steps``). Its draws come from the stream ``stacked_refit`` of its seed
-    (``counter``: the split).
+    its particles a step, its gradient estimator, and every ``window`` steps the window's mean loss per point
+    against the best window's; ``patience`` windows in a row that gain less than ``tol`` drop its rate tenfold, and
+    after ``lr_drops`` drops it stops, converged (else at ``max_steps``). Its draws come from the stream
+    ``stacked_refit`` of its seed (``counter``: the split).
     """
 
     def __init__(self, models, guides, x: torch.Tensor, seeds, counter: int, rule: RefitRule = REFIT):
@@ -216,7 +219,7 @@ class StackedRefits(Stack):
         self.x, self.rule, self.count = x, rule, len(self.stars)
         pairs = []
         for model, star in zip(models, self.stars, strict=True):
-            pair = FitPair(model, star)
+            pair = FitPair(model, star, rule.gradient_for(star) == "stl")
             pair.add_module("family", star.family)  # stacked too: a flow's heads and conditioners are each run's
             pairs.append(pair)
         with contextlib.ExitStack() as held:  # fixed: stacked without gradient, so not leaves

@@ -114,6 +114,12 @@ class _LogDensity(nn.Module):
         return self.guide.site_distribution(self.guide.distribution(x, index)).log_prob(z)
 
 
+def sticks(guide: Guide) -> bool:
+    """Whether :func:`stl_guide` takes elbogap's family ``guide`` for ``"stl"``: not a guide program, and its density
+    known anywhere (a flow with an inverse, not planar or sylvester)."""
+    return not guide.program and guide.density_anywhere
+
+
 def stl_guide(guide: Guide, gradient: str = "stl") -> Callable:
     r"""The program of ``guide`` whose draws stick the landing (see :class:`StickingTheLanding`).
 

@@ -26,7 +26,7 @@ from elbogap.inference.convergence import (
 )
 from elbogap.inference.objectives import check_gradient
 from elbogap.inference.snr import GroupSNR, gradient_snr, parameter_groups
-from elbogap.inference.stl import stl_guide
+from elbogap.inference.stl import sticks, stl_guide
 from elbogap.inference.svi import FastSVI
 from elbogap.progress import Progress, as_progress
 from elbogap.sites import broadcasts_draws, latent_sites, repeat_rows
@@ -398,12 +398,17 @@ class RefitRule:
     """How a refit searches (:func:`refit_guide`, and q* refit at once for stacked seeds): Adam from ``lr`` on
     ``particles`` draws a step, windows of ``window`` steps, the rate dropped tenfold when ``patience`` windows in a
     row each fall short of the best window's mean by less than ``tol`` nats per point, stopped after ``lr_drops``
-    drops or ``max_steps`` steps.
+    drops or ``max_steps`` steps. The ELBO's gradient is estimated by ``gradient``: ``"stl"`` (sticking the
+    landing, :mod:`~elbogap.inference.stl`) where the family's density is a closed form
+    (``Guide.closed_form_density``: the Gaussians, the mixture, ``local``), else ``"reparam"``: a flow would be inverted
+    at every step (twice the time of an iaf refit, for 0.003 nats), which Pyro's inverse cannot do over stacked
+    seeds, and a guide program's parameters cannot be held fixed.
 
-    With one window of patience, a window that the optimizer's noise left a little above the one before dropped the
-    rate early, and q* then stopped short: on a 5-latent program with a Gaussian posterior, 2 of 12 full-rank refits
-    read an approximation gap of 0.016 nats where the others read 0.003-0.006 (the truth is 0); with two, 12 of 12
-    read 0.003-0.005 (``benchmarks/refit_patience.py``).
+    With the reparameterized gradient, the score of q kept Adam's steps noisy up to the end, and q* stopped
+    short: on a 5-latent program with a Gaussian posterior, 12 full-rank refits read an approximation gap of
+    0.003-0.005 nats where the truth is 0 (with one window of patience, 2 of 12 read 0.016). Sticking the landing
+    drops that score, whose draw-by-draw noise vanishes where q is the posterior: the same 12 read 0 to 1e-4
+    (``benchmarks/refit_patience.py``).
     """
 
     lr: float = 0.05
@@ -413,6 +418,12 @@ class RefitRule:
     particles: int = 8
     lr_drops: int = 2
     patience: int = 2
+    gradient: str = "stl"
+
+    def gradient_for(self, guide) -> str:
+        """The estimator this rule fits ``guide`` with: ``gradient``, or ``"reparam"`` where the family cannot stick
+        the landing."""
+        return self.gradient if sticks(guide) and guide.closed_form_density else "reparam"
 
 
 REFIT = RefitRule()
@@ -443,7 +454,7 @@ class RefitStall:
 def refit_guide(model, guide, x: torch.Tensor, lr: float = REFIT.lr, max_steps: int = REFIT.max_steps,
                 window: int = REFIT.window, tol: float = REFIT.tol, num_particles: int = REFIT.particles,
                 lr_drops: int = REFIT.lr_drops, jit: bool = True, progress: bool | Progress = False,
-                desc: str = "", patience: int = REFIT.patience) -> TrainResult:
+                desc: str = "", patience: int = REFIT.patience, gradient: str = REFIT.gradient) -> TrainResult:
     r"""Fit the guide's parameters to ``x`` with the model held fixed, until the ELBO stops rising.
 
     Full-batch SVI. Every ``window`` steps the window's mean loss is compared with the best window's
@@ -454,9 +465,9 @@ def refit_guide(model, guide, x: torch.Tensor, lr: float = REFIT.lr, max_steps: 
     found. Pyro's param store is left as it was: a refit in the middle of training does not touch it.
     A program that cannot run under a plate of draws gets its particles as copies of its rows, each copy scaled by
     one over the particles: one call of it a step, where there was one a particle.
-    The refit always uses the reparameterized ELBO gradient, whatever the run's ``--gradient``:
-    q* is a property of the family, and one search for it, the same in every study, keeps the
-    approximation/amortization split comparable between runs trained with different estimators.
+    The refit's gradient is the rule's (:class:`RefitRule`: sticking the landing where the family allows it),
+    whatever the run's ``--gradient``: q* is a property of the family, and one search for it, the same in every
+    study, keeps the approximation/amortization split comparable between runs trained with different estimators.
     With ``progress``, a bar counts the steps toward ``max_steps`` and shows the ELBO per point.
     """
     result = TrainResult()
@@ -469,7 +480,7 @@ def refit_guide(model, guide, x: torch.Tensor, lr: float = REFIT.lr, max_steps: 
     with store.scope(store.get_state()):
         with as_progress(progress).bar(desc or "refit", max_steps) as bar:
             rule = RefitRule(lr=lr, max_steps=max_steps, window=window, tol=tol, particles=num_particles,
-                             lr_drops=lr_drops, patience=patience)
+                             lr_drops=lr_drops, patience=patience, gradient=gradient)
             return _refit(model, guide, x, rule, jit, result, bar)
 
 
@@ -479,7 +490,8 @@ def _refit(model, guide, x, rule: RefitRule, jit, result, bar):
     copies = 1 if broadcasts_draws(model) else rule.particles
     index = repeat_rows(torch.arange(len(x), device=x.device), copies)
     rows = repeat_rows(x, copies)
-    svi = make_svi(model, guide, rows, len(x), rule.lr, "elbo", rule.particles // copies, freeze_model=True, jit=jit)
+    svi = make_svi(model, guide, rows, len(x), rule.lr, "elbo", rule.particles // copies, freeze_model=True, jit=jit,
+                   gradient=rule.gradient_for(guide))
     start = time.perf_counter()
     stall = RefitStall()
     with frozen(model):

@@ -108,7 +108,7 @@ def test_a_second_guide_of_the_same_name_is_the_one_trained(linear_model, linear
 
 def test_a_refit_drops_its_rate_only_after_two_windows_in_a_row_fall_short_of_the_best():
     """One window that noise leaves above the one before no longer drops the rate (it did, and q* stopped short:
-    benchmarks/refit_patience.py); two in a row do, and after the last drop two more stop the refit."""
+    benchmarks/refit_rule.py); two in a row do, and after the last drop two more stop the refit."""
     stall = RefitStall()
     means = [1.0, 0.5, 0.51, 0.3, 0.2999, 0.2998, 0.2, 0.2001, 0.2002, 0.1999, 0.1998]
     verdicts = [stall.after_window(mean, REFIT) for mean in means]
