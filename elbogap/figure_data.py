@@ -3,8 +3,8 @@ as ``figures.pt`` in its directory, so that drawing (:mod:`elbogap.plots`) never
 
 - For 2-D latents (``posteriors.png``): for the first ``POSTERIOR_POINTS`` test points, the true posterior
   :math:`\log p(z \mid x)` on a grid around its mass (normalized on the grid), and q's log density on the same grid,
-  or 400 draws of q where its density is known only at its own draws. A per-datapoint family is first fitted to each
-  point with the model held fixed (its training never saw the test points).
+  or 400 draws of q where its density is known only at its own draws. A per-datapoint family is first fitted to
+  these points, in one refit, with the model held fixed (its training never saw the test points).
 - For images (``images.png``): the first ``IMAGE_POINTS`` test images, their reconstructions
   :math:`\mathbb{E}[x \mid z]` with :math:`z \sim q(z \mid x)` (amortized families), and the means of as many prior
   draws.
@@ -56,20 +56,29 @@ def posterior_grid(model, x: torch.Tensor, size: int = GRID_SIZE) -> tuple[torch
 
 
 @torch.no_grad()
-def posterior_panel(model, guide, point: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One point's grid, true log posterior, and q's log density on the grid (or q's draws); see the module."""
-    grid, log_posterior = posterior_grid(model, point)
+def posterior_panels(model, guide, points: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """Each point's grid, true log posterior, and q's log density on the grid (or q's draws); see the module. A
+    per-datapoint family gets parameters for these points, fitted to the frozen model in one refit (each point's
+    own parameters take their own gradient)."""
     fitted = guide
-    if not guide.amortized:  # per-datapoint parameters for this one point, fitted to the frozen model
-        fitted = guide.fresh(1)
+    if not guide.amortized:
+        fitted = guide.fresh(len(points))
         with torch.enable_grad():
-            refit_guide(model, fitted, point)
+            refit_guide(model, fitted, points)
+    return [posterior_panel(model, fitted, points[row:row + 1], row) for row in range(len(points))]
+
+
+@torch.no_grad()
+def posterior_panel(model, fitted, point: torch.Tensor, row: int) -> dict[str, torch.Tensor]:
+    """One point's panel, from ``fitted`` (a per-datapoint family's parameters for the points, ``row`` this one's)."""
+    grid, log_posterior = posterior_grid(model, point)
+    index = torch.tensor([row], device=point.device)
     panel = {"grid": grid.cpu(), "log_posterior": log_posterior.cpu()}
     if fitted.density_anywhere:
-        q = fitted.distribution(point, torch.tensor([0], device=point.device))
+        q = fitted.distribution(point, index)
         panel["log_q"] = q.log_prob(grid.reshape(-1, 1, 2)).reshape(grid.shape[:2]).cpu()
     else:
-        panel["q_draws"] = sample_latents(model, fitted, point, Q_DRAWS)[:, 0].cpu()
+        panel["q_draws"] = sample_latents(model, fitted, point, Q_DRAWS, index)[:, 0].cpu()
     return panel
 
 
@@ -98,8 +107,7 @@ def save_figure_data(run_dir: str | Path, model, guide, data, seed: int) -> Path
         streams.seeded("figure_draws", seed)
         if model.latent_dim == 2 and len(data.test):
             points = data.test[:POSTERIOR_POINTS]
-            state["posteriors"] = {"panels": [posterior_panel(model, guide, points[i:i + 1])
-                                              for i in range(len(points))],
+            state["posteriors"] = {"panels": posterior_panels(model, guide, points),
                                    "constrained": sorted(latent_transforms(model))}
         shape = image_shape_of(data)
         if shape is not None and len(data.test):
