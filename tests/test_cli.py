@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from matplotlib.image import imread
 
 from elbogap.cli import main
 from elbogap.records import SHARED_METRICS
@@ -175,7 +176,7 @@ def test_non_binary_data_with_a_bernoulli_likelihood_suggests_the_fix(tmp_path, 
     assert code == 2 and "--likelihood gaussian" in stderr
 
 
-def test_train_evaluate_and_plot_a_run_directory(tmp_path):
+def test_train_evaluate_and_plot_a_run_directory(tmp_path, capsys):
     run_dir = tmp_path / "run"
     study = tmp_path / "study.toml"
     study.write_text('guide = "iaf"\nseed = 4\nsteps = 1000\nlatent_dim = 2\n')
@@ -188,15 +189,14 @@ def test_train_evaluate_and_plot_a_run_directory(tmp_path):
     assert record["config"]["guide"] == "iaf" and record["config"]["steps"] == 40  # the flag beat the file
     assert record["run"]["steps"] == 40 and len(record["run"]["curve_eval"]) == 10
     assert "snr_encoder" in record["run"] and all("snr_decoder" in point for point in record["run"]["curve_eval"])
-    from matplotlib.image import imread
-
     assert imread(run_dir / "training.png").shape[1] == round(16.5 * 110)  # three panels: the third is the SNR
 
-    result = run_cli("evaluate", str(run_dir), "--eval-samples", "32", "--quadrature-points", "16")
-    assert result.returncode == 0, result.stderr
-    gap_split = result.stdout[result.stdout.index("## approximation vs amortization"):]
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--eval-samples", "32", "--quadrature-points", "16"]) == 0
+    stdout = capsys.readouterr().out
+    gap_split = stdout[stdout.index("## approximation vs amortization"):]
     assert "| approximation gap | amortization gap |" in gap_split and "±" in gap_split.split("\n### train")[0]
-    printed = json.loads(result.stdout.strip().splitlines()[-1])["test"]
+    printed = json.loads(stdout.strip().splitlines()[-1])["test"]
     assert {"approx_gap_stderr", "amort_gap_stderr", "elbo_log_px_points"} <= set(printed)
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     assert evaluation["test"]["elbo_samples"] == 32 and evaluation["guide"] == "iaf"
@@ -204,8 +204,7 @@ def test_train_evaluate_and_plot_a_run_directory(tmp_path):
     assert evaluation["test"]["log_px"] == pytest.approx(saved["log_px"], abs=1e-3)  # same model, exact quadrature
 
     (run_dir / "gaps.png").unlink()
-    result = run_cli("plot", str(run_dir))
-    assert result.returncode == 0 and (run_dir / "gaps.png").is_file()
+    assert main(["plot", str(run_dir)]) == 0 and (run_dir / "gaps.png").is_file()
 
 
 def test_saved_config_reruns_the_study(tmp_path):
@@ -246,9 +245,9 @@ def test_cross_evaluation_fits_another_family_to_a_saved_model(tmp_path, elbogap
     assert main(["train", "--guide", "diag", "--out", str(run_dir), *QUICK]) == 0
     code, stderr = elbogap("evaluate", run_dir, "--guide", "iaf")
     assert code == 2 and "--refit" in stderr
-    result = run_cli("evaluate", str(run_dir), "--guide", "iaf", "--refit", "--steps", "30", "--gap-points", "8",
-                     "--eval-samples", "16", "--quadrature-points", "16", "--quiet")
-    assert result.returncode == 0, result.stderr
+    code, stderr = elbogap("evaluate", run_dir, "--guide", "iaf", "--refit", "--steps", "30", "--gap-points", "8",
+                           "--eval-samples", "16", "--quadrature-points", "16", "--quiet")
+    assert code == 0, stderr
     record = json.loads((run_dir / "evaluation-iaf.json").read_text())
     assert record["guide"] == "iaf" and record["trained_with"] == "diag" and "approx_gap" in record["test"]
 
