@@ -46,11 +46,12 @@ def yes(flag) -> str:
 
 def family_rows() -> list[str]:
     rows = ["| `--guides` | class | amortized | q* search exact | pathwise gradient exact | density anywhere | "
-            "compiled loss | what it is |", "|---|---|---|---|---|---|---|---|"]
+            "closed-form density | compiled loss | what it is |", "|---|---|---|---|---|---|---|---|---|"]
     for name, cls in families().items():
         rows.append(f"| `{name}` | `{cls.__module__}.{cls.__qualname__}` | {yes(cls.amortized)} | "
                     f"{yes(cls.exact_optimum)} | {yes(cls.exact_pathwise)} | {yes(cls.density_anywhere)} | "
-                    f"{yes(cls.jit_compatible)} | {first_line(cls.__doc__)} |")
+                    f"{yes(cls.density_anywhere and cls.closed_form_density)} | {yes(cls.jit_compatible)} | "
+                    f"{first_line(cls.__doc__)} |")
     return rows
 
 
@@ -84,7 +85,8 @@ def reference() -> str:
              "parameters per point), *q\\* search exact* (the approximation gap's refit ranges over the whole "
              "family; else it is an upper bound), *pathwise gradient exact* (the reparameterized gradient is "
              "unbiased for every function of z), *density anywhere* (q can be evaluated at any z, not only its "
-             "own draws), *compiled loss* (Pyro's JIT can trace it).", "",
+             "own draws), *closed-form density* (q at any z with no flow to invert: its q* refit sticks the landing), "
+             "*compiled loss* (Pyro's JIT can trace it).", "",
              *family_rows(), "",
              "## Pyro's autoguides (`--guides auto:NAME`)", "",
              "Models with global latents compare these by default (the rows marked in the default study); "
