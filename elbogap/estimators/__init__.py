@@ -8,9 +8,15 @@ A *target* is a model seen as independent units, each with its latents as one fl
 ``(count, units)``. An :class:`Estimator` turns a target into
 :math:`\log p(x)` per unit with its standard error (a :class:`~elbogap.inference.log_px.LogPxEstimate`).
 
+Some estimators read the guide being judged as well (``needs_guide``): IWAE takes the draws of q that the ELBO
+took, AIS may start from q. They get it as :class:`Judged` in their settings, and judge one guide, not the model:
+:math:`\log p(D)` of a model with global latents is the same for every guide, so its kind offers only the others
+(:func:`without_guide`).
+
 Each module of this package calls :func:`register` when :func:`estimators` first imports it; the per-point kind
 offers each as a ``--log-px`` method (:func:`elbogap.inference.log_px.methods`), and the kind with global latents
-as the estimator of :math:`\log p(D)`. Adding an estimator is adding a file here (``prior_is.py`` is the example).
+those that need no guide as the estimator of :math:`\log p(D)`. Adding an estimator is adding a file here
+(``prior_is.py`` is the example).
 """
 
 import functools
@@ -19,6 +25,7 @@ import math
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -45,6 +52,18 @@ class LogPxEstimate:
 
 
 @dataclass(frozen=True)
+class Judged:
+    """The guide an estimator that ``needs_guide`` reads: ``guide``, the units' rows ``index`` in its data, and
+    ``draws``, the per-unit results of the ``samples`` draws of q already taken on them (``log_px_iwae`` and its
+    errors: :func:`~elbogap.inference.evaluation.evaluate`)."""
+
+    guide: Any
+    index: torch.Tensor
+    draws: dict
+    samples: int
+
+
+@dataclass(frozen=True)
 class EstimatorSettings:
     """What a target-generic estimator may read from the configuration.
 
@@ -54,6 +73,9 @@ class EstimatorSettings:
         where they serve as a weighted reference posterior (one unit: a model with global latents).
     :param int grid_points: grid points per axis of a quadrature (``--quadrature-points``).
     :param bool refine: whether a quadrature integrates again, on finer grids, the units whose error is large.
+    :param ais: an :class:`~elbogap.inference.ais.AISSettings` (its defaults where None).
+    :param progress: show a bar where the estimator is long (a bool or a :class:`~elbogap.progress.Progress`).
+    :param judged: the guide judged, for an estimator that ``needs_guide`` (:class:`Judged`).
     """
 
     samples: int = 1000
@@ -61,6 +83,9 @@ class EstimatorSettings:
     keep_draws: bool = False
     grid_points: int = 24
     refine: bool = True
+    ais: Any = None
+    progress: Any = False
+    judged: Judged | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +106,13 @@ class Estimator:
         quadrature (the root of the sum of squares, over the count).
     :param str caveat: what its ± is where that is not a Monte-Carlo standard error, said under every table whose
         log p(x) it gave.
+    :param bool needs_guide: whether it reads the guide judged (``settings.judged``).
+    :param bool uses_iw_draws: whether it needs ``--iw-samples`` draws of q (its own estimate, or the IWAE it is
+        checked against).
+    :param str kept_as: the per-unit key and split metric its values are also kept under, beside ``log_px``, where the
+        split reports them next to IWAE's.
+    :param check: ``(per_point, rows) -> metrics``, diagnostics of its estimate on the rows it covered, once the
+        split is evaluated.
     """
 
     name: str
@@ -92,6 +124,10 @@ class Estimator:
     sampled: bool = True
     systematic: bool = False
     caveat: str = ""
+    needs_guide: bool = False
+    uses_iw_draws: bool = False
+    kept_as: str | None = None
+    check: Callable[[dict, torch.Tensor], dict] | None = None
 
 
 #: the target-generic estimators by name, filled by this package's modules (read them through :func:`estimators`)
@@ -110,6 +146,11 @@ def estimators() -> dict[str, Estimator]:
     """Every estimator of this package by name, its modules imported on the first call."""
     _import_modules()
     return ESTIMATORS
+
+
+def without_guide() -> dict[str, Estimator]:
+    """The estimators that read no guide, by name: the model's own evidence, the same for every guide judged."""
+    return {name: estimator for name, estimator in estimators().items() if not estimator.needs_guide}
 
 
 @functools.cache

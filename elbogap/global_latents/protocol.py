@@ -28,7 +28,7 @@ import torch
 from elbogap import streams
 from elbogap.checkpoint import save_checkpoint
 from elbogap.errors import UsageError
-from elbogap.estimators import EstimatorSettings, estimators
+from elbogap.estimators import EstimatorSettings, without_guide
 from elbogap.global_latents.evaluation import (
     guide_draws,
     moments,
@@ -70,8 +70,9 @@ DISAGREEMENT_NATS = 0.05
 
 def evidence_state(model, data, config, seed, run_dir, progress, stream: str = "evidence") -> dict:
     """log p(D) of ``data`` (:func:`~elbogap.global_latents.evidence.ais_evidence`, or the estimator of
-    :mod:`elbogap.estimators` that ``--log-px`` names), once per seed, from ``stream``."""
-    if (estimator := estimators().get(config.log_px)) is not None:
+    :mod:`elbogap.estimators` that ``--log-px`` names, of those that read no guide), once per seed, from
+    ``stream``."""
+    if (estimator := without_guide().get(config.log_px)) is not None:
         return estimated_evidence(estimator, model, data, config, seed, run_dir, stream)
     settings = config.evidence_settings()
 
@@ -114,8 +115,8 @@ def refuse_estimator(setting: str, model: GlobalLatentModel, data: torch.Tensor)
     """One line where ``--log-px setting`` cannot estimate this model's log p(D)."""
     if setting in ("auto", "ais"):
         return
-    usable = [name for name, estimator in estimators().items() if estimator.applies(DataSetTarget(model, data))]
-    estimator = estimators().get(setting)
+    usable = [name for name, estimator in without_guide().items() if estimator.applies(DataSetTarget(model, data))]
+    estimator = without_guide().get(setting)
     if estimator is None:
         raise UsageError(f"--log-px {setting} is for models whose latents are per data point; for log p(D) of this "
                          f"model use --log-px auto (AIS) or one of {', '.join(usable)}")

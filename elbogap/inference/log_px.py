@@ -1,15 +1,14 @@
 r"""Ways to compute :math:`\log p(x)` per point: every estimator of :mod:`elbogap.estimators` (exact, 2-D
-quadrature, importance sampling from the prior, ...), and two that need the guide, IWAE from q's draws and AIS.
+quadrature, IWAE from q's draws, AIS, importance sampling from the prior, ...), each row of the data a unit.
 
-Each estimator is one registered :class:`LogPxMethod` that says when it applies, whether its
-value depends on the guide being judged, and how the report should describe it; evaluation,
+Each estimator is one file of :mod:`elbogap.estimators`, seen here as a :class:`LogPxMethod` that says when it
+applies, whether its value depends on the guide being judged, and how the report should describe it; evaluation,
 the report and the figures ask the registry rather than compare names, and each method
 carries its ``estimate``, which returns a :class:`LogPxEstimate`: per-point estimates and
 per-point errors of shape ``(batch,)``. The setting ``--log-px`` takes a method's name or
 ``auto``; :func:`plan` turns it into data, the methods to run and on which rows.
 """
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -17,9 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from elbogap.errors import UsageError
-from elbogap.estimators import Estimator, EstimatorSettings, LogPxEstimate, estimators
-from elbogap.inference.ais import AISSettings, ais_log_px
-from elbogap.inference.weights import group_spread_dof
+from elbogap.estimators import Estimator, EstimatorSettings, Judged, LogPxEstimate, estimators
+from elbogap.inference.ais import AISSettings
 from elbogap.model.target import PointsTarget
 
 if TYPE_CHECKING:
@@ -111,85 +109,32 @@ class LogPxMethod:
         return self.description.format(**metrics)
 
 
-def _iwae(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPxEstimate:
-    # computed with the ELBO, from the same draws of q
-    return LogPxEstimate(from_q["log_px_iwae"], from_q["log_px_iwae_stderr"], {"samples": settings.q_samples},
-                         from_q["log_px_iwae_jackknife_stderr"], group_spread_dof(settings.q_samples))
-
-
-def _ais(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPxEstimate:
-    ais = settings.ais or AISSettings()
-    started = time.perf_counter()
-    result = ais_log_px(model, x, ais, guide=guide, index=index, progress=settings.progress)
-    run = {**ais.to_dict(), "points": len(x), "seconds": time.perf_counter() - started,
-           "acceptance": result.acceptance.tolist(),
-           "step_sizes": result.step_sizes.double().log().mean(1).exp().tolist()}
-    info = {"samples": ais.chains, "ais": run}
-    if ais.chains < 2:
-        info["log_px_note"] = "AIS with one chain has no standard error (shown as NaN): use --ais-chains 2 or more"
-    return LogPxEstimate(result.log_px, result.stderr, info, result.jackknife_stderr, result.dof)
-
-
 #: how the report names each start of AIS (``--ais-init``)
 START_WORDS = {"prior": "prior", "laplace": "Laplace approximations at each point's posterior modes",
                "q": "guide's q(z|x)"}
 
 
-def ais_against_iwae(per_point: dict, rows: torch.Tensor, threshold: float = 3.0) -> dict:
-    r"""How far IWAE from q lies above AIS on the AIS points, and a warning where AIS is visibly the looser bound.
-
-    Both are stochastic lower bounds on :math:`\log p(x)`, so where the guide's IWAE mean exceeds AIS's by
-    more than ``threshold`` standard errors of the difference, AIS had too few temperatures or chains
-    for this model: the reported log p(x), and so the KL gap, are too low.
-    """
-    difference = (per_point["log_px_iwae"] - per_point["log_px_ais"])[rows].double()
-    stderr = float((per_point["log_px_iwae_jackknife_stderr"][rows].double().pow(2)
-                    + per_point["log_px_ais_jackknife_stderr"][rows].double().pow(2)).sum().sqrt() / len(difference))
-    out = {"iwae_above_ais": float(difference.mean()), "iwae_above_ais_stderr": stderr}
-    if out["iwae_above_ais"] > threshold * stderr and out["iwae_above_ais"] > 0:
-        out["log_px_warning"] = (f"IWAE from q is {out['iwae_above_ais']:.3f} nats above AIS on its points "
-                                 f"({out['iwae_above_ais'] / max(stderr, 1e-12):.0f} standard errors): AIS has not "
-                                 "converged at these settings and the KL gap is understated; raise --ais-steps "
-                                 "(and --ais-chains)")
-    return out
-
-
-METHODS: dict[str, LogPxMethod] = {method.name: method for method in (
-    LogPxMethod("iwae", False, "importance-weighted estimate with K={log_px_samples} samples from q (a lower bound "
-                "in expectation whose bias depends on the guide judged)", _iwae, uses_iw_draws=True),
-    LogPxMethod("ais", True, "annealed importance sampling from the {ais[start]}, {ais[chains]} chains x "
-                "{ais[steps]} temperatures x {ais[leapfrog_steps]} leapfrog steps (a lower bound in expectation)",
-                _ais, uses_iw_draws=True, kept_as="log_px_ais", check=ais_against_iwae,
-                caveat="AIS's ± is the spread of its chains, not its bias: AIS reads low in expectation (from the "
-                       "prior, 0.03-0.09 nats per point on a tester's 4-latent program at 500 temperatures; far less "
-                       "from Gaussians at each point's posterior modes, the default start, where the posterior is "
-                       "near Gaussian about them), so log p(x) and the KL gap may sit lower than their ± says; "
-                       "`elbogap evaluate RUN_DIR --bdmc N` measures the bias of AIS from the prior on data "
-                       "simulated from the model"),
-)}
-
-
-
 def target_method(estimator: Estimator) -> LogPxMethod:
-    """A target-generic estimator (:mod:`elbogap.estimators`) as a ``--log-px`` method: each row is a unit."""
+    """An estimator of :mod:`elbogap.estimators` as a ``--log-px`` method: each row is a unit, and an estimator that
+    needs the guide judged gets it, with the rows' draws of q (:class:`~elbogap.estimators.Judged`)."""
 
     def estimate(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPxEstimate:
+        judged = Judged(guide, index, from_q, settings.q_samples) if estimator.needs_guide else None
         return estimator.estimate(per_point_target(model, x), EstimatorSettings(
-            samples=settings.iw_samples, grid_points=settings.quadrature_points, refine=settings.refine_quadrature))
+            samples=settings.iw_samples, grid_points=settings.quadrature_points, refine=settings.refine_quadrature,
+            ais=settings.ais, progress=settings.progress, judged=judged))
 
     return LogPxMethod(estimator.name, estimator.guide_independent, estimator.description, estimate,
                        lambda model: estimator.applies(per_point_target(model)), estimator.requirement,
-                       systematic=estimator.systematic, caveat=estimator.caveat)
+                       estimator.uses_iw_draws, estimator.kept_as, estimator.check, estimator.systematic,
+                       estimator.caveat)
 
 
 def methods() -> dict[str, LogPxMethod]:
-    """Every estimator of :mod:`elbogap.estimators` and :data:`METHODS`, by name: the exact and quadrature first, in the
-    order :func:`choose_method` prefers them."""
+    """Every estimator of :mod:`elbogap.estimators` by name: the exact, quadrature and IWAE first, in the order
+    :func:`choose_method` prefers them."""
     registered = {name: target_method(estimator) for name, estimator in estimators().items()}
-    if shadowed := sorted(set(METHODS) & set(registered)):
-        raise ValueError(f"an estimator of elbogap/estimators is named as a built-in --log-px method: {shadowed}")
-    preferred = {name: registered[name] for name in PREFERRED if name in registered}
-    return {**preferred, **METHODS, **registered}
+    return {**{name: registered[name] for name in PREFERRED}, **registered}
 
 
 def settings() -> tuple[str, ...]:
@@ -242,7 +187,7 @@ def plan(setting: str | None, model) -> LogPxPlan:
         method = methods()[choose_method(model)]
         if method.guide_independent:
             return LogPxPlan((PlanStep(method),))
-        return LogPxPlan((PlanStep(method), PlanStep(METHODS["ais"], "subset")))
+        return LogPxPlan((PlanStep(method), PlanStep(methods()["ais"], "subset")))
     known = methods()
     if setting not in known:
         raise UsageError(f"unknown --log-px {setting!r}; choose one of {', '.join(settings())}")
