@@ -103,19 +103,24 @@ def test_stacked_seeds_end_where_lone_runs_of_the_same_seeds_end():
     assert (stacked - lone).abs().max() < 1.0  # the same seeds' initial weights and minibatches: close, not equal
 
 
+def trained_refits(config, name: str, seeds: list[int], points: int) -> tuple[StackedTraining, StackedRefits]:
+    """``seeds`` of ``name`` trained at once for ``config.steps``, and their q* on the first ``points`` test points
+    set up at once (not yet run)."""
+    data = load_dataset(config)
+    stack = StackedTraining(trainers_for(config, data, name, seeds), seeds, 1, config.steps)
+    stack.run()
+    stack.write_back()
+    x = data.test[:points]
+    return stack, StackedRefits([t.model for t in stack.trainers], [t.guide for t in stack.trainers], x, seeds, 1)
+
+
 @pytest.mark.parametrize("name", ["full", "iaf"])
 def test_q_star_refit_at_once_reaches_the_elbo_a_lone_refit_reaches(name):
     """Each seed's q* on 32 points, searched in one stacked program and by refit_guide alone from the same start
     (its own parameters for full, the encoder's features for the flow): the ELBO per point of the last window of
     each agrees within four standard errors of the two windows' means (their steps' spread) and 0.01 nats."""
-    config = Config(steps=60)
-    data = load_dataset(config)
-    seeds = [0, 1, 2]
-    stack = StackedTraining(trainers_for(config, data, name, seeds), seeds, 1, 60)
-    stack.run()
-    stack.write_back()
-    x = data.test[:32]
-    refits = StackedRefits([t.model for t in stack.trainers], [t.guide for t in stack.trainers], x, seeds, 1)
+    stack, refits = trained_refits(Config(steps=60), name, [0, 1, 2], 32)
+    x = refits.x
     refits.run()
     assert all(refits.converged)
     for g, trainer in enumerate(stack.trainers):
@@ -131,13 +136,8 @@ def test_q_star_refit_at_once_sticks_the_landing_and_finds_the_linear_models_exa
     """The stacked refits take the rule's gradient estimator: with it, each seed's full-rank q* is the exact posterior
     of the linear-Gaussian model (its analytic KL under 1e-6 nats per point; the reparameterized refit stopped 1.8e-3
     short here), and its stacked loss scores q's draws as sticking the landing does."""
-    config = Config(model="linear", steps=60)
-    data = load_dataset(config)
-    stack = StackedTraining(trainers_for(config, data, "full", [0, 1]), [0, 1], 1, 60)
-    stack.run()
-    stack.write_back()
-    x = data.test[:32]
-    refits = StackedRefits([t.model for t in stack.trainers], [t.guide for t in stack.trainers], x, [0, 1], 1)
+    stack, refits = trained_refits(Config(model="linear", steps=60), "full", [0, 1], 32)
+    x = refits.x
     assert all(pair.stick for pair in refits.modules)
     refits.run()
     refits.write_back()
@@ -149,11 +149,8 @@ def test_q_star_refit_at_once_sticks_the_landing_and_finds_the_linear_models_exa
 def test_a_run_takes_its_q_star_found_at_once_instead_of_refitting_and_refits_on_other_points(monkeypatch):
     config = Config(steps=20)
     data = load_dataset(config)
-    stack = StackedTraining(trainers_for(config, data, "diag", [0, 1]), [0, 1], 1, 20)
-    stack.run()
-    stack.write_back()
-    x = data.test[:16]
-    refits = StackedRefits([t.model for t in stack.trainers], [t.guide for t in stack.trainers], x, [0, 1], 1)
+    stack, refits = trained_refits(config, "diag", [0, 1], 16)
+    x = refits.x
     refits.run()
     refits.write_back()
     entry = {"x": x, "state": refits.stars[1].state_dict(), "seconds": 1.0, "converged": True,
