@@ -407,8 +407,8 @@ class RefitRule:
     With the reparameterized gradient, the score of q kept Adam's steps noisy up to the end, and q* stopped
     short: on a 5-latent program with a Gaussian posterior, 12 full-rank refits read an approximation gap of
     0.003-0.005 nats where the truth is 0 (with one window of patience, 2 of 12 read 0.016). Sticking the landing
-    drops that score, whose draw-by-draw noise vanishes where q is the posterior: the same 12 read 0 to 1e-4
-    (``benchmarks/refit_patience.py``).
+    drops that score, whose draw-by-draw noise vanishes where q is the posterior: 12 of 12 came within 5e-5
+    (``benchmarks/refit_rule.py``).
     """
 
     lr: float = 0.05
