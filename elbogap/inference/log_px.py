@@ -9,7 +9,6 @@ per-point errors of shape ``(batch,)``. The setting ``--log-px`` takes a method'
 ``auto``; :func:`plan` turns it into data, the methods to run and on which rows.
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -67,41 +66,38 @@ def quadrature_log_px(model, x: torch.Tensor, num_points: int = 32) -> tuple[tor
     return estimate.values, estimate.stderr
 
 
+#: how the report names each start of AIS (``--ais-init``)
+START_WORDS = {"prior": "prior", "laplace": "Laplace approximations at each point's posterior modes",
+               "q": "guide's q(z|x)"}
+
+
 @dataclass(frozen=True)
 class LogPxMethod:
-    r"""One estimator of :math:`\log p(x)`.
+    r"""An estimator of :mod:`elbogap.estimators` as a ``--log-px`` method: each row of the data a unit.
 
-    :param str name: the value of ``--log-px`` that selects it.
-    :param bool guide_independent: whether its value is the same whichever guide is judged
-        (IWAE's is not: its proposal is the guide's own q).
-    :param str description: how the report states it, a template over the split's metrics.
-    :param applies: whether it can run on a model.
-    :param estimate: ``(model, guide, x, index, settings, from_q) -> LogPxEstimate`` for the rows
-        ``x`` (``index`` their rows in the guide's data), with :class:`LogPxSettings` and
-        ``from_q``, the per-point results of the draws of q on these rows.
-    :param str requirement: what it needs, for the one-line refusal where it does not apply.
-    :param bool uses_iw_draws: whether it needs ``--iw-samples`` draws of q (its own estimate,
-        or the IWAE it is checked against).
-    :param str kept_as: the per-point key and split metric its values are also kept under,
-        beside ``log_px``, where the split reports them next to IWAE's.
-    :param check: ``(per_point, rows) -> metrics``, diagnostics of its estimate on the rows it
-        covered, once the split is evaluated.
-    :param bool systematic: whether its per-point errors are deterministic bounds, which a mean over points averages
-        (:class:`~elbogap.estimators.Estimator`'s ``systematic``).
-    :param str caveat: what its ± leaves out, said under every table whose log p(x) it gave.
+    Its fields (``name``, ``guide_independent``, ``description``, ``requirement``, ``uses_iw_draws``, ``kept_as``,
+    ``check``, ``systematic``, ``caveat``) are the estimator's, read through; what it adds is the per-point call.
     """
 
-    name: str
-    guide_independent: bool
-    description: str
-    estimate: Callable[..., LogPxEstimate]
-    applies: Callable = lambda model: True
-    requirement: str = ""
-    uses_iw_draws: bool = False
-    kept_as: str | None = None
-    check: Callable[[dict, torch.Tensor], dict] | None = None
-    systematic: bool = False
-    caveat: str = ""
+    estimator: Estimator
+
+    def __getattr__(self, name: str):
+        if name == "estimator":  # not set yet (a copy being built): no field to read through
+            raise AttributeError(name)
+        return getattr(self.estimator, name)
+
+    def applies(self, model) -> bool:
+        """Whether it can run on the points of ``model``."""
+        return self.estimator.applies(per_point_target(model))
+
+    def estimate(self, model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPxEstimate:
+        """Its estimate on the rows ``x`` (``index`` their rows in the guide's data), with ``from_q``, the per-point
+        results of the draws of q on these rows: an estimator that needs the guide judged gets it with them
+        (:class:`~elbogap.estimators.Judged`)."""
+        judged = Judged(guide, index, from_q, settings.q_samples) if self.estimator.needs_guide else None
+        return self.estimator.estimate(per_point_target(model, x), EstimatorSettings(
+            samples=settings.iw_samples, grid_points=settings.quadrature_points, refine=settings.refine_quadrature,
+            ais=settings.ais, progress=settings.progress, judged=judged))
 
     def describe(self, metrics: dict) -> str:
         if "ais" in metrics:  # AIS's start in words, from the record's init
@@ -109,31 +105,10 @@ class LogPxMethod:
         return self.description.format(**metrics)
 
 
-#: how the report names each start of AIS (``--ais-init``)
-START_WORDS = {"prior": "prior", "laplace": "Laplace approximations at each point's posterior modes",
-               "q": "guide's q(z|x)"}
-
-
-def target_method(estimator: Estimator) -> LogPxMethod:
-    """An estimator of :mod:`elbogap.estimators` as a ``--log-px`` method: each row is a unit, and an estimator that
-    needs the guide judged gets it, with the rows' draws of q (:class:`~elbogap.estimators.Judged`)."""
-
-    def estimate(model, guide, x, index, settings: LogPxSettings, from_q: dict) -> LogPxEstimate:
-        judged = Judged(guide, index, from_q, settings.q_samples) if estimator.needs_guide else None
-        return estimator.estimate(per_point_target(model, x), EstimatorSettings(
-            samples=settings.iw_samples, grid_points=settings.quadrature_points, refine=settings.refine_quadrature,
-            ais=settings.ais, progress=settings.progress, judged=judged))
-
-    return LogPxMethod(estimator.name, estimator.guide_independent, estimator.description, estimate,
-                       lambda model: estimator.applies(per_point_target(model)), estimator.requirement,
-                       estimator.uses_iw_draws, estimator.kept_as, estimator.check, estimator.systematic,
-                       estimator.caveat)
-
-
 def methods() -> dict[str, LogPxMethod]:
     """Every estimator of :mod:`elbogap.estimators` by name: the exact, quadrature and IWAE first, in the order
     :func:`choose_method` prefers them."""
-    registered = {name: target_method(estimator) for name, estimator in estimators().items()}
+    registered = {name: LogPxMethod(estimator) for name, estimator in estimators().items()}
     return {**{name: registered[name] for name in PREFERRED}, **registered}
 
 
