@@ -93,8 +93,8 @@ class Estimator:
     r"""An estimator of :math:`\log p(x)` per unit of any target.
 
     :param str name: the value of ``--log-px`` that selects it.
-    :param str description: how the report states it (a template over the split's metrics, as
-        :class:`~elbogap.inference.log_px.LogPxMethod`'s).
+    :param str description: how the report states it, a template over the split's metrics
+        (:meth:`~elbogap.inference.log_px.LogPxMethod.describe`).
     :param estimate: ``(target, settings) -> LogPxEstimate``, per unit.
     :param bool guide_independent: whether its value is the same whichever guide is judged.
     :param applies: ``target -> bool``, whether it can run on a target.
