@@ -4,16 +4,22 @@ A run's metrics sit under its splits, ``train`` and ``test``, with the same name
 per *unit* (``units`` of them), a data point of a model whose latents are per point, or the whole data set D of a
 model with global latents (one unit: ``log_px`` is then log p(D), ``elbo`` ELBO(D), ``recon``
 :math:`E_q[\\log p(D \\mid \\theta, z)]`, ``log_px_iwae`` q's importance estimate; ``*_per_point`` divide by the
-rows). Records written before 2026-12-06 kept a global model's numbers under ``data`` with other names;
-:func:`upgraded_run` renames them, so a study resumed or redrawn from then reads as one written now.
+rows). Beside the means, ``elbo``, ``log_px`` and ``kl_gap`` are summed over the units (:func:`with_totals`), so that
+either kind reads :math:`\\log p(D) = \\sum_n \\log p(x_n)` under one name. Records written before 2026-12-06 kept a
+global model's numbers under ``data`` with other names; :func:`upgraded_run` renames them, so a study resumed or
+redrawn from then reads as one written now.
 """
 
 #: the names every kind's split metrics carry (a test holds each kind's records to them)
 SHARED_METRICS = frozenset({
     "units", "num_points", "elbo", "elbo_stderr", "elbo_samples", "recon", "kl_prior", "log_px", "log_px_stderr",
     "log_px_method", "log_px_guide_independent", "log_px_iwae", "log_px_iwae_stderr", "log_px_iwae_samples", "kl_gap",
-    "kl_gap_stderr", "ess_mean", "khat_mean",
+    "kl_gap_stderr", "ess_mean", "khat_mean", "elbo_total", "elbo_total_stderr", "log_px_total", "log_px_total_stderr",
+    "kl_gap_total", "kl_gap_total_stderr",
 })
+
+#: the metrics a split also gives summed over its units, as ``<name>_total`` with ``<name>_total_stderr``
+TOTALED = ("elbo", "log_px", "kl_gap")
 
 #: the global kind's old metric names (under ``data``) and their names now (under ``train``)
 RENAMED = {
@@ -46,15 +52,38 @@ def is_global_study(runs: list[dict]) -> bool:
     return bool(runs) and "evidence" in runs[0]
 
 
+def with_totals(metrics: dict) -> dict:
+    r"""A split's ``metrics`` with each of :data:`TOTALED` summed over its ``units``: :math:`\sum_n m_n = N \bar m`,
+    and its standard error :math:`N` times the mean's (which combines the units' own errors,
+    :func:`~elbogap.inference.weights.mean_error`). The units are the points evaluated, a seeded subset where the split
+    was evaluated on one (``num_points`` of ``split_points``); for the whole data set D, one unit, a total is its
+    number. Where log p(x) covers only some of the units (``log_px_points``: AIS's subset), its total and the KL gap's
+    are None: the mean over the subset times the units would be an extrapolation, not a sum (None too where the
+    record has no such number)."""
+    units = metrics.get("units", metrics["num_points"])
+    every_unit = metrics.get("log_px_points", units) == units
+    totals = {}
+    for key in TOTALED:
+        summed = key == "elbo" or every_unit
+        for name in (key, f"{key}_stderr"):
+            value = metrics.get(name)
+            totals[name.replace(key, f"{key}_total", 1)] = units * value if summed and value is not None else None
+    return {**metrics, **totals}
+
+
 def upgraded_run(run: dict) -> dict:
     """``run`` under today's names: a global model's ``data`` metrics become its ``train`` split (one unit), and its
-    curve's ``data_elbo`` points ``train_elbo``; a record already in today's schema is returned as it is."""
+    curve's ``data_elbo`` points ``train_elbo``; splits written before the totals gain them (:func:`with_totals`). A
+    record already in today's schema is returned as it is."""
     if "data" not in run or "train" in run:
-        return run
+        untotaled = [split for split in ("train", "test")
+                     if "elbo" in run.get(split, {}) and "elbo_total" not in run[split]]
+        return {**run, **{split: with_totals(run[split]) for split in untotaled}} if untotaled else run
     old = run["data"]
     metrics = {"units": 1, **{RENAMED.get(key, key): value for key, value in old.items()}}
     if "samples" in old:
         metrics.setdefault("log_px_iwae_samples", old["samples"])
+    metrics = with_totals(metrics)
     run = {("train" if key == "data" else key): (metrics if key == "data" else value) for key, value in run.items()}
     if "curve_eval" in run:
         run["curve_eval"] = [{("train_elbo" if key == "data_elbo" else key): value for key, value in point.items()}

@@ -2,8 +2,13 @@
 
 import copy
 
+import pytest
+import torch
+
 from elbogap.global_latents.report import gap_table
-from elbogap.records import SHARED_METRICS, upgraded, upgraded_run
+from elbogap.guides import build_guide
+from elbogap.inference import evaluate
+from elbogap.records import SHARED_METRICS, TOTALED, upgraded, upgraded_run, with_totals
 from tests.results_reference import documented
 
 #: a run's whole-data-set metrics as elbogap wrote them before the one schema (eight schools, AutoNormal, seed 0,
@@ -64,3 +69,32 @@ def test_an_old_summary_over_seeds_reads_under_todays_names_with_its_spreads():
     assert summary == {"train": [{"guide": "auto-AutoNormal", "seeds": 2, "log_px": -31.3, "log_px_seed_sd": 0.004,
                                   "log_px_iwae_mc_stderr": 0.02, "khat_mean": 0.35, "kl_gap": 0.26}],
                        "gradient_snr": []}
+
+
+def test_a_per_point_split_sums_its_points_into_the_evidence_of_all_of_them(linear_model, linear_data):
+    """The linear model's log p(x) is exact, so the split's total is log p(x_1, ..., x_N) = sum_n log p(x_n)."""
+    guide = build_guide("diag", linear_model, len(linear_data), hidden_dims=(16,)).to(torch.float64)
+    metrics = evaluate(linear_model, guide, linear_data, elbo_samples=64).metrics
+    assert metrics["log_px_method"] == "exact" and metrics["units"] == len(linear_data)
+    assert metrics["log_px_total"] == pytest.approx(float(linear_model.log_px(linear_data).sum()), abs=1e-8)
+    for key in TOTALED:
+        assert metrics[f"{key}_total"] == pytest.approx(len(linear_data) * metrics[key], rel=1e-12)
+        assert metrics[f"{key}_total_stderr"] == pytest.approx(len(linear_data) * metrics[f"{key}_stderr"], rel=1e-12)
+    assert metrics["kl_gap_total"] == pytest.approx(metrics["log_px_total"] - metrics["elbo_total"], abs=1e-8)
+
+
+def test_where_log_px_covers_some_points_only_the_elbo_is_summed():
+    """Averaged over AIS's subset, log p(x) times every point would be an extrapolation, not the sum."""
+    split = {"units": 300, "num_points": 300, "log_px_points": 64, "elbo": -20.0, "elbo_stderr": 0.01,
+             "log_px": -19.5, "log_px_stderr": 0.02, "kl_gap": 0.5, "kl_gap_stderr": 0.03}
+    totals = with_totals(split)
+    assert (totals["elbo_total"], totals["elbo_total_stderr"]) == pytest.approx((-6000.0, 3.0))
+    assert [totals[key] for key in ("log_px_total", "log_px_total_stderr", "kl_gap_total", "kl_gap_total_stderr")] == [
+        None] * 4
+
+
+def test_the_whole_data_set_is_one_unit_and_each_total_is_its_number():
+    metrics = upgraded_run(old_run())["train"]
+    assert (metrics["log_px_total"], metrics["log_px_total_stderr"]) == (WRITTEN_BEFORE["log_evidence"],
+                                                                          WRITTEN_BEFORE["log_evidence_stderr"])
+    assert (metrics["elbo_total"], metrics["kl_gap_total"]) == (WRITTEN_BEFORE["elbo"], WRITTEN_BEFORE["kl_gap"])

@@ -57,6 +57,7 @@ from elbogap.inference.weights import group_spread_dof, log_mean_exp, log_mean_e
 from elbogap.model.target import DataSetTarget
 from elbogap.phases import Phases
 from elbogap.progress import Progress, as_progress
+from elbogap.records import with_totals
 from elbogap.user_model import resolve_program
 
 #: how far q's importance estimate of log p(D) may sit from AIS's, in standard errors, before either is doubted
@@ -170,6 +171,7 @@ def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, ph
     metrics["kl_gap_stderr"] = math.hypot(metrics["log_px_stderr"], metrics["elbo_stderr"])
     for key in ("elbo", "elbo_stderr", "log_px", "kl_gap", "kl_gap_stderr", "log_px_iwae"):
         metrics[f"{key}_per_point"] = metrics[key] / num_data
+    metrics = with_totals(metrics)  # D is one unit: each total is its number
     metrics.update(evidence_check(metrics))
     if starts_at_mean_field(model, guide) and (config.warm_start != "off"
                                                       or "auto:AutoNormal" not in config.guides):

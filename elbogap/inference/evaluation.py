@@ -31,6 +31,7 @@ from elbogap.inference.weights import (
     proposal_estimate,
 )
 from elbogap.progress import Progress, as_progress
+from elbogap.records import with_totals
 from elbogap.sites import broadcasts_draws, draws_depth, latent_transforms, repeat_rows, scored, traces_under_draws
 
 #: draws of q per data point evaluated at once
@@ -456,4 +457,4 @@ def _summarize(per_point: dict, num_samples: int, estimates: list[tuple[LogPxMet
         metrics["kl_exact"] = mean("kl_exact")
         metrics["kl_exact_stderr"] = _combined_stderr(per_point["kl_exact_stderr"])
         metrics["kl_exact_method"] = "analytic" if bool(per_point["kl_exact_analytic"].all()) else "mc"
-    return metrics
+    return with_totals(metrics)
