@@ -111,7 +111,9 @@ class Comparison:
         A model with global latents has one split, ``"train"``, with one unit, the whole data set
         (``log_px``, here log p(D), ``elbo``, ``kl_gap`` and its Monte-Carlo ``kl_gap_stderr``, per
         point beside them, q's importance estimate ``log_px_iwae`` and ``khat_mean``).
-        ``pandas.DataFrame(result.table())`` turns it into a data frame.
+        Either kind's rows also sum ``elbo``, ``log_px`` and ``kl_gap`` over the split's units
+        (``elbo_total``, ``log_px_total``, ``kl_gap_total``): log p(x) of all the evaluated points
+        together, or log p(D) again. ``pandas.DataFrame(result.table())`` turns it into a data frame.
 
         Every row also carries the training gradient's signal-to-noise at the end of training, a
         number of the run rather than of a split, where it was measured (``snr_draws`` > 0):

@@ -55,6 +55,7 @@ def test_compare_returns_the_numbers_the_cli_writes(tmp_path, capfd):
     for row in rows:  # a row subtracts within itself, each mean with its Monte-Carlo standard error
         assert row["log_px"] - row["elbo_log_px_points"] == pytest.approx(row["kl_gap"])
         assert row["kl_gap_mc_stderr"] > 0 and row["log_px_points"] == row["num_points"] == 40
+        assert row["log_px_total"] == pytest.approx(40 * row["log_px"])  # log p(x) of the 40 points together
     diag = next(row for row in rows if row["guide"] == "diag")
     assert diag["approx_gap_mc_stderr"] > 0 and diag["amort_gap_mc_stderr"] > 0 and diag["gap_points"] == 4
     assert result.runs[0]["model"]["sites"]["latent"] == {"latent": [2]}

@@ -81,6 +81,7 @@ def test_the_notebook_api_takes_a_pyro_function_and_a_tensor(tmp_path):
                              evidence_steps=100, evidence_chains=128, iw_samples=200, reference="none", jobs=1)
     (row,) = result.table()
     assert row["guide"] == "auto-AutoNormal" and row["kl_gap"] > 0 and "log_px" in row
+    assert (row["log_px_total"], row["kl_gap_total"]) == (row["log_px"], row["kl_gap"])  # D is one unit
     assert "KL gap" in result._repr_markdown_()
     results = json.loads((tmp_path / "results.json").read_text())
     assert undocumented(results) == set()  # docs/results.md has each
