@@ -65,7 +65,7 @@ class Config:
     model: str = setting("vae", "vae | linear | path/to/file.py:name | package.module:name (your own Pyro model: a "
                                 "function, a method or a class with .model)")
     likelihood: str | None = setting(None, "bernoulli | gaussian (default: bernoulli for binary data, else gaussian)")
-    latent_dim: int = setting(2, "dimension of z (2 allows exact quadrature of log p(x))", least=1)
+    latent_dim: int = setting(2, "dimension of z (1 or 2 allow quadrature of log p(x))", least=1)
     hidden_dims: list[int] = setting([128], "comma list of hidden widths of decoder and encoder")
     activation: str = setting("softplus", "relu | softplus | tanh | elu | leaky_relu | gelu | silu")
     guide: str = setting("diag", "the guide of elbogap train", role="control")
@@ -125,7 +125,8 @@ class Config:
     eval_samples: int = setting(256, "samples of q per data point for the ELBO", least=1, role="evaluation")
     iw_samples: int = setting(1000, "importance samples per data point for log p(x) when neither exact nor quadrature",
                                     least=1, role="evaluation")
-    quadrature_points: int = setting(24, "grid points per axis for 2-D quadrature", least=4, role="evaluation")
+    quadrature_points: int = setting(24, "grid points per axis for quadrature (1-D and 2-D latents)", least=4,
+                                     role="evaluation")
     log_px: str = setting("auto", f"{' | '.join(log_px_settings())}: how log p(x) is computed (auto: exact or "
                                   "quadrature where they apply, else IWAE on every point and guide-independent AIS on "
                                   "--ais-points and the gap points; for global latents auto and ais are AIS from a "

@@ -108,7 +108,7 @@ def test_log_px_mistakes_get_one_line(program, capsys):
     args = ["compare", "--data", str(program / "data.npy"), "--model", f"{program}/linear8.py:linear8",
             "--out", str(program / "bad"), *QUICK]
     assert main([*args, "--log-px", "quadrature"]) == 2
-    assert "needs a 2-D latent space" in capsys.readouterr().err
+    assert "needs a 1-D or 2-D latent space" in capsys.readouterr().err
     assert main([*args, "--log-px", "magic"]) == 2
     assert main([*args, "--ais-init", "posterior"]) == 2
 

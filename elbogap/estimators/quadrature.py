@@ -1,26 +1,29 @@
-r"""2-D quadrature: :math:`\log p(x) = \log \int p(x, z)\,dz` by the midpoint rule, for any target with two latent
-dimensions per unit: a per-point model with a 2-D :math:`z`, or a model with two global latents, integrated in
-unconstrained coordinates (the log joint includes the Jacobian there).
+r"""Quadrature: :math:`\log p(x) = \log \int p(x, z)\,dz` by the midpoint rule, for any target with one or two latent
+dimensions per unit: a per-point model with a 1-D or 2-D :math:`z`, or a model with one or two global latents,
+integrated in unconstrained coordinates (the log joint includes the Jacobian there). Below, a grid of :math:`n` points
+per axis is :math:`n^d` points in :math:`d` dimensions, a cell's "area" its length where :math:`d = 1`.
 
 The grid zooms onto each unit's posterior. The first box is the prior's median :math:`\pm 8` robust standard
 deviations (interquartile range / 1.349) per axis, from 1,000 prior draws pooled over the units, taken from seed 0 on
-a forked random stream: the same box at every call, and the run's other draws do not move. Each stage lays an :math:`n
-\times n` midpoint grid on every unit's box, keeps the cells whose log joint is within 30 of the largest, and the next
-box is their bounding box padded by two cells; where the kept cells reach a side of the box (the posterior goes on
-beyond it), that side moves out by half the box's width instead. A unit is settled when no cell of its grid's
-outermost rows was kept and the next box would shrink it less than :data:`SETTLED_SHRINK` times: its grid then holds
-every cell within :math:`e^{-30}` of the peak, at a resolution its own posterior sets. Its estimate is :math:`\log
-\sum_c p(x, z_c)\,A` over that grid's cells of area :math:`A`. Its error is the change from halving the resolution
-(every other cell, of area :math:`4A`), a bound, which costs nothing. Where that is above :data:`TIGHTEN_ABOVE`, it is
-replaced by the difference from the trapezoid rule on the same box (the cells' inner corners, one more grid of
-:math:`(n-1)^2` points): on a Gaussian the two rules err by the same amount with opposite signs, so the difference is
-about twice the midpoint rule's error, and it shrinks as fast as that error with the resolution. Where the kept cells
-span fewer than :data:`RESOLVED_CELLS` in an axis, the grid is too coarse for either alone: the trapezoid rule runs
-whatever the halving says, and the error is the larger of the two. A unit not settled after :data:`MAX_STAGES` stages
-keeps its last grid's estimate and has no error bar (NaN). A settled unit whose error is above :data:`REFINE_ABOVE`
-(on a grid of :data:`REFINE_FROM` points per axis or more) is zoomed onto and integrated again with twice the points
-per axis, its error there always the larger of the halving's and the trapezoid rule's, up to :data:`REFINE_TIMES`
-times; the finer grid's estimate is kept where its error is smaller.
+a forked random stream: the same box at every call, and the run's other draws do not move. Each stage lays a midpoint
+grid of :math:`n` points per axis on every unit's box, keeps the cells whose log joint is within 30 of the largest,
+and the next box is their bounding box padded by two cells; where the kept cells reach a side of the box (the
+posterior goes on beyond it), that side moves out by half the box's width instead. A unit is settled when no cell of
+its grid's outermost rows was kept and the next box would shrink it less than :data:`SETTLED_SHRINK` times: its grid
+then holds every cell within :math:`e^{-30}` of the peak, at a resolution its own posterior sets. Its estimate is
+:math:`\log \sum_c p(x, z_c)\,A` over that grid's cells of area :math:`A`. Its error is the change from halving the
+resolution (every other cell along each axis, of area :math:`2^d A`), a bound, which costs nothing. Where that is
+above :data:`TIGHTEN_ABOVE`, it is replaced by the difference from the trapezoid rule on the same box (the cells'
+inner corners, one more grid of :math:`(n-1)^d` points): on a Gaussian the two rules err by the same amount with
+opposite signs, so the difference is about twice the midpoint rule's error, and it shrinks as fast as that error with
+the resolution. Where the kept cells span fewer than :data:`RESOLVED_CELLS` in an axis, or the posterior's standard
+deviation on the grid fewer than :data:`RESOLVED_SD_CELLS` cells (a narrow peak beside a long tail kept within
+:math:`e^{-30}`), the grid is too coarse for either alone: the trapezoid rule runs whatever the halving says, and the
+error is the larger of the two. A unit not
+settled after :data:`MAX_STAGES` stages keeps its last grid's estimate and has no error bar (NaN). A settled unit
+whose error is above :data:`REFINE_ABOVE` (on a grid of :data:`REFINE_FROM` points per axis or more) is zoomed onto
+and integrated again with twice the points per axis, its error there always the larger of the halving's and the
+trapezoid rule's, up to :data:`REFINE_TIMES` times; the finer grid's estimate is kept where its error is smaller.
 
 The grid points, weighted by :math:`p(x, z_c)\,A`, are kept as a weighted reference posterior where asked
 (``keep_draws``): deterministic weights, whose moments are the quadrature's, not a sample's.
@@ -52,6 +55,12 @@ SETTLED_SHRINK = 1.5
 #: the fewest cells the kept region spans in each axis for the trapezoid rule's difference alone to be the error: on
 #: peaked posteriors of random VAEs spanning fewer, it was up to 750 times too small (BENCHMARKS.md, "2-D quadrature")
 RESOLVED_CELLS = 12
+#: and the fewest cells the posterior's standard deviation spans in each axis (its weighted sd on the grid): a Uniform
+#: location seen on the logit scale has a peak of sd 0.46 and a tail falling as exp(-v) over 30 units, which the kept
+#: cells span; at 24 points on a line the peak fell within one cell, the halving agreed with the estimate by chance
+#: (stated 0.004) and log p(x) read 0.8 nats low (``benchmarks/quadrature.py --one-latent``); its mass lay in two
+#: cells, a spread of 0.52 cells. A Gaussian spanning RESOLVED_CELLS has about 0.77 cells per sd
+RESOLVED_SD_CELLS = 0.75
 #: a unit whose error from halving the resolution is above this many nats has it tightened by the trapezoid rule (one
 #: more grid); below, it is left as that bound, too small to matter beside a per-point ELBO's Monte-Carlo error
 TIGHTEN_ABOVE = 0.01
@@ -70,21 +79,31 @@ REFINE_FROM = 24
 
 
 def grid(lower: torch.Tensor, upper: torch.Tensor, num_points: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cell centres of a ``num_points x num_points`` grid on each box ``(units, 2)``, shape ``(num_points**2, units,
-    2)``, and each box's cell area ``(units,)``."""
+    """Cell centres of a grid of ``num_points`` per axis on each box ``(units, d)``, ``d`` 1 or 2, shape
+    ``(num_points**d, units, d)`` (the first axis slowest), and each box's cell area ``(units,)``."""
     steps = (torch.arange(num_points, dtype=lower.dtype, device=lower.device) + 0.5) / num_points
     width = upper - lower
-    axis = lower.unsqueeze(0) + steps[:, None, None] * width.unsqueeze(0)  # (n, units, 2)
+    axis = lower.unsqueeze(0) + steps[:, None, None] * width.unsqueeze(0)  # (n, units, d)
+    if lower.shape[-1] == 1:
+        return axis, width[:, 0] / num_points
     first = axis[:, None, :, 0].expand(num_points, num_points, -1)
     second = axis[None, :, :, 1].expand(num_points, num_points, -1)
     return torch.stack([first, second], dim=-1).reshape(num_points * num_points, -1, 2), (width / num_points).prod(-1)
 
 
+def every_other(log_w: torch.Tensor, num_points: int, dim: int) -> torch.Tensor:
+    """The grid at half the resolution: every other cell along each axis of ``log_w`` ``(num_points**dim, units)``,
+    each weighing :math:`2^d` cells' area."""
+    cells = log_w.reshape(*(num_points,) * dim, -1)[(slice(None, None, 2),) * dim]
+    return cells.reshape(-1, log_w.shape[-1]) + dim * math.log(2)
+
+
 def prior_box(target) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first box ``(1, 2)`` (lower, upper): the prior's median :math:`\\pm` :data:`PRIOR_WIDTHS` robust sds."""
+    """The first box ``(1, d)`` (lower, upper): the prior's median :math:`\\pm` :data:`PRIOR_WIDTHS` robust sds."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the same box for the same model at every call: a guide-independent estimate
-        draws = target.start(-(-PRIOR_DRAWS // target.batch_size)).detach().reshape(-1, 2).double()  # pooled units
+        draws = target.start(-(-PRIOR_DRAWS // target.batch_size)).detach()
+    draws = draws.reshape(-1, target.latent_dim).double()  # the units' draws pooled
     quartiles = torch.quantile(draws, torch.tensor([0.25, 0.5, 0.75], dtype=draws.dtype), dim=0)
     spread = (quartiles[2] - quartiles[0]) / 1.349
     spread = torch.where(spread > 0, spread, torch.ones_like(spread))
@@ -93,20 +112,28 @@ def prior_box(target) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def log_joint_on(target, points: torch.Tensor) -> torch.Tensor:
-    r""":math:`\log p(x, z)` of every unit at ``points`` ``(count, 1 or units, 2)``, a chunk of points at a time."""
+    r""":math:`\log p(x, z)` of every unit at ``points`` ``(count, 1 or units, d)``, a chunk of points at a time."""
     chunk = max(1, ELEMENT_BUDGET // max(target.x.numel(), 1))  # each point is scored on every unit's rows
     return torch.cat([sum(target.log_joint(part)).reshape(part.shape[0], -1) for part in points.split(chunk)])
 
 
 def kept_box(points: torch.Tensor, log_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The bounding box ``(units, 2)`` of the cell centres within :data:`KEPT_NATS` of each unit's largest."""
+    """The bounding box ``(units, d)`` of the cell centres within :data:`KEPT_NATS` of each unit's largest."""
     keep = (log_p > log_p.max(0).values - KEPT_NATS)[..., None]
     infinity = torch.tensor(float("inf"), dtype=points.dtype, device=points.device)
     return torch.where(keep, points, infinity).amin(0), torch.where(keep, points, -infinity).amax(0)
 
 
+def spread(points: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
+    """Each unit's posterior standard deviation ``(units, d)`` from its grid: ``points`` ``(count, units, d)`` weighted
+    by :math:`p(x, z_c)\\,A` (``log_w``, ``(count, units)``); NaN where no point has mass."""
+    weights = log_w.softmax(0).unsqueeze(-1)
+    mean = (weights * points).sum(0)
+    return (weights * (points - mean).pow(2)).sum(0).sqrt()
+
+
 def scored_grid(target, lower: torch.Tensor, upper: torch.Tensor, num_points: int):
-    """The midpoint grid on each box: its points ``(num_points**2, units, 2)``, their log joint ``(num_points**2,
+    """The midpoint grid on each box: its points ``(num_points**d, units, d)``, their log joint ``(num_points**d,
     units)`` and :math:`\\log` of each cell's area ``(units,)``."""
     units = target.batch_size
     points, area = grid(lower, upper, num_points)
@@ -147,7 +174,7 @@ def quadrature(target, settings: EstimatorSettings) -> LogPxEstimate:
 def _zoomed(target, n: int, keep_draws: bool, checked: bool = False) -> LogPxEstimate:
     """Each unit of ``target`` zoomed onto and integrated on ``n`` points per axis (see the module); ``checked``: its
     error the larger of the halving's and the trapezoid rule's difference on every unit."""
-    units = target.batch_size
+    units, dim = target.batch_size, target.latent_dim
     lower, upper = prior_box(target)
     nan = torch.full((units,), float("nan"), dtype=lower.dtype, device=lower.device)
     estimate, coarser = nan.clone(), nan.clone()
@@ -155,8 +182,8 @@ def _zoomed(target, n: int, keep_draws: bool, checked: bool = False) -> LogPxEst
     resolved = settled.clone()
     final_lower, final_upper = lower.expand(units, -1).clone(), upper.expand(units, -1).clone()
     if keep_draws:
-        final_points = torch.zeros(n * n, units, 2, dtype=lower.dtype, device=lower.device)
-        final_log_w = torch.full((n * n, units), -math.inf, dtype=lower.dtype, device=lower.device)
+        final_points = torch.zeros(n**dim, units, dim, dtype=lower.dtype, device=lower.device)
+        final_log_w = torch.full((n**dim, units), -math.inf, dtype=lower.dtype, device=lower.device)
     active, stages = torch.arange(units, device=lower.device), 0
     while len(active):  # the units not yet settled, each stage on their own boxes
         stages += 1
@@ -174,9 +201,9 @@ def _zoomed(target, n: int, keep_draws: bool, checked: bool = False) -> LogPxEst
         which, count = active[ending], len(active)
         log_w = log_p + log_area
         estimate[which] = torch.logsumexp(log_w, 0)[ending]
-        every_other = log_w.reshape(n, n, count)[::2, ::2].reshape(-1, count)
-        coarser[which] = torch.logsumexp(every_other + math.log(4), 0)[ending]
-        resolved[which] = (((kept_upper - kept_lower) / cell).amin(-1) + 1 >= RESOLVED_CELLS)[ending]
+        coarser[which] = torch.logsumexp(every_other(log_w, n, dim), 0)[ending]
+        spanned = ((kept_upper - kept_lower) / cell).amin(-1) + 1 >= RESOLVED_CELLS
+        resolved[which] = (spanned & ((spread(points, log_w) / cell).amin(-1) >= RESOLVED_SD_CELLS))[ending]
         settled[which] = done[ending]
         final_lower[which], final_upper[which] = lower.expand(count, -1)[ending], upper.expand(count, -1)[ending]
         if keep_draws:
@@ -186,8 +213,9 @@ def _zoomed(target, n: int, keep_draws: bool, checked: bool = False) -> LogPxEst
     # the same box (the cells' inner corners; the edges hold no mass), whose error is the midpoint rule's with the
     # opposite sign for a Gaussian, so the difference is about twice either's
     stderr = (estimate - coarser).abs()
-    # a posterior over fewer cells than RESOLVED_CELLS: halving may hit on the estimate by chance (108 times too small
-    # at 16 points, measured), so the trapezoid rule is run there whatever the halving says
+    # a posterior over fewer cells than RESOLVED_CELLS (or RESOLVED_SD_CELLS per sd): halving may hit on the estimate
+    # by chance (108 times too small at 16 points, measured), so the trapezoid rule is run there whatever the halving
+    # says
     tighten = (settled & ((stderr > TIGHTEN_ABOVE) | ~resolved | checked)).nonzero().flatten()
     if len(tighten):
         cell = (final_upper - final_lower)[tighten] / n
@@ -198,7 +226,7 @@ def _zoomed(target, n: int, keep_draws: bool, checked: bool = False) -> LogPxEst
         larger = torch.maximum(trapezoid, stderr[tighten])
         stderr[tighten] = larger if checked else torch.where(resolved[tighten], trapezoid, larger)
     stderr = torch.where(settled, stderr, float("nan"))
-    info = {"samples": stages * n * n + ((n - 1) ** 2 if len(tighten) else 0)}
+    info = {"samples": stages * n**dim + ((n - 1) ** dim if len(tighten) else 0)}
     if not bool(settled.all()):
         info["log_px_note"] = (f"quadrature did not settle on a box on {int((~settled).sum())} of {units} units in "
                                f"{MAX_STAGES} stages: their error is NaN; use --log-px ais")
@@ -207,9 +235,9 @@ def _zoomed(target, n: int, keep_draws: bool, checked: bool = False) -> LogPxEst
     return LogPxEstimate(estimate, stderr, info)
 
 
-register(Estimator("quadrature", "2-D quadrature (midpoint rule on a grid zoomed onto the posterior, "
+register(Estimator("quadrature", "quadrature (midpoint rule on a grid zoomed onto the posterior, "
                                  "{log_px_samples} points in all)", quadrature,
-                   applies=lambda target: target.latent_dim == 2, requirement="a 2-D latent space",
+                   applies=lambda target: target.latent_dim in (1, 2), requirement="a 1-D or 2-D latent space",
                    sampled=False, systematic=True,
                    caveat="The quadrature's ± is its discretization error, a bound on each point averaged over the "
                           "points (not a Monte-Carlo error): a grid's errors share their sign from point to point"))

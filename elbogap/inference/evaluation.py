@@ -242,11 +242,11 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
     - ``recon`` :math:`= \mathbb{E}_q \log p(x \mid z)` and ``kl_prior`` (analytic where the
       pair of distributions allows, ``kl_prior_method``);
     - ``log_px`` by ``log_px_method`` (see :func:`~elbogap.inference.log_px.plan`): ``"exact"``
-      (closed form), ``"quadrature"`` (2-D latents), ``"iwae"``
+      (closed form), ``"quadrature"`` (1-D and 2-D latents), ``"iwae"``
       (:math:`\log \frac1K \sum_k p(x, z_k)/q(z_k \mid x)`, :math:`K` = ``iw_samples``, a lower
       bound whose bias depends on the guide), ``"ais"`` (annealed importance sampling with the
       settings ``ais``, guide-independent) or ``"auto"``: the most exact the model allows, and
-      for models with neither closed form nor 2-D latents, AIS on the rows ``ais_index`` (none if
+      for models with neither closed form nor 1-D or 2-D latents, AIS on the rows ``ais_index`` (none if
       not given). ``log_px_points`` says on how many rows ``log_px`` and ``kl_gap`` were
       computed; where that is a subset, ``elbo_log_px_points`` is the ELBO on those rows;
     - ``log_px_iwae`` (always, from the draws of q) and ``log_px_ais`` (where AIS ran), with

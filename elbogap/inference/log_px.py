@@ -57,10 +57,10 @@ def exact_log_px(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def quadrature_log_px(model, x: torch.Tensor, num_points: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """:math:`\\log p(x)` of a model with a 2-D :math:`z` by the zoomed midpoint rule on ``num_points`` per axis, and
-    its discretization error (:mod:`elbogap.estimators.quadrature`)."""
-    if model.latent_dim != 2:
-        raise ValueError("quadrature needs a 2-D latent space")
+    """:math:`\\log p(x)` of a model with a 1-D or 2-D :math:`z` by the zoomed midpoint rule on ``num_points`` per
+    axis, and its discretization error (:mod:`elbogap.estimators.quadrature`)."""
+    if model.latent_dim not in (1, 2):
+        raise ValueError("quadrature needs a 1-D or 2-D latent space")
     settings = EstimatorSettings(grid_points=num_points)
     estimate = estimators()["quadrature"].estimate(per_point_target(model, x), settings)
     return estimate.values, estimate.stderr
@@ -145,7 +145,7 @@ PREFERRED = ("exact", "quadrature", "iwae")
 
 
 def choose_method(model) -> str:
-    """``"exact"`` where the model has a closed form, ``"quadrature"`` for 2-D latents, else ``"iwae"``."""
+    """``"exact"`` where the model has a closed form, ``"quadrature"`` for 1-D and 2-D latents, else ``"iwae"``."""
     known = methods()
     return next(name for name in PREFERRED if known[name].applies(model))
 
