@@ -1,10 +1,11 @@
 r"""What the figures of a per-point study show beyond its records, computed once at the end of each run and saved
 as ``figures.pt`` in its directory, so that drawing (:mod:`elbogap.plots`) never loads a model or fits a guide.
 
-- For 2-D latents (``posteriors.png``): for the first ``POSTERIOR_POINTS`` test points, the true posterior
-  :math:`\log p(z \mid x)` on a grid around its mass (normalized on the grid), and q's log density on the same grid,
-  or 400 draws of q where its density is known only at its own draws. A per-datapoint family is first fitted to
-  these points, in one refit, with the model held fixed (its training never saw the test points).
+- For 1-D and 2-D latents (``posteriors.png``): for the first ``POSTERIOR_POINTS`` test points, the true posterior
+  :math:`\log p(z \mid x)` on a grid around its mass (a line of points for one latent; normalized on the grid), and
+  q's log density on the same grid, or 400 draws of q where its density is known only at its own draws. A
+  per-datapoint family is first fitted to these points, in one refit, with the model held fixed (its training never
+  saw the test points).
 - For images (``images.png``): the first ``IMAGE_POINTS`` test images, their reconstructions
   :math:`\mathbb{E}[x \mid z]` with :math:`z \sim q(z \mid x)` (amortized families), and the means of as many prior
   draws.
@@ -41,17 +42,18 @@ def image_shape_of(data) -> tuple[int, int] | None:
 
 @torch.no_grad()
 def posterior_grid(model, x: torch.Tensor, size: int = GRID_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
-    """A ``(size, size, 2)`` grid around the posterior of one point, and the log posterior on it, normalized as a
-    density over the grid's cells."""
+    """A grid around the posterior of one point, ``(size, size, 2)`` for 2-D latents and ``(size, 1)`` for one, and
+    the log posterior on it, normalized as a density over the grid's cells."""
+    dim = model.latent_dim
     coarse = torch.linspace(-6, 6, 121, device=x.device)
-    zz = torch.stack(torch.meshgrid(coarse, coarse, indexing="ij"), -1).reshape(-1, 1, 2)
+    zz = torch.stack(torch.meshgrid(*[coarse] * dim, indexing="ij"), -1).reshape(-1, 1, dim)
     log_p = sum(log_joint(model, x, zz)).squeeze(-1)
     keep = zz[log_p > log_p.max() - 12, 0]
     lo, hi = keep.min(0).values - 0.3, keep.max(0).values + 0.3
-    axes = [torch.linspace(float(lo[d]), float(hi[d]), size, device=x.device) for d in range(2)]
+    axes = [torch.linspace(float(lo[d]), float(hi[d]), size, device=x.device) for d in range(dim)]
     grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
-    log_p = sum(log_joint(model, x, grid.reshape(-1, 1, 2))).reshape(size, size)
-    cell = (hi - lo).prod() / size**2
+    log_p = sum(log_joint(model, x, grid.reshape(-1, 1, dim))).reshape(grid.shape[:-1])
+    cell = (hi - lo).prod() / size**dim
     return grid, log_p - torch.logsumexp(log_p.flatten(), 0) - cell.log()
 
 
@@ -76,7 +78,7 @@ def posterior_panel(model, fitted, point: torch.Tensor, row: int) -> dict[str, t
     panel = {"grid": grid.cpu(), "log_posterior": log_posterior.cpu()}
     if fitted.density_anywhere:
         q = fitted.distribution(point, index)
-        panel["log_q"] = q.log_prob(grid.reshape(-1, 1, 2)).reshape(grid.shape[:2]).cpu()
+        panel["log_q"] = q.log_prob(grid.reshape(-1, 1, grid.shape[-1])).reshape(grid.shape[:-1]).cpu()
     else:
         panel["q_draws"] = sample_latents(model, fitted, point, Q_DRAWS, index)[:, 0].cpu()
     return panel
@@ -105,7 +107,7 @@ def save_figure_data(run_dir: str | Path, model, guide, data, seed: int) -> Path
     state = {}
     with torch.random.fork_rng(devices=[data.test.device] if data.test.is_cuda else []):
         streams.seeded("figure_draws", seed)
-        if model.latent_dim == 2 and len(data.test):
+        if model.latent_dim in (1, 2) and len(data.test):
             points = data.test[:POSTERIOR_POINTS]
             state["posteriors"] = {"panels": posterior_panels(model, guide, points),
                                    "constrained": sorted(latent_transforms(model))}

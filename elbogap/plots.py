@@ -171,9 +171,9 @@ def plot_gaps(results: dict, path: Path) -> Path:
 
 
 def plot_posteriors(fits: list[tuple[str, dict]], path: Path) -> Path:
-    """For 2-D latents: the true posterior p(z|x) (filled) against each guide's q(z|x) (lines or draws), per test
-    point, from each run's saved figure data (``fits``: ``(guide name, its "posteriors")``, see
-    :mod:`elbogap.figure_data`)."""
+    """For 1-D and 2-D latents: the true posterior p(z|x) (filled) against each guide's q(z|x) (lines, or draws: dots
+    in 2-D, a histogram in 1-D), per test point, from each run's saved figure data (``fits``: ``(guide name, its
+    "posteriors")``, see :mod:`elbogap.figure_data`)."""
     columns = max(len(saved["panels"]) for _, saved in fits)
     fig, axes = plt.subplots(len(fits), columns, figsize=(2.6 * columns, 2.5 * len(fits)), squeeze=False)
     for row, (name, saved) in enumerate(fits):
@@ -191,6 +191,9 @@ def plot_posteriors(fits: list[tuple[str, dict]], path: Path) -> Path:
 
 def _posterior_panel(axis, panel: dict) -> None:
     grid = panel["grid"]
+    if grid.shape[-1] == 1:
+        _posterior_line(axis, grid[:, 0].numpy(), panel)
+        return
     z1, z2 = grid[..., 0].numpy(), grid[..., 1].numpy()
     axis.contourf(z1, z2, panel["log_posterior"].exp().numpy(), levels=12, cmap="Greys")
     if "log_q" in panel:
@@ -199,6 +202,18 @@ def _posterior_panel(axis, panel: dict) -> None:
         samples = panel["q_draws"].numpy()
         axis.plot(samples[:, 0], samples[:, 1], ".", color="tab:red", ms=1.5, alpha=0.5)
     axis.set_xticks([])
+    axis.set_yticks([])
+
+
+def _posterior_line(axis, z, panel: dict) -> None:
+    """One latent: the true posterior's density filled, q's as a line, or a histogram of q's draws."""
+    axis.fill_between(z, panel["log_posterior"].exp().numpy(), color="0.7", linewidth=0)
+    if "log_q" in panel:
+        axis.plot(z, panel["log_q"].exp().numpy(), color="tab:red", linewidth=1.0)
+    else:
+        axis.hist(panel["q_draws"][:, 0].numpy(), bins=30, range=(z[0], z[-1]), density=True, histtype="step",
+                  color="tab:red", linewidth=0.8)
+    axis.set_xlim(z[0], z[-1])
     axis.set_yticks([])
 
 

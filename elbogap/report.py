@@ -216,7 +216,7 @@ def markdown(results: dict) -> str:
     lines += ["## How the numbers were computed", "", *describe_methods(runs, config), ""]
     lines += ["Figures (when drawn): `training.png` (ELBO and log p(x) over training, and the gradient's "
               "signal-to-noise where measured), `gaps.png` (gap per "
-              "family over seeds), `posteriors.png` (2-D latents: p(z|x) against q(z|x)), `images.png` "
+              "family over seeds), `posteriors.png` (1-D and 2-D latents: p(z|x) against q(z|x)), `images.png` "
               "(reconstructions and prior samples of image data).", ""]
     lines += [f"Model {model_line(runs, config)}. {runs[0].get('steps', config['steps'])} SVI steps of batch "
               f"{config['batch_size']} with lr {config['lr']} ({objective_line(config)}); "

@@ -1,9 +1,14 @@
 """Figures drawn from a study's records."""
 
+import json
+
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 
 from elbogap import plots
+from elbogap.checkpoint import load_checkpoint
+from elbogap.figure_data import FILE, GRID_SIZE, POSTERIOR_POINTS, Q_DRAWS
 from tests.test_report import results, with_snr
 
 
@@ -42,8 +47,6 @@ def test_figures_are_drawn_from_saved_figure_data_without_any_model(tmp_path):
     """A per-point study's posteriors.png and images.png come from each run's figures.pt: with every checkpoint
     deleted, drawing still works; the true posterior saved on its grid is a normalized density there."""
     import elbogap
-    from elbogap.checkpoint import load_checkpoint
-    from elbogap.figure_data import FILE, POSTERIOR_POINTS
 
     result = elbogap.compare("vae", ["diag", "local"], "digits", out=tmp_path, seeds=[0], steps=20, train_size=100,
                              test_size=12, gap_points=2, jobs=1, figures=False, snr_draws=0)
@@ -62,3 +65,39 @@ def test_figures_are_drawn_from_saved_figure_data_without_any_model(tmp_path):
     assert "reconstruction" not in saved["images"]  # no encoder to reconstruct the test images with
     amortized = load_checkpoint(tmp_path / result.runs[0]["run_dir"] / FILE)["images"]
     assert amortized["reconstruction"].shape == amortized["data"].shape == (10, 64)
+
+
+GAMMA_POISSON = '''
+import pyro
+import pyro.distributions as dist
+
+
+def model(x):
+    with pyro.plate("data", x.shape[0]):
+        rate = pyro.sample("rate", dist.Gamma(x.new_tensor(2.0), 1.0))
+        pyro.sample("x", dist.Poisson(rate.unsqueeze(-1)).to_event(1), obs=x)
+'''
+
+
+def test_one_latent_per_point_gets_its_posterior_on_a_line_against_q(tmp_path, elbogap):
+    """A Gamma rate per point: each panel holds the true posterior on a line of points, a normalized density there
+    (of the log rate, the real line the guides fit), and q's density on it (diag) or q's draws (a flow)."""
+    (tmp_path / "gp.py").write_text(GAMMA_POISSON)
+    counts = np.random.default_rng(0).poisson(np.random.default_rng(1).gamma(2.0, 1.0, (60, 1)), (60, 5))
+    np.save(tmp_path / "counts.npy", counts.astype("float32"))
+    out = tmp_path / "out"
+    code, err = elbogap("compare", "--model", f"{tmp_path}/gp.py:model", "--data", tmp_path / "counts.npy",
+                            "--guides", "diag,sylvester", "--seeds", "0", "--steps", "200", "--jobs", "1",
+                            "--gap-points", "0", "--snr-draws", "0", "--quiet", "--out", out)
+    assert code == 0, err
+    assert (out / "posteriors.png").is_file()
+    runs = {run["guide"]: run for run in json.loads((out / "results.json").read_text())["runs"]}
+    diag, flow = (load_checkpoint(out / runs[name]["run_dir"] / FILE)["posteriors"] for name in ("diag", "sylvester"))
+    assert diag["constrained"] == ["rate"] and len(diag["panels"]) == POSTERIOR_POINTS
+    for panel in diag["panels"]:
+        line = panel["grid"][:, 0]
+        assert panel["grid"].shape == (GRID_SIZE, 1) and panel["log_posterior"].shape == panel["log_q"].shape
+        cell = float(line[1] - line[0])
+        assert float(panel["log_posterior"].exp().sum()) * cell == pytest.approx(1.0, rel=0.05)
+        assert float(panel["log_q"].exp().sum()) * cell == pytest.approx(1.0, rel=0.05)  # q's mass lies on the line
+    assert all(panel["q_draws"].shape == (Q_DRAWS, 1) for panel in flow["panels"])
