@@ -53,7 +53,7 @@ def posterior_grid(model, x: torch.Tensor, size: int = GRID_SIZE) -> tuple[torch
     axes = [torch.linspace(float(lo[d]), float(hi[d]), size, device=x.device) for d in range(dim)]
     grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
     log_p = sum(log_joint(model, x, grid.reshape(-1, 1, dim))).reshape(grid.shape[:-1])
-    cell = (hi - lo).prod() / size**dim
+    cell = ((hi - lo) / (size - 1)).prod()  # the spacing of linspace's points
     return grid, log_p - torch.logsumexp(log_p.flatten(), 0) - cell.log()
 
 

@@ -211,7 +211,10 @@ def _posterior_line(axis, z, panel: dict) -> None:
     if "log_q" in panel:
         axis.plot(z, panel["log_q"].exp().numpy(), color="tab:red", linewidth=1.0)
     else:
-        axis.hist(panel["q_draws"][:, 0].numpy(), bins=30, range=(z[0], z[-1]), density=True, histtype="step",
+        draws = panel["q_draws"][:, 0]
+        bins = 30  # each draw weighs 1 / (draws x bin width): q's density, also where draws fall off the line
+        weight = torch.full_like(draws, bins / (len(draws) * float(z[-1] - z[0])))
+        axis.hist(draws.numpy(), bins=bins, range=(z[0], z[-1]), weights=weight.numpy(), histtype="step",
                   color="tab:red", linewidth=0.8)
     axis.set_xlim(z[0], z[-1])
     axis.set_yticks([])

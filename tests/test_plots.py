@@ -60,8 +60,7 @@ def test_figures_are_drawn_from_saved_figure_data_without_any_model(tmp_path):
     for panel in panels:
         grid = panel["grid"]
         cell = float((grid[1, 0, 0] - grid[0, 0, 0]) * (grid[0, 1, 1] - grid[0, 0, 1]))
-        # normalized over the grid's cells (the grid spans its extreme points; the sum weights them as cells)
-        assert float(panel["log_posterior"].exp().sum()) * cell == pytest.approx(1.0, rel=0.05)
+        assert float(panel["log_posterior"].exp().sum()) * cell == pytest.approx(1.0, rel=1e-5)  # over the grid's cells
     assert "reconstruction" not in saved["images"]  # no encoder to reconstruct the test images with
     amortized = load_checkpoint(tmp_path / result.runs[0]["run_dir"] / FILE)["images"]
     assert amortized["reconstruction"].shape == amortized["data"].shape == (10, 64)
@@ -87,8 +86,8 @@ def test_one_latent_per_point_gets_its_posterior_on_a_line_against_q(tmp_path, e
     np.save(tmp_path / "counts.npy", counts.astype("float32"))
     out = tmp_path / "out"
     code, err = elbogap("compare", "--model", f"{tmp_path}/gp.py:model", "--data", tmp_path / "counts.npy",
-                            "--guides", "diag,sylvester", "--seeds", "0", "--steps", "200", "--jobs", "1",
-                            "--gap-points", "0", "--snr-draws", "0", "--quiet", "--out", out)
+                        "--guides", "diag,sylvester", "--seeds", "0", "--steps", "200", "--jobs", "1",
+                        "--gap-points", "0", "--snr-draws", "0", "--quiet", "--out", out)
     assert code == 0, err
     assert (out / "posteriors.png").is_file()
     runs = {run["guide"]: run for run in json.loads((out / "results.json").read_text())["runs"]}
@@ -98,6 +97,6 @@ def test_one_latent_per_point_gets_its_posterior_on_a_line_against_q(tmp_path, e
         line = panel["grid"][:, 0]
         assert panel["grid"].shape == (GRID_SIZE, 1) and panel["log_posterior"].shape == panel["log_q"].shape
         cell = float(line[1] - line[0])
-        assert float(panel["log_posterior"].exp().sum()) * cell == pytest.approx(1.0, rel=0.05)
+        assert float(panel["log_posterior"].exp().sum()) * cell == pytest.approx(1.0, rel=1e-5)
         assert float(panel["log_q"].exp().sum()) * cell == pytest.approx(1.0, rel=0.05)  # q's mass lies on the line
     assert all(panel["q_draws"].shape == (Q_DRAWS, 1) for panel in flow["panels"])

@@ -16,8 +16,8 @@ resolution (every other cell along each axis, of area :math:`2^d A`), a bound, w
 above :data:`TIGHTEN_ABOVE`, it is replaced by the difference from the trapezoid rule on the same box (the cells'
 inner corners, one more grid of :math:`(n-1)^d` points): on a Gaussian the two rules err by the same amount with
 opposite signs, so the difference is about twice the midpoint rule's error, and it shrinks as fast as that error with
-the resolution. Where the kept cells span fewer than :data:`RESOLVED_CELLS` in an axis, or the posterior's standard
-deviation on the grid fewer than :data:`RESOLVED_SD_CELLS` cells (a narrow peak beside a long tail kept within
+the resolution. Where the kept cells span fewer than :data:`RESOLVED_CELLS` in an axis, or the posterior's mass
+fills fewer than :data:`RESOLVED_MASS_CELLS` cells per axis (a narrow peak beside a long tail kept within
 :math:`e^{-30}`), the grid is too coarse for either alone: the trapezoid rule runs whatever the halving says, and the
 error is the larger of the two. A unit not
 settled after :data:`MAX_STAGES` stages keeps its last grid's estimate and has no error bar (NaN). A settled unit
@@ -55,12 +55,12 @@ SETTLED_SHRINK = 1.5
 #: the fewest cells the kept region spans in each axis for the trapezoid rule's difference alone to be the error: on
 #: peaked posteriors of random VAEs spanning fewer, it was up to 750 times too small (BENCHMARKS.md, "2-D quadrature")
 RESOLVED_CELLS = 12
-#: and the fewest cells the posterior's standard deviation spans in each axis (its weighted sd on the grid): a Uniform
-#: location seen on the logit scale has a peak of sd 0.46 and a tail falling as exp(-v) over 30 units, which the kept
-#: cells span; at 24 points on a line the peak fell within one cell, the halving agreed with the estimate by chance
-#: (stated 0.004) and log p(x) read 0.8 nats low (``benchmarks/quadrature.py --one-latent``); its mass lay in two
-#: cells, a spread of 0.52 cells. A Gaussian spanning RESOLVED_CELLS has about 0.77 cells per sd
-RESOLVED_SD_CELLS = 0.75
+#: and the fewest cells per axis the posterior's mass fills, :math:`(1 / \sum_c w_c^2)^{1/d}` for the cells' weights
+#: :math:`w_c \propto p(x, z_c) A`: a Uniform location seen on the logit scale has a peak of sd 0.46 and a tail falling
+#: as exp(-v) over 30 units, which the kept cells span; at 24 points on a line the peak's mass lay in two cells, the
+#: halving agreed with the estimate by chance (stated 0.004) and log p(x) read 0.8 nats low
+#: (``benchmarks/quadrature.py --one-latent``). A Gaussian of sd 0.75 cells fills 2 sqrt(pi) 0.75 = 2.66 cells per axis
+RESOLVED_MASS_CELLS = 2.66
 #: a unit whose error from halving the resolution is above this many nats has it tightened by the trapezoid rule (one
 #: more grid); below, it is left as that bound, too small to matter beside a per-point ELBO's Monte-Carlo error
 TIGHTEN_ABOVE = 0.01
@@ -105,10 +105,10 @@ def prior_box(target) -> tuple[torch.Tensor, torch.Tensor]:
         draws = target.start(-(-PRIOR_DRAWS // target.batch_size)).detach()
     draws = draws.reshape(-1, target.latent_dim).double()  # the units' draws pooled
     quartiles = torch.quantile(draws, torch.tensor([0.25, 0.5, 0.75], dtype=draws.dtype), dim=0)
-    spread = (quartiles[2] - quartiles[0]) / 1.349
-    spread = torch.where(spread > 0, spread, torch.ones_like(spread))
+    scale = (quartiles[2] - quartiles[0]) / 1.349
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     centre = quartiles[1]
-    return [(centre + sign * PRIOR_WIDTHS * spread).to(target.dtype)[None] for sign in (-1, 1)]
+    return [(centre + sign * PRIOR_WIDTHS * scale).to(target.dtype)[None] for sign in (-1, 1)]
 
 
 def log_joint_on(target, points: torch.Tensor) -> torch.Tensor:
@@ -124,12 +124,11 @@ def kept_box(points: torch.Tensor, log_p: torch.Tensor) -> tuple[torch.Tensor, t
     return torch.where(keep, points, infinity).amin(0), torch.where(keep, points, -infinity).amax(0)
 
 
-def spread(points: torch.Tensor, log_w: torch.Tensor) -> torch.Tensor:
-    """Each unit's posterior standard deviation ``(units, d)`` from its grid: ``points`` ``(count, units, d)`` weighted
-    by :math:`p(x, z_c)\\,A` (``log_w``, ``(count, units)``); NaN where no point has mass."""
-    weights = log_w.softmax(0).unsqueeze(-1)
-    mean = (weights * points).sum(0)
-    return (weights * (points - mean).pow(2)).sum(0).sqrt()
+def filled_cells(log_w: torch.Tensor, dim: int) -> torch.Tensor:
+    """How many cells per axis each unit's posterior mass fills ``(units,)``: the effective number of cells,
+    :math:`1 / \\sum_c w_c^2` for the weights ``log_w`` ``(count, units)`` normalized, to the power ``1 / dim``; NaN
+    where no cell has mass."""
+    return log_w.softmax(0).pow(2).sum(0).reciprocal().pow(1 / dim)
 
 
 def scored_grid(target, lower: torch.Tensor, upper: torch.Tensor, num_points: int):
@@ -203,7 +202,7 @@ def _zoomed(target, n: int, keep_draws: bool, checked: bool = False) -> LogPxEst
         estimate[which] = torch.logsumexp(log_w, 0)[ending]
         coarser[which] = torch.logsumexp(every_other(log_w, n, dim), 0)[ending]
         spanned = ((kept_upper - kept_lower) / cell).amin(-1) + 1 >= RESOLVED_CELLS
-        resolved[which] = (spanned & ((spread(points, log_w) / cell).amin(-1) >= RESOLVED_SD_CELLS))[ending]
+        resolved[which] = (spanned & (filled_cells(log_w, dim) >= RESOLVED_MASS_CELLS))[ending]
         settled[which] = done[ending]
         final_lower[which], final_upper[which] = lower.expand(count, -1)[ending], upper.expand(count, -1)[ending]
         if keep_draws:
@@ -213,9 +212,9 @@ def _zoomed(target, n: int, keep_draws: bool, checked: bool = False) -> LogPxEst
     # the same box (the cells' inner corners; the edges hold no mass), whose error is the midpoint rule's with the
     # opposite sign for a Gaussian, so the difference is about twice either's
     stderr = (estimate - coarser).abs()
-    # a posterior over fewer cells than RESOLVED_CELLS (or RESOLVED_SD_CELLS per sd): halving may hit on the estimate
-    # by chance (108 times too small at 16 points, measured), so the trapezoid rule is run there whatever the halving
-    # says
+    # a posterior over fewer cells than RESOLVED_CELLS (or its mass in fewer than RESOLVED_MASS_CELLS): halving may hit
+    # on the estimate by chance (108 times too small at 16 points, measured), so the trapezoid rule is run there
+    # whatever the halving says
     tighten = (settled & ((stderr > TIGHTEN_ABOVE) | ~resolved | checked)).nonzero().flatten()
     if len(tighten):
         cell = (final_upper - final_lower)[tighten] / n

@@ -1,5 +1,6 @@
-r"""Ways to compute :math:`\log p(x)` per point: every estimator of :mod:`elbogap.estimators` (exact, 2-D
-quadrature, IWAE from q's draws, AIS, importance sampling from the prior, ...), each row of the data a unit.
+r"""Ways to compute :math:`\log p(x)` per point: every estimator of :mod:`elbogap.estimators` (exact,
+quadrature for 1-D and 2-D latents, IWAE from q's draws, AIS, importance sampling from the prior, ...), each row of
+the data a unit.
 
 Each estimator is one file of :mod:`elbogap.estimators`, seen here as a :class:`LogPxMethod` that says when it
 applies, whether its value depends on the guide being judged, and how the report should describe it; evaluation,

@@ -241,7 +241,7 @@ def bounded_location(x):
 def test_a_narrow_peak_beside_a_long_tail_is_not_taken_for_a_resolved_grid():
     """A Uniform(0, 5) location seen at 3.4 through a Normal of sd 0.5: on the logit scale a peak of sd 0.46 and a tail
     falling as exp(-v) over 30 units. At 24 points on a line the peak's mass lay in two cells, the halving agreed with
-    the estimate by chance and log p(x) read 0.80 nats low, stated 0.004; the posterior's sd on the grid says it is
+    the estimate by chance and log p(x) read 0.80 nats low, stated 0.004; the cells its mass fills say the grid is
     coarse, and the finer grids find it."""
     x = torch.tensor([[3.4], [3.402], [4.08], [1.0], [-0.7]], dtype=torch.float64)
     unit = torch.distributions.Normal(0.0, 1.0)
