@@ -55,7 +55,11 @@ class FullNormal(ParametricGuide):
         self.off_diag = self.head(len(rows))
 
     def unconstrained(self, h):
-        return {"loc": self.loc(h), "raw_diag": self.diag(h), "off_diag": self.off_diag(h)}
+        # one latent has no entries below its diagonal: the head of no outputs is kept (a checkpoint's keys) but not
+        # called, since a compiled loss's backward cannot reshape its empty gradient (the VAE's full family on one
+        # latent failed at its first step)
+        below = self.off_diag(h) if self.off_diag.out_features else h.new_zeros(h.shape[:-1] + (0,))
+        return {"loc": self.loc(h), "raw_diag": self.diag(h), "off_diag": below}
 
     def from_unconstrained(self, loc, raw_diag, off_diag):
         k = self.latent_dim  # out of place, so that vmap can batch it over stacked fits
