@@ -10,16 +10,16 @@ global model's numbers under ``data`` with other names; :func:`upgraded_run` ren
 redrawn from then reads as one written now.
 """
 
+#: the metrics a split also gives summed over its units, as ``<name>_total`` with ``<name>_total_stderr``
+TOTALED = ("elbo", "log_px", "kl_gap")
+TOTAL_KEYS = tuple(f"{key}_total{part}" for key in TOTALED for part in ("", "_stderr"))
+
 #: the names every kind's split metrics carry (a test holds each kind's records to them)
 SHARED_METRICS = frozenset({
     "units", "num_points", "elbo", "elbo_stderr", "elbo_samples", "recon", "kl_prior", "log_px", "log_px_stderr",
     "log_px_method", "log_px_guide_independent", "log_px_iwae", "log_px_iwae_stderr", "log_px_iwae_samples", "kl_gap",
-    "kl_gap_stderr", "ess_mean", "khat_mean", "elbo_total", "elbo_total_stderr", "log_px_total", "log_px_total_stderr",
-    "kl_gap_total", "kl_gap_total_stderr",
+    "kl_gap_stderr", "ess_mean", "khat_mean", *TOTAL_KEYS,
 })
-
-#: the metrics a split also gives summed over its units, as ``<name>_total`` with ``<name>_total_stderr``
-TOTALED = ("elbo", "log_px", "kl_gap")
 
 #: the global kind's old metric names (under ``data``) and their names now (under ``train``)
 RENAMED = {

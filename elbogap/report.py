@@ -11,7 +11,7 @@ from elbogap.global_latents.report import CSV_METRICS as GLOBAL_METRICS
 from elbogap.global_latents.report import csv_rows as global_csv_rows
 from elbogap.global_latents.report import markdown_sections as global_sections
 from elbogap.inference.log_px import methods
-from elbogap.records import TOTALED, is_global_study
+from elbogap.records import TOTAL_KEYS, TOTALED, is_global_study
 from elbogap.summary import (
     approx_gap_note,
     bound_markers,
@@ -316,8 +316,7 @@ def timing(results: dict, runs: list[dict]) -> str:
 #: (``num_points``), with the three summed over its points; then the gap split on ``gap_points``
 CSV_METRICS = ["converged", "log_px_points", "log_px", "log_px_stderr", "elbo_log_px_points",
                "elbo_log_px_points_stderr", "kl_gap", "kl_gap_stderr", "log_px_method", "num_points", "split_points",
-               "elbo", "elbo_stderr", "recon", "kl_prior", "elbo_total", "elbo_total_stderr", "log_px_total",
-               "log_px_total_stderr", "kl_gap_total", "kl_gap_total_stderr", "log_px_iwae", "log_px_iwae_stderr",
+               "elbo", "elbo_stderr", "recon", "kl_prior", *TOTAL_KEYS, "log_px_iwae", "log_px_iwae_stderr",
                "log_px_ais", "log_px_ais_stderr", "kl_exact", "gap_points", "gap_log_px", "gap_elbo", "elbo_star",
                "gap_kl", "approx_gap", "approx_gap_stderr", "amort_gap", "amort_gap_stderr", "approx_gap_bound",
                "q_star_converged", "khat_mean", "khat_bad_share", "ess_mean", "active_units"]

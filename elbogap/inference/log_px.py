@@ -60,10 +60,10 @@ def exact_log_px(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def quadrature_log_px(model, x: torch.Tensor, num_points: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """:math:`\\log p(x)` of a model with a 1-D or 2-D :math:`z` by the zoomed midpoint rule on ``num_points`` per
     axis, and its discretization error (:mod:`elbogap.estimators.quadrature`)."""
-    if model.latent_dim not in (1, 2):
-        raise ValueError("quadrature needs a 1-D or 2-D latent space")
-    settings = EstimatorSettings(grid_points=num_points)
-    estimate = estimators()["quadrature"].estimate(per_point_target(model, x), settings)
+    estimator, target = estimators()["quadrature"], per_point_target(model, x)
+    if not estimator.applies(target):
+        raise ValueError(f"quadrature needs {estimator.requirement}")
+    estimate = estimator.estimate(target, EstimatorSettings(grid_points=num_points))
     return estimate.values, estimate.stderr
 
 
