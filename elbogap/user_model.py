@@ -407,6 +407,7 @@ class ProgramModel(nn.Module):
 
     has_exact_posterior = False
     jit_compatible = False  # a user's program may branch on its data; it runs uncompiled
+    jit_on_fixed_rows = True  # but a refit's rows are the same at every step: traced there, unless it branches
     broadcasts_draws = False  # until a probe shows it (see broadcasts_over_draws); else draws go in as rows
 
     def __init__(self, fn, example_x: torch.Tensor, spec: str = "model", owner=None):

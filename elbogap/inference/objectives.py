@@ -25,7 +25,8 @@ def check_gradient(objective: str, gradient: str) -> None:
 
 
 def make_objective(name: str = "elbo", num_particles: int = 1, jit: bool = False,
-                   vectorize: bool = True, gradient: str = "reparam", max_plate_nesting: int = 1) -> ELBO | None:
+                   vectorize: bool = True, gradient: str = "reparam", max_plate_nesting: int = 1,
+                   jit_warnings: bool = False) -> ELBO | None:
     r"""Return a Pyro loss by name.
 
     - ``"elbo"``: :class:`~pyro.infer.Trace_ELBO`, the reparameterized ELBO;
@@ -50,7 +51,8 @@ def make_objective(name: str = "elbo", num_particles: int = 1, jit: bool = False
     With ``jit``, ``"elbo"`` compiled by Pyro's JIT (``JitTrace_ELBO``), and ``None`` for the
     others: ``IWAE`` registers gradient hooks under DReG, which a traced graph would not keep, and
     Pyro's ``JitTraceMeanField_ELBO`` (1.9.2) recompiles on every call because it caches under a
-    name it never reads.
+    name it never reads. Its trace's warnings (torch's ``TracerWarning``) are silenced unless
+    ``jit_warnings``.
 
     References:
 
@@ -69,7 +71,7 @@ def make_objective(name: str = "elbo", num_particles: int = 1, jit: bool = False
     if jit and name != "elbo":
         return None
     if jit:  # the plate's minibatch scale becomes a constant of the traced graph, as intended: no warnings
-        return JitTrace_ELBO(vectorize_particles=vectorized, ignore_jit_warnings=True, **options)
+        return JitTrace_ELBO(vectorize_particles=vectorized, ignore_jit_warnings=not jit_warnings, **options)
     if name == "elbo":
         return Trace_ELBO(vectorize_particles=vectorized, **options)
     if name == "meanfield":

@@ -97,7 +97,7 @@ def forget_params(*owners: str) -> None:
 def make_svi(model, guide, x: torch.Tensor, batch_size: int, lr: float = 1e-3, objective: str = "elbo",
              num_particles: int = 1, freeze_model: bool = False, lr_decay: float = 1.0,
              kl_weight: KLWeight | None = None, jit: bool = False, gradient: str = "reparam",
-             vectorize: bool | None = None, max_plate_nesting: int = 1) -> FastSVI:
+             vectorize: bool | None = None, max_plate_nesting: int = 1, fixed_rows: bool = False) -> FastSVI:
     """SVI over ``model.model`` and ``guide.guide`` with Adam (see :class:`FastSVI`) on minibatches
     ``(x[index], index)`` of ``batch_size`` rows (the shape the loss is compiled for).
 
@@ -107,6 +107,8 @@ def make_svi(model, guide, x: torch.Tensor, batch_size: int, lr: float = 1e-3, o
     estimator of the loss's gradient: ``"reparam"``, or ``"stl"`` (with ``"elbo"`` or
     ``"meanfield"``) and ``"dreg"`` (with ``"iwae"``), which train the guide's program of
     :func:`~elbogap.inference.stl.stl_guide`; a family that cannot take them is refused here.
+    ``fixed_rows``: every step sees the same rows (a refit), so a user's program, which may branch on its data, is
+    compiled too (``jit_on_fixed_rows``), unless its trace meets a branch on a tensor's value.
     """
     check_gradient(objective, gradient)
     forget_params("guide") if freeze_model else forget_params("guide", "model")
@@ -119,13 +121,16 @@ def make_svi(model, guide, x: torch.Tensor, batch_size: int, lr: float = 1e-3, o
         model_fn, guide_fn = componentwise(model_fn, guide_fn, guide.components)
         objective, jit, max_plate_nesting = "elbo", False, max_plate_nesting + 1
     example = (x[:batch_size], torch.arange(min(batch_size, len(x)), device=x.device))
-    # a class without the flag (a user's) may branch on its data, which a traced graph would freeze
-    jit = jit and getattr(model, "jit_compatible", False) and getattr(guide, "jit_compatible", False)
+    # a class without the flag (a user's) may branch on its data, which a traced graph would freeze; on rows fixed
+    # for every step (``fixed_rows``) that is safe, and a trace where its code takes a value from a tensor is dropped
+    compiles = getattr(model, "jit_compatible", False)
+    strict_trace = not compiles and fixed_rows and getattr(model, "jit_on_fixed_rows", False)
+    jit = jit and (compiles or strict_trace) and getattr(guide, "jit_compatible", False)
     if vectorize is None:
         vectorize = broadcasts_draws(model)  # else particles are drawn one after another
     with frozen(model) if freeze_model else contextlib.nullcontext():
         return FastSVI(model_fn, guide_fn, example, {"num_data": len(x)}, lr, lr_decay, objective, num_particles, jit,
-                       vectorize, gradient, max_plate_nesting)
+                       vectorize, gradient, max_plate_nesting, strict_trace)
 
 
 def check_components(model, objective: str) -> None:
@@ -491,10 +496,12 @@ def _refit(model, guide, x, rule: RefitRule, jit, result, bar):
     index = repeat_rows(torch.arange(len(x), device=x.device), copies)
     rows = repeat_rows(x, copies)
     svi = make_svi(model, guide, rows, len(x), rule.lr, "elbo", rule.particles // copies, freeze_model=True, jit=jit,
-                   gradient=rule.gradient_for(guide))
+                   gradient=rule.gradient_for(guide), fixed_rows=True)
     start = time.perf_counter()
     stall = RefitStall()
-    with frozen(model):
+    # the model and its data were validated when it was loaded and trained; in a program's refit the checks of every
+    # draw's support cost a fifth of a step, and a draw of q cannot leave it (q maps into the support)
+    with frozen(model), pyro.validation_enabled(False):
         while len(result.losses) < rule.max_steps:
             window_losses = [svi.step(rows, index, num_data=len(x)) / len(x) for _ in range(rule.window)]
             result.losses += window_losses
