@@ -7,7 +7,8 @@ The base runs from a ``git worktree`` of that commit (its own code on ``PYTHONPA
 each study is ``elbogap compare`` on the same flags, one process at a time. A number counts as the same where the two
 agree to 1e-9 relative; keys that are timings, places or versions are left out (:data:`IGNORED`). Every difference
 is printed with its path in results.json, so a refactor shows it changed nothing, and a change that means to move
-numbers shows which moved. Exit status 1 where any study differs.
+numbers shows which moved; each study's seconds (training, gap phases, all phases), summed over its runs, are printed
+side by side. Exit status 1 where any study differs.
 """
 
 import argparse
@@ -112,6 +113,14 @@ def run_study(code: Path, flags: list[str], out: Path, inputs: Path) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
+def phase_seconds(results: dict) -> dict[str, float]:
+    """Seconds summed over the runs: training, the gap phases (the q* refits and their ELBOs), and every phase."""
+    phases = [run["seconds"] for run in results["runs"]]
+    return {"training": sum(p.get("train", 0.0) for p in phases),
+            "gaps": sum(value for p in phases for key, value in p.items() if key.startswith("gaps_")),
+            "all": sum(sum(p.values()) for p in phases)}
+
+
 def main(args) -> int:
     folder = Path(args.keep or tempfile.mkdtemp(prefix="same-numbers-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -138,6 +147,9 @@ def main(args) -> int:
             print("\n".join(lines[:args.show]) + (f"\n  ... {len(lines) - args.show} more" if len(lines) > args.show
                                                   else ""), flush=True)
             status |= bool(lines)
+            before, after = phase_seconds(results["base"]), phase_seconds(results["head"])
+            print("  seconds summed over the runs, base -> head: " + ", ".join(
+                f"{phase} {before[phase]:.1f} -> {after[phase]:.1f}" for phase in before), flush=True)
     finally:
         if not args.keep:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=ROOT, capture_output=True)

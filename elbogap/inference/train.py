@@ -44,13 +44,19 @@ class TrainResult:
 
 @contextlib.contextmanager
 def frozen(module: torch.nn.Module):
-    """Hold a module's parameters fixed: no gradients, and hidden from the SVI optimizer."""
-    flags = [p.requires_grad for p in module.parameters()]
-    module.requires_grad_(False)
+    """Hold a module's parameters fixed: no gradients, and hidden from the SVI optimizer; with them the entries of
+    Pyro's param store that a user's program registers (its ``param_names``: ``pyro.param`` and ``pyro.module``
+    sites), which are no parameters of the module."""
+    store = pyro.get_param_store()
+    registered = (store[name].unconstrained() for name in getattr(module, "param_names", ()) if name in store)
+    held = list({id(param): param for param in (*module.parameters(), *registered)}.values())
+    flags = [param.requires_grad for param in held]
     try:
+        for param in held:
+            param.requires_grad_(False)
         yield
     finally:
-        for param, flag in zip(module.parameters(), flags, strict=True):
+        for param, flag in zip(held, flags, strict=True):
             param.requires_grad_(flag)
 
 

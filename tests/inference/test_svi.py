@@ -137,19 +137,32 @@ def branching_means(x):
         pyro.sample("x", dist.Normal(z, scale).to_event(1), obs=x)
 
 
+DECODER = torch.nn.Linear(2, 2)
+
+
+def decoded_means(x):
+    pyro.module("decoder", DECODER)  # the program's own parameters, in Pyro's param store
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(DECODER(z), 0.5).to_event(1), obs=x)
+
+
 def test_a_programs_refit_on_fixed_rows_is_compiled_unless_its_trace_meets_a_branch(x, recwarn):
     """A user's program may branch on its data, so training runs it uncompiled; a refit's rows are the same at every
-    step, so there it is traced, and a program that branches on a tensor's value is left uncompiled, silently."""
-    from elbogap.inference.train import make_svi
+    step, so there it is traced (its own parameters held fixed, as the refit holds them), and a program that branches
+    on a tensor's value is left uncompiled, silently."""
+    from elbogap.inference.train import frozen, make_svi
     from elbogap.user_model import ProgramModel
 
     rows = x[:, :2]
-    for fn, compiled in ((normal_means, True), (branching_means, False)):
+    for fn, compiled in ((normal_means, True), (decoded_means, True), (branching_means, False)):
         model = ProgramModel(fn, rows, fn.__name__)
         guide = build_guide("diag", model, 40, hidden_dims=(8,))
         training = make_svi(model, guide, rows, 8, jit=True)
-        refit = make_svi(model, guide, rows, 40, jit=True, freeze_model=True, gradient="stl", fixed_rows=True)
         training.step(rows[:8], torch.arange(8), num_data=40)
-        refit.step(rows, torch.arange(40), num_data=40)
+        with frozen(model):
+            refit = make_svi(model, guide, rows, 40, jit=True, freeze_model=True, gradient="stl", fixed_rows=True)
+            refit.step(rows, torch.arange(40), num_data=40)
         assert not training.compiled and refit.compiled == compiled, fn.__name__
+    assert all(param.requires_grad for param in DECODER.parameters())  # the hold is let go
     assert not [w for w in recwarn if "could not be compiled" in str(w.message)]
