@@ -12,6 +12,7 @@ side by side. Exit status 1 where any study differs.
 """
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -24,6 +25,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
+
+from benchmarks.per_point import two_sites  # noqa: E402
 from elbogap.records import upgraded  # noqa: E402
 from tests.test_programs import TUTORIAL_VAE  # noqa: E402
 from tests.test_user_model import USER_MODEL  # noqa: E402
@@ -43,6 +47,8 @@ STUDIES = {
     "tutorial-vae": ["--model", "{dir}/tutorial_vae.py:VAE", "--guides", "{dir}/tutorial_vae.py:VAE",
                      "--steps", "500"],
     "eight-schools": ["--model", "{dir}/eight_schools.py:model", "--data", "{dir}/eight_schools.csv"],
+    # beyond the issue's list: a user's program of 5 latents in two sites, where the q* refits are most of the time
+    "program-refits": ["--model", "{dir}/two_sites.py:model", "--data", "{dir}/two_sites.csv", "--log-px", "iwae"],
 }
 
 
@@ -100,6 +106,8 @@ def write_inputs(folder: Path) -> None:
         "        pyro.sample('y', dist.Normal(theta, data[:, 1]), obs=data[:, 0])\n")
     rows = [(28, 15), (8, 10), (-3, 16), (7, 11), (-1, 9), (1, 11), (18, 10), (12, 18)]
     (folder / "eight_schools.csv").write_text("".join(f"{y},{s}\n" for y, s in rows))
+    (folder / "two_sites.py").write_text(inspect.getsource(two_sites))
+    np.savetxt(folder / "two_sites.csv", two_sites.simulate(np.random.default_rng(0)), delimiter=",", fmt="%.10g")
 
 
 def run_study(code: Path, flags: list[str], out: Path, inputs: Path) -> dict:

@@ -117,7 +117,8 @@ class Config:
                                        "dreg (doubly reparameterized, with --objective iwae): the estimator of the "
                                        "training gradient", choices=tuple(GRADIENTS))
     jit: bool = setting(True, "compile the elbo objective with Pyro's JitTrace_ELBO (elbogap's own models and guides, "
-                              "except mixture)")
+                              "except mixture; your own model in q* refits, unless its code takes a value from a "
+                              "tensor)")
     device: str = setting("cpu", "cpu, cuda or cuda:N: where models, guides and data live")
     flow_depth: int = setting(2, "number of transforms in a flow guide", least=1)
     mixture_size: int = setting(3, "components of the mixture guide", least=1)
