@@ -69,8 +69,9 @@ class FastSVI:
 
     Positional arguments of the programs must be tensors and keyword arguments hashable
     constants (Pyro's JIT keys its graphs on them). With ``strict_trace`` (a user's program, compiled
-    only where its rows are the same at every step), a trace that meets a branch on a tensor's value
-    (torch's ``TracerWarning``) is dropped and the loss runs uncompiled, without a warning.
+    only where its rows are the same at every step), a trace in which the program's code takes a
+    Python value from a tensor (:func:`takes_a_value`) is dropped and the loss runs uncompiled,
+    without a warning.
     ``gradient`` picks the loss of the estimator
     (see :func:`~elbogap.inference.objectives.make_objective`); for ``"stl"`` and ``"dreg"`` the
     ``guide`` is the program of :func:`~elbogap.inference.stl.stl_guide`.

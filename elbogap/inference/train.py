@@ -114,7 +114,7 @@ def make_svi(model, guide, x: torch.Tensor, batch_size: int, lr: float = 1e-3, o
     ``"meanfield"``) and ``"dreg"`` (with ``"iwae"``), which train the guide's program of
     :func:`~elbogap.inference.stl.stl_guide`; a family that cannot take them is refused here.
     ``fixed_rows``: every step sees the same rows (a refit), so a user's program, which may branch on its data, is
-    compiled too (``jit_on_fixed_rows``), unless its trace meets a branch on a tensor's value.
+    compiled too (``jit_on_fixed_rows``), unless its code takes a Python value from a tensor while it is traced.
     """
     check_gradient(objective, gradient)
     forget_params("guide") if freeze_model else forget_params("guide", "model")
