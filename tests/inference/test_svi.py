@@ -14,7 +14,9 @@ from elbogap.guides import build_guide
 from elbogap.inference.kl import analytic_kl
 from elbogap.inference.objectives import make_objective
 from elbogap.inference.svi import FastSVI, find_params
+from elbogap.inference.train import frozen, make_svi
 from elbogap.model import VAE
+from elbogap.user_model import ProgramModel
 from tests.conftest import optimal_diag_guide
 
 
@@ -113,8 +115,6 @@ def test_other_shapes_and_warm_up_steps_run_uncompiled_with_the_same_updates(x):
 
 
 def test_mixtures_and_user_programs_are_not_compiled(x):
-    from elbogap.inference.train import make_svi
-
     model = VAE(12, 2, hidden_dims=(8,))
     mixture = build_guide("mixture", model, 40, hidden_dims=(8,))
     assert not make_svi(model, mixture, x, 8, jit=True).compiled
@@ -151,9 +151,6 @@ def test_a_programs_refit_on_fixed_rows_is_compiled_unless_its_trace_meets_a_bra
     """A user's program may branch on its data, so training runs it uncompiled; a refit's rows are the same at every
     step, so there it is traced (its own parameters held fixed, as the refit holds them), and a program that branches
     on a tensor's value is left uncompiled, silently."""
-    from elbogap.inference.train import frozen, make_svi
-    from elbogap.user_model import ProgramModel
-
     rows = x[:, :2]
     for fn, compiled in ((normal_means, True), (decoded_means, True), (branching_means, False)):
         model = ProgramModel(fn, rows, fn.__name__)
