@@ -26,6 +26,7 @@ from elbogap.inference.convergence import (
 )
 from elbogap.inference.objectives import check_gradient
 from elbogap.inference.snr import GroupSNR, gradient_snr, parameter_groups
+from elbogap.inference.stacking import unvalidated
 from elbogap.inference.stl import sticks, stl_guide
 from elbogap.inference.svi import FastSVI
 from elbogap.progress import Progress, as_progress
@@ -507,7 +508,7 @@ def _refit(model, guide, x, rule: RefitRule, jit, result, bar):
     stall = RefitStall()
     # the model and its data were validated when it was loaded and trained; in a program's refit the checks of every
     # draw's support cost a fifth of a step, and a draw of q cannot leave it (q maps into the support)
-    with frozen(model), pyro.validation_enabled(False):
+    with frozen(model), unvalidated():
         while len(result.losses) < rule.max_steps:
             window_losses = [svi.step(rows, index, num_data=len(x)) / len(x) for _ in range(rule.window)]
             result.losses += window_losses
