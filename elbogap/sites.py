@@ -6,7 +6,8 @@ sites. Estimators of log p(x) (quadrature, IWAE, AIS) see all latent sites of a 
 one flat vector of ``latent_dim`` real numbers, joined in the order of ``model.latent_sites``. A
 site whose support is not the real line (a Gamma or Beta latent) enters that vector through the
 inverse of ``biject_to(support)``, as Pyro's HMC does; :func:`constrain` maps it back and gives
-the log-Jacobian that keeps densities over the real vector right.
+the log-Jacobian that keeps densities over the real vector right. A simplex of K values (a Dirichlet
+latent) enters it as the K - 1 numbers of Pyro's stick-breaking map (:func:`unconstrained_shapes`).
 """
 
 import contextlib
@@ -16,6 +17,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
+from torch.distributions import biject_to
 
 from elbogap.errors import UsageError
 
@@ -30,9 +32,29 @@ def observed_sites(model) -> list[str]:
     return list(getattr(model, "observed_sites", None) or ["x"])
 
 
+def real_line_map(support, name: str, spec: str):
+    """``biject_to(support)``, the map from the real line onto a latent site's support; refused in one line where torch
+    has none (a positive-definite matrix), as Pyro's HMC refuses it."""
+    try:
+        return biject_to(support)
+    except NotImplementedError:
+        raise UsageError(f"the model {spec} has a latent site {name!r} on {support}, which torch maps one to one onto "
+                         "no real vector (biject_to); write it through latents that have such a map (a covariance "
+                         "as an LKJCholesky factor and positive scales)") from None
+
+
+def unconstrained_shapes(model) -> dict[str, torch.Size]:
+    """Each latent site's per-point shape on the real line: its own, or ``biject_to(support).inverse_shape`` of it
+    where that map changes the shape (a simplex of K values: K - 1). ``model.latent_dim`` is their total size."""
+    transforms = latent_transforms(model)
+    return {name: torch.Size(transforms[name].inverse_shape(shape)) if name in transforms else shape
+            for name, shape in latent_sites(model).items()}
+
+
 def split_latents(model, z: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Cut a flat latent vector ``(..., latent_dim)`` into the model's sites, each ``(..., *shape)``."""
-    return split_flat(latent_sites(model), z)
+    """Cut a flat latent vector ``(..., latent_dim)`` into the model's sites on the real line, each ``(..., *shape)``
+    in its :func:`unconstrained_shapes` shape."""
+    return split_flat(unconstrained_shapes(model), z)
 
 
 def split_flat(sites: dict[str, torch.Size], z: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -76,7 +98,7 @@ def constrain(model, values: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
     The density of the flat real vector is the sites' density times that Jacobian, so integrals over
     it (quadrature, AIS) give the same evidence as over the sites themselves.
     """
-    transforms, sites = latent_transforms(model), latent_sites(model)
+    transforms, sites = latent_transforms(model), unconstrained_shapes(model)
     log_det: torch.Tensor | float = 0.0
     out = dict(values)
     for name, transform in transforms.items():

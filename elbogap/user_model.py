@@ -20,10 +20,10 @@ from pyro import poutine
 from pyro.poutine.trace_messenger import TraceHandler
 from pyro.poutine.util import site_is_subsample
 from torch import nn
-from torch.distributions import biject_to, constraints, transform_to
+from torch.distributions import constraints, transform_to
 
 from elbogap.errors import UsageError
-from elbogap.sites import check_unscaled_latents, data_plates, is_per_point
+from elbogap.sites import check_unscaled_latents, data_plates, is_per_point, real_line_map, unconstrained_shapes
 
 #: Python objects handed to the notebook API (:mod:`elbogap.api`), named ``object:NAME`` in configurations.
 OBJECTS: dict[str, object] = {}
@@ -380,26 +380,18 @@ def is_real_line(support) -> bool:
 
 
 def support_transforms(trace, latents: dict, spec: str) -> dict:
-    """``biject_to(support)`` for each latent site not on the real line; refused where it changes the shape."""
-    transforms = {}
-    for name, shape in latents.items():
-        support = trace.nodes[name]["fn"].support
-        if is_real_line(support):
-            continue
-        transform = biject_to(support)
-        if tuple(transform.inverse_shape(shape)) != tuple(shape):
-            raise UsageError(f"the model {spec} has a latent site {name!r} on {support}, which no elementwise map "
-                             "takes to the real line with the same number of values (a simplex or a correlation "
-                             "matrix); write it through unconstrained latents in the model")
-        transforms[name] = transform
-    return transforms
+    """``biject_to(support)`` for each latent site not on the real line (one that changes the shape, as a simplex's
+    stick-breaking map does, too: :func:`~elbogap.sites.unconstrained_shapes`)."""
+    return {name: real_line_map(trace.nodes[name]["fn"].support, name, spec) for name in latents
+            if not is_real_line(trace.nodes[name]["fn"].support)}
 
 
 class ProgramModel(nn.Module):
     r"""A user's Pyro model program, as written: any site names, one or more latent sites.
 
     ``latent_sites`` maps each latent site inside the data plate to its per-point shape;
-    ``latent_dim`` is their total size (the dimension evaluation and AIS work in);
+    ``latent_dim`` is their total size on the real line (the dimension evaluation and AIS work in; a simplex of K
+    values counts K - 1, :func:`~elbogap.sites.unconstrained_shapes`);
     ``observed_sites`` are the observed sites. A program that takes only ``x`` is scaled by
     ``num_data / len(x)`` for minibatches. Its parameters live in Pyro's param store
     (``pyro.param`` / ``pyro.module``); :meth:`state_dict` saves them for checkpoints.
@@ -424,7 +416,7 @@ class ProgramModel(nn.Module):
         self.latent_transforms = support_transforms(trace, self.latent_sites, spec)
         self.latent_supports = {name: trace.nodes[name]["fn"].support for name in self.latent_transforms}
         self.broadcasts_draws = broadcasts_over_draws(self.model, example_x)
-        self.latent_dim = sum(math.prod(shape) for shape in self.latent_sites.values())
+        self.latent_dim = sum(math.prod(shape) for shape in unconstrained_shapes(self).values())
         self.data_dim = example_x.shape[-1]
         self.param_names = [name for name, site in trace.nodes.items() if site["type"] == "param"]
 

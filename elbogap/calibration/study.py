@@ -47,7 +47,7 @@ from elbogap.inference.convergence import ConvergenceSettings
 from elbogap.inference.evaluation import sample_latents
 from elbogap.protocols import PROTOCOLS
 from elbogap.runs import Interrupted, load_run
-from elbogap.sites import latent_sites, split_flat
+from elbogap.sites import split_flat, unconstrained_shapes
 from elbogap.stopping import stop_requests
 from elbogap.sweep import compare
 from elbogap.threads import intra_op_threads
@@ -450,7 +450,7 @@ def calibrate_per_point(config: Config, progress: bool = False,
         if "failed" in run:
             raise UsageError(f"the guide {run['guide']} failed to train, so it cannot be calibrated: {run['failed']}")
         _, data, model, guide, _ = load_run(Path(config.out) / run["run_dir"])
-        sizes = {name: torch.Size([math.prod(shape)]) for name, shape in latent_sites(model).items()}
+        sizes = {name: torch.Size([math.prod(shape)]) for name, shape in unconstrained_shapes(model).items()}
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             streams.seeded("simulation", seed)
             x, truth = simulate(model, data.test[:1] if len(data.test) else data.train[:1], config.simulations)

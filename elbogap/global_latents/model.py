@@ -17,12 +17,11 @@ import pyro
 import torch
 from pyro import poutine
 from torch import nn
-from torch.distributions import biject_to
 
 from elbogap.errors import UsageError
 from elbogap.global_latents.decentred import decentred, hierarchical_sites
 from elbogap.inference.stacking import unvalidated
-from elbogap.sites import check_unscaled_latents, data_plates, is_per_point, scored
+from elbogap.sites import check_unscaled_latents, data_plates, is_per_point, real_line_map, scored
 from elbogap.user_model import (
     check_log_probs,
     check_stable,
@@ -118,7 +117,7 @@ class GlobalLatentModel(nn.Module):
                                  "continuous latents (sum it out in the model, e.g. with pyro.infer.config_enumerate "
                                  "and a marginalized likelihood, or make it continuous)")
         self.latent_sites = {name: site["value"].shape for name, site in latents.items()}
-        self.transforms = {name: biject_to(site["fn"].support) for name, site in latents.items()}
+        self.transforms = {name: real_line_map(site["fn"].support, name, spec) for name, site in latents.items()}
         self.unconstrained_shapes = {}
         for name, shape in self.latent_sites.items():
             unconstrained = self.transforms[name].inverse_shape(shape)

@@ -7,6 +7,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
+from torch.distributions import constraints
 from torch.distributions.transforms import (
     CatTransform,
     ComposeTransform,
@@ -27,6 +28,45 @@ FAMILIES: dict[str, type["Guide"]] = {}
 #: where a guide of a model with several latent sites draws them all as one flat vector (auxiliary, as the latent of
 #: Pyro's AutoContinuous): each site is then a Delta at its slice
 JOINT_SITE = "elbogap_joint"
+
+
+class SitesTransform(CatTransform):
+    """torch's :class:`CatTransform` along the last dimension, each piece with an output length of its own.
+
+    It takes one length per piece for its input and output alike; a simplex site's piece (stick-breaking) maps
+    K - 1 numbers to K. Each piece acts on its slice as one event, so the Jacobian is their sum.
+    """
+
+    def __init__(self, pieces, lengths, out_lengths, cache_size: int = 0):
+        super().__init__(pieces, -1, lengths, cache_size)
+        self.out_lengths = list(out_lengths)
+
+    def with_cache(self, cache_size=1):
+        if self._cache_size == cache_size:
+            return self
+        return SitesTransform(self.transforms, self.lengths, self.out_lengths, cache_size)
+
+    def _call(self, x):
+        return torch.cat([piece(part) for piece, part in zip(self.transforms, x.split(self.lengths, -1),
+                                                             strict=True)], -1)
+
+    def _inverse(self, y):
+        return torch.cat([piece.inv(part) for piece, part in zip(self.transforms, y.split(self.out_lengths, -1),
+                                                                 strict=True)], -1)
+
+    def log_abs_det_jacobian(self, x, y):
+        return sum(piece.log_abs_det_jacobian(a, b) for piece, a, b in zip(
+            self.transforms, x.split(self.lengths, -1), y.split(self.out_lengths, -1), strict=True))
+
+    @constraints.dependent_property
+    def codomain(self):
+        return constraints.cat([piece.codomain for piece in self.transforms], -1, self.out_lengths)
+
+    def forward_shape(self, shape):
+        return torch.Size(shape[:-1]) + (sum(self.out_lengths),)
+
+    def inverse_shape(self, shape):
+        return torch.Size(shape[:-1]) + (sum(self.lengths),)
 
 
 def family(name: str):
@@ -151,8 +191,11 @@ class Guide(nn.Module):
             transforms = [self._joint_support()] if self.supports else []
         else:
             transforms = []
-            if self.site_shape is not None and self.site_shape != q.event_shape:  # same values, the site's shape
-                transforms.append(ReshapeTransform(q.event_shape, self.site_shape))
+            shape = self.site_shape  # on the real line: a simplex of K values is K - 1 there
+            if shape is not None and self.support is not None:
+                shape = torch.Size(self.support.inverse_shape(shape))
+            if shape is not None and shape != q.event_shape:  # same values, the site's shape
+                transforms.append(ReshapeTransform(q.event_shape, shape))
             if self.support is not None:
                 transforms.append(self.support)
         # cached: scoring a draw maps it back to the very tensor q drew, which a flow finds in its own cache
@@ -160,12 +203,13 @@ class Guide(nn.Module):
 
     def _joint_support(self) -> Transform:
         """The flat vector of several sites with each site's slice, in its shape, mapped into its support."""
-        pieces, sizes = [], []
+        pieces, lengths, out_lengths = [], [], []
         for name, shape in self.sites.items():
-            size = math.prod(shape)
             support = self.supports.get(name)
+            flat = shape if support is None else torch.Size(support.inverse_shape(shape))
             # each piece acts on its slice as one event, so that their supports' checks have one shape to join
             pieces.append(IndependentTransform(identity_transform, 1) if support is None else ComposeTransform(
-                [ReshapeTransform((size,), shape), support, ReshapeTransform(shape, (size,))]))
-            sizes.append(size)
-        return CatTransform(pieces, dim=-1, lengths=sizes)
+                [ReshapeTransform((math.prod(flat),), flat), support, ReshapeTransform(shape, (math.prod(shape),))]))
+            lengths.append(math.prod(flat))
+            out_lengths.append(math.prod(shape))
+        return SitesTransform(pieces, lengths, out_lengths)

@@ -5,6 +5,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
+from torch.distributions import biject_to, constraints
 
 from elbogap.guides import GUIDES, build_guide
 from elbogap.guides.guide import JOINT_SITE
@@ -121,6 +122,40 @@ def test_several_sites_are_one_joint_draw_whose_density_carries_each_sites_jacob
     flat = torch.cat([rate.log()[:, None], shift], -1)
     expected = guide.distribution(x).log_prob(flat) - rate.log()
     scored = sum(trace.nodes[site]["log_prob"] for site in (JOINT_SITE, "rate", "shift"))
+    torch.testing.assert_close(scored, expected, atol=1e-4, rtol=1e-4)
+
+
+def proportions_and_shift(x):
+    """A simplex of 3 proportions and a real 2-D shift per point."""
+    with pyro.plate("data", x.shape[0]):
+        weights = pyro.sample("weights", dist.Dirichlet(x.new_ones(3)))
+        shift = pyro.sample("shift", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(shift + weights[:, :2], 0.5).to_event(1), obs=x)
+
+
+@pytest.mark.parametrize("program", [proportions_and_shift, None])
+@pytest.mark.parametrize("name", ["diag", "iaf"])
+def test_a_simplex_site_is_drawn_as_its_stick_breaking_numbers_and_scored_with_their_jacobian(name, program):
+    """q is a density over the K - 1 stick-breaking numbers of a simplex (and beside them, another site's values);
+    the guide program's log q of its draw is that density less log |det| of the stick-breaking map, alone or joined."""
+    x = torch.randn(5, 2)
+    if program is None:  # the simplex site alone
+        def program(x):
+            with pyro.plate("data", x.shape[0]):
+                weights = pyro.sample("weights", dist.Dirichlet(x.new_ones(3)))
+                pyro.sample("x", dist.Normal(weights[:, :2], 0.5).to_event(1), obs=x)
+    model = ProgramModel(program, x)
+    guide = build_guide(name, model, len(x), hidden_dims=(8,))
+    trace = poutine.trace(guide.guide).get_trace(x)
+    trace.compute_log_prob()
+    weights = trace.nodes["weights"]["value"]
+    assert weights.shape == (5, 3) and torch.allclose(weights.sum(-1), torch.ones(5))
+    stick = biject_to(constraints.simplex)
+    numbers = stick.inv(weights)
+    flat = torch.cat([numbers, trace.nodes["shift"]["value"]], -1) if "shift" in trace.nodes else numbers
+    assert model.latent_dim == flat.shape[-1]
+    expected = guide.distribution(x).log_prob(flat) - stick.log_abs_det_jacobian(numbers, weights)
+    scored = sum(site["log_prob"] for site in trace.nodes.values() if site["type"] == "sample")
     torch.testing.assert_close(scored, expected, atol=1e-4, rtol=1e-4)
 
 
