@@ -47,7 +47,7 @@ from elbogap.inference.convergence import ConvergenceSettings
 from elbogap.inference.evaluation import sample_latents
 from elbogap.protocols import PROTOCOLS
 from elbogap.runs import Interrupted, load_run
-from elbogap.sites import split_flat, unconstrained_shapes
+from elbogap.sites import constrain, latent_sites, split_flat, split_latents
 from elbogap.stopping import stop_requests
 from elbogap.sweep import compare
 from elbogap.threads import intra_op_threads
@@ -423,6 +423,14 @@ def per_site(flat: np.ndarray, sizes: dict[str, torch.Size]) -> dict[str, list]:
     return {name: piece.tolist() for name, piece in split_flat(sizes, torch.from_numpy(flat)).items()}
 
 
+def in_supports(model, z: torch.Tensor) -> torch.Tensor:
+    """Flat latents ``(..., latent_dim)`` on the real line as each site's values in its support, joined flat: a
+    simplex site's K proportions, not the K - 1 numbers it is fitted in (the study with global latents ranks its
+    sites' values in their supports too)."""
+    values, _ = constrain(model, split_latents(model, z))
+    return torch.cat([values[name].reshape(*z.shape[:-1], -1) for name in latent_sites(model)], -1)
+
+
 def calibrate_per_point(config: Config, progress: bool = False,
                         on_simulation: Callable[[dict], None] | None = None) -> dict:
     r"""Calibration of an amortized q with the model it was trained with held fixed (a VAE, a per-point program).
@@ -450,11 +458,12 @@ def calibrate_per_point(config: Config, progress: bool = False,
         if "failed" in run:
             raise UsageError(f"the guide {run['guide']} failed to train, so it cannot be calibrated: {run['failed']}")
         _, data, model, guide, _ = load_run(Path(config.out) / run["run_dir"])
-        sizes = {name: torch.Size([math.prod(shape)]) for name, shape in unconstrained_shapes(model).items()}
+        sizes = {name: torch.Size([math.prod(shape)]) for name, shape in latent_sites(model).items()}
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             streams.seeded("simulation", seed)
             x, truth = simulate(model, data.test[:1] if len(data.test) else data.train[:1], config.simulations)
-            draws = sample_latents(model, guide, x, config.calibration_draws)
+            draws = in_supports(model, sample_latents(model, guide, x, config.calibration_draws))
+            truth = in_supports(model, truth)
         shares = below_shares(draws.double().cpu().numpy().reshape(len(draws), -1),
                               truth.double().cpu().numpy().reshape(-1)).reshape(config.simulations, -1)
         fits[run["guide"]] = {"shares": shares, "truth": truth.double().cpu().numpy().reshape(config.simulations, -1),

@@ -128,14 +128,16 @@ import pyro.distributions as dist
 def model(x):
     with pyro.plate("data", x.shape[0]):
         rate = pyro.sample("rate", dist.Gamma(x.new_tensor(2.0), 1.0))
+        weights = pyro.sample("weights", dist.Dirichlet(x.new_ones(3)))
         shift = pyro.sample("shift", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
-        pyro.sample("x", dist.Normal(shift + rate[:, None], 0.5).to_event(1), obs=x)
+        pyro.sample("x", dist.Normal(shift + rate[:, None] + weights[:, :2], 0.5).to_event(1), obs=x)
 '''
 
 
 def test_a_per_point_program_is_calibrated_per_latent_site_by_its_own_names(tmp_path):
-    """A positive scalar site and a 2-D real one: the table, the records and the export name each site, with its
-    own elements (they read "z", all elements as one site, before)."""
+    """A positive scalar site, a simplex of 3 and a 2-D real one: the table, the records and the export name each
+    site, with its own elements (they read "z", all elements as one site, before); the simplex is ranked by its 3
+    proportions, not the 2 numbers q is fitted in."""
     (tmp_path / "two.py").write_text(TWO_SITES)
     rates = np.random.default_rng(0).gamma(2.0, size=(200, 1))
     np.save(tmp_path / "two.npy", (rates + np.random.default_rng(1).normal(size=(200, 2))).astype("float32"))
@@ -143,10 +145,13 @@ def test_a_per_point_program_is_calibrated_per_latent_site_by_its_own_names(tmp_
                                simulations=40, steps=100, calibration_draws=100, jobs=1, gap_points=0, log_px="iwae",
                                snr_draws=0, eval_samples=16, iw_samples=16)
     sites = result.results["summary"]["diag"]["sites"]
-    assert list(sites) == ["rate", "shift"] and [row["site"] for row in result.table()] == ["rate", "shift"]
-    assert [row["elements"] for row in result.table()] == [1, 2]
+    assert list(sites) == ["rate", "weights", "shift"] and [row["site"] for row in result.table()] == list(sites)
+    assert [row["elements"] for row in result.table()] == [1, 3, 2]
+    truths = np.array([simulation["fits"]["diag"]["truth"]["weights"] for simulation in result.results["simulations"]])
+    np.testing.assert_allclose(truths.sum(-1), 1.0, atol=1e-5)
     exported = elbogap.load(result.out)["calibration-diag"]
     assert exported.sample_stats["u_shift"].shape == (1, 40, 2) and exported.prior["rate"].shape == (1, 40, 1)
+    assert exported.prior["weights"].shape == (1, 40, 3)
 
 
 def test_gaps_per_simulation_are_refused_for_per_point_latents(elbogap, tmp_path):
