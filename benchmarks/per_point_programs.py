@@ -10,8 +10,8 @@ as a subprocess. Per run, on the test split: log p(x) (AIS on its points under `
 on those points, in nats and in its own standard errors; the KL gap; the approximation gap on the gap points against
 the best mean-field gap there (diag's family; full rank's holds the posterior only for the Gaussian models); whether
 the fit converged. ``--only`` runs some of the models by name (factor_analysis, gamma_counts, beta_bernoulli,
-two_sites, rate_and_shift); all of them by default. The guides the defaults left out, and the study's Warnings
-lines, are listed under the table.
+two_sites, rate_and_shift, dirichlet_counts); all of them by default. The guides the defaults left out, and the
+study's Warnings lines, are listed under the table.
 """
 
 import argparse
@@ -31,7 +31,7 @@ from elbogap.factory import load_dataset  # noqa: E402
 from elbogap.protocols.vae import gap_index, subset_index  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent / "per_point"
-MODELS = ("factor_analysis", "gamma_counts", "beta_bernoulli", "two_sites", "rate_and_shift")
+MODELS = ("factor_analysis", "gamma_counts", "beta_bernoulli", "two_sites", "rate_and_shift", "dirichlet_counts")
 
 
 def run_study(name: str, out: Path) -> tuple[Path, float]:

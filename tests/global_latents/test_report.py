@@ -9,6 +9,7 @@ import elbogap
 from elbogap.global_latents.report import (
     coordinates_words,
     gap_table,
+    importance_cell,
     outside_q_warnings,
     posterior_warnings,
     second_start_sentence,
@@ -38,6 +39,22 @@ def test_a_guide_far_from_the_reference_with_a_small_gap_reads_as_several_modes(
         record["train"]["log_px_start"] = "prior"
     (line,) = posterior_warnings(seeds)
     assert "annealed from the prior, counts every mode" in line and "--evidence-start prior" not in line
+
+
+def importance(guide: str, estimate: float, stderr: float, khat: float) -> dict:
+    record = run(guide, 0.1)
+    record["train"].update(log_px_iwae=estimate, log_px_iwae_stderr=stderr, khat_mean=khat)
+    return record
+
+
+def test_the_importance_estimate_beside_ais_is_one_with_an_error_bar_else_the_lowest_k_hats_marked():
+    """A tester's centred eight schools showed -30.616 (k-hat 1.06, no error bar) as the best of q's estimates, 0.69
+    nats above the exact log p(D): the highest of estimates without a finite variance is the likeliest outlier."""
+    outlier, heavy = importance("auto:AutoLowRankMultivariateNormal", -30.616, nan, 1.06), \
+        importance("auto:AutoIAFNormal", -31.325, nan, 0.90)
+    assert importance_cell([outlier, heavy]) == "-31.325 (auto-AutoIAFNormal; k-hat 0.90, no error bar)"
+    light = importance("auto:AutoMultivariateNormal", -31.40, 0.02, 0.3)
+    assert importance_cell([outlier, heavy, light]) == "-31.400 ± 0.020 (auto-AutoMultivariateNormal)"
 
 
 def test_smc_particles_far_outside_the_reference_read_as_missed_modes_once_per_seed():
