@@ -2,6 +2,7 @@
 
 import dataclasses
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -230,11 +231,17 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
 def read_csv(path: Path) -> np.ndarray:
     """Numbers separated by commas, one row per data point; one header line is skipped."""
     try:
-        try:
-            return np.loadtxt(path, delimiter=",", ndmin=2)
-        except ValueError:
-            return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1)
+        with warnings.catch_warnings():  # an empty file: as_matrix says so in one line, without numpy's warning
+            warnings.filterwarnings("ignore", message="loadtxt: input contained no data")
+            try:
+                return np.loadtxt(path, delimiter=",", ndmin=2)
+            except ValueError:
+                return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1)
     except ValueError as error:
+        first = next((line for line in path.read_text(errors="replace").splitlines() if line.strip()), "")
+        if "," not in first and (separator := next((mark for mark in (";", "\t", "|") if mark in first), None)):
+            raise UsageError(f"cannot read {path}: its values are separated by {separator!r}, not commas; save it as "
+                             "comma-separated values (with a '.' for decimals)") from None
         if cell := re.search(r"could not convert string (.*) to \w+ at row (\d+), column (\d+)", str(error)):
             value, row, column = cell.group(1), int(cell.group(2)), int(cell.group(3))  # numpy: row from 0
             if value.strip("'\"") == "":
@@ -258,6 +265,8 @@ def as_matrix(array: np.ndarray, name: str) -> torch.Tensor:
     """Check that ``array`` is non-empty, numeric and finite, and flatten it to ``(N, D)``."""
     if array.dtype.kind not in "biuf":
         raise UsageError(f"{name} has dtype {array.dtype}; data must be numeric")
+    if array.ndim == 1:  # N values: N data points of one value each, as a one-column .csv reads
+        array = array[:, None]
     if array.ndim < 2:
         raise UsageError(
             f"{name} has shape {array.shape}; data must have one row per data point (N x D)"

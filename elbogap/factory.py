@@ -17,7 +17,14 @@ from elbogap.inference.train import check_components
 from elbogap.model import build_model
 from elbogap.progress import as_progress
 from elbogap.protocols import PROTOCOLS
-from elbogap.user_model import display_name, is_autoguide, is_user_model, load_user_model, resolve_program
+from elbogap.user_model import (
+    check_every_row,
+    display_name,
+    is_autoguide,
+    is_user_model,
+    load_user_model,
+    resolve_program,
+)
 
 
 def guide_label(guide_name: str) -> str:
@@ -85,6 +92,14 @@ def build(config: Config, data: Dataset, guide_name: str):
                             config.activation, resolve_likelihood(config, data))
     model = model.to(resolve_device(config.device))
     return model, guide_for(config, model, len(data.train), guide_name, example, instances, modules)
+
+
+def check_rows(config: Config, data: Dataset) -> None:
+    """A user's per-point program checked on every row of the data (:func:`~elbogap.user_model.check_every_row`),
+    once, before any run; its first trace saw 3 rows."""
+    if PROTOCOLS[data.kind].build is None and is_user_model(config.model):
+        check_every_row(load_user_model(config.model, data.train[:3], config.latent_dim),
+                        {"train": data.train, "test": data.test})
 
 
 def guide_for(config: Config, model, num_data: int, guide_name: str, example: torch.Tensor | None = None,

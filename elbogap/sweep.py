@@ -19,7 +19,7 @@ from elbogap.board import Board
 from elbogap.config import Config
 from elbogap.errors import UsageError
 from elbogap.export import export_study
-from elbogap.factory import build, check_gradient, for_data, guide_label, load_dataset, with_kind_guides
+from elbogap.factory import build, check_gradient, check_rows, for_data, guide_label, load_dataset, with_kind_guides
 from elbogap.failures import ProgramFailed
 from elbogap.records import is_global_study
 from elbogap.runs import LOG, Interrupted, NumericalFault
@@ -80,6 +80,7 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
     config.validate()
     out = Path(out if out is not None else config.out)
     data = load_dataset(config)
+    check_rows(config, data)
     config, left_out = buildable_guides(with_kind_guides(config, data), data, config.guides == Config().guides)
     if left_out and progress:
         for name, why in left_out.items():

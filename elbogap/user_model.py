@@ -271,8 +271,11 @@ def check_log_probs(trace, what: str) -> None:
 def first_outside_support(fn, value: torch.Tensor) -> str | None:
     """Where a site's value first leaves its distribution's support, as ``"2 at index (17,) of its value"`` (the row
     first, for an observed site in a data plate), or None where the support check does not find it."""
+    support = fn.support
+    while isinstance(support, constraints.independent):  # elementwise where it can be: the element, not its row
+        support = support.base_constraint
     try:
-        inside = fn.support.check(value)
+        inside = support.check(value)
     except (NotImplementedError, RuntimeError, ValueError):
         return None
     outside = (~inside.bool()).nonzero()
@@ -281,7 +284,25 @@ def first_outside_support(fn, value: torch.Tensor) -> str | None:
     index = tuple(int(i) for i in outside[0])
     element = value[index]
     shown = f"{float(element):g}" if element.numel() == 1 else f"a value of shape {tuple(element.shape)}"
+    if value.dim() == 2 and len(index) == 2 and value.shape[1] <= 12:  # a row of the data: say what it reads
+        row = ", ".join(f"{float(number):g}" for number in value[index[0]])
+        return f"{shown} in column {index[1] + 1} of the row {row}"
     return f"{shown} at index {index} of its value" if index else shown
+
+
+#: rows of data per trace where every row is checked (:func:`check_every_row`)
+ROWS_PER_CHECK = 4096
+
+
+def check_every_row(model: "ProgramModel", splits: dict[str, torch.Tensor]) -> None:
+    """Refuse in one line data outside the likelihood's support in any row, not only in the 3 rows the program was
+    first traced on: the model is traced on every row of each split, ``ROWS_PER_CHECK`` at a time, and its sites are
+    checked as on its first trace (:func:`check_log_probs`). Found later, a run failed with a traceback."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        for split, x in splits.items():
+            for rows in x.split(ROWS_PER_CHECK):
+                what = f"the model {model.spec} on the {split} split"
+                check_log_probs(trace_program(model.model, rows, model.spec, "model"), what)
 
 
 def check_guide_draws(model_program, guide_trace, x: torch.Tensor, model_spec: str, guide_spec: str) -> None:

@@ -37,7 +37,7 @@ def test_user_files_load_as_float_matrices(tmp_path, suffix):
 
 @pytest.mark.parametrize(("array", "message"), [
     (np.zeros((0, 3)), "empty"),
-    (np.array([1.0, 2.0]), "one row per data point"),
+    (np.array(1.0), "one row per data point"),
     (np.array([[1.0, 2.0], [0.0, np.nan]]), r"1 NaN or infinite value\(s\), the first at row 2, column 2"),
     (np.array([["a", "b"], ["c", "d"]]), "numeric"),
 ])
@@ -45,6 +45,27 @@ def test_bad_arrays_are_named(tmp_path, array, message):
     np.save(tmp_path / "bad.npy", array)
     with pytest.raises(UsageError, match=message):
         load_data(str(tmp_path / "bad.npy"))
+
+
+def test_a_flat_array_is_one_value_per_data_point(tmp_path):
+    """A tester's column of counts saved as a 1-D .npy was refused; it reads as a one-column .csv does."""
+    np.save(tmp_path / "counts.npy", np.arange(10))
+    data = load_data(str(tmp_path / "counts.npy"))
+    assert data.train.shape[1] == 1 and len(data.train) + len(data.test) == 10
+
+
+def test_an_empty_csv_is_refused_in_one_line_without_numpys_warning(tmp_path, recwarn):
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(UsageError, match="empty"):
+        load_data(str(tmp_path / "empty.csv"))
+    assert not [warning for warning in recwarn if "no data" in str(warning.message)]
+
+
+def test_a_csv_separated_by_semicolons_is_named_as_such(tmp_path):
+    """A tester's file was refused as "'1;2;3;4' on line 2 ... is not a number", line 1 being the same."""
+    (tmp_path / "semi.csv").write_text("1;2;3\n4;5;6\n")
+    with pytest.raises(UsageError, match="its values are separated by ';', not commas"):
+        load_data(str(tmp_path / "semi.csv"))
 
 
 def test_a_csv_whose_rows_differ_in_width_is_named_by_its_line(tmp_path):

@@ -125,3 +125,19 @@ def test_data_outside_the_likelihoods_support_is_named_by_its_value_and_row(elbo
     assert code == 2 and error.count("\n") == 1
     assert "the site 'y' holds 2 at index (3,) of its value, outside the support Boolean() of its Bernoulli" in error
     assert not (tmp_path / "out").exists()
+
+
+def test_a_row_outside_an_event_supports_is_named_by_its_element_and_column(elbogap, tmp_path):
+    """A tester's Poisson counts with one -2: the line said "a value of shape (4,) at index (0,)", not the value; and
+    where the row was not among the 3 the program was first traced on, a run failed with a traceback."""
+    (tmp_path / "counts.py").write_text("import pyro\nimport pyro.distributions as dist\n\n\ndef model(x):\n"
+                                        "    with pyro.plate('data', x.shape[0]):\n"
+                                        "        rate = pyro.sample('rate', dist.Gamma(x.new_tensor(2.0), 1.0))\n"
+                                        "        pyro.sample('x', dist.Poisson(rate[:, None].expand(x.shape))"
+                                        ".to_event(1), obs=x)\n")
+    np.savetxt(tmp_path / "counts.csv", np.array([[1, -2, 3], [1, 2, 3], [4, 5, 6], [0, 1, 2]]), delimiter=",")
+    code, error = elbogap("compare", "--model", f"{tmp_path}/counts.py:model", "--data", tmp_path / "counts.csv",
+                          "--out", tmp_path / "out", "--quiet")
+    assert code == 2 and error.count("\n") == 1
+    assert "the site 'x' holds -2 in column 2 of the row 1, -2, 3, outside the support" in error
+    assert not (tmp_path / "out").exists()
