@@ -25,6 +25,12 @@ whose error is above :data:`REFINE_ABOVE` (on a grid of :data:`REFINE_FROM` poin
 and integrated again with twice the points per axis, its error there always the larger of the halving's and the
 trapezoid rule's, up to :data:`REFINE_TIMES` times; the finer grid's estimate is kept where its error is smaller.
 
+A grid counts each peak (a cell higher than its neighbours holding :data:`PEAK_SHARE` of the mass) apart: the mass
+must fill :data:`RESOLVED_MASS_CELLS` per peak, and a unit whose grid does not resolve its posterior is integrated
+again on finer grids whatever its error says. A mode narrower than the first grid's cells can fall between its points
+while the zoom keeps another: :func:`with_other_modes` climbs from the first grid's local maxima outside each unit's
+box, and integrates each mode found there in a box of its own.
+
 The grid points, weighted by :math:`p(x, z_c)\,A`, are kept as a weighted reference posterior where asked
 (``keep_draws``): deterministic weights, whose moments are the quadrature's, not a sample's.
 """
@@ -34,6 +40,7 @@ import math
 import torch
 
 from elbogap.estimators import Estimator, EstimatorSettings, LogPxEstimate, register
+from elbogap.inference.laplace import ascend
 from elbogap.inference.log_joint import ELEMENT_BUDGET
 
 #: prior draws behind the first box
@@ -61,6 +68,10 @@ RESOLVED_CELLS = 12
 #: halving agreed with the estimate by chance (stated 0.004) and log p(x) read 0.8 nats low
 #: (``benchmarks/quadrature.py --one-latent``). A Gaussian of sd 0.75 cells fills 2 sqrt(pi) 0.75 = 2.66 cells per axis
 RESOLVED_MASS_CELLS = 2.66
+#: a cell higher than its neighbours that holds this share of the mass is a peak, each of which must fill
+#: RESOLVED_MASS_CELLS: two modes x = z^2 makes (a tester's program) inside one box, a cell or two each, read 0.065
+#: nats high with a stated error of 0.003 where they counted as one posterior over their cells together
+PEAK_SHARE = 0.01
 #: a unit whose error from halving the resolution is above this many nats has it tightened by the trapezoid rule (one
 #: more grid); below, it is left as that bound, too small to matter beside a per-point ELBO's Monte-Carlo error
 TIGHTEN_ABOVE = 0.01
@@ -76,6 +87,10 @@ REFINE_TIMES = 3
 #: the fewest points per axis that are refined: a coarser grid was asked for as a cheap one (``--quadrature-points
 #: 12`` in a quick study) and stays one grid, its error stated
 REFINE_FROM = 24
+#: the most places per unit that are climbed for a mode the zoom left out (:func:`with_other_modes`), and the Adam
+#: steps of each climb
+OTHER_STARTS = 4
+OTHER_STEPS = 200
 
 
 def grid(lower: torch.Tensor, upper: torch.Tensor, num_points: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,11 +139,21 @@ def kept_box(points: torch.Tensor, log_p: torch.Tensor) -> tuple[torch.Tensor, t
     return torch.where(keep, points, infinity).amin(0), torch.where(keep, points, -infinity).amax(0)
 
 
-def filled_cells(log_w: torch.Tensor, dim: int) -> torch.Tensor:
+def filled_cells(log_w: torch.Tensor, dim: int, n: int | None = None) -> torch.Tensor:
     """How many cells per axis each unit's posterior mass fills ``(units,)``: the effective number of cells,
-    :math:`1 / \\sum_c w_c^2` for the weights ``log_w`` ``(count, units)`` normalized, to the power ``1 / dim``; NaN
-    where no cell has mass."""
-    return log_w.softmax(0).pow(2).sum(0).reciprocal().pow(1 / dim)
+    :math:`1 / \sum_c w_c^2` for the weights ``log_w`` ``(count, units)`` normalized, to the power ``1 / dim``; NaN
+    where no cell has mass. Given the grid's ``n`` points per axis, per peak: that number shared among the peaks
+    (:func:`peaks`) first, so that two modes of one cell each do not read as one posterior over two cells."""
+    effective = log_w.softmax(0).pow(2).sum(0).reciprocal()
+    if n is not None:
+        effective = effective / peaks(log_w, n, dim).clamp(min=1)
+    return effective.pow(1 / dim)
+
+
+def peaks(log_w: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """How many cells of each unit's grid ``(n**dim, units)`` are higher than their neighbours and hold at least
+    :data:`PEAK_SHARE` of its mass ``(units,)``."""
+    return (local_maxima(log_w, n, dim) & (log_w.softmax(0) >= PEAK_SHARE)).sum(0)
 
 
 def scored_grid(target, lower: torch.Tensor, upper: torch.Tensor, num_points: int):
@@ -146,35 +171,106 @@ def quadrature(target, settings: EstimatorSettings) -> LogPxEstimate:
     """Per unit of ``target``: the zoomed midpoint rule on ``settings.grid_points`` points per axis, and again at twice
     the points per axis on the units whose error is above :data:`REFINE_ABOVE`, up to :data:`REFINE_TIMES` times
     (see the module)."""
-    estimate = _zoomed(target, settings.grid_points, settings.keep_draws)
+    estimate, (lower, upper, resolved) = _zoomed(target, settings.grid_points, settings.keep_draws)
     points = settings.grid_points
     # a unit's kept draws are its one grid's: with several units, each keeps the first (as before refining)
     refinable = (settings.refine and settings.grid_points >= REFINE_FROM
                  and (not settings.keep_draws or target.batch_size == 1))
     for _ in range(REFINE_TIMES if refinable else 0):
-        coarse = (estimate.stderr > REFINE_ABOVE).nonzero().flatten()  # a NaN error (unsettled) is not refined
+        # a NaN error (unsettled) is not refined; an unresolved grid is, whatever its error says (two rules that
+        # both straddle a peak may agree by chance)
+        coarse = ((estimate.stderr > REFINE_ABOVE) | (~resolved & estimate.stderr.isfinite())).nonzero().flatten()
         if not len(coarse):
             break
         points *= 2
-        finer = _zoomed(target.select(coarse), points, settings.keep_draws, checked=True)
-        better = finer.stderr < estimate.stderr[coarse]  # a finer grid that settled with a smaller error
+        finer, (finer_lower, finer_upper, finer_resolved) = _zoomed(target.select(coarse), points,
+                                                                    settings.keep_draws, checked=True)
+        # a finer grid that settled with a smaller error, or resolved what the coarser did not
+        better = (finer.stderr < estimate.stderr[coarse]) | (finer_resolved & ~resolved[coarse]
+                                                             & finer.stderr.isfinite())
         chosen = coarse[better]
+        resolved[chosen] = finer_resolved[better]
         values, stderr = estimate.values.clone(), estimate.stderr.clone()
         values[chosen], stderr[chosen] = finer.values[better], finer.stderr[better]
+        lower[chosen], upper[chosen] = finer_lower[better], finer_upper[better]
         info = {**estimate.info, "samples": estimate.info["samples"] + finer.info["samples"],
                 "quadrature_refined": estimate.info.get("quadrature_refined", len(coarse)),  # the first round's
                 "quadrature_points_most": points}
         if settings.keep_draws and bool(better.all()):  # one unit
             info.update(draws=finer.info["draws"], log_w=finer.info["log_w"])
         estimate = LogPxEstimate(values, stderr, info)
-    return estimate
+    return with_other_modes(target, estimate, lower, upper, settings.grid_points)
 
 
-def _zoomed(target, n: int, keep_draws: bool, checked: bool = False) -> LogPxEstimate:
-    """Each unit of ``target`` zoomed onto and integrated on ``n`` points per axis (see the module); ``checked``: its
-    error the larger of the halving's and the trapezoid rule's difference on every unit."""
+def local_maxima(log_p: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """Which cells of a grid's log joint ``(n**dim, units)`` are finite and at least as high as every neighbour
+    (along the axes and diagonals)."""
+    grid_values = log_p.reshape(*(n,) * dim, -1)
+    padded = torch.nn.functional.pad(grid_values.movedim(-1, 0)[:, None], (1, 1) * dim, value=-math.inf)
+    if dim == 1:
+        highest = torch.nn.functional.max_pool1d(padded, 3, stride=1)
+    else:
+        highest = torch.nn.functional.max_pool2d(padded, 3, stride=1)
+    return ((grid_values.movedim(-1, 0)[:, None] >= highest) & grid_values.movedim(-1, 0)[:, None].isfinite())[
+        :, 0].movedim(0, -1).reshape(n**dim, -1)
+
+
+def with_other_modes(target, estimate: LogPxEstimate, lower: torch.Tensor, upper: torch.Tensor,
+                     n: int) -> LogPxEstimate:
+    r"""``estimate`` with the posterior mass of each unit's other modes added: a mode narrower than the first grid's
+    cells falls between its points, and the zoom kept the other one only.
+
+    On the first box's grid, the cells higher than their neighbours that lie outside the unit's final box (at most
+    :data:`OTHER_STARTS`, the highest first) are climbed by Adam (:func:`~elbogap.inference.laplace.ascend`). An end
+    outside every box found so far, its log joint within :data:`KEPT_NATS` of the unit's peak, is a mode the grid
+    missed: it is zoomed onto from a box about it that reaches half way to the nearest box, and its integral added.
+    Its error adds to the unit's. Where the new box grows into another, the two would count the same mass twice: the
+    unit's error is then NaN, as for a unit that did not settle.
+    """
+    dim = target.latent_dim
+    points, log_p, _ = scored_grid(target, *prior_box(target), n)
+    outside = ((points < lower[None]) | (points > upper[None])).any(-1)
+    candidate = local_maxima(log_p, n, dim) & outside & estimate.stderr.isfinite()[None]
+    units = candidate.any(0).nonzero().flatten()
+    if not len(units):
+        return estimate
+    values, stderr, info = estimate.values.clone(), estimate.stderr.clone(), dict(estimate.info)
+    order = torch.where(candidate[:, units], log_p[:, units], -math.inf).argsort(0, descending=True)[:OTHER_STARTS]
+    starts = points[:, units].gather(0, order[..., None].expand(-1, -1, dim))
+    usable = candidate[:, units].gather(0, order)
+    part = target.select(units)
+    ends = ascend(part, starts, OTHER_STEPS)
+    heights = sum(piece.double() for piece in part.log_joint(ends)).nan_to_num(nan=-math.inf)
+    boxes = {int(unit): [(lower[unit], upper[unit])] for unit in units}
+    found = 0
+    for k in range(len(ends)):
+        for j, unit in enumerate(units.tolist()):
+            mode, peak = ends[k, j], values[unit] - (upper[unit] - lower[unit]).log().sum()
+            if not usable[k, j] or heights[k, j] < peak - KEPT_NATS or math.isnan(float(stderr[unit])):
+                continue
+            if any(bool(((mode >= low) & (mode <= high)).all()) for low, high in boxes[unit]):
+                continue  # on a mode already integrated
+            reach = min(float((torch.maximum(low - mode, mode - high)).amax()) for low, high in boxes[unit]) / 2
+            box = ((mode - reach)[None], (mode + reach)[None])
+            extra, (new_lower, new_upper, _) = _zoomed(target.select(torch.tensor([unit])), n, False, box=box)
+            overlaps = any(bool(((new_lower[0] < high) & (new_upper[0] > low)).all()) for low, high in boxes[unit])
+            boxes[unit].append((new_lower[0], new_upper[0]))
+            values[unit] = torch.logaddexp(values[unit], extra.values[0])
+            stderr[unit] = math.nan if overlaps else stderr[unit] + extra.stderr[0]
+            info["samples"] += extra.info["samples"]
+            found += 1
+    if found:
+        info["quadrature_modes_added"] = found
+    return LogPxEstimate(values, stderr, info)
+
+
+def _zoomed(target, n: int, keep_draws: bool, checked: bool = False, box=None) -> tuple[LogPxEstimate, tuple]:
+    """Each unit of ``target`` zoomed onto and integrated on ``n`` points per axis (see the module), from the prior's
+    box or ``box`` (lower, upper, each ``(units, d)``); ``checked``: its error the larger of the halving's and the
+    trapezoid rule's difference on every unit. With it, each unit's final box (lower, upper) and whether its grid
+    resolved its posterior (:data:`RESOLVED_CELLS`, :data:`RESOLVED_MASS_CELLS` per peak)."""
     units, dim = target.batch_size, target.latent_dim
-    lower, upper = prior_box(target)
+    lower, upper = prior_box(target) if box is None else box
     nan = torch.full((units,), float("nan"), dtype=lower.dtype, device=lower.device)
     estimate, coarser = nan.clone(), nan.clone()
     settled = torch.zeros(units, dtype=torch.bool, device=lower.device)
@@ -202,7 +298,7 @@ def _zoomed(target, n: int, keep_draws: bool, checked: bool = False) -> LogPxEst
         estimate[which] = torch.logsumexp(log_w, 0)[ending]
         coarser[which] = torch.logsumexp(every_other(log_w, n, dim), 0)[ending]
         spanned = ((kept_upper - kept_lower) / cell).amin(-1) + 1 >= RESOLVED_CELLS
-        resolved[which] = (spanned & (filled_cells(log_w, dim) >= RESOLVED_MASS_CELLS))[ending]
+        resolved[which] = (spanned & (filled_cells(log_w, dim, n) >= RESOLVED_MASS_CELLS))[ending]
         settled[which] = done[ending]
         final_lower[which], final_upper[which] = lower.expand(count, -1)[ending], upper.expand(count, -1)[ending]
         if keep_draws:
@@ -231,7 +327,7 @@ def _zoomed(target, n: int, keep_draws: bool, checked: bool = False) -> LogPxEst
                                f"{MAX_STAGES} stages: their error is NaN; use --log-px ais")
     if keep_draws:
         info.update(draws=final_points, log_w=final_log_w)
-    return LogPxEstimate(estimate, stderr, info)
+    return LogPxEstimate(estimate, stderr, info), (final_lower, final_upper, resolved)
 
 
 register(Estimator("quadrature", "quadrature (midpoint rule on a grid zoomed onto the posterior, "

@@ -72,16 +72,22 @@ def laplace_start(target) -> dist.MixtureSameFamily:
 
 def _climb(target) -> torch.Tensor:
     """Each unit's ends of :data:`MODE_STEPS` Adam steps up ``log p(x, z)`` from :data:`MODE_STARTS` places."""
+    draws = target.start(MODE_STARTS + 63).detach()
+    starts = torch.cat([draws[MODE_STARTS - 1:].double().mean(0, keepdim=True).to(draws.dtype),
+                        draws[:MODE_STARTS - 1]])
+    return ascend(target, starts)
+
+
+def ascend(target, starts: torch.Tensor, steps: int = MODE_STEPS) -> torch.Tensor:
+    """The ends of ``steps`` Adam steps up each unit's ``log p(x, z)`` from ``starts`` ``(count, units, d)``, at
+    :data:`MODE_LR`, decaying a hundredfold over the last quarter."""
     with torch.inference_mode(False), torch.enable_grad():
-        draws = target.start(MODE_STARTS + 63).detach()
-        starts = torch.cat([draws[MODE_STARTS - 1:].double().mean(0, keepdim=True).to(draws.dtype),
-                            draws[:MODE_STARTS - 1]])
         modes = starts.clone().requires_grad_(True)
         optimizer = torch.optim.Adam([modes], lr=MODE_LR)
-        full = int(FULL_RATE_SHARE * MODE_STEPS)
+        full = int(FULL_RATE_SHARE * steps)
         decay = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.01 ** (max(0, step - full) / max(1, MODE_STEPS - full)))
-        for _ in range(MODE_STEPS):
+            optimizer, lambda step: 0.01 ** (max(0, step - full) / max(1, steps - full)))
+        for _ in range(steps):
             optimizer.zero_grad()
             loss = -sum(part.nan_to_num(neginf=-1e30).sum() for part in target.log_joint(modes))
             loss.backward()
