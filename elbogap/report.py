@@ -18,6 +18,7 @@ from elbogap.summary import (
     cell,
     converged_cell,
     convergence_warnings,
+    held_out_warnings,
     on_log_px_points,
     over_seeds,
     plus_minus,
@@ -189,9 +190,9 @@ def markdown(results: dict) -> str:
                   "line:", "", *[f"- {name}: {why}" for name, why in left_out.items()], ""]
     if is_global_study(runs):
         return "\n".join(lines + global_sections(results, runs) + ["", *snr_section(runs), timing(results, runs), ""])
-    warnings = convergence_warnings(runs) + [f"- {run['guide']} seed {run['seed']}, {split}: {run[split][key]}"
-                                             for key in ("log_px_warning", "log_px_note")
-                                             for run in runs for split in ("test", "train") if key in run[split]]
+    warnings = convergence_warnings(runs) + held_out_warnings(runs) + [
+        f"- {run['guide']} seed {run['seed']}, {split}: {run[split][key]}" for key in ("log_px_warning", "log_px_note")
+        for run in runs for split in ("test", "train") if key in run[split]]
     if warnings:
         lines += ["## Warnings", "", *warnings, ""]
     seeds = seed_counts(runs)

@@ -208,6 +208,35 @@ def convergence_warnings(runs: list[dict]) -> list[str]:
     return lines
 
 
+#: a test split's KL gap above this many times the training split's, and above it by more than HELD_OUT_NATS and four
+#: of their joint standard errors, is said (:func:`held_out_warnings`)
+HELD_OUT_RATIO = 2.0
+HELD_OUT_NATS = 0.1
+
+
+def held_out_warnings(runs: list[dict]) -> list[str]:
+    """A Warnings line where a guide's KL gap on the test split is far above its gap on the training split: q serves
+    the rows it was trained on, not the held-out ones (a tester's Poisson program read 1.585 against 0.024, almost
+    all of it amortization, and nothing said so)."""
+    messages = []
+    for run in runs:
+        test, train = run.get("test") or {}, run.get("train") or {}
+        gap, base = test.get("kl_gap"), train.get("kl_gap")
+        if gap is None or base is None or not (math.isfinite(gap) and math.isfinite(base)):
+            continue
+        noise = math.hypot(test.get("kl_gap_stderr") or 0.0, train.get("kl_gap_stderr") or 0.0)
+        if gap <= HELD_OUT_RATIO * max(base, 0.0) or gap - base <= max(HELD_OUT_NATS, 4 * noise):
+            continue
+        amortization = (f"; on the test split's {test['gap_points']} gap points {test['amort_gap']:.3f} nats of "
+                        f"{test['approx_gap'] + test['amort_gap']:.3f} are the amortization gap"
+                        if test.get("amort_gap") is not None and test.get("approx_gap") is not None else "")
+        messages.append((run["guide"], run["seed"], f"its KL gap on the test split, {gap:.3f}, is more than twice "
+                         f"its gap on the training split, {base:.3f}{amortization}: q fits the rows it was trained "
+                         "on far better than the held-out ones (held-out rows unlike the training rows, or an "
+                         "encoder that overfits); compare families on each split, and read the amortization gap"))
+    return per_guide_lines(messages)
+
+
 #: a number inside a Warnings message (:func:`per_guide_lines` reads where two messages differ only there)
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 

@@ -8,6 +8,7 @@ from elbogap.summary import (
     approx_gap_note,
     cell,
     convergence_warnings,
+    held_out_warnings,
     on_log_px_points,
     over_seeds,
     per_guide_lines,
@@ -119,3 +120,21 @@ def test_a_guides_seeds_with_one_message_but_its_numbers_get_one_line_with_each_
                                                                     ("auto-AutoIAFNormal", 0, 0.679)))])
     assert also == ["- auto-AutoIAFNormal, auto-AutoNormal seeds 0, 1: " + note.format("0.679-0.691", "8-9")]
 
+
+
+def held_out_run(guide: str, seed: int, test_gap: float, train_gap: float, stderr: float = 0.01) -> dict:
+    return {"guide": guide, "seed": seed,
+            "test": {"kl_gap": test_gap, "kl_gap_stderr": stderr, "gap_points": 64, "approx_gap": 0.01,
+                     "amort_gap": test_gap - 0.01},
+            "train": {"kl_gap": train_gap, "kl_gap_stderr": stderr}}
+
+
+def test_a_test_gap_far_above_the_training_gap_is_said_once_per_guide():
+    """A tester's Poisson program: test gaps 1.46-2.31 against 0.02-0.04 on the training rows, unsaid before."""
+    runs = [held_out_run("diag", 0, 1.585, 0.024), held_out_run("diag", 1, 2.313, 0.039),
+            held_out_run("full", 0, 0.16, 0.15)]
+    (line,) = held_out_warnings(runs)
+    assert line.startswith("- diag seeds 0, 1: its KL gap on the test split, 1.585-2.313, is more than twice its gap "
+                           "on the training split, 0.024-0.039; on the test split's 64 gap points 1.575-2.303 nats")
+    assert held_out_warnings([held_out_run("diag", 0, 0.08, 0.03)]) == []  # twice, but within HELD_OUT_NATS
+    assert held_out_warnings([held_out_run("diag", 0, 0.5, 0.2, stderr=0.1)]) == []  # within 4 joint s.e.
