@@ -258,9 +258,13 @@ def evidence_check(metrics: dict) -> dict:
         out["log_px_warning"] = (f"log p(D) by {method} has no standard error (its weights' tail says their "
                                    f"variance is infinite): it may be far too low, and every gap with it; {fix}")
         return out
-    if math.isnan(stderr):  # q's weights have no error bar: no test of one against the other
-        return out
     name = "AIS" if method == "ais" else method
+    if math.isnan(stderr):  # q's weights have no error bar: above may be an outlier; far below is said as below
+        if -above > DISAGREEMENT_NATS:
+            out["log_px_note"] = (f"q's importance estimate of log p(D) is {-above:.3f} nats below {name}'s, with no "
+                                  f"error bar (k-hat {metrics.get('khat_mean', math.nan):.2f}): q is a poor "
+                                  f"importance proposal for this posterior; {name}'s value is the one to read")
+        return out
     if above > max(DISAGREEMENT * stderr, DISAGREEMENT_NATS):
         out["log_px_warning"] = (f"q's importance estimate of log p(D) is {above:.3f} nats above {name}'s "
                                  f"({above / max(stderr, 1e-12):.0f} standard errors): {name} has not converged "

@@ -1,5 +1,6 @@
 """What a run of a model with global latents shares with the other runs of its seed, and the streams it draws from."""
 
+import math
 import multiprocessing
 import tempfile
 import time
@@ -71,6 +72,18 @@ def test_q_far_below_the_evidence_is_noted_under_the_estimator_that_gave_it():
                "log_px_method": "quadrature"}
     note = evidence_check(metrics)["log_px_note"]
     assert "0.802 nats below quadrature's" in note and "AIS" not in note
+
+
+def test_q_far_below_the_evidence_without_an_error_bar_is_noted_too_and_above_it_is_not():
+    """A tester's bimodal program: every guide's estimate sat 0.72 below AIS, and only the one with an error bar was
+    noted; above AIS, an estimate with no error bar may be an outlier (a centred eight schools' read 0.69 above the
+    exact value at k-hat 1.06), and is not said."""
+    metrics = {"log_px": -40.872, "log_px_stderr": 0.025, "log_px_iwae": -41.590, "log_px_iwae_stderr": math.nan,
+               "khat_mean": 2.21}
+    note = evidence_check(metrics)["log_px_note"]
+    assert "0.718 nats below AIS's, with no error bar (k-hat 2.21)" in note
+    metrics["log_px_iwae"] = -40.18
+    assert "log_px_note" not in evidence_check(metrics) and "log_px_warning" not in evidence_check(metrics)
 
 
 def test_q_a_few_thousandths_below_the_evidence_is_no_finding():
