@@ -141,7 +141,7 @@ def kept_box(points: torch.Tensor, log_p: torch.Tensor) -> tuple[torch.Tensor, t
 
 def filled_cells(log_w: torch.Tensor, dim: int, n: int | None = None) -> torch.Tensor:
     """How many cells per axis each unit's posterior mass fills ``(units,)``: the effective number of cells,
-    :math:`1 / \sum_c w_c^2` for the weights ``log_w`` ``(count, units)`` normalized, to the power ``1 / dim``; NaN
+    :math:`1 / \\sum_c w_c^2` for the weights ``log_w`` ``(count, units)`` normalized, to the power ``1 / dim``; NaN
     where no cell has mass. Given the grid's ``n`` points per axis, per peak: that number shared among the peaks
     (:func:`peaks`) first, so that two modes of one cell each do not read as one posterior over two cells."""
     effective = log_w.softmax(0).pow(2).sum(0).reciprocal()
@@ -222,10 +222,11 @@ def with_other_modes(target, estimate: LogPxEstimate, lower: torch.Tensor, upper
 
     On the first box's grid, the cells higher than their neighbours that lie outside the unit's final box (at most
     :data:`OTHER_STARTS`, the highest first) are climbed by Adam (:func:`~elbogap.inference.laplace.ascend`). An end
-    outside every box found so far, its log joint within :data:`KEPT_NATS` of the unit's peak, is a mode the grid
-    missed: it is zoomed onto from a box about it that reaches half way to the nearest box, and its integral added.
-    Its error adds to the unit's. Where the new box grows into another, the two would count the same mass twice: the
-    unit's error is then NaN, as for a unit that did not settle.
+    outside every box found so far, its log joint above the unit's mean density over its box less :data:`KEPT_NATS`, is
+    a mode the grid missed: it is zoomed onto from a box about it that reaches half way to the nearest box, and its
+    integral added. Its error adds to the unit's. Where the new box grows into another, the two would count the same
+    mass twice: the unit's error is then NaN, as for a unit that did not settle. A unit's kept draws (a weighted
+    reference posterior) stay its first box's.
     """
     dim = target.latent_dim
     points, log_p, _ = scored_grid(target, *prior_box(target), n)
