@@ -462,16 +462,23 @@ def held_out_section(runs: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def recorded(metrics: dict, key: str) -> float:
+    """A record's number, NaN where it is null or absent."""
+    value = metrics.get(key)
+    return math.nan if value is None else value
+
+
 def importance_cell(runs: list[dict]) -> str:
     """One seed's importance estimate of log p(D) from q to show beside AIS: the highest with an error bar, else the
     lowest k-hat's, marked (the highest of estimates with no finite variance is the likeliest to be an upward
     outlier: a tester's centred eight schools read 0.69 nats above the truth at k-hat 1.06)."""
-    with_error = [run for run in runs if math.isfinite(run["train"].get("log_px_iwae_stderr", math.nan))]
+    with_error = [run for run in runs if math.isfinite(recorded(run["train"], "log_px_iwae_stderr"))]
     if with_error:
         best = max(with_error, key=lambda run: run["train"]["log_px_iwae"])
         return f"{best['train']['log_px_iwae']:.3f} ± {best['train']['log_px_iwae_stderr']:.3f} ({best['guide']})"
-    best = min(runs, key=lambda run: run["train"].get("khat_mean", math.inf))
-    khat = best["train"].get("khat_mean", math.nan)
+    best = min(runs, key=lambda run: math.inf if math.isnan(recorded(run["train"], "khat_mean"))
+               else recorded(run["train"], "khat_mean"))
+    khat = recorded(best["train"], "khat_mean")
     return f"{best['train']['log_px_iwae']:.3f} ({best['guide']}; k-hat {khat:.2f}, no error bar)"
 
 
