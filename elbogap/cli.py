@@ -135,7 +135,7 @@ def run_compare(args) -> int:
 
 
 def run_train(args) -> int:
-    from elbogap.factory import for_data, load_dataset
+    from elbogap.factory import check_rows, for_data, load_dataset
     from elbogap.failures import ProgramFailed, keep_traceback, program_failure
     from elbogap.runs import LOG, Interrupted, NumericalFault, run_one
     from elbogap.stopping import stop_requests
@@ -145,6 +145,7 @@ def run_train(args) -> int:
     out = Path(config.out)
     check_writable(out)
     data = load_dataset(config)
+    check_rows(config, data)
     config = for_data(config, data, config.guide)
     try:
         run = run_one(config, data, config.guide, config.seed, out, progress=not args.quiet, stops=stop_requests)

@@ -141,3 +141,6 @@ def test_a_row_outside_an_event_supports_is_named_by_its_element_and_column(elbo
     assert code == 2 and error.count("\n") == 1
     assert "the site 'x' holds -2 in column 2 of the row 1, -2, 3, outside the support" in error
     assert not (tmp_path / "out").exists()
+    code, error = elbogap("train", "--model", f"{tmp_path}/counts.py:model", "--data", tmp_path / "counts.csv",
+                          "--out", tmp_path / "run", "--quiet")
+    assert code == 2 and "holds -2 in column 2" in error and not (tmp_path / "run").exists()
