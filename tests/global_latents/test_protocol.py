@@ -84,6 +84,8 @@ def test_q_far_below_the_evidence_without_an_error_bar_is_noted_too_and_above_it
     assert "0.718 nats below AIS's, with no error bar (k-hat 2.21)" in note
     metrics["log_px_iwae"] = -40.18
     assert "log_px_note" not in evidence_check(metrics) and "log_px_warning" not in evidence_check(metrics)
+    metrics.update(log_px_iwae=-40.922, khat_mean=0.56)  # eight schools' IAF, its best family: 0.050 below
+    assert "log_px_note" not in evidence_check(metrics)
 
 
 def test_q_a_few_thousandths_below_the_evidence_is_no_finding():
