@@ -284,3 +284,25 @@ def test_two_narrow_modes_are_both_counted_and_resolved_within_the_stated_error(
     assert bool((error <= estimate.stderr.double() + 2e-4).all()), (error.max(), error.argmax())
     if dtype is torch.float32:  # rows whose second mode fell between the first grid's points (in float64 none here)
         assert estimate.info["quadrature_modes_added"] > 0
+
+
+def sparse_rate(x):
+    """A Gamma(0.3, 1) rate behind 4 Poisson counts: most rows all zeros, their posterior Gamma(0.3, 5), whose log-rate
+    has a long left tail where the rate underflows to 0 in float32 and its density to +inf."""
+    with pyro.plate("data", x.shape[0]):
+        rate = pyro.sample("rate", dist.Gamma(x.new_tensor(0.3), 1.0))
+        pyro.sample("x", dist.Poisson(rate.unsqueeze(-1).expand(x.shape)).to_event(1), obs=x)
+
+
+def test_a_log_joint_that_overflows_where_a_rate_underflows_is_no_mass_there():
+    """A tester's program read log p(x) = 1.9e38 nats with an error of 0: +inf (a rate of 0 in float32) became the
+    largest float in the grid. Now every row is within its stated error of the negative-binomial closed form."""
+    torch.manual_seed(0)
+    x = torch.poisson(torch.distributions.Gamma(0.3, 1.0).sample((60, 1)).expand(60, 4).contiguous())
+    model = ProgramModel(sparse_rate, x[:3])
+    estimate = QUADRATURE.estimate(per_point_target(model, x), EstimatorSettings(grid_points=24))
+    total = x.double().sum(-1)
+    exact = (torch.lgamma(0.3 + total) - math.lgamma(0.3) - (0.3 + total) * math.log(5.0)
+             - torch.lgamma(x.double() + 1).sum(-1))
+    assert bool((x.sum(-1) == 0).sum() > 20) and bool(estimate.stderr.isfinite().all())
+    assert bool(((estimate.values.double() - exact).abs() <= estimate.stderr.double() + 1e-4).all())
