@@ -35,6 +35,7 @@ from elbogap.model.vae import VAE
 from elbogap.user_model import ProgramModel
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+from tests.estimators.truth import squared_location, squared_location_evidence  # noqa: E402
 from tests.global_latents import truth  # noqa: E402
 
 QUADRATURE = estimators()["quadrature"]
@@ -123,22 +124,6 @@ def bounded(x):
         pyro.sample("x", dist.Normal(u.unsqueeze(-1), 0.5).to_event(1), obs=x)
 
 
-def squared_location(x):
-    with pyro.plate("data", x.shape[0]):
-        z = pyro.sample("z", dist.Normal(x.new_tensor(0.0), 1.0))
-        pyro.sample("x", dist.Normal(((z - 0.3) ** 2).unsqueeze(-1), 0.2).to_event(1), obs=x)
-
-
-def squared_location_exact(x: torch.Tensor) -> torch.Tensor:
-    """log p(x) per row of :func:`squared_location` by the midpoint rule on 200,000 points of [-9, 9] (cells of 9e-5,
-    far below either mode's sd, about 0.045 / sqrt(x))."""
-    z = torch.linspace(-9, 9, 200_000, dtype=torch.float64)
-    log_p = torch.distributions.Normal(0.0, 1.0).log_prob(z).expand(len(x), -1).clone()
-    for column in x.double().T:
-        log_p += torch.distributions.Normal((z - 0.3) ** 2, 0.2).log_prob(column[:, None])
-    return torch.logsumexp(log_p, -1) + math.log(z[1] - z[0])
-
-
 def beta_binomial(data):
     p = pyro.sample("p", dist.Beta(data.new_tensor(2.0), 3.0))
     with pyro.plate("rows", data.shape[0]):
@@ -168,7 +153,7 @@ def one_latent_cases(seed: int):
     z = torch.randn(200, 1, dtype=torch.float64)
     x = ((z - 0.3) ** 2 + 0.2 * torch.randn(200, 5, dtype=torch.float64)).float()  # in float32, as a study runs
     yield ("Location through its square (two modes), 5 Normal observations of sd 0.2, float32", squared_location, x,
-           squared_location_exact(x))
+           squared_location_evidence(x))
 
 
 def one_latent(points: list[int]) -> list[str]:

@@ -23,6 +23,7 @@ from elbogap.model.target import DataSetTarget
 from elbogap.model.vae import VAE
 from elbogap.report import caveats
 from elbogap.user_model import ProgramModel
+from tests.estimators.truth import squared_location, squared_location_evidence
 from tests.global_latents import truth
 
 QUADRATURE = estimators()["quadrature"]
@@ -250,23 +251,6 @@ def test_a_narrow_peak_beside_a_long_tail_is_not_taken_for_a_resolved_grid():
                                    EstimatorSettings(grid_points=24))
     error = (estimate.values - exact).abs()
     assert bool((error <= estimate.stderr + 1e-9).all()) and float(error.max()) < 0.01
-
-
-def squared_location(x):
-    """A location seen through its square: each row's posterior has two modes, at 0.3 +- sqrt(x), narrow where x is
-    large (sd about 0.045 / sqrt(x) on 5 columns)."""
-    with pyro.plate("data", x.shape[0]):
-        z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0]), 1.0))
-        pyro.sample("x", dist.Normal(((z - 0.3) ** 2).unsqueeze(-1).expand(x.shape), 0.2).to_event(1), obs=x)
-
-
-def squared_location_evidence(x: torch.Tensor) -> torch.Tensor:
-    """log p(x) per row by the midpoint rule on 200,000 points of [-9, 9] (cells of 9e-5, far below any mode's sd)."""
-    z = torch.linspace(-9, 9, 200_000, dtype=torch.float64)
-    log_p = torch.distributions.Normal(0.0, 1.0).log_prob(z).expand(len(x), -1).clone()
-    for column in x.T:  # (rows, points), one column's likelihood at a time
-        log_p += torch.distributions.Normal((z - 0.3) ** 2, 0.2).log_prob(column[:, None])
-    return torch.logsumexp(log_p, -1) + math.log(z[1] - z[0])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
