@@ -44,11 +44,16 @@ def real_line_map(support, name: str, spec: str):
 
 
 def unconstrained_shapes(model) -> dict[str, torch.Size]:
-    """Each latent site's per-point shape on the real line: its own, or ``biject_to(support).inverse_shape`` of it
-    where that map changes the shape (a simplex of K values: K - 1). ``model.latent_dim`` is their total size."""
-    transforms = latent_transforms(model)
-    return {name: torch.Size(transforms[name].inverse_shape(shape)) if name in transforms else shape
-            for name, shape in latent_sites(model).items()}
+    """Each latent site's per-point shape on the real line (:func:`real_line_shapes`); ``model.latent_dim`` is their
+    total size."""
+    return real_line_shapes(latent_sites(model), latent_transforms(model))
+
+
+def real_line_shapes(sites: dict, transforms: dict) -> dict[str, torch.Size]:
+    """Each of ``sites`` (name -> shape) in the shape its ``transforms`` (``biject_to`` of its support, where it has
+    one) take it from on the real line: its own, or fewer values (a simplex of K values: K - 1)."""
+    return {name: torch.Size(transforms[name].inverse_shape(shape)) if name in transforms else torch.Size(shape)
+            for name, shape in sites.items()}
 
 
 def split_latents(model, z: torch.Tensor) -> dict[str, torch.Tensor]:

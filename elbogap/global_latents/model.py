@@ -21,7 +21,7 @@ from torch import nn
 from elbogap.errors import UsageError
 from elbogap.global_latents.decentred import decentred, hierarchical_sites
 from elbogap.inference.stacking import unvalidated
-from elbogap.sites import check_unscaled_latents, data_plates, is_per_point, real_line_map, scored
+from elbogap.sites import check_unscaled_latents, data_plates, is_per_point, real_line_map, real_line_shapes, scored
 from elbogap.user_model import (
     check_log_probs,
     check_stable,
@@ -118,10 +118,7 @@ class GlobalLatentModel(nn.Module):
                                  "and a marginalized likelihood, or make it continuous)")
         self.latent_sites = {name: site["value"].shape for name, site in latents.items()}
         self.transforms = {name: real_line_map(site["fn"].support, name, spec) for name, site in latents.items()}
-        self.unconstrained_shapes = {}
-        for name, shape in self.latent_sites.items():
-            unconstrained = self.transforms[name].inverse_shape(shape)
-            self.unconstrained_shapes[name] = torch.Size(unconstrained)
+        self.unconstrained_shapes = real_line_shapes(self.latent_sites, self.transforms)
         plates = data_plates(samples)
         self.local_sites = [name for name, site in latents.items() if is_per_point(site, plates, len(data))]
         self.global_sites = [name for name in latents if name not in self.local_sites]
