@@ -18,7 +18,6 @@ from elbogap.model import build_model
 from elbogap.progress import as_progress
 from elbogap.protocols import PROTOCOLS
 from elbogap.user_model import (
-    check_every_row,
     display_name,
     is_autoguide,
     is_user_model,
@@ -95,11 +94,11 @@ def build(config: Config, data: Dataset, guide_name: str):
 
 
 def check_rows(config: Config, data: Dataset) -> None:
-    """A user's per-point program checked on every row of the data (:func:`~elbogap.user_model.check_every_row`),
-    once, before any run; its first trace saw 3 rows."""
-    if PROTOCOLS[data.kind].build is None and is_user_model(config.model):
-        check_every_row(load_user_model(config.model, data.train[:3], config.latent_dim),
-                        {"train": data.train, "test": data.test})
+    """The model checked on every row of the data, once, before any run, where its kind asks for it
+    (``Protocol.check_data``: a user's per-point program, whose first trace saw 3 rows)."""
+    check = PROTOCOLS[data.kind].check_data
+    if check is not None:
+        check(config, data)
 
 
 def guide_for(config: Config, model, num_data: int, guide_name: str, example: torch.Tensor | None = None,

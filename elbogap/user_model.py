@@ -305,6 +305,14 @@ def check_every_row(model: "ProgramModel", splits: dict[str, torch.Tensor]) -> N
                 check_log_probs(trace_program(model.model, rows, model.spec, "model"), what)
 
 
+def check_program_rows(config, data) -> None:
+    """A user's per-point program (``config.model``) checked on every row of ``data``'s splits
+    (:func:`check_every_row`): its first trace saw 3 rows. elbogap's own models need no check."""
+    if is_user_model(config.model):
+        check_every_row(load_user_model(config.model, data.train[:3], config.latent_dim),
+                        {"train": data.train, "test": data.test})
+
+
 def check_guide_draws(model_program, guide_trace, x: torch.Tensor, model_spec: str, guide_spec: str) -> None:
     """Refuse in one line a guide whose draws the model cannot score: its own log q, then the model's
     log p replayed on the guide's trace, must fit their values (see :func:`check_log_probs`)."""

@@ -33,6 +33,8 @@ class Protocol:
     :param guides: the families a study compares where ``--guides`` is left at its default, if not the default's.
     :param build: ``(config, data, guide_name) -> (model, guide)``, where the kind builds its own (None: elbogap's
         per-point models, families and programs, :func:`~elbogap.factory.build`).
+    :param check_data: ``(config, data) -> None``, once before any run: refuses in one line data the model cannot
+        score on some row (None: the kind's loading sees every row already).
     :param trainer: ``(config, model, guide, data, seed, freeze_model, schedule, rule, lr_decay, loss_scale) ->
         Trainer``, where the kind trains otherwise than on minibatches of rows with the configuration's batch size.
     :param warm_start: ``(config, data, runs, seeds, run_dirs, progress, should_stop) -> [dict | None]``, where the
@@ -65,6 +67,7 @@ class Protocol:
     family_defaults: dict = field(default_factory=dict)
     guides: tuple[str, ...] = ()
     build: Callable[..., tuple] | None = None
+    check_data: Callable[..., None] | None = None
     trainer: Callable[..., object] | None = None
     gradient_refusal: str | None = None
     stacker: Callable[..., object] | None = None

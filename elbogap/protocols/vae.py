@@ -23,6 +23,7 @@ from elbogap.inference.stacked_training import Q_STAR, stacker
 from elbogap.phases import Phases
 from elbogap.progress import Progress, as_progress
 from elbogap.protocols.base import Protocol
+from elbogap.user_model import check_program_rows
 
 
 def evaluate_splits(model, guide, data: Dataset, config: Config, seed: int, phases: Phases | None = None,
@@ -220,4 +221,5 @@ STACK_FROM = 4
 VAE = Protocol("vae", evaluate=evaluate_splits, curve_point=evaluation_point, bdmc=run_bdmc, elbo_check=elbo_check,
                elbo_terms=elbo_terms,
                defaults={"lr": 0.003, "steps": 2000, "schedule": "fixed", "convergence_tol": 0.01,
-                         "particles": 1}, stacker=stack_with_gap_points, stack_from=STACK_FROM)
+                         "particles": 1}, stacker=stack_with_gap_points, stack_from=STACK_FROM,
+               check_data=check_program_rows)
