@@ -271,11 +271,8 @@ def check_log_probs(trace, what: str) -> None:
 def first_outside_support(fn, value: torch.Tensor) -> str | None:
     """Where a site's value first leaves its distribution's support, as ``"2 at index (17,) of its value"`` (the row
     first, for an observed site in a data plate), or None where the support check does not find it."""
-    support = fn.support
-    while isinstance(support, constraints.independent):  # elementwise where it can be: the element, not its row
-        support = support.base_constraint
     try:
-        inside = support.check(value)
+        inside = elementwise(fn.support).check(value)  # the element, not its row
     except (NotImplementedError, RuntimeError, ValueError):
         return None
     outside = (~inside.bool()).nonzero()
@@ -402,10 +399,15 @@ def broadcasts_over_draws(program, x: torch.Tensor) -> bool:
                if site["type"] == "sample" and not site_is_subsample(site))
 
 
-def is_real_line(support) -> bool:
+def elementwise(support):
+    """``support`` without its ``independent`` wrappers: the constraint each element meets."""
     while isinstance(support, constraints.independent):
         support = support.base_constraint
-    return support is constraints.real
+    return support
+
+
+def is_real_line(support) -> bool:
+    return elementwise(support) is constraints.real
 
 
 def support_transforms(trace, latents: dict, spec: str) -> dict:
