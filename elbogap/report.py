@@ -104,14 +104,19 @@ def gap_section(runs: list[dict], splits: Sequence[str] = ("test", "train")) -> 
 
 
 def caveats(runs: list[dict], split: str) -> list[str]:
-    """What the ± of the split's log p(x) leaves out, once per method that gave it (its registry entry's caveat)."""
-    used = dict.fromkeys(run[split]["log_px_method"] for run in runs)
+    """What the ± of the split's log p(x) leaves out, once per method that gave it (its registry entry's caveat), the
+    one that filled in the points another left without an error bar included."""
+    used = dict.fromkeys(name for run in runs
+                         for name in (run[split]["log_px_method"], run[split].get("log_px_filled_by")) if name)
     return [f"\n{methods()[name].caveat}." for name in used if methods()[name].caveat]
 
 
 def describe_log_px(split_metrics: dict) -> str:
     """How a split's log p(x) was computed, in the registry's words, and on how many of its points."""
     text = methods()[split_metrics["log_px_method"]].describe(split_metrics)
+    if filled := split_metrics.get("log_px_filled_by"):
+        text += (f", and on the {split_metrics['log_px_filled_points']} points it left without an error bar "
+                 f"{methods()[filled].describe(split_metrics)}")
     if split_metrics.get("log_px_points", split_metrics["num_points"]) < split_metrics["num_points"]:
         text += (f", on {split_metrics['log_px_points']} of the split's {split_metrics['num_points']} points "
                  "(the gap points among them); the ELBO and the KL gap beside it are on those points too, and "

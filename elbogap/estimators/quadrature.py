@@ -29,7 +29,12 @@ A grid counts each peak (a cell higher than its neighbours holding :data:`PEAK_S
 must fill :data:`RESOLVED_MASS_CELLS` per peak, and a unit whose grid does not resolve its posterior is integrated
 again on finer grids whatever its error says. A mode narrower than the first grid's cells can fall between its points
 while the zoom keeps another: :func:`with_other_modes` climbs from the first grid's local maxima outside each unit's
-box, and integrates each mode found there in a box of its own.
+box, and integrates each mode found there in a box of its own. Where the first zoom did not resolve a unit, it climbs
+inside the unit's box too: a mode whose own box holds more mass than the unit's estimate was missed there, and the
+unit has no error bar.
+
+The grid is scored in float64 wherever the model computes in it (a program whose tensors follow its data's dtype:
+:meth:`~elbogap.model.target.Target.in_float64`); a model with float32 weights (a decoder) is scored in float32.
 
 The grid points, weighted by :math:`p(x, z_c)\,A`, are kept as a weighted reference posterior where asked
 (``keep_draws``): deterministic weights, whose moments are the quadrature's, not a sample's.
@@ -40,7 +45,7 @@ import math
 import torch
 
 from elbogap.estimators import Estimator, EstimatorSettings, LogPxEstimate, register
-from elbogap.inference.laplace import ascend
+from elbogap.inference.laplace import ascend, log_mass
 from elbogap.inference.log_joint import ELEMENT_BUDGET
 
 #: prior draws behind the first box
@@ -91,6 +96,15 @@ REFINE_FROM = 24
 #: steps of each climb
 OTHER_STARTS = 4
 OTHER_STEPS = 200
+#: and the most places climbed inside the box of a unit whose first zoom did not resolve its posterior: two narrow
+#: modes far in a prior's tail fell between the first grid's points, the zoom stayed on the prior's box, and the finer
+#: grids each found one of them, with a stated error of 1e-9; a tester-style program read up to 37 nats low
+INSIDE_STARTS = 2
+#: a mode's Laplace mass, and then its own box's integral, above the unit's estimate and error by this many nats is
+#: mass the unit's grid missed (a lighter-tailed mode than a Gaussian has a Laplace mass above its own integral)
+MISSED_NATS = 0.5
+#: a confirming box reaches this many of the mode's Laplace standard deviations each way
+MODE_BOX_SDS = 8.0
 
 
 def grid(lower: torch.Tensor, upper: torch.Tensor, num_points: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,12 +183,16 @@ def scored_grid(target, lower: torch.Tensor, upper: torch.Tensor, num_points: in
     return points.expand(-1, units, -1), log_p, area.log().expand(units)
 
 
-@torch.inference_mode()
+# not inference mode: a climb (with_other_modes) differentiates through the units' selected rows, which a
+# Multinomial's or Poisson's log_prob saves for its backward pass (an inference tensor cannot be)
+@torch.no_grad()
 def quadrature(target, settings: EstimatorSettings) -> LogPxEstimate:
     """Per unit of ``target``: the zoomed midpoint rule on ``settings.grid_points`` points per axis, and again at twice
     the points per axis on the units whose error is above :data:`REFINE_ABOVE`, up to :data:`REFINE_TIMES` times
-    (see the module)."""
+    (see the module), in float64 where the model computes in it (:meth:`~elbogap.model.target.Target.in_float64`)."""
+    target = target.in_float64()
     estimate, (lower, upper, resolved) = _zoomed(target, settings.grid_points, settings.keep_draws)
+    unsure = ~resolved
     points = settings.grid_points
     # a unit's kept draws are its one grid's: with several units, each keeps the first (as before refining)
     refinable = (settings.refine and settings.grid_points >= REFINE_FROM
@@ -202,7 +220,7 @@ def quadrature(target, settings: EstimatorSettings) -> LogPxEstimate:
         if settings.keep_draws and bool(better.all()):  # one unit
             info.update(draws=finer.info["draws"], log_w=finer.info["log_w"])
         estimate = LogPxEstimate(values, stderr, info)
-    estimate = with_other_modes(target, estimate, lower, upper, settings.grid_points)
+    estimate = with_other_modes(target, estimate, lower, upper, settings.grid_points, unsure)
     unknown = int(estimate.stderr.isnan().sum())
     if unknown:  # a tester's Dirichlet(0.2, 0.3, 0.5) rows read 10-40 nats low, their note saying only "error is NaN"
         estimate.info["log_px_note"] = (
@@ -225,8 +243,8 @@ def local_maxima(log_p: torch.Tensor, n: int, dim: int) -> torch.Tensor:
         :, 0].movedim(0, -1).reshape(n**dim, -1)
 
 
-def with_other_modes(target, estimate: LogPxEstimate, lower: torch.Tensor, upper: torch.Tensor,
-                     n: int) -> LogPxEstimate:
+def with_other_modes(target, estimate: LogPxEstimate, lower: torch.Tensor, upper: torch.Tensor, n: int,
+                     unsure: torch.Tensor | None = None) -> LogPxEstimate:
     r"""``estimate`` with the posterior mass of each unit's other modes added: a mode narrower than the first grid's
     cells falls between its points, and the zoom kept the other one only.
 
@@ -237,19 +255,29 @@ def with_other_modes(target, estimate: LogPxEstimate, lower: torch.Tensor, upper
     integral added. Its error adds to the unit's. Where the new box grows into another, the two would count the same
     mass twice: nothing is added, and the unit's error is NaN, as for a unit that did not settle. A unit's kept draws
     (a weighted reference posterior) stay its first box's.
+
+    A unit ``unsure`` of its grid (its first zoom did not resolve its posterior, so the finer grids chose among
+    boxes) is climbed from up to :data:`INSIDE_STARTS` of those cells inside its final box too. Where an end's
+    Laplace mass (:func:`~elbogap.inference.laplace.log_mass`) exceeds the unit's estimate by more than its error
+    and :data:`MISSED_NATS`, and the integral over a box of :data:`MODE_BOX_SDS` Laplace sds about it confirms it, the
+    grid missed a mode inside its own box: the unit keeps the larger of the two, and no error bar.
     """
     dim = target.latent_dim
     points, log_p, _ = scored_grid(target, *prior_box(target), n)
     outside = ((points < lower[None]) | (points > upper[None])).any(-1)
-    candidate = local_maxima(log_p, n, dim) & outside & estimate.stderr.isfinite()[None]
-    units = candidate.any(0).nonzero().flatten()
+    maxima = local_maxima(log_p, n, dim) & estimate.stderr.isfinite()[None]
+    unsure = torch.zeros_like(outside[0]) if unsure is None else unsure
+    starts, usable = [], []
+    for candidate, count in ((maxima & outside, OTHER_STARTS), (maxima & ~outside & unsure[None], INSIDE_STARTS)):
+        order = torch.where(candidate, log_p, -math.inf).argsort(0, descending=True)[:count]
+        starts.append(points.gather(0, order[..., None].expand(-1, -1, dim)))
+        usable.append(candidate.gather(0, order))
+    starts, usable = torch.cat(starts), torch.cat(usable)
+    units = usable.any(0).nonzero().flatten()
     if not len(units):
         return estimate
     values, stderr, info = estimate.values.clone(), estimate.stderr.clone(), dict(estimate.info)
-    order = torch.where(candidate[:, units], log_p[:, units], -math.inf).argsort(0, descending=True)[:OTHER_STARTS]
-    starts = points[:, units].gather(0, order[..., None].expand(-1, -1, dim))
-    usable = candidate[:, units].gather(0, order)
-    part = target.select(units)
+    starts, usable, part = starts[:, units], usable[:, units], target.select(units)
     ends = ascend(part, starts, OTHER_STEPS)
     heights = sum(piece.double() for piece in part.log_joint(ends)).nan_to_num(nan=-math.inf, posinf=-math.inf)
     boxes = {int(unit): [(lower[unit], upper[unit])] for unit in units}
@@ -258,6 +286,11 @@ def with_other_modes(target, estimate: LogPxEstimate, lower: torch.Tensor, upper
         for j, unit in enumerate(units.tolist()):
             mode, peak = ends[k, j], values[unit] - (upper[unit] - lower[unit]).log().sum()
             if not usable[k, j] or heights[k, j] < peak - KEPT_NATS or math.isnan(float(stderr[unit])):
+                continue
+            if bool(((mode >= lower[unit]) & (mode <= upper[unit])).all()):
+                if unsure[unit] and (missed := missed_inside(target.select(torch.tensor([unit])), mode, n,
+                                                             values[unit] + stderr[unit])) is not None:
+                    values[unit], stderr[unit] = torch.maximum(values[unit], missed), math.nan
                 continue
             if any(bool(((mode >= low) & (mode <= high)).all()) for low, high in boxes[unit]):
                 continue  # on a mode already integrated
@@ -276,6 +309,18 @@ def with_other_modes(target, estimate: LogPxEstimate, lower: torch.Tensor, upper
     if found:
         info["quadrature_modes_added"] = found
     return LogPxEstimate(values, stderr, info)
+
+
+def missed_inside(target, mode: torch.Tensor, n: int, estimate: torch.Tensor) -> torch.Tensor | None:
+    """The integral about ``mode`` ``(d,)`` of ``target``'s one unit where it shows that unit's ``estimate`` (plus its
+    error) missed mass inside its box: its Laplace mass above it by :data:`MISSED_NATS`, and a zoom from a box of
+    :data:`MODE_BOX_SDS` Laplace sds about the mode above it by as much. Else None."""
+    mass, sd = log_mass(target, mode[None])
+    if not float(mass[0]) > float(estimate) + MISSED_NATS:
+        return None
+    reach = MODE_BOX_SDS * sd[0].to(mode.dtype)
+    local, _ = _zoomed(target, n, False, box=((mode - reach)[None], (mode + reach)[None]))
+    return local.values[0] if float(local.values[0]) > float(estimate) + MISSED_NATS else None
 
 
 def _zoomed(target, n: int, keep_draws: bool, checked: bool = False, box=None) -> tuple[LogPxEstimate, tuple]:

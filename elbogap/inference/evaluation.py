@@ -295,30 +295,55 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
         for key in ("log_px_iwae_stderr", "log_px_iwae_jackknife_stderr"):
             per_point[key] = torch.full_like(per_point[key], math.nan)
     settings = LogPxSettings(quadrature_points, ais, num_samples, progress, iw_samples, refine_quadrature)
-    estimates = []
+    estimates, fills = [], []
     dof = {"elbo": num_samples - 1 if num_samples > 1 else math.inf, "log_px_iwae": group_spread_dof(num_samples)}
     for step in log_px_plan.steps:
-        if step.rows == "subset" and (ais_index is None or not len(ais_index)):
-            continue  # no subset chosen for this split
-        rows = ais_index if step.rows == "subset" else None
+        rows = _step_rows(step, ais_index, per_point)
+        if rows is not None and not len(rows):
+            continue  # no subset chosen for this split, or no point left unsure
         own_stream = fresh_stream is not None and step.method.guide_independent
         with torch.random.fork_rng(devices=rng_devices(x)) if own_stream else contextlib.nullcontext():
             if own_stream:
                 fresh_stream()
             estimate = _estimate_on(step.method, rows, model, guide, x, index, settings, per_point)
         jackknife = estimate.stderr if estimate.sum_stderr is None else estimate.sum_stderr
-        per_point["log_px"], per_point["log_px_stderr"] = estimate.values, estimate.stderr
-        per_point["log_px_jackknife_stderr"] = jackknife
-        dof["log_px"] = estimate.dof
+        if step.rows == "unsure":  # filled in: the points it ran on take its estimate, the others keep theirs
+            filled = ~estimate.values.isnan()
+            for key, value in (("log_px", estimate.values), ("log_px_stderr", estimate.stderr),
+                               ("log_px_jackknife_stderr", jackknife)):
+                per_point[key] = torch.where(filled, value, per_point[key])
+            per_point["log_px_systematic"] = per_point["log_px_systematic"] & ~filled
+            dof["log_px"] = min(dof["log_px"], estimate.dof)  # one number for every point: the fewer
+            estimate.info["log_px_note"] = (
+                f"{estimates[-1][0].name} left {len(rows)} of {len(x)} points without an error bar (see the "
+                f"estimators' documentation); {step.method.name} gave their log p(x), {estimate.info['samples']} "
+                "chains each")
+            fills.append((step.method, estimate))
+        else:
+            per_point["log_px"], per_point["log_px_stderr"] = estimate.values, estimate.stderr
+            per_point["log_px_jackknife_stderr"] = jackknife
+            per_point["log_px_systematic"] = torch.full(estimate.values.shape, step.method.systematic,
+                                                        device=x.device)
+            dof["log_px"] = estimate.dof
+            estimates.append((step.method, estimate))
         if column := step.method.kept_as:
             per_point[column], per_point[f"{column}_stderr"] = estimate.values, estimate.stderr
             per_point[f"{column}_jackknife_stderr"] = jackknife
             dof[column] = estimate.dof
-        estimates.append((step.method, estimate))
     per_point["kl_gap"] = kl_gap(per_point["log_px"], per_point["elbo"])
-    metrics = _summarize(per_point, num_samples, estimates)
+    metrics = _summarize(per_point, num_samples, estimates, fills)
     metrics["active_units"] = active_units(z_mean)
     return Evaluation(metrics, per_point, dof)
+
+
+def _step_rows(step, ais_index: torch.Tensor | None, per_point: dict) -> torch.Tensor | None:
+    """The rows a plan's step runs on: all (None), the AIS subset (none where not chosen), or the points with an
+    estimate but no error bar."""
+    if step.rows == "subset":
+        return ais_index if ais_index is not None else torch.empty(0, dtype=torch.long)
+    if step.rows == "unsure":
+        return (per_point["log_px_stderr"].isnan() & ~per_point["log_px"].isnan()).nonzero().flatten()
+    return None
 
 
 def _estimate_on(method: LogPxMethod, rows: torch.Tensor | None, model, guide, x, index, settings: LogPxSettings,
@@ -369,7 +394,8 @@ def _combined_stderr(stderr: torch.Tensor, rows: torch.Tensor | None = None) -> 
     return mean_error(stderr if rows is None else stderr[rows])
 
 
-def _mean_stderr(per_point: dict, key: str, rows: torch.Tensor | None = None, systematic: bool = False) -> float:
+def _mean_stderr(per_point: dict, key: str, rows: torch.Tensor | None = None,
+                 systematic: bool | torch.Tensor = False) -> float:
     """The error of the mean of ``per_point[key]`` over ``rows`` (all where None), from the errors
     :func:`~elbogap.inference.weights.errors_a_mean_combines` picks (averaged where they are ``systematic``)."""
     own, jackknife = per_point[f"{key}_stderr"], per_point[f"{key}_jackknife_stderr"]
@@ -412,7 +438,8 @@ def _khat_summary(khat: torch.Tensor, num_samples: int) -> dict:
     return out
 
 
-def _summarize(per_point: dict, num_samples: int, estimates: list[tuple[LogPxMethod, LogPxEstimate]]) -> dict:
+def _summarize(per_point: dict, num_samples: int, estimates: list[tuple[LogPxMethod, LogPxEstimate]],
+               fills: list[tuple[LogPxMethod, LogPxEstimate]] = ()) -> dict:
     def mean(key, where=None):
         values = per_point[key].double()
         return float(values[where].mean() if where is not None else values.mean())
@@ -420,6 +447,7 @@ def _summarize(per_point: dict, num_samples: int, estimates: list[tuple[LogPxMet
     covered = ~per_point["log_px"].isnan()
     subset = not bool(covered.all())
     method, estimate = estimates[-1]
+    bounds = per_point["log_px_systematic"][covered]  # a quadrature's points (bounds), not those AIS filled in
     metrics = {
         "units": len(per_point["elbo"]),  # every number below is a mean over these (records.py: one schema)
         "num_points": len(per_point["elbo"]),
@@ -430,7 +458,7 @@ def _summarize(per_point: dict, num_samples: int, estimates: list[tuple[LogPxMet
         "kl_prior": mean("kl_prior"),
         "kl_prior_method": "analytic" if bool(per_point["kl_prior_analytic"].all()) else "mc",
         "log_px": mean("log_px", covered),
-        "log_px_stderr": _mean_stderr(per_point, "log_px", covered, method.systematic),
+        "log_px_stderr": _mean_stderr(per_point, "log_px", covered, bounds),
         "log_px_method": method.name,
         "log_px_guide_independent": method.guide_independent,
         "log_px_points": int(covered.sum()),
@@ -440,19 +468,22 @@ def _summarize(per_point: dict, num_samples: int, estimates: list[tuple[LogPxMet
         "log_px_iwae_samples": num_samples,
         "kl_gap": mean("kl_gap", covered),
         "kl_gap_stderr": math.hypot(_combined_stderr(per_point["elbo_stderr"], covered),
-                                    _mean_stderr(per_point, "log_px", covered, method.systematic)),
+                                    _mean_stderr(per_point, "log_px", covered, bounds)),
         "ess_mean": mean("ess"),
         **_khat_summary(per_point["khat"], num_samples),
     }
     if subset:
         metrics["elbo_log_px_points"] = mean("elbo", covered)
-    for method, estimate in estimates:
+    for method, estimate in [*estimates, *fills]:
         metrics.update({key: value for key, value in estimate.info.items() if key != "samples"})
+        own = ~estimate.values.isnan()  # the points it ran on
         if method.kept_as:
-            metrics[method.kept_as] = mean(method.kept_as, covered)
-            metrics[f"{method.kept_as}_stderr"] = _mean_stderr(per_point, method.kept_as, covered)
+            metrics[method.kept_as] = mean(method.kept_as, own)
+            metrics[f"{method.kept_as}_stderr"] = _mean_stderr(per_point, method.kept_as, own)
         if method.check:
-            metrics.update(method.check(per_point, covered))
+            metrics.update(method.check(per_point, own))
+    for method, estimate in fills:
+        metrics.update(log_px_filled_by=method.name, log_px_filled_points=int((~estimate.values.isnan()).sum()))
     if "kl_exact" in per_point:
         metrics["kl_exact"] = mean("kl_exact")
         metrics["kl_exact_stderr"] = _combined_stderr(per_point["kl_exact_stderr"])

@@ -24,7 +24,6 @@ from elbogap import streams
 from elbogap.device import rng_devices
 from elbogap.guides.base import Guide
 from elbogap.inference.evaluation import evaluate
-from elbogap.inference.log_px import methods
 from elbogap.inference.train import TrainResult, frozen, refit_guide
 from elbogap.inference.weights import errors_a_mean_combines, mean_error
 
@@ -69,19 +68,20 @@ class KnownLogPx(NamedTuple):
     r"""Per-point :math:`\log p(x)`, the standard errors a mean over them combines (each point's jackknife
     error, or over one point its own: :func:`~elbogap.inference.weights.errors_a_mean_combines`), the method
     that gave them, and whether those errors are systematic (bounds that a mean averages:
-    :func:`~elbogap.inference.weights.mean_error`)."""
+    :func:`~elbogap.inference.weights.mean_error`), for all of them or per point (a quadrature's points beside those
+    AIS filled in)."""
 
     values: torch.Tensor
     stderr: torch.Tensor
     method: str
-    systematic: bool = False
+    systematic: bool | torch.Tensor = False
 
     @classmethod
     def of(cls, per_point: dict, method: str, rows: torch.Tensor | None = None) -> "KnownLogPx":
         """The log p(x) of an evaluation's ``per_point`` (at ``rows``), with the errors a mean over them combines."""
-        values, own, jackknife = (per_point[key] if rows is None else per_point[key][rows]
-                                  for key in ("log_px", "log_px_stderr", "log_px_jackknife_stderr"))
-        return cls(values, errors_a_mean_combines(own, jackknife), method, methods()[method].systematic)
+        values, own, jackknife, systematic = (per_point[key] if rows is None else per_point[key][rows] for key in (
+            "log_px", "log_px_stderr", "log_px_jackknife_stderr", "log_px_systematic"))
+        return cls(values, errors_a_mean_combines(own, jackknife), method, systematic)
 
 
 def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor | None = None,
@@ -131,9 +131,7 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
         return math.sqrt(sum(float(t.pow(2).sum()) for t in tensors)) / len(x)
 
     def with_log_px(elbo_stderr):  # log p(x)'s errors beside an ELBO's, averaged where they are bounds
-        if systematic:
-            return math.hypot(stderr(elbo_stderr), mean_error(log_px_stderr, systematic=True))
-        return stderr(elbo_stderr, log_px_stderr)
+        return math.hypot(stderr(elbo_stderr), mean_error(log_px_stderr, systematic))
 
     differences = best.per_point["elbo_draws"] - amortized.per_point["elbo_draws"]  # (points, draws), paired
     paired = differences.std(1) / math.sqrt(differences.shape[1])  # NaN from a single draw
@@ -149,7 +147,7 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
         "approx_gap": float((log_px - elbo_star).double().mean()),
         "approx_gap_bound": "exact" if guide.exact_optimum else "upper",
         "amort_gap": float((elbo_star - elbo).double().mean()),
-        "gap_log_px_stderr": mean_error(log_px_stderr, True) if systematic else stderr(log_px_stderr),
+        "gap_log_px_stderr": mean_error(log_px_stderr, systematic),
         "gap_elbo_stderr": stderr(amortized.per_point["elbo_stderr"]),
         "elbo_star_stderr": stderr(best.per_point["elbo_stderr"]),
         "gap_kl_stderr": with_log_px(amortized.per_point["elbo_stderr"]),

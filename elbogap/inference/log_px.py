@@ -120,7 +120,8 @@ def settings() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class PlanStep:
-    """One estimator and the rows it runs on: ``"all"`` of a split, or the ``"subset"`` chosen for AIS."""
+    """One estimator and the rows it runs on: ``"all"`` of a split, the ``"subset"`` chosen for AIS, or the rows the
+    steps before left ``"unsure"`` (a value with no error bar), which it fills in."""
 
     method: LogPxMethod
     rows: str = "all"
@@ -138,7 +139,9 @@ class LogPxPlan:
 
     @property
     def uses_iw_draws(self) -> bool:
-        return any(step.method.uses_iw_draws for step in self.steps)
+        """Whether a step needs ``--iw-samples`` draws of q; one that fills in the rare unsure rows takes the draws
+        the ELBO takes (its check against IWAE holds with any number)."""
+        return any(step.method.uses_iw_draws for step in self.steps if step.rows != "unsure")
 
 
 #: what ``--log-px auto`` runs on every point, the first that applies
@@ -154,7 +157,8 @@ def choose_method(model) -> str:
 def plan(setting: str | None, model) -> LogPxPlan:
     """What ``--log-px setting`` computes for ``model``.
 
-    ``auto`` (or None) keeps the exact evidence and quadrature where they apply; for any other
+    ``auto`` (or None) keeps the exact evidence and quadrature where they apply, and AIS on the points it leaves
+    without an error bar (a quadrature that did not settle); for any other
     model every point gets the IWAE estimate and a subset of points (the gap points and
     ``--ais-points``) gets guide-independent AIS, from which the KL gap is computed. A named
     method runs on every point, or is refused in one line where it does not apply.
@@ -162,7 +166,7 @@ def plan(setting: str | None, model) -> LogPxPlan:
     if setting in (None, "auto"):
         method = methods()[choose_method(model)]
         if method.guide_independent:
-            return LogPxPlan((PlanStep(method),))
+            return LogPxPlan((PlanStep(method), PlanStep(methods()["ais"], "unsure")))
         return LogPxPlan((PlanStep(method), PlanStep(methods()["ais"], "subset")))
     known = methods()
     if setting not in known:

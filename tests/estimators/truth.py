@@ -23,3 +23,12 @@ def squared_location_evidence(x: torch.Tensor) -> torch.Tensor:
     for column in x.double().T:  # (rows, points), one column's likelihood at a time
         log_p += torch.distributions.Normal((z - 0.3) ** 2, 0.2).log_prob(column[:, None])
     return torch.logsumexp(log_p, -1) + math.log(z[1] - z[0])
+
+
+def dirichlet_multinomial_evidence(x: torch.Tensor, alpha: torch.Tensor, count: int) -> torch.Tensor:
+    r"""log p(x) per row of ``count`` Multinomial draws under Dirichlet(``alpha``) proportions:
+    :math:`\log [N! / \prod_k x_k!] + \log \Gamma(A) - \log \Gamma(N + A) + \sum_k \log \Gamma(x_k + a_k)
+    - \log \Gamma(a_k)`, :math:`A = \sum_k a_k`."""
+    a = alpha.to(x)
+    return (math.lgamma(count + 1) - torch.lgamma(x + 1).sum(-1) + torch.lgamma(a.sum())
+            - torch.lgamma(count + a.sum()) + (torch.lgamma(x + a) - torch.lgamma(a)).sum(-1))

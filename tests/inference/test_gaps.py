@@ -203,7 +203,7 @@ def test_the_gap_split_on_one_point_takes_that_points_own_error():
     from elbogap.inference.gaps import KnownLogPx
 
     per_point = {"log_px": torch.tensor([-3.0, -4.0]), "log_px_stderr": torch.tensor([0.3, 0.4]),
-                 "log_px_jackknife_stderr": torch.tensor([0.1, 0.2])}
+                 "log_px_jackknife_stderr": torch.tensor([0.1, 0.2]), "log_px_systematic": torch.zeros(2, dtype=bool)}
     one = KnownLogPx.of(per_point, "ais", torch.tensor([1]))
     assert one.values.tolist() == [-4.0] and one.stderr.tolist() == pytest.approx([0.4])
     assert KnownLogPx.of(per_point, "ais").stderr.tolist() == pytest.approx([0.1, 0.2])

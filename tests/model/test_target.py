@@ -7,6 +7,7 @@ import torch
 from elbogap.estimators import EstimatorSettings, estimators
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.model.target import DataSetTarget, PointsTarget
+from elbogap.user_model import ProgramModel
 from tests.conftest import draw_linear_data, known_linear_model
 
 
@@ -52,3 +53,37 @@ def test_prior_draws_of_points_have_the_priors_moments():
     pyro.set_rng_seed(0)
     z = PointsTarget(linear, draw_linear_data(linear, 4)).start(20000)
     assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 1.0) < 0.02  # 8e4 N(0, 1) draws: s.e. 0.0035
+
+
+
+def summed(data):
+    """Two latents per row, their sum behind each value; its tensors follow the data's dtype."""
+    with pyro.plate("data", data.shape[0]):
+        z = pyro.sample("z", dist.Normal(data.new_zeros(2), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True), 1.0).to_event(1), obs=data)
+
+
+def located(data):
+    """One global location behind every value."""
+    location = pyro.sample("location", dist.Normal(data.new_zeros(()), 1.0))
+    with pyro.plate("data", data.shape[0]):
+        pyro.sample("x", dist.Normal(location, 1.0), obs=data[:, 0])
+
+
+def test_a_target_is_scored_in_float64_where_its_model_follows_its_datas_dtype_and_not_where_it_cannot():
+    """A program whose tensors follow its data is scored in float64 (a grid's sum needs it); a model whose float32
+    weights refuse float64 inputs (a decoder's) stays as it is."""
+    x = torch.randn(5, 1)
+    for target in (PointsTarget(ProgramModel(summed, x[:3]), x), DataSetTarget(GlobalLatentModel(located, x, "g"), x)):
+        precise = target.in_float64()
+        assert precise.dtype == torch.float64 and all(part.dtype == torch.float64
+                                                      for part in precise.log_joint(precise.start(2)))
+    decoder = torch.nn.Linear(2, 3)
+
+    def decoded(data):
+        with pyro.plate("data", data.shape[0]):
+            z = pyro.sample("z", dist.Normal(data.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(decoder(z), 1.0).to_event(1), obs=data)
+
+    stays = PointsTarget(ProgramModel(decoded, torch.zeros(3, 3)), torch.zeros(5, 3))
+    assert stays.in_float64() is stays
