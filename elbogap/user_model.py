@@ -226,9 +226,10 @@ def site_of(frames) -> str:
 
 
 def sample_sites(trace) -> dict:
-    """The sample sites of a trace that are not plate subsample sites."""
+    """The sample sites of a trace that are not plate subsample sites, nor the records ``pyro.deterministic`` keeps
+    (an observed Delta at the value, of density 1, whose event takes every dimension of its value by default)."""
     return {name: site for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site_is_subsample(site)}
+            if site["type"] == "sample" and not site_is_subsample(site) and not site["infer"].get("_deterministic")}
 
 
 def check_log_probs(trace, what: str) -> None:
@@ -352,8 +353,7 @@ def find_sites(trace, x: torch.Tensor, spec: str) -> tuple[dict[str, torch.Size]
     latent), a discrete latent (elbogap's estimators integrate continuous latents), and a latent
     whose per-point value is not its event (an extra plate inside the data plate).
     """
-    samples = {name: site for name, site in trace.nodes.items()
-               if site["type"] == "sample" and not site_is_subsample(site)}
+    samples = sample_sites(trace)
     observed = [name for name, site in samples.items() if site["is_observed"]]
     if not observed:
         raise UsageError(f"the model {spec} has no observed site; observe the data with pyro.sample(..., obs=x)")
@@ -395,8 +395,7 @@ def broadcasts_over_draws(program, x: torch.Tensor) -> bool:
         trace.compute_log_prob()
     except Exception:  # any failure means: do not broadcast
         return False
-    return all(site["log_prob"].shape == (2, rows) for site in trace.nodes.values()
-               if site["type"] == "sample" and not site_is_subsample(site))
+    return all(site["log_prob"].shape == (2, rows) for site in sample_sites(trace).values())
 
 
 def elementwise(support):

@@ -602,3 +602,30 @@ def test_default_guides_leave_out_a_family_the_model_refuses_and_say_so(tmp_path
     assert "## Guides left out" in (tmp_path / "out" / "results.md").read_text()
     assert main(["compare", *common, "--guides", "diag,iaf", "--quiet", "--out", str(tmp_path / "named")]) == 2
     assert "needs latent dim >= 2" in capsys.readouterr().err and not (tmp_path / "named").exists()
+
+
+def test_a_deterministic_site_is_a_record_not_an_observation_for_both_kinds_of_model():
+    """``pyro.deterministic`` records a value as an observed Delta whose event takes the value's every dimension: inside
+    the data plate (3 rows) Pyro's own SVI and Predictive run such a model, and elbogap refused it, telling the user to
+    fix a ``.to_event`` they never wrote (a tester's Poisson model). It is neither a latent nor an observation."""
+    from elbogap.global_latents.model import GlobalLatentModel
+
+    def per_point(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_tensor(0.0), 1.0))
+            rate = pyro.deterministic("rate", z.exp())
+            pyro.sample("counts", dist.Poisson(rate), obs=x[..., 0])
+
+    def global_location(x):
+        location = pyro.sample("location", dist.Normal(x.new_tensor(0.0), 1.0))
+        pyro.deterministic("doubled", 2 * location)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("y", dist.Normal(location, 1.0), obs=x[:, 0])
+
+    counts = torch.tensor([[0.0], [2.0], [1.0], [4.0]])
+    model = ProgramModel(per_point, counts[:3])
+    assert model.latent_sites == {"z": torch.Size([])} and model.observed_sites == ["counts"]
+    quadrature, error = quadrature_log_px(model, counts, 24)
+    assert bool(error.isfinite().all())
+    located = GlobalLatentModel(global_location, counts, "location")
+    assert list(located.latent_sites) == ["location"] and located.observed_sites == ["y"]
