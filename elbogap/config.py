@@ -239,6 +239,8 @@ class Config:
             raise UsageError("--guides is empty; name at least one guide, e.g. --guides diag,iaf")
         if not self.seeds:
             raise UsageError("--seeds is empty; give at least one seed, e.g. --seeds 0")
+        if any(seed < 0 for seed in self.seeds):
+            raise UsageError(f"--seeds are non-negative integers, got {min(self.seeds)}; e.g. --seeds 0,1")
         if len(set(self.guides)) != len(self.guides) or len(set(self.seeds)) != len(self.seeds):
             raise UsageError("--guides and --seeds must not repeat an entry")
         if self.snr_draws == 1:

@@ -107,3 +107,16 @@ def test_seeded_sets_the_global_generators_a_phase_draws_from():
 def test_a_private_stream_cannot_seed_the_global_generators():
     with pytest.raises(ValueError, match="private generator"):
         streams.seeded("subsets", 0)
+
+
+def test_a_large_seed_seeds_every_stream_within_numpys_range():
+    """Seeds are scaled and offset per stream; the simulations' stream (a scale of 1,000,003) passed NumPy's largest
+    seed from run seed 4,295 on, and the run failed with a traceback. Each stream's seed is now taken modulo 2**32,
+    the same for the seeds in use before."""
+    from elbogap.streams import STREAMS, seed_for, seeded
+
+    assert seed_for("simulation", 0, 7) == STREAMS["simulation"].offset + 7
+    for name, stream in STREAMS.items():
+        assert 0 <= seed_for(name, 123_456_789, 99) < 2**32
+        if stream.rng != "generator":
+            seeded(name, 123_456_789)
