@@ -8,8 +8,10 @@ sweep (:mod:`elbogap.sweep`) owns everything else: reference runs, ordering, res
 ``--on-nan`` policy and saving results.
 """
 
+import ast
 import multiprocessing
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -63,11 +65,32 @@ def worker_context():
     else. A worker so starts with no torch or Pyro state of this process (as a spawned one would) and without
     importing torch again (about 2 s of a spawned worker's start on two cores). Where the platform has no fork
     server (Windows), each worker is spawned."""
+    refuse_unguarded_script()
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(WORKER_MODULES))
     return context
+
+
+def refuse_unguarded_script(main=None) -> None:
+    """One line where this process runs a script (``python script.py``) with no ``if __name__ == "__main__":`` block:
+    a worker process imports the script first, as every multiprocessing start method but fork does, and runs its
+    top-level code again, whose call to elbogap then fails in the worker (a tester's quick start ended in
+    multiprocessing's traceback and "its process died"). A notebook, ``python -m`` and elbogap's own command have no
+    script to import."""
+    main = sys.modules["__main__"] if main is None else main
+    path = getattr(main, "__file__", None)
+    if getattr(main, "__spec__", None) is not None or not path or not Path(path).is_file():
+        return
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (SyntaxError, UnicodeDecodeError, OSError):  # not a script Python could have run: nothing to say
+        return
+    if not any(isinstance(node, ast.If) and "__name__" in ast.unparse(node.test) for node in tree.body):
+        raise UsageError(f"{Path(path).name} calls elbogap at its top level, and elbogap's worker processes import "
+                         "it (as multiprocessing's do): put the calls under if __name__ == \"__main__\": or pass "
+                         "jobs=1")
 
 
 def open_backend(config: Config, out: Path, progress: bool = False):

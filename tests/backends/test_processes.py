@@ -6,9 +6,11 @@ import subprocess
 import sys
 
 import pyro
+import pytest
 import torch
 
 from elbogap.backends import WORKER_MODULES, worker_context
+from elbogap.errors import UsageError
 
 
 def report_state(reports) -> None:
@@ -72,3 +74,22 @@ def test_a_worker_ended_from_outside_leaves_no_semaphore_for_the_resource_tracke
     assert ended["settled"].returncode == 0 == ended["default"].returncode, ended["settled"].stderr
     assert "leaked semaphore" in ended["default"].stderr  # what the test would miss if tqdm changed its lock
     assert "resource_tracker" not in ended["settled"].stderr, ended["settled"].stderr
+
+
+def test_a_script_with_no_main_guard_is_refused_in_one_line_before_a_worker_imports_it(tmp_path):
+    """A worker process imports the script that started it and runs its top-level code again: a tester's quick start
+    called elbogap.compare at the top of a script and got multiprocessing's traceback and "its process died". A
+    guarded script, a module run with -m (it has a spec) and a notebook (no file) are let through."""
+    import types
+
+    from elbogap.backends import refuse_unguarded_script
+
+    bare, guarded = tmp_path / "bare.py", tmp_path / "guarded.py"
+    bare.write_text("import elbogap\nelbogap.compare('vae', ['diag'], 'digits')\n")
+    guarded.write_text("import elbogap\n\nif __name__ == '__main__':\n    elbogap.compare('vae', ['diag'], 'digits')\n")
+    with pytest.raises(UsageError, match=r"bare.py calls elbogap at its top level.*if __name__ == \"__main__\""):
+        refuse_unguarded_script(types.SimpleNamespace(__file__=str(bare), __spec__=None))
+    for main in (types.SimpleNamespace(__file__=str(guarded), __spec__=None),
+                 types.SimpleNamespace(__file__=str(bare), __spec__=types.SimpleNamespace(name="bare")),
+                 types.SimpleNamespace(__spec__=None)):
+        refuse_unguarded_script(main)
