@@ -1,5 +1,7 @@
 """Which data a user's model conditions on: per point (a VAE's splits) or the whole data set (global latents)."""
 
+from pathlib import Path
+
 import torch
 
 from elbogap import streams
@@ -16,23 +18,27 @@ def study_data(config) -> Dataset:
     global latents, whose data set is every row (:func:`~elbogap.data.load_whole`), traced again
     to confirm. ``kind`` and ``rows`` of the returned data set say which.
     """
-    split = load_data(config.data, config.test_fraction, config.data_seed, config.data_dir, config.binarize,
-                      config.train_size, config.test_size)
-    program, _ = resolve_program(config.model, "model", split.data_dim, config.latent_dim)
-    try:
-        if not is_global_model(probe_trace(program, split.train[:3]), split.train[:3]):
-            return split
-    except Exception:  # a program that needs all its rows (a plate of fixed size): judged on the whole set below
-        pass
     rows, what = load_whole(config.data, config.data_seed, config.data_dir, config.binarize, config.train_size)
+    program, _ = resolve_program(config.model, "model", rows.shape[-1], config.latent_dim)
+    # one row (a file's) is a data set D of one observation but no train/test split, which only a per-point model needs
+    split = load_data(config.data, config.test_fraction, config.data_seed, config.data_dir, config.binarize,
+                      config.train_size, config.test_size) if len(rows) > 1 else None
+    probe = split.train[:3] if split is not None else rows
+    try:
+        per_point = not is_global_model(probe_trace(program, probe), probe)
+    except Exception:  # a program that needs all its rows (a plate of fixed size): judged on the whole set below
+        per_point = False
+    if per_point:
+        return split or load_data(config.data, config.test_fraction)  # one row: refused in one line, as before
     trace_program(lambda x: probe_trace(program, x), rows, config.model, "model")  # one line if it cannot run
+    name = split.name if split is not None else Path(config.data).name
     if not config.holdout:
-        return Dataset(split.name, rows, rows[:0], kind="global", rows=what)
+        return Dataset(name, rows, rows[:0], kind="global", rows=what)
     held = held_out(len(rows), config.holdout, config.data_seed)
     kept = torch.ones(len(rows), dtype=torch.bool)
     kept[held] = False
     what = f"{int(kept.sum())} of {what.removeprefix('every row of ')}; {len(held)} rows held out (--holdout)"
-    return Dataset(split.name, rows[kept], rows[held], kind="global", rows=what)
+    return Dataset(name, rows[kept], rows[held], kind="global", rows=what)
 
 
 def held_out(count: int, share: float, data_seed: int) -> torch.Tensor:

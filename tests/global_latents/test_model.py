@@ -90,3 +90,27 @@ def test_programs_elbogap_cannot_judge_are_refused_in_one_line(program, message)
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
         GlobalLatentModel(program, torch.randn(6, 1), "program")
     assert "\n" not in str(error.value)
+
+
+def test_one_row_is_a_data_set_for_global_latents_and_no_split_for_per_point_ones(tmp_path):
+    """A tester's one-observation data set under a Normal-Inverse-Gamma model was refused as too small "for a train/
+    test split", which a model with global latents does not make: D is that one row. A per-point model still needs
+    two rows to split."""
+    from elbogap.config import Config
+    from elbogap.factory import load_dataset
+
+    (tmp_path / "one.csv").write_text("5\n")
+    (tmp_path / "models.py").write_text(
+        "import pyro, pyro.distributions as dist\n\n\n"
+        "def located(data):\n"
+        "    location = pyro.sample('location', dist.Normal(data.new_tensor(0.0), 1.0))\n"
+        "    with pyro.plate('data', data.shape[0]):\n"
+        "        pyro.sample('x', dist.Normal(location, 1.0), obs=data[:, 0])\n\n\n"
+        "def per_point(data):\n"
+        "    with pyro.plate('data', data.shape[0]):\n"
+        "        z = pyro.sample('z', dist.Normal(data.new_tensor(0.0), 1.0))\n"
+        "        pyro.sample('x', dist.Normal(z, 1.0), obs=data[:, 0])\n")
+    data = load_dataset(Config(model=f"{tmp_path / 'models.py'}:located", data=str(tmp_path / "one.csv")))
+    assert data.kind == "global" and data.train.tolist() == [[5.0]] and data.name == "one.csv"
+    with pytest.raises(UsageError, match="1 row.*at least 2 are needed for a train/test split"):
+        load_dataset(Config(model=f"{tmp_path / 'models.py'}:per_point", data=str(tmp_path / "one.csv")))
