@@ -170,7 +170,7 @@ def one_latent_cases(seed: int):
     yield ("Location through its square (two modes), 5 Normal observations of sd 0.2, float32", squared_location, x,
            squared_location_evidence(x))
     z = 2.5 * torch.randn(200, 1, dtype=torch.float64)
-    z = z[z.abs() < 8]  # the truth's grid spans [-9, 9]
+    z = z[z[:, 0].abs() < 8]  # the truth's grid spans [-9, 9]
     x = ((z - 0.3) ** 2 + 0.2 * torch.randn(len(z), 5, dtype=torch.float64)).float()
     yield ("The same, its locations far in the prior's tail (sd 2.5), float32", squared_location, x,
            squared_location_evidence(x))

@@ -292,6 +292,21 @@ def first_outside_support(fn, value: torch.Tensor) -> str | None:
 ROWS_PER_CHECK = 4096
 
 
+def check_unsubsampled(trace, fn, spec: str) -> None:
+    """Refuse in one line a program that takes only ``x`` and subsamples a plate itself (``subsample_size``): elbogap
+    feeds it minibatches and scales them, and a guide's plate over the whole batch then met the model's subsample
+    inside the run, in Pyro's words ("Did you accidentally use different subsample_size in the model and guide?").
+    A program that takes ``(x, index, num_data)`` subsamples by ``index``, as it should."""
+    if takes_index(fn):
+        return
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample" and site_is_subsample(site) and len(site["value"]) < site["fn"].size:
+            raise UsageError(f"the model {spec} subsamples its plate {name!r} ({len(site['value'])} of "
+                             f"{site['fn'].size} rows): elbogap feeds it minibatches itself (--batch-size); drop "
+                             "subsample_size, or take (x, index, num_data) and use pyro.plate(..., num_data, "
+                             "subsample=index)")
+
+
 def check_every_row(model: "ProgramModel", splits: dict[str, torch.Tensor]) -> None:
     """Refuse in one line data outside the likelihood's support in any row, not only in the 3 rows the program was
     first traced on: the model is traced on every row of each split, ``ROWS_PER_CHECK`` at a time, and its sites are
@@ -300,7 +315,9 @@ def check_every_row(model: "ProgramModel", splits: dict[str, torch.Tensor]) -> N
         for split, x in splits.items():
             for rows in x.split(ROWS_PER_CHECK):
                 what = f"the model {model.spec} on the {split} split"
-                check_log_probs(trace_program(model.model, rows, model.spec, "model"), what)
+                trace = trace_program(model.model, rows, model.spec, "model")
+                check_unsubsampled(trace, model.fn, model.spec)
+                check_log_probs(trace, what)
 
 
 def check_program_rows(config, data) -> None:

@@ -75,6 +75,19 @@ def negative_gain_guide(x):
 
 def guide_without_gain(x):
     pyro.sample("w", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+
+
+def subsampling(x):
+    """A plate that subsamples itself: on the 3 rows of the first trace it takes them all."""
+    with pyro.plate("data", len(x), subsample_size=min(8, len(x))) as index:
+        z = pyro.sample("z", dist.Normal(torch.zeros(len(index), 2), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True).expand(len(index), 4), 1.0).to_event(1), obs=x[index])
+
+
+def subsampling_regression(x):
+    w = pyro.sample("w", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+    with pyro.plate("data", len(x), subsample_size=8) as index:
+        pyro.sample("y", dist.Normal(x[index, :3] @ w, 1.0), obs=x[index, 3])
 '''
 
 
@@ -100,6 +113,8 @@ def study(tmp_path):
     ("regression", "negative_gain_guide", "on the draws of the guide {programs}:negative_gain_guide: the site "
                                           "'gain' holds -"),
     ("regression", "guide_without_gain", "does not sample the model's latent site(s) gain"),
+    ("subsampling", "diag", "subsamples its plate 'data' (8 of 24 rows): elbogap feeds it minibatches itself"),
+    ("subsampling_regression", "auto:AutoNormal", "subsamples its plate 'data' (8 of 30 rows)"),
 ])
 def test_a_program_whose_sites_do_not_fit_is_refused_before_any_run(elbogap, study, model, guide, message):
     programs = study / "programs.py"

@@ -7,7 +7,7 @@ import torch
 from elbogap import streams
 from elbogap.data import Dataset, load_data, load_whole
 from elbogap.global_latents.model import is_global_model, probe_trace
-from elbogap.user_model import resolve_program, trace_program
+from elbogap.user_model import check_unsubsampled, resolve_program, trace_program
 
 
 def study_data(config) -> Dataset:
@@ -30,7 +30,8 @@ def study_data(config) -> Dataset:
         per_point = False
     if per_point:
         return split or load_data(config.data, config.test_fraction)  # one row: refused in one line, as before
-    trace_program(lambda x: probe_trace(program, x), rows, config.model, "model")  # one line if it cannot run
+    whole = trace_program(lambda x: probe_trace(program, x), rows, config.model, "model")  # one line if it cannot run
+    check_unsubsampled(whole, program, config.model)
     name = split.name if split is not None else Path(config.data).name
     if not config.holdout:
         return Dataset(name, rows, rows[:0], kind="global", rows=what)
