@@ -130,6 +130,12 @@ def check_unscaled_latents(trace, spec: str) -> None:
             continue
         scale, mask = site["scale"], site["mask"]
         scaled = bool(torch.as_tensor(scale != 1.0).any()) if not isinstance(scale, float) else scale != 1.0
+        observed = name.removesuffix("_unobserved")
+        if f"{observed}_observed" in trace.nodes and name.endswith("_unobserved"):  # how Pyro splits an obs_mask
+            raise UsageError(f"the model {spec} gives its site {observed!r} an obs_mask, and Pyro samples the masked "
+                             f"entries as a latent site ({name!r}) whose posterior elbogap would then judge; to leave "
+                             "them out, observe every entry under poutine.mask(mask=...) instead (a masked entry "
+                             "counts nothing), with any number in its place")
         if scaled or mask is not None and not (isinstance(mask, bool) and mask):
             raise UsageError(f"the model {spec} scales or masks its latent site {name!r} (poutine.scale / "
                              "poutine.mask); elbogap honours them on observed sites only (a tempered or masked "

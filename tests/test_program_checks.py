@@ -84,6 +84,14 @@ def subsampling(x):
         pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True).expand(len(index), 4), 1.0).to_event(1), obs=x[index])
 
 
+def masked_observation(x):
+    """Pyro samples an obs_mask's masked entries as a latent site, 'x_unobserved'."""
+    with pyro.plate("data", len(x)):
+        z = pyro.sample("z", dist.Normal(torch.zeros(len(x), 2), 1.0).to_event(1))
+        pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True).expand(len(x), 4), 1.0).to_event(1), obs=x,
+                    obs_mask=x[:, 0] > 0)
+
+
 def subsampling_regression(x):
     w = pyro.sample("w", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
     with pyro.plate("data", len(x), subsample_size=8) as index:
@@ -113,6 +121,8 @@ def study(tmp_path):
     ("regression", "negative_gain_guide", "on the draws of the guide {programs}:negative_gain_guide: the site "
                                           "'gain' holds -"),
     ("regression", "guide_without_gain", "does not sample the model's latent site(s) gain"),
+    ("masked_observation", "diag", "gives its site 'x' an obs_mask, and Pyro samples the masked entries as a latent "
+                                   "site ('x_unobserved')"),
     ("subsampling", "diag", "subsamples its plate 'data' (8 of 24 rows): elbogap feeds it minibatches itself"),
     ("subsampling_regression", "auto:AutoNormal", "subsamples its plate 'data' (8 of 30 rows)"),
 ])
