@@ -97,8 +97,10 @@ def trend(elbos: list[float], blocks: int = 10) -> tuple[float, float, int]:
 
 
 def window_steps(steps: int, settings: ConvergenceSettings) -> int:
-    """The last steps of a fixed run the trend rule reads: the share ``fraction`` of them, at least 5 per block."""
-    return max(settings.blocks * 5, round(settings.fraction * steps))
+    """The last steps of a fixed run the trend rule reads: the share ``fraction`` of them, at least 5 per block, and
+    at most all but the first: its first scoring on fixed draws follows a step (at 50 steps a window of all 50 was
+    never scored, and the minibatch line called a fit 4 times short of its gap converged)."""
+    return min(max(settings.blocks * 5, round(settings.fraction * steps)), max(steps - 1, 1))
 
 
 def paired_gain(before: torch.Tensor, after: torch.Tensor) -> dict:

@@ -15,7 +15,14 @@ from elbogap.factory import build, load_dataset, make_trainer
 from elbogap.global_latents.guides import GlobalAutoGuide
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.inference import evaluate
-from elbogap.inference.convergence import ConvergenceSettings, ConvergeSchedule, fixed_verdict, paired_gain, trend
+from elbogap.inference.convergence import (
+    ConvergenceSettings,
+    ConvergeSchedule,
+    fixed_verdict,
+    paired_gain,
+    trend,
+    window_steps,
+)
 from tests.global_latents import truth
 
 RULE = ConvergenceSettings(tolerance=0.01)
@@ -90,6 +97,15 @@ def test_a_vae_whose_rate_has_decayed_to_nothing_is_converged_on_fixed_draws():
     verdict = trainer.convergence(250)
     assert verdict["read_from"] == "fixed_draws" and verdict["converged"]
     assert abs(verdict["gain"]) < 0.002
+
+
+def test_a_run_as_short_as_the_window_is_scored_on_fixed_draws_from_after_its_first_step():
+    """At --steps 50 the window was all 50 steps and began before the first, where no scoring follows a step: the
+    minibatches' line called a tester's fit converged at 4 times its trained gap. It now begins after step 1."""
+    assert window_steps(50, RULE) == 49 and window_steps(1000, RULE) == 100
+    trainer, *_ = vae_run(50)
+    verdict = trainer.convergence(50)
+    assert verdict["read_from"] == "fixed_draws" and verdict["window"] == 49 and not verdict["converged"]
 
 
 def test_a_run_resumed_inside_the_window_keeps_its_first_scoring(tmp_path):
