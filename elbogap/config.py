@@ -21,6 +21,7 @@ from elbogap.inference.convergence import SCHEDULES
 from elbogap.inference.log_px import settings as log_px_settings
 from elbogap.inference.objectives import GRADIENTS, OBJECTIVES, check_gradient
 from elbogap.inference.whitened import STARTS as EVIDENCE_STARTS
+from elbogap.user_model import is_user_model
 
 #: what a setting changes, and so what a resumed run compares: ``result`` (what training computes; a
 #: checkpoint from other values is refused), ``evaluation`` (the evaluation after training; a finished run
@@ -235,6 +236,9 @@ class Config:
             raise UsageError(f"--lr-decay is the factor the learning rate ends at, in (0, 1]; got {self.lr_decay}")
         if any(width < 1 for width in self.hidden_dims):
             raise UsageError(f"--hidden-dims must be positive widths, got {self.hidden_dims}")
+        if self.likelihood is not None and is_user_model(self.model):
+            raise UsageError(f"--likelihood sets the likelihood of elbogap's own models (vae, linear); your program "
+                             f"{self.model} states its own: drop --likelihood")
         if not self.guides:
             raise UsageError("--guides is empty; name at least one guide, e.g. --guides diag,iaf")
         if not self.seeds:

@@ -23,6 +23,7 @@ def test_study_file_then_flags_override(tmp_path):
     ('latent_dim = "3"\n', "latent_dim must be an integer"),
     ("seeds = [0, 0.5]\n", "seeds must be a list of integers"),
     ("seeds = [0, -1]\n", "--seeds are non-negative integers, got -1"),
+    ('model = "mine.py:model"\nlikelihood = "bernoulli"\n', "your program mine.py:model states its own: drop"),
     ("figures = 1\n", "figures must be true or false"),
     ("steps = -5\n", "--steps must be at least 0"),
     ('gradient = "dreg"\n', "use --objective iwae with dreg"),

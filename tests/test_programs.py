@@ -180,7 +180,7 @@ def test_a_tutorial_vae_class_is_compared_as_model_and_guide_beside_builtin_guid
 def test_a_two_latent_hierarchy_has_exact_quadrature_and_its_guide_program_obeys_the_identity(tmp_path):
     """z1, z2 one dimension each: 2 latent dimensions in all, so quadrature gives log p(x) exactly."""
     path, data = chain_file(tmp_path, 1, 1)
-    config = Config(data=str(data), model=f"{path}:chain", likelihood="gaussian", guides=[f"{path}:chain_guide"],
+    config = Config(data=str(data), model=f"{path}:chain", guides=[f"{path}:chain_guide"],
                     seeds=[0])
     dataset = load_data(str(data))
     model, guide = build(config, dataset, f"{path}:chain_guide")
