@@ -195,6 +195,8 @@ def convergence_warnings(runs: list[dict]) -> list[str]:
                          f"{record.get('reason', '')}; its ELBO and KL gap describe an unfinished fit, not the "
                          f"family: {convergence_advice(record)}")
     lines += [rising_line(guide, group) for guide, group in still_rising.items()]
+    lines += per_guide_lines([(run["guide"], run["seed"], unjudged_message(run)) for run in runs
+                              if run.get("converged") is None and (run.get("convergence") or {}).get("reason")])
     for run in runs:
         for split in ("test", "train"):
             metrics = run.get(split, {})
@@ -206,6 +208,13 @@ def convergence_warnings(runs: list[dict]) -> list[str]:
                 lines.append(f"- {run['guide']} seed {run['seed']}, {split}: the per-point fit of the {split} points "
                              "stopped at its cap before its ELBO stopped rising")
     return lines
+
+
+def unjudged_message(run: dict) -> str:
+    """Why a run's fit has no verdict (too few steps for the trend rule, none at --steps 0), and what that means."""
+    what = ", and nothing was trained: its numbers are the initial q's" if run.get("steps") == 0 else \
+        ": its ELBO and KL gap may describe an unfinished fit"
+    return f"its fit was not judged ({run['convergence']['reason']}){what}; train longer (--steps, at least 50)"
 
 
 #: a test split's KL gap above this many times the training split's, and above it by more than HELD_OUT_NATS and four

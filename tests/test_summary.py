@@ -138,3 +138,19 @@ def test_a_test_gap_far_above_the_training_gap_is_said_once_per_guide():
                            "on the training split, 0.024-0.039; on the test split's 64 gap points 1.575-2.303 nats")
     assert held_out_warnings([held_out_run("diag", 0, 0.08, 0.03)]) == []  # twice, but within HELD_OUT_NATS
     assert held_out_warnings([held_out_run("diag", 0, 0.5, 0.2, stderr=0.1)]) == []  # within 4 joint s.e.
+
+
+def test_a_fit_too_short_to_judge_is_said_and_one_not_trained_at_all_says_so():
+    """A tester's --steps 0 run read a KL gap of 1.1 with "–" under converged and no Warnings line."""
+
+    def run(guide, seed, steps):
+        return {"guide": guide, "seed": seed, "steps": steps, "converged": None,
+                "convergence": {"rule": "trend", "reason": f"too few steps ({steps}) to read a trend from"}}
+
+    lines = convergence_warnings([run("diag", 0, 0), run("diag", 1, 0), run("iaf", 0, 20)])
+    assert lines == [
+        "- diag seeds 0, 1: its fit was not judged (too few steps (0) to read a trend from), and nothing was trained: "
+        "its numbers are the initial q's; train longer (--steps, at least 50)",
+        "- iaf seed 0: its fit was not judged (too few steps (20) to read a trend from): its ELBO and KL gap may "
+        "describe an unfinished fit; train longer (--steps, at least 50)"]
+    assert convergence_warnings([{**run("diag", 0, 0), "convergence": None}]) == []  # no rule to speak of
