@@ -229,26 +229,26 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
 
 
 def read_csv(path: Path) -> np.ndarray:
-    """Numbers separated by commas, one row per data point; one header line is skipped."""
+    """Numbers separated by commas, one row per data point; a first line none of whose cells is a number is a header,
+    and skipped (one with a number among them is data: a tester's ``1.0,x`` was skipped as a header, its row lost)."""
+    first = next((line for line in path.read_text(errors="replace").splitlines() if line.strip()), "")
+    header = int(bool(first) and not any(is_number(cell) for cell in first.split(",")))
     try:
         with warnings.catch_warnings():  # an empty file: as_matrix says so in one line, without numpy's warning
             warnings.filterwarnings("ignore", message="loadtxt: input contained no data")
-            try:
-                return np.loadtxt(path, delimiter=",", ndmin=2)
-            except ValueError:
-                return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1)
+            return np.loadtxt(path, delimiter=",", ndmin=2, skiprows=header)
     except ValueError as error:
-        first = next((line for line in path.read_text(errors="replace").splitlines() if line.strip()), "")
         if "," not in first and (separator := next((mark for mark in (";", "\t", "|") if mark in first), None)):
             raise UsageError(f"cannot read {path}: its values are separated by {separator!r}, not commas; save it as "
                              "comma-separated values (with a '.' for decimals)") from None
         if cell := re.search(r"could not convert string (.*) to \w+ at row (\d+), column (\d+)", str(error)):
             value, row, column = cell.group(1), int(cell.group(2)), int(cell.group(3))  # numpy: row from 0
+            line = row + 1 + header
             if value.strip("'\"") == "":
-                raise UsageError(f"cannot read {path}: the cell on line {row + 2} of the file, column {column}, is "
+                raise UsageError(f"cannot read {path}: the cell on line {line} of the file, column {column}, is "
                                  "empty (a missing value); fill it in or drop that row: elbogap's models score "
                                  "every value of a row") from None
-            raise UsageError(f"cannot read {path}: {value} on line {row + 2} of the file, column {column}, "
+            raise UsageError(f"cannot read {path}: {value} on line {line} of the file, column {column}, "
                              "is not a number; every value must be numeric (code a category as 0, 1, ...)") from None
         if "number of columns changed" not in str(error):
             raise
@@ -259,6 +259,15 @@ def read_csv(path: Path) -> np.ndarray:
             raise
         raise UsageError(f"cannot read {path}: line {number} has {width} comma-separated values where line "
                          f"{widths[0][0]} has {widths[0][1]}; every row needs the same number") from None
+
+
+def is_number(text: str) -> bool:
+    """Whether a csv cell reads as a number (as numpy's loadtxt reads it: ``nan`` and ``inf`` too)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def as_matrix(array: np.ndarray, name: str) -> torch.Tensor:

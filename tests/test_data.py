@@ -153,3 +153,18 @@ def test_binarizing_data_outside_the_unit_interval_is_refused(tmp_path):
 def test_fashion_mnist_from_the_debian_package():
     data = load_data("fashion-mnist", train_size=500, test_size=100, binarize="static")
     assert data.train.shape == (500, 784) and data.test.shape == (100, 784) and data.image_shape == (28, 28)
+
+
+def test_a_first_line_with_a_number_in_it_is_data_not_a_header(tmp_path):
+    """A tester's file began 1.0,x: skipped as a header, its row was lost without a word. A first line is a header
+    only where none of its cells is a number; otherwise its text cell is named, on line 1."""
+    from elbogap.data import read_csv
+
+    (tmp_path / "header.csv").write_text("height,weight\n1,2\n3,4\n")
+    (tmp_path / "text.csv").write_text("1.0,x\n2,3\n")
+    (tmp_path / "later.csv").write_text("a,b\n1,2\n3,y\n")
+    assert read_csv(tmp_path / "header.csv").tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    with pytest.raises(UsageError, match="'x' on line 1 of the file, column 2, is not a number"):
+        read_csv(tmp_path / "text.csv")
+    with pytest.raises(UsageError, match="'y' on line 3 of the file, column 2"):
+        read_csv(tmp_path / "later.csv")
