@@ -206,9 +206,12 @@ def markdown(results: dict) -> str:
                   f"log p(x) - ELBO = KL gap on the points of the row. {plus_minus(seeds)}",
                   *caveats(runs, split), ""]
     if any("approx_gap" in run["test"] for run in runs):
-        gap_points = next(run["test"]["gap_points"] for run in runs if "approx_gap" in run["test"])
+        counts = {split: next((run[split]["gap_points"] for run in runs if "approx_gap" in run[split]), None)
+                  for split in ("test", "train")}
+        where = (f"{counts['test']} points per split" if counts["test"] == counts["train"] else
+                 " and ".join(f"{count} points of the {split} split" for split, count in counts.items() if count))
         lines += ["## Why the gap exists: approximation vs amortization", "",
-                  f"On {gap_points} points per split, q* is the best member of each family "
+                  f"On {where}, q* is the best member of each family "
                   "for each point (per-point parameters refit with the model fixed until the ELBO stops rising): "
                   "approximation gap = log p(x) - ELBO(q*), amortization gap = ELBO(q*) - ELBO(q); they add up "
                   "to the KL gap on those points.", "", *gap_section(runs)]

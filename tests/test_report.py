@@ -137,3 +137,21 @@ def test_the_gradient_snr_gets_a_table_over_seeds_a_footer_line_and_a_summary_ro
 def test_a_study_without_the_measurement_has_no_snr_section():
     study = results((0,))
     assert "Gradient signal-to-noise" not in markdown(study) and "Gradient SNR" not in markdown(study)
+
+
+def test_the_gap_section_names_each_splits_own_count_of_points():
+    """A tester's 40 test points and 64 of 160 training points read "On 40 points per split"."""
+    study = results()
+    study["runs"][0]["train"]["gap_points"] = 64
+    assert "On 8 points of the test split and 64 points of the train split, q* is" in markdown(study)
+    assert "On 8 points per split, q* is" in markdown(results())
+
+
+def test_points_that_quadrature_left_without_an_error_bar_and_ais_filled_in_are_said_with_its_caveat():
+    """--log-px auto's AIS on the points quadrature could not bound: the methods line and the caveats name it."""
+    filled = {"log_px_method": "quadrature", "log_px_samples": 1200, "log_px_filled_by": "ais",
+              "log_px_filled_points": 3, "log_px_points": 1000}
+    report = markdown(results(**filled))
+    assert ("quadrature (midpoint rule on a grid zoomed onto the posterior, 1200 points in all), and on the 3 points "
+            "it left without an error bar annealed importance sampling from the prior") in report
+    assert "AIS's ± is the spread of its chains" in report and "The quadrature's ± is its discretization" in report
