@@ -29,9 +29,9 @@ A grid counts each peak (a cell higher than its neighbours holding :data:`PEAK_S
 must fill :data:`RESOLVED_MASS_CELLS` per peak, and a unit whose grid does not resolve its posterior is integrated
 again on finer grids whatever its error says. A mode narrower than the first grid's cells can fall between its points
 while the zoom keeps another: :func:`with_other_modes` climbs from the first grid's local maxima outside each unit's
-box, and integrates each mode found there in a box of its own. Where the first zoom did not resolve a unit, it climbs
-inside the unit's box too: a mode whose own box holds more mass than the unit's estimate was missed there, and the
-unit has no error bar.
+box, and integrates each mode found there in a box of its own. A unit still unresolved on the finest grid, its error
+above :data:`REFINE_ABOVE` (two narrow modes in one box, a cell or two wide each), is split (:func:`split_modes`):
+each mode climbed to inside its box is integrated in a box of its own, or the unit has no error bar.
 
 The grid is scored in float64 wherever the model computes in it (a program whose tensors follow its data's dtype:
 :meth:`~elbogap.model.target.Target.in_float64`); a model with float32 weights (a decoder) is scored in float32.
@@ -45,7 +45,7 @@ import math
 import torch
 
 from elbogap.estimators import Estimator, EstimatorSettings, LogPxEstimate, register
-from elbogap.inference.laplace import ascend, log_mass
+from elbogap.inference.laplace import ascend, laplace_sds
 from elbogap.inference.log_joint import ELEMENT_BUDGET
 
 #: prior draws behind the first box
@@ -96,15 +96,8 @@ REFINE_FROM = 24
 #: steps of each climb
 OTHER_STARTS = 4
 OTHER_STEPS = 200
-#: and the most places climbed inside the box of a unit whose first zoom did not resolve its posterior: two narrow
-#: modes far in a prior's tail fell between the first grid's points, the zoom stayed on the prior's box, and the finer
-#: grids each found one of them, with a stated error of 1e-9; a tester-style program read up to 37 nats low
-INSIDE_STARTS = 2
-#: a mode's Laplace mass, and then its own box's integral, above the unit's estimate and error by this many nats is
-#: mass the unit's grid missed (a lighter-tailed mode than a Gaussian has a Laplace mass above its own integral)
-MISSED_NATS = 0.5
-#: a confirming box reaches this many of the mode's Laplace standard deviations each way
-MODE_BOX_SDS = 8.0
+#: two climbs' ends closer than this many Laplace standard deviations along every axis are one mode (split_modes)
+SAME_MODE_SDS = 4.0
 
 
 def grid(lower: torch.Tensor, upper: torch.Tensor, num_points: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,7 +185,6 @@ def quadrature(target, settings: EstimatorSettings) -> LogPxEstimate:
     (see the module), in float64 where the model computes in it (:meth:`~elbogap.model.target.Target.in_float64`)."""
     target = target.in_float64()
     estimate, (lower, upper, resolved) = _zoomed(target, settings.grid_points, settings.keep_draws)
-    unsure = ~resolved
     points = settings.grid_points
     # a unit's kept draws are its one grid's: with several units, each keeps the first (as before refining)
     refinable = (settings.refine and settings.grid_points >= REFINE_FROM
@@ -220,7 +212,10 @@ def quadrature(target, settings: EstimatorSettings) -> LogPxEstimate:
         if settings.keep_draws and bool(better.all()):  # one unit
             info.update(draws=finer.info["draws"], log_w=finer.info["log_w"])
         estimate = LogPxEstimate(values, stderr, info)
-    estimate = with_other_modes(target, estimate, lower, upper, settings.grid_points, unsure)
+    if refinable:  # unresolved on the finest grid, its error still above REFINE_ABOVE: split into modes, or no bound
+        unbounded = (~resolved & (estimate.stderr > REFINE_ABOVE)).nonzero().flatten()
+        estimate = split_modes(target, estimate, lower, upper, settings.grid_points, unbounded)
+    estimate = with_other_modes(target, estimate, lower, upper, settings.grid_points)
     unknown = int(estimate.stderr.isnan().sum())
     if unknown:  # a tester's Dirichlet(0.2, 0.3, 0.5) rows read 10-40 nats low, their note saying only "error is NaN"
         estimate.info["log_px_note"] = (
@@ -243,8 +238,8 @@ def local_maxima(log_p: torch.Tensor, n: int, dim: int) -> torch.Tensor:
         :, 0].movedim(0, -1).reshape(n**dim, -1)
 
 
-def with_other_modes(target, estimate: LogPxEstimate, lower: torch.Tensor, upper: torch.Tensor, n: int,
-                     unsure: torch.Tensor | None = None) -> LogPxEstimate:
+def with_other_modes(target, estimate: LogPxEstimate, lower: torch.Tensor, upper: torch.Tensor,
+                     n: int) -> LogPxEstimate:
     r"""``estimate`` with the posterior mass of each unit's other modes added: a mode narrower than the first grid's
     cells falls between its points, and the zoom kept the other one only.
 
@@ -255,29 +250,19 @@ def with_other_modes(target, estimate: LogPxEstimate, lower: torch.Tensor, upper
     integral added. Its error adds to the unit's. Where the new box grows into another, the two would count the same
     mass twice: nothing is added, and the unit's error is NaN, as for a unit that did not settle. A unit's kept draws
     (a weighted reference posterior) stay its first box's.
-
-    A unit ``unsure`` of its grid (its first zoom did not resolve its posterior, so the finer grids chose among
-    boxes) is climbed from up to :data:`INSIDE_STARTS` of those cells inside its final box too. Where an end's
-    Laplace mass (:func:`~elbogap.inference.laplace.log_mass`) exceeds the unit's estimate by more than its error
-    and :data:`MISSED_NATS`, and the integral over a box of :data:`MODE_BOX_SDS` Laplace sds about it confirms it, the
-    grid missed a mode inside its own box: the unit keeps the larger of the two, and no error bar.
     """
     dim = target.latent_dim
     points, log_p, _ = scored_grid(target, *prior_box(target), n)
     outside = ((points < lower[None]) | (points > upper[None])).any(-1)
-    maxima = local_maxima(log_p, n, dim) & estimate.stderr.isfinite()[None]
-    unsure = torch.zeros_like(outside[0]) if unsure is None else unsure
-    starts, usable = [], []
-    for candidate, count in ((maxima & outside, OTHER_STARTS), (maxima & ~outside & unsure[None], INSIDE_STARTS)):
-        order = torch.where(candidate, log_p, -math.inf).argsort(0, descending=True)[:count]
-        starts.append(points.gather(0, order[..., None].expand(-1, -1, dim)))
-        usable.append(candidate.gather(0, order))
-    starts, usable = torch.cat(starts), torch.cat(usable)
-    units = usable.any(0).nonzero().flatten()
+    candidate = local_maxima(log_p, n, dim) & outside & estimate.stderr.isfinite()[None]
+    units = candidate.any(0).nonzero().flatten()
     if not len(units):
         return estimate
     values, stderr, info = estimate.values.clone(), estimate.stderr.clone(), dict(estimate.info)
-    starts, usable, part = starts[:, units], usable[:, units], target.select(units)
+    order = torch.where(candidate[:, units], log_p[:, units], -math.inf).argsort(0, descending=True)[:OTHER_STARTS]
+    starts = points[:, units].gather(0, order[..., None].expand(-1, -1, dim))
+    usable = candidate[:, units].gather(0, order)
+    part = target.select(units)
     ends = ascend(part, starts, OTHER_STEPS)
     heights = sum(piece.double() for piece in part.log_joint(ends)).nan_to_num(nan=-math.inf, posinf=-math.inf)
     boxes = {int(unit): [(lower[unit], upper[unit])] for unit in units}
@@ -286,11 +271,6 @@ def with_other_modes(target, estimate: LogPxEstimate, lower: torch.Tensor, upper
         for j, unit in enumerate(units.tolist()):
             mode, peak = ends[k, j], values[unit] - (upper[unit] - lower[unit]).log().sum()
             if not usable[k, j] or heights[k, j] < peak - KEPT_NATS or math.isnan(float(stderr[unit])):
-                continue
-            if bool(((mode >= lower[unit]) & (mode <= upper[unit])).all()):
-                if unsure[unit] and (missed := missed_inside(target.select(torch.tensor([unit])), mode, n,
-                                                             values[unit] + stderr[unit])) is not None:
-                    values[unit], stderr[unit] = torch.maximum(values[unit], missed), math.nan
                 continue
             if any(bool(((mode >= low) & (mode <= high)).all()) for low, high in boxes[unit]):
                 continue  # on a mode already integrated
@@ -311,16 +291,61 @@ def with_other_modes(target, estimate: LogPxEstimate, lower: torch.Tensor, upper
     return LogPxEstimate(values, stderr, info)
 
 
-def missed_inside(target, mode: torch.Tensor, n: int, estimate: torch.Tensor) -> torch.Tensor | None:
-    """The integral about ``mode`` ``(d,)`` of ``target``'s one unit where it shows that unit's ``estimate`` (plus its
-    error) missed mass inside its box: its Laplace mass above it by :data:`MISSED_NATS`, and a zoom from a box of
-    :data:`MODE_BOX_SDS` Laplace sds about the mode above it by as much. Else None."""
-    mass, sd = log_mass(target, mode[None])
-    if not float(mass[0]) > float(estimate) + MISSED_NATS:
-        return None
-    reach = MODE_BOX_SDS * sd[0].to(mode.dtype)
-    local, _ = _zoomed(target, n, False, box=((mode - reach)[None], (mode + reach)[None]))
-    return local.values[0] if float(local.values[0]) > float(estimate) + MISSED_NATS else None
+def split_modes(target, estimate: LogPxEstimate, lower: torch.Tensor, upper: torch.Tensor, n: int,
+                units: torch.Tensor) -> LogPxEstimate:
+    r"""``estimate`` with each of ``units`` (unresolved on the finest grid, their error above :data:`REFINE_ABOVE`)
+    integrated mode by mode, or left without an error bar.
+
+    Two narrow modes in one box, a cell or two wide each on the finest grid, read 0.38-0.89 nats low with stated
+    errors of 0.11-0.64 (``benchmarks/quadrature.py --one-latent``, far in the prior's tail). From up to
+    :data:`OTHER_STARTS` local maxima of the unit's grid on its final box, Adam climbs to its modes; ends apart by
+    more than :data:`SAME_MODE_SDS` of their Laplace sds are distinct. Each distinct mode is zoomed onto from a box
+    reaching half way to the nearest other, and the unit's estimate is their sum, its error the sum of theirs, where
+    every such box settles, resolves its posterior and meets no other. Otherwise the unit has no error bar (NaN).
+    """
+    if not len(units):
+        return estimate
+    values, stderr, info = estimate.values.clone(), estimate.stderr.clone(), dict(estimate.info)
+    part, dim = target.select(units), target.latent_dim
+    points, log_p, _ = scored_grid(part, lower[units], upper[units], n)
+    order = torch.where(local_maxima(log_p, n, dim), log_p, -math.inf).argsort(0, descending=True)[:OTHER_STARTS]
+    ends = ascend(part, points.gather(0, order[..., None].expand(-1, -1, dim)), OTHER_STEPS)
+    for j, unit in enumerate(units.tolist()):
+        one = target.select(torch.tensor([unit]))
+        modes = distinct_modes(one, ends[:, j])
+        stderr[unit] = math.nan
+        if len(modes) < 2:
+            continue
+        pieces = []
+        for k, mode in enumerate(modes):
+            reach = min(float((mode - other).abs().amax()) for i, other in enumerate(modes) if i != k) / 2
+            piece, (low, high, resolved) = _zoomed(one, n, False, checked=True, box=((mode - reach)[None],
+                                                                                     (mode + reach)[None]))
+            pieces.append((piece.values[0], piece.stderr[0], low[0], high[0], bool(resolved[0])))
+            info["samples"] += piece.info["samples"]
+        apart = all(not bool(((a[2] < b[3]) & (a[3] > b[2])).all()) for i, a in enumerate(pieces)
+                    for b in pieces[i + 1:])
+        if apart and all(resolved and math.isfinite(float(error)) for _, error, _, _, resolved in pieces):
+            values[unit] = torch.logsumexp(torch.stack([value for value, *_ in pieces]), 0)
+            stderr[unit] = sum(error for _, error, *_ in pieces)
+            info["quadrature_modes_split"] = info.get("quadrature_modes_split", 0) + 1
+    return LogPxEstimate(values, stderr, info)
+
+
+def distinct_modes(target, ends: torch.Tensor) -> list[torch.Tensor]:
+    """The ends ``(count, d)`` of climbs on ``target``'s one unit that are distinct modes: finite, and apart from each
+    kept one by more than :data:`SAME_MODE_SDS` of the larger Laplace sd along some axis."""
+    heights = sum(piece.double() for piece in target.log_joint(ends[:, None])).reshape(-1)
+    kept = []
+    for index in heights.argsort(descending=True).tolist():
+        if not math.isfinite(float(heights[index])):
+            continue
+        end = ends[index]
+        sd = laplace_sds(target, end[None])
+        if all(bool(((end - mode).abs() > SAME_MODE_SDS * torch.maximum(sd[0], mode_sd).to(end.dtype)).any())
+               for mode, mode_sd in kept):
+            kept.append((end, sd[0]))
+    return [mode for mode, _ in kept]
 
 
 def _zoomed(target, n: int, keep_draws: bool, checked: bool = False, box=None) -> tuple[LogPxEstimate, tuple]:

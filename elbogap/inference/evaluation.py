@@ -316,8 +316,8 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
             dof["log_px"] = min(dof["log_px"], estimate.dof)  # one number for every point: the fewer
             estimate.info["log_px_note"] = (
                 f"{estimates[-1][0].name} left {len(rows)} of {len(x)} points without an error bar (see the "
-                f"estimators' documentation); {step.method.name} gave their log p(x), {estimate.info['samples']} "
-                "chains each")
+                f"estimators' documentation); {step.method.name.upper()} gave their log p(x), "
+                f"{estimate.info['samples']} chains each")
             fills.append((step.method, estimate))
         else:
             per_point["log_px"], per_point["log_px_stderr"] = estimate.values, estimate.stderr

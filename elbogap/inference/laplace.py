@@ -107,17 +107,12 @@ def _precision(target, mode: torch.Tensor) -> torch.Tensor:
     return (0.5 * (hessian + hessian.transpose(-1, -2))).double().nan_to_num()
 
 
-def log_mass(target, mode: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""The Laplace approximation of the posterior mass about ``mode`` ``(units, d)``,
-    :math:`\log p(x, \hat z) + \frac d2 \log 2\pi - \frac12 \log |H|` ``(units,)`` (curvatures floored at
-    :data:`MIN_CURVATURE`), and the standard deviations ``(units, d)`` of its Gaussian along each axis."""
+def laplace_sds(target, mode: torch.Tensor) -> torch.Tensor:
+    r"""The standard deviations ``(units, d)`` along each axis of the Laplace approximation at ``mode`` ``(units, d)``,
+    :math:`\sqrt{\mathrm{diag}\, H^{-1}}` (curvatures floored at :data:`MIN_CURVATURE`)."""
     values, vectors = torch.linalg.eigh(_precision(target, mode))
-    values = values.clamp(min=MIN_CURVATURE)
-    covariance = vectors @ torch.diag_embed(1.0 / values) @ vectors.transpose(-1, -2)
-    with torch.no_grad():
-        height = sum(part.double() for part in target.log_joint(mode)).nan_to_num(nan=-math.inf)
-    mass = height + 0.5 * mode.shape[-1] * math.log(2 * math.pi) - 0.5 * values.log().sum(-1)
-    return mass, covariance.diagonal(dim1=-2, dim2=-1).sqrt()
+    covariance = vectors @ torch.diag_embed(1.0 / values.clamp(min=MIN_CURVATURE)) @ vectors.transpose(-1, -2)
+    return covariance.diagonal(dim1=-2, dim2=-1).sqrt()
 
 
 def _pick(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
