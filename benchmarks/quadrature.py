@@ -64,7 +64,7 @@ def row(name: str, values, stderr, exact, seconds: float) -> str:
     unsure = stderr.isnan()  # units the estimator left without an error bar, counted apart
     counted = (error > 1e-8) & ~unsure  # below that, float64 sums
     ratio = (error / stderr.double().clamp_min(1e-300))[counted]
-    worst = f"{float(ratio.max()):.2f}" if len(ratio) else "-"
+    worst = f"{float(ratio.max()):.3g}" if len(ratio) else "-"  # 1e+296: an error stated as 0 (clamped to 1e-300)
     covered = f"{float((ratio <= 1).double().mean()):.3f}" if len(ratio) else "1.000"
     return (f"| {name} | {float(error.max()):.1e} | {float(error.median()):.1e} | "
             f"{float(stderr[~unsure].max()):.1e} | {worst} | {covered} | {int(unsure.sum())} | {seconds:.2f} |")
