@@ -47,7 +47,7 @@ def program(tmp_path):
 
 
 QUICK = ["--steps", "150", "--eval-samples", "16", "--iw-samples", "200", "--hidden-dims", "16", "--seeds", "0",
-         "--quiet", "--no-figures", "--likelihood", "gaussian", "--ais-chains", "16", "--leapfrog-steps", "4",
+         "--quiet", "--no-figures", "--ais-chains", "16", "--leapfrog-steps", "4",
          "--jobs", "1"]
 
 

@@ -198,7 +198,7 @@ def test_ais_on_a_four_dimensional_hierarchy_recovers_its_evidence(tmp_path):
     path, data = chain_file(tmp_path, 2, 2)
     out = tmp_path / "out"
     assert main(["compare", "--data", str(data), "--model", f"{path}:chain", "--guides", f"{path}:chain_guide",
-                 "--likelihood", "gaussian", "--out", str(out), "--steps", "300", "--lr", "0.02", "--eval-samples",
+                 "--out", str(out), "--steps", "300", "--lr", "0.02", "--eval-samples",
                  "64", "--iw-samples", "500", "--seeds", "0", "--quiet", "--no-figures", "--log-px", "ais",
                  "--ais-steps", "100", "--ais-chains", "16", "--leapfrog-steps", "4", "--gap-points", "8"]) == 0
     test = json.loads((out / "results.json").read_text())["runs"][0]["test"]
@@ -274,7 +274,7 @@ def test_each_loaded_run_keeps_its_own_program_parameters(tmp_path):
     path, data = chain_file(tmp_path, 1, 1)
     out = tmp_path / "out"
     assert main(["compare", "--data", str(data), "--model", f"{path}:chain", "--guides", f"{path}:chain_guide",
-                 "--seeds", "0,1", "--likelihood", "gaussian", "--out", str(out), "--steps", "30", "--lr", "0.05",
+                 "--seeds", "0,1", "--out", str(out), "--steps", "30", "--lr", "0.05",
                  "--eval-samples", "8", "--iw-samples", "8", "--gap-points", "0", "--quiet", "--figures"]) == 0
     assert (out / "posteriors.png").is_file()
     states = []

@@ -58,7 +58,7 @@ def test_compare_trains_and_evaluates_a_users_model(user_file, tmp_path):
 
 def test_a_model_that_takes_only_x_is_scaled_and_evaluated_by_ais_and_importance_sampling(user_file, tmp_path):
     out = tmp_path / "plain"
-    args = ["compare", "--model", f"{user_file}:plain", "--guides", "diag", "--likelihood", "gaussian",
+    args = ["compare", "--model", f"{user_file}:plain", "--guides", "diag",
             "--out", str(out), *QUICK]
     assert main(args) == 0
     run = json.loads((out / "results.json").read_text())["runs"][0]
