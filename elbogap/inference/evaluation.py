@@ -43,7 +43,8 @@ class Evaluation:
     """Split averages in ``metrics`` (floats and method names) and per-point tensors in ``per_point``.
 
     ``dof`` holds, per per-point estimate with a standard error (``elbo``, ``log_px_iwae``, ``log_px``,
-    ``log_px_ais``), the degrees of freedom of one point's error; :meth:`interval` turns them into intervals.
+    ``log_px_ais``), the degrees of freedom of one point's error, or a tensor of them per point where two estimators
+    gave the column (quadrature's points and those AIS filled in); :meth:`interval` turns them into intervals.
     """
 
     metrics: dict
@@ -313,7 +314,7 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
                                ("log_px_jackknife_stderr", jackknife)):
                 per_point[key] = torch.where(filled, value, per_point[key])
             per_point["log_px_systematic"] = per_point["log_px_systematic"] & ~filled
-            dof["log_px"] = min(dof["log_px"], estimate.dof)  # one number for every point: the fewer
+            dof["log_px"] = torch.where(filled.cpu(), estimate.dof, torch.as_tensor(dof["log_px"], dtype=torch.float64))
             estimate.info["log_px_note"] = (
                 f"{estimates[-1][0].name} left {len(rows)} of {len(x)} points without an error bar (see the "
                 f"estimators' documentation); {step.method.name.upper()} gave their log p(x), "

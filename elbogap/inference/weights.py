@@ -151,14 +151,17 @@ def group_spread_dof(num: int, levels: int = LEVELS) -> float:
     return float(trace**2 / square)
 
 
-def interval_halfwidth(stderr, dof: float, level: float = 0.95):
+def interval_halfwidth(stderr, dof: float | torch.Tensor, level: float = 0.95):
     r"""Half the width of a ``level`` interval, :math:`t_{(1+\text{level})/2,\,\nu}` times ``stderr``.
 
     Student's t quantile (SciPy's) for an error with ``dof`` degrees of freedom, the normal one where
     ``dof`` is infinite (or None): an error read off few independent pieces is itself uncertain, and
-    :math:`\pm 1.96` of it covers less than 95% (about 90% at :math:`\nu = 6`).
+    :math:`\pm 1.96` of it covers less than 95% (about 90% at :math:`\nu = 6`). ``dof`` may be a tensor, one per
+    point of ``stderr`` (a split whose points two estimators gave).
     """
     quantile = (1 + level) / 2
+    if isinstance(dof, torch.Tensor):
+        return torch.as_tensor(stats.t.ppf(quantile, dof.double().cpu().numpy()), device=stderr.device) * stderr
     if dof is None or math.isinf(dof):
         return float(stats.norm.ppf(quantile)) * stderr
     return float(stats.t.ppf(quantile, dof)) * stderr

@@ -169,3 +169,7 @@ def test_auto_fills_in_by_ais_the_points_that_quadrature_left_without_an_error_b
     combined = per_point["log_px_jackknife_stderr"].double()  # a quadrature's: its bounds; AIS's: the jackknife's
     expected = (float(combined[~filled].sum()) + float(combined[filled].pow(2).sum().sqrt())) / len(x)
     assert metrics["log_px_stderr"] == pytest.approx(expected)  # bounds add, random errors in quadrature
+    low, high = evaluation.interval("log_px")  # each point's own quantile: AIS's t on its few groups, else normal
+    ratio = (high - low) / (2 * per_point["log_px_stderr"].double())
+    assert torch.allclose(ratio[~filled], torch.tensor(1.96, dtype=torch.float64), atol=0.01)
+    assert torch.allclose(ratio[filled], torch.tensor(2.47, dtype=torch.float64), atol=0.05)
