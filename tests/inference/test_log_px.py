@@ -173,3 +173,37 @@ def test_auto_fills_in_by_ais_the_points_that_quadrature_left_without_an_error_b
     ratio = (high - low) / (2 * per_point["log_px_stderr"].double())
     assert torch.allclose(ratio[~filled], torch.tensor(1.96, dtype=torch.float64), atol=0.01)
     assert torch.allclose(ratio[filled], torch.tensor(2.47, dtype=torch.float64), atol=0.05)
+
+
+def test_a_filled_point_far_below_qs_iwae_takes_iwaes_value_with_no_error_bar():
+    """A tester's Cauchy prior with one row 1,826 units out: quadrature's box never reached it (no error bar), and
+    AIS's start did not either: it read about -11,800 nats against a truth of -19.5, and the split's KL gaps read
+    -183 and -261 with small errors. Where the fill lies far below q's IWAE (both lower bounds in expectation), the
+    point takes IWAE's value, with no error bar, and the note says so; the split then has no ± either."""
+    import pyro
+    import pyro.distributions as dist
+
+    import elbogap
+    from elbogap.inference.ais import AISSettings
+
+    def cauchy(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.StudentT(x.new_tensor(1.0), 0.0, 1.0))
+            pyro.sample("x", dist.Normal(z.unsqueeze(-1), 0.5).to_event(1), obs=x)
+
+    def guide(x):  # the posterior's own shape about each row's mean, as a trained guide would find it
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x.mean(-1), 0.5 / math.sqrt(x.shape[1])))
+
+    torch.manual_seed(0)
+    x = torch.tensor([0.3, -1.2, 2.0, 0.7, 1826.0])[:, None] + 0.5 * torch.randn(5, 5)
+    grid = torch.linspace(-50, 2000, 2_000_001, dtype=torch.float64)
+    prior = torch.distributions.StudentT(1.0, 0.0, 1.0).log_prob(grid)
+    exact = torch.stack([torch.logsumexp(prior + torch.distributions.Normal(grid[:, None], 0.5).log_prob(
+        row.double()).sum(-1), 0) + math.log(grid[1] - grid[0]) for row in x])
+    evaluation = elbogap.evaluate(cauchy, guide, x, elbo_samples=64, quadrature_points=24,
+                                  ais=AISSettings(steps=100, chains=8))
+    per_point, metrics = evaluation.per_point, evaluation.metrics
+    assert per_point["log_px_stderr"][:4].isfinite().all() and per_point["log_px_stderr"][4].isnan()
+    assert abs(float(per_point["log_px"][4] - exact[4])) < 0.05  # IWAE's, from a q near the posterior
+    assert "it fell below q's IWAE" in metrics["log_px_note"] and math.isnan(metrics["log_px_stderr"])
