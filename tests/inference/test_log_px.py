@@ -169,6 +169,13 @@ def test_auto_fills_in_by_ais_the_points_that_quadrature_left_without_an_error_b
     combined = per_point["log_px_jackknife_stderr"].double()  # a quadrature's: its bounds; AIS's: the jackknife's
     expected = (float(combined[~filled].sum()) + float(combined[filled].pow(2).sum().sqrt())) / len(x)
     assert metrics["log_px_stderr"] == pytest.approx(expected)  # bounds add, random errors in quadrature
+    from elbogap.guides import ProgramGuide
+    from elbogap.user_model import ProgramModel
+
+    model = ProgramModel(proportions, x[:3])  # the cheap curve during training fills in nothing (5 s an evaluation)
+    cheap = evaluate(model, ProgramGuide(guide, model, x[:3], "guide"), x, elbo_samples=16, quadrature_points=24,
+                     refine_quadrature=False)
+    assert "log_px_filled_by" not in cheap.metrics and bool(cheap.per_point["log_px_stderr"].isnan().any())
     low, high = evaluation.interval("log_px")  # each point's own quantile: AIS's t on its few groups, else normal
     ratio = (high - low) / (2 * per_point["log_px_stderr"].double())
     assert torch.allclose(ratio[~filled], torch.tensor(1.96, dtype=torch.float64), atol=0.01)
