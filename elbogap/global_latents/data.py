@@ -6,6 +6,7 @@ import torch
 
 from elbogap import streams
 from elbogap.data import Dataset, load_data, load_whole
+from elbogap.errors import UsageError
 from elbogap.global_latents.model import is_global_model, probe_trace
 from elbogap.user_model import check_unsubsampled, resolve_program, trace_program
 
@@ -18,20 +19,27 @@ def study_data(config) -> Dataset:
     global latents, whose data set is every row (:func:`~elbogap.data.load_whole`), traced again
     to confirm. ``kind`` and ``rows`` of the returned data set say which.
     """
-    rows, what = load_whole(config.data, config.data_seed, config.data_dir, config.binarize, config.train_size)
-    program, _ = resolve_program(config.model, "model", rows.shape[-1], config.latent_dim)
-    # one row (a file's) is a data set D of one observation but no train/test split, which only a per-point model needs
-    split = load_data(config.data, config.test_fraction, config.data_seed, config.data_dir, config.binarize,
-                      config.train_size, config.test_size) if len(rows) > 1 else None
-    probe = split.train[:3] if split is not None else rows
+    whole = None
+    try:
+        split = load_data(config.data, config.test_fraction, config.data_seed, config.data_dir, config.binarize,
+                          config.train_size, config.test_size)
+    except UsageError:  # one row (a file's) is a data set D of one observation, but no train/test split
+        whole = load_whole(config.data, config.data_seed, config.data_dir, config.binarize, config.train_size)
+        if len(whole[0]) != 1:
+            raise
+        split = None
+    probe = split.train[:3] if split is not None else whole[0]
+    program, _ = resolve_program(config.model, "model", probe.shape[-1], config.latent_dim)
     try:
         per_point = not is_global_model(probe_trace(program, probe), probe)
     except Exception:  # a program that needs all its rows (a plate of fixed size): judged on the whole set below
         per_point = False
     if per_point:
         return split or load_data(config.data, config.test_fraction)  # one row: refused in one line, as before
-    whole = trace_program(lambda x: probe_trace(program, x), rows, config.model, "model")  # one line if it cannot run
-    check_unsubsampled(whole, program, config.model)
+    rows, what = whole or load_whole(config.data, config.data_seed, config.data_dir, config.binarize,
+                                     config.train_size)
+    trace = trace_program(lambda x: probe_trace(program, x), rows, config.model, "model")  # one line if it cannot run
+    check_unsubsampled(trace, program, config.model)
     name = split.name if split is not None else Path(config.data).name
     if not config.holdout:
         return Dataset(name, rows, rows[:0], kind="global", rows=what)
