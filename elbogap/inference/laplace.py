@@ -32,6 +32,11 @@ MODE_STARTS = 16
 MODE_STEPS = 400
 MODE_LR = 0.05
 FULL_RATE_SHARE = 0.75
+#: damped Newton steps after Adam's, at most, for ends where the quadratic model about them promises more than
+#: NEWTON_GAIN nats; each takes the longest of NEWTON_LENGTHS halvings of the full step that raises log p(x, z)
+NEWTON_STEPS = 10
+NEWTON_GAIN = 0.5
+NEWTON_LENGTHS = 30
 #: the step of the central differences of the gradient
 STEP = 1e-3
 #: the least curvature kept in any direction: a flat or concave direction gets variance 1 / MIN_CURVATURE
@@ -46,10 +51,8 @@ TAIL_DOF = 3.0
 def laplace_start(target) -> dist.MixtureSameFamily:
     """A mixture of :class:`TailedGaussian` at the modes, of scale ``H^-1``, per unit of ``target`` (batch
     ``(units,)``, event ``(latent_dim,)``)."""
-    modes = _climb(target)  # (starts, units, d)
-    precision = torch.stack([_precision(target, mode) for mode in modes])  # (starts, units, d, d)
-    values, vectors = torch.linalg.eigh(precision)
-    values = values.clamp(min=MIN_CURVATURE)
+    modes, precision = finish(target, _climb(target))  # (starts, units, d), (starts, units, d, d)
+    values, vectors = floored_eigh(precision)
     precision = vectors @ torch.diag_embed(values) @ vectors.transpose(-1, -2)
     covariance = vectors @ torch.diag_embed(1.0 / values) @ vectors.transpose(-1, -2)
     covariance = 0.5 * (covariance + covariance.transpose(-1, -2))
@@ -96,6 +99,53 @@ def ascend(target, starts: torch.Tensor, steps: int = MODE_STEPS) -> torch.Tenso
     return modes.detach()
 
 
+def finish(target, ends: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""``ends`` ``(count, units, d)`` of Adam's climb, moved on by damped Newton steps where the quadratic model
+    about an end promises more than :data:`NEWTON_GAIN` nats, :math:`\tfrac12 g^\top H^{-1} g`; with
+    ``-d^2 log p(x, z) / dz^2`` at the ends returned (``(count, units, d, d)``, as :func:`_precision` gives it).
+
+    Each step tries :math:`z + 2^{-k} H^{-1} g` for :math:`k = 0, 1, \ldots` (curvatures floored at
+    :data:`MIN_CURVATURE`) and takes the first that raises :math:`\log p(x, z)`. Adam moves about :data:`MODE_LR` a
+    step: a tester's row 1,826 units out in a Cauchy prior lay about 90 times beyond the climb's reach, and AIS from
+    there read about -11,800 nats against a truth of -19.5. One Newton step reaches a mode where the log joint is near
+    quadratic about it, however far.
+    """
+    ends = ends.clone()
+    precision = torch.stack([_precision(target, end) for end in ends])
+    units = torch.arange(ends.shape[1], device=ends.device)
+    for _ in range(NEWTON_STEPS):
+        part = target.select(units)
+        height, gradient = _height_and_gradient(part, ends[:, units])
+        values, vectors = floored_eigh(precision[:, units])
+        step = (vectors @ ((vectors.transpose(-1, -2) @ gradient[..., None]) / values[..., None]))[..., 0]  # H^-1 g
+        promising = 0.5 * (gradient * step).sum(-1) > NEWTON_GAIN
+        if not promising.any():
+            break
+        lengths = 0.5 ** torch.arange(NEWTON_LENGTHS, dtype=torch.float64, device=ends.device)
+        tried = (ends[:, units][None].double() + lengths[:, None, None, None] * step[None]).to(ends.dtype)
+        with torch.no_grad():
+            heights = sum(piece.double() for piece in part.log_joint(tried.flatten(0, 1))).view(tried.shape[:3])
+        raised = heights.nan_to_num(nan=-math.inf) > height[None]
+        first = raised.to(torch.uint8).argmax(0)  # the longest step that raises it
+        moved = promising & raised.any(0)
+        if not moved.any():
+            break
+        chosen = tried.gather(0, first[None, ..., None].expand((1,) + tried.shape[1:]))[0]
+        ends[:, units] = torch.where(moved[..., None], chosen, ends[:, units])
+        units = units[moved.any(0)]
+        precision[:, units] = torch.stack([_precision(target.select(units), end) for end in ends[:, units]])
+    return ends, precision
+
+
+def _height_and_gradient(target, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log p(x, z)`` ``(count, units)`` and its gradient ``(count, units, d)``, in float64, at ``z``."""
+    with torch.inference_mode(False), torch.enable_grad():
+        points = z.clone().requires_grad_(True)
+        height = sum(part for part in target.log_joint(points))
+        gradient = torch.autograd.grad(height.nan_to_num(neginf=-1e30).sum(), points)[0]
+    return height.detach().double().nan_to_num(nan=-math.inf), gradient.double().nan_to_num()
+
+
 def _precision(target, mode: torch.Tensor) -> torch.Tensor:
     """``-d^2 log p(x, z) / dz^2`` at ``mode`` ``(units, d)``, by central differences of the gradient, symmetrized."""
     dim = mode.shape[-1]
@@ -110,9 +160,15 @@ def _precision(target, mode: torch.Tensor) -> torch.Tensor:
 def laplace_sds(target, mode: torch.Tensor) -> torch.Tensor:
     r"""The standard deviations ``(units, d)`` along each axis of the Laplace approximation at ``mode`` ``(units, d)``,
     :math:`\sqrt{\mathrm{diag}\, H^{-1}}` (curvatures floored at :data:`MIN_CURVATURE`)."""
-    values, vectors = torch.linalg.eigh(_precision(target, mode))
-    covariance = vectors @ torch.diag_embed(1.0 / values.clamp(min=MIN_CURVATURE)) @ vectors.transpose(-1, -2)
+    values, vectors = floored_eigh(_precision(target, mode))
+    covariance = vectors @ torch.diag_embed(1.0 / values) @ vectors.transpose(-1, -2)
     return covariance.diagonal(dim1=-2, dim2=-1).sqrt()
+
+
+def floored_eigh(precision: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eigenvalues of ``precision`` floored at :data:`MIN_CURVATURE`, and its eigenvectors."""
+    values, vectors = torch.linalg.eigh(precision)
+    return values.clamp(min=MIN_CURVATURE), vectors
 
 
 def _pick(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
