@@ -7,6 +7,7 @@ import numpy as np
 
 import elbogap
 from elbogap.global_latents.report import (
+    checked_words,
     coordinates_words,
     gap_table,
     importance_cell,
@@ -62,6 +63,21 @@ def test_smc_particles_far_outside_the_reference_read_as_missed_modes_once_per_s
     warnings = posterior_warnings(runs)
     assert len(warnings) == 1 and "80% of the particles" in warnings[0]
     assert posterior_warnings([run("auto:AutoNormal", 0.4, smc_far=0.03)]) == []  # a funnel's few far particles
+
+
+def test_far_particles_whose_run_from_the_prior_agreed_read_as_a_heavy_tail_not_as_missed_modes():
+    """A tester's StudentT(1) prior on one mean: 12.5% of SMC's particles sat far outside the reference, and the run
+    from the prior at 4,000 temperatures that this asked for agreed (-4.3512 ± 0.0041 beside -4.3537 ± 0.0039); the
+    Warnings still said the posterior has modes the reference missed. A run with no usable error bar rules out
+    nothing."""
+    checked = run("auto:AutoNormal", 0.2, smc_far=0.125)
+    checked["evidence"]["stages"]["prior_check"] = {"modes": True, "run": {"steps": 4000, "log_evidence": -4.3512,
+                                                                          "stderr": 0.0041}}
+    assert posterior_warnings([checked]) == []
+    assert "agreed (-4.351 ± 0.004): a heavy tail" in checked_words(checked["evidence"])
+    for stderr in (nan, 0.5):
+        checked["evidence"]["stages"]["prior_check"]["run"]["stderr"] = stderr
+        assert len(posterior_warnings([checked])) == 1 and checked_words(checked["evidence"]) == ""
 
 
 def coordinates(as_written: float, non_centred: float, stderr: float = 0.02) -> dict:
@@ -216,7 +232,7 @@ def test_several_seeds_show_their_spread_and_one_seeds_error_and_no_nonzero_numb
     row = gap_table(runs)[2]
     assert " 0.000 " not in row and " 0.000)" not in row
     assert "| -72.682 ± 0.00021 (s.e. 0.001) |" in row and "| 0.021 ± 0.002 (s.e. 0.004) |" in row
-    assert "| 0.001 ± 7.8e-05 |" in row  # the gap per point
+    assert "| 0.000715 ± 7.8e-05 |" in row  # the gap per point, to the digits of its spread
 
 
 def test_a_q_that_leaves_much_of_a_reliable_reference_beyond_four_of_its_sds_is_warned_once_per_guide():
