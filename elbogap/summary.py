@@ -88,9 +88,13 @@ def seed_columns(records: list[dict], keys: Iterable[str]) -> dict:
     return columns
 
 
-def figure(value: float) -> str:
+def figure(value: float, beside: float | None = None) -> str:
     """Three decimals, or two significant digits where three decimals would show a number that is not 0 as 0.000
-    (a precise evidence's error, a small gap per point), which reads as exact."""
+    (a precise evidence's error, a small gap per point), which reads as exact. A value shown ``beside`` its error
+    gets as many decimals as that error shows (the larger, where a cell shows two): a gap of -0.00061 ± 0.00045 read "-0.001 ± 0.00045", 2.2 errors
+    below 0 where it lies 1.4."""
+    if beside is not None and math.isfinite(beside) and beside != 0 and abs(beside) < 0.0005:
+        return f"{value:.{max(3, 1 - math.floor(math.log10(abs(beside))))}f}"
     return f"{value:.2g}" if value != 0 and abs(value) < 0.0005 else f"{value:.3f}"
 
 
@@ -99,7 +103,8 @@ def cell(stats: dict | None, marker: str = "") -> str:
     number as :func:`figure` writes it."""
     if stats is None:
         return "–"
-    text = f"{marker}{figure(stats['mean'])}"
+    errors = [stats[key] for key in ("seed_sd", "mc_stderr") if key in stats and math.isfinite(stats[key])]
+    text = f"{marker}{figure(stats['mean'], max(errors, default=None))}"
     if "seed_sd" in stats:
         text += f" ± {figure(stats['seed_sd'])}"
         if "mc_stderr" in stats:

@@ -4,6 +4,7 @@ import math
 
 import pytest
 
+from elbogap.global_latents.report import _cell
 from elbogap.summary import (
     approx_gap_note,
     cell,
@@ -154,3 +155,13 @@ def test_a_fit_too_short_to_judge_is_said_and_one_not_trained_at_all_says_so():
         "- iaf seed 0: its fit was not judged (too few steps (20) to read a trend from): its ELBO and KL gap may "
         "describe an unfinished fit; train longer (--steps, at least 50)"]
     assert convergence_warnings([{**run("diag", 0, 0), "convergence": None}]) == []  # no rule to speak of
+
+
+def test_a_value_has_as_many_decimals_as_the_error_beside_it():
+    """A tester's tempered program: a gap of -0.00061 ± 0.00045 read "-0.001 ± 0.00045", 2.2 errors below 0 where
+    it lies 1.4; both kinds of table."""
+    assert cell({"mean": -0.00061, "mc_stderr": 0.00045}) == "-0.00061 ± 0.00045"
+    assert cell({"mean": -291.08919, "seed_sd": 0.00019, "mc_stderr": 0.0001}) == "-291.08919 ± 0.00019 (s.e. 0.0001)"
+    assert cell({"mean": -72.68175, "seed_sd": 0.00021, "mc_stderr": 0.001}) == "-72.682 ± 0.00021 (s.e. 0.001)"
+    assert _cell([-0.00061], [0.00045]) == "-0.00061 ± 0.00045"
+    assert cell({"mean": -4.35371, "mc_stderr": 0.0039}) == "-4.354 ± 0.004"  # three decimals as before
