@@ -91,8 +91,8 @@ def seed_columns(records: list[dict], keys: Iterable[str]) -> dict:
 def figure(value: float, beside: float | None = None) -> str:
     """Three decimals, or two significant digits where three decimals would show a number that is not 0 as 0.000
     (a precise evidence's error, a small gap per point), which reads as exact. A value shown ``beside`` its error
-    gets as many decimals as that error shows (the larger, where a cell shows two): a gap of -0.00061 ± 0.00045 read "-0.001 ± 0.00045", 2.2 errors
-    below 0 where it lies 1.4."""
+    gets as many decimals as that error shows (the larger, where a cell shows two): a gap of -0.00061 ± 0.00045
+    read "-0.001 ± 0.00045", 2.2 errors below 0 where it lies 1.4."""
     if beside is not None and math.isfinite(beside) and beside != 0 and abs(beside) < 0.0005:
         return f"{value:.{max(3, 1 - math.floor(math.log10(abs(beside))))}f}"
     return f"{value:.2g}" if value != 0 and abs(value) < 0.0005 else f"{value:.3f}"
