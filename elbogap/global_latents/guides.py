@@ -5,6 +5,7 @@ Each is a :class:`~elbogap.guides.Guide` over every latent of the data set at on
 samples, auxiliary sites included, as Pyro's ``Trace_ELBO`` does).
 """
 
+import difflib
 import functools
 import itertools
 import warnings
@@ -17,8 +18,9 @@ from pyro.nn import AutoRegressiveNN
 
 from elbogap import streams
 from elbogap.errors import UsageError
-from elbogap.global_latents.autoguides import autoguide, with_density
+from elbogap.global_latents.autoguides import AUTOGUIDES, autoguide, with_density
 from elbogap.global_latents.model import sample_sites
+from elbogap.guides import GUIDES
 from elbogap.guides.base import Guide
 from elbogap.user_model import (
     check_guide_draws,
@@ -202,6 +204,13 @@ def global_guide(spec: str, model, data: torch.Tensor, flow_depth: int = 2, inst
     if is_user_model(spec):
         program, owner = resolve_program(spec, "guide", data.shape[-1], model.latent_dim, instances, modules)
         return GlobalProgramGuide(program, model, data, spec, owner)
-    raise UsageError(f"the guide {spec} is one of elbogap's amortized families q(z|x), which model per-point latents; "
-                     f"{model.spec} has global latents ({', '.join(model.global_sites)}): use Pyro's autoguides "
-                     f"(auto:AutoNormal, auto:AutoMultivariateNormal, ...) or your own guide program (file.py:name)")
+    choices = ("Pyro's autoguides (auto:AutoNormal, auto:AutoMultivariateNormal, ...) or your own guide program "
+               "(file.py:name)")
+    if spec in GUIDES:
+        raise UsageError(f"the guide {spec} is one of elbogap's amortized families q(z|x), which model per-point "
+                         f"latents; {model.spec} has global latents ({', '.join(model.global_sites)}): use {choices}")
+    names = {f"auto:{name}".lower(): f"auto:{name}" for name in AUTOGUIDES}
+    close = difflib.get_close_matches(spec.lower(), names, n=1, cutoff=0.75) or difflib.get_close_matches(
+        f"auto:{spec}".lower(), names, n=1, cutoff=0.75)
+    hint = f"did you mean {names[close[0]]}? " if close else ""
+    raise UsageError(f"unknown guide {spec!r} for a model with global latents; {hint}choose {choices}")

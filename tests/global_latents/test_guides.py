@@ -9,7 +9,7 @@ import torch
 
 from elbogap.errors import UsageError
 from elbogap.global_latents.evaluation import guide_draws, summarize_draws
-from elbogap.global_latents.guides import GlobalAutoGuide, GlobalProgramGuide
+from elbogap.global_latents.guides import GlobalAutoGuide, GlobalProgramGuide, global_guide
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.inference.train import Trainer
 from elbogap.protocols import GLOBAL
@@ -73,6 +73,20 @@ def test_every_autoguide_with_a_density_scores_its_own_draws(name, regression):
     draws = guide_draws(model, GlobalAutoGuide(name, model, data), data, 50)
     assert torch.isfinite(draws.log_w).all() and draws.values["w"].shape == (50, 3)
     assert summarize_draws(draws, len(data))["elbo"] < regression["evidence"]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("autonormal", "unknown guide 'autonormal' for a model with global latents; did you mean auto:AutoNormal?"),
+    ("AutoMultivariateNormal", "did you mean auto:AutoMultivariateNormal?"),
+    ("diag", "the guide diag is one of elbogap's amortized families"),
+    ("nothing", "unknown guide 'nothing' for a model with global latents; choose Pyro's autoguides"),
+])
+def test_a_guide_spec_that_is_no_autoguide_or_program_is_named_in_one_line(spec, message, regression):
+    """A tester's --guides autonormal (and a missing auto: prefix) read "one of elbogap's amortized families"."""
+    model = GlobalLatentModel(truth.regression_model(ALPHA, SIGMA), regression["data"], "regression")
+    with pytest.raises(UsageError) as error:
+        global_guide(spec, model, regression["data"])
+    assert message in str(error.value) and "\n" not in str(error.value)
 
 
 def test_a_guide_program_missing_a_site_is_refused(regression):
