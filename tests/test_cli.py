@@ -101,6 +101,7 @@ def test_compare_reads_a_users_npz_with_its_own_split(tmp_path):
 @pytest.mark.parametrize(("args", "message"), [
     (["--guides", "diag,gaussian"], "unknown guide 'gaussian'; choose from diag, exact, full"),
     (["--model", "resnet"], "unknown model 'resnet'"),
+    (["--model", "mine.py"], "the model 'mine.py' names a file but not the program in it; write mine.py:NAME"),
     (["--data", "nothere.npy"], "does not exist"),
     (["--data", "mnist"], "--data mnist needs --data-dir"),
     (["--data", "cifar"], "unknown data 'cifar'"),

@@ -19,4 +19,8 @@ def build_model(name, data_dim, latent_dim, hidden_dims=(128,), activation="soft
         if likelihood != "gaussian":
             raise UsageError("the linear model has a Gaussian likelihood; use --likelihood gaussian")
         return LinearGaussian(data_dim, latent_dim)
-    raise UsageError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if str(name).endswith(".py"):
+        raise UsageError(f"the model {name!r} names a file but not the program in it; write {name}:NAME, NAME the "
+                         "model function (or class) defined there")
+    raise UsageError(f"unknown model {name!r}; choose one of {', '.join(MODELS)} or name your own program as "
+                     "path/to/file.py:name")
