@@ -349,7 +349,7 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
     lines += held_out_section(runs)
     lines += evidence_section(runs)
     lines += ["## How the numbers were computed", "",
-              f"- ELBO(D) = E_q[log p(D, θ, z) - log q(θ, z)] from {data['elbo_samples']} draws of q on every row of "
+              f"- ELBO(D) = E_q[log p(D, θ, z) - log q(θ, z)] from {draws_words(runs)} on every row of "
               "D; its terms are recorded as `recon` (E_q[log p(D | θ, z)]) and `kl_prior`.",
               f"- log p(D): {describe_evidence(first['evidence'])}; independent of the guide, once per seed. "
               "KL gap = log p(D) - ELBO(D) = KL(q || p(θ, z | D)), against this estimate.",
@@ -360,6 +360,16 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
               "`evidence.png`, `training.png`.", ""]
     lines += [training_line(runs, config)]
     return lines
+
+
+def draws_words(runs: list[dict]) -> str:
+    """How many draws of q each run's ELBO(D) took (``elbo_samples``: doubled from ``--iw-samples`` until its error
+    is at most ``--evidence-stderr``, so they differ between guides)."""
+    counts = sorted({run["train"]["elbo_samples"] for run in runs if "elbo_samples" in run["train"]})
+    if len(counts) == 1:
+        return f"{counts[0]} draws of q"
+    return (f"{counts[0]}-{counts[-1]} draws of q (each run's `elbo_samples`: doubled from --iw-samples until its "
+            "standard error is at most --evidence-stderr)")
 
 
 def training_line(runs: list[dict], config: dict) -> str:

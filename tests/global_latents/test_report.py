@@ -9,6 +9,7 @@ import elbogap
 from elbogap.global_latents.report import (
     checked_words,
     coordinates_words,
+    draws_words,
     gap_table,
     importance_cell,
     outside_q_warnings,
@@ -248,3 +249,12 @@ def test_a_q_that_leaves_much_of_a_reliable_reference_beyond_four_of_its_sds_is_
     for record in runs:
         record["reference"]["reliable"] = False  # a rough reference is said to be rough, not read
     assert outside_q_warnings(runs) == []
+
+
+def test_the_draws_of_q_are_counted_over_every_run():
+    """A tester's study said "from 2000 draws of q", the first run's count, where three guides of four took 1000."""
+    runs = [run("auto:AutoNormal", 0.3), run("auto:AutoIAFNormal", 0.1)]
+    for record, count in zip(runs, (2000, 1000), strict=True):
+        record["train"]["elbo_samples"] = count
+    assert draws_words(runs).startswith("1000-2000 draws of q (each run's `elbo_samples`")
+    assert draws_words(runs[:1]) == "2000 draws of q"
