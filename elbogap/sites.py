@@ -17,7 +17,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
-from torch.distributions import biject_to
+from torch.distributions import biject_to, constraints
 
 from elbogap.errors import UsageError
 
@@ -32,11 +32,21 @@ def observed_sites(model) -> list[str]:
     return list(getattr(model, "observed_sites", None) or ["x"])
 
 
+def plain_support(support):
+    """``support`` with each mixture's constraint replaced by its components': the same set, and one that
+    ``biject_to`` knows (a tester's MixtureSameFamily of two Normals, on the real line, was refused)."""
+    if isinstance(support, constraints.independent):
+        return constraints.independent(plain_support(support.base_constraint), support.reinterpreted_batch_ndims)
+    if isinstance(support, constraints.MixtureSameFamilyConstraint):
+        return plain_support(support.base_constraint)
+    return support
+
+
 def real_line_map(support, name: str, spec: str):
     """``biject_to(support)``, the map from the real line onto a latent site's support; refused in one line where torch
     has none (a positive-definite matrix), as Pyro's HMC refuses it."""
     try:
-        return biject_to(support)
+        return biject_to(plain_support(support))
     except NotImplementedError:
         raise UsageError(f"the model {spec} has a latent site {name!r} on {support}, which torch maps one to one onto "
                          "no real vector (biject_to); write it through latents that have such a map (a covariance "

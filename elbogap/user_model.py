@@ -23,7 +23,14 @@ from torch import nn
 from torch.distributions import constraints, transform_to
 
 from elbogap.errors import UsageError
-from elbogap.sites import check_unscaled_latents, data_plates, is_per_point, real_line_map, unconstrained_shapes
+from elbogap.sites import (
+    check_unscaled_latents,
+    data_plates,
+    is_per_point,
+    plain_support,
+    real_line_map,
+    unconstrained_shapes,
+)
 
 #: Python objects handed to the notebook API (:mod:`elbogap.api`), named ``object:NAME`` in configurations.
 OBJECTS: dict[str, object] = {}
@@ -416,7 +423,8 @@ def broadcasts_over_draws(program, x: torch.Tensor) -> bool:
 
 
 def elementwise(support):
-    """``support`` without its ``independent`` wrappers: the constraint each element meets."""
+    """``support`` without its ``independent`` and mixture wrappers: the constraint each element meets."""
+    support = plain_support(support)
     while isinstance(support, constraints.independent):
         support = support.base_constraint
     return support
