@@ -667,3 +667,38 @@ def test_a_mixture_prior_is_a_latent_on_its_components_support():
     model = ProgramModel(gamma_mixture_prior, counts[:3])
     assert list(model.latent_transforms) == ["rate"]
     torch.testing.assert_close(quadrature_log_px(model, counts, 48)[0], exact, rtol=0, atol=1e-4)
+
+
+class UnbroadcastPrior(dist.TorchDistribution):
+    """A user's own prior whose log_prob has the shape of its argument, not of its batch (a tester's)."""
+
+    support = torch.distributions.constraints.real
+    arg_constraints = {}
+
+    def __init__(self, batch_shape=torch.Size()):
+        super().__init__(batch_shape=torch.Size(batch_shape))
+
+    def sample(self, sample_shape=torch.Size()):
+        return torch.randn(torch.Size(sample_shape) + self.batch_shape)
+
+    def log_prob(self, value):
+        return dist.Normal(0.0, 1.0).log_prob(value)
+
+    def expand(self, batch_shape, _instance=None):
+        return UnbroadcastPrior(batch_shape)
+
+
+def unbroadcast_prior(x):
+    with pyro.plate("data", x.shape[0]):
+        z = pyro.sample("z", UnbroadcastPrior([x.shape[0]]))
+        pyro.sample("x", dist.Normal(z.unsqueeze(-1), 0.5).to_event(1), obs=x)
+
+
+def test_a_prior_whose_log_prob_does_not_broadcast_over_its_batch_is_scored_for_every_row():
+    """Its log_prob on a grid shared by every row came back (grid, 1) beside a likelihood of (grid, rows), and the
+    quadrature of a training curve died with a traceback (exit 1); the prior's one value per grid point holds for
+    every row. Against the closed form: x ~ N(0, 1 + 0.5^2)."""
+    x = torch.tensor([[-1.0], [0.3], [2.2]], dtype=torch.float64)
+    model = ProgramModel(unbroadcast_prior, x)
+    exact = dist.Normal(0.0, math.hypot(1.0, 0.5)).log_prob(x[:, 0])
+    torch.testing.assert_close(quadrature_log_px(model, x, 48)[0], exact, rtol=0, atol=1e-4)

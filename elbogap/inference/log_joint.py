@@ -3,6 +3,7 @@
 import torch
 from pyro import poutine
 
+from elbogap.errors import UsageError
 from elbogap.sites import (
     broadcasts_draws,
     constrain,
@@ -45,5 +46,12 @@ def log_joint(model, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, to
     log_prior = sum(scored(trace.nodes[name]) for name in values) + log_det
     # the program's own scale and mask on its observations (a tempered or masked likelihood) count, as in SVI
     log_lik = sum(scored(trace.nodes[name]) for name in observed_sites(model))
-    shape = log_prior.shape if isinstance(log_prior, torch.Tensor) else z.shape[:-1]
-    return log_prior, torch.as_tensor(log_lik).expand(shape)
+    log_prior, log_lik = torch.as_tensor(log_prior), torch.as_tensor(log_lik)
+    try:  # a log_prob that does not broadcast over its batch (a tester's own distribution): one value for every row
+        shape = torch.broadcast_shapes(log_prior.shape, log_lik.shape, z.shape[:-1])
+    except RuntimeError:
+        raise UsageError(f"the program {getattr(model, 'spec', '')} scores its latents with shape "
+                         f"{tuple(log_prior.shape)} and its observations with shape {tuple(log_lik.shape)}, which do "
+                         "not broadcast: each site's log_prob must return one value per entry of its distribution's "
+                         "batch shape") from None
+    return log_prior.expand(shape), log_lik.expand(shape)
