@@ -19,8 +19,11 @@ from elbogap.report import write_results
 
 def comma_list(item_type):
     def parse(text: str) -> list:
+        items = [item.strip() for item in text.split(",")]
+        if not all(items):  # "0,,1" read as 0,1 would hide a slip
+            raise argparse.ArgumentTypeError(f"{text!r} has an empty item; write a comma-separated list, e.g. 0,1,2")
         try:
-            return [item_type(item.strip()) for item in text.split(",") if item.strip()]
+            return [item_type(item) for item in items]
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not a comma-separated list of {item_type.__name__}s, e.g. 0,1,2") from None

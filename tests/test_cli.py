@@ -109,6 +109,7 @@ def test_compare_reads_a_users_npz_with_its_own_split(tmp_path):
     (["--config", "missing.toml"], "does not exist"),
     (["--guides", "exact"], "closed-form posterior"),
     (["--latent-dim", "0"], "--latent-dim must be at least 1"),
+    (["--seeds", "0,,1"], "'0,,1' has an empty item"),
     (["--lr", "-1"], "--lr must be positive"),
     (["--likelihood", "gaussian", "--model", "linear", "--data", "digits", "--guides", "diag",
       "--latent-dim", "0"], "--latent-dim"),
