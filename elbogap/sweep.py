@@ -6,6 +6,7 @@ checkpoints, and ``--resume`` continues them on any backend.
 """
 
 import importlib.util
+import json
 import signal
 import sys
 import time
@@ -67,6 +68,24 @@ def buildable_guides(config: Config, data, at_default: bool) -> tuple[Config, di
     return config.replace(guides=[name for name in config.guides if name not in left_out]), left_out
 
 
+def check_earlier_study(config: Config, out: Path) -> None:
+    """Refuse in one line to write over the records of a study already in ``out``: without ``--resume``, or with
+    other guides or seeds (each run's own settings are checked against its checkpoint, :func:`~elbogap.runs.
+    resumable_state`). A tester's ``--resume`` with one guide of three rewrote the study's results.json and
+    config.toml with that guide's run alone."""
+    path = out / "results.json"
+    if not path.is_file():
+        return
+    if not config.resume:
+        raise UsageError(f"{out} already holds a study's results; pass --resume to continue it or choose another --out")
+    saved = json.loads(path.read_text()).get("config", {})
+    changed = [name for name in ("guides", "seeds") if saved.get(name) != getattr(config, name)]
+    if changed:
+        held = ", ".join(f"{name} {saved.get(name)}" for name in changed)
+        raise UsageError(f"--resume: the study in {out} has {held}; resume it with the same "
+                         f"{' and '.join(f'--{name}' for name in changed)} or choose another --out")
+
+
 def compare(config: Config, out: str | Path | None = None, progress: bool = False,
             on_run: Callable[[dict], None] | None = None) -> dict:
     """Run every guide with every seed on one data set and model.
@@ -94,6 +113,7 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
         model, guide = build(config, data, config.reference_guide)
         check_gradient(config, data, guide, model)
         references = {seed: out / "runs" / f"reference-{config.reference_guide}-seed{seed}" for seed in config.seeds}
+    check_earlier_study(config, out)
     out.mkdir(parents=True, exist_ok=True)  # the input passed its checks: from here on the study writes into out
     backend = open_backend(unresolved, out, progress)
     begun = time.perf_counter()

@@ -270,3 +270,18 @@ def test_the_write_check_leaves_no_folder_it_made_and_keeps_one_that_was_there(t
     (tmp_path / "kept").mkdir()
     check_writable(tmp_path / "kept")
     assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())
+
+
+def test_a_study_in_out_is_not_written_over_without_resume_or_by_another_studys_resume(tmp_path, elbogap):
+    """A tester's --resume with one guide of three, into an interrupted study's --out, exited 0 and rewrote its
+    results.json and config.toml with that one run; without --resume, other guides than the study's would have done
+    the same. Both are refused in one line, and the records stay."""
+    out = tmp_path / "study"
+    assert elbogap("compare", "--guides", "diag", "--seeds", "0", "--out", out, *QUICK)[0] == 0
+    records = (out / "results.json").read_text()
+    code, stderr = elbogap("compare", "--guides", "full", "--seeds", "0", "--out", out, *QUICK)
+    assert code == 2 and "already holds a study's results; pass --resume" in stderr
+    code, stderr = elbogap("compare", "--guides", "full", "--seeds", "0", "--resume", "--out", out, *QUICK)
+    assert code == 2 and "has guides ['diag']; resume it with the same --guides" in stderr
+    assert len(stderr.strip().splitlines()) == 1 and (out / "results.json").read_text() == records
+    assert elbogap("compare", "--guides", "diag", "--seeds", "0", "--resume", "--out", out, *QUICK)[0] == 0
