@@ -29,7 +29,8 @@ import torch
 from elbogap import streams
 from elbogap.config import Config
 from elbogap.errors import UsageError
-from elbogap.report import markdown
+from elbogap.records import is_global_study
+from elbogap.report import GLOBAL_SUMMARY_KEYS, SUMMARY_KEYS, finished, markdown
 from elbogap.summary import rows, snr_rows
 from elbogap.user_model import register_object
 
@@ -121,8 +122,6 @@ class Comparison:
         ``snr_draws`` gradient draws on one fixed minibatch), ``snr_encoder_mean`` and
         ``snr_decoder_mean`` (the mean over entries), each with ``KEY_seed_sd``.
         """
-        from elbogap.report import GLOBAL_SUMMARY_KEYS, SUMMARY_KEYS, finished, is_global_study
-
         runs = finished(self.runs)
         global_study = is_global_study(runs)  # the whole data set's metrics: one split, one unit
         split = split or ("train" if global_study else "test")
@@ -154,7 +153,8 @@ class Comparison:
 
     def __repr__(self) -> str:
         rows = self.table()
-        return (f"Comparison({len(self.runs)} runs in {self.out}; test KL gap by guide: "
+        split = "train" if is_global_study(finished(self.runs)) else "test"  # the split table() reads
+        return (f"Comparison({len(self.runs)} runs in {self.out}; {split} KL gap by guide: "
                 + ", ".join(f"{row['guide']} {row['kl_gap']:.3f}" for row in rows) + ")")
 
 

@@ -115,6 +115,7 @@ def test_held_out_rows_get_their_exact_log_predictive_density(tmp_path, monkeypa
     assert abs(run["test"]["log_predictive"] - exact) < 4 * run["test"]["log_predictive_stderr"] + 0.05
     assert abs(run["test"]["log_predictive_q"] - exact) < 4 * run["test"]["log_predictive_q_stderr"] + 0.05
     assert "Held-out rows" in result._repr_markdown_()
+    assert "; train KL gap by guide: auto-AutoMultivariateNormal" in repr(result)  # the split the table reads
     assert undocumented(json.loads((tmp_path / "results.json").read_text())) == set()  # the held-out keys too
     assert "evidence" in seeded and "held_out_evidence" in seeded
     assert len(list((tmp_path / "shared").glob("evidence-*.pt"))) == 2
