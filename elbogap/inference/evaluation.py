@@ -183,19 +183,36 @@ def sample_latents(model, guide, x: torch.Tensor, count: int, index: torch.Tenso
     return draws(count)[0]
 
 
+def controlled_elbo(log_lik: torch.Tensor, kl_draws: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
+    r"""Per draw ``(samples, points)``, :math:`\log p(x \mid z_s) - a\,k_s - (1 - a)\,\mathrm{KL}` with
+    :math:`k_s = \log q(z_s) - \log p(z_s)`, whose mean over draws is unbiased for the ELBO for any :math:`a`
+    (:math:`E_q k = \mathrm{KL}`, known in closed form), at each point's :math:`a = \mathrm{Cov}(\log p(x \mid
+    z), k) / \mathrm{Var}(k)`, the least variance (a control variate; the coefficient estimated from the same
+    draws biases the mean by O(1/samples)). :math:`a = 0` is :math:`\log w_s`, whose noise vanishes as q nears
+    the posterior; :math:`a = 1` the closed-form KL's, whose noise is the reconstruction's. Written here: Pyro's
+    ``TraceMeanField_ELBO`` takes the closed form alone, and on a tester's VAE q*'s ELBO read ± 0.017 with it
+    beside ± 0.002 for the flows scored by log w."""
+    centred_kl = kl_draws - kl_draws.mean(0)
+    variance = centred_kl.pow(2).mean(0)
+    covariance = ((log_lik - log_lik.mean(0)) * centred_kl).mean(0)
+    share = torch.where(variance > 0, covariance / variance.clamp(min=torch.finfo(variance.dtype).tiny),
+                        torch.zeros_like(variance))
+    return log_lik - share * kl_draws - (1 - share) * kl
+
+
 def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk, keep_draws=False):
     draws, q = (_program_draws if guide.program else _density_draws)(model, guide, x, index)
     posterior = model.posterior(x) if getattr(model, "has_exact_posterior", False) else None
     log_w, recon, kl_prior_mc, kl_post_mc, z_mean = _Moments(), _Moments(), _Moments(), _Moments(), _Moments()
-    all_log_w, all_log_lik = [], []
+    all_log_w, all_log_lik, all_kl = [], [], []
     for start in range(0, num_samples, sample_chunk):
         count = min(sample_chunk, num_samples - start)
         z, log_q, log_prior, log_lik = draws(count)
         log_weight = log_prior + log_lik - log_q
         log_w.add(log_weight)
         all_log_w.append(log_weight)
-        if keep_draws:
-            all_log_lik.append(log_lik)
+        all_log_lik.append(log_lik)
+        all_kl.append(log_q - log_prior)
         z_mean.add(z)
         recon.add(log_lik)
         kl_prior_mc.add(log_q - log_prior)
@@ -206,10 +223,13 @@ def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk, keep_draw
     prior = _prior(model, x) if q is not None else None
     kl_prior = analytic_kl(q, prior) if prior is not None else None
     all_log_w = torch.cat(all_log_w)
-    if kl_prior is not None:  # analytic KL: the ELBO's only noise is the reconstruction term's
-        out.update(kl_prior=kl_prior, elbo=recon.mean() - kl_prior, elbo_stderr=recon.stderr())
+    if kl_prior is not None:
+        draws_of_elbo = controlled_elbo(torch.cat(all_log_lik).double(), torch.cat(all_kl).double(), kl_prior.double())
+        spread = draws_of_elbo.std(0) if len(draws_of_elbo) > 1 else torch.full_like(kl_prior.double(), math.nan)
+        out.update(kl_prior=kl_prior, elbo=draws_of_elbo.mean(0).to(kl_prior.dtype),
+                   elbo_stderr=(spread / math.sqrt(len(draws_of_elbo))).to(kl_prior.dtype))
         if keep_draws:
-            out["elbo_draws"] = (torch.cat(all_log_lik).double() - kl_prior.double()).T
+            out["elbo_draws"] = draws_of_elbo.T
     else:
         out.update(kl_prior=kl_prior_mc.mean(), elbo=log_w.mean(), elbo_stderr=log_w.stderr())
         if keep_draws:
