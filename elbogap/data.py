@@ -287,8 +287,8 @@ def as_matrix(array: np.ndarray, name: str) -> torch.Tensor:
         first = ", ".join(str(int(i) + 1) for i in np.argwhere(bad)[0])
         where = f"data row {first.replace(', ', ', column ', 1)}" if array.ndim == 2 else f"index ({first})"
         raise UsageError(f"{name} has {int(bad.sum())} NaN or infinite value(s), the first at {where} (counting "
-                         "from 1, a csv's header line not counted); remove or impute them, or put a number in their place and leave them out of "
-                         "your program's likelihood with poutine.mask")
+                         "from 1, a csv's header line not counted); remove or impute them, or put a number in their "
+                         "place and leave them out of your program's likelihood with poutine.mask")
     return torch.as_tensor(array.reshape(len(array), -1), dtype=torch.float32)
 
 

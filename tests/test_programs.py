@@ -675,10 +675,10 @@ class UnbroadcastPrior(dist.TorchDistribution):
     support = torch.distributions.constraints.real
     arg_constraints = {}
 
-    def __init__(self, batch_shape=torch.Size()):
+    def __init__(self, batch_shape=()):
         super().__init__(batch_shape=torch.Size(batch_shape))
 
-    def sample(self, sample_shape=torch.Size()):
+    def sample(self, sample_shape=()):
         return torch.randn(torch.Size(sample_shape) + self.batch_shape)
 
     def log_prob(self, value):
