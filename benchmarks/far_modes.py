@@ -10,11 +10,8 @@ the other on one machine, with the same random numbers.
 """
 
 import argparse
-import importlib.util
 import math
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,19 +26,15 @@ from elbogap.model.target import PointsTarget
 from elbogap.model.vae import VAE
 from elbogap.user_model import ProgramModel
 
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from benchmarks.former import former_module  # noqa: E402
+
 CENTRES = [0.3, -1.2, 2.0, 0.7, -60.0, 300.0, 1826.0]
 
 
 def former(commit: str):
     """``laplace_start`` as ``elbogap/inference/laplace.py`` had it at ``commit``."""
-    source = subprocess.run(["git", "show", f"{commit}:elbogap/inference/laplace.py"], capture_output=True, text=True,
-                            check=True, cwd=Path(__file__).parents[1]).stdout
-    path = Path(tempfile.mkdtemp()) / "former_laplace.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("former_laplace", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.laplace_start
+    return former_module(commit, "elbogap/inference/laplace.py").laplace_start
 
 
 def cauchy(x):

@@ -16,11 +16,8 @@ each, seeds 0-2), and a Beta probability behind 50 Binomial(20) counts (one glob
 """
 
 import argparse
-import importlib.util
 import math
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +33,7 @@ from elbogap.model.vae import VAE
 from elbogap.user_model import ProgramModel
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+from benchmarks.former import former_module  # noqa: E402
 from tests.estimators.truth import (  # noqa: E402
     dirichlet_multinomial_evidence,
     squared_location,
@@ -48,15 +46,7 @@ QUADRATURE = estimators()["quadrature"]
 
 def former(commit: str):
     """``quadrature_log_px`` as ``elbogap/inference/log_px.py`` had it at ``commit``."""
-    source = subprocess.run(["git", "show", f"{commit}:elbogap/inference/log_px.py"], capture_output=True, text=True,
-                            check=True, cwd=Path(__file__).parents[1]).stdout
-    path = Path(tempfile.mkdtemp()) / "former_log_px.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("former_log_px", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["former_log_px"] = module
-    spec.loader.exec_module(module)
-    return module.quadrature_log_px
+    return former_module(commit, "elbogap/inference/log_px.py").quadrature_log_px
 
 
 def row(name: str, values, stderr, exact, seconds: float) -> str:
