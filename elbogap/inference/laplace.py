@@ -1,7 +1,8 @@
 r"""Gaussians at each unit's posterior modes: where AIS may start instead of the prior (``--ais-init laplace``).
 
 For each unit :math:`u` of a target, Adam climbs :math:`\log p(x_u, z)` from :data:`MODE_STARTS` places (the prior
-draws' mean and prior draws) to modes :math:`\hat z_{u,k}`, each with :math:`\Sigma_{u,k} = H_{u,k}^{-1}`, the inverse
+draws' mean and prior draws), and damped Newton steps finish the climbs Adam left short (:func:`finish`: a mode far
+out in a heavy-tailed prior), to modes :math:`\hat z_{u,k}`, each with :math:`\Sigma_{u,k} = H_{u,k}^{-1}`, the inverse
 of the negative log joint's Hessian there (central differences of its gradient, eigenvalues floored at
 :data:`MIN_CURVATURE`). Climbs that end on a mode already found (within :data:`SAME_MODE` squared standard deviations
 per dimension) are dropped; the others are the components of a mixture weighted by their Laplace evidence,
