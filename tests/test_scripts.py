@@ -17,7 +17,9 @@ def test_linear_identity_script_reports_the_identity():
     script = load("linear_identity")
     rows = script.main(script.parse_args(["--guides", "diag,exact", "--steps", "50"]))
     for row in rows:
-        assert row["kl_gap"] == pytest.approx(row["kl_exact"], abs=5 * row["kl_gap_stderr"] + 1e-6)
+        # the exact guide's ELBO has no noise (the KL's control variate): what is left is float32's rounding of
+        # log p(x), about 1e-6 of a value near -20
+        assert row["kl_gap"] == pytest.approx(row["kl_exact"], abs=5 * row["kl_gap_stderr"] + 1e-5)
 
 
 @pytest.mark.slow  # about 50 s: three guides trained and evaluated; tests/test_api.py covers the API in CI
