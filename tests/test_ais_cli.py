@@ -132,6 +132,7 @@ def test_fashion_mnist_with_a_10_d_latent_gets_a_guide_independent_log_px_by_ais
         assert np.isfinite([metrics["log_px"], metrics["log_px_iwae"], metrics["iwae_above_ais"]]).all()
 
 
+@pytest.mark.slow  # about 19 s; in CI test_fashion_mnist_with_a_10_d_latent_gets_a_guide_independent_log_px_by_ais
 def test_every_guide_of_a_seed_gets_the_same_ais_estimate_of_log_px(program):
     """AIS is guide-independent and draws from its own stream on each split: neither the training split's q* refits,
     as long as each guide needs, nor the draws of q before it (a mixture draws its components too) move it (before,

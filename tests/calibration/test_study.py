@@ -88,6 +88,7 @@ def test_each_simulations_gap_is_sandwiched_and_mean_field_pays_its_closed_form_
     assert (tmp_path / "gaps.png").is_file() and "mean KL gap" in (tmp_path / "results.md").read_text()
 
 
+@pytest.mark.slow  # about 13 s; in CI test_stacked_fits_and_worker_processes_share_a_study_with_gaps: workers
 def test_simulations_in_worker_processes_give_what_one_process_gives(elbogap, tmp_path):
     """Each simulation is seeded by its index alone: --jobs 2 (spawned workers, the user's file loaded in each)
     and --jobs 1 give the same truths, draws' ranks and ELBOs, fitting one at a time (--stacked-fits off)."""

@@ -4,6 +4,7 @@ import math
 from math import nan
 
 import numpy as np
+import pytest
 
 import elbogap
 from elbogap.global_latents.report import (
@@ -152,6 +153,8 @@ def test_a_containing_family_below_the_seeds_mean_field_check_is_short_of_its_op
     assert len(posterior_warnings([checked(-52.4, -52.39), short])) == 0  # within the checks' noise
 
 
+@pytest.mark.slow  # about 28 s; in CI tests/global_latents/test_evidence.py: a reference that reads low is replaced by
+# AIS from the prior, and SMC's particles in another mode sit far outside it; the warnings in this file's unit tests
 def test_mirror_modes_the_reference_misses_are_counted_by_annealing_from_the_prior(tmp_path):
     """A reference fitted in one of two mirror modes reads log 2 low with a tiny error bar (a tester's mixture at the
     defaults: 0.69 low at 168 s.e.); SMC's particles far outside it send the evidence to AIS from the prior, which

@@ -114,7 +114,7 @@ def trained_refits(config, name: str, seeds: list[int], points: int) -> tuple[St
     return stack, StackedRefits([t.model for t in stack.trainers], [t.guide for t in stack.trainers], x, seeds, 1)
 
 
-@pytest.mark.parametrize("name", ["full", "iaf"])
+@pytest.mark.parametrize("name", ["full", pytest.param("iaf", marks=pytest.mark.slow)])  # iaf: about 15 s
 def test_q_star_refit_at_once_reaches_the_elbo_a_lone_refit_reaches(name):
     """Each seed's q* on 32 points, searched in one stacked program and by refit_guide alone from the same start
     (its own parameters for full, the encoder's features for the flow): the ELBO per point of the last window of
