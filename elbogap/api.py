@@ -96,6 +96,13 @@ class Comparison:
         """One record per guide and seed (the ``runs`` of results.json)."""
         return self.results["runs"]
 
+    def _view(self) -> tuple[str, list[str]]:
+        """The split :meth:`table` reads by default, and its keys: a model with global latents has one split,
+        ``"train"``, whose one unit is the whole data set; a per-point model is read on ``"test"``."""
+        if is_global_study(finished(self.runs)):
+            return "train", GLOBAL_SUMMARY_KEYS
+        return "test", SUMMARY_KEYS
+
     def table(self, split: str | None = None) -> list[dict]:
         """One row per guide: means over seeds of the split's main numbers, the highest ELBO first.
 
@@ -123,9 +130,8 @@ class Comparison:
         ``snr_decoder_mean`` (the mean over entries), each with ``KEY_seed_sd``.
         """
         runs = finished(self.runs)
-        global_study = is_global_study(runs)  # the whole data set's metrics: one split, one unit
-        split = split or ("train" if global_study else "test")
-        table = rows(runs, split, GLOBAL_SUMMARY_KEYS if global_study else SUMMARY_KEYS)
+        default_split, keys = self._view()
+        table = rows(runs, split or default_split, keys)
         snr = {row.pop("guide"): row for row in snr_rows(runs)}
         for row in table:
             row.update({key: value for key, value in snr.get(row["guide"], {}).items() if key != "seeds"})
@@ -153,7 +159,7 @@ class Comparison:
 
     def __repr__(self) -> str:
         rows = self.table()
-        split = "train" if is_global_study(finished(self.runs)) else "test"  # the split table() reads
+        split, _ = self._view()
         return (f"Comparison({len(self.runs)} runs in {self.out}; {split} KL gap by guide: "
                 + ", ".join(f"{row['guide']} {row['kl_gap']:.3f}" for row in rows) + ")")
 
