@@ -217,11 +217,12 @@ def _evaluate_chunk(model, guide, x, index, num_samples, sample_chunk, keep_draw
         log_weight = log_prior + log_lik - log_q
         log_w.add(log_weight)
         all_log_w.append(log_weight)
+        kl_draw = log_q - log_prior
         all_log_lik.append(log_lik)
-        all_kl.append(log_q - log_prior)
+        all_kl.append(kl_draw)
         z_mean.add(z)
         recon.add(log_lik)
-        kl_prior_mc.add(log_q - log_prior)
+        kl_prior_mc.add(kl_draw)
         if posterior is not None:
             kl_post_mc.add(log_q - posterior.log_prob(z))
 
