@@ -29,6 +29,7 @@ import torch
 from elbogap import streams
 from elbogap.config import Config
 from elbogap.errors import UsageError
+from elbogap.points import point_rows
 from elbogap.records import is_global_study
 from elbogap.report import GLOBAL_SUMMARY_KEYS, SUMMARY_KEYS, finished, markdown
 from elbogap.summary import rows, snr_rows
@@ -136,6 +137,22 @@ class Comparison:
         for row in table:
             row.update({key: value for key, value in snr.get(row["guide"], {}).items() if key != "seeds"})
         return sorted(table, key=lambda row: -row["elbo"])
+
+    def points(self, split: str = "test") -> list[dict]:
+        """One row per finished run and evaluated point of ``split`` (``"test"`` or ``"train"``), read from each run's
+        ``points.npz``: ``guide``, ``seed``, ``row`` (the point's row in the split) and that point's ``log_px``,
+        ``elbo``, ``kl_gap``, ``log_px_iwae``, ``khat``, ... with their ``_stderr`` (:mod:`elbogap.points`); NaN
+        where a point has no such number. ``pandas.DataFrame(result.points())`` turns it into a data frame, e.g. to
+        find the points where one family's gap is largest, or to pair two families' gaps on the same points.
+
+        A model with global latents has one unit, the whole data set: its per-row log-likelihoods are in the ArviZ
+        export (:func:`elbogap.load`)."""
+        if split not in ("test", "train"):
+            raise UsageError(f"split {split!r} is not one of test, train")
+        if self._view()[0] == "train":  # a model with global latents
+            raise UsageError("a model with global latents has no per-point numbers: its unit is the whole data "
+                             "set; elbogap.load(out) gives each row's log-likelihood under q's draws")
+        return point_rows(self.out, self.runs, split)
 
     def load(self, guide: str, seed: int | None = None):
         """The trained ``(model, guide, data)`` of one run, by the guide's name in the table (first seed by default)."""

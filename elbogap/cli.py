@@ -13,6 +13,7 @@ from pathlib import Path
 
 from elbogap.config import EVALUATION, FIELDS, Config, flag, kind_of, resolve
 from elbogap.errors import UsageError
+from elbogap.points import save_points
 from elbogap.records import is_global_study
 from elbogap.report import write_results
 
@@ -201,8 +202,10 @@ def run_evaluate(args) -> int:
         guide = fit_family(model, config, data, config.guide, state["seed"])
     metrics = protocol_for(model).evaluate(model, guide, data, config, state["seed"], progress=not args.quiet,
                                            run_dir=args.run_dir)
+    suffix = "" if config.guide == trained_with else f"-{config.guide}"
+    save_points(Path(args.run_dir) / f"points{suffix}.npz", metrics)
     record = {"guide": config.guide, "trained_with": trained_with, "seed": state["seed"], **metrics}
-    name = "evaluation.json" if config.guide == trained_with else f"evaluation-{config.guide}.json"
+    name = f"evaluation{suffix}.json"
     (Path(args.run_dir) / name).write_text(json.dumps(record, indent=2))
     if is_global_study([metrics]):  # the whole data set's metrics (one unit), as a model with global latents gives
         from elbogap.global_latents.report import gap_table

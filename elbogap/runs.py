@@ -28,6 +28,7 @@ from elbogap.errors import UsageError
 from elbogap.factory import build, for_data, guide_label, load_dataset, make_trainer, warm_start
 from elbogap.inference import Trainer
 from elbogap.phases import Phases
+from elbogap.points import POINTS, save_points
 from elbogap.progress import Bars, Progress
 from elbogap.protocols import PROTOCOLS, protocol_for
 from elbogap.records import upgraded_run
@@ -232,6 +233,7 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
     # measured at the last point of the curve, after the last step; else (no step, or a checkpoint from before) now
     snr = snr_record(last) if "snr_draws" in last else measure_snr(trainer, config.snr_draws, phases, progress)
     metrics = protocol.evaluate(model, guide, data, config, seed, phases, progress, run_dir=run_dir)
+    save_points(run_dir / POINTS, metrics)
     if config.bdmc:
         with phases("bdmc"), progress.phase("BDMC"):
             metrics["bdmc"] = protocol.bdmc(model, data, config, seed, run_dir, progress)

@@ -9,6 +9,7 @@ import pytest
 from matplotlib.image import imread
 
 from elbogap.cli import main
+from elbogap.points import load_points
 from elbogap.records import SHARED_METRICS
 from tests.results_reference import undocumented
 
@@ -232,6 +233,8 @@ def test_fixed_model_mode_shares_log_px_across_guides_and_reports_the_gap_split(
     results = json.loads((out / "results.json").read_text())
     runs = results["runs"]
     assert runs[0]["test"]["log_px"] == pytest.approx(runs[1]["test"]["log_px"], abs=1e-9)
+    diag, full = (load_points(out / run["run_dir"])["test"] for run in runs)  # and each point's, so gaps pair
+    assert np.array_equal(diag["log_px"], full["log_px"]) and not np.array_equal(diag["kl_gap"], full["kl_gap"])
     assert results["reference_runs"][0]["guide"] == "diag"
     for run in runs:
         curve = [p["test_log_px"] for p in run["curve_eval"]]
@@ -252,6 +255,9 @@ def test_cross_evaluation_fits_another_family_to_a_saved_model(tmp_path, elbogap
     assert code == 0, stderr
     record = json.loads((run_dir / "evaluation-iaf.json").read_text())
     assert record["guide"] == "iaf" and record["trained_with"] == "diag" and "approx_gap" in record["test"]
+    trained, refitted = load_points(run_dir), load_points(run_dir / "points-iaf.npz")
+    assert not np.array_equal(trained["test"]["elbo"], refitted["test"]["elbo"])  # its own file: diag's is kept
+    assert np.array_equal(trained["test"]["log_px"], refitted["test"]["log_px"])  # quadrature: the same log p(x)
 
 
 def test_no_jit_trains_uncompiled_and_a_resume_may_not_switch(tmp_path, elbogap):

@@ -21,6 +21,7 @@ from elbogap.inference import evaluate, refit_guide
 from elbogap.inference.gaps import KnownLogPx, gap_decomposition
 from elbogap.inference.stacked_training import Q_STAR, stacker
 from elbogap.phases import Phases
+from elbogap.points import CARRIED, carried
 from elbogap.progress import Progress, as_progress
 from elbogap.protocols.base import Protocol
 from elbogap.user_model import check_program_rows
@@ -44,26 +45,36 @@ def evaluate_splits(model, guide, data: Dataset, config: Config, seed: int, phas
     metrics = {}
     saved = Path(run_dir) / Q_STAR if run_dir is not None else None
     found = load_checkpoint(saved) if saved is not None and saved.is_file() else {}  # q* refit at once with its stack
-    for split, x in evaluated_points(data, guide.amortized, config).items():
+    splits = data.splits()
+    for split, rows in evaluated_rows(data, guide.amortized, config).items():
         streams.seeded("evaluation" if split == "train" else "evaluation_test", seed)
-        metrics[split] = evaluate_split(model, guide, x, config, fresh_local=split != "train", phases=phases,
-                                        split=split, progress=progress, q_star=found.get(split),
-                                        fresh_stream=lambda split=split: streams.seeded(f"log_px_{split}", seed))
-        metrics[split]["split_points"] = len(data.splits()[split])
+        metrics[split], per_point = evaluate_split(
+            model, guide, splits[split][rows], config, fresh_local=split != "train", phases=phases, split=split,
+            progress=progress, q_star=found.get(split),
+            fresh_stream=lambda split=split: streams.seeded(f"log_px_{split}", seed))
+        metrics[split]["split_points"] = len(splits[split])
+        metrics[split][CARRIED] = carried(per_point, rows)  # for the run's points.npz (elbogap.points)
     if run_dir is not None:  # what the figures show beyond these numbers, so that drawing them fits nothing
         save_figure_data(run_dir, model, guide, data, seed)
     return metrics
 
 
-def evaluated_points(data: Dataset, amortized: bool, config: Config) -> dict[str, torch.Tensor]:
-    """Per split, the points evaluated after training: the test split whole, the training split's seeded subset of
+def evaluated_rows(data: Dataset, amortized: bool, config: Config) -> dict[str, torch.Tensor]:
+    """Per split, the rows evaluated after training: the test split whole, the training split's seeded subset of
     ``--train-eval-points`` (all of it for 0, or for a guide that is not amortized)."""
-    points = {}
+    rows = {}
     for split, x in data.splits().items():
         if split == "train" and amortized and 0 < config.train_eval_points < len(x):
-            x = x[train_eval_index(len(x), config)]
-        points[split] = x
-    return points
+            rows[split] = train_eval_index(len(x), config)
+        else:
+            rows[split] = torch.arange(len(x), device=x.device)
+    return rows
+
+
+def evaluated_points(data: Dataset, amortized: bool, config: Config) -> dict[str, torch.Tensor]:
+    """Per split, the points evaluated after training (:func:`evaluated_rows`)."""
+    splits = data.splits()
+    return {split: splits[split][rows] for split, rows in evaluated_rows(data, amortized, config).items()}
 
 
 def stack_with_gap_points(config, data: Dataset, guide_name: str, runs, seeds):
@@ -97,8 +108,8 @@ def gap_index(num_points: int, config: Config) -> torch.Tensor:
 
 def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: bool, phases: Phases | None = None,
                    split: str = "split", progress: bool | Progress = False, q_star: dict | None = None,
-                   fresh_stream=None) -> dict:
-    """Metrics of one split, with the gap decomposition on ``--gap-points`` of its points.
+                   fresh_stream=None) -> tuple[dict, dict]:
+    """Metrics of one split, with the gap decomposition on ``--gap-points`` of its points, and its per-point tensors.
 
     A per-datapoint guide first fits its parameters with the model fixed. Where ``--log-px``
     gives a guide-independent log p(x) (exact, quadrature, AIS on every point, or, under
@@ -132,7 +143,7 @@ def evaluate_split(model, guide, x: torch.Tensor, config: Config, fresh_local: b
             refit_options = {"jit": config.jit, "progress": progress, "desc": f"q* {split}"}
             metrics.update(gap_decomposition(model, guide, x[index], index, refit_options=refit_options,
                                              log_px=log_px, given=q_star, **options))
-    return metrics
+    return metrics, evaluation.per_point
 
 
 def elbo_on_log_px_points(per_point: dict) -> dict:
