@@ -1,10 +1,8 @@
-"""The Ray backend's own promises: refusals in one line, a shared --out proven before training."""
+"""The Ray backend's own promises: refusals in one line, a shared --out proven before training (a sweep on Ray, its
+numbers and the node of each run: tests/backends/test_sweep.py)."""
 
-import json
 import subprocess
 import sys
-
-import pytest
 
 from tests.backends.conftest import QUICK
 
@@ -40,17 +38,3 @@ def test_an_out_the_workers_do_not_share_is_refused_before_training(ray_address,
     last = result.stderr.strip().splitlines()[-1]
     assert "is not shared with Ray node" in last and "a filesystem every node mounts" in last
     assert not (out / "runs").exists() and not (out / "results.json").exists()
-
-
-def test_a_ray_sweep_records_the_node_of_every_run(ray_address, tmp_path):
-    from elbogap.cli import main
-
-    assert main([*SWEEP, "--seeds", "0,1", "--backend", "ray", "--ray-address", ray_address,
-                 "--out", str(tmp_path)]) == 0
-    results = json.loads((tmp_path / "results.json").read_text(), parse_constant=lambda name: pytest.fail(name))
-    runs = results["runs"]
-    assert [run["seed"] for run in runs] == [0, 1] and {run["where"]["backend"] for run in runs} == {"ray"}
-    assert results["workers"] == 2  # the cluster's 2 CPUs at 1 CPU per run, a number strict JSON can hold
-    assert "on 2 worker(s)" in (tmp_path / "results.md").read_text()
-    saved = json.loads((tmp_path / "runs" / "diag-seed0" / "run.json").read_text())["run"]["where"]
-    assert saved == runs[0]["where"]

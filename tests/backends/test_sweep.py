@@ -40,8 +40,13 @@ def test_every_backend_gives_the_serial_numbers_bitwise(backend, backend_flags, 
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert {run["where"]["backend"] for run in runs} == {"ray" if backend == "ray" else "local"}
     assert all(run["where"]["pid"] > 0 and run["where"]["host"] for run in runs)
-    if backend == "ray":
+    if backend == "ray":  # each run records the node it ran on, and the study the cluster's workers
         assert all(len(run["where"]["node"]) > 8 for run in runs)
+        results = json.loads((tmp_path / "results.json").read_text(), parse_constant=lambda name: pytest.fail(name))
+        assert results["workers"] == 2  # the cluster's 2 CPUs at 1 CPU per run, a number strict JSON can hold
+        assert "on 2 worker(s)" in (tmp_path / "results.md").read_text()
+        saved = json.loads((tmp_path / "runs" / "diag-seed0" / "run.json").read_text())["run"]["where"]
+        assert saved == runs[0]["where"]
 
 
 @pytest.mark.parametrize(("first", "then"), [  # in CI the pair that stops one kind of backend and resumes on another
