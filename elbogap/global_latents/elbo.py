@@ -56,7 +56,8 @@ class VectorizedModelELBO:
 
     def loss_and_grads(self, model_fn, guide_fn, *args, **kwargs) -> float:
         loss = self.differentiable_loss(model_fn, guide_fn, *args, **kwargs)
-        loss.backward()
+        if loss.requires_grad:  # as Pyro's ELBOs: a guide (and model) with no parameters has nothing to fit
+            loss.backward()
         value = float(loss.detach())
         warn_if_nan(value, "loss")
         return value

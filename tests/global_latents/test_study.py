@@ -3,6 +3,8 @@
 import json
 
 import numpy as np
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
@@ -75,17 +77,28 @@ def test_a_model_with_global_and_per_point_latents_end_to_end_with_bdmc_and_nuts
     assert f"| {data['log_px'] - halfwidth:.3f}, {data['log_px'] + halfwidth:.3f} |" in table
 
 
+def prior_guide(data):
+    """A guide program with no parameters: the model's prior."""
+    mu = pyro.sample("mu", dist.Normal(data.new_tensor(0.0), 1.0))
+    with pyro.plate("data", data.shape[0]):
+        pyro.sample("z", dist.Normal(mu, 1.0))
+
+
 def test_the_notebook_api_takes_a_pyro_function_and_a_tensor(tmp_path):
+    """Beside an autoguide, a guide program with no parameters (it raised in training: nothing asked for a
+    gradient) is evaluated as it is."""
     data = truth.mixed_data(6, seed=5)
-    result = elbogap.compare(truth.mixed_model(), ["auto:AutoNormal"], data, out=tmp_path, steps=300, lr=0.05,
-                             evidence_steps=100, evidence_chains=128, iw_samples=200, reference="none", jobs=1)
-    (row,) = result.table()
+    result = elbogap.compare(truth.mixed_model(), {"auto:AutoNormal": "auto:AutoNormal", "prior": prior_guide},
+                             data, out=tmp_path, steps=300, lr=0.05, evidence_steps=100, evidence_chains=128,
+                             iw_samples=200, reference="none", jobs=1)
+    row, prior = result.table()
     assert row["guide"] == "auto-AutoNormal" and row["kl_gap"] > 0 and "log_px" in row
+    assert prior["guide"] == "prior" and prior["log_px"] == row["log_px"] and prior["kl_gap"] > row["kl_gap"]
     assert (row["log_px_total"], row["kl_gap_total"]) == (row["log_px"], row["kl_gap"])  # D is one unit
     assert "KL gap" in result._repr_markdown_()
     results = json.loads((tmp_path / "results.json").read_text())
     assert undocumented(results) == set()  # docs/results.md has each
-    (run,) = results["runs"]
+    run = results["runs"][0]
     assert SHARED_METRICS <= set(run["train"]) and run["train"]["units"] == 1  # a per-point split's names, one unit
     assert "data" not in run and "train" in results["summary"] and "data" not in results["summary"]
 
