@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from elbogap.calibration.report import calibration_figures  # noqa: E402
 from elbogap.checkpoint import load_checkpoint  # noqa: E402
 from elbogap.errors import UsageError  # noqa: E402
 from elbogap.figure_data import FILE as FIGURE_DATA  # noqa: E402
@@ -19,6 +20,17 @@ from elbogap.global_latents.plots import make_figures as global_figures  # noqa:
 from elbogap.records import upgraded  # noqa: E402
 from elbogap.report import finished, is_global_study
 from elbogap.summary import bound_markers, over_seeds
+
+
+def curve_points_words(results: dict) -> str:
+    """Which test points the evaluations during training cover: a fixed prefix of ``--curve-points`` of the split,
+    not the split the tables report on."""
+    run = next((run for run in finished(results["runs"]) if "test" in run), None)
+    total = run["test"].get("split_points", run["test"]["num_points"]) if run else None
+    count = results["config"].get("curve_points")
+    if not count or total is None or count >= total:
+        return "test points"
+    return f"first {count} of {total} test points"
 
 
 def plot_training(results: dict, path: Path) -> Path:
@@ -42,10 +54,11 @@ def plot_training(results: dict, path: Path) -> Path:
                            ms=3, lw=1, label=label)
                 right.plot([p["step"] for p in points], [p["test_elbo"] for p in points], ":", color=color, lw=1)
     mark_convergence(left, results["runs"])
+    subset = curve_points_words(results)
     left.set(xlabel="SVI step", ylabel="nats per data point",
-             title="ELBO: running train (lines), test at evaluation points (dots)")
+             title=f"ELBO: running train (lines), test at evaluation points (dots,\n{subset})")
     right.set(xlabel="SVI step", ylabel="nats per data point",
-              title="test log p(x) (squares) above test ELBO (dotted)")
+              title=f"test log p(x) (squares) above test ELBO (dotted)\non the {subset}")
     low = [p["test_elbo"] for run in results["runs"] for p in run.get("curve_eval", []) if "test_elbo" in p]
     if low:  # the first evaluations of an untrained model would squash the interesting range
         top = max([p["test_log_px"] for run in results["runs"] for p in run["curve_eval"] if "test_log_px" in p]
@@ -111,7 +124,7 @@ def plot_gap_over_training(results: dict, path: Path) -> Path:
         bottom.set_xlabel("SVI step")
         for axis in (top, bottom):
             axis.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("test nats per data point")
+    axes[0, 0].set_ylabel(f"nats per data point\n({curve_points_words(results)})")
     axes[1, 0].set_ylabel("log p(x) - ELBO (nats)")
     axes[0, 0].legend(fontsize=7)
     axes[1, 0].legend(fontsize=7)
@@ -255,6 +268,11 @@ def make_figures(results_dir: str | Path) -> list[Path]:
     except json.JSONDecodeError as error:
         raise UsageError(f"{path} is not valid JSON ({error}); rerun the study to rewrite it") from None
 
+    if results.get("kind") == "calibration":  # elbogap calibrate's study: its own figures
+        written = calibration_figures(results, results_dir)
+        if not written:
+            raise UsageError(f"{path} summarizes no simulation yet; nothing to plot")
+        return written
     results = upgraded({**results, "runs": finished(results.get("runs", []))})
     if not results["runs"]:
         raise UsageError(f"{path} holds no finished run yet; nothing to plot")

@@ -147,6 +147,17 @@ def gap_figure(results: dict, path: Path) -> Path:
     return save(fig, path)
 
 
+def calibration_figures(results: dict, out: Path) -> list[Path]:
+    """ranks.png, pvalues.png and, where every guide's gaps were measured, gaps.png in ``out``, from the study's
+    results alone (``elbogap plot`` redraws them); none before any simulation is summarized."""
+    if not results.get("summary"):
+        return []
+    written = [rank_figure(results, out / "ranks.png"), pvalue_figure(results, out / "pvalues.png")]
+    if all("mean_kl_gap" in row for row in results["summary"].values()):
+        written.append(gap_figure(results, out / "gaps.png"))
+    return written
+
+
 def write_calibration(results: dict, out: Path, figures: bool = True, final: bool = False) -> list[Path]:
     """results.json, results.md and (with ``figures``) ranks.png, pvalues.png and gaps.png in ``out``, and
     config.toml; when ``final`` and ArviZ is installed (the ``arviz`` extra), each guide's calibration as NetCDF
@@ -156,10 +167,8 @@ def write_calibration(results: dict, out: Path, figures: bool = True, final: boo
     write_atomically(out / "results.json", json.dumps(results, indent=2))
     write_atomically(out / "results.md", markdown(results))
     written = [out / "results.json", out / "results.md", out / "config.toml"]
-    if figures and results.get("summary"):
-        written += [rank_figure(results, out / "ranks.png"), pvalue_figure(results, out / "pvalues.png")]
-        if all("mean_kl_gap" in row for row in results["summary"].values()):
-            written.append(gap_figure(results, out / "gaps.png"))
+    if figures:
+        written += calibration_figures(results, out)
     if final and importlib.util.find_spec("arviz") is not None:
         written += export_calibration(out, results)
     return written

@@ -67,6 +67,17 @@ def test_the_study_writes_its_records_and_figures(regression_calibration):
     assert abs(float(weights.mean())) < 3 / math.sqrt(len(weights)) and 0.6 < float(weights.std()) < 1.5
 
 
+@ON_THE_STUDY
+def test_elbogap_plot_redraws_the_studys_figures(regression_calibration, elbogap):
+    """From results.json alone; it read the study as a compare study with no finished run (tester)."""
+    result, *_ = regression_calibration
+    for name in ("ranks.png", "pvalues.png"):
+        (result.out / name).unlink()
+    code, stderr = elbogap("plot", result.out)
+    assert code == 0, stderr
+    assert (result.out / "ranks.png").is_file() and (result.out / "pvalues.png").is_file()
+
+
 @pytest.mark.slow  # about 35 s; in CI test_stacked_fits_and_worker_processes_share_a_study_with_gaps: gaps
 def test_each_simulations_gap_is_sandwiched_and_mean_field_pays_its_closed_form_kl(tmp_path):
     """--calibration-gaps: the covariates are fixed, so every simulated posterior has one precision Lambda and the
