@@ -3,10 +3,12 @@
 import math
 import statistics
 
+import torch
+
 from elbogap.global_latents.autoguides import AUTOGUIDES, MEAN_FIELD, autoguide
 from elbogap.global_latents.evidence import FAR_SHARE, PRIOR_CHECK_STDERR
 from elbogap.global_latents.reference import OUTSIDE_SDS, RELIABLE_DRAWS
-from elbogap.inference.weights import interval_halfwidth
+from elbogap.inference.weights import interval_halfwidth, mean_error
 from elbogap.summary import (
     converged_cell,
     convergence_warnings,
@@ -230,12 +232,13 @@ def seed_spread_warnings(runs: list[dict]) -> list[str]:
 
 
 def _cell(values: list[float], stderrs: list[float] | None = None) -> str:
-    """One seed: ``value ± Monte-Carlo s.e.``; several: ``mean ± sd over seeds (s.e. mean Monte-Carlo s.e.)``, since
-    the spread of a few seeds can be far below (or above) what one seed's estimate is known to."""
+    """One seed: ``value ± Monte-Carlo s.e.``; several: ``mean ± sd over seeds (s.e. of the mean)``, the mean's
+    Monte-Carlo error :math:`\sqrt{\sum_s e_s^2} / S` as a per-point model's table and ``Comparison.table()``'s
+    ``KEY_mc_stderr`` give it (none where a seed's error is declined)."""
     finite = [stderr for stderr in stderrs or [] if math.isfinite(stderr)]
     if len(values) == 1:  # no ± where the error is declined (NaN: heavy-tailed weights)
         return figure(values[0], finite[0] if finite else None) + (f" ± {figure(finite[0])}" if finite else "")
-    own = f" (s.e. {figure(statistics.fmean(finite))})" if finite else ""
+    own = f" (s.e. {figure(mean_error(torch.tensor(finite)))})" if finite and len(finite) == len(values) else ""
     spread = seed_sd(values)
     return f"{figure(statistics.fmean(values), max([spread, *finite]))} ± {figure(spread)}{own}"
 
@@ -260,7 +263,7 @@ def gap_table(runs: list[dict]) -> list[str]:
             stderr_key = {"elbo": "elbo_stderr", "log_px": "log_px_stderr", "kl_gap": "kl_gap_stderr",
                           "log_px_iwae": "log_px_iwae_stderr"}.get(key)
             cells.append(_cell(values, [run["train"][stderr_key] for run in mine] if stderr_key else None))
-        stderr = statistics.fmean(run["train"]["kl_gap_stderr"] for run in mine)
+        stderr = mean_error(torch.tensor([run["train"]["kl_gap_stderr"] for run in mine], dtype=torch.float64))
         lines.append(f"| {guide} | " + " | ".join(cells)
                      + f" | {figure(stderr)} | {len(mine)} | {converged_cell(mine)} |")
     return lines
@@ -306,9 +309,9 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
               f"{', '.join(sites['local']) or 'none'} ({sites['latent_dim']} numbers in all).", "",
               *gap_table(runs), "",
               "Nats for the whole data set (per point where named). With one seed, ± is the Monte-Carlo standard "
-              "error of that run; with several, ± is the standard deviation over seeds and (s.e. ...) the mean "
-              "Monte-Carlo standard error of one seed's estimate, as the column *MC s.e. of the gap* gives it for "
-              "the gap. Every KL gap is log p(D) - ELBO(D) "
+              "error of that run; with several, ± is the standard deviation over seeds and (s.e. ...) the "
+              "Monte-Carlo standard error of the mean over seeds, sqrt(sum of the seeds' squared errors) / seeds, as "
+              "the column *MC s.e. of the gap* gives it for the gap. Every KL gap is log p(D) - ELBO(D) "
               "against one estimate of log p(D) per seed, the same for every guide: "
               f"{describe_evidence(first['evidence'])}.", ""]
     reference = reference_table(runs)
