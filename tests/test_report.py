@@ -154,4 +154,5 @@ def test_points_that_quadrature_left_without_an_error_bar_and_ais_filled_in_are_
     report = markdown(results(**filled))
     assert ("quadrature (midpoint rule on a grid zoomed onto the posterior, 1200 points in all), and on the 3 points "
             "it left without an error bar annealed importance sampling from the prior") in report
-    assert "AIS's ± is the spread of its chains" in report and "The quadrature's ± is its discretization" in report
+    assert "AIS's error (the ± of one seed, the (s.e.) of several) is the spread of its chains" in report
+    assert "The quadrature's error of log p(x) (the ± of one seed, the (s.e.) of several) is its discret" in report

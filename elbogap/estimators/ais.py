@@ -53,7 +53,8 @@ register(Estimator(
     "ais", "annealed importance sampling from the {ais[start]}, {ais[chains]} chains x {ais[steps]} temperatures x "
            "{ais[leapfrog_steps]} leapfrog steps (a lower bound in expectation)", ais, needs_guide=True,
     uses_iw_draws=True, kept_as="log_px_ais", check=ais_against_iwae,
-    caveat="AIS's ± is the spread of its chains, not its bias: AIS reads low in expectation (from the prior, "
+    caveat="AIS's error (the ± of one seed, the (s.e.) of several) is the spread of its chains, not its bias: AIS "
+           "reads low in expectation (from the prior, "
            "0.03-0.09 nats per point on a tester's 4-latent program at 500 temperatures; far less from Gaussians at "
            "each point's posterior modes, the default start, where the posterior is near Gaussian about them), so "
            "log p(x) and the KL gap may sit lower than their ± says; `elbogap evaluate RUN_DIR --bdmc N` measures "

@@ -415,5 +415,6 @@ register(Estimator("quadrature", "quadrature (midpoint rule on a grid zoomed ont
                                  "{log_px_samples} points in all)", quadrature,
                    applies=lambda target: target.latent_dim in (1, 2), requirement="a 1-D or 2-D latent space",
                    sampled=False, systematic=True,
-                   caveat="The quadrature's ± is its discretization error, a bound on each point averaged over the "
-                          "points (not a Monte-Carlo error): a grid's errors share their sign from point to point"))
+                   caveat="The quadrature's error of log p(x) (the ± of one seed, the (s.e.) of several) is its "
+                          "discretization error, a bound on each point averaged over the points (not a Monte-Carlo "
+                          "error): a grid's errors share their sign from point to point"))
