@@ -205,7 +205,7 @@ def compare(model="vae", guides=("diag", "full", "iaf", "planar"), data="digits"
 
     results = run_sweep(config, out, progress=progress, on_run=lambda partial: write_results(partial, out))
     save_study(results, out, config)
-    return Comparison(results, out)
+    return Comparison(json.loads((Path(out) / "results.json").read_text()), out)  # the file's content, summary too
 
 
 def evaluate(model, guide, x, *, log_px: str = Config.log_px, elbo_samples: int = Config.eval_samples,

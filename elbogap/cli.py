@@ -43,7 +43,8 @@ def add_config_flags(parser: argparse.ArgumentParser, names=None) -> None:
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
         declared = FIELDS[name].metadata
         names_ = ([declared["short"]] if declared["short"] else []) + [f"--{flag(name)}"]
-        help_text = f"{declared['help']} (default: {shown})"
+        says_default = "(default" in declared["help"] or "default:" in declared["help"]  # in its own words
+        help_text = declared["help"] if says_default else f"{declared['help']} (default: {shown})"
         if kind_of(name) == "bool":
             parser.add_argument(*names_, dest=name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=help_text)

@@ -38,6 +38,8 @@ def test_compare_returns_the_numbers_the_cli_writes(tmp_path, capfd):
                              out=tmp_path / "api", seeds=[0], **QUICK)
     assert capfd.readouterr() == ("", "")  # quiet unless asked (progress=True)
     assert [run["guide"] for run in result.runs] == ["tutorial.VAE", "diag"]
+    saved = json.loads((tmp_path / "api" / "results.json").read_text())
+    assert set(result.results) == set(saved) and "summary" in saved  # results.json's content (it lacked summary)
     assert len(x) == 190 and (tmp_path / "api" / "data.npz").is_file()
 
     cli_out = tmp_path / "cli"
