@@ -173,7 +173,7 @@ def run_evaluate(args) -> int:
 
     from elbogap.factory import fit_family
     from elbogap.protocols import protocol_for
-    from elbogap.report import gap_notes, gap_section, table
+    from elbogap.report import caveats, gap_notes, gap_section, table
     from elbogap.runs import load_run
     from elbogap.summary import plus_minus
 
@@ -206,6 +206,9 @@ def run_evaluate(args) -> int:
     suffix = "" if config.guide == trained_with else f"-{config.guide}"
     save_points(Path(args.run_dir) / f"points{suffix}.npz", metrics)
     record = {"guide": config.guide, "trained_with": trained_with, "seed": state["seed"], **metrics}
+    saved_run = Path(args.run_dir) / "run.json"
+    if config.guide == trained_with and saved_run.is_file():  # the run's own fit: whether it converged, as compare said
+        record["converged"] = json.loads(saved_run.read_text())["run"].get("converged")
     name = f"evaluation{suffix}.json"
     (Path(args.run_dir) / name).write_text(json.dumps(record, indent=2))
     if is_global_study([metrics]):  # the whole data set's metrics (one unit), as a model with global latents gives
@@ -220,7 +223,8 @@ def run_evaluate(args) -> int:
     splits = [split for split in ("test", "train") if split in metrics]
     if not args.quiet:
         for split in splits:
-            print(f"## {split}\n" + "\n".join(table([record], split)) + f"\n\n{plus_minus([1])}\n")
+            print(f"## {split}\n" + "\n".join(table([record], split)) + f"\n\n{plus_minus([1])}"
+                  + "".join(caveats([record], split)) + "\n")
         if any("approx_gap" in metrics[split] for split in splits):
             print("## approximation vs amortization\n\n" + "\n".join(gap_section([record], splits)))
     else:

@@ -204,6 +204,8 @@ def test_train_evaluate_and_plot_a_run_directory(tmp_path, capsys):
     assert {"approx_gap_stderr", "amort_gap_stderr", "elbo_log_px_points"} <= set(printed)
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     assert evaluation["test"]["elbo_samples"] == 32 and evaluation["guide"] == "iaf"
+    assert "converged" in evaluation and evaluation["converged"] == record["run"]["converged"]  # the run's verdict
+    assert "The quadrature's error of log p(x)" in stdout.split("## train")[0]  # the split's caveat, as compare's
     saved = record["run"]["test"]
     assert evaluation["test"]["log_px"] == pytest.approx(saved["log_px"], abs=1e-3)  # same model, exact quadrature
 
