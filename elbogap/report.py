@@ -181,6 +181,21 @@ def finished(runs: list[dict]) -> list[dict]:
     return [run for run in runs if "failed" not in run]
 
 
+#: a split of fewer points than this gets a Warnings line: its means rest on too few points to compare families by
+SMALL_SPLIT = 10
+
+
+def small_split_warnings(runs: list[dict]) -> list[str]:
+    """A line per split of fewer than :data:`SMALL_SPLIT` points (a tester's 3-row file trained on 2 rows and was
+    tested on 1, without a word): its means are a few points', and a network fitted to them reads far higher on
+    them than on new data."""
+    sizes = {split: runs[0][split].get("split_points", runs[0][split]["num_points"])
+             for split in ("train", "test") if split in runs[0]}
+    return [f"- the {split} split has {size} point{'s' if size != 1 else ''}: its numbers are the mean of too few "
+            f"points to compare families by; give more rows (a larger --train-size / --test-size or data file)"
+            for split, size in sizes.items() if size < SMALL_SPLIT]
+
+
 def markdown(results: dict) -> str:
     config, failed = results["config"], [run for run in results["runs"] if "failed" in run]
     runs = finished(results["runs"])
@@ -195,7 +210,7 @@ def markdown(results: dict) -> str:
                   "line:", "", *[f"- {name}: {why}" for name, why in left_out.items()], ""]
     if is_global_study(runs):
         return "\n".join(lines + global_sections(results, runs) + ["", *snr_section(runs), timing(results, runs), ""])
-    warnings = convergence_warnings(runs) + held_out_warnings(runs) + [
+    warnings = small_split_warnings(runs) + convergence_warnings(runs) + held_out_warnings(runs) + [
         f"- {run['guide']} seed {run['seed']}, {split}: {run[split][key]}" for key in ("log_px_warning", "log_px_note")
         for run in runs for split in ("test", "train") if key in run[split]]
     if warnings:
@@ -283,7 +298,7 @@ def points(splits: list[dict]) -> str:
     total = max(metrics.get("split_points", metrics["num_points"]) for metrics in splits)
     evaluated = sorted({metrics["num_points"] for metrics in splits})
     if evaluated == [total]:
-        return f"{total} points"
+        return f"{total} point{'s' if total != 1 else ''}"
     note = "; per-datapoint guides on all of them" if evaluated[-1] == total else ""
     return f"{evaluated[0]} of its {total} points, a seeded subset (--train-eval-points){note}"
 

@@ -156,3 +156,15 @@ def test_points_that_quadrature_left_without_an_error_bar_and_ais_filled_in_are_
             "it left without an error bar annealed importance sampling from the prior") in report
     assert "AIS's error (the ± of one seed, the (s.e.) of several) is the spread of its chains" in report
     assert "The quadrature's error of log p(x) (the ± of one seed, the (s.e.) of several) is its discret" in report
+
+
+def test_a_split_of_a_few_points_is_warned_and_one_point_is_named_so():
+    """A tester's 3-row file: trained on 2 rows, tested on 1, and the report said nothing of it."""
+    tiny = results(num_points=1, split_points=1, log_px_points=1)
+    for run in tiny["runs"]:
+        run["train"].update(num_points=2, split_points=2, log_px_points=2)
+    report = markdown(tiny)
+    warnings = report[report.index("## Warnings"):report.index("## test split")]
+    assert "the train split has 2 points" in warnings and "the test split has 1 point:" in warnings
+    assert "## test split (1 point)" in report
+    assert "## Warnings" not in markdown(results())  # 1000 points a split
