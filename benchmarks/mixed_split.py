@@ -23,6 +23,7 @@ import pyro.distributions as dist
 import torch
 
 import elbogap
+from elbogap.inference.weights import interval_halfwidth
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from tests.estimators.truth import dirichlet_multinomial_evidence  # noqa: E402
@@ -51,7 +52,7 @@ def main() -> None:
     draws = torch.distributions.Dirichlet(ALPHA).sample((args.rows,))
     x = torch.stack([torch.multinomial(w, 20, replacement=True).bincount(minlength=3) for w in draws]).float()
     exact = dirichlet_multinomial_evidence(x.double(), ALPHA, 20)
-    split, points, filled_counts, seconds = [], [], [], []
+    split, points, inside_t, filled_counts, seconds = [], [], [], [], []
     for repeat in range(args.repeats):
         began = time.perf_counter()
         evaluation = elbogap.evaluate(proportions, guide, x, elbo_samples=16, seed=repeat)
@@ -61,16 +62,20 @@ def main() -> None:
         filled_counts.append(int(filled.sum()))
         error = per_point["log_px"].double() - exact
         points += (error[filled] / per_point["log_px_stderr"][filled].double()).tolist()
+        dof = torch.as_tensor(evaluation.dof["log_px"], dtype=torch.float64).expand(error.shape)[filled]
+        halfwidth = interval_halfwidth(per_point["log_px_stderr"][filled].double(), dof)
+        inside_t += (error[filled].abs() < halfwidth).tolist()
         split.append(float(error.mean()) / metrics["log_px_stderr"])
         print(f"repeat {repeat}: {filled_counts[-1]} filled, split error {float(error.mean()):+.5f}, "
               f"stated {metrics['log_px_stderr']:.5f}, z {split[-1]:+.2f}, {seconds[-1]:.1f} s", flush=True)
     inside = sum(abs(z) < 1.96 for z in split) / len(split)
     print(f"\n| rows | repeats | filled points per repeat | split: z mean, z sd, within 1.96 | filled points: z mean, "
-          f"z sd, within 1.96 | s a repeat |\n|---|---|---|---|---|---|\n"
+          f"z sd, within 1.96 | filled points within their t interval | s a repeat |\n|---|---|---|---|---|---|---|\n"
           f"| {args.rows} | {args.repeats} | {min(filled_counts)}-{max(filled_counts)} | "
           f"{statistics.mean(split):+.2f}, {statistics.stdev(split):.2f}, {inside:.2f} | "
           f"{statistics.mean(points):+.2f}, {statistics.stdev(points):.2f}, "
-          f"{sum(abs(z) < 1.96 for z in points) / len(points):.3f} ({len(points)}) | {statistics.mean(seconds):.1f} |")
+          f"{sum(abs(z) < 1.96 for z in points) / len(points):.3f} ({len(points)}) | "
+          f"{sum(inside_t) / len(inside_t):.3f} | {statistics.mean(seconds):.1f} |")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """The per-datapoint protocol's promises: refits during training leave training alone; the training split is
 evaluated on a seeded subset."""
 
+import numpy as np
 import pyro
 import torch
 
 from elbogap.config import Config
 from elbogap.factory import build, load_dataset, make_trainer
+from elbogap.points import CARRIED
 from elbogap.protocols import PROTOCOLS, protocol_for
 from elbogap.protocols.vae import evaluate_splits, evaluation_point
 from elbogap.runs import parameters_finite
@@ -41,6 +43,10 @@ def test_the_training_split_is_evaluated_on_a_seeded_subset_and_says_so():
     again = evaluate_splits(model, guide, data, config, seed=0)
     assert (first["train"]["num_points"], first["train"]["split_points"]) == (50, 120)
     assert (first["test"]["num_points"], first["test"]["split_points"]) == (30, 30)
+    for split in ("train", "test"):  # each split carries its points' numbers to the run's points.npz, as arrays
+        points, repeated = first[split].pop(CARRIED), again[split].pop(CARRIED)
+        assert len(points["row"]) == first[split]["num_points"] and points.keys() == repeated.keys()
+        assert all(np.array_equal(points[key], repeated[key], equal_nan=True) for key in points)
     assert first == again
 
 
