@@ -513,7 +513,8 @@ def importance_cell(runs: list[dict]) -> str:
     with_error = [run for run in runs if math.isfinite(recorded(run["train"], "log_px_iwae_stderr"))]
     if with_error:
         best = max(with_error, key=lambda run: run["train"]["log_px_iwae"])
-        return f"{best['train']['log_px_iwae']:.3f} ± {best['train']['log_px_iwae_stderr']:.3f} ({best['guide']})"
+        value, error = best["train"]["log_px_iwae"], best["train"]["log_px_iwae_stderr"]
+        return f"{figure(value, error)} ± {figure(error)} ({best['guide']})"
     best = min(runs, key=lambda run: math.inf if math.isnan(recorded(run["train"], "khat_mean"))
                else recorded(run["train"], "khat_mean"))
     khat = recorded(best["train"], "khat_mean")
@@ -539,9 +540,10 @@ def evidence_section(runs: list[dict]) -> list[str]:
         data = mine[0]["train"]
         halfwidth = interval_halfwidth(data["log_px_stderr"], data.get("log_px_dof"))
         low, high = data["log_px"] - halfwidth, data["log_px"] + halfwidth
-        widened = "–" if bdmc is None else f"{low:.3f}, {high + max(bdmc['width'], 0.0):.3f}"
-        lines.append(f"| {seed} | {data['log_px']:.3f} | {data['log_px_stderr']:.3f} | "
-                     f"{low:.3f}, {high:.3f} | {widened} | {importance_cell(mine)} | "
+        error = data["log_px_stderr"]  # each number to the decimals of the error (an s.e. of 0.0002 read 0.000)
+        widened = "–" if bdmc is None else f"{figure(low, error)}, {figure(high + max(bdmc['width'], 0.0), error)}"
+        lines.append(f"| {seed} | {figure(data['log_px'], error)} | {figure(error)} | "
+                     f"{figure(low, error)}, {figure(high, error)} | {widened} | {importance_cell(mine)} | "
                      f"{sandwich} |")
     lines += ["", "q's IS estimate: the highest of the guides' importance estimates that have an error bar (k-hat at "
               "most 0.5); where none has, the one of the lowest k-hat, marked: without an error bar an estimate may "

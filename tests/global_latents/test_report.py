@@ -11,6 +11,7 @@ from elbogap.global_latents.report import (
     checked_words,
     coordinates_words,
     draws_words,
+    evidence_section,
     gap_table,
     importance_cell,
     outside_q_warnings,
@@ -263,3 +264,12 @@ def test_the_draws_of_q_are_counted_over_every_run():
         record["train"]["elbo_samples"] = count
     assert draws_words(runs).startswith("1000-2000 draws of q (each run's `elbo_samples`")
     assert draws_words(runs[:1]) == "2000 draws of q"
+
+
+def test_the_evidence_table_shows_a_precise_evidence_to_the_digits_of_its_error():
+    """A tester's normal-mean model: log p(D) -31.84383 ± 0.0002 read "-31.844 | 0.000" in this table."""
+    record = importance("auto:AutoNormal", -31.84348, 0.00042, 0.1)
+    record["train"].update(log_px=-31.84383, log_px_stderr=0.0002, log_px_dof=5.8)
+    row = evidence_section([record])[4]
+    assert row.startswith("| 0 | -31.84383 | 0.0002 | -31.84432, -31.84334 | – | "
+                          "-31.84348 ± 0.00042 (auto-AutoNormal) |")
