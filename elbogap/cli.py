@@ -65,6 +65,17 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"elbogap: error: {message}; see '{self.prog} --help'\n")
 
 
+#: settings a command does not read, left out of its flags (a study file may still hold them)
+NOT_READ = {"compare": {"guide", "seed", "simulations", "calibration_draws", "calibration_gaps"},
+            "train": {"guides", "seeds", "simulations", "calibration_draws", "calibration_gaps"},
+            "calibrate": {"guide", "seed"}}
+
+
+def flags_of(command: str) -> list[str]:
+    """The settings ``command`` takes as flags: every one it reads (:data:`NOT_READ`)."""
+    return [name for name in FIELDS if name not in NOT_READ[command]]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="elbogap", description="Measure log p(x) = ELBO + KL(q(z|x) || p(z|x)) for variational families.")
@@ -74,11 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="train with each guide and seed; write results.json/.csv/.md and figures",
         description="Train the model jointly with each guide for each seed, evaluate log p(x), the ELBO, its "
                     "terms and the KL gap on the train and test splits, and write tables and figures.")
-    add_config_flags(compare)
+    add_config_flags(compare, flags_of("compare"))
     train = commands.add_parser("train", help="train one model and guide into a run directory",
                                 description="Train the model with --guide and --seed; save a run directory "
                                             "(checkpoint, run.json, train.log, results, figures) at --out.")
-    add_config_flags(train)
+    add_config_flags(train, flags_of("train"))
     evaluate = commands.add_parser("evaluate", help="evaluate a saved run directory",
                                    description="Evaluate the model and guide saved in RUN_DIR on both splits.")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
@@ -91,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulate --simulations data sets from the model's prior predictive (shaped like --data), fit "
                     "each guide to each as compare does, and test where each true latent falls among q's draws "
                     "(SBC: uniform ranks; VSBC: symmetric ranks); write results.json/.md, ranks.png, pvalues.png.")
-    add_config_flags(calibrate)
+    add_config_flags(calibrate, flags_of("calibrate"))
     plot = commands.add_parser("plot", help="redraw the figures of a results directory",
                                description="Redraw the figures of RESULTS_DIR from results.json and run checkpoints.")
     plot.add_argument("results_dir", metavar="RESULTS_DIR")

@@ -53,9 +53,12 @@ def test_every_setting_is_declared_once_and_the_flags_checks_and_resume_roles_fo
     from elbogap.cli import build_parser
     from elbogap.config import EVALUATION, RUN_CONTROL, flag
 
-    compare = next(action for action in build_parser()._actions
-                   if isinstance(action, argparse._SubParsersAction)).choices["compare"]
-    options = {option: action for action in compare._actions for option in action.option_strings}
+    commands = next(action for action in build_parser()._actions
+                    if isinstance(action, argparse._SubParsersAction)).choices
+    options = {option: action for command in ("compare", "train", "calibrate")  # each setting is some command's flag
+               for action in commands[command]._actions for option in action.option_strings}
+    compare = {option for action in commands["compare"]._actions for option in action.option_strings}
+    assert {"--guide", "--seed", "--simulations"}.isdisjoint(compare)  # flags only other commands read
     for declared in fields(Config):
         meta = declared.metadata
         action = options[f"--{flag(declared.name)}"]
