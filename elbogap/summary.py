@@ -297,13 +297,13 @@ def rising_line(guide: str, runs: list[dict]) -> str:
     records = [run["convergence"] for run in runs]
     where = {"fixed_draws": f", on fixed draws of {records[0].get('terms')} training rows",
              "minibatches": ", from the minibatch ELBOs"}.get(records[0].get("read_from"), "")
-    gains = ", ".join(f"seed {run['seed']} {record['gain']:.3g} nats (s.e. {record['gain_stderr']:.2g})"
+    gains = ", ".join(f"{record['gain']:.3g} nats (s.e. {record['gain_stderr']:.2g}) for seed {run['seed']}"
                       for run, record in zip(runs, records, strict=True))
     seeds = f"seed{'s' if len(runs) > 1 else ''} {', '.join(str(run['seed']) for run in runs)}"
     unfinished = ("its ELBO and KL gap describe an unfinished fit" if len(runs) == 1
                   else "their ELBOs and KL gaps describe unfinished fits")
     return (f"- {guide} {seeds} did not converge (trend rule): the ELBO was still rising when training stopped, over "
-            f"the last {records[0]['window']} steps by {gains}{where}, above the tolerance "
+            f"the last {records[0]['window']} steps it gained {gains}{where}, above the tolerance "
             f"{records[0]['tolerance']:g}; {unfinished}, not the family: {convergence_advice(records[0])}")
 
 
