@@ -202,6 +202,6 @@ def load(out: str | Path) -> dict:
     paths = sorted((out / FOLDER).glob("*.nc")) or export_study(out)
     if not paths:
         raise UsageError(f"{out} has no run to export: the export holds the posteriors of models with global latents "
-                         "from elbogap compare (a per-point model's posterior is one per data point) and the ranks of "
-                         "elbogap calibrate")
+                         "from elbogap compare (a per-point model's posterior is one per data point: its numbers per "
+                         "point are each run's points.npz, Comparison.points()) and the ranks of elbogap calibrate")
     return {path.stem: az.from_netcdf(str(path)) for path in sorted(paths)}
