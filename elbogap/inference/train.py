@@ -101,6 +101,10 @@ def forget_params(*owners: str) -> None:
             del store[name]
 
 
+#: the convergence record's reason where training had nothing to fit
+NOTHING_TO_FIT = "nothing to fit: neither the model nor the guide has parameters, so it was evaluated as it is"
+
+
 def make_svi(model, guide, x: torch.Tensor, batch_size: int, lr: float = 1e-3, objective: str = "elbo",
              num_particles: int = 1, freeze_model: bool = False, lr_decay: float = 1.0,
              kl_weight: KLWeight | None = None, jit: bool = False, gradient: str = "reparam",
@@ -272,6 +276,8 @@ class Trainer:
         """Whether the fit converged, by the schedule's rule or, for a fixed number of steps, by the trend of the
         last steps' ELBO (:mod:`elbogap.inference.convergence`), with the evidence for it; ``cap`` is the most
         steps the run was allowed."""
+        if not self.svi.params:
+            return {"rule": "none", "converged": True, "reason": NOTHING_TO_FIT}
         if self.schedule is not None:
             return self.schedule.verdict(self.step_count, cap)
         return fixed_verdict(self.losses, self.convergence_settings, self.loss_scale,
@@ -332,6 +338,8 @@ class Trainer:
         """Run until ``step_count`` reaches ``steps``; ``callback(self)`` follows every step."""
         if steps < 0:
             raise UsageError(f"--steps must be >= 0, got {steps}")
+        if not self.svi.params:  # a step would change nothing (convergence() says so)
+            steps = self.step_count
         bar = as_progress(progress).bar(desc, steps, initial=self.step_count)
         if self.schedule is not None:
             self.schedule.start(self)

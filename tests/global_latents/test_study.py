@@ -94,6 +94,8 @@ def test_the_notebook_api_takes_a_pyro_function_and_a_tensor(tmp_path):
     row, prior = result.table()
     assert row["guide"] == "auto-AutoNormal" and row["kl_gap"] > 0 and "log_px" in row
     assert prior["guide"] == "prior" and prior["log_px"] == row["log_px"] and prior["kl_gap"] > row["kl_gap"]
+    fixed = result.runs[1]  # nothing to fit: no step taken, and said converged by no rule rather than judged
+    assert fixed["steps"] == 0 and fixed["converged"] is True and fixed["convergence"]["rule"] == "none"
     assert (row["log_px_total"], row["kl_gap_total"]) == (row["log_px"], row["kl_gap"])  # D is one unit
     assert "KL gap" in result._repr_markdown_()
     results = json.loads((tmp_path / "results.json").read_text())
