@@ -52,7 +52,7 @@ def main() -> None:
     draws = torch.distributions.Dirichlet(ALPHA).sample((args.rows,))
     x = torch.stack([torch.multinomial(w, 20, replacement=True).bincount(minlength=3) for w in draws]).float()
     exact = dirichlet_multinomial_evidence(x.double(), ALPHA, 20)
-    split, points, inside_t, filled_counts, seconds = [], [], [], [], []
+    split, points, inside_t, filled_counts, seconds, errors, filled_masks, stated = [], [], [], [], [], [], [], []
     for repeat in range(args.repeats):
         began = time.perf_counter()
         evaluation = elbogap.evaluate(proportions, guide, x, elbo_samples=16, seed=repeat)
@@ -61,6 +61,9 @@ def main() -> None:
         filled = ~per_point["log_px_systematic"]
         filled_counts.append(int(filled.sum()))
         error = per_point["log_px"].double() - exact
+        errors.append(error)
+        filled_masks.append(filled)
+        stated.append(metrics["log_px_stderr"])
         points += (error[filled] / per_point["log_px_stderr"][filled].double()).tolist()
         dof = torch.as_tensor(evaluation.dof["log_px"], dtype=torch.float64).expand(error.shape)[filled]
         halfwidth = interval_halfwidth(per_point["log_px_stderr"][filled].double(), dof)
@@ -69,6 +72,17 @@ def main() -> None:
         print(f"repeat {repeat}: {filled_counts[-1]} filled, split error {float(error.mean()):+.5f}, "
               f"stated {metrics['log_px_stderr']:.5f}, z {split[-1]:+.2f}, {seconds[-1]:.1f} s", flush=True)
     inside = sum(abs(z) < 1.96 for z in split) / len(split)
+    if all(torch.equal(mask, filled_masks[0]) for mask in filled_masks) and args.repeats > 2:
+        # do the filled points' errors add as independent ones? the variance of their sum over the repeats against
+        # the sum of their variances, and the mean correlation between two points' errors
+        filled_errors = torch.stack(errors)[:, filled_masks[0]]
+        ratio = float(filled_errors.sum(1).var() / filled_errors.var(0).sum())
+        correlation = torch.corrcoef(filled_errors.T)
+        pairs = correlation[~torch.eye(len(correlation), dtype=torch.bool)]
+        print(f"filled points' errors: variance of their sum / sum of their variances {ratio:.2f}, mean correlation "
+              f"of two points' errors {float(pairs.mean()):+.3f}; the split's error varies by "
+              f"{statistics.stdev(float(e.mean()) for e in errors):.4f} over the repeats where it states "
+              f"{statistics.mean(e * e for e in stated) ** 0.5:.4f} (root mean square)")
     print(f"\n| rows | repeats | filled points per repeat | split: z mean, z sd, within 1.96 | filled points: z mean, "
           f"z sd, within 1.96 | filled points within their t interval | s a repeat |\n|---|---|---|---|---|---|---|\n"
           f"| {args.rows} | {args.repeats} | {min(filled_counts)}-{max(filled_counts)} | "
