@@ -125,8 +125,9 @@ class Config:
     mixture_size: int = setting(3, "components of the mixture guide", least=1)
     rank: int = setting(1, "rank of the lowrank guide's covariance factor", least=1)
     eval_samples: int = setting(256, "samples of q per data point for the ELBO", least=1, role="evaluation")
-    iw_samples: int = setting(1000, "importance samples per data point for log p(x) when neither exact nor quadrature",
-                                    least=1, role="evaluation")
+    iw_samples: int = setting(1000, "importance samples per data point for log p(x) when neither exact nor quadrature "
+                                    "(at least --eval-samples: the ELBO's draws are among them)", least=1,
+                              role="evaluation")
     quadrature_points: int = setting(24, "grid points per axis for quadrature (1-D and 2-D latents)", least=4,
                                      role="evaluation")
     log_px: str = setting("auto", f"{' | '.join(log_px_settings())}: how log p(x) is computed (auto: exact or "

@@ -3,8 +3,10 @@
 The SAT coaching experiments of Rubin [1]: an estimated effect ``y`` and its standard error
 ``sigma`` for each of eight schools, pooled through a common mean ``mu`` and a spread ``tau``.
 The model is written non-centered (``theta = mu + tau * theta_raw``) so that NUTS samples it
-without divergences. The posterior is a funnel in ``tau``: mean-field guides miss the coupling
-between ``tau`` and the school effects, and the comparison shows how many nats that costs.
+without divergences. The posterior is still a funnel in ``tau``, bent rather than correlated: at
+the defaults (two seeds) the mean-field gap, 0.28 nats, falls only to 0.24 with a full-rank
+Gaussian, which cannot bend, and to 0.11 with the IAF, a flow that can; every guide's sd of log
+``tau`` is too narrow (the reference table's ratio, 0.6 for the Gaussians, about 0.8 for the IAF).
 
     python examples/eight_schools.py
 
