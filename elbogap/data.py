@@ -134,7 +134,7 @@ def _load_raw(spec: str, test_fraction: float, data_seed: int, data_dir: str | N
     arrays = read_arrays(path)
     name = path.name
     if "test" in arrays:
-        train, test = as_matrix(arrays["train"], f"{name}:train"), as_matrix(arrays["test"], f"{name}:test")
+        train, test = (as_matrix(arrays[part], f"the {part} array of {name}") for part in ("train", "test"))
         if train.shape[1] != test.shape[1]:
             raise UsageError(f"{name}: train has {train.shape[1]} columns but test has {test.shape[1]}; "
                              "both splits need the same data dimension")
@@ -307,7 +307,8 @@ def load_whole(spec: str, data_seed: int = 0, data_dir: str | None = None, binar
         if "data" in arrays:
             rows, what = as_matrix(arrays["data"], path.name), f"every row of {path.name}"
         else:
-            rows, what = as_matrix(arrays["train"], f"{path.name}:train"), f"the train array of {path.name}"
+            what = f"the train array of {path.name}"
+            rows = as_matrix(arrays["train"], what)
         rows = binarized(Dataset(path.name, rows, rows[:1]), binarize or "none", data_seed).train
     else:
         loaded = load_data(spec, 0.2, data_seed, data_dir, binarize)
