@@ -268,14 +268,14 @@ def test_ais_runs_a_program_that_does_not_broadcast_over_chains_and_recovers_its
 def test_ais_from_the_modes_of_a_gaussian_posterior_holds_its_start_bias_in_its_error():
     """A tester's linear model at 50 temperatures and 8 chains from the modes: points read up to 3e-4 nats off (mostly
     high: the start's Student-t tails, seldom drawn) at errors of 1e-5, and 43% of points lay outside their
-    intervals. Each point's error now holds the bound -log(1 - share) on that bias."""
+    intervals. Each point's own error now holds the bound -log(1 - share) on that bias; a mean over points lies
+    within its chains' error below, and within it plus the bound above."""
     model = correlated_linear_model(latent_dim=2, data_dim=8)
     torch.manual_seed(0)
     x, _ = simulate(model, torch.zeros(1, 8, dtype=torch.float64), 40)
     torch.manual_seed(1)
     result = ais_log_px(model, x, AISSettings(steps=50, chains=8, init="laplace"))
     error = result.log_px - model.log_px(x)
-    assert (result.stderr >= START_BIAS).all() and (result.jackknife_stderr >= START_BIAS).all()
     assert (error.abs() < 2.47 * result.stderr).all()
-    split_error, split_stderr = mean_and_stderr(error, result.jackknife_stderr)
-    assert abs(split_error) < 1.96 * split_stderr
+    split_error, split_stderr = mean_and_stderr(error, result.jackknife_stderr)  # a mean's error: the chains' alone
+    assert split_stderr < START_BIAS / 10 and -1.96 * split_stderr < split_error < 1.96 * split_stderr + START_BIAS
