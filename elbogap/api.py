@@ -141,7 +141,8 @@ class Comparison:
     def points(self, split: str = "test") -> list[dict]:
         """One row per finished run and evaluated point of ``split`` (``"test"`` or ``"train"``), read from each run's
         ``points.npz``: ``guide``, ``seed``, ``row`` (the point's row in the split) and that point's ``log_px``,
-        ``elbo``, ``kl_gap``, ``log_px_iwae``, ``khat``, ... with their ``_stderr`` (:mod:`elbogap.points`); NaN
+        ``elbo``, ``kl_gap``, ``log_px_iwae``, ``khat``, ... with their ``_stderr`` where they have one
+        (:mod:`elbogap.points`); NaN
         where a point has no such number. ``pandas.DataFrame(result.points())`` turns it into a data frame, e.g. to
         find the points where one family's gap is largest, or to pair two families' gaps on the same points.
 

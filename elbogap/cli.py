@@ -158,6 +158,7 @@ def run_train(args) -> int:
     from elbogap.versions import versions
 
     config = config_from_args(args)
+    config = config.replace(seeds=[config.seed], guides=[config.guide])  # the study of one run, as its report reads it
     out = Path(config.out)
     check_writable(out)
     data = load_dataset(config)
@@ -215,7 +216,7 @@ def run_evaluate(args) -> int:
     metrics = protocol_for(model).evaluate(model, guide, data, config, state["seed"], progress=not args.quiet,
                                            run_dir=args.run_dir)
     suffix = "" if config.guide == trained_with else f"-{config.guide}"
-    save_points(Path(args.run_dir) / f"points{suffix}.npz", metrics)
+    save_points(Path(args.run_dir) / f"evaluation-points{suffix}.npz", metrics)  # the run's points.npz stays its own
     record = {"guide": config.guide, "trained_with": trained_with, "seed": state["seed"], **metrics}
     saved_run = Path(args.run_dir) / "run.json"
     if config.guide == trained_with and saved_run.is_file():  # the run's own fit: whether it converged, as compare said

@@ -2,7 +2,8 @@ r"""Each run's numbers per data point, saved beside its record: ``points.npz`` i
 
 A split's means (results.json) answer "which family loses how many nats"; the points answer "on which data": each
 evaluated point's :math:`\log p(x)`, ELBO, KL gap :math:`\log p(x) - \text{ELBO}`, q's importance estimate and its
-:math:`\hat k`, each with its standard error where it has one. Every guide is evaluated on the same points; under
+:math:`\hat k`, each with its standard error where it has one. Every amortized guide is evaluated on the same
+points (a per-datapoint guide on the whole training split, not its seeded subset); under
 ``--mode fixed-model`` the guides of a seed share one model and each point's :math:`\log p(x)` (guide-independent
 estimators draw from the seed's own stream), so two families' gaps on a point differ by their ELBOs there.
 
@@ -61,7 +62,8 @@ def load_points(path: str | Path) -> dict[str, dict[str, np.ndarray]]:
 
 def point_rows(out: Path, runs: list[dict], split: str) -> list[dict]:
     """One row per finished run and evaluated point of ``split``: ``guide``, ``seed``, ``row`` (the point's row in
-    the split) and that point's numbers, for ``pandas.DataFrame``."""
+    the split) and that point's numbers, for ``pandas.DataFrame``. A run without a ``points.npz`` (finished before
+    runs saved one) has no rows."""
     table = []
     for run in runs:
         path = Path(out) / run["run_dir"] / POINTS

@@ -191,12 +191,16 @@ def test_train_evaluate_and_plot_a_run_directory(tmp_path, capsys):
         assert (run_dir / name).is_file(), name
     record = json.loads((run_dir / "run.json").read_text())
     assert record["config"]["guide"] == "iaf" and record["config"]["steps"] == 40  # the flag beat the file
+    assert "; seeds 4." in (run_dir / "results.md").read_text()  # the run's own seed (it read the default's, 0, 1)
     assert record["run"]["steps"] == 40 and len(record["run"]["curve_eval"]) == 10
     assert "snr_encoder" in record["run"] and all("snr_decoder" in point for point in record["run"]["curve_eval"])
     assert imread(run_dir / "training.png").shape[1] == round(16.5 * 110)  # three panels: the third is the SNR
 
     capsys.readouterr()
+    saved_points = (run_dir / "points.npz").read_bytes()
     assert main(["evaluate", str(run_dir), "--eval-samples", "32", "--quadrature-points", "16"]) == 0
+    assert (run_dir / "points.npz").read_bytes() == saved_points  # the run's own, as run.json is
+    assert len(load_points(run_dir / "evaluation-points.npz")["test"]["elbo"]) == record["run"]["test"]["num_points"]
     stdout = capsys.readouterr().out
     gap_split = stdout[stdout.index("## approximation vs amortization"):]
     assert "| approximation gap | amortization gap |" in gap_split and "±" in gap_split.split("\n### train")[0]
@@ -258,7 +262,7 @@ def test_cross_evaluation_fits_another_family_to_a_saved_model(tmp_path, elbogap
     assert code == 0, stderr
     record = json.loads((run_dir / "evaluation-iaf.json").read_text())
     assert record["guide"] == "iaf" and record["trained_with"] == "diag" and "approx_gap" in record["test"]
-    trained, refitted = load_points(run_dir), load_points(run_dir / "points-iaf.npz")
+    trained, refitted = load_points(run_dir), load_points(run_dir / "evaluation-points-iaf.npz")
     assert not np.array_equal(trained["test"]["elbo"], refitted["test"]["elbo"])  # its own file: diag's is kept
     assert np.array_equal(trained["test"]["log_px"], refitted["test"]["log_px"])  # quadrature: the same log p(x)
 

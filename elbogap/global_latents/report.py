@@ -232,13 +232,14 @@ def seed_spread_warnings(runs: list[dict]) -> list[str]:
 
 
 def _cell(values: list[float], stderrs: list[float] | None = None) -> str:
-    """One seed: ``value ± Monte-Carlo s.e.``; several: ``mean ± sd over seeds (s.e. of the mean)``, the mean's
+    r"""One seed: ``value ± Monte-Carlo s.e.``; several: ``mean ± sd over seeds (s.e. of the mean)``, the mean's
     Monte-Carlo error :math:`\sqrt{\sum_s e_s^2} / S` as a per-point model's table and ``Comparison.table()``'s
     ``KEY_mc_stderr`` give it (none where a seed's error is declined)."""
     finite = [stderr for stderr in stderrs or [] if math.isfinite(stderr)]
     if len(values) == 1:  # no ± where the error is declined (NaN: heavy-tailed weights)
         return figure(values[0], finite[0] if finite else None) + (f" ± {figure(finite[0])}" if finite else "")
-    own = f" (s.e. {figure(mean_error(torch.tensor(finite)))})" if finite and len(finite) == len(values) else ""
+    own = (f" (s.e. {figure(mean_error(torch.tensor(finite, dtype=torch.float64)))})"
+           if finite and len(finite) == len(values) else "")
     spread = seed_sd(values)
     return f"{figure(statistics.fmean(values), max([spread, *finite]))} ± {figure(spread)}{own}"
 

@@ -102,7 +102,8 @@ def forget_params(*owners: str) -> None:
 
 
 #: the convergence record's reason where training had nothing to fit
-NOTHING_TO_FIT = "nothing to fit: neither the model nor the guide has parameters, so it was evaluated as it is"
+NOTHING_TO_FIT = ("nothing to fit: the guide has no parameters and the model none or held fixed, so it was evaluated "
+                  "as it is")
 
 
 def make_svi(model, guide, x: torch.Tensor, batch_size: int, lr: float = 1e-3, objective: str = "elbo",
