@@ -391,15 +391,16 @@ def _better_pilot(pilot: dict, other: dict) -> bool:
     return pilot["log_evidence"] > other["log_evidence"]
 
 
-def _reported_run(path, settings: EvidenceSettings, progress: Progress, pilot_stderr: float):
+def _reported_run(path, settings: EvidenceSettings, progress: Progress, pilot_stderr: float, form: str = ""):
     """The reported run along ``path``: fresh runs, each with more temperatures where a heavier tail (no error) or a
     larger error than the pilot said asks for them (stage 4 of the module); the last run's state, step sizes,
-    acceptance and every run's record."""
-    steps, runs = settings.steps_for(pilot_stderr), []
+    acceptance and every run's record. Each run's progress line says why it runs (``form``: which of a program's two
+    forms, where it has two)."""
+    steps, runs, why = settings.steps_for(pilot_stderr), [], ""
     while True:
         begun = time.perf_counter()
-        final, step_sizes, acceptance = _anneal(path, settings.ais(steps), progress, f"AIS at {steps} temperatures",
-                                                details=True)
+        final, step_sizes, acceptance = _anneal(path, settings.ais(steps), progress,
+                                                f"AIS at {steps} temperatures{form}{why}", details=True)
         stderr = float(log_mean_exp_stderr(final.log_w.double())[0])
         runs.append({"steps": steps, "stderr": stderr, "log_evidence": float(log_mean_exp(final.log_w.double())[0]),
                      "seconds": time.perf_counter() - begun})
@@ -407,6 +408,8 @@ def _reported_run(path, settings: EvidenceSettings, progress: Progress, pilot_st
             return final, step_sizes, acceptance, runs
         wanted = settings.steps_for(stderr) if math.isfinite(stderr) else 4 * steps  # no error: a heavy tail
         steps = min(settings.max_steps, max(2 * steps, wanted))
+        why = (f", again: the last run's error {stderr:.2g} is above {settings.target_stderr:g}"
+               if math.isfinite(stderr) else ", again: the last run's weights had no error bar (a heavy tail)")
 
 
 def _from_reference(model, data, settings: EvidenceSettings, progress) -> Evidence:
@@ -425,7 +428,9 @@ def _from_reference(model, data, settings: EvidenceSettings, progress) -> Eviden
         final, step_sizes, acceptance, runs = _reported_run(path, settings, progress, own["pilot"]["stderr"])
         if len(forms) > 1 and forms[1][2]["pilot"]["log_evidence"] > runs[-1]["log_evidence"]:
             other_program, other_path, other = forms[1]
-            other_final = _reported_run(other_path, settings, progress, other["pilot"]["stderr"])
+            name = "program as written" if other_program is model else "non-centred form"
+            other_final = _reported_run(other_path, settings, progress, other["pilot"]["stderr"],
+                                        f" (the {name}, whose pilot read above the first form's run)")
             last, theirs = runs[-1], other_final[3][-1]
             stages["coordinates"]["other_run"] = theirs
             margin = PRIOR_SWITCH * math.hypot(*(value if math.isfinite(value) else 0.0

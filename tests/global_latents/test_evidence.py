@@ -19,6 +19,7 @@ from elbogap.global_latents.evidence import (
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.inference.ais import AISSettings
 from elbogap.inference.weights import group_spread_dof, interval_halfwidth
+from elbogap.progress import Bars
 from tests.global_latents import truth
 
 #: cheap under vmap: chains cost little more than one, and each adds to the estimate's precision
@@ -84,6 +85,18 @@ def centred_schools(data):
 
 
 @pytest.mark.slow  # about 30 s; in CI tests/global_latents/test_decentred.py: BDMC anneals a centred funnel non-centred
+class Said(Bars):
+    """Bars not shown, each one's description kept: what a user's progress line says of each run."""
+
+    def __init__(self):
+        super().__init__(False)
+        self.bars = []
+
+    def bar(self, desc, total=None, unit="step", initial=0):
+        self.bars.append(desc)
+        return super().bar(desc, total, unit, initial)
+
+
 def test_a_centred_funnel_is_annealed_non_centred_even_where_its_pilots_choose_wrong(monkeypatch):
     """On the centred funnel AIS from the fitted reference read 0.16-0.24 nats low (BENCHMARKS.md); the program's
     non-centred form pilots better (5 of 5 seeds at these settings). Here the pilots' choice is forced to the program
@@ -94,7 +107,9 @@ def test_a_centred_funnel_is_annealed_non_centred_even_where_its_pilots_choose_w
     exact = truth.eight_schools_log_evidence(data[:, 0].double(), data[:, 1].double())
     model = GlobalLatentModel(centred_schools, data, "centred")
     pyro.set_rng_seed(0)
-    evidence = ais_evidence(model, data, EvidenceSettings(max_steps=400))
+    said = Said()
+    evidence = ais_evidence(model, data, EvidenceSettings(max_steps=400), said)
+    assert any("(the non-centred form, whose pilot read above the first form's run)" in desc for desc in said.bars)
     coordinates = evidence.stages["coordinates"]
     assert coordinates["chosen"] == "non-centred" and coordinates["sites"] == ["theta"]
     assert coordinates["switched"]["log_evidence"] < exact - 0.1, "the program as written, run first, read low"
