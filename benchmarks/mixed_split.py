@@ -18,28 +18,16 @@ import sys
 import time
 from pathlib import Path
 
-import pyro
-import pyro.distributions as dist
 import torch
 
 import elbogap
 from elbogap.inference.weights import interval_halfwidth
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from tests.estimators.truth import dirichlet_multinomial_evidence  # noqa: E402
-
-ALPHA = torch.tensor([0.2, 0.3, 0.5])
-
-
-def proportions(x):
-    with pyro.plate("data", x.shape[0]):
-        weights = pyro.sample("weights", dist.Dirichlet(ALPHA))
-        pyro.sample("x", dist.Multinomial(20, weights.float()), obs=x)
-
-
-def guide(x):
-    with pyro.plate("data", x.shape[0]):
-        pyro.sample("weights", dist.Dirichlet(torch.ones(x.shape[0], 3)))
+from tests.estimators.truth import PROPORTIONS_ALPHA as ALPHA  # noqa: E402
+from tests.estimators.truth import dirichlet_multinomial_evidence, proportions_rows  # noqa: E402
+from tests.estimators.truth import flat_proportions_guide as guide  # noqa: E402
+from tests.estimators.truth import float32_proportions as proportions  # noqa: E402
 
 
 def main() -> None:
@@ -48,9 +36,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    torch.manual_seed(1)
-    draws = torch.distributions.Dirichlet(ALPHA).sample((args.rows,))
-    x = torch.stack([torch.multinomial(w, 20, replacement=True).bincount(minlength=3) for w in draws]).float()
+    x = proportions_rows(args.rows)
     exact = dirichlet_multinomial_evidence(x.double(), ALPHA, 20)
     split, points, inside_t, filled_counts, seconds, errors, filled_masks, stated = [], [], [], [], [], [], [], []
     for repeat in range(args.repeats):

@@ -25,6 +25,32 @@ def squared_location_evidence(x: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(log_p, -1) + math.log(z[1] - z[0])
 
 
+#: the Dirichlet concentrations of :func:`float32_proportions`
+PROPORTIONS_ALPHA = torch.tensor([0.2, 0.3, 0.5])
+
+
+def float32_proportions(x):
+    """20 Multinomial draws a row from Dirichlet(0.2, 0.3, 0.5) proportions cast with ``.float()``: a program that
+    computes in float32, so quadrature's grid does not settle on many rows (exact:
+    :func:`dirichlet_multinomial_evidence`)."""
+    with pyro.plate("data", x.shape[0]):
+        weights = pyro.sample("weights", dist.Dirichlet(PROPORTIONS_ALPHA))
+        pyro.sample("x", dist.Multinomial(20, weights.float()), obs=x)
+
+
+def flat_proportions_guide(x):
+    """A guide for :func:`float32_proportions`: flat Dirichlet proportions, no parameters."""
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("weights", dist.Dirichlet(torch.ones(x.shape[0], 3)))
+
+
+def proportions_rows(rows: int) -> torch.Tensor:
+    """``rows`` rows of :func:`float32_proportions`'s counts, from torch's seed 1."""
+    torch.manual_seed(1)
+    draws = torch.distributions.Dirichlet(PROPORTIONS_ALPHA).sample((rows,))
+    return torch.stack([torch.multinomial(w, 20, replacement=True).bincount(minlength=3) for w in draws]).float()
+
+
 def dirichlet_multinomial_evidence(x: torch.Tensor, alpha: torch.Tensor, count: int) -> torch.Tensor:
     r"""log p(x) per row of ``count`` Multinomial draws under Dirichlet(``alpha``) proportions:
     :math:`\log [N! / \prod_k x_k!] + \log \Gamma(A) - \log \Gamma(N + A) + \sum_k \log \Gamma(x_k + a_k)

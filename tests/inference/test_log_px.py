@@ -135,27 +135,14 @@ def test_auto_fills_in_by_ais_the_points_that_quadrature_left_without_an_error_b
     Under --log-px auto, AIS now gives those points' log p(x), within their errors of the Dirichlet-multinomial
     closed form; the other points keep the quadrature's, and the split's error adds its bounds to AIS's random
     errors. Before, those points kept their NaN errors, and the split mean their values, 10-40 nats low."""
-    import pyro
-    import pyro.distributions as dist
-
     import elbogap
     from elbogap.inference.ais import AISSettings
-    from tests.estimators.truth import dirichlet_multinomial_evidence
+    from tests.estimators.truth import PROPORTIONS_ALPHA as alpha
+    from tests.estimators.truth import dirichlet_multinomial_evidence, proportions_rows
+    from tests.estimators.truth import flat_proportions_guide as guide
+    from tests.estimators.truth import float32_proportions as proportions
 
-    alpha = torch.tensor([0.2, 0.3, 0.5])
-
-    def proportions(x):
-        with pyro.plate("data", x.shape[0]):
-            weights = pyro.sample("weights", dist.Dirichlet(alpha))
-            pyro.sample("x", dist.Multinomial(20, weights.float()), obs=x)
-
-    def guide(x):
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("weights", dist.Dirichlet(torch.ones(x.shape[0], 3)))
-
-    torch.manual_seed(1)
-    draws = torch.distributions.Dirichlet(alpha).sample((16,))
-    x = torch.stack([torch.multinomial(w, 20, replacement=True).bincount(minlength=3) for w in draws]).float()
+    x = proportions_rows(16)
     evaluation = elbogap.evaluate(proportions, guide, x, elbo_samples=16, quadrature_points=24,
                                   ais=AISSettings(steps=200, chains=16))
     metrics, per_point = evaluation.metrics, evaluation.per_point
