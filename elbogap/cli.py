@@ -15,7 +15,8 @@ from elbogap.config import EVALUATION, FIELDS, Config, flag, kind_of, resolve
 from elbogap.errors import UsageError
 from elbogap.points import save_points
 from elbogap.records import is_global_study
-from elbogap.report import write_results
+from elbogap.report import caveats, gap_notes, gap_section, table, write_results
+from elbogap.summary import approx_gap_note, on_log_px_points, plus_minus
 
 
 def comma_list(item_type):
@@ -185,9 +186,7 @@ def run_evaluate(args) -> int:
 
     from elbogap.factory import fit_family
     from elbogap.protocols import protocol_for
-    from elbogap.report import caveats, gap_notes, gap_section, table
     from elbogap.runs import load_run
-    from elbogap.summary import plus_minus
 
     config, data, model, guide, state = load_run(args.run_dir, getattr(args, "device", None))
     trained_with = state["guide_name"]
@@ -255,7 +254,6 @@ EVALUATION_KEYS = ("log_px_points", "log_px", "log_px_stderr", "elbo_log_px_poin
 
 def evaluation_line(metrics: dict) -> dict:
     """A split's numbers for ``elbogap evaluate``'s JSON line, with the note on its approximation gap if any."""
-    from elbogap.summary import approx_gap_note, on_log_px_points
 
     metrics = on_log_px_points(metrics)
     line = {key: metrics[key] for key in EVALUATION_KEYS if key in metrics}
