@@ -221,7 +221,8 @@ def evaluate(model, guide, x, *, log_px: str = Config.log_px, elbo_samples: int 
     ``elbo``, ``log_px``, ``kl_gap``, ``log_px_iwae``, ... and how log p(x) was computed) and
     ``per_point`` tensors, with ``interval(key)`` for each point's 95% interval (one point's AIS or IWAE error has
     about 6 degrees of freedom: ``dof``). ``log_px="auto"`` uses AIS on ``ais_points`` of the rows where no
-    closed form or quadrature applies; ``ais`` is an :class:`~elbogap.inference.ais.AISSettings`.
+    closed form or quadrature applies; ``ais`` is an :class:`~elbogap.inference.ais.AISSettings`, by default the
+    command line's (``Config().ais_settings()``: 500 temperatures x 16 chains, started at each point's posterior modes).
     """
     from elbogap.guides import Guide, ProgramGuide
     from elbogap.inference import evaluate as evaluate_pair
@@ -240,7 +241,7 @@ def evaluate(model, guide, x, *, log_px: str = Config.log_px, elbo_samples: int 
     ais_index = torch.randperm(len(x), generator=streams.generator("notebook_ais_points", seed))[:ais_points]
     ais_index = ais_index.sort().values
     return evaluate_pair(model, guide, x, elbo_samples=elbo_samples, iw_samples=iw_samples, log_px_method=log_px,
-                         quadrature_points=quadrature_points, ais=ais, ais_index=ais_index)
+                         quadrature_points=quadrature_points, ais=ais or Config().ais_settings(), ais_index=ais_index)
 
 
 @dataclass

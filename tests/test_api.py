@@ -8,9 +8,11 @@ import torch
 
 import elbogap
 from elbogap.cli import main
+from elbogap.config import Config
 from elbogap.data import load_data
 from elbogap.errors import UsageError
 from elbogap.runs import load_run
+from tests.conftest import optimal_diag_guide
 from tests.test_programs import TUTORIAL_VAE
 
 QUICK = {"steps": 40, "eval_samples": 8, "iw_samples": 16, "quadrature_points": 12, "gap_points": 4,
@@ -100,3 +102,14 @@ def test_the_gradient_estimator_is_a_keyword_checked_before_any_training(tmp_pat
     with pytest.raises(UsageError, match="use --gradient dreg with iwae"):
         elbogap.compare("vae", ["diag"], out=tmp_path / "o", objective="iwae", gradient="stl", **QUICK)
     assert not (tmp_path / "o" / "runs").exists()
+
+
+def test_evaluate_anneals_as_the_command_line_does_by_default(linear_model, linear_data):
+    """The notebook's ``evaluate`` takes the command line's AIS settings (from each point's posterior modes, 500
+    temperatures x 16 chains), not the library's ``AISSettings()`` (from the prior), and lands on the exact log p(x)."""
+    guide = optimal_diag_guide(linear_model)
+    evaluation = elbogap.evaluate(linear_model, guide, linear_data[:1], log_px="ais", elbo_samples=16, iw_samples=16)
+    metrics = evaluation.metrics
+    assert metrics["ais"]["init"] == "laplace" and metrics["ais"]["steps"] == Config.ais_steps
+    exact = float(linear_model.log_px(linear_data[:1]).mean())
+    assert abs(metrics["log_px"] - exact) < 4 * metrics["log_px_stderr"]

@@ -64,7 +64,8 @@ START_BIAS = -math.log1p(-TAIL_SHARE)
 @dataclass(frozen=True)
 class AISSettings:
     """How an AIS run is set up; the defaults are those of ``elbogap --log-px ais``, except ``init``: the command's
-    default is ``"laplace"``, the library's stays ``"prior"`` (the calibration benchmarks' rows were measured so).
+    default is ``"laplace"`` (as is :func:`elbogap.evaluate`'s), this class's stays ``"prior"`` (the calibration
+    benchmarks' rows were measured so).
 
     :param int steps: intermediate distributions :math:`T` (transitions per chain).
     :param int chains: independent chains :math:`K` per data point.
