@@ -96,10 +96,18 @@ def figure(value: float, beside: float | None = None) -> str:
     """Three decimals, or two significant digits where three decimals would show a number that is not 0 as 0.000
     (a precise evidence's error, a small gap per point), which reads as exact. A value shown ``beside`` its error
     gets as many decimals as that error shows (the larger, where a cell shows two): a gap of -0.00061 ± 0.00045
-    read "-0.001 ± 0.00045", 2.2 errors below 0 where it lies 1.4."""
+    read "-0.001 ± 0.00045", 2.2 errors below 0 where it lies 1.4; beside an error of 1 or more, one decimal (none
+    from 10), as that error's second digit: a mean ESS of 189.2 ± 3.5, not 189.178 ± 3.499."""
+    if beside is not None and math.isfinite(beside) and abs(beside) >= 1:
+        return f"{value:.{1 if abs(beside) < 10 else 0}f}"
     if beside is not None and math.isfinite(beside) and beside != 0 and abs(beside) < 0.0005:
         return f"{value:.{max(3, 1 - math.floor(math.log10(abs(beside))))}f}"
     return f"{value:.2g}" if value != 0 and abs(value) < 0.0005 else f"{value:.3f}"
+
+
+def error_figure(error: float) -> str:
+    """An error as :func:`figure` writes it, to its own second digit from 1 up (3.5, not 3.499)."""
+    return figure(error, error if math.isfinite(error) and abs(error) >= 1 else None)
 
 
 def cell(stats: dict | None, marker: str = "") -> str:
@@ -110,11 +118,11 @@ def cell(stats: dict | None, marker: str = "") -> str:
     errors = [stats[key] for key in ("seed_sd", "mc_stderr") if key in stats and math.isfinite(stats[key])]
     text = f"{marker}{figure(stats['mean'], max(errors, default=None))}"
     if "seed_sd" in stats:
-        text += f" ± {figure(stats['seed_sd'])}"
+        text += f" ± {error_figure(stats['seed_sd'])}"
         if "mc_stderr" in stats:
-            text += f" (s.e. {figure(stats['mc_stderr'])})"
+            text += f" (s.e. {error_figure(stats['mc_stderr'])})"
     elif "mc_stderr" in stats:
-        text += f" ± {figure(stats['mc_stderr'])}"
+        text += f" ± {error_figure(stats['mc_stderr'])}"
     return text
 
 
