@@ -16,10 +16,12 @@ Functions that take ``progress`` accept a ``bool`` (show tqdm bars or not) or a 
 import contextlib
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tqdm.asyncio import tqdm as text_tqdm
 from tqdm.auto import tqdm
 
 #: the file in a run directory that says how far the run is, while it runs under a driver
@@ -27,6 +29,16 @@ STATUS = "progress.json"
 
 #: seconds between two writes of the status file while a bar only counts (a new phase is written at once)
 WRITE_EVERY = 0.5
+
+#: seconds between two redraws of a text bar whose stream is not a terminal (a redirected log): a line every half
+#: minute, not one per step
+LOG_EVERY = 30.0
+
+
+def redraw_every() -> float:
+    """tqdm's ``mininterval``: its own 0.1 s on a terminal or in a notebook, :data:`LOG_EVERY` into a file."""
+    logged = tqdm is text_tqdm and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+    return LOG_EVERY if logged else 0.1
 
 
 def path_text(labels: list[str]) -> str:
@@ -93,7 +105,8 @@ class Bars(Progress):
         title = path_text([*self.labels, desc])
         if self.run:
             title = f"{self.run} › {title}"
-        return tqdm(total=total, initial=initial, desc=title, unit=unit, leave=False, disable=not self.show)
+        return tqdm(total=total, initial=initial, desc=title, unit=unit, leave=False, disable=not self.show,
+                    mininterval=redraw_every())
 
 
 def as_progress(progress: "bool | Progress") -> Progress:

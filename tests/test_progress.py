@@ -55,3 +55,12 @@ def test_bars_are_titled_by_the_run_and_the_phases_they_are_in(capsys):
         bar.update(3)
     assert capsys.readouterr().err == ""
     assert as_progress(progress) is progress
+
+
+def test_a_bar_into_a_redirected_log_redraws_twice_a_minute_not_every_step(capsys):
+    """stderr captured (a file, not a terminal): 1,000 quick updates write a handful of redraws, not 1,000."""
+    with Bars(run="diag-seed0").bar("training", 1000) as bar:
+        assert bar.mininterval == progress_module.LOG_EVERY
+        for _ in range(1000):
+            bar.update()
+    assert capsys.readouterr().err.count("\r") < 10

@@ -45,6 +45,7 @@ from elbogap.global_latents.training import batch_size
 from elbogap.inference.bdmc import simulate
 from elbogap.inference.convergence import ConvergenceSettings
 from elbogap.inference.evaluation import sample_latents
+from elbogap.progress import redraw_every
 from elbogap.protocols import PROTOCOLS
 from elbogap.runs import Interrupted, load_run
 from elbogap.sites import constrain, latent_sites, split_flat, split_latents
@@ -213,7 +214,7 @@ def stacked_fits(config: Config, base, chunk: list[tuple[int, int]], guide_name:
     if saved is not None:
         stack.load_state_dict(saved)
     with tqdm(desc=f"{guide_label(guide_name)}: {len(chunk)} fits at once", disable=not progress,
-              leave=False) as bar:
+              leave=False, mininterval=redraw_every()) as bar:
         stack.run(should_stop, bar)
     if should_stop():
         if on_stop is not None:
@@ -290,7 +291,8 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
     todo = [(index, streams.seed_for("simulation", seed, index)) for index in range(config.simulations)
             if index not in finished]
     started = time.perf_counter()
-    bar = tqdm(total=config.simulations, initial=len(done), desc="simulations", disable=not progress, leave=False)
+    bar = tqdm(total=config.simulations, initial=len(done), desc="simulations", disable=not progress, leave=False,
+               mininterval=redraw_every())
 
     def collect(*records: dict) -> None:
         if records:
