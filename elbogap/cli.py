@@ -11,12 +11,21 @@ import time
 import traceback
 from pathlib import Path
 
+from elbogap.calibration.study import calibrate
 from elbogap.config import EVALUATION, FIELDS, Config, flag, kind_of, resolve
 from elbogap.errors import UsageError
+from elbogap.factory import check_rows, fit_family, for_data, load_dataset
+from elbogap.failures import ProgramFailed, keep_traceback, program_failure
+from elbogap.global_latents.report import gap_table
 from elbogap.points import save_points
+from elbogap.protocols import protocol_for
 from elbogap.records import is_global_study
 from elbogap.report import caveats, gap_notes, gap_section, table, write_results
+from elbogap.runs import LOG, Interrupted, NumericalFault, load_run, run_one
+from elbogap.stopping import stop_requests
 from elbogap.summary import approx_gap_note, on_log_px_points, plus_minus
+from elbogap.sweep import RunFailed, compare, save_study
+from elbogap.versions import versions
 
 
 def comma_list(item_type):
@@ -132,8 +141,6 @@ def check_writable(out: Path) -> None:
 
 
 def finish(results: dict, out: Path, config: Config, quiet: bool, started: float | None = None) -> None:
-    from elbogap.sweep import save_study
-
     save_study(results, out, config, started)
     if not quiet:
         print((out / "results.md").read_text())
@@ -141,8 +148,6 @@ def finish(results: dict, out: Path, config: Config, quiet: bool, started: float
 
 
 def run_compare(args) -> int:
-    from elbogap.sweep import compare
-
     config = config_from_args(args)
     out = Path(config.out)
     check_writable(out)
@@ -152,12 +157,6 @@ def run_compare(args) -> int:
 
 
 def run_train(args) -> int:
-    from elbogap.factory import check_rows, for_data, load_dataset
-    from elbogap.failures import ProgramFailed, keep_traceback, program_failure
-    from elbogap.runs import LOG, Interrupted, NumericalFault, run_one
-    from elbogap.stopping import stop_requests
-    from elbogap.versions import versions
-
     config = config_from_args(args)
     config = config.replace(seeds=[config.seed], guides=[config.guide])  # the study of one run, as its report reads it
     out = Path(config.out)
@@ -183,11 +182,6 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
-
-    from elbogap.factory import fit_family
-    from elbogap.protocols import protocol_for
-    from elbogap.runs import load_run
-
     config, data, model, guide, state = load_run(args.run_dir, getattr(args, "device", None))
     trained_with = state["guide_name"]
     config = config_from_args(args, base=config.replace(guide=trained_with, bdmc=0))
@@ -223,8 +217,6 @@ def run_evaluate(args) -> int:
     name = f"evaluation{suffix}.json"
     (Path(args.run_dir) / name).write_text(json.dumps(record, indent=2))
     if is_global_study([metrics]):  # the whole data set's metrics (one unit), as a model with global latents gives
-        from elbogap.global_latents.report import gap_table
-
         if not args.quiet:
             print("\n".join(gap_table([record])) + "\n")
         keys = ("log_px", "log_px_stderr", "elbo", "elbo_stderr", "kl_gap", "kl_gap_stderr", "log_px_iwae",
@@ -263,8 +255,7 @@ def evaluation_line(metrics: dict) -> dict:
 
 
 def run_calibrate(args) -> int:
-    from elbogap.calibration.report import write_calibration
-    from elbogap.calibration.study import calibrate
+    from elbogap.calibration.report import write_calibration  # matplotlib loads only where figures are drawn
 
     config = config_from_args(args)
     out = Path(config.out)
@@ -279,7 +270,7 @@ def run_calibrate(args) -> int:
 
 
 def run_plot(args) -> int:
-    from elbogap.plots import make_figures
+    from elbogap.plots import make_figures  # matplotlib loads only where figures are drawn
 
     for path in make_figures(args.results_dir):
         if not args.quiet:
@@ -288,10 +279,6 @@ def run_plot(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from elbogap.failures import ProgramFailed
-    from elbogap.runs import Interrupted, NumericalFault
-    from elbogap.sweep import RunFailed
-
     started = time.perf_counter()
     args = build_parser().parse_args(argv)
     args.started = started

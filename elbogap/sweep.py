@@ -17,12 +17,13 @@ from tqdm.auto import tqdm
 
 from elbogap.backends import Outcome, RunTask, open_backend
 from elbogap.board import Board
-from elbogap.config import Config
+from elbogap.config import Config, to_toml
 from elbogap.errors import UsageError
 from elbogap.export import export_study
 from elbogap.factory import build, check_gradient, check_rows, for_data, guide_label, load_dataset, with_kind_guides
 from elbogap.failures import ProgramFailed
 from elbogap.records import is_global_study
+from elbogap.report import write_results
 from elbogap.runs import LOG, Interrupted, NumericalFault
 from elbogap.seeds import merge_outcomes, pending_stacks
 from elbogap.stopping import stop_requests
@@ -249,15 +250,12 @@ def save_study(results: dict, out: str | Path, config: Config, started: float | 
     ``results["seconds"]`` gains the figures' time and, from ``started`` (a ``time.perf_counter()``
     reading at the command's start), the total, which the table's footer states.
     """
-    from elbogap.config import to_toml
-    from elbogap.report import write_results
-
     out = Path(out)
     seconds = results.setdefault("seconds", {})
     write_results(results, out)
     (out / "config.toml").write_text(to_toml(config))
     if config.figures:
-        from elbogap.plots import make_figures
+        from elbogap.plots import make_figures  # matplotlib loads only where figures are drawn
 
         begun = time.perf_counter()
         make_figures(out)

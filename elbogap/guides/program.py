@@ -5,6 +5,7 @@ import torch
 from elbogap.errors import UsageError
 from elbogap.guides.base import Guide
 from elbogap.sites import latent_sites
+from elbogap.user_model import call_scaled, check_guide_draws, load_params_state, params_state, trace_program
 
 
 class ProgramGuide(Guide):
@@ -28,8 +29,6 @@ class ProgramGuide(Guide):
     density_anywhere = False
 
     def __init__(self, program, model, example_x: torch.Tensor, spec: str, owner=None):
-        from elbogap.user_model import check_guide_draws, trace_program
-
         super().__init__(model.latent_dim)
         self.fn, self.spec = program, spec
         if isinstance(owner, torch.nn.Module) and owner is not getattr(model, "owner", None):
@@ -53,8 +52,6 @@ class ProgramGuide(Guide):
         return None  # no family elbogap could search: the gap is reported whole
 
     def guide(self, x, index=None, num_data=None):
-        from elbogap.user_model import call_scaled
-
         return call_scaled(self.fn, x, index, num_data)
 
     def distribution(self, x, index=None):
@@ -62,11 +59,7 @@ class ProgramGuide(Guide):
                          "this needs one of elbogap's own guides")
 
     def state_dict(self, *args, **kwargs):
-        from elbogap.user_model import params_state
-
         return params_state(self.param_names)
 
     def load_state_dict(self, state, strict: bool = True):
-        from elbogap.user_model import load_params_state
-
         load_params_state(state)

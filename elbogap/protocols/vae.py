@@ -9,6 +9,7 @@ runs on data simulated from the trained model.
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from elbogap import streams
@@ -18,6 +19,7 @@ from elbogap.data import Dataset
 from elbogap.device import rng_devices
 from elbogap.figure_data import save_figure_data
 from elbogap.inference import evaluate, refit_guide
+from elbogap.inference.bdmc import sandwich
 from elbogap.inference.gaps import KnownLogPx, gap_decomposition
 from elbogap.inference.stacked_training import Q_STAR, stacker
 from elbogap.phases import Phases
@@ -160,9 +162,6 @@ def elbo_on_log_px_points(per_point: dict) -> dict:
 def run_bdmc(model, data: Dataset, config: Config, seed: int, run_dir: str | Path,
              progress: bool | Progress = False) -> dict:
     """BDMC on ``config.bdmc`` pairs simulated from ``model``; writes bdmc.json and bdmc.npz, returns the summary."""
-    import numpy as np
-
-    from elbogap.inference.bdmc import sandwich
 
     streams.seeded("bdmc", seed)
     summary, arrays = sandwich(model, data.train[:1], config.bdmc, config.ais_settings(), progress=progress)
