@@ -217,7 +217,7 @@ def run_tasks(backend, config: Config, tasks: list[RunTask], on_run: Callable[[R
                     on_run(outcome.task, outcome.payload)
                 elif outcome.status == "fault" and config.on_nan == "skip":
                     on_run(outcome.task, skipped_run(outcome.task.guide, outcome.task.seed, outcome.payload))
-                elif outcome.status == "interrupted" or stopping:  # a run that died while stopping was stopped
+                elif outcome.status == "interrupted" or stopping or should_stop():  # died while stopping: stopped
                     interrupted = interrupted or outcome
                 elif failure is None:
                     failure = as_exception(outcome, config.debug)

@@ -10,6 +10,9 @@ run in progress, which checkpoints its run and stops.
 
 import os
 import queue
+import signal
+import threading
+import time
 
 import torch
 
@@ -18,13 +21,43 @@ from elbogap.backends.task import Outcome, RunTask, execute
 from elbogap.config import Config
 from elbogap.where import where_am_i
 
+#: seconds between a worker's looks at whether its driver still runs
+WATCH_EVERY = 2.0
 
-def _serve(inbox, reports, config: dict, threads: int, status: bool) -> None:
-    """A worker: execute each task from ``inbox`` and report its outcome, until handed None; with ``status``,
-    each run writes how far it is to its run directory for the driver."""
-    in_worker()
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (a zombie, exited but not reaped, has)."""
     try:
-        while (task := inbox.get()) is not None:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process holds the number: ours is gone
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:  # no /proc (macOS): existence is all there is to know
+        return True
+
+
+def _watch_driver(driver: int, gone: threading.Event) -> None:
+    """Once the driver has died (killed outright, or its fork server with it), stop this worker's run as SIGTERM
+    would (a training run checkpoints at its next step) and let the worker leave: no run goes on with no one to
+    report to, holding the terminal's pipe."""
+    while running(driver):
+        time.sleep(WATCH_EVERY)
+    gone.set()
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _serve(inbox, reports, config: dict, threads: int, status: bool, driver: int) -> None:
+    """A worker: execute each task from ``inbox`` and report its outcome, until handed None or its driver dies;
+    with ``status``, each run writes how far it is to its run directory for the driver."""
+    in_worker()
+    gone = threading.Event()
+    threading.Thread(target=_watch_driver, args=(driver, gone), daemon=True).start()
+    try:
+        while not gone.is_set() and (task := inbox.get()) is not None:
             reports.put(execute(config, task, threads, where_am_i("local"), status=status))
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; an idle worker just leaves
         pass
@@ -33,7 +66,8 @@ def _serve(inbox, reports, config: dict, threads: int, status: bool) -> None:
 class _Worker:
     def __init__(self, context, reports, config: dict, threads: int, status: bool):
         self.inbox = context.Queue()
-        self.process = context.Process(target=_serve, args=(self.inbox, reports, config, threads, status), daemon=True)
+        self.process = context.Process(target=_serve, args=(self.inbox, reports, config, threads, status, os.getpid()),
+                                       daemon=True)
         self.process.start()
         self.task: RunTask | None = None
 
@@ -65,7 +99,9 @@ class ProcessBackend:
         try:
             outcome = self.reports.get(timeout=timeout)
         except queue.Empty:
-            died = [worker for worker in self.workers if worker.task is not None and not worker.process.is_alive()]
+            # a fork server killed with the study (SIGTERM to its process group) reads its live workers as dead
+            died = [worker for worker in self.workers if worker.task is not None and not worker.process.is_alive()
+                    and not running(worker.process.pid)]
             outcomes = [Outcome(worker.task, "error", f"its process died (exit code {worker.process.exitcode})")
                         for worker in died]  # killed, or hit in start-up, before it could report
             for worker in died:

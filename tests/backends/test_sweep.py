@@ -1,10 +1,12 @@
 """One sweep loop on every backend: same numbers, same stop and resume, same --on-nan policy."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -79,6 +81,46 @@ def test_sigterm_stops_the_sweep_with_checkpoints_and_another_backend_resumes_it
     assert main([*sweep_args(programs, out), *backend_flags(then)]) == 2  # refused: would overwrite the runs
     assert main([*sweep_args(programs, out), *backend_flags(then), "--resume"]) == 0
     assert numbers(out) == serial_numbers
+
+
+def group_members(group: int) -> list[int]:
+    """The processes still alive in process group ``group`` (zombies left out)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # exited while read
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def test_sigterm_to_the_whole_process_group_keeps_every_run_and_leaves_no_worker(backend_flags, programs, tmp_path):
+    """A batch scheduler's SIGTERM reaches the driver, its fork server and its workers at once: the fork server dies
+    and reads its live workers as dead. The study still ends as an interruption (no traceback), every running run
+    checkpoints, and no worker goes on with no driver (a tester's orphan held the terminal's pipe for 9 minutes)."""
+    out = tmp_path / "out"
+    programs["flag"].touch()
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "elbogap.cli", *sweep_args(programs, out),
+                                    *backend_flags("jobs")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True)
+        logs = [out / "runs" / f"diag-seed{seed}" / "train.log" for seed in (0, 1)]
+        deadline = time.time() + 120
+        while not all(log.is_file() and "step 10 " in log.read_text() for log in logs) and time.time() < deadline:
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+        deadline = time.time() + 30
+        while group_members(process.pid) and time.time() < deadline:
+            time.sleep(0.2)
+    finally:
+        programs["flag"].unlink()
+    assert process.returncode == 128 + signal.SIGTERM and "--resume" in stderr and "Traceback" not in stderr, stderr
+    assert group_members(process.pid) == []
+    for seed in (0, 1):
+        assert not load_checkpoint(out / "runs" / f"diag-seed{seed}" / "checkpoint.pt")["complete"]
 
 
 @pytest.mark.parametrize("backend", ["serial", "jobs", pytest.param("ray", marks=pytest.mark.slow)])  # ray: 20 s
