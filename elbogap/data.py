@@ -48,6 +48,8 @@ class Dataset:
     kind: str = "vae"
     #: what the rows are, for a model with global latents (see :func:`load_whole`)
     rows: str = ""
+    #: the positions of ``--holdout``'s rows among the rows read (``test``), for a model with global latents
+    held_out: tuple[int, ...] = ()
 
     @property
     def data_dim(self) -> int:

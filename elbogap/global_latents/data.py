@@ -47,7 +47,7 @@ def study_data(config) -> Dataset:
     kept = torch.ones(len(rows), dtype=torch.bool)
     kept[held] = False
     what = f"{int(kept.sum())} of {what.removeprefix('every row of ')}; {len(held)} rows held out (--holdout)"
-    return Dataset(name, rows[kept], rows[held], kind="global", rows=what)
+    return Dataset(name, rows[kept], rows[held], kind="global", rows=what, held_out=tuple(held.tolist()))
 
 
 def held_out(count: int, share: float, data_seed: int) -> torch.Tensor:

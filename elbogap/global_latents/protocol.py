@@ -164,6 +164,8 @@ def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, ph
         if at_bound := guide.scales_at_bound(seed):
             metrics["scales_at_bound"] = at_bound
     metrics["rows"] = data.rows
+    if data.held_out:
+        metrics["held_out_rows"] = list(data.held_out)
     with phases("evidence"), progress.phase("evidence"):
         evidence = evidence_state(model, rows, config, seed, run_dir, progress)
     summary = evidence["summary"]

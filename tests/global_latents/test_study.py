@@ -9,6 +9,8 @@ import pytest
 import torch
 
 import elbogap
+from elbogap.config import Config
+from elbogap.global_latents.data import held_out, study_data
 from elbogap.global_latents.second_start import STARTS
 from elbogap.inference.weights import group_spread_dof, interval_halfwidth
 from elbogap.records import SHARED_METRICS
@@ -110,7 +112,6 @@ def test_held_out_rows_get_their_exact_log_predictive_density(tmp_path, monkeypa
     """Both evidences it subtracts draw from their own streams (before, one stream: their errors were not
     independent, as the held-out error assumes)."""
     from elbogap import streams
-    from elbogap.global_latents.data import held_out
 
     seeded, real = [], streams.seeded
     monkeypatch.setattr(streams, "seeded", lambda name, seed: (seeded.append(name), real(name, seed))[1])
@@ -127,6 +128,7 @@ def test_held_out_rows_get_their_exact_log_predictive_density(tmp_path, monkeypa
              - truth.regression_log_evidence(train[:, :-1], train[:, -1], 1.0, 1.0))
     run = result.runs[0]
     assert run["train"]["num_points"] == 12 and run["test"]["num_points"] == 4
+    assert run["train"]["held_out_rows"] == held.tolist()  # which rows, not only how many
     assert abs(run["test"]["log_predictive"] - exact) < 4 * run["test"]["log_predictive_stderr"] + 0.05
     assert abs(run["test"]["log_predictive_q"] - exact) < 4 * run["test"]["log_predictive_q_stderr"] + 0.05
     assert "Held-out rows" in result._repr_markdown_()
@@ -191,3 +193,17 @@ def test_the_seeds_of_a_study_train_at_once_and_each_run_lands_on_its_familys_cl
     assert "mean-field fit" not in table
     assert elbogap("compare", "--model", folder / "mixed.py:model", "--data", folder / "y.csv", "--guides",
                    "auto:AutoNormal", "--seeds", "0,1", "--out", out, "-q")[0] == 2  # a finished study is kept
+
+
+def test_held_out_rows_are_named_by_position(tmp_path):
+    """``--holdout`` says which rows it kept out of D, not only how many: their positions among the rows read."""
+    (tmp_path / "mean.py").write_text(
+        "import pyro, pyro.distributions as dist\n"
+        "def model(data):\n"
+        "    mu = pyro.sample('mu', dist.Normal(data.new_tensor(0.0), 1.0))\n"
+        "    with pyro.plate('rows', data.shape[0]):\n"
+        "        pyro.sample('y', dist.Normal(mu, 1.0), obs=data[:, 0])\n")
+    np.savetxt(tmp_path / "y.csv", np.arange(20.0)[:, None], delimiter=",")
+    data = study_data(Config(model=f"{tmp_path / 'mean.py'}:model", data=str(tmp_path / "y.csv"), holdout=0.25))
+    assert data.held_out == tuple(held_out(20, 0.25, 0).tolist()) and len(data.held_out) == 5
+    assert data.test[:, 0].tolist() == [float(row) for row in data.held_out]  # the file's rows, in its order
