@@ -212,7 +212,8 @@ def compare(model="vae", guides=("diag", "full", "iaf", "planar"), data="digits"
 def evaluate(model, guide, x, *, log_px: str = Config.log_px, elbo_samples: int = Config.eval_samples,
              iw_samples: int = Config.iw_samples, quadrature_points: int = Config.quadrature_points,
              ais_points: int = Config.ais_points, ais=None, seed: int = 0):
-    """Evaluate a trained model and guide on the rows of ``x``, without training.
+    """Evaluate a trained model and guide on the rows of ``x``, without training: a model with latents per row (a
+    model with global latents is refused in one line naming :func:`compare`).
 
     ``model`` and ``guide`` are elbogap's own (:class:`~elbogap.model.LatentModel`,
     :class:`~elbogap.guides.Guide`) or any Pyro programs (functions, bound methods, objects with
@@ -224,6 +225,7 @@ def evaluate(model, guide, x, *, log_px: str = Config.log_px, elbo_samples: int 
     closed form or quadrature applies; ``ais`` is an :class:`~elbogap.inference.ais.AISSettings`, by default the
     command line's (``Config().ais_settings()``: 500 temperatures x 16 chains, started at each point's posterior modes).
     """
+    from elbogap.global_latents.model import is_global_model, probe_trace
     from elbogap.guides import Guide, ProgramGuide
     from elbogap.inference import evaluate as evaluate_pair
     from elbogap.model import LatentModel
@@ -233,6 +235,15 @@ def evaluate(model, guide, x, *, log_px: str = Config.log_px, elbo_samples: int 
     x = x.to(torch.get_default_dtype()) if not x.is_floating_point() else x
     if not isinstance(model, (LatentModel, ProgramModel)):
         program, owner = resolve_program(_spec(model), "model", x.shape[-1], None)
+        try:
+            shared = is_global_model(probe_trace(program, x[:3]), x[:3])
+        except Exception:  # the program's own failure is reported in one line as it builds below
+            shared = False
+        if shared:
+            raise UsageError(f"{_name_of(model)} has latents shared by all rows (global latents), and evaluate "
+                             "judges per-point models: compare its guides with elbogap.compare(model, guides, data) "
+                             "(log p(D) and each guide's KL gap), or evaluate a run of it with `elbogap evaluate "
+                             "RUN_DIR`")
         model = ProgramModel(program, x[:3], _name_of(model), owner)
     if not isinstance(guide, Guide):
         program, owner = resolve_program(_spec(guide), "guide", x.shape[-1], model.latent_dim)

@@ -113,3 +113,19 @@ def test_evaluate_anneals_as_the_command_line_does_by_default(linear_model, line
     assert metrics["ais"]["init"] == "laplace" and metrics["ais"]["steps"] == Config.ais_steps
     exact = float(linear_model.log_px(linear_data[:1]).mean())
     assert abs(metrics["log_px"] - exact) < 4 * metrics["log_px_stderr"]
+
+
+def test_evaluate_refuses_a_model_with_global_latents_naming_what_judges_it():
+    """Before, a regression's weight was refused as a per-point model's site outside its plate ("make it a
+    parameter"), which contradicts the rest of the tool."""
+    def regression(data):
+        weight = pyro.sample("weight", pyro.distributions.Normal(data.new_tensor(0.0), 1.0))
+        with pyro.plate("rows", data.shape[0]):
+            pyro.sample("y", pyro.distributions.Normal(weight * data[:, 0], 1.0), obs=data[:, 1])
+
+    def guide(data):
+        pyro.sample("weight", pyro.distributions.Normal(data.new_tensor(0.0), 1.0))
+
+    with pytest.raises(UsageError, match=r"global latents.*elbogap\.compare") as refused:
+        elbogap.evaluate(regression, guide, torch.randn(20, 2))
+    assert "make it a parameter" not in str(refused.value)
