@@ -156,10 +156,13 @@ class Comparison:
         return point_rows(self.out, self.runs, split)
 
     def load(self, guide: str, seed: int | None = None):
-        """The trained ``(model, guide, data)`` of one run, by the guide's name in the table (first seed by default)."""
+        """The trained ``(model, guide, data)`` of one run, by the guide's name in the table or as ``compare`` took it
+        (``"auto:AutoNormal"``, shown ``auto-AutoNormal``); the first seed by default."""
+        from elbogap.factory import guide_label
         from elbogap.runs import load_run
 
-        run = next((run for run in self.runs if run["guide"] == guide and (seed is None or run["seed"] == seed)
+        names = {guide, guide_label(guide)}
+        run = next((run for run in self.runs if run["guide"] in names and (seed is None or run["seed"] == seed)
                     and "failed" not in run), None)
         if run is None:
             raise UsageError(f"no finished run of guide {guide!r}" + (f" with seed {seed}" if seed is not None else "")

@@ -139,3 +139,11 @@ def test_a_study_written_before_the_one_schema_is_redrawn_and_exported_as_now(re
         posterior = az.from_netcdf(str(out / FOLDER / f"{run['guide']}-seed0.nc")).posterior
         assert posterior.attrs["log_px"] == pytest.approx(run["train"]["log_px"])
         assert posterior.attrs["kl_gap"] == pytest.approx(run["train"]["kl_gap"])
+
+
+@ON_THE_STUDY
+def test_a_run_is_loaded_by_the_guide_as_compare_took_it_or_as_the_table_shows_it(regression_study):
+    result, _, _ = regression_study
+    by_spec, by_label = result.load("auto:AutoNormal", seed=0), result.load("auto-AutoNormal", seed=0)
+    assert [type(part) for part in by_spec] == [type(part) for part in by_label]
+    assert torch.equal(by_spec[2].train, by_label[2].train)
