@@ -392,7 +392,8 @@ def find_sites(trace, x: torch.Tensor, spec: str) -> tuple[dict[str, torch.Size]
                              "elbogap measures per-point posteriors: make it a parameter or move it into the plate")
         if site["fn"].support.is_discrete:
             raise UsageError(f"the model {spec} has a discrete latent site {name!r}; elbogap's estimators need "
-                             "continuous latents (sum it out in the model, or make it continuous)")
+                             "continuous latents and do not enumerate: sum it out by hand, e.g. a "
+                             "MixtureSameFamily likelihood, or make it continuous")
         if tuple(value.shape[1:]) != tuple(site["fn"].event_shape):
             raise UsageError(f"the model {spec}: the latent site {name!r} has shape {tuple(value.shape)} per batch "
                              f"but event shape {tuple(site['fn'].event_shape)}; declare its per-point dimensions "

@@ -114,8 +114,8 @@ class GlobalLatentModel(nn.Module):
         for name, site in latents.items():
             if site["fn"].support.is_discrete:
                 raise UsageError(f"the model {spec} has a discrete latent site {name!r}; elbogap's estimators need "
-                                 "continuous latents (sum it out in the model, e.g. with pyro.infer.config_enumerate "
-                                 "and a marginalized likelihood, or make it continuous)")
+                                 "continuous latents and do not enumerate (config_enumerate is refused too): sum it "
+                                 "out by hand, e.g. a MixtureSameFamily likelihood, or make it continuous")
         self.latent_sites = {name: site["value"].shape for name, site in latents.items()}
         self.transforms = {name: real_line_map(site["fn"].support, name, spec) for name, site in latents.items()}
         self.unconstrained_shapes = real_line_shapes(self.latent_sites, self.transforms)

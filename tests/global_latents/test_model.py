@@ -71,6 +71,11 @@ def discrete_model(data):
         pyro.sample("y", dist.Normal(k.float(), 1.0), obs=data[:, 0])
 
 
+@pyro.infer.config_enumerate
+def enumerated_model(data):  # the fix the refusal once suggested, refused the same way
+    discrete_model(data)
+
+
 def model_with_covariates(data, covariates):
     pyro.sample("y", dist.Normal(0.0, 1.0), obs=data)
 
@@ -83,6 +88,8 @@ def self_subsampling_model(data):  # a tester's: its log joint is a random estim
 
 @pytest.mark.parametrize("program, message", [
     (discrete_model, "discrete latent site 'k'"),
+    (enumerated_model, "discrete latent site 'k'; elbogap's estimators need continuous latents and do not enumerate "
+                       "(config_enumerate is refused too)"),
     (model_with_covariates, "needs argument(s) covariates"),
     (self_subsampling_model, "subsamples its plate 'data' by itself (2 of 6 at a time)"),
 ])
