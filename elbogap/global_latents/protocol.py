@@ -172,7 +172,7 @@ def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, ph
     metrics.update(log_px=summary["log_evidence"], log_px_stderr=summary["stderr"],
                    log_px_dof=summary.get("dof", group_spread_dof(len(evidence["log_w"]))),
                    log_px_method=summary.get("method", "ais"), log_px_start=summary.get("start", "prior"),
-                   log_px_guide_independent=True)
+                   log_px_guide_independent=not any(value.numel() for value in model.state_dict().values()))
     metrics["kl_gap"] = metrics["log_px"] - metrics["elbo"]
     metrics["kl_gap_stderr"] = math.hypot(metrics["log_px_stderr"], metrics["elbo_stderr"])
     for key in ("elbo", "elbo_stderr", "log_px", "kl_gap", "kl_gap_stderr", "log_px_iwae"):

@@ -313,8 +313,7 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
               "error of that run; with several, ± is the standard deviation over seeds and (s.e. ...) the "
               "Monte-Carlo standard error of the mean over seeds, sqrt(sum of the seeds' squared errors) / seeds, as "
               "the column *MC s.e. of the gap* gives it for the gap. Every KL gap is log p(D) - ELBO(D) "
-              "against one estimate of log p(D) per seed, the same for every guide: "
-              f"{describe_evidence(first['evidence'])}.", ""]
+              f"against {evidence_scope(runs)}: {describe_evidence(first['evidence'])}.", ""]
     reference = reference_table(runs)
     if reference:
         method = first["reference"]["method"]
@@ -364,6 +363,15 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
               "`evidence.png`, `training.png`.", ""]
     lines += [training_line(runs, config)]
     return lines
+
+
+def evidence_scope(runs: list[dict]) -> str:
+    """Which log p(D) a gap is taken against: one per seed, or each run's own where the model's parameters were
+    trained beside the guide (each run's model differs, so does its evidence)."""
+    if all(run["train"].get("log_px_guide_independent", True) for run in runs):
+        return "one estimate of log p(D) per seed, the same for every guide"
+    return ("each run's own estimate of log p(D): the model's parameters were trained with each guide, so each run's "
+            "model, and its evidence, differ")
 
 
 def draws_words(runs: list[dict]) -> str:
