@@ -53,7 +53,13 @@ from elbogap.global_latents.reference import (
 )
 from elbogap.global_latents.shared import study_cache
 from elbogap.global_latents.warm_start import mean_field_fit, starts_at_mean_field
-from elbogap.inference.weights import group_spread_dof, log_mean_exp, log_mean_exp_stderr, pareto_khat
+from elbogap.inference.weights import (
+    FINITE_VARIANCE_KHAT,
+    group_spread_dof,
+    log_mean_exp,
+    log_mean_exp_stderr,
+    pareto_khat,
+)
 from elbogap.model.target import DataSetTarget
 from elbogap.phases import Phases
 from elbogap.progress import Progress, as_progress
@@ -276,9 +282,13 @@ def evidence_check(metrics: dict) -> dict:
                                  f"({above / max(stderr, 1e-12):.0f} standard errors): {name} has not converged "
                                  f"at these settings and the KL gap is overstated by about that much; {fix}")
     elif -above > max(DISAGREEMENT * stderr, DISAGREEMENT_NATS):
-        out["log_px_note"] = (f"q's importance estimate of log p(D) is {-above:.3f} nats below {name}'s: q is a "
-                              f"poor importance proposal for this posterior (see k-hat); {name}'s value is the one "
-                              "to read")
+        khat = metrics.get("khat_mean", math.nan)
+        why = ("q is a poor importance proposal for this posterior" + (f" (k-hat {khat:.2f})" if khat == khat else ""))
+        if khat <= FINITE_VARIANCE_KHAT:  # its own draws look fine: what it lacks lies where they never go
+            why = (f"q misses part of the posterior that its own draws cannot show (k-hat {khat:.2f} reads well: a "
+                   "mode or a tail q does not reach)")
+        out["log_px_note"] = (f"q's importance estimate of log p(D) is {-above:.3f} nats below {name}'s: {why}; "
+                              f"{name}'s value is the one to read")
     return out
 
 

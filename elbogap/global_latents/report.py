@@ -12,6 +12,7 @@ from elbogap.inference.weights import interval_halfwidth, mean_error
 from elbogap.summary import (
     converged_cell,
     convergence_warnings,
+    error_figure,
     figure,
     per_guide_lines,
     seed_sd,
@@ -241,7 +242,7 @@ def _cell(values: list[float], stderrs: list[float] | None = None) -> str:
     own = (f" (s.e. {figure(mean_error(torch.tensor(finite, dtype=torch.float64)))})"
            if finite and len(finite) == len(values) else "")
     spread = seed_sd(values)
-    return f"{figure(statistics.fmean(values), max([spread, *finite]))} ± {figure(spread)}{own}"
+    return f"{figure(statistics.fmean(values), max([spread, *finite]))} ± {error_figure(spread)}{own}"
 
 
 def _by_guide(runs):
@@ -263,7 +264,9 @@ def gap_table(runs: list[dict]) -> list[str]:
                 continue
             stderr_key = {"elbo": "elbo_stderr", "log_px": "log_px_stderr", "kl_gap": "kl_gap_stderr",
                           "log_px_iwae": "log_px_iwae_stderr"}.get(key)
-            cells.append(_cell(values, [run["train"][stderr_key] for run in mine] if stderr_key else None))
+            errors = [run["train"][stderr_key] for run in mine] if stderr_key else None
+            declined = key == "log_px_iwae" and any(not math.isfinite(error) for error in errors)
+            cells.append(_cell(values, errors) + (" (no error bar: k-hat above 0.5)" if declined else ""))
         stderr = mean_error(torch.tensor([run["train"]["kl_gap_stderr"] for run in mine], dtype=torch.float64))
         lines.append(f"| {guide} | " + " | ".join(cells)
                      + f" | {figure(stderr)} | {len(mine)} | {converged_cell(mine)} |")

@@ -88,6 +88,17 @@ def test_q_far_below_the_evidence_without_an_error_bar_is_noted_too_and_above_it
     assert "log_px_note" not in evidence_check(metrics)
 
 
+def test_q_below_the_evidence_with_a_k_hat_that_reads_well_is_said_to_miss_part_of_the_posterior():
+    """A tester's two mirror modes: q in one of them, 0.7 below AIS at k-hat -0.31, was called "a poor importance
+    proposal (see k-hat)", where k-hat looked excellent; it cannot see the mode q never draws from."""
+    metrics = {"log_px": -39.47, "log_px_stderr": 0.01, "log_px_iwae": -40.17, "log_px_iwae_stderr": 0.01,
+               "khat_mean": -0.31}
+    note = evidence_check(metrics)["log_px_note"]
+    assert "q misses part of the posterior that its own draws cannot show (k-hat -0.31 reads well" in note
+    metrics["khat_mean"] = 0.8
+    assert "q is a poor importance proposal for this posterior (k-hat 0.80)" in evidence_check(metrics)["log_px_note"]
+
+
 def test_q_a_few_thousandths_below_the_evidence_is_no_finding():
     """A Gamma-Poisson rate, one latent: q's estimate 0.0025 below an exact AIS at 3.4 s.e., with q 0.003 nats from the
     posterior, was noted as "a poor importance proposal"; below a twentieth of a nat it is within what the gaps are

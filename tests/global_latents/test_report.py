@@ -242,6 +242,18 @@ def test_several_seeds_show_their_spread_and_the_means_error_and_no_nonzero_numb
     assert "| 0.000715 ± 7.8e-05 |" in row  # the gap per point, to the digits of its spread
 
 
+def test_a_seed_mean_of_importance_estimates_one_of_which_has_no_error_bar_says_so():
+    """A tester's mean-field fit on 1,000 rows: seed 0's estimate 0.74 below AIS, seed 1's 0.63 above at k-hat 1.05;
+    the column showed their mean, -777.659 ± 0.971, as if both were estimates to read."""
+    runs = [run("auto:AutoNormal", 3.0, seed=seed) for seed in (0, 1)]
+    for record, estimate, stderr in zip(runs, (-778.34, -776.97), (0.3, math.nan), strict=True):
+        record["train"].update(log_px_iwae=estimate, log_px_iwae_stderr=stderr, log_px_stderr=0.001, converged=True)
+        record["converged"] = True
+    assert "| -777.655 ± 0.969 (no error bar: k-hat above 0.5) |" in gap_table(runs)[2]
+    runs[1]["train"]["log_px_iwae_stderr"] = 0.3
+    assert "no error bar" not in gap_table(runs)[2]
+
+
 def test_a_q_that_leaves_much_of_a_reliable_reference_beyond_four_of_its_sds_is_warned_once_per_guide():
     """A tester's Cauchy likelihood on two clusters: every q sat in one mode (49% of the reference's mass beyond 4 of
     its sds) with no Warnings line: its mean lay about one reference sd from the reference's, whose sd spans both
