@@ -106,6 +106,7 @@ def posterior_warnings(runs: list[dict], warm_start: str = "mean-field") -> list
     (:func:`seed_spread_warnings`); ``warm_start``: the study's ``--warm-start``."""
     lines, short = mode_warnings(runs), set()
     lines += outside_q_warnings(runs)
+    funnels, non_centred = [], []
     for seed in dict.fromkeys(run["seed"] for run in runs):
         first = next(run for run in runs if run["seed"] == seed)
         if first.get("evidence", {}).get("stages", {}).get("prior_check", {}).get("switched"):
@@ -113,19 +114,13 @@ def posterior_warnings(runs: list[dict], warm_start: str = "mean-field") -> list
                          "reference posterior (--reference ais) is that run's chains")
         coordinates = first.get("evidence", {}).get("stages", {}).get("coordinates")
         if coordinates and coordinates["chosen"] == "non-centred":
+            non_centred.append(seed)
             written, rewritten = coordinates["pilots"]["as written"], coordinates["pilots"]["non-centred"]
             lower = rewritten["log_evidence"] - written["log_evidence"]
             written_stderr = written["stderr"] if math.isfinite(written["stderr"]) else 0.0  # a heavy tail: lower
             margin = max(FUNNEL_NATS, 2 * math.hypot(rewritten["stderr"], written_stderr))
             if math.isfinite(rewritten["stderr"]) and lower > margin:
-                names = coordinates["sites"]
-                plural = len(names) > 1
-                sites = f"the centred site{'s' if plural else ''} {', '.join(names)} make{'' if plural else 's'}"
-                lines.append(f"- log p(D), seed {seed}: annealed in the program's non-centred form, whose pilot read "
-                             f"{lower:.2f} nats above the program's as written (annealed as written, log p(D) would "
-                             f"read about that much too low): {sites} a funnel whose neck HMC (and a "
-                             "Gaussian q) cannot enter; every guide here fits the program as written, so writing it "
-                             "non-centred (pyro.infer.reparam.LocScaleReparam, or by hand) may shrink every gap")
+                funnels.append((seed, lower, coordinates["sites"]))
         far = first.get("evidence", {}).get("stages", {}).get("fit", {}).get("smc_far")
         if (far is not None and far > FAR_SHARE and first.get("evidence", {}).get("start") != "prior"
                 and not modes_ruled_out(first["evidence"])):
@@ -150,10 +145,31 @@ def posterior_warnings(runs: list[dict], warm_start: str = "mean-field") -> list
                                  "try --lr 0.01 with more --particles and --steps, or a non-centred parameterization "
                                  "of a near-singular prior, e.g. f = L u with u ~ N(0, I))")
                     break
+    lines += funnel_warnings(funnels, non_centred)
     lines += mean_field_warnings([run for run in runs if (run["seed"], run.get("guide_spec")) not in short],
                                  warm_start, runs)
     lines += seed_spread_warnings(runs)
     return lines
+
+
+def funnel_warnings(funnels: list[tuple[int, float, list[str]]], non_centred: list[int]) -> list[str]:
+    """One line where the evidence was annealed non-centred (``non_centred``: those seeds) and some seed's pilot read
+    clearly higher so (``funnels``: seed, nats above the program as written, the centred sites)."""
+    if not funnels:
+        return []
+    names = funnels[0][2]
+    plural = len(names) > 1
+    sites = f"the centred site{'s' if plural else ''} {', '.join(names)} make{'' if plural else 's'}"
+    lowers = [lower for _, lower, _ in funnels]
+    read = f"{min(lowers):.2f}" if len(lowers) == 1 else f"{min(lowers):.2f}-{max(lowers):.2f}"
+    seeds = ", ".join(str(seed) for seed in non_centred)
+    where = "" if len(funnels) == len(non_centred) else " on seed" + ("s " if len(funnels) > 1 else " ") + ", ".join(
+        str(seed) for seed, _, _ in funnels)
+    return [f"- log p(D), seed{'s' if len(non_centred) > 1 else ''} {seeds}: annealed in the program's non-centred "
+            f"form, whose pilot read {read} nats above the program's as written{where} (annealed as written, log p(D) "
+            f"would read about that much too low): {sites} a funnel whose neck HMC (and a Gaussian q) cannot enter; "
+            "every guide here fits the program as written, so writing it non-centred "
+            "(pyro.infer.reparam.LocScaleReparam, or by hand) may shrink every gap"]
 
 
 def short_of(elbo: float, stderr: float, reached: float, reached_stderr: float) -> bool:

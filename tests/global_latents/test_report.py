@@ -242,6 +242,21 @@ def test_several_seeds_show_their_spread_and_the_means_error_and_no_nonzero_numb
     assert "| 0.000715 ± 7.8e-05 |" in row  # the gap per point, to the digits of its spread
 
 
+def test_every_seed_annealed_non_centred_is_named_once():
+    """A tester's centred hierarchy: both seeds' evidences were annealed non-centred, and the line named seed 0 alone
+    (seed 1's pilots differed by less than the margin that makes the funnel a finding)."""
+    runs = [run("auto:AutoNormal", 0.3, seed=seed) for seed in (0, 1)]
+    for record, above in zip(runs, (0.9, 0.05), strict=True):
+        record["evidence"]["stages"]["coordinates"] = {
+            "chosen": "non-centred", "sites": ["theta"],
+            "pilots": {"as written": {"log_evidence": -40.0, "stderr": 0.05},
+                       "non-centred": {"log_evidence": -40.0 + above, "stderr": 0.05}}}
+    (line,) = [line for line in posterior_warnings(runs) if "non-centred form" in line]
+    assert line.startswith("- log p(D), seeds 0, 1: annealed in the program's non-centred form, whose pilot read "
+                           "0.90 nats above the program's as written on seed 0 (")
+    assert "the centred site theta makes a funnel" in line
+
+
 def test_a_seed_mean_of_importance_estimates_one_of_which_has_no_error_bar_says_so():
     """A tester's mean-field fit on 1,000 rows: seed 0's estimate 0.74 below AIS, seed 1's 0.63 above at k-hat 1.05;
     the column showed their mean, -777.659 ± 0.971, as if both were estimates to read."""
