@@ -10,6 +10,10 @@ filled points' z-scores are about N(0, 1) and the split's lie within 1.96 of 0 a
 part is conservative).
 
     python benchmarks/mixed_split.py --rows 16 --repeats 15
+
+``--batched-copies ROW`` asks instead whether points of one batched AIS run share errors: row ``ROW`` repeated 32
+times, AIS from its modes at ``--ais-steps`` temperatures, ``--repeats`` times; where nothing is shared, the copies'
+errors are uncorrelated (their mean pairwise correlation has a standard error of 1/sqrt(repeats * 496)).
 """
 
 import argparse
@@ -21,7 +25,9 @@ from pathlib import Path
 import torch
 
 import elbogap
+from elbogap.inference.ais import AISSettings, ais_log_px
 from elbogap.inference.weights import interval_halfwidth
+from elbogap.user_model import load_user_model
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from tests.estimators.truth import PROPORTIONS_ALPHA as ALPHA  # noqa: E402
@@ -34,10 +40,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--batched-copies", type=int, metavar="ROW", help="AIS on 32 copies of this row instead")
+    parser.add_argument("--ais-steps", type=int, default=100, help="temperatures of --batched-copies' runs")
     args = parser.parse_args()
     torch.set_num_threads(2)
     x = proportions_rows(args.rows)
     exact = dirichlet_multinomial_evidence(x.double(), ALPHA, 20)
+    if args.batched_copies is not None:
+        return batched_copies(x[args.batched_copies], float(exact[args.batched_copies]), args.repeats, args.ais_steps)
     split, points, inside_t, filled_counts, seconds, errors, filled_masks, stated = [], [], [], [], [], [], [], []
     for repeat in range(args.repeats):
         began = time.perf_counter()
@@ -76,6 +86,25 @@ def main() -> None:
           f"{statistics.mean(points):+.2f}, {statistics.stdev(points):.2f}, "
           f"{sum(abs(z) < 1.96 for z in points) / len(points):.3f} ({len(points)}) | "
           f"{sum(inside_t) / len(inside_t):.3f} | {statistics.mean(seconds):.1f} |")
+
+
+def batched_copies(row: torch.Tensor, exact: float, repeats: int, steps: int, copies: int = 32) -> None:
+    """AIS from the modes on ``copies`` copies of one row in one batched run, ``repeats`` times: the copies' errors
+    are independent where the run shares no random number, step size or start between its points."""
+    x = row[None].repeat(copies, 1)
+    model = load_user_model(f"{Path(__file__).parents[1] / 'tests/estimators/truth.py'}:float32_proportions", x)
+    errors = []
+    for repeat in range(repeats):
+        torch.manual_seed(repeat)
+        errors.append(ais_log_px(model, x, AISSettings(init="laplace", steps=steps)).log_px.double() - exact)
+    errors = torch.stack(errors)
+    correlation = torch.corrcoef(errors.T)
+    pairs = correlation[~torch.eye(copies, dtype=torch.bool)]
+    print(f"{copies} copies of row {row.tolist()} in one AIS run, {repeats} repeats at {steps} temperatures: "
+          f"error sd {float(errors.std()):.4f}; variance of their sum / sum of their variances "
+          f"{float(errors.sum(1).var() / errors.var(0).sum()):.2f}; mean correlation of two copies' errors "
+          f"{float(pairs.mean()):+.4f} (its standard error where they are independent: "
+          f"{1 / (repeats * len(pairs) / 2) ** 0.5:.4f})")
 
 
 if __name__ == "__main__":

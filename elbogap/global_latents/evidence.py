@@ -287,8 +287,8 @@ def checked_against_prior(model, data, settings: EvidenceSettings, evidence: Evi
 def _from_prior(model, data, settings: AISSettings, progress) -> Evidence:
     started = time.perf_counter()
     path = AnnealingPath(DataSetTarget(model, data))
-    with one_thread(), as_progress(progress).bar("AIS on the data set", pilot_steps(settings) + settings.steps,
-                                                   unit="transition") as bar:
+    with one_thread(), as_progress(progress).bar(f"AIS from the prior at {settings.steps} temperatures",
+                                                   pilot_steps(settings) + settings.steps, unit="transition") as bar:
         step_sizes = tune_step_sizes(path, settings, bar=bar)
         betas = sigmoid_schedule(settings.steps, dtype=data.dtype)
         state, _, acceptance = anneal(path, path.start(settings.chains), betas, step_sizes, settings.leapfrog_steps,
@@ -348,7 +348,8 @@ def _reference_and_pilot(model, data, settings: EvidenceSettings, progress: Prog
     """Stages 1 and 2 and the pilot run on ``model``: its annealing path and the pilot's record in ``stages``."""
     path = gaussian_reference(model, data, settings, progress, stages)
     begun = time.perf_counter()
-    pilot = _anneal(path, settings.ais(settings.pilot_steps), progress, "AIS pilot run")
+    pilot = _anneal(path, settings.ais(settings.pilot_steps), progress,
+                    f"AIS pilot at {settings.pilot_steps} temperatures")  # its transitions: step-size tuning too
     stages["pilot"] = {"steps": settings.pilot_steps, "stderr": float(log_mean_exp_stderr(pilot.log_w.double())[0]),
                        "log_evidence": float(log_mean_exp(pilot.log_w.double())[0]),
                        "seconds": time.perf_counter() - begun}
