@@ -36,7 +36,8 @@ LOG_EVERY = 30.0
 
 
 def redraw_every() -> float:
-    """tqdm's ``mininterval``: its own 0.1 s on a terminal or in a notebook, :data:`LOG_EVERY` into a file."""
+    """tqdm's ``mininterval``: its own 0.1 s on a terminal or in a notebook, :data:`LOG_EVERY` into a file (with
+    ``maxinterval`` at least that, or tqdm's monitor thread redraws 10 s after each redraw)."""
     logged = tqdm is text_tqdm and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
     return LOG_EVERY if logged else 0.1
 
@@ -106,7 +107,7 @@ class Bars(Progress):
         if self.run:
             title = f"{self.run} › {title}"
         return tqdm(total=total, initial=initial, desc=title, unit=unit, leave=False, disable=not self.show,
-                    mininterval=redraw_every())
+                    mininterval=redraw_every(), maxinterval=max(redraw_every(), 10.0))
 
 
 def as_progress(progress: "bool | Progress") -> Progress:

@@ -150,7 +150,7 @@ def approx_gap_note(metrics: dict) -> str | None:
         return None
     method = metrics.get("gap_log_px_method", metrics.get("log_px_method"))
     cause = BELOW_ZERO_CAUSES.get(method, "noise in the ELBO: raise --eval-samples")
-    return f"approximation gap {figure(gap, stderr)} ± {figure(stderr)}, below −2 standard errors: {cause}"
+    return f"approximation gap {figure(gap, stderr)} ± {error_figure(stderr)}, below −2 standard errors: {cause}"
 
 
 def bound_markers(splits: list[dict]) -> dict[str, str]:

@@ -217,7 +217,7 @@ def run_tasks(backend, config: Config, tasks: list[RunTask], on_run: Callable[[R
                     on_run(outcome.task, outcome.payload)
                 elif outcome.status == "fault" and config.on_nan == "skip":
                     on_run(outcome.task, skipped_run(outcome.task.guide, outcome.task.seed, outcome.payload))
-                elif outcome.status == "interrupted" or stopping or should_stop():  # died while stopping: stopped
+                elif stopped(outcome, stopping, bool(should_stop())):
                     interrupted = interrupted or outcome
                 elif failure is None:
                     failure = as_exception(outcome, config.debug)
@@ -228,6 +228,13 @@ def run_tasks(backend, config: Config, tasks: list[RunTask], on_run: Callable[[R
         task = interrupted.task if interrupted else tasks[0]
         step = interrupted.payload[1] if interrupted and interrupted.status == "interrupted" else None
         raise Interrupted(signum, step, Path(task.run_dir))
+
+
+def stopped(outcome: Outcome, stopping: bool, asked: bool) -> bool:
+    """Whether a run that did not finish counts as stopped, not failed: it checkpointed and stopped, or it ended while
+    the study was stopping, or its process died once a stop was asked (a scheduler's SIGTERM reaches the workers
+    too, maybe before the driver has passed it on); a run that failed on its own stays a failure."""
+    return outcome.status == "interrupted" or stopping or asked and outcome.status in ("died", "cancelled")
 
 
 def as_exception(outcome: Outcome, debug: bool = False) -> Exception:

@@ -12,7 +12,6 @@ import os
 import queue
 import signal
 import threading
-import time
 
 import torch
 
@@ -21,17 +20,16 @@ from elbogap.backends.task import Outcome, RunTask, execute
 from elbogap.config import Config
 from elbogap.where import where_am_i
 
-#: seconds between a worker's looks at whether its driver still runs
-WATCH_EVERY = 2.0
-
 
 def running(pid: int) -> bool:
-    """Whether process ``pid`` exists and has not exited (a zombie, exited but not reaped, has)."""
+    """Whether process ``pid`` exists and has not exited (a zombie, exited but not reaped, has); on a platform
+    without POSIX signals (Windows, where os.kill(pid, 0) would send Ctrl-C), False: there the driver spawns its
+    workers itself and multiprocessing's own liveness holds."""
+    if os.name != "posix":
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process holds the number: ours is gone
+    except (ProcessLookupError, PermissionError):  # gone, or the number now another user's process
         return False
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -40,22 +38,25 @@ def running(pid: int) -> bool:
         return True
 
 
-def _watch_driver(driver: int, gone: threading.Event) -> None:
-    """Once the driver has died (killed outright, or its fork server with it), stop this worker's run as SIGTERM
-    would (a training run checkpoints at its next step) and let the worker leave: no run goes on with no one to
-    report to, holding the terminal's pipe."""
-    while running(driver):
-        time.sleep(WATCH_EVERY)
+def _watch_driver(lifeline, gone: threading.Event) -> None:
+    """Once the driver has gone (killed outright, or stopping; the write end of ``lifeline`` is the driver's alone, so
+    it reads end-of-file then), stop this worker's run as SIGTERM would (a training run checkpoints at its next step)
+    and let the worker leave: no run goes on with no one to report to, holding the terminal's pipe."""
+    try:
+        lifeline.recv()
+    except (EOFError, OSError):
+        pass
     gone.set()
-    os.kill(os.getpid(), signal.SIGTERM)
+    signal.raise_signal(signal.SIGTERM)
 
 
-def _serve(inbox, reports, config: dict, threads: int, status: bool, driver: int) -> None:
-    """A worker: execute each task from ``inbox`` and report its outcome, until handed None or its driver dies;
-    with ``status``, each run writes how far it is to its run directory for the driver."""
+def _serve(inbox, reports, config: dict, threads: int, status: bool, lifeline) -> None:
+    """A worker: execute each task from ``inbox`` and report its outcome, until handed None or its driver is gone
+    (``lifeline``: see :func:`_watch_driver`); with ``status``, each run writes how far it is to its run directory
+    for the driver."""
     in_worker()
     gone = threading.Event()
-    threading.Thread(target=_watch_driver, args=(driver, gone), daemon=True).start()
+    threading.Thread(target=_watch_driver, args=(lifeline, gone), daemon=True).start()
     try:
         while not gone.is_set() and (task := inbox.get()) is not None:
             reports.put(execute(config, task, threads, where_am_i("local"), status=status))
@@ -66,10 +67,17 @@ def _serve(inbox, reports, config: dict, threads: int, status: bool, driver: int
 class _Worker:
     def __init__(self, context, reports, config: dict, threads: int, status: bool):
         self.inbox = context.Queue()
-        self.process = context.Process(target=_serve, args=(self.inbox, reports, config, threads, status, os.getpid()),
+        lifeline, self.lifeline = context.Pipe(duplex=False)  # the worker reads; only this process holds the writer
+        self.process = context.Process(target=_serve, args=(self.inbox, reports, config, threads, status, lifeline),
                                        daemon=True)
         self.process.start()
+        lifeline.close()
         self.task: RunTask | None = None
+
+    def alive(self) -> bool:
+        """Whether the worker runs: a fork server killed with the study (SIGTERM to its process group) reads its
+        live workers as dead."""
+        return self.process.is_alive() or running(self.process.pid)
 
 
 class ProcessBackend:
@@ -88,7 +96,7 @@ class ProcessBackend:
         self.workers: list[_Worker] = []
 
     def submit(self, task: RunTask) -> None:
-        idle = next((worker for worker in self.workers if worker.task is None and worker.process.is_alive()), None)
+        idle = next((worker for worker in self.workers if worker.task is None and worker.alive()), None)
         if idle is None:
             idle = _Worker(self.context, self.reports, self.config, self.threads, self.status)
             self.workers.append(idle)
@@ -99,10 +107,8 @@ class ProcessBackend:
         try:
             outcome = self.reports.get(timeout=timeout)
         except queue.Empty:
-            # a fork server killed with the study (SIGTERM to its process group) reads its live workers as dead
-            died = [worker for worker in self.workers if worker.task is not None and not worker.process.is_alive()
-                    and not running(worker.process.pid)]
-            outcomes = [Outcome(worker.task, "error", f"its process died (exit code {worker.process.exitcode})")
+            died = [worker for worker in self.workers if worker.task is not None and not worker.alive()]
+            outcomes = [Outcome(worker.task, "died", f"its process died (exit code {worker.process.exitcode})")
                         for worker in died]  # killed, or hit in start-up, before it could report
             for worker in died:
                 worker.task = None
@@ -122,7 +128,8 @@ class ProcessBackend:
 
     def close(self) -> None:
         for worker in self.workers:
-            if worker.process.is_alive():
+            if worker.alive():
                 worker.inbox.put(None)
         for worker in self.workers:
             worker.process.join(timeout=5)
+            worker.lifeline.close()

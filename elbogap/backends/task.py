@@ -42,7 +42,8 @@ class Outcome:
     """How a task ended. ``status`` is ``ok`` (``payload``: the run record), ``fault`` (a NaN/inf;
     the message), ``interrupted`` (``(signum, step)``: checkpointed and stopped), ``cancelled``
     (never started), ``usage`` or ``error`` (the message; for ``error``, the traceback), ``program`` (a user's
-    program raised: ``(one line naming it, the traceback)``)."""
+    program raised: ``(one line naming it, the traceback)``), ``died`` (its worker process ended before it could
+    report: the message)."""
 
     task: RunTask
     status: str

@@ -214,7 +214,7 @@ def stacked_fits(config: Config, base, chunk: list[tuple[int, int]], guide_name:
     if saved is not None:
         stack.load_state_dict(saved)
     with tqdm(desc=f"{guide_label(guide_name)}: {len(chunk)} fits at once", disable=not progress,
-              leave=False, mininterval=redraw_every()) as bar:
+              leave=False, mininterval=redraw_every(), maxinterval=max(redraw_every(), 10.0)) as bar:
         stack.run(should_stop, bar)
     if should_stop():
         if on_stop is not None:
@@ -292,7 +292,7 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
             if index not in finished]
     started = time.perf_counter()
     bar = tqdm(total=config.simulations, initial=len(done), desc="simulations", disable=not progress, leave=False,
-               mininterval=redraw_every())
+               mininterval=redraw_every(), maxinterval=max(redraw_every(), 10.0))
 
     def collect(*records: dict) -> None:
         if records:

@@ -178,7 +178,8 @@ def evaluate_global(model: GlobalLatentModel, guide, data, config, seed: int, ph
     metrics.update(log_px=summary["log_evidence"], log_px_stderr=summary["stderr"],
                    log_px_dof=summary.get("dof", group_spread_dof(len(evidence["log_w"]))),
                    log_px_method=summary.get("method", "ais"), log_px_start=summary.get("start", "prior"),
-                   log_px_guide_independent=not any(value.numel() for value in model.state_dict().values()))
+                   log_px_guide_independent=config.mode == "fixed-model"
+                   or not any(value.numel() for value in model.state_dict().values()))
     metrics["kl_gap"] = metrics["log_px"] - metrics["elbo"]
     metrics["kl_gap_stderr"] = math.hypot(metrics["log_px_stderr"], metrics["elbo_stderr"])
     for key in ("elbo", "elbo_stderr", "log_px", "kl_gap", "kl_gap_stderr", "log_px_iwae"):
@@ -282,7 +283,7 @@ def evidence_check(metrics: dict) -> dict:
                                  f"({above / max(stderr, 1e-12):.0f} standard errors): {name} has not converged "
                                  f"at these settings and the KL gap is overstated by about that much; {fix}")
     elif -above > max(DISAGREEMENT * stderr, DISAGREEMENT_NATS):
-        khat = metrics.get("khat_mean", math.nan)
+        khat = math.nan if metrics.get("khat_mean") is None else metrics["khat_mean"]  # None: too few draws to fit
         why = ("q is a poor importance proposal for this posterior" + (f" (k-hat {khat:.2f})" if khat == khat else ""))
         if khat <= FINITE_VARIANCE_KHAT:  # its own draws look fine: what it lacks lies where they never go
             why = (f"q misses part of the posterior that its own draws cannot show (k-hat {khat:.2f} reads well: a "

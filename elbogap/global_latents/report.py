@@ -254,8 +254,8 @@ def _cell(values: list[float], stderrs: list[float] | None = None) -> str:
     ``KEY_mc_stderr`` give it (none where a seed's error is declined)."""
     finite = [stderr for stderr in stderrs or [] if math.isfinite(stderr)]
     if len(values) == 1:  # no ± where the error is declined (NaN: heavy-tailed weights)
-        return figure(values[0], finite[0] if finite else None) + (f" ± {figure(finite[0])}" if finite else "")
-    own = (f" (s.e. {figure(mean_error(torch.tensor(finite, dtype=torch.float64)))})"
+        return figure(values[0], finite[0] if finite else None) + (f" ± {error_figure(finite[0])}" if finite else "")
+    own = (f" (s.e. {error_figure(mean_error(torch.tensor(finite, dtype=torch.float64)))})"
            if finite and len(finite) == len(values) else "")
     spread = seed_sd(values)
     return f"{figure(statistics.fmean(values), max([spread, *finite]))} ± {error_figure(spread)}{own}"
@@ -542,7 +542,7 @@ def importance_cell(runs: list[dict]) -> str:
     if with_error:
         best = max(with_error, key=lambda run: run["train"]["log_px_iwae"])
         value, error = best["train"]["log_px_iwae"], best["train"]["log_px_iwae_stderr"]
-        return f"{figure(value, error)} ± {figure(error)} ({best['guide']})"
+        return f"{figure(value, error)} ± {error_figure(error)} ({best['guide']})"
     best = min(runs, key=lambda run: math.inf if math.isnan(recorded(run["train"], "khat_mean"))
                else recorded(run["train"], "khat_mean"))
     khat = recorded(best["train"], "khat_mean")
@@ -559,8 +559,12 @@ def evidence_section(runs: list[dict]) -> list[str]:
              "width (log p(D) on data like the model's) | q's IS estimate (guide) | BDMC lower, upper on "
              "simulated data sets |",
              "|---|---|---|---|---|---|---|"]
-    for seed in dict.fromkeys(run["seed"] for run in runs):
-        mine = [run for run in runs if run["seed"] == seed]
+    shared = all(run["train"].get("log_px_guide_independent", True) for run in runs)
+    seeds = dict.fromkeys(run["seed"] for run in runs)
+    rows = [(str(seed), [run for run in runs if run["seed"] == seed]) for seed in seeds]
+    if not shared:  # each run's model, trained beside its guide, has its own evidence: a row each
+        rows = [(f"{run['seed']} ({run['guide']})", [run]) for run in runs]
+    for seed, mine in rows:
         bdmc = next((run["bdmc"] for run in mine if "bdmc" in run), None)
         sandwich = "–" if bdmc is None else (f"{bdmc['lower']:.3f}, {bdmc['upper']:.3f} (width {bdmc['width']:.3f} ± "
                                              f"{bdmc['width_stderr']:.3f}, {bdmc['datasets']} data sets): "
@@ -570,7 +574,7 @@ def evidence_section(runs: list[dict]) -> list[str]:
         low, high = data["log_px"] - halfwidth, data["log_px"] + halfwidth
         error = data["log_px_stderr"]  # each number to the decimals of the error (an s.e. of 0.0002 read 0.000)
         widened = "–" if bdmc is None else f"{figure(low, error)}, {figure(high + max(bdmc['width'], 0.0), error)}"
-        lines.append(f"| {seed} | {figure(data['log_px'], error)} | {figure(error)} | "
+        lines.append(f"| {seed} | {figure(data['log_px'], error)} | {error_figure(error)} | "
                      f"{figure(low, error)}, {figure(high, error)} | {widened} | {importance_cell(mine)} | "
                      f"{sandwich} |")
     lines += ["", "q's IS estimate: the highest of the guides' importance estimates that have an error bar (k-hat at "

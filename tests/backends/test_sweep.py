@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from elbogap.backends.task import Outcome, RunTask
 from elbogap.checkpoint import load_checkpoint
 from elbogap.cli import main
+from elbogap.sweep import stopped
 from tests.backends.conftest import QUICK
 
 STEPS = 60
@@ -96,10 +98,13 @@ def group_members(group: int) -> list[int]:
     return members
 
 
-def test_sigterm_to_the_whole_process_group_keeps_every_run_and_leaves_no_worker(backend_flags, programs, tmp_path):
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="group_members reads /proc")
+@pytest.mark.parametrize("kill", ["group SIGTERM", "driver SIGKILL"])
+def test_a_study_killed_keeps_every_run_and_leaves_no_worker(kill, backend_flags, programs, tmp_path):
     """A batch scheduler's SIGTERM reaches the driver, its fork server and its workers at once: the fork server dies
     and reads its live workers as dead. The study still ends as an interruption (no traceback), every running run
-    checkpoints, and no worker goes on with no driver (a tester's orphan held the terminal's pipe for 9 minutes)."""
+    checkpoints, and no worker goes on with no driver (a tester's orphan held the terminal's pipe for 9 minutes).
+    A driver killed outright: its workers stop their runs as SIGTERM would (checkpoints kept) and leave."""
     out = tmp_path / "out"
     programs["flag"].touch()
     try:
@@ -110,15 +115,19 @@ def test_sigterm_to_the_whole_process_group_keeps_every_run_and_leaves_no_worker
         deadline = time.time() + 120
         while not all(log.is_file() and "step 10 " in log.read_text() for log in logs) and time.time() < deadline:
             time.sleep(0.05)
-        os.killpg(process.pid, signal.SIGTERM)
+        if kill == "group SIGTERM":
+            os.killpg(process.pid, signal.SIGTERM)
+        else:
+            process.kill()
         _, stderr = process.communicate(timeout=120)
         deadline = time.time() + 30
         while group_members(process.pid) and time.time() < deadline:
             time.sleep(0.2)
     finally:
         programs["flag"].unlink()
-    assert process.returncode == 128 + signal.SIGTERM and "--resume" in stderr and "Traceback" not in stderr, stderr
     assert group_members(process.pid) == []
+    if kill == "group SIGTERM":
+        assert process.returncode == 128 + signal.SIGTERM and "--resume" in stderr and "Traceback" not in stderr
     for seed in (0, 1):
         assert not load_checkpoint(out / "runs" / f"diag-seed{seed}" / "checkpoint.pt")["complete"]
 
@@ -149,3 +158,16 @@ def test_a_nan_in_a_fixed_model_reference_run_is_one_behaviour_on_every_backend(
     assert [run["guide"] for run in results["runs"]] == ["diag", "full"]
     assert all("its fixed model (reference run, seed 0) failed" in run["failed"] for run in results["runs"])
     assert not (tmp_path / "skip" / "runs" / "diag-seed0").exists()
+
+
+@pytest.mark.parametrize(("status", "stopping", "asked", "counts_as_stopped"), [
+    ("interrupted", False, True, True),
+    ("died", False, True, True),  # a scheduler's SIGTERM killed the worker before the driver passed it on
+    ("died", False, False, False),  # killed with no stop asked: a failure
+    ("program", False, True, False),  # the user's program raised as the signal came: its error is still shown
+    ("usage", False, True, False),
+    ("program", True, True, True),  # once the study is stopping, whatever ends is stopped
+])
+def test_a_run_that_fails_on_its_own_as_a_stop_is_asked_stays_a_failure(status, stopping, asked, counts_as_stopped):
+    outcome = Outcome(RunTask("diag", 0, "runs/diag-seed0"), status, "a message")
+    assert stopped(outcome, stopping, asked) is counts_as_stopped

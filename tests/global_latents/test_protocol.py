@@ -97,6 +97,9 @@ def test_q_below_the_evidence_with_a_k_hat_that_reads_well_is_said_to_miss_part_
     assert "q misses part of the posterior that its own draws cannot show (k-hat -0.31 reads well" in note
     metrics["khat_mean"] = 0.8
     assert "q is a poor importance proposal for this posterior (k-hat 0.80)" in evidence_check(metrics)["log_px_note"]
+    metrics["khat_mean"] = None  # fewer than 25 draws of q: no tail to fit
+    assert evidence_check(metrics)["log_px_note"].endswith("q is a poor importance proposal for this posterior; "
+                                                           "AIS's value is the one to read")
 
 
 def test_q_a_few_thousandths_below_the_evidence_is_no_finding():
