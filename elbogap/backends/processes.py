@@ -38,7 +38,7 @@ def running(pid: int) -> bool:
         return True
 
 
-def _watch_driver(lifeline, gone: threading.Event) -> None:
+def watch_driver(lifeline, gone: threading.Event | None = None) -> None:
     """Once the driver has gone (killed outright, or stopping; the write end of ``lifeline`` is the driver's alone, so
     it reads end-of-file then), stop this worker's run as SIGTERM would (a training run checkpoints at its next step)
     and let the worker leave: no run goes on with no one to report to, holding the terminal's pipe."""
@@ -46,17 +46,18 @@ def _watch_driver(lifeline, gone: threading.Event) -> None:
         lifeline.recv()
     except (EOFError, OSError):
         pass
-    gone.set()
+    if gone is not None:
+        gone.set()
     signal.raise_signal(signal.SIGTERM)
 
 
 def _serve(inbox, reports, config: dict, threads: int, status: bool, lifeline) -> None:
     """A worker: execute each task from ``inbox`` and report its outcome, until handed None or its driver is gone
-    (``lifeline``: see :func:`_watch_driver`); with ``status``, each run writes how far it is to its run directory
+    (``lifeline``: see :func:`watch_driver`); with ``status``, each run writes how far it is to its run directory
     for the driver."""
     in_worker()
     gone = threading.Event()
-    threading.Thread(target=_watch_driver, args=(lifeline, gone), daemon=True).start()
+    threading.Thread(target=watch_driver, args=(lifeline, gone), daemon=True).start()
     try:
         while not gone.is_set() and (task := inbox.get()) is not None:
             reports.put(execute(config, task, threads, where_am_i("local"), status=status))

@@ -18,10 +18,12 @@ import json
 import math
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ from tqdm.auto import tqdm
 
 from elbogap import streams
 from elbogap.backends import holds_objects, in_worker, local_jobs, worker_context
+from elbogap.backends.processes import watch_driver
 from elbogap.calibration.stats import below_shares, interval_coverage, site_summary
 from elbogap.checkpoint import load_checkpoint, save_checkpoint
 from elbogap.config import Config, differences
@@ -161,8 +164,9 @@ def _simulation_record(config: Config, data: torch.Tensor, base, index: int, see
 _WORKER: dict = {}
 
 
-def _start_worker(config: dict) -> None:
+def _start_worker(config: dict, lifeline) -> None:
     in_worker()
+    threading.Thread(target=watch_driver, args=(lifeline,), daemon=True).start()  # no simulation outlives its driver
     torch.set_num_threads(1)
     settings = Config(**config)
     data = load_dataset(settings)
@@ -373,16 +377,25 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
                         stopped()
                         collect(simulation_record(config, data.train, base, index, simulation_seed, done_fits))
             else:
-                pool = ProcessPoolExecutor(min(jobs, len(items)), mp_context=worker_context(),
-                                           initializer=_start_worker, initargs=(config.to_dict(),))
+                context = worker_context()
+                lifeline, keeper = context.Pipe(duplex=False)  # the workers read; only this process writes
+                pool = ProcessPoolExecutor(min(jobs, len(items)), mp_context=context,
+                                           initializer=_start_worker, initargs=(config.to_dict(), lifeline))
                 try:
                     pending = {pool.submit(_worker_simulation, *item) for item in items}
                     while pending:
                         stopped()
                         ready, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
                         for future in ready:
-                            collect(future.result())
+                            try:
+                                record = future.result()
+                            except BrokenProcessPool:  # killed by a stop that reached the workers too: a stop
+                                stopped()
+                                raise
+                            collect(record)
                 finally:  # the workers end with the study, whether it finished, failed or was stopped
+                    lifeline.close()
+                    keeper.close()
                     for process in list(getattr(pool, "_processes", {}).values()):
                         process.terminate()
                     pool.shutdown(wait=False, cancel_futures=True)

@@ -209,7 +209,8 @@ def test_a_study_in_out_is_kept_unless_resumed_and_resuming_adds_the_rest(elboga
 
 
 @pytest.mark.slow  # about 14 s; in CI test_sigterm_in_stacked_fits_keeps_each_fit_and_resume_goes_on_from_it stops one
-def test_sigterm_stops_the_study_keeps_what_it_did_and_leaves_no_worker(tmp_path):
+@pytest.mark.parametrize("group", [False, True])  # True: a scheduler's SIGTERM to every process of the study
+def test_sigterm_stops_the_study_keeps_what_it_did_and_leaves_no_worker(group, tmp_path):
     import os
     import signal
     import subprocess
@@ -223,7 +224,8 @@ def test_sigterm_stops_the_study_keeps_what_it_did_and_leaves_no_worker(tmp_path
                                 str(tmp_path / "regression.py:model"), "--data", str(tmp_path / "rows.csv"), "--guides",
                                 "auto:AutoNormal", "--simulations", "200", "--jobs", "2", "--calibration-draws", "200",
                                 "--stacked-fits", "off",
-                                "--no-figures", "--out", str(out), "-q"], stderr=subprocess.PIPE, text=True)
+                                "--no-figures", "--out", str(out), "-q"], stderr=subprocess.PIPE, text=True,
+                               start_new_session=group)
     def one_done() -> bool:  # results.json is written atomically after each simulation
         return (out / "results.json").is_file() and bool(json.loads((out / "results.json").read_text())["simulations"])
 
@@ -234,9 +236,12 @@ def test_sigterm_stops_the_study_keeps_what_it_did_and_leaves_no_worker(tmp_path
     children = [int(pid) for path in Path(f"/proc/{process.pid}/task").glob("*/children")
                 for pid in path.read_text().split()]
     assert children  # the workers
-    process.send_signal(signal.SIGTERM)
+    if group:  # the pool's workers die at once: the study still ends as stopped, not as a broken pool
+        os.killpg(process.pid, signal.SIGTERM)
+    else:
+        process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 128 + signal.SIGTERM and "with --resume to finish" in err
+    assert process.returncode == 128 + signal.SIGTERM and "with --resume to finish" in err, err
     saved = json.loads((out / "results.json").read_text())
     assert 0 < len(saved["simulations"]) < 200 and not saved["complete"]
     time.sleep(1)
