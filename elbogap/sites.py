@@ -132,6 +132,18 @@ def scored(site: dict) -> torch.Tensor:
     return scale_and_mask(site["fn"].log_prob(site["value"]), site["scale"], site["mask"])
 
 
+def scored_per_point(site: dict) -> torch.Tensor:
+    """:func:`scored` without the factor a subsampled plate puts on a site (its full size over the subsample's): a
+    density per data point, as an evaluation on some rows of a split needs. A guide with parameters per point
+    (``auto:AutoNormal``) runs in a plate of the split's full size; on 4 gap points of 240 its log q counted 60 times,
+    and the ELBO of those points read +109 nats, above log p(x)."""
+    factor = 1.0
+    for frame in site["cond_indep_stack"]:
+        if frame.vectorized and frame.full_size and frame.size and frame.full_size != frame.size:
+            factor *= frame.full_size / frame.size
+    return scored(site) / factor if factor != 1.0 else scored(site)
+
+
 def check_unscaled_latents(trace, spec: str) -> None:
     """Refuse in one line a latent site under ``poutine.scale`` or ``poutine.mask``: its draws (from the program run
     forward) would not have the density it is scored with, which estimators that start from the prior assume."""

@@ -32,7 +32,14 @@ from elbogap.inference.weights import (
 )
 from elbogap.progress import Progress, as_progress
 from elbogap.records import with_totals
-from elbogap.sites import broadcasts_draws, draws_depth, latent_transforms, repeat_rows, scored, traces_under_draws
+from elbogap.sites import (
+    broadcasts_draws,
+    draws_depth,
+    latent_transforms,
+    repeat_rows,
+    scored_per_point,
+    traces_under_draws,
+)
 
 #: draws of q per data point evaluated at once
 SAMPLE_CHUNK = 64
@@ -147,7 +154,7 @@ def _program_draws(model, guide, x, index):
         shape = (count, len(x)) if vectorized else (rows * len(x),)
 
         def total(trace, names):
-            log_q = sum(scored(trace.nodes[name]).expand(shape) for name in names)
+            log_q = sum(scored_per_point(trace.nodes[name]).expand(shape) for name in names)
             return log_q if rows == 1 else log_q.reshape(rows, len(x))
 
         guide_sites = [name for name, site in guide_trace.nodes.items() if site["type"] == "sample"
