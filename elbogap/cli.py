@@ -176,7 +176,8 @@ def run_train(args) -> int:
             raise
         raise ProgramFailed(f"{failure}; the traceback is in {out / LOG} (--debug prints it)",
                             details if config.debug else None) from None
-    results = {"config": config.to_dict(), "versions": versions(), "runs": [{**run, "run_dir": "."}]}
+    results = {"command": "train", "config": config.to_dict(), "versions": versions(),
+               "runs": [{**run, "run_dir": "."}]}
     finish(results, out, config, args.quiet, args.started)
     return 0
 

@@ -196,10 +196,25 @@ def small_split_warnings(runs: list[dict]) -> list[str]:
             for split, size in sizes.items() if size < SMALL_SPLIT]
 
 
+def expected_runs(results: dict) -> int:
+    """The runs the study asks for: each of its guides (those left out are no longer among them) from each seed."""
+    config = results["config"]
+    return len(config["guides"]) * len(config["seeds"])
+
+
+def complete(results: dict) -> bool:
+    """Whether every run the study asks for has a record (finished, or failed and marked so)."""
+    return len(results["runs"]) >= expected_runs(results)
+
+
 def markdown(results: dict) -> str:
     config, failed = results["config"], [run for run in results["runs"] if "failed" in run]
     runs = finished(results["runs"])
-    lines = [f"# elbogap compare: {config['model']} on {config['data']}", ""]
+    lines = [f"# elbogap {results.get('command', 'compare')}: {config['model']} on {config['data']}", ""]
+    if not complete(results):  # written after each run, and left so by a stop: say it is not the whole study
+        lines += [f"**Partial: {len(results['runs'])} of {expected_runs(results)} runs.** The study was stopped (or "
+                  "is still running); the same command with --resume finishes it, and this file is rewritten then.",
+                  ""]
     if failed:
         lines += ["## Failed runs", ""]
         lines += [f"- {run['guide']} seed {run['seed']}: {run['failed']}" for run in failed] + [""]
@@ -388,7 +403,8 @@ def write_results(results: dict, out: str | Path) -> Path:
     each atomically."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    files = (("results.json", json.dumps({**results, "summary": summary(results)}, indent=2)),
+    files = (("results.json", json.dumps({**results, "summary": summary(results), "complete": complete(results)},
+                                         indent=2)),
              ("results.csv", csv_text(results)), ("results.md", markdown(results)))
     for name, text in files:
         tmp = out / f".{name}.tmp"

@@ -38,7 +38,7 @@ def test_compare_writes_results_with_every_metric(tmp_path, capfd):
     assert shown.out == "" and "evaluate" not in shown.err and "training" not in shown.err and "\r" not in shown.err
     assert not list(out.glob("runs/*/progress.json"))
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"config", "versions", "runs", "summary", "seconds", "workers"}
+    assert set(results) == {"config", "versions", "runs", "summary", "seconds", "workers", "complete"}
     assert undocumented(results) == set()  # every key is in docs/results.md
     workers = local_jobs(Config(guides=["diag", "local"], seeds=[0, 1]))
     assert results["workers"] == workers and len({run["where"]["pid"] for run in results["runs"]}) == workers
@@ -191,7 +191,9 @@ def test_train_evaluate_and_plot_a_run_directory(tmp_path, capsys):
         assert (run_dir / name).is_file(), name
     record = json.loads((run_dir / "run.json").read_text())
     assert record["config"]["guide"] == "iaf" and record["config"]["steps"] == 40  # the flag beat the file
-    assert "; seeds 4." in (run_dir / "results.md").read_text()  # the run's own seed (it read the default's, 0, 1)
+    report = (run_dir / "results.md").read_text()
+    assert "; seeds 4." in report and report.startswith("# elbogap train: ")  # its seed; the command (was compare)
+    assert json.loads((run_dir / "results.json").read_text())["complete"] is True
     assert record["run"]["steps"] == 40 and len(record["run"]["curve_eval"]) == 10
     assert "snr_encoder" in record["run"] and all("snr_decoder" in point for point in record["run"]["curve_eval"])
     assert imread(run_dir / "training.png").shape[1] == round(16.5 * 110)  # three panels: the third is the SNR

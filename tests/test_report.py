@@ -28,7 +28,19 @@ def split(seed: int, approx_gap: float = 0.5, **extra) -> dict:
 def results(seeds=(0,), **extra) -> dict:
     runs = [{"guide": "diag", "seed": seed, "train_seconds": 1.0, "test": split(seed, **extra),
              "train": split(seed, **extra)} for seed in seeds]
-    return {"config": Config(seeds=list(seeds)).to_dict(), "versions": {}, "runs": runs}
+    return {"config": Config(seeds=list(seeds), guides=["diag"]).to_dict(), "versions": {}, "runs": runs}
+
+
+def test_a_study_with_runs_still_to_come_says_it_is_partial(tmp_path):
+    """A tester's stopped compare left a results.md of its one finished guide that read as the whole study."""
+    study = results((0, 1))
+    study["config"]["guides"] = ["diag", "full"]
+    report = markdown(study)
+    assert report.splitlines()[2].startswith("**Partial: 2 of 4 runs.**") and "--resume" in report.splitlines()[2]
+    assert json.loads((write_results(study, tmp_path) / "results.json").read_text())["complete"] is False
+    study["config"]["guides"] = ["diag"]
+    assert "Partial" not in markdown(study)
+    assert json.loads((write_results(study, tmp_path) / "results.json").read_text())["complete"] is True
 
 
 def rows_of(report: str, heading: str) -> list[dict]:
