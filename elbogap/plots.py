@@ -202,6 +202,10 @@ def plot_posteriors(fits: list[tuple[str, dict]], path: Path) -> Path:
     return save(fig, path)
 
 
+#: q's contours, as shares of its peak density
+Q_LEVELS = (0.02, 0.1, 0.3, 0.5, 0.7, 0.9)
+
+
 def _posterior_panel(axis, panel: dict) -> None:
     grid = panel["grid"]
     if grid.shape[-1] == 1:
@@ -210,7 +214,9 @@ def _posterior_panel(axis, panel: dict) -> None:
     z1, z2 = grid[..., 0].numpy(), grid[..., 1].numpy()
     axis.contourf(z1, z2, panel["log_posterior"].exp().numpy(), levels=12, cmap="Greys")
     if "log_q" in panel:
-        axis.contour(z1, z2, panel["log_q"].exp().numpy(), levels=6, colors="tab:red", linewidths=0.8)
+        relative = (panel["log_q"].double() - panel["log_q"].double().max()).exp().numpy()  # peak 1
+        # levels above 0 only: a level at 0 traced where the density underflows, red lines where q has no mass
+        axis.contour(z1, z2, relative, levels=Q_LEVELS, colors="tab:red", linewidths=0.8)
     else:
         samples = panel["q_draws"].numpy()
         axis.plot(samples[:, 0], samples[:, 1], ".", color="tab:red", ms=1.5, alpha=0.5)

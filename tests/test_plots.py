@@ -5,6 +5,7 @@ import json
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import torch
 
 from elbogap import plots
 from elbogap.checkpoint import load_checkpoint
@@ -100,3 +101,16 @@ def test_one_latent_per_point_gets_its_posterior_on_a_line_against_q(tmp_path, e
         assert float(panel["log_posterior"].exp().sum()) * cell == pytest.approx(1.0, rel=1e-5)
         assert float(panel["log_q"].exp().sum()) * cell == pytest.approx(1.0, rel=0.05)  # q's mass lies on the line
     assert all(panel["q_draws"].shape == (Q_DRAWS, 1) for panel in flow["panels"])
+
+
+def test_q_contours_are_drawn_only_where_q_has_mass():
+    """A tester's full and exact guides: float32 log q down to -163 underflows to 0 in the corners, and a contour
+    level at 0 drew red lines there, where q has no mass. Every level now lies above 0, as a share of q's peak."""
+    axis_values = torch.linspace(-4, 4, 41)
+    grid = torch.stack(torch.meshgrid(axis_values, axis_values, indexing="ij"), -1)
+    log_q = (-10.0 * grid.pow(2).sum(-1)).float()  # about -320 in the corners: exp() is 0 in float32
+    figure, axis = plt.subplots()
+    plots._posterior_panel(axis, {"grid": grid, "log_posterior": -0.5 * grid.pow(2).sum(-1), "log_q": log_q})
+    drawn = axis.collections[-1]
+    assert min(drawn.levels) > 0 and max(drawn.levels) < 1
+    plt.close(figure)
