@@ -178,8 +178,8 @@ def plot_gaps(results: dict, path: Path) -> Path:
                    title=f"KL(q(z|x) || p(z|x)) per family\n(log p(x) by {method}; bars: mean ± {error}, dots: seeds)")
     if split_gaps:
         axes[0, 1].set(ylabel="nats (test gap points)",
-                       title="approximation gap log p(x) - L[q*], amortization gap L[q*] - L[q]\n"
-                             f"(bars: mean ± {error}; ≤: an upper bound on the approximation gap)")
+                       title="approximation gap log p(x) - L[q*],\namortization gap L[q*] - L[q]\n"
+                             f"(bars: mean ± {error};\n≤: an upper bound on the approximation gap)")
     return save(fig, path)
 
 
