@@ -61,7 +61,8 @@ def add_config_flags(parser: argparse.ArgumentParser, names=None) -> None:
         else:
             parser.add_argument(*names_, dest=name, type=PARSERS[kind_of(name)], default=argparse.SUPPRESS,
                                 help=help_text)
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, per-run lines or printed table (the files are written as ever)")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars, per-run lines or printed table (the files are written as ever)")
 
 
 #: the flags of ``elbogap evaluate``: the evaluation settings

@@ -340,7 +340,8 @@ def read_study(path: str | Path) -> dict:
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"cannot read study file {path}: {error}") from None
     except tomllib.TOMLDecodeError as error:
-        raise UsageError(f"study file {path} is not valid TOML: {error}; fix the line it names") from None
+        where = "fix the line it names" if " line " in str(error) else "close every [ and \" it opens"
+        raise UsageError(f"study file {path} is not valid TOML: {error}; {where}") from None
     unknown = sorted(set(settings) - set(FIELDS) - {"config"})
     if unknown:
         raise UsageError(f"study file {path} has unknown key(s) {', '.join(unknown)}; "

@@ -162,7 +162,8 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
         phases = Phases(json.loads(state.get("phases", '{"train": 0.0}')))
         log.write(f"resume at step {trainer.step_count}")
     else:
-        log.write(f"start guide={guide_name} seed={seed} steps={steps} config={json.dumps(config.to_dict())}")
+        settings = config.replace(guide=guide_name, seed=seed).to_dict()  # the run's own, not the study's defaults
+        log.write(f"start guide={guide_name} seed={seed} steps={steps} config={json.dumps(settings)}")
         log.write(f"model {model_text(described)}")
 
     def save(complete: bool) -> None:

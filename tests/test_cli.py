@@ -40,6 +40,8 @@ def test_compare_writes_results_with_every_metric(tmp_path, capfd):
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"config", "versions", "runs", "summary", "seconds", "workers", "complete"}
     assert undocumented(results) == set()  # every key is in docs/results.md
+    start = (out / "runs" / "local-seed1" / "train.log").read_text().splitlines()[0]
+    assert '"guide": "local"' in start and '"seed": 1' in start  # the run's own settings (it read diag, 0)
     workers = local_jobs(Config(guides=["diag", "local"], seeds=[0, 1]))
     assert results["workers"] == workers and len({run["where"]["pid"] for run in results["runs"]}) == workers
     assert set(results["seconds"]) == {"runs", "total"} and results["seconds"]["total"] > results["seconds"]["runs"]
