@@ -267,7 +267,8 @@ def run_calibrate(args) -> int:
     written = write_calibration(results, out, figures=config.figures, final=True)
     if not args.quiet:
         print((out / "results.md").read_text())
-    print(f"wrote {', '.join(path.name for path in written)} to {out}", file=sys.stderr)
+    names = [str(Path(path).relative_to(out)) if Path(path).is_relative_to(out) else str(path) for path in written]
+    print(f"wrote {', '.join(names)} to {out}", file=sys.stderr)  # arviz/ files named with their folder
     return 0
 
 
