@@ -36,7 +36,7 @@ def test_user_files_load_as_float_matrices(tmp_path, suffix):
 
 
 @pytest.mark.parametrize(("array", "message"), [
-    (np.zeros((0, 3)), "empty"),
+    (np.zeros((0, 3)), "holds no data point"),
     (np.array(1.0), "one row per data point"),
     (np.array([[1.0, 2.0], [0.0, np.nan]]),
      r"1 NaN or infinite value\(s\), the first at data row 2, column 2 \(counting from 1, a csv.s header line not "
@@ -58,8 +58,8 @@ def test_a_flat_array_is_one_value_per_data_point(tmp_path):
 
 def test_an_empty_csv_is_refused_in_one_line_without_numpys_warning(tmp_path, recwarn):
     (tmp_path / "empty.csv").write_text("")
-    with pytest.raises(UsageError, match="empty"):
-        load_data(str(tmp_path / "empty.csv"))
+    with pytest.raises(UsageError, match=r"empty.csv holds no data point; provide at least one$"):
+        load_data(str(tmp_path / "empty.csv"))  # it read "is empty (shape (0, 1))"
     assert not [warning for warning in recwarn if "no data" in str(warning.message)]
 
 

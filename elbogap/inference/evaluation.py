@@ -478,6 +478,11 @@ def _infinite_share(khat: torch.Tensor) -> float:
     return float((fitted > FINITE_VARIANCE_KHAT).double().mean()) if len(fitted) else 0.0
 
 
+def _count(share: float, points: int) -> str:
+    """``3 of 240 points``: a share of points as their count (a share of 1 in 240 read "0% of points")."""
+    return f"{round(share * points)} of {points} points"
+
+
 def _khat_summary(khat: torch.Tensor, num_samples: int) -> dict:
     """k-hat's mean (+inf where any point has an unbounded tail), the share above the threshold, and a warning."""
     threshold = khat_threshold(num_samples)
@@ -490,14 +495,14 @@ def _khat_summary(khat: torch.Tensor, num_samples: int) -> dict:
     infinite = _infinite_share(khat)
     if infinite > NO_STDERR_SHARE:
         out["log_px_iwae_note"] = (
-            f"k-hat of q's importance weights is above {FINITE_VARIANCE_KHAT} on {100 * infinite:.0f}% of points "
-            f"(above {threshold:.2f}, S = {num_samples}, on {100 * bad:.0f}%): their variance is infinite, so IWAE "
-            "has no standard error; use AIS (--log-px ais) for an error bar")
+            f"k-hat of q's importance weights is above {FINITE_VARIANCE_KHAT} on {_count(infinite, len(khat))} "
+            f"(above {threshold:.2f}, S = {num_samples}, on {_count(bad, len(khat))}): their variance is infinite, so "
+            "IWAE has no standard error; use AIS (--log-px ais) for an error bar")
     elif bad > 0:
         out["log_px_iwae_note"] = (
-            f"k-hat of q's importance weights is above {threshold:.2f} (S = {num_samples}) on {100 * bad:.0f}% "
-            "of points: there the weights have no usable variance, and IWAE's standard error may understate "
-            "its error")
+            f"k-hat of q's importance weights is above {threshold:.2f} (S = {num_samples}) on "
+            f"{_count(bad, len(khat))}: there the weights have no usable variance, and IWAE's standard error may "
+            "understate its error")
     return out
 
 

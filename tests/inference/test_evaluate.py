@@ -163,6 +163,7 @@ def test_a_guide_far_too_narrow_gets_a_khat_note_beside_iwae(linear_model, linea
     assert metrics["khat_samples"] == 1000 and metrics["khat_threshold"] == pytest.approx(2 / 3)
     assert metrics["khat_bad_share"] > 0.5
     assert "has no standard error" in metrics["log_px_iwae_note"]
+    assert " of 20 points" in metrics["log_px_iwae_note"]  # counts: a share of 1 in 240 read "0% of points"
     assert math.isnan(metrics["log_px_iwae_stderr"]) and math.isnan(metrics["log_px_stderr"])
     assert math.isnan(metrics["kl_gap_stderr"]) and math.isfinite(metrics["elbo_stderr"])
     wide = evaluate(linear_model, guide_for("exact", linear_model), linear_data[:20], elbo_samples=8,
