@@ -31,15 +31,16 @@ STATUS = "progress.json"
 WRITE_EVERY = 0.5
 
 #: seconds between two redraws of a text bar whose stream is not a terminal (a redirected log): a line every half
-#: minute, not one per step
+#: minute, not one per step; the environment variable ELBOGAP_LOG_EVERY sets another
 LOG_EVERY = 30.0
 
 
 def redraw_every() -> float:
-    """tqdm's ``mininterval``: its own 0.1 s on a terminal or in a notebook, :data:`LOG_EVERY` into a file (with
+    """tqdm's ``mininterval``: its own 0.1 s on a terminal or in a notebook, :data:`LOG_EVERY` (or
+    ``ELBOGAP_LOG_EVERY``) into a file (with
     ``maxinterval`` at least that, or tqdm's monitor thread redraws 10 s after each redraw)."""
     logged = tqdm is text_tqdm and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
-    return LOG_EVERY if logged else 0.1
+    return float(os.environ.get("ELBOGAP_LOG_EVERY", LOG_EVERY)) if logged else 0.1
 
 
 def path_text(labels: list[str]) -> str:

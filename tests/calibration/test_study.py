@@ -302,6 +302,7 @@ def test_fits_that_cannot_be_stacked_run_one_at_a_time_said_in_one_line(elbogap,
 def test_sigterm_in_stacked_fits_keeps_each_fit_and_resume_goes_on_from_it(tmp_path):
     """Stopped while a guide's fits train at once: the stack's state (every fit's parameters, Adam, rate, schedule and
     generator) is kept in OUT/stacked-fits.pt, and --resume continues each fit from its step."""
+    import os
     import re
     import signal
     import subprocess
@@ -314,7 +315,8 @@ def test_sigterm_in_stacked_fits_keeps_each_fit_and_resume_goes_on_from_it(tmp_p
     command = [sys.executable, "-m", "elbogap.cli", "calibrate", "--model", str(tmp_path / "regression.py:model"),
                "--data", str(tmp_path / "rows.csv"), "--guides", "auto:AutoNormal", "--simulations", "40",
                "--calibration-draws", "200", "--jobs", "1", "--lr", "0.005", "--no-figures", "--out", str(out)]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)  # lr 0.005: a few thousand steps
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,  # lr 0.005: a few thousand steps
+                               env={**os.environ, "ELBOGAP_LOG_EVERY": "0.1"})  # bars into a pipe: redrawn at once
     seen, started = [], threading.Event()
 
     def read():  # the progress bar of the stacked fits counts their steps
