@@ -340,7 +340,9 @@ def read_study(path: str | Path) -> dict:
     except (OSError, UnicodeDecodeError) as error:
         raise UsageError(f"cannot read study file {path}: {error}") from None
     except tomllib.TOMLDecodeError as error:
-        where = "fix the line it names" if " line " in str(error) else "close every [ and \" it opens"
+        text = str(error)
+        where = ("fix the line it names" if " line " in text else "close every [ and \" it opens"
+                 if text.startswith(("Unclosed", "Unterminated")) else "fix the file's last line")
         raise UsageError(f"study file {path} is not valid TOML: {error}; {where}") from None
     unknown = sorted(set(settings) - set(FIELDS) - {"config"})
     if unknown:

@@ -283,7 +283,8 @@ def as_matrix(array: np.ndarray, name: str) -> torch.Tensor:
             f"{name} has shape {array.shape}; data must have one row per data point (N x D)"
         )
     if array.size == 0:
-        raise UsageError(f"{name} holds no data point; provide at least one")
+        raise UsageError(f"{name} holds no data point; provide at least one" if array.shape[0] == 0 else
+                         f"{name} has rows but no values in them (shape {array.shape}); provide at least one column")
     if not np.isfinite(array).all():
         bad = ~np.isfinite(array)
         first = ", ".join(str(int(i) + 1) for i in np.argwhere(bad)[0])

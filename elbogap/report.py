@@ -212,9 +212,9 @@ def markdown(results: dict) -> str:
     runs = finished(results["runs"])
     lines = [f"# elbogap {results.get('command', 'compare')}: {config['model']} on {config['data']}", ""]
     if not complete(results):  # written after each run, and left so by a stop: say it is not the whole study
-        lines += [f"**Partial: {len(results['runs'])} of {expected_runs(results)} runs.** The study was stopped (or "
-                  "is still running); the same command with --resume finishes it, and this file is rewritten then.",
-                  ""]
+        lines += [f"**Partial: {len(results['runs'])} of {expected_runs(results)} runs.** The study is still running, "
+                  "or it ended early (stopped, or a run failed: the command's last line said which); the same command "
+                  "with --resume (resume=True in the API) goes on from there and rewrites this file.", ""]
     if failed:
         lines += ["## Failed runs", ""]
         lines += [f"- {run['guide']} seed {run['seed']}: {run['failed']}" for run in failed] + [""]

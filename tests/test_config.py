@@ -20,6 +20,7 @@ def test_study_file_then_flags_override(tmp_path):
 @pytest.mark.parametrize(("text", "message"), [
     ("latent_dim = \n", "not valid TOML.*line 1"),
     ("seeds = [0, 1\n", "not valid TOML: Unclosed array.*close every"),  # tomllib names no line: none promised
+    ("latent_dim = ", "not valid TOML: Invalid value.*fix the file's last line"),
     ("latentdim = 3\n", "unknown key.*latentdim"),
     ('latent_dim = "3"\n', "latent_dim must be an integer"),
     ("seeds = [0, 0.5]\n", "seeds must be a list of integers"),

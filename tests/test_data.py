@@ -37,6 +37,7 @@ def test_user_files_load_as_float_matrices(tmp_path, suffix):
 
 @pytest.mark.parametrize(("array", "message"), [
     (np.zeros((0, 3)), "holds no data point"),
+    (np.zeros((4, 0)), r"has rows but no values in them \(shape \(4, 0\)\)"),
     (np.array(1.0), "one row per data point"),
     (np.array([[1.0, 2.0], [0.0, np.nan]]),
      r"1 NaN or infinite value\(s\), the first at data row 2, column 2 \(counting from 1, a csv.s header line not "

@@ -389,8 +389,10 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
                         for future in ready:
                             try:
                                 record = future.result()
-                            except BrokenProcessPool:  # killed by a stop that reached the workers too: a stop
-                                stopped()
+                            except BrokenProcessPool:  # killed by a stop that reached the workers first: a stop
+                                for _ in range(10):  # the driver's own signal may land a moment later
+                                    stopped()
+                                    time.sleep(0.1)
                                 raise
                             collect(record)
                 finally:  # the workers end with the study, whether it finished, failed or was stopped

@@ -37,6 +37,7 @@ from elbogap.sites import (
     draws_depth,
     latent_transforms,
     repeat_rows,
+    scored,
     scored_per_point,
     traces_under_draws,
 )
@@ -153,8 +154,8 @@ def _program_draws(model, guide, x, index):
                                                       count if vectorized else None, nesting)
         shape = (count, len(x)) if vectorized else (rows * len(x),)
 
-        def total(trace, names):
-            log_q = sum(scored_per_point(trace.nodes[name]).expand(shape) for name in names)
+        def total(trace, names, score=scored):  # the guide's sites per point: see scored_per_point
+            log_q = sum(score(trace.nodes[name]).expand(shape) for name in names)
             return log_q if rows == 1 else log_q.reshape(rows, len(x))
 
         guide_sites = [name for name, site in guide_trace.nodes.items() if site["type"] == "sample"
@@ -162,7 +163,8 @@ def _program_draws(model, guide, x, index):
         values = {name: guide_trace.nodes[name]["value"].expand(*shape, *sites[name]) for name in sites}
         z = flatten_latents(model, values, len(shape))
         z = z if rows == 1 else z.reshape(rows, len(x), -1)
-        return z, total(guide_trace, guide_sites), total(model_trace, sites), total(model_trace, observed)
+        return (z, total(guide_trace, guide_sites, scored_per_point), total(model_trace, sites),
+                total(model_trace, observed))
 
     layouts = {
         "plate": lambda count: one(count, vectorized=True),
