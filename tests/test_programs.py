@@ -709,4 +709,3 @@ def test_a_prior_whose_log_prob_does_not_broadcast_over_its_batch_is_scored_for_
     model = ProgramModel(unbroadcast_prior, x)
     exact = dist.Normal(0.0, math.hypot(1.0, 0.5)).log_prob(x[:, 0])
     torch.testing.assert_close(quadrature_log_px(model, x, 48)[0], exact, rtol=0, atol=1e-4)
-
