@@ -228,7 +228,7 @@ def evaluate(model, guide, x, *, log_px: str = Config.log_px, elbo_samples: int 
     closed form or quadrature applies; ``ais`` is an :class:`~elbogap.inference.ais.AISSettings`, by default the
     command line's (``Config().ais_settings()``: 500 temperatures x 16 chains, started at each point's posterior modes).
     """
-    from elbogap.global_latents.model import is_global_model, probe_trace
+    from elbogap.global_latents.model import has_global_latents
     from elbogap.guides import Guide, ProgramGuide
     from elbogap.inference import evaluate as evaluate_pair
     from elbogap.model import LatentModel
@@ -238,11 +238,7 @@ def evaluate(model, guide, x, *, log_px: str = Config.log_px, elbo_samples: int 
     x = x.to(torch.get_default_dtype()) if not x.is_floating_point() else x
     if not isinstance(model, (LatentModel, ProgramModel)):
         program, owner = resolve_program(_spec(model), "model", x.shape[-1], None)
-        try:
-            shared = is_global_model(probe_trace(program, x[:3]), x[:3])
-        except Exception:  # the program's own failure is reported in one line as it builds below
-            shared = False
-        if shared:
+        if has_global_latents(program, x[:3]):
             raise UsageError(f"{_name_of(model)} has latents shared by all rows (global latents), and evaluate "
                              "judges per-point models: compare its guides with elbogap.compare(model, guides, data) "
                              "(log p(D) and each guide's KL gap), or evaluate a run of it with `elbogap evaluate "

@@ -7,7 +7,7 @@ import torch
 from elbogap import streams
 from elbogap.data import Dataset, load_data, load_whole
 from elbogap.errors import UsageError
-from elbogap.global_latents.model import is_global_model, probe_trace
+from elbogap.global_latents.model import has_global_latents, probe_trace
 from elbogap.user_model import check_unsubsampled, resolve_program, trace_program
 
 
@@ -30,11 +30,7 @@ def study_data(config) -> Dataset:
         split = None
     probe = split.train[:3] if split is not None else whole[0]
     program, _ = resolve_program(config.model, "model", probe.shape[-1], config.latent_dim)
-    try:
-        per_point = not is_global_model(probe_trace(program, probe), probe)
-    except Exception:  # a program that needs all its rows (a plate of fixed size): judged on the whole set below
-        per_point = False
-    if per_point:
+    if has_global_latents(program, probe) is False:  # None: it needs all its rows, judged on the whole set below
         return split or load_data(config.data, config.test_fraction)  # one row: refused in one line, as before
     rows, what = whole or load_whole(config.data, config.data_seed, config.data_dir, config.binarize,
                                      config.train_size)

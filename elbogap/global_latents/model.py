@@ -45,6 +45,16 @@ def is_global_model(trace, x: torch.Tensor) -> bool:
     return any(not is_per_point(site, plates, len(x)) for site in samples.values() if not site["is_observed"])
 
 
+def has_global_latents(program, rows: torch.Tensor) -> bool | None:
+    """Whether a user's model program has global latents, judged from one trace on ``rows`` (a few of the data);
+    None where it cannot run on them (a plate of fixed size needs all its rows, a broken program none): the caller
+    says what that means, and the program's own failure is reported in one line where it is traced in full."""
+    try:
+        return is_global_model(probe_trace(program, rows), rows)
+    except Exception:
+        return None
+
+
 def _program_arguments(fn):
     """Whether a program takes ``(x, index, num_data)``; refused if it needs other arguments than the data."""
     try:
