@@ -51,13 +51,18 @@ def watch_driver(lifeline, gone: threading.Event | None = None) -> None:
     signal.raise_signal(signal.SIGTERM)
 
 
+def keep_watch(lifeline, gone: threading.Event | None = None) -> None:
+    """:func:`watch_driver` in a daemon thread of this worker process."""
+    threading.Thread(target=watch_driver, args=(lifeline, gone), daemon=True).start()
+
+
 def _serve(inbox, reports, config: dict, threads: int, status: bool, lifeline) -> None:
     """A worker: execute each task from ``inbox`` and report its outcome, until handed None or its driver is gone
     (``lifeline``: see :func:`watch_driver`); with ``status``, each run writes how far it is to its run directory
     for the driver."""
     in_worker()
     gone = threading.Event()
-    threading.Thread(target=watch_driver, args=(lifeline, gone), daemon=True).start()
+    keep_watch(lifeline, gone)
     try:
         while not gone.is_set() and (task := inbox.get()) is not None:
             reports.put(execute(config, task, threads, where_am_i("local"), status=status))

@@ -18,7 +18,6 @@ import json
 import math
 import signal
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -33,7 +32,7 @@ from tqdm.auto import tqdm
 
 from elbogap import streams
 from elbogap.backends import holds_objects, in_worker, local_jobs, worker_context
-from elbogap.backends.processes import watch_driver
+from elbogap.backends.processes import keep_watch
 from elbogap.calibration.stats import below_shares, interval_coverage, site_summary
 from elbogap.checkpoint import load_checkpoint, save_checkpoint
 from elbogap.config import Config, differences
@@ -166,7 +165,7 @@ _WORKER: dict = {}
 
 def _start_worker(config: dict, lifeline) -> None:
     in_worker()
-    threading.Thread(target=watch_driver, args=(lifeline,), daemon=True).start()  # no simulation outlives its driver
+    keep_watch(lifeline)  # no simulation outlives its driver
     torch.set_num_threads(1)
     settings = Config(**config)
     data = load_dataset(settings)

@@ -384,10 +384,15 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
     return lines
 
 
+def evidence_per_seed(runs: list[dict]) -> bool:
+    """Whether a seed's runs share one log p(D); not where the model's parameters were trained beside each guide
+    (each run's model differs, so does its evidence)."""
+    return all(run["train"].get("log_px_guide_independent", True) for run in runs)
+
+
 def evidence_scope(runs: list[dict]) -> str:
-    """Which log p(D) a gap is taken against: one per seed, or each run's own where the model's parameters were
-    trained beside the guide (each run's model differs, so does its evidence)."""
-    if all(run["train"].get("log_px_guide_independent", True) for run in runs):
+    """Which log p(D) a gap is taken against: one per seed, or each run's own (:func:`evidence_per_seed`)."""
+    if evidence_per_seed(runs):
         return "one estimate of log p(D) per seed, the same for every guide"
     return ("each run's own estimate of log p(D): the model's parameters were trained with each guide, so each run's "
             "model, and its evidence, differ")
@@ -559,10 +564,9 @@ def evidence_section(runs: list[dict]) -> list[str]:
              "width (log p(D) on data like the model's) | q's IS estimate (guide) | BDMC lower, upper on "
              "simulated data sets |",
              "|---|---|---|---|---|---|---|"]
-    shared = all(run["train"].get("log_px_guide_independent", True) for run in runs)
     seeds = dict.fromkeys(run["seed"] for run in runs)
     rows = [(str(seed), [run for run in runs if run["seed"] == seed]) for seed in seeds]
-    if not shared:  # each run's model, trained beside its guide, has its own evidence: a row each
+    if not evidence_per_seed(runs):  # each run's model, trained beside its guide, has its own evidence: a row each
         rows = [(f"{run['seed']} ({run['guide']})", [run]) for run in runs]
     for seed, mine in rows:
         bdmc = next((run["bdmc"] for run in mine if "bdmc" in run), None)
