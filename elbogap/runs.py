@@ -246,7 +246,7 @@ def _run(config, data, guide_name, seed, run_dir, progress, fixed_model, where, 
            "particles": config.particles, "train_seconds": fit.seconds, "seconds": phases.seconds, "steps": steps,
            "compiled_loss": trainer.svi.compiled and not stacked,  # a stack's steps are its own program
            **snr, **({"stacked_seeds": stacked} if stacked else {}),
-           **({"warm_start": {"from": started["from"], "elbo": started["elbo"]}} if started else {}),
+           **({"warm_start": {key: value for key, value in started.items() if key != "check"}} if started else {}),
            **({"second_start": {key: value for key, value in second.items() if key != "convergence"}}
               if second else {}),
            "curve": training_curve(fit.losses), "curve_eval": curve_eval,

@@ -95,6 +95,8 @@ STREAMS: dict[str, Stream] = {stream.name: stream for stream in (
            "latents, once per seed: the families that contain it start from it, and their ELBO is held to it"),
     Stream("warm_start", "run", 800_000, "generator", "the low-rank factor a low-rank Gaussian starts with where it "
            "starts from the seed's mean-field fit"),
+    Stream("curvature_start", "run", 850_000, "generator", "the draws at which a full-rank Gaussian's start from the "
+           "seed's mean-field fit averages the curvature, and those that score it against the mean field"),
     Stream("scale_bounds", "run", 900_000, "generator", "the base draws at which a trained IAF's scales are read "
            "against Pyro's bounds on them"),
     Stream("second_start", "run", 950_000, "global", "the second fit of a family trained from two starts (its start "

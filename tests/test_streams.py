@@ -31,6 +31,7 @@ DERIVATIONS = {
     "snr_batch": lambda s: s + 50_000,
     "mean_field_check": lambda s: s + 700_000,
     "warm_start": lambda s: s + 800_000,
+    "curvature_start": lambda s: s + 850_000,
     "scale_bounds": lambda s: s + 900_000,
     "second_start": lambda s: s + 950_000,
     "start_choice": lambda s: s + 970_000,

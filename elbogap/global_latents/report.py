@@ -422,8 +422,14 @@ def training_line(runs: list[dict], config: dict) -> str:
     else:
         how = f"{taken} SVI steps with lr {lr} decaying to {config['lr_decay']} of it"
     started = sorted({run["guide"] for run in runs if run.get("warm_start")})
+    curved = sorted({run["guide"] for run in runs
+                     if run.get("warm_start", {}).get("covariance") == "expected curvature"})
     warm = (f" {', '.join(started)} started at each seed's AutoNormal fit (--warm-start mean-field) and kept the "
-            "better of that start and where training went." if started else "")
+            "better of that start and where training went" if started else "")
+    if curved:
+        warm += (f" ({', '.join(curved)} with the covariance of q's expected curvature there, where it raised the ELBO"
+                 " over the mean field's: the `elbo_gain` of each run's `warm_start`)")
+    warm += "." if started else ""
     return (f"{how}; {config['objective']} objective, {particles} particle(s) a step; seeds "
             f"{', '.join(map(str, config['seeds']))}.{warm}{second_start_sentence(runs)}{stacked_sentence(runs)}")
 

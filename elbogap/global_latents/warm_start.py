@@ -11,13 +11,13 @@ So, once per seed, AutoNormal is trained as a run of it trains (until converged;
 stacked program), its ELBO of D taken from the evaluation's precise draws (:func:`mean_field_fits`, kept in
 ``OUT/shared/`` for every guide's run), and
 
-- a run of a containing family starts at :math:`q_\text{MF}` itself (:func:`warm_start`): full rank with
-  ``scale_tril = I``; low rank next to it, with a small random ``cov_factor`` (a tenth of the scale Pyro draws it at,
-  from the stream ``warm_start``; at zero its gradient vanishes, a saddle) and the diagonal scaled so the marginal
-  variances are the mean field's. Its plateau rule then keeps the start as its
-  first level (:attr:`~elbogap.inference.convergence.ConvergeSchedule.keep_start`): a first stage that ends below
-  the start returns there at a tenth of the rate, so the fit ends at the better of where it started and where it
-  went;
+- a run of a containing family starts at :math:`q_\text{MF}` itself (:func:`warm_start`): full rank at its mean with
+  the covariance of q's expected curvature there (:mod:`~elbogap.global_latents.curvature`; the mean field's own
+  where that does not raise the ELBO); low rank next to it, with a small random ``cov_factor`` (a tenth of the
+  scale Pyro draws it at, from the stream ``warm_start``; at zero its gradient vanishes, a saddle) and the diagonal
+  scaled so the marginal variances are the mean field's. Its plateau rule then keeps the start as its first level
+  (:attr:`~elbogap.inference.convergence.ConvergeSchedule.keep_start`): a first stage that ends below the start
+  returns there at a tenth of the rate, so the fit ends at the better of where it started and where it went;
 - the run's record keeps the fit as ``data.mean_field_check``, the floor :func:`~elbogap.global_latents.report.
   mean_field_warnings` holds the family's ELBO to.
 """
@@ -31,6 +31,7 @@ from pyro.util import get_rng_state, set_rng_state
 
 from elbogap import streams
 from elbogap.global_latents.autoguides import MEAN_FIELD, autoguide
+from elbogap.global_latents.curvature import curvature_start
 from elbogap.global_latents.evaluation import precise_draws, summarize_draws
 from elbogap.global_latents.guides import global_guide
 from elbogap.global_latents.model import GlobalLatentModel
@@ -151,24 +152,35 @@ def warm_start(config, data, runs: list[tuple], seeds: list[int], run_dirs: list
                            should_stop)
     if signum := should_stop():
         raise StopAsked(signum)
-    return [start_at(guide, fits[seed], seed) for (_, guide), seed in zip(runs, seeds, strict=True)]
+    return [start_at(model, data.train, guide, fits[seed], seed) for (model, guide), seed in zip(runs, seeds,
+                                                                                                  strict=True)]
 
 
-def start_at(guide, fit: dict, seed: int) -> dict | None:
-    """Set ``guide`` (full or low rank) to the mean-field fit ``fit`` (see the module); its record, or None where
-    its flat vector is not the fit's (a prototype on a subsampled plate): it then starts where Pyro starts it."""
+def start_at(model: GlobalLatentModel, rows: torch.Tensor, guide, fit: dict, seed: int) -> dict | None:
+    """Set ``guide`` (full or low rank) to the mean-field fit ``fit`` (see the module; full rank with the covariance of
+    :mod:`~elbogap.global_latents.curvature` where that raises the ELBO on ``rows``); its record, or None where its
+    flat vector is not the fit's (a prototype on a subsampled plate): it then starts where Pyro starts it."""
     auto, loc, scale = guide.auto, fit["loc"], fit["scale"]
     if auto.loc.shape != loc.shape:
         return None
+    record = {"from": fit["check"]["family"], "elbo": fit["check"]["elbo"], "check": fit["check"]}
+    curved = (curvature_start(model, rows, loc, scale, streams.generator("curvature_start", seed))
+              if guide.name == "AutoMultivariateNormal" else None)
     with torch.no_grad():
         auto.loc.copy_(loc)
         if guide.name == "AutoMultivariateNormal":
-            auto.scale = PyroParam(scale.clone(), auto.scale_constraint)
-            auto.scale_tril = PyroParam(torch.eye(len(loc)), auto.scale_tril_constraint)
+            if curved is None:  # Pyro's parametrization: covariance diag(scale) T T^T diag(scale), T unit triangular
+                scale_tril, record["covariance"] = torch.diag(scale), "mean field"
+            else:
+                scale_tril, record["covariance"] = curved["scale_tril"], "expected curvature"
+                record.update(elbo_gain=curved["elbo_gain"], elbo_gain_stderr=curved["elbo_gain_stderr"])
+            diagonal = scale_tril.diagonal()
+            auto.scale = PyroParam(diagonal.clone(), auto.scale_constraint)
+            auto.scale_tril = PyroParam(scale_tril / diagonal[:, None], auto.scale_tril_constraint)
         else:  # covariance s (W W^T + I) s: W small, s the mean field's scale shrunk by W's share of the variance
             rank = auto.cov_factor.shape[-1]
             factor = torch.randn(auto.cov_factor.shape, generator=streams.generator("warm_start", seed))
             factor *= COV_FACTOR_START / rank ** 0.5  # Pyro draws N(0, 1/rank)
             auto.cov_factor.copy_(factor)
             auto.scale = PyroParam(scale / (1 + factor.pow(2).sum(-1)).sqrt(), auto.scale_constraint)
-    return {"from": fit["check"]["family"], "elbo": fit["check"]["elbo"], "check": fit["check"]}
+    return record

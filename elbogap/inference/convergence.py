@@ -77,7 +77,7 @@ class ConvergenceSettings:
     patience: int = 3
     factor: float = 0.1
     max_drops: int = 4
-    max_backoffs: int = 3
+    max_backoffs: int = 4
 
 
 def trend(elbos: list[float], blocks: int = 10) -> tuple[float, float, int]:
