@@ -354,14 +354,14 @@ def read_study(path: str | Path) -> dict:
 def resolve(overrides: dict, study: str | Path | None = None, base: Config | None = None) -> Config:
     """Defaults (or ``base``) <- the study file <- ``overrides`` (flags that were given)."""
     settings = (base or Config()).to_dict()
-    if study is not None:
-        settings.update(read_study(study))
+    from_file = read_study(study) if study is not None else {}
+    settings.update(from_file)
     settings.update(overrides)
     try:
         config = Config(**settings)
     except TypeError as error:
         raise UsageError(f"bad setting: {error}") from None
-    return coerce(config).validate()
+    return coerce(config, {name: study for name in from_file if name not in overrides}).validate()
 
 
 KINDS = {  # what each kind of setting accepts, and how an error names it
@@ -379,14 +379,19 @@ def kind_of(name: str) -> str:
     return next(kind for kind in KINDS if kind in text)
 
 
-def coerce(config: Config) -> Config:
-    """Check the types of settings that came from a study file (TOML has its own types)."""
+def coerce(config: Config, files: dict | None = None) -> Config:
+    """Check the types of settings that came from a study file (TOML has its own types); ``files``: the study file
+    each setting was read from, which the error names with a line of the type it wants."""
     for name in FIELDS:
         value = getattr(config, name)
         if value is None:
             continue
         accepts, description = KINDS[kind_of(name)]
         if not accepts(value):
+            if name in (files or {}):
+                default = Config().to_dict()[name]
+                example = f", e.g. {name} = {json.dumps(default)}" if default is not None else ""
+                raise UsageError(f"{name} in study file {files[name]} must be {description}{example}, got {value!r}")
             raise UsageError(f"{name} must be {description}, got {value!r}")
         if kind_of(name) == "float":
             setattr(config, name, float(value))

@@ -6,6 +6,7 @@ must be a filesystem every node mounts: :meth:`RayBackend.check_shared` proves i
 training. Only the small run records travel back to the driver.
 """
 
+import logging
 import os
 import socket
 import uuid
@@ -68,6 +69,12 @@ class RayBackend:
         self.started = not ray.is_initialized()
         if self.started:
             check_reachable(self.address)
+            # under -q, Ray's own notice that its cluster uses token authentication (a warning of its logger) is
+            # not printed either; its errors are
+            notices = logging.getLogger("ray._private.authentication")
+            level = notices.level
+            if not status:
+                notices.setLevel(logging.ERROR)
             try:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                          configure_logging=False)
@@ -76,6 +83,8 @@ class RayBackend:
                 raise UsageError(f"cannot reach a Ray cluster at --ray-address {self.address}: {reason[:200]}; "
                                  "start one with 'ray start --head' or leave --ray-address unset to start Ray "
                                  "for this command") from None
+            finally:
+                notices.setLevel(level)
         self.config, self.status = config.to_dict(), status
         self.threads = config.cpus_per_run or 1
         self.remote = ray.remote(_execute_on_node).options(
