@@ -69,8 +69,8 @@ class RayBackend:
         self.started = not ray.is_initialized()
         if self.started:
             check_reachable(self.address)
-            # under -q, Ray's own notice that its cluster uses token authentication (a warning of its logger) is
-            # not printed either; its errors are
+            # without progress (-q, or the notebook API's progress=False), Ray's own notice that its cluster uses
+            # token authentication (a warning of its logger) is not printed either; its errors are
             notices = logging.getLogger("ray._private.authentication")
             level = notices.level
             if not status:

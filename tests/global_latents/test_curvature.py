@@ -46,3 +46,47 @@ def test_a_start_whose_curvature_misleads_is_declined():
     assert curvature.curvature_start(model, data, torch.zeros(2), torch.tensor([0.3, 1.0]),
                                      torch.Generator().manual_seed(0)) is None
     assert curvature.curvature_start(model, data, torch.zeros(1), torch.ones(1), torch.Generator()) is None
+
+
+def quartic(data):
+    """log p(z) = -|z|²/2 - z_1⁴/4 + const (a factor beside a standard normal prior): -∂²/∂z_1² = 1 + 3 z_1²."""
+    z = pyro.sample("z", dist.Normal(data.new_zeros(2), 1.0).to_event(1))
+    pyro.factor("quartic", -z[..., 0] ** 4 / 4)
+    with pyro.plate("data", len(data)):
+        pyro.sample("x", dist.Normal(data.new_zeros(()), 1.0), obs=data[:, 0])
+
+
+def test_the_curvature_is_averaged_over_the_antithetic_draws_of_the_mean_field():
+    """Where the curvature varies over q, the estimate is its mean over the 2 PAIRS draws of q itself: on a quartic
+    coordinate, s² (1 + 3 mean(z_1²)) whitened, with z_1 = m ± s ε at the generator's own ε (a Hessian at one
+    draw, or at the mean, would differ by far more than the central differences' error)."""
+    data = torch.zeros(3, 1)
+    model = GlobalLatentModel(quartic, data, "quartic")
+    loc, scale = torch.tensor([0.7, 0.0]), torch.tensor([0.5, 1.0])
+    precision = curvature.expected_precision(model, data, loc, scale, torch.Generator().manual_seed(3))
+    eps = torch.randn(curvature.PAIRS, 2, generator=torch.Generator().manual_seed(3)).double()
+    z_1 = 0.7 + 0.5 * torch.cat([eps[:, 0], -eps[:, 0]])
+    expected = 0.25 * (1 + 3 * z_1.pow(2)).mean()
+    assert abs(float(precision[0, 0]) - float(expected)) < 1e-3 * float(expected), (precision, expected)
+    assert abs(float(precision[0, 0]) - 0.25 * (1 + 3 * 0.7 ** 2)) > 0.01  # not the Hessian at the mean alone
+    assert abs(float(precision[1, 1]) - 1.0) < 1e-3 and abs(float(precision[0, 1])) < 1e-3
+
+
+def far_gaussian(data):
+    """A correlated Gaussian posterior (the prior alone) whose mean lies 10⁵ sds from zero."""
+    cov = data.new_tensor([[1.0, 0.9], [0.9, 1.0]])
+    pyro.sample("z", dist.MultivariateNormal(data.new_full((2,), 1e5), cov))
+    with pyro.plate("data", len(data)):
+        pyro.sample("x", dist.Normal(data.new_zeros(()), 1.0), obs=data[:, 0])
+
+
+def test_a_mean_far_from_zero_in_float32_keeps_its_curvature():
+    """In float32 a step of a hundredth of an sd at 10⁵ sds is below the last place of the mean: the step is widened
+    to the dtype's and divided by the step the dtype made, so the whitened precision is the posterior's (S Λ S)."""
+    data = torch.zeros(3, 1)
+    model = GlobalLatentModel(far_gaussian, data, "far")
+    exact = torch.linalg.inv(torch.tensor([[1.0, 0.9], [0.9, 1.0]], dtype=torch.float64))
+    scale = exact.diagonal().rsqrt()
+    precision = curvature.expected_precision(model, data, torch.full((2,), 1e5), scale.float(),
+                                             torch.Generator().manual_seed(0))
+    assert torch.allclose(precision, scale[:, None] * exact * scale[None, :], rtol=0.03, atol=0.03), precision
