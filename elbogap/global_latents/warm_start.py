@@ -150,10 +150,13 @@ def warm_start(config, data, runs: list[tuple], seeds: list[int], run_dirs: list
         return [None] * len(runs)
     fits = mean_field_fits(runs[0][0], data, config, seeds, [Path(run_dir) for run_dir in run_dirs], progress,
                            should_stop)
-    if signum := should_stop():
-        raise StopAsked(signum)
-    return [start_at(model, data.train, guide, fits[seed], seed) for (model, guide), seed in zip(runs, seeds,
-                                                                                                  strict=True)]
+    starts = []
+    with progress.phase("start at the mean-field fit"):  # full rank's curvature: 16 d gradients of the log joint
+        for (model, guide), seed in zip(runs, seeds, strict=True):
+            if signum := should_stop():
+                raise StopAsked(signum)
+            starts.append(start_at(model, data.train, guide, fits[seed], seed))
+    return starts
 
 
 def start_at(model: GlobalLatentModel, rows: torch.Tensor, guide, fit: dict, seed: int) -> dict | None:
