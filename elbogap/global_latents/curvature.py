@@ -24,8 +24,8 @@ would otherwise lose the step to rounding in float32), in :math:`q_\text{MF}`'s 
 negative curvature (a funnel's neck, a ridge) gets at most :math:`1/` :data:`MIN_PRECISION` times the mean-field
 variance. The start is kept only where its ELBO on :data:`SCORE_DRAWS` common draws is above the mean field's, and
 tried only up to :data:`MAX_DIM` latents (:math:`4\,\text{PAIRS}\,d = 16d` gradients of the whole data set's log
-joint, and :math:`2\,` :data:`SCORE_DRAWS` log joints). Written here:
-Pyro's ``AutoLaplaceApproximation`` takes one Hessian at a MAP point, not the curvature q averages.
+joint, and :math:`2\,` :data:`SCORE_DRAWS` log joints). Written here: Pyro's ``AutoLaplaceApproximation`` takes
+one Hessian at a MAP point, not the curvature q averages.
 
 References:
 
@@ -79,7 +79,7 @@ def expected_precision(model, data: torch.Tensor, loc: torch.Tensor, scale: torc
     r""":math:`E_{q_\text{MF}}[-\nabla^2 \log p(z, D)]` in whitened coordinates, :math:`S H S` with
     :math:`S = \operatorname{diag}(s)`, symmetrized: ``(d, d)`` (see the module)."""
     dim = len(loc)
-    eps = torch.randn(PAIRS, dim, generator=generator).double()
+    eps = torch.randn(PAIRS, dim, generator=generator).to(device=loc.device, dtype=torch.float64)
     draws = (loc.double() + torch.cat([eps, -eps]) * scale.double())  # (2 PAIRS, d)
     unit = torch.finfo(loc.dtype).eps * loc.double().abs()  # the last place of each mean, about
     steps = torch.diag(torch.maximum(STEP * scale.double(), ROUNDING_STEPS * unit))  # row i moves coordinate i
