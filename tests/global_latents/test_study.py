@@ -133,6 +133,9 @@ def test_held_out_rows_get_their_exact_log_predictive_density(tmp_path, monkeypa
     assert abs(run["test"]["log_predictive_q"] - exact) < 4 * run["test"]["log_predictive_q_stderr"] + 0.05
     assert "Held-out rows" in result._repr_markdown_()
     assert "; train KL gap by guide: auto-AutoMultivariateNormal" in repr(result)  # the split the table reads
+    start = run["warm_start"]  # from the mean-field fit, with the curvature's covariance: it raised the ELBO
+    assert start["covariance"] == "expected curvature" and start["elbo_gain"] > 2 * start["elbo_gain_stderr"], start
+    assert "with the covariance of q's expected curvature there" in (tmp_path / "results.md").read_text()
     assert undocumented(json.loads((tmp_path / "results.json").read_text())) == set()  # the held-out keys too
     assert "evidence" in seeded and "held_out_evidence" in seeded
     assert len(list((tmp_path / "shared").glob("evidence-*.pt"))) == 2
