@@ -27,13 +27,24 @@ import numpy as np
 import torch
 
 from elbogap import streams
-from elbogap.config import Config
+from elbogap.calibration.report import markdown as calibration_markdown
+from elbogap.calibration.report import write_calibration
+from elbogap.calibration.study import calibrate as run_calibration
+from elbogap.config import Config, coerce
 from elbogap.errors import UsageError
+from elbogap.factory import guide_label
+from elbogap.global_latents.model import has_global_latents
+from elbogap.guides import Guide, ProgramGuide
+from elbogap.inference import evaluate as evaluate_pair
+from elbogap.model import LatentModel
 from elbogap.points import point_rows
 from elbogap.records import is_global_study
-from elbogap.report import GLOBAL_SUMMARY_KEYS, SUMMARY_KEYS, finished, markdown
+from elbogap.report import GLOBAL_SUMMARY_KEYS, SUMMARY_KEYS, finished, markdown, write_results
+from elbogap.runs import load_run
 from elbogap.summary import rows, snr_rows
-from elbogap.user_model import register_object
+from elbogap.sweep import compare as run_sweep
+from elbogap.sweep import save_study
+from elbogap.user_model import ProgramModel, register_object, resolve_program
 
 
 def _name_of(obj) -> str:
@@ -80,8 +91,6 @@ def _study_config(model, guides, data, out, seeds, settings: dict) -> tuple[Path
         raise UsageError(f"unknown setting(s) {', '.join(unknown)}; use the CLI's flag names with underscores")
     config = Config(**{**settings, "model": model_spec, "guides": guide_specs, "seeds": list(seeds),
                        "data": _data_spec(data, out), "out": str(out)})
-    from elbogap.config import coerce
-
     return out, coerce(config).validate()
 
 
@@ -158,9 +167,6 @@ class Comparison:
     def load(self, guide: str, seed: int | None = None):
         """The trained ``(model, guide, data)`` of one run, by the guide's name in the table or as ``compare`` took it
         (``"auto:AutoNormal"``, shown ``auto-AutoNormal``); the first seed by default."""
-        from elbogap.factory import guide_label
-        from elbogap.runs import load_run
-
         names = {guide, guide_label(guide)}
         run = next((run for run in self.runs if run["guide"] in names and (seed is None or run["seed"] == seed)
                     and "failed" not in run), None)
@@ -201,12 +207,7 @@ def compare(model="vae", guides=("diag", "full", "iaf", "planar"), data="digits"
         execute in workers); nothing is printed without it.
     :param settings: any setting of the command line, e.g. ``latent_dim=2, steps=3000, log_px="ais"``.
     """
-    from elbogap.sweep import compare as run_sweep
-    from elbogap.sweep import save_study
-
     out, config = _study_config(model, guides, data, out, seeds, settings)
-    from elbogap.report import write_results
-
     results = run_sweep(config, out, progress=progress, on_run=lambda partial: write_results(partial, out))
     save_study(results, out, config)
     return Comparison(json.loads((Path(out) / "results.json").read_text()), out)  # the file's content, summary too
@@ -228,12 +229,6 @@ def evaluate(model, guide, x, *, log_px: str = Config.log_px, elbo_samples: int 
     closed form or quadrature applies; ``ais`` is an :class:`~elbogap.inference.ais.AISSettings`, by default the
     command line's (``Config().ais_settings()``: 500 temperatures x 16 chains, started at each point's posterior modes).
     """
-    from elbogap.global_latents.model import has_global_latents
-    from elbogap.guides import Guide, ProgramGuide
-    from elbogap.inference import evaluate as evaluate_pair
-    from elbogap.model import LatentModel
-    from elbogap.user_model import ProgramModel, resolve_program
-
     x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
     x = x.to(torch.get_default_dtype()) if not x.is_floating_point() else x
     if not isinstance(model, (LatentModel, ProgramModel)):
@@ -271,8 +266,6 @@ class Calibration:
                 for guide, row in self.results["summary"].items() for site, stats in row["sites"].items()]
 
     def _repr_markdown_(self) -> str:
-        from elbogap.calibration.report import markdown as calibration_markdown
-
         return calibration_markdown(self.results)
 
     def __repr__(self) -> str:
@@ -287,9 +280,6 @@ def calibrate(model, guides=("auto:AutoNormal", "auto:AutoMultivariateNormal"), 
     """Fit every guide to ``simulations`` data sets simulated from ``model``'s prior predictive (shaped like
     ``data``) and test where each true latent falls among q's draws (SBC and VSBC per latent site; see
     :mod:`elbogap.calibration`). Arguments as :func:`compare`'s; ``model`` has global latents."""
-    from elbogap.calibration.report import write_calibration
-    from elbogap.calibration.study import calibrate as run_calibration
-
     if data is None:
         raise UsageError("elbogap.calibrate needs data: the data set the simulations are shaped like (its covariates "
                          "are kept, its observations drawn anew)")

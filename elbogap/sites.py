@@ -142,7 +142,7 @@ def scored_per_point(site: dict) -> torch.Tensor:
     for frame in site["cond_indep_stack"]:
         if frame.vectorized and frame.full_size and frame.size and frame.full_size != frame.size:
             factor *= frame.full_size / frame.size
-    return scored(site) / factor if factor != 1.0 else scored(site)
+    return scored(site) / factor
 
 
 def check_unscaled_latents(trace, spec: str) -> None:
