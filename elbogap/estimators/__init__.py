@@ -41,7 +41,9 @@ class LogPxEstimate:
     95% interval needs (:func:`~elbogap.inference.weights.interval_halfwidth`).
     ``info`` says how they were computed: ``samples``, the draws (or grid points) behind each
     point's estimate, and any record the method keeps for the split (AIS: ``ais``, its settings
-    and diagnostics).
+    and diagnostics). ``bias_bound``, where given, is per point how far the estimate may be off beyond ``stderr``'s
+    random part, a bound every point may share: a mean over points adds its mean whole (AIS from the modes:
+    :data:`~elbogap.inference.ais.START_BIAS`).
     """
 
     values: torch.Tensor
@@ -49,6 +51,7 @@ class LogPxEstimate:
     info: dict = field(default_factory=dict)
     sum_stderr: torch.Tensor | None = None
     dof: float = math.inf
+    bias_bound: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ def ais(target, settings: EstimatorSettings) -> LogPxEstimate:
     info = {"samples": ais.chains, "ais": run}
     if ais.chains < 2:
         info["log_px_note"] = "AIS with one chain has no standard error (shown as NaN): use --ais-chains 2 or more"
-    return LogPxEstimate(result.log_px, result.stderr, info, result.jackknife_stderr, result.dof)
+    return LogPxEstimate(result.log_px, result.stderr, info, result.jackknife_stderr, result.dof, result.bias_bound)
 
 
 def ais_against_iwae(per_point: dict, rows: torch.Tensor, threshold: float = 3.0) -> dict:
@@ -57,7 +57,7 @@ register(Estimator(
            "prior AIS reads low in expectation (0.03-0.09 nats per point on a tester's 4-latent program at 500 "
            "temperatures), so log p(x) and the KL gap may sit lower than their ± says; from Gaussians at each point's "
            "posterior modes (the default start) the bias is far smaller where the posterior is near Gaussian about "
-           "them, and each point's own error holds a bound of 0.001 nats on how far above log p(x) the start's "
-           "seldom-drawn tails let it read, while a mean over points may read up to that high beyond its ±; "
+           "them, and each point's own error, and a mean's, holds a bound of 0.001 nats on how far above log p(x) the "
+           "start's seldom-drawn tails let it read; "
            "`elbogap evaluate RUN_DIR --bdmc N` measures the bias of AIS from the prior on data simulated from the "
            "model"))

@@ -55,9 +55,8 @@ INITS = ("prior", "laplace", "q")
 #: how far above log p(x) AIS from the modes may read on a point whose chains drew none of the start's Student-t
 #: tails (:data:`~elbogap.inference.laplace.TAIL_SHARE` of its mass): -log(1 - share), added in quadrature to each
 #: point's own error (without it, on Gaussian posteriors 43-48% of points lay outside their intervals). A mean over
-#: points is not widened by it: a one-sided bound that every point may share, it would add to the mean's error
-#: whole, not divided by the points; split means read 4e-5 to 6e-5 nats high at 2.7 to 11.7 of their error (the
-#: caveat under each table says so)
+#: points adds it whole (``AISResult.bias_bound``): a bound every point may share does not shrink with their count
+#: (without it, split means read 4e-5 to 6e-5 nats high at 2.7 to 11.7 of their error)
 START_BIAS = -math.log1p(-TAIL_SHARE)
 
 
@@ -213,7 +212,9 @@ class AISResult:
     ``log_px`` and ``stderr`` have shape ``(batch,)``; ``jackknife_stderr`` too, the error a mean
     over points combines (:func:`~elbogap.inference.weights.jackknife_stderr`); ``log_w`` ``(chains, batch)``;
     ``step_sizes`` ``(bands, batch)``; ``acceptance`` ``(bands,)``, the mean acceptance
-    probability of the reported run in each temperature band.
+    probability of the reported run in each temperature band; ``bias_bound`` ``(batch,)``, how far above log p(x)
+    each point may read beyond its chains' spread (:data:`START_BIAS` from the modes, else 0), which a mean over
+    points adds whole.
     """
 
     log_px: torch.Tensor
@@ -222,6 +223,7 @@ class AISResult:
     step_sizes: torch.Tensor
     acceptance: torch.Tensor
     jackknife_stderr: torch.Tensor | None = None
+    bias_bound: torch.Tensor | None = None
 
     @property
     def dof(self) -> float:
@@ -338,7 +340,7 @@ def ais_log_px(model, x: torch.Tensor, settings: AISSettings | None = None, guid
     acceptance = sum(w * p.acceptance for w, p in zip(weights, parts, strict=True)) / len(x)
     return AISResult(torch.cat([p.log_px for p in parts]), torch.cat([p.stderr for p in parts]),
                      torch.cat([p.log_w for p in parts], 1), torch.cat([p.step_sizes for p in parts], 1), acceptance,
-                     torch.cat([p.jackknife_stderr for p in parts]))
+                     torch.cat([p.jackknife_stderr for p in parts]), torch.cat([p.bias_bound for p in parts]))
 
 
 def _ais_chunk(model, x, index, settings, guide, bar=None) -> AISResult:
@@ -362,7 +364,8 @@ def _ais_chunk(model, x, index, settings, guide, bar=None) -> AISResult:
         state, _, acceptance = anneal(path, path.start(settings.chains), betas, step_sizes,
                                       settings.leapfrog_steps, bar=bar)
     stderr = log_mean_exp_stderr(state.log_w)
+    bias = torch.full_like(stderr, START_BIAS if settings.init == "laplace" else 0.0)
     if settings.init == "laplace":  # the start's tails, seldom drawn: a point may read up to START_BIAS high
-        stderr = (stderr**2 + START_BIAS**2).sqrt()  # each point's own interval; a mean's error stays the chains'
+        stderr = (stderr**2 + bias**2).sqrt()  # each point's own interval; a mean adds the bound whole
     return AISResult(log_mean_exp(state.log_w), stderr.to(state.log_w.dtype), state.log_w, step_sizes, acceptance,
-                     jackknife_stderr(state.log_w).to(state.log_w.dtype))
+                     jackknife_stderr(state.log_w).to(state.log_w.dtype), bias.to(state.log_w.dtype))

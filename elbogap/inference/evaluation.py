@@ -357,6 +357,7 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
         else:
             per_point["log_px"], per_point["log_px_stderr"] = estimate.values, estimate.stderr
             per_point["log_px_jackknife_stderr"] = jackknife
+            per_point["log_px_bias_bound"] = _bias_bound(estimate)
             per_point["log_px_systematic"] = torch.full(estimate.values.shape, step.method.systematic,
                                                         device=x.device)
             dof["log_px"] = estimate.dof
@@ -364,6 +365,7 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
         if column := step.method.kept_as:
             per_point[column], per_point[f"{column}_stderr"] = estimate.values, estimate.stderr
             per_point[f"{column}_jackknife_stderr"] = jackknife
+            per_point[f"{column}_bias_bound"] = _bias_bound(estimate)
             dof[column] = estimate.dof
     per_point["kl_gap"] = kl_gap(per_point["log_px"], per_point["elbo"])
     metrics = _summarize(per_point, num_samples, estimates, fills)
@@ -390,7 +392,8 @@ def _fill_in(per_point: dict, dof: dict, estimate: LogPxEstimate, jackknife: tor
     nan = torch.full_like(estimate.stderr, math.nan)
     values = torch.where(failed, per_point["log_px_iwae"].to(estimate.values.dtype), estimate.values)
     for key, value in (("log_px", values), ("log_px_stderr", torch.where(failed, nan, estimate.stderr)),
-                       ("log_px_jackknife_stderr", torch.where(failed, nan, jackknife))):
+                       ("log_px_jackknife_stderr", torch.where(failed, nan, jackknife)),
+                       ("log_px_bias_bound", _bias_bound(estimate))):
         per_point[key] = torch.where(filled, value, per_point[key])
     per_point["log_px_systematic"] = per_point["log_px_systematic"] & ~filled
     dof["log_px"] = torch.where(filled.cpu(), estimate.dof, torch.as_tensor(dof["log_px"], dtype=torch.float64))
@@ -420,8 +423,9 @@ def _estimate_on(method: LogPxMethod, rows: torch.Tensor | None, model, guide, x
                                {key: values[rows] for key, values in per_point.items()})
     nan = torch.full((len(x),), float("nan"), dtype=estimate.values.dtype, device=x.device)
     sum_stderr = None if estimate.sum_stderr is None else nan.index_put((rows,), estimate.sum_stderr)
+    bias = None if estimate.bias_bound is None else torch.zeros_like(nan).index_put((rows,), estimate.bias_bound)
     return LogPxEstimate(nan.index_put((rows,), estimate.values), nan.index_put((rows,), estimate.stderr),
-                         estimate.info, sum_stderr, estimate.dof)
+                         estimate.info, sum_stderr, estimate.dof, bias)
 
 
 def _evaluate_q(model, guide, x, index, num_samples, progress=False, desc="",
@@ -462,11 +466,19 @@ def _combined_stderr(stderr: torch.Tensor, rows: torch.Tensor | None = None) -> 
 def _mean_stderr(per_point: dict, key: str, rows: torch.Tensor | None = None,
                  systematic: bool | torch.Tensor = False) -> float:
     """The error of the mean of ``per_point[key]`` over ``rows`` (all where None), from the errors
-    :func:`~elbogap.inference.weights.errors_a_mean_combines` picks (averaged where they are ``systematic``)."""
+    :func:`~elbogap.inference.weights.errors_a_mean_combines` picks (averaged where they are ``systematic``), and the
+    mean of the points' bias bounds (``KEY_bias_bound``, where an estimator gave them) added whole."""
     own, jackknife = per_point[f"{key}_stderr"], per_point[f"{key}_jackknife_stderr"]
+    bias = per_point.get(f"{key}_bias_bound")
     if rows is not None:
         own, jackknife = own[rows], jackknife[rows]
-    return mean_error(errors_a_mean_combines(own, jackknife), systematic)
+        bias = None if bias is None else bias[rows]
+    return mean_error(errors_a_mean_combines(own, jackknife), systematic, bias)
+
+
+def _bias_bound(estimate: LogPxEstimate) -> torch.Tensor:
+    """Per point, the estimate's bias bound (:attr:`~elbogap.estimators.LogPxEstimate.bias_bound`; 0 where none)."""
+    return torch.zeros_like(estimate.stderr) if estimate.bias_bound is None else estimate.bias_bound
 
 
 #: above this share of points whose weights have infinite variance, their errors would dominate the split's: IWAE

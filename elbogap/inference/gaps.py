@@ -69,19 +69,22 @@ class KnownLogPx(NamedTuple):
     error, or over one point its own: :func:`~elbogap.inference.weights.errors_a_mean_combines`), the method
     that gave them, and whether those errors are systematic (bounds that a mean averages:
     :func:`~elbogap.inference.weights.mean_error`), for all of them or per point (a quadrature's points beside those
-    AIS filled in)."""
+    AIS filled in), and each point's bias bound beside its random error, which a mean adds whole (AIS from the
+    modes; None: none)."""
 
     values: torch.Tensor
     stderr: torch.Tensor
     method: str
     systematic: bool | torch.Tensor = False
+    bias_bound: torch.Tensor | None = None
 
     @classmethod
     def of(cls, per_point: dict, method: str, rows: torch.Tensor | None = None) -> "KnownLogPx":
         """The log p(x) of an evaluation's ``per_point`` (at ``rows``), with the errors a mean over them combines."""
-        values, own, jackknife, systematic = (per_point[key] if rows is None else per_point[key][rows] for key in (
-            "log_px", "log_px_stderr", "log_px_jackknife_stderr", "log_px_systematic"))
-        return cls(values, errors_a_mean_combines(own, jackknife), method, systematic)
+        values, own, jackknife, systematic, bias = (
+            None if key not in per_point else per_point[key] if rows is None else per_point[key][rows]
+            for key in ("log_px", "log_px_stderr", "log_px_jackknife_stderr", "log_px_systematic", "log_px_bias_bound"))
+        return cls(values, errors_a_mean_combines(own, jackknife), method, systematic, bias)
 
 
 def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor | None = None,
@@ -124,14 +127,14 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
         best = evaluate(model, star, x, index if star is guide else None, keep_draws=True, **evaluate_options)
     if log_px is None:  # q* is the better proposal where log p(x) is importance-weighted
         log_px = KnownLogPx.of(best.per_point, best.metrics["log_px_method"])
-    log_px, log_px_stderr, method, systematic = log_px
+    log_px, log_px_stderr, method, systematic, bias_bound = log_px
     elbo, elbo_star = amortized.per_point["elbo"], best.per_point["elbo"]
 
     def stderr(*tensors):  # independent per-point errors add in quadrature
         return math.sqrt(sum(float(t.pow(2).sum()) for t in tensors)) / len(x)
 
     def with_log_px(elbo_stderr):  # log p(x)'s errors beside an ELBO's, averaged where they are bounds
-        return math.hypot(stderr(elbo_stderr), mean_error(log_px_stderr, systematic))
+        return math.hypot(stderr(elbo_stderr), mean_error(log_px_stderr, systematic, bias_bound))
 
     differences = best.per_point["elbo_draws"] - amortized.per_point["elbo_draws"]  # (points, draws), paired
     paired = differences.std(1) / math.sqrt(differences.shape[1])  # NaN from a single draw
@@ -147,7 +150,7 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
         "approx_gap": float((log_px - elbo_star).double().mean()),
         "approx_gap_bound": "exact" if guide.exact_optimum else "upper",
         "amort_gap": float((elbo_star - elbo).double().mean()),
-        "gap_log_px_stderr": mean_error(log_px_stderr, systematic),
+        "gap_log_px_stderr": mean_error(log_px_stderr, systematic, bias_bound),
         "gap_elbo_stderr": stderr(amortized.per_point["elbo_stderr"]),
         "elbo_star_stderr": stderr(best.per_point["elbo_stderr"]),
         "gap_kl_stderr": with_log_px(amortized.per_point["elbo_stderr"]),

@@ -208,17 +208,20 @@ def errors_a_mean_combines(stderr: torch.Tensor, jackknife: torch.Tensor) -> tor
     return stderr if len(stderr) == 1 else jackknife
 
 
-def mean_error(errors: torch.Tensor, systematic: bool | torch.Tensor = False) -> float:
+def mean_error(errors: torch.Tensor, systematic: bool | torch.Tensor = False,
+               bias_bound: torch.Tensor | None = None) -> float:
     r"""The error of a mean over points from their own errors :math:`s_i`: :math:`\sqrt{\sum_i s_i^2} / n` where they
     are independent random errors, :math:`\frac1n \sum_i s_i` where they are ``systematic`` (deterministic bounds,
     which may all share one sign); NaN if any is NaN, or over no points. ``systematic`` may be a mask per point (a
     quadrature's bounds beside AIS's errors on the points it left): then the bounds add, the random errors add in
-    quadrature, and the two parts add, over :math:`n`."""
+    quadrature, and the two parts add, over :math:`n`. ``bias_bound``, per point, is a bound beside a random error
+    (AIS from the modes): its mean adds whole."""
     errors = errors.double()
     if not len(errors):
         return math.nan
     systematic = torch.as_tensor(systematic, device=errors.device).expand(errors.shape)
-    return float((errors[systematic].sum() + errors[~systematic].pow(2).sum().sqrt()) / len(errors))
+    bound = 0.0 if bias_bound is None else float(bias_bound.double().mean())
+    return float((errors[systematic].sum() + errors[~systematic].pow(2).sum().sqrt()) / len(errors)) + bound
 
 
 def _group_sizes(num: int, levels: int) -> list[int]:
