@@ -39,7 +39,7 @@ from elbogap.inference import evaluate as evaluate_pair
 from elbogap.model import LatentModel
 from elbogap.points import point_rows
 from elbogap.records import is_global_study
-from elbogap.report import GLOBAL_SUMMARY_KEYS, SUMMARY_KEYS, finished, markdown, write_results
+from elbogap.report import SUMMARY_KEYS, evaluated_splits, finished, markdown, write_results
 from elbogap.runs import load_run
 from elbogap.summary import rows, snr_rows
 from elbogap.sweep import compare as run_sweep
@@ -106,12 +106,11 @@ class Comparison:
         """One record per guide and seed (the ``runs`` of results.json)."""
         return self.results["runs"]
 
-    def _view(self) -> tuple[str, list[str]]:
-        """The split :meth:`table` reads by default, and its keys: a model with global latents has one split,
-        ``"train"``, whose one unit is the whole data set; a per-point model is read on ``"test"``."""
-        if is_global_study(finished(self.runs)):
-            return "train", GLOBAL_SUMMARY_KEYS
-        return "test", SUMMARY_KEYS
+    def _view(self) -> str:
+        """The split :meth:`table` reads by default: the first the records evaluate (:func:`~elbogap.report.
+        evaluated_splits`), ``"test"`` for a per-point model; a model with global latents has one, ``"train"``,
+        whose one unit is the whole data set."""
+        return next(iter(evaluated_splits(finished(self.runs))), "test")
 
     def table(self, split: str | None = None) -> list[dict]:
         """One row per guide: means over seeds of the split's main numbers, the highest ELBO first.
@@ -124,11 +123,13 @@ class Comparison:
         covers ``gap_points``, with ``approx_gap_bound`` where known and ``approx_gap_note`` where
         the approximation gap lies below -2 standard errors. Beside each number ``KEY``:
         ``KEY_mc_stderr``, the Monte-Carlo standard error of the mean over seeds, and with two
-        seeds or more ``KEY_seed_sd``, the standard deviation of the per-seed values.
+        seeds or more ``KEY_seed_sd``, the standard deviation of the per-seed values. ``log_px_stderr``,
+        ``elbo_stderr`` and ``kl_gap_stderr`` are the mean of the seeds' own errors (one seed's precision), and
+        ``khat_mean`` and ``ess_mean`` q's importance diagnostics.
 
         A model with global latents has one split, ``"train"``, with one unit, the whole data set
-        (``log_px``, here log p(D), ``elbo``, ``kl_gap`` and its Monte-Carlo ``kl_gap_stderr``, per
-        point beside them, q's importance estimate ``log_px_iwae`` and ``khat_mean``).
+        (``log_px``, here log p(D), ``elbo``, ``kl_gap``, ``kl_gap_per_point`` beside them, and q's
+        importance estimate ``log_px_iwae``): the same names, one schema (:mod:`elbogap.records`).
         Either kind's rows also sum ``elbo``, ``log_px`` and ``kl_gap`` over the split's units
         (``elbo_total``, ``log_px_total``, ``kl_gap_total``): log p(x) of all the evaluated points
         together, or log p(D) again. ``pandas.DataFrame(result.table())`` turns it into a data frame.
@@ -140,8 +141,7 @@ class Comparison:
         ``snr_decoder_mean`` (the mean over entries), each with ``KEY_seed_sd``.
         """
         runs = finished(self.runs)
-        default_split, keys = self._view()
-        table = rows(runs, split or default_split, keys)
+        table = rows(runs, split or self._view(), SUMMARY_KEYS)
         snr = {row.pop("guide"): row for row in snr_rows(runs)}
         for row in table:
             row.update({key: value for key, value in snr.get(row["guide"], {}).items() if key != "seeds"})
@@ -159,7 +159,7 @@ class Comparison:
         export (:func:`elbogap.load`)."""
         if split not in ("test", "train"):
             raise UsageError(f"split {split!r} is not one of test, train")
-        if self._view()[0] == "train":  # a model with global latents
+        if is_global_study(finished(self.runs)):  # one unit, the whole data set
             raise UsageError("a model with global latents has no per-point numbers: its unit is the whole data "
                              "set; elbogap.load(out) gives each row's log-likelihood under q's draws")
         return point_rows(self.out, self.runs, split)
@@ -186,7 +186,7 @@ class Comparison:
 
     def __repr__(self) -> str:
         rows = self.table()
-        split, _ = self._view()
+        split = self._view()
         return (f"Comparison({len(self.runs)} runs in {self.out}; {split} KL gap by guide: "
                 + ", ".join(f"{row['guide']} {row['kl_gap']:.3f}" for row in rows) + ")")
 

@@ -7,8 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from elbogap.describe import model_text
-from elbogap.global_latents.report import CSV_METRICS as GLOBAL_METRICS
-from elbogap.global_latents.report import csv_rows as global_csv_rows
 from elbogap.global_latents.report import markdown_sections as global_sections
 from elbogap.inference.log_px import methods
 from elbogap.records import TOTAL_KEYS, TOTALED, is_global_study
@@ -353,20 +351,29 @@ def timing(results: dict, runs: list[dict]) -> str:
 
 #: a row's columns: log p(x), the ELBO and the KL gap on ``log_px_points``; then the whole evaluated split
 #: (``num_points``), with the three summed over its points; then the gap split on ``gap_points``
-CSV_METRICS = ["converged", "log_px_points", "log_px", "log_px_stderr", "elbo_log_px_points",
+#: results.csv's metric columns, the same for every kind of model (one record schema, records.py): an empty cell where
+#: a run's record lacks the number (the gap split where it was not computed, ``*_per_point`` where a unit is a point)
+CSV_METRICS = ["converged", "units", "log_px_points", "log_px", "log_px_stderr", "elbo_log_px_points",
                "elbo_log_px_points_stderr", "kl_gap", "kl_gap_stderr", "log_px_method", "num_points", "split_points",
-               "elbo", "elbo_stderr", "recon", "kl_prior", *TOTAL_KEYS, "log_px_iwae", "log_px_iwae_stderr",
-               "log_px_ais", "log_px_ais_stderr", "kl_exact", "gap_points", "gap_log_px", "gap_elbo", "elbo_star",
-               "gap_kl", "approx_gap", "approx_gap_stderr", "amort_gap", "amort_gap_stderr", "approx_gap_bound",
+               "elbo", "elbo_stderr", "elbo_samples", "recon", "kl_prior", *TOTAL_KEYS, "elbo_per_point",
+               "log_px_per_point", "kl_gap_per_point", "log_px_iwae", "log_px_iwae_stderr", "log_px_ais",
+               "log_px_ais_stderr", "kl_exact", "gap_points", "gap_log_px", "gap_elbo", "elbo_star", "gap_kl",
+               "approx_gap", "approx_gap_stderr", "amort_gap", "amort_gap_stderr", "approx_gap_bound",
                "q_star_converged", "khat_mean", "khat_bad_share", "ess_mean", "active_units"]
 #: the sums over a split's units, under the same names for every kind (records.py)
 TOTALS = tuple(f"{key}_total" for key in TOTALED)
-#: the numbers a per-point study summarizes over seeds (results.json's ``summary``, the API's ``table()``)
-SUMMARY_KEYS = ("log_px", "elbo_log_px_points", "kl_gap", "elbo", "log_px_iwae", "recon", "kl_prior",
-                "gap_log_px", "gap_elbo", "elbo_star", "gap_kl", "approx_gap", "amort_gap", *TOTALS)
-#: the same for a study of a model with global latents, on the whole data set (its ``train`` split, one unit)
-GLOBAL_SUMMARY_KEYS = ("log_px", "log_px_stderr", "elbo", "elbo_stderr", "kl_gap", "kl_gap_stderr",
-                       "kl_gap_per_point", "log_px_iwae", "khat_mean", "ess_mean", *TOTALS)
+#: the numbers a study summarizes over seeds (results.json's ``summary``, the API's ``table()``), for every kind of
+#: model; a number no run's record has is left out of its row
+SUMMARY_KEYS = ("log_px", "log_px_stderr", "elbo_log_px_points", "kl_gap", "kl_gap_stderr", "kl_gap_per_point", "elbo",
+                "elbo_stderr", "log_px_iwae", "recon", "kl_prior", "khat_mean", "ess_mean", "gap_log_px", "gap_elbo",
+                "elbo_star", "gap_kl", "approx_gap", "amort_gap", *TOTALS)
+
+
+def evaluated_splits(runs: list[dict]) -> list[str]:
+    """The splits, test first, whose metrics every run's record holds under the one schema: both of a per-point model,
+    the training split (D, one unit) of a model with global latents, whose test split (``--holdout``) holds the held-out
+    rows' predictive density instead."""
+    return [split for split in ("test", "train") if all("elbo" in run.get(split, {}) for run in runs)]
 
 
 def summary(results: dict) -> dict:
@@ -375,23 +382,17 @@ def summary(results: dict) -> dict:
     if not runs:
         return {}
     snr = {"gradient_snr": table} if (table := snr_rows(runs)) else {}
-    if is_global_study(runs):
-        return {"train": rows(runs, "train", GLOBAL_SUMMARY_KEYS), **snr}
-    return {**{split: rows(runs, split, SUMMARY_KEYS) for split in ("test", "train")}, **snr}
+    return {**{split: rows(runs, split, SUMMARY_KEYS) for split in evaluated_splits(runs)}, **snr}
 
 
 def csv_text(results: dict) -> str:
-    """One row per run and split: guide, seed, split, the metrics and the training time."""
+    """One row per run and split (:func:`evaluated_splits`): guide, seed, split, the metrics and the training time."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     runs = finished(results["runs"])
-    if is_global_study(runs):
-        writer.writerow(["guide", "seed", "split", *GLOBAL_METRICS, "train_seconds"])
-        writer.writerows(global_csv_rows(runs))
-        return buffer.getvalue()
     writer.writerow(["guide", "seed", "split", *CSV_METRICS, "train_seconds"])
-    for run in finished(results["runs"]):
-        for split in ("train", "test"):
+    for run in runs:
+        for split in reversed(evaluated_splits(runs)):
             metrics = {**on_log_px_points(run[split]), "converged": run.get("converged", "")}
             writer.writerow([run["guide"], run["seed"], split, *(metrics.get(k, "") for k in CSV_METRICS),
                              run["train_seconds"]])

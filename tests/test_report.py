@@ -7,7 +7,9 @@ import json
 import pytest
 
 from elbogap.config import Config
+from elbogap.records import with_totals
 from elbogap.report import csv_text, markdown, write_results
+from elbogap.report import summary as summary_of
 
 AIS = {"init": "prior", "chains": 2, "steps": 10, "leapfrog_steps": 1, "acceptance": [0.6, 0.7], "target_accept": 0.65}
 
@@ -108,6 +110,31 @@ def test_csv_and_json_keep_the_same_points_side_by_side_and_both_kinds_of_error(
     (row,) = json.loads((tmp_path / "results.json").read_text())["summary"]["test"]
     assert row["kl_gap_seed_sd"] == 0 and row["kl_gap_mc_stderr"] == pytest.approx(0.21 / 2**0.5)
     assert row["approx_gap_mc_stderr"] == pytest.approx(0.1 / 2**0.5) and row["log_px_points"] == 50
+
+
+def test_every_kind_of_model_writes_the_same_csv_columns_and_summary_names():
+    """One record schema: a model with global latents (one unit, D; its test split holds the held-out rows' predictive
+    density, not the schema's numbers) writes the per-point study's CSV header, one row per run, and its summary's
+    train rows carry the same names (they had a header and keys of their own)."""
+    per_point = csv_text(results())
+    whole = {"units": 1, "num_points": 40, "elbo": -52.0, "elbo_stderr": 0.01, "elbo_samples": 1000, "log_px": -51.5,
+             "log_px_stderr": 0.02, "log_px_method": "ais", "kl_gap": 0.5, "kl_gap_stderr": 0.03,
+             "kl_gap_per_point": 0.0125, "log_px_iwae": -51.6, "log_px_iwae_stderr": 0.05, "khat_mean": 0.3,
+             "ess_mean": 400.0}
+    whole = with_totals(whole)
+    runs = [{"guide": "auto-AutoNormal", "seed": seed, "train_seconds": 2.0, "converged": True, "evidence": {},
+             "train": whole, "test": {"num_points": 10, "log_predictive": -13.0, "log_predictive_stderr": 0.01}}
+            for seed in (0, 1)]
+    study = {**results(), "runs": runs}
+    header, *lines = csv_text(study).splitlines()
+    assert header == per_point.splitlines()[0] and len(lines) == 2
+    row = next(csv.DictReader(io.StringIO(csv_text(study))))
+    assert row["split"] == "train" and row["units"] == "1" and row["kl_gap_per_point"] == "0.0125"
+    assert row["approx_gap"] == "" and row["converged"] == "True"
+    summary = summary_of(study)
+    assert set(summary) == {"train"} and summary["train"][0]["kl_gap_per_point"] == pytest.approx(0.0125)
+    assert {"log_px", "kl_gap", "kl_gap_stderr", "khat_mean", "log_px_total"} <= set(summary["train"][0])
+    assert {"log_px_stderr", "khat_mean"} <= set(summary_of(results())["test"][0])
 
 
 def test_the_footer_describes_the_users_program_from_its_record():

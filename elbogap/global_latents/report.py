@@ -24,10 +24,6 @@ COLUMNS = [("elbo", "ELBO(D)"), ("log_px", "log p(D)"), ("kl_gap", "KL gap"),
            ("kl_gap_per_point", "KL gap per point"), ("log_px_iwae", "q's IS log p(D)"), ("khat_mean", "k-hat"),
            ("ess_mean", "ESS")]
 
-CSV_METRICS = ["converged", "units", "num_points", "elbo_samples", "elbo", "elbo_stderr", "recon", "kl_prior",
-               "log_px", "log_px_stderr", "kl_gap", "kl_gap_stderr", "elbo_per_point", "log_px_per_point",
-               "kl_gap_per_point", "log_px_iwae", "log_px_iwae_stderr", "ess_mean", "khat_mean"]
-
 
 #: the smallest reference sds between a guide's mean and the reference's that mark them as sitting in different
 #: places of the posterior (a Gaussian shifted by 5 sds alone is 12.5 nats from the unshifted one)
@@ -601,9 +597,3 @@ def evidence_section(runs: list[dict]) -> list[str]:
                     f"itself: {name} is biased low (a lower bound in expectation), and no spread of its {units} shows "
                     "by how much. BDMC (`--bdmc N`) measures that bias on data sets simulated from the model; where it "
                     "ran, the next column widens the interval's upper end by the sandwich's width.", ""]
-
-
-def csv_rows(runs: list[dict]) -> list[list]:
-    return [[run["guide"], run["seed"], "train",
-             *({**run["train"], "converged": run.get("converged", "")}.get(key, "") for key in CSV_METRICS),
-             run["train_seconds"]] for run in runs]
