@@ -20,7 +20,7 @@ from elbogap.global_latents.report import gap_table
 from elbogap.points import save_points
 from elbogap.protocols import protocol_for
 from elbogap.records import is_global_study
-from elbogap.report import caveats, gap_notes, gap_section, table, write_results
+from elbogap.report import caveats, gap_notes, gap_section, split_table, write_results
 from elbogap.runs import LOG, Interrupted, NumericalFault, load_run, run_one
 from elbogap.stopping import stop_requests
 from elbogap.summary import approx_gap_note, on_log_px_points, plus_minus
@@ -228,7 +228,7 @@ def run_evaluate(args) -> int:
     splits = [split for split in ("test", "train") if split in metrics]
     if not args.quiet:
         for split in splits:
-            print(f"## {split}\n" + "\n".join(table([record], split)) + f"\n\n{plus_minus([1])}"
+            print(f"## {split}\n" + "\n".join(split_table([record], split)) + f"\n\n{plus_minus([1])}"
                   + "".join(caveats([record], split)) + "\n")
         if any("approx_gap" in metrics[split] for split in splits):
             print("## approximation vs amortization\n\n" + "\n".join(gap_section([record], splits)))

@@ -14,7 +14,6 @@ from elbogap.summary import (
     approx_gap_note,
     bound_markers,
     cell,
-    converged_cell,
     convergence_warnings,
     held_out_warnings,
     on_log_px_points,
@@ -23,6 +22,7 @@ from elbogap.summary import (
     rows,
     snr_rows,
     stacked_sentence,
+    table,
 )
 
 GAP_COLUMNS = [("gap_log_px", "log p(x)"), ("gap_elbo", "ELBO of q"), ("elbo_star", "ELBO of q*"),
@@ -45,34 +45,14 @@ def main_columns(splits: list[dict]) -> list[tuple[str, str]]:
             ("kl_prior", f"KL to prior, {every}")]
 
 
-def points_cell(metrics: dict, count: str) -> str:
-    """The points a row's first columns cover: ``count`` of the split's evaluated points."""
-    covered = metrics.get(count, metrics["num_points"])
-    return str(covered) if covered == metrics["num_points"] else f"{covered} of {metrics['num_points']}"
-
-
-def table(runs: list[dict], split: str, columns: list[tuple[str, str]] | None = None,
-          count: str = "log_px_points") -> list[str]:
-    """A Markdown table, one row per guide: the points (``count``), then each column as mean ± error."""
-    splits = [on_log_px_points(run[split]) for run in runs]
-    main = columns is None
-    columns = columns if columns is not None else main_columns(splits)
-    extra = " converged |" if main else ""
-    lines = ["| guide | points | " + " | ".join(title for _, title in columns) + " | seeds |" + extra,
-             "|---" * (len(columns) + 3 + main) + "|"]
-    for guide in dict.fromkeys(run["guide"] for run in runs):
-        mine = [metrics for run, metrics in zip(runs, splits, strict=True) if run["guide"] == guide]
-        markers = bound_markers(mine)
-        cells = [cell(over_seeds(mine, key), markers.get(key, "")) for key, _ in columns]
-        verdict = f" {converged_cell([run for run in runs if run['guide'] == guide])} |" if main else ""
-        lines.append(f"| {guide} | {points_cell(mine[0], count)} | " + " | ".join(cells) + f" | {len(mine)} |"
-                     + verdict)
-    return lines
-
-
 def seed_counts(runs: list[dict]) -> set[int]:
     """How many seeds the rows of a table over ``runs`` average: one count per guide."""
     return {sum(run["guide"] == guide for run in runs) for guide in {run["guide"] for run in runs}}
+
+
+def split_table(runs: list[dict], split: str) -> list[str]:
+    """A split's main table (:func:`main_columns`), with whether each guide's fits converged."""
+    return table(runs, split, main_columns([on_log_px_points(run[split]) for run in runs]), converged=True)
 
 
 def gap_notes(runs: list[dict], splits: Sequence[str] = ("test", "train")) -> list[str]:
@@ -230,7 +210,7 @@ def markdown(results: dict) -> str:
         lines += ["## Warnings", "", *warnings, ""]
     seeds = seed_counts(runs)
     for split in ("test", "train"):
-        lines += [f"## {split} split ({points([run[split] for run in runs])})", "", *table(runs, split), "",
+        lines += [f"## {split} split ({points([run[split] for run in runs])})", "", *split_table(runs, split), "",
                   f"log p(x) - ELBO = KL gap on the points of the row. {plus_minus(seeds)}",
                   *caveats(runs, split), ""]
     if any("approx_gap" in run["test"] for run in runs):

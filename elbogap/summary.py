@@ -17,7 +17,7 @@ mean over :math:`n` seeds, :math:`\sqrt{\sum_i s_i^2} / n`.
 import math
 import re
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 #: log p(x), the ELBO on the points it covers and the KL gap: log_px - elbo_log_px_points = kl_gap
 SAME_POINTS = ("log_px", "elbo_log_px_points", "kl_gap")
@@ -50,7 +50,7 @@ def on_log_px_points(metrics: dict) -> dict:
     Where log p(x) covers every evaluated point, the ELBO on its points is ``elbo`` itself.
     """
     metrics = dict(metrics)
-    if "log_px" in metrics and metrics.get("log_px_points", metrics["num_points"]) == metrics["num_points"]:
+    if "log_px" in metrics and metrics.get("log_px_points", metrics.get("num_points")) == metrics.get("num_points"):
         metrics.setdefault("elbo_log_px_points", metrics["elbo"])
         metrics.setdefault("elbo_log_px_points_stderr", metrics.get("elbo_stderr"))
     return metrics
@@ -378,3 +378,35 @@ def stacked_sentence(runs: list[dict]) -> str:
     stacked = sorted({run["guide"] for run in runs if run.get("stacked_seeds")})
     return (f" Each seed of {', '.join(stacked)} trained with the guide's other seeds as one program (stacked fits), "
             "then was evaluated alone." if stacked else "")
+
+
+def points_cell(metrics: dict, count: str) -> str:
+    """The points a row's first columns cover: ``count`` of the split's evaluated points."""
+    covered = metrics.get(count, metrics["num_points"])
+    return str(covered) if covered == metrics["num_points"] else f"{covered} of {metrics['num_points']}"
+
+
+def table(runs: list[dict], split: str, columns: list[tuple[str, str]], count: str | None = "log_px_points",
+          converged: bool = False, notes: dict[str, str] | None = None,
+          extra: tuple[str, Callable[[list[dict]], str]] | None = None) -> list[str]:
+    """A Markdown table of one split, one row per guide, for every kind of model: the points each row covers
+    (``count``; none where None), each column as mean ± error over the guide's seeds (:func:`cell`), an ``extra``
+    column ``(title, cell from the guide's split metrics)``, the seeds, and with ``converged`` whether its fits
+    converged. ``notes`` follow a cell whose number some seed gave without an error bar (by key)."""
+    splits = [on_log_px_points(run[split]) for run in runs]
+    titles = ([] if count is None else ["points"]) + [title for _, title in columns] + (
+        [extra[0]] if extra else []) + ["seeds"] + (["converged"] if converged else [])
+    lines = ["| guide | " + " | ".join(titles) + " |", "|---" * (len(titles) + 1) + "|"]
+    for guide in dict.fromkeys(run["guide"] for run in runs):
+        mine = [metrics for run, metrics in zip(runs, splits, strict=True) if run["guide"] == guide]
+        markers = bound_markers(mine)
+        cells = [] if count is None else [points_cell(mine[0], count)]
+        for key, _ in columns:
+            declined = key in (notes or {}) and any(
+                not math.isfinite(metrics.get(f"{key}_stderr", math.nan)) for metrics in mine if key in metrics)
+            cells.append(cell(over_seeds(mine, key), markers.get(key, "")) + (f" ({notes[key]})" if declined else ""))
+        cells += [extra[1](mine)] if extra else []
+        cells.append(str(len(mine)))
+        cells += [converged_cell([run for run in runs if run["guide"] == guide])] if converged else []
+        lines.append(f"| {guide} | " + " | ".join(cells) + " |")
+    return lines

@@ -4,7 +4,6 @@ import math
 
 import pytest
 
-from elbogap.global_latents.report import _cell
 from elbogap.summary import (
     approx_gap_note,
     cell,
@@ -176,7 +175,6 @@ def test_a_value_has_as_many_decimals_as_the_error_beside_it():
     assert cell({"mean": -0.00061, "mc_stderr": 0.00045}) == "-0.00061 ± 0.00045"
     assert cell({"mean": -291.08919, "seed_sd": 0.00019, "mc_stderr": 0.0001}) == "-291.08919 ± 0.00019 (s.e. 0.0001)"
     assert cell({"mean": -72.68175, "seed_sd": 0.00021, "mc_stderr": 0.001}) == "-72.682 ± 0.00021 (s.e. 0.001)"
-    assert _cell([-0.00061], [0.00045]) == "-0.00061 ± 0.00045"
     assert cell({"mean": -4.35371, "mc_stderr": 0.0039}) == "-4.354 ± 0.004"  # three decimals as before
     assert cell({"mean": 189.178, "seed_sd": 3.499, "mc_stderr": 0.4}) == "189.2 ± 3.5 (s.e. 0.400)"  # an ESS
     assert cell({"mean": 806.123, "mc_stderr": 12.6}) == "806 ± 13"

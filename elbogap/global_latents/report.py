@@ -1,7 +1,6 @@
 """The table of a study of a model with global latents (results.md sections and results.csv rows)."""
 
 import math
-import statistics
 
 import torch
 
@@ -10,13 +9,12 @@ from elbogap.global_latents.evidence import FAR_SHARE, PRIOR_CHECK_STDERR
 from elbogap.global_latents.reference import OUTSIDE_SDS, RELIABLE_DRAWS
 from elbogap.inference.weights import interval_halfwidth, mean_error
 from elbogap.summary import (
-    converged_cell,
     convergence_warnings,
     error_figure,
     figure,
     per_guide_lines,
-    seed_sd,
     stacked_sentence,
+    table,
 )
 
 #: (key in a run's ``train`` metrics, the whole data set as one unit; column title)
@@ -244,19 +242,6 @@ def seed_spread_warnings(runs: list[dict]) -> list[str]:
     return lines
 
 
-def _cell(values: list[float], stderrs: list[float] | None = None) -> str:
-    r"""One seed: ``value ± Monte-Carlo s.e.``; several: ``mean ± sd over seeds (s.e. of the mean)``, the mean's
-    Monte-Carlo error :math:`\sqrt{\sum_s e_s^2} / S` as a per-point model's table and ``Comparison.table()``'s
-    ``KEY_mc_stderr`` give it (none where a seed's error is declined)."""
-    finite = [stderr for stderr in stderrs or [] if math.isfinite(stderr)]
-    if len(values) == 1:  # no ± where the error is declined (NaN: heavy-tailed weights)
-        return figure(values[0], finite[0] if finite else None) + (f" ± {error_figure(finite[0])}" if finite else "")
-    own = (f" (s.e. {error_figure(mean_error(torch.tensor(finite, dtype=torch.float64)))})"
-           if finite and len(finite) == len(values) else "")
-    spread = seed_sd(values)
-    return f"{figure(statistics.fmean(values), max([spread, *finite]))} ± {error_figure(spread)}{own}"
-
-
 def _by_guide(runs):
     guides: dict[str, list[dict]] = {}
     for run in runs:
@@ -265,24 +250,13 @@ def _by_guide(runs):
 
 
 def gap_table(runs: list[dict]) -> list[str]:
-    lines = ["| guide | " + " | ".join(title for _, title in COLUMNS) + " | MC s.e. of the gap | seeds | converged |",
-             "|---" * (len(COLUMNS) + 4) + "|"]
-    for guide, mine in _by_guide(runs).items():
-        cells = []
-        for key, _ in COLUMNS:
-            values = [run["train"].get(key) for run in mine]
-            if any(value is None for value in values):
-                cells.append("–")
-                continue
-            stderr_key = {"elbo": "elbo_stderr", "log_px": "log_px_stderr", "kl_gap": "kl_gap_stderr",
-                          "log_px_iwae": "log_px_iwae_stderr"}.get(key)
-            errors = [run["train"][stderr_key] for run in mine] if stderr_key else None
-            declined = key == "log_px_iwae" and any(not math.isfinite(error) for error in errors)
-            cells.append(_cell(values, errors) + (" (no error bar: k-hat above 0.5)" if declined else ""))
-        stderr = mean_error(torch.tensor([run["train"]["kl_gap_stderr"] for run in mine], dtype=torch.float64))
-        lines.append(f"| {guide} | " + " | ".join(cells)
-                     + f" | {figure(stderr)} | {len(mine)} | {converged_cell(mine)} |")
-    return lines
+    """The whole data set's table (:func:`~elbogap.summary.table` on its one unit, ``train``), with each guide's
+    Monte-Carlo error of the gap."""
+    def gap_error(splits: list[dict]) -> str:
+        return figure(mean_error(torch.tensor([metrics["kl_gap_stderr"] for metrics in splits], dtype=torch.float64)))
+
+    return table(runs, "train", COLUMNS, count=None, converged=True,
+                 notes={"log_px_iwae": "no error bar: k-hat above 0.5"}, extra=("MC s.e. of the gap", gap_error))
 
 
 def reference_table(runs: list[dict]) -> list[str]:
