@@ -1,4 +1,4 @@
-"""The table of a study of a model with global latents (results.md sections and results.csv rows)."""
+"""The sections of results.md for a study of a model with global latents (its table: :func:`elbogap.summary.table`)."""
 
 import math
 
