@@ -148,13 +148,22 @@ def kept_box(points: torch.Tensor, log_p: torch.Tensor) -> tuple[torch.Tensor, t
 
 def filled_cells(log_w: torch.Tensor, dim: int, n: int | None = None) -> torch.Tensor:
     """How many cells per axis each unit's posterior mass fills ``(units,)``: the effective number of cells,
-    :math:`1 / \\sum_c w_c^2` for the weights ``log_w`` ``(count, units)`` normalized, to the power ``1 / dim``; NaN
-    where no cell has mass. Given the grid's ``n`` points per axis, per peak: that number shared among the peaks
-    (:func:`peaks`) first, so that two modes of one cell each do not read as one posterior over two cells."""
-    effective = log_w.softmax(0).pow(2).sum(0).reciprocal()
-    if n is not None:
-        effective = effective / peaks(log_w, n, dim).clamp(min=1)
-    return effective.pow(1 / dim)
+    :math:`1 / \sum_c w_c^2` for the weights ``log_w`` ``(count, units)`` normalized, to the power ``1 / dim``; NaN
+    where no cell has mass. Given the grid's ``n`` points per axis, along each axis apart, the fewest: the effective
+    number of cells of the mass's marginal on that axis, shared among that marginal's peaks (:func:`peaks`), so that
+    two modes of one cell each do not read as one posterior over two cells, nor a posterior one cell wide in one axis
+    as one over many in both (a tester's two modes, one cell wide across and eight along, read 0.09 nats high beside
+    a stated 0.0096 where the root of the total, 2.8 cells, counted it resolved)."""
+    weights = log_w.softmax(0)
+    if n is None:
+        return weights.pow(2).sum(0).reciprocal().pow(1 / dim)
+    grid_weights = weights.reshape(*(n,) * dim, -1)
+    fewest = None
+    for axis in range(dim):
+        marginal = grid_weights.sum(tuple(other for other in range(dim) if other != axis)) if dim > 1 else grid_weights
+        effective = marginal.pow(2).sum(0).reciprocal() / peaks(marginal.log(), n, 1).clamp(min=1)
+        fewest = effective if fewest is None else torch.minimum(fewest, effective)
+    return fewest
 
 
 def peaks(log_w: torch.Tensor, n: int, dim: int) -> torch.Tensor:
