@@ -95,7 +95,7 @@ def reference_inference_data(saved: dict, run: dict):
         count = len(weights)
         index = torch.as_tensor(systematic_resample(weights, count, run["seed"]))
         values = {name: value[index] for name, value in values.items()}
-        attrs.update(resampled="systematic, from weighted AIS states", effective_draws=_attribute(
+        attrs.update(resampled=f"systematic, from {weighted_source(reference)}", effective_draws=_attribute(
             reference.get("effective_draws", float(weights.sum() ** 2 / (weights ** 2).sum()))))
     else:
         count = len(next(iter(values.values())))
@@ -104,6 +104,17 @@ def reference_inference_data(saved: dict, run: dict):
     data = az.from_dict(posterior=site_arrays(values, run["model"]["sites"]["latent"], chains))
     data.posterior.attrs.update(attrs)
     return data
+
+
+def weighted_source(reference: dict) -> str:
+    """What a weighted reference's draws were, as its record says (results.md's reference section names them so)."""
+    if "grid_points" in reference:
+        return f"the {reference['grid_points']} grid points of the evidence's quadrature"
+    if reference.get("source") == "reference_draws":
+        return "draws of the evidence's fitted Gaussian reference, weighted by p(D, θ) / r(θ)"
+    if reference.get("method") == "ais":
+        return "the AIS chains' final states, weighted by their importance weights"
+    return f"the draws of the evidence's estimator ({reference.get('method', 'unknown')}), weighted"
 
 
 def _flag(value) -> int:

@@ -178,7 +178,8 @@ def train_at_once(config, data, guide_name: str, tasks, progress: bool, should_s
 
     started = time.perf_counter()
     threads = PROTOCOLS[data.kind].threads
-    with as_progress(progress).bar(f"{len(seeds)} seeds at once", cap) as bar, intra_op_threads(threads):
+    with as_progress(progress).bar(f"{guide_label(guide_name)}: {len(seeds)} seeds at once", cap) as bar, \
+            intra_op_threads(threads):
         stack.run(should_stop, bar, on_step)
         seconds = training_seconds()
         if not should_stop():  # what the kind does at once for the trained runs before they are evaluated (q*)

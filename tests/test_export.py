@@ -12,7 +12,7 @@ import torch
 
 import elbogap
 from elbogap.errors import UsageError
-from elbogap.export import FOLDER, arviz, export_study, site_arrays, systematic_resample
+from elbogap.export import FOLDER, arviz, export_study, site_arrays, systematic_resample, weighted_source
 from elbogap.plots import make_figures
 from elbogap.records import RENAMED
 from tests.global_latents import truth
@@ -147,3 +147,10 @@ def test_a_run_is_loaded_by_the_guide_as_compare_took_it_or_as_the_table_shows_i
     by_spec, by_label = result.load("auto:AutoNormal", seed=0), result.load("auto-AutoNormal", seed=0)
     assert [type(part) for part in by_spec] == [type(part) for part in by_label]
     assert torch.equal(by_spec[2].train, by_label[2].train)
+
+
+def test_a_weighted_reference_says_which_draws_were_weighted():
+    """A tester's export read "from weighted AIS states" where the reference was the fitted Gaussian's draws."""
+    assert "fitted Gaussian reference" in weighted_source({"method": "ais", "source": "reference_draws"})
+    assert "AIS chains' final states" in weighted_source({"method": "ais", "source": "chains"})
+    assert "grid points" in weighted_source({"method": "quadrature", "grid_points": 576})
