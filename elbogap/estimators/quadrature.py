@@ -67,11 +67,12 @@ SETTLED_SHRINK = 1.5
 #: the fewest cells the kept region spans in each axis for the trapezoid rule's difference alone to be the error: on
 #: peaked posteriors of random VAEs spanning fewer, it was up to 750 times too small (BENCHMARKS.md, "2-D quadrature")
 RESOLVED_CELLS = 12
-#: and the fewest cells per axis the posterior's mass fills, :math:`(1 / \sum_c w_c^2)^{1/d}` for the cells' weights
-#: :math:`w_c \propto p(x, z_c) A`: a Uniform location seen on the logit scale has a peak of sd 0.46 and a tail falling
-#: as exp(-v) over 30 units, which the kept cells span; at 24 points on a line the peak's mass lay in two cells, the
-#: halving agreed with the estimate by chance (stated 0.004) and log p(x) read 0.8 nats low
-#: (``benchmarks/quadrature.py --one-latent``). A Gaussian of sd 0.75 cells fills 2 sqrt(pi) 0.75 = 2.66 cells per axis
+#: and the fewest cells per axis the posterior's mass fills, :math:`1 / \sum_c m_c^2` for its marginal :math:`m` on
+#: each axis of the cells' weights :math:`w_c \propto p(x, z_c) A` (:func:`filled_cells`): a Uniform location seen on
+#: the logit scale has a peak of sd 0.46 and a tail falling as exp(-v) over 30 units, which the kept cells span; at 24
+#: points on a line the peak's mass lay in two cells, the halving agreed with the estimate by chance (stated 0.004)
+#: and log p(x) read 0.8 nats low (``benchmarks/quadrature.py --one-latent``). A Gaussian of sd 0.75 cells fills
+#: 2 sqrt(pi) 0.75 = 2.66 cells per axis
 RESOLVED_MASS_CELLS = 2.66
 #: a cell higher than its neighbours that holds this share of the mass is a peak, each of which must fill
 #: RESOLVED_MASS_CELLS: two modes x = z^2 makes (a tester's program) inside one box, a cell or two each, read 0.065
