@@ -151,19 +151,20 @@ def filled_cells(log_w: torch.Tensor, dim: int, n: int | None = None) -> torch.T
     """How many cells per axis each unit's posterior mass fills ``(units,)``: the effective number of cells,
     :math:`1 / \sum_c w_c^2` for the weights ``log_w`` ``(count, units)`` normalized, to the power ``1 / dim``; NaN
     where no cell has mass. Given the grid's ``n`` points per axis, along each axis apart, the fewest: the effective
-    number of cells of the mass's marginal on that axis, shared among that marginal's peaks (:func:`peaks`), so that
-    two modes of one cell each do not read as one posterior over two cells, nor a posterior one cell wide in one axis
-    as one over many in both (a tester's two modes, one cell wide across and eight along, read 0.09 nats high beside
-    a stated 0.0096 where the root of the total, 2.8 cells, counted it resolved)."""
+    number of cells of the mass's marginal on that axis, shared among that marginal's peaks (:func:`peaks`), and the
+    root of the whole grid's count shared among its peaks, the fewest of these: two modes of one cell each do not read
+    as one posterior over two cells, nor a posterior one cell wide in one axis as one over many in both (a tester's two
+    modes, one cell wide across and eight along, read 0.09 nats high beside a stated 0.0096 where the root of the
+    total, 2.8 cells, counted it resolved), nor a ridge narrow across a diagonal, which spreads along both axes."""
     weights = log_w.softmax(0)
+    total = weights.pow(2).sum(0).reciprocal()
     if n is None:
-        return weights.pow(2).sum(0).reciprocal().pow(1 / dim)
+        return total.pow(1 / dim)
     grid_weights = weights.reshape(*(n,) * dim, -1)
-    fewest = None
+    fewest = (total / peaks(log_w, n, dim).clamp(min=1)).pow(1 / dim)
     for axis in range(dim):
         marginal = grid_weights.sum(tuple(other for other in range(dim) if other != axis)) if dim > 1 else grid_weights
-        effective = marginal.pow(2).sum(0).reciprocal() / peaks(marginal.log(), n, 1).clamp(min=1)
-        fewest = effective if fewest is None else torch.minimum(fewest, effective)
+        fewest = torch.minimum(fewest, marginal.pow(2).sum(0).reciprocal() / peaks(marginal.log(), n, 1).clamp(min=1))
     return fewest
 
 

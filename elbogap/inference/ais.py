@@ -56,7 +56,8 @@ INITS = ("prior", "laplace", "q")
 #: tails (:data:`~elbogap.inference.laplace.TAIL_SHARE` of its mass): -log(1 - share), added in quadrature to each
 #: point's own error (without it, on Gaussian posteriors 43-48% of points lay outside their intervals). A mean over
 #: points adds it whole (``AISResult.bias_bound``): a bound every point may share does not shrink with their count
-#: (without it, split means read 4e-5 to 6e-5 nats high at 2.7 to 11.7 of their error)
+#: (without it, split means read 3.6e-5 to 6.2e-5 nats high at 2.7 to 11.7 of their error in benchmarks/tail_share.py,
+#: and 4e-5 to 5e-5 at 4 to 9 on a tester's linear model)
 START_BIAS = -math.log1p(-TAIL_SHARE)
 
 

@@ -311,8 +311,9 @@ def evaluate(model, guide, x: torch.Tensor, index: torch.Tensor | None = None,
     spread of its draws (float64 moments), IWAE's and AIS's per point from the spread of
     log-means over groups of draws or chains (:func:`~elbogap.inference.weights.log_mean_exp_stderr`),
     and for a split mean from each point's jackknife error (``*_jackknife_stderr`` per point,
-    :func:`~elbogap.inference.weights.jackknife_stderr`), whose mean square is right whatever the tails
-    (a mean over one point takes that point's own error).
+    :func:`~elbogap.inference.weights.jackknife_stderr`), whose mean square is right whatever the tails, plus the
+    mean of the points' bias bounds (``*_bias_bound``: AIS from the modes) added whole (a mean over one point takes
+    that point's own error, which holds its bound).
     One point's IWAE or AIS error has few degrees of freedom (``Evaluation.dof``), so its 95% interval is
     wider than :math:`\pm 1.96` standard errors (:meth:`Evaluation.interval`).
     ``progress`` shows a bar (with the time left) over the chunks of points and AIS's transitions.
@@ -467,13 +468,14 @@ def _mean_stderr(per_point: dict, key: str, rows: torch.Tensor | None = None,
                  systematic: bool | torch.Tensor = False) -> float:
     """The error of the mean of ``per_point[key]`` over ``rows`` (all where None), from the errors
     :func:`~elbogap.inference.weights.errors_a_mean_combines` picks (averaged where they are ``systematic``), and the
-    mean of the points' bias bounds (``KEY_bias_bound``, where an estimator gave them) added whole."""
+    mean of the points' bias bounds (``KEY_bias_bound``, where an estimator gave them) added whole; over one point, its
+    own error, which holds its bound already."""
     own, jackknife = per_point[f"{key}_stderr"], per_point[f"{key}_jackknife_stderr"]
     bias = per_point.get(f"{key}_bias_bound")
     if rows is not None:
         own, jackknife = own[rows], jackknife[rows]
         bias = None if bias is None else bias[rows]
-    return mean_error(errors_a_mean_combines(own, jackknife), systematic, bias)
+    return mean_error(errors_a_mean_combines(own, jackknife), systematic, bias if len(own) > 1 else None)
 
 
 def _bias_bound(estimate: LogPxEstimate) -> torch.Tensor:

@@ -84,7 +84,8 @@ class KnownLogPx(NamedTuple):
         values, own, jackknife, systematic, bias = (
             None if key not in per_point else per_point[key] if rows is None else per_point[key][rows]
             for key in ("log_px", "log_px_stderr", "log_px_jackknife_stderr", "log_px_systematic", "log_px_bias_bound"))
-        return cls(values, errors_a_mean_combines(own, jackknife), method, systematic, bias)
+        # over one point its own error, which holds its bias bound already
+        return cls(values, errors_a_mean_combines(own, jackknife), method, systematic, bias if len(own) > 1 else None)
 
 
 def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor | None = None,

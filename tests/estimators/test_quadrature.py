@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from elbogap.estimators import EstimatorSettings, estimators
-from elbogap.estimators.quadrature import REFINE_ABOVE, TIGHTEN_ABOVE
+from elbogap.estimators.quadrature import REFINE_ABOVE, RESOLVED_MASS_CELLS, TIGHTEN_ABOVE, filled_cells
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.guides import build_guide
 from elbogap.inference import evaluate
@@ -320,6 +320,19 @@ def test_a_posterior_one_cell_wide_across_is_not_taken_for_a_resolved_grid():
                                    EstimatorSettings(grid_points=24))
     error = (estimate.values - squared_pair_evidence(x)).abs()
     assert bool((error <= estimate.stderr + 1e-4).all()), (error.max(), estimate.stderr[error.argmax()])
+
+
+@pytest.mark.parametrize(("across", "along", "resolved"), [(0.2, 3.0, False), (0.3, 3.0, False), (2.0, 2.0, True)])
+def test_a_ridge_narrow_across_a_diagonal_is_not_taken_for_a_resolved_grid(across, along, resolved):
+    """A Gaussian ridge at 45 degrees, ``across`` cells wide and ``along`` long (sds), spreads along both axes: counted
+    along each axis alone it fills 7.5 cells, resolved (a reviewer's case); the whole grid's count holds it back."""
+    n = 24
+    centre = torch.arange(n, dtype=torch.float64) - n / 2 + 0.5
+    u, v = torch.meshgrid(centre, centre, indexing="ij")
+    diagonal, cross = (u + v) / math.sqrt(2), (u - v) / math.sqrt(2)
+    log_w = -(diagonal / along) ** 2 / 2 - (cross / across) ** 2 / 2
+    filled = float(filled_cells(log_w.reshape(-1, 1), 2, n)[0])
+    assert (filled >= RESOLVED_MASS_CELLS) == resolved, filled
 
 
 def sparse_rate(x):

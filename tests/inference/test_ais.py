@@ -302,3 +302,6 @@ def test_a_split_mean_of_ais_from_the_modes_holds_the_start_bias_in_its_error():
                              log_px=KnownLogPx.of(evaluation.per_point, "ais", rows))
     assert gaps["gap_log_px_stderr"] > START_BIAS
     assert abs(gaps["gap_log_px"] - float(model.log_px(x[rows]).mean())) < 1.96 * gaps["gap_log_px_stderr"]
+    one = KnownLogPx.of(evaluation.per_point, "ais", rows[:1])  # one point: its own error holds its bound already
+    own = float(evaluation.per_point["log_px_stderr"][0])
+    assert one.bias_bound is None and float(one.stderr[0]) == pytest.approx(own) and own > START_BIAS
