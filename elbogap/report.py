@@ -329,10 +329,10 @@ def timing(results: dict, runs: list[dict]) -> str:
     return (", ".join(wall) + ". " if wall else "") + (f"Summed over runs: {parts}." if parts else "")
 
 
-#: a row's columns: log p(x), the ELBO and the KL gap on ``log_px_points``; then the whole evaluated split
-#: (``num_points``), with the three summed over its points; then the gap split on ``gap_points``
-#: results.csv's metric columns, the same for every kind of model (one record schema, records.py): an empty cell where
-#: a run's record lacks the number (the gap split where it was not computed, ``*_per_point`` where a unit is a point)
+#: results.csv's metric columns, the same for every kind of model (one record schema, records.py): log p(x), the ELBO
+#: and the KL gap on ``log_px_points``; then the whole evaluated split (``num_points``), with the three summed over
+#: its units; then the gap split on ``gap_points``; an empty cell where a run's record lacks the number (the gap split
+#: where it was not computed, ``*_per_point`` where a unit is a point)
 CSV_METRICS = ["converged", "units", "log_px_points", "log_px", "log_px_stderr", "elbo_log_px_points",
                "elbo_log_px_points_stderr", "kl_gap", "kl_gap_stderr", "log_px_method", "num_points", "split_points",
                "elbo", "elbo_stderr", "elbo_samples", "recon", "kl_prior", *TOTAL_KEYS, "elbo_per_point",
@@ -343,7 +343,7 @@ CSV_METRICS = ["converged", "units", "log_px_points", "log_px", "log_px_stderr",
 #: the sums over a split's units, under the same names for every kind (records.py)
 TOTALS = tuple(f"{key}_total" for key in TOTALED)
 #: the numbers a study summarizes over seeds (results.json's ``summary``, the API's ``table()``), for every kind of
-#: model; a number no run's record has is left out of its row
+#: model; a number some run's record lacks is left out of its row
 SUMMARY_KEYS = ("log_px", "log_px_stderr", "elbo_log_px_points", "kl_gap", "kl_gap_stderr", "kl_gap_per_point", "elbo",
                 "elbo_stderr", "log_px_iwae", "recon", "kl_prior", "khat_mean", "ess_mean", "gap_log_px", "gap_elbo",
                 "elbo_star", "gap_kl", "approx_gap", "amort_gap", *TOTALS)
