@@ -149,7 +149,7 @@ def kept_box(points: torch.Tensor, log_p: torch.Tensor) -> tuple[torch.Tensor, t
 
 def filled_cells(log_w: torch.Tensor, dim: int, n: int | None = None) -> torch.Tensor:
     """How many cells per axis each unit's posterior mass fills ``(units,)``: the effective number of cells,
-    :math:`1 / \sum_c w_c^2` for the weights ``log_w`` ``(count, units)`` normalized, to the power ``1 / dim``; NaN
+    :math:`1 / \\sum_c w_c^2` for the weights ``log_w`` ``(count, units)`` normalized, to the power ``1 / dim``; NaN
     where no cell has mass. Given the grid's ``n`` points per axis, along each axis apart, the fewest: the effective
     number of cells of the mass's marginal on that axis, shared among that marginal's peaks (:func:`peaks`), and the
     root of the whole grid's count shared among its peaks, the fewest of these: two modes of one cell each do not read
