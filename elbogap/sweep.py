@@ -194,6 +194,7 @@ def run_tasks(backend, config: Config, tasks: list[RunTask], on_run: Callable[[R
     waiting, running = list(tasks), set()
     failure: Exception | None = None
     interrupted: Outcome | None = None
+    stopped_runs = 0  # runs that stopped on the request: one names its step, several their folder
     stopping = False
     with stop_requests() as should_stop:
         while running or (waiting and not (should_stop() or failure or interrupted)):
@@ -219,6 +220,7 @@ def run_tasks(backend, config: Config, tasks: list[RunTask], on_run: Callable[[R
                     on_run(outcome.task, skipped_run(outcome.task.guide, outcome.task.seed, outcome.payload))
                 elif stopped(outcome, stopping, bool(should_stop())):
                     interrupted = interrupted or outcome
+                    stopped_runs += 1
                 elif failure is None:
                     failure = as_exception(outcome, config.debug)
     if failure is not None:
@@ -226,7 +228,8 @@ def run_tasks(backend, config: Config, tasks: list[RunTask], on_run: Callable[[R
     if should_stop() or interrupted:
         signum = should_stop() or interrupted.payload[0]
         task = interrupted.task if interrupted else tasks[0]
-        step = interrupted.payload[1] if interrupted and interrupted.status == "interrupted" else None
+        one = interrupted and interrupted.status == "interrupted" and stopped_runs == 1
+        step = interrupted.payload[1] if one else None
         raise Interrupted(signum, step, Path(task.run_dir))
 
 

@@ -75,6 +75,8 @@ def test_sigterm_stops_the_sweep_with_checkpoints_and_another_backend_resumes_it
         programs["flag"].unlink()
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert "--resume" in stderr and "Traceback" not in stderr
+    several = len(wave) > 1  # two runs stopped: the line names their folder, not one of them (a tester's named one)
+    assert ("runs go on from their checkpoints" in stderr) == several and ("after step" in stderr) != several
     for seed in wave:
         state = load_checkpoint(out / "runs" / f"diag-seed{seed}" / "checkpoint.pt")
         assert not state["complete"] and 10 <= state["trainer"]["step"] < STEPS
