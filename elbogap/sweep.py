@@ -69,6 +69,15 @@ def buildable_guides(config: Config, data, at_default: bool) -> tuple[Config, di
     return config.replace(guides=[name for name in config.guides if name not in left_out]), left_out
 
 
+def size_notices(config: Config, data) -> list[str]:
+    """A line for each of ``--train-size`` and ``--test-size`` that asks for more rows than its split has (a tester's
+    ``--test-size 1000`` on a 100-row split was used as 100 without a word)."""
+    asked = [("--train-size", config.train_size, "training", data.train),
+             ("--test-size", config.test_size, "test", data.test)]
+    return [f"{flag} {size} is more than the {name} split's {len(rows)} rows: all {len(rows)} are used"
+            for flag, size, name, rows in asked if size is not None and rows is not None and size > len(rows)]
+
+
 def check_earlier_study(config: Config, out: Path) -> None:
     """Refuse in one line to write over the records of a study already in ``out``: without ``--resume``, or with
     other guides or seeds (each run's own settings are checked against its checkpoint, :func:`~elbogap.runs.
@@ -101,6 +110,8 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
     out = Path(out if out is not None else config.out)
     data = load_dataset(config)
     check_rows(config, data)
+    for notice in size_notices(config, data):
+        print(f"elbogap: {notice}", file=sys.stderr)
     config, left_out = buildable_guides(with_kind_guides(config, data), data, config.guides == Config().guides)
     if left_out and progress:
         for name, why in left_out.items():

@@ -13,7 +13,9 @@ import pytest
 from elbogap.backends.task import Outcome, RunTask
 from elbogap.checkpoint import load_checkpoint
 from elbogap.cli import main
-from elbogap.sweep import stopped
+from elbogap.config import Config
+from elbogap.factory import load_dataset
+from elbogap.sweep import size_notices, stopped
 from tests.backends.conftest import QUICK
 
 STEPS = 60
@@ -173,3 +175,11 @@ def test_a_nan_in_a_fixed_model_reference_run_is_one_behaviour_on_every_backend(
 def test_a_run_that_fails_on_its_own_as_a_stop_is_asked_stays_a_failure(status, stopping, asked, counts_as_stopped):
     outcome = Outcome(RunTask("diag", 0, "runs/diag-seed0"), status, "a message")
     assert stopped(outcome, stopping, asked) is counts_as_stopped
+
+
+def test_a_size_larger_than_its_split_is_said():
+    """A tester's --test-size 1000 on a 100-row test split was used as 100 without a word."""
+    data = load_dataset(Config(train_size=200))
+    assert size_notices(Config(train_size=200, test_size=100000), data) == [
+        f"--test-size 100000 is more than the test split's {len(data.test)} rows: all {len(data.test)} are used"]
+    assert size_notices(Config(train_size=200, test_size=len(data.test)), data) == []
