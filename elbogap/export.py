@@ -30,6 +30,7 @@ import torch
 
 from elbogap.checkpoint import load_checkpoint
 from elbogap.errors import UsageError
+from elbogap.global_latents.reference import weighted_source
 from elbogap.inference import smc
 from elbogap.records import upgraded
 
@@ -104,17 +105,6 @@ def reference_inference_data(saved: dict, run: dict):
     data = az.from_dict(posterior=site_arrays(values, run["model"]["sites"]["latent"], chains))
     data.posterior.attrs.update(attrs)
     return data
-
-
-def weighted_source(reference: dict) -> str:
-    """What a weighted reference's draws were, as its record says (results.md's reference section names them so)."""
-    if "grid_points" in reference:
-        return f"the {reference['grid_points']} grid points of the evidence's quadrature"
-    if reference.get("source") == "reference_draws":
-        return "draws of the evidence's fitted Gaussian reference, weighted by p(D, θ) / r(θ)"
-    if reference.get("method") == "ais":
-        return "the AIS chains' final states, weighted by their importance weights"
-    return f"the draws of the evidence's estimator ({reference.get('method', 'unknown')}), weighted"
 
 
 def _flag(value) -> int:

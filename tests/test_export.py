@@ -12,7 +12,8 @@ import torch
 
 import elbogap
 from elbogap.errors import UsageError
-from elbogap.export import FOLDER, arviz, export_study, site_arrays, systematic_resample, weighted_source
+from elbogap.export import FOLDER, arviz, export_study, site_arrays, systematic_resample
+from elbogap.global_latents.reference import weighted_source
 from elbogap.plots import make_figures
 from elbogap.records import RENAMED
 from tests.global_latents import truth
@@ -151,6 +152,6 @@ def test_a_run_is_loaded_by_the_guide_as_compare_took_it_or_as_the_table_shows_i
 
 def test_a_weighted_reference_says_which_draws_were_weighted():
     """A tester's export read "from weighted AIS states" where the reference was the fitted Gaussian's draws."""
-    assert "fitted Gaussian reference" in weighted_source({"method": "ais", "source": "reference_draws"})
+    assert "fitted Gaussian reference" in weighted_source({"method": "ais", "source": "reference_draws", "draws": 2048})
     assert "AIS chains' final states" in weighted_source({"method": "ais", "source": "chains"})
     assert "grid points" in weighted_source({"method": "quadrature", "grid_points": 576})

@@ -214,3 +214,17 @@ def site_moments(moment: dict) -> dict:
 
 def finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def weighted_source(reference: dict) -> str:
+    """What a weighted reference's draws were, from its record (``reference``): the words results.md and the ArviZ
+    export name them by."""
+    method = reference.get("method", "unknown")
+    if "grid_points" in reference:
+        return (f"the {reference['grid_points']} grid points of the evidence's {method}, weighted by p(D, θ) times "
+                "their cell's area")
+    if method == "ais" and reference.get("source") == "reference_draws":
+        return f"{reference['draws']} draws of the evidence's fitted Gaussian reference r, weighted by p(D, θ) / r(θ)"
+    if method == "ais":
+        return "the AIS chains' final states, weighted by their importance weights"
+    return f"the draws of the evidence's estimator ({method}), weighted by their importance weights"

@@ -6,7 +6,7 @@ import torch
 
 from elbogap.global_latents.autoguides import AUTOGUIDES, MEAN_FIELD, autoguide
 from elbogap.global_latents.evidence import FAR_SHARE, PRIOR_CHECK_STDERR
-from elbogap.global_latents.reference import OUTSIDE_SDS, RELIABLE_DRAWS
+from elbogap.global_latents.reference import OUTSIDE_SDS, RELIABLE_DRAWS, weighted_source
 from elbogap.inference.weights import interval_halfwidth, mean_error
 from elbogap.summary import (
     convergence_warnings,
@@ -310,20 +310,15 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
         if method == "nuts":
             described = (f"Pyro's NUTS, {settings['chains']} chains x {settings['samples']} samples after "
                          f"{settings['warmup']} warm-up steps")
+        elif "grid_points" in settings:
+            described = f"{weighted_source(settings)}: its moments are the quadrature's"
         elif method == "ais" and settings.get("source") == "reference_draws":
-            described = (f"{settings['draws']} draws of the evidence's fitted Gaussian reference r, weighted by "
-                         f"p(D, θ) / r(θ): {settings['effective_draws']:.0f} effective draws at k-hat "
+            described = (f"{weighted_source(settings)}: {settings['effective_draws']:.0f} effective draws at k-hat "
                          f"{settings['draws_khat']:.2f}, where the AIS chains' final states had "
                          f"{settings['effective_chains']:.1f}")
-        elif method == "ais":
-            described = ("the AIS chains' final states, weighted by their importance weights "
-                         f"({settings['effective_chains']:.1f} effective chains)")
-        elif "grid_points" in settings:
-            described = (f"the {settings['grid_points']} grid points of the evidence's {method}, weighted by "
-                         "p(D, θ) times their cell's area: its moments are the quadrature's")
         else:
-            described = (f"the draws of the evidence's estimator ({method}), weighted by their importance weights "
-                         f"({settings['effective_chains']:.1f} effective draws)")
+            effective = "effective chains" if method == "ais" else "effective draws"
+            described = f"{weighted_source(settings)} ({settings['effective_chains']:.1f} {effective})"
         rough = [] if settings.get("reliable", True) else [
             f"**Rough, not a finding:** the reference rests on {settings.get('effective_draws', 0):.0f} effective "
             f"draws (or its chains disagree), under the {RELIABLE_DRAWS} a per-site comparison needs; see Warnings.",
