@@ -1,4 +1,5 @@
-r"""A full-rank Gaussian's start from the seed's mean-field fit: the covariance of q's expected curvature.
+r"""A full-rank or low-rank Gaussian's start from the seed's mean-field fit: the covariance of q's expected
+curvature, or the low-rank family's member closest to it.
 
 A Gaussian :math:`q = \mathcal{N}(m, \Sigma)` over the flat unconstrained latent vector that maximizes the ELBO
 satisfies :math:`\Sigma^{-1} = E_q[-\nabla^2 \log p(z, D)]` (Opper & Archambeau [1]). One step of that fixed point
@@ -27,6 +28,21 @@ tried only up to :data:`MAX_DIM` latents (:math:`4\,\text{PAIRS}\,d = 16d` gradi
 joint, and :math:`2\,` :data:`SCORE_DRAWS` log joints). Written here: Pyro's ``AutoLaplaceApproximation`` takes
 one Hessian at a MAP point, not the curvature q averages.
 
+A low-rank family :math:`\Sigma = WW^T + \operatorname{diag}(\delta^2)` (in whitened coordinates; rank :math:`r`)
+starts at its member closest to :math:`\mathcal{N}(m, \Sigma)` in the ELBO's own direction,
+
+.. math::
+
+    \min_{W, \delta}\ \mathrm{KL}\bigl(\mathcal{N}(0, WW^T + \operatorname{diag}(\delta^2))
+    \,\big\|\, \mathcal{N}(0, P^{-1})\bigr)
+    = \tfrac12 \bigl(\operatorname{tr}(P\,(WW^T + \operatorname{diag}(\delta^2)))
+    - \log\det(WW^T + \operatorname{diag}(\delta^2))\bigr) + \text{const},
+
+:math:`P` the floored whitened precision, found by L-BFGS (:func:`closest_low_rank`), and is kept under the same
+test as full rank's. On a Gaussian posterior this is the family's optimum itself. From a small random factor beside
+the mean field (a saddle of the ELBO at zero) the plateau rule stopped a 10-D conjugate regression's rank-3 fit
+0.8 nats short of that optimum and called it converged (BENCHMARKS.md, "Low rank from the expected curvature").
+
 References:
 
 [1] The Variational Gaussian Approximation Revisited, Manfred Opper and Cédric Archambeau, Neural Computation 21(3),
@@ -49,6 +65,12 @@ MIN_PRECISION = 0.01
 SCORE_DRAWS = 512
 #: the most latents the start is tried for
 MAX_DIM = 1000
+#: the least diagonal sd δ of the low-rank start, in the mean field's sds: the family's optimum may lie where δ → 0
+#: (a direction the factor explains whole), which Pyro's parametrization (σ = sδ, C = W / δ) reaches only as its
+#: factor grows without bound; at 0.05 a 10-D regression's rank-3 start loses 0.003 nats to the floor
+LOW_RANK_MIN_DIAGONAL = 0.05
+#: the most L-BFGS iterations of the low-rank start's fit (:func:`closest_low_rank`)
+LOW_RANK_ITERATIONS = 500
 #: rows × points of the data set's log joint evaluated at once
 CHUNK = 2 ** 21
 
@@ -92,11 +114,10 @@ def expected_precision(model, data: torch.Tensor, loc: torch.Tensor, scale: torc
     return 0.5 * (precision + precision.T)
 
 
-def curvature_start(model, data: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
-                    generator: torch.Generator) -> dict | None:
-    """The full-rank start of the module: ``{"scale_tril": L, "elbo_gain": ..., "elbo_gain_stderr": ...}`` with
-    :math:`LL^T = \\Sigma`, or None where it is not tried (above :data:`MAX_DIM` latents), fails (a log joint or
-    gradient that is not finite) or does not raise the ELBO over the mean field's."""
+def floored_precision(model, data: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The eigenvalues (each at least :data:`MIN_PRECISION`) and eigenvectors of :func:`expected_precision`, or None
+    where it is not tried (above :data:`MAX_DIM` latents, or one) or is not finite."""
     dim = len(loc)
     if dim > MAX_DIM or dim < 2:
         return None
@@ -105,7 +126,80 @@ def curvature_start(model, data: torch.Tensor, loc: torch.Tensor, scale: torch.T
     if not bool(torch.isfinite(precision).all()):
         return None
     values, vectors = torch.linalg.eigh(precision)
-    whitened = (vectors / values.clamp_min(MIN_PRECISION)) @ vectors.T  # covariance of u = (z - m) / s
+    return values.clamp_min(MIN_PRECISION), vectors
+
+
+def curvature_start(model, data: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
+                    generator: torch.Generator) -> dict | None:
+    """The full-rank start of the module: ``{"scale_tril": L, "elbo_gain": ..., "elbo_gain_stderr": ...}`` with
+    :math:`LL^T = \\Sigma`, or None where it is not tried (above :data:`MAX_DIM` latents), fails (a log joint or
+    gradient that is not finite) or does not raise the ELBO over the mean field's."""
+    floored = floored_precision(model, data, loc, scale, generator)
+    if floored is None:
+        return None
+    values, vectors = floored
+    return kept_if_better(model, data, loc, scale, (vectors / values) @ vectors.T, generator)
+
+
+def low_rank_start(model, data: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, rank: int,
+                   generator: torch.Generator) -> dict | None:
+    """The low-rank start of the module, in Pyro's parametrization of ``AutoLowRankMultivariateNormal``
+    (:math:`\\Sigma = \\operatorname{diag}(\\sigma)(CC^T + I)\\operatorname{diag}(\\sigma)`):
+    ``{"scale": σ, "cov_factor": C, "elbo_gain": ..., "elbo_gain_stderr": ...}``, or None as for
+    :func:`curvature_start`."""
+    floored = floored_precision(model, data, loc, scale, generator)
+    if floored is None:
+        return None
+    values, vectors = floored
+    closest = closest_low_rank(values, vectors, rank)
+    if closest is None:
+        return None
+    factor, diagonal = closest  # whitened: W W^T + diag(δ²); in z: diag(s) (W W^T + diag(δ²)) diag(s)
+    kept = kept_if_better(model, data, loc, scale, factor @ factor.T + torch.diag(diagonal ** 2), generator)
+    if kept is None:
+        return None
+    return {"scale": (scale.double() * diagonal).to(loc), "cov_factor": (factor / diagonal[:, None]).to(loc),
+            "elbo_gain": kept["elbo_gain"], "elbo_gain_stderr": kept["elbo_gain_stderr"]}
+
+
+def closest_low_rank(values: torch.Tensor, vectors: torch.Tensor, rank: int,
+                     iterations: int = LOW_RANK_ITERATIONS) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(W, δ)`` of rank ``rank`` minimizing :math:`\\operatorname{tr}(PS) - \\log\\det S` with
+    :math:`S = WW^T + \\operatorname{diag}(\\delta^2)` and :math:`P` = ``vectors`` diag(``values``) ``vectors``ᵀ
+    (see the module), by L-BFGS from the mean field's variances and :math:`P`'s ``rank`` weakest directions; None
+    where it does not end finite. Written here: no library fits a low-rank-plus-diagonal Gaussian by this KL."""
+    precision = (vectors * values) @ vectors.T
+    start = (precision.diagonal().rsqrt() - LOW_RANK_MIN_DIAGONAL).clamp_min(0.01)  # the mean field's, above the floor
+    free = (start + torch.log(-torch.expm1(-start))).requires_grad_(True)  # δ = floor + softplus(free)
+    spare = (1 / values[:rank] - precision.diagonal().reciprocal().mean()).clamp_min(0.01)  # kept from zero, a saddle
+    factor = (vectors[:, :rank] * spare.sqrt()).contiguous().requires_grad_(True)
+    optimizer = torch.optim.LBFGS([factor, free], max_iter=iterations, tolerance_grad=1e-10,
+                                  tolerance_change=1e-12, line_search_fn="strong_wolfe")
+    eye = torch.eye(rank, dtype=precision.dtype)
+
+    def objective() -> torch.Tensor:
+        optimizer.zero_grad()
+        diagonal = LOW_RANK_MIN_DIAGONAL + torch.nn.functional.softplus(free)
+        # log det S by the matrix determinant lemma: sum log δ² + log det(I + Wᵀ diag(δ⁻²) W)
+        log_det = (2 * diagonal.log().sum()
+                   + torch.logdet(eye + factor.T @ (factor / diagonal.pow(2)[:, None])))
+        trace = ((precision @ factor) * factor).sum() + (precision.diagonal() * diagonal.pow(2)).sum()
+        loss = 0.5 * (trace - log_det)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(objective)
+    factor, diagonal = factor.detach(), LOW_RANK_MIN_DIAGONAL + torch.nn.functional.softplus(free.detach())
+    if not (bool(torch.isfinite(factor).all()) and bool(torch.isfinite(diagonal).all())):
+        return None
+    return factor, diagonal
+
+
+def kept_if_better(model, data: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, whitened: torch.Tensor,
+                   generator: torch.Generator) -> dict | None:
+    """``{"scale_tril", "elbo_gain", "elbo_gain_stderr"}`` of :math:`\\mathcal{N}(m, S\\,` ``whitened`` :math:`S)`,
+    :math:`S = \\operatorname{diag}(s)`, where its ELBO is above the mean field's (:func:`elbo_gain`); else None."""
     factor, failed = torch.linalg.cholesky_ex(0.5 * (whitened + whitened.T))
     if failed:
         return None

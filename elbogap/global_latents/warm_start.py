@@ -11,11 +11,12 @@ So, once per seed, AutoNormal is trained as a run of it trains (until converged;
 stacked program), its ELBO of D taken from the evaluation's precise draws (:func:`mean_field_fits`, kept in
 ``OUT/shared/`` for every guide's run), and
 
-- a run of a containing family starts at :math:`q_\text{MF}` itself (:func:`warm_start`): full rank at its mean with
-  the covariance of q's expected curvature there (:mod:`~elbogap.global_latents.curvature`; the mean field's own
-  where that does not raise the ELBO); low rank next to it, with a small random ``cov_factor`` (a tenth of the
-  scale Pyro draws it at, from the stream ``warm_start``; at zero its gradient vanishes, a saddle) and the diagonal
-  scaled so the marginal variances are the mean field's. Its plateau rule then keeps the start as its first level
+- a run of a containing family starts at :math:`q_\text{MF}`'s mean (:func:`warm_start`): full rank with the
+  covariance of q's expected curvature there, low rank with that covariance's closest member of its family
+  (:mod:`~elbogap.global_latents.curvature`), each where it raises the ELBO over the mean field's; otherwise at
+  :math:`q_\text{MF}` itself, low rank next to it, with a small random ``cov_factor`` (a tenth of the scale Pyro
+  draws it at, from the stream ``warm_start``; at zero its gradient vanishes, a saddle) and the diagonal scaled so
+  the marginal variances are the mean field's. Its plateau rule then keeps the start as its first level
   (:attr:`~elbogap.inference.convergence.ConvergeSchedule.keep_start`): a first stage that ends below the start
   returns there at a tenth of the rate, so the fit ends at the better of where it started and where it went;
 - the run's record keeps the fit as ``data.mean_field_check``, the floor :func:`~elbogap.global_latents.report.
@@ -31,7 +32,7 @@ from pyro.util import get_rng_state, set_rng_state
 
 from elbogap import streams
 from elbogap.global_latents.autoguides import MEAN_FIELD, autoguide
-from elbogap.global_latents.curvature import curvature_start
+from elbogap.global_latents.curvature import curvature_start, low_rank_start
 from elbogap.global_latents.evaluation import precise_draws, summarize_draws
 from elbogap.global_latents.guides import global_guide
 from elbogap.global_latents.model import GlobalLatentModel
@@ -160,15 +161,19 @@ def warm_start(config, data, runs: list[tuple], seeds: list[int], run_dirs: list
 
 
 def start_at(model: GlobalLatentModel, rows: torch.Tensor, guide, fit: dict, seed: int) -> dict | None:
-    """Set ``guide`` (full or low rank) to the mean-field fit ``fit`` (see the module; full rank with the covariance of
-    :mod:`~elbogap.global_latents.curvature` where that raises the ELBO on ``rows``); its record, or None where its
-    flat vector is not the fit's (a prototype on a subsampled plate): it then starts where Pyro starts it."""
+    """Set ``guide`` (full or low rank) to the mean-field fit ``fit`` (see the module; with the covariance of
+    :mod:`~elbogap.global_latents.curvature`, or low rank's closest member of it, where that raises the ELBO on
+    ``rows``); its record, or None where its flat vector is not the fit's (a prototype on a subsampled plate): it then
+    starts where Pyro starts it."""
     auto, loc, scale = guide.auto, fit["loc"], fit["scale"]
     if auto.loc.shape != loc.shape:
         return None
     record = {"from": fit["check"]["family"], "elbo": fit["check"]["elbo"], "check": fit["check"]}
-    curved = (curvature_start(model, rows, loc, scale, streams.generator("curvature_start", seed))
-              if guide.name == "AutoMultivariateNormal" else None)
+    generator = streams.generator("curvature_start", seed)
+    if guide.name == "AutoMultivariateNormal":
+        curved = curvature_start(model, rows, loc, scale, generator)
+    else:
+        curved = low_rank_start(model, rows, loc, scale, auto.cov_factor.shape[-1], generator)
     with torch.no_grad():
         auto.loc.copy_(loc)
         if guide.name == "AutoMultivariateNormal":
@@ -180,8 +185,14 @@ def start_at(model: GlobalLatentModel, rows: torch.Tensor, guide, fit: dict, see
             diagonal = scale_tril.diagonal()
             auto.scale = PyroParam(diagonal.clone(), auto.scale_constraint)
             auto.scale_tril = PyroParam(scale_tril / diagonal[:, None], auto.scale_tril_constraint)
+        elif curved is not None:  # Pyro's parametrization: covariance diag(scale) (C C^T + I) diag(scale)
+            auto.cov_factor.copy_(curved["cov_factor"])
+            auto.scale = PyroParam(curved["scale"].clone(), auto.scale_constraint)
+            record.update(covariance="expected curvature", rank=auto.cov_factor.shape[-1],
+                          elbo_gain=curved["elbo_gain"], elbo_gain_stderr=curved["elbo_gain_stderr"])
         else:  # covariance s (W W^T + I) s: W small, s the mean field's scale shrunk by W's share of the variance
             rank = auto.cov_factor.shape[-1]
+            record.update(covariance="mean field", rank=rank)
             factor = torch.randn(auto.cov_factor.shape, generator=streams.generator("warm_start", seed))
             factor *= COV_FACTOR_START / rank ** 0.5  # Pyro draws N(0, 1/rank)
             auto.cov_factor.copy_(factor)

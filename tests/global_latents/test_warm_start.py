@@ -36,10 +36,10 @@ def started(name: str, tmp_path, data, setting: str = "mean-field"):
 
 
 def test_a_containing_family_starts_at_the_mean_field_optimum_and_ends_at_its_own(tmp_path):
-    """Low rank (rank 2 of 3) starts at the seed's AutoNormal fit: its KL there is the closed-form best mean-field KL;
-    full rank starts at the fit's mean with the covariance of the expected curvature, on this Gaussian posterior the
-    posterior's (KL near 0, its gain on the mean field recorded). Trained from there, each reaches its own optimum
-    (KL 0: both hold this posterior), and the fit is shared (one AutoNormal fit in OUT/shared for both)."""
+    """Full rank and low rank (rank 2 of 3) start at the seed's AutoNormal fit's mean, full rank with the covariance of
+    the expected curvature and low rank with its family's closest member of it: on this Gaussian posterior, which both
+    hold, the posterior (KL near 0, the gain on the mean field recorded). Trained from there, each ends at its own
+    optimum, and the fit is shared (one AutoNormal fit in OUT/shared for both)."""
     data, mean, cov, precision = conjugate_study()
     best_mean_field = truth.best_factorized_gaussian_kl(precision)
     assert best_mean_field > 0.5  # correlated features: the start is far from the end
@@ -47,17 +47,34 @@ def test_a_containing_family_starts_at_the_mean_field_optimum_and_ends_at_its_ow
         config, model, guide, dataset, record = started(name, tmp_path, data)
         assert record["from"] == "auto:AutoNormal" and record["check"]["converged"]
         start = family_kl(guide, mean, cov)
-        if name == "AutoMultivariateNormal":
-            assert record["covariance"] == "expected curvature" and start < 0.01, (record, start)
-            assert abs(record["elbo_gain"] - best_mean_field) < 0.05 + 4 * record["elbo_gain_stderr"], record
-        else:
-            assert abs(start - best_mean_field) < 0.08, (name, start)
+        assert record["covariance"] == "expected curvature" and start < 0.01, (record, start)
+        assert abs(record["elbo_gain"] - best_mean_field) < 0.05 + 4 * record["elbo_gain_stderr"], record
         trainer = make_trainer(config, model, guide, dataset, seed=0, keep_start=True)
         trainer.run(20000)
         verdict = trainer.convergence(20000)
         assert verdict["converged"] and verdict["start_level"] is not None
         assert family_kl(guide, mean, cov) < 0.05, name
     assert len(list((tmp_path / "out" / "shared").glob("mean_field-*.pt"))) == 1
+
+
+def test_low_rank_ends_at_its_familys_optimum_on_a_posterior_it_does_not_hold(tmp_path):
+    """A 10-D Gaussian posterior of strongly correlated features, which rank 3 (Pyro's default for 10 latents) cannot
+    hold: the fit, started at its family's closest member of the curvature's covariance and trained at the defaults,
+    ends within max(0.05, 4 s.e.) of the family's optimum (scipy's) and is called converged. From a small random
+    factor beside the mean field it stopped 0.3-0.8 nats short, called converged."""
+    data = truth.regression_data(300, 10, seed=1, correlation=0.9)
+    features, targets = data[:, :-1].double(), data[:, -1].double()
+    mean, cov, precision = truth.regression_posterior(features, targets, 1.0, 1.0)
+    optimum = truth.best_low_rank_kl(precision, 3)
+    assert truth.best_factorized_gaussian_kl(precision) - optimum > 2.0
+    config, model, guide, dataset, record = started("AutoLowRankMultivariateNormal", tmp_path, data)
+    assert record["covariance"] == "expected curvature"
+    config = for_data(config, dataset)  # the defaults of a model with global latents
+    cap = config.total_steps(len(data))
+    trainer = make_trainer(config, model, guide, dataset, seed=0, keep_start=True)
+    trainer.run(cap)
+    assert trainer.convergence(cap)["converged"]
+    assert family_kl(guide, mean, cov) < optimum + 0.05, (family_kl(guide, mean, cov), optimum)
 
 
 def test_other_families_and_warm_start_off_start_where_pyro_starts_them(tmp_path):

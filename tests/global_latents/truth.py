@@ -76,6 +76,28 @@ def best_factorized_gaussian_kl(precision) -> float:
     return float(0.5 * (precision.diagonal().log().sum() - torch.logdet(precision)))
 
 
+def best_low_rank_kl(precision, rank: int, starts: int = 8) -> float:
+    r"""The KL from the best low-rank-plus-diagonal Gaussian :math:`q = \mathcal{N}(m, WW^T + \operatorname{diag}
+    (\delta^2))` (``W`` of ``rank`` columns) to a Gaussian posterior :math:`\mathcal{N}(m, \Lambda^{-1})`: the least
+    :math:`\tfrac12(\operatorname{tr}(\Lambda S) - k - \log\det S - \log\det \Lambda)` over :math:`W, \log\delta`,
+    by scipy's BFGS from ``starts`` random starts (no closed form; the optimum may lie where some δ → 0).
+
+    :param precision: the posterior precision :math:`\Lambda`, shape ``(k, k)``.
+    """
+    lam = _float64(precision).numpy()
+    dim = len(lam)
+    log_det_lam = np.linalg.slogdet(lam)[1]
+
+    def kl(x):
+        w, delta = x[:dim * rank].reshape(dim, rank), np.exp(x[dim * rank:])
+        cov = w @ w.T + np.diag(delta ** 2)
+        return 0.5 * (np.trace(lam @ cov) - dim - np.linalg.slogdet(cov)[1] - log_det_lam)
+
+    rng = np.random.default_rng(0)
+    return float(min(optimize.minimize(kl, rng.normal(0, 0.5, dim * (rank + 1)), method="BFGS").fun
+                     for _ in range(starts)))
+
+
 # ---------------------------------------------------------------------------------------------
 # 1. Conjugate Bayesian linear regression with known noise
 # ---------------------------------------------------------------------------------------------
