@@ -46,10 +46,21 @@ RENAMED = {
 }
 
 
+def whole_data_set(metrics: dict) -> bool:
+    """Whether a split's ``metrics`` are of one unit, the whole data set D (``rows`` names what it holds; a model with
+    global latents evaluates D so), rather than means over its data points."""
+    return "rows" in metrics or (metrics.get("units") == 1 and metrics.get("num_points", 1) > 1)
+
+
+def point_splits(run: dict) -> list[str]:
+    """The splits of ``run`` whose records are means over data points (``test`` first), not the whole data set."""
+    return [split for split in ("test", "train") if "elbo" in run.get(split, {}) and not whole_data_set(run[split])]
+
+
 def is_global_study(runs: list[dict]) -> bool:
-    """Whether the runs' records hold the whole data set's evidence (``evidence``), as a model with global latents
-    gives: their ``train`` metrics are then of one unit, D."""
-    return bool(runs) and "evidence" in runs[0]
+    """Whether the first run's training split is the whole data set as one unit (:func:`whole_data_set`), as a model
+    with global latents records it: its numbers are then log p(D), the ELBO of D and their gap."""
+    return bool(runs) and "train" in runs[0] and whole_data_set(runs[0]["train"])
 
 
 def with_totals(metrics: dict) -> dict:

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from elbogap.describe import model_text
-from elbogap.global_latents.report import markdown_sections as global_sections
+from elbogap.global_latents.report import evidence_sections
+from elbogap.global_latents.report import warning_lines as evidence_warnings
 from elbogap.inference.log_px import methods
-from elbogap.records import TOTAL_KEYS, TOTALED, is_global_study
+from elbogap.records import TOTAL_KEYS, TOTALED, point_splits
 from elbogap.summary import (
     approx_gap_note,
     bound_markers,
@@ -103,9 +104,10 @@ def describe_log_px(split_metrics: dict) -> str:
 
 
 def describe_methods(runs: list[dict], config: dict) -> list[str]:
-    first = runs[0]["test"]
-    worst_log_px = max(run[split]["log_px_stderr"] for run in runs for split in ("train", "test"))
-    worst_elbo = max(run[split]["elbo_stderr"] for run in runs for split in ("train", "test"))
+    """How the numbers of the runs' splits of points were computed (the test split's settings, where it has one)."""
+    first = runs[0][point_splits(runs[0])[0]]
+    worst_log_px = max(run[split]["log_px_stderr"] for run in runs for split in point_splits(run))
+    worst_elbo = max(run[split]["elbo_stderr"] for run in runs for split in point_splits(run))
     independent = "independent of the guide" if first.get("log_px_guide_independent", True) else \
         "dependent on the guide judged, so gaps of poorer guides look smaller than they are"
     lines = [
@@ -137,7 +139,7 @@ def describe_methods(runs: list[dict], config: dict) -> list[str]:
                      "step; each group is summarized by the median over its entries (entries whose gradient is "
                      "zero in every draw left out). The draws do not change the training run's random stream.")
     if "ais" in first:
-        acceptance = [a for run in runs for split in ("train", "test") if "ais" in run[split]
+        acceptance = [a for run in runs for split in point_splits(run) if "ais" in run[split]
                       for a in run[split]["ais"]["acceptance"]]
         lines.append(f"- AIS: HMC step sizes tuned per point and temperature band in a pilot run toward acceptance "
                      f"{first['ais']['target_accept']}, then frozen; acceptance per band ranged "
@@ -168,7 +170,7 @@ def small_split_warnings(runs: list[dict]) -> list[str]:
     tested on 1, without a word): its means are a few points', and a network fitted to them reads far higher on
     them than on new data."""
     sizes = {split: runs[0][split].get("split_points", runs[0][split]["num_points"])
-             for split in ("train", "test") if split in runs[0]}
+             for split in ("train", "test") if split in point_splits(runs[0])}
     return [f"- the {split} split has {size} point{'s' if size != 1 else ''}: its numbers are the mean of too few "
             f"points to compare families by; give more rows (a larger --train-size / --test-size or data file)"
             for split, size in sizes.items() if size < SMALL_SPLIT]
@@ -201,53 +203,88 @@ def markdown(results: dict) -> str:
     if left_out := results.get("guides_left_out"):
         lines += ["## Guides left out", "", "The default families the model or the settings refused, each in one "
                   "line:", "", *[f"- {name}: {why}" for name, why in left_out.items()], ""]
-    if is_global_study(runs):
-        return "\n".join(lines + global_sections(results, runs) + ["", *snr_section(runs), timing(results, runs), ""])
+    lines += warnings_section(results, runs)
+    for section in SECTIONS:
+        lines += section(results, runs)
+    return "\n".join(lines)
+
+
+def warnings_section(results: dict, runs: list[dict]) -> list[str]:
+    """Every Warnings line the runs' records call for: small splits of points, unconverged fits, held-out gaps, each
+    split's notes on log p(x), and the whole data set's (:func:`~elbogap.global_latents.report.warning_lines`)."""
     warnings = small_split_warnings(runs) + convergence_warnings(runs) + held_out_warnings(runs) + [
         f"- {run['guide']} seed {run['seed']}, {split}: {run[split][key]}" for key in ("log_px_warning", "log_px_note")
-        for run in runs for split in ("test", "train") if key in run[split]]
-    if warnings:
-        lines += ["## Warnings", "", *warnings, ""]
-    seeds = seed_counts(runs)
+        for run in runs for split in point_splits(run) if key in run[split]]
+    warnings += evidence_warnings(results, runs)
+    return ["## Warnings", "", *warnings, ""] if warnings else []
+
+
+def split_sections(results: dict, runs: list[dict]) -> list[str]:
+    """A table per split whose records are means over data points (:func:`~elbogap.records.point_splits`)."""
+    lines, seeds = [], seed_counts(runs)
     for split in ("test", "train"):
-        lines += [f"## {split} split ({points([run[split] for run in runs])})", "", *split_table(runs, split), "",
-                  f"log p(x) - ELBO = KL gap on the points of the row. {plus_minus(seeds)}",
-                  *caveats(runs, split), ""]
-    if any("approx_gap" in run["test"] for run in runs):
-        counts = {split: next((run[split]["gap_points"] for run in runs if "approx_gap" in run[split]), None)
-                  for split in ("test", "train")}
-        where = (f"{counts['test']} points per split" if counts["test"] == counts["train"] else
-                 " and ".join(f"{count} points of the {split} split" for split, count in counts.items() if count))
-        lines += ["## Why the gap exists: approximation vs amortization", "",
-                  f"On {where}, q* is the best member of each family "
-                  "for each point (per-point parameters refit with the model fixed until the ELBO stops rising): "
-                  "approximation gap = log p(x) - ELBO(q*), amortization gap = ELBO(q*) - ELBO(q); they add up "
-                  "to the KL gap on those points.", "", *gap_section(runs)]
-    lines += ["## Diagnostics of q as an importance proposal (test split)", "",
-              f"PSIS k-hat per point (above {khat_threshold_text(runs)}: importance estimates from q are "
-              "unreliable; the threshold is min(1 - 1/log10 S, 0.7) for S draws of q, as in loo), Kish's effective "
-              "sample size of the importance weights, and latent dimensions in use.", "",
-              *table(runs, "test", DIAGNOSTIC_COLUMNS, count="num_points"), "", plus_minus(seeds), "",
-              *iwae_caution(runs)]
-    lines += snr_section(runs)
-    lines += ["## How the numbers were computed", "", *describe_methods(runs, config), ""]
-    lines += ["Figures (when drawn): `training.png` (ELBO and log p(x) over training, and the gradient's "
-              "signal-to-noise where measured), `gaps.png` (gap per "
-              "family over seeds), `posteriors.png` (1-D and 2-D latents: p(z|x) against q(z|x)), `images.png` "
-              "(reconstructions and prior samples of image data).", ""]
-    lines += [f"Model {model_line(runs, config)}. {runs[0].get('steps', config['steps'])} SVI steps of batch "
-              f"{config['batch_size']} with lr {config['lr']} ({objective_line(config)}); "
-              f"seeds {', '.join(map(str, config['seeds']))}.{stacked_sentence(runs)} Versions: "
-              + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if k != "platform") + ".", ""]
-    lines += [timing(results, runs), ""]
-    return "\n".join(lines)
+        mine = [run for run in runs if split in point_splits(run)]
+        if mine:
+            lines += [f"## {split} split ({points([run[split] for run in mine])})", "", *split_table(mine, split), "",
+                      f"log p(x) - ELBO = KL gap on the points of the row. {plus_minus(seeds)}",
+                      *caveats(mine, split), ""]
+    return lines
+
+
+def gap_split_section(results: dict, runs: list[dict]) -> list[str]:
+    """The approximation and amortization gaps, where the runs' test splits hold them."""
+    if not any("approx_gap" in run.get("test", {}) for run in runs):
+        return []
+    counts = {split: next((run[split]["gap_points"] for run in runs if "approx_gap" in run.get(split, {})), None)
+              for split in ("test", "train")}
+    where = (f"{counts['test']} points per split" if counts["test"] == counts["train"] else
+             " and ".join(f"{count} points of the {split} split" for split, count in counts.items() if count))
+    return ["## Why the gap exists: approximation vs amortization", "",
+            f"On {where}, q* is the best member of each family "
+            "for each point (per-point parameters refit with the model fixed until the ELBO stops rising): "
+            "approximation gap = log p(x) - ELBO(q*), amortization gap = ELBO(q*) - ELBO(q); they add up "
+            "to the KL gap on those points.", "", *gap_section(runs)]
+
+
+def diagnostics_section(results: dict, runs: list[dict]) -> list[str]:
+    """q as an importance proposal on the test split's points (k-hat, ESS, latent dimensions in use)."""
+    mine = [run for run in runs if "test" in point_splits(run)]
+    if not mine:
+        return []
+    return ["## Diagnostics of q as an importance proposal (test split)", "",
+            f"PSIS k-hat per point (above {khat_threshold_text(mine)}: importance estimates from q are "
+            "unreliable; the threshold is min(1 - 1/log10 S, 0.7) for S draws of q, as in loo), Kish's effective "
+            "sample size of the importance weights, and latent dimensions in use.", "",
+            *table(mine, "test", DIAGNOSTIC_COLUMNS, count="num_points"), "", plus_minus(seed_counts(mine)), "",
+            *iwae_caution(mine)]
+
+
+def methods_section(results: dict, runs: list[dict]) -> list[str]:
+    """How the splits' numbers over points were computed, the figures and the model's and training's settings."""
+    mine = [run for run in runs if point_splits(run)]
+    if not mine:
+        return []
+    config = results["config"]
+    return ["## How the numbers were computed", "", *describe_methods(mine, config), "",
+            "Figures (when drawn): `training.png` (ELBO and log p(x) over training, and the gradient's "
+            "signal-to-noise where measured), `gaps.png` (gap per "
+            "family over seeds), `posteriors.png` (1-D and 2-D latents: p(z|x) against q(z|x)), `images.png` "
+            "(reconstructions and prior samples of image data).", "",
+            f"Model {model_line(mine, config)}. {mine[0].get('steps', config['steps'])} SVI steps of batch "
+            f"{config['batch_size']} with lr {config['lr']} ({objective_line(config)}); "
+            f"seeds {', '.join(map(str, config['seeds']))}.{stacked_sentence(mine)} Versions: "
+            + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if k != "platform") + ".", ""]
+
+
+def timing_section(results: dict, runs: list[dict]) -> list[str]:
+    return [timing(results, runs), ""]
 
 
 SNR_COLUMNS = [("snr_encoder", "encoder SNR (median)"), ("snr_encoder_mean", "encoder SNR (mean)"),
                ("snr_decoder", "decoder SNR (median)"), ("snr_decoder_mean", "decoder SNR (mean)")]
 
 
-def snr_section(runs: list[dict]) -> list[str]:
+def snr_section(results: dict, runs: list[dict]) -> list[str]:
     """The table of the training gradient's signal-to-noise per guide, and what it means; none where not measured."""
     measured = [run for run in runs if "snr_draws" in run]
     if not measured:
@@ -270,9 +307,14 @@ def snr_section(runs: list[dict]) -> list[str]:
                     "no such parameters (a model held fixed, a guide without parameters).", ""]
 
 
+#: results.md's sections after its Warnings, in order; each draws itself where the records hold its metrics
+SECTIONS = (evidence_sections, split_sections, gap_split_section, diagnostics_section, snr_section, methods_section,
+            timing_section)
+
+
 def iwae_caution(runs: list[dict]) -> list[str]:
     """One line where some points' k-hat says IWAE's standard error there may be too small (``log_px_iwae_note``)."""
-    if not any("log_px_iwae_note" in run[split] for run in runs for split in ("test", "train")):
+    if not any("log_px_iwae_note" in run[split] for run in runs for split in point_splits(run)):
         return []
     return ["Where k-hat is above the threshold, q's importance weights have no usable variance, and the IWAE "
             "column's ± may understate its error on those points (`log_px_iwae_note` in results.json).", ""]

@@ -207,3 +207,22 @@ def test_a_split_of_a_few_points_is_warned_and_one_point_is_named_so():
     assert "the train split has 2 points" in warnings and "the test split has 1 point:" in warnings
     assert "## test split (1 point)" in report
     assert "## Warnings" not in markdown(results())  # 1000 points a split
+
+
+def test_each_section_is_drawn_where_the_records_hold_its_metrics():
+    """No section asks what kind of model a study fitted: runs whose records hold a training split of points only
+    (no test split) get its table and the methods, not the test split's table, its diagnostics or the gap split;
+    a training split that is the whole data set (one unit naming its rows) is not drawn as a table of points, nor
+    warned as a split of few points."""
+    study = results((0, 1))
+    for run in study["runs"]:
+        del run["test"]
+    report = markdown(study)
+    assert "## train split (1000 points)" in report and "## How the numbers were computed" in report
+    assert "## test split" not in report and "Diagnostics of q" not in report and "approximation vs" not in report
+    whole = results((0,))
+    whole["runs"][0]["train"].update(units=1, num_points=8, rows="every row of schools.csv")
+    del whole["runs"][0]["test"]
+    report = markdown(whole)
+    assert "## train split" not in report and "How the numbers were computed" not in report
+    assert "## Warnings" not in report  # 8 rows, one unit: not a small split of points

@@ -1,4 +1,5 @@
-"""The sections of results.md for a study of a model with global latents (its table: :func:`elbogap.summary.table`)."""
+"""The sections of results.md on the whole data set's evidence, as a model with global latents records it (its table:
+:func:`elbogap.summary.table`)."""
 
 import math
 
@@ -8,8 +9,8 @@ from elbogap.global_latents.autoguides import AUTOGUIDES, MEAN_FIELD, autoguide
 from elbogap.global_latents.evidence import FAR_SHARE, PRIOR_CHECK_STDERR
 from elbogap.global_latents.reference import OUTSIDE_SDS, RELIABLE_DRAWS, weighted_source
 from elbogap.inference.weights import interval_halfwidth, mean_error
+from elbogap.records import whole_data_set
 from elbogap.summary import (
-    convergence_warnings,
     error_figure,
     figure,
     per_guide_lines,
@@ -274,24 +275,36 @@ def reference_table(runs: list[dict]) -> list[str]:
     return lines
 
 
-def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
-    """results.md for a study of a model with global latents, after its title and failed runs."""
-    config = results["config"]
-    first = runs[0]
-    data = first["train"]
-    lines = []
-    warnings = convergence_warnings(runs) + per_guide_lines([(run["guide"], run["seed"], run["train"][key])
-                                                             for key in ("log_px_warning", "log_px_note")
-                                                             for run in runs if key in run["train"]])
-    warnings += posterior_warnings(runs, config.get("warm_start", "mean-field"))
+def warning_lines(results: dict, runs: list[dict]) -> list[str]:
+    """The Warnings lines of the runs whose training split is the whole data set (the evidence's notes, one line for
+    the seeds that share one), of runs read together (:func:`posterior_warnings`) and of their reference posteriors;
+    none for runs of other records."""
+    runs = [run for run in runs if "evidence" in run and whole_data_set(run["train"])]
+    if not runs:
+        return []
+    warnings = per_guide_lines([(run["guide"], run["seed"], run["train"][key])
+                                for key in ("log_px_warning", "log_px_note") for run in runs if key in run["train"]])
+    warnings += posterior_warnings(runs, results["config"].get("warm_start", "mean-field"))
     seen = set()
     for run in runs:
         for warning in run.get("reference", {}).get("warnings", []):
             if warning not in seen:
                 seen.add(warning)
                 warnings.append(f"- reference ({run['reference']['method']}, seed {run['seed']}): {warning}")
-    if warnings:
-        lines += ["## Warnings", "", *warnings, ""]
+    return warnings
+
+
+def evidence_sections(results: dict, runs: list[dict]) -> list[str]:
+    """results.md's sections on the whole data set's evidence (the runs that hold ``evidence``): each guide's gap, the
+    reference posterior, the held-out density, the estimates side by side and how they were computed; none where no
+    run holds one."""
+    runs = [run for run in runs if "evidence" in run and whole_data_set(run["train"])]
+    if not runs:
+        return []
+    config = results["config"]
+    first = runs[0]
+    data = first["train"]
+    lines = []
     sites = first["sites"]
     lines += [f"## The evidence and each guide's KL gap (D = {data['rows'] or str(data['num_points']) + ' rows'}, "
               f"{data['num_points']} data points)", "",
@@ -345,7 +358,7 @@ def markdown_sections(results: dict, runs: list[dict]) -> list[str]:
               "Kish's ESS reads high: a heavy tail of weights seldom shows in one sample, and k-hat reads the tail).",
               "- Figures: `marginals.png` (q's marginal of each global latent against the reference), `gaps.png`, "
               "`evidence.png`, `training.png`.", ""]
-    lines += [training_line(runs, config)]
+    lines += [training_line(runs, config), ""]
     return lines
 
 
@@ -391,9 +404,12 @@ def training_line(runs: list[dict], config: dict) -> str:
                      if run.get("warm_start", {}).get("covariance") == "expected curvature"})
     warm = (f" {', '.join(started)} started at each seed's AutoNormal fit (--warm-start mean-field) and kept the "
             "better of that start and where training went" if started else "")
+    low_rank = any(run.get("warm_start", {}).get("covariance") == "expected curvature" and "rank" in run["warm_start"]
+                   for run in runs)
     if curved:
-        warm += (f" ({', '.join(curved)} with the covariance of q's expected curvature there, where it raised the ELBO"
-                 " over the mean field's: the `elbo_gain` of each run's `warm_start`)")
+        warm += (f" ({', '.join(curved)} with the covariance of q's expected curvature there"
+                 + (", low rank with its family's closest member of it" if low_rank else "")
+                 + ", where it raised the ELBO over the mean field's: the `elbo_gain` of each run's `warm_start`)")
     warm += "." if started else ""
     return (f"{how}; {config['objective']} objective, {particles} particle(s) a step; seeds "
             f"{', '.join(map(str, config['seeds']))}.{warm}{second_start_sentence(runs)}{stacked_sentence(runs)}")
