@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from elbogap.backends import Outcome, RunTask, open_backend
 from elbogap.board import Board
 from elbogap.config import Config, to_toml
+from elbogap.data import flattened_points
 from elbogap.errors import UsageError
 from elbogap.export import export_study
 from elbogap.factory import build, check_gradient, check_rows, for_data, guide_label, load_dataset, with_kind_guides
@@ -108,8 +109,14 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
     """
     config.validate()
     out = Path(out if out is not None else config.out)
-    data = load_dataset(config)
-    check_rows(config, data)
+    flattened = flattened_points(config.data)
+    try:
+        data = load_dataset(config)
+        check_rows(config, data)
+    except UsageError as error:  # a program that met the rows: say what they are in the same line
+        raise UsageError(f"{error}; note: {flattened}" if flattened else str(error)) from None
+    if flattened:
+        print(f"elbogap: {flattened}", file=sys.stderr)
     for notice in size_notices(config, data):
         print(f"elbogap: {notice}", file=sys.stderr)
     config, left_out = buildable_guides(with_kind_guides(config, data), data, config.guides == Config().guides)

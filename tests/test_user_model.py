@@ -2,9 +2,11 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from elbogap.cli import main
+from elbogap.data import flattened_points
 from elbogap.errors import UsageError
 from elbogap.user_model import import_target
 
@@ -76,3 +78,26 @@ def test_user_model_mistakes_are_named(user_file, tmp_path):
     with pytest.raises(UsageError, match="cannot import"):
         import_target("no_such_package_xyz.module:model")
     assert main(["compare", "--model", f"{user_file}:no_latent", "--out", str(tmp_path / "o"), *QUICK]) == 2
+
+
+def test_points_of_more_than_one_dimension_are_named_in_the_line_a_wrong_shape_gets(tmp_path, elbogap):
+    """A tester's .npy held points of shape (3, 2): the program met rows of 6 numbers, and the line on its site's
+    shape did not say why. The same line now says how the file's points were read, and a program that reads them
+    as rows is told so once (npz members too, read from their headers)."""
+    np.save(tmp_path / "points.npy", np.random.default_rng(0).normal(size=(40, 3, 2)).astype(np.float32))
+    (tmp_path / "shaped.py").write_text(
+        "import pyro, pyro.distributions as dist, torch\n\n\n"
+        "def model(x):\n"
+        "    with pyro.plate('data', x.shape[0]):\n"
+        "        z = pyro.sample('z', dist.Normal(torch.zeros(3, 1), 1.0).to_event(2))\n"
+        "        pyro.sample('x', dist.Normal(z.expand(x.shape[0], 3, 2), 1.0).to_event(2), obs=x)\n")
+    code, err = elbogap("compare", "--model", tmp_path / "shaped.py:model", "--data", tmp_path / "points.npy",
+                        "--out", tmp_path / "o", *QUICK)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "value of shape (3, 6)" in err and "points.npy holds data points of shape (3, 2)" in err
+    assert "data.reshape(-1, 3, 2)" in err and not (tmp_path / "o").exists()
+    np.savez(tmp_path / "split.npz", train=np.zeros((5, 2, 2)), test=np.zeros((3, 2, 2)))
+    assert "split.npz holds data points of shape (2, 2); each is read as a row of 4 numbers" in flattened_points(
+        str(tmp_path / "split.npz"))
+    np.save(tmp_path / "rows.npy", np.zeros((5, 4)))
+    assert flattened_points(str(tmp_path / "rows.npy")) is None and flattened_points("digits") is None
