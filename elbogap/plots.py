@@ -17,8 +17,8 @@ from elbogap.errors import UsageError  # noqa: E402
 from elbogap.figure_data import FILE as FIGURE_DATA  # noqa: E402
 from elbogap.figure_tools import by_guide, mark_convergence, save  # noqa: E402
 from elbogap.global_latents.plots import make_figures as global_figures  # noqa: E402
-from elbogap.records import upgraded  # noqa: E402
-from elbogap.report import finished, is_global_study
+from elbogap.records import is_global_study, upgraded  # noqa: E402
+from elbogap.report import finished  # noqa: E402
 from elbogap.summary import bound_markers, over_seeds
 
 
