@@ -244,15 +244,18 @@ def flattened_points(spec: str) -> str | None:
             shapes = [np.load(path, mmap_mode="r", allow_pickle=False).shape]
         else:
             with zipfile.ZipFile(path) as archive:
-                shapes = [header_shape(archive.open(name)) for name in archive.namelist() if name.endswith(".npy")]
-    except (OSError, ValueError, zipfile.BadZipFile):
+                members = [name.removesuffix(".npy") for name in archive.namelist() if name.endswith(".npy")]
+                read = ["train", "test"] if {"train", "test"} <= set(members) else members  # as read_arrays reads
+                shapes = [header_shape(archive.open(f"{name}.npy")) for name in read]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return None  # reading the data says what is wrong with it
     shape = next((shape for shape in shapes if len(shape) > 2), None)
     if shape is None:
         return None
-    return (f"{path.name} holds data points of shape {tuple(shape[1:])}; each is read as a row of "
-            f"{math.prod(shape[1:])} numbers, so a program gets data of shape (N, {math.prod(shape[1:])}) and "
-            f"reshapes it itself where it needs the points' shape (data.reshape(-1, {', '.join(map(str, shape[1:]))}))")
+    size = math.prod(shape[1:])
+    return (f"{path.name} holds data points of shape {tuple(shape[1:])}; each is read as a row of {size} "
+            f"number{'s' if size != 1 else ''}, so a program gets data of shape (N, {size}) and reshapes it itself "
+            f"where it needs the points' shape (data.reshape(-1, {', '.join(map(str, shape[1:]))}))")
 
 
 def header_shape(member) -> tuple[int, ...]:

@@ -233,7 +233,8 @@ def split_sections(results: dict, runs: list[dict]) -> list[str]:
 
 def gap_split_section(results: dict, runs: list[dict]) -> list[str]:
     """The approximation and amortization gaps, where the runs' test splits hold them."""
-    if not any("approx_gap" in run.get("test", {}) for run in runs):
+    runs = [run for run in runs if "test" in run and "train" in run]
+    if not any("approx_gap" in run["test"] for run in runs):
         return []
     counts = {split: next((run[split]["gap_points"] for run in runs if "approx_gap" in run.get(split, {})), None)
               for split in ("test", "train")}

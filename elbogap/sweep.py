@@ -29,6 +29,7 @@ from elbogap.runs import LOG, Interrupted, NumericalFault
 from elbogap.seeds import merge_outcomes, pending_stacks
 from elbogap.stopping import stop_requests
 from elbogap.summary import split_line
+from elbogap.user_model import is_user_model
 from elbogap.versions import versions
 
 #: seconds the driver waits for a report before it looks at signals and failures again
@@ -109,16 +110,13 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
     """
     config.validate()
     out = Path(out if out is not None else config.out)
-    flattened = flattened_points(config.data)
+    flattened = flattened_points(config.data) if is_user_model(config.model) else None
     try:
         data = load_dataset(config)
         check_rows(config, data)
     except UsageError as error:  # a program that met the rows: say what they are in the same line
         raise UsageError(f"{error}; note: {flattened}" if flattened else str(error)) from None
-    if flattened:
-        print(f"elbogap: {flattened}", file=sys.stderr)
-    for notice in size_notices(config, data):
-        print(f"elbogap: {notice}", file=sys.stderr)
+    notices = size_notices(config, data) + ([flattened] if flattened else [])  # said once the input passed
     config, left_out = buildable_guides(with_kind_guides(config, data), data, config.guides == Config().guides)
     if left_out and progress:
         for name, why in left_out.items():
@@ -133,6 +131,8 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
         check_gradient(config, data, guide, model)
         references = {seed: out / "runs" / f"reference-{config.reference_guide}-seed{seed}" for seed in config.seeds}
     check_earlier_study(config, out)
+    for notice in notices:
+        print(f"elbogap: {notice}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)  # the input passed its checks: from here on the study writes into out
     backend = open_backend(unresolved, out, progress)
     begun = time.perf_counter()

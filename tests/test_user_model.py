@@ -83,7 +83,8 @@ def test_user_model_mistakes_are_named(user_file, tmp_path):
 def test_points_of_more_than_one_dimension_are_named_in_the_line_a_wrong_shape_gets(tmp_path, elbogap):
     """A tester's .npy held points of shape (3, 2): the program met rows of 6 numbers, and the line on its site's
     shape did not say why. The same line now says how the file's points were read, and a program that reads them
-    as rows is told so once (npz members too, read from their headers)."""
+    as rows is told so once, after the input passed its checks (npz members too, those the loader reads, from their
+    headers)."""
     np.save(tmp_path / "points.npy", np.random.default_rng(0).normal(size=(40, 3, 2)).astype(np.float32))
     (tmp_path / "shaped.py").write_text(
         "import pyro, pyro.distributions as dist, torch\n\n\n"
@@ -99,5 +100,7 @@ def test_points_of_more_than_one_dimension_are_named_in_the_line_a_wrong_shape_g
     np.savez(tmp_path / "split.npz", train=np.zeros((5, 2, 2)), test=np.zeros((3, 2, 2)))
     assert "split.npz holds data points of shape (2, 2); each is read as a row of 4 numbers" in flattened_points(
         str(tmp_path / "split.npz"))
+    np.savez(tmp_path / "aux.npz", train=np.zeros((5, 4)), test=np.zeros((3, 4)), images=np.zeros((5, 2, 2)))
+    assert flattened_points(str(tmp_path / "aux.npz")) is None  # the loader reads train and test alone
     np.save(tmp_path / "rows.npy", np.zeros((5, 4)))
     assert flattened_points(str(tmp_path / "rows.npy")) is None and flattened_points("digits") is None

@@ -40,8 +40,9 @@ starts at its member closest to :math:`\mathcal{N}(m, \Sigma)` in the ELBO's own
 
 :math:`P` the floored whitened precision, found by L-BFGS (:func:`closest_low_rank`), and is kept under the same
 test as full rank's. On a Gaussian posterior this is the family's optimum itself. From a small random factor beside
-the mean field (a saddle of the ELBO at zero) the plateau rule stopped a 10-D conjugate regression's rank-3 fit
-0.8 nats short of that optimum and called it converged (BENCHMARKS.md, "Low rank from the expected curvature").
+the mean field (a saddle of the ELBO at zero) the plateau rule stopped a 10-D conjugate regression's rank-3 fits
+0.15 and 0.61 nats short of that optimum and called them converged; from here both end 0.010 short
+(BENCHMARKS.md, "Low rank from the expected curvature").
 
 References:
 

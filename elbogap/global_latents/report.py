@@ -400,16 +400,17 @@ def training_line(runs: list[dict], config: dict) -> str:
     else:
         how = f"{taken} SVI steps with lr {lr} decaying to {config['lr_decay']} of it"
     started = sorted({run["guide"] for run in runs if run.get("warm_start")})
-    curved = sorted({run["guide"] for run in runs
-                     if run.get("warm_start", {}).get("covariance") == "expected curvature"})
+    curved = [run for run in runs if run.get("warm_start", {}).get("covariance") == "expected curvature"]
+    full = sorted({run["guide"] for run in curved if "rank" not in run["warm_start"]})
+    low = sorted({run["guide"] for run in curved if "rank" in run["warm_start"]})
     warm = (f" {', '.join(started)} started at each seed's AutoNormal fit (--warm-start mean-field) and kept the "
             "better of that start and where training went" if started else "")
-    low_rank = any(run.get("warm_start", {}).get("covariance") == "expected curvature" and "rank" in run["warm_start"]
-                   for run in runs)
-    if curved:
-        warm += (f" ({', '.join(curved)} with the covariance of q's expected curvature there"
-                 + (", low rank with its family's closest member of it" if low_rank else "")
-                 + ", where it raised the ELBO over the mean field's: the `elbo_gain` of each run's `warm_start`)")
+    parts = ([f"{', '.join(full)} with the covariance of q's expected curvature there"] if full else []) + (
+        [f"{', '.join(low)} with its family's closest member of " + (
+            "that covariance" if full else "the covariance of q's expected curvature there")] if low else [])
+    if parts:
+        warm += (f" ({'; '.join(parts)}, where it raised the ELBO over the mean field's: the `elbo_gain` of each "
+                 "run's `warm_start`)")
     warm += "." if started else ""
     return (f"{how}; {config['objective']} objective, {particles} particle(s) a step; seeds "
             f"{', '.join(map(str, config['seeds']))}.{warm}{second_start_sentence(runs)}{stacked_sentence(runs)}")

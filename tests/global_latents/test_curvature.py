@@ -96,8 +96,9 @@ def test_a_mean_far_from_zero_in_float32_keeps_its_curvature():
 def test_low_rank_starts_at_its_familys_optimum_on_a_gaussian_posterior():
     """On a 6-D Gaussian posterior (strongly correlated features), low rank (rank 2, Pyro's default for 6 latents)
     starts at the member of its family closest to the posterior, whose KL is the family's optimum (scipy's, from
-    random starts) within the 0.05-sd floor's cost; what it gains over the mean field is the difference of the two
-    optima within 4 standard errors; and it comes in Pyro's parametrization of AutoLowRankMultivariateNormal."""
+    many starts) within the 0.05-sd floor's cost and truth's own slack; what it gains over the mean field is the
+    difference of the two optima within 4 standard errors; and it comes in Pyro's parametrization of
+    AutoLowRankMultivariateNormal."""
     data = truth.regression_data(200, 6, seed=0, correlation=0.9)
     features, targets = data[:, :-1].double(), data[:, -1].double()
     mean, cov, precision = truth.regression_posterior(features, targets, 1.0, 1.0)
@@ -110,7 +111,9 @@ def test_low_rank_starts_at_its_familys_optimum_on_a_gaussian_posterior():
     start_kl = truth.gaussian_kl(mean, q_cov, mean, cov)
     optimum, mean_field = truth.best_low_rank_kl(precision, 2), truth.best_factorized_gaussian_kl(precision)
     assert mean_field - optimum > 1.0  # a start worth having
-    assert optimum - 1e-6 < start_kl < optimum + 0.01, (start_kl, optimum)
+    # truth's BFGS may end at a local optimum (0.002 above the global one on the 10-D benchmark case), and the
+    # start's floor on δ costs it up to 0.003 (curvature.LOW_RANK_MIN_DIAGONAL): the start lies between
+    assert optimum - 0.003 < start_kl < optimum + 0.003, (start_kl, optimum)
     gain = mean_field - start_kl
     assert abs(start["elbo_gain"] - gain) < 4 * start["elbo_gain_stderr"] + 1e-3, (start, gain)
 
