@@ -27,10 +27,15 @@ def by_guide(runs: list[dict]) -> dict[str, list[dict]]:
 
 
 def mark_convergence(axis, runs: list[dict]) -> None:
-    """A red cross at the end of each run's training curve whose fit did not converge (``run["converged"]``)."""
-    labelled = False
+    """A red cross at the end of each run's training curve whose fit did not converge (``run["converged"]``), and an
+    orange ring where its rule could not tell (``converged`` None after a judged gain)."""
+    labelled = set()
     for run in runs:
-        if run.get("converged") is False and run.get("curve"):
+        unclear = run.get("converged") is None and "gain" in (run.get("convergence") or {})
+        if (run.get("converged") is False or unclear) and run.get("curve"):
             step, elbo = run["curve"][-1]
-            axis.plot([step], [elbo], "x", color="red", ms=10, mew=2, label=None if labelled else "not converged")
-            labelled = True
+            label = "convergence unclear" if unclear else "not converged"
+            style = dict(marker="o", color="orange", mfc="none") if unclear else dict(marker="x", color="red")
+            axis.plot([step], [elbo], linestyle="none", ms=10, mew=2, label=None if label in labelled else label,
+                      **style)
+            labelled.add(label)

@@ -164,13 +164,17 @@ def bound_markers(splits: list[dict]) -> dict[str, str]:
 
 
 def converged_cell(runs: list[dict]) -> str:
-    """``yes``, ``no`` or ``1 of 2``: how many of a guide's runs converged by their rule (``–`` where none was
-    judged, e.g. results written before the rule)."""
+    """``yes``, ``no`` or ``1 of 2``: how many of a guide's runs converged by their rule; ``unclear`` where none was
+    called unconverged and the rule could not tell for some (its gain's interval holds the tolerance); ``–`` where
+    none was judged (results written before the rule, or too few steps)."""
     verdicts = [run.get("converged") for run in runs]
+    unclear = any("gain" in (run.get("convergence") or {}) for run in runs if run.get("converged") is None)
     if all(verdict is None for verdict in verdicts):
-        return "–"
+        return "unclear" if unclear else "–"
     done = sum(1 for verdict in verdicts if verdict)
-    return "yes" if done == len(verdicts) else "no" if done == 0 else f"{done} of {len(verdicts)}"
+    if done == 0:
+        return "no" if False in verdicts else "unclear"
+    return "yes" if done == len(verdicts) else f"{done} of {len(verdicts)}"
 
 
 #: what to do about a fit that did not converge, by the rule that judged it
@@ -228,10 +232,15 @@ def convergence_warnings(runs: list[dict]) -> list[str]:
 
 
 def unjudged_message(run: dict) -> str:
-    """Why a run's fit has no verdict (too few steps for the trend rule, none at --steps 0), and what that means."""
+    """Why a run's fit has no verdict (too few steps for the trend rule, none at --steps 0, or a gain the rule cannot
+    tell from the tolerance), and what that means."""
+    record = run["convergence"]
+    if "gain" in record:  # judged, but its gain's interval holds the tolerance
+        return (f"the rule cannot say whether its fit converged ({record['reason']}): its ELBO and KL gap may "
+                f"describe a fit still improving; {convergence_advice(record)}")
     what = ", and nothing was trained: its numbers are the initial q's" if run.get("steps") == 0 else \
         ": its ELBO and KL gap may describe an unfinished fit"
-    return f"its fit was not judged ({run['convergence']['reason']}){what}; train longer (--steps, at least 50)"
+    return f"its fit was not judged ({record['reason']}){what}; train longer (--steps, at least 50)"
 
 
 #: a test split's KL gap above this many times the training split's, and above it by more than HELD_OUT_NATS and

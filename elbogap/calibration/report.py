@@ -30,9 +30,11 @@ def markdown(results: dict) -> str:
              how + "that u is uniform (it is, for the exact posterior); VSBC: a Kolmogorov-Smirnov test that u and "
              "1 - u have one distribution (q centred where the posterior is). A site passes at 0.05 after Bonferroni "
              "over its elements. Coverage: the share of true latents inside q's central 90% interval.", ""]
-    warnings = [f"- {guide}: its training did not converge; its encoder is judged as it is" if per_point else
-                f"- {guide}: {row['fits'] - row['converged']} of {row['fits']} fits did not converge; their ranks "
-                "count as they are" for guide, row in summary.items() if row["converged"] < row["fits"]]
+    warnings = [f"- {guide}: its training was not shown to converge (still rising, or its rule could not tell); its "
+                "encoder is judged as it is" if per_point else
+                f"- {guide}: {row['fits'] - row['converged']} of {row['fits']} fits were not shown to converge (still "
+                "rising, or their rule could not tell); their ranks count as they are"
+                for guide, row in summary.items() if row["converged"] < row["fits"]]
     if not results.get("complete", True):
         warnings.insert(0, f"- **Partial:** {count} of {results.get('planned', '?')} simulations; rerun the same "
                            "command with --resume to finish (the tests below read only these)")

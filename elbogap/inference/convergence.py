@@ -10,9 +10,11 @@ Two rules, one per way of training:
   averaged in ``blocks`` consecutive blocks, a least-squares line is fitted to the block means, and the gain is
   the line's over the window, its standard error from the blocks' residual spread (``blocks - 2`` degrees of
   freedom); the minibatches' noise makes that error ten times the default tolerance on a VAE. The fit counts as
-  converged unless the gain is both above ``tolerance`` and significant:
-  :math:`\text{gain} - t_{0.975}\,\mathrm{se} > \text{tolerance}`. It sees a fit still rising when training
-  stopped; it cannot see what a larger learning rate would have reached.
+  converged where the gain is shown below ``tolerance``, :math:`\text{gain} + t_{0.975}\,\mathrm{se} \le
+  \text{tolerance}`; as still rising where it is shown above it, :math:`\text{gain} - t_{0.975}\,\mathrm{se} >
+  \text{tolerance}`; and as not judged (``converged`` None, with the reason) where the interval holds the tolerance:
+  the rule cannot tell. It sees a fit still rising when training stopped; it cannot see what a larger learning rate
+  would have reached.
 - **Until converged** (``--schedule converge``, the default for models with global latents): Adam at a
   constant learning rate, checked every ``window`` steps by the ELBO, on a fixed set of draws (common random
   numbers, so that two checks differ by what the parameters changed, not by the draws), of the average of the
@@ -136,11 +138,16 @@ def fixed_verdict(losses: list[float], settings: ConvergenceSettings, scale: flo
         record["read_from"] = "minibatches"
         where = ", from the minibatch ELBOs"
     margin = float(stats.t.ppf(0.975, dof)) * stderr
-    converged = not (gain - margin > settings.tolerance)
+    converged = True if gain + margin <= settings.tolerance else False if gain - margin > settings.tolerance else None
     record.update(converged=converged, gain=gain, gain_stderr=stderr)
-    if not converged:
+    if converged is False:
         record["reason"] = (f"the ELBO was still rising when training stopped: {gain:.3g} nats over the last "
                             f"{window} steps (s.e. {stderr:.2g}{where}), above the tolerance {settings.tolerance:g}")
+    elif converged is None:
+        record["reason"] = (f"the trend rule cannot tell whether the ELBO was still rising: it gained {gain:.3g} nats "
+                            f"over the last {window} steps (s.e. {stderr:.2g}{where}), and the tolerance "
+                            f"{settings.tolerance:g} lies within t(0.975) = {margin / stderr:.2f} standard errors of "
+                            "that")
     return record
 
 
