@@ -1,6 +1,7 @@
 """The trend rule on VAEs (``--schedule fixed``, the default for per-point latents) against fresh draws: how often a
 fit is called converged while its ELBO still rose by more than the tolerance over the rule's window (a miss), and
-unconverged while it did not (a false alarm), read from the minibatch losses and from fixed draws.
+unconverged while it did not (a false alarm), read from the minibatch losses and from fixed draws; and how often the
+rule cannot tell (its gain's interval holds the tolerance).
 
     python benchmarks/vae_convergence.py [--seeds 5] [--settings 500:0.1,2000:0.1,2000:0.001] [--guides diag,iaf]
 
@@ -84,8 +85,9 @@ def main() -> None:
         for read_from in ("minibatches", "fixed_draws"):
             rows.append(summarize(f"{read_from}, {steps} steps, --lr-decay {lr_decay:g}", read_from, fits))
     print("\n| rule reads | fits | still rising | settled | called converged | of them still rising (miss) "
-          "| called unconverged | of them settled (false alarm) | truth's gain, range | seconds a fit |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| called unconverged | of them settled (false alarm) | cannot tell (of them rising, settled) "
+          "| truth's gain, range | seconds a fit |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(map(str, row)) + " |")
 
@@ -94,11 +96,15 @@ def summarize(label: str, read_from: str, fits: list[dict]) -> list:
     tolerance = fits[0][read_from]["tolerance"]
     rising = [fit["truth"] - 2 * fit["truth_stderr"] > tolerance for fit in fits]
     settled = [fit["truth"] + 2 * fit["truth_stderr"] < tolerance for fit in fits]
-    converged = [bool(fit[read_from]["converged"]) for fit in fits]
+    verdicts = [fit[read_from]["converged"] for fit in fits]  # True, False, or None: the rule cannot tell
+    converged, unconverged = [v is True for v in verdicts], [v is False for v in verdicts]
+    unclear = [v is None for v in verdicts]
     truths = [fit["truth"] for fit in fits]
     return [label, len(fits), sum(rising), sum(settled), sum(converged),
-            sum(c and r for c, r in zip(converged, rising, strict=True)), len(fits) - sum(converged),
-            sum(not c and s for c, s in zip(converged, settled, strict=True)),
+            sum(c and r for c, r in zip(converged, rising, strict=True)), sum(unconverged),
+            sum(u and s for u, s in zip(unconverged, settled, strict=True)),
+            f"{sum(unclear)} ({sum(u and r for u, r in zip(unclear, rising, strict=True))}, "
+            f"{sum(u and s for u, s in zip(unclear, settled, strict=True))})",
             f"{min(truths):.3f} to {max(truths):.3f}", f"{sum(fit['seconds'] for fit in fits) / len(fits):.1f}"]
 
 

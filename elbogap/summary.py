@@ -236,8 +236,8 @@ def unjudged_message(run: dict) -> str:
     tell from the tolerance), and what that means."""
     record = run["convergence"]
     if "gain" in record:  # judged, but its gain's interval holds the tolerance
-        return (f"the rule cannot say whether its fit converged ({record['reason']}): its ELBO and KL gap may "
-                f"describe a fit still improving; {convergence_advice(record)}")
+        return (f"{record['reason']}; its ELBO and KL gap may describe a fit still improving: "
+                f"{convergence_advice(record)}")
     what = ", and nothing was trained: its numbers are the initial q's" if run.get("steps") == 0 else \
         ": its ELBO and KL gap may describe an unfinished fit"
     return f"its fit was not judged ({record['reason']}){what}; train longer (--steps, at least 50)"

@@ -3,10 +3,14 @@
 import math
 
 import pytest
+import torch
 
+from elbogap.inference.convergence import ConvergenceSettings, paired_gain
+from elbogap.inference.convergence import fixed_verdict as verdict_of
 from elbogap.summary import (
     approx_gap_note,
     cell,
+    converged_cell,
     convergence_warnings,
     held_out_warnings,
     on_log_px_points,
@@ -106,6 +110,28 @@ def test_a_guides_seeds_still_rising_are_said_in_one_line_with_each_gain():
     assert "it gained 0.0231 nats (s.e. 0.006) for seed 0, 0.0474 nats (s.e. 0.006) for seed 1" in line
     assert "seed 2" not in line
     assert "on fixed draws of 1024 training rows" in line and "--steps" in line and "--schedule converge" not in line
+
+
+def test_fits_the_trend_rule_cannot_tell_are_said_and_read_unclear_in_the_table():
+    """The default study's full, iaf and planar seed 1 gained 0.017-0.020 ± 0.007 against a tolerance of 0.01 and
+    read "converged: yes"; now the verdict is None with the reason, one Warnings line names them, and a guide's cell
+    reads "unclear" where none of its seeds is called unconverged ("no" where one is, "1 of 2" beside a converged
+    one)."""
+    def run(guide, seed, gain):
+        before = torch.zeros(1024, dtype=torch.float64)
+        after = gain + 0.22 * torch.randn(1024, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        record = verdict_of([0.0] * 2000, ConvergenceSettings(tolerance=0.01), paired=paired_gain(before, after))
+        return {"guide": guide, "seed": seed, "converged": record["converged"], "convergence": record}
+
+    unclear = [run("full", 1, 0.0203), run("iaf", 1, 0.0166)]
+    assert all(r["converged"] is None and "cannot tell" in r["convergence"]["reason"] for r in unclear)
+    (line,) = convergence_warnings(unclear)
+    assert line.startswith("- full, iaf seed 1: the trend rule cannot tell whether the ELBO was still rising")
+    assert "may describe a fit still improving" in line
+    rising, settled = run("full", 0, 0.05), run("full", 2, 0.0)
+    assert rising["converged"] is False and settled["converged"] is True
+    assert converged_cell(unclear[:1]) == "unclear" and converged_cell([rising, unclear[0]]) == "no"
+    assert converged_cell([settled, unclear[0]]) == "1 of 2" and converged_cell([{"converged": None}]) == "–"
 
 
 def test_a_guides_seeds_with_one_message_but_its_numbers_get_one_line_with_each_numbers_range():
