@@ -127,7 +127,7 @@ def train_mean_field(model: GlobalLatentModel, data, config, seeds: list[int],
         with torch.no_grad():
             q = flat_posterior(guide.auto).base_dist
         fits[seed] = {"check": {"family": MEAN_FIELD, "elbo": summary["elbo"],
-                                "elbo_stderr": summary["elbo_stderr"], "converged": bool(converged), "steps": steps,
+                                "elbo_stderr": summary["elbo_stderr"], "converged": converged, "steps": steps,
                                 "fits_at_once": at_once},
                       "loc": q.loc.detach().clone(), "scale": q.scale.detach().clone()}
     return fits

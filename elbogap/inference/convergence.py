@@ -143,6 +143,9 @@ def fixed_verdict(losses: list[float], settings: ConvergenceSettings, scale: flo
     if converged is False:
         record["reason"] = (f"the ELBO was still rising when training stopped: {gain:.3g} nats over the last "
                             f"{window} steps (s.e. {stderr:.2g}{where}), above the tolerance {settings.tolerance:g}")
+    elif not math.isfinite(stderr):
+        record["reason"] = (f"the trend rule cannot tell whether the ELBO was still rising: it gained {gain:.3g} nats "
+                            f"over the last {window} steps{where}, with no standard error to judge that by")
     elif converged is None:
         record["reason"] = (f"the trend rule cannot tell whether the ELBO was still rising: it gained {gain:.3g} nats "
                             f"over the last {window} steps (s.e. {stderr:.2g}{where}), and the tolerance "
