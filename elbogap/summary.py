@@ -333,7 +333,9 @@ def rows(runs: list[dict], split: str, keys: Iterable[str],
     for guide in dict.fromkeys(run["guide"] for run in runs):
         mine = [on_log_px_points(run[split]) for run in runs if run["guide"] == guide]
         verdicts = [run.get("converged") for run in runs if run["guide"] == guide]
-        row = {"guide": guide, "seeds": len(mine), "converged": all(verdicts) if None not in verdicts else None,
+        # False where a seed is shown unconverged, else None where one has no verdict (or its rule cannot tell)
+        converged = False if any(verdict is False for verdict in verdicts) else None if None in verdicts else True
+        row = {"guide": guide, "seeds": len(mine), "converged": converged,
                "converged_seeds": sum(1 for verdict in verdicts if verdict)}
         row.update({count: mine[0][count] for count in counts if count in mine[0]})
         row.update(seed_columns(mine, keys))
