@@ -58,6 +58,7 @@ def test_the_guides_of_a_seed_have_log_px_on_the_same_points_and_the_api_pairs_t
 
 def test_a_study_of_global_latents_points_to_the_arviz_export_instead(study):
     out, results = study
-    runs = [{**run, "evidence": {}} for run in results["runs"]]  # the key that marks a record of global latents
+    # a record of global latents: its training split is the whole data set, one unit naming its rows
+    runs = [{**run, "train": {**run["train"], "units": 1, "rows": "every row of data.csv"}} for run in results["runs"]]
     with pytest.raises(UsageError, match="elbogap.load"):
         Comparison({**results, "runs": runs}, out).points()

@@ -67,7 +67,7 @@ def test_low_rank_ends_at_its_familys_optimum_on_a_posterior_it_does_not_hold(tm
     data = truth.regression_data(300, 10, seed=1, correlation=0.9)
     features, targets = data[:, :-1].double(), data[:, -1].double()
     mean, cov, precision = truth.regression_posterior(features, targets, 1.0, 1.0)
-    optimum = truth.best_low_rank_kl(precision, 3)
+    optimum = truth.best_low_rank_kl(precision, 3, starts=4)  # the 16 starts reach the same here
     assert truth.best_factorized_gaussian_kl(precision) - optimum > 2.0
     config, model, guide, dataset, record = started("AutoLowRankMultivariateNormal", tmp_path, data)
     assert record["covariance"] == "expected curvature"
