@@ -275,11 +275,16 @@ def reference_table(runs: list[dict]) -> list[str]:
     return lines
 
 
+def evidence_runs(runs: list[dict]) -> list[dict]:
+    """The runs whose records hold the whole data set's evidence: a training split of one unit, and ``evidence``."""
+    return [run for run in runs if "evidence" in run and whole_data_set(run["train"])]
+
+
 def warning_lines(results: dict, runs: list[dict]) -> list[str]:
     """The Warnings lines of the runs whose training split is the whole data set (the evidence's notes, one line for
     the seeds that share one), of runs read together (:func:`posterior_warnings`) and of their reference posteriors;
     none for runs of other records."""
-    runs = [run for run in runs if "evidence" in run and whole_data_set(run["train"])]
+    runs = evidence_runs(runs)
     if not runs:
         return []
     warnings = per_guide_lines([(run["guide"], run["seed"], run["train"][key])
@@ -298,7 +303,7 @@ def evidence_sections(results: dict, runs: list[dict]) -> list[str]:
     """results.md's sections on the whole data set's evidence (the runs that hold ``evidence``): each guide's gap, the
     reference posterior, the held-out density, the estimates side by side and how they were computed; none where no
     run holds one."""
-    runs = [run for run in runs if "evidence" in run and whole_data_set(run["train"])]
+    runs = evidence_runs(runs)
     if not runs:
         return []
     config = results["config"]
