@@ -51,6 +51,7 @@ References:
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -66,7 +67,8 @@ MIN_PRECISION = 0.01
 SCORE_DRAWS = 512
 #: the most latents the start is tried for (16 d² floats of Hessian rows at once, under 1 GB at 1,500): at 1,201
 #: latents (a varying intercept over 1,197 groups, 5,000 rows) low rank's start took 7 s and its fit converged in
-#: 30 s, where from the random factor it crawled 18,500 steps (737 s); full rank's took 29 s on a busy machine
+#: 30 s, where from the random factor it crawled 18,500 steps (737 s); full rank's took 29 s on a busy machine (the
+#: curvature alone 4.5 s on one idle thread)
 MAX_DIM = 1500
 #: the least diagonal sd δ of the low-rank start, in the mean field's sds: the family's optimum may lie where δ → 0
 #: (a direction the factor explains whole), which Pyro's parametrization (σ = sδ, C = W / δ) reaches only as its
@@ -103,9 +105,15 @@ def gradients(model, data: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 def expected_precision(model, data: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
                        generator: torch.Generator) -> torch.Tensor:
     r""":math:`E_{q_\text{MF}}[-\nabla^2 \log p(z, D)]` in whitened coordinates, :math:`S H S` with
-    :math:`S = \operatorname{diag}(s)`, symmetrized: ``(d, d)`` (see the module)."""
+    :math:`S = \operatorname{diag}(s)`, symmetrized: ``(d, d)`` (see the module), at :data:`PAIRS` antithetic pairs
+    drawn from ``generator``."""
+    return precision_at(model, data, loc, scale, torch.randn(PAIRS, len(loc), generator=generator))
+
+
+def precision_at(model, data: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    r""":func:`expected_precision` at the antithetic pairs :math:`m \pm s\,\epsilon` of ``eps`` ``(PAIRS, d)``."""
     dim = len(loc)
-    eps = torch.randn(PAIRS, dim, generator=generator).to(device=loc.device, dtype=torch.float64)
+    eps = eps.to(device=loc.device, dtype=torch.float64)
     draws = (loc.double() + torch.cat([eps, -eps]) * scale.double())  # (2 PAIRS, d)
     unit = torch.finfo(loc.dtype).eps * loc.double().abs()  # the last place of each mean, about
     steps = torch.diag(torch.maximum(STEP * scale.double(), ROUNDING_STEPS * unit))  # row i moves coordinate i
@@ -118,27 +126,38 @@ def expected_precision(model, data: torch.Tensor, loc: torch.Tensor, scale: torc
     return 0.5 * (precision + precision.T)
 
 
-def floored_precision(model, data: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
-                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
+def floored_precision(model, data: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, generator: torch.Generator,
+                      shared: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The eigenvalues (each at least :data:`MIN_PRECISION`) and eigenvectors of :func:`expected_precision`, or None
-    where it is not tried (above :data:`MAX_DIM` latents, or one) or is not finite."""
+    where it is not tried (above :data:`MAX_DIM` latents, or one) or is not finite.
+
+    ``shared(compute)``, where given, returns ``compute()`` or what it returned before for the same fit (a study's
+    full and low rank of one seed share one curvature, :func:`~elbogap.global_latents.warm_start.start_at`); the
+    pairs are drawn from ``generator`` either way, so the draws that follow from it are the same."""
     dim = len(loc)
     if dim > MAX_DIM or dim < 2:
         return None
-    with torch.random.fork_rng(devices=[]):
-        precision = expected_precision(model, data, loc, scale, generator)
-    if not bool(torch.isfinite(precision).all()):
-        return None
-    values, vectors = torch.linalg.eigh(precision)
-    return values.clamp_min(MIN_PRECISION), vectors
+    eps = torch.randn(PAIRS, dim, generator=generator)
+
+    def compute() -> dict:
+        with torch.random.fork_rng(devices=[]):
+            precision = precision_at(model, data, loc, scale, eps)
+        if not bool(torch.isfinite(precision).all()):
+            return {"finite": False}
+        values, vectors = torch.linalg.eigh(precision)
+        return {"finite": True, "values": values.clamp_min(MIN_PRECISION), "vectors": vectors}
+
+    floored = compute() if shared is None else shared(compute)
+    return (floored["values"], floored["vectors"]) if floored["finite"] else None
 
 
 def curvature_start(model, data: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
-                    generator: torch.Generator) -> dict | None:
+                    generator: torch.Generator, shared: Callable | None = None) -> dict | None:
     """The full-rank start of the module: ``{"scale_tril": L, "elbo_gain": ..., "elbo_gain_stderr": ...}`` with
     :math:`LL^T = \\Sigma`, or None where it is not tried (above :data:`MAX_DIM` latents), fails (a log joint or
-    gradient that is not finite) or does not raise the ELBO over the mean field's."""
-    floored = floored_precision(model, data, loc, scale, generator)
+    gradient that is not finite) or does not raise the ELBO over the mean field's (``shared``: as for
+    :func:`floored_precision`)."""
+    floored = floored_precision(model, data, loc, scale, generator, shared)
     if floored is None:
         return None
     values, vectors = floored
@@ -146,12 +165,12 @@ def curvature_start(model, data: torch.Tensor, loc: torch.Tensor, scale: torch.T
 
 
 def low_rank_start(model, data: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, rank: int,
-                   generator: torch.Generator) -> dict | None:
+                   generator: torch.Generator, shared: Callable | None = None) -> dict | None:
     """The low-rank start of the module, in Pyro's parametrization of ``AutoLowRankMultivariateNormal``
     (:math:`\\Sigma = \\operatorname{diag}(\\sigma)(CC^T + I)\\operatorname{diag}(\\sigma)`):
     ``{"scale": σ, "cov_factor": C, "elbo_gain": ..., "elbo_gain_stderr": ...}``, or None as for
     :func:`curvature_start`."""
-    floored = floored_precision(model, data, loc, scale, generator)
+    floored = floored_precision(model, data, loc, scale, generator, shared)
     if floored is None:
         return None
     values, vectors = floored

@@ -10,10 +10,11 @@ from elbogap.checkpoint import load_checkpoint, save_checkpoint
 from elbogap.config import Config
 from elbogap.data import Dataset
 from elbogap.factory import for_data, make_trainer, warm_start
+from elbogap.global_latents import curvature
 from elbogap.global_latents.guides import GlobalAutoGuide
 from elbogap.global_latents.model import GlobalLatentModel
 from elbogap.global_latents.stacked import flat_posterior
-from elbogap.global_latents.warm_start import mean_field_fits, mean_field_settings
+from elbogap.global_latents.warm_start import mean_field_fits, mean_field_settings, start_at
 from elbogap.progress import as_progress
 from tests.global_latents import truth
 from tests.inference.test_convergence import conjugate_study
@@ -55,6 +56,27 @@ def test_a_containing_family_starts_at_the_mean_field_optimum_and_ends_at_its_ow
         assert verdict["converged"] and verdict["start_level"] is not None
         assert family_kl(guide, mean, cov) < 0.05, name
     assert len(list((tmp_path / "out" / "shared").glob("mean_field-*.pt"))) == 1
+    assert len(list((tmp_path / "out" / "shared").glob("curvature-*.pt"))) == 1
+
+
+def test_full_and_low_rank_of_a_seed_compute_one_curvature_and_start_as_each_would_alone(tmp_path, monkeypatch):
+    """The expected curvature (16 d gradients of the whole data set's log joint; 4.5 s at 1,201 latents) is computed
+    once per seed and kept in OUT/shared: low rank's start reads full rank's. Each start, the draws of its score
+    included, is the one computed without the cache."""
+    real, calls = curvature.precision_at, []
+    monkeypatch.setattr(curvature, "precision_at", lambda *args: calls.append(args) or real(*args))
+    data, *_ = conjugate_study()
+    started_here = {name: started(name, tmp_path, data) for name in ("AutoMultivariateNormal",
+                                                                      "AutoLowRankMultivariateNormal")}
+    assert len(calls) == 1
+    for name, (config, model, guide, dataset, record) in started_here.items():
+        fit, = mean_field_fits(model, dataset, for_data(config, dataset), [0], [tmp_path / "out" / "runs" / name],
+                               as_progress(False)).values()
+        alone = GlobalAutoGuide(name, model, data)
+        assert start_at(model, data, alone, fit, 0) == record  # no run directory: computed here
+        for key, value in alone.auto.state_dict().items():
+            assert torch.equal(value, guide.auto.state_dict()[key]), (name, key)
+    assert len(calls) == 3
 
 
 def test_low_rank_ends_at_its_familys_optimum_on_a_posterior_it_does_not_hold(tmp_path):
