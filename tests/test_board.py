@@ -4,6 +4,8 @@ import io
 import subprocess
 import sys
 
+import pytest
+
 from elbogap import progress as progress_module
 from elbogap.board import Board, status_line
 from elbogap.progress import STATUS, StatusFile, read_status
@@ -54,6 +56,7 @@ def test_on_a_terminal_a_run_has_one_line_with_its_path_and_the_innermost_count(
         assert status_line("iaf-seed0", bdmc, bdmc["started"]).startswith("iaf-seed0 [00:00] BDMC [")
 
 
+@pytest.mark.slow  # about 16 s; in CI the tests above: a phase a run enters is one line off a terminal
 def test_with_two_workers_the_driver_names_each_runs_evaluation_phases_in_a_log(tmp_path):
     """A study's driver, its output read from a pipe as a scheduler's log would: no redrawn bars, a line per phase
     (--quiet prints none: tests/test_cli.py)."""

@@ -84,7 +84,6 @@ def centred_schools(data):
         pyro.sample("y", dist.Normal(theta, data[:, 1]), obs=data[:, 0])
 
 
-@pytest.mark.slow  # about 30 s; in CI tests/global_latents/test_decentred.py: BDMC anneals a centred funnel non-centred
 class Said(Bars):
     """Bars not shown, each one's description kept: what a user's progress line says of each run."""
 
@@ -97,6 +96,7 @@ class Said(Bars):
         return super().bar(desc, total, unit, initial)
 
 
+@pytest.mark.slow  # about 50 s; in CI tests/global_latents/test_decentred.py: BDMC anneals a centred funnel non-centred
 def test_a_centred_funnel_is_annealed_non_centred_even_where_its_pilots_choose_wrong(monkeypatch):
     """On the centred funnel AIS from the fitted reference read 0.16-0.24 nats low (BENCHMARKS.md); the program's
     non-centred form pilots better (5 of 5 seeds at these settings). Here the pilots' choice is forced to the program
