@@ -198,7 +198,7 @@ def closest_low_rank(values: torch.Tensor, vectors: torch.Tensor, rank: int,
     factor = (vectors[:, :rank] * spare.sqrt()).contiguous().requires_grad_(True)
     optimizer = torch.optim.LBFGS([factor, free], max_iter=iterations, tolerance_grad=1e-10,
                                   tolerance_change=1e-12, line_search_fn="strong_wolfe")
-    eye = torch.eye(rank, dtype=precision.dtype)
+    eye = torch.eye(rank, dtype=precision.dtype, device=precision.device)
 
     def objective() -> torch.Tensor:
         optimizer.zero_grad()
