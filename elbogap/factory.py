@@ -93,6 +93,13 @@ def build(config: Config, data: Dataset, guide_name: str):
     return model, guide_for(config, model, len(data.train), guide_name, example, instances, modules)
 
 
+def left_out_by_size(data: Dataset, model, guide_name: str) -> str | None:
+    """Why a study whose ``--guides`` is left at its default leaves out ``guide_name`` on a model of this size
+    (:attr:`~elbogap.protocols.Protocol.left_out_by_size`), or None where it does not."""
+    rule = PROTOCOLS[data.kind].left_out_by_size
+    return rule(model, guide_name) if rule is not None else None
+
+
 def check_rows(config: Config, data: Dataset) -> None:
     """The model checked on every row of the data, once, before any run, where its kind asks for it
     (``Protocol.check_data``: a user's per-point program, whose first trace saw 3 rows)."""

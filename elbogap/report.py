@@ -201,8 +201,8 @@ def markdown(results: dict) -> str:
     if not runs:
         return "\n".join(lines + ["No run has finished.", ""])
     if left_out := results.get("guides_left_out"):
-        lines += ["## Guides left out", "", "The default families the model or the settings refused, each in one "
-                  "line:", "", *[f"- {name}: {why}" for name, why in left_out.items()], ""]
+        lines += ["## Guides left out", "", "The default families the model or the settings refused, or its size "
+                  "priced out, each in one line:", "", *[f"- {name}: {why}" for name, why in left_out.items()], ""]
     lines += warnings_section(results, runs)
     for section in SECTIONS:
         lines += section(results, runs)

@@ -21,7 +21,16 @@ from elbogap.config import Config, to_toml
 from elbogap.data import flattened_points
 from elbogap.errors import UsageError
 from elbogap.export import export_study
-from elbogap.factory import build, check_gradient, check_rows, for_data, guide_label, load_dataset, with_kind_guides
+from elbogap.factory import (
+    build,
+    check_gradient,
+    check_rows,
+    for_data,
+    guide_label,
+    left_out_by_size,
+    load_dataset,
+    with_kind_guides,
+)
 from elbogap.failures import ProgramFailed
 from elbogap.records import is_global_study
 from elbogap.report import write_results
@@ -55,8 +64,9 @@ def buildable_guides(config: Config, data, at_default: bool) -> tuple[Config, di
     """``config`` once every guide of it is built for its model and checked against ``--gradient``, before any
     training (a bad one fails the study now, not in the middle). Where ``--guides`` was left at its default
     (``at_default``), a family the model or the settings refuse (an autoregressive flow on a one-dimensional latent,
-    a flow without an inverse under ``--gradient stl``) is left out instead, with why, unless every one is; a family
-    the user named is refused as any bad input is."""
+    a flow without an inverse under ``--gradient stl``) is left out instead, with why, unless every one is, and so is a
+    family the model's size prices out (``Protocol.left_out_by_size``: the IAF above 1,000 global latents); a family
+    the user named is refused as any bad input is, or runs."""
     left_out = {}
     for name in config.guides:
         try:
@@ -66,6 +76,9 @@ def buildable_guides(config: Config, data, at_default: bool) -> tuple[Config, di
             if not at_default:
                 raise
             left_out[name] = str(refusal)
+            continue
+        if at_default and (why := left_out_by_size(data, model, name)):
+            left_out[name] = why
     if len(left_out) == len(config.guides):
         raise UsageError(next(iter(left_out.values())))
     return config.replace(guides=[name for name in config.guides if name not in left_out]), left_out

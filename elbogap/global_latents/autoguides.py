@@ -34,6 +34,8 @@ class Autoguide:
         (:mod:`~elbogap.global_latents.second_start`).
     :param lr: its own first learning rate, where the kind's is too large for it (None: the kind's).
     :param bool default: among the families a study compares where ``--guides`` is left at its default.
+    :param default_up_to: the most latents at which a study compares it where ``--guides`` is left at its default
+        (None: at any size); beyond, it is left out with why (:func:`left_out_by_size`), and runs where it is named.
     """
 
     name: str
@@ -45,6 +47,7 @@ class Autoguide:
     second_start: bool = False
     lr: float | None = None
     default: bool = False
+    default_up_to: int | None = None
 
     @property
     def spec(self) -> str:
@@ -52,6 +55,12 @@ class Autoguide:
 
 
 _MEAN_FIELD = ("AutoNormal", "AutoDiagonalNormal")
+#: the most latents at which a default study compares the IAF: Pyro's network for d latents has a hidden layer of
+#: 3d + 1 units, (3d + 1)² + 2d weights, and its step's cost grows with them. On one thread, 32 particles, a varying
+#: intercept: 13, 37, 109 and 287 ms a step at 201, 501, 801 and 1,201 latents (AutoNormal 6-9 ms); at 1,201 its
+#: first fit alone had not converged after 3,650 steps (26 minutes) where the study's other three families trained
+#: in a few minutes, and it trains from two starts (BENCHMARKS.md, "The IAF at 1,201 latents")
+IAF_DEFAULT_UP_TO = 1000
 #: the family of each seed's mean-field fit, where full and low rank start and what they are checked against
 MEAN_FIELD = "auto:AutoNormal"
 
@@ -72,7 +81,8 @@ AUTOGUIDES = {family.name: family for family in (
     # (docs/benchmark-history.md, "The IAF held to the mean-field fit"). At lr 0.05 it settled 5 nats low on the
     # logistic regression example and then crawled for 20000 steps
     Autoguide("AutoIAFNormal", stacks=True, contains=("AutoMultivariateNormal", "AutoLowRankMultivariateNormal",
-                                                      *_MEAN_FIELD), second_start=True, lr=0.01, default=True),
+                                                      *_MEAN_FIELD), second_start=True, lr=0.01, default=True,
+              default_up_to=IAF_DEFAULT_UP_TO),
     Autoguide("AutoNormalizingFlow", lr=0.01),
     Autoguide("AutoStructured", subsampling=True),
     Autoguide("AutoGaussian"),
@@ -89,3 +99,16 @@ def autoguide(spec: str) -> Autoguide | None:
 def with_density() -> list[str]:
     """The names of the autoguides whose q has a density."""
     return [family.name for family in AUTOGUIDES.values() if not family.no_density]
+
+
+def left_out_by_size(spec: str, latent_dim: int) -> str | None:
+    """Why a default study leaves out the family ``spec`` on a model of ``latent_dim`` latents (its
+    :attr:`~Autoguide.default_up_to`), or None where it does not."""
+    family = autoguide(spec)
+    if family is None or family.default_up_to is None or latent_dim <= family.default_up_to:
+        return None
+    weights = (3 * latent_dim + 1) ** 2 + 2 * latent_dim
+    return (f"at {latent_dim} latents (above {family.default_up_to}) its network has {weights / 1e6:.1f} million "
+            "weights, whose cost a step grows as the square of the latents, and it trains from two starts: over an "
+            f"hour a seed at 1,201 latents, where the other default families take minutes; name {family.spec} in "
+            "--guides to include it")

@@ -52,6 +52,8 @@ class Protocol:
     :param stack_from: the fewest seeds that train as a stack.
     :param gradient_refusal: the one line that refuses a ``--gradient`` other than ``reparam`` (``{gradient}``
         filled in), where the kind takes only the reparameterized gradient.
+    :param left_out_by_size: ``(model, guide_name) -> why``, where a study whose ``--guides`` is left at its default
+        leaves out a family the model's size prices out (None: why not; the field None: no family is).
     """
 
     name: str
@@ -75,6 +77,7 @@ class Protocol:
     warm_start: Callable[..., dict | None] | None = None
     second_start: Callable[..., dict | None] | None = None
     second_fits: Callable[..., None] | None = None
+    left_out_by_size: Callable[..., str | None] | None = None
 
     def defaults_for(self, guide_name: str | None = None) -> dict:
         """The kind's defaults, with those of the family ``guide_name`` over them."""

@@ -1,6 +1,6 @@
 """The protocol of models with global latents, judged on the whole data set (:mod:`elbogap.global_latents.protocol`)."""
 
-from elbogap.global_latents.autoguides import AUTOGUIDES
+from elbogap.global_latents.autoguides import AUTOGUIDES, left_out_by_size
 from elbogap.global_latents.protocol import build_for, curve_point, evaluate_global, run_bdmc
 from elbogap.global_latents.second_start import second_fits_at_once, second_start
 from elbogap.global_latents.stacked import stacker
@@ -29,5 +29,6 @@ GLOBAL = Protocol("global", evaluate=evaluate_global, curve_point=curve_point, b
                   whole_data_units=True, family_defaults=FAMILY_DEFAULTS,
                   guides=GUIDES, build=build_for, trainer=global_trainer, stacker=stacker,
                   warm_start=warm_start, second_start=second_start, second_fits=second_fits_at_once,
+                  left_out_by_size=lambda model, guide_name: left_out_by_size(guide_name, model.latent_dim),
                   gradient_refusal="--gradient {gradient} is for models whose latents are per data point, and this "
                                    "model has global latents; use --gradient reparam")
