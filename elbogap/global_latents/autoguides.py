@@ -35,7 +35,8 @@ class Autoguide:
     :param lr: its own first learning rate, where the kind's is too large for it (None: the kind's).
     :param bool default: among the families a study compares where ``--guides`` is left at its default.
     :param default_up_to: the most latents at which a study compares it where ``--guides`` is left at its default
-        (None: at any size); beyond, it is left out with why (:func:`left_out_by_size`), and runs where it is named.
+        (None: at any size); beyond, it is left out (:func:`left_out_by_size`), and runs where it is named.
+    :param str too_large: why it is left out beyond ``default_up_to``.
     """
 
     name: str
@@ -48,6 +49,7 @@ class Autoguide:
     lr: float | None = None
     default: bool = False
     default_up_to: int | None = None
+    too_large: str = ""
 
     @property
     def spec(self) -> str:
@@ -57,9 +59,11 @@ class Autoguide:
 _MEAN_FIELD = ("AutoNormal", "AutoDiagonalNormal")
 #: the most latents at which a default study compares the IAF: Pyro's network for d latents has a hidden layer of
 #: 3d + 1 units, (3d + 1)² + 2d weights, and its step's cost grows with them. On one thread, 32 particles, a varying
-#: intercept: 13, 37, 109 and 287 ms a step at 201, 501, 801 and 1,201 latents (AutoNormal 6-9 ms); at 1,201 its
-#: first fit alone had not converged after 3,650 steps (26 minutes) where the study's other three families trained
-#: in a few minutes, and it trains from two starts (BENCHMARKS.md, "The IAF at 1,201 latents")
+#: intercept: 8, 49, 101 and 372 ms a step at 201, 501, 801 and 1,201 latents (AutoNormal 5-12 ms,
+#: benchmarks/autoguide_step_cost.py); at 1,201 its
+#: first fit ran 36 minutes (5,400 steps) without converging, 2,700 nats below full rank's ELBO, where the other
+#: three families trained in under 2 minutes each; and it trains from two starts (BENCHMARKS.md, "The IAF at 1,201
+#: latents")
 IAF_DEFAULT_UP_TO = 1000
 #: the family of each seed's mean-field fit, where full and low rank start and what they are checked against
 MEAN_FIELD = "auto:AutoNormal"
@@ -82,7 +86,10 @@ AUTOGUIDES = {family.name: family for family in (
     # logistic regression example and then crawled for 20000 steps
     Autoguide("AutoIAFNormal", stacks=True, contains=("AutoMultivariateNormal", "AutoLowRankMultivariateNormal",
                                                       *_MEAN_FIELD), second_start=True, lr=0.01, default=True,
-              default_up_to=IAF_DEFAULT_UP_TO),
+              default_up_to=IAF_DEFAULT_UP_TO,
+              too_large="Pyro's autoregressive network has (3d + 1)² + 2d weights for d latents, its cost a step grows "
+                        "with them, and it trains from two starts: at 1,201 latents its first fit ran 36 minutes "
+                        "without converging, where the other default families trained in under 2 minutes each"),
     Autoguide("AutoNormalizingFlow", lr=0.01),
     Autoguide("AutoStructured", subsampling=True),
     Autoguide("AutoGaussian"),
@@ -103,12 +110,9 @@ def with_density() -> list[str]:
 
 def left_out_by_size(spec: str, latent_dim: int) -> str | None:
     """Why a default study leaves out the family ``spec`` on a model of ``latent_dim`` latents (its
-    :attr:`~Autoguide.default_up_to`), or None where it does not."""
+    :attr:`~Autoguide.default_up_to` and :attr:`~Autoguide.too_large`), or None where it does not."""
     family = autoguide(spec)
     if family is None or family.default_up_to is None or latent_dim <= family.default_up_to:
         return None
-    weights = (3 * latent_dim + 1) ** 2 + 2 * latent_dim
-    return (f"at {latent_dim} latents (above {family.default_up_to}) its network has {weights / 1e6:.1f} million "
-            "weights, whose cost a step grows as the square of the latents, and it trains from two starts: over an "
-            f"hour a seed at 1,201 latents, where the other default families take minutes; name {family.spec} in "
-            "--guides to include it")
+    return (f"{latent_dim} latents are more than the {family.default_up_to} it is compared at by default: "
+            f"{family.too_large}; name {family.spec} in --guides to include it")
