@@ -77,7 +77,8 @@ class Config:
                                                                    "model with global latents the default is "
                                                                    "auto:AutoNormal, auto:AutoMultivariateNormal, "
                                                                    "auto:AutoLowRankMultivariateNormal, "
-                                                                   "auto:AutoIAFNormal)",
+                                                                   "auto:AutoIAFNormal, the IAF up to 1,000 "
+                                                                   "latents)",
                                                                    short="-g", role="control")
     seeds: list[int] = setting([0, 1], "comma list of seeds; each guide is trained once per seed",
                                        short="-s", role="control")

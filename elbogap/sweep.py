@@ -67,8 +67,11 @@ def buildable_guides(config: Config, data, at_default: bool) -> tuple[Config, di
     a flow without an inverse under ``--gradient stl``) is left out instead, with why, unless every one is, and so is a
     family the model's size prices out (``Protocol.left_out_by_size``: the IAF above 1,000 global latents); a family
     the user named is refused as any bad input is, or runs."""
-    left_out = {}
+    left_out, built = {}, None  # the model of a family built so far: what decides a family's size before building
     for name in config.guides:
+        if at_default and built is not None and (why := left_out_by_size(data, built, name)):
+            left_out[name] = why  # not built: Pyro's IAF for 10,000 latents would hold 900 million weights
+            continue
         try:
             model, guide = build(config, data, name)
             check_gradient(for_data(config, data, name), data, guide, model)
@@ -77,6 +80,7 @@ def buildable_guides(config: Config, data, at_default: bool) -> tuple[Config, di
                 raise
             left_out[name] = str(refusal)
             continue
+        built = model
         if at_default and (why := left_out_by_size(data, model, name)):
             left_out[name] = why
     if len(left_out) == len(config.guides):

@@ -60,7 +60,8 @@ def autoguide_rows() -> list[str]:
             "contains | first learning rate |", "|---|---|---|---|---|---|---|"]
     for family in AUTOGUIDES.values():
         contains = ", ".join(f"`auto:{name}`" for name in family.contains) or "-"
-        rows.append(f"| `{family.spec}` | {yes(family.default)} | {yes(not family.no_density)} | {yes(family.stacks)} "
+        default = yes(family.default) + (f" (up to {family.default_up_to:,} latents)" if family.default_up_to else "")
+        rows.append(f"| `{family.spec}` | {default} | {yes(not family.no_density)} | {yes(family.stacks)} "
                     f"| {yes(family.starts_at_mean_field)} | {contains} | {family.lr or 'the kind default'} |")
     return rows
 

@@ -38,6 +38,8 @@ def markdown(results: dict) -> str:
     if not results.get("complete", True):
         warnings.insert(0, f"- **Partial:** {count} of {results.get('planned', '?')} simulations; rerun the same "
                            "command with --resume to finish (the tests below read only these)")
+    warnings += [f"- {name} is left out of the default guides: {why}"
+                 for name, why in results.get("guides_left_out", {}).items()]
     if count < 20:
         warnings.append(f"- {count} simulations: the tests have little power; read the coverage and the share of u "
                         "near 0 or 1 beside them")

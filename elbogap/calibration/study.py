@@ -38,7 +38,7 @@ from elbogap.checkpoint import load_checkpoint, save_checkpoint
 from elbogap.config import Config, differences
 from elbogap.data import Dataset
 from elbogap.errors import UsageError
-from elbogap.factory import build, for_data, guide_label, load_dataset, make_trainer, with_kind_guides
+from elbogap.factory import build, for_data, guide_label, left_out_by_size, load_dataset, make_trainer, with_kind_guides
 from elbogap.failures import ProgramFailed, program_failure
 from elbogap.global_latents.evaluation import guide_draws
 from elbogap.global_latents.evidence import sandwich
@@ -280,15 +280,24 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
     SIGINT or SIGTERM stops it (:class:`CalibrationInterrupted`)."""
     config.validate()
     data = load_dataset(config)
+    at_default = config.guides == Config().guides
     config = with_kind_guides(config, data).replace(warm_start="off")  # each fit starts where Pyro starts it
     if not PROTOCOLS[data.kind].whole_data_units:  # its unit is a data point: simulate points, not data sets
         return calibrate_per_point(config, progress, on_simulation)
-    base = [build(config, data, name) for name in config.guides][0][0]  # a bad guide fails before any simulation
+    base = build(config, data, config.guides[0])[0]
+    left_out = {name: why for name in config.guides if at_default and (why := left_out_by_size(data, base, name))}
+    config = config.replace(guides=[name for name in config.guides if name not in left_out])
+    for name in config.guides[1:]:
+        build(config, data, name)  # a bad guide fails before any simulation
+    if progress:
+        for name, why in left_out.items():
+            print(f"elbogap: {name} is left out of the default guides: {why}", file=sys.stderr)
     done = resumed(config)
     seed, jobs = config.seeds[0], calibration_jobs(config)
     results = {"config": config.to_dict(), "versions": versions(), "kind": "calibration", "seed": seed,
                "guides": [guide_label(name) for name in config.guides], "simulations": [], "workers": jobs,
                "planned": config.simulations, "complete": False, "fits_at_once": {},
+               **({"guides_left_out": left_out} if left_out else {}),
                "sites": {name: list(shape) for name, shape in base.latent_sites.items()}}
     finished = {simulation["index"] for simulation in done}
     todo = [(index, streams.seed_for("simulation", seed, index)) for index in range(config.simulations)

@@ -59,7 +59,7 @@ class Autoguide:
 _MEAN_FIELD = ("AutoNormal", "AutoDiagonalNormal")
 #: the most latents at which a default study compares the IAF: Pyro's network for d latents has a hidden layer of
 #: 3d + 1 units, (3d + 1)² + 2d weights, and its step's cost grows with them. On one thread, 32 particles, a varying
-#: intercept: 8, 49, 101 and 372 ms a step at 201, 501, 801 and 1,201 latents (AutoNormal 5-12 ms,
+#: intercept: 5, 22, 59 and 242 ms a step at 201, 501, 801 and 1,201 latents (AutoNormal 3-5 ms,
 #: benchmarks/autoguide_step_cost.py); at 1,201 its
 #: first fit ran 36 minutes (5,400 steps) without converging, 2,700 nats below full rank's ELBO, where the other
 #: three families trained in under 2 minutes each; and it trains from two starts (BENCHMARKS.md, "The IAF at 1,201
@@ -114,5 +114,6 @@ def left_out_by_size(spec: str, latent_dim: int) -> str | None:
     family = autoguide(spec)
     if family is None or family.default_up_to is None or latent_dim <= family.default_up_to:
         return None
-    return (f"{latent_dim} latents are more than the {family.default_up_to} it is compared at by default: "
-            f"{family.too_large}; name {family.spec} in --guides to include it")
+    others = ",".join(other.spec for other in AUTOGUIDES.values() if other.default and other is not family)
+    return (f"{latent_dim:,} latents are more than the {family.default_up_to:,} it is compared at by default: "
+            f"{family.too_large}; to include it, name it beside the others (--guides {others},{family.spec})")

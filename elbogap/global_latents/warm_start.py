@@ -207,9 +207,10 @@ def start_at(model: GlobalLatentModel, rows: torch.Tensor, guide, fit: dict, see
 
 def shared_curvature(run_dir: Path, model: GlobalLatentModel, rows: torch.Tensor, fit: dict, seed: int):
     """``shared(compute)`` for :func:`~elbogap.global_latents.curvature.floored_precision`: the curvature at the
-    mean-field fit ``fit``, kept in ``OUT/shared/`` under the fit itself (its mean and scale), the data, the model and
-    the seed (:func:`~elbogap.global_latents.shared.study_cache`)."""
+    mean-field fit ``fit``, kept in ``OUT/shared/`` under the fit itself (its mean and scale, and their dtype), the
+    draws' stream, the curvature's constants, the data, the model and the seed
+    (:func:`~elbogap.global_latents.shared.study_cache`)."""
     digest = hashlib.sha256(torch.cat([fit["loc"], fit["scale"]]).double().cpu().numpy().tobytes()).hexdigest()
-    settings = {"fit": digest[:16], "pairs": PAIRS, "step": STEP, "rounding_steps": ROUNDING_STEPS,
-                "min_precision": MIN_PRECISION}
+    settings = {"fit": digest[:16], "dtype": str(fit["loc"].dtype), "stream": streams.seed_for("curvature_start", seed),
+                "pairs": PAIRS, "step": STEP, "rounding_steps": ROUNDING_STEPS, "min_precision": MIN_PRECISION}
     return lambda compute: study_cache(run_dir, "curvature", model, rows, settings, seed, compute)

@@ -103,9 +103,7 @@ def group_members(group: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="group_members reads /proc")
-@pytest.mark.parametrize("kill", [  # in CI the driver killed outright; a group's SIGTERM (about 16 s) reaches the
-    pytest.param("group SIGTERM", marks=pytest.mark.slow), "driver SIGKILL",  # driver as in the resume test above
-])
+@pytest.mark.parametrize("kill", ["group SIGTERM", "driver SIGKILL"])
 def test_a_study_killed_keeps_every_run_and_leaves_no_worker(kill, backend_flags, programs, tmp_path):
     """A batch scheduler's SIGTERM reaches the driver, its fork server and its workers at once: the fork server dies
     and reads its live workers as dead. The study still ends as an interruption (no traceback), every running run

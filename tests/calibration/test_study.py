@@ -1,5 +1,6 @@
 """elbogap calibrate end to end on a conjugate regression, whose every family's calibration is known in closed form."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -10,6 +11,7 @@ import torch
 from scipy.stats import norm
 
 import elbogap
+from elbogap.global_latents.autoguides import AUTOGUIDES
 from tests.global_latents import truth
 from tests.global_latents.truth import BREAKS_IN_TRAINING, REGRESSION
 
@@ -206,6 +208,24 @@ def test_a_study_in_out_is_kept_unless_resumed_and_resuming_adds_the_rest(elboga
     resumed = json.loads((tmp_path / "out" / "results.json").read_text())
     assert resumed["complete"] and resumed["planned"] == 3 and len(resumed["simulations"]) == 3
     assert resumed["simulations"][:2] == first["simulations"]  # seeded by index: the same as before the stop
+
+
+def test_a_default_calibration_leaves_out_a_family_the_models_size_prices_out(elbogap, tmp_path, monkeypatch):
+    """As compare does (tests/global_latents/test_autoguides.py): the IAF above its size (lowered here to 1 latent, the
+    default being 1,000) is left out of the default guides, said on stderr, in results.json and in the Warnings."""
+    iaf = AUTOGUIDES["AutoIAFNormal"]
+    monkeypatch.setitem(AUTOGUIDES, "AutoIAFNormal", dataclasses.replace(iaf, default_up_to=1))
+    (tmp_path / "regression.py").write_text(REGRESSION)
+    np.savetxt(tmp_path / "rows.csv", truth.regression_data(15, 2, seed=4).numpy(), delimiter=",")
+    code, err = elbogap("calibrate", "--model", tmp_path / "regression.py:model", "--data", tmp_path / "rows.csv",
+                        "--simulations", "2", "--steps", "100", "--calibration-draws", "200", "--jobs", "1",
+                        "--no-figures", "--out", tmp_path / "out")
+    assert code == 0, err
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["guides"] == ["auto-AutoNormal", "auto-AutoMultivariateNormal", "auto-AutoLowRankMultivariateNormal"]
+    assert set(results["guides_left_out"]) == {"auto:AutoIAFNormal"}
+    assert "auto:AutoIAFNormal is left out of the default guides: 2 latents are more than the 1 " in err
+    assert "- auto:AutoIAFNormal is left out of the default guides" in (tmp_path / "out" / "results.md").read_text()
 
 
 @pytest.mark.slow  # about 14 s; in CI test_sigterm_in_stacked_fits_keeps_each_fit_and_resume_goes_on_from_it stops one
