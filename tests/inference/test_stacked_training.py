@@ -48,6 +48,25 @@ def test_the_stacked_loss_is_the_integrand_of_pyros_elbo_at_the_same_draws(name,
     assert torch.allclose(loss, expected, rtol=1e-5, atol=1e-3)
 
 
+def test_a_draw_from_given_normals_is_the_location_plus_the_factor_times_them_for_a_batch_and_under_vmap():
+    """loc + L eps (and loc + W eps_W + sqrt(D) eps_D for low rank), draws leading a batch of distributions, and the
+    same per fit under vmap, where the product is taken as rows times the factor's transpose (the factor times
+    each draw as a column copied it once per draw: 830 ms a step against 21 ms at 1,201 latents)."""
+    generator = torch.Generator().manual_seed(0)
+    loc, eps = torch.randn(3, 4, generator=generator), torch.randn(5, 3, 4, generator=generator)
+    tril = torch.randn(3, 4, 4, generator=generator).tril() + 3 * torch.eye(4)
+    full = torch.distributions.MultivariateNormal(loc, scale_tril=tril)
+    assert torch.allclose(reparameterized(full, eps), loc + torch.einsum("bij,pbj->pbi", tril, eps), atol=1e-6)
+    factor, diagonal = torch.randn(3, 4, 2, generator=generator), torch.rand(3, 4, generator=generator) + 0.5
+    low = torch.distributions.LowRankMultivariateNormal(loc, factor, diagonal)
+    low_eps = torch.cat([eps[..., :2], torch.randn(5, 3, 4, generator=generator)], -1)
+    expected = loc + torch.einsum("bir,pbr->pbi", factor, low_eps[..., :2]) + diagonal.sqrt() * low_eps[..., 2:]
+    assert torch.allclose(reparameterized(low, low_eps), expected, atol=1e-6)
+    per_fit = torch.func.vmap(lambda m, t, e: reparameterized(torch.distributions.MultivariateNormal(
+        m, scale_tril=t, validate_args=False), e))(loc, tril, eps.transpose(0, 1))
+    assert torch.allclose(per_fit, reparameterized(full, eps).transpose(0, 1), atol=1e-6)
+
+
 def trainers_for(config, data, guide_name, seeds):
     config = for_data(config, data, guide_name)
     trainers = []
