@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from elbogap.records import cannot_tell  # noqa: E402
+
 
 def save(fig, path: Path) -> Path:
     """Lay ``fig`` out, write it to ``path`` as a PNG and free it."""
@@ -31,7 +33,7 @@ def mark_convergence(axis, runs: list[dict]) -> None:
     orange ring where its rule could not tell (``converged`` None after a judged gain)."""
     labelled = set()
     for run in runs:
-        unclear = run.get("converged") is None and "gain" in (run.get("convergence") or {})
+        unclear = cannot_tell(run)
         if (run.get("converged") is False or unclear) and run.get("curve"):
             step, elbo = run["curve"][-1]
             label = "convergence unclear" if unclear else "not converged"

@@ -63,6 +63,12 @@ def is_global_study(runs: list[dict]) -> bool:
     return bool(runs) and "train" in runs[0] and whole_data_set(runs[0]["train"])
 
 
+def cannot_tell(run: dict) -> bool:
+    """Whether a run's rule judged its fit and could not tell whether it converged (``converged`` None beside a gain:
+    the gain's interval holds the tolerance), as against a fit not judged at all (too few steps, none taken)."""
+    return run.get("converged") is None and "gain" in (run.get("convergence") or {})
+
+
 def with_totals(metrics: dict) -> dict:
     r"""A split's ``metrics`` with each of :data:`TOTALED` summed over its ``units``: :math:`\sum_n m_n = N \bar m`,
     and its standard error :math:`N` times the mean's (which combines the units' own errors,

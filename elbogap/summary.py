@@ -19,6 +19,8 @@ import re
 import statistics
 from collections.abc import Callable, Iterable
 
+from elbogap.records import cannot_tell
+
 #: log p(x), the ELBO on the points it covers and the KL gap: log_px - elbo_log_px_points = kl_gap
 SAME_POINTS = ("log_px", "elbo_log_px_points", "kl_gap")
 #: the numbers over every evaluated point of a split (``num_points``)
@@ -168,7 +170,7 @@ def converged_cell(runs: list[dict]) -> str:
     called unconverged and the rule could not tell for some (its gain's interval holds the tolerance); ``–`` where
     none was judged (results written before the rule, or too few steps)."""
     verdicts = [run.get("converged") for run in runs]
-    unclear = any("gain" in (run.get("convergence") or {}) for run in runs if run.get("converged") is None)
+    unclear = any(cannot_tell(run) for run in runs)
     if all(verdict is None for verdict in verdicts):
         return "unclear" if unclear else "–"
     done = sum(1 for verdict in verdicts if verdict)
@@ -235,7 +237,7 @@ def unjudged_message(run: dict) -> str:
     """Why a run's fit has no verdict (too few steps for the trend rule, none at --steps 0, or a gain the rule cannot
     tell from the tolerance), and what that means."""
     record = run["convergence"]
-    if "gain" in record:  # judged, but its gain's interval holds the tolerance
+    if cannot_tell(run):
         return (f"{record['reason']}; its ELBO and KL gap may describe a fit still improving: "
                 f"{convergence_advice(record)}")
     what = ", and nothing was trained: its numbers are the initial q's" if run.get("steps") == 0 else \

@@ -88,6 +88,12 @@ def buildable_guides(config: Config, data, at_default: bool) -> tuple[Config, di
     return config.replace(guides=[name for name in config.guides if name not in left_out]), left_out
 
 
+def say_left_out(left_out: dict[str, str]) -> None:
+    """One line on stderr for each default family :func:`buildable_guides` left out, with why."""
+    for name, why in left_out.items():
+        print(f"elbogap: {name} is left out of the default guides: {why}", file=sys.stderr)
+
+
 def size_notices(config: Config, data) -> list[str]:
     """A line for each of ``--train-size`` and ``--test-size`` that asks for more rows than its split has (a tester's
     ``--test-size 1000`` on a 100-row split was used as 100 without a word)."""
@@ -135,9 +141,8 @@ def compare(config: Config, out: str | Path | None = None, progress: bool = Fals
         raise UsageError(f"{error}; note: {flattened}" if flattened else str(error)) from None
     notices = size_notices(config, data) + ([flattened] if flattened else [])  # said once the input passed
     config, left_out = buildable_guides(with_kind_guides(config, data), data, config.guides == Config().guides)
-    if left_out and progress:
-        for name, why in left_out.items():
-            print(f"elbogap: {name} is left out of the default guides: {why}", file=sys.stderr)
+    if progress:
+        say_left_out(left_out)
     # each run resolves the settings left unset for its own family (runs.run_one); the record shows the kind's
     unresolved, config = config, for_data(config, data)
     results = {"config": config.to_dict(), "versions": versions(), "runs": [],

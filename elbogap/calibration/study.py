@@ -38,7 +38,7 @@ from elbogap.checkpoint import load_checkpoint, save_checkpoint
 from elbogap.config import Config, differences
 from elbogap.data import Dataset
 from elbogap.errors import UsageError
-from elbogap.factory import build, for_data, guide_label, left_out_by_size, load_dataset, make_trainer, with_kind_guides
+from elbogap.factory import build, for_data, guide_label, load_dataset, make_trainer, with_kind_guides
 from elbogap.failures import ProgramFailed, program_failure
 from elbogap.global_latents.evaluation import guide_draws
 from elbogap.global_latents.evidence import sandwich
@@ -52,7 +52,7 @@ from elbogap.protocols import PROTOCOLS
 from elbogap.runs import Interrupted, load_run
 from elbogap.sites import constrain, latent_sites, split_flat, split_latents
 from elbogap.stopping import stop_requests
-from elbogap.sweep import compare
+from elbogap.sweep import buildable_guides, compare, say_left_out
 from elbogap.threads import intra_op_threads
 from elbogap.versions import versions
 
@@ -284,14 +284,10 @@ def calibrate(config: Config, progress: bool = False, on_simulation: Callable[[d
     config = with_kind_guides(config, data).replace(warm_start="off")  # each fit starts where Pyro starts it
     if not PROTOCOLS[data.kind].whole_data_units:  # its unit is a data point: simulate points, not data sets
         return calibrate_per_point(config, progress, on_simulation)
-    base = build(config, data, config.guides[0])[0]
-    left_out = {name: why for name in config.guides if at_default and (why := left_out_by_size(data, base, name))}
-    config = config.replace(guides=[name for name in config.guides if name not in left_out])
-    for name in config.guides[1:]:
-        build(config, data, name)  # a bad guide fails before any simulation
+    config, left_out = buildable_guides(config, data, at_default)  # a bad guide fails before any simulation
     if progress:
-        for name, why in left_out.items():
-            print(f"elbogap: {name} is left out of the default guides: {why}", file=sys.stderr)
+        say_left_out(left_out)
+    base = build(config, data, config.guides[0])[0]
     done = resumed(config)
     seed, jobs = config.seeds[0], calibration_jobs(config)
     results = {"config": config.to_dict(), "versions": versions(), "kind": "calibration", "seed": seed,
