@@ -38,7 +38,7 @@ from elbogap.guides import Guide, ProgramGuide
 from elbogap.inference import evaluate as evaluate_pair
 from elbogap.model import LatentModel
 from elbogap.points import point_rows
-from elbogap.records import is_global_study
+from elbogap.records import point_splits
 from elbogap.report import SUMMARY_KEYS, evaluated_splits, finished, markdown, write_results
 from elbogap.runs import load_run
 from elbogap.summary import rows, snr_rows
@@ -159,7 +159,8 @@ class Comparison:
         export (:func:`elbogap.load`)."""
         if split not in ("test", "train"):
             raise UsageError(f"split {split!r} is not one of test, train")
-        if is_global_study(finished(self.runs)):  # one unit, the whole data set
+        runs = finished(self.runs)
+        if runs and not any(point_splits(run) for run in runs):  # each run's unit is the whole data set
             raise UsageError("a model with global latents has no per-point numbers: its unit is the whole data "
                              "set; elbogap.load(out) gives each row's log-likelihood under q's draws")
         return point_rows(self.out, self.runs, split)

@@ -3,6 +3,8 @@
 import json
 import math
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -16,8 +18,8 @@ from elbogap.checkpoint import load_checkpoint  # noqa: E402
 from elbogap.errors import UsageError  # noqa: E402
 from elbogap.figure_data import FILE as FIGURE_DATA  # noqa: E402
 from elbogap.figure_tools import by_guide, mark_convergence, save  # noqa: E402
-from elbogap.global_latents.plots import make_figures as global_figures  # noqa: E402
-from elbogap.records import is_global_study, upgraded  # noqa: E402
+from elbogap.global_latents import plots as whole_data_set_figures  # noqa: E402
+from elbogap.records import point_splits, upgraded, whole_data_set  # noqa: E402
 from elbogap.report import finished  # noqa: E402
 from elbogap.summary import bound_markers, over_seeds
 
@@ -262,6 +264,71 @@ def plot_images(fits: list[tuple[str, dict]], path: Path) -> Path:
     return save(fig, path)
 
 
+def _saved_figure_data(results: dict, results_dir: Path, key: str) -> list[tuple[str, dict]]:
+    """``(guide, its saved figure data's ``key``)`` for each guide's first run that saved it (:mod:`figure_data`)."""
+    first_runs = list({run["guide"]: run for run in reversed(results["runs"])}.values())[::-1]
+    files = [(run["guide"], results_dir / run.get("run_dir", ".") / FIGURE_DATA) for run in first_runs]
+    saved = [(guide, load_checkpoint(file)) for guide, file in files if file.is_file()]
+    return [(guide, state[key]) for guide, state in saved if key in state]
+
+
+def draw_posteriors(results: dict, path: Path) -> Path | None:
+    """:func:`plot_posteriors` from the runs' saved figure data beside ``path``; None where no run saved any."""
+    fits = _saved_figure_data(results, path.parent, "posteriors")
+    return plot_posteriors(fits, path) if fits else None
+
+
+def draw_images(results: dict, path: Path) -> Path | None:
+    """:func:`plot_images` from the runs' saved figure data beside ``path``; None where no run saved any."""
+    fits = _saved_figure_data(results, path.parent, "images")
+    return plot_images(fits, path) if fits else None
+
+
+def holds_point_splits(results: dict) -> bool:
+    """Whether some run holds a split of means over data points (:func:`~elbogap.records.point_splits`)."""
+    return any(point_splits(run) for run in results["runs"])
+
+
+def holds_whole_data_set(results: dict) -> bool:
+    """Whether some run's training split is the whole data set as one unit: log p(D), the ELBO of D, their gap."""
+    return any("elbo" in run.get("train", {}) and whole_data_set(run["train"]) for run in results["runs"])
+
+
+def holds_test_curve(results: dict) -> bool:
+    """Whether some run evaluated the test split's log p(x) and ELBO during training."""
+    return any("test_elbo" in point for run in results["runs"] for point in run.get("curve_eval", []))
+
+
+def always(results: dict) -> bool:
+    """For figures whose drawing reads saved files and returns None where there are none."""
+    return True
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure file of a study: ``shown(results)`` says whether the records hold the metrics it draws, and
+    ``draw(results, path)`` writes it (or returns None where saved files it reads are missing)."""
+
+    file: str
+    shown: Callable[[dict], bool]
+    draw: Callable[[dict, Path], Path | None]
+
+
+#: every figure of ``elbogap compare`` and ``train``, drawn where the records hold its metrics, never by the kind
+#: of model: a file is drawn by the first of its entries whose metrics are there
+FIGURES = (
+    Figure("training.png", holds_point_splits, plot_training),
+    Figure("training.png", holds_whole_data_set, whole_data_set_figures.plot_training),
+    Figure("gaps.png", holds_point_splits, plot_gaps),
+    Figure("gaps.png", holds_whole_data_set, whole_data_set_figures.plot_gaps),
+    Figure("gap_over_training.png", holds_test_curve, plot_gap_over_training),
+    Figure("evidence.png", holds_whole_data_set, whole_data_set_figures.plot_evidence),
+    Figure("marginals.png", always, whole_data_set_figures.plot_marginals),
+    Figure("posteriors.png", always, draw_posteriors),
+    Figure("images.png", always, draw_images),
+)
+
+
 def make_figures(results_dir: str | Path) -> list[Path]:
     """Draw every figure a results directory supports, from its records and the runs' saved figure data (never a
     model: :mod:`elbogap.figure_data`); return the files written."""
@@ -282,17 +349,10 @@ def make_figures(results_dir: str | Path) -> list[Path]:
     results = upgraded({**results, "runs": finished(results.get("runs", []))})
     if not results["runs"]:
         raise UsageError(f"{path} holds no finished run yet; nothing to plot")
-    if is_global_study(results["runs"]):
-        return global_figures(results, results_dir)
-    written = [plot_training(results, results_dir / "training.png"), plot_gaps(results, results_dir / "gaps.png"),
-               plot_gap_over_training(results, results_dir / "gap_over_training.png")]
-    first_runs = list({run["guide"]: run for run in reversed(results["runs"])}.values())[::-1]
-    saved = [(run["guide"], load_checkpoint(results_dir / run.get("run_dir", ".") / FIGURE_DATA))
-             for run in first_runs if (results_dir / run.get("run_dir", ".") / FIGURE_DATA).is_file()]
-    posteriors = [(name, state["posteriors"]) for name, state in saved if "posteriors" in state]
-    if posteriors:
-        written.append(plot_posteriors(posteriors, results_dir / "posteriors.png"))
-    images = [(name, state["images"]) for name, state in saved if "images" in state]
-    if images:
-        written.append(plot_images(images, results_dir / "images.png"))
-    return written
+    written = {}
+    for figure in FIGURES:
+        if figure.file not in written and figure.shown(results):
+            drawn = figure.draw(results, results_dir / figure.file)
+            if drawn is not None:
+                written[figure.file] = drawn
+    return list(written.values())

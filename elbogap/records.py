@@ -57,12 +57,6 @@ def point_splits(run: dict) -> list[str]:
     return [split for split in ("test", "train") if "elbo" in run.get(split, {}) and not whole_data_set(run[split])]
 
 
-def is_global_study(runs: list[dict]) -> bool:
-    """Whether the first run's training split is the whole data set as one unit (:func:`whole_data_set`), as a model
-    with global latents records it: its numbers are then log p(D), the ELBO of D and their gap."""
-    return bool(runs) and "train" in runs[0] and whole_data_set(runs[0]["train"])
-
-
 def cannot_tell(run: dict) -> bool:
     """Whether a run's rule judged its fit and could not tell whether it converged (``converged`` None beside a gain:
     the gain's interval holds the tolerance), as against a fit not judged at all (too few steps, none taken)."""

@@ -114,3 +114,26 @@ def test_q_contours_are_drawn_only_where_q_has_mass():
     drawn = axis.collections[-1]
     assert min(drawn.levels) > 0 and max(drawn.levels) < 1
     plt.close(figure)
+
+
+def test_each_figure_is_drawn_where_the_records_hold_its_metrics(tmp_path):
+    """No figure is chosen by the kind of model (``plots.FIGURES``): a study whose runs were not evaluated during
+    training draws no gap-over-training figure (it drew empty panels before), one evaluated so draws it, and records
+    of the whole data set as one unit get the evidence figure and their own gaps and training figures."""
+    def drawn(study, name):
+        out = tmp_path / name
+        out.mkdir()
+        (out / "results.json").write_text(json.dumps(study))
+        return sorted(path.name for path in plots.make_figures(out))
+
+    points = results((0,))
+    points["runs"][0]["curve"] = [[10, -40.0]]
+    assert drawn(points, "points") == ["gaps.png", "training.png"]
+    assert drawn(with_snr(results((0, 1))), "curve") == ["gap_over_training.png", "gaps.png", "training.png"]
+    whole = {"rows": 30, "units": 1, "num_points": 30, "log_px": -40.0, "log_px_stderr": 0.01, "elbo": -41.0,
+             "elbo_stderr": 0.02, "kl_gap": 1.0, "kl_gap_stderr": 0.02, "log_px_iwae": -40.1,
+             "log_px_iwae_stderr": 0.03, "log_px_per_point": -40.0 / 30}
+    study = results((0,))
+    study["runs"][0].update(train=whole, curve=[[10, -1.4]])
+    del study["runs"][0]["test"]
+    assert drawn(study, "whole") == ["evidence.png", "gaps.png", "training.png"]

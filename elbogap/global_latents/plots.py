@@ -1,4 +1,6 @@
-"""Figures of a study of a model with global latents: marginals against the reference, gaps, evidence, training."""
+"""Figures of the whole data set's metrics (log p(D), the ELBO of D, q's draws against the reference posterior), as a
+model with global latents records them: training, gaps, evidence, marginals. :data:`elbogap.plots.FIGURES` draws each
+where the records hold its metrics."""
 
 from pathlib import Path
 
@@ -21,8 +23,10 @@ def _elements(run: dict) -> list[tuple[str, int]]:
     return [(site, i) for site in sites for i in range(min(len(run["q_moments"][site]["mean"]), MARGINALS))][:MARGINALS]
 
 
-def plot_marginals(results: dict, results_dir: Path, path: Path) -> Path | None:
-    """One row per global latent element, one column per guide: q's draws against the reference posterior's."""
+def plot_marginals(results: dict, path: Path) -> Path | None:
+    """One row per global latent element, one column per guide: q's draws (each run's ``draws.pt`` beside ``path``)
+    against the reference posterior's; None where no run saved draws."""
+    results_dir = path.parent
     firsts = {guide: runs[0] for guide, runs in by_guide(results["runs"]).items()}
     draws = {}
     for guide, run in firsts.items():
@@ -146,10 +150,3 @@ def plot_training(results: dict, path: Path) -> Path:
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
     return save(fig, path)
-
-
-def make_figures(results: dict, results_dir: Path) -> list[Path]:
-    written = [plot_gaps(results, results_dir / "gaps.png"), plot_evidence(results, results_dir / "evidence.png"),
-               plot_training(results, results_dir / "training.png")]
-    marginals = plot_marginals(results, results_dir, results_dir / "marginals.png")
-    return written + ([marginals] if marginals else [])

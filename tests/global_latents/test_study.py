@@ -10,6 +10,7 @@ import torch
 
 import elbogap
 from elbogap.config import Config
+from elbogap.errors import UsageError
 from elbogap.global_latents.data import held_out, study_data
 from elbogap.global_latents.second_start import STARTS
 from elbogap.inference.weights import group_spread_dof, interval_halfwidth
@@ -100,6 +101,8 @@ def test_the_notebook_api_takes_a_pyro_function_and_a_tensor(tmp_path):
     assert fixed["steps"] == 0 and fixed["converged"] is True and fixed["convergence"]["rule"] == "none"
     assert (row["log_px_total"], row["kl_gap_total"]) == (row["log_px"], row["kl_gap"])  # D is one unit
     assert "KL gap" in result._repr_markdown_()
+    with pytest.raises(UsageError, match="no per-point numbers"):  # its records hold no split over points
+        result.points()
     results = json.loads((tmp_path / "results.json").read_text())
     assert undocumented(results) == set()  # docs/results.md has each
     run = results["runs"][0]
