@@ -151,6 +151,7 @@ def test_a_fit_stopped_at_its_cap_is_flagged_in_the_table_the_warnings_and_the_c
     out = folder / "capped"
     code, err = elbogap("compare", "--model", folder / "mixed.py:model", "--data", folder / "y.csv", "--guides",
                         "auto:AutoNormal", "--steps", "30", "--reference", "none", "--jobs", "1", "--seeds", "0",
+                        "--evidence-steps", "100", "--evidence-chains", "128", "--iw-samples", "200", "--no-figures",
                         "-q", "--out", out)
     assert code == 0, err
     run = json.loads((out / "results.json").read_text())["runs"][0]
