@@ -5,6 +5,7 @@ file given with ``--config``, then the flags given on the command line.
 """
 
 import argparse
+import difflib
 import json
 import sys
 import time
@@ -74,6 +75,19 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"elbogap: error: {message}; see '{self.prog} --help'\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but a flag the command does not know is named by that command, with the closest flag it
+        has (argparse of Python 3.11 names the extras at the top level, with no suggestion)."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = self._subparsers._group_actions[0].choices[parsed.command] if self._subparsers else self
+            flags = list(command._option_string_actions)
+            guesses = [difflib.get_close_matches(extra.split("=")[0], flags, n=1) for extra in extras
+                       if extra.startswith("-")]
+            hint = "".join(f" (did you mean {guess[0]}?)" for guess in guesses[:1] if guess)
+            command.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return parsed
 
 
 #: settings a command does not read, left out of its flags (a study file may still hold them)

@@ -331,7 +331,8 @@ def load_run(run_dir: str | Path, device: str | None = None, data: Dataset | Non
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise UsageError(f"run directory {run_dir} does not exist; give a directory written by elbogap train")
+        raise UsageError(f"run directory {run_dir} does not exist; give one written by elbogap train, or a run "
+                         "of a study, OUT/runs/GUIDE-seedN, that elbogap compare wrote")
     state = load_checkpoint(run_dir / CHECKPOINT)
     config = Config(**json.loads(state["config"]))
     config = config if device is None else config.replace(device=device)

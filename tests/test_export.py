@@ -104,6 +104,7 @@ def test_the_log_likelihood_per_row_lets_arviz_compute_leave_one_out_as_the_clos
     w = torch.as_tensor(full.posterior["w"].values[0])
     pointwise = torch.as_tensor(full.log_likelihood["y"].values[0])
     assert pointwise.shape == (len(w), len(rows))
+    assert full.log_likelihood.attrs["given"].startswith("the global latents: az.loo estimates")  # no latent per row
     direct = torch.distributions.Normal(w[:5] @ features.T, 1.0).log_prob(targets)
     assert torch.allclose(pointwise[:5], direct, atol=1e-4)
     exact = 0.0

@@ -471,8 +471,8 @@ def calibrate_per_point(config: Config, progress: bool = False,
     trained = compare(config.replace(seeds=[seed], figures=False), config.out, progress=progress)
     results = {"config": config.to_dict(), "versions": versions(), "kind": "calibration", "seed": seed,
                "latents": "per point", "guides": [guide_label(name) for name in config.guides], "simulations": [],
-               "runs": [{key: run[key] for key in ("guide", "seed", "converged", "run_dir") if key in run}
-                        for run in trained["runs"]]}
+               "runs": [{key: run[key] for key in ("guide", "seed", "converged", "convergence", "run_dir")
+                         if key in run} for run in trained["runs"]]}
     fits: dict[str, dict] = {}
     sizes: dict[str, torch.Size] = {}
     for run in trained["runs"]:

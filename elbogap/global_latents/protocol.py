@@ -286,8 +286,9 @@ def evidence_check(metrics: dict) -> dict:
         khat = math.nan if metrics.get("khat_mean") is None else metrics["khat_mean"]  # None: too few draws to fit
         why = ("q is a poor importance proposal for this posterior" + (f" (k-hat {khat:.2f})" if khat == khat else ""))
         if khat <= FINITE_VARIANCE_KHAT:  # its own draws look fine: what it lacks lies where they never go
-            why = (f"q misses part of the posterior that its own draws cannot show (k-hat {khat:.2f} reads well: a "
-                   "mode or a tail q does not reach)")
+            why = (f"q misses part of the posterior that its own draws cannot show (k-hat {khat:.2f} reads well): "
+                   "q is narrower than the posterior in some direction (as a mean-field q is across correlated "
+                   "latents), or a mode or a tail lies where q does not reach")
         out["log_px_note"] = (f"q's importance estimate of log p(D) is {-above:.3f} nats below {name}'s: {why}; "
                               f"{name}'s value is the one to read")
     return out

@@ -350,7 +350,7 @@ class Trainer:
             self.seconds += time.perf_counter() - start  # callbacks (evaluation, checkpoints) are not training
             bar.update()
             if self.step_count % 25 == 0:
-                bar.set_postfix(elbo=f"{-loss:.3f}")
+                bar.set_postfix(elbo=f"{-loss:.3f}", refresh=False)  # drawn at the next redraw, not per call
             if callback is not None:
                 callback(self)
         bar.close()

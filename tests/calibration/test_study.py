@@ -132,6 +132,7 @@ def test_an_amortized_encoder_is_calibrated_against_its_own_trained_model(tmp_pa
     assert not rows["diag"]["sbc_calibrated"] and rows["diag"]["vsbc_symmetric"]
     assert result.results["latents"] == "per point" and len(result.results["simulations"]) == 400
     assert "points simulated from its own trained model" in (tmp_path / "results.md").read_text()
+    assert all("convergence" in run for run in result.results["runs"])  # its verdict's evidence, as compare keeps it
 
 
 TWO_SITES = '''

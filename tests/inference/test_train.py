@@ -139,3 +139,16 @@ def test_a_refit_of_a_program_that_does_not_broadcast_takes_its_particles_as_cop
     steps = len(CALLS)
     assert 8 * len(x) in CALLS and steps <= 400 + 5
     torch.testing.assert_close(guide.loc.detach()[:, 0], x.sum(1) / 4, atol=0.05, rtol=0)
+
+
+def test_training_into_a_redirected_log_redraws_its_bar_a_few_times_not_every_25_steps(linear_model, capsys):
+    """A tester's log of a run with stderr in a file held a redraw every 25 steps: the ELBO beside the bar forced
+    one. It is now drawn with the bar's next redraw (twice a minute into a file, tests/test_progress.py)."""
+    from elbogap.model import LinearGaussian
+    from elbogap.progress import Bars
+
+    data = draw_linear_data(linear_model, 200).float()
+    model = LinearGaussian(5, 2)
+    train(model, build_guide("diag", model, len(data)), data, steps=500, batch_size=50, lr=0.01,
+          progress=Bars(run="diag-seed0"), desc="training")
+    assert capsys.readouterr().err.count("\r") < 10
