@@ -101,7 +101,9 @@ def test_a_checkpoint_of_an_older_format_is_refused_with_what_to_do(tmp_path):
 @pytest.mark.parametrize(("args", "message"), [
     (["compare", "--seeds", "0,x"], "not a comma-separated list"),
     (["compare", "--steps", "many"], "invalid int value"),
-    (["compare", "--frobnicate"], "unrecognized arguments"),
+    (["compare", "--frobnicate"], "unrecognized arguments: --frobnicate; see 'elbogap compare --help'"),
+    (["compare", "--stpes", "10"], "--stpes 10 (did you mean --steps?); see 'elbogap compare --help'"),
+    (["plot", "out", "extra"], "unrecognized arguments: extra; see 'elbogap plot --help'"),
     (["compare", "--on-nan", "ignore"], "unknown --on-nan"),
     (["compare", "--iw-samples", "0"], "--iw-samples must be at least 1"),
     (["compare", "--batch-size", "0"], "--batch-size must be at least 1"),
