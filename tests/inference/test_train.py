@@ -7,7 +7,8 @@ from elbogap.data import load_data
 from elbogap.guides import GUIDES, build_guide
 from elbogap.inference import evaluate, refit_guide, train
 from elbogap.inference.train import REFIT, RefitStall
-from elbogap.model import VAE
+from elbogap.model import VAE, LinearGaussian
+from elbogap.progress import Bars
 from elbogap.user_model import ProgramModel
 from tests.conftest import diag_gap_closed_form, draw_linear_data
 
@@ -144,9 +145,6 @@ def test_a_refit_of_a_program_that_does_not_broadcast_takes_its_particles_as_cop
 def test_training_into_a_redirected_log_redraws_its_bar_a_few_times_not_every_25_steps(linear_model, capsys):
     """A tester's log of a run with stderr in a file held a redraw every 25 steps: the ELBO beside the bar forced
     one. It is now drawn with the bar's next redraw (twice a minute into a file, tests/test_progress.py)."""
-    from elbogap.model import LinearGaussian
-    from elbogap.progress import Bars
-
     data = draw_linear_data(linear_model, 200).float()
     model = LinearGaussian(5, 2)
     train(model, build_guide("diag", model, len(data)), data, steps=500, batch_size=50, lr=0.01,
