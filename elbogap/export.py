@@ -85,7 +85,7 @@ def run_inference_data(saved: dict, run: dict):
 
 
 def likelihood_given(run: dict) -> str:
-    """What the ``log_likelihood`` group's :math:`\log p(x_n \mid \cdot)` is conditioned on. With latents per row
+    r"""What the ``log_likelihood`` group's :math:`\log p(x_n \mid \cdot)` is conditioned on. With latents per row
     (``z_n``) it is :math:`p(x_n \mid \theta, z_n)`: PSIS-LOO on it leaves out the row but keeps the row's own latent,
     a conditional leave-one-out that reads far above :math:`\log p(x_n \mid x_{-n})` (a tester's model with a
     latent per row: 9 nats above the exact sum), with Pareto k-hats to match."""
