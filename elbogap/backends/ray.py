@@ -1,8 +1,8 @@
 """Runs as Ray tasks (``--backend ray``), on a cluster or on a Ray started for the command.
 
 Each run is one ``ray.remote`` task asking for ``--cpus-per-run`` CPUs and ``--gpus-per-run``
-GPUs; Ray places it. Tasks write their run directories to ``--out`` themselves, so ``--out``
-must be a filesystem every node mounts: :meth:`RayBackend.check_shared` proves it before any
+GPUs; Ray places it, in a worker process of its own. Tasks write their run directories to ``--out``
+themselves, so ``--out`` must be a filesystem every node mounts: :meth:`RayBackend.check_shared` proves it before any
 training. Only the small run records travel back to the driver.
 """
 
@@ -12,7 +12,7 @@ import socket
 import uuid
 from pathlib import Path
 
-from elbogap.backends.task import Outcome, RunTask, execute
+from elbogap.backends.task import Outcome, RunTask, execute, import_worker_modules
 from elbogap.config import Config
 from elbogap.errors import UsageError
 from elbogap.where import where_am_i
@@ -24,6 +24,7 @@ STOP_GRACE = 120
 def _execute_on_node(config: dict, task: RunTask, threads: int, cwd: str, status: bool) -> Outcome:
     import ray
 
+    import_worker_modules()
     return execute(config, task, threads, where_am_i("ray", ray.get_runtime_context().get_node_id()), cwd,
                    status=status)
 
@@ -87,7 +88,9 @@ class RayBackend:
                 notices.setLevel(level)
         self.config, self.status = config.to_dict(), status
         self.threads = config.cpus_per_run or 1
-        self.remote = ray.remote(_execute_on_node).options(
+        # a worker process per run (max_calls=1): a run cancelled while it imports (a stop, another run's failure)
+        # leaves half-imported modules behind, and a reused worker's next run met them (sympy without `printing`)
+        self.remote = ray.remote(max_calls=1)(_execute_on_node).options(
             num_cpus=self.threads, num_gpus=config.gpus_per_run, max_retries=0)
         self.refs: dict = {}  # ObjectRef -> RunTask
         self.cwd = os.getcwd()
