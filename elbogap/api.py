@@ -160,7 +160,7 @@ class Comparison:
         if split not in ("test", "train"):
             raise UsageError(f"split {split!r} is not one of test, train")
         runs = finished(self.runs)
-        if runs and not any(point_splits(run) for run in runs):  # each run's unit is the whole data set
+        if runs and not any(point_splits(run) for run in runs):  # no run holds a split of means over points
             raise UsageError("a model with global latents has no per-point numbers: its unit is the whole data "
                              "set; elbogap.load(out) gives each row's log-likelihood under q's draws")
         return point_rows(self.out, self.runs, split)

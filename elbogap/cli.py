@@ -78,16 +78,28 @@ class OneLineParser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):
         """As argparse's, but a flag the command does not know is named by that command, with the closest flag it
-        has (argparse of Python 3.11 names the extras at the top level, with no suggestion)."""
+        has (argparse names the extras at the top level, with no suggestion)."""
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
-            command = self._subparsers._group_actions[0].choices[parsed.command] if self._subparsers else self
-            flags = list(command._option_string_actions)
-            guesses = [difflib.get_close_matches(extra.split("=")[0], flags, n=1) for extra in extras
-                       if extra.startswith("-")]
-            hint = "".join(f" (did you mean {guess[0]}?)" for guess in guesses[:1] if guess)
+            commands = next((action for action in self._actions if isinstance(action, argparse._SubParsersAction)),
+                            None)
+            command = commands.choices[parsed.command] if commands else self
+            guess = closest_flag(extras, command)
+            hint = f" (did you mean {guess}?)" if guess else ""
             command.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
         return parsed
+
+
+def closest_flag(extras: list[str], parser: argparse.ArgumentParser) -> str | None:
+    """The first of ``extras`` that is close to one of ``parser``'s long flags, as that flag; the names are compared
+    without their dashes, which every flag shares (with them, ``--frob`` was close to ``--jobs``)."""
+    names = {flag.lstrip("-"): flag for flag in parser._option_string_actions if flag.startswith("--")}
+    for extra in extras:
+        if extra.startswith("-"):
+            close = difflib.get_close_matches(extra.split("=")[0].lstrip("-"), list(names), n=1)
+            if close:
+                return names[close[0]]
+    return None
 
 
 #: settings a command does not read, left out of its flags (a study file may still hold them)

@@ -265,7 +265,8 @@ def plot_images(fits: list[tuple[str, dict]], path: Path) -> Path:
 
 
 def _saved_figure_data(results: dict, results_dir: Path, key: str) -> list[tuple[str, dict]]:
-    """``(guide, its saved figure data's ``key``)`` for each guide's first run that saved it (:mod:`figure_data`)."""
+    """For each guide's first run that saved figure data (:mod:`figure_data`) holding ``key``: the guide's name and
+    that entry."""
     first_runs = list({run["guide"]: run for run in reversed(results["runs"])}.values())[::-1]
     files = [(run["guide"], results_dir / run.get("run_dir", ".") / FIGURE_DATA) for run in first_runs]
     saved = [(guide, load_checkpoint(file)) for guide, file in files if file.is_file()]
@@ -306,16 +307,16 @@ def always(results: dict) -> bool:
 
 @dataclass(frozen=True)
 class Figure:
-    """One figure file of a study: ``shown(results)`` says whether the records hold the metrics it draws, and
+    """One figure file of a study: ``holds(results)`` says whether the records hold the metrics it draws, and
     ``draw(results, path)`` writes it (or returns None where saved files it reads are missing)."""
 
     file: str
-    shown: Callable[[dict], bool]
+    holds: Callable[[dict], bool]
     draw: Callable[[dict, Path], Path | None]
 
 
 #: every figure of ``elbogap compare`` and ``train``, drawn where the records hold its metrics, never by the kind
-#: of model: a file is drawn by the first of its entries whose metrics are there
+#: of model: a file is drawn by the first of its entries whose metrics are there and which draws it
 FIGURES = (
     Figure("training.png", holds_point_splits, plot_training),
     Figure("training.png", holds_whole_data_set, whole_data_set_figures.plot_training),
@@ -351,7 +352,7 @@ def make_figures(results_dir: str | Path) -> list[Path]:
         raise UsageError(f"{path} holds no finished run yet; nothing to plot")
     written = {}
     for figure in FIGURES:
-        if figure.file not in written and figure.shown(results):
+        if figure.file not in written and figure.holds(results):
             drawn = figure.draw(results, results_dir / figure.file)
             if drawn is not None:
                 written[figure.file] = drawn

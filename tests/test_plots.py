@@ -133,7 +133,7 @@ def test_each_figure_is_drawn_where_the_records_hold_its_metrics(tmp_path):
     whole = {"rows": 30, "units": 1, "num_points": 30, "log_px": -40.0, "log_px_stderr": 0.01, "elbo": -41.0,
              "elbo_stderr": 0.02, "kl_gap": 1.0, "kl_gap_stderr": 0.02, "log_px_iwae": -40.1,
              "log_px_iwae_stderr": 0.03, "log_px_per_point": -40.0 / 30}
-    study = results((0,))
-    study["runs"][0].update(train=whole, curve=[[10, -1.4]])
-    del study["runs"][0]["test"]
+    study = results((0,))  # with --holdout: its test split holds the held-out rows' predictive density, no ELBO
+    held_out = {"num_points": 5, "log_predictive": -3.0, "log_predictive_stderr": 0.01, "log_predictive_method": "ais"}
+    study["runs"][0].update(train=whole, test=held_out, curve=[[10, -1.4]])
     assert drawn(study, "whole") == ["evidence.png", "gaps.png", "training.png"]

@@ -103,6 +103,7 @@ def test_a_checkpoint_of_an_older_format_is_refused_with_what_to_do(tmp_path):
     (["compare", "--steps", "many"], "invalid int value"),
     (["compare", "--frobnicate"], "unrecognized arguments: --frobnicate; see 'elbogap compare --help'"),
     (["compare", "--stpes", "10"], "--stpes 10 (did you mean --steps?); see 'elbogap compare --help'"),
+    (["compare", "--frob", "--guieds", "diag"], "--frob --guieds diag (did you mean --guides?); see"),  # not --jobs
     (["plot", "out", "extra"], "unrecognized arguments: extra; see 'elbogap plot --help'"),
     (["compare", "--on-nan", "ignore"], "unknown --on-nan"),
     (["compare", "--iw-samples", "0"], "--iw-samples must be at least 1"),
