@@ -28,7 +28,8 @@ def regression_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "out"
     data = truth.regression_data(60, 3, seed=2, correlation=0.8)
     result = elbogap.compare(truth.regression_model(1.0, 1.0), ["auto:AutoNormal", "auto:AutoMultivariateNormal"],
-                             data.numpy(), out=out, seeds=[0], jobs=1)
+                             data.numpy(), out=out, seeds=[0], jobs=1, evidence_steps=100, evidence_chains=160,
+                             figures=False)
     mean, _, precision = truth.regression_posterior(data[:, :-1].double(), data[:, -1].double(), 1.0, 1.0)
     return result, mean, precision
 
