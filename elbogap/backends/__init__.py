@@ -25,7 +25,6 @@ from elbogap.where import where_am_i
 __all__ = ["WORKER_MODULES", "Outcome", "RunTask", "execute", "open_backend", "where_am_i", "worker_context"]
 
 
-
 def available_cores() -> int:
     """The cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,9 +1,10 @@
 """Runs as Ray tasks (``--backend ray``), on a cluster or on a Ray started for the command.
 
 Each run is one ``ray.remote`` task asking for ``--cpus-per-run`` CPUs and ``--gpus-per-run``
-GPUs; Ray places it, in a worker process of its own. Tasks write their run directories to ``--out``
-themselves, so ``--out`` must be a filesystem every node mounts: :meth:`RayBackend.check_shared` proves it before any
-training. Only the small run records travel back to the driver.
+GPUs; Ray places it, in a worker process of its own. Tasks write their run directories to
+``--out`` themselves, so ``--out`` must be a filesystem every node mounts:
+:meth:`RayBackend.check_shared` proves it before any training. Only the small run records travel
+back to the driver.
 """
 
 import logging
