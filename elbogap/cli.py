@@ -20,7 +20,7 @@ from elbogap.failures import ProgramFailed, keep_traceback, program_failure
 from elbogap.global_latents.report import gap_table
 from elbogap.points import save_points
 from elbogap.protocols import protocol_for
-from elbogap.records import whole_data_set
+from elbogap.records import of_whole_data_set
 from elbogap.report import caveats, gap_notes, gap_section, split_table, write_results
 from elbogap.runs import LOG, Interrupted, NumericalFault, load_run, run_one
 from elbogap.stopping import stop_requests
@@ -244,7 +244,7 @@ def run_evaluate(args) -> int:
         record["converged"] = json.loads(saved_run.read_text())["run"].get("converged")
     name = f"evaluation{suffix}.json"
     (Path(args.run_dir) / name).write_text(json.dumps(record, indent=2))
-    if whole_data_set(metrics.get("train", {})):  # one unit, the whole data set, as a model with global latents gives
+    if of_whole_data_set(metrics):  # one unit, the whole data set, as a model with global latents gives
         if not args.quiet:
             print("\n".join(gap_table([record])) + "\n")
         keys = ("log_px", "log_px_stderr", "elbo", "elbo_stderr", "kl_gap", "kl_gap_stderr", "log_px_iwae",

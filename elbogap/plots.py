@@ -19,7 +19,7 @@ from elbogap.errors import UsageError  # noqa: E402
 from elbogap.figure_data import FILE as FIGURE_DATA  # noqa: E402
 from elbogap.figure_tools import by_guide, mark_convergence, save  # noqa: E402
 from elbogap.global_latents import plots as whole_data_set_figures  # noqa: E402
-from elbogap.records import point_splits, upgraded, whole_data_set  # noqa: E402
+from elbogap.records import of_whole_data_set, point_splits, upgraded  # noqa: E402
 from elbogap.report import finished  # noqa: E402
 from elbogap.summary import bound_markers, over_seeds
 
@@ -292,7 +292,7 @@ def holds_point_splits(results: dict) -> bool:
 
 def holds_whole_data_set(results: dict) -> bool:
     """Whether some run's training split is the whole data set as one unit: log p(D), the ELBO of D, their gap."""
-    return any("elbo" in run.get("train", {}) and whole_data_set(run["train"]) for run in results["runs"])
+    return any(of_whole_data_set(run) for run in results["runs"])
 
 
 def holds_test_curve(results: dict) -> bool:

@@ -52,6 +52,12 @@ def whole_data_set(metrics: dict) -> bool:
     return "rows" in metrics or (metrics.get("units") == 1 and metrics.get("num_points", 1) > 1)
 
 
+def of_whole_data_set(run: dict) -> bool:
+    """Whether ``run``'s training split is the whole data set as one unit (:func:`whole_data_set`), with its ELBO: its
+    numbers are log p(D), the ELBO of D and their gap, as a model with global latents records them."""
+    return "elbo" in run.get("train", {}) and whole_data_set(run["train"])
+
+
 def point_splits(run: dict) -> list[str]:
     """The splits of ``run`` whose records are means over data points (``test`` first), not the whole data set."""
     return [split for split in ("test", "train") if "elbo" in run.get(split, {}) and not whole_data_set(run[split])]

@@ -32,7 +32,7 @@ from elbogap.factory import (
     with_kind_guides,
 )
 from elbogap.failures import ProgramFailed
-from elbogap.records import whole_data_set
+from elbogap.records import of_whole_data_set
 from elbogap.report import write_results
 from elbogap.runs import LOG, Interrupted, NumericalFault
 from elbogap.seeds import merge_outcomes, pending_stacks
@@ -320,7 +320,7 @@ def save_study(results: dict, out: str | Path, config: Config, started: float | 
 
 
 def report_run(guide_name: str, seed: int, run: dict) -> None:
-    if "failed" not in run and whole_data_set(run.get("train", {})):  # one unit, the whole data set
+    if "failed" not in run and of_whole_data_set(run):  # one unit, the whole data set
         data = run["train"]
         tqdm.write(f"{guide_name:>10} seed {seed}: log p(D) {data['log_px']:.3f}, ELBO {data['elbo']:.3f}, "
                    f"gap {data['kl_gap']:.3f} ± {data['kl_gap_stderr']:.3f}", file=sys.stderr)

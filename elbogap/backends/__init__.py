@@ -17,12 +17,17 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from elbogap.backends.task import WORKER_MODULES, Outcome, RunTask, execute
+from elbogap.backends.task import Outcome, RunTask, execute
 from elbogap.config import Config
 from elbogap.errors import UsageError
 from elbogap.where import where_am_i
 
-__all__ = ["WORKER_MODULES", "Outcome", "RunTask", "execute", "open_backend", "where_am_i", "worker_context"]
+__all__ = ["Outcome", "RunTask", "execute", "open_backend", "where_am_i", "worker_context"]
+
+#: what a worker process imports before its first run: the training, evaluation and calibration stack, scikit-learn's
+#: data sets, and torch._dynamo (torch imports it when the first optimizer is built, about a second in every process)
+WORKER_MODULES = ("elbogap.runs", "elbogap.seeds", "elbogap.factory", "elbogap.calibration.study", "sklearn.datasets",
+                  "torch._dynamo")
 
 
 def available_cores() -> int:

@@ -13,7 +13,7 @@ import socket
 import uuid
 from pathlib import Path
 
-from elbogap.backends.task import Outcome, RunTask, execute, import_worker_modules
+from elbogap.backends.task import Outcome, RunTask, execute
 from elbogap.config import Config
 from elbogap.errors import UsageError
 from elbogap.where import where_am_i
@@ -25,7 +25,6 @@ STOP_GRACE = 120
 def _execute_on_node(config: dict, task: RunTask, threads: int, cwd: str, status: bool) -> Outcome:
     import ray
 
-    import_worker_modules()
     return execute(config, task, threads, where_am_i("ray", ray.get_runtime_context().get_node_id()), cwd,
                    status=status)
 

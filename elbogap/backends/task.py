@@ -1,6 +1,5 @@
 """One run as a task any backend can execute, and the outcome it reports back."""
 
-import importlib
 import os
 import signal
 import sys
@@ -13,20 +12,6 @@ import torch
 
 from elbogap.config import Config
 from elbogap.errors import UsageError
-
-#: what a worker process imports before its first run: the training, evaluation and calibration stack, scikit-learn's
-#: data sets, and torch._dynamo (torch imports it when the first optimizer is built, about a second in every process;
-#: it brings sympy, which torch's shape checks import lazily too)
-WORKER_MODULES = ("elbogap.runs", "elbogap.seeds", "elbogap.factory", "elbogap.calibration.study", "sklearn.datasets",
-                  "torch._dynamo")
-
-
-def import_worker_modules() -> None:
-    """Import :data:`WORKER_MODULES` here, now, before any run: what a worker forked from the local server has done
-    already, and what a Ray worker does first, so that the run's own work does not import them lazily where a
-    cancel (Ray's KeyboardInterrupt) can cut an import short."""
-    for name in WORKER_MODULES:
-        importlib.import_module(name)
 
 
 @dataclass(frozen=True)

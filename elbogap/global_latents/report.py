@@ -9,7 +9,7 @@ from elbogap.global_latents.autoguides import AUTOGUIDES, MEAN_FIELD, autoguide
 from elbogap.global_latents.evidence import FAR_SHARE, PRIOR_CHECK_STDERR
 from elbogap.global_latents.reference import OUTSIDE_SDS, RELIABLE_DRAWS, weighted_source
 from elbogap.inference.weights import interval_halfwidth, mean_error
-from elbogap.records import whole_data_set
+from elbogap.records import of_whole_data_set
 from elbogap.summary import (
     error_figure,
     figure,
@@ -277,7 +277,7 @@ def reference_table(runs: list[dict]) -> list[str]:
 
 def evidence_runs(runs: list[dict]) -> list[dict]:
     """The runs whose records hold the whole data set's evidence: a training split of one unit, and ``evidence``."""
-    return [run for run in runs if "evidence" in run and whole_data_set(run["train"])]
+    return [run for run in runs if "evidence" in run and of_whole_data_set(run)]
 
 
 def warning_lines(results: dict, runs: list[dict]) -> list[str]:
