@@ -265,10 +265,15 @@ def measure_snr(trainer: Trainer, draws: int, phases: Phases, progress: Progress
         return {}
     with phases("gradient_snr"), progress.phase("gradient SNR"):
         groups = trainer.gradient_snr(draws)
+    return snr_fields(groups, draws, trainer.batch_size)
+
+
+def snr_fields(groups: dict, draws: int, batch_size: int) -> dict:
+    """The record of :func:`measure_snr` from each group's :class:`~elbogap.inference.snr.GroupSNR`."""
     record = {}
     for name, snr in groups.items():
         record.update({f"snr_{name}": snr.median, f"snr_{name}_mean": snr.mean, f"snr_{name}_entries": snr.entries})
-    return {**record, "snr_draws": draws, "snr_batch_size": trainer.batch_size} if record else {}
+    return {**record, "snr_draws": draws, "snr_batch_size": batch_size} if record else {}
 
 
 def snr_record(point: dict) -> dict:

@@ -32,7 +32,7 @@ from elbogap.inference.stacking import NotStackable
 from elbogap.phases import Phases
 from elbogap.progress import Progress, as_progress
 from elbogap.protocols import PROTOCOLS
-from elbogap.runs import CHECKPOINT, measure_snr, save_run_checkpoint
+from elbogap.runs import CHECKPOINT, measure_snr, save_run_checkpoint, snr_fields
 from elbogap.stopping import StopAsked
 from elbogap.threads import intra_op_threads
 
@@ -154,10 +154,26 @@ def train_at_once(config, data, guide_name: str, tasks, progress: bool, should_s
                           for p in phases)
         return (time.perf_counter() - started - evaluations) / len(seeds)
 
+    def evaluates(g: int) -> bool:
+        return not stack.steps[g] % eval_every or stack.steps[g] == cap
+
+    def snr_at_once(fits: list[int]) -> dict[int, dict]:  # the fits' gradient SNR, where the stack measures it at once
+        if not fits or not resolved.snr_draws:
+            return {}
+        begun = time.perf_counter()
+        with torch.random.fork_rng():
+            measured = stack.gradient_snr(fits, resolved.snr_draws)
+        if measured is None:
+            return {}
+        for g in fits:
+            phases[g].add("gradient_snr", (time.perf_counter() - begun) / len(fits))
+        return {g: snr_fields(measured[g], resolved.snr_draws, runs[g][2].batch_size) for g in fits}
+
     def on_step(fits: list[int]) -> None:  # each run's curve evaluations and checkpoints where its lone run has them
+        snr = snr_at_once([g for g in fits if evaluates(g) and usable(g)])
         for g in fits:
             step = stack.steps[g]
-            evaluate = not step % eval_every or step == cap
+            evaluate = evaluates(g)
             save_now = resolved.checkpoint_every and not step % resolved.checkpoint_every
             model, guide, trainer = runs[g]
             check = trainer.checks_window_at(step, cap)
@@ -171,8 +187,9 @@ def train_at_once(config, data, guide_name: str, tasks, progress: bool, should_s
                         if evaluate:
                             point = {"step": step, **PROTOCOLS[data.kind].curve_point(model, guide, data, resolved)}
                     if evaluate:
-                        curve_evals[g].append({**point, **measure_snr(trainer, resolved.snr_draws, phases[g],
-                                                                      Progress())})
+                        alone = g not in snr
+                        measured = measure_snr(trainer, resolved.snr_draws, phases[g], Progress()) if alone else snr[g]
+                        curve_evals[g].append({**point, **measured})
             if save_now:
                 save(g, training_seconds())
 

@@ -195,7 +195,10 @@ def quadrature(target, settings: EstimatorSettings) -> LogPxEstimate:
     the points per axis on the units whose error is above :data:`REFINE_ABOVE`, up to :data:`REFINE_TIMES` times
     (see the module), in float64 where the model computes in it (:meth:`~elbogap.model.target.Target.in_float64`)."""
     target = target.in_float64()
-    estimate, (lower, upper, resolved) = _zoomed(target, settings.grid_points, settings.keep_draws)
+    box = prior_box(target)
+    first = scored_grid(target, *box, settings.grid_points)  # the first stage's grid, and other modes' starts
+    estimate, (lower, upper, resolved) = _zoomed(target, settings.grid_points, settings.keep_draws, box=box,
+                                                 first=first)
     points = settings.grid_points
     # a unit's kept draws are its one grid's: with several units, each keeps the first (as before refining)
     refinable = (settings.refine and settings.grid_points >= REFINE_FROM
@@ -226,7 +229,7 @@ def quadrature(target, settings: EstimatorSettings) -> LogPxEstimate:
     if refinable:  # unresolved on the finest grid, its error still above REFINE_ABOVE: split into modes, or no bound
         unbounded = (~resolved & (estimate.stderr > REFINE_ABOVE)).nonzero().flatten()
         estimate = split_modes(target, estimate, lower, upper, settings.grid_points, unbounded)
-    estimate = with_other_modes(target, estimate, lower, upper, settings.grid_points)
+    estimate = with_other_modes(target, estimate, lower, upper, settings.grid_points, first)
     unknown = int(estimate.stderr.isnan().sum())
     if unknown:  # a tester's Dirichlet(0.2, 0.3, 0.5) rows read 10-40 nats low, their note saying only "error is NaN"
         estimate.info["log_px_note"] = (
@@ -250,7 +253,7 @@ def local_maxima(log_p: torch.Tensor, n: int, dim: int) -> torch.Tensor:
 
 
 def with_other_modes(target, estimate: LogPxEstimate, lower: torch.Tensor, upper: torch.Tensor,
-                     n: int) -> LogPxEstimate:
+                     n: int, first: tuple | None = None) -> LogPxEstimate:
     r"""``estimate`` with the posterior mass of each unit's other modes added: a mode narrower than the first grid's
     cells falls between its points, and the zoom kept the other one only.
 
@@ -263,7 +266,7 @@ def with_other_modes(target, estimate: LogPxEstimate, lower: torch.Tensor, upper
     (a weighted reference posterior) stay its first box's.
     """
     dim = target.latent_dim
-    points, log_p, _ = scored_grid(target, *prior_box(target), n)
+    points, log_p, _ = first if first is not None else scored_grid(target, *prior_box(target), n)
     outside = ((points < lower[None]) | (points > upper[None])).any(-1)
     candidate = local_maxima(log_p, n, dim) & outside & estimate.stderr.isfinite()[None]
     units = candidate.any(0).nonzero().flatten()
@@ -359,11 +362,13 @@ def distinct_modes(target, ends: torch.Tensor) -> list[torch.Tensor]:
     return [mode for mode, _ in kept]
 
 
-def _zoomed(target, n: int, keep_draws: bool, checked: bool = False, box=None) -> tuple[LogPxEstimate, tuple]:
+def _zoomed(target, n: int, keep_draws: bool, checked: bool = False, box=None,
+            first: tuple | None = None) -> tuple[LogPxEstimate, tuple]:
     """Each unit of ``target`` zoomed onto and integrated on ``n`` points per axis (see the module), from the prior's
     box or ``box`` (lower, upper, each ``(units, d)``); ``checked``: its error the larger of the halving's and the
     trapezoid rule's difference on every unit. With it, each unit's final box (lower, upper) and whether its grid
-    resolved its posterior (:data:`RESOLVED_CELLS`, :data:`RESOLVED_MASS_CELLS` per peak)."""
+    resolved its posterior (:data:`RESOLVED_CELLS`, :data:`RESOLVED_MASS_CELLS` per peak). ``first``: the grid
+    (:func:`scored_grid`) of the first box on ``n`` points, where the caller scored it already."""
     units, dim = target.batch_size, target.latent_dim
     lower, upper = prior_box(target) if box is None else box
     nan = torch.full((units,), float("nan"), dtype=lower.dtype, device=lower.device)
@@ -378,7 +383,7 @@ def _zoomed(target, n: int, keep_draws: bool, checked: bool = False, box=None) -
     while len(active):  # the units not yet settled, each stage on their own boxes
         stages += 1
         part = target if len(active) == units else target.select(active)
-        points, log_p, log_area = scored_grid(part, lower, upper, n)
+        points, log_p, log_area = first if stages == 1 and first is not None else scored_grid(part, lower, upper, n)
         kept_lower, kept_upper = kept_box(points, log_p)
         cell = (upper - lower) / n
         # no cell of the outermost rows kept: the box holds every cell within KEPT_NATS of the peak

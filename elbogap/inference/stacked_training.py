@@ -35,6 +35,7 @@ from elbogap import streams
 from elbogap.checkpoint import save_checkpoint
 from elbogap.guides.base import AmortizedGuide
 from elbogap.guides.guide import Guide
+from elbogap.inference.snr import GroupSNR, signal_to_noise, summarize
 from elbogap.inference.stacking import (
     NotStackable,
     RowAdam,
@@ -113,6 +114,7 @@ class StackedTraining(Stack):
         self.schedules = [None] * self.count
         self.failed = [False] * self.count
         self.generators = [streams.generator("stacked_fit", seed, 0) for seed in seeds]
+        self._snr_rows = None
         x = trainers[0].x
         with torch.no_grad():
             self.noise = noise_size(trainers[0].guide.distribution(x[:1]))
@@ -146,12 +148,51 @@ class StackedTraining(Stack):
                 leaf.grad = torch.zeros_like(leaf)
         finite = torch.isfinite(losses).tolist()
         self.adam.update([g for g, ok in zip(fits, finite, strict=True) if ok])
+        rows = self.finite_rows()
         for g, ok, loss in zip(fits, finite, (losses.detach() / self.num_data).tolist(), strict=True):
-            if not (ok and self.params_finite(g)):  # its run trains alone and meets the fault itself
+            if not (ok and rows[g]):  # its run trains alone and meets the fault itself
                 self.failed[g] = True
                 continue
             self.losses[g].append(loss)
             self.steps[g] += 1
+
+    def gradient_snr(self, fits: list[int], draws: int) -> dict[int, dict[str, GroupSNR]]:
+        """Each of ``fits``' training-gradient signal-to-noise now, at once: ``draws`` gradients of its stacked loss
+        on its run's fixed minibatch (:meth:`~elbogap.inference.Trainer.snr_batch`) at the KL weight of its last step,
+        its normals from the stream ``snr_draws`` of its seed and step, summarized per group as
+        :meth:`~elbogap.inference.Trainer.gradient_snr` does (the guide's parameters as ``"encoder"``, the model's as
+        ``"decoder"``). The same estimator as the lone run's measurement, from other draws."""
+        if self._snr_rows is None:
+            self._snr_rows = torch.stack([trainer.snr_batch()[0] for trainer in self.trainers])
+        rows = self._snr_rows[fits]
+        warmups = [self.trainers[g].kl_warmup_steps for g in fits]
+        betas = torch.tensor([min(1.0, max(self.steps[g] - 1, 0) / warmup) if warmup else 1.0
+                              for g, warmup in zip(fits, warmups, strict=True)], dtype=rows.dtype, device=rows.device)
+        generators = [streams.generator("snr_draws", self.seeds[g], self.steps[g]) for g in fits]
+        groups = self.snr_groups()
+        shape = (self.particles, rows.shape[1], self.noise)
+        per_group: dict[str, list[torch.Tensor]] = {name: [] for name in groups}
+        for _ in range(draws):
+            eps = torch.stack([torch.randn(shape, generator=generator) for generator in generators]).to(rows)
+            losses = pair_losses(self, fits, rows, eps, betas, self.num_data / rows.shape[1])
+            grads = torch.autograd.grad(losses.sum(), self.leaves, allow_unused=True, materialize_grads=True)
+            for name, leaves in groups.items():
+                per_group[name].append(torch.cat([grads[i][fits].reshape(len(fits), -1) for i in leaves], dim=1))
+        measured: dict[int, dict[str, GroupSNR]] = {g: {} for g in fits}
+        for name, draws_of_group in per_group.items():
+            grads = torch.stack(draws_of_group).detach()  # (draws, fits, entries)
+            for i, g in enumerate(fits):
+                measured[g][name] = summarize(signal_to_noise(grads[:, i]))
+        return measured
+
+    def snr_groups(self) -> dict[str, list[int]]:
+        """The leaves of the guide's parameters (``"encoder"``) and of the model's others (``"decoder"``; none where the
+        model is held fixed), as :func:`~elbogap.inference.snr.parameter_groups` groups a lone run's."""
+        encoder = sorted({self.leaf_index[name] for name in self.leaf_index if name.startswith("guide.")})
+        decoder = sorted({index for name, index in self.leaf_index.items() if name.startswith("model.")} - set(encoder))
+        if self.trainers[0].freeze_model:
+            decoder = []
+        return {name: leaves for name, leaves in (("encoder", encoder), ("decoder", decoder)) if leaves}
 
     def params_finite(self, g: int) -> bool:
         """Whether fit ``g`` stepped on finite losses and its parameters are finite."""
@@ -249,8 +290,9 @@ class StackedRefits(Stack):
         losses.sum().backward()
         finite = torch.isfinite(losses).tolist()
         self.adam.update([g for g, ok in zip(fits, finite, strict=True) if ok])
+        rows = self.finite_rows()
         for g, ok, loss in zip(fits, finite, (losses.detach() / len(self.x)).tolist(), strict=True):
-            if not (ok and all_finite(leaf[g] for leaf in self.leaves)):
+            if not (ok and rows[g]):
                 self.failed[g] = True
                 continue
             self.losses[g].append(loss)

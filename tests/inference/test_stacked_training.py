@@ -102,6 +102,30 @@ def test_a_fit_steps_as_it_would_with_other_fits_or_alone_and_its_run_takes_over
     assert trainer.kl_weight.beta == pytest.approx(0.39)
 
 
+def test_the_gradient_snr_measured_at_once_is_each_runs_own_measurement():
+    """Every fit's SNR from the stack's gradients at once (its run's fixed minibatch, the KL weight of its last step
+    under warm-up, the stream ``snr_draws`` of its seed and step) against its lone trainer's, which draws the same
+    normals through Pyro's traces: the same numbers up to float rounding, per group, for every fit."""
+    config = Config(steps=30, kl_warmup=10.0, particles=2)
+    data = load_dataset(config)
+    seeds = [3, 5, 8]
+    stack = StackedTraining(trainers_for(config, data, "iaf", seeds), seeds, 2, 30)
+    stack.run()
+    at_once = stack.gradient_snr([0, 2], draws=8)
+    assert set(at_once) == {0, 2}
+    store = pyro.get_param_store()
+    for g in (0, 2):
+        with store.scope():
+            stack.write_back(g)
+            stack.load_into(g, stack.trainers[g])
+            lone = stack.trainers[g].gradient_snr(8)
+        assert set(at_once[g]) == set(lone) == {"encoder", "decoder"}
+        for group, snr in lone.items():
+            assert at_once[g][group].entries == snr.entries
+            assert at_once[g][group].median == pytest.approx(snr.median, rel=1e-3)
+            assert at_once[g][group].mean == pytest.approx(snr.mean, rel=1e-3)
+
+
 def test_stacked_seeds_end_where_lone_runs_of_the_same_seeds_end():
     """The ELBO per point over the last 100 steps of 400: four stacked seeds against four lone runs. The seeds'
     spread is the noise of either mean; the two means agree within four standard errors of their difference."""
