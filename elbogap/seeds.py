@@ -7,14 +7,15 @@ of model can stack them
 :class:`~elbogap.inference.stacked_training.StackedTraining`), the driver builds each run's model, guide and trainer
 exactly as the run would (the stream ``training`` of its seed), trains them as one program, takes each run's curve
 evaluations at the steps the run would (on its own model and guide, written back from the stack) and its gradient
-signal-to-noise there too (measured for every fit due at once where the stack can:
-:meth:`~elbogap.inference.stacking.Stack.gradient_snr`), lets the stack do what its kind does at once for the trained runs (:meth:`Stack.after_training`: for
-elbogap's models, every seed's q* refit at once) and writes each run's checkpoint, marked as trained at once. Each
-run then resumes from it on the study's backend, finds its training finished (or, after SIGINT or SIGTERM, goes on
-alone from its step) and is evaluated as any run. Guides that cannot stack (a guide program, a family with free
-per-point parameters, settings the stack does not train, a program ``vmap`` cannot run, ``--stacked-fits off``)
-train in their runs, one at a time, said in one line; so do the seeds of a guide whose stack a user's program broke
-(its runs then meet the error and report it as any run does).
+signal-to-noise there too (for every fit due at once where the stack can:
+:meth:`~elbogap.inference.stacking.Stack.gradient_snr`), lets the stack do what its kind does at once for the
+trained runs (:meth:`Stack.after_training`: for elbogap's models, every seed's q* refit at once) and writes each
+run's checkpoint, marked as trained at once. Each run then resumes from it on the study's backend, finds its
+training finished (or, after SIGINT or SIGTERM, goes on alone from its step) and is evaluated as any run. Guides
+that cannot stack (a guide program, a family with free per-point parameters, settings the stack does not train, a
+program ``vmap`` cannot run, ``--stacked-fits off``) train in their runs, one at a time, said in one line; so do
+the seeds of a guide whose stack a user's program broke (its runs then meet the error and report it as any run
+does).
 """
 
 import math

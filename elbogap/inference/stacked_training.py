@@ -161,7 +161,8 @@ class StackedTraining(Stack):
         on its run's fixed minibatch (:meth:`~elbogap.inference.Trainer.snr_batch`) at the KL weight of its last step,
         its normals from the stream ``snr_draws`` of its seed and step, summarized per group as
         :meth:`~elbogap.inference.Trainer.gradient_snr` does (the guide's parameters as ``"encoder"``, the model's as
-        ``"decoder"``). The same estimator as the lone run's measurement, from other draws."""
+        ``"decoder"``). The lone run's measurement, whose Pyro traces draw the same normals: its numbers, up to
+        float rounding."""
         if self._snr_rows is None:
             self._snr_rows = torch.stack([trainer.snr_batch()[0] for trainer in self.trainers])
         rows = self._snr_rows[fits]

@@ -104,7 +104,7 @@ class Stack:
     @torch.no_grad()
     def finite_rows(self) -> list[bool]:
         """Per fit, whether every one of its fitted parameters is finite: one check per leaf over all its rows (a
-        check per fit and leaf cost 5% of a default study's wall time, stepping 16 seeds)."""
+        check per fit and leaf at every step took 5% of a 4-seed study of ``diag`` in a py-spy profile)."""
         finite = torch.ones(len(self.modules), dtype=torch.bool, device=self.leaves[0].device)
         for leaf in self.leaves:
             finite &= leaf.reshape(len(finite), -1).isfinite().all(1)
