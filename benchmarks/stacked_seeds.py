@@ -1,17 +1,24 @@
 """The seeds of elbogap's VAE trained one at a time against as one program, side by side in one run.
 
     python benchmarks/stacked_seeds.py [--steps 300] [--fits 2,4,8,16] [--threads 1] [--study 16]
+    python benchmarks/stacked_seeds.py --data fashion-mnist --hidden-dims 200,200 --latent-dim 50 \
+        --families diag,iaf,full --fits 1,8,64 --device cuda          # issue 29's GPU workload
 
-Per family of the default study (``diag``, ``full``, ``iaf``, ``planar`` on the default VAE and digits, batch 128):
-milliseconds per step of one lone run's trainer (Pyro's compiled ELBO, as ``compare`` trains it), and per step and
-per fit-step of G seeds trained as one program (:class:`~elbogap.inference.stacked_training.StackedTraining`), and
-the lone cost over the stacked one per fit-step. With ``--study N``, the default ``elbogap compare`` with seeds
-0..N-1 twice, ``--stacked-fits off`` then ``auto`` (training and q* refits at once), with each one's wall time,
-where the time went, and the mean test KL and approximation gaps per guide.
+Per family (by default those of the default study, ``diag``, ``full``, ``iaf``, ``planar``, on the default VAE and
+digits, batch 128): milliseconds per step of one lone run's trainer (Pyro's compiled ELBO, as ``compare`` trains it),
+and per step and per fit-step of G seeds trained as one program
+(:class:`~elbogap.inference.stacked_training.StackedTraining`), and the lone cost over the stacked one per fit-step.
+``--data``, ``--hidden-dims``, ``--latent-dim``, ``--train-size`` and ``--device`` pick another workload, as
+``compare``'s flags of those names do (on a GPU, every step ends by reading its losses, so the times are the
+device's). With ``--study N``, that ``elbogap compare`` with seeds 0..N-1 twice, ``--stacked-fits off`` then
+``auto`` (training and q* refits at once), with each one's wall time, where the time went, and the mean test KL and
+approximation gaps per guide. On this CPU at a small size:
+``--data fashion-mnist --hidden-dims 200,200 --latent-dim 50 --train-size 512 --steps 5 --fits 2``.
 """
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -54,12 +61,13 @@ def stacked_ms(config, data, family: str, fits: int, steps: int) -> float:
     return ms_per_step(StackedTraining(trainers, list(range(fits)), config.particles, steps + 10), steps)
 
 
-def study(seeds: int, stacked: str) -> dict:
-    """The default compare with ``seeds`` seeds: wall seconds and its phases summed over runs."""
+def study(seeds: int, stacked: str, flags: list[str] = ()) -> dict:
+    """The compare with ``seeds`` seeds (the default study, or ``flags``'s): wall seconds and its phases summed over
+    runs."""
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "elbogap.cli", "compare", "--seeds", ",".join(map(str, range(seeds))),
-                        "--stacked-fits", stacked, "--out", out, "--quiet", "--no-figures"], check=True)
+                        "--stacked-fits", stacked, "--out", out, "--quiet", "--no-figures", *flags], check=True)
         wall = time.perf_counter() - start
         results = json.loads((Path(out) / "results.json").read_text())
     phases: dict[str, float] = {}
@@ -80,22 +88,33 @@ def main(argv=None) -> None:
     parser.add_argument("--fits", default="2,4,8,16")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--study", type=int, default=0, help="seeds of the side-by-side default study (0: none)")
+    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--study-flags", default="", help="more flags of the study's compare, as one string "
+                        "(issue 29's: '--guides diag,iaf,full --epochs 100 --ais-points 1000 --test-size 1000')")
+    workload = {"data": None, "hidden_dims": None, "latent_dim": int, "train_size": int, "device": None}
+    for name, kind in workload.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = Config()
+    chosen = {name: getattr(args, name) for name in workload if getattr(args, name) is not None}
+    flags = [part for name, value in chosen.items() for part in (f"--{name.replace('_', '-')}", str(value))]
+    flags += shlex.split(args.study_flags)
+    if "hidden_dims" in chosen:
+        chosen["hidden_dims"] = [int(width) for width in chosen["hidden_dims"].split(",")]
+    config = Config(**chosen)
     data = load_dataset(config)
     sizes = [int(size) for size in args.fits.split(",")]
-    print(f"torch threads: {args.threads}; {args.steps} steps each\n")
-    print_table("lone run", FAMILIES, sizes,
+    print(f"torch threads: {args.threads}; {args.steps} steps each; {' '.join(flags) or 'the default study'}\n")
+    print_table("lone run", args.families.split(","), sizes,
                 lambda family: lone_ms(for_data(config, data, family), data, family, args.steps),
                 lambda family, g: stacked_ms(for_data(config, data, family), data, family, g, args.steps))
     if args.study:
-        print(f"\nThe default compare, seeds 0..{args.study - 1}, 2 workers:\n")
+        print(f"\nThe compare, seeds 0..{args.study - 1}{', ' + ' '.join(flags) if flags else ''}:\n")
         print("| fits | wall s | training s (summed) | after training s (summed) | mean test KL gap (approximation "
               "gap) per guide |")
         print("|---|---|---|---|---|")
         for stacked in ("off", "auto"):
-            result = study(args.study, stacked)
+            result = study(args.study, stacked, flags)
             train = result["phases"].get("train", 0.0)
             rest = sum(result["phases"].values()) - train
             gaps = ", ".join(f"{guide} {gap:.3f} ({approx:.3f})" for guide, (gap, approx) in result["gaps"].items())
