@@ -459,6 +459,24 @@ def active_units(z_mean: torch.Tensor, threshold: float = 0.01) -> int:
     return int((z_mean.double().var(0) > threshold).sum())
 
 
+#: a mean over points keeps its terms' float rounding whatever their count: at most this many of the dtype's
+#: epsilons times the terms' magnitudes. The exact guide's KL gap on the linear-Gaussian model, where the ELBO has no
+#: Monte-Carlo error, read -2.4e-6 (about 2.5 epsilons of |log p(x)| = 9.1) beside a stated error of 5e-9 (a tester)
+ROUNDING_EPSILONS = 8
+#: the per-point numbers an ELBO is computed from
+ELBO_TERMS = ("elbo", "recon", "kl_prior")
+
+
+def rounding(per_point: dict, keys: tuple[str, ...], rows: torch.Tensor | None = None) -> float:
+    r"""The float rounding a mean of per-point numbers computed from ``keys`` keeps: :data:`ROUNDING_EPSILONS`
+    :math:`\epsilon` times the mean over ``rows`` of :math:`\sum_k |v_k|`, :math:`\epsilon` the coarsest of their
+    dtypes' (1.2e-7 in float32): a bound added whole to a mean's error, which no count of points averages away."""
+    magnitude = sum(per_point[key].double().abs() for key in keys)
+    magnitude = magnitude if rows is None else magnitude[rows]
+    epsilon = max(torch.finfo(per_point[key].dtype).eps for key in keys)
+    return ROUNDING_EPSILONS * epsilon * float(magnitude.mean())
+
+
 def _combined_stderr(stderr: torch.Tensor, rows: torch.Tensor | None = None) -> float:
     """The standard error of a mean over ``rows`` (all where None) from per-point ones; NaN if any is NaN."""
     return mean_error(stderr if rows is None else stderr[rows])
@@ -499,8 +517,9 @@ def _count(share: float, points: int) -> str:
     return f"{round(share * points)} of {points} points"
 
 
-def _khat_summary(khat: torch.Tensor, num_samples: int) -> dict:
-    """k-hat's mean (+inf where any point has an unbounded tail), the share above the threshold, and a warning."""
+def _khat_summary(khat: torch.Tensor, num_samples: int, log_px_method: str = "iwae") -> dict:
+    """k-hat's mean (+inf where any point has an unbounded tail), the share above the threshold, and a warning (where
+    log p(x) is ``log_px_method``'s, not IWAE's, the warning says so instead of asking for AIS)."""
     threshold = khat_threshold(num_samples)
     out = {"khat_threshold": threshold, "khat_samples": num_samples}
     if khat.isnan().all():  # too few samples for a tail fit (fewer than 25): None, not NaN, in the JSON
@@ -513,12 +532,14 @@ def _khat_summary(khat: torch.Tensor, num_samples: int) -> dict:
         out["log_px_iwae_note"] = (
             f"k-hat of q's importance weights is above {FINITE_VARIANCE_KHAT} on {_count(infinite, len(khat))} "
             f"(above {threshold:.2f}, S = {num_samples}, on {_count(bad, len(khat))}): their variance is infinite, so "
-            "IWAE has no standard error; use AIS (--log-px ais) for an error bar")
+            "IWAE has no standard error; " + ("use AIS (--log-px ais) for an error bar" if log_px_method == "iwae"
+                                               else f"log p(x) and the KL gap here are {log_px_method}'s, not IWAE's"))
     elif bad > 0:
         out["log_px_iwae_note"] = (
             f"k-hat of q's importance weights is above {threshold:.2f} (S = {num_samples}) on "
             f"{_count(bad, len(khat))}: there the weights have no usable variance, and IWAE's standard error may "
-            "understate its error")
+            "understate its error" + ("" if log_px_method == "iwae"
+                                      else f" (log p(x) and the KL gap here are {log_px_method}'s, not IWAE's)"))
     return out
 
 
@@ -536,7 +557,7 @@ def _summarize(per_point: dict, num_samples: int, estimates: list[tuple[LogPxMet
         "units": len(per_point["elbo"]),  # every number below is a mean over these (records.py: one schema)
         "num_points": len(per_point["elbo"]),
         "elbo": mean("elbo"),
-        "elbo_stderr": _combined_stderr(per_point["elbo_stderr"]),
+        "elbo_stderr": _combined_stderr(per_point["elbo_stderr"]) + rounding(per_point, ELBO_TERMS),
         "elbo_samples": num_samples,
         "recon": mean("recon"),
         "kl_prior": mean("kl_prior"),
@@ -552,9 +573,10 @@ def _summarize(per_point: dict, num_samples: int, estimates: list[tuple[LogPxMet
         "log_px_iwae_samples": num_samples,
         "kl_gap": mean("kl_gap", covered),
         "kl_gap_stderr": math.hypot(_combined_stderr(per_point["elbo_stderr"], covered),
-                                    _mean_stderr(per_point, "log_px", covered, bounds)),
+                                    _mean_stderr(per_point, "log_px", covered, bounds))
+        + rounding(per_point, (*ELBO_TERMS, "log_px"), covered),
         "ess_mean": mean("ess"),
-        **_khat_summary(per_point["khat"], num_samples),
+        **_khat_summary(per_point["khat"], num_samples, method.name),
     }
     if subset:
         metrics["elbo_log_px_points"] = mean("elbo", covered)
