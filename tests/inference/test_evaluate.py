@@ -168,8 +168,11 @@ def test_a_guide_far_too_narrow_gets_a_khat_note_beside_iwae(linear_model, linea
                        log_px_method="iwae").metrics
     assert metrics["khat_samples"] == 1000 and metrics["khat_threshold"] == pytest.approx(2 / 3)
     assert metrics["khat_bad_share"] > 0.5
-    assert "has no standard error" in metrics["log_px_iwae_note"]
+    assert "has no standard error" in metrics["log_px_iwae_note"] and "use AIS" in metrics["log_px_iwae_note"]
     assert " of 20 points" in metrics["log_px_iwae_note"]  # counts: a share of 1 in 240 read "0% of points"
+    exact = evaluate(linear_model, guide, linear_data[:20], elbo_samples=256, iw_samples=1000).metrics
+    assert exact["log_px_method"] == "exact"  # the gap's log p(x) is not IWAE's: no call for AIS (a tester's)
+    assert "here are exact's, not IWAE's" in exact["log_px_iwae_note"] and "use AIS" not in exact["log_px_iwae_note"]
     assert math.isnan(metrics["log_px_iwae_stderr"]) and math.isnan(metrics["log_px_stderr"])
     assert math.isnan(metrics["kl_gap_stderr"]) and math.isfinite(metrics["elbo_stderr"])
     wide = evaluate(linear_model, guide_for("exact", linear_model), linear_data[:20], elbo_samples=8,
