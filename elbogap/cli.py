@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
     given = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
-    return resolve(given, getattr(args, "config", None), base)
+    command = (args.command, set(flags_of(args.command))) if args.command in NOT_READ else None
+    return resolve(given, getattr(args, "config", None), base, command)
 
 
 def check_writable(out: Path) -> None:

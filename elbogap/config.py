@@ -352,10 +352,26 @@ def read_study(path: str | Path) -> dict:
     return settings
 
 
-def resolve(overrides: dict, study: str | Path | None = None, base: Config | None = None) -> Config:
-    """Defaults (or ``base``) <- the study file <- ``overrides`` (flags that were given)."""
+#: a command's own setting where a study file sets another command's: the hint its refusal gives
+COUNTERPARTS = {"seed": "seeds", "guide": "guides"}
+
+
+def resolve(overrides: dict, study: str | Path | None = None, base: Config | None = None,
+            command: tuple[str, set] | None = None) -> Config:
+    """Defaults (or ``base``) <- the study file <- ``overrides`` (flags that were given). ``command``: the command's
+    name and the settings it takes; a study file that sets another setting away from its default is refused (a
+    saved config.toml holds every setting, the others at their defaults), not ignored."""
     settings = (base or Config()).to_dict()
     from_file = read_study(study) if study is not None else {}
+    if command is not None:
+        name, takes = command
+        defaults = Config().to_dict()
+        for key, value in from_file.items():
+            if key in FIELDS and key not in takes and value != defaults[key]:
+                fix = (f"elbogap {name} takes {COUNTERPARTS[key]}, e.g. {COUNTERPARTS[key]} = {json.dumps([value])}"
+                       if COUNTERPARTS.get(key) in takes else f"remove it (see 'elbogap {name} --help')")
+                raise UsageError(f"{key} = {json.dumps(value)} in study file {study} is not a setting of "
+                                 f"'elbogap {name}'; {fix}")
     settings.update(from_file)
     settings.update(overrides)
     try:

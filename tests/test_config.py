@@ -36,6 +36,23 @@ def test_bad_study_files_are_named(tmp_path, text, message):
         resolve({}, write(tmp_path, text))
 
 
+def test_a_study_file_setting_another_commands_key_is_refused_not_ignored(elbogap, tmp_path):
+    """``seed = 3`` in a compare study file ran seeds 0 and 1 without a word (a tester's): compare reads ``seeds``.
+    A saved config.toml, which holds every setting (the other commands' at their defaults), still reruns."""
+    status, stderr = elbogap("compare", "--config", str(write(tmp_path, 'seed = 3\nguides = ["diag"]\n')),
+                             "--out", str(tmp_path / "out"))
+    assert status == 2 and not (tmp_path / "out").exists()
+    assert "seed = 3 in study file" in stderr and "not a setting of 'elbogap compare'" in stderr
+    assert "takes seeds, e.g. seeds = [3]" in stderr and len(stderr.strip().splitlines()) == 1
+    status, stderr = elbogap("train", "--config", str(write(tmp_path, "simulations = 50\n")),
+                             "--out", str(tmp_path / "run"))
+    assert status == 2 and "simulations = 50" in stderr and "remove it (see 'elbogap train --help')" in stderr
+    saved = write(tmp_path, "\n".join(f"{key} = {value!r}".replace("'", '"').replace("True", "true")
+                                      .replace("False", "false") for key, value in Config().to_dict().items()
+                                      if value is not None) + "\n")
+    assert resolve({}, saved, command=("compare", {"seeds", "guides"})).seeds == Config().seeds
+
+
 def test_missing_study_file():
     with pytest.raises(UsageError, match="does not exist"):
         read_study("no/such/study.toml")
