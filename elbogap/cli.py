@@ -15,7 +15,7 @@ from pathlib import Path
 from elbogap.calibration.study import calibrate
 from elbogap.config import EVALUATION, FIELDS, Config, flag, kind_of, resolve
 from elbogap.errors import UsageError
-from elbogap.factory import check_rows, fit_family, for_data, load_dataset
+from elbogap.factory import check_rows, fit_family, for_data, guide_label, load_dataset
 from elbogap.failures import ProgramFailed, keep_traceback, program_failure
 from elbogap.global_latents.report import gap_table
 from elbogap.points import save_points
@@ -239,7 +239,8 @@ def run_evaluate(args) -> int:
                                            run_dir=args.run_dir)
     suffix = "" if config.guide == trained_with else f"-{config.guide}"
     save_points(Path(args.run_dir) / f"evaluation-points{suffix}.npz", metrics)  # the run's points.npz stays its own
-    record = {"guide": config.guide, "trained_with": trained_with, "seed": state["seed"], **metrics}
+    record = {"guide": guide_label(config.guide), "guide_spec": config.guide, "trained_with": trained_with,
+              "seed": state["seed"], **metrics}  # named as compare names it (a program's stem.name)
     saved_run = Path(args.run_dir) / "run.json"
     if config.guide == trained_with and saved_run.is_file():  # the run's own fit: whether it converged, as compare said
         record["converged"] = json.loads(saved_run.read_text())["run"].get("converged")

@@ -359,11 +359,13 @@ COUNTERPARTS = {"seed": "seeds", "guide": "guides"}
 def resolve(overrides: dict, study: str | Path | None = None, base: Config | None = None,
             command: tuple[str, set] | None = None) -> Config:
     """Defaults (or ``base``) <- the study file <- ``overrides`` (flags that were given). ``command``: the command's
-    name and the settings it takes; a study file that sets another setting away from its default is refused (a
-    saved config.toml holds every setting, the others at their defaults), not ignored."""
+    name and the settings it takes; a study file that sets another setting away from its default is refused, not
+    ignored, unless it is a saved config.toml (which holds every setting, ``seed`` and ``seeds`` among them, as the
+    command that wrote it resolved them)."""
     settings = (base or Config()).to_dict()
     from_file = read_study(study) if study is not None else {}
-    if command is not None:
+    saved = all(key in from_file and pair in from_file for key, pair in COUNTERPARTS.items())  # a config.toml
+    if command is not None and not saved:
         name, takes = command
         defaults = Config().to_dict()
         for key, value in from_file.items():

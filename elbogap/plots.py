@@ -170,7 +170,8 @@ def plot_gaps(results: dict, path: Path) -> Path:
                  for guide, runs in groups.items()]
         axis.set_xticks(range(len(groups)), names)
         axis.axhline(0.0, color="k", lw=0.6)
-        axis.legend(fontsize=8)
+        if axis.get_legend_handles_labels()[0]:  # no bar where the first guide has no number (matplotlib warns)
+            axis.legend(fontsize=8)
         axis.grid(axis="y", alpha=0.3)
     test = results["runs"][0]["test"]
     method = test["log_px_method"] + ("" if test.get("log_px_guide_independent", True) else ", guide-dependent")

@@ -268,8 +268,9 @@ def methods_section(results: dict, runs: list[dict]) -> list[str]:
     config = results["config"]
     return ["## How the numbers were computed", "", *describe_methods(mine, config), "",
             "Figures (when drawn): `training.png` (ELBO and log p(x) over training, and the gradient's "
-            "signal-to-noise where measured), `gaps.png` (gap per "
-            "family over seeds), `posteriors.png` (1-D and 2-D latents: p(z|x) against q(z|x)), `images.png` "
+            "signal-to-noise where measured), `gap_over_training.png` (the test split's KL gap at each evaluation "
+            "during training), `gaps.png` (gap per family over seeds), `posteriors.png` (1-D and 2-D latents: "
+            "p(z|x) against q(z|x)), `images.png` "
             "(reconstructions and prior samples of image data).", "",
             f"Model {model_line(mine, config)}. {mine[0].get('steps', config['steps'])} SVI steps of batch "
             f"{config['batch_size']} with lr {config['lr']} ({objective_line(config)}); "

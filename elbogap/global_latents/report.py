@@ -399,7 +399,9 @@ def training_line(runs: list[dict], config: dict) -> str:
     own = sorted({(run["guide"], run["lr"]) for run in runs if run.get("lr", config["lr"]) != config["lr"]})
     lr = f"{config['lr']}" + (f" ({', '.join(f'{guide} from {rate}' for guide, rate in own)})" if own else "")
     if config.get("schedule") == "converge":
-        how = (f"SVI until converged ({taken} steps, at most {config['steps']}): Adam from lr {lr}, dropped "
+        capped = " (runs that reached it unconverged are named in the Warnings)" if any(
+            run.get("steps", 0) >= config["steps"] and run.get("converged") is not True for run in runs) else ""
+        how = (f"SVI until converged ({taken} steps, at most {config['steps']}{capped}): Adam from lr {lr}, dropped "
                f"tenfold whenever the ELBO of D stopped rising, stopped once a drop gained less than "
                f"{config.get('convergence_tol')} nats")
     else:
