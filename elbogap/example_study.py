@@ -14,7 +14,7 @@ def comma_list(cast):
 
 
 def study_parser(description: str, out: str) -> argparse.ArgumentParser:
-    """The flags every example takes: guides, seeds, steps, lr, out, the reference and ``--quick``; unset, steps
+    """The flags every example takes: guides, seeds, steps, lr, out, the reference, jobs and ``--quick``; unset, steps
     and lr are elbogap's defaults for models with global latents (train until converged, from lr 0.05)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("-g", "--guides", type=comma_list(str), default=AUTOGUIDES, help="comma list of guides")
@@ -26,6 +26,8 @@ def study_parser(description: str, out: str) -> argparse.ArgumentParser:
     parser.add_argument("-o", "--out", default=out, help="output directory")
     parser.add_argument("--reference", choices=["nuts", "ais", "none"], default="ais",
                         help="where the reference posterior moments come from (default: the evidence's AIS chains)")
+    parser.add_argument("-j", "--jobs", type=int, default=None,
+                        help="worker processes (default: elbogap's, one per core, at most one per run)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: the first guide and seed, 50 steps, short AIS, no reference")
     return parser
@@ -38,7 +40,8 @@ def run_study(model, data, args: argparse.Namespace):
         guides, seeds, steps, reference = guides[:1], seeds[:1], 50, "none"
         extra = {"evidence_start": "prior", "evidence_steps": 20, "evidence_chains": 16, "iw_samples": 50,
                  "figures": False}
-    settings = {key: value for key, value in (("steps", steps), ("lr", args.lr)) if value is not None}
+    settings = {key: value for key, value in (("steps", steps), ("lr", args.lr), ("jobs", getattr(args, "jobs", None)))
+                if value is not None}
     result = compare(model, guides, data, seeds=seeds, out=args.out, reference=reference, progress=True,
                      **settings, **extra)
     print(result._repr_markdown_())
