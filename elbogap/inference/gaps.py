@@ -23,7 +23,7 @@ import torch
 from elbogap import streams
 from elbogap.device import rng_devices
 from elbogap.guides.base import Guide
-from elbogap.inference.evaluation import ELBO_TERMS, evaluate, rounding
+from elbogap.inference.evaluation import ELBO_ROUNDING, ELBO_TERMS, GAP_ROUNDING, evaluate, rounding
 from elbogap.inference.train import TrainResult, frozen, refit_guide
 from elbogap.inference.weights import errors_a_mean_combines, mean_error
 
@@ -137,9 +137,10 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
     def with_log_px(elbo_stderr):  # log p(x)'s errors beside an ELBO's, averaged where they are bounds
         return math.hypot(stderr(elbo_stderr), mean_error(log_px_stderr, systematic, bias_bound))
 
-    def rounded(per_point, with_log_px: bool = False):  # the float rounding of a mean over the points (added whole)
-        terms = {**{key: per_point[key] for key in ELBO_TERMS}, "log_px": log_px}
-        return rounding(terms, (*ELBO_TERMS, "log_px") if with_log_px else ELBO_TERMS)
+    def rounded(per_point, gap: bool = False):  # the float rounding of a mean over the points, of an ELBO or a gap
+        terms = {**{key: per_point[key] for key in (*ELBO_TERMS, "elbo")}, "log_px": log_px}
+        return (rounding(terms, (*ELBO_TERMS, "log_px"), epsilons=GAP_ROUNDING) if gap
+                else rounding(terms, ELBO_TERMS, epsilons=ELBO_ROUNDING))
 
     differences = best.per_point["elbo_draws"] - amortized.per_point["elbo_draws"]  # (points, draws), paired
     paired = differences.std(1) / math.sqrt(differences.shape[1])  # NaN from a single draw
@@ -156,9 +157,10 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
         "approx_gap_bound": "exact" if guide.exact_optimum else "upper",
         "amort_gap": float((elbo_star - elbo).double().mean()),
         "gap_log_px_stderr": mean_error(log_px_stderr, systematic, bias_bound),
-        "gap_elbo_stderr": stderr(amortized.per_point["elbo_stderr"]) + rounded(amortized.per_point),
-        "elbo_star_stderr": stderr(best.per_point["elbo_stderr"]) + rounded(best.per_point),
-        "gap_kl_stderr": with_log_px(amortized.per_point["elbo_stderr"]) + rounded(amortized.per_point, True),
-        "approx_gap_stderr": with_log_px(best.per_point["elbo_stderr"]) + rounded(best.per_point, True),
-        "amort_gap_stderr": stderr(paired) + rounded(amortized.per_point) + rounded(best.per_point),
+        "gap_elbo_stderr": math.hypot(stderr(amortized.per_point["elbo_stderr"]), rounded(amortized.per_point)),
+        "elbo_star_stderr": math.hypot(stderr(best.per_point["elbo_stderr"]), rounded(best.per_point)),
+        "gap_kl_stderr": math.hypot(with_log_px(amortized.per_point["elbo_stderr"]),
+                                    rounded(amortized.per_point, True)),
+        "approx_gap_stderr": math.hypot(with_log_px(best.per_point["elbo_stderr"]), rounded(best.per_point, True)),
+        "amort_gap_stderr": math.hypot(stderr(paired), rounded(amortized.per_point), rounded(best.per_point)),
     }

@@ -45,7 +45,7 @@ def test_exact_guide_has_no_gap_and_its_error_holds_the_rounding(dtype, linear_m
     metrics = evaluate(model, guide_for("exact", model), x).metrics
     assert metrics["kl_exact"] == pytest.approx(0.0, abs=1e-6)
     assert abs(metrics["kl_gap"]) <= 2 * metrics["kl_gap_stderr"] < 1e-4
-    assert abs(metrics["elbo"] - float(model.log_px(x).double().mean())) <= 2 * metrics["elbo_stderr"] < 1e-4
+    assert abs(metrics["elbo"] - float(model.log_px(x).double().mean())) <= 3 * metrics["elbo_stderr"] < 1e-4
 
 
 def test_the_elbo_of_q_at_the_posterior_has_no_noise_and_near_it_its_error_is_honest(linear_model, linear_data):
