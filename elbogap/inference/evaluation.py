@@ -462,9 +462,9 @@ def active_units(z_mean: torch.Tensor, threshold: float = 0.01) -> int:
 #: float rounding, in the dtype's epsilons times the magnitudes of the terms a per-point number is computed from, in
 #: an ELBO's error and in a gap's (a difference of two such numbers). The exact guide's KL gap on the linear-Gaussian
 #: model, where the ELBO has no Monte-Carlo error, read -2.4e-6 (1.1 epsilons of |log p(x)| + |recon| + |KL| = 18)
-#: beside a stated error of 5e-9 (a tester's); where the Monte-Carlo error is there, rounding mostly averages over
-#: the draws, and a larger share read the ELBO's error of a float32 PPCA at magnitude 2000 too large by half
-#: (benchmarks/coverage.py, elbo-float32-narrow)
+#: beside a stated error of 5e-9 (a tester's). Where there is Monte-Carlo error, rounding mostly averages over the
+#: draws: 8 epsilons added whole read a float32 PPCA's ELBO error (magnitude 2000) at 14 times its spread over
+#: repeats (benchmarks/coverage.py, elbo-float32-narrow)
 ELBO_ROUNDING, GAP_ROUNDING = 1, 2
 #: the per-point numbers an ELBO is computed from
 ELBO_TERMS = ("recon", "kl_prior")
