@@ -462,18 +462,30 @@ def active_units(z_mean: torch.Tensor, threshold: float = 0.01) -> int:
 #: float rounding, in the dtype's epsilons times the magnitudes of the terms a per-point number is computed from, in
 #: an ELBO's error and in a gap's (a difference of two such numbers). The exact guide's KL gap on the linear-Gaussian
 #: model, where the ELBO has no Monte-Carlo error, read -2.4e-6 (1.1 epsilons of |log p(x)| + |recon| + |KL| = 18)
-#: beside a stated error of 5e-9 (a tester's). Where there is Monte-Carlo error, rounding mostly averages over the
-#: draws: 8 epsilons added whole read a float32 PPCA's ELBO error (magnitude 2000) at 14 times its spread over
-#: repeats (benchmarks/coverage.py, elbo-float32-narrow)
+#: beside a stated error of 5e-9 (a tester's). Where there is Monte-Carlo error, rounding varies with the draws and
+#: shows in their spread: 8 epsilons added whole read a float32 PPCA's ELBO error (magnitude 2000) at 14 times its
+#: spread over repeats (benchmarks/coverage.py, elbo-float32-narrow); see :func:`with_rounding`
 ELBO_ROUNDING, GAP_ROUNDING = 1, 2
 #: the per-point numbers an ELBO is computed from
 ELBO_TERMS = ("recon", "kl_prior")
 
 
+#: a Monte-Carlo error below this share of the rounding bound is none: the estimate is deterministic to float precision
+DETERMINISTIC_SHARE = 0.01
+
+
+def with_rounding(monte_carlo: float, bound: float) -> float:
+    """A mean's error given its Monte-Carlo error and its float rounding's ``bound``: the Monte-Carlo error, whose
+    draws vary the rounding too (on a float32 PPCA at magnitude 2000 the spread over repeats matched it alone, where
+    adding the bound read it 2.4 times too large), or the bound where the estimate has no Monte-Carlo error to speak
+    of (below :data:`DETERMINISTIC_SHARE` of it: the exact posterior's ELBO)."""
+    return bound if monte_carlo < DETERMINISTIC_SHARE * bound else monte_carlo
+
+
 def rounding(per_point: dict, keys: tuple[str, ...], rows: torch.Tensor | None = None, epsilons: float = 1) -> float:
     r"""The float rounding of a mean of per-point numbers computed from ``keys``: ``epsilons`` times :math:`\epsilon`
     times the mean over ``rows`` of :math:`\sum_k |v_k|`, :math:`\epsilon` the coarsest of their dtypes' and the
-    ELBO's (1.2e-7 in float32); combined in quadrature with a mean's Monte-Carlo error."""
+    ELBO's (1.2e-7 in float32); a mean's error where it has no Monte-Carlo error (:func:`with_rounding`)."""
     magnitude = sum(per_point[key].double().abs() for key in keys)
     magnitude = magnitude if rows is None else magnitude[rows]
     epsilon = max(torch.finfo(per_point[key].dtype).eps for key in (*keys, "elbo") if key in per_point)
@@ -560,8 +572,8 @@ def _summarize(per_point: dict, num_samples: int, estimates: list[tuple[LogPxMet
         "units": len(per_point["elbo"]),  # every number below is a mean over these (records.py: one schema)
         "num_points": len(per_point["elbo"]),
         "elbo": mean("elbo"),
-        "elbo_stderr": math.hypot(_combined_stderr(per_point["elbo_stderr"]),
-                                  rounding(per_point, ELBO_TERMS, epsilons=ELBO_ROUNDING)),
+        "elbo_stderr": with_rounding(_combined_stderr(per_point["elbo_stderr"]),
+                                     rounding(per_point, ELBO_TERMS, epsilons=ELBO_ROUNDING)),
         "elbo_samples": num_samples,
         "recon": mean("recon"),
         "kl_prior": mean("kl_prior"),
@@ -576,9 +588,9 @@ def _summarize(per_point: dict, num_samples: int, estimates: list[tuple[LogPxMet
         "log_px_iwae_stderr": _mean_stderr(per_point, "log_px_iwae"),
         "log_px_iwae_samples": num_samples,
         "kl_gap": mean("kl_gap", covered),
-        "kl_gap_stderr": math.hypot(_combined_stderr(per_point["elbo_stderr"], covered),
-                                    _mean_stderr(per_point, "log_px", covered, bounds),
-                                    rounding(per_point, (*ELBO_TERMS, "log_px"), covered, GAP_ROUNDING)),
+        "kl_gap_stderr": with_rounding(math.hypot(_combined_stderr(per_point["elbo_stderr"], covered),
+                                                  _mean_stderr(per_point, "log_px", covered, bounds)),
+                                       rounding(per_point, (*ELBO_TERMS, "log_px"), covered, GAP_ROUNDING)),
         "ess_mean": mean("ess"),
         **_khat_summary(per_point["khat"], num_samples, method.name),
     }

@@ -23,7 +23,7 @@ import torch
 from elbogap import streams
 from elbogap.device import rng_devices
 from elbogap.guides.base import Guide
-from elbogap.inference.evaluation import ELBO_ROUNDING, ELBO_TERMS, GAP_ROUNDING, evaluate, rounding
+from elbogap.inference.evaluation import ELBO_ROUNDING, ELBO_TERMS, GAP_ROUNDING, evaluate, rounding, with_rounding
 from elbogap.inference.train import TrainResult, frozen, refit_guide
 from elbogap.inference.weights import errors_a_mean_combines, mean_error
 
@@ -157,10 +157,11 @@ def gap_decomposition(model, guide: Guide, x: torch.Tensor, index: torch.Tensor 
         "approx_gap_bound": "exact" if guide.exact_optimum else "upper",
         "amort_gap": float((elbo_star - elbo).double().mean()),
         "gap_log_px_stderr": mean_error(log_px_stderr, systematic, bias_bound),
-        "gap_elbo_stderr": math.hypot(stderr(amortized.per_point["elbo_stderr"]), rounded(amortized.per_point)),
-        "elbo_star_stderr": math.hypot(stderr(best.per_point["elbo_stderr"]), rounded(best.per_point)),
-        "gap_kl_stderr": math.hypot(with_log_px(amortized.per_point["elbo_stderr"]),
-                                    rounded(amortized.per_point, True)),
-        "approx_gap_stderr": math.hypot(with_log_px(best.per_point["elbo_stderr"]), rounded(best.per_point, True)),
-        "amort_gap_stderr": math.hypot(stderr(paired), rounded(amortized.per_point), rounded(best.per_point)),
+        "gap_elbo_stderr": with_rounding(stderr(amortized.per_point["elbo_stderr"]), rounded(amortized.per_point)),
+        "elbo_star_stderr": with_rounding(stderr(best.per_point["elbo_stderr"]), rounded(best.per_point)),
+        "gap_kl_stderr": with_rounding(with_log_px(amortized.per_point["elbo_stderr"]),
+                                       rounded(amortized.per_point, True)),
+        "approx_gap_stderr": with_rounding(with_log_px(best.per_point["elbo_stderr"]), rounded(best.per_point, True)),
+        "amort_gap_stderr": with_rounding(stderr(paired), math.hypot(rounded(amortized.per_point),
+                                                                     rounded(best.per_point))),
     }
