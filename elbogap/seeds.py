@@ -167,8 +167,9 @@ def train_at_once(config, data, guide_name: str, tasks, progress: bool, should_s
             measured = stack.gradient_snr(fits, resolved.snr_draws)
         if measured is None:
             return {}
+        share = (time.perf_counter() - begun) / len(fits)
         for g in fits:
-            phases[g].add("gradient_snr", (time.perf_counter() - begun) / len(fits))
+            phases[g].add("gradient_snr", share)
         return {g: snr_fields(measured[g], resolved.snr_draws, runs[g][2].batch_size) for g in fits}
 
     def on_step(fits: list[int]) -> None:  # each run's curve evaluations and checkpoints where its lone run has them
