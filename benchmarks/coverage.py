@@ -527,9 +527,9 @@ EXPERIMENTS = [
     Experiment("vae-2d", VAE_2D, "diag encoder, 256 draws, quadrature 32^2",
                elbo_and_kl_gap(vae_2d, elbo_samples=256, log_px_method="quadrature", quadrature_points=32), 100),
     Experiment("elbo-float32", PPCA_WIDE, "best diag q: ELBO ~ -2000 +- 1 per draw, 256 draws",
-               elbo(lambda: wide_ppca(1.0), elbo_samples=256), 50),
+               elbo(lambda: wide_ppca(1.0), elbo_samples=256), 200),
     Experiment("elbo-float32-narrow", PPCA_WIDE, "q at 0.32x its scales: ELBO ~ -2000 +- 0.1 per draw, 256 draws",
-               elbo(lambda: wide_ppca(0.32), elbo_samples=256), 50, 20),
+               elbo(lambda: wide_ppca(0.32), elbo_samples=256), 200, 20),
     Experiment("positive-elbo", POSITIVE, "LogNormal guide program, 256 draws", elbo(positive_latent, elbo_samples=256),
                200),
     Experiment("ppca-iwae", PPCA, "diag encoder, K = 1000", iwae(ppca, 1000), 400, may_decline=True),
@@ -625,7 +625,10 @@ def measure(experiment: Experiment, repeats: int) -> list[Row]:
 def _number(value: float | None, digits: int = 3) -> str:
     if value is None:
         return ""
-    return "no s.e." if math.isnan(value) else "inf" if math.isinf(value) else f"{value:.{digits}f}"
+    if math.isnan(value) or math.isinf(value):
+        return "no s.e." if math.isnan(value) else "inf"
+    small = value != 0 and abs(value) < 10 ** (1 - digits)  # two significant digits, not 0.000, for tiny spreads
+    return f"{value:.2g}" if small else f"{value:.{digits}f}"
 
 
 def _share(value: float | None) -> str:
