@@ -1,8 +1,8 @@
-"""The command line end to end, as a user runs it: real subprocesses, real files."""
+"""The command line end to end, as a user runs it: its real worker processes, real files (``main`` is called in this
+process, where a traceback fails the test)."""
 
 import json
-import subprocess
-import sys
+import shutil
 
 import numpy as np
 import pytest
@@ -17,11 +17,6 @@ QUICK = ["--jobs", "1", "--steps", "40", "--batch-size", "64", "--train-size", "
          "--eval-samples", "16", "--quadrature-points", "16",
          "--hidden-dims", "16", "--curve-points", "32", "--gap-points", "8", "--ais-steps", "20", "--ais-chains", "4",
          "--leapfrog-steps", "2", "--eval-every", "20", "--quiet", "--no-figures"]
-
-
-def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "elbogap.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
 
 
 def test_compare_writes_results_with_every_metric(tmp_path, capfd):
@@ -221,9 +216,22 @@ def test_train_evaluate_and_plot_a_run_directory(tmp_path, capsys):
     assert main(["plot", str(run_dir)]) == 0 and (run_dir / "gaps.png").is_file()
 
 
-def test_saved_config_reruns_the_study(tmp_path):
-    out = tmp_path / "first"
+#: the tests that read :func:`trained_diag_run` share one xdist worker, so the run is trained once
+ON_THE_TRAINED_RUN = pytest.mark.xdist_group("cli-trained-run")
+
+
+@pytest.fixture(scope="module")
+def trained_diag_run(tmp_path_factory):
+    """``elbogap train`` with the default guide (diag) at the QUICK settings; tests that write into the run directory
+    copy it first."""
+    out = tmp_path_factory.mktemp("trained") / "first"
     assert main(["train", "--out", str(out), *QUICK]) == 0
+    return out
+
+
+@ON_THE_TRAINED_RUN
+def test_saved_config_reruns_the_study(trained_diag_run, tmp_path):
+    out = trained_diag_run
     again = tmp_path / "again"
     assert main(["train", "--config", str(out / "config.toml"), "--out", str(again), "--quiet"]) == 0
     first = json.loads((out / "results.json").read_text())["runs"][0]
@@ -232,9 +240,11 @@ def test_saved_config_reruns_the_study(tmp_path):
 
 
 @pytest.mark.parametrize("command", [["evaluate", "no/such/run"], ["plot", "no/such/results"]])
-def test_missing_directories_are_named(command):
-    result = run_cli(*command)
-    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+def test_missing_directories_are_named(command, elbogap):
+    """Run in this process, where a traceback would fail the test; the entry point is started as a subprocess, as
+    users start it, in tests/calibration/test_study.py's SIGTERM tests."""
+    code, stderr = elbogap(*command)
+    assert code == 2 and "does not exist" in stderr and "Traceback" not in stderr
 
 
 def test_fixed_model_mode_shares_log_px_across_guides_and_reports_the_gap_split(tmp_path):
@@ -256,9 +266,10 @@ def test_fixed_model_mode_shares_log_px_across_guides_and_reports_the_gap_split(
     assert (out / "gap_over_training.png").is_file()
 
 
-def test_cross_evaluation_fits_another_family_to_a_saved_model(tmp_path, elbogap):
+@ON_THE_TRAINED_RUN
+def test_cross_evaluation_fits_another_family_to_a_saved_model(trained_diag_run, tmp_path, elbogap):
     run_dir = tmp_path / "run"
-    assert main(["train", "--guide", "diag", "--out", str(run_dir), *QUICK]) == 0
+    shutil.copytree(trained_diag_run, run_dir)  # trained with --guide diag, the default
     code, stderr = elbogap("evaluate", run_dir, "--guide", "iaf")
     assert code == 2 and "--refit" in stderr
     code, stderr = elbogap("evaluate", run_dir, "--guide", "iaf", "--refit", "--steps", "30", "--gap-points", "8",

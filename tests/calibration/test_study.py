@@ -199,8 +199,8 @@ def test_a_study_in_out_is_kept_unless_resumed_and_resuming_adds_the_rest(elboga
     (tmp_path / "regression.py").write_text(REGRESSION)
     np.savetxt(tmp_path / "rows.csv", truth.regression_data(15, 2, seed=4).numpy(), delimiter=",")
     common = ["--model", tmp_path / "regression.py:model", "--data", tmp_path / "rows.csv", "--guides",
-              "auto:AutoNormal", "--calibration-draws", "200", "--jobs", "1", "--no-figures", "--out", tmp_path / "out",
-              "-q"]
+              "auto:AutoNormal", "--steps", "100", "--calibration-draws", "200", "--jobs", "1", "--no-figures", "--out",
+              tmp_path / "out", "-q"]
     assert elbogap("calibrate", "--simulations", "2", *common)[0] == 0
     first = json.loads((tmp_path / "out" / "results.json").read_text())
     code, err = elbogap("calibrate", "--simulations", "3", *common)
@@ -309,8 +309,8 @@ def test_fits_that_cannot_be_stacked_run_one_at_a_time_said_in_one_line(elbogap,
     (tmp_path / "branches.py").write_text(BRANCHES)
     np.savetxt(tmp_path / "rows.csv", truth.regression_data(15, 2, seed=4).numpy(), delimiter=",")
     code, err = elbogap("calibrate", "--model", tmp_path / "branches.py:model", "--data", tmp_path / "rows.csv",
-                        "--guides", "auto:AutoNormal", "--simulations", "3", "--calibration-draws", "200", "--jobs",
-                        "1", "--no-figures", "--out", tmp_path / "out")
+                        "--guides", "auto:AutoNormal", "--simulations", "3", "--steps", "100", "--calibration-draws",
+                        "200", "--jobs", "1", "--no-figures", "--out", tmp_path / "out")
     assert code == 0, err
     said = [line for line in err.splitlines() if "one fit at a time" in line]
     assert len(said) == 1 and "vmap cannot run the program" in said[0]
@@ -334,7 +334,7 @@ def test_sigterm_in_stacked_fits_keeps_each_fit_and_resume_goes_on_from_it(tmp_p
     np.savetxt(tmp_path / "rows.csv", truth.regression_data(15, 2, seed=4).numpy(), delimiter=",")
     out = tmp_path / "out"
     command = [sys.executable, "-m", "elbogap.cli", "calibrate", "--model", str(tmp_path / "regression.py:model"),
-               "--data", str(tmp_path / "rows.csv"), "--guides", "auto:AutoNormal", "--simulations", "40",
+               "--data", str(tmp_path / "rows.csv"), "--guides", "auto:AutoNormal", "--simulations", "10",
                "--calibration-draws", "200", "--jobs", "1", "--lr", "0.005", "--no-figures", "--out", str(out)]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,  # lr 0.005: a few thousand steps
                                env={**os.environ, "ELBOGAP_LOG_EVERY": "0.1"})  # bars into a pipe: redrawn at once
@@ -343,7 +343,7 @@ def test_sigterm_in_stacked_fits_keeps_each_fit_and_resume_goes_on_from_it(tmp_p
     def read():  # the progress bar of the stacked fits counts their steps
         while chunk := process.stderr.read(64):
             seen.append(chunk)
-            steps = re.findall(r"40 fits at once: (\d+)it", "".join(seen[-40:]))
+            steps = re.findall(r"10 fits at once: (\d+)it", "".join(seen[-40:]))
             if steps and int(steps[-1]) >= 100:
                 started.set()
 
@@ -360,7 +360,7 @@ def test_sigterm_in_stacked_fits_keeps_each_fit_and_resume_goes_on_from_it(tmp_p
     assert resumed.returncode == 0, resumed.stderr
     saved = json.loads((out / "results.json").read_text())
     fits = [simulation["fits"]["auto-AutoNormal"] for simulation in saved["simulations"]]
-    assert saved["complete"] and len(fits) == 40 and not (out / "stacked-fits.pt").exists()
+    assert saved["complete"] and len(fits) == 10 and not (out / "stacked-fits.pt").exists()
     assert all(fit["resumed_at_step"] >= 100 and fit["steps"] >= fit["resumed_at_step"] and fit["converged"]
                for fit in fits)
 
