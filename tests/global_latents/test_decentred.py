@@ -66,15 +66,20 @@ def test_the_non_centred_form_maps_back_to_the_programs_own_latents_and_keeps_it
         assert torch.allclose(prior_new, prior_old + jacobian, atol=1e-3)
 
 
-def test_bdmc_on_a_centred_funnel_sandwiches_in_the_coordinates_the_evidence_anneals():
+def test_bdmc_on_a_centred_funnel_sandwiches_in_the_coordinates_the_evidence_anneals(monkeypatch):
     """The reverse chains start from the simulating latents mapped into the chosen (non-centred) form: the
     sandwich brackets the simulated data set's exact evidence."""
+    from elbogap.global_latents import evidence
+
+    mapped, real = [], evidence.decentred_latents
+    monkeypatch.setattr(evidence, "decentred_latents", lambda *args: mapped.append(args) or real(*args))
     data = truth.eight_schools_data()
     model = GlobalLatentModel(centred_schools, data, "centred")
     pyro.set_rng_seed(1)
     simulated, z = model.simulate(data)
     exact = truth.eight_schools_log_evidence(simulated[:, 0].double(), simulated[:, 1].double())
-    settings = EvidenceSettings(chains=64, max_steps=100, smc=SMCSettings(particles=64),
-                                fit=GaussianFitSettings(steps=500))  # cheap: the start is what is tested
+    settings = EvidenceSettings(chains=64, max_steps=100, pilot_steps=50, smc=SMCSettings(particles=64),
+                                fit=GaussianFitSettings(steps=200))  # cheap: the start is what is tested
     bounds = sandwich(model, simulated, z, settings)
+    assert len(mapped) == 1, "the non-centred form was chosen, and the simulating latents mapped into it"
     assert bounds["lower"] - 0.15 < exact < bounds["upper"] + 0.15, "reverse chains started in the wrong form: 16 nats"

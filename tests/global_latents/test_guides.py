@@ -50,7 +50,7 @@ def test_the_full_rank_gaussian_closes_the_gap_on_a_gaussian_posterior(regressio
 
 def test_the_mean_field_gap_is_the_closed_form_kl_of_the_best_factorized_gaussian(regression):
     assert regression["mean_field_kl"] > 0.3  # the tilt makes it worth measuring
-    gap, stderr = fitted_gap("AutoNormal", regression)
+    gap, stderr = fitted_gap("AutoNormal", regression, steps=1000)  # it settles in fewer steps than full rank
     assert stderr < 0.02
     assert abs(gap - regression["mean_field_kl"]) < 0.05
 
