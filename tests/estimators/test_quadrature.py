@@ -90,7 +90,8 @@ class KinkedPrior(LatentModel):
         return dist.Normal(z @ self.weight.T, 0.5).to_event(1)
 
 
-@pytest.mark.parametrize("seed", [2, 3])
+# slow: about 1.5 s; in CI the case [2] runs the same path on other data
+@pytest.mark.parametrize("seed", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_a_means_error_from_the_grid_averages_its_points_bounds_which_share_a_sign_under_a_kinked_prior(seed):
     """On 100 points, the split mean at 24 points per axis errs by 0.0024-0.0069 nats against 160 points: 1.9-3.2 times
     the root-sum-square of the points' errors over 100 (how random errors combine), within their mean (0.008-0.015),
@@ -135,8 +136,9 @@ def test_a_study_of_a_location_and_a_positive_scale_takes_it_as_its_evidence_and
     moments = truth.scale_posterior_moments(data[:, 0].double())
     truth.write_scale_study(tmp_path, data)
     out = tmp_path / "out"
+    # the evidence and the reference are the grid's whatever q is, so a short fit: 50 steps
     code, err = elbogap("compare", "--model", tmp_path / "scale.py:model", "--data", tmp_path / "rows.csv",
-                        "--guides", "auto:AutoNormal", "--seeds", "0", "--jobs", "1", "--steps", "300",
+                        "--guides", "auto:AutoNormal", "--seeds", "0", "--jobs", "1", "--steps", "50",
                         "--log-px", "quadrature", "--out", out, "-q")
     assert code == 0, err
     run = json.loads((out / "results.json").read_text())["runs"][0]
@@ -300,9 +302,11 @@ def squared_pair_evidence(x: torch.Tensor) -> torch.Tensor:
     0.1 wide or more)."""
     axis = torch.arange(-4 + 0.005, 4, 0.01, dtype=torch.float64)
     z = torch.cartesian_prod(axis, axis)
-    log_prior = dist.Normal(0.0, 1.0).log_prob(z).sum(-1)
-    return torch.stack([torch.logsumexp(log_prior + dist.Normal((z * z) @ SQUARES.T, 0.3).log_prob(row).sum(-1), 0)
-                        for row in x]) + 2 * math.log(0.01)
+    log_prior, mean = dist.Normal(0.0, 1.0).log_prob(z).sum(-1), (z * z) @ SQUARES.T
+    # sum_j log N(x_j; m_j, 0.3^2) over the row, every row at once: |x - m|^2 = |x|^2 - 2 m.x + |m|^2
+    squares = (x * x).sum(-1) - 2 * mean @ x.T + (mean * mean).sum(-1, keepdim=True)
+    log_lik = -squares / (2 * 0.3**2) - x.shape[-1] * math.log(0.3 * math.sqrt(2 * math.pi))
+    return torch.logsumexp(log_prior[:, None] + log_lik, 0) + 2 * math.log(0.01)
 
 
 def test_a_posterior_one_cell_wide_across_is_not_taken_for_a_resolved_grid():

@@ -26,6 +26,10 @@ from elbogap.seeds import stack_seeds
 from tests.test_cli import QUICK
 
 FAMILIES = ("diag", "full", "lowrank", "iaf")  # q's density anywhere; planar's only at its own draws
+#: a study's sizes that the tests of its checkpoints and curves do not read (a narrow network, few points and draws
+#: in its curve evaluations and its q*), as the command line's QUICK sets them
+SMALL_EVALUATIONS = {"hidden_dims": [16], "train_size": 400, "test_size": 100, "eval_samples": 16,
+                     "quadrature_points": 16, "curve_points": 32, "gap_points": 8}
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +241,7 @@ def test_a_fit_whose_loss_turns_nan_stops_alone_and_gets_no_checkpoint(tmp_path)
 
 def test_a_stop_while_seeds_train_at_once_leaves_each_run_a_checkpoint_with_its_curve_so_far(tmp_path):
     seeds = [0, 1, 2, 3]
-    config = Config(steps=300, guides=["mixture", "diag"], seeds=seeds, out=str(tmp_path))
+    config = Config(steps=300, guides=["mixture", "diag"], seeds=seeds, out=str(tmp_path), **SMALL_EVALUATIONS)
     data = load_dataset(config)
     tasks = [RunTask(guide, seed, str(tmp_path / "runs" / f"{guide}-seed{seed}"))
              for guide in ("mixture", "diag") for seed in seeds]
@@ -311,7 +315,7 @@ def test_a_fit_that_turns_nan_at_an_evaluation_step_leaves_the_others_their_chec
     """Fit 1's parameters turn NaN at its 6th update, with a curve evaluation every 5 steps: its run gets no
     checkpoint (it trains alone and meets the fault), and the other three are evaluated and saved as usual."""
     seeds = [0, 1, 2, 3]
-    config = Config(steps=20, eval_every=5, seeds=seeds, guides=["diag"], out=str(tmp_path))
+    config = Config(steps=20, eval_every=5, seeds=seeds, guides=["diag"], out=str(tmp_path), **SMALL_EVALUATIONS)
     data = load_dataset(config)
     tasks = [RunTask("diag", seed, str(tmp_path / "runs" / f"diag-seed{seed}")) for seed in seeds]
     update, calls = RowAdam.update, [0]
