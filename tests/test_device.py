@@ -7,7 +7,6 @@ from elbogap.config import Config
 from elbogap.data import load_data
 from elbogap.device import resolve_device, rng_devices, rng_state, set_rng_state
 from elbogap.errors import UsageError
-from tests.test_reliability import cli
 
 
 def test_cpu_is_the_default_and_resolves():
@@ -21,10 +20,10 @@ def test_unknown_devices_are_named(name, message):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_cuda_without_a_gpu_is_one_line_and_exit_2():
-    result = cli("compare", "--device", "cuda")
-    assert result.returncode == 2 and "sees no CUDA GPU" in result.stderr and "--device cpu" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+def test_cuda_without_a_gpu_is_one_line_and_exit_2(elbogap, tmp_path):
+    code, stderr = elbogap("compare", "--device", "cuda", "--out", tmp_path / "out")  # refused before any work
+    assert code == 2 and "sees no CUDA GPU" in stderr and "--device cpu" in stderr
+    assert len(stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
 def test_data_moves_whole_and_cpu_tensors_need_no_gpu_generators():
