@@ -4,6 +4,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from elbogap.global_latents import evidence
 from elbogap.global_latents.decentred import decentred_latents, hierarchical_sites, original_latents
 from elbogap.global_latents.evidence import EvidenceSettings, sandwich
 from elbogap.global_latents.model import GlobalLatentModel
@@ -69,8 +70,6 @@ def test_the_non_centred_form_maps_back_to_the_programs_own_latents_and_keeps_it
 def test_bdmc_on_a_centred_funnel_sandwiches_in_the_coordinates_the_evidence_anneals(monkeypatch):
     """The reverse chains start from the simulating latents mapped into the chosen (non-centred) form: the
     sandwich brackets the simulated data set's exact evidence."""
-    from elbogap.global_latents import evidence
-
     mapped, real = [], evidence.decentred_latents
     monkeypatch.setattr(evidence, "decentred_latents", lambda *args: mapped.append(args) or real(*args))
     data = truth.eight_schools_data()
