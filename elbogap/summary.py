@@ -287,8 +287,8 @@ NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 def per_guide_lines(messages: list[tuple[str, int, str]]) -> list[str]:
     """Warnings lines from ``(guide, seed, message)``: where seeds give the same message but for its numbers, one
-    line names them and gives each number's range (``0.682-0.688``); where several guides do so on the same seeds,
-    one line names the guides too."""
+    line names them and gives each number's range (``0.682-0.688``, :func:`span`); where several guides do so on the
+    same seeds, one line names the guides too."""
     groups: dict[str, dict[str, list[tuple[int, str]]]] = {}
     for guide, seed, message in messages:
         groups.setdefault(NUMBER.sub("#", message), {}).setdefault(guide, []).append((seed, message))
@@ -302,13 +302,19 @@ def per_guide_lines(messages: list[tuple[str, int, str]]) -> list[str]:
         for guides, rows in bundles.values():
             seeds = sorted(dict.fromkeys(seed for seed, _ in rows))
             columns = zip(*(NUMBER.findall(message) for _, message in rows), strict=True)
-            spans = [number[0] if len(set(number)) == 1 else f"{min(number, key=float)}-{max(number, key=float)}"
+            spans = [number[0] if len(set(number)) == 1 else span(min(number, key=float), max(number, key=float))
                      for number in columns]
             words = NUMBER.split(rows[0][1])
             text = "".join(word + span for word, span in zip(words, [*spans, ""], strict=True))
             lines.append(f"- {', '.join(guides)} seed{'s' if len(seeds) > 1 else ''} "
                          f"{', '.join(map(str, seeds))}: {text}")
     return lines
+
+
+def span(low: str, high: str) -> str:
+    """A range of two numbers as text: ``0.682-0.688``, or ``-0.0122 to 0.0189`` where a hyphen would read as a minus
+    sign."""
+    return f"{low} to {high}" if low.startswith("-") or high.startswith("-") else f"{low}-{high}"
 
 
 def rising_line(guide: str, runs: list[dict]) -> str:

@@ -148,6 +148,9 @@ def test_a_guides_seeds_with_one_message_but_its_numbers_get_one_line_with_each_
                                                                     ("auto-AutoNormal", 1, 0.688),
                                                                     ("auto-AutoIAFNormal", 0, 0.679)))])
     assert also == ["- auto-AutoIAFNormal, auto-AutoNormal seeds 0, 1: " + note.format("0.679-0.691", "8-9")]
+    gained = "it gained {} nats (s.e. {})"
+    signed = per_guide_lines([("diag", 0, gained.format(-0.0122, 0.0082)), ("diag", 1, gained.format(0.0189, 0.013))])
+    assert signed == ["- diag seeds 0, 1: " + gained.format("-0.0122 to 0.0189", "0.0082-0.013")]  # a tester's
 
 
 
