@@ -305,7 +305,7 @@ def per_guide_lines(messages: list[tuple[str, int, str]]) -> list[str]:
             spans = [number[0] if len(set(number)) == 1 else span(min(number, key=float), max(number, key=float))
                      for number in columns]
             words = NUMBER.split(rows[0][1])
-            text = "".join(word + span for word, span in zip(words, [*spans, ""], strict=True))
+            text = "".join(word + part for word, part in zip(words, [*spans, ""], strict=True))
             lines.append(f"- {', '.join(guides)} seed{'s' if len(seeds) > 1 else ''} "
                          f"{', '.join(map(str, seeds))}: {text}")
     return lines
