@@ -468,8 +468,6 @@ def active_units(z_mean: torch.Tensor, threshold: float = 0.01) -> int:
 ELBO_ROUNDING, GAP_ROUNDING = 1, 2
 #: the per-point numbers an ELBO is computed from
 ELBO_TERMS = ("recon", "kl_prior")
-
-
 #: a Monte-Carlo error below this share of the rounding bound is none: the estimate is deterministic to float precision
 DETERMINISTIC_SHARE = 0.01
 
@@ -543,18 +541,17 @@ def _khat_summary(khat: torch.Tensor, num_samples: int, log_px_method: str = "iw
     bad = float((khat > threshold).double().mean())
     out.update(khat_mean=float(khat.mean()), khat_bad_share=bad)
     infinite = _infinite_share(khat)
+    elsewhere = None if log_px_method == "iwae" else f"log p(x) and the KL gap here are {log_px_method}'s, not IWAE's"
     if infinite > NO_STDERR_SHARE:
         out["log_px_iwae_note"] = (
             f"k-hat of q's importance weights is above {FINITE_VARIANCE_KHAT} on {_count(infinite, len(khat))} "
             f"(above {threshold:.2f}, S = {num_samples}, on {_count(bad, len(khat))}): their variance is infinite, so "
-            "IWAE has no standard error; " + ("use AIS (--log-px ais) for an error bar" if log_px_method == "iwae"
-                                               else f"log p(x) and the KL gap here are {log_px_method}'s, not IWAE's"))
+            "IWAE has no standard error; " + (elsewhere or "use AIS (--log-px ais) for an error bar"))
     elif bad > 0:
         out["log_px_iwae_note"] = (
             f"k-hat of q's importance weights is above {threshold:.2f} (S = {num_samples}) on "
             f"{_count(bad, len(khat))}: there the weights have no usable variance, and IWAE's standard error may "
-            "understate its error" + ("" if log_px_method == "iwae"
-                                      else f" (log p(x) and the KL gap here are {log_px_method}'s, not IWAE's)"))
+            "understate its error" + (f" ({elsewhere})" if elsewhere else ""))
     return out
 
 
